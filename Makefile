@@ -1,0 +1,191 @@
+# CacheFlow — hand-written Makefile.
+#
+#   make deps    install every Debian package the build and tests need (idempotent)
+#   make         build libcacheflow, cacheflowd, cacheflowctl, cacheflow-sim, tests
+#   make test    deps + build + run the whole suite (ends with "N passed, N failed")
+#   make asan    the test suite under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make demo    generate the demo model and run the main job on the CPU backend
+#   make clean
+#
+# Knobs: CC, NVCC, CUDA_HOME, BUILD, OPT, V=1 (show commands), CUDA=0 (skip CUDA).
+# Sources are discovered by wildcard: a new lib/<module>/*.c, tests/unit/test_*.c,
+# daemon/ctl/*.c or kernels/*.cu file needs no Makefile edit.
+
+BUILD     ?= build
+CC        ?= cc
+OPT       ?= -O2
+CUDA_HOME ?= /usr/local/cuda
+NVCC      ?= $(shell command -v nvcc 2>/dev/null || { test -x $(CUDA_HOME)/bin/nvcc && echo $(CUDA_HOME)/bin/nvcc; })
+CUDA      ?= $(if $(NVCC),1,0)
+PYTHON    ?= /usr/bin/python3
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+# Debian packages: build (C libs), tests (python3 grpc client), fuzzing (clang).
+DEB_PKGS := build-essential pkg-config clang libclang-rt-14-dev \
+            libopenblas-dev liburing-dev libxxhash-dev libinih-dev libuv1-dev \
+            libmicrohttpd-dev libgrpc-dev libprotobuf-c-dev protobuf-c-compiler \
+            protobuf-compiler python3 python3-numpy python3-grpcio python3-grpc-tools \
+            curl jq e2fsprogs
+
+CPPFLAGS += -Ilib -I. -Idaemon -Itests -I$(BUILD)/gen -I/usr/include/x86_64-linux-gnu/openblas-pthread -D_GNU_SOURCE
+CFLAGS   ?= -g
+CFLAGS   += $(OPT) -std=c11 -pthread -fPIC -Wall -Wextra -Wshadow -Wno-unused-parameter \
+            -Wno-missing-field-initializers -MMD -MP
+LDFLAGS  += -pthread
+LDLIBS   += -lopenblas -luring -lxxhash -lm
+DAEMON_LDLIBS := -lgrpc -lgpr -lprotobuf-c -luv -lmicrohttpd -linih
+
+ifeq ($(CUDA),1)
+CPPFLAGS     += -DCF_HAVE_CUDA=1 -I$(CUDA_HOME)/include
+CUDA_LDLIBS  := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcudart -lcuda -lstdc++
+NVCCFLAGS    ?= -O3 -g -lineinfo
+NVCCFLAGS    += -std=c++17 -arch=sm_90 -Xcompiler -fPIC -Ilib -I. -DCF_HAVE_CUDA=1 -MMD -MP
+endif
+
+# ---------------------------------------------------------------- sources
+LIB_SRC    := $(filter-out lib/client/%,$(wildcard lib/*/*.c))
+LIB_OBJ    := $(LIB_SRC:%.c=$(BUILD)/%.o)
+KERN_SRC   := $(wildcard kernels/*.cu)
+KERN_OBJ   := $(KERN_SRC:%.cu=$(BUILD)/%.o)
+CTL_SRC    := $(wildcard daemon/ctl/*.c)
+CTL_OBJ    := $(CTL_SRC:%.c=$(BUILD)/%.o)
+SIM_SRC    := $(wildcard daemon/sim/*.c)
+SIM_OBJ    := $(SIM_SRC:%.c=$(BUILD)/%.o)
+DAEMON_SRC := $(wildcard daemon/*.c)
+DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
+PROTO_SRC  := $(wildcard proto/cacheflow/v1/*.proto)
+PROTO_C    := $(PROTO_SRC:proto/%.proto=$(BUILD)/gen/%.pb-c.c)
+PROTO_OBJ  := $(PROTO_C:%.c=%.o)
+CLIENT_SRC := $(wildcard lib/client/*.c)
+CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/%.o)
+UNIT_SRC   := $(wildcard tests/unit/test_*.c)
+UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+BENCH_SRC  := $(wildcard tests/bench/bench_*.c)
+BENCH_BIN  := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
+KTEST_SRC  := $(wildcard tests/kernels/kt_*.cu)
+KTEST_BIN  := $(if $(filter 1,$(CUDA)),$(KTEST_SRC:tests/kernels/%.cu=$(BUILD)/tests/%))
+TEST_MAIN  := $(BUILD)/tests/cf_test_main.o
+
+LIBCF      := $(BUILD)/libcacheflow.a
+LIBKERN    := $(if $(filter 1,$(CUDA)),$(BUILD)/libcfkernels.a)
+LIBCLIENT  := $(if $(PROTO_SRC),$(BUILD)/libcacheflow_client.a)
+ALL_LIBS    = $(LIBCF) $(LIBKERN) $(LDLIBS) $(if $(filter 1,$(CUDA)),$(CUDA_LDLIBS))
+
+BINS := $(BUILD)/cacheflowctl $(if $(SIM_SRC),$(BUILD)/cacheflow-sim) \
+        $(if $(DAEMON_SRC),$(BUILD)/cacheflowd)
+
+.PHONY: all deps test asan demo clean banner install bench
+all: banner $(LIBCF) $(LIBKERN) $(BINS) $(UNIT_BIN) $(BENCH_BIN) $(KTEST_BIN)
+
+banner:
+ifeq ($(CUDA),1)
+	@echo "cacheflow: nvcc found at $(NVCC): building CUDA kernels (sm_90) and the CUDA backend"
+else
+	@echo "cacheflow: nvcc not found: CPU backend only"
+endif
+
+# ---------------------------------------------------------------- deps
+# Installs only when something is missing, so repeated runs cost a dpkg query.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "deps: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "deps: all Debian packages present"; fi
+
+# ---------------------------------------------------------------- rules
+$(BUILD)/%.o: %.c | $(if $(PROTO_SRC),$(PROTO_C))
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
+	@mkdir -p $(BUILD)/gen
+	@$(if $(Q),echo "  PROTOC  $<")
+	$(Q)protoc-c --proto_path=proto --c_out=$(BUILD)/gen $<
+
+$(BUILD)/gen/%.pb-c.o: $(BUILD)/gen/%.pb-c.c
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/kernels/%.o: kernels/%.cu
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  NVCC    $<")
+	$(Q)$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(BUILD)/tests/kt_%: tests/kernels/kt_%.cu $(LIBKERN) $(LIBCF)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  NVCC    $<")
+	$(Q)$(NVCC) $(NVCCFLAGS) $< -o $@ $(LIBKERN) $(LIBCF) -Xlinker -rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcuda -lopenblas -luring -lxxhash -lm
+
+$(LIBCF): $(LIB_OBJ)
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/libcfkernels.a: $(KERN_OBJ)
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/libcacheflow_client.a: $(PROTO_OBJ) $(CLIENT_OBJ)
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+# cacheflowctl: every daemon/ctl/*.c is linked in directly, so subcommands that register
+# themselves with a constructor are never dropped by the archive linker.
+$(BUILD)/cacheflowctl: $(CTL_OBJ) $(LIBCLIENT) $(LIBCF) $(LIBKERN)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) $(CTL_OBJ) -o $@ $(LIBCLIENT) $(ALL_LIBS) $(if $(LIBCLIENT),$(DAEMON_LDLIBS))
+
+$(BUILD)/cacheflow-sim: $(SIM_OBJ) $(LIBCF)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) $(SIM_OBJ) -o $@ $(ALL_LIBS)
+
+$(BUILD)/cacheflowd: $(DAEMON_OBJ) $(PROTO_OBJ) $(LIBCF) $(LIBKERN)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) $(DAEMON_OBJ) $(PROTO_OBJ) -o $@ $(ALL_LIBS) $(DAEMON_LDLIBS)
+
+$(BUILD)/tests/test_%: $(BUILD)/tests/unit/test_%.o $(TEST_MAIN) $(LIBCLIENT) $(LIBCF) $(LIBKERN)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) $< $(TEST_MAIN) -o $@ $(LIBCLIENT) $(ALL_LIBS) $(if $(LIBCLIENT),$(DAEMON_LDLIBS))
+
+$(TEST_MAIN): tests/cf_test_main.c
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/bench/bench_%: $(BUILD)/tests/bench/bench_%.o $(LIBCF) $(LIBKERN)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) $< -o $@ $(ALL_LIBS)
+
+# ---------------------------------------------------------------- targets
+# The suite: unit binaries, kernel tests (skipped with a line when no GPU), integration scripts.
+test: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)BUILD=$(BUILD) PYTHON=$(PYTHON) tests/run.sh
+
+asan: deps
+	$(Q)$(MAKE) --no-print-directory BUILD=build-asan CUDA=0 OPT=-O1 \
+	  CFLAGS="-g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	  LDFLAGS="-fsanitize=address,undefined" all
+	$(Q)BUILD=build-asan PYTHON=$(PYTHON) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 CF_ASAN=1 tests/run.sh
+
+bench: all
+	$(Q)for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
+
+demo: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)BUILD=$(BUILD) tests/demo.sh
+
+clean:
+	rm -rf $(BUILD) build-asan
+
+.SECONDARY:
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -1,0 +1,23 @@
+/* cacheflowctl — the operator's CLI. Each subcommand lives in its own daemon/ctl/cf_ctl_*.c
+ * and registers itself with CF_CTL_COMMAND, so adding one touches no shared file.
+ * A subcommand returns the process exit status: 0 ok, 1 failure (after printing one line
+ * "cacheflowctl <cmd>: <reason>" on stderr), 2 usage error. */
+#ifndef CF_CTL_H
+#define CF_CTL_H
+
+typedef struct {
+  const char *name;   /* "kv", "store", "status", ... */
+  const char *usage;  /* one line of arguments */
+  const char *help;   /* one line of what it does */
+  int (*main)(int argc, char **argv); /* argv[0] is the subcommand name */
+} cf_ctl_cmd_t;
+
+void cf_ctl_register(const cf_ctl_cmd_t *cmd);
+
+/* Print "cacheflowctl <cmd>: <formatted reason>\n" to stderr; returns 1. */
+int cf_ctl_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define CF_CTL_COMMAND(var)                                                  \
+  __attribute__((constructor)) static void var##__reg(void) { cf_ctl_register(&var); }
+
+#endif

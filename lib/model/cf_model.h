@@ -1,0 +1,72 @@
+/* cf_model — a Hugging Face checkpoint loaded for the model engine.
+ *
+ * cf_model_load() reads config.json (transformers 4.x and 5.x keys) and the safetensors
+ * weights (single file or sharded), memory-mapped, and exposes every weight as fp32
+ * (F32 tensors point straight into the mapping; BF16/F16 ones are converted once at load).
+ * Backends (cf_backend.h) compute from these; the CUDA backend uploads them as bf16.
+ *
+ * Weight matrices keep the HF layout: row-major [out_features][in_features].
+ */
+#ifndef CF_MODEL_H
+#define CF_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { CF_DT_F32 = 0, CF_DT_BF16, CF_DT_F16, CF_DT_I32, CF_DT_I64, CF_DT__COUNT } cf_dtype_t;
+typedef enum { CF_ARCH_LLAMA = 0, CF_ARCH_MISTRAL, CF_ARCH_QWEN2, CF_ARCH_QWEN3 } cf_arch_t;
+typedef enum { CF_ROPE_DEFAULT = 0, CF_ROPE_LLAMA3 } cf_rope_kind_t;
+
+typedef struct {
+  cf_arch_t arch;
+  int n_layers, hidden, n_heads, n_kv_heads, head_dim, intermediate, vocab, max_pos;
+  double rms_eps;
+  cf_rope_kind_t rope_kind;
+  double rope_theta;
+  /* llama3 rope scaling (rope_kind == CF_ROPE_LLAMA3) */
+  double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+  int rope_orig_max_pos;
+  int qkv_bias;       /* q/k/v projections have biases (qwen2, or llama attention_bias) */
+  int o_bias;         /* o_proj has a bias (llama attention_bias) */
+  int mlp_bias;       /* gate/up/down have biases (llama mlp_bias) */
+  int qk_norm;        /* per-head RMSNorm of q and k before RoPE (qwen3) */
+  int tie_embeddings;
+  cf_dtype_t dtype;   /* the checkpoint's declared dtype (dtype / torch_dtype) */
+} cf_model_config_t;
+
+typedef struct {
+  const float *attn_norm;               /* [hidden] */
+  const float *wq, *wk, *wv, *wo;       /* [n_heads*hd][hidden], [n_kv*hd][hidden] x2, [hidden][n_heads*hd] */
+  const float *bq, *bk, *bv, *bo;       /* biases or NULL */
+  const float *q_norm, *k_norm;         /* [head_dim] (qwen3) or NULL */
+  const float *mlp_norm;                /* [hidden] */
+  const float *w_gate, *w_up, *w_down;  /* [inter][hidden] x2, [hidden][inter] */
+  const float *b_gate, *b_up, *b_down;  /* biases or NULL */
+} cf_layer_weights_t;
+
+typedef struct cf_model_s {
+  cf_model_config_t cfg;
+  const float *embed;          /* [vocab][hidden] */
+  const float *final_norm;     /* [hidden] */
+  const float *lm_head;        /* [vocab][hidden] (== embed when tied); NULL if absent */
+  cf_layer_weights_t *layers;  /* [n_layers] */
+  uint8_t fingerprint[16];     /* see cf_model_fingerprint() */
+  char *dir;                   /* checkpoint directory as given */
+  void *priv;                  /* loader-owned: mappings and converted buffers */
+} cf_model_t;
+
+/* Load the checkpoint in directory `dir`. On success *out is owned by the caller (free with
+ * cf_model_free). Errors: CF_ENOENT (missing file), CF_EFORMAT (bad JSON / safetensors),
+ * CF_ESHAPE, CF_EDTYPE, CF_EUNSUPPORTED (architecture, rope type, sliding window), with a
+ * detail naming file, key or tensor and expected vs found (cf_errmsg()). */
+int cf_model_load(const char *dir, cf_model_t **out);
+void cf_model_free(cf_model_t *m);
+
+/* Bytes of K (or V) per token per layer in fp32: n_kv_heads * head_dim * 4. */
+size_t cf_model_kv_row_floats(const cf_model_config_t *c);
+
+const char *cf_dtype_name(cf_dtype_t t);
+size_t cf_dtype_size(cf_dtype_t t);
+const char *cf_arch_name(cf_arch_t a);
+
+#endif
