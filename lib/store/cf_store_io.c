@@ -192,8 +192,10 @@ int cf__data_grow(cf_store_t *st) {
       e = errno;
     }
     /* leave no half-allocated file behind: a later open must not trust it */
-    if (ftruncate(fd, 0) != 0) { /* nothing more to do */ }
+    char p[1100];
+    cf__data_path(st, i, p, sizeof p);
     close(fd);
+    unlink(p);
     if (e == ENOSPC || e == EDQUOT) {
       __atomic_add_fetch(&st->st.enospc, 1, __ATOMIC_RELAXED);
       rc = cf_seterr(CF_ENOSPC, "store %s: preallocating data.%03d (%llu bytes): %s", st->dir, i,
