@@ -1,10 +1,19 @@
-/* cf_cpu_ops — see cf_cpu_ops.h. Built with -O3 (Makefile) so the elementwise loops vectorise. */
+/* cf_cpu_ops — see cf_cpu_ops.h. Built with -O3 -fno-trapping-math (Makefile) so the
+ * elementwise loops vectorise (the exp clamps are selects, which trapping math forbids). */
 #include "model/cf_cpu_ops.h"
 
 #include <cblas.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+/* Hot elementwise loops get AVX-512, AVX2+FMA and baseline clones picked at load time, so one
+ * binary runs everywhere and uses the widest vectors the CPU has. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CF__SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CF__SIMD
+#endif
 
 void cf__rmsnorm_rows(const float *x, size_t ldx, const float *w, float eps, float *y,
                       size_t ldy, int rows, int n) {
@@ -60,7 +69,7 @@ void cf__rope_table(const float *inv_freq, int half, int pos0, int n, float *cos
   }
 }
 
-void cf__rope_apply(float *x, size_t ld, int rows, int nheads, int hd, const float *cos_t,
+CF__SIMD void cf__rope_apply(float *x, size_t ld, int rows, int nheads, int hd, const float *cos_t,
                     const float *sin_t) {
   int half = hd / 2;
   for (int r = 0; r < rows; r++) {
@@ -98,16 +107,50 @@ static inline float cf__expf(float x) {
   return p * e.f;
 }
 
-void cf__exp_inplace(float *x, int n) {
+CF__SIMD void cf__exp_inplace(float *x, int n) {
   for (int i = 0; i < n; i++) x[i] = cf__expf(x[i]);
 }
 
-void cf__silu_mul(float *g, const float *u, size_t n) {
+CF__SIMD void cf__silu_mul(float *g, const float *u, size_t n) {
   /* silu(x) = x * sigmoid(x) = x / (1 + exp(-x)) */
   for (size_t i = 0; i < n; i++) {
     float x = g[i];
     g[i] = x / (1.0f + cf__expf(-x)) * u[i];
   }
+}
+
+/* One query row of one key block of the online softmax: s[0..kn) holds raw scores q.k, of
+ * which the first `valid` are visible (causal). Turns s into probabilities relative to the new
+ * running max (0 past `valid`), updates the running max *m and sum *l, and rescales the row's
+ * output accumulator o[hd] to the new max. The scores are scaled exactly as transformers does
+ * (fl(q.k * scale)) before the max is subtracted. */
+CF__SIMD static void cf__softmax_block_row(float *s, int valid, int kn, float scale, float *m,
+                                           float *l, float *o, int hd) {
+  /* max of the raw scores: scale > 0 and rounding is monotonic, so fl(max*scale) is the max of
+   * the scaled scores. 16 lanes so the reduction vectorises without reassociation. */
+  float acc[16];
+  for (int t = 0; t < 16; t++) acc[t] = -INFINITY;
+  int j = 0;
+  for (; j + 16 <= valid; j += 16)
+    for (int t = 0; t < 16; t++) acc[t] = s[j + t] > acc[t] ? s[j + t] : acc[t];
+  float mx = -INFINITY;
+  for (int t = 0; t < 16; t++) mx = acc[t] > mx ? acc[t] : mx;
+  for (; j < valid; j++) mx = s[j] > mx ? s[j] : mx;
+  mx *= scale;
+  float mnew = mx > *m ? mx : *m;
+  float alpha = *m == -INFINITY ? 0.0f : cf__expf(*m - mnew);
+  for (j = 0; j < valid; j++) s[j] = cf__expf(s[j] * scale - mnew);
+  for (int t = 0; t < 16; t++) acc[t] = 0;
+  for (j = 0; j + 16 <= valid; j += 16)
+    for (int t = 0; t < 16; t++) acc[t] += s[j + t];
+  float sum = 0;
+  for (int t = 0; t < 16; t++) sum += acc[t];
+  for (; j < valid; j++) sum += s[j];
+  for (j = valid; j < kn; j++) s[j] = 0; /* causal mask */
+  *l = *l * alpha + sum;
+  *m = mnew;
+  if (alpha != 1.0f)
+    for (int d = 0; d < hd; d++) o[d] *= alpha;
 }
 
 size_t cf__attn_scratch_floats(int nq) { return (size_t)nq * (CF__ATTN_BK + 2); }
@@ -132,27 +175,9 @@ void cf__attn_rows(const float *q, size_t ldq, const float *k, const float *v, s
                 q + (size_t)i0 * ldq, (int)ldq, k + (size_t)kb * ldkv, (int)ldkv, 0.0f,
                 S + (size_t)i0 * CF__ATTN_BK, CF__ATTN_BK);
     for (int i = i0; i < nq; i++) {
-      float *s = S + (size_t)i * CF__ATTN_BK;
       int valid = p0 + i + 1 - kb; /* keys kb .. p0+i */
-      if (valid > kn) valid = kn;
-      float mx = -INFINITY;
-      for (int j = 0; j < valid; j++) {
-        s[j] *= scale; /* transformers: (q @ k^T) * scaling, then softmax in fp32 */
-        mx = s[j] > mx ? s[j] : mx;
-      }
-      float mnew = mx > m[i] ? mx : m[i];
-      float alpha = m[i] == -INFINITY ? 0.0f : expf(m[i] - mnew);
-      for (int j = 0; j < valid; j++) s[j] -= mnew;
-      cf__exp_inplace(s, valid);
-      float sum = 0;
-      for (int j = 0; j < valid; j++) sum += s[j];
-      for (int j = valid; j < kn; j++) s[j] = 0; /* causal mask */
-      l[i] = l[i] * alpha + sum;
-      m[i] = mnew;
-      if (alpha != 1.0f) {
-        float *orow = o + (size_t)i * ldo;
-        for (int d = 0; d < hd; d++) orow[d] *= alpha;
-      }
+      cf__softmax_block_row(S + (size_t)i * CF__ATTN_BK, valid < kn ? valid : kn, kn, scale,
+                            &m[i], &l[i], o + (size_t)i * ldo, hd);
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, mq, hd, kn, 1.0f,
                 S + (size_t)i0 * CF__ATTN_BK, CF__ATTN_BK, v + (size_t)kb * ldkv, (int)ldkv,
