@@ -178,6 +178,11 @@ static int cf__jrec_ok(const cf_store_t *st, const uint8_t *buf) {
 }
 
 int cf__journal_append(cf_store_t *st, const uint8_t *recs, size_t n, int sync) {
+  return cf__journal_append_pub(st, recs, n, sync, NULL, NULL);
+}
+
+int cf__journal_append_pub(cf_store_t *st, const uint8_t *recs, size_t n, int sync,
+                           void (*pub)(cf_store_t *, void *), void *arg) {
   int rc = 0;
   size_t len = n * st->jrec_bytes;
   pthread_mutex_lock(&st->jmu);
@@ -201,11 +206,14 @@ int cf__journal_append(cf_store_t *st, const uint8_t *recs, size_t n, int sync) 
     off += (size_t)k;
   }
   st->jbytes += len;
-  st->jrecords += n;
+  __atomic_add_fetch(&st->jrecords, n, __ATOMIC_RELAXED);
   if (sync && fdatasync(st->jfd) != 0) {
     __atomic_add_fetch(&st->st.io_errors, 1, __ATOMIC_RELAXED);
     rc = cf_seterr(CF_EIO, "store %s: fdatasync journal: %s", st->dir, strerror(errno));
   }
+  /* publish while jmu is held: a compaction (which takes jmu) sees the chunk either in the
+   * index or not yet in the journal, never in the old journal only */
+  if (!rc && pub) pub(st, arg);
 out:
   pthread_mutex_unlock(&st->jmu);
   return rc;
@@ -425,6 +433,7 @@ int cf__journal_compact(cf_store_t *st) {
   if (st->jfd < 0) rc = cf_seterr(CF_EIO, "%s: reopen: %s", fin, strerror(errno));
   st->jrecords = n;
   st->jbytes = total;
+  __atomic_add_fetch(&st->st.journal_compactions, 1, __ATOMIC_RELAXED);
 out:
   pthread_mutex_unlock(&st->jmu);
   return rc;

@@ -305,7 +305,10 @@ CF_TEST(store_caps_hold_under_sustained_saves) {
   uint64_t cpu_cap = 10 * slot + 100, ssd_cap = 25 * slot + 7;
   cf_store_config_t c = cfg_of(cpu_cap, ssd_cap);
   c.file_bytes = 8 * slot;
+  c.journal_slack = 16; /* compact often: the journal stays bounded too */
   const char *d = tdir("caps");
+  char jp[1200];
+  snprintf(jp, sizeof jp, "%s/journal", d);
   cf_store_t *st;
   CF_CHECK_OK(cf_store_open(d, &g, &c, &st));
   if (!st) return;
@@ -317,6 +320,8 @@ CF_TEST(store_caps_hold_under_sustained_saves) {
     CF_CHECK_LE(s.ssd_bytes_used, ssd_cap);
     CF_CHECK_LE(s.ssd_file_bytes, ssd_cap);
     if (id % 50 == 0) CF_CHECK_LE(dir_data_bytes(d), ssd_cap);
+    struct stat jsb;
+    if (stat(jp, &jsb) == 0) CF_CHECK_LE(jsb.st_size, (2 * 25 + 16 + 16 + 4) * 80);
   }
   CF_CHECK_OK(cf_store_flush(st));
   cf_store_stats_t s;
@@ -771,6 +776,7 @@ CF_TEST(store_concurrent_readers_while_saving_spilling_evicting) {
   cf_store_config_t c = cfg_of(30 * slot, 80 * slot);
   c.cpu_evict = CF_STORE_EVICT_S3FIFO;
   c.file_bytes = 16 * slot;
+  c.journal_slack = 32; /* compactions run while readers read */
   cf_store_t *st;
   CF_CHECK_OK(cf_store_open(tdir("conc"), &g, &c, &st));
   if (!st) return;
