@@ -365,7 +365,7 @@ static int32_t cf__ssd_alloc(cf_store_t *st) {
       pthread_mutex_unlock(&st->mu);
       return s;
     }
-    int can_grow = st->files_ready < st->n_files;
+    int can_grow = __atomic_load_n(&st->files_ready, __ATOMIC_ACQUIRE) < st->n_files;
     pthread_mutex_unlock(&st->mu);
     if (!can_grow || attempt) break;
     grow_rc = cf__data_grow(st);
@@ -977,6 +977,9 @@ void cf_store_get_stats(cf_store_t *st, cf_store_stats_t *o) {
   o->ssd_bytes_cap = st->cfg.ssd_bytes;
   o->ssd_bytes_used = o->ssd_chunks * st->slot_bytes;
   o->journal_records = __atomic_load_n(&st->jrecords, __ATOMIC_RELAXED);
+  o->enospc = __atomic_load_n(&st->n_enospc, __ATOMIC_RELAXED);
+  o->io_errors = __atomic_load_n(&st->n_io_errors, __ATOMIC_RELAXED);
+  o->journal_compactions = __atomic_load_n(&st->n_compactions, __ATOMIC_RELAXED);
   o->ssd_direct = st->direct;
   o->cpu_hugepages = st->cpu_huge;
   pthread_mutex_unlock(&st->mu);

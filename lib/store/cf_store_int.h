@@ -112,6 +112,7 @@ struct cf_store_s {
   pthread_mutex_t spill_mu;
 
   int replaying;
+  uint64_t n_enospc, n_io_errors, n_compactions; /* updated with atomics, outside mu */
   /* records the replay refused (bytes lost to a truncated file, slot beyond the cap): journaled
    * as DEL after the replay so a later, larger file or cap never revives them */
   struct { cf_store_key_t key; int32_t slot; } *drops;

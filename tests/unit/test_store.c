@@ -809,3 +809,43 @@ CF_TEST(store_concurrent_readers_while_saving_spilling_evicting) {
   CF_CHECK_EQ(s.corrupt_cells, 0);
   cf_store_close(st);
 }
+
+/* ---------------------------------------------------------------- CPU region hook */
+
+static int hook_allocs, hook_frees;
+static size_t hook_bytes;
+static void *hook_alloc(size_t bytes, void *ud) {
+  (void)ud;
+  hook_allocs++;
+  hook_bytes = bytes;
+  return aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
+}
+static void hook_free(void *p, size_t bytes, void *ud) {
+  (void)ud;
+  if (bytes == hook_bytes) hook_frees++;
+  free(p);
+}
+
+/* The daemon hands the CPU tier a cudaHostAlloc'd region through this hook. */
+CF_TEST(store_cpu_region_hook) {
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  cf_store_config_t c = cfg_of(5 * 2 * 8192 + 10, 0);
+  c.cpu_alloc = hook_alloc;
+  c.cpu_free = hook_free;
+  cf_store_t *st;
+  CF_CHECK_OK(cf_store_open(tdir("hook"), &g, &c, &st));
+  if (!st) return;
+  CF_CHECK_EQ(hook_allocs, 1);
+  CF_CHECK_EQ(hook_bytes, 5 * 2 * 8192);
+  CF_CHECK_OK(st_save(st, 3, 16, 0));
+  cf_store_pin_t pin;
+  cf_store_key_t k = st_key(&g, 3);
+  CF_CHECK_OK(cf_store_pin(st, &k, &pin));
+  uint8_t *want = malloc(8192);
+  st_fill_cell(&g, 3, 1, 16, want);
+  CF_CHECK(memcmp(pin.base + pin.cell_stride, want, 8192) == 0);
+  cf_store_unpin(st, &pin);
+  free(want);
+  cf_store_close(st);
+  CF_CHECK_EQ(hook_frees, 1);
+}
