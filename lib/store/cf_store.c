@@ -465,11 +465,9 @@ static int cf__spill_batch(cf_store_t *st, const int32_t *ents, unsigned n, int 
   int ok[CF__SPILL_BATCH] = {0};
   if (!recs && !rc) rc = cf_seterr(CF_ENOMEM, "spill records");
   if (recs) {
-    if (durable && m && !st->direct) {
-      int src = cf__data_sync(st);
-      if (src && !rc) rc = src;
-    } else if (durable && m) {
-      /* O_DIRECT bypasses the page cache; fdatasync still flushes the device's write cache */
+    if (durable && m) {
+      /* data before its journal record: buffered I/O needs the page cache written back, and
+       * O_DIRECT still needs the device's write cache flushed */
       int src = cf__data_sync(st);
       if (src && !rc) rc = src;
     }

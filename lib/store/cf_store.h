@@ -77,6 +77,8 @@ typedef struct {
   double spill_watermark;     /* spill only when CPU occupancy >= this fraction (0: always write back) */
   int promote_on_read;        /* whole-chunk SSD reads also insert the chunk in the CPU tier */
   int readonly;               /* open for inspection (verify): no writes, no CPU tier, no thread */
+  int buffered_io;            /* 1: page-cache I/O + fdatasync instead of O_DIRECT (also chosen
+                               * automatically when the filesystem refuses O_DIRECT with EINVAL) */
   uint64_t file_bytes;        /* max bytes per data file (default 256 MiB, rounded to slots) */
   uint64_t journal_slack;     /* rewrite the journal (at open and while running) when it holds
                                * more than 2 x live records + this many (default 65536) */

@@ -124,8 +124,8 @@ static int cf__data_openfd(cf_store_t *st, int i, int create) {
   cf__data_path(st, i, p, sizeof p);
   int fl = st->cfg.readonly ? O_RDONLY : O_RDWR;
   if (create) fl |= O_CREAT;
-  int fd = open(p, fl | O_DIRECT | O_CLOEXEC, 0644);
-  if (fd < 0 && errno == EINVAL) {
+  int fd = open(p, fl | (st->direct ? O_DIRECT : 0) | O_CLOEXEC, 0644);
+  if (fd < 0 && errno == EINVAL && st->direct) {
     fd = open(p, fl | O_CLOEXEC, 0644);
     if (fd >= 0 && st->direct) {
       CF_WARN("%s: O_DIRECT refused by the filesystem: buffered I/O + fdatasync", p);
@@ -157,7 +157,7 @@ static void cf__data_offer(cf_store_t *st, int i, uint64_t have) {
 }
 
 int cf__data_open_existing(cf_store_t *st) {
-  st->direct = 1;
+  st->direct = !st->cfg.buffered_io;
   st->files_ready = 0;
   for (int i = 0; i < st->n_files; i++) {
     int fd = cf__data_openfd(st, i, 0);
@@ -173,7 +173,6 @@ int cf__data_open_existing(cf_store_t *st) {
     st->dfd[i] = fd;
     st->files_ready = i + 1;
   }
-  if (st->files_ready == 0 && st->n_files > 0 && st->cfg.readonly) st->direct = 1;
   return 0;
 }
 
