@@ -655,6 +655,9 @@ int cf_store_save(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
   for (uint32_t l = 0; l < st->g.n_layers; l++)
     if (!cells[l]) return cf_seterr(CF_EINVAL, "store save: cell of layer %u is NULL", l);
   int durable = (flags & CF_STORE_SAVE_DURABLE) != 0;
+  if (durable && !st->n_ssd_slots)
+    return cf_seterr(CF_EINVAL, "store %s: a durable save needs an SSD tier (ssd_bytes is 0)",
+                     st->dir);
   if (!st->n_cpu_slots) {
     if (!st->n_ssd_slots) return cf_seterr(CF_ENOSPC, "store %s: no tier has any capacity", st->dir);
     return cf__save_direct(st, key, n_tokens, cells, flags);

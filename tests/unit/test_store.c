@@ -256,6 +256,9 @@ CF_TEST(store_lru_evicts_coldest_and_pins_hold) {
   CF_CHECK_ERR(st_save(st, 100, 16, 0), CF_EBUSY);
   for (int i = 0; i < np; i++) cf_store_unpin(st, &pins[i]);
   CF_CHECK_OK(st_save(st, 100, 16, 0));
+  /* no SSD tier: nothing can be durable, and the store says so */
+  CF_CHECK_ERR(st_save(st, 101, 16, CF_STORE_SAVE_DURABLE), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "needs an SSD tier");
   cf_store_close(st);
 }
 
