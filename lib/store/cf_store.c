@@ -762,12 +762,22 @@ int cf_store_remove(cf_store_t *st, const cf_store_key_t *key) {
 }
 
 int cf_store_evict_cpu(cf_store_t *st, uint64_t keep_bytes) {
-  if (st->n_ssd_slots) {
-    int rc = cf_store_flush(st);
-    if (rc) return rc;
-  }
+  int frc = st->n_ssd_slots ? cf_store_flush(st) : 0;
   pthread_mutex_lock(&st->mu);
   int rc = 0;
+  if (frc) {
+    /* write-back failed (disk full?): still give up the clean chunks, keep the dirty ones */
+    for (int q = CF__Q_LRU; q <= CF__Q_MAIN; q++) {
+      for (int32_t e = st->q[q].tail; e >= 0;) {
+        int32_t prev = st->ents[e].cprev;
+        if ((uint64_t)(st->n_cpu_slots - st->n_cpu_free) * st->slot_bytes <= keep_bytes) break;
+        if (cf__evictable(&st->ents[e]) && (st->ents[e].flags & CF__F_SSD)) cf__cpu_drop(st, e, 0);
+        e = prev;
+      }
+    }
+    pthread_mutex_unlock(&st->mu);
+    return frc;
+  }
   while ((uint64_t)(st->n_cpu_slots - st->n_cpu_free) * st->slot_bytes > keep_bytes) {
     rc = cf__cpu_evict_one(st);
     if (rc) break;

@@ -159,8 +159,9 @@ int cf_store_flush(cf_store_t *st);
 /* Drop a chunk from every tier (waits for no reader: pinned CPU bytes stay valid until unpinned). */
 int cf_store_remove(cf_store_t *st, const cf_store_key_t *key);
 
-/* Move chunks out of the CPU tier until at most `keep_bytes` are used there (clean chunks first;
- * dirty chunks are written back first when an SSD tier exists). For tests and memory pressure. */
+/* Move chunks out of the CPU tier until at most `keep_bytes` are used there. With an SSD tier,
+ * dirty chunks are written back first (cf_store_flush); when that fails (CF_ENOSPC, CF_EIO) only
+ * chunks already on SSD are given up and the error is returned. For tests and memory pressure. */
 int cf_store_evict_cpu(cf_store_t *st, uint64_t keep_bytes);
 
 /* ---------------------------------------------------------------- read */
