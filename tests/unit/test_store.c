@@ -356,6 +356,26 @@ CF_TEST(store_caps_hold_under_sustained_saves) {
   cf_store_get_stats(st, &s);
   CF_CHECK_EQ(s.ssd_chunks, 25);
   cf_store_close(st);
+  /* a smaller cap at the next open: files shrink to it, chunks past it are dropped, the rest
+   * stay readable */
+  c.ssd_bytes = 10 * slot;
+  CF_CHECK_OK(cf_store_open(d, &g, &c, &st));
+  if (!st) return;
+  CF_CHECK_LE(dir_data_bytes(d), 10 * slot);
+  cf_store_get_stats(st, &s);
+  CF_CHECK_LE(s.ssd_chunks, 10);
+  int readable = 0;
+  for (int id = 0; id < 300; id++) {
+    int eq, t;
+    int rc = st_check(st, id, 16, 0, 4, &eq, &t);
+    if (rc == 0) { CF_CHECK(eq); readable++; }
+    else CF_CHECK_EQ(rc, CF_ENOTFOUND);
+  }
+  CF_CHECK_EQ(readable, (int)s.ssd_chunks);
+  cf_store_close(st);
+  cf_store_verify_t v;
+  CF_CHECK_OK(cf_store_verify_dir(d, &v));
+  CF_CHECK_EQ(v.chunks_damaged + v.journal_damaged, 0);
 }
 
 CF_TEST(store_no_cpu_tier_saves_straight_to_ssd) {
