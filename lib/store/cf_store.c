@@ -911,6 +911,13 @@ int cf_store_open(const char *dir, const cf_store_geom_t *geom, const cf_store_c
       st->cfg.ssd_bytes = (uint64_t)(i + 1) * spf * st->slot_bytes;
     }
   }
+  /* slot counts are int32 and the index is sized from them: refuse absurd caps up front */
+  if (st->cfg.cpu_bytes / st->slot_bytes > (1u << 28) || st->cfg.ssd_bytes / st->slot_bytes > (1u << 28)) {
+    rc = cf_seterr(CF_ERANGE, "store %s: caps of %llu (CPU) / %llu (SSD) bytes hold more than 2^28 "
+                   "chunks of %zu bytes", dir, (unsigned long long)st->cfg.cpu_bytes,
+                   (unsigned long long)st->cfg.ssd_bytes, st->slot_bytes);
+    goto fail;
+  }
   st->n_cpu_slots = (int32_t)(st->cfg.cpu_bytes / st->slot_bytes);
   st->n_ssd_slots = (int32_t)(st->cfg.ssd_bytes / st->slot_bytes);
   st->n_files = (st->n_ssd_slots + spf - 1) / spf;

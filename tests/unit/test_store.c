@@ -657,6 +657,10 @@ CF_TEST(store_bad_directories_and_files) {
   CF_CHECK_OK(cf_store_verify_dir(d, &v));
   CF_CHECK_EQ(v.chunks_damaged, 0);
   CF_CHECK_EQ(v.chunks_ok, 5);
+  /* a cap holding more chunks than the index can address */
+  cf_store_config_t huge = cfg_of(1 << 20, 1ull << 50);
+  CF_CHECK_ERR(cf_store_open(tdir("huge"), &g, &huge, &st), CF_ERANGE);
+  CF_CHECK_CONTAINS(cf_errmsg(), "2^28");
   /* bad arguments */
   CF_CHECK_OK(cf_store_open(tdir("args"), &g, &c, &st));
   CF_CHECK_ERR(st_save(st, 1, 17, 0), CF_EINVAL);
