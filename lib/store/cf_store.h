@@ -146,9 +146,10 @@ enum { CF_STORE_SAVE_DURABLE = 1 };
  * cf_store_cell_bytes_n(geom, n_tokens) bytes, [2][n_tokens][n_kv][hd]. The bytes are copied.
  * Without CF_STORE_SAVE_DURABLE the chunk goes to the CPU tier (or straight to SSD when there is
  * no CPU tier) and is written back later; with it, 0 means the chunk is durable (see the contract).
- * Returns 0, or CF_EEXIST when the key is already stored (nothing done; a durable save of a key
- * present only in the CPU tier writes it through instead), CF_EBUSY when every CPU slot is pinned,
- * CF_ENOSPC (SSD full: the chunk stays in the CPU tier when it has one), CF_EIO, CF_EINVAL. */
+ * Returns 0, or CF_EEXIST when the key is already stored (nothing done; but a durable save of a
+ * stored key makes that chunk durable — writing it through when it is only in the CPU tier — and
+ * returns 0), CF_EBUSY when every CPU slot is pinned, CF_ENOSPC (SSD full: the chunk stays in the
+ * CPU tier when it has one), CF_EIO, CF_EINVAL (also: durable save without an SSD tier). */
 int cf_store_save(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
                   const void *const *cells, unsigned flags);
 
@@ -156,7 +157,8 @@ int cf_store_save(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
  * saved before the call is then durable. Returns 0, CF_ENOSPC or CF_EIO (named). */
 int cf_store_flush(cf_store_t *st);
 
-/* Drop a chunk from every tier (waits for no reader: pinned CPU bytes stay valid until unpinned). */
+/* Drop a chunk from every tier (journaled). Returns 0, CF_ENOTFOUND, or CF_EBUSY while the chunk
+ * is pinned or being written (it never waits). */
 int cf_store_remove(cf_store_t *st, const cf_store_key_t *key);
 
 /* Move chunks out of the CPU tier until at most `keep_bytes` are used there. With an SSD tier,

@@ -395,6 +395,40 @@ CF_TEST(store_no_cpu_tier_saves_straight_to_ssd) {
   cf_store_close(st);
 }
 
+CF_TEST(store_durable_resave_writes_through) {
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  cf_store_config_t c = cfg_of(1 << 20, 1 << 20);
+  c.spill = 0; /* nothing is written back behind the test's back */
+  cf_store_t *st;
+  CF_CHECK_OK(cf_store_open(tdir("resave"), &g, &c, &st));
+  if (!st) return;
+  CF_CHECK_OK(st_save(st, 1, 16, 0));
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.cpu_dirty, 1);
+  CF_CHECK_EQ(s.ssd_chunks, 0);
+  CF_CHECK_ERR(st_save(st, 1, 16, 0), CF_EEXIST);
+  CF_CHECK_OK(st_save(st, 1, 16, CF_STORE_SAVE_DURABLE)); /* written through */
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.cpu_dirty, 0);
+  CF_CHECK_EQ(s.ssd_chunks, 1);
+  CF_CHECK_OK(st_save(st, 1, 16, CF_STORE_SAVE_DURABLE)); /* already on SSD: synced, 0 */
+  /* pinned chunks cannot be removed */
+  cf_store_pin_t pin;
+  cf_store_key_t k = st_key(&g, 1);
+  CF_CHECK_OK(cf_store_pin(st, &k, &pin));
+  CF_CHECK_ERR(cf_store_remove(st, &k), CF_EBUSY);
+  cf_store_unpin(st, &pin);
+  CF_CHECK_OK(cf_store_remove(st, &k));
+  CF_CHECK_ERR(cf_store_remove(st, &k), CF_ENOTFOUND);
+  cf_store_close(st);
+  /* the removal was journaled */
+  CF_CHECK_OK(cf_store_open(tdir("resave"), &g, &c, &st));
+  if (!st) return;
+  CF_CHECK_EQ(cf_store_lookup(st, &k, 1, NULL), 0);
+  cf_store_close(st);
+}
+
 CF_TEST(store_promotion_on_read) {
   cf_store_geom_t g = st_geom(16, 2, 64);
   cf_store_config_t c = cfg_of(1 << 20, 1 << 20);
