@@ -193,9 +193,14 @@ void cf__ssd_drop_corrupt(cf_store_t *st, const cf_store_key_t *k, int32_t slot,
   if (!dropped) return;
   CF_WARN("store %s: slot %d failed its checksum: chunk dropped", st->dir, slot);
   /* journal the drop before the slot can be reused, so replay never maps k to foreign bytes */
-  if (!st->cfg.readonly) cf__journal_add(st, 2, k, slot, 0, NULL, 0);
+  if (st->cfg.readonly) return;
+  if (cf__journal_add(st, 2, k, slot, 0, NULL, 0) != 0) {
+    /* without its DEL on record the slot must not carry other bytes: keep it out of use */
+    CF_WARN("store %s: slot %d retired: %s", st->dir, slot, cf_errmsg());
+    return;
+  }
   pthread_mutex_lock(&st->mu);
-  if (!st->cfg.readonly) cf__ssd_release(st, slot);
+  cf__ssd_release(st, slot);
   pthread_mutex_unlock(&st->mu);
 }
 

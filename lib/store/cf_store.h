@@ -158,7 +158,9 @@ int cf_store_save(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
 int cf_store_flush(cf_store_t *st);
 
 /* Drop a chunk from every tier (journaled). Returns 0, CF_ENOTFOUND, or CF_EBUSY while the chunk
- * is pinned or being written (it never waits). */
+ * is pinned or being written (it never waits); CF_ENOSPC/CF_EIO when its DEL record cannot be
+ * written: the chunk is gone now, may come back after a restart, and its SSD slot is retired
+ * until then so the bytes it names stay intact. */
 int cf_store_remove(cf_store_t *st, const cf_store_key_t *key);
 
 /* Move chunks out of the CPU tier until at most `keep_bytes` are used there. With an SSD tier,
