@@ -971,6 +971,7 @@ int cf_store_open(const char *dir, const cf_store_geom_t *geom, const cf_store_c
   st->replaying = 0;
   if (rc) goto fail;
   if (!cfg->readonly) {
+    cf__fsync_dir(dir); /* the journal may have just been created */
     cf__data_offer_all(st);
     if (st->jrecords > 2 * (uint64_t)st->st.ssd_chunks + st->cfg.journal_slack &&
         (rc = cf__journal_compact(st)))

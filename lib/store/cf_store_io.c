@@ -102,6 +102,15 @@ int cf__ring_run(cf_store_t *st, cf__ring_t *r, cf__io_t *ops, unsigned n) {
 
 /* ---------------------------------------------------------------- data files */
 
+void cf__fsync_dir(const char *dir) {
+  /* a new file's directory entry must reach the disk too, or a power loss forgets the file */
+  int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    if (fsync(dfd) != 0) CF_WARN("store %s: fsync of the directory: %s", dir, strerror(errno));
+    close(dfd);
+  }
+}
+
 static void cf__data_path(const cf_store_t *st, int i, char *buf, size_t cap) {
   snprintf(buf, cap, "%s/data.%03d", st->dir, i);
 }
@@ -206,6 +215,7 @@ int cf__data_grow(cf_store_t *st) {
     goto out;
   }
 ok:
+  cf__fsync_dir(st->dir);
   st->dfd[i] = fd;
   /* release: a thread that sees the new count also sees dfd[i] */
   __atomic_store_n(&st->files_ready, i + 1, __ATOMIC_RELEASE);
