@@ -264,21 +264,26 @@ static int cf__cpu_evict_one(cf_store_t *st) {
   }
   /* S3-FIFO (Yang et al., SOSP'23): a small FIFO filters one-hit wonders, a main FIFO with
    * reinsertion holds the rest, a ghost FIFO of keys sends re-saved keys straight to main. */
-  uint32_t budget = 4 * (uint32_t)st->n_cpu_slots + 16;
+  uint32_t budget = 4 * (uint32_t)st->n_cpu_slots + 16, busy_main = 0, busy_small = 0;
   while (budget--) {
     cf__list_t *S = &st->q[CF__Q_SMALL], *M = &st->q[CF__Q_MAIN];
-    if (S->n && (S->n >= st->small_target || !M->n)) {
+    /* a queue pinned for a full turn hands the choice to the other one */
+    int small_stuck = busy_small > S->n, main_stuck = busy_main > M->n;
+    if (small_stuck && main_stuck) break;
+    int from_small = S->n && !small_stuck &&
+                     (S->n >= st->small_target || !M->n || main_stuck);
+    if (from_small) {
       int32_t t = S->tail;
       cf__ent_t *en = &st->ents[t];
-      if (!cf__evictable(en)) { cf__q_set(st, t, CF__Q_SMALL); continue; }
+      if (!cf__evictable(en)) { busy_small++; cf__q_set(st, t, CF__Q_SMALL); continue; }
       if (en->freq > 1) { en->freq = 0; cf__q_set(st, t, CF__Q_MAIN); continue; }
       cf__cpu_drop(st, t, 1);
       return 0;
     }
-    if (!M->n) break;
+    if (!M->n || main_stuck) break;
     int32_t t = M->tail;
     cf__ent_t *en = &st->ents[t];
-    if (!cf__evictable(en)) { cf__q_set(st, t, CF__Q_MAIN); continue; }
+    if (!cf__evictable(en)) { busy_main++; cf__q_set(st, t, CF__Q_MAIN); continue; }
     if (en->freq > 0) { en->freq--; cf__q_set(st, t, CF__Q_MAIN); continue; }
     cf__cpu_drop(st, t, 0);
     return 0;

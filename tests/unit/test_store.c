@@ -262,6 +262,51 @@ CF_TEST(store_lru_evicts_coldest_and_pins_hold) {
   cf_store_close(st);
 }
 
+/* S3-FIFO with every chunk of the small queue pinned (chunks just saved and being read): the
+ * victim comes from the main queue instead of failing with EBUSY; with everything pinned, EBUSY. */
+CF_TEST(store_s3fifo_pinned_small_falls_back_to_main) {
+  cf_store_geom_t g = st_geom(16, 1, 64);
+  cf_store_config_t c = cfg_of(50 * 8192, 0);
+  c.cpu_evict = CF_STORE_EVICT_S3FIFO;
+  cf_store_t *st;
+  CF_CHECK_OK(cf_store_open(tdir("s3pin"), &g, &c, &st));
+  if (!st) return;
+  for (int id = 0; id < 50; id++) CF_CHECK_OK(st_save(st, id, 16, 0));
+  for (int r = 0; r < 2; r++)
+    for (int id = 0; id < 50; id++) { int eq, t; st_check(st, id, 16, 0, 1, &eq, &t); }
+  /* the eviction for 100 moves 0..45 to main and evicts 0 from there: small = 46..49, 100 */
+  CF_CHECK_OK(st_save(st, 100, 16, 0));
+  cf_store_key_t k0 = st_key(&g, 0);
+  CF_CHECK_EQ(cf_store_lookup(st, &k0, 1, NULL), 0);
+  cf_store_pin_t pins[60];
+  int np = 0;
+  const int small_ids[5] = {46, 47, 48, 49, 100};
+  for (int i = 0; i < 5; i++) {
+    cf_store_key_t k = st_key(&g, small_ids[i]);
+    if (cf_store_pin(st, &k, &pins[np]) == 0) np++;
+  }
+  CF_CHECK_EQ(np, 5);
+  CF_CHECK_OK(st_save(st, 101, 16, 0)); /* victim from main: chunk 1 */
+  cf_store_key_t k1 = st_key(&g, 1);
+  CF_CHECK_EQ(cf_store_lookup(st, &k1, 1, NULL), 0);
+  for (int i = 0; i < 5; i++) {
+    cf_store_key_t k = st_key(&g, small_ids[i]);
+    CF_CHECK_EQ(cf_store_lookup(st, &k, 1, NULL), 1);
+  }
+  /* pin everything: no victim */
+  for (int id = 2; id < 46; id++) {
+    cf_store_key_t k = st_key(&g, id);
+    if (cf_store_pin(st, &k, &pins[np]) == 0) np++;
+  }
+  cf_store_key_t k = st_key(&g, 101);
+  if (cf_store_pin(st, &k, &pins[np]) == 0) np++;
+  CF_CHECK_EQ(np, 50);
+  CF_CHECK_ERR(st_save(st, 102, 16, 0), CF_EBUSY);
+  for (int i = 0; i < np; i++) cf_store_unpin(st, &pins[i]);
+  CF_CHECK_OK(st_save(st, 102, 16, 0));
+  cf_store_close(st);
+}
+
 CF_TEST(store_s3fifo_keeps_hot_chunks_under_a_scan) {
   cf_store_geom_t g = st_geom(16, 1, 64);
   const int N = 50;
@@ -286,6 +331,7 @@ CF_TEST(store_s3fifo_keeps_hot_chunks_under_a_scan) {
   cf_store_get_stats(st, &s);
   CF_CHECK_LE(s.cpu_bytes_used, s.cpu_bytes_cap);
   CF_CHECK_EQ(s.cpu_chunks, N);
+
   cf_store_close(st);
 
   /* LRU under the same pattern loses more of the hot set (what S3-FIFO is for) */
