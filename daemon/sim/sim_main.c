@@ -110,19 +110,19 @@ int main(int argc, char **argv) {
     if (cf_policy_parse(pol_arg, &p)) return bad("%s%s", cf_errmsg(), " (or all)");
     pol_one = (int)p;
   }
-  sim_hw_t hw;
-  if ((rc = sim_hw_load(hw_arg, &hw))) return bad("%s%s", cf_errmsg(), "");
-  sim_model_t model;
-  if ((rc = sim_model_load(model_arg, &model))) return bad("%s%s", cf_errmsg(), "");
+  cf_hw_t hw;
+  if ((rc = cf_hw_load(hw_arg, &hw))) return bad("%s%s", cf_errmsg(), "");
+  cf_model_shape_t model;
+  if ((rc = cf_model_shape_load(model_arg, &model))) return bad("%s%s", cf_errmsg(), "");
   int tier = hw.default_tier;
   if (tier_arg) {
     tier = -1;
     for (int t = 0; t < 3; t++)
-      if (!strcmp(tier_arg, sim_tier_names[t])) tier = t;
+      if (!strcmp(tier_arg, cf_tier_names[t])) tier = t;
     if (tier < 0) return bad("unknown tier '%s': expected dram, ssd or net%s", tier_arg, "");
   }
   cf_sched_input_t in = {0};
-  if ((rc = sim_cost_make(&hw, &model, (int)gpus, tier, gbps, (int)chunk, &in.cost)))
+  if ((rc = cf_hw_cost(&hw, &model, (int)gpus, tier, gbps, (int)chunk, &in.cost)))
     return bad("%s%s", cf_errmsg(), "");
   cf_sched_req_t *reqs = NULL;
   int n = 0;
@@ -173,7 +173,7 @@ int main(int argc, char **argv) {
   }
   printf("hw %s (%s tier, %.3g GB/s per link%s, %d engine%s of %d GPU%s), model %s (%d layers, "
          "%.0f B/token/layer)\n",
-         hw.name, sim_tier_names[tier], in.cost.link_Bps / 1e9,
+         hw.name, cf_tier_names[tier], in.cost.link_Bps / 1e9,
          in.cost.shared_link ? " shared" : "", in.cost.n_devices, in.cost.n_devices > 1 ? "s" : "",
          model.tp, model.tp > 1 ? "s" : "", model.name, in.cost.n_layers, in.cost.kv_bytes_per_token);
   printf("%d requests, %lld prefix tokens (max %lld), chunk %d; lower bound on makespan %.4f s\n\n",
@@ -213,7 +213,7 @@ int main(int argc, char **argv) {
     cf_json_escape(esc, sizeof esc, hw.name);
     fprintf(f, "%s,\n  \"model\": ", esc);
     cf_json_escape(esc, sizeof esc, model.name);
-    fprintf(f, "%s,\n  \"tier\": \"%s\",\n  \"link_GBps\": ", esc, sim_tier_names[tier]);
+    fprintf(f, "%s,\n  \"tier\": \"%s\",\n  \"link_GBps\": ", esc, cf_tier_names[tier]);
     json_num(f, in.cost.link_Bps / 1e9);
     fprintf(f, ",\n  \"shared_link\": %s,\n  \"n_devices\": %d,\n  \"n_requests\": %d,\n"
                "  \"chunk_tokens\": %d,\n  \"n_layers\": %d,\n  \"bound_s\": ",

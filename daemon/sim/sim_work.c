@@ -81,7 +81,7 @@ static int cf__line_int(const char *path, int line, const cf_json_t *o, const ch
 int sim_workload_read(const char *path, cf_sched_req_t **out, int *nout) {
   char *text;
   size_t len;
-  int rc = sim_read_file(path, &text, &len);
+  int rc = cf_hw_read_file(path, &text, &len);
   if (rc) return rc;
   size_t cap = 64;
   int n = 0;
