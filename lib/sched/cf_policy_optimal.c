@@ -21,10 +21,14 @@
  *    arrival (SPT: cuts mean TTFT without moving the makespan). A second candidate balances
  *    each request in turn against the cumulative compute and link times (finishes requests
  *    earlier when they arrive apart); a third keeps plain arrival order.
- * 4. Refinement (refine_evals != 0): simulate the candidates, hill-climb each request's
- *    position on its hull path by +-1 and +-L/4 layer moves, keep improvements in (makespan,
- *    then mean TTFT); finally simulate every other policy's plan and keep the best, so
- *    `optimal` is never worse than any of them in makespan on the same input.
+ * 4. Refinement (refine_evals != 0): simulate every other policy's plan first (they set the
+ *    bar: best makespan, best mean and p99 TTFT), then the candidates, then hill-climb each
+ *    request's position on its hull path by +-1 and +-L/4 layer moves. A plan scores by: its
+ *    makespan must not exceed the best other policy's (hard); then the smaller its TTFT excess
+ *    over the best others the better; then makespan; then mean TTFT. If another policy's plan
+ *    still scores better, it is returned, so `optimal` is never slower in makespan than any
+ *    other policy on the same input (and in the property tests almost always has the lowest
+ *    mean TTFT too).
  * The fast path (refine_evals == 0) is steps 1-3 with candidate 1 only: O(requests x 64 price
  * steps + ops) per batch, no allocation proportional to cells (0.11 ms for 64 x 128k tokens).
  */
