@@ -14,6 +14,9 @@
 #include "util/cf_err.h"
 #include "util/cf_json.h"
 
+/* 2^27 cells: 2.7 GB of simulator scratch at most. */
+#define SIM_MAX_CELLS (1 << 27)
+
 static void usage(FILE *f) {
   fprintf(f,
           "usage: cacheflow-sim --hw FILE|NAME --model NAME|config.json\n"
@@ -140,6 +143,17 @@ int main(int argc, char **argv) {
     return bad("workload: %s%s", cf_errmsg(), "");
   }
 
+  /* the simulator keeps 20 bytes per cell: refuse what would not fit rather than thrash */
+  double cells = 0;
+  for (int i = 0; i < n; i++)
+    cells += (double)cf_cost_chunks(&in.cost, reqs[i].prefix_tokens) * in.cost.n_layers;
+  if (cells > SIM_MAX_CELLS) {
+    char what[96];
+    snprintf(what, sizeof what, "%.0f cells (requests x chunks x layers) > %.0f", cells,
+             (double)SIM_MAX_CELLS);
+    free(reqs);
+    return bad("workload too large to simulate: %s%s; use fewer requests or a larger --chunk", what, "");
+  }
   double bound = cf_bound(&in);
   row_t rows[CF_POLICY_COUNT];
   memset(rows, 0, sizeof rows);
@@ -156,6 +170,7 @@ int main(int argc, char **argv) {
     w->plan_ms = (now_s() - t0) * 1e3;
     w->sim_evals = plan.sim_evals;
     if (!rc) rc = cf_sim_run(&in, &plan, &w->res);
+    cf_sim_result_trim(&w->res); /* keep one policy's cell scratch alive at a time */
     w->valid = rc == 0;
     if (rc) {
       snprintf(w->err, sizeof w->err, "%s: %s", cf_strerror(rc), cf_errmsg());
