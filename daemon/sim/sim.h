@@ -15,4 +15,7 @@ int sim_workload_read(const char *path, cf_sched_req_t **reqs, int *n);
  * `rate` per second (0: all at time 0; < 0: the kind's default). Returns 0 or CF_EINVAL. */
 int sim_workload_gen(const char *kind, int n, uint64_t seed, double rate, cf_sched_req_t **reqs);
 
+/* Write reqs as JSON lines (the --workload format). Returns 0 or CF_EIO naming the file. */
+int sim_workload_write(const char *path, const cf_sched_req_t *reqs, int n);
+
 #endif

@@ -22,7 +22,7 @@ static void usage(FILE *f) {
           "usage: cacheflow-sim --hw FILE|NAME --model NAME|config.json\n"
           "                     (--workload FILE | --gen multi-turn|rag|agentic --n N [--seed S] [--rate R])\n"
           "                     [--policy all|NAME] [--tier dram|ssd|net] [--gbps X] [--chunk N]\n"
-          "                     [--gpus N] [--refine N] [--json FILE]\n"
+          "                     [--gpus N] [--refine N] [--json FILE] [--save-workload FILE]\n"
           "  --hw       hardware profile: conf/hw/NAME.json (h100-pcie5, h100-link10g/40g/80g, h100-nvme) or a path\n"
           "  --model    llama-3.1-8b, qwen3-8b, llama-3.1-70b-tp4, llama-3.1-70b-tp8, or an HF config.json\n"
           "  --workload JSON lines {\"arrival_s\": 0.0, \"prefix_tokens\": 16384, \"new_tokens\": 256}\n"
@@ -33,7 +33,8 @@ static void usage(FILE *f) {
           "  --chunk    tokens per chunk (default 256)\n"
           "  --gpus     GPUs in use (default: the model's TP degree); engines = gpus / TP\n"
           "  --refine   simulator runs optimal may spend refining (default: automatic; 0 = fast path)\n"
-          "  --json     write the results as JSON to FILE\n");
+          "  --json     write the results as JSON to FILE\n"
+          "  --save-workload  write the requests (e.g. generated ones) as JSON lines to FILE\n");
 }
 
 static int bad(const char *fmt, const char *a, const char *b) {
@@ -77,7 +78,7 @@ static void json_num(FILE *f, double v) {
 
 int main(int argc, char **argv) {
   const char *hw_arg = NULL, *model_arg = NULL, *work = NULL, *gen = NULL, *pol_arg = "all",
-             *tier_arg = NULL, *json = NULL;
+             *tier_arg = NULL, *json = NULL, *save = NULL;
   double n_gen = 0, seed = 1, rate = -1, gbps = 0, chunk = 256, gpus = 0, refine = -1;
   int rc;
   for (int i = 1; i < argc; i++) {
@@ -93,6 +94,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--policy")) pol_arg = v;
     else if (!strcmp(a, "--tier")) tier_arg = v;
     else if (!strcmp(a, "--json")) json = v;
+    else if (!strcmp(a, "--save-workload")) save = v;
     else if (!strcmp(a, "--n")) { if ((rc = parse_num(a, v, 1, 1000000, &n_gen))) return rc; }
     else if (!strcmp(a, "--seed")) { if ((rc = parse_num(a, v, 0, 1e15, &seed))) return rc; }
     else if (!strcmp(a, "--rate")) { if ((rc = parse_num(a, v, 0, 1e9, &rate))) return rc; }
@@ -143,6 +145,10 @@ int main(int argc, char **argv) {
     return bad("workload: %s%s", cf_errmsg(), "");
   }
 
+  if (save && (rc = sim_workload_write(save, reqs, n))) {
+    free(reqs);
+    return bad("%s%s", cf_errmsg(), "");
+  }
   /* the simulator keeps 20 bytes per cell: refuse what would not fit rather than thrash */
   double cells = 0;
   for (int i = 0; i < n; i++)

@@ -13,6 +13,7 @@
  * Arrivals are Poisson (exponential gaps) at the kind's rate or --rate; --rate 0 puts every
  * request at time 0 (one batching window).
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -137,4 +138,14 @@ fail:
   free(text);
   free(r);
   return rc ? rc : CF_ENOMEM;
+}
+
+int sim_workload_write(const char *path, const cf_sched_req_t *reqs, int n) {
+  FILE *f = fopen(path, "w");
+  if (!f) return cf_seterr(CF_EIO, "--save-workload %s: %s", path, strerror(errno));
+  for (int i = 0; i < n; i++)
+    fprintf(f, "{\"arrival_s\": %.17g, \"prefix_tokens\": %lld, \"new_tokens\": %lld}\n",
+            reqs[i].arrival_s, (long long)reqs[i].prefix_tokens, (long long)reqs[i].new_tokens);
+  if (fclose(f) != 0) return cf_seterr(CF_EIO, "--save-workload %s: write failed", path);
+  return 0;
 }

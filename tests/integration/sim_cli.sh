@@ -88,6 +88,25 @@ if [ -f "$cfg" ]; then
     && check_json "$T/o.json" "model from an HF config.json" || fail "model from config.json" "$(cat "$T/err.txt")"
 fi
 
+# 3b. generators: deterministic by seed, lengths inside their documented ranges, and a saved
+# workload replays to the same results
+for gen in multi-turn:512:32768:3000 rag:2048:32768:8000 agentic:8192:131072:32000; do
+  IFS=: read -r g lo hi want <<<"$gen"
+  "$SIM" --hw h100-pcie5 --model llama-3.1-8b --gen $g --n 200 --seed 11 --policy load --save-workload "$T/a.jsonl" >/dev/null 2>&1
+  "$SIM" --hw h100-pcie5 --model llama-3.1-8b --gen $g --n 200 --seed 11 --policy load --save-workload "$T/b.jsonl" >/dev/null 2>&1
+  "$SIM" --hw h100-pcie5 --model llama-3.1-8b --gen $g --n 200 --seed 12 --policy load --save-workload "$T/c.jsonl" >/dev/null 2>&1
+  cmp -s "$T/a.jsonl" "$T/b.jsonl" && ! cmp -s "$T/a.jsonl" "$T/c.jsonl" && ok "gen $g: same seed, same workload" || fail "gen $g determinism"
+  bad=$(jq -s --argjson lo $lo --argjson hi $hi '[.[] | select(.prefix_tokens < $lo or .prefix_tokens > $hi)] | length' "$T/a.jsonl")
+  n=$(jq -s 'length' "$T/a.jsonl"); med=$(jq -s '[.[].prefix_tokens] | sort | .[100]' "$T/a.jsonl")
+  mono=$(jq -s '[range(1; length) as $i | select(.[$i].arrival_s < .[$i-1].arrival_s)] | length' "$T/a.jsonl")
+  [ "$n" = 200 ] && [ "$bad" = 0 ] && [ "$mono" = 0 ] && [ $((med * 10)) -gt $((want * 8)) ] && [ $((med * 10)) -lt $((want * 12)) ] && ok "gen $g: 200 requests in [$lo, $hi], median $med, arrivals sorted" \
+    || fail "gen $g ranges" "n $n, $bad out of range, $mono unsorted, median $med (documented $want)"
+done
+"$SIM" --hw h100-link10g --model llama-3.1-8b --gen rag --n 6 --seed 4 --save-workload "$T/s.jsonl" --json "$T/g.json" >/dev/null 2>&1
+"$SIM" --hw h100-link10g --model llama-3.1-8b --workload "$T/s.jsonl" --json "$T/r.json" >/dev/null 2>&1
+[ "$(jq -c '[.bound_s, .policies[].makespan_s]' "$T/g.json")" = "$(jq -c '[.bound_s, .policies[].makespan_s]' "$T/r.json")" ] \
+  && ok "saved workload replays identically" || fail "saved workload replay"
+
 # 4. bad input: exit 2 and one line naming the problem
 expect_err() { # name, expected substring, args...
   local name=$1 want=$2; shift 2
@@ -114,6 +133,7 @@ expect_err "negative arrival" "arrival_s" --hw h100-pcie5 --model llama-3.1-8b -
 echo '{"arrival_s": 0, "prefix_tokens": 5.5, "new_tokens": 1}' > "$T/bad4.jsonl"
 expect_err "fractional tokens" "expected an integer" --hw h100-pcie5 --model llama-3.1-8b --workload "$T/bad4.jsonl"
 expect_err "no workload" "exactly one of --workload" --hw h100-pcie5 --model llama-3.1-8b
+expect_err "too large to simulate" "too large to simulate" --hw h100-pcie5 --model llama-3.1-8b --gen agentic --n 100000
 expect_err "TP needs GPUs" "TP degree 8" --hw h100-pcie5 --model llama-3.1-70b-tp8 --gpus 4 --gen rag --n 2
 
 echo "$P passed, $F failed"

@@ -221,6 +221,39 @@ CF_TEST(sched_cake_meets_where_rates_predict) {
   cf_sim_result_free(&s);
 }
 
+CF_TEST(sched_cacheflow_switches_mode_at_threshold) {
+  /* short prefixes: layer-wise (every chunk computed to the same height); long ones:
+   * token-wise (front chunks computed in full, back chunks loaded) */
+  cf_sched_input_t in = {0};
+  base_cost(&in.cost, 10);
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  cf_sched_req_t r[2] = {{0, 1024, 0, -1}, {0, 131072, 0, -1}};
+  in.reqs = r;
+  in.n_reqs = 1;
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_CACHEFLOW, &p));
+  const uint16_t *h0 = p.h;
+  for (int c = 1; c < p.n_chunks[0]; c++) CF_CHECK_EQ(h0[c], h0[0]);
+  CF_CHECK(h0[0] > 0 && h0[0] < in.cost.n_layers);
+  in.reqs = r + 1;
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_CACHEFLOW, &p));
+  const uint16_t *h1 = p.h;
+  int full = 0, none = 0;
+  for (int c = 0; c < p.n_chunks[0]; c++) {
+    CF_CHECK(h1[c] == 0 || h1[c] == in.cost.n_layers);
+    full += h1[c] == in.cost.n_layers;
+    none += h1[c] == 0;
+    if (c > 0) CF_CHECK_LE(h1[c], h1[c - 1]);
+  }
+  CF_CHECK(full > 0 && none > 0);
+  /* together, the link goes to the long request's tail: the short one is recomputed */
+  in.reqs = r;
+  in.n_reqs = 2;
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_CACHEFLOW, &p));
+  for (int c = 0; c < p.n_chunks[0]; c++) CF_CHECK_EQ(p.h[c], in.cost.n_layers);
+  cf_sched_plan_free(&p);
+}
+
 CF_TEST(sched_optimal_within_5pct_of_bound_on_shipped_profiles) {
   glob_t g;
   CF_CHECK_EQ(glob("conf/hw/*.json", 0, NULL, &g), 0);
