@@ -14,6 +14,8 @@
 #include "util/cf_err.h"
 #include "util/cf_json.h"
 
+/* Per-request arrays in the JSON only up to this many requests. */
+#define SIM_MAX_PER_REQUEST 4096
 /* 2^27 cells: 2.7 GB of simulator scratch at most. */
 #define SIM_MAX_CELLS (1 << 27)
 
@@ -266,6 +268,18 @@ int main(int argc, char **argv) {
       }
       fprintf(f, ", \"cells_computed\": %lld, \"cells_loaded\": %lld, \"sim_evals\": %d",
               (long long)s->cells_computed, (long long)s->cells_loaded, w->sim_evals);
+      if (n <= SIM_MAX_PER_REQUEST) { /* per-request results, in workload order */
+        const double *arr[2] = {s->restore_s, s->ttft_s};
+        const char *names[2] = {"restore_s", "ttft_s"};
+        for (int a = 0; a < 2; a++) {
+          fprintf(f, ", \"%s\": [", names[a]);
+          for (int i = 0; i < n; i++) {
+            if (i) fputc(',', f);
+            json_num(f, arr[a][i]);
+          }
+          fputc(']', f);
+        }
+      }
       fprintf(f, ", \"speedup_mean_ttft\": {");
       int f2 = 1;
       for (int q = 0; q < CF_POLICY_COUNT; q++)
