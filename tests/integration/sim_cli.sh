@@ -74,6 +74,16 @@ if "$SIM" --hw conf/hw/h100-pcie5.json --model llama-3.1-8b --workload "$T/w.jso
     && ok "table printed" || fail "table printed" "$(head -n 5 "$T/out.txt")"
 else fail "workload file" "$(head -n 3 "$T/err.txt")"; fi
 
+# 2b. a profile we did not ship: minimal keys, defaults for the rest
+cat > "$T/hw.json" <<'EOF'
+{"compute": {"gamma_ms": 0.3, "alpha_us_per_token": 1.1, "beta_ns_per_token2": 0.09},
+ "tiers": {"ssd": {"GBps": 3.0, "latency_us": 90}}}
+EOF
+if "$SIM" --hw "$T/hw.json" --model qwen3-8b --gen rag --n 6 --rate 0 --json "$T/o.json" >/dev/null 2>"$T/err.txt"; then
+  check_json "$T/o.json" "minimal custom profile"
+  jq -e '.tier == "ssd" and .link_GBps == 3' "$T/o.json" >/dev/null && ok "custom profile: its only tier is the default" || fail "custom profile tier"
+else fail "minimal custom profile" "$(cat "$T/err.txt")"; fi
+
 # 3. one policy only; single long request near the bound; HF config.json
 "$SIM" --hw h100-link10g --model llama-3.1-8b --workload <(echo '{"arrival_s": 0, "prefix_tokens": 20000, "new_tokens": 10}') \
   --policy cake --json "$T/o.json" >/dev/null 2>&1
@@ -137,6 +147,7 @@ echo '{"arrival_s": 0, "prefix_tokens": 5.5, "new_tokens": 1}' > "$T/bad4.jsonl"
 expect_err "fractional tokens" "expected an integer" --hw h100-pcie5 --model llama-3.1-8b --workload "$T/bad4.jsonl"
 expect_err "no workload" "exactly one of --workload" --hw h100-pcie5 --model llama-3.1-8b
 expect_err "too large to simulate" "too large to simulate" --hw h100-pcie5 --model llama-3.1-8b --gen agentic --n 100000
+expect_err "tier not in profile" "has no 'dram' tier" --hw "$T/hw.json" --model llama-3.1-8b --gen rag --n 2 --tier dram
 expect_err "TP needs GPUs" "TP degree 8" --hw h100-pcie5 --model llama-3.1-70b-tp8 --gpus 4 --gen rag --n 2
 
 echo "$P passed, $F failed"

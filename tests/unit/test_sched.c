@@ -510,6 +510,26 @@ CF_TEST(sched_hw_profiles_and_models_errors) {
   fclose(f);
   CF_CHECK_ERR(cf_hw_load(path, &hw), CF_EFORMAT);
   CF_CHECK_CONTAINS(cf_errmsg(), "compute.alpha_us_per_token");
+  /* a minimal profile: compute and one tier; the rest defaults */
+  f = fopen(path, "w");
+  fputs("{\"compute\": {\"gamma_ms\": 0.1, \"alpha_us_per_token\": 0.5, \"beta_ns_per_token2\": 0.05},"
+        " \"tiers\": {\"net\": {\"GBps\": 2.5, \"latency_us\": 40}}}", f);
+  fclose(f);
+  CF_CHECK_OK(cf_hw_load(path, &hw));
+  CF_CHECK_EQ(hw.gpus, 8);
+  CF_CHECK_EQ(hw.default_tier, CF_TIER_NET);
+  cf_model_shape_t m8;
+  CF_CHECK_OK(cf_model_shape_load("llama-3.1-8b", &m8));
+  cf_sched_cost_t cost;
+  CF_CHECK_OK(cf_hw_cost(&hw, &m8, 0, CF_TIER_NET, 0, 256, &cost));
+  CF_CHECK(cost.shared_link && REL(cost.link_Bps, 2.5e9) < 1e-12 && REL(cost.link_latency_s, 40e-6) < 1e-12);
+  CF_CHECK_ERR(cf_hw_cost(&hw, &m8, 0, CF_TIER_DRAM, 0, 256, &cost), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "has no 'dram' tier");
+  f = fopen(path, "w");
+  fputs("{\"tiers\": {\"dram\": {\"GBps\": 2.5, \"latency_us\": 40}}}", f);
+  fclose(f);
+  CF_CHECK_ERR(cf_hw_load(path, &hw), CF_EFORMAT);
+  CF_CHECK_CONTAINS(cf_errmsg(), "missing key 'compute'");
   cf_model_shape_t m;
   CF_CHECK_ERR(cf_model_shape_load("gpt-5", &m), CF_ENOTFOUND);
   CF_CHECK_CONTAINS(cf_errmsg(), "unknown model 'gpt-5'");
