@@ -163,25 +163,22 @@ int cf__plan_emit_loads(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
   return 0;
 }
 
-static const cf_sched_req_t *cf__sort_reqs;
-static int cf__cmp_arrival(const void *a, const void *b) {
-  int x = *(const int *)a, y = *(const int *)b;
-  double ax = cf__sort_reqs[x].arrival_s, ay = cf__sort_reqs[y].arrival_s;
-  if (ax != ay) return ax < ay ? -1 : 1;
-  return x - y;
+/* (arrival, index) order of requests x before y */
+static int cf__before(const cf_sched_req_t *q, int x, int y) {
+  if (q[x].arrival_s != q[y].arrival_s) return q[x].arrival_s < q[y].arrival_s;
+  return x < y;
 }
 
-/* Insertion sort by (arrival, index): stable, allocation-free, and batches are small and
+/* Insertion sort by (arrival, index): stable, allocation-free, reentrant, and batches are
  * usually already in arrival order (O(n) then). */
 void cf__arrival_order(const cf_sched_input_t *in, int *order) {
-  cf__sort_reqs = in->reqs;
   for (int i = 0; i < in->n_reqs; i++) {
-    int v = i, j = i;
-    while (j > 0 && cf__cmp_arrival(&order[j - 1], &v) > 0) {
+    int j = i;
+    while (j > 0 && cf__before(in->reqs, i, order[j - 1])) {
       order[j] = order[j - 1];
       j--;
     }
-    order[j] = v;
+    order[j] = i;
   }
 }
 

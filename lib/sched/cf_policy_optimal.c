@@ -222,17 +222,21 @@ static cf__pos_t cf__balance(const cf__opt_t *o, int r, double a, double b) {
   return best;
 }
 
-static const double *cf__sort_key;
-static const cf_sched_req_t *cf__sort_req;
-static int cf__cmp_order(const void *pa, const void *pb) {
+typedef struct {
+  const double *key; /* NULL: arrival order only */
+  const cf_sched_req_t *req;
+} cf__order_ctx_t;
+
+static int cf__cmp_order(const void *pa, const void *pb, void *arg) {
+  const cf__order_ctx_t *x = arg;
   int a = *(const int *)pa, b = *(const int *)pb;
-  if (cf__sort_req[a].arrival_s != cf__sort_req[b].arrival_s)
-    return cf__sort_req[a].arrival_s < cf__sort_req[b].arrival_s ? -1 : 1;
-  if (cf__sort_key && cf__sort_key[a] != cf__sort_key[b])
-    return cf__sort_key[a] < cf__sort_key[b] ? -1 : 1;
+  if (x->req[a].arrival_s != x->req[b].arrival_s)
+    return x->req[a].arrival_s < x->req[b].arrival_s ? -1 : 1;
+  if (x->key && x->key[a] != x->key[b]) return x->key[a] < x->key[b] ? -1 : 1;
   return a - b;
 }
 
+/* Order requests by arrival, then (spt) by their compute + load time at the current positions. */
 static void cf__make_order(cf__opt_t *o, int spt) {
   for (int r = 0; r < o->n; r++) {
     o->order[r] = r;
@@ -240,9 +244,8 @@ static void cf__make_order(cf__opt_t *o, int spt) {
     cf__xy(o, r, o->pos[r], &x, &y);
     o->key[r] = x + y;
   }
-  cf__sort_key = spt ? o->key : NULL;
-  cf__sort_req = o->in->reqs;
-  qsort(o->order, (size_t)o->n, sizeof *o->order, cf__cmp_order);
+  cf__order_ctx_t ctx = {spt ? o->key : NULL, o->in->reqs};
+  qsort_r(o->order, (size_t)o->n, sizeof *o->order, cf__cmp_order, &ctx);
 }
 
 /* Emit the plan for the current positions and order. */
