@@ -295,7 +295,7 @@ static cf__score_t cf__score_of(const cf_sim_result_t *r, const cf__ref_t *ref) 
   cf__score_t s = {0, r->makespan_s, r->mean_ttft_s};
   if (!ref) return s;
   const double eps = 1e-12;
-  if (r->makespan_s > ref->mk * (1 + eps)) s.viol = 1e6 + r->makespan_s / ref->mk;
+  if (r->makespan_s > ref->mk) s.viol = 1e6 + r->makespan_s / ref->mk; /* exact: no slack */
   else {
     if (ref->mean > 0 && r->mean_ttft_s > ref->mean * (1 + eps)) s.viol += r->mean_ttft_s / ref->mean - 1;
     if (ref->p99 > 0 && r->p99_ttft_s > ref->p99 * (1 + eps)) s.viol += r->p99_ttft_s / ref->p99 - 1;

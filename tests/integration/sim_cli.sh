@@ -26,11 +26,11 @@ check_json() {
             elif $p.valid != true then "policy \($n) invalid"
             elif ([$p.makespan_s, $p.mean_ttft_s, $p.p99_ttft_s, $p.ratio_to_bound] | map(type == "number") | all | not)
               then "policy \($n): a field is not a number"
-            elif $p.makespan_s < .bound_s * (1 - 1e-9) then "policy \($n) below the bound"
+            elif $p.makespan_s < .bound_s then "policy \($n) below the bound"
             elif ($p.ratio_to_bound - ($p.makespan_s / (if .bound_s > 0 then .bound_s else 1 end)) | fabs) > 1e-6 and .bound_s > 0
               then "policy \($n): ratio_to_bound disagrees"
             elif $p.p99_ttft_s < $p.mean_ttft_s * 0 then "bad p99"
-            elif .policies.optimal.makespan_s > $p.makespan_s * (1 + 1e-9) then "optimal slower than \($n)"
+            elif .policies.optimal.makespan_s > $p.makespan_s then "optimal slower than \($n)"
             else empty end ) ]
     | join("; ")' "$j" 2>&1)
   if [ -z "$why" ]; then ok "$name"; else fail "$name" "$why"; fi
