@@ -120,6 +120,26 @@ done
 [ "$(jq -c '[.bound_s, .policies[].makespan_s]' "$T/g.json")" = "$(jq -c '[.bound_s, .policies[].makespan_s]' "$T/r.json")" ] \
   && ok "saved workload replays identically" || fail "saved workload replay"
 
+# 3c. the plan itself, checked independently of the simulator: every cell exactly once,
+# computed iff below the staircase, staircases in [0, L], compute steps one layer high
+for pol in optimal cake layerwise cacheflow; do
+  "$SIM" --hw h100-link10g --model llama-3.1-8b --workload "$T/w.jsonl" --policy $pol --plan-json "$T/plan.json" >/dev/null 2>"$T/err.txt" \
+    || { fail "plan-json $pol" "$(cat "$T/err.txt")"; continue; }
+  why=$(jq -r '
+    .n_layers as $L | .requests as $R
+    | [ .ops[] | . as [$k, $r, $s, $c0, $c1, $l0, $l1]
+        | range($c0; $c1) as $c | range($l0; $l1) as $l
+        | {key: "\($r),\($c),\($l)", comp: ($k == "compute"), ok: (($k == "compute") == ($l < $R[$r].h[$c]))} ] as $cells
+    | ([$R[] | (.h | length) * $L] | add // 0) as $total
+    | [ if ($cells | length) != $total then "\($cells | length) cell ops for \($total) cells" else empty end,
+        if ($cells | map(.key) | unique | length) != ($cells | length) then "a cell appears twice" else empty end,
+        if ($cells | map(.ok) | all | not) then "a cell computed above or loaded below its staircase" else empty end,
+        if ([$R[].h[] | select(. < 0 or . > $L)] | length) > 0 then "h out of [0, L]" else empty end,
+        if ([.ops[] | select(.[0] == "compute" and .[6] != .[5] + 1)] | length) > 0 then "compute op spans layers" else empty end ]
+    | join("; ")' "$T/plan.json")
+  [ -z "$why" ] && ok "plan-json $pol: every cell once, staircase honoured" || fail "plan-json $pol" "$why"
+done
+
 # 4. bad input: exit 2 and one line naming the problem
 expect_err() { # name, expected substring, args...
   local name=$1 want=$2; shift 2
