@@ -32,7 +32,7 @@ static void usage(FILE *f) {
           "  --gen      synthetic workload; --rate requests/s (Poisson; 0 = all at t=0; default per kind)\n"
           "  --policy   recompute, load, cake, layerwise, cacheflow, optimal or all (default all)\n"
           "  --tier     tier holding the prefixes (default: the profile's)\n"
-          "  --gbps     override that tier's load bandwidth, Gbit/s\n"
+          "  --gbps     override that tier's load bandwidth, Gbit/s (dram: per GPU link; ssd/net: shared total)\n"
           "  --chunk    tokens per chunk (default 256)\n"
           "  --gpus     GPUs in use (default: the model's TP degree); engines = gpus / TP\n"
           "  --refine   simulator runs optimal may spend refining (default: automatic; 0 = fast path)\n"

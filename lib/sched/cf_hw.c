@@ -275,7 +275,7 @@ int cf_hw_cost(const cf_hw_t *hw, const cf_model_shape_t *model, int gpus, int t
   /* a TP engine loads its tp shards over tp PCIe links at once */
   double pcie = hw->pcie_Bps * tp;
   double bw = tier == CF_TIER_DRAM ? hw->tier_Bps[tier] * tp : hw->tier_Bps[tier];
-  if (gbps > 0) bw = gbps * 1e9 / 8;
+  if (gbps > 0) bw = gbps * 1e9 / 8 * (tier == CF_TIER_DRAM ? tp : 1); /* dram: per GPU link */
   c->shared_link = hw->tier_shared[tier];
   c->link_Bps = c->shared_link ? fmin(bw, pcie) : bw;
   c->link_latency_s = hw->tier_lat_s[tier];

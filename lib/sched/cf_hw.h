@@ -45,7 +45,8 @@ int cf_hw_load(const char *arg, cf_hw_t *hw);
 int cf_model_shape_load(const char *arg, cf_model_shape_t *m);
 
 /* Fill the scheduler's cost model for `model` on `hw`: `gpus` GPUs in use (0 = the model's TP
- * degree), tier (CF_TIER_*), gbps > 0 overrides the tier's bandwidth (Gbit/s), chunk tokens.
+ * degree), tier (CF_TIER_*), gbps > 0 overrides the tier's bandwidth (Gbit/s; for dram that
+ * of each GPU's PCIe link, for ssd/net the shared link's total), chunk tokens.
  * Returns 0 or CF_EINVAL naming the conflict. */
 int cf_hw_cost(const cf_hw_t *hw, const cf_model_shape_t *model, int gpus, int tier, double gbps,
                   int chunk, cf_sched_cost_t *cost);
