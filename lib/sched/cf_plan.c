@@ -189,36 +189,48 @@ void cf__assign_devices(const cf_sched_input_t *in, int *dev) {
     return;
   }
   double *load = calloc((size_t)G, sizeof *load);
+  double *sz = malloc((size_t)(n ? n : 1) * sizeof *sz);
   int *order = malloc((size_t)(n ? n : 1) * sizeof *order);
-  if (!load || !order) { /* fall back to round robin: still deterministic and valid */
+  if (!load || !order || !sz) { /* fall back to round robin: still deterministic and valid */
     for (int r = 0; r < n; r++) dev[r] = in->reqs[r].device >= 0 ? in->reqs[r].device : r % G;
     free(load);
+    free(sz);
     free(order);
     return;
   }
+  for (int r = 0; r < n; r++) sz[r] = cf_bound_single(&in->cost, in->reqs[r].prefix_tokens);
   cf__arrival_order(in, order);
   for (int i = 0; i < n; i++) { /* pinned requests first: they are not ours to move */
     int r = order[i];
     if (in->reqs[r].device >= 0) {
       dev[r] = in->reqs[r].device;
-      load[dev[r]] = fmax(load[dev[r]], in->reqs[r].arrival_s) +
-                     cf_bound_single(&in->cost, in->reqs[r].prefix_tokens);
+      load[dev[r]] = fmax(load[dev[r]], in->reqs[r].arrival_s) + sz[r];
     }
+  }
+  /* within one arrival time, largest first (LPT): bursts balance far better */
+  for (int i = 1; i < n; i++) {
+    int v = order[i], j = i;
+    while (j > 0 && in->reqs[order[j - 1]].arrival_s == in->reqs[v].arrival_s &&
+           sz[order[j - 1]] < sz[v]) {
+      order[j] = order[j - 1];
+      j--;
+    }
+    order[j] = v;
   }
   for (int i = 0; i < n; i++) {
     int r = order[i];
     if (in->reqs[r].device >= 0) continue;
+    double a = in->reqs[r].arrival_s;
     int best = 0;
     for (int d = 1; d < G; d++)
-      if (fmax(load[d], in->reqs[r].arrival_s) < fmax(load[best], in->reqs[r].arrival_s) ||
-          (fmax(load[d], in->reqs[r].arrival_s) == fmax(load[best], in->reqs[r].arrival_s) &&
-           load[d] < load[best]))
+      if (fmax(load[d], a) < fmax(load[best], a) ||
+          (fmax(load[d], a) == fmax(load[best], a) && load[d] < load[best]))
         best = d;
     dev[r] = best;
-    load[best] = fmax(load[best], in->reqs[r].arrival_s) +
-                 cf_bound_single(&in->cost, in->reqs[r].prefix_tokens);
+    load[best] = fmax(load[best], a) + sz[r];
   }
   free(load);
+  free(sz);
   free(order);
 }
 
