@@ -379,9 +379,9 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   for (int d = 0; d < nd; d++) o.doff[d + 1] += o.doff[d];
   memcpy(crit, o.doff, (size_t)nd * sizeof *crit); /* crit[] as the fill cursor for now */
   for (int r = 0; r < n; r++) o.dreq[crit[dev[r]]++] = r;
-  double Yd_dummy;
+  double y_unused; /* exact sums are recomputed below */
   if (!c->shared_link || nd == 1) {
-    for (int d = 0; d < nd; d++) crit[d] = cf__device_split(&o, d, -1, &X[d], &Yd_dummy);
+    for (int d = 0; d < nd; d++) crit[d] = cf__device_split(&o, d, -1, &X[d], &y_unused);
   } else {
     /* Find T with Y(T) = T, Y(T) = link time when every device computes for T: convex,
      * decreasing, piecewise linear, so Newton from T = 0 climbs monotonically to the root
@@ -403,7 +403,7 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
       if (h <= 1e-9 * hi) break;
       hi += h / (1 - dY);
     }
-    for (int d = 0; d < nd; d++) crit[d] = cf__device_split(&o, d, hi, &X[d], &Yd_dummy);
+    for (int d = 0; d < nd; d++) crit[d] = cf__device_split(&o, d, hi, &X[d], &y_unused);
   }
   /* exact X, Y from the whole-vertex positions, then split each critical request */
   for (int d = 0; d < nd; d++) X[d] = 0;
