@@ -566,6 +566,15 @@ static void cf__h_stats(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   resp.cpu_tier_bytes_used = st.cpu_bytes;
   resp.ssd_tier_bytes_used = st.ssd_bytes;
   resp.draining = st.draining;
+  if (s->model) {
+    resp.model_fingerprint.data = (uint8_t *)s->model->fingerprint;
+    resp.model_fingerprint.len = 16;
+    resp.model_dir = (char *)s->model->dir;
+    resp.model_layers = s->model->n_layers;
+    resp.model_kv_heads = s->model->n_kv_heads;
+    resp.model_head_dim = s->model->head_dim;
+    resp.model_vocab = s->model->vocab;
+  }
   Cacheflow__V1__Counter cs[4], *cp[4];
   const char *names[4] = {"cacheflow_restores_total", "cacheflow_restore_batches_total",
                           "cacheflow_restores_batched_total", "cacheflow_rpc_calls_in_flight"};
