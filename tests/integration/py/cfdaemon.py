@@ -124,8 +124,18 @@ class Daemon:
             env["WATCHDOG_USEC"] = str(self.watchdog_usec)
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen([BIN, "--config", self.conf_path], stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        self.client = Client(self.addr, timeout=10)
+        # Connect the gRPC client only once the socket accepts: a channel whose first attempts
+        # fail backs off for seconds.
         end = time.time() + 15
+        while time.time() < end and self.proc.poll() is None:
+            try:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(self.sock)
+                s.close()
+                break
+            except OSError:
+                time.sleep(0.02)
+        self.client = Client(self.addr, timeout=10)
         while time.time() < end:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"cacheflowd exited {self.proc.returncode}: {self.read_log()}")

@@ -64,9 +64,11 @@ def _decode_health_response(data):
 class Client:
     """One channel to cacheflowd. Thread-safe (grpcio channels are)."""
 
-    def __init__(self, addr="unix:/run/cacheflow/cacheflowd.sock", timeout=30.0):
+    def __init__(self, addr="unix:/run/cacheflow/cacheflowd.sock", timeout=30.0, options=()):
+        """`options`: extra grpcio channel options, e.g. short reconnect backoffs while
+        waiting for a daemon that is starting."""
         self.addr, self.timeout = addr, timeout
-        self.channel = grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", 64 << 20)])
+        self.channel = grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", 64 << 20)] + list(options))
         self.cf = pb_grpc.CacheFlowStub(self.channel)
         self.admin = pb_grpc.AdminStub(self.channel)
 
