@@ -1,6 +1,7 @@
 """Helpers for the daemon integration tests: start the REAL build/cacheflowd on a temporary
 unix socket, listen for sd_notify datagrams, speak HTTP over a unix socket, count checks."""
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -148,6 +149,8 @@ class Daemon:
         raise RuntimeError("cacheflowd did not become SERVING: " + self.read_log())
 
     def read_log(self):
+        if getattr(self, "final_log", None) is not None:
+            return self.final_log
         with open(self.log_path) as f:
             return f.read()
 
@@ -191,7 +194,15 @@ class Daemon:
             self.client.close()
         except Exception:
             pass
-        return self.proc.returncode if self.proc else None
+        self.final_log = None
+        self.final_log = self.read_log()
+        rc = self.proc.returncode if self.proc else None
+        if "Sanitizer" in self.final_log or "runtime error:" in self.final_log:
+            print("sanitizer report in the daemon log:\n" + self.final_log[-3000:])
+            rc = -999  # fails every "exit 0" check
+        if not os.environ.get("CF_TEST_KEEP"):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        return rc
 
 
 def parse_prometheus(text):
