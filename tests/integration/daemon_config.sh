@@ -2,13 +2,8 @@
 # `cacheflowd --check-config` rejects each kind of bad value naming file:line, key, value and
 # the allowed range; the shipped conf/cacheflowd.conf documents every directive with its
 # default; command-line overrides are checked too.
-cd "$(dirname "$0")/../.." || exit 1
-BIN=${BUILD:-build}/cacheflowd
-FIX=${CF_FIXTURES:-$(cd .. && pwd)/shared/fixtures}/public-llama-gqa
-P=0; F=0
-ok() { P=$((P+1)); echo "  ok   $1"; }
-bad() { F=$((F+1)); echo "FAIL $1"; [ -n "${2:-}" ] && echo "$2" | sed 's/^/    /' | head -20; }
-T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+source "$(dirname "$0")/lib/daemon_common.sh"
+BIN=$B/cacheflowd
 
 # 1. the shipped file: valid, and its documented values are exactly the table's defaults
 out=$($BIN --config conf/cacheflowd.conf --check-config 2>&1) && ok "shipped conf passes --check-config" || bad "shipped conf passes --check-config" "$out"
@@ -82,5 +77,4 @@ mkdir -p "$T/busy.sock"
 out=$(timeout 10 $BIN --config /dev/null --listen "unix:$T/busy.sock" --store-dir "$T/st" 2>&1); rc=$?
 [ $rc -eq 1 ] && echo "$out" | grep -q "busy.sock exists and is not a socket" && ok "refuses a listen path that is not a socket" || bad "listen path not a socket" "rc=$rc $out"
 
-echo "$P passed, $F failed"
-[ $F -eq 0 ]
+finish

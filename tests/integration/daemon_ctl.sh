@@ -1,22 +1,12 @@
 #!/usr/bin/env bash
 # cacheflowctl against the real daemon: each subcommand's output and exit status, and a clear
 # one-line error naming the daemon's reason.
-cd "$(dirname "$0")/../.." || exit 1
-B=${BUILD:-build}
-FIX=${CF_FIXTURES:-$(cd .. && pwd)/shared/fixtures}/public-llama-gqa
-P=0; F=0
-ok() { P=$((P+1)); echo "  ok   $1"; }
-bad() { F=$((F+1)); echo "FAIL $1"; [ -n "${2:-}" ] && echo "$2" | sed 's/^/    /' | head -20; }
-T=$(mktemp -d); PID=
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$T"; }
-trap cleanup EXIT
+source "$(dirname "$0")/lib/daemon_common.sh"
 export CACHEFLOW_ADDR="unix:$T/cf.sock"
 out=$($B/cacheflowctl status 2>&1); rc=$?
 [ $rc -eq 1 ] && echo "$out" | grep -q "cacheflowctl status: unix:$T/cf.sock: .*UNAVAILABLE" && ok "status without a daemon: exit 1, UNAVAILABLE" || bad "status without daemon" "rc=$rc $out"
 printf 'policy = layerwise\n' > "$T/c.conf"
-$B/cacheflowd --config "$T/c.conf" --listen "unix:$T/cf.sock" --store-dir "$T/store" --model "$FIX" >"$T/log" 2>&1 &
-PID=$!
-for i in $(seq 100); do $B/cacheflowctl status >/dev/null 2>&1 && break; sleep 0.05; done
+start_daemon --config "$T/c.conf"
 out=$($B/cacheflowctl status 2>&1) && echo "$out" | grep -q "SERVING, up .* 0 engine(s), 0 restore(s) in flight, model $FIX" && ok "status: SERVING summary" || bad "status" "$out"
 out=$($B/cacheflowctl stats 2>&1) && echo "$out" | grep -q "^requests_total [0-9]" && echo "$out" | grep -q "^cacheflow_restores_total 0" && ok "stats" || bad "stats" "$out"
 out=$($B/cacheflowctl config policy 2>&1) && [ "$out" = "policy = layerwise" ] && ok "config policy (from the file)" || bad "config policy" "$out"
@@ -29,5 +19,4 @@ out=$($B/cacheflowctl restore --engine 42 --tokens 1,2 --blocks 0 --policy faste
 out=$($B/cacheflowctl evict --tier cpu 2>&1); [ $? -eq 1 ] && echo "$out" | grep -q "FAILED_PRECONDITION: Evict needs the KV store" && ok "evict before the store is wired" || bad "evict" "$out"
 out=$($B/cacheflowctl evict --tier gpu 2>&1); [ $? -eq 2 ] && ok "evict bad tier: usage error" || bad "evict bad tier" "$out"
 out=$($B/cacheflowctl bench --clients 4 --requests 50 2>&1) && echo "$out" | grep -q "4 client(s) x 50 request(s).* 0 error(s)" && ok "bench small run" || bad "bench" "$out"
-echo "$P passed, $F failed"
-[ $F -eq 0 ]
+finish

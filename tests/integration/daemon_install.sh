@@ -2,15 +2,7 @@
 # `make install` into a DESTDIR puts binaries, config, systemd unit + sysusers/tmpfiles, the
 # client library, headers and cacheflow.pc in place; a program built only from the installed
 # files (pkg-config) talks to a running daemon.
-cd "$(dirname "$0")/../.." || exit 1
-B=${BUILD:-build}
-FIX=${CF_FIXTURES:-$(cd .. && pwd)/shared/fixtures}/public-llama-gqa
-P=0; F=0
-ok() { P=$((P+1)); echo "  ok   $1"; }
-bad() { F=$((F+1)); echo "FAIL $1"; [ -n "${2:-}" ] && echo "$2" | sed 's/^/    /' | head -20; }
-T=$(mktemp -d); PID=
-cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$T"; }
-trap cleanup EXIT
+source "$(dirname "$0")/lib/daemon_common.sh"
 D=$T/root
 out=$(make --no-print-directory BUILD="$B" install DESTDIR="$D" PREFIX=/usr 2>&1) && ok "make install DESTDIR PREFIX=/usr" || bad "make install" "$out"
 for f in usr/bin/cacheflowd usr/bin/cacheflowctl etc/cacheflow/cacheflowd.conf lib/systemd/system/cacheflowd.service \
@@ -47,10 +39,7 @@ EOC
 export PKG_CONFIG_PATH="$D/usr/lib/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$D"
 SAN=; [ -n "${CF_ASAN:-}" ] && SAN="-fsanitize=address,undefined"
 out=$(cc $SAN -o "$T/hello" "$T/hello.c" $(pkg-config --cflags --static --libs cacheflow) 2>&1) && ok "builds against pkg-config cacheflow" || bad "build against pkg-config" "$out"
-$B/cacheflowd --config /dev/null --listen "unix:$T/cf.sock" --store-dir "$T/store" --model "$FIX" >"$T/log" 2>&1 &
-PID=$!
-for i in $(seq 100); do [ -S "$T/cf.sock" ] && break; sleep 0.05; done
+start_daemon --config /dev/null
 out=$("$T/hello" "unix:$T/cf.sock" 2>&1)
 [ "$out" = "serving=1 layers=2" ] && ok "installed client library talks to the daemon" || bad "client program" "$out"
-echo "$P passed, $F failed"
-[ $F -eq 0 ]
+finish

@@ -3,19 +3,8 @@
 # with a bad block id that must get INVALID_ARGUMENT) over the unix socket, each client with its
 # own connection and registered engine. Every status is checked by cacheflowctl bench; the
 # daemon's RSS must stay bounded: a second identical run may not grow it by more than 8 MiB.
-cd "$(dirname "$0")/../.." || exit 1
-B=${BUILD:-build}
-FIX=${CF_FIXTURES:-$(cd .. && pwd)/shared/fixtures}/public-llama-gqa
-P=0; F=0
-ok() { P=$((P+1)); echo "  ok   $1"; }
-bad() { F=$((F+1)); echo "FAIL $1"; [ -n "${2:-}" ] && echo "$2" | sed 's/^/    /' | head -20; }
-T=$(mktemp -d)
-$B/cacheflowd --config /dev/null --listen "unix:$T/cf.sock" --store-dir "$T/store" --model "$FIX" >"$T/log" 2>&1 &
-PID=$!
-cleanup() { kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; rm -rf "$T"; }
-trap cleanup EXIT
-export CACHEFLOW_ADDR="unix:$T/cf.sock"
-for i in $(seq 100); do $B/cacheflowctl status >/dev/null 2>&1 && break; sleep 0.05; done
+source "$(dirname "$0")/lib/daemon_common.sh"
+start_daemon --config /dev/null
 rss() { awk '/^VmRSS:/ {print $2}' /proc/$PID/status; }
 r0=$(rss)
 out1=$($B/cacheflowctl bench --clients 64 --requests 200 2>&1); rc1=$?
@@ -27,7 +16,7 @@ echo "RSS kB: start $r0, after run 1 $r1, after run 2 $r2"
 [ $rc1 -eq 0 ] && echo "$out1" | grep -q "64 client(s) x 200 request(s).* 0 error(s)" && ok "run 1: 12800 requests, no error" || bad "run 1" "$out1"
 [ $rc2 -eq 0 ] && echo "$out2" | grep -q " 0 error(s)" && ok "run 2: 12800 requests, no error" || bad "run 2" "$out2"
 if [ -n "${CF_ASAN:-}" ]; then # ASan's quarantine holds freed memory: RSS says nothing there
-  echo "  skip RSS bounds under AddressSanitizer"
+  echo "  skip RSS bounds under AddressSanitizer"; S=2
 else
   [ $((r2 - r1)) -lt 8192 ] && ok "RSS bounded: run 2 grew it by $((r2 - r1)) kB (< 8192)" || bad "RSS grew by $((r2 - r1)) kB in run 2"
   [ "$r2" -lt 262144 ] && ok "RSS under 256 MiB ($r2 kB)" || bad "RSS $r2 kB"
@@ -37,6 +26,4 @@ echo "$st" | grep -q "^engines 0$" && ok "every bench engine unregistered" || ba
 $B/cacheflowctl status >/dev/null && ok "still SERVING after the load" || bad "not serving after the load"
 kill -TERM $PID; wait $PID; rc=$?
 [ $rc -eq 0 ] && ok "exit 0 on SIGTERM" || bad "exit $rc on SIGTERM" "$(tail -5 "$T/log")"
-S=0; [ -n "${CF_ASAN:-}" ] && S=2
-echo "$P passed, $F failed, $S skipped"
-[ $F -eq 0 ]
+finish

@@ -205,6 +205,25 @@ class Daemon:
         return rc
 
 
+def restore_in_thread(addr, engine_id, tokens, blocks):
+    """Start a Restore on its own connection in a thread. Returns (thread, result): once the
+    thread is joined, result holds code (grpc.StatusCode), details and t (seconds taken)."""
+    result = {}
+
+    def run():
+        t0 = time.time()
+        try:
+            list(Client(addr).restore(engine_id, tokens, blocks))
+            result["code"] = grpc.StatusCode.OK
+        except CacheFlowError as e:
+            result["code"], result["details"] = e.code, e.details
+        result["t"] = time.time() - t0
+
+    th = threading.Thread(target=run)
+    th.start()
+    return th, result
+
+
 def parse_prometheus(text):
     """A strict reader of the Prometheus text format 0.0.4 subset we emit. Returns
     ({(name, labels): value}, [errors])."""

@@ -9,7 +9,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from cfdaemon import CacheFlowError, Checks, Client, Daemon, parse_prometheus  # noqa: E402
+from cfdaemon import Checks, Client, Daemon, parse_prometheus, restore_in_thread  # noqa: E402
 import grpc  # noqa: E402
 
 SC = grpc.StatusCode
@@ -84,16 +84,7 @@ try:
     d.signal(signal.SIGHUP)
     wait_for(lambda: c.config("batch_window_us")["batch_window_us"] == "900000")
     eng = c.register_shm(os.path.join(d.tmp, "engine.kv"))
-    res, watch = {}, []
-
-    def run_restore():
-        t0 = time.time()
-        try:
-            list(Client(d.addr).restore(eng, list(range(16)), [1]))
-            res["code"] = SC.OK
-        except CacheFlowError as e:
-            res["code"], res["details"] = e.code, e.details
-        res["t"] = time.time() - t0
+    watch = []
 
     def run_watch():
         wc = Client(d.addr, timeout=20)
@@ -104,10 +95,9 @@ try:
         except grpc.RpcError as e:
             watch.append(("end", e.code()))
 
-    tr = threading.Thread(target=run_restore)
     tw = threading.Thread(target=run_watch)
-    tr.start()
     tw.start()
+    tr, res = restore_in_thread(d.addr, eng, list(range(16)), [1])
     time.sleep(0.2)
     d.signal(signal.SIGTERM)
     T.check("STOPPING=1 on SIGTERM", n.wait("STOPPING=1", 2), str(n.messages[-4:]))
@@ -133,17 +123,7 @@ finally:
 d = Daemon(conf={"drain_timeout_s": "0", "batch_window_us": "900000"}).start()
 try:
     eng = d.client.register_shm(os.path.join(d.tmp, "engine.kv"))
-    res = {}
-
-    def run_restore2():
-        try:
-            list(Client(d.addr).restore(eng, list(range(16)), [1]))
-            res["code"] = SC.OK
-        except CacheFlowError as e:
-            res["code"], res["details"] = e.code, e.details
-
-    t = threading.Thread(target=run_restore2)
-    t.start()
+    t, res = restore_in_thread(d.addr, eng, list(range(16)), [1])
     time.sleep(0.2)
     t0 = time.time()
     d.signal(signal.SIGTERM)

@@ -3,11 +3,10 @@ unknown methods, the Restore batcher, Unregister racing a Restore. The daemon mu
 serving after each bad request and change nothing."""
 import os
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from cfdaemon import CacheFlowError, Checks, Daemon, pb  # noqa: E402
+from cfdaemon import CacheFlowError, Checks, Daemon, pb, restore_in_thread  # noqa: E402
 import grpc  # noqa: E402
 
 SC = grpc.StatusCode
@@ -108,17 +107,7 @@ try:
     T.check("restore waited for the batch window (0.3 s)", time.time() - t0 >= 0.25, f"{time.time() - t0:.3f} s")
 
     # ---- Unregister racing a batched Restore
-    res = {}
-
-    def run_restore():
-        try:
-            list(c.restore(eng, list(range(16)), [7]))
-            res["code"] = SC.OK
-        except CacheFlowError as e:
-            res["code"], res["details"] = e.code, e.details
-
-    th = threading.Thread(target=run_restore)
-    th.start()
+    th, res = restore_in_thread(d.addr, eng, list(range(16)), [7])
     time.sleep(0.1)
     c.unregister(eng)
     th.join(5)
