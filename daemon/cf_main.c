@@ -21,6 +21,8 @@
 #include "cf_notify.h"
 #include "cf_rpc.h"
 #include "cf_service.h"
+#include "cf_storage.h"
+#include "model/cf_model.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
@@ -34,6 +36,8 @@ typedef struct {
   const char *o_listen, *o_model, *o_store; /* command-line overrides, re-applied on reload */
   cf_model_info_t model;
   int have_model;
+  cf_model_t *weights;                 /* the loaded checkpoint (cf_model_load) */
+  cf_storage_t *storage;
   cf_service_t *svc;
   cf_rpc_server_t *rpc;
   cf_http_t *http;
@@ -262,11 +266,10 @@ int main(int argc, char **argv) {
 
   int nbad = cf__build_config(d, &d->cfg, cf__report_stderr);
   if (!nbad && d->cfg.model[0]) { /* the model directory is part of a valid configuration */
-    if (cf_model_info_load(d->cfg.model, &d->model)) {
-      fprintf(stderr, "cacheflowd: key 'model': %s: %s\n", cf_strerror(CF_EINVAL), cf_errmsg());
+    int rc = cf_model_info_check(d->cfg.model, &d->model);
+    if (rc) {
+      fprintf(stderr, "cacheflowd: key 'model': %s: %s\n", cf_strerror(rc), cf_errmsg());
       nbad++;
-    } else {
-      d->have_model = 1;
     }
   }
   if (check) {
@@ -282,19 +285,32 @@ int main(int argc, char **argv) {
   d->loop = uv_default_loop();
   d->t_start = uv_hrtime();
   CF_INFO("starting cacheflowd %s config=%s listen=%s", CF_VERSION, d->config_path ? d->config_path : "(defaults)", d->cfg.listen);
-  if (d->have_model) {
+  cf_service_backend_t be;
+  memset(&be, 0, sizeof be);
+  if (d->cfg.model[0]) {
     char hex[33];
-    cf_model_info_hex(d->model.fingerprint, hex);
-    cf_notifyf("STATUS=model loaded: %s", d->cfg.model);
+    cf_notifyf("STATUS=loading model %s", d->cfg.model);
+    int rc = cf_model_load(d->cfg.model, &d->weights);
+    if (rc) { CF_ERROR("model %s: %s: %s", d->cfg.model, cf_strerror(rc), cf_errmsg()); return 1; }
+    cf_model_info_from_model(d->weights, &d->model);
+    d->have_model = 1;
     CF_INFO("model %s: layers=%d kv_heads=%d head_dim=%d vocab=%d fingerprint=%s", d->cfg.model, d->model.n_layers,
-            d->model.n_kv_heads, d->model.head_dim, d->model.vocab, hex);
+            d->model.n_kv_heads, d->model.head_dim, d->model.vocab, cf_model_fingerprint_hex(d->model.fingerprint, hex));
+    cf_notifyf("STATUS=model loaded: %s", d->cfg.model);
+    cf_notifyf("STATUS=recovering store %s", d->cfg.store_dir);
+    if (cf__prepare_store_dir(d->cfg.store_dir)) { CF_ERROR("%s", cf_errmsg()); return 1; }
+    rc = cf_storage_open(&d->storage, &d->cfg, &d->model);
+    if (rc) { CF_ERROR("%s: %s", cf_strerror(rc), cf_errmsg()); return 1; }
+    cf_storage_backend(d->storage, &be);
+    cf_store_stats_t ss;
+    cf_store_get_stats(cf_storage_store(d->storage), &ss);
+    CF_INFO("store %s recovered: %llu chunk(s) on SSD, %llu journal record(s), %llu torn", d->cfg.store_dir,
+            (unsigned long long)ss.ssd_chunks, (unsigned long long)ss.journal_records, (unsigned long long)ss.journal_torn);
   } else {
     CF_WARN("no model configured: RegisterEngine will fail until `model` is set (restart needed)");
   }
-  cf_notify("STATUS=recovering store");
-  if (cf__prepare_store_dir(d->cfg.store_dir)) { CF_ERROR("%s", cf_errmsg()); return 1; }
 
-  if (cf_service_init(&d->svc, d->loop, &d->cfg, d->have_model ? &d->model : NULL, NULL)) { CF_ERROR("%s", cf_errmsg()); return 1; }
+  if (cf_service_init(&d->svc, d->loop, &d->cfg, d->have_model ? &d->model : NULL, &be)) { CF_ERROR("%s", cf_errmsg()); return 1; }
   int nm;
   cf_rpc_opts_t ro = {.listen = d->cfg.listen, .tcp_listen = d->cfg.tcp_listen, .max_message_bytes = d->cfg.max_message_bytes,
                       .methods = cf_service_methods(&nm), .user = d->svc};
@@ -329,5 +345,7 @@ int main(int argc, char **argv) {
   uv_run(d->loop, UV_RUN_DEFAULT);
   int rc = uv_loop_close(d->loop);
   if (rc) CF_WARN("loop closed with handles open: %s", uv_strerror(rc));
+  cf_storage_close(d->storage); /* after the engines (their mappings) are gone */
+  cf_model_free(d->weights);
   return 0;
 }

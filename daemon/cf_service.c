@@ -183,8 +183,8 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_engine_t *e = NULL;
   if (!s->model) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "no model configured: start cacheflowd with --model DIR"); goto out; }
   if (memcmp(r->model_fingerprint.data, s->model->fingerprint, 16)) {
-    cf_model_info_hex(r->model_fingerprint.data, hex);
-    cf_model_info_hex(s->model->fingerprint, hex2);
+    cf_model_fingerprint_hex(r->model_fingerprint.data, hex);
+    cf_model_fingerprint_hex(s->model->fingerprint, hex2);
     cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "model_fingerprint %s does not match the daemon's model %s (%s)", hex, hex2, s->model->dir);
     goto out;
   }
@@ -333,10 +333,22 @@ static void cf__h_lookup(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_engine_t *e = cf__engine_and_tokens(s, c, r->engine_id, r->token_ids, r->n_token_ids);
   if (!e) goto out;
   if (!s->be.lookup) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "Lookup needs the KV store (lib/store), not wired into this daemon yet"); goto out; }
+  uint32_t per[3] = {0, 0, 0};
+  int rc = s->be.lookup(s->be.ctx, e, r->token_ids, r->n_token_ids, per);
+  if (rc) { cf_rpc_finish(c, cf_rpc_status_from_err(rc), "lookup: %s", cf_errmsg()); goto out; }
   Cacheflow__V1__LookupResponse resp = CACHEFLOW__V1__LOOKUP_RESPONSE__INIT;
-  int rc = s->be.lookup(s->be.ctx, e, r->token_ids, r->n_token_ids, &resp);
-  if (rc) cf_rpc_finish(c, cf_rpc_status_from_err(rc), "lookup: %s", cf_errmsg());
-  else cf_rpc_reply(c, &resp.base);
+  Cacheflow__V1__TierTokens tt[2], *tp[2];
+  for (int i = 0; i < 2; i++) {
+    int tier = i ? CACHEFLOW__V1__TIER__TIER_SSD : CACHEFLOW__V1__TIER__TIER_CPU;
+    cacheflow__v1__tier_tokens__init(&tt[i]);
+    tt[i].tier = tier;
+    tt[i].tokens = per[tier];
+    tp[i] = &tt[i];
+  }
+  resp.cached_tokens = per[1] + per[2];
+  resp.n_per_tier = 2;
+  resp.per_tier = tp;
+  cf_rpc_reply(c, &resp.base);
 out:
   protobuf_c_message_free_unpacked(m, NULL);
 }

@@ -70,8 +70,9 @@ typedef struct {
   /* Map the engine's buffers; 0 or CF_E* (the registration is refused with its detail). */
   int (*engine_added)(void *ctx, cf_engine_t *e);
   void (*engine_removed)(void *ctx, cf_engine_t *e);
-  /* Fill `out` (cached_tokens, per_tier). 0 or CF_E*. */
-  int (*lookup)(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t n, Cacheflow__V1__LookupResponse *out);
+  /* Longest stored prefix in tokens, split by tier: tier_tokens[CACHEFLOW__V1__TIER__TIER_CPU]
+   * and [..._SSD] (index 0 unused). 0 or CF_E*. */
+  int (*lookup)(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t n, uint32_t tier_tokens[3]);
   /* Copy the blocks into the CPU tier. 0 or CF_E*; *saved_tokens and *durable filled. */
   int (*save)(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest *req, uint32_t *saved_tokens, int *durable);
   /* Plan and run a batch; each restore must end with cf_service_restore_done. */

@@ -101,7 +101,8 @@ try:
     T.status("Evict unknown tier -> INVALID_ARGUMENT", lambda: c.evict(tier=7), SC.INVALID_ARGUMENT, "tier 7")
 
     # ---- the parts lib/store and lib/exec provide: a clear FAILED_PRECONDITION until wired
-    T.status("lookup before the store is wired -> FAILED_PRECONDITION", lambda: c.lookup(eng, [1, 2, 3]), SC.FAILED_PRECONDITION, "lib/store")
+    lk = c.lookup(eng, [1, 2, 3])
+    T.check("lookup of an unseen prefix: 0 cached, both tiers reported", lk.cached_tokens == 0 and len(lk.per_tier) == 2, str(lk))
     t0 = time.time()
     T.status("restore after the batch window -> FAILED_PRECONDITION", lambda: c.restore(eng, list(range(16)), [5]), SC.FAILED_PRECONDITION, "lib/exec")
     T.check("restore waited for the batch window (0.3 s)", time.time() - t0 >= 0.25, f"{time.time() - t0:.3f} s")
