@@ -113,6 +113,28 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
   CF__P("# HELP cacheflow_config_reloads_total SIGHUP reloads (result=ok|error).\n# TYPE cacheflow_config_reloads_total counter\n"
         "cacheflow_config_reloads_total{result=\"ok\"} %llu\ncacheflow_config_reloads_total{result=\"error\"} %llu\n",
         (unsigned long long)d->reloads, (unsigned long long)d->reload_failures);
+  if (d->storage) {
+    cf_store_stats_t t;
+    cf_store_get_stats(cf_storage_store(d->storage), &t);
+    CF__P("# HELP cacheflow_store_chunks Chunks held per tier.\n# TYPE cacheflow_store_chunks gauge\n"
+          "cacheflow_store_chunks{tier=\"cpu\"} %llu\ncacheflow_store_chunks{tier=\"ssd\"} %llu\n",
+          (unsigned long long)t.cpu_chunks, (unsigned long long)t.ssd_chunks);
+    CF__P("# HELP cacheflow_store_reads_total Chunk/cell reads by the tier that served them (miss: none).\n# TYPE cacheflow_store_reads_total counter\n"
+          "cacheflow_store_reads_total{tier=\"cpu\"} %llu\ncacheflow_store_reads_total{tier=\"ssd\"} %llu\ncacheflow_store_reads_total{tier=\"miss\"} %llu\n",
+          (unsigned long long)t.cpu_hits, (unsigned long long)t.ssd_hits, (unsigned long long)t.misses);
+    CF__P("# HELP cacheflow_store_saves_total Chunks saved (exists: already stored).\n# TYPE cacheflow_store_saves_total counter\n"
+          "cacheflow_store_saves_total{result=\"new\"} %llu\ncacheflow_store_saves_total{result=\"exists\"} %llu\n",
+          (unsigned long long)t.saves, (unsigned long long)t.save_exists);
+    CF__P("# HELP cacheflow_store_evictions_total Chunks evicted per tier.\n# TYPE cacheflow_store_evictions_total counter\n"
+          "cacheflow_store_evictions_total{tier=\"cpu\"} %llu\ncacheflow_store_evictions_total{tier=\"ssd\"} %llu\n",
+          (unsigned long long)t.cpu_evictions, (unsigned long long)t.ssd_evictions);
+    CF__P("# HELP cacheflow_store_spills_total Chunks written back from the CPU tier to SSD.\n# TYPE cacheflow_store_spills_total counter\ncacheflow_store_spills_total %llu\n",
+          (unsigned long long)t.spills);
+    CF__P("# HELP cacheflow_store_corrupt_cells_total Cells that failed their checksum on read (recomputed, never served).\n# TYPE cacheflow_store_corrupt_cells_total counter\ncacheflow_store_corrupt_cells_total %llu\n",
+          (unsigned long long)t.corrupt_cells);
+    CF__P("# HELP cacheflow_store_io_errors_total Store I/O errors.\n# TYPE cacheflow_store_io_errors_total counter\ncacheflow_store_io_errors_total %llu\n",
+          (unsigned long long)t.io_errors);
+  }
   if (d->rpc) {
     cf_rpc_stats_t rs;
     cf_rpc_stats(d->rpc, &rs);

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from cfdaemon import CTL, CacheFlowError, Checks, Daemon, pb  # noqa: E402
+from cfdaemon import CTL, Checks, Daemon, parse_prometheus, pb  # noqa: E402
 import grpc  # noqa: E402
 
 SC = grpc.StatusCode
@@ -96,6 +96,12 @@ try:
     T.check("lookup after evict: 40 tokens, on SSD", lk.cached_tokens == 40 and tiers[pb.TIER_SSD] == 40, str(lk))
     T.check("stats: SSD bytes used", c.stats().ssd_tier_bytes_used > 0)
     T.status("save: block id out of range changes nothing", lambda: c.save(eng, tokens, [3, 11, 0, 7, 16]), SC.INVALID_ARGUMENT, "out of range")
+    code, body = d.http("/metrics")
+    m, errs = parse_prometheus(body)
+    T.check("/metrics: store counters (3 new chunks, 3 already there, 3 on SSD)",
+            not errs and m.get(("cacheflow_store_saves_total", '{result="new"}')) == 3 and
+            m.get(("cacheflow_store_saves_total", '{result="exists"}')) == 3 and
+            m.get(("cacheflow_store_chunks", '{tier="ssd"}')) == 3, str(errs[:3]) + str({k: v for k, v in m.items() if "store" in k[0]}))
     tokens2 = [int(x) for x in rng.integers(0, 300, 16)]
     c.save(eng, tokens2, [1, 2])     # stays in the CPU tier: the shutdown flush must keep it
 finally:
