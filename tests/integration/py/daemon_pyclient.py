@@ -58,4 +58,29 @@ try:
 finally:
     rc = d.stop()
 T.check("daemon exit 0", rc == 0)
+
+# TCP, only when configured: gRPC and the HTTP side on 127.0.0.1 ports
+import socket  # noqa: E402
+import urllib.request  # noqa: E402
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+gport, hport = free_port(), free_port()
+d = Daemon(conf={"tcp_listen": f"127.0.0.1:{gport}", "metrics_listen": f"127.0.0.1:{hport}"}).start()
+try:
+    with Client(f"127.0.0.1:{gport}", timeout=10) as tc:
+        T.check("gRPC over tcp_listen: SERVING", tc.health() == "SERVING")
+    T.check("unix socket still served next to TCP", d.client.health() == "SERVING")
+    body = urllib.request.urlopen(f"http://127.0.0.1:{hport}/healthz", timeout=5).read()
+    T.check("/healthz over metrics_listen host:port", body == b"ok\n", repr(body))
+finally:
+    rc = d.stop()
+T.check("daemon (TCP) exit 0", rc == 0)
 sys.exit(T.summary())
