@@ -90,6 +90,43 @@ try:
                  lambda r: r.layers[0].k.cuda_ipc.CopyFrom(pb.CudaIpcBuffer(ipc_handle=b"x" * 10, gpu_uuid="GPU-1")), SC.INVALID_ARGUMENT, "64 bytes")
     still_serving("bad registrations (nothing registered)")
 
+    # ---- mutated messages: bit flips, truncations, random bytes to every method. Each call must
+    # end with a deliberate status (never INTERNAL/UNKNOWN) and the daemon must keep serving.
+    import random
+    rnd = random.Random(1234)
+    seeds = {
+        "/cacheflow.v1.CacheFlow/RegisterEngine": c.layout_request(shm, stats=st)[0].SerializeToString(),
+        "/cacheflow.v1.CacheFlow/Lookup": pb.LookupRequest(engine_id=eng, token_ids=list(range(40))).SerializeToString(),
+        "/cacheflow.v1.CacheFlow/Save": pb.SaveRequest(engine_id=eng, token_ids=list(range(20)), block_ids=[1, 2]).SerializeToString(),
+        "/cacheflow.v1.CacheFlow/Unregister": pb.UnregisterRequest(engine_id=eng + 1000000).SerializeToString(),  # needs >= 7 bit flips to hit eng
+        "/cacheflow.v1.Admin/GetConfig": pb.GetConfigRequest(name="policy").SerializeToString(),
+        "/grpc.health.v1.Health/Check": b"",
+    }
+    allowed = {SC.OK, SC.INVALID_ARGUMENT, SC.NOT_FOUND, SC.RESOURCE_EXHAUSTED}
+    bad_status, registered = [], []
+    for method, seed in seeds.items():
+        for i in range(150):
+            m = bytearray(seed)
+            kind = i % 3
+            if kind == 0 and m:
+                for _ in range(rnd.randint(1, 4)):
+                    m[rnd.randrange(len(m))] ^= 1 << rnd.randrange(8)
+            elif kind == 1 and m:
+                m = m[:rnd.randrange(len(m))]
+            else:
+                m = bytearray(rnd.randbytes(rnd.randint(1, 64)))
+            try:
+                reply = c.call_raw(method, bytes(m))
+                if method.endswith("RegisterEngine"):
+                    registered.append(pb.RegisterEngineResponse.FromString(reply).engine_id)
+            except CacheFlowError as e:
+                if e.code not in allowed:
+                    bad_status.append((method, e.code.name, e.details))
+    T.check("900 mutated requests: only deliberate statuses", not bad_status, str(bad_status[:3]))
+    for x in registered:  # a mutation that is still a valid registration is fine: undo it
+        c.unregister(x)
+    still_serving("900 mutated requests")
+
     # ---- unknown methods
     T.status("unknown method -> UNIMPLEMENTED", lambda: c.call_raw("/cacheflow.v1.CacheFlow/Frobnicate", b""), SC.UNIMPLEMENTED, "unknown method")
     T.status("unknown service -> UNIMPLEMENTED", lambda: c.call_raw("/nope.v9.Nope/Call", b"\x08\x01"), SC.UNIMPLEMENTED)
