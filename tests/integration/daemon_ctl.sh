@@ -6,7 +6,7 @@ export CACHEFLOW_ADDR="unix:$T/cf.sock"
 out=$($B/cacheflowctl status 2>&1); rc=$?
 [ $rc -eq 1 ] && echo "$out" | grep -q "cacheflowctl status: unix:$T/cf.sock: .*UNAVAILABLE" && ok "status without a daemon: exit 1, UNAVAILABLE" || bad "status without daemon" "rc=$rc $out"
 printf 'policy = layerwise\n' > "$T/c.conf"
-start_daemon --config "$T/c.conf"
+start_daemon "$T/c.conf"
 out=$($B/cacheflowctl status 2>&1) && echo "$out" | grep -q "SERVING, up .* 0 engine(s), 0 restore(s) in flight, model $FIX" && ok "status: SERVING summary" || bad "status" "$out"
 out=$($B/cacheflowctl stats 2>&1) && echo "$out" | grep -q "^requests_total [0-9]" && echo "$out" | grep -q "^cacheflow_restores_total 0" && ok "stats" || bad "stats" "$out"
 out=$($B/cacheflowctl config policy 2>&1) && [ "$out" = "policy = layerwise" ] && ok "config policy (from the file)" || bad "config policy" "$out"

@@ -43,7 +43,7 @@ EOC
 export PKG_CONFIG_PATH="$D/usr/lib/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$D"
 SAN=; [ -n "${CF_ASAN:-}" ] && SAN="-fsanitize=address,undefined"
 out=$(cc $SAN -o "$T/hello" "$T/hello.c" $(pkg-config --cflags --static --libs cacheflow) 2>&1) && ok "builds against pkg-config cacheflow" || bad "build against pkg-config" "$out"
-start_daemon --config /dev/null
+start_daemon
 out=$("$T/hello" "unix:$T/cf.sock" 2>&1)
 [ "$out" = "serving=1 layers=2" ] && ok "installed client library talks to the daemon" || bad "client program" "$out"
 finish
