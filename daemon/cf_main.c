@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "cf_calib.h"
 #include "cf_config.h"
 #include "cf_http.h"
 #include "cf_model_info.h"
@@ -37,6 +38,9 @@ typedef struct {
   cf_model_info_t model;
   int have_model;
   cf_model_t *weights;                 /* the loaded checkpoint (cf_model_load) */
+  cf_backend_t *backend;               /* computes KV (calibration now; lib/exec's restores) */
+  cf_sched_cost_t cost;                /* measured at start; planning input */
+  double measured_link_Bps;            /* memcpy rate, before any cpu_read_gbps limit */
   cf_storage_t *storage;
   cf_service_t *svc;
   cf_rpc_server_t *rpc;
@@ -225,6 +229,8 @@ static void cf__begin_drain(cf_daemon_t *d, int signum) {
 
 static void cf__on_term(uv_signal_t *h, int signum) { cf__begin_drain(h->data, signum); }
 
+static void cf__apply_link(cf_daemon_t *d);
+
 static void cf__on_hup(uv_signal_t *h, int signum) {
   cf_daemon_t *d = h->data;
   (void)signum;
@@ -240,6 +246,7 @@ static void cf__on_hup(uv_signal_t *h, int signum) {
   int applied, restart;
   cf_config_apply_reload(&d->cfg, &fresh, &applied, &restart);
   cf_log_level = d->cfg.log_level;
+  if (d->backend) cf__apply_link(d); /* cpu_read_gbps is reloadable */
   d->reloads++;
   CF_INFO("reload: %d setting(s) applied, %d need a restart", applied, restart);
   cf_notifyf("READY=1\nSTATUS=serving (reloaded: %d applied, %d need a restart)", applied, restart);
@@ -257,6 +264,25 @@ static int cf__prepare_store_dir(const char *dir) {
   }
   if (mkdir(dir, 0750) != 0) return cf_seterr(CF_EIO, "store_dir %s: cannot create: %s", dir, strerror(errno));
   return 0;
+}
+
+/* The configured backend: cuda when asked (or, with auto, when a GPU is usable), else the CPU
+ * backend with `threads` workers. */
+static int cf__make_backend(cf_daemon_t *d) {
+  int rc = CF_ENODEV;
+  if (d->cfg.backend != CF_BACKEND_CPU) {
+    rc = cf_backend_cuda_create(d->weights, 0, &d->backend);
+    if (rc && d->cfg.backend == CF_BACKEND_CUDA) return cf_err_prefix(rc, "backend cuda: ");
+  }
+  if (rc) rc = cf_backend_cpu_create(d->weights, (int)d->cfg.threads, &d->backend);
+  return rc;
+}
+
+/* The CPU tier's read rate the planner assumes: the configured limit, never above memcpy. */
+static void cf__apply_link(cf_daemon_t *d) {
+  double lim = d->cfg.cpu_read_gbps * 1e9 / 8;
+  d->cost.link_Bps = lim > 0 && lim < d->measured_link_Bps ? lim : d->measured_link_Bps;
+  if (d->svc) cf_service_set_cost(d->svc, &d->cost);
 }
 
 int main(int argc, char **argv) {
@@ -324,6 +350,14 @@ int main(int argc, char **argv) {
     rc = cf_storage_open(&d->storage, &d->cfg, &d->model);
     if (rc) { CF_ERROR("%s: %s", cf_strerror(rc), cf_errmsg()); return 1; }
     cf_storage_backend(d->storage, &be);
+    cf_notify("STATUS=measuring the cost model");
+    if ((rc = cf__make_backend(d)) || (rc = cf_calib_cost(d->backend, d->weights, (int)d->cfg.chunk_tokens, 0, &d->cost))) {
+      CF_ERROR("backend/calibration: %s: %s", cf_strerror(rc), cf_errmsg());
+      return 1;
+    }
+    d->measured_link_Bps = d->cost.link_Bps;
+    CF_INFO("cost model (backend %s): gamma=%.3g s alpha=%.3g s/token beta=%.3g s/token^2 link=%.3g GB/s",
+            d->backend->name, d->cost.gamma_s, d->cost.alpha_s, d->cost.beta_s, d->cost.link_Bps / 1e9);
     cf_store_stats_t ss;
     cf_store_get_stats(cf_storage_store(d->storage), &ss);
     CF_INFO("store %s recovered: %llu chunk(s) on SSD, %llu journal record(s), %llu torn", d->cfg.store_dir,
@@ -333,6 +367,7 @@ int main(int argc, char **argv) {
   }
 
   if (cf_service_init(&d->svc, d->loop, &d->cfg, d->have_model ? &d->model : NULL, &be)) { CF_ERROR("%s", cf_errmsg()); return 1; }
+  if (d->backend) cf__apply_link(d);
   int nm;
   cf_rpc_opts_t ro = {.listen = d->cfg.listen, .tcp_listen = d->cfg.tcp_listen, .max_message_bytes = d->cfg.max_message_bytes,
                       .methods = cf_service_methods(&nm), .user = d->svc};
@@ -368,6 +403,7 @@ int main(int argc, char **argv) {
   int rc = uv_loop_close(d->loop);
   if (rc) CF_WARN("loop closed with handles open: %s", uv_strerror(rc));
   cf_storage_close(d->storage); /* after the engines (their mappings) are gone */
+  cf_backend_free(d->backend);
   cf_model_free(d->weights);
   return 0;
 }

@@ -131,7 +131,7 @@ static cf_store_key_t *cf__keys(const cf_storage_t *s, const uint32_t *tokens, s
   return k;
 }
 
-static int cf__lookup(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t n, uint32_t per[3]) {
+static int cf__lookup(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t n, uint32_t per[3], uint8_t *chunk_tiers) {
   cf_storage_t *s = ctx;
   (void)e;
   size_t nk, C = s->g.chunk_tokens;
@@ -144,6 +144,7 @@ static int cf__lookup(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t 
   for (size_t i = 0; i < hit; i++) {
     size_t first = i * C, nt = n - first < C ? n - first : C;
     if (tiers[i] == CF_STORE_TIER_CPU || tiers[i] == CF_STORE_TIER_SSD) per[tiers[i]] += (uint32_t)nt;
+    if (chunk_tiers) chunk_tiers[i] = tiers[i];
   }
   free(keys);
   free(tiers);

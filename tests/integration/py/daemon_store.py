@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from cfdaemon import CTL, Checks, Daemon, parse_prometheus, pb  # noqa: E402
+from cfdaemon import CTL, CacheFlowError, Checks, Daemon, parse_prometheus, pb  # noqa: E402
 import grpc  # noqa: E402
 
 SC = grpc.StatusCode
@@ -96,6 +96,37 @@ try:
     T.check("lookup after evict: 40 tokens, on SSD", lk.cached_tokens == 40 and tiers[pb.TIER_SSD] == 40, str(lk))
     T.check("stats: SSD bytes used", c.stats().ssd_tier_bytes_used > 0)
     T.status("save: block id out of range changes nothing", lambda: c.save(eng, tokens, [3, 11, 0, 7, 16]), SC.INVALID_ARGUMENT, "out of range")
+    # ---- the batcher looks the prefix up and plans it: a PlanSummary, then (no executor yet)
+    # FAILED_PRECONDITION naming lib/exec
+    def plan_of(toks, blks, policy):
+        events, end = [], None
+        try:
+            for ev in c.restore(eng, toks, blks, policy=policy):
+                events.append(ev)
+        except CacheFlowError as e:
+            end = e
+        plans = [ev.plan for ev in events if ev.WhichOneof("event") == "plan"]
+        return (plans[0] if len(plans) == 1 else None), end
+
+    L = st.model_layers
+    for pol, name in ((pb.POLICY_RECOMPUTE, "recompute"), (pb.POLICY_LOAD, "load"), (pb.POLICY_OPTIMAL, "optimal"),
+                      (pb.POLICY_CAKE, "cake")):
+        plan, end = plan_of(tokens, blocks, pol)
+        ok = plan is not None and plan.policy == pol and plan.chunks == 3 and \
+            plan.cells_load_cpu + plan.cells_load_ssd + plan.cells_compute == 3 * L and plan.cells_load_cpu == 0 and \
+            0 < plan.bound_us <= plan.predicted_us * 1.000001
+        if pol == pb.POLICY_RECOMPUTE:
+            ok = ok and plan.cells_compute == 3 * L
+        if pol == pb.POLICY_LOAD:
+            ok = ok and plan.cells_load_ssd == 3 * L   # the chunks sit on SSD since the evict
+        T.check(f"restore ({name}): PlanSummary of the cached prefix", ok, str(plan))
+        T.check(f"restore ({name}): then FAILED_PRECONDITION naming lib/exec", end is not None and end.code == SC.FAILED_PRECONDITION and "lib/exec" in end.details, str(end))
+    plan, _ = plan_of([(t + 1) % 300 for t in tokens], blocks, pb.POLICY_LOAD)
+    T.check("restore of an uncached prefix: every cell computed, even with policy load",
+            plan is not None and plan.cells_compute == 3 * L and plan.cells_load_cpu + plan.cells_load_ssd == 0, str(plan))
+    plan, _ = plan_of(tokens, blocks, pb.POLICY_DEFAULT)
+    T.check("restore without a policy: the configured default (optimal)", plan is not None and plan.policy == pb.POLICY_OPTIMAL, str(plan))
+
     code, body = d.http("/metrics")
     m, errs = parse_prometheus(body)
     T.check("/metrics: store counters (3 new chunks, 3 already there, 3 on SSD)",
