@@ -15,6 +15,7 @@ d = Daemon(conf={"max_message_bytes": "64k", "max_request_tokens": "1000", "batc
 c = d.client
 try:
     T.check("health SERVING", c.health() == "SERVING")
+    T.check("unix socket mode 0660", os.stat(d.sock).st_mode & 0o777 == 0o660, oct(os.stat(d.sock).st_mode))
     T.check("health of cacheflow.v1.CacheFlow SERVING", c.health("cacheflow.v1.CacheFlow") == "SERVING")
     T.status("health of an unknown service -> NOT_FOUND", lambda: c.health("no.such.Service"), SC.NOT_FOUND, "unknown service")
 
