@@ -264,7 +264,8 @@ static int cf__cpu_evict_one(cf_store_t *st) {
   }
   /* S3-FIFO (Yang et al., SOSP'23): a small FIFO filters one-hit wonders, a main FIFO with
    * reinsertion holds the rest, a ghost FIFO of keys sends re-saved keys straight to main. */
-  uint32_t budget = 4 * (uint32_t)st->n_cpu_slots + 16, busy_main = 0, busy_small = 0;
+  /* each chunk is passed over at most once in small and 4 times in main (freq <= 3) */
+  uint32_t budget = 6 * (uint32_t)st->n_cpu_slots + 16, busy_main = 0, busy_small = 0;
   while (budget--) {
     cf__list_t *S = &st->q[CF__Q_SMALL], *M = &st->q[CF__Q_MAIN];
     /* a queue pinned for a full turn hands the choice to the other one */
