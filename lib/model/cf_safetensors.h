@@ -60,6 +60,24 @@ void cf_st_close(cf_st_file_t *f);
 /* Tensor by exact name (binary search) or NULL. */
 const cf_st_tensor_t *cf_st_find(const cf_st_file_t *f, const char *name);
 
+/* A sharded checkpoint's model.safetensors.index.json: {"weight_map": {tensor: shard file}}.
+ * Shard names must be plain file names in the checkpoint directory (no '/', not "." or "..",
+ * no NUL); each distinct name appears once in `shards`, in first-use order. */
+typedef struct {
+  size_t n_entries;
+  char **tensor;      /* [n_entries] tensor names */
+  size_t *shard;      /* [n_entries] index into shards */
+  size_t n_shards;
+  char **shards;      /* [n_shards] file names */
+} cf_st_index_t;
+
+/* Parses index text json[0..len); `file` names it in error details. On success *ix is owned by
+ * the caller (cf_st_index_free). Errors: CF_EFORMAT (bad JSON, no/empty weight_map, a value
+ * that is not a plain file name), CF_ENOMEM. */
+int cf_st_index_parse(const char *json, size_t len, const char *file, cf_st_index_t *ix);
+/* NULL-safe; leaves *ix zeroed. */
+void cf_st_index_free(cf_st_index_t *ix);
+
 /* Writer: collect (name, dtype, shape, data) entries, then write them in the order added.
  * Data pointers are borrowed until cf_st_writer_write returns; names are copied.
  *   cf_st_writer_t w; cf_st_writer_init(&w);
