@@ -186,12 +186,8 @@ static int cf__weight(cf__priv_t *p, const char *name, int ndim, int64_t d0, int
   for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == want[i];
   if (!ok) {
     char found[160], exp[64];
-    size_t k = (size_t)snprintf(found, sizeof found, "[");
-    for (int i = 0; i < t->ndim && k < sizeof found; i++)
-      k += (size_t)snprintf(found + k, sizeof found - k, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
-    if (k < sizeof found) snprintf(found + k, sizeof found - k, "]");
-    if (ndim == 1) snprintf(exp, sizeof exp, "[%lld]", (long long)d0);
-    else snprintf(exp, sizeof exp, "[%lld, %lld]", (long long)d0, (long long)d1);
+    cf_st_shape_str(found, sizeof found, t->ndim, t->shape);
+    cf_st_shape_str(exp, sizeof exp, ndim, want);
     return cf_seterr(CF_ESHAPE, "%s: tensor '%s': shape %s, expected %s", e->f->path, name,
                      found, exp);
   }

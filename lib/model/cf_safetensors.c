@@ -32,8 +32,7 @@ static int cf__by_begin(const void *a, const void *b) {
   return x->end < y->end ? -1 : x->end > y->end;
 }
 
-/* Formats a shape as "[2, 3]" into buf (truncated silently; only used in messages). */
-static const char *cf__shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
+const char *cf_st_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
   size_t n = (size_t)snprintf(buf, cap, "[");
   for (int i = 0; i < ndim && n < cap; i++)
     n += (size_t)snprintf(buf + n, cap - n, "%s%lld", i ? ", " : "", (long long)shape[i]);
@@ -96,7 +95,7 @@ static int cf__parse_entry(const cf_json_t *v, uint64_t data_len, const char *fi
     return cf_seterr(CF_EFORMAT, "%s: tensor '%s': data_offsets [%llu, %llu] span %llu bytes, "
                      "but shape %s x %s needs %llu", file, nm, (unsigned long long)t->begin,
                      (unsigned long long)t->end, (unsigned long long)(t->end - t->begin),
-                     cf__shape_str(s, sizeof s, t->ndim, t->shape), cf_dtype_name(t->dtype),
+                     cf_st_shape_str(s, sizeof s, t->ndim, t->shape), cf_dtype_name(t->dtype),
                      (unsigned long long)need);
   }
   if (t->end > data_len)

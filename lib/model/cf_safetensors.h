@@ -60,6 +60,9 @@ void cf_st_close(cf_st_file_t *f);
 /* Tensor by exact name (binary search) or NULL. */
 const cf_st_tensor_t *cf_st_find(const cf_st_file_t *f, const char *name);
 
+/* Formats a shape as "[2, 3]" into buf[cap] (truncated silently: for messages); returns buf. */
+const char *cf_st_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);
+
 /* A sharded checkpoint's model.safetensors.index.json: {"weight_map": {tensor: shard file}}.
  * Shard names must be plain file names in the checkpoint directory (no '/', not "." or "..",
  * no NUL); each distinct name appears once in `shards`, in first-use order. */
