@@ -333,6 +333,11 @@ static int cf__fingerprint(cf_model_t *m, const cf__priv_t *p) {
   return rc;
 }
 
+const cf_st_tensor_t *cf_model_find_tensor(const cf_model_t *m, const char *name) {
+  const cf__entry_t *e = m && m->priv ? cf__lookup(m->priv, name) : NULL;
+  return e ? e->t : NULL;
+}
+
 /* ------------------------------------------------------------------ load / free */
 
 static int cf__load(cf_model_t *m, cf__priv_t *p, const char *dir) {

@@ -484,7 +484,17 @@ int cf_st_writer_write(cf_st_writer_t *w, const char *path) {
   if (rename(tmp, path) != 0) {
     int e = errno;
     rc = cf_seterr(cf_err_from_errno(-e), "rename %s -> %s: %s", tmp, path, strerror(e));
+    goto out;
   }
+  /* Make the rename itself durable; best effort (some filesystems refuse fsync on dirs). */
+  const char *slash = strrchr(path, '/');
+  char *dir = slash ? strndup(path, (size_t)(slash - path) + 1) : strdup(".");
+  int dfd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+  if (dfd >= 0) {
+    (void)fsync(dfd);
+    close(dfd);
+  }
+  free(dir);
 out:
   if (fd >= 0) close(fd);
   if (rc) unlink(tmp);

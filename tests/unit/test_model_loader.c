@@ -238,6 +238,9 @@ CF_TEST(loads_public_llama_gqa_fixture) {
     CF_CHECK_EQ(t->ndim, 2);
     CF_CHECK_EQ(t->shape[0], 32);
     CF_CHECK(memcmp(t->data, m->layers[1].wk, 32 * 96 * 4) == 0);
+    const cf_st_tensor_t *raw = cf_model_find_tensor(m, "model.layers.1.self_attn.k_proj.weight");
+    CF_CHECK(raw && raw->dtype == CF_DT_F32 && raw->numel == 32 * 96 && (const float *)raw->data == m->layers[1].wk);
+    CF_CHECK(cf_model_find_tensor(m, "model.layers.2.self_attn.k_proj.weight") == NULL);
   }
   cf_st_close(&f);
   char hex[33];
