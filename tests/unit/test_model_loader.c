@@ -489,6 +489,8 @@ CF_TEST(config_errors_name_the_key) {
   CF_CHECK_CONTAINS(cf_errmsg(), "key 'rope_parameters.rope_theta': expected a positive number, found -1");
   CF_CHECK_ERR(parse_cfg(subst(LLAMA_CFG, "\"rope_type\":\"default\"", "\"rope_type\":\"default\",\"partial_rotary_factor\":0.5"), &c), CF_EUNSUPPORTED);
   CF_CHECK_CONTAINS(cf_errmsg(), "partial_rotary_factor 0.5");
+  CF_CHECK_ERR(parse_cfg(subst(LLAMA_CFG, "\"rope_parameters\":{", "\"rope_parameters\":{\"full_attention\":{\"rope_type\":\"default\"},"), &c), CF_EUNSUPPORTED);
+  CF_CHECK_CONTAINS(cf_errmsg(), "rope_parameters.full_attention: per-layer-type rope parameters are not supported");
   CF_CHECK_ERR(parse_cfg("{\"model_type\": ", &c), CF_EFORMAT);
   CF_CHECK_CONTAINS(cf_errmsg(), "x/config.json: JSON line 1 col");
   CF_CHECK_ERR(parse_cfg("[]", &c), CF_EFORMAT);
