@@ -98,9 +98,20 @@ __attribute__((target("f16c,avx"))) static void cf__f16_to_f32_f16c(const unsign
 }
 #endif
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
+/* CPUID leaf 1 ECX bit 29 (F16C); AVX also needs the OS to save YMM state, which
+ * __builtin_cpu_supports("avx") checks. Not cached: a cpuid per tensor costs nothing. */
+static int cf__have_f16c(void) {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+  return (c & (1u << 29)) && __builtin_cpu_supports("avx");
+}
+#endif
+
 void cf_f16_to_f32(const void *src, float *dst, size_t n) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  if (__builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx")) {
+  if (cf__have_f16c()) {
     cf__f16_to_f32_f16c(src, dst, n);
     return;
   }
