@@ -51,6 +51,7 @@ typedef struct {
 typedef struct {
   cf_backend_t base;
   int device;
+  int max_step;  /* tokens per internal step: CF_CUDA_MAX_STEP, or $CF_CUDA_MAX_STEP if smaller */
   cudaStream_t stream;
   cublasHandle_t blas;
   void *blas_ws;
@@ -205,8 +206,8 @@ int cf_backend_cuda_forward_dev(cf_backend_t *be, const cf_cuda_fwd_args_t *a, c
   if (!s) s = b->stream;
   CF_CUDA_TRY(cudaSetDevice(b->device));
   int D = c->hidden, rc;
-  for (int p0 = a->t0; p0 < a->t1; p0 += CF_CUDA_MAX_STEP) {
-    int T = a->t1 - p0 < CF_CUDA_MAX_STEP ? a->t1 - p0 : CF_CUDA_MAX_STEP;
+  for (int p0 = a->t0; p0 < a->t1; p0 += b->max_step) {
+    int T = a->t1 - p0 < b->max_step ? a->t1 - p0 : b->max_step;
     int64_t off = (int64_t)(p0 - a->t0);
     if (a->l0 == 0) {
       if ((rc = cf_embed_bf16(b->x, b->embed, a->tokens + off, T, D, c->vocab, s))) return rc;
@@ -355,6 +356,9 @@ int cf_backend_cuda_create(const cf_model_t *m, int device, cf_backend_t **out) 
   b->base.forward = cf__cuda_forward;
   b->base.free = cf__cuda_free;
   b->device = device;
+  b->max_step = CF_CUDA_MAX_STEP;
+  const char *ms = getenv("CF_CUDA_MAX_STEP");  /* tests use small steps to cover the loop */
+  if (ms && atoi(ms) > 0 && atoi(ms) < CF_CUDA_MAX_STEP) b->max_step = atoi(ms);
   int rc = 0;
   b->layers = calloc((size_t)c->n_layers, sizeof *b->layers);
   if (!b->layers) { rc = cf_seterr(CF_ENOMEM, "cuda backend: layers"); goto fail; }
@@ -376,7 +380,7 @@ int cf_backend_cuda_create(const cf_model_t *m, int device, cf_backend_t **out) 
   }
   if ((rc = cf__dgrow((void **)&b->stage, &b->stage_cap, CF_CUDA_UPLOAD_FLOATS * 4))) goto fail;
   if ((rc = cf__cuda_upload(b))) goto fail;
-  size_t S = CF_CUDA_MAX_STEP, D = c->hidden, I = c->intermediate;
+  size_t S = (size_t)b->max_step, D = c->hidden, I = c->intermediate;
   size_t nq = (size_t)c->n_heads * c->head_dim, nkv = (size_t)c->n_kv_heads * c->head_dim;
   if ((rc = cf__dalloc((void **)&b->x, S * D * 4, "residual")) ||
       (rc = cf__dalloc((void **)&b->xn, S * D * 2, "normed")) ||

@@ -42,7 +42,8 @@ typedef struct {
 int cf_backend_cuda_forward_dev(cf_backend_t *be, const cf_cuda_fwd_args_t *a, cudaStream_t stream);
 
 /* Tokens processed per internal step (bounds the workspace: ~ (6*hidden + 3*inter) * 2 bytes
- * per token). Larger chunks are computed in order, which gives the same result. */
+ * per token). Larger chunks are computed in order, which gives the same result. The
+ * environment variable CF_CUDA_MAX_STEP, read at create, can lower it (tests). */
 #define CF_CUDA_MAX_STEP 8192
 #endif
 
