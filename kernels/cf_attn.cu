@@ -310,6 +310,14 @@ extern "C" int cf_attn_prefix_scalar(const cf_attn_args_t *a, cudaStream_t s) {
   return 0;
 }
 
+extern "C" int cf_attn_prefix_nw(const cf_attn_args_t *a, int nw, cudaStream_t s) {
+  int rc = cf__attn_check(a);
+  if (rc || a->Tq == 0) return rc;
+  CF_REQUIRE(a->head_dim == 128 && (nw == 4 || nw == 8),
+             "cf_attn_prefix_nw: head_dim %d nw %d (128 with 4 or 8 only)", a->head_dim, nw);
+  return nw == 8 ? cf__attn_mma<128, 8>(a, s) : cf__attn_mma<128, 4>(a, s);
+}
+
 extern "C" int cf_attn_prefix(const cf_attn_args_t *a, cudaStream_t s) {
   int rc = cf__attn_check(a);
   if (rc || a->Tq == 0) return rc;

@@ -27,6 +27,10 @@ typedef struct {
  * head_dim <= 256 runs a slower scalar kernel. Returns 0, CF_EINVAL or CF_ECUDA. */
 int cf_attn_prefix(const cf_attn_args_t *a, cudaStream_t s);
 
+/* The tensor-core kernel with an explicit number of warps per block (4 or 8: 64 or 128 query
+ * rows per block) for head_dim 128; for tests and tuning. Other cases: CF_EINVAL. */
+int cf_attn_prefix_nw(const cf_attn_args_t *a, int nw, cudaStream_t s);
+
 /* The scalar kernel alone (any head_dim <= 256): a second implementation for tests. */
 int cf_attn_prefix_scalar(const cf_attn_args_t *a, cudaStream_t s);
 

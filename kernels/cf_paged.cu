@@ -81,7 +81,8 @@ static int cf__paged_check(const cf_paged_args_t *a, const char *who) {
   CF_REQUIRE(L->kv_stride > 0 && L->block_stride > 0 && L->token_stride > 0 &&
                  L->head_stride >= L->head_dim,
              "%s: layout strides must be positive and head_stride >= head_dim", who);
-  CF_REQUIRE(a->tok0 >= 0 && a->T >= 0, "%s: tok0=%d T=%d", who, a->tok0, a->T);
+  CF_REQUIRE(a->tok0 >= 0 && a->T >= 0 && a->ctas >= 0, "%s: tok0=%d T=%d ctas=%d", who, a->tok0,
+             a->T, a->ctas);
   CF_REQUIRE(a->row_stride >= (int64_t)L->n_kv_heads * L->head_dim,
              "%s: row_stride %lld < n_kv_heads*head_dim %d", who, (long long)a->row_stride,
              L->n_kv_heads * L->head_dim);
@@ -106,6 +107,7 @@ static int cf__paged_launch(const cf_paged_args_t *a, cudaStream_t s) {
   // 4 units per thread in flight; enough blocks for ~16 resident blocks of 256 per SM.
   unsigned grid = cf_div_up(n, 256 * 4);
   if (grid > 132 * 8) grid = 132 * 8;
+  if (a->ctas > 0 && grid > (unsigned)a->ctas) grid = (unsigned)a->ctas;
   if (v16) cf_paged_kernel<uint4, SCATTER, 4><<<grid, 256, 0, s>>>(*a);
   else cf_paged_kernel<uint16_t, SCATTER, 4><<<grid, 256, 0, s>>>(*a);
   CF_LAUNCH_TRY();

@@ -40,6 +40,9 @@ typedef struct {
   int tok0, T;                 /* logical tokens [tok0, tok0+T) */
   cf_bf16_t *k, *v;            /* contiguous side: row t (token tok0+t) at k + t*row_stride */
   int64_t row_stride;          /* elements between rows (>= n_kv_heads*head_dim) */
+  int ctas;                    /* thread blocks to launch; 0: enough to fill the GPU. A zero-copy
+                                * load beside compute wants few (32-64): PCIe latency, not SMs,
+                                * bounds it, and every CTA it holds is one the compute lacks. */
 } cf_paged_args_t;
 
 /* Contiguous k/v -> paged cache (k/v may be mapped host memory: the zero-copy load path).

@@ -33,7 +33,7 @@ static void ref_attn(const attn_case &c, const std::vector<float> &q, int64_t qr
     }
 }
 
-static void test_attn(attn_case c, bool scalar) {
+static void test_attn(attn_case c, bool scalar, int nw = 0) {
   int Tk = c.t0 + c.Tq;
   int64_t qrs = (int64_t)c.H * c.hd, kvrs = (int64_t)c.KV * c.hd + (c.hd % 16 ? 0 : 8);
   std::vector<uint16_t> qh, kh, vh;
@@ -46,7 +46,9 @@ static void test_attn(attn_case c, bool scalar) {
   cf_bf16_t *dout = kt_dev<cf_bf16_t>((size_t)c.Tq * qrs);
   cf_attn_args_t a = {c.Tq, c.t0, c.H, c.KV, c.hd, 1.f / sqrtf((float)c.hd), dq, qrs,
                       dk, dv, kvrs, dout, qrs};
-  bool ok = scalar ? KT_RC(cf_attn_prefix_scalar(&a, 0)) : KT_RC(cf_attn_prefix(&a, 0));
+  bool ok = scalar ? KT_RC(cf_attn_prefix_scalar(&a, 0))
+            : nw   ? KT_RC(cf_attn_prefix_nw(&a, nw, 0))
+                   : KT_RC(cf_attn_prefix(&a, 0));
   auto ho = kt_download(dout, (size_t)c.Tq * qrs);
   std::vector<double> ref;
   ref_attn(c, qf, qrs, kf, vf, kvrs, ref);
@@ -59,8 +61,8 @@ static void test_attn(attn_case c, bool scalar) {
     double ei = kt_rel_l2_bf16(ho.data() + (size_t)i * qrs, r.data(), r.size());
     if (!(ei <= we)) { we = ei; worst = i; }
   }
-  kt_check(ok && e <= 1e-2, "attn %s Tq=%d t0=%d H=%d KV=%d hd=%d: rel L2 %.2e (<= 1e-2), "
-           "worst query row %d: %.2e", scalar ? "scalar" : "mma", c.Tq, c.t0, c.H, c.KV, c.hd, e,
+  kt_check(ok && e <= 1e-2, "attn %s%s Tq=%d t0=%d H=%d KV=%d hd=%d: rel L2 %.2e (<= 1e-2), "
+           "worst query row %d: %.2e", scalar ? "scalar" : "mma", nw == 8 ? "-8warps" : "", c.Tq, c.t0, c.H, c.KV, c.hd, e,
            worst, we);
   cudaFree(dq); cudaFree(dk); cudaFree(dv); cudaFree(dout);
 }
@@ -82,9 +84,12 @@ static void bench(void) {
                           dk, dv, (int64_t)KV * hd, dout, (int64_t)H * hd};
       if (!KT_RC(cf_attn_prefix(&a, 0))) return;
       double ms = kt_time_ms([&] { cf_attn_prefix(&a, 0); }, 20);
+      double ms8 = kt_time_ms([&] { cf_attn_prefix_nw(&a, 8, 0); }, 20);
       double flops = 4.0 * hd * H * ((double)c * p + (double)c * (c + 1) / 2);
-      printf("%-8d %-8d %10.3f %10.1f\n", c, p, ms, flops / ms / 1e9);
+      printf("%-8d %-8d %10.3f %10.1f   8 warps: %10.3f %10.1f\n", c, p, ms, flops / ms / 1e9, ms8,
+             flops / ms8 / 1e9);
       printf("RESULT attn_ours %d %d %.4f\n", c, p, ms);
+      printf("RESULT attn_nw8 %d %d %.4f\n", c, p, ms8);
     }
   KT_CUDA(cudaDeviceSynchronize());
   cudaFree(dk); cudaFree(dv); cudaFree(dq); cudaFree(dout);
@@ -100,6 +105,8 @@ int main(int argc, char **argv) {
       {1, 1000, 8, 8, 128}, {33, 70, 6, 3, 80},   {300, 1000, 4, 2, 64},
   };
   for (auto &c : cases) test_attn(c, false);
+  for (auto &c : cases)
+    if (c.hd == 128) test_attn(c, false, 8);
   for (auto &c : cases)
     if (c.Tq * (c.t0 + c.Tq) < 200000) test_attn(c, true);
   // Unaligned row stride forces the scalar path through cf_attn_prefix: still correct.

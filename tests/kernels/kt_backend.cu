@@ -184,7 +184,7 @@ static void bench(void) {
   int32_t *dtable = kt_upload(table);
   cudaStream_t s2;
   KT_CUDA(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
-  cf_paged_args_t pa = {L, cache, dtable, nlog, 0, Tl, mk, mv, row};
+  cf_paged_args_t pa = {L, cache, dtable, nlog, 0, Tl, mk, mv, row, 64};
   auto load = [&] { cf_paged_scatter(&pa, s2); };
   auto wall = [&](bool c1, bool c2) {
     std::vector<double> v;
@@ -205,6 +205,11 @@ static void bench(void) {
          "blocks, %.1f GB/s), both %.2f ms = %.3f x the longer alone\n", wc, wl,
          2.0 * bytes / 1048576.0, 2.0 * bytes / wl / 1e6, wb, wb / longer);
   printf("RESULT overlap %.4f %.4f %.4f\n", wc, wl, wb);
+  pa.ctas = 0;  // the same load with a full grid (1056 CTAs): how much it takes from compute
+  double wl2 = wall(false, true), wb2 = wall(true, true);
+  printf("overlap, load on a full grid: load %.2f ms, both %.2f ms = %.3f x the longer alone\n",
+         wl2, wb2, wb2 / std::max(wc, wl2));
+  printf("RESULT overlap_fullgrid %.4f %.4f %.4f\n", wc, wl2, wb2);
   KT_CUDA(cudaDeviceSynchronize());
   cudaFreeHost(hk); cudaFreeHost(hv); cudaFree(cache); cudaFree(dtable);
   cudaFree(dtok); cudaFree(dk); cudaFree(dv);

@@ -54,7 +54,7 @@ static void test_paged(paged_case c) {
   int64_t span = cf_paged_layout_span(&L);
   cf_bf16_t *cache = kt_dev<cf_bf16_t>(span);
   int32_t *dtable = kt_upload(table);
-  cf_paged_args_t a = {L, cache, dtable, nlog, c.tok0, c.T, dk, dv, rs};
+  cf_paged_args_t a = {L, cache, dtable, nlog, c.tok0, c.T, dk, dv, rs, kt_randint(2) ? 0 : 3};
   // Expected cache: poison everywhere except the rows of valid blocks.
   std::vector<uint16_t> exp(span, 0xffff);
   for (int t = 0; t < c.T; t++) {
@@ -136,8 +136,8 @@ static void bench(void) {
   }, 5, s);
   printf("contiguous 1 GiB pinned cudaMemcpy: %.2f ms = %.1f GB/s\n", base, 2 * bytes / base / 1e6);
   printf("RESULT load_contig 1073741824 %.4f\n", base);
-  printf("%-10s %12s %10s %12s %10s %8s\n", "block", "kernel_ms", "GB/s", "memcpy_ms", "GB/s",
-         "ratio");
+  printf("%-10s %12s %10s %12s %10s %12s %10s %8s\n", "block", "kernel_ms", "GB/s", "64cta_ms",
+         "GB/s", "memcpy_ms", "GB/s", "ratio");
   for (int bs : {8, 32, 128, 512}) {  // 16 KiB, 64 KiB, 256 KiB, 1 MiB per block and plane
     int nlog = (int)(T / bs), nblocks = nlog + nlog / 8;
     cf_paged_layout_t L;
@@ -148,14 +148,17 @@ static void bench(void) {
     for (int i = nblocks - 1; i > 0; i--) std::swap(perm[i], perm[kt_randint(i + 1)]);
     for (int p = 0; p < nlog; p++) table[p] = perm[p];
     int32_t *dtable = kt_upload(table);
-    cf_paged_args_t a = {L, dst, dtable, nlog, 0, (int)T, mk, mv, row};
+    cf_paged_args_t a = {L, dst, dtable, nlog, 0, (int)T, mk, mv, row, 0};
     if (!KT_RC(cf_paged_scatter(&a, s))) return;
     double kms = kt_time_ms([&] { cf_paged_scatter(&a, s); }, 5, s);
+    cf_paged_args_t a64 = a;
+    a64.ctas = 64;
+    double k64 = kt_time_ms([&] { cf_paged_scatter(&a64, s); }, 5, s);
     double mms = kt_time_ms([&] { cf_paged_scatter_memcpy(&a, table.data(), s); }, 3, s);
     size_t bb = (size_t)bs * row * 2;
-    printf("%-10zu %12.2f %10.1f %12.2f %10.1f %8.3f\n", bb, kms, 2 * bytes / kms / 1e6, mms,
-           2 * bytes / mms / 1e6, base / kms);
-    printf("RESULT load_paged %zu %.4f %.4f\n", bb, kms, mms);
+    printf("%-10zu %12.2f %10.1f %12.2f %10.1f %12.2f %10.1f %8.3f\n", bb, kms,
+           2 * bytes / kms / 1e6, k64, 2 * bytes / k64 / 1e6, mms, 2 * bytes / mms / 1e6, base / kms);
+    printf("RESULT load_paged %zu %.4f %.4f %.4f\n", bb, kms, mms, k64);
     cudaFree(dtable);
   }
   cudaFree(dst); cudaFreeHost(hk); cudaFreeHost(hv); cudaStreamDestroy(s);
