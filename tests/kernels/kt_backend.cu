@@ -5,7 +5,16 @@
 // `--bench` times a Llama-3-8B-shaped layer prefill (1k..32k tokens) and compute ∥ load overlap.
 #include <sys/time.h>
 
+#include <functional>
+
+#include <cublas_v2.h>
+
+#include "kernels/cf_attn.h"
+#include "kernels/cf_gemm.h"
 #include "kernels/cf_paged.h"
+#include "kernels/cf_rmsnorm.h"
+#include "kernels/cf_rope.h"
+#include "kernels/cf_swiglu.h"
 #include "kt_common.h"
 extern "C" {
 #include "model/cf_backend.h"
@@ -128,7 +137,64 @@ static double now_ms(void) {
   return tv.tv_sec * 1e3 + tv.tv_usec * 1e-3;
 }
 
+// Where an 8192-token Llama-3-8B layer spends its time: each stage alone, same kernels.
+static void bench_breakdown(void) {
+  const int T = 8192, D = 4096, H = 32, KV = 8, hd = 128, I = 14336, NQKV = (H + 2 * KV) * hd;
+  cublasHandle_t blas;
+  void *ws = kt_dev<char>(32 << 20);
+  if (cublasCreate(&blas) || cublasSetWorkspace(blas, ws, 32 << 20)) return;
+  float *x = kt_dev<float>((size_t)T * D), *w = kt_dev<float>(D), *inv = kt_dev<float>(hd / 2);
+  cf_bf16_t *xn = kt_dev<cf_bf16_t>((size_t)T * D), *qkv = kt_dev<cf_bf16_t>((size_t)T * NQKV);
+  cf_bf16_t *q = kt_dev<cf_bf16_t>((size_t)T * H * hd), *k = kt_dev<cf_bf16_t>((size_t)T * KV * hd);
+  cf_bf16_t *v = kt_dev<cf_bf16_t>((size_t)T * KV * hd), *at = kt_dev<cf_bf16_t>((size_t)T * H * hd);
+  cf_bf16_t *gu = kt_dev<cf_bf16_t>((size_t)T * 2 * I), *h = kt_dev<cf_bf16_t>((size_t)T * I);
+  cf_bf16_t *wqkv = kt_dev<cf_bf16_t>((size_t)NQKV * D), *wo = kt_dev<cf_bf16_t>((size_t)D * D);
+  cf_bf16_t *wgu = kt_dev<cf_bf16_t>((size_t)2 * I * D), *wd = kt_dev<cf_bf16_t>((size_t)D * I);
+  // Finite, non-zero contents everywhere (the poison is NaN).
+  for (auto pr : std::vector<std::pair<void *, size_t>>{{xn, (size_t)T * D}, {qkv, (size_t)T * NQKV},
+       {q, (size_t)T * H * hd}, {k, (size_t)T * KV * hd}, {v, (size_t)T * KV * hd},
+       {gu, (size_t)T * 2 * I}, {wqkv, (size_t)NQKV * D}, {wo, (size_t)D * D},
+       {wgu, (size_t)2 * I * D}, {wd, (size_t)D * I}, {at, (size_t)T * H * hd}, {h, (size_t)T * I}})
+    KT_CUDA(cudaMemset(pr.first, 0x3c, pr.second * 2));
+  KT_CUDA(cudaMemset(x, 0x3f, (size_t)T * D * 4));
+  KT_CUDA(cudaMemset(w, 0x3f, D * 4));
+  std::vector<float> invh(hd / 2);
+  cf_rope_inv_freq(invh.data(), hd, 500000.0, 0, 0, 0, 0, 0);
+  KT_CUDA(cudaMemcpy(inv, invh.data(), hd / 2 * 4, cudaMemcpyHostToDevice));
+  cf_gemm_args_t g1 = {T, NQKV, D, xn, D, wqkv, D, qkv, NQKV, 0, 0.f};
+  cf_rope_args_t ra = {T, 0, H, KV, hd, qkv, NULL, NULL, NULL, 1e-5f, inv, q, k, v, KV * hd};
+  cf_attn_args_t aa = {T, 0, H, KV, hd, 0.088f, q, H * hd, k, v, KV * hd, at, H * hd};
+  cf_gemm_args_t g2 = {T, D, H * hd, at, H * hd, wo, H * hd, x, D, 1, 1.f};
+  cf_gemm_args_t g3 = {T, 2 * I, D, xn, D, wgu, D, gu, 2 * I, 0, 0.f};
+  cf_gemm_args_t g4 = {T, D, I, h, I, wd, I, x, D, 1, 1.f};
+  struct { const char *n; std::function<void()> f; } st[] = {
+      {"rmsnorm", [&] { cf_rmsnorm(xn, x, NULL, w, T, D, 1e-5f, 0); }},
+      {"qkv gemm", [&] { cf_gemm_bf16(blas, &g1, 0); }},
+      {"rope+kv write", [&] { cf_rope_qkv(&ra, 0); }},
+      {"attention", [&] { cf_attn_prefix(&aa, 0); }},
+      {"o gemm +res", [&] { cf_gemm_bf16(blas, &g2, 0); }},
+      {"rmsnorm", [&] { cf_rmsnorm(xn, x, NULL, w, T, D, 1e-5f, 0); }},
+      {"gate|up gemm", [&] { cf_gemm_bf16(blas, &g3, 0); }},
+      {"swiglu", [&] { cf_swiglu(h, gu, NULL, NULL, T, I, 0); }},
+      {"down gemm +res", [&] { cf_gemm_bf16(blas, &g4, 0); }},
+  };
+  double tot = 0;
+  printf("breakdown of an 8192-token layer (each stage alone):\n");
+  for (auto &e : st) {
+    double ms = kt_time_ms(e.f, 10);
+    tot += ms;
+    printf("  %-16s %8.3f ms\n", e.n, ms);
+    printf("RESULT stage %s %.4f\n", e.n, ms);
+  }
+  printf("  %-16s %8.3f ms\n", "sum", tot);
+  KT_CUDA(cudaDeviceSynchronize());
+  for (void *p : std::vector<void *>{ws, x, w, inv, xn, qkv, q, k, v, at, gu, h, wqkv, wo, wgu, wd})
+    cudaFree(p);
+  cublasDestroy(blas);
+}
+
 static void bench(void) {
+  bench_breakdown();
   cf_model_config_t c = {};
   cf_synth_preset("tiny", &c);
   c.n_layers = 1; c.hidden = 4096; c.n_heads = 32; c.n_kv_heads = 8; c.head_dim = 128;
