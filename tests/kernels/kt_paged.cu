@@ -161,6 +161,25 @@ static void bench(void) {
     printf("RESULT load_paged %zu %.4f %.4f %.4f\n", bb, kms, mms, k64);
     cudaFree(dtable);
   }
+  // How many CTAs the zero-copy load needs (32 KiB blocks): PCIe latency x bandwidth bounds it.
+  {
+    int bs = 16, nlog = (int)(T / bs);
+    cf_paged_layout_t L;
+    cf_paged_layout_vllm(&L, nlog, bs, KV, hd);
+    std::vector<int32_t> table(nlog);
+    for (int i = 0; i < nlog; i++) table[i] = i;
+    for (int i = nlog - 1; i > 0; i--) std::swap(table[i], table[kt_randint(i + 1)]);
+    int32_t *dtable = kt_upload(table);
+    printf("32 KiB blocks, CTAs:");
+    for (int ctas : {8, 16, 32, 64, 132, 264, 0}) {
+      cf_paged_args_t a = {L, dst, dtable, nlog, 0, (int)T, mk, mv, row, ctas};
+      double ms = kt_time_ms([&] { cf_paged_scatter(&a, s); }, 5, s);
+      printf("  %d: %.1f GB/s", ctas, 2 * bytes / ms / 1e6);
+      printf("\nRESULT load_ctas %d %.4f", ctas, ms);
+    }
+    printf("\n");
+    cudaFree(dtable);
+  }
   cudaFree(dst); cudaFreeHost(hk); cudaFreeHost(hv); cudaStreamDestroy(s);
 }
 
