@@ -46,6 +46,13 @@ __device__ __forceinline__ void cf_mma16816(float d[4], const uint32_t a[4], uin
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// 2^x on the SFU without exp2f's denormal handling (inputs are <= 0; -inf gives +0).
+__device__ __forceinline__ float cf_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ uint32_t cf_pack_bf16(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *(uint32_t *)&v;
@@ -167,16 +174,16 @@ __global__ void __launch_bounds__(NW * 32) cf_attn_mma_kernel(cf_attn_args_t a) 
     float mn0 = fmaxf(m0, mx0 * sl2), mn1 = fmaxf(m1, mx1 * sl2);
     // A row with every key so far masked keeps m = -inf; use 0 as its base so exp2 gives 0.
     float b0 = mn0 == -INFINITY ? 0.f : mn0, b1 = mn1 == -INFINITY ? 0.f : mn1;
-    float al0 = exp2f(m0 - b0), al1 = exp2f(m1 - b1);
+    float al0 = cf_exp2(m0 - b0), al1 = cf_exp2(m1 - b1);
     m0 = mn0;
     m1 = mn1;
     float rs0 = 0.f, rs1 = 0.f;
 #pragma unroll
     for (int nt = 0; nt < BC / 8; nt++) {
-      s[nt][0] = exp2f(s[nt][0] * sl2 - b0);
-      s[nt][1] = exp2f(s[nt][1] * sl2 - b0);
-      s[nt][2] = exp2f(s[nt][2] * sl2 - b1);
-      s[nt][3] = exp2f(s[nt][3] * sl2 - b1);
+      s[nt][0] = cf_exp2(s[nt][0] * sl2 - b0);
+      s[nt][1] = cf_exp2(s[nt][1] * sl2 - b0);
+      s[nt][2] = cf_exp2(s[nt][2] * sl2 - b1);
+      s[nt][3] = cf_exp2(s[nt][3] * sl2 - b1);
       rs0 += s[nt][0] + s[nt][1];
       rs1 += s[nt][2] + s[nt][3];
     }
@@ -309,10 +316,15 @@ __global__ void __launch_bounds__(NW * 32) cf_attn_mma2_kernel(cf_attn_args_t a)
     cf_cp_async_commit();
   };
 
-  load_tile(0, 0);
-  for (int j = 0; j < ntiles; j++) {
+  const int per = (ntiles + gridDim.z - 1) / gridDim.z;  // split-KV share, as cf_attn_mma_kernel
+  const int jbeg = min(ntiles, (int)blockIdx.z * per), jend = min(ntiles, jbeg + per);
+  if (jbeg < jend) load_tile(jbeg, jbeg & 1);
+  else cf_cp_async_commit();  // the Q tile's group
+  cf_cp_async_wait<0>();      // Q resident before the first ldmatrix (also when no K/V tile)
+  __syncthreads();
+  for (int j = jbeg; j < jend; j++) {
     const int buf = j & 1;
-    if (j + 1 < ntiles) {
+    if (j + 1 < jend) {
       load_tile(j + 1, buf ^ 1);
       cf_cp_async_wait<1>();
     } else {
@@ -374,16 +386,16 @@ __global__ void __launch_bounds__(NW * 32) cf_attn_mma2_kernel(cf_attn_args_t a)
       mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
       float mn0 = fmaxf(m[mt][0], mx0 * sl2), mn1 = fmaxf(m[mt][1], mx1 * sl2);
       float b0 = mn0 == -INFINITY ? 0.f : mn0, b1 = mn1 == -INFINITY ? 0.f : mn1;
-      float al0 = exp2f(m[mt][0] - b0), al1 = exp2f(m[mt][1] - b1);
+      float al0 = cf_exp2(m[mt][0] - b0), al1 = cf_exp2(m[mt][1] - b1);
       m[mt][0] = mn0;
       m[mt][1] = mn1;
       float rs0 = 0.f, rs1 = 0.f;
 #pragma unroll
       for (int nt = 0; nt < BC / 8; nt++) {
-        s[mt][nt][0] = exp2f(fmaf(s[mt][nt][0], sl2, -b0));
-        s[mt][nt][1] = exp2f(fmaf(s[mt][nt][1], sl2, -b0));
-        s[mt][nt][2] = exp2f(fmaf(s[mt][nt][2], sl2, -b1));
-        s[mt][nt][3] = exp2f(fmaf(s[mt][nt][3], sl2, -b1));
+        s[mt][nt][0] = cf_exp2(fmaf(s[mt][nt][0], sl2, -b0));
+        s[mt][nt][1] = cf_exp2(fmaf(s[mt][nt][1], sl2, -b0));
+        s[mt][nt][2] = cf_exp2(fmaf(s[mt][nt][2], sl2, -b1));
+        s[mt][nt][3] = cf_exp2(fmaf(s[mt][nt][3], sl2, -b1));
         rs0 += s[mt][nt][0] + s[mt][nt][1];
         rs1 += s[mt][nt][2] + s[mt][nt][3];
       }
@@ -430,8 +442,30 @@ __global__ void __launch_bounds__(NW * 32) cf_attn_mma2_kernel(cf_attn_args_t a)
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    float il0 = l0 > 0.f ? 1.f / l0 : 0.f, il1 = l1 > 0.f ? 1.f / l1 : 0.f;
     int r0 = q0 + wrow + mt * 16 + (lane >> 2), r1 = r0 + 8;
+    if (gridDim.z > 1) {  // partial result of one split, fp32, unnormalised (see the combine)
+      int64_t rows = (int64_t)a.Tq * a.n_heads;
+      float *wo = a.ws + (int64_t)blockIdx.z * rows * HD, *wml = a.ws + gridDim.z * rows * HD;
+#pragma unroll
+      for (int hf = 0; hf < 2; hf++) {
+        int r = hf ? r1 : r0;
+        if (r >= a.Tq) continue;
+        int64_t row = (int64_t)r * a.n_heads + h;
+        float *op = wo + row * HD;
+#pragma unroll
+        for (int dt = 0; dt < HD / 8; dt++) {
+          int c = dt * 8 + (lane & 3) * 2;
+          *(float2 *)(op + c) = make_float2(o[mt][dt][2 * hf], o[mt][dt][2 * hf + 1]);
+        }
+        if ((lane & 3) == 0) {
+          float *ml = wml + ((int64_t)blockIdx.z * rows + row) * 2;
+          ml[0] = m[mt][hf];
+          ml[1] = hf ? l1 : l0;
+        }
+      }
+      continue;
+    }
+    float il0 = l0 > 0.f ? 1.f / l0 : 0.f, il1 = l1 > 0.f ? 1.f / l1 : 0.f;
     bf16 *op0 = (bf16 *)a.out + (int64_t)r0 * a.out_row_stride + h * HD;
     bf16 *op1 = (bf16 *)a.out + (int64_t)r1 * a.out_row_stride + h * HD;
 #pragma unroll
@@ -577,14 +611,19 @@ static int cf__attn_mma(const cf_attn_args_t *a, cudaStream_t s, int nsplit) {
 }
 
 template <int HD, int NW, int BC>
-static int cf__attn_mma2(const cf_attn_args_t *a, cudaStream_t s) {
+static int cf__attn_mma2(const cf_attn_args_t *a, cudaStream_t s, int nsplit) {
   constexpr int LDS = HD + 8, BR = 32 * NW;
   size_t smem = (BR + 2 * 2 * BC) * LDS * sizeof(bf16);
   CF_CUDA_TRY(cudaFuncSetAttribute(cf_attn_mma2_kernel<HD, NW, BC>,
                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-  dim3 grid(cf_div_up(a->Tq, BR), a->n_heads);
+  dim3 grid(cf_div_up(a->Tq, BR), a->n_heads, nsplit);
   cf_attn_mma2_kernel<HD, NW, BC><<<grid, NW * 32, smem, s>>>(*a);
   CF_LAUNCH_TRY();
+  if (nsplit > 1) {
+    int64_t warps = (int64_t)a->Tq * a->n_heads;
+    cf_attn_combine_kernel<<<cf_div_up(warps, 8), 256, 0, s>>>(*a, nsplit);
+    CF_LAUNCH_TRY();
+  }
   return 0;
 }
 
@@ -624,11 +663,13 @@ extern "C" int cf_attn_prefix_variant(const cf_attn_args_t *a, int variant, cuda
       case 128: return cf__attn_mma<128, 4>(a, s, ns);
       default: break;
     }
-  } else if (variant == CF_ATTN_MMA32) {
-    if (hd == 64) return cf__attn_mma2<64, 4, 64>(a, s);
-    if (hd == 128) return cf__attn_mma2<128, 4, 64>(a, s);
+  } else if (variant == CF_ATTN_MMA32 || variant == CF_ATTN_MMA32_SPLIT) {
+    int ns = variant == CF_ATTN_MMA32 ? 1
+                                      : cf__attn_nsplit(a, (int64_t)cf_div_up(a->Tq, 128) * a->n_heads);
+    if (hd == 64) return cf__attn_mma2<64, 4, 64>(a, s, ns);
+    if (hd == 128) return cf__attn_mma2<128, 4, 64>(a, s, ns);
   } else if (variant == CF_ATTN_MMA32_BC32) {
-    if (hd == 128) return cf__attn_mma2<128, 4, 32>(a, s);
+    if (hd == 128) return cf__attn_mma2<128, 4, 32>(a, s, 1);
   }
   return cf_seterr(CF_EINVAL, "cf_attn_prefix_variant: variant %d has no head_dim %d", variant, hd);
 }
@@ -639,10 +680,9 @@ extern "C" int cf_attn_prefix(const cf_attn_args_t *a, cudaStream_t s) {
   if (cf__attn_forced) return cf_attn_prefix_variant(a, cf__attn_forced, s);
   if (cf__attn_aligned(a)) {
     int hd = a->head_dim;
-    if ((hd == 64 || hd == 128) && (int64_t)cf_div_up(a->Tq, 128) * a->n_heads >= 2 * cf__attn_sms())
-      // 32 rows per warp halves shared-memory traffic per MMA but gives half the blocks: use it
-      // when it still fills the GPU twice over.
-      return cf_attn_prefix_variant(a, hd == 128 ? CF_ATTN_MMA32_BC32 : CF_ATTN_MMA32, s);
+    // 32 rows per warp halves shared-memory traffic per MMA (measured: 1.3x over 16 rows at
+    // 2048 x 32k); too few query blocks are made up for by splitting the key range.
+    if (hd == 64 || hd == 128) return cf_attn_prefix_variant(a, CF_ATTN_MMA32_SPLIT, s);
     if (hd == 16 || hd == 32 || hd == 64 || hd == 128)
       return cf_attn_prefix_variant(a, CF_ATTN_MMA16_SPLIT, s);  // splits only if it helps
   }

@@ -32,8 +32,9 @@ typedef struct {
 #define CF_ATTN_WS_FLOATS(rows, head_dim) ((int64_t)(rows) * ((head_dim) + 2) * CF_ATTN_MAX_SPLITS)
 
 /* Tensor-core path for head_dim 16, 32, 64, 128 (rows 16-byte aligned); any other even
- * head_dim <= 256 runs a slower scalar kernel. Returns 0, CF_EINVAL or CF_ECUDA. For
- * head_dim 64/128 it takes the 32-rows-per-warp kernel when that still gives >= 2 blocks per SM. */
+ * head_dim <= 256 runs a slower scalar kernel. Returns 0, CF_EINVAL or CF_ECUDA. head_dim
+ * 64/128 take the 32-rows-per-warp kernel, 16/32 the 16-rows one; both split the key range
+ * (with a->ws) when there are too few query blocks to fill the GPU. */
 int cf_attn_prefix(const cf_attn_args_t *a, cudaStream_t s);
 
 /* Kernel variants, for tests and tuning (cf_attn_prefix picks one per call):
@@ -42,9 +43,10 @@ int cf_attn_prefix(const cf_attn_args_t *a, cudaStream_t s);
  *   CF_ATTN_MMA16_SPLIT  the same, splitting the key range when the grid is small and a->ws is set
  *   CF_ATTN_MMA32   tensor cores, 32 rows per warp (Q in shared memory), 128 per block: 64/128
  *   CF_ATTN_MMA32_BC32  the same with 32-key tiles (fewer registers): head_dim 128
+ *   CF_ATTN_MMA32_SPLIT  MMA32, splitting the key range when the grid is small and a->ws is set
  * cf_attn_prefix_variant() returns CF_EINVAL for a variant that lacks the head_dim. */
 enum { CF_ATTN_AUTO = 0, CF_ATTN_SCALAR = 1, CF_ATTN_MMA16 = 2, CF_ATTN_MMA32 = 3, CF_ATTN_MMA32_BC32 = 4,
-       CF_ATTN_MMA16_SPLIT = 5 };
+       CF_ATTN_MMA16_SPLIT = 5, CF_ATTN_MMA32_SPLIT = 6 };
 int cf_attn_prefix_variant(const cf_attn_args_t *a, int variant, cudaStream_t s);
 /* Make cf_attn_prefix always use `variant` (CF_ATTN_AUTO: choose again). Process-wide; for
  * benchmarks comparing variants inside the whole layer. */

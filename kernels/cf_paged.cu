@@ -124,6 +124,33 @@ extern "C" int cf_paged_gather(const cf_paged_args_t *a, cudaStream_t s) {
   return rc ? rc : cf__paged_launch<false>(a, s);
 }
 
+extern "C" int cf_paged_load_staged(const cf_paged_args_t *a, cf_bf16_t *staging,
+                                    int64_t staging_elems, cudaStream_t s) {
+  int rc = cf__paged_check(a, "cf_paged_load_staged");
+  if (rc) return rc;
+  CF_REQUIRE(staging && staging_elems >= 2 * a->row_stride && (uintptr_t)staging % 16 == 0,
+             "cf_paged_load_staged: staging of %lld elements (16-byte aligned) cannot hold one row "
+             "of %lld per plane", (long long)staging_elems, (long long)a->row_stride);
+  int64_t rs = a->row_stride, per = (staging_elems / 2) / rs;  // tokens per piece
+  per -= per % 8 ? per % 8 : 0;
+  if (per < 1) per = 1;
+  cf_bf16_t *sk = staging, *sv = staging + ((per * rs + 7) / 8) * 8;
+  for (int64_t t = 0; t < a->T; t += per) {
+    int64_t n = a->T - t < per ? a->T - t : per;
+    size_t bytes = (size_t)((n - 1) * rs + (int64_t)a->layout.n_kv_heads * a->layout.head_dim) * 2;
+    CF_CUDA_TRY(cudaMemcpyAsync(sk, a->k + t * rs, bytes, cudaMemcpyHostToDevice, s));
+    CF_CUDA_TRY(cudaMemcpyAsync(sv, a->v + t * rs, bytes, cudaMemcpyHostToDevice, s));
+    cf_paged_args_t p = *a;
+    p.tok0 = a->tok0 + (int)t;
+    p.T = (int)n;
+    p.k = sk;
+    p.v = sv;
+    p.ctas = 132;
+    if ((rc = cf__paged_launch<true>(&p, s))) return rc;
+  }
+  return 0;
+}
+
 extern "C" int cf_paged_scatter_memcpy(const cf_paged_args_t *a, const int32_t *table,
                                        cudaStream_t s) {
   int rc = cf__paged_check(a, "cf_paged_scatter_memcpy");

@@ -52,6 +52,15 @@ int cf_paged_scatter(const cf_paged_args_t *a, cudaStream_t s);
 /* Paged cache -> contiguous k/v (the reverse; invalid table entries leave rows untouched). */
 int cf_paged_gather(const cf_paged_args_t *a, cudaStream_t s);
 
+/* The copy-engine load path: a->k / a->v are pinned host rows; each piece of up to
+ * staging_elems/2 elements per plane goes host -> `staging` (device) by cudaMemcpyAsync on the
+ * DMA engine, using no SM time, then device -> paged blocks by the scatter kernel (short: HBM
+ * speed) on 132 CTAs, all in order on stream s. Against compute on another stream this
+ * interferes less than the zero-copy kernel, whose CTAs sit on SMs waiting for PCIe.
+ * staging_elems must hold at least one row per plane (2 * row_stride). */
+int cf_paged_load_staged(const cf_paged_args_t *a, cf_bf16_t *staging, int64_t staging_elems,
+                         cudaStream_t s);
+
 /* The baseline the kernel is measured against: the same scatter as one cudaMemcpyAsync per
  * contiguous run (one per block and plane in vLLM's layout), with the block table on the host.
  * k/v: host pinned or device. */

@@ -5,6 +5,8 @@ from collections import defaultdict
 res = defaultdict(dict)
 steps = []
 for line in open(sys.argv[1]):
+    if "RESULT " in line and not line.startswith("RESULT "):
+        line = line[line.index("RESULT "):]  # a RESULT printed after other text on its line
     f = line.split()
     if not f:
         continue
@@ -21,6 +23,8 @@ for line in open(sys.argv[1]):
     elif name == "load_contig":
         res[name]["ms"] = float(args[1])
         res[name]["bytes"] = int(args[0])
+    elif name == "load_staged":
+        res[name][int(args[0])] = float(args[1])
     elif name == "load_paged":
         res[name][int(args[0])] = (float(args[1]), float(args[2]),
                                    float(args[3]) if len(args) > 3 else None)
@@ -41,7 +45,7 @@ for s in steps:
 lo, lt = res["layer_ours"], res["layer_torch"]
 if lo:
     p("\n### (a) Llama-3-8B-shaped layer prefill (bf16; torch = transformers LlamaDecoderLayer, SDPA)\n")
-    vs = [("layer_variant2", "mma16"), ("layer_variant3", "mma32"), ("layer_variant4", "mma32-bc32")]
+    vs = [("layer_variant5", "mma16"), ("layer_variant6", "mma32"), ("layer_variant4", "mma32-bc32")]
     p("| tokens | torch ms | ours ms | torch/ours (goal >= 1.0) | " + " | ".join(f"ours, {n} attention ms" for _, n in vs) + " |")
     p("|---|---|---|---|" + "---|" * len(vs))
     for T in sorted(lo):
@@ -65,22 +69,25 @@ lc, lp = res["load_contig"], res["load_paged"]
 if lp and lc:
     base, nb = lc["ms"], lc["bytes"]
     p(f"\n### (c) Load 1 GiB from pinned host memory into paged blocks (baseline: one contiguous 1 GiB cudaMemcpy, {base:.2f} ms = {nb / base / 1e6:.1f} GB/s)\n")
-    p("| block | zero-copy kernel GB/s | contiguous/kernel (goal >= 0.9) | same, 64 CTAs | cudaMemcpyAsync per block GB/s | contiguous/per-block |")
-    p("|---|---|---|---|---|---|")
+    st = res["load_staged"]
+    p("| block | zero-copy kernel GB/s | contiguous/kernel (goal >= 0.9) | same, 64 CTAs | copy engine + scatter (staged) | cudaMemcpyAsync per block GB/s | contiguous/per-block |")
+    p("|---|---|---|---|---|---|---|")
     for b in sorted(lp):
         k, m, k64 = lp[b]
         s64 = f"{base / k64:.3f}" if k64 else "-"
-        p(f"| {b // 1024} KiB | {nb / k / 1e6:.1f} | {base / k:.3f} | {s64} | {nb / m / 1e6:.1f} | {base / m:.3f} |")
+        sst = f"{nb / st[b] / 1e6:.1f} GB/s ({base / st[b]:.3f})" if b in st else "-"
+        p(f"| {b // 1024} KiB | {nb / k / 1e6:.1f} | {base / k:.3f} | {s64} | {sst} | {nb / m / 1e6:.1f} | {base / m:.3f} |")
 if res["load_ctas"] and lc:
     p("\n32 KiB blocks, zero-copy kernel by grid size: " + ", ".join(
         f"{k or 'full'} CTAs {lc['bytes'] / v / 1e6:.1f} GB/s ({lc['ms'] / v:.3f})"
         for k, v in sorted(res["load_ctas"].items(), key=lambda kv: kv[0] or 1 << 30)))
 if res["overlap"]:
     p("\n### (d) Compute ∥ load overlap (8192-token layer prefill ∥ zero-copy load into 32 KiB paged blocks)\n")
-    p("| load kernel grid | compute ms | load ms | both ms | both / longer alone (goal <= 1.05) |")
+    p("| load path | compute ms | load ms | both ms | both / longer alone (goal <= 1.05) |")
     p("|---|---|---|---|---|")
     for key in sorted(res["overlap"], key=lambda k: k or 1 << 30):
         c, l, b = res["overlap"][key]
-        what = f"{key} CTAs" if key else "full (up to 1056 CTAs)"
+        what = (f"zero-copy, {key} CTAs" if key > 0 else "zero-copy, full (up to 1056 CTAs)" if key == 0
+                else "copy engine + scatter (staged)")
         p(f"| {what} | {c:.2f} | {l:.2f} | {b:.2f} | {b / max(c, l):.3f} |")
 print("\n".join(out))
