@@ -124,29 +124,34 @@ extern "C" int cf_paged_gather(const cf_paged_args_t *a, cudaStream_t s) {
   return rc ? rc : cf__paged_launch<false>(a, s);
 }
 
-extern "C" int cf_paged_load_staged(const cf_paged_args_t *a, cf_bf16_t *staging,
-                                    int64_t staging_elems, cudaStream_t s) {
+extern "C" int cf_paged_load_staged(const cf_paged_args_t *a, const cf_paged_stager_t *st) {
   int rc = cf__paged_check(a, "cf_paged_load_staged");
   if (rc) return rc;
-  CF_REQUIRE(staging && staging_elems >= 2 * a->row_stride && (uintptr_t)staging % 16 == 0,
-             "cf_paged_load_staged: staging of %lld elements (16-byte aligned) cannot hold one row "
-             "of %lld per plane", (long long)staging_elems, (long long)a->row_stride);
-  int64_t rs = a->row_stride, per = (staging_elems / 2) / rs;  // tokens per piece
-  per -= per % 8 ? per % 8 : 0;
-  if (per < 1) per = 1;
-  cf_bf16_t *sk = staging, *sv = staging + ((per * rs + 7) / 8) * 8;
-  for (int64_t t = 0; t < a->T; t += per) {
+  CF_REQUIRE(st && st->staging && (uintptr_t)st->staging % 16 == 0,
+             "cf_paged_load_staged: stager with a 16-byte aligned staging buffer required");
+  int64_t rs = a->row_stride, slot = (st->staging_elems / CF_PAGED_STAGE_SLOTS) / 16 * 8;
+  int64_t per = slot / rs;  // tokens per piece: a slot is [K part | V part], slot elems each
+  CF_REQUIRE(per >= 1, "cf_paged_load_staged: staging of %lld elements: a slot part of %lld cannot "
+             "hold one row of %lld", (long long)st->staging_elems, (long long)slot, (long long)rs);
+  int64_t row = (int64_t)a->layout.n_kv_heads * a->layout.head_dim;
+  for (int64_t t = 0, i = 0; t < a->T; t += per, i++) {
+    int sl = (int)(i % CF_PAGED_STAGE_SLOTS);
+    cf_bf16_t *sk = st->staging + sl * 2 * slot, *sv = sk + slot;
     int64_t n = a->T - t < per ? a->T - t : per;
-    size_t bytes = (size_t)((n - 1) * rs + (int64_t)a->layout.n_kv_heads * a->layout.head_dim) * 2;
-    CF_CUDA_TRY(cudaMemcpyAsync(sk, a->k + t * rs, bytes, cudaMemcpyHostToDevice, s));
-    CF_CUDA_TRY(cudaMemcpyAsync(sv, a->v + t * rs, bytes, cudaMemcpyHostToDevice, s));
+    size_t bytes = (size_t)((n - 1) * rs + row) * 2;
+    CF_CUDA_TRY(cudaStreamWaitEvent(st->copy, st->freed[sl], 0));  // slot's last scatter done
+    CF_CUDA_TRY(cudaMemcpyAsync(sk, a->k + t * rs, bytes, cudaMemcpyHostToDevice, st->copy));
+    CF_CUDA_TRY(cudaMemcpyAsync(sv, a->v + t * rs, bytes, cudaMemcpyHostToDevice, st->copy));
+    CF_CUDA_TRY(cudaEventRecord(st->copied[sl], st->copy));
+    CF_CUDA_TRY(cudaStreamWaitEvent(st->scatter, st->copied[sl], 0));
     cf_paged_args_t p = *a;
     p.tok0 = a->tok0 + (int)t;
     p.T = (int)n;
     p.k = sk;
     p.v = sv;
     p.ctas = 132;
-    if ((rc = cf__paged_launch<true>(&p, s))) return rc;
+    if ((rc = cf__paged_launch<true>(&p, st->scatter))) return rc;
+    CF_CUDA_TRY(cudaEventRecord(st->freed[sl], st->scatter));
   }
   return 0;
 }

@@ -52,14 +52,25 @@ int cf_paged_scatter(const cf_paged_args_t *a, cudaStream_t s);
 /* Paged cache -> contiguous k/v (the reverse; invalid table entries leave rows untouched). */
 int cf_paged_gather(const cf_paged_args_t *a, cudaStream_t s);
 
-/* The copy-engine load path: a->k / a->v are pinned host rows; each piece of up to
- * staging_elems/2 elements per plane goes host -> `staging` (device) by cudaMemcpyAsync on the
- * DMA engine, using no SM time, then device -> paged blocks by the scatter kernel (short: HBM
- * speed) on 132 CTAs, all in order on stream s. Against compute on another stream this
- * interferes less than the zero-copy kernel, whose CTAs sit on SMs waiting for PCIe.
- * staging_elems must hold at least one row per plane (2 * row_stride). */
-int cf_paged_load_staged(const cf_paged_args_t *a, cf_bf16_t *staging, int64_t staging_elems,
-                         cudaStream_t s);
+/* The copy-engine load path, for loads that run beside compute. Host rows (pinned) go to a
+ * device staging ring by cudaMemcpyAsync on the DMA engine (no SM time) on stream `copy`, and
+ * from each slot into the paged blocks by the scatter kernel (short: HBM speed) on stream
+ * `scatter`, events ordering slot reuse both ways, so the DMA never waits for a kernel that is
+ * queued behind compute. Create `scatter` with the highest stream priority so its short kernels
+ * get SMs as soon as compute blocks retire (measured: the zero-copy kernel instead holds SMs
+ * that cuBLAS needs for the whole load). Everything the stager holds is the caller's. */
+#define CF_PAGED_STAGE_SLOTS 4
+typedef struct {
+  cudaStream_t copy, scatter;
+  cudaEvent_t copied[CF_PAGED_STAGE_SLOTS], freed[CF_PAGED_STAGE_SLOTS];  /* cudaEventDisableTiming */
+  cf_bf16_t *staging;      /* device, 16-byte aligned */
+  int64_t staging_elems;   /* split into CF_PAGED_STAGE_SLOTS slots of a K and a V part */
+} cf_paged_stager_t;
+
+/* a->k / a->v: pinned host rows. Enqueues the load; it is complete when `scatter` has drained
+ * (record an event there). Returns 0, CF_EINVAL (a slot cannot hold one row per plane) or
+ * CF_ECUDA. */
+int cf_paged_load_staged(const cf_paged_args_t *a, const cf_paged_stager_t *st);
 
 /* The baseline the kernel is measured against: the same scatter as one cudaMemcpyAsync per
  * contiguous run (one per block and plane in vLLM's layout), with the block table on the host.
