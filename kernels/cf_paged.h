@@ -72,6 +72,20 @@ typedef struct {
  * CF_ECUDA. */
 int cf_paged_load_staged(const cf_paged_args_t *a, const cf_paged_stager_t *st);
 
+/* The DMA-only load path: one cudaMemcpyBatchAsync (CUDA >= 12.8) of every contiguous run
+ * (one per block and plane in vLLM's layout) straight from pinned host rows a->k / a->v into
+ * the paged blocks, hinted cudaMemcpyFlagPreferOverlapWithCompute: no SM time at all. The
+ * block table is read on the host; `dst`, `src`, `size` are host scratch arrays of `cap`
+ * entries (longer lists go in several batches). Returns 0, CF_EINVAL or CF_ECUDA. */
+typedef struct {
+  void **dst;
+  const void **src;
+  size_t *size;
+  size_t cap;
+} cf_paged_batch_t;
+int cf_paged_load_batched(const cf_paged_args_t *a, const int32_t *block_table_host,
+                          const cf_paged_batch_t *scratch, cudaStream_t s);
+
 /* The baseline the kernel is measured against: the same scatter as one cudaMemcpyAsync per
  * contiguous run (one per block and plane in vLLM's layout), with the block table on the host.
  * k/v: host pinned or device. */

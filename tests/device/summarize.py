@@ -23,7 +23,7 @@ for line in open(sys.argv[1]):
     elif name == "load_contig":
         res[name]["ms"] = float(args[1])
         res[name]["bytes"] = int(args[0])
-    elif name == "load_staged":
+    elif name in ("load_staged", "load_batched"):
         res[name][int(args[0])] = float(args[1])
     elif name == "load_paged":
         res[name][int(args[0])] = (float(args[1]), float(args[2]),
@@ -69,14 +69,15 @@ lc, lp = res["load_contig"], res["load_paged"]
 if lp and lc:
     base, nb = lc["ms"], lc["bytes"]
     p(f"\n### (c) Load 1 GiB from pinned host memory into paged blocks (baseline: one contiguous 1 GiB cudaMemcpy, {base:.2f} ms = {nb / base / 1e6:.1f} GB/s)\n")
-    st = res["load_staged"]
-    p("| block | zero-copy kernel GB/s | contiguous/kernel (goal >= 0.9) | same, 64 CTAs | copy engine + scatter (staged) | cudaMemcpyAsync per block GB/s | contiguous/per-block |")
-    p("|---|---|---|---|---|---|---|")
+    st, bt = res["load_staged"], res["load_batched"]
+    p("| block | zero-copy kernel GB/s | contiguous/kernel (goal >= 0.9) | same, 64 CTAs | copy engine + scatter (staged ring) | cudaMemcpyBatchAsync | cudaMemcpyAsync per block GB/s | contiguous/per-block |")
+    p("|---|---|---|---|---|---|---|---|")
     for b in sorted(lp):
         k, m, k64 = lp[b]
         s64 = f"{base / k64:.3f}" if k64 else "-"
         sst = f"{nb / st[b] / 1e6:.1f} GB/s ({base / st[b]:.3f})" if b in st else "-"
-        p(f"| {b // 1024} KiB | {nb / k / 1e6:.1f} | {base / k:.3f} | {s64} | {sst} | {nb / m / 1e6:.1f} | {base / m:.3f} |")
+        sbt = f"{nb / bt[b] / 1e6:.1f} GB/s ({base / bt[b]:.3f})" if b in bt else "-"
+        p(f"| {b // 1024} KiB | {nb / k / 1e6:.1f} | {base / k:.3f} | {s64} | {sst} | {sbt} | {nb / m / 1e6:.1f} | {base / m:.3f} |")
 if res["load_ctas"] and lc:
     p("\n32 KiB blocks, zero-copy kernel by grid size: " + ", ".join(
         f"{k or 'full'} CTAs {lc['bytes'] / v / 1e6:.1f} GB/s ({lc['ms'] / v:.3f})"
@@ -85,9 +86,11 @@ if res["overlap"]:
     p("\n### (d) Compute ∥ load overlap (8192-token layer prefill ∥ zero-copy load into 32 KiB paged blocks)\n")
     p("| load path | compute ms | load ms | both ms | both / longer alone (goal <= 1.05) |")
     p("|---|---|---|---|---|")
-    for key in sorted(res["overlap"], key=lambda k: k or 1 << 30):
+    for key in sorted(res["overlap"], key=lambda k: (k < 0, k or 1 << 30)):
         c, l, b = res["overlap"][key]
-        what = (f"zero-copy, {key} CTAs" if key > 0 else "zero-copy, full (up to 1056 CTAs)" if key == 0
-                else "copy engine + scatter (staged)")
+        what = {-1: "copy engine + scatter (staged ring, 132 CTAs)", -2: "cudaMemcpyBatchAsync (DMA only)",
+                -3: "copy engine + scatter (staged ring, 16 CTAs)", 0: "zero-copy, full grid",
+                -4: "reference: contiguous cudaMemcpy, no paging"}.get(
+                    key, f"zero-copy, {key} CTAs")
         p(f"| {what} | {c:.2f} | {l:.2f} | {b:.2f} | {b / max(c, l):.3f} |")
 print("\n".join(out))

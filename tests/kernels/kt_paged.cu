@@ -104,12 +104,17 @@ static void test_paged(paged_case c) {
   memcpy(hpv, vh.data(), nsrc * 2);
   ah.k = hpk;
   ah.v = hpv;
-  const char *mname[] = {"scatter", "scatter_memcpy", "load_staged"};
-  for (int method = 0; method < 3; method++) {
+  const char *mname[] = {"scatter", "scatter_memcpy", "load_staged", "load_batched"};
+  std::vector<void *> bd(7);
+  std::vector<const void *> bs_(7);
+  std::vector<size_t> bz(7);
+  cf_paged_batch_t batch = {bd.data(), bs_.data(), bz.data(), 7};  // small: several batches
+  for (int method = 0; method < 4; method++) {
     KT_CUDA(cudaMemset(cache, 0xff, span * 2));
     bool ok = method == 0   ? KT_RC(cf_paged_scatter(&a, 0))
               : method == 1 ? KT_RC(cf_paged_scatter_memcpy(&a, table.data(), 0))
-                            : KT_RC(cf_paged_load_staged(&ah, &st));
+              : method == 2 ? KT_RC(cf_paged_load_staged(&ah, &st))
+                            : KT_RC(cf_paged_load_batched(&ah, table.data(), &batch, 0));
     KT_CUDA(cudaStreamSynchronize(st.scatter));
     auto got = kt_download(cache, span);
     int64_t bad = 0;
@@ -212,6 +217,14 @@ static void bench(void) {
       cudaStreamWaitEvent(s, done, 0);
     }, 5, s);
     printf("RESULT load_staged %zu %.4f\n", (size_t)bs * row * 2, sms);
+    std::vector<void *> bd(8192);
+    std::vector<const void *> bsrc(8192);
+    std::vector<size_t> bz(8192);
+    cf_paged_batch_t batch = {bd.data(), bsrc.data(), bz.data(), 8192};
+    if (KT_RC(cf_paged_load_batched(&ah, table.data(), &batch, s))) {
+      double bms = kt_time_ms([&] { cf_paged_load_batched(&ah, table.data(), &batch, s); }, 3, s);
+      printf("RESULT load_batched %zu %.4f\n", (size_t)bs * row * 2, bms);
+    }
     double mms = kt_time_ms([&] { cf_paged_scatter_memcpy(&a, table.data(), s); }, 3, s);
     size_t bb = (size_t)bs * row * 2;
     printf("%-10zu %12.2f %10.1f %12.2f %10.1f %12.2f %10.1f %8.3f\n", bb, kms,
