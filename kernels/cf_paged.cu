@@ -197,6 +197,8 @@ extern "C" int cf_paged_load_batched(const cf_paged_args_t *a, const int32_t *ta
   if (rc) return rc;
   CF_REQUIRE(table && sc && sc->dst && sc->src && sc->size && sc->cap > 0,
              "cf_paged_load_batched: host block table and scratch arrays required");
+  CF_REQUIRE(s != 0, "cf_paged_load_batched: cudaMemcpyBatchAsync refuses the legacy default "
+             "stream; pass a created stream");
   cudaMemcpyAttributes attr;
   memset(&attr, 0, sizeof attr);
   attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;

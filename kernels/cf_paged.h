@@ -76,7 +76,8 @@ int cf_paged_load_staged(const cf_paged_args_t *a, const cf_paged_stager_t *st);
  * (one per block and plane in vLLM's layout) straight from pinned host rows a->k / a->v into
  * the paged blocks, hinted cudaMemcpyFlagPreferOverlapWithCompute: no SM time at all. The
  * block table is read on the host; `dst`, `src`, `size` are host scratch arrays of `cap`
- * entries (longer lists go in several batches). Returns 0, CF_EINVAL or CF_ECUDA. */
+ * entries (longer lists go in several batches). `s` must be a created stream, not the legacy
+ * default one (cudaMemcpyBatchAsync refuses it). Returns 0, CF_EINVAL or CF_ECUDA. */
 typedef struct {
   void **dst;
   const void **src;

@@ -90,7 +90,8 @@ if res["overlap"]:
         c, l, b = res["overlap"][key]
         what = {-1: "copy engine + scatter (staged ring, 132 CTAs)", -2: "cudaMemcpyBatchAsync (DMA only)",
                 -3: "copy engine + scatter (staged ring, 16 CTAs)", 0: "zero-copy, full grid",
-                -4: "reference: contiguous cudaMemcpy, no paging"}.get(
+                -4: "reference: contiguous cudaMemcpy, no paging",
+                -5: "DMA into whole-load staging ∥ compute, then scatter on the compute stream"}.get(
                     key, f"zero-copy, {key} CTAs")
         p(f"| {what} | {c:.2f} | {l:.2f} | {b:.2f} | {b / max(c, l):.3f} |")
 print("\n".join(out))

@@ -114,7 +114,8 @@ static void test_paged(paged_case c) {
     bool ok = method == 0   ? KT_RC(cf_paged_scatter(&a, 0))
               : method == 1 ? KT_RC(cf_paged_scatter_memcpy(&a, table.data(), 0))
               : method == 2 ? KT_RC(cf_paged_load_staged(&ah, &st))
-                            : KT_RC(cf_paged_load_batched(&ah, table.data(), &batch, 0));
+                            : KT_RC(cf_paged_load_batched(&ah, table.data(), &batch, st.copy));
+    KT_CUDA(cudaStreamSynchronize(st.copy));
     KT_CUDA(cudaStreamSynchronize(st.scatter));
     auto got = kt_download(cache, span);
     int64_t bad = 0;
@@ -159,6 +160,14 @@ static void test_preconditions(void) {
   a.tok0 = 10; a.T = 10; a.row_stride = 32;
   kt_check(cf_paged_scatter(&a, 0) == CF_EINVAL, "paged rejects a block table too short (%s)",
            cf_errmsg());
+  a.tok0 = 0;
+  void *d[1];
+  const void *sr[1];
+  size_t z[1];
+  cf_paged_batch_t b = {d, sr, z, 1};
+  int32_t tab[1] = {0};
+  kt_check(cf_paged_load_batched(&a, tab, &b, 0) == CF_EINVAL,
+           "load_batched rejects the legacy default stream (%s)", cf_errmsg());
 }
 
 // Load path: 1 GiB of K+V from mapped pinned host memory into randomly placed paged blocks.
