@@ -21,8 +21,12 @@
 #include "model/cf_cpu_ops.h"
 #include "util/cf_err.h"
 
+#ifndef CF__CPU_TB
 #define CF__CPU_TB 512   /* token rows per layer block */
+#endif
+#ifndef CF__CPU_QB
 #define CF__CPU_QB 64    /* query rows per attention item */
+#endif
 
 typedef void (*cf__par_fn)(void *ctx, int tid, int nthreads);
 
