@@ -8,7 +8,7 @@
  *
  * Parallelism: OpenBLAS is set to one thread and the backend splits the work itself over its
  * own persistent pool — projections by output columns (each thread one sgemm on a slice of
- * the weight), attention by (head, query block) items handed out through an atomic counter.
+ * the weight), attention by (KV head, query block) items handed out through an atomic counter.
  * One forward call runs at a time per backend (a mutex serialises callers).
  */
 #include <cblas.h>
