@@ -8,8 +8,9 @@
 #include <string.h>
 
 /* Hot elementwise loops get AVX-512, AVX2+FMA and baseline clones picked at load time, so one
- * binary runs everywhere and uses the widest vectors the CPU has. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+ * binary runs everywhere and uses the widest vectors the CPU has. Not under ThreadSanitizer:
+ * the ifunc resolvers run before its runtime is up and crash the process. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define CF__SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define CF__SIMD
