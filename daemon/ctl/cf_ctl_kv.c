@@ -136,11 +136,16 @@ static int cf__kv_main(int argc, char **argv) {
         goto out;
       }
   }
-  if (threads && strcmp(backend, "cuda"))
-    rc = !strcmp(backend, "cpu") ? cf_backend_cpu_create(m, threads, &be)
-                                 : cf_backend_create(backend, m, &be);
-  else
+  /* --threads sizes the CPU backend, also when "auto" falls back to it. */
+  if (!threads || !strcmp(backend, "cuda")) {
     rc = cf_backend_create(backend, m, &be);
+  } else {
+    rc = !strcmp(backend, "auto") ? cf_backend_cuda_create(m, 0, &be) : CF_ENODEV;
+    if (rc == CF_ENODEV) {
+      cf_errclear();
+      rc = cf_backend_cpu_create(m, threads, &be);
+    }
+  }
   if (rc) {
     ret = cf_ctl_fail(CMD, "backend %s: %s: %s", backend, cf_strerror(rc), cf_errmsg());
     goto out;
