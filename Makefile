@@ -33,10 +33,11 @@ DEB_PKGS := build-essential pkg-config clang libclang-rt-14-dev \
             curl jq e2fsprogs
 
 CPPFLAGS += -Ilib -I. -Idaemon -Itests -I$(BUILD)/gen -I/usr/include/x86_64-linux-gnu/openblas-pthread -D_GNU_SOURCE
+SAN      ?=
 CFLAGS   ?= -g
-CFLAGS   += $(OPT) -std=c11 -pthread -fPIC -Wall -Wextra -Wshadow -Wno-unused-parameter \
+CFLAGS   += $(SAN) $(OPT) -std=c11 -pthread -fPIC -Wall -Wextra -Wshadow -Wno-unused-parameter \
             -Wno-missing-field-initializers -MMD -MP
-LDFLAGS  += -pthread
+LDFLAGS  += -pthread $(SAN)
 LDLIBS   += -lopenblas -luring -lxxhash -lm
 DAEMON_LDLIBS := -lgrpc -lgpr -lprotobuf-c -luv -lmicrohttpd -linih
 
@@ -175,8 +176,7 @@ test: deps
 
 asan: deps
 	$(Q)$(MAKE) --no-print-directory BUILD=build-asan CUDA=0 OPT=-O1 \
-	  CFLAGS="-g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	  LDFLAGS="-fsanitize=address,undefined" all
+	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
 	$(Q)BUILD=build-asan PYTHON=$(PYTHON) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 CF_ASAN=1 tests/run.sh
 
 bench: all

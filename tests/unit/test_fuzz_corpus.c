@@ -39,6 +39,13 @@ static int parse_cfg(const unsigned char *buf, size_t len) {
   return cf_hfconfig_parse((const char *)buf, len, "corpus/config.json", &c);
 }
 
+static int parse_index(const unsigned char *buf, size_t len) {
+  cf_st_index_t ix;
+  int rc = cf_st_index_parse((const char *)buf, len, "corpus/index.json", &ix);
+  if (rc == 0) cf_st_index_free(&ix);
+  return rc;
+}
+
 /* Returns the number of files replayed. */
 static int replay(const char *target, parse_fn fn) {
   char dir[256];
@@ -74,3 +81,4 @@ static int replay(const char *target, parse_fn fn) {
 
 CF_TEST(replay_safetensors_corpus) { CF_CHECK_GE(replay("safetensors", parse_st), 10); }
 CF_TEST(replay_hfconfig_corpus) { CF_CHECK_GE(replay("hfconfig", parse_cfg), 10); }
+CF_TEST(replay_stindex_corpus) { CF_CHECK_GE(replay("stindex", parse_index), 5); }

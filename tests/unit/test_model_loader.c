@@ -238,6 +238,9 @@ CF_TEST(loads_public_llama_gqa_fixture) {
     CF_CHECK_EQ(t->ndim, 2);
     CF_CHECK_EQ(t->shape[0], 32);
     CF_CHECK(memcmp(t->data, m->layers[1].wk, 32 * 96 * 4) == 0);
+    const cf_st_tensor_t *raw = cf_model_find_tensor(m, "model.layers.1.self_attn.k_proj.weight");
+    CF_CHECK(raw && raw->dtype == CF_DT_F32 && raw->numel == 32 * 96 && (const float *)raw->data == m->layers[1].wk);
+    CF_CHECK(cf_model_find_tensor(m, "model.layers.2.self_attn.k_proj.weight") == NULL);
   }
   cf_st_close(&f);
   char hex[33];
@@ -486,6 +489,8 @@ CF_TEST(config_errors_name_the_key) {
   CF_CHECK_CONTAINS(cf_errmsg(), "key 'rope_parameters.rope_theta': expected a positive number, found -1");
   CF_CHECK_ERR(parse_cfg(subst(LLAMA_CFG, "\"rope_type\":\"default\"", "\"rope_type\":\"default\",\"partial_rotary_factor\":0.5"), &c), CF_EUNSUPPORTED);
   CF_CHECK_CONTAINS(cf_errmsg(), "partial_rotary_factor 0.5");
+  CF_CHECK_ERR(parse_cfg(subst(LLAMA_CFG, "\"rope_parameters\":{", "\"rope_parameters\":{\"full_attention\":{\"rope_type\":\"default\"},"), &c), CF_EUNSUPPORTED);
+  CF_CHECK_CONTAINS(cf_errmsg(), "rope_parameters.full_attention: per-layer-type rope parameters are not supported");
   CF_CHECK_ERR(parse_cfg("{\"model_type\": ", &c), CF_EFORMAT);
   CF_CHECK_CONTAINS(cf_errmsg(), "x/config.json: JSON line 1 col");
   CF_CHECK_ERR(parse_cfg("[]", &c), CF_EFORMAT);
@@ -633,18 +638,30 @@ CF_TEST(model_bf16_f16_convert_exactly) {
 }
 
 CF_TEST(dtype_conversions_exact) {
-  /* Every f16 bit pattern widens exactly and narrows back to itself (NaNs stay NaN). */
-  for (uint32_t i = 0; i < 65536; i++) {
-    uint16_t x = (uint16_t)i, y;
-    float f;
-    cf_f16_to_f32(&x, &f, 1);
-    cf_f32_to_f16(&f, &y, 1);
-    if ((x & 0x7c00) == 0x7c00 && (x & 0x3ff)) CF_CHECK_MSG(isnan(f) && (y & 0x7c00) == 0x7c00 && (y & 0x3ff), "nan %04x", x);
-    else CF_CHECK_MSG(x == y, "f16 %04x -> %g -> %04x", x, f, y);
-    cf_bf16_to_f32(&x, &f, 1);
-    cf_f32_to_bf16(&f, &y, 1);
-    if ((x & 0x7f80) == 0x7f80 && (x & 0x7f)) CF_CHECK(isnan(f));
-    else CF_CHECK_MSG(x == y, "bf16 %04x -> %g -> %04x", x, f, y);
+  /* Every f16/bf16 bit pattern widens exactly and narrows back to itself (NaNs stay NaN).
+   * Converted as one array (the SIMD paths) and one by one (the scalar tails). */
+  static uint16_t all[65536], back[65536];
+  static float wide[65536];
+  for (uint32_t i = 0; i < 65536; i++) all[i] = (uint16_t)i;
+  for (int bf = 0; bf < 2; bf++) {
+    if (bf) cf_bf16_to_f32(all, wide, 65536);
+    else cf_f16_to_f32(all, wide, 65536);
+    for (uint32_t i = 0; i < 65536; i++) {
+      float one;
+      if (bf) cf_bf16_to_f32(&all[i], &one, 1);
+      else cf_f16_to_f32(&all[i], &one, 1);
+      CF_CHECK_MSG(memcmp(&one, &wide[i], 4) == 0, "%s %04x: array and scalar paths differ", bf ? "bf16" : "f16", i);
+    }
+    if (bf) cf_f32_to_bf16(wide, back, 65536);
+    else cf_f32_to_f16(wide, back, 65536);
+    size_t bad = 0;
+    for (uint32_t i = 0; i < 65536; i++) {
+      uint16_t x = all[i], y = back[i];
+      int nan = bf ? ((x & 0x7f80) == 0x7f80 && (x & 0x7f)) : ((x & 0x7c00) == 0x7c00 && (x & 0x3ff));
+      if (nan) bad += !isnan(wide[i]) || !(bf ? ((y & 0x7f80) == 0x7f80 && (y & 0x7f)) : ((y & 0x7c00) == 0x7c00 && (y & 0x3ff)));
+      else bad += x != y;
+    }
+    CF_CHECK_MSG(bad == 0, "%s: %zu patterns do not round-trip", bf ? "bf16" : "f16", bad);
   }
   struct { uint16_t h; float f; } known[] = {
       {0x3c00, 1.0f}, {0xc000, -2.0f}, {0x7bff, 65504.0f}, {0x0001, 5.9604644775390625e-08f},
