@@ -85,7 +85,7 @@ ALL_LIBS    = $(LIBCF) $(LIBKERN) $(LDLIBS) $(if $(filter 1,$(CUDA)),$(CUDA_LDLI
 BINS := $(BUILD)/cacheflowctl $(if $(SIM_SRC),$(BUILD)/cacheflow-sim) \
         $(if $(DAEMON_SRC),$(BUILD)/cacheflowd)
 
-.PHONY: all deps test asan demo clean banner install bench
+.PHONY: all deps test asan demo clean banner install bench fuzz
 all: banner $(LIBCF) $(LIBKERN) $(BINS) $(UNIT_BIN) $(BENCH_BIN) $(KTEST_BIN)
 # daemon: Python stubs and the client library (also for pkg-config users).
 all: $(PY_STUBS) $(LIBCLIENT)
@@ -198,6 +198,29 @@ bench: all
 demo: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)BUILD=$(BUILD) tests/demo.sh
+
+# ---------------------------------------------------------------- fuzz
+# libFuzzer targets for the untrusted-input parsers (tests/fuzz/fuzz_*.c), built with clang and
+# ASan+UBSan into $(BUILD)/fuzz. `make fuzz` runs each for FUZZ_SECONDS on one core, seeded from
+# tests/fuzz/corpus/<name>/ (new inputs go to tests/fuzz/out/<name>/, crashes to tests/fuzz/out/).
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_CFLAGS  := -g -O1 -std=c11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZ_LIBSRC  := lib/util/cf_err.c lib/util/cf_json.c lib/model/cf_dtype.c lib/model/cf_safetensors.c \
+                lib/model/cf_hfconfig.c
+FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN     := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIBSRC)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  FUZZCC  $<")
+	$(Q)$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) $< $(FUZZ_LIBSRC) -o $@ -lm
+
+fuzz: $(FUZZ_BIN)
+	$(Q)for b in $(FUZZ_BIN); do n=$${b##*/fuzz_}; mkdir -p tests/fuzz/out/$$n; \
+	  echo "== fuzz_$$n for $(FUZZ_SECONDS)s"; \
+	  $$b -max_total_time=$(FUZZ_SECONDS) -dict=tests/fuzz/$$n.dict \
+	    -artifact_prefix=tests/fuzz/out/$$n- tests/fuzz/out/$$n tests/fuzz/corpus/$$n || exit 1; done
 
 # daemon: `make install` (PREFIX, DESTDIR, SYSCONFDIR, UNITDIR): binaries, the config (kept
 # when one is there), the systemd unit (paths rewritten to PREFIX/SYSCONFDIR), sysusers/tmpfiles

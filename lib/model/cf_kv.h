@@ -48,6 +48,10 @@ int cf_kv_write(const cf_kv_t *kv, const int32_t *tokens, const char *path);
  * (no layers.0.k, a k without its v, shapes differing between layers), CF_EDTYPE, CF_ENOMEM. */
 int cf_kv_load(const char *path, cf_kv_t *kv, int32_t **tokens);
 
+/* max|a - ref| / max|ref| over n floats (max|a - ref| when ref is all zero); INFINITY when a
+ * difference is NaN. */
+double cf_rel_err(const float *a, const float *ref, size_t n);
+
 /* Worst per-tensor relative error of a against ref: max over layers and k/v of
  * max|a - ref| / max|ref| (NaN anywhere counts as infinite). *worst_layer and *worst_kv ('k' or
  * 'v') name where it occurs (either may be NULL). Shapes must match: CF_ESHAPE otherwise. */
@@ -55,7 +59,8 @@ int cf_kv_max_rel_err(const cf_kv_t *a, const cf_kv_t *ref, double *err, int *wo
                       char *worst_kv);
 
 /* Read token ids from `path`: a safetensors file with a 1-D (or [1, T]) I32 or I64 tensor
- * `tokens`, or a text file of integers separated by whitespace and/or commas. Ids must lie in
+ * `tokens`, or a text file of integers separated by whitespace and/or commas (the brackets of
+ * a JSON list "[1, 2, 3]" count as separators too). Ids must lie in
  * [0, vocab). On success *out (malloc'd, caller frees) holds *T >= 1 ids.
  * Errors: CF_ENOENT/CF_EIO (file), CF_EFORMAT (not a number, no tokens, missing `tokens`
  * tensor, wrong shape), CF_EDTYPE (tensor dtype), CF_ERANGE (id out of range, naming its
