@@ -60,6 +60,11 @@ SIM_OBJ    := $(SIM_SRC:%.c=$(BUILD)/%.o)
 DAEMON_SRC := $(wildcard daemon/*.c)
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
 PROTO_SRC  := $(wildcard proto/cacheflow/v1/*.proto)
+# daemon: the standard grpc.health.v1 service, compiled with protoc-c like ours.
+PROTO_SRC  += $(wildcard proto/grpc/health/v1/*.proto)
+# daemon: Python stubs for the client package and tests (cacheflow protos only: a generated
+# `grpc` package would shadow grpcio's).
+PY_STUBS   := $(patsubst proto/%.proto,$(BUILD)/py/%_pb2.py,$(wildcard proto/cacheflow/v1/*.proto))
 PROTO_C    := $(PROTO_SRC:proto/%.proto=$(BUILD)/gen/%.pb-c.c)
 PROTO_OBJ  := $(PROTO_C:%.c=%.o)
 CLIENT_SRC := $(wildcard lib/client/*.c)
@@ -82,6 +87,8 @@ BINS := $(BUILD)/cacheflowctl $(if $(SIM_SRC),$(BUILD)/cacheflow-sim) \
 
 .PHONY: all deps test asan demo clean banner install bench fuzz
 all: banner $(LIBCF) $(LIBKERN) $(BINS) $(UNIT_BIN) $(BENCH_BIN) $(KTEST_BIN)
+# daemon: Python stubs and the client library (also for pkg-config users).
+all: $(PY_STUBS) $(LIBCLIENT)
 
 banner:
 ifeq ($(CUDA),1)
@@ -114,6 +121,12 @@ $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
 	@mkdir -p $(BUILD)/gen
 	@$(if $(Q),echo "  PROTOC  $<")
 	$(Q)protoc-c --proto_path=proto --c_out=$(BUILD)/gen $<
+
+# daemon: Python stubs (grpcio-tools of /usr/bin/python3), never committed.
+$(BUILD)/py/%_pb2.py: proto/%.proto
+	@mkdir -p $(BUILD)/py
+	@$(if $(Q),echo "  PYPROTO $<")
+	$(Q)$(PYTHON) -m grpc_tools.protoc --proto_path=proto --python_out=$(BUILD)/py --grpc_python_out=$(BUILD)/py $<
 
 $(BUILD)/gen/%.pb-c.o: $(BUILD)/gen/%.pb-c.c
 	@$(if $(Q),echo "  CC      $<")
@@ -208,6 +221,34 @@ fuzz: $(FUZZ_BIN)
 	  echo "== fuzz_$$n for $(FUZZ_SECONDS)s"; \
 	  $$b -max_total_time=$(FUZZ_SECONDS) -dict=tests/fuzz/$$n.dict \
 	    -artifact_prefix=tests/fuzz/out/$$n- tests/fuzz/out/$$n tests/fuzz/corpus/$$n || exit 1; done
+
+# daemon: `make install` (PREFIX, DESTDIR, SYSCONFDIR, UNITDIR): binaries, the config (kept
+# when one is there), the systemd unit (paths rewritten to PREFIX/SYSCONFDIR), sysusers/tmpfiles
+# snippets, the client library with its headers, and cacheflow.pc for pkg-config.
+PREFIX     ?= /usr/local
+SYSCONFDIR ?= /etc
+UNITDIR    ?= /lib/systemd/system
+INCDIR      = $(DESTDIR)$(PREFIX)/include/cacheflow
+install: $(BINS) $(LIBCF) $(LIBCLIENT)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(INCDIR)/client $(INCDIR)/util \
+	  $(INCDIR)/cacheflow/v1 $(DESTDIR)$(SYSCONFDIR)/cacheflow $(DESTDIR)$(UNITDIR) \
+	  $(DESTDIR)/usr/lib/sysusers.d $(DESTDIR)/usr/lib/tmpfiles.d
+	install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 $(LIBCF) $(LIBCLIENT) $(DESTDIR)$(PREFIX)/lib/
+	install -m 0644 lib/client/cf_client.h $(INCDIR)/client/
+	install -m 0644 lib/util/cf_err.h $(INCDIR)/util/
+	install -m 0644 $(BUILD)/gen/cacheflow/v1/cacheflow.pb-c.h $(INCDIR)/cacheflow/v1/
+	test -e $(DESTDIR)$(SYSCONFDIR)/cacheflow/cacheflowd.conf || \
+	  install -m 0640 conf/cacheflowd.conf $(DESTDIR)$(SYSCONFDIR)/cacheflow/cacheflowd.conf
+	sed -e 's|/usr/local/bin/|$(PREFIX)/bin/|g' -e 's|/etc/cacheflow/|$(SYSCONFDIR)/cacheflow/|g' \
+	  systemd/cacheflowd.service > $(DESTDIR)$(UNITDIR)/cacheflowd.service
+	install -m 0644 systemd/cacheflowd.sysusers.conf $(DESTDIR)/usr/lib/sysusers.d/cacheflowd.conf
+	install -m 0644 systemd/cacheflowd.tmpfiles.conf $(DESTDIR)/usr/lib/tmpfiles.d/cacheflowd.conf
+	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$${prefix}/lib' 'includedir=$${prefix}/include/cacheflow' '' \
+	  'Name: cacheflow' 'Description: CacheFlow client library (talks to cacheflowd over gRPC)' \
+	  'Version: 0.1.0' 'Requires: libprotobuf-c' 'Requires.private: grpc gpr' \
+	  'Libs: -L$${libdir} -lcacheflow_client -lcacheflow' 'Libs.private: -lgrpc -lgpr -lopenblas -luring -lxxhash -lm -pthread' \
+	  'Cflags: -I$${includedir}' > $(DESTDIR)$(PREFIX)/lib/pkgconfig/cacheflow.pc
 
 clean:
 	rm -rf $(BUILD) build-asan
