@@ -106,6 +106,9 @@ $(BUILD)/%.o: %.c | $(if $(PROTO_SRC),$(PROTO_C))
 	@$(if $(Q),echo "  CC      $<")
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
+# The CPU backend's elementwise kernels (exp, RoPE, softmax) need these flags to vectorise.
+$(BUILD)/lib/model/cf_cpu_ops.o: OPT += -O3 -fno-trapping-math
+
 $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
 	@mkdir -p $(BUILD)/gen
 	@$(if $(Q),echo "  PROTOC  $<")

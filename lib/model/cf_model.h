@@ -13,7 +13,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-typedef enum { CF_DT_F32 = 0, CF_DT_BF16, CF_DT_F16, CF_DT_I32, CF_DT_I64, CF_DT__COUNT } cf_dtype_t;
+/* Element types of safetensors files. Only F32/BF16/F16 are accepted for weights; the others
+ * exist so that files holding token ids, masks or quantisation tables can be opened. */
+typedef enum {
+  CF_DT_F32 = 0, CF_DT_BF16, CF_DT_F16, CF_DT_I32, CF_DT_I64,
+  CF_DT_F64, CF_DT_I16, CF_DT_I8, CF_DT_U8, CF_DT_BOOL, CF_DT__COUNT
+} cf_dtype_t;
 typedef enum { CF_ARCH_LLAMA = 0, CF_ARCH_MISTRAL, CF_ARCH_QWEN2, CF_ARCH_QWEN3 } cf_arch_t;
 typedef enum { CF_ROPE_DEFAULT = 0, CF_ROPE_LLAMA3 } cf_rope_kind_t;
 
@@ -55,18 +60,54 @@ typedef struct cf_model_s {
   void *priv;                  /* loader-owned: mappings and converted buffers */
 } cf_model_t;
 
-/* Load the checkpoint in directory `dir`. On success *out is owned by the caller (free with
- * cf_model_free). Errors: CF_ENOENT (missing file), CF_EFORMAT (bad JSON / safetensors),
- * CF_ESHAPE, CF_EDTYPE, CF_EUNSUPPORTED (architecture, rope type, sliding window), with a
- * detail naming file, key or tensor and expected vs found (cf_errmsg()). */
+/* Load the checkpoint in directory `dir`: config.json, then model.safetensors or (when that is
+ * absent) model.safetensors.index.json and its shards. On success *out is owned by the caller
+ * (free with cf_model_free). Errors: CF_ENOENT (missing file), CF_EFORMAT (bad JSON /
+ * safetensors), CF_ENOTFOUND (a tensor the config needs is missing), CF_ESHAPE, CF_EDTYPE,
+ * CF_EUNSUPPORTED (architecture, rope type, sliding window, activation), CF_ERANGE (a config
+ * value out of bounds), CF_ENOMEM, with a detail naming file, key or tensor and expected vs
+ * found (cf_errmsg()). */
 int cf_model_load(const char *dir, cf_model_t **out);
+/* Unmaps and frees everything cf_model_load made; NULL-safe. Weight pointers die with it. */
 void cf_model_free(cf_model_t *m);
 
-/* Bytes of K (or V) per token per layer in fp32: n_kv_heads * head_dim * 4. */
+/* Model fingerprint: XXH3-128 over a canonical little-endian serialisation of
+ *   "cacheflow-model-v1", arch, n_layers, hidden, n_heads, n_kv_heads, head_dim, intermediate,
+ *   vocab, rms_eps, rope_kind, rope_theta, (llama3 only: factor, low/high freq factor,
+ *   original max positions), qkv_bias, o_bias, mlp_bias, qk_norm, tie_embeddings, dtype,
+ *   then the number of tensors and each tensor's (name, dtype, shape) sorted by name
+ *   (byte order of the names; every tensor of every shard, used or not).
+ * Not included: max_position_embeddings (does not change any KV), token ids, generation
+ * settings, transformers_version, shard layout (a sharded and a single-file copy of a model
+ * have the same fingerprint) and the weight values themselves (hashing GBs at every start
+ * is too slow; the headers pin the layout, the config pins the math). `names`, `dtypes`,
+ * `ndims`, `shapes` describe the n tensors in sorted order. */
+void cf_model_fingerprint(const cf_model_config_t *c, size_t n, const char *const *names,
+                          const cf_dtype_t *dtypes, const int *ndims,
+                          const int64_t *const *shapes, uint8_t out[16]);
+/* Writes fp as 32 lowercase hex chars plus NUL into out[33]; returns out. */
+char *cf_model_fingerprint_hex(const uint8_t fp[16], char out[33]);
+
+/* Floats of K (or V) per token per layer: n_kv_heads * head_dim (times 4 for bytes). */
 size_t cf_model_kv_row_floats(const cf_model_config_t *c);
 
+/* safetensors spelling ("F32", "BF16", ...); "?" when out of range. */
 const char *cf_dtype_name(cf_dtype_t t);
+/* Bytes per element; 0 when out of range. */
 size_t cf_dtype_size(cf_dtype_t t);
+/* Parses a safetensors dtype string; CF_EDTYPE (no detail set) when unknown. */
+int cf_dtype_parse(const char *s, cf_dtype_t *out);
+/* "llama", "mistral", "qwen2", "qwen3"; "?" when out of range. */
 const char *cf_arch_name(cf_arch_t a);
+/* "default", "llama3". */
+const char *cf_rope_kind_name(cf_rope_kind_t k);
+
+/* Exact widening conversions (every bf16/f16 value, subnormals, inf and NaN included, is
+ * representable in fp32). `src` needs no alignment. */
+void cf_bf16_to_f32(const void *src, float *dst, size_t n);
+void cf_f16_to_f32(const void *src, float *dst, size_t n);
+/* Narrowing with round-to-nearest-even (NaN stays NaN). `dst` needs no alignment. */
+void cf_f32_to_bf16(const float *src, void *dst, size_t n);
+void cf_f32_to_f16(const float *src, void *dst, size_t n);
 
 #endif

@@ -1,0 +1,356 @@
+/* cf_cpu — the CPU backend of the model primitive (cf_backend.h).
+ *
+ * fp32 throughout. Each forward call walks its layers one by one, and each layer in token
+ * blocks of CF__CPU_TB rows, in order: a block's attention only needs keys of earlier positions,
+ * which the earlier blocks (or the caller's prefix) have already written into the KV buffers.
+ * So scratch memory is bounded by the block size, not by t1 - t0 (apart from the residual
+ * stream [t1-t0][hidden] and the RoPE tables [t1-t0][head_dim/2], which are inherent).
+ *
+ * Parallelism: OpenBLAS is set to one thread and the backend splits the work itself over its
+ * own persistent pool — projections by output columns (each thread one sgemm on a slice of
+ * the weight), attention by (head, query block) items handed out through an atomic counter.
+ * One forward call runs at a time per backend (a mutex serialises callers).
+ */
+#include <cblas.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/cf_backend.h"
+#include "model/cf_cpu_ops.h"
+#include "util/cf_err.h"
+
+#define CF__CPU_TB 512   /* token rows per layer block */
+#define CF__CPU_QB 64    /* query rows per attention item */
+
+typedef void (*cf__par_fn)(void *ctx, int tid, int nthreads);
+
+typedef struct cf_cpu_s cf_cpu_t;
+typedef struct { cf_cpu_t *b; int tid; } cf__worker_arg_t;
+
+struct cf_cpu_s {
+  cf_backend_t base;
+  int nthreads;
+  pthread_t *th;
+  cf__worker_arg_t *args;
+  int nstarted;
+  pthread_mutex_t mu;
+  pthread_cond_t cv_start, cv_done;
+  unsigned gen;
+  int pending, stop;
+  cf__par_fn fn;
+  void *ctx;
+  pthread_mutex_t fwd_mu;
+  float *inv_freq; /* [head_dim/2] */
+};
+
+/* ---------------------------------------------------------------- thread pool */
+
+static void *cf__worker(void *arg) {
+  cf__worker_arg_t *wa = arg;
+  cf_cpu_t *b = wa->b;
+  unsigned seen = 0;
+  pthread_mutex_lock(&b->mu);
+  for (;;) {
+    while (b->gen == seen && !b->stop) pthread_cond_wait(&b->cv_start, &b->mu);
+    if (b->stop) break;
+    seen = b->gen;
+    cf__par_fn fn = b->fn;
+    void *ctx = b->ctx;
+    pthread_mutex_unlock(&b->mu);
+    fn(ctx, wa->tid, b->nthreads);
+    pthread_mutex_lock(&b->mu);
+    if (--b->pending == 0) pthread_cond_signal(&b->cv_done);
+  }
+  pthread_mutex_unlock(&b->mu);
+  return NULL;
+}
+
+/* Run fn(ctx, tid, n) on every thread of the pool (the caller is tid 0) and wait for all. */
+static void cf__par(cf_cpu_t *b, cf__par_fn fn, void *ctx) {
+  if (b->nthreads == 1) { fn(ctx, 0, 1); return; }
+  pthread_mutex_lock(&b->mu);
+  b->fn = fn;
+  b->ctx = ctx;
+  b->pending = b->nthreads - 1;
+  b->gen++;
+  pthread_cond_broadcast(&b->cv_start);
+  pthread_mutex_unlock(&b->mu);
+  fn(ctx, 0, b->nthreads);
+  pthread_mutex_lock(&b->mu);
+  while (b->pending) pthread_cond_wait(&b->cv_done, &b->mu);
+  pthread_mutex_unlock(&b->mu);
+}
+
+static void cf__split(int n, int tid, int nt, int align, int *lo, int *hi) {
+  int per = (n + nt - 1) / nt;
+  per = (per + align - 1) / align * align;
+  *lo = tid * per < n ? tid * per : n;
+  *hi = *lo + per < n ? *lo + per : n;
+}
+
+/* ---------------------------------------------------------------- projections */
+
+/* C_s[:, j] (+)= A · W_s[j]^T + b_s[j] for up to three weights sharing the input A. */
+typedef struct { const float *w, *bias; int n; float *c; int ldc; } cf__seg_t;
+typedef struct {
+  const float *a;
+  int lda, m, kdim;
+  float beta; /* 0: overwrite, 1: accumulate (the residual add) */
+  int nseg;
+  cf__seg_t seg[3];
+} cf__gemm_job_t;
+
+static void cf__gemm_worker(void *ctx, int tid, int nt) {
+  const cf__gemm_job_t *j = ctx;
+  int total = 0;
+  for (int s = 0; s < j->nseg; s++) total += j->seg[s].n;
+  int lo, hi;
+  cf__split(total, tid, nt, 16, &lo, &hi);
+  int off = 0;
+  for (int s = 0; s < j->nseg; s++) {
+    const cf__seg_t *g = &j->seg[s];
+    int a = lo > off ? lo : off, e = hi < off + g->n ? hi : off + g->n;
+    if (a < e) {
+      int c0 = a - off, nc = e - a;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->m, nc, j->kdim, 1.0f, j->a,
+                  j->lda, g->w + (size_t)c0 * j->kdim, j->kdim, j->beta, g->c + c0, g->ldc);
+      if (g->bias)
+        for (int r = 0; r < j->m; r++) {
+          float *cr = g->c + (size_t)r * g->ldc + c0;
+          for (int i = 0; i < nc; i++) cr[i] += g->bias[c0 + i];
+        }
+    }
+    off += g->n;
+  }
+}
+
+/* ---------------------------------------------------------------- row-parallel steps */
+
+typedef struct {
+  const cf_model_config_t *cfg;
+  const cf_layer_weights_t *w;
+  int n;             /* rows in this block */
+  const float *x;    /* [n][hidden] residual block */
+  float *h;          /* [n][hidden] normed input */
+  const float *norm; /* which norm weight */
+  float *q, *kc, *vc;
+  const float *cos_t, *sin_t; /* tables, row 0 = this block's first token */
+  float *g;
+  const float *u;
+  int inter;
+} cf__rows_job_t;
+
+static void cf__norm_worker(void *ctx, int tid, int nt) {
+  const cf__rows_job_t *j = ctx;
+  int lo, hi, d = j->cfg->hidden;
+  cf__split(j->n, tid, nt, 1, &lo, &hi);
+  if (lo < hi)
+    cf__rmsnorm_rows(j->x + (size_t)lo * d, d, j->norm, (float)j->cfg->rms_eps,
+                     j->h + (size_t)lo * d, d, hi - lo, d);
+}
+
+/* Per-head q/k RMSNorm (qwen3), then RoPE on q and on the new K rows. */
+static void cf__qk_worker(void *ctx, int tid, int nt) {
+  const cf__rows_job_t *j = ctx;
+  const cf_model_config_t *c = j->cfg;
+  int lo, hi, hd = c->head_dim, half = hd / 2;
+  size_t qd = (size_t)c->n_heads * hd, kvd = (size_t)c->n_kv_heads * hd;
+  float eps = (float)c->rms_eps;
+  cf__split(j->n, tid, nt, 1, &lo, &hi);
+  if (lo >= hi) return;
+  float *q = j->q + lo * qd, *k = j->kc + lo * kvd;
+  if (c->qk_norm) {
+    cf__rmsnorm_rows(q, hd, j->w->q_norm, eps, q, hd, (hi - lo) * c->n_heads, hd);
+    for (int r = 0; r < hi - lo; r++)
+      cf__rmsnorm_rows(k + r * kvd, hd, j->w->k_norm, eps, k + r * kvd, hd, c->n_kv_heads, hd);
+  }
+  const float *ct = j->cos_t + (size_t)lo * half, *st = j->sin_t + (size_t)lo * half;
+  cf__rope_apply(q, qd, hi - lo, c->n_heads, hd, ct, st);
+  cf__rope_apply(k, kvd, hi - lo, c->n_kv_heads, hd, ct, st);
+}
+
+static void cf__silu_worker(void *ctx, int tid, int nt) {
+  const cf__rows_job_t *j = ctx;
+  int lo, hi;
+  cf__split(j->n, tid, nt, 1, &lo, &hi);
+  if (lo < hi)
+    cf__silu_mul(j->g + (size_t)lo * j->inter, j->u + (size_t)lo * j->inter,
+                 (size_t)(hi - lo) * j->inter);
+}
+
+/* ---------------------------------------------------------------- attention */
+
+typedef struct {
+  const cf_model_config_t *cfg;
+  const float *q;      /* [n][n_heads*hd] */
+  const float *k, *v;  /* layer KV buffers, row 0 = position 0 */
+  float *o;            /* [n][n_heads*hd] */
+  int n, p;            /* rows, absolute position of row 0 */
+  int next;            /* atomic item counter */
+  float *scratch;      /* per thread */
+  size_t scratch_per;
+} cf__attn_job_t;
+
+static void cf__attn_worker(void *ctx, int tid, int nt) {
+  cf__attn_job_t *j = ctx;
+  const cf_model_config_t *c = j->cfg;
+  int hd = c->head_dim, rep = c->n_heads / c->n_kv_heads;
+  size_t qd = (size_t)c->n_heads * hd, kvd = (size_t)c->n_kv_heads * hd;
+  int nqb = (j->n + CF__CPU_QB - 1) / CF__CPU_QB, items = nqb * c->n_heads;
+  float scale = (float)(1.0 / sqrt((double)hd));
+  float *scr = j->scratch + (size_t)tid * j->scratch_per;
+  for (;;) {
+    /* Later query blocks cost more (more keys): hand them out first, heads interleaved. */
+    int it = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
+    if (it >= items) break;
+    int qb = nqb - 1 - it / c->n_heads, h = it % c->n_heads, g = h / rep;
+    int i0 = qb * CF__CPU_QB, nq = j->n - i0 < CF__CPU_QB ? j->n - i0 : CF__CPU_QB;
+    cf__attn_rows(j->q + (size_t)i0 * qd + (size_t)h * hd, qd, j->k + (size_t)g * hd,
+                  j->v + (size_t)g * hd, kvd, hd, j->p + i0, nq, scale,
+                  j->o + (size_t)i0 * qd + (size_t)h * hd, qd, scr);
+  }
+}
+
+/* ---------------------------------------------------------------- forward */
+
+static int cf__cpu_forward(cf_backend_t *be, const cf_fwd_args_t *a) {
+  cf_cpu_t *b = (cf_cpu_t *)be;
+  const cf_model_t *m = be->model;
+  const cf_model_config_t *c = &m->cfg;
+  int T = a->t1 - a->t0, D = c->hidden, hd = c->head_dim, half = hd / 2, NI = c->intermediate;
+  size_t qd = (size_t)c->n_heads * hd, kvd = (size_t)c->n_kv_heads * hd;
+  int TB = T < CF__CPU_TB ? T : CF__CPU_TB;
+  size_t attn_per = cf__attn_scratch_floats(CF__CPU_QB);
+
+  float *x = a->hidden_out, *xown = NULL;
+  if (!x) x = xown = malloc(sizeof(float) * (size_t)T * D);
+  float *tab = malloc(sizeof(float) * (size_t)T * half * 2);
+  size_t blk = (size_t)TB * D + 2 * (size_t)TB * qd + 2 * (size_t)TB * NI + b->nthreads * attn_per;
+  float *work = malloc(sizeof(float) * blk);
+  if (!x || !tab || !work) {
+    free(xown); free(tab); free(work);
+    return cf_seterr(CF_ENOMEM, "cpu backend: %zu floats of scratch for %d tokens",
+                     (size_t)T * D + (size_t)T * hd + blk, T);
+  }
+  float *h = work, *q = h + (size_t)TB * D, *att = q + (size_t)TB * qd;
+  float *gate = att + (size_t)TB * qd, *up = gate + (size_t)TB * NI;
+  float *ascr = up + (size_t)TB * NI;
+  float *cos_t = tab, *sin_t = tab + (size_t)T * half;
+
+  pthread_mutex_lock(&b->fwd_mu);
+  if (a->l0 == 0) {
+    for (int i = 0; i < T; i++)
+      memcpy(x + (size_t)i * D, m->embed + (size_t)a->tokens[i] * D, sizeof(float) * D);
+  } else if (x != a->hidden_in) {
+    memmove(x, a->hidden_in, sizeof(float) * (size_t)T * D);
+  }
+  cf__rope_table(b->inv_freq, half, a->t0, T, cos_t, sin_t);
+
+  for (int l = a->l0; l < a->l1; l++) {
+    const cf_layer_weights_t *w = &m->layers[l];
+    float *kl = a->k[l - a->l0], *vl = a->v[l - a->l0];
+    for (int rb = 0; rb < T; rb += TB) {
+      int n = T - rb < TB ? T - rb : TB, p = a->t0 + rb;
+      float *xb = x + (size_t)rb * D;
+      float *kc = kl + (size_t)p * kvd, *vc = vl + (size_t)p * kvd;
+      cf__rows_job_t rj = {.cfg = c, .w = w, .n = n, .x = xb, .h = h, .norm = w->attn_norm,
+                           .q = q, .kc = kc, .vc = vc, .cos_t = cos_t + (size_t)rb * half,
+                           .sin_t = sin_t + (size_t)rb * half, .g = gate, .u = up, .inter = NI};
+      cf__par(b, cf__norm_worker, &rj);
+
+      cf__gemm_job_t gj = {.a = h, .lda = D, .m = n, .kdim = D, .beta = 0, .nseg = 3,
+                           .seg = {{w->wq, w->bq, (int)qd, q, (int)qd},
+                                   {w->wk, w->bk, (int)kvd, kc, (int)kvd},
+                                   {w->wv, w->bv, (int)kvd, vc, (int)kvd}}};
+      cf__par(b, cf__gemm_worker, &gj);
+      cf__par(b, cf__qk_worker, &rj);
+
+      cf__attn_job_t aj = {.cfg = c, .q = q, .k = kl, .v = vl, .o = att, .n = n, .p = p,
+                           .next = 0, .scratch = ascr, .scratch_per = attn_per};
+      cf__par(b, cf__attn_worker, &aj);
+
+      cf__gemm_job_t oj = {.a = att, .lda = (int)qd, .m = n, .kdim = (int)qd, .beta = 1,
+                           .nseg = 1, .seg = {{w->wo, w->bo, D, xb, D}}};
+      cf__par(b, cf__gemm_worker, &oj);
+
+      rj.norm = w->mlp_norm;
+      cf__par(b, cf__norm_worker, &rj);
+      cf__gemm_job_t mj = {.a = h, .lda = D, .m = n, .kdim = D, .beta = 0, .nseg = 2,
+                           .seg = {{w->w_gate, w->b_gate, NI, gate, NI},
+                                   {w->w_up, w->b_up, NI, up, NI}}};
+      cf__par(b, cf__gemm_worker, &mj);
+      cf__par(b, cf__silu_worker, &rj);
+      cf__gemm_job_t dj = {.a = gate, .lda = NI, .m = n, .kdim = NI, .beta = 1, .nseg = 1,
+                           .seg = {{w->w_down, w->b_down, D, xb, D}}};
+      cf__par(b, cf__gemm_worker, &dj);
+    }
+  }
+  pthread_mutex_unlock(&b->fwd_mu);
+  free(xown);
+  free(tab);
+  free(work);
+  return 0;
+}
+
+static void cf__cpu_free(cf_backend_t *be) {
+  cf_cpu_t *b = (cf_cpu_t *)be;
+  pthread_mutex_lock(&b->mu);
+  b->stop = 1;
+  pthread_cond_broadcast(&b->cv_start);
+  pthread_mutex_unlock(&b->mu);
+  for (int i = 0; i < b->nstarted; i++) pthread_join(b->th[i], NULL);
+  pthread_mutex_destroy(&b->mu);
+  pthread_mutex_destroy(&b->fwd_mu);
+  pthread_cond_destroy(&b->cv_start);
+  pthread_cond_destroy(&b->cv_done);
+  free(b->th);
+  free(b->args);
+  free(b->inv_freq);
+  free(b);
+}
+
+int cf_backend_cpu_create(const cf_model_t *m, int n_threads, cf_backend_t **out) {
+  *out = NULL;
+  if (!m) return cf_seterr(CF_EINVAL, "cpu backend: model is NULL");
+  if (n_threads < 0 || n_threads > 256)
+    return cf_seterr(CF_EINVAL, "cpu backend: n_threads %d outside [0, 256]", n_threads);
+  const cf_model_config_t *c = &m->cfg;
+  if (c->head_dim <= 0 || c->head_dim % 2 || c->n_kv_heads <= 0 || c->n_heads % c->n_kv_heads)
+    return cf_seterr(CF_EINVAL, "cpu backend: head_dim %d (must be even) and heads %d/%d "
+                     "(must divide) unusable", c->head_dim, c->n_heads, c->n_kv_heads);
+  cf_cpu_t *b = calloc(1, sizeof *b);
+  if (!b) return cf_seterr(CF_ENOMEM, "cpu backend: state");
+  b->base.name = "cpu";
+  b->base.model = m;
+  b->base.forward = cf__cpu_forward;
+  b->base.free = cf__cpu_free;
+  b->nthreads = n_threads ? n_threads : 2;
+  pthread_mutex_init(&b->mu, NULL);
+  pthread_mutex_init(&b->fwd_mu, NULL);
+  pthread_cond_init(&b->cv_start, NULL);
+  pthread_cond_init(&b->cv_done, NULL);
+  b->inv_freq = malloc(sizeof(float) * (c->head_dim / 2));
+  b->th = calloc(b->nthreads, sizeof *b->th);
+  b->args = calloc(b->nthreads, sizeof *b->args);
+  if (!b->inv_freq || !b->th || !b->args) {
+    cf__cpu_free(&b->base);
+    return cf_seterr(CF_ENOMEM, "cpu backend: state");
+  }
+  cf__rope_inv_freq(c, b->inv_freq);
+  /* Our threads each call single-threaded sgemm on their slice; OpenBLAS' own threads would
+   * oversubscribe the cores. This is process-wide. */
+  openblas_set_num_threads(1);
+  for (int i = 1; i < b->nthreads; i++) {
+    b->args[i].b = b;
+    b->args[i].tid = i;
+    if (pthread_create(&b->th[b->nstarted], NULL, cf__worker, &b->args[i]) != 0) {
+      cf__cpu_free(&b->base);
+      return cf_seterr(CF_ENOMEM, "cpu backend: cannot start worker thread %d", i);
+    }
+    b->nstarted++;
+  }
+  *out = &b->base;
+  return 0;
+}

@@ -1,0 +1,110 @@
+/* cf_dtype — element types, names and the bf16/f16 <-> fp32 conversions used by the loader
+ * and by tools that write checkpoints. */
+#include <string.h>
+
+#include "model/cf_model.h"
+#include "util/cf_err.h"
+
+static const struct {
+  const char *name;
+  size_t size;
+} cf__dt[CF_DT__COUNT] = {
+    [CF_DT_F32] = {"F32", 4}, [CF_DT_BF16] = {"BF16", 2}, [CF_DT_F16] = {"F16", 2},
+    [CF_DT_I32] = {"I32", 4}, [CF_DT_I64] = {"I64", 8},   [CF_DT_F64] = {"F64", 8},
+    [CF_DT_I16] = {"I16", 2}, [CF_DT_I8] = {"I8", 1},     [CF_DT_U8] = {"U8", 1},
+    [CF_DT_BOOL] = {"BOOL", 1},
+};
+
+const char *cf_dtype_name(cf_dtype_t t) { return (unsigned)t < CF_DT__COUNT ? cf__dt[t].name : "?"; }
+size_t cf_dtype_size(cf_dtype_t t) { return (unsigned)t < CF_DT__COUNT ? cf__dt[t].size : 0; }
+
+int cf_dtype_parse(const char *s, cf_dtype_t *out) {
+  for (int i = 0; i < CF_DT__COUNT; i++)
+    if (strcmp(s, cf__dt[i].name) == 0) { *out = (cf_dtype_t)i; return 0; }
+  return CF_EDTYPE;
+}
+
+const char *cf_arch_name(cf_arch_t a) {
+  static const char *const n[] = {"llama", "mistral", "qwen2", "qwen3"};
+  return (unsigned)a < 4 ? n[a] : "?";
+}
+
+const char *cf_rope_kind_name(cf_rope_kind_t k) {
+  static const char *const n[] = {"default", "llama3"};
+  return (unsigned)k < 2 ? n[k] : "?";
+}
+
+size_t cf_model_kv_row_floats(const cf_model_config_t *c) {
+  return (size_t)c->n_kv_heads * (size_t)c->head_dim;
+}
+
+static inline float cf__bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t cf__f32_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+void cf_bf16_to_f32(const void *src, float *dst, size_t n) {
+  const unsigned char *s = src;
+  for (size_t i = 0; i < n; i++) {
+    uint16_t h;
+    memcpy(&h, s + 2 * i, 2);
+    dst[i] = cf__bits_f32((uint32_t)h << 16);
+  }
+}
+
+/* IEEE half -> single, exact. Subnormal halves are normalised by hand (no FPU rounding). */
+static inline float cf__h2f(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+  if (exp == 0x1f) return cf__bits_f32(sign | 0x7f800000u | (man << 13)); /* inf / NaN */
+  if (exp == 0) {
+    if (man == 0) return cf__bits_f32(sign);
+    int e = -1;
+    do { man <<= 1; e++; } while (!(man & 0x400)); /* shift until the implicit bit appears */
+    man &= 0x3ff;
+    return cf__bits_f32(sign | ((uint32_t)(127 - 15 - e) << 23) | (man << 13));
+  }
+  return cf__bits_f32(sign | ((exp + 127 - 15) << 23) | (man << 13));
+}
+
+void cf_f16_to_f32(const void *src, float *dst, size_t n) {
+  const unsigned char *s = src;
+  for (size_t i = 0; i < n; i++) {
+    uint16_t h;
+    memcpy(&h, s + 2 * i, 2);
+    dst[i] = cf__h2f(h);
+  }
+}
+
+void cf_f32_to_bf16(const float *src, void *dst, size_t n) {
+  unsigned char *d = dst;
+  for (size_t i = 0; i < n; i++) {
+    uint32_t u = cf__f32_bits(src[i]);
+    uint16_t h;
+    if ((u & 0x7fffffffu) > 0x7f800000u) h = (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    else h = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);            /* nearest even */
+    memcpy(d + 2 * i, &h, 2);
+  }
+}
+
+static inline uint16_t cf__f2h(float f) {
+  uint32_t u = cf__f32_bits(f), sign = (u >> 16) & 0x8000, a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00);     /* NaN */
+  if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00);    /* rounds to >= 65536: inf */
+  if (a < 0x38800000u) {                                     /* below 2^-14: subnormal half */
+    if (a < 0x33000000u) return (uint16_t)sign;              /* below half the smallest: 0 */
+    uint32_t e = a >> 23, m = (a & 0x7fffff) | 0x800000;
+    uint32_t shift = 126 - e; /* value m*2^(e-150) = v*2^-24 */
+    uint32_t v = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (v & 1))) v++;
+    return (uint16_t)(sign | v);
+  }
+  uint32_t v = ((a - 0x38000000u) >> 13), rem = a & 0x1fff;  /* rebias 127 -> 15 */
+  if (rem > 0x1000 || (rem == 0x1000 && (v & 1))) v++;
+  return (uint16_t)(sign | v);
+}
+
+void cf_f32_to_f16(const float *src, void *dst, size_t n) {
+  unsigned char *d = dst;
+  for (size_t i = 0; i < n; i++) {
+    uint16_t h = cf__f2h(src[i]);
+    memcpy(d + 2 * i, &h, 2);
+  }
+}

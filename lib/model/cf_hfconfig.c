@@ -1,0 +1,292 @@
+/* cf_hfconfig — see cf_hfconfig.h. Defaults follow transformers' configuration_<family>.py. */
+#include "model/cf_hfconfig.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "util/cf_err.h"
+#include "util/cf_json.h"
+
+typedef struct {
+  const char *model_type, *class_prefix;
+  cf_arch_t arch;
+  int default_head_dim;  /* 0: hidden / n_heads */
+  int default_max_pos;
+} cf__family_t;
+
+static const cf__family_t cf__families[] = {
+    {"llama", "Llama", CF_ARCH_LLAMA, 0, 2048},
+    {"mistral", "Mistral", CF_ARCH_MISTRAL, 0, 4096 * 32},
+    {"qwen2", "Qwen2", CF_ARCH_QWEN2, 0, 32768},
+    {"qwen3", "Qwen3", CF_ARCH_QWEN3, 128, 32768},
+};
+#define CF__NFAM (sizeof cf__families / sizeof cf__families[0])
+
+/* Integer key: absent/null → dflt when !required; bounds lo..hi inclusive. */
+static int cf__int(const cf_json_t *o, const char *file, const char *key, int required,
+                   int64_t dflt, int64_t lo, int64_t hi, int *out) {
+  int64_t v;
+  int rc = cf_json_get_i64(o, key, &v);
+  if (rc == CF_ENOTFOUND) {
+    if (required) return cf_seterr(CF_EFORMAT, "%s: required key '%s' is missing", file, key);
+    v = dflt;
+  } else if (rc) {
+    return cf_err_prefix(rc, "%s: ", file);
+  }
+  if (v < lo || v > hi)
+    return cf_seterr(CF_ERANGE, "%s: key '%s': expected %lld..%lld, found %lld", file, key,
+                     (long long)lo, (long long)hi, (long long)v);
+  *out = (int)v;
+  return 0;
+}
+
+/* Positive finite float key (absent/null → dflt; a NaN dflt makes it required). `where`
+ * prefixes the key in messages. */
+static int cf__pos(const cf_json_t *o, const char *file, const char *where, const char *key,
+                   double dflt, double *out) {
+  double v;
+  int rc = cf_json_get_f64(o, key, &v);
+  if (rc == CF_ENOTFOUND) {
+    if (isnan(dflt)) return cf_seterr(CF_EFORMAT, "%s: required key '%s%s' is missing", file, where, key);
+    v = dflt;
+  } else if (rc) {
+    return cf_seterr(rc, "%s: key '%s%s': expected a number", file, where, key);
+  }
+  if (!isfinite(v) || v <= 0)
+    return cf_seterr(CF_ERANGE, "%s: key '%s%s': expected a positive number, found %g", file,
+                     where, key, v);
+  *out = v;
+  return 0;
+}
+
+static int cf__bool(const cf_json_t *o, const char *file, const char *key, int dflt, int *out) {
+  int rc = cf_json_get_bool(o, key, out);
+  if (rc == CF_ENOTFOUND) { *out = dflt; return 0; }
+  return rc ? cf_err_prefix(rc, "%s: ", file) : 0;
+}
+
+static int cf__family(const cf_json_t *root, const char *file, const cf__family_t **out) {
+  const cf_json_t *mt = cf_json_get(root, "model_type"), *ar = cf_json_get(root, "architectures");
+  const cf_json_t *a0 = cf_json_at(ar, 0);
+  if (ar && ar->type != CF_JSON_NULL && (ar->type != CF_JSON_ARR || (a0 && a0->type != CF_JSON_STR)))
+    return cf_seterr(CF_EFORMAT, "%s: key 'architectures': expected an array of strings", file);
+  if (mt && mt->type != CF_JSON_NULL) {
+    if (mt->type != CF_JSON_STR)
+      return cf_seterr(CF_EFORMAT, "%s: key 'model_type': expected string, found %s", file,
+                       cf_json_type_name(mt->type));
+    for (size_t i = 0; i < CF__NFAM; i++)
+      if (strcmp(mt->str, cf__families[i].model_type) == 0) {
+        const char *p = cf__families[i].class_prefix;
+        /* "Qwen2..." must not pass for qwen3 nor "Qwen2Moe..." for qwen2: the prefix must be
+         * followed by "For" or "Model". */
+        if (a0 && (strncmp(a0->str, p, strlen(p)) != 0 ||
+                   (strncmp(a0->str + strlen(p), "For", 3) != 0 &&
+                    strncmp(a0->str + strlen(p), "Model", 5) != 0)))
+          return cf_seterr(CF_EUNSUPPORTED, "%s: architectures[0] '%.64s' does not match "
+                           "model_type '%s' (expected %s...)", file, a0->str, mt->str, p);
+        *out = &cf__families[i];
+        return 0;
+      }
+    return cf_seterr(CF_EUNSUPPORTED, "%s: model_type '%.64s' is not supported (supported: "
+                     "llama, mistral, qwen2, qwen3)", file, mt->str);
+  }
+  if (!a0)
+    return cf_seterr(CF_EFORMAT, "%s: neither 'model_type' nor 'architectures' is set", file);
+  for (size_t i = 0; i < CF__NFAM; i++) {
+    const char *p = cf__families[i].class_prefix;
+    if (strncmp(a0->str, p, strlen(p)) == 0 && strcmp(a0->str + strlen(p), "ForCausalLM") == 0) {
+      *out = &cf__families[i];
+      return 0;
+    }
+  }
+  return cf_seterr(CF_EUNSUPPORTED, "%s: architecture '%.64s' is not supported (supported: "
+                   "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)",
+                   file, a0->str);
+}
+
+/* RoPE: 5.x rope_parameters, else 4.x rope_scaling + top-level rope_theta. */
+static int cf__rope(const cf_json_t *root, const char *file, cf_model_config_t *c) {
+  const char *rk = "rope_parameters";
+  const cf_json_t *rp = cf_json_get(root, rk);
+  if (!rp || rp->type == CF_JSON_NULL) { rk = "rope_scaling"; rp = cf_json_get(root, rk); }
+  if (rp && rp->type == CF_JSON_NULL) rp = NULL;
+  if (rp && rp->type != CF_JSON_OBJ)
+    return cf_seterr(CF_EFORMAT, "%s: key '%s': expected an object, found %s", file, rk,
+                     cf_json_type_name(rp->type));
+  int rc;
+  char where[40];
+  snprintf(where, sizeof where, "%s.", rk);
+  double theta;
+  if ((rc = cf__pos(root, file, "", "rope_theta", 10000.0, &theta))) return rc;
+  if (rp && (rc = cf__pos(rp, file, where, "rope_theta", theta, &theta))) return rc;
+  c->rope_theta = theta;
+  c->rope_kind = CF_ROPE_DEFAULT;
+  c->rope_factor = 1.0;
+  c->rope_low_freq_factor = c->rope_high_freq_factor = 0.0;
+  c->rope_orig_max_pos = 0;
+  /* partial rotary (rotating only part of each head) changes the math: refuse. */
+  double prf;
+  const cf_json_t *srcs[2] = {root, rp};
+  for (int i = 0; i < 2; i++) {
+    if (!srcs[i] || cf_json_get_f64(srcs[i], "partial_rotary_factor", &prf) != 0) continue;
+    if (prf != 1.0)
+      return cf_seterr(CF_EUNSUPPORTED, "%s: partial_rotary_factor %g is not supported "
+                       "(only 1.0)", file, prf);
+  }
+  if (!rp) return 0;
+  const char *type = NULL, *tk = "rope_type";
+  const cf_json_t *tv = cf_json_get(rp, tk);
+  if (!tv || tv->type == CF_JSON_NULL) { tk = "type"; tv = cf_json_get(rp, tk); }
+  if (tv && tv->type != CF_JSON_NULL) {
+    if (tv->type != CF_JSON_STR)
+      return cf_seterr(CF_EFORMAT, "%s: key '%s.%s': expected string, found %s", file, rk, tk,
+                       cf_json_type_name(tv->type));
+    type = tv->str;
+  }
+  if (!type || strcmp(type, "default") == 0) return 0;
+  if (strcmp(type, "llama3") != 0)
+    return cf_seterr(CF_EUNSUPPORTED, "%s: %s.%s '%.32s' is not supported (supported: default, "
+                     "llama3)", file, rk, tk, type);
+  c->rope_kind = CF_ROPE_LLAMA3;
+  double omp = 0;
+  if ((rc = cf__pos(rp, file, where, "factor", NAN, &c->rope_factor)) ||
+      (rc = cf__pos(rp, file, where, "low_freq_factor", NAN, &c->rope_low_freq_factor)) ||
+      (rc = cf__pos(rp, file, where, "high_freq_factor", NAN, &c->rope_high_freq_factor)) ||
+      (rc = cf__pos(rp, file, where, "original_max_position_embeddings", NAN, &omp)))
+    return rc; /* NaN default: required */
+  if (omp != floor(omp) || omp > 1e9)
+    return cf_seterr(CF_ERANGE, "%s: key '%soriginal_max_position_embeddings': expected an "
+                     "integer, found %g", file, where, omp);
+  c->rope_orig_max_pos = (int)omp;
+  if (!(c->rope_high_freq_factor > c->rope_low_freq_factor))
+    return cf_seterr(CF_ERANGE, "%s: %shigh_freq_factor %g must exceed low_freq_factor %g", file,
+                     where, c->rope_high_freq_factor, c->rope_low_freq_factor);
+  return 0;
+}
+
+static int cf__dtype(const cf_json_t *root, const char *file, cf_model_config_t *c) {
+  const char *key = "dtype";
+  const cf_json_t *v = cf_json_get(root, key);
+  if (!v || v->type == CF_JSON_NULL) { key = "torch_dtype"; v = cf_json_get(root, key); }
+  c->dtype = CF_DT_F32;
+  if (!v || v->type == CF_JSON_NULL) return 0;
+  if (v->type != CF_JSON_STR)
+    return cf_seterr(CF_EFORMAT, "%s: key '%s': expected string, found %s", file, key,
+                     cf_json_type_name(v->type));
+  static const struct { const char *n; cf_dtype_t t; } m[] = {
+      {"float32", CF_DT_F32}, {"bfloat16", CF_DT_BF16}, {"float16", CF_DT_F16},
+      {"torch.float32", CF_DT_F32}, {"torch.bfloat16", CF_DT_BF16}, {"torch.float16", CF_DT_F16}};
+  for (size_t i = 0; i < sizeof m / sizeof m[0]; i++)
+    if (strcmp(v->str, m[i].n) == 0) { c->dtype = m[i].t; return 0; }
+  return cf_seterr(CF_EDTYPE, "%s: key '%s': '%.32s' is not supported (expected float32, "
+                   "bfloat16 or float16)", file, key, v->str);
+}
+
+static int cf__sliding(const cf_json_t *root, const char *file, const cf_model_config_t *c) {
+  const cf_json_t *sw = cf_json_get(root, "sliding_window");
+  if (c->arch == CF_ARCH_MISTRAL) {
+    if (!sw)
+      return cf_seterr(CF_EUNSUPPORTED, "%s: key 'sliding_window' is absent, so transformers "
+                       "applies mistral's default window of 4096; sliding-window attention is "
+                       "not supported (set \"sliding_window\": null)", file);
+    if (sw->type != CF_JSON_NULL)
+      return cf_seterr(CF_EUNSUPPORTED, "%s: key 'sliding_window': sliding-window attention is "
+                       "not supported (expected null, found %s%s%.0f)", file,
+                       cf_json_type_name(sw->type), sw->type == CF_JSON_NUM ? " " : "",
+                       sw->type == CF_JSON_NUM ? sw->num : 0.0);
+    return 0;
+  }
+  if (c->arch == CF_ARCH_QWEN2 || c->arch == CF_ARCH_QWEN3) {
+    int use;
+    int rc = cf__bool(root, file, "use_sliding_window", 0, &use);
+    if (rc) return rc;
+    if (use)
+      return cf_seterr(CF_EUNSUPPORTED, "%s: key 'use_sliding_window' is true: sliding-window "
+                       "attention is not supported", file);
+  }
+  /* transformers 5 lists per-layer attention kinds; any sliding layer is refused. */
+  const cf_json_t *lt = cf_json_get(root, "layer_types");
+  if (lt && lt->type == CF_JSON_ARR) {
+    int i = 0;
+    for (const cf_json_t *e = lt->child; e; e = e->next, i++)
+      if (e->type != CF_JSON_STR || strcmp(e->str, "full_attention") != 0)
+        return cf_seterr(CF_EUNSUPPORTED, "%s: layer_types[%d] is '%.32s', only "
+                         "'full_attention' is supported", file, i,
+                         e->type == CF_JSON_STR ? e->str : cf_json_type_name(e->type));
+  }
+  return 0;
+}
+
+static int cf__parse_root(const cf_json_t *root, const char *file, cf_model_config_t *c) {
+  if (root->type != CF_JSON_OBJ)
+    return cf_seterr(CF_EFORMAT, "%s: expected a JSON object, found %s", file,
+                     cf_json_type_name(root->type));
+  memset(c, 0, sizeof *c);
+  const cf__family_t *fam = NULL;
+  int rc = cf__family(root, file, &fam);
+  if (rc) return rc;
+  c->arch = fam->arch;
+  if ((rc = cf__int(root, file, "num_hidden_layers", 1, 0, 1, 1024, &c->n_layers)) ||
+      (rc = cf__int(root, file, "hidden_size", 1, 0, 1, 1 << 17, &c->hidden)) ||
+      (rc = cf__int(root, file, "num_attention_heads", 1, 0, 1, 4096, &c->n_heads)) ||
+      (rc = cf__int(root, file, "num_key_value_heads", 0, c->n_heads, 1, c->n_heads, &c->n_kv_heads)) ||
+      (rc = cf__int(root, file, "intermediate_size", 1, 0, 1, 1 << 20, &c->intermediate)) ||
+      (rc = cf__int(root, file, "vocab_size", 1, 0, 1, 1 << 22, &c->vocab)) ||
+      (rc = cf__int(root, file, "max_position_embeddings", 0, fam->default_max_pos, 1, 1 << 30,
+                    &c->max_pos)))
+    return rc;
+  if (c->n_heads % c->n_kv_heads != 0)
+    return cf_seterr(CF_ERANGE, "%s: num_attention_heads %d is not a multiple of "
+                     "num_key_value_heads %d", file, c->n_heads, c->n_kv_heads);
+  int dflt_hd = fam->default_head_dim ? fam->default_head_dim : c->hidden / c->n_heads;
+  if ((rc = cf__int(root, file, "head_dim", 0, dflt_hd, 2, 1024, &c->head_dim))) return rc;
+  if (c->head_dim % 2)
+    return cf_seterr(CF_ERANGE, "%s: head_dim %d is odd (RoPE rotates pairs)", file, c->head_dim);
+  if ((int64_t)c->n_heads * c->head_dim > (1 << 20))
+    return cf_seterr(CF_ERANGE, "%s: num_attention_heads x head_dim = %lld exceeds %d", file,
+                     (long long)c->n_heads * c->head_dim, 1 << 20);
+  if ((rc = cf__pos(root, file, "", "rms_norm_eps", 1e-6, &c->rms_eps))) return rc;
+
+  const char *act = "silu";
+  rc = cf_json_get_str(root, "hidden_act", &act);
+  if (rc && rc != CF_ENOTFOUND) return cf_err_prefix(rc, "%s: ", file);
+  if (strcmp(act, "silu") != 0)
+    return cf_seterr(CF_EUNSUPPORTED, "%s: hidden_act '%.32s' is not supported (only silu)",
+                     file, act);
+
+  int attn_bias = 0, mlp_bias = 0;
+  if ((rc = cf__bool(root, file, "tie_word_embeddings", 0, &c->tie_embeddings))) return rc;
+  switch (c->arch) {
+  case CF_ARCH_LLAMA:
+    if ((rc = cf__bool(root, file, "attention_bias", 0, &attn_bias)) ||
+        (rc = cf__bool(root, file, "mlp_bias", 0, &mlp_bias)))
+      return rc;
+    c->qkv_bias = c->o_bias = attn_bias;
+    c->mlp_bias = mlp_bias;
+    break;
+  case CF_ARCH_MISTRAL: /* MistralAttention/MLP have no biases whatever the config says */
+    break;
+  case CF_ARCH_QWEN2: /* q/k/v always biased, o_proj never */
+    c->qkv_bias = 1;
+    break;
+  case CF_ARCH_QWEN3:
+    if ((rc = cf__bool(root, file, "attention_bias", 0, &attn_bias))) return rc;
+    c->qkv_bias = c->o_bias = attn_bias;
+    c->qk_norm = 1;
+    break;
+  }
+  if ((rc = cf__sliding(root, file, c)) || (rc = cf__rope(root, file, c)) ||
+      (rc = cf__dtype(root, file, c)))
+    return rc;
+  return 0;
+}
+
+int cf_hfconfig_parse(const char *json, size_t len, const char *file, cf_model_config_t *c) {
+  cf_json_t *root;
+  int rc = cf_json_parse(json, len, &root);
+  if (rc) return cf_err_prefix(rc, "%s: ", file);
+  rc = cf__parse_root(root, file, c);
+  cf_json_free(root);
+  return rc;
+}

@@ -1,0 +1,25 @@
+/* cf_hfconfig — Hugging Face config.json → cf_model_config_t.
+ *
+ * Accepts the keys of transformers 4.x (rope_theta, rope_scaling {type|rope_type, ...},
+ * torch_dtype) and 5.x (rope_parameters {rope_type, rope_theta, ...}, dtype) for the families
+ * llama, mistral, qwen2 and qwen3, with the defaults transformers applies to absent keys.
+ * Everything the engine cannot reproduce exactly is refused with CF_EUNSUPPORTED naming it:
+ * another model_type/architecture, rope types other than default/llama3, partial rotary,
+ * an activation other than silu, a sliding window (mistral: any non-null sliding_window —
+ * absent means transformers' default 4096 and is refused too; qwen2/qwen3: use_sliding_window
+ * true or a "sliding_attention" layer type).
+ */
+#ifndef CF_HFCONFIG_H
+#define CF_HFCONFIG_H
+
+#include <stddef.h>
+
+#include "model/cf_model.h"
+
+/* Parses config text json[0..len); `file` names it in error details ("dir/config.json").
+ * Fills *c completely on success. Errors: CF_EFORMAT (bad JSON, wrong type of a key, missing
+ * required key), CF_ERANGE (a value out of bounds, e.g. heads not dividing), CF_EUNSUPPORTED,
+ * CF_EDTYPE (unknown dtype string), CF_ENOMEM; the detail names file and key, expected vs found. */
+int cf_hfconfig_parse(const char *json, size_t len, const char *file, cf_model_config_t *c);
+
+#endif

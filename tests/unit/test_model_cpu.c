@@ -1,0 +1,412 @@
+/* lib/model CPU backend: against an independent double-precision reference written here
+ * (plain loops, full causal softmax), chunked and staircase computations against the whole,
+ * argument checks, and golden KV made by transformers (fixtures). */
+#include "cf_test.h"
+#include "model/cf_backend.h"
+#include "model/cf_model_synth.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- helpers */
+
+typedef struct {
+  int L, T;
+  size_t row;   /* floats per token per layer */
+  float **k, **v;
+} kvbuf_t;
+
+static void kv_alloc(kvbuf_t *kv, const cf_model_config_t *c, int T) {
+  kv->L = c->n_layers;
+  kv->T = T;
+  kv->row = (size_t)c->n_kv_heads * c->head_dim;
+  kv->k = calloc(kv->L, sizeof(float *));
+  kv->v = calloc(kv->L, sizeof(float *));
+  for (int l = 0; l < kv->L; l++) {
+    kv->k[l] = malloc(sizeof(float) * kv->row * T);
+    kv->v[l] = malloc(sizeof(float) * kv->row * T);
+    for (size_t i = 0; i < kv->row * T; i++) kv->k[l][i] = kv->v[l][i] = NAN;
+  }
+}
+
+static void kv_free(kvbuf_t *kv) {
+  for (int l = 0; l < kv->L; l++) { free(kv->k[l]); free(kv->v[l]); }
+  free(kv->k);
+  free(kv->v);
+}
+
+/* max |a-b| / max |b| over one layer's buffer (NaN in a counts as infinite error). */
+static double rel_err(const float *a, const float *b, size_t n) {
+  double e = 0, mx = 0;
+  for (size_t i = 0; i < n; i++) {
+    double d = fabs((double)a[i] - b[i]);
+    if (d != d) return INFINITY;
+    if (d > e) e = d;
+    if (fabs(b[i]) > mx) mx = fabs(b[i]);
+  }
+  return mx > 0 ? e / mx : e;
+}
+
+static double kv_rel_err(const kvbuf_t *a, const kvbuf_t *b) {
+  double worst = 0;
+  for (int l = 0; l < a->L; l++) {
+    double ek = rel_err(a->k[l], b->k[l], a->row * a->T);
+    double ev = rel_err(a->v[l], b->v[l], a->row * a->T);
+    if (ek > worst) worst = ek;
+    if (ev > worst) worst = ev;
+  }
+  return worst;
+}
+
+static int forward(cf_backend_t *be, int l0, int l1, int t0, int t1, const int32_t *tok,
+                   const float *hin, float *hout, kvbuf_t *kv) {
+  cf_fwd_args_t a = {.l0 = l0, .l1 = l1, .t0 = t0, .t1 = t1, .tokens = tok, .hidden_in = hin,
+                     .k = kv->k + l0, .v = kv->v + l0, .hidden_out = hout};
+  return cf_backend_forward(be, &a);
+}
+
+/* ---------------------------------------------------------------- reference (double) */
+
+static void ref_rmsnorm(const double *x, const float *w, double eps, double *y, int n) {
+  double ss = 0;
+  for (int i = 0; i < n; i++) ss += x[i] * x[i];
+  double inv = 1.0 / sqrt(ss / n + eps);
+  for (int i = 0; i < n; i++) y[i] = x[i] * inv * w[i];
+}
+
+static void ref_linear(const double *x, const float *W, const float *b, int in, int out,
+                       double *y) {
+  for (int o = 0; o < out; o++) {
+    double s = b ? b[o] : 0;
+    for (int i = 0; i < in; i++) s += x[i] * W[(size_t)o * in + i];
+    y[o] = s;
+  }
+}
+
+static double ref_inv_freq(const cf_model_config_t *c, int i) {
+  double f = 1.0 / pow(c->rope_theta, (2.0 * i) / c->head_dim);
+  if (c->rope_kind != CF_ROPE_LLAMA3) return f;
+  double lw = c->rope_orig_max_pos / c->rope_low_freq_factor;
+  double hw = c->rope_orig_max_pos / c->rope_high_freq_factor;
+  double wl = 2 * M_PI / f;
+  if (wl < hw) return f;
+  if (wl > lw) return f / c->rope_factor;
+  double s = (c->rope_orig_max_pos / wl - c->rope_low_freq_factor) /
+             (c->rope_high_freq_factor - c->rope_low_freq_factor);
+  return (1 - s) * f / c->rope_factor + s * f;
+}
+
+static void ref_rope(double *x, int hd, int pos, const cf_model_config_t *c) {
+  int half = hd / 2;
+  for (int i = 0; i < half; i++) {
+    double a = pos * ref_inv_freq(c, i), x1 = x[i], x2 = x[i + half];
+    x[i] = x1 * cos(a) - x2 * sin(a);
+    x[i + half] = x2 * cos(a) + x1 * sin(a);
+  }
+}
+
+/* KV of all layers for tokens[0..T) into kv (float), computed in double. */
+static void ref_forward(const cf_model_t *m, const int32_t *tok, int T, kvbuf_t *kv) {
+  const cf_model_config_t *c = &m->cfg;
+  int D = c->hidden, hd = c->head_dim, H = c->n_heads, G = c->n_kv_heads, I = c->intermediate;
+  int qd = H * hd, kvd = G * hd;
+  double *x = malloc(sizeof(double) * T * D), *h = malloc(sizeof(double) * D);
+  double *q = malloc(sizeof(double) * T * qd), *k = malloc(sizeof(double) * T * kvd);
+  double *v = malloc(sizeof(double) * T * kvd), *att = malloc(sizeof(double) * qd);
+  double *p = malloc(sizeof(double) * T), *tmp = malloc(sizeof(double) * (D > I ? D : I));
+  double *g = malloc(sizeof(double) * I), *u = malloc(sizeof(double) * I);
+  for (int t = 0; t < T; t++)
+    for (int i = 0; i < D; i++) x[(size_t)t * D + i] = m->embed[(size_t)tok[t] * D + i];
+  for (int l = 0; l < c->n_layers; l++) {
+    const cf_layer_weights_t *w = &m->layers[l];
+    for (int t = 0; t < T; t++) {
+      ref_rmsnorm(x + (size_t)t * D, w->attn_norm, c->rms_eps, h, D);
+      ref_linear(h, w->wq, w->bq, D, qd, q + (size_t)t * qd);
+      ref_linear(h, w->wk, w->bk, D, kvd, k + (size_t)t * kvd);
+      ref_linear(h, w->wv, w->bv, D, kvd, v + (size_t)t * kvd);
+      for (int hh = 0; hh < H; hh++) {
+        double *qh = q + (size_t)t * qd + hh * hd;
+        if (c->qk_norm) { ref_rmsnorm(qh, w->q_norm, c->rms_eps, tmp, hd); memcpy(qh, tmp, sizeof(double) * hd); }
+        ref_rope(qh, hd, t, c);
+      }
+      for (int gg = 0; gg < G; gg++) {
+        double *kh = k + (size_t)t * kvd + gg * hd;
+        if (c->qk_norm) { ref_rmsnorm(kh, w->k_norm, c->rms_eps, tmp, hd); memcpy(kh, tmp, sizeof(double) * hd); }
+        ref_rope(kh, hd, t, c);
+      }
+    }
+    for (size_t i = 0; i < (size_t)T * kvd; i++) { kv->k[l][i] = (float)k[i]; kv->v[l][i] = (float)v[i]; }
+    for (int t = 0; t < T; t++) {
+      for (int hh = 0; hh < H; hh++) {
+        int gg = hh / (H / G);
+        double mx = -INFINITY, sum = 0;
+        for (int j = 0; j <= t; j++) {
+          double s = 0;
+          for (int d = 0; d < hd; d++) s += q[(size_t)t * qd + hh * hd + d] * k[(size_t)j * kvd + gg * hd + d];
+          p[j] = s / sqrt((double)hd);
+          if (p[j] > mx) mx = p[j];
+        }
+        for (int j = 0; j <= t; j++) { p[j] = exp(p[j] - mx); sum += p[j]; }
+        for (int d = 0; d < hd; d++) {
+          double s = 0;
+          for (int j = 0; j <= t; j++) s += p[j] * v[(size_t)j * kvd + gg * hd + d];
+          att[hh * hd + d] = s / sum;
+        }
+      }
+      double *xt = x + (size_t)t * D;
+      ref_linear(att, w->wo, w->bo, qd, D, tmp);
+      for (int i = 0; i < D; i++) xt[i] += tmp[i];
+      ref_rmsnorm(xt, w->mlp_norm, c->rms_eps, h, D);
+      ref_linear(h, w->w_gate, w->b_gate, D, I, g);
+      ref_linear(h, w->w_up, w->b_up, D, I, u);
+      for (int i = 0; i < I; i++) g[i] = g[i] / (1 + exp(-g[i])) * u[i];
+      ref_linear(g, w->w_down, w->b_down, I, D, tmp);
+      for (int i = 0; i < D; i++) xt[i] += tmp[i];
+    }
+  }
+  free(x); free(h); free(q); free(k); free(v); free(att); free(p); free(tmp); free(g); free(u);
+}
+
+/* ---------------------------------------------------------------- synthetic models */
+
+/* Every feature at once: biases everywhere, q/k norm, llama3 RoPE scaling whose three bands
+ * (kept, scaled, smoothed) all occur for head_dim 16, GQA 4:2, head_dim*heads != hidden. */
+static cf_model_t *full_feature_model(void) {
+  cf_model_config_t c;
+  CF_CHECK_OK(cf_synth_preset("tiny", &c));
+  c.hidden = 48; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 16; c.intermediate = 80;
+  c.n_layers = 3; c.vocab = 97;
+  c.qkv_bias = c.o_bias = c.mlp_bias = c.qk_norm = 1;
+  c.rope_kind = CF_ROPE_LLAMA3; c.rope_theta = 500000.0; c.rope_factor = 8;
+  c.rope_low_freq_factor = 1; c.rope_high_freq_factor = 4; c.rope_orig_max_pos = 64;
+  c.rms_eps = 1e-6;
+  cf_synth_opts_t o = {.seed = 7, .std = 0.15f, .norm_jitter = 0.3f};
+  cf_model_t *m = NULL;
+  CF_CHECK_OK(cf_model_synth(&c, &o, &m));
+  return m;
+}
+
+static int32_t *rand_tokens(int T, int vocab) {
+  int32_t *t = malloc(sizeof(int32_t) * T);
+  for (int i = 0; i < T; i++) t[i] = (int32_t)(cf_test_rand() % vocab);
+  return t;
+}
+
+/* ---------------------------------------------------------------- tests */
+
+CF_TEST(cpu_matches_double_reference_every_feature) {
+  cf_model_t *m = full_feature_model();
+  cf_backend_t *be;
+  CF_CHECK_OK(cf_backend_cpu_create(m, 2, &be));
+  int T = 300; /* crosses the 256-key attention block and the 64-query blocks */
+  int32_t *tok = rand_tokens(T, m->cfg.vocab);
+  kvbuf_t ref, got;
+  kv_alloc(&ref, &m->cfg, T);
+  kv_alloc(&got, &m->cfg, T);
+  ref_forward(m, tok, T, &ref);
+  CF_CHECK_OK(forward(be, 0, m->cfg.n_layers, 0, T, tok, NULL, NULL, &got));
+  double e = kv_rel_err(&got, &ref);
+  CF_CHECK_MSG(e <= 2e-5, "cpu vs double reference: max rel err %.3g", e);
+  kv_free(&ref); kv_free(&got); free(tok);
+  cf_backend_free(be);
+  cf_model_synth_free(m);
+}
+
+CF_TEST(cpu_plain_llama_matches_reference_one_thread) {
+  cf_model_config_t c;
+  CF_CHECK_OK(cf_synth_preset("tiny", &c));
+  cf_synth_opts_t o = {.seed = 3, .std = 0.1f};
+  cf_model_t *m;
+  CF_CHECK_OK(cf_model_synth(&c, &o, &m));
+  cf_backend_t *be;
+  CF_CHECK_OK(cf_backend_cpu_create(m, 1, &be));
+  int T = 70;
+  int32_t *tok = rand_tokens(T, c.vocab);
+  kvbuf_t ref, got;
+  kv_alloc(&ref, &c, T);
+  kv_alloc(&got, &c, T);
+  ref_forward(m, tok, T, &ref);
+  CF_CHECK_OK(forward(be, 0, c.n_layers, 0, T, tok, NULL, NULL, &got));
+  double e = kv_rel_err(&got, &ref);
+  CF_CHECK_MSG(e <= 2e-5, "cpu vs double reference: max rel err %.3g", e);
+  kv_free(&ref); kv_free(&got); free(tok);
+  cf_backend_free(be);
+  cf_model_synth_free(m);
+}
+
+/* Chunk by chunk through the primitive, each call given the KV prefix of the earlier chunks. */
+CF_TEST(cpu_chunked_equals_whole) {
+  cf_model_t *m = full_feature_model();
+  cf_backend_t *be;
+  CF_CHECK_OK(cf_backend_cpu_create(m, 2, &be));
+  int T = 1100; /* spans several 512-token layer blocks; not a multiple of any chunk below */
+  int32_t *tok = rand_tokens(T, m->cfg.vocab);
+  kvbuf_t whole;
+  kv_alloc(&whole, &m->cfg, T);
+  CF_CHECK_OK(forward(be, 0, m->cfg.n_layers, 0, T, tok, NULL, NULL, &whole));
+  int chunks[] = {1, 7, 64, 256, 600};
+  for (size_t ci = 0; ci < sizeof chunks / sizeof *chunks; ci++) {
+    int C = chunks[ci], TT = C == 1 ? 150 : T; /* chunk 1: 150 tokens keep it quick */
+    kvbuf_t kv;
+    kv_alloc(&kv, &m->cfg, T);
+    for (int t0 = 0; t0 < TT; t0 += C) {
+      int t1 = t0 + C < TT ? t0 + C : TT;
+      CF_CHECK_OK(forward(be, 0, m->cfg.n_layers, t0, t1, tok + t0, NULL, NULL, &kv));
+    }
+    kv.T = TT;
+    double e = kv_rel_err(&kv, &whole);
+    CF_CHECK_MSG(e <= 1e-5, "chunk %d: max rel err %.3g vs whole", C, e);
+    kv.T = T;
+    kv_free(&kv);
+  }
+  kv_free(&whole); free(tok);
+  cf_backend_free(be);
+  cf_model_synth_free(m);
+}
+
+/* Layers split across calls: hidden_out of [0, a) is the hidden_in of [a, L). */
+CF_TEST(cpu_layer_split_equals_whole) {
+  cf_model_t *m = full_feature_model();
+  cf_backend_t *be;
+  CF_CHECK_OK(cf_backend_cpu_create(m, 2, &be));
+  int T = 200, L = m->cfg.n_layers, D = m->cfg.hidden;
+  int32_t *tok = rand_tokens(T, m->cfg.vocab);
+  kvbuf_t whole, kv;
+  kv_alloc(&whole, &m->cfg, T);
+  kv_alloc(&kv, &m->cfg, T);
+  float *h1 = malloc(sizeof(float) * T * D), *h2 = malloc(sizeof(float) * T * D);
+  float *hw = malloc(sizeof(float) * T * D);
+  CF_CHECK_OK(forward(be, 0, L, 0, T, tok, NULL, hw, &whole));
+  CF_CHECK_OK(forward(be, 0, 1, 0, T, tok, NULL, h1, &kv));
+  CF_CHECK_OK(forward(be, 1, 2, 0, T, NULL, h1, h2, &kv));
+  CF_CHECK_OK(forward(be, 2, L, 0, T, NULL, h2, h2, &kv)); /* in place: hidden_in == hidden_out */
+  CF_CHECK_MSG(kv_rel_err(&kv, &whole) <= 1e-6, "layer split: %.3g", kv_rel_err(&kv, &whole));
+  CF_CHECK_MSG(rel_err(h2, hw, (size_t)T * D) <= 1e-6, "hidden_out: %.3g",
+               rel_err(h2, hw, (size_t)T * D));
+  free(h1); free(h2); free(hw);
+  kv_free(&whole); kv_free(&kv); free(tok);
+  cf_backend_free(be);
+  cf_model_synth_free(m);
+}
+
+/* Random staircases: chunk c computes its bottom h_c layers through the primitive; its top
+ * layers are "loaded" from the whole computation. Computed cells start as NaN, so a cell the
+ * staircase failed to write, or a prefix it read before it existed, shows up as an error. */
+CF_TEST(cpu_every_staircase_equals_whole) {
+  cf_model_t *m = full_feature_model();
+  cf_backend_t *be;
+  CF_CHECK_OK(cf_backend_cpu_create(m, 2, &be));
+  int L = m->cfg.n_layers, C = 37, T = 37 * 6 + 11, nc = (T + C - 1) / C;
+  int32_t *tok = rand_tokens(T, m->cfg.vocab);
+  kvbuf_t whole;
+  kv_alloc(&whole, &m->cfg, T);
+  CF_CHECK_OK(forward(be, 0, L, 0, T, tok, NULL, NULL, &whole));
+  size_t row = whole.row;
+  for (int trial = 0; trial < 6; trial++) {
+    int hgt[16];
+    for (int c = 0; c < nc; c++) hgt[c] = (int)(cf_test_rand() % (L + 1));
+    if (trial == 0) for (int c = 0; c < nc; c++) hgt[c] = c % 2 ? 0 : L; /* holes */
+    if (trial == 1) for (int c = 0; c < nc; c++) hgt[c] = L - c * L / nc; /* descending */
+    kvbuf_t kv;
+    kv_alloc(&kv, &m->cfg, T);
+    for (int c = 0; c < nc; c++) { /* load the top of each chunk */
+      int t0 = c * C, t1 = t0 + C < T ? t0 + C : T;
+      for (int l = hgt[c]; l < L; l++) {
+        memcpy(kv.k[l] + t0 * row, whole.k[l] + t0 * row, sizeof(float) * row * (t1 - t0));
+        memcpy(kv.v[l] + t0 * row, whole.v[l] + t0 * row, sizeof(float) * row * (t1 - t0));
+      }
+    }
+    for (int c = 0; c < nc; c++) {
+      int t0 = c * C, t1 = t0 + C < T ? t0 + C : T;
+      if (hgt[c]) CF_CHECK_OK(forward(be, 0, hgt[c], t0, t1, tok + t0, NULL, NULL, &kv));
+    }
+    double e = kv_rel_err(&kv, &whole);
+    CF_CHECK_MSG(e <= 1e-5, "staircase trial %d: max rel err %.3g", trial, e);
+    kv_free(&kv);
+  }
+  kv_free(&whole); free(tok);
+  cf_backend_free(be);
+  cf_model_synth_free(m);
+}
+
+CF_TEST(cpu_forward_rejects_bad_arguments) {
+  cf_model_config_t c;
+  CF_CHECK_OK(cf_synth_preset("tiny", &c));
+  cf_synth_opts_t o = {.seed = 1, .std = 0.02f};
+  cf_model_t *m;
+  CF_CHECK_OK(cf_model_synth(&c, &o, &m));
+  cf_backend_t *be;
+  CF_CHECK_OK(cf_backend_create("auto", m, &be)); /* no GPU here: falls back to cpu */
+  CF_CHECK_STR(be->name, "cpu");
+  kvbuf_t kv;
+  kv_alloc(&kv, &c, 8);
+  int32_t tok[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  float hid[8 * 64] = {0};
+  CF_CHECK_ERR(forward(be, 0, 3, 0, 8, tok, NULL, NULL, &kv), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "layer range l0=0 l1=3");
+  CF_CHECK_ERR(forward(be, 1, 1, 0, 8, NULL, hid, NULL, &kv), CF_EINVAL);
+  CF_CHECK_ERR(forward(be, 0, 2, 5, 5, tok, NULL, NULL, &kv), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "token range t0=5 t1=5");
+  CF_CHECK_ERR(forward(be, 0, 2, -1, 5, tok, NULL, NULL, &kv), CF_EINVAL);
+  CF_CHECK_ERR(forward(be, 0, 2, 0, 8, NULL, NULL, NULL, &kv), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "tokens is NULL");
+  CF_CHECK_ERR(forward(be, 1, 2, 0, 8, NULL, NULL, NULL, &kv), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "hidden_in is NULL");
+  tok[5] = 256;
+  CF_CHECK_ERR(forward(be, 0, 2, 10, 18, tok, NULL, NULL, &kv), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "tokens[5] (position 15) = 256 outside [0, 256)");
+  tok[5] = -1;
+  CF_CHECK_ERR(forward(be, 0, 2, 0, 8, tok, NULL, NULL, &kv), CF_EINVAL);
+  tok[5] = 6;
+  float *saved = kv.v[1];
+  kv.v[1] = NULL;
+  CF_CHECK_ERR(forward(be, 0, 2, 0, 8, tok, NULL, NULL, &kv), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "v[1] (layer 1) is NULL");
+  kv.v[1] = saved;
+  cf_fwd_args_t a = {.l0 = 0, .l1 = 2, .t0 = 0, .t1 = 8, .tokens = tok};
+  CF_CHECK_ERR(cf_backend_forward(be, &a), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "k is NULL");
+  CF_CHECK_ERR(cf_backend_forward(be, NULL), CF_EINVAL);
+  CF_CHECK_OK(forward(be, 0, 2, 0, 8, tok, NULL, NULL, &kv));
+  cf_backend_t *b2;
+  CF_CHECK_ERR(cf_backend_create("tpu", m, &b2), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "backend 'tpu'");
+  CF_CHECK(b2 == NULL);
+  CF_CHECK_ERR(cf_backend_create("cuda", m, &b2), CF_ENODEV);
+  CF_CHECK_ERR(cf_backend_cpu_create(m, -1, &b2), CF_EINVAL);
+  kv_free(&kv);
+  cf_backend_free(be);
+  cf_model_synth_free(m);
+}
+
+CF_TEST(synth_is_deterministic_and_lists_hf_names) {
+  cf_model_config_t c;
+  CF_CHECK_OK(cf_synth_preset("tiny", &c));
+  cf_synth_opts_t o = {.seed = 42, .std = 0.02f};
+  cf_model_t *a, *b;
+  CF_CHECK_OK(cf_model_synth(&c, &o, &a));
+  CF_CHECK_OK(cf_model_synth(&c, &o, &b));
+  CF_CHECK(!memcmp(a->layers[1].w_down, b->layers[1].w_down, sizeof(float) * c.hidden * c.intermediate));
+  CF_CHECK_EQ(a->layers[0].attn_norm[3] == 1.0f, 1);
+  int n = cf_model_hf_tensors(a, NULL, 0);
+  CF_CHECK_EQ(n, 1 + 2 * 9 + 2);
+  cf_hf_tensor_t t[32];
+  CF_CHECK_EQ(cf_model_hf_tensors(a, t, 32), n);
+  CF_CHECK_STR(t[0].name, "model.embed_tokens.weight");
+  CF_CHECK_STR(t[2].name, "model.layers.0.self_attn.q_proj.weight");
+  CF_CHECK_EQ(t[2].shape[0], 64);
+  CF_CHECK_STR(t[n - 1].name, "lm_head.weight");
+  double s = 0, s2 = 0;
+  size_t cnt = (size_t)c.vocab * c.hidden;
+  for (size_t i = 0; i < cnt; i++) { s += a->embed[i]; s2 += (double)a->embed[i] * a->embed[i]; }
+  CF_CHECK_NEAR(sqrt(s2 / cnt), 0.02, 0.001);
+  CF_CHECK_NEAR(s / cnt, 0.0, 0.001);
+  cf_model_config_t bad = c;
+  bad.n_kv_heads = 3;
+  cf_model_t *x;
+  CF_CHECK_ERR(cf_model_synth(&bad, &o, &x), CF_EINVAL);
+  CF_CHECK_ERR(cf_synth_preset("huge", &bad), CF_EINVAL);
+  cf_model_synth_free(a);
+  cf_model_synth_free(b);
+}
