@@ -269,7 +269,7 @@ static int cf__compute(cf__run_t *run, const cf__pick_t *p, const uint8_t *mine)
       .hidden_out = l + 1 < q->L ? q->hid[(l + 1) % 2] + (size_t)t0 * mc->hidden : NULL,
   };
   int64_t s = cf__now();
-  int rc = run->ex->be->forward(run->ex->be, &a);
+  int rc = cf_backend_forward(run->ex->be, &a);
   q->r->stats.compute_busy_ns += cf__now() - s;
   q->r->stats.forward_calls++;
   if (rc) return cf_err_prefix(rc, "exec: forward (layer %d, tokens [%d, %d)): ", l, t0, t1);

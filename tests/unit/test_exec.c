@@ -12,6 +12,7 @@
 #include "util/cf_assert.h"
 #include "cf_toy_backend.h"
 #include "exec/cf_exec.h"
+#include "model/cf_model_synth.h"
 
 typedef struct {
   cf_backend_t *be;
@@ -25,12 +26,15 @@ typedef struct {
   int n_blocks;
 } fx_t;
 
-static void fx_init(fx_t *f, int L, int C, int T, int block_size, const char *name) {
+/* Fixture on backend `be` (owned by the fixture from now on). */
+static void fx_init_be(fx_t *f, cf_backend_t *be, int C, int T, int block_size, const char *name) {
   memset(f, 0, sizeof *f);
-  f->be = cf_toy_create(L, 24, 2, 8, 97, 1234);
+  f->be = be;
+  const cf_model_config_t *mc = &be->model->cfg;
+  int L = mc->n_layers;
   f->L = L; f->C = C; f->T = T;
   f->n_chunks = (T + C - 1) / C;
-  f->row = 16;
+  f->row = (size_t)mc->n_kv_heads * mc->head_dim;
   f->tokens = malloc(sizeof(int32_t) * T);
   for (int t = 0; t < T; t++) f->tokens[t] = (int32_t)((t * 31 + 7) % 97);
   f->refk = malloc(sizeof(float) * L * T * f->row);
@@ -58,7 +62,7 @@ static void fx_init(fx_t *f, int L, int C, int T, int block_size, const char *na
   f->n_blocks = (T + block_size - 1) / block_size;
   int pool = f->n_blocks * 2 + 3;
   cf_kv_layout_t lay;
-  CF_ASSERT(cf_kv_layout_init(&lay, L, pool, block_size, 2, 8, CF_DT_F32) == 0);
+  CF_ASSERT(cf_kv_layout_init(&lay, L, pool, block_size, mc->n_kv_heads, mc->head_dim, CF_DT_F32) == 0);
   char path[512];
   snprintf(path, sizeof path, "%s/%s", cf_test_tmpdir(), name);
   CF_ASSERT(cf_kvbuf_create(&f->kv, path, &lay) == 0);
@@ -68,6 +72,10 @@ static void fx_init(fx_t *f, int L, int C, int T, int block_size, const char *na
   f->blocks = malloc(sizeof(int32_t) * f->n_blocks);
   for (int i = 0; i < f->n_blocks; i++) f->blocks[i] = perm[i];
   free(perm);
+}
+
+static void fx_init(fx_t *f, int L, int C, int T, int block_size, const char *name) {
+  fx_init_be(f, cf_toy_create(L, 24, 2, 8, 97, 1234), C, T, block_size, name);
 }
 
 static void fx_free(fx_t *f) {
@@ -455,4 +463,50 @@ CF_TEST(exec_failure_recomputes_over_gathered_prefix) {
   CF_CHECK_EQ(r.stats.cells_computed + r.stats.cells_loaded[1], 24);
   CF_CHECK_GE(r.stats.cells_computed, 2);
   fx_free(&f);
+}
+
+/* The same random plans with faults on the real CPU backend (lib/model, OpenBLAS) and a
+ * synthetic llama: computed cells within 1e-4 of one whole-sequence forward. */
+CF_TEST(exec_cpu_backend_random_plans_with_faults) {
+  cf_model_config_t mc;
+  CF_CHECK_OK(cf_synth_preset("tiny", &mc));
+  mc.n_layers = 4;
+  cf_synth_opts_t so = {.seed = 7, .std = 0.05f, .norm_jitter = 0.1f};
+  cf_model_t *m;
+  CF_CHECK_OK(cf_model_synth(&mc, &so, &m));
+  for (int iter = 0; iter < 6; iter++) {
+    cf_backend_t *be;
+    CF_CHECK_OK(cf_backend_cpu_create(m, 1, &be));
+    int C = 16, n_full = 3 + iter % 4, T = n_full * C + (iter % 2) * 5;
+    char name[32];
+    snprintf(name, sizeof name, "kv_cpu%d", iter);
+    fx_t f;
+    fx_init_be(&f, be, C, T, 1 << (iter % 4), name);
+    int n = f.n_chunks, L = f.L;
+    int *h = malloc(sizeof(int) * n), *H = malloc(sizeof(int) * n), *fail = calloc((size_t)n * L, sizeof(int));
+    for (int c = 0; c < n; c++) h[c] = c == n_full ? L : (int)(cf_test_rand() % (L + 1));
+    for (int c = 0; c < n; c++) {
+      H[c] = h[c];
+      if (c < n_full && cf_test_rand() % 3 == 0) {
+        int l = (int)(cf_test_rand() % L);
+        fail[c * L + l] = CF_ECORRUPT;
+        if (l + 1 > H[c]) H[c] = l + 1;
+      }
+    }
+    cf_cellsrc_mem_t mem;
+    cf_cellsrc_mem_init(&mem, "cpu", 0, f.cells, n, L, C, f.row, fail, NULL);
+    cf_cellsrc_t **srcs = malloc(sizeof(void *) * n);
+    void **refs = malloc(sizeof(void *) * n);
+    for (int c = 0; c < n; c++) srcs[c] = &mem.src;
+    cf_exec_t ex;
+    CF_CHECK_OK(cf_exec_init(&ex, f.be, 2));
+    clear_engine(&f);
+    cf_exec_req_t r;
+    fx_req(&f, &r, h, srcs, refs);
+    CF_CHECK_OK(cf_exec_run(&ex, &r, 1));
+    CF_CHECK_EQ(fx_verify(&f, H, "cpu backend"), 0);
+    free(h); free(H); free(fail); free(srcs); free(refs);
+    fx_free(&f);
+  }
+  cf_model_synth_free(m);
 }
