@@ -73,7 +73,7 @@ int cf_exec_validate(const cf_exec_t *ex, const cf_exec_req_t *r) {
   int L = mc->n_layers;
   if (r->n_tokens <= 0) return cf_seterr(CF_EINVAL, "restore: n_tokens %d must be > 0", r->n_tokens);
   if (r->chunk_tokens <= 0) return cf_seterr(CF_EINVAL, "restore: chunk_tokens %d must be > 0", r->chunk_tokens);
-  if (!r->kv || !r->kv->data) return cf_seterr(CF_EINVAL, "restore: no engine kv buffer");
+  if (!r->kv || !r->kv->k) return cf_seterr(CF_EINVAL, "restore: no engine kv buffer");
   int rc = cf_kv_layout_check(&r->kv->layout, mc);
   if (rc) return rc;
   if (r->kv->layout.dtype != CF_DT_F32)
@@ -83,7 +83,7 @@ int cf_exec_validate(const cf_exec_t *ex, const cf_exec_req_t *r) {
   if (!r->blocks || r->n_blocks < need)
     return cf_seterr(CF_ERANGE, "restore: %d tokens need %d blocks of %d, block table has %d",
                      r->n_tokens, need, r->kv->layout.block_size, r->n_blocks);
-  if ((rc = cf_kvbuf_check_blocks(&r->kv->layout, r->blocks, need))) return rc;
+  if ((rc = cf_kvmap_check_blocks(&r->kv->layout, r->blocks, need))) return rc;
   if (!r->h) return cf_seterr(CF_EINVAL, "restore: no plan (h)");
   /* always required: a failed load falls back to computing its chunk from layer 0 */
   if (!r->tokens) return cf_seterr(CF_EINVAL, "restore: no token ids");
@@ -200,7 +200,7 @@ static void *cf__loader(void *arg) {
 
     if (claim) {
       int t0 = t.c * q->C;
-      cf_kvbuf_scatter(q->r->kv, t.l, q->r->blocks, t0, t0 + q->C, pk, pv);
+      cf_kvmap_scatter(q->r->kv, t.l, q->r->blocks, t0, t0 + q->C, pk, pv);
       if (sk) {
         memcpy(sk + (size_t)t0 * q->row, pk, cell * sizeof(float));
         memcpy(sv + (size_t)t0 * q->row, pv, cell * sizeof(float));
@@ -276,7 +276,7 @@ static int cf__compute(cf__run_t *run, const cf__pick_t *p, const uint8_t *mine)
   for (int c = p->c0; c <= p->c1; c++) {
     if (!mine[c - p->c0]) continue; /* already loaded: keep the stored bytes */
     int a0 = c * q->C, a1 = cf__t1(q, c);
-    cf_kvbuf_scatter(q->r->kv, l, q->r->blocks, a0, a1, q->sk[l] + (size_t)a0 * q->row,
+    cf_kvmap_scatter(q->r->kv, l, q->r->blocks, a0, a1, q->sk[l] + (size_t)a0 * q->row,
                      q->sv[l] + (size_t)a0 * q->row);
   }
   return 0;
@@ -347,7 +347,7 @@ static void cf__compute_loop(cf__run_t *run) {
       size_t ix = cf__ix(q, c, p.l);
       if (q->staged[ix] != 2) continue;
       int a0 = c * q->C;
-      cf_kvbuf_gather(q->r->kv, p.l, q->r->blocks, a0, cf__t1(q, c), q->sk[p.l] + (size_t)a0 * q->row,
+      cf_kvmap_gather(q->r->kv, p.l, q->r->blocks, a0, cf__t1(q, c), q->sk[p.l] + (size_t)a0 * q->row,
                       q->sv[p.l] + (size_t)a0 * q->row);
     }
     rc = cf__compute(run, &p, mine);

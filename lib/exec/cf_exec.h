@@ -31,7 +31,7 @@
 #include <stdint.h>
 
 #include "exec/cf_cellsrc.h"
-#include "ipc/cf_kvbuf.h"
+#include "ipc/cf_kvmap.h"
 #include "ipc/cf_ready.h"
 #include "model/cf_backend.h"
 
@@ -58,7 +58,7 @@ typedef struct cf_exec_req_s {
   cf_cellsrc_t *const *src;     /* [n_chunks] source per chunk; NULL where h[c] == L */
   void *const *ref;             /* [n_chunks] opaque per-chunk handles passed to the source */
   /* where to */
-  cf_kvbuf_t *kv;               /* the engine's paged buffer (f32) */
+  cf_kvmap_t *kv;               /* the engine's paged buffer (f32) */
   const int32_t *blocks;        /* block table: token t -> blocks[t / block_size] */
   int n_blocks;                 /* entries in blocks: >= ceil(T / block_size) */
   cf_ready_t *ready;            /* NULL or the readiness file; slot below */

@@ -21,7 +21,7 @@ typedef struct {
   float *refk, *refv;     /* [L][T][row] full recompute */
   float *cells;           /* [n_chunks][L][2][C][row]: stored = ref with the lowest mantissa bit flipped */
   int32_t *tokens;
-  cf_kvbuf_t kv;
+  cf_kvmap_t kv;
   int32_t *blocks;
   int n_blocks;
 } fx_t;
@@ -65,7 +65,7 @@ static void fx_init_be(fx_t *f, cf_backend_t *be, int C, int T, int block_size, 
   CF_ASSERT(cf_kv_layout_init(&lay, L, pool, block_size, mc->n_kv_heads, mc->head_dim, CF_DT_F32) == 0);
   char path[512];
   snprintf(path, sizeof path, "%s/%s", cf_test_tmpdir(), name);
-  CF_ASSERT(cf_kvbuf_create(&f->kv, path, &lay) == 0);
+  CF_ASSERT(cf_kvmap_create(&f->kv, path, &lay) == 0);
   int *perm = malloc(sizeof(int) * pool);
   for (int i = 0; i < pool; i++) perm[i] = i;
   for (int i = pool - 1; i > 0; i--) { int j = (int)(cf_test_rand() % (unsigned)(i + 1)); int x = perm[i]; perm[i] = perm[j]; perm[j] = x; }
@@ -81,7 +81,7 @@ static void fx_init(fx_t *f, int L, int C, int T, int block_size, const char *na
 static void fx_free(fx_t *f) {
   f->be->free(f->be);
   free(f->refk); free(f->refv); free(f->cells); free(f->tokens); free(f->blocks);
-  cf_kvbuf_close(&f->kv);
+  cf_kvmap_close(&f->kv);
 }
 
 static const float *stored(const fx_t *f, int c, int l, int kv, int t) {
@@ -97,7 +97,7 @@ static int fx_verify(const fx_t *f, const int *H, const char *what) {
   for (int c = 0; c < f->n_chunks; c++)
     for (int l = 0; l < f->L; l++) {
       int t0 = c * f->C, t1 = t0 + f->C < f->T ? t0 + f->C : f->T;
-      cf_kvbuf_gather(&f->kv, l, f->blocks, t0, t1, k, v);
+      cf_kvmap_gather(&f->kv, l, f->blocks, t0, t1, k, v);
       int exact = l >= H[c], cell_bad = 0;
       for (int t = t0; t < t1 && !cell_bad; t++)
         for (size_t j = 0; j < f->row; j++) {
@@ -125,7 +125,12 @@ static void fx_req(fx_t *f, cf_exec_req_t *r, const int *h, cf_cellsrc_t **srcs,
   r->src = srcs; r->ref = refs; r->kv = &f->kv; r->blocks = f->blocks; r->n_blocks = f->n_blocks;
 }
 
-static void clear_engine(fx_t *f) { memset(f->kv.data, 0xff, (size_t)f->L * f->kv.layout.layer_bytes); }
+static void clear_engine(fx_t *f) {
+  for (int l = 0; l < f->L; l++) {
+    memset(f->kv.k[l], 0xff, cf_kv_layout_plane_bytes(&f->kv.layout));
+    memset(f->kv.v[l], 0xff, cf_kv_layout_plane_bytes(&f->kv.layout));
+  }
+}
 
 CF_TEST(exec_fixed_policies_match_full_recompute) {
   fx_t f;
@@ -238,15 +243,15 @@ CF_TEST(exec_engine_process_sees_layers_in_order) {
   pid_t pid = fork();
   if (pid == 0) {
     cf_ready_t e;
-    cf_kvbuf_t kv;
-    if (cf_ready_open(&e, rpath) || cf_kvbuf_open(&kv, f.kv.path, &f.kv.layout)) _exit(2);
+    cf_kvmap_t kv;
+    if (cf_ready_open(&e, rpath) || cf_kvmap_open(&kv, f.kv.maps[0].path, &f.kv.layout)) _exit(2);
     /* wait until our restore (req_id 42) owns the slot */
     for (int i = 0; i < 5000 && atomic_load(&e.slots[1].req_id) != 42; i++) usleep(1000);
     if (atomic_load(&e.slots[1].req_id) != 42) _exit(3);
     float *k = malloc(sizeof(float) * f.row * f.T), *v = malloc(sizeof(float) * f.row * f.T);
     for (int l = 0; l < f.L; l++) {
       if (cf_ready_wait(&e, 1, (uint64_t)l + 1, 10000000000LL, NULL)) _exit(4);
-      cf_kvbuf_gather(&kv, l, f.blocks, 0, f.T, k, v);
+      cf_kvmap_gather(&kv, l, f.blocks, 0, f.T, k, v);
       for (size_t i = 0; i < f.row * f.T; i++) {
         float rk = f.refk[(size_t)l * f.T * f.row + i], rv = f.refv[(size_t)l * f.T * f.row + i];
         if (!(fabsf(k[i] - rk) <= 1e-4f && fabsf(v[i] - rv) <= 1e-4f)) _exit(10 + l);
