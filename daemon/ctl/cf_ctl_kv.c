@@ -186,3 +186,49 @@ static const cf_ctl_cmd_t cf__kv_cmd = {
     .main = cf__kv_main,
 };
 CF_CTL_COMMAND(cf__kv_cmd)
+
+/* cacheflowctl kv-compare A REF [--tol X]: worst per-tensor relative error of A against REF
+ * (max|a-ref| / max|ref| per layer and k/v); exit 1 when above --tol. */
+static int cf__kvcmp_main(int argc, char **argv) {
+  const char *cmd = "kv-compare";
+  double tol = -1;
+  const char *files[2] = {NULL, NULL};
+  int nf = 0;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--tol") && i + 1 < argc) {
+      char *end;
+      tol = strtod(argv[++i], &end);
+      if (*end || end == argv[i] || !(tol >= 0))
+        return cf_ctl_fail(cmd, "--tol '%s': must be a non-negative number", argv[i]);
+    } else if (argv[i][0] == '-' && argv[i][1]) {
+      return cf_ctl_fail(cmd, "unknown option '%s' (usage: cacheflowctl kv-compare A REF [--tol X])", argv[i]);
+    } else if (nf < 2) {
+      files[nf++] = argv[i];
+    } else {
+      return cf_ctl_fail(cmd, "unexpected argument '%s'", argv[i]);
+    }
+  }
+  if (nf != 2) return cf_ctl_fail(cmd, "need two KV files (usage: cacheflowctl kv-compare A REF [--tol X])");
+  cf_kv_t a = {0}, r = {0};
+  int rc, ret = 1, wl = 0;
+  char wk = 'k';
+  double e;
+  if ((rc = cf_kv_load(files[0], &a, NULL)) || (rc = cf_kv_load(files[1], &r, NULL)) ||
+      (rc = cf_kv_max_rel_err(&a, &r, &e, &wl, &wk))) {
+    ret = cf_ctl_fail(cmd, "%s: %s", cf_strerror(rc), cf_errmsg());
+  } else {
+    printf("max rel err %.3g (layers.%d.%c), %d layers x %d tokens\n", e, wl, wk, a.n_layers, a.T);
+    ret = tol >= 0 && !(e <= tol) ? cf_ctl_fail(cmd, "max rel err %.3g above --tol %g", e, tol) : 0;
+  }
+  cf_kv_free(&a);
+  cf_kv_free(&r);
+  return ret;
+}
+
+static const cf_ctl_cmd_t cf__kvcmp_cmd = {
+    .name = "kv-compare",
+    .usage = "A.safetensors REF.safetensors [--tol X]",
+    .help = "worst per-tensor relative error of KV file A against REF (exit 1 above --tol)",
+    .main = cf__kvcmp_main,
+};
+CF_CTL_COMMAND(cf__kvcmp_cmd)

@@ -118,6 +118,94 @@ int cf_kv_write(const cf_kv_t *kv, const int32_t *tokens, const char *path) {
   return rc;
 }
 
+int cf_kv_load(const char *path, cf_kv_t *kv, int32_t **tokens) {
+  memset(kv, 0, sizeof *kv);
+  if (tokens) *tokens = NULL;
+  cf_st_file_t f;
+  int rc = cf_st_open(path, &f);
+  if (rc) return rc;
+  char name[64];
+  const cf_st_tensor_t *k0 = cf_st_find(&f, "layers.0.k");
+  if (!k0) { rc = cf_seterr(CF_EFORMAT, "%s: no tensor 'layers.0.k'", path); goto out; }
+  if (k0->ndim != 3 || k0->shape[0] <= 0 || k0->shape[0] > (1 << 28)) {
+    rc = cf_seterr(CF_EFORMAT, "%s: 'layers.0.k' has %d dims, expected [T, n_kv_heads, head_dim]",
+                   path, k0->ndim);
+    goto out;
+  }
+  int L = 0;
+  for (;; L++) {
+    snprintf(name, sizeof name, "layers.%d.k", L);
+    if (!cf_st_find(&f, name)) break;
+  }
+  cf_model_config_t c = {.n_layers = L, .n_kv_heads = (int)k0->shape[1], .head_dim = (int)k0->shape[2]};
+  if ((rc = cf_kv_init(kv, &c, (int)k0->shape[0]))) goto out;
+  for (int l = 0; l < L && !rc; l++) {
+    for (int j = 0; j < 2 && !rc; j++) {
+      snprintf(name, sizeof name, "layers.%d.%c", l, j ? 'v' : 'k');
+      const cf_st_tensor_t *t = cf_st_find(&f, name);
+      if (!t) rc = cf_seterr(CF_EFORMAT, "%s: no tensor '%s'", path, name);
+      else if (t->dtype != CF_DT_F32)
+        rc = cf_seterr(CF_EDTYPE, "%s: '%s' has dtype %s, expected F32", path, name,
+                       cf_dtype_name(t->dtype));
+      else if (t->ndim != 3 || t->shape[0] != kv->T || t->shape[1] != c.n_kv_heads ||
+               t->shape[2] != c.head_dim)
+        rc = cf_seterr(CF_EFORMAT, "%s: '%s' is not [%d, %d, %d] like layers.0.k", path, name,
+                       kv->T, c.n_kv_heads, c.head_dim);
+      else
+        memcpy(j ? kv->v[l] : kv->k[l], t->data, sizeof(float) * kv->row * kv->T);
+    }
+  }
+  const cf_st_tensor_t *tt = cf_st_find(&f, "tokens");
+  if (!rc && tokens && tt && (tt->dtype == CF_DT_I32 || tt->dtype == CF_DT_I64) &&
+      tt->numel == (uint64_t)kv->T) {
+    if (!(*tokens = malloc(sizeof(int32_t) * kv->T))) rc = cf_seterr(CF_ENOMEM, "%s: tokens", path);
+    for (int i = 0; !rc && i < kv->T; i++) {
+      int64_t v;
+      if (tt->dtype == CF_DT_I32) { int32_t x; memcpy(&x, (const char *)tt->data + 4 * (size_t)i, 4); v = x; }
+      else memcpy(&v, (const char *)tt->data + 8 * (size_t)i, 8);
+      (*tokens)[i] = (int32_t)v;
+    }
+  }
+  if (rc) {
+    cf_kv_free(kv);
+    if (tokens) { free(*tokens); *tokens = NULL; }
+  }
+out:
+  cf_st_close(&f);
+  return rc;
+}
+
+static double cf__rel(const float *a, const float *b, size_t n) {
+  double e = 0, mx = 0;
+  for (size_t i = 0; i < n; i++) {
+    double d = fabs((double)a[i] - b[i]);
+    if (d != d) return INFINITY;
+    if (d > e) e = d;
+    if (fabs(b[i]) > mx) mx = fabs(b[i]);
+  }
+  return mx > 0 ? e / mx : e;
+}
+
+int cf_kv_max_rel_err(const cf_kv_t *a, const cf_kv_t *ref, double *err, int *worst_layer,
+                      char *worst_kv) {
+  if (a->n_layers != ref->n_layers || a->T != ref->T || a->row != ref->row)
+    return cf_seterr(CF_ESHAPE, "kv compare: %d layers x %d tokens x %zu vs reference %d x %d x %zu",
+                     a->n_layers, a->T, a->row, ref->n_layers, ref->T, ref->row);
+  double worst = -1;
+  for (int l = 0; l < a->n_layers; l++)
+    for (int j = 0; j < 2; j++) {
+      double e = j ? cf__rel(a->v[l], ref->v[l], a->row * a->T)
+                   : cf__rel(a->k[l], ref->k[l], a->row * a->T);
+      if (e > worst) {
+        worst = e;
+        if (worst_layer) *worst_layer = l;
+        if (worst_kv) *worst_kv = j ? 'v' : 'k';
+      }
+    }
+  *err = worst;
+  return 0;
+}
+
 /* ---------------------------------------------------------------- token files */
 
 static int cf__tokens_st(const char *path, int vocab, int32_t **out, int *T) {

@@ -41,6 +41,19 @@ int cf_kv_compute_staircase(cf_backend_t *be, const int32_t *tokens, int chunk, 
  * `tokens` I32 [T] when tokens is not NULL. Errors: those of cf_st_writer_write. */
 int cf_kv_write(const cf_kv_t *kv, const int32_t *tokens, const char *path);
 
+/* Read a file written by cf_kv_write (or transformers-made reference KV with the same names):
+ * every layers.{l}.k / layers.{l}.v for l = 0.. while present, F32 [T, n_kv_heads, head_dim],
+ * into freshly allocated *kv (free with cf_kv_free); *tokens (if not NULL) gets the `tokens`
+ * tensor as int32 or NULL when absent (caller frees). Errors: those of cf_st_open, CF_EFORMAT
+ * (no layers.0.k, a k without its v, shapes differing between layers), CF_EDTYPE, CF_ENOMEM. */
+int cf_kv_load(const char *path, cf_kv_t *kv, int32_t **tokens);
+
+/* Worst per-tensor relative error of a against ref: max over layers and k/v of
+ * max|a - ref| / max|ref| (NaN anywhere counts as infinite). *worst_layer and *worst_kv ('k' or
+ * 'v') name where it occurs (either may be NULL). Shapes must match: CF_ESHAPE otherwise. */
+int cf_kv_max_rel_err(const cf_kv_t *a, const cf_kv_t *ref, double *err, int *worst_layer,
+                      char *worst_kv);
+
 /* Read token ids from `path`: a safetensors file with a 1-D (or [1, T]) I32 or I64 tensor
  * `tokens`, or a text file of integers separated by whitespace and/or commas. Ids must lie in
  * [0, vocab). On success *out (malloc'd, caller frees) holds *T >= 1 ids.

@@ -3,11 +3,14 @@
  * argument checks, and golden KV made by transformers (fixtures). */
 #include "cf_test.h"
 #include "model/cf_backend.h"
+#include "model/cf_kv.h"
 #include "model/cf_model_synth.h"
 
+#include <dirent.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -409,4 +412,89 @@ CF_TEST(synth_is_deterministic_and_lists_hf_names) {
   CF_CHECK_ERR(cf_synth_preset("huge", &bad), CF_EINVAL);
   cf_model_synth_free(a);
   cf_model_synth_free(b);
+}
+
+/* ---------------------------------------------------------------- golden (transformers) */
+
+/* Tolerance of the golden checks: max |err| <= 1e-4 * max |ref| per tensor. */
+#define GOLDEN_TOL 1e-4
+
+/* The checkpoint in dir against its kv.safetensors (tokens + transformers' KV): whole, with each
+ * chunk size in chunks[], and one staircase. Returns how many comparisons ran. */
+static int golden_dir(const char *dir, const int *chunks, int nchunks) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/kv.safetensors", dir);
+  cf_kv_t ref;
+  int32_t *tok = NULL;
+  int rc = cf_kv_load(path, &ref, &tok);
+  CF_CHECK_MSG(rc == 0, "%s: %s", path, cf_errmsg());
+  if (rc) return 0;
+  CF_CHECK_MSG(tok != NULL, "%s: no tokens tensor", path);
+  cf_model_t *m = NULL;
+  rc = cf_model_load(dir, &m);
+  CF_CHECK_MSG(rc == 0, "%s: %s: %s", dir, cf_strerror(rc), cf_errmsg());
+  cf_backend_t *be = NULL;
+  if (!rc) CF_CHECK_OK(cf_backend_cpu_create(m, 2, &be));
+  int n = 0;
+  for (int ci = -1; be && tok && ci <= nchunks; ci++) {
+    int chunk = ci < 0 ? 0 : ci < nchunks ? chunks[ci] : 16;
+    cf_kv_t kv;
+    CF_CHECK_OK(cf_kv_init(&kv, &m->cfg, ref.T));
+    if (ci == nchunks) { /* staircase with chunk 16: heights cycling through 0..L */
+      int nc = (ref.T + 15) / 16, *h = malloc(sizeof(int) * nc);
+      for (int c = 0; c < nc; c++) h[c] = (c * 5 + 1) % (m->cfg.n_layers + 1);
+      CF_CHECK_OK(cf_kv_compute_staircase(be, tok, 16, h, nc, &kv));
+      free(h);
+    } else {
+      CF_CHECK_OK(cf_kv_compute(be, tok, chunk, &kv));
+    }
+    double e = INFINITY;
+    int wl = -1;
+    char wk = '?';
+    CF_CHECK_OK(cf_kv_max_rel_err(&kv, &ref, &e, &wl, &wk));
+    CF_CHECK_MSG(e <= GOLDEN_TOL, "%s %s %d: max rel err %.3g at layers.%d.%c (tolerance %g)",
+                 dir, ci == nchunks ? "staircase chunk" : "chunk", ci == nchunks ? 16 : chunk,
+                 e, wl, wk, GOLDEN_TOL);
+    printf("  golden %s %s %d: max rel err %.3g\n", dir,
+           ci == nchunks ? "staircase chunk" : "chunk", ci == nchunks ? 16 : chunk, e);
+    cf_kv_free(&kv);
+    n++;
+  }
+  cf_backend_free(be);
+  cf_model_free(m);
+  cf_kv_free(&ref);
+  free(tok);
+  return n;
+}
+
+CF_TEST(golden_public_llama_gqa_whole_and_chunked) {
+  char dir[512];
+  snprintf(dir, sizeof dir, "%s/public-llama-gqa", cf_test_fixtures());
+  char ref[600];
+  snprintf(ref, sizeof ref, "%s/kv.safetensors", dir);
+  if (access(ref, R_OK) != 0) CF_SKIP("fixture public-llama-gqa not present");
+  int chunks[] = {1, 7, 64};
+  CF_CHECK_EQ(golden_dir(dir, chunks, 3), 5);
+}
+
+/* Every transformers-made checkpoint under tests/fixtures/ (families, BF16, llama3 RoPE,
+ * sharded, 4.x keys): whatever directories exist, each with its kv.safetensors. */
+CF_TEST(golden_every_fixture_checkpoint) {
+  const char *root = "tests/fixtures";
+  DIR *d = opendir(root);
+  if (!d) CF_SKIP("tests/fixtures not present (run from the repository root)");
+  int dirs = 0;
+  struct dirent *e;
+  char names[64][512];
+  while ((e = readdir(d)) && dirs < 64) {
+    if (e->d_name[0] == '.') continue;
+    char p[600];
+    snprintf(p, sizeof p, "%s/%.255s/kv.safetensors", root, e->d_name);
+    if (access(p, R_OK) != 0) continue;
+    snprintf(names[dirs++], sizeof names[0], "%s/%.255s", root, e->d_name);
+  }
+  closedir(d);
+  if (!dirs) CF_SKIP("no checkpoints with kv.safetensors under tests/fixtures");
+  int chunks[] = {7, 64};
+  for (int i = 0; i < dirs; i++) CF_CHECK_EQ(golden_dir(names[i], chunks, 2), 4);
 }

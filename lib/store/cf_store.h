@@ -1,0 +1,229 @@
+/* cf_store — the tiered KV store: chunk-addressed CPU and SSD tiers that survive crashes and
+ * never serve wrong bytes.
+ *
+ * Vocabulary (see shared/DESIGN.md §1, §3):
+ *   chunk  C consecutive tokens of a prefix, named by a 128-bit chained key (cf_store_chain_keys).
+ *   cell   the K and V of one chunk for one layer, laid out [2][t][n_kv_heads][head_dim] in the
+ *          model dtype, where t = the chunk's token count (C, or fewer for a partial last chunk).
+ *   slot   the fixed space one chunk occupies in a tier: n_layers cells, each starting on a
+ *          4096-byte boundary (cell_stride = round_up(cell_bytes(C), 4096)), so a single cell can be
+ *          read with O_DIRECT and a CPU slot can be written to SSD without a bounce copy.
+ *
+ * Tiers
+ *   CPU  one region (mmap, huge pages when available, or a region the caller supplies — e.g.
+ *        cudaHostAlloc'd pinned memory) carved into fixed slots; byte cap; LRU or S3-FIFO eviction.
+ *        Readers pin a chunk (refcount) so eviction never frees bytes being copied.
+ *   SSD  data files data.NNN preallocated (fallocate) in slot units under the store directory,
+ *        opened O_DIRECT (buffered + fdatasync on filesystems that refuse O_DIRECT), written and
+ *        read with io_uring. Every cell carries an xxh3-64 checksum kept in the index journal and
+ *        verified on every read. The journal is append-only with fixed-size records, each with its
+ *        own xxh3-64 CRC; it is replayed at open (a torn tail is ignored and counted, never trusted).
+ *        A background thread writes back (spills) cold chunks from the CPU tier.
+ *
+ * DURABLE-SAVE CONTRACT
+ *   When cf_store_save() with CF_STORE_SAVE_DURABLE returns 0, or cf_store_flush() returns 0 for
+ *   chunks saved before it was called, the chunk survives kill -9 of the process (and, as far as
+ *   the device honours fdatasync, power loss): its data was written and fdatasync'ed before its
+ *   journal record, and the journal was fdatasync'ed after it. Before that a chunk may be lost,
+ *   but it is never served corrupt: a chunk becomes visible on SSD only after its journal record
+ *   commits, and every read verifies each cell's checksum (a mismatch drops the chunk, is counted
+ *   in the statistics and returns CF_ECORRUPT; the caller recomputes).
+ *
+ * Concurrency: any number of threads may look up, pin and read while other threads save; one
+ * background thread spills and evicts. The index lock is never held across I/O. A cf_store_reader_t
+ * (one io_uring) belongs to one thread at a time.
+ *
+ * The store does not depend on the model module: the caller describes the KV geometry.
+ */
+#ifndef CF_STORE_H
+#define CF_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* 128-bit chunk key, XXH3-128 canonical (big-endian) bytes. */
+typedef struct {
+  uint8_t b[16];
+} cf_store_key_t;
+
+/* What the KV of one chunk looks like. A store directory records it and refuses another. */
+typedef struct {
+  uint8_t fingerprint[16]; /* model fingerprint (cf_model_t.fingerprint) */
+  uint32_t dtype_size;     /* bytes per element: 4 fp32, 2 bf16/fp16 */
+  uint32_t chunk_tokens;   /* C */
+  uint32_t n_layers;
+  uint32_t n_kv_heads;
+  uint32_t head_dim;
+} cf_store_geom_t;
+
+/* Bytes of one full cell: 2 * C * n_kv_heads * head_dim * dtype_size. */
+size_t cf_store_cell_bytes(const cf_store_geom_t *g);
+/* Bytes of a cell of a chunk holding `n_tokens` tokens (a partial last chunk). */
+size_t cf_store_cell_bytes_n(const cf_store_geom_t *g, uint32_t n_tokens);
+
+typedef enum { CF_STORE_EVICT_LRU = 0, CF_STORE_EVICT_S3FIFO = 1 } cf_store_evict_t;
+
+typedef enum { CF_STORE_TIER_NONE = 0, CF_STORE_TIER_CPU = 1, CF_STORE_TIER_SSD = 2 } cf_store_tier_t;
+
+/* Allocator hook for the CPU region (e.g. cudaHostAlloc). Must return 4096-aligned memory. */
+typedef void *(*cf_store_alloc_fn)(size_t bytes, void *ud);
+typedef void (*cf_store_free_fn)(void *p, size_t bytes, void *ud);
+
+typedef struct {
+  uint64_t cpu_bytes;         /* CPU tier byte cap (0: no CPU tier) */
+  uint64_t ssd_bytes;         /* SSD tier byte cap (0: no SSD tier; the directory still holds the header) */
+  cf_store_evict_t cpu_evict; /* CPU tier eviction policy */
+  int spill;                  /* run the background write-back thread (default on via cf_store_config_default) */
+  double spill_watermark;     /* spill only when CPU occupancy >= this fraction (0: always write back) */
+  int promote_on_read;        /* whole-chunk SSD reads also insert the chunk in the CPU tier */
+  int readonly;               /* open for inspection (verify): no writes, no CPU tier, no thread */
+  uint64_t file_bytes;        /* max bytes per data file (default 256 MiB, rounded to slots) */
+  cf_store_alloc_fn cpu_alloc;/* NULL: mmap (MAP_HUGETLB tried first) */
+  cf_store_free_fn cpu_free;
+  void *cpu_alloc_ud;
+} cf_store_config_t;
+
+/* Defaults: 1 GiB CPU, 4 GiB SSD, LRU, spill on, watermark 0, no promotion. */
+void cf_store_config_default(cf_store_config_t *cfg);
+
+typedef struct {
+  uint64_t cpu_bytes_cap, cpu_bytes_used, cpu_chunks, cpu_dirty;
+  uint64_t ssd_bytes_cap, ssd_bytes_used, ssd_chunks, ssd_file_bytes;
+  uint64_t saves, save_exists;          /* saves accepted; saves of a key already present */
+  uint64_t cpu_hits, ssd_hits, misses;  /* cell/chunk reads by the tier that served them */
+  uint64_t cpu_evictions, cpu_evict_dirty; /* dirty: evicted before it reached SSD (lost) */
+  uint64_t ssd_evictions, spills, promotions;
+  uint64_t corrupt_cells, corrupt_chunks;  /* checksum mismatches found on read; chunks dropped */
+  uint64_t journal_records, journal_torn, journal_damaged, journal_dropped;
+  uint64_t enospc, io_errors;
+  int ssd_direct;                       /* 1 when the data files are O_DIRECT */
+  int cpu_hugepages;                    /* 1 when the CPU region got MAP_HUGETLB pages */
+} cf_store_stats_t;
+
+typedef struct cf_store_s cf_store_t;
+
+/* Open (creating when absent) the store in directory `dir`.
+ * `geom` NULL is allowed only with cfg->readonly (take the geometry from the header).
+ * `cfg` NULL: cf_store_config_default().
+ * Errors: CF_EACCES / CF_ENOENT (directory unusable, named), CF_EMISMATCH (the header records
+ * another fingerprint, dtype, chunk size or shape: the message names what differs), CF_EFORMAT
+ * (header truncated or not a store), CF_ENOMEM (CPU region), CF_EIO.
+ * On success *out is owned by the caller: cf_store_close(). */
+int cf_store_open(const char *dir, const cf_store_geom_t *geom, const cf_store_config_t *cfg,
+                  cf_store_t **out);
+/* Stop the spiller, wait for in-flight I/O, release everything. Dirty CPU-only chunks are lost
+ * unless cf_store_flush() was called. NULL is a no-op. */
+void cf_store_close(cf_store_t *st);
+
+const cf_store_geom_t *cf_store_geom(const cf_store_t *st);
+void cf_store_get_stats(cf_store_t *st, cf_store_stats_t *out);
+
+/* ---------------------------------------------------------------- keys */
+
+/* key_i = XXH3-128(fingerprint ‖ key_{i-1} ‖ token ids of chunk i as little-endian int32), key_{-1}
+ * = 16 zero bytes. Writes n / C keys (full chunks only) and returns that count. */
+size_t cf_store_chain_keys(const uint8_t fingerprint[16], const int32_t *tokens, size_t n,
+                           uint32_t C, cf_store_key_t *keys_out);
+/* Like cf_store_chain_keys, plus, when n % C != 0, one more key for the partial last chunk:
+ * XXH3-128(fingerprint ‖ parent ‖ tokens ‖ "partial" ‖ count), distinct from any full chunk's.
+ * Returns ceil(n / C). keys_out must hold that many. */
+size_t cf_store_chain_keys_partial(const uint8_t fingerprint[16], const int32_t *tokens, size_t n,
+                                   uint32_t C, cf_store_key_t *keys_out);
+
+/* How many leading keys of keys[0..n) are present in some tier; tiers_out[i] (may be NULL) gets
+ * the fastest tier holding chunk i for i < the returned count. */
+size_t cf_store_lookup(cf_store_t *st, const cf_store_key_t *keys, size_t n, uint8_t *tiers_out);
+
+/* ---------------------------------------------------------------- save */
+
+enum { CF_STORE_SAVE_DURABLE = 1 };
+
+/* Save one chunk of `n_tokens` tokens (1..C). cells[l] points at layer l's cell,
+ * cf_store_cell_bytes_n(geom, n_tokens) bytes, [2][n_tokens][n_kv][hd]. The bytes are copied.
+ * Without CF_STORE_SAVE_DURABLE the chunk goes to the CPU tier (or straight to SSD when there is
+ * no CPU tier) and is written back later; with it, 0 means the chunk is durable (see the contract).
+ * Returns 0, or CF_EEXIST when the key is already stored (nothing done; a durable save of a key
+ * present only in the CPU tier writes it through instead), CF_EBUSY when every CPU slot is pinned,
+ * CF_ENOSPC (SSD full: the chunk stays in the CPU tier when it has one), CF_EIO, CF_EINVAL. */
+int cf_store_save(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
+                  const void *const *cells, unsigned flags);
+
+/* Write back every chunk that is only in the CPU tier and fdatasync data and journal: every chunk
+ * saved before the call is then durable. Returns 0, CF_ENOSPC or CF_EIO (named). */
+int cf_store_flush(cf_store_t *st);
+
+/* Drop a chunk from every tier (waits for no reader: pinned CPU bytes stay valid until unpinned). */
+int cf_store_remove(cf_store_t *st, const cf_store_key_t *key);
+
+/* Move chunks out of the CPU tier until at most `keep_bytes` are used there (clean chunks first;
+ * dirty chunks are written back first when an SSD tier exists). For tests and memory pressure. */
+int cf_store_evict_cpu(cf_store_t *st, uint64_t keep_bytes);
+
+/* ---------------------------------------------------------------- read */
+
+/* A pin on a chunk in the CPU tier: cell l is at base + l * cell_stride, cell_bytes long.
+ * The bytes stay valid (never evicted nor reused) until cf_store_unpin(). */
+typedef struct {
+  const uint8_t *base;
+  size_t cell_stride, cell_bytes;
+  uint32_t n_tokens;
+  int32_t ent_; /* private */
+} cf_store_pin_t;
+
+/* Pin chunk `key` in the CPU tier. Returns 0, or CF_ENOTFOUND when it is not in the CPU tier. */
+int cf_store_pin(cf_store_t *st, const cf_store_key_t *key, cf_store_pin_t *pin);
+void cf_store_unpin(cf_store_t *st, cf_store_pin_t *pin);
+
+/* Synchronous read of layers [layer0, layer0 + n_layers) of chunk `key` into dst (cells packed
+ * back to back, cf_store_cell_bytes_n each). From the CPU tier when there, else from SSD with the
+ * checksums verified. *tier_out (may be NULL) gets the tier that served.
+ * Returns 0, CF_ENOTFOUND, CF_ECORRUPT (chunk dropped, counted), CF_EIO, CF_EINVAL. */
+int cf_store_read(cf_store_t *st, const cf_store_key_t *key, uint32_t layer0, uint32_t n_layers,
+                  void *dst, size_t dst_bytes, int *tier_out);
+
+/* Asynchronous cell reads: a reader owns one io_uring of `depth` entries; use it from one thread
+ * at a time. Submit requests, then poll for completions. CPU-tier cells are copied at submit time
+ * and complete immediately. For SSD cells dst should be 4096-aligned and the cell a multiple of
+ * 4096 bytes to be read straight into dst; otherwise the reader goes through a bounce buffer. */
+typedef struct cf_store_reader_s cf_store_reader_t;
+
+typedef struct {
+  cf_store_key_t key; /* in */
+  uint32_t layer;     /* in */
+  void *dst;          /* in: destination of cf_store_cell_bytes_n(n_tokens) bytes */
+  size_t dst_bytes;   /* in: capacity of dst */
+  uint64_t tag;       /* in: caller's cookie */
+  int status;         /* out: 0, CF_ENOTFOUND, CF_ECORRUPT, CF_EIO, CF_EINVAL */
+  int tier;           /* out: tier that served */
+  /* private */
+  int32_t ssd_slot_;
+  uint32_t n_tokens_;
+  uint64_t csum_;
+  void *bounce_;
+} cf_store_read_t;
+
+int cf_store_reader_open(cf_store_t *st, unsigned depth, cf_store_reader_t **out);
+void cf_store_reader_close(cf_store_reader_t *rd);
+/* Queue `req` (which must stay alive until it completes). Returns 1 when it completed at once
+ * (CPU tier, or an error: see req->status), 0 when an SSD read is in flight, CF_EAGAIN when the
+ * ring is full (poll first). */
+int cf_store_read_submit(cf_store_reader_t *rd, cf_store_read_t *req);
+/* Wait for at least `min` completions (0: don't wait); store up to `max` completed requests in
+ * done[] and return how many. */
+int cf_store_read_poll(cf_store_reader_t *rd, unsigned min, cf_store_read_t **done, unsigned max);
+/* In-flight SSD reads of this reader. */
+unsigned cf_store_reader_inflight(const cf_store_reader_t *rd);
+
+/* ---------------------------------------------------------------- verify (operator) */
+
+typedef struct {
+  uint64_t chunks_ok, chunks_damaged, torn_tail, journal_damaged, cells_checked;
+  char first_damage[256]; /* description of the first damaged chunk or record ("" when none) */
+} cf_store_verify_t;
+
+/* fsck: open `dir` read-only (geometry from its header), replay the journal, read every cell of
+ * every chunk and check its checksum. Returns 0 after a complete pass (look at the counts), or the
+ * error that prevented it (CF_ENOENT, CF_EFORMAT, CF_EIO). */
+int cf_store_verify_dir(const char *dir, cf_store_verify_t *out);
+
+#endif

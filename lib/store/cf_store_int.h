@@ -1,0 +1,166 @@
+/* cf_store_int — internals shared by the store's .c files (not a public API).
+ * Files: cf_store.c (open/close, index, CPU tier, save/spill/evict), cf_store_journal.c (header,
+ * journal records, replay, compaction), cf_store_io.c (io_uring wrapper, data files),
+ * cf_store_read.c (sync and async reads), cf_store_key.c (chained keys), cf_store_verify.c. */
+#ifndef CF_STORE_INT_H
+#define CF_STORE_INT_H
+
+#include <liburing.h>
+#include <pthread.h>
+#include <stdint.h>
+
+#include "store/cf_store.h"
+
+#define CF__ALIGN 4096u
+#define CF__HDR_BYTES 4096u
+#define CF__HDR_MAGIC "CFSTORE"
+#define CF__HDR_VERSION 1u
+#define CF__JREC_MAGIC 0x524a4643u /* "CFJR" */
+
+/* entry flags */
+enum {
+  CF__F_CPU = 1,      /* cpu_slot holds the chunk's bytes (visible) */
+  CF__F_SSD = 2,      /* ssd_slot holds the chunk and its journal record committed (visible) */
+  CF__F_FILL = 4,     /* a CPU slot is being filled (invisible until CF__F_CPU) */
+  CF__F_SPILL = 8,    /* being written to SSD (the CPU slot is pinned for it) */
+  CF__F_GHOST = 16,   /* S3-FIFO ghost: recently evicted from the small queue */
+  CF__F_SSDSAVE = 32, /* a save without CPU tier is writing this key straight to SSD */
+};
+
+/* CPU queues (an entry is in at most one, linked through cprev/cnext) */
+enum { CF__Q_NONE = 0, CF__Q_LRU, CF__Q_SMALL, CF__Q_MAIN, CF__Q_GHOST, CF__Q__N };
+
+typedef struct {
+  int32_t head, tail; /* head = most recent */
+  uint32_t n;
+} cf__list_t;
+
+typedef struct {
+  cf_store_key_t key;
+  int32_t cpu_slot, ssd_slot;
+  uint32_t n_tokens;
+  uint32_t pins; /* readers + spill holding the CPU slot */
+  uint8_t flags, queue, freq, in_dirty;
+  int32_t cprev, cnext; /* CPU queue or ghost list */
+  int32_t sprev, snext; /* SSD LRU */
+  int32_t dprev, dnext; /* dirty FIFO (in the CPU tier, not yet on SSD) */
+} cf__ent_t;
+
+/* io_uring wrapper; falls back to pread/pwrite when the kernel refuses io_uring. */
+typedef struct {
+  struct io_uring ring;
+  int ok;
+  unsigned depth;
+} cf__ring_t;
+
+typedef struct {
+  int fd;
+  void *buf;
+  size_t len;
+  uint64_t off;
+  int write;
+  int res; /* out: bytes or -errno */
+} cf__io_t;
+
+struct cf_store_s {
+  char dir[1024];
+  cf_store_geom_t g;
+  cf_store_config_t cfg;
+  size_t cell_bytes, cell_stride, slot_bytes, jrec_bytes;
+
+  pthread_mutex_t mu; /* index, queues, slot maps, stats */
+  pthread_cond_t cv;  /* spill state changes */
+
+  /* index: open addressing (linear probing, backward-shift delete) of entry ids */
+  int32_t *tab;
+  uint32_t tab_mask;
+  cf__ent_t *ents;
+  uint64_t *csum; /* n_layers per entry */
+  int32_t ent_free, n_ents_max;
+
+  /* CPU tier */
+  uint8_t *cpu_base;
+  size_t cpu_region;
+  int cpu_huge, cpu_hooked;
+  int32_t n_cpu_slots, *cpu_free, n_cpu_free;
+  cf__list_t q[CF__Q__N];
+  cf__list_t dirty;
+  uint32_t small_target;
+
+  /* SSD tier */
+  int32_t n_ssd_slots, slots_per_file, n_files, files_ready;
+  int *dfd;
+  int direct;
+  int32_t *ssd_owner;  /* slot -> entry id or -1 */
+  uint16_t *ssd_reads; /* in-flight reads per slot */
+  uint8_t *ssd_zombie; /* dropped while read: free when reads hit 0 */
+  int32_t *ssd_free, n_ssd_free;
+  cf__list_t ssd_lru;
+  pthread_mutex_t grow_mu;
+
+  /* journal */
+  pthread_mutex_t jmu;
+  int jfd;
+  uint64_t jseq, jrecords, jbytes;
+
+  /* spiller */
+  pthread_t spiller;
+  int spiller_on, stop;
+  uint32_t spilling; /* entries with CF__F_SPILL */
+  int last_spill_err;
+  cf__ring_t wring;  /* the spiller's ring (under spill_mu) */
+  pthread_mutex_t spill_mu;
+
+  int replaying;
+  /* records the replay refused (bytes lost to a truncated file, slot beyond the cap): journaled
+   * as DEL after the replay so a later, larger file or cap never revives them */
+  struct { cf_store_key_t key; int32_t slot; } *drops;
+  size_t n_drops, cap_drops;
+  cf_store_stats_t st;
+};
+
+/* ---- cf_store.c: index (call with mu held) */
+int32_t cf__idx_find(cf_store_t *st, const cf_store_key_t *k);
+int32_t cf__idx_insert(cf_store_t *st, const cf_store_key_t *k); /* new entry or -1 when full */
+void cf__ent_maybe_free(cf_store_t *st, int32_t e);
+void cf__list_remove(cf_store_t *st, cf__list_t *l, int32_t e, int which);
+void cf__list_push_head(cf_store_t *st, cf__list_t *l, int32_t e, int which);
+void cf__cpu_touch(cf_store_t *st, int32_t e);
+/* drop SSD presence of entry e whose slot is s (mu held); the caller then journals DEL and calls
+ * cf__ssd_release(s) */
+void cf__ssd_detach(cf_store_t *st, int32_t e);
+void cf__ssd_release(cf_store_t *st, int32_t slot); /* mu held */
+/* drop a chunk found corrupt in slot s; takes mu itself, journals a DEL */
+void cf__ssd_drop_corrupt(cf_store_t *st, const cf_store_key_t *k, int32_t slot, uint32_t cells);
+int cf__cpu_fill(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
+                 const void *const *cells, const void *packed, int keep_pin, int32_t *e_out);
+
+/* ---- cf_store_journal.c */
+int cf__hdr_write(cf_store_t *st);
+int cf__hdr_read(const char *dir, cf_store_geom_t *g, int32_t *slots_per_file);
+int cf__hdr_check(const char *dir, const cf_store_geom_t *want, int32_t *slots_per_file);
+/* encode one record (type 1 ADD, 2 DEL) into buf (jrec_bytes) */
+void cf__jrec_encode(const cf_store_t *st, uint8_t *buf, int type, uint64_t seq,
+                     const cf_store_key_t *k, int32_t slot, uint32_t n_tokens, const uint64_t *csum);
+/* append n encoded records; sync: fdatasync after. jmu taken inside. */
+int cf__journal_append(cf_store_t *st, const uint8_t *recs, size_t n, int sync);
+int cf__journal_add(cf_store_t *st, int type, const cf_store_key_t *k, int32_t slot,
+                    uint32_t n_tokens, const uint64_t *csum, int sync);
+/* replay the journal into the index (open): counts in st->st */
+int cf__journal_replay(cf_store_t *st, int readonly);
+int cf__journal_compact(cf_store_t *st);
+
+/* ---- cf_store_io.c */
+int cf__ring_init(cf__ring_t *r, unsigned depth);
+void cf__ring_exit(cf__ring_t *r);
+/* run n ops (any mix of reads/writes), wait for all; returns 0 or the first failure (CF code,
+ * message names the file offset). A short transfer is an error (CF_EIO). */
+int cf__ring_run(cf_store_t *st, cf__ring_t *r, cf__io_t *ops, unsigned n);
+int cf__data_open_existing(cf_store_t *st);
+int cf__data_grow(cf_store_t *st); /* preallocate the next data file; pushes its slots */
+void cf__data_close(cf_store_t *st);
+int cf__data_sync(cf_store_t *st);
+void cf__slot_pos(const cf_store_t *st, int32_t slot, int *fd, uint64_t *off);
+void *cf__aligned_alloc(size_t bytes);
+
+#endif
