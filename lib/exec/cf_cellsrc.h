@@ -9,7 +9,8 @@
  * Two ways to serve a cell:
  *   acquire/release (optional, zero-copy): point at the cell's K and V rows where they lie
  *     (the CPU tier), valid until release; the executor copies straight into the engine blocks.
- *   read (required): copy the cell into caller buffers (the SSD tier: io_uring into them).
+ *   read (required): copy the cell into a caller buffer, K then V (the SSD tier reads it
+ *     with O_DIRECT straight into it: the executor's buffers are 4096-aligned).
  * Both return 0, CF_ENOTFOUND (the chunk was evicted), CF_ECORRUPT (checksum mismatch) or
  * CF_EIO. On any error the executor recomputes the cell instead: a restore never hands out
  * wrong KV.
@@ -27,7 +28,7 @@ struct cf_cellsrc_s {
   const char *tier;       /* "cpu", "ssd", ...: stats are kept per tier index below */
   int tier_index;         /* 0 .. CF_EXEC_MAX_TIERS-1 */
   cf_ratelimit_t *limit;  /* NULL: unlimited */
-  int (*read)(cf_cellsrc_t *s, void *ref, int layer, float *k, float *v);
+  int (*read)(cf_cellsrc_t *s, void *ref, int layer, float *kv);
   int (*acquire)(cf_cellsrc_t *s, void *ref, int layer, const float **k, const float **v,
                  void **hold);
   void (*release)(cf_cellsrc_t *s, void *hold);

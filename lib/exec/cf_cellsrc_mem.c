@@ -17,13 +17,13 @@ static int cf__mem_locate(cf_cellsrc_mem_t *m, void *ref, int layer, const float
   return 0;
 }
 
-static int cf__mem_read(cf_cellsrc_t *s, void *ref, int layer, float *k, float *v) {
+static int cf__mem_read(cf_cellsrc_t *s, void *ref, int layer, float *kv) {
   cf_cellsrc_mem_t *m = s->ctx;
   const float *pk, *pv;
   int rc = cf__mem_locate(m, ref, layer, &pk, &pv);
   if (rc) return rc;
-  memcpy(k, pk, (size_t)m->chunk_tokens * m->row * sizeof(float));
-  memcpy(v, pv, (size_t)m->chunk_tokens * m->row * sizeof(float));
+  memcpy(kv, pk, (size_t)m->chunk_tokens * m->row * sizeof(float));
+  memcpy(kv + (size_t)m->chunk_tokens * m->row, pv, (size_t)m->chunk_tokens * m->row * sizeof(float));
   return 0;
 }
 

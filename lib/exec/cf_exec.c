@@ -145,7 +145,7 @@ static int cf__cancelled(const cf__rq_t *q) {
 static void *cf__loader(void *arg) {
   cf__run_t *run = arg;
   size_t cap = 0;
-  float *kb = NULL, *vb = NULL;
+  float *kb = NULL;
   for (;;) {
     int i = atomic_fetch_add(&run->next, 1);
     if (i >= run->n_tasks) break;
@@ -171,13 +171,14 @@ static void *cf__loader(void *arg) {
     if (src->acquire) {
       rc = src->acquire(src, q->r->ref ? q->r->ref[t.c] : NULL, t.l, &pk, &pv, &hold);
     } else {
-      if (cap < cell) {
-        free(kb); free(vb);
-        kb = malloc(cell * sizeof(float)); vb = malloc(cell * sizeof(float));
-        cap = kb && vb ? cell : 0;
+      if (cap < cell) { /* 4096-aligned: O_DIRECT tiers read straight into it */
+        free(kb);
+        size_t bytes = (2 * cell * sizeof(float) + 4095) & ~(size_t)4095;
+        kb = aligned_alloc(4096, bytes);
+        cap = kb ? cell : 0;
       }
-      rc = cap ? src->read(src, q->r->ref ? q->r->ref[t.c] : NULL, t.l, kb, vb) : CF_ENOMEM;
-      pk = kb; pv = vb;
+      rc = cap ? src->read(src, q->r->ref ? q->r->ref[t.c] : NULL, t.l, kb) : CF_ENOMEM;
+      pk = kb; pv = kb + cell;
     }
 
     pthread_mutex_lock(&run->mu);
@@ -217,7 +218,7 @@ static void *cf__loader(void *arg) {
       pthread_mutex_unlock(&run->mu);
     }
   }
-  free(kb); free(vb);
+  free(kb);
   return NULL;
 }
 
