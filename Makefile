@@ -59,6 +59,11 @@ SIM_OBJ    := $(SIM_SRC:%.c=$(BUILD)/%.o)
 DAEMON_SRC := $(wildcard daemon/*.c)
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
 PROTO_SRC  := $(wildcard proto/cacheflow/v1/*.proto)
+# daemon: the standard grpc.health.v1 service, compiled with protoc-c like ours.
+PROTO_SRC  += $(wildcard proto/grpc/health/v1/*.proto)
+# daemon: Python stubs for the client package and tests (cacheflow protos only: a generated
+# `grpc` package would shadow grpcio's).
+PY_STUBS   := $(patsubst proto/%.proto,$(BUILD)/py/%_pb2.py,$(wildcard proto/cacheflow/v1/*.proto))
 PROTO_C    := $(PROTO_SRC:proto/%.proto=$(BUILD)/gen/%.pb-c.c)
 PROTO_OBJ  := $(PROTO_C:%.c=%.o)
 CLIENT_SRC := $(wildcard lib/client/*.c)
@@ -81,6 +86,8 @@ BINS := $(BUILD)/cacheflowctl $(if $(SIM_SRC),$(BUILD)/cacheflow-sim) \
 
 .PHONY: all deps test asan demo clean banner install bench
 all: banner $(LIBCF) $(LIBKERN) $(BINS) $(UNIT_BIN) $(BENCH_BIN) $(KTEST_BIN)
+# daemon: Python stubs and the client library (also for pkg-config users).
+all: $(PY_STUBS) $(LIBCLIENT)
 
 banner:
 ifeq ($(CUDA),1)
@@ -113,6 +120,12 @@ $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
 	@mkdir -p $(BUILD)/gen
 	@$(if $(Q),echo "  PROTOC  $<")
 	$(Q)protoc-c --proto_path=proto --c_out=$(BUILD)/gen $<
+
+# daemon: Python stubs (grpcio-tools of /usr/bin/python3), never committed.
+$(BUILD)/py/%_pb2.py: proto/%.proto
+	@mkdir -p $(BUILD)/py
+	@$(if $(Q),echo "  PYPROTO $<")
+	$(Q)$(PYTHON) -m grpc_tools.protoc --proto_path=proto --python_out=$(BUILD)/py --grpc_python_out=$(BUILD)/py $<
 
 $(BUILD)/gen/%.pb-c.o: $(BUILD)/gen/%.pb-c.c
 	@$(if $(Q),echo "  CC      $<")

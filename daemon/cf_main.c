@@ -1,0 +1,333 @@
+/* cacheflowd — the per-node KV restore daemon: command line, start-up order, libuv loop.
+ *
+ *   cacheflowd [--config FILE] [--listen ADDR] [--model DIR] [--store-dir DIR] [--check-config]
+ *
+ * Runs in the foreground (systemd supervises). Start-up: config -> model -> store -> sockets,
+ * with STATUS= lines, then READY=1. The loop thread owns signals (TERM/INT drain, HUP reload),
+ * the watchdog timer, the drain timer and every gRPC send (cf_rpc). */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "cf_config.h"
+#include "cf_http.h"
+#include "cf_model_info.h"
+#include "cf_notify.h"
+#include "cf_rpc.h"
+#include "cf_service.h"
+#include "util/cf_err.h"
+#include "util/cf_log.h"
+
+#define CF_DEFAULT_CONFIG "/etc/cacheflow/cacheflowd.conf"
+#define CF_VERSION "0.1.0"
+
+typedef struct {
+  uv_loop_t *loop;
+  cf_config_t cfg;
+  const char *config_path;             /* NULL: defaults only */
+  const char *o_listen, *o_model, *o_store; /* command-line overrides, re-applied on reload */
+  cf_model_info_t model;
+  int have_model;
+  cf_service_t *svc;
+  cf_rpc_server_t *rpc;
+  cf_http_t *http;
+  uv_signal_t sig_term, sig_int, sig_hup;
+  uv_timer_t watchdog, drain;
+  int draining, stopping;
+  uint64_t drain_start_ms;
+  uint64_t reloads, reload_failures;
+  uint64_t t_start;
+} cf_daemon_t;
+
+static void cf__usage(FILE *f) {
+  fprintf(f,
+          "usage: cacheflowd [--config FILE] [--listen unix:/PATH] [--model DIR] [--store-dir DIR]\n"
+          "                  [--check-config] [--dump-config] [--version]\n"
+          "  --config FILE    INI settings (default %s when it exists)\n"
+          "  --listen ADDR    gRPC unix socket, overrides `listen`\n"
+          "  --model DIR      Hugging Face checkpoint directory, overrides `model`\n"
+          "  --store-dir DIR  SSD tier directory, overrides `store_dir`\n"
+          "  --check-config   validate the settings (and the model directory) and exit: 0 ok, 1 bad\n"
+          "  --dump-config    print the effective settings as a config file and exit\n",
+          CF_DEFAULT_CONFIG);
+}
+
+static void cf__report_stderr(const char *line) { fprintf(stderr, "cacheflowd: %s\n", line); }
+
+/* defaults + file + command line into *c. Returns the number of bad settings (0 = ok). */
+static int cf__build_config(const cf_daemon_t *d, cf_config_t *c, void (*report)(const char *)) {
+  int nbad = 0;
+  cf_config_defaults(c);
+  if (d->config_path) {
+    int rc = cf_config_load(c, d->config_path, report, &nbad);
+    if (rc && !nbad) { /* could not open */
+      char msg[1024];
+      snprintf(msg, sizeof msg, "%s", cf_errmsg());
+      report(msg);
+      nbad = 1;
+    }
+  }
+  const char *keys[3] = {"listen", "model", "store_dir"};
+  const char *vals[3] = {d->o_listen, d->o_model, d->o_store};
+  for (int i = 0; i < 3; i++) {
+    if (!vals[i]) continue;
+    if (cf_config_set(c, keys[i], vals[i])) {
+      char msg[1024];
+      snprintf(msg, sizeof msg, "command line: %s", cf_errmsg());
+      report(msg);
+      nbad++;
+    }
+  }
+  return nbad;
+}
+
+static double cf__uptime(const cf_daemon_t *d) { return (uv_hrtime() - d->t_start) / 1e9; }
+
+/* ---------------------------------------------------------------- /metrics */
+#define CF__P(...) do { int k_ = snprintf(buf + n, n < cap ? cap - n : 0, __VA_ARGS__); if (k_ > 0) n += (size_t)k_; } while (0)
+
+static size_t cf__metrics(void *arg, char *buf, size_t cap) {
+  cf_daemon_t *d = arg;
+  size_t n = 0;
+  cf_service_stats_t ss;
+  cf_service_stats(d->svc, &ss);
+  CF__P("# HELP cacheflow_up 1 while serving, 0 while draining.\n# TYPE cacheflow_up gauge\ncacheflow_up %d\n", !ss.draining);
+  CF__P("# HELP cacheflow_uptime_seconds Seconds since start.\n# TYPE cacheflow_uptime_seconds gauge\ncacheflow_uptime_seconds %.3f\n", cf__uptime(d));
+  CF__P("# HELP cacheflow_engines Registered engines.\n# TYPE cacheflow_engines gauge\ncacheflow_engines %u\n", ss.engines);
+  CF__P("# HELP cacheflow_restores_in_flight Restores accepted and not yet ended.\n# TYPE cacheflow_restores_in_flight gauge\ncacheflow_restores_in_flight %u\n", ss.restores_in_flight);
+  CF__P("# HELP cacheflow_restores_total Restores accepted.\n# TYPE cacheflow_restores_total counter\ncacheflow_restores_total %llu\n", (unsigned long long)ss.restores_total);
+  CF__P("# HELP cacheflow_restore_batches_total Restore batches dispatched.\n# TYPE cacheflow_restore_batches_total counter\ncacheflow_restore_batches_total %llu\n", (unsigned long long)ss.batches_total);
+  CF__P("# HELP cacheflow_tier_bytes_used Bytes held per tier.\n# TYPE cacheflow_tier_bytes_used gauge\n"
+        "cacheflow_tier_bytes_used{tier=\"cpu\"} %llu\ncacheflow_tier_bytes_used{tier=\"ssd\"} %llu\n",
+        (unsigned long long)ss.cpu_bytes, (unsigned long long)ss.ssd_bytes);
+  CF__P("# HELP cacheflow_config_reloads_total SIGHUP reloads (result=ok|error).\n# TYPE cacheflow_config_reloads_total counter\n"
+        "cacheflow_config_reloads_total{result=\"ok\"} %llu\ncacheflow_config_reloads_total{result=\"error\"} %llu\n",
+        (unsigned long long)d->reloads, (unsigned long long)d->reload_failures);
+  if (d->rpc) {
+    cf_rpc_stats_t rs;
+    cf_rpc_stats(d->rpc, &rs);
+    CF__P("# HELP cacheflow_rpc_in_flight gRPC calls being handled.\n# TYPE cacheflow_rpc_in_flight gauge\ncacheflow_rpc_in_flight %llu\n", (unsigned long long)rs.calls_in_flight);
+    CF__P("# HELP cacheflow_rpc_status_total Ended gRPC calls by status code.\n# TYPE cacheflow_rpc_status_total counter\n");
+    for (int i = 0; i < CF_RPC__NSTATUS; i++)
+      CF__P("cacheflow_rpc_status_total{code=\"%s\"} %llu\n", cf_rpc_status_name(i), (unsigned long long)rs.status_total[i]);
+    int nm;
+    const cf_rpc_method_t *ms = cf_service_methods(&nm);
+    CF__P("# HELP cacheflow_rpc_calls_total gRPC calls by method.\n# TYPE cacheflow_rpc_calls_total counter\n");
+    for (int i = 0; i < nm; i++) {
+      uint64_t calls;
+      double sec;
+      cf_rpc_method_stats(d->rpc, i, &calls, &sec);
+      CF__P("cacheflow_rpc_calls_total{method=\"%s\"} %llu\n", ms[i].path, (unsigned long long)calls);
+    }
+    CF__P("# HELP cacheflow_rpc_handling_seconds_total Seconds from request received to call ended, by method.\n# TYPE cacheflow_rpc_handling_seconds_total counter\n");
+    for (int i = 0; i < nm; i++) {
+      uint64_t calls;
+      double sec;
+      cf_rpc_method_stats(d->rpc, i, &calls, &sec);
+      CF__P("cacheflow_rpc_handling_seconds_total{method=\"%s\"} %.9f\n", ms[i].path, sec);
+    }
+  }
+  return n < cap ? n : cap;
+}
+
+static int cf__healthy(void *arg) {
+  cf_daemon_t *d = arg;
+  return !__atomic_load_n(&d->draining, __ATOMIC_RELAXED);
+}
+
+/* ---------------------------------------------------------------- signals, drain */
+static void cf__close_cb(uv_handle_t *h) { (void)h; }
+
+static void cf__rpc_gone(void *arg) {
+  cf_daemon_t *d = arg;
+  d->rpc = NULL;
+  cf_service_close(d->svc);
+  d->svc = NULL;
+  uv_close((uv_handle_t *)&d->sig_term, cf__close_cb);
+  uv_close((uv_handle_t *)&d->sig_int, cf__close_cb);
+  uv_close((uv_handle_t *)&d->sig_hup, cf__close_cb);
+  uv_close((uv_handle_t *)&d->watchdog, cf__close_cb);
+  uv_close((uv_handle_t *)&d->drain, cf__close_cb);
+  CF_INFO("stopped after %.1f s", cf__uptime(d));
+}
+
+/* Drain done (or timed out): end what is left, stop HTTP, then the gRPC server. */
+static void cf__stop(cf_daemon_t *d, const char *why) {
+  if (d->stopping) return;
+  d->stopping = 1;
+  uv_timer_stop(&d->drain);
+  cf_service_abort_all(d->svc, why);
+  cf_http_stop(d->http); /* joins its thread before the rpc counters it reads go away */
+  d->http = NULL;
+  cf_rpc_shutdown(d->rpc, cf__rpc_gone, d);
+}
+
+static void cf__on_drain_tick(uv_timer_t *t) {
+  cf_daemon_t *d = t->data;
+  int left = cf_service_restores_in_flight(d->svc);
+  uint64_t waited = uv_now(d->loop) - d->drain_start_ms;
+  if (left == 0) {
+    CF_INFO("drain: no restore in flight after %llu ms; stopping", (unsigned long long)waited);
+    cf__stop(d, "cacheflowd is shutting down");
+  } else if (waited >= (uint64_t)d->cfg.drain_timeout_s * 1000) {
+    CF_WARN("drain: %d restore(s) still in flight after %lld s (drain_timeout_s); cancelling them", left, (long long)d->cfg.drain_timeout_s);
+    cf__stop(d, "cacheflowd drain timeout: restore cancelled");
+  }
+}
+
+static void cf__begin_drain(cf_daemon_t *d, int signum) {
+  if (d->draining) {
+    CF_WARN("second %s while draining: stopping now", strsignal(signum));
+    cf__stop(d, "cacheflowd is shutting down (second signal)");
+    return;
+  }
+  __atomic_store_n(&d->draining, 1, __ATOMIC_RELAXED);
+  int n = cf_service_restores_in_flight(d->svc);
+  CF_INFO("%s: draining: %d restore(s) in flight, new requests get UNAVAILABLE", strsignal(signum), n);
+  cf_notifyf("STOPPING=1\nSTATUS=draining: %d restore(s) in flight", n);
+  cf_rpc_drain(d->rpc);
+  cf_service_drain(d->svc);
+  d->drain_start_ms = uv_now(d->loop);
+  uv_timer_start(&d->drain, cf__on_drain_tick, 0, 20);
+}
+
+static void cf__on_term(uv_signal_t *h, int signum) { cf__begin_drain(h->data, signum); }
+
+static void cf__on_hup(uv_signal_t *h, int signum) {
+  cf_daemon_t *d = h->data;
+  (void)signum;
+  cf_notify("RELOADING=1");
+  cf_config_t fresh;
+  int nbad = cf__build_config(d, &fresh, cf__report_stderr);
+  if (nbad) {
+    d->reload_failures++;
+    CF_ERROR("reload: %s has %d bad setting(s); keeping the running configuration", d->config_path ? d->config_path : "(none)", nbad);
+    cf_notifyf("READY=1\nSTATUS=reload failed: %d bad setting(s); serving with the old configuration", nbad);
+    return;
+  }
+  int applied, restart;
+  cf_config_apply_reload(&d->cfg, &fresh, &applied, &restart);
+  cf_log_level = d->cfg.log_level;
+  d->reloads++;
+  CF_INFO("reload: %d setting(s) applied, %d need a restart", applied, restart);
+  cf_notifyf("READY=1\nSTATUS=serving (reloaded: %d applied, %d need a restart)", applied, restart);
+}
+
+static void cf__on_watchdog(uv_timer_t *t) { (void)t; cf_notify("WATCHDOG=1"); }
+
+/* ---------------------------------------------------------------- start-up */
+static int cf__prepare_store_dir(const char *dir) {
+  struct stat st;
+  if (stat(dir, &st) == 0) {
+    if (!S_ISDIR(st.st_mode)) return cf_seterr(CF_EINVAL, "store_dir %s is not a directory", dir);
+    if (access(dir, R_OK | W_OK | X_OK)) return cf_seterr(CF_EACCES, "store_dir %s: %s", dir, strerror(errno));
+    return 0;
+  }
+  if (mkdir(dir, 0750) != 0) return cf_seterr(CF_EIO, "store_dir %s: cannot create: %s", dir, strerror(errno));
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  static cf_daemon_t D;
+  cf_daemon_t *d = &D;
+  int check = 0, dump = 0;
+  static const struct option opts[] = {
+      {"config", required_argument, 0, 'c'}, {"listen", required_argument, 0, 'l'},
+      {"model", required_argument, 0, 'm'},  {"store-dir", required_argument, 0, 's'},
+      {"check-config", no_argument, 0, 'C'}, {"dump-config", no_argument, 0, 'D'},
+      {"version", no_argument, 0, 'V'},      {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
+  int o;
+  while ((o = getopt_long(argc, argv, "c:l:m:s:h", opts, NULL)) != -1) {
+    switch (o) {
+      case 'c': d->config_path = optarg; break;
+      case 'l': d->o_listen = optarg; break;
+      case 'm': d->o_model = optarg; break;
+      case 's': d->o_store = optarg; break;
+      case 'C': check = 1; break;
+      case 'D': dump = 1; break;
+      case 'V': printf("cacheflowd %s\n", CF_VERSION); return 0;
+      case 'h': cf__usage(stdout); return 0;
+      default: cf__usage(stderr); return 2;
+    }
+  }
+  if (optind < argc) { fprintf(stderr, "cacheflowd: unexpected argument '%s'\n", argv[optind]); cf__usage(stderr); return 2; }
+  if (!d->config_path && access(CF_DEFAULT_CONFIG, R_OK) == 0) d->config_path = CF_DEFAULT_CONFIG;
+
+  int nbad = cf__build_config(d, &d->cfg, cf__report_stderr);
+  if (!nbad && d->cfg.model[0]) { /* the model directory is part of a valid configuration */
+    if (cf_model_info_load(d->cfg.model, &d->model)) {
+      fprintf(stderr, "cacheflowd: key 'model': %s: %s\n", cf_strerror(CF_EINVAL), cf_errmsg());
+      nbad++;
+    } else {
+      d->have_model = 1;
+    }
+  }
+  if (check) {
+    if (nbad) { fprintf(stderr, "cacheflowd: configuration has %d error(s)\n", nbad); return 1; }
+    printf("cacheflowd: configuration OK (%s)\n", d->config_path ? d->config_path : "defaults");
+    return 0;
+  }
+  if (nbad) { fprintf(stderr, "cacheflowd: configuration has %d error(s); not starting\n", nbad); return 1; }
+  if (dump) { cf_config_dump(&d->cfg, stdout); return 0; }
+  cf_log_level = d->cfg.log_level;
+  signal(SIGPIPE, SIG_IGN);
+
+  d->loop = uv_default_loop();
+  d->t_start = uv_hrtime();
+  CF_INFO("starting cacheflowd %s config=%s listen=%s", CF_VERSION, d->config_path ? d->config_path : "(defaults)", d->cfg.listen);
+  if (d->have_model) {
+    char hex[33];
+    cf_model_info_hex(d->model.fingerprint, hex);
+    cf_notifyf("STATUS=model loaded: %s", d->cfg.model);
+    CF_INFO("model %s: layers=%d kv_heads=%d head_dim=%d vocab=%d fingerprint=%s", d->cfg.model, d->model.n_layers,
+            d->model.n_kv_heads, d->model.head_dim, d->model.vocab, hex);
+  } else {
+    CF_WARN("no model configured: RegisterEngine will fail until `model` is set (restart needed)");
+  }
+  cf_notify("STATUS=recovering store");
+  if (cf__prepare_store_dir(d->cfg.store_dir)) { CF_ERROR("%s", cf_errmsg()); return 1; }
+
+  if (cf_service_init(&d->svc, d->loop, &d->cfg, d->have_model ? &d->model : NULL, NULL)) { CF_ERROR("%s", cf_errmsg()); return 1; }
+  int nm;
+  cf_rpc_opts_t ro = {.listen = d->cfg.listen, .tcp_listen = d->cfg.tcp_listen, .max_message_bytes = d->cfg.max_message_bytes,
+                      .methods = cf_service_methods(&nm), .user = d->svc};
+  ro.n_methods = nm;
+  cf_notify("STATUS=binding sockets");
+  if (cf_rpc_start(&d->rpc, d->loop, &ro)) { CF_ERROR("rpc: %s", cf_errmsg()); return 1; }
+  cf_service_set_rpc(d->svc, d->rpc);
+  if (d->cfg.metrics_listen[0] && cf_http_start(&d->http, d->cfg.metrics_listen, cf__metrics, cf__healthy, d)) {
+    CF_ERROR("metrics: %s", cf_errmsg());
+    return 1;
+  }
+
+  uv_signal_init(d->loop, &d->sig_term);
+  uv_signal_init(d->loop, &d->sig_int);
+  uv_signal_init(d->loop, &d->sig_hup);
+  d->sig_term.data = d->sig_int.data = d->sig_hup.data = d;
+  uv_signal_start(&d->sig_term, cf__on_term, SIGTERM);
+  uv_signal_start(&d->sig_int, cf__on_term, SIGINT);
+  uv_signal_start(&d->sig_hup, cf__on_hup, SIGHUP);
+  uv_timer_init(d->loop, &d->watchdog);
+  uv_timer_init(d->loop, &d->drain);
+  d->drain.data = d;
+  uint64_t wd = cf_notify_watchdog_usec();
+  if (wd) {
+    uint64_t ms = wd / 2000 ? wd / 2000 : 1; /* ping at half the interval systemd asked for */
+    uv_timer_start(&d->watchdog, cf__on_watchdog, ms, ms);
+    CF_INFO("watchdog: ping every %llu ms", (unsigned long long)ms);
+  }
+  CF_INFO("serving: listen=%s%s%s metrics=%s", d->cfg.listen, d->cfg.tcp_listen[0] ? " tcp=" : "", d->cfg.tcp_listen,
+          d->cfg.metrics_listen[0] ? d->cfg.metrics_listen : "off");
+  cf_notifyf("READY=1\nSTATUS=serving on %s", d->cfg.listen);
+  uv_run(d->loop, UV_RUN_DEFAULT);
+  int rc = uv_loop_close(d->loop);
+  if (rc) CF_WARN("loop closed with handles open: %s", uv_strerror(rc));
+  return 0;
+}

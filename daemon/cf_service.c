@@ -1,0 +1,738 @@
+/* cf_service — engine table, request checks that need state, Restore batcher, health, Admin. */
+#include "cf_service.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "grpc/health/v1/health.pb-c.h"
+#include "util/cf_err.h"
+#include "util/cf_log.h"
+
+#define CF__MAX_LAYERS 1024
+#define CF__MAX_BLOCK_SIZE 4096
+#define CF__MAX_NAME 128
+
+typedef struct cf__watch_s {
+  cf_rpc_call_t *call;
+  struct cf__watch_s *next;
+} cf__watch_t;
+
+struct cf_service_s {
+  uv_loop_t *loop;
+  const cf_config_t *cfg;
+  const cf_model_info_t *model;
+  cf_service_backend_t be;
+  cf_rpc_server_t *rpc;
+  cf_engine_t **engines;           /* [max_engines], NULL = free slot */
+  int max_engines;
+  uint64_t next_id;
+  /* batcher */
+  cf_restore_t *pending_head, *pending_tail;
+  int n_pending;
+  uv_timer_t batch_timer;
+  int timer_armed;
+  cf_restore_t *running;            /* handed to the backend, not yet done (singly linked) */
+  cf__watch_t *watchers;
+  int draining;
+  /* counters read by other threads */
+  uint32_t n_engines, in_flight;
+  uint64_t restores_total, batches_total, batched_total;
+  double t_start;
+};
+
+static double cf__now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static size_t cf__dtype_size(int dt) {
+  switch (dt) {
+    case CACHEFLOW__V1__DTYPE__DTYPE_F32: return 4;
+    case CACHEFLOW__V1__DTYPE__DTYPE_BF16: case CACHEFLOW__V1__DTYPE__DTYPE_F16: return 2;
+    default: return 0;
+  }
+}
+
+/* ---------------------------------------------------------------- engines */
+static void cf__engine_unref(cf_service_t *s, cf_engine_t *e) {
+  if (--e->refs) return;
+  if (s->be.engine_removed) s->be.engine_removed(s->be.ctx, e);
+  for (int l = 0; l < e->n_layers; l++) { free(e->layers[l].k.shm_path); free(e->layers[l].v.shm_path); }
+  free(e->layers);
+  free(e);
+}
+
+static cf_engine_t *cf__engine_find(cf_service_t *s, uint64_t id) {
+  if (!id) return NULL;
+  for (int i = 0; i < s->max_engines; i++)
+    if (s->engines[i] && s->engines[i]->id == id) return s->engines[i];
+  return NULL;
+}
+
+/* The bytes one layer's K (or V) buffer spans from its offset, and a check that the three
+ * strides nest without overlap (any order: block-, token- or head-major). */
+static int cf__layout_extent(const Cacheflow__V1__LayerLayout *L, size_t esz, uint64_t *extent, char *why, size_t cap) {
+  typedef struct { uint64_t stride, count; const char *name; } dim_t;
+  dim_t d[3] = {
+      {L->block_stride, L->num_blocks, "block_stride"},
+      {L->token_stride, L->block_size, "token_stride"},
+      {L->head_stride, L->num_kv_heads, "head_stride"}};
+  for (int i = 0; i < 3; i++) /* sort by stride, smallest first */
+    for (int j = i + 1; j < 3; j++)
+      if (d[j].stride < d[i].stride) { dim_t t = d[i]; d[i] = d[j]; d[j] = t; }
+  uint64_t need = (uint64_t)L->head_dim * esz; /* a head's row is contiguous */
+  for (int i = 0; i < 3; i++) {
+    if (d[i].count > 1 && d[i].stride < need) {
+      snprintf(why, cap, "layer %u: %s %llu overlaps the previous dimension (needs >= %llu bytes)", L->layer,
+               d[i].name, (unsigned long long)d[i].stride, (unsigned long long)need);
+      return -1;
+    }
+    uint64_t span = d[i].count > 1 ? d[i].stride * (d[i].count - 1) + need : need;
+    if (d[i].count > 1 && d[i].stride && span / d[i].stride < d[i].count - 1) { snprintf(why, cap, "layer %u: layout overflows 64 bits", L->layer); return -1; }
+    need = span;
+  }
+  *extent = need;
+  return 0;
+}
+
+static int cf__check_kvbuf(const Cacheflow__V1__KvBuffer *b, uint32_t layer, const char *kv, char *why, size_t cap) {
+  if (!b) { snprintf(why, cap, "layer %u: %s buffer missing", layer, kv); return -1; }
+  switch (b->location_case) {
+    case CACHEFLOW__V1__KV_BUFFER__LOCATION_SHM_PATH:
+      if (b->shm_path[0] != '/' || strlen(b->shm_path) >= 512) {
+        snprintf(why, cap, "layer %u: %s shm_path '%.64s' must be an absolute path under 512 bytes", layer, kv, b->shm_path);
+        return -1;
+      }
+      return 0;
+    case CACHEFLOW__V1__KV_BUFFER__LOCATION_CUDA_IPC:
+      if (!b->cuda_ipc || b->cuda_ipc->ipc_handle.len != 64) {
+        snprintf(why, cap, "layer %u: %s cuda_ipc.ipc_handle must be exactly 64 bytes", layer, kv);
+        return -1;
+      }
+      if (strlen(b->cuda_ipc->gpu_uuid) == 0 || strlen(b->cuda_ipc->gpu_uuid) >= 64) {
+        snprintf(why, cap, "layer %u: %s cuda_ipc.gpu_uuid must be 1 .. 63 bytes", layer, kv);
+        return -1;
+      }
+      return 0;
+    default:
+      snprintf(why, cap, "layer %u: %s buffer has neither shm_path nor cuda_ipc", layer, kv);
+      return -1;
+  }
+}
+
+/* Field checks of RegisterEngine that need only the config. */
+static int cf__v_register(const ProtobufCMessage *m, void *user, char *why, size_t cap) {
+  const cf_service_t *s = user;
+  const Cacheflow__V1__RegisterEngineRequest *r = (const void *)m;
+  if (r->model_fingerprint.len != 16) { snprintf(why, cap, "model_fingerprint must be 16 bytes, got %zu", r->model_fingerprint.len); return -1; }
+  if (strlen(r->name) > CF__MAX_NAME) { snprintf(why, cap, "name longer than %d bytes", CF__MAX_NAME); return -1; }
+  if (r->n_layers == 0 || r->n_layers > CF__MAX_LAYERS) { snprintf(why, cap, "layers: %zu given, allowed 1 .. %d", r->n_layers, CF__MAX_LAYERS); return -1; }
+  uint8_t seen[CF__MAX_LAYERS] = {0};
+  const Cacheflow__V1__LayerLayout *L0 = r->layers[0];
+  for (size_t i = 0; i < r->n_layers; i++) {
+    const Cacheflow__V1__LayerLayout *L = r->layers[i];
+    if (L->layer >= r->n_layers) { snprintf(why, cap, "layers[%zu].layer = %u out of range 0 .. %zu", i, L->layer, r->n_layers - 1); return -1; }
+    if (seen[L->layer]++) { snprintf(why, cap, "layer %u declared twice", L->layer); return -1; }
+    size_t esz = cf__dtype_size(L->dtype);
+    if (!esz) { snprintf(why, cap, "layer %u: dtype %d is not F32, BF16 or F16", L->layer, (int)L->dtype); return -1; }
+    if (L->block_size < 1 || L->block_size > CF__MAX_BLOCK_SIZE) { snprintf(why, cap, "layer %u: block_size %u out of range 1 .. %d", L->layer, L->block_size, CF__MAX_BLOCK_SIZE); return -1; }
+    if (L->num_blocks < 1 || L->num_blocks > (uint64_t)s->cfg->max_blocks) { snprintf(why, cap, "layer %u: num_blocks %u out of range 1 .. %lld (max_blocks)", L->layer, L->num_blocks, (long long)s->cfg->max_blocks); return -1; }
+    if (L->block_size != L0->block_size || L->num_blocks != L0->num_blocks || L->dtype != L0->dtype) {
+      snprintf(why, cap, "layer %u: block_size/num_blocks/dtype differ from layer %u's (all layers must share them)", L->layer, L0->layer);
+      return -1;
+    }
+    if (L->num_kv_heads < 1 || L->head_dim < 1 || L->num_kv_heads > 1024 || L->head_dim > 4096) { snprintf(why, cap, "layer %u: num_kv_heads %u / head_dim %u out of range", L->layer, L->num_kv_heads, L->head_dim); return -1; }
+    uint64_t ext;
+    if (cf__layout_extent(L, esz, &ext, why, cap)) return -1;
+    if (cf__check_kvbuf(L->k, L->layer, "K", why, cap) || cf__check_kvbuf(L->v, L->layer, "V", why, cap)) return -1;
+  }
+  return 0;
+}
+
+/* The shared-memory file must exist, be a regular file and hold the whole layout. */
+static int cf__check_shm(const Cacheflow__V1__KvBuffer *b, uint64_t extent, uint32_t layer, const char *kv, char *why, size_t cap) {
+  struct stat st;
+  if (stat(b->shm_path, &st) != 0) { snprintf(why, cap, "layer %u: %s shm_path %s: %s", layer, kv, b->shm_path, strerror(errno)); return -1; }
+  if (!S_ISREG(st.st_mode)) { snprintf(why, cap, "layer %u: %s shm_path %s is not a regular file", layer, kv, b->shm_path); return -1; }
+  if (b->offset > UINT64_MAX - extent || (uint64_t)st.st_size < b->offset + extent) {
+    snprintf(why, cap, "layer %u: %s shm_path %s is %lld bytes; the layout needs offset %llu + %llu", layer, kv,
+             b->shm_path, (long long)st.st_size, (unsigned long long)b->offset, (unsigned long long)extent);
+    return -1;
+  }
+  return 0;
+}
+
+static void cf__copy_kvbuf(cf_kvbuf_t *d, const Cacheflow__V1__KvBuffer *b) {
+  d->offset = b->offset;
+  if (b->location_case == CACHEFLOW__V1__KV_BUFFER__LOCATION_SHM_PATH) d->shm_path = strdup(b->shm_path);
+  else {
+    memcpy(d->ipc_handle, b->cuda_ipc->ipc_handle.data, 64);
+    snprintf(d->gpu_uuid, sizeof d->gpu_uuid, "%s", b->cuda_ipc->gpu_uuid);
+  }
+}
+
+static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
+  cf_service_t *s = user;
+  Cacheflow__V1__RegisterEngineRequest *r = (void *)m;
+  char why[512], hex[33], hex2[33];
+  cf_engine_t *e = NULL;
+  if (!s->model) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "no model configured: start cacheflowd with --model DIR"); goto out; }
+  if (memcmp(r->model_fingerprint.data, s->model->fingerprint, 16)) {
+    cf_model_info_hex(r->model_fingerprint.data, hex);
+    cf_model_info_hex(s->model->fingerprint, hex2);
+    cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "model_fingerprint %s does not match the daemon's model %s (%s)", hex, hex2, s->model->dir);
+    goto out;
+  }
+  if ((int)r->n_layers != s->model->n_layers) {
+    cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "layers: %zu given, the model has %d", r->n_layers, s->model->n_layers);
+    goto out;
+  }
+  for (size_t i = 0; i < r->n_layers; i++) {
+    const Cacheflow__V1__LayerLayout *L = r->layers[i];
+    if ((int)L->num_kv_heads != s->model->n_kv_heads || (int)L->head_dim != s->model->head_dim) {
+      cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "layer %u: num_kv_heads %u, head_dim %u; the model has %d, %d", L->layer,
+                    L->num_kv_heads, L->head_dim, s->model->n_kv_heads, s->model->head_dim);
+      goto out;
+    }
+    uint64_t ext;
+    cf__layout_extent(L, cf__dtype_size(L->dtype), &ext, why, sizeof why); /* validated already */
+    for (int kv = 0; kv < 2; kv++) {
+      const Cacheflow__V1__KvBuffer *b = kv ? L->v : L->k;
+      if (b->location_case == CACHEFLOW__V1__KV_BUFFER__LOCATION_CUDA_IPC) {
+        cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "layer %u: CUDA IPC buffers need the CUDA executor, not in this build; use shm_path", L->layer);
+        goto out;
+      }
+      if (cf__check_shm(b, ext, L->layer, kv ? "V" : "K", why, sizeof why)) {
+        cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "%s", why);
+        goto out;
+      }
+    }
+  }
+  int slot = -1;
+  for (int i = 0; i < s->max_engines && slot < 0; i++)
+    if (!s->engines[i]) slot = i;
+  if (slot < 0) { cf_rpc_finish(c, CF_RPC_RESOURCE_EXHAUSTED, "%d engines registered already (max_engines)", s->max_engines); goto out; }
+  e = calloc(1, sizeof *e);
+  if (e) e->layers = calloc(r->n_layers, sizeof *e->layers);
+  if (!e || !e->layers) { free(e); e = NULL; cf_rpc_finish(c, CF_RPC_RESOURCE_EXHAUSTED, "out of memory"); goto out; }
+  e->refs = 1;
+  e->n_layers = (int)r->n_layers;
+  e->block_size = r->layers[0]->block_size;
+  e->num_blocks = r->layers[0]->num_blocks;
+  e->dtype = r->layers[0]->dtype;
+  e->dtype_size = cf__dtype_size(e->dtype);
+  snprintf(e->name, sizeof e->name, "%s", r->name);
+  for (size_t i = 0; i < r->n_layers; i++) {
+    const Cacheflow__V1__LayerLayout *L = r->layers[i];
+    cf_layer_layout_t *d = &e->layers[L->layer];
+    cf__copy_kvbuf(&d->k, L->k);
+    cf__copy_kvbuf(&d->v, L->v);
+    d->block_stride = L->block_stride;
+    d->token_stride = L->token_stride;
+    d->head_stride = L->head_stride;
+  }
+  /* Ids never repeat within a run, and a restart changes the high bits, so a stale id from
+   * an earlier daemon is NOT_FOUND rather than someone else's engine. */
+  e->id = ++s->next_id;
+  if (s->be.engine_added) {
+    int rc = s->be.engine_added(s->be.ctx, e);
+    if (rc) {
+      cf_rpc_finish(c, cf_rpc_status_from_err(rc), "%s: %s", cf_strerror(rc), cf_errmsg());
+      /* freed by hand: engine_removed must not run for an engine never added */
+      for (int l = 0; l < e->n_layers; l++) { free(e->layers[l].k.shm_path); free(e->layers[l].v.shm_path); }
+      free(e->layers);
+      free(e);
+      goto out;
+    }
+  }
+  s->engines[slot] = e;
+  __atomic_fetch_add(&s->n_engines, 1, __ATOMIC_RELAXED);
+  CF_INFO("engine registered: id=%llu name=\"%s\" layers=%d block_size=%u num_blocks=%u", (unsigned long long)e->id,
+          e->name, e->n_layers, e->block_size, e->num_blocks);
+  Cacheflow__V1__RegisterEngineResponse resp = CACHEFLOW__V1__REGISTER_ENGINE_RESPONSE__INIT;
+  resp.engine_id = e->id;
+  resp.daemon_fingerprint.data = (uint8_t *)s->model->fingerprint;
+  resp.daemon_fingerprint.len = 16;
+  resp.readiness_shm_path = (char *)""; /* lib/ipc fills these when the executor lands */
+  cf_rpc_reply(c, &resp.base);
+out:
+  protobuf_c_message_free_unpacked(m, NULL);
+}
+
+static void cf__cancel_engine_restores(cf_service_t *s, cf_engine_t *e);
+
+static void cf__h_unregister(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
+  cf_service_t *s = user;
+  Cacheflow__V1__UnregisterRequest *r = (void *)m;
+  int slot = -1;
+  for (int i = 0; i < s->max_engines; i++)
+    if (s->engines[i] && s->engines[i]->id == r->engine_id) slot = i;
+  if (slot < 0) {
+    cf_rpc_finish(c, CF_RPC_NOT_FOUND, "engine_id %llu is not registered", (unsigned long long)r->engine_id);
+  } else {
+    cf_engine_t *e = s->engines[slot];
+    s->engines[slot] = NULL;
+    __atomic_fetch_sub(&s->n_engines, 1, __ATOMIC_RELAXED);
+    e->gone = 1;
+    cf__cancel_engine_restores(s, e);
+    CF_INFO("engine unregistered: id=%llu", (unsigned long long)e->id);
+    cf__engine_unref(s, e);
+    Cacheflow__V1__UnregisterResponse resp = CACHEFLOW__V1__UNREGISTER_RESPONSE__INIT;
+    cf_rpc_reply(c, &resp.base);
+  }
+  protobuf_c_message_free_unpacked(m, NULL);
+}
+
+/* ---------------------------------------------------------------- token / block checks */
+static int cf__check_tokens(const cf_service_t *s, const uint32_t *t, size_t n, char *why, size_t cap) {
+  if (n == 0) { snprintf(why, cap, "token_ids is empty"); return -1; }
+  if (n > (size_t)s->cfg->max_request_tokens) {
+    snprintf(why, cap, "token_ids: %zu tokens, allowed 1 .. %lld (max_request_tokens)", n, (long long)s->cfg->max_request_tokens);
+    return -1;
+  }
+  if (s->model)
+    for (size_t i = 0; i < n; i++)
+      if (t[i] >= (uint32_t)s->model->vocab) {
+        snprintf(why, cap, "token_ids[%zu] = %u out of range 0 .. %d (vocab_size)", i, t[i], s->model->vocab - 1);
+        return -1;
+      }
+  return 0;
+}
+
+static int cf__check_blocks(const cf_engine_t *e, size_t ntok, const uint32_t *b, size_t nb, char *why, size_t cap) {
+  size_t need = (ntok + e->block_size - 1) / e->block_size;
+  if (nb != need) {
+    snprintf(why, cap, "block_ids: %zu given, %zu tokens need %zu blocks of %u", nb, ntok, need, e->block_size);
+    return -1;
+  }
+  for (size_t i = 0; i < nb; i++)
+    if (b[i] >= e->num_blocks) {
+      snprintf(why, cap, "block_ids[%zu] = %u out of range 0 .. %u", i, b[i], e->num_blocks - 1);
+      return -1;
+    }
+  return 0;
+}
+
+/* Common front half of Lookup/Save/Restore: the engine exists, the tokens are in range. */
+static cf_engine_t *cf__engine_and_tokens(cf_service_t *s, cf_rpc_call_t *c, uint64_t id, const uint32_t *t, size_t n) {
+  char why[512];
+  cf_engine_t *e = cf__engine_find(s, id);
+  if (!e) { cf_rpc_finish(c, CF_RPC_NOT_FOUND, "engine_id %llu is not registered", (unsigned long long)id); return NULL; }
+  if (cf__check_tokens(s, t, n, why, sizeof why)) { cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "%s", why); return NULL; }
+  return e;
+}
+
+static void cf__h_lookup(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
+  cf_service_t *s = user;
+  Cacheflow__V1__LookupRequest *r = (void *)m;
+  cf_engine_t *e = cf__engine_and_tokens(s, c, r->engine_id, r->token_ids, r->n_token_ids);
+  if (!e) goto out;
+  if (!s->be.lookup) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "Lookup needs the KV store (lib/store), not wired into this daemon yet"); goto out; }
+  Cacheflow__V1__LookupResponse resp = CACHEFLOW__V1__LOOKUP_RESPONSE__INIT;
+  int rc = s->be.lookup(s->be.ctx, e, r->token_ids, r->n_token_ids, &resp);
+  if (rc) cf_rpc_finish(c, cf_rpc_status_from_err(rc), "lookup: %s", cf_errmsg());
+  else cf_rpc_reply(c, &resp.base);
+out:
+  protobuf_c_message_free_unpacked(m, NULL);
+}
+
+static void cf__h_save(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
+  cf_service_t *s = user;
+  Cacheflow__V1__SaveRequest *r = (void *)m;
+  char why[512];
+  cf_engine_t *e = cf__engine_and_tokens(s, c, r->engine_id, r->token_ids, r->n_token_ids);
+  if (!e) goto out;
+  if (cf__check_blocks(e, r->n_token_ids, r->block_ids, r->n_block_ids, why, sizeof why)) { cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "%s", why); goto out; }
+  if (!s->be.save) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "Save needs the KV store (lib/store), not wired into this daemon yet"); goto out; }
+  uint32_t saved = 0;
+  int durable = 0;
+  int rc = s->be.save(s->be.ctx, e, r, &saved, &durable);
+  if (rc) { cf_rpc_finish(c, cf_rpc_status_from_err(rc), "save: %s", cf_errmsg()); goto out; }
+  Cacheflow__V1__SaveResponse resp = CACHEFLOW__V1__SAVE_RESPONSE__INIT;
+  resp.saved_tokens = saved;
+  resp.durable = durable;
+  cf_rpc_reply(c, &resp.base);
+out:
+  protobuf_c_message_free_unpacked(m, NULL);
+}
+
+/* ---------------------------------------------------------------- restore batcher */
+static int cf__v_restore(const ProtobufCMessage *m, void *user, char *why, size_t cap) {
+  const Cacheflow__V1__RestoreRequest *r = (const void *)m;
+  if ((int)r->policy < 0 || (int)r->policy > CACHEFLOW__V1__POLICY__POLICY_OPTIMAL) { snprintf(why, cap, "policy %d unknown (0 .. 6)", (int)r->policy); return -1; }
+  if (r->priority < -100 || r->priority > 100) { snprintf(why, cap, "priority %d out of range -100 .. 100", r->priority); return -1; }
+  if (r->deadline_us > 3600ull * 1000000) { snprintf(why, cap, "deadline_us %llu over one hour", (unsigned long long)r->deadline_us); return -1; }
+  return 0;
+}
+
+static void cf__restore_free(cf_restore_t *r) {
+  cf_service_t *s = r->svc;
+  protobuf_c_message_free_unpacked(&r->req->base, NULL);
+  cf__engine_unref(s, r->engine);
+  free(r);
+}
+
+void cf_service_restore_event(cf_restore_t *r, const Cacheflow__V1__RestoreEvent *ev) {
+  cf_rpc_send(r->call, &ev->base);
+}
+
+void cf_service_restore_done(cf_restore_t *r, int status, const Cacheflow__V1__RestoreStats *stats, const char *detail) {
+  cf_service_t *s = r->svc;
+  for (cf_restore_t **p = &s->running; *p; p = &(*p)->next)
+    if (*p == r) { *p = r->next; break; }
+  if (status == CF_RPC_OK && stats) {
+    Cacheflow__V1__RestoreEvent ev = CACHEFLOW__V1__RESTORE_EVENT__INIT;
+    ev.event_case = CACHEFLOW__V1__RESTORE_EVENT__EVENT_DONE;
+    ev.done = (Cacheflow__V1__RestoreStats *)stats;
+    cf_rpc_send(r->call, &ev.base);
+  }
+  cf_rpc_finish(r->call, status, "%s", detail ? detail : "");
+  __atomic_fetch_sub(&s->in_flight, 1, __ATOMIC_RELAXED);
+  cf__restore_free(r);
+}
+
+/* Hand the collected restores over (highest priority first), or refuse them when no executor
+ * is built in. */
+static void cf__dispatch(cf_service_t *s) {
+  if (s->timer_armed) { uv_timer_stop(&s->batch_timer); s->timer_armed = 0; }
+  int n = s->n_pending;
+  if (!n) return;
+  cf_restore_t **batch = malloc(n * sizeof *batch);
+  if (!batch) return; /* retried at the next arrival or timer */
+  int i = 0;
+  for (cf_restore_t *r = s->pending_head; r; r = r->next) batch[i++] = r;
+  s->pending_head = s->pending_tail = NULL;
+  s->n_pending = 0;
+  for (int a = 1; a < n; a++) /* insertion sort: stable, batches are small */
+    for (int b = a; b > 0 && batch[b]->req->priority > batch[b - 1]->req->priority; b--) {
+      cf_restore_t *t = batch[b]; batch[b] = batch[b - 1]; batch[b - 1] = t;
+    }
+  __atomic_fetch_add(&s->batches_total, 1, __ATOMIC_RELAXED);
+  __atomic_fetch_add(&s->batched_total, (uint64_t)n, __ATOMIC_RELAXED);
+  for (int k = 0; k < n; k++) {
+    batch[k]->next = s->running;
+    s->running = batch[k];
+  }
+  if (s->be.restore_batch) {
+    s->be.restore_batch(s->be.ctx, batch, n);
+  } else {
+    for (int k = 0; k < n; k++)
+      cf_service_restore_done(batch[k], CF_RPC_FAILED_PRECONDITION, NULL,
+                              "Restore needs the executor (lib/exec) and the store (lib/store), not wired into this daemon yet");
+  }
+  free(batch);
+}
+
+static void cf__on_batch_timer(uv_timer_t *t) {
+  cf_service_t *s = t->data;
+  s->timer_armed = 0;
+  cf__dispatch(s);
+}
+
+static void cf__h_restore(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
+  cf_service_t *s = user;
+  Cacheflow__V1__RestoreRequest *r = (void *)m;
+  char why[512];
+  cf_engine_t *e = cf__engine_and_tokens(s, c, r->engine_id, r->token_ids, r->n_token_ids);
+  if (!e) { protobuf_c_message_free_unpacked(m, NULL); return; }
+  if (cf__check_blocks(e, r->n_token_ids, r->block_ids, r->n_block_ids, why, sizeof why)) {
+    cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "%s", why);
+    protobuf_c_message_free_unpacked(m, NULL);
+    return;
+  }
+  cf_restore_t *rs = calloc(1, sizeof *rs);
+  if (!rs) { cf_rpc_finish(c, CF_RPC_RESOURCE_EXHAUSTED, "out of memory"); protobuf_c_message_free_unpacked(m, NULL); return; }
+  rs->call = c;
+  rs->svc = s;
+  rs->engine = e;
+  e->refs++;
+  rs->req = r;
+  rs->policy = r->policy ? (int)r->policy - 1 : s->cfg->policy;
+  rs->arrival_ns = uv_hrtime();
+  __atomic_fetch_add(&s->in_flight, 1, __ATOMIC_RELAXED);
+  __atomic_fetch_add(&s->restores_total, 1, __ATOMIC_RELAXED);
+  if (s->pending_tail) s->pending_tail->next = rs;
+  else s->pending_head = rs;
+  s->pending_tail = rs;
+  s->n_pending++;
+  if (s->n_pending >= s->cfg->batch_max || s->cfg->batch_window_us == 0) cf__dispatch(s);
+  else if (!s->timer_armed) {
+    uint64_t ms = (uint64_t)(s->cfg->batch_window_us + 999) / 1000; /* libuv timers tick in ms */
+    uv_timer_start(&s->batch_timer, cf__on_batch_timer, ms, 0);
+    s->timer_armed = 1;
+  }
+}
+
+/* Unregister raced restores: batched ones end now (ABORTED); running ones are cancelled in
+ * the executor, which then ends them. */
+static void cf__cancel_engine_restores(cf_service_t *s, cf_engine_t *e) {
+  cf_restore_t *keep = NULL, *tail = NULL, *next;
+  int n = 0;
+  for (cf_restore_t *r = s->pending_head; r; r = next) {
+    next = r->next;
+    r->next = NULL;
+    if (r->engine == e) {
+      cf_rpc_finish(r->call, CF_RPC_ABORTED, "engine %llu was unregistered while this restore waited", (unsigned long long)e->id);
+      __atomic_fetch_sub(&s->in_flight, 1, __ATOMIC_RELAXED);
+      cf__restore_free(r);
+    } else {
+      if (tail) tail->next = r; else keep = r;
+      tail = r;
+      n++;
+    }
+  }
+  s->pending_head = keep;
+  s->pending_tail = tail;
+  s->n_pending = n;
+  for (cf_restore_t *r = s->running; r; r = r->next)
+    if (r->engine == e && s->be.restore_cancel) s->be.restore_cancel(s->be.ctx, r);
+}
+
+/* ---------------------------------------------------------------- health */
+static int cf__health_status(const cf_service_t *s) {
+  return s->draining ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING
+                     : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+}
+
+static int cf__known_service(const char *name) {
+  return !*name || !strcmp(name, "cacheflow.v1.CacheFlow") || !strcmp(name, "cacheflow.v1.Admin") ||
+         !strcmp(name, "grpc.health.v1.Health");
+}
+
+static void cf__h_health_check(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
+  cf_service_t *s = user;
+  Grpc__Health__V1__HealthCheckRequest *r = (void *)m;
+  if (!cf__known_service(r->service)) {
+    cf_rpc_finish(c, CF_RPC_NOT_FOUND, "unknown service '%.100s'", r->service);
+  } else {
+    Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    resp.status = cf__health_status(s);
+    cf_rpc_reply(c, &resp.base);
+  }
+  protobuf_c_message_free_unpacked(m, NULL);
+}
+
+static void cf__watch_send(cf_rpc_call_t *c, int status) {
+  Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+  resp.status = status;
+  cf_rpc_send(c, &resp.base);
+}
+
+static void cf__watch_closed(cf_rpc_call_t *c, void *arg) {
+  cf_service_t *s = arg;
+  for (cf__watch_t **p = &s->watchers; *p; p = &(*p)->next)
+    if ((*p)->call == c) {
+      cf__watch_t *w = *p;
+      *p = w->next;
+      free(w);
+      break;
+    }
+  cf_rpc_finish(c, CF_RPC_CANCELLED, "%s", "client closed the watch");
+}
+
+static void cf__h_health_watch(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
+  cf_service_t *s = user;
+  Grpc__Health__V1__HealthCheckRequest *r = (void *)m;
+  int known = cf__known_service(r->service);
+  protobuf_c_message_free_unpacked(m, NULL);
+  cf__watch_t *w = calloc(1, sizeof *w);
+  if (!w) { cf_rpc_finish(c, CF_RPC_RESOURCE_EXHAUSTED, "out of memory"); return; }
+  cf__watch_send(c, known ? cf__health_status(s) : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVICE_UNKNOWN);
+  w->call = c;
+  w->next = s->watchers;
+  s->watchers = w;
+  cf_rpc_on_close(c, cf__watch_closed, s);
+}
+
+/* ---------------------------------------------------------------- admin */
+static void cf__h_stats(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
+  cf_service_t *s = user;
+  protobuf_c_message_free_unpacked(m, NULL);
+  cf_service_stats_t st;
+  cf_service_stats(s, &st);
+  cf_rpc_stats_t rs = {0};
+  if (s->rpc) cf_rpc_stats(s->rpc, &rs);
+  Cacheflow__V1__StatsResponse resp = CACHEFLOW__V1__STATS_RESPONSE__INIT;
+  resp.uptime_s = cf__now() - s->t_start;
+  resp.engines = st.engines;
+  resp.requests_total = rs.calls_total;
+  resp.errors_total = rs.calls_total - rs.status_total[CF_RPC_OK] - rs.calls_in_flight;
+  resp.restores_in_flight = st.restores_in_flight;
+  resp.cpu_tier_bytes_used = st.cpu_bytes;
+  resp.ssd_tier_bytes_used = st.ssd_bytes;
+  resp.draining = st.draining;
+  if (s->model) {
+    resp.model_fingerprint.data = (uint8_t *)s->model->fingerprint;
+    resp.model_fingerprint.len = 16;
+    resp.model_dir = (char *)s->model->dir;
+    resp.model_layers = s->model->n_layers;
+    resp.model_kv_heads = s->model->n_kv_heads;
+    resp.model_head_dim = s->model->head_dim;
+    resp.model_vocab = s->model->vocab;
+  }
+  Cacheflow__V1__Counter cs[4], *cp[4];
+  const char *names[4] = {"cacheflow_restores_total", "cacheflow_restore_batches_total",
+                          "cacheflow_restores_batched_total", "cacheflow_rpc_calls_in_flight"};
+  double vals[4] = {(double)st.restores_total, (double)st.batches_total, (double)st.restores_batched_total,
+                    (double)rs.calls_in_flight};
+  for (int i = 0; i < 4; i++) {
+    cacheflow__v1__counter__init(&cs[i]);
+    cs[i].name = (char *)names[i];
+    cs[i].value = vals[i];
+    cp[i] = &cs[i];
+  }
+  resp.n_counters = 4;
+  resp.counters = cp;
+  cf_rpc_reply(c, &resp.base);
+}
+
+static void cf__h_evict(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
+  cf_service_t *s = user;
+  Cacheflow__V1__EvictRequest *r = (void *)m;
+  if ((int)r->tier < 0 || (int)r->tier > CACHEFLOW__V1__TIER__TIER_SSD) {
+    cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "tier %d unknown (0 = all, 1 = cpu, 2 = ssd)", (int)r->tier);
+  } else if (!s->be.evict) {
+    cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "Evict needs the KV store (lib/store), not wired into this daemon yet");
+  } else {
+    Cacheflow__V1__EvictResponse resp = CACHEFLOW__V1__EVICT_RESPONSE__INIT;
+    int rc = s->be.evict(s->be.ctx, r->tier, r->bytes, &resp.bytes_evicted, &resp.chunks_evicted);
+    if (rc) cf_rpc_finish(c, cf_rpc_status_from_err(rc), "evict: %s", cf_errmsg());
+    else cf_rpc_reply(c, &resp.base);
+  }
+  protobuf_c_message_free_unpacked(m, NULL);
+}
+
+static void cf__h_get_config(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
+  cf_service_t *s = user;
+  Cacheflow__V1__GetConfigRequest *r = (void *)m;
+  size_t n = cf_config_count;
+  Cacheflow__V1__ConfigEntry *es = calloc(n, sizeof *es);
+  Cacheflow__V1__ConfigEntry **ep = calloc(n, sizeof *ep);
+  char (*vals)[CF_CFG_STR_MAX] = calloc(n, sizeof *vals);
+  char (*allowed)[160] = calloc(n, sizeof *allowed);
+  if (!es || !ep || !vals || !allowed) { cf_rpc_finish(c, CF_RPC_RESOURCE_EXHAUSTED, "out of memory"); goto out; }
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) {
+    const cf_config_entry_t *e = &cf_config_table[i];
+    if (*r->name && strcmp(r->name, e->name)) continue;
+    cacheflow__v1__config_entry__init(&es[k]);
+    es[k].name = (char *)e->name;
+    es[k].value = (char *)cf_config_format(s->cfg, e, vals[k], sizeof vals[k]);
+    es[k].default_value = (char *)e->def;
+    es[k].reloadable = e->reloadable;
+    es[k].help = (char *)e->help;
+    es[k].allowed = (char *)cf_config_allowed(e, allowed[k], sizeof allowed[k]);
+    ep[k] = &es[k];
+    k++;
+  }
+  if (*r->name && !k) { cf_rpc_finish(c, CF_RPC_NOT_FOUND, "no setting named '%.100s'", r->name); goto out; }
+  Cacheflow__V1__GetConfigResponse resp = CACHEFLOW__V1__GET_CONFIG_RESPONSE__INIT;
+  resp.n_entries = k;
+  resp.entries = ep;
+  cf_rpc_reply(c, &resp.base);
+out:
+  free(es); free(ep); free(vals); free(allowed);
+  protobuf_c_message_free_unpacked(m, NULL);
+}
+
+/* ---------------------------------------------------------------- table, lifecycle */
+static const cf_rpc_method_t cf__methods[] = {
+  {"/cacheflow.v1.CacheFlow/RegisterEngine", &cacheflow__v1__register_engine_request__descriptor, cf__v_register, cf__h_register, 0},
+  {"/cacheflow.v1.CacheFlow/Lookup", &cacheflow__v1__lookup_request__descriptor, NULL, cf__h_lookup, 0},
+  {"/cacheflow.v1.CacheFlow/Save", &cacheflow__v1__save_request__descriptor, NULL, cf__h_save, 0},
+  {"/cacheflow.v1.CacheFlow/Restore", &cacheflow__v1__restore_request__descriptor, cf__v_restore, cf__h_restore, 0},
+  {"/cacheflow.v1.CacheFlow/Unregister", &cacheflow__v1__unregister_request__descriptor, NULL, cf__h_unregister, CF_RPC_DRAIN_OK},
+  {"/cacheflow.v1.Admin/Stats", &cacheflow__v1__stats_request__descriptor, NULL, cf__h_stats, CF_RPC_DRAIN_OK},
+  {"/cacheflow.v1.Admin/Evict", &cacheflow__v1__evict_request__descriptor, NULL, cf__h_evict, 0},
+  {"/cacheflow.v1.Admin/GetConfig", &cacheflow__v1__get_config_request__descriptor, NULL, cf__h_get_config, CF_RPC_DRAIN_OK},
+  {"/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_request__descriptor, NULL, cf__h_health_check, CF_RPC_DRAIN_OK},
+  {"/grpc.health.v1.Health/Watch", &grpc__health__v1__health_check_request__descriptor, NULL, cf__h_health_watch, CF_RPC_DRAIN_OK},
+};
+
+const cf_rpc_method_t *cf_service_methods(int *n) {
+  *n = (int)(sizeof cf__methods / sizeof cf__methods[0]);
+  return cf__methods;
+}
+
+int cf_service_init(cf_service_t **out, uv_loop_t *loop, const cf_config_t *cfg, const cf_model_info_t *model,
+                    const cf_service_backend_t *backend) {
+  cf_service_t *s = calloc(1, sizeof *s);
+  if (!s) return cf_seterr(CF_ENOMEM, "service");
+  s->max_engines = (int)cfg->max_engines;
+  s->engines = calloc(s->max_engines, sizeof *s->engines);
+  if (!s->engines) { free(s); return cf_seterr(CF_ENOMEM, "engine table"); }
+  s->loop = loop;
+  s->cfg = cfg;
+  s->model = model;
+  if (backend) s->be = *backend;
+  s->t_start = cf__now();
+  s->next_id = (uv_hrtime() & 0xffffffull) << 32; /* differs per run: stale ids are NOT_FOUND */
+  uv_timer_init(loop, &s->batch_timer);
+  s->batch_timer.data = s;
+  *out = s;
+  return 0;
+}
+
+void cf_service_set_rpc(cf_service_t *s, cf_rpc_server_t *rpc) { s->rpc = rpc; }
+
+void cf_service_drain(cf_service_t *s) {
+  if (s->draining) return;
+  s->draining = 1;
+  for (cf__watch_t *w = s->watchers; w; w = w->next) cf__watch_send(w->call, cf__health_status(s));
+}
+
+int cf_service_restores_in_flight(const cf_service_t *s) { return (int)__atomic_load_n(&s->in_flight, __ATOMIC_RELAXED); }
+
+void cf_service_abort_all(cf_service_t *s, const char *why) {
+  if (s->timer_armed) { uv_timer_stop(&s->batch_timer); s->timer_armed = 0; }
+  while (s->pending_head) {
+    cf_restore_t *r = s->pending_head;
+    s->pending_head = r->next;
+    cf_rpc_finish(r->call, CF_RPC_UNAVAILABLE, "%s", why);
+    __atomic_fetch_sub(&s->in_flight, 1, __ATOMIC_RELAXED);
+    cf__restore_free(r);
+  }
+  s->pending_tail = NULL;
+  s->n_pending = 0;
+  while (s->running) { /* the executor must end them synchronously when cancelled at shutdown */
+    cf_restore_t *r = s->running;
+    if (s->be.restore_cancel) s->be.restore_cancel(s->be.ctx, r);
+    if (s->running == r) cf_service_restore_done(r, CF_RPC_UNAVAILABLE, NULL, why);
+  }
+  while (s->watchers) {
+    cf__watch_t *w = s->watchers;
+    s->watchers = w->next;
+    cf__watch_send(w->call, GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING);
+    cf_rpc_finish(w->call, CF_RPC_OK, "%s", "shutting down");
+    free(w);
+  }
+}
+
+static void cf__timer_closed(uv_handle_t *h) {
+  cf_service_t *s = h->data;
+  free(s->engines);
+  free(s);
+}
+
+void cf_service_close(cf_service_t *s) {
+  cf_service_abort_all(s, "cacheflowd is shutting down");
+  for (int i = 0; i < s->max_engines; i++)
+    if (s->engines[i]) { cf_engine_t *e = s->engines[i]; s->engines[i] = NULL; cf__engine_unref(s, e); }
+  uv_close((uv_handle_t *)&s->batch_timer, cf__timer_closed);
+}
+
+void cf_service_stats(const cf_service_t *s, cf_service_stats_t *o) {
+  memset(o, 0, sizeof *o);
+  o->engines = __atomic_load_n(&s->n_engines, __ATOMIC_RELAXED);
+  o->restores_in_flight = __atomic_load_n(&s->in_flight, __ATOMIC_RELAXED);
+  o->restores_total = __atomic_load_n(&s->restores_total, __ATOMIC_RELAXED);
+  o->batches_total = __atomic_load_n(&s->batches_total, __ATOMIC_RELAXED);
+  o->restores_batched_total = __atomic_load_n(&s->batched_total, __ATOMIC_RELAXED);
+  o->draining = s->draining;
+  if (s->be.usage) s->be.usage(s->be.ctx, &o->cpu_bytes, &o->ssd_bytes);
+}

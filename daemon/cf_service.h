@@ -1,0 +1,119 @@
+/* cf_service — what each RPC does once cf_rpc has unpacked and field-checked it; and the
+ * seam the executor plugs into.
+ *
+ * The service owns the engine table (RegisterEngine / Unregister), the Restore batcher
+ * (collects restores for `batch_window_us` or until `batch_max`, then hands the batch over),
+ * health (grpc.health.v1 Check and Watch) and the Admin service. Data-path work — store
+ * lookup, save, planning and executing restores, evicting — goes through cf_service_backend_t:
+ * a NULL hook answers FAILED_PRECONDITION naming the missing part, so the daemon is useful
+ * (and testable) before lib/store and lib/exec are wired in.
+ *
+ * Everything runs on the libuv loop thread.
+ */
+#ifndef CF_SERVICE_H
+#define CF_SERVICE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "cacheflow/v1/cacheflow.pb-c.h"
+#include "cf_config.h"
+#include "cf_model_info.h"
+#include "cf_rpc.h"
+
+/* One layer's K or V buffer as the engine declared it (validated at registration). */
+typedef struct {
+  char *shm_path;           /* NULL for CUDA IPC */
+  uint8_t ipc_handle[64];   /* CUDA IPC (when shm_path is NULL) */
+  char gpu_uuid[64];
+  uint64_t offset;
+} cf_kvbuf_t;
+
+typedef struct {
+  cf_kvbuf_t k, v;
+  uint64_t block_stride, token_stride, head_stride;
+} cf_layer_layout_t;
+
+/* A registered engine. Shared by reference: restores in flight hold one, so an Unregister
+ * that races a restore never frees what the executor is using. */
+typedef struct cf_engine_s {
+  uint64_t id;
+  char name[129];
+  int refs;
+  int gone;                 /* unregistered: restores still holding it are aborted */
+  int n_layers;
+  uint32_t block_size, num_blocks;
+  int dtype;                /* Cacheflow__V1__DType */
+  size_t dtype_size;
+  cf_layer_layout_t *layers;
+  void *exec_priv;          /* the backend's per-engine state (mapped buffers) */
+} cf_engine_t;
+
+/* One validated Restore, owned by the service until cf_service_restore_done. */
+typedef struct cf_restore_s {
+  cf_rpc_call_t *call;
+  cf_engine_t *engine;
+  Cacheflow__V1__RestoreRequest *req;
+  int policy;               /* cf_policy_kind_t, the request's or the configured default */
+  uint64_t arrival_ns;
+  struct cf_restore_s *next;
+  struct cf_service_s *svc;
+  void *exec_priv;
+} cf_restore_t;
+
+/* The data path. Every hook may be NULL (not built yet). Hooks run on the loop thread and
+ * must not block: long work goes to the backend's own threads, which report back through
+ * uv_async and then call cf_service_restore_event / cf_service_restore_done on the loop. */
+typedef struct {
+  void *ctx;
+  /* Map the engine's buffers; 0 or CF_E* (the registration is refused with its detail). */
+  int (*engine_added)(void *ctx, cf_engine_t *e);
+  void (*engine_removed)(void *ctx, cf_engine_t *e);
+  /* Fill `out` (cached_tokens, per_tier). 0 or CF_E*. */
+  int (*lookup)(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t n, Cacheflow__V1__LookupResponse *out);
+  /* Copy the blocks into the CPU tier. 0 or CF_E*; *saved_tokens and *durable filled. */
+  int (*save)(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest *req, uint32_t *saved_tokens, int *durable);
+  /* Plan and run a batch; each restore must end with cf_service_restore_done. */
+  void (*restore_batch)(void *ctx, cf_restore_t **batch, int n);
+  /* Cancel a restore whose engine went away or whose client left; it still ends with done. */
+  void (*restore_cancel)(void *ctx, cf_restore_t *r);
+  int (*evict)(void *ctx, int tier, uint64_t bytes, uint64_t *bytes_evicted, uint64_t *chunks_evicted);
+  void (*usage)(void *ctx, uint64_t *cpu_bytes, uint64_t *ssd_bytes);
+} cf_service_backend_t;
+
+typedef struct cf_service_s cf_service_t;
+
+/* `cfg` stays owned by the caller and is read live (SIGHUP reload takes effect at once).
+ * `model` may be NULL (no model configured: RegisterEngine fails with FAILED_PRECONDITION).
+ * `backend` may be NULL (every hook missing). Returns 0 or CF_ENOMEM. */
+int cf_service_init(cf_service_t **out, uv_loop_t *loop, const cf_config_t *cfg,
+                    const cf_model_info_t *model, const cf_service_backend_t *backend);
+/* The method table to give cf_rpc_start (user = the service). */
+const cf_rpc_method_t *cf_service_methods(int *n);
+void cf_service_set_rpc(cf_service_t *s, cf_rpc_server_t *rpc);
+
+/* Stream progress of a restore / end it (status CF_RPC_*; `stats` NULL unless OK). */
+void cf_service_restore_event(cf_restore_t *r, const Cacheflow__V1__RestoreEvent *ev);
+void cf_service_restore_done(cf_restore_t *r, int status, const Cacheflow__V1__RestoreStats *stats,
+                             const char *detail);
+
+/* Drain: health turns NOT_SERVING (Watch streams are told). */
+void cf_service_drain(cf_service_t *s);
+/* Restores accepted and not yet ended (batched or executing). */
+int cf_service_restores_in_flight(const cf_service_t *s);
+/* End every open call of the service: restores get UNAVAILABLE (drain timeout), Watch streams
+ * end OK. Call before cf_rpc_shutdown. */
+void cf_service_abort_all(cf_service_t *s, const char *why);
+void cf_service_close(cf_service_t *s);
+
+typedef struct {
+  uint32_t engines, restores_in_flight;
+  uint64_t restores_total, restores_batched_total, batches_total;
+  uint64_t cpu_bytes, ssd_bytes;
+  int draining;
+} cf_service_stats_t;
+/* Safe from any thread (atomics). */
+void cf_service_stats(const cf_service_t *s, cf_service_stats_t *out);
+
+#endif

@@ -1,0 +1,70 @@
+/* cf_client — C client of cacheflowd (gRPC C core on the client side).
+ *
+ *   cf_client_t *c;
+ *   if (cf_client_connect("unix:/run/cacheflow/cacheflowd.sock", 5000, &c)) { print cf_errmsg(); }
+ *   cf_client_lookup(c, engine_id, tokens, n, &cached);
+ *   cf_client_close(c);
+ *
+ * One cf_client_t is used by one thread at a time (each owns its completion queue); open one per
+ * thread for concurrency — they may share nothing. Every call blocks until the daemon answers or
+ * the per-call timeout passes. Errors: a negative CF_E* code; cf_errmsg() holds
+ * "<GRPC_STATUS>: <the daemon's reason>" and cf_client_status() the exact gRPC status.
+ * Messages are the protobuf-c types generated from proto/cacheflow/v1/cacheflow.proto.
+ */
+#ifndef CF_CLIENT_H
+#define CF_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cacheflow/v1/cacheflow.pb-c.h"
+
+typedef struct cf_client_s cf_client_t;
+
+/* Open a channel to `addr` ("unix:/path" or "host:port"); no I/O happens until the first call.
+ * `timeout_ms` bounds each call (0 = 30 s). Returns 0 or CF_ENOMEM/CF_EINVAL. Free with
+ * cf_client_close. */
+int cf_client_connect(const char *addr, int timeout_ms, cf_client_t **out);
+void cf_client_close(cf_client_t *c);
+
+/* gRPC status of the last call (0 = OK) and its detail string (valid until the next call). */
+int cf_client_status(const cf_client_t *c);
+const char *cf_client_detail(const cf_client_t *c);
+
+/* Unary call of `method` ("/cacheflow.v1.Admin/Stats"). On success *resp is owned by the
+ * caller: free with protobuf_c_message_free_unpacked(*resp, NULL). */
+int cf_client_call(cf_client_t *c, const char *method, const ProtobufCMessage *req,
+                   const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp);
+/* Unary call with raw request bytes (tests send malformed ones); the reply is discarded. */
+int cf_client_call_raw(cf_client_t *c, const char *method, const void *req, size_t len);
+
+/* grpc.health.v1.Health/Check of the whole server: *serving = 1 SERVING, 0 otherwise. */
+int cf_client_health(cf_client_t *c, int *serving);
+
+int cf_client_register(cf_client_t *c, const Cacheflow__V1__RegisterEngineRequest *req, uint64_t *engine_id);
+int cf_client_unregister(cf_client_t *c, uint64_t engine_id);
+/* Longest stored prefix of tokens[0..n) in tokens (*cached), optional per-tier split
+ * (cpu, ssd; may be NULL). */
+int cf_client_lookup(cf_client_t *c, uint64_t engine_id, const uint32_t *tokens, size_t n, uint32_t *cached,
+                     uint32_t *cpu_tokens, uint32_t *ssd_tokens);
+int cf_client_save(cf_client_t *c, uint64_t engine_id, const uint32_t *tokens, size_t n, const uint32_t *blocks,
+                   size_t nblocks, uint32_t *saved, int *durable);
+
+/* Called for each streamed event (plan, layers ready, final stats); return nonzero to cancel. */
+typedef int (*cf_client_restore_cb)(void *arg, const Cacheflow__V1__RestoreEvent *ev);
+/* Server-streaming Restore: returns 0 once the daemon ended the stream with OK. */
+int cf_client_restore(cf_client_t *c, const Cacheflow__V1__RestoreRequest *req, cf_client_restore_cb cb, void *arg);
+
+/* Admin. *out owned by the caller (…__free_unpacked(*out, NULL)). */
+int cf_client_stats(cf_client_t *c, Cacheflow__V1__StatsResponse **out);
+int cf_client_evict(cf_client_t *c, int tier, uint64_t bytes, uint64_t *bytes_evicted, uint64_t *chunks_evicted);
+int cf_client_get_config(cf_client_t *c, const char *name, Cacheflow__V1__GetConfigResponse **out);
+
+#endif
+
+/* Convenience for CPU engines and tools: create (or reuse) the shared-memory file `shm_path`
+ * sized for a standard paged layout — per layer K then V, each [num_blocks][block_size]
+ * [kv_heads][head_dim] of `dtype` (a Cacheflow__V1__DType) — ask the daemon for its model
+ * (Stats) and register it. *file_bytes receives the file size. Returns 0 or CF_E*. */
+int cf_client_register_shm(cf_client_t *c, const char *shm_path, uint32_t block_size, uint32_t num_blocks, int dtype,
+                           const char *name, uint64_t *engine_id, uint64_t *file_bytes);
