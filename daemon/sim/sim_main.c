@@ -1,0 +1,269 @@
+/* cacheflow-sim — plan a batch of restores with every policy, simulate each plan on a modelled
+ * node, print a table and optionally the same as JSON. Exit 0; 2 on bad input (one line on
+ * stderr naming it); 1 if a policy produced an invalid plan (a bug). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "sched/cf_bound.h"
+#include "sched/cf_sched.h"
+#include "sched/cf_sim.h"
+#include "sim/sim.h"
+#include "util/cf_err.h"
+#include "util/cf_json.h"
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: cacheflow-sim --hw FILE|NAME --model NAME|config.json\n"
+          "                     (--workload FILE | --gen multi-turn|rag|agentic --n N [--seed S] [--rate R])\n"
+          "                     [--policy all|NAME] [--tier dram|ssd|net] [--gbps X] [--chunk N]\n"
+          "                     [--gpus N] [--refine N] [--json FILE]\n"
+          "  --hw       hardware profile: conf/hw/NAME.json (h100-pcie5, h100-link10g/40g/80g, h100-nvme) or a path\n"
+          "  --model    llama-3.1-8b, qwen3-8b, llama-3.1-70b-tp4, llama-3.1-70b-tp8, or an HF config.json\n"
+          "  --workload JSON lines {\"arrival_s\": 0.0, \"prefix_tokens\": 16384, \"new_tokens\": 256}\n"
+          "  --gen      synthetic workload; --rate requests/s (Poisson; 0 = all at t=0; default per kind)\n"
+          "  --policy   recompute, load, cake, layerwise, cacheflow, optimal or all (default all)\n"
+          "  --tier     tier holding the prefixes (default: the profile's)\n"
+          "  --gbps     override that tier's load bandwidth, Gbit/s\n"
+          "  --chunk    tokens per chunk (default 256)\n"
+          "  --gpus     GPUs in use (default: the model's TP degree); engines = gpus / TP\n"
+          "  --refine   simulator runs optimal may spend refining (default: automatic; 0 = fast path)\n"
+          "  --json     write the results as JSON to FILE\n");
+}
+
+static int bad(const char *fmt, const char *a, const char *b) {
+  fprintf(stderr, "cacheflow-sim: ");
+  fprintf(stderr, fmt, a, b);
+  fprintf(stderr, "\n");
+  return 2;
+}
+
+static int parse_num(const char *opt, const char *s, double lo, double hi, double *out) {
+  char *e;
+  double v = strtod(s, &e);
+  if (!*s || *e || !isfinite(v) || v < lo || v > hi) {
+    char buf[96];
+    snprintf(buf, sizeof buf, "%g..%g", lo, hi);
+    fprintf(stderr, "cacheflow-sim: %s '%s': expected a number in %s\n", opt, s, buf);
+    return 2;
+  }
+  *out = v;
+  return 0;
+}
+
+static double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+typedef struct {
+  int ran, valid;
+  char err[512];
+  cf_sim_result_t res;
+  double plan_ms;
+  int sim_evals;
+} row_t;
+
+static void json_num(FILE *f, double v) {
+  if (isfinite(v)) fprintf(f, "%.9g", v);
+  else fprintf(f, "null");
+}
+
+int main(int argc, char **argv) {
+  const char *hw_arg = NULL, *model_arg = NULL, *work = NULL, *gen = NULL, *pol_arg = "all",
+             *tier_arg = NULL, *json = NULL;
+  double n_gen = 0, seed = 1, rate = -1, gbps = 0, chunk = 256, gpus = 0, refine = -1;
+  int rc;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
+    if (strncmp(a, "--", 2) != 0) return bad("unexpected argument '%s'%s (see --help)", a, "");
+    if (i + 1 >= argc) return bad("option %s needs a value%s", a, "");
+    const char *v = argv[++i];
+    if (!strcmp(a, "--hw")) hw_arg = v;
+    else if (!strcmp(a, "--model")) model_arg = v;
+    else if (!strcmp(a, "--workload")) work = v;
+    else if (!strcmp(a, "--gen")) gen = v;
+    else if (!strcmp(a, "--policy")) pol_arg = v;
+    else if (!strcmp(a, "--tier")) tier_arg = v;
+    else if (!strcmp(a, "--json")) json = v;
+    else if (!strcmp(a, "--n")) { if ((rc = parse_num(a, v, 1, 1000000, &n_gen))) return rc; }
+    else if (!strcmp(a, "--seed")) { if ((rc = parse_num(a, v, 0, 1e15, &seed))) return rc; }
+    else if (!strcmp(a, "--rate")) { if ((rc = parse_num(a, v, 0, 1e9, &rate))) return rc; }
+    else if (!strcmp(a, "--gbps")) { if ((rc = parse_num(a, v, 1e-6, 1e6, &gbps))) return rc; }
+    else if (!strcmp(a, "--chunk")) { if ((rc = parse_num(a, v, 1, 1 << 20, &chunk))) return rc; }
+    else if (!strcmp(a, "--gpus")) { if ((rc = parse_num(a, v, 1, 1024, &gpus))) return rc; }
+    else if (!strcmp(a, "--refine")) { if ((rc = parse_num(a, v, 0, 1e6, &refine))) return rc; }
+    else return bad("unknown option '%s'%s (see --help)", a, "");
+  }
+  if (!hw_arg) return bad("missing --hw FILE|NAME%s%s", "", "");
+  if (!model_arg) return bad("missing --model NAME|config.json%s%s", "", "");
+  if (!work == !gen) return bad("give exactly one of --workload FILE or --gen KIND%s%s", "", "");
+  if (gen && n_gen < 1) return bad("--gen %s needs --n N%s", gen, "");
+
+  int pol_one = -1;
+  if (strcmp(pol_arg, "all") != 0) {
+    cf_policy_t p;
+    if (cf_policy_parse(pol_arg, &p)) return bad("%s%s", cf_errmsg(), " (or all)");
+    pol_one = (int)p;
+  }
+  sim_hw_t hw;
+  if ((rc = sim_hw_load(hw_arg, &hw))) return bad("%s%s", cf_errmsg(), "");
+  sim_model_t model;
+  if ((rc = sim_model_load(model_arg, &model))) return bad("%s%s", cf_errmsg(), "");
+  int tier = hw.default_tier;
+  if (tier_arg) {
+    tier = -1;
+    for (int t = 0; t < 3; t++)
+      if (!strcmp(tier_arg, sim_tier_names[t])) tier = t;
+    if (tier < 0) return bad("unknown tier '%s': expected dram, ssd or net%s", tier_arg, "");
+  }
+  cf_sched_input_t in = {0};
+  if ((rc = sim_cost_make(&hw, &model, (int)gpus, tier, gbps, (int)chunk, &in.cost)))
+    return bad("%s%s", cf_errmsg(), "");
+  cf_sched_req_t *reqs = NULL;
+  int n = 0;
+  if (work) {
+    if ((rc = sim_workload_read(work, &reqs, &n))) return bad("workload %s%s", cf_errmsg(), "");
+  } else {
+    if ((rc = sim_workload_gen(gen, (int)n_gen, (uint64_t)seed, rate, &reqs))) return bad("%s%s", cf_errmsg(), "");
+    n = (int)n_gen;
+  }
+  in.reqs = reqs;
+  in.n_reqs = n;
+  in.refine_evals = (int)refine;
+  if ((rc = cf_sched_input_check(&in))) {
+    free(reqs);
+    return bad("workload: %s%s", cf_errmsg(), "");
+  }
+
+  double bound = cf_bound(&in);
+  row_t rows[CF_POLICY_COUNT];
+  memset(rows, 0, sizeof rows);
+  cf_sched_plan_t plan;
+  cf_sched_plan_init(&plan);
+  int invalid = 0;
+  for (int p = 0; p < CF_POLICY_COUNT; p++) {
+    if (pol_one >= 0 && p != pol_one) continue;
+    row_t *w = &rows[p];
+    cf_sim_result_init(&w->res);
+    w->ran = 1;
+    double t0 = now_s();
+    rc = cf_sched_plan(&in, (cf_policy_t)p, &plan);
+    w->plan_ms = (now_s() - t0) * 1e3;
+    w->sim_evals = plan.sim_evals;
+    if (!rc) rc = cf_sim_run(&in, &plan, &w->res);
+    w->valid = rc == 0;
+    if (rc) {
+      snprintf(w->err, sizeof w->err, "%s: %s", cf_strerror(rc), cf_errmsg());
+      fprintf(stderr, "cacheflow-sim: policy %s: %s\n", cf_policy_name((cf_policy_t)p), w->err);
+      invalid = 1;
+    }
+  }
+  cf_sched_plan_free(&plan);
+
+  /* ---- table */
+  int64_t tot = 0, mx = 0;
+  for (int i = 0; i < n; i++) {
+    tot += reqs[i].prefix_tokens;
+    if (reqs[i].prefix_tokens > mx) mx = reqs[i].prefix_tokens;
+  }
+  printf("hw %s (%s tier, %.3g GB/s per link%s, %d engine%s of %d GPU%s), model %s (%d layers, "
+         "%.0f B/token/layer)\n",
+         hw.name, sim_tier_names[tier], in.cost.link_Bps / 1e9,
+         in.cost.shared_link ? " shared" : "", in.cost.n_devices, in.cost.n_devices > 1 ? "s" : "",
+         model.tp, model.tp > 1 ? "s" : "", model.name, in.cost.n_layers, in.cost.kv_bytes_per_token);
+  printf("%d requests, %lld prefix tokens (max %lld), chunk %d; lower bound on makespan %.4f s\n\n",
+         n, (long long)tot, (long long)mx, in.cost.chunk_tokens, bound);
+  printf("%-10s %9s %7s %9s %9s %9s %9s %6s %6s %8s", "policy", "makespan", "/bound", "TTFT mean",
+         "p50", "p95", "p99", "util_c", "util_l", "plan_ms");
+  for (int q = 0; q < CF_POLICY_COUNT; q++)
+    if (rows[q].ran) printf(" %9.9s", cf_policy_name((cf_policy_t)q));
+  printf("\n");
+  for (int p = 0; p < CF_POLICY_COUNT; p++) {
+    row_t *w = &rows[p];
+    if (!w->ran) continue;
+    if (!w->valid) { printf("%-10s INVALID: %s\n", cf_policy_name((cf_policy_t)p), w->err); continue; }
+    cf_sim_result_t *s = &w->res;
+    printf("%-10s %9.4f %7.3f %9.4f %9.4f %9.4f %9.4f %6.2f %6.2f %8.3f", cf_policy_name((cf_policy_t)p),
+           s->makespan_s, bound > 0 ? s->makespan_s / bound : 1.0, s->mean_ttft_s, s->p50_ttft_s,
+           s->p95_ttft_s, s->p99_ttft_s, s->compute_util, s->link_util, w->plan_ms);
+    for (int q = 0; q < CF_POLICY_COUNT; q++)
+      if (rows[q].ran) {
+        if (rows[q].valid && s->mean_ttft_s > 0) printf(" %8.2fx", rows[q].res.mean_ttft_s / s->mean_ttft_s);
+        else printf(" %9s", "-");
+      }
+    printf("\n");
+  }
+  printf("\nTTFT = restore + prefill of the new tokens; columns after plan_ms: speed-up of the row's mean TTFT over each policy\n");
+
+  /* ---- JSON */
+  if (json) {
+    FILE *f = fopen(json, "w");
+    if (!f) {
+      perror(json);
+      free(reqs);
+      return 2;
+    }
+    char esc[512];
+    fprintf(f, "{\n  \"hw\": ");
+    cf_json_escape(esc, sizeof esc, hw.name);
+    fprintf(f, "%s,\n  \"model\": ", esc);
+    cf_json_escape(esc, sizeof esc, model.name);
+    fprintf(f, "%s,\n  \"tier\": \"%s\",\n  \"link_GBps\": ", esc, sim_tier_names[tier]);
+    json_num(f, in.cost.link_Bps / 1e9);
+    fprintf(f, ",\n  \"shared_link\": %s,\n  \"n_devices\": %d,\n  \"n_requests\": %d,\n"
+               "  \"chunk_tokens\": %d,\n  \"n_layers\": %d,\n  \"bound_s\": ",
+            in.cost.shared_link ? "true" : "false", in.cost.n_devices, n, in.cost.chunk_tokens,
+            in.cost.n_layers);
+    json_num(f, bound);
+    fprintf(f, ",\n  \"policies\": {");
+    int first = 1;
+    for (int p = 0; p < CF_POLICY_COUNT; p++) {
+      row_t *w = &rows[p];
+      if (!w->ran) continue;
+      fprintf(f, "%s\n    \"%s\": {\"valid\": %s", first ? "" : ",", cf_policy_name((cf_policy_t)p),
+              w->valid ? "true" : "false");
+      first = 0;
+      if (!w->valid) {
+        cf_json_escape(esc, sizeof esc, w->err);
+        fprintf(f, ", \"error\": %s}", esc);
+        continue;
+      }
+      cf_sim_result_t *s = &w->res;
+      const char *k[] = {"makespan_s", "mean_ttft_s", "p50_ttft_s", "p95_ttft_s", "p99_ttft_s",
+                         "mean_restore_s", "ratio_to_bound", "compute_util", "link_util", "plan_ms"};
+      double v[] = {s->makespan_s, s->mean_ttft_s, s->p50_ttft_s, s->p95_ttft_s, s->p99_ttft_s,
+                    s->mean_restore_s, bound > 0 ? s->makespan_s / bound : 1.0, s->compute_util,
+                    s->link_util, w->plan_ms};
+      for (size_t j = 0; j < sizeof v / sizeof v[0]; j++) {
+        fprintf(f, ", \"%s\": ", k[j]);
+        json_num(f, v[j]);
+      }
+      fprintf(f, ", \"cells_computed\": %lld, \"cells_loaded\": %lld, \"sim_evals\": %d",
+              (long long)s->cells_computed, (long long)s->cells_loaded, w->sim_evals);
+      fprintf(f, ", \"speedup_mean_ttft\": {");
+      int f2 = 1;
+      for (int q = 0; q < CF_POLICY_COUNT; q++)
+        if (rows[q].ran && rows[q].valid && s->mean_ttft_s > 0) {
+          fprintf(f, "%s\"%s\": ", f2 ? "" : ", ", cf_policy_name((cf_policy_t)q));
+          json_num(f, rows[q].res.mean_ttft_s / s->mean_ttft_s);
+          f2 = 0;
+        }
+      fprintf(f, "}}");
+    }
+    fprintf(f, "\n  }\n}\n");
+    if (fclose(f) != 0) {
+      perror(json);
+      free(reqs);
+      return 2;
+    }
+  }
+  for (int p = 0; p < CF_POLICY_COUNT; p++)
+    if (rows[p].ran) cf_sim_result_free(&rows[p].res);
+  free(reqs);
+  return invalid ? 1 : 0;
+}

@@ -1,0 +1,79 @@
+/* cf_cost — the cost model the scheduler plans with (DESIGN.md §1).
+ *
+ * Compute: one prefill step of n consecutive tokens that start at position p, at one layer,
+ * on one device, takes
+ *     step(p, n) = gamma + alpha * n + beta * n * (p + n / 2)          seconds
+ * gamma is the fixed cost of a step (kernel launches, small-GEMM inefficiency, and for tensor
+ * parallel engines the all-reduce latency), alpha the per-token cost of the projections and the
+ * MLP, beta the attention over the prefix (the integral of the context length over the step's
+ * tokens: the chunk at position p attends to p + its causal half). The daemon fills these from
+ * its start-up profile; cf_cost_h100_llama8b() returns the fit to ../shared/calib/h100.json.
+ *
+ * Load: a load op of `cells` bytes over a link takes  latency + bytes / link_Bps.
+ * A node has n_devices compute devices (engine instances; a TP engine of G GPUs is ONE device
+ * whose link carries the G shards over G PCIe links, i.e. G x the bandwidth). Each device has
+ * its own link (tier in CPU DRAM: PCIe) unless shared_link is set (SSD or network tier: one
+ * link for every device, bandwidth = the slower of the tier and PCIe).
+ */
+#ifndef CF_COST_H
+#define CF_COST_H
+
+#include <stdint.h>
+
+typedef struct {
+  int n_layers;              /* L */
+  int chunk_tokens;          /* C: tokens per chunk (the last chunk of a prefix may be shorter) */
+  double kv_bytes_per_token; /* K+V bytes of one token at one layer, per device */
+  double gamma_s;            /* fixed cost of one compute step (s) */
+  double alpha_s;            /* per token (s) */
+  double beta_s;             /* per token x context token (s) */
+  int n_devices;             /* compute devices (engine instances), >= 1 */
+  int shared_link;           /* 1: one link shared by all devices; 0: one link per device */
+  double link_Bps;           /* bytes/s of each link */
+  double link_latency_s;     /* fixed cost of one load op (s) */
+} cf_sched_cost_t;
+
+/* Defaults for Llama-3.1-8B on one H100 with the prefixes in pinned CPU DRAM (PCIe gen5):
+ * least-squares fit (relative error) of step(p, n) to the 22 rows of
+ * calib/h100.json llama3_8b_chunk_over_prefix (n = 256/512/2048, p = 0..128k: total_ms) and
+ * llama3_8b_layer_prefill (n = 1k..32k, p = 0): gamma = 0.173 ms, alpha = 0.622 us/token,
+ * beta = 0.0488 ns/token^2. Residuals: within 6% for the 256-token chunk rows, 5-17% for the
+ * larger steps (the fit is linear, the GPU is not), -27% at the 1k-token full-layer row.
+ * Link: 48 GB/s (h2d_pinned_256x1MiB_chunks), latency 8 us (from the 0.25/2/16 MB copies). */
+void cf_cost_h100_llama8b(cf_sched_cost_t *c);
+
+/* Number of chunks of a prefix of `tokens` tokens. */
+static inline int32_t cf_cost_chunks(const cf_sched_cost_t *c, int64_t tokens) {
+  return (int32_t)((tokens + c->chunk_tokens - 1) / c->chunk_tokens);
+}
+/* Tokens in chunks [0, k) of a prefix of P tokens. */
+static inline int64_t cf_cost_tok(const cf_sched_cost_t *c, int64_t P, int64_t k) {
+  int64_t t = k * c->chunk_tokens;
+  return t < P ? t : P;
+}
+/* One compute step of n tokens starting at position p, one layer (0 when n == 0). */
+static inline double cf_cost_step(const cf_sched_cost_t *c, double p, double n) {
+  if (n <= 0) return 0.0;
+  return c->gamma_s + c->alpha_s * n + c->beta_s * n * (p + 0.5 * n);
+}
+/* One load op of `tokens` tokens x `layers` layers. */
+static inline double cf_cost_load(const cf_sched_cost_t *c, double tokens, int layers) {
+  if (tokens <= 0 || layers <= 0) return 0.0;
+  return c->link_latency_s + tokens * layers * c->kv_bytes_per_token / c->link_Bps;
+}
+/* Link used by device d. */
+static inline int cf_cost_link_of(const cf_sched_cost_t *c, int d) {
+  return c->shared_link ? 0 : d;
+}
+static inline int cf_cost_n_links(const cf_sched_cost_t *c) {
+  return c->shared_link ? 1 : c->n_devices;
+}
+/* Prefill of `new_tokens` after a restored prefix of P tokens: L steps (TTFT's second term). */
+static inline double cf_cost_prefill(const cf_sched_cost_t *c, int64_t P, int64_t new_tokens) {
+  return c->n_layers * cf_cost_step(c, (double)P, (double)new_tokens);
+}
+
+/* Returns 0 or CF_EINVAL naming the bad field (non-positive, non-finite, out of range). */
+int cf_cost_check(const cf_sched_cost_t *c);
+
+#endif

@@ -1,0 +1,243 @@
+/* cf_plan — plan buffers, op emission, input checks, device assignment and the policy
+ * dispatch behind cf_sched_plan(). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sched/cf_bound.h"
+#include "sched/cf_sched_int.h"
+#include "util/cf_err.h"
+
+static const char *const cf__policy_names[CF_POLICY_COUNT] = {
+    "recompute", "load", "cake", "layerwise", "cacheflow", "optimal"};
+
+const char *cf_policy_name(cf_policy_t p) {
+  return (unsigned)p < CF_POLICY_COUNT ? cf__policy_names[p] : "unknown";
+}
+
+int cf_policy_parse(const char *name, cf_policy_t *out) {
+  for (int i = 0; i < CF_POLICY_COUNT; i++)
+    if (name && strcmp(name, cf__policy_names[i]) == 0) {
+      *out = (cf_policy_t)i;
+      return 0;
+    }
+  return cf_seterr(CF_EINVAL,
+                   "unknown policy '%s': expected recompute, load, cake, layerwise, cacheflow "
+                   "or optimal",
+                   name ? name : "(null)");
+}
+
+void cf_sched_plan_init(cf_sched_plan_t *plan) { memset(plan, 0, sizeof *plan); }
+
+void cf_sched_plan_free(cf_sched_plan_t *plan) {
+  free(plan->device);
+  free(plan->n_chunks);
+  free(plan->h_off);
+  free(plan->h);
+  free(plan->ops);
+  memset(plan, 0, sizeof *plan);
+}
+
+int cf_sched_input_check(const cf_sched_input_t *in) {
+  int rc = cf_cost_check(&in->cost);
+  if (rc) return rc;
+  if (in->n_reqs < 0 || (in->n_reqs > 0 && !in->reqs))
+    return cf_seterr(CF_EINVAL, "sched input: n_reqs = %d with reqs %s", in->n_reqs,
+                     in->reqs ? "set" : "NULL");
+  for (int r = 0; r < in->n_reqs; r++) {
+    const cf_sched_req_t *q = &in->reqs[r];
+    if (!isfinite(q->arrival_s) || q->arrival_s < 0)
+      return cf_seterr(CF_EINVAL, "request %d: arrival_s = %g: expected a finite value >= 0", r,
+                       q->arrival_s);
+    if (q->prefix_tokens < 0 || q->prefix_tokens > ((int64_t)1 << 30))
+      return cf_seterr(CF_EINVAL, "request %d: prefix_tokens = %lld: expected 0..2^30", r,
+                       (long long)q->prefix_tokens);
+    if (cf_cost_chunks(&in->cost, q->prefix_tokens) > INT32_MAX / 2)
+      return cf_seterr(CF_EINVAL, "request %d: %lld tokens is too many chunks", r,
+                       (long long)q->prefix_tokens);
+    if (q->new_tokens < 0 || q->new_tokens > ((int64_t)1 << 30))
+      return cf_seterr(CF_EINVAL, "request %d: new_tokens = %lld: expected 0..2^30", r,
+                       (long long)q->new_tokens);
+    if (q->device < -1 || q->device >= in->cost.n_devices)
+      return cf_seterr(CF_EINVAL, "request %d: device %d: expected -1 or 0..%d", r, q->device,
+                       in->cost.n_devices - 1);
+  }
+  return 0;
+}
+
+static int cf__grow(void **buf, size_t *cap, size_t need, size_t elem) {
+  if (need <= *cap) return 0;
+  size_t n = *cap ? *cap : 16;
+  while (n < need) n *= 2;
+  void *p = realloc(*buf, n * elem);
+  if (!p) return cf_seterr(CF_ENOMEM, "plan: cannot grow to %zu entries of %zu bytes", n, elem);
+  *buf = p;
+  *cap = n;
+  return 0;
+}
+
+int cf__plan_reset(cf_sched_plan_t *p, const cf_sched_input_t *in, const int *dev,
+                   cf_policy_t policy) {
+  int n = in->n_reqs;
+  size_t cap = p->cap_reqs_;
+  if ((size_t)n + 1 > cap) {
+    size_t c = cap ? cap : 8;
+    while (c < (size_t)n + 1) c *= 2;
+    int *d = realloc(p->device, c * sizeof *d);
+    if (d) p->device = d;
+    int32_t *nc = realloc(p->n_chunks, c * sizeof *nc);
+    if (nc) p->n_chunks = nc;
+    size_t *ho = realloc(p->h_off, c * sizeof *ho);
+    if (ho) p->h_off = ho;
+    if (!d || !nc || !ho) return cf_seterr(CF_ENOMEM, "plan: %d requests", n);
+    p->cap_reqs_ = c;
+  }
+  size_t tot = 0;
+  for (int r = 0; r < n; r++) {
+    p->device[r] = dev[r];
+    p->n_chunks[r] = cf_cost_chunks(&in->cost, in->reqs[r].prefix_tokens);
+    p->h_off[r] = tot;
+    tot += (size_t)p->n_chunks[r];
+  }
+  p->h_off[n] = tot;
+  int rc = cf__grow((void **)&p->h, &p->cap_h_, tot ? tot : 1, sizeof *p->h);
+  if (rc) return rc;
+  memset(p->h, 0, tot * sizeof *p->h);
+  p->policy = policy;
+  p->n_reqs = n;
+  p->n_layers = in->cost.n_layers;
+  p->n_devices = in->cost.n_devices;
+  p->n_links = cf_cost_n_links(&in->cost);
+  p->n_ops = 0;
+  p->est_makespan_s = 0;
+  p->sim_evals = 0;
+  return 0;
+}
+
+int cf__plan_op(cf_sched_plan_t *p, int r, cf_op_kind_t kind, int stream, int32_t c0,
+                int32_t c1, int l0, int l1) {
+  int rc = cf__grow((void **)&p->ops, &p->cap_ops_, p->n_ops + 1, sizeof *p->ops);
+  if (rc) return rc;
+  cf_sched_op_t *o = &p->ops[p->n_ops++];
+  o->req = r;
+  o->kind = (uint8_t)kind;
+  o->pad_ = 0;
+  o->stream = (int16_t)stream;
+  o->c0 = c0;
+  o->c1 = c1;
+  o->l0 = (int16_t)l0;
+  o->l1 = (int16_t)l1;
+  return 0;
+}
+
+int cf__plan_emit_compute(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
+                          const int32_t *k) {
+  int L = in->cost.n_layers, n = p->n_chunks[r];
+  uint16_t *h = cf__plan_h(p, r);
+  for (int c = 0; c < n; c++) h[c] = 0;
+  for (int l = 0; l < L && k[l] > 0; l++) {
+    for (int c = 0; c < k[l]; c++) h[c] = (uint16_t)(l + 1);
+    int rc = cf__plan_op(p, r, CF_OP_COMPUTE, p->device[r], 0, k[l], l, l + 1);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+int cf__plan_emit_loads(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
+                        const int32_t *k, int per_layer) {
+  int L = in->cost.n_layers, n = p->n_chunks[r];
+  int link = cf_cost_link_of(&in->cost, p->device[r]);
+  for (int l = 0; l < L;) {
+    int l1 = l + 1;
+    while (!per_layer && l1 < L && k[l1] == k[l]) l1++;
+    if (k[l] < n) {
+      int rc = cf__plan_op(p, r, CF_OP_LOAD, link, k[l], n, l, l1);
+      if (rc) return rc;
+    }
+    l = l1;
+  }
+  return 0;
+}
+
+static const cf_sched_req_t *cf__sort_reqs;
+static int cf__cmp_arrival(const void *a, const void *b) {
+  int x = *(const int *)a, y = *(const int *)b;
+  double ax = cf__sort_reqs[x].arrival_s, ay = cf__sort_reqs[y].arrival_s;
+  if (ax != ay) return ax < ay ? -1 : 1;
+  return x - y;
+}
+
+/* Insertion sort by (arrival, index): stable, allocation-free, and batches are small and
+ * usually already in arrival order (O(n) then). */
+void cf__arrival_order(const cf_sched_input_t *in, int *order) {
+  cf__sort_reqs = in->reqs;
+  for (int i = 0; i < in->n_reqs; i++) {
+    int v = i, j = i;
+    while (j > 0 && cf__cmp_arrival(&order[j - 1], &v) > 0) {
+      order[j] = order[j - 1];
+      j--;
+    }
+    order[j] = v;
+  }
+}
+
+void cf__assign_devices(const cf_sched_input_t *in, int *dev) {
+  int G = in->cost.n_devices, n = in->n_reqs;
+  if (G == 1) {
+    for (int r = 0; r < n; r++) dev[r] = 0;
+    return;
+  }
+  double *load = calloc((size_t)G, sizeof *load);
+  int *order = malloc((size_t)(n ? n : 1) * sizeof *order);
+  if (!load || !order) { /* fall back to round robin: still deterministic and valid */
+    for (int r = 0; r < n; r++) dev[r] = in->reqs[r].device >= 0 ? in->reqs[r].device : r % G;
+    free(load);
+    free(order);
+    return;
+  }
+  cf__arrival_order(in, order);
+  for (int i = 0; i < n; i++) { /* pinned requests first: they are not ours to move */
+    int r = order[i];
+    if (in->reqs[r].device >= 0) {
+      dev[r] = in->reqs[r].device;
+      load[dev[r]] = fmax(load[dev[r]], in->reqs[r].arrival_s) +
+                     cf_bound_single(&in->cost, in->reqs[r].prefix_tokens);
+    }
+  }
+  for (int i = 0; i < n; i++) {
+    int r = order[i];
+    if (in->reqs[r].device >= 0) continue;
+    int best = 0;
+    for (int d = 1; d < G; d++)
+      if (fmax(load[d], in->reqs[r].arrival_s) < fmax(load[best], in->reqs[r].arrival_s) ||
+          (fmax(load[d], in->reqs[r].arrival_s) == fmax(load[best], in->reqs[r].arrival_s) &&
+           load[d] < load[best]))
+        best = d;
+    dev[r] = best;
+    load[best] = fmax(load[best], in->reqs[r].arrival_s) +
+                 cf_bound_single(&in->cost, in->reqs[r].prefix_tokens);
+  }
+  free(load);
+  free(order);
+}
+
+int cf_sched_plan(const cf_sched_input_t *in, cf_policy_t policy, cf_sched_plan_t *out) {
+  int rc = cf_sched_input_check(in);
+  if (rc) return rc;
+  if ((unsigned)policy >= CF_POLICY_COUNT)
+    return cf_seterr(CF_EINVAL, "policy %d: expected 0..%d", (int)policy, CF_POLICY_COUNT - 1);
+  int stack_dev[64];
+  int *dev = in->n_reqs <= 64 ? stack_dev : malloc((size_t)in->n_reqs * sizeof *dev);
+  if (!dev) return cf_seterr(CF_ENOMEM, "plan: device array for %d requests", in->n_reqs);
+  cf__assign_devices(in, dev);
+  switch (policy) {
+  case CF_POLICY_RECOMPUTE: rc = cf__policy_recompute(in, dev, out); break;
+  case CF_POLICY_LOAD: rc = cf__policy_load(in, dev, out); break;
+  case CF_POLICY_CAKE: rc = cf__policy_cake(in, dev, out); break;
+  case CF_POLICY_LAYERWISE: rc = cf__policy_layerwise(in, dev, out); break;
+  case CF_POLICY_CACHEFLOW: rc = cf__policy_cacheflow(in, dev, out); break;
+  default: rc = cf__policy_optimal(in, dev, out); break;
+  }
+  if (dev != stack_dev) free(dev);
+  return rc;
+}

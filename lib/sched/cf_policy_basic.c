@@ -1,0 +1,62 @@
+/* The three static baselines: recompute (vLLM/SGLang prefix miss), load (LMCache/HiCache,
+ * layer-wise pipelined) and layerwise (compute the bottom l layers of every chunk, load the
+ * top: CacheFlow v1 for short prefixes, HCache-like). Each request is planned on its own; the
+ * batch runs in arrival order on every stream. */
+#include <stdlib.h>
+
+#include "sched/cf_sched_int.h"
+#include "util/cf_err.h"
+
+/* Shared driver: per request (in arrival order) the number of bottom layers it computes over
+ * all its chunks; the rest is loaded layer by layer. */
+static int cf__static_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out,
+                           cf_policy_t pol, int (*layers)(const cf_sched_cost_t *, int64_t)) {
+  int rc = cf__plan_reset(out, in, dev, pol);
+  if (rc) return rc;
+  int n = in->n_reqs, L = in->cost.n_layers;
+  int *order = malloc((size_t)(n ? n : 1) * sizeof *order);
+  int32_t *k = malloc((size_t)L * sizeof *k);
+  if (!order || !k) {
+    free(order);
+    free(k);
+    return cf_seterr(CF_ENOMEM, "%s: %d requests", cf_policy_name(pol), n);
+  }
+  cf__arrival_order(in, order);
+  for (int i = 0; i < n && !rc; i++) {
+    int r = order[i], ell = layers(&in->cost, in->reqs[r].prefix_tokens);
+    for (int l = 0; l < L; l++) k[l] = l < ell ? out->n_chunks[r] : 0;
+    rc = cf__plan_emit_compute(out, in, r, k);
+    if (!rc) rc = cf__plan_emit_loads(out, in, r, k, 1);
+  }
+  free(order);
+  free(k);
+  return rc;
+}
+
+static int cf__all_layers(const cf_sched_cost_t *c, int64_t P) { return c->n_layers; }
+static int cf__no_layers(const cf_sched_cost_t *c, int64_t P) { return 0; }
+
+/* Bottom layers to compute so that computing them and loading the rest take about as long:
+ * argmin over l of max(l * step(all tokens), (L - l) * load(layer)); ties go to fewer layers. */
+static int cf__balanced_layers(const cf_sched_cost_t *c, int64_t P) {
+  double tc = cf_cost_step(c, 0, (double)P), tio = cf_cost_load(c, (double)P, 1);
+  int best = 0;
+  double bv = c->n_layers * tio;
+  for (int l = 1; l <= c->n_layers; l++) {
+    double v = l * tc > (c->n_layers - l) * tio ? l * tc : (c->n_layers - l) * tio;
+    if (v < bv) { bv = v; best = l; }
+  }
+  return best;
+}
+
+int cf__policy_recompute(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out) {
+  return cf__static_plan(in, dev, out, CF_POLICY_RECOMPUTE, cf__all_layers);
+}
+
+int cf__policy_load(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out) {
+  return cf__static_plan(in, dev, out, CF_POLICY_LOAD, cf__no_layers);
+}
+
+int cf__policy_layerwise(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out) {
+  return cf__static_plan(in, dev, out, CF_POLICY_LAYERWISE, cf__balanced_layers);
+}

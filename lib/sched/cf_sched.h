@@ -1,0 +1,108 @@
+/* cf_sched — the restore planner: for a batch of restore requests decide, per
+ * (request, chunk, layer) cell, whether it is COMPUTED (prefill) or LOADED (copied from a tier),
+ * on which device, and in which order each device's compute stream and each link runs.
+ *
+ * Pure C, no model and no store: it sees only the cost numbers in cf_sched_cost_t (cf_cost.h).
+ * The simulator (cf_sim.h) executes a plan on the modelled node, the bound (cf_bound.h) says how
+ * far any plan is from the dependency-free optimum. DESIGN.md §1 is the model.
+ *
+ * Plan = per request a staircase h_c (chunk c's layers [0, h_c) are computed, [h_c, L) loaded),
+ * the device that computes the request, and an ordered list of operations:
+ *   COMPUTE (r, l, [c0, c1))        one prefill step of chunks c0..c1-1 at layer l, on the
+ *                                   compute stream of device plan->device[r];
+ *   LOAD    (r, [c0, c1) x [l0, l1)) a rectangle of cells copied over link
+ *                                   cf_cost_link_of(cost, plan->device[r]).
+ * ops[] lists every operation once; the ops of one stream (compute stream d, or link k) appear
+ * in ops[] in the order that stream runs them (ops of different streams interleave freely).
+ * A stream runs its ops in order; an op starts when its stream is free, its request has
+ * arrived and its dependencies are present:
+ *   COMPUTE (r, l, [c0,c1)) needs (c, l-1) computed for c in [c0, c1), and every (c' < c0, l)
+ *   present (loaded or computed). LOADs need nothing.
+ *
+ * Typical use (the daemon's scheduler thread; the simulator does the same):
+ *   cf_sched_plan_t plan; cf_sched_plan_init(&plan);
+ *   for each batch: cf_sched_plan(&input, CF_POLICY_OPTIMAL, &plan); ... execute plan.ops ...
+ *   cf_sched_plan_free(&plan);
+ * The plan keeps its buffers between calls, so steady-state planning does not allocate.
+ */
+#ifndef CF_SCHED_H
+#define CF_SCHED_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sched/cf_cost.h"
+
+typedef enum {
+  CF_POLICY_RECOMPUTE = 0, /* h_c = L for every chunk */
+  CF_POLICY_LOAD,          /* h_c = 0, layer-wise pipelined loads */
+  CF_POLICY_CAKE,          /* per request: compute from the front, load from the back, meet */
+  CF_POLICY_LAYERWISE,     /* per request: compute the bottom l layers of all chunks, load the top */
+  CF_POLICY_CACHEFLOW,     /* batch-aware two-pointer, token- or layer-wise per request */
+  CF_POLICY_OPTIMAL,       /* ours: joint staircase plans over the batch, simulator-refined */
+  CF_POLICY_COUNT
+} cf_policy_t;
+
+/* Static name ("cake"); "unknown" out of range. */
+const char *cf_policy_name(cf_policy_t p);
+/* Policy by name; returns CF_EINVAL with a detail listing the valid names. */
+int cf_policy_parse(const char *name, cf_policy_t *out);
+
+/* One restore request. */
+typedef struct {
+  double arrival_s;      /* when the request reaches the scheduler (>= 0) */
+  int64_t prefix_tokens; /* cached prefix to restore (>= 0) */
+  int64_t new_tokens;    /* tokens to prefill after the restore (for TTFT only) */
+  int device;            /* compute device (engine instance) holding it; -1: planner chooses */
+} cf_sched_req_t;
+
+typedef struct {
+  cf_sched_cost_t cost;
+  const cf_sched_req_t *reqs;
+  int n_reqs;
+  /* optimal only: simulator evaluations spent on local search and on checking the other
+   * policies' plans (keeping the best). 0 = fast path (analytic plan only); -1 = default. */
+  int refine_evals;
+} cf_sched_input_t;
+
+typedef enum { CF_OP_COMPUTE = 0, CF_OP_LOAD = 1 } cf_op_kind_t;
+
+typedef struct {
+  int32_t req;
+  uint8_t kind;   /* cf_op_kind_t */
+  uint8_t pad_;
+  int16_t stream; /* COMPUTE: device; LOAD: link */
+  int32_t c0, c1; /* chunks [c0, c1) */
+  int16_t l0, l1; /* layers [l0, l1); COMPUTE has l1 == l0 + 1 */
+} cf_sched_op_t;
+
+typedef struct {
+  cf_policy_t policy;
+  int n_reqs, n_layers, n_devices, n_links;
+  int *device;       /* [n_reqs] device computing request r */
+  int32_t *n_chunks; /* [n_reqs] */
+  size_t *h_off;     /* [n_reqs + 1]: request r's staircase is h[h_off[r] .. h_off[r+1]) */
+  uint16_t *h;       /* h[h_off[r] + c]: layers [0, h) of chunk c are computed */
+  cf_sched_op_t *ops;
+  size_t n_ops;
+  double est_makespan_s; /* the planner's own prediction (simulated when refined), 0 if none */
+  int sim_evals;         /* simulator runs the planner spent (optimal) */
+  /* private: capacities */
+  size_t cap_ops_, cap_reqs_, cap_h_;
+} cf_sched_plan_t;
+
+void cf_sched_plan_init(cf_sched_plan_t *plan);
+void cf_sched_plan_free(cf_sched_plan_t *plan);
+
+/* Check the input: costs positive and finite, requests well formed (device in range or -1).
+ * Returns 0 or CF_EINVAL naming the field and request. */
+int cf_sched_input_check(const cf_sched_input_t *in);
+
+/* Plan the batch `in` with `policy` into `out` (initialised with cf_sched_plan_init; its
+ * previous contents are replaced, its buffers reused). Requests with device -1 are spread
+ * over the devices by the same deterministic rule for every policy (least estimated load,
+ * arrival order). Returns 0, CF_EINVAL (bad input, detail names it) or CF_ENOMEM.
+ * The plan borrows nothing from `in`. */
+int cf_sched_plan(const cf_sched_input_t *in, cf_policy_t policy, cf_sched_plan_t *out);
+
+#endif

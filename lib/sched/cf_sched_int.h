@@ -1,0 +1,39 @@
+/* Internal helpers shared by the planner's files (not part of the public API). */
+#ifndef CF_SCHED_INT_H
+#define CF_SCHED_INT_H
+
+#include "sched/cf_sched.h"
+
+/* Size the plan for `in` (per-request arrays and staircases, all h = 0, no ops) and copy the
+ * device assignment `dev`. Returns 0 or CF_ENOMEM. */
+int cf__plan_reset(cf_sched_plan_t *p, const cf_sched_input_t *in, const int *dev,
+                   cf_policy_t policy);
+/* Append one op; returns 0 or CF_ENOMEM. */
+int cf__plan_op(cf_sched_plan_t *p, int r, cf_op_kind_t kind, int stream, int32_t c0,
+                int32_t c1, int l0, int l1);
+static inline uint16_t *cf__plan_h(cf_sched_plan_t *p, int r) { return p->h + p->h_off[r]; }
+
+/* Append COMPUTE ops (one per layer) and LOAD ops (one per layer when per_layer, else one
+ * rectangle per run of layers with the same split) for request r whose layer l computes
+ * chunks [0, k[l]) (k non-increasing); emit_compute also sets its staircase. Loads run
+ * bottom layer first. Returns 0 or CF_ENOMEM. */
+int cf__plan_emit_compute(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
+                          const int32_t *k);
+int cf__plan_emit_loads(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
+                        const int32_t *k, int per_layer);
+
+/* Device of every request: the request's own, or (device -1) the device with the least
+ * estimated work so far, in arrival order. dev has n_reqs entries. */
+void cf__assign_devices(const cf_sched_input_t *in, int *dev);
+/* Request indices sorted by (arrival, index). */
+void cf__arrival_order(const cf_sched_input_t *in, int *order);
+
+/* Per-policy planners: `dev` is the device assignment. */
+int cf__policy_recompute(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out);
+int cf__policy_load(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out);
+int cf__policy_layerwise(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out);
+int cf__policy_cake(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out);
+int cf__policy_cacheflow(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out);
+int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out);
+
+#endif
