@@ -21,6 +21,7 @@
 #include "cf_notify.h"
 #include "cf_rpc.h"
 #include "cf_service.h"
+#include "cf_dataplane.h" /* exec: the data path behind the service hooks */
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
@@ -35,6 +36,7 @@ typedef struct {
   cf_model_info_t model;
   int have_model;
   cf_service_t *svc;
+  cf_dataplane_t *dp;                  /* exec: NULL without a model */
   cf_rpc_server_t *rpc;
   cf_http_t *http;
   uv_signal_t sig_term, sig_int, sig_hup;
@@ -149,6 +151,8 @@ static void cf__rpc_gone(void *arg) {
   d->rpc = NULL;
   cf_service_close(d->svc);
   d->svc = NULL;
+  cf_dataplane_close(d->dp); /* exec: after the service dropped its engines */
+  d->dp = NULL;
   uv_close((uv_handle_t *)&d->sig_term, cf__close_cb);
   uv_close((uv_handle_t *)&d->sig_int, cf__close_cb);
   uv_close((uv_handle_t *)&d->sig_hup, cf__close_cb);
@@ -162,6 +166,7 @@ static void cf__stop(cf_daemon_t *d, const char *why) {
   if (d->stopping) return;
   d->stopping = 1;
   uv_timer_stop(&d->drain);
+  cf_dataplane_quiesce(d->dp); /* exec: running restores end (cancelled) before the service aborts calls */
   cf_service_abort_all(d->svc, why);
   cf_http_stop(d->http); /* joins its thread before the rpc counters it reads go away */
   d->http = NULL;
@@ -214,6 +219,7 @@ static void cf__on_hup(uv_signal_t *h, int signum) {
   int applied, restart;
   cf_config_apply_reload(&d->cfg, &fresh, &applied, &restart);
   cf_log_level = d->cfg.log_level;
+  cf_dataplane_reload(d->dp); /* exec: read-rate limits */
   d->reloads++;
   CF_INFO("reload: %d setting(s) applied, %d need a restart", applied, restart);
   cf_notifyf("READY=1\nSTATUS=serving (reloaded: %d applied, %d need a restart)", applied, restart);
@@ -294,7 +300,9 @@ int main(int argc, char **argv) {
   cf_notify("STATUS=recovering store");
   if (cf__prepare_store_dir(d->cfg.store_dir)) { CF_ERROR("%s", cf_errmsg()); return 1; }
 
-  if (cf_service_init(&d->svc, d->loop, &d->cfg, d->have_model ? &d->model : NULL, NULL)) { CF_ERROR("%s", cf_errmsg()); return 1; }
+  /* exec: model on its backend, store recovery, backend profile, scheduler thread */
+  if (d->have_model && cf_dataplane_open(&d->dp, d->loop, &d->cfg)) { CF_ERROR("%s", cf_errmsg()); return 1; }
+  if (cf_service_init(&d->svc, d->loop, &d->cfg, d->have_model ? &d->model : NULL, d->dp ? cf_dataplane_backend(d->dp) : NULL)) { CF_ERROR("%s", cf_errmsg()); return 1; }
   int nm;
   cf_rpc_opts_t ro = {.listen = d->cfg.listen, .tcp_listen = d->cfg.tcp_listen, .max_message_bytes = d->cfg.max_message_bytes,
                       .methods = cf_service_methods(&nm), .user = d->svc};

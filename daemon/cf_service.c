@@ -258,7 +258,8 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   resp.engine_id = e->id;
   resp.daemon_fingerprint.data = (uint8_t *)s->model->fingerprint;
   resp.daemon_fingerprint.len = 16;
-  resp.readiness_shm_path = (char *)""; /* lib/ipc fills these when the executor lands */
+  resp.readiness_shm_path = e->readiness_path; /* set by the backend's engine_added ("" without one) */
+  resp.readiness_slots = e->readiness_slots;
   cf_rpc_reply(c, &resp.base);
 out:
   protobuf_c_message_free_unpacked(m, NULL);

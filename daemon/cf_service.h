@@ -48,6 +48,9 @@ typedef struct cf_engine_s {
   size_t dtype_size;
   cf_layer_layout_t *layers;
   void *exec_priv;          /* the backend's per-engine state (mapped buffers) */
+  /* filled by engine_added (cf_dataplane): where the engine finds its readiness counters */
+  char readiness_path[256];
+  uint32_t readiness_slots;
 } cf_engine_t;
 
 /* One validated Restore, owned by the service until cf_service_restore_done. */
