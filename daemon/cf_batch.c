@@ -17,6 +17,7 @@
 struct cf_batch_s {
   cf_batch_opts_t o;
   cf_sched_cost_t cost;
+  double memcpy_Bps;             /* the link when no rate limit is set */
   cf_ratelimit_t lim_cpu, lim_ssd;
   cf_cellsrc_store_t cs;
   cf_exec_t ex;
@@ -50,7 +51,7 @@ void cf_batch_set_rates(cf_batch_t *b, double cpu_Bps, double ssd_Bps) {
   cf_ratelimit_set(&b->lim_cpu, cpu_Bps);
   cf_ratelimit_set(&b->lim_ssd, ssd_Bps);
   pthread_mutex_lock(&b->mu);
-  if (cpu_Bps > 0) b->cost.link_Bps = cpu_Bps;
+  b->cost.link_Bps = cpu_Bps > 0 ? cpu_Bps : b->memcpy_Bps;
   pthread_mutex_unlock(&b->mu);
 }
 
@@ -254,8 +255,9 @@ int cf_batch_start(cf_batch_t **out, const cf_batch_opts_t *o) {
   if (rc) { free(b); return cf_err_prefix(rc, "profiling the %s backend: ", o->be->name); }
   b->cost.shared_link = 0;
   b->cost.link_latency_s = 2e-6;
-  b->cost.link_Bps = o->cpu_Bps > 0 ? o->cpu_Bps : cf_profile_memcpy_Bps(64u << 20);
-  if (!(b->cost.link_Bps > 0)) b->cost.link_Bps = 1e9;
+  b->memcpy_Bps = cf_profile_memcpy_Bps(64u << 20);
+  if (!(b->memcpy_Bps > 0)) b->memcpy_Bps = 1e9;
+  b->cost.link_Bps = o->cpu_Bps > 0 ? o->cpu_Bps : b->memcpy_Bps;
   if ((rc = cf_cost_check(&b->cost))) { free(b); return rc; }
   cf_ratelimit_init(&b->lim_cpu, o->cpu_Bps, 0);
   cf_ratelimit_init(&b->lim_ssd, o->ssd_Bps, 0);

@@ -55,6 +55,10 @@ typedef struct {
   int L, row, hidden, seq_blocks, n_seqs;
   int32_t *conv;      /* the whole conversation's tokens */
   int conv_len;
+  /* what the store holds: the KV as it was in our blocks when first saved (a chunk saved twice
+   * keeps its first bytes), the reference that loaded cells must match bit for bit */
+  float **shadow_k, **shadow_v;
+  int shadow_upto;
   char shm_path[512];
 } engine_t;
 
@@ -169,6 +173,32 @@ static void zero_blocks(engine_t *e, const int32_t *blocks, int nb) {
         memset(cf_kvmap_row(&e->kv, l, kv, blocks[i], 0), 0xff, e->kv.layout.block_stride); /* NaN pattern */
 }
 
+/* After a Save of tokens [0, saved) from `blocks`: remember the newly stored rows. */
+static void shadow_saved(engine_t *e, const int32_t *blocks, int saved) {
+  if (saved <= e->shadow_upto) return;
+  int t0 = e->shadow_upto;
+  float *k = malloc(sizeof(float) * e->row * saved), *v = malloc(sizeof(float) * e->row * saved);
+  for (int l = 0; l < e->L; l++) {
+    cf_kvmap_gather(&e->kv, l, blocks, t0, saved, k, v);
+    memcpy(e->shadow_k[l] + (size_t)t0 * e->row, k, sizeof(float) * e->row * (saved - t0));
+    memcpy(e->shadow_v[l] + (size_t)t0 * e->row, v, sizeof(float) * e->row * (saved - t0));
+  }
+  free(k); free(v);
+  e->shadow_upto = saved;
+}
+
+/* The reference for a restored prefix: the stored rows, then our own prefill for the rest. */
+static int reference_kv(engine_t *e, int prefix, cf_kv_t *ref) {
+  int rc = cf_kv_init(ref, &e->m->cfg, prefix);
+  if (!rc) rc = cf_kv_compute(e->be, e->conv, 0, ref);
+  int n = e->shadow_upto < prefix ? e->shadow_upto : prefix;
+  for (int l = 0; !rc && l < e->L; l++) {
+    memcpy(ref->k[l], e->shadow_k[l], sizeof(float) * e->row * n);
+    memcpy(ref->v[l], e->shadow_v[l], sizeof(float) * e->row * n);
+  }
+  return rc;
+}
+
 /* ---------------------------------------------------------------- one restore */
 typedef struct {
   engine_t *e;
@@ -244,6 +274,8 @@ static void verify_cells(restore_t *r, const cf_kv_t *ref) {
         if (k[i] != rk || v[i] != rv) exact = 0;
         if (!(fabsf(k[i] - rk) <= 1e-4f && fabsf(v[i] - rv) <= 1e-4f)) close = 0;
       }
+      if (getenv("CF_REFENGINE_DEBUG") && !exact)
+        fprintf(stderr, "verify: prefix %d layer %d tokens [%d, %d) %s\n", r->prefix, l, t0, t1, close ? "close" : "bad");
       if (exact) r->verify_exact++;
       else if (close) r->verify_close++;
       else r->verify_bad++;
@@ -358,6 +390,12 @@ int main(int argc, char **argv) {
     e.conv[i] = (int32_t)((s >> 33) % (unsigned long long)e.m->cfg.vocab);
   }
   e.n_seqs = 2 + o->concurrent;
+  e.shadow_k = calloc((size_t)e.L, sizeof(float *));
+  e.shadow_v = calloc((size_t)e.L, sizeof(float *));
+  for (int l = 0; l < e.L; l++) {
+    e.shadow_k[l] = calloc((size_t)e.conv_len * e.row, sizeof(float));
+    e.shadow_v[l] = calloc((size_t)e.conv_len * e.row, sizeof(float));
+  }
   e.seq_blocks = (e.conv_len + o->block - 1) / o->block;
   if (e.seq_blocks > 65536) { fprintf(stderr, "cf-refengine: conversation too long\n"); return 2; }
   cf_kv_layout_t lay;
@@ -386,7 +424,12 @@ int main(int argc, char **argv) {
   for (int i = 0; i < e.seq_blocks; i++) blk32[i] = (uint32_t)blocks0[i];
   if ((rc = cf_client_save(c, e.engine_id, tok32, (size_t)P, blk32, (size_t)(P + o->block - 1) / o->block, &saved, &durable)))
     return die("save", rc);
-  printf("{\"mode\":\"prefill\",\"turn\":0,\"prefix\":%d,\"prefill_ms\":%.3f,\"saved_tokens\":%u}\n", P, first_ms, saved);
+  shadow_saved(&e, blocks0, (int)saved);
+  uint32_t cached = 0, on_cpu = 0, on_ssd = 0;
+  if ((rc = cf_client_lookup(c, e.engine_id, tok32, (size_t)e.conv_len, &cached, &on_cpu, &on_ssd)))
+    return die("lookup", rc);
+  printf("{\"mode\":\"prefill\",\"turn\":0,\"prefix\":%d,\"prefill_ms\":%.3f,\"saved_tokens\":%u,"
+         "\"lookup_cached\":%u,\"lookup_cpu\":%u,\"lookup_ssd\":%u}\n", P, first_ms, saved, cached, on_cpu, on_ssd);
 
   for (int turn = 1; turn <= o->turns; turn++) {
     int prefix = P;
@@ -398,9 +441,7 @@ int main(int argc, char **argv) {
     double baseline_ms = (now_s() - t) * 1e3;
     if (ref_tok < 0) return die("baseline prefill", ref_tok);
     cf_kv_t ref = {0};
-    if (o->verify) { /* the prefix KV from the engine's own whole prefill */
-      if ((rc = cf_kv_init(&ref, &e.m->cfg, prefix)) || (rc = cf_kv_compute(e.be, e.conv, 0, &ref))) return die("reference", rc);
-    }
+    if (o->verify && (rc = reference_kv(&e, prefix, &ref))) return die("reference", rc);
     restore_t *r = calloc(1, sizeof *r);
     r->e = &e; r->c = c; r->prefix = prefix; r->seq = 0;
     run_restore(r, o->new_tokens, logits);
@@ -419,6 +460,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < (T + o->block - 1) / o->block; i++) blk32[i] = (uint32_t)r->blocks[i];
     if ((rc = cf_client_save(c, e.engine_id, tok32, (size_t)T, blk32, (size_t)(T + o->block - 1) / o->block, &saved, &durable)))
       return die("save", rc);
+    shadow_saved(&e, r->blocks, (int)saved);
     P = T;
     cf_kv_free(&ref);
     free(r);
@@ -434,13 +476,17 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < o->concurrent; i++) pthread_create(&th[i], NULL, concurrent_worker, rs[i]);
     for (int i = 0; i < o->concurrent; i++) pthread_join(th[i], NULL);
+    cf_kv_t ref = {0};
+    if (o->verify && (rc = reference_kv(&e, P, &ref))) return die("reference", rc);
     for (int i = 0; i < o->concurrent; i++) {
+      if (o->verify && !rs[i]->rc) verify_cells(rs[i], &ref);
       print_result(&e, rs[i], "concurrent", i, o->new_tokens, 0, 1);
-      if (rs[i]->rc) failures++;
+      if (rs[i]->rc || rs[i]->verify_bad) failures++;
       cf_client_close(rs[i]->c);
       free(rs[i]);
     }
     free(rs); free(th);
+    cf_kv_free(&ref);
   }
   if (!o->unreg_mid && (rc = cf_client_unregister(c, e.engine_id))) { die("unregister", rc); failures++; }
   cf_client_close(c);
