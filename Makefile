@@ -33,10 +33,11 @@ DEB_PKGS := build-essential pkg-config clang libclang-rt-14-dev \
             curl jq e2fsprogs
 
 CPPFLAGS += -Ilib -I. -Idaemon -Itests -I$(BUILD)/gen -I/usr/include/x86_64-linux-gnu/openblas-pthread -D_GNU_SOURCE
+SAN      ?=
 CFLAGS   ?= -g
-CFLAGS   += $(OPT) -std=c11 -pthread -fPIC -Wall -Wextra -Wshadow -Wno-unused-parameter \
+CFLAGS   += $(SAN) $(OPT) -std=c11 -pthread -fPIC -Wall -Wextra -Wshadow -Wno-unused-parameter \
             -Wno-missing-field-initializers -MMD -MP
-LDFLAGS  += -pthread
+LDFLAGS  += -pthread $(SAN)
 LDLIBS   += -lopenblas -luring -lxxhash -lm
 DAEMON_LDLIBS := -lgrpc -lgpr -lprotobuf-c -luv -lmicrohttpd -linih
 
@@ -84,7 +85,7 @@ ALL_LIBS    = $(LIBCF) $(LIBKERN) $(LDLIBS) $(if $(filter 1,$(CUDA)),$(CUDA_LDLI
 BINS := $(BUILD)/cacheflowctl $(if $(SIM_SRC),$(BUILD)/cacheflow-sim) \
         $(if $(DAEMON_SRC),$(BUILD)/cacheflowd)
 
-.PHONY: all deps test asan demo clean banner install bench
+.PHONY: all deps test asan demo clean banner install bench fuzz
 all: banner $(LIBCF) $(LIBKERN) $(BINS) $(UNIT_BIN) $(BENCH_BIN) $(KTEST_BIN)
 # daemon: Python stubs and the client library (also for pkg-config users).
 all: $(PY_STUBS) $(LIBCLIENT)
@@ -196,8 +197,7 @@ test: deps
 
 asan: deps
 	$(Q)$(MAKE) --no-print-directory BUILD=build-asan CUDA=0 OPT=-O1 \
-	  CFLAGS="-g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	  LDFLAGS="-fsanitize=address,undefined" all
+	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
 	$(Q)BUILD=build-asan PYTHON=$(PYTHON) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 CF_ASAN=1 tests/run.sh
 
 bench: all
@@ -206,6 +206,29 @@ bench: all
 demo: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)BUILD=$(BUILD) tests/demo.sh
+
+# ---------------------------------------------------------------- fuzz
+# libFuzzer targets for the untrusted-input parsers (tests/fuzz/fuzz_*.c), built with clang and
+# ASan+UBSan into $(BUILD)/fuzz. `make fuzz` runs each for FUZZ_SECONDS on one core, seeded from
+# tests/fuzz/corpus/<name>/ (new inputs go to tests/fuzz/out/<name>/, crashes to tests/fuzz/out/).
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_CFLAGS  := -g -O1 -std=c11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZ_LIBSRC  := lib/util/cf_err.c lib/util/cf_json.c lib/model/cf_dtype.c lib/model/cf_safetensors.c \
+                lib/model/cf_hfconfig.c
+FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.c)
+FUZZ_BIN     := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
+
+$(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIBSRC)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  FUZZCC  $<")
+	$(Q)$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) $< $(FUZZ_LIBSRC) -o $@ -lm
+
+fuzz: $(FUZZ_BIN)
+	$(Q)for b in $(FUZZ_BIN); do n=$${b##*/fuzz_}; mkdir -p tests/fuzz/out/$$n; \
+	  echo "== fuzz_$$n for $(FUZZ_SECONDS)s"; \
+	  $$b -max_total_time=$(FUZZ_SECONDS) -dict=tests/fuzz/$$n.dict \
+	    -artifact_prefix=tests/fuzz/out/$$n- tests/fuzz/out/$$n tests/fuzz/corpus/$$n || exit 1; done
 
 clean:
 	rm -rf $(BUILD) build-asan

@@ -114,6 +114,13 @@ static int cf__rope(const cf_json_t *root, const char *file, cf_model_config_t *
   if (rp && rp->type != CF_JSON_OBJ)
     return cf_seterr(CF_EFORMAT, "%s: key '%s': expected an object, found %s", file, rk,
                      cf_json_type_name(rp->type));
+  /* transformers 5 nests rope parameters per attention kind for some families
+   * ({"full_attention": {...}, "sliding_attention": {...}}); none of ours does, and reading
+   * such a file as flat would silently use the wrong rope. */
+  for (const cf_json_t *e = rp ? rp->child : NULL; e; e = e->next)
+    if (e->type == CF_JSON_OBJ)
+      return cf_seterr(CF_EUNSUPPORTED, "%s: %s.%s: per-layer-type rope parameters are not "
+                       "supported", file, rk, e->key);
   int rc;
   char where[40];
   snprintf(where, sizeof where, "%s.", rk);

@@ -15,7 +15,6 @@
 #include "model/cf_hfconfig.h"
 #include "model/cf_safetensors.h"
 #include "util/cf_err.h"
-#include "util/cf_json.h"
 
 /* config.json and the shard index are small; anything larger is not a config. */
 #define CF__MAX_JSON (64u << 20)
@@ -111,57 +110,30 @@ static int cf__open_sharded(cf__priv_t *p, const char *dir, const char *index_pa
   size_t len;
   int rc = cf__slurp(index_path, &text, &len);
   if (rc) return rc;
-  cf_json_t *root = NULL;
-  char **names = NULL;
-  size_t n_names = 0;
-  if ((rc = cf_json_parse(text, len, &root))) { cf_err_prefix(rc, "%s: ", index_path); goto out; }
-  const cf_json_t *wm = cf_json_get(root, "weight_map");
-  if (!wm || wm->type != CF_JSON_OBJ) {
-    rc = cf_seterr(CF_EFORMAT, "%s: key 'weight_map': expected an object, found %s", index_path,
-                   wm ? cf_json_type_name(wm->type) : "nothing");
+  cf_st_index_t ix;
+  rc = cf_st_index_parse(text, len, index_path, &ix);
+  free(text);
+  if (rc) return rc;
+  if (!(p->files = calloc(ix.n_shards, sizeof *p->files))) {
+    rc = cf_seterr(CF_ENOMEM, "%s: %zu shards", index_path, ix.n_shards);
     goto out;
   }
-  if (!(names = calloc(wm->len + 1, sizeof *names)) ||
-      !(p->files = calloc(wm->len + 1, sizeof *p->files))) {
-    rc = cf_seterr(CF_ENOMEM, "%s: %zu entries", index_path, wm->len);
-    goto out;
-  }
-  for (const cf_json_t *e = wm->child; e; e = e->next) {
-    if (e->type != CF_JSON_STR || !e->str[0] || strchr(e->str, '/') || strcmp(e->str, ".") == 0 ||
-        strcmp(e->str, "..") == 0 || strlen(e->str) != e->len) {
-      rc = cf_seterr(CF_EFORMAT, "%s: weight_map['%s']: expected a file name in the checkpoint "
-                     "directory", index_path, e->key);
-      goto out;
-    }
-    size_t i = 0;
-    while (i < n_names && strcmp(names[i], e->str) != 0) i++;
-    if (i == n_names) names[n_names++] = e->str;
-  }
-  if (n_names == 0) {
-    rc = cf_seterr(CF_EFORMAT, "%s: weight_map is empty", index_path);
-    goto out;
-  }
-  for (size_t i = 0; i < n_names; i++) {
-    char *path = cf__join(dir, names[i]);
+  for (size_t i = 0; i < ix.n_shards; i++) {
+    char *path = cf__join(dir, ix.shards[i]);
     if (!path) { rc = cf_seterr(CF_ENOMEM, "path"); goto out; }
     rc = cf__open_file(p, path);
     if (rc == CF_ENOENT) cf_err_prefix(rc, "shard named by %s: ", index_path);
     free(path);
     if (rc) goto out;
   }
-  for (const cf_json_t *e = wm->child; e; e = e->next) {
-    size_t i = 0;
-    while (strcmp(names[i], e->str) != 0) i++;
-    if (!cf_st_find(&p->files[i], e->key)) {
+  for (size_t i = 0; i < ix.n_entries; i++)
+    if (!cf_st_find(&p->files[ix.shard[i]], ix.tensor[i])) {
       rc = cf_seterr(CF_EFORMAT, "%s: weight_map puts tensor '%s' in %s, but that file has no "
-                     "such tensor", index_path, e->key, p->files[i].path);
+                     "such tensor", index_path, ix.tensor[i], p->files[ix.shard[i]].path);
       goto out;
     }
-  }
 out:
-  free(names);
-  cf_json_free(root);
-  free(text);
+  cf_st_index_free(&ix);
   return rc;
 }
 
@@ -214,12 +186,8 @@ static int cf__weight(cf__priv_t *p, const char *name, int ndim, int64_t d0, int
   for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == want[i];
   if (!ok) {
     char found[160], exp[64];
-    size_t k = (size_t)snprintf(found, sizeof found, "[");
-    for (int i = 0; i < t->ndim && k < sizeof found; i++)
-      k += (size_t)snprintf(found + k, sizeof found - k, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
-    if (k < sizeof found) snprintf(found + k, sizeof found - k, "]");
-    if (ndim == 1) snprintf(exp, sizeof exp, "[%lld]", (long long)d0);
-    else snprintf(exp, sizeof exp, "[%lld, %lld]", (long long)d0, (long long)d1);
+    cf_st_shape_str(found, sizeof found, t->ndim, t->shape);
+    cf_st_shape_str(exp, sizeof exp, ndim, want);
     return cf_seterr(CF_ESHAPE, "%s: tensor '%s': shape %s, expected %s", e->f->path, name,
                      found, exp);
   }
@@ -363,6 +331,11 @@ static int cf__fingerprint(cf_model_t *m, const cf__priv_t *p) {
   free(nd);
   free(sh);
   return rc;
+}
+
+const cf_st_tensor_t *cf_model_find_tensor(const cf_model_t *m, const char *name) {
+  const cf__entry_t *e = m && m->priv ? cf__lookup(m->priv, name) : NULL;
+  return e ? e->t : NULL;
 }
 
 /* ------------------------------------------------------------------ load / free */

@@ -102,8 +102,9 @@ const char *cf_arch_name(cf_arch_t a);
 /* "default", "llama3". */
 const char *cf_rope_kind_name(cf_rope_kind_t k);
 
-/* Exact widening conversions (every bf16/f16 value, subnormals, inf and NaN included, is
- * representable in fp32). `src` needs no alignment. */
+/* Exact widening conversions (every bf16/f16 value, subnormals and inf included, is
+ * representable in fp32; f16 signalling NaNs come out quiet, as with F16C). `src` needs no
+ * alignment. */
 void cf_bf16_to_f32(const void *src, float *dst, size_t n);
 void cf_f16_to_f32(const void *src, float *dst, size_t n);
 /* Narrowing with round-to-nearest-even (NaN stays NaN). `dst` needs no alignment. */

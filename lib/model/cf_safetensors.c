@@ -32,8 +32,7 @@ static int cf__by_begin(const void *a, const void *b) {
   return x->end < y->end ? -1 : x->end > y->end;
 }
 
-/* Formats a shape as "[2, 3]" into buf (truncated silently; only used in messages). */
-static const char *cf__shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
+const char *cf_st_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape) {
   size_t n = (size_t)snprintf(buf, cap, "[");
   for (int i = 0; i < ndim && n < cap; i++)
     n += (size_t)snprintf(buf + n, cap - n, "%s%lld", i ? ", " : "", (long long)shape[i]);
@@ -96,7 +95,7 @@ static int cf__parse_entry(const cf_json_t *v, uint64_t data_len, const char *fi
     return cf_seterr(CF_EFORMAT, "%s: tensor '%s': data_offsets [%llu, %llu] span %llu bytes, "
                      "but shape %s x %s needs %llu", file, nm, (unsigned long long)t->begin,
                      (unsigned long long)t->end, (unsigned long long)(t->end - t->begin),
-                     cf__shape_str(s, sizeof s, t->ndim, t->shape), cf_dtype_name(t->dtype),
+                     cf_st_shape_str(s, sizeof s, t->ndim, t->shape), cf_dtype_name(t->dtype),
                      (unsigned long long)need);
   }
   if (t->end > data_len)
@@ -254,6 +253,59 @@ const cf_st_tensor_t *cf_st_find(const cf_st_file_t *f, const char *name) {
     else hi = mid;
   }
   return NULL;
+}
+
+/* ------------------------------------------------------------------ shard index */
+
+void cf_st_index_free(cf_st_index_t *ix) {
+  if (!ix) return;
+  for (size_t i = 0; i < ix->n_entries; i++) free(ix->tensor[i]);
+  for (size_t i = 0; i < ix->n_shards; i++) free(ix->shards[i]);
+  free(ix->tensor);
+  free(ix->shard);
+  free(ix->shards);
+  memset(ix, 0, sizeof *ix);
+}
+
+int cf_st_index_parse(const char *json, size_t len, const char *file, cf_st_index_t *ix) {
+  memset(ix, 0, sizeof *ix);
+  cf_json_t *root;
+  int rc = cf_json_parse(json, len, &root);
+  if (rc) return cf_err_prefix(rc, "%s: ", file);
+  const cf_json_t *wm = cf_json_get(root, "weight_map");
+  if (!wm || wm->type != CF_JSON_OBJ) {
+    rc = cf_seterr(CF_EFORMAT, "%s: key 'weight_map': expected an object, found %s", file,
+                   wm ? cf_json_type_name(wm->type) : "nothing");
+    goto out;
+  }
+  if (wm->len == 0) { rc = cf_seterr(CF_EFORMAT, "%s: weight_map is empty", file); goto out; }
+  if (!(ix->tensor = calloc(wm->len, sizeof *ix->tensor)) ||
+      !(ix->shard = calloc(wm->len, sizeof *ix->shard)) ||
+      !(ix->shards = calloc(wm->len, sizeof *ix->shards))) {
+    rc = cf_seterr(CF_ENOMEM, "%s: %zu entries", file, wm->len);
+    goto out;
+  }
+  for (const cf_json_t *e = wm->child; e; e = e->next) {
+    if (e->type != CF_JSON_STR || !e->str[0] || strchr(e->str, '/') || strcmp(e->str, ".") == 0 ||
+        strcmp(e->str, "..") == 0 || strlen(e->str) != e->len) {
+      rc = cf_seterr(CF_EFORMAT, "%s: weight_map['%s']: expected a file name in the checkpoint "
+                     "directory", file, e->key);
+      goto out;
+    }
+    /* Shards are few (tens) even for large models: a linear search is fine. */
+    size_t s = 0;
+    while (s < ix->n_shards && strcmp(ix->shards[s], e->str) != 0) s++;
+    if (s == ix->n_shards) {
+      if (!(ix->shards[s] = strdup(e->str))) { rc = cf_seterr(CF_ENOMEM, "%s", file); goto out; }
+      ix->n_shards++;
+    }
+    if (!(ix->tensor[ix->n_entries] = strdup(e->key))) { rc = cf_seterr(CF_ENOMEM, "%s", file); goto out; }
+    ix->shard[ix->n_entries++] = s;
+  }
+out:
+  cf_json_free(root);
+  if (rc) cf_st_index_free(ix);
+  return rc;
 }
 
 /* ------------------------------------------------------------------ writing */
@@ -432,7 +484,17 @@ int cf_st_writer_write(cf_st_writer_t *w, const char *path) {
   if (rename(tmp, path) != 0) {
     int e = errno;
     rc = cf_seterr(cf_err_from_errno(-e), "rename %s -> %s: %s", tmp, path, strerror(e));
+    goto out;
   }
+  /* Make the rename itself durable; best effort (some filesystems refuse fsync on dirs). */
+  const char *slash = strrchr(path, '/');
+  char *dir = slash ? strndup(path, (size_t)(slash - path) + 1) : strdup(".");
+  int dfd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+  if (dfd >= 0) {
+    (void)fsync(dfd);
+    close(dfd);
+  }
+  free(dir);
 out:
   if (fd >= 0) close(fd);
   if (rc) unlink(tmp);

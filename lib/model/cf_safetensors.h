@@ -60,6 +60,32 @@ void cf_st_close(cf_st_file_t *f);
 /* Tensor by exact name (binary search) or NULL. */
 const cf_st_tensor_t *cf_st_find(const cf_st_file_t *f, const char *name);
 
+/* The raw safetensors entry (dtype, shape, bytes in the mapping) of tensor `name` in a loaded
+ * model, whatever shard holds it, or NULL. Valid until cf_model_free. For consumers that want
+ * the stored precision (e.g. uploading BF16 weights as they are) rather than the fp32 view. */
+const cf_st_tensor_t *cf_model_find_tensor(const cf_model_t *m, const char *name);
+
+/* Formats a shape as "[2, 3]" into buf[cap] (truncated silently: for messages); returns buf. */
+const char *cf_st_shape_str(char *buf, size_t cap, int ndim, const int64_t *shape);
+
+/* A sharded checkpoint's model.safetensors.index.json: {"weight_map": {tensor: shard file}}.
+ * Shard names must be plain file names in the checkpoint directory (no '/', not "." or "..",
+ * no NUL); each distinct name appears once in `shards`, in first-use order. */
+typedef struct {
+  size_t n_entries;
+  char **tensor;      /* [n_entries] tensor names */
+  size_t *shard;      /* [n_entries] index into shards */
+  size_t n_shards;
+  char **shards;      /* [n_shards] file names */
+} cf_st_index_t;
+
+/* Parses index text json[0..len); `file` names it in error details. On success *ix is owned by
+ * the caller (cf_st_index_free). Errors: CF_EFORMAT (bad JSON, no/empty weight_map, a value
+ * that is not a plain file name), CF_ENOMEM. */
+int cf_st_index_parse(const char *json, size_t len, const char *file, cf_st_index_t *ix);
+/* NULL-safe; leaves *ix zeroed. */
+void cf_st_index_free(cf_st_index_t *ix);
+
 /* Writer: collect (name, dtype, shape, data) entries, then write them in the order added.
  * Data pointers are borrowed until cf_st_writer_write returns; names are copied.
  *   cf_st_writer_t w; cf_st_writer_init(&w);
@@ -89,8 +115,8 @@ int cf_st_writer_add(cf_st_writer_t *w, const char *name, cf_dtype_t dtype, int 
                      const int64_t *shape, const void *data);
 /* Adds a "__metadata__" string entry (key and value copied). Errors: CF_ENOMEM. */
 int cf_st_writer_meta(cf_st_writer_t *w, const char *key, const char *value);
-/* Writes `path` atomically: `path`.tmp.<pid> is written, fsync'd, then renamed over `path`,
- * so readers see either the old file or the whole new one. Errors: CF_EIO, CF_ENOSPC,
+/* Writes `path` atomically: `path`.tmp.<pid> is written, fsync'd, then renamed over `path`
+ * (and the directory fsync'd), so readers see either the old file or the whole new one. Errors: CF_EIO, CF_ENOSPC,
  * CF_EACCES, CF_ENOENT (directory missing), CF_ENOMEM; no temp file is left behind. */
 int cf_st_writer_write(cf_st_writer_t *w, const char *path);
 void cf_st_writer_close(cf_st_writer_t *w);

@@ -238,6 +238,9 @@ CF_TEST(loads_public_llama_gqa_fixture) {
     CF_CHECK_EQ(t->ndim, 2);
     CF_CHECK_EQ(t->shape[0], 32);
     CF_CHECK(memcmp(t->data, m->layers[1].wk, 32 * 96 * 4) == 0);
+    const cf_st_tensor_t *raw = cf_model_find_tensor(m, "model.layers.1.self_attn.k_proj.weight");
+    CF_CHECK(raw && raw->dtype == CF_DT_F32 && raw->numel == 32 * 96 && (const float *)raw->data == m->layers[1].wk);
+    CF_CHECK(cf_model_find_tensor(m, "model.layers.2.self_attn.k_proj.weight") == NULL);
   }
   cf_st_close(&f);
   char hex[33];
@@ -486,6 +489,8 @@ CF_TEST(config_errors_name_the_key) {
   CF_CHECK_CONTAINS(cf_errmsg(), "key 'rope_parameters.rope_theta': expected a positive number, found -1");
   CF_CHECK_ERR(parse_cfg(subst(LLAMA_CFG, "\"rope_type\":\"default\"", "\"rope_type\":\"default\",\"partial_rotary_factor\":0.5"), &c), CF_EUNSUPPORTED);
   CF_CHECK_CONTAINS(cf_errmsg(), "partial_rotary_factor 0.5");
+  CF_CHECK_ERR(parse_cfg(subst(LLAMA_CFG, "\"rope_parameters\":{", "\"rope_parameters\":{\"full_attention\":{\"rope_type\":\"default\"},"), &c), CF_EUNSUPPORTED);
+  CF_CHECK_CONTAINS(cf_errmsg(), "rope_parameters.full_attention: per-layer-type rope parameters are not supported");
   CF_CHECK_ERR(parse_cfg("{\"model_type\": ", &c), CF_EFORMAT);
   CF_CHECK_CONTAINS(cf_errmsg(), "x/config.json: JSON line 1 col");
   CF_CHECK_ERR(parse_cfg("[]", &c), CF_EFORMAT);
@@ -633,18 +638,30 @@ CF_TEST(model_bf16_f16_convert_exactly) {
 }
 
 CF_TEST(dtype_conversions_exact) {
-  /* Every f16 bit pattern widens exactly and narrows back to itself (NaNs stay NaN). */
-  for (uint32_t i = 0; i < 65536; i++) {
-    uint16_t x = (uint16_t)i, y;
-    float f;
-    cf_f16_to_f32(&x, &f, 1);
-    cf_f32_to_f16(&f, &y, 1);
-    if ((x & 0x7c00) == 0x7c00 && (x & 0x3ff)) CF_CHECK_MSG(isnan(f) && (y & 0x7c00) == 0x7c00 && (y & 0x3ff), "nan %04x", x);
-    else CF_CHECK_MSG(x == y, "f16 %04x -> %g -> %04x", x, f, y);
-    cf_bf16_to_f32(&x, &f, 1);
-    cf_f32_to_bf16(&f, &y, 1);
-    if ((x & 0x7f80) == 0x7f80 && (x & 0x7f)) CF_CHECK(isnan(f));
-    else CF_CHECK_MSG(x == y, "bf16 %04x -> %g -> %04x", x, f, y);
+  /* Every f16/bf16 bit pattern widens exactly and narrows back to itself (NaNs stay NaN).
+   * Converted as one array (the SIMD paths) and one by one (the scalar tails). */
+  static uint16_t all[65536], back[65536];
+  static float wide[65536];
+  for (uint32_t i = 0; i < 65536; i++) all[i] = (uint16_t)i;
+  for (int bf = 0; bf < 2; bf++) {
+    if (bf) cf_bf16_to_f32(all, wide, 65536);
+    else cf_f16_to_f32(all, wide, 65536);
+    for (uint32_t i = 0; i < 65536; i++) {
+      float one;
+      if (bf) cf_bf16_to_f32(&all[i], &one, 1);
+      else cf_f16_to_f32(&all[i], &one, 1);
+      CF_CHECK_MSG(memcmp(&one, &wide[i], 4) == 0, "%s %04x: array and scalar paths differ", bf ? "bf16" : "f16", i);
+    }
+    if (bf) cf_f32_to_bf16(wide, back, 65536);
+    else cf_f32_to_f16(wide, back, 65536);
+    size_t bad = 0;
+    for (uint32_t i = 0; i < 65536; i++) {
+      uint16_t x = all[i], y = back[i];
+      int nan = bf ? ((x & 0x7f80) == 0x7f80 && (x & 0x7f)) : ((x & 0x7c00) == 0x7c00 && (x & 0x3ff));
+      if (nan) bad += !isnan(wide[i]) || !(bf ? ((y & 0x7f80) == 0x7f80 && (y & 0x7f)) : ((y & 0x7c00) == 0x7c00 && (y & 0x3ff)));
+      else bad += x != y;
+    }
+    CF_CHECK_MSG(bad == 0, "%s: %zu patterns do not round-trip", bf ? "bf16" : "f16", bad);
   }
   struct { uint16_t h; float f; } known[] = {
       {0x3c00, 1.0f}, {0xc000, -2.0f}, {0x7bff, 65504.0f}, {0x0001, 5.9604644775390625e-08f},
@@ -804,4 +821,78 @@ CF_TEST(fingerprint_tracks_relevant_values_only) {
   char hex[33];
   uint8_t z[16] = {0x01, 0xab, [15] = 0xff};
   CF_CHECK_STR(cf_model_fingerprint_hex(z, hex), "01ab00000000000000000000000000ff");
+}
+
+/* ------------------------------------------------------------------ held-out fixtures */
+
+/* The transformers-made checkpoints in tests/fixtures (see its README) load with the config
+ * values make_fixtures.py gave them, and each weight file's values come through unchanged. */
+CF_TEST(loads_transformers_fixtures) {
+  static const struct {
+    const char *name;
+    cf_arch_t arch;
+    int layers, hidden, heads, kv, hd, vocab;
+    cf_dtype_t dtype;
+    cf_rope_kind_t rope;
+    int qkv_bias, o_bias, mlp_bias, qk_norm, tie;
+  } fx[] = {
+      {"llama3-bf16", CF_ARCH_LLAMA, 3, 64, 4, 2, 16, 256, CF_DT_BF16, CF_ROPE_LLAMA3, 0, 0, 0, 0, 1},
+      {"qwen2-bias", CF_ARCH_QWEN2, 2, 48, 6, 2, 8, 200, CF_DT_F32, CF_ROPE_DEFAULT, 1, 0, 0, 0, 0},
+      {"qwen3-qknorm", CF_ARCH_QWEN3, 2, 64, 4, 2, 24, 160, CF_DT_F16, CF_ROPE_DEFAULT, 0, 0, 0, 1, 0},
+      {"mistral-nowindow", CF_ARCH_MISTRAL, 2, 64, 8, 2, 8, 128, CF_DT_F32, CF_ROPE_DEFAULT, 0, 0, 0, 0, 0},
+      {"llama-sharded", CF_ARCH_LLAMA, 2, 32, 4, 1, 8, 128, CF_DT_F32, CF_ROPE_DEFAULT, 0, 0, 0, 0, 0},
+      {"llama-v4config", CF_ARCH_LLAMA, 2, 48, 3, 3, 16, 150, CF_DT_F32, CF_ROPE_LLAMA3, 1, 1, 1, 0, 0},
+  };
+  for (size_t i = 0; i < sizeof fx / sizeof fx[0]; i++) {
+    char dir[256];
+    snprintf(dir, sizeof dir, "tests/fixtures/%s", fx[i].name);
+    cf_model_t *m = NULL;
+    int rc = cf_model_load(dir, &m);
+    CF_CHECK_MSG(rc == 0, "%s: %s: %s", dir, cf_strerror(rc), cf_errmsg());
+    if (!m) continue;
+    const cf_model_config_t *c = &m->cfg;
+    CF_CHECK_MSG(c->arch == fx[i].arch && c->n_layers == fx[i].layers && c->hidden == fx[i].hidden &&
+                 c->n_heads == fx[i].heads && c->n_kv_heads == fx[i].kv && c->head_dim == fx[i].hd &&
+                 c->vocab == fx[i].vocab && c->dtype == fx[i].dtype && c->rope_kind == fx[i].rope &&
+                 c->qkv_bias == fx[i].qkv_bias && c->o_bias == fx[i].o_bias &&
+                 c->mlp_bias == fx[i].mlp_bias && c->qk_norm == fx[i].qk_norm &&
+                 c->tie_embeddings == fx[i].tie, "%s: config values differ", fx[i].name);
+    CF_CHECK_MSG(!fx[i].tie || m->lm_head == m->embed, "%s: tied lm_head", fx[i].name);
+    CF_CHECK_MSG(fx[i].tie || (m->lm_head && m->lm_head != m->embed), "%s: lm_head", fx[i].name);
+    const cf_layer_weights_t *w = &m->layers[fx[i].layers - 1];
+    CF_CHECK_MSG(!fx[i].qkv_bias == !w->bq && !fx[i].o_bias == !w->bo && !fx[i].mlp_bias == !w->b_down &&
+                 !fx[i].qk_norm == !w->k_norm, "%s: optional weights", fx[i].name);
+    /* kv.safetensors has the layout the golden test expects. */
+    char kvp[300];
+    snprintf(kvp, sizeof kvp, "%s/kv.safetensors", dir);
+    cf_st_file_t kv;
+    CF_CHECK_OK(cf_st_open(kvp, &kv));
+    const cf_st_tensor_t *tok = cf_st_find(&kv, "tokens"), *k0 = cf_st_find(&kv, "layers.0.k");
+    CF_CHECK(tok && tok->dtype == CF_DT_I32 && tok->ndim == 1);
+    CF_CHECK(k0 && k0->dtype == CF_DT_F32 && k0->ndim == 3 && tok && k0->shape[0] == tok->shape[0] &&
+             k0->shape[1] == fx[i].kv && k0->shape[2] == fx[i].hd);
+    cf_st_close(&kv);
+    cf_model_free(m);
+  }
+  /* Widened BF16 weights equal the file's bf16 values exactly. */
+  cf_st_file_t f;
+  CF_CHECK_OK(cf_st_open("tests/fixtures/llama3-bf16/model.safetensors", &f));
+  cf_model_t *m = NULL;
+  CF_CHECK_OK(cf_model_load("tests/fixtures/llama3-bf16", &m));
+  const cf_st_tensor_t *t = cf_st_find(&f, "model.layers.2.mlp.down_proj.weight");
+  if (m && t) {
+    CF_CHECK_EQ(t->dtype, CF_DT_BF16);
+    size_t bad = 0;
+    for (size_t j = 0; j < t->numel; j++) {
+      uint16_t h;
+      memcpy(&h, (const char *)t->data + 2 * j, 2);
+      uint32_t u = (uint32_t)h << 16;
+      float v;
+      memcpy(&v, &u, 4);
+      bad += v != m->layers[2].w_down[j];
+    }
+    CF_CHECK_EQ(bad, 0);
+  }
+  cf_model_free(m);
+  cf_st_close(&f);
 }
