@@ -21,8 +21,12 @@
 #include "model/cf_cpu_ops.h"
 #include "util/cf_err.h"
 
+#ifndef CF__CPU_TB
 #define CF__CPU_TB 512   /* token rows per layer block */
+#endif
+#ifndef CF__CPU_QB
 #define CF__CPU_QB 64    /* query rows per attention item */
+#endif
 
 typedef void (*cf__par_fn)(void *ctx, int tid, int nthreads);
 
@@ -240,6 +244,10 @@ static int cf__cpu_forward(cf_backend_t *be, const cf_fwd_args_t *a) {
   float *cos_t = tab, *sin_t = tab + (size_t)T * half;
 
   pthread_mutex_lock(&b->fwd_mu);
+  /* Each of our threads runs single-threaded sgemm on its slice; OpenBLAS' own threads would
+   * oversubscribe the cores. The setting is process-wide, so it is (re)asserted per call in
+   * case other code in the process changed it. */
+  openblas_set_num_threads(1);
   if (a->l0 == 0) {
     for (int i = 0; i < T; i++)
       memcpy(x + (size_t)i * D, m->embed + (size_t)a->tokens[i] * D, sizeof(float) * D);
@@ -339,9 +347,6 @@ int cf_backend_cpu_create(const cf_model_t *m, int n_threads, cf_backend_t **out
     return cf_seterr(CF_ENOMEM, "cpu backend: state");
   }
   cf__rope_inv_freq(c, b->inv_freq);
-  /* Our threads each call single-threaded sgemm on their slice; OpenBLAS' own threads would
-   * oversubscribe the cores. This is process-wide. */
-  openblas_set_num_threads(1);
   for (int i = 1; i < b->nthreads; i++) {
     b->args[i].b = b;
     b->args[i].tid = i;

@@ -14,7 +14,9 @@
 #include "model/cf_model.h"
 
 /* Key block of the attention kernel: scores are formed CF__ATTN_BK keys at a time. */
+#ifndef CF__ATTN_BK
 #define CF__ATTN_BK 256
+#endif
 
 /* y[r] = x[r] * rsqrt(mean(x[r]^2) + eps) * w for `rows` rows of n floats (x may equal y). */
 void cf__rmsnorm_rows(const float *x, size_t ldx, const float *w, float eps, float *y,

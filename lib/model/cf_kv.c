@@ -175,7 +175,7 @@ out:
   return rc;
 }
 
-static double cf__rel(const float *a, const float *b, size_t n) {
+double cf_rel_err(const float *a, const float *b, size_t n) {
   double e = 0, mx = 0;
   for (size_t i = 0; i < n; i++) {
     double d = fabs((double)a[i] - b[i]);
@@ -194,8 +194,8 @@ int cf_kv_max_rel_err(const cf_kv_t *a, const cf_kv_t *ref, double *err, int *wo
   double worst = -1;
   for (int l = 0; l < a->n_layers; l++)
     for (int j = 0; j < 2; j++) {
-      double e = j ? cf__rel(a->v[l], ref->v[l], a->row * a->T)
-                   : cf__rel(a->k[l], ref->k[l], a->row * a->T);
+      double e = j ? cf_rel_err(a->v[l], ref->v[l], a->row * a->T)
+                   : cf_rel_err(a->k[l], ref->k[l], a->row * a->T);
       if (e > worst) {
         worst = e;
         if (worst_layer) *worst_layer = l;

@@ -48,6 +48,10 @@ int cf_kv_write(const cf_kv_t *kv, const int32_t *tokens, const char *path);
  * (no layers.0.k, a k without its v, shapes differing between layers), CF_EDTYPE, CF_ENOMEM. */
 int cf_kv_load(const char *path, cf_kv_t *kv, int32_t **tokens);
 
+/* max|a - ref| / max|ref| over n floats (max|a - ref| when ref is all zero); INFINITY when a
+ * difference is NaN. */
+double cf_rel_err(const float *a, const float *ref, size_t n);
+
 /* Worst per-tensor relative error of a against ref: max over layers and k/v of
  * max|a - ref| / max|ref| (NaN anywhere counts as infinite). *worst_layer and *worst_kv ('k' or
  * 'v') name where it occurs (either may be NULL). Shapes must match: CF_ESHAPE otherwise. */

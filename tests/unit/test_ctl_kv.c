@@ -5,6 +5,7 @@
 #include "model/cf_kv.h"
 #include "model/cf_safetensors.h"
 
+#include <dirent.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -93,6 +94,34 @@ CF_TEST(ctl_kv_golden_public_llama_gqa) {
   CF_CHECK_EQ(run(NULL, 0, "kv-compare %s %s --tol 1e-4", tpath("out.safetensors"), ref), 0);
   char err[1024];
   CF_CHECK_EQ(run(err, sizeof err, "kv-compare %s %s --tol 0", ref, tpath("out.safetensors")) != 0, 1);
+}
+
+/* `cacheflowctl kv` (whole and --chunk 7) on every transformers-made checkpoint under
+ * tests/fixtures/ against its kv.safetensors: the command the held-out checks run. */
+CF_TEST(ctl_kv_golden_every_fixture_checkpoint) {
+  if (!have_ctl()) CF_SKIP("cacheflowctl not built");
+  DIR *d = opendir("tests/fixtures");
+  if (!d) CF_SKIP("tests/fixtures not present (run from the repository root)");
+  struct dirent *e;
+  int n = 0;
+  while ((e = readdir(d))) {
+    char dir[600], ref[700], err[1024];
+    snprintf(dir, sizeof dir, "tests/fixtures/%.255s", e->d_name);
+    snprintf(ref, sizeof ref, "%s/kv.safetensors", dir);
+    if (e->d_name[0] == '.' || access(ref, R_OK) != 0) continue;
+    for (int chunk = 0; chunk <= 7; chunk += 7) {
+      char opt[32] = "";
+      if (chunk) snprintf(opt, sizeof opt, "--chunk %d", chunk);
+      int rc = run(err, sizeof err, "kv --model %s --tokens %s --out %s %s", dir, ref,
+                   tpath("fx.safetensors"), opt);
+      CF_CHECK_MSG(rc == 0, "%s %s: exit %d: %s", dir, opt, rc, err);
+      double er = compare(tpath("fx.safetensors"), ref);
+      CF_CHECK_MSG(er <= 1e-4, "%s %s: max rel err %.3g vs transformers", dir, opt, er);
+    }
+    n++;
+  }
+  closedir(d);
+  if (!n) CF_SKIP("no checkpoints with kv.safetensors under tests/fixtures");
 }
 
 /* A generated checkpoint: text, comma-separated and I64 safetensors tokens give the same KV;

@@ -14,56 +14,21 @@
 
 /* ---------------------------------------------------------------- helpers */
 
-typedef struct {
-  int L, T;
-  size_t row;   /* floats per token per layer */
-  float **k, **v;
-} kvbuf_t;
-
-static void kv_alloc(kvbuf_t *kv, const cf_model_config_t *c, int T) {
-  kv->L = c->n_layers;
-  kv->T = T;
-  kv->row = (size_t)c->n_kv_heads * c->head_dim;
-  kv->k = calloc(kv->L, sizeof(float *));
-  kv->v = calloc(kv->L, sizeof(float *));
-  for (int l = 0; l < kv->L; l++) {
-    kv->k[l] = malloc(sizeof(float) * kv->row * T);
-    kv->v[l] = malloc(sizeof(float) * kv->row * T);
+/* KV buffers for T tokens, every cell NaN until written (so a missed cell fails the compare). */
+static void kv_alloc(cf_kv_t *kv, const cf_model_config_t *c, int T) {
+  CF_CHECK_OK(cf_kv_init(kv, c, T));
+  for (int l = 0; l < kv->n_layers; l++)
     for (size_t i = 0; i < kv->row * T; i++) kv->k[l][i] = kv->v[l][i] = NAN;
-  }
 }
 
-static void kv_free(kvbuf_t *kv) {
-  for (int l = 0; l < kv->L; l++) { free(kv->k[l]); free(kv->v[l]); }
-  free(kv->k);
-  free(kv->v);
-}
-
-/* max |a-b| / max |b| over one layer's buffer (NaN in a counts as infinite error). */
-static double rel_err(const float *a, const float *b, size_t n) {
-  double e = 0, mx = 0;
-  for (size_t i = 0; i < n; i++) {
-    double d = fabs((double)a[i] - b[i]);
-    if (d != d) return INFINITY;
-    if (d > e) e = d;
-    if (fabs(b[i]) > mx) mx = fabs(b[i]);
-  }
-  return mx > 0 ? e / mx : e;
-}
-
-static double kv_rel_err(const kvbuf_t *a, const kvbuf_t *b) {
-  double worst = 0;
-  for (int l = 0; l < a->L; l++) {
-    double ek = rel_err(a->k[l], b->k[l], a->row * a->T);
-    double ev = rel_err(a->v[l], b->v[l], a->row * a->T);
-    if (ek > worst) worst = ek;
-    if (ev > worst) worst = ev;
-  }
-  return worst;
+static double kv_rel_err(const cf_kv_t *a, const cf_kv_t *ref) {
+  double e = INFINITY;
+  CF_CHECK_OK(cf_kv_max_rel_err(a, ref, &e, NULL, NULL));
+  return e;
 }
 
 static int forward(cf_backend_t *be, int l0, int l1, int t0, int t1, const int32_t *tok,
-                   const float *hin, float *hout, kvbuf_t *kv) {
+                   const float *hin, float *hout, cf_kv_t *kv) {
   cf_fwd_args_t a = {.l0 = l0, .l1 = l1, .t0 = t0, .t1 = t1, .tokens = tok, .hidden_in = hin,
                      .k = kv->k + l0, .v = kv->v + l0, .hidden_out = hout};
   return cf_backend_forward(be, &a);
@@ -110,7 +75,7 @@ static void ref_rope(double *x, int hd, int pos, const cf_model_config_t *c) {
 }
 
 /* KV of all layers for tokens[0..T) into kv (float), computed in double. */
-static void ref_forward(const cf_model_t *m, const int32_t *tok, int T, kvbuf_t *kv) {
+static void ref_forward(const cf_model_t *m, const int32_t *tok, int T, cf_kv_t *kv) {
   const cf_model_config_t *c = &m->cfg;
   int D = c->hidden, hd = c->head_dim, H = c->n_heads, G = c->n_kv_heads, I = c->intermediate;
   int qd = H * hd, kvd = G * hd;
@@ -198,22 +163,26 @@ static int32_t *rand_tokens(int T, int vocab) {
 
 /* ---------------------------------------------------------------- tests */
 
-CF_TEST(cpu_matches_double_reference_every_feature) {
-  cf_model_t *m = full_feature_model();
+/* The backend with `threads` threads against ref_forward for T random tokens; takes m. */
+static void check_vs_reference(cf_model_t *m, int threads, int T) {
   cf_backend_t *be;
-  CF_CHECK_OK(cf_backend_cpu_create(m, 2, &be));
-  int T = 300; /* crosses the 256-key attention block and the 64-query blocks */
+  CF_CHECK_OK(cf_backend_cpu_create(m, threads, &be));
   int32_t *tok = rand_tokens(T, m->cfg.vocab);
-  kvbuf_t ref, got;
+  cf_kv_t ref, got;
   kv_alloc(&ref, &m->cfg, T);
   kv_alloc(&got, &m->cfg, T);
   ref_forward(m, tok, T, &ref);
   CF_CHECK_OK(forward(be, 0, m->cfg.n_layers, 0, T, tok, NULL, NULL, &got));
   double e = kv_rel_err(&got, &ref);
-  CF_CHECK_MSG(e <= 2e-5, "cpu vs double reference: max rel err %.3g", e);
-  kv_free(&ref); kv_free(&got); free(tok);
+  CF_CHECK_MSG(e <= 2e-5, "cpu (%d threads) vs double reference: max rel err %.3g", threads, e);
+  cf_kv_free(&ref); cf_kv_free(&got); free(tok);
   cf_backend_free(be);
   cf_model_synth_free(m);
+}
+
+CF_TEST(cpu_matches_double_reference_every_feature) {
+  /* 300 tokens cross the 256-key attention block and the 64-query blocks */
+  check_vs_reference(full_feature_model(), 2, 300);
 }
 
 CF_TEST(cpu_plain_llama_matches_reference_one_thread) {
@@ -222,20 +191,7 @@ CF_TEST(cpu_plain_llama_matches_reference_one_thread) {
   cf_synth_opts_t o = {.seed = 3, .std = 0.1f};
   cf_model_t *m;
   CF_CHECK_OK(cf_model_synth(&c, &o, &m));
-  cf_backend_t *be;
-  CF_CHECK_OK(cf_backend_cpu_create(m, 1, &be));
-  int T = 70;
-  int32_t *tok = rand_tokens(T, c.vocab);
-  kvbuf_t ref, got;
-  kv_alloc(&ref, &c, T);
-  kv_alloc(&got, &c, T);
-  ref_forward(m, tok, T, &ref);
-  CF_CHECK_OK(forward(be, 0, c.n_layers, 0, T, tok, NULL, NULL, &got));
-  double e = kv_rel_err(&got, &ref);
-  CF_CHECK_MSG(e <= 2e-5, "cpu vs double reference: max rel err %.3g", e);
-  kv_free(&ref); kv_free(&got); free(tok);
-  cf_backend_free(be);
-  cf_model_synth_free(m);
+  check_vs_reference(m, 1, 70);
 }
 
 /* Chunk by chunk through the primitive, each call given the KV prefix of the earlier chunks. */
@@ -245,25 +201,29 @@ CF_TEST(cpu_chunked_equals_whole) {
   CF_CHECK_OK(cf_backend_cpu_create(m, 2, &be));
   int T = 1100; /* spans several 512-token layer blocks; not a multiple of any chunk below */
   int32_t *tok = rand_tokens(T, m->cfg.vocab);
-  kvbuf_t whole;
+  cf_kv_t whole;
   kv_alloc(&whole, &m->cfg, T);
   CF_CHECK_OK(forward(be, 0, m->cfg.n_layers, 0, T, tok, NULL, NULL, &whole));
   int chunks[] = {1, 7, 64, 256, 600};
   for (size_t ci = 0; ci < sizeof chunks / sizeof *chunks; ci++) {
     int C = chunks[ci], TT = C == 1 ? 150 : T; /* chunk 1: 150 tokens keep it quick */
-    kvbuf_t kv;
+    cf_kv_t kv;
     kv_alloc(&kv, &m->cfg, T);
     for (int t0 = 0; t0 < TT; t0 += C) {
       int t1 = t0 + C < TT ? t0 + C : TT;
       CF_CHECK_OK(forward(be, 0, m->cfg.n_layers, t0, t1, tok + t0, NULL, NULL, &kv));
     }
-    kv.T = TT;
-    double e = kv_rel_err(&kv, &whole);
+    double e = 0;
+    for (int l = 0; l < kv.n_layers; l++) {
+      double ek = cf_rel_err(kv.k[l], whole.k[l], kv.row * TT);
+      double ev = cf_rel_err(kv.v[l], whole.v[l], kv.row * TT);
+      e = ek > e ? ek : e;
+      e = ev > e ? ev : e;
+    }
     CF_CHECK_MSG(e <= 1e-5, "chunk %d: max rel err %.3g vs whole", C, e);
-    kv.T = T;
-    kv_free(&kv);
+    cf_kv_free(&kv);
   }
-  kv_free(&whole); free(tok);
+  cf_kv_free(&whole); free(tok);
   cf_backend_free(be);
   cf_model_synth_free(m);
 }
@@ -275,7 +235,7 @@ CF_TEST(cpu_layer_split_equals_whole) {
   CF_CHECK_OK(cf_backend_cpu_create(m, 2, &be));
   int T = 200, L = m->cfg.n_layers, D = m->cfg.hidden;
   int32_t *tok = rand_tokens(T, m->cfg.vocab);
-  kvbuf_t whole, kv;
+  cf_kv_t whole, kv;
   kv_alloc(&whole, &m->cfg, T);
   kv_alloc(&kv, &m->cfg, T);
   float *h1 = malloc(sizeof(float) * T * D), *h2 = malloc(sizeof(float) * T * D);
@@ -285,10 +245,10 @@ CF_TEST(cpu_layer_split_equals_whole) {
   CF_CHECK_OK(forward(be, 1, 2, 0, T, NULL, h1, h2, &kv));
   CF_CHECK_OK(forward(be, 2, L, 0, T, NULL, h2, h2, &kv)); /* in place: hidden_in == hidden_out */
   CF_CHECK_MSG(kv_rel_err(&kv, &whole) <= 1e-6, "layer split: %.3g", kv_rel_err(&kv, &whole));
-  CF_CHECK_MSG(rel_err(h2, hw, (size_t)T * D) <= 1e-6, "hidden_out: %.3g",
-               rel_err(h2, hw, (size_t)T * D));
+  CF_CHECK_MSG(cf_rel_err(h2, hw, (size_t)T * D) <= 1e-6, "hidden_out: %.3g",
+               cf_rel_err(h2, hw, (size_t)T * D));
   free(h1); free(h2); free(hw);
-  kv_free(&whole); kv_free(&kv); free(tok);
+  cf_kv_free(&whole); cf_kv_free(&kv); free(tok);
   cf_backend_free(be);
   cf_model_synth_free(m);
 }
@@ -302,7 +262,7 @@ CF_TEST(cpu_every_staircase_equals_whole) {
   CF_CHECK_OK(cf_backend_cpu_create(m, 2, &be));
   int L = m->cfg.n_layers, C = 37, T = 37 * 6 + 11, nc = (T + C - 1) / C;
   int32_t *tok = rand_tokens(T, m->cfg.vocab);
-  kvbuf_t whole;
+  cf_kv_t whole;
   kv_alloc(&whole, &m->cfg, T);
   CF_CHECK_OK(forward(be, 0, L, 0, T, tok, NULL, NULL, &whole));
   size_t row = whole.row;
@@ -311,7 +271,7 @@ CF_TEST(cpu_every_staircase_equals_whole) {
     for (int c = 0; c < nc; c++) hgt[c] = (int)(cf_test_rand() % (L + 1));
     if (trial == 0) for (int c = 0; c < nc; c++) hgt[c] = c % 2 ? 0 : L; /* holes */
     if (trial == 1) for (int c = 0; c < nc; c++) hgt[c] = L - c * L / nc; /* descending */
-    kvbuf_t kv;
+    cf_kv_t kv;
     kv_alloc(&kv, &m->cfg, T);
     for (int c = 0; c < nc; c++) { /* load the top of each chunk */
       int t0 = c * C, t1 = t0 + C < T ? t0 + C : T;
@@ -326,9 +286,9 @@ CF_TEST(cpu_every_staircase_equals_whole) {
     }
     double e = kv_rel_err(&kv, &whole);
     CF_CHECK_MSG(e <= 1e-5, "staircase trial %d: max rel err %.3g", trial, e);
-    kv_free(&kv);
+    cf_kv_free(&kv);
   }
-  kv_free(&whole); free(tok);
+  cf_kv_free(&whole); free(tok);
   cf_backend_free(be);
   cf_model_synth_free(m);
 }
@@ -342,7 +302,7 @@ CF_TEST(cpu_forward_rejects_bad_arguments) {
   cf_backend_t *be;
   CF_CHECK_OK(cf_backend_create("auto", m, &be)); /* no GPU here: falls back to cpu */
   CF_CHECK_STR(be->name, "cpu");
-  kvbuf_t kv;
+  cf_kv_t kv;
   kv_alloc(&kv, &c, 8);
   int32_t tok[8] = {1, 2, 3, 4, 5, 6, 7, 8};
   float hid[8 * 64] = {0};
@@ -378,7 +338,7 @@ CF_TEST(cpu_forward_rejects_bad_arguments) {
   CF_CHECK(b2 == NULL);
   CF_CHECK_ERR(cf_backend_create("cuda", m, &b2), CF_ENODEV);
   CF_CHECK_ERR(cf_backend_cpu_create(m, -1, &b2), CF_EINVAL);
-  kv_free(&kv);
+  cf_kv_free(&kv);
   cf_backend_free(be);
   cf_model_synth_free(m);
 }
