@@ -39,6 +39,17 @@ void cf_store_config_default(cf_store_config_t *c) {
   c->cpu_evict = CF_STORE_EVICT_LRU;
   c->spill = 1;
   c->file_bytes = 256ull << 20;
+  c->journal_slack = 65536;
+}
+
+/* Rewrite the journal when dead records (evictions, re-adds) dominate it: bounded disk use. */
+static void cf__maybe_compact(cf_store_t *st) {
+  pthread_mutex_lock(&st->mu);
+  int want = __atomic_load_n(&st->jrecords, __ATOMIC_RELAXED) > 2 * st->st.ssd_chunks + st->cfg.journal_slack;
+  pthread_mutex_unlock(&st->mu);
+  if (!want) return;
+  int rc = cf__journal_compact(st);
+  if (rc) CF_WARN("store %s: journal compaction: %s", st->dir, cf_errmsg());
 }
 
 /* ---------------------------------------------------------------- index */
@@ -354,7 +365,7 @@ static int32_t cf__ssd_alloc(cf_store_t *st) {
       pthread_mutex_unlock(&st->mu);
       return s;
     }
-    int can_grow = st->files_ready < st->n_files;
+    int can_grow = __atomic_load_n(&st->files_ready, __ATOMIC_ACQUIRE) < st->n_files;
     pthread_mutex_unlock(&st->mu);
     if (!can_grow || attempt) break;
     grow_rc = cf__data_grow(st);
@@ -382,6 +393,37 @@ static int32_t cf__ssd_alloc(cf_store_t *st) {
     return rc;
   }
   return s;
+}
+
+typedef struct {
+  const int32_t *ents, *slots;
+  const int *ok;
+  unsigned m;
+  int done;
+} cf__spill_pub_t;
+
+/* Make spilled chunks visible on SSD (jmu held, takes mu): their records are in the journal. */
+static void cf__spill_publish(cf_store_t *st, void *arg) {
+  cf__spill_pub_t *a = arg;
+  pthread_mutex_lock(&st->mu);
+  for (unsigned i = 0; i < a->m; i++) {
+    if (!a->ok[i]) continue;
+    int32_t e = a->ents[i];
+    cf__ent_t *en = &st->ents[e];
+    en->ssd_slot = a->slots[i];
+    en->flags |= CF__F_SSD;
+    st->ssd_owner[a->slots[i]] = e;
+    cf__list_push_head(st, &st->ssd_lru, e, 1);
+    st->st.ssd_chunks++;
+    st->st.spills++;
+    cf__dirty_set(st, e, 0);
+    en->flags &= (uint8_t)~CF__F_SPILL;
+    en->pins--;
+    st->spilling--;
+  }
+  a->done = 1;
+  pthread_cond_broadcast(&st->cv);
+  pthread_mutex_unlock(&st->mu);
 }
 
 /* Write back n entries (each marked CF__F_SPILL with a pin on its CPU slot, or given as raw
@@ -423,11 +465,9 @@ static int cf__spill_batch(cf_store_t *st, const int32_t *ents, unsigned n, int 
   int ok[CF__SPILL_BATCH] = {0};
   if (!recs && !rc) rc = cf_seterr(CF_ENOMEM, "spill records");
   if (recs) {
-    if (durable && m && !st->direct) {
-      int src = cf__data_sync(st);
-      if (src && !rc) rc = src;
-    } else if (durable && m) {
-      /* O_DIRECT bypasses the page cache; fdatasync still flushes the device's write cache */
+    if (durable && m) {
+      /* data before its journal record: buffered I/O needs the page cache written back, and
+       * O_DIRECT still needs the device's write cache flushed */
       int src = cf__data_sync(st);
       if (src && !rc) rc = src;
     }
@@ -443,7 +483,8 @@ static int cf__spill_batch(cf_store_t *st, const int32_t *ents, unsigned n, int 
     }
     pthread_mutex_unlock(&st->mu);
     if (nrec) {
-      int jrc = cf__journal_append(st, recs, nrec, durable);
+      cf__spill_pub_t pa = {ents, slots, ok, m, 0};
+      int jrc = cf__journal_append_pub(st, recs, nrec, durable, cf__spill_publish, &pa);
       if (jrc) {
         if (!rc) rc = jrc;
         for (unsigned i = 0; i < m; i++) ok[i] = 0;
@@ -453,20 +494,11 @@ static int cf__spill_batch(cf_store_t *st, const int32_t *ents, unsigned n, int 
   }
   pthread_mutex_lock(&st->mu);
   for (unsigned i = 0; i < n; i++) {
+    if (i < m && ok[i]) continue; /* published */
     int32_t e = ents[i];
     cf__ent_t *en = &st->ents[e];
-    if (i < m && ok[i]) {
-      en->ssd_slot = slots[i];
-      en->flags |= CF__F_SSD;
-      st->ssd_owner[slots[i]] = e;
-      cf__list_push_head(st, &st->ssd_lru, e, 1);
-      st->st.ssd_chunks++;
-      st->st.spills++;
-      cf__dirty_set(st, e, 0);
-    } else {
-      if (slots[i] >= 0) cf__ssd_release(st, slots[i]);
-      cf__dirty_set(st, e, 1);
-    }
+    if (slots[i] >= 0) cf__ssd_release(st, slots[i]);
+    cf__dirty_set(st, e, 1);
     en->flags &= (uint8_t)~CF__F_SPILL;
     en->pins--;
     st->spilling--;
@@ -517,11 +549,7 @@ static void *cf__spiller_main(void *arg) {
     pthread_mutex_unlock(&st->mu);
     int rc = cf__spill_batch(st, batch, n, 0);
     if (rc) CF_DEBUG("store %s: spill: %s", st->dir, cf_errmsg());
-    /* keep the journal from growing without bound: rewrite it when mostly dead records */
-    if (st->jrecords > 4 * (uint64_t)st->st.ssd_chunks + 65536) {
-      int crc = cf__journal_compact(st);
-      if (crc) CF_WARN("store %s: journal compaction: %s", st->dir, cf_errmsg());
-    }
+    cf__maybe_compact(st);
     pthread_mutex_lock(&st->mu);
   }
   pthread_mutex_unlock(&st->mu);
@@ -529,6 +557,30 @@ static void *cf__spiller_main(void *arg) {
 }
 
 /* ---------------------------------------------------------------- save / flush / evict */
+
+typedef struct {
+  int32_t e, s;
+  uint32_t n_tokens;
+  const uint64_t *csum;
+  int done;
+} cf__direct_pub_t;
+
+static void cf__direct_publish(cf_store_t *st, void *arg) {
+  cf__direct_pub_t *a = arg;
+  pthread_mutex_lock(&st->mu);
+  cf__ent_t *en = &st->ents[a->e];
+  en->flags &= (uint8_t)~CF__F_SSDSAVE;
+  memcpy(&st->csum[(size_t)a->e * st->g.n_layers], a->csum, 8 * (size_t)st->g.n_layers);
+  en->n_tokens = a->n_tokens;
+  en->ssd_slot = a->s;
+  en->flags |= CF__F_SSD;
+  st->ssd_owner[a->s] = a->e;
+  cf__list_push_head(st, &st->ssd_lru, a->e, 1);
+  st->st.ssd_chunks++;
+  st->st.saves++;
+  a->done = 1;
+  pthread_mutex_unlock(&st->mu);
+}
 
 /* Save straight to SSD (no CPU tier): bounce through an aligned buffer. */
 static int cf__save_direct(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
@@ -549,8 +601,10 @@ static int cf__save_direct(cf_store_t *st, const cf_store_key_t *key, uint32_t n
 
   int rc = 0;
   int32_t s = -1;
+  int durable = flags & CF_STORE_SAVE_DURABLE;
   uint64_t *csum = malloc(8 * (size_t)L);
   uint8_t *buf = cf__aligned_alloc(st->slot_bytes);
+  cf__direct_pub_t pa = {e, -1, n_tokens, csum, 0};
   if (!csum || !buf) { rc = cf_seterr(CF_ENOMEM, "store save buffer"); goto out; }
   memset(buf, 0, st->slot_bytes);
   for (uint32_t l = 0; l < L; l++) {
@@ -567,29 +621,28 @@ static int cf__save_direct(cf_store_t *st, const cf_store_key_t *key, uint32_t n
   pthread_mutex_lock(&st->spill_mu);
   rc = cf__ring_run(st, &st->wring, &op, 1);
   pthread_mutex_unlock(&st->spill_mu);
-  int durable = flags & CF_STORE_SAVE_DURABLE;
   if (!rc && durable) rc = cf__data_sync(st);
-  if (!rc) rc = cf__journal_add(st, 1, key, s, n_tokens, csum, durable);
+  pa.s = s;
+  if (!rc) {
+    uint8_t rec[4096];
+    uint8_t *r = st->jrec_bytes <= sizeof rec ? rec : malloc(st->jrec_bytes);
+    if (!r) { rc = cf_seterr(CF_ENOMEM, "journal record"); goto out; }
+    cf__jrec_encode(st, r, 1, __atomic_add_fetch(&st->jseq, 1, __ATOMIC_RELAXED), key, s,
+                    n_tokens, csum);
+    rc = cf__journal_append_pub(st, r, 1, durable, cf__direct_publish, &pa);
+    if (r != rec) free(r);
+  }
 out:
   pthread_mutex_lock(&st->mu);
-  cf__ent_t *en = &st->ents[e];
-  en->flags &= (uint8_t)~CF__F_SSDSAVE;
-  if (!rc) {
-    memcpy(&st->csum[(size_t)e * L], csum, 8 * (size_t)L);
-    en->n_tokens = n_tokens;
-    en->ssd_slot = s;
-    en->flags |= CF__F_SSD;
-    st->ssd_owner[s] = e;
-    cf__list_push_head(st, &st->ssd_lru, e, 1);
-    st->st.ssd_chunks++;
-    st->st.saves++;
-  } else {
+  if (!pa.done) {
+    st->ents[e].flags &= (uint8_t)~CF__F_SSDSAVE;
     if (s >= 0) cf__ssd_release(st, s);
     cf__ent_maybe_free(st, e);
   }
   pthread_mutex_unlock(&st->mu);
   free(csum);
   free(buf);
+  if (!rc) cf__maybe_compact(st);
   return rc;
 }
 
@@ -602,6 +655,9 @@ int cf_store_save(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
   for (uint32_t l = 0; l < st->g.n_layers; l++)
     if (!cells[l]) return cf_seterr(CF_EINVAL, "store save: cell of layer %u is NULL", l);
   int durable = (flags & CF_STORE_SAVE_DURABLE) != 0;
+  if (durable && !st->n_ssd_slots)
+    return cf_seterr(CF_EINVAL, "store %s: a durable save needs an SSD tier (ssd_bytes is 0)",
+                     st->dir);
   if (!st->n_cpu_slots) {
     if (!st->n_ssd_slots) return cf_seterr(CF_ENOSPC, "store %s: no tier has any capacity", st->dir);
     return cf__save_direct(st, key, n_tokens, cells, flags);
@@ -671,6 +727,7 @@ int cf_store_flush(cf_store_t *st) {
   }
   rc = cf__data_sync(st);
   if (!rc) rc = cf__journal_append(st, NULL, 0, 1);
+  if (!rc) cf__maybe_compact(st);
   return rc;
 }
 
@@ -893,7 +950,8 @@ int cf_store_open(const char *dir, const cf_store_geom_t *geom, const cf_store_c
   if (rc) goto fail;
   if (!cfg->readonly) {
     cf__data_offer_all(st);
-    if (st->jrecords > 2 * (uint64_t)st->st.ssd_chunks + 4096 && (rc = cf__journal_compact(st)))
+    if (st->jrecords > 2 * (uint64_t)st->st.ssd_chunks + st->cfg.journal_slack &&
+        (rc = cf__journal_compact(st)))
       goto fail;
     cf__ring_init(&st->wring, CF__SPILL_BATCH);
     if (st->cfg.spill && st->n_cpu_slots && st->n_ssd_slots) {
@@ -919,7 +977,10 @@ void cf_store_get_stats(cf_store_t *st, cf_store_stats_t *o) {
   o->cpu_dirty = st->dirty.n;
   o->ssd_bytes_cap = st->cfg.ssd_bytes;
   o->ssd_bytes_used = o->ssd_chunks * st->slot_bytes;
-  o->journal_records = st->jrecords;
+  o->journal_records = __atomic_load_n(&st->jrecords, __ATOMIC_RELAXED);
+  o->enospc = __atomic_load_n(&st->n_enospc, __ATOMIC_RELAXED);
+  o->io_errors = __atomic_load_n(&st->n_io_errors, __ATOMIC_RELAXED);
+  o->journal_compactions = __atomic_load_n(&st->n_compactions, __ATOMIC_RELAXED);
   o->ssd_direct = st->direct;
   o->cpu_hugepages = st->cpu_huge;
   pthread_mutex_unlock(&st->mu);

@@ -77,7 +77,11 @@ typedef struct {
   double spill_watermark;     /* spill only when CPU occupancy >= this fraction (0: always write back) */
   int promote_on_read;        /* whole-chunk SSD reads also insert the chunk in the CPU tier */
   int readonly;               /* open for inspection (verify): no writes, no CPU tier, no thread */
+  int buffered_io;            /* 1: page-cache I/O + fdatasync instead of O_DIRECT (also chosen
+                               * automatically when the filesystem refuses O_DIRECT with EINVAL) */
   uint64_t file_bytes;        /* max bytes per data file (default 256 MiB, rounded to slots) */
+  uint64_t journal_slack;     /* rewrite the journal (at open and while running) when it holds
+                               * more than 2 x live records + this many (default 65536) */
   cf_store_alloc_fn cpu_alloc;/* NULL: mmap (MAP_HUGETLB tried first) */
   cf_store_free_fn cpu_free;
   void *cpu_alloc_ud;
@@ -94,7 +98,7 @@ typedef struct {
   uint64_t cpu_evictions, cpu_evict_dirty; /* dirty: evicted before it reached SSD (lost) */
   uint64_t ssd_evictions, spills, promotions;
   uint64_t corrupt_cells, corrupt_chunks;  /* checksum mismatches found on read; chunks dropped */
-  uint64_t journal_records, journal_torn, journal_damaged, journal_dropped;
+  uint64_t journal_records, journal_torn, journal_damaged, journal_dropped, journal_compactions;
   uint64_t enospc, io_errors;
   int ssd_direct;                       /* 1 when the data files are O_DIRECT */
   int cpu_hugepages;                    /* 1 when the CPU region got MAP_HUGETLB pages */

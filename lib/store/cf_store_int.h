@@ -112,6 +112,7 @@ struct cf_store_s {
   pthread_mutex_t spill_mu;
 
   int replaying;
+  uint64_t n_enospc, n_io_errors, n_compactions; /* updated with atomics, outside mu */
   /* records the replay refused (bytes lost to a truncated file, slot beyond the cap): journaled
    * as DEL after the replay so a later, larger file or cap never revives them */
   struct { cf_store_key_t key; int32_t slot; } *drops;
@@ -144,6 +145,9 @@ void cf__jrec_encode(const cf_store_t *st, uint8_t *buf, int type, uint64_t seq,
                      const cf_store_key_t *k, int32_t slot, uint32_t n_tokens, const uint64_t *csum);
 /* append n encoded records; sync: fdatasync after. jmu taken inside. */
 int cf__journal_append(cf_store_t *st, const uint8_t *recs, size_t n, int sync);
+/* the same, then pub(st, arg) with jmu still held when the records are written (and synced) */
+int cf__journal_append_pub(cf_store_t *st, const uint8_t *recs, size_t n, int sync,
+                           void (*pub)(cf_store_t *, void *), void *arg);
 int cf__journal_add(cf_store_t *st, int type, const cf_store_key_t *k, int32_t slot,
                     uint32_t n_tokens, const uint64_t *csum, int sync);
 /* replay the journal into the index (open): counts in st->st */

@@ -39,12 +39,12 @@ void cf__ring_exit(cf__ring_t *r) {
 static int cf__io_fail(cf_store_t *st, const cf__io_t *op) {
   int e = op->res < 0 ? -op->res : 0;
   if (e == ENOSPC) {
-    __atomic_add_fetch(&st->st.enospc, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&st->n_enospc, 1, __ATOMIC_RELAXED);
     return cf_seterr(CF_ENOSPC, "store %s: %s %zu bytes at offset %llu: %s", st->dir,
                      op->write ? "write" : "read", op->len, (unsigned long long)op->off,
                      strerror(e));
   }
-  __atomic_add_fetch(&st->st.io_errors, 1, __ATOMIC_RELAXED);
+  __atomic_add_fetch(&st->n_io_errors, 1, __ATOMIC_RELAXED);
   if (e)
     return cf_seterr(CF_EIO, "store %s: %s %zu bytes at offset %llu: %s", st->dir,
                      op->write ? "write" : "read", op->len, (unsigned long long)op->off, strerror(e));
@@ -124,8 +124,8 @@ static int cf__data_openfd(cf_store_t *st, int i, int create) {
   cf__data_path(st, i, p, sizeof p);
   int fl = st->cfg.readonly ? O_RDONLY : O_RDWR;
   if (create) fl |= O_CREAT;
-  int fd = open(p, fl | O_DIRECT | O_CLOEXEC, 0644);
-  if (fd < 0 && errno == EINVAL) {
+  int fd = open(p, fl | (st->direct ? O_DIRECT : 0) | O_CLOEXEC, 0644);
+  if (fd < 0 && errno == EINVAL && st->direct) {
     fd = open(p, fl | O_CLOEXEC, 0644);
     if (fd >= 0 && st->direct) {
       CF_WARN("%s: O_DIRECT refused by the filesystem: buffered I/O + fdatasync", p);
@@ -157,7 +157,7 @@ static void cf__data_offer(cf_store_t *st, int i, uint64_t have) {
 }
 
 int cf__data_open_existing(cf_store_t *st) {
-  st->direct = 1;
+  st->direct = !st->cfg.buffered_io;
   st->files_ready = 0;
   for (int i = 0; i < st->n_files; i++) {
     int fd = cf__data_openfd(st, i, 0);
@@ -173,7 +173,6 @@ int cf__data_open_existing(cf_store_t *st) {
     st->dfd[i] = fd;
     st->files_ready = i + 1;
   }
-  if (st->files_ready == 0 && st->n_files > 0 && st->cfg.readonly) st->direct = 1;
   return 0;
 }
 
@@ -197,7 +196,7 @@ int cf__data_grow(cf_store_t *st) {
     close(fd);
     unlink(p);
     if (e == ENOSPC || e == EDQUOT) {
-      __atomic_add_fetch(&st->st.enospc, 1, __ATOMIC_RELAXED);
+      __atomic_add_fetch(&st->n_enospc, 1, __ATOMIC_RELAXED);
       rc = cf_seterr(CF_ENOSPC, "store %s: preallocating data.%03d (%llu bytes): %s", st->dir, i,
                      (unsigned long long)want, strerror(e));
     } else {
@@ -208,7 +207,8 @@ int cf__data_grow(cf_store_t *st) {
   }
 ok:
   st->dfd[i] = fd;
-  st->files_ready = i + 1;
+  /* release: a thread that sees the new count also sees dfd[i] */
+  __atomic_store_n(&st->files_ready, i + 1, __ATOMIC_RELEASE);
   cf__data_offer(st, i, want);
 out:
   pthread_mutex_unlock(&st->grow_mu);
@@ -222,9 +222,10 @@ void cf__data_close(cf_store_t *st) {
 }
 
 int cf__data_sync(cf_store_t *st) {
-  for (int i = 0; i < st->files_ready; i++) {
+  int n = __atomic_load_n(&st->files_ready, __ATOMIC_ACQUIRE);
+  for (int i = 0; i < n; i++) {
     if (st->dfd[i] >= 0 && fdatasync(st->dfd[i]) != 0) {
-      __atomic_add_fetch(&st->st.io_errors, 1, __ATOMIC_RELAXED);
+      __atomic_add_fetch(&st->n_io_errors, 1, __ATOMIC_RELAXED);
       return cf_seterr(CF_EIO, "store %s: fdatasync data.%03d: %s", st->dir, i, strerror(errno));
     }
   }

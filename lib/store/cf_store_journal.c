@@ -178,6 +178,11 @@ static int cf__jrec_ok(const cf_store_t *st, const uint8_t *buf) {
 }
 
 int cf__journal_append(cf_store_t *st, const uint8_t *recs, size_t n, int sync) {
+  return cf__journal_append_pub(st, recs, n, sync, NULL, NULL);
+}
+
+int cf__journal_append_pub(cf_store_t *st, const uint8_t *recs, size_t n, int sync,
+                           void (*pub)(cf_store_t *, void *), void *arg) {
   int rc = 0;
   size_t len = n * st->jrec_bytes;
   pthread_mutex_lock(&st->jmu);
@@ -190,10 +195,10 @@ int cf__journal_append(cf_store_t *st, const uint8_t *recs, size_t n, int sync) 
       /* cut a partial record so the next append starts on a record boundary */
       if (off && ftruncate(st->jfd, (off_t)st->jbytes) != 0) { /* replay treats it as torn */ }
       if (e == ENOSPC || e == EDQUOT) {
-        __atomic_add_fetch(&st->st.enospc, 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&st->n_enospc, 1, __ATOMIC_RELAXED);
         rc = cf_seterr(CF_ENOSPC, "store %s: appending to journal: %s", st->dir, strerror(e));
       } else {
-        __atomic_add_fetch(&st->st.io_errors, 1, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&st->n_io_errors, 1, __ATOMIC_RELAXED);
         rc = cf_seterr(CF_EIO, "store %s: appending to journal: %s", st->dir, strerror(e));
       }
       goto out;
@@ -201,11 +206,14 @@ int cf__journal_append(cf_store_t *st, const uint8_t *recs, size_t n, int sync) 
     off += (size_t)k;
   }
   st->jbytes += len;
-  st->jrecords += n;
+  __atomic_add_fetch(&st->jrecords, n, __ATOMIC_RELAXED);
   if (sync && fdatasync(st->jfd) != 0) {
-    __atomic_add_fetch(&st->st.io_errors, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&st->n_io_errors, 1, __ATOMIC_RELAXED);
     rc = cf_seterr(CF_EIO, "store %s: fdatasync journal: %s", st->dir, strerror(errno));
   }
+  /* publish while jmu is held: a compaction (which takes jmu) sees the chunk either in the
+   * index or not yet in the journal, never in the old journal only */
+  if (!rc && pub) pub(st, arg);
 out:
   pthread_mutex_unlock(&st->jmu);
   return rc;
@@ -396,7 +404,7 @@ int cf__journal_compact(cf_store_t *st) {
     for (; s < st->n_ssd_slots && nb < per; s++) {
       int32_t e = st->ssd_owner[s];
       if (e < 0 || !(st->ents[e].flags & CF__F_SSD)) continue;
-      cf__jrec_encode(st, buf + nb * R, 1, ++st->jseq, &st->ents[e].key, s, st->ents[e].n_tokens,
+      cf__jrec_encode(st, buf + nb * R, 1, __atomic_add_fetch(&st->jseq, 1, __ATOMIC_RELAXED), &st->ents[e].key, s, st->ents[e].n_tokens,
                       &st->csum[(size_t)e * st->g.n_layers]);
       nb++;
     }
@@ -423,8 +431,9 @@ int cf__journal_compact(cf_store_t *st) {
   close(fd);
   st->jfd = open(fin, O_RDWR | O_APPEND | O_CLOEXEC);
   if (st->jfd < 0) rc = cf_seterr(CF_EIO, "%s: reopen: %s", fin, strerror(errno));
-  st->jrecords = n;
+  __atomic_store_n(&st->jrecords, n, __ATOMIC_RELAXED);
   st->jbytes = total;
+  __atomic_add_fetch(&st->n_compactions, 1, __ATOMIC_RELAXED);
 out:
   pthread_mutex_unlock(&st->jmu);
   return rc;

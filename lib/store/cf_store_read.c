@@ -202,7 +202,7 @@ static void cf__read_finish(cf_store_reader_t *rd, cf_store_read_t *req, int res
     req->status = CF_ECORRUPT; /* short: the data file is truncated */
   } else {
     req->status = CF_EIO;
-    __atomic_add_fetch(&st->st.io_errors, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&st->n_io_errors, 1, __ATOMIC_RELAXED);
   }
   free(req->bounce_);
   req->bounce_ = NULL;

@@ -62,11 +62,12 @@ CF_TEST(store_keys_chain) {
 /* ---------------------------------------------------------------- round trips */
 
 /* save -> spill to SSD -> evict from CPU -> read back from SSD, for several shapes. */
-static void round_trip(uint32_t hd, uint32_t n_tokens, uint32_t l0, uint32_t nl) {
+static void round_trip_io(uint32_t hd, uint32_t n_tokens, uint32_t l0, uint32_t nl, int buffered) {
   cf_store_geom_t g = st_geom(16, 4, hd);
   cf_store_config_t c = cfg_of(8 << 20, 16 << 20);
+  c.buffered_io = buffered;
   char name[64];
-  snprintf(name, sizeof name, "rt_%u_%u_%u_%u", hd, n_tokens, l0, nl);
+  snprintf(name, sizeof name, "rt_%u_%u_%u_%u_%d", hd, n_tokens, l0, nl, buffered);
   cf_store_t *st;
   CF_CHECK_OK(cf_store_open(tdir(name), &g, &c, &st));
   if (!st) return;
@@ -96,8 +97,12 @@ static void round_trip(uint32_t hd, uint32_t n_tokens, uint32_t l0, uint32_t nl)
   CF_CHECK(eq);
   CF_CHECK_EQ(tier, CF_STORE_TIER_SSD);
   cf_store_get_stats(st, &s);
-  CF_CHECK_EQ(s.ssd_direct, 1);
+  CF_CHECK_EQ(s.ssd_direct, !buffered);
   cf_store_close(st);
+}
+
+static void round_trip(uint32_t hd, uint32_t n_tokens, uint32_t l0, uint32_t nl) {
+  round_trip_io(hd, n_tokens, l0, nl, 0);
 }
 
 CF_TEST(store_round_trip_one_chunk_all_layers) { round_trip(64, 16, 0, 4); }
@@ -106,6 +111,11 @@ CF_TEST(store_round_trip_layer_subset) { round_trip(64, 16, 1, 2); }
 CF_TEST(store_round_trip_partial_last_chunk) { round_trip(64, 5, 0, 4); round_trip(64, 1, 3, 1); }
 /* cells of 3072 bytes (not a multiple of 4096): reads go through the bounce path */
 CF_TEST(store_round_trip_unaligned_cells) { round_trip(24, 16, 0, 4); round_trip(24, 7, 1, 3); }
+/* the buffered I/O path (filesystems without O_DIRECT) */
+CF_TEST(store_round_trip_buffered_io) {
+  round_trip_io(64, 16, 0, 4, 1);
+  round_trip_io(24, 5, 1, 2, 1);
+}
 
 /* A whole prefix: chain keys with a partial last chunk, save each chunk, look up the chain. */
 CF_TEST(store_prefix_with_partial_chunk) {
@@ -246,6 +256,9 @@ CF_TEST(store_lru_evicts_coldest_and_pins_hold) {
   CF_CHECK_ERR(st_save(st, 100, 16, 0), CF_EBUSY);
   for (int i = 0; i < np; i++) cf_store_unpin(st, &pins[i]);
   CF_CHECK_OK(st_save(st, 100, 16, 0));
+  /* no SSD tier: nothing can be durable, and the store says so */
+  CF_CHECK_ERR(st_save(st, 101, 16, CF_STORE_SAVE_DURABLE), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "needs an SSD tier");
   cf_store_close(st);
 }
 
@@ -305,7 +318,10 @@ CF_TEST(store_caps_hold_under_sustained_saves) {
   uint64_t cpu_cap = 10 * slot + 100, ssd_cap = 25 * slot + 7;
   cf_store_config_t c = cfg_of(cpu_cap, ssd_cap);
   c.file_bytes = 8 * slot;
+  c.journal_slack = 16; /* compact often: the journal stays bounded too */
   const char *d = tdir("caps");
+  char jp[1200];
+  snprintf(jp, sizeof jp, "%s/journal", d);
   cf_store_t *st;
   CF_CHECK_OK(cf_store_open(d, &g, &c, &st));
   if (!st) return;
@@ -317,6 +333,8 @@ CF_TEST(store_caps_hold_under_sustained_saves) {
     CF_CHECK_LE(s.ssd_bytes_used, ssd_cap);
     CF_CHECK_LE(s.ssd_file_bytes, ssd_cap);
     if (id % 50 == 0) CF_CHECK_LE(dir_data_bytes(d), ssd_cap);
+    struct stat jsb;
+    if (stat(jp, &jsb) == 0) CF_CHECK_LE(jsb.st_size, (2 * 25 + 16 + 16 + 4) * 80);
   }
   CF_CHECK_OK(cf_store_flush(st));
   cf_store_stats_t s;
@@ -771,6 +789,7 @@ CF_TEST(store_concurrent_readers_while_saving_spilling_evicting) {
   cf_store_config_t c = cfg_of(30 * slot, 80 * slot);
   c.cpu_evict = CF_STORE_EVICT_S3FIFO;
   c.file_bytes = 16 * slot;
+  c.journal_slack = 32; /* compactions run while readers read */
   cf_store_t *st;
   CF_CHECK_OK(cf_store_open(tdir("conc"), &g, &c, &st));
   if (!st) return;
@@ -802,4 +821,44 @@ CF_TEST(store_concurrent_readers_while_saving_spilling_evicting) {
   CF_CHECK_LE(s.ssd_bytes_used, s.ssd_bytes_cap);
   CF_CHECK_EQ(s.corrupt_cells, 0);
   cf_store_close(st);
+}
+
+/* ---------------------------------------------------------------- CPU region hook */
+
+static int hook_allocs, hook_frees;
+static size_t hook_bytes;
+static void *hook_alloc(size_t bytes, void *ud) {
+  (void)ud;
+  hook_allocs++;
+  hook_bytes = bytes;
+  return aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
+}
+static void hook_free(void *p, size_t bytes, void *ud) {
+  (void)ud;
+  if (bytes == hook_bytes) hook_frees++;
+  free(p);
+}
+
+/* The daemon hands the CPU tier a cudaHostAlloc'd region through this hook. */
+CF_TEST(store_cpu_region_hook) {
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  cf_store_config_t c = cfg_of(5 * 2 * 8192 + 10, 0);
+  c.cpu_alloc = hook_alloc;
+  c.cpu_free = hook_free;
+  cf_store_t *st;
+  CF_CHECK_OK(cf_store_open(tdir("hook"), &g, &c, &st));
+  if (!st) return;
+  CF_CHECK_EQ(hook_allocs, 1);
+  CF_CHECK_EQ(hook_bytes, 5 * 2 * 8192);
+  CF_CHECK_OK(st_save(st, 3, 16, 0));
+  cf_store_pin_t pin;
+  cf_store_key_t k = st_key(&g, 3);
+  CF_CHECK_OK(cf_store_pin(st, &k, &pin));
+  uint8_t *want = malloc(8192);
+  st_fill_cell(&g, 3, 1, 16, want);
+  CF_CHECK(memcmp(pin.base + pin.cell_stride, want, 8192) == 0);
+  cf_store_unpin(st, &pin);
+  free(want);
+  cf_store_close(st);
+  CF_CHECK_EQ(hook_frees, 1);
 }

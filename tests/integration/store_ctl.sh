@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# cacheflowctl store verify|fill: outputs, exit codes and errors on a real store directory.
+set -u
+BUILD=${BUILD:-build}
+CTL=$BUILD/cacheflowctl
+T=$(mktemp -d /tmp/cfstorectl.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+P=0; F=0
+check() { # description, command...
+  local d=$1; shift
+  if "$@"; then P=$((P+1)); else F=$((F+1)); echo "FAIL $d"; fi
+}
+
+$CTL gen-model --out "$T/model" --preset tiny >/dev/null || { echo "0 passed, 1 failed"; exit 1; }
+# another model: same shapes, another rope theta (the fingerprint hashes config + tensor headers)
+cp -r "$T/model" "$T/model2"
+sed -i 's/"rope_theta": 10000.0/"rope_theta": 500000.0/' "$T/model2/config.json"
+
+out=$($CTL store fill --dir "$T/s" --model "$T/model" --prefixes 3 --tokens 200 --seed 1 --chunk 64)
+check "fill exits 0" test $? -eq 0
+check "fill prints progress" grep -q "prefix 3/3: 200 tokens, 4 chunks durable" <<<"$out"
+check "fill prints a summary" grep -q "fill done: 12 chunks saved" <<<"$out"
+
+out=$($CTL store verify --dir "$T/s"); rc=$?
+check "verify clean: exit 0" test $rc -eq 0
+check "verify clean: counts" grep -q "^chunks ok 12, damaged 0, torn-tail 0$" <<<"$out"
+
+# a torn journal tail (half a record) is not damage
+cp -r "$T/s" "$T/torn"
+sz=$(stat -c %s "$T/torn/journal"); truncate -s $((sz - 10)) "$T/torn/journal"
+out=$($CTL store verify --dir "$T/torn"); rc=$?
+check "torn tail: exit 0" test $rc -eq 0
+check "torn tail: counted" grep -q "^chunks ok 11, damaged 0, torn-tail 1$" <<<"$out"
+
+# one flipped byte in a data file: damaged, exit 1, and it says where
+cp -r "$T/s" "$T/bad"
+printf '\xff' | dd of="$T/bad/data.000" bs=1 seek=$((65536 * 2 + 100)) conv=notrunc status=none
+out=$($CTL store verify --dir "$T/bad"); rc=$?
+check "damaged data: exit 1" test $rc -eq 1
+check "damaged data: counted" grep -q "^chunks ok 11, damaged 1, torn-tail 0$" <<<"$out"
+check "damaged data: named" grep -q "first damage: .*checksum mismatch" <<<"$out"
+# verify is read-only: running it twice gives the same answer
+out=$($CTL store verify --dir "$T/bad"); rc=$?
+check "verify read-only" test $rc -eq 1
+
+# errors: another model, missing dir, not a store, bad options
+err=$($CTL store fill --dir "$T/s" --model "$T/model2" --prefixes 1 --tokens 64 --seed 1 --chunk 64 2>&1); rc=$?
+check "other model: exit 1" test $rc -eq 1
+check "other model: named" grep -q "made for model fingerprint" <<<"$err"
+err=$($CTL store verify --dir "$T/nope" 2>&1); rc=$?
+check "missing dir: exit 1" test $rc -eq 1
+check "missing dir: named" grep -q "$T/nope" <<<"$err"
+mkdir -p "$T/empty"
+err=$($CTL store verify --dir "$T/empty" 2>&1); rc=$?
+check "not a store: exit 1 + header" bash -c "test $rc -eq 1 && grep -q 'header missing' <<<'$err'"
+head -c 100 /dev/zero > "$T/s2hdr"; mkdir -p "$T/s2"; cp "$T/s/journal" "$T/s2/"; cp "$T/s2hdr" "$T/s2/header"
+err=$($CTL store verify --dir "$T/s2" 2>&1); rc=$?
+check "truncated header: named" bash -c "test $rc -eq 1 && grep -q 'truncated' <<<'$err'"
+$CTL store verify >/dev/null 2>&1; rc=$?
+check "verify without --dir: usage exit 2" test $rc -eq 2
+err=$($CTL store fill --dir "$T/x" --model "$T/model" --prefixes 0 --tokens 64 --seed 1 2>&1); rc=$?
+check "fill --prefixes 0 rejected" bash -c "test $rc -eq 1 && grep -q -- '--prefixes' <<<'$err'"
+err=$($CTL store fill --dir "$T/x" --model "$T/nomodel" --prefixes 1 --tokens 64 --seed 1 2>&1); rc=$?
+check "fill missing model named" bash -c "test $rc -eq 1 && grep -q 'nomodel' <<<'$err'"
+
+echo "store_ctl: $P passed, $F failed"
+[ "$F" -eq 0 ]
