@@ -14,12 +14,15 @@
 #include "util/cf_err.h"
 #include "util/cf_json.h"
 
+/* 2^27 cells: 2.7 GB of simulator scratch at most. */
+#define SIM_MAX_CELLS (1 << 27)
+
 static void usage(FILE *f) {
   fprintf(f,
           "usage: cacheflow-sim --hw FILE|NAME --model NAME|config.json\n"
           "                     (--workload FILE | --gen multi-turn|rag|agentic --n N [--seed S] [--rate R])\n"
           "                     [--policy all|NAME] [--tier dram|ssd|net] [--gbps X] [--chunk N]\n"
-          "                     [--gpus N] [--refine N] [--json FILE]\n"
+          "                     [--gpus N] [--refine N] [--json FILE] [--save-workload FILE]\n"
           "  --hw       hardware profile: conf/hw/NAME.json (h100-pcie5, h100-link10g/40g/80g, h100-nvme) or a path\n"
           "  --model    llama-3.1-8b, qwen3-8b, llama-3.1-70b-tp4, llama-3.1-70b-tp8, or an HF config.json\n"
           "  --workload JSON lines {\"arrival_s\": 0.0, \"prefix_tokens\": 16384, \"new_tokens\": 256}\n"
@@ -30,7 +33,8 @@ static void usage(FILE *f) {
           "  --chunk    tokens per chunk (default 256)\n"
           "  --gpus     GPUs in use (default: the model's TP degree); engines = gpus / TP\n"
           "  --refine   simulator runs optimal may spend refining (default: automatic; 0 = fast path)\n"
-          "  --json     write the results as JSON to FILE\n");
+          "  --json     write the results as JSON to FILE\n"
+          "  --save-workload  write the requests (e.g. generated ones) as JSON lines to FILE\n");
 }
 
 static int bad(const char *fmt, const char *a, const char *b) {
@@ -74,7 +78,7 @@ static void json_num(FILE *f, double v) {
 
 int main(int argc, char **argv) {
   const char *hw_arg = NULL, *model_arg = NULL, *work = NULL, *gen = NULL, *pol_arg = "all",
-             *tier_arg = NULL, *json = NULL;
+             *tier_arg = NULL, *json = NULL, *save = NULL;
   double n_gen = 0, seed = 1, rate = -1, gbps = 0, chunk = 256, gpus = 0, refine = -1;
   int rc;
   for (int i = 1; i < argc; i++) {
@@ -90,6 +94,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--policy")) pol_arg = v;
     else if (!strcmp(a, "--tier")) tier_arg = v;
     else if (!strcmp(a, "--json")) json = v;
+    else if (!strcmp(a, "--save-workload")) save = v;
     else if (!strcmp(a, "--n")) { if ((rc = parse_num(a, v, 1, 1000000, &n_gen))) return rc; }
     else if (!strcmp(a, "--seed")) { if ((rc = parse_num(a, v, 0, 1e15, &seed))) return rc; }
     else if (!strcmp(a, "--rate")) { if ((rc = parse_num(a, v, 0, 1e9, &rate))) return rc; }
@@ -110,19 +115,19 @@ int main(int argc, char **argv) {
     if (cf_policy_parse(pol_arg, &p)) return bad("%s%s", cf_errmsg(), " (or all)");
     pol_one = (int)p;
   }
-  sim_hw_t hw;
-  if ((rc = sim_hw_load(hw_arg, &hw))) return bad("%s%s", cf_errmsg(), "");
-  sim_model_t model;
-  if ((rc = sim_model_load(model_arg, &model))) return bad("%s%s", cf_errmsg(), "");
+  cf_hw_t hw;
+  if ((rc = cf_hw_load(hw_arg, &hw))) return bad("%s%s", cf_errmsg(), "");
+  cf_model_shape_t model;
+  if ((rc = cf_model_shape_load(model_arg, &model))) return bad("%s%s", cf_errmsg(), "");
   int tier = hw.default_tier;
   if (tier_arg) {
     tier = -1;
     for (int t = 0; t < 3; t++)
-      if (!strcmp(tier_arg, sim_tier_names[t])) tier = t;
+      if (!strcmp(tier_arg, cf_tier_names[t])) tier = t;
     if (tier < 0) return bad("unknown tier '%s': expected dram, ssd or net%s", tier_arg, "");
   }
   cf_sched_input_t in = {0};
-  if ((rc = sim_cost_make(&hw, &model, (int)gpus, tier, gbps, (int)chunk, &in.cost)))
+  if ((rc = cf_hw_cost(&hw, &model, (int)gpus, tier, gbps, (int)chunk, &in.cost)))
     return bad("%s%s", cf_errmsg(), "");
   cf_sched_req_t *reqs = NULL;
   int n = 0;
@@ -140,6 +145,21 @@ int main(int argc, char **argv) {
     return bad("workload: %s%s", cf_errmsg(), "");
   }
 
+  if (save && (rc = sim_workload_write(save, reqs, n))) {
+    free(reqs);
+    return bad("%s%s", cf_errmsg(), "");
+  }
+  /* the simulator keeps 20 bytes per cell: refuse what would not fit rather than thrash */
+  double cells = 0;
+  for (int i = 0; i < n; i++)
+    cells += (double)cf_cost_chunks(&in.cost, reqs[i].prefix_tokens) * in.cost.n_layers;
+  if (cells > SIM_MAX_CELLS) {
+    char what[96];
+    snprintf(what, sizeof what, "%.0f cells (requests x chunks x layers) > %.0f", cells,
+             (double)SIM_MAX_CELLS);
+    free(reqs);
+    return bad("workload too large to simulate: %s%s; use fewer requests or a larger --chunk", what, "");
+  }
   double bound = cf_bound(&in);
   row_t rows[CF_POLICY_COUNT];
   memset(rows, 0, sizeof rows);
@@ -156,6 +176,7 @@ int main(int argc, char **argv) {
     w->plan_ms = (now_s() - t0) * 1e3;
     w->sim_evals = plan.sim_evals;
     if (!rc) rc = cf_sim_run(&in, &plan, &w->res);
+    cf_sim_result_trim(&w->res); /* keep one policy's cell scratch alive at a time */
     w->valid = rc == 0;
     if (rc) {
       snprintf(w->err, sizeof w->err, "%s: %s", cf_strerror(rc), cf_errmsg());
@@ -173,7 +194,7 @@ int main(int argc, char **argv) {
   }
   printf("hw %s (%s tier, %.3g GB/s per link%s, %d engine%s of %d GPU%s), model %s (%d layers, "
          "%.0f B/token/layer)\n",
-         hw.name, sim_tier_names[tier], in.cost.link_Bps / 1e9,
+         hw.name, cf_tier_names[tier], in.cost.link_Bps / 1e9,
          in.cost.shared_link ? " shared" : "", in.cost.n_devices, in.cost.n_devices > 1 ? "s" : "",
          model.tp, model.tp > 1 ? "s" : "", model.name, in.cost.n_layers, in.cost.kv_bytes_per_token);
   printf("%d requests, %lld prefix tokens (max %lld), chunk %d; lower bound on makespan %.4f s\n\n",
@@ -213,7 +234,7 @@ int main(int argc, char **argv) {
     cf_json_escape(esc, sizeof esc, hw.name);
     fprintf(f, "%s,\n  \"model\": ", esc);
     cf_json_escape(esc, sizeof esc, model.name);
-    fprintf(f, "%s,\n  \"tier\": \"%s\",\n  \"link_GBps\": ", esc, sim_tier_names[tier]);
+    fprintf(f, "%s,\n  \"tier\": \"%s\",\n  \"link_GBps\": ", esc, cf_tier_names[tier]);
     json_num(f, in.cost.link_Bps / 1e9);
     fprintf(f, ",\n  \"shared_link\": %s,\n  \"n_devices\": %d,\n  \"n_requests\": %d,\n"
                "  \"chunk_tokens\": %d,\n  \"n_layers\": %d,\n  \"bound_s\": ",

@@ -13,6 +13,7 @@
  * Arrivals are Poisson (exponential gaps) at the kind's rate or --rate; --rate 0 puts every
  * request at time 0 (one batching window).
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,7 +82,7 @@ static int cf__line_int(const char *path, int line, const cf_json_t *o, const ch
 int sim_workload_read(const char *path, cf_sched_req_t **out, int *nout) {
   char *text;
   size_t len;
-  int rc = sim_read_file(path, &text, &len);
+  int rc = cf_hw_read_file(path, &text, &len);
   if (rc) return rc;
   size_t cap = 64;
   int n = 0;
@@ -137,4 +138,14 @@ fail:
   free(text);
   free(r);
   return rc ? rc : CF_ENOMEM;
+}
+
+int sim_workload_write(const char *path, const cf_sched_req_t *reqs, int n) {
+  FILE *f = fopen(path, "w");
+  if (!f) return cf_seterr(CF_EIO, "--save-workload %s: %s", path, strerror(errno));
+  for (int i = 0; i < n; i++)
+    fprintf(f, "{\"arrival_s\": %.17g, \"prefix_tokens\": %lld, \"new_tokens\": %lld}\n",
+            reqs[i].arrival_s, (long long)reqs[i].prefix_tokens, (long long)reqs[i].new_tokens);
+  if (fclose(f) != 0) return cf_seterr(CF_EIO, "--save-workload %s: write failed", path);
+  return 0;
 }

@@ -8,23 +8,29 @@
  *        Y = sum_l g(k_l), g(k) = (N - tok(k)) b / bw
  *    and the front chunks are exactly the cells the bound (cf_bound.c) computes first, so
  *    the only gap to the bound is integrality (whole chunks, whole layers) and pipeline ends.
- * 2. Joint split. Per request, the lower convex hull of the points (f(k), g(k)), k = 0..n.
- *    Any mix of per-layer choices lies on or above the Minkowski sum of the L-scaled hulls;
- *    walking all requests' hull edges of a device in increasing slope (most load time saved
- *    per second of compute first) traces its frontier. Bisection on T finds the smallest T at
- *    which every device can stay under T in compute while every link stays under T in loads.
- *    Each request ends at a hull vertex; the one request per device on the critical edge is
- *    split at the balance point with one extra "adjustment" layer at an intermediate k.
+ * 2. Joint split. Per request, the lower convex hull of the points (f(k), g(k)), k = 0..n
+ *    (implicit: see cf__hull). Any mix of per-layer choices lies on or above the Minkowski sum
+ *    of the L-scaled hulls, whose frontier takes hull edges in increasing slope (most link
+ *    time saved per second of compute first). A price s selects, in every request, the edges
+ *    with slope <= s (O(1) per request); bisection on s finds where a device's compute meets
+ *    its link. With one link shared by several devices, Newton on T finds the T at which every
+ *    device computing for T leaves exactly T of loads (per-device price bisection inside).
+ *    Each request ends at a hull vertex; the one request per device on the next edge is split
+ *    at the balance point with one extra "adjustment" layer at an intermediate k.
  * 3. Order. Requests run on both streams in arrival order, shortest first within an
  *    arrival (SPT: cuts mean TTFT without moving the makespan). A second candidate balances
  *    each request in turn against the cumulative compute and link times (finishes requests
  *    earlier when they arrive apart); a third keeps plain arrival order.
- * 4. Refinement (refine_evals != 0): simulate the candidates, hill-climb each request's
- *    position on its hull path by +-1 and +-L/4 layer moves, keep improvements in (makespan,
- *    then mean TTFT); finally simulate every other policy's plan and keep the best, so
- *    `optimal` is never worse than any of them in makespan on the same input.
- * The fast path (refine_evals == 0) is steps 1-3 with candidate 1 only: O(cells/L + edges log
- * edges) per batch.
+ * 4. Refinement (refine_evals != 0): simulate every other policy's plan first (they set the
+ *    bar: best makespan, best mean and p99 TTFT), then the candidates, then hill-climb each
+ *    request's position on its hull path by +-1 and +-L/4 layer moves. A plan scores by: its
+ *    makespan must not exceed the best other policy's (hard); then the smaller its TTFT excess
+ *    over the best others the better; then makespan; then mean TTFT. If another policy's plan
+ *    still scores better, it is returned, so `optimal` is never slower in makespan than any
+ *    other policy on the same input (and in the property tests almost always has the lowest
+ *    mean TTFT too).
+ * The fast path (refine_evals == 0) is steps 1-3 with candidate 1 only: O(requests x 64 price
+ * steps + ops) per batch, no allocation proportional to cells (0.11 ms for 64 x 128k tokens).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -33,11 +39,6 @@
 #include "sched/cf_sim.h"
 #include "sched/cf_sched_int.h"
 #include "util/cf_err.h"
-
-typedef struct {
-  int r, d, j;
-  double df, dg, slope;
-} cf__edge_t;
 
 typedef struct {
   int j, m;     /* m layers at vertex j+1, the rest at vertex j ... */
@@ -49,13 +50,14 @@ typedef struct {
   const cf_sched_cost_t *c;
   const int *dev;
   int n, L, nd, nl;
-  int32_t *hk;  /* hull vertices (k values) of request r: hk[hoff[r] .. hoff[r] + H[r]) */
-  size_t *hoff;
-  int *H;
+  int32_t *kstar; /* hull of request r: vertices k = 0, kstar, kstar + 1, ..., n */
+  int *H;         /* number of hull vertices */
+  int *dreq, *doff; /* requests of device d: dreq[doff[d] .. doff[d + 1]) */
   cf__pos_t *pos;
   int *order;
   double *key;  /* sort key for the order */
   double q;     /* link seconds per token per layer */
+  double price_tol; /* relative precision of the price bisection */
 } cf__opt_t;
 
 static inline double cf__f(const cf__opt_t *o, int r, int32_t k) {
@@ -65,7 +67,14 @@ static inline double cf__g(const cf__opt_t *o, int r, int32_t k) {
   int64_t P = o->in->reqs[r].prefix_tokens;
   return (double)(P - cf_cost_tok(o->c, P, k)) * o->q;
 }
-static inline int32_t cf__hk(const cf__opt_t *o, int r, int j) { return o->hk[o->hoff[r] + j]; }
+static inline int32_t cf__hk(const cf__opt_t *o, int r, int j) {
+  return j == 0 ? 0 : o->kstar[r] + j - 1;
+}
+/* Slope (link seconds saved per compute second, negative) of hull edge j -> j + 1. */
+static inline double cf__slope(const cf__opt_t *o, int r, int j) {
+  int32_t k0 = cf__hk(o, r, j), k1 = cf__hk(o, r, j + 1);
+  return (cf__g(o, r, k1) - cf__g(o, r, k0)) / (cf__f(o, r, k1) - cf__f(o, r, k0));
+}
 
 /* Compute and link time of request r at position p. */
 static void cf__xy(const cf__opt_t *o, int r, cf__pos_t p, double *x, double *y) {
@@ -75,21 +84,102 @@ static void cf__xy(const cf__opt_t *o, int r, cf__pos_t p, double *x, double *y)
   *y = (L - p.m - a) * cf__g(o, r, k0) + p.m * cf__g(o, r, k1) + (a ? cf__g(o, r, p.adj) : 0);
 }
 
-/* Lower convex hull of (f(k), g(k)), k = 0..n (Andrew's monotone chain; f increases with k). */
+/* Lower convex hull of the points (f(k), g(k)), k = 0..n, without building it: for k >= 1
+ * the points sample the curve t -> (phi(t), (N - t) q), phi(t) = gamma + alpha t + beta t^2/2,
+ * at increasing t; its slope -q / (alpha + beta t) increases with t, so they form a convex
+ * chain. Only k = 0 (x = 0: no step at all) sits off the curve; the hull leaves it along the
+ * tangent to the chain, i.e. to the k maximising t / phi(t), which is unimodal with its peak at
+ * t = sqrt(2 gamma / beta). Vertices: 0, kstar, kstar + 1, ..., n. */
 static void cf__hull(cf__opt_t *o, int r, int32_t n) {
-  int32_t *h = o->hk + o->hoff[r];
-  int m = 0;
-  for (int32_t k = 0; k <= n; k++) {
-    double x = cf__f(o, r, k), y = cf__g(o, r, k);
-    while (m >= 2) {
-      double ax = cf__f(o, r, h[m - 2]), ay = cf__g(o, r, h[m - 2]);
-      double bx = cf__f(o, r, h[m - 1]), by = cf__g(o, r, h[m - 1]);
-      if ((bx - ax) * (y - ay) - (by - ay) * (x - ax) <= 0) m--;
-      else break;
+  if (n == 0) { o->kstar[r] = 0; o->H[r] = 1; return; }
+  const cf_sched_cost_t *c = o->c;
+  int32_t k = n;
+  if (c->beta_s > 0) {
+    double t = sqrt(2 * c->gamma_s / c->beta_s);
+    k = (int32_t)fmin((double)n, floor(t / c->chunk_tokens));
+    if (k < 1) k = 1;
+    int64_t P = o->in->reqs[r].prefix_tokens;
+    /* the peak lies between k and k + 1: keep the better (later on ties: drops collinear) */
+    if (k < n) {
+      double t0 = (double)cf_cost_tok(c, P, k), t1 = (double)cf_cost_tok(c, P, k + 1);
+      if (t1 / cf__f(o, r, k + 1) >= t0 / cf__f(o, r, k)) k++;
     }
-    h[m++] = k;
   }
-  o->H[r] = m;
+  o->kstar[r] = k;
+  o->H[r] = n - k + 2;
+}
+
+/* Number of hull edges of request r with slope <= s (they are in increasing slope order).
+ * Edge k -> k+1 (k >= kstar) has slope -q / (alpha + beta * mid_k), mid_k the position of the
+ * chunk's middle token, so the count has a closed form; two direct checks absorb rounding and
+ * the first (tangent) and last (partial chunk) edges. */
+static int cf__edges_below(const cf__opt_t *o, int r, double s) {
+  int E = o->H[r] - 1, j;
+  if (E <= 0 || cf__slope(o, r, 0) > s) return 0;
+  if (s >= 0) return E;
+  const cf_sched_cost_t *c = o->c;
+  if (c->beta_s > 0) {
+    double M = (o->q / -s - c->alpha_s) / c->beta_s; /* largest midpoint that qualifies */
+    double kk = floor(M / c->chunk_tokens - 0.5);   /* last qualifying k (full chunks) */
+    double jj = kk - o->kstar[r] + 2;               /* edges j = 1.. have k = kstar + j - 1 */
+    j = jj < 1 ? 1 : jj > E ? E : (int)jj;
+  } else {
+    j = E; /* all slopes equal past the tangent */
+  }
+  while (j < E && cf__slope(o, r, j) <= s) j++;
+  while (j > 1 && cf__slope(o, r, j - 1) > s) j--;
+  return j;
+}
+
+/* Whole-vertex positions of device d's requests at price s; sums their X and Y. */
+static void cf__at_price(cf__opt_t *o, int d, double s, double *X, double *Y) {
+  *X = *Y = 0;
+  for (int i = o->doff[d]; i < o->doff[d + 1]; i++) {
+    int r = o->dreq[i], j = cf__edges_below(o, r, s);
+    int32_t k = cf__hk(o, r, j);
+    o->pos[r].j = j;
+    o->pos[r].m = 0;
+    o->pos[r].adj = -1;
+    *X += o->L * cf__f(o, r, k);
+    *Y += o->L * cf__g(o, r, k);
+  }
+}
+
+/* Device d's next edge in slope order after the positions of cf__at_price: request (or -1)
+ * and its slope. */
+static int cf__next_edge(const cf__opt_t *o, int d, double *slope) {
+  int best = -1;
+  for (int i = o->doff[d]; i < o->doff[d + 1]; i++) {
+    int r = o->dreq[i];
+    if (o->pos[r].j + 1 >= o->H[r]) continue;
+    double sl = cf__slope(o, r, o->pos[r].j);
+    if (best < 0 || sl < *slope) { best = r; *slope = sl; }
+  }
+  return best;
+}
+
+/* Price bisection for device d: the largest price at which its compute stays under the
+ * budget T (T < 0: under its own link time, the crossing). Leaves positions at that price
+ * and returns the request on the next edge (-1 if none); *X, *Y the sums there. */
+static int cf__device_split(cf__opt_t *o, int d, double T, double *X, double *Y) {
+  double lo = -1e300, hi = 0;
+  /* the steepest first edge bounds the prices that matter */
+  double smin = 0;
+  for (int i = o->doff[d]; i < o->doff[d + 1]; i++)
+    if (o->H[o->dreq[i]] > 1) smin = fmin(smin, cf__slope(o, o->dreq[i], 0));
+  lo = smin * (1 + 1e-9) - 1e-300;
+  cf__at_price(o, d, 0, X, Y);
+  if (T < 0 ? *X <= *Y : *X <= T) return -1; /* recompute everything fits */
+  for (int it = 0; it < 64; it++) {
+    double mid = 0.5 * (lo + hi);
+    cf__at_price(o, d, mid, X, Y);
+    if (T < 0 ? *X <= *Y : *X <= T) lo = mid;
+    else hi = mid;
+    if (hi - lo <= o->price_tol * fabs(lo)) break;
+  }
+  cf__at_price(o, d, lo, X, Y);
+  double sl = 0;
+  return cf__next_edge(o, d, &sl);
 }
 
 /* Position of request r on its hull path that minimises max(a + X_r, b + Y_r). */
@@ -130,49 +220,6 @@ static cf__pos_t cf__balance(const cf__opt_t *o, int r, double a, double b) {
     break;
   }
   return best;
-}
-
-static int cf__cmp_edge(const void *pa, const void *pb) {
-  const cf__edge_t *a = pa, *b = pb;
-  if (a->d != b->d) return a->d - b->d;
-  if (a->slope != b->slope) return a->slope < b->slope ? -1 : 1;
-  if (a->r != b->r) return a->r - b->r;
-  return a->j - b->j;
-}
-
-/* Walk each device's edges (sorted) with compute budget T. With `set`, record positions
- * (whole edges only) and the critical request per device in crit[]. Returns the max over
- * links of the link time (fractional on the critical edge). */
-static double cf__walk(cf__opt_t *o, const cf__edge_t *e, size_t ne, const double *y0, double T,
-                       double *X, double *Yl, int set, int *crit) {
-  int L = o->L;
-  for (int k = 0; k < o->nl; k++) Yl[k] = 0;
-  for (int d = 0; d < o->nd; d++) {
-    X[d] = 0;
-    Yl[cf_cost_link_of(o->c, d)] += y0[d];
-    if (set) crit[d] = -1;
-  }
-  int stopped_dev = -1;
-  for (size_t i = 0; i < ne; i++) {
-    int d = e[i].d;
-    if (d == stopped_dev) continue;
-    int k = cf_cost_link_of(o->c, d);
-    double w = L * e[i].df;
-    if (X[d] + w <= T) {
-      X[d] += w;
-      Yl[k] += L * e[i].dg;
-      if (set) { o->pos[e[i].r].j = e[i].j + 1; o->pos[e[i].r].m = 0; }
-    } else {
-      double m = (T - X[d]) / e[i].df;
-      X[d] = T;
-      Yl[k] += m * e[i].dg;
-      if (set) crit[d] = e[i].r;
-      stopped_dev = d;
-    }
-  }
-  double mx = 0;
-  for (int k = 0; k < o->nl; k++) mx = fmax(mx, Yl[k]);
-  return mx;
 }
 
 static const double *cf__sort_key;
@@ -268,6 +315,20 @@ static void cf__swap_plans(cf_sched_plan_t *a, cf_sched_plan_t *b) {
   *b = t;
 }
 
+/* Emit the current positions and order into `tmp`, simulate, and if it beats *best take its
+ * score. Returns 1 (better), 0 (not), or a negative error. */
+static int cf__try(const cf__opt_t *o, cf_sched_plan_t *tmp, int32_t *kbuf, cf_sim_result_t *sim,
+                   const cf__ref_t *ref, cf__score_t *best, int *evals) {
+  int rc = cf__emit(o, tmp, kbuf);
+  if (!rc) rc = cf_sim_run(o->in, tmp, sim);
+  if (rc) return rc;
+  (*evals)++;
+  cf__score_t sc = cf__score_of(sim, ref);
+  if (!cf__score_better(sc, *best)) return 0;
+  *best = sc;
+  return 1;
+}
+
 /* Default local-search budget: what fits in ~20M simulated cells, between 8 and 64 runs. */
 static int cf__default_evals(const cf_sched_input_t *in) {
   double cells = 0;
@@ -282,19 +343,17 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   int n = in->n_reqs, L = c->n_layers, nd = c->n_devices, nl = cf_cost_n_links(c);
   cf__opt_t o = {in, c, dev, n, L, nd, nl};
   o.q = c->kv_bytes_per_token / c->link_Bps;
-  size_t npts = 0;
-  for (int r = 0; r < n; r++) npts += (size_t)cf_cost_chunks(c, in->reqs[r].prefix_tokens) + 1;
   int rc = 0;
   size_t nn = n ? (size_t)n : 1;
-  o.hk = malloc((npts ? npts : 1) * sizeof *o.hk);
-  o.hoff = malloc(nn * sizeof *o.hoff);
+  o.kstar = malloc(nn * sizeof *o.kstar);
   o.H = malloc(nn * sizeof *o.H);
   o.pos = malloc(nn * sizeof *o.pos);
   o.order = malloc(nn * sizeof *o.order);
   o.key = malloc(nn * sizeof *o.key);
-  cf__edge_t *e = malloc((npts ? npts : 1) * sizeof *e);
-  double *y0 = calloc((size_t)nd, sizeof *y0), *X = calloc((size_t)nd, sizeof *X);
-  double *Yl = calloc((size_t)nl, sizeof *Yl);
+  o.dreq = malloc(nn * sizeof *o.dreq);
+  o.doff = calloc((size_t)nd + 1, sizeof *o.doff);
+  o.price_tol = 1e-12;
+  double *X = calloc((size_t)nd, sizeof *X), *Yl = calloc((size_t)nl, sizeof *Yl);
   int *crit = calloc((size_t)nd, sizeof *crit);
   int32_t *kbuf = malloc((size_t)L * sizeof *kbuf);
   cf__pos_t *best_pos = malloc(nn * sizeof *best_pos);
@@ -304,45 +363,46 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   cf_sched_plan_init(&alt);
   cf_sim_result_t sim;
   cf_sim_result_init(&sim);
-  if (!o.hk || !o.hoff || !o.H || !o.pos || !o.order || !o.key || !e || !y0 || !X || !Yl ||
+  if (!o.kstar || !o.H || !o.pos || !o.order || !o.key || !o.dreq || !o.doff || !X || !Yl ||
       !crit || !kbuf || !best_pos || !best_order) {
-    rc = cf_seterr(CF_ENOMEM, "optimal: %d requests, %zu hull points", n, npts);
+    rc = cf_seterr(CF_ENOMEM, "optimal: %d requests", n);
     goto out;
   }
 
-  /* 1-2: hulls, edges, bisection on T, integer positions. */
-  size_t off = 0, ne = 0;
-  for (int r = 0; r < n; r++) {
-    int32_t nc = cf_cost_chunks(c, in->reqs[r].prefix_tokens);
-    o.hoff[r] = off;
-    off += (size_t)nc + 1;
-    cf__hull(&o, r, nc);
-    o.pos[r].j = 0;
-    o.pos[r].m = 0;
-    o.pos[r].adj = -1;
-    y0[dev[r]] += L * cf__g(&o, r, 0);
-    for (int j = 0; j + 1 < o.H[r]; j++) {
-      cf__edge_t *x = &e[ne++];
-      x->r = r;
-      x->d = dev[r];
-      x->j = j;
-      x->df = cf__f(&o, r, cf__hk(&o, r, j + 1)) - cf__f(&o, r, cf__hk(&o, r, j));
-      x->dg = cf__g(&o, r, cf__hk(&o, r, j + 1)) - cf__g(&o, r, cf__hk(&o, r, j));
-      x->slope = x->dg / x->df;
+  /* 1-2: implicit hulls; per device the price where compute meets the link (own links), or
+   * bisection on T with per-device compute budgets (a link shared by several devices). */
+  for (int r = 0; r < n; r++) cf__hull(&o, r, cf_cost_chunks(c, in->reqs[r].prefix_tokens));
+  for (int r = 0; r < n; r++) o.doff[dev[r] + 1]++;
+  for (int d = 0; d < nd; d++) o.doff[d + 1] += o.doff[d];
+  memcpy(crit, o.doff, (size_t)nd * sizeof *crit); /* crit[] as the fill cursor for now */
+  for (int r = 0; r < n; r++) o.dreq[crit[dev[r]]++] = r;
+  double Yd_dummy;
+  if (!c->shared_link || nd == 1) {
+    for (int d = 0; d < nd; d++) crit[d] = cf__device_split(&o, d, -1, &X[d], &Yd_dummy);
+  } else {
+    /* Find T with Y(T) = T, Y(T) = link time when every device computes for T: convex,
+     * decreasing, piecewise linear, so Newton from T = 0 climbs monotonically to the root
+     * in a few steps (one per breakpoint crossed). */
+    double hi = 0;
+    o.price_tol = 1e-9; /* nested search: 1e-9 is far below the cost model's accuracy */
+    for (int it = 0; it < 100; it++) {
+      double Y = 0, dY = 0;
+      for (int d = 0; d < nd; d++) {
+        double x, y, sl = 0;
+        if (cf__device_split(&o, d, hi, &x, &y) >= 0) { /* the rest of T on the next edge */
+          cf__next_edge(&o, d, &sl);
+          y += (hi - x) * sl;
+          dY += sl;
+        }
+        Y += y;
+      }
+      double h = Y - hi;
+      if (h <= 1e-9 * hi) break;
+      hi += h / (1 - dY);
     }
+    for (int d = 0; d < nd; d++) crit[d] = cf__device_split(&o, d, hi, &X[d], &Yd_dummy);
   }
-  qsort(e, ne, sizeof *e, cf__cmp_edge);
-  double lo = 0, hi = 0;
-  for (int k = 0; k < nl; k++) Yl[k] = 0;
-  for (int d = 0; d < nd; d++) Yl[cf_cost_link_of(c, d)] += y0[d];
-  for (int k = 0; k < nl; k++) hi = fmax(hi, Yl[k]);
-  for (int it = 0; it < 100 && hi - lo > 1e-12 * hi; it++) {
-    double mid = 0.5 * (lo + hi);
-    if (cf__walk(&o, e, ne, y0, mid, X, Yl, 0, NULL) <= mid) hi = mid;
-    else lo = mid;
-  }
-  cf__walk(&o, e, ne, y0, hi, X, Yl, 1, crit);
-  /* exact X, Y from the whole-edge positions, then split each critical request */
+  /* exact X, Y from the whole-vertex positions, then split each critical request */
   for (int d = 0; d < nd; d++) X[d] = 0;
   for (int k = 0; k < nl; k++) Yl[k] = 0;
   for (int r = 0; r < n; r++) {
@@ -405,26 +465,11 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   memcpy(best_order, o.order, nn * sizeof *o.order);
   for (int cand = 0; cand < 3; cand++) {
     memcpy(o.pos, best_pos, nn * sizeof *o.pos);
-    if (cand == 0) { /* plain arrival order, same split */
-      cf__sort_key = NULL;
-      for (int r = 0; r < n; r++) o.order[r] = r;
-      cf__sort_req = in->reqs;
-      qsort(o.order, nn, sizeof *o.order, cf__cmp_order);
-    } else { /* cumulative balance, in SPT order (1) or arrival order (2) */
-      if (cand == 1) cf__make_order(&o, 1);
-      else {
-        cf__sort_key = NULL;
-        for (int r = 0; r < n; r++) o.order[r] = r;
-        qsort(o.order, nn, sizeof *o.order, cf__cmp_order);
-      }
-      cf__cumulative(&o, X, Yl);
-    }
-    if ((rc = cf__emit(&o, &tmp, kbuf))) goto out;
-    if ((rc = cf_sim_run(in, &tmp, &sim))) goto out;
-    evals++;
-    cf__score_t sc = cf__score_of(&sim, &ref);
-    if (cf__score_better(sc, best)) {
-      best = sc;
+    cf__make_order(&o, cand == 1); /* 0: same split, arrival order; 1, 2: cumulative balance */
+    if (cand > 0) cf__cumulative(&o, X, Yl);
+    int b = cf__try(&o, &tmp, kbuf, &sim, &ref, &best, &evals);
+    if (b < 0) { rc = b; goto out; }
+    if (b) {
       memcpy(best_pos, o.pos, nn * sizeof *o.pos);
       memcpy(best_order, o.order, nn * sizeof *o.order);
     }
@@ -447,12 +492,9 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
         o.pos[r].m = u % L;
         o.pos[r].adj = -1;
         if (o.pos[r].j == o.H[r] - 1) o.pos[r].m = 0;
-        if ((rc = cf__emit(&o, &tmp, kbuf))) goto out;
-        if ((rc = cf_sim_run(in, &tmp, &sim))) goto out;
-        evals++;
-        cf__score_t sc = cf__score_of(&sim, &ref);
-        if (cf__score_better(sc, best)) {
-          best = sc;
+        int b = cf__try(&o, &tmp, kbuf, &sim, &ref, &best, &evals);
+        if (b < 0) { rc = b; goto out; }
+        if (b) {
           best_pos[r] = o.pos[r];
           improved = 1;
           break;
@@ -472,14 +514,13 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   }
   out->sim_evals = evals;
 out:
-  free(o.hk);
-  free(o.hoff);
+  free(o.kstar);
   free(o.H);
+  free(o.dreq);
+  free(o.doff);
   free(o.pos);
   free(o.order);
   free(o.key);
-  free(e);
-  free(y0);
   free(X);
   free(Yl);
   free(crit);

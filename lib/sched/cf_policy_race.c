@@ -71,6 +71,56 @@ static int32_t cf__threshold(const cf_sched_cost_t *c, int32_t max_chunks) {
   return lo;
 }
 
+/* cacheflow's link pick: per link a max-heap of (remaining tail, arrival rank) with lazy
+ * deletion — a request's tail only shrinks, so every change pushes a fresh entry and stale
+ * ones are dropped when they surface. O(log n) per pick instead of a scan of the batch. */
+typedef struct {
+  double tail;
+  int rank, r;
+} cf__hent_t;
+
+typedef struct {
+  cf__hent_t *a;
+  size_t n, cap;
+} cf__heap_t;
+
+static int cf__hless(const cf__hent_t *x, const cf__hent_t *y) { /* x below y */
+  return x->tail < y->tail || (x->tail == y->tail && x->rank > y->rank);
+}
+
+static int cf__hpush(cf__heap_t *h, double tail, int rank, int r) {
+  if (h->n == h->cap) {
+    size_t c = h->cap ? 2 * h->cap : 64;
+    cf__hent_t *a = realloc(h->a, c * sizeof *a);
+    if (!a) return cf_seterr(CF_ENOMEM, "cacheflow: link heap of %zu entries", c);
+    h->a = a;
+    h->cap = c;
+  }
+  size_t i = h->n++;
+  h->a[i] = (cf__hent_t){tail, rank, r};
+  while (i > 0 && cf__hless(&h->a[(i - 1) / 2], &h->a[i])) {
+    cf__hent_t t = h->a[i];
+    h->a[i] = h->a[(i - 1) / 2];
+    h->a[(i - 1) / 2] = t;
+    i = (i - 1) / 2;
+  }
+  return 0;
+}
+
+static void cf__hpop(cf__heap_t *h) {
+  h->a[0] = h->a[--h->n];
+  for (size_t i = 0;;) {
+    size_t l = 2 * i + 1, b = i;
+    if (l < h->n && cf__hless(&h->a[b], &h->a[l])) b = l;
+    if (l + 1 < h->n && cf__hless(&h->a[b], &h->a[l + 1])) b = l + 1;
+    if (b == i) break;
+    cf__hent_t t = h->a[i];
+    h->a[i] = h->a[b];
+    h->a[b] = t;
+    i = b;
+  }
+}
+
 static int cf__race(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out,
                     cf_policy_t pol) {
   const cf_sched_cost_t *c = &in->cost;
@@ -83,11 +133,16 @@ static int cf__race(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t 
   double *fr = calloc((size_t)ns, sizeof *fr);
   int *head = calloc((size_t)ns, sizeof *head); /* FCFS scan start per stream */
   char *done = calloc((size_t)ns, 1);
-  if (!st || !order || !fr || !head || !done) {
+  int tail_link = pol == CF_POLICY_CACHEFLOW;
+  cf__heap_t *heap = calloc((size_t)nl, sizeof *heap);
+  int *addp = calloc((size_t)nl, sizeof *addp), *rank = malloc((size_t)(n ? n : 1) * sizeof *rank);
+  char *added = calloc((size_t)(n ? n : 1), 1);
+  if (!st || !order || !fr || !head || !done || !heap || !addp || !rank || !added) {
     rc = cf_seterr(CF_ENOMEM, "%s: %d requests", cf_policy_name(pol), n);
     goto out;
   }
   cf__arrival_order(in, order);
+  for (int i = 0; i < n; i++) rank[order[i]] = i;
   int32_t maxn = 1;
   for (int r = 0; r < n; r++)
     if (out->n_chunks[r] > maxn) maxn = out->n_chunks[r];
@@ -107,22 +162,38 @@ static int cf__race(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t 
     int is_link = s >= nd;
     double t = fr[s], next_arrival = INFINITY;
     int pick = -1;
-    for (int i = head[s]; i < n; i++) {
-      int r = order[i];
-      if ((is_link ? cf_cost_link_of(c, dev[r]) != s - nd : dev[r] != s) ||
-          st[r].lo >= st[r].hi) {
-        if (i == head[s]) head[s]++; /* finished or not ours: never eligible again */
-        continue;
+    if (is_link && tail_link) {
+      int k = s - nd;
+      cf__heap_t *hp = &heap[k];
+      for (; addp[k] < n && in->reqs[order[addp[k]]].arrival_s <= t; addp[k]++) {
+        int r = order[addp[k]];
+        if (cf_cost_link_of(c, dev[r]) != k || st[r].lo >= st[r].hi) continue;
+        added[r] = 1;
+        if ((rc = cf__hpush(hp, st[r].tail, rank[r], r))) goto out;
       }
-      if (in->reqs[r].arrival_s > t) {
-        next_arrival = in->reqs[r].arrival_s;
-        break; /* sorted by arrival: nothing later has arrived either */
+      while (hp->n && pick < 0) {
+        int r = hp->a[0].r;
+        if (st[r].lo >= st[r].hi || hp->a[0].tail != st[r].tail) cf__hpop(hp); /* stale */
+        else pick = r;
       }
-      if (pick < 0) {
-        pick = r;
-        if (!(is_link && pol == CF_POLICY_CACHEFLOW)) break; /* FCFS */
-      } else if (st[r].tail > st[pick].tail) {
-        pick = r; /* cacheflow's link: the longest remaining tail */
+      for (int i = addp[k]; pick < 0 && i < n; i++) {
+        int r = order[i];
+        if (cf_cost_link_of(c, dev[r]) == k && st[r].lo < st[r].hi) {
+          next_arrival = in->reqs[r].arrival_s;
+          break;
+        }
+      }
+    } else {
+      for (int i = head[s]; i < n; i++) { /* FCFS */
+        int r = order[i];
+        if ((is_link ? cf_cost_link_of(c, dev[r]) != s - nd : dev[r] != s) ||
+            st[r].lo >= st[r].hi) {
+          if (i == head[s]) head[s]++; /* finished or not ours: never eligible again */
+          continue;
+        }
+        if (in->reqs[r].arrival_s > t) next_arrival = in->reqs[r].arrival_s;
+        else pick = r;
+        break; /* sorted by arrival: the first one of ours decides */
       }
     }
     if (pick < 0) {
@@ -152,6 +223,9 @@ static int cf__race(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t 
         rc = cf__plan_op(out, r, CF_OP_LOAD, s - nd, 0, nc, u, u + 1);
     }
     if (rc) goto out;
+    if (tail_link && added[r] && st[r].lo < st[r].hi &&
+        (rc = cf__hpush(&heap[cf_cost_link_of(c, dev[r])], st[r].tail, rank[r], r)))
+      goto out;
   }
   for (int r = 0; r < n; r++) { /* staircases from where the pointers met */
     uint16_t *h = cf__plan_h(out, r);
@@ -164,6 +238,11 @@ out:
   free(fr);
   free(head);
   free(done);
+  for (int k = 0; heap && k < nl; k++) free(heap[k].a);
+  free(heap);
+  free(addp);
+  free(rank);
+  free(added);
   return rc;
 }
 

@@ -29,6 +29,15 @@ void cf_sim_result_free(cf_sim_result_t *res) {
   memset(res, 0, sizeof *res);
 }
 
+void cf_sim_result_trim(cf_sim_result_t *res) {
+  free(res->cell_fin_);
+  free(res->cell_pmax_);
+  free(res->kp_);
+  res->cell_fin_ = res->cell_pmax_ = NULL;
+  res->kp_ = NULL;
+  res->cap_cells_ = res->cap_kp_ = 0;
+}
+
 static int cf__need(void **p, size_t *cap, size_t n, size_t elem) {
   if (n <= *cap) return 0;
   void *q = realloc(*p, n * elem);

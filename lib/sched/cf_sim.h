@@ -35,6 +35,8 @@ typedef struct {
 
 void cf_sim_result_init(cf_sim_result_t *res);
 void cf_sim_result_free(cf_sim_result_t *res);
+/* Release the per-cell scratch (20 bytes per cell) but keep the results. */
+void cf_sim_result_trim(cf_sim_result_t *res);
 
 /* Simulate `plan` for input `in` (the same input it was planned for) into `res` (initialised
  * with cf_sim_result_init; buffers reused). Returns 0, CF_EINVAL if the plan is invalid (detail

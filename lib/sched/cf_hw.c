@@ -1,5 +1,5 @@
-/* cacheflow-sim: hardware profiles (conf/hw/NAME.json), model shapes, and the cost model built
- * from both. */
+/* cf_hw — hardware profiles (conf/hw/NAME.json), model shapes, and the cost model built
+ * from both (see cf_hw.h). */
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -8,13 +8,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "sim/sim.h"
+#include "sched/cf_hw.h"
 #include "util/cf_err.h"
 #include "util/cf_json.h"
 
-const char *const sim_tier_names[3] = {"dram", "ssd", "net"};
+const char *const cf_tier_names[3] = {"dram", "ssd", "net"};
 
-int sim_read_file(const char *path, char **buf, size_t *len) {
+int cf_hw_read_file(const char *path, char **buf, size_t *len) {
   FILE *f = fopen(path, "rb");
   if (!f) return cf_seterr(errno == ENOENT ? CF_ENOENT : CF_EIO, "%s: %s", path, strerror(errno));
   size_t cap = 1 << 16, n = 0;
@@ -57,7 +57,7 @@ static int cf__num(const char *file, const cf_json_t *obj, const char *path, con
   return 0;
 }
 
-static int cf__hw_parse(const char *file, const char *text, size_t len, sim_hw_t *hw) {
+static int cf__hw_parse(const char *file, const char *text, size_t len, cf_hw_t *hw) {
   cf_json_t *root;
   int rc = cf_json_parse(text, len, &root);
   if (rc) return cf_err_prefix(rc, "%s: ", file);
@@ -90,22 +90,22 @@ static int cf__hw_parse(const char *file, const char *text, size_t len, sim_hw_t
              (rc = cf__num(file, ar, "allreduce.", "latency_us", 1e-6, 1, &hw->ar_lat_s))))
     goto out;
   for (int t = 0; t < 3; t++) {
-    const cf_json_t *tj = cf_json_get(tiers, sim_tier_names[t]);
+    const cf_json_t *tj = cf_json_get(tiers, cf_tier_names[t]);
     char path[32];
-    snprintf(path, sizeof path, "tiers.%s.", sim_tier_names[t]);
-    if (!tj) { rc = cf_seterr(CF_EFORMAT, "%s: missing key 'tiers.%s'", file, sim_tier_names[t]); goto out; }
+    snprintf(path, sizeof path, "tiers.%s.", cf_tier_names[t]);
+    if (!tj) { rc = cf_seterr(CF_EFORMAT, "%s: missing key 'tiers.%s'", file, cf_tier_names[t]); goto out; }
     if ((rc = cf__num(file, tj, path, "GBps", 1e9, 0, &hw->tier_Bps[t])) ||
         (rc = cf__num(file, tj, path, "latency_us", 1e-6, 1, &hw->tier_lat_s[t])))
       goto out;
-    hw->tier_shared[t] = t != SIM_TIER_DRAM;
+    hw->tier_shared[t] = t != CF_TIER_DRAM;
     int b;
     if (cf_json_get_bool(tj, "shared", &b) == 0) hw->tier_shared[t] = b;
   }
-  hw->default_tier = SIM_TIER_DRAM;
+  hw->default_tier = CF_TIER_DRAM;
   if (cf_json_get_str(root, "default_tier", &s) == 0) {
     int t = -1;
     for (int i = 0; i < 3; i++)
-      if (strcmp(s, sim_tier_names[i]) == 0) t = i;
+      if (strcmp(s, cf_tier_names[i]) == 0) t = i;
     if (t < 0) { rc = cf_seterr(CF_EFORMAT, "%s: default_tier '%s': expected dram, ssd or net", file, s); goto out; }
     hw->default_tier = t;
   }
@@ -115,7 +115,7 @@ out:
   return rc;
 }
 
-int sim_hw_load(const char *arg, sim_hw_t *hw) {
+int cf_hw_load(const char *arg, cf_hw_t *hw) {
   char path[PATH_MAX];
   size_t al = strlen(arg);
   int is_path = strchr(arg, '/') || (al > 5 && strcmp(arg + al - 5, ".json") == 0);
@@ -124,7 +124,7 @@ int sim_hw_load(const char *arg, sim_hw_t *hw) {
   int rc = CF_ENOENT;
   if (is_path) {
     snprintf(path, sizeof path, "%s", arg);
-    rc = sim_read_file(path, &text, &len);
+    rc = cf_hw_read_file(path, &text, &len);
     if (rc) return rc == CF_ENOENT ? cf_seterr(CF_ENOENT, "hardware profile '%s': no such file", arg) : rc;
   } else {
     for (const char *p = arg; *p; p++)
@@ -145,7 +145,7 @@ int sim_hw_load(const char *arg, sim_hw_t *hw) {
     for (int i = 0; i < 3 && rc == CF_ENOENT; i++) {
       if (!dirs[i]) continue;
       snprintf(path, sizeof path, "%s/%s.json", dirs[i], arg);
-      rc = sim_read_file(path, &text, &len);
+      rc = cf_hw_read_file(path, &text, &len);
     }
     if (rc == CF_ENOENT)
       return cf_seterr(CF_ENOENT, "unknown hardware profile '%s' (no %s.json in conf/hw; shipped: "
@@ -158,7 +158,7 @@ int sim_hw_load(const char *arg, sim_hw_t *hw) {
   return rc;
 }
 
-static const sim_model_t cf__models[] = {
+static const cf_model_shape_t cf__models[] = {
     {"llama-3.1-8b", 32, 4096, 32, 8, 128, 14336, 2, 1},
     {"qwen3-8b", 36, 4096, 32, 8, 128, 12288, 2, 1},
     {"llama-3.1-70b-tp4", 80, 8192, 64, 8, 128, 28672, 2, 4},
@@ -176,7 +176,7 @@ static int cf__cfg_int(const char *file, const cf_json_t *o, const char *key, in
   return 0;
 }
 
-int sim_model_load(const char *arg, sim_model_t *m) {
+int cf_model_shape_load(const char *arg, cf_model_shape_t *m) {
   for (size_t i = 0; i < sizeof cf__models / sizeof cf__models[0]; i++)
     if (strcmp(arg, cf__models[i].name) == 0) {
       *m = cf__models[i];
@@ -188,7 +188,7 @@ int sim_model_load(const char *arg, sim_model_t *m) {
                      "llama-3.1-70b-tp4, llama-3.1-70b-tp8 or a config.json path", arg);
   char *text;
   size_t len;
-  int rc = sim_read_file(arg, &text, &len);
+  int rc = cf_hw_read_file(arg, &text, &len);
   if (rc) return rc;
   cf_json_t *root;
   rc = cf_json_parse(text, len, &root);
@@ -221,12 +221,12 @@ out:
 }
 
 /* Weights of one decoder layer (the GEMM work per token is 2x this). */
-static double cf__layer_weights(const sim_model_t *m) {
+static double cf__layer_weights(const cf_model_shape_t *m) {
   double q = (double)m->heads * m->head_dim, kv = (double)m->kv_heads * m->head_dim;
   return m->hidden * q + 2.0 * m->hidden * kv + q * m->hidden + 3.0 * m->hidden * m->intermediate;
 }
 
-int sim_cost_make(const sim_hw_t *hw, const sim_model_t *model, int gpus, int tier, double gbps,
+int cf_hw_cost(const cf_hw_t *hw, const cf_model_shape_t *model, int gpus, int tier, double gbps,
                   int chunk, cf_sched_cost_t *c) {
   int tp = model->tp;
   if (gpus == 0) gpus = tp;
@@ -235,7 +235,7 @@ int sim_cost_make(const sim_hw_t *hw, const sim_model_t *model, int gpus, int ti
                      model->name, tp);
   if (gpus > hw->gpus)
     return cf_seterr(CF_EINVAL, "--gpus %d: profile %s has %d GPUs", gpus, hw->name, hw->gpus);
-  const sim_model_t *ref = &cf__models[0]; /* the profile's fit is for llama-3.1-8b */
+  const cf_model_shape_t *ref = &cf__models[0]; /* the profile's fit is for llama-3.1-8b */
   double wr = cf__layer_weights(model) / cf__layer_weights(ref);
   double ar = ((double)model->heads * model->head_dim) / ((double)ref->heads * ref->head_dim);
   memset(c, 0, sizeof *c);
@@ -252,7 +252,7 @@ int sim_cost_make(const sim_hw_t *hw, const sim_model_t *model, int gpus, int ti
   c->n_devices = gpus / tp;
   /* a TP engine loads its tp shards over tp PCIe links at once */
   double pcie = hw->pcie_Bps * tp;
-  double bw = tier == SIM_TIER_DRAM ? hw->tier_Bps[tier] * tp : hw->tier_Bps[tier];
+  double bw = tier == CF_TIER_DRAM ? hw->tier_Bps[tier] * tp : hw->tier_Bps[tier];
   if (gbps > 0) bw = gbps * 1e9 / 8;
   c->shared_link = hw->tier_shared[tier];
   c->link_Bps = c->shared_link ? fmin(bw, pcie) : bw;

@@ -1,0 +1,55 @@
+/* cf_hw — hardware profiles (conf/hw/NAME.json) and model shapes, turned into the scheduler's
+ * cost model. Used by cacheflow-sim and the tests; the daemon fills cf_sched_cost_t from its
+ * own start-up profile instead.
+ *
+ * Profile keys: gpus; compute.{gamma_ms, alpha_us_per_token, beta_ns_per_token2} (fit for
+ * llama-3.1-8b on one GPU); pcie.{GBps, latency_us}; allreduce.{bus_GBps, latency_us}
+ * (optional); tiers.{dram,ssd,net}.{GBps, latency_us, shared}; default_tier.
+ */
+#ifndef CF_HW_H
+#define CF_HW_H
+
+#include <stddef.h>
+
+#include "sched/cf_cost.h"
+
+/* A hardware profile (conf/hw/NAME.json). */
+typedef struct {
+  char name[128];
+  int gpus;                        /* GPUs in the node */
+  double gamma_s, alpha_s, beta_s; /* compute fit for the reference model on one GPU */
+  double pcie_Bps, pcie_lat_s;
+  double ar_Bps, ar_lat_s;         /* all-reduce bus bandwidth and latency (TP engines) */
+  double tier_Bps[3], tier_lat_s[3];
+  int tier_shared[3];
+  int default_tier;                /* CF_TIER_* */
+} cf_hw_t;
+
+enum { CF_TIER_DRAM = 0, CF_TIER_SSD = 1, CF_TIER_NET = 2 };
+extern const char *const cf_tier_names[3];
+
+/* Model shape (what the cost model needs). */
+typedef struct {
+  char name[128];
+  int layers, hidden, heads, kv_heads, head_dim, intermediate, dtype_bytes, tp;
+} cf_model_shape_t;
+
+/* Load profile `arg`: a path (contains '/' or ends in .json) or a NAME looked up as
+ * $CF_HW_DIR/NAME.json, <exe>/../conf/hw/NAME.json, conf/hw/NAME.json.
+ * Returns 0 or CF_ENOENT / CF_EFORMAT with a detail naming the file and key. */
+int cf_hw_load(const char *arg, cf_hw_t *hw);
+
+/* Model by name (llama-3.1-8b, qwen3-8b, llama-3.1-70b-tp4, llama-3.1-70b-tp8) or an HF
+ * config.json path. Returns 0 or CF_ENOTFOUND / CF_EFORMAT with a detail. */
+int cf_model_shape_load(const char *arg, cf_model_shape_t *m);
+
+/* Fill the scheduler's cost model for `model` on `hw`: `gpus` GPUs in use (0 = the model's TP
+ * degree), tier (CF_TIER_*), gbps > 0 overrides the tier's bandwidth (Gbit/s), chunk tokens.
+ * Returns 0 or CF_EINVAL naming the conflict. */
+int cf_hw_cost(const cf_hw_t *hw, const cf_model_shape_t *model, int gpus, int tier, double gbps,
+                  int chunk, cf_sched_cost_t *cost);
+
+/* Read a whole file (at most 64 MiB) into a malloc'd NUL-terminated buffer. */
+int cf_hw_read_file(const char *path, char **buf, size_t *len);
+
+#endif

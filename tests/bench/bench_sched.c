@@ -1,0 +1,102 @@
+/* bench_sched — planning time of a batch of 64 requests x 128k tokens (Llama-3.1-8B on the
+ * H100 fit, 10 Gbps and PCIe links), one core.
+ *
+ * The budget is absolute (1 ms per batch for the fast path the daemon uses); the ratios are
+ * against baselines measured in the same run: planning the same batch with `recompute` (the
+ * cheapest possible planner: it only writes the ops) and one simulator run of the plan (the
+ * unit of work the refined planner repeats). Exit 1 if the fast path's best time is over 1 ms.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "sched/cf_bound.h"
+#include "sched/cf_sched.h"
+#include "sched/cf_sim.h"
+#include "util/cf_err.h"
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+static int cmp(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* median and min of `reps` timings of plan(policy) */
+static int time_plan(cf_sched_input_t *in, cf_policy_t pol, int reps, double *med, double *mn,
+                     cf_sched_plan_t *p) {
+  double *t = malloc((size_t)reps * sizeof *t);
+  if (!t) return CF_ENOMEM;
+  for (int i = 0; i < reps; i++) {
+    double t0 = now();
+    int rc = cf_sched_plan(in, pol, p);
+    t[i] = now() - t0;
+    if (rc) {
+      fprintf(stderr, "plan %s: %s: %s\n", cf_policy_name(pol), cf_strerror(rc), cf_errmsg());
+      free(t);
+      return rc;
+    }
+  }
+  qsort(t, (size_t)reps, sizeof *t, cmp);
+  *med = t[reps / 2];
+  *mn = t[0];
+  free(t);
+  return 0;
+}
+
+int main(void) {
+  enum { N = 64 };
+  cf_sched_req_t reqs[N];
+  int fail = 0;
+  /* 10 Gbps and PCIe (48 GB/s) on one engine; 8 engines sharing one 10 Gbps link */
+  const double gbps[3] = {10, 0, 10};
+  const char *what[3] = {"1 engine, 10 Gbps link", "1 engine, 48 GB/s PCIe", "8 engines sharing 10 Gbps"};
+  for (int g = 0; g < 3; g++) {
+    cf_sched_input_t in = {0};
+    cf_cost_h100_llama8b(&in.cost);
+    if (gbps[g] > 0) in.cost.link_Bps = gbps[g] * 1e9 / 8;
+    if (g == 2) {
+      in.cost.n_devices = 8;
+      in.cost.shared_link = 1;
+    }
+    for (int i = 0; i < N; i++) reqs[i] = (cf_sched_req_t){0, 131072, 256, -1};
+    /* vary lengths a little so the batch is not one repeated request */
+    for (int i = 0; i < N; i++) reqs[i].prefix_tokens -= (i * 997) % 4096;
+    in.reqs = reqs;
+    in.n_reqs = N;
+    cf_sched_plan_t p;
+    cf_sched_plan_init(&p);
+    cf_sim_result_t s;
+    cf_sim_result_init(&s);
+    double fm, fmin_, rm, rmin, om, omin;
+    in.refine_evals = 0;
+    if (time_plan(&in, CF_POLICY_OPTIMAL, 10, &fm, &fmin_, &p)) return 1; /* warm-up */
+    if (time_plan(&in, CF_POLICY_OPTIMAL, 200, &fm, &fmin_, &p)) return 1;
+    size_t ops = p.n_ops;
+    double t0 = now();
+    if (cf_sim_run(&in, &p, &s)) { fprintf(stderr, "sim: %s\n", cf_errmsg()); return 1; }
+    double tsim = now() - t0;
+    double fast_ratio = s.makespan_s / cf_bound(&in);
+    if (time_plan(&in, CF_POLICY_RECOMPUTE, 200, &rm, &rmin, &p)) return 1;
+    in.refine_evals = -1;
+    if (time_plan(&in, CF_POLICY_OPTIMAL, 3, &om, &omin, &p)) return 1;
+    if (cf_sim_run(&in, &p, &s)) { fprintf(stderr, "sim: %s\n", cf_errmsg()); return 1; }
+    double full_ratio = s.makespan_s / cf_bound(&in);
+    printf("64 x 128k tokens, %s: optimal fast path %.3f ms median (%.3f min), %zu ops, "
+           "makespan/bound %.4f\n",
+           what[g], fm * 1e3, fmin_ * 1e3, ops, fast_ratio);
+    printf("    vs recompute planning (%.3f ms): %.1fx; vs one simulator run (%.2f ms): %.3fx\n",
+           rm * 1e3, fm / rm, tsim * 1e3, fm / tsim);
+    printf("    refined optimal (%d simulator runs): %.1f ms median, makespan/bound %.4f\n",
+           p.sim_evals, om * 1e3, full_ratio);
+    printf("    budget 1 ms: fast path %s\n", fmin_ <= 1e-3 ? "within" : "OVER");
+    if (fmin_ > 1e-3) fail = 1;
+    cf_sched_plan_free(&p);
+    cf_sim_result_free(&s);
+  }
+  return fail;
+}

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# cacheflow-sim end to end: the fixed JSON interface (bound_s, policies.<name>.{valid,
+# makespan_s, mean_ttft_s, p99_ttft_s, ratio_to_bound}), validity, every policy >= the bound,
+# optimal <= every other policy, workload files, profiles by name and path, HF config.json,
+# --gbps/--tier, and bad input -> one clear line on stderr and exit 2.
+set -u
+cd "$(dirname "$0")/../.."
+BUILD=${BUILD:-build}
+SIM=$BUILD/cacheflow-sim
+T=$(mktemp -d /tmp/cf-sim-cli.XXXXXX)
+trap 'rm -rf "$T"' EXIT
+P=0; F=0
+ok() { P=$((P+1)); echo "ok   $1"; }
+fail() { F=$((F+1)); echo "FAIL $1"; [ -n "${2:-}" ] && echo "  $2"; }
+POLS="recompute load cake layerwise cacheflow optimal"
+
+# check_json FILE NAME: interface, validity, bound ordering, optimal <= the rest
+check_json() {
+  local j=$1 name=$2 why
+  why=$(jq -r --arg pols "$POLS" '
+    ($pols | split(" ")) as $names
+    | [ if (.bound_s | type) != "number" or .bound_s < 0 then "bound_s missing or negative" else empty end,
+        ( $names[] as $n
+          | .policies[$n] as $p
+          | if $p == null then "policy \($n) missing"
+            elif $p.valid != true then "policy \($n) invalid"
+            elif ([$p.makespan_s, $p.mean_ttft_s, $p.p99_ttft_s, $p.ratio_to_bound] | map(type == "number") | all | not)
+              then "policy \($n): a field is not a number"
+            elif $p.makespan_s < .bound_s * (1 - 1e-9) then "policy \($n) below the bound"
+            elif ($p.ratio_to_bound - ($p.makespan_s / (if .bound_s > 0 then .bound_s else 1 end)) | fabs) > 1e-6 and .bound_s > 0
+              then "policy \($n): ratio_to_bound disagrees"
+            elif $p.p99_ttft_s < $p.mean_ttft_s * 0 then "bad p99"
+            elif .policies.optimal.makespan_s > $p.makespan_s * (1 + 1e-9) then "optimal slower than \($n)"
+            else empty end ) ]
+    | join("; ")' "$j" 2>&1)
+  if [ -z "$why" ]; then ok "$name"; else fail "$name" "$why"; fi
+}
+
+# 1. generators on every shipped profile, both models families
+for hw in conf/hw/*.json; do
+  name=$(basename "$hw" .json)
+  for gen in multi-turn rag agentic; do
+    if "$SIM" --hw "$name" --model llama-3.1-8b --gen $gen --n 12 --seed 7 --json "$T/o.json" >"$T/out.txt" 2>"$T/err.txt"; then
+      check_json "$T/o.json" "gen $gen on $name"
+    else fail "gen $gen on $name" "$(head -n 3 "$T/err.txt")"; fi
+  done
+done
+for model in qwen3-8b llama-3.1-70b-tp4 llama-3.1-70b-tp8; do
+  if "$SIM" --hw h100-pcie5 --model $model --gen rag --n 8 --seed 3 --rate 0 --tier net --json "$T/o.json" >/dev/null 2>"$T/err.txt"; then
+    check_json "$T/o.json" "model $model, burst over the network tier"
+  else fail "model $model" "$(head -n 3 "$T/err.txt")"; fi
+done
+if "$SIM" --hw h100-link10g --model llama-3.1-8b --gpus 4 --gen agentic --n 10 --seed 2 --rate 0 --json "$T/o.json" >/dev/null 2>"$T/err.txt"; then
+  check_json "$T/o.json" "4 engines sharing a 10 Gbps link"
+  [ "$(jq .n_devices "$T/o.json")" = 4 ] && [ "$(jq .shared_link "$T/o.json")" = true ] && ok "4 engines reported" || fail "4 engines reported"
+else fail "4 engines" "$(head -n 3 "$T/err.txt")"; fi
+
+# 2. a workload file, a profile by path, the table
+cat > "$T/w.jsonl" <<'EOF'
+{"arrival_s": 0.0, "prefix_tokens": 16384, "new_tokens": 256}
+{"arrival_s": 0.0, "prefix_tokens": 6000, "new_tokens": 32}
+
+{"arrival_s": 0.05, "prefix_tokens": 30000, "new_tokens": 1}
+{"arrival_s": 0.2, "prefix_tokens": 0, "new_tokens": 100}
+EOF
+if "$SIM" --hw conf/hw/h100-pcie5.json --model llama-3.1-8b --workload "$T/w.jsonl" --gbps 10 --json "$T/o.json" >"$T/out.txt" 2>"$T/err.txt"; then
+  check_json "$T/o.json" "workload file, profile by path"
+  [ "$(jq .n_requests "$T/o.json")" = 4 ] && ok "4 requests read (blank line skipped)" || fail "4 requests read"
+  jq -e '.link_GBps == 1.25' "$T/o.json" >/dev/null && ok "--gbps 10 sets 1.25 GB/s" || fail "--gbps 10" "$(jq .link_GBps "$T/o.json")"
+  grep -q "lower bound on makespan" "$T/out.txt" && grep -q "^optimal" "$T/out.txt" && grep -q "TTFT mean" "$T/out.txt" \
+    && ok "table printed" || fail "table printed" "$(head -n 5 "$T/out.txt")"
+else fail "workload file" "$(head -n 3 "$T/err.txt")"; fi
+
+# 3. one policy only; single long request near the bound; HF config.json
+"$SIM" --hw h100-link10g --model llama-3.1-8b --workload <(echo '{"arrival_s": 0, "prefix_tokens": 20000, "new_tokens": 10}') \
+  --policy cake --json "$T/o.json" >/dev/null 2>&1
+[ "$(jq -c '.policies | keys' "$T/o.json" 2>/dev/null)" = '["cake"]' ] && ok "--policy cake runs only cake" || fail "--policy cake"
+for hw in conf/hw/*.json; do
+  "$SIM" --hw "$hw" --model llama-3.1-8b --workload <(echo '{"arrival_s": 0, "prefix_tokens": 8192, "new_tokens": 10}') \
+    --policy optimal --json "$T/o.json" >/dev/null 2>&1
+  r=$(jq .policies.optimal.ratio_to_bound "$T/o.json" 2>/dev/null)
+  awk -v r="${r:-9}" 'BEGIN { exit !(r <= 1.05) }' && ok "single 8k request on $(basename "$hw"): optimal/bound $r" \
+    || fail "single request on $(basename "$hw")" "ratio $r"
+done
+cfg=${CF_FIXTURES:-../shared/fixtures}/public-llama-gqa/config.json
+if [ -f "$cfg" ]; then
+  "$SIM" --hw h100-pcie5 --model "$cfg" --gen multi-turn --n 4 --json "$T/o.json" >/dev/null 2>"$T/err.txt" \
+    && check_json "$T/o.json" "model from an HF config.json" || fail "model from config.json" "$(cat "$T/err.txt")"
+fi
+
+# 3b. generators: deterministic by seed, lengths inside their documented ranges, and a saved
+# workload replays to the same results
+for gen in multi-turn:512:32768:3000 rag:2048:32768:8000 agentic:8192:131072:32000; do
+  IFS=: read -r g lo hi want <<<"$gen"
+  "$SIM" --hw h100-pcie5 --model llama-3.1-8b --gen $g --n 200 --seed 11 --policy load --save-workload "$T/a.jsonl" >/dev/null 2>&1
+  "$SIM" --hw h100-pcie5 --model llama-3.1-8b --gen $g --n 200 --seed 11 --policy load --save-workload "$T/b.jsonl" >/dev/null 2>&1
+  "$SIM" --hw h100-pcie5 --model llama-3.1-8b --gen $g --n 200 --seed 12 --policy load --save-workload "$T/c.jsonl" >/dev/null 2>&1
+  cmp -s "$T/a.jsonl" "$T/b.jsonl" && ! cmp -s "$T/a.jsonl" "$T/c.jsonl" && ok "gen $g: same seed, same workload" || fail "gen $g determinism"
+  bad=$(jq -s --argjson lo $lo --argjson hi $hi '[.[] | select(.prefix_tokens < $lo or .prefix_tokens > $hi)] | length' "$T/a.jsonl")
+  n=$(jq -s 'length' "$T/a.jsonl"); med=$(jq -s '[.[].prefix_tokens] | sort | .[100]' "$T/a.jsonl")
+  mono=$(jq -s '[range(1; length) as $i | select(.[$i].arrival_s < .[$i-1].arrival_s)] | length' "$T/a.jsonl")
+  [ "$n" = 200 ] && [ "$bad" = 0 ] && [ "$mono" = 0 ] && [ $((med * 10)) -gt $((want * 8)) ] && [ $((med * 10)) -lt $((want * 12)) ] && ok "gen $g: 200 requests in [$lo, $hi], median $med, arrivals sorted" \
+    || fail "gen $g ranges" "n $n, $bad out of range, $mono unsorted, median $med (documented $want)"
+done
+"$SIM" --hw h100-link10g --model llama-3.1-8b --gen rag --n 6 --seed 4 --save-workload "$T/s.jsonl" --json "$T/g.json" >/dev/null 2>&1
+"$SIM" --hw h100-link10g --model llama-3.1-8b --workload "$T/s.jsonl" --json "$T/r.json" >/dev/null 2>&1
+[ "$(jq -c '[.bound_s, .policies[].makespan_s]' "$T/g.json")" = "$(jq -c '[.bound_s, .policies[].makespan_s]' "$T/r.json")" ] \
+  && ok "saved workload replays identically" || fail "saved workload replay"
+
+# 4. bad input: exit 2 and one line naming the problem
+expect_err() { # name, expected substring, args...
+  local name=$1 want=$2; shift 2
+  "$SIM" "$@" >"$T/out.txt" 2>"$T/err.txt"
+  local rc=$? lines
+  lines=$(wc -l <"$T/err.txt")
+  if [ $rc -eq 2 ] && [ "$lines" -eq 1 ] && grep -q -- "$want" "$T/err.txt"; then ok "error: $name"
+  else fail "error: $name" "rc $rc, $lines lines: $(head -c 300 "$T/err.txt")"; fi
+}
+expect_err "unknown profile" "unknown hardware profile 'h900'" --hw h900 --model llama-3.1-8b --gen rag --n 2
+expect_err "missing profile file" "no such file" --hw /nonexistent/x.json --model llama-3.1-8b --gen rag --n 2
+expect_err "unknown model" "unknown model 'llama-9'" --hw h100-pcie5 --model llama-9 --gen rag --n 2
+expect_err "unknown policy" "unknown policy 'fast'" --hw h100-pcie5 --model llama-3.1-8b --gen rag --n 2 --policy fast
+expect_err "unknown generator" "unknown generator 'chat'" --hw h100-pcie5 --model llama-3.1-8b --gen chat --n 2
+expect_err "unknown tier" "unknown tier 'tape'" --hw h100-pcie5 --model llama-3.1-8b --gen rag --n 2 --tier tape
+expect_err "bad --gbps" "--gbps 'abc'" --hw h100-pcie5 --model llama-3.1-8b --gen rag --n 2 --gbps abc
+echo '{"arrival_s": 0, "prefix_tokens": 100, "new_tokens": 1}' > "$T/bad1.jsonl"
+echo '{"arrival_s": 0, "prefix_tokens": 100' >> "$T/bad1.jsonl"
+expect_err "malformed workload line" "bad1.jsonl line 2" --hw h100-pcie5 --model llama-3.1-8b --workload "$T/bad1.jsonl"
+echo '{"arrival_s": 0, "new_tokens": 1}' > "$T/bad2.jsonl"
+expect_err "workload missing key" "missing key 'prefix_tokens'" --hw h100-pcie5 --model llama-3.1-8b --workload "$T/bad2.jsonl"
+echo '{"arrival_s": -1, "prefix_tokens": 5, "new_tokens": 1}' > "$T/bad3.jsonl"
+expect_err "negative arrival" "arrival_s" --hw h100-pcie5 --model llama-3.1-8b --workload "$T/bad3.jsonl"
+echo '{"arrival_s": 0, "prefix_tokens": 5.5, "new_tokens": 1}' > "$T/bad4.jsonl"
+expect_err "fractional tokens" "expected an integer" --hw h100-pcie5 --model llama-3.1-8b --workload "$T/bad4.jsonl"
+expect_err "no workload" "exactly one of --workload" --hw h100-pcie5 --model llama-3.1-8b
+expect_err "too large to simulate" "too large to simulate" --hw h100-pcie5 --model llama-3.1-8b --gen agentic --n 100000
+expect_err "TP needs GPUs" "TP degree 8" --hw h100-pcie5 --model llama-3.1-70b-tp8 --gpus 4 --gen rag --n 2
+
+echo "$P passed, $F failed"
+[ $F -eq 0 ]

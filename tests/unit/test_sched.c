@@ -1,0 +1,531 @@
+/* lib/sched: plans, policies, the simulator, the lower bound, hardware profiles.
+ *
+ * Property tests draw random batches (seed printed on failure by the harness; set
+ * CF_TEST_SEED to replay) and check on every one: every policy's plan is valid (the simulator
+ * rejects double/missing cells, wrong kinds, deadlocks), the staircase matches the cell
+ * counts, every policy >= the bound, optimal <= every other policy. Closed forms pin
+ * recompute, load, the bound and cake's meeting point. */
+#include <glob.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cf_test.h"
+#include "sched/cf_bound.h"
+#include "sched/cf_hw.h"
+#include "sched/cf_sched.h"
+#include "sched/cf_sim.h"
+
+#define REL(a, b) (fabs((a) - (b)) / fmax(1e-300, fabs(b)))
+
+static void base_cost(cf_sched_cost_t *c, double gbps) {
+  cf_cost_h100_llama8b(c);
+  c->link_Bps = gbps * 1e9 / 8;
+}
+
+/* Random cost model and batch: 1-4 devices, own or shared links, 1-40 requests. */
+static void random_input(cf_sched_input_t *in, cf_sched_req_t *reqs, int maxn) {
+  cf_sched_cost_t *c = &in->cost;
+  cf_cost_h100_llama8b(c);
+  c->n_layers = 1 + (int)(cf_test_uniform() * 40);
+  c->chunk_tokens = cf_test_uniform() < 0.5 ? 256 : 64 + (int)(cf_test_uniform() * 512);
+  c->gamma_s *= cf_test_uniform() * 2;
+  c->alpha_s *= 0.2 + cf_test_uniform() * 3;
+  c->beta_s *= cf_test_uniform() * 4;
+  c->link_Bps = (0.5 + cf_test_uniform() * 60) * 1e9;
+  c->link_latency_s = cf_test_uniform() * 100e-6;
+  c->n_devices = 1 + (int)(cf_test_uniform() * 4);
+  c->shared_link = cf_test_uniform() < 0.4;
+  int n = 1 + (int)(cf_test_uniform() * maxn);
+  int burst = cf_test_uniform() < 0.5;
+  for (int r = 0; r < n; r++) {
+    reqs[r].arrival_s = burst ? 0 : cf_test_uniform() * 0.5;
+    double u = cf_test_uniform();
+    reqs[r].prefix_tokens = u < 0.05 ? 0 : (int64_t)(1 + cf_test_uniform() * cf_test_uniform() * 40000);
+    reqs[r].new_tokens = (int64_t)(cf_test_uniform() * 500);
+    reqs[r].device = cf_test_uniform() < 0.2 ? (int)(cf_test_uniform() * c->n_devices) : -1;
+  }
+  in->reqs = reqs;
+  in->n_reqs = n;
+  in->refine_evals = cf_test_uniform() < 0.3 ? 0 : -1;
+}
+
+/* Staircase and cell counts agree, h in [0, L]. */
+static void check_staircase(const cf_sched_input_t *in, const cf_sched_plan_t *p,
+                            const cf_sim_result_t *s) {
+  int64_t comp = 0, tot = 0;
+  for (int r = 0; r < in->n_reqs; r++) {
+    CF_CHECK_EQ(p->n_chunks[r], cf_cost_chunks(&in->cost, in->reqs[r].prefix_tokens));
+    for (int c = 0; c < p->n_chunks[r]; c++) {
+      CF_CHECK_LE(p->h[p->h_off[r] + c], in->cost.n_layers);
+      comp += p->h[p->h_off[r] + c];
+    }
+    tot += (int64_t)p->n_chunks[r] * in->cost.n_layers;
+  }
+  CF_CHECK_EQ(s->cells_computed, comp);
+  CF_CHECK_EQ(s->cells_loaded, tot - comp);
+}
+
+CF_TEST(sched_property_random_batches) {
+  cf_sched_req_t reqs[40];
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  cf_sim_result_t s;
+  cf_sim_result_init(&s);
+  int trials = 150, refined = 0, ttft_ok = 0;
+  for (int t = 0; t < trials; t++) {
+    cf_sched_input_t in = {0};
+    random_input(&in, reqs, t % 3 == 0 ? 40 : 6);
+    CF_CHECK_OK(cf_sched_input_check(&in));
+    double B = cf_bound(&in), mk[CF_POLICY_COUNT], mean[CF_POLICY_COUNT];
+    CF_CHECK(B >= 0);
+    for (int pol = 0; pol < CF_POLICY_COUNT; pol++) {
+      int rc = cf_sched_plan(&in, (cf_policy_t)pol, &p);
+      CF_CHECK_MSG(rc == 0, "trial %d %s: plan: %s", t, cf_policy_name(pol), cf_errmsg());
+      rc = rc ? rc : cf_sim_run(&in, &p, &s);
+      CF_CHECK_MSG(rc == 0, "trial %d %s: invalid: %s", t, cf_policy_name(pol), cf_errmsg());
+      if (rc) { mk[pol] = mean[pol] = INFINITY; continue; }
+      check_staircase(&in, &p, &s);
+      mk[pol] = s.makespan_s;
+      mean[pol] = s.mean_ttft_s;
+      CF_CHECK_MSG(s.makespan_s >= B * (1 - 1e-9), "trial %d %s: makespan %.9g below bound %.9g",
+                   t, cf_policy_name(pol), s.makespan_s, B);
+      for (int r = 0; r < in.n_reqs; r++)
+        CF_CHECK(s.ttft_s[r] >= s.restore_s[r] && s.restore_s[r] >= 0);
+    }
+    if (in.refine_evals != 0) {
+      int ok = 1;
+      for (int pol = 0; pol < CF_POLICY_OPTIMAL; pol++) {
+        CF_CHECK_MSG(mk[CF_POLICY_OPTIMAL] <= mk[pol] * (1 + 1e-12),
+                     "trial %d: optimal %.9g > %s %.9g", t, mk[CF_POLICY_OPTIMAL],
+                     cf_policy_name(pol), mk[pol]);
+        ok &= mean[CF_POLICY_OPTIMAL] <= mean[pol] * (1 + 1e-12);
+      }
+      refined++;
+      ttft_ok += ok;
+    }
+  }
+  /* reported, not asserted: optimal guarantees makespan; mean TTFT is its second goal */
+  printf("  optimal also has the lowest mean TTFT in %d of %d refined trials\n", ttft_ok, refined);
+  cf_sched_plan_free(&p);
+  cf_sim_result_free(&s);
+}
+
+CF_TEST(sched_recompute_and_load_match_closed_forms) {
+  cf_sched_input_t in = {0};
+  base_cost(&in.cost, 10);
+  cf_sched_req_t r[3] = {{0, 20000, 100, -1}, {0, 7777, 10, -1}, {0.5, 300, 0, -1}};
+  in.reqs = r;
+  in.n_reqs = 1;
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  cf_sim_result_t s;
+  cf_sim_result_init(&s);
+  const cf_sched_cost_t *c = &in.cost;
+  int L = c->n_layers;
+  /* one request: L steps over all N tokens; L loads of one layer each */
+  double N = 20000;
+  double rec = L * (c->gamma_s + c->alpha_s * N + c->beta_s * N * N / 2);
+  double lod = L * (c->link_latency_s + N * c->kv_bytes_per_token / c->link_Bps);
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_RECOMPUTE, &p));
+  CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+  CF_CHECK(REL(s.makespan_s, rec) < 1e-12);
+  CF_CHECK(REL(s.ttft_s[0], rec + L * cf_cost_step(c, N, 100)) < 1e-12);
+  CF_CHECK(REL(s.compute_util, 1.0) < 1e-12 && s.link_util == 0);
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_LOAD, &p));
+  CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+  CF_CHECK(REL(s.makespan_s, lod) < 1e-12);
+  CF_CHECK_EQ(p.n_ops, (size_t)L);
+  /* a batch runs back to back in arrival order; the late arrival waits for its arrival */
+  in.n_reqs = 3;
+  double sum = 0;
+  for (int i = 0; i < 2; i++) {
+    double n = (double)r[i].prefix_tokens;
+    sum += L * (c->gamma_s + c->alpha_s * n + c->beta_s * n * n / 2);
+  }
+  double t3 = fmax(sum, 0.5) + L * cf_cost_step(c, 0, 300);
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_RECOMPUTE, &p));
+  CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+  CF_CHECK(REL(s.finish_s[1], sum) < 1e-12);
+  CF_CHECK(REL(s.makespan_s, t3) < 1e-12);
+  CF_CHECK(REL(s.restore_s[2], t3 - 0.5) < 1e-12);
+  cf_sched_plan_free(&p);
+  cf_sim_result_free(&s);
+}
+
+CF_TEST(sched_bound_uniform_closed_form) {
+  cf_sched_cost_t c;
+  base_cost(&c, 40);
+  c.beta_s = 0;
+  c.gamma_s = 0;
+  for (int64_t P = 256; P <= 131072; P *= 4) {
+    double tc = c.n_layers * c.alpha_s * P, tio = c.n_layers * P * c.kv_bytes_per_token / c.link_Bps;
+    CF_CHECK_MSG(REL(cf_bound_single(&c, P), tc * tio / (tc + tio)) < 1e-9, "P=%lld: %.9g vs %.9g",
+                 (long long)P, cf_bound_single(&c, P), tc * tio / (tc + tio));
+  }
+  /* a batch on one device and link is one big request in the uniform case */
+  cf_sched_req_t r[2] = {{0, 1000, 0, -1}, {0, 3000, 0, -1}};
+  cf_sched_input_t in = {c, r, 2, 0};
+  CF_CHECK(REL(cf_bound(&in), cf_bound_single(&c, 4000)) < 1e-9);
+  /* arrivals: the late request alone bounds the makespan from below */
+  r[1].arrival_s = 100;
+  CF_CHECK(REL(cf_bound(&in), 100 + cf_bound_single(&c, 3000)) < 1e-9);
+  CF_CHECK_EQ(cf_bound_single(&c, 0), 0);
+}
+
+CF_TEST(sched_bound_is_below_recompute_and_load_and_tight) {
+  cf_sched_cost_t c;
+  base_cost(&c, 10);
+  for (int64_t P = 1; P <= 200000; P = P * 3 + 7) {
+    double b = cf_bound_single(&c, P);
+    double rec = c.n_layers * cf_cost_step(&c, 0, (double)P);
+    double lod = c.n_layers * (double)P * c.kv_bytes_per_token / c.link_Bps;
+    CF_CHECK(b <= rec * (1 + 1e-12) && b <= lod * (1 + 1e-12));
+    /* and above the bound of a cheaper machine: alpha only, no step or attention cost */
+    double tc = c.n_layers * c.alpha_s * (double)P;
+    CF_CHECK(b >= tc * lod / (tc + lod) * (1 - 1e-9));
+  }
+}
+
+CF_TEST(sched_cake_meets_where_rates_predict) {
+  cf_sched_input_t in = {0};
+  base_cost(&in.cost, 10);
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  cf_sim_result_t s;
+  cf_sim_result_init(&s);
+  const cf_sched_cost_t *c = &in.cost;
+  for (int64_t P = 2048; P <= 65536; P *= 2) {
+    cf_sched_req_t r = {0, P, 0, -1};
+    in.reqs = &r;
+    in.n_reqs = 1;
+    CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_CAKE, &p));
+    CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+    int n = p.n_chunks[0], k = 0;
+    while (k < n && p.h[k] == c->n_layers) k++;
+    for (int j = k; j < n; j++) CF_CHECK_EQ(p.h[j], 0); /* front computed, back loaded */
+    /* predicted meeting: the k* where compute of [0, k*) and load of [k*, n) cross */
+    double comp = 0, load = 0, kstar = n;
+    for (int j = 0; j < n; j++) load += cf_cost_load(c, (double)(cf_cost_tok(c, P, j + 1) - j * 256), c->n_layers);
+    for (int j = 0; j <= n; j++) {
+      if (comp >= load) { kstar = j; break; }
+      double cj = c->n_layers * cf_cost_step(c, j * 256.0, (double)(cf_cost_tok(c, P, j + 1) - j * 256));
+      double lj = cf_cost_load(c, (double)(cf_cost_tok(c, P, j + 1) - j * 256), c->n_layers);
+      comp += cj;
+      load -= lj;
+    }
+    CF_CHECK_MSG(fabs(k - kstar) <= 1, "P=%lld: met at chunk %d, rates predict %.0f", (long long)P, k, kstar);
+    CF_CHECK(k > 0 && k < n);
+  }
+  cf_sched_plan_free(&p);
+  cf_sim_result_free(&s);
+}
+
+CF_TEST(sched_cacheflow_switches_mode_at_threshold) {
+  /* short prefixes: layer-wise (every chunk computed to the same height); long ones:
+   * token-wise (front chunks computed in full, back chunks loaded) */
+  cf_sched_input_t in = {0};
+  base_cost(&in.cost, 10);
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  cf_sched_req_t r[2] = {{0, 1024, 0, -1}, {0, 131072, 0, -1}};
+  in.reqs = r;
+  in.n_reqs = 1;
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_CACHEFLOW, &p));
+  const uint16_t *h0 = p.h;
+  for (int c = 1; c < p.n_chunks[0]; c++) CF_CHECK_EQ(h0[c], h0[0]);
+  CF_CHECK(h0[0] > 0 && h0[0] < in.cost.n_layers);
+  in.reqs = r + 1;
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_CACHEFLOW, &p));
+  const uint16_t *h1 = p.h;
+  int full = 0, none = 0;
+  for (int c = 0; c < p.n_chunks[0]; c++) {
+    CF_CHECK(h1[c] == 0 || h1[c] == in.cost.n_layers);
+    full += h1[c] == in.cost.n_layers;
+    none += h1[c] == 0;
+    if (c > 0) CF_CHECK_LE(h1[c], h1[c - 1]);
+  }
+  CF_CHECK(full > 0 && none > 0);
+  /* together, the link goes to the long request's tail: the short one is recomputed */
+  in.reqs = r;
+  in.n_reqs = 2;
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_CACHEFLOW, &p));
+  for (int c = 0; c < p.n_chunks[0]; c++) CF_CHECK_EQ(p.h[c], in.cost.n_layers);
+  cf_sched_plan_free(&p);
+}
+
+CF_TEST(sched_optimal_within_5pct_of_bound_on_shipped_profiles) {
+  glob_t g;
+  CF_CHECK_EQ(glob("conf/hw/*.json", 0, NULL, &g), 0);
+  CF_CHECK_GE(g.gl_pathc, 5);
+  const char *models[] = {"llama-3.1-8b", "qwen3-8b", "llama-3.1-70b-tp4", "llama-3.1-70b-tp8"};
+  const int64_t lens[] = {4096, 4100, 6000, 12345, 30000, 65536, 131072};
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  cf_sim_result_t s;
+  cf_sim_result_init(&s);
+  double worst = 0;
+  for (size_t i = 0; i < g.gl_pathc; i++) {
+    cf_hw_t hw;
+    CF_CHECK_OK(cf_hw_load(g.gl_pathv[i], &hw));
+    for (int m = 0; m < 4; m++)
+      for (int tier = 0; tier < 3; tier++)
+        for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++)
+          for (int fast = 0; fast < 2; fast++) {
+            cf_model_shape_t ms;
+            CF_CHECK_OK(cf_model_shape_load(models[m], &ms));
+            cf_sched_input_t in = {0};
+            CF_CHECK_OK(cf_hw_cost(&hw, &ms, 0, tier, 0, 256, &in.cost));
+            cf_sched_req_t r = {0, lens[li], 128, -1};
+            in.reqs = &r;
+            in.n_reqs = 1;
+            in.refine_evals = fast ? 0 : -1;
+            CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_OPTIMAL, &p));
+            CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+            double ratio = s.makespan_s / cf_bound(&in);
+            if (ratio > worst) worst = ratio;
+            CF_CHECK_MSG(ratio <= 1.05, "%s %s tier %d P=%lld %s: ratio %.4f", hw.name, models[m],
+                         tier, (long long)lens[li], fast ? "fast" : "refined", ratio);
+          }
+  }
+  printf("  optimal/bound, single requests >= 4k, every shipped profile, model, tier: worst %.4f\n", worst);
+  globfree(&g);
+  cf_sched_plan_free(&p);
+  cf_sim_result_free(&s);
+}
+
+CF_TEST(sched_batches_report_ratio) {
+  /* goal <= 1.15 for batches: measured on bursts of 2..16 requests, 4k..64k tokens */
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  cf_sim_result_t s;
+  cf_sim_result_init(&s);
+  double worst = 0, sum = 0;
+  int cnt = 0;
+  cf_sched_req_t r[16];
+  for (int t = 0; t < 30; t++) {
+    cf_sched_input_t in = {0};
+    base_cost(&in.cost, t % 3 == 0 ? 10 : t % 3 == 1 ? 40 : 384);
+    in.n_reqs = 2 + (int)(cf_test_uniform() * 15);
+    for (int i = 0; i < in.n_reqs; i++)
+      r[i] = (cf_sched_req_t){0, 4096 + (int64_t)(cf_test_uniform() * 60000), 100, -1};
+    in.reqs = r;
+    in.refine_evals = -1;
+    CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_OPTIMAL, &p));
+    CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+    double ratio = s.makespan_s / cf_bound(&in);
+    worst = fmax(worst, ratio);
+    sum += ratio;
+    cnt++;
+  }
+  printf("  optimal/bound on 30 random bursts: mean %.4f worst %.4f (goal <= 1.15)\n", sum / cnt, worst);
+  CF_CHECK_LE(worst * 1000, 1150);
+  cf_sched_plan_free(&p);
+  cf_sim_result_free(&s);
+}
+
+CF_TEST(sched_fast_path_estimate_matches_simulation) {
+  cf_sched_input_t in = {0};
+  base_cost(&in.cost, 10);
+  cf_sched_req_t r[8];
+  for (int i = 0; i < 8; i++) r[i] = (cf_sched_req_t){0, 3000 + 5000 * i, 64, -1};
+  in.reqs = r;
+  in.n_reqs = 8;
+  in.refine_evals = 0;
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  cf_sim_result_t s;
+  cf_sim_result_init(&s);
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_OPTIMAL, &p));
+  CF_CHECK_EQ(p.sim_evals, 0);
+  CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+  /* the estimate ignores only per-op latency: a few ops per request */
+  CF_CHECK_MSG(REL(s.makespan_s, p.est_makespan_s) < 0.01, "sim %.6f est %.6f", s.makespan_s,
+               p.est_makespan_s);
+  CF_CHECK(s.makespan_s / cf_bound(&in) < 1.02);
+  /* ops of each stream: computes of a request in layer order, one layer each */
+  for (size_t i = 0; i < p.n_ops; i++)
+    if (p.ops[i].kind == CF_OP_COMPUTE) CF_CHECK_EQ(p.ops[i].l1, p.ops[i].l0 + 1);
+  cf_sched_plan_free(&p);
+  cf_sim_result_free(&s);
+}
+
+CF_TEST(sched_multi_device_and_tp_profiles) {
+  cf_hw_t hw;
+  CF_CHECK_OK(cf_hw_load("conf/hw/h100-pcie5.json", &hw));
+  cf_model_shape_t m8, m70;
+  CF_CHECK_OK(cf_model_shape_load("llama-3.1-8b", &m8));
+  CF_CHECK_OK(cf_model_shape_load("llama-3.1-70b-tp4", &m70));
+  cf_sched_input_t a = {0}, b = {0};
+  CF_CHECK_OK(cf_hw_cost(&hw, &m8, 4, CF_TIER_DRAM, 0, 256, &a.cost));
+  CF_CHECK_EQ(a.cost.n_devices, 4);
+  CF_CHECK_EQ(a.cost.shared_link, 0);
+  CF_CHECK_OK(cf_hw_cost(&hw, &m70, 8, CF_TIER_DRAM, 0, 256, &b.cost));
+  CF_CHECK_EQ(b.cost.n_devices, 2); /* two TP-4 engines */
+  CF_CHECK(REL(b.cost.link_Bps, 4 * 48e9) < 1e-12); /* four shards over four PCIe links */
+  CF_CHECK_ERR(cf_hw_cost(&hw, &m70, 6, CF_TIER_DRAM, 0, 256, &b.cost), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "TP degree 4");
+  CF_CHECK_OK(cf_hw_cost(&hw, &m8, 4, CF_TIER_NET, 0, 256, &b.cost));
+  CF_CHECK(b.cost.shared_link && REL(b.cost.link_Bps, 1.25e9) < 1e-12);
+  CF_CHECK_OK(cf_hw_cost(&hw, &m8, 1, CF_TIER_SSD, 40, 256, &b.cost)); /* --gbps 40 */
+  CF_CHECK(REL(b.cost.link_Bps, 5e9) < 1e-12);
+  /* four devices with their own links: 4 equal requests take as long as one */
+  cf_sched_req_t r[4];
+  for (int i = 0; i < 4; i++) r[i] = (cf_sched_req_t){0, 16384, 0, -1};
+  a.reqs = r;
+  a.n_reqs = 4;
+  a.refine_evals = -1;
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  cf_sim_result_t s;
+  cf_sim_result_init(&s);
+  CF_CHECK_OK(cf_sched_plan(&a, CF_POLICY_OPTIMAL, &p));
+  CF_CHECK_OK(cf_sim_run(&a, &p, &s));
+  int used[4] = {0};
+  for (int i = 0; i < 4; i++) used[p.device[i]]++;
+  for (int d = 0; d < 4; d++) CF_CHECK_EQ(used[d], 1);
+  CF_CHECK(REL(s.makespan_s, s.finish_s[0]) < 1e-9);
+  CF_CHECK(s.makespan_s / cf_bound_single(&a.cost, 16384) < 1.02);
+  cf_sched_plan_free(&p);
+  cf_sim_result_free(&s);
+}
+
+CF_TEST(sched_simulator_rejects_invalid_plans) {
+  cf_sched_input_t in = {0};
+  base_cost(&in.cost, 10);
+  in.cost.n_layers = 4;
+  cf_sched_req_t r = {0, 1024, 0, -1}; /* 4 chunks x 4 layers */
+  in.reqs = &r;
+  in.n_reqs = 1;
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  cf_sim_result_t s;
+  cf_sim_result_init(&s);
+  /* a valid hand-made plan: chunks 0-1 computed at layers 0-1, the rest loaded */
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_LOAD, &p));
+  p.n_ops = 0;
+  p.h[0] = p.h[1] = 2;
+  p.ops = realloc(p.ops, 16 * sizeof *p.ops);
+  p.cap_ops_ = 16;
+  cf_sched_op_t ok[] = {{0, CF_OP_COMPUTE, 0, 0, 0, 2, 0, 1}, {0, CF_OP_COMPUTE, 0, 0, 0, 2, 1, 2},
+                        {0, CF_OP_LOAD, 0, 0, 2, 4, 0, 4}, {0, CF_OP_LOAD, 0, 0, 0, 2, 2, 4}};
+  memcpy(p.ops, ok, sizeof ok);
+  p.n_ops = 4;
+  CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+  /* each mutation must be caught, with a message naming it */
+  struct { int op; cf_sched_op_t v; const char *msg; } bad[] = {
+      {1, {0, CF_OP_COMPUTE, 0, 0, 0, 3, 1, 2}, "staircase loads"},
+      {3, {0, CF_OP_LOAD, 0, 0, 0, 2, 1, 4}, "staircase computes"},
+      {3, {0, CF_OP_LOAD, 0, 0, 0, 2, 3, 4}, "neither computed nor loaded"},
+      {1, {0, CF_OP_COMPUTE, 0, 0, 0, 2, 0, 1}, "computed twice"},
+      {2, {0, CF_OP_LOAD, 0, 1, 2, 4, 0, 4}, "link"},
+      {0, {0, CF_OP_COMPUTE, 0, 0, 0, 2, 0, 2}, "one layer"},
+      {0, {1, CF_OP_COMPUTE, 0, 0, 0, 2, 0, 1}, "no such request"},
+      {2, {0, CF_OP_LOAD, 0, 0, 2, 5, 0, 4}, "out-of-range"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    memcpy(p.ops, ok, sizeof ok);
+    p.ops[bad[i].op] = bad[i].v;
+    CF_CHECK_ERR(cf_sim_run(&in, &p, &s), CF_EINVAL);
+    CF_CHECK_CONTAINS(cf_errmsg(), bad[i].msg);
+  }
+  /* swapped compute order: layer 1 before layer 0 on the same stream */
+  memcpy(p.ops, ok, sizeof ok);
+  p.ops[0] = ok[1];
+  p.ops[1] = ok[0];
+  CF_CHECK_ERR(cf_sim_run(&in, &p, &s), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "not computed before");
+  /* chunk 1 computed before chunk 0 at layer 0: deadlock */
+  cf_sched_op_t dl[] = {{0, CF_OP_COMPUTE, 0, 0, 1, 2, 0, 1}, {0, CF_OP_COMPUTE, 0, 0, 0, 1, 0, 1},
+                        {0, CF_OP_COMPUTE, 0, 0, 0, 2, 1, 2}, {0, CF_OP_LOAD, 0, 0, 2, 4, 0, 4},
+                        {0, CF_OP_LOAD, 0, 0, 0, 2, 2, 4}};
+  memcpy(p.ops, dl, sizeof dl);
+  p.n_ops = 5;
+  CF_CHECK_ERR(cf_sim_run(&in, &p, &s), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "deadlock");
+  /* a loaded earlier chunk delays the compute that needs it */
+  cf_sched_op_t w[] = {{0, CF_OP_LOAD, 0, 0, 0, 1, 0, 4}, {0, CF_OP_COMPUTE, 0, 0, 1, 4, 0, 1}};
+  memset(p.h, 0, 4 * sizeof *p.h);
+  p.h[1] = p.h[2] = p.h[3] = 1;
+  memcpy(p.ops, w, sizeof w);
+  p.n_ops = 2;
+  cf_sched_op_t l2 = {0, CF_OP_LOAD, 0, 0, 1, 4, 1, 4};
+  p.ops[2] = l2;
+  p.n_ops = 3;
+  CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+  double tl = cf_cost_load(&in.cost, 256, 4);
+  CF_CHECK(REL(s.makespan_s, fmax(tl + cf_cost_step(&in.cost, 256, 768), tl + cf_cost_load(&in.cost, 768, 3))) < 1e-12);
+  cf_sched_plan_free(&p);
+  cf_sim_result_free(&s);
+}
+
+CF_TEST(sched_rejects_bad_input) {
+  cf_sched_input_t in = {0};
+  base_cost(&in.cost, 10);
+  cf_sched_req_t r = {0, 1000, 10, -1};
+  in.reqs = &r;
+  in.n_reqs = 1;
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  r.prefix_tokens = -5;
+  CF_CHECK_ERR(cf_sched_plan(&in, CF_POLICY_OPTIMAL, &p), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "request 0: prefix_tokens = -5");
+  r.prefix_tokens = 1000;
+  r.device = 3;
+  CF_CHECK_ERR(cf_sched_plan(&in, CF_POLICY_OPTIMAL, &p), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "device 3");
+  r.device = -1;
+  r.arrival_s = NAN;
+  CF_CHECK_ERR(cf_sched_plan(&in, CF_POLICY_CAKE, &p), CF_EINVAL);
+  r.arrival_s = 0;
+  in.cost.link_Bps = 0;
+  CF_CHECK_ERR(cf_sched_plan(&in, CF_POLICY_LOAD, &p), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "link_Bps");
+  base_cost(&in.cost, 10);
+  CF_CHECK_ERR(cf_sched_plan(&in, (cf_policy_t)77, &p), CF_EINVAL);
+  cf_policy_t pol;
+  CF_CHECK_ERR(cf_policy_parse("fastest", &pol), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "unknown policy 'fastest'");
+  CF_CHECK_OK(cf_policy_parse("cacheflow", &pol));
+  CF_CHECK_EQ(pol, CF_POLICY_CACHEFLOW);
+  /* empty batch and empty prefixes are fine */
+  in.n_reqs = 0;
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_OPTIMAL, &p));
+  CF_CHECK_EQ(p.n_ops, 0);
+  cf_sched_plan_free(&p);
+}
+
+CF_TEST(sched_hw_profiles_and_models_errors) {
+  cf_hw_t hw;
+  CF_CHECK_ERR(cf_hw_load("no-such-profile", &hw), CF_ENOENT);
+  CF_CHECK_CONTAINS(cf_errmsg(), "unknown hardware profile 'no-such-profile'");
+  CF_CHECK_OK(cf_hw_load("h100-link10g", &hw));
+  CF_CHECK_EQ(hw.default_tier, CF_TIER_NET);
+  CF_CHECK(REL(hw.tier_Bps[CF_TIER_NET], 1.25e9) < 1e-12);
+  char path[4096];
+  snprintf(path, sizeof path, "%s/bad.json", cf_test_tmpdir());
+  FILE *f = fopen(path, "w");
+  fputs("{\"gpus\": 1, \"compute\": {\"gamma_ms\": 0.1, \"alpha_us_per_token\": -1, "
+        "\"beta_ns_per_token2\": 0}, \"pcie\": {\"GBps\": 1, \"latency_us\": 1}, \"tiers\": {}}", f);
+  fclose(f);
+  CF_CHECK_ERR(cf_hw_load(path, &hw), CF_EFORMAT);
+  CF_CHECK_CONTAINS(cf_errmsg(), "compute.alpha_us_per_token");
+  cf_model_shape_t m;
+  CF_CHECK_ERR(cf_model_shape_load("gpt-5", &m), CF_ENOTFOUND);
+  CF_CHECK_CONTAINS(cf_errmsg(), "unknown model 'gpt-5'");
+  snprintf(path, sizeof path, "%s/public-llama-gqa/config.json", cf_test_fixtures());
+  FILE *cf = fopen(path, "r");
+  if (cf) {
+    fclose(cf);
+    CF_CHECK_OK(cf_model_shape_load(path, &m));
+    CF_CHECK_GT(m.layers, 0);
+    CF_CHECK_GT(m.kv_heads, 0);
+    CF_CHECK_LE(m.kv_heads, m.heads);
+  }
+  snprintf(path, sizeof path, "%s/cfg.json", cf_test_tmpdir());
+  f = fopen(path, "w");
+  fputs("{\"hidden_size\": 4096, \"num_attention_heads\": 32}", f);
+  fclose(f);
+  CF_CHECK_ERR(cf_model_shape_load(path, &m), CF_EFORMAT);
+  CF_CHECK_CONTAINS(cf_errmsg(), "num_hidden_layers");
+}
