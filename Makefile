@@ -230,6 +230,34 @@ fuzz: $(FUZZ_BIN)
 	  $$b -max_total_time=$(FUZZ_SECONDS) -dict=tests/fuzz/$$n.dict \
 	    -artifact_prefix=tests/fuzz/out/$$n- tests/fuzz/out/$$n tests/fuzz/corpus/$$n || exit 1; done
 
+# daemon: `make install` (PREFIX, DESTDIR, SYSCONFDIR, UNITDIR): binaries, the config (kept
+# when one is there), the systemd unit (paths rewritten to PREFIX/SYSCONFDIR), sysusers/tmpfiles
+# snippets, the client library with its headers, and cacheflow.pc for pkg-config.
+PREFIX     ?= /usr/local
+SYSCONFDIR ?= /etc
+UNITDIR    ?= /lib/systemd/system
+INCDIR      = $(DESTDIR)$(PREFIX)/include/cacheflow
+install: $(BINS) $(LIBCF) $(LIBCLIENT)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/pkgconfig $(INCDIR)/client $(INCDIR)/util \
+	  $(INCDIR)/cacheflow/v1 $(DESTDIR)$(SYSCONFDIR)/cacheflow $(DESTDIR)$(UNITDIR) \
+	  $(DESTDIR)/usr/lib/sysusers.d $(DESTDIR)/usr/lib/tmpfiles.d
+	install -m 0755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 0644 $(LIBCF) $(LIBCLIENT) $(DESTDIR)$(PREFIX)/lib/
+	install -m 0644 lib/client/cf_client.h $(INCDIR)/client/
+	install -m 0644 lib/util/cf_err.h $(INCDIR)/util/
+	install -m 0644 $(BUILD)/gen/cacheflow/v1/cacheflow.pb-c.h $(INCDIR)/cacheflow/v1/
+	test -e $(DESTDIR)$(SYSCONFDIR)/cacheflow/cacheflowd.conf || \
+	  install -m 0640 conf/cacheflowd.conf $(DESTDIR)$(SYSCONFDIR)/cacheflow/cacheflowd.conf
+	sed -e 's|/usr/local/bin/|$(PREFIX)/bin/|g' -e 's|/etc/cacheflow/|$(SYSCONFDIR)/cacheflow/|g' \
+	  systemd/cacheflowd.service > $(DESTDIR)$(UNITDIR)/cacheflowd.service
+	install -m 0644 systemd/cacheflowd.sysusers.conf $(DESTDIR)/usr/lib/sysusers.d/cacheflowd.conf
+	install -m 0644 systemd/cacheflowd.tmpfiles.conf $(DESTDIR)/usr/lib/tmpfiles.d/cacheflowd.conf
+	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$${prefix}/lib' 'includedir=$${prefix}/include/cacheflow' '' \
+	  'Name: cacheflow' 'Description: CacheFlow client library (talks to cacheflowd over gRPC)' \
+	  'Version: 0.1.0' 'Requires: libprotobuf-c' 'Requires.private: grpc gpr' \
+	  'Libs: -L$${libdir} -lcacheflow_client -lcacheflow' 'Libs.private: -lgrpc -lgpr -lopenblas -luring -lxxhash -lm -pthread' \
+	  'Cflags: -I$${includedir}' > $(DESTDIR)$(PREFIX)/lib/pkgconfig/cacheflow.pc
+
 clean:
 	rm -rf $(BUILD) build-asan
 

@@ -272,12 +272,11 @@ static void cf__send_done(cf_rpc_call_t *c, int ok) {
 
 static void cf__enqueue(cf_rpc_call_t *c, grpc_byte_buffer *msg, int final, int status, const char *details) {
   cf__out_t *o = calloc(1, sizeof *o);
-  if (!o) { /* cannot even queue the status: drop the message; a final must still end the call */
+  if (!o) {
+    /* Out of memory for a 40-byte node: drop the message. A lost final leaves the call open
+     * until the client's deadline or the shutdown's cancel_all_calls; nothing is corrupted. */
     if (msg) grpc_byte_buffer_destroy(msg);
-    if (!final) return;
-    static cf__out_t oom_final; /* never reached in practice; keeps the call from leaking */
-    (void)oom_final;
-    CF_ERROR("rpc: %s: out of memory ending call", c->path);
+    CF_ERROR("rpc: %s: out of memory queueing a %s", c->path, final ? "status" : "message");
     return;
   }
   o->msg = msg;

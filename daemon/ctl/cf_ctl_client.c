@@ -41,6 +41,19 @@ static long cf__parse_u32_list(const char *s, uint32_t **out) {
   return (long)n;
 }
 
+/* Parse the options of a command that takes only --addr; leaves optind at the first operand.
+ * Returns 0, or 2 (usage error) on an unknown option. */
+static int cf__addr_only(int argc, char **argv, const char **addr) {
+  static const struct option o[] = {{"addr", required_argument, 0, 'a'}, {0, 0, 0, 0}};
+  int ch;
+  optind = 1;
+  while ((ch = getopt_long(argc, argv, "a:", o, NULL)) != -1) {
+    if (ch != 'a') return 2;
+    *addr = optarg;
+  }
+  return 0;
+}
+
 static int cf__open(const char *cmd, const char *addr, cf_client_t **c) {
   if (cf_client_connect(cf__addr(addr), 10000, c)) return cf_ctl_fail(cmd, "%s", cf_errmsg());
   return 0;
@@ -49,10 +62,7 @@ static int cf__open(const char *cmd, const char *addr, cf_client_t **c) {
 /* ---------------------------------------------------------------- status / stats / config */
 static int cf__status_main(int argc, char **argv) {
   const char *addr = NULL;
-  static const struct option o[] = {{"addr", required_argument, 0, 'a'}, {0, 0, 0, 0}};
-  int ch;
-  optind = 1;
-  while ((ch = getopt_long(argc, argv, "a:", o, NULL)) != -1) if (ch == 'a') addr = optarg; else return 2;
+  if (cf__addr_only(argc, argv, &addr)) return 2;
   cf_client_t *c;
   if (cf__open("status", addr, &c)) return 1;
   int serving = 0;
@@ -72,10 +82,7 @@ static int cf__status_main(int argc, char **argv) {
 
 static int cf__stats_main(int argc, char **argv) {
   const char *addr = NULL;
-  static const struct option o[] = {{"addr", required_argument, 0, 'a'}, {0, 0, 0, 0}};
-  int ch;
-  optind = 1;
-  while ((ch = getopt_long(argc, argv, "a:", o, NULL)) != -1) if (ch == 'a') addr = optarg; else return 2;
+  if (cf__addr_only(argc, argv, &addr)) return 2;
   cf_client_t *c;
   if (cf__open("stats", addr, &c)) return 1;
   Cacheflow__V1__StatsResponse *st;
@@ -94,10 +101,7 @@ static int cf__stats_main(int argc, char **argv) {
 
 static int cf__config_main(int argc, char **argv) {
   const char *addr = NULL;
-  static const struct option o[] = {{"addr", required_argument, 0, 'a'}, {0, 0, 0, 0}};
-  int ch;
-  optind = 1;
-  while ((ch = getopt_long(argc, argv, "a:", o, NULL)) != -1) if (ch == 'a') addr = optarg; else return 2;
+  if (cf__addr_only(argc, argv, &addr)) return 2;
   cf_client_t *c;
   if (cf__open("config", addr, &c)) return 1;
   Cacheflow__V1__GetConfigResponse *r;

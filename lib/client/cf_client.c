@@ -133,6 +133,15 @@ static ProtobufCMessage *cf__unpack(grpc_byte_buffer *bb, const ProtobufCMessage
   return m;
 }
 
+/* The client's half of a call: initial metadata, the one request message, half-close. */
+static void cf__request_ops(grpc_op ops[3], grpc_byte_buffer *req) {
+  memset(ops, 0, 3 * sizeof *ops);
+  ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+  ops[1].op = GRPC_OP_SEND_MESSAGE;
+  ops[1].data.send_message.send_message = req;
+  ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+}
+
 /* The unary exchange with a ready request buffer (consumed). */
 static int cf__unary(cf_client_t *c, const char *method, grpc_byte_buffer *req,
                      const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp) {
@@ -149,10 +158,7 @@ static int cf__unary(cf_client_t *c, const char *method, grpc_byte_buffer *req,
   grpc_slice details = grpc_empty_slice();
   grpc_op ops[6];
   memset(ops, 0, sizeof ops);
-  ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-  ops[1].op = GRPC_OP_SEND_MESSAGE;
-  ops[1].data.send_message.send_message = req;
-  ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+  cf__request_ops(ops, req);
   ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
   ops[3].data.recv_initial_metadata.recv_initial_metadata = &md_in;
   ops[4].op = GRPC_OP_RECV_MESSAGE;
@@ -271,10 +277,7 @@ int cf_client_restore(cf_client_t *c, const Cacheflow__V1__RestoreRequest *req, 
   grpc_metadata_array_init(&trailing);
   grpc_op ops[4];
   memset(ops, 0, sizeof ops);
-  ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-  ops[1].op = GRPC_OP_SEND_MESSAGE;
-  ops[1].data.send_message.send_message = bb;
-  ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+  cf__request_ops(ops, bb);
   ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
   ops[3].data.recv_initial_metadata.recv_initial_metadata = &md_in;
   int rc = 0;

@@ -1,0 +1,166 @@
+"""cacheflow_client — Python client of cacheflowd (grpcio + stubs generated from the proto).
+
+    from cacheflow_client import Client, CacheFlowError
+    with Client("unix:/run/cacheflow/cacheflowd.sock") as c:
+        print(c.health())                       # "SERVING"
+        eng = c.register_shm("/dev/shm/my-engine", block_size=16, num_blocks=64)
+        for event in c.restore(eng, tokens, blocks):
+            ...
+        c.unregister(eng)
+
+Stubs: `make` writes them to build/py; this package finds them there (or on PYTHONPATH, or in
+$CACHEFLOW_PYSTUBS). Errors raise CacheFlowError with .code (grpc.StatusCode) and .details.
+"""
+import os
+import sys
+
+import grpc
+
+
+def _import_stubs():
+    try:
+        from cacheflow.v1 import cacheflow_pb2, cacheflow_pb2_grpc  # noqa: F401
+    except ImportError:
+        here = os.path.dirname(os.path.abspath(__file__))
+        for cand in (os.environ.get("CACHEFLOW_PYSTUBS"),
+                     os.path.join(here, "..", "..", "..", "..", os.environ.get("BUILD", "build"), "py")):
+            if cand and os.path.isdir(os.path.join(cand, "cacheflow")):
+                sys.path.insert(0, os.path.abspath(cand))
+                break
+        from cacheflow.v1 import cacheflow_pb2, cacheflow_pb2_grpc  # noqa: F401
+    return cacheflow_pb2, cacheflow_pb2_grpc
+
+
+pb, pb_grpc = _import_stubs()
+
+HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+DTYPE_SIZE = {pb.DTYPE_F32: 4, pb.DTYPE_BF16: 2, pb.DTYPE_F16: 2}
+
+
+class CacheFlowError(Exception):
+    """A call ended with a non-OK gRPC status."""
+
+    def __init__(self, method, code, details):
+        super().__init__(f"{method}: {code.name}: {details}")
+        self.method, self.code, self.details = method, code, details
+
+
+def _encode_health_request(service=""):
+    # grpc.health.v1.HealthCheckRequest{service}: field 1, length-delimited.
+    b = service.encode()
+    if not b:
+        return b""
+    assert len(b) < 128
+    return bytes([0x0A, len(b)]) + b
+
+
+def _decode_health_response(data):
+    # HealthCheckResponse{status}: field 1 varint (values < 128).
+    if len(data) >= 2 and data[0] == 0x08:
+        return data[1]
+    return 0
+
+
+class Client:
+    """One channel to cacheflowd. Thread-safe (grpcio channels are)."""
+
+    def __init__(self, addr="unix:/run/cacheflow/cacheflowd.sock", timeout=30.0, options=()):
+        """`options`: extra grpcio channel options, e.g. short reconnect backoffs while
+        waiting for a daemon that is starting."""
+        self.addr, self.timeout = addr, timeout
+        self.channel = grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", 64 << 20)] + list(options))
+        self.cf = pb_grpc.CacheFlowStub(self.channel)
+        self.admin = pb_grpc.AdminStub(self.channel)
+
+    def close(self):
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _call(self, fn, name, req):
+        try:
+            return fn(req, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise CacheFlowError(name, e.code(), e.details()) from None
+
+    # -- raw access (tests send malformed bytes this way)
+    def call_raw(self, method, data):
+        """Unary call of `method` with raw request bytes; returns the raw reply bytes."""
+        try:
+            return self.channel.unary_unary(method)(data, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise CacheFlowError(method, e.code(), e.details()) from None
+
+    # -- health
+    def health(self, service=""):
+        """'SERVING' or 'NOT_SERVING' (grpc.health.v1.Health/Check)."""
+        data = self.call_raw("/grpc.health.v1.Health/Check", _encode_health_request(service))
+        return HEALTH_STATUS.get(_decode_health_response(data), "UNKNOWN")
+
+    # -- CacheFlow
+    def register(self, request):
+        return self._call(self.cf.RegisterEngine, "RegisterEngine", request)
+
+    def unregister(self, engine_id):
+        self._call(self.cf.Unregister, "Unregister", pb.UnregisterRequest(engine_id=engine_id))
+
+    def lookup(self, engine_id, tokens):
+        return self._call(self.cf.Lookup, "Lookup", pb.LookupRequest(engine_id=engine_id, token_ids=tokens))
+
+    def save(self, engine_id, tokens, blocks):
+        return self._call(self.cf.Save, "Save", pb.SaveRequest(engine_id=engine_id, token_ids=tokens, block_ids=blocks))
+
+    def restore(self, engine_id, tokens, blocks, policy=pb.POLICY_DEFAULT, priority=0):
+        """Yields RestoreEvent messages (plan, layers ready, done); raises CacheFlowError."""
+        req = pb.RestoreRequest(engine_id=engine_id, token_ids=tokens, block_ids=blocks, policy=policy, priority=priority)
+        try:
+            for ev in self.cf.Restore(req, timeout=self.timeout):
+                yield ev
+        except grpc.RpcError as e:
+            raise CacheFlowError("Restore", e.code(), e.details()) from None
+
+    # -- Admin
+    def stats(self):
+        return self._call(self.admin.Stats, "Stats", pb.StatsRequest())
+
+    def evict(self, tier=pb.TIER_UNSPECIFIED, nbytes=0):
+        return self._call(self.admin.Evict, "Evict", pb.EvictRequest(tier=tier, bytes=nbytes))
+
+    def config(self, name=""):
+        """{name: value} of the settings in effect."""
+        r = self._call(self.admin.GetConfig, "GetConfig", pb.GetConfigRequest(name=name))
+        return {e.name: e.value for e in r.entries}
+
+    # -- helpers for CPU engines
+    def layout_request(self, shm_path, block_size=16, num_blocks=64, dtype=pb.DTYPE_F32, name="", stats=None):
+        """A RegisterEngineRequest for a standard paged layout in one shared-memory file (per
+        layer K then V, each [num_blocks][block_size][kv_heads][head_dim]); creates/sizes the
+        file. Returns (request, file_bytes)."""
+        st = stats or self.stats()
+        esz = DTYPE_SIZE[dtype]
+        head = st.model_head_dim * esz
+        tok = head * st.model_kv_heads
+        blk = tok * block_size
+        buf = blk * num_blocks
+        total = buf * 2 * st.model_layers
+        with open(shm_path, "ab") as f:
+            f.truncate(total)
+        layers = []
+        for l in range(st.model_layers):
+            layers.append(pb.LayerLayout(
+                layer=l, k=pb.KvBuffer(shm_path=shm_path, offset=buf * 2 * l),
+                v=pb.KvBuffer(shm_path=shm_path, offset=buf * (2 * l + 1)), block_size=block_size,
+                num_blocks=num_blocks, block_stride=blk, token_stride=tok, head_stride=head, dtype=dtype,
+                num_kv_heads=st.model_kv_heads, head_dim=st.model_head_dim))
+        return pb.RegisterEngineRequest(model_fingerprint=st.model_fingerprint, layers=layers, name=name), total
+
+    def register_shm(self, shm_path, block_size=16, num_blocks=64, dtype=pb.DTYPE_F32, name=""):
+        req, _ = self.layout_request(shm_path, block_size, num_blocks, dtype, name)
+        return self.register(req).engine_id
+
+
+__all__ = ["Client", "CacheFlowError", "pb", "pb_grpc"]

@@ -1,0 +1,60 @@
+"""cacheflow_client against the real daemon: every public method, errors as CacheFlowError."""
+import os
+import sys
+import threading
+
+sys.path.insert(0, os.path.dirname(__file__))
+from cfdaemon import Checks, Daemon  # noqa: E402
+import grpc  # noqa: E402
+import cacheflow_client  # noqa: E402
+from cacheflow_client import CacheFlowError, Client, pb  # noqa: E402
+
+T = Checks()
+d = Daemon().start()
+try:
+    with Client(d.addr, timeout=10) as c:
+        T.check("health() == SERVING", c.health() == "SERVING")
+        st = c.stats()
+        T.check("stats(): fingerprint of 16 bytes and model dir", len(st.model_fingerprint) == 16 and st.model_dir.endswith("public-llama-gqa"))
+        eng = c.register_shm(os.path.join(d.tmp, "e.kv"), block_size=8, num_blocks=32, name="py")
+        T.check("register_shm() -> id", eng > 0)
+        T.check("file sized for the layout (2 layers x K,V x 32 blocks x 8 tok x 2 heads x 16 x f32)",
+                os.path.getsize(os.path.join(d.tmp, "e.kv")) == 2 * 2 * 32 * 8 * 2 * 16 * 4)
+        T.check("config() returns every setting", c.config()["policy"] == "optimal" and "cpu_tier_bytes" in c.config())
+        try:
+            c.lookup(eng, [1, 2, 3])
+            T.check("lookup() error", False, "no error")
+        except CacheFlowError as e:
+            T.check("lookup() raises CacheFlowError with code and details", e.code == grpc.StatusCode.FAILED_PRECONDITION and "store" in e.details, str(e))
+        try:
+            list(c.restore(eng, list(range(9)), [0]))
+            T.check("restore() error", False, "no error")
+        except CacheFlowError as e:
+            T.check("restore() streams and raises on its final status", e.code == grpc.StatusCode.INVALID_ARGUMENT and "need 2 blocks" in e.details, str(e))
+        # one channel, many threads
+        errs = []
+
+        def worker():
+            try:
+                for _ in range(20):
+                    assert c.health() == "SERVING"
+                    c.stats()
+            except Exception as ex:  # noqa: BLE001
+                errs.append(ex)
+
+        ths = [threading.Thread(target=worker) for _ in range(8)]
+        [t.start() for t in ths]
+        [t.join() for t in ths]
+        T.check("8 threads share one Client", not errs, str(errs[:2]))
+        c.unregister(eng)
+        T.check("unregister()", c.stats().engines == 0)
+        try:
+            c.unregister(eng)
+            T.check("unregister twice", False)
+        except CacheFlowError as e:
+            T.check("unregister twice -> NOT_FOUND", e.code == grpc.StatusCode.NOT_FOUND)
+        T.check("package exports pb enums", cacheflow_client.pb.POLICY_OPTIMAL == 6 and pb.TIER_SSD == 2)
+finally:
+    rc = d.stop()
+T.check("daemon exit 0", rc == 0)
+sys.exit(T.summary())
