@@ -1,10 +1,400 @@
-/* CUDA backend of the model primitive. Placeholder until the CUDA backend lands: it reports
- * CF_ENODEV so cf_backend_create("auto") falls back to the CPU backend. */
-#include "model/cf_backend.h"
+/* CUDA backend of the model primitive: see cf_backend_cuda.h for the contract.
+ *
+ * Per layer and step of <= CF_CUDA_MAX_STEP tokens (x is the fp32 residual stream):
+ *   xn  = rmsnorm(x)                         cf_rmsnorm
+ *   qkv = xn · [Wq;Wk;Wv]ᵀ                   one cuBLAS GEMM against the stacked weight
+ *   q, K[t], V[t] = rope(norm(qkv + b))      cf_rope_qkv writes K/V straight into the layer buffer
+ *   a   = attention(q, K[0..t], V[0..t])     cf_attn_prefix (flash-style, GQA)
+ *   x  += a · Woᵀ                            GEMM with fp32 output and beta = 1: the residual add
+ *   xn  = rmsnorm(x)
+ *   gu  = xn · [Wg;Wu]ᵀ                      one GEMM against the stacked gate|up weight
+ *   h   = silu(g) * u                        cf_swiglu
+ *   x  += h · Wdownᵀ                         GEMM, beta = 1
+ * Built without nvcc, the backend reports CF_ENODEV.
+ */
+#include "model/cf_backend_cuda.h"
+
 #include "util/cf_err.h"
+
+#if !(defined(CF_HAVE_CUDA) && CF_HAVE_CUDA)
 
 int cf_backend_cuda_create(const cf_model_t *m, int device, cf_backend_t **out) {
   (void)m; (void)device;
   *out = NULL;
-  return cf_seterr(CF_ENODEV, "CUDA backend not built into this binary");
+  return cf_seterr(CF_ENODEV, "CUDA backend not built into this binary (no nvcc at build time)");
 }
+
+#else
+
+#include <cublas_v2.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cf_attn.h"
+#include "kernels/cf_convert.h"
+#include "kernels/cf_cuda_check.h"
+#include "kernels/cf_gemm.h"
+#include "kernels/cf_rmsnorm.h"
+#include "kernels/cf_rope.h"
+#include "kernels/cf_swiglu.h"
+
+#define CF_CUDA_BLAS_WS (32u << 20)      /* cuBLAS workspace, set once so GEMMs never allocate */
+#define CF_CUDA_UPLOAD_FLOATS (8u << 20) /* fp32 staging for weight upload: 32 MiB */
+
+typedef struct {
+  cf_bf16_t *wqkv, *wo, *wgu, *wdown;
+  float *attn_norm, *mlp_norm, *q_norm, *k_norm;
+  float *bqkv, *bo, *bgate, *bup, *bdown;
+} cf__cuda_layer_t;
+
+typedef struct {
+  cf_backend_t base;
+  int device;
+  int max_step;  /* tokens per internal step: CF_CUDA_MAX_STEP, or $CF_CUDA_MAX_STEP if smaller */
+  cudaStream_t stream;
+  cublasHandle_t blas;
+  void *blas_ws;
+  cf__cuda_layer_t *layers;
+  cf_bf16_t *embed;
+  float *inv_freq;
+  /* step workspace, for CF_CUDA_MAX_STEP tokens */
+  float *x;
+  cf_bf16_t *xn, *qkv, *q, *attn, *gu, *h;
+  /* host-API staging, grown on demand */
+  cf_bf16_t *kv;  size_t kv_cap;   /* [l1-l0][2][t1][n_kv*hd] */
+  float *stage;   size_t stage_cap;
+  float *hin, *hout; size_t hin_cap, hout_cap;
+  int32_t *tok;   size_t tok_cap;
+} cf__cuda_be_t;
+
+/* Grow a device buffer to at least `bytes` (contents are not kept). */
+static int cf__dgrow(void **p, size_t *cap, size_t bytes) {
+  if (*cap >= bytes) return 0;
+  if (*p) CF_CUDA_TRY(cudaFree(*p));
+  *p = NULL;
+  *cap = 0;
+  if (cudaMalloc(p, bytes) != cudaSuccess) {
+    cudaGetLastError();
+    *p = NULL;
+    return cf_seterr(CF_ENOMEM, "cuda backend: cudaMalloc of %zu bytes failed", bytes);
+  }
+  *cap = bytes;
+  return 0;
+}
+
+static int cf__dalloc(void **p, size_t bytes, const char *what) {
+  if (cudaMalloc(p, bytes) != cudaSuccess) {
+    cudaGetLastError();
+    *p = NULL;
+    return cf_seterr(CF_ENOMEM, "cuda backend: cudaMalloc of %zu bytes for %s failed", bytes, what);
+  }
+  return 0;
+}
+
+/* Upload n fp32 host values as bf16 at dst (through the fp32 staging buffer). */
+static int cf__up_bf16(cf__cuda_be_t *b, cf_bf16_t *dst, const float *src, size_t n) {
+  for (size_t off = 0; off < n; off += CF_CUDA_UPLOAD_FLOATS) {
+    size_t k = n - off < CF_CUDA_UPLOAD_FLOATS ? n - off : CF_CUDA_UPLOAD_FLOATS;
+    CF_CUDA_TRY(cudaMemcpyAsync(b->stage, src + off, k * 4, cudaMemcpyHostToDevice, b->stream));
+    int rc = cf_bf16_from_f32(dst + off, b->stage, (int64_t)k, b->stream);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+/* Upload an fp32 vector (NULL src: *dst = NULL). */
+static int cf__up_f32(float **dst, const float *src, size_t n, const char *what) {
+  *dst = NULL;
+  if (!src) return 0;
+  int rc = cf__dalloc((void **)dst, n * 4, what);
+  if (rc) return rc;
+  CF_CUDA_TRY(cudaMemcpy(*dst, src, n * 4, cudaMemcpyHostToDevice));
+  return 0;
+}
+
+/* Stacked biases [a; b; c] as one fp32 vector when any is present (missing parts are zero). */
+static int cf__up_bias3(float **dst, const float *a, size_t na, const float *b_, size_t nb,
+                        const float *c, size_t nc) {
+  *dst = NULL;
+  if (!a && !b_ && !c) return 0;
+  size_t n = na + nb + nc;
+  float *h = calloc(n, 4);
+  if (!h) return cf_seterr(CF_ENOMEM, "cuda backend: bias staging");
+  if (a) memcpy(h, a, na * 4);
+  if (b_) memcpy(h + na, b_, nb * 4);
+  if (c) memcpy(h + na + nb, c, nc * 4);
+  int rc = cf__up_f32(dst, h, n, "stacked q/k/v bias");
+  free(h);
+  return rc;
+}
+
+static void cf__cuda_free(cf_backend_t *be) {
+  if (!be) return;
+  cf__cuda_be_t *b = (cf__cuda_be_t *)be;
+  cudaSetDevice(b->device);
+  if (b->stream) cudaStreamSynchronize(b->stream);
+  if (b->layers) {
+    for (int l = 0; l < be->model->cfg.n_layers; l++) {
+      cf__cuda_layer_t *L = &b->layers[l];
+      void *ps[] = {L->wqkv, L->wo, L->wgu, L->wdown, L->attn_norm, L->mlp_norm, L->q_norm,
+                    L->k_norm, L->bqkv, L->bo, L->bgate, L->bup, L->bdown};
+      for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) cudaFree(ps[i]);
+    }
+    free(b->layers);
+  }
+  void *ps[] = {b->embed, b->inv_freq, b->x, b->xn, b->qkv, b->q, b->attn, b->gu, b->h,
+                b->kv, b->stage, b->hin, b->hout, b->tok, b->blas_ws};
+  for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) cudaFree(ps[i]);
+  if (b->blas) cublasDestroy(b->blas);
+  if (b->stream) cudaStreamDestroy(b->stream);
+  cudaGetLastError();
+  free(b);
+}
+
+/* One layer over one step of T tokens at absolute positions [p0, p0+T). */
+static int cf__layer(cf__cuda_be_t *b, int l, int p0, int T, cf_bf16_t *kbuf, cf_bf16_t *vbuf,
+                     int64_t kv_rs, cudaStream_t s) {
+  const cf_model_config_t *c = &b->base.model->cfg;
+  const cf__cuda_layer_t *L = &b->layers[l];
+  int hd = c->head_dim, H = c->n_heads, KV = c->n_kv_heads, D = c->hidden, I = c->intermediate;
+  int nqkv = (H + 2 * KV) * hd;
+  float eps = (float)c->rms_eps;
+  int rc;
+  if ((rc = cf_rmsnorm(b->xn, b->x, NULL, L->attn_norm, T, D, eps, s))) return rc;
+  cf_gemm_args_t g = {T, nqkv, D, b->xn, D, L->wqkv, D, b->qkv, nqkv, 0, 0.f};
+  if ((rc = cf_gemm_bf16(b->blas, &g, s))) return rc;
+  cf_rope_args_t r = {T, p0, H, KV, hd, b->qkv, L->bqkv, L->q_norm, L->k_norm, eps, b->inv_freq,
+                      b->q, kbuf + p0 * kv_rs, vbuf + p0 * kv_rs, kv_rs};
+  if ((rc = cf_rope_qkv(&r, s))) return rc;
+  cf_attn_args_t at = {T, p0, H, KV, hd, 1.f / sqrtf((float)hd), b->q, (int64_t)H * hd,
+                       kbuf, vbuf, kv_rs, b->attn, (int64_t)H * hd};
+  if ((rc = cf_attn_prefix(&at, s))) return rc;
+  cf_gemm_args_t go = {T, D, H * hd, b->attn, H * hd, L->wo, H * hd, b->x, D, 1, 1.f};
+  if ((rc = cf_gemm_bf16(b->blas, &go, s))) return rc;
+  if (L->bo && (rc = cf_add_bias_f32(b->x, L->bo, T, D, s))) return rc;
+  if ((rc = cf_rmsnorm(b->xn, b->x, NULL, L->mlp_norm, T, D, eps, s))) return rc;
+  cf_gemm_args_t gg = {T, 2 * I, D, b->xn, D, L->wgu, D, b->gu, 2 * I, 0, 0.f};
+  if ((rc = cf_gemm_bf16(b->blas, &gg, s))) return rc;
+  if ((rc = cf_swiglu(b->h, b->gu, L->bgate, L->bup, T, I, s))) return rc;
+  cf_gemm_args_t gd = {T, D, I, b->h, I, L->wdown, I, b->x, D, 1, 1.f};
+  if ((rc = cf_gemm_bf16(b->blas, &gd, s))) return rc;
+  if (L->bdown && (rc = cf_add_bias_f32(b->x, L->bdown, T, D, s))) return rc;
+  return 0;
+}
+
+int cf_backend_cuda_forward_dev(cf_backend_t *be, const cf_cuda_fwd_args_t *a, cudaStream_t s) {
+  if (!be || !a || strcmp(be->name, "cuda") != 0)
+    return cf_seterr(CF_EINVAL, "cf_backend_cuda_forward_dev: not a CUDA backend");
+  cf__cuda_be_t *b = (cf__cuda_be_t *)be;
+  const cf_model_config_t *c = &be->model->cfg;
+  if (a->l0 < 0 || a->l1 <= a->l0 || a->l1 > c->n_layers)
+    return cf_seterr(CF_EINVAL, "forward_dev: layers [%d, %d) not within [0, %d)", a->l0, a->l1,
+                     c->n_layers);
+  if (a->t0 < 0 || a->t1 <= a->t0)
+    return cf_seterr(CF_EINVAL, "forward_dev: tokens [%d, %d) empty or negative", a->t0, a->t1);
+  if (a->l0 == 0 && !a->tokens) return cf_seterr(CF_EINVAL, "forward_dev: l0 == 0 needs tokens");
+  if (a->l0 > 0 && !a->hidden_in)
+    return cf_seterr(CF_EINVAL, "forward_dev: l0 = %d > 0 needs hidden_in", a->l0);
+  if (!a->k || !a->v) return cf_seterr(CF_EINVAL, "forward_dev: k and v arrays are required");
+  for (int i = 0; i < a->l1 - a->l0; i++)
+    if (!a->k[i] || !a->v[i])
+      return cf_seterr(CF_EINVAL, "forward_dev: k/v buffer of layer %d is NULL", a->l0 + i);
+  if (a->kv_row_stride < (int64_t)c->n_kv_heads * c->head_dim)
+    return cf_seterr(CF_EINVAL, "forward_dev: kv_row_stride %lld < n_kv_heads*head_dim %d",
+                     (long long)a->kv_row_stride, c->n_kv_heads * c->head_dim);
+  if (!s) s = b->stream;
+  CF_CUDA_TRY(cudaSetDevice(b->device));
+  int D = c->hidden, rc;
+  for (int p0 = a->t0; p0 < a->t1; p0 += b->max_step) {
+    int T = a->t1 - p0 < b->max_step ? a->t1 - p0 : b->max_step;
+    int64_t off = (int64_t)(p0 - a->t0);
+    if (a->l0 == 0) {
+      if ((rc = cf_embed_bf16(b->x, b->embed, a->tokens + off, T, D, c->vocab, s))) return rc;
+    } else {
+      CF_CUDA_TRY(cudaMemcpyAsync(b->x, a->hidden_in + off * D, (size_t)T * D * 4,
+                                  cudaMemcpyDeviceToDevice, s));
+    }
+    for (int l = a->l0; l < a->l1; l++)
+      if ((rc = cf__layer(b, l, p0, T, a->k[l - a->l0], a->v[l - a->l0], a->kv_row_stride, s)))
+        return cf_err_prefix(rc, "layer %d, tokens [%d, %d): ", l, p0, p0 + T);
+    if (a->hidden_out)
+      CF_CUDA_TRY(cudaMemcpyAsync(a->hidden_out + off * D, b->x, (size_t)T * D * 4,
+                                  cudaMemcpyDeviceToDevice, s));
+  }
+  return 0;
+}
+
+/* The host-argument forward: see cf_backend.h (args already validated by cf_backend_forward). */
+static int cf__cuda_forward(cf_backend_t *be, const cf_fwd_args_t *a) {
+  cf__cuda_be_t *b = (cf__cuda_be_t *)be;
+  const cf_model_config_t *c = &be->model->cfg;
+  int nl = a->l1 - a->l0, T = a->t1 - a->t0, D = c->hidden;
+  int64_t row = (int64_t)c->n_kv_heads * c->head_dim;
+  size_t plane = (size_t)a->t1 * row;  /* elements of one layer's K (or V) */
+  int rc;
+  CF_CUDA_TRY(cudaSetDevice(b->device));
+  if ((rc = cf__dgrow((void **)&b->kv, &b->kv_cap, (size_t)nl * 2 * plane * 2))) return rc;
+  size_t stage_need = plane > (size_t)T * D ? plane : (size_t)T * D;
+  if (stage_need < CF_CUDA_UPLOAD_FLOATS) stage_need = CF_CUDA_UPLOAD_FLOATS;
+  if ((rc = cf__dgrow((void **)&b->stage, &b->stage_cap, stage_need * 4))) return rc;
+  if (a->l0 > 0 && (rc = cf__dgrow((void **)&b->hin, &b->hin_cap, (size_t)T * D * 4))) return rc;
+  if (a->hidden_out && (rc = cf__dgrow((void **)&b->hout, &b->hout_cap, (size_t)T * D * 4)))
+    return rc;
+
+  uint16_t *kp[nl], *vp[nl];
+  for (int i = 0; i < nl; i++) {
+    kp[i] = b->kv + (size_t)(2 * i) * plane;
+    vp[i] = b->kv + (size_t)(2 * i + 1) * plane;
+    if (a->t0 > 0) { /* the prefix: fp32 host rows [0, t0) -> bf16 device */
+      size_t n = (size_t)a->t0 * row;
+      CF_CUDA_TRY(cudaMemcpyAsync(b->stage, a->k[i], n * 4, cudaMemcpyHostToDevice, b->stream));
+      if ((rc = cf_bf16_from_f32(kp[i], b->stage, (int64_t)n, b->stream))) return rc;
+      CF_CUDA_TRY(cudaMemcpyAsync(b->stage, a->v[i], n * 4, cudaMemcpyHostToDevice, b->stream));
+      if ((rc = cf_bf16_from_f32(vp[i], b->stage, (int64_t)n, b->stream))) return rc;
+    }
+  }
+  cf_cuda_fwd_args_t d = {a->l0, a->l1, a->t0, a->t1, NULL, NULL, kp, vp, row,
+                         a->hidden_out ? b->hout : NULL};
+  if (a->l0 == 0) {
+    for (int t = 0; t < T; t++)
+      if (a->tokens[t] < 0 || a->tokens[t] >= c->vocab)
+        return cf_seterr(CF_EINVAL, "forward: token %d (position %d) outside vocab [0, %d)",
+                         a->tokens[t], a->t0 + t, c->vocab);
+    if ((rc = cf__dgrow((void **)&b->tok, &b->tok_cap, (size_t)T * 4))) return rc;
+    CF_CUDA_TRY(cudaMemcpyAsync(b->tok, a->tokens, (size_t)T * 4, cudaMemcpyHostToDevice,
+                                b->stream));
+    d.tokens = b->tok;
+  } else {
+    CF_CUDA_TRY(cudaMemcpyAsync(b->hin, a->hidden_in, (size_t)T * D * 4, cudaMemcpyHostToDevice,
+                                b->stream));
+    d.hidden_in = b->hin;
+  }
+  if ((rc = cf_backend_cuda_forward_dev(be, &d, b->stream))) return rc;
+  for (int i = 0; i < nl; i++) { /* the new rows [t0, t1) -> fp32 host */
+    size_t n = (size_t)T * row, o = (size_t)a->t0 * row;
+    if ((rc = cf_f32_from_bf16(b->stage, kp[i] + o, (int64_t)n, b->stream))) return rc;
+    CF_CUDA_TRY(cudaMemcpyAsync(a->k[i] + o, b->stage, n * 4, cudaMemcpyDeviceToHost, b->stream));
+    if ((rc = cf_f32_from_bf16(b->stage, vp[i] + o, (int64_t)n, b->stream))) return rc;
+    CF_CUDA_TRY(cudaMemcpyAsync(a->v[i] + o, b->stage, n * 4, cudaMemcpyDeviceToHost, b->stream));
+  }
+  if (a->hidden_out)
+    CF_CUDA_TRY(cudaMemcpyAsync(a->hidden_out, b->hout, (size_t)T * D * 4,
+                                cudaMemcpyDeviceToHost, b->stream));
+  CF_CUDA_TRY(cudaStreamSynchronize(b->stream));
+  return 0;
+}
+
+static int cf__cuda_upload(cf__cuda_be_t *b) {
+  const cf_model_t *m = b->base.model;
+  const cf_model_config_t *c = &m->cfg;
+  size_t D = c->hidden, I = c->intermediate, hd = c->head_dim;
+  size_t nq = (size_t)c->n_heads * hd, nkv = (size_t)c->n_kv_heads * hd;
+  int rc;
+  if ((rc = cf__dalloc((void **)&b->embed, (size_t)c->vocab * D * 2, "embedding"))) return rc;
+  if ((rc = cf__up_bf16(b, b->embed, m->embed, (size_t)c->vocab * D))) return rc;
+  float invf[512];
+  if (hd / 2 > sizeof invf / sizeof invf[0])
+    return cf_seterr(CF_EUNSUPPORTED, "cuda backend: head_dim %zu > 1024", hd);
+  if ((rc = cf_rope_inv_freq(invf, (int)hd, c->rope_theta, c->rope_kind == CF_ROPE_LLAMA3,
+                             c->rope_factor, c->rope_low_freq_factor, c->rope_high_freq_factor,
+                             c->rope_orig_max_pos)))
+    return rc;
+  if ((rc = cf__up_f32(&b->inv_freq, invf, hd / 2, "rope inv_freq"))) return rc;
+  for (int l = 0; l < c->n_layers; l++) {
+    const cf_layer_weights_t *w = &m->layers[l];
+    cf__cuda_layer_t *L = &b->layers[l];
+    if (!w->wq || !w->wk || !w->wv || !w->wo || !w->w_gate || !w->w_up || !w->w_down ||
+        !w->attn_norm || !w->mlp_norm)
+      return cf_seterr(CF_EINVAL, "cuda backend: layer %d is missing a weight", l);
+    if ((rc = cf__dalloc((void **)&L->wqkv, (nq + 2 * nkv) * D * 2, "wqkv")) ||
+        (rc = cf__up_bf16(b, L->wqkv, w->wq, nq * D)) ||
+        (rc = cf__up_bf16(b, L->wqkv + nq * D, w->wk, nkv * D)) ||
+        (rc = cf__up_bf16(b, L->wqkv + (nq + nkv) * D, w->wv, nkv * D)) ||
+        (rc = cf__dalloc((void **)&L->wo, D * nq * 2, "wo")) ||
+        (rc = cf__up_bf16(b, L->wo, w->wo, D * nq)) ||
+        (rc = cf__dalloc((void **)&L->wgu, 2 * I * D * 2, "w_gate|w_up")) ||
+        (rc = cf__up_bf16(b, L->wgu, w->w_gate, I * D)) ||
+        (rc = cf__up_bf16(b, L->wgu + I * D, w->w_up, I * D)) ||
+        (rc = cf__dalloc((void **)&L->wdown, D * I * 2, "w_down")) ||
+        (rc = cf__up_bf16(b, L->wdown, w->w_down, D * I)) ||
+        (rc = cf__up_f32(&L->attn_norm, w->attn_norm, D, "attn_norm")) ||
+        (rc = cf__up_f32(&L->mlp_norm, w->mlp_norm, D, "mlp_norm")) ||
+        (rc = cf__up_f32(&L->q_norm, c->qk_norm ? w->q_norm : NULL, hd, "q_norm")) ||
+        (rc = cf__up_f32(&L->k_norm, c->qk_norm ? w->k_norm : NULL, hd, "k_norm")) ||
+        (rc = cf__up_bias3(&L->bqkv, w->bq, nq, w->bk, nkv, w->bv, nkv)) ||
+        (rc = cf__up_f32(&L->bo, w->bo, D, "o bias")) ||
+        (rc = cf__up_f32(&L->bgate, w->b_gate, I, "gate bias")) ||
+        (rc = cf__up_f32(&L->bup, w->b_up, I, "up bias")) ||
+        (rc = cf__up_f32(&L->bdown, w->b_down, D, "down bias")))
+      return cf_err_prefix(rc, "layer %d: ", l);
+    if (c->qk_norm && (!w->q_norm || !w->k_norm))
+      return cf_seterr(CF_EINVAL, "cuda backend: layer %d: qk_norm set but q_norm/k_norm missing", l);
+  }
+  CF_CUDA_TRY(cudaStreamSynchronize(b->stream));
+  return 0;
+}
+
+int cf_backend_cuda_create(const cf_model_t *m, int device, cf_backend_t **out) {
+  *out = NULL;
+  if (!m) return cf_seterr(CF_EINVAL, "cf_backend_cuda_create: model is NULL");
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n <= 0) {
+    cudaGetLastError();
+    return cf_seterr(CF_ENODEV, "cuda backend: no CUDA device (cudaGetDeviceCount: %d)", n);
+  }
+  if (device < 0 || device >= n)
+    return cf_seterr(CF_ENODEV, "cuda backend: device %d not in [0, %d)", device, n);
+  const cf_model_config_t *c = &m->cfg;
+  if (c->head_dim % 2 || c->head_dim > 256 || c->n_heads % c->n_kv_heads)
+    return cf_seterr(CF_EUNSUPPORTED, "cuda backend: head_dim %d (even, <= 256 needed), "
+                     "n_heads %d / n_kv_heads %d", c->head_dim, c->n_heads, c->n_kv_heads);
+  cf__cuda_be_t *b = calloc(1, sizeof *b);
+  if (!b) return cf_seterr(CF_ENOMEM, "cuda backend: calloc");
+  b->base.name = "cuda";
+  b->base.model = m;
+  b->base.forward = cf__cuda_forward;
+  b->base.free = cf__cuda_free;
+  b->device = device;
+  b->max_step = CF_CUDA_MAX_STEP;
+  const char *ms = getenv("CF_CUDA_MAX_STEP");  /* tests use small steps to cover the loop */
+  if (ms && atoi(ms) > 0 && atoi(ms) < CF_CUDA_MAX_STEP) b->max_step = atoi(ms);
+  int rc = 0;
+  b->layers = calloc((size_t)c->n_layers, sizeof *b->layers);
+  if (!b->layers) { rc = cf_seterr(CF_ENOMEM, "cuda backend: layers"); goto fail; }
+  if (cudaSetDevice(device) != cudaSuccess ||
+      cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking) != cudaSuccess) {
+    rc = cf_seterr(CF_ECUDA, "cuda backend: cudaSetDevice/cudaStreamCreate on device %d: %s",
+                   device, cudaGetErrorString(cudaGetLastError()));
+    goto fail;
+  }
+  if (cublasCreate(&b->blas) != CUBLAS_STATUS_SUCCESS) {
+    b->blas = NULL;
+    rc = cf_seterr(CF_ECUDA, "cuda backend: cublasCreate failed");
+    goto fail;
+  }
+  if ((rc = cf__dalloc(&b->blas_ws, CF_CUDA_BLAS_WS, "cuBLAS workspace"))) goto fail;
+  if (cublasSetWorkspace(b->blas, b->blas_ws, CF_CUDA_BLAS_WS) != CUBLAS_STATUS_SUCCESS) {
+    rc = cf_seterr(CF_ECUDA, "cuda backend: cublasSetWorkspace failed");
+    goto fail;
+  }
+  if ((rc = cf__dgrow((void **)&b->stage, &b->stage_cap, CF_CUDA_UPLOAD_FLOATS * 4))) goto fail;
+  if ((rc = cf__cuda_upload(b))) goto fail;
+  size_t S = (size_t)b->max_step, D = c->hidden, I = c->intermediate;
+  size_t nq = (size_t)c->n_heads * c->head_dim, nkv = (size_t)c->n_kv_heads * c->head_dim;
+  if ((rc = cf__dalloc((void **)&b->x, S * D * 4, "residual")) ||
+      (rc = cf__dalloc((void **)&b->xn, S * D * 2, "normed")) ||
+      (rc = cf__dalloc((void **)&b->qkv, S * (nq + 2 * nkv) * 2, "qkv")) ||
+      (rc = cf__dalloc((void **)&b->q, S * nq * 2, "q")) ||
+      (rc = cf__dalloc((void **)&b->attn, S * nq * 2, "attention output")) ||
+      (rc = cf__dalloc((void **)&b->gu, S * 2 * I * 2, "gate|up")) ||
+      (rc = cf__dalloc((void **)&b->h, S * I * 2, "mlp hidden")))
+    goto fail;
+  *out = &b->base;
+  return 0;
+fail:
+  cf__cuda_free(&b->base);
+  return rc;
+}
+
+#endif

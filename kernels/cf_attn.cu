@@ -1,0 +1,338 @@
+// cf_attn — flash-style causal GQA attention of a query chunk over a KV prefix.
+#include "kernels/cf_attn.h"
+
+#include <math.h>
+
+#include "kernels/cf_cuda_check.h"
+#include "kernels/cf_kernels_common.cuh"
+
+// kernels
+
+#define CF_ATTN_BC 64  // keys per tile
+
+__device__ __forceinline__ uint32_t cf_smem_addr(const void *p) {
+  return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+// 16-byte async copy global -> shared; src_bytes 0 fills the 16 bytes with zeros.
+__device__ __forceinline__ void cf_cp_async16(void *smem, const void *gmem, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(cf_smem_addr(smem)),
+               "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void cf_cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+template <int N>
+__device__ __forceinline__ void cf_cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void cf_ldsm_x4(uint32_t r[4], const void *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(cf_smem_addr(p)));
+}
+__device__ __forceinline__ void cf_ldsm_x4_t(uint32_t r[4], const void *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(cf_smem_addr(p)));
+}
+
+// D = A(16x16 bf16, row) * B(16x8 bf16, col) + D, fp32.
+__device__ __forceinline__ void cf_mma16816(float d[4], const uint32_t a[4], uint32_t b0,
+                                            uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t cf_pack_bf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *(uint32_t *)&v;
+}
+
+// Block: NW warps, each owns 16 query rows of one head (BR = 16*NW rows per block). Per key
+// tile: S = Q Kᵀ (16 x 64 per warp) in registers, causal mask, online softmax, O += P V with P
+// reused from the S accumulators as the A operand (the m16n8 C layout of two adjacent n-tiles
+// is the m16k16 A layout). Grid: x = query blocks, latest (heaviest) first; y = heads.
+template <int HD, int NW>
+__global__ void __launch_bounds__(NW * 32) cf_attn_mma_kernel(cf_attn_args_t a) {
+  constexpr int BR = 16 * NW, BC = CF_ATTN_BC, LDS = HD + 8;  // +8: conflict-free ldmatrix
+  constexpr int CHUNKS = BC * HD / 8;                           // 16-byte chunks per tile
+  extern __shared__ __align__(16) unsigned char cf_attn_smem[];
+  bf16 *Ks = (bf16 *)cf_attn_smem;  // [2][BC][LDS]
+  bf16 *Vs = Ks + 2 * BC * LDS;     // [2][BC][LDS]
+
+  const int qblk = gridDim.x - 1 - blockIdx.x, h = blockIdx.y;
+  const int g = h / (a.n_heads / a.n_kv_heads);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int Tk = a.t0 + a.Tq;
+  const int q0 = qblk * BR;
+  const int r0 = q0 + warp * 16 + (lane >> 2), r1 = r0 + 8;  // this thread's two query rows
+
+  // Q fragments for all head_dim k-steps, loaded once (rows past Tq are zeros).
+  uint32_t qf[HD / 16][4];
+  {
+    const bf16 *qp0 = (const bf16 *)a.q + (int64_t)r0 * a.q_row_stride + h * HD;
+    const bf16 *qp1 = (const bf16 *)a.q + (int64_t)r1 * a.q_row_stride + h * HD;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+      int c = kk * 16 + (lane & 3) * 2;
+      qf[kk][0] = r0 < a.Tq ? *(const uint32_t *)(qp0 + c) : 0u;
+      qf[kk][1] = r1 < a.Tq ? *(const uint32_t *)(qp1 + c) : 0u;
+      qf[kk][2] = r0 < a.Tq ? *(const uint32_t *)(qp0 + c + 8) : 0u;
+      qf[kk][3] = r1 < a.Tq ? *(const uint32_t *)(qp1 + c + 8) : 0u;
+    }
+  }
+  // Absolute positions; padding rows are clamped to a real one (their output is dropped).
+  const int p0 = a.t0 + min(r0, a.Tq - 1), p1 = a.t0 + min(r1, a.Tq - 1);
+  const int kv_end = min(Tk, a.t0 + q0 + BR);  // keys any row of this block can see
+  const int ntiles = (kv_end + BC - 1) / BC;
+  const float sl2 = a.scale * 1.4426950408889634f;  // exp(x) = exp2(x * log2 e)
+
+  float o[HD / 8][4];
+#pragma unroll
+  for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+
+  const bf16 *kbase = (const bf16 *)a.k + g * HD, *vbase = (const bf16 *)a.v + g * HD;
+  auto load_tile = [&](int tile, int buf) {
+    int kb = tile * BC;
+    for (int c = threadIdx.x; c < CHUNKS; c += NW * 32) {
+      int row = c / (HD / 8), col = (c % (HD / 8)) * 8;
+      int key = kb + row;
+      int ok = key < Tk ? 16 : 0;
+      int64_t off = (int64_t)(key < Tk ? key : 0) * a.kv_row_stride + col;
+      cf_cp_async16(Ks + (buf * BC + row) * LDS + col, kbase + off, ok);
+      cf_cp_async16(Vs + (buf * BC + row) * LDS + col, vbase + off, ok);
+    }
+    cf_cp_async_commit();
+  };
+
+  load_tile(0, 0);
+  for (int j = 0; j < ntiles; j++) {
+    const int buf = j & 1;
+    if (j + 1 < ntiles) {
+      load_tile(j + 1, buf ^ 1);
+      cf_cp_async_wait<1>();
+    } else {
+      cf_cp_async_wait<0>();
+    }
+    __syncthreads();
+    const bf16 *Kt = Ks + buf * BC * LDS, *Vt = Vs + buf * BC * LDS;
+    const int kb = j * BC;
+
+    // S = Q Kᵀ
+    float s[BC / 8][4];
+#pragma unroll
+    for (int i = 0; i < BC / 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+#pragma unroll
+      for (int np = 0; np < BC / 16; np++) {
+        uint32_t b[4];
+        int key = np * 16 + (lane & 7) + (lane >> 4) * 8;
+        int dim = kk * 16 + ((lane >> 3) & 1) * 8;
+        cf_ldsm_x4(b, Kt + key * LDS + dim);
+        cf_mma16816(s[2 * np], qf[kk], b[0], b[1]);
+        cf_mma16816(s[2 * np + 1], qf[kk], b[2], b[3]);
+      }
+    }
+    // Causal mask, only where the tile reaches past the earliest row of this warp.
+    if (kb + BC - 1 > a.t0 + q0 + warp * 16) {
+#pragma unroll
+      for (int nt = 0; nt < BC / 8; nt++) {
+        int key = kb + nt * 8 + (lane & 3) * 2;
+        if (key > p0) s[nt][0] = -INFINITY;
+        if (key + 1 > p0) s[nt][1] = -INFINITY;
+        if (key > p1) s[nt][2] = -INFINITY;
+        if (key + 1 > p1) s[nt][3] = -INFINITY;
+      }
+    }
+    // Online softmax (rows r0: elements 0,1; r1: elements 2,3), reduced over the lane quad.
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < BC / 8; nt++) {
+      mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+      mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    float mn0 = fmaxf(m0, mx0 * sl2), mn1 = fmaxf(m1, mx1 * sl2);
+    // A row with every key so far masked keeps m = -inf; use 0 as its base so exp2 gives 0.
+    float b0 = mn0 == -INFINITY ? 0.f : mn0, b1 = mn1 == -INFINITY ? 0.f : mn1;
+    float al0 = exp2f(m0 - b0), al1 = exp2f(m1 - b1);
+    m0 = mn0;
+    m1 = mn1;
+    float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < BC / 8; nt++) {
+      s[nt][0] = exp2f(s[nt][0] * sl2 - b0);
+      s[nt][1] = exp2f(s[nt][1] * sl2 - b0);
+      s[nt][2] = exp2f(s[nt][2] * sl2 - b1);
+      s[nt][3] = exp2f(s[nt][3] * sl2 - b1);
+      rs0 += s[nt][0] + s[nt][1];
+      rs1 += s[nt][2] + s[nt][3];
+    }
+    l0 = l0 * al0 + rs0;
+    l1 = l1 * al1 + rs1;
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) {
+      o[i][0] *= al0;
+      o[i][1] *= al0;
+      o[i][2] *= al1;
+      o[i][3] *= al1;
+    }
+    // O += P V
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; kk++) {
+      uint32_t pa[4];
+      pa[0] = cf_pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+      pa[1] = cf_pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+      pa[2] = cf_pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      pa[3] = cf_pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int dp = 0; dp < HD / 16; dp++) {
+        uint32_t b[4];
+        int key = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+        int dim = dp * 16 + (lane >> 4) * 8;
+        cf_ldsm_x4_t(b, Vt + key * LDS + dim);
+        cf_mma16816(o[2 * dp], pa, b[0], b[1]);
+        cf_mma16816(o[2 * dp + 1], pa, b[2], b[3]);
+      }
+    }
+    __syncthreads();  // this buffer is refilled by the next iteration's prefetch
+  }
+
+  // Finish: full row sums over the quad, normalise, store bf16 pairs.
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  float il0 = l0 > 0.f ? 1.f / l0 : 0.f, il1 = l1 > 0.f ? 1.f / l1 : 0.f;
+  bf16 *op0 = (bf16 *)a.out + (int64_t)r0 * a.out_row_stride + h * HD;
+  bf16 *op1 = (bf16 *)a.out + (int64_t)r1 * a.out_row_stride + h * HD;
+#pragma unroll
+  for (int dt = 0; dt < HD / 8; dt++) {
+    int c = dt * 8 + (lane & 3) * 2;
+    if (r0 < a.Tq) *(uint32_t *)(op0 + c) = cf_pack_bf16(o[dt][0] * il0, o[dt][1] * il0);
+    if (r1 < a.Tq) *(uint32_t *)(op1 + c) = cf_pack_bf16(o[dt][2] * il1, o[dt][3] * il1);
+  }
+}
+
+// Scalar fallback: one warp per (query, head); lanes split head_dim; keys one at a time with
+// an online softmax. Slow, but any even head_dim <= 256 and no alignment needs.
+#define CF_ATTN_SCALAR_MAXD 8
+__global__ void cf_attn_scalar_kernel(cf_attn_args_t a) {
+  int64_t wid = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5;
+  int lane = threadIdx.x & 31;
+  if (wid >= (int64_t)a.Tq * a.n_heads) return;
+  int i = (int)(wid / a.n_heads), h = (int)(wid % a.n_heads);
+  int g = h / (a.n_heads / a.n_kv_heads), hd = a.head_dim;
+  const bf16 *q = (const bf16 *)a.q + (int64_t)i * a.q_row_stride + h * hd;
+  float qv[CF_ATTN_SCALAR_MAXD], acc[CF_ATTN_SCALAR_MAXD];
+#pragma unroll
+  for (int r = 0; r < CF_ATTN_SCALAR_MAXD; r++) {
+    int d = lane + 32 * r;
+    qv[r] = d < hd ? __bfloat162float(q[d]) : 0.f;
+    acc[r] = 0.f;
+  }
+  float m = -INFINITY, l = 0.f;
+  int last = a.t0 + i;
+  for (int j = 0; j <= last; j++) {
+    const bf16 *k = (const bf16 *)a.k + (int64_t)j * a.kv_row_stride + g * hd;
+    float dot = 0.f;
+#pragma unroll
+    for (int r = 0; r < CF_ATTN_SCALAR_MAXD; r++) {
+      int d = lane + 32 * r;
+      if (d < hd) dot += qv[r] * __bfloat162float(k[d]);
+    }
+    float sc = cf_warp_sum(dot) * a.scale;
+    float mn = fmaxf(m, sc), al = expf(m - mn), p = expf(sc - mn);
+    l = l * al + p;
+    m = mn;
+    const bf16 *v = (const bf16 *)a.v + (int64_t)j * a.kv_row_stride + g * hd;
+#pragma unroll
+    for (int r = 0; r < CF_ATTN_SCALAR_MAXD; r++) {
+      int d = lane + 32 * r;
+      if (d < hd) acc[r] = acc[r] * al + p * __bfloat162float(v[d]);
+    }
+  }
+  bf16 *o = (bf16 *)a.out + (int64_t)i * a.out_row_stride + h * hd;
+#pragma unroll
+  for (int r = 0; r < CF_ATTN_SCALAR_MAXD; r++) {
+    int d = lane + 32 * r;
+    if (d < hd) o[d] = __float2bfloat16_rn(acc[r] / l);
+  }
+}
+
+// launchers
+
+static int cf__attn_check(const cf_attn_args_t *a) {
+  CF_REQUIRE(a && a->q && a->k && a->v && a->out, "cf_attn_prefix: q, k, v, out are required");
+  CF_REQUIRE(a->Tq >= 0 && a->t0 >= 0 && a->n_heads > 0 && a->n_kv_heads > 0 &&
+                 a->n_heads % a->n_kv_heads == 0,
+             "cf_attn_prefix: Tq=%d t0=%d n_heads=%d n_kv_heads=%d (n_heads must be a multiple)",
+             a->Tq, a->t0, a->n_heads, a->n_kv_heads);
+  CF_REQUIRE(a->head_dim > 0 && a->head_dim % 2 == 0 && a->head_dim <= 32 * CF_ATTN_SCALAR_MAXD,
+             "cf_attn_prefix: head_dim %d must be even and <= %d", a->head_dim,
+             32 * CF_ATTN_SCALAR_MAXD);
+  CF_REQUIRE(a->q_row_stride >= (int64_t)a->n_heads * a->head_dim &&
+                 a->out_row_stride >= (int64_t)a->n_heads * a->head_dim &&
+                 a->kv_row_stride >= (int64_t)a->n_kv_heads * a->head_dim,
+             "cf_attn_prefix: row strides q=%lld kv=%lld out=%lld too small",
+             (long long)a->q_row_stride, (long long)a->kv_row_stride,
+             (long long)a->out_row_stride);
+  return 0;
+}
+
+template <int HD, int NW>
+static int cf__attn_mma(const cf_attn_args_t *a, cudaStream_t s) {
+  constexpr int LDS = HD + 8;
+  size_t smem = 2 * 2 * CF_ATTN_BC * LDS * sizeof(bf16);
+  // Raising the dynamic shared-memory limit is per function and idempotent; it allocates nothing.
+  CF_CUDA_TRY(cudaFuncSetAttribute(cf_attn_mma_kernel<HD, NW>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  dim3 grid(cf_div_up(a->Tq, 16 * NW), a->n_heads);
+  cf_attn_mma_kernel<HD, NW><<<grid, NW * 32, smem, s>>>(*a);
+  CF_LAUNCH_TRY();
+  return 0;
+}
+
+extern "C" int cf_attn_prefix_scalar(const cf_attn_args_t *a, cudaStream_t s) {
+  int rc = cf__attn_check(a);
+  if (rc || a->Tq == 0) return rc;
+  int64_t warps = (int64_t)a->Tq * a->n_heads;
+  cf_attn_scalar_kernel<<<cf_div_up(warps, 8), 256, 0, s>>>(*a);
+  CF_LAUNCH_TRY();
+  return 0;
+}
+
+extern "C" int cf_attn_prefix_nw(const cf_attn_args_t *a, int nw, cudaStream_t s) {
+  int rc = cf__attn_check(a);
+  if (rc || a->Tq == 0) return rc;
+  CF_REQUIRE(a->head_dim == 128 && (nw == 4 || nw == 8),
+             "cf_attn_prefix_nw: head_dim %d nw %d (128 with 4 or 8 only)", a->head_dim, nw);
+  return nw == 8 ? cf__attn_mma<128, 8>(a, s) : cf__attn_mma<128, 4>(a, s);
+}
+
+extern "C" int cf_attn_prefix(const cf_attn_args_t *a, cudaStream_t s) {
+  int rc = cf__attn_check(a);
+  if (rc || a->Tq == 0) return rc;
+  bool aligned = a->q_row_stride % 8 == 0 && a->kv_row_stride % 8 == 0 &&
+                 a->out_row_stride % 8 == 0 && (uintptr_t)a->q % 16 == 0 &&
+                 (uintptr_t)a->k % 16 == 0 && (uintptr_t)a->v % 16 == 0 &&
+                 (uintptr_t)a->out % 16 == 0;
+  if (aligned) {
+    switch (a->head_dim) {
+      case 16: return cf__attn_mma<16, 4>(a, s);
+      case 32: return cf__attn_mma<32, 4>(a, s);
+      case 64: return cf__attn_mma<64, 4>(a, s);
+      case 128: return cf__attn_mma<128, 4>(a, s);
+      default: break;
+    }
+  }
+  return cf_attn_prefix_scalar(a, s);
+}

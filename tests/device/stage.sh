@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# tests/device/stage.sh DEST — build here and stage what tests/device/run.sh needs into DEST, so
+# the device machine (no internet, no OpenBLAS/liburing/xxhash packages, no build needed) runs
+# prebuilt binaries: build/tests/kt_*, build/cacheflowctl, the shared libraries they need that
+# the device image lacks (libs/), the fixtures, and tests/device/. Usage (lead or cuda helper):
+#   tests/device/stage.sh /work/main/.devtree
+# then one device call: carry [".devtree"], command
+#   cd .devtree && bash tests/device/run.sh
+set -eu
+DEST=${1:?usage: stage.sh DEST}
+cd "$(dirname "$0")/../.."
+make -j2 >/dev/null
+rm -rf "$DEST"
+mkdir -p "$DEST/build/tests" "$DEST/libs" "$DEST/fixtures" "$DEST/tests"
+cp build/cacheflowctl "$DEST/build/"
+cp build/tests/kt_* "$DEST/build/tests/"
+rm -f "$DEST"/build/tests/*.d
+# System libraries outside the CUDA toolkit (CUDA's own come from the device's toolkit/driver).
+for lib in $(ldd build/cacheflowctl $(ls build/tests/kt_* | grep -v '\.d$') | awk '/=>/ {print $3}' | sort -u); do
+  case "$lib" in
+    */libc.so*|*/libm.so*|*/libdl.so*|*/librt.so*|*/libpthread.so*|*/ld-linux*|*/libgcc_s.so*|*/libstdc++.so*) ;;
+    */libcublas*|*/libcuda.so*) ;;
+    *) cp -L "$lib" "$DEST/libs/" ;;
+  esac
+done
+cp -r ../shared/fixtures/public-llama-gqa "$DEST/fixtures/" 2>/dev/null ||
+  cp -r /work/shared/fixtures/public-llama-gqa "$DEST/fixtures/"
+cp -r tests/fixtures "$DEST/tests/fixtures"
+cp -r tests/device "$DEST/tests/device"
+chmod -R u+w "$DEST"
+du -sh "$DEST"

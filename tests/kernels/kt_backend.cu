@@ -1,0 +1,324 @@
+// kt_backend — the CUDA backend of the model primitive against the CPU backend (the fp32
+// reference) on synthetic models covering every feature (GQA, head_dim 16..128, llama3 RoPE,
+// q/k/v/o/MLP biases, qwen3 q/k norm), whole / chunked / layer-split / multi-step, and against
+// transformers' KV on every fixture checkpoint (bf16 tolerance: relative L2 <= 1e-2).
+// `--bench` times a Llama-3-8B-shaped layer prefill (1k..32k tokens) and compute ∥ load overlap.
+#include <sys/time.h>
+
+#include <functional>
+
+#include <cublas_v2.h>
+
+#include "kernels/cf_attn.h"
+#include "kernels/cf_gemm.h"
+#include "kernels/cf_paged.h"
+#include "kernels/cf_rmsnorm.h"
+#include "kernels/cf_rope.h"
+#include "kernels/cf_swiglu.h"
+#include "kt_common.h"
+extern "C" {
+#include "model/cf_backend.h"
+#include "model/cf_backend_cuda.h"
+#include "model/cf_kv.h"
+#include "model/cf_model_synth.h"
+}
+
+// Worst relative L2 error over layers and k/v of a against ref (same shape).
+static double kv_rel_l2(const cf_kv_t *a, const cf_kv_t *ref, int *wl, char *wkv) {
+  double worst = 0;
+  *wl = -1;
+  *wkv = '-';
+  for (int l = 0; l < ref->n_layers; l++)
+    for (int s = 0; s < 2; s++) {
+      size_t n = (size_t)ref->T * ref->row;
+      std::vector<double> r(n);
+      const float *rp = s ? ref->v[l] : ref->k[l];
+      for (size_t i = 0; i < n; i++) r[i] = rp[i];
+      double e = kt_rel_l2(s ? a->v[l] : a->k[l], r.data(), n);
+      if (!(e <= worst)) { worst = e; *wl = l; *wkv = s ? 'v' : 'k'; }
+    }
+  return worst;
+}
+
+static const char *kt_fixture_dir(void) {
+  const char *f = getenv("CF_FIXTURES");
+  return f ? f : "../shared/fixtures";
+}
+
+struct synth_case {
+  const char *name;
+  int L, hidden, H, KV, hd, I, vocab, llama3, bias, qknorm, T, chunk;
+};
+
+static void test_synth(const synth_case &sc) {
+  cf_model_config_t c = {};
+  cf_synth_preset("tiny", &c);
+  c.n_layers = sc.L; c.hidden = sc.hidden; c.n_heads = sc.H; c.n_kv_heads = sc.KV;
+  c.head_dim = sc.hd; c.intermediate = sc.I; c.vocab = sc.vocab;
+  if (sc.llama3) {
+    c.rope_kind = CF_ROPE_LLAMA3; c.rope_theta = 500000; c.rope_factor = 8;
+    c.rope_low_freq_factor = 1; c.rope_high_freq_factor = 4; c.rope_orig_max_pos = 64;
+  }
+  c.qkv_bias = c.o_bias = c.mlp_bias = sc.bias;
+  if (sc.qknorm) { c.qk_norm = 1; c.arch = CF_ARCH_QWEN3; }
+  cf_synth_opts_t o = {kt_rand(), 0.08f, 0.2f};
+  cf_model_t *m = NULL;
+  cf_backend_t *cpu = NULL, *gpu = NULL;
+  if (!KT_RC(cf_model_synth(&c, &o, &m))) return;
+  if (!KT_RC(cf_backend_cpu_create(m, 0, &cpu)) || !KT_RC(cf_backend_cuda_create(m, 0, &gpu))) {
+    cf_backend_free(cpu);
+    cf_model_synth_free(m);
+    return;
+  }
+  std::vector<int32_t> tok(sc.T);
+  for (auto &t : tok) t = kt_randint(sc.vocab);
+  cf_kv_t ref = {}, got = {}, gch = {};
+  bool ok = KT_RC(cf_kv_init(&ref, &c, sc.T)) && KT_RC(cf_kv_init(&got, &c, sc.T)) &&
+            KT_RC(cf_kv_init(&gch, &c, sc.T)) && KT_RC(cf_kv_compute(cpu, tok.data(), 0, &ref)) &&
+            KT_RC(cf_kv_compute(gpu, tok.data(), 0, &got)) &&
+            KT_RC(cf_kv_compute(gpu, tok.data(), sc.chunk, &gch));
+  int wl;
+  char wkv;
+  double e = ok ? kv_rel_l2(&got, &ref, &wl, &wkv) : INFINITY;
+  kt_check(ok && e <= 1e-2, "backend %s whole, T=%d: cuda vs cpu KV rel L2 %.2e (layer %d %c)",
+           sc.name, sc.T, e, wl, wkv);
+  e = ok ? kv_rel_l2(&gch, &ref, &wl, &wkv) : INFINITY;
+  kt_check(ok && e <= 1e-2, "backend %s chunk %d: cuda vs cpu KV rel L2 %.2e (layer %d %c)",
+           sc.name, sc.chunk, e, wl, wkv);
+  // Layer split: [0, 1) gives hidden states, [1, L) continues from them (l0 > 0 path).
+  if (sc.L >= 2) {
+    std::vector<float> hid((size_t)sc.T * sc.hidden, NAN), hcpu((size_t)sc.T * sc.hidden, NAN);
+    cf_kv_t sp = {};
+    ok = KT_RC(cf_kv_init(&sp, &c, sc.T));
+    cf_fwd_args_t a1 = {0, 1, 0, sc.T, tok.data(), NULL, sp.k, sp.v, hid.data()};
+    cf_fwd_args_t a2 = {1, sc.L, 0, sc.T, NULL, hid.data(), sp.k + 1, sp.v + 1, NULL};
+    cf_fwd_args_t a3 = {0, 1, 0, sc.T, tok.data(), NULL, got.k, got.v, hcpu.data()};
+    ok = ok && KT_RC(cf_backend_forward(gpu, &a1)) && KT_RC(cf_backend_forward(gpu, &a2)) &&
+         KT_RC(cf_backend_forward(cpu, &a3));
+    e = ok ? kv_rel_l2(&sp, &ref, &wl, &wkv) : INFINITY;
+    std::vector<double> hr(hcpu.begin(), hcpu.end());
+    double eh = ok ? kt_rel_l2(hid.data(), hr.data(), hr.size()) : INFINITY;
+    kt_check(ok && e <= 1e-2 && eh <= 1e-2, "backend %s layer split [0,1)+[1,%d): KV rel L2 %.2e "
+             "(layer %d %c), hidden_out vs cpu %.2e", sc.name, sc.L, e, wl, wkv, eh);
+    cf_kv_free(&sp);
+  }
+  cf_kv_free(&ref); cf_kv_free(&got); cf_kv_free(&gch);
+  cf_backend_free(cpu);
+  cf_backend_free(gpu);
+  cf_model_synth_free(m);
+}
+
+static void test_fixture(const char *dir, int chunk) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/kv.safetensors", dir);
+  cf_model_t *m = NULL;
+  cf_backend_t *gpu = NULL;
+  cf_kv_t ref = {}, got = {};
+  int32_t *tok = NULL;
+  if (!KT_RC(cf_model_load(dir, &m))) return;
+  bool ok = KT_RC(cf_kv_load(path, &ref, &tok)) && KT_RC(cf_backend_cuda_create(m, 0, &gpu)) &&
+            KT_RC(cf_kv_init(&got, &m->cfg, ref.T)) &&
+            KT_RC(cf_kv_compute(gpu, tok, chunk, &got));
+  int wl = -1;
+  char wkv = '-';
+  double e = ok ? kv_rel_l2(&got, &ref, &wl, &wkv) : INFINITY, emax = INFINITY;
+  if (ok) cf_kv_max_rel_err(&got, &ref, &emax, NULL, NULL);
+  kt_check(ok && e <= 1e-2, "fixture %s (chunk %d, T=%d, head_dim %d): cuda vs transformers KV "
+           "rel L2 %.2e (layer %d %c), max|err|/max|ref| %.2e", dir, chunk, ref.T,
+           m->cfg.head_dim, e, wl, wkv, emax);
+  cf_kv_free(&ref); cf_kv_free(&got); free(tok);
+  cf_backend_free(gpu);
+  cf_model_free(m);
+}
+
+static double now_ms(void) {
+  struct timeval tv;
+  gettimeofday(&tv, NULL);
+  return tv.tv_sec * 1e3 + tv.tv_usec * 1e-3;
+}
+
+// Where an 8192-token Llama-3-8B layer spends its time: each stage alone, same kernels.
+static void bench_breakdown(void) {
+  const int T = 8192, D = 4096, H = 32, KV = 8, hd = 128, I = 14336, NQKV = (H + 2 * KV) * hd;
+  cublasHandle_t blas;
+  void *ws = kt_dev<char>(32 << 20);
+  if (cublasCreate(&blas) || cublasSetWorkspace(blas, ws, 32 << 20)) return;
+  float *x = kt_dev<float>((size_t)T * D), *w = kt_dev<float>(D), *inv = kt_dev<float>(hd / 2);
+  cf_bf16_t *xn = kt_dev<cf_bf16_t>((size_t)T * D), *qkv = kt_dev<cf_bf16_t>((size_t)T * NQKV);
+  cf_bf16_t *q = kt_dev<cf_bf16_t>((size_t)T * H * hd), *k = kt_dev<cf_bf16_t>((size_t)T * KV * hd);
+  cf_bf16_t *v = kt_dev<cf_bf16_t>((size_t)T * KV * hd), *at = kt_dev<cf_bf16_t>((size_t)T * H * hd);
+  cf_bf16_t *gu = kt_dev<cf_bf16_t>((size_t)T * 2 * I), *h = kt_dev<cf_bf16_t>((size_t)T * I);
+  cf_bf16_t *wqkv = kt_dev<cf_bf16_t>((size_t)NQKV * D), *wo = kt_dev<cf_bf16_t>((size_t)D * D);
+  cf_bf16_t *wgu = kt_dev<cf_bf16_t>((size_t)2 * I * D), *wd = kt_dev<cf_bf16_t>((size_t)D * I);
+  // Finite, non-zero contents everywhere (the poison is NaN).
+  for (auto pr : std::vector<std::pair<void *, size_t>>{{xn, (size_t)T * D}, {qkv, (size_t)T * NQKV},
+       {q, (size_t)T * H * hd}, {k, (size_t)T * KV * hd}, {v, (size_t)T * KV * hd},
+       {gu, (size_t)T * 2 * I}, {wqkv, (size_t)NQKV * D}, {wo, (size_t)D * D},
+       {wgu, (size_t)2 * I * D}, {wd, (size_t)D * I}, {at, (size_t)T * H * hd}, {h, (size_t)T * I}})
+    KT_CUDA(cudaMemset(pr.first, 0x3c, pr.second * 2));
+  KT_CUDA(cudaMemset(x, 0x3f, (size_t)T * D * 4));
+  KT_CUDA(cudaMemset(w, 0x3f, D * 4));
+  std::vector<float> invh(hd / 2);
+  cf_rope_inv_freq(invh.data(), hd, 500000.0, 0, 0, 0, 0, 0);
+  KT_CUDA(cudaMemcpy(inv, invh.data(), hd / 2 * 4, cudaMemcpyHostToDevice));
+  cf_gemm_args_t g1 = {T, NQKV, D, xn, D, wqkv, D, qkv, NQKV, 0, 0.f};
+  cf_rope_args_t ra = {T, 0, H, KV, hd, qkv, NULL, NULL, NULL, 1e-5f, inv, q, k, v, KV * hd};
+  cf_attn_args_t aa = {T, 0, H, KV, hd, 0.088f, q, H * hd, k, v, KV * hd, at, H * hd};
+  cf_gemm_args_t g2 = {T, D, H * hd, at, H * hd, wo, H * hd, x, D, 1, 1.f};
+  cf_gemm_args_t g3 = {T, 2 * I, D, xn, D, wgu, D, gu, 2 * I, 0, 0.f};
+  cf_gemm_args_t g4 = {T, D, I, h, I, wd, I, x, D, 1, 1.f};
+  struct { const char *n; std::function<void()> f; } st[] = {
+      {"rmsnorm", [&] { cf_rmsnorm(xn, x, NULL, w, T, D, 1e-5f, 0); }},
+      {"qkv gemm", [&] { cf_gemm_bf16(blas, &g1, 0); }},
+      {"rope+kv write", [&] { cf_rope_qkv(&ra, 0); }},
+      {"attention", [&] { cf_attn_prefix(&aa, 0); }},
+      {"o gemm +res", [&] { cf_gemm_bf16(blas, &g2, 0); }},
+      {"rmsnorm", [&] { cf_rmsnorm(xn, x, NULL, w, T, D, 1e-5f, 0); }},
+      {"gate|up gemm", [&] { cf_gemm_bf16(blas, &g3, 0); }},
+      {"swiglu", [&] { cf_swiglu(h, gu, NULL, NULL, T, I, 0); }},
+      {"down gemm +res", [&] { cf_gemm_bf16(blas, &g4, 0); }},
+  };
+  double tot = 0;
+  printf("breakdown of an 8192-token layer (each stage alone):\n");
+  for (auto &e : st) {
+    double ms = kt_time_ms(e.f, 10);
+    tot += ms;
+    printf("  %-16s %8.3f ms\n", e.n, ms);
+    printf("RESULT stage %s %.4f\n", e.n, ms);
+  }
+  printf("  %-16s %8.3f ms\n", "sum", tot);
+  KT_CUDA(cudaDeviceSynchronize());
+  for (void *p : std::vector<void *>{ws, x, w, inv, xn, qkv, q, k, v, at, gu, h, wqkv, wo, wgu, wd})
+    cudaFree(p);
+  cublasDestroy(blas);
+}
+
+static void bench(void) {
+  bench_breakdown();
+  cf_model_config_t c = {};
+  cf_synth_preset("tiny", &c);
+  c.n_layers = 1; c.hidden = 4096; c.n_heads = 32; c.n_kv_heads = 8; c.head_dim = 128;
+  c.intermediate = 14336; c.vocab = 1024; c.rope_theta = 500000; c.max_pos = 131072;
+  cf_synth_opts_t o = {42, 0.02f, 0.1f};
+  cf_model_t *m = NULL;
+  cf_backend_t *be = NULL;
+  double t = now_ms();
+  if (!KT_RC(cf_model_synth(&c, &o, &m)) || !KT_RC(cf_backend_cuda_create(m, 0, &be))) return;
+  printf("Llama-3-8B-shaped layer: synth + upload %.0f ms\n", now_ms() - t);
+  const int Tmax = 32768;
+  int32_t *dtok = NULL;
+  uint16_t *dk = NULL, *dv = NULL;
+  std::vector<int32_t> tok(Tmax);
+  for (auto &x : tok) x = kt_randint(c.vocab);
+  dtok = kt_upload(tok);
+  dk = kt_dev<uint16_t>((size_t)Tmax * 1024);
+  dv = kt_dev<uint16_t>((size_t)Tmax * 1024);
+  cudaStream_t s;
+  KT_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  printf("%-8s %10s %14s\n", "tokens", "ms/layer", "us/token/layer");
+  for (int T : {1024, 4096, 16384, 32768}) {
+    cf_cuda_fwd_args_t a = {0, 1, 0, T, dtok, NULL, &dk, &dv, 1024, NULL};
+    if (!KT_RC(cf_backend_cuda_forward_dev(be, &a, s))) return;
+    double ms = kt_time_ms([&] { cf_backend_cuda_forward_dev(be, &a, s); }, T >= 16384 ? 5 : 10, s);
+    printf("%-8d %10.3f %14.3f\n", T, ms, ms * 1e3 / T);
+    printf("RESULT layer_ours %d %.4f\n", T, ms);
+  }
+  // Compute ∥ load: an 8192-token layer prefill on one stream, zero-copy loads of KV into
+  // paged 32 KiB blocks from mapped pinned memory on another; each alone, then together.
+  const int Tc = 8192;
+  cf_cuda_fwd_args_t a = {0, 1, 0, Tc, dtok, NULL, &dk, &dv, 1024, NULL};
+  auto compute = [&] { cf_backend_cuda_forward_dev(be, &a, s); };
+  double cms = kt_time_ms(compute, 5, s);
+  int64_t row = 1024;
+  int Tl = (int)(cms * 1e-3 * 50e9 / (2 * row * 2));  // about as long as the compute at ~50 GB/s
+  Tl = (Tl / 16 + 1) * 16;
+  size_t bytes = (size_t)Tl * row * 2;
+  cf_bf16_t *hk, *hv, *mk, *mv, *cache;
+  KT_CUDA(cudaHostAlloc((void **)&hk, bytes, cudaHostAllocMapped));
+  KT_CUDA(cudaHostAlloc((void **)&hv, bytes, cudaHostAllocMapped));
+  memset(hk, 0x3c, bytes);
+  memset(hv, 0x3d, bytes);
+  KT_CUDA(cudaHostGetDevicePointer((void **)&mk, hk, 0));
+  KT_CUDA(cudaHostGetDevicePointer((void **)&mv, hv, 0));
+  int nlog = Tl / 16;
+  cf_paged_layout_t L;
+  cf_paged_layout_vllm(&L, nlog, 16, 8, 128);
+  KT_CUDA(cudaMalloc((void **)&cache, cf_paged_layout_span(&L) * 2));
+  std::vector<int32_t> table(nlog);
+  for (int i = 0; i < nlog; i++) table[i] = i;
+  for (int i = nlog - 1; i > 0; i--) std::swap(table[i], table[kt_randint(i + 1)]);
+  int32_t *dtable = kt_upload(table);
+  cudaStream_t s2;
+  KT_CUDA(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+  cf_paged_args_t pa = {L, cache, dtable, nlog, 0, Tl, mk, mv, row, 64};
+  auto load = [&] { cf_paged_scatter(&pa, s2); };
+  auto wall = [&](bool c1, bool c2) {
+    std::vector<double> v;
+    for (int i = 0; i < 7; i++) {
+      KT_CUDA(cudaDeviceSynchronize());
+      double t0 = now_ms();
+      if (c1) compute();
+      if (c2) load();
+      KT_CUDA(cudaDeviceSynchronize());
+      if (i >= 2) v.push_back(now_ms() - t0);
+    }
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  double wc = wall(true, false), wl = wall(false, true), wb = wall(true, true);
+  double longer = std::max(wc, wl);
+  printf("overlap: compute %.2f ms (8192-token layer), load %.2f ms (%.0f MiB into 32 KiB paged "
+         "blocks, %.1f GB/s), both %.2f ms = %.3f x the longer alone\n", wc, wl,
+         2.0 * bytes / 1048576.0, 2.0 * bytes / wl / 1e6, wb, wb / longer);
+  printf("RESULT overlap %.4f %.4f %.4f\n", wc, wl, wb);
+  pa.ctas = 0;  // the same load with a full grid (1056 CTAs): how much it takes from compute
+  double wl2 = wall(false, true), wb2 = wall(true, true);
+  printf("overlap, load on a full grid: load %.2f ms, both %.2f ms = %.3f x the longer alone\n",
+         wl2, wb2, wb2 / std::max(wc, wl2));
+  printf("RESULT overlap_fullgrid %.4f %.4f %.4f\n", wc, wl2, wb2);
+  KT_CUDA(cudaDeviceSynchronize());
+  cudaFreeHost(hk); cudaFreeHost(hv); cudaFree(cache); cudaFree(dtable);
+  cudaFree(dtok); cudaFree(dk); cudaFree(dv);
+  cudaStreamDestroy(s); cudaStreamDestroy(s2);
+  cf_backend_free(be);
+  cf_model_synth_free(m);
+}
+
+int main(int argc, char **argv) {
+  bool b;
+  if (!kt_init(argc, argv, &b)) return kt_finish();
+  if (b) { bench(); return kt_finish(); }
+  synth_case cases[] = {
+      {"tiny-hd16", 2, 64, 4, 2, 16, 128, 256, 0, 0, 0, 200, 64},
+      {"llama3-bias-hd128", 2, 256, 4, 2, 128, 512, 500, 1, 1, 0, 300, 100},
+      {"qwen3-qknorm-hd64", 2, 128, 8, 2, 64, 320, 300, 0, 0, 1, 150, 37},
+      {"gqa3-hd32", 3, 96, 6, 2, 32, 200, 300, 0, 0, 0, 100, 33},
+      {"mqa-hd24", 2, 48, 4, 1, 24, 96, 100, 1, 1, 1, 90, 40},
+  };
+  for (auto &sc : cases) test_synth(sc);
+  setenv("CF_CUDA_MAX_STEP", "48", 1);  // several internal steps per call
+  synth_case step = {"max-step-48", 2, 64, 4, 2, 16, 128, 256, 1, 0, 0, 170, 100};
+  test_synth(step);
+  unsetenv("CF_CUDA_MAX_STEP");
+  char dir[1024];
+  snprintf(dir, sizeof dir, "%s/public-llama-gqa", kt_fixture_dir());
+  test_fixture(dir, 0);
+  test_fixture(dir, 64);
+  for (const char *f : {"llama3-bf16", "qwen2-bias", "qwen3-qknorm", "mistral-nowindow",
+                        "llama-sharded", "llama-v4config"}) {
+    snprintf(dir, sizeof dir, "tests/fixtures/%s", f);
+    test_fixture(dir, 0);
+  }
+  // No GPU at this index: CF_ENODEV so callers fall back to the CPU backend.
+  cf_model_t *m = NULL;
+  cf_model_config_t c;
+  cf_synth_preset("tiny", &c);
+  cf_synth_opts_t o = {1, 0.1f, 0.f};
+  if (KT_RC(cf_model_synth(&c, &o, &m))) {
+    cf_backend_t *be = NULL;
+    kt_check(cf_backend_cuda_create(m, 99, &be) == CF_ENODEV && !be,
+             "cuda backend on device 99: CF_ENODEV (%s)", cf_errmsg());
+    cf_model_synth_free(m);
+  }
+  return kt_finish();
+}
