@@ -143,6 +143,9 @@ static void cf__run_group(cf_batch_t *b, cf_batch_job_t **jobs, int n, int polic
       pi.bound_s = bound > s->tail_s ? bound : s->tail_s;
       res[i].predicted_s = pi.predicted_s;
       res[i].bound_s = pi.bound_s;
+      /* Reset the readiness slot BEFORE the engine learns it from the plan event: a reused
+       * slot still says DONE with every layer from its previous restore. */
+      if (jobs[i]->ready) cf_ready_begin(jobs[i]->ready, jobs[i]->ready_slot, jobs[i]->req_id);
       if (jobs[i]->on_plan) jobs[i]->on_plan(jobs[i], &pi);
       cf_exec_req_t *r = &er[i];
       *r = (cf_exec_req_t){.n_tokens = jobs[i]->n_tokens, .tokens = jobs[i]->tokens,

@@ -153,6 +153,12 @@ static int prefill_layers(engine_t *e, const int32_t *blocks, int t0, int t1, in
   for (int l = 0; l < e->L && !rc; l++) {
     if (slot >= 0 && (rc = cf_ready_wait(&e->ready, slot, (uint64_t)l + 1, 60000000000LL, NULL))) break;
     if (t0) cf_kvmap_gather(&e->kv, l, blocks, 0, t0, k, v);
+    if (slot >= 0) /* the blocks were filled with NaN before the restore: none may remain in a ready layer */
+      for (size_t i = 0; i < (size_t)t0 * e->row; i++)
+        if (isnan(k[i]) || isnan(v[i])) {
+          rc = cf_seterr(CF_EINTERNAL, "layer %d announced ready but token %zu was never written", l, i / e->row);
+          goto out;
+        }
     float *kk[1] = {k}, *vv[1] = {v};
     cf_fwd_args_t a = {.l0 = l, .l1 = l + 1, .t0 = t0, .t1 = t1, .tokens = e->conv + t0, .hidden_in = h0,
                        .k = kk, .v = vv, .hidden_out = h1};
