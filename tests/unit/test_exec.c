@@ -168,6 +168,42 @@ CF_TEST(exec_fixed_policies_match_full_recompute) {
   fx_free(&f);
 }
 
+/* One random restore on fixture f (n_full full chunks, maybe a partial tail): a random
+ * staircase, each stored cell failing with probability 1/fail_one_in (evicted or corrupt), run
+ * with n_loaders loaders; the engine must end with the full-recompute KV, loaded cells exact. */
+static void random_restore(fx_t *f, int n_full, int fail_one_in, int n_loaders, const char *what) {
+  int n = f->n_chunks, L = f->L;
+  int *h = malloc(sizeof(int) * n), *H = malloc(sizeof(int) * n), *fail = calloc((size_t)n * L, sizeof(int));
+  for (int c = 0; c < n; c++) h[c] = c >= n_full ? L : (int)(cf_test_rand() % (L + 1));
+  for (int c = 0; c < n; c++) {
+    H[c] = h[c];
+    for (int l = 0; c < n_full && l < L; l++)
+      if (cf_test_rand() % fail_one_in == 0) {
+        fail[c * L + l] = cf_test_rand() % 2 ? CF_ECORRUPT : CF_ENOTFOUND;
+        if (l >= h[c] && l + 1 > H[c]) H[c] = l + 1;
+      }
+  }
+  cf_cellsrc_mem_t mem;
+  cf_cellsrc_mem_init(&mem, "ssd", 1, f->cells, n, L, f->C, f->row, fail, NULL);
+  cf_cellsrc_t **srcs = malloc(sizeof(void *) * n);
+  void **refs = malloc(sizeof(void *) * n);
+  for (int c = 0; c < n; c++) srcs[c] = &mem.src;
+  cf_exec_t ex;
+  CF_CHECK_OK(cf_exec_init(&ex, f->be, n_loaders));
+  clear_engine(f);
+  cf_exec_req_t r;
+  fx_req(f, &r, h, srcs, refs);
+  CF_CHECK_OK(cf_exec_run(&ex, &r, 1));
+  CF_CHECK_EQ(fx_verify(f, H, what), 0);
+  CF_CHECK_EQ(r.stats.cells_computed + r.stats.cells_loaded[1], (uint64_t)n * L);
+  uint64_t sumH = 0;
+  for (int c = 0; c < n; c++) sumH += (uint64_t)H[c];
+  /* cells of a raised chunk loaded before the raise keep their loaded bytes */
+  CF_CHECK_LE(r.stats.cells_computed, sumH);
+  CF_CHECK_GE(r.stats.cells_computed + r.stats.load_failures, r.stats.cells_planned_compute);
+  free(h); free(H); free(fail); free(srcs); free(refs);
+}
+
 /* Random staircases, random faults (evicted / corrupt cells), random block sizes and a
  * partial last chunk: the engine always ends with the full-recompute KV. */
 CF_TEST(exec_random_plans_with_faults) {
@@ -175,44 +211,12 @@ CF_TEST(exec_random_plans_with_faults) {
     int L = 2 + (int)(cf_test_rand() % 4), C = 8 << (cf_test_rand() % 2);
     int n_full = 2 + (int)(cf_test_rand() % 6), tail = (int)(cf_test_rand() % 2) * (1 + (int)(cf_test_rand() % (C - 1)));
     int T = n_full * C + tail, bs = 1 << (cf_test_rand() % 5);
-    char name[32];
+    char name[32], what[64];
     snprintf(name, sizeof name, "kv_rand%d", iter);
+    snprintf(what, sizeof what, "iter %d (L %d, C %d, T %d, bs %d)", iter, L, C, T, bs);
     fx_t f;
     fx_init(&f, L, C, T, bs, name);
-    int n = f.n_chunks;
-    int *h = malloc(sizeof(int) * n), *H = malloc(sizeof(int) * n), *fail = calloc((size_t)n * L, sizeof(int));
-    for (int c = 0; c < n; c++) h[c] = (c == n_full) ? L : (int)(cf_test_rand() % (L + 1));
-    for (int c = 0; c < n_full; c++) {
-      H[c] = h[c];
-      for (int l = 0; l < L; l++)
-        if (cf_test_rand() % 5 == 0) {
-          fail[c * L + l] = cf_test_rand() % 2 ? CF_ECORRUPT : CF_ENOTFOUND;
-          if (l >= h[c] && l + 1 > H[c]) H[c] = l + 1;
-        }
-    }
-    if (tail) H[n_full] = L;
-    cf_cellsrc_mem_t mem;
-    cf_cellsrc_mem_init(&mem, "cpu", 1, f.cells, f.n_chunks, L, C, f.row, fail, NULL);
-    cf_cellsrc_t **srcs = malloc(sizeof(void *) * n);
-    void **refs = malloc(sizeof(void *) * n);
-    for (int c = 0; c < n; c++) srcs[c] = &mem.src;
-    cf_exec_t ex;
-    CF_CHECK_OK(cf_exec_init(&ex, f.be, 1 + iter % 3));
-    clear_engine(&f);
-    cf_exec_req_t r;
-    fx_req(&f, &r, h, srcs, refs);
-    CF_CHECK_OK(cf_exec_run(&ex, &r, 1));
-    char what[64];
-    snprintf(what, sizeof what, "iter %d (L %d, C %d, T %d, bs %d)", iter, L, C, T, bs);
-    CF_CHECK_EQ(fx_verify(&f, H, what), 0);
-    uint64_t total = r.stats.cells_computed + r.stats.cells_loaded[1];
-    CF_CHECK_EQ(total, (uint64_t)n * L);
-    uint64_t sumH = 0;
-    for (int c = 0; c < n; c++) sumH += (uint64_t)H[c];
-    /* cells of a raised chunk loaded before the raise keep their loaded bytes */
-    CF_CHECK_LE(r.stats.cells_computed, sumH);
-    CF_CHECK_GE(r.stats.cells_computed + r.stats.load_failures, r.stats.cells_planned_compute);
-    free(h); free(H); free(fail); free(srcs); free(refs);
+    random_restore(&f, n_full, 5, 1 + iter % 3, what);
     fx_free(&f);
   }
 }
@@ -487,30 +491,7 @@ CF_TEST(exec_cpu_backend_random_plans_with_faults) {
     snprintf(name, sizeof name, "kv_cpu%d", iter);
     fx_t f;
     fx_init_be(&f, be, C, T, 1 << (iter % 4), name);
-    int n = f.n_chunks, L = f.L;
-    int *h = malloc(sizeof(int) * n), *H = malloc(sizeof(int) * n), *fail = calloc((size_t)n * L, sizeof(int));
-    for (int c = 0; c < n; c++) h[c] = c == n_full ? L : (int)(cf_test_rand() % (L + 1));
-    for (int c = 0; c < n; c++) {
-      H[c] = h[c];
-      if (c < n_full && cf_test_rand() % 3 == 0) {
-        int l = (int)(cf_test_rand() % L);
-        fail[c * L + l] = CF_ECORRUPT;
-        if (l + 1 > H[c]) H[c] = l + 1;
-      }
-    }
-    cf_cellsrc_mem_t mem;
-    cf_cellsrc_mem_init(&mem, "cpu", 0, f.cells, n, L, C, f.row, fail, NULL);
-    cf_cellsrc_t **srcs = malloc(sizeof(void *) * n);
-    void **refs = malloc(sizeof(void *) * n);
-    for (int c = 0; c < n; c++) srcs[c] = &mem.src;
-    cf_exec_t ex;
-    CF_CHECK_OK(cf_exec_init(&ex, f.be, 2));
-    clear_engine(&f);
-    cf_exec_req_t r;
-    fx_req(&f, &r, h, srcs, refs);
-    CF_CHECK_OK(cf_exec_run(&ex, &r, 1));
-    CF_CHECK_EQ(fx_verify(&f, H, "cpu backend"), 0);
-    free(h); free(H); free(fail); free(srcs); free(refs);
+    random_restore(&f, n_full, 8, 2, "cpu backend");
     fx_free(&f);
   }
   cf_model_synth_free(m);
