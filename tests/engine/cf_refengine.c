@@ -460,7 +460,7 @@ int main(int argc, char **argv) {
     }
     print_result(&e, r, "session", turn, o->new_tokens, baseline_ms, logits_ok);
     if (r->rc || !logits_ok || r->verify_bad) failures++;
-    if (o->unreg_mid) { free(r); break; }
+    if (o->unreg_mid) { cf_kv_free(&ref); free(r); break; }
     /* the turn's tokens are now in sequence 0's blocks: save prefix + new for the next turn */
     int T = prefix + o->new_tokens;
     for (int i = 0; i < (T + o->block - 1) / o->block; i++) blk32[i] = (uint32_t)r->blocks[i];
@@ -500,6 +500,8 @@ int main(int argc, char **argv) {
   cf_kvmap_close(&e.kv);
   cf_backend_free(e.be);
   cf_model_free(e.m);
+  for (int l = 0; l < e.L; l++) { free(e.shadow_k[l]); free(e.shadow_v[l]); }
+  free(e.shadow_k); free(e.shadow_v);
   free(e.conv); free(logits); free(logits_ref); free(tok32); free(blk32);
   return failures ? 1 : 0;
 }
