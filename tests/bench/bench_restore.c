@@ -155,8 +155,9 @@ static void bench_bandwidth(const char *tmp, int T) {
   printf("  %-34s %8.2f %10.2f %10.2f\n", "memcpy, 1 thread, block-sized calls", mp, mp / m1, mp / m2);
   printf("  %-34s %8.2f %10.2f %10.2f\n", "restore, 1 loader", best[1], best[1] / m1, best[1] / m2);
   printf("  %-34s %8.2f %10.2f %10.2f\n", "restore, 2 loaders", best[2], best[2] / m1, best[2] / m2);
-  printf("  goal: restore >= 0.8 x the best 1-thread memcpy baseline: %s (%.2f)\n", best[2] / base >= 0.8 ? "met" : "NOT met",
-         best[2] / base);
+  /* same parallelism on both sides: two loaders against memcpy on two threads */
+  printf("  goal: restore (2 loaders) >= 0.8 x memcpy (2 threads): %s (%.2f; %.2f x the best 1-thread memcpy)\n",
+         best[2] / m2 >= 0.8 ? "met" : "NOT met", best[2] / m2, best[2] / base);
   free(a); free(b);
   cf_kvmap_close(&kv);
   cf_store_close(st);
