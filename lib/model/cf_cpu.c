@@ -8,7 +8,7 @@
  *
  * Parallelism: OpenBLAS is set to one thread and the backend splits the work itself over its
  * own persistent pool — projections by output columns (each thread one sgemm on a slice of
- * the weight), attention by (head, query block) items handed out through an atomic counter.
+ * the weight), attention by (KV head, query block) items handed out through an atomic counter.
  * One forward call runs at a time per backend (a mutex serialises callers).
  */
 #include <cblas.h>
@@ -197,23 +197,36 @@ typedef struct {
   size_t scratch_per;
 } cf__attn_job_t;
 
+/* Per-thread floats of attention scratch: packed queries and outputs of one item, plus the
+ * kernel's score tile. */
+static size_t cf__attn_per_thread(const cf_model_config_t *c) {
+  int rows = CF__CPU_QB * (c->n_heads / c->n_kv_heads);
+  return cf__attn_scratch_floats(rows) + 2 * (size_t)rows * c->head_dim;
+}
+
+/* Items are (KV head, query block): the rep query heads of a group are packed row-interleaved
+ * (token i, head j → row i*rep + j) so one pair of sgemms serves the whole group. */
 static void cf__attn_worker(void *ctx, int tid, int nt) {
   cf__attn_job_t *j = ctx;
   const cf_model_config_t *c = j->cfg;
-  int hd = c->head_dim, rep = c->n_heads / c->n_kv_heads;
-  size_t qd = (size_t)c->n_heads * hd, kvd = (size_t)c->n_kv_heads * hd;
-  int nqb = (j->n + CF__CPU_QB - 1) / CF__CPU_QB, items = nqb * c->n_heads;
+  int hd = c->head_dim, G = c->n_kv_heads, rep = c->n_heads / G;
+  size_t qd = (size_t)c->n_heads * hd, kvd = (size_t)G * hd, grp = (size_t)rep * hd;
+  int nqb = (j->n + CF__CPU_QB - 1) / CF__CPU_QB, items = nqb * G;
   float scale = (float)(1.0 / sqrt((double)hd));
-  float *scr = j->scratch + (size_t)tid * j->scratch_per;
+  float *qp = j->scratch + (size_t)tid * j->scratch_per;
+  float *op = qp + (size_t)CF__CPU_QB * grp, *scr = op + (size_t)CF__CPU_QB * grp;
   for (;;) {
-    /* Later query blocks cost more (more keys): hand them out first, heads interleaved. */
+    /* Later query blocks cost more (more keys): hand them out first, groups interleaved. */
     int it = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
     if (it >= items) break;
-    int qb = nqb - 1 - it / c->n_heads, h = it % c->n_heads, g = h / rep;
+    int qb = nqb - 1 - it / G, g = it % G;
     int i0 = qb * CF__CPU_QB, nq = j->n - i0 < CF__CPU_QB ? j->n - i0 : CF__CPU_QB;
-    cf__attn_rows(j->q + (size_t)i0 * qd + (size_t)h * hd, qd, j->k + (size_t)g * hd,
-                  j->v + (size_t)g * hd, kvd, hd, j->p + i0, nq, scale,
-                  j->o + (size_t)i0 * qd + (size_t)h * hd, qd, scr);
+    for (int i = 0; i < nq; i++)
+      memcpy(qp + i * grp, j->q + (size_t)(i0 + i) * qd + g * grp, sizeof(float) * grp);
+    cf__attn_rows(qp, hd, j->k + (size_t)g * hd, j->v + (size_t)g * hd, kvd, hd, j->p + i0, nq,
+                  rep, scale, op, hd, scr);
+    for (int i = 0; i < nq; i++)
+      memcpy(j->o + (size_t)(i0 + i) * qd + g * grp, op + i * grp, sizeof(float) * grp);
   }
 }
 
@@ -226,7 +239,7 @@ static int cf__cpu_forward(cf_backend_t *be, const cf_fwd_args_t *a) {
   int T = a->t1 - a->t0, D = c->hidden, hd = c->head_dim, half = hd / 2, NI = c->intermediate;
   size_t qd = (size_t)c->n_heads * hd, kvd = (size_t)c->n_kv_heads * hd;
   int TB = T < CF__CPU_TB ? T : CF__CPU_TB;
-  size_t attn_per = cf__attn_scratch_floats(CF__CPU_QB);
+  size_t attn_per = cf__attn_per_thread(c);
 
   float *x = a->hidden_out, *xown = NULL;
   if (!x) x = xown = malloc(sizeof(float) * (size_t)T * D);

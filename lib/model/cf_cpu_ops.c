@@ -8,8 +8,9 @@
 #include <string.h>
 
 /* Hot elementwise loops get AVX-512, AVX2+FMA and baseline clones picked at load time, so one
- * binary runs everywhere and uses the widest vectors the CPU has. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+ * binary runs everywhere and uses the widest vectors the CPU has. Not under ThreadSanitizer:
+ * the ifunc resolvers run before its runtime is up and crash the process. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define CF__SIMD __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define CF__SIMD
@@ -153,39 +154,41 @@ CF__SIMD static void cf__softmax_block_row(float *s, int valid, int kn, float sc
     for (int d = 0; d < hd; d++) o[d] *= alpha;
 }
 
-size_t cf__attn_scratch_floats(int nq) { return (size_t)nq * (CF__ATTN_BK + 2); }
+size_t cf__attn_scratch_floats(int nrows) { return (size_t)nrows * (CF__ATTN_BK + 2); }
 
 void cf__attn_rows(const float *q, size_t ldq, const float *k, const float *v, size_t ldkv,
-                   int hd, int p0, int nq, float scale, float *o, size_t ldo, float *scratch) {
-  float *S = scratch;                               /* [nq][BK] scores, then probabilities */
-  float *m = scratch + (size_t)nq * CF__ATTN_BK;    /* running row max */
-  float *l = m + nq;                                /* running row sum */
+                   int hd, int p0, int nq, int rep, float scale, float *o, size_t ldo,
+                   float *scratch) {
+  int nr = nq * rep;                                /* rows: query i, head j at row i*rep + j */
+  float *S = scratch;                               /* [nr][BK] scores, then probabilities */
+  float *m = scratch + (size_t)nr * CF__ATTN_BK;    /* running row max */
+  float *l = m + nr;                                /* running row sum */
   int nk = p0 + nq; /* keys visible to the last query */
-  for (int i = 0; i < nq; i++) {
-    m[i] = -INFINITY;
-    l[i] = 0;
-    memset(o + (size_t)i * ldo, 0, sizeof(float) * hd);
+  for (int r = 0; r < nr; r++) {
+    m[r] = -INFINITY;
+    l[r] = 0;
+    memset(o + (size_t)r * ldo, 0, sizeof(float) * hd);
   }
   for (int kb = 0; kb < nk; kb += CF__ATTN_BK) {
     int kn = nk - kb < CF__ATTN_BK ? nk - kb : CF__ATTN_BK;
     /* Queries whose position is below kb see nothing of this block; start at the first that does. */
-    int i0 = kb > p0 ? kb - p0 : 0;
-    int mq = nq - i0;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mq, kn, hd, 1.0f,
-                q + (size_t)i0 * ldq, (int)ldq, k + (size_t)kb * ldkv, (int)ldkv, 0.0f,
-                S + (size_t)i0 * CF__ATTN_BK, CF__ATTN_BK);
-    for (int i = i0; i < nq; i++) {
-      int valid = p0 + i + 1 - kb; /* keys kb .. p0+i */
-      cf__softmax_block_row(S + (size_t)i * CF__ATTN_BK, valid < kn ? valid : kn, kn, scale,
-                            &m[i], &l[i], o + (size_t)i * ldo, hd);
+    int r0 = (kb > p0 ? kb - p0 : 0) * rep;
+    int mr = nr - r0;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mr, kn, hd, 1.0f,
+                q + (size_t)r0 * ldq, (int)ldq, k + (size_t)kb * ldkv, (int)ldkv, 0.0f,
+                S + (size_t)r0 * CF__ATTN_BK, CF__ATTN_BK);
+    for (int r = r0; r < nr; r++) {
+      int valid = p0 + r / rep + 1 - kb; /* keys kb .. position of row r */
+      cf__softmax_block_row(S + (size_t)r * CF__ATTN_BK, valid < kn ? valid : kn, kn, scale,
+                            &m[r], &l[r], o + (size_t)r * ldo, hd);
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, mq, hd, kn, 1.0f,
-                S + (size_t)i0 * CF__ATTN_BK, CF__ATTN_BK, v + (size_t)kb * ldkv, (int)ldkv,
-                1.0f, o + (size_t)i0 * ldo, (int)ldo);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, mr, hd, kn, 1.0f,
+                S + (size_t)r0 * CF__ATTN_BK, CF__ATTN_BK, v + (size_t)kb * ldkv, (int)ldkv,
+                1.0f, o + (size_t)r0 * ldo, (int)ldo);
   }
-  for (int i = 0; i < nq; i++) {
-    float inv = 1.0f / l[i];
-    float *orow = o + (size_t)i * ldo;
+  for (int r = 0; r < nr; r++) {
+    float inv = 1.0f / l[r];
+    float *orow = o + (size_t)r * ldo;
     for (int d = 0; d < hd; d++) orow[d] *= inv;
   }
 }

@@ -185,13 +185,20 @@ CF_TEST(cpu_matches_double_reference_every_feature) {
   check_vs_reference(full_feature_model(), 2, 300);
 }
 
-CF_TEST(cpu_plain_llama_matches_reference_one_thread) {
-  cf_model_config_t c;
-  CF_CHECK_OK(cf_synth_preset("tiny", &c));
-  cf_synth_opts_t o = {.seed = 3, .std = 0.1f};
-  cf_model_t *m;
-  CF_CHECK_OK(cf_model_synth(&c, &o, &m));
-  check_vs_reference(m, 1, 70);
+/* Plain llama with multi-head (4 KV heads of 4), multi-query (1 of 4) and 8:2 GQA attention:
+ * the kernel stacks the query heads of a KV group, so every group width is checked. */
+CF_TEST(cpu_plain_llama_mha_mqa_match_reference) {
+  int kv_heads[] = {4, 1, 2};
+  for (int i = 0; i < 3; i++) {
+    cf_model_config_t c;
+    CF_CHECK_OK(cf_synth_preset("tiny", &c));
+    c.n_kv_heads = kv_heads[i];
+    if (i == 2) { c.n_heads = 8; c.head_dim = 8; }
+    cf_synth_opts_t o = {.seed = 3 + i, .std = 0.1f};
+    cf_model_t *m;
+    CF_CHECK_OK(cf_model_synth(&c, &o, &m));
+    check_vs_reference(m, i == 0 ? 1 : 2, i == 2 ? 300 : 70);
+  }
 }
 
 /* Chunk by chunk through the primitive, each call given the KV prefix of the earlier chunks. */
