@@ -16,11 +16,6 @@
 #define CF_CFG_STR_MAX 512
 
 typedef enum { CF_EVICT_LRU = 0, CF_EVICT_S3FIFO } cf_evict_kind_t;
-/* Same order as the proto's Policy enum minus POLICY_DEFAULT (value = enum - 1). */
-typedef enum {
-  CF_POLICY_RECOMPUTE = 0, CF_POLICY_LOAD, CF_POLICY_CAKE, CF_POLICY_LAYERWISE,
-  CF_POLICY_CACHEFLOW, CF_POLICY_OPTIMAL
-} cf_policy_kind_t;
 typedef enum { CF_BACKEND_AUTO = 0, CF_BACKEND_CPU, CF_BACKEND_CUDA } cf_backend_kind_t;
 
 typedef struct {
@@ -32,7 +27,8 @@ typedef struct {
   int64_t cpu_tier_bytes, ssd_tier_bytes;
   int eviction;                         /* cf_evict_kind_t */
   int64_t chunk_tokens;
-  int policy;                           /* cf_policy_kind_t */
+  int policy;                           /* cf_policy_t (sched/cf_sched.h): same order as the
+                                         * choices, = the proto's Policy minus 1 */
   int64_t batch_window_us, batch_max;
   double cpu_read_gbps, ssd_read_gbps;  /* 0 = unlimited */
   int64_t drain_timeout_s;

@@ -1,15 +1,20 @@
-/* cf_dataplane — the data path behind cf_service's hooks: the model on its backend, the KV
- * store, the scheduler thread (cf_batch) and the engines' shared-memory buffers and readiness
- * counters (lib/ipc).
+/* cf_dataplane — the restore executor behind cf_service's hooks.
  *
- * Hooks run on the loop thread. Restore progress comes back from the scheduler and executor
- * threads through one FIFO event queue and a uv_async, so every cf_service_restore_event/done
- * call happens on the loop thread, in the order the events were produced.
+ * cf_storage provides the engine mappings, Lookup, Save and Evict; cf_planner (called by the
+ * service's batcher) plans each restore. This module adds what executing a plan needs:
+ *   - per engine, a view of its mapped buffers for lib/exec and a readiness-counter file
+ *     (/dev/shm/cacheflowd-<pid>-ready-<engine id>, returned by RegisterEngine);
+ *   - restore_slot: the counter slot of a restore, reset before its PlanSummary goes out;
+ *   - restore_batch: copies each planned restore's tokens, blocks and staircase into a job for
+ *     the executor thread (cf_batch); a restore the planner could not plan gets a plan of its own
+ *     (load what is cached, compute the rest) and its PlanSummary from here;
+ *   - restore_cancel: Unregister or a departed client cancels the job; it ends ABORTED / CANCELLED.
+ * Progress comes back from the executor threads through one FIFO event queue and a uv_async, so
+ * every cf_service_restore_event/done call happens on the loop thread, in order.
  *
- * Lifetimes: an engine's mapping lives until the service drops its last reference
- * (engine_removed), which happens only after every restore holding the engine ended — and a
- * restore ends only after its executor run returned. So Unregister during a Restore cancels the
- * restore (it ends ABORTED, naming the unregistration) and never pulls memory from under it.
+ * Lifetimes: an engine's mapping lives until the service drops its last reference, which happens
+ * only after every restore holding the engine ended — and a restore ends only after its executor
+ * run returned. So Unregister during a Restore never pulls memory from under the executor.
  */
 #ifndef CF_DATAPLANE_H
 #define CF_DATAPLANE_H
@@ -18,22 +23,23 @@
 
 #include "cf_config.h"
 #include "cf_service.h"
+#include "model/cf_backend.h"
+#include "store/cf_store.h"
 
 typedef struct cf_dataplane_s cf_dataplane_t;
 
-/* Load the model named by cfg->model onto its backend, open the store in cfg->store_dir, profile
- * the backend and start the scheduler thread. `cfg` is read live (reload). Returns 0 or CF_E*
- * with a detail (model, store, profiling). */
-int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *cfg);
-/* The hooks to pass to cf_service_init. */
-const cf_service_backend_t *cf_dataplane_backend(cf_dataplane_t *dp);
-/* SIGHUP: apply reloadable settings (read-rate limits). */
+/* Start the executor thread on backend `be` and `store` (both borrowed; they must outlive
+ * cf_dataplane_close) and wrap the hooks in *hooks (cf_storage's): engine_added/removed are
+ * chained, restore_batch/restore_cancel/restore_slot are ours. `cfg` is read live (reload).
+ * Returns 0 or CF_E*. */
+int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *cfg, cf_backend_t *be,
+                      cf_store_t *store, cf_service_backend_t *hooks);
+/* SIGHUP: apply reloadable settings (read-rate limits). NULL ok. */
 void cf_dataplane_reload(cf_dataplane_t *dp);
 /* Shutdown step 1 (loop thread, before cf_service_abort_all): cancel every restore, wait for the
- * scheduler thread to finish, and deliver every queued event, so the service has no running
- * restore left. */
+ * executor thread, deliver every queued event, so the service has no running restore left. */
 void cf_dataplane_quiesce(cf_dataplane_t *dp);
-/* Shutdown step 2 (after cf_service_close): stop the thread, close store and model. NULL ok. */
+/* Shutdown step 2 (after cf_service_close): stop the thread, free. NULL ok. */
 void cf_dataplane_close(cf_dataplane_t *dp);
 
 #endif

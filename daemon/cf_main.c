@@ -15,13 +15,16 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "cf_calib.h"
 #include "cf_config.h"
 #include "cf_http.h"
 #include "cf_model_info.h"
 #include "cf_notify.h"
 #include "cf_rpc.h"
 #include "cf_service.h"
-#include "cf_dataplane.h" /* exec: the data path behind the service hooks */
+#include "cf_dataplane.h" /* exec: the restore executor behind the service hooks */
+#include "cf_storage.h"
+#include "model/cf_model.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
@@ -35,6 +38,11 @@ typedef struct {
   const char *o_listen, *o_model, *o_store; /* command-line overrides, re-applied on reload */
   cf_model_info_t model;
   int have_model;
+  cf_model_t *weights;                 /* the loaded checkpoint (cf_model_load) */
+  cf_backend_t *backend;               /* computes KV (calibration now; lib/exec's restores) */
+  cf_sched_cost_t cost;                /* measured at start; planning input */
+  double measured_link_Bps;            /* memcpy rate, before any cpu_read_gbps limit */
+  cf_storage_t *storage;
   cf_service_t *svc;
   cf_dataplane_t *dp;                  /* exec: NULL without a model */
   cf_rpc_server_t *rpc;
@@ -111,6 +119,28 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
   CF__P("# HELP cacheflow_config_reloads_total SIGHUP reloads (result=ok|error).\n# TYPE cacheflow_config_reloads_total counter\n"
         "cacheflow_config_reloads_total{result=\"ok\"} %llu\ncacheflow_config_reloads_total{result=\"error\"} %llu\n",
         (unsigned long long)d->reloads, (unsigned long long)d->reload_failures);
+  if (d->storage) {
+    cf_store_stats_t t;
+    cf_store_get_stats(cf_storage_store(d->storage), &t);
+    CF__P("# HELP cacheflow_store_chunks Chunks held per tier.\n# TYPE cacheflow_store_chunks gauge\n"
+          "cacheflow_store_chunks{tier=\"cpu\"} %llu\ncacheflow_store_chunks{tier=\"ssd\"} %llu\n",
+          (unsigned long long)t.cpu_chunks, (unsigned long long)t.ssd_chunks);
+    CF__P("# HELP cacheflow_store_reads_total Chunk/cell reads by the tier that served them (miss: none).\n# TYPE cacheflow_store_reads_total counter\n"
+          "cacheflow_store_reads_total{tier=\"cpu\"} %llu\ncacheflow_store_reads_total{tier=\"ssd\"} %llu\ncacheflow_store_reads_total{tier=\"miss\"} %llu\n",
+          (unsigned long long)t.cpu_hits, (unsigned long long)t.ssd_hits, (unsigned long long)t.misses);
+    CF__P("# HELP cacheflow_store_saves_total Chunks saved (exists: already stored).\n# TYPE cacheflow_store_saves_total counter\n"
+          "cacheflow_store_saves_total{result=\"new\"} %llu\ncacheflow_store_saves_total{result=\"exists\"} %llu\n",
+          (unsigned long long)t.saves, (unsigned long long)t.save_exists);
+    CF__P("# HELP cacheflow_store_evictions_total Chunks evicted per tier.\n# TYPE cacheflow_store_evictions_total counter\n"
+          "cacheflow_store_evictions_total{tier=\"cpu\"} %llu\ncacheflow_store_evictions_total{tier=\"ssd\"} %llu\n",
+          (unsigned long long)t.cpu_evictions, (unsigned long long)t.ssd_evictions);
+    CF__P("# HELP cacheflow_store_spills_total Chunks written back from the CPU tier to SSD.\n# TYPE cacheflow_store_spills_total counter\ncacheflow_store_spills_total %llu\n",
+          (unsigned long long)t.spills);
+    CF__P("# HELP cacheflow_store_corrupt_cells_total Cells that failed their checksum on read (recomputed, never served).\n# TYPE cacheflow_store_corrupt_cells_total counter\ncacheflow_store_corrupt_cells_total %llu\n",
+          (unsigned long long)t.corrupt_cells);
+    CF__P("# HELP cacheflow_store_io_errors_total Store I/O errors.\n# TYPE cacheflow_store_io_errors_total counter\ncacheflow_store_io_errors_total %llu\n",
+          (unsigned long long)t.io_errors);
+  }
   if (d->rpc) {
     cf_rpc_stats_t rs;
     cf_rpc_stats(d->rpc, &rs);
@@ -204,6 +234,8 @@ static void cf__begin_drain(cf_daemon_t *d, int signum) {
 
 static void cf__on_term(uv_signal_t *h, int signum) { cf__begin_drain(h->data, signum); }
 
+static void cf__apply_link(cf_daemon_t *d);
+
 static void cf__on_hup(uv_signal_t *h, int signum) {
   cf_daemon_t *d = h->data;
   (void)signum;
@@ -219,7 +251,8 @@ static void cf__on_hup(uv_signal_t *h, int signum) {
   int applied, restart;
   cf_config_apply_reload(&d->cfg, &fresh, &applied, &restart);
   cf_log_level = d->cfg.log_level;
-  cf_dataplane_reload(d->dp); /* exec: read-rate limits */
+  if (d->backend) cf__apply_link(d); /* cpu_read_gbps is reloadable */
+  cf_dataplane_reload(d->dp); /* exec: the executor's read-rate limits */
   d->reloads++;
   CF_INFO("reload: %d setting(s) applied, %d need a restart", applied, restart);
   cf_notifyf("READY=1\nSTATUS=serving (reloaded: %d applied, %d need a restart)", applied, restart);
@@ -237,6 +270,25 @@ static int cf__prepare_store_dir(const char *dir) {
   }
   if (mkdir(dir, 0750) != 0) return cf_seterr(CF_EIO, "store_dir %s: cannot create: %s", dir, strerror(errno));
   return 0;
+}
+
+/* The configured backend: cuda when asked (or, with auto, when a GPU is usable), else the CPU
+ * backend with `threads` workers. */
+static int cf__make_backend(cf_daemon_t *d) {
+  int rc = CF_ENODEV;
+  if (d->cfg.backend != CF_BACKEND_CPU) {
+    rc = cf_backend_cuda_create(d->weights, 0, &d->backend);
+    if (rc && d->cfg.backend == CF_BACKEND_CUDA) return cf_err_prefix(rc, "backend cuda: ");
+  }
+  if (rc) rc = cf_backend_cpu_create(d->weights, (int)d->cfg.threads, &d->backend);
+  return rc;
+}
+
+/* The CPU tier's read rate the planner assumes: the configured limit, never above memcpy. */
+static void cf__apply_link(cf_daemon_t *d) {
+  double lim = d->cfg.cpu_read_gbps * 1e9 / 8;
+  d->cost.link_Bps = lim > 0 && lim < d->measured_link_Bps ? lim : d->measured_link_Bps;
+  if (d->svc) cf_service_set_cost(d->svc, &d->cost);
 }
 
 int main(int argc, char **argv) {
@@ -268,11 +320,10 @@ int main(int argc, char **argv) {
 
   int nbad = cf__build_config(d, &d->cfg, cf__report_stderr);
   if (!nbad && d->cfg.model[0]) { /* the model directory is part of a valid configuration */
-    if (cf_model_info_load(d->cfg.model, &d->model)) {
-      fprintf(stderr, "cacheflowd: key 'model': %s: %s\n", cf_strerror(CF_EINVAL), cf_errmsg());
+    int rc = cf_model_info_check(d->cfg.model, &d->model);
+    if (rc) {
+      fprintf(stderr, "cacheflowd: key 'model': %s: %s\n", cf_strerror(rc), cf_errmsg());
       nbad++;
-    } else {
-      d->have_model = 1;
     }
   }
   if (check) {
@@ -288,21 +339,47 @@ int main(int argc, char **argv) {
   d->loop = uv_default_loop();
   d->t_start = uv_hrtime();
   CF_INFO("starting cacheflowd %s config=%s listen=%s", CF_VERSION, d->config_path ? d->config_path : "(defaults)", d->cfg.listen);
-  if (d->have_model) {
+  cf_service_backend_t be;
+  memset(&be, 0, sizeof be);
+  if (d->cfg.model[0]) {
     char hex[33];
-    cf_model_info_hex(d->model.fingerprint, hex);
-    cf_notifyf("STATUS=model loaded: %s", d->cfg.model);
+    cf_notifyf("STATUS=loading model %s", d->cfg.model);
+    int rc = cf_model_load(d->cfg.model, &d->weights);
+    if (rc) { CF_ERROR("model %s: %s: %s", d->cfg.model, cf_strerror(rc), cf_errmsg()); return 1; }
+    cf_model_info_from_model(d->weights, &d->model);
+    d->have_model = 1;
     CF_INFO("model %s: layers=%d kv_heads=%d head_dim=%d vocab=%d fingerprint=%s", d->cfg.model, d->model.n_layers,
-            d->model.n_kv_heads, d->model.head_dim, d->model.vocab, hex);
+            d->model.n_kv_heads, d->model.head_dim, d->model.vocab, cf_model_fingerprint_hex(d->model.fingerprint, hex));
+    cf_notifyf("STATUS=model loaded: %s", d->cfg.model);
+    cf_notifyf("STATUS=recovering store %s", d->cfg.store_dir);
+    if (cf__prepare_store_dir(d->cfg.store_dir)) { CF_ERROR("%s", cf_errmsg()); return 1; }
+    rc = cf_storage_open(&d->storage, &d->cfg, &d->model);
+    if (rc) { CF_ERROR("%s: %s", cf_strerror(rc), cf_errmsg()); return 1; }
+    cf_storage_backend(d->storage, &be);
+    cf_notify("STATUS=measuring the cost model");
+    if ((rc = cf__make_backend(d)) || (rc = cf_calib_cost(d->backend, d->weights, (int)d->cfg.chunk_tokens, 0, &d->cost))) {
+      CF_ERROR("backend/calibration: %s: %s", cf_strerror(rc), cf_errmsg());
+      return 1;
+    }
+    d->measured_link_Bps = d->cost.link_Bps;
+    CF_INFO("cost model (backend %s): gamma=%.3g s alpha=%.3g s/token beta=%.3g s/token^2 link=%.3g GB/s",
+            d->backend->name, d->cost.gamma_s, d->cost.alpha_s, d->cost.beta_s, d->cost.link_Bps / 1e9);
+    cf_store_stats_t ss;
+    cf_store_get_stats(cf_storage_store(d->storage), &ss);
+    CF_INFO("store %s recovered: %llu chunk(s) on SSD, %llu journal record(s), %llu torn", d->cfg.store_dir,
+            (unsigned long long)ss.ssd_chunks, (unsigned long long)ss.journal_records, (unsigned long long)ss.journal_torn);
   } else {
     CF_WARN("no model configured: RegisterEngine will fail until `model` is set (restart needed)");
   }
-  cf_notify("STATUS=recovering store");
-  if (cf__prepare_store_dir(d->cfg.store_dir)) { CF_ERROR("%s", cf_errmsg()); return 1; }
 
-  /* exec: model on its backend, store recovery, backend profile, scheduler thread */
-  if (d->have_model && cf_dataplane_open(&d->dp, d->loop, &d->cfg)) { CF_ERROR("%s", cf_errmsg()); return 1; }
-  if (cf_service_init(&d->svc, d->loop, &d->cfg, d->have_model ? &d->model : NULL, d->dp ? cf_dataplane_backend(d->dp) : NULL)) { CF_ERROR("%s", cf_errmsg()); return 1; }
+  /* exec: the restore executor (its thread, readiness files) wraps the storage hooks in `be` */
+  if (d->storage && d->backend &&
+      cf_dataplane_open(&d->dp, d->loop, &d->cfg, d->backend, cf_storage_store(d->storage), &be)) {
+    CF_ERROR("%s", cf_errmsg());
+    return 1;
+  }
+  if (cf_service_init(&d->svc, d->loop, &d->cfg, d->have_model ? &d->model : NULL, &be)) { CF_ERROR("%s", cf_errmsg()); return 1; }
+  if (d->backend) cf__apply_link(d);
   int nm;
   cf_rpc_opts_t ro = {.listen = d->cfg.listen, .tcp_listen = d->cfg.tcp_listen, .max_message_bytes = d->cfg.max_message_bytes,
                       .methods = cf_service_methods(&nm), .user = d->svc};
@@ -337,5 +414,8 @@ int main(int argc, char **argv) {
   uv_run(d->loop, UV_RUN_DEFAULT);
   int rc = uv_loop_close(d->loop);
   if (rc) CF_WARN("loop closed with handles open: %s", uv_strerror(rc));
+  cf_storage_close(d->storage); /* after the engines (their mappings) are gone */
+  cf_backend_free(d->backend);
+  cf_model_free(d->weights);
   return 0;
 }

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "cf_planner.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
@@ -38,6 +39,8 @@ struct cf_service_s {
   cf_restore_t *running;            /* handed to the backend, not yet done (singly linked) */
   cf__watch_t *watchers;
   int draining;
+  cf_sched_cost_t cost;             /* what restores are planned with */
+  int have_cost;
   /* counters read by other threads */
   uint32_t n_engines, in_flight;
   uint64_t restores_total, batches_total, batched_total;
@@ -183,8 +186,8 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_engine_t *e = NULL;
   if (!s->model) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "no model configured: start cacheflowd with --model DIR"); goto out; }
   if (memcmp(r->model_fingerprint.data, s->model->fingerprint, 16)) {
-    cf_model_info_hex(r->model_fingerprint.data, hex);
-    cf_model_info_hex(s->model->fingerprint, hex2);
+    cf_model_fingerprint_hex(r->model_fingerprint.data, hex);
+    cf_model_fingerprint_hex(s->model->fingerprint, hex2);
     cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "model_fingerprint %s does not match the daemon's model %s (%s)", hex, hex2, s->model->dir);
     goto out;
   }
@@ -334,10 +337,22 @@ static void cf__h_lookup(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_engine_t *e = cf__engine_and_tokens(s, c, r->engine_id, r->token_ids, r->n_token_ids);
   if (!e) goto out;
   if (!s->be.lookup) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "Lookup needs the KV store (lib/store), not wired into this daemon yet"); goto out; }
+  uint32_t per[3] = {0, 0, 0};
+  int rc = s->be.lookup(s->be.ctx, e, r->token_ids, r->n_token_ids, per, NULL);
+  if (rc) { cf_rpc_finish(c, cf_rpc_status_from_err(rc), "lookup: %s", cf_errmsg()); goto out; }
   Cacheflow__V1__LookupResponse resp = CACHEFLOW__V1__LOOKUP_RESPONSE__INIT;
-  int rc = s->be.lookup(s->be.ctx, e, r->token_ids, r->n_token_ids, &resp);
-  if (rc) cf_rpc_finish(c, cf_rpc_status_from_err(rc), "lookup: %s", cf_errmsg());
-  else cf_rpc_reply(c, &resp.base);
+  Cacheflow__V1__TierTokens tt[2], *tp[2];
+  for (int i = 0; i < 2; i++) {
+    int tier = i ? CACHEFLOW__V1__TIER__TIER_SSD : CACHEFLOW__V1__TIER__TIER_CPU;
+    cacheflow__v1__tier_tokens__init(&tt[i]);
+    tt[i].tier = tier;
+    tt[i].tokens = per[tier];
+    tp[i] = &tt[i];
+  }
+  resp.cached_tokens = per[1] + per[2];
+  resp.n_per_tier = 2;
+  resp.per_tier = tp;
+  cf_rpc_reply(c, &resp.base);
 out:
   protobuf_c_message_free_unpacked(m, NULL);
 }
@@ -373,6 +388,8 @@ static int cf__v_restore(const ProtobufCMessage *m, void *user, char *why, size_
 
 static void cf__restore_free(cf_restore_t *r) {
   cf_service_t *s = r->svc;
+  cf_batch_plan_unref(r->plan);
+  free(r->chunk_tiers);
   protobuf_c_message_free_unpacked(&r->req->base, NULL);
   cf__engine_unref(s, r->engine);
   free(r);
@@ -397,8 +414,53 @@ void cf_service_restore_done(cf_restore_t *r, int status, const Cacheflow__V1__R
   cf__restore_free(r);
 }
 
-/* Hand the collected restores over (highest priority first), or refuse them when no executor
- * is built in. */
+/* The batcher's middle stages: what the store holds of each prefix (and in which tier), then
+ * one plan per policy present in the batch; each planned restore streams its PlanSummary. A
+ * failed lookup or plan leaves the restore unplanned (the executor then recomputes). */
+static void cf__lookup_and_plan(cf_service_t *s, cf_restore_t **batch, int n) {
+  uint32_t C = s->have_cost ? (uint32_t)s->cost.chunk_tokens : (uint32_t)s->cfg->chunk_tokens;
+  for (int k = 0; k < n; k++) {
+    cf_restore_t *r = batch[k];
+    if (!s->be.lookup || r->engine->gone) continue;
+    uint32_t per[3];
+    r->chunk_tiers = calloc((r->req->n_token_ids + C - 1) / C, 1);
+    if (r->chunk_tiers && s->be.lookup(s->be.ctx, r->engine, r->req->token_ids, r->req->n_token_ids, per, r->chunk_tiers) == 0)
+      r->cached_tokens = per[1] + per[2];
+  }
+  if (!s->have_cost) return;
+  cf_restore_t **grp = malloc((size_t)n * sizeof *grp);
+  if (!grp) return;
+  uint64_t now = uv_hrtime();
+  for (int p = 0; p < CF_POLICY_COUNT; p++) {
+    int g = 0;
+    for (int k = 0; k < n; k++)
+      if (batch[k]->policy == p) grp[g++] = batch[k];
+    if (!g) continue;
+    int rc = cf_planner_plan(&s->cost, grp, g, p, now);
+    if (rc) { CF_WARN("plan of %d restore(s) with %s failed: %s: %s", g, cf_policy_name(p), cf_strerror(rc), cf_errmsg()); continue; }
+    for (int k = 0; k < g; k++) {
+      Cacheflow__V1__PlanSummary ps = CACHEFLOW__V1__PLAN_SUMMARY__INIT;
+      const cf_restore_summary_t *sm = &grp[k]->summary;
+      ps.policy = p + 1; /* proto Policy = cf_policy_t + 1 (0 is "default") */
+      ps.chunks = sm->chunks;
+      ps.cells_load_cpu = sm->cells_load_cpu;
+      ps.cells_load_ssd = sm->cells_load_ssd;
+      ps.cells_compute = sm->cells_compute;
+      ps.predicted_us = sm->predicted_us;
+      ps.bound_us = sm->bound_us;
+      int slot = s->be.restore_slot ? s->be.restore_slot(s->be.ctx, grp[k]) : -1; /* exec */
+      ps.readiness_slot = slot >= 0 ? (uint32_t)slot : UINT32_MAX;
+      Cacheflow__V1__RestoreEvent ev = CACHEFLOW__V1__RESTORE_EVENT__INIT;
+      ev.event_case = CACHEFLOW__V1__RESTORE_EVENT__EVENT_PLAN;
+      ev.plan = &ps;
+      cf_rpc_send(grp[k]->call, &ev.base);
+    }
+  }
+  free(grp);
+}
+
+/* Hand the collected restores over (highest priority first) after lookup and planning, or
+ * refuse them when no executor is built in. */
 static void cf__dispatch(cf_service_t *s) {
   if (s->timer_armed) { uv_timer_stop(&s->batch_timer); s->timer_armed = 0; }
   int n = s->n_pending;
@@ -419,6 +481,7 @@ static void cf__dispatch(cf_service_t *s) {
     batch[k]->next = s->running;
     s->running = batch[k];
   }
+  cf__lookup_and_plan(s, batch, n);
   if (s->be.restore_batch) {
     s->be.restore_batch(s->be.ctx, batch, n);
   } else {
@@ -680,6 +743,11 @@ int cf_service_init(cf_service_t **out, uv_loop_t *loop, const cf_config_t *cfg,
 }
 
 void cf_service_set_rpc(cf_service_t *s, cf_rpc_server_t *rpc) { s->rpc = rpc; }
+
+void cf_service_set_cost(cf_service_t *s, const cf_sched_cost_t *cost) {
+  s->cost = *cost;
+  s->have_cost = 1;
+}
 
 void cf_service_drain(cf_service_t *s) {
   if (s->draining) return;

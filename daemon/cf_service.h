@@ -21,6 +21,7 @@
 #include "cf_config.h"
 #include "cf_model_info.h"
 #include "cf_rpc.h"
+#include "sched/cf_cost.h"
 
 /* One layer's K or V buffer as the engine declared it (validated at registration). */
 typedef struct {
@@ -53,13 +54,28 @@ typedef struct cf_engine_s {
   uint32_t readiness_slots;
 } cf_engine_t;
 
+struct cf_batch_plan_s;
+
+/* What the planner decided for one restore (also sent to the engine as PlanSummary). */
+typedef struct {
+  uint32_t chunks;
+  uint64_t cells_load_cpu, cells_load_ssd, cells_compute;
+  double predicted_us, bound_us;
+} cf_restore_summary_t;
+
 /* One validated Restore, owned by the service until cf_service_restore_done. */
 typedef struct cf_restore_s {
   cf_rpc_call_t *call;
   cf_engine_t *engine;
   Cacheflow__V1__RestoreRequest *req;
-  int policy;               /* cf_policy_kind_t, the request's or the configured default */
+  int policy;               /* cf_policy_t, the request's or the configured default */
   uint64_t arrival_ns;
+  /* filled at dispatch: the store lookup and the plan */
+  uint32_t cached_tokens;   /* leading tokens whose chunks the store holds */
+  uint8_t *chunk_tiers;     /* [chunks of cached_tokens]: CF_STORE_TIER_CPU / _SSD of each */
+  cf_restore_summary_t summary;
+  struct cf_batch_plan_s *plan; /* the planned group (NULL: no planner), request index plan_req */
+  int plan_req;
   struct cf_restore_s *next;
   struct cf_service_s *svc;
   void *exec_priv;
@@ -73,14 +89,20 @@ typedef struct {
   /* Map the engine's buffers; 0 or CF_E* (the registration is refused with its detail). */
   int (*engine_added)(void *ctx, cf_engine_t *e);
   void (*engine_removed)(void *ctx, cf_engine_t *e);
-  /* Fill `out` (cached_tokens, per_tier). 0 or CF_E*. */
-  int (*lookup)(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t n, Cacheflow__V1__LookupResponse *out);
+  /* Longest stored prefix in tokens, split by tier: tier_tokens[CACHEFLOW__V1__TIER__TIER_CPU]
+   * and [..._SSD] (index 0 unused); chunk_tiers (may be NULL; ceil(n / chunk) entries) gets
+   * the tier of each stored leading chunk. 0 or CF_E*. */
+  int (*lookup)(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t n, uint32_t tier_tokens[3],
+                uint8_t *chunk_tiers);
   /* Copy the blocks into the CPU tier. 0 or CF_E*; *saved_tokens and *durable filled. */
   int (*save)(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest *req, uint32_t *saved_tokens, int *durable);
   /* Plan and run a batch; each restore must end with cf_service_restore_done. */
   void (*restore_batch)(void *ctx, cf_restore_t **batch, int n);
   /* Cancel a restore whose engine went away or whose client left; it still ends with done. */
   void (*restore_cancel)(void *ctx, cf_restore_t *r);
+  /* exec: the readiness counter slot restore r will bump, reset to 0 layers now (before the
+   * PlanSummary carrying it reaches the engine); -1 when it gets none. May be NULL. */
+  int (*restore_slot)(void *ctx, cf_restore_t *r);
   int (*evict)(void *ctx, int tier, uint64_t bytes, uint64_t *bytes_evicted, uint64_t *chunks_evicted);
   void (*usage)(void *ctx, uint64_t *cpu_bytes, uint64_t *ssd_bytes);
 } cf_service_backend_t;
@@ -95,6 +117,8 @@ int cf_service_init(cf_service_t **out, uv_loop_t *loop, const cf_config_t *cfg,
 /* The method table to give cf_rpc_start (user = the service). */
 const cf_rpc_method_t *cf_service_methods(int *n);
 void cf_service_set_rpc(cf_service_t *s, cf_rpc_server_t *rpc);
+/* The cost model to plan restores with (copied). Without one, restores are not planned. */
+void cf_service_set_cost(cf_service_t *s, const cf_sched_cost_t *cost);
 
 /* Stream progress of a restore / end it (status CF_RPC_*; `stats` NULL unless OK). */
 void cf_service_restore_event(cf_restore_t *r, const Cacheflow__V1__RestoreEvent *ev);

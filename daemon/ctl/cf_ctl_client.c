@@ -268,8 +268,9 @@ static void *cf__bench_thread(void *arg) {
     cf_client_close(c);
     return NULL;
   }
-  uint32_t tok[4096];
-  int nt = b->tokens > 4096 ? 4096 : b->tokens;
+  int nt = b->tokens;
+  uint32_t *tok = malloc((size_t)nt * sizeof *tok);
+  if (!tok) { cf__bench_err(b, "out of memory"); cf_client_unregister(c, eng); cf_client_close(c); return NULL; }
   for (int i = 0; i < nt; i++) tok[i] = (uint32_t)(i * 7 + 3) % 200;
   for (int i = 0; i < b->requests; i++) {
     int op = b->lookup_only ? (i % 2 ? CF__OP_LOOKUP : CF__OP_HEALTH) : i % CF__NOPS;
@@ -308,6 +309,7 @@ static void *cf__bench_thread(void *arg) {
     }
   }
   if (cf_client_unregister(c, eng)) { snprintf(msg, sizeof msg, "unregister: %s", cf_errmsg()); cf__bench_err(b, msg); }
+  free(tok);
   cf_client_close(c);
   return NULL;
 }
@@ -333,7 +335,8 @@ static int cf__bench_main(int argc, char **argv) {
     else if (ch == 't') tokens = atoi(optarg);
     else return 2;
   }
-  if (clients < 1 || clients > 1024 || requests < 1 || tokens < 1) return cf_ctl_fail("bench", "--clients 1..1024, --requests >= 1, --tokens >= 1"), 2;
+  if (clients < 1 || clients > 1024 || requests < 1 || tokens < 16 || tokens > 16777216)
+    return cf_ctl_fail("bench", "--clients 1..1024, --requests >= 1, --tokens 16..16777216"), 2;
   char shm[128];
   snprintf(shm, sizeof shm, "/dev/shm/cacheflowctl-bench-%d", (int)getpid());
   cf__bench_t *b = calloc(clients, sizeof *b);

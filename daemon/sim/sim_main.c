@@ -14,6 +14,8 @@
 #include "util/cf_err.h"
 #include "util/cf_json.h"
 
+/* Per-request arrays in the JSON only up to this many requests. */
+#define SIM_MAX_PER_REQUEST 4096
 /* 2^27 cells: 2.7 GB of simulator scratch at most. */
 #define SIM_MAX_CELLS (1 << 27)
 
@@ -23,18 +25,23 @@ static void usage(FILE *f) {
           "                     (--workload FILE | --gen multi-turn|rag|agentic --n N [--seed S] [--rate R])\n"
           "                     [--policy all|NAME] [--tier dram|ssd|net] [--gbps X] [--chunk N]\n"
           "                     [--gpus N] [--refine N] [--json FILE] [--save-workload FILE]\n"
+          "                     [--plan-json FILE]\n"
           "  --hw       hardware profile: conf/hw/NAME.json (h100-pcie5, h100-link10g/40g/80g, h100-nvme) or a path\n"
           "  --model    llama-3.1-8b, qwen3-8b, llama-3.1-70b-tp4, llama-3.1-70b-tp8, or an HF config.json\n"
           "  --workload JSON lines {\"arrival_s\": 0.0, \"prefix_tokens\": 16384, \"new_tokens\": 256}\n"
           "  --gen      synthetic workload; --rate requests/s (Poisson; 0 = all at t=0; default per kind)\n"
           "  --policy   recompute, load, cake, layerwise, cacheflow, optimal or all (default all)\n"
           "  --tier     tier holding the prefixes (default: the profile's)\n"
-          "  --gbps     override that tier's load bandwidth, Gbit/s\n"
+          "  --gbps     override that tier's load bandwidth, Gbit/s (dram: per GPU link; ssd/net: shared total)\n"
           "  --chunk    tokens per chunk (default 256)\n"
           "  --gpus     GPUs in use (default: the model's TP degree); engines = gpus / TP\n"
           "  --refine   simulator runs optimal may spend refining (default: automatic; 0 = fast path)\n"
           "  --json     write the results as JSON to FILE\n"
-          "  --save-workload  write the requests (e.g. generated ones) as JSON lines to FILE\n");
+          "  --save-workload  write the requests (e.g. generated ones) as JSON lines to FILE\n"
+          "  --plan-json FILE write the plan of --policy NAME (with all: optimal's) as JSON:\n"
+          "             {\"policy\", \"n_layers\", \"requests\": [{\"device\", \"h\": [...]}],\n"
+          "              \"ops\": [[\"compute\"|\"load\", req, stream, c0, c1, l0, l1], ...]}\n"
+          "             (ops of one stream in the order it runs them)\n");
 }
 
 static int bad(const char *fmt, const char *a, const char *b) {
@@ -63,6 +70,29 @@ static double now_s(void) {
   return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
+/* The plan as JSON (see usage). Returns 0 or CF_EIO naming the file. */
+static int write_plan(const char *path, const cf_sched_plan_t *p) {
+  FILE *f = fopen(path, "w");
+  if (!f) return cf_seterr(CF_EIO, "--plan-json %s: cannot open for writing", path);
+  fprintf(f, "{\"policy\": \"%s\", \"n_layers\": %d, \"n_devices\": %d, \"n_links\": %d,\n \"requests\": [",
+          cf_policy_name(p->policy), p->n_layers, p->n_devices, p->n_links);
+  for (int r = 0; r < p->n_reqs; r++) {
+    fprintf(f, "%s\n  {\"device\": %d, \"h\": [", r ? "," : "", p->device[r]);
+    for (int c = 0; c < p->n_chunks[r]; c++) fprintf(f, "%s%d", c ? "," : "", p->h[p->h_off[r] + c]);
+    fprintf(f, "]}");
+  }
+  fprintf(f, "],\n \"ops\": [");
+  for (size_t i = 0; i < p->n_ops; i++) {
+    const cf_sched_op_t *o = &p->ops[i];
+    fprintf(f, "%s\n  [\"%s\", %d, %d, %d, %d, %d, %d]", i ? "," : "",
+            o->kind == CF_OP_COMPUTE ? "compute" : "load", o->req, o->stream, o->c0, o->c1, o->l0,
+            o->l1);
+  }
+  fprintf(f, "]}\n");
+  if (fclose(f) != 0) return cf_seterr(CF_EIO, "--plan-json %s: write failed", path);
+  return 0;
+}
+
 typedef struct {
   int ran, valid;
   char err[512];
@@ -78,7 +108,7 @@ static void json_num(FILE *f, double v) {
 
 int main(int argc, char **argv) {
   const char *hw_arg = NULL, *model_arg = NULL, *work = NULL, *gen = NULL, *pol_arg = "all",
-             *tier_arg = NULL, *json = NULL, *save = NULL;
+             *tier_arg = NULL, *json = NULL, *save = NULL, *plan_out = NULL;
   double n_gen = 0, seed = 1, rate = -1, gbps = 0, chunk = 256, gpus = 0, refine = -1;
   int rc;
   for (int i = 1; i < argc; i++) {
@@ -95,6 +125,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--tier")) tier_arg = v;
     else if (!strcmp(a, "--json")) json = v;
     else if (!strcmp(a, "--save-workload")) save = v;
+    else if (!strcmp(a, "--plan-json")) plan_out = v;
     else if (!strcmp(a, "--n")) { if ((rc = parse_num(a, v, 1, 1000000, &n_gen))) return rc; }
     else if (!strcmp(a, "--seed")) { if ((rc = parse_num(a, v, 0, 1e15, &seed))) return rc; }
     else if (!strcmp(a, "--rate")) { if ((rc = parse_num(a, v, 0, 1e9, &rate))) return rc; }
@@ -177,6 +208,12 @@ int main(int argc, char **argv) {
     w->sim_evals = plan.sim_evals;
     if (!rc) rc = cf_sim_run(&in, &plan, &w->res);
     cf_sim_result_trim(&w->res); /* keep one policy's cell scratch alive at a time */
+    if (!rc && plan_out && (p == CF_POLICY_OPTIMAL || pol_one >= 0) &&
+        (rc = write_plan(plan_out, &plan))) {
+      free(reqs);
+      cf_sched_plan_free(&plan);
+      return bad("%s%s", cf_errmsg(), "");
+    }
     w->valid = rc == 0;
     if (rc) {
       snprintf(w->err, sizeof w->err, "%s: %s", cf_strerror(rc), cf_errmsg());
@@ -266,6 +303,18 @@ int main(int argc, char **argv) {
       }
       fprintf(f, ", \"cells_computed\": %lld, \"cells_loaded\": %lld, \"sim_evals\": %d",
               (long long)s->cells_computed, (long long)s->cells_loaded, w->sim_evals);
+      if (n <= SIM_MAX_PER_REQUEST) { /* per-request results, in workload order */
+        const double *arr[2] = {s->restore_s, s->ttft_s};
+        const char *names[2] = {"restore_s", "ttft_s"};
+        for (int a = 0; a < 2; a++) {
+          fprintf(f, ", \"%s\": [", names[a]);
+          for (int i = 0; i < n; i++) {
+            if (i) fputc(',', f);
+            json_num(f, arr[a][i]);
+          }
+          fputc(']', f);
+        }
+      }
       fprintf(f, ", \"speedup_mean_ttft\": {");
       int f2 = 1;
       for (int q = 0; q < CF_POLICY_COUNT; q++)

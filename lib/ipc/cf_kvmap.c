@@ -259,6 +259,21 @@ fail:
   return rc;
 }
 
+int cf_kvmap_view(cf_kvmap_t *m, const cf_kv_layout_t *lay, uint8_t *const *k, uint8_t *const *v) {
+  memset(m, 0, sizeof *m);
+  int rc = cf_kv_layout_check(lay, NULL);
+  if (rc) return rc;
+  m->layout = *lay;
+  if ((rc = cf__alloc_layers(m, lay->n_layers))) { cf_kvmap_close(m); return rc; }
+  for (int l = 0; l < lay->n_layers; l++) {
+    if (!k[l] || !v[l]) { cf_kvmap_close(m); return cf_seterr(CF_EINVAL, "kv view: layer %d buffer not mapped", l); }
+    m->k[l] = k[l];
+    m->v[l] = v[l];
+  }
+  cf__finish_map(m);
+  return 0;
+}
+
 void cf_kvmap_close(cf_kvmap_t *m) {
   for (int i = 0; i < m->n_maps; i++) {
     munmap(m->maps[i].addr, m->maps[i].len);

@@ -90,6 +90,11 @@ int cf_kvmap_open(cf_kvmap_t *m, const char *path, const cf_kv_layout_t *expect)
 int cf_kvmap_attach(cf_kvmap_t *m, const cf_kv_layout_t *lay, const char *const *kpath,
                     const uint64_t *koff, const char *const *vpath, const uint64_t *voff);
 
+/* A view of buffers mapped by someone else (the daemon's cf_storage): layer l's K at k[l], V at
+ * v[l]. The pointer arrays are copied; cf_kvmap_close frees the copies and unmaps nothing.
+ * Errors: CF_EINVAL / CF_ESHAPE (layout), CF_ENOMEM. */
+int cf_kvmap_view(cf_kvmap_t *m, const cf_kv_layout_t *lay, uint8_t *const *k, uint8_t *const *v);
+
 /* Unmap; the creator also unlinks. Safe on a zeroed struct. */
 void cf_kvmap_close(cf_kvmap_t *m);
 

@@ -57,6 +57,10 @@ static int cf__num(const char *file, const cf_json_t *obj, const char *path, con
   return 0;
 }
 
+/* Required: compute.{gamma_ms, alpha_us_per_token, beta_ns_per_token2} and at least one of
+ * tiers.{dram,ssd,net}.{GBps, latency_us}. Optional, with defaults: name, gpus (8), pcie
+ * (the dram tier's numbers, else 48 GB/s and 8 us), allreduce (350 GB/s, 15 us),
+ * tiers.*.shared (false for dram, true otherwise), default_tier (dram, else the first given). */
 static int cf__hw_parse(const char *file, const char *text, size_t len, cf_hw_t *hw) {
   cf_json_t *root;
   int rc = cf_json_parse(text, len, &root);
@@ -65,48 +69,63 @@ static int cf__hw_parse(const char *file, const char *text, size_t len, cf_hw_t 
   const char *s;
   const cf_json_t *comp = cf_json_get(root, "compute"), *pcie = cf_json_get(root, "pcie"),
                   *ar = cf_json_get(root, "allreduce"), *tiers = cf_json_get(root, "tiers");
-  int64_t g;
+  int64_t g = 8;
   if (root->type != CF_JSON_OBJ) { rc = cf_seterr(CF_EFORMAT, "%s: expected an object", file); goto out; }
   if (cf_json_get_str(root, "name", &s) == 0) snprintf(hw->name, sizeof hw->name, "%s", s);
-  if ((rc = cf_json_get_i64(root, "gpus", &g)) || g < 1 || g > 1024) {
+  if (cf_json_get(root, "gpus") && ((rc = cf_json_get_i64(root, "gpus", &g)) || g < 1 || g > 1024)) {
     rc = cf_seterr(CF_EFORMAT, "%s: key 'gpus': expected an integer 1..1024", file);
     goto out;
   }
   hw->gpus = (int)g;
-  if (!comp || !pcie || !tiers) {
-    rc = cf_seterr(CF_EFORMAT, "%s: missing key '%s'", file,
-                   !comp ? "compute" : !pcie ? "pcie" : "tiers");
+  if (!comp || !tiers) {
+    rc = cf_seterr(CF_EFORMAT, "%s: missing key '%s'", file, !comp ? "compute" : "tiers");
     goto out;
   }
   if ((rc = cf__num(file, comp, "compute.", "gamma_ms", 1e-3, 1, &hw->gamma_s)) ||
       (rc = cf__num(file, comp, "compute.", "alpha_us_per_token", 1e-6, 0, &hw->alpha_s)) ||
-      (rc = cf__num(file, comp, "compute.", "beta_ns_per_token2", 1e-9, 1, &hw->beta_s)) ||
-      (rc = cf__num(file, pcie, "pcie.", "GBps", 1e9, 0, &hw->pcie_Bps)) ||
-      (rc = cf__num(file, pcie, "pcie.", "latency_us", 1e-6, 1, &hw->pcie_lat_s)))
+      (rc = cf__num(file, comp, "compute.", "beta_ns_per_token2", 1e-9, 1, &hw->beta_s)))
+    goto out;
+  int first = -1;
+  for (int t = 0; t < 3; t++) {
+    const cf_json_t *tj = cf_json_get(tiers, cf_tier_names[t]);
+    char path[32];
+    snprintf(path, sizeof path, "tiers.%s.", cf_tier_names[t]);
+    if (!tj) continue; /* not in this profile: only an error if selected */
+    if ((rc = cf__num(file, tj, path, "GBps", 1e9, 0, &hw->tier_Bps[t])) ||
+        (rc = cf__num(file, tj, path, "latency_us", 1e-6, 1, &hw->tier_lat_s[t])))
+      goto out;
+    hw->tier_shared[t] = t != CF_TIER_DRAM;
+    int b;
+    if (cf_json_get(tj, "shared") && (rc = cf_json_get_bool(tj, "shared", &b))) {
+      cf_err_prefix(rc, "%s: tiers.%s: ", file, cf_tier_names[t]);
+      goto out;
+    }
+    if (cf_json_get(tj, "shared")) hw->tier_shared[t] = b;
+    if (first < 0) first = t;
+  }
+  if (first < 0) {
+    rc = cf_seterr(CF_EFORMAT, "%s: key 'tiers': expected at least one of dram, ssd, net", file);
+    goto out;
+  }
+  hw->pcie_Bps = hw->tier_Bps[CF_TIER_DRAM] > 0 ? hw->tier_Bps[CF_TIER_DRAM] : 48e9;
+  hw->pcie_lat_s = hw->tier_Bps[CF_TIER_DRAM] > 0 ? hw->tier_lat_s[CF_TIER_DRAM] : 8e-6;
+  if (pcie && ((rc = cf__num(file, pcie, "pcie.", "GBps", 1e9, 0, &hw->pcie_Bps)) ||
+               (rc = cf__num(file, pcie, "pcie.", "latency_us", 1e-6, 1, &hw->pcie_lat_s))))
     goto out;
   hw->ar_Bps = 350e9;
   hw->ar_lat_s = 15e-6;
   if (ar && ((rc = cf__num(file, ar, "allreduce.", "bus_GBps", 1e9, 0, &hw->ar_Bps)) ||
              (rc = cf__num(file, ar, "allreduce.", "latency_us", 1e-6, 1, &hw->ar_lat_s))))
     goto out;
-  for (int t = 0; t < 3; t++) {
-    const cf_json_t *tj = cf_json_get(tiers, cf_tier_names[t]);
-    char path[32];
-    snprintf(path, sizeof path, "tiers.%s.", cf_tier_names[t]);
-    if (!tj) { rc = cf_seterr(CF_EFORMAT, "%s: missing key 'tiers.%s'", file, cf_tier_names[t]); goto out; }
-    if ((rc = cf__num(file, tj, path, "GBps", 1e9, 0, &hw->tier_Bps[t])) ||
-        (rc = cf__num(file, tj, path, "latency_us", 1e-6, 1, &hw->tier_lat_s[t])))
-      goto out;
-    hw->tier_shared[t] = t != CF_TIER_DRAM;
-    int b;
-    if (cf_json_get_bool(tj, "shared", &b) == 0) hw->tier_shared[t] = b;
-  }
-  hw->default_tier = CF_TIER_DRAM;
+  hw->default_tier = hw->tier_Bps[CF_TIER_DRAM] > 0 ? CF_TIER_DRAM : first;
   if (cf_json_get_str(root, "default_tier", &s) == 0) {
     int t = -1;
     for (int i = 0; i < 3; i++)
       if (strcmp(s, cf_tier_names[i]) == 0) t = i;
-    if (t < 0) { rc = cf_seterr(CF_EFORMAT, "%s: default_tier '%s': expected dram, ssd or net", file, s); goto out; }
+    if (t < 0 || hw->tier_Bps[t] <= 0) {
+      rc = cf_seterr(CF_EFORMAT, "%s: default_tier '%s': expected one of the tiers it defines", file, s);
+      goto out;
+    }
     hw->default_tier = t;
   }
   rc = 0;
@@ -249,11 +268,14 @@ int cf_hw_cost(const cf_hw_t *hw, const cf_model_shape_t *model, int gpus, int t
     c->gamma_s += 2 * hw->ar_lat_s;
     c->alpha_s += 2 * (2.0 * (tp - 1) / tp) * model->hidden * 2.0 / hw->ar_Bps;
   }
+  if (tier < 0 || tier > 2 || hw->tier_Bps[tier] <= 0)
+    return cf_seterr(CF_EINVAL, "profile %s has no '%s' tier", hw->name,
+                     tier >= 0 && tier <= 2 ? cf_tier_names[tier] : "?");
   c->n_devices = gpus / tp;
   /* a TP engine loads its tp shards over tp PCIe links at once */
   double pcie = hw->pcie_Bps * tp;
   double bw = tier == CF_TIER_DRAM ? hw->tier_Bps[tier] * tp : hw->tier_Bps[tier];
-  if (gbps > 0) bw = gbps * 1e9 / 8;
+  if (gbps > 0) bw = gbps * 1e9 / 8 * (tier == CF_TIER_DRAM ? tp : 1); /* dram: per GPU link */
   c->shared_link = hw->tier_shared[tier];
   c->link_Bps = c->shared_link ? fmin(bw, pcie) : bw;
   c->link_latency_s = hw->tier_lat_s[tier];

@@ -163,25 +163,22 @@ int cf__plan_emit_loads(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
   return 0;
 }
 
-static const cf_sched_req_t *cf__sort_reqs;
-static int cf__cmp_arrival(const void *a, const void *b) {
-  int x = *(const int *)a, y = *(const int *)b;
-  double ax = cf__sort_reqs[x].arrival_s, ay = cf__sort_reqs[y].arrival_s;
-  if (ax != ay) return ax < ay ? -1 : 1;
-  return x - y;
+/* (arrival, index) order of requests x before y */
+static int cf__before(const cf_sched_req_t *q, int x, int y) {
+  if (q[x].arrival_s != q[y].arrival_s) return q[x].arrival_s < q[y].arrival_s;
+  return x < y;
 }
 
-/* Insertion sort by (arrival, index): stable, allocation-free, and batches are small and
+/* Insertion sort by (arrival, index): stable, allocation-free, reentrant, and batches are
  * usually already in arrival order (O(n) then). */
 void cf__arrival_order(const cf_sched_input_t *in, int *order) {
-  cf__sort_reqs = in->reqs;
   for (int i = 0; i < in->n_reqs; i++) {
-    int v = i, j = i;
-    while (j > 0 && cf__cmp_arrival(&order[j - 1], &v) > 0) {
+    int j = i;
+    while (j > 0 && cf__before(in->reqs, i, order[j - 1])) {
       order[j] = order[j - 1];
       j--;
     }
-    order[j] = v;
+    order[j] = i;
   }
 }
 
@@ -192,36 +189,48 @@ void cf__assign_devices(const cf_sched_input_t *in, int *dev) {
     return;
   }
   double *load = calloc((size_t)G, sizeof *load);
+  double *sz = malloc((size_t)(n ? n : 1) * sizeof *sz);
   int *order = malloc((size_t)(n ? n : 1) * sizeof *order);
-  if (!load || !order) { /* fall back to round robin: still deterministic and valid */
+  if (!load || !order || !sz) { /* fall back to round robin: still deterministic and valid */
     for (int r = 0; r < n; r++) dev[r] = in->reqs[r].device >= 0 ? in->reqs[r].device : r % G;
     free(load);
+    free(sz);
     free(order);
     return;
   }
+  for (int r = 0; r < n; r++) sz[r] = cf_bound_single(&in->cost, in->reqs[r].prefix_tokens);
   cf__arrival_order(in, order);
   for (int i = 0; i < n; i++) { /* pinned requests first: they are not ours to move */
     int r = order[i];
     if (in->reqs[r].device >= 0) {
       dev[r] = in->reqs[r].device;
-      load[dev[r]] = fmax(load[dev[r]], in->reqs[r].arrival_s) +
-                     cf_bound_single(&in->cost, in->reqs[r].prefix_tokens);
+      load[dev[r]] = fmax(load[dev[r]], in->reqs[r].arrival_s) + sz[r];
     }
+  }
+  /* within one arrival time, largest first (LPT): bursts balance far better */
+  for (int i = 1; i < n; i++) {
+    int v = order[i], j = i;
+    while (j > 0 && in->reqs[order[j - 1]].arrival_s == in->reqs[v].arrival_s &&
+           sz[order[j - 1]] < sz[v]) {
+      order[j] = order[j - 1];
+      j--;
+    }
+    order[j] = v;
   }
   for (int i = 0; i < n; i++) {
     int r = order[i];
     if (in->reqs[r].device >= 0) continue;
+    double a = in->reqs[r].arrival_s;
     int best = 0;
     for (int d = 1; d < G; d++)
-      if (fmax(load[d], in->reqs[r].arrival_s) < fmax(load[best], in->reqs[r].arrival_s) ||
-          (fmax(load[d], in->reqs[r].arrival_s) == fmax(load[best], in->reqs[r].arrival_s) &&
-           load[d] < load[best]))
+      if (fmax(load[d], a) < fmax(load[best], a) ||
+          (fmax(load[d], a) == fmax(load[best], a) && load[d] < load[best]))
         best = d;
     dev[r] = best;
-    load[best] = fmax(load[best], in->reqs[r].arrival_s) +
-                 cf_bound_single(&in->cost, in->reqs[r].prefix_tokens);
+    load[best] = fmax(load[best], a) + sz[r];
   }
   free(load);
+  free(sz);
   free(order);
 }
 

@@ -222,17 +222,21 @@ static cf__pos_t cf__balance(const cf__opt_t *o, int r, double a, double b) {
   return best;
 }
 
-static const double *cf__sort_key;
-static const cf_sched_req_t *cf__sort_req;
-static int cf__cmp_order(const void *pa, const void *pb) {
+typedef struct {
+  const double *key; /* NULL: arrival order only */
+  const cf_sched_req_t *req;
+} cf__order_ctx_t;
+
+static int cf__cmp_order(const void *pa, const void *pb, void *arg) {
+  const cf__order_ctx_t *x = arg;
   int a = *(const int *)pa, b = *(const int *)pb;
-  if (cf__sort_req[a].arrival_s != cf__sort_req[b].arrival_s)
-    return cf__sort_req[a].arrival_s < cf__sort_req[b].arrival_s ? -1 : 1;
-  if (cf__sort_key && cf__sort_key[a] != cf__sort_key[b])
-    return cf__sort_key[a] < cf__sort_key[b] ? -1 : 1;
+  if (x->req[a].arrival_s != x->req[b].arrival_s)
+    return x->req[a].arrival_s < x->req[b].arrival_s ? -1 : 1;
+  if (x->key && x->key[a] != x->key[b]) return x->key[a] < x->key[b] ? -1 : 1;
   return a - b;
 }
 
+/* Order requests by arrival, then (spt) by their compute + load time at the current positions. */
 static void cf__make_order(cf__opt_t *o, int spt) {
   for (int r = 0; r < o->n; r++) {
     o->order[r] = r;
@@ -240,9 +244,8 @@ static void cf__make_order(cf__opt_t *o, int spt) {
     cf__xy(o, r, o->pos[r], &x, &y);
     o->key[r] = x + y;
   }
-  cf__sort_key = spt ? o->key : NULL;
-  cf__sort_req = o->in->reqs;
-  qsort(o->order, (size_t)o->n, sizeof *o->order, cf__cmp_order);
+  cf__order_ctx_t ctx = {spt ? o->key : NULL, o->in->reqs};
+  qsort_r(o->order, (size_t)o->n, sizeof *o->order, cf__cmp_order, &ctx);
 }
 
 /* Emit the plan for the current positions and order. */
@@ -292,7 +295,7 @@ static cf__score_t cf__score_of(const cf_sim_result_t *r, const cf__ref_t *ref) 
   cf__score_t s = {0, r->makespan_s, r->mean_ttft_s};
   if (!ref) return s;
   const double eps = 1e-12;
-  if (r->makespan_s > ref->mk * (1 + eps)) s.viol = 1e6 + r->makespan_s / ref->mk;
+  if (r->makespan_s > ref->mk) s.viol = 1e6 + r->makespan_s / ref->mk; /* exact: no slack */
   else {
     if (ref->mean > 0 && r->mean_ttft_s > ref->mean * (1 + eps)) s.viol += r->mean_ttft_s / ref->mean - 1;
     if (ref->p99 > 0 && r->p99_ttft_s > ref->p99 * (1 + eps)) s.viol += r->p99_ttft_s / ref->p99 - 1;
@@ -376,9 +379,9 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   for (int d = 0; d < nd; d++) o.doff[d + 1] += o.doff[d];
   memcpy(crit, o.doff, (size_t)nd * sizeof *crit); /* crit[] as the fill cursor for now */
   for (int r = 0; r < n; r++) o.dreq[crit[dev[r]]++] = r;
-  double Yd_dummy;
+  double y_unused; /* exact sums are recomputed below */
   if (!c->shared_link || nd == 1) {
-    for (int d = 0; d < nd; d++) crit[d] = cf__device_split(&o, d, -1, &X[d], &Yd_dummy);
+    for (int d = 0; d < nd; d++) crit[d] = cf__device_split(&o, d, -1, &X[d], &y_unused);
   } else {
     /* Find T with Y(T) = T, Y(T) = link time when every device computes for T: convex,
      * decreasing, piecewise linear, so Newton from T = 0 climbs monotonically to the root
@@ -400,7 +403,7 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
       if (h <= 1e-9 * hi) break;
       hi += h / (1 - dY);
     }
-    for (int d = 0; d < nd; d++) crit[d] = cf__device_split(&o, d, hi, &X[d], &Yd_dummy);
+    for (int d = 0; d < nd; d++) crit[d] = cf__device_split(&o, d, hi, &X[d], &y_unused);
   }
   /* exact X, Y from the whole-vertex positions, then split each critical request */
   for (int d = 0; d < nd; d++) X[d] = 0;

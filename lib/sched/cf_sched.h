@@ -23,7 +23,9 @@
  *   cf_sched_plan_t plan; cf_sched_plan_init(&plan);
  *   for each batch: cf_sched_plan(&input, CF_POLICY_OPTIMAL, &plan); ... execute plan.ops ...
  *   cf_sched_plan_free(&plan);
- * The plan keeps its buffers between calls, so steady-state planning does not allocate.
+ * The plan keeps its buffers between calls, so steady-state planning allocates only small
+ * per-request scratch. The library keeps no global state: plan different batches on
+ * different threads freely (one cf_sched_plan_t per thread).
  */
 #ifndef CF_SCHED_H
 #define CF_SCHED_H

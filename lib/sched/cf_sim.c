@@ -243,7 +243,7 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
   res->mean_restore_s = n ? sum_rest / n : 0;
   res->compute_util = mk > 0 ? busyc / (nd * mk) : 0;
   res->link_util = mk > 0 ? busyl / (nl * mk) : 0;
-  res->cells_computed = ncomp * 1; /* compute ops are one layer high */
+  res->cells_computed = ncomp; /* compute ops are one layer high: chunks = cells */
   res->cells_loaded = nload;
   /* percentiles: sort a copy in the pmax scratch (it is free now) */
   double *tmp = n <= (int)res->cap_cells_ ? res->cell_pmax_ : malloc((size_t)n * sizeof *tmp);

@@ -193,9 +193,14 @@ void cf__ssd_drop_corrupt(cf_store_t *st, const cf_store_key_t *k, int32_t slot,
   if (!dropped) return;
   CF_WARN("store %s: slot %d failed its checksum: chunk dropped", st->dir, slot);
   /* journal the drop before the slot can be reused, so replay never maps k to foreign bytes */
-  if (!st->cfg.readonly) cf__journal_add(st, 2, k, slot, 0, NULL, 0);
+  if (st->cfg.readonly) return;
+  if (cf__journal_add(st, 2, k, slot, 0, NULL, 0) != 0) {
+    /* without its DEL on record the slot must not carry other bytes: keep it out of use */
+    CF_WARN("store %s: slot %d retired: %s", st->dir, slot, cf_errmsg());
+    return;
+  }
   pthread_mutex_lock(&st->mu);
-  if (!st->cfg.readonly) cf__ssd_release(st, slot);
+  cf__ssd_release(st, slot);
   pthread_mutex_unlock(&st->mu);
 }
 
@@ -259,21 +264,27 @@ static int cf__cpu_evict_one(cf_store_t *st) {
   }
   /* S3-FIFO (Yang et al., SOSP'23): a small FIFO filters one-hit wonders, a main FIFO with
    * reinsertion holds the rest, a ghost FIFO of keys sends re-saved keys straight to main. */
-  uint32_t budget = 4 * (uint32_t)st->n_cpu_slots + 16;
+  /* each chunk is passed over at most once in small and 4 times in main (freq <= 3) */
+  uint32_t budget = 6 * (uint32_t)st->n_cpu_slots + 16, busy_main = 0, busy_small = 0;
   while (budget--) {
     cf__list_t *S = &st->q[CF__Q_SMALL], *M = &st->q[CF__Q_MAIN];
-    if (S->n && (S->n >= st->small_target || !M->n)) {
+    /* a queue pinned for a full turn hands the choice to the other one */
+    int small_stuck = busy_small > S->n, main_stuck = busy_main > M->n;
+    if (small_stuck && main_stuck) break;
+    int from_small = S->n && !small_stuck &&
+                     (S->n >= st->small_target || !M->n || main_stuck);
+    if (from_small) {
       int32_t t = S->tail;
       cf__ent_t *en = &st->ents[t];
-      if (!cf__evictable(en)) { cf__q_set(st, t, CF__Q_SMALL); continue; }
+      if (!cf__evictable(en)) { busy_small++; cf__q_set(st, t, CF__Q_SMALL); continue; }
       if (en->freq > 1) { en->freq = 0; cf__q_set(st, t, CF__Q_MAIN); continue; }
       cf__cpu_drop(st, t, 1);
       return 0;
     }
-    if (!M->n) break;
+    if (!M->n || main_stuck) break;
     int32_t t = M->tail;
     cf__ent_t *en = &st->ents[t];
-    if (!cf__evictable(en)) { cf__q_set(st, t, CF__Q_MAIN); continue; }
+    if (!cf__evictable(en)) { busy_main++; cf__q_set(st, t, CF__Q_MAIN); continue; }
     if (en->freq > 0) { en->freq--; cf__q_set(st, t, CF__Q_MAIN); continue; }
     cf__cpu_drop(st, t, 0);
     return 0;
@@ -762,12 +773,22 @@ int cf_store_remove(cf_store_t *st, const cf_store_key_t *key) {
 }
 
 int cf_store_evict_cpu(cf_store_t *st, uint64_t keep_bytes) {
-  if (st->n_ssd_slots) {
-    int rc = cf_store_flush(st);
-    if (rc) return rc;
-  }
+  int frc = st->n_ssd_slots ? cf_store_flush(st) : 0;
   pthread_mutex_lock(&st->mu);
   int rc = 0;
+  if (frc) {
+    /* write-back failed (disk full?): still give up the clean chunks, keep the dirty ones */
+    for (int q = CF__Q_LRU; q <= CF__Q_MAIN; q++) {
+      for (int32_t e = st->q[q].tail; e >= 0;) {
+        int32_t prev = st->ents[e].cprev;
+        if ((uint64_t)(st->n_cpu_slots - st->n_cpu_free) * st->slot_bytes <= keep_bytes) break;
+        if (cf__evictable(&st->ents[e]) && (st->ents[e].flags & CF__F_SSD)) cf__cpu_drop(st, e, 0);
+        e = prev;
+      }
+    }
+    pthread_mutex_unlock(&st->mu);
+    return frc;
+  }
   while ((uint64_t)(st->n_cpu_slots - st->n_cpu_free) * st->slot_bytes > keep_bytes) {
     rc = cf__cpu_evict_one(st);
     if (rc) break;
@@ -901,6 +922,13 @@ int cf_store_open(const char *dir, const cf_store_geom_t *geom, const cf_store_c
       st->cfg.ssd_bytes = (uint64_t)(i + 1) * spf * st->slot_bytes;
     }
   }
+  /* slot counts are int32 and the index is sized from them: refuse absurd caps up front */
+  if (st->cfg.cpu_bytes / st->slot_bytes > (1u << 28) || st->cfg.ssd_bytes / st->slot_bytes > (1u << 28)) {
+    rc = cf_seterr(CF_ERANGE, "store %s: caps of %llu (CPU) / %llu (SSD) bytes hold more than 2^28 "
+                   "chunks of %zu bytes", dir, (unsigned long long)st->cfg.cpu_bytes,
+                   (unsigned long long)st->cfg.ssd_bytes, st->slot_bytes);
+    goto fail;
+  }
   st->n_cpu_slots = (int32_t)(st->cfg.cpu_bytes / st->slot_bytes);
   st->n_ssd_slots = (int32_t)(st->cfg.ssd_bytes / st->slot_bytes);
   st->n_files = (st->n_ssd_slots + spf - 1) / spf;
@@ -949,6 +977,7 @@ int cf_store_open(const char *dir, const cf_store_geom_t *geom, const cf_store_c
   st->replaying = 0;
   if (rc) goto fail;
   if (!cfg->readonly) {
+    cf__fsync_dir(dir); /* the journal may have just been created */
     cf__data_offer_all(st);
     if (st->jrecords > 2 * (uint64_t)st->st.ssd_chunks + st->cfg.journal_slack &&
         (rc = cf__journal_compact(st)))

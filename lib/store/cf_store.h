@@ -146,9 +146,10 @@ enum { CF_STORE_SAVE_DURABLE = 1 };
  * cf_store_cell_bytes_n(geom, n_tokens) bytes, [2][n_tokens][n_kv][hd]. The bytes are copied.
  * Without CF_STORE_SAVE_DURABLE the chunk goes to the CPU tier (or straight to SSD when there is
  * no CPU tier) and is written back later; with it, 0 means the chunk is durable (see the contract).
- * Returns 0, or CF_EEXIST when the key is already stored (nothing done; a durable save of a key
- * present only in the CPU tier writes it through instead), CF_EBUSY when every CPU slot is pinned,
- * CF_ENOSPC (SSD full: the chunk stays in the CPU tier when it has one), CF_EIO, CF_EINVAL. */
+ * Returns 0, or CF_EEXIST when the key is already stored (nothing done; but a durable save of a
+ * stored key makes that chunk durable — writing it through when it is only in the CPU tier — and
+ * returns 0), CF_EBUSY when every CPU slot is pinned, CF_ENOSPC (SSD full: the chunk stays in the
+ * CPU tier when it has one), CF_EIO, CF_EINVAL (also: durable save without an SSD tier). */
 int cf_store_save(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
                   const void *const *cells, unsigned flags);
 
@@ -156,11 +157,15 @@ int cf_store_save(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
  * saved before the call is then durable. Returns 0, CF_ENOSPC or CF_EIO (named). */
 int cf_store_flush(cf_store_t *st);
 
-/* Drop a chunk from every tier (waits for no reader: pinned CPU bytes stay valid until unpinned). */
+/* Drop a chunk from every tier (journaled). Returns 0, CF_ENOTFOUND, or CF_EBUSY while the chunk
+ * is pinned or being written (it never waits); CF_ENOSPC/CF_EIO when its DEL record cannot be
+ * written: the chunk is gone now, may come back after a restart, and its SSD slot is retired
+ * until then so the bytes it names stay intact. */
 int cf_store_remove(cf_store_t *st, const cf_store_key_t *key);
 
-/* Move chunks out of the CPU tier until at most `keep_bytes` are used there (clean chunks first;
- * dirty chunks are written back first when an SSD tier exists). For tests and memory pressure. */
+/* Move chunks out of the CPU tier until at most `keep_bytes` are used there. With an SSD tier,
+ * dirty chunks are written back first (cf_store_flush); when that fails (CF_ENOSPC, CF_EIO) only
+ * chunks already on SSD are given up and the error is returned. For tests and memory pressure. */
 int cf_store_evict_cpu(cf_store_t *st, uint64_t keep_bytes);
 
 /* ---------------------------------------------------------------- read */

@@ -166,5 +166,6 @@ void cf__data_close(cf_store_t *st);
 int cf__data_sync(cf_store_t *st);
 void cf__slot_pos(const cf_store_t *st, int32_t slot, int *fd, uint64_t *off);
 void *cf__aligned_alloc(size_t bytes);
+void cf__fsync_dir(const char *dir);
 
 #endif

@@ -102,6 +102,15 @@ int cf__ring_run(cf_store_t *st, cf__ring_t *r, cf__io_t *ops, unsigned n) {
 
 /* ---------------------------------------------------------------- data files */
 
+void cf__fsync_dir(const char *dir) {
+  /* a new file's directory entry must reach the disk too, or a power loss forgets the file */
+  int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    if (fsync(dfd) != 0) CF_WARN("store %s: fsync of the directory: %s", dir, strerror(errno));
+    close(dfd);
+  }
+}
+
 static void cf__data_path(const cf_store_t *st, int i, char *buf, size_t cap) {
   snprintf(buf, cap, "%s/data.%03d", st->dir, i);
 }
@@ -206,6 +215,7 @@ int cf__data_grow(cf_store_t *st) {
     goto out;
   }
 ok:
+  cf__fsync_dir(st->dir);
   st->dfd[i] = fd;
   /* release: a thread that sees the new count also sees dfd[i] */
   __atomic_store_n(&st->files_ready, i + 1, __ATOMIC_RELEASE);
@@ -235,10 +245,19 @@ int cf__data_sync(cf_store_t *st) {
 /* Offer the free slots of every existing data file once the journal replay has claimed its own. */
 void cf__data_offer_all(cf_store_t *st);
 void cf__data_offer_all(cf_store_t *st) {
+  /* a smaller cap than last time: files and bytes past it go (their records were dropped) */
+  for (int i = st->n_files;; i++) {
+    char p[1100];
+    cf__data_path(st, i, p, sizeof p);
+    if (unlink(p) != 0) break;
+    CF_INFO("store %s: data.%03d removed: beyond the SSD cap", st->dir, i);
+  }
   for (int i = 0; i < st->files_ready; i++) {
     struct stat sb;
     if (fstat(st->dfd[i], &sb) != 0) continue;
     uint64_t want = cf__file_bytes(st, i);
+    if ((uint64_t)sb.st_size > want && ftruncate(st->dfd[i], (off_t)want) == 0)
+      sb.st_size = (off_t)want;
     /* a truncated file (its lost chunks were dropped by the replay) is extended for reuse */
     if ((uint64_t)sb.st_size < want && fallocate(st->dfd[i], 0, 0, (off_t)want) == 0)
       sb.st_size = (off_t)want;

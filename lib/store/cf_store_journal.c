@@ -79,8 +79,7 @@ int cf__hdr_write(cf_store_t *st) {
   close(fd);
   if (rename(tmp, fin) != 0)
     return cf_seterr(CF_EIO, "store %s: rename header: %s", st->dir, strerror(errno));
-  int dfd = open(st->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) { fsync(dfd); close(dfd); }
+  cf__fsync_dir(st->dir);
   return 0;
 }
 
@@ -425,8 +424,7 @@ int cf__journal_compact(cf_store_t *st) {
     unlink(tmp);
     goto out;
   }
-  int dfd = open(st->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) { fsync(dfd); close(dfd); }
+  cf__fsync_dir(st->dir);
   close(st->jfd);
   close(fd);
   st->jfd = open(fin, O_RDWR | O_APPEND | O_CLOEXEC);

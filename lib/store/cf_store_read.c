@@ -40,7 +40,7 @@ void cf_store_unpin(cf_store_t *st, cf_store_pin_t *pin) {
   pin->base = NULL;
 }
 
-/* Take a read reference on the SSD slot of `key` (mu held by caller). */
+/* Drop a read reference on SSD slot s; the last reader of a dropped slot frees it. */
 static void cf__slot_unref(cf_store_t *st, int32_t s) {
   pthread_mutex_lock(&st->mu);
   if (--st->ssd_reads[s] == 0 && st->ssd_zombie[s]) {

@@ -48,7 +48,6 @@ int cf_store_verify_dir(const char *dir, cf_store_verify_t *out) {
       return rc;
     }
   }
-  rc = 0;
   free(buf);
   cf_store_close(st);
   return 0;

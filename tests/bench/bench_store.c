@@ -228,7 +228,7 @@ static void bench_ssd(const char *base, int quick) {
   cf_store_reader_t *rd;
   if ((rc = cf_store_reader_open(st, QD, &rd))) die("reader", rc);
   size_t total = (size_t)N * 4 * cb;
-  const int reps = 3;
+  const int reps = quick ? 2 : 5;
   double best_raw = 1e9, best_st = 1e9;
   cf_store_read_t *req = calloc(QD, sizeof *req);
   for (int r = 0; r < reps; r++) {

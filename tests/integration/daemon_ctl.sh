@@ -6,7 +6,7 @@ export CACHEFLOW_ADDR="unix:$T/cf.sock"
 out=$($B/cacheflowctl status 2>&1); rc=$?
 [ $rc -eq 1 ] && echo "$out" | grep -q "cacheflowctl status: unix:$T/cf.sock: .*UNAVAILABLE" && ok "status without a daemon: exit 1, UNAVAILABLE" || bad "status without daemon" "rc=$rc $out"
 printf 'policy = layerwise\n' > "$T/c.conf"
-start_daemon --config "$T/c.conf"
+start_daemon "$T/c.conf"
 out=$($B/cacheflowctl status 2>&1) && echo "$out" | grep -q "SERVING, up .* 0 engine(s), 0 restore(s) in flight, model $FIX" && ok "status: SERVING summary" || bad "status" "$out"
 out=$($B/cacheflowctl stats 2>&1) && echo "$out" | grep -q "^requests_total [0-9]" && echo "$out" | grep -q "^cacheflow_restores_total 0" && ok "stats" || bad "stats" "$out"
 out=$($B/cacheflowctl config policy 2>&1) && [ "$out" = "policy = layerwise" ] && ok "config policy (from the file)" || bad "config policy" "$out"
@@ -16,7 +16,8 @@ out=$($B/cacheflowctl lookup --engine 42 --tokens 1,2,3 2>&1); [ $? -eq 1 ] && e
 out=$($B/cacheflowctl lookup --engine 42 2>&1); [ $? -eq 2 ] && ok "lookup without --tokens: usage error" || bad "lookup usage" "$out"
 out=$($B/cacheflowctl restore --engine 42 --tokens 1,2 --blocks 0 --policy cake 2>&1); [ $? -eq 1 ] && echo "$out" | grep -q "NOT_FOUND" && ok "restore unknown engine" || bad "restore" "$out"
 out=$($B/cacheflowctl restore --engine 42 --tokens 1,2 --blocks 0 --policy fastest 2>&1); [ $? -eq 2 ] && echo "$out" | grep -q "policy recompute|load" && ok "restore bad policy: usage error" || bad "restore bad policy" "$out"
-out=$($B/cacheflowctl evict --tier cpu 2>&1); [ $? -eq 0 ] && echo "$out" | grep -q "evicted 0 bytes" && ok "evict of an empty CPU tier" || bad "evict" "$out"
+out=$($B/cacheflowctl evict --tier cpu 2>&1) && [ "$out" = "evicted 0 bytes in 0 chunks" ] && ok "evict of an empty CPU tier" || bad "evict" "$out"
+out=$($B/cacheflowctl evict --tier ssd 2>&1); [ $? -eq 1 ] && echo "$out" | grep -q "UNIMPLEMENTED: .*SSD tier evicts by itself" && ok "evict ssd: refused with the reason" || bad "evict ssd" "$out"
 out=$($B/cacheflowctl evict --tier gpu 2>&1); [ $? -eq 2 ] && ok "evict bad tier: usage error" || bad "evict bad tier" "$out"
 out=$($B/cacheflowctl bench --clients 4 --requests 50 2>&1) && echo "$out" | grep -q "4 client(s) x 50 request(s).* 0 error(s)" && ok "bench small run" || bad "bench" "$out"
 finish

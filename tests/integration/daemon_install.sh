@@ -15,6 +15,10 @@ for k in "Type=notify" "WatchdogSec=" "ExecStartPre=/usr/bin/cacheflowd --config
          "ExecReload=/bin/kill -HUP \$MAINPID" "User=cacheflow" "LimitMEMLOCK=infinity" "NoNewPrivileges=yes" "RuntimeDirectory=cacheflow"; do
   grep -qF -- "$k" "$U" && ok "unit has $k" || bad "unit lacks $k"
 done
+if command -v systemd-analyze >/dev/null; then
+  sed "s|/usr/bin/cacheflowd|$D/usr/bin/cacheflowd|g" "$U" > "$T/cacheflowd.service"
+  out=$(systemd-analyze verify "$T/cacheflowd.service" 2>&1) && [ -z "$out" ] && ok "systemd-analyze verify: unit clean" || bad "systemd-analyze verify" "$out"
+fi
 "$D/usr/bin/cacheflowd" --config "$D/etc/cacheflow/cacheflowd.conf" --check-config >/dev/null 2>&1 && ok "installed binary checks the installed config" || bad "installed config check"
 echo 'x' > "$D/etc/cacheflow/keep"; printf 'policy = cake\n' > "$D/etc/cacheflow/cacheflowd.conf"
 make --no-print-directory BUILD="$B" install DESTDIR="$D" PREFIX=/usr >/dev/null 2>&1
@@ -39,7 +43,7 @@ EOC
 export PKG_CONFIG_PATH="$D/usr/lib/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$D"
 SAN=; [ -n "${CF_ASAN:-}" ] && SAN="-fsanitize=address,undefined"
 out=$(cc $SAN -o "$T/hello" "$T/hello.c" $(pkg-config --cflags --static --libs cacheflow) 2>&1) && ok "builds against pkg-config cacheflow" || bad "build against pkg-config" "$out"
-start_daemon --config /dev/null
+start_daemon
 out=$("$T/hello" "unix:$T/cf.sock" 2>&1)
 [ "$out" = "serving=1 layers=2" ] && ok "installed client library talks to the daemon" || bad "client program" "$out"
 finish

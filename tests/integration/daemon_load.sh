@@ -4,7 +4,7 @@
 # own connection and registered engine. Every status is checked by cacheflowctl bench; the
 # daemon's RSS must stay bounded: a second identical run may not grow it by more than 8 MiB.
 source "$(dirname "$0")/lib/daemon_common.sh"
-start_daemon --config /dev/null
+start_daemon
 rss() { awk '/^VmRSS:/ {print $2}' /proc/$PID/status; }
 r0=$(rss)
 out1=$($B/cacheflowctl bench --clients 64 --requests 200 2>&1); rc1=$?

@@ -88,7 +88,7 @@ CF_TEST(sched_property_random_batches) {
       check_staircase(&in, &p, &s);
       mk[pol] = s.makespan_s;
       mean[pol] = s.mean_ttft_s;
-      CF_CHECK_MSG(s.makespan_s >= B * (1 - 1e-9), "trial %d %s: makespan %.9g below bound %.9g",
+      CF_CHECK_MSG(s.makespan_s >= B, "trial %d %s: makespan %.9g below bound %.9g",
                    t, cf_policy_name(pol), s.makespan_s, B);
       for (int r = 0; r < in.n_reqs; r++)
         CF_CHECK(s.ttft_s[r] >= s.restore_s[r] && s.restore_s[r] >= 0);
@@ -96,7 +96,7 @@ CF_TEST(sched_property_random_batches) {
     if (in.refine_evals != 0) {
       int ok = 1;
       for (int pol = 0; pol < CF_POLICY_OPTIMAL; pol++) {
-        CF_CHECK_MSG(mk[CF_POLICY_OPTIMAL] <= mk[pol] * (1 + 1e-12),
+        CF_CHECK_MSG(mk[CF_POLICY_OPTIMAL] <= mk[pol],
                      "trial %d: optimal %.9g > %s %.9g", t, mk[CF_POLICY_OPTIMAL],
                      cf_policy_name(pol), mk[pol]);
         ok &= mean[CF_POLICY_OPTIMAL] <= mean[pol] * (1 + 1e-12);
@@ -160,13 +160,13 @@ CF_TEST(sched_bound_uniform_closed_form) {
   c.gamma_s = 0;
   for (int64_t P = 256; P <= 131072; P *= 4) {
     double tc = c.n_layers * c.alpha_s * P, tio = c.n_layers * P * c.kv_bytes_per_token / c.link_Bps;
-    CF_CHECK_MSG(REL(cf_bound_single(&c, P), tc * tio / (tc + tio)) < 1e-9, "P=%lld: %.9g vs %.9g",
+    CF_CHECK_MSG(REL(cf_bound_single(&c, P), tc * tio / (tc + tio)) < 3e-9, "P=%lld: %.9g vs %.9g",
                  (long long)P, cf_bound_single(&c, P), tc * tio / (tc + tio));
   }
   /* a batch on one device and link is one big request in the uniform case */
   cf_sched_req_t r[2] = {{0, 1000, 0, -1}, {0, 3000, 0, -1}};
   cf_sched_input_t in = {c, r, 2, 0};
-  CF_CHECK(REL(cf_bound(&in), cf_bound_single(&c, 4000)) < 1e-9);
+  CF_CHECK(REL(cf_bound(&in), cf_bound_single(&c, 4000)) < 3e-9);
   /* arrivals: the late request alone bounds the makespan from below */
   r[1].arrival_s = 100;
   CF_CHECK(REL(cf_bound(&in), 100 + cf_bound_single(&c, 3000)) < 1e-9);
@@ -510,6 +510,26 @@ CF_TEST(sched_hw_profiles_and_models_errors) {
   fclose(f);
   CF_CHECK_ERR(cf_hw_load(path, &hw), CF_EFORMAT);
   CF_CHECK_CONTAINS(cf_errmsg(), "compute.alpha_us_per_token");
+  /* a minimal profile: compute and one tier; the rest defaults */
+  f = fopen(path, "w");
+  fputs("{\"compute\": {\"gamma_ms\": 0.1, \"alpha_us_per_token\": 0.5, \"beta_ns_per_token2\": 0.05},"
+        " \"tiers\": {\"net\": {\"GBps\": 2.5, \"latency_us\": 40}}}", f);
+  fclose(f);
+  CF_CHECK_OK(cf_hw_load(path, &hw));
+  CF_CHECK_EQ(hw.gpus, 8);
+  CF_CHECK_EQ(hw.default_tier, CF_TIER_NET);
+  cf_model_shape_t m8;
+  CF_CHECK_OK(cf_model_shape_load("llama-3.1-8b", &m8));
+  cf_sched_cost_t cost;
+  CF_CHECK_OK(cf_hw_cost(&hw, &m8, 0, CF_TIER_NET, 0, 256, &cost));
+  CF_CHECK(cost.shared_link && REL(cost.link_Bps, 2.5e9) < 1e-12 && REL(cost.link_latency_s, 40e-6) < 1e-12);
+  CF_CHECK_ERR(cf_hw_cost(&hw, &m8, 0, CF_TIER_DRAM, 0, 256, &cost), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "has no 'dram' tier");
+  f = fopen(path, "w");
+  fputs("{\"tiers\": {\"dram\": {\"GBps\": 2.5, \"latency_us\": 40}}}", f);
+  fclose(f);
+  CF_CHECK_ERR(cf_hw_load(path, &hw), CF_EFORMAT);
+  CF_CHECK_CONTAINS(cf_errmsg(), "missing key 'compute'");
   cf_model_shape_t m;
   CF_CHECK_ERR(cf_model_shape_load("gpt-5", &m), CF_ENOTFOUND);
   CF_CHECK_CONTAINS(cf_errmsg(), "unknown model 'gpt-5'");

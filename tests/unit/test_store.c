@@ -262,6 +262,51 @@ CF_TEST(store_lru_evicts_coldest_and_pins_hold) {
   cf_store_close(st);
 }
 
+/* S3-FIFO with every chunk of the small queue pinned (chunks just saved and being read): the
+ * victim comes from the main queue instead of failing with EBUSY; with everything pinned, EBUSY. */
+CF_TEST(store_s3fifo_pinned_small_falls_back_to_main) {
+  cf_store_geom_t g = st_geom(16, 1, 64);
+  cf_store_config_t c = cfg_of(50 * 8192, 0);
+  c.cpu_evict = CF_STORE_EVICT_S3FIFO;
+  cf_store_t *st;
+  CF_CHECK_OK(cf_store_open(tdir("s3pin"), &g, &c, &st));
+  if (!st) return;
+  for (int id = 0; id < 50; id++) CF_CHECK_OK(st_save(st, id, 16, 0));
+  for (int r = 0; r < 2; r++)
+    for (int id = 0; id < 50; id++) { int eq, t; st_check(st, id, 16, 0, 1, &eq, &t); }
+  /* the eviction for 100 moves 0..45 to main and evicts 0 from there: small = 46..49, 100 */
+  CF_CHECK_OK(st_save(st, 100, 16, 0));
+  cf_store_key_t k0 = st_key(&g, 0);
+  CF_CHECK_EQ(cf_store_lookup(st, &k0, 1, NULL), 0);
+  cf_store_pin_t pins[60];
+  int np = 0;
+  const int small_ids[5] = {46, 47, 48, 49, 100};
+  for (int i = 0; i < 5; i++) {
+    cf_store_key_t k = st_key(&g, small_ids[i]);
+    if (cf_store_pin(st, &k, &pins[np]) == 0) np++;
+  }
+  CF_CHECK_EQ(np, 5);
+  CF_CHECK_OK(st_save(st, 101, 16, 0)); /* victim from main: chunk 1 */
+  cf_store_key_t k1 = st_key(&g, 1);
+  CF_CHECK_EQ(cf_store_lookup(st, &k1, 1, NULL), 0);
+  for (int i = 0; i < 5; i++) {
+    cf_store_key_t k = st_key(&g, small_ids[i]);
+    CF_CHECK_EQ(cf_store_lookup(st, &k, 1, NULL), 1);
+  }
+  /* pin everything: no victim */
+  for (int id = 2; id < 46; id++) {
+    cf_store_key_t k = st_key(&g, id);
+    if (cf_store_pin(st, &k, &pins[np]) == 0) np++;
+  }
+  cf_store_key_t k = st_key(&g, 101);
+  if (cf_store_pin(st, &k, &pins[np]) == 0) np++;
+  CF_CHECK_EQ(np, 50);
+  CF_CHECK_ERR(st_save(st, 102, 16, 0), CF_EBUSY);
+  for (int i = 0; i < np; i++) cf_store_unpin(st, &pins[i]);
+  CF_CHECK_OK(st_save(st, 102, 16, 0));
+  cf_store_close(st);
+}
+
 CF_TEST(store_s3fifo_keeps_hot_chunks_under_a_scan) {
   cf_store_geom_t g = st_geom(16, 1, 64);
   const int N = 50;
@@ -286,6 +331,7 @@ CF_TEST(store_s3fifo_keeps_hot_chunks_under_a_scan) {
   cf_store_get_stats(st, &s);
   CF_CHECK_LE(s.cpu_bytes_used, s.cpu_bytes_cap);
   CF_CHECK_EQ(s.cpu_chunks, N);
+
   cf_store_close(st);
 
   /* LRU under the same pattern loses more of the hot set (what S3-FIFO is for) */
@@ -341,14 +387,22 @@ CF_TEST(store_caps_hold_under_sustained_saves) {
   cf_store_get_stats(st, &s);
   CF_CHECK_EQ(s.cpu_chunks, 10);
   CF_CHECK_EQ(s.ssd_chunks, 25);
-  CF_CHECK_GT(s.ssd_evictions, 200);
+  /* every chunk either reached SSD or was evicted from the CPU tier before it could (counted) */
+  CF_CHECK_EQ(s.spills + s.cpu_evict_dirty, 300);
+  CF_CHECK_EQ(s.ssd_evictions, s.spills - 25);
+  CF_CHECK_GT(s.spills, 300 / 7);
   CF_CHECK_LE(dir_data_bytes(d), ssd_cap);
-  /* the most recent chunks are all readable and right */
-  for (int id = 290; id < 300; id++) {
+  /* what the tiers hold reads back right (at least the 25 SSD chunks); which chunks survived
+   * depends on how far the spill thread kept up, so no exact set is asserted */
+  int held = 0;
+  for (int id = 0; id < 300; id++) {
     int eq, t;
-    CF_CHECK_OK(st_check(st, id, 16, 0, 4, &eq, &t));
-    CF_CHECK(eq);
+    int rc = st_check(st, id, 16, 0, 4, &eq, &t);
+    if (rc == 0) { CF_CHECK(eq); held++; }
+    else CF_CHECK_EQ(rc, CF_ENOTFOUND);
   }
+  CF_CHECK_GE(held, 25);
+  CF_CHECK_LE(held, 35);
   cf_store_close(st);
   /* and the journal stays bounded: reopen compacts it to the live records */
   CF_CHECK_OK(cf_store_open(d, &g, &c, &st));
@@ -356,6 +410,26 @@ CF_TEST(store_caps_hold_under_sustained_saves) {
   cf_store_get_stats(st, &s);
   CF_CHECK_EQ(s.ssd_chunks, 25);
   cf_store_close(st);
+  /* a smaller cap at the next open: files shrink to it, chunks past it are dropped, the rest
+   * stay readable */
+  c.ssd_bytes = 10 * slot;
+  CF_CHECK_OK(cf_store_open(d, &g, &c, &st));
+  if (!st) return;
+  CF_CHECK_LE(dir_data_bytes(d), 10 * slot);
+  cf_store_get_stats(st, &s);
+  CF_CHECK_LE(s.ssd_chunks, 10);
+  int readable = 0;
+  for (int id = 0; id < 300; id++) {
+    int eq, t;
+    int rc = st_check(st, id, 16, 0, 4, &eq, &t);
+    if (rc == 0) { CF_CHECK(eq); readable++; }
+    else CF_CHECK_EQ(rc, CF_ENOTFOUND);
+  }
+  CF_CHECK_EQ(readable, (int)s.ssd_chunks);
+  cf_store_close(st);
+  cf_store_verify_t v;
+  CF_CHECK_OK(cf_store_verify_dir(d, &v));
+  CF_CHECK_EQ(v.chunks_damaged + v.journal_damaged, 0);
 }
 
 CF_TEST(store_no_cpu_tier_saves_straight_to_ssd) {
@@ -372,6 +446,40 @@ CF_TEST(store_no_cpu_tier_saves_straight_to_ssd) {
     CF_CHECK(eq);
     CF_CHECK_EQ(t, CF_STORE_TIER_SSD);
   }
+  cf_store_close(st);
+}
+
+CF_TEST(store_durable_resave_writes_through) {
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  cf_store_config_t c = cfg_of(1 << 20, 1 << 20);
+  c.spill = 0; /* nothing is written back behind the test's back */
+  cf_store_t *st;
+  CF_CHECK_OK(cf_store_open(tdir("resave"), &g, &c, &st));
+  if (!st) return;
+  CF_CHECK_OK(st_save(st, 1, 16, 0));
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.cpu_dirty, 1);
+  CF_CHECK_EQ(s.ssd_chunks, 0);
+  CF_CHECK_ERR(st_save(st, 1, 16, 0), CF_EEXIST);
+  CF_CHECK_OK(st_save(st, 1, 16, CF_STORE_SAVE_DURABLE)); /* written through */
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.cpu_dirty, 0);
+  CF_CHECK_EQ(s.ssd_chunks, 1);
+  CF_CHECK_OK(st_save(st, 1, 16, CF_STORE_SAVE_DURABLE)); /* already on SSD: synced, 0 */
+  /* pinned chunks cannot be removed */
+  cf_store_pin_t pin;
+  cf_store_key_t k = st_key(&g, 1);
+  CF_CHECK_OK(cf_store_pin(st, &k, &pin));
+  CF_CHECK_ERR(cf_store_remove(st, &k), CF_EBUSY);
+  cf_store_unpin(st, &pin);
+  CF_CHECK_OK(cf_store_remove(st, &k));
+  CF_CHECK_ERR(cf_store_remove(st, &k), CF_ENOTFOUND);
+  cf_store_close(st);
+  /* the removal was journaled */
+  CF_CHECK_OK(cf_store_open(tdir("resave"), &g, &c, &st));
+  if (!st) return;
+  CF_CHECK_EQ(cf_store_lookup(st, &k, 1, NULL), 0);
   cf_store_close(st);
 }
 
@@ -426,14 +534,14 @@ CF_TEST(store_corruption_detected_dropped_counted) {
    * random cell; and 3 journal records of other chunks. */
   char p[1200];
   snprintf(p, sizeof p, "%s/data.000", d);
-  int bad_data[8], bad_rec[3], nbd = 0;
+  int nbd = 0;
   uint8_t damaged[N];
   memset(damaged, 0, sizeof damaged);
   while (nbd < 8) {
     int id = (int)(cf_test_rand() % N);
     if (damaged[id]) continue;
     damaged[id] = 1;
-    bad_data[nbd++] = id;
+    nbd++;
     uint32_t layer = (uint32_t)(cf_test_rand() % 4);
     flip_byte(p, (uint64_t)id * slot + layer * 8192 + cf_test_rand() % 8192);
   }
@@ -443,10 +551,9 @@ CF_TEST(store_corruption_detected_dropped_counted) {
     int id = (int)(cf_test_rand() % (N - 1)); /* never the last record: that would be a "tail" */
     if (damaged[id]) continue;
     damaged[id] = 2;
-    bad_rec[i++] = id;
+    i++;
     flip_byte(p, (uint64_t)id * R + cf_test_rand() % R);
   }
-  (void)bad_data; (void)bad_rec;
   /* verify sees all of it */
   cf_store_verify_t v;
   CF_CHECK_OK(cf_store_verify_dir(d, &v));
@@ -638,6 +745,10 @@ CF_TEST(store_bad_directories_and_files) {
   CF_CHECK_OK(cf_store_verify_dir(d, &v));
   CF_CHECK_EQ(v.chunks_damaged, 0);
   CF_CHECK_EQ(v.chunks_ok, 5);
+  /* a cap holding more chunks than the index can address */
+  cf_store_config_t huge = cfg_of(1 << 20, 1ull << 50);
+  CF_CHECK_ERR(cf_store_open(tdir("huge"), &g, &huge, &st), CF_ERANGE);
+  CF_CHECK_CONTAINS(cf_errmsg(), "2^28");
   /* bad arguments */
   CF_CHECK_OK(cf_store_open(tdir("args"), &g, &c, &st));
   CF_CHECK_ERR(st_save(st, 1, 17, 0), CF_EINVAL);
@@ -705,8 +816,9 @@ CF_TEST(store_enospc_ssd_cpu_keeps_working) {
     CF_CHECK(eq);
   }
   cf_store_close(st);
-  /* a store whose journal cannot grow: fill the disk, then durable saves fail clearly while
-   * plain saves still land in the CPU tier */
+  /* the disk filled by someone else, and a cap that asks for more files: growing fails with
+   * ENOSPC (counted, named); durable saves either recycle the store's own slots or fail with
+   * CF_ENOSPC, never half-done; plain saves still land in the CPU tier */
   char fill[1200];
   snprintf(fill, sizeof fill, "%s/filler", m);
   int fd = open(fill, O_CREAT | O_WRONLY, 0644);
@@ -717,13 +829,30 @@ CF_TEST(store_enospc_ssd_cpu_keeps_working) {
   c.ssd_bytes = 256ull << 20;
   CF_CHECK_OK(cf_store_open(d, &g, &c, &st));
   if (st) {
-    int full = 0;
-    for (int id = 1000; id < 1400 && !full; id++) {
+    int ok2 = 0, nospc2 = 0;
+    for (int id = 1000; id < 1100; id++) {
       int rc = st_save(st, id, 16, CF_STORE_SAVE_DURABLE);
-      if (rc == CF_ENOSPC) full = 1;
-      else CF_CHECK_OK(rc);
+      if (rc == CF_ENOSPC) { nospc2++; CF_CHECK_CONTAINS(cf_errmsg(), "o space left"); continue; }
+      CF_CHECK_OK(rc);
+      ok2++;
     }
-    CF_CHECK(full || 1); /* the store may still recycle its own slots; no wrong state either way */
+    cf_store_get_stats(st, &s);
+    CF_CHECK_GT(s.enospc, 0);
+    CF_CHECK_EQ(ok2 + nospc2, 100);
+    /* the chunks whose durable save failed are still dirty in the CPU tier: write-back fails
+     * again, and only the clean (SSD) copies leave the CPU tier */
+    int erc = cf_store_evict_cpu(st, 0);
+    CF_CHECK(erc == 0 || erc == CF_ENOSPC);
+    cf_store_get_stats(st, &s);
+    CF_CHECK_EQ(s.cpu_chunks, (uint64_t)(erc ? (nospc2 < 20 ? nospc2 : 20) : 0));
+    /* whatever is still held reads back right (SSD eviction may have recycled durable ones:
+     * the SSD tier is a cache too) */
+    for (int id = 1000; id < 1100; id++) {
+      int eq, t;
+      int rc = st_check(st, id, 16, 0, 4, &eq, &t);
+      if (rc == 0) CF_CHECK(eq);
+      else CF_CHECK_EQ(rc, CF_ENOTFOUND);
+    }
     CF_CHECK_OK(st_save(st, 5000, 16, 0));
     int eq, t;
     CF_CHECK_OK(st_check(st, 5000, 16, 0, 4, &eq, &t));
@@ -765,7 +894,7 @@ static void *conc_reader(void *p) {
     if (r.status == 0) {
       st_fill_cell(g, id, layer, 16, want);
       if (memcmp(buf, want, cb) != 0) a->wrong++;
-      a->reads++;
+      __atomic_add_fetch(&a->reads, 1, __ATOMIC_RELAXED);
     } else if (r.status == CF_ECORRUPT) {
       a->corrupt++;
     }
@@ -801,12 +930,17 @@ CF_TEST(store_concurrent_readers_while_saving_spilling_evicting) {
     a[i].seed = (unsigned)(i + 1);
     pthread_create(&th[i], NULL, conc_reader, &a[i]);
   }
-  for (int round = 0; round < 6; round++)
+  /* at least 6 rounds of saves, and on until the readers have done some work (slow machines) */
+  for (int round = 0; round < 200; round++) {
     for (int id = 0; id < 400; id++) {
       int rc = st_save(st, (uint64_t)((id * 7 + round * 13) % 400), 16, 0);
       CF_CHECK(rc == 0 || rc == CF_EEXIST || rc == CF_EBUSY);
       if (id % 97 == 0) cf_store_evict_cpu(st, 10 * slot);
     }
+    long r = 0;
+    for (int i = 0; i < 3; i++) r += __atomic_load_n(&a[i].reads, __ATOMIC_RELAXED);
+    if (round >= 5 && r > 300) break;
+  }
   for (int i = 0; i < 3; i++) { __atomic_store_n(&a[i].stop, 1, __ATOMIC_RELAXED); pthread_join(th[i], NULL); }
   long reads = 0;
   for (int i = 0; i < 3; i++) {

@@ -10,11 +10,13 @@ bad() { F=$((F+1)); echo "FAIL $1"; [ -n "${2:-}" ] && echo "$2" | sed 's/^/    
 T=$(mktemp -d)
 cleanup() { [ -n "$PID" ] && kill "$PID" 2>/dev/null && wait "$PID" 2>/dev/null; rm -rf "$T"; }
 trap cleanup EXIT
-# start_daemon [extra cacheflowd args...]: the real daemon on $T/cf.sock with the fixture
-# model; waits until it answers. Sets PID and exports CACHEFLOW_ADDR for cacheflowctl.
+# start_daemon [CONF]: the real daemon on $T/cf.sock with the fixture model and its HTTP side on
+# $T/metrics.sock (never a shared TCP port), plus the settings of the file CONF; waits until it
+# answers. Sets PID and exports CACHEFLOW_ADDR for cacheflowctl.
 start_daemon() {
   export CACHEFLOW_ADDR="unix:$T/cf.sock"
-  $B/cacheflowd --listen "unix:$T/cf.sock" --store-dir "$T/store" --model "$FIX" "$@" >"$T/log" 2>&1 &
+  { echo "metrics_listen = unix:$T/metrics.sock"; [ -n "${1:-}" ] && cat "$1"; } > "$T/daemon.conf"
+  $B/cacheflowd --config "$T/daemon.conf" --listen "unix:$T/cf.sock" --store-dir "$T/store" --model "$FIX" >"$T/log" 2>&1 &
   PID=$!
   for _ in $(seq 200); do $B/cacheflowctl status >/dev/null 2>&1 && return 0; sleep 0.05; done
   bad "daemon did not start" "$(tail -5 "$T/log")"

@@ -21,7 +21,12 @@ try:
         T.check("file sized for the layout (2 layers x K,V x 32 blocks x 8 tok x 2 heads x 16 x f32)",
                 os.path.getsize(os.path.join(d.tmp, "e.kv")) == 2 * 2 * 32 * 8 * 2 * 16 * 4)
         T.check("config() returns every setting", c.config()["policy"] == "optimal" and "cpu_tier_bytes" in c.config())
-        T.check("lookup() of an unsaved prefix -> 0 cached tokens", c.lookup(eng, [1, 2, 3]).cached_tokens == 0)
+        T.check("lookup() of an unseen prefix", c.lookup(eng, [1, 2, 3]).cached_tokens == 0)
+        try:
+            c.lookup(eng + 1, [1, 2, 3])
+            T.check("lookup() error", False, "no error")
+        except CacheFlowError as e:
+            T.check("lookup() raises CacheFlowError with code and details", e.code == grpc.StatusCode.NOT_FOUND and "not registered" in e.details, str(e))
         try:
             list(c.restore(eng, list(range(9)), [0]))
             T.check("restore() error", False, "no error")
@@ -53,4 +58,29 @@ try:
 finally:
     rc = d.stop()
 T.check("daemon exit 0", rc == 0)
+
+# TCP, only when configured: gRPC and the HTTP side on 127.0.0.1 ports
+import socket  # noqa: E402
+import urllib.request  # noqa: E402
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+gport, hport = free_port(), free_port()
+d = Daemon(conf={"tcp_listen": f"127.0.0.1:{gport}", "metrics_listen": f"127.0.0.1:{hport}"}).start()
+try:
+    with Client(f"127.0.0.1:{gport}", timeout=10) as tc:
+        T.check("gRPC over tcp_listen: SERVING", tc.health() == "SERVING")
+    T.check("unix socket still served next to TCP", d.client.health() == "SERVING")
+    body = urllib.request.urlopen(f"http://127.0.0.1:{hport}/healthz", timeout=5).read()
+    T.check("/healthz over metrics_listen host:port", body == b"ok\n", repr(body))
+finally:
+    rc = d.stop()
+T.check("daemon (TCP) exit 0", rc == 0)
 sys.exit(T.summary())

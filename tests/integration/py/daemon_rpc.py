@@ -15,6 +15,7 @@ d = Daemon(conf={"max_message_bytes": "64k", "max_request_tokens": "1000", "batc
 c = d.client
 try:
     T.check("health SERVING", c.health() == "SERVING")
+    T.check("unix socket mode 0660", os.stat(d.sock).st_mode & 0o777 == 0o660, oct(os.stat(d.sock).st_mode))
     T.check("health of cacheflow.v1.CacheFlow SERVING", c.health("cacheflow.v1.CacheFlow") == "SERVING")
     T.status("health of an unknown service -> NOT_FOUND", lambda: c.health("no.such.Service"), SC.NOT_FOUND, "unknown service")
 
@@ -90,6 +91,43 @@ try:
                  lambda r: r.layers[0].k.cuda_ipc.CopyFrom(pb.CudaIpcBuffer(ipc_handle=b"x" * 10, gpu_uuid="GPU-1")), SC.INVALID_ARGUMENT, "64 bytes")
     still_serving("bad registrations (nothing registered)")
 
+    # ---- mutated messages: bit flips, truncations, random bytes to every method. Each call must
+    # end with a deliberate status (never INTERNAL/UNKNOWN) and the daemon must keep serving.
+    import random
+    rnd = random.Random(1234)
+    seeds = {
+        "/cacheflow.v1.CacheFlow/RegisterEngine": c.layout_request(shm, stats=st)[0].SerializeToString(),
+        "/cacheflow.v1.CacheFlow/Lookup": pb.LookupRequest(engine_id=eng, token_ids=list(range(40))).SerializeToString(),
+        "/cacheflow.v1.CacheFlow/Save": pb.SaveRequest(engine_id=eng, token_ids=list(range(20)), block_ids=[1, 2]).SerializeToString(),
+        "/cacheflow.v1.CacheFlow/Unregister": pb.UnregisterRequest(engine_id=eng + 1000000).SerializeToString(),  # needs >= 7 bit flips to hit eng
+        "/cacheflow.v1.Admin/GetConfig": pb.GetConfigRequest(name="policy").SerializeToString(),
+        "/grpc.health.v1.Health/Check": b"",
+    }
+    allowed = {SC.OK, SC.INVALID_ARGUMENT, SC.NOT_FOUND, SC.RESOURCE_EXHAUSTED}
+    bad_status, registered = [], []
+    for method, seed in seeds.items():
+        for i in range(150):
+            m = bytearray(seed)
+            kind = i % 3
+            if kind == 0 and m:
+                for _ in range(rnd.randint(1, 4)):
+                    m[rnd.randrange(len(m))] ^= 1 << rnd.randrange(8)
+            elif kind == 1 and m:
+                m = m[:rnd.randrange(len(m))]
+            else:
+                m = bytearray(rnd.randbytes(rnd.randint(1, 64)))
+            try:
+                reply = c.call_raw(method, bytes(m))
+                if method.endswith("RegisterEngine"):
+                    registered.append(pb.RegisterEngineResponse.FromString(reply).engine_id)
+            except CacheFlowError as e:
+                if e.code not in allowed:
+                    bad_status.append((method, e.code.name, e.details))
+    T.check("900 mutated requests: only deliberate statuses", not bad_status, str(bad_status[:3]))
+    for x in registered:  # a mutation that is still a valid registration is fine: undo it
+        c.unregister(x)
+    still_serving("900 mutated requests")
+
     # ---- unknown methods
     T.status("unknown method -> UNIMPLEMENTED", lambda: c.call_raw("/cacheflow.v1.CacheFlow/Frobnicate", b""), SC.UNIMPLEMENTED, "unknown method")
     T.status("unknown service -> UNIMPLEMENTED", lambda: c.call_raw("/nope.v9.Nope/Call", b"\x08\x01"), SC.UNIMPLEMENTED)
@@ -100,9 +138,9 @@ try:
     T.status("GetConfig unknown name -> NOT_FOUND", lambda: c.config("nope"), SC.NOT_FOUND)
     T.status("Evict unknown tier -> INVALID_ARGUMENT", lambda: c.evict(tier=7), SC.INVALID_ARGUMENT, "tier 7")
 
-    # ---- the data path (lib/store + lib/exec, wired by cf_dataplane): nothing stored yet
-    r = c.lookup(eng, [1, 2, 3])
-    T.check("lookup of an unsaved prefix -> 0 cached tokens", r.cached_tokens == 0, str(r))
+    # ---- the parts lib/store and lib/exec provide: a clear FAILED_PRECONDITION until wired
+    lk = c.lookup(eng, [1, 2, 3])
+    T.check("lookup of an unseen prefix: 0 cached, both tiers reported", lk.cached_tokens == 0 and len(lk.per_tier) == 2, str(lk))
     t0 = time.time()
     evs = list(c.restore(eng, list(range(16)), [5]))
     T.check("restore of an unsaved prefix recomputes it: plan, layers, done",

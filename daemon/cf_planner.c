@@ -1,0 +1,62 @@
+/* cf_planner — plan a batch group with lib/sched, predict with its simulator, bound with cf_bound. */
+#include "cf_planner.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "cf_service.h"
+#include "sched/cf_bound.h"
+#include "store/cf_store.h"
+#include "util/cf_err.h"
+
+void cf_batch_plan_unref(cf_batch_plan_t *bp) {
+  if (!bp || --bp->refs) return;
+  cf_sched_plan_free(&bp->plan);
+  cf_sim_result_free(&bp->sim);
+  free(bp->reqs);
+  free(bp);
+}
+
+int cf_planner_plan(const cf_sched_cost_t *cost, cf_restore_t **rs, int n, int policy, uint64_t t0_ns) {
+  (void)t0_ns; /* every restore of a batch has arrived when it is planned: arrival 0 for all */
+  cf_batch_plan_t *bp = calloc(1, sizeof *bp);
+  if (!bp || !(bp->reqs = calloc((size_t)n, sizeof *bp->reqs))) { free(bp); return cf_seterr(CF_ENOMEM, "plan of %d restores", n); }
+  cf_sched_plan_init(&bp->plan);
+  cf_sim_result_init(&bp->sim);
+  for (int i = 0; i < n; i++) {
+    bp->reqs[i].arrival_s = 0;
+    bp->reqs[i].prefix_tokens = rs[i]->cached_tokens;
+    bp->reqs[i].new_tokens = (int64_t)rs[i]->req->n_token_ids - rs[i]->cached_tokens;
+    bp->reqs[i].device = -1;
+  }
+  bp->in.cost = *cost;
+  bp->in.reqs = bp->reqs;
+  bp->in.n_reqs = n;
+  bp->in.refine_evals = -1;
+  int rc = cf_sched_plan(&bp->in, (cf_policy_t)policy, &bp->plan);
+  if (!rc) rc = cf_sim_run(&bp->in, &bp->plan, &bp->sim);
+  if (rc) { bp->refs = 1; cf_batch_plan_unref(bp); return rc; }
+  const int L = cost->n_layers;
+  for (int i = 0; i < n; i++) {
+    cf_restore_t *r = rs[i];
+    cf_restore_summary_t *sm = &r->summary;
+    int64_t ntok = (int64_t)r->req->n_token_ids, rest = ntok - r->cached_tokens;
+    int32_t cached_chunks = bp->plan.n_chunks[i], all_chunks = cf_cost_chunks(cost, ntok);
+    memset(sm, 0, sizeof *sm);
+    sm->chunks = (uint32_t)all_chunks;
+    for (int32_t c = 0; c < cached_chunks; c++) {
+      int h = bp->plan.h[bp->plan.h_off[i] + c];
+      sm->cells_compute += (uint64_t)h;
+      if (r->chunk_tiers && r->chunk_tiers[c] == CF_STORE_TIER_SSD) sm->cells_load_ssd += (uint64_t)(L - h);
+      else sm->cells_load_cpu += (uint64_t)(L - h);
+    }
+    sm->cells_compute += (uint64_t)(all_chunks - cached_chunks) * (uint64_t)L;
+    double rest_s = rest > 0 ? cf_cost_prefill(cost, r->cached_tokens, rest) : 0;
+    sm->predicted_us = (bp->sim.restore_s[i] + rest_s) * 1e6;
+    sm->bound_us = (cf_bound_single(cost, r->cached_tokens) + rest_s) * 1e6;
+    r->plan = bp;
+    r->plan_req = i;
+    bp->refs++;
+  }
+  return 0;
+}

@@ -1,0 +1,36 @@
+/* cf_planner — the batcher's planning step: a batch of restores (their cached prefixes, as the
+ * store lookup found them) planned with lib/sched under the daemon's measured cost model
+ * (cf_calib), simulated for the prediction, bounded with cf_bound. Each restore then carries its
+ * PlanSummary numbers and a reference to the batch plan the executor runs.
+ *
+ * Chunks the store does not hold are recomputed by the restore (every layer): the planner plans
+ * the cached prefix, and the uncached rest is costed as a prefill over it, both in the prediction
+ * and in the bound (no plan can avoid it).
+ */
+#ifndef CF_PLANNER_H
+#define CF_PLANNER_H
+
+#include <stdint.h>
+
+#include "sched/cf_sched.h"
+#include "sched/cf_sim.h"
+
+struct cf_restore_s;
+
+/* One planned group (the restores of a batch that share a policy). Refcounted by its restores. */
+typedef struct cf_batch_plan_s {
+  int refs;
+  cf_sched_input_t in;
+  cf_sched_req_t *reqs;
+  cf_sched_plan_t plan;   /* plan.ops: what the executor runs; request i = the i-th restore */
+  cf_sim_result_t sim;    /* the prediction */
+} cf_batch_plan_t;
+
+/* Plan restores rs[0..n) together with `policy` (a cf_policy_t). Fills each restore's plan
+ * summary and gives it a reference to the group's plan. t0_ns: the batch's time origin (uv_hrtime
+ * of dispatch). Returns 0, or CF_EINVAL/CF_ENOMEM from the planner (restores untouched). */
+int cf_planner_plan(const cf_sched_cost_t *cost, struct cf_restore_s **rs, int n, int policy, uint64_t t0_ns);
+
+void cf_batch_plan_unref(cf_batch_plan_t *bp);
+
+#endif

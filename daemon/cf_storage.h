@@ -1,0 +1,40 @@
+/* cf_storage — the daemon's data path over lib/store, plugged into cf_service through
+ * cf_service_backend_t: engine buffer mappings, Lookup, Save, Evict and tier usage.
+ * Restore (plan + overlapped execution) comes from lib/exec and is not part of this module.
+ *
+ * The store keeps fp32 KV (what the CPU backend computes), chunked by `chunk_tokens` and keyed
+ * with the model fingerprint, so engines must register F32 buffers. Save copies on the loop
+ * thread: one chunk (all layers) at a time, so memory stays bounded by one chunk; lib/exec is
+ * expected to move the copy to its workers.
+ */
+#ifndef CF_STORAGE_H
+#define CF_STORAGE_H
+
+#include "cf_config.h"
+#include "cf_model_info.h"
+#include "cf_service.h"
+#include "store/cf_store.h"
+
+typedef struct cf_storage_s cf_storage_t;
+
+/* Open (creating or recovering) the store in cfg->store_dir for `model`. Returns 0 or the
+ * store's error (CF_EMISMATCH when the directory holds another model's or chunk size's KV,
+ * CF_EACCES, CF_EIO, ...) with its detail. */
+int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_info_t *model);
+/* Fill the hooks of `be` (ctx = s). */
+void cf_storage_backend(cf_storage_t *s, cf_service_backend_t *be);
+/* The store, for the executor and stats. */
+cf_store_t *cf_storage_store(cf_storage_t *s);
+/* Write back CPU-only chunks (so a restart keeps them), then close. NULL is a no-op. */
+void cf_storage_close(cf_storage_t *s);
+
+/* An engine's buffers mapped into the daemon: layer l's K starts at k[l], V at v[l] (the
+ * declared offsets applied); strides as registered. Owned by the engine (exec_priv). */
+typedef struct {
+  int n_maps;
+  void **map_base;
+  size_t *map_len;
+  uint8_t **k, **v;
+} cf_engine_map_t;
+
+#endif
