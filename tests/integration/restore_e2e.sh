@@ -90,9 +90,10 @@ check "daemon keeps serving: a new engine restores fine" "[ $? -eq 0 ]"
 check "rate limit reload logged" "grep -q 'reload' $T/d.log"
 
 # ------------------------------------------------------------------ drain
+dpid=$DPID
 kill -TERM "$DPID"; wait "$DPID"; rc=$?; DPID=
 check "SIGTERM: daemon exits 0" "[ $rc -eq 0 ]"
-check "no leftover readiness files" "! ls /dev/shm/cacheflowd-*-ready-* 2>/dev/null | grep -q ."
+check "no leftover readiness files of this daemon" "! ls /dev/shm/cacheflowd-$dpid-ready-* 2>/dev/null | grep -q ."
 if [ $F -ne 0 ]; then echo "--- daemon log"; tail -n 30 "$T/d.log"; for f in "$T"/*.err; do echo "--- $f"; tail -n 5 "$f"; done; fi
 echo "$P passed, $F failed"
 [ $F -eq 0 ]
