@@ -62,7 +62,9 @@ static double cf__now(void) {
 
 static int cf__kv_main(int argc, char **argv) {
   const char *model_dir = NULL, *tok_path = NULL, *out_path = NULL, *stair = NULL;
-  const char *backend = "auto";
+  /* Default cpu: the fp32 path that reproduces transformers' fp32 KV; the CUDA backend keeps
+   * bf16 weights, so it is opt-in (--backend cuda|auto). */
+  const char *backend = "cpu";
   int chunk = 0, threads = 0, quiet = 0;
   static const struct option opts[] = {
       {"model", required_argument, 0, 'm'},   {"tokens", required_argument, 0, 't'},
@@ -136,11 +138,16 @@ static int cf__kv_main(int argc, char **argv) {
         goto out;
       }
   }
-  if (threads && strcmp(backend, "cuda"))
-    rc = !strcmp(backend, "cpu") ? cf_backend_cpu_create(m, threads, &be)
-                                 : cf_backend_create(backend, m, &be);
-  else
+  /* --threads sizes the CPU backend, also when "auto" falls back to it. */
+  if (!threads || !strcmp(backend, "cuda")) {
     rc = cf_backend_create(backend, m, &be);
+  } else {
+    rc = !strcmp(backend, "auto") ? cf_backend_cuda_create(m, 0, &be) : CF_ENODEV;
+    if (rc == CF_ENODEV) {
+      cf_errclear();
+      rc = cf_backend_cpu_create(m, threads, &be);
+    }
+  }
   if (rc) {
     ret = cf_ctl_fail(CMD, "backend %s: %s: %s", backend, cf_strerror(rc), cf_errmsg());
     goto out;
@@ -181,7 +188,7 @@ out:
 static const cf_ctl_cmd_t cf__kv_cmd = {
     .name = "kv",
     .usage = "--model DIR --tokens FILE --out FILE [--chunk N] [--staircase h0,h1,...] "
-             "[--backend cpu|cuda|auto] [--threads N] [--quiet]",
+             "[--backend cpu|cuda|auto (default cpu)] [--threads N] [--quiet]",
     .help = "compute a token sequence's KV (whole, chunked or staircase) into safetensors",
     .main = cf__kv_main,
 };

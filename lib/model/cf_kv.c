@@ -249,6 +249,11 @@ static int cf__tokens_st(const char *path, int vocab, int32_t **out, int *T) {
   return 0;
 }
 
+/* Separators of a text token file: whitespace, commas, and the brackets of a JSON-style list. */
+static int cf__tok_sep(char c) {
+  return isspace((unsigned char)c) || c == ',' || c == '[' || c == ']';
+}
+
 static int cf__tokens_text(const char *path, const char *s, size_t len, int vocab,
                            int32_t **out, int *T) {
   size_t cap = 1024;
@@ -257,15 +262,15 @@ static int cf__tokens_text(const char *path, const char *s, size_t len, int voca
   if (!tok) return cf_seterr(CF_ENOMEM, "%s: tokens", path);
   size_t i = 0;
   for (;;) {
-    while (i < len && (isspace((unsigned char)s[i]) || s[i] == ',')) i++;
+    while (i < len && cf__tok_sep(s[i])) i++;
     if (i >= len) break;
     size_t j = i;
     if (s[j] == '-' || s[j] == '+') j++;
     while (j < len && isdigit((unsigned char)s[j])) j++;
     int digits = j > i && isdigit((unsigned char)s[j - 1]);
-    if (!digits || (j < len && !isspace((unsigned char)s[j]) && s[j] != ',')) {
+    if (!digits || (j < len && !cf__tok_sep(s[j]))) {
       size_t e = j;
-      while (e < len && !isspace((unsigned char)s[e]) && s[e] != ',' && e - i < 24) e++;
+      while (e < len && !cf__tok_sep(s[e]) && e - i < 24) e++;
       free(tok);
       return cf_seterr(CF_EFORMAT, "%s: token %d: '%.*s' is not an integer", path, n,
                        (int)(e > i ? e - i : 1), s + i);

@@ -59,7 +59,8 @@ int cf_kv_max_rel_err(const cf_kv_t *a, const cf_kv_t *ref, double *err, int *wo
                       char *worst_kv);
 
 /* Read token ids from `path`: a safetensors file with a 1-D (or [1, T]) I32 or I64 tensor
- * `tokens`, or a text file of integers separated by whitespace and/or commas. Ids must lie in
+ * `tokens`, or a text file of integers separated by whitespace and/or commas (the brackets of
+ * a JSON list "[1, 2, 3]" count as separators too). Ids must lie in
  * [0, vocab). On success *out (malloc'd, caller frees) holds *T >= 1 ids.
  * Errors: CF_ENOENT/CF_EIO (file), CF_EFORMAT (not a number, no tokens, missing `tokens`
  * tensor, wrong shape), CF_EDTYPE (tensor dtype), CF_ERANGE (id out of range, naming its

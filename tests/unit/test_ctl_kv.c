@@ -136,7 +136,8 @@ CF_TEST(ctl_kv_options_agree_on_generated_model) {
   char text[4096] = "", *p = text;
   for (int i = 0; i < T; i++) {
     ids[i] = (int64_t)(cf_test_rand() % 256);
-    p += sprintf(p, "%lld%s", (long long)ids[i], i % 3 == 0 ? ", " : i % 3 == 1 ? "\n" : " ");
+    p += sprintf(p, "%s%lld%s", i ? "" : "[", (long long)ids[i],
+                 i == T - 1 ? "]\n" : i % 3 == 0 ? ", " : i % 3 == 1 ? "\n" : " ");
   }
   write_text(tpath("tok.txt"), text);
   cf_st_writer_t w;
