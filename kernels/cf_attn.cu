@@ -46,6 +46,13 @@ __device__ __forceinline__ void cf_mma16816(float d[4], const uint32_t a[4], uin
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// 2^x on the SFU without exp2f's denormal handling (inputs are <= 0; -inf gives +0).
+__device__ __forceinline__ float cf_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ uint32_t cf_pack_bf16(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *(uint32_t *)&v;
@@ -109,10 +116,14 @@ __global__ void __launch_bounds__(NW * 32) cf_attn_mma_kernel(cf_attn_args_t a) 
     cf_cp_async_commit();
   };
 
-  load_tile(0, 0);
-  for (int j = 0; j < ntiles; j++) {
+  // Split-KV (gridDim.z > 1): this block takes an equal share of the key tiles; the partial
+  // (unnormalised O, running max, sum) goes to the workspace for cf_attn_combine_kernel.
+  const int per = (ntiles + gridDim.z - 1) / gridDim.z;
+  const int jbeg = min(ntiles, (int)blockIdx.z * per), jend = min(ntiles, jbeg + per);
+  if (jbeg < jend) load_tile(jbeg, jbeg & 1);
+  for (int j = jbeg; j < jend; j++) {
     const int buf = j & 1;
-    if (j + 1 < ntiles) {
+    if (j + 1 < jend) {
       load_tile(j + 1, buf ^ 1);
       cf_cp_async_wait<1>();
     } else {
@@ -163,16 +174,16 @@ __global__ void __launch_bounds__(NW * 32) cf_attn_mma_kernel(cf_attn_args_t a) 
     float mn0 = fmaxf(m0, mx0 * sl2), mn1 = fmaxf(m1, mx1 * sl2);
     // A row with every key so far masked keeps m = -inf; use 0 as its base so exp2 gives 0.
     float b0 = mn0 == -INFINITY ? 0.f : mn0, b1 = mn1 == -INFINITY ? 0.f : mn1;
-    float al0 = exp2f(m0 - b0), al1 = exp2f(m1 - b1);
+    float al0 = cf_exp2(m0 - b0), al1 = cf_exp2(m1 - b1);
     m0 = mn0;
     m1 = mn1;
     float rs0 = 0.f, rs1 = 0.f;
 #pragma unroll
     for (int nt = 0; nt < BC / 8; nt++) {
-      s[nt][0] = exp2f(s[nt][0] * sl2 - b0);
-      s[nt][1] = exp2f(s[nt][1] * sl2 - b0);
-      s[nt][2] = exp2f(s[nt][2] * sl2 - b1);
-      s[nt][3] = exp2f(s[nt][3] * sl2 - b1);
+      s[nt][0] = cf_exp2(s[nt][0] * sl2 - b0);
+      s[nt][1] = cf_exp2(s[nt][1] * sl2 - b0);
+      s[nt][2] = cf_exp2(s[nt][2] * sl2 - b1);
+      s[nt][3] = cf_exp2(s[nt][3] * sl2 - b1);
       rs0 += s[nt][0] + s[nt][1];
       rs1 += s[nt][2] + s[nt][3];
     }
@@ -211,6 +222,28 @@ __global__ void __launch_bounds__(NW * 32) cf_attn_mma_kernel(cf_attn_args_t a) 
   l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
   l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
   l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  if (gridDim.z > 1) {  // partial result of one split, fp32, unnormalised
+    int64_t rows = (int64_t)a.Tq * a.n_heads;
+    float *wo = a.ws + (int64_t)blockIdx.z * rows * HD, *wml = a.ws + gridDim.z * rows * HD;
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+      int r = hf ? r1 : r0;
+      if (r >= a.Tq) continue;
+      int64_t row = (int64_t)r * a.n_heads + h;
+      float *op = wo + row * HD;
+#pragma unroll
+      for (int dt = 0; dt < HD / 8; dt++) {
+        int c = dt * 8 + (lane & 3) * 2;
+        *(float2 *)(op + c) = make_float2(o[dt][2 * hf], o[dt][2 * hf + 1]);
+      }
+      if ((lane & 3) == 0) {
+        float *ml = wml + ((int64_t)blockIdx.z * rows + row) * 2;
+        ml[0] = hf ? m1 : m0;
+        ml[1] = hf ? l1 : l0;
+      }
+    }
+    return;
+  }
   float il0 = l0 > 0.f ? 1.f / l0 : 0.f, il1 = l1 > 0.f ? 1.f / l1 : 0.f;
   bf16 *op0 = (bf16 *)a.out + (int64_t)r0 * a.out_row_stride + h * HD;
   bf16 *op1 = (bf16 *)a.out + (int64_t)r1 * a.out_row_stride + h * HD;
@@ -219,6 +252,256 @@ __global__ void __launch_bounds__(NW * 32) cf_attn_mma_kernel(cf_attn_args_t a) 
     int c = dt * 8 + (lane & 3) * 2;
     if (r0 < a.Tq) *(uint32_t *)(op0 + c) = cf_pack_bf16(o[dt][0] * il0, o[dt][1] * il0);
     if (r1 < a.Tq) *(uint32_t *)(op1 + c) = cf_pack_bf16(o[dt][2] * il1, o[dt][3] * il1);
+  }
+}
+
+// Two m-tiles per warp (32 query rows), Q staged in shared memory: each K/V fragment read from
+// shared memory feeds twice the tensor-core work of cf_attn_mma_kernel, which is what bounds
+// that kernel at long context. BR = 32*NW rows per block. Same math and fragment layouts.
+template <int HD, int NW, int BC>
+__global__ void __launch_bounds__(NW * 32) cf_attn_mma2_kernel(cf_attn_args_t a) {
+  constexpr int MT = 2, BR = 16 * MT * NW, LDS = HD + 8;
+  constexpr int CHUNKS = BC * HD / 8, QCHUNKS = BR * HD / 8;
+  extern __shared__ __align__(16) unsigned char cf_attn_smem[];
+  bf16 *Qs = (bf16 *)cf_attn_smem;  // [BR][LDS]
+  bf16 *Ks = Qs + BR * LDS;         // [2][BC][LDS]
+  bf16 *Vs = Ks + 2 * BC * LDS;     // [2][BC][LDS]
+
+  const int qblk = gridDim.x - 1 - blockIdx.x, h = blockIdx.y;
+  const int g = h / (a.n_heads / a.n_kv_heads);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int Tk = a.t0 + a.Tq;
+  const int q0 = qblk * BR, wrow = warp * 16 * MT;  // first row of this warp within the block
+  const int kv_end = min(Tk, a.t0 + q0 + BR);
+  const int ntiles = (kv_end + BC - 1) / BC;
+  const float sl2 = a.scale * 1.4426950408889634f;
+
+  int pos[MT][2];  // absolute positions of this thread's rows (padding rows clamped)
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++)
+      pos[mt][hf] = a.t0 + min(q0 + wrow + mt * 16 + (lane >> 2) + hf * 8, a.Tq - 1);
+
+  float o[MT][HD / 8][4];
+  float m[MT][2], l[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
+    m[mt][0] = m[mt][1] = -INFINITY;
+    l[mt][0] = l[mt][1] = 0.f;
+  }
+
+  // Q tile (rows past Tq zero-filled), committed with K/V tile 0.
+  {
+    const bf16 *qbase = (const bf16 *)a.q + h * HD;
+    for (int c = threadIdx.x; c < QCHUNKS; c += NW * 32) {
+      int row = c / (HD / 8), col = (c % (HD / 8)) * 8, r = q0 + row;
+      cf_cp_async16(Qs + row * LDS + col,
+                    qbase + (int64_t)(r < a.Tq ? r : 0) * a.q_row_stride + col, r < a.Tq ? 16 : 0);
+    }
+  }
+  const bf16 *kbase = (const bf16 *)a.k + g * HD, *vbase = (const bf16 *)a.v + g * HD;
+  auto load_tile = [&](int tile, int buf) {
+    int kb = tile * BC;
+    for (int c = threadIdx.x; c < CHUNKS; c += NW * 32) {
+      int row = c / (HD / 8), col = (c % (HD / 8)) * 8;
+      int key = kb + row;
+      int ok = key < Tk ? 16 : 0;
+      int64_t off = (int64_t)(key < Tk ? key : 0) * a.kv_row_stride + col;
+      cf_cp_async16(Ks + (buf * BC + row) * LDS + col, kbase + off, ok);
+      cf_cp_async16(Vs + (buf * BC + row) * LDS + col, vbase + off, ok);
+    }
+    cf_cp_async_commit();
+  };
+
+  const int per = (ntiles + gridDim.z - 1) / gridDim.z;  // split-KV share, as cf_attn_mma_kernel
+  const int jbeg = min(ntiles, (int)blockIdx.z * per), jend = min(ntiles, jbeg + per);
+  if (jbeg < jend) load_tile(jbeg, jbeg & 1);
+  else cf_cp_async_commit();  // the Q tile's group
+  cf_cp_async_wait<0>();      // Q resident before the first ldmatrix (also when no K/V tile)
+  __syncthreads();
+  for (int j = jbeg; j < jend; j++) {
+    const int buf = j & 1;
+    if (j + 1 < jend) {
+      load_tile(j + 1, buf ^ 1);
+      cf_cp_async_wait<1>();
+    } else {
+      cf_cp_async_wait<0>();
+    }
+    __syncthreads();
+    const bf16 *Kt = Ks + buf * BC * LDS, *Vt = Vs + buf * BC * LDS;
+    const int kb = j * BC;
+
+    float s[MT][BC / 8][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+      for (int i = 0; i < BC / 8; i++) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+      uint32_t qa[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) {
+        int row = wrow + mt * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+        cf_ldsm_x4(qa[mt], Qs + row * LDS + kk * 16 + (lane >> 4) * 8);
+      }
+#pragma unroll
+      for (int np = 0; np < BC / 16; np++) {
+        uint32_t b[4];
+        int key = np * 16 + (lane & 7) + (lane >> 4) * 8;
+        int dim = kk * 16 + ((lane >> 3) & 1) * 8;
+        cf_ldsm_x4(b, Kt + key * LDS + dim);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          cf_mma16816(s[mt][2 * np], qa[mt], b[0], b[1]);
+          cf_mma16816(s[mt][2 * np + 1], qa[mt], b[2], b[3]);
+        }
+      }
+    }
+    if (kb + BC - 1 > a.t0 + q0 + wrow) {
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < BC / 8; nt++) {
+          int key = kb + nt * 8 + (lane & 3) * 2;
+          if (key > pos[mt][0]) s[mt][nt][0] = -INFINITY;
+          if (key + 1 > pos[mt][0]) s[mt][nt][1] = -INFINITY;
+          if (key > pos[mt][1]) s[mt][nt][2] = -INFINITY;
+          if (key + 1 > pos[mt][1]) s[mt][nt][3] = -INFINITY;
+        }
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+      float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+      for (int nt = 0; nt < BC / 8; nt++) {
+        mx0 = fmaxf(mx0, fmaxf(s[mt][nt][0], s[mt][nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[mt][nt][2], s[mt][nt][3]));
+      }
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      float mn0 = fmaxf(m[mt][0], mx0 * sl2), mn1 = fmaxf(m[mt][1], mx1 * sl2);
+      float b0 = mn0 == -INFINITY ? 0.f : mn0, b1 = mn1 == -INFINITY ? 0.f : mn1;
+      float al0 = cf_exp2(m[mt][0] - b0), al1 = cf_exp2(m[mt][1] - b1);
+      m[mt][0] = mn0;
+      m[mt][1] = mn1;
+      float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+      for (int nt = 0; nt < BC / 8; nt++) {
+        s[mt][nt][0] = cf_exp2(fmaf(s[mt][nt][0], sl2, -b0));
+        s[mt][nt][1] = cf_exp2(fmaf(s[mt][nt][1], sl2, -b0));
+        s[mt][nt][2] = cf_exp2(fmaf(s[mt][nt][2], sl2, -b1));
+        s[mt][nt][3] = cf_exp2(fmaf(s[mt][nt][3], sl2, -b1));
+        rs0 += s[mt][nt][0] + s[mt][nt][1];
+        rs1 += s[mt][nt][2] + s[mt][nt][3];
+      }
+      l[mt][0] = l[mt][0] * al0 + rs0;
+      l[mt][1] = l[mt][1] * al1 + rs1;
+#pragma unroll
+      for (int i = 0; i < HD / 8; i++) {
+        o[mt][i][0] *= al0;
+        o[mt][i][1] *= al0;
+        o[mt][i][2] *= al1;
+        o[mt][i][3] *= al1;
+      }
+    }
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; kk++) {
+      uint32_t pa[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) {
+        pa[mt][0] = cf_pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][1] = cf_pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][2] = cf_pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][3] = cf_pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int dp = 0; dp < HD / 16; dp++) {
+        uint32_t b[4];
+        int key = kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+        int dim = dp * 16 + (lane >> 4) * 8;
+        cf_ldsm_x4_t(b, Vt + key * LDS + dim);
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+          cf_mma16816(o[mt][2 * dp], pa[mt], b[0], b[1]);
+          cf_mma16816(o[mt][2 * dp + 1], pa[mt], b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++) {
+    float l0 = l[mt][0], l1 = l[mt][1];
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    int r0 = q0 + wrow + mt * 16 + (lane >> 2), r1 = r0 + 8;
+    if (gridDim.z > 1) {  // partial result of one split, fp32, unnormalised (see the combine)
+      int64_t rows = (int64_t)a.Tq * a.n_heads;
+      float *wo = a.ws + (int64_t)blockIdx.z * rows * HD, *wml = a.ws + gridDim.z * rows * HD;
+#pragma unroll
+      for (int hf = 0; hf < 2; hf++) {
+        int r = hf ? r1 : r0;
+        if (r >= a.Tq) continue;
+        int64_t row = (int64_t)r * a.n_heads + h;
+        float *op = wo + row * HD;
+#pragma unroll
+        for (int dt = 0; dt < HD / 8; dt++) {
+          int c = dt * 8 + (lane & 3) * 2;
+          *(float2 *)(op + c) = make_float2(o[mt][dt][2 * hf], o[mt][dt][2 * hf + 1]);
+        }
+        if ((lane & 3) == 0) {
+          float *ml = wml + ((int64_t)blockIdx.z * rows + row) * 2;
+          ml[0] = m[mt][hf];
+          ml[1] = hf ? l1 : l0;
+        }
+      }
+      continue;
+    }
+    float il0 = l0 > 0.f ? 1.f / l0 : 0.f, il1 = l1 > 0.f ? 1.f / l1 : 0.f;
+    bf16 *op0 = (bf16 *)a.out + (int64_t)r0 * a.out_row_stride + h * HD;
+    bf16 *op1 = (bf16 *)a.out + (int64_t)r1 * a.out_row_stride + h * HD;
+#pragma unroll
+    for (int dt = 0; dt < HD / 8; dt++) {
+      int c = dt * 8 + (lane & 3) * 2;
+      if (r0 < a.Tq) *(uint32_t *)(op0 + c) = cf_pack_bf16(o[mt][dt][0] * il0, o[mt][dt][1] * il0);
+      if (r1 < a.Tq) *(uint32_t *)(op1 + c) = cf_pack_bf16(o[mt][dt][2] * il1, o[mt][dt][3] * il1);
+    }
+  }
+}
+
+// Combine split-KV partials: one warp per (query row, head); out = Σ_s 2^(m_s-M) O_s / Σ_s
+// 2^(m_s-M) l_s with M = max_s m_s (m in the log2 domain, as the kernels keep it).
+__global__ void cf_attn_combine_kernel(cf_attn_args_t a, int nsplit) {
+  int64_t rows = (int64_t)a.Tq * a.n_heads;
+  int64_t wid = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5;
+  int lane = threadIdx.x & 31, hd = a.head_dim;
+  if (wid >= rows) return;
+  const float *ml = a.ws + nsplit * rows * hd;
+  float M = -INFINITY;
+  for (int s = 0; s < nsplit; s++) M = fmaxf(M, ml[(s * rows + wid) * 2]);
+  float L = 0.f;
+  for (int s = 0; s < nsplit; s++) {
+    float ms = ml[(s * rows + wid) * 2];
+    L += ms == -INFINITY ? 0.f : exp2f(ms - M) * ml[(s * rows + wid) * 2 + 1];
+  }
+  float inv = L > 0.f ? 1.f / L : 0.f;
+  int i = (int)(wid / a.n_heads), h = (int)(wid % a.n_heads);
+  bf16 *out = (bf16 *)a.out + (int64_t)i * a.out_row_stride + (int64_t)h * hd;
+  for (int d = lane; d < hd; d += 32) {
+    float acc = 0.f;
+    for (int s = 0; s < nsplit; s++) {
+      float ms = ml[(s * rows + wid) * 2];
+      if (ms != -INFINITY) acc += exp2f(ms - M) * a.ws[(s * rows + wid) * hd + d];
+    }
+    out[d] = __float2bfloat16_rn(acc * inv);
   }
 }
 
@@ -288,16 +571,59 @@ static int cf__attn_check(const cf_attn_args_t *a) {
   return 0;
 }
 
+static int cf__attn_sms(void) {
+  int dev = 0, sms = 132;
+  if (cudaGetDevice(&dev) == cudaSuccess)
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  cudaGetLastError();
+  return sms;
+}
+
+// Splits of the key range for a grid of `blocks` blocks: enough for ~3 blocks per SM, each
+// split keeping >= 8 key tiles, at most CF_ATTN_MAX_SPLITS, within the workspace.
+static int cf__attn_nsplit(const cf_attn_args_t *a, int64_t blocks) {
+  if (!a->ws || a->t0 < 8 * CF_ATTN_BC) return 1;
+  int64_t want = (3 * cf__attn_sms() + blocks - 1) / blocks;
+  int64_t by_len = (a->t0 + a->Tq) / (8 * CF_ATTN_BC);
+  int64_t by_ws = a->ws_floats / ((int64_t)a->Tq * a->n_heads * (a->head_dim + 2));
+  int64_t n = want < by_len ? want : by_len;
+  if (n > by_ws) n = by_ws;
+  if (n > CF_ATTN_MAX_SPLITS) n = CF_ATTN_MAX_SPLITS;
+  return n < 2 ? 1 : (int)n;
+}
+
 template <int HD, int NW>
-static int cf__attn_mma(const cf_attn_args_t *a, cudaStream_t s) {
+static int cf__attn_mma(const cf_attn_args_t *a, cudaStream_t s, int nsplit) {
   constexpr int LDS = HD + 8;
   size_t smem = 2 * 2 * CF_ATTN_BC * LDS * sizeof(bf16);
   // Raising the dynamic shared-memory limit is per function and idempotent; it allocates nothing.
   CF_CUDA_TRY(cudaFuncSetAttribute(cf_attn_mma_kernel<HD, NW>,
                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-  dim3 grid(cf_div_up(a->Tq, 16 * NW), a->n_heads);
+  dim3 grid(cf_div_up(a->Tq, 16 * NW), a->n_heads, nsplit);
   cf_attn_mma_kernel<HD, NW><<<grid, NW * 32, smem, s>>>(*a);
   CF_LAUNCH_TRY();
+  if (nsplit > 1) {
+    int64_t warps = (int64_t)a->Tq * a->n_heads;
+    cf_attn_combine_kernel<<<cf_div_up(warps, 8), 256, 0, s>>>(*a, nsplit);
+    CF_LAUNCH_TRY();
+  }
+  return 0;
+}
+
+template <int HD, int NW, int BC>
+static int cf__attn_mma2(const cf_attn_args_t *a, cudaStream_t s, int nsplit) {
+  constexpr int LDS = HD + 8, BR = 32 * NW;
+  size_t smem = (BR + 2 * 2 * BC) * LDS * sizeof(bf16);
+  CF_CUDA_TRY(cudaFuncSetAttribute(cf_attn_mma2_kernel<HD, NW, BC>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+  dim3 grid(cf_div_up(a->Tq, BR), a->n_heads, nsplit);
+  cf_attn_mma2_kernel<HD, NW, BC><<<grid, NW * 32, smem, s>>>(*a);
+  CF_LAUNCH_TRY();
+  if (nsplit > 1) {
+    int64_t warps = (int64_t)a->Tq * a->n_heads;
+    cf_attn_combine_kernel<<<cf_div_up(warps, 8), 256, 0, s>>>(*a, nsplit);
+    CF_LAUNCH_TRY();
+  }
   return 0;
 }
 
@@ -310,29 +636,55 @@ extern "C" int cf_attn_prefix_scalar(const cf_attn_args_t *a, cudaStream_t s) {
   return 0;
 }
 
-extern "C" int cf_attn_prefix_nw(const cf_attn_args_t *a, int nw, cudaStream_t s) {
+static int cf__attn_forced;  // 0: choose per call; else a CF_ATTN_* variant (tuning, benchmarks)
+
+extern "C" void cf_attn_force_variant(int variant) { cf__attn_forced = variant; }
+
+static bool cf__attn_aligned(const cf_attn_args_t *a) {
+  return a->q_row_stride % 8 == 0 && a->kv_row_stride % 8 == 0 && a->out_row_stride % 8 == 0 &&
+         (uintptr_t)a->q % 16 == 0 && (uintptr_t)a->k % 16 == 0 && (uintptr_t)a->v % 16 == 0 &&
+         (uintptr_t)a->out % 16 == 0;
+}
+
+extern "C" int cf_attn_prefix_variant(const cf_attn_args_t *a, int variant, cudaStream_t s) {
   int rc = cf__attn_check(a);
   if (rc || a->Tq == 0) return rc;
-  CF_REQUIRE(a->head_dim == 128 && (nw == 4 || nw == 8),
-             "cf_attn_prefix_nw: head_dim %d nw %d (128 with 4 or 8 only)", a->head_dim, nw);
-  return nw == 8 ? cf__attn_mma<128, 8>(a, s) : cf__attn_mma<128, 4>(a, s);
+  if (variant == CF_ATTN_SCALAR) return cf_attn_prefix_scalar(a, s);
+  int hd = a->head_dim;
+  CF_REQUIRE(cf__attn_aligned(a), "cf_attn_prefix_variant: tensor-core variants need 16-byte "
+             "aligned pointers and row strides that are multiples of 8");
+  if (variant == CF_ATTN_MMA16 || variant == CF_ATTN_MMA16_SPLIT) {
+    int ns = variant == CF_ATTN_MMA16 ? 1
+                                      : cf__attn_nsplit(a, (int64_t)cf_div_up(a->Tq, 64) * a->n_heads);
+    switch (hd) {
+      case 16: return cf__attn_mma<16, 4>(a, s, ns);
+      case 32: return cf__attn_mma<32, 4>(a, s, ns);
+      case 64: return cf__attn_mma<64, 4>(a, s, ns);
+      case 128: return cf__attn_mma<128, 4>(a, s, ns);
+      default: break;
+    }
+  } else if (variant == CF_ATTN_MMA32 || variant == CF_ATTN_MMA32_SPLIT) {
+    int ns = variant == CF_ATTN_MMA32 ? 1
+                                      : cf__attn_nsplit(a, (int64_t)cf_div_up(a->Tq, 128) * a->n_heads);
+    if (hd == 64) return cf__attn_mma2<64, 4, 64>(a, s, ns);
+    if (hd == 128) return cf__attn_mma2<128, 4, 64>(a, s, ns);
+  } else if (variant == CF_ATTN_MMA32_BC32) {
+    if (hd == 128) return cf__attn_mma2<128, 4, 32>(a, s, 1);
+  }
+  return cf_seterr(CF_EINVAL, "cf_attn_prefix_variant: variant %d has no head_dim %d", variant, hd);
 }
 
 extern "C" int cf_attn_prefix(const cf_attn_args_t *a, cudaStream_t s) {
   int rc = cf__attn_check(a);
   if (rc || a->Tq == 0) return rc;
-  bool aligned = a->q_row_stride % 8 == 0 && a->kv_row_stride % 8 == 0 &&
-                 a->out_row_stride % 8 == 0 && (uintptr_t)a->q % 16 == 0 &&
-                 (uintptr_t)a->k % 16 == 0 && (uintptr_t)a->v % 16 == 0 &&
-                 (uintptr_t)a->out % 16 == 0;
-  if (aligned) {
-    switch (a->head_dim) {
-      case 16: return cf__attn_mma<16, 4>(a, s);
-      case 32: return cf__attn_mma<32, 4>(a, s);
-      case 64: return cf__attn_mma<64, 4>(a, s);
-      case 128: return cf__attn_mma<128, 4>(a, s);
-      default: break;
-    }
+  if (cf__attn_forced) return cf_attn_prefix_variant(a, cf__attn_forced, s);
+  if (cf__attn_aligned(a)) {
+    int hd = a->head_dim;
+    // 32 rows per warp halves shared-memory traffic per MMA (measured: 1.3x over 16 rows at
+    // 2048 x 32k); too few query blocks are made up for by splitting the key range.
+    if (hd == 64 || hd == 128) return cf_attn_prefix_variant(a, CF_ATTN_MMA32_SPLIT, s);
+    if (hd == 16 || hd == 32 || hd == 64 || hd == 128)
+      return cf_attn_prefix_variant(a, CF_ATTN_MMA16_SPLIT, s);  // splits only if it helps
   }
   return cf_attn_prefix_scalar(a, s);
 }

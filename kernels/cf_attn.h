@@ -21,15 +21,36 @@ typedef struct {
   const cf_bf16_t *q;  int64_t q_row_stride;   /* q + i*q_row_stride + h*head_dim */
   const cf_bf16_t *k, *v; int64_t kv_row_stride;  /* k + j*kv_row_stride + g*head_dim, j < t0+Tq */
   cf_bf16_t *out;      int64_t out_row_stride; /* same shape as q */
+  /* Optional fp32 workspace (NULL: none). With one, a short chunk over a long prefix - too few
+   * query blocks to fill the GPU - splits the key range across blocks (split-KV) and combines
+   * the partials; it needs Tq * n_heads * (head_dim + 2) floats per split. */
+  float *ws; int64_t ws_floats;
 } cf_attn_args_t;
 
+#define CF_ATTN_MAX_SPLITS 8
+/* Workspace floats for any call with up to `rows` = Tq * n_heads query rows at full splitting. */
+#define CF_ATTN_WS_FLOATS(rows, head_dim) ((int64_t)(rows) * ((head_dim) + 2) * CF_ATTN_MAX_SPLITS)
+
 /* Tensor-core path for head_dim 16, 32, 64, 128 (rows 16-byte aligned); any other even
- * head_dim <= 256 runs a slower scalar kernel. Returns 0, CF_EINVAL or CF_ECUDA. */
+ * head_dim <= 256 runs a slower scalar kernel. Returns 0, CF_EINVAL or CF_ECUDA. head_dim
+ * 64/128 take the 32-rows-per-warp kernel, 16/32 the 16-rows one; both split the key range
+ * (with a->ws) when there are too few query blocks to fill the GPU. */
 int cf_attn_prefix(const cf_attn_args_t *a, cudaStream_t s);
 
-/* The tensor-core kernel with an explicit number of warps per block (4 or 8: 64 or 128 query
- * rows per block) for head_dim 128; for tests and tuning. Other cases: CF_EINVAL. */
-int cf_attn_prefix_nw(const cf_attn_args_t *a, int nw, cudaStream_t s);
+/* Kernel variants, for tests and tuning (cf_attn_prefix picks one per call):
+ *   CF_ATTN_SCALAR  any even head_dim <= 256, no alignment needs, slow
+ *   CF_ATTN_MMA16   tensor cores, 16 query rows per warp, 64 per block: head_dim 16/32/64/128
+ *   CF_ATTN_MMA16_SPLIT  the same, splitting the key range when the grid is small and a->ws is set
+ *   CF_ATTN_MMA32   tensor cores, 32 rows per warp (Q in shared memory), 128 per block: 64/128
+ *   CF_ATTN_MMA32_BC32  the same with 32-key tiles (fewer registers): head_dim 128
+ *   CF_ATTN_MMA32_SPLIT  MMA32, splitting the key range when the grid is small and a->ws is set
+ * cf_attn_prefix_variant() returns CF_EINVAL for a variant that lacks the head_dim. */
+enum { CF_ATTN_AUTO = 0, CF_ATTN_SCALAR = 1, CF_ATTN_MMA16 = 2, CF_ATTN_MMA32 = 3, CF_ATTN_MMA32_BC32 = 4,
+       CF_ATTN_MMA16_SPLIT = 5, CF_ATTN_MMA32_SPLIT = 6 };
+int cf_attn_prefix_variant(const cf_attn_args_t *a, int variant, cudaStream_t s);
+/* Make cf_attn_prefix always use `variant` (CF_ATTN_AUTO: choose again). Process-wide; for
+ * benchmarks comparing variants inside the whole layer. */
+void cf_attn_force_variant(int variant);
 
 /* The scalar kernel alone (any head_dim <= 256): a second implementation for tests. */
 int cf_attn_prefix_scalar(const cf_attn_args_t *a, cudaStream_t s);

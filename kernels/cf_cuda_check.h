@@ -23,12 +23,16 @@ extern "C" {
 }
 #endif
 
+/* On failure the runtime's last-error state is cleared too, so a later CF_LAUNCH_TRY does not
+ * report this (non-sticky) error again as a launch failure. */
 #define CF_CUDA_TRY(call)                                                                  \
   do {                                                                                     \
     cudaError_t cf__e = (call);                                                            \
-    if (cf__e != cudaSuccess)                                                              \
+    if (cf__e != cudaSuccess) {                                                            \
+      (void)cudaGetLastError();                                                            \
       return cf_seterr(CF_ECUDA, "%s:%d: %s: %s (%s)", __FILE__, __LINE__, #call,          \
                        cudaGetErrorString(cf__e), cudaGetErrorName(cf__e));                \
+    }                                                                                      \
   } while (0)
 
 #define CF_LAUNCH_TRY()                                                                    \

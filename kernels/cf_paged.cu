@@ -1,6 +1,8 @@
 // cf_paged — scatter/gather of KV rows into/out of a paged cache (vLLM layout by default).
 #include "kernels/cf_paged.h"
 
+#include <string.h>
+
 #include "kernels/cf_cuda_check.h"
 #include "kernels/cf_kernels_common.cuh"
 
@@ -124,11 +126,42 @@ extern "C" int cf_paged_gather(const cf_paged_args_t *a, cudaStream_t s) {
   return rc ? rc : cf__paged_launch<false>(a, s);
 }
 
-extern "C" int cf_paged_scatter_memcpy(const cf_paged_args_t *a, const int32_t *table,
-                                       cudaStream_t s) {
-  int rc = cf__paged_check(a, "cf_paged_scatter_memcpy");
+extern "C" int cf_paged_load_staged(const cf_paged_args_t *a, const cf_paged_stager_t *st) {
+  int rc = cf__paged_check(a, "cf_paged_load_staged");
   if (rc) return rc;
-  CF_REQUIRE(table, "cf_paged_scatter_memcpy: host block table required");
+  CF_REQUIRE(st && st->staging && (uintptr_t)st->staging % 16 == 0,
+             "cf_paged_load_staged: stager with a 16-byte aligned staging buffer required");
+  int64_t rs = a->row_stride, slot = (st->staging_elems / CF_PAGED_STAGE_SLOTS) / 16 * 8;
+  int64_t per = slot / rs;  // tokens per piece: a slot is [K part | V part], slot elems each
+  CF_REQUIRE(per >= 1, "cf_paged_load_staged: staging of %lld elements: a slot part of %lld cannot "
+             "hold one row of %lld", (long long)st->staging_elems, (long long)slot, (long long)rs);
+  int64_t row = (int64_t)a->layout.n_kv_heads * a->layout.head_dim;
+  for (int64_t t = 0, i = 0; t < a->T; t += per, i++) {
+    int sl = (int)(i % CF_PAGED_STAGE_SLOTS);
+    cf_bf16_t *sk = st->staging + sl * 2 * slot, *sv = sk + slot;
+    int64_t n = a->T - t < per ? a->T - t : per;
+    size_t bytes = (size_t)((n - 1) * rs + row) * 2;
+    CF_CUDA_TRY(cudaStreamWaitEvent(st->copy, st->freed[sl], 0));  // slot's last scatter done
+    CF_CUDA_TRY(cudaMemcpyAsync(sk, a->k + t * rs, bytes, cudaMemcpyHostToDevice, st->copy));
+    CF_CUDA_TRY(cudaMemcpyAsync(sv, a->v + t * rs, bytes, cudaMemcpyHostToDevice, st->copy));
+    CF_CUDA_TRY(cudaEventRecord(st->copied[sl], st->copy));
+    CF_CUDA_TRY(cudaStreamWaitEvent(st->scatter, st->copied[sl], 0));
+    cf_paged_args_t p = *a;
+    p.tok0 = a->tok0 + (int)t;
+    p.T = (int)n;
+    p.k = sk;
+    p.v = sv;
+    p.ctas = a->ctas > 0 ? a->ctas : 132;
+    if ((rc = cf__paged_launch<true>(&p, st->scatter))) return rc;
+    CF_CUDA_TRY(cudaEventRecord(st->freed[sl], st->scatter));
+  }
+  return 0;
+}
+
+// Walk the contiguous runs of a scatter (as cf_paged_scatter_memcpy copies them) and hand each
+// (dst, src, bytes) to `emit`; stops at the first non-zero return.
+template <typename F>
+static int cf__paged_runs(const cf_paged_args_t *a, const int32_t *table, F emit) {
   const cf_paged_layout_t *L = &a->layout;
   int64_t row = (int64_t)L->n_kv_heads * L->head_dim;
   bool dense = L->head_stride == L->head_dim && L->token_stride == row && a->row_stride == row;
@@ -142,18 +175,57 @@ extern "C" int cf_paged_scatter_memcpy(const cf_paged_args_t *a, const int32_t *
       if (blk >= 0 && blk < L->num_blocks) {
         bf16 *dst = (bf16 *)a->cache + plane * L->kv_stride + blk * L->block_stride +
                     slot * L->token_stride;
+        int rc;
         if (dense) {
-          CF_CUDA_TRY(cudaMemcpyAsync(dst, src + t * a->row_stride, run * row * 2,
-                                      cudaMemcpyDefault, s));
+          if ((rc = emit(dst, src + t * a->row_stride, (size_t)run * row * 2))) return rc;
         } else {
           for (int h = 0; h < L->n_kv_heads; h++)
-            CF_CUDA_TRY(cudaMemcpyAsync(dst + h * L->head_stride,
-                                        src + t * a->row_stride + h * L->head_dim,
-                                        L->head_dim * 2, cudaMemcpyDefault, s));
+            if ((rc = emit(dst + h * L->head_stride, src + t * a->row_stride + h * L->head_dim,
+                           (size_t)L->head_dim * 2)))
+              return rc;
         }
       }
       t += run;
     }
   }
   return 0;
+}
+
+extern "C" int cf_paged_load_batched(const cf_paged_args_t *a, const int32_t *table,
+                                     const cf_paged_batch_t *sc, cudaStream_t s) {
+  int rc = cf__paged_check(a, "cf_paged_load_batched");
+  if (rc) return rc;
+  CF_REQUIRE(table && sc && sc->dst && sc->src && sc->size && sc->cap > 0,
+             "cf_paged_load_batched: host block table and scratch arrays required");
+  CF_REQUIRE(s != 0, "cf_paged_load_batched: cudaMemcpyBatchAsync refuses the legacy default "
+             "stream; pass a created stream");
+  cudaMemcpyAttributes attr;
+  memset(&attr, 0, sizeof attr);
+  attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+  attr.flags = cudaMemcpyFlagPreferOverlapWithCompute;
+  size_t n = 0, idx0 = 0;
+  auto flush = [&]() -> int {
+    if (n == 0) return 0;
+    CF_CUDA_TRY(cudaMemcpyBatchAsync(sc->dst, sc->src, sc->size, n, &attr, &idx0, 1, s));
+    n = 0;
+    return 0;
+  };
+  rc = cf__paged_runs(a, table, [&](void *d, const void *src, size_t bytes) -> int {
+    sc->dst[n] = d;
+    sc->src[n] = src;
+    sc->size[n] = bytes;
+    return ++n == sc->cap ? flush() : 0;
+  });
+  return rc ? rc : flush();
+}
+
+extern "C" int cf_paged_scatter_memcpy(const cf_paged_args_t *a, const int32_t *table,
+                                       cudaStream_t s) {
+  int rc = cf__paged_check(a, "cf_paged_scatter_memcpy");
+  if (rc) return rc;
+  CF_REQUIRE(table, "cf_paged_scatter_memcpy: host block table required");
+  return cf__paged_runs(a, table, [&](void *d, const void *src, size_t bytes) -> int {
+    CF_CUDA_TRY(cudaMemcpyAsync(d, src, bytes, cudaMemcpyDefault, s));
+    return 0;
+  });
 }

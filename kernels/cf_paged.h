@@ -52,6 +52,41 @@ int cf_paged_scatter(const cf_paged_args_t *a, cudaStream_t s);
 /* Paged cache -> contiguous k/v (the reverse; invalid table entries leave rows untouched). */
 int cf_paged_gather(const cf_paged_args_t *a, cudaStream_t s);
 
+/* The copy-engine load path, for loads that run beside compute. Host rows (pinned) go to a
+ * device staging ring by cudaMemcpyAsync on the DMA engine (no SM time) on stream `copy`, and
+ * from each slot into the paged blocks by the scatter kernel (short: HBM speed) on stream
+ * `scatter`, events ordering slot reuse both ways, so the DMA never waits for a kernel that is
+ * queued behind compute. Create `scatter` with the highest stream priority so its short kernels
+ * get SMs as soon as compute blocks retire (measured: the zero-copy kernel instead holds SMs
+ * that cuBLAS needs for the whole load). Everything the stager holds is the caller's. */
+#define CF_PAGED_STAGE_SLOTS 4
+typedef struct {
+  cudaStream_t copy, scatter;
+  cudaEvent_t copied[CF_PAGED_STAGE_SLOTS], freed[CF_PAGED_STAGE_SLOTS];  /* cudaEventDisableTiming */
+  cf_bf16_t *staging;      /* device, 16-byte aligned */
+  int64_t staging_elems;   /* split into CF_PAGED_STAGE_SLOTS slots of a K and a V part */
+} cf_paged_stager_t;
+
+/* a->k / a->v: pinned host rows. Enqueues the load; it is complete when `scatter` has drained
+ * (record an event there). Returns 0, CF_EINVAL (a slot cannot hold one row per plane) or
+ * CF_ECUDA. */
+int cf_paged_load_staged(const cf_paged_args_t *a, const cf_paged_stager_t *st);
+
+/* The DMA-only load path: one cudaMemcpyBatchAsync (CUDA >= 12.8) of every contiguous run
+ * (one per block and plane in vLLM's layout) straight from pinned host rows a->k / a->v into
+ * the paged blocks, hinted cudaMemcpyFlagPreferOverlapWithCompute: no SM time at all. The
+ * block table is read on the host; `dst`, `src`, `size` are host scratch arrays of `cap`
+ * entries (longer lists go in several batches). `s` must be a created stream, not the legacy
+ * default one (cudaMemcpyBatchAsync refuses it). Returns 0, CF_EINVAL or CF_ECUDA. */
+typedef struct {
+  void **dst;
+  const void **src;
+  size_t *size;
+  size_t cap;
+} cf_paged_batch_t;
+int cf_paged_load_batched(const cf_paged_args_t *a, const int32_t *block_table_host,
+                          const cf_paged_batch_t *scratch, cudaStream_t s);
+
 /* The baseline the kernel is measured against: the same scatter as one cudaMemcpyAsync per
  * contiguous run (one per block and plane in vLLM's layout), with the block table on the host.
  * k/v: host pinned or device. */

@@ -12,6 +12,10 @@
 
 // One warp per (token, head slot); lanes hold pairs (i, i + hd/2) in registers so the
 // optional per-head norm needs no second pass over memory.
+__device__ __forceinline__ float cf_ld(const bf16 *p, int64_t i) { return __bfloat162float(p[i]); }
+__device__ __forceinline__ float cf_ld(const float *p, int64_t i) { return p[i]; }
+
+template <typename TIN>
 __global__ void cf_rope_qkv_kernel(cf_rope_args_t a) {
   int nslot = a.n_heads + 2 * a.n_kv_heads;
   int64_t wid = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5;
@@ -19,7 +23,7 @@ __global__ void cf_rope_qkv_kernel(cf_rope_args_t a) {
   if (wid >= (int64_t)a.T * nslot) return;
   int t = (int)(wid / nslot), j = (int)(wid % nslot);
   int hd = a.head_dim, half = hd / 2;
-  const bf16 *src = (const bf16 *)a.qkv + ((int64_t)t * nslot + j) * hd;
+  const TIN *src = (const TIN *)a.qkv + ((int64_t)t * nslot + j) * hd;
   const float *b = a.bias ? a.bias + (int64_t)j * hd : nullptr;
   float x1[CF_ROPE_MAX_PAIRS_PER_LANE], x2[CF_ROPE_MAX_PAIRS_PER_LANE];
   float ss = 0.f;
@@ -28,8 +32,8 @@ __global__ void cf_rope_qkv_kernel(cf_rope_args_t a) {
     int i = lane + 32 * r;
     x1[r] = x2[r] = 0.f;
     if (i < half) {
-      x1[r] = __bfloat162float(src[i]) + (b ? b[i] : 0.f);
-      x2[r] = __bfloat162float(src[i + half]) + (b ? b[i + half] : 0.f);
+      x1[r] = cf_ld(src, i) + (b ? b[i] : 0.f);
+      x2[r] = cf_ld(src, i + half) + (b ? b[i + half] : 0.f);
       ss += x1[r] * x1[r] + x2[r] * x2[r];
     }
   }
@@ -118,7 +122,8 @@ extern "C" int cf_rope_qkv(const cf_rope_args_t *a, cudaStream_t s) {
              (long long)a->kv_row_stride, a->n_kv_heads * a->head_dim);
   if (a->T == 0) return 0;
   int64_t warps = (int64_t)a->T * (a->n_heads + 2 * a->n_kv_heads);
-  cf_rope_qkv_kernel<<<cf_div_up(warps, 8), 256, 0, s>>>(*a);
+  if (a->qkv_f32) cf_rope_qkv_kernel<float><<<cf_div_up(warps, 8), 256, 0, s>>>(*a);
+  else cf_rope_qkv_kernel<bf16><<<cf_div_up(warps, 8), 256, 0, s>>>(*a);
   CF_LAUNCH_TRY();
   return 0;
 }

@@ -20,7 +20,8 @@ typedef struct {
   int T;                  /* tokens in the chunk */
   int pos0;               /* absolute position of the first token */
   int n_heads, n_kv_heads, head_dim;  /* head_dim even */
-  const cf_bf16_t *qkv;   /* [T][(n_heads + 2*n_kv_heads) * head_dim]: q heads, k heads, v heads */
+  const void *qkv;        /* [T][(n_heads + 2*n_kv_heads) * head_dim]: q heads, k heads, v heads */
+  int qkv_f32;            /* 1: qkv is fp32 (one bf16 rounding fewer on q/k/v), 0: bf16 */
   const float *bias;      /* [(n_heads + 2*n_kv_heads) * head_dim] or NULL */
   const float *q_norm, *k_norm;  /* [head_dim] per-head RMSNorm weights (qwen3) or NULL */
   float norm_eps;

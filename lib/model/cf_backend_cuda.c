@@ -2,7 +2,7 @@
  *
  * Per layer and step of <= CF_CUDA_MAX_STEP tokens (x is the fp32 residual stream):
  *   xn  = rmsnorm(x)                         cf_rmsnorm
- *   qkv = xn · [Wq;Wk;Wv]ᵀ                   one cuBLAS GEMM against the stacked weight
+ *   qkv = xn · [Wq;Wk;Wv]ᵀ                   one cuBLAS GEMM against the stacked weight, fp32 out
  *   q, K[t], V[t] = rope(norm(qkv + b))      cf_rope_qkv writes K/V straight into the layer buffer
  *   a   = attention(q, K[0..t], V[0..t])     cf_attn_prefix (flash-style, GQA)
  *   x  += a · Woᵀ                            GEMM with fp32 output and beta = 1: the residual add
@@ -41,6 +41,7 @@ int cf_backend_cuda_create(const cf_model_t *m, int device, cf_backend_t **out) 
 
 #define CF_CUDA_BLAS_WS (32u << 20)      /* cuBLAS workspace, set once so GEMMs never allocate */
 #define CF_CUDA_UPLOAD_FLOATS (8u << 20) /* fp32 staging for weight upload: 32 MiB */
+#define CF_CUDA_ATTN_WS (16 << 20)       /* floats of split-KV attention workspace: 64 MiB */
 
 typedef struct {
   cf_bf16_t *wqkv, *wo, *wgu, *wdown;
@@ -59,8 +60,10 @@ typedef struct {
   cf_bf16_t *embed;
   float *inv_freq;
   /* step workspace, for CF_CUDA_MAX_STEP tokens */
-  float *x;
-  cf_bf16_t *xn, *qkv, *q, *attn, *gu, *h;
+  float *x, *qkv;  /* fp32: the residual stream; the QKV projection (rounded once, after RoPE) */
+  cf_bf16_t *xn, *q, *attn, *gu, *h;
+  float *attn_ws;  /* split-KV partials for short chunks over long prefixes */
+  int64_t attn_ws_floats;
   /* host-API staging, grown on demand */
   cf_bf16_t *kv;  size_t kv_cap;   /* [l1-l0][2][t1][n_kv*hd] */
   float *stage;   size_t stage_cap;
@@ -143,7 +146,7 @@ static void cf__cuda_free(cf_backend_t *be) {
     }
     free(b->layers);
   }
-  void *ps[] = {b->embed, b->inv_freq, b->x, b->xn, b->qkv, b->q, b->attn, b->gu, b->h,
+  void *ps[] = {b->embed, b->inv_freq, b->x, b->xn, b->qkv, b->q, b->attn, b->gu, b->h, b->attn_ws,
                 b->kv, b->stage, b->hin, b->hout, b->tok, b->blas_ws};
   for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) cudaFree(ps[i]);
   if (b->blas) cublasDestroy(b->blas);
@@ -162,13 +165,13 @@ static int cf__layer(cf__cuda_be_t *b, int l, int p0, int T, cf_bf16_t *kbuf, cf
   float eps = (float)c->rms_eps;
   int rc;
   if ((rc = cf_rmsnorm(b->xn, b->x, NULL, L->attn_norm, T, D, eps, s))) return rc;
-  cf_gemm_args_t g = {T, nqkv, D, b->xn, D, L->wqkv, D, b->qkv, nqkv, 0, 0.f};
+  cf_gemm_args_t g = {T, nqkv, D, b->xn, D, L->wqkv, D, b->qkv, nqkv, 1, 0.f};
   if ((rc = cf_gemm_bf16(b->blas, &g, s))) return rc;
-  cf_rope_args_t r = {T, p0, H, KV, hd, b->qkv, L->bqkv, L->q_norm, L->k_norm, eps, b->inv_freq,
+  cf_rope_args_t r = {T, p0, H, KV, hd, b->qkv, 1, L->bqkv, L->q_norm, L->k_norm, eps, b->inv_freq,
                       b->q, kbuf + p0 * kv_rs, vbuf + p0 * kv_rs, kv_rs};
   if ((rc = cf_rope_qkv(&r, s))) return rc;
   cf_attn_args_t at = {T, p0, H, KV, hd, 1.f / sqrtf((float)hd), b->q, (int64_t)H * hd,
-                       kbuf, vbuf, kv_rs, b->attn, (int64_t)H * hd};
+                       kbuf, vbuf, kv_rs, b->attn, (int64_t)H * hd, b->attn_ws, b->attn_ws_floats};
   if ((rc = cf_attn_prefix(&at, s))) return rc;
   cf_gemm_args_t go = {T, D, H * hd, b->attn, H * hd, L->wo, H * hd, b->x, D, 1, 1.f};
   if ((rc = cf_gemm_bf16(b->blas, &go, s))) return rc;
@@ -381,14 +384,17 @@ int cf_backend_cuda_create(const cf_model_t *m, int device, cf_backend_t **out) 
   if ((rc = cf__dgrow((void **)&b->stage, &b->stage_cap, CF_CUDA_UPLOAD_FLOATS * 4))) goto fail;
   if ((rc = cf__cuda_upload(b))) goto fail;
   size_t S = (size_t)b->max_step, D = c->hidden, I = c->intermediate;
+  b->attn_ws_floats = CF_ATTN_WS_FLOATS(S * c->n_heads, c->head_dim);
+  if (b->attn_ws_floats > CF_CUDA_ATTN_WS) b->attn_ws_floats = CF_CUDA_ATTN_WS;
   size_t nq = (size_t)c->n_heads * c->head_dim, nkv = (size_t)c->n_kv_heads * c->head_dim;
   if ((rc = cf__dalloc((void **)&b->x, S * D * 4, "residual")) ||
       (rc = cf__dalloc((void **)&b->xn, S * D * 2, "normed")) ||
-      (rc = cf__dalloc((void **)&b->qkv, S * (nq + 2 * nkv) * 2, "qkv")) ||
+      (rc = cf__dalloc((void **)&b->qkv, S * (nq + 2 * nkv) * 4, "qkv")) ||
       (rc = cf__dalloc((void **)&b->q, S * nq * 2, "q")) ||
       (rc = cf__dalloc((void **)&b->attn, S * nq * 2, "attention output")) ||
       (rc = cf__dalloc((void **)&b->gu, S * 2 * I * 2, "gate|up")) ||
-      (rc = cf__dalloc((void **)&b->h, S * I * 2, "mlp hidden")))
+      (rc = cf__dalloc((void **)&b->h, S * I * 2, "mlp hidden")) ||
+      (rc = cf__dalloc((void **)&b->attn_ws, (size_t)b->attn_ws_floats * 4, "attention workspace")))
     goto fail;
   *out = &b->base;
   return 0;

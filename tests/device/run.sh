@@ -49,8 +49,10 @@ ldd build/tests/kt_gemm | grep "not found" && echo "run.sh: unresolved libraries
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 
 # step NAME TIMEOUT CMD...: run, log, and record "STEP name rc summary" in results.txt.
+# ONLY=regex (environment) runs just the steps whose name matches (a short follow-up call).
 step() {
   local name=$1 to=$2; shift 2
+  if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then return 0; fi
   local t0=$(date +%s%N)
   echo "=== $name: $*" >>"$LOG"
   timeout "$to" "$@" >"$OUT/.step" 2>&1
@@ -77,16 +79,20 @@ else
   echo "STEP memcheck rc=127 compute-sanitizer not found" | tee -a "$RES"
 fi
 
-# The CLI on every fixture: whole and chunked, CUDA backend, vs transformers' KV.
+# The CLI on every fixture: whole and chunked, CUDA backend, vs transformers' KV, by kv-compare's
+# max|err|/max|ref| per tensor: 1e-2 for the shared fixture (fp32 weights); 2e-2 for the held-out
+# ones, which include F16/BF16 checkpoints whose weights the backend rounds to bf16.
 for d in fixtures/public-llama-gqa tests/fixtures/*/; do
   d=${d%/}
   n=$(basename "$d")
   [ -f "$d/kv.safetensors" ] || continue
+  tol=2e-2
+  [ "$n" = public-llama-gqa ] && tol=1e-2
   for ch in 0 64; do
     o=/tmp/cf-kv-$n-$ch.safetensors
     step "ctl-kv-$n-chunk$ch" 60 bash -c "build/cacheflowctl kv --model $d --tokens $d/kv.safetensors \
       --out $o --backend cuda $( [ $ch -gt 0 ] && echo --chunk $ch ) && \
-      build/cacheflowctl kv-compare $o $d/kv.safetensors --tol 1e-2"
+      build/cacheflowctl kv-compare $o $d/kv.safetensors --tol $tol"
   done
 done
 

@@ -5,6 +5,8 @@ from collections import defaultdict
 res = defaultdict(dict)
 steps = []
 for line in open(sys.argv[1]):
+    if "RESULT " in line and not line.startswith("RESULT "):
+        line = line[line.index("RESULT "):]  # a RESULT printed after other text on its line
     f = line.split()
     if not f:
         continue
@@ -14,18 +16,22 @@ for line in open(sys.argv[1]):
     if f[0] != "RESULT":
         continue
     name, args = f[1], f[2:]
-    if name in ("layer_ours", "layer_torch"):
+    if name in ("layer_ours", "layer_torch") or name.startswith("layer_variant"):
         res[name][int(args[0])] = float(args[1])
-    elif name in ("attn_ours", "attn_torch", "attn_nw8"):
+    elif name in ("attn_ours", "attn_torch", "attn_mma16", "attn_mma32", "attn_bc32"):
         res[name][(int(args[0]), int(args[1]))] = float(args[2])
     elif name == "load_contig":
         res[name]["ms"] = float(args[1])
         res[name]["bytes"] = int(args[0])
+    elif name in ("load_staged", "load_batched"):
+        res[name][int(args[0])] = float(args[1])
     elif name == "load_paged":
         res[name][int(args[0])] = (float(args[1]), float(args[2]),
                                    float(args[3]) if len(args) > 3 else None)
-    elif name in ("overlap", "overlap_fullgrid"):
-        res["overlap"][name] = tuple(map(float, args))
+    elif name == "overlap_ctas":
+        res["overlap"][int(args[0])] = tuple(map(float, args[1:]))
+    elif name == "load_ctas":
+        res["load_ctas"][int(args[0])] = float(args[1])
 
 out = []
 p = out.append
@@ -39,40 +45,53 @@ for s in steps:
 lo, lt = res["layer_ours"], res["layer_torch"]
 if lo:
     p("\n### (a) Llama-3-8B-shaped layer prefill (bf16; torch = transformers LlamaDecoderLayer, SDPA)\n")
-    p("| tokens | torch ms | ours ms | torch/ours (goal >= 1.0) |")
-    p("|---|---|---|---|")
+    vs = [("layer_variant5", "mma16"), ("layer_variant6", "mma32"), ("layer_variant4", "mma32-bc32")]
+    p("| tokens | torch ms | ours ms | torch/ours (goal >= 1.0) | " + " | ".join(f"ours, {n} attention ms" for _, n in vs) + " |")
+    p("|---|---|---|---|" + "---|" * len(vs))
     for T in sorted(lo):
         t = lt.get(T)
-        p(f"| {T} | {t:.3f} | {lo[T]:.3f} | {t / lo[T]:.3f} |" if t else f"| {T} | - | {lo[T]:.3f} | - |")
+        v = " | ".join(f"{res[k][T]:.3f}" if T in res[k] else "-" for k, _ in vs)
+        p(f"| {T} | {t:.3f} | {lo[T]:.3f} | {t / lo[T]:.3f} | {v} |" if t else f"| {T} | - | {lo[T]:.3f} | - | {v} |")
 ao, at = res["attn_ours"], res["attn_torch"]
 if ao:
     p("\n### (b) Chunk-over-prefix attention, 32 heads / 8 KV heads / head_dim 128 (torch = SDPA, causal_lower_right)\n")
-    a8 = res["attn_nw8"]
-    p("| chunk | prefix | torch ms | ours ms | torch/ours | ours TFLOP/s | 8-warp variant ms |")
-    p("|---|---|---|---|---|---|---|")
+    a16, a32, ab = res["attn_mma16"], res["attn_mma32"], res["attn_bc32"]
+    p("| chunk | prefix | torch ms | ours ms | torch/ours | ours TFLOP/s | mma16 ms | mma32 ms | mma32-bc32 ms |")
+    p("|---|---|---|---|---|---|---|---|---|")
     for (c, pr) in sorted(ao):
         ms = ao[(c, pr)]
         fl = 4.0 * 128 * 32 * (c * pr + c * (c + 1) / 2) / ms / 1e9
         t = at.get((c, pr))
-        v8 = f"{a8[(c, pr)]:.3f}" if (c, pr) in a8 else "-"
-        p(f"| {c} | {pr} | {t:.3f} | {ms:.3f} | {t / ms:.3f} | {fl:.0f} | {v8} |" if t else
-          f"| {c} | {pr} | - | {ms:.3f} | - | {fl:.0f} | {v8} |")
+        v = " | ".join(f"{d[(c, pr)]:.3f}" if (c, pr) in d else "-" for d in (a16, a32, ab))
+        p(f"| {c} | {pr} | {t:.3f} | {ms:.3f} | {t / ms:.3f} | {fl:.0f} | {v} |" if t else
+          f"| {c} | {pr} | - | {ms:.3f} | - | {fl:.0f} | {v} |")
 lc, lp = res["load_contig"], res["load_paged"]
 if lp and lc:
     base, nb = lc["ms"], lc["bytes"]
     p(f"\n### (c) Load 1 GiB from pinned host memory into paged blocks (baseline: one contiguous 1 GiB cudaMemcpy, {base:.2f} ms = {nb / base / 1e6:.1f} GB/s)\n")
-    p("| block | zero-copy kernel GB/s | contiguous/kernel (goal >= 0.9) | same, 64 CTAs | cudaMemcpyAsync per block GB/s | contiguous/per-block |")
-    p("|---|---|---|---|---|---|")
+    st, bt = res["load_staged"], res["load_batched"]
+    p("| block | zero-copy kernel GB/s | contiguous/kernel (goal >= 0.9) | same, 64 CTAs | copy engine + scatter (staged ring) | cudaMemcpyBatchAsync | cudaMemcpyAsync per block GB/s | contiguous/per-block |")
+    p("|---|---|---|---|---|---|---|---|")
     for b in sorted(lp):
         k, m, k64 = lp[b]
         s64 = f"{base / k64:.3f}" if k64 else "-"
-        p(f"| {b // 1024} KiB | {nb / k / 1e6:.1f} | {base / k:.3f} | {s64} | {nb / m / 1e6:.1f} | {base / m:.3f} |")
+        sst = f"{nb / st[b] / 1e6:.1f} GB/s ({base / st[b]:.3f})" if b in st else "-"
+        sbt = f"{nb / bt[b] / 1e6:.1f} GB/s ({base / bt[b]:.3f})" if b in bt else "-"
+        p(f"| {b // 1024} KiB | {nb / k / 1e6:.1f} | {base / k:.3f} | {s64} | {sst} | {sbt} | {nb / m / 1e6:.1f} | {base / m:.3f} |")
+if res["load_ctas"] and lc:
+    p("\n32 KiB blocks, zero-copy kernel by grid size: " + ", ".join(
+        f"{k or 'full'} CTAs {lc['bytes'] / v / 1e6:.1f} GB/s ({lc['ms'] / v:.3f})"
+        for k, v in sorted(res["load_ctas"].items(), key=lambda kv: kv[0] or 1 << 30)))
 if res["overlap"]:
     p("\n### (d) Compute ∥ load overlap (8192-token layer prefill ∥ zero-copy load into 32 KiB paged blocks)\n")
-    p("| load kernel grid | compute ms | load ms | both ms | both / longer alone (goal <= 1.05) |")
+    p("| load path | compute ms | load ms | both ms | both / longer alone (goal <= 1.05) |")
     p("|---|---|---|---|---|")
-    for key, what in (("overlap", "64 CTAs"), ("overlap_fullgrid", "full (1056 CTAs)")):
-        if key in res["overlap"]:
-            c, l, b = res["overlap"][key]
-            p(f"| {what} | {c:.2f} | {l:.2f} | {b:.2f} | {b / max(c, l):.3f} |")
+    for key in sorted(res["overlap"], key=lambda k: (k < 0, k or 1 << 30)):
+        c, l, b = res["overlap"][key]
+        what = {-1: "copy engine + scatter (staged ring, 132 CTAs)", -2: "cudaMemcpyBatchAsync (DMA only)",
+                -3: "copy engine + scatter (staged ring, 16 CTAs)", 0: "zero-copy, full grid",
+                -4: "reference: contiguous cudaMemcpy, no paging",
+                -5: "DMA into whole-load staging ∥ compute, then scatter on the compute stream"}.get(
+                    key, f"zero-copy, {key} CTAs")
+        p(f"| {what} | {c:.2f} | {l:.2f} | {b:.2f} | {b / max(c, l):.3f} |")
 print("\n".join(out))

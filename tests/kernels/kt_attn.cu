@@ -33,7 +33,9 @@ static void ref_attn(const attn_case &c, const std::vector<float> &q, int64_t qr
     }
 }
 
-static void test_attn(attn_case c, bool scalar, int nw = 0) {
+static const char *vname[] = {"auto", "scalar", "mma16", "mma32", "mma32-bc32", "mma16-split"};
+
+static void test_attn(attn_case c, int variant) {
   int Tk = c.t0 + c.Tq;
   int64_t qrs = (int64_t)c.H * c.hd, kvrs = (int64_t)c.KV * c.hd + (c.hd % 16 ? 0 : 8);
   std::vector<uint16_t> qh, kh, vh;
@@ -44,11 +46,11 @@ static void test_attn(attn_case c, bool scalar, int nw = 0) {
   kt_rand_bf16(vh, vf, (size_t)Tk * kvrs, -1, 1);
   cf_bf16_t *dq = kt_upload(qh), *dk = kt_upload(kh), *dv = kt_upload(vh);
   cf_bf16_t *dout = kt_dev<cf_bf16_t>((size_t)c.Tq * qrs);
+  int64_t wsf = CF_ATTN_WS_FLOATS((int64_t)c.Tq * c.H, c.hd);
+  float *ws = kt_dev<float>(wsf);  // poisoned: split partials must all be written
   cf_attn_args_t a = {c.Tq, c.t0, c.H, c.KV, c.hd, 1.f / sqrtf((float)c.hd), dq, qrs,
-                      dk, dv, kvrs, dout, qrs};
-  bool ok = scalar ? KT_RC(cf_attn_prefix_scalar(&a, 0))
-            : nw   ? KT_RC(cf_attn_prefix_nw(&a, nw, 0))
-                   : KT_RC(cf_attn_prefix(&a, 0));
+                      dk, dv, kvrs, dout, qrs, ws, wsf};
+  bool ok = variant ? KT_RC(cf_attn_prefix_variant(&a, variant, 0)) : KT_RC(cf_attn_prefix(&a, 0));
   auto ho = kt_download(dout, (size_t)c.Tq * qrs);
   std::vector<double> ref;
   ref_attn(c, qf, qrs, kf, vf, kvrs, ref);
@@ -62,9 +64,9 @@ static void test_attn(attn_case c, bool scalar, int nw = 0) {
     if (!(ei <= we)) { we = ei; worst = i; }
   }
   kt_check(ok && e <= 1e-2, "attn %s%s Tq=%d t0=%d H=%d KV=%d hd=%d: rel L2 %.2e (<= 1e-2), "
-           "worst query row %d: %.2e", scalar ? "scalar" : "mma", nw == 8 ? "-8warps" : "", c.Tq, c.t0, c.H, c.KV, c.hd, e,
+           "worst query row %d: %.2e", vname[variant], "", c.Tq, c.t0, c.H, c.KV, c.hd, e,
            worst, we);
-  cudaFree(dq); cudaFree(dk); cudaFree(dv); cudaFree(dout);
+  cudaFree(dq); cudaFree(dk); cudaFree(dv); cudaFree(dout); cudaFree(ws);
 }
 
 static void bench(void) {
@@ -77,22 +79,29 @@ static void bench(void) {
   cf_bf16_t *dk = kt_upload(h), *dv = kt_upload(h);
   kt_rand_bf16(h, f, (size_t)2048 * H * hd, -2, 2);
   cf_bf16_t *dq = kt_upload(h), *dout = kt_dev<cf_bf16_t>((size_t)2048 * H * hd);
+  int64_t wsf = 16 << 20;  // what the backend gives it: 64 MiB
+  float *ws = kt_dev<float>(wsf);
   printf("%-8s %-8s %10s %10s\n", "chunk", "prefix", "ms", "TFLOP/s");
   for (int c : chunks)
     for (int p : prefixes) {
       cf_attn_args_t a = {c, p, H, KV, hd, 1.f / sqrtf((float)hd), dq, (int64_t)H * hd,
-                          dk, dv, (int64_t)KV * hd, dout, (int64_t)H * hd};
+                          dk, dv, (int64_t)KV * hd, dout, (int64_t)H * hd, ws, wsf};
       if (!KT_RC(cf_attn_prefix(&a, 0))) return;
       double ms = kt_time_ms([&] { cf_attn_prefix(&a, 0); }, 20);
-      double ms8 = kt_time_ms([&] { cf_attn_prefix_nw(&a, 8, 0); }, 20);
+      double ms8 = kt_time_ms([&] { cf_attn_prefix_variant(&a, CF_ATTN_MMA16, 0); }, 20);
+      double ms32 = kt_time_ms([&] { cf_attn_prefix_variant(&a, CF_ATTN_MMA32, 0); }, 20);
+      double msb = kt_time_ms([&] { cf_attn_prefix_variant(&a, CF_ATTN_MMA32_BC32, 0); }, 20);
       double flops = 4.0 * hd * H * ((double)c * p + (double)c * (c + 1) / 2);
-      printf("%-8d %-8d %10.3f %10.1f   8 warps: %10.3f %10.1f\n", c, p, ms, flops / ms / 1e9, ms8,
-             flops / ms8 / 1e9);
+      printf("%-8d %-8d %10.3f %10.1f   mma16: %8.3f %6.1f   mma32: %8.3f %6.1f   bc32: %8.3f "
+             "%6.1f\n", c, p, ms, flops / ms / 1e9, ms8, flops / ms8 / 1e9, ms32, flops / ms32 / 1e9,
+             msb, flops / msb / 1e9);
+      printf("RESULT attn_bc32 %d %d %.4f\n", c, p, msb);
       printf("RESULT attn_ours %d %d %.4f\n", c, p, ms);
-      printf("RESULT attn_nw8 %d %d %.4f\n", c, p, ms8);
+      printf("RESULT attn_mma16 %d %d %.4f\n", c, p, ms8);
+      printf("RESULT attn_mma32 %d %d %.4f\n", c, p, ms32);
     }
   KT_CUDA(cudaDeviceSynchronize());
-  cudaFree(dk); cudaFree(dv); cudaFree(dq); cudaFree(dout);
+  cudaFree(dk); cudaFree(dv); cudaFree(dq); cudaFree(dout); cudaFree(ws);
 }
 
 int main(int argc, char **argv) {
@@ -103,12 +112,21 @@ int main(int argc, char **argv) {
       {1, 0, 4, 2, 16},     {150, 0, 6, 2, 16},   {64, 64, 6, 2, 16},   {7, 300, 4, 1, 32},
       {100, 37, 8, 2, 64},  {256, 0, 32, 8, 128}, {129, 700, 32, 8, 128}, {65, 5, 4, 4, 128},
       {1, 1000, 8, 8, 128}, {33, 70, 6, 3, 80},   {300, 1000, 4, 2, 64},
+      {700, 0, 4, 1, 128},  {333, 1500, 4, 2, 128}, {1000, 100, 4, 1, 64},
+      {64, 4000, 8, 2, 128}, {33, 2000, 4, 1, 64},  {100, 5000, 6, 2, 32},  {7, 3000, 2, 1, 16},
+      {96, 5000, 4, 1, 128},
   };
-  for (auto &c : cases) test_attn(c, false);
+  for (auto &c : cases) test_attn(c, CF_ATTN_AUTO);
   for (auto &c : cases)
-    if (c.hd == 128) test_attn(c, false, 8);
+    if (c.hd == 16 || c.hd == 32 || c.hd == 64 || c.hd == 128) test_attn(c, CF_ATTN_MMA16);
   for (auto &c : cases)
-    if (c.Tq * (c.t0 + c.Tq) < 200000) test_attn(c, true);
+    if (c.hd == 64 || c.hd == 128) test_attn(c, CF_ATTN_MMA32);
+  for (auto &c : cases)
+    if (c.hd == 128) test_attn(c, CF_ATTN_MMA32_BC32);
+  for (auto &c : cases)
+    if (c.hd == 16 || c.hd == 32 || c.hd == 64 || c.hd == 128) test_attn(c, CF_ATTN_MMA16_SPLIT);
+  for (auto &c : cases)
+    if (c.Tq * (c.t0 + c.Tq) < 200000) test_attn(c, CF_ATTN_SCALAR);
   // Unaligned row stride forces the scalar path through cf_attn_prefix: still correct.
   cf_attn_args_t bad = {};
   bad.Tq = 1; bad.n_heads = 3; bad.n_kv_heads = 2; bad.head_dim = 16;

@@ -122,7 +122,7 @@ static void test_swiglu(int T, int I, bool bias, bool misalign) {
 }
 
 struct rope_case {
-  int T, pos0, H, KV, hd, llama3, bias, qknorm;
+  int T, pos0, H, KV, hd, llama3, bias, qknorm, f32in;
 };
 
 static void test_rope(rope_case c) {
@@ -152,12 +152,17 @@ static void test_rope(rope_case c) {
   }
   kt_check(ok, "rope_inv_freq hd=%d llama3=%d matches the double-precision formula", c.hd,
            c.llama3);
+  std::vector<float> x32(nqkv);
+  for (size_t i = 0; i < nqkv; i++) x32[i] = c.f32in ? xf[i] + kt_unif(-1e-3f, 1e-3f) : xf[i];
+  if (c.f32in) xf = x32;  // fp32 input: values off the bf16 grid
   cf_bf16_t *dx = kt_upload(xh);
+  float *dx32 = kt_upload(x32);
   float *db = kt_upload(bias), *dqn = kt_upload(qn), *dkn = kt_upload(kn), *dinv = kt_upload(inv);
   int64_t kv_rs = (int64_t)c.KV * c.hd + 8;  // a padded row stride
   cf_bf16_t *dq = kt_dev<cf_bf16_t>((size_t)c.T * c.H * c.hd);
   cf_bf16_t *dk = kt_dev<cf_bf16_t>((size_t)c.T * kv_rs), *dv = kt_dev<cf_bf16_t>((size_t)c.T * kv_rs);
-  cf_rope_args_t a = {c.T, c.pos0, c.H, c.KV, c.hd, dx, c.bias ? db : NULL,
+  cf_rope_args_t a = {c.T, c.pos0, c.H, c.KV, c.hd, c.f32in ? (const void *)dx32 : dx, c.f32in,
+                      c.bias ? db : NULL,
                       c.qknorm ? dqn : NULL, c.qknorm ? dkn : NULL, 1e-6f, dinv, dq, dk, dv, kv_rs};
   ok = KT_RC(cf_rope_qkv(&a, 0));
   auto hq = kt_download(dq, (size_t)c.T * c.H * c.hd);
@@ -206,11 +211,12 @@ static void test_rope(rope_case c) {
     for (int e = c.KV * c.hd; e < kv_rs; e++)
       pad_written += hk[(size_t)t * kv_rs + e] != 0xffff || hv[(size_t)t * kv_rs + e] != 0xffff;
   kt_check(ok && eq <= 1e-2 && ek <= 1e-2 && ev <= 1e-2 && pad_written == 0,
-           "rope T=%d pos0=%d H=%d KV=%d hd=%d llama3=%d bias=%d qknorm=%d: rel L2 q %.2e k %.2e "
-           "v %.2e (<= 1e-2), %lld padding elements written",
-           c.T, c.pos0, c.H, c.KV, c.hd, c.llama3, c.bias, c.qknorm, eq, ek, ev,
+           "rope T=%d pos0=%d H=%d KV=%d hd=%d llama3=%d bias=%d qknorm=%d %s in: rel L2 q %.2e "
+           "k %.2e v %.2e (<= 1e-2), %lld padding elements written",
+           c.T, c.pos0, c.H, c.KV, c.hd, c.llama3, c.bias, c.qknorm, c.f32in ? "fp32" : "bf16", eq,
+           ek, ev,
            (long long)pad_written);
-  cudaFree(dx); cudaFree(db); cudaFree(dqn); cudaFree(dkn); cudaFree(dinv);
+  cudaFree(dx); cudaFree(dx32); cudaFree(db); cudaFree(dqn); cudaFree(dkn); cudaFree(dinv);
   cudaFree(dq); cudaFree(dk); cudaFree(dv);
 }
 
@@ -241,10 +247,10 @@ int main(int argc, char **argv) {
   test_swiglu(9, 100, true, false);
   test_swiglu(9, 256, false, true);
   rope_case rc[] = {
-      {150, 0, 6, 2, 16, 0, 0, 0},     {37, 5, 32, 8, 128, 1, 0, 0},
-      {64, 30000, 32, 8, 128, 1, 0, 0}, {17, 100, 4, 4, 64, 0, 1, 0},
-      {23, 7, 8, 2, 128, 0, 0, 1},     {11, 4090, 14, 2, 64, 0, 1, 1},
-      {5, 3, 2, 1, 256, 1, 1, 1},
+      {150, 0, 6, 2, 16, 0, 0, 0, 0},     {37, 5, 32, 8, 128, 1, 0, 0, 1},
+      {64, 30000, 32, 8, 128, 1, 0, 0, 0}, {17, 100, 4, 4, 64, 0, 1, 0, 1},
+      {23, 7, 8, 2, 128, 0, 0, 1, 0},     {11, 4090, 14, 2, 64, 0, 1, 1, 1},
+      {5, 3, 2, 1, 256, 1, 1, 1, 0},      {9, 31000, 4, 2, 24, 1, 1, 1, 1},
   };
   for (auto &c : rc) test_rope(c);
   test_preconditions();

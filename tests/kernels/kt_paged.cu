@@ -22,6 +22,31 @@ static void make_layout(const paged_case &c, int nblocks, cf_paged_layout_t *L) 
   }
 }
 
+static cf_paged_stager_t kt_stager(int64_t elems) {
+  cf_paged_stager_t st;
+  int lo, hi;
+  KT_CUDA(cudaDeviceGetStreamPriorityRange(&lo, &hi));
+  KT_CUDA(cudaStreamCreateWithFlags(&st.copy, cudaStreamNonBlocking));
+  KT_CUDA(cudaStreamCreateWithPriority(&st.scatter, cudaStreamNonBlocking, hi));
+  for (int i = 0; i < CF_PAGED_STAGE_SLOTS; i++) {
+    KT_CUDA(cudaEventCreateWithFlags(&st.copied[i], cudaEventDisableTiming));
+    KT_CUDA(cudaEventCreateWithFlags(&st.freed[i], cudaEventDisableTiming));
+  }
+  st.staging = kt_dev<cf_bf16_t>(elems);
+  st.staging_elems = elems;
+  return st;
+}
+
+static void kt_stager_free(cf_paged_stager_t *st) {
+  cudaStreamDestroy(st->copy);
+  cudaStreamDestroy(st->scatter);
+  for (int i = 0; i < CF_PAGED_STAGE_SLOTS; i++) {
+    cudaEventDestroy(st->copied[i]);
+    cudaEventDestroy(st->freed[i]);
+  }
+  cudaFree(st->staging);
+}
+
 static void test_paged(paged_case c) {
   int nlog = (c.tok0 + c.T + c.block_size - 1) / c.block_size;
   int nblocks = nlog + 5;
@@ -66,15 +91,37 @@ static void test_paged(paged_case c) {
           exp[pl * L.kv_stride + blk * L.block_stride + (tok % c.block_size) * L.token_stride +
               h * L.head_stride + d] = (pl ? vh : kh)[t * rs + h * c.hd + d];
   }
-  for (int method = 0; method < 2; method++) {
+  // The staged path copies from host memory: give it the host rows (a small staging buffer
+  // so that the copy runs in several pieces).
+  std::vector<uint16_t> kpin, vpin;
+  cf_paged_args_t ah = a;
+  cf_bf16_t *hpk = NULL, *hpv = NULL;
+  // Slots of a few rows each, so the copy runs in many pieces through the ring.
+  cf_paged_stager_t st = kt_stager(CF_PAGED_STAGE_SLOTS * 2 * ((3 * rs + 7) / 8 * 8 + 8));
+  KT_CUDA(cudaHostAlloc((void **)&hpk, nsrc * 2, 0));
+  KT_CUDA(cudaHostAlloc((void **)&hpv, nsrc * 2, 0));
+  memcpy(hpk, kh.data(), nsrc * 2);
+  memcpy(hpv, vh.data(), nsrc * 2);
+  ah.k = hpk;
+  ah.v = hpv;
+  const char *mname[] = {"scatter", "scatter_memcpy", "load_staged", "load_batched"};
+  std::vector<void *> bd(7);
+  std::vector<const void *> bs_(7);
+  std::vector<size_t> bz(7);
+  cf_paged_batch_t batch = {bd.data(), bs_.data(), bz.data(), 7};  // small: several batches
+  for (int method = 0; method < 4; method++) {
     KT_CUDA(cudaMemset(cache, 0xff, span * 2));
-    bool ok = method == 0 ? KT_RC(cf_paged_scatter(&a, 0))
-                          : KT_RC(cf_paged_scatter_memcpy(&a, table.data(), 0));
+    bool ok = method == 0   ? KT_RC(cf_paged_scatter(&a, 0))
+              : method == 1 ? KT_RC(cf_paged_scatter_memcpy(&a, table.data(), 0))
+              : method == 2 ? KT_RC(cf_paged_load_staged(&ah, &st))
+                            : KT_RC(cf_paged_load_batched(&ah, table.data(), &batch, st.copy));
+    KT_CUDA(cudaStreamSynchronize(st.copy));
+    KT_CUDA(cudaStreamSynchronize(st.scatter));
     auto got = kt_download(cache, span);
     int64_t bad = 0;
     for (int64_t i = 0; i < span; i++) bad += got[i] != exp[i];
     kt_check(ok && bad == 0, "paged %s %s (bs=%d KV=%d hd=%d tok0=%d T=%d, %s source): %lld of "
-             "%lld cache elements wrong", method ? "scatter_memcpy" : "scatter", c.name,
+             "%lld cache elements wrong", mname[method], c.name,
              c.block_size, c.KV, c.hd, c.tok0, c.T, c.host_src ? "mapped host" : "device",
              (long long)bad, (long long)span);
   }
@@ -97,6 +144,8 @@ static void test_paged(paged_case c) {
   }
   kt_check(ok && bad == 0, "paged gather %s (bs=%d KV=%d hd=%d tok0=%d T=%d): %lld wrong",
            c.name, c.block_size, c.KV, c.hd, c.tok0, c.T, (long long)bad);
+  cudaFreeHost(hpk); cudaFreeHost(hpv);
+  kt_stager_free(&st);
   if (c.host_src) { cudaFreeHost(hk); cudaFreeHost(hv); }
   else { cudaFree(dk); cudaFree(dv); }
   cudaFree(cache); cudaFree(dtable); cudaFree(gk); cudaFree(gv);
@@ -111,6 +160,14 @@ static void test_preconditions(void) {
   a.tok0 = 10; a.T = 10; a.row_stride = 32;
   kt_check(cf_paged_scatter(&a, 0) == CF_EINVAL, "paged rejects a block table too short (%s)",
            cf_errmsg());
+  a.tok0 = 0;
+  void *d[1];
+  const void *sr[1];
+  size_t z[1];
+  cf_paged_batch_t b = {d, sr, z, 1};
+  int32_t tab[1] = {0};
+  kt_check(cf_paged_load_batched(&a, tab, &b, 0) == CF_EINVAL,
+           "load_batched rejects the legacy default stream (%s)", cf_errmsg());
 }
 
 // Load path: 1 GiB of K+V from mapped pinned host memory into randomly placed paged blocks.
@@ -129,6 +186,9 @@ static void bench(void) {
   KT_CUDA(cudaMalloc((void **)&dst, dst_bytes));
   cudaStream_t s;
   KT_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  cf_paged_stager_t st = kt_stager(32ll << 20);  // 64 MiB ring for the copy-engine path
+  cudaEvent_t done;
+  KT_CUDA(cudaEventCreate(&done));
   // Baseline: one contiguous 1 GiB pinned host-to-device copy.
   double base = kt_time_ms([&] {
     cudaMemcpyAsync(dst, hk, bytes, cudaMemcpyHostToDevice, s);
@@ -154,6 +214,26 @@ static void bench(void) {
     cf_paged_args_t a64 = a;
     a64.ctas = 64;
     double k64 = kt_time_ms([&] { cf_paged_scatter(&a64, s); }, 5, s);
+    cf_paged_args_t ah = a;  // the copy-engine path reads the host pointers themselves
+    ah.k = hk;
+    ah.v = hv;
+    // Timed on s: it waits for the scatter stream's last event, so the load is inside the window.
+    double sms = kt_time_ms([&] {
+      cudaEventRecord(done, s);
+      cudaStreamWaitEvent(st.copy, done, 0);
+      cf_paged_load_staged(&ah, &st);
+      cudaEventRecord(done, st.scatter);
+      cudaStreamWaitEvent(s, done, 0);
+    }, 5, s);
+    printf("RESULT load_staged %zu %.4f\n", (size_t)bs * row * 2, sms);
+    std::vector<void *> bd(8192);
+    std::vector<const void *> bsrc(8192);
+    std::vector<size_t> bz(8192);
+    cf_paged_batch_t batch = {bd.data(), bsrc.data(), bz.data(), 8192};
+    if (KT_RC(cf_paged_load_batched(&ah, table.data(), &batch, s))) {
+      double bms = kt_time_ms([&] { cf_paged_load_batched(&ah, table.data(), &batch, s); }, 3, s);
+      printf("RESULT load_batched %zu %.4f\n", (size_t)bs * row * 2, bms);
+    }
     double mms = kt_time_ms([&] { cf_paged_scatter_memcpy(&a, table.data(), s); }, 3, s);
     size_t bb = (size_t)bs * row * 2;
     printf("%-10zu %12.2f %10.1f %12.2f %10.1f %12.2f %10.1f %8.3f\n", bb, kms,
@@ -161,6 +241,27 @@ static void bench(void) {
     printf("RESULT load_paged %zu %.4f %.4f %.4f\n", bb, kms, mms, k64);
     cudaFree(dtable);
   }
+  // How many CTAs the zero-copy load needs (32 KiB blocks): PCIe latency x bandwidth bounds it.
+  {
+    int bs = 16, nlog = (int)(T / bs);
+    cf_paged_layout_t L;
+    cf_paged_layout_vllm(&L, nlog, bs, KV, hd);
+    std::vector<int32_t> table(nlog);
+    for (int i = 0; i < nlog; i++) table[i] = i;
+    for (int i = nlog - 1; i > 0; i--) std::swap(table[i], table[kt_randint(i + 1)]);
+    int32_t *dtable = kt_upload(table);
+    printf("32 KiB blocks, CTAs:");
+    for (int ctas : {8, 16, 32, 64, 132, 264, 0}) {
+      cf_paged_args_t a = {L, dst, dtable, nlog, 0, (int)T, mk, mv, row, ctas};
+      double ms = kt_time_ms([&] { cf_paged_scatter(&a, s); }, 5, s);
+      printf("  %d: %.1f GB/s", ctas, 2 * bytes / ms / 1e6);
+      printf("\nRESULT load_ctas %d %.4f", ctas, ms);
+    }
+    printf("\n");
+    cudaFree(dtable);
+  }
+  kt_stager_free(&st);
+  cudaEventDestroy(done);
   cudaFree(dst); cudaFreeHost(hk); cudaFreeHost(hv); cudaStreamDestroy(s);
 }
 
