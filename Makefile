@@ -115,7 +115,8 @@ $(BUILD)/%.o: %.c | $(if $(PROTO_SRC),$(PROTO_C))
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
 # The CPU backend's elementwise kernels (exp, RoPE, softmax) need these flags to vectorise.
-$(BUILD)/lib/model/cf_cpu_ops.o: OPT += -O3 -fno-trapping-math
+# `override` so the flags survive OPT/CFLAGS given on the command line (make asan, make OPT=...).
+$(BUILD)/lib/model/cf_cpu_ops.o: override CFLAGS += -O3 -fno-trapping-math
 
 $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
 	@mkdir -p $(BUILD)/gen
