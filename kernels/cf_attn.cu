@@ -58,6 +58,138 @@ __device__ __forceinline__ uint32_t cf_pack_bf16(float lo, float hi) {
   return *(uint32_t *)&v;
 }
 
+// ---- per-m-tile steps shared by both tensor-core kernels (one warp, 16 query rows: this
+// thread holds rows lane/4 (accumulator elements 0,1) and lane/4 + 8 (elements 2,3)).
+
+// Async-copy K/V tile `tile` (keys [tile*BC, tile*BC + BC), zero rows past Tk) into buffer
+// `buf` of Ks/Vs ([2][BC][HD+8] each), one commit group. All NT threads of the block take part.
+template <int HD, int BC, int NT>
+__device__ __forceinline__ void cf_attn_load_kv(bf16 *Ks, bf16 *Vs, const bf16 *kbase,
+                                                const bf16 *vbase, int64_t kv_row_stride, int Tk,
+                                                int tile, int buf) {
+  constexpr int LDS = HD + 8, CHUNKS = BC * HD / 8;
+  int kb = tile * BC;
+  for (int c = threadIdx.x; c < CHUNKS; c += NT) {
+    int row = c / (HD / 8), col = (c % (HD / 8)) * 8;
+    int key = kb + row;
+    int ok = key < Tk ? 16 : 0;
+    int64_t off = (int64_t)(key < Tk ? key : 0) * kv_row_stride + col;
+    cf_cp_async16(Ks + (buf * BC + row) * LDS + col, kbase + off, ok);
+    cf_cp_async16(Vs + (buf * BC + row) * LDS + col, vbase + off, ok);
+  }
+  cf_cp_async_commit();
+}
+
+// Causal mask of the S accumulators of a key tile starting at kb: key > row position -> -inf.
+template <int NT>
+__device__ __forceinline__ void cf_attn_mask(float (&s)[NT][4], int kb, int lane, int p0, int p1) {
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) {
+    int key = kb + nt * 8 + (lane & 3) * 2;
+    if (key > p0) s[nt][0] = -INFINITY;
+    if (key + 1 > p0) s[nt][1] = -INFINITY;
+    if (key > p1) s[nt][2] = -INFINITY;
+    if (key + 1 > p1) s[nt][3] = -INFINITY;
+  }
+}
+
+// Online softmax over one key tile: s becomes P = 2^(s*sl2 - m) (m the running row max in the
+// log2 domain, reduced over the lane quad), l the running row sums (per thread: its columns),
+// and O is rescaled by 2^(m_old - m_new).
+template <int NT, int ND>
+__device__ __forceinline__ void cf_attn_softmax(float (&s)[NT][4], float (&o)[ND][4], float &m0,
+                                                float &m1, float &l0, float &l1, float sl2) {
+  float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) {
+    mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+    mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+  }
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+  float mn0 = fmaxf(m0, mx0 * sl2), mn1 = fmaxf(m1, mx1 * sl2);
+  // A row with every key so far masked keeps m = -inf; use 0 as its base so exp2 gives 0.
+  float b0 = mn0 == -INFINITY ? 0.f : mn0, b1 = mn1 == -INFINITY ? 0.f : mn1;
+  float al0 = cf_exp2(m0 - b0), al1 = cf_exp2(m1 - b1);
+  m0 = mn0;
+  m1 = mn1;
+  float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) {
+    s[nt][0] = cf_exp2(fmaf(s[nt][0], sl2, -b0));
+    s[nt][1] = cf_exp2(fmaf(s[nt][1], sl2, -b0));
+    s[nt][2] = cf_exp2(fmaf(s[nt][2], sl2, -b1));
+    s[nt][3] = cf_exp2(fmaf(s[nt][3], sl2, -b1));
+    rs0 += s[nt][0] + s[nt][1];
+    rs1 += s[nt][2] + s[nt][3];
+  }
+  l0 = l0 * al0 + rs0;
+  l1 = l1 * al1 + rs1;
+#pragma unroll
+  for (int i = 0; i < ND; i++) {
+    o[i][0] *= al0;
+    o[i][1] *= al0;
+    o[i][2] *= al1;
+    o[i][3] *= al1;
+  }
+}
+
+// P of keys [16kk, 16kk+16) as the bf16 A operand: the m16n8 C layout of two adjacent n-tiles
+// is the m16k16 A layout.
+template <int NT>
+__device__ __forceinline__ void cf_attn_pack_p(uint32_t pa[4], const float (&s)[NT][4], int kk) {
+  pa[0] = cf_pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+  pa[1] = cf_pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+  pa[2] = cf_pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+  pa[3] = cf_pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+}
+
+// Finish rows r0 and r0 + 8 of head h: full row sums over the quad, then either the split's
+// unnormalised fp32 partial (with m and l) into a.ws, or the normalised bf16 output.
+template <int HD>
+__device__ __forceinline__ void cf_attn_store(const cf_attn_args_t &a, const float (&o)[HD / 8][4],
+                                              float m0, float m1, float l0, float l1, int r0,
+                                              int h, int lane) {
+  const int r1 = r0 + 8;
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  if (gridDim.z > 1) {
+    int64_t rows = (int64_t)a.Tq * a.n_heads;
+    float *wo = a.ws + (int64_t)blockIdx.z * rows * HD, *wml = a.ws + gridDim.z * rows * HD;
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+      int r = hf ? r1 : r0;
+      if (r >= a.Tq) continue;
+      int64_t row = (int64_t)r * a.n_heads + h;
+      float *op = wo + row * HD;
+#pragma unroll
+      for (int dt = 0; dt < HD / 8; dt++) {
+        int c = dt * 8 + (lane & 3) * 2;
+        *(float2 *)(op + c) = make_float2(o[dt][2 * hf], o[dt][2 * hf + 1]);
+      }
+      if ((lane & 3) == 0) {
+        float *ml = wml + ((int64_t)blockIdx.z * rows + row) * 2;
+        ml[0] = hf ? m1 : m0;
+        ml[1] = hf ? l1 : l0;
+      }
+    }
+    return;
+  }
+  float il0 = l0 > 0.f ? 1.f / l0 : 0.f, il1 = l1 > 0.f ? 1.f / l1 : 0.f;
+  bf16 *op0 = (bf16 *)a.out + (int64_t)r0 * a.out_row_stride + h * HD;
+  bf16 *op1 = (bf16 *)a.out + (int64_t)r1 * a.out_row_stride + h * HD;
+#pragma unroll
+  for (int dt = 0; dt < HD / 8; dt++) {
+    int c = dt * 8 + (lane & 3) * 2;
+    if (r0 < a.Tq) *(uint32_t *)(op0 + c) = cf_pack_bf16(o[dt][0] * il0, o[dt][1] * il0);
+    if (r1 < a.Tq) *(uint32_t *)(op1 + c) = cf_pack_bf16(o[dt][2] * il1, o[dt][3] * il1);
+  }
+}
+
 // Block: NW warps, each owns 16 query rows of one head (BR = 16*NW rows per block). Per key
 // tile: S = Q Kᵀ (16 x 64 per warp) in registers, causal mask, online softmax, O += P V with P
 // reused from the S accumulators as the A operand (the m16n8 C layout of two adjacent n-tiles
@@ -65,7 +197,6 @@ __device__ __forceinline__ uint32_t cf_pack_bf16(float lo, float hi) {
 template <int HD, int NW>
 __global__ void __launch_bounds__(NW * 32) cf_attn_mma_kernel(cf_attn_args_t a) {
   constexpr int BR = 16 * NW, BC = CF_ATTN_BC, LDS = HD + 8;  // +8: conflict-free ldmatrix
-  constexpr int CHUNKS = BC * HD / 8;                           // 16-byte chunks per tile
   extern __shared__ __align__(16) unsigned char cf_attn_smem[];
   bf16 *Ks = (bf16 *)cf_attn_smem;  // [2][BC][LDS]
   bf16 *Vs = Ks + 2 * BC * LDS;     // [2][BC][LDS]
@@ -104,16 +235,7 @@ __global__ void __launch_bounds__(NW * 32) cf_attn_mma_kernel(cf_attn_args_t a) 
 
   const bf16 *kbase = (const bf16 *)a.k + g * HD, *vbase = (const bf16 *)a.v + g * HD;
   auto load_tile = [&](int tile, int buf) {
-    int kb = tile * BC;
-    for (int c = threadIdx.x; c < CHUNKS; c += NW * 32) {
-      int row = c / (HD / 8), col = (c % (HD / 8)) * 8;
-      int key = kb + row;
-      int ok = key < Tk ? 16 : 0;
-      int64_t off = (int64_t)(key < Tk ? key : 0) * a.kv_row_stride + col;
-      cf_cp_async16(Ks + (buf * BC + row) * LDS + col, kbase + off, ok);
-      cf_cp_async16(Vs + (buf * BC + row) * LDS + col, vbase + off, ok);
-    }
-    cf_cp_async_commit();
+    cf_attn_load_kv<HD, BC, NW * 32>(Ks, Vs, kbase, vbase, a.kv_row_stride, Tk, tile, buf);
   };
 
   // Split-KV (gridDim.z > 1): this block takes an equal share of the key tiles; the partial
@@ -150,60 +272,13 @@ __global__ void __launch_bounds__(NW * 32) cf_attn_mma_kernel(cf_attn_args_t a) 
       }
     }
     // Causal mask, only where the tile reaches past the earliest row of this warp.
-    if (kb + BC - 1 > a.t0 + q0 + warp * 16) {
-#pragma unroll
-      for (int nt = 0; nt < BC / 8; nt++) {
-        int key = kb + nt * 8 + (lane & 3) * 2;
-        if (key > p0) s[nt][0] = -INFINITY;
-        if (key + 1 > p0) s[nt][1] = -INFINITY;
-        if (key > p1) s[nt][2] = -INFINITY;
-        if (key + 1 > p1) s[nt][3] = -INFINITY;
-      }
-    }
-    // Online softmax (rows r0: elements 0,1; r1: elements 2,3), reduced over the lane quad.
-    float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-    for (int nt = 0; nt < BC / 8; nt++) {
-      mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
-      mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
-    }
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    float mn0 = fmaxf(m0, mx0 * sl2), mn1 = fmaxf(m1, mx1 * sl2);
-    // A row with every key so far masked keeps m = -inf; use 0 as its base so exp2 gives 0.
-    float b0 = mn0 == -INFINITY ? 0.f : mn0, b1 = mn1 == -INFINITY ? 0.f : mn1;
-    float al0 = cf_exp2(m0 - b0), al1 = cf_exp2(m1 - b1);
-    m0 = mn0;
-    m1 = mn1;
-    float rs0 = 0.f, rs1 = 0.f;
-#pragma unroll
-    for (int nt = 0; nt < BC / 8; nt++) {
-      s[nt][0] = cf_exp2(s[nt][0] * sl2 - b0);
-      s[nt][1] = cf_exp2(s[nt][1] * sl2 - b0);
-      s[nt][2] = cf_exp2(s[nt][2] * sl2 - b1);
-      s[nt][3] = cf_exp2(s[nt][3] * sl2 - b1);
-      rs0 += s[nt][0] + s[nt][1];
-      rs1 += s[nt][2] + s[nt][3];
-    }
-    l0 = l0 * al0 + rs0;
-    l1 = l1 * al1 + rs1;
-#pragma unroll
-    for (int i = 0; i < HD / 8; i++) {
-      o[i][0] *= al0;
-      o[i][1] *= al0;
-      o[i][2] *= al1;
-      o[i][3] *= al1;
-    }
+    if (kb + BC - 1 > a.t0 + q0 + warp * 16) cf_attn_mask(s, kb, lane, p0, p1);
+    cf_attn_softmax(s, o, m0, m1, l0, l1, sl2);
     // O += P V
 #pragma unroll
     for (int kk = 0; kk < BC / 16; kk++) {
       uint32_t pa[4];
-      pa[0] = cf_pack_bf16(s[2 * kk][0], s[2 * kk][1]);
-      pa[1] = cf_pack_bf16(s[2 * kk][2], s[2 * kk][3]);
-      pa[2] = cf_pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-      pa[3] = cf_pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+      cf_attn_pack_p(pa, s, kk);
 #pragma unroll
       for (int dp = 0; dp < HD / 16; dp++) {
         uint32_t b[4];
@@ -217,42 +292,7 @@ __global__ void __launch_bounds__(NW * 32) cf_attn_mma_kernel(cf_attn_args_t a) 
     __syncthreads();  // this buffer is refilled by the next iteration's prefetch
   }
 
-  // Finish: full row sums over the quad, normalise, store bf16 pairs.
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  if (gridDim.z > 1) {  // partial result of one split, fp32, unnormalised
-    int64_t rows = (int64_t)a.Tq * a.n_heads;
-    float *wo = a.ws + (int64_t)blockIdx.z * rows * HD, *wml = a.ws + gridDim.z * rows * HD;
-#pragma unroll
-    for (int hf = 0; hf < 2; hf++) {
-      int r = hf ? r1 : r0;
-      if (r >= a.Tq) continue;
-      int64_t row = (int64_t)r * a.n_heads + h;
-      float *op = wo + row * HD;
-#pragma unroll
-      for (int dt = 0; dt < HD / 8; dt++) {
-        int c = dt * 8 + (lane & 3) * 2;
-        *(float2 *)(op + c) = make_float2(o[dt][2 * hf], o[dt][2 * hf + 1]);
-      }
-      if ((lane & 3) == 0) {
-        float *ml = wml + ((int64_t)blockIdx.z * rows + row) * 2;
-        ml[0] = hf ? m1 : m0;
-        ml[1] = hf ? l1 : l0;
-      }
-    }
-    return;
-  }
-  float il0 = l0 > 0.f ? 1.f / l0 : 0.f, il1 = l1 > 0.f ? 1.f / l1 : 0.f;
-  bf16 *op0 = (bf16 *)a.out + (int64_t)r0 * a.out_row_stride + h * HD;
-  bf16 *op1 = (bf16 *)a.out + (int64_t)r1 * a.out_row_stride + h * HD;
-#pragma unroll
-  for (int dt = 0; dt < HD / 8; dt++) {
-    int c = dt * 8 + (lane & 3) * 2;
-    if (r0 < a.Tq) *(uint32_t *)(op0 + c) = cf_pack_bf16(o[dt][0] * il0, o[dt][1] * il0);
-    if (r1 < a.Tq) *(uint32_t *)(op1 + c) = cf_pack_bf16(o[dt][2] * il1, o[dt][3] * il1);
-  }
+  cf_attn_store<HD>(a, o, m0, m1, l0, l1, r0, h, lane);
 }
 
 // Two m-tiles per warp (32 query rows), Q staged in shared memory: each K/V fragment read from
@@ -261,7 +301,7 @@ __global__ void __launch_bounds__(NW * 32) cf_attn_mma_kernel(cf_attn_args_t a) 
 template <int HD, int NW, int BC>
 __global__ void __launch_bounds__(NW * 32) cf_attn_mma2_kernel(cf_attn_args_t a) {
   constexpr int MT = 2, BR = 16 * MT * NW, LDS = HD + 8;
-  constexpr int CHUNKS = BC * HD / 8, QCHUNKS = BR * HD / 8;
+  constexpr int QCHUNKS = BR * HD / 8;
   extern __shared__ __align__(16) unsigned char cf_attn_smem[];
   bf16 *Qs = (bf16 *)cf_attn_smem;  // [BR][LDS]
   bf16 *Ks = Qs + BR * LDS;         // [2][BC][LDS]
@@ -304,16 +344,7 @@ __global__ void __launch_bounds__(NW * 32) cf_attn_mma2_kernel(cf_attn_args_t a)
   }
   const bf16 *kbase = (const bf16 *)a.k + g * HD, *vbase = (const bf16 *)a.v + g * HD;
   auto load_tile = [&](int tile, int buf) {
-    int kb = tile * BC;
-    for (int c = threadIdx.x; c < CHUNKS; c += NW * 32) {
-      int row = c / (HD / 8), col = (c % (HD / 8)) * 8;
-      int key = kb + row;
-      int ok = key < Tk ? 16 : 0;
-      int64_t off = (int64_t)(key < Tk ? key : 0) * a.kv_row_stride + col;
-      cf_cp_async16(Ks + (buf * BC + row) * LDS + col, kbase + off, ok);
-      cf_cp_async16(Vs + (buf * BC + row) * LDS + col, vbase + off, ok);
-    }
-    cf_cp_async_commit();
+    cf_attn_load_kv<HD, BC, NW * 32>(Ks, Vs, kbase, vbase, a.kv_row_stride, Tk, tile, buf);
   };
 
   const int per = (ntiles + gridDim.z - 1) / gridDim.z;  // split-KV share, as cf_attn_mma_kernel
@@ -362,63 +393,16 @@ __global__ void __launch_bounds__(NW * 32) cf_attn_mma2_kernel(cf_attn_args_t a)
     }
     if (kb + BC - 1 > a.t0 + q0 + wrow) {
 #pragma unroll
-      for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-        for (int nt = 0; nt < BC / 8; nt++) {
-          int key = kb + nt * 8 + (lane & 3) * 2;
-          if (key > pos[mt][0]) s[mt][nt][0] = -INFINITY;
-          if (key + 1 > pos[mt][0]) s[mt][nt][1] = -INFINITY;
-          if (key > pos[mt][1]) s[mt][nt][2] = -INFINITY;
-          if (key + 1 > pos[mt][1]) s[mt][nt][3] = -INFINITY;
-        }
+      for (int mt = 0; mt < MT; mt++) cf_attn_mask(s[mt], kb, lane, pos[mt][0], pos[mt][1]);
     }
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++) {
-      float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-      for (int nt = 0; nt < BC / 8; nt++) {
-        mx0 = fmaxf(mx0, fmaxf(s[mt][nt][0], s[mt][nt][1]));
-        mx1 = fmaxf(mx1, fmaxf(s[mt][nt][2], s[mt][nt][3]));
-      }
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-      float mn0 = fmaxf(m[mt][0], mx0 * sl2), mn1 = fmaxf(m[mt][1], mx1 * sl2);
-      float b0 = mn0 == -INFINITY ? 0.f : mn0, b1 = mn1 == -INFINITY ? 0.f : mn1;
-      float al0 = cf_exp2(m[mt][0] - b0), al1 = cf_exp2(m[mt][1] - b1);
-      m[mt][0] = mn0;
-      m[mt][1] = mn1;
-      float rs0 = 0.f, rs1 = 0.f;
-#pragma unroll
-      for (int nt = 0; nt < BC / 8; nt++) {
-        s[mt][nt][0] = cf_exp2(fmaf(s[mt][nt][0], sl2, -b0));
-        s[mt][nt][1] = cf_exp2(fmaf(s[mt][nt][1], sl2, -b0));
-        s[mt][nt][2] = cf_exp2(fmaf(s[mt][nt][2], sl2, -b1));
-        s[mt][nt][3] = cf_exp2(fmaf(s[mt][nt][3], sl2, -b1));
-        rs0 += s[mt][nt][0] + s[mt][nt][1];
-        rs1 += s[mt][nt][2] + s[mt][nt][3];
-      }
-      l[mt][0] = l[mt][0] * al0 + rs0;
-      l[mt][1] = l[mt][1] * al1 + rs1;
-#pragma unroll
-      for (int i = 0; i < HD / 8; i++) {
-        o[mt][i][0] *= al0;
-        o[mt][i][1] *= al0;
-        o[mt][i][2] *= al1;
-        o[mt][i][3] *= al1;
-      }
-    }
+    for (int mt = 0; mt < MT; mt++)
+      cf_attn_softmax(s[mt], o[mt], m[mt][0], m[mt][1], l[mt][0], l[mt][1], sl2);
 #pragma unroll
     for (int kk = 0; kk < BC / 16; kk++) {
       uint32_t pa[MT][4];
 #pragma unroll
-      for (int mt = 0; mt < MT; mt++) {
-        pa[mt][0] = cf_pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        pa[mt][1] = cf_pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        pa[mt][2] = cf_pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        pa[mt][3] = cf_pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-      }
+      for (int mt = 0; mt < MT; mt++) cf_attn_pack_p(pa[mt], s[mt], kk);
 #pragma unroll
       for (int dp = 0; dp < HD / 16; dp++) {
         uint32_t b[4];
@@ -436,45 +420,9 @@ __global__ void __launch_bounds__(NW * 32) cf_attn_mma2_kernel(cf_attn_args_t a)
   }
 
 #pragma unroll
-  for (int mt = 0; mt < MT; mt++) {
-    float l0 = l[mt][0], l1 = l[mt][1];
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    int r0 = q0 + wrow + mt * 16 + (lane >> 2), r1 = r0 + 8;
-    if (gridDim.z > 1) {  // partial result of one split, fp32, unnormalised (see the combine)
-      int64_t rows = (int64_t)a.Tq * a.n_heads;
-      float *wo = a.ws + (int64_t)blockIdx.z * rows * HD, *wml = a.ws + gridDim.z * rows * HD;
-#pragma unroll
-      for (int hf = 0; hf < 2; hf++) {
-        int r = hf ? r1 : r0;
-        if (r >= a.Tq) continue;
-        int64_t row = (int64_t)r * a.n_heads + h;
-        float *op = wo + row * HD;
-#pragma unroll
-        for (int dt = 0; dt < HD / 8; dt++) {
-          int c = dt * 8 + (lane & 3) * 2;
-          *(float2 *)(op + c) = make_float2(o[mt][dt][2 * hf], o[mt][dt][2 * hf + 1]);
-        }
-        if ((lane & 3) == 0) {
-          float *ml = wml + ((int64_t)blockIdx.z * rows + row) * 2;
-          ml[0] = m[mt][hf];
-          ml[1] = hf ? l1 : l0;
-        }
-      }
-      continue;
-    }
-    float il0 = l0 > 0.f ? 1.f / l0 : 0.f, il1 = l1 > 0.f ? 1.f / l1 : 0.f;
-    bf16 *op0 = (bf16 *)a.out + (int64_t)r0 * a.out_row_stride + h * HD;
-    bf16 *op1 = (bf16 *)a.out + (int64_t)r1 * a.out_row_stride + h * HD;
-#pragma unroll
-    for (int dt = 0; dt < HD / 8; dt++) {
-      int c = dt * 8 + (lane & 3) * 2;
-      if (r0 < a.Tq) *(uint32_t *)(op0 + c) = cf_pack_bf16(o[mt][dt][0] * il0, o[mt][dt][1] * il0);
-      if (r1 < a.Tq) *(uint32_t *)(op1 + c) = cf_pack_bf16(o[mt][dt][2] * il1, o[mt][dt][3] * il1);
-    }
-  }
+  for (int mt = 0; mt < MT; mt++)
+    cf_attn_store<HD>(a, o[mt], m[mt][0], m[mt][1], l[mt][0], l[mt][1],
+                      q0 + wrow + mt * 16 + (lane >> 2), h, lane);
 }
 
 // Combine split-KV partials: one warp per (query row, head); out = Σ_s 2^(m_s-M) O_s / Σ_s

@@ -307,17 +307,7 @@ static void bench(void) {
     printf("RESULT overlap_ctas %d %.4f %.4f %.4f\n", ctas, wc, wl, wb);
   }
   {  // the copy-engine path: DMA into a 64 MiB staging ring, short scatters on a high-priority stream
-    cf_paged_stager_t st;
-    int lo, hi;
-    KT_CUDA(cudaDeviceGetStreamPriorityRange(&lo, &hi));
-    KT_CUDA(cudaStreamCreateWithFlags(&st.copy, cudaStreamNonBlocking));
-    KT_CUDA(cudaStreamCreateWithPriority(&st.scatter, cudaStreamNonBlocking, hi));
-    for (int i = 0; i < CF_PAGED_STAGE_SLOTS; i++) {
-      KT_CUDA(cudaEventCreateWithFlags(&st.copied[i], cudaEventDisableTiming));
-      KT_CUDA(cudaEventCreateWithFlags(&st.freed[i], cudaEventDisableTiming));
-    }
-    st.staging_elems = 32ll << 20;
-    st.staging = kt_dev<cf_bf16_t>(st.staging_elems);
+    cf_paged_stager_t st = kt_stager(32ll << 20);
     cf_paged_args_t ph = pa;
     ph.k = hk;
     ph.v = hv;
@@ -371,13 +361,7 @@ static void bench(void) {
              wb / std::max(wc, wl));
       printf("RESULT overlap_ctas %d %.4f %.4f %.4f\n", mode, wc, wl, wb);
     }
-    cudaStreamDestroy(st.copy);
-    cudaStreamDestroy(st.scatter);
-    for (int i = 0; i < CF_PAGED_STAGE_SLOTS; i++) {
-      cudaEventDestroy(st.copied[i]);
-      cudaEventDestroy(st.freed[i]);
-    }
-    cudaFree(st.staging);
+    kt_stager_free(&st);
     cudaFree(big.staging);
   }
   KT_CUDA(cudaDeviceSynchronize());

@@ -180,4 +180,32 @@ static inline double kt_time_ms(F fn, int reps, cudaStream_t s = 0) {
   return t[reps / 2];
 }
 
+#ifdef CF_PAGED_H
+// A staging ring for cf_paged_load_staged: copy stream, highest-priority scatter stream, events.
+static inline cf_paged_stager_t kt_stager(int64_t elems) {
+  cf_paged_stager_t st;
+  int lo, hi;
+  KT_CUDA(cudaDeviceGetStreamPriorityRange(&lo, &hi));
+  KT_CUDA(cudaStreamCreateWithFlags(&st.copy, cudaStreamNonBlocking));
+  KT_CUDA(cudaStreamCreateWithPriority(&st.scatter, cudaStreamNonBlocking, hi));
+  for (int i = 0; i < CF_PAGED_STAGE_SLOTS; i++) {
+    KT_CUDA(cudaEventCreateWithFlags(&st.copied[i], cudaEventDisableTiming));
+    KT_CUDA(cudaEventCreateWithFlags(&st.freed[i], cudaEventDisableTiming));
+  }
+  st.staging = kt_dev<cf_bf16_t>(elems);
+  st.staging_elems = elems;
+  return st;
+}
+
+static inline void kt_stager_free(cf_paged_stager_t *st) {
+  cudaStreamDestroy(st->copy);
+  cudaStreamDestroy(st->scatter);
+  for (int i = 0; i < CF_PAGED_STAGE_SLOTS; i++) {
+    cudaEventDestroy(st->copied[i]);
+    cudaEventDestroy(st->freed[i]);
+  }
+  cudaFree(st->staging);
+}
+#endif
+
 #endif

@@ -22,31 +22,6 @@ static void make_layout(const paged_case &c, int nblocks, cf_paged_layout_t *L) 
   }
 }
 
-static cf_paged_stager_t kt_stager(int64_t elems) {
-  cf_paged_stager_t st;
-  int lo, hi;
-  KT_CUDA(cudaDeviceGetStreamPriorityRange(&lo, &hi));
-  KT_CUDA(cudaStreamCreateWithFlags(&st.copy, cudaStreamNonBlocking));
-  KT_CUDA(cudaStreamCreateWithPriority(&st.scatter, cudaStreamNonBlocking, hi));
-  for (int i = 0; i < CF_PAGED_STAGE_SLOTS; i++) {
-    KT_CUDA(cudaEventCreateWithFlags(&st.copied[i], cudaEventDisableTiming));
-    KT_CUDA(cudaEventCreateWithFlags(&st.freed[i], cudaEventDisableTiming));
-  }
-  st.staging = kt_dev<cf_bf16_t>(elems);
-  st.staging_elems = elems;
-  return st;
-}
-
-static void kt_stager_free(cf_paged_stager_t *st) {
-  cudaStreamDestroy(st->copy);
-  cudaStreamDestroy(st->scatter);
-  for (int i = 0; i < CF_PAGED_STAGE_SLOTS; i++) {
-    cudaEventDestroy(st->copied[i]);
-    cudaEventDestroy(st->freed[i]);
-  }
-  cudaFree(st->staging);
-}
-
 static void test_paged(paged_case c) {
   int nlog = (c.tok0 + c.T + c.block_size - 1) / c.block_size;
   int nblocks = nlog + 5;
