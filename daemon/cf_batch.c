@@ -231,6 +231,7 @@ void cf_batch_stop(cf_batch_t *b) {
   pthread_cond_broadcast(&b->cv);
   pthread_mutex_unlock(&b->mu);
   pthread_join(b->th, NULL);
+  cf_cellsrc_store_close(&b->cs);
   cf_ratelimit_close(&b->lim_cpu);
   cf_ratelimit_close(&b->lim_ssd);
   pthread_mutex_destroy(&b->mu);

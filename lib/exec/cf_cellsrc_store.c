@@ -28,10 +28,29 @@ static int cf__cpu_read(cf_cellsrc_t *src, void *ref, int layer, float *kv) {
   return 0;
 }
 
+static void cf__reader_free(void *rd) { cf_store_reader_close(rd); }
+
 static int cf__ssd_read(cf_cellsrc_t *src, void *ref, int layer, float *kv) {
   cf_cellsrc_store_t *s = src->ctx;
   cf_store_chunkref_t *r = ref;
-  return cf_store_read(s->st, &r->key, (uint32_t)layer, 1, kv, 2 * s->half_floats * sizeof(float), NULL);
+  size_t bytes = 2 * s->half_floats * sizeof(float);
+  cf_store_reader_t *rd = s->have_key ? pthread_getspecific(s->reader_key) : NULL;
+  if (!rd && s->have_key && cf_store_reader_open(s->st, 4, &rd) == 0) pthread_setspecific(s->reader_key, rd);
+  if (!rd) { /* no ring for this thread (io_uring refused, or no memory): the synchronous path */
+    cf_errclear();
+    return cf_store_read(s->st, &r->key, (uint32_t)layer, 1, kv, bytes, NULL);
+  }
+  cf_store_read_t req = {.key = r->key, .layer = (uint32_t)layer, .dst = kv, .dst_bytes = bytes};
+  int rc = cf_store_read_submit(rd, &req);
+  if (rc < 0) return rc;
+  if (rc == 0) { /* in flight: this thread's ring holds only this read */
+    cf_store_read_t *done = NULL;
+    int n = cf_store_read_poll(rd, 1, &done, 1);
+    if (n < 0) return n;
+    if (n != 1 || done != &req) return cf_seterr(CF_EINTERNAL, "ssd tier: read of layer %d did not complete", layer);
+  }
+  if (req.status) cf_seterr(req.status, "ssd tier: layer %d of a chunk: %s", layer, cf_strerror(req.status));
+  return req.status;
 }
 
 int cf_cellsrc_store_init(cf_cellsrc_store_t *s, cf_store_t *st, cf_ratelimit_t *cpu_limit,
@@ -46,7 +65,14 @@ int cf_cellsrc_store_init(cf_cellsrc_store_t *s, cf_store_t *st, cf_ratelimit_t 
                           .read = cf__cpu_read, .acquire = cf__cpu_acquire, .ctx = s};
   s->ssd = (cf_cellsrc_t){.tier = "ssd", .tier_index = CF_EXEC_TIER_SSD, .limit = ssd_limit,
                           .read = cf__ssd_read, .ctx = s};
+  s->have_key = pthread_key_create(&s->reader_key, cf__reader_free) == 0;
   return 0;
+}
+
+void cf_cellsrc_store_close(cf_cellsrc_store_t *s) {
+  /* the loader threads have exited: their readers were closed by the key's destructor */
+  if (s->have_key) pthread_key_delete(s->reader_key);
+  s->have_key = 0;
 }
 
 size_t cf_cellsrc_store_prepare(cf_cellsrc_store_t *s, const cf_store_key_t *keys, size_t n,

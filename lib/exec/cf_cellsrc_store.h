@@ -5,13 +5,16 @@
  * executor then reads:
  *   CPU source: zero-copy — acquire() points into the pinned slot and the cell is copied once,
  *               straight into the engine's blocks;
- *   SSD source: read() = cf_store_read of one cell (O_DIRECT, checksum verified) into the
- *               loader's aligned buffer. A chunk evicted or corrupt since the lookup returns
+ *   SSD source: read() = one io_uring read per cell through the loader thread's own
+ *               cf_store_reader_t (O_DIRECT straight into the loader's 4 KiB-aligned buffer,
+ *               checksum verified by the store; cf_store_read's pread when io_uring is refused). A chunk evicted or corrupt since the lookup returns
  *               CF_ENOTFOUND / CF_ECORRUPT and the executor recomputes it.
  * Each source has its own rate limiter so benchmarks can emulate a link per tier.
  */
 #ifndef CF_CELLSRC_STORE_H
 #define CF_CELLSRC_STORE_H
+
+#include <pthread.h>
 
 #include "exec/cf_cellsrc.h"
 #include "store/cf_store.h"
@@ -29,11 +32,15 @@ typedef struct {
   cf_cellsrc_t cpu, ssd;
   cf_store_t *st;
   size_t half_floats;   /* floats of K in one full cell: C * n_kv * hd */
+  pthread_key_t reader_key; /* each loader thread's io_uring reader (closed when it exits) */
+  int have_key;
 } cf_cellsrc_store_t;
 
-/* Sources over store `st` (fp32 geometry required: CF_EDTYPE otherwise). Limits may be NULL. */
+/* Sources over store `st` (fp32 geometry required: CF_EDTYPE otherwise). Limits may be NULL.
+ * Close with cf_cellsrc_store_close once no thread reads any more. */
 int cf_cellsrc_store_init(cf_cellsrc_store_t *s, cf_store_t *st, cf_ratelimit_t *cpu_limit,
                           cf_ratelimit_t *ssd_limit);
+void cf_cellsrc_store_close(cf_cellsrc_store_t *s);
 
 /* For the first n full chunks with keys[0..n): how many leading chunks are stored (the
  * return value, <= n); for each of those, refs[i] is filled (CPU-tier chunks pinned),

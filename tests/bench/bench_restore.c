@@ -141,6 +141,7 @@ static void bench_bandwidth(const char *tmp, int T) {
     }
   }
   cf_cellsrc_store_unprepare(&cs, refs, found);
+  cf_cellsrc_store_close(&cs);
   char *a = malloc(total), *b = malloc(total);
   memset(a, 1, total);
   memset(b, 2, total);
@@ -261,6 +262,7 @@ static void bench_policies(const char *tmp, int quick) {
              pred * 1e3, best / pred, best / bound, pred / bound, (unsigned long long)r.stats.cells_computed,
              (unsigned long long)r.stats.cells_loaded[0]);
     }
+    cf_cellsrc_store_close(&cs);
     cf_ratelimit_close(&rl);
   }
   cf_sched_plan_free(&plan);

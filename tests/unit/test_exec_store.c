@@ -162,6 +162,7 @@ CF_TEST(save_then_restore_from_cpu_and_ssd_tiers) {
   cf_exec_req_t r;
   CF_CHECK_OK(restore(&w, &b, &p, &r));
   cf_cellsrc_store_unprepare(&cs, p.refs, p.found);
+  cf_cellsrc_store_close(&cs);
   CF_CHECK_EQ(r.stats.cells_loaded[CF_EXEC_TIER_SSD], (uint64_t)on_ssd * w.L);
   CF_CHECK_EQ(r.stats.cells_loaded[CF_EXEC_TIER_CPU], (uint64_t)(10 - on_ssd) * w.L);
   CF_CHECK_EQ(r.stats.cells_computed, w.L); /* the 3-token tail */
@@ -217,6 +218,7 @@ CF_TEST(restore_survives_removed_and_corrupt_chunks) {
   cf_exec_req_t r;
   CF_CHECK_OK(restore(&w, &b, &p, &r));
   cf_cellsrc_store_unprepare(&cs, p.refs, p.found);
+  cf_cellsrc_store_close(&cs);
   CF_CHECK_EQ(r.stats.cells_loaded[CF_EXEC_TIER_SSD], 0);
   CF_CHECK_GT(r.stats.load_failures, 0);
   CF_CHECK_EQ(r.stats.cells_computed, (uint64_t)8 * w.L);
