@@ -39,6 +39,7 @@ struct cf_batch_job_s {
   int ready_slot;
   int *h;                   /* [ceil(n_tokens / C)] the plan's staircase (chunks past the plan: L);
                                adjusted here to what the store still holds */
+  const uint32_t *load_rank;/* NULL or [n_chunks * L]: the plan's link order of each cell */
   uint64_t req_id;
   atomic_int cancel;        /* set from any thread: the job ends with CF_ECANCELED */
   void (*on_layer)(cf_batch_job_t *j, int layers_ready);

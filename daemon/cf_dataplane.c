@@ -140,6 +140,7 @@ static void cf__post(cf_dataplane_t *dp, cf__ev_t *ev) {
 }
 
 static void cf__job_free(cf__job_t *j) {
+  free((void *)j->b.load_rank);
   free(j->tokens);
   free(j->blocks);
   free(j->b.h);
@@ -301,6 +302,18 @@ static void cf__restore_batch(void *ctx, cf_restore_t **batch, int n) {
       const cf_sched_plan_t *p = &r->plan->plan;
       int planned = p->n_chunks[r->plan_req];
       for (int c = 0; c < n_chunks; c++) j->b.h[c] = c < planned ? p->h[p->h_off[r->plan_req] + c] : L;
+      /* the link order of the plan's LOAD ops (op index: comparable across the group's restores) */
+      uint32_t *rank = malloc((size_t)n_chunks * L * sizeof *rank);
+      if (rank) {
+        for (size_t x = 0; x < (size_t)n_chunks * L; x++) rank[x] = UINT32_MAX;
+        for (size_t k = 0; k < p->n_ops; k++) {
+          const cf_sched_op_t *op = &p->ops[k];
+          if (op->kind != CF_OP_LOAD || op->req != r->plan_req) continue;
+          for (int c = op->c0; c < op->c1 && c < n_chunks; c++)
+            for (int l = op->l0; l < op->l1 && l < L; l++) rank[(size_t)c * L + l] = (uint32_t)k;
+        }
+      }
+      j->b.load_rank = rank; /* NULL: layer-major */
       j->predicted_s = r->summary.predicted_us * 1e-6;
       j->bound_s = r->summary.bound_us * 1e-6;
       cf__restore_slot(dp, r); /* normally assigned already, when the PlanSummary went out */

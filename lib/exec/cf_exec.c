@@ -34,7 +34,16 @@ typedef struct {
   int ready, done;
 } cf__rq_t;
 
-typedef struct { int r, c, l; } cf__task_t;
+typedef struct { int r, c, l; uint32_t rank; } cf__task_t;
+
+/* Load order: by rank (the plan's link order, or the layer), then layer, request, chunk. */
+static int cf__task_cmp(const void *a, const void *b) {
+  const cf__task_t *x = a, *y = b;
+  if (x->rank != y->rank) return x->rank < y->rank ? -1 : 1;
+  if (x->l != y->l) return x->l - y->l;
+  if (x->r != y->r) return x->r - y->r;
+  return x->c - y->c;
+}
 
 typedef struct {
   cf_exec_t *ex;
@@ -440,12 +449,17 @@ int cf_exec_run(cf_exec_t *ex, cf_exec_req_t *reqs, int n) {
   if (!rc && ntask && !(run.tasks = malloc(ntask * sizeof(cf__task_t))))
     rc = cf_seterr(CF_ENOMEM, "exec: %zu load tasks", ntask);
   if (rc) goto out;
-  /* Layer-major, requests interleaved: the order the compute (chunk c at layer l attends over
-   * chunks < c at l) and the engine (layer l before l+1) need the cells. */
+  /* The plan's link order when the request has one (load_rank); otherwise layer-major with the
+   * requests interleaved: the order the compute (chunk c at layer l attends over chunks < c at l)
+   * and the engine (layer l before l+1) need the cells. */
   for (int l = 0; l < mc->n_layers; l++)
     for (int i = 0; i < n; i++)
       for (int c = 0; c < run.rq[i].n_chunks; c++)
-        if (reqs[i].h[c] <= l) run.tasks[run.n_tasks++] = (cf__task_t){i, c, l};
+        if (reqs[i].h[c] <= l) {
+          uint32_t rank = reqs[i].load_rank ? reqs[i].load_rank[(size_t)c * mc->n_layers + l] : (uint32_t)l;
+          run.tasks[run.n_tasks++] = (cf__task_t){i, c, l, rank};
+        }
+  if (run.n_tasks > 1) qsort(run.tasks, (size_t)run.n_tasks, sizeof(cf__task_t), cf__task_cmp);
   atomic_init(&run.next, 0);
   int want = ex->n_loaders < run.n_tasks ? ex->n_loaders : run.n_tasks;
   for (; nth < want; nth++)

@@ -56,6 +56,9 @@ typedef struct cf_exec_req_s {
   int chunk_tokens;             /* C */
   const int *h;                 /* [ceil(T/C)] staircase; a partial last chunk must be L */
   cf_cellsrc_t *const *src;     /* [n_chunks] source per chunk; NULL where h[c] == L */
+  const uint32_t *load_rank;    /* NULL or [n_chunks * L]: cell (c, l)'s place in the plan's link
+                                   order; loads are issued by increasing rank (ties layer-major).
+                                   NULL: layer-major. Ranks compare across the batch's requests. */
   void *const *ref;             /* [n_chunks] opaque per-chunk handles passed to the source */
   /* where to */
   cf_kvmap_t *kv;               /* the engine's paged buffer (f32) */

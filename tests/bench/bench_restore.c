@@ -241,6 +241,12 @@ static void bench_policies(const char *tmp, int quick) {
       if ((rc = cf_sched_plan(&in, (cf_policy_t)p, &plan)) || (rc = cf_sim_run(&in, &plan, &sim))) die("plan", rc);
       int h[64];
       for (int c = 0; c < n; c++) h[c] = plan.h[plan.h_off[0] + c];
+      uint32_t rank[64 * 8]; /* the plan's link order, as the daemon hands it to the executor */
+      for (int x = 0; x < n * L; x++) rank[x] = UINT32_MAX;
+      for (size_t k = 0; k < plan.n_ops; k++)
+        if (plan.ops[k].kind == CF_OP_LOAD)
+          for (int c = plan.ops[k].c0; c < plan.ops[k].c1; c++)
+            for (int l = plan.ops[k].l0; l < plan.ops[k].l1; l++) rank[c * L + l] = (uint32_t)k;
       double best = 1e30;
       cf_exec_req_t r;
       for (int rep = 0; rep < 2; rep++) {
@@ -250,7 +256,7 @@ static void bench_policies(const char *tmp, int quick) {
         size_t found = cf_cellsrc_store_prepare(&cs, keys, n, refs, srcs, NULL);
         for (int c = 0; c < n; c++) refp[c] = &refs[c];
         r = (cf_exec_req_t){.n_tokens = T, .tokens = tok, .chunk_tokens = C, .h = h, .src = srcs, .ref = refp,
-                            .kv = &kv, .blocks = blocks, .n_blocks = T / BS};
+                            .load_rank = rank, .kv = &kv, .blocks = blocks, .n_blocks = T / BS};
         double t = now_s();
         if ((rc = cf_exec_run(&ex, &r, 1))) die("restore", rc);
         t = now_s() - t;
