@@ -220,6 +220,7 @@ typedef struct {
   double t_start, t_all_layers, t_ttft, t_stream_end;
   int token;
   int verify_exact, verify_close, verify_bad;
+  int layers_last, layers_events, layers_out_of_order; /* LayersReady events: strictly increasing */
   pthread_mutex_t mu;
   pthread_cond_t cv;
 } restore_t;
@@ -233,7 +234,11 @@ static int on_event(void *arg, const Cacheflow__V1__RestoreEvent *ev) {
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
   } else if (ev->event_case == CACHEFLOW__V1__RESTORE_EVENT__EVENT_LAYERS) {
-    if ((int)ev->layers->layers_ready == r->e->L) r->t_all_layers = now_s();
+    int n = (int)ev->layers->layers_ready;
+    if (n <= r->layers_last || n > r->e->L) r->layers_out_of_order++;
+    r->layers_last = n;
+    r->layers_events++;
+    if (n == r->e->L) r->t_all_layers = now_s();
   } else if (ev->event_case == CACHEFLOW__V1__RESTORE_EVENT__EVENT_DONE) {
     r->stats = *ev->done;
   }
@@ -326,14 +331,16 @@ static void print_result(const engine_t *e, const restore_t *r, const char *mode
   printf("{\"mode\":\"%s\",\"turn\":%d,\"policy\":\"%s\",\"prefix\":%d,\"new\":%d,\"ok\":%s,\"status\":\"%s\","
          "\"ttft_ms\":%.3f,\"restore_ms\":%.3f,\"daemon_us\":%.1f,\"predicted_us\":%.1f,\"bound_us\":%.1f,"
          "\"ratio_to_bound\":%.3f,\"cells_cpu\":%llu,\"cells_ssd\":%llu,\"cells_computed\":%llu,\"fallback\":%llu,"
-         "\"baseline_ms\":%.3f,\"token\":%d,\"logits_match\":%d,\"exact\":%d,\"close\":%d,\"bad\":%d}\n",
+         "\"baseline_ms\":%.3f,\"token\":%d,\"logits_match\":%d,\"exact\":%d,\"close\":%d,\"bad\":%d,"
+         "\"layer_events\":%d,\"layers_in_order\":%d}\n",
          mode, turn, e->o.policy, r->prefix, new_tokens, r->rc ? "false" : "true", r->rc ? r->detail : "",
          r->t_ttft > 0 ? (r->t_ttft - r->t_start) * 1e3 : -1.0,
          r->t_all_layers > 0 ? (r->t_all_layers - r->t_start) * 1e3 : -1.0, s->time_us, s->predicted_us,
          s->bound_us, s->ratio_to_bound, (unsigned long long)s->cells_loaded_cpu,
          (unsigned long long)s->cells_loaded_ssd, (unsigned long long)s->cells_computed,
          (unsigned long long)s->cells_recomputed_fallback, baseline_ms, r->token, logits_ok, r->verify_exact,
-         r->verify_close, r->verify_bad);
+         r->verify_close, r->verify_bad, r->layers_events,
+         !r->layers_out_of_order && (r->rc || r->layers_last == e->L));
   fflush(stdout);
 }
 
@@ -459,7 +466,7 @@ int main(int argc, char **argv) {
       if (o->verify) verify_cells(r, &ref);
     }
     print_result(&e, r, "session", turn, o->new_tokens, baseline_ms, logits_ok);
-    if (r->rc || !logits_ok || r->verify_bad) failures++;
+    if (r->rc || !logits_ok || r->verify_bad || r->layers_out_of_order) failures++;
     if (o->unreg_mid) { cf_kv_free(&ref); free(r); break; }
     /* the turn's tokens are now in sequence 0's blocks: save prefix + new for the next turn */
     int T = prefix + o->new_tokens;
@@ -487,7 +494,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < o->concurrent; i++) {
       if (o->verify && !rs[i]->rc) verify_cells(rs[i], &ref);
       print_result(&e, rs[i], "concurrent", i, o->new_tokens, 0, 1);
-      if (rs[i]->rc || rs[i]->verify_bad) failures++;
+      if (rs[i]->rc || rs[i]->verify_bad || rs[i]->layers_out_of_order) failures++;
       cf_client_close(rs[i]->c);
       free(rs[i]);
     }

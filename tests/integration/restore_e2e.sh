@@ -59,6 +59,7 @@ for pol in recompute load cake layerwise cacheflow optimal; do
   check "$pol: no cell off by more than 1e-4" "[ \"\$(jq -s '[.[] | select(.mode!=\"prefill\") | .bad] | add' $out)\" = 0 ]"
   # loaded cells are bit-exact: exact blocks (16 tokens) cover the loaded cells (32 tokens)
   check "$pol: loaded cells bit-exact" "[ \"\$(jq -s '[.[] | select(.mode!=\"prefill\") | select(.exact*16 < (.cells_cpu+.cells_ssd)*$C)] | length' $out)\" = 0 ]"
+  check "$pol: LayersReady events strictly increasing up to every layer" "[ \"\$(jq -s '[.[] | select(.mode!=\"prefill\") | .layers_in_order] | min' $out)\" = 1 ]"
   check "$pol: first-token logits match a scratch prefill" "[ \"\$(jq -s '[.[] | select(.mode==\"session\") | .logits_match] | min' $out)\" = 1 ]"
   check "$pol: Lookup after Save reports the saved prefix" "[ \"\$(jq -s '[.[] | select(.mode==\"prefill\") | select(.lookup_cached >= .saved_tokens and .saved_tokens == 256 and .lookup_cpu + .lookup_ssd == .lookup_cached)] | length' $out)\" = 1 ]"
   case $pol in
