@@ -19,6 +19,8 @@
 #include "util/cf_log.h"
 
 enum { CELL_PENDING = 0, CELL_LOADING, CELL_COMPUTING, CELL_PRESENT };
+/* staged[]: is the cell's copy in the compute's contiguous staging buffer */
+enum { STAGE_NO = 0, STAGE_YES = 1, STAGE_GATHERING = 2 };
 
 typedef struct {
   cf_exec_req_t *r;
@@ -219,7 +221,7 @@ static void *cf__loader(void *arg) {
     if (src->release) src->release(src, hold);
     if (claim) {
       pthread_mutex_lock(&run->mu);
-      q->staged[ix] = sk != NULL;
+      q->staged[ix] = sk ? STAGE_YES : STAGE_NO;
       q->r->stats.cells_loaded[src->tier_index]++;
       q->r->stats.bytes_loaded[src->tier_index] += 2 * cell * sizeof(float);
       cf__present(q, t.c, t.l);
@@ -347,22 +349,23 @@ static void cf__compute_loop(cf__run_t *run) {
     }
     /* Prefix cells that were loaded without a staging copy: gather them from the engine
      * blocks (they are present, so nobody writes them any more). */
-    int g0 = 0, g1 = 0; /* chunks to gather, as flags in staged[] below */
+    int g1 = 0; /* gather chunks [0, g1) marked STAGE_GATHERING */
     for (int c = 0; c < p.c0; c++) {
       size_t ix = cf__ix(q, c, p.l);
-      if (!q->staged[ix]) { q->staged[ix] = 2; g1 = c + 1; }
+      if (q->staged[ix] == STAGE_NO) { q->staged[ix] = STAGE_GATHERING; g1 = c + 1; }
     }
     pthread_mutex_unlock(&run->mu);
-    for (int c = g0; c < g1; c++) {
+    for (int c = 0; c < g1; c++) {
       size_t ix = cf__ix(q, c, p.l);
-      if (q->staged[ix] != 2) continue;
+      if (q->staged[ix] != STAGE_GATHERING) continue;
       int a0 = c * q->C;
       cf_kvmap_gather(q->r->kv, p.l, q->r->blocks, a0, cf__t1(q, c), q->sk[p.l] + (size_t)a0 * q->row,
                       q->sv[p.l] + (size_t)a0 * q->row);
     }
     rc = cf__compute(run, &p, mine);
     pthread_mutex_lock(&run->mu);
-    for (int c = g0; c < g1; c++) if (q->staged[cf__ix(q, c, p.l)] == 2) q->staged[cf__ix(q, c, p.l)] = 1;
+    for (int c = 0; c < g1; c++)
+      if (q->staged[cf__ix(q, c, p.l)] == STAGE_GATHERING) q->staged[cf__ix(q, c, p.l)] = STAGE_YES;
     if (rc) {
       CF_WARN("exec: restore %llu: %s: %s", (unsigned long long)q->r->req_id, cf_strerror(rc), cf_errmsg());
       cf__finish(q, rc);
@@ -370,7 +373,7 @@ static void cf__compute_loop(cf__run_t *run) {
     }
     for (int c = p.c0; c <= p.c1; c++) {
       q->D[c] = p.l + 1;
-      q->staged[cf__ix(q, c, p.l)] = 1;
+      q->staged[cf__ix(q, c, p.l)] = STAGE_YES;
       if (mine[c - p.c0] && !q->done) {
         q->r->stats.cells_computed++;
         cf__present(q, c, p.l);
