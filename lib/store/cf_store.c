@@ -243,8 +243,11 @@ static int cf__evictable(const cf__ent_t *en) {
   return (en->flags & CF__F_CPU) && !en->pins && !(en->flags & CF__F_SPILL);
 }
 
-/* Free one CPU slot by the configured policy (mu held). Returns 0 or CF_EBUSY (all pinned). */
-static int cf__cpu_evict_one(cf_store_t *st) {
+/* Choose the CPU-tier victim by the configured policy (mu held) without dropping it: the caller
+ * drops it (cf__cpu_drop with *to_ghost) or writes it back first. The policy's queue moves
+ * (S3-FIFO reinsertion) happen here. Returns the entry, or CF_EBUSY (every slot pinned). */
+static int32_t cf__cpu_pick(cf_store_t *st, int *to_ghost) {
+  *to_ghost = 0;
   if (st->cfg.cpu_evict == CF_STORE_EVICT_LRU) {
     /* coldest unpinned chunk; prefer one already on SSD within a short window (free to drop) */
     int32_t pick = -1, clean = -1;
@@ -259,8 +262,7 @@ static int cf__cpu_evict_one(cf_store_t *st) {
         if (cf__evictable(&st->ents[e])) { pick = e; break; }
     if (clean >= 0) pick = clean;
     if (pick < 0) return cf_seterr(CF_EBUSY, "store %s: every CPU slot is pinned", st->dir);
-    cf__cpu_drop(st, pick, 0);
-    return 0;
+    return pick;
   }
   /* S3-FIFO (Yang et al., SOSP'23): a small FIFO filters one-hit wonders, a main FIFO with
    * reinsertion holds the rest, a ghost FIFO of keys sends re-saved keys straight to main. */
@@ -278,18 +280,66 @@ static int cf__cpu_evict_one(cf_store_t *st) {
       cf__ent_t *en = &st->ents[t];
       if (!cf__evictable(en)) { busy_small++; cf__q_set(st, t, CF__Q_SMALL); continue; }
       if (en->freq > 1) { en->freq = 0; cf__q_set(st, t, CF__Q_MAIN); continue; }
-      cf__cpu_drop(st, t, 1);
-      return 0;
+      *to_ghost = 1;
+      return t;
     }
     if (!M->n || main_stuck) break;
     int32_t t = M->tail;
     cf__ent_t *en = &st->ents[t];
     if (!cf__evictable(en)) { busy_main++; cf__q_set(st, t, CF__Q_MAIN); continue; }
     if (en->freq > 0) { en->freq--; cf__q_set(st, t, CF__Q_MAIN); continue; }
-    cf__cpu_drop(st, t, 0);
-    return 0;
+    return t;
   }
   return cf_seterr(CF_EBUSY, "store %s: every CPU slot is pinned", st->dir);
+}
+
+static unsigned cf__take_dirty(cf_store_t *st, int32_t *out, unsigned max);
+static int cf__spill_batch(cf_store_t *st, const int32_t *ents, unsigned n, int durable);
+
+/* Free one CPU slot (mu held; it may be released and retaken, so callers re-check their own
+ * condition afterwards). A victim that is dirty (only in the CPU tier while there is an SSD tier)
+ * is written back first, together with the oldest other dirty chunks, and dropped only once it
+ * is on SSD: dropping it unwritten would lose a chunk that a later cf_store_flush() reports
+ * durable. Only when that write-back fails (SSD full, I/O error) is the dirty victim dropped
+ * anyway, so the CPU tier keeps making progress; it is counted in cpu_evict_dirty and in
+ * lost_dirty, which the next cf_store_flush() returns as an error.
+ * write_back 0 (promotion on read): a dirty victim is left alone and CF_EBUSY returned, so a
+ * reader never waits on SSD writes nor costs a dirty chunk.
+ * Returns 0 (a slot was freed, or may have been: re-check), CF_EBUSY (every slot pinned). */
+static int cf__cpu_evict_safe(cf_store_t *st, int write_back) {
+  int ghost;
+  int32_t v = cf__cpu_pick(st, &ghost);
+  if (v < 0) {
+    /* slots pinned by write-backs in flight come free when they finish */
+    if (write_back && st->spilling) { pthread_cond_wait(&st->cv, &st->mu); return 0; }
+    return v;
+  }
+  cf__ent_t *en = &st->ents[v];
+  if (!st->n_ssd_slots || (en->flags & CF__F_SSD) || !en->in_dirty) {
+    cf__cpu_drop(st, v, ghost);
+    return 0;
+  }
+  if (!write_back)
+    return cf_seterr(CF_EBUSY, "store %s: the CPU tier's victim is not written back yet", st->dir);
+  int32_t batch[CF__SPILL_BATCH];
+  cf_store_key_t key = en->key;
+  cf__dirty_set(st, v, 0);
+  en->flags |= CF__F_SPILL;
+  en->pins++;
+  st->spilling++;
+  batch[0] = v;
+  unsigned n = 1 + cf__take_dirty(st, batch + 1, CF__SPILL_BATCH - 1);
+  pthread_mutex_unlock(&st->mu);
+  int rc = cf__spill_batch(st, batch, n, 0);
+  pthread_mutex_lock(&st->mu);
+  if (!rc) return 0; /* v is clean now: the next pick drops it (or a colder clean chunk) */
+  /* write-back failed: v is back on the dirty list, unless another thread took it meanwhile */
+  v = cf__idx_find(st, &key);
+  if (v < 0 || !cf__evictable(&st->ents[v]) || (st->ents[v].flags & CF__F_SSD)) return 0;
+  st->lost_dirty++;
+  st->lost_dirty_rc = rc;
+  cf__cpu_drop(st, v, ghost && st->ents[v].queue == CF__Q_SMALL);
+  return 0;
 }
 
 /* Copy a chunk into a CPU slot. The entry is created (or reused when it exists only on SSD or
@@ -308,10 +358,17 @@ int cf__cpu_fill(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
     pthread_mutex_unlock(&st->mu);
     return CF_EEXIST;
   }
-  if (!st->n_cpu_free) {
-    int rc = cf__cpu_evict_one(st);
+  while (!st->n_cpu_free) {
+    /* a save writes a dirty victim back; a promotion (packed) leaves dirty chunks alone */
+    int rc = cf__cpu_evict_safe(st, packed == NULL);
     if (rc) { pthread_mutex_unlock(&st->mu); return rc; }
-    if (e >= 0) e = cf__idx_find(st, key); /* eviction may have freed a ghost entry */
+    /* mu may have been released: the eviction may have freed a ghost entry, and another thread
+     * may have stored the key meanwhile */
+    e = cf__idx_find(st, key);
+    if (e >= 0 && (st->ents[e].flags & busy)) {
+      pthread_mutex_unlock(&st->mu);
+      return CF_EEXIST;
+    }
   }
   int ghost = 0;
   if (e < 0) {
@@ -739,6 +796,18 @@ int cf_store_flush(cf_store_t *st) {
   rc = cf__data_sync(st);
   if (!rc) rc = cf__journal_append(st, NULL, 0, 1);
   if (!rc) cf__maybe_compact(st);
+  /* chunks the CPU tier had to drop unwritten (their write-back failed) were saved before this
+   * call: 0 would claim them durable. Reported once; later flushes cover later saves. */
+  pthread_mutex_lock(&st->mu);
+  uint64_t lost = st->lost_dirty;
+  int lrc = st->lost_dirty_rc;
+  st->lost_dirty = 0;
+  pthread_mutex_unlock(&st->mu);
+  if (lost && !rc)
+    rc = cf_seterr(lrc ? lrc : CF_EIO,
+                   "store %s: %llu chunk(s) saved since the last flush were evicted from the CPU "
+                   "tier before they reached SSD (their write-back failed): not durable",
+                   st->dir, (unsigned long long)lost);
   return rc;
 }
 
@@ -789,8 +858,9 @@ int cf_store_evict_cpu(cf_store_t *st, uint64_t keep_bytes) {
     pthread_mutex_unlock(&st->mu);
     return frc;
   }
+  /* chunks saved by other threads since the flush are written back before they go */
   while ((uint64_t)(st->n_cpu_slots - st->n_cpu_free) * st->slot_bytes > keep_bytes) {
-    rc = cf__cpu_evict_one(st);
+    rc = cf__cpu_evict_safe(st, 1);
     if (rc) break;
   }
   pthread_mutex_unlock(&st->mu);

@@ -28,6 +28,11 @@
  *   but it is never served corrupt: a chunk becomes visible on SSD only after its journal record
  *   commits, and every read verifies each cell's checksum (a mismatch drops the chunk, is counted
  *   in the statistics and returns CF_ECORRUPT; the caller recomputes).
+ *   A durable chunk goes only by a journaled drop: cf_store_remove(), an SSD-cap eviction (the
+ *   SSD tier is a cache too; its DEL record is appended before the slot is reused) or a failed
+ *   checksum. The CPU tier never drops a chunk that is not on SSD yet to make room: it writes it
+ *   back first. Only when that write-back fails (SSD full, I/O error) is the chunk dropped
+ *   unwritten, and the next cf_store_flush() then returns that error instead of 0.
  *
  * Concurrency: any number of threads may look up, pin and read while other threads save; one
  * background thread spills and evicts. The index lock is never held across I/O. A cf_store_reader_t
@@ -145,7 +150,9 @@ enum { CF_STORE_SAVE_DURABLE = 1 };
 /* Save one chunk of `n_tokens` tokens (1..C). cells[l] points at layer l's cell,
  * cf_store_cell_bytes_n(geom, n_tokens) bytes, [2][n_tokens][n_kv][hd]. The bytes are copied.
  * Without CF_STORE_SAVE_DURABLE the chunk goes to the CPU tier (or straight to SSD when there is
- * no CPU tier) and is written back later; with it, 0 means the chunk is durable (see the contract).
+ * no CPU tier) and is written back later (by the spill thread, or by this call when the CPU tier
+ * is full of chunks not yet on SSD: a save may then wait for SSD writes); with it, 0 means the
+ * chunk is durable (see the contract).
  * Returns 0, or CF_EEXIST when the key is already stored (nothing done; but a durable save of a
  * stored key makes that chunk durable — writing it through when it is only in the CPU tier — and
  * returns 0), CF_EBUSY when every CPU slot is pinned, CF_ENOSPC (SSD full: the chunk stays in the
@@ -154,7 +161,10 @@ int cf_store_save(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
                   const void *const *cells, unsigned flags);
 
 /* Write back every chunk that is only in the CPU tier and fdatasync data and journal: every chunk
- * saved before the call is then durable. Returns 0, CF_ENOSPC or CF_EIO (named). */
+ * saved before the call (and not removed or SSD-evicted since) is then durable. Returns 0,
+ * CF_ENOSPC or CF_EIO (named) — also when chunks saved since the previous flush were dropped
+ * from the CPU tier because their write-back failed (reported once, by this flush): after an
+ * error nothing saved before the call is promised durable. */
 int cf_store_flush(cf_store_t *st);
 
 /* Drop a chunk from every tier (journaled). Returns 0, CF_ENOTFOUND, or CF_EBUSY while the chunk

@@ -108,6 +108,10 @@ struct cf_store_s {
   int spiller_on, stop;
   uint32_t spilling; /* entries with CF__F_SPILL */
   int last_spill_err;
+  /* dirty chunks the CPU tier dropped because their write-back failed, since the last flush
+   * (which reports them as its error), and that write-back's error code */
+  uint64_t lost_dirty;
+  int lost_dirty_rc;
   cf__ring_t wring;  /* the spiller's ring (under spill_mu) */
   pthread_mutex_t spill_mu;
 

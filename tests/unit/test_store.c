@@ -483,6 +483,54 @@ CF_TEST(store_durable_resave_writes_through) {
   cf_store_close(st);
 }
 
+/* Regression (kill -9 crash test, loaded machine): when the spill thread falls behind, a save into
+ * a full CPU tier used to evict a dirty chunk unwritten, and the next flush returned 0 for it:
+ * "durable" but gone after a restart. spill = 0 makes "the spiller never keeps up" deterministic:
+ * every eviction must write its victim back first, and every chunk saved before the flush must be
+ * there after reopening, with either eviction policy. A promotion on read must not cost a dirty
+ * chunk either. */
+static void dirty_eviction_case(cf_store_evict_t pol, const char *name) {
+  cf_store_geom_t g = st_geom(16, 2, 64); /* 16 KiB slots */
+  cf_store_config_t c = cfg_of(4 * 16384, 64 * 16384);
+  c.spill = 0;
+  c.cpu_evict = pol;
+  cf_store_t *st;
+  CF_CHECK_OK(cf_store_open(tdir(name), &g, &c, &st));
+  if (!st) return;
+  for (int id = 0; id < 12; id++) CF_CHECK_OK(st_save(st, (uint64_t)id, 16, 0));
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.cpu_chunks, 4);
+  CF_CHECK_EQ(s.cpu_evict_dirty, 0); /* written back, not dropped */
+  CF_CHECK_GE(s.ssd_chunks, 8);
+  CF_CHECK_OK(cf_store_flush(st));
+  cf_store_close(st);
+  c.cpu_bytes = 2 * 16384;
+  c.promote_on_read = 1;
+  CF_CHECK_OK(cf_store_open(tdir(name), &g, &c, &st));
+  if (!st) return;
+  for (int id = 0; id < 12; id++) {
+    int eq, t;
+    CF_CHECK_OK(st_check(st, (uint64_t)id, 16, 0, 2, &eq, &t));
+    CF_CHECK_MSG(eq, "%s: chunk %d saved before the flush: bytes differ", name, id);
+  }
+  /* a CPU tier full of dirty chunks: reading an SSD chunk skips the promotion */
+  CF_CHECK_OK(st_save(st, 100, 16, 0));
+  CF_CHECK_OK(st_save(st, 101, 16, 0));
+  int eq, t;
+  CF_CHECK_OK(st_check(st, 0, 16, 0, 2, &eq, &t));
+  CF_CHECK(eq && t == CF_STORE_TIER_SSD);
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.cpu_evict_dirty, 0);
+  CF_CHECK_EQ(s.cpu_dirty, 2);
+  cf_store_close(st);
+}
+
+CF_TEST(store_full_cpu_tier_writes_dirty_chunks_back_before_evicting) {
+  dirty_eviction_case(CF_STORE_EVICT_LRU, "dirty_lru");
+  dirty_eviction_case(CF_STORE_EVICT_S3FIFO, "dirty_s3");
+}
+
 CF_TEST(store_promotion_on_read) {
   cf_store_geom_t g = st_geom(16, 2, 64);
   cf_store_config_t c = cfg_of(1 << 20, 1 << 20);

@@ -52,8 +52,10 @@ static void child_main(const char *dir, const cf_store_geom_t *g, int round, int
       if (cf_store_flush(st) == 0) {
         /* flush made every earlier save durable */
         if (write(wfd, pending, sizeof(uint64_t) * (size_t)np) != (ssize_t)(sizeof(uint64_t) * (size_t)np)) _exit(4);
-        np = 0;
       }
+      /* a failed flush promises nothing for the saves before it (some may have been dropped
+       * unwritten, reported once): they are never reported durable */
+      np = 0;
     }
     if ((s >> 32) % 8 == 0 && cf_store_evict_cpu(st, 4 * 8192) == 0) {
       /* drop the unreported chunks again: DEL records, so compactions run (and get killed) */
