@@ -161,6 +161,14 @@ $(BUILD)/cacheflowctl: $(CTL_OBJ) $(LIBCLIENT) $(LIBCF) $(LIBKERN)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) $(CTL_OBJ) -o $@ $(LIBCLIENT) $(ALL_LIBS) $(if $(LIBCLIENT),$(DAEMON_LDLIBS))
 
+# exec: the reference engine (tests/engine): a CPU-backend client of cacheflowd used by the
+# integration tests and `make demo`.
+REFENGINE := $(if $(PROTO_SRC),$(BUILD)/cf-refengine)
+all: $(REFENGINE)
+$(BUILD)/cf-refengine: $(BUILD)/tests/engine/cf_refengine.o $(LIBCLIENT) $(LIBCF) $(LIBKERN)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) $< -o $@ $(LIBCLIENT) $(ALL_LIBS) $(DAEMON_LDLIBS)
+
 $(BUILD)/cacheflow-sim: $(SIM_OBJ) $(LIBCF)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) $(SIM_OBJ) -o $@ $(ALL_LIBS)

@@ -22,6 +22,7 @@
 #include "cf_notify.h"
 #include "cf_rpc.h"
 #include "cf_service.h"
+#include "cf_dataplane.h" /* exec: the restore executor behind the service hooks */
 #include "cf_storage.h"
 #include "model/cf_model.h"
 #include "util/cf_err.h"
@@ -43,6 +44,7 @@ typedef struct {
   double measured_link_Bps;            /* memcpy rate, before any cpu_read_gbps limit */
   cf_storage_t *storage;
   cf_service_t *svc;
+  cf_dataplane_t *dp;                  /* exec: NULL without a model */
   cf_rpc_server_t *rpc;
   cf_http_t *http;
   uv_signal_t sig_term, sig_int, sig_hup;
@@ -179,6 +181,8 @@ static void cf__rpc_gone(void *arg) {
   d->rpc = NULL;
   cf_service_close(d->svc);
   d->svc = NULL;
+  cf_dataplane_close(d->dp); /* exec: after the service dropped its engines */
+  d->dp = NULL;
   uv_close((uv_handle_t *)&d->sig_term, cf__close_cb);
   uv_close((uv_handle_t *)&d->sig_int, cf__close_cb);
   uv_close((uv_handle_t *)&d->sig_hup, cf__close_cb);
@@ -192,6 +196,7 @@ static void cf__stop(cf_daemon_t *d, const char *why) {
   if (d->stopping) return;
   d->stopping = 1;
   uv_timer_stop(&d->drain);
+  cf_dataplane_quiesce(d->dp); /* exec: running restores end (cancelled) before the service aborts calls */
   cf_service_abort_all(d->svc, why);
   cf_http_stop(d->http); /* joins its thread before the rpc counters it reads go away */
   d->http = NULL;
@@ -247,6 +252,7 @@ static void cf__on_hup(uv_signal_t *h, int signum) {
   cf_config_apply_reload(&d->cfg, &fresh, &applied, &restart);
   cf_log_level = d->cfg.log_level;
   if (d->backend) cf__apply_link(d); /* cpu_read_gbps is reloadable */
+  cf_dataplane_reload(d->dp); /* exec: the executor's read-rate limits */
   d->reloads++;
   CF_INFO("reload: %d setting(s) applied, %d need a restart", applied, restart);
   cf_notifyf("READY=1\nSTATUS=serving (reloaded: %d applied, %d need a restart)", applied, restart);
@@ -366,6 +372,12 @@ int main(int argc, char **argv) {
     CF_WARN("no model configured: RegisterEngine will fail until `model` is set (restart needed)");
   }
 
+  /* exec: the restore executor (its thread, readiness files) wraps the storage hooks in `be` */
+  if (d->storage && d->backend &&
+      cf_dataplane_open(&d->dp, d->loop, &d->cfg, d->backend, cf_storage_store(d->storage), &be)) {
+    CF_ERROR("%s", cf_errmsg());
+    return 1;
+  }
   if (cf_service_init(&d->svc, d->loop, &d->cfg, d->have_model ? &d->model : NULL, &be)) { CF_ERROR("%s", cf_errmsg()); return 1; }
   if (d->backend) cf__apply_link(d);
   int nm;

@@ -261,7 +261,8 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   resp.engine_id = e->id;
   resp.daemon_fingerprint.data = (uint8_t *)s->model->fingerprint;
   resp.daemon_fingerprint.len = 16;
-  resp.readiness_shm_path = (char *)""; /* lib/ipc fills these when the executor lands */
+  resp.readiness_shm_path = e->readiness_path; /* set by the backend's engine_added ("" without one) */
+  resp.readiness_slots = e->readiness_slots;
   cf_rpc_reply(c, &resp.base);
 out:
   protobuf_c_message_free_unpacked(m, NULL);
@@ -447,6 +448,8 @@ static void cf__lookup_and_plan(cf_service_t *s, cf_restore_t **batch, int n) {
       ps.cells_compute = sm->cells_compute;
       ps.predicted_us = sm->predicted_us;
       ps.bound_us = sm->bound_us;
+      int slot = s->be.restore_slot ? s->be.restore_slot(s->be.ctx, grp[k]) : -1; /* exec */
+      ps.readiness_slot = slot >= 0 ? (uint32_t)slot : UINT32_MAX;
       Cacheflow__V1__RestoreEvent ev = CACHEFLOW__V1__RESTORE_EVENT__INIT;
       ev.event_case = CACHEFLOW__V1__RESTORE_EVENT__EVENT_PLAN;
       ev.plan = &ps;

@@ -49,6 +49,9 @@ typedef struct cf_engine_s {
   size_t dtype_size;
   cf_layer_layout_t *layers;
   void *exec_priv;          /* the backend's per-engine state (mapped buffers) */
+  /* filled by engine_added (cf_dataplane): where the engine finds its readiness counters */
+  char readiness_path[256];
+  uint32_t readiness_slots;
 } cf_engine_t;
 
 struct cf_batch_plan_s;
@@ -97,6 +100,9 @@ typedef struct {
   void (*restore_batch)(void *ctx, cf_restore_t **batch, int n);
   /* Cancel a restore whose engine went away or whose client left; it still ends with done. */
   void (*restore_cancel)(void *ctx, cf_restore_t *r);
+  /* exec: the readiness counter slot restore r will bump, reset to 0 layers now (before the
+   * PlanSummary carrying it reaches the engine); -1 when it gets none. May be NULL. */
+  int (*restore_slot)(void *ctx, cf_restore_t *r);
   int (*evict)(void *ctx, int tier, uint64_t bytes, uint64_t *bytes_evicted, uint64_t *chunks_evicted);
   void (*usage)(void *ctx, uint64_t *cpu_bytes, uint64_t *ssd_bytes);
 } cf_service_backend_t;

@@ -1,0 +1,56 @@
+/* cf_cellsrc — where the executor's LOADED cells come from.
+ *
+ * A cell is the K and V of one chunk at one layer: K then V, each [C][n_kv_heads][head_dim]
+ * fp32 (post-RoPE), C = chunk tokens. A source serves the cells of chunks it holds; the
+ * executor passes back the opaque `ref` the planner got for that chunk (a pinned store entry,
+ * a key, an index) together with the layer. lib/store's tiers plug in behind this interface;
+ * tests and benchmarks use the in-memory source below.
+ *
+ * Two ways to serve a cell:
+ *   acquire/release (optional, zero-copy): point at the cell's K and V rows where they lie
+ *     (the CPU tier), valid until release; the executor copies straight into the engine blocks.
+ *   read (required): copy the cell into a caller buffer, K then V (the SSD tier reads it
+ *     with O_DIRECT straight into it: the executor's buffers are 4096-aligned).
+ * Both return 0, CF_ENOTFOUND (the chunk was evicted), CF_ECORRUPT (checksum mismatch) or
+ * CF_EIO. On any error the executor recomputes the cell instead: a restore never hands out
+ * wrong KV.
+ */
+#ifndef CF_CELLSRC_H
+#define CF_CELLSRC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "exec/cf_ratelimit.h"
+
+typedef struct cf_cellsrc_s cf_cellsrc_t;
+struct cf_cellsrc_s {
+  const char *tier;       /* "cpu", "ssd", ...: stats are kept per tier index below */
+  int tier_index;         /* 0 .. CF_EXEC_MAX_TIERS-1 */
+  cf_ratelimit_t *limit;  /* NULL: unlimited */
+  int (*read)(cf_cellsrc_t *s, void *ref, int layer, float *kv);
+  int (*acquire)(cf_cellsrc_t *s, void *ref, int layer, const float **k, const float **v,
+                 void **hold);
+  void (*release)(cf_cellsrc_t *s, void *hold);
+  void *ctx;
+};
+
+/* In-memory source: cells[chunk][layer] = K rows then V rows (chunk_tokens rows each), with
+ * an optional fault table fail[chunk * n_layers + layer] (0 = serve, else the CF_E* code to
+ * return: tests inject evictions and checksum failures through it). `ref` is the chunk index
+ * cast to a pointer (CF_CELLSRC_REF). Thread-safe: read-only after init. */
+typedef struct {
+  cf_cellsrc_t src;
+  const float *cells;     /* [n_chunks][n_layers][2][chunk_tokens][row] */
+  int n_chunks, n_layers, chunk_tokens;
+  size_t row;             /* floats per token row: n_kv_heads * head_dim */
+  const int *fail;        /* NULL or [n_chunks * n_layers] */
+} cf_cellsrc_mem_t;
+
+#define CF_CELLSRC_REF(c) ((void *)(intptr_t)(c))
+
+void cf_cellsrc_mem_init(cf_cellsrc_mem_t *m, const char *tier, int tier_index,
+                         const float *cells, int n_chunks, int n_layers, int chunk_tokens,
+                         size_t row, const int *fail, cf_ratelimit_t *limit);
+
+#endif

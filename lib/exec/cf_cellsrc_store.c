@@ -1,0 +1,101 @@
+/* cf_cellsrc_store — see cf_cellsrc_store.h. */
+#include "exec/cf_cellsrc_store.h"
+
+#include <string.h>
+
+#include "util/cf_err.h"
+
+static int cf__cpu_acquire(cf_cellsrc_t *src, void *ref, int layer, const float **k, const float **v,
+                           void **hold) {
+  cf_cellsrc_store_t *s = src->ctx;
+  cf_store_chunkref_t *r = ref;
+  *hold = NULL;
+  if (!r->pinned) return cf_seterr(CF_ENOTFOUND, "cpu tier: chunk not pinned");
+  const cf_store_geom_t *g = cf_store_geom(s->st);
+  if ((uint32_t)layer >= g->n_layers) return cf_seterr(CF_EINVAL, "cpu tier: layer %d of %u", layer, g->n_layers);
+  *k = (const float *)(r->pin.base + (size_t)layer * r->pin.cell_stride);
+  *v = *k + s->half_floats;
+  return 0;
+}
+
+static int cf__cpu_read(cf_cellsrc_t *src, void *ref, int layer, float *kv) {
+  cf_cellsrc_store_t *s = src->ctx;
+  const float *k = NULL, *v = NULL;
+  void *hold;
+  int rc = cf__cpu_acquire(src, ref, layer, &k, &v, &hold);
+  if (rc) return rc;
+  memcpy(kv, k, 2 * s->half_floats * sizeof(float));
+  return 0;
+}
+
+static void cf__reader_free(void *rd) { cf_store_reader_close(rd); }
+
+static int cf__ssd_read(cf_cellsrc_t *src, void *ref, int layer, float *kv) {
+  cf_cellsrc_store_t *s = src->ctx;
+  cf_store_chunkref_t *r = ref;
+  size_t bytes = 2 * s->half_floats * sizeof(float);
+  cf_store_reader_t *rd = s->have_key ? pthread_getspecific(s->reader_key) : NULL;
+  if (!rd && s->have_key && cf_store_reader_open(s->st, 4, &rd) == 0) pthread_setspecific(s->reader_key, rd);
+  if (!rd) { /* no ring for this thread (io_uring refused, or no memory): the synchronous path */
+    cf_errclear();
+    return cf_store_read(s->st, &r->key, (uint32_t)layer, 1, kv, bytes, NULL);
+  }
+  cf_store_read_t req = {.key = r->key, .layer = (uint32_t)layer, .dst = kv, .dst_bytes = bytes};
+  int rc = cf_store_read_submit(rd, &req);
+  if (rc < 0) return rc;
+  if (rc == 0) { /* in flight: this thread's ring holds only this read */
+    cf_store_read_t *done = NULL;
+    int n = cf_store_read_poll(rd, 1, &done, 1);
+    if (n < 0) return n;
+    if (n != 1 || done != &req) return cf_seterr(CF_EINTERNAL, "ssd tier: read of layer %d did not complete", layer);
+  }
+  if (req.status) cf_seterr(req.status, "ssd tier: layer %d of a chunk: %s", layer, cf_strerror(req.status));
+  return req.status;
+}
+
+int cf_cellsrc_store_init(cf_cellsrc_store_t *s, cf_store_t *st, cf_ratelimit_t *cpu_limit,
+                          cf_ratelimit_t *ssd_limit) {
+  memset(s, 0, sizeof *s);
+  const cf_store_geom_t *g = cf_store_geom(st);
+  if (g->dtype_size != 4)
+    return cf_seterr(CF_EDTYPE, "store holds %u-byte elements; the CPU executor restores fp32", g->dtype_size);
+  s->st = st;
+  s->half_floats = (size_t)g->chunk_tokens * g->n_kv_heads * g->head_dim;
+  s->cpu = (cf_cellsrc_t){.tier = "cpu", .tier_index = CF_EXEC_TIER_CPU, .limit = cpu_limit,
+                          .read = cf__cpu_read, .acquire = cf__cpu_acquire, .ctx = s};
+  s->ssd = (cf_cellsrc_t){.tier = "ssd", .tier_index = CF_EXEC_TIER_SSD, .limit = ssd_limit,
+                          .read = cf__ssd_read, .ctx = s};
+  s->have_key = pthread_key_create(&s->reader_key, cf__reader_free) == 0;
+  return 0;
+}
+
+void cf_cellsrc_store_close(cf_cellsrc_store_t *s) {
+  /* the loader threads have exited: their readers were closed by the key's destructor */
+  if (s->have_key) pthread_key_delete(s->reader_key);
+  s->have_key = 0;
+}
+
+size_t cf_cellsrc_store_prepare(cf_cellsrc_store_t *s, const cf_store_key_t *keys, size_t n,
+                                cf_store_chunkref_t *refs, cf_cellsrc_t **srcs, uint8_t *tiers) {
+  size_t found = cf_store_lookup(s->st, keys, n, tiers);
+  for (size_t i = 0; i < found; i++) {
+    memset(&refs[i], 0, sizeof refs[i]);
+    refs[i].key = keys[i];
+    /* a chunk may leave the CPU tier between lookup and pin: then it is read from SSD (or,
+     * gone from both, fails there and is recomputed) */
+    refs[i].pinned = cf_store_pin(s->st, &keys[i], &refs[i].pin) == 0;
+    if (refs[i].pinned && refs[i].pin.n_tokens != cf_store_geom(s->st)->chunk_tokens) {
+      cf_store_unpin(s->st, &refs[i].pin);
+      refs[i].pinned = 0;
+    }
+    srcs[i] = refs[i].pinned ? &s->cpu : &s->ssd;
+    if (tiers) tiers[i] = refs[i].pinned ? CF_STORE_TIER_CPU : CF_STORE_TIER_SSD;
+  }
+  cf_errclear();
+  return found;
+}
+
+void cf_cellsrc_store_unprepare(cf_cellsrc_store_t *s, cf_store_chunkref_t *refs, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (refs[i].pinned) { cf_store_unpin(s->st, &refs[i].pin); refs[i].pinned = 0; }
+}

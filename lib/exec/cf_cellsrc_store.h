@@ -1,0 +1,53 @@
+/* cf_cellsrc_store — lib/store's tiers as executor cell sources.
+ *
+ * Before a restore runs, cf_cellsrc_store_prepare() looks its chunk keys up and pins every
+ * chunk held by the CPU tier (so eviction cannot take the bytes mid-copy: DESIGN §2). The
+ * executor then reads:
+ *   CPU source: zero-copy — acquire() points into the pinned slot and the cell is copied once,
+ *               straight into the engine's blocks;
+ *   SSD source: read() = one io_uring read per cell through the loader thread's own
+ *               cf_store_reader_t (O_DIRECT straight into the loader's 4 KiB-aligned buffer,
+ *               checksum verified by the store; cf_store_read's pread when io_uring is refused). A chunk evicted or corrupt since the lookup returns
+ *               CF_ENOTFOUND / CF_ECORRUPT and the executor recomputes it.
+ * Each source has its own rate limiter so benchmarks can emulate a link per tier.
+ */
+#ifndef CF_CELLSRC_STORE_H
+#define CF_CELLSRC_STORE_H
+
+#include <pthread.h>
+
+#include "exec/cf_cellsrc.h"
+#include "store/cf_store.h"
+
+/* Stats tier indices (cf_exec_stats_t.cells_loaded[]). */
+enum { CF_EXEC_TIER_CPU = 0, CF_EXEC_TIER_SSD = 1 };
+
+typedef struct {
+  cf_store_key_t key;
+  cf_store_pin_t pin;
+  int pinned;
+} cf_store_chunkref_t;
+
+typedef struct {
+  cf_cellsrc_t cpu, ssd;
+  cf_store_t *st;
+  size_t half_floats;   /* floats of K in one full cell: C * n_kv * hd */
+  pthread_key_t reader_key; /* each loader thread's io_uring reader (closed when it exits) */
+  int have_key;
+} cf_cellsrc_store_t;
+
+/* Sources over store `st` (fp32 geometry required: CF_EDTYPE otherwise). Limits may be NULL.
+ * Close with cf_cellsrc_store_close once no thread reads any more. */
+int cf_cellsrc_store_init(cf_cellsrc_store_t *s, cf_store_t *st, cf_ratelimit_t *cpu_limit,
+                          cf_ratelimit_t *ssd_limit);
+void cf_cellsrc_store_close(cf_cellsrc_store_t *s);
+
+/* For the first n full chunks with keys[0..n): how many leading chunks are stored (the
+ * return value, <= n); for each of those, refs[i] is filled (CPU-tier chunks pinned),
+ * srcs[i] is the source to read it from and tiers[i] (may be NULL) its CF_STORE_TIER_*.
+ * Release with cf_cellsrc_store_unprepare (same refs, the returned count). */
+size_t cf_cellsrc_store_prepare(cf_cellsrc_store_t *s, const cf_store_key_t *keys, size_t n,
+                                cf_store_chunkref_t *refs, cf_cellsrc_t **srcs, uint8_t *tiers);
+void cf_cellsrc_store_unprepare(cf_cellsrc_store_t *s, cf_store_chunkref_t *refs, size_t n);
+
+#endif

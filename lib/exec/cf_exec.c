@@ -1,0 +1,487 @@
+/* cf_exec — see cf_exec.h for the contract. Structure of one run:
+ *
+ *   one mutex + condvar guard the per-request cell states; work happens outside the lock:
+ *     loader threads: task list (layer-major) -> rate limit -> source -> claim -> copy -> present
+ *     compute (caller): pick the lowest ready (layer, chunk) run -> gather staging -> forward
+ *                       -> scatter -> present
+ *   a cell is written to the engine exactly once: whoever moves it out of PENDING (a loader
+ *   after a successful read, or the compute thread when it picks the cell's run) writes it.
+ */
+#include "exec/cf_exec.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "util/cf_err.h"
+#include "util/cf_log.h"
+
+enum { CELL_PENDING = 0, CELL_LOADING, CELL_COMPUTING, CELL_PRESENT };
+/* staged[]: is the cell's copy in the compute's contiguous staging buffer */
+enum { STAGE_NO = 0, STAGE_YES = 1, STAGE_GATHERING = 2 };
+
+typedef struct {
+  cf_exec_req_t *r;
+  int n_chunks, L, C, T;
+  size_t row;                /* floats per token row */
+  uint8_t *state, *staged;   /* [n_chunks * L] */
+  int *H, *D;                /* per chunk: target computed height, computed so far */
+  int *prefix;               /* per layer: leading chunks present */
+  int *present;              /* per layer: chunks present */
+  int *stage_upto;           /* per layer: loaded cells of chunks < this go to staging too */
+  float **sk, **sv;          /* per layer contiguous K/V staging ([T][row]) or NULL */
+  float *hid[2];             /* hidden states [T][hidden], parity by layer */
+  int ready, done;
+} cf__rq_t;
+
+typedef struct { int r, c, l; uint32_t rank; } cf__task_t;
+
+/* Load order: by rank (the plan's link order, or the layer), then layer, request, chunk. */
+static int cf__task_cmp(const void *a, const void *b) {
+  const cf__task_t *x = a, *y = b;
+  if (x->rank != y->rank) return x->rank < y->rank ? -1 : 1;
+  if (x->l != y->l) return x->l - y->l;
+  if (x->r != y->r) return x->r - y->r;
+  return x->c - y->c;
+}
+
+typedef struct {
+  cf_exec_t *ex;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  cf__rq_t *rq;
+  int n;
+  cf__task_t *tasks;
+  int n_tasks;
+  atomic_int next;
+} cf__run_t;
+
+static int64_t cf__now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static inline size_t cf__ix(const cf__rq_t *q, int c, int l) { return (size_t)c * q->L + l; }
+static inline int cf__t1(const cf__rq_t *q, int c) {
+  int t = (c + 1) * q->C;
+  return t < q->T ? t : q->T;
+}
+
+int cf_exec_init(cf_exec_t *ex, cf_backend_t *be, int n_loaders) {
+  if (!be || !be->model) return cf_seterr(CF_EINVAL, "exec: backend with a model required");
+  if (n_loaders < 1 || n_loaders > 64)
+    return cf_seterr(CF_EINVAL, "exec: n_loaders %d not in [1, 64]", n_loaders);
+  ex->be = be;
+  ex->n_loaders = n_loaders;
+  return 0;
+}
+
+int cf_exec_validate(const cf_exec_t *ex, const cf_exec_req_t *r) {
+  const cf_model_config_t *mc = &ex->be->model->cfg;
+  int L = mc->n_layers;
+  if (r->n_tokens <= 0) return cf_seterr(CF_EINVAL, "restore: n_tokens %d must be > 0", r->n_tokens);
+  if (r->chunk_tokens <= 0) return cf_seterr(CF_EINVAL, "restore: chunk_tokens %d must be > 0", r->chunk_tokens);
+  if (!r->kv || !r->kv->k) return cf_seterr(CF_EINVAL, "restore: no engine kv buffer");
+  int rc = cf_kv_layout_check(&r->kv->layout, mc);
+  if (rc) return rc;
+  if (r->kv->layout.dtype != CF_DT_F32)
+    return cf_seterr(CF_EDTYPE, "restore: the CPU executor writes f32 kv buffers, engine buffer is dtype %d",
+                     (int)r->kv->layout.dtype);
+  int need = (r->n_tokens + r->kv->layout.block_size - 1) / r->kv->layout.block_size;
+  if (!r->blocks || r->n_blocks < need)
+    return cf_seterr(CF_ERANGE, "restore: %d tokens need %d blocks of %d, block table has %d",
+                     r->n_tokens, need, r->kv->layout.block_size, r->n_blocks);
+  if ((rc = cf_kvmap_check_blocks(&r->kv->layout, r->blocks, need))) return rc;
+  if (!r->h) return cf_seterr(CF_EINVAL, "restore: no plan (h)");
+  /* always required: a failed load falls back to computing its chunk from layer 0 */
+  if (!r->tokens) return cf_seterr(CF_EINVAL, "restore: no token ids");
+  int n = (r->n_tokens + r->chunk_tokens - 1) / r->chunk_tokens;
+  for (int c = 0; c < n; c++) {
+    if (r->h[c] < 0 || r->h[c] > L)
+      return cf_seterr(CF_ERANGE, "restore: plan h[%d] = %d not in [0, %d]", c, r->h[c], L);
+    if (r->h[c] < L) {
+      if ((c + 1) * r->chunk_tokens > r->n_tokens)
+        return cf_seterr(CF_EINVAL, "restore: partial last chunk %d (%d tokens) must be computed, plan h = %d",
+                         c, r->n_tokens - c * r->chunk_tokens, r->h[c]);
+      if (!r->src || !r->src[c])
+        return cf_seterr(CF_EINVAL, "restore: chunk %d loads layers [%d, %d) but has no cell source", c, r->h[c], L);
+      if (r->src[c]->tier_index < 0 || r->src[c]->tier_index >= CF_EXEC_MAX_TIERS)
+        return cf_seterr(CF_ERANGE, "restore: chunk %d source tier index %d not in [0, %d)", c,
+                         r->src[c]->tier_index, CF_EXEC_MAX_TIERS);
+    }
+  }
+  if (r->ready && (r->ready_slot < 0 || r->ready_slot >= r->ready->n_slots))
+    return cf_seterr(CF_ERANGE, "restore: readiness slot %d not in [0, %d)", r->ready_slot, r->ready->n_slots);
+  return 0;
+}
+
+/* ---------------------------------------------------------------- request state (lock held) */
+
+static void cf__finish(cf__rq_t *q, int err) {
+  if (q->done) return;
+  q->done = 1;
+  q->r->err = err;
+  q->r->stats.t_done_ns = cf__now();
+  q->r->stats.layers_ready = q->ready;
+  if (q->r->ready) cf_ready_finish(q->r->ready, q->r->ready_slot, err);
+}
+
+/* Cell (c, l) reached the engine: advance the prefix and readiness counters. */
+static void cf__present(cf__rq_t *q, int c, int l) {
+  q->state[cf__ix(q, c, l)] = CELL_PRESENT;
+  q->present[l]++;
+  while (q->prefix[l] < q->n_chunks && q->state[cf__ix(q, q->prefix[l], l)] == CELL_PRESENT) q->prefix[l]++;
+  int before = q->ready;
+  while (q->ready < q->L && q->present[q->ready] == q->n_chunks) {
+    if (q->r->layer_ready_ns) q->r->layer_ready_ns[q->ready] = cf__now();
+    q->ready++;
+  }
+  if (q->ready != before) {
+    q->r->stats.layers_ready = q->ready;
+    if (q->r->ready) cf_ready_publish(q->r->ready, q->r->ready_slot, (uint64_t)q->ready);
+    if (q->r->on_layer) q->r->on_layer(q->r, q->ready, q->r->on_layer_arg);
+    if (q->ready == q->L) cf__finish(q, 0);
+  }
+}
+
+static int cf__cancelled(const cf__rq_t *q) {
+  return q->r->cancel && atomic_load(q->r->cancel) != 0;
+}
+
+/* ---------------------------------------------------------------- loaders */
+
+static void *cf__loader(void *arg) {
+  cf__run_t *run = arg;
+  size_t cap = 0;
+  float *kb = NULL;
+  for (;;) {
+    int i = atomic_fetch_add(&run->next, 1);
+    if (i >= run->n_tasks) break;
+    cf__task_t t = run->tasks[i];
+    cf__rq_t *q = &run->rq[t.r];
+    size_t ix = cf__ix(q, t.c, t.l);
+    pthread_mutex_lock(&run->mu);
+    int skip = q->done || q->state[ix] != CELL_PENDING || q->H[t.c] > t.l;
+    if (!skip && cf__cancelled(q)) {
+      cf__finish(q, cf_seterr(CF_ECANCELED, "restore %llu cancelled", (unsigned long long)q->r->req_id));
+      pthread_cond_broadcast(&run->cv);
+      skip = 1;
+    }
+    pthread_mutex_unlock(&run->mu);
+    if (skip) continue;
+
+    cf_cellsrc_t *src = q->r->src[t.c];
+    size_t cell = (size_t)q->C * q->row;
+    cf_ratelimit_acquire(src->limit, 2 * cell * sizeof(float));
+    const float *pk, *pv;
+    void *hold = NULL;
+    int rc;
+    if (src->acquire) {
+      rc = src->acquire(src, q->r->ref ? q->r->ref[t.c] : NULL, t.l, &pk, &pv, &hold);
+    } else {
+      if (cap < cell) { /* 4096-aligned: O_DIRECT tiers read straight into it */
+        free(kb);
+        size_t bytes = (2 * cell * sizeof(float) + 4095) & ~(size_t)4095;
+        kb = aligned_alloc(4096, bytes);
+        cap = kb ? cell : 0;
+      }
+      rc = cap ? src->read(src, q->r->ref ? q->r->ref[t.c] : NULL, t.l, kb) : CF_ENOMEM;
+      pk = kb; pv = kb + cell;
+    }
+
+    pthread_mutex_lock(&run->mu);
+    int claim = 0;
+    float *sk = NULL, *sv = NULL;
+    if (rc) {
+      /* fall back to recomputing: chunk c must now be computed up to layer l */
+      q->r->stats.load_failures++;
+      CF_DEBUG("exec: load (chunk %d, layer %d) from %s failed (%s: %s): recomputing", t.c, t.l,
+               src->tier, cf_err_name(rc), cf_errmsg());
+      if (!q->done && q->state[ix] == CELL_PENDING && q->H[t.c] <= t.l) q->H[t.c] = t.l + 1;
+      pthread_cond_broadcast(&run->cv);
+    } else if (!q->done && q->state[ix] == CELL_PENDING && q->H[t.c] <= t.l) {
+      claim = 1;
+      q->state[ix] = CELL_LOADING;
+      if (q->sk[t.l] && t.c < q->stage_upto[t.l]) { sk = q->sk[t.l]; sv = q->sv[t.l]; }
+    }
+    pthread_mutex_unlock(&run->mu);
+    if (rc) continue;
+
+    if (claim) {
+      int t0 = t.c * q->C;
+      cf_kvmap_scatter(q->r->kv, t.l, q->r->blocks, t0, t0 + q->C, pk, pv);
+      if (sk) {
+        memcpy(sk + (size_t)t0 * q->row, pk, cell * sizeof(float));
+        memcpy(sv + (size_t)t0 * q->row, pv, cell * sizeof(float));
+      }
+    }
+    if (src->release) src->release(src, hold);
+    if (claim) {
+      pthread_mutex_lock(&run->mu);
+      q->staged[ix] = sk ? STAGE_YES : STAGE_NO;
+      q->r->stats.cells_loaded[src->tier_index]++;
+      q->r->stats.bytes_loaded[src->tier_index] += 2 * cell * sizeof(float);
+      cf__present(q, t.c, t.l);
+      pthread_cond_broadcast(&run->cv);
+      pthread_mutex_unlock(&run->mu);
+    }
+  }
+  free(kb);
+  return NULL;
+}
+
+/* ---------------------------------------------------------------- compute */
+
+typedef struct { int r, c0, c1, l; } cf__pick_t;
+
+/* The next run the compute worker can start: in request priority order, the request's lowest
+ * (layer, chunk) whose dependencies are present, extended over following chunks at the same
+ * layer. Returns 0 when nothing is ready now. Lock held. */
+static int cf__pick(cf__run_t *run, cf__pick_t *p) {
+  for (int i = 0; i < run->n; i++) {
+    cf__rq_t *q = &run->rq[i];
+    if (q->done) continue;
+    int best_c = -1, best_l = q->L;
+    for (int c = 0; c < q->n_chunks; c++) {
+      int l = q->D[c];
+      if (l >= q->H[c] || l >= best_l) continue;
+      if (q->prefix[l] < c || q->state[cf__ix(q, c, l)] == CELL_LOADING) continue;
+      best_c = c; best_l = l;
+    }
+    if (best_c < 0) continue;
+    int c1 = best_c;
+    while (c1 + 1 < q->n_chunks && q->D[c1 + 1] == best_l && q->H[c1 + 1] > best_l &&
+           q->state[cf__ix(q, c1 + 1, best_l)] != CELL_LOADING)
+      c1++;
+    *p = (cf__pick_t){i, best_c, c1, best_l};
+    return 1;
+  }
+  return 0;
+}
+
+static int cf__all_done(cf__run_t *run) {
+  for (int i = 0; i < run->n; i++) if (!run->rq[i].done) return 0;
+  return 1;
+}
+
+/* Run one picked (chunks [c0, c1], layer l) step. Called without the lock. */
+static int cf__compute(cf__run_t *run, const cf__pick_t *p, const uint8_t *mine) {
+  cf__rq_t *q = &run->rq[p->r];
+  const cf_model_config_t *mc = &run->ex->be->model->cfg;
+  int l = p->l, t0 = p->c0 * q->C, t1 = cf__t1(q, p->c1);
+  float *k[1] = {q->sk[l]}, *v[1] = {q->sv[l]};
+  cf_fwd_args_t a = {
+      .l0 = l, .l1 = l + 1, .t0 = t0, .t1 = t1,
+      .tokens = q->r->tokens ? q->r->tokens + t0 : NULL,
+      .hidden_in = l > 0 ? q->hid[l % 2] + (size_t)t0 * mc->hidden : NULL,
+      .k = k, .v = v,
+      .hidden_out = l + 1 < q->L ? q->hid[(l + 1) % 2] + (size_t)t0 * mc->hidden : NULL,
+  };
+  int64_t s = cf__now();
+  int rc = cf_backend_forward(run->ex->be, &a);
+  q->r->stats.compute_busy_ns += cf__now() - s;
+  q->r->stats.forward_calls++;
+  if (rc) return cf_err_prefix(rc, "exec: forward (layer %d, tokens [%d, %d)): ", l, t0, t1);
+  for (int c = p->c0; c <= p->c1; c++) {
+    if (!mine[c - p->c0]) continue; /* already loaded: keep the stored bytes */
+    int a0 = c * q->C, a1 = cf__t1(q, c);
+    cf_kvmap_scatter(q->r->kv, l, q->r->blocks, a0, a1, q->sk[l] + (size_t)a0 * q->row,
+                     q->sv[l] + (size_t)a0 * q->row);
+  }
+  return 0;
+}
+
+/* Buffers a step needs that the plan did not foresee (a load failure raised a chunk).
+ * Lock held; only the compute thread allocates, loaders read the pointers under the lock. */
+static int cf__ensure_buffers(cf__rq_t *q, int l, int hidden) {
+  size_t n = (size_t)q->T * q->row;
+  if (!q->sk[l]) {
+    q->sk[l] = calloc(n, sizeof(float));
+    q->sv[l] = calloc(n, sizeof(float));
+    if (!q->sk[l] || !q->sv[l]) return cf_seterr(CF_ENOMEM, "exec: staging for layer %d (%zu floats)", l, n);
+  }
+  if (!q->hid[0] && q->L > 1) {
+    q->hid[0] = malloc((size_t)q->T * hidden * sizeof(float));
+    q->hid[1] = malloc((size_t)q->T * hidden * sizeof(float));
+    if (!q->hid[0] || !q->hid[1]) return cf_seterr(CF_ENOMEM, "exec: hidden states %d x %d", q->T, hidden);
+  }
+  return 0;
+}
+
+static void cf__compute_loop(cf__run_t *run) {
+  int hidden = run->ex->be->model->cfg.hidden;
+  uint8_t *mine = NULL;
+  int mine_cap = 0;
+  pthread_mutex_lock(&run->mu);
+  for (;;) {
+    for (int i = 0; i < run->n; i++) {
+      cf__rq_t *q = &run->rq[i];
+      if (!q->done && cf__cancelled(q))
+        cf__finish(q, cf_seterr(CF_ECANCELED, "restore %llu cancelled", (unsigned long long)q->r->req_id));
+    }
+    if (cf__all_done(run)) break;
+    cf__pick_t p;
+    if (!cf__pick(run, &p)) {
+      /* waiting on loads; the timeout only bounds how late a cancel is noticed */
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_nsec += 20 * 1000 * 1000;
+      if (ts.tv_nsec >= 1000000000) { ts.tv_sec++; ts.tv_nsec -= 1000000000; }
+      pthread_cond_timedwait(&run->cv, &run->mu, &ts);
+      continue;
+    }
+    cf__rq_t *q = &run->rq[p.r];
+    int nrun = p.c1 - p.c0 + 1;
+    if (nrun > mine_cap) {
+      uint8_t *m2 = realloc(mine, (size_t)nrun);
+      if (!m2) { cf__finish(q, cf_seterr(CF_ENOMEM, "exec: run of %d chunks", nrun)); continue; }
+      mine = m2; mine_cap = nrun;
+    }
+    int rc = cf__ensure_buffers(q, p.l, hidden);
+    if (rc) { cf__finish(q, rc); continue; }
+    for (int c = p.c0; c <= p.c1; c++) {
+      uint8_t *st = &q->state[cf__ix(q, c, p.l)];
+      mine[c - p.c0] = *st == CELL_PENDING;
+      if (*st == CELL_PENDING) *st = CELL_COMPUTING;
+    }
+    /* Prefix cells that were loaded without a staging copy: gather them from the engine
+     * blocks (they are present, so nobody writes them any more). */
+    int g1 = 0; /* gather chunks [0, g1) marked STAGE_GATHERING */
+    for (int c = 0; c < p.c0; c++) {
+      size_t ix = cf__ix(q, c, p.l);
+      if (q->staged[ix] == STAGE_NO) { q->staged[ix] = STAGE_GATHERING; g1 = c + 1; }
+    }
+    pthread_mutex_unlock(&run->mu);
+    for (int c = 0; c < g1; c++) {
+      size_t ix = cf__ix(q, c, p.l);
+      if (q->staged[ix] != STAGE_GATHERING) continue;
+      int a0 = c * q->C;
+      cf_kvmap_gather(q->r->kv, p.l, q->r->blocks, a0, cf__t1(q, c), q->sk[p.l] + (size_t)a0 * q->row,
+                      q->sv[p.l] + (size_t)a0 * q->row);
+    }
+    rc = cf__compute(run, &p, mine);
+    pthread_mutex_lock(&run->mu);
+    for (int c = 0; c < g1; c++)
+      if (q->staged[cf__ix(q, c, p.l)] == STAGE_GATHERING) q->staged[cf__ix(q, c, p.l)] = STAGE_YES;
+    if (rc) {
+      CF_WARN("exec: restore %llu: %s: %s", (unsigned long long)q->r->req_id, cf_strerror(rc), cf_errmsg());
+      cf__finish(q, rc);
+      continue;
+    }
+    for (int c = p.c0; c <= p.c1; c++) {
+      q->D[c] = p.l + 1;
+      q->staged[cf__ix(q, c, p.l)] = STAGE_YES;
+      if (mine[c - p.c0] && !q->done) {
+        q->r->stats.cells_computed++;
+        cf__present(q, c, p.l);
+      }
+    }
+  }
+  pthread_mutex_unlock(&run->mu);
+  free(mine);
+}
+
+/* ---------------------------------------------------------------- setup */
+
+static void cf__rq_free(cf__rq_t *q) {
+  free(q->state); free(q->staged); free(q->H); free(q->D); free(q->prefix); free(q->present);
+  free(q->stage_upto);
+  if (q->sk) for (int l = 0; l < q->L; l++) { free(q->sk[l]); free(q->sv[l]); }
+  free(q->sk); free(q->sv); free(q->hid[0]); free(q->hid[1]);
+}
+
+static int cf__rq_init(cf__rq_t *q, cf_exec_req_t *r, const cf_model_config_t *mc) {
+  memset(q, 0, sizeof *q);
+  q->r = r;
+  q->L = mc->n_layers; q->C = r->chunk_tokens; q->T = r->n_tokens;
+  q->n_chunks = (q->T + q->C - 1) / q->C;
+  q->row = (size_t)mc->n_kv_heads * mc->head_dim;
+  size_t cells = (size_t)q->n_chunks * q->L;
+  q->state = calloc(cells, 1); q->staged = calloc(cells, 1);
+  q->H = calloc(q->n_chunks, sizeof(int)); q->D = calloc(q->n_chunks, sizeof(int));
+  q->prefix = calloc(q->L, sizeof(int)); q->present = calloc(q->L, sizeof(int));
+  q->stage_upto = calloc(q->L, sizeof(int));
+  q->sk = calloc(q->L, sizeof(float *)); q->sv = calloc(q->L, sizeof(float *));
+  if (!q->state || !q->staged || !q->H || !q->D || !q->prefix || !q->present || !q->stage_upto ||
+      !q->sk || !q->sv)
+    return cf_seterr(CF_ENOMEM, "exec: state for %d chunks x %d layers", q->n_chunks, q->L);
+  memset(&r->stats, 0, sizeof r->stats);
+  r->err = 0;
+  for (int c = 0; c < q->n_chunks; c++) {
+    q->H[c] = r->h[c];
+    r->stats.cells_planned_compute += (uint64_t)r->h[c];
+    /* loaded cells of chunk c' < c at layers below h[c] are attended over by chunk c */
+    for (int l = 0; l < r->h[c]; l++) q->stage_upto[l] = c;
+  }
+  for (int l = 0; l < q->L; l++) {
+    int computes = 0;
+    for (int c = 0; c < q->n_chunks && !computes; c++) computes = r->h[c] > l;
+    if (!computes) continue;
+    size_t n = (size_t)q->T * q->row;
+    q->sk[l] = calloc(n, sizeof(float)); q->sv[l] = calloc(n, sizeof(float));
+    if (!q->sk[l] || !q->sv[l]) return cf_seterr(CF_ENOMEM, "exec: staging for layer %d (%zu floats)", l, n);
+  }
+  r->stats.t_start_ns = cf__now();
+  if (r->ready) cf_ready_begin(r->ready, r->ready_slot, r->req_id);
+  return 0;
+}
+
+int cf_exec_run(cf_exec_t *ex, cf_exec_req_t *reqs, int n) {
+  if (n <= 0) return 0;
+  const cf_model_config_t *mc = &ex->be->model->cfg;
+  for (int i = 0; i < n; i++) {
+    int rc = cf_exec_validate(ex, &reqs[i]);
+    if (rc) return cf_err_prefix(rc, "request %d: ", i);
+  }
+  cf__run_t run = {.ex = ex, .n = n};
+  int rc = 0;
+  pthread_t th[64];
+  int nth = 0;
+  run.rq = calloc((size_t)n, sizeof(cf__rq_t));
+  if (!run.rq) return cf_seterr(CF_ENOMEM, "exec: %d requests", n);
+  pthread_mutex_init(&run.mu, NULL);
+  pthread_cond_init(&run.cv, NULL);
+  size_t ntask = 0;
+  for (int i = 0; i < n && !rc; i++) {
+    rc = cf__rq_init(&run.rq[i], &reqs[i], mc);
+    for (int c = 0; c < run.rq[i].n_chunks && !rc; c++) ntask += (size_t)(mc->n_layers - reqs[i].h[c]);
+  }
+  if (!rc && ntask && !(run.tasks = malloc(ntask * sizeof(cf__task_t))))
+    rc = cf_seterr(CF_ENOMEM, "exec: %zu load tasks", ntask);
+  if (rc) goto out;
+  /* The plan's link order when the request has one (load_rank); otherwise layer-major with the
+   * requests interleaved: the order the compute (chunk c at layer l attends over chunks < c at l)
+   * and the engine (layer l before l+1) need the cells. */
+  for (int l = 0; l < mc->n_layers; l++)
+    for (int i = 0; i < n; i++)
+      for (int c = 0; c < run.rq[i].n_chunks; c++)
+        if (reqs[i].h[c] <= l) {
+          uint32_t rank = reqs[i].load_rank ? reqs[i].load_rank[(size_t)c * mc->n_layers + l] : (uint32_t)l;
+          run.tasks[run.n_tasks++] = (cf__task_t){i, c, l, rank};
+        }
+  if (run.n_tasks > 1) qsort(run.tasks, (size_t)run.n_tasks, sizeof(cf__task_t), cf__task_cmp);
+  atomic_init(&run.next, 0);
+  int want = ex->n_loaders < run.n_tasks ? ex->n_loaders : run.n_tasks;
+  for (; nth < want; nth++)
+    if (pthread_create(&th[nth], NULL, cf__loader, &run)) break;
+  if (want && !nth) {
+    rc = cf_seterr(CF_ENOMEM, "exec: cannot start loader threads");
+    for (int i = 0; i < n; i++) cf__finish(&run.rq[i], rc);
+  }
+  cf__compute_loop(&run);
+  for (int i = 0; i < nth; i++) pthread_join(th[i], NULL);
+  for (int i = 0; i < n; i++) if (!rc && reqs[i].err) rc = reqs[i].err;
+out:
+  for (int i = 0; i < n; i++) {
+    if (rc && !run.rq[i].done && run.rq[i].r) cf__finish(&run.rq[i], rc);
+    cf__rq_free(&run.rq[i]);
+  }
+  free(run.rq);
+  free(run.tasks);
+  pthread_mutex_destroy(&run.mu);
+  pthread_cond_destroy(&run.cv);
+  return rc;
+}

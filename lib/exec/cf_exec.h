@@ -1,0 +1,99 @@
+/* cf_exec — runs restore plans on the CPU with real overlap of compute and loads.
+ *
+ * A restore request covers the first n_tokens of a prefix in chunks of C tokens; the plan is
+ * a staircase h[c] (chunk c's layers [0, h[c]) are COMPUTED, the rest LOADED from the chunk's
+ * cell source). cf_exec_run() executes a batch of such requests:
+ *   - the calling thread is the compute worker: it runs the backend's forward primitive on
+ *     runs of consecutive chunks at one layer, lowest layer first, as soon as the run's
+ *     dependencies are present (every earlier chunk's cell at that layer, loaded or computed;
+ *     the chunk's own hidden state comes from its previous layer);
+ *   - n_loaders loader threads stream the loaded cells (layer-major, the order the compute and
+ *     the engine need them) through the tier's rate limiter straight into the engine's paged
+ *     blocks, and into the compute's contiguous staging copy where a later computed chunk
+ *     will attend over them;
+ *   - when every chunk of layer l is present (and all layers below), the request's readiness
+ *     counter in shared memory becomes l+1 and on_layer() fires.
+ *
+ * Load failures (CF_ENOTFOUND: evicted mid-way; CF_ECORRUPT: checksum; CF_EIO) fall back to
+ * recomputation: a failed cell (c, l) raises h[c] to l+1. Computing (c, l) needs hidden(c, l),
+ * so chunk c is computed from where it stopped (its hidden state at layer h[c] is kept) up to
+ * l; cells of c it passes that were already loaded keep their loaded bytes. Cells of later
+ * chunks at layer l need (c, l) present, so they wait for it: the dependency is respected and
+ * nothing wrong reaches the engine.
+ *
+ * Memory per request: hidden states 2 x T x hidden fp32 and, for each layer some chunk
+ * computes at, a contiguous staging copy of K and V (T rows), both freed at the end.
+ */
+#ifndef CF_EXEC_H
+#define CF_EXEC_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "exec/cf_cellsrc.h"
+#include "ipc/cf_kvmap.h"
+#include "ipc/cf_ready.h"
+#include "model/cf_backend.h"
+
+#define CF_EXEC_MAX_TIERS 4
+
+typedef struct {
+  uint64_t cells_loaded[CF_EXEC_MAX_TIERS]; /* per tier index */
+  uint64_t bytes_loaded[CF_EXEC_MAX_TIERS];
+  uint64_t cells_computed;                  /* cells written to the engine by compute */
+  uint64_t cells_planned_compute;           /* sum of the plan's h[c] */
+  uint64_t load_failures;                   /* loads that failed and were recomputed */
+  uint64_t forward_calls;
+  int64_t t_start_ns, t_done_ns;            /* CLOCK_MONOTONIC */
+  int64_t compute_busy_ns;                  /* time the compute worker spent in forward */
+  int layers_ready;
+} cf_exec_stats_t;
+
+typedef struct cf_exec_req_s {
+  /* what to restore */
+  int n_tokens;                 /* prefix length T */
+  const int32_t *tokens;        /* [T] (needed for chunks that compute layer 0) */
+  int chunk_tokens;             /* C */
+  const int *h;                 /* [ceil(T/C)] staircase; a partial last chunk must be L */
+  cf_cellsrc_t *const *src;     /* [n_chunks] source per chunk; NULL where h[c] == L */
+  const uint32_t *load_rank;    /* NULL or [n_chunks * L]: cell (c, l)'s place in the plan's link
+                                   order; loads are issued by increasing rank (ties layer-major).
+                                   NULL: layer-major. Ranks compare across the batch's requests. */
+  void *const *ref;             /* [n_chunks] opaque per-chunk handles passed to the source */
+  /* where to */
+  cf_kvmap_t *kv;               /* the engine's paged buffer (f32) */
+  const int32_t *blocks;        /* block table: token t -> blocks[t / block_size] */
+  int n_blocks;                 /* entries in blocks: >= ceil(T / block_size) */
+  cf_ready_t *ready;            /* NULL or the readiness file; slot below */
+  int ready_slot;
+  uint64_t req_id;
+  /* progress: called with the executor's lock held, from any worker: must not block */
+  void (*on_layer)(struct cf_exec_req_s *r, int layers_ready, void *arg);
+  void *on_layer_arg;
+  int64_t *layer_ready_ns;      /* NULL or [L]: when each layer became ready */
+  atomic_int *cancel;           /* NULL or set nonzero to abandon this request */
+  /* results */
+  int err;                      /* 0 or the request's CF_E* code (CF_ECANCELED, backend error) */
+  cf_exec_stats_t stats;
+} cf_exec_req_t;
+
+typedef struct {
+  cf_backend_t *be;   /* borrowed */
+  int n_loaders;      /* loader threads per run (>= 1) */
+} cf_exec_t;
+
+/* Init an executor on backend `be` (borrowed) with n_loaders loader threads (1..64). */
+int cf_exec_init(cf_exec_t *ex, cf_backend_t *be, int n_loaders);
+
+/* Validate every request of the batch against the model and its engine buffer: token count,
+ * chunk size, staircase values, sources where cells are loaded, block table size and range.
+ * Returns 0 or CF_EINVAL / CF_ERANGE / CF_ESHAPE with a detail naming request and field. */
+int cf_exec_validate(const cf_exec_t *ex, const cf_exec_req_t *r);
+
+/* Execute the batch `reqs[0..n)`; array order is the compute priority. Blocks until every
+ * request is complete or failed. Returns 0 when all succeeded, else the first request's error
+ * (each request's own outcome is in reqs[i].err, its readiness slot status and stats).
+ * Validation errors are returned before anything runs. CF_ENOMEM if buffers can't be had. */
+int cf_exec_run(cf_exec_t *ex, cf_exec_req_t *reqs, int n);
+
+#endif

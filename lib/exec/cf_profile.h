@@ -1,0 +1,25 @@
+/* cf_profile — measure the cost model's compute numbers on the real backend at start-up.
+ *
+ * The scheduler plans with step(p, n) = gamma + alpha*n + beta*n*(p + n/2) per layer
+ * (sched/cf_cost.h). Three timed one-layer forward calls (median of `reps` after a warm-up)
+ * pin the three unknowns:
+ *   t_a = step(0, C)    t_b = step(0, 2C)    t_c = step(P, C), P = 8C (or less, see below)
+ *   beta = (t_c - t_a) / (C P);  alpha = (t_b - t_a - 1.5 beta C^2) / C;  gamma = t_a - alpha C - beta C^2/2
+ * Each is clamped to a small positive floor (timer noise can make a difference negative).
+ */
+#ifndef CF_PROFILE_H
+#define CF_PROFILE_H
+
+#include "model/cf_backend.h"
+#include "sched/cf_cost.h"
+
+/* Fill cost->gamma_s/alpha_s/beta_s (and n_layers, chunk_tokens, kv_bytes_per_token for fp32
+ * KV, n_devices 1) by timing backend `be` with chunks of C tokens. Link fields are left alone.
+ * Returns 0, CF_ENOMEM, or the backend's error. */
+int cf_profile_compute(cf_backend_t *be, int C, int reps, cf_sched_cost_t *cost);
+
+/* Single-thread memcpy bandwidth over `bytes` (bytes/s, best of 3): the ceiling of a CPU
+ * tier copy, the baseline benchmarks divide by, and the link rate when none is configured. */
+double cf_profile_memcpy_Bps(size_t bytes);
+
+#endif

@@ -1,0 +1,55 @@
+/* cf_ratelimit — see cf_ratelimit.h. */
+#include "exec/cf_ratelimit.h"
+
+#include <math.h>
+#include <time.h>
+
+#include "util/cf_err.h"
+
+static int64_t cf__mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int cf_ratelimit_init(cf_ratelimit_t *rl, double bytes_per_s, double burst_bytes) {
+  if (!(bytes_per_s >= 0) || !isfinite(bytes_per_s) || !(burst_bytes >= 0) || !isfinite(burst_bytes))
+    return cf_seterr(CF_EINVAL, "rate limit: rate %g B/s and burst %g B must be finite and >= 0",
+                     bytes_per_s, burst_bytes);
+  pthread_mutex_init(&rl->mu, NULL);
+  rl->bytes_per_s = bytes_per_s;
+  rl->burst_ns = bytes_per_s > 0 ? burst_bytes / bytes_per_s * 1e9 : 0;
+  rl->tat_ns = 0;
+  rl->bytes_total = 0;
+  rl->waited_ns = 0;
+  return 0;
+}
+
+void cf_ratelimit_close(cf_ratelimit_t *rl) { pthread_mutex_destroy(&rl->mu); }
+
+void cf_ratelimit_set(cf_ratelimit_t *rl, double bytes_per_s) {
+  pthread_mutex_lock(&rl->mu);
+  double burst_bytes = rl->bytes_per_s > 0 ? rl->burst_ns * 1e-9 * rl->bytes_per_s : 0;
+  rl->bytes_per_s = bytes_per_s > 0 ? bytes_per_s : 0;
+  rl->burst_ns = rl->bytes_per_s > 0 ? burst_bytes / rl->bytes_per_s * 1e9 : 0;
+  pthread_mutex_unlock(&rl->mu);
+}
+
+void cf_ratelimit_acquire(cf_ratelimit_t *rl, size_t bytes) {
+  if (!rl) return;
+  pthread_mutex_lock(&rl->mu);
+  rl->bytes_total += bytes;
+  if (rl->bytes_per_s <= 0) { pthread_mutex_unlock(&rl->mu); return; }
+  int64_t now = cf__mono_ns();
+  /* an idle link does not bank credit beyond the burst */
+  if (rl->tat_ns < now) rl->tat_ns = now;
+  rl->tat_ns += (int64_t)((double)bytes / rl->bytes_per_s * 1e9);
+  int64_t wake = rl->tat_ns - (int64_t)rl->burst_ns;
+  pthread_mutex_unlock(&rl->mu);
+  if (wake <= now) return;
+  struct timespec ts = {wake / 1000000000, wake % 1000000000};
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) != 0) {}
+  pthread_mutex_lock(&rl->mu);
+  rl->waited_ns += wake - now;
+  pthread_mutex_unlock(&rl->mu);
+}

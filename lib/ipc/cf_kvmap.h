@@ -1,0 +1,120 @@
+/* cf_kvmap — an inference engine's paged KV buffers, mapped from shared-memory files.
+ *
+ * The engine (another process) and cacheflowd map the same files by path (/dev/shm or any
+ * tmpfs; a regular file works too). The daemon writes restored cells straight into the
+ * engine's blocks; the engine reads them in place.
+ *
+ * Addressing follows RegisterEngine's LayerLayout: element (block b, token slot t, kv head h,
+ * dim d) of layer l's K lives at k[l] + b*block_stride + t*token_stride + h*head_stride +
+ * d*dtype_size (V likewise), strides in bytes. Both the vLLM NHD order ([block][token][head]
+ * [dim], token rows dense) and the HND order ([block][head][token][dim]) are accepted.
+ *
+ * Two ways to get a map:
+ *   cf_kvmap_create/open: one file in CacheFlow's own format — a 4 KiB header (magic, shape,
+ *     strides) then per layer a K plane and a V plane of num_blocks blocks each (the vLLM
+ *     [2][num_blocks][block_size][n_kv_heads][head_dim] layer tensor). Engines built on
+ *     lib/ipc (the reference engine, tests) use it and register the offsets it reports.
+ *   cf_kvmap_attach: whatever files and offsets an engine registered (the daemon side).
+ */
+#ifndef CF_KVMAP_H
+#define CF_KVMAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/cf_model.h"
+
+#define CF_KVMAP_MAGIC "CFKVBUF2"
+#define CF_KVMAP_HEADER 4096u
+
+typedef struct {
+  int n_layers, num_blocks, block_size, n_kv_heads, head_dim;
+  cf_dtype_t dtype;         /* CF_DT_F32 for the CPU backend; bf16/f16 on GPUs */
+  uint64_t block_stride;    /* bytes */
+  uint64_t token_stride;    /* bytes */
+  uint64_t head_stride;     /* bytes */
+} cf_kv_layout_t;
+
+/* Bytes per element of a KV dtype (f32 4, bf16/f16 2; 0 for anything else). */
+static inline size_t cf_kv_elem_size(cf_dtype_t t) {
+  return t == CF_DT_F32 ? 4 : (t == CF_DT_BF16 || t == CF_DT_F16) ? 2 : 0;
+}
+
+/* Fill `lay` with the dense vLLM (NHD) layout for the given shape. Returns 0 or CF_EINVAL
+ * naming the field that is not positive, CF_EDTYPE, or CF_ERANGE past 1 TiB. */
+int cf_kv_layout_init(cf_kv_layout_t *lay, int n_layers, int num_blocks, int block_size,
+                      int n_kv_heads, int head_dim, cf_dtype_t dtype);
+
+/* Check that `lay` is self-consistent (strides hold a row, a block holds its rows without
+ * overlap in NHD or HND order) and, when `mc` is not NULL, matches the model (layers, kv heads,
+ * head_dim). Returns 0 or CF_EINVAL / CF_ESHAPE / CF_EDTYPE naming the field. */
+int cf_kv_layout_check(const cf_kv_layout_t *lay, const cf_model_config_t *mc);
+
+/* Bytes one layer's K (or V) buffer spans: num_blocks * block_stride. */
+static inline uint64_t cf_kv_layout_plane_bytes(const cf_kv_layout_t *lay) {
+  return (uint64_t)lay->num_blocks * lay->block_stride;
+}
+
+/* Offsets of layer l's K and V buffers inside a CacheFlow-format file. */
+static inline void cf_kvmap_file_offsets(const cf_kv_layout_t *lay, int l, uint64_t *koff, uint64_t *voff) {
+  uint64_t p = cf_kv_layout_plane_bytes(lay);
+  *koff = CF_KVMAP_HEADER + (uint64_t)l * 2 * p;
+  *voff = *koff + p;
+}
+
+#define CF_KVMAP_MAX_FILES 8
+
+typedef struct {
+  cf_kv_layout_t layout;
+  uint8_t **k, **v;                 /* [n_layers]: address of block 0 of each buffer */
+  struct { void *addr; size_t len; char path[256]; } maps[CF_KVMAP_MAX_FILES];
+  int n_maps;
+  int owner;                        /* created the file: unlinked on close */
+  int dense_rows;                   /* NHD with dense rows: a block run is one memcpy */
+} cf_kvmap_t;
+
+/* Create a CacheFlow-format file at `path` (must not exist), reserve its pages, map it.
+ * The data starts zeroed. `lay` must be the dense layout of cf_kv_layout_init.
+ * Errors: CF_EEXIST, CF_EACCES, CF_ENOSPC, CF_EIO, CF_EINVAL, CF_ENOMEM. */
+int cf_kvmap_create(cf_kvmap_t *m, const char *path, const cf_kv_layout_t *lay);
+
+/* Map a CacheFlow-format file created by another process. When `expect` is not NULL the file's
+ * layout must equal it (CF_EMISMATCH otherwise, naming the first field that differs).
+ * Errors: CF_ENOENT, CF_EFORMAT (bad magic, truncated file). */
+int cf_kvmap_open(cf_kvmap_t *m, const char *path, const cf_kv_layout_t *expect);
+
+/* Map what an engine registered: layer l's K at kpath[l] + koff[l], V at vpath[l] + voff[l]
+ * (the same file may appear many times; it is mapped once). Each buffer must lie inside its
+ * file. Errors: CF_ENOENT/CF_EACCES (file), CF_ERANGE (buffer past the end of the file, naming
+ * layer and file), CF_EINVAL (more than CF_KVMAP_MAX_FILES files, bad layout). */
+int cf_kvmap_attach(cf_kvmap_t *m, const cf_kv_layout_t *lay, const char *const *kpath,
+                    const uint64_t *koff, const char *const *vpath, const uint64_t *voff);
+
+/* A view of buffers mapped by someone else (the daemon's cf_storage): layer l's K at k[l], V at
+ * v[l]. The pointer arrays are copied; cf_kvmap_close frees the copies and unmaps nothing.
+ * Errors: CF_EINVAL / CF_ESHAPE (layout), CF_ENOMEM. */
+int cf_kvmap_view(cf_kvmap_t *m, const cf_kv_layout_t *lay, uint8_t *const *k, uint8_t *const *v);
+
+/* Unmap; the creator also unlinks. Safe on a zeroed struct. */
+void cf_kvmap_close(cf_kvmap_t *m);
+
+/* Check every block id in `blocks[0..n)` is in [0, num_blocks) and none repeats.
+ * Returns 0 or CF_ERANGE / CF_EINVAL naming the index and value. */
+int cf_kvmap_check_blocks(const cf_kv_layout_t *lay, const int32_t *blocks, int n);
+
+/* Address of (layer, plane kv 0=K 1=V, block, slot): the row's head 0. No bounds check. */
+static inline void *cf_kvmap_row(const cf_kvmap_t *m, int layer, int kv, int block, int slot) {
+  uint8_t *base = kv ? m->v[layer] : m->k[layer];
+  return base + (uint64_t)block * m->layout.block_stride + (uint64_t)slot * m->layout.token_stride;
+}
+
+/* Copy token rows [t0, t1) of `layer` between contiguous k, v buffers of (t1-t0) rows
+ * [n_kv][hd] each (row 0 is token t0) and the paged buffers, where token t lives in block
+ * blocks[t / block_size], slot t % block_size. Dense NHD layouts copy one memcpy per block
+ * run; other strides copy head rows. f32 only. scatter: contiguous -> paged. */
+void cf_kvmap_scatter(cf_kvmap_t *m, int layer, const int32_t *blocks, int t0, int t1,
+                      const float *k, const float *v);
+void cf_kvmap_gather(const cf_kvmap_t *m, int layer, const int32_t *blocks, int t0, int t1,
+                     float *k, float *v);
+
+#endif

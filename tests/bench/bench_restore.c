@@ -1,0 +1,300 @@
+/* bench_restore — the executor against baselines measured in the same run.
+ *
+ * 1. Bandwidth: restore a long prefix (default 32768 tokens, demo-model KV geometry: 8 layers x
+ *    2 kv heads x 64, fp32 -> 256 MiB) entirely from the CPU tier of a real lib/store into a
+ *    paged engine buffer in /dev/shm (block 16), plan h = 0. Reported as GB/s and as a ratio to
+ *    memcpy of the same bytes (one thread, and two threads: the executor runs two loaders).
+ * 2. Plans: a synthetic llama (demo preset, 4 layers) on the CPU backend; a 1024-token prefix
+ *    in chunks of 128 saved in the store; per policy (lib/sched, costs profiled on this backend)
+ *    the executed restore time vs the planner's simulated prediction vs the lower bound, with
+ *    the CPU tier rate-limited to an emulated 10 Gbps link and to a "balanced" link whose
+ *    transfer time equals the predicted full recompute (where the split matters most).
+ *
+ *   bench_restore [--tokens N] [--quick]
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cf_toy_backend.h"
+#include "exec/cf_cellsrc_store.h"
+#include "exec/cf_exec.h"
+#include "exec/cf_profile.h"
+#include "model/cf_kv.h"
+#include "model/cf_model_synth.h"
+#include "sched/cf_bound.h"
+#include "sched/cf_sched.h"
+#include "sched/cf_sim.h"
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void die(const char *what, int rc) {
+  fprintf(stderr, "bench_restore: %s: %s: %s\n", what, cf_strerror(rc), cf_errmsg());
+  exit(1);
+}
+
+typedef struct { char *dst; const char *src; size_t n, piece; } cp_t;
+static void *cp_thread(void *a) {
+  cp_t *c = a;
+  for (size_t o = 0; o < c->n; o += c->piece) memcpy(c->dst + o, c->src + o, c->n - o < c->piece ? c->n - o : c->piece);
+  __asm__ volatile("" : : "r"(c->dst) : "memory");
+  return NULL;
+}
+
+/* best-of-3 memcpy of `bytes` split over `threads` threads, in calls of `piece` bytes (GB/s) */
+static double memcpy_gbs(char *dst, const char *src, size_t bytes, int threads, size_t piece) {
+  double best = 0;
+  for (int rep = 0; rep < 3; rep++) {
+    pthread_t th[8];
+    cp_t c[8];
+    double t = now_s();
+    for (int i = 0; i < threads; i++) {
+      size_t a = bytes / threads * i, b = i == threads - 1 ? bytes : bytes / threads * (i + 1);
+      c[i] = (cp_t){dst + a, src + a, b - a, piece};
+      pthread_create(&th[i], NULL, cp_thread, &c[i]);
+    }
+    for (int i = 0; i < threads; i++) pthread_join(th[i], NULL);
+    t = now_s() - t;
+    if (bytes / t / 1e9 > best) best = bytes / t / 1e9;
+  }
+  return best;
+}
+
+static cf_store_t *open_store(const char *dir, const uint8_t fp[16], int C, int L, int kvh, int hd, uint64_t cpu) {
+  cf_store_geom_t g = {.dtype_size = 4, .chunk_tokens = (uint32_t)C, .n_layers = (uint32_t)L,
+                       .n_kv_heads = (uint32_t)kvh, .head_dim = (uint32_t)hd};
+  memcpy(g.fingerprint, fp, 16);
+  cf_store_config_t sc;
+  cf_store_config_default(&sc);
+  sc.cpu_bytes = cpu;
+  sc.ssd_bytes = 0;
+  sc.spill = 0;
+  cf_store_t *st;
+  int rc = cf_store_open(dir, &g, &sc, &st);
+  if (rc) die("store", rc);
+  return st;
+}
+
+static void bench_bandwidth(const char *tmp, int T) {
+  const int L = 8, KVH = 2, HD = 64, C = 256, BS = 16;
+  int n_chunks = T / C;
+  T = n_chunks * C;
+  size_t row = (size_t)KVH * HD, cell = 2 * (size_t)C * row, total = (size_t)n_chunks * L * cell * sizeof(float);
+  cf_backend_t *be = cf_toy_create(L, 32, KVH, HD, 1000, 1); /* shape only: an all-load plan computes nothing */
+  uint8_t fp[16] = {1, 2, 3};
+  char dir[512];
+  snprintf(dir, sizeof dir, "%s/store_bw", tmp);
+  cf_store_t *st = open_store(dir, fp, C, L, KVH, HD, total + (64u << 20));
+  int32_t *tok = malloc(sizeof(int32_t) * T);
+  for (int i = 0; i < T; i++) tok[i] = (i * 7) % 1000;
+  cf_store_key_t *keys = malloc(sizeof *keys * n_chunks);
+  cf_store_chain_keys(fp, tok, (size_t)T, C, keys);
+  float *buf = malloc(sizeof(float) * cell * L);
+  const void **cells = malloc(sizeof(void *) * L);
+  for (size_t i = 0; i < cell * L; i++) buf[i] = (float)(i % 977);
+  for (int l = 0; l < L; l++) cells[l] = buf + (size_t)l * cell;
+  for (int c = 0; c < n_chunks; c++) {
+    buf[0] = (float)c;
+    int rc = cf_store_save(st, &keys[c], C, cells, 0);
+    if (rc) die("save", rc);
+  }
+  cf_kv_layout_t lay;
+  cf_kv_layout_init(&lay, L, T / BS, BS, KVH, HD, CF_DT_F32);
+  cf_kvmap_t kv;
+  char path[512];
+  snprintf(path, sizeof path, "/dev/shm/cf-bench-%d", (int)getpid());
+  int rc = cf_kvmap_create(&kv, path, &lay);
+  if (rc) die("engine buffer", rc);
+  for (int l = 0; l < L; l++) { /* an engine's buffer is resident: fault it in outside the timing */
+    memset(kv.k[l], 0, cf_kv_layout_plane_bytes(&lay));
+    memset(kv.v[l], 0, cf_kv_layout_plane_bytes(&lay));
+  }
+  int32_t *blocks = malloc(sizeof(int32_t) * (T / BS));
+  for (int i = 0; i < T / BS; i++) blocks[i] = (int32_t)((i * 7919) % (T / BS)); /* scattered */
+  cf_cellsrc_store_t cs;
+  cf_cellsrc_store_init(&cs, st, NULL, NULL);
+  cf_store_chunkref_t *refs = malloc(sizeof *refs * n_chunks);
+  cf_cellsrc_t **srcs = malloc(sizeof(void *) * n_chunks);
+  void **refp = malloc(sizeof(void *) * n_chunks);
+  int *h = calloc((size_t)n_chunks, sizeof(int));
+  size_t found = cf_cellsrc_store_prepare(&cs, keys, n_chunks, refs, srcs, NULL);
+  if ((int)found != n_chunks) { fprintf(stderr, "bench_restore: only %zu of %d chunks stored\n", found, n_chunks); exit(1); }
+  for (int c = 0; c < n_chunks; c++) refp[c] = &refs[c];
+  double best[3] = {0, 0, 0};
+  for (int nl = 1; nl <= 2; nl++) {
+    cf_exec_t ex;
+    cf_exec_init(&ex, be, nl);
+    for (int rep = 0; rep < 3; rep++) {
+      cf_exec_req_t r = {.n_tokens = T, .tokens = tok, .chunk_tokens = C, .h = h, .src = srcs, .ref = refp,
+                         .kv = &kv, .blocks = blocks, .n_blocks = T / BS};
+      double t = now_s();
+      if ((rc = cf_exec_run(&ex, &r, 1))) die("restore", rc);
+      t = now_s() - t;
+      if (total / t / 1e9 > best[nl]) best[nl] = total / t / 1e9;
+    }
+  }
+  cf_cellsrc_store_unprepare(&cs, refs, found);
+  cf_cellsrc_store_close(&cs);
+  char *a = malloc(total), *b = malloc(total);
+  memset(a, 1, total);
+  memset(b, 2, total);
+  double m1 = memcpy_gbs(b, a, total, 1, total), m2 = memcpy_gbs(b, a, total, 2, total);
+  size_t piece = (size_t)BS * row * sizeof(float); /* the executor's copy unit: one block plane */
+  double mp = memcpy_gbs(b, a, total, 1, piece), base = m1 > mp ? m1 : mp;
+  printf("restore of a %d-token prefix (%d layers, %.0f MiB fp32 KV) from the CPU tier into paged blocks of %d:\n", T, L,
+         total / 1048576.0, BS);
+  printf("  %-34s %8s %10s %10s\n", "", "GB/s", "/memcpy1", "/memcpy2");
+  printf("  %-34s %8.2f %10.2f %10.2f\n", "memcpy, 1 thread (baseline)", m1, 1.0, m1 / m2);
+  printf("  %-34s %8.2f %10.2f %10.2f\n", "memcpy, 2 threads", m2, m2 / m1, 1.0);
+  printf("  %-34s %8.2f %10.2f %10.2f\n", "memcpy, 1 thread, block-sized calls", mp, mp / m1, mp / m2);
+  printf("  %-34s %8.2f %10.2f %10.2f\n", "restore, 1 loader", best[1], best[1] / m1, best[1] / m2);
+  printf("  %-34s %8.2f %10.2f %10.2f\n", "restore, 2 loaders", best[2], best[2] / m1, best[2] / m2);
+  /* same parallelism on both sides: two loaders against memcpy on two threads */
+  printf("  goal: restore (2 loaders) >= 0.8 x memcpy (2 threads): %s (%.2f; %.2f x the best 1-thread memcpy)\n",
+         best[2] / m2 >= 0.8 ? "met" : "NOT met", best[2] / m2, best[2] / base);
+  free(a); free(b);
+  cf_kvmap_close(&kv);
+  cf_store_close(st);
+  be->free(be);
+  free(tok); free(keys); free(buf); free(cells); free(blocks); free(refs); free(srcs); free(refp); free(h);
+}
+
+static void bench_policies(const char *tmp, int quick) {
+  cf_model_config_t mc;
+  cf_synth_preset("demo", &mc);
+  mc.n_layers = 4;
+  cf_synth_opts_t so = {.seed = 3, .std = 0.02f, .norm_jitter = 0.0f};
+  cf_model_t *m;
+  int rc = cf_model_synth(&mc, &so, &m);
+  if (rc) die("model", rc);
+  cf_backend_t *be;
+  if ((rc = cf_backend_cpu_create(m, 1, &be))) die("backend", rc);
+  const int C = 128, T = quick ? 512 : 1024, BS = 16, L = mc.n_layers, n = T / C;
+  int32_t *tok = malloc(sizeof(int32_t) * T);
+  for (int i = 0; i < T; i++) tok[i] = (i * 31 + 3) % mc.vocab;
+  cf_kv_t kvr;
+  if ((rc = cf_kv_init(&kvr, &mc, T)) || (rc = cf_kv_compute(be, tok, 0, &kvr))) die("reference KV", rc);
+  char dir[512];
+  snprintf(dir, sizeof dir, "%s/store_pol", tmp);
+  size_t row = kvr.row, cellf = 2 * (size_t)C * row;
+  cf_store_t *st = open_store(dir, m->fingerprint, C, L, mc.n_kv_heads, mc.head_dim, 256u << 20);
+  cf_store_key_t keys[64];
+  cf_store_chain_keys(m->fingerprint, tok, (size_t)T, C, keys);
+  float *buf = malloc(sizeof(float) * cellf * L);
+  const void *cells[64];
+  for (int c = 0; c < n; c++) {
+    for (int l = 0; l < L; l++) {
+      memcpy(buf + l * cellf, kvr.k[l] + (size_t)c * C * row, sizeof(float) * C * row);
+      memcpy(buf + l * cellf + C * row, kvr.v[l] + (size_t)c * C * row, sizeof(float) * C * row);
+      cells[l] = buf + l * cellf;
+    }
+    if ((rc = cf_store_save(st, &keys[c], C, cells, 0))) die("save", rc);
+  }
+  cf_sched_cost_t cost;
+  if ((rc = cf_profile_compute(be, C, 3, &cost))) die("profile", rc);
+  cost.link_latency_s = 2e-6;
+  cost.shared_link = 0;
+  cf_kv_layout_t lay;
+  cf_kv_layout_init(&lay, L, T / BS, BS, mc.n_kv_heads, mc.head_dim, CF_DT_F32);
+  cf_kvmap_t kv;
+  char path[512];
+  snprintf(path, sizeof path, "/dev/shm/cf-bench-pol-%d", (int)getpid());
+  if ((rc = cf_kvmap_create(&kv, path, &lay))) die("engine buffer", rc);
+  int32_t blocks[1024];
+  for (int i = 0; i < T / BS; i++) blocks[i] = i;
+  double bytes = (double)T * L * cost.kv_bytes_per_token;
+  /* "balanced": the link moves the whole prefix in the time the model predicts a full recompute takes */
+  double t_recompute = 0;
+  for (int c = 0; c < n; c++) t_recompute += L * cf_cost_step(&cost, (double)c * C, C);
+  double rates[2] = {cf_gbps(10), bytes / t_recompute};
+  const char *rate_name[2] = {"10 Gbps", "balanced"};
+  printf("\nplans on the CPU backend: synthetic llama (hidden %d, %d layers), %d-token prefix in %d chunks of %d;\n"
+         "profiled gamma %.3g s, alpha %.3g s/token, beta %.3g s/token^2; time = executed restore (best of 2)\n",
+         mc.hidden, L, T, n, C, cost.gamma_s, cost.alpha_s, cost.beta_s);
+  cf_exec_t ex;
+  cf_exec_init(&ex, be, 1);
+  cf_sched_plan_t plan;
+  cf_sched_plan_init(&plan);
+  cf_sim_result_t sim;
+  cf_sim_result_init(&sim);
+  for (int ri = 0; ri < 2; ri++) {
+    cost.link_Bps = rates[ri];
+    cf_ratelimit_t rl;
+    cf_ratelimit_init(&rl, rates[ri], 0);
+    cf_cellsrc_store_t cs;
+    cf_cellsrc_store_init(&cs, st, &rl, NULL);
+    double bound = cf_bound_single(&cost, T);
+    printf("\n  link %s (%.3f GB/s): bound %.1f ms (recompute alone %.1f ms, load alone %.1f ms)\n", rate_name[ri],
+           rates[ri] / 1e9, bound * 1e3, t_recompute * 1e3, bytes / rates[ri] * 1e3);
+    printf("  %-10s %10s %12s %10s %10s %10s %8s %8s\n", "policy", "time ms", "predicted ms", "time/pred", "time/bound",
+           "pred/bound", "computed", "loaded");
+    for (int p = 0; p < CF_POLICY_COUNT; p++) {
+      cf_sched_req_t rq = {.arrival_s = 0, .prefix_tokens = T, .new_tokens = 0, .device = 0};
+      cf_sched_input_t in = {.cost = cost, .reqs = &rq, .n_reqs = 1, .refine_evals = -1};
+      if ((rc = cf_sched_plan(&in, (cf_policy_t)p, &plan)) || (rc = cf_sim_run(&in, &plan, &sim))) die("plan", rc);
+      int h[64];
+      for (int c = 0; c < n; c++) h[c] = plan.h[plan.h_off[0] + c];
+      uint32_t rank[64 * 8]; /* the plan's link order, as the daemon hands it to the executor */
+      for (int x = 0; x < n * L; x++) rank[x] = UINT32_MAX;
+      for (size_t k = 0; k < plan.n_ops; k++)
+        if (plan.ops[k].kind == CF_OP_LOAD)
+          for (int c = plan.ops[k].c0; c < plan.ops[k].c1; c++)
+            for (int l = plan.ops[k].l0; l < plan.ops[k].l1; l++) rank[c * L + l] = (uint32_t)k;
+      double best = 1e30;
+      cf_exec_req_t r;
+      for (int rep = 0; rep < 2; rep++) {
+        cf_store_chunkref_t refs[64];
+        cf_cellsrc_t *srcs[64];
+        void *refp[64];
+        size_t found = cf_cellsrc_store_prepare(&cs, keys, n, refs, srcs, NULL);
+        for (int c = 0; c < n; c++) refp[c] = &refs[c];
+        r = (cf_exec_req_t){.n_tokens = T, .tokens = tok, .chunk_tokens = C, .h = h, .src = srcs, .ref = refp,
+                            .load_rank = rank, .kv = &kv, .blocks = blocks, .n_blocks = T / BS};
+        double t = now_s();
+        if ((rc = cf_exec_run(&ex, &r, 1))) die("restore", rc);
+        t = now_s() - t;
+        if (t < best) best = t;
+        cf_cellsrc_store_unprepare(&cs, refs, found);
+      }
+      double pred = sim.restore_s[0];
+      printf("  %-10s %10.1f %12.1f %10.2f %10.2f %10.2f %8llu %8llu\n", cf_policy_name((cf_policy_t)p), best * 1e3,
+             pred * 1e3, best / pred, best / bound, pred / bound, (unsigned long long)r.stats.cells_computed,
+             (unsigned long long)r.stats.cells_loaded[0]);
+    }
+    cf_cellsrc_store_close(&cs);
+    cf_ratelimit_close(&rl);
+  }
+  cf_sched_plan_free(&plan);
+  cf_sim_result_free(&sim);
+  cf_kvmap_close(&kv);
+  cf_store_close(st);
+  cf_kv_free(&kvr);
+  cf_backend_free(be);
+  cf_model_synth_free(m);
+  free(tok); free(buf);
+}
+
+int main(int argc, char **argv) {
+  int T = 32768, quick = 0;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--tokens") && i + 1 < argc) T = atoi(argv[++i]);
+    else if (!strcmp(argv[i], "--quick")) quick = 1;
+    else { fprintf(stderr, "usage: bench_restore [--tokens N] [--quick]\n"); return 2; }
+  }
+  if (T < 256) T = 256;
+  char tmp[] = "/tmp/cf-bench-restore.XXXXXX";
+  if (!mkdtemp(tmp)) { perror("mkdtemp"); return 1; }
+  bench_bandwidth(tmp, quick ? 4096 : T);
+  bench_policies(tmp, quick);
+  char cmd[600];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+  if (system(cmd)) {}
+  return 0;
+}

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# End to end through the REAL daemon on a temporary socket, with the reference engine
+# (build/cf-refengine: shared-memory paged KV buffer, readiness counters):
+#   register, save, lookup, restore with every policy over a 2-turn session plus a batch of
+#   concurrent restores: every restored cell is bit-exact (loaded) or within 1e-4 (computed)
+#   of the engine's own prefill, loaded cells are bit-exact (exact cells cover at least the
+#   cells the daemon reports as loaded), the first token and logits match a from-scratch
+#   prefill, layers arrive in order (the engine prefills layer l only after the counter says so);
+#   chunks evicted to the SSD tier restore from there;
+#   Unregister in the middle of a slow (rate-limited) restore -> ABORTED naming the
+#   unregistration, and the daemon keeps serving; SIGHUP changes the read rate; SIGTERM drains.
+set -u
+cd "$(dirname "$0")/../.."
+BUILD=${BUILD:-build}
+P=0; F=0
+ok() { echo "ok   $1"; P=$((P+1)); }
+bad() { echo "FAIL $1"; F=$((F+1)); }
+check() { if eval "$2"; then ok "$1"; else bad "$1"; fi; }
+for b in cacheflowd cacheflowctl cf-refengine; do
+  [ -x "$BUILD/$b" ] || { echo "missing $BUILD/$b"; echo "0 passed, 1 failed"; exit 1; }
+done
+T=$(mktemp -d /tmp/cf-e2e.XXXXXX)
+DPID=
+cleanup() { [ -n "$DPID" ] && kill -9 "$DPID" 2>/dev/null; [ -n "${CF_TEST_KEEP:-}" ] || rm -rf "$T"; }
+trap cleanup EXIT
+
+"$BUILD/cacheflowctl" gen-model --out "$T/model" --preset tiny >/dev/null || { echo "gen-model failed"; echo "0 passed, 1 failed"; exit 1; }
+cat > "$T/d.conf" <<CONF
+listen = unix:$T/d.sock
+metrics_listen =
+store_dir = $T/store
+cpu_tier_bytes = 64M
+ssd_tier_bytes = 128M
+chunk_tokens = 32
+threads = 1
+batch_window_us = 2000
+log_level = info
+CONF
+start_daemon() {
+  "$BUILD/cacheflowd" --config "$T/d.conf" --model "$T/model" >>"$T/d.log" 2>&1 &
+  DPID=$!
+  for _ in $(seq 1 100); do [ -S "$T/d.sock" ] && "$BUILD/cacheflowctl" status --addr "unix:$T/d.sock" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  return 1
+}
+check "daemon starts on the tiny model" "start_daemon"
+ENG="$BUILD/cf-refengine --daemon unix:$T/d.sock --model $T/model --shm-dir $T --block 16"
+
+# ------------------------------------------------------------------ every policy
+C=32
+seed=10
+for pol in recompute load cake layerwise cacheflow optimal; do
+  out="$T/$pol.json"
+  seed=$((seed+1)) # a conversation of its own: the store keeps the first bytes saved per chunk
+  $ENG --policy $pol --prefix 256 --new 16 --turns 2 --concurrent 3 --verify --seed $seed >"$out" 2>"$T/$pol.err"
+  rc=$?
+  check "$pol: engine exit 0 (all restores ok, logits match, no bad cell)" "[ $rc -eq 0 ]"
+  n=$(jq -s '[.[] | select(.mode=="session" or .mode=="concurrent")] | length' "$out")
+  check "$pol: 2 session turns + 3 concurrent restores reported" "[ \"$n\" = 5 ]"
+  check "$pol: no cell off by more than 1e-4" "[ \"\$(jq -s '[.[] | select(.mode!=\"prefill\") | .bad] | add' $out)\" = 0 ]"
+  # loaded cells are bit-exact: exact blocks (16 tokens) cover the loaded cells (32 tokens)
+  check "$pol: loaded cells bit-exact" "[ \"\$(jq -s '[.[] | select(.mode!=\"prefill\") | select(.exact*16 < (.cells_cpu+.cells_ssd)*$C)] | length' $out)\" = 0 ]"
+  check "$pol: LayersReady events strictly increasing up to every layer" "[ \"\$(jq -s '[.[] | select(.mode!=\"prefill\") | .layers_in_order] | min' $out)\" = 1 ]"
+  check "$pol: first-token logits match a scratch prefill" "[ \"\$(jq -s '[.[] | select(.mode==\"session\") | .logits_match] | min' $out)\" = 1 ]"
+  check "$pol: Lookup after Save reports the saved prefix" "[ \"\$(jq -s '[.[] | select(.mode==\"prefill\") | select(.lookup_cached >= .saved_tokens and .saved_tokens == 256 and .lookup_cpu + .lookup_ssd == .lookup_cached)] | length' $out)\" = 1 ]"
+  case $pol in
+    recompute) check "recompute: nothing loaded" "[ \"\$(jq -s '[.[] | select(.mode!=\"prefill\") | .cells_cpu + .cells_ssd] | add' $out)\" = 0 ]";;
+    load) check "load: only the partial tail chunk computed" "[ \"\$(jq -s '[.[] | select(.mode==\"session\") | .cells_computed] | max' $out)\" -le 2 ]";;
+  esac
+done
+
+# ------------------------------------------------------------------ lookup + SSD tier
+cached=$("$BUILD/cacheflowctl" evict --tier cpu --addr "unix:$T/d.sock" 2>&1)
+check "evict the CPU tier (chunks stay on SSD)" "echo \"$cached\" | grep -qi evict"
+$ENG --policy load --prefix 256 --new 16 --turns 1 --verify --seed $seed >"$T/ssd.json" 2>"$T/ssd.err"
+check "restore after CPU eviction succeeds, verified" "[ $? -eq 0 ]"
+check "those cells came from the SSD tier" "[ \"\$(jq -s '[.[] | select(.mode==\"session\") | .cells_ssd] | add' $T/ssd.json)\" -gt 0 ]"
+
+# ------------------------------------------------------------------ unregister mid-restore
+sed -i 's/^log_level = info/log_level = info\ncpu_read_gbps = 0.0002\nssd_read_gbps = 0.0002/' "$T/d.conf"
+kill -HUP "$DPID"; sleep 0.5
+t0=$(date +%s%N)
+$ENG --policy load --prefix 256 --new 16 --turns 1 --seed 7 --unregister-mid-restore >"$T/unreg.json" 2>"$T/unreg.err"
+rc=$?; t1=$(date +%s%N)
+check "unregister mid-restore: the restore fails" "[ $rc -ne 0 ]"
+check "unregister mid-restore: status names the unregistration" "jq -r .status $T/unreg.json | grep -q 'ABORTED.*unregistered'"
+check "unregister mid-restore: ends early (< 2.5 s of a ~5 s rate-limited restore)" "[ $(( (t1 - t0) / 1000000 )) -lt 2500 ]"
+sed -i '/read_gbps/d' "$T/d.conf"; kill -HUP "$DPID"; sleep 0.5
+check "daemon still alive after the unregistered restore" "kill -0 $DPID"
+$ENG --policy optimal --prefix 256 --new 16 --turns 1 --verify --seed 8 >"$T/after.json" 2>"$T/after.err"
+check "daemon keeps serving: a new engine restores fine" "[ $? -eq 0 ]"
+check "rate limit reload logged" "grep -q 'reload' $T/d.log"
+
+# ------------------------------------------------------------------ drain
+dpid=$DPID
+kill -TERM "$DPID"; wait "$DPID"; rc=$?; DPID=
+check "SIGTERM: daemon exits 0" "[ $rc -eq 0 ]"
+check "no leftover readiness files of this daemon" "! ls /dev/shm/cacheflowd-$dpid-ready-* 2>/dev/null | grep -q ."
+if [ $F -ne 0 ]; then echo "--- daemon log"; tail -n 30 "$T/d.log"; for f in "$T"/*.err; do echo "--- $f"; tail -n 5 "$f"; done; fi
+echo "$P passed, $F failed"
+[ $F -eq 0 ]

@@ -1,0 +1,548 @@
+/* lib/exec: restores with random staircases and injected load failures produce exactly the KV
+ * of a full recompute in the engine's paged shared-memory buffer; readiness arrives in order
+ * (checked by a real engine process waiting on the counter); cancel, backend errors, bad plans. */
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cf_test.h"
+#include "util/cf_assert.h"
+#include "cf_toy_backend.h"
+#include "exec/cf_exec.h"
+#include "model/cf_model_synth.h"
+
+typedef struct {
+  cf_backend_t *be;
+  int L, C, T, n_chunks;
+  size_t row;
+  float *refk, *refv;     /* [L][T][row] full recompute */
+  float *cells;           /* [n_chunks][L][2][C][row]: stored = ref with the lowest mantissa bit flipped */
+  int32_t *tokens;
+  cf_kvmap_t kv;
+  int32_t *blocks;
+  int n_blocks;
+} fx_t;
+
+/* Fixture on backend `be` (owned by the fixture from now on). */
+static void fx_init_be(fx_t *f, cf_backend_t *be, int C, int T, int block_size, const char *name) {
+  memset(f, 0, sizeof *f);
+  f->be = be;
+  const cf_model_config_t *mc = &be->model->cfg;
+  int L = mc->n_layers;
+  f->L = L; f->C = C; f->T = T;
+  f->n_chunks = (T + C - 1) / C;
+  f->row = (size_t)mc->n_kv_heads * mc->head_dim;
+  f->tokens = malloc(sizeof(int32_t) * T);
+  for (int t = 0; t < T; t++) f->tokens[t] = (int32_t)((t * 31 + 7) % 97);
+  f->refk = malloc(sizeof(float) * L * T * f->row);
+  f->refv = malloc(sizeof(float) * L * T * f->row);
+  float **k = malloc(sizeof(float *) * L), **v = malloc(sizeof(float *) * L);
+  for (int l = 0; l < L; l++) { k[l] = f->refk + (size_t)l * T * f->row; v[l] = f->refv + (size_t)l * T * f->row; }
+  cf_fwd_args_t a = {.l0 = 0, .l1 = L, .t0 = 0, .t1 = T, .tokens = f->tokens, .k = k, .v = v};
+  CF_ASSERT(f->be->forward(f->be, &a) == 0);
+  free(k); free(v);
+  size_t cell = (size_t)C * f->row;
+  f->cells = calloc((size_t)f->n_chunks * L * 2 * cell, sizeof(float));
+  for (int c = 0; c < f->n_chunks; c++)
+    for (int l = 0; l < L; l++)
+      for (int t = c * C; t < (c + 1) * C && t < T; t++)
+        for (size_t j = 0; j < f->row; j++) {
+          float *dk = f->cells + (((size_t)c * L + l) * 2) * cell + (size_t)(t - c * C) * f->row + j;
+          float *dv = dk + cell;
+          *dk = f->refk[((size_t)l * T + t) * f->row + j];
+          *dv = f->refv[((size_t)l * T + t) * f->row + j];
+          uint32_t u;
+          memcpy(&u, dk, 4); u ^= 1; memcpy(dk, &u, 4);
+          memcpy(&u, dv, 4); u ^= 1; memcpy(dv, &u, 4);
+        }
+  /* the engine's block table: a shuffled subset of a larger pool */
+  f->n_blocks = (T + block_size - 1) / block_size;
+  int pool = f->n_blocks * 2 + 3;
+  cf_kv_layout_t lay;
+  CF_ASSERT(cf_kv_layout_init(&lay, L, pool, block_size, mc->n_kv_heads, mc->head_dim, CF_DT_F32) == 0);
+  char path[512];
+  snprintf(path, sizeof path, "%s/%s", cf_test_tmpdir(), name);
+  CF_ASSERT(cf_kvmap_create(&f->kv, path, &lay) == 0);
+  int *perm = malloc(sizeof(int) * pool);
+  for (int i = 0; i < pool; i++) perm[i] = i;
+  for (int i = pool - 1; i > 0; i--) { int j = (int)(cf_test_rand() % (unsigned)(i + 1)); int x = perm[i]; perm[i] = perm[j]; perm[j] = x; }
+  f->blocks = malloc(sizeof(int32_t) * f->n_blocks);
+  for (int i = 0; i < f->n_blocks; i++) f->blocks[i] = perm[i];
+  free(perm);
+}
+
+static void fx_init(fx_t *f, int L, int C, int T, int block_size, const char *name) {
+  fx_init_be(f, cf_toy_create(L, 24, 2, 8, 97, 1234), C, T, block_size, name);
+}
+
+static void fx_free(fx_t *f) {
+  f->be->free(f->be);
+  free(f->refk); free(f->refv); free(f->cells); free(f->tokens); free(f->blocks);
+  cf_kvmap_close(&f->kv);
+}
+
+static const float *stored(const fx_t *f, int c, int l, int kv, int t) {
+  size_t cell = (size_t)f->C * f->row;
+  return f->cells + (((size_t)c * f->L + l) * 2 + kv) * cell + (size_t)(t - c * f->C) * f->row;
+}
+
+/* Check the engine buffer against the plan: layers >= H[c] hold the stored bytes exactly,
+ * everything is within 1e-4 of the full recompute. Returns the number of bad cells. */
+static int fx_verify(const fx_t *f, const int *H, const char *what) {
+  int bad = 0;
+  float *k = malloc(sizeof(float) * f->row * f->C), *v = malloc(sizeof(float) * f->row * f->C);
+  for (int c = 0; c < f->n_chunks; c++)
+    for (int l = 0; l < f->L; l++) {
+      int t0 = c * f->C, t1 = t0 + f->C < f->T ? t0 + f->C : f->T;
+      cf_kvmap_gather(&f->kv, l, f->blocks, t0, t1, k, v);
+      int exact = l >= H[c], cell_bad = 0;
+      for (int t = t0; t < t1 && !cell_bad; t++)
+        for (size_t j = 0; j < f->row; j++) {
+          float gk = k[(size_t)(t - t0) * f->row + j], gv = v[(size_t)(t - t0) * f->row + j];
+          if (exact) {
+            if (memcmp(&gk, stored(f, c, l, 0, t) + j, 4) || memcmp(&gv, stored(f, c, l, 1, t) + j, 4)) { cell_bad = 1; break; }
+          } else {
+            float rk = f->refk[((size_t)l * f->T + t) * f->row + j], rv = f->refv[((size_t)l * f->T + t) * f->row + j];
+            if (!(fabsf(gk - rk) <= 1e-4f && fabsf(gv - rv) <= 1e-4f)) { cell_bad = 1; break; }
+          }
+        }
+      if (cell_bad) {
+        if (bad < 5) printf("    %s: cell (chunk %d, layer %d) wrong (%s)\n", what, c, l, exact ? "loaded, not bit-exact" : "computed, off by > 1e-4");
+        bad++;
+      }
+    }
+  free(k); free(v);
+  return bad;
+}
+
+static void fx_req(fx_t *f, cf_exec_req_t *r, const int *h, cf_cellsrc_t **srcs, void **refs) {
+  memset(r, 0, sizeof *r);
+  for (int c = 0; c < f->n_chunks; c++) refs[c] = CF_CELLSRC_REF(c);
+  r->n_tokens = f->T; r->tokens = f->tokens; r->chunk_tokens = f->C; r->h = h;
+  r->src = srcs; r->ref = refs; r->kv = &f->kv; r->blocks = f->blocks; r->n_blocks = f->n_blocks;
+}
+
+static void clear_engine(fx_t *f) {
+  for (int l = 0; l < f->L; l++) {
+    memset(f->kv.k[l], 0xff, cf_kv_layout_plane_bytes(&f->kv.layout));
+    memset(f->kv.v[l], 0xff, cf_kv_layout_plane_bytes(&f->kv.layout));
+  }
+}
+
+CF_TEST(exec_fixed_policies_match_full_recompute) {
+  fx_t f;
+  fx_init(&f, 4, 16, 16 * 6, 8, "kv_fixed");
+  cf_exec_t ex;
+  CF_CHECK_OK(cf_exec_init(&ex, f.be, 2));
+  cf_cellsrc_mem_t mem;
+  /* the source holds full chunks only */
+  cf_cellsrc_mem_init(&mem, "cpu", 0, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, NULL);
+  cf_cellsrc_t *srcs[6];
+  void *refs[6];
+  for (int c = 0; c < 6; c++) srcs[c] = &mem.src;
+  int plans[5][6] = {{4, 4, 4, 4, 4, 4},   /* recompute */
+                     {0, 0, 0, 0, 0, 0},   /* load */
+                     {4, 4, 4, 0, 0, 0},   /* cake-like: compute front, load back */
+                     {2, 2, 2, 2, 2, 2},   /* layerwise */
+                     {0, 1, 2, 3, 3, 4}};  /* rising staircase: computed chunks attend over loaded ones */
+  for (int p = 0; p < 5; p++) {
+    clear_engine(&f);
+    cf_exec_req_t r;
+    fx_req(&f, &r, plans[p], srcs, refs);
+    int64_t lr[4];
+    r.layer_ready_ns = lr;
+    CF_CHECK_OK(cf_exec_run(&ex, &r, 1));
+    char what[32];
+    snprintf(what, sizeof what, "plan %d", p);
+    CF_CHECK_EQ(fx_verify(&f, plans[p], what), 0);
+    int sum = 0;
+    for (int c = 0; c < 6; c++) sum += plans[p][c];
+    CF_CHECK_EQ(r.stats.cells_computed, sum);
+    CF_CHECK_EQ(r.stats.cells_loaded[0], 24 - sum);
+    CF_CHECK_EQ(r.stats.layers_ready, 4);
+    for (int l = 1; l < 4; l++) CF_CHECK_LE(lr[l - 1], lr[l]);
+  }
+  fx_free(&f);
+}
+
+/* One random restore on fixture f (n_full full chunks, maybe a partial tail): a random
+ * staircase, each stored cell failing with probability 1/fail_one_in (evicted or corrupt), run
+ * with n_loaders loaders; the engine must end with the full-recompute KV, loaded cells exact. */
+static void random_restore(fx_t *f, int n_full, int fail_one_in, int n_loaders, const char *what) {
+  int n = f->n_chunks, L = f->L;
+  int *h = malloc(sizeof(int) * n), *H = malloc(sizeof(int) * n), *fail = calloc((size_t)n * L, sizeof(int));
+  for (int c = 0; c < n; c++) h[c] = c >= n_full ? L : (int)(cf_test_rand() % (L + 1));
+  for (int c = 0; c < n; c++) {
+    H[c] = h[c];
+    for (int l = 0; c < n_full && l < L; l++)
+      if (cf_test_rand() % fail_one_in == 0) {
+        fail[c * L + l] = cf_test_rand() % 2 ? CF_ECORRUPT : CF_ENOTFOUND;
+        if (l >= h[c] && l + 1 > H[c]) H[c] = l + 1;
+      }
+  }
+  cf_cellsrc_mem_t mem;
+  cf_cellsrc_mem_init(&mem, "ssd", 1, f->cells, n, L, f->C, f->row, fail, NULL);
+  cf_cellsrc_t **srcs = malloc(sizeof(void *) * n);
+  void **refs = malloc(sizeof(void *) * n);
+  for (int c = 0; c < n; c++) srcs[c] = &mem.src;
+  cf_exec_t ex;
+  CF_CHECK_OK(cf_exec_init(&ex, f->be, n_loaders));
+  clear_engine(f);
+  cf_exec_req_t r;
+  fx_req(f, &r, h, srcs, refs);
+  CF_CHECK_OK(cf_exec_run(&ex, &r, 1));
+  CF_CHECK_EQ(fx_verify(f, H, what), 0);
+  CF_CHECK_EQ(r.stats.cells_computed + r.stats.cells_loaded[1], (uint64_t)n * L);
+  uint64_t sumH = 0;
+  for (int c = 0; c < n; c++) sumH += (uint64_t)H[c];
+  /* cells of a raised chunk loaded before the raise keep their loaded bytes */
+  CF_CHECK_LE(r.stats.cells_computed, sumH);
+  CF_CHECK_GE(r.stats.cells_computed + r.stats.load_failures, r.stats.cells_planned_compute);
+  free(h); free(H); free(fail); free(srcs); free(refs);
+}
+
+/* Random staircases, random faults (evicted / corrupt cells), random block sizes and a
+ * partial last chunk: the engine always ends with the full-recompute KV. */
+CF_TEST(exec_random_plans_with_faults) {
+  for (int iter = 0; iter < 12; iter++) {
+    int L = 2 + (int)(cf_test_rand() % 4), C = 8 << (cf_test_rand() % 2);
+    int n_full = 2 + (int)(cf_test_rand() % 6), tail = (int)(cf_test_rand() % 2) * (1 + (int)(cf_test_rand() % (C - 1)));
+    int T = n_full * C + tail, bs = 1 << (cf_test_rand() % 5);
+    char name[32], what[64];
+    snprintf(name, sizeof name, "kv_rand%d", iter);
+    snprintf(what, sizeof what, "iter %d (L %d, C %d, T %d, bs %d)", iter, L, C, T, bs);
+    fx_t f;
+    fx_init(&f, L, C, T, bs, name);
+    random_restore(&f, n_full, 5, 1 + iter % 3, what);
+    fx_free(&f);
+  }
+}
+
+/* A real engine process maps the buffer and the readiness file, waits for each layer and
+ * checks that layer's KV is complete the moment the counter says so. */
+CF_TEST(exec_engine_process_sees_layers_in_order) {
+  fx_t f;
+  fx_init(&f, 5, 16, 16 * 8, 16, "kv_engine");
+  char rpath[512];
+  snprintf(rpath, sizeof rpath, "%s/ready_engine", cf_test_tmpdir());
+  cf_ready_t rd;
+  CF_CHECK_OK(cf_ready_create(&rd, rpath, 2));
+  int h[8] = {5, 3, 3, 2, 1, 1, 0, 0};
+  int H[8] = {5, 3, 3, 2, 1, 1, 0, 0};
+  /* slow loads so the engine really waits: 8 chunks x 5 layers x 2 KiB at 2 MB/s ~ 40 ms */
+  cf_ratelimit_t rl;
+  CF_CHECK_OK(cf_ratelimit_init(&rl, 2e6, 0));
+  cf_cellsrc_mem_t mem;
+  cf_cellsrc_mem_init(&mem, "cpu", 0, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, &rl);
+  cf_cellsrc_t *srcs[8];
+  void *refs[8];
+  for (int c = 0; c < 8; c++) srcs[c] = &mem.src;
+  clear_engine(&f);
+  cf_ready_begin(&rd, 1, 0); /* a stale value from an earlier restore must not be trusted */
+  cf_ready_publish(&rd, 1, 99);
+  cf_ready_finish(&rd, 1, 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    cf_ready_t e;
+    cf_kvmap_t kv;
+    if (cf_ready_open(&e, rpath) || cf_kvmap_open(&kv, f.kv.maps[0].path, &f.kv.layout)) _exit(2);
+    /* wait until our restore (req_id 42) owns the slot */
+    for (int i = 0; i < 5000 && atomic_load(&e.slots[1].req_id) != 42; i++) usleep(1000);
+    if (atomic_load(&e.slots[1].req_id) != 42) _exit(3);
+    float *k = malloc(sizeof(float) * f.row * f.T), *v = malloc(sizeof(float) * f.row * f.T);
+    for (int l = 0; l < f.L; l++) {
+      if (cf_ready_wait(&e, 1, (uint64_t)l + 1, 10000000000LL, NULL)) _exit(4);
+      cf_kvmap_gather(&kv, l, f.blocks, 0, f.T, k, v);
+      for (size_t i = 0; i < f.row * f.T; i++) {
+        float rk = f.refk[(size_t)l * f.T * f.row + i], rv = f.refv[(size_t)l * f.T * f.row + i];
+        if (!(fabsf(k[i] - rk) <= 1e-4f && fabsf(v[i] - rv) <= 1e-4f)) _exit(10 + l);
+      }
+    }
+    _exit(0);
+  }
+  cf_exec_t ex;
+  CF_CHECK_OK(cf_exec_init(&ex, f.be, 2));
+  cf_exec_req_t r;
+  fx_req(&f, &r, h, srcs, refs);
+  r.ready = &rd; r.ready_slot = 1; r.req_id = 42;
+  CF_CHECK_OK(cf_exec_run(&ex, &r, 1));
+  int st;
+  waitpid(pid, &st, 0);
+  CF_CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "engine process exit %d (10+l: layer l incomplete when announced)",
+               WEXITSTATUS(st));
+  CF_CHECK_EQ(atomic_load(&rd.slots[1].status), CF_READY_DONE);
+  CF_CHECK_EQ(atomic_load(&rd.slots[1].layers), 5);
+  CF_CHECK_EQ(fx_verify(&f, H, "engine"), 0);
+  cf_ratelimit_close(&rl);
+  cf_ready_close(&rd);
+  fx_free(&f);
+}
+
+/* Three requests in one batch (different plans, different buffers): all correct. */
+CF_TEST(exec_batch_of_requests) {
+  fx_t f[3];
+  int plans[3][5] = {{3, 3, 3, 3, 3}, {0, 0, 0, 0, 0}, {3, 2, 1, 0, 0}};
+  cf_cellsrc_mem_t mem[3];
+  cf_cellsrc_t *srcs[3][5];
+  void *refs[3][5];
+  cf_exec_req_t r[3];
+  for (int i = 0; i < 3; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "kv_batch%d", i);
+    fx_init(&f[i], 3, 8, 40, 4, name);
+    cf_cellsrc_mem_init(&mem[i], "cpu", 0, f[i].cells, 5, 3, 8, f[i].row, NULL, NULL);
+    for (int c = 0; c < 5; c++) srcs[i][c] = &mem[i].src;
+    fx_req(&f[i], &r[i], plans[i], srcs[i], refs[i]);
+    r[i].req_id = (uint64_t)i;
+  }
+  cf_exec_t ex;
+  CF_CHECK_OK(cf_exec_init(&ex, f[0].be, 2));
+  CF_CHECK_OK(cf_exec_run(&ex, r, 3));
+  for (int i = 0; i < 3; i++) {
+    CF_CHECK_EQ(r[i].err, 0);
+    CF_CHECK_EQ(fx_verify(&f[i], plans[i], "batch"), 0);
+    fx_free(&f[i]);
+  }
+}
+
+static void *cancel_later(void *arg) {
+  struct timespec d = {0, 30 * 1000 * 1000};
+  nanosleep(&d, NULL);
+  atomic_store((atomic_int *)arg, 1);
+  return NULL;
+}
+
+/* Cancelling mid-restore (the engine unregistered) stops it with CF_ECANCELED in the result
+ * and in the readiness slot, well before the loads would have finished. */
+CF_TEST(exec_cancel_mid_restore) {
+  fx_t f;
+  fx_init(&f, 4, 16, 16 * 8, 16, "kv_cancel");
+  cf_ratelimit_t rl;
+  CF_CHECK_OK(cf_ratelimit_init(&rl, 1e5, 0)); /* 32 cells x 2 KiB at 100 kB/s: ~650 ms */
+  cf_cellsrc_mem_t mem;
+  cf_cellsrc_mem_init(&mem, "cpu", 0, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, &rl);
+  cf_cellsrc_t *srcs[8];
+  void *refs[8];
+  for (int c = 0; c < 8; c++) srcs[c] = &mem.src;
+  int h[8] = {0};
+  char rpath[512];
+  snprintf(rpath, sizeof rpath, "%s/ready_cancel", cf_test_tmpdir());
+  cf_ready_t rd;
+  CF_CHECK_OK(cf_ready_create(&rd, rpath, 1));
+  atomic_int cancel = 0;
+  cf_exec_req_t r;
+  fx_req(&f, &r, h, srcs, refs);
+  r.cancel = &cancel; r.ready = &rd;
+  cf_exec_t ex;
+  CF_CHECK_OK(cf_exec_init(&ex, f.be, 2));
+  pthread_t th;
+  pthread_create(&th, NULL, cancel_later, &cancel);
+  CF_CHECK_ERR(cf_exec_run(&ex, &r, 1), CF_ECANCELED);
+  pthread_join(th, NULL);
+  CF_CHECK_EQ(r.err, CF_ECANCELED);
+  CF_CHECK_EQ(atomic_load(&rd.slots[0].status), CF_ECANCELED);
+  CF_CHECK_LT(r.stats.cells_loaded[0], 32);
+  CF_CHECK_ERR(cf_ready_wait(&rd, 0, 4, 0, NULL), CF_ECANCELED);
+  cf_ready_close(&rd);
+  cf_ratelimit_close(&rl);
+  fx_free(&f);
+}
+
+typedef struct { cf_backend_t be; cf_backend_t *inner; int calls, fail_at; } failing_be_t;
+static int failing_forward(cf_backend_t *be, const cf_fwd_args_t *a) {
+  failing_be_t *fb = (failing_be_t *)be;
+  if (++fb->calls == fb->fail_at) return cf_seterr(CF_EIO, "injected backend failure");
+  return fb->inner->forward(fb->inner, a);
+}
+
+/* A backend failure fails that request with its error; the readiness slot says so. */
+CF_TEST(exec_backend_error_fails_request) {
+  fx_t f;
+  fx_init(&f, 3, 8, 32, 8, "kv_beerr");
+  failing_be_t fb = {.be = {.name = "failing", .model = f.be->model, .forward = failing_forward},
+                     .inner = f.be, .fail_at = 3};
+  int h[4] = {3, 3, 3, 3};
+  cf_cellsrc_t *srcs[4] = {0};
+  void *refs[4];
+  cf_exec_req_t r;
+  fx_req(&f, &r, h, srcs, refs);
+  char rpath[512];
+  snprintf(rpath, sizeof rpath, "%s/ready_beerr", cf_test_tmpdir());
+  cf_ready_t rd;
+  CF_CHECK_OK(cf_ready_create(&rd, rpath, 1));
+  r.ready = &rd;
+  cf_exec_t ex;
+  CF_CHECK_OK(cf_exec_init(&ex, &fb.be, 1));
+  CF_CHECK_ERR(cf_exec_run(&ex, &r, 1), CF_EIO);
+  CF_CHECK_CONTAINS(cf_errmsg(), "injected backend failure");
+  CF_CHECK_EQ(atomic_load(&rd.slots[0].status), CF_EIO);
+  cf_ready_close(&rd);
+  fx_free(&f);
+}
+
+CF_TEST(exec_rejects_bad_requests) {
+  fx_t f;
+  fx_init(&f, 3, 8, 36, 8, "kv_bad");
+  cf_exec_t ex;
+  CF_CHECK_OK(cf_exec_init(&ex, f.be, 1));
+  CF_CHECK_ERR(cf_exec_init(&ex, f.be, 0), CF_EINVAL);
+  cf_cellsrc_mem_t mem;
+  cf_cellsrc_mem_init(&mem, "cpu", 0, f.cells, f.n_chunks, 3, 8, f.row, NULL, NULL);
+  cf_cellsrc_t *srcs[5] = {&mem.src, &mem.src, &mem.src, &mem.src, &mem.src};
+  void *refs[5];
+  int h[5] = {0, 1, 2, 3, 3};
+  cf_exec_req_t r;
+  fx_req(&f, &r, h, srcs, refs);
+  CF_CHECK_OK(cf_exec_validate(&ex, &r));
+  h[4] = 2; /* the partial tail chunk (4 tokens) cannot be loaded */
+  CF_CHECK_ERR(cf_exec_validate(&ex, &r), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "partial last chunk 4");
+  h[4] = 3; h[1] = 4;
+  CF_CHECK_ERR(cf_exec_validate(&ex, &r), CF_ERANGE);
+  CF_CHECK_CONTAINS(cf_errmsg(), "h[1] = 4");
+  h[1] = 1; srcs[2] = NULL;
+  CF_CHECK_ERR(cf_exec_validate(&ex, &r), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "chunk 2 loads layers [2, 3) but has no cell source");
+  srcs[2] = &mem.src;
+  r.n_blocks = 4;
+  CF_CHECK_ERR(cf_exec_run(&ex, &r, 1), CF_ERANGE);
+  CF_CHECK_CONTAINS(cf_errmsg(), "need 5 blocks");
+  r.n_blocks = 5;
+  int32_t saved = f.blocks[2];
+  f.blocks[2] = f.blocks[0];
+  CF_CHECK_ERR(cf_exec_validate(&ex, &r), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "repeats");
+  f.blocks[2] = saved;
+  r.tokens = NULL;
+  CF_CHECK_ERR(cf_exec_validate(&ex, &r), CF_EINVAL);
+  fx_free(&f);
+}
+
+static int64_t mono(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* The limiter holds callers to the rate, shared by threads (lower bound only: the machine is
+ * shared, so no upper bound on time is asserted). */
+CF_TEST(ratelimit_holds_rate) {
+  cf_ratelimit_t rl;
+  CF_CHECK_OK(cf_ratelimit_init(&rl, 10e6, 0));
+  int64_t t = mono();
+  for (int i = 0; i < 20; i++) cf_ratelimit_acquire(&rl, 10000); /* 200 kB at 10 MB/s = 20 ms */
+  CF_CHECK_GE(mono() - t, 19 * 1000 * 1000);
+  CF_CHECK_EQ(rl.bytes_total, 200000);
+  cf_ratelimit_close(&rl);
+  CF_CHECK_ERR(cf_ratelimit_init(&rl, -1, 0), CF_EINVAL);
+  CF_CHECK_OK(cf_ratelimit_init(&rl, 0, 0)); /* unlimited */
+  t = mono();
+  cf_ratelimit_acquire(&rl, 1u << 30);
+  CF_CHECK_LT(mono() - t, 1000 * 1000 * 1000);
+  cf_ratelimit_close(&rl);
+  cf_ratelimit_acquire(NULL, 5);
+}
+
+/* A pure-load plan whose last chunk fails at layer 2: that chunk is recomputed from layer 0
+ * to 2, attending over loaded cells that were never staged (gathered back from the engine). */
+CF_TEST(exec_failure_recomputes_over_gathered_prefix) {
+  fx_t f;
+  fx_init(&f, 4, 16, 16 * 6, 8, "kv_gather");
+  int fail[6 * 4] = {0};
+  fail[5 * 4 + 2] = CF_ECORRUPT;
+  fail[3 * 4 + 0] = CF_ENOTFOUND;
+  cf_cellsrc_mem_t mem;
+  cf_cellsrc_mem_init(&mem, "ssd", 1, f.cells, f.n_chunks, f.L, f.C, f.row, fail, NULL);
+  mem.src.acquire = NULL; /* exercise the copying read path too */
+  cf_cellsrc_t *srcs[6];
+  void *refs[6];
+  for (int c = 0; c < 6; c++) srcs[c] = &mem.src;
+  int h[6] = {0}, H[6] = {0, 0, 0, 1, 0, 3};
+  cf_exec_t ex;
+  CF_CHECK_OK(cf_exec_init(&ex, f.be, 2));
+  clear_engine(&f);
+  cf_exec_req_t r;
+  fx_req(&f, &r, h, srcs, refs);
+  CF_CHECK_OK(cf_exec_run(&ex, &r, 1));
+  CF_CHECK_EQ(fx_verify(&f, H, "gather"), 0);
+  CF_CHECK_EQ(r.stats.load_failures, 2);
+  CF_CHECK_EQ(r.stats.cells_computed + r.stats.cells_loaded[1], 24);
+  CF_CHECK_GE(r.stats.cells_computed, 2);
+  fx_free(&f);
+}
+
+/* The same random plans with faults on the real CPU backend (lib/model, OpenBLAS) and a
+ * synthetic llama: computed cells within 1e-4 of one whole-sequence forward. */
+CF_TEST(exec_cpu_backend_random_plans_with_faults) {
+  cf_model_config_t mc;
+  CF_CHECK_OK(cf_synth_preset("tiny", &mc));
+  mc.n_layers = 4;
+  cf_synth_opts_t so = {.seed = 7, .std = 0.05f, .norm_jitter = 0.1f};
+  cf_model_t *m;
+  CF_CHECK_OK(cf_model_synth(&mc, &so, &m));
+  for (int iter = 0; iter < 6; iter++) {
+    cf_backend_t *be;
+    CF_CHECK_OK(cf_backend_cpu_create(m, 1, &be));
+    int C = 16, n_full = 3 + iter % 4, T = n_full * C + (iter % 2) * 5;
+    char name[32];
+    snprintf(name, sizeof name, "kv_cpu%d", iter);
+    fx_t f;
+    fx_init_be(&f, be, C, T, 1 << (iter % 4), name);
+    random_restore(&f, n_full, 8, 2, "cpu backend");
+    fx_free(&f);
+  }
+  cf_model_synth_free(m);
+}
+
+/* A source that records the order cells are asked for (one loader: deterministic). */
+typedef struct { cf_cellsrc_mem_t mem; cf_cellsrc_t src; pthread_mutex_t mu; int log[256][2]; int n; } logsrc_t;
+static int logsrc_acquire(cf_cellsrc_t *s, void *ref, int layer, const float **k, const float **v, void **hold) {
+  logsrc_t *ls = s->ctx;
+  pthread_mutex_lock(&ls->mu);
+  if (ls->n < 256) { ls->log[ls->n][0] = (int)(intptr_t)ref; ls->log[ls->n][1] = layer; ls->n++; }
+  pthread_mutex_unlock(&ls->mu);
+  return ls->mem.src.acquire(&ls->mem.src, ref, layer, k, v, hold);
+}
+static int logsrc_read(cf_cellsrc_t *s, void *ref, int layer, float *kv) {
+  logsrc_t *ls = s->ctx;
+  return ls->mem.src.read(&ls->mem.src, ref, layer, kv);
+}
+
+/* With a load_rank (the plan's link order) the loads are issued in that order; without one,
+ * layer-major. The KV is right either way. */
+CF_TEST(exec_loads_follow_the_plan_link_order) {
+  fx_t f;
+  fx_init(&f, 3, 8, 8 * 4, 8, "kv_order");
+  logsrc_t ls;
+  memset(&ls, 0, sizeof ls);
+  pthread_mutex_init(&ls.mu, NULL);
+  cf_cellsrc_mem_init(&ls.mem, "cpu", 0, f.cells, 4, 3, 8, f.row, NULL, NULL);
+  ls.src = (cf_cellsrc_t){.tier = "cpu", .tier_index = 0, .read = logsrc_read, .acquire = logsrc_acquire, .ctx = &ls};
+  cf_cellsrc_t *srcs[4] = {&ls.src, &ls.src, &ls.src, &ls.src};
+  void *refs[4];
+  int h[4] = {0, 0, 0, 0};
+  uint32_t rank[4 * 3];
+  for (int c = 0; c < 4; c++)
+    for (int l = 0; l < 3; l++) rank[c * 3 + l] = (uint32_t)((3 - c) * 3 + l); /* last chunk first, all its layers */
+  cf_exec_t ex;
+  CF_CHECK_OK(cf_exec_init(&ex, f.be, 1));
+  for (int pass = 0; pass < 2; pass++) {
+    clear_engine(&f);
+    ls.n = 0;
+    cf_exec_req_t r;
+    fx_req(&f, &r, h, srcs, refs);
+    r.load_rank = pass ? rank : NULL;
+    CF_CHECK_OK(cf_exec_run(&ex, &r, 1));
+    CF_CHECK_EQ(fx_verify(&f, h, "order"), 0);
+    CF_CHECK_EQ(ls.n, 12);
+    for (int i = 0; i < 12 && i < ls.n; i++) {
+      int c = pass ? 3 - i / 3 : i % 4, l = pass ? i % 3 : i / 4;
+      CF_CHECK_MSG(ls.log[i][0] == c && ls.log[i][1] == l, "pass %d load %d: (chunk %d, layer %d), expected (%d, %d)",
+                   pass, i, ls.log[i][0], ls.log[i][1], c, l);
+    }
+  }
+  fx_free(&f);
+}

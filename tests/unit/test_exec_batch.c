@@ -1,0 +1,193 @@
+/* daemon/cf_batch.c — cacheflowd's executor thread — on its own: planned jobs over a real store
+ * (CPU + SSD tiers) restore the right KV; a chunk gone from the store since planning is
+ * recomputed; quiesce ends the running job (cancelled) and the queued ones (shutdown), each
+ * job's on_done exactly once; submissions after it end at once.
+ * The executor thread is daemon code, not part of libcacheflow: it is compiled into this test. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "cf_test.h"
+#include "cf_toy_backend.h"
+#include "cf_batch.c"
+
+typedef struct {
+  cf_backend_t *be;
+  int L, C, T, n;
+  size_t row;
+  int32_t *tok;
+  float **rk, **rv;           /* reference KV per layer [T][row] */
+  cf_store_t *st;
+  cf_store_key_t keys[16];
+} bw_t;
+
+static void bw_init(bw_t *w, const char *name) {
+  memset(w, 0, sizeof *w);
+  w->L = 3; w->C = 16; w->n = 6; w->T = w->C * w->n; w->row = 16;
+  w->be = cf_toy_create(w->L, 24, 2, 8, 97, 99);
+  w->tok = malloc(sizeof(int32_t) * w->T);
+  for (int t = 0; t < w->T; t++) w->tok[t] = (t * 13 + 1) % 97;
+  w->rk = malloc(sizeof(float *) * w->L); w->rv = malloc(sizeof(float *) * w->L);
+  for (int l = 0; l < w->L; l++) { w->rk[l] = calloc((size_t)w->T * w->row, 4); w->rv[l] = calloc((size_t)w->T * w->row, 4); }
+  cf_fwd_args_t a = {.l0 = 0, .l1 = w->L, .t0 = 0, .t1 = w->T, .tokens = w->tok, .k = w->rk, .v = w->rv};
+  CF_CHECK_OK(w->be->forward(w->be, &a));
+  cf_store_geom_t g = {.dtype_size = 4, .chunk_tokens = (uint32_t)w->C, .n_layers = (uint32_t)w->L, .n_kv_heads = 2, .head_dim = 8};
+  g.fingerprint[0] = 7;
+  cf_store_config_t sc;
+  cf_store_config_default(&sc);
+  sc.cpu_bytes = 1 << 20; sc.ssd_bytes = 4 << 20; sc.spill = 0;
+  char dir[512];
+  snprintf(dir, sizeof dir, "%s/%s", cf_test_tmpdir(), name);
+  CF_CHECK_OK(cf_store_open(dir, &g, &sc, &w->st));
+  cf_store_chain_keys(g.fingerprint, w->tok, (size_t)w->T, (uint32_t)w->C, w->keys);
+  size_t cell = 2 * (size_t)w->C * w->row;
+  float *buf = malloc(sizeof(float) * cell * w->L);
+  const void *cells[8];
+  for (int c = 0; c < w->n; c++) {
+    for (int l = 0; l < w->L; l++) {
+      memcpy(buf + l * cell, w->rk[l] + (size_t)c * w->C * w->row, sizeof(float) * w->C * w->row);
+      memcpy(buf + l * cell + w->C * w->row, w->rv[l] + (size_t)c * w->C * w->row, sizeof(float) * w->C * w->row);
+      cells[l] = buf + l * cell;
+    }
+    CF_CHECK_OK(cf_store_save(w->st, &w->keys[c], (uint32_t)w->C, cells, CF_STORE_SAVE_DURABLE));
+  }
+  free(buf);
+  /* half the chunks only on SSD */
+  cf_store_stats_t ss;
+  cf_store_get_stats(w->st, &ss);
+  CF_CHECK_OK(cf_store_evict_cpu(w->st, ss.cpu_bytes_used / 2));
+}
+
+static void bw_free(bw_t *w) {
+  cf_store_close(w->st);
+  for (int l = 0; l < w->L; l++) { free(w->rk[l]); free(w->rv[l]); }
+  free(w->rk); free(w->rv); free(w->tok);
+  w->be->free(w->be);
+}
+
+typedef struct {
+  cf_batch_job_t b;
+  cf_kvmap_t kv;
+  int32_t blocks[64];
+  int h[8];
+  int done, err, last_layers;
+  cf_batch_result_t res;
+} tjob_t;
+
+static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t g_cv = PTHREAD_COND_INITIALIZER;
+
+static void tj_on_layer(cf_batch_job_t *bj, int layers) { ((tjob_t *)bj)->last_layers = layers; }
+static void tj_on_done(cf_batch_job_t *bj, int err, const cf_batch_result_t *res) {
+  tjob_t *j = (tjob_t *)bj;
+  pthread_mutex_lock(&g_mu);
+  j->done++;
+  j->err = err;
+  if (res) j->res = *res;
+  pthread_cond_broadcast(&g_cv);
+  pthread_mutex_unlock(&g_mu);
+}
+
+static void tj_init(tjob_t *j, bw_t *w, const char *name, const int *h) {
+  memset(j, 0, sizeof *j);
+  cf_kv_layout_t lay;
+  CF_CHECK_OK(cf_kv_layout_init(&lay, w->L, 2 * w->T / 8, 8, 2, 8, CF_DT_F32));
+  char path[512];
+  snprintf(path, sizeof path, "%s/%s", cf_test_tmpdir(), name);
+  CF_CHECK_OK(cf_kvmap_create(&j->kv, path, &lay));
+  for (int i = 0; i < w->T / 8; i++) j->blocks[i] = 2 * i + 1;
+  memcpy(j->h, h, sizeof(int) * w->n);
+  j->b = (cf_batch_job_t){.tokens = w->tok, .n_tokens = w->T, .blocks = j->blocks, .n_blocks = w->T / 8,
+                          .kv = &j->kv, .h = j->h, .on_layer = tj_on_layer, .on_done = tj_on_done};
+  atomic_init(&j->b.cancel, 0);
+}
+
+static void wait_done(tjob_t *const *js, int n) {
+  pthread_mutex_lock(&g_mu);
+  for (int i = 0; i < n; i++)
+    while (!js[i]->done) pthread_cond_wait(&g_cv, &g_mu);
+  pthread_mutex_unlock(&g_mu);
+}
+
+/* Engine KV within 1e-4 of the reference (loaded cells are the reference's bytes). */
+static int kv_bad(const tjob_t *j, const bw_t *w) {
+  float *k = malloc(sizeof(float) * w->T * w->row), *v = malloc(sizeof(float) * w->T * w->row);
+  int bad = 0;
+  for (int l = 0; l < w->L; l++) {
+    cf_kvmap_gather(&j->kv, l, j->blocks, 0, w->T, k, v);
+    for (size_t i = 0; i < (size_t)w->T * w->row; i++)
+      if (!(fabsf(k[i] - w->rk[l][i]) <= 1e-4f && fabsf(v[i] - w->rv[l][i]) <= 1e-4f)) bad++;
+  }
+  free(k); free(v);
+  return bad;
+}
+
+CF_TEST(batch_executes_planned_jobs_and_recomputes_vanished_chunks) {
+  bw_t w;
+  bw_init(&w, "st1");
+  cf_batch_opts_t o = {.be = w.be, .store = w.st, .n_loaders = 2, .batch_max = 4};
+  cf_batch_t *b;
+  CF_CHECK_OK(cf_batch_start(&b, &o));
+  int h1[6] = {3, 2, 1, 0, 0, 0}, h2[6] = {0, 0, 0, 0, 0, 0}, h3[6] = {1, 1, 1, 1, 1, 1};
+  tjob_t j1, j2, j3;
+  tj_init(&j1, &w, "e1", h1);
+  tj_init(&j2, &w, "e2", h2);
+  tj_init(&j3, &w, "e3", h3);
+  /* chunk 4 leaves the store after "planning": j2 planned to load it, must compute it instead;
+   * and with it every later chunk (the store's lookup is a prefix) */
+  CF_CHECK_OK(cf_store_remove(w.st, &w.keys[4]));
+  cf_batch_job_t *js[3] = {&j1.b, &j2.b, &j3.b};
+  cf_batch_submit(b, js, 3);
+  tjob_t *all[3] = {&j1, &j2, &j3};
+  wait_done(all, 3);
+  for (int i = 0; i < 3; i++) {
+    CF_CHECK_EQ(all[i]->done, 1);
+    CF_CHECK_EQ(all[i]->err, 0);
+    CF_CHECK_EQ(all[i]->last_layers, w.L);
+    CF_CHECK_EQ(kv_bad(all[i], &w), 0);
+    CF_CHECK_EQ(all[i]->res.stats.cells_computed + all[i]->res.stats.cells_loaded[0] + all[i]->res.stats.cells_loaded[1],
+                (uint64_t)w.n * w.L);
+  }
+  CF_CHECK_EQ(j2.h[4], w.L);
+  CF_CHECK_EQ(j2.h[5], w.L);
+  CF_CHECK_EQ(j2.res.stats.cells_computed, (uint64_t)2 * w.L);
+  CF_CHECK_GT(j2.res.stats.cells_loaded[1], 0); /* some from SSD (io_uring reader) */
+  cf_batch_stop(b);
+  for (int i = 0; i < 3; i++) cf_kvmap_close(&all[i]->kv);
+  bw_free(&w);
+}
+
+CF_TEST(batch_quiesce_cancels_running_and_ends_queued) {
+  bw_t w;
+  bw_init(&w, "st2");
+  /* 25 kB/s: the running all-load job needs ~1.5 s, quiesce must not wait for it */
+  cf_batch_opts_t o = {.be = w.be, .store = w.st, .n_loaders = 1, .batch_max = 1, .cpu_Bps = 25e3, .ssd_Bps = 25e3};
+  cf_batch_t *b;
+  CF_CHECK_OK(cf_batch_start(&b, &o));
+  int h0[6] = {0};
+  tjob_t j1, j2, j3;
+  tj_init(&j1, &w, "q1", h0);
+  tj_init(&j2, &w, "q2", h0);
+  tj_init(&j3, &w, "q3", h0);
+  cf_batch_job_t *js[2] = {&j1.b, &j2.b};
+  cf_batch_submit(b, js, 2);
+  usleep(100 * 1000); /* j1 runs (batch_max 1), j2 waits */
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  cf_batch_quiesce(b);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  double s = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+  CF_CHECK_EQ(j1.done, 1);
+  CF_CHECK_EQ(j2.done, 1);
+  CF_CHECK_ERR(j1.err, CF_ECANCELED);
+  CF_CHECK_ERR(j2.err, CF_ESHUTDOWN);
+  CF_CHECK_MSG(s < 1.0, "quiesce took %.2f s: the running job was not cancelled", s);
+  cf_batch_job_t *late[1] = {&j3.b};
+  cf_batch_submit(b, late, 1);
+  CF_CHECK_EQ(j3.done, 1); /* at once, in the caller */
+  CF_CHECK_ERR(j3.err, CF_ESHUTDOWN);
+  cf_batch_stop(b);
+  CF_CHECK_EQ(j1.done + j2.done + j3.done, 3); /* nobody heard twice */
+  cf_kvmap_close(&j1.kv); cf_kvmap_close(&j2.kv); cf_kvmap_close(&j3.kv);
+  bw_free(&w);
+}

@@ -1,0 +1,253 @@
+/* lib/ipc: shared paged KV buffer and readiness counters, across real processes (fork). */
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cf_test.h"
+#include "ipc/cf_kvmap.h"
+#include "ipc/cf_ready.h"
+
+static void path_in_tmp(char *buf, size_t n, const char *name) {
+  snprintf(buf, n, "%s/%s", cf_test_tmpdir(), name);
+}
+
+CF_TEST(kvmap_layout_is_vllm_paged) {
+  cf_kv_layout_t L;
+  CF_CHECK_OK(cf_kv_layout_init(&L, 3, 10, 16, 2, 8, CF_DT_F32));
+  CF_CHECK_EQ(L.head_stride, 8 * 4);
+  CF_CHECK_EQ(L.token_stride, 16 * 4);
+  CF_CHECK_EQ(L.block_stride, 256 * 4);
+  CF_CHECK_EQ(cf_kv_layout_plane_bytes(&L), 2560 * 4);
+  uint64_t ko, vo;
+  cf_kvmap_file_offsets(&L, 2, &ko, &vo);
+  CF_CHECK_EQ(ko, CF_KVMAP_HEADER + 2 * 2 * 2560 * 4);
+  CF_CHECK_EQ(vo, ko + 2560 * 4);
+  CF_CHECK_ERR(cf_kv_layout_init(&L, 3, 0, 16, 2, 8, CF_DT_F32), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "num_blocks");
+  CF_CHECK_ERR(cf_kv_layout_init(&L, 3, 1, 16, 2, 8, CF_DT_I32), CF_EDTYPE);
+  cf_model_config_t mc = {.n_layers = 3, .n_kv_heads = 2, .head_dim = 4};
+  CF_CHECK_OK(cf_kv_layout_init(&L, 3, 10, 16, 2, 8, CF_DT_F32));
+  CF_CHECK_ERR(cf_kv_layout_check(&L, &mc), CF_ESHAPE);
+  CF_CHECK_CONTAINS(cf_errmsg(), "head_dim 8, model has 4");
+  L.block_stride = 10;
+  CF_CHECK_ERR(cf_kv_layout_check(&L, NULL), CF_ESHAPE);
+  CF_CHECK_CONTAINS(cf_errmsg(), "block_stride 10");
+  CF_CHECK_OK(cf_kv_layout_init(&L, 3, 10, 16, 2, 8, CF_DT_F32));
+  L.token_stride = 40; /* rows of two heads (64 bytes) overlap */
+  CF_CHECK_ERR(cf_kv_layout_check(&L, NULL), CF_ESHAPE);
+  /* HND: [block][head][token][dim] */
+  L.token_stride = 32; L.head_stride = 32 * 16; L.block_stride = 2 * 32 * 16;
+  CF_CHECK_OK(cf_kv_layout_check(&L, NULL));
+}
+
+CF_TEST(kvmap_check_blocks) {
+  cf_kv_layout_t L;
+  CF_CHECK_OK(cf_kv_layout_init(&L, 1, 100, 16, 1, 4, CF_DT_F32));
+  int32_t ok[] = {5, 99, 0, 7};
+  CF_CHECK_OK(cf_kvmap_check_blocks(&L, ok, 4));
+  int32_t bad[] = {5, 100};
+  CF_CHECK_ERR(cf_kvmap_check_blocks(&L, bad, 2), CF_ERANGE);
+  CF_CHECK_CONTAINS(cf_errmsg(), "block_ids[1] = 100");
+  int32_t dup[] = {5, 6, 5};
+  CF_CHECK_ERR(cf_kvmap_check_blocks(&L, dup, 3), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "block_ids[2] = 5 repeats");
+  int32_t neg[] = {-1};
+  CF_CHECK_ERR(cf_kvmap_check_blocks(&L, neg, 1), CF_ERANGE);
+}
+
+/* Scatter then gather over an odd token range and a shuffled block table returns the rows,
+ * and each row lands at the documented paged address. */
+CF_TEST(kvmap_scatter_gather_roundtrip) {
+  char path[512];
+  path_in_tmp(path, sizeof path, "kv_rt");
+  cf_kv_layout_t L;
+  CF_CHECK_OK(cf_kv_layout_init(&L, 2, 8, 4, 2, 3, CF_DT_F32));
+  cf_kvmap_t b;
+  CF_CHECK_OK(cf_kvmap_create(&b, path, &L));
+  int32_t blocks[] = {6, 1, 3, 0, 7};
+  int t0 = 3, t1 = 17, row = 6, n = t1 - t0;
+  float *k = malloc(sizeof(float) * n * row), *v = malloc(sizeof(float) * n * row);
+  for (int i = 0; i < n * row; i++) { k[i] = (float)i; v[i] = -(float)i - 0.5f; }
+  cf_kvmap_scatter(&b, 1, blocks, t0, t1, k, v);
+  for (int t = t0; t < t1; t++) {
+    float *pk = (float *)(b.maps[0].addr + CF_KVMAP_HEADER + 2 * cf_kv_layout_plane_bytes(&L) +
+                          blocks[t / 4] * L.block_stride + (t % 4) * L.token_stride);
+    float *pv = (float *)((uint8_t *)pk + cf_kv_layout_plane_bytes(&L));
+    CF_CHECK_EQ(pk[0], (float)((t - t0) * row));
+    CF_CHECK_EQ(pv[5], -(float)((t - t0) * row + 5) - 0.5f);
+  }
+  float *k2 = calloc(n * row, sizeof(float)), *v2 = calloc(n * row, sizeof(float));
+  cf_kvmap_gather(&b, 1, blocks, t0, t1, k2, v2);
+  CF_CHECK(memcmp(k, k2, sizeof(float) * n * row) == 0);
+  CF_CHECK(memcmp(v, v2, sizeof(float) * n * row) == 0);
+  /* layer 0 untouched */
+  for (size_t i = 0; i < 2 * cf_kv_layout_plane_bytes(&L); i++)
+    if (b.k[0][i]) { CF_CHECK(!"layer 0 written"); break; }
+  free(k); free(v); free(k2); free(v2);
+  cf_kvmap_close(&b);
+  CF_CHECK(access(path, F_OK) != 0); /* creator unlinks */
+}
+
+/* A child process opens the buffer by path and writes; the parent sees the bytes. A mismatched
+ * expected layout and a garbage file are refused with the reason. */
+CF_TEST(kvmap_shared_across_processes) {
+  char path[512];
+  path_in_tmp(path, sizeof path, "kv_share");
+  cf_kv_layout_t L;
+  CF_CHECK_OK(cf_kv_layout_init(&L, 2, 4, 8, 1, 4, CF_DT_F32));
+  cf_kvmap_t owner, b;
+  CF_CHECK_OK(cf_kvmap_create(&owner, path, &L));
+  CF_CHECK_ERR(cf_kvmap_create(&b, path, &L), CF_EEXIST);
+  CF_CHECK_OK(cf_kvmap_open(&b, path, &L));
+  cf_kvmap_close(&b);
+  pid_t pid = fork();
+  if (pid == 0) {
+    cf_kvmap_t c;
+    if (cf_kvmap_open(&c, path, &L)) _exit(2);
+    float *p = cf_kvmap_row(&c, 1, 1, 3, 7);
+    for (int i = 0; i < 4; i++) p[i] = 42.0f + i;
+    cf_kvmap_close(&c);
+    _exit(0);
+  }
+  int st;
+  waitpid(pid, &st, 0);
+  CF_CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  float *p = cf_kvmap_row(&owner, 1, 1, 3, 7);
+  CF_CHECK_EQ(p[3], 45.0f);
+  cf_kv_layout_t other = L;
+  other.num_blocks = 5;
+  CF_CHECK_ERR(cf_kvmap_open(&b, path, &other), CF_EMISMATCH);
+  CF_CHECK_CONTAINS(cf_errmsg(), "num_blocks is 4, expected 5");
+  /* attach by (path, offset) per layer as RegisterEngine declares it: same bytes */
+  const char *paths[2] = {path, path};
+  uint64_t ko[2], vo[2];
+  for (int l = 0; l < 2; l++) cf_kvmap_file_offsets(&L, l, &ko[l], &vo[l]);
+  CF_CHECK_OK(cf_kvmap_attach(&b, &L, paths, ko, paths, vo));
+  CF_CHECK_EQ(b.n_maps, 1);
+  CF_CHECK_EQ(((float *)cf_kvmap_row(&b, 1, 1, 3, 7))[3], 45.0f);
+  cf_kvmap_close(&b);
+  CF_CHECK(access(path, F_OK) == 0); /* an attach never unlinks */
+  vo[1] += 4096; /* past the end of the file */
+  CF_CHECK_ERR(cf_kvmap_attach(&b, &L, paths, ko, paths, vo), CF_ERANGE);
+  CF_CHECK_CONTAINS(cf_errmsg(), "layer 1 V buffer");
+  char junk[512];
+  path_in_tmp(junk, sizeof junk, "junk");
+  FILE *f = fopen(junk, "w");
+  fputs("hello", f);
+  fclose(f);
+  CF_CHECK_ERR(cf_kvmap_open(&b, junk, NULL), CF_EFORMAT);
+  CF_CHECK_ERR(cf_kvmap_open(&b, "/nonexistent/kv", NULL), CF_ENOENT);
+  cf_kvmap_close(&owner);
+}
+
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* The engine (child) waits for each layer in turn while the writer (parent) publishes them
+ * slowly: every wait returns only once its layer is published, in order. */
+CF_TEST(ready_engine_waits_for_layers_across_processes) {
+  char path[512];
+  path_in_tmp(path, sizeof path, "ready");
+  cf_ready_t r;
+  CF_CHECK_OK(cf_ready_create(&r, path, 4));
+  cf_ready_begin(&r, 2, 77);
+  int pfd[2];
+  CF_CHECK_EQ(pipe(pfd), 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(pfd[0]);
+    cf_ready_t e;
+    if (cf_ready_open(&e, path)) _exit(2);
+    if (atomic_load(&e.slots[2].req_id) != 77) _exit(3);
+    for (uint64_t l = 0; l < 6; l++) {
+      uint64_t got;
+      if (cf_ready_wait(&e, 2, l + 1, 5000000000LL, &got)) _exit(4);
+      if (got < l + 1) _exit(5);
+      int64_t t = now_ns();
+      if (write(pfd[1], &t, sizeof t) != sizeof t) _exit(6);
+    }
+    /* the writer finishes with an error: waiting for more layers reports it */
+    int rc = cf_ready_wait(&e, 2, 7, 5000000000LL, NULL);
+    _exit(rc == CF_ECANCELED ? 0 : 7);
+  }
+  close(pfd[1]);
+  int64_t pub[6];
+  for (int l = 0; l < 6; l++) {
+    struct timespec d = {0, 20 * 1000 * 1000};
+    nanosleep(&d, NULL);
+    pub[l] = now_ns();
+    cf_ready_publish(&r, 2, (uint64_t)l + 1);
+  }
+  cf_ready_finish(&r, 2, CF_ECANCELED);
+  for (int l = 0; l < 6; l++) {
+    int64_t seen;
+    CF_CHECK_EQ(read(pfd[0], &seen, sizeof seen), sizeof seen);
+    CF_CHECK_MSG(seen >= pub[l], "layer %d seen %lld ns before it was published", l,
+                 (long long)(pub[l] - seen));
+  }
+  int st;
+  waitpid(pid, &st, 0);
+  CF_CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "engine child exit status %d", WEXITSTATUS(st));
+  close(pfd[0]);
+  cf_ready_close(&r);
+}
+
+CF_TEST(ready_wait_times_out_and_reports_done) {
+  char path[512];
+  path_in_tmp(path, sizeof path, "ready2");
+  cf_ready_t r;
+  CF_CHECK_OK(cf_ready_create(&r, path, 1));
+  cf_ready_begin(&r, 0, 1);
+  int64_t t = now_ns();
+  CF_CHECK_ERR(cf_ready_wait(&r, 0, 1, 30 * 1000 * 1000, NULL), CF_ETIMEDOUT);
+  CF_CHECK_GE(now_ns() - t, 30 * 1000 * 1000);
+  cf_ready_publish(&r, 0, 3);
+  cf_ready_publish(&r, 0, 2); /* never goes back */
+  uint64_t got;
+  CF_CHECK_OK(cf_ready_wait(&r, 0, 3, 0, &got));
+  CF_CHECK_EQ(got, 3);
+  cf_ready_finish(&r, 0, 0);
+  CF_CHECK_ERR(cf_ready_wait(&r, 0, 4, -1, NULL), CF_ERANGE);
+  CF_CHECK_ERR(cf_ready_wait(&r, 1, 1, 0, NULL), CF_ERANGE);
+  CF_CHECK_ERR(cf_ready_create(&r, path, 0), CF_EINVAL);
+  cf_ready_close(&r);
+}
+
+/* A non-dense (HND) layout across two files, attached: scatter/gather still round-trip and
+ * land at the strided addresses. */
+CF_TEST(kvmap_attach_hnd_two_files) {
+  cf_kv_layout_t L;
+  CF_CHECK_OK(cf_kv_layout_init(&L, 1, 3, 4, 2, 2, CF_DT_F32));
+  L.token_stride = 8; L.head_stride = 4 * 8; L.block_stride = 2 * 4 * 8 + 16; /* padded blocks */
+  CF_CHECK_OK(cf_kv_layout_check(&L, NULL));
+  char pk[512], pv[512];
+  path_in_tmp(pk, sizeof pk, "hnd_k");
+  path_in_tmp(pv, sizeof pv, "hnd_v");
+  for (int i = 0; i < 2; i++) {
+    FILE *f = fopen(i ? pv : pk, "w");
+    char z[512] = {0};
+    fwrite(z, 1, sizeof z, f);
+    fclose(f);
+  }
+  const char *kp[1] = {pk}, *vp[1] = {pv};
+  uint64_t ko[1] = {100}, vo[1] = {0};
+  cf_kvmap_t m;
+  CF_CHECK_OK(cf_kvmap_attach(&m, &L, kp, ko, vp, vo));
+  CF_CHECK_EQ(m.n_maps, 2);
+  CF_CHECK_EQ(m.dense_rows, 0);
+  int32_t blocks[3] = {2, 0, 1};
+  float k[10 * 4], v[10 * 4], k2[10 * 4], v2[10 * 4];
+  for (int i = 0; i < 40; i++) { k[i] = (float)i + 1; v[i] = -(float)i - 1; }
+  cf_kvmap_scatter(&m, 0, blocks, 1, 11, k, v);
+  /* token 5 -> block blocks[1] = 0, slot 1; head 1, dim 0 */
+  float *p = (float *)(m.k[0] + 0 * L.block_stride + 1 * L.token_stride + 1 * L.head_stride);
+  CF_CHECK_EQ(p[0], k[(5 - 1) * 4 + 2]);
+  cf_kvmap_gather(&m, 0, blocks, 1, 11, k2, v2);
+  CF_CHECK(memcmp(k, k2, sizeof k) == 0 && memcmp(v, v2, sizeof v) == 0);
+  cf_kvmap_close(&m);
+}
