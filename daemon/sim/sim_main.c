@@ -85,7 +85,7 @@ static int write_plan(const char *path, const cf_sched_plan_t *p) {
   for (size_t i = 0; i < p->n_ops; i++) {
     const cf_sched_op_t *o = &p->ops[i];
     fprintf(f, "%s\n  [\"%s\", %d, %d, %d, %d, %d, %d]", i ? "," : "",
-            o->kind == CF_OP_COMPUTE ? "compute" : "load", o->req, o->stream, o->c0, o->c1, o->l0,
+            o->kind == CF_OP_COMPUTE ? "compute" : o->kind == CF_OP_SEND ? "send" : "load", o->req, o->stream, o->c0, o->c1, o->l0,
             o->l1);
   }
   fprintf(f, "]}\n");
