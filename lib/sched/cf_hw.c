@@ -59,7 +59,8 @@ static int cf__num(const char *file, const cf_json_t *obj, const char *path, con
 
 /* Required: compute.{gamma_ms, alpha_us_per_token, beta_ns_per_token2} and at least one of
  * tiers.{dram,ssd,net}.{GBps, latency_us}. Optional, with defaults: name, gpus (8), pcie
- * (the dram tier's numbers, else 48 GB/s and 8 us), allreduce (350 GB/s, 15 us),
+ * (the dram tier's numbers, else 48 GB/s and 8 us), allreduce (350 GB/s, 15 us), nvlink
+ * (none),
  * tiers.*.shared (false for dram, true otherwise), default_tier (dram, else the first given). */
 static int cf__hw_parse(const char *file, const char *text, size_t len, cf_hw_t *hw) {
   cf_json_t *root;
@@ -68,7 +69,8 @@ static int cf__hw_parse(const char *file, const char *text, size_t len, cf_hw_t 
   memset(hw, 0, sizeof *hw);
   const char *s;
   const cf_json_t *comp = cf_json_get(root, "compute"), *pcie = cf_json_get(root, "pcie"),
-                  *ar = cf_json_get(root, "allreduce"), *tiers = cf_json_get(root, "tiers");
+                  *ar = cf_json_get(root, "allreduce"), *tiers = cf_json_get(root, "tiers"),
+                  *nvl = cf_json_get(root, "nvlink");
   int64_t g = 8;
   if (root->type != CF_JSON_OBJ) { rc = cf_seterr(CF_EFORMAT, "%s: expected an object", file); goto out; }
   if (cf_json_get_str(root, "name", &s) == 0) snprintf(hw->name, sizeof hw->name, "%s", s);
@@ -116,6 +118,9 @@ static int cf__hw_parse(const char *file, const char *text, size_t len, cf_hw_t 
   hw->ar_lat_s = 15e-6;
   if (ar && ((rc = cf__num(file, ar, "allreduce.", "bus_GBps", 1e9, 0, &hw->ar_Bps)) ||
              (rc = cf__num(file, ar, "allreduce.", "latency_us", 1e-6, 1, &hw->ar_lat_s))))
+    goto out;
+  if (nvl && ((rc = cf__num(file, nvl, "nvlink.", "GBps", 1e9, 0, &hw->nvlink_Bps)) ||
+              (rc = cf__num(file, nvl, "nvlink.", "latency_us", 1e-6, 1, &hw->nvlink_lat_s))))
     goto out;
   hw->default_tier = hw->tier_Bps[CF_TIER_DRAM] > 0 ? CF_TIER_DRAM : first;
   if (cf_json_get_str(root, "default_tier", &s) == 0) {
@@ -279,5 +284,8 @@ int cf_hw_cost(const cf_hw_t *hw, const cf_model_shape_t *model, int gpus, int t
   c->shared_link = hw->tier_shared[tier];
   c->link_Bps = c->shared_link ? fmin(bw, pcie) : bw;
   c->link_latency_s = hw->tier_lat_s[tier];
+  /* an engine sends its tp shards over its tp GPUs' NVLink ports at once */
+  c->peer_Bps = hw->nvlink_Bps * tp;
+  c->peer_latency_s = hw->nvlink_lat_s;
   return cf_cost_check(c);
 }

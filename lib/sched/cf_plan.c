@@ -130,6 +130,41 @@ int cf__plan_op(cf_sched_plan_t *p, int r, cf_op_kind_t kind, int stream, int32_
   return 0;
 }
 
+/* h_c = #{l : k_l > c}; k is non-increasing, so walk both in O(n + L) */
+static void cf__set_staircase(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
+                              const int32_t *k) {
+  int L = in->cost.n_layers, n = p->n_chunks[r];
+  uint16_t *h = cf__plan_h(p, r);
+  int l = L;
+  for (int c = 0; c < n; c++) {
+    while (l > 0 && k[l - 1] <= c) l--;
+    h[c] = (uint16_t)l;
+  }
+}
+
+int cf__plan_emit_compute_split(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
+                                const int32_t *k, int32_t a) {
+  cf__set_staircase(p, in, r, k);
+  for (int l = 0; l < in->cost.n_layers && k[l] > 0; l++) {
+    int32_t c0 = a < k[l] ? a : k[l];
+    if (c0 == k[l]) continue; /* the helper computes all of this layer */
+    int rc = cf__plan_op(p, r, CF_OP_COMPUTE, p->device[r], c0, k[l], l, l + 1);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
+int cf__plan_emit_help(cf_sched_plan_t *p, const cf_sched_input_t *in, int r, const int32_t *k,
+                       int32_t a, int helper) {
+  for (int l = 0; l < in->cost.n_layers && k[l] > 0 && a > 0; l++) {
+    int32_t c1 = a < k[l] ? a : k[l];
+    int rc = cf__plan_op(p, r, CF_OP_COMPUTE, helper, 0, c1, l, l + 1);
+    if (!rc) rc = cf__plan_op(p, r, CF_OP_SEND, helper, 0, c1, l, l + 1);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
 int cf__plan_emit_compute(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
                           const int32_t *k) {
   int L = in->cost.n_layers, n = p->n_chunks[r];

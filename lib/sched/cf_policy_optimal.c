@@ -56,6 +56,9 @@ typedef struct {
   cf__pos_t *pos;
   int *order;
   double *key;  /* sort key for the order */
+  int *helper;   /* device computing chunks [0, ha[r]) of request r for it, -1: none */
+  int32_t *ha;
+  int use_help;  /* emit the help above (0: every request computed by its own device) */
   double q;     /* link seconds per token per layer */
   double price_tol; /* relative precision of the price bisection */
 } cf__opt_t;
@@ -248,21 +251,134 @@ static void cf__make_order(cf__opt_t *o, int spt) {
   qsort_r(o->order, (size_t)o->n, sizeof *o->order, cf__cmp_order, &ctx);
 }
 
-/* Emit the plan for the current positions and order. */
+/* Request r's per-layer computed chunk counts k_l at its position (non-increasing). */
+static void cf__kvec(const cf__opt_t *o, int r, int32_t *kbuf) {
+  int L = o->L, l = 0;
+  cf__pos_t p = o->pos[r];
+  int32_t k0 = cf__hk(o, r, p.j), k1 = p.m ? cf__hk(o, r, p.j + 1) : k0;
+  for (int t = 0; t < p.m; t++) kbuf[l++] = k1;
+  if (p.adj >= 0) kbuf[l++] = p.adj;
+  while (l < L) kbuf[l++] = k0;
+}
+
+/* Emit the plan for the current positions, order and (use_help) help. Help ops go after
+ * every request's own ops, so a helper finishes its own requests first. */
 static int cf__emit(const cf__opt_t *o, cf_sched_plan_t *out, int32_t *kbuf) {
   int rc = cf__plan_reset(out, o->in, o->dev, CF_POLICY_OPTIMAL);
   for (int i = 0; i < o->n && !rc; i++) {
-    int r = o->order[i], L = o->L;
-    cf__pos_t p = o->pos[r];
-    int a = p.adj >= 0, l = 0;
-    int32_t k0 = cf__hk(o, r, p.j), k1 = p.m ? cf__hk(o, r, p.j + 1) : k0;
-    for (int t = 0; t < p.m; t++) kbuf[l++] = k1;
-    if (a) kbuf[l++] = p.adj;
-    while (l < L) kbuf[l++] = k0;
-    rc = cf__plan_emit_compute(out, o->in, r, kbuf);
+    int r = o->order[i];
+    cf__kvec(o, r, kbuf);
+    if (o->use_help && o->helper[r] >= 0)
+      rc = cf__plan_emit_compute_split(out, o->in, r, kbuf, o->ha[r]);
+    else
+      rc = cf__plan_emit_compute(out, o->in, r, kbuf);
     if (!rc) rc = cf__plan_emit_loads(out, o->in, r, kbuf, 0);
   }
+  for (int i = 0; i < o->n && !rc && o->use_help; i++) {
+    int r = o->order[i];
+    if (o->helper[r] < 0) continue;
+    cf__kvec(o, r, kbuf);
+    rc = cf__plan_emit_help(out, o->in, r, kbuf, o->ha[r], o->helper[r]);
+  }
   return rc;
+}
+
+/* Cross-device help (DESIGN.md §1 (b)). Request r on a device that sets the makespan gets a
+ * helper device e: e computes the front chunks [0, a) of every layer r computes (they attend
+ * only to each other, so e needs nothing from r's device) and sends each layer's cells over
+ * its peer link; r's device computes chunks [a, k) and loads [k, n). With compute split over
+ * two devices r's optimum moves to a larger k (fewer loads). Estimate of the end, with ox / oy
+ * the other compute and loads before r on its device and link, hx the helper's own work:
+ *     max(own: max(ox, hx + f_e(1 layer) + send(1 layer)) + L step(tok a, tok k - tok a),
+ *         helper: hx + L (step(0, tok a)) + send(1 layer), peer: hx + L send(tok a),
+ *         link: oy + L g(k))
+ * For each k >= kstar (a hull vertex) the a balancing own against helper is found by
+ * bisection (own falls and helper grows with a). O(n log n) per request. */
+typedef struct {
+  int32_t k, a;
+  double t, own, hel;
+} cf__helpfit_t;
+
+static cf__helpfit_t cf__help_fit(const cf__opt_t *o, int r, double ox, double oy, double hx) {
+  const cf_sched_cost_t *c = o->c;
+  int L = o->L;
+  int64_t P = o->in->reqs[r].prefix_tokens;
+  int32_t n = cf_cost_chunks(c, P);
+  cf__helpfit_t best = {-1, 0, INFINITY, 0, 0};
+  for (int32_t k = o->kstar[r] > 0 ? o->kstar[r] : 1; k <= n; k++) {
+    double ty = oy + L * cf__g(o, r, k), tk = (double)cf_cost_tok(c, P, k);
+    if (ty >= best.t) continue;
+    int32_t lo = 1, hi = k;
+    while (lo < hi) { /* smallest a whose helper side is at least the own side */
+      int32_t mid = lo + (hi - lo) / 2;
+      double ta = (double)cf_cost_tok(c, P, mid);
+      double hel = L * cf_cost_step(c, 0, ta) + cf_cost_send(c, ta, 1);
+      double own = L * cf_cost_step(c, ta, tk - ta);
+      if (hx + hel >= ox + own) hi = mid;
+      else lo = mid + 1;
+    }
+    for (int32_t a = lo - 1; a <= lo; a++) {
+      if (a < 1) continue;
+      double ta = (double)cf_cost_tok(c, P, a), s1 = cf_cost_send(c, ta, 1);
+      double hel = hx + L * cf_cost_step(c, 0, ta) + s1;
+      double own = fmax(ox, hx + cf_cost_step(c, 0, ta) + s1) + L * cf_cost_step(c, ta, tk - ta);
+      double t = fmax(fmax(own, hel), fmax(ty, hx + L * s1));
+      if (t < best.t) {
+        best.k = k; best.a = a; best.t = t;
+        best.own = own - ox; best.hel = hel - hx;
+      }
+    }
+  }
+  return best;
+}
+
+/* Greedy: while the device that sets the estimated makespan can be cut by giving its largest
+ * request a helper (the least busy device not helping or being helped yet), do it. X, Yl: the
+ * devices' compute and the links' load estimates, updated. Returns whether any help was set. */
+static int cf__help(cf__opt_t *o, double *X, double *Yl, int *role) {
+  const cf_sched_cost_t *c = o->c;
+  if (!cf_cost_has_peer(c)) return 0;
+  int any = 0;
+  for (int d = 0; d < o->nd; d++) role[d] = 0; /* 1: helps, 2: is helped */
+  for (int it = 0; it < o->nd; it++) {
+    int d = -1;
+    double Td = -1;
+    for (int e = 0; e < o->nd; e++) {
+      double t = fmax(X[e], Yl[cf_cost_link_of(c, e)]);
+      if (t > Td) { Td = t; d = e; }
+    }
+    if (d < 0 || role[d]) break; /* the makespan is set by a device already paired */
+    int r = -1;
+    double big = -1;
+    for (int i = o->doff[d]; i < o->doff[d + 1]; i++) {
+      int q = o->dreq[i];
+      double x, y;
+      cf__xy(o, q, o->pos[q], &x, &y);
+      if (o->H[q] > 1 && x + y > big) { big = x + y; r = q; }
+    }
+    int h = -1;
+    for (int e = 0; e < o->nd; e++)
+      if (e != d && !role[e] && (h < 0 || X[e] < X[h])) h = e;
+    if (r < 0 || h < 0) break;
+    double x, y;
+    cf__xy(o, r, o->pos[r], &x, &y);
+    int k = cf_cost_link_of(c, d);
+    double ox = X[d] - x, oy = Yl[k] - y;
+    cf__helpfit_t f = cf__help_fit(o, r, ox, oy, X[h]);
+    if (f.k < 0 || f.t >= Td * (1 - 1e-3)) break;
+    o->pos[r].j = f.k - o->kstar[r] + 1;
+    o->pos[r].m = 0;
+    o->pos[r].adj = -1;
+    o->helper[r] = h;
+    o->ha[r] = f.a;
+    X[d] = ox + f.own;
+    Yl[k] = oy + o->L * cf__g(o, r, f.k);
+    X[h] += f.hel;
+    role[d] = 2;
+    role[h] = 1;
+    any = 1;
+  }
+  return any;
 }
 
 /* Candidate 2: balance each request against the cumulative stream times, in order. */
@@ -361,13 +477,17 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   int32_t *kbuf = malloc((size_t)L * sizeof *kbuf);
   cf__pos_t *best_pos = malloc(nn * sizeof *best_pos);
   int *best_order = malloc(nn * sizeof *best_order);
+  o.helper = malloc(nn * sizeof *o.helper);
+  o.ha = malloc(nn * sizeof *o.ha);
+  int *role = calloc((size_t)nd, sizeof *role);
+  cf__pos_t *pos0 = malloc(nn * sizeof *pos0); /* positions without help */
   cf_sched_plan_t tmp, alt;
   cf_sched_plan_init(&tmp);
   cf_sched_plan_init(&alt);
   cf_sim_result_t sim;
   cf_sim_result_init(&sim);
   if (!o.kstar || !o.H || !o.pos || !o.order || !o.key || !o.dreq || !o.doff || !X || !Yl ||
-      !crit || !kbuf || !best_pos || !best_order) {
+      !crit || !kbuf || !best_pos || !best_order || !o.helper || !o.ha || !role || !pos0) {
     rc = cf_seterr(CF_ENOMEM, "optimal: %d requests", n);
     goto out;
   }
@@ -425,6 +545,9 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
     X[d] = a + x;
     Yl[k] = b + y;
   }
+  for (int r = 0; r < n; r++) o.helper[r] = -1;
+  memcpy(pos0, o.pos, nn * sizeof *o.pos);
+  o.use_help = cf__help(&o, X, Yl, role); /* other devices' idle compute, over the peer link */
   double est = 0;
   for (int d = 0; d < nd; d++) est = fmax(est, X[d]);
   for (int k = 0; k < nl; k++) est = fmax(est, Yl[k]);
@@ -466,17 +589,23 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   cf__score_t best = cf__score_of(&sim, &ref);
   memcpy(best_pos, o.pos, nn * sizeof *o.pos);
   memcpy(best_order, o.order, nn * sizeof *o.order);
-  for (int cand = 0; cand < 3; cand++) {
-    memcpy(o.pos, best_pos, nn * sizeof *o.pos);
-    cf__make_order(&o, cand == 1); /* 0: same split, arrival order; 1, 2: cumulative balance */
-    if (cand > 0) cf__cumulative(&o, X, Yl);
+  int helped = o.use_help, best_help = o.use_help;
+  for (int cand = 0; cand < (helped ? 5 : 3); cand++) {
+    /* 0: same split, arrival order; 1, 2: cumulative balance; 3, 4: without help (when the
+     * fast path used it): the split before help, SPT and arrival order */
+    memcpy(o.pos, cand < 3 ? best_pos : pos0, nn * sizeof *o.pos);
+    o.use_help = cand < 3 ? helped : 0;
+    cf__make_order(&o, cand == 1 || cand == 3);
+    if (cand == 1 || cand == 2) cf__cumulative(&o, X, Yl);
     int b = cf__try(&o, &tmp, kbuf, &sim, &ref, &best, &evals);
     if (b < 0) { rc = b; goto out; }
     if (b) {
       memcpy(best_pos, o.pos, nn * sizeof *o.pos);
       memcpy(best_order, o.order, nn * sizeof *o.order);
+      best_help = o.use_help;
     }
   }
+  o.use_help = best_help;
   /* hill climbing on each request's position along its hull path */
   memcpy(o.pos, best_pos, nn * sizeof *o.pos);
   memcpy(o.order, best_order, nn * sizeof *o.order);
@@ -530,6 +659,10 @@ out:
   free(kbuf);
   free(best_pos);
   free(best_order);
+  free(o.helper);
+  free(o.ha);
+  free(role);
+  free(pos0);
   cf_sched_plan_free(&tmp);
   cf_sched_plan_free(&alt);
   cf_sim_result_free(&sim);

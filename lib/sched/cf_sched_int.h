@@ -19,6 +19,15 @@ static inline uint16_t *cf__plan_h(cf_sched_plan_t *p, int r) { return p->h + p-
  * bottom layer first. Returns 0 or CF_ENOMEM. */
 int cf__plan_emit_compute(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
                           const int32_t *k);
+/* Request r's compute when chunks [0, a) of every layer that computes them run on device
+ * `helper` (DESIGN.md §1 (b)): sets the staircase and emits r's own compute ops (chunks
+ * [min(a, k_l), k_l) at layer l); cf__plan_emit_help then emits the helper's compute ops
+ * (chunks [0, min(a, k_l)), each layer's cells sent right after) — call it once every
+ * request's own ops are out, so help runs after the helper's own work. Returns 0 or CF_ENOMEM. */
+int cf__plan_emit_compute_split(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
+                                const int32_t *k, int32_t a);
+int cf__plan_emit_help(cf_sched_plan_t *p, const cf_sched_input_t *in, int r, const int32_t *k,
+                       int32_t a, int helper);
 int cf__plan_emit_loads(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
                         const int32_t *k, int per_layer);
 

@@ -23,7 +23,8 @@ static void base_cost(cf_sched_cost_t *c, double gbps) {
   c->link_Bps = gbps * 1e9 / 8;
 }
 
-/* Random cost model and batch: 1-4 devices, own or shared links, 1-40 requests. */
+/* Random cost model and batch: 1-4 devices, own or shared links, with or without a peer
+ * link, 1-40 requests. */
 static void random_input(cf_sched_input_t *in, cf_sched_req_t *reqs, int maxn) {
   cf_sched_cost_t *c = &in->cost;
   cf_cost_h100_llama8b(c);
@@ -36,6 +37,10 @@ static void random_input(cf_sched_input_t *in, cf_sched_req_t *reqs, int maxn) {
   c->link_latency_s = cf_test_uniform() * 100e-6;
   c->n_devices = 1 + (int)(cf_test_uniform() * 4);
   c->shared_link = cf_test_uniform() < 0.4;
+  if (cf_test_uniform() < 0.5) { /* a peer link (NVLink): devices may help each other */
+    c->peer_Bps = (20 + cf_test_uniform() * 900) * 1e9;
+    c->peer_latency_s = cf_test_uniform() * 20e-6;
+  }
   int n = 1 + (int)(cf_test_uniform() * maxn);
   int burst = cf_test_uniform() < 0.5;
   for (int r = 0; r < n; r++) {
@@ -455,6 +460,161 @@ CF_TEST(sched_simulator_rejects_invalid_plans) {
   CF_CHECK_OK(cf_sim_run(&in, &p, &s));
   double tl = cf_cost_load(&in.cost, 256, 4);
   CF_CHECK(REL(s.makespan_s, fmax(tl + cf_cost_step(&in.cost, 256, 768), tl + cf_cost_load(&in.cost, 768, 3))) < 1e-12);
+  cf_sched_plan_free(&p);
+  cf_sim_result_free(&s);
+}
+
+/* Cross-device compute (DESIGN.md §1 (b)): a hand-made plan where device 1 computes chunk 0
+ * of device 0's request and sends it layer by layer is valid and timed exactly as the model
+ * says; each broken variant is rejected naming what is wrong. */
+CF_TEST(sched_cross_device_plans) {
+  cf_sched_input_t in = {0};
+  base_cost(&in.cost, 10);
+  in.cost.n_layers = 4;
+  in.cost.n_devices = 2;
+  in.cost.peer_Bps = 450e9;
+  in.cost.peer_latency_s = 10e-6;
+  cf_sched_req_t r = {0, 1024, 0, 0}; /* 4 chunks x 4 layers, on device 0 */
+  in.reqs = &r;
+  in.n_reqs = 1;
+  const cf_sched_cost_t *c = &in.cost;
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  cf_sim_result_t s;
+  cf_sim_result_init(&s);
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_LOAD, &p));
+  /* h = 4 4 2 0: chunk 0 on device 1 (sent), chunks 1-2 on device 0, the rest loaded */
+  p.h[0] = p.h[1] = 4;
+  p.h[2] = 2;
+  p.h[3] = 0;
+  p.ops = realloc(p.ops, 32 * sizeof *p.ops);
+  p.cap_ops_ = 32;
+  cf_sched_op_t ok[] = {
+      {0, CF_OP_COMPUTE, 0, 1, 0, 1, 0, 1}, {0, CF_OP_SEND, 0, 1, 0, 1, 0, 1},
+      {0, CF_OP_COMPUTE, 0, 1, 0, 1, 1, 2}, {0, CF_OP_SEND, 0, 1, 0, 1, 1, 2},
+      {0, CF_OP_COMPUTE, 0, 1, 0, 1, 2, 3}, {0, CF_OP_SEND, 0, 1, 0, 1, 2, 3},
+      {0, CF_OP_COMPUTE, 0, 1, 0, 1, 3, 4}, {0, CF_OP_SEND, 0, 1, 0, 1, 3, 4},
+      {0, CF_OP_COMPUTE, 0, 0, 1, 3, 0, 1}, {0, CF_OP_COMPUTE, 0, 0, 1, 3, 1, 2},
+      {0, CF_OP_COMPUTE, 0, 0, 1, 2, 2, 3}, {0, CF_OP_COMPUTE, 0, 0, 1, 2, 3, 4},
+      {0, CF_OP_LOAD, 0, 0, 2, 4, 2, 4},    {0, CF_OP_LOAD, 0, 0, 3, 4, 0, 2}};
+  size_t nok = sizeof ok / sizeof ok[0];
+  memcpy(p.ops, ok, sizeof ok);
+  p.n_ops = nok;
+  CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+  CF_CHECK_EQ(s.cells_helped, 4);
+  CF_CHECK_EQ(s.cells_computed, 10);
+  CF_CHECK_EQ(s.cells_loaded, 6);
+  /* the model by hand: helper layers back to back, each layer sent when computed; device 0's
+   * layer l needs its layer l-1 and chunk 0 of layer l arrived */
+  double sh = cf_cost_step(c, 0, 256), s1 = cf_cost_send(c, 256, 1), hend = 0, send = 0, own = 0;
+  for (int l = 0; l < 4; l++) {
+    hend += sh;
+    send = fmax(send, hend) + s1;
+    own = fmax(own, send) + cf_cost_step(c, 256, l < 2 ? 512 : 256);
+  }
+  double lend = cf_cost_load(c, 512, 2) + cf_cost_load(c, 256, 2);
+  CF_CHECK(REL(s.makespan_s, fmax(own, lend)) < 1e-12);
+  CF_CHECK(s.peer_util > 0);
+  /* broken variants */
+  struct { int op; cf_sched_op_t v; const char *msg; } bad[] = {
+      {1, {0, CF_OP_SEND, 0, 0, 0, 1, 0, 1}, "own device"},
+      {3, {0, CF_OP_SEND, 0, 1, 0, 1, 0, 1}, "sent twice"},
+      {8, {0, CF_OP_COMPUTE, 0, 0, 0, 3, 0, 1}, "computed twice"},
+      {2, {0, CF_OP_COMPUTE, 0, 0, 0, 1, 1, 2}, "computed on another device"},
+      {7, {0, CF_OP_SEND, 0, 1, 1, 2, 0, 1}, "computed on another device"},
+      {12, {0, CF_OP_LOAD, 0, 1, 2, 4, 2, 4}, "link"},
+      {1, {0, CF_OP_SEND, 0, 2, 0, 1, 0, 1}, "no such device"},
+      {1, {0, CF_OP_SEND, 0, 1, 3, 4, 0, 1}, "staircase loads"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    memcpy(p.ops, ok, sizeof ok);
+    p.n_ops = nok;
+    p.ops[bad[i].op] = bad[i].v;
+    CF_CHECK_ERR(cf_sim_run(&in, &p, &s), CF_EINVAL);
+    CF_CHECK_CONTAINS(cf_errmsg(), bad[i].msg);
+  }
+  /* a layer computed on the helper and never sent (device 0 loads chunk 1 at layer 3, so it
+   * never waits for it) */
+  memcpy(p.ops, ok, sizeof ok);
+  p.h[1] = 3;
+  p.ops[7] = (cf_sched_op_t){0, CF_OP_LOAD, 0, 0, 1, 2, 3, 4};
+  p.ops[11] = ok[13];
+  p.n_ops = nok - 1;
+  CF_CHECK_ERR(cf_sim_run(&in, &p, &s), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "never sent");
+  /* the helper attends to a prefix it does not hold: chunk 1 at layer 0 needs chunk 0 there,
+   * which device 0 computes (the helper only gets cells it computed itself) */
+  cf_sched_op_t hp[] = {{0, CF_OP_COMPUTE, 0, 0, 0, 1, 0, 1}, {0, CF_OP_COMPUTE, 0, 1, 1, 2, 0, 1},
+                        {0, CF_OP_SEND, 0, 1, 1, 2, 0, 1}, {0, CF_OP_LOAD, 0, 0, 0, 4, 1, 4},
+                        {0, CF_OP_LOAD, 0, 0, 2, 4, 0, 1}};
+  memset(p.h, 0, 4 * sizeof *p.h);
+  p.h[0] = p.h[1] = 1;
+  memcpy(p.ops, hp, sizeof hp);
+  p.n_ops = 5;
+  CF_CHECK_ERR(cf_sim_run(&in, &p, &s), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "earlier chunk computed on another device");
+  /* ... and one that is loaded (loads reach only the request's device) */
+  hp[0] = (cf_sched_op_t){0, CF_OP_LOAD, 0, 0, 0, 1, 0, 1};
+  memcpy(p.ops, hp, sizeof hp);
+  p.h[0] = 0;
+  CF_CHECK_ERR(cf_sim_run(&in, &p, &s), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "loaded");
+  /* no peer link: the same valid plan is refused */
+  memcpy(p.h, (uint16_t[]){4, 4, 2, 0}, 4 * sizeof *p.h);
+  memcpy(p.ops, ok, sizeof ok);
+  p.n_ops = nok;
+  CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+  in.cost.peer_Bps = 0;
+  CF_CHECK_ERR(cf_sim_run(&in, &p, &s), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "without a peer link");
+  cf_sched_plan_free(&p);
+  cf_sim_result_free(&s);
+}
+
+/* Imbalanced batches: one long request and idle devices over a slow shared link (compute
+ * bound). optimal lends the idle devices' compute over the peer link and is clearly faster
+ * than without it, on the fast path and refined; the bound pools compute over the devices. */
+CF_TEST(sched_optimal_uses_idle_devices) {
+  cf_sched_req_t reqs[4] = {{0, 65536, 256, -1}, {0, 4096, 256, -1}, {0, 2048, 256, -1},
+                            {0, 1024, 256, -1}};
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  cf_sim_result_t s;
+  cf_sim_result_init(&s);
+  for (int nd = 2; nd <= 8; nd *= 2)
+    for (int refine = 0; refine <= 1; refine++) {
+      cf_sched_input_t in = {0};
+      base_cost(&in.cost, 10);
+      in.cost.n_devices = nd;
+      in.cost.shared_link = 1;
+      in.cost.peer_Bps = 450e9;
+      in.cost.peer_latency_s = 10e-6;
+      in.reqs = reqs;
+      in.n_reqs = nd < 4 ? 1 : 4;
+      in.refine_evals = refine ? -1 : 0;
+      double B = cf_bound(&in), mk_other = INFINITY;
+      for (int pol = 0; pol < CF_POLICY_OPTIMAL; pol++) {
+        CF_CHECK_OK(cf_sched_plan(&in, (cf_policy_t)pol, &p));
+        CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+        mk_other = fmin(mk_other, s.makespan_s);
+      }
+      CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_OPTIMAL, &p));
+      CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+      double with = s.makespan_s;
+      CF_CHECK(s.cells_helped > 0);
+      CF_CHECK(with >= B);
+      CF_CHECK(with <= mk_other);
+      in.cost.peer_Bps = 0;
+      double B0 = cf_bound(&in);
+      CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_OPTIMAL, &p));
+      CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+      CF_CHECK_EQ(s.cells_helped, 0);
+      CF_CHECK(B < B0); /* one request may now use every device's compute */
+      CF_CHECK_MSG(with < 0.85 * s.makespan_s, "%d devices, refine %d: with help %.4g s, "
+                   "without %.4g s", nd, refine, with, s.makespan_s);
+      printf("  %d devices%s: optimal %.4f s with help, %.4f s without; bound %.4f s\n", nd,
+             refine ? " (refined)" : "", with, s.makespan_s, B);
+    }
   cf_sched_plan_free(&p);
   cf_sim_result_free(&s);
 }
