@@ -122,6 +122,8 @@ int cf__plan_op(cf_sched_plan_t *p, int r, cf_op_kind_t kind, int stream, int32_
   o->req = r;
   o->kind = (uint8_t)kind;
   o->pad_ = 0;
+  o->dst = (int16_t)(kind == CF_OP_SEND ? p->device[r] : -1);
+  o->pad2_ = 0;
   o->stream = (int16_t)stream;
   o->c0 = c0;
   o->c1 = c1;
@@ -154,14 +156,27 @@ int cf__plan_emit_compute_split(cf_sched_plan_t *p, const cf_sched_input_t *in, 
   return 0;
 }
 
+int cf__plan_send(cf_sched_plan_t *p, int r, int from, int to, int32_t c0, int32_t c1, int l0,
+                  int l1) {
+  int rc = cf__plan_op(p, r, CF_OP_SEND, from, c0, c1, l0, l1);
+  if (!rc) p->ops[p->n_ops - 1].dst = (int16_t)to;
+  return rc;
+}
+
 int cf__plan_emit_help(cf_sched_plan_t *p, const cf_sched_input_t *in, int r, const int32_t *k,
-                       int32_t a, int helper) {
-  for (int l = 0; l < in->cost.n_layers && k[l] > 0 && a > 0; l++) {
-    int32_t c1 = a < k[l] ? a : k[l];
-    int rc = cf__plan_op(p, r, CF_OP_COMPUTE, helper, 0, c1, l, l + 1);
-    if (!rc) rc = cf__plan_op(p, r, CF_OP_SEND, helper, 0, c1, l, l + 1);
-    if (rc) return rc;
-  }
+                       const int32_t *a, const int *helper, int m) {
+  for (int l = 0; l < in->cost.n_layers && k[l] > 0; l++)
+    for (int i = 0; i < m; i++) {
+      int32_t c0 = i ? a[i - 1] : 0, c1 = a[i] < k[l] ? a[i] : k[l];
+      if (c1 <= c0) break;
+      int rc = cf__plan_op(p, r, CF_OP_COMPUTE, helper[i], c0, c1, l, l + 1);
+      /* to the later helpers that attend to these cells at this layer (the next one first:
+       * it waits for them), then to the request's device */
+      for (int j = i + 1; j < m && !rc && a[j - 1] < k[l]; j++)
+        rc = cf__plan_send(p, r, helper[i], helper[j], c0, c1, l, l + 1);
+      if (!rc) rc = cf__plan_send(p, r, helper[i], p->device[r], c0, c1, l, l + 1);
+      if (rc) return rc;
+    }
   return 0;
 }
 

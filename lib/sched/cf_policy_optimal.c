@@ -56,8 +56,12 @@ typedef struct {
   cf__pos_t *pos;
   int *order;
   double *key;  /* sort key for the order */
-  int *helper;   /* device computing chunks [0, ha[r]) of request r for it, -1: none */
-  int32_t *ha;
+  int maxhelp;   /* helpers per request at most (n_devices - 1, <= CF__MAXHELP) */
+  int *hcnt;     /* request r has hcnt[r] helpers: */
+  int *hdev;     /* hdev[r * maxhelp + i] computes chunks [hsplit[.. i-1], hsplit[.. i]) */
+  int32_t *hsplit;
+  double *hox;   /* owner's other work before r (estimate) */
+  int *hreq;     /* per device: the request it is helped with */
   int use_help;  /* emit the help above (0: every request computed by its own device) */
   double q;     /* link seconds per token per layer */
   double price_tol; /* relative precision of the price bisection */
@@ -268,78 +272,136 @@ static int cf__emit(const cf__opt_t *o, cf_sched_plan_t *out, int32_t *kbuf) {
   for (int i = 0; i < o->n && !rc; i++) {
     int r = o->order[i];
     cf__kvec(o, r, kbuf);
-    if (o->use_help && o->helper[r] >= 0)
-      rc = cf__plan_emit_compute_split(out, o->in, r, kbuf, o->ha[r]);
+    if (o->use_help && o->hcnt[r] > 0)
+      rc = cf__plan_emit_compute_split(out, o->in, r, kbuf,
+                                       o->hsplit[(size_t)r * o->maxhelp + o->hcnt[r] - 1]);
     else
       rc = cf__plan_emit_compute(out, o->in, r, kbuf);
     if (!rc) rc = cf__plan_emit_loads(out, o->in, r, kbuf, 0);
   }
   for (int i = 0; i < o->n && !rc && o->use_help; i++) {
     int r = o->order[i];
-    if (o->helper[r] < 0) continue;
+    if (o->hcnt[r] <= 0) continue;
     cf__kvec(o, r, kbuf);
-    rc = cf__plan_emit_help(out, o->in, r, kbuf, o->ha[r], o->helper[r]);
+    rc = cf__plan_emit_help(out, o->in, r, kbuf, o->hsplit + (size_t)r * o->maxhelp,
+                            o->hdev + (size_t)r * o->maxhelp, o->hcnt[r]);
   }
   return rc;
 }
 
-/* Cross-device help (DESIGN.md §1 (b)). Request r on a device that sets the makespan gets a
- * helper device e: e computes the front chunks [0, a) of every layer r computes (they attend
- * only to each other, so e needs nothing from r's device) and sends each layer's cells over
- * its peer link; r's device computes chunks [a, k) and loads [k, n). With compute split over
- * two devices r's optimum moves to a larger k (fewer loads). Estimate of the end, with ox / oy
- * the other compute and loads before r on its device and link, hx the helper's own work:
- *     max(own: max(ox, hx + f_e(1 layer) + send(1 layer)) + L step(tok a, tok k - tok a),
- *         helper: hx + L (step(0, tok a)) + send(1 layer), peer: hx + L send(tok a),
- *         link: oy + L g(k))
- * For each k >= kstar (a hull vertex) the a balancing own against helper is found by
- * bisection (own falls and helper grows with a). O(n log n) per request. */
+/* Cross-device help (DESIGN.md §1 (b)). A request r whose device sets the makespan gets m
+ * helper devices e_1..e_m (the least busy devices that neither help nor are helped yet): at
+ * every layer r computes (chunks [0, k)), e_i computes chunks [a_{i-1}, a_i) (a_0 = 0) and
+ * sends them to the later helpers (they attend to them) and to r's device, which computes
+ * [a_m, k) and loads [k, n). Compute pooled over m + 1 devices moves r's optimum to a larger
+ * k (fewer loads). Helpers are added one at a time to whichever device sets the estimated
+ * makespan (so several long requests share the idle devices), while it cuts the estimate.
+ *
+ * Estimate for given k: the split points put each helper's compute end (its start plus L
+ * steps over its chunks) at a common target, found by bisection so the owner's part ends
+ * there too; the result is then timed layer by layer (the wavefront: helper i's layer l waits
+ * for helper i-1's layer l and its send; the owner's for all of them). k is bisected where
+ * that compute end crosses the link end oy + L g(k). O(m log n) per estimate. */
+enum { CF__MAXHELP = 15 };
+
 typedef struct {
-  int32_t k, a;
-  double t, own, hel;
+  int32_t k, a[CF__MAXHELP];
+  double t, tc; /* estimated end; its compute part (owner's) */
+  double hend[CF__MAXHELP];
 } cf__helpfit_t;
 
-static cf__helpfit_t cf__help_fit(const cf__opt_t *o, int r, double ox, double oy, double hx) {
+/* Splits and timing of request r at k with helpers starting at hs[0..m), owner at ox. */
+static void cf__help_at(const cf__opt_t *o, int r, int32_t k, double ox, double oy,
+                        const double *hs, int m, cf__helpfit_t *f) {
   const cf_sched_cost_t *c = o->c;
   int L = o->L;
   int64_t P = o->in->reqs[r].prefix_tokens;
-  int32_t n = cf_cost_chunks(c, P);
-  cf__helpfit_t best = {-1, 0, INFINITY, 0, 0};
-  for (int32_t k = o->kstar[r] > 0 ? o->kstar[r] : 1; k <= n; k++) {
-    double ty = oy + L * cf__g(o, r, k), tk = (double)cf_cost_tok(c, P, k);
-    if (ty >= best.t) continue;
-    int32_t lo = 1, hi = k;
-    while (lo < hi) { /* smallest a whose helper side is at least the own side */
-      int32_t mid = lo + (hi - lo) / 2;
-      double ta = (double)cf_cost_tok(c, P, mid);
-      double hel = L * cf_cost_step(c, 0, ta) + cf_cost_send(c, ta, 1);
-      double own = L * cf_cost_step(c, ta, tk - ta);
-      if (hx + hel >= ox + own) hi = mid;
-      else lo = mid + 1;
-    }
-    for (int32_t a = lo - 1; a <= lo; a++) {
-      if (a < 1) continue;
-      double ta = (double)cf_cost_tok(c, P, a), s1 = cf_cost_send(c, ta, 1);
-      double hel = hx + L * cf_cost_step(c, 0, ta) + s1;
-      double own = fmax(ox, hx + cf_cost_step(c, 0, ta) + s1) + L * cf_cost_step(c, ta, tk - ta);
-      double t = fmax(fmax(own, hel), fmax(ty, hx + L * s1));
-      if (t < best.t) {
-        best.k = k; best.a = a; best.t = t;
-        best.own = own - ox; best.hel = hel - hx;
+  double tk = (double)cf_cost_tok(c, P, k);
+  double lo = 0, hi = ox + L * cf_cost_step(c, 0, tk);
+  for (int i = 0; i < m; i++) lo = fmin(lo, hs[i]);
+  int32_t a[CF__MAXHELP];
+  for (int it = 0; it < 50 && hi - lo > 1e-9 * hi; it++) { /* smallest target the owner meets */
+    double T = 0.5 * (lo + hi);
+    int32_t prev = 0;
+    for (int i = 0; i < m; i++) { /* a_i: as many chunks as end by T */
+      double tp = (double)cf_cost_tok(c, P, prev);
+      int32_t x = prev, y = k;
+      while (x < y) {
+        int32_t mid = x + (y - x + 1) / 2;
+        double tm = (double)cf_cost_tok(c, P, mid);
+        if (hs[i] + L * cf_cost_step(c, tp, tm - tp) <= T) x = mid;
+        else y = mid - 1;
       }
+      a[i] = prev = x;
+    }
+    double tp = (double)cf_cost_tok(c, P, prev);
+    if (ox + L * cf_cost_step(c, tp, tk - tp) <= T) {
+      hi = T;
+      memcpy(f->a, a, (size_t)m * sizeof *a);
+    } else {
+      lo = T;
     }
   }
-  return best;
+  if (hi == ox + L * cf_cost_step(c, 0, tk)) /* never met: all on the owner */
+    for (int i = 0; i < m; i++) f->a[i] = 0;
+  /* time it layer by layer */
+  double F[CF__MAXHELP + 1], w[CF__MAXHELP + 1], s1[CF__MAXHELP], peer = 0;
+  for (int i = 0; i <= m; i++) {
+    int32_t c0 = i ? f->a[i - 1] : 0, c1 = i < m ? f->a[i] : k;
+    double t0 = (double)cf_cost_tok(c, P, c0), t1 = (double)cf_cost_tok(c, P, c1);
+    w[i] = cf_cost_step(c, t0, t1 - t0);
+    F[i] = i < m ? hs[i] : ox;
+    if (i < m) {
+      s1[i] = cf_cost_send(c, t1 - t0, 1);
+      peer = fmax(peer, hs[i] + L * (m - i) * s1[i]);
+    }
+  }
+  for (int l = 0; l < L; l++) {
+    double ready = 0; /* cells of the earlier participants at this layer, arrived */
+    for (int i = 0; i <= m; i++) {
+      if (w[i] > 0) F[i] = fmax(F[i], ready) + w[i];
+      if (i < m && w[i] > 0) ready = fmax(ready, F[i] + s1[i] * (m - i));
+    }
+  }
+  for (int i = 0; i < m; i++) f->hend[i] = F[i];
+  f->k = k;
+  f->tc = F[m];
+  double t = fmax(F[m], oy + L * cf__g(o, r, k));
+  for (int i = 0; i < m; i++) t = fmax(t, F[i]);
+  f->t = fmax(t, peer);
 }
 
-/* Greedy: while the device that sets the estimated makespan can be cut by giving its largest
- * request a helper (the least busy device not helping or being helped yet), do it. X, Yl: the
- * devices' compute and the links' load estimates, updated. Returns whether any help was set. */
-static int cf__help(cf__opt_t *o, double *X, double *Yl, int *role) {
+/* Best k (a hull vertex >= kstar) for request r with helpers starting at hs[0..m). */
+static void cf__help_fit(const cf__opt_t *o, int r, double ox, double oy, const double *hs,
+                         int m, cf__helpfit_t *best) {
+  int32_t n = cf_cost_chunks(o->c, o->in->reqs[r].prefix_tokens);
+  int32_t lo = o->kstar[r] > 0 ? o->kstar[r] : 1, hi = n;
+  cf__helpfit_t f;
+  best->t = INFINITY;
+  best->k = -1;
+  if (lo > n) return;
+  while (lo < hi) { /* smallest k whose compute end reaches its link end */
+    int32_t mid = lo + (hi - lo) / 2;
+    cf__help_at(o, r, mid, ox, oy, hs, m, &f);
+    if (f.tc >= oy + o->L * cf__g(o, r, mid)) hi = mid;
+    else lo = mid + 1;
+  }
+  for (int32_t k = lo - 1; k <= lo + 1; k++) {
+    if (k < (o->kstar[r] > 0 ? o->kstar[r] : 1) || k > n) continue;
+    cf__help_at(o, r, k, ox, oy, hs, m, &f);
+    if (f.t < best->t) *best = f;
+  }
+}
+
+/* Greedy (see above). X, Yl: the devices' compute and the links' load estimates, updated;
+ * role: per device 0 free, 1 helps, 2 is helped. Returns whether any help was set. */
+static int cf__help(cf__opt_t *o, double *X, double *Yl, int *role, double *base) {
   const cf_sched_cost_t *c = o->c;
   if (!cf_cost_has_peer(c)) return 0;
-  int any = 0;
-  for (int d = 0; d < o->nd; d++) role[d] = 0; /* 1: helps, 2: is helped */
+  int any = 0, MH = o->maxhelp;
+  for (int d = 0; d < o->nd; d++) role[d] = 0;
+  for (int d = 0; d < o->nd; d++) base[d] = X[d]; /* own work of a device before any help */
+  int *hreq = o->hreq; /* request being helped on device d (role 2) */
   for (int it = 0; it < o->nd; it++) {
     int d = -1;
     double Td = -1;
@@ -347,34 +409,50 @@ static int cf__help(cf__opt_t *o, double *X, double *Yl, int *role) {
       double t = fmax(X[e], Yl[cf_cost_link_of(c, e)]);
       if (t > Td) { Td = t; d = e; }
     }
-    if (d < 0 || role[d]) break; /* the makespan is set by a device already paired */
-    int r = -1;
-    double big = -1;
-    for (int i = o->doff[d]; i < o->doff[d + 1]; i++) {
-      int q = o->dreq[i];
-      double x, y;
-      cf__xy(o, q, o->pos[q], &x, &y);
-      if (o->H[q] > 1 && x + y > big) { big = x + y; r = q; }
+    if (d < 0 || role[d] == 1) break; /* a helper sets the makespan */
+    int r = role[d] == 2 ? hreq[d] : -1;
+    if (r < 0) {
+      double big = -1, x, y;
+      for (int i = o->doff[d]; i < o->doff[d + 1]; i++) {
+        int q = o->dreq[i];
+        cf__xy(o, q, o->pos[q], &x, &y);
+        if (o->H[q] > 1 && x + y > big) { big = x + y; r = q; }
+      }
     }
     int h = -1;
     for (int e = 0; e < o->nd; e++)
       if (e != d && !role[e] && (h < 0 || X[e] < X[h])) h = e;
-    if (r < 0 || h < 0) break;
+    if (r < 0 || h < 0 || o->hcnt[r] >= MH) break;
     double x, y;
     cf__xy(o, r, o->pos[r], &x, &y);
     int k = cf_cost_link_of(c, d);
-    double ox = X[d] - x, oy = Yl[k] - y;
-    cf__helpfit_t f = cf__help_fit(o, r, ox, oy, X[h]);
+    double ox = role[d] == 2 ? o->hox[r] : X[d] - x, oy = Yl[k] - y;
+    /* helpers in order of their start: the earliest free computes the front chunks */
+    int m = o->hcnt[r], *hd = o->hdev + (size_t)r * MH;
+    double hs[CF__MAXHELP];
+    int cand[CF__MAXHELP];
+    memcpy(cand, hd, (size_t)m * sizeof *cand);
+    cand[m++] = h;
+    for (int i = 1; i < m; i++)
+      for (int j = i; j > 0 && base[cand[j]] < base[cand[j - 1]]; j--) {
+        int t = cand[j]; cand[j] = cand[j - 1]; cand[j - 1] = t;
+      }
+    for (int i = 0; i < m; i++) hs[i] = base[cand[i]];
+    cf__helpfit_t f;
+    cf__help_fit(o, r, ox, oy, hs, m, &f);
     if (f.k < 0 || f.t >= Td * (1 - 1e-3)) break;
     o->pos[r].j = f.k - o->kstar[r] + 1;
     o->pos[r].m = 0;
     o->pos[r].adj = -1;
-    o->helper[r] = h;
-    o->ha[r] = f.a;
-    X[d] = ox + f.own;
+    o->hox[r] = ox;
+    o->hcnt[r] = m;
+    memcpy(hd, cand, (size_t)m * sizeof *cand);
+    memcpy(o->hsplit + (size_t)r * MH, f.a, (size_t)m * sizeof *f.a);
+    X[d] = f.tc;
     Yl[k] = oy + o->L * cf__g(o, r, f.k);
-    X[h] += f.hel;
+    for (int i = 0; i < m; i++) X[cand[i]] = f.hend[i];
     role[d] = 2;
+    hreq[d] = r;
     role[h] = 1;
     any = 1;
   }
@@ -477,9 +555,15 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   int32_t *kbuf = malloc((size_t)L * sizeof *kbuf);
   cf__pos_t *best_pos = malloc(nn * sizeof *best_pos);
   int *best_order = malloc(nn * sizeof *best_order);
-  o.helper = malloc(nn * sizeof *o.helper);
-  o.ha = malloc(nn * sizeof *o.ha);
+  o.maxhelp = nd - 1 < CF__MAXHELP ? nd - 1 : CF__MAXHELP;
+  size_t nh = nn * (size_t)(o.maxhelp > 0 ? o.maxhelp : 1);
+  o.hcnt = calloc(nn, sizeof *o.hcnt);
+  o.hdev = malloc(nh * sizeof *o.hdev);
+  o.hsplit = malloc(nh * sizeof *o.hsplit);
+  o.hox = malloc(nn * sizeof *o.hox);
+  o.hreq = malloc((size_t)nd * sizeof *o.hreq);
   int *role = calloc((size_t)nd, sizeof *role);
+  double *hbase = malloc((size_t)nd * sizeof *hbase);
   cf__pos_t *pos0 = malloc(nn * sizeof *pos0); /* positions without help */
   cf_sched_plan_t tmp, alt;
   cf_sched_plan_init(&tmp);
@@ -487,7 +571,8 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   cf_sim_result_t sim;
   cf_sim_result_init(&sim);
   if (!o.kstar || !o.H || !o.pos || !o.order || !o.key || !o.dreq || !o.doff || !X || !Yl ||
-      !crit || !kbuf || !best_pos || !best_order || !o.helper || !o.ha || !role || !pos0) {
+      !crit || !kbuf || !best_pos || !best_order || !o.hcnt || !o.hdev || !o.hsplit || !o.hox ||
+      !o.hreq || !role || !hbase || !pos0) {
     rc = cf_seterr(CF_ENOMEM, "optimal: %d requests", n);
     goto out;
   }
@@ -545,9 +630,8 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
     X[d] = a + x;
     Yl[k] = b + y;
   }
-  for (int r = 0; r < n; r++) o.helper[r] = -1;
   memcpy(pos0, o.pos, nn * sizeof *o.pos);
-  o.use_help = cf__help(&o, X, Yl, role); /* other devices' idle compute, over the peer link */
+  o.use_help = cf__help(&o, X, Yl, role, hbase); /* other devices' idle compute, over the peer link */
   double est = 0;
   for (int d = 0; d < nd; d++) est = fmax(est, X[d]);
   for (int k = 0; k < nl; k++) est = fmax(est, Yl[k]);
@@ -659,8 +743,12 @@ out:
   free(kbuf);
   free(best_pos);
   free(best_order);
-  free(o.helper);
-  free(o.ha);
+  free(o.hcnt);
+  free(o.hdev);
+  free(o.hsplit);
+  free(o.hox);
+  free(o.hreq);
+  free(hbase);
   free(role);
   free(pos0);
   cf_sched_plan_free(&tmp);

@@ -14,10 +14,11 @@
  *                                   cf_cost_link_of(cost, plan->device[r]).
  *   SEND    (r, [c0, c1) x [l0, l1)) cells computed by a helper device (COMPUTE ops of r whose
  *                                   stream is not plan->device[r]) sent over the helper's
- *                                   peer (NVLink) link to r's device; only when the cost model
- *                                   has a peer link (cf_cost_has_peer). A helper needs the
- *                                   prefix of the cells it computes computed by itself, and
- *                                   hidden states never move: cf_sim.h has the rules.
+ *                                   peer (NVLink) link to device `dst`: r's device, or another
+ *                                   helper that attends to them; only when the cost model has
+ *                                   a peer link (cf_cost_has_peer). A helper needs the prefix
+ *                                   of the cells it computes, computed by itself or sent to it,
+ *                                   and hidden states never move: cf_sim.h has the rules.
  * ops[] lists every operation once; the ops of one stream (compute stream d, or link k) appear
  * in ops[] in the order that stream runs them (ops of different streams interleave freely).
  * A stream runs its ops in order; an op starts when its stream is free, its request has
@@ -82,6 +83,8 @@ typedef struct {
   int16_t stream; /* COMPUTE: device; LOAD: link; SEND: sending device (its peer stream) */
   int32_t c0, c1; /* chunks [c0, c1) */
   int16_t l0, l1; /* layers [l0, l1); COMPUTE has l1 == l0 + 1 */
+  int16_t dst;    /* SEND: receiving device (the request's own, or another helper) */
+  int16_t pad2_;
 } cf_sched_op_t;
 
 typedef struct {

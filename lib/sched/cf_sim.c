@@ -30,6 +30,7 @@ void cf_sim_result_free(cf_sim_result_t *res) {
   free(res->cell_hfin_);
   free(res->cell_dev_);
   free(res->sidx_);
+  free(res->cell_pres_);
   memset(res, 0, sizeof *res);
 }
 
@@ -39,6 +40,9 @@ void cf_sim_result_trim(cf_sim_result_t *res) {
   free(res->kp_);
   free(res->cell_hfin_);
   free(res->cell_dev_);
+  free(res->cell_pres_);
+  res->cell_pres_ = NULL;
+  res->cap_pres_ = 0;
   res->cell_fin_ = res->cell_pmax_ = res->cell_hfin_ = NULL;
   res->cell_dev_ = NULL;
   res->kp_ = NULL;
@@ -84,6 +88,8 @@ typedef struct {
   int L;
   double *fin, *pmax, *hfin; /* hfin NULL: no help in this plan */
   int16_t *cdev;
+  double *pres; /* NULL: no send to a helper; else [cell * nd + device] arrival */
+  int nd;
   int32_t *kp;
   double *fc, *fp; /* compute and peer streams: free at */
   double busyc, busyp;
@@ -117,6 +123,7 @@ static int cf__step(cf__simst_t *s, size_t i) {
   int dv = o->stream;
   if (o->kind == CF_OP_SEND) {
     if (dv == d) return cf__bad_op(p, i, "send from the request's own device");
+    int to = o->dst;
     for (int ll = o->l0; ll < o->l1; ll++)
       for (int ch = o->c0; ch < o->c1; ch++) {
         size_t cell = base + (size_t)ll * nc + ch;
@@ -124,14 +131,19 @@ static int cf__step(cf__simst_t *s, size_t i) {
         int on = cf__computed_on(s, cell, d);
         if (on < 0) { s->wait = "a sent cell is not computed yet"; return 0; }
         if (on != dv) return cf__bad_op(p, i, "sends a cell computed on another device");
-        if (s->fin[cell] >= 0) return cf__bad_op(p, i, "cell sent twice");
+        if ((to == d ? s->fin[cell] : s->pres[cell * s->nd + to]) >= 0)
+          return cf__bad_op(p, i, "cell sent twice to the same device");
         dep = fmax(dep, s->hfin[cell]);
       }
     double start = fmax(s->fp[dv], dep), dur = cf_cost_send(c, tok, o->l1 - o->l0);
     s->fp[dv] = start + dur;
     s->busyp += dur;
     for (int ll = o->l0; ll < o->l1; ll++)
-      for (int ch = o->c0; ch < o->c1; ch++) rf[(size_t)ll * nc + ch] = start + dur;
+      for (int ch = o->c0; ch < o->c1; ch++) {
+        size_t cell = base + (size_t)ll * nc + ch;
+        if (to == d) s->fin[cell] = start + dur;
+        else s->pres[cell * s->nd + to] = start + dur;
+      }
     return 1;
   }
   if (o->l1 != l + 1) return cf__bad_op(p, i, "a compute step spans one layer");
@@ -159,16 +171,19 @@ static int cf__step(cf__simst_t *s, size_t i) {
       return 0;
     }
     dep = fmax(dep, lp[o->c0 - 1]);
-  } else if (o->c0 > 0) { /* a helper attends to the prefix it computed itself */
+  } else if (o->c0 > 0) { /* a helper attends to a prefix it computed or was sent */
     for (int ch = 0; ch < o->c0; ch++) {
       size_t cell = base + (size_t)l * nc + ch;
       if (l >= h[ch])
         return cf__bad_op(p, i, "a helper needs an earlier chunk that is loaded (loads reach "
                                 "only the request's device)");
-      int on = s->cdev[cell];
-      if (on < 0) { s->wait = "an earlier chunk at this layer is not computed yet"; return 0; }
-      if (on != dv) return cf__bad_op(p, i, "a helper needs an earlier chunk computed on another device");
-      dep = fmax(dep, s->hfin[cell]);
+      double t = s->cdev[cell] == dv ? s->hfin[cell] : s->pres ? s->pres[cell * s->nd + dv] : -1;
+      if (t < 0) {
+        s->wait = "an earlier chunk at this layer is not on this helper yet (computed by it or "
+                  "sent to it)";
+        return 0;
+      }
+      dep = fmax(dep, t);
     }
   }
   double start = fmax(s->fc[dv], dep), dur = cf_cost_step(c, t0, tok);
@@ -215,7 +230,7 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
     cells += (size_t)p->n_chunks[r] * L;
   }
   /* Static checks of every op; count the ops of each compute and peer stream. */
-  int help = 0;
+  int help = 0, fwd = 0;
   for (size_t i = 0; i < p->n_ops; i++) {
     const cf_sched_op_t *o = &p->ops[i];
     if (o->kind != CF_OP_COMPUTE && o->kind != CF_OP_LOAD && o->kind != CF_OP_SEND)
@@ -230,6 +245,11 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
       continue;
     }
     if (o->stream < 0 || o->stream >= nd) return cf__bad_op(p, i, "no such device");
+    if (o->kind == CF_OP_SEND && o->stream == d)
+      return cf__bad_op(p, i, "send from the request's own device");
+    if (o->kind == CF_OP_SEND && (o->dst < 0 || o->dst >= nd || o->dst == o->stream))
+      return cf__bad_op(p, i, "send to no such device or to itself");
+    if (o->kind == CF_OP_SEND && o->dst != d) fwd = 1;
     if (o->kind == CF_OP_SEND || o->stream != d) {
       if (!cf_cost_has_peer(c))
         return cf__bad_op(p, i, o->kind == CF_OP_SEND ? "a send without a peer link (peer_Bps = 0)"
@@ -256,6 +276,14 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
     if ((rc = cf__need((void **)&res->cell_dev_, &cap2, cells ? cells : 1, sizeof(int16_t))))
       return rc;
     res->cap_help_ = cap < cap2 ? cap : cap2;
+  }
+  if (fwd) { /* arrival of every cell on every device: 8 x n_devices bytes per cell */
+    if (cells > ((size_t)1 << 28) / (size_t)nd)
+      return cf_seterr(CF_ENOMEM, "simulator: %zu cells x %d devices is too large for a plan "
+                       "whose helpers send to each other", cells, nd);
+    if ((rc = cf__need((void **)&res->cell_pres_, &res->cap_pres_, cells * nd + 1, sizeof(double))))
+      return rc;
+    for (size_t i = 0; i < cells * nd; i++) res->cell_pres_[i] = -1;
   }
   if ((rc = cf__need((void **)&res->kp_, &res->cap_kp_, (size_t)(n ? n : 1) * L,
                      sizeof(int32_t))))
@@ -338,7 +366,7 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
    * until all ran. Each stream runs in plan order, so this is an exact event simulation;
    * without help a device's ops wait only on loads and on its own stream (one sweep). */
   cf__simst_t st = {in, p, c, L, fin, res->cell_pmax_, help ? res->cell_hfin_ : NULL,
-                    help ? res->cell_dev_ : NULL, res->kp_, fc, fp, 0, 0, 0, 0, NULL};
+                    help ? res->cell_dev_ : NULL, fwd ? res->cell_pres_ : NULL, nd, res->kp_, fc, fp, 0, 0, 0, 0, NULL};
   size_t left = off[ns];
   while (left && !rc) {
     size_t before = left;

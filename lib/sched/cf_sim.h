@@ -8,11 +8,12 @@
  *
  * Cross-device compute (peer link, cf_cost.h): a COMPUTE op of request r on a device h other
  * than r's own device d is help. Hidden states never move between devices, and loads land only
- * on d, so h needs (c, l-1) computed on h itself and every (c' < c0, l) computed on h itself
- * (the helper computes the prefix it attends to). Its cells reach d only through SEND ops on
- * h's peer stream: SEND (r, [c0,c1) x [l0,l1)) waits for those cells computed on h and makes
- * them present on d when it ends. d's own compute may use them as prefix cells (c' < c0, l),
- * never as hidden input. Streams: compute d, link k, peer d; each runs its ops in plan order,
+ * on d, so h needs (c, l-1) computed on h itself and every (c' < c0, l) present on h: computed
+ * by h, or sent to h by the helper that computed it. Cells move only through SEND ops on the
+ * sender's peer stream: SEND (r, [c0,c1) x [l0,l1)) to dst waits for those cells computed on
+ * the sender and makes them present on dst when it ends (each cell reaches each device at most
+ * once, and every helper-computed cell must reach d). d's own compute may use them as prefix
+ * cells (c' < c0, l), never as hidden input. Streams: compute d, link k, peer d; each runs its ops in plan order,
  * and the streams are advanced together until every op ran (a stream whose next op waits on a
  * cell no stream can produce any more is a deadlock).
  *
@@ -47,6 +48,8 @@ typedef struct {
   double *cell_hfin_;    /* only for plans with help: time computed, on its device */
   int16_t *cell_dev_;    /* device that computed the cell, -1 none yet / loaded */
   size_t cap_help_;
+  double *cell_pres_;    /* only for plans sending to helpers: [cell * n_devices + dev] */
+  size_t cap_pres_;
   size_t *sidx_;         /* ops of each compute / peer stream, in plan order */
   size_t cap_sidx_;
 } cf_sim_result_t;
@@ -59,7 +62,7 @@ void cf_sim_result_trim(cf_sim_result_t *res);
 /* Simulate `plan` for input `in` (the same input it was planned for) into `res` (initialised
  * with cf_sim_result_init; buffers reused). Returns 0, CF_EINVAL if the plan is invalid (detail
  * names the op or cell), or CF_ENOMEM. Memory: 20 bytes per cell of the batch, 30 when the
- * plan has cross-device compute. */
+ * plan has cross-device compute, + 8 x n_devices when helpers send to each other. */
 int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *plan, cf_sim_result_t *res);
 
 #endif

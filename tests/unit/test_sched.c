@@ -519,6 +519,7 @@ CF_TEST(sched_cross_device_plans) {
   struct { int op; cf_sched_op_t v; const char *msg; } bad[] = {
       {1, {0, CF_OP_SEND, 0, 0, 0, 1, 0, 1}, "own device"},
       {3, {0, CF_OP_SEND, 0, 1, 0, 1, 0, 1}, "sent twice"},
+      {3, {0, CF_OP_SEND, 0, 1, 0, 1, 1, 2, 1}, "to itself"},
       {8, {0, CF_OP_COMPUTE, 0, 0, 0, 3, 0, 1}, "computed twice"},
       {2, {0, CF_OP_COMPUTE, 0, 0, 0, 1, 1, 2}, "computed on another device"},
       {7, {0, CF_OP_SEND, 0, 1, 1, 2, 0, 1}, "computed on another device"},
@@ -552,7 +553,8 @@ CF_TEST(sched_cross_device_plans) {
   memcpy(p.ops, hp, sizeof hp);
   p.n_ops = 5;
   CF_CHECK_ERR(cf_sim_run(&in, &p, &s), CF_EINVAL);
-  CF_CHECK_CONTAINS(cf_errmsg(), "earlier chunk computed on another device");
+  CF_CHECK_CONTAINS(cf_errmsg(), "not on this helper yet");
+  CF_CHECK_CONTAINS(cf_errmsg(), "deadlock");
   /* ... and one that is loaded (loads reach only the request's device) */
   hp[0] = (cf_sched_op_t){0, CF_OP_LOAD, 0, 0, 0, 1, 0, 1};
   memcpy(p.ops, hp, sizeof hp);
@@ -602,6 +604,20 @@ CF_TEST(sched_optimal_uses_idle_devices) {
       CF_CHECK_OK(cf_sim_run(&in, &p, &s));
       double with = s.makespan_s;
       CF_CHECK(s.cells_helped > 0);
+      /* the long request's compute spreads over the idle devices, helpers forwarding the
+       * prefix cells they computed to the later helpers */
+      int on[8] = {0}, fwd = 0;
+      for (size_t i = 0; i < p.n_ops; i++) {
+        if (p.ops[i].req != 0) continue;
+        if (p.ops[i].kind == CF_OP_COMPUTE) on[p.ops[i].stream] = 1;
+        if (p.ops[i].kind == CF_OP_SEND && p.ops[i].dst != p.device[0]) fwd = 1;
+      }
+      int used = 0;
+      for (int d = 0; d < nd; d++) used += on[d];
+      CF_CHECK_MSG(used >= (nd < 4 ? 2 : nd / 2 + 1), "%d devices: request 0 computed on %d",
+                   nd, used);
+      CF_CHECK(nd < 4 || fwd);
+      CF_CHECK_MSG(with <= 1.25 * B, "%d devices: %.4g s vs bound %.4g s", nd, with, B);
       CF_CHECK(with >= B);
       CF_CHECK(with <= mk_other);
       in.cost.peer_Bps = 0;
