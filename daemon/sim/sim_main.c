@@ -46,8 +46,8 @@ static void usage(FILE *f) {
           "  --plan-json FILE write the plan of --policy NAME (with all: optimal's) as JSON:\n"
           "             {\"policy\", \"n_layers\", \"requests\": [{\"device\", \"h\": [...]}],\n"
           "              \"ops\": [[\"compute\"|\"load\"|\"send\", req, stream, c0, c1, l0, l1], ...]}\n"
-          "             (compute on a stream other than the request's device: help over NVLink,\n"
-          "              sent to it by the send ops of that stream)\n"
+          "             (compute on a stream other than the request's device: help over NVLink;\n"
+          "              [\"send\", req, from, c0, c1, l0, l1, to] moves those cells to device to)\n"
           "             (ops of one stream in the order it runs them)\n");
 }
 
@@ -91,9 +91,11 @@ static int write_plan(const char *path, const cf_sched_plan_t *p) {
   fprintf(f, "],\n \"ops\": [");
   for (size_t i = 0; i < p->n_ops; i++) {
     const cf_sched_op_t *o = &p->ops[i];
-    fprintf(f, "%s\n  [\"%s\", %d, %d, %d, %d, %d, %d]", i ? "," : "",
-            o->kind == CF_OP_COMPUTE ? "compute" : o->kind == CF_OP_SEND ? "send" : "load", o->req, o->stream, o->c0, o->c1, o->l0,
-            o->l1);
+    fprintf(f, "%s\n  [\"%s\", %d, %d, %d, %d, %d, %d", i ? "," : "",
+            o->kind == CF_OP_COMPUTE ? "compute" : o->kind == CF_OP_SEND ? "send" : "load", o->req,
+            o->stream, o->c0, o->c1, o->l0, o->l1);
+    if (o->kind == CF_OP_SEND) fprintf(f, ", %d", o->dst); /* the receiving device */
+    fprintf(f, "]");
   }
   fprintf(f, "]}\n");
   if (fclose(f) != 0) return cf_seterr(CF_EIO, "--plan-json %s: write failed", path);
