@@ -182,19 +182,7 @@ int cf__plan_emit_help(cf_sched_plan_t *p, const cf_sched_input_t *in, int r, co
 
 int cf__plan_emit_compute(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
                           const int32_t *k) {
-  int L = in->cost.n_layers, n = p->n_chunks[r];
-  uint16_t *h = cf__plan_h(p, r);
-  /* h_c = #{l : k_l > c}; k is non-increasing, so walk both in O(n + L) */
-  int l = L;
-  for (int c = 0; c < n; c++) {
-    while (l > 0 && k[l - 1] <= c) l--;
-    h[c] = (uint16_t)l;
-  }
-  for (l = 0; l < L && k[l] > 0; l++) {
-    int rc = cf__plan_op(p, r, CF_OP_COMPUTE, p->device[r], 0, k[l], l, l + 1);
-    if (rc) return rc;
-  }
-  return 0;
+  return cf__plan_emit_compute_split(p, in, r, k, 0); /* no helper: every chunk on r's device */
 }
 
 int cf__plan_emit_loads(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,

@@ -395,6 +395,27 @@ CF_TEST(sched_multi_device_and_tp_profiles) {
   cf_sim_result_free(&s);
 }
 
+/* One broken variant of a valid plan: op `op` replaced by `v`. */
+typedef struct {
+  int op;
+  cf_sched_op_t v;
+  const char *msg;
+} mutation_t;
+
+/* Each mutation of the valid ops ok[0..nok) must be rejected with a message containing its
+ * msg. */
+static void check_mutations(const cf_sched_input_t *in, cf_sched_plan_t *p, cf_sim_result_t *s,
+                            const cf_sched_op_t *ok, size_t nok, const mutation_t *bad,
+                            size_t nbad) {
+  for (size_t i = 0; i < nbad; i++) {
+    memcpy(p->ops, ok, nok * sizeof *ok);
+    p->n_ops = nok;
+    p->ops[bad[i].op] = bad[i].v;
+    CF_CHECK_ERR(cf_sim_run(in, p, s), CF_EINVAL);
+    CF_CHECK_CONTAINS(cf_errmsg(), bad[i].msg);
+  }
+}
+
 CF_TEST(sched_simulator_rejects_invalid_plans) {
   cf_sched_input_t in = {0};
   base_cost(&in.cost, 10);
@@ -418,7 +439,7 @@ CF_TEST(sched_simulator_rejects_invalid_plans) {
   p.n_ops = 4;
   CF_CHECK_OK(cf_sim_run(&in, &p, &s));
   /* each mutation must be caught, with a message naming it */
-  struct { int op; cf_sched_op_t v; const char *msg; } bad[] = {
+  mutation_t bad[] = {
       {1, {0, CF_OP_COMPUTE, 0, 0, 0, 3, 1, 2}, "staircase loads"},
       {3, {0, CF_OP_LOAD, 0, 0, 0, 2, 1, 4}, "staircase computes"},
       {3, {0, CF_OP_LOAD, 0, 0, 0, 2, 3, 4}, "neither computed nor loaded"},
@@ -428,12 +449,7 @@ CF_TEST(sched_simulator_rejects_invalid_plans) {
       {0, {1, CF_OP_COMPUTE, 0, 0, 0, 2, 0, 1}, "no such request"},
       {2, {0, CF_OP_LOAD, 0, 0, 2, 5, 0, 4}, "out-of-range"},
   };
-  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-    memcpy(p.ops, ok, sizeof ok);
-    p.ops[bad[i].op] = bad[i].v;
-    CF_CHECK_ERR(cf_sim_run(&in, &p, &s), CF_EINVAL);
-    CF_CHECK_CONTAINS(cf_errmsg(), bad[i].msg);
-  }
+  check_mutations(&in, &p, &s, ok, 4, bad, sizeof bad / sizeof bad[0]);
   /* swapped compute order: layer 1 before layer 0 on the same stream */
   memcpy(p.ops, ok, sizeof ok);
   p.ops[0] = ok[1];
@@ -516,7 +532,7 @@ CF_TEST(sched_cross_device_plans) {
   CF_CHECK(REL(s.makespan_s, fmax(own, lend)) < 1e-12);
   CF_CHECK(s.peer_util > 0);
   /* broken variants */
-  struct { int op; cf_sched_op_t v; const char *msg; } bad[] = {
+  mutation_t bad[] = {
       {1, {0, CF_OP_SEND, 0, 0, 0, 1, 0, 1}, "own device"},
       {3, {0, CF_OP_SEND, 0, 1, 0, 1, 0, 1}, "sent twice"},
       {3, {0, CF_OP_SEND, 0, 1, 0, 1, 1, 2, 1}, "to itself"},
@@ -527,13 +543,7 @@ CF_TEST(sched_cross_device_plans) {
       {1, {0, CF_OP_SEND, 0, 2, 0, 1, 0, 1}, "no such device"},
       {1, {0, CF_OP_SEND, 0, 1, 3, 4, 0, 1}, "staircase loads"},
   };
-  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-    memcpy(p.ops, ok, sizeof ok);
-    p.n_ops = nok;
-    p.ops[bad[i].op] = bad[i].v;
-    CF_CHECK_ERR(cf_sim_run(&in, &p, &s), CF_EINVAL);
-    CF_CHECK_CONTAINS(cf_errmsg(), bad[i].msg);
-  }
+  check_mutations(&in, &p, &s, ok, nok, bad, sizeof bad / sizeof bad[0]);
   /* a layer computed on the helper and never sent (device 0 loads chunk 1 at layer 3, so it
    * never waits for it) */
   memcpy(p.ops, ok, sizeof ok);
