@@ -60,7 +60,6 @@ typedef struct {
   int *hcnt;     /* request r has hcnt[r] helpers: */
   int *hdev;     /* hdev[r * maxhelp + i] computes chunks [hsplit[.. i-1], hsplit[.. i]) */
   int32_t *hsplit;
-  double *hox;   /* owner's other work before r (estimate) */
   int *hreq;     /* per device: the request it is helped with */
   int use_help;  /* emit the help above (0: every request computed by its own device) */
   double q;     /* link seconds per token per layer */
@@ -243,15 +242,18 @@ static int cf__cmp_order(const void *pa, const void *pb, void *arg) {
   return a - b;
 }
 
-/* Order requests by arrival, then (spt) by their compute + load time at the current positions. */
+/* Order requests by arrival, then (spt) by their compute + load time at the current positions.
+ * Within an arrival a helped request goes last: its device runs the rest of its work while
+ * the helpers start (cf__help's estimate counts that work before it). */
 static void cf__make_order(cf__opt_t *o, int spt) {
   for (int r = 0; r < o->n; r++) {
     o->order[r] = r;
     double x, y;
     cf__xy(o, r, o->pos[r], &x, &y);
-    o->key[r] = x + y;
+    int helped = o->use_help && o->hcnt[r] > 0;
+    o->key[r] = helped ? INFINITY : spt ? x + y : 0;
   }
-  cf__order_ctx_t ctx = {spt ? o->key : NULL, o->in->reqs};
+  cf__order_ctx_t ctx = {o->key, o->in->reqs};
   qsort_r(o->order, (size_t)o->n, sizeof *o->order, cf__cmp_order, &ctx);
 }
 
@@ -265,26 +267,22 @@ static void cf__kvec(const cf__opt_t *o, int r, int32_t *kbuf) {
   while (l < L) kbuf[l++] = k0;
 }
 
-/* Emit the plan for the current positions, order and (use_help) help. Help ops go after
- * every request's own ops, so a helper finishes its own requests first. */
+/* Emit the plan for the current positions, order and (use_help) help. A helped request's
+ * help ops follow its own, so on a helper they keep the request's place in the order (a
+ * helper's own request arriving later must not hold the help back). */
 static int cf__emit(const cf__opt_t *o, cf_sched_plan_t *out, int32_t *kbuf) {
   int rc = cf__plan_reset(out, o->in, o->dev, CF_POLICY_OPTIMAL);
   for (int i = 0; i < o->n && !rc; i++) {
-    int r = o->order[i];
+    int r = o->order[i], help = o->use_help && o->hcnt[r] > 0;
+    size_t hoff = (size_t)r * o->maxhelp;
     cf__kvec(o, r, kbuf);
-    if (o->use_help && o->hcnt[r] > 0)
-      rc = cf__plan_emit_compute_split(out, o->in, r, kbuf,
-                                       o->hsplit[(size_t)r * o->maxhelp + o->hcnt[r] - 1]);
+    if (help)
+      rc = cf__plan_emit_compute_split(out, o->in, r, kbuf, o->hsplit[hoff + o->hcnt[r] - 1]);
     else
       rc = cf__plan_emit_compute(out, o->in, r, kbuf);
     if (!rc) rc = cf__plan_emit_loads(out, o->in, r, kbuf, 0);
-  }
-  for (int i = 0; i < o->n && !rc && o->use_help; i++) {
-    int r = o->order[i];
-    if (o->hcnt[r] <= 0) continue;
-    cf__kvec(o, r, kbuf);
-    rc = cf__plan_emit_help(out, o->in, r, kbuf, o->hsplit + (size_t)r * o->maxhelp,
-                            o->hdev + (size_t)r * o->maxhelp, o->hcnt[r]);
+    if (!rc && help)
+      rc = cf__plan_emit_help(out, o->in, r, kbuf, o->hsplit + hoff, o->hdev + hoff, o->hcnt[r]);
   }
   return rc;
 }
@@ -393,14 +391,28 @@ static void cf__help_fit(const cf__opt_t *o, int r, double ox, double oy, const 
   }
 }
 
+/* Compute of device d's requests other than r that run before r (arriving no later: a helped
+ * request goes last within its arrival, cf__make_order) and after it. */
+static void cf__own_work(const cf__opt_t *o, int d, int r, double *before, double *after) {
+  double a = o->in->reqs[r].arrival_s, x, y;
+  *before = *after = 0;
+  for (int i = o->doff[d]; i < o->doff[d + 1]; i++) {
+    int q = o->dreq[i];
+    if (q == r) continue;
+    cf__xy(o, q, o->pos[q], &x, &y);
+    if (o->in->reqs[q].arrival_s <= a) *before += x;
+    else *after += x;
+  }
+  *before = fmax(*before, a); /* nor does r start before it arrives */
+}
+
 /* Greedy (see above). X, Yl: the devices' compute and the links' load estimates, updated;
  * role: per device 0 free, 1 helps, 2 is helped. Returns whether any help was set. */
-static int cf__help(cf__opt_t *o, double *X, double *Yl, int *role, double *base) {
+static int cf__help(cf__opt_t *o, double *X, double *Yl, int *role) {
   const cf_sched_cost_t *c = o->c;
   if (!cf_cost_has_peer(c)) return 0;
   int any = 0, MH = o->maxhelp;
   for (int d = 0; d < o->nd; d++) role[d] = 0;
-  for (int d = 0; d < o->nd; d++) base[d] = X[d]; /* own work of a device before any help */
   int *hreq = o->hreq; /* request being helped on device d (role 2) */
   for (int it = 0; it < o->nd; it++) {
     int d = -1;
@@ -426,31 +438,36 @@ static int cf__help(cf__opt_t *o, double *X, double *Yl, int *role, double *base
     double x, y;
     cf__xy(o, r, o->pos[r], &x, &y);
     int k = cf_cost_link_of(c, d);
-    double ox = role[d] == 2 ? o->hox[r] : X[d] - x, oy = Yl[k] - y;
+    double ox, oafter, oy = Yl[k] - y;
+    cf__own_work(o, d, r, &ox, &oafter);
     /* helpers in order of their start: the earliest free computes the front chunks */
     int m = o->hcnt[r], *hd = o->hdev + (size_t)r * MH;
     double hs[CF__MAXHELP];
     int cand[CF__MAXHELP];
     memcpy(cand, hd, (size_t)m * sizeof *cand);
     cand[m++] = h;
-    for (int i = 1; i < m; i++)
-      for (int j = i; j > 0 && base[cand[j]] < base[cand[j - 1]]; j--) {
+    double hafter[CF__MAXHELP];
+    for (int i = 0; i < m; i++) cf__own_work(o, cand[i], r, &hs[i], &hafter[i]);
+    for (int i = 1; i < m; i++) /* by start: insertion sort of (cand, hs, hafter) */
+      for (int j = i; j > 0 && hs[j] < hs[j - 1]; j--) {
         int t = cand[j]; cand[j] = cand[j - 1]; cand[j - 1] = t;
+        double u = hs[j]; hs[j] = hs[j - 1]; hs[j - 1] = u;
+        u = hafter[j]; hafter[j] = hafter[j - 1]; hafter[j - 1] = u;
       }
-    for (int i = 0; i < m; i++) hs[i] = base[cand[i]];
     cf__helpfit_t f;
     cf__help_fit(o, r, ox, oy, hs, m, &f);
-    if (f.k < 0 || f.t >= Td * (1 - 1e-3)) break;
+    double t = fmax(f.t, f.tc + oafter); /* work that runs after r */
+    for (int i = 0; i < m; i++) t = fmax(t, f.hend[i] + hafter[i]);
+    if (f.k < 0 || t >= Td * (1 - 1e-3)) break;
     o->pos[r].j = f.k - o->kstar[r] + 1;
     o->pos[r].m = 0;
     o->pos[r].adj = -1;
-    o->hox[r] = ox;
     o->hcnt[r] = m;
     memcpy(hd, cand, (size_t)m * sizeof *cand);
     memcpy(o->hsplit + (size_t)r * MH, f.a, (size_t)m * sizeof *f.a);
-    X[d] = f.tc;
+    X[d] = f.tc + oafter;
     Yl[k] = oy + o->L * cf__g(o, r, f.k);
-    for (int i = 0; i < m; i++) X[cand[i]] = f.hend[i];
+    for (int i = 0; i < m; i++) X[cand[i]] = f.hend[i] + hafter[i];
     role[d] = 2;
     hreq[d] = r;
     role[h] = 1;
@@ -560,10 +577,8 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   o.hcnt = calloc(nn, sizeof *o.hcnt);
   o.hdev = malloc(nh * sizeof *o.hdev);
   o.hsplit = malloc(nh * sizeof *o.hsplit);
-  o.hox = malloc(nn * sizeof *o.hox);
   o.hreq = malloc((size_t)nd * sizeof *o.hreq);
   int *role = calloc((size_t)nd, sizeof *role);
-  double *hbase = malloc((size_t)nd * sizeof *hbase);
   cf__pos_t *pos0 = malloc(nn * sizeof *pos0); /* positions without help */
   cf_sched_plan_t tmp, alt;
   cf_sched_plan_init(&tmp);
@@ -571,8 +586,8 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   cf_sim_result_t sim;
   cf_sim_result_init(&sim);
   if (!o.kstar || !o.H || !o.pos || !o.order || !o.key || !o.dreq || !o.doff || !X || !Yl ||
-      !crit || !kbuf || !best_pos || !best_order || !o.hcnt || !o.hdev || !o.hsplit || !o.hox ||
-      !o.hreq || !role || !hbase || !pos0) {
+      !crit || !kbuf || !best_pos || !best_order || !o.hcnt || !o.hdev || !o.hsplit ||
+      !o.hreq || !role || !pos0) {
     rc = cf_seterr(CF_ENOMEM, "optimal: %d requests", n);
     goto out;
   }
@@ -631,7 +646,7 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
     Yl[k] = b + y;
   }
   memcpy(pos0, o.pos, nn * sizeof *o.pos);
-  o.use_help = cf__help(&o, X, Yl, role, hbase); /* other devices' idle compute, over the peer link */
+  o.use_help = cf__help(&o, X, Yl, role); /* other devices' idle compute, over the peer link */
   double est = 0;
   for (int d = 0; d < nd; d++) est = fmax(est, X[d]);
   for (int k = 0; k < nl; k++) est = fmax(est, Yl[k]);
@@ -746,9 +761,7 @@ out:
   free(o.hcnt);
   free(o.hdev);
   free(o.hsplit);
-  free(o.hox);
   free(o.hreq);
-  free(hbase);
   free(role);
   free(pos0);
   cf_sched_plan_free(&tmp);

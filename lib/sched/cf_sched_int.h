@@ -24,8 +24,7 @@ int cf__plan_emit_compute(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
  * [min(a, k_l), k_l) at layer l). cf__plan_emit_help then emits the helpers' ops: helper i
  * of m computes chunks [a[i-1], a[i]) (a[-1] = 0, a[m-1] = a) at every layer that computes
  * them and sends each layer's cells to the later helpers (they attend to them) and to r's
- * device. Call it once every request's own ops are out, so help runs after a helper's own
- * work. Returns 0 or CF_ENOMEM. */
+ * device. Returns 0 or CF_ENOMEM. */
 int cf__plan_emit_compute_split(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
                                 const int32_t *k, int32_t a);
 int cf__plan_emit_help(cf_sched_plan_t *p, const cf_sched_input_t *in, int r, const int32_t *k,

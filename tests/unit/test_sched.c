@@ -645,6 +645,48 @@ CF_TEST(sched_optimal_uses_idle_devices) {
   cf_sim_result_free(&s);
 }
 
+/* The fast path adopts help on its own estimate (no simulator): on random multi-device batches
+ * with arrivals it must not make plans slower than the same fast path without a peer link. */
+CF_TEST(sched_fast_path_help_never_hurts) {
+  cf_sched_req_t reqs[10];
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  cf_sim_result_t s;
+  cf_sim_result_init(&s);
+  double worst = 0;
+  int helped = 0;
+  for (int t = 0; t < 60; t++) {
+    cf_sched_input_t in = {0};
+    base_cost(&in.cost, cf_test_uniform() < 0.5 ? 384 : 10);
+    in.cost.n_devices = 2 << (int)(cf_test_uniform() * 3);
+    in.cost.shared_link = in.cost.link_Bps < 10e9;
+    int n = 1 + (int)(cf_test_uniform() * 10);
+    for (int r = 0; r < n; r++) {
+      reqs[r].arrival_s = cf_test_uniform() < 0.7 ? 0 : cf_test_uniform();
+      reqs[r].prefix_tokens = 1 + (int64_t)(cf_test_uniform() * (cf_test_uniform() < 0.5 ? 8000 : 131072));
+      reqs[r].new_tokens = 64;
+      reqs[r].device = -1;
+    }
+    in.reqs = reqs;
+    in.n_reqs = n;
+    double mk[2];
+    for (int peer = 0; peer < 2; peer++) {
+      in.cost.peer_Bps = peer ? 450e9 : 0;
+      in.cost.peer_latency_s = 10e-6;
+      CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_OPTIMAL, &p));
+      CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+      mk[peer] = s.makespan_s;
+      if (peer) helped += s.cells_helped > 0;
+    }
+    worst = fmax(worst, mk[1] / mk[0]);
+    CF_CHECK_MSG(mk[1] <= 1.02 * mk[0], "trial %d: fast path %.6g s with help, %.6g s without", t,
+                 mk[1], mk[0]);
+  }
+  printf("  fast path: help used in %d of 60 batches; worst with/without %.4f\n", helped, worst);
+  cf_sched_plan_free(&p);
+  cf_sim_result_free(&s);
+}
+
 CF_TEST(sched_rejects_bad_input) {
   cf_sched_input_t in = {0};
   base_cost(&in.cost, 10);
