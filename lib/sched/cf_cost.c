@@ -18,6 +18,8 @@ void cf_cost_h100_llama8b(cf_sched_cost_t *c) {
   c->link_latency_s = 8e-6;
   c->peer_Bps = 0; /* one device: no peer link */
   c->peer_latency_s = 0;
+  c->pp_stages = 1;
+  c->hidden_bytes_per_token = 0;
 }
 
 static int cf__pos(const char *name, double v, int allow_zero) {
@@ -45,6 +47,11 @@ int cf_cost_check(const cf_sched_cost_t *c) {
   if (c->n_devices > 1) { /* read only with several devices (see cf_cost.h) */
     if ((rc = cf__pos("peer_Bps", c->peer_Bps, 1))) return rc;
     if ((rc = cf__pos("peer_latency_s", c->peer_latency_s, 1))) return rc;
+    if (c->pp_stages < 1 || c->n_devices % c->pp_stages)
+      return cf_seterr(CF_EINVAL, "cost model: pp_stages = %d: expected 1.. dividing n_devices = %d",
+                       c->pp_stages, c->n_devices);
+    if (c->pp_stages > 1 && (rc = cf__pos("hidden_bytes_per_token", c->hidden_bytes_per_token, 0)))
+      return rc;
   }
   return 0;
 }

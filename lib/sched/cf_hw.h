@@ -36,6 +36,7 @@ extern const char *const cf_tier_names[3];
 typedef struct {
   char name[128];
   int layers, hidden, heads, kv_heads, head_dim, intermediate, dtype_bytes, tp;
+  int pp; /* pipeline stages (1: none) */
 } cf_model_shape_t;
 
 /* Load profile `arg`: a path (contains '/' or ends in .json) or a NAME looked up as
@@ -43,7 +44,8 @@ typedef struct {
  * Returns 0 or CF_ENOENT / CF_EFORMAT with a detail naming the file and key. */
 int cf_hw_load(const char *arg, cf_hw_t *hw);
 
-/* Model by name (llama-3.1-8b, qwen3-8b, llama-3.1-70b-tp4, llama-3.1-70b-tp8) or an HF
+/* Model by name (llama-3.1-8b, qwen3-8b, llama-3.1-70b-tp4, llama-3.1-70b-tp8,
+ * llama-3.1-70b-tp4pp2: 2 pipeline stages of TP-4, each stage one device) or an HF
  * config.json path. Returns 0 or CF_ENOTFOUND / CF_EFORMAT with a detail. */
 int cf_model_shape_load(const char *arg, cf_model_shape_t *m);
 

@@ -144,9 +144,19 @@ static void cf__set_staircase(cf_sched_plan_t *p, const cf_sched_input_t *in, in
   }
 }
 
+int cf__plan_hidden(cf_sched_plan_t *p, const cf_sched_input_t *in, int r, int32_t c0,
+                    int32_t c1) {
+  if (cf_cost_stage(&in->cost, p->device[r]) == 0 || c1 <= c0) return 0;
+  return cf__plan_op(p, r, CF_OP_LOAD, cf_cost_link_of(&in->cost, p->device[r]), c0, c1, -1, 0);
+}
+
 int cf__plan_emit_compute_split(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
                                 const int32_t *k, int32_t a) {
   cf__set_staircase(p, in, r, k);
+  if (k[0] > 0) { /* a later pipeline stage: its layer-0 input comes first, over its link */
+    int rc = cf__plan_hidden(p, in, r, 0, k[0]);
+    if (rc) return rc;
+  }
   for (int l = 0; l < in->cost.n_layers && k[l] > 0; l++) {
     int32_t c0 = a < k[l] ? a : k[l];
     if (c0 == k[l]) continue; /* the helper computes all of this layer */

@@ -422,6 +422,8 @@ static int cf__help(cf__opt_t *o, double *X, double *Yl, int *role) {
       if (t > Td) { Td = t; d = e; }
     }
     if (d < 0 || role[d] == 1) break; /* a helper sets the makespan */
+    /* a later pipeline stage's layer 0 needs hidden states that load only to its device */
+    if (cf_cost_stage(c, d) > 0) break;
     int r = role[d] == 2 ? hreq[d] : -1;
     if (r < 0) {
       double big = -1, x, y;

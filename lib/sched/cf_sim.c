@@ -31,6 +31,7 @@ void cf_sim_result_free(cf_sim_result_t *res) {
   free(res->cell_dev_);
   free(res->sidx_);
   free(res->cell_pres_);
+  free(res->hid_);
   memset(res, 0, sizeof *res);
 }
 
@@ -41,8 +42,10 @@ void cf_sim_result_trim(cf_sim_result_t *res) {
   free(res->cell_hfin_);
   free(res->cell_dev_);
   free(res->cell_pres_);
+  free(res->hid_);
   res->cell_pres_ = NULL;
-  res->cap_pres_ = 0;
+  res->hid_ = NULL;
+  res->cap_pres_ = res->cap_hid_ = 0;
   res->cell_fin_ = res->cell_pmax_ = res->cell_hfin_ = NULL;
   res->cell_dev_ = NULL;
   res->kp_ = NULL;
@@ -89,6 +92,7 @@ typedef struct {
   double *fin, *pmax, *hfin; /* hfin NULL: no help in this plan */
   int16_t *cdev;
   double *pres; /* NULL: no send to a helper; else [cell * nd + device] arrival */
+  double *hid;  /* NULL: no pipeline stages; else [h_off[r] + chunk]: boundary hidden loaded */
   int nd;
   int32_t *kp;
   double *fc, *fp; /* compute and peer streams: free at */
@@ -147,6 +151,16 @@ static int cf__step(cf__simst_t *s, size_t i) {
     return 1;
   }
   if (o->l1 != l + 1) return cf__bad_op(p, i, "a compute step spans one layer");
+  if (l == 0 && cf_cost_stage(c, d) > 0) { /* a later stage's input: the stored hidden state */
+    if (dv != d)
+      return cf__bad_op(p, i, "a helper computes the first layer of a pipeline stage (its "
+                              "boundary hidden states load only to the request's device)");
+    for (int ch = o->c0; ch < o->c1; ch++) {
+      double t = s->hid[p->h_off[r] + ch];
+      if (t < 0) return cf__bad_op(p, i, "the boundary hidden state of a chunk is never loaded");
+      dep = fmax(dep, t);
+    }
+  }
   for (int ch = o->c0; ch < o->c1; ch++) {
     if (l >= h[ch]) return cf__bad_op(p, i, "computes a cell the staircase loads");
     if (l > 0) { /* the hidden input: computed on this very device */
@@ -236,10 +250,13 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
     if (o->kind != CF_OP_COMPUTE && o->kind != CF_OP_LOAD && o->kind != CF_OP_SEND)
       return cf__bad_op(p, i, "unknown kind");
     if (o->req < 0 || o->req >= n) return cf__bad_op(p, i, "no such request");
-    if (o->c0 < 0 || o->c0 >= o->c1 || o->c1 > p->n_chunks[o->req] || o->l0 < 0 ||
-        o->l0 >= o->l1 || o->l1 > L)
-      return cf__bad_op(p, i, "empty or out-of-range rectangle");
     int d = p->device[o->req];
+    int hidden = o->kind == CF_OP_LOAD && o->l0 == -1 && o->l1 == 0;
+    if (hidden && cf_cost_stage(c, d) == 0)
+      return cf__bad_op(p, i, "a boundary hidden-state load for a first pipeline stage");
+    if (o->c0 < 0 || o->c0 >= o->c1 || o->c1 > p->n_chunks[o->req] ||
+        (!hidden && (o->l0 < 0 || o->l0 >= o->l1 || o->l1 > L)))
+      return cf__bad_op(p, i, "empty or out-of-range rectangle");
     if (o->kind == CF_OP_LOAD) {
       if (o->stream != cf_cost_link_of(c, d)) return cf__bad_op(p, i, "load on another device's link");
       continue;
@@ -284,6 +301,12 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
     if ((rc = cf__need((void **)&res->cell_pres_, &res->cap_pres_, cells * nd + 1, sizeof(double))))
       return rc;
     for (size_t i = 0; i < cells * nd; i++) res->cell_pres_[i] = -1;
+  }
+  int pp = cf_cost_stage(c, nd - 1) > 0; /* pipeline stages: boundary hidden states */
+  if (pp) {
+    size_t nch = cells / (size_t)L;
+    if ((rc = cf__need((void **)&res->hid_, &res->cap_hid_, nch + 1, sizeof(double)))) return rc;
+    for (size_t i = 0; i < nch; i++) res->hid_[i] = -1;
   }
   if ((rc = cf__need((void **)&res->kp_, &res->cap_kp_, (size_t)(n ? n : 1) * L,
                      sizeof(int32_t))))
@@ -351,6 +374,18 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
     const cf_sched_req_t *q = &in->reqs[r];
     double t0 = c->chunk_tokens * (double)o->c0;
     double tok = (double)cf_cost_tok(c, q->prefix_tokens, o->c1) - t0;
+    if (o->l0 == -1) { /* boundary hidden states of chunks the stage computes at layer 0 */
+      double start = fmax(fl[k], q->arrival_s), dur = cf_cost_load_hidden(c, tok);
+      fl[k] = start + dur;
+      busyl += dur;
+      for (int ch = o->c0; ch < o->c1 && !rc; ch++) {
+        double *t = &res->hid_[p->h_off[r] + ch];
+        if (h[ch] == 0) rc = cf__bad_op(p, i, "loads the boundary hidden state of a chunk it does not compute");
+        else if (*t >= 0) rc = cf__bad_op(p, i, "boundary hidden state loaded twice");
+        else *t = start + dur;
+      }
+      continue;
+    }
     double start = fmax(fl[k], q->arrival_s), dur = cf_cost_load(c, tok, o->l1 - o->l0);
     fl[k] = start + dur;
     busyl += dur;
@@ -366,7 +401,7 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
    * until all ran. Each stream runs in plan order, so this is an exact event simulation;
    * without help a device's ops wait only on loads and on its own stream (one sweep). */
   cf__simst_t st = {in, p, c, L, fin, res->cell_pmax_, help ? res->cell_hfin_ : NULL,
-                    help ? res->cell_dev_ : NULL, fwd ? res->cell_pres_ : NULL, nd, res->kp_, fc, fp, 0, 0, 0, 0, NULL};
+                    help ? res->cell_dev_ : NULL, fwd ? res->cell_pres_ : NULL, pp ? res->hid_ : NULL, nd, res->kp_, fc, fp, 0, 0, 0, 0, NULL};
   size_t left = off[ns];
   while (left && !rc) {
     size_t before = left;

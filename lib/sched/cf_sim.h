@@ -13,9 +13,13 @@
  * sender's peer stream: SEND (r, [c0,c1) x [l0,l1)) to dst waits for those cells computed on
  * the sender and makes them present on dst when it ends (each cell reaches each device at most
  * once, and every helper-computed cell must reach d). d's own compute may use them as prefix
- * cells (c' < c0, l), never as hidden input. Streams: compute d, link k, peer d; each runs its ops in plan order,
- * and the streams are advanced together until every op ran (a stream whose next op waits on a
- * cell no stream can produce any more is a deadlock).
+ * cells (c' < c0, l), never as hidden input. Streams: compute d, link k, peer d; each runs
+ * its ops in plan order, and the streams are advanced together until every op ran (a stream
+ * whose next op waits on a cell no stream can produce any more is a deadlock).
+ *
+ * Pipeline stages (cf_cost.h): COMPUTE at layer 0 of a request on a stage > 0 device waits for
+ * the boundary hidden states of its chunks, loaded by LOAD ops with layers [-1, 0) (each chunk
+ * it computes at layer 0 exactly once, no other), and runs on the request's own device.
  *
  * The run is also the validity check: every cell exactly once, computed iff l < h_c, h_c in
  * [0, L], ops on the right stream, compute ops one layer high, every cell computed off its
@@ -49,6 +53,8 @@ typedef struct {
   int16_t *cell_dev_;    /* device that computed the cell, -1 none yet / loaded */
   size_t cap_help_;
   double *cell_pres_;    /* only for plans sending to helpers: [cell * n_devices + dev] */
+  double *hid_;          /* pipeline stages: boundary hidden state of each chunk, loaded at */
+  size_t cap_hid_;
   size_t cap_pres_;
   size_t *sidx_;         /* ops of each compute / peer stream, in plan order */
   size_t cap_sidx_;

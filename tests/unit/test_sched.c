@@ -41,6 +41,10 @@ static void random_input(cf_sched_input_t *in, cf_sched_req_t *reqs, int maxn) {
     c->peer_Bps = (20 + cf_test_uniform() * 900) * 1e9;
     c->peer_latency_s = cf_test_uniform() * 20e-6;
   }
+  if (c->n_devices % 2 == 0 && cf_test_uniform() < 0.3) { /* two pipeline stages */
+    c->pp_stages = 2;
+    c->hidden_bytes_per_token = c->kv_bytes_per_token * (0.5 + cf_test_uniform() * 8);
+  }
   int n = 1 + (int)(cf_test_uniform() * maxn);
   int burst = cf_test_uniform() < 0.5;
   for (int r = 0; r < n; r++) {
@@ -579,6 +583,67 @@ CF_TEST(sched_cross_device_plans) {
   in.cost.peer_Bps = 0;
   CF_CHECK_ERR(cf_sim_run(&in, &p, &s), CF_EINVAL);
   CF_CHECK_CONTAINS(cf_errmsg(), "without a peer link");
+  cf_sched_plan_free(&p);
+  cf_sim_result_free(&s);
+}
+
+/* Pipeline stages (DESIGN.md §1 (c)): a request on a later stage loads the boundary hidden
+ * state of every chunk it computes at its layer 0 before computing it; the hand-made plan is
+ * timed exactly and its broken variants are rejected. */
+CF_TEST(sched_pipeline_stage_plans) {
+  cf_sched_input_t in = {0};
+  base_cost(&in.cost, 10);
+  in.cost.n_layers = 4;
+  in.cost.n_devices = 2;
+  in.cost.pp_stages = 2;
+  in.cost.hidden_bytes_per_token = 16384;
+  in.cost.peer_Bps = 450e9;
+  cf_sched_req_t r = {0, 1024, 0, 1}; /* stage 1 of engine 0 */
+  in.reqs = &r;
+  in.n_reqs = 1;
+  const cf_sched_cost_t *c = &in.cost;
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  cf_sim_result_t s;
+  cf_sim_result_init(&s);
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_LOAD, &p));
+  p.h[0] = p.h[1] = 2;
+  p.ops = realloc(p.ops, 16 * sizeof *p.ops);
+  p.cap_ops_ = 16;
+  cf_sched_op_t ok[] = {{0, CF_OP_LOAD, 0, 1, 0, 2, -1, 0},  {0, CF_OP_COMPUTE, 0, 1, 0, 2, 0, 1},
+                        {0, CF_OP_COMPUTE, 0, 1, 0, 2, 1, 2}, {0, CF_OP_LOAD, 0, 1, 2, 4, 0, 4},
+                        {0, CF_OP_LOAD, 0, 1, 0, 2, 2, 4}};
+  memcpy(p.ops, ok, sizeof ok);
+  p.n_ops = 5;
+  CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+  CF_CHECK_EQ(s.cells_loaded, 12);
+  double th = cf_cost_load_hidden(c, 512);
+  double comp = th + cf_cost_step(c, 0, 512) * 2;
+  double link = th + cf_cost_load(c, 512, 4) + cf_cost_load(c, 512, 2);
+  CF_CHECK(REL(s.makespan_s, fmax(comp, link)) < 1e-12);
+  mutation_t bad[] = {
+      {0, {0, CF_OP_LOAD, 0, 1, 0, 1, -1, 0}, "never loaded"},
+      {0, {0, CF_OP_LOAD, 0, 1, 0, 3, -1, 0}, "does not compute"},
+      {1, {0, CF_OP_COMPUTE, 0, 0, 0, 2, 0, 1}, "first layer of a pipeline stage"},
+      {0, {0, CF_OP_LOAD, 0, 1, 0, 2, -1, 1}, "out-of-range"},
+  };
+  check_mutations(&in, &p, &s, ok, 5, bad, sizeof bad / sizeof bad[0]);
+  /* the same request on stage 0 takes its input from the embeddings: no hidden loads */
+  r.device = 0;
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_LOAD, &p));
+  memcpy(p.h, (uint16_t[]){2, 2, 0, 0}, 4 * sizeof *p.h);
+  for (int i = 0; i < 5; i++) ok[i].stream = 0;
+  check_mutations(&in, &p, &s, ok, 5, (mutation_t[]){{0, ok[0], "first pipeline stage"}}, 1);
+  /* every policy plans stage requests validly: hidden states loaded exactly where computed */
+  cf_sched_req_t two[2] = {{0, 20000, 0, 0}, {0, 20000, 0, 1}};
+  in.reqs = two;
+  in.n_reqs = 2;
+  in.cost.n_layers = 16;
+  for (int pol = 0; pol < CF_POLICY_COUNT; pol++) {
+    CF_CHECK_OK(cf_sched_plan(&in, (cf_policy_t)pol, &p));
+    CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+    CF_CHECK(s.makespan_s >= cf_bound(&in));
+  }
   cf_sched_plan_free(&p);
   cf_sim_result_free(&s);
 }
