@@ -169,13 +169,15 @@ int main(int argc, char **argv) {
       if (!strcmp(tier_arg, cf_tier_names[t])) tier = t;
     if (tier < 0) return bad("unknown tier '%s': expected dram, ssd or net%s", tier_arg, "");
   }
-  if (devices > 0) { /* engines of the model's TP degree each */
-    if (gpus > 0 && (int)gpus != (int)devices * model.tp) {
+  int pp = model.pp > 1 ? model.pp : 1;
+  if (devices > 0) { /* engines of the model's TP degree (x pipeline stages) each */
+    int per = model.tp * pp;
+    if (gpus > 0 && (int)gpus != (int)devices * per) {
       char b1[64];
-      snprintf(b1, sizeof b1, "%d x TP %d = %d", (int)devices, model.tp, (int)devices * model.tp);
+      snprintf(b1, sizeof b1, "%d x %d GPUs = %d", (int)devices, per, (int)devices * per);
       return bad("--devices %s conflicts with --gpus (%s GPUs)", b1, "given");
     }
-    gpus = devices * model.tp;
+    gpus = devices * per;
   }
   if (nvlink >= 0) hw.nvlink_Bps = nvlink * 1e9; /* GB/s per GPU and direction; 0: none */
   cf_sched_input_t in = {0};
@@ -189,27 +191,35 @@ int main(int argc, char **argv) {
     if ((rc = sim_workload_gen(gen, (int)n_gen, (uint64_t)seed, rate, &reqs))) return bad("%s%s", cf_errmsg(), "");
     n = (int)n_gen;
   }
-  in.reqs = reqs;
-  in.n_reqs = n;
+  cf_sched_req_t *stage_reqs = NULL; /* pipeline stages: one request per stage */
+  if (pp > 1 && (rc = sim_stage_requests(reqs, n, in.cost.n_devices / pp, pp, &stage_reqs))) {
+    free(reqs);
+    return bad("workload: %s%s", cf_errmsg(), "");
+  }
+  in.reqs = pp > 1 ? stage_reqs : reqs;
+  in.n_reqs = n * pp;
   in.refine_evals = (int)refine;
   if ((rc = cf_sched_input_check(&in))) {
     free(reqs);
+    free(stage_reqs);
     return bad("workload: %s%s", cf_errmsg(), "");
   }
 
   if (save && (rc = sim_workload_write(save, reqs, n))) {
     free(reqs);
+    free(stage_reqs);
     return bad("%s%s", cf_errmsg(), "");
   }
   /* the simulator keeps 20 bytes per cell: refuse what would not fit rather than thrash */
   double cells = 0;
-  for (int i = 0; i < n; i++)
-    cells += (double)cf_cost_chunks(&in.cost, reqs[i].prefix_tokens) * in.cost.n_layers;
+  for (int i = 0; i < in.n_reqs; i++)
+    cells += (double)cf_cost_chunks(&in.cost, in.reqs[i].prefix_tokens) * in.cost.n_layers;
   if (cells > SIM_MAX_CELLS) {
     char what[96];
     snprintf(what, sizeof what, "%.0f cells (requests x chunks x layers) > %.0f", cells,
              (double)SIM_MAX_CELLS);
     free(reqs);
+    free(stage_reqs);
     return bad("workload too large to simulate: %s%s; use fewer requests or a larger --chunk", what, "");
   }
   double bound = cf_bound(&in);
@@ -229,9 +239,11 @@ int main(int argc, char **argv) {
     w->sim_evals = plan.sim_evals;
     if (!rc) rc = cf_sim_run(&in, &plan, &w->res);
     cf_sim_result_trim(&w->res); /* keep one policy's cell scratch alive at a time */
+    if (!rc && pp > 1) rc = cf_sim_fold_stages(&in, pp, &w->res); /* per request, all stages */
     if (!rc && plan_out && (p == CF_POLICY_OPTIMAL || pol_one >= 0) &&
         (rc = write_plan(plan_out, &plan))) {
       free(reqs);
+      free(stage_reqs);
       cf_sched_plan_free(&plan);
       return bad("%s%s", cf_errmsg(), "");
     }
@@ -250,11 +262,11 @@ int main(int argc, char **argv) {
     tot += reqs[i].prefix_tokens;
     if (reqs[i].prefix_tokens > mx) mx = reqs[i].prefix_tokens;
   }
-  printf("hw %s (%s tier, %.3g GB/s per link%s, %d engine%s of %d GPU%s, NVLink %.0f GB/s), model %s (%d layers, "
+  printf("hw %s (%s tier, %.3g GB/s per link%s, %d engine%s of %s%d GPU%s, NVLink %.0f GB/s), model %s (%d layers, "
          "%.0f B/token/layer)\n",
          hw.name, cf_tier_names[tier], in.cost.link_Bps / 1e9,
-         in.cost.shared_link ? " shared" : "", in.cost.n_devices, in.cost.n_devices > 1 ? "s" : "",
-         model.tp, model.tp > 1 ? "s" : "", cf_cost_has_peer(&in.cost) ? in.cost.peer_Bps / 1e9 : 0.0,
+         in.cost.shared_link ? " shared" : "", in.cost.n_devices / pp, in.cost.n_devices / pp > 1 ? "s" : "",
+         pp > 1 ? (pp == 2 ? "2 stages x " : "stages x ") : "", model.tp, model.tp > 1 ? "s" : "", cf_cost_has_peer(&in.cost) ? in.cost.peer_Bps / 1e9 : 0.0,
          model.name, in.cost.n_layers, in.cost.kv_bytes_per_token);
   printf("%d requests, %lld prefix tokens (max %lld), chunk %d; lower bound on makespan %.4f s\n\n",
          n, (long long)tot, (long long)mx, in.cost.chunk_tokens, bound);
@@ -286,6 +298,7 @@ int main(int argc, char **argv) {
     if (!f) {
       perror(json);
       free(reqs);
+      free(stage_reqs);
       return 2;
     }
     char esc[512];
@@ -295,6 +308,7 @@ int main(int argc, char **argv) {
     cf_json_escape(esc, sizeof esc, model.name);
     fprintf(f, "%s,\n  \"tier\": \"%s\",\n  \"link_GBps\": ", esc, cf_tier_names[tier]);
     json_num(f, in.cost.link_Bps / 1e9);
+    fprintf(f, ",\n  \"pp_stages\": %d", pp);
     fprintf(f, ",\n  \"peer_GBps\": ");
     json_num(f, cf_cost_has_peer(&in.cost) ? in.cost.peer_Bps / 1e9 : 0.0);
     fprintf(f, ",\n  \"shared_link\": %s,\n  \"n_devices\": %d,\n  \"n_requests\": %d,\n"
@@ -355,11 +369,13 @@ int main(int argc, char **argv) {
     if (fclose(f) != 0) {
       perror(json);
       free(reqs);
+      free(stage_reqs);
       return 2;
     }
   }
   for (int p = 0; p < CF_POLICY_COUNT; p++)
     if (rows[p].ran) cf_sim_result_free(&rows[p].res);
   free(reqs);
+  free(stage_reqs);
   return invalid ? 1 : 0;
 }

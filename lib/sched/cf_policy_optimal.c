@@ -435,7 +435,8 @@ static int cf__help(cf__opt_t *o, double *X, double *Yl, int *role) {
     }
     int h = -1;
     for (int e = 0; e < o->nd; e++)
-      if (e != d && !role[e] && (h < 0 || X[e] < X[h])) h = e;
+      if (e != d && !role[e] && cf_cost_stage(c, e) == cf_cost_stage(c, d) && (h < 0 || X[e] < X[h]))
+        h = e;
     if (r < 0 || h < 0 || o->hcnt[r] >= MH) break;
     double x, y;
     cf__xy(o, r, o->pos[r], &x, &y);

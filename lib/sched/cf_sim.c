@@ -217,6 +217,29 @@ static int cf__step(cf__simst_t *s, size_t i) {
   return 1;
 }
 
+/* Means and percentiles of the first n requests' restore_s / ttft_s; sets n_reqs. */
+static int cf__summarise(cf_sim_result_t *res, int n) {
+  double sum_ttft = 0, sum_rest = 0;
+  for (int r = 0; r < n; r++) {
+    sum_ttft += res->ttft_s[r];
+    sum_rest += res->restore_s[r];
+  }
+  res->n_reqs = n;
+  res->mean_ttft_s = n ? sum_ttft / n : 0;
+  res->mean_restore_s = n ? sum_rest / n : 0;
+  /* percentiles: sort a copy in the pmax scratch (it is free now) */
+  double *tmp = n <= (int)res->cap_cells_ && res->cell_pmax_ ? res->cell_pmax_
+                                                             : malloc((size_t)(n ? n : 1) * sizeof *tmp);
+  if (!tmp) return cf_seterr(CF_ENOMEM, "simulator: percentiles of %d requests", n);
+  memcpy(tmp, res->ttft_s, (size_t)n * sizeof *tmp);
+  qsort(tmp, (size_t)n, sizeof *tmp, cf__cmp_dbl);
+  res->p50_ttft_s = cf__pct(tmp, n, 0.50);
+  res->p95_ttft_s = cf__pct(tmp, n, 0.95);
+  res->p99_ttft_s = cf__pct(tmp, n, 0.99);
+  if (tmp != res->cell_pmax_) free(tmp);
+  return 0;
+}
+
 int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_result_t *res) {
   const cf_sched_cost_t *c = &in->cost;
   int n = in->n_reqs, L = c->n_layers, nd = c->n_devices, nl = cf_cost_n_links(c);
@@ -262,6 +285,8 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
       continue;
     }
     if (o->stream < 0 || o->stream >= nd) return cf__bad_op(p, i, "no such device");
+    if (cf_cost_stage(c, o->stream) != cf_cost_stage(c, d))
+      return cf__bad_op(p, i, "a device of another pipeline stage (it holds other layers)");
     if (o->kind == CF_OP_SEND && o->stream == d)
       return cf__bad_op(p, i, "send from the request's own device");
     if (o->kind == CF_OP_SEND && (o->dst < 0 || o->dst >= nd || o->dst == o->stream))
@@ -432,7 +457,7 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
   if (fl != freel) free(fl);
   if (rc) return rc;
 
-  double mk = 0, sum_ttft = 0, sum_rest = 0;
+  double mk = 0;
   for (int r = 0; r < n; r++) {
     int nc = p->n_chunks[r];
     const double *rf = fin + p->h_off[r] * L;
@@ -453,28 +478,32 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
     res->restore_s[r] = f - in->reqs[r].arrival_s;
     res->ttft_s[r] =
         res->restore_s[r] + cf_cost_prefill(c, in->reqs[r].prefix_tokens, in->reqs[r].new_tokens);
-    sum_ttft += res->ttft_s[r];
-    sum_rest += res->restore_s[r];
     if (f > mk) mk = f;
   }
-  res->n_reqs = n;
   res->makespan_s = mk;
-  res->mean_ttft_s = n ? sum_ttft / n : 0;
-  res->mean_restore_s = n ? sum_rest / n : 0;
   res->compute_util = mk > 0 ? busyc / (nd * mk) : 0;
   res->link_util = mk > 0 ? busyl / (nl * mk) : 0;
   res->peer_util = mk > 0 ? busyp / (nd * mk) : 0;
   res->cells_helped = nhelp;
   res->cells_computed = ncomp; /* compute ops are one layer high: chunks = cells */
   res->cells_loaded = nload;
-  /* percentiles: sort a copy in the pmax scratch (it is free now) */
-  double *tmp = n <= (int)res->cap_cells_ ? res->cell_pmax_ : malloc((size_t)n * sizeof *tmp);
-  if (!tmp) return cf_seterr(CF_ENOMEM, "simulator: percentiles of %d requests", n);
-  memcpy(tmp, res->ttft_s, (size_t)n * sizeof *tmp);
-  qsort(tmp, (size_t)n, sizeof *tmp, cf__cmp_dbl);
-  res->p50_ttft_s = cf__pct(tmp, n, 0.50);
-  res->p95_ttft_s = cf__pct(tmp, n, 0.95);
-  res->p99_ttft_s = cf__pct(tmp, n, 0.99);
-  if (tmp != res->cell_pmax_) free(tmp);
-  return 0;
+  return cf__summarise(res, n);
+}
+
+int cf_sim_fold_stages(const cf_sched_input_t *in, int stages, cf_sim_result_t *res) {
+  int n = res->n_reqs;
+  if (stages < 1 || n % stages || in->n_reqs != n)
+    return cf_seterr(CF_EINVAL, "fold stages: %d results, %d requests, %d stages", n,
+                     in->n_reqs, stages);
+  for (int i = 0; i < n / stages; i++) {
+    const cf_sched_req_t *q = &in->reqs[i * stages];
+    double f = 0;
+    for (int s = 0; s < stages; s++) f = fmax(f, res->finish_s[i * stages + s]);
+    res->finish_s[i] = f;
+    res->restore_s[i] = f - q->arrival_s;
+    /* the new tokens' prefill passes the stages one after the other */
+    res->ttft_s[i] = res->restore_s[i] + stages * cf_cost_prefill(&in->cost, q->prefix_tokens,
+                                                                   q->new_tokens);
+  }
+  return cf__summarise(res, n / stages);
 }

@@ -71,4 +71,12 @@ void cf_sim_result_trim(cf_sim_result_t *res);
  * plan has cross-device compute, + 8 x n_devices when helpers send to each other. */
 int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *plan, cf_sim_result_t *res);
 
+/* Pipeline-parallel engines (cf_cost.h pp_stages): when the caller made every restore request
+ * `stages` consecutive requests in `in` (request i's stage s at index i * stages + s, same
+ * arrival and tokens, each pinned to its stage's device), fold the simulated results `res`
+ * (from cf_sim_run on `in`) into per-request ones: finish = the last stage's, TTFT = restore +
+ * the prefill of the new tokens through every stage. Makespan, utilisation and cell counts
+ * stay. Returns 0, CF_EINVAL (counts do not match) or CF_ENOMEM. */
+int cf_sim_fold_stages(const cf_sched_input_t *in, int stages, cf_sim_result_t *res);
+
 #endif

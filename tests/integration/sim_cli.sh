@@ -181,6 +181,29 @@ else
   fail "8 GPUs + NVLink" "$(cat "$T/err.txt")"
 fi
 
+# 3e. pipeline stages (DESIGN.md §1 (c)): Llama-3.1-70B as 2 stages of TP-4; each request is
+# restored by both stages, the second loading the stored boundary hidden state of exactly the
+# chunks it computes at its first layer; results are per request (4, not 8)
+if "$SIM" --hw h100x8-nvlink --model llama-3.1-70b-tp4pp2 --workload "$T/long.jsonl" --tier ssd \
+     --json "$T/pp.json" --plan-json "$T/ppplan.json" >/dev/null 2>"$T/err.txt"; then
+  why=$(jq -r '
+    .requests as $R
+    | [ .ops[] | select(.[0] == "load" and .[5] == -1) | . as [$k, $r, $s, $c0, $c1] | range($c0; $c1) as $c | "\($r),\($c)" ] as $hid
+    | [ $R | to_entries[] | .key as $r | .value.h | to_entries[] | select(.value > 0) | "\($r),\(.key)" ] as $l0
+    | [ $R | to_entries[] | select(.value.device % 2 == 1) | .key ] as $late
+    | [ if ($hid | unique | length) != ($hid | length) then "a hidden state loaded twice" else empty end,
+        if ($hid | sort) != ($l0 | map(select((split(",")[0] | tonumber) as $r | $late | index($r))) | sort) then "hidden loads differ from the later stages layer-0 computes" else empty end,
+        if ($R | length) != 4 or ([$R[].device] | sort) != [0, 0, 1, 1] then "stages not one per device" else empty end ]
+    | join("; ")' "$T/ppplan.json")
+  [ -z "$why" ] && ok "pipeline stages: boundary hidden states loaded exactly where computed" || fail "pipeline plan" "$why"
+  jq -e '.pp_stages == 2 and .n_requests == 2 and (.policies | to_entries | all(.value.valid and .value.makespan_s >= $b and (.value.ttft_s | length) == 2))
+         and (.policies.optimal.makespan_s as $o | .policies | to_entries | all(.value.makespan_s >= $o))' \
+     --argjson b "$(jq .bound_s "$T/pp.json")" "$T/pp.json" >/dev/null \
+    && ok "pipeline stages: valid, >= bound, optimal fastest, per-request results" || fail "pipeline ordering"
+else
+  fail "pipeline stages" "$(cat "$T/err.txt")"
+fi
+
 # 4. bad input: exit 2 and one line naming the problem
 expect_err() { # name, expected substring, args...
   local name=$1 want=$2; shift 2
@@ -212,6 +235,7 @@ expect_err "tier not in profile" "has no 'dram' tier" --hw "$T/hw.json" --model 
 expect_err "TP needs GPUs" "TP degree 8" --hw h100-pcie5 --model llama-3.1-70b-tp8 --gpus 4 --gen rag --n 2
 expect_err "--devices vs --gpus" "conflicts with --gpus" --hw h100x8-nvlink --model llama-3.1-70b-tp4 --devices 2 --gpus 4 --gen rag --n 2
 expect_err "more devices than GPUs" "has 8 GPUs" --hw h100x8-nvlink --model llama-3.1-70b-tp4 --devices 4 --gen rag --n 2
+expect_err "pipeline engine too big" "needs a multiple" --hw h100x8-nvlink --model llama-3.1-70b-tp4pp2 --gpus 4 --gen rag --n 2
 expect_err "bad --nvlink" "--nvlink '-3'" --hw h100x8-nvlink --model llama-3.1-8b --devices 2 --nvlink -3 --gen rag --n 2
 sed 's/"nvlink": {"GBps": 450/"nvlink": {"GBps": "fast"/' conf/hw/h100x8-nvlink.json > "$T/badnv.json"
 expect_err "malformed nvlink" "nvlink.key .GBps." --hw "$T/badnv.json" --model llama-3.1-8b --devices 2 --gen rag --n 2

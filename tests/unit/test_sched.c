@@ -594,7 +594,7 @@ CF_TEST(sched_pipeline_stage_plans) {
   cf_sched_input_t in = {0};
   base_cost(&in.cost, 10);
   in.cost.n_layers = 4;
-  in.cost.n_devices = 2;
+  in.cost.n_devices = 4; /* two engines of two stages: devices 0, 2 stage 0; 1, 3 stage 1 */
   in.cost.pp_stages = 2;
   in.cost.hidden_bytes_per_token = 16384;
   in.cost.peer_Bps = 450e9;
@@ -624,7 +624,8 @@ CF_TEST(sched_pipeline_stage_plans) {
   mutation_t bad[] = {
       {0, {0, CF_OP_LOAD, 0, 1, 0, 1, -1, 0}, "never loaded"},
       {0, {0, CF_OP_LOAD, 0, 1, 0, 3, -1, 0}, "does not compute"},
-      {1, {0, CF_OP_COMPUTE, 0, 0, 0, 2, 0, 1}, "first layer of a pipeline stage"},
+      {1, {0, CF_OP_COMPUTE, 0, 3, 0, 2, 0, 1}, "first layer of a pipeline stage"},
+      {2, {0, CF_OP_COMPUTE, 0, 0, 0, 2, 1, 2}, "another pipeline stage"},
       {0, {0, CF_OP_LOAD, 0, 1, 0, 2, -1, 1}, "out-of-range"},
   };
   check_mutations(&in, &p, &s, ok, 5, bad, sizeof bad / sizeof bad[0]);
