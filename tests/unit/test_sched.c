@@ -484,16 +484,21 @@ CF_TEST(sched_simulator_rejects_invalid_plans) {
   cf_sim_result_free(&s);
 }
 
+/* 4 layers, 10 Gbps links, nd devices joined by NVLink (450 GB/s, 10 us): hand-made plans. */
+static void small_peer_cost(cf_sched_cost_t *c, int nd) {
+  base_cost(c, 10);
+  c->n_layers = 4;
+  c->n_devices = nd;
+  c->peer_Bps = 450e9;
+  c->peer_latency_s = 10e-6;
+}
+
 /* Cross-device compute (DESIGN.md §1 (b)): a hand-made plan where device 1 computes chunk 0
  * of device 0's request and sends it layer by layer is valid and timed exactly as the model
  * says; each broken variant is rejected naming what is wrong. */
 CF_TEST(sched_cross_device_plans) {
   cf_sched_input_t in = {0};
-  base_cost(&in.cost, 10);
-  in.cost.n_layers = 4;
-  in.cost.n_devices = 2;
-  in.cost.peer_Bps = 450e9;
-  in.cost.peer_latency_s = 10e-6;
+  small_peer_cost(&in.cost, 2);
   cf_sched_req_t r = {0, 1024, 0, 0}; /* 4 chunks x 4 layers, on device 0 */
   in.reqs = &r;
   in.n_reqs = 1;
@@ -592,12 +597,9 @@ CF_TEST(sched_cross_device_plans) {
  * timed exactly and its broken variants are rejected. */
 CF_TEST(sched_pipeline_stage_plans) {
   cf_sched_input_t in = {0};
-  base_cost(&in.cost, 10);
-  in.cost.n_layers = 4;
-  in.cost.n_devices = 4; /* two engines of two stages: devices 0, 2 stage 0; 1, 3 stage 1 */
+  small_peer_cost(&in.cost, 4); /* two engines of two stages: devices 0, 2 stage 0; 1, 3 stage 1 */
   in.cost.pp_stages = 2;
   in.cost.hidden_bytes_per_token = 16384;
-  in.cost.peer_Bps = 450e9;
   cf_sched_req_t r = {0, 1024, 0, 1}; /* stage 1 of engine 0 */
   in.reqs = &r;
   in.n_reqs = 1;
