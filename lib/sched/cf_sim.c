@@ -31,6 +31,7 @@ void cf_sim_result_free(cf_sim_result_t *res) {
   free(res->cell_dev_);
   free(res->sidx_);
   free(res->cell_pres_);
+  free(res->poff_);
   free(res->hid_);
   memset(res, 0, sizeof *res);
 }
@@ -42,10 +43,12 @@ void cf_sim_result_trim(cf_sim_result_t *res) {
   free(res->cell_hfin_);
   free(res->cell_dev_);
   free(res->cell_pres_);
+  free(res->poff_);
   free(res->hid_);
   res->cell_pres_ = NULL;
+  res->poff_ = NULL;
   res->hid_ = NULL;
-  res->cap_pres_ = res->cap_hid_ = 0;
+  res->cap_pres_ = res->cap_poff_ = res->cap_hid_ = 0;
   res->cell_fin_ = res->cell_pmax_ = res->cell_hfin_ = NULL;
   res->cell_dev_ = NULL;
   res->kp_ = NULL;
@@ -91,7 +94,8 @@ typedef struct {
   int L;
   double *fin, *pmax, *hfin; /* hfin NULL: no help in this plan */
   int16_t *cdev;
-  double *pres; /* NULL: no send to a helper; else [cell * nd + device] arrival */
+  double *pres; /* NULL: no send to a helper; else arrival on each device, of requests ... */
+  size_t *poff; /* ... with such sends: pres[poff[r] + (cell in r) * nd + device] */
   double *hid;  /* NULL: no pipeline stages; else [h_off[r] + chunk]: boundary hidden loaded */
   int nd;
   int32_t *kp;
@@ -135,7 +139,7 @@ static int cf__step(cf__simst_t *s, size_t i) {
         int on = cf__computed_on(s, cell, d);
         if (on < 0) { s->wait = "a sent cell is not computed yet"; return 0; }
         if (on != dv) return cf__bad_op(p, i, "sends a cell computed on another device");
-        if ((to == d ? s->fin[cell] : s->pres[cell * s->nd + to]) >= 0)
+        if ((to == d ? s->fin[cell] : s->pres[s->poff[r] + (cell - base) * s->nd + to]) >= 0)
           return cf__bad_op(p, i, "cell sent twice to the same device");
         dep = fmax(dep, s->hfin[cell]);
       }
@@ -146,7 +150,7 @@ static int cf__step(cf__simst_t *s, size_t i) {
       for (int ch = o->c0; ch < o->c1; ch++) {
         size_t cell = base + (size_t)ll * nc + ch;
         if (to == d) s->fin[cell] = start + dur;
-        else s->pres[cell * s->nd + to] = start + dur;
+        else s->pres[s->poff[r] + (cell - base) * s->nd + to] = start + dur;
       }
     return 1;
   }
@@ -191,7 +195,9 @@ static int cf__step(cf__simst_t *s, size_t i) {
       if (l >= h[ch])
         return cf__bad_op(p, i, "a helper needs an earlier chunk that is loaded (loads reach "
                                 "only the request's device)");
-      double t = s->cdev[cell] == dv ? s->hfin[cell] : s->pres ? s->pres[cell * s->nd + dv] : -1;
+      double t = s->cdev[cell] == dv                       ? s->hfin[cell]
+                 : s->pres && s->poff[r] != (size_t)-1 ? s->pres[s->poff[r] + (cell - base) * s->nd + dv]
+                                                        : -1;
       if (t < 0) {
         s->wait = "an earlier chunk at this layer is not on this helper yet (computed by it or "
                   "sent to it)";
@@ -319,13 +325,25 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
       return rc;
     res->cap_help_ = cap < cap2 ? cap : cap2;
   }
-  if (fwd) { /* arrival of every cell on every device: 8 x n_devices bytes per cell */
-    if (cells > ((size_t)1 << 28) / (size_t)nd)
-      return cf_seterr(CF_ENOMEM, "simulator: %zu cells x %d devices is too large for a plan "
-                       "whose helpers send to each other", cells, nd);
-    if ((rc = cf__need((void **)&res->cell_pres_, &res->cap_pres_, cells * nd + 1, sizeof(double))))
+  size_t npres = 0;
+  if (fwd) { /* requests whose helpers send to each other: each cell's arrival on each device */
+    if ((rc = cf__need((void **)&res->poff_, &res->cap_poff_, (size_t)n, sizeof(size_t)))) return rc;
+    for (int r = 0; r < n; r++) res->poff_[r] = (size_t)-1;
+    for (size_t i = 0; i < p->n_ops; i++) {
+      const cf_sched_op_t *o = &p->ops[i];
+      if (o->kind == CF_OP_SEND && o->dst != p->device[o->req]) res->poff_[o->req] = 0;
+    }
+    for (int r = 0; r < n; r++)
+      if (res->poff_[r] == 0) {
+        res->poff_[r] = npres;
+        npres += (size_t)p->n_chunks[r] * L * nd;
+      }
+    if (npres > ((size_t)1 << 28))
+      return cf_seterr(CF_ENOMEM, "simulator: %zu cell-device pairs of helped requests is too "
+                       "many", npres);
+    if ((rc = cf__need((void **)&res->cell_pres_, &res->cap_pres_, npres + 1, sizeof(double))))
       return rc;
-    for (size_t i = 0; i < cells * nd; i++) res->cell_pres_[i] = -1;
+    for (size_t i = 0; i < npres; i++) res->cell_pres_[i] = -1;
   }
   int pp = cf_cost_stage(c, nd - 1) > 0; /* pipeline stages: boundary hidden states */
   if (pp) {
@@ -426,7 +444,9 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
    * until all ran. Each stream runs in plan order, so this is an exact event simulation;
    * without help a device's ops wait only on loads and on its own stream (one sweep). */
   cf__simst_t st = {in, p, c, L, fin, res->cell_pmax_, help ? res->cell_hfin_ : NULL,
-                    help ? res->cell_dev_ : NULL, fwd ? res->cell_pres_ : NULL, pp ? res->hid_ : NULL, nd, res->kp_, fc, fp, 0, 0, 0, 0, NULL};
+                    help ? res->cell_dev_ : NULL, fwd ? res->cell_pres_ : NULL,
+                    fwd ? res->poff_ : NULL, pp ? res->hid_ : NULL, nd, res->kp_, fc, fp,
+                    0, 0, 0, 0, NULL};
   size_t left = off[ns];
   while (left && !rc) {
     size_t before = left;

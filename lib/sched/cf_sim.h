@@ -52,7 +52,9 @@ typedef struct {
   double *cell_hfin_;    /* only for plans with help: time computed, on its device */
   int16_t *cell_dev_;    /* device that computed the cell, -1 none yet / loaded */
   size_t cap_help_;
-  double *cell_pres_;    /* only for plans sending to helpers: [cell * n_devices + dev] */
+  double *cell_pres_;    /* plans whose helpers send to each other: cells of those requests */
+  size_t *poff_;         /* x devices; per request its offset there, -1: none */
+  size_t cap_poff_;
   double *hid_;          /* pipeline stages: boundary hidden state of each chunk, loaded at */
   size_t cap_hid_;
   size_t cap_pres_;
@@ -68,7 +70,8 @@ void cf_sim_result_trim(cf_sim_result_t *res);
 /* Simulate `plan` for input `in` (the same input it was planned for) into `res` (initialised
  * with cf_sim_result_init; buffers reused). Returns 0, CF_EINVAL if the plan is invalid (detail
  * names the op or cell), or CF_ENOMEM. Memory: 20 bytes per cell of the batch, 30 when the
- * plan has cross-device compute, + 8 x n_devices when helpers send to each other. */
+ * plan has cross-device compute, + 8 x n_devices per cell of a request whose helpers send to
+ * each other. */
 int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *plan, cf_sim_result_t *res);
 
 /* Pipeline-parallel engines (cf_cost.h pp_stages): when the caller made every restore request
