@@ -17,12 +17,16 @@
  *    device computing for T leaves exactly T of loads (per-device price bisection inside).
  *    Each request ends at a hull vertex; the one request per device on the next edge is split
  *    at the balance point with one extra "adjustment" layer at an intermediate k.
+ 2b. Help (peer link, DESIGN.md §1 (b); see cf__help): while the device that sets the
+ *    estimated makespan has a request other devices of its pipeline stage could compute for,
+ *    give it one more helper; its position moves to the k where pooled compute meets its link.
  * 3. Order. Requests run on both streams in arrival order, shortest first within an
  *    arrival (SPT: cuts mean TTFT without moving the makespan). A second candidate balances
  *    each request in turn against the cumulative compute and link times (finishes requests
  *    earlier when they arrive apart); a third keeps plain arrival order.
  * 4. Refinement (refine_evals != 0): simulate every other policy's plan first (they set the
- *    bar: best makespan, best mean and p99 TTFT), then the candidates, then hill-climb each
+ *    bar: best makespan, best mean and p99 TTFT), then the candidates (with help, also the
+ *    plan without it, in SPT and arrival order), then hill-climb each
  *    request's position on its hull path by +-1 and +-L/4 layer moves. A plan scores by: its
  *    makespan must not exceed the best other policy's (hard); then the smaller its TTFT excess
  *    over the best others the better; then makespan; then mean TTFT. If another policy's plan
