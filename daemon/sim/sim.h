@@ -18,4 +18,12 @@ int sim_workload_gen(const char *kind, int n, uint64_t seed, double rate, cf_sch
 /* Write reqs as JSON lines (the --workload format). Returns 0 or CF_EIO naming the file. */
 int sim_workload_write(const char *path, const cf_sched_req_t *reqs, int n);
 
+/* Pipeline-parallel engines of `stages` stages, `engines` of them: every request becomes
+ * `stages` consecutive requests (request i's stage s at i * stages + s, pinned to device
+ * e * stages + s) of one engine e: its own "device" field as the engine, else the engine with
+ * the least prefix tokens so far, in arrival order. *out is malloc'd (caller frees).
+ * Returns 0, CF_EINVAL (an engine out of range) or CF_ENOMEM. */
+int sim_stage_requests(const cf_sched_req_t *reqs, int n, int engines, int stages,
+                       cf_sched_req_t **out);
+
 #endif

@@ -24,9 +24,11 @@ static void usage(FILE *f) {
           "usage: cacheflow-sim --hw FILE|NAME --model NAME|config.json\n"
           "                     (--workload FILE | --gen multi-turn|rag|agentic --n N [--seed S] [--rate R])\n"
           "                     [--policy all|NAME] [--tier dram|ssd|net] [--gbps X] [--chunk N]\n"
-          "                     [--gpus N] [--refine N] [--json FILE] [--save-workload FILE]\n"
+          "                     [--gpus N | --devices G] [--nvlink GBPS] [--refine N] [--json FILE]\n"
+          "                     [--save-workload FILE]\n"
           "                     [--plan-json FILE]\n"
-          "  --hw       hardware profile: conf/hw/NAME.json (h100-pcie5, h100-link10g/40g/80g, h100-nvme) or a path\n"
+          "  --hw       hardware profile: conf/hw/NAME.json (h100-pcie5, h100x8-nvlink, h100-link10g/40g/80g,\n"
+          "             h100-nvme) or a path\n"
           "  --model    llama-3.1-8b, qwen3-8b, llama-3.1-70b-tp4, llama-3.1-70b-tp8, or an HF config.json\n"
           "  --workload JSON lines {\"arrival_s\": 0.0, \"prefix_tokens\": 16384, \"new_tokens\": 256}\n"
           "  --gen      synthetic workload; --rate requests/s (Poisson; 0 = all at t=0; default per kind)\n"
@@ -35,12 +37,17 @@ static void usage(FILE *f) {
           "  --gbps     override that tier's load bandwidth, Gbit/s (dram: per GPU link; ssd/net: shared total)\n"
           "  --chunk    tokens per chunk (default 256)\n"
           "  --gpus     GPUs in use (default: the model's TP degree); engines = gpus / TP\n"
+          "  --devices  engines (devices) in use: G x the model's TP degree GPUs\n"
+          "  --nvlink   override the profile's NVLink GB/s per GPU and direction; 0 = no peer link\n"
+          "             (then no GPU computes cells for another GPU's request)\n"
           "  --refine   simulator runs optimal may spend refining (default: automatic; 0 = fast path)\n"
           "  --json     write the results as JSON to FILE\n"
           "  --save-workload  write the requests (e.g. generated ones) as JSON lines to FILE\n"
           "  --plan-json FILE write the plan of --policy NAME (with all: optimal's) as JSON:\n"
           "             {\"policy\", \"n_layers\", \"requests\": [{\"device\", \"h\": [...]}],\n"
-          "              \"ops\": [[\"compute\"|\"load\", req, stream, c0, c1, l0, l1], ...]}\n"
+          "              \"ops\": [[\"compute\"|\"load\"|\"send\", req, stream, c0, c1, l0, l1], ...]}\n"
+          "             (compute on a stream other than the request's device: help over NVLink;\n"
+          "              [\"send\", req, from, c0, c1, l0, l1, to] moves those cells to device to)\n"
           "             (ops of one stream in the order it runs them)\n");
 }
 
@@ -84,9 +91,11 @@ static int write_plan(const char *path, const cf_sched_plan_t *p) {
   fprintf(f, "],\n \"ops\": [");
   for (size_t i = 0; i < p->n_ops; i++) {
     const cf_sched_op_t *o = &p->ops[i];
-    fprintf(f, "%s\n  [\"%s\", %d, %d, %d, %d, %d, %d]", i ? "," : "",
-            o->kind == CF_OP_COMPUTE ? "compute" : "load", o->req, o->stream, o->c0, o->c1, o->l0,
-            o->l1);
+    fprintf(f, "%s\n  [\"%s\", %d, %d, %d, %d, %d, %d", i ? "," : "",
+            o->kind == CF_OP_COMPUTE ? "compute" : o->kind == CF_OP_SEND ? "send" : "load", o->req,
+            o->stream, o->c0, o->c1, o->l0, o->l1);
+    if (o->kind == CF_OP_SEND) fprintf(f, ", %d", o->dst); /* the receiving device */
+    fprintf(f, "]");
   }
   fprintf(f, "]}\n");
   if (fclose(f) != 0) return cf_seterr(CF_EIO, "--plan-json %s: write failed", path);
@@ -110,6 +119,7 @@ int main(int argc, char **argv) {
   const char *hw_arg = NULL, *model_arg = NULL, *work = NULL, *gen = NULL, *pol_arg = "all",
              *tier_arg = NULL, *json = NULL, *save = NULL, *plan_out = NULL;
   double n_gen = 0, seed = 1, rate = -1, gbps = 0, chunk = 256, gpus = 0, refine = -1;
+  double devices = 0, nvlink = -1;
   int rc;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -132,6 +142,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--gbps")) { if ((rc = parse_num(a, v, 1e-6, 1e6, &gbps))) return rc; }
     else if (!strcmp(a, "--chunk")) { if ((rc = parse_num(a, v, 1, 1 << 20, &chunk))) return rc; }
     else if (!strcmp(a, "--gpus")) { if ((rc = parse_num(a, v, 1, 1024, &gpus))) return rc; }
+    else if (!strcmp(a, "--devices")) { if ((rc = parse_num(a, v, 1, 1024, &devices))) return rc; }
+    else if (!strcmp(a, "--nvlink")) { if ((rc = parse_num(a, v, 0, 1e6, &nvlink))) return rc; }
     else if (!strcmp(a, "--refine")) { if ((rc = parse_num(a, v, 0, 1e6, &refine))) return rc; }
     else return bad("unknown option '%s'%s (see --help)", a, "");
   }
@@ -157,6 +169,17 @@ int main(int argc, char **argv) {
       if (!strcmp(tier_arg, cf_tier_names[t])) tier = t;
     if (tier < 0) return bad("unknown tier '%s': expected dram, ssd or net%s", tier_arg, "");
   }
+  int pp = model.pp > 1 ? model.pp : 1;
+  if (devices > 0) { /* engines of the model's TP degree (x pipeline stages) each */
+    int per = model.tp * pp;
+    if (gpus > 0 && (int)gpus != (int)devices * per) {
+      char b1[64];
+      snprintf(b1, sizeof b1, "%d x %d GPUs = %d", (int)devices, per, (int)devices * per);
+      return bad("--devices %s conflicts with --gpus (%s GPUs)", b1, "given");
+    }
+    gpus = devices * per;
+  }
+  if (nvlink >= 0) hw.nvlink_Bps = nvlink * 1e9; /* GB/s per GPU and direction; 0: none */
   cf_sched_input_t in = {0};
   if ((rc = cf_hw_cost(&hw, &model, (int)gpus, tier, gbps, (int)chunk, &in.cost)))
     return bad("%s%s", cf_errmsg(), "");
@@ -168,27 +191,35 @@ int main(int argc, char **argv) {
     if ((rc = sim_workload_gen(gen, (int)n_gen, (uint64_t)seed, rate, &reqs))) return bad("%s%s", cf_errmsg(), "");
     n = (int)n_gen;
   }
-  in.reqs = reqs;
-  in.n_reqs = n;
+  cf_sched_req_t *stage_reqs = NULL; /* pipeline stages: one request per stage */
+  if (pp > 1 && (rc = sim_stage_requests(reqs, n, in.cost.n_devices / pp, pp, &stage_reqs))) {
+    free(reqs);
+    return bad("workload: %s%s", cf_errmsg(), "");
+  }
+  in.reqs = pp > 1 ? stage_reqs : reqs;
+  in.n_reqs = n * pp;
   in.refine_evals = (int)refine;
   if ((rc = cf_sched_input_check(&in))) {
     free(reqs);
+    free(stage_reqs);
     return bad("workload: %s%s", cf_errmsg(), "");
   }
 
   if (save && (rc = sim_workload_write(save, reqs, n))) {
     free(reqs);
+    free(stage_reqs);
     return bad("%s%s", cf_errmsg(), "");
   }
   /* the simulator keeps 20 bytes per cell: refuse what would not fit rather than thrash */
   double cells = 0;
-  for (int i = 0; i < n; i++)
-    cells += (double)cf_cost_chunks(&in.cost, reqs[i].prefix_tokens) * in.cost.n_layers;
+  for (int i = 0; i < in.n_reqs; i++)
+    cells += (double)cf_cost_chunks(&in.cost, in.reqs[i].prefix_tokens) * in.cost.n_layers;
   if (cells > SIM_MAX_CELLS) {
     char what[96];
     snprintf(what, sizeof what, "%.0f cells (requests x chunks x layers) > %.0f", cells,
              (double)SIM_MAX_CELLS);
     free(reqs);
+    free(stage_reqs);
     return bad("workload too large to simulate: %s%s; use fewer requests or a larger --chunk", what, "");
   }
   double bound = cf_bound(&in);
@@ -208,9 +239,11 @@ int main(int argc, char **argv) {
     w->sim_evals = plan.sim_evals;
     if (!rc) rc = cf_sim_run(&in, &plan, &w->res);
     cf_sim_result_trim(&w->res); /* keep one policy's cell scratch alive at a time */
+    if (!rc && pp > 1) rc = cf_sim_fold_stages(&in, pp, &w->res); /* per request, all stages */
     if (!rc && plan_out && (p == CF_POLICY_OPTIMAL || pol_one >= 0) &&
         (rc = write_plan(plan_out, &plan))) {
       free(reqs);
+      free(stage_reqs);
       cf_sched_plan_free(&plan);
       return bad("%s%s", cf_errmsg(), "");
     }
@@ -229,11 +262,12 @@ int main(int argc, char **argv) {
     tot += reqs[i].prefix_tokens;
     if (reqs[i].prefix_tokens > mx) mx = reqs[i].prefix_tokens;
   }
-  printf("hw %s (%s tier, %.3g GB/s per link%s, %d engine%s of %d GPU%s), model %s (%d layers, "
+  printf("hw %s (%s tier, %.3g GB/s per link%s, %d engine%s of %s%d GPU%s, NVLink %.0f GB/s), model %s (%d layers, "
          "%.0f B/token/layer)\n",
          hw.name, cf_tier_names[tier], in.cost.link_Bps / 1e9,
-         in.cost.shared_link ? " shared" : "", in.cost.n_devices, in.cost.n_devices > 1 ? "s" : "",
-         model.tp, model.tp > 1 ? "s" : "", model.name, in.cost.n_layers, in.cost.kv_bytes_per_token);
+         in.cost.shared_link ? " shared" : "", in.cost.n_devices / pp, in.cost.n_devices / pp > 1 ? "s" : "",
+         pp > 1 ? (pp == 2 ? "2 stages x " : "stages x ") : "", model.tp, model.tp > 1 ? "s" : "", cf_cost_has_peer(&in.cost) ? in.cost.peer_Bps / 1e9 : 0.0,
+         model.name, in.cost.n_layers, in.cost.kv_bytes_per_token);
   printf("%d requests, %lld prefix tokens (max %lld), chunk %d; lower bound on makespan %.4f s\n\n",
          n, (long long)tot, (long long)mx, in.cost.chunk_tokens, bound);
   printf("%-10s %9s %7s %9s %9s %9s %9s %6s %6s %8s", "policy", "makespan", "/bound", "TTFT mean",
@@ -264,6 +298,7 @@ int main(int argc, char **argv) {
     if (!f) {
       perror(json);
       free(reqs);
+      free(stage_reqs);
       return 2;
     }
     char esc[512];
@@ -273,6 +308,9 @@ int main(int argc, char **argv) {
     cf_json_escape(esc, sizeof esc, model.name);
     fprintf(f, "%s,\n  \"tier\": \"%s\",\n  \"link_GBps\": ", esc, cf_tier_names[tier]);
     json_num(f, in.cost.link_Bps / 1e9);
+    fprintf(f, ",\n  \"pp_stages\": %d", pp);
+    fprintf(f, ",\n  \"peer_GBps\": ");
+    json_num(f, cf_cost_has_peer(&in.cost) ? in.cost.peer_Bps / 1e9 : 0.0);
     fprintf(f, ",\n  \"shared_link\": %s,\n  \"n_devices\": %d,\n  \"n_requests\": %d,\n"
                "  \"chunk_tokens\": %d,\n  \"n_layers\": %d,\n  \"bound_s\": ",
             in.cost.shared_link ? "true" : "false", in.cost.n_devices, n, in.cost.chunk_tokens,
@@ -293,16 +331,18 @@ int main(int argc, char **argv) {
       }
       cf_sim_result_t *s = &w->res;
       const char *k[] = {"makespan_s", "mean_ttft_s", "p50_ttft_s", "p95_ttft_s", "p99_ttft_s",
-                         "mean_restore_s", "ratio_to_bound", "compute_util", "link_util", "plan_ms"};
+                         "mean_restore_s", "ratio_to_bound", "compute_util", "link_util", "plan_ms",
+                         "peer_util"};
       double v[] = {s->makespan_s, s->mean_ttft_s, s->p50_ttft_s, s->p95_ttft_s, s->p99_ttft_s,
                     s->mean_restore_s, bound > 0 ? s->makespan_s / bound : 1.0, s->compute_util,
-                    s->link_util, w->plan_ms};
+                    s->link_util, w->plan_ms, s->peer_util};
       for (size_t j = 0; j < sizeof v / sizeof v[0]; j++) {
         fprintf(f, ", \"%s\": ", k[j]);
         json_num(f, v[j]);
       }
-      fprintf(f, ", \"cells_computed\": %lld, \"cells_loaded\": %lld, \"sim_evals\": %d",
-              (long long)s->cells_computed, (long long)s->cells_loaded, w->sim_evals);
+      fprintf(f, ", \"cells_computed\": %lld, \"cells_loaded\": %lld, \"cells_helped\": %lld, "
+              "\"sim_evals\": %d", (long long)s->cells_computed, (long long)s->cells_loaded,
+              (long long)s->cells_helped, w->sim_evals);
       if (n <= SIM_MAX_PER_REQUEST) { /* per-request results, in workload order */
         const double *arr[2] = {s->restore_s, s->ttft_s};
         const char *names[2] = {"restore_s", "ttft_s"};
@@ -329,11 +369,13 @@ int main(int argc, char **argv) {
     if (fclose(f) != 0) {
       perror(json);
       free(reqs);
+      free(stage_reqs);
       return 2;
     }
   }
   for (int p = 0; p < CF_POLICY_COUNT; p++)
     if (rows[p].ran) cf_sim_result_free(&rows[p].res);
   free(reqs);
+  free(stage_reqs);
   return invalid ? 1 : 0;
 }

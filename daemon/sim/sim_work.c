@@ -149,3 +149,46 @@ int sim_workload_write(const char *path, const cf_sched_req_t *reqs, int n) {
   if (fclose(f) != 0) return cf_seterr(CF_EIO, "--save-workload %s: write failed", path);
   return 0;
 }
+
+int sim_stage_requests(const cf_sched_req_t *reqs, int n, int engines, int stages,
+                       cf_sched_req_t **out) {
+  cf_sched_req_t *r = malloc((size_t)(n ? n : 1) * stages * sizeof *r);
+  double *load = calloc((size_t)engines, sizeof *load);
+  int *order = malloc((size_t)(n ? n : 1) * sizeof *order);
+  if (!r || !load || !order) {
+    free(r);
+    free(load);
+    free(order);
+    return cf_seterr(CF_ENOMEM, "%d requests x %d pipeline stages", n, stages);
+  }
+  for (int i = 0; i < n; i++) { /* arrival order (stable insertion sort) */
+    int j = i;
+    while (j > 0 && reqs[order[j - 1]].arrival_s > reqs[i].arrival_s) {
+      order[j] = order[j - 1];
+      j--;
+    }
+    order[j] = i;
+  }
+  int rc = 0;
+  for (int k = 0; k < n && !rc; k++) {
+    int i = order[k], e = reqs[i].device;
+    if (e >= engines) {
+      rc = cf_seterr(CF_EINVAL, "request %d: device %d: the model runs %d pipeline engines "
+                     "(0..%d)", i, e, engines, engines - 1);
+      break;
+    }
+    if (e < 0)
+      for (int x = e = 0; x < engines; x++)
+        if (load[x] < load[e]) e = x;
+    load[e] += (double)reqs[i].prefix_tokens;
+    for (int s = 0; s < stages; s++) {
+      r[i * stages + s] = reqs[i];
+      r[i * stages + s].device = e * stages + s;
+    }
+  }
+  free(load);
+  free(order);
+  if (rc) free(r);
+  else *out = r;
+  return rc;
+}

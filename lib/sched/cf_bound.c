@@ -28,7 +28,8 @@
  *
  * Arrivals. Requests arriving at or after time a must all be restored inside [a, T], so
  * T >= a + T(those requests) (checked at up to 64 thresholds a); and T >= a_r + T_single(r)
- * on its own device and link.
+ * on its own link and its own device, or, when devices may help each other over a peer link
+ * (cf_cost_has_peer), with the compute of every device pooled (sends are free here).
  */
 #include "sched/cf_bound.h"
 
@@ -107,8 +108,11 @@ double cf_bound(const cf_sched_input_t *in) {
   if (n <= 0) return 0.0;
   int *order = malloc((size_t)n * sizeof *order);
   double T = 0;
+  int nd1 = cf_cost_has_peer(&in->cost) ? in->cost.n_devices : 1; /* compute one request may use */
   for (int r = 0; r < n; r++) {
-    double t = in->reqs[r].arrival_s + cf_bound_single(&in->cost, in->reqs[r].prefix_tokens);
+    if (in->reqs[r].prefix_tokens <= 0) continue;
+    double t = in->reqs[r].arrival_s +
+               cf__pooled(&in->cost, in->reqs, &r, 1, nd1, 1) * CF__BOUND_SLACK;
     if (t > T) T = t;
   }
   if (!order) return T; /* still a valid (weaker) bound */

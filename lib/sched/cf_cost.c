@@ -16,6 +16,10 @@ void cf_cost_h100_llama8b(cf_sched_cost_t *c) {
   c->shared_link = 0;
   c->link_Bps = 48e9;
   c->link_latency_s = 8e-6;
+  c->peer_Bps = 0; /* one device: no peer link */
+  c->peer_latency_s = 0;
+  c->pp_stages = 1;
+  c->hidden_bytes_per_token = 0;
 }
 
 static int cf__pos(const char *name, double v, int allow_zero) {
@@ -40,5 +44,14 @@ int cf_cost_check(const cf_sched_cost_t *c) {
   if ((rc = cf__pos("beta_s", c->beta_s, 1))) return rc;
   if ((rc = cf__pos("link_Bps", c->link_Bps, 0))) return rc;
   if ((rc = cf__pos("link_latency_s", c->link_latency_s, 1))) return rc;
+  if (c->n_devices > 1) { /* read only with several devices (see cf_cost.h) */
+    if ((rc = cf__pos("peer_Bps", c->peer_Bps, 1))) return rc;
+    if ((rc = cf__pos("peer_latency_s", c->peer_latency_s, 1))) return rc;
+    if (c->pp_stages < 1 || c->n_devices % c->pp_stages)
+      return cf_seterr(CF_EINVAL, "cost model: pp_stages = %d: expected 1.. dividing n_devices = %d",
+                       c->pp_stages, c->n_devices);
+    if (c->pp_stages > 1 && (rc = cf__pos("hidden_bytes_per_token", c->hidden_bytes_per_token, 0)))
+      return rc;
+  }
   return 0;
 }

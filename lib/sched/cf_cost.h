@@ -14,6 +14,22 @@
  * whose link carries the G shards over G PCIe links, i.e. G x the bandwidth). Each device has
  * its own link (tier in CPU DRAM: PCIe) unless shared_link is set (SSD or network tier: one
  * link for every device, bandwidth = the slower of the tier and PCIe).
+ *
+ * Peer link (DESIGN.md §1 (b)): with n_devices > 1 and peer_Bps > 0 a device may compute
+ * cells of another device's request and send them over its peer link (NVLink: NCCL send/recv
+ * or a peer copy): a send op of `tokens x layers` cells takes
+ *     peer_latency_s + bytes / peer_Bps
+ * on the SENDING device's peer stream (each GPU's NVLink port, one direction; through an
+ * NVSwitch the receiving port is not modelled separately: the planner gives a request at most
+ * one helper). peer_Bps = 0: no peer link, every cell is computed by its request's device.
+ * Both fields are read only when n_devices > 1.
+ *
+ * Pipeline stages (DESIGN.md §1 (c)): with pp_stages = S > 1 (n_devices > 1, a multiple of S)
+ * device d is stage d % S of engine d / S and holds n_layers consecutive layers of the model;
+ * each stage restores its own layers independently because the hidden state entering its first
+ * layer is stored with the KV: a request on a stage > 0 device must load the boundary hidden
+ * state of every chunk it computes at its layer 0 (a LOAD op with layers [-1, 0)), costing
+ * link_latency_s + tokens * hidden_bytes_per_token / link_Bps. Read only when n_devices > 1.
  */
 #ifndef CF_COST_H
 #define CF_COST_H
@@ -31,6 +47,10 @@ typedef struct {
   int shared_link;           /* 1: one link shared by all devices; 0: one link per device */
   double link_Bps;           /* bytes/s of each link */
   double link_latency_s;     /* fixed cost of one load op (s) */
+  double peer_Bps;           /* bytes/s of each device's peer (NVLink) port; 0 = none */
+  double peer_latency_s;     /* fixed cost of one peer send op (s) */
+  int pp_stages;             /* pipeline stages per engine (1: none) */
+  double hidden_bytes_per_token; /* stored boundary hidden state of one token (stage > 0) */
 } cf_sched_cost_t;
 
 /* Defaults for Llama-3.1-8B on one H100 with the prefixes in pinned CPU DRAM (PCIe gen5):
@@ -60,6 +80,25 @@ static inline double cf_cost_step(const cf_sched_cost_t *c, double p, double n) 
 static inline double cf_cost_load(const cf_sched_cost_t *c, double tokens, int layers) {
   if (tokens <= 0 || layers <= 0) return 0.0;
   return c->link_latency_s + tokens * layers * c->kv_bytes_per_token / c->link_Bps;
+}
+/* One peer send of `tokens` tokens x `layers` layers (device to device). */
+static inline double cf_cost_send(const cf_sched_cost_t *c, double tokens, int layers) {
+  if (tokens <= 0 || layers <= 0) return 0.0;
+  return c->peer_latency_s + tokens * layers * c->kv_bytes_per_token / c->peer_Bps;
+}
+/* 1 when a device may compute cells of another device's request (several devices joined by
+ * a peer link). */
+static inline int cf_cost_has_peer(const cf_sched_cost_t *c) {
+  return c->n_devices > 1 && c->peer_Bps > 0;
+}
+/* Pipeline stage of device d (0 without pipeline stages). */
+static inline int cf_cost_stage(const cf_sched_cost_t *c, int d) {
+  return c->n_devices > 1 && c->pp_stages > 1 ? d % c->pp_stages : 0;
+}
+/* Load of the boundary hidden states of `tokens` tokens (a stage's layer-0 input). */
+static inline double cf_cost_load_hidden(const cf_sched_cost_t *c, double tokens) {
+  if (tokens <= 0) return 0.0;
+  return c->link_latency_s + tokens * c->hidden_bytes_per_token / c->link_Bps;
 }
 /* Link used by device d. */
 static inline int cf_cost_link_of(const cf_sched_cost_t *c, int d) {

@@ -59,7 +59,8 @@ static int cf__num(const char *file, const cf_json_t *obj, const char *path, con
 
 /* Required: compute.{gamma_ms, alpha_us_per_token, beta_ns_per_token2} and at least one of
  * tiers.{dram,ssd,net}.{GBps, latency_us}. Optional, with defaults: name, gpus (8), pcie
- * (the dram tier's numbers, else 48 GB/s and 8 us), allreduce (350 GB/s, 15 us),
+ * (the dram tier's numbers, else 48 GB/s and 8 us), allreduce (350 GB/s, 15 us), nvlink
+ * (none),
  * tiers.*.shared (false for dram, true otherwise), default_tier (dram, else the first given). */
 static int cf__hw_parse(const char *file, const char *text, size_t len, cf_hw_t *hw) {
   cf_json_t *root;
@@ -68,7 +69,8 @@ static int cf__hw_parse(const char *file, const char *text, size_t len, cf_hw_t 
   memset(hw, 0, sizeof *hw);
   const char *s;
   const cf_json_t *comp = cf_json_get(root, "compute"), *pcie = cf_json_get(root, "pcie"),
-                  *ar = cf_json_get(root, "allreduce"), *tiers = cf_json_get(root, "tiers");
+                  *ar = cf_json_get(root, "allreduce"), *tiers = cf_json_get(root, "tiers"),
+                  *nvl = cf_json_get(root, "nvlink");
   int64_t g = 8;
   if (root->type != CF_JSON_OBJ) { rc = cf_seterr(CF_EFORMAT, "%s: expected an object", file); goto out; }
   if (cf_json_get_str(root, "name", &s) == 0) snprintf(hw->name, sizeof hw->name, "%s", s);
@@ -116,6 +118,9 @@ static int cf__hw_parse(const char *file, const char *text, size_t len, cf_hw_t 
   hw->ar_lat_s = 15e-6;
   if (ar && ((rc = cf__num(file, ar, "allreduce.", "bus_GBps", 1e9, 0, &hw->ar_Bps)) ||
              (rc = cf__num(file, ar, "allreduce.", "latency_us", 1e-6, 1, &hw->ar_lat_s))))
+    goto out;
+  if (nvl && ((rc = cf__num(file, nvl, "nvlink.", "GBps", 1e9, 0, &hw->nvlink_Bps)) ||
+              (rc = cf__num(file, nvl, "nvlink.", "latency_us", 1e-6, 1, &hw->nvlink_lat_s))))
     goto out;
   hw->default_tier = hw->tier_Bps[CF_TIER_DRAM] > 0 ? CF_TIER_DRAM : first;
   if (cf_json_get_str(root, "default_tier", &s) == 0) {
@@ -182,6 +187,8 @@ static const cf_model_shape_t cf__models[] = {
     {"qwen3-8b", 36, 4096, 32, 8, 128, 12288, 2, 1},
     {"llama-3.1-70b-tp4", 80, 8192, 64, 8, 128, 28672, 2, 4},
     {"llama-3.1-70b-tp8", 80, 8192, 64, 8, 128, 28672, 2, 8},
+    /* two pipeline stages of 40 layers, each a TP-4 group (DESIGN.md §1 (c)) */
+    {"llama-3.1-70b-tp4pp2", 80, 8192, 64, 8, 128, 28672, 2, 4, 2},
 };
 
 static int cf__cfg_int(const char *file, const cf_json_t *o, const char *key, int *out) {
@@ -199,12 +206,13 @@ int cf_model_shape_load(const char *arg, cf_model_shape_t *m) {
   for (size_t i = 0; i < sizeof cf__models / sizeof cf__models[0]; i++)
     if (strcmp(arg, cf__models[i].name) == 0) {
       *m = cf__models[i];
+      if (m->pp < 1) m->pp = 1;
       return 0;
     }
   size_t al = strlen(arg);
   if (!strchr(arg, '/') && !(al > 5 && strcmp(arg + al - 5, ".json") == 0))
     return cf_seterr(CF_ENOTFOUND, "unknown model '%s': expected llama-3.1-8b, qwen3-8b, "
-                     "llama-3.1-70b-tp4, llama-3.1-70b-tp8 or a config.json path", arg);
+                     "llama-3.1-70b-tp4, llama-3.1-70b-tp8, llama-3.1-70b-tp4pp2 or a config.json path", arg);
   char *text;
   size_t len;
   int rc = cf_hw_read_file(arg, &text, &len);
@@ -233,6 +241,7 @@ int cf_model_shape_load(const char *arg, cf_model_shape_t *m) {
   if (cf_json_get_str(root, "torch_dtype", &dt) == 0 || cf_json_get_str(root, "dtype", &dt) == 0)
     m->dtype_bytes = strcmp(dt, "float32") == 0 ? 4 : 2;
   m->tp = 1;
+  m->pp = 1;
   if (m->layers > 4096) rc = cf_seterr(CF_EFORMAT, "%s: num_hidden_layers = %d: at most 4096", arg, m->layers);
 out:
   cf_json_free(root);
@@ -247,18 +256,21 @@ static double cf__layer_weights(const cf_model_shape_t *m) {
 
 int cf_hw_cost(const cf_hw_t *hw, const cf_model_shape_t *model, int gpus, int tier, double gbps,
                   int chunk, cf_sched_cost_t *c) {
-  int tp = model->tp;
-  if (gpus == 0) gpus = tp;
-  if (gpus < tp || gpus % tp)
-    return cf_seterr(CF_EINVAL, "--gpus %d: model %s needs a multiple of its TP degree %d", gpus,
-                     model->name, tp);
+  int tp = model->tp, pp = model->pp > 1 ? model->pp : 1;
+  if (gpus == 0) gpus = tp * pp;
+  if (gpus < tp * pp || gpus % (tp * pp))
+    return cf_seterr(CF_EINVAL, "--gpus %d: model %s needs a multiple of its TP degree %d%s", gpus,
+                     model->name, tp * pp, pp > 1 ? " x its pipeline stages" : "");
+  if (model->layers % pp)
+    return cf_seterr(CF_EINVAL, "model %s: %d layers do not split into %d pipeline stages",
+                     model->name, model->layers, pp);
   if (gpus > hw->gpus)
     return cf_seterr(CF_EINVAL, "--gpus %d: profile %s has %d GPUs", gpus, hw->name, hw->gpus);
   const cf_model_shape_t *ref = &cf__models[0]; /* the profile's fit is for llama-3.1-8b */
   double wr = cf__layer_weights(model) / cf__layer_weights(ref);
   double ar = ((double)model->heads * model->head_dim) / ((double)ref->heads * ref->head_dim);
   memset(c, 0, sizeof *c);
-  c->n_layers = model->layers;
+  c->n_layers = model->layers / pp; /* each stage device holds its own layers */
   c->chunk_tokens = chunk;
   c->kv_bytes_per_token = 2.0 * model->kv_heads * model->head_dim * model->dtype_bytes;
   c->gamma_s = hw->gamma_s;
@@ -271,7 +283,11 @@ int cf_hw_cost(const cf_hw_t *hw, const cf_model_shape_t *model, int gpus, int t
   if (tier < 0 || tier > 2 || hw->tier_Bps[tier] <= 0)
     return cf_seterr(CF_EINVAL, "profile %s has no '%s' tier", hw->name,
                      tier >= 0 && tier <= 2 ? cf_tier_names[tier] : "?");
-  c->n_devices = gpus / tp;
+  c->n_devices = gpus / tp; /* with pipeline stages: every stage of every engine */
+  c->pp_stages = pp;
+  /* the hidden state entering a stage, stored with the KV; a TP group's ranks each load 1/tp
+   * of it over their own links (the device's link is tp links) */
+  c->hidden_bytes_per_token = (double)model->hidden * model->dtype_bytes;
   /* a TP engine loads its tp shards over tp PCIe links at once */
   double pcie = hw->pcie_Bps * tp;
   double bw = tier == CF_TIER_DRAM ? hw->tier_Bps[tier] * tp : hw->tier_Bps[tier];
@@ -279,5 +295,8 @@ int cf_hw_cost(const cf_hw_t *hw, const cf_model_shape_t *model, int gpus, int t
   c->shared_link = hw->tier_shared[tier];
   c->link_Bps = c->shared_link ? fmin(bw, pcie) : bw;
   c->link_latency_s = hw->tier_lat_s[tier];
+  /* an engine sends its tp shards over its tp GPUs' NVLink ports at once */
+  c->peer_Bps = hw->nvlink_Bps * tp;
+  c->peer_latency_s = hw->nvlink_lat_s;
   return cf_cost_check(c);
 }

@@ -5,7 +5,9 @@
  * Profile keys: compute.{gamma_ms, alpha_us_per_token, beta_ns_per_token2} (fit for
  * llama-3.1-8b on one GPU) and tiers.{dram,ssd,net}.{GBps, latency_us, shared} (at least one
  * tier) are required; gpus (8), pcie.{GBps, latency_us} (the dram tier's), allreduce.{bus_GBps,
- * latency_us} (350 GB/s, 15 us) and default_tier (dram, else the first) are optional.
+ * latency_us} (350 GB/s, 15 us), nvlink.{GBps, latency_us} (each GPU's peer port, one
+ * direction; absent: no peer link, GPUs never compute for each other) and default_tier (dram,
+ * else the first) are optional.
  */
 #ifndef CF_HW_H
 #define CF_HW_H
@@ -21,6 +23,7 @@ typedef struct {
   double gamma_s, alpha_s, beta_s; /* compute fit for the reference model on one GPU */
   double pcie_Bps, pcie_lat_s;
   double ar_Bps, ar_lat_s;         /* all-reduce bus bandwidth and latency (TP engines) */
+  double nvlink_Bps, nvlink_lat_s; /* peer port of one GPU, one direction; 0: none */
   double tier_Bps[3], tier_lat_s[3]; /* 0 bandwidth: the profile has no such tier */
   int tier_shared[3];
   int default_tier;                /* CF_TIER_* */
@@ -33,6 +36,7 @@ extern const char *const cf_tier_names[3];
 typedef struct {
   char name[128];
   int layers, hidden, heads, kv_heads, head_dim, intermediate, dtype_bytes, tp;
+  int pp; /* pipeline stages (1: none) */
 } cf_model_shape_t;
 
 /* Load profile `arg`: a path (contains '/' or ends in .json) or a NAME looked up as
@@ -40,12 +44,13 @@ typedef struct {
  * Returns 0 or CF_ENOENT / CF_EFORMAT with a detail naming the file and key. */
 int cf_hw_load(const char *arg, cf_hw_t *hw);
 
-/* Model by name (llama-3.1-8b, qwen3-8b, llama-3.1-70b-tp4, llama-3.1-70b-tp8) or an HF
+/* Model by name (llama-3.1-8b, qwen3-8b, llama-3.1-70b-tp4, llama-3.1-70b-tp8,
+ * llama-3.1-70b-tp4pp2: 2 pipeline stages of TP-4, each stage one device) or an HF
  * config.json path. Returns 0 or CF_ENOTFOUND / CF_EFORMAT with a detail. */
 int cf_model_shape_load(const char *arg, cf_model_shape_t *m);
 
 /* Fill the scheduler's cost model for `model` on `hw`: `gpus` GPUs in use (0 = the model's TP
- * degree), tier (CF_TIER_*), gbps > 0 overrides the tier's bandwidth (Gbit/s; for dram that
+ * degree), tier (CF_TIER_*), the peer link of an engine = its tp GPUs' NVLink ports, gbps > 0 overrides the tier's bandwidth (Gbit/s; for dram that
  * of each GPU's PCIe link, for ssd/net the shared link's total), chunk tokens.
  * Returns 0 or CF_EINVAL naming the conflict. */
 int cf_hw_cost(const cf_hw_t *hw, const cf_model_shape_t *model, int gpus, int tier, double gbps,

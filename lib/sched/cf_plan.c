@@ -122,6 +122,8 @@ int cf__plan_op(cf_sched_plan_t *p, int r, cf_op_kind_t kind, int stream, int32_
   o->req = r;
   o->kind = (uint8_t)kind;
   o->pad_ = 0;
+  o->dst = (int16_t)(kind == CF_OP_SEND ? p->device[r] : -1);
+  o->pad2_ = 0;
   o->stream = (int16_t)stream;
   o->c0 = c0;
   o->c1 = c1;
@@ -130,21 +132,67 @@ int cf__plan_op(cf_sched_plan_t *p, int r, cf_op_kind_t kind, int stream, int32_
   return 0;
 }
 
-int cf__plan_emit_compute(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
-                          const int32_t *k) {
+/* h_c = #{l : k_l > c}; k is non-increasing, so walk both in O(n + L) */
+static void cf__set_staircase(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
+                              const int32_t *k) {
   int L = in->cost.n_layers, n = p->n_chunks[r];
   uint16_t *h = cf__plan_h(p, r);
-  /* h_c = #{l : k_l > c}; k is non-increasing, so walk both in O(n + L) */
   int l = L;
   for (int c = 0; c < n; c++) {
     while (l > 0 && k[l - 1] <= c) l--;
     h[c] = (uint16_t)l;
   }
-  for (l = 0; l < L && k[l] > 0; l++) {
-    int rc = cf__plan_op(p, r, CF_OP_COMPUTE, p->device[r], 0, k[l], l, l + 1);
+}
+
+int cf__plan_hidden(cf_sched_plan_t *p, const cf_sched_input_t *in, int r, int32_t c0,
+                    int32_t c1) {
+  if (cf_cost_stage(&in->cost, p->device[r]) == 0 || c1 <= c0) return 0;
+  return cf__plan_op(p, r, CF_OP_LOAD, cf_cost_link_of(&in->cost, p->device[r]), c0, c1, -1, 0);
+}
+
+int cf__plan_emit_compute_split(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
+                                const int32_t *k, int32_t a) {
+  cf__set_staircase(p, in, r, k);
+  if (k[0] > 0) { /* a later pipeline stage: its layer-0 input comes first, over its link */
+    int rc = cf__plan_hidden(p, in, r, 0, k[0]);
+    if (rc) return rc;
+  }
+  for (int l = 0; l < in->cost.n_layers && k[l] > 0; l++) {
+    int32_t c0 = a < k[l] ? a : k[l];
+    if (c0 == k[l]) continue; /* the helper computes all of this layer */
+    int rc = cf__plan_op(p, r, CF_OP_COMPUTE, p->device[r], c0, k[l], l, l + 1);
     if (rc) return rc;
   }
   return 0;
+}
+
+int cf__plan_send(cf_sched_plan_t *p, int r, int from, int to, int32_t c0, int32_t c1, int l0,
+                  int l1) {
+  int rc = cf__plan_op(p, r, CF_OP_SEND, from, c0, c1, l0, l1);
+  if (!rc) p->ops[p->n_ops - 1].dst = (int16_t)to;
+  return rc;
+}
+
+int cf__plan_emit_help(cf_sched_plan_t *p, const cf_sched_input_t *in, int r, const int32_t *k,
+                       const int32_t *a, const int *helper, int m) {
+  for (int l = 0; l < in->cost.n_layers && k[l] > 0; l++)
+    for (int i = 0; i < m; i++) {
+      int32_t c0 = i ? a[i - 1] : 0, c1 = a[i] < k[l] ? a[i] : k[l];
+      if (c1 <= c0) break;
+      int rc = cf__plan_op(p, r, CF_OP_COMPUTE, helper[i], c0, c1, l, l + 1);
+      /* to the later helpers that attend to these cells at this layer (the next one first:
+       * it waits for them), then to the request's device */
+      for (int j = i + 1; j < m && !rc && a[j - 1] < k[l]; j++)
+        rc = cf__plan_send(p, r, helper[i], helper[j], c0, c1, l, l + 1);
+      if (!rc) rc = cf__plan_send(p, r, helper[i], p->device[r], c0, c1, l, l + 1);
+      if (rc) return rc;
+    }
+  return 0;
+}
+
+int cf__plan_emit_compute(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
+                          const int32_t *k) {
+  return cf__plan_emit_compute_split(p, in, r, k, 0); /* no helper: every chunk on r's device */
 }
 
 int cf__plan_emit_loads(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,

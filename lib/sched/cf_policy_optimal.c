@@ -17,12 +17,16 @@
  *    device computing for T leaves exactly T of loads (per-device price bisection inside).
  *    Each request ends at a hull vertex; the one request per device on the next edge is split
  *    at the balance point with one extra "adjustment" layer at an intermediate k.
+ 2b. Help (peer link, DESIGN.md §1 (b); see cf__help): while the device that sets the
+ *    estimated makespan has a request other devices of its pipeline stage could compute for,
+ *    give it one more helper; its position moves to the k where pooled compute meets its link.
  * 3. Order. Requests run on both streams in arrival order, shortest first within an
  *    arrival (SPT: cuts mean TTFT without moving the makespan). A second candidate balances
  *    each request in turn against the cumulative compute and link times (finishes requests
  *    earlier when they arrive apart); a third keeps plain arrival order.
  * 4. Refinement (refine_evals != 0): simulate every other policy's plan first (they set the
- *    bar: best makespan, best mean and p99 TTFT), then the candidates, then hill-climb each
+ *    bar: best makespan, best mean and p99 TTFT), then the candidates (with help, also the
+ *    plan without it, in SPT and arrival order), then hill-climb each
  *    request's position on its hull path by +-1 and +-L/4 layer moves. A plan scores by: its
  *    makespan must not exceed the best other policy's (hard); then the smaller its TTFT excess
  *    over the best others the better; then makespan; then mean TTFT. If another policy's plan
@@ -56,6 +60,12 @@ typedef struct {
   cf__pos_t *pos;
   int *order;
   double *key;  /* sort key for the order */
+  int maxhelp;   /* helpers per request at most (n_devices - 1, <= CF__MAXHELP) */
+  int *hcnt;     /* request r has hcnt[r] helpers: */
+  int *hdev;     /* hdev[r * maxhelp + i] computes chunks [hsplit[.. i-1], hsplit[.. i]) */
+  int32_t *hsplit;
+  int *hreq;     /* per device: the request it is helped with */
+  int use_help;  /* emit the help above (0: every request computed by its own device) */
   double q;     /* link seconds per token per layer */
   double price_tol; /* relative precision of the price bisection */
 } cf__opt_t;
@@ -236,33 +246,241 @@ static int cf__cmp_order(const void *pa, const void *pb, void *arg) {
   return a - b;
 }
 
-/* Order requests by arrival, then (spt) by their compute + load time at the current positions. */
+/* Order requests by arrival, then (spt) by their compute + load time at the current positions.
+ * Within an arrival a helped request goes last: its device runs the rest of its work while
+ * the helpers start (cf__help's estimate counts that work before it). */
 static void cf__make_order(cf__opt_t *o, int spt) {
   for (int r = 0; r < o->n; r++) {
     o->order[r] = r;
     double x, y;
     cf__xy(o, r, o->pos[r], &x, &y);
-    o->key[r] = x + y;
+    int helped = o->use_help && o->hcnt[r] > 0;
+    o->key[r] = helped ? INFINITY : spt ? x + y : 0;
   }
-  cf__order_ctx_t ctx = {spt ? o->key : NULL, o->in->reqs};
+  cf__order_ctx_t ctx = {o->key, o->in->reqs};
   qsort_r(o->order, (size_t)o->n, sizeof *o->order, cf__cmp_order, &ctx);
 }
 
-/* Emit the plan for the current positions and order. */
+/* Request r's per-layer computed chunk counts k_l at its position (non-increasing). */
+static void cf__kvec(const cf__opt_t *o, int r, int32_t *kbuf) {
+  int L = o->L, l = 0;
+  cf__pos_t p = o->pos[r];
+  int32_t k0 = cf__hk(o, r, p.j), k1 = p.m ? cf__hk(o, r, p.j + 1) : k0;
+  for (int t = 0; t < p.m; t++) kbuf[l++] = k1;
+  if (p.adj >= 0) kbuf[l++] = p.adj;
+  while (l < L) kbuf[l++] = k0;
+}
+
+/* Emit the plan for the current positions, order and (use_help) help. A helped request's
+ * help ops follow its own, so on a helper they keep the request's place in the order (a
+ * helper's own request arriving later must not hold the help back). */
 static int cf__emit(const cf__opt_t *o, cf_sched_plan_t *out, int32_t *kbuf) {
   int rc = cf__plan_reset(out, o->in, o->dev, CF_POLICY_OPTIMAL);
   for (int i = 0; i < o->n && !rc; i++) {
-    int r = o->order[i], L = o->L;
-    cf__pos_t p = o->pos[r];
-    int a = p.adj >= 0, l = 0;
-    int32_t k0 = cf__hk(o, r, p.j), k1 = p.m ? cf__hk(o, r, p.j + 1) : k0;
-    for (int t = 0; t < p.m; t++) kbuf[l++] = k1;
-    if (a) kbuf[l++] = p.adj;
-    while (l < L) kbuf[l++] = k0;
-    rc = cf__plan_emit_compute(out, o->in, r, kbuf);
+    int r = o->order[i], help = o->use_help && o->hcnt[r] > 0;
+    size_t hoff = (size_t)r * o->maxhelp;
+    cf__kvec(o, r, kbuf);
+    if (help)
+      rc = cf__plan_emit_compute_split(out, o->in, r, kbuf, o->hsplit[hoff + o->hcnt[r] - 1]);
+    else
+      rc = cf__plan_emit_compute(out, o->in, r, kbuf);
     if (!rc) rc = cf__plan_emit_loads(out, o->in, r, kbuf, 0);
+    if (!rc && help)
+      rc = cf__plan_emit_help(out, o->in, r, kbuf, o->hsplit + hoff, o->hdev + hoff, o->hcnt[r]);
   }
   return rc;
+}
+
+/* Cross-device help (DESIGN.md §1 (b)). A request r whose device sets the makespan gets m
+ * helper devices e_1..e_m (the least busy devices that neither help nor are helped yet): at
+ * every layer r computes (chunks [0, k)), e_i computes chunks [a_{i-1}, a_i) (a_0 = 0) and
+ * sends them to the later helpers (they attend to them) and to r's device, which computes
+ * [a_m, k) and loads [k, n). Compute pooled over m + 1 devices moves r's optimum to a larger
+ * k (fewer loads). Helpers are added one at a time to whichever device sets the estimated
+ * makespan (so several long requests share the idle devices), while it cuts the estimate.
+ *
+ * Estimate for given k: the split points put each helper's compute end (its start plus L
+ * steps over its chunks) at a common target, found by bisection so the owner's part ends
+ * there too; the result is then timed layer by layer (the wavefront: helper i's layer l waits
+ * for helper i-1's layer l and its send; the owner's for all of them). k is bisected where
+ * that compute end crosses the link end oy + L g(k). O(m log n) per estimate. */
+enum { CF__MAXHELP = 15 };
+
+typedef struct {
+  int32_t k, a[CF__MAXHELP];
+  double t, tc; /* estimated end; its compute part (owner's) */
+  double hend[CF__MAXHELP];
+} cf__helpfit_t;
+
+/* Splits and timing of request r at k with helpers starting at hs[0..m), owner at ox. */
+static void cf__help_at(const cf__opt_t *o, int r, int32_t k, double ox, double oy,
+                        const double *hs, int m, cf__helpfit_t *f) {
+  const cf_sched_cost_t *c = o->c;
+  int L = o->L;
+  int64_t P = o->in->reqs[r].prefix_tokens;
+  double tk = (double)cf_cost_tok(c, P, k);
+  double lo = 0, hi = ox + L * cf_cost_step(c, 0, tk);
+  for (int i = 0; i < m; i++) lo = fmin(lo, hs[i]);
+  int32_t a[CF__MAXHELP];
+  for (int it = 0; it < 50 && hi - lo > 1e-9 * hi; it++) { /* smallest target the owner meets */
+    double T = 0.5 * (lo + hi);
+    int32_t prev = 0;
+    for (int i = 0; i < m; i++) { /* a_i: as many chunks as end by T */
+      double tp = (double)cf_cost_tok(c, P, prev);
+      int32_t x = prev, y = k;
+      while (x < y) {
+        int32_t mid = x + (y - x + 1) / 2;
+        double tm = (double)cf_cost_tok(c, P, mid);
+        if (hs[i] + L * cf_cost_step(c, tp, tm - tp) <= T) x = mid;
+        else y = mid - 1;
+      }
+      a[i] = prev = x;
+    }
+    double tp = (double)cf_cost_tok(c, P, prev);
+    if (ox + L * cf_cost_step(c, tp, tk - tp) <= T) {
+      hi = T;
+      memcpy(f->a, a, (size_t)m * sizeof *a);
+    } else {
+      lo = T;
+    }
+  }
+  if (hi == ox + L * cf_cost_step(c, 0, tk)) /* never met: all on the owner */
+    for (int i = 0; i < m; i++) f->a[i] = 0;
+  /* time it layer by layer */
+  double F[CF__MAXHELP + 1], w[CF__MAXHELP + 1], s1[CF__MAXHELP], peer = 0;
+  for (int i = 0; i <= m; i++) {
+    int32_t c0 = i ? f->a[i - 1] : 0, c1 = i < m ? f->a[i] : k;
+    double t0 = (double)cf_cost_tok(c, P, c0), t1 = (double)cf_cost_tok(c, P, c1);
+    w[i] = cf_cost_step(c, t0, t1 - t0);
+    F[i] = i < m ? hs[i] : ox;
+    if (i < m) {
+      s1[i] = cf_cost_send(c, t1 - t0, 1);
+      peer = fmax(peer, hs[i] + L * (m - i) * s1[i]);
+    }
+  }
+  for (int l = 0; l < L; l++) {
+    double ready = 0; /* cells of the earlier participants at this layer, arrived */
+    for (int i = 0; i <= m; i++) {
+      if (w[i] > 0) F[i] = fmax(F[i], ready) + w[i];
+      if (i < m && w[i] > 0) ready = fmax(ready, F[i] + s1[i] * (m - i));
+    }
+  }
+  for (int i = 0; i < m; i++) f->hend[i] = F[i];
+  f->k = k;
+  f->tc = F[m];
+  double t = fmax(F[m], oy + L * cf__g(o, r, k));
+  for (int i = 0; i < m; i++) t = fmax(t, F[i]);
+  f->t = fmax(t, peer);
+}
+
+/* Best k (a hull vertex >= kstar) for request r with helpers starting at hs[0..m). */
+static void cf__help_fit(const cf__opt_t *o, int r, double ox, double oy, const double *hs,
+                         int m, cf__helpfit_t *best) {
+  int32_t n = cf_cost_chunks(o->c, o->in->reqs[r].prefix_tokens);
+  int32_t lo = o->kstar[r] > 0 ? o->kstar[r] : 1, hi = n;
+  cf__helpfit_t f;
+  best->t = INFINITY;
+  best->k = -1;
+  if (lo > n) return;
+  while (lo < hi) { /* smallest k whose compute end reaches its link end */
+    int32_t mid = lo + (hi - lo) / 2;
+    cf__help_at(o, r, mid, ox, oy, hs, m, &f);
+    if (f.tc >= oy + o->L * cf__g(o, r, mid)) hi = mid;
+    else lo = mid + 1;
+  }
+  for (int32_t k = lo - 1; k <= lo + 1; k++) {
+    if (k < (o->kstar[r] > 0 ? o->kstar[r] : 1) || k > n) continue;
+    cf__help_at(o, r, k, ox, oy, hs, m, &f);
+    if (f.t < best->t) *best = f;
+  }
+}
+
+/* Compute of device d's requests other than r that run before r (arriving no later: a helped
+ * request goes last within its arrival, cf__make_order) and after it. */
+static void cf__own_work(const cf__opt_t *o, int d, int r, double *before, double *after) {
+  double a = o->in->reqs[r].arrival_s, x, y;
+  *before = *after = 0;
+  for (int i = o->doff[d]; i < o->doff[d + 1]; i++) {
+    int q = o->dreq[i];
+    if (q == r) continue;
+    cf__xy(o, q, o->pos[q], &x, &y);
+    if (o->in->reqs[q].arrival_s <= a) *before += x;
+    else *after += x;
+  }
+  *before = fmax(*before, a); /* nor does r start before it arrives */
+}
+
+/* Greedy (see above). X, Yl: the devices' compute and the links' load estimates, updated;
+ * role: per device 0 free, 1 helps, 2 is helped. Returns whether any help was set. */
+static int cf__help(cf__opt_t *o, double *X, double *Yl, int *role) {
+  const cf_sched_cost_t *c = o->c;
+  if (!cf_cost_has_peer(c)) return 0;
+  int any = 0, MH = o->maxhelp;
+  for (int d = 0; d < o->nd; d++) role[d] = 0;
+  int *hreq = o->hreq; /* request being helped on device d (role 2) */
+  for (int it = 0; it < o->nd; it++) {
+    int d = -1;
+    double Td = -1;
+    for (int e = 0; e < o->nd; e++) {
+      double t = fmax(X[e], Yl[cf_cost_link_of(c, e)]);
+      if (t > Td) { Td = t; d = e; }
+    }
+    if (d < 0 || role[d] == 1) break; /* a helper sets the makespan */
+    /* a later pipeline stage's layer 0 needs hidden states that load only to its device */
+    if (cf_cost_stage(c, d) > 0) break;
+    int r = role[d] == 2 ? hreq[d] : -1;
+    if (r < 0) {
+      double big = -1, x, y;
+      for (int i = o->doff[d]; i < o->doff[d + 1]; i++) {
+        int q = o->dreq[i];
+        cf__xy(o, q, o->pos[q], &x, &y);
+        if (o->H[q] > 1 && x + y > big) { big = x + y; r = q; }
+      }
+    }
+    int h = -1;
+    for (int e = 0; e < o->nd; e++)
+      if (e != d && !role[e] && cf_cost_stage(c, e) == cf_cost_stage(c, d) && (h < 0 || X[e] < X[h]))
+        h = e;
+    if (r < 0 || h < 0 || o->hcnt[r] >= MH) break;
+    double x, y;
+    cf__xy(o, r, o->pos[r], &x, &y);
+    int k = cf_cost_link_of(c, d);
+    double ox, oafter, oy = Yl[k] - y;
+    cf__own_work(o, d, r, &ox, &oafter);
+    /* helpers in order of their start: the earliest free computes the front chunks */
+    int m = o->hcnt[r], *hd = o->hdev + (size_t)r * MH;
+    double hs[CF__MAXHELP];
+    int cand[CF__MAXHELP];
+    memcpy(cand, hd, (size_t)m * sizeof *cand);
+    cand[m++] = h;
+    double hafter[CF__MAXHELP];
+    for (int i = 0; i < m; i++) cf__own_work(o, cand[i], r, &hs[i], &hafter[i]);
+    for (int i = 1; i < m; i++) /* by start: insertion sort of (cand, hs, hafter) */
+      for (int j = i; j > 0 && hs[j] < hs[j - 1]; j--) {
+        int t = cand[j]; cand[j] = cand[j - 1]; cand[j - 1] = t;
+        double u = hs[j]; hs[j] = hs[j - 1]; hs[j - 1] = u;
+        u = hafter[j]; hafter[j] = hafter[j - 1]; hafter[j - 1] = u;
+      }
+    cf__helpfit_t f;
+    cf__help_fit(o, r, ox, oy, hs, m, &f);
+    double t = fmax(f.t, f.tc + oafter); /* work that runs after r */
+    for (int i = 0; i < m; i++) t = fmax(t, f.hend[i] + hafter[i]);
+    if (f.k < 0 || t >= Td * (1 - 1e-3)) break;
+    o->pos[r].j = f.k - o->kstar[r] + 1;
+    o->pos[r].m = 0;
+    o->pos[r].adj = -1;
+    o->hcnt[r] = m;
+    memcpy(hd, cand, (size_t)m * sizeof *cand);
+    memcpy(o->hsplit + (size_t)r * MH, f.a, (size_t)m * sizeof *f.a);
+    X[d] = f.tc + oafter;
+    Yl[k] = oy + o->L * cf__g(o, r, f.k);
+    for (int i = 0; i < m; i++) X[cand[i]] = f.hend[i] + hafter[i];
+    role[d] = 2;
+    hreq[d] = r;
+    role[h] = 1;
+    any = 1;
+  }
+  return any;
 }
 
 /* Candidate 2: balance each request against the cumulative stream times, in order. */
@@ -361,13 +579,22 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   int32_t *kbuf = malloc((size_t)L * sizeof *kbuf);
   cf__pos_t *best_pos = malloc(nn * sizeof *best_pos);
   int *best_order = malloc(nn * sizeof *best_order);
+  o.maxhelp = nd - 1 < CF__MAXHELP ? nd - 1 : CF__MAXHELP;
+  size_t nh = nn * (size_t)(o.maxhelp > 0 ? o.maxhelp : 1);
+  o.hcnt = calloc(nn, sizeof *o.hcnt);
+  o.hdev = malloc(nh * sizeof *o.hdev);
+  o.hsplit = malloc(nh * sizeof *o.hsplit);
+  o.hreq = malloc((size_t)nd * sizeof *o.hreq);
+  int *role = calloc((size_t)nd, sizeof *role);
+  cf__pos_t *pos0 = malloc(nn * sizeof *pos0); /* positions without help */
   cf_sched_plan_t tmp, alt;
   cf_sched_plan_init(&tmp);
   cf_sched_plan_init(&alt);
   cf_sim_result_t sim;
   cf_sim_result_init(&sim);
   if (!o.kstar || !o.H || !o.pos || !o.order || !o.key || !o.dreq || !o.doff || !X || !Yl ||
-      !crit || !kbuf || !best_pos || !best_order) {
+      !crit || !kbuf || !best_pos || !best_order || !o.hcnt || !o.hdev || !o.hsplit ||
+      !o.hreq || !role || !pos0) {
     rc = cf_seterr(CF_ENOMEM, "optimal: %d requests", n);
     goto out;
   }
@@ -425,6 +652,8 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
     X[d] = a + x;
     Yl[k] = b + y;
   }
+  memcpy(pos0, o.pos, nn * sizeof *o.pos);
+  o.use_help = cf__help(&o, X, Yl, role); /* other devices' idle compute, over the peer link */
   double est = 0;
   for (int d = 0; d < nd; d++) est = fmax(est, X[d]);
   for (int k = 0; k < nl; k++) est = fmax(est, Yl[k]);
@@ -466,17 +695,23 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   cf__score_t best = cf__score_of(&sim, &ref);
   memcpy(best_pos, o.pos, nn * sizeof *o.pos);
   memcpy(best_order, o.order, nn * sizeof *o.order);
-  for (int cand = 0; cand < 3; cand++) {
-    memcpy(o.pos, best_pos, nn * sizeof *o.pos);
-    cf__make_order(&o, cand == 1); /* 0: same split, arrival order; 1, 2: cumulative balance */
-    if (cand > 0) cf__cumulative(&o, X, Yl);
+  int helped = o.use_help, best_help = o.use_help;
+  for (int cand = 0; cand < (helped ? 5 : 3); cand++) {
+    /* 0: same split, arrival order; 1, 2: cumulative balance; 3, 4: without help (when the
+     * fast path used it): the split before help, SPT and arrival order */
+    memcpy(o.pos, cand < 3 ? best_pos : pos0, nn * sizeof *o.pos);
+    o.use_help = cand < 3 ? helped : 0;
+    cf__make_order(&o, cand == 1 || cand == 3);
+    if (cand == 1 || cand == 2) cf__cumulative(&o, X, Yl);
     int b = cf__try(&o, &tmp, kbuf, &sim, &ref, &best, &evals);
     if (b < 0) { rc = b; goto out; }
     if (b) {
       memcpy(best_pos, o.pos, nn * sizeof *o.pos);
       memcpy(best_order, o.order, nn * sizeof *o.order);
+      best_help = o.use_help;
     }
   }
+  o.use_help = best_help;
   /* hill climbing on each request's position along its hull path */
   memcpy(o.pos, best_pos, nn * sizeof *o.pos);
   memcpy(o.order, best_order, nn * sizeof *o.order);
@@ -530,6 +765,12 @@ out:
   free(kbuf);
   free(best_pos);
   free(best_order);
+  free(o.hcnt);
+  free(o.hdev);
+  free(o.hsplit);
+  free(o.hreq);
+  free(role);
+  free(pos0);
   cf_sched_plan_free(&tmp);
   cf_sched_plan_free(&alt);
   cf_sim_result_free(&sim);

@@ -209,10 +209,15 @@ static int cf__race(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t 
       double d = cf__unit_comp(c, P, st[r].mode, u);
       st[r].tail -= d;
       fr[s] = t + d;
-      if (st[r].mode == CF__TOKEN)
+      /* a later pipeline stage loads the hidden state entering layer 0 when it claims it (the
+       * load joins its link's queue then; the simulator times it exactly) */
+      if (st[r].mode == CF__TOKEN) {
+        rc = cf__plan_hidden(out, in, r, u, u + 1);
         for (int l = 0; l < L && !rc; l++) rc = cf__plan_op(out, r, CF_OP_COMPUTE, s, u, u + 1, l, l + 1);
-      else
-        rc = cf__plan_op(out, r, CF_OP_COMPUTE, s, 0, nc, u, u + 1);
+      } else {
+        if (u == 0) rc = cf__plan_hidden(out, in, r, 0, nc);
+        if (!rc) rc = cf__plan_op(out, r, CF_OP_COMPUTE, s, 0, nc, u, u + 1);
+      }
     } else {
       int32_t u = --st[r].hi;
       st[r].tail -= cf__unit_comp(c, P, st[r].mode, u);

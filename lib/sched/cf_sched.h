@@ -12,6 +12,13 @@
  *                                   compute stream of device plan->device[r];
  *   LOAD    (r, [c0, c1) x [l0, l1)) a rectangle of cells copied over link
  *                                   cf_cost_link_of(cost, plan->device[r]).
+ *   SEND    (r, [c0, c1) x [l0, l1)) cells computed by a helper device (COMPUTE ops of r whose
+ *                                   stream is not plan->device[r]) sent over the helper's
+ *                                   peer (NVLink) link to device `dst`: r's device, or another
+ *                                   helper that attends to them; only when the cost model has
+ *                                   a peer link (cf_cost_has_peer). A helper needs the prefix
+ *                                   of the cells it computes, computed by itself or sent to it,
+ *                                   and hidden states never move: cf_sim.h has the rules.
  * ops[] lists every operation once; the ops of one stream (compute stream d, or link k) appear
  * in ops[] in the order that stream runs them (ops of different streams interleave freely).
  * A stream runs its ops in order; an op starts when its stream is free, its request has
@@ -67,15 +74,17 @@ typedef struct {
   int refine_evals;
 } cf_sched_input_t;
 
-typedef enum { CF_OP_COMPUTE = 0, CF_OP_LOAD = 1 } cf_op_kind_t;
+typedef enum { CF_OP_COMPUTE = 0, CF_OP_LOAD = 1, CF_OP_SEND = 2 } cf_op_kind_t;
 
 typedef struct {
   int32_t req;
   uint8_t kind;   /* cf_op_kind_t */
   uint8_t pad_;
-  int16_t stream; /* COMPUTE: device; LOAD: link */
+  int16_t stream; /* COMPUTE: device; LOAD: link; SEND: sending device (its peer stream) */
   int32_t c0, c1; /* chunks [c0, c1) */
   int16_t l0, l1; /* layers [l0, l1); COMPUTE has l1 == l0 + 1 */
+  int16_t dst;    /* SEND: receiving device (the request's own, or another helper) */
+  int16_t pad2_;
 } cf_sched_op_t;
 
 typedef struct {

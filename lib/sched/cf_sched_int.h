@@ -19,6 +19,25 @@ static inline uint16_t *cf__plan_h(cf_sched_plan_t *p, int r) { return p->h + p-
  * bottom layer first. Returns 0 or CF_ENOMEM. */
 int cf__plan_emit_compute(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
                           const int32_t *k);
+/* Request r's compute when chunks [0, a) of every layer that computes them run on helper
+ * devices (DESIGN.md §1 (b)): sets the staircase and emits r's own compute ops (chunks
+ * [min(a, k_l), k_l) at layer l), after the load of its boundary hidden states when it is a
+ * later pipeline stage. cf__plan_emit_help then emits the helpers' ops: helper i
+ * of m computes chunks [a[i-1], a[i]) (a[-1] = 0, a[m-1] = a) at every layer that computes
+ * them and sends each layer's cells to the later helpers (they attend to them) and to r's
+ * device. Returns 0 or CF_ENOMEM. */
+int cf__plan_emit_compute_split(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
+                                const int32_t *k, int32_t a);
+int cf__plan_emit_help(cf_sched_plan_t *p, const cf_sched_input_t *in, int r, const int32_t *k,
+                       const int32_t *a, const int *helper, int m);
+/* Request r on a later pipeline stage (cf_cost_stage > 0): append the load of the boundary
+ * hidden states of chunks [c0, c1) (layers [-1, 0)) on its link; nothing otherwise. The
+ * emitters below call it; a policy emitting its own compute ops must too. 0 or CF_ENOMEM. */
+int cf__plan_hidden(cf_sched_plan_t *p, const cf_sched_input_t *in, int r, int32_t c0,
+                    int32_t c1);
+/* Append a SEND of cells computed on `from` to device `to`; 0 or CF_ENOMEM. */
+int cf__plan_send(cf_sched_plan_t *p, int r, int from, int to, int32_t c0, int32_t c1, int l0,
+                  int l1);
 int cf__plan_emit_loads(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
                         const int32_t *k, int per_layer);
 

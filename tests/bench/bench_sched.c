@@ -52,16 +52,20 @@ int main(void) {
   enum { N = 64 };
   cf_sched_req_t reqs[N];
   int fail = 0;
-  /* 10 Gbps and PCIe (48 GB/s) on one engine; 8 engines sharing one 10 Gbps link */
-  const double gbps[3] = {10, 0, 10};
-  const char *what[3] = {"1 engine, 10 Gbps link", "1 engine, 48 GB/s PCIe", "8 engines sharing 10 Gbps"};
-  for (int g = 0; g < 3; g++) {
+  /* 10 Gbps and PCIe (48 GB/s) on one engine; 8 engines sharing one 10 Gbps link; 8 engines
+   * joined by NVLink (the help search runs) with their own PCIe links or one 10 Gbps link */
+  const double gbps[5] = {10, 0, 10, 0, 10};
+  const char *what[5] = {"1 engine, 10 Gbps link", "1 engine, 48 GB/s PCIe", "8 engines sharing 10 Gbps",
+                         "8 engines, own PCIe, NVLink", "8 engines sharing 10 Gbps, NVLink"};
+  for (int g = 0; g < 5; g++) {
     cf_sched_input_t in = {0};
     cf_cost_h100_llama8b(&in.cost);
     if (gbps[g] > 0) in.cost.link_Bps = gbps[g] * 1e9 / 8;
-    if (g == 2) {
-      in.cost.n_devices = 8;
-      in.cost.shared_link = 1;
+    if (g >= 2) in.cost.n_devices = 8;
+    if (g == 2 || g == 4) in.cost.shared_link = 1;
+    if (g >= 3) { /* NVLink 4: 450 GB/s per direction (datasheet) */
+      in.cost.peer_Bps = 450e9;
+      in.cost.peer_latency_s = 10e-6;
     }
     for (int i = 0; i < N; i++) reqs[i] = (cf_sched_req_t){0, 131072, 256, -1};
     /* vary lengths a little so the batch is not one repeated request */

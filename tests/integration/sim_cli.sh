@@ -140,6 +140,70 @@ for pol in optimal cake layerwise cacheflow; do
   [ -z "$why" ] && ok "plan-json $pol: every cell once, staircase honoured" || fail "plan-json $pol" "$why"
 done
 
+# 3d. cross-device recompute (DESIGN.md §1 (b)) on 8 GPUs joined by NVLink: one long request
+# and idle GPUs. The plan, checked independently of the simulator: every cell computed or
+# loaded exactly once, loads only to the request's own GPU, every cell computed on another GPU
+# sent to the request's GPU exactly once, and sends only of cells their sender computed.
+echo '{"arrival_s": 0, "prefix_tokens": 131072, "new_tokens": 256}' > "$T/long.jsonl"
+echo '{"arrival_s": 0, "prefix_tokens": 4096, "new_tokens": 256}' >> "$T/long.jsonl"
+if "$SIM" --hw h100x8-nvlink --model llama-3.1-8b --devices 8 --workload "$T/long.jsonl" --tier ssd \
+     --json "$T/nv.json" --plan-json "$T/nvplan.json" >/dev/null 2>"$T/err.txt" &&
+   "$SIM" --hw h100x8-nvlink --model llama-3.1-8b --devices 8 --workload "$T/long.jsonl" --tier ssd \
+     --nvlink 0 --json "$T/nonv.json" >/dev/null 2>"$T/err.txt"; then
+  why=$(jq -r '
+    .requests as $R
+    | [ .ops[] | . as [$k, $r, $s, $c0, $c1, $l0, $l1, $dst]
+        | range($c0; $c1) as $c | range($l0; $l1) as $l
+        | {key: "\($r),\($c),\($l)", k: $k, s: $s, dst: $dst, own: $R[$r].device} ] as $cells
+    | ($cells | map(select(.k != "send")) ) as $made
+    | ($cells | map(select(.k == "send" and .dst == .own))) as $home
+    | ($made | map(select(.k == "compute" and .s != .own)) | map({(.key): .s}) | add // {}) as $helped
+    | [ if ($made | map(.key) | unique | length) != ($made | length) then "a cell made twice" else empty end,
+        if ($made | length) != ([$R[] | (.h | length)] | add) * .n_layers then "cells missing" else empty end,
+        if ($helped | length) == 0 then "no cell computed on another GPU" else empty end,
+        if ($home | map(.key) | unique | length) != ($home | length) then "a cell sent home twice" else empty end,
+        if ($home | map(.key) | sort) != ($helped | keys | sort) then "helped cells and cells sent home differ" else empty end,
+        if ($cells | map(select(.k == "send" and $helped[.key] != .s)) | length) > 0 then "a send of a cell its sender did not compute" else empty end ]
+    | join("; ")' "$T/nvplan.json")
+  [ -z "$why" ] && ok "cross-device plan: cells once, help sent home once" || fail "cross-device plan" "$why"
+  jq -e '.n_devices == 8 and .peer_GBps == 450 and (.policies | to_entries | all(.value.valid and .value.makespan_s >= $b))
+         and (.policies.optimal.makespan_s as $o | .policies | to_entries | all(.value.makespan_s >= $o))' \
+     --argjson b "$(jq .bound_s "$T/nv.json")" "$T/nv.json" >/dev/null \
+    && ok "8 GPUs + NVLink: valid, >= bound, optimal fastest" || fail "8 GPUs + NVLink ordering"
+  /usr/bin/python3 - "$T/nv.json" "$T/nonv.json" <<'P' && ok "cross-device help cuts the makespan >= 2x (1 x 128k, SSD tier)" || fail "cross-device help gain"
+import json, sys
+a, b = (json.load(open(f)) for f in sys.argv[1:3])
+oa, ob = a["policies"]["optimal"], b["policies"]["optimal"]
+sys.exit(0 if oa["cells_helped"] > 0 and ob["cells_helped"] == 0 and ob["makespan_s"] >= 2 * oa["makespan_s"]
+         and oa["ratio_to_bound"] <= 1.3 and b["peer_GBps"] == 0 else 1)
+P
+else
+  fail "8 GPUs + NVLink" "$(cat "$T/err.txt")"
+fi
+
+# 3e. pipeline stages (DESIGN.md §1 (c)): Llama-3.1-70B as 2 stages of TP-4; each request is
+# restored by both stages, the second loading the stored boundary hidden state of exactly the
+# chunks it computes at its first layer; results are per request (4, not 8)
+if "$SIM" --hw h100x8-nvlink --model llama-3.1-70b-tp4pp2 --workload "$T/long.jsonl" --tier ssd \
+     --json "$T/pp.json" --plan-json "$T/ppplan.json" >/dev/null 2>"$T/err.txt"; then
+  why=$(jq -r '
+    .requests as $R
+    | [ .ops[] | select(.[0] == "load" and .[5] == -1) | . as [$k, $r, $s, $c0, $c1] | range($c0; $c1) as $c | "\($r),\($c)" ] as $hid
+    | [ $R | to_entries[] | .key as $r | .value.h | to_entries[] | select(.value > 0) | "\($r),\(.key)" ] as $l0
+    | [ $R | to_entries[] | select(.value.device % 2 == 1) | .key ] as $late
+    | [ if ($hid | unique | length) != ($hid | length) then "a hidden state loaded twice" else empty end,
+        if ($hid | sort) != ($l0 | map(select((split(",")[0] | tonumber) as $r | $late | index($r))) | sort) then "hidden loads differ from the later stages layer-0 computes" else empty end,
+        if ($R | length) != 4 or ([$R[].device] | sort) != [0, 0, 1, 1] then "stages not one per device" else empty end ]
+    | join("; ")' "$T/ppplan.json")
+  [ -z "$why" ] && ok "pipeline stages: boundary hidden states loaded exactly where computed" || fail "pipeline plan" "$why"
+  jq -e '.pp_stages == 2 and .n_requests == 2 and (.policies | to_entries | all(.value.valid and .value.makespan_s >= $b and (.value.ttft_s | length) == 2))
+         and (.policies.optimal.makespan_s as $o | .policies | to_entries | all(.value.makespan_s >= $o))' \
+     --argjson b "$(jq .bound_s "$T/pp.json")" "$T/pp.json" >/dev/null \
+    && ok "pipeline stages: valid, >= bound, optimal fastest, per-request results" || fail "pipeline ordering"
+else
+  fail "pipeline stages" "$(cat "$T/err.txt")"
+fi
+
 # 4. bad input: exit 2 and one line naming the problem
 expect_err() { # name, expected substring, args...
   local name=$1 want=$2; shift 2
@@ -169,6 +233,12 @@ expect_err "no workload" "exactly one of --workload" --hw h100-pcie5 --model lla
 expect_err "too large to simulate" "too large to simulate" --hw h100-pcie5 --model llama-3.1-8b --gen agentic --n 100000
 expect_err "tier not in profile" "has no 'dram' tier" --hw "$T/hw.json" --model llama-3.1-8b --gen rag --n 2 --tier dram
 expect_err "TP needs GPUs" "TP degree 8" --hw h100-pcie5 --model llama-3.1-70b-tp8 --gpus 4 --gen rag --n 2
+expect_err "--devices vs --gpus" "conflicts with --gpus" --hw h100x8-nvlink --model llama-3.1-70b-tp4 --devices 2 --gpus 4 --gen rag --n 2
+expect_err "more devices than GPUs" "has 8 GPUs" --hw h100x8-nvlink --model llama-3.1-70b-tp4 --devices 4 --gen rag --n 2
+expect_err "pipeline engine too big" "needs a multiple" --hw h100x8-nvlink --model llama-3.1-70b-tp4pp2 --gpus 4 --gen rag --n 2
+expect_err "bad --nvlink" "--nvlink '-3'" --hw h100x8-nvlink --model llama-3.1-8b --devices 2 --nvlink -3 --gen rag --n 2
+sed 's/"nvlink": {"GBps": 450/"nvlink": {"GBps": "fast"/' conf/hw/h100x8-nvlink.json > "$T/badnv.json"
+expect_err "malformed nvlink" "nvlink.key .GBps." --hw "$T/badnv.json" --model llama-3.1-8b --devices 2 --gen rag --n 2
 
 echo "$P passed, $F failed"
 [ $F -eq 0 ]

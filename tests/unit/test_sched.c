@@ -23,7 +23,8 @@ static void base_cost(cf_sched_cost_t *c, double gbps) {
   c->link_Bps = gbps * 1e9 / 8;
 }
 
-/* Random cost model and batch: 1-4 devices, own or shared links, 1-40 requests. */
+/* Random cost model and batch: 1-4 devices, own or shared links, with or without a peer
+ * link, 1-40 requests. */
 static void random_input(cf_sched_input_t *in, cf_sched_req_t *reqs, int maxn) {
   cf_sched_cost_t *c = &in->cost;
   cf_cost_h100_llama8b(c);
@@ -36,6 +37,14 @@ static void random_input(cf_sched_input_t *in, cf_sched_req_t *reqs, int maxn) {
   c->link_latency_s = cf_test_uniform() * 100e-6;
   c->n_devices = 1 + (int)(cf_test_uniform() * 4);
   c->shared_link = cf_test_uniform() < 0.4;
+  if (cf_test_uniform() < 0.5) { /* a peer link (NVLink): devices may help each other */
+    c->peer_Bps = (20 + cf_test_uniform() * 900) * 1e9;
+    c->peer_latency_s = cf_test_uniform() * 20e-6;
+  }
+  if (c->n_devices % 2 == 0 && cf_test_uniform() < 0.3) { /* two pipeline stages */
+    c->pp_stages = 2;
+    c->hidden_bytes_per_token = c->kv_bytes_per_token * (0.5 + cf_test_uniform() * 8);
+  }
   int n = 1 + (int)(cf_test_uniform() * maxn);
   int burst = cf_test_uniform() < 0.5;
   for (int r = 0; r < n; r++) {
@@ -390,6 +399,27 @@ CF_TEST(sched_multi_device_and_tp_profiles) {
   cf_sim_result_free(&s);
 }
 
+/* One broken variant of a valid plan: op `op` replaced by `v`. */
+typedef struct {
+  int op;
+  cf_sched_op_t v;
+  const char *msg;
+} mutation_t;
+
+/* Each mutation of the valid ops ok[0..nok) must be rejected with a message containing its
+ * msg. */
+static void check_mutations(const cf_sched_input_t *in, cf_sched_plan_t *p, cf_sim_result_t *s,
+                            const cf_sched_op_t *ok, size_t nok, const mutation_t *bad,
+                            size_t nbad) {
+  for (size_t i = 0; i < nbad; i++) {
+    memcpy(p->ops, ok, nok * sizeof *ok);
+    p->n_ops = nok;
+    p->ops[bad[i].op] = bad[i].v;
+    CF_CHECK_ERR(cf_sim_run(in, p, s), CF_EINVAL);
+    CF_CHECK_CONTAINS(cf_errmsg(), bad[i].msg);
+  }
+}
+
 CF_TEST(sched_simulator_rejects_invalid_plans) {
   cf_sched_input_t in = {0};
   base_cost(&in.cost, 10);
@@ -413,7 +443,7 @@ CF_TEST(sched_simulator_rejects_invalid_plans) {
   p.n_ops = 4;
   CF_CHECK_OK(cf_sim_run(&in, &p, &s));
   /* each mutation must be caught, with a message naming it */
-  struct { int op; cf_sched_op_t v; const char *msg; } bad[] = {
+  mutation_t bad[] = {
       {1, {0, CF_OP_COMPUTE, 0, 0, 0, 3, 1, 2}, "staircase loads"},
       {3, {0, CF_OP_LOAD, 0, 0, 0, 2, 1, 4}, "staircase computes"},
       {3, {0, CF_OP_LOAD, 0, 0, 0, 2, 3, 4}, "neither computed nor loaded"},
@@ -423,12 +453,7 @@ CF_TEST(sched_simulator_rejects_invalid_plans) {
       {0, {1, CF_OP_COMPUTE, 0, 0, 0, 2, 0, 1}, "no such request"},
       {2, {0, CF_OP_LOAD, 0, 0, 2, 5, 0, 4}, "out-of-range"},
   };
-  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-    memcpy(p.ops, ok, sizeof ok);
-    p.ops[bad[i].op] = bad[i].v;
-    CF_CHECK_ERR(cf_sim_run(&in, &p, &s), CF_EINVAL);
-    CF_CHECK_CONTAINS(cf_errmsg(), bad[i].msg);
-  }
+  check_mutations(&in, &p, &s, ok, 4, bad, sizeof bad / sizeof bad[0]);
   /* swapped compute order: layer 1 before layer 0 on the same stream */
   memcpy(p.ops, ok, sizeof ok);
   p.ops[0] = ok[1];
@@ -455,6 +480,277 @@ CF_TEST(sched_simulator_rejects_invalid_plans) {
   CF_CHECK_OK(cf_sim_run(&in, &p, &s));
   double tl = cf_cost_load(&in.cost, 256, 4);
   CF_CHECK(REL(s.makespan_s, fmax(tl + cf_cost_step(&in.cost, 256, 768), tl + cf_cost_load(&in.cost, 768, 3))) < 1e-12);
+  cf_sched_plan_free(&p);
+  cf_sim_result_free(&s);
+}
+
+/* 4 layers, 10 Gbps links, nd devices joined by NVLink (450 GB/s, 10 us): hand-made plans. */
+static void small_peer_cost(cf_sched_cost_t *c, int nd) {
+  base_cost(c, 10);
+  c->n_layers = 4;
+  c->n_devices = nd;
+  c->peer_Bps = 450e9;
+  c->peer_latency_s = 10e-6;
+}
+
+/* Cross-device compute (DESIGN.md §1 (b)): a hand-made plan where device 1 computes chunk 0
+ * of device 0's request and sends it layer by layer is valid and timed exactly as the model
+ * says; each broken variant is rejected naming what is wrong. */
+CF_TEST(sched_cross_device_plans) {
+  cf_sched_input_t in = {0};
+  small_peer_cost(&in.cost, 2);
+  cf_sched_req_t r = {0, 1024, 0, 0}; /* 4 chunks x 4 layers, on device 0 */
+  in.reqs = &r;
+  in.n_reqs = 1;
+  const cf_sched_cost_t *c = &in.cost;
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  cf_sim_result_t s;
+  cf_sim_result_init(&s);
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_LOAD, &p));
+  /* h = 4 4 2 0: chunk 0 on device 1 (sent), chunks 1-2 on device 0, the rest loaded */
+  p.h[0] = p.h[1] = 4;
+  p.h[2] = 2;
+  p.h[3] = 0;
+  p.ops = realloc(p.ops, 32 * sizeof *p.ops);
+  p.cap_ops_ = 32;
+  cf_sched_op_t ok[] = {
+      {0, CF_OP_COMPUTE, 0, 1, 0, 1, 0, 1}, {0, CF_OP_SEND, 0, 1, 0, 1, 0, 1},
+      {0, CF_OP_COMPUTE, 0, 1, 0, 1, 1, 2}, {0, CF_OP_SEND, 0, 1, 0, 1, 1, 2},
+      {0, CF_OP_COMPUTE, 0, 1, 0, 1, 2, 3}, {0, CF_OP_SEND, 0, 1, 0, 1, 2, 3},
+      {0, CF_OP_COMPUTE, 0, 1, 0, 1, 3, 4}, {0, CF_OP_SEND, 0, 1, 0, 1, 3, 4},
+      {0, CF_OP_COMPUTE, 0, 0, 1, 3, 0, 1}, {0, CF_OP_COMPUTE, 0, 0, 1, 3, 1, 2},
+      {0, CF_OP_COMPUTE, 0, 0, 1, 2, 2, 3}, {0, CF_OP_COMPUTE, 0, 0, 1, 2, 3, 4},
+      {0, CF_OP_LOAD, 0, 0, 2, 4, 2, 4},    {0, CF_OP_LOAD, 0, 0, 3, 4, 0, 2}};
+  size_t nok = sizeof ok / sizeof ok[0];
+  memcpy(p.ops, ok, sizeof ok);
+  p.n_ops = nok;
+  CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+  CF_CHECK_EQ(s.cells_helped, 4);
+  CF_CHECK_EQ(s.cells_computed, 10);
+  CF_CHECK_EQ(s.cells_loaded, 6);
+  /* the model by hand: helper layers back to back, each layer sent when computed; device 0's
+   * layer l needs its layer l-1 and chunk 0 of layer l arrived */
+  double sh = cf_cost_step(c, 0, 256), s1 = cf_cost_send(c, 256, 1), hend = 0, send = 0, own = 0;
+  for (int l = 0; l < 4; l++) {
+    hend += sh;
+    send = fmax(send, hend) + s1;
+    own = fmax(own, send) + cf_cost_step(c, 256, l < 2 ? 512 : 256);
+  }
+  double lend = cf_cost_load(c, 512, 2) + cf_cost_load(c, 256, 2);
+  CF_CHECK(REL(s.makespan_s, fmax(own, lend)) < 1e-12);
+  CF_CHECK(s.peer_util > 0);
+  /* broken variants */
+  mutation_t bad[] = {
+      {1, {0, CF_OP_SEND, 0, 0, 0, 1, 0, 1}, "own device"},
+      {3, {0, CF_OP_SEND, 0, 1, 0, 1, 0, 1}, "sent twice"},
+      {3, {0, CF_OP_SEND, 0, 1, 0, 1, 1, 2, 1}, "to itself"},
+      {8, {0, CF_OP_COMPUTE, 0, 0, 0, 3, 0, 1}, "computed twice"},
+      {2, {0, CF_OP_COMPUTE, 0, 0, 0, 1, 1, 2}, "computed on another device"},
+      {7, {0, CF_OP_SEND, 0, 1, 1, 2, 0, 1}, "computed on another device"},
+      {12, {0, CF_OP_LOAD, 0, 1, 2, 4, 2, 4}, "link"},
+      {1, {0, CF_OP_SEND, 0, 2, 0, 1, 0, 1}, "no such device"},
+      {1, {0, CF_OP_SEND, 0, 1, 3, 4, 0, 1}, "staircase loads"},
+  };
+  check_mutations(&in, &p, &s, ok, nok, bad, sizeof bad / sizeof bad[0]);
+  /* a layer computed on the helper and never sent (device 0 loads chunk 1 at layer 3, so it
+   * never waits for it) */
+  memcpy(p.ops, ok, sizeof ok);
+  p.h[1] = 3;
+  p.ops[7] = (cf_sched_op_t){0, CF_OP_LOAD, 0, 0, 1, 2, 3, 4};
+  p.ops[11] = ok[13];
+  p.n_ops = nok - 1;
+  CF_CHECK_ERR(cf_sim_run(&in, &p, &s), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "never sent");
+  /* the helper attends to a prefix it does not hold: chunk 1 at layer 0 needs chunk 0 there,
+   * which device 0 computes (the helper only gets cells it computed itself) */
+  cf_sched_op_t hp[] = {{0, CF_OP_COMPUTE, 0, 0, 0, 1, 0, 1}, {0, CF_OP_COMPUTE, 0, 1, 1, 2, 0, 1},
+                        {0, CF_OP_SEND, 0, 1, 1, 2, 0, 1}, {0, CF_OP_LOAD, 0, 0, 0, 4, 1, 4},
+                        {0, CF_OP_LOAD, 0, 0, 2, 4, 0, 1}};
+  memset(p.h, 0, 4 * sizeof *p.h);
+  p.h[0] = p.h[1] = 1;
+  memcpy(p.ops, hp, sizeof hp);
+  p.n_ops = 5;
+  CF_CHECK_ERR(cf_sim_run(&in, &p, &s), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "not on this helper yet");
+  CF_CHECK_CONTAINS(cf_errmsg(), "deadlock");
+  /* ... and one that is loaded (loads reach only the request's device) */
+  hp[0] = (cf_sched_op_t){0, CF_OP_LOAD, 0, 0, 0, 1, 0, 1};
+  memcpy(p.ops, hp, sizeof hp);
+  p.h[0] = 0;
+  CF_CHECK_ERR(cf_sim_run(&in, &p, &s), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "loaded");
+  /* no peer link: the same valid plan is refused */
+  memcpy(p.h, (uint16_t[]){4, 4, 2, 0}, 4 * sizeof *p.h);
+  memcpy(p.ops, ok, sizeof ok);
+  p.n_ops = nok;
+  CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+  in.cost.peer_Bps = 0;
+  CF_CHECK_ERR(cf_sim_run(&in, &p, &s), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "without a peer link");
+  cf_sched_plan_free(&p);
+  cf_sim_result_free(&s);
+}
+
+/* Pipeline stages (DESIGN.md §1 (c)): a request on a later stage loads the boundary hidden
+ * state of every chunk it computes at its layer 0 before computing it; the hand-made plan is
+ * timed exactly and its broken variants are rejected. */
+CF_TEST(sched_pipeline_stage_plans) {
+  cf_sched_input_t in = {0};
+  small_peer_cost(&in.cost, 4); /* two engines of two stages: devices 0, 2 stage 0; 1, 3 stage 1 */
+  in.cost.pp_stages = 2;
+  in.cost.hidden_bytes_per_token = 16384;
+  cf_sched_req_t r = {0, 1024, 0, 1}; /* stage 1 of engine 0 */
+  in.reqs = &r;
+  in.n_reqs = 1;
+  const cf_sched_cost_t *c = &in.cost;
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  cf_sim_result_t s;
+  cf_sim_result_init(&s);
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_LOAD, &p));
+  p.h[0] = p.h[1] = 2;
+  p.ops = realloc(p.ops, 16 * sizeof *p.ops);
+  p.cap_ops_ = 16;
+  cf_sched_op_t ok[] = {{0, CF_OP_LOAD, 0, 1, 0, 2, -1, 0},  {0, CF_OP_COMPUTE, 0, 1, 0, 2, 0, 1},
+                        {0, CF_OP_COMPUTE, 0, 1, 0, 2, 1, 2}, {0, CF_OP_LOAD, 0, 1, 2, 4, 0, 4},
+                        {0, CF_OP_LOAD, 0, 1, 0, 2, 2, 4}};
+  memcpy(p.ops, ok, sizeof ok);
+  p.n_ops = 5;
+  CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+  CF_CHECK_EQ(s.cells_loaded, 12);
+  double th = cf_cost_load_hidden(c, 512);
+  double comp = th + cf_cost_step(c, 0, 512) * 2;
+  double link = th + cf_cost_load(c, 512, 4) + cf_cost_load(c, 512, 2);
+  CF_CHECK(REL(s.makespan_s, fmax(comp, link)) < 1e-12);
+  mutation_t bad[] = {
+      {0, {0, CF_OP_LOAD, 0, 1, 0, 1, -1, 0}, "never loaded"},
+      {0, {0, CF_OP_LOAD, 0, 1, 0, 3, -1, 0}, "does not compute"},
+      {1, {0, CF_OP_COMPUTE, 0, 3, 0, 2, 0, 1}, "first layer of a pipeline stage"},
+      {2, {0, CF_OP_COMPUTE, 0, 0, 0, 2, 1, 2}, "another pipeline stage"},
+      {0, {0, CF_OP_LOAD, 0, 1, 0, 2, -1, 1}, "out-of-range"},
+  };
+  check_mutations(&in, &p, &s, ok, 5, bad, sizeof bad / sizeof bad[0]);
+  /* the same request on stage 0 takes its input from the embeddings: no hidden loads */
+  r.device = 0;
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_LOAD, &p));
+  memcpy(p.h, (uint16_t[]){2, 2, 0, 0}, 4 * sizeof *p.h);
+  for (int i = 0; i < 5; i++) ok[i].stream = 0;
+  check_mutations(&in, &p, &s, ok, 5, (mutation_t[]){{0, ok[0], "first pipeline stage"}}, 1);
+  /* every policy plans stage requests validly: hidden states loaded exactly where computed */
+  cf_sched_req_t two[2] = {{0, 20000, 0, 0}, {0, 20000, 0, 1}};
+  in.reqs = two;
+  in.n_reqs = 2;
+  in.cost.n_layers = 16;
+  for (int pol = 0; pol < CF_POLICY_COUNT; pol++) {
+    CF_CHECK_OK(cf_sched_plan(&in, (cf_policy_t)pol, &p));
+    CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+    CF_CHECK(s.makespan_s >= cf_bound(&in));
+  }
+  cf_sched_plan_free(&p);
+  cf_sim_result_free(&s);
+}
+
+/* Imbalanced batches: one long request and idle devices over a slow shared link (compute
+ * bound). optimal lends the idle devices' compute over the peer link and is clearly faster
+ * than without it, on the fast path and refined; the bound pools compute over the devices. */
+CF_TEST(sched_optimal_uses_idle_devices) {
+  cf_sched_req_t reqs[4] = {{0, 65536, 256, -1}, {0, 4096, 256, -1}, {0, 2048, 256, -1},
+                            {0, 1024, 256, -1}};
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  cf_sim_result_t s;
+  cf_sim_result_init(&s);
+  for (int nd = 2; nd <= 8; nd *= 2)
+    for (int refine = 0; refine <= 1; refine++) {
+      cf_sched_input_t in = {0};
+      base_cost(&in.cost, 10);
+      in.cost.n_devices = nd;
+      in.cost.shared_link = 1;
+      in.cost.peer_Bps = 450e9;
+      in.cost.peer_latency_s = 10e-6;
+      in.reqs = reqs;
+      in.n_reqs = nd < 4 ? 1 : 4;
+      in.refine_evals = refine ? -1 : 0;
+      double B = cf_bound(&in), mk_other = INFINITY;
+      for (int pol = 0; pol < CF_POLICY_OPTIMAL; pol++) {
+        CF_CHECK_OK(cf_sched_plan(&in, (cf_policy_t)pol, &p));
+        CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+        mk_other = fmin(mk_other, s.makespan_s);
+      }
+      CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_OPTIMAL, &p));
+      CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+      double with = s.makespan_s;
+      CF_CHECK(s.cells_helped > 0);
+      /* the long request's compute spreads over the idle devices, helpers forwarding the
+       * prefix cells they computed to the later helpers */
+      int on[8] = {0}, fwd = 0;
+      for (size_t i = 0; i < p.n_ops; i++) {
+        if (p.ops[i].req != 0) continue;
+        if (p.ops[i].kind == CF_OP_COMPUTE) on[p.ops[i].stream] = 1;
+        if (p.ops[i].kind == CF_OP_SEND && p.ops[i].dst != p.device[0]) fwd = 1;
+      }
+      int used = 0;
+      for (int d = 0; d < nd; d++) used += on[d];
+      CF_CHECK_MSG(used >= (nd < 4 ? 2 : nd / 2 + 1), "%d devices: request 0 computed on %d",
+                   nd, used);
+      CF_CHECK(nd < 4 || fwd);
+      CF_CHECK_MSG(with <= 1.25 * B, "%d devices: %.4g s vs bound %.4g s", nd, with, B);
+      CF_CHECK(with >= B);
+      CF_CHECK(with <= mk_other);
+      in.cost.peer_Bps = 0;
+      double B0 = cf_bound(&in);
+      CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_OPTIMAL, &p));
+      CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+      CF_CHECK_EQ(s.cells_helped, 0);
+      CF_CHECK(B < B0); /* one request may now use every device's compute */
+      CF_CHECK_MSG(with < 0.85 * s.makespan_s, "%d devices, refine %d: with help %.4g s, "
+                   "without %.4g s", nd, refine, with, s.makespan_s);
+      printf("  %d devices%s: optimal %.4f s with help, %.4f s without; bound %.4f s\n", nd,
+             refine ? " (refined)" : "", with, s.makespan_s, B);
+    }
+  cf_sched_plan_free(&p);
+  cf_sim_result_free(&s);
+}
+
+/* The fast path adopts help on its own estimate (no simulator): on random multi-device batches
+ * with arrivals it must not make plans slower than the same fast path without a peer link. */
+CF_TEST(sched_fast_path_help_never_hurts) {
+  cf_sched_req_t reqs[10];
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  cf_sim_result_t s;
+  cf_sim_result_init(&s);
+  double worst = 0;
+  int helped = 0;
+  for (int t = 0; t < 60; t++) {
+    cf_sched_input_t in = {0};
+    base_cost(&in.cost, cf_test_uniform() < 0.5 ? 384 : 10);
+    in.cost.n_devices = 2 << (int)(cf_test_uniform() * 3);
+    in.cost.shared_link = in.cost.link_Bps < 10e9;
+    int n = 1 + (int)(cf_test_uniform() * 10);
+    for (int r = 0; r < n; r++) {
+      reqs[r].arrival_s = cf_test_uniform() < 0.7 ? 0 : cf_test_uniform();
+      reqs[r].prefix_tokens = 1 + (int64_t)(cf_test_uniform() * (cf_test_uniform() < 0.5 ? 8000 : 131072));
+      reqs[r].new_tokens = 64;
+      reqs[r].device = -1;
+    }
+    in.reqs = reqs;
+    in.n_reqs = n;
+    double mk[2];
+    for (int peer = 0; peer < 2; peer++) {
+      in.cost.peer_Bps = peer ? 450e9 : 0;
+      in.cost.peer_latency_s = 10e-6;
+      CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_OPTIMAL, &p));
+      CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+      mk[peer] = s.makespan_s;
+      if (peer) helped += s.cells_helped > 0;
+    }
+    worst = fmax(worst, mk[1] / mk[0]);
+    CF_CHECK_MSG(mk[1] <= 1.02 * mk[0], "trial %d: fast path %.6g s with help, %.6g s without", t,
+                 mk[1], mk[0]);
+  }
+  printf("  fast path: help used in %d of 60 batches; worst with/without %.4f\n", helped, worst);
   cf_sched_plan_free(&p);
   cf_sim_result_free(&s);
 }
