@@ -101,7 +101,8 @@ static void cf__round(cf_batch_t *b, cf_batch_job_t *const *jobs, int n) {
     } else if (!(err[i] = cf__slot_prepare(b, &sl[i], j))) {
       cf_exec_req_t *r = &run[m];
       *r = (cf_exec_req_t){.n_tokens = j->n_tokens, .tokens = j->tokens, .chunk_tokens = C, .h = j->h,
-                           .src = sl[i].srcs, .load_rank = j->load_rank, .ref = sl[i].refp, .kv = j->kv, .blocks = j->blocks,
+                           .src = sl[i].srcs, .load_rank = j->load_rank,
+                           .cops = j->cops, .n_cops = j->n_cops, .ref = sl[i].refp, .kv = j->kv, .blocks = j->blocks,
                            .n_blocks = j->n_blocks, .ready = j->ready, .ready_slot = j->ready_slot,
                            .req_id = j->req_id, .on_layer = cf__exec_on_layer, .on_layer_arg = j,
                            .cancel = &j->cancel};

@@ -40,6 +40,8 @@ struct cf_batch_job_s {
   int *h;                   /* [ceil(n_tokens / C)] the plan's staircase (chunks past the plan: L);
                                adjusted here to what the store still holds */
   const uint32_t *load_rank;/* NULL or [n_chunks * L]: the plan's link order of each cell */
+  const cf_exec_cop_t *cops;/* NULL or [n_cops]: the plan's compute ops, stream order (cf_exec.h) */
+  int n_cops;
   uint64_t req_id;
   atomic_int cancel;        /* set from any thread: the job ends with CF_ECANCELED */
   void (*on_layer)(cf_batch_job_t *j, int layers_ready);

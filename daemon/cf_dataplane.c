@@ -13,6 +13,7 @@
 #include "cf_planner.h"
 #include "cf_storage.h"
 #include "exec/cf_cellsrc_store.h"
+#include "exec/cf_exec_plan.h"
 #include "ipc/cf_kvmap.h"
 #include "ipc/cf_ready.h"
 #include "util/cf_err.h"
@@ -141,6 +142,7 @@ static void cf__post(cf_dataplane_t *dp, cf__ev_t *ev) {
 
 static void cf__job_free(cf__job_t *j) {
   free((void *)j->b.load_rank);
+  free((void *)j->b.cops);
   free(j->tokens);
   free(j->blocks);
   free(j->b.h);
@@ -302,18 +304,9 @@ static void cf__restore_batch(void *ctx, cf_restore_t **batch, int n) {
       const cf_sched_plan_t *p = &r->plan->plan;
       int planned = p->n_chunks[r->plan_req];
       for (int c = 0; c < n_chunks; c++) j->b.h[c] = c < planned ? p->h[p->h_off[r->plan_req] + c] : L;
-      /* the link order of the plan's LOAD ops (op index: comparable across the group's restores) */
-      uint32_t *rank = malloc((size_t)n_chunks * L * sizeof *rank);
-      if (rank) {
-        for (size_t x = 0; x < (size_t)n_chunks * L; x++) rank[x] = UINT32_MAX;
-        for (size_t k = 0; k < p->n_ops; k++) {
-          const cf_sched_op_t *op = &p->ops[k];
-          if (op->kind != CF_OP_LOAD || op->req != r->plan_req) continue;
-          for (int c = op->c0; c < op->c1 && c < n_chunks; c++)
-            for (int l = op->l0; l < op->l1 && l < L; l++) rank[(size_t)c * L + l] = (uint32_t)k;
-        }
-      }
-      j->b.load_rank = rank; /* NULL: layer-major */
+      /* the plan's link order and compute order (op indices: comparable across the group) */
+      j->b.load_rank = cf_exec_plan_load_rank(p, r->plan_req, n_chunks, L); /* NULL: layer-major */
+      j->b.cops = cf_exec_plan_cops(p, r->plan_req, &j->b.n_cops);         /* NULL: work-conserving */
       j->predicted_s = r->summary.predicted_us * 1e-6;
       j->bound_s = r->summary.bound_us * 1e-6;
       cf__restore_slot(dp, r); /* normally assigned already, when the PlanSummary went out */

@@ -25,21 +25,11 @@ T=$(mktemp -d /tmp/cf-demo.XXXXXX)
 DPID=
 cleanup() { [ -n "$DPID" ] && kill "$DPID" 2>/dev/null && wait "$DPID" 2>/dev/null; [ -n "${CF_DEMO_KEEP:-}" ] || rm -rf "$T"; }
 trap cleanup EXIT
-cat > "$T/d.conf" <<CONF
-listen = unix:$T/d.sock
-metrics_listen =
-store_dir = $T/store
-cpu_tier_bytes = 512M
-ssd_tier_bytes = 1G
-chunk_tokens = 64
-threads = 1
-batch_window_us = 2000
-log_level = warn
-CONF
+. tests/lib/cf_daemon.sh
+cf_daemon_conf "$T/d.conf" "$T" 512M 1G 64 warn
 "$BUILD/cacheflowd" --config "$T/d.conf" --model "$MODEL" 2>"$T/d.log" &
 DPID=$!
-for _ in $(seq 1 200); do "$BUILD/cacheflowctl" status --addr "unix:$T/d.sock" >/dev/null 2>&1 && break; sleep 0.1; done
-"$BUILD/cacheflowctl" status --addr "unix:$T/d.sock" >/dev/null || { echo "demo: daemon did not start"; cat "$T/d.log"; exit 1; }
+cf_daemon_wait "$BUILD" "$T/d.sock" 200 || { echo "demo: daemon did not start"; cat "$T/d.log"; exit 1; }
 echo "demo: cacheflowd up (pid $DPID) on the demo model; prefix $PREFIX tokens + $NEW new per turn, $TURNS turns, batch of $BATCH"
 
 POLICIES="recompute load cake layerwise cacheflow optimal"

@@ -25,22 +25,12 @@ cleanup() { [ -n "$DPID" ] && kill -9 "$DPID" 2>/dev/null; [ -n "${CF_TEST_KEEP:
 trap cleanup EXIT
 
 "$BUILD/cacheflowctl" gen-model --out "$T/model" --preset tiny >/dev/null || { echo "gen-model failed"; echo "0 passed, 1 failed"; exit 1; }
-cat > "$T/d.conf" <<CONF
-listen = unix:$T/d.sock
-metrics_listen =
-store_dir = $T/store
-cpu_tier_bytes = 64M
-ssd_tier_bytes = 128M
-chunk_tokens = 32
-threads = 1
-batch_window_us = 2000
-log_level = info
-CONF
+. tests/lib/cf_daemon.sh
+cf_daemon_conf "$T/d.conf" "$T" 64M 128M 32 info
 start_daemon() {
   "$BUILD/cacheflowd" --config "$T/d.conf" --model "$T/model" >>"$T/d.log" 2>&1 &
   DPID=$!
-  for _ in $(seq 1 100); do [ -S "$T/d.sock" ] && "$BUILD/cacheflowctl" status --addr "unix:$T/d.sock" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  return 1
+  cf_daemon_wait "$BUILD" "$T/d.sock"
 }
 check "daemon starts on the tiny model" "start_daemon"
 ENG="$BUILD/cf-refengine --daemon unix:$T/d.sock --model $T/model --shm-dir $T --block 16"
