@@ -371,17 +371,14 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
   pthread_mutex_init(&dp->mu, NULL);
   uv_async_init(loop, &dp->async, cf__on_async);
   dp->async.data = dp;
-  hooks->ctx = dp;
-  hooks->engine_added = cf__engine_added;
-  hooks->engine_removed = cf__engine_removed;
-  hooks->restore_batch = cf__restore_batch;
-  hooks->restore_cancel = cf__restore_cancel;
-  hooks->restore_slot = cf__restore_slot;
   /* lookup, save, evict, usage stay cf_storage's, forwarded with its own ctx */
-  hooks->lookup = dp->inner.lookup ? cf__lookup : NULL;
-  hooks->save = dp->inner.save ? cf__save : NULL;
-  hooks->evict = dp->inner.evict ? cf__evict : NULL;
-  hooks->usage = dp->inner.usage ? cf__usage : NULL;
+  *hooks = (cf_service_backend_t){.ctx = dp, .engine_added = cf__engine_added, .engine_removed = cf__engine_removed,
+                                  .restore_batch = cf__restore_batch, .restore_cancel = cf__restore_cancel,
+                                  .restore_slot = cf__restore_slot,
+                                  .lookup = dp->inner.lookup ? cf__lookup : NULL,
+                                  .save = dp->inner.save ? cf__save : NULL,
+                                  .evict = dp->inner.evict ? cf__evict : NULL,
+                                  .usage = dp->inner.usage ? cf__usage : NULL};
   *out = dp;
   return 0;
 }
