@@ -35,7 +35,7 @@ typedef struct {
   cf__engine_priv_t *ep;
   int32_t *tokens, *blocks;
   int slot;                  /* readiness slot or -1 */
-  double predicted_s, bound_s;
+  double bound_s;
 } cf__job_t;
 
 enum { CF__EV_LAYERS, CF__EV_DONE };
@@ -141,8 +141,8 @@ static void cf__post(cf_dataplane_t *dp, cf__ev_t *ev) {
 }
 
 static void cf__job_free(cf__job_t *j) {
-  free((void *)j->b.load_rank);
-  free((void *)j->b.cops);
+  free(j->b.load_rank);
+  free(j->b.cops);
   free(j->tokens);
   free(j->blocks);
   free(j->b.h);
@@ -171,7 +171,7 @@ static void cf__deliver(cf__ev_t *ev) {
     s.cells_computed = st->cells_computed;
     s.cells_recomputed_fallback = st->load_failures;
     s.time_us = ev->res.time_s * 1e6;
-    s.predicted_us = j->predicted_s * 1e6;
+    s.predicted_us = j->b.predicted_s * 1e6; /* the round's joint plan if it was re-planned */
     s.bound_us = j->bound_s * 1e6;
     s.ratio_to_bound = j->bound_s > 0 ? ev->res.time_s / j->bound_s : 0;
     s.restored_tokens = (uint32_t)j->b.n_tokens;
@@ -307,7 +307,11 @@ static void cf__restore_batch(void *ctx, cf_restore_t **batch, int n) {
       /* the plan's link order and compute order (op indices: comparable across the group) */
       j->b.load_rank = cf_exec_plan_load_rank(p, r->plan_req, n_chunks, L); /* NULL: layer-major */
       j->b.cops = cf_exec_plan_cops(p, r->plan_req, &j->b.n_cops);         /* NULL: work-conserving */
-      j->predicted_s = r->summary.predicted_us * 1e-6;
+      j->b.plan_group = r->plan;
+      j->b.policy = r->policy;
+      j->b.cached_tokens = r->cached_tokens;
+      j->b.cost = r->plan->in.cost;
+      j->b.predicted_s = r->summary.predicted_us * 1e-6;
       j->bound_s = r->summary.bound_us * 1e-6;
       cf__restore_slot(dp, r); /* normally assigned already, when the PlanSummary went out */
     } else {
