@@ -15,17 +15,9 @@
 set -u
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
-P=0; F=0
-ok() { echo "ok   $1"; P=$((P+1)); }
-bad() { echo "FAIL $1"; F=$((F+1)); }
-check() { if eval "$2"; then ok "$1"; else bad "$1"; fi; }
-for b in cacheflowd cacheflowctl cf-refengine; do
-  [ -x "$BUILD/$b" ] || { echo "missing $BUILD/$b"; echo "0 passed, 1 failed"; exit 1; }
-done
-T=$(mktemp -d /tmp/cf-fid.XXXXXX)
-DPID=
-cleanup() { [ -n "$DPID" ] && kill "$DPID" 2>/dev/null && wait "$DPID" 2>/dev/null; [ -n "${CF_TEST_KEEP:-}" ] || rm -rf "$T"; }
-trap cleanup EXIT
+. tests/lib/cf_check.sh
+cf_need_bins "$BUILD" cacheflowd cacheflowctl cf-refengine
+cf_test_dir cf-fid TERM
 "$BUILD/cacheflowctl" gen-model --out "$T/model" --preset demo >/dev/null || { echo "gen-model failed"; echo "0 passed, 1 failed"; exit 1; }
 . tests/lib/cf_daemon.sh
 cf_daemon_conf "$T/d.conf" "$T" 256M 256M 64 warn
