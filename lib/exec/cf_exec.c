@@ -248,11 +248,11 @@ typedef struct { int r, c0, c1, l, plan; } cf__pick_t;
  * running a later op first would change the step sizes and timing it predicted. Lock held. */
 static int cf__pick_plan(cf__run_t *run, cf__pick_t *p) {
   int best = -1;
-  uint32_t best_rank = UINT32_MAX;
+  uint64_t best_rank = UINT64_MAX;
   for (int i = 0; i < run->n; i++) {
     cf__rq_t *q = &run->rq[i];
     if (q->done || !q->follow || q->next_op >= q->r->n_cops) continue;
-    uint32_t rk = q->r->cops[q->next_op].rank;
+    uint64_t rk = q->r->cops[q->next_op].rank;
     if (best < 0 || rk < best_rank) { best = i; best_rank = rk; }
   }
   if (best < 0) return 0;

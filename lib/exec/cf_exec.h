@@ -39,9 +39,9 @@
 #define CF_EXEC_MAX_TIERS 4
 
 /* One COMPUTE op of a plan: chunks [c0, c1) at layer l in one forward step. `rank` is its place
- * in the compute stream's order (the op's index in the plan; compares across a batch). */
+ * in the compute stream's order (compares across a batch; see cf_exec_plan_cops). */
 typedef struct {
-  uint32_t rank;
+  uint64_t rank;
   int32_t l, c0, c1;
 } cf_exec_cop_t;
 

@@ -12,6 +12,7 @@
 #include "util/cf_assert.h"
 #include "cf_toy_backend.h"
 #include "exec/cf_exec.h"
+#include "exec/cf_exec_plan.h"
 #include "model/cf_model_synth.h"
 
 typedef struct {
@@ -588,5 +589,47 @@ CF_TEST(exec_compute_follows_the_plan_ops) {
       CF_CHECK_EQ(lb.n, 3); /* work-conserving: one step of the four chunks per layer */
     }
   }
+  fx_free(&f);
+}
+
+/* A plan made for the cached 3 chunks of a 4-chunk restore (the 4th, uncached, is computed
+ * whole): cf_exec_plan_cops appends one op per layer over the tail after the request's planned
+ * ops, so the whole restore still follows the plan (steps logged = the ops, in order). */
+CF_TEST(exec_plan_cops_cover_the_uncached_tail) {
+  fx_t f;
+  fx_init(&f, 3, 8, 32, 8, "kv_tail");
+  logging_be_t lb = {.be = {.name = "logging", .model = f.be->model, .forward = logging_forward}, .inner = f.be};
+  cf_sched_cost_t cost = {.n_layers = 3, .chunk_tokens = 8, .kv_bytes_per_token = 2.0 * f.row * 4, .gamma_s = 1e-4,
+                          .alpha_s = 1e-5, .beta_s = 1e-9, .n_devices = 1, .link_Bps = 1e6, .link_latency_s = 1e-6};
+  cf_sched_req_t rq = {.arrival_s = 0, .prefix_tokens = 24, .new_tokens = 8, .device = -1};
+  cf_sched_input_t in = {.cost = cost, .reqs = &rq, .n_reqs = 1, .refine_evals = 0};
+  cf_sched_plan_t plan;
+  cf_sched_plan_init(&plan);
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_RECOMPUTE, &plan));
+  CF_CHECK_EQ(plan.n_chunks[0], 3);
+  int n_cops = 0;
+  cf_exec_cop_t *cops = cf_exec_plan_cops(&plan, 0, 4, 3, &n_cops);
+  CF_CHECK(cops != NULL);
+  int h[4] = {3, 3, 3, 3};
+  cf_cellsrc_t *srcs[4] = {0};
+  void *refs[4];
+  cf_exec_t ex;
+  CF_CHECK_OK(cf_exec_init(&ex, &lb.be, 1));
+  cf_exec_req_t r;
+  fx_req(&f, &r, h, srcs, refs);
+  r.cops = cops;
+  r.n_cops = n_cops;
+  CF_CHECK_OK(cf_exec_run(&ex, &r, 1));
+  CF_CHECK_EQ(fx_verify(&f, h, "tail"), 0);
+  CF_CHECK_EQ(lb.n, n_cops);
+  for (int i = 0; i < n_cops && i < lb.n; i++)
+    CF_CHECK_MSG(lb.log[i][0] == cops[i].l && lb.log[i][1] == cops[i].c0 * 8 && lb.log[i][2] == cops[i].c1 * 8,
+                 "step %d: layer %d tokens [%d, %d), expected op %d", i, lb.log[i][0], lb.log[i][1], lb.log[i][2], i);
+  for (int l = 0; l < 3; l++) { /* the last three: the tail chunk, layer by layer */
+    const cf_exec_cop_t *op = &cops[n_cops - 3 + l];
+    CF_CHECK(op->l == l && op->c0 == 3 && op->c1 == 4);
+  }
+  free(cops);
+  cf_sched_plan_free(&plan);
   fx_free(&f);
 }
