@@ -107,7 +107,7 @@ static void cf__replan(cf_batch_job_t *const *jobs, int n, int C, int L) {
     cf_batch_job_t *j = jobs[i];
     int n_chunks = (j->n_tokens + C - 1) / C, planned = plan.n_chunks[i], n_cops = 0;
     uint32_t *rank = cf_exec_plan_load_rank(&plan, i, n_chunks, L);
-    cf_exec_cop_t *cops = cf_exec_plan_cops(&plan, i, n_chunks, L, &n_cops);
+    cf_exec_cop_t *cops = cf_exec_plan_cops(&plan, i, &n_cops);
     for (int c = 0; c < n_chunks; c++) j->h[c] = c < planned ? plan.h[plan.h_off[i] + c] : L;
     free(j->load_rank); free(j->cops);
     j->load_rank = rank;

@@ -306,7 +306,7 @@ static void cf__restore_batch(void *ctx, cf_restore_t **batch, int n) {
       for (int c = 0; c < n_chunks; c++) j->b.h[c] = c < planned ? p->h[p->h_off[r->plan_req] + c] : L;
       /* the plan's link order and compute order (op indices: comparable across the group) */
       j->b.load_rank = cf_exec_plan_load_rank(p, r->plan_req, n_chunks, L); /* NULL: layer-major */
-      j->b.cops = cf_exec_plan_cops(p, r->plan_req, n_chunks, L, &j->b.n_cops);         /* NULL: work-conserving */
+      j->b.cops = cf_exec_plan_cops(p, r->plan_req, &j->b.n_cops);         /* NULL: work-conserving */
       j->b.plan_group = r->plan;
       j->b.policy = r->policy;
       j->b.cached_tokens = r->cached_tokens;

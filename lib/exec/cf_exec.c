@@ -36,6 +36,8 @@ typedef struct {
   int ready, done;
   int follow;                /* compute runs the plan's ops (r->cops) in order */
   int next_op;               /* the next of them */
+  int free_from;             /* following: chunks >= this (the tail no op touches, h = L) are
+                                computed work-conserving whenever the plan's next op waits */
 } cf__rq_t;
 
 typedef struct { int r, c, l; uint32_t rank; } cf__task_t;
@@ -265,16 +267,16 @@ static int cf__pick_plan(cf__run_t *run, cf__pick_t *p) {
   return 1;
 }
 
-/* The next run the compute worker can start for a request that does not follow a plan: in
- * request priority order, the request's lowest (layer, chunk) whose dependencies are present,
- * extended over following chunks at the same layer. Returns 0 when nothing is ready now.
- * Lock held. */
+/* The next run the compute worker can start outside the plans: in request priority order, the
+ * request's lowest (layer, chunk) whose dependencies are present, extended over following chunks
+ * at the same layer; for a request that follows its plan only among its free tail chunks.
+ * Returns 0 when nothing is ready now. Lock held. */
 static int cf__pick(cf__run_t *run, cf__pick_t *p) {
   for (int i = 0; i < run->n; i++) {
     cf__rq_t *q = &run->rq[i];
-    if (q->done || q->follow) continue;
+    if (q->done || (q->follow && q->free_from >= q->n_chunks)) continue;
     int best_c = -1, best_l = q->L;
-    for (int c = 0; c < q->n_chunks; c++) {
+    for (int c = q->follow ? q->free_from : 0; c < q->n_chunks; c++) {
       int l = q->D[c];
       if (l >= q->H[c] || l >= best_l) continue;
       if (q->prefix[l] < c || q->state[cf__ix(q, c, l)] == CELL_LOADING) continue;
@@ -426,16 +428,23 @@ static void cf__rq_free(cf__rq_t *q) {
 /* Can the compute worker run r->cops strictly in order? They must compute exactly the cells
  * l < h[c], each once, every chunk's layers in increasing order, and an op at layer l may only
  * come after the ops computing the earlier chunks' cells at l (loaded cells arrive on their
- * own). Anything else (a chunk raised to h = L because it left the store, a plan of another
- * shape) and the request is computed work-conserving instead. */
-static int cf__cops_match(const cf__rq_t *q) {
+ * own). Chunks after the last one the ops touch (the uncached tail, no plan covers it) must be
+ * computed whole; they are free (free_from). Anything else (a chunk raised to h = L because it
+ * left the store, a plan of another shape) and the request is computed work-conserving. */
+static int cf__cops_match(cf__rq_t *q) {
   const cf_exec_req_t *r = q->r;
   if (!r->cops || r->n_cops <= 0) return 0;
   int *next = calloc((size_t)q->n_chunks, sizeof(int)); /* next layer each chunk computes */
   if (!next) return 0;
   int ok = 1;
   long cells = 0, want = 0;
-  for (int c = 0; c < q->n_chunks; c++) want += r->h[c];
+  /* the free tail: chunks after the last one an op touches; they must be computed whole */
+  q->free_from = 0;
+  for (int k = 0; k < r->n_cops; k++)
+    if (r->cops[k].c1 > q->free_from && r->cops[k].c1 <= q->n_chunks) q->free_from = r->cops[k].c1;
+  for (int c = q->free_from; c < q->n_chunks; c++)
+    if (r->h[c] != q->L) ok = 0;
+  for (int c = 0; c < q->free_from; c++) want += r->h[c];
   for (int k = 0; k < r->n_cops && ok; k++) {
     const cf_exec_cop_t *op = &r->cops[k];
     if (k && op->rank <= r->cops[k - 1].rank) ok = 0;

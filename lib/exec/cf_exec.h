@@ -71,7 +71,9 @@ typedef struct cf_exec_req_s {
                                    stream order. When they cover exactly the cells l < h[c], the
                                    compute worker runs them as the plan does: op by op, the
                                    batch's lowest rank next, waiting for its inputs (the order
-                                   and step sizes the planner's simulator predicted). Otherwise
+                                   and step sizes the planner's simulator predicted); while it
+                                   waits, chunks after the last one the ops touch (an uncached
+                                   tail, h = L) are computed work-conserving. Otherwise
                                    (no ops, ops that do not match h, or a load failure that raised
                                    a chunk) the request is computed work-conserving: lowest ready
                                    layer first, runs of chunks as long as possible. */

@@ -17,25 +17,18 @@ uint32_t *cf_exec_plan_load_rank(const cf_sched_plan_t *plan, int req, int n_chu
   return rank;
 }
 
-cf_exec_cop_t *cf_exec_plan_cops(const cf_sched_plan_t *plan, int req, int n_chunks, int L, int *n) {
+cf_exec_cop_t *cf_exec_plan_cops(const cf_sched_plan_t *plan, int req, int *n) {
   *n = 0;
-  int planned = plan->n_chunks[req], tail = n_chunks > planned ? L : 0;
-  size_t m = (size_t)tail, last = 0; /* last: index of the request's last op */
+  size_t m = 0;
   for (size_t k = 0; k < plan->n_ops; k++)
-    if (plan->ops[k].req == req) {
-      last = k;
-      if (plan->ops[k].kind == CF_OP_COMPUTE) m++;
-    }
+    if (plan->ops[k].kind == CF_OP_COMPUTE && plan->ops[k].req == req) m++;
   if (!m) return NULL;
   cf_exec_cop_t *out = malloc(m * sizeof *out);
   if (!out) return NULL;
-  const uint64_t step = (uint64_t)L + 1;
   for (size_t k = 0; k < plan->n_ops; k++) {
     const cf_sched_op_t *op = &plan->ops[k];
     if (op->kind == CF_OP_COMPUTE && op->req == req)
-      out[(*n)++] = (cf_exec_cop_t){.rank = k * step, .l = op->l0, .c0 = op->c0, .c1 = op->c1};
+      out[(*n)++] = (cf_exec_cop_t){.rank = k, .l = op->l0, .c0 = op->c0, .c1 = op->c1};
   }
-  for (int l = 0; l < tail; l++)
-    out[(*n)++] = (cf_exec_cop_t){.rank = last * step + 1 + (uint64_t)l, .l = l, .c0 = planned, .c1 = n_chunks};
   return out;
 }

@@ -15,14 +15,12 @@
  * (out of memory: the executor then loads layer-major). */
 uint32_t *cf_exec_plan_load_rank(const cf_sched_plan_t *plan, int req, int n_chunks, int L);
 
-/* Request `req`'s COMPUTE ops in plan order, for a restore of n_chunks chunks (L layers): the
- * plan's ops (rank = (index in plan->ops) x (L + 1), so ranks of one plan's requests interleave
- * as its compute stream does), then, when the restore covers chunks the plan did not (the
- * uncached tail [plan->n_chunks[req], n_chunks), computed whole), one op per layer over the
- * whole tail ranked right after the request's last planned op — the planner counts that
- * prefill after the request's restore. Returns a malloc'ed array (caller frees) and its length
- * in *n; NULL with *n = 0 when the request computes nothing or memory is short (the executor
- * then computes work-conserving). */
-cf_exec_cop_t *cf_exec_plan_cops(const cf_sched_plan_t *plan, int req, int n_chunks, int L, int *n);
+/* Request `req`'s COMPUTE ops in plan order, rank = index in plan->ops (ranks of one plan's
+ * requests interleave as its compute stream does). Chunks of the restore past the plan's (the
+ * uncached tail, computed whole) have no ops: the executor computes them whenever the plan's
+ * next op must wait (see cf_exec_req_t.cops). Returns a malloc'ed array (caller frees) and its
+ * length in *n; NULL with *n = 0 when the plan computes nothing for the request or memory is
+ * short (the executor then computes work-conserving). */
+cf_exec_cop_t *cf_exec_plan_cops(const cf_sched_plan_t *plan, int req, int *n);
 
 #endif

@@ -245,7 +245,7 @@ static void bench_policies(const char *tmp, int quick) {
       /* the plan's link and compute order, as the daemon hands them to the executor */
       uint32_t *rank = cf_exec_plan_load_rank(&plan, 0, n, L);
       int ncops = 0;
-      cf_exec_cop_t *cops = cf_exec_plan_cops(&plan, 0, n, L, &ncops);
+      cf_exec_cop_t *cops = cf_exec_plan_cops(&plan, 0, &ncops);
       double best = 1e30;
       cf_exec_req_t r;
       for (int rep = 0; rep < 2; rep++) {
