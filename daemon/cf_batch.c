@@ -6,6 +6,9 @@
 #include <string.h>
 
 #include "exec/cf_cellsrc_store.h"
+#include "exec/cf_exec_plan.h"
+#include "sched/cf_sched.h"
+#include "sched/cf_sim.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
@@ -82,6 +85,65 @@ static int cf__slot_prepare(cf_batch_t *b, cf__slot_t *s, cf_batch_job_t *j) {
   return 0;
 }
 
+/* Plan jobs[0..n) (one policy, from different service batches) again as one batch: they share
+ * this round's compute worker and link, which their separate plans each assumed to be theirs.
+ * On success every job gets the joint plan's staircase, link and compute order and prediction;
+ * on failure (out of memory, a plan error) they keep their own plans. */
+static void cf__replan(cf_batch_job_t *const *jobs, int n, int C, int L) {
+  cf_sched_req_t *rq = calloc((size_t)n, sizeof *rq);
+  cf_sched_plan_t plan;
+  cf_sim_result_t sim;
+  cf_sched_plan_init(&plan);
+  cf_sim_result_init(&sim);
+  if (!rq) return;
+  for (int i = 0; i < n; i++)
+    rq[i] = (cf_sched_req_t){.arrival_s = 0, .prefix_tokens = jobs[i]->cached_tokens,
+                             .new_tokens = jobs[i]->n_tokens - jobs[i]->cached_tokens, .device = -1};
+  cf_sched_input_t in = {.cost = jobs[0]->cost, .reqs = rq, .n_reqs = n, .refine_evals = -1};
+  int rc = cf_sched_plan(&in, (cf_policy_t)jobs[0]->policy, &plan);
+  if (!rc) rc = cf_sim_run(&in, &plan, &sim);
+  if (rc) { CF_WARN("joint re-plan of %d restores: %s: %s", n, cf_strerror(rc), cf_errmsg()); goto out; }
+  for (int i = 0; i < n; i++) {
+    cf_batch_job_t *j = jobs[i];
+    int n_chunks = (j->n_tokens + C - 1) / C, planned = plan.n_chunks[i], n_cops = 0;
+    uint32_t *rank = cf_exec_plan_load_rank(&plan, i, n_chunks, L);
+    cf_exec_cop_t *cops = cf_exec_plan_cops(&plan, i, &n_cops);
+    for (int c = 0; c < n_chunks; c++) j->h[c] = c < planned ? plan.h[plan.h_off[i] + c] : L;
+    free(j->load_rank); free(j->cops);
+    j->load_rank = rank;
+    j->cops = cops;
+    j->n_cops = n_cops;
+    int64_t rest = (int64_t)j->n_tokens - j->cached_tokens;
+    j->predicted_s = sim.restore_s[i] + (rest > 0 ? cf_cost_prefill(&j->cost, j->cached_tokens, rest) : 0);
+  }
+  CF_DEBUG("re-planned %d restores (%s) as one batch: predicted makespan %.1f ms", n,
+           cf_policy_name((cf_policy_t)jobs[0]->policy), sim.makespan_s * 1e3);
+out:
+  cf_sched_plan_free(&plan);
+  cf_sim_result_free(&sim);
+  free(rq);
+}
+
+/* The round's planned jobs of each policy that came from more than one plan: plan them jointly. */
+static void cf__replan_round(cf_batch_t *b, cf_batch_job_t *const *jobs, int n) {
+  const cf_store_geom_t *g = cf_store_geom(b->o.store);
+  cf_batch_job_t **grp = malloc((size_t)n * sizeof *grp);
+  if (!grp) return;
+  for (int p = 0; p < CF_POLICY_COUNT; p++) {
+    int m = 0, groups = 0;
+    for (int i = 0; i < n; i++) {
+      cf_batch_job_t *j = jobs[i];
+      if (!j->plan_group || j->policy != p || atomic_load(&j->cancel)) continue;
+      int seen = 0;
+      for (int k = 0; k < m && !seen; k++) seen = grp[k]->plan_group == j->plan_group;
+      groups += !seen;
+      grp[m++] = j;
+    }
+    if (groups > 1) cf__replan(grp, m, (int)g->chunk_tokens, (int)g->n_layers);
+  }
+  free(grp);
+}
+
 /* Execute one round: every job that pinned and validated runs in one exec run. */
 static void cf__round(cf_batch_t *b, cf_batch_job_t *const *jobs, int n) {
   int C = (int)cf_store_geom(b->o.store)->chunk_tokens;
@@ -93,6 +155,7 @@ static void cf__round(cf_batch_t *b, cf_batch_job_t *const *jobs, int n) {
     free(sl); free(run); free(map); free(err);
     return;
   }
+  cf__replan_round(b, jobs, n);
   int m = 0;
   for (int i = 0; i < n; i++) {
     cf_batch_job_t *j = jobs[i];
@@ -101,7 +164,8 @@ static void cf__round(cf_batch_t *b, cf_batch_job_t *const *jobs, int n) {
     } else if (!(err[i] = cf__slot_prepare(b, &sl[i], j))) {
       cf_exec_req_t *r = &run[m];
       *r = (cf_exec_req_t){.n_tokens = j->n_tokens, .tokens = j->tokens, .chunk_tokens = C, .h = j->h,
-                           .src = sl[i].srcs, .load_rank = j->load_rank, .ref = sl[i].refp, .kv = j->kv, .blocks = j->blocks,
+                           .src = sl[i].srcs, .load_rank = j->load_rank,
+                           .cops = j->cops, .n_cops = j->n_cops, .ref = sl[i].refp, .kv = j->kv, .blocks = j->blocks,
                            .n_blocks = j->n_blocks, .ready = j->ready, .ready_slot = j->ready_slot,
                            .req_id = j->req_id, .on_layer = cf__exec_on_layer, .on_layer_arg = j,
                            .cancel = &j->cancel};

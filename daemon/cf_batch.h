@@ -4,10 +4,14 @@
  * policy group with lib/sched on the loop thread (cf_planner); cf_dataplane then submits each
  * planned restore here as a job carrying its staircase. This thread takes every queued job (up
  * to batch_max) as one round and:
- *   1. pins the job's stored chunks (cf_cellsrc_store_prepare): CPU-tier chunks are read zero-copy
+ *   1. restores of one policy that the service planned in different batches (they arrived in
+ *      different windows, e.g. while the previous round ran) but that run in this round together
+ *      are planned again as one batch (lib/sched, same policy and cost): the executor shares one
+ *      compute worker and one link between them, so their plans must assume it;
+ *   2. pins the job's stored chunks (cf_cellsrc_store_prepare): CPU-tier chunks are read zero-copy
  *      from their pinned slots, SSD chunks through verified reads; a chunk that left the store
  *      since the lookup is recomputed (h = L), so a plan never points at missing data;
- *   2. executes the whole round in one lib/exec run (this thread computes, loader threads copy),
+ *   3. executes the whole round in one lib/exec run (this thread computes, loader threads copy),
  *      reporting layers as they become ready (readiness counter + on_layer) and the final stats.
  * Callbacks run on this thread or (on_layer) on an executor thread with its lock held: they must
  * be quick. No gRPC, protobuf, libuv or daemon-config types here.
@@ -19,6 +23,7 @@
 #include <stdint.h>
 
 #include "exec/cf_exec.h"
+#include "sched/cf_cost.h"
 #include "model/cf_backend.h"
 #include "store/cf_store.h"
 
@@ -39,7 +44,17 @@ struct cf_batch_job_s {
   int ready_slot;
   int *h;                   /* [ceil(n_tokens / C)] the plan's staircase (chunks past the plan: L);
                                adjusted here to what the store still holds */
-  const uint32_t *load_rank;/* NULL or [n_chunks * L]: the plan's link order of each cell */
+  uint32_t *load_rank;      /* NULL or [n_chunks * L]: the plan's link order of each cell */
+  cf_exec_cop_t *cops;      /* NULL or [n_cops]: the plan's compute ops, stream order (cf_exec.h) */
+  int n_cops;
+  /* How it was planned, so that a round joining restores planned apart is planned again as one
+   * batch (see cf_batch_start): h, load_rank and cops are then replaced (malloc'ed: the
+   * submitter frees them with free() after on_done, as it does its own) and predicted_s set. */
+  const void *plan_group;   /* NULL (not planned: executed as given) or the plan it came from */
+  int policy;               /* cf_policy_t */
+  int64_t cached_tokens;    /* the planned prefix (chunks past it are computed: h = L) */
+  cf_sched_cost_t cost;     /* the cost model it was planned with */
+  double predicted_s;       /* the plan's predicted restore time (updated by a re-plan) */
   uint64_t req_id;
   atomic_int cancel;        /* set from any thread: the job ends with CF_ECANCELED */
   void (*on_layer)(cf_batch_job_t *j, int layers_ready);

@@ -13,6 +13,7 @@
 #include "cf_planner.h"
 #include "cf_storage.h"
 #include "exec/cf_cellsrc_store.h"
+#include "exec/cf_exec_plan.h"
 #include "ipc/cf_kvmap.h"
 #include "ipc/cf_ready.h"
 #include "util/cf_err.h"
@@ -34,7 +35,7 @@ typedef struct {
   cf__engine_priv_t *ep;
   int32_t *tokens, *blocks;
   int slot;                  /* readiness slot or -1 */
-  double predicted_s, bound_s;
+  double bound_s;
 } cf__job_t;
 
 enum { CF__EV_LAYERS, CF__EV_DONE };
@@ -140,7 +141,8 @@ static void cf__post(cf_dataplane_t *dp, cf__ev_t *ev) {
 }
 
 static void cf__job_free(cf__job_t *j) {
-  free((void *)j->b.load_rank);
+  free(j->b.load_rank);
+  free(j->b.cops);
   free(j->tokens);
   free(j->blocks);
   free(j->b.h);
@@ -169,7 +171,7 @@ static void cf__deliver(cf__ev_t *ev) {
     s.cells_computed = st->cells_computed;
     s.cells_recomputed_fallback = st->load_failures;
     s.time_us = ev->res.time_s * 1e6;
-    s.predicted_us = j->predicted_s * 1e6;
+    s.predicted_us = j->b.predicted_s * 1e6; /* the round's joint plan if it was re-planned */
     s.bound_us = j->bound_s * 1e6;
     s.ratio_to_bound = j->bound_s > 0 ? ev->res.time_s / j->bound_s : 0;
     s.restored_tokens = (uint32_t)j->b.n_tokens;
@@ -302,19 +304,14 @@ static void cf__restore_batch(void *ctx, cf_restore_t **batch, int n) {
       const cf_sched_plan_t *p = &r->plan->plan;
       int planned = p->n_chunks[r->plan_req];
       for (int c = 0; c < n_chunks; c++) j->b.h[c] = c < planned ? p->h[p->h_off[r->plan_req] + c] : L;
-      /* the link order of the plan's LOAD ops (op index: comparable across the group's restores) */
-      uint32_t *rank = malloc((size_t)n_chunks * L * sizeof *rank);
-      if (rank) {
-        for (size_t x = 0; x < (size_t)n_chunks * L; x++) rank[x] = UINT32_MAX;
-        for (size_t k = 0; k < p->n_ops; k++) {
-          const cf_sched_op_t *op = &p->ops[k];
-          if (op->kind != CF_OP_LOAD || op->req != r->plan_req) continue;
-          for (int c = op->c0; c < op->c1 && c < n_chunks; c++)
-            for (int l = op->l0; l < op->l1 && l < L; l++) rank[(size_t)c * L + l] = (uint32_t)k;
-        }
-      }
-      j->b.load_rank = rank; /* NULL: layer-major */
-      j->predicted_s = r->summary.predicted_us * 1e-6;
+      /* the plan's link order and compute order (op indices: comparable across the group) */
+      j->b.load_rank = cf_exec_plan_load_rank(p, r->plan_req, n_chunks, L); /* NULL: layer-major */
+      j->b.cops = cf_exec_plan_cops(p, r->plan_req, &j->b.n_cops);         /* NULL: work-conserving */
+      j->b.plan_group = r->plan;
+      j->b.policy = r->policy;
+      j->b.cached_tokens = r->cached_tokens;
+      j->b.cost = r->plan->in.cost;
+      j->b.predicted_s = r->summary.predicted_us * 1e-6;
       j->bound_s = r->summary.bound_us * 1e-6;
       cf__restore_slot(dp, r); /* normally assigned already, when the PlanSummary went out */
     } else {
@@ -378,17 +375,14 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
   pthread_mutex_init(&dp->mu, NULL);
   uv_async_init(loop, &dp->async, cf__on_async);
   dp->async.data = dp;
-  hooks->ctx = dp;
-  hooks->engine_added = cf__engine_added;
-  hooks->engine_removed = cf__engine_removed;
-  hooks->restore_batch = cf__restore_batch;
-  hooks->restore_cancel = cf__restore_cancel;
-  hooks->restore_slot = cf__restore_slot;
   /* lookup, save, evict, usage stay cf_storage's, forwarded with its own ctx */
-  hooks->lookup = dp->inner.lookup ? cf__lookup : NULL;
-  hooks->save = dp->inner.save ? cf__save : NULL;
-  hooks->evict = dp->inner.evict ? cf__evict : NULL;
-  hooks->usage = dp->inner.usage ? cf__usage : NULL;
+  *hooks = (cf_service_backend_t){.ctx = dp, .engine_added = cf__engine_added, .engine_removed = cf__engine_removed,
+                                  .restore_batch = cf__restore_batch, .restore_cancel = cf__restore_cancel,
+                                  .restore_slot = cf__restore_slot,
+                                  .lookup = dp->inner.lookup ? cf__lookup : NULL,
+                                  .save = dp->inner.save ? cf__save : NULL,
+                                  .evict = dp->inner.evict ? cf__evict : NULL,
+                                  .usage = dp->inner.usage ? cf__usage : NULL};
   *out = dp;
   return 0;
 }

@@ -38,18 +38,8 @@ static void cf__mem_release(cf_cellsrc_t *s, void *hold) { (void)s; (void)hold; 
 void cf_cellsrc_mem_init(cf_cellsrc_mem_t *m, const char *tier, int tier_index,
                          const float *cells, int n_chunks, int n_layers, int chunk_tokens,
                          size_t row, const int *fail, cf_ratelimit_t *limit) {
-  memset(m, 0, sizeof *m);
-  m->src.tier = tier;
-  m->src.tier_index = tier_index;
-  m->src.limit = limit;
-  m->src.read = cf__mem_read;
-  m->src.acquire = cf__mem_acquire;
-  m->src.release = cf__mem_release;
-  m->src.ctx = m;
-  m->cells = cells;
-  m->n_chunks = n_chunks;
-  m->n_layers = n_layers;
-  m->chunk_tokens = chunk_tokens;
-  m->row = row;
-  m->fail = fail;
+  *m = (cf_cellsrc_mem_t){.src = {.tier = tier, .tier_index = tier_index, .limit = limit, .read = cf__mem_read,
+                                   .acquire = cf__mem_acquire, .release = cf__mem_release, .ctx = m},
+                          .cells = cells, .n_chunks = n_chunks, .n_layers = n_layers,
+                          .chunk_tokens = chunk_tokens, .row = row, .fail = fail};
 }

@@ -34,6 +34,10 @@ typedef struct {
   float **sk, **sv;          /* per layer contiguous K/V staging ([T][row]) or NULL */
   float *hid[2];             /* hidden states [T][hidden], parity by layer */
   int ready, done;
+  int follow;                /* compute runs the plan's ops (r->cops) in order */
+  int next_op;               /* the next of them */
+  int free_from;             /* following: chunks >= this (the tail no op touches, h = L) are
+                                computed work-conserving whenever the plan's next op waits */
 } cf__rq_t;
 
 typedef struct { int r, c, l; uint32_t rank; } cf__task_t;
@@ -200,7 +204,10 @@ static void *cf__loader(void *arg) {
       q->r->stats.load_failures++;
       CF_DEBUG("exec: load (chunk %d, layer %d) from %s failed (%s: %s): recomputing", t.c, t.l,
                src->tier, cf_err_name(rc), cf_errmsg());
-      if (!q->done && q->state[ix] == CELL_PENDING && q->H[t.c] <= t.l) q->H[t.c] = t.l + 1;
+      if (!q->done && q->state[ix] == CELL_PENDING && q->H[t.c] <= t.l) {
+        q->H[t.c] = t.l + 1;
+        q->follow = 0; /* the plan's ops no longer cover the computed cells */
+      }
       pthread_cond_broadcast(&run->cv);
     } else if (!q->done && q->state[ix] == CELL_PENDING && q->H[t.c] <= t.l) {
       claim = 1;
@@ -235,17 +242,41 @@ static void *cf__loader(void *arg) {
 
 /* ---------------------------------------------------------------- compute */
 
-typedef struct { int r, c0, c1, l; } cf__pick_t;
+typedef struct { int r, c0, c1, l, plan; } cf__pick_t;
 
-/* The next run the compute worker can start: in request priority order, the request's lowest
- * (layer, chunk) whose dependencies are present, extended over following chunks at the same
- * layer. Returns 0 when nothing is ready now. Lock held. */
+/* The next op of the plans being followed: the lowest rank among the requests' next ops.
+ * Returns 1 and the op in *p when its inputs are present, 0 when it must wait (or there is
+ * none). The compute stream runs its ops strictly in order, as the planner's simulator does:
+ * running a later op first would change the step sizes and timing it predicted. Lock held. */
+static int cf__pick_plan(cf__run_t *run, cf__pick_t *p) {
+  int best = -1;
+  uint64_t best_rank = UINT64_MAX;
+  for (int i = 0; i < run->n; i++) {
+    cf__rq_t *q = &run->rq[i];
+    if (q->done || !q->follow || q->next_op >= q->r->n_cops) continue;
+    uint64_t rk = q->r->cops[q->next_op].rank;
+    if (best < 0 || rk < best_rank) { best = i; best_rank = rk; }
+  }
+  if (best < 0) return 0;
+  cf__rq_t *q = &run->rq[best];
+  const cf_exec_cop_t *op = &q->r->cops[q->next_op];
+  if (q->prefix[op->l] < op->c0) return 0; /* an earlier chunk's cell at l is not there yet */
+  for (int c = op->c0; c < op->c1; c++)
+    if (q->D[c] != op->l || q->state[cf__ix(q, c, op->l)] != CELL_PENDING) return 0;
+  *p = (cf__pick_t){best, op->c0, op->c1 - 1, op->l, 1};
+  return 1;
+}
+
+/* The next run the compute worker can start outside the plans: in request priority order, the
+ * request's lowest (layer, chunk) whose dependencies are present, extended over following chunks
+ * at the same layer; for a request that follows its plan only among its free tail chunks.
+ * Returns 0 when nothing is ready now. Lock held. */
 static int cf__pick(cf__run_t *run, cf__pick_t *p) {
   for (int i = 0; i < run->n; i++) {
     cf__rq_t *q = &run->rq[i];
-    if (q->done) continue;
+    if (q->done || (q->follow && q->free_from >= q->n_chunks)) continue;
     int best_c = -1, best_l = q->L;
-    for (int c = 0; c < q->n_chunks; c++) {
+    for (int c = q->follow ? q->free_from : 0; c < q->n_chunks; c++) {
       int l = q->D[c];
       if (l >= q->H[c] || l >= best_l) continue;
       if (q->prefix[l] < c || q->state[cf__ix(q, c, l)] == CELL_LOADING) continue;
@@ -256,7 +287,7 @@ static int cf__pick(cf__run_t *run, cf__pick_t *p) {
     while (c1 + 1 < q->n_chunks && q->D[c1 + 1] == best_l && q->H[c1 + 1] > best_l &&
            q->state[cf__ix(q, c1 + 1, best_l)] != CELL_LOADING)
       c1++;
-    *p = (cf__pick_t){i, best_c, c1, best_l};
+    *p = (cf__pick_t){i, best_c, c1, best_l, 0};
     return 1;
   }
   return 0;
@@ -324,7 +355,7 @@ static void cf__compute_loop(cf__run_t *run) {
     }
     if (cf__all_done(run)) break;
     cf__pick_t p;
-    if (!cf__pick(run, &p)) {
+    if (!cf__pick_plan(run, &p) && !cf__pick(run, &p)) {
       /* waiting on loads; the timeout only bounds how late a cancel is noticed */
       struct timespec ts;
       clock_gettime(CLOCK_REALTIME, &ts);
@@ -371,6 +402,7 @@ static void cf__compute_loop(cf__run_t *run) {
       cf__finish(q, rc);
       continue;
     }
+    if (p.plan) q->next_op++;
     for (int c = p.c0; c <= p.c1; c++) {
       q->D[c] = p.l + 1;
       q->staged[cf__ix(q, c, p.l)] = STAGE_YES;
@@ -391,6 +423,42 @@ static void cf__rq_free(cf__rq_t *q) {
   free(q->stage_upto);
   if (q->sk) for (int l = 0; l < q->L; l++) { free(q->sk[l]); free(q->sv[l]); }
   free(q->sk); free(q->sv); free(q->hid[0]); free(q->hid[1]);
+}
+
+/* Can the compute worker run r->cops strictly in order? They must compute exactly the cells
+ * l < h[c], each once, every chunk's layers in increasing order, and an op at layer l may only
+ * come after the ops computing the earlier chunks' cells at l (loaded cells arrive on their
+ * own). Chunks after the last one the ops touch (the uncached tail, no plan covers it) must be
+ * computed whole; they are free (free_from). Anything else (a chunk raised to h = L because it
+ * left the store, a plan of another shape) and the request is computed work-conserving. */
+static int cf__cops_match(cf__rq_t *q) {
+  const cf_exec_req_t *r = q->r;
+  if (!r->cops || r->n_cops <= 0) return 0;
+  int *next = calloc((size_t)q->n_chunks, sizeof(int)); /* next layer each chunk computes */
+  if (!next) return 0;
+  int ok = 1;
+  long cells = 0, want = 0;
+  /* the free tail: chunks after the last one an op touches; they must be computed whole */
+  q->free_from = 0;
+  for (int k = 0; k < r->n_cops; k++)
+    if (r->cops[k].c1 > q->free_from && r->cops[k].c1 <= q->n_chunks) q->free_from = r->cops[k].c1;
+  for (int c = q->free_from; c < q->n_chunks; c++)
+    if (r->h[c] != q->L) ok = 0;
+  for (int c = 0; c < q->free_from; c++) want += r->h[c];
+  for (int k = 0; k < r->n_cops && ok; k++) {
+    const cf_exec_cop_t *op = &r->cops[k];
+    if (k && op->rank <= r->cops[k - 1].rank) ok = 0;
+    if (op->l < 0 || op->l >= q->L || op->c0 < 0 || op->c1 <= op->c0 || op->c1 > q->n_chunks) { ok = 0; break; }
+    for (int c = 0; c < op->c0 && ok; c++) /* earlier computed cells at l: computed already */
+      if (r->h[c] > op->l && next[c] <= op->l) ok = 0;
+    for (int c = op->c0; c < op->c1 && ok; c++) {
+      if (next[c] != op->l || op->l >= r->h[c]) ok = 0;
+      next[c]++;
+      cells++;
+    }
+  }
+  free(next);
+  return ok && cells == want;
 }
 
 static int cf__rq_init(cf__rq_t *q, cf_exec_req_t *r, const cf_model_config_t *mc) {
@@ -424,6 +492,7 @@ static int cf__rq_init(cf__rq_t *q, cf_exec_req_t *r, const cf_model_config_t *m
     q->sk[l] = calloc(n, sizeof(float)); q->sv[l] = calloc(n, sizeof(float));
     if (!q->sk[l] || !q->sv[l]) return cf_seterr(CF_ENOMEM, "exec: staging for layer %d (%zu floats)", l, n);
   }
+  q->follow = cf__cops_match(q);
   r->stats.t_start_ns = cf__now();
   if (r->ready) cf_ready_begin(r->ready, r->ready_slot, r->req_id);
   return 0;

@@ -4,9 +4,10 @@
  * a staircase h[c] (chunk c's layers [0, h[c]) are COMPUTED, the rest LOADED from the chunk's
  * cell source). cf_exec_run() executes a batch of such requests:
  *   - the calling thread is the compute worker: it runs the backend's forward primitive on
- *     runs of consecutive chunks at one layer, lowest layer first, as soon as the run's
- *     dependencies are present (every earlier chunk's cell at that layer, loaded or computed;
- *     the chunk's own hidden state comes from its previous layer);
+ *     runs of consecutive chunks at one layer as soon as the run's dependencies are present
+ *     (every earlier chunk's cell at that layer, loaded or computed; the chunk's own hidden
+ *     state comes from its previous layer): the plan's compute ops in the plan's order when
+ *     the request carries them (cops), else lowest ready layer first;
  *   - n_loaders loader threads stream the loaded cells (layer-major, the order the compute and
  *     the engine need them) through the tier's rate limiter straight into the engine's paged
  *     blocks, and into the compute's contiguous staging copy where a later computed chunk
@@ -37,6 +38,13 @@
 
 #define CF_EXEC_MAX_TIERS 4
 
+/* One COMPUTE op of a plan: chunks [c0, c1) at layer l in one forward step. `rank` is its place
+ * in the compute stream's order (compares across a batch; see cf_exec_plan_cops). */
+typedef struct {
+  uint64_t rank;
+  int32_t l, c0, c1;
+} cf_exec_cop_t;
+
 typedef struct {
   uint64_t cells_loaded[CF_EXEC_MAX_TIERS]; /* per tier index */
   uint64_t bytes_loaded[CF_EXEC_MAX_TIERS];
@@ -59,6 +67,17 @@ typedef struct cf_exec_req_s {
   const uint32_t *load_rank;    /* NULL or [n_chunks * L]: cell (c, l)'s place in the plan's link
                                    order; loads are issued by increasing rank (ties layer-major).
                                    NULL: layer-major. Ranks compare across the batch's requests. */
+  const cf_exec_cop_t *cops;    /* NULL or [n_cops]: the plan's COMPUTE ops of this request in
+                                   stream order. When they cover exactly the cells l < h[c], the
+                                   compute worker runs them as the plan does: op by op, the
+                                   batch's lowest rank next, waiting for its inputs (the order
+                                   and step sizes the planner's simulator predicted); while it
+                                   waits, chunks after the last one the ops touch (an uncached
+                                   tail, h = L) are computed work-conserving. Otherwise
+                                   (no ops, ops that do not match h, or a load failure that raised
+                                   a chunk) the request is computed work-conserving: lowest ready
+                                   layer first, runs of chunks as long as possible. */
+  int n_cops;
   void *const *ref;             /* [n_chunks] opaque per-chunk handles passed to the source */
   /* where to */
   cf_kvmap_t *kv;               /* the engine's paged buffer (f32) */

@@ -12,6 +12,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* How late a caller may come back and still continue where the link's previous reservation
+ * ended (see cf_ratelimit_acquire): covers one op's copy and wake-up, banks no more. */
+#define CF_RATELIMIT_CATCHUP_NS 250000
+
 typedef struct {
   pthread_mutex_t mu;
   double bytes_per_s;   /* 0: unlimited */

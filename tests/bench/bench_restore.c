@@ -22,6 +22,7 @@
 #include "cf_toy_backend.h"
 #include "exec/cf_cellsrc_store.h"
 #include "exec/cf_exec.h"
+#include "exec/cf_exec_plan.h"
 #include "exec/cf_profile.h"
 #include "model/cf_kv.h"
 #include "model/cf_model_synth.h"
@@ -241,12 +242,10 @@ static void bench_policies(const char *tmp, int quick) {
       if ((rc = cf_sched_plan(&in, (cf_policy_t)p, &plan)) || (rc = cf_sim_run(&in, &plan, &sim))) die("plan", rc);
       int h[64];
       for (int c = 0; c < n; c++) h[c] = plan.h[plan.h_off[0] + c];
-      uint32_t rank[64 * 8]; /* the plan's link order, as the daemon hands it to the executor */
-      for (int x = 0; x < n * L; x++) rank[x] = UINT32_MAX;
-      for (size_t k = 0; k < plan.n_ops; k++)
-        if (plan.ops[k].kind == CF_OP_LOAD)
-          for (int c = plan.ops[k].c0; c < plan.ops[k].c1; c++)
-            for (int l = plan.ops[k].l0; l < plan.ops[k].l1; l++) rank[c * L + l] = (uint32_t)k;
+      /* the plan's link and compute order, as the daemon hands them to the executor */
+      uint32_t *rank = cf_exec_plan_load_rank(&plan, 0, n, L);
+      int ncops = 0;
+      cf_exec_cop_t *cops = cf_exec_plan_cops(&plan, 0, &ncops);
       double best = 1e30;
       cf_exec_req_t r;
       for (int rep = 0; rep < 2; rep++) {
@@ -256,13 +255,15 @@ static void bench_policies(const char *tmp, int quick) {
         size_t found = cf_cellsrc_store_prepare(&cs, keys, n, refs, srcs, NULL);
         for (int c = 0; c < n; c++) refp[c] = &refs[c];
         r = (cf_exec_req_t){.n_tokens = T, .tokens = tok, .chunk_tokens = C, .h = h, .src = srcs, .ref = refp,
-                            .load_rank = rank, .kv = &kv, .blocks = blocks, .n_blocks = T / BS};
+                            .load_rank = rank, .cops = cops, .n_cops = ncops, .kv = &kv, .blocks = blocks, .n_blocks = T / BS};
         double t = now_s();
         if ((rc = cf_exec_run(&ex, &r, 1))) die("restore", rc);
         t = now_s() - t;
         if (t < best) best = t;
         cf_cellsrc_store_unprepare(&cs, refs, found);
       }
+      free(rank);
+      free(cops);
       double pred = sim.restore_s[0];
       printf("  %-10s %10.1f %12.1f %10.2f %10.2f %10.2f %8llu %8llu\n", cf_policy_name((cf_policy_t)p), best * 1e3,
              pred * 1e3, best / pred, best / bound, pred / bound, (unsigned long long)r.stats.cells_computed,

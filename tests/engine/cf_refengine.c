@@ -210,6 +210,7 @@ typedef struct {
   engine_t *e;
   cf_client_t *c;
   int prefix, seq;
+  pthread_barrier_t *start;   /* concurrent mode: every restore's request leaves together */
   int32_t blocks[65536];
   /* from the stream */
   atomic_int slot;            /* -1 until the plan arrives, -2 if the stream ended without one */
@@ -302,6 +303,9 @@ static void run_restore(restore_t *r, int new_tokens, float *logits) {
   int T = r->prefix + new_tokens, nb = (T + e->o.block - 1) / e->o.block;
   seq_blocks(e, r->seq, r->blocks, nb);
   zero_blocks(e, r->blocks, nb);
+  /* the K concurrent restores send their requests at the same moment (after each one's own
+   * setup), so they reach the daemon within one batch window, as a real batch would */
+  if (r->start) pthread_barrier_wait(r->start);
   atomic_init(&r->slot, -1);
   pthread_mutex_init(&r->mu, NULL);
   pthread_cond_init(&r->cv, NULL);
@@ -482,13 +486,16 @@ int main(int argc, char **argv) {
   if (o->concurrent > 0 && !o->unreg_mid) {
     restore_t **rs = calloc((size_t)o->concurrent, sizeof *rs);
     pthread_t *th = calloc((size_t)o->concurrent, sizeof *th);
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, (unsigned)o->concurrent);
     for (int i = 0; i < o->concurrent; i++) {
       rs[i] = calloc(1, sizeof **rs);
-      rs[i]->e = &e; rs[i]->prefix = P; rs[i]->seq = 2 + i;
+      rs[i]->e = &e; rs[i]->prefix = P; rs[i]->seq = 2 + i; rs[i]->start = &start;
       if ((rc = cf_client_connect(o->daemon, 120000, &rs[i]->c))) return die("connect", rc);
     }
     for (int i = 0; i < o->concurrent; i++) pthread_create(&th[i], NULL, concurrent_worker, rs[i]);
     for (int i = 0; i < o->concurrent; i++) pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&start);
     cf_kv_t ref = {0};
     if (o->verify && (rc = reference_kv(&e, P, &ref))) return die("reference", rc);
     for (int i = 0; i < o->concurrent; i++) {

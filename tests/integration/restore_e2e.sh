@@ -12,35 +12,17 @@
 set -u
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
-P=0; F=0
-ok() { echo "ok   $1"; P=$((P+1)); }
-bad() { echo "FAIL $1"; F=$((F+1)); }
-check() { if eval "$2"; then ok "$1"; else bad "$1"; fi; }
-for b in cacheflowd cacheflowctl cf-refengine; do
-  [ -x "$BUILD/$b" ] || { echo "missing $BUILD/$b"; echo "0 passed, 1 failed"; exit 1; }
-done
-T=$(mktemp -d /tmp/cf-e2e.XXXXXX)
-DPID=
-cleanup() { [ -n "$DPID" ] && kill -9 "$DPID" 2>/dev/null; [ -n "${CF_TEST_KEEP:-}" ] || rm -rf "$T"; }
-trap cleanup EXIT
+. tests/lib/cf_check.sh
+cf_need_bins "$BUILD" cacheflowd cacheflowctl cf-refengine
+cf_test_dir cf-e2e KILL
 
 "$BUILD/cacheflowctl" gen-model --out "$T/model" --preset tiny >/dev/null || { echo "gen-model failed"; echo "0 passed, 1 failed"; exit 1; }
-cat > "$T/d.conf" <<CONF
-listen = unix:$T/d.sock
-metrics_listen =
-store_dir = $T/store
-cpu_tier_bytes = 64M
-ssd_tier_bytes = 128M
-chunk_tokens = 32
-threads = 1
-batch_window_us = 2000
-log_level = info
-CONF
+. tests/lib/cf_daemon.sh
+cf_daemon_conf "$T/d.conf" "$T" 64M 128M 32 info
 start_daemon() {
   "$BUILD/cacheflowd" --config "$T/d.conf" --model "$T/model" >>"$T/d.log" 2>&1 &
   DPID=$!
-  for _ in $(seq 1 100); do [ -S "$T/d.sock" ] && "$BUILD/cacheflowctl" status --addr "unix:$T/d.sock" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  return 1
+  cf_daemon_wait "$BUILD" "$T/d.sock"
 }
 check "daemon starts on the tiny model" "start_daemon"
 ENG="$BUILD/cf-refengine --daemon unix:$T/d.sock --model $T/model --shm-dir $T --block 16"

@@ -12,6 +12,7 @@
 #include "util/cf_assert.h"
 #include "cf_toy_backend.h"
 #include "exec/cf_exec.h"
+#include "exec/cf_exec_plan.h"
 #include "model/cf_model_synth.h"
 
 typedef struct {
@@ -544,5 +545,100 @@ CF_TEST(exec_loads_follow_the_plan_link_order) {
                    pass, i, ls.log[i][0], ls.log[i][1], c, l);
     }
   }
+  fx_free(&f);
+}
+
+typedef struct { cf_backend_t be; cf_backend_t *inner; int n, log[64][3]; } logging_be_t;
+static int logging_forward(cf_backend_t *be, const cf_fwd_args_t *a) {
+  logging_be_t *lb = (logging_be_t *)be;
+  if (lb->n < 64) { lb->log[lb->n][0] = a->l0; lb->log[lb->n][1] = a->t0; lb->log[lb->n][2] = a->t1; lb->n++; }
+  return lb->inner->forward(lb->inner, a);
+}
+
+/* With the plan's compute ops (cops) the compute worker runs exactly those steps in their
+ * order (here chunk by chunk, all layers, where its own order would take each layer's four
+ * chunks in one step); ops that do not cover the staircase are ignored (work-conserving).
+ * The KV is right either way. */
+CF_TEST(exec_compute_follows_the_plan_ops) {
+  fx_t f;
+  fx_init(&f, 3, 8, 32, 8, "kv_cops");
+  logging_be_t lb = {.be = {.name = "logging", .model = f.be->model, .forward = logging_forward}, .inner = f.be};
+  int h[4] = {3, 3, 3, 3};
+  cf_cellsrc_t *srcs[4] = {0};
+  void *refs[4];
+  cf_exec_cop_t cops[12];
+  for (int c = 0; c < 4; c++)
+    for (int l = 0; l < 3; l++) cops[c * 3 + l] = (cf_exec_cop_t){.rank = (uint32_t)(10 + 2 * (c * 3 + l)), .l = l, .c0 = c, .c1 = c + 1};
+  cf_exec_t ex;
+  CF_CHECK_OK(cf_exec_init(&ex, &lb.be, 1));
+  for (int pass = 0; pass < 2; pass++) {
+    clear_engine(&f);
+    lb.n = 0;
+    cf_exec_req_t r;
+    fx_req(&f, &r, h, srcs, refs);
+    r.cops = cops;
+    r.n_cops = pass ? 11 : 12; /* pass 1: one cell missing -> not the plan of this staircase */
+    CF_CHECK_OK(cf_exec_run(&ex, &r, 1));
+    CF_CHECK_EQ(fx_verify(&f, h, "cops"), 0);
+    if (!pass) {
+      CF_CHECK_EQ(lb.n, 12);
+      for (int i = 0; i < 12 && i < lb.n; i++)
+        CF_CHECK_MSG(lb.log[i][0] == cops[i].l && lb.log[i][1] == cops[i].c0 * 8 && lb.log[i][2] == cops[i].c1 * 8,
+                     "step %d: layer %d tokens [%d, %d), expected op %d", i, lb.log[i][0], lb.log[i][1], lb.log[i][2], i);
+    } else {
+      CF_CHECK_EQ(lb.n, 3); /* work-conserving: one step of the four chunks per layer */
+    }
+  }
+  fx_free(&f);
+}
+
+/* A plan made for the cached 3 chunks of a 4-chunk restore (the 4th, uncached, is computed
+ * whole and no op covers it): the planned ops still run exactly, in order, and the tail chunk is
+ * computed layer by layer in between, whenever the plan's next op waits (here never: recompute
+ * only), so all of it after the planned ops of its layer. */
+CF_TEST(exec_plan_ops_with_an_uncached_tail) {
+  fx_t f;
+  fx_init(&f, 3, 8, 32, 8, "kv_tail");
+  logging_be_t lb = {.be = {.name = "logging", .model = f.be->model, .forward = logging_forward}, .inner = f.be};
+  cf_sched_cost_t cost = {.n_layers = 3, .chunk_tokens = 8, .kv_bytes_per_token = 2.0 * f.row * 4, .gamma_s = 1e-4,
+                          .alpha_s = 1e-5, .beta_s = 1e-9, .n_devices = 1, .link_Bps = 1e6, .link_latency_s = 1e-6};
+  cf_sched_req_t rq = {.arrival_s = 0, .prefix_tokens = 24, .new_tokens = 8, .device = -1};
+  cf_sched_input_t in = {.cost = cost, .reqs = &rq, .n_reqs = 1, .refine_evals = 0};
+  cf_sched_plan_t plan;
+  cf_sched_plan_init(&plan);
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_RECOMPUTE, &plan));
+  CF_CHECK_EQ(plan.n_chunks[0], 3);
+  int n_cops = 0;
+  cf_exec_cop_t *cops = cf_exec_plan_cops(&plan, 0, &n_cops);
+  CF_CHECK(cops != NULL);
+  int h[4] = {3, 3, 3, 3};
+  cf_cellsrc_t *srcs[4] = {0};
+  void *refs[4];
+  cf_exec_t ex;
+  CF_CHECK_OK(cf_exec_init(&ex, &lb.be, 1));
+  cf_exec_req_t r;
+  fx_req(&f, &r, h, srcs, refs);
+  r.cops = cops;
+  r.n_cops = n_cops;
+  CF_CHECK_OK(cf_exec_run(&ex, &r, 1));
+  CF_CHECK_EQ(fx_verify(&f, h, "tail"), 0);
+  CF_CHECK_EQ(lb.n, n_cops + 3);
+  int k = 0, tail_l = 0;
+  for (int i = 0; i < lb.n; i++) {
+    if (lb.log[i][1] == 24) { /* the tail chunk: layers in order, each after the plan's ops at it */
+      CF_CHECK_MSG(lb.log[i][0] == tail_l && lb.log[i][2] == 32, "step %d: tail at layer %d, expected %d", i,
+                   lb.log[i][0], tail_l);
+      for (int j = k; j < n_cops; j++) CF_CHECK_MSG(cops[j].l != tail_l, "tail layer %d ran before op %d", tail_l, j);
+      tail_l++;
+      continue;
+    }
+    CF_CHECK_MSG(k < n_cops && lb.log[i][0] == cops[k].l && lb.log[i][1] == cops[k].c0 * 8 && lb.log[i][2] == cops[k].c1 * 8,
+                 "step %d: layer %d tokens [%d, %d), expected op %d", i, lb.log[i][0], lb.log[i][1], lb.log[i][2], k);
+    k++;
+  }
+  CF_CHECK_EQ(k, n_cops);
+  CF_CHECK_EQ(tail_l, 3);
+  free(cops);
+  cf_sched_plan_free(&plan);
   fx_free(&f);
 }

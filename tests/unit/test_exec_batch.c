@@ -191,3 +191,63 @@ CF_TEST(batch_quiesce_cancels_running_and_ends_queued) {
   cf_kvmap_close(&j1.kv); cf_kvmap_close(&j2.kv); cf_kvmap_close(&j3.kv);
   bw_free(&w);
 }
+
+/* Jobs of one policy planned in different service batches but run in one round are planned
+ * again as one batch: each gets the joint plan's staircase (the same as lib/sched gives for the
+ * two together), link and compute order and prediction; the KV is right. Jobs from one plan
+ * keep theirs. */
+CF_TEST(batch_replans_jobs_planned_apart_as_one_batch) {
+  bw_t w;
+  bw_init(&w, "st3");
+  cf_sched_cost_t cost = {.n_layers = w.L, .chunk_tokens = w.C, .kv_bytes_per_token = 2.0 * w.row * 4,
+                          .gamma_s = 1e-4, .alpha_s = 2e-5, .beta_s = 1e-9, .n_devices = 1,
+                          .link_Bps = 2e5, .link_latency_s = 2e-6}; /* compute ~ loads: a split wins */
+  cf_batch_opts_t o = {.be = w.be, .store = w.st, .n_loaders = 2, .batch_max = 4};
+  cf_batch_t *b;
+  CF_CHECK_OK(cf_batch_start(&b, &o));
+  int h0[6] = {0};
+  tjob_t j[4];
+  const char *names[4] = {"r1", "r2", "r3", "r4"};
+  static int g1, g2, g3;
+  const void *grp[4] = {&g1, &g2, &g3, &g3}; /* jobs 0, 1 planned apart; 2, 3 together */
+  for (int i = 0; i < 4; i++) {
+    tj_init(&j[i], &w, names[i], h0);
+    j[i].b.plan_group = grp[i];
+    j[i].b.policy = i < 2 ? CF_POLICY_OPTIMAL : CF_POLICY_CAKE;
+    j[i].b.cached_tokens = w.T;
+    j[i].b.cost = cost;
+    j[i].b.predicted_s = -1;
+  }
+  cf_batch_job_t *js[4] = {&j[0].b, &j[1].b, &j[2].b, &j[3].b};
+  cf_batch_submit(b, js, 4);
+  tjob_t *all[4] = {&j[0], &j[1], &j[2], &j[3]};
+  wait_done(all, 4);
+  /* what lib/sched plans for jobs 0 and 1 together */
+  cf_sched_req_t rq[2] = {{0, w.T, 0, -1}, {0, w.T, 0, -1}};
+  cf_sched_input_t in = {.cost = cost, .reqs = rq, .n_reqs = 2, .refine_evals = -1};
+  cf_sched_plan_t plan;
+  cf_sched_plan_init(&plan);
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_OPTIMAL, &plan));
+  int computed = 0;
+  for (int i = 0; i < 2; i++) {
+    CF_CHECK_EQ(j[i].err, 0);
+    CF_CHECK_EQ(kv_bad(&j[i], &w), 0);
+    CF_CHECK(j[i].b.predicted_s > 0);
+    CF_CHECK(j[i].b.load_rank != NULL);
+    for (int c = 0; c < w.n; c++) {
+      CF_CHECK_EQ(j[i].h[c], (int)plan.h[plan.h_off[i] + c]);
+      computed += j[i].h[c];
+    }
+  }
+  CF_CHECK_GT(computed, 0); /* the joint plan splits: the test exercises the compute order too */
+  for (int i = 2; i < 4; i++) {
+    CF_CHECK_EQ(j[i].err, 0);
+    CF_CHECK_EQ(kv_bad(&j[i], &w), 0);
+    CF_CHECK(j[i].b.predicted_s == -1); /* one plan: not re-planned */
+    for (int c = 0; c < w.n; c++) CF_CHECK_EQ(j[i].h[c], 0);
+  }
+  cf_sched_plan_free(&plan);
+  cf_batch_stop(b);
+  for (int i = 0; i < 4; i++) { free(j[i].b.load_rank); free(j[i].b.cops); cf_kvmap_close(&j[i].kv); }
+  bw_free(&w);
+}
