@@ -70,6 +70,18 @@ static void cf__usage(FILE *f) {
 
 static void cf__report_stderr(const char *line) { fprintf(stderr, "cacheflowd: %s\n", line); }
 
+/* A relative path given on the command line means relative to the caller's working directory
+ * (as any CLI user expects); the config table itself requires absolute paths, because a daemon's
+ * working directory is not the operator's. Returns `p` or `buf` holding cwd/p (prefix kept). */
+static const char *cf__cli_abs(const char *p, const char *prefix, char *buf, size_t cap) {
+  size_t n = strlen(prefix);
+  if (!p || strncmp(p, prefix, n) != 0 || p[n] == '/' || p[n] == 0) return p;
+  char cwd[4096];
+  if (!getcwd(cwd, sizeof cwd)) return p; /* validation then names the relative path */
+  snprintf(buf, cap, "%s%s/%s", prefix, cwd, p + n);
+  return buf;
+}
+
 /* defaults + file + command line into *c. Returns the number of bad settings (0 = ok). */
 static int cf__build_config(const cf_daemon_t *d, cf_config_t *c, void (*report)(const char *)) {
   int nbad = 0;
@@ -83,8 +95,11 @@ static int cf__build_config(const cf_daemon_t *d, cf_config_t *c, void (*report)
       nbad = 1;
     }
   }
+  char abs[3][8192];
   const char *keys[3] = {"listen", "model", "store_dir"};
-  const char *vals[3] = {d->o_listen, d->o_model, d->o_store};
+  const char *vals[3] = {cf__cli_abs(d->o_listen, "unix:", abs[0], sizeof abs[0]),
+                         cf__cli_abs(d->o_model, "", abs[1], sizeof abs[1]),
+                         cf__cli_abs(d->o_store, "", abs[2], sizeof abs[2])};
   for (int i = 0; i < 3; i++) {
     if (!vals[i]) continue;
     if (cf_config_set(c, keys[i], vals[i])) {

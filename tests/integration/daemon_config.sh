@@ -71,6 +71,13 @@ out=$($BIN --config /dev/null --listen /tmp/x.sock --check-config 2>&1)
 out=$($BIN --config /dev/null --store-dir "$T/s" --listen "unix:$T/a.sock" --dump-config 2>&1)
 echo "$out" | grep -q "^store_dir = $T/s$" && echo "$out" | grep -q "^listen = unix:$T/a.sock$" && ok "overrides win over the file" || bad "overrides win" "$out"
 out=$($BIN --bogus 2>&1); [ $? -eq 2 ] && ok "unknown option: exit 2 with usage" || bad "unknown option" "$out"
+# relative paths on the command line are relative to the caller's directory (the file needs absolute ones)
+BINABS=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+mkdir -p "$T/rel" && cp -r "$FIX" "$T/rel/fixture"
+out=$(cd "$T/rel" && "$BINABS" --config /dev/null --model fixture --store-dir st --listen unix:r.sock --dump-config 2>&1)
+echo "$out" | grep -q "^model = $T/rel/fixture$" && echo "$out" | grep -q "^store_dir = $T/rel/st$" \
+  && echo "$out" | grep -q "^listen = unix:$T/rel/r.sock$" && ok "relative command-line paths resolve against the cwd" || bad "relative command-line paths" "$out"
+out=$(cd "$T/rel" && "$BINABS" --config /dev/null --model fixture --check-config 2>&1) && ok "--model relative passes --check-config" || bad "--model relative" "$out"
 
 # 5. a daemon that cannot bind says which address
 mkdir -p "$T/busy.sock"
