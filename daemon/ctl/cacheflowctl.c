@@ -1,5 +1,7 @@
 /* cacheflowctl main: dispatch to the registered subcommand. */
+#include <errno.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -11,6 +13,15 @@ static int cf__ncmds;
 
 void cf_ctl_register(const cf_ctl_cmd_t *cmd) {
   if (cf__ncmds < CF_CTL_MAX) cf__cmds[cf__ncmds++] = cmd;
+}
+
+int cf_ctl_parse_u64(const char *s, unsigned long long max, unsigned long long *out) {
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (errno || end == s || *end || s[0] == '-' || s[0] == '+' || v > max) return -1;
+  *out = v;
+  return 0;
 }
 
 int cf_ctl_fail(const char *cmd, const char *fmt, ...) {

@@ -14,6 +14,10 @@ typedef struct {
 
 void cf_ctl_register(const cf_ctl_cmd_t *cmd);
 
+/* Strict decimal parse of a whole option value: digits only (no sign, no suffix, no trailing
+ * text), at most `max`. Returns 0 and *out, or -1 (the caller names the option in its error). */
+int cf_ctl_parse_u64(const char *s, unsigned long long max, unsigned long long *out);
+
 /* Print "cacheflowctl <cmd>: <formatted reason>\n" to stderr; returns 1. */
 int cf_ctl_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -2,6 +2,7 @@
  * lib/client. Every command takes --addr ADDR (default $CACHEFLOW_ADDR, else
  * unix:/run/cacheflow/cacheflowd.sock). */
 #include <getopt.h>
+#include <stdint.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,15 @@ static const char *cf__addr(const char *opt) {
 }
 
 /* Parse "1,2,3" into a malloc'd array; returns the count or -1. */
+/* --engine ID: a decimal engine id; a bad one is reported as a usage error. */
+static int cf__engine_arg(const char *cmd, const char *s, uint64_t *out) {
+  unsigned long long v;
+  if (cf_ctl_parse_u64(s, UINT64_MAX, &v))
+    return cf_ctl_fail(cmd, "--engine '%s': must be a non-negative integer (an id from RegisterEngine)", s);
+  *out = v;
+  return 0;
+}
+
 static long cf__parse_u32_list(const char *s, uint32_t **out) {
   size_t cap = 16, n = 0;
   uint32_t *v = malloc(cap * sizeof *v);
@@ -124,7 +134,7 @@ static int cf__lookup_main(int argc, char **argv) {
   optind = 1;
   while ((ch = getopt_long(argc, argv, "a:e:t:", o, NULL)) != -1) {
     if (ch == 'a') addr = optarg;
-    else if (ch == 'e') engine = strtoull(optarg, NULL, 10);
+    else if (ch == 'e') { if (cf__engine_arg("lookup", optarg, &engine)) return 2; }
     else if (ch == 't') tokens = optarg;
     else return 2;
   }
@@ -157,7 +167,12 @@ static int cf__evict_main(int argc, char **argv) {
       else if (!strcmp(optarg, "ssd")) tier = 2;
       else if (!strcmp(optarg, "all")) tier = 0;
       else return cf_ctl_fail("evict", "--tier cpu|ssd|all, not '%s'", optarg), 2;
-    } else if (ch == 'b') bytes = strtoull(optarg, NULL, 10);
+    } else if (ch == 'b') {
+      unsigned long long b;
+      if (cf_ctl_parse_u64(optarg, UINT64_MAX, &b))
+        return cf_ctl_fail("evict", "--bytes '%s': must be a non-negative integer", optarg), 2;
+      bytes = b;
+    }
     else return 2;
   }
   cf_client_t *c;
@@ -203,7 +218,7 @@ static int cf__restore_main(int argc, char **argv) {
   optind = 1;
   while ((ch = getopt_long(argc, argv, "a:e:t:b:p:P:", o, NULL)) != -1) {
     if (ch == 'a') addr = optarg;
-    else if (ch == 'e') req.engine_id = strtoull(optarg, NULL, 10);
+    else if (ch == 'e') { uint64_t id = 0; if (cf__engine_arg("restore", optarg, &id)) return 2; req.engine_id = id; }
     else if (ch == 't') tokens = optarg;
     else if (ch == 'b') blocks = optarg;
     else if (ch == 'P') req.priority = atoi(optarg);

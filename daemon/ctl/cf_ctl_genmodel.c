@@ -4,6 +4,7 @@
  * give the same bytes on every machine. The tensor names are transformers' own, so
  * LlamaForCausalLM.from_pretrained(DIR) loads it too. */
 #include <errno.h>
+#include <limits.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,14 +94,10 @@ static int cf__genmodel_main(int argc, char **argv) {
       case 'o': out = optarg; break;
       case 'p': preset = optarg; break;
       case 'd': dtype = optarg; break;
-      case 's': {
-        char *end;
-        errno = 0;
-        seed = strtoull(optarg, &end, 10);
-        if (errno || end == optarg || *end || optarg[0] == '-')
+      case 's':
+        if (cf_ctl_parse_u64(optarg, ULLONG_MAX, &seed))
           return cf_ctl_fail(CMD, "--seed '%s': must be a non-negative integer", optarg);
         break;
-      }
       default:
         return cf_ctl_fail(CMD, "unknown or incomplete option '%s' (usage: cacheflowctl "
                            "gen-model --out DIR [--preset demo|tiny] [--seed S] "

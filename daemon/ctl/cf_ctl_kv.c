@@ -18,10 +18,8 @@
 
 /* Strict positive int parse: whole string, 1..max. */
 static int cf__parse_pos(const char *s, int max, int *out) {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno || end == s || *end || v <= 0 || v > max) return -1;
+  unsigned long long v;
+  if (cf_ctl_parse_u64(s, (unsigned long long)max, &v) || v == 0) return -1;
   *out = (int)v;
   return 0;
 }

@@ -47,15 +47,6 @@ static int cf__parse_size(const char *s, uint64_t *out) {
   return 0;
 }
 
-static int cf__parse_u(const char *s, unsigned long long max, unsigned long long *out) {
-  char *end;
-  errno = 0;
-  unsigned long long v = strtoull(s, &end, 10);
-  if (errno || end == s || *end || s[0] == '-' || v > max) return -1;
-  *out = v;
-  return 0;
-}
-
 /* ---------------------------------------------------------------- verify */
 
 static int cf__verify(int argc, char **argv) {
@@ -118,26 +109,26 @@ static int cf__fill(int argc, char **argv) {
       case 'm': mdir = optarg; break;
       case 'e': backend = optarg; break;
       case 'p':
-        if (cf__parse_u(optarg, 1000000, &prefixes) || !prefixes)
+        if (cf_ctl_parse_u64(optarg, 1000000, &prefixes) || !prefixes)
           return cf_ctl_fail(CMD " fill", "--prefixes '%s': expected an integer in 1..1000000", optarg);
         have_p = 1;
         break;
       case 't':
-        if (cf__parse_u(optarg, 1 << 20, &tokens) || !tokens)
+        if (cf_ctl_parse_u64(optarg, 1 << 20, &tokens) || !tokens)
           return cf_ctl_fail(CMD " fill", "--tokens '%s': expected an integer in 1..1048576", optarg);
         have_t = 1;
         break;
       case 's':
-        if (cf__parse_u(optarg, UINT64_MAX, &seed))
+        if (cf_ctl_parse_u64(optarg, UINT64_MAX, &seed))
           return cf_ctl_fail(CMD " fill", "--seed '%s': expected a non-negative integer", optarg);
         have_s = 1;
         break;
       case 'c':
-        if (cf__parse_u(optarg, 65536, &chunk) || !chunk)
+        if (cf_ctl_parse_u64(optarg, 65536, &chunk) || !chunk)
           return cf_ctl_fail(CMD " fill", "--chunk '%s': expected an integer in 1..65536", optarg);
         break;
       case 'j':
-        if (cf__parse_u(optarg, 256, &threads))
+        if (cf_ctl_parse_u64(optarg, 256, &threads))
           return cf_ctl_fail(CMD " fill", "--threads '%s': expected 0..256", optarg);
         break;
       case 'b':

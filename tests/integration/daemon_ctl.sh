@@ -14,6 +14,8 @@ out=$($B/cacheflowctl config chunk_tokens 2>&1) && echo "$out" | grep -q "chunk_
 out=$($B/cacheflowctl config nope 2>&1); [ $? -eq 1 ] && echo "$out" | grep -q "NOT_FOUND: no setting named 'nope'" && ok "config unknown -> NOT_FOUND" || bad "config unknown" "$out"
 out=$($B/cacheflowctl lookup --engine 42 --tokens 1,2,3 2>&1); [ $? -eq 1 ] && echo "$out" | grep -q "cacheflowctl lookup: .*NOT_FOUND: engine_id 42 is not registered" && ok "lookup unknown engine" || bad "lookup" "$out"
 out=$($B/cacheflowctl lookup --engine 42 2>&1); [ $? -eq 2 ] && ok "lookup without --tokens: usage error" || bad "lookup usage" "$out"
+out=$($B/cacheflowctl lookup --engine 4x2 --tokens 1,2 2>&1); [ $? -eq 2 ] && echo "$out" | grep -q "cacheflowctl lookup: --engine '4x2': must be a non-negative integer" && ok "lookup bad --engine: named usage error" || bad "lookup bad --engine" "$out"
+out=$($B/cacheflowctl evict --bytes -5 2>&1); [ $? -eq 2 ] && echo "$out" | grep -q "cacheflowctl evict: --bytes '-5'" && ok "evict bad --bytes: named usage error" || bad "evict bad --bytes" "$out"
 out=$($B/cacheflowctl restore --engine 42 --tokens 1,2 --blocks 0 --policy cake 2>&1); [ $? -eq 1 ] && echo "$out" | grep -q "NOT_FOUND" && ok "restore unknown engine" || bad "restore" "$out"
 out=$($B/cacheflowctl restore --engine 42 --tokens 1,2 --blocks 0 --policy fastest 2>&1); [ $? -eq 2 ] && echo "$out" | grep -q "policy recompute|load" && ok "restore bad policy: usage error" || bad "restore bad policy" "$out"
 out=$($B/cacheflowctl evict --tier cpu 2>&1) && [ "$out" = "evicted 0 bytes in 0 chunks" ] && ok "evict of an empty CPU tier" || bad "evict" "$out"
