@@ -23,7 +23,7 @@
 
 typedef struct {
   cf_engine_t *e;
-  cf_kvmap_t kv;             /* a view of cf_storage's mappings (unmaps nothing) */
+  cf_kvmap_t *kv;            /* cf_storage's view of the engine's mappings (the executor writes through it) */
   cf_ready_t ready;
   uint8_t slot_used[CF__READY_SLOTS];
 } cf__engine_priv_t;
@@ -76,25 +76,13 @@ static int cf__engine_added(void *ctx, cf_engine_t *e) {
   cf_dataplane_t *dp = ctx;
   int rc = dp->inner.engine_added ? dp->inner.engine_added(dp->inner.ctx, e) : 0;
   if (rc) return rc;
-  const cf_engine_map_t *map = e->exec_priv;
+  cf_engine_map_t *map = e->exec_priv;
   cf__engine_priv_t *p = calloc(1, sizeof *p);
   cf__engine_priv_t **grown = realloc(dp->engines, (size_t)(dp->n_engines + 1) * sizeof *grown);
   if (grown) dp->engines = grown;
   if (!p || !grown || !map) { rc = cf_seterr(CF_ENOMEM, "engine %llu: executor state", (unsigned long long)e->id); goto fail; }
   p->e = e;
-  const cf_store_geom_t *g = cf_store_geom(dp->store);
-  /* lib/exec addresses every layer with one set of strides */
-  cf_kv_layout_t lay = {.n_layers = e->n_layers, .num_blocks = (int)e->num_blocks, .block_size = (int)e->block_size,
-                        .n_kv_heads = (int)g->n_kv_heads, .head_dim = (int)g->head_dim, .dtype = CF_DT_F32,
-                        .block_stride = e->layers[0].block_stride, .token_stride = e->layers[0].token_stride,
-                        .head_stride = e->layers[0].head_stride};
-  for (int l = 1; l < e->n_layers; l++)
-    if (e->layers[l].block_stride != lay.block_stride || e->layers[l].token_stride != lay.token_stride ||
-        e->layers[l].head_stride != lay.head_stride) {
-      rc = cf_seterr(CF_EUNSUPPORTED, "layer %d strides differ from layer 0's; the CPU executor needs one layout", l);
-      goto fail;
-    }
-  if ((rc = cf_kvmap_view(&p->kv, &lay, map->k, map->v))) goto fail;
+  p->kv = &map->kv;
   char path[256];
   struct stat st;
   if (stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode))
@@ -110,7 +98,6 @@ static int cf__engine_added(void *ctx, cf_engine_t *e) {
   dp->engines[dp->n_engines++] = p;
   return 0;
 fail:
-  if (p) cf_kvmap_close(&p->kv);
   free(p);
   if (dp->inner.engine_removed) dp->inner.engine_removed(dp->inner.ctx, e);
   return rc;
@@ -121,8 +108,7 @@ static void cf__engine_removed(void *ctx, cf_engine_t *e) {
   for (int i = 0; i < dp->n_engines; i++)
     if (dp->engines[i]->e == e) {
       cf__engine_priv_t *p = dp->engines[i];
-      cf_kvmap_close(&p->kv);
-      cf_ready_close(&p->ready);
+      cf_ready_close(&p->ready); /* p->kv is cf_storage's: closed with its mappings */
       free(p);
       dp->engines[i] = dp->engines[--dp->n_engines];
       break;
@@ -321,7 +307,7 @@ static void cf__restore_batch(void *ctx, cf_restore_t **batch, int n) {
     j->b.n_tokens = (int)r->req->n_token_ids;
     j->b.blocks = j->blocks;
     j->b.n_blocks = (int)r->req->n_block_ids;
-    j->b.kv = &j->ep->kv;
+    j->b.kv = j->ep->kv;
     j->b.ready = j->slot >= 0 ? &j->ep->ready : NULL;
     j->b.ready_slot = j->slot;
     atomic_init(&j->b.cancel, r->engine->gone ? 1 : 0);

@@ -53,6 +53,7 @@ static void cf__unmap(cf_engine_map_t *m) {
   if (!m) return;
   for (int i = 0; i < m->n_maps; i++)
     if (m->map_base[i]) munmap(m->map_base[i], m->map_len[i]);
+  cf_kvmap_close(&m->kv); /* a view: unmaps nothing */
   free(m->map_base);
   free(m->map_len);
   free(m->k);
@@ -87,7 +88,6 @@ static int cf__engine_added(void *ctx, cf_engine_t *e) {
   if (e->dtype != CACHEFLOW__V1__DTYPE__DTYPE_F32)
     return cf_seterr(CF_EDTYPE, "engine KV dtype %s: this daemon stores F32 KV (CPU backend); register F32 buffers",
                      e->dtype == CACHEFLOW__V1__DTYPE__DTYPE_BF16 ? "BF16" : "F16");
-  (void)s;
   int L = e->n_layers, rc = 0;
   cf_engine_map_t *m = calloc(1, sizeof *m);
   const char **paths = calloc(2 * L, sizeof *paths);
@@ -107,6 +107,16 @@ static int cf__engine_added(void *ctx, cf_engine_t *e) {
     }
   }
   free(paths);
+  /* Save (here) and lib/exec address every layer with one set of strides. */
+  cf_kv_layout_t lay = {.n_layers = L, .num_blocks = (int)e->num_blocks, .block_size = (int)e->block_size,
+                        .n_kv_heads = (int)s->g.n_kv_heads, .head_dim = (int)s->g.head_dim, .dtype = CF_DT_F32,
+                        .block_stride = e->layers[0].block_stride, .token_stride = e->layers[0].token_stride,
+                        .head_stride = e->layers[0].head_stride};
+  for (int l = 1; l < L && !rc; l++)
+    if (e->layers[l].block_stride != lay.block_stride || e->layers[l].token_stride != lay.token_stride ||
+        e->layers[l].head_stride != lay.head_stride)
+      rc = cf_seterr(CF_EUNSUPPORTED, "layer %d strides differ from layer 0's; the CPU executor needs one layout", l);
+  if (!rc) rc = cf_kvmap_view(&m->kv, &lay, m->k, m->v);
   if (rc) { cf__unmap(m); return rc; }
   e->exec_priv = m;
   return 0;
@@ -155,7 +165,9 @@ static int cf__save(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest 
   cf_storage_t *s = ctx;
   cf_engine_map_t *m = e->exec_priv;
   const uint32_t L = s->g.n_layers, kvh = s->g.n_kv_heads, hd = s->g.head_dim, C = s->g.chunk_tokens;
-  const size_t n = req->n_token_ids, row = (size_t)kvh * hd * 4, hbytes = (size_t)hd * 4;
+  const size_t n = req->n_token_ids, row = (size_t)kvh * hd * 4;
+  /* block ids were validated < num_blocks (< 2^31), so the uint32 table reads as int32 */
+  const int32_t *blocks = (const int32_t *)req->block_ids;
   size_t nk;
   *saved = 0;
   *durable = 0;
@@ -171,15 +183,8 @@ static int cf__save(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest 
     for (uint32_t l = 0; l < L; l++) {
       /* cell l: [2][nt][kvh][hd] — the chunk's K rows, then its V rows */
       uint8_t *cell = buf + (size_t)l * cb;
-      const cf_layer_layout_t *ly = &e->layers[l];
-      for (uint32_t j = 0; j < nt; j++) {
-        size_t p = first + j;
-        uint64_t base = (uint64_t)req->block_ids[p / e->block_size] * ly->block_stride + (p % e->block_size) * ly->token_stride;
-        for (uint32_t h = 0; h < kvh; h++) {
-          memcpy(cell + j * row + h * hbytes, m->k[l] + base + h * ly->head_stride, hbytes);
-          memcpy(cell + (nt + j) * row + h * hbytes, m->v[l] + base + h * ly->head_stride, hbytes);
-        }
-      }
+      cf_kvmap_gather(&m->kv, (int)l, blocks, (int)first, (int)(first + nt), (float *)cell,
+                      (float *)(cell + nt * row));
       cells[l] = cell;
     }
     int r = cf_store_save(s->st, &keys[ci], nt, cells, 0);

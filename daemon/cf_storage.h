@@ -10,6 +10,7 @@
 #ifndef CF_STORAGE_H
 #define CF_STORAGE_H
 
+#include "ipc/cf_kvmap.h"
 #include "cf_config.h"
 #include "cf_model_info.h"
 #include "cf_service.h"
@@ -29,12 +30,15 @@ cf_store_t *cf_storage_store(cf_storage_t *s);
 void cf_storage_close(cf_storage_t *s);
 
 /* An engine's buffers mapped into the daemon: layer l's K starts at k[l], V at v[l] (the
- * declared offsets applied); strides as registered. Owned by the engine (exec_priv). */
+ * declared offsets applied); `kv` is a lib/ipc view of them (one set of strides for every
+ * layer), which Save and the executor both address the blocks through. Owned by the engine
+ * (exec_priv). */
 typedef struct {
   int n_maps;
   void **map_base;
   size_t *map_len;
   uint8_t **k, **v;
+  cf_kvmap_t kv;
 } cf_engine_map_t;
 
 #endif
