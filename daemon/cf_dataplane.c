@@ -362,7 +362,7 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
   uv_async_init(loop, &dp->async, cf__on_async);
   dp->async.data = dp;
   /* lookup, save, evict, usage stay cf_storage's, forwarded with its own ctx */
-  *hooks = (cf_service_backend_t){.ctx = dp, .engine_added = cf__engine_added, .engine_removed = cf__engine_removed,
+  *hooks = (cf_service_backend_t){.ctx = dp, .kv_dtype = dp->inner.kv_dtype, .engine_added = cf__engine_added, .engine_removed = cf__engine_removed,
                                   .restore_batch = cf__restore_batch, .restore_cancel = cf__restore_cancel,
                                   .restore_slot = cf__restore_slot,
                                   .lookup = dp->inner.lookup ? cf__lookup : NULL,

@@ -140,7 +140,7 @@ CF_TEST(exec_fixed_policies_match_full_recompute) {
   CF_CHECK_OK(cf_exec_init(&ex, f.be, 2));
   cf_cellsrc_mem_t mem;
   /* the source holds full chunks only */
-  cf_cellsrc_mem_init(&mem, "cpu", 0, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, NULL);
+  cf_cellsrc_mem_init(&mem, "cpu", 0, CF_DT_F32, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, NULL);
   cf_cellsrc_t *srcs[6];
   void *refs[6];
   for (int c = 0; c < 6; c++) srcs[c] = &mem.src;
@@ -185,7 +185,7 @@ static void random_restore(fx_t *f, int n_full, int fail_one_in, int n_loaders, 
       }
   }
   cf_cellsrc_mem_t mem;
-  cf_cellsrc_mem_init(&mem, "ssd", 1, f->cells, n, L, f->C, f->row, fail, NULL);
+  cf_cellsrc_mem_init(&mem, "ssd", 1, CF_DT_F32, f->cells, n, L, f->C, f->row, fail, NULL);
   cf_cellsrc_t **srcs = malloc(sizeof(void *) * n);
   void **refs = malloc(sizeof(void *) * n);
   for (int c = 0; c < n; c++) srcs[c] = &mem.src;
@@ -237,7 +237,7 @@ CF_TEST(exec_engine_process_sees_layers_in_order) {
   cf_ratelimit_t rl;
   CF_CHECK_OK(cf_ratelimit_init(&rl, 2e6, 0));
   cf_cellsrc_mem_t mem;
-  cf_cellsrc_mem_init(&mem, "cpu", 0, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, &rl);
+  cf_cellsrc_mem_init(&mem, "cpu", 0, CF_DT_F32, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, &rl);
   cf_cellsrc_t *srcs[8];
   void *refs[8];
   for (int c = 0; c < 8; c++) srcs[c] = &mem.src;
@@ -294,7 +294,7 @@ CF_TEST(exec_batch_of_requests) {
     char name[32];
     snprintf(name, sizeof name, "kv_batch%d", i);
     fx_init(&f[i], 3, 8, 40, 4, name);
-    cf_cellsrc_mem_init(&mem[i], "cpu", 0, f[i].cells, 5, 3, 8, f[i].row, NULL, NULL);
+    cf_cellsrc_mem_init(&mem[i], "cpu", 0, CF_DT_F32, f[i].cells, 5, 3, 8, f[i].row, NULL, NULL);
     for (int c = 0; c < 5; c++) srcs[i][c] = &mem[i].src;
     fx_req(&f[i], &r[i], plans[i], srcs[i], refs[i]);
     r[i].req_id = (uint64_t)i;
@@ -324,7 +324,7 @@ CF_TEST(exec_cancel_mid_restore) {
   cf_ratelimit_t rl;
   CF_CHECK_OK(cf_ratelimit_init(&rl, 1e5, 0)); /* 32 cells x 2 KiB at 100 kB/s: ~650 ms */
   cf_cellsrc_mem_t mem;
-  cf_cellsrc_mem_init(&mem, "cpu", 0, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, &rl);
+  cf_cellsrc_mem_init(&mem, "cpu", 0, CF_DT_F32, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, &rl);
   cf_cellsrc_t *srcs[8];
   void *refs[8];
   for (int c = 0; c < 8; c++) srcs[c] = &mem.src;
@@ -391,7 +391,7 @@ CF_TEST(exec_rejects_bad_requests) {
   CF_CHECK_OK(cf_exec_init(&ex, f.be, 1));
   CF_CHECK_ERR(cf_exec_init(&ex, f.be, 0), CF_EINVAL);
   cf_cellsrc_mem_t mem;
-  cf_cellsrc_mem_init(&mem, "cpu", 0, f.cells, f.n_chunks, 3, 8, f.row, NULL, NULL);
+  cf_cellsrc_mem_init(&mem, "cpu", 0, CF_DT_F32, f.cells, f.n_chunks, 3, 8, f.row, NULL, NULL);
   cf_cellsrc_t *srcs[5] = {&mem.src, &mem.src, &mem.src, &mem.src, &mem.src};
   void *refs[5];
   int h[5] = {0, 1, 2, 3, 3};
@@ -456,7 +456,7 @@ CF_TEST(exec_failure_recomputes_over_gathered_prefix) {
   fail[5 * 4 + 2] = CF_ECORRUPT;
   fail[3 * 4 + 0] = CF_ENOTFOUND;
   cf_cellsrc_mem_t mem;
-  cf_cellsrc_mem_init(&mem, "ssd", 1, f.cells, f.n_chunks, f.L, f.C, f.row, fail, NULL);
+  cf_cellsrc_mem_init(&mem, "ssd", 1, CF_DT_F32, f.cells, f.n_chunks, f.L, f.C, f.row, fail, NULL);
   mem.src.acquire = NULL; /* exercise the copying read path too */
   cf_cellsrc_t *srcs[6];
   void *refs[6];
@@ -500,14 +500,14 @@ CF_TEST(exec_cpu_backend_random_plans_with_faults) {
 
 /* A source that records the order cells are asked for (one loader: deterministic). */
 typedef struct { cf_cellsrc_mem_t mem; cf_cellsrc_t src; pthread_mutex_t mu; int log[256][2]; int n; } logsrc_t;
-static int logsrc_acquire(cf_cellsrc_t *s, void *ref, int layer, const float **k, const float **v, void **hold) {
+static int logsrc_acquire(cf_cellsrc_t *s, void *ref, int layer, const void **k, const void **v, void **hold) {
   logsrc_t *ls = s->ctx;
   pthread_mutex_lock(&ls->mu);
   if (ls->n < 256) { ls->log[ls->n][0] = (int)(intptr_t)ref; ls->log[ls->n][1] = layer; ls->n++; }
   pthread_mutex_unlock(&ls->mu);
   return ls->mem.src.acquire(&ls->mem.src, ref, layer, k, v, hold);
 }
-static int logsrc_read(cf_cellsrc_t *s, void *ref, int layer, float *kv) {
+static int logsrc_read(cf_cellsrc_t *s, void *ref, int layer, void *kv) {
   logsrc_t *ls = s->ctx;
   return ls->mem.src.read(&ls->mem.src, ref, layer, kv);
 }
@@ -520,7 +520,7 @@ CF_TEST(exec_loads_follow_the_plan_link_order) {
   logsrc_t ls;
   memset(&ls, 0, sizeof ls);
   pthread_mutex_init(&ls.mu, NULL);
-  cf_cellsrc_mem_init(&ls.mem, "cpu", 0, f.cells, 4, 3, 8, f.row, NULL, NULL);
+  cf_cellsrc_mem_init(&ls.mem, "cpu", 0, CF_DT_F32, f.cells, 4, 3, 8, f.row, NULL, NULL);
   ls.src = (cf_cellsrc_t){.tier = "cpu", .tier_index = 0, .read = logsrc_read, .acquire = logsrc_acquire, .ctx = &ls};
   cf_cellsrc_t *srcs[4] = {&ls.src, &ls.src, &ls.src, &ls.src};
   void *refs[4];

@@ -138,12 +138,12 @@ CF_TEST(save_then_restore_from_cpu_and_ssd_tiers) {
   cf_store_t *st = open_store(&w, "store1", 1 << 20, 8 << 20);
   cf_save_result_t sr;
   CF_CHECK_OK(cf_save_blocks(st, &a.kv, w.tokens, w.T, a.blocks, a.nb, 0, &sr));
-  CF_CHECK_EQ(sr.saved_tokens, 160);
-  CF_CHECK_EQ(sr.new_chunks, 10);
+  CF_CHECK_EQ(sr.saved_tokens, 163); /* 10 chunks and the 3-token partial one */
+  CF_CHECK_EQ(sr.new_chunks, 11);
   CF_CHECK_EQ(sr.durable, 0);
   /* saving again stores nothing new; a durable save flushes to SSD */
   CF_CHECK_OK(cf_save_blocks(st, &a.kv, w.tokens, w.T, a.blocks, a.nb, CF_STORE_SAVE_DURABLE, &sr));
-  CF_CHECK_EQ(sr.existing_chunks, 10);
+  CF_CHECK_EQ(sr.existing_chunks, 11);
   CF_CHECK_EQ(sr.new_chunks, 0);
   CF_CHECK_EQ(sr.durable, 1);
   /* half the chunks leave the CPU tier: restore reads those from SSD */
@@ -243,9 +243,10 @@ CF_TEST(save_rejects_bad_blocks_and_geometry) {
   int32_t bad[5] = {0, 1, 2, 3, 999};
   CF_CHECK_ERR(cf_save_blocks(st, &a.kv, w.tokens, w.T, bad, 5, 0, &sr), CF_ERANGE);
   CF_CHECK_CONTAINS(cf_errmsg(), "block_ids[4] = 999");
-  /* a 10-token prefix has no full chunk: nothing saved, not an error */
+  /* a 10-token prefix is one partial chunk: saved under its own key (Lookup counts it) */
   CF_CHECK_OK(cf_save_blocks(st, &a.kv, w.tokens, 10, a.blocks, 2, 0, &sr));
-  CF_CHECK_EQ(sr.saved_tokens, 0);
+  CF_CHECK_EQ(sr.saved_tokens, 10);
+  CF_CHECK_EQ(sr.new_chunks, 1);
   cf_store_close(st);
   cf_kvmap_close(&a.kv);
   world_free(&w);

@@ -71,7 +71,7 @@ def expected_cells(files, geo, blocks, n):
 try:
     st = c.stats()
     T.status("BF16 engine refused: the store holds F32", lambda: c.register(engine_request(st, pb.DTYPE_BF16)[0]),
-             SC.INVALID_ARGUMENT, "stores F32")
+             SC.FAILED_PRECONDITION, "engine KV dtype BF16, but this daemon's store holds F32")
     T.check("nothing registered after the refusal", c.stats().engines == 0)
     req, files, geo = engine_request(st)
     eng = c.register(req).engine_id
