@@ -642,3 +642,89 @@ CF_TEST(exec_plan_ops_with_an_uncached_tail) {
   cf_sched_plan_free(&plan);
   fx_free(&f);
 }
+
+/* bf16 and f16 engine buffers: the source holds cells in that dtype (the full recompute rounded,
+ * then the lowest bit flipped so a loaded cell is told from a recomputed one). Every plan shape,
+ * with load failures too: loaded cells reach the engine bit for bit, recomputed ones (fp32 math
+ * over the widened loaded prefix, rounded on the way in) are within the dtype's tolerance of the
+ * fp32 recompute; a source of another dtype is refused naming both. */
+CF_TEST(exec_bf16_f16_engine_buffers) {
+  const cf_dtype_t dts[2] = {CF_DT_BF16, CF_DT_F16};
+  for (int di = 0; di < 2; di++) {
+    cf_dtype_t dt = dts[di];
+    fx_t f;
+    fx_init(&f, 4, 16, 16 * 5 + 9, 8, di ? "kv_f16_f32" : "kv_bf16_f32"); /* a partial tail chunk */
+    cf_kv_layout_t lay = f.kv.layout;
+    CF_CHECK_OK(cf_kv_layout_init(&lay, f.L, lay.num_blocks, lay.block_size, lay.n_kv_heads, lay.head_dim, dt));
+    cf_kvmap_t kv;
+    char path[512];
+    snprintf(path, sizeof path, "%s/kv_%s", cf_test_tmpdir(), cf_dtype_name(dt));
+    CF_CHECK_OK(cf_kvmap_create(&kv, path, &lay));
+    size_t cell = (size_t)f.C * f.row, ncell = (size_t)f.n_chunks * f.L * 2 * cell;
+    uint16_t *cells = malloc(2 * ncell);
+    cf_dtype_from_f32(dt, f.cells, cells, ncell);
+    for (size_t i = 0; i < ncell; i++) cells[i] ^= 1;
+    cf_exec_t ex;
+    CF_CHECK_OK(cf_exec_init(&ex, f.be, 2));
+    cf_cellsrc_mem_t mem;
+    int fail[6 * 4] = {0};
+    fail[1 * 4 + 3] = CF_ECORRUPT; /* chunk 1, layer 3: recomputed from chunk 1's layer h */
+    cf_cellsrc_mem_init(&mem, "cpu", 0, dt, cells, f.n_chunks, f.L, f.C, f.row, fail, NULL);
+    cf_cellsrc_t *srcs[6];
+    void *refs[6];
+    for (int c = 0; c < 6; c++) srcs[c] = &mem.src;
+    int plans[4][6] = {{4, 4, 4, 4, 4, 4}, {0, 0, 0, 0, 0, 4}, {4, 4, 0, 0, 0, 4}, {0, 1, 2, 3, 3, 4}};
+    float rtol = dt == CF_DT_BF16 ? 1.0f / 64 : 1.0f / 512, atol = dt == CF_DT_BF16 ? 1.0f / 128 : 1.0f / 1024;
+    float mx = 0;
+    for (size_t i = 0; i < (size_t)f.L * f.T * f.row; i++) mx = fmaxf(mx, fmaxf(fabsf(f.refk[i]), fabsf(f.refv[i])));
+    for (int p = 0; p < 4; p++) {
+      for (int l = 0; l < f.L; l++) {
+        memset(kv.k[l], 0xff, cf_kv_layout_plane_bytes(&lay));
+        memset(kv.v[l], 0xff, cf_kv_layout_plane_bytes(&lay));
+      }
+      cf_exec_req_t r;
+      fx_req(&f, &r, plans[p], srcs, refs);
+      r.kv = &kv;
+      CF_CHECK_OK(cf_exec_run(&ex, &r, 1));
+      CF_CHECK_EQ(r.stats.bytes_loaded[0], r.stats.cells_loaded[0] * 2 * cell * 2);
+      int bad = 0, exact_loaded = 0;
+      uint16_t gk[16 * 16], gv[16 * 16];
+      float wk[16 * 16], wv[16 * 16];
+      for (int c = 0; c < f.n_chunks; c++)
+        for (int l = 0; l < f.L; l++) {
+          int t0 = c * f.C, t1 = t0 + f.C < f.T ? t0 + f.C : f.T;
+          size_t n = (size_t)(t1 - t0) * f.row;
+          cf_kvmap_gather(&kv, l, f.blocks, t0, t1, gk, gv);
+          cf_kvmap_gather_f32(&kv, l, f.blocks, t0, t1, wk, wv);
+          int loaded = l >= plans[p][c] && !(c == 1 && l == 3);
+          const uint16_t *sk = cells + (((size_t)c * f.L + l) * 2) * cell, *sv = sk + cell;
+          if (loaded) {
+            if (memcmp(gk, sk, 2 * n) || memcmp(gv, sv, 2 * n)) bad++;
+            else exact_loaded++;
+            continue;
+          }
+          for (size_t i = 0; i < n; i++) {
+            float rk = f.refk[((size_t)l * f.T + t0) * f.row + i], rv = f.refv[((size_t)l * f.T + t0) * f.row + i];
+            if (!(fabsf(wk[i] - rk) <= atol * mx + rtol * fabsf(rk) && fabsf(wv[i] - rv) <= atol * mx + rtol * fabsf(rv))) { bad++; break; }
+          }
+        }
+      if (bad) printf("    %s plan %d: %d bad cells\n", cf_dtype_name(dt), p, bad);
+      CF_CHECK_EQ(bad, 0);
+      CF_CHECK_EQ(exact_loaded, (int)r.stats.cells_loaded[0]);
+    }
+    /* the source's dtype must be the engine's */
+    cf_cellsrc_mem_t m32;
+    cf_cellsrc_mem_init(&m32, "ssd", 1, CF_DT_F32, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, NULL);
+    cf_cellsrc_t *s32[6] = {&m32.src, &m32.src, &m32.src, &m32.src, &m32.src, &m32.src};
+    cf_exec_req_t r;
+    fx_req(&f, &r, plans[1], s32, refs);
+    r.kv = &kv;
+    CF_CHECK_ERR(cf_exec_validate(&ex, &r), CF_EDTYPE);
+    char want[128];
+    snprintf(want, sizeof want, "ssd tier holds F32 cells, the engine buffer is %s", cf_dtype_name(dt));
+    CF_CHECK_CONTAINS(cf_errmsg(), want);
+    free(cells);
+    cf_kvmap_close(&kv);
+    fx_free(&f);
+  }
+}
