@@ -656,6 +656,7 @@ static void cf__h_stats(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
     resp.model_head_dim = s->model->head_dim;
     resp.model_vocab = s->model->vocab;
   }
+  resp.kv_dtype = (Cacheflow__V1__DType)s->be.kv_dtype;
   Cacheflow__V1__Counter cs[4], *cp[4];
   const char *names[4] = {"cacheflow_restores_total", "cacheflow_restore_batches_total",
                           "cacheflow_restores_batched_total", "cacheflow_rpc_calls_in_flight"};
