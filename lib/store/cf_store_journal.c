@@ -30,20 +30,10 @@ typedef struct {
   uint32_t dtype_size, chunk_tokens, n_layers, n_kv_heads, head_dim;
   int32_t slots_per_file;
   uint64_t cell_bytes, cell_stride, slot_bytes;
-  uint32_t dtype, pad; /* version 2: CF_STORE_DT_* */
+  uint32_t dtype, pad; /* version 2: CF_STORE_DT_*. Version 1 had its crc here (over the bytes
+                        * before dtype) and no dtype: fp32 stores only, as the daemon made them */
   uint64_t crc; /* xxh3-64 of the bytes before it */
 } cf__hdr_t;
-
-/* Version 1 (stores made before the header recorded the dtype): the same fields without dtype. */
-typedef struct {
-  char magic[8];
-  uint32_t version, header_bytes;
-  uint8_t fingerprint[16];
-  uint32_t dtype_size, chunk_tokens, n_layers, n_kv_heads, head_dim;
-  int32_t slots_per_file;
-  uint64_t cell_bytes, cell_stride, slot_bytes;
-  uint64_t crc;
-} cf__hdr_v1_t;
 
 const char *cf_store_dtype_name(uint32_t dtype, uint32_t dtype_size) {
   switch (dtype) {
@@ -125,14 +115,12 @@ int cf__hdr_read(const char *dir, cf_store_geom_t *g, int32_t *spf) {
   memcpy(&h, buf, sizeof h);
   if (memcmp(h.magic, CF__HDR_MAGIC, sizeof CF__HDR_MAGIC) != 0)
     return cf_seterr(CF_EFORMAT, "%s: not a CacheFlow store header (bad magic)", p);
-  if (h.version == 1) { /* older stores: no dtype field; fp32 is the only kind the daemon made */
-    cf__hdr_v1_t o;
-    memcpy(&o, buf, sizeof o);
-    if (o.crc != XXH3_64bits(&o, offsetof(cf__hdr_v1_t, crc)))
+  if (h.version == 1) { /* see cf__hdr_t.dtype */
+    uint64_t crc1;
+    memcpy(&crc1, buf + offsetof(cf__hdr_t, dtype), 8);
+    if (crc1 != XXH3_64bits(buf, offsetof(cf__hdr_t, dtype)))
       return cf_seterr(CF_EFORMAT, "%s: header checksum mismatch (damaged)", p);
-    memset(&h, 0, sizeof h);
-    memcpy(&h, &o, offsetof(cf__hdr_v1_t, crc));
-    h.dtype = o.dtype_size == 4 ? CF_STORE_DT_F32 : CF_STORE_DT_UNSET;
+    h.dtype = h.dtype_size == 4 ? CF_STORE_DT_F32 : CF_STORE_DT_UNSET;
   } else {
     if (h.crc != XXH3_64bits(&h, offsetof(cf__hdr_t, crc)))
       return cf_seterr(CF_EFORMAT, "%s: header checksum mismatch (damaged)", p);
