@@ -14,13 +14,14 @@
  * --verify compares every restored cell: a cell is "exact" (bit-identical to the bytes the engine
  * saved: loaded) or "close" (within the KV dtype's tolerance of an fp32 prefill from scratch:
  * recomputed); "bad" cells fail the run.
- * --kv-dtype f32|bf16|f16 (default f32): the element type of the engine's KV blocks (the daemon's
- * kv_dtype must match). The engine computes in fp32 and rounds its own KV into the blocks.
+ * --kv-dtype f32|bf16|f16 (default: the daemon's kv_dtype, from Stats): the element type of the
+ * engine's KV blocks (another than the daemon's is refused at RegisterEngine). The engine
+ * computes in fp32 and rounds its own KV into the blocks.
  * Output: one JSON object per restore on stdout; exit 0 when every restore succeeded and verified.
  *
  *   cf-refengine --daemon unix:/run/cacheflow.sock --model DIR [--prefix 512] [--new 32] [--turns 3]
  *                [--policy optimal] [--block 16] [--concurrent 0] [--shm-dir /dev/shm] [--verify]
- *                [--seed 1] [--threads 1] [--unregister-mid-restore] [--kv-dtype f32]
+ *                [--seed 1] [--threads 1] [--unregister-mid-restore] [--kv-dtype f32|bf16|f16]
  */
 #include <getopt.h>
 #include <math.h>
@@ -394,7 +395,7 @@ int main(int argc, char **argv) {
   memset(&e, 0, sizeof e);
   opts_t *o = &e.o;
   *o = (opts_t){.shm_dir = "/dev/shm", .policy = "optimal", .prefix = 512, .new_tokens = 32, .turns = 3,
-                .block = 16, .threads = 1, .seed = 1};
+                .block = 16, .threads = 1, .seed = 1, .kv_dtype = CF_DT__COUNT /* the daemon's */};
   static struct option lo[] = {{"daemon", 1, 0, 'd'}, {"model", 1, 0, 'm'}, {"prefix", 1, 0, 'p'}, {"new", 1, 0, 'n'},
                                {"turns", 1, 0, 't'}, {"policy", 1, 0, 'P'}, {"block", 1, 0, 'b'},
                                {"concurrent", 1, 0, 'c'}, {"shm-dir", 1, 0, 's'}, {"verify", 0, 0, 'v'},
@@ -418,8 +419,8 @@ int main(int argc, char **argv) {
       case 'U': o->unreg_mid = 1; break;
       case 'K':
         o->kv_dtype = !strcmp(optarg, "f32") ? CF_DT_F32 : !strcmp(optarg, "bf16") ? CF_DT_BF16
-                    : !strcmp(optarg, "f16") ? CF_DT_F16 : CF_DT__COUNT;
-        if (o->kv_dtype == CF_DT__COUNT) { fprintf(stderr, "cf-refengine: --kv-dtype '%s': expected f32, bf16 or f16\n", optarg); return 2; }
+                    : !strcmp(optarg, "f16") ? CF_DT_F16 : CF_DT_I8;
+        if (o->kv_dtype == CF_DT_I8) { fprintf(stderr, "cf-refengine: --kv-dtype '%s': expected f32, bf16 or f16\n", optarg); return 2; }
         break;
       default: fprintf(stderr, "usage: see the comment at the top of tests/engine/cf_refengine.c\n"); return 2;
     }
@@ -445,6 +446,15 @@ int main(int argc, char **argv) {
     e.conv[i] = (int32_t)((s >> 33) % (unsigned long long)e.m->cfg.vocab);
   }
   e.n_seqs = 2 + o->concurrent;
+  cf_client_t *c;
+  if ((rc = cf_client_connect(o->daemon, 120000, &c))) return die("connect", rc);
+  if (o->kv_dtype == CF_DT__COUNT) { /* no --kv-dtype: the daemon's */
+    Cacheflow__V1__StatsResponse *st;
+    if ((rc = cf_client_stats(c, &st))) return die("stats", rc);
+    o->kv_dtype = st->kv_dtype == CACHEFLOW__V1__DTYPE__DTYPE_BF16 ? CF_DT_BF16
+                : st->kv_dtype == CACHEFLOW__V1__DTYPE__DTYPE_F16 ? CF_DT_F16 : CF_DT_F32;
+    cacheflow__v1__stats_response__free_unpacked(st, NULL);
+  }
   e.es = cf_kv_elem_size(o->kv_dtype);
   e.shadow_k = calloc((size_t)e.L, sizeof(uint8_t *));
   e.shadow_v = calloc((size_t)e.L, sizeof(uint8_t *));
@@ -460,8 +470,6 @@ int main(int argc, char **argv) {
     return die("layout", rc);
   snprintf(e.shm_path, sizeof e.shm_path, "%s/cf-refengine-%d", o->shm_dir, (int)getpid());
   if ((rc = cf_kvmap_create(&e.kv, e.shm_path, &lay))) return die("kv buffer", rc);
-  cf_client_t *c;
-  if ((rc = cf_client_connect(o->daemon, 120000, &c))) return die("connect", rc);
   if ((rc = register_engine(&e, c))) { cf_kvmap_close(&e.kv); return die("register", rc); }
   float *logits = malloc(sizeof(float) * e.m->cfg.vocab), *logits_ref = malloc(sizeof(float) * e.m->cfg.vocab);
   int failures = 0;
