@@ -19,7 +19,8 @@ T = Checks()
 BS, NB, C = 8, 16, 16          # block size, blocks, chunk tokens
 STORE_TMP = tempfile.mkdtemp(prefix="cfd-store-")   # outlives each daemon's temp dir
 store_dir = os.path.join(STORE_TMP, "store")
-conf = {"chunk_tokens": str(C), "cpu_tier_bytes": "1M", "ssd_tier_bytes": "64M", "store_dir": store_dir}
+# f32 pinned: the checks below read the engine file as float32 (auto would be bf16 on a cuda backend)
+conf = {"chunk_tokens": str(C), "cpu_tier_bytes": "1M", "ssd_tier_bytes": "64M", "store_dir": store_dir, "kv_dtype": "f32"}
 d = Daemon(conf=conf).start()
 c = d.client
 rng = np.random.default_rng(7)
