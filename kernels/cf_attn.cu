@@ -2,6 +2,9 @@
 #include "kernels/cf_attn.h"
 
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "kernels/cf_cuda_check.h"
 #include "kernels/cf_kernels_common.cuh"
@@ -501,6 +504,8 @@ __global__ void cf_attn_scalar_kernel(cf_attn_args_t a) {
 
 // launchers
 
+extern "C" int cf__attn_wgmma(const cf_attn_args_t *a, cudaStream_t s);  // cf_attn_wgmma.cu
+
 static int cf__attn_check(const cf_attn_args_t *a) {
   CF_REQUIRE(a && a->q && a->k && a->v && a->out, "cf_attn_prefix: q, k, v, out are required");
   CF_REQUIRE(a->Tq >= 0 && a->t0 >= 0 && a->n_heads > 0 && a->n_kv_heads > 0 &&
@@ -618,16 +623,47 @@ extern "C" int cf_attn_prefix_variant(const cf_attn_args_t *a, int variant, cuda
     if (hd == 128) return cf__attn_mma2<128, 4, 64>(a, s, ns);
   } else if (variant == CF_ATTN_MMA32_BC32) {
     if (hd == 128) return cf__attn_mma2<128, 4, 32>(a, s, 1);
+  } else if (variant == CF_ATTN_WGMMA) {
+    return cf__attn_wgmma(a, s);
   }
   return cf_seterr(CF_EINVAL, "cf_attn_prefix_variant: variant %d has no head_dim %d", variant, hd);
+}
+
+// CF_ATTN_IMPL: -1 not read yet; else CF_ATTN_IMPL_* or CF_EINVAL (an invalid value, kept so
+// every call reports it). Set once per process; a race between first calls sets the same value.
+static int cf__attn_impl = -1;
+static char cf__attn_impl_bad[64];
+
+extern "C" int cf_attn_set_impl(const char *name) {
+  if (!name || !*name || !strcmp(name, "mma")) cf__attn_impl = CF_ATTN_IMPL_MMA;
+  else if (!strcmp(name, "wgmma")) cf__attn_impl = CF_ATTN_IMPL_WGMMA;
+  else if (!strcmp(name, "auto")) cf__attn_impl = CF_ATTN_IMPL_AUTO;
+  else {
+    snprintf(cf__attn_impl_bad, sizeof cf__attn_impl_bad, "%s", name);
+    cf__attn_impl = CF_EINVAL;
+    return cf_seterr(CF_EINVAL, "CF_ATTN_IMPL=%s: expected mma, wgmma or auto", name);
+  }
+  return 0;
+}
+
+extern "C" int cf_attn_impl(void) {
+  if (cf__attn_impl == -1) cf_attn_set_impl(getenv("CF_ATTN_IMPL"));
+  if (cf__attn_impl == CF_EINVAL)
+    return cf_seterr(CF_EINVAL, "CF_ATTN_IMPL=%s: expected mma, wgmma or auto", cf__attn_impl_bad);
+  return cf__attn_impl;
 }
 
 extern "C" int cf_attn_prefix(const cf_attn_args_t *a, cudaStream_t s) {
   int rc = cf__attn_check(a);
   if (rc || a->Tq == 0) return rc;
   if (cf__attn_forced) return cf_attn_prefix_variant(a, cf__attn_forced, s);
+  int impl = cf_attn_impl();
+  if (impl < 0) return impl;
   if (cf__attn_aligned(a)) {
     int hd = a->head_dim;
+    // "auto" stays on the verified mma.sync kernels until the wgmma kernel has passed on an H100.
+    if (impl == CF_ATTN_IMPL_WGMMA && hd == 128 && cf_attn_wgmma_supported())
+      return cf_attn_prefix_variant(a, CF_ATTN_WGMMA, s);
     // 32 rows per warp halves shared-memory traffic per MMA (measured: 1.3x over 16 rows at
     // 2048 x 32k); too few query blocks are made up for by splitting the key range.
     if (hd == 64 || hd == 128) return cf_attn_prefix_variant(a, CF_ATTN_MMA32_SPLIT, s);

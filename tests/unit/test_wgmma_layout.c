@@ -1,0 +1,161 @@
+/* kernels/cf_wgmma_layout.h: the shared-memory swizzle, matrix descriptors and register
+ * fragment mappings of the wgmma attention kernel, checked on the CPU against an independent
+ * model of what the PTX ISA documents the hardware does with a descriptor (the canonical
+ * layouts in CuTe notation, 128-byte swizzle = Swizzle<3,4,3> on byte addresses). The kernel
+ * itself only runs on an H100; this catches layout mistakes without one. */
+#include "cf_test.h"
+#include "kernels/cf_wgmma_layout.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- the model: decode a descriptor the way the PTX ISA describes it ---- */
+typedef struct {
+  uint32_t start, lbo, sbo, base_off, swizzle;
+} desc_t;
+
+static desc_t decode(uint64_t d) {
+  desc_t r;
+  r.start = (uint32_t)(d & 0x3FFF) << 4;
+  r.lbo = (uint32_t)((d >> 16) & 0x3FFF) << 4;
+  r.sbo = (uint32_t)((d >> 32) & 0x3FFF) << 4;
+  r.base_off = (uint32_t)((d >> 49) & 7);
+  r.swizzle = (uint32_t)(d >> 62);
+  return r;
+}
+
+/* 128-byte swizzle on a byte address: bits [4,7) ^= bits [7,10). */
+static uint32_t sw128(uint32_t addr) { return addr ^ (((addr >> 7) & 7u) << 4); }
+
+/* K-major, 128B swizzle, bf16 (T = 8 elements per 16 bytes):
+ * ((8,m),(T,2k)) : ((8T,SBO),(1,T)) in elements, i.e. row r at 128 bytes inside an 8-row
+ * group, groups SBO bytes apart; k contiguous inside the 128-byte row. */
+static uint32_t model_kmajor(uint64_t d, uint32_t mn, uint32_t k) {
+  desc_t x = decode(d);
+  uint32_t off = (mn % 8) * 128 + (mn / 8) * x.sbo + (k % 8) * 2 + (k / 8) * 16;
+  return sw128(x.start + off);
+}
+
+/* MN-major, 128B swizzle, bf16: ((T,8,m),(8,k)) : ((1,T,LBO),(8T,SBO)) in elements, i.e. 64
+ * MN-contiguous elements per 128-byte row, 64-element blocks LBO bytes apart; k rows 128
+ * bytes apart inside an 8-row group, groups SBO bytes apart. */
+static uint32_t model_mnmajor(uint64_t d, uint32_t mn, uint32_t k) {
+  desc_t x = decode(d);
+  uint32_t off = (mn % 64) * 2 + (mn / 64) * x.lbo + (k % 8) * 128 + (k / 8) * x.sbo;
+  return sw128(x.start + off);
+}
+
+CF_TEST(wgmma_desc_fields_at_documented_bits) {
+  /* PTX ISA example (MN-major, no swizzle, bf16): LBO 128*sizeof(bf16) encodes as 16, SBO
+   * 64*sizeof(bf16) as 8. Ours always sets the 128-byte swizzle mode (1 at bits 62-63). */
+  uint64_t d = cf_wg_desc(0x1F400, 256, 128);
+  CF_CHECK_EQ(d & 0x3FFF, (uint64_t)(0x1F400 >> 4));
+  CF_CHECK_EQ((d >> 16) & 0x3FFF, (uint64_t)16);
+  CF_CHECK_EQ((d >> 32) & 0x3FFF, (uint64_t)8);
+  CF_CHECK_EQ((d >> 49) & 7, (uint64_t)0);
+  CF_CHECK_EQ(d >> 62, (uint64_t)1);
+  /* Reserved bits stay zero. */
+  CF_CHECK_EQ(d & ((3ull << 14) | (3ull << 30) | (0x7ull << 46) | (0x3FFull << 52)), (uint64_t)0);
+  /* The largest shared address of an H100 CTA (227 KiB) still fits the 14-bit field. */
+  CF_CHECK_EQ(decode(cf_wg_desc(227 * 1024 - 16, 0, 0)).start, (uint32_t)(227 * 1024 - 16));
+}
+
+CF_TEST(wgmma_tile_swizzle_is_a_bijection_with_contiguous_16B_chunks) {
+  const uint32_t rows = 128, bytes = rows * 256;
+  unsigned char *seen = calloc(bytes, 1);
+  for (uint32_t r = 0; r < rows; r++)
+    for (uint32_t c = 0; c < 128; c++) {
+      uint32_t o = cf_wg_tile_off(rows, r, c);
+      CF_CHECK_LT(o, bytes);
+      CF_CHECK_EQ(o % 2, (uint32_t)0);
+      CF_CHECK_EQ(seen[o], 0);
+      seen[o] = 1;
+      /* cp.async writes 8 consecutive columns (c % 8 == 0) as one 16-byte chunk. */
+      CF_CHECK_EQ(o - cf_wg_tile_off(rows, r, c & ~7u), (c & 7u) * 2);
+      CF_CHECK_EQ(cf_wg_tile_off(rows, r, c & ~7u) % 16, (uint32_t)0);
+    }
+  free(seen);
+  /* Each 64-column block is rows x 128 bytes, a whole number of 1024-byte atoms. */
+  CF_CHECK_EQ(cf_wg_tile_off(rows, 0, 64), rows * 128);
+  /* Swizzle: chunk c of row r sits at chunk c ^ (r % 8). */
+  CF_CHECK_EQ(cf_wg_tile_off(rows, 3, 8), 3u * 128 + ((1u ^ 3u) << 4));
+}
+
+/* S = Q·Kᵀ: both operands K-major. For every reduction step and every (row, k) of the
+ * 64 x 16 A slice of each warpgroup and the 128 x 16 B slice, the model's address from the
+ * kernel's descriptor is where the kernel's loader put that element. */
+CF_TEST(wgmma_kmajor_descriptors_address_what_the_loader_wrote) {
+  const uint32_t q = 0x400, kt = 0x400 + 128 * 256, rows = 128; /* 1024-aligned tiles */
+  for (uint32_t ks = 0; ks < 8; ks++) {
+    for (uint32_t wg = 0; wg < 2; wg++) {
+      uint64_t da = cf_wg_desc_kmajor(q + wg * 64 * 128, rows, ks);
+      for (uint32_t m = 0; m < 64; m++)
+        for (uint32_t k = 0; k < 16; k++)
+          CF_CHECK_MSG(model_kmajor(da, m, k) == q + cf_wg_tile_off(rows, 64 * wg + m, 16 * ks + k),
+                       "Q: ks %u wg %u row %u k %u", ks, wg, m, k);
+    }
+    uint64_t db = cf_wg_desc_kmajor(kt, rows, ks);
+    for (uint32_t n = 0; n < 128; n++)
+      for (uint32_t k = 0; k < 16; k++)
+        CF_CHECK_MSG(model_kmajor(db, n, k) == kt + cf_wg_tile_off(rows, n, 16 * ks + k),
+                     "K: ks %u key %u k %u", ks, n, k);
+  }
+}
+
+/* O = P·V: V is B in MN-major ("transposed") form: B(k = key, n = head-dim column). */
+CF_TEST(wgmma_mnmajor_descriptor_addresses_v_as_loaded) {
+  const uint32_t v = 0x400 + 3 * 128 * 256, rows = 128;
+  for (uint32_t ks = 0; ks < rows / 16; ks++) {
+    uint64_t d = cf_wg_desc_mnmajor(v, rows, ks);
+    for (uint32_t n = 0; n < 128; n++)
+      for (uint32_t k = 0; k < 16; k++)
+        CF_CHECK_MSG(model_mnmajor(d, n, k) == v + cf_wg_tile_off(rows, 16 * ks + k, n),
+                     "V: ks %u col %u key %u", ks, n, k);
+  }
+}
+
+/* The descriptor model also catches a wrong layout: a tile stored without swizzle is not what
+ * the swizzled descriptor reads (guards against a model that agrees with anything). */
+CF_TEST(wgmma_model_rejects_an_unswizzled_tile) {
+  uint64_t d = cf_wg_desc_kmajor(0x400, 128, 1);
+  int mismatches = 0;
+  for (uint32_t m = 0; m < 64; m++)
+    for (uint32_t k = 0; k < 16; k++)
+      mismatches += model_kmajor(d, m, k) != 0x400 + m * 128 + (16 + k) * 2;
+  CF_CHECK_GT(mismatches, 0);
+}
+
+/* Register fragments: the accumulator and A-operand mappings cover their matrices exactly
+ * once, and P packed from S accumulators (cf_wg_p_src) lands on the same (row, key). */
+CF_TEST(wgmma_fragments_cover_and_p_reuses_s_in_place) {
+  enum { N = 128 };
+  static unsigned char acc[64][N], a[64][16];
+  memset(acc, 0, sizeof acc);
+  memset(a, 0, sizeof a);
+  for (uint32_t t = 0; t < 128; t++) {
+    for (uint32_t i = 0; i < N / 2; i++) {
+      uint32_t r = cf_wg_acc_row(t, i), c = cf_wg_acc_col(t, i);
+      CF_CHECK(r < 64 && c < N);
+      CF_CHECK_EQ(acc[r][c]++, 0);
+    }
+    for (uint32_t j = 0; j < 4; j++)
+      for (uint32_t h = 0; h < 2; h++) {
+        uint32_t r = cf_wg_a_row(t, j), c = cf_wg_a_col(t, j, h);
+        CF_CHECK(r < 64 && c < 16);
+        CF_CHECK_EQ(a[r][c]++, 0);
+      }
+    for (uint32_t ks = 0; ks < N / 16; ks++)
+      for (uint32_t j = 0; j < 4; j++)
+        for (uint32_t h = 0; h < 2; h++) {
+          uint32_t i = cf_wg_p_src(ks, j, h);
+          CF_CHECK_EQ(cf_wg_acc_row(t, i), cf_wg_a_row(t, j));
+          CF_CHECK_EQ(cf_wg_acc_col(t, i), 16 * ks + cf_wg_a_col(t, j, h));
+        }
+  }
+  /* Per warp, the accumulator is the mma.sync m16n8 C layout: lane 5 holds rows 1 and 9,
+   * columns 2 and 3 of each 8-column tile (the PTX figure for wgmma .m64nNk16 D). */
+  CF_CHECK_EQ(cf_wg_acc_row(32 + 5, 0), 16u + 1);
+  CF_CHECK_EQ(cf_wg_acc_row(32 + 5, 2), 16u + 9);
+  CF_CHECK_EQ(cf_wg_acc_col(32 + 5, 1), 3u);
+  CF_CHECK_EQ(cf_wg_acc_col(32 + 5, 4), 10u);
+}
