@@ -504,7 +504,7 @@ __global__ void cf_attn_scalar_kernel(cf_attn_args_t a) {
 
 // launchers
 
-extern "C" int cf__attn_wgmma(const cf_attn_args_t *a, cudaStream_t s);  // cf_attn_wgmma.cu
+extern "C" int cf__attn_wgmma(const cf_attn_args_t *a, cudaStream_t s, int overlap);  // cf_attn_wgmma.cu
 
 static int cf__attn_check(const cf_attn_args_t *a) {
   CF_REQUIRE(a && a->q && a->k && a->v && a->out, "cf_attn_prefix: q, k, v, out are required");
@@ -623,8 +623,8 @@ extern "C" int cf_attn_prefix_variant(const cf_attn_args_t *a, int variant, cuda
     if (hd == 128) return cf__attn_mma2<128, 4, 64>(a, s, ns);
   } else if (variant == CF_ATTN_MMA32_BC32) {
     if (hd == 128) return cf__attn_mma2<128, 4, 32>(a, s, 1);
-  } else if (variant == CF_ATTN_WGMMA) {
-    return cf__attn_wgmma(a, s);
+  } else if (variant == CF_ATTN_WGMMA || variant == CF_ATTN_WGMMA_SIMPLE) {
+    return cf__attn_wgmma(a, s, variant == CF_ATTN_WGMMA);
   }
   return cf_seterr(CF_EINVAL, "cf_attn_prefix_variant: variant %d has no head_dim %d", variant, hd);
 }

@@ -59,6 +59,12 @@ __device__ __forceinline__ void cf_wg_fence_regs(float (&d)[64]) {
 #pragma unroll
   for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
+__device__ __forceinline__ void cf_wg_fence_p(uint32_t (&p)[CF_WG_BN / 16][4]) {
+#pragma unroll
+  for (int i = 0; i < CF_WG_BN / 16; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++) asm volatile("" : "+r"(p[i][j])::"memory");
+}
 __device__ __forceinline__ float cf_wg_exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -118,135 +124,252 @@ __device__ __forceinline__ void cf_wg_load_tile(uint32_t tile, const bf16 *base,
   }
 }
 
+// Per-warpgroup online-softmax state of its 64 query rows (two rows per thread).
+struct cf_wg_rows {
+  float m0, m1, l0, l1;  // running max (log2 domain) and this thread's part of the row sums
+  int pos0, pos1;        // absolute positions of this thread's rows
+};
+
+// S (this warpgroup's 64 x 128 scores of the key tile at kb) becomes P = 2^(S*sl2 - m_new) in
+// place; keys > position are masked when `mask`; the row state is updated and the factors
+// 2^(m_old - m_new) that O must be multiplied by are returned in al0/al1.
+__device__ __forceinline__ void cf_wg_softmax(float (&s)[64], cf_wg_rows &r, int kb, bool mask,
+                                              int t, float sl2, float &al0, float &al1) {
+  // Branch-free (selects against a limit past every key when no mask is needed): with a
+  // branch here, while P·V is in flight, ptxas waits for that P·V at the join.
+  // The column is cf_wg_acc_col(t, i) = (compile-time part of i) + 2 (t % 4): fold the thread's
+  // part into the limits so that each compare is against an immediate (no per-element registers).
+  const int ct = (int)cf_wg_acc_col(t, 0);
+  const int lim0 = (mask ? r.pos0 - kb : CF_WG_BN) - ct, lim1 = (mask ? r.pos1 - kb : CF_WG_BN) - ct;
+#pragma unroll
+  for (int i = 0; i < 64; i++) {
+    const int ci = 8 * (i >> 2) + (i & 1);  // == cf_wg_acc_col(t, i) - ct
+    s[i] = ci > ((i & 2) ? lim1 : lim0) ? -INFINITY : s[i];
+  }
+  // Rows are reduced over the 4 lanes that share them.
+  float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < 64; i += 4) {
+    mx0 = fmaxf(mx0, fmaxf(s[i], s[i + 1]));
+    mx1 = fmaxf(mx1, fmaxf(s[i + 2], s[i + 3]));
+  }
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+  float mn0 = fmaxf(r.m0, mx0 * sl2), mn1 = fmaxf(r.m1, mx1 * sl2);
+  // A row with every key so far masked keeps m = -inf; base 0 makes its exp2 give 0.
+  float b0 = mn0 == -INFINITY ? 0.f : mn0, b1 = mn1 == -INFINITY ? 0.f : mn1;
+  al0 = cf_wg_exp2(r.m0 - b0);
+  al1 = cf_wg_exp2(r.m1 - b1);
+  r.m0 = mn0;
+  r.m1 = mn1;
+  float rs0 = 0.f, rs1 = 0.f;
+#pragma unroll
+  for (int i = 0; i < 64; i += 4) {
+    s[i] = cf_wg_exp2(fmaf(s[i], sl2, -b0));
+    s[i + 1] = cf_wg_exp2(fmaf(s[i + 1], sl2, -b0));
+    s[i + 2] = cf_wg_exp2(fmaf(s[i + 2], sl2, -b1));
+    s[i + 3] = cf_wg_exp2(fmaf(s[i + 3], sl2, -b1));
+    rs0 += s[i] + s[i + 1];
+    rs1 += s[i + 2] + s[i + 3];
+  }
+  r.l0 = r.l0 * al0 + rs0;
+  r.l1 = r.l1 * al1 + rs1;
+}
+
+__device__ __forceinline__ void cf_wg_rescale(float (&o)[64], float al0, float al1) {
+#pragma unroll
+  for (int i = 0; i < 64; i += 4) {
+    o[i] *= al0; o[i + 1] *= al0;
+    o[i + 2] *= al1; o[i + 3] *= al1;
+  }
+}
+
+// P in bf16 as the A operand: register j of step ks packs S elements 8ks+2j, 8ks+2j+1.
+__device__ __forceinline__ void cf_wg_pack_p(uint32_t (&p)[CF_WG_BN / 16][4], const float (&s)[64]) {
+#pragma unroll
+  for (int ks = 0; ks < CF_WG_BN / 16; ks++)
+#pragma unroll
+    for (int jj = 0; jj < 4; jj++)
+      p[ks][jj] = cf_wg_pack(s[cf_wg_p_src(ks, jj, 0)], s[cf_wg_p_src(ks, jj, 1)]);
+}
+
+// Issue (not wait for) S = Q·K_tileᵀ: 8 reduction steps over head_dim.
+__device__ __forceinline__ void cf_wg_issue_s(float (&s)[64], uint32_t qwg, uint32_t kt) {
+#pragma unroll
+  for (int ks = 0; ks < CF_WG_HD / 16; ks++)
+    cf_wg_mma_ss(s, cf_wg_desc_kmajor(qwg, 128, ks), cf_wg_desc_kmajor(kt, 128, ks), ks > 0);
+  cf_wg_commit();
+}
+// Issue (not wait for) O += P·V_tile: 8 reduction steps over the tile's keys.
+__device__ __forceinline__ void cf_wg_issue_pv(float (&o)[64], const uint32_t (&p)[CF_WG_BN / 16][4],
+                                               uint32_t vt) {
+#pragma unroll
+  for (int ks = 0; ks < CF_WG_BN / 16; ks++) cf_wg_mma_rs(o, p[ks], cf_wg_desc_mnmajor(vt, 128, ks));
+  cf_wg_commit();
+}
+
+// Shared memory: Q tile, then two K stages, then two V stages (each 128 x 128 bf16, swizzled).
+#define CF_WG_KS(sq, b) ((sq) + (1 + (b)) * CF_WG_TILE)
+#define CF_WG_VS(sq, b) ((sq) + (3 + (b)) * CF_WG_TILE)
+
+// OVERLAP false: per tile S, wait, softmax, P·V, wait (the MMAs of one warpgroup never run
+// during its softmax; the other warpgroup's may). OVERLAP true (FA3's intra-warpgroup
+// overlap): S of tile j is issued together with P·V of tile j-1, and the softmax of tile j runs
+// while that P·V is still on the tensor cores; loads are skewed (K one tile ahead of V) so two
+// stages of each still stream the next tile during the current one.
+template <bool OVERLAP>
 __global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_args_t a) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __trap();  // built for a target without wgmma: never launched (the launcher requires 9.0)
 #else
-  extern __shared__ __align__(1024) unsigned char cf_wg_smem[];
+  extern __shared__ __align__(16) unsigned char cf_wg_smem[];
   const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(cf_wg_smem);
-  const uint32_t sq = (sraw + 1023u) & ~1023u;
-  const int tid = threadIdx.x, wg = tid >> 7, t = tid & 127;
+  const uint32_t sq = (sraw + 1023u) & ~1023u;  // swizzle atoms must be 1024-byte aligned
+  // The warpgroup index through a shuffle, so that ptxas knows it is warp-uniform: branches on
+  // it around wgmma are then not "divergent" (which would serialize the wgmma instructions).
+  const int tid = threadIdx.x, wg = __shfl_sync(0xffffffffu, tid >> 7, 0), t = tid & 127;
   const int h = blockIdx.x, qb = gridDim.y - 1 - blockIdx.y;  // longest query blocks first
   const int q0 = qb * CF_WG_BM, g = h / (a.n_heads / a.n_kv_heads);
   const int Tk = a.t0 + a.Tq, qend = min(q0 + CF_WG_BM, a.Tq);
   const int ntiles = (a.t0 + qend + CF_WG_BN - 1) / CF_WG_BN;  // tiles some row of ours sees
-  const bf16 *kb_ = (const bf16 *)a.k + g * CF_WG_HD, *vb_ = (const bf16 *)a.v + g * CF_WG_HD;
+  const bf16 *kg = (const bf16 *)a.k + g * CF_WG_HD, *vg = (const bf16 *)a.v + g * CF_WG_HD;
+  const int64_t rs = a.kv_row_stride;
 
-  cf_wg_load_tile(sq, (const bf16 *)a.q + (int64_t)q0 * a.q_row_stride + h * CF_WG_HD,
-                  a.q_row_stride, 0, a.Tq - q0);
-  cf_wg_load_tile(sq + CF_WG_TILE, kb_, a.kv_row_stride, 0, Tk);
-  cf_wg_load_tile(sq + 2 * CF_WG_TILE, vb_, a.kv_row_stride, 0, Tk);
-  cf_wg_cp_commit();
-
-  // This thread's two rows (accumulator elements with (i & 2) == 0, then the rest) and their
-  // absolute positions; the warpgroup's first and last positions.
-  const int row0 = 64 * wg + (int)cf_wg_acc_row(t, 0), row1 = row0 + 8;
-  const int pos0 = a.t0 + q0 + row0, pos1 = pos0 + 8;
+  // This thread's two rows (accumulator elements with (i & 2) == 0, then the rest); the
+  // warpgroup's first and last positions; the tiles it needs (later ones are all masked).
+  const int row0 = 64 * wg + (int)cf_wg_acc_row(t, 0);
   const int wg_first = a.t0 + q0 + 64 * wg, wg_last = wg_first + 63;
+  const int nw = min(ntiles, wg_last / CF_WG_BN + 1);
+  cf_wg_rows r = {-INFINITY, -INFINITY, 0.f, 0.f, a.t0 + q0 + row0, a.t0 + q0 + row0 + 8};
   const float sl2 = a.scale * 1.4426950408889634f;
+  const uint32_t qwg = sq + wg * 64 * 128;  // this warpgroup's 64 rows of each Q column block
   float o[64];
 #pragma unroll
   for (int i = 0; i < 64; i++) o[i] = 0.f;
-  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-  const uint32_t qwg = sq + wg * 64 * 128;  // this warpgroup's 64 rows of each Q column block
+  float al0, al1;
 
-  for (int j = 0; j < ntiles; j++) {
-    if (j + 1 < ntiles) {
-      uint32_t kn = sq + (1 + 2 * ((j + 1) & 1)) * CF_WG_TILE;
-      cf_wg_load_tile(kn, kb_, a.kv_row_stride, (j + 1) * CF_WG_BN, Tk);
-      cf_wg_load_tile(kn + CF_WG_TILE, vb_, a.kv_row_stride, (j + 1) * CF_WG_BN, Tk);
-      cf_wg_cp_commit();
-      cf_wg_cp_wait<1>();
-    } else {
-      cf_wg_cp_wait<0>();
+  cf_wg_load_tile(sq, (const bf16 *)a.q + (int64_t)q0 * a.q_row_stride + h * CF_WG_HD,
+                  a.q_row_stride, 0, a.Tq - q0);
+  cf_wg_load_tile(CF_WG_KS(sq, 0), kg, rs, 0, Tk);
+  if (!OVERLAP) cf_wg_load_tile(CF_WG_VS(sq, 0), vg, rs, 0, Tk);
+  cf_wg_cp_commit();
+
+  if (!OVERLAP) {
+    for (int j = 0; j < ntiles; j++) {
+      if (j + 1 < ntiles) {
+        cf_wg_load_tile(CF_WG_KS(sq, (j + 1) & 1), kg, rs, (j + 1) * CF_WG_BN, Tk);
+        cf_wg_load_tile(CF_WG_VS(sq, (j + 1) & 1), vg, rs, (j + 1) * CF_WG_BN, Tk);
+        cf_wg_cp_commit();
+        cf_wg_cp_wait<1>();
+      } else {
+        cf_wg_cp_wait<0>();
+      }
+      cf_wg_fence_proxy();
+      __syncthreads();
+      if (j < nw) {  // warpgroup-uniform: tiles past all of its positions are skipped
+        const int kb = j * CF_WG_BN;
+        float s[64];
+        uint32_t p[CF_WG_BN / 16][4];
+        cf_wg_fence();
+        cf_wg_issue_s(s, qwg, CF_WG_KS(sq, j & 1));
+        cf_wg_wait<0>();
+        cf_wg_fence_regs(s);
+        cf_wg_softmax(s, r, kb, kb + CF_WG_BN - 1 > wg_first, t, sl2, al0, al1);
+        cf_wg_rescale(o, al0, al1);
+        cf_wg_pack_p(p, s);
+        cf_wg_fence();
+        cf_wg_issue_pv(o, p, CF_WG_VS(sq, j & 1));
+        cf_wg_wait<0>();
+        cf_wg_fence_regs(o);
+      }
+      __syncthreads();  // every warpgroup is done with this stage before it is refilled
     }
-    cf_wg_fence_proxy();
-    __syncthreads();
-    const int kb = j * CF_WG_BN;
-    // A tile past every position of this warpgroup contributes nothing: skip its MMAs (the
-    // barriers below are still reached by all threads).
-    if (kb <= wg_last) {
-      const uint32_t kt = sq + (1 + 2 * (j & 1)) * CF_WG_TILE, vt = kt + CF_WG_TILE;
+  } else {
+    // Iteration j needs K_j (S of tile j) and V_{j-1} (P·V of tile j-1); it streams in K_{j+1}
+    // and V_j, into the stages that held K_{j-1} and V_{j-2}, free since the barrier closing
+    // iteration j-1. The epilogue adds P·V of the last tile. P alternates between two register
+    // sets (the loop is unrolled by two): the new P is written while the P·V reading the old
+    // one is in flight; with one set ptxas must wait for that P·V before the softmax.
+    uint32_t pa[CF_WG_BN / 16][4], pb[CF_WG_BN / 16][4];
+    // Streams K_{j+1} and V_j in, then waits for K_j and V_{j-1}.
+    auto load_and_wait = [&](int j) {
+      if (j + 1 < ntiles) cf_wg_load_tile(CF_WG_KS(sq, (j + 1) & 1), kg, rs, (j + 1) * CF_WG_BN, Tk);
+      cf_wg_load_tile(CF_WG_VS(sq, j & 1), vg, rs, j * CF_WG_BN, Tk);
+      cf_wg_cp_commit();
+      cf_wg_cp_wait<1>();  // everything but the group just issued: Q, K_0..K_j, V_0..V_{j-1}
+      cf_wg_fence_proxy();
+      __syncthreads();
+    };
+    // Tile 0 (every warpgroup sees key 0): S and softmax only, P_0 into pa.
+    load_and_wait(0);
+    {
       float s[64];
       cf_wg_fence();
-#pragma unroll
-      for (int ks = 0; ks < CF_WG_HD / 16; ks++)
-        cf_wg_mma_ss(s, cf_wg_desc_kmajor(qwg, 128, ks), cf_wg_desc_kmajor(kt, 128, ks), ks > 0);
-      cf_wg_commit();
+      cf_wg_issue_s(s, qwg, CF_WG_KS(sq, 0));
       cf_wg_wait<0>();
       cf_wg_fence_regs(s);
-      if (kb + CF_WG_BN - 1 > wg_first) {  // the tile crosses the diagonal: mask key > position
-#pragma unroll
-        for (int i = 0; i < 64; i++) {
-          int key = kb + (int)cf_wg_acc_col(t, i);
-          if (key > ((i & 2) ? pos1 : pos0)) s[i] = -INFINITY;
-        }
+      cf_wg_softmax(s, r, 0, CF_WG_BN - 1 > wg_first, t, sl2, al0, al1);
+      cf_wg_pack_p(pa, s);
+    }
+    __syncthreads();
+    // Tiles j >= 1. Every path through a step ends with no wgmma in flight, and the S path
+    // always has exactly S + P·V in flight: ptxas then keeps P·V running across the softmax
+    // (paths with different numbers of groups in flight make it wait at their join).
+    auto step = [&](int j, uint32_t (&pold)[CF_WG_BN / 16][4], uint32_t (&pnew)[CF_WG_BN / 16][4]) {
+      load_and_wait(j);
+      if (j < nw) {  // warpgroup-uniform; then j - 1 < nw too
+        const int kb = j * CF_WG_BN;
+        float s[64];
+        cf_wg_fence();
+        cf_wg_issue_s(s, qwg, CF_WG_KS(sq, j & 1));
+        cf_wg_issue_pv(o, pold, CF_WG_VS(sq, (j - 1) & 1));
+        cf_wg_wait<1>();  // S done; P·V may still run during the softmax
+        cf_wg_fence_regs(s);
+        cf_wg_softmax(s, r, kb, kb + CF_WG_BN - 1 > wg_first, t, sl2, al0, al1);
+        cf_wg_pack_p(pnew, s);
+        cf_wg_fence_p(pnew);  // the softmax and the new P stay before the wait
+        cf_wg_wait<0>();      // P·V of tile j-1 done: O may change
+        cf_wg_fence_regs(o);
+        cf_wg_rescale(o, al0, al1);
+      } else if (j - 1 < nw) {  // this warpgroup's last tile was j-1: its P·V only
+        cf_wg_fence();
+        cf_wg_issue_pv(o, pold, CF_WG_VS(sq, (j - 1) & 1));
+        cf_wg_wait<0>();
+        cf_wg_fence_regs(o);
       }
-      // Online softmax (log2 domain), rows reduced over the 4 lanes that share them.
-      float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-      for (int i = 0; i < 64; i += 4) {
-        mx0 = fmaxf(mx0, fmaxf(s[i], s[i + 1]));
-        mx1 = fmaxf(mx1, fmaxf(s[i + 2], s[i + 3]));
-      }
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-      float mn0 = fmaxf(m0, mx0 * sl2), mn1 = fmaxf(m1, mx1 * sl2);
-      // A row with every key so far masked keeps m = -inf; base 0 makes its exp2 give 0.
-      float b0 = mn0 == -INFINITY ? 0.f : mn0, b1 = mn1 == -INFINITY ? 0.f : mn1;
-      float al0 = cf_wg_exp2(m0 - b0), al1 = cf_wg_exp2(m1 - b1);
-      m0 = mn0;
-      m1 = mn1;
-      float rs0 = 0.f, rs1 = 0.f;
-#pragma unroll
-      for (int i = 0; i < 64; i += 4) {
-        s[i] = cf_wg_exp2(fmaf(s[i], sl2, -b0));
-        s[i + 1] = cf_wg_exp2(fmaf(s[i + 1], sl2, -b0));
-        s[i + 2] = cf_wg_exp2(fmaf(s[i + 2], sl2, -b1));
-        s[i + 3] = cf_wg_exp2(fmaf(s[i + 3], sl2, -b1));
-        rs0 += s[i] + s[i + 1];
-        rs1 += s[i + 2] + s[i + 3];
-      }
-      l0 = l0 * al0 + rs0;
-      l1 = l1 * al1 + rs1;
-#pragma unroll
-      for (int i = 0; i < 64; i += 4) {
-        o[i] *= al0; o[i + 1] *= al0;
-        o[i + 2] *= al1; o[i + 3] *= al1;
-      }
-      // P in bf16 as the A operand: register j of step ks packs S elements 8ks+2j, 8ks+2j+1.
-      uint32_t p[CF_WG_BN / 16][4];
-#pragma unroll
-      for (int ks = 0; ks < CF_WG_BN / 16; ks++)
-#pragma unroll
-        for (int jj = 0; jj < 4; jj++)
-          p[ks][jj] = cf_wg_pack(s[cf_wg_p_src(ks, jj, 0)], s[cf_wg_p_src(ks, jj, 1)]);
+      __syncthreads();  // K_j and V_{j-1} are refilled by the next step
+    };
+    for (int j = 1; j < ntiles; j += 2) {
+      step(j, pa, pb);  // odd tiles: P_j into pb
+      if (j + 1 < ntiles) step(j + 1, pb, pa);
+    }
+    cf_wg_cp_wait<0>();
+    cf_wg_fence_proxy();
+    __syncthreads();
+    if (ntiles - 1 < nw) {
       cf_wg_fence();
-#pragma unroll
-      for (int ks = 0; ks < CF_WG_BN / 16; ks++)
-        cf_wg_mma_rs(o, p[ks], cf_wg_desc_mnmajor(vt, 128, ks));
-      cf_wg_commit();
+      if ((ntiles - 1) & 1) cf_wg_issue_pv(o, pb, CF_WG_VS(sq, (ntiles - 1) & 1));
+      else cf_wg_issue_pv(o, pa, CF_WG_VS(sq, (ntiles - 1) & 1));
       cf_wg_wait<0>();
       cf_wg_fence_regs(o);
     }
-    __syncthreads();  // every warpgroup is done with this stage before it is refilled
   }
-
+  float l0 = r.l0, l1 = r.l1;
   l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
   l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
   l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
   l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
   const float inv0 = 1.f / l0, inv1 = 1.f / l1;
   bf16 *ob = (bf16 *)a.out + h * CF_WG_HD;
-  const int r0 = q0 + row0, r1 = q0 + row1;
+  const int r0 = q0 + row0, r1 = r0 + 8;
 #pragma unroll
   for (int i = 0; i < 64; i += 2) {
-    int r = (i & 2) ? r1 : r0;
+    int rr = (i & 2) ? r1 : r0;
     float inv = (i & 2) ? inv1 : inv0;
-    if (r < a.Tq)
-      *(__nv_bfloat162 *)(ob + (int64_t)r * a.out_row_stride + cf_wg_acc_col(t, i)) =
+    if (rr < a.Tq)
+      *(__nv_bfloat162 *)(ob + (int64_t)rr * a.out_row_stride + cf_wg_acc_col(t, i)) =
           __floats2bfloat162_rn(o[i] * inv, o[i + 1] * inv);
   }
 #endif
@@ -265,16 +388,21 @@ extern "C" int cf_attn_wgmma_supported(void) {
   return major == 9 && minor == 0;
 }
 
+template <bool OVERLAP>
+static int cf__attn_wgmma_launch(const cf_attn_args_t *a, cudaStream_t s) {
+  // Raising the dynamic shared-memory limit is per function and idempotent; it allocates nothing.
+  CF_CUDA_TRY(cudaFuncSetAttribute(cf_attn_wgmma_kernel<OVERLAP>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, CF_WG_SMEM));
+  dim3 grid(a->n_heads, cf_div_up(a->Tq, CF_WG_BM));
+  cf_attn_wgmma_kernel<OVERLAP><<<grid, 256, CF_WG_SMEM, s>>>(*a);
+  CF_LAUNCH_TRY();
+  return 0;
+}
+
 // Called by cf_attn_prefix_variant after the common argument and alignment checks.
-extern "C" int cf__attn_wgmma(const cf_attn_args_t *a, cudaStream_t s) {
+extern "C" int cf__attn_wgmma(const cf_attn_args_t *a, cudaStream_t s, int overlap) {
   CF_REQUIRE(a->head_dim == CF_WG_HD, "cf_attn wgmma: head_dim %d (only %d)", a->head_dim, CF_WG_HD);
   CF_REQUIRE(cf_attn_wgmma_supported(), "cf_attn wgmma: needs a compute capability 9.0 GPU (sm_90a)");
   CF_REQUIRE(cf_div_up(a->Tq, CF_WG_BM) <= 65535, "cf_attn wgmma: Tq %d too large", a->Tq);
-  // Raising the dynamic shared-memory limit is per function and idempotent; it allocates nothing.
-  CF_CUDA_TRY(cudaFuncSetAttribute(cf_attn_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   CF_WG_SMEM));
-  dim3 grid(a->n_heads, cf_div_up(a->Tq, CF_WG_BM));
-  cf_attn_wgmma_kernel<<<grid, 256, CF_WG_SMEM, s>>>(*a);
-  CF_LAUNCH_TRY();
-  return 0;
+  return overlap ? cf__attn_wgmma_launch<true>(a, s) : cf__attn_wgmma_launch<false>(a, s);
 }

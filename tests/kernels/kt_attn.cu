@@ -39,7 +39,8 @@ static void ref_attn(const attn_case &c, const std::vector<float> &q, int64_t qr
 }
 
 static const char *vname[] = {"auto",        "scalar",      "mma16", "mma32",
-                              "mma32-bc32", "mma16-split", "mma32-split", "wgmma"};
+                              "mma32-bc32", "mma16-split", "mma32-split", "wgmma",
+                              "wgmma-simple"};
 
 // `impl`: the label of the CF_ATTN_IMPL selection in effect (printed with the variant).
 static void test_attn(attn_case c, int variant, const char *impl = "") {
@@ -163,9 +164,11 @@ static void test_wgmma(const attn_case *cases, int n) {
   cf_attn_set_impl("mma");
   attn_case wcases[] = {{1000, 0, 4, 1, 128}, {513, 777, 8, 2, 128}, {128, 128, 2, 1, 128},
                         {300, 4096, 4, 2, 128}, {257, 0, 2, 2, 128}, {2, 255, 4, 4, 128}};
-  for (int i = 0; i < n; i++)
-    if (cases[i].hd == 128) test_attn(cases[i], CF_ATTN_WGMMA);
-  for (auto &c : wcases) test_attn(c, CF_ATTN_WGMMA);
+  for (int v : {CF_ATTN_WGMMA, CF_ATTN_WGMMA_SIMPLE}) {
+    for (int i = 0; i < n; i++)
+      if (cases[i].hd == 128) test_attn(cases[i], v);
+    for (auto &c : wcases) test_attn(c, v);
+  }
 }
 
 int main(int argc, char **argv) {

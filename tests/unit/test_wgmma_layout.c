@@ -152,6 +152,11 @@ CF_TEST(wgmma_fragments_cover_and_p_reuses_s_in_place) {
           CF_CHECK_EQ(cf_wg_acc_col(t, i), 16 * ks + cf_wg_a_col(t, j, h));
         }
   }
+  /* The kernel's causal mask splits the column into a per-thread part and a compile-time
+   * part: cf_wg_acc_col(t, i) == cf_wg_acc_col(t, 0) + 8 (i / 4) + i % 2. */
+  for (uint32_t t = 0; t < 128; t++)
+    for (uint32_t i = 0; i < N / 2; i++)
+      CF_CHECK_EQ(cf_wg_acc_col(t, i), cf_wg_acc_col(t, 0) + 8 * (i >> 2) + (i & 1));
   /* Per warp, the accumulator is the mma.sync m16n8 C layout: lane 5 holds rows 1 and 9,
    * columns 2 and 3 of each 8-column tile (the PTX figure for wgmma .m64nNk16 D). */
   CF_CHECK_EQ(cf_wg_acc_row(32 + 5, 0), 16u + 1);
