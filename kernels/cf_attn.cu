@@ -504,7 +504,8 @@ __global__ void cf_attn_scalar_kernel(cf_attn_args_t a) {
 
 // launchers
 
-extern "C" int cf__attn_wgmma(const cf_attn_args_t *a, cudaStream_t s, int overlap);  // cf_attn_wgmma.cu
+extern "C" int cf__attn_wgmma(const cf_attn_args_t *a, cudaStream_t s, int overlap,
+                              int nsplit);  // cf_attn_wgmma.cu
 
 static int cf__attn_check(const cf_attn_args_t *a) {
   CF_REQUIRE(a && a->q && a->k && a->v && a->out, "cf_attn_prefix: q, k, v, out are required");
@@ -532,11 +533,11 @@ static int cf__attn_sms(void) {
   return sms;
 }
 
-// Splits of the key range for a grid of `blocks` blocks: enough for ~3 blocks per SM, each
-// split keeping >= 8 key tiles, at most CF_ATTN_MAX_SPLITS, within the workspace.
-static int cf__attn_nsplit(const cf_attn_args_t *a, int64_t blocks) {
+// Splits of the key range for a grid of `blocks` blocks: enough for ~per_sm blocks per SM,
+// each split keeping >= 8 key tiles of 64, at most CF_ATTN_MAX_SPLITS, within the workspace.
+static int cf__attn_nsplit(const cf_attn_args_t *a, int64_t blocks, int per_sm = 3) {
   if (!a->ws || a->t0 < 8 * CF_ATTN_BC) return 1;
-  int64_t want = (3 * cf__attn_sms() + blocks - 1) / blocks;
+  int64_t want = (per_sm * cf__attn_sms() + blocks - 1) / blocks;
   int64_t by_len = (a->t0 + a->Tq) / (8 * CF_ATTN_BC);
   int64_t by_ws = a->ws_floats / ((int64_t)a->Tq * a->n_heads * (a->head_dim + 2));
   int64_t n = want < by_len ? want : by_len;
@@ -624,7 +625,14 @@ extern "C" int cf_attn_prefix_variant(const cf_attn_args_t *a, int variant, cuda
   } else if (variant == CF_ATTN_MMA32_BC32) {
     if (hd == 128) return cf__attn_mma2<128, 4, 32>(a, s, 1);
   } else if (variant == CF_ATTN_WGMMA || variant == CF_ATTN_WGMMA_SIMPLE) {
-    return cf__attn_wgmma(a, s, variant == CF_ATTN_WGMMA);
+    // One 256-thread block per SM: split the key range when the grid is under one wave.
+    int ns = cf__attn_nsplit(a, (int64_t)cf_div_up(a->Tq, 128) * a->n_heads, 1);
+    rc = cf__attn_wgmma(a, s, variant == CF_ATTN_WGMMA, ns);
+    if (rc || ns == 1) return rc;
+    int64_t warps = (int64_t)a->Tq * a->n_heads;
+    cf_attn_combine_kernel<<<cf_div_up(warps, 8), 256, 0, s>>>(*a, ns);
+    CF_LAUNCH_TRY();
+    return 0;
   }
   return cf_seterr(CF_EINVAL, "cf_attn_prefix_variant: variant %d has no head_dim %d", variant, hd);
 }

@@ -45,8 +45,9 @@ int cf_attn_prefix(const cf_attn_args_t *a, cudaStream_t s);
  *   CF_ATTN_MMA32_BC32  the same with 32-key tiles (fewer registers): head_dim 128
  *   CF_ATTN_MMA32_SPLIT  MMA32, splitting the key range when the grid is small and a->ws is set
  *   CF_ATTN_WGMMA   Hopper warpgroup MMA (kernels/cf_attn_wgmma.cu, built for sm_90a), 128 query
- *                   rows per block, no split-KV, the softmax of key tile j overlapping the P·V
- *                   MMAs of tile j-1: head_dim 128 on a compute capability 9.0 GPU only.
+ *                   rows per block, the softmax of key tile j overlapping the P·V MMAs of tile
+ *                   j-1, splitting the key range (with a->ws) when the grid is under one wave:
+ *                   head_dim 128 on a compute capability 9.0 GPU only.
  *   CF_ATTN_WGMMA_SIMPLE  the same kernel without that overlap (S, softmax, P·V in turn): the
  *                   simpler schedule, to tell a layout bug from a pipelining bug.
  *                   Both are UNVERIFIED until tests/kernels/kt_attn has passed on an H100.

@@ -16,8 +16,10 @@
 // m64n128k16 with A from registers and V from shared memory as an MN-major ("transposed") B.
 // Causal: a CTA loads only key tiles some of its rows can see, a warpgroup skips tiles none of
 // its rows can see and masks only tiles that cross its diagonal; the grid runs the query
-// blocks with the most keys first. Not here yet (next steps, see NOTES): TMA loads with
-// mbarriers and a producer warpgroup, two-tile ping-pong between the warpgroups, split-KV.
+// blocks with the most keys first. A short chunk over a long prefix (grid under one wave)
+// splits the key range across CTAs (the split-KV partials and combine kernel of cf_attn.cu).
+// Not here yet (next steps, see NOTES): TMA loads with mbarriers and a producer warpgroup,
+// ping-pong scheduling between the two warpgroups (they run in step: a barrier per tile).
 #include "kernels/cf_attn.h"
 
 #include <math.h>
@@ -233,7 +235,11 @@ __global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_arg
   const int h = blockIdx.x, qb = gridDim.y - 1 - blockIdx.y;  // longest query blocks first
   const int q0 = qb * CF_WG_BM, g = h / (a.n_heads / a.n_kv_heads);
   const int Tk = a.t0 + a.Tq, qend = min(q0 + CF_WG_BM, a.Tq);
-  const int ntiles = (a.t0 + qend + CF_WG_BN - 1) / CF_WG_BN;  // tiles some row of ours sees
+  const int ntiles_all = (a.t0 + qend + CF_WG_BN - 1) / CF_WG_BN;  // tiles some row of ours sees
+  // Split-KV (gridDim.z > 1): this CTA takes tiles [jbeg, ntiles) of them and leaves its
+  // unnormalised O, row max and row sum in a.ws for cf_attn_combine_kernel (cf_attn.cu).
+  const int per = (ntiles_all + gridDim.z - 1) / gridDim.z;
+  const int jbeg = min(ntiles_all, (int)blockIdx.z * per), ntiles = min(ntiles_all, jbeg + per);
   const bf16 *kg = (const bf16 *)a.k + g * CF_WG_HD, *vg = (const bf16 *)a.v + g * CF_WG_HD;
   const int64_t rs = a.kv_row_stride;
 
@@ -250,14 +256,15 @@ __global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_arg
   for (int i = 0; i < 64; i++) o[i] = 0.f;
   float al0, al1;
 
+  if (jbeg < ntiles) {  // CTA-uniform; an empty split only writes "no keys" partials
   cf_wg_load_tile(sq, (const bf16 *)a.q + (int64_t)q0 * a.q_row_stride + h * CF_WG_HD,
                   a.q_row_stride, 0, a.Tq - q0);
-  cf_wg_load_tile(CF_WG_KS(sq, 0), kg, rs, 0, Tk);
-  if (!OVERLAP) cf_wg_load_tile(CF_WG_VS(sq, 0), vg, rs, 0, Tk);
+  cf_wg_load_tile(CF_WG_KS(sq, jbeg & 1), kg, rs, jbeg * CF_WG_BN, Tk);
+  if (!OVERLAP) cf_wg_load_tile(CF_WG_VS(sq, jbeg & 1), vg, rs, jbeg * CF_WG_BN, Tk);
   cf_wg_cp_commit();
 
   if (!OVERLAP) {
-    for (int j = 0; j < ntiles; j++) {
+    for (int j = jbeg; j < ntiles; j++) {
       if (j + 1 < ntiles) {
         cf_wg_load_tile(CF_WG_KS(sq, (j + 1) & 1), kg, rs, (j + 1) * CF_WG_BN, Tk);
         cf_wg_load_tile(CF_WG_VS(sq, (j + 1) & 1), vg, rs, (j + 1) * CF_WG_BN, Tk);
@@ -302,15 +309,17 @@ __global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_arg
       cf_wg_fence_proxy();
       __syncthreads();
     };
-    // Tile 0 (every warpgroup sees key 0): S and softmax only, P_0 into pa.
-    load_and_wait(0);
+    // The first tile: S and softmax only, P into pa. (Computed even when it is past all of
+    // this warpgroup's positions, which only a split can make happen: all masked, P = 0.)
+    load_and_wait(jbeg);
     {
       float s[64];
       cf_wg_fence();
-      cf_wg_issue_s(s, qwg, CF_WG_KS(sq, 0));
+      cf_wg_issue_s(s, qwg, CF_WG_KS(sq, jbeg & 1));
       cf_wg_wait<0>();
       cf_wg_fence_regs(s);
-      cf_wg_softmax(s, r, 0, CF_WG_BN - 1 > wg_first, t, sl2, al0, al1);
+      cf_wg_softmax(s, r, jbeg * CF_WG_BN, jbeg * CF_WG_BN + CF_WG_BN - 1 > wg_first, t, sl2, al0,
+                    al1);
       cf_wg_pack_p(pa, s);
     }
     __syncthreads();
@@ -341,8 +350,8 @@ __global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_arg
       }
       __syncthreads();  // K_j and V_{j-1} are refilled by the next step
     };
-    for (int j = 1; j < ntiles; j += 2) {
-      step(j, pa, pb);  // odd tiles: P_j into pb
+    for (int j = jbeg + 1; j < ntiles; j += 2) {
+      step(j, pa, pb);  // tiles jbeg+1, jbeg+3, ...: P into pb
       if (j + 1 < ntiles) step(j + 1, pb, pa);
     }
     cf_wg_cp_wait<0>();
@@ -350,20 +359,46 @@ __global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_arg
     __syncthreads();
     if (ntiles - 1 < nw) {
       cf_wg_fence();
-      if ((ntiles - 1) & 1) cf_wg_issue_pv(o, pb, CF_WG_VS(sq, (ntiles - 1) & 1));
+      if ((ntiles - 1 - jbeg) & 1) cf_wg_issue_pv(o, pb, CF_WG_VS(sq, (ntiles - 1) & 1));
       else cf_wg_issue_pv(o, pa, CF_WG_VS(sq, (ntiles - 1) & 1));
       cf_wg_wait<0>();
       cf_wg_fence_regs(o);
     }
   }
+  }  // jbeg < ntiles
+
   float l0 = r.l0, l1 = r.l1;
   l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
   l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
   l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
   l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  const int r0 = q0 + row0, r1 = r0 + 8;
+  if (gridDim.z > 1) {  // partials, the layout of cf_attn.cu's split kernels
+    const int64_t rows = (int64_t)a.Tq * a.n_heads;
+    float *wo = a.ws + (int64_t)blockIdx.z * rows * CF_WG_HD, *wml = a.ws + gridDim.z * rows * CF_WG_HD;
+#pragma unroll
+    for (int i = 0; i < 64; i += 2) {
+      int rr = (i & 2) ? r1 : r0;
+      if (rr < a.Tq)
+        *(float2 *)(wo + ((int64_t)rr * a.n_heads + h) * CF_WG_HD + cf_wg_acc_col(t, i)) =
+            make_float2(o[i], o[i + 1]);
+    }
+    if ((t & 3) == 0) {
+      if (r0 < a.Tq) {
+        float *ml = wml + ((int64_t)blockIdx.z * rows + (int64_t)r0 * a.n_heads + h) * 2;
+        ml[0] = r.m0;
+        ml[1] = l0;
+      }
+      if (r1 < a.Tq) {
+        float *ml = wml + ((int64_t)blockIdx.z * rows + (int64_t)r1 * a.n_heads + h) * 2;
+        ml[0] = r.m1;
+        ml[1] = l1;
+      }
+    }
+    return;
+  }
   const float inv0 = 1.f / l0, inv1 = 1.f / l1;
   bf16 *ob = (bf16 *)a.out + h * CF_WG_HD;
-  const int r0 = q0 + row0, r1 = r0 + 8;
 #pragma unroll
   for (int i = 0; i < 64; i += 2) {
     int rr = (i & 2) ? r1 : r0;
@@ -389,20 +424,23 @@ extern "C" int cf_attn_wgmma_supported(void) {
 }
 
 template <bool OVERLAP>
-static int cf__attn_wgmma_launch(const cf_attn_args_t *a, cudaStream_t s) {
+static int cf__attn_wgmma_launch(const cf_attn_args_t *a, cudaStream_t s, int nsplit) {
   // Raising the dynamic shared-memory limit is per function and idempotent; it allocates nothing.
   CF_CUDA_TRY(cudaFuncSetAttribute(cf_attn_wgmma_kernel<OVERLAP>,
                                    cudaFuncAttributeMaxDynamicSharedMemorySize, CF_WG_SMEM));
-  dim3 grid(a->n_heads, cf_div_up(a->Tq, CF_WG_BM));
+  dim3 grid(a->n_heads, cf_div_up(a->Tq, CF_WG_BM), nsplit);
   cf_attn_wgmma_kernel<OVERLAP><<<grid, 256, CF_WG_SMEM, s>>>(*a);
   CF_LAUNCH_TRY();
   return 0;
 }
 
-// Called by cf_attn_prefix_variant after the common argument and alignment checks.
-extern "C" int cf__attn_wgmma(const cf_attn_args_t *a, cudaStream_t s, int overlap) {
+// Called by cf_attn_prefix_variant after the common argument and alignment checks; with
+// nsplit > 1 (a->ws large enough, checked by the caller) it leaves partials for the caller's
+// combine kernel.
+extern "C" int cf__attn_wgmma(const cf_attn_args_t *a, cudaStream_t s, int overlap, int nsplit) {
   CF_REQUIRE(a->head_dim == CF_WG_HD, "cf_attn wgmma: head_dim %d (only %d)", a->head_dim, CF_WG_HD);
   CF_REQUIRE(cf_attn_wgmma_supported(), "cf_attn wgmma: needs a compute capability 9.0 GPU (sm_90a)");
   CF_REQUIRE(cf_div_up(a->Tq, CF_WG_BM) <= 65535, "cf_attn wgmma: Tq %d too large", a->Tq);
-  return overlap ? cf__attn_wgmma_launch<true>(a, s) : cf__attn_wgmma_launch<false>(a, s);
+  CF_REQUIRE(nsplit >= 1 && nsplit <= CF_ATTN_MAX_SPLITS, "cf_attn wgmma: nsplit %d", nsplit);
+  return overlap ? cf__attn_wgmma_launch<true>(a, s, nsplit) : cf__attn_wgmma_launch<false>(a, s, nsplit);
 }
