@@ -13,21 +13,6 @@
 
 #define CF_ATTN_BC 64  // keys per tile
 
-__device__ __forceinline__ uint32_t cf_smem_addr(const void *p) {
-  return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-// 16-byte async copy global -> shared; src_bytes 0 fills the 16 bytes with zeros.
-__device__ __forceinline__ void cf_cp_async16(void *smem, const void *gmem, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(cf_smem_addr(smem)),
-               "l"(gmem), "r"(src_bytes));
-}
-__device__ __forceinline__ void cf_cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-template <int N>
-__device__ __forceinline__ void cf_cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 __device__ __forceinline__ void cf_ldsm_x4(uint32_t r[4], const void *p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -47,18 +32,6 @@ __device__ __forceinline__ void cf_mma16816(float d[4], const uint32_t a[4], uin
       "{%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// 2^x on the SFU without exp2f's denormal handling (inputs are <= 0; -inf gives +0).
-__device__ __forceinline__ float cf_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
-__device__ __forceinline__ uint32_t cf_pack_bf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *(uint32_t *)&v;
 }
 
 // ---- per-m-tile steps shared by both tensor-core kernels (one warp, 16 query rows: this

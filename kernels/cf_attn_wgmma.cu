@@ -35,15 +35,6 @@
 // Q, then K/V for two stages; +1024 to align the tiles to the swizzle atom.
 #define CF_WG_SMEM (5 * CF_WG_TILE + 1024)
 
-__device__ __forceinline__ void cf_wg_cp16(uint32_t saddr, const void *g, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(saddr), "l"(g),
-               "r"(src_bytes));
-}
-__device__ __forceinline__ void cf_wg_cp_commit() { asm volatile("cp.async.commit_group;\n"); }
-template <int N>
-__device__ __forceinline__ void cf_wg_cp_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 // cp.async writes through the generic proxy; wgmma reads shared memory through the async proxy.
 __device__ __forceinline__ void cf_wg_fence_proxy() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -67,31 +58,26 @@ __device__ __forceinline__ void cf_wg_fence_p(uint32_t (&p)[CF_WG_BN / 16][4]) {
 #pragma unroll
     for (int j = 0; j < 4; j++) asm volatile("" : "+r"(p[i][j])::"memory");
 }
-__device__ __forceinline__ float cf_wg_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-__device__ __forceinline__ uint32_t cf_wg_pack(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *(uint32_t *)&v;
-}
+// The 64 fp32 accumulator registers of an m64n128 wgmma: operands %0..%63.
+#define CF_WG_D64_REGS "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
+#define CF_WG_D64(d) \
+      "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+      "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+      "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+      "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+      "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+      "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+      "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+      "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
 
 // D(64x128, fp32) (+)= A(64x16, K-major in shared memory) x B(16x128, K-major in shared memory).
 // scale_d 0 overwrites D (the first reduction step), 1 accumulates.
 __device__ __forceinline__ void cf_wg_mma_ss(float (&d)[64], uint64_t da, uint64_t db, int scale_d) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " CF_WG_D64_REGS
+      ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : CF_WG_D64(d)
       : "l"(da), "l"(db), "r"(scale_d));
 }
 
@@ -100,16 +86,9 @@ __device__ __forceinline__ void cf_wg_mma_ss(float (&d)[64], uint64_t da, uint64
 __device__ __forceinline__ void cf_wg_mma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t db) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " CF_WG_D64_REGS
+      ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : CF_WG_D64(d)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 }
 
@@ -121,7 +100,7 @@ __device__ __forceinline__ void cf_wg_load_tile(uint32_t tile, const bf16 *base,
   for (int c = threadIdx.x; c < 128 * 16; c += 256) {
     int row = c >> 4, col = (c & 15) * 8, r = r0 + row;
     bool ok = r < nrows;
-    cf_wg_cp16(tile + cf_wg_tile_off(128, row, col), base + (int64_t)(ok ? r : 0) * rs + col,
+    cf_cp_async16_s(tile + cf_wg_tile_off(128, row, col), base + (int64_t)(ok ? r : 0) * rs + col,
                ok ? 16 : 0);
   }
 }
@@ -162,17 +141,17 @@ __device__ __forceinline__ void cf_wg_softmax(float (&s)[64], cf_wg_rows &r, int
   float mn0 = fmaxf(r.m0, mx0 * sl2), mn1 = fmaxf(r.m1, mx1 * sl2);
   // A row with every key so far masked keeps m = -inf; base 0 makes its exp2 give 0.
   float b0 = mn0 == -INFINITY ? 0.f : mn0, b1 = mn1 == -INFINITY ? 0.f : mn1;
-  al0 = cf_wg_exp2(r.m0 - b0);
-  al1 = cf_wg_exp2(r.m1 - b1);
+  al0 = cf_exp2(r.m0 - b0);
+  al1 = cf_exp2(r.m1 - b1);
   r.m0 = mn0;
   r.m1 = mn1;
   float rs0 = 0.f, rs1 = 0.f;
 #pragma unroll
   for (int i = 0; i < 64; i += 4) {
-    s[i] = cf_wg_exp2(fmaf(s[i], sl2, -b0));
-    s[i + 1] = cf_wg_exp2(fmaf(s[i + 1], sl2, -b0));
-    s[i + 2] = cf_wg_exp2(fmaf(s[i + 2], sl2, -b1));
-    s[i + 3] = cf_wg_exp2(fmaf(s[i + 3], sl2, -b1));
+    s[i] = cf_exp2(fmaf(s[i], sl2, -b0));
+    s[i + 1] = cf_exp2(fmaf(s[i + 1], sl2, -b0));
+    s[i + 2] = cf_exp2(fmaf(s[i + 2], sl2, -b1));
+    s[i + 3] = cf_exp2(fmaf(s[i + 3], sl2, -b1));
     rs0 += s[i] + s[i + 1];
     rs1 += s[i + 2] + s[i + 3];
   }
@@ -194,7 +173,7 @@ __device__ __forceinline__ void cf_wg_pack_p(uint32_t (&p)[CF_WG_BN / 16][4], co
   for (int ks = 0; ks < CF_WG_BN / 16; ks++)
 #pragma unroll
     for (int jj = 0; jj < 4; jj++)
-      p[ks][jj] = cf_wg_pack(s[cf_wg_p_src(ks, jj, 0)], s[cf_wg_p_src(ks, jj, 1)]);
+      p[ks][jj] = cf_pack_bf16(s[cf_wg_p_src(ks, jj, 0)], s[cf_wg_p_src(ks, jj, 1)]);
 }
 
 // Issue (not wait for) S = Q·K_tileᵀ: 8 reduction steps over head_dim.
@@ -261,17 +240,17 @@ __global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_arg
                   a.q_row_stride, 0, a.Tq - q0);
   cf_wg_load_tile(CF_WG_KS(sq, jbeg & 1), kg, rs, jbeg * CF_WG_BN, Tk);
   if (!OVERLAP) cf_wg_load_tile(CF_WG_VS(sq, jbeg & 1), vg, rs, jbeg * CF_WG_BN, Tk);
-  cf_wg_cp_commit();
+  cf_cp_async_commit();
 
   if (!OVERLAP) {
     for (int j = jbeg; j < ntiles; j++) {
       if (j + 1 < ntiles) {
         cf_wg_load_tile(CF_WG_KS(sq, (j + 1) & 1), kg, rs, (j + 1) * CF_WG_BN, Tk);
         cf_wg_load_tile(CF_WG_VS(sq, (j + 1) & 1), vg, rs, (j + 1) * CF_WG_BN, Tk);
-        cf_wg_cp_commit();
-        cf_wg_cp_wait<1>();
+        cf_cp_async_commit();
+        cf_cp_async_wait<1>();
       } else {
-        cf_wg_cp_wait<0>();
+        cf_cp_async_wait<0>();
       }
       cf_wg_fence_proxy();
       __syncthreads();
@@ -304,8 +283,8 @@ __global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_arg
     auto load_and_wait = [&](int j) {
       if (j + 1 < ntiles) cf_wg_load_tile(CF_WG_KS(sq, (j + 1) & 1), kg, rs, (j + 1) * CF_WG_BN, Tk);
       cf_wg_load_tile(CF_WG_VS(sq, j & 1), vg, rs, j * CF_WG_BN, Tk);
-      cf_wg_cp_commit();
-      cf_wg_cp_wait<1>();  // everything but the group just issued: Q, K_0..K_j, V_0..V_{j-1}
+      cf_cp_async_commit();
+      cf_cp_async_wait<1>();  // everything but the group just issued: Q, K_0..K_j, V_0..V_{j-1}
       cf_wg_fence_proxy();
       __syncthreads();
     };
@@ -354,7 +333,7 @@ __global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_arg
       step(j, pa, pb);  // tiles jbeg+1, jbeg+3, ...: P into pb
       if (j + 1 < ntiles) step(j + 1, pb, pa);
     }
-    cf_wg_cp_wait<0>();
+    cf_cp_async_wait<0>();
     cf_wg_fence_proxy();
     __syncthreads();
     if (ntiles - 1 < nw) {
