@@ -76,6 +76,12 @@ int cf_attn_set_impl(const char *name);
 int cf_attn_impl(void);
 /* 1 if the wgmma kernel can run on the current device (compute capability 9.0), else 0. */
 int cf_attn_wgmma_supported(void);
+/* Test probe of the wgmma layouts alone (one warpgroup, one launch on stream s): S = A·Bᵀ and
+ * O = P·V for row-major bf16 A, P (64 x 128) and B, V (128 x 128), fp32 S, O (64 x 128) out,
+ * through the same swizzle, descriptors and register fragments as the attention kernel.
+ * Returns 0, CF_EINVAL (NULL pointer, no compute capability 9.0 GPU) or CF_ECUDA. */
+int cf_wgmma_probe(const cf_bf16_t *A, const cf_bf16_t *B, const cf_bf16_t *P,
+                   const cf_bf16_t *V, float *S, float *O, cudaStream_t s);
 
 /* The scalar kernel alone (any head_dim <= 256): a second implementation for tests. */
 int cf_attn_prefix_scalar(const cf_attn_args_t *a, cudaStream_t s);

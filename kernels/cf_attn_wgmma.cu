@@ -423,3 +423,70 @@ extern "C" int cf__attn_wgmma(const cf_attn_args_t *a, cudaStream_t s, int overl
   CF_REQUIRE(nsplit >= 1 && nsplit <= CF_ATTN_MAX_SPLITS, "cf_attn wgmma: nsplit %d", nsplit);
   return overlap ? cf__attn_wgmma_launch<true>(a, s, nsplit) : cf__attn_wgmma_launch<false>(a, s, nsplit);
 }
+
+// ---- layout probe: one warpgroup, one tile, no softmax ----
+//
+// S = A·Bᵀ (A 64 x 128, B 128 x 128, both row-major bf16, through the swizzled tiles and K-major
+// descriptors) and O = P·V (P 64 x 128 bf16 loaded straight into the A-operand registers with
+// cf_wg_a_row/col, V 128 x 128 row-major through the MN-major descriptor), fp32 results
+// row-major. It checks on the GPU exactly the layouts the attention kernel relies on, without
+// its pipeline, so a kt_attn failure can be told apart into "layouts" and "schedule".
+__global__ void __launch_bounds__(128, 1) cf_wgmma_probe_kernel(const bf16 *A, const bf16 *B,
+                                                               const bf16 *P, const bf16 *V,
+                                                               float *S, float *O) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();
+#else
+  extern __shared__ __align__(16) unsigned char cf_wg_smem[];
+  const uint32_t sa = ((uint32_t)__cvta_generic_to_shared(cf_wg_smem) + 1023u) & ~1023u;
+  const uint32_t sb = sa + CF_WG_TILE, sv = sb + CF_WG_TILE;
+  const int t = threadIdx.x;
+  // 128 threads load the three tiles (A's rows past 64 are zero-filled).
+  for (int c = t; c < 128 * 16; c += 128) {
+    int row = c >> 4, col = (c & 15) * 8;
+    uint32_t off = cf_wg_tile_off(128, row, col);
+    cf_cp_async16_s(sa + off, A + (row < 64 ? row : 0) * 128 + col, row < 64 ? 16 : 0);
+    cf_cp_async16_s(sb + off, B + row * 128 + col, 16);
+    cf_cp_async16_s(sv + off, V + row * 128 + col, 16);
+  }
+  cf_cp_async_commit();
+  cf_cp_async_wait<0>();
+  cf_wg_fence_proxy();
+  __syncthreads();
+  float s[64], o[64];
+#pragma unroll
+  for (int i = 0; i < 64; i++) o[i] = 0.f;
+  uint32_t p[CF_WG_BN / 16][4];
+#pragma unroll
+  for (int ks = 0; ks < CF_WG_BN / 16; ks++)
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const bf16 *pr = P + cf_wg_a_row(t, j) * 128 + 16 * ks + cf_wg_a_col(t, j, 0);
+      p[ks][j] = *(const uint32_t *)pr;  // (col, col + 1): low, high half
+    }
+  cf_wg_fence();
+  cf_wg_issue_s(s, sa, sb);
+  cf_wg_issue_pv(o, p, sv);
+  cf_wg_wait<0>();
+  cf_wg_fence_regs(s);
+  cf_wg_fence_regs(o);
+#pragma unroll
+  for (int i = 0; i < 64; i++) {
+    S[cf_wg_acc_row(t, i) * 128 + cf_wg_acc_col(t, i)] = s[i];
+    O[cf_wg_acc_row(t, i) * 128 + cf_wg_acc_col(t, i)] = o[i];
+  }
+#endif
+}
+
+extern "C" int cf_wgmma_probe(const cf_bf16_t *A, const cf_bf16_t *B, const cf_bf16_t *P,
+                              const cf_bf16_t *V, float *S, float *O, cudaStream_t s) {
+  CF_REQUIRE(A && B && P && V && S && O, "cf_wgmma_probe: all pointers are required");
+  CF_REQUIRE(cf_attn_wgmma_supported(), "cf_wgmma_probe: needs a compute capability 9.0 GPU (sm_90a)");
+  const int smem = 3 * CF_WG_TILE + 1024;
+  CF_CUDA_TRY(cudaFuncSetAttribute(cf_wgmma_probe_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   smem));
+  cf_wgmma_probe_kernel<<<1, 128, smem, s>>>((const bf16 *)A, (const bf16 *)B, (const bf16 *)P,
+                                             (const bf16 *)V, S, O);
+  CF_LAUNCH_TRY();
+  return 0;
+}

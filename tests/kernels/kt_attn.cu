@@ -148,6 +148,42 @@ static void test_impl_selection(void) {
   cf_attn_set_impl("mma");
 }
 
+// The wgmma layouts alone (cf_wgmma_probe: one wgmma S = A·Bᵀ and one O = P·V) against a
+// host matmul. If this fails, the layouts (swizzle, descriptors, fragments) are wrong; if it
+// passes and the attention cases fail, look at the kernel's schedule (pipeline, masks, splits).
+static void test_wgmma_probe(void) {
+  std::vector<uint16_t> ah, bh, ph, vh;
+  std::vector<float> af, bf, pf, vf;
+  kt_rand_bf16(ah, af, 64 * 128, -1, 1);
+  kt_rand_bf16(bh, bf, 128 * 128, -1, 1);
+  kt_rand_bf16(ph, pf, 64 * 128, -1, 1);
+  kt_rand_bf16(vh, vf, 128 * 128, -1, 1);
+  cf_bf16_t *da = kt_upload(ah), *db = kt_upload(bh), *dp = kt_upload(ph), *dv = kt_upload(vh);
+  float *ds = kt_dev<float>(64 * 128), *dout = kt_dev<float>(64 * 128);
+  bool ok = KT_RC(cf_wgmma_probe(da, db, dp, dv, ds, dout, 0));
+  auto hs = kt_download(ds, 64 * 128), ho = kt_download(dout, 64 * 128);
+  const char *what[2] = {"S = A·Bᵀ (K-major descriptors, swizzle, accumulator layout)",
+                         "O = P·V (A-operand registers, MN-major V descriptor)"};
+  for (int m = 0; m < 2; m++) {
+    double num = 0, den = 0, worst = 0;
+    int wr = -1, wc = -1;
+    for (int r = 0; r < 64; r++)
+      for (int c = 0; c < 128; c++) {
+        double ref = 0;
+        for (int k = 0; k < 128; k++)
+          ref += m == 0 ? (double)af[r * 128 + k] * bf[c * 128 + k] : (double)pf[r * 128 + k] * vf[k * 128 + c];
+        double got = (m == 0 ? hs : ho)[r * 128 + c], d = fabs(got - ref);
+        num += d * d;
+        den += ref * ref;
+        if (!(d <= worst)) { worst = d; wr = r; wc = c; }
+      }
+    double e = sqrt(num / den);
+    kt_check(ok && e <= 1e-4, "wgmma probe %s: rel L2 %.2e (<= 1e-4), worst |err| %.3g at (%d, %d)",
+             what[m], e, worst, wr, wc);
+  }
+  cudaFree(da); cudaFree(db); cudaFree(dp); cudaFree(dv); cudaFree(ds); cudaFree(dout);
+}
+
 // The Hopper wgmma kernel (UNVERIFIED until this passes on an H100): every case through
 // cf_attn_prefix with CF_ATTN_IMPL=wgmma (head_dim 128 takes it, the rest fall back), then the
 // variant forced on the head_dim 128 cases plus shapes that cross several 128-row query blocks
@@ -159,6 +195,7 @@ static void test_wgmma(const attn_case *cases, int n) {
     kt_skipped++;
     return;
   }
+  test_wgmma_probe();
   cf_attn_set_impl("wgmma");
   for (int i = 0; i < n; i++) test_attn(cases[i], CF_ATTN_AUTO, " (CF_ATTN_IMPL=wgmma)");
   cf_attn_set_impl("mma");
