@@ -1,7 +1,8 @@
 // kt_attn — chunk-over-prefix causal GQA attention (tensor-core and scalar kernels) against a
 // double-precision CPU reference; `--bench` times the Llama-3-8B shape (32 heads, 8 KV heads,
 // head_dim 128) at chunk 256/512/2048 x prefix 0/4k/16k/32k, the mma.sync kernels and the
-// Hopper wgmma kernel side by side; `--wgmma` runs only the wgmma checks. Every case also runs with CF_ATTN_IMPL=wgmma selection
+// Hopper wgmma kernel side by side; `--wgmma` runs only the wgmma probe and a few wgmma shapes
+// (for the sanitizer steps). Every case also runs with CF_ATTN_IMPL=wgmma selection
 // (head_dim 128 takes the wgmma kernel, others fall back) and, for head_dim 128, with the
 // wgmma variant forced.
 #include "kernels/cf_attn.h"
@@ -189,13 +190,15 @@ static void test_wgmma_probe(void) {
 // variant forced on the head_dim 128 cases plus shapes that cross several 128-row query blocks
 // and 128-key tiles at unaligned offsets. Run last (and alone with --wgmma, for the sanitizer
 // steps): a fault in it is sticky for the process.
-static void test_wgmma(const attn_case *cases, int n) {
+// `quick` (--wgmma, for the sanitizer): the probe and the extra shapes only.
+static void test_wgmma(const attn_case *cases, int n, bool quick) {
   if (!cf_attn_wgmma_supported()) {
     printf("skip: wgmma attention needs a compute capability 9.0 GPU\n");
     kt_skipped++;
     return;
   }
   test_wgmma_probe();
+  if (quick) n = 0;
   cf_attn_set_impl("wgmma");
   for (int i = 0; i < n; i++) test_attn(cases[i], CF_ATTN_AUTO, " (CF_ATTN_IMPL=wgmma)");
   cf_attn_set_impl("mma");
@@ -224,7 +227,7 @@ int main(int argc, char **argv) {
   };
   const int ncases = (int)(sizeof cases / sizeof cases[0]);
   if (argc > 1 && strcmp(argv[1], "--wgmma") == 0) {
-    test_wgmma(cases, ncases);
+    test_wgmma(cases, ncases, true);
     return kt_finish();
   }
   for (auto &c : cases) test_attn(c, CF_ATTN_AUTO);
@@ -245,6 +248,6 @@ int main(int argc, char **argv) {
   bad.q_row_stride = bad.out_row_stride = 48; bad.kv_row_stride = 32;
   kt_check(cf_attn_prefix(&bad, 0) == CF_EINVAL, "attn rejects n_heads %% n_kv_heads != 0 (%s)",
            cf_errmsg());
-  test_wgmma(cases, ncases);
+  test_wgmma(cases, ncases, false);
   return kt_finish();
 }
