@@ -192,8 +192,8 @@ __device__ __forceinline__ void cf_wg_issue_pv(float (&o)[64], const uint32_t (&
 }
 
 // Shared memory: Q tile, then two K stages, then two V stages (each 128 x 128 bf16, swizzled).
-#define CF_WG_KS(sq, b) ((sq) + (1 + (b)) * CF_WG_TILE)
-#define CF_WG_VS(sq, b) ((sq) + (3 + (b)) * CF_WG_TILE)
+#define CF_WG_KS(sq, j) ((sq) + (1 + cf_wg_stage(j)) * CF_WG_TILE)  // K tile j's stage
+#define CF_WG_VS(sq, j) ((sq) + (3 + cf_wg_stage(j)) * CF_WG_TILE)  // V tile j's stage
 
 // OVERLAP false: per tile S, wait, softmax, P·V, wait (the MMAs of one warpgroup never run
 // during its softmax; the other warpgroup's may). OVERLAP true (FA3's intra-warpgroup
@@ -214,19 +214,18 @@ __global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_arg
   const int h = blockIdx.x, qb = gridDim.y - 1 - blockIdx.y;  // longest query blocks first
   const int q0 = qb * CF_WG_BM, g = h / (a.n_heads / a.n_kv_heads);
   const int Tk = a.t0 + a.Tq, qend = min(q0 + CF_WG_BM, a.Tq);
-  const int ntiles_all = (a.t0 + qend + CF_WG_BN - 1) / CF_WG_BN;  // tiles some row of ours sees
-  // Split-KV (gridDim.z > 1): this CTA takes tiles [jbeg, ntiles) of them and leaves its
-  // unnormalised O, row max and row sum in a.ws for cf_attn_combine_kernel (cf_attn.cu).
-  const int per = (ntiles_all + gridDim.z - 1) / gridDim.z;
-  const int jbeg = min(ntiles_all, (int)blockIdx.z * per), ntiles = min(ntiles_all, jbeg + per);
+  // Split-KV (gridDim.z > 1): this CTA takes tiles [jbeg, ntiles) of those some row of it sees
+  // and leaves its unnormalised O, row max and row sum in a.ws for cf_attn_combine_kernel.
+  int jbeg, ntiles;
+  cf_wg_split(cf_wg_ntiles(a.t0, qend), gridDim.z, blockIdx.z, &jbeg, &ntiles);
   const bf16 *kg = (const bf16 *)a.k + g * CF_WG_HD, *vg = (const bf16 *)a.v + g * CF_WG_HD;
   const int64_t rs = a.kv_row_stride;
 
   // This thread's two rows (accumulator elements with (i & 2) == 0, then the rest); the
   // warpgroup's first and last positions; the tiles it needs (later ones are all masked).
   const int row0 = 64 * wg + (int)cf_wg_acc_row(t, 0);
-  const int wg_first = a.t0 + q0 + 64 * wg, wg_last = wg_first + 63;
-  const int nw = min(ntiles, wg_last / CF_WG_BN + 1);
+  const int wg_first = a.t0 + q0 + 64 * wg;
+  const int nw = cf_wg_needed_end(ntiles, wg_first);
   cf_wg_rows r = {-INFINITY, -INFINITY, 0.f, 0.f, a.t0 + q0 + row0, a.t0 + q0 + row0 + 8};
   const float sl2 = a.scale * 1.4426950408889634f;
   const uint32_t qwg = sq + wg * 64 * 128;  // this warpgroup's 64 rows of each Q column block
@@ -238,15 +237,15 @@ __global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_arg
   if (jbeg < ntiles) {  // CTA-uniform; an empty split only writes "no keys" partials
   cf_wg_load_tile(sq, (const bf16 *)a.q + (int64_t)q0 * a.q_row_stride + h * CF_WG_HD,
                   a.q_row_stride, 0, a.Tq - q0);
-  cf_wg_load_tile(CF_WG_KS(sq, jbeg & 1), kg, rs, jbeg * CF_WG_BN, Tk);
-  if (!OVERLAP) cf_wg_load_tile(CF_WG_VS(sq, jbeg & 1), vg, rs, jbeg * CF_WG_BN, Tk);
+  cf_wg_load_tile(CF_WG_KS(sq, jbeg), kg, rs, jbeg * CF_WG_BN, Tk);
+  if (!OVERLAP) cf_wg_load_tile(CF_WG_VS(sq, jbeg), vg, rs, jbeg * CF_WG_BN, Tk);
   cf_cp_async_commit();
 
   if (!OVERLAP) {
     for (int j = jbeg; j < ntiles; j++) {
       if (j + 1 < ntiles) {
-        cf_wg_load_tile(CF_WG_KS(sq, (j + 1) & 1), kg, rs, (j + 1) * CF_WG_BN, Tk);
-        cf_wg_load_tile(CF_WG_VS(sq, (j + 1) & 1), vg, rs, (j + 1) * CF_WG_BN, Tk);
+        cf_wg_load_tile(CF_WG_KS(sq, j + 1), kg, rs, (j + 1) * CF_WG_BN, Tk);
+        cf_wg_load_tile(CF_WG_VS(sq, j + 1), vg, rs, (j + 1) * CF_WG_BN, Tk);
         cf_cp_async_commit();
         cf_cp_async_wait<1>();
       } else {
@@ -259,14 +258,14 @@ __global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_arg
         float s[64];
         uint32_t p[CF_WG_BN / 16][4];
         cf_wg_fence();
-        cf_wg_issue_s(s, qwg, CF_WG_KS(sq, j & 1));
+        cf_wg_issue_s(s, qwg, CF_WG_KS(sq, j));
         cf_wg_wait<0>();
         cf_wg_fence_regs(s);
-        cf_wg_softmax(s, r, kb, kb + CF_WG_BN - 1 > wg_first, t, sl2, al0, al1);
+        cf_wg_softmax(s, r, kb, cf_wg_needs_mask(j, wg_first), t, sl2, al0, al1);
         cf_wg_rescale(o, al0, al1);
         cf_wg_pack_p(p, s);
         cf_wg_fence();
-        cf_wg_issue_pv(o, p, CF_WG_VS(sq, j & 1));
+        cf_wg_issue_pv(o, p, CF_WG_VS(sq, j));
         cf_wg_wait<0>();
         cf_wg_fence_regs(o);
       }
@@ -281,8 +280,8 @@ __global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_arg
     uint32_t pa[CF_WG_BN / 16][4], pb[CF_WG_BN / 16][4];
     // Streams K_{j+1} and V_j in, then waits for K_j and V_{j-1}.
     auto load_and_wait = [&](int j) {
-      if (j + 1 < ntiles) cf_wg_load_tile(CF_WG_KS(sq, (j + 1) & 1), kg, rs, (j + 1) * CF_WG_BN, Tk);
-      cf_wg_load_tile(CF_WG_VS(sq, j & 1), vg, rs, j * CF_WG_BN, Tk);
+      if (j + 1 < ntiles) cf_wg_load_tile(CF_WG_KS(sq, j + 1), kg, rs, (j + 1) * CF_WG_BN, Tk);
+      cf_wg_load_tile(CF_WG_VS(sq, j), vg, rs, j * CF_WG_BN, Tk);
       cf_cp_async_commit();
       cf_cp_async_wait<1>();  // everything but the group just issued: Q, K_0..K_j, V_0..V_{j-1}
       cf_wg_fence_proxy();
@@ -294,11 +293,10 @@ __global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_arg
     {
       float s[64];
       cf_wg_fence();
-      cf_wg_issue_s(s, qwg, CF_WG_KS(sq, jbeg & 1));
+      cf_wg_issue_s(s, qwg, CF_WG_KS(sq, jbeg));
       cf_wg_wait<0>();
       cf_wg_fence_regs(s);
-      cf_wg_softmax(s, r, jbeg * CF_WG_BN, jbeg * CF_WG_BN + CF_WG_BN - 1 > wg_first, t, sl2, al0,
-                    al1);
+      cf_wg_softmax(s, r, jbeg * CF_WG_BN, cf_wg_needs_mask(jbeg, wg_first), t, sl2, al0, al1);
       cf_wg_pack_p(pa, s);
     }
     __syncthreads();
@@ -311,11 +309,11 @@ __global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_arg
         const int kb = j * CF_WG_BN;
         float s[64];
         cf_wg_fence();
-        cf_wg_issue_s(s, qwg, CF_WG_KS(sq, j & 1));
-        cf_wg_issue_pv(o, pold, CF_WG_VS(sq, (j - 1) & 1));
+        cf_wg_issue_s(s, qwg, CF_WG_KS(sq, j));
+        cf_wg_issue_pv(o, pold, CF_WG_VS(sq, j - 1));
         cf_wg_wait<1>();  // S done; P·V may still run during the softmax
         cf_wg_fence_regs(s);
-        cf_wg_softmax(s, r, kb, kb + CF_WG_BN - 1 > wg_first, t, sl2, al0, al1);
+        cf_wg_softmax(s, r, kb, cf_wg_needs_mask(j, wg_first), t, sl2, al0, al1);
         cf_wg_pack_p(pnew, s);
         cf_wg_fence_p(pnew);  // the softmax and the new P stay before the wait
         cf_wg_wait<0>();      // P·V of tile j-1 done: O may change
@@ -323,7 +321,7 @@ __global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_arg
         cf_wg_rescale(o, al0, al1);
       } else if (j - 1 < nw) {  // this warpgroup's last tile was j-1: its P·V only
         cf_wg_fence();
-        cf_wg_issue_pv(o, pold, CF_WG_VS(sq, (j - 1) & 1));
+        cf_wg_issue_pv(o, pold, CF_WG_VS(sq, j - 1));
         cf_wg_wait<0>();
         cf_wg_fence_regs(o);
       }
@@ -338,8 +336,8 @@ __global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_arg
     __syncthreads();
     if (ntiles - 1 < nw) {
       cf_wg_fence();
-      if ((ntiles - 1 - jbeg) & 1) cf_wg_issue_pv(o, pb, CF_WG_VS(sq, (ntiles - 1) & 1));
-      else cf_wg_issue_pv(o, pa, CF_WG_VS(sq, (ntiles - 1) & 1));
+      if (cf_wg_pset(ntiles - 1, jbeg)) cf_wg_issue_pv(o, pb, CF_WG_VS(sq, ntiles - 1));
+      else cf_wg_issue_pv(o, pa, CF_WG_VS(sq, ntiles - 1));
       cf_wg_wait<0>();
       cf_wg_fence_regs(o);
     }

@@ -79,4 +79,34 @@ CF_WG_FN uint32_t cf_wg_a_col(uint32_t t, uint32_t j, uint32_t h) {
  * (row, key) with no data movement between threads. */
 CF_WG_FN uint32_t cf_wg_p_src(uint32_t ks, uint32_t j, uint32_t h) { return 8u * ks + 2u * j + h; }
 
+/* ---- the attention kernel's schedule (128-key tiles, 128-row CTAs of two 64-row warpgroups) */
+
+/* Key tiles some row of a CTA sees when its last query is at position t0 + qend - 1. */
+CF_WG_FN int cf_wg_ntiles(int t0, int qend) { return (t0 + qend + 127) / 128; }
+
+/* The tiles [*jbeg, *jend) split z of nsplit takes of [0, ntiles) (empty when jbeg == jend). */
+CF_WG_FN void cf_wg_split(int ntiles, int nsplit, int z, int *jbeg, int *jend) {
+  int per = (ntiles + nsplit - 1) / nsplit, b = z * per;
+  *jbeg = b < ntiles ? b : ntiles;
+  *jend = *jbeg + per < ntiles ? *jbeg + per : ntiles;
+}
+
+/* End (exclusive, capped at jend) of the tiles a warpgroup whose first row is at position
+ * wg_first needs: later tiles hold only keys after all of its 64 rows. */
+CF_WG_FN int cf_wg_needed_end(int jend, int wg_first) {
+  int n = (wg_first + 63) / 128 + 1;
+  return n < jend ? n : jend;
+}
+
+/* Whether key tile j needs the causal mask for a warpgroup whose first row is at position
+ * wg_first (its last key is past that row). Tiles that do not need it hold only keys every
+ * row of the warpgroup sees, all < t0 + Tq. */
+CF_WG_FN int cf_wg_needs_mask(int j, int wg_first) { return j * 128 + 127 > wg_first; }
+
+/* Shared-memory stage (0/1) of K tile j and of V tile j. */
+CF_WG_FN int cf_wg_stage(int j) { return j & 1; }
+
+/* The overlapped schedule keeps P of tile j in register set (j - jbeg) % 2 (0: pa, 1: pb). */
+CF_WG_FN int cf_wg_pset(int j, int jbeg) { return (j - jbeg) & 1; }
+
 #endif

@@ -1,11 +1,14 @@
 /* kernels/cf_wgmma_layout.h: the shared-memory swizzle, matrix descriptors and register
  * fragment mappings of the wgmma attention kernel, checked on the CPU against an independent
  * model of what the PTX ISA documents the hardware does with a descriptor (the canonical
- * layouts in CuTe notation, 128-byte swizzle = Swizzle<3,4,3> on byte addresses). The kernel
- * itself only runs on an H100; this catches layout mistakes without one. */
+ * layouts in CuTe notation, 128-byte swizzle = Swizzle<3,4,3> on byte addresses); and the
+ * kernel's tile schedule (splits, per-warpgroup tiles, masks, stages, P register sets) run as a
+ * scalar model against a direct softmax. The kernel itself only runs on an H100; this catches
+ * layout and schedule mistakes without one. */
 #include "cf_test.h"
 #include "kernels/cf_wgmma_layout.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -163,4 +166,199 @@ CF_TEST(wgmma_fragments_cover_and_p_reuses_s_in_place) {
   CF_CHECK_EQ(cf_wg_acc_row(32 + 5, 2), 16u + 9);
   CF_CHECK_EQ(cf_wg_acc_col(32 + 5, 1), 3u);
   CF_CHECK_EQ(cf_wg_acc_col(32 + 5, 4), 10u);
+}
+
+/* ---- the kernel's schedule, simulated for one query row ----
+ *
+ * A scalar model of cf_attn_wgmma_kernel's two loops (same control flow, same schedule
+ * functions from cf_wgmma_layout.h): K/V tile loads into the two stages with cp.async group
+ * accounting, S of tile j reading K_j's stage, P·V of tile j-1 reading V_{j-1}'s stage and the
+ * P register set of tile j-1, the online softmax with O rescaled after the P·V it must include,
+ * per-warpgroup skipping, diagonal masking, split-KV ranges. Each read checks that its stage
+ * holds the expected, completed tile; the row's (m, l, O) for its split must equal a direct
+ * computation over the keys the split owns. Scores and values are one number per key. */
+typedef struct {
+  int k[2], v[2];      /* tile id in each stage (-1: none) */
+  int kgrp[2], vgrp[2]; /* cp.async group that loads it */
+  int groups, done;    /* groups issued; groups [0, done) complete */
+  double m, l, o;
+  double pm[2];        /* the max each P register set's values are relative to */
+  int ptile[2];        /* the tile each P set holds */
+  int bad;
+} sim_t;
+
+static double sim_score(int key) { return sin(key * 0.37) * 3.0 + cos(key * 0.011) * 2.0; }
+static double sim_value(int key) { return cos(key * 0.73) + 0.01 * (key % 17); }
+
+static void sim_load(sim_t *s, int isk, int tile) {
+  int st = cf_wg_stage(tile);
+  if (isk) { s->k[st] = tile; s->kgrp[st] = s->groups; }
+  else { s->v[st] = tile; s->vgrp[st] = s->groups; }
+}
+static void sim_commit_wait(sim_t *s, int keep) { s->groups++; s->done = s->groups - keep; }
+static void sim_check_k(sim_t *s, int tile) {
+  int st = cf_wg_stage(tile);
+  if (s->k[st] != tile || s->kgrp[st] >= s->done) s->bad++;
+}
+static void sim_check_v(sim_t *s, int tile) {
+  int st = cf_wg_stage(tile);
+  if (s->v[st] != tile || s->vgrp[st] >= s->done) s->bad++;
+}
+
+/* Softmax of tile j for a row at pos (warpgroup's first position wg_first, keys < tk exist):
+ * updates m, l and returns the rescale factor; P of the tile is relative to the new m. */
+static double sim_softmax(sim_t *s, int j, int pos, int wg_first, int tk, int *pset) {
+  int kb = j * 128, mask = cf_wg_needs_mask(j, wg_first);
+  double mx = -INFINITY;
+  for (int c = 0; c < 128; c++) {
+    int key = kb + c;
+    if (mask && key > pos) continue;
+    mx = fmax(mx, key < tk ? sim_score(key) : 0.0); /* zero-filled rows past tk score 0 */
+  }
+  double mn = fmax(s->m, mx), b = mn == -INFINITY ? 0 : mn;
+  double al = exp(s->m - b), rs = 0;
+  for (int c = 0; c < 128; c++) {
+    int key = kb + c;
+    if (mask && key > pos) continue;
+    rs += exp((key < tk ? sim_score(key) : 0.0) - b);
+  }
+  s->m = mn;
+  s->l = s->l * al + rs;
+  if (pset) { s->pm[*pset] = b; s->ptile[*pset] = j; }
+  return al;
+}
+static void sim_pv(sim_t *s, int j, int pset, int pos, int wg_first, int tk) {
+  if (s->ptile[pset] != j) s->bad++;
+  int kb = j * 128, mask = cf_wg_needs_mask(j, wg_first);
+  for (int c = 0; c < 128; c++) {
+    int key = kb + c;
+    if (mask && key > pos) continue;
+    s->o += exp((key < tk ? sim_score(key) : 0.0) - s->pm[pset]) * (key < tk ? sim_value(key) : 0.0);
+  }
+}
+
+static void sim_cta_row(int overlap, int t0, int tq, int nsplit, int z, int q0, int wg, int row,
+                        sim_t *s) {
+  int qend = q0 + 128 < tq ? q0 + 128 : tq, tk = t0 + tq, jbeg, ntiles;
+  cf_wg_split(cf_wg_ntiles(t0, qend), nsplit, z, &jbeg, &ntiles);
+  int wg_first = t0 + q0 + 64 * wg, pos = wg_first + row, nw = cf_wg_needed_end(ntiles, wg_first);
+  memset(s, 0, sizeof *s);
+  s->k[0] = s->k[1] = s->v[0] = s->v[1] = -1;
+  s->ptile[0] = s->ptile[1] = -1;
+  s->m = -INFINITY;
+  if (jbeg >= ntiles) return;
+  sim_load(s, 1, jbeg);
+  if (!overlap) sim_load(s, 0, jbeg);
+  s->groups++; /* commit (Q + first tiles) */
+  if (!overlap) {
+    for (int j = jbeg; j < ntiles; j++) {
+      if (j + 1 < ntiles) {
+        sim_load(s, 1, j + 1);
+        sim_load(s, 0, j + 1);
+        sim_commit_wait(s, 1);
+      } else {
+        s->done = s->groups;
+      }
+      if (j < nw) {
+        int ps = 0;
+        sim_check_k(s, j);
+        double al = sim_softmax(s, j, pos, wg_first, tk, &ps);
+        s->o *= al;
+        sim_check_v(s, j);
+        sim_pv(s, j, 0, pos, wg_first, tk);
+      }
+    }
+    return;
+  }
+  /* load_and_wait(j) */
+#define SIM_LW(j)                                  \
+  do {                                             \
+    if ((j) + 1 < ntiles) sim_load(s, 1, (j) + 1); \
+    sim_load(s, 0, (j));                           \
+    sim_commit_wait(s, 1);                         \
+  } while (0)
+  SIM_LW(jbeg);
+  sim_check_k(s, jbeg);
+  int p0 = cf_wg_pset(jbeg, jbeg);
+  sim_softmax(s, jbeg, pos, wg_first, tk, &p0);
+  for (int j = jbeg + 1; j < ntiles; j++) {
+    SIM_LW(j);
+    if (j < nw) {
+      sim_check_k(s, j);
+      sim_check_v(s, j - 1);
+      /* The P·V of tile j-1 is in flight while the softmax of tile j writes the new P: model
+       * its register reads as happening last (at the wait), after that write. */
+      int pn = cf_wg_pset(j, jbeg);
+      double al = sim_softmax(s, j, pos, wg_first, tk, &pn);
+      sim_pv(s, j - 1, cf_wg_pset(j - 1, jbeg), pos, wg_first, tk);
+      s->o *= al; /* after the P·V of tile j-1 was added */
+    } else if (j - 1 < nw) {
+      sim_check_v(s, j - 1);
+      sim_pv(s, j - 1, cf_wg_pset(j - 1, jbeg), pos, wg_first, tk);
+    }
+  }
+#undef SIM_LW
+  s->done = s->groups;
+  if (ntiles - 1 < nw) {
+    sim_check_v(s, ntiles - 1);
+    sim_pv(s, ntiles - 1, cf_wg_pset(ntiles - 1, jbeg), pos, wg_first, tk);
+  }
+}
+
+CF_TEST(wgmma_schedule_model_matches_direct_softmax_per_split) {
+  static const int shapes[][2] = {{1, 0},   {2, 255}, {128, 128}, {129, 0},  {257, 0},
+                                  {300, 4096}, {513, 777}, {64, 4000}, {1000, 100}, {96, 5000}};
+  int checked = 0, bad = 0;
+  for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+    int tq = shapes[si][0], t0 = shapes[si][1], tk = t0 + tq;
+    for (int nsplit = 1; nsplit <= 8; nsplit *= 2)
+      for (int overlap = 0; overlap < 2; overlap++)
+        for (int q0 = 0; q0 < tq; q0 += 128)
+          for (int wg = 0; wg < 2; wg++)
+            for (int row = 0; row < 64; row += 7) {
+              int i = q0 + 64 * wg + row;
+              if (i >= tq) continue; /* padding rows are computed but never stored */
+              int pos = t0 + i, qend = q0 + 128 < tq ? q0 + 128 : tq;
+              double M = -INFINITY, L = 0, O = 0; /* combine of the splits, like the kernel's */
+              for (int z = 0; z < nsplit; z++) {
+                sim_t s;
+                sim_cta_row(overlap, t0, tq, nsplit, z, q0, wg, row, &s);
+                bad += s.bad;
+                /* direct: keys this split owns that the row sees */
+                int jbeg, jend;
+                cf_wg_split(cf_wg_ntiles(t0, qend), nsplit, z, &jbeg, &jend);
+                double m = -INFINITY, l = 0, o = 0;
+                for (int key = jbeg * 128; key < jend * 128 && key <= pos; key++)
+                  m = fmax(m, sim_score(key));
+                for (int key = jbeg * 128; key < jend * 128 && key <= pos; key++) {
+                  l += exp(sim_score(key) - m);
+                  o += exp(sim_score(key) - m) * sim_value(key);
+                }
+                int ok = (m == -INFINITY) ? (s.l == 0 && s.o == 0)
+                                          : (fabs(s.m - m) < 1e-12 && fabs(s.l - l) <= 1e-9 * l &&
+                                             fabs(s.o - o) <= 1e-9 * (fabs(o) + l));
+                CF_CHECK_MSG(ok, "overlap %d Tq %d t0 %d split %d/%d q0 %d wg %d row %d: m %g/%g l %g/%g o %g/%g",
+                             overlap, tq, t0, z, nsplit, q0, wg, row, s.m, m, s.l, l, s.o, o);
+                if (s.m != -INFINITY) {
+                  double Mn = fmax(M, s.m);
+                  L = L * exp(M - Mn) + s.l * exp(s.m - Mn);
+                  O = O * exp(M - Mn) + s.o * exp(s.m - Mn);
+                  M = Mn;
+                }
+              }
+              /* All splits together see exactly keys [0, pos]. */
+              double m = -INFINITY, l = 0, o = 0;
+              for (int key = 0; key <= pos; key++) m = fmax(m, sim_score(key));
+              for (int key = 0; key <= pos; key++) {
+                l += exp(sim_score(key) - m);
+                o += exp(sim_score(key) - m) * sim_value(key);
+              }
+              CF_CHECK_MSG(fabs(O / L - o / l) < 1e-9, "combined Tq %d t0 %d nsplit %d row %d: %g vs %g",
+                           tq, t0, nsplit, i, O / L, o / l);
+              checked++;
+              (void)tk;
+            }
+  }
+  CF_CHECK_EQ(bad, 0); /* every read found its tile in its stage, loaded and complete */
+  CF_CHECK_GT(checked, 1000);
 }
