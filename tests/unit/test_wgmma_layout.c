@@ -155,6 +155,20 @@ CF_TEST(wgmma_fragments_cover_and_p_reuses_s_in_place) {
           CF_CHECK_EQ(cf_wg_acc_col(t, i), 16 * ks + cf_wg_a_col(t, j, h));
         }
   }
+  /* CUTLASS's CuTe form of the same layouts (CLayout_64xN, and ALayout_64x16 = CLayout_64x16
+   * for 16-bit A): thread (t0, t1, t2) = t % 4, t / 4 % 8, t / 32, value (v0, v1, v2) =
+   * v % 2, v / 2 % 2, v / 4; offset 128 t0 + t1 + 16 t2 + 64 v0 + 8 v1 + 512 v2 = m + 64 n. */
+  for (uint32_t t = 0; t < 128; t++)
+    for (uint32_t v = 0; v < N / 2; v++) {
+      uint32_t off = 128 * (t % 4) + (t / 4 % 8) + 16 * (t / 32) + 64 * (v % 2) + 8 * (v / 2 % 2) +
+                     512 * (v / 4);
+      CF_CHECK_EQ(cf_wg_acc_row(t, v), off % 64);
+      CF_CHECK_EQ(cf_wg_acc_col(t, v), off / 64);
+      if (v < 8) { /* A: register j = v / 2 holds values 2j (low) and 2j + 1 (high) */
+        CF_CHECK_EQ(cf_wg_a_row(t, v / 2), off % 64);
+        CF_CHECK_EQ(cf_wg_a_col(t, v / 2, v % 2), off / 64);
+      }
+    }
   /* The kernel's causal mask splits the column into a per-thread part and a compile-time
    * part: cf_wg_acc_col(t, i) == cf_wg_acc_col(t, 0) + 8 (i / 4) + i % 2. */
   for (uint32_t t = 0; t < 128; t++)
