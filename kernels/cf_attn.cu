@@ -477,7 +477,7 @@ __global__ void cf_attn_scalar_kernel(cf_attn_args_t a) {
 
 // launchers
 
-extern "C" int cf__attn_wgmma(const cf_attn_args_t *a, cudaStream_t s, int overlap,
+extern "C" int cf__attn_wgmma(const cf_attn_args_t *a, cudaStream_t s, int overlap, int tma,
                               int nsplit);  // cf_attn_wgmma.cu
 
 static int cf__attn_check(const cf_attn_args_t *a) {
@@ -597,10 +597,11 @@ extern "C" int cf_attn_prefix_variant(const cf_attn_args_t *a, int variant, cuda
     if (hd == 128) return cf__attn_mma2<128, 4, 64>(a, s, ns);
   } else if (variant == CF_ATTN_MMA32_BC32) {
     if (hd == 128) return cf__attn_mma2<128, 4, 32>(a, s, 1);
-  } else if (variant == CF_ATTN_WGMMA || variant == CF_ATTN_WGMMA_SIMPLE) {
+  } else if (variant == CF_ATTN_WGMMA || variant == CF_ATTN_WGMMA_SIMPLE ||
+             variant == CF_ATTN_WGMMA_TMA) {
     // One 256-thread block per SM: split the key range when the grid is under one wave.
     int ns = cf__attn_nsplit(a, (int64_t)cf_div_up(a->Tq, 128) * a->n_heads, 1);
-    rc = cf__attn_wgmma(a, s, variant == CF_ATTN_WGMMA, ns);
+    rc = cf__attn_wgmma(a, s, variant != CF_ATTN_WGMMA_SIMPLE, variant == CF_ATTN_WGMMA_TMA, ns);
     if (rc || ns == 1) return rc;
     int64_t warps = (int64_t)a->Tq * a->n_heads;
     cf_attn_combine_kernel<<<cf_div_up(warps, 8), 256, 0, s>>>(*a, ns);

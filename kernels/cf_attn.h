@@ -50,11 +50,14 @@ int cf_attn_prefix(const cf_attn_args_t *a, cudaStream_t s);
  *                   head_dim 128 on a compute capability 9.0 GPU only.
  *   CF_ATTN_WGMMA_SIMPLE  the same kernel without that overlap (S, softmax, P·V in turn): the
  *                   simpler schedule, to tell a layout bug from a pipelining bug.
- *                   Both are UNVERIFIED until tests/kernels/kt_attn has passed on an H100.
+ *   CF_ATTN_WGMMA_TMA  CF_ATTN_WGMMA with K/V tiles loaded by TMA (tensor maps encoded through
+ *                   cudaGetDriverEntryPointByVersion) completing on mbarriers, instead of
+ *                   cp.async from every thread.
+ *                   All three are UNVERIFIED until tests/kernels/kt_attn has passed on an H100.
  * cf_attn_prefix_variant() returns CF_EINVAL for a variant that lacks the head_dim (or GPU). */
 enum { CF_ATTN_AUTO = 0, CF_ATTN_SCALAR = 1, CF_ATTN_MMA16 = 2, CF_ATTN_MMA32 = 3, CF_ATTN_MMA32_BC32 = 4,
        CF_ATTN_MMA16_SPLIT = 5, CF_ATTN_MMA32_SPLIT = 6, CF_ATTN_WGMMA = 7,
-       CF_ATTN_WGMMA_SIMPLE = 8 };
+       CF_ATTN_WGMMA_SIMPLE = 8, CF_ATTN_WGMMA_TMA = 9 };
 int cf_attn_prefix_variant(const cf_attn_args_t *a, int variant, cudaStream_t s);
 /* Make cf_attn_prefix always use `variant` (CF_ATTN_AUTO: choose again). Process-wide; for
  * benchmarks comparing variants inside the whole layer. */

@@ -22,7 +22,10 @@
 // ping-pong scheduling between the two warpgroups (they run in step: a barrier per tile).
 #include "kernels/cf_attn.h"
 
+#include <cuda.h>          // CUtensorMap types only: the encoder comes from the runtime's
+#include <cudaTypedefs.h>  // cudaGetDriverEntryPointByVersion, no libcuda link
 #include <math.h>
+#include <string.h>
 
 #include "kernels/cf_cuda_check.h"
 #include "kernels/cf_kernels_common.cuh"
@@ -32,8 +35,9 @@
 #define CF_WG_BN 128                       // keys per tile
 #define CF_WG_HD 128                       // head_dim
 #define CF_WG_TILE (128 * CF_WG_HD * 2)   // bytes of one swizzled 128 x 128 bf16 tile
-// Q, then K/V for two stages; +1024 to align the tiles to the swizzle atom.
-#define CF_WG_SMEM (5 * CF_WG_TILE + 1024)
+// Q, then K/V for two stages, then 4 mbarriers (TMA loads); +1024 to align the tiles to the
+// swizzle atom.
+#define CF_WG_SMEM (5 * CF_WG_TILE + 64 + 1024)
 
 // cp.async writes through the generic proxy; wgmma reads shared memory through the async proxy.
 __device__ __forceinline__ void cf_wg_fence_proxy() {
@@ -90,6 +94,48 @@ __device__ __forceinline__ void cf_wg_mma_rs(float (&d)[64], const uint32_t (&a)
       ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
       : CF_WG_D64(d)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+
+// ---- TMA: mbarriers and 2D tensor loads (the CF_ATTN_WGMMA_TMA variant)
+__device__ __forceinline__ void cf_mbar_init(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void cf_mbar_fence_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+// The calling thread's arrival, announcing `bytes` of transactions that must complete too.
+__device__ __forceinline__ void cf_mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+// Wait for the completion of the barrier's phase with the given parity.
+__device__ __forceinline__ void cf_mbar_wait(uint32_t bar, uint32_t parity) {
+  uint32_t ok = 0;
+  while (!ok)
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(ok)
+        : "r"(bar), "r"(parity)
+        : "memory");
+}
+// One box (64 columns = 128 bytes x 128 rows, 128B-swizzled by the tensor map) at column c0,
+// row c1 of the tensor into shared memory at dst; completes on `bar`. Rows past the tensor's
+// end are zero-filled.
+__device__ __forceinline__ void cf_tma_load_2d(uint32_t dst, const CUtensorMap *map, int c0, int c1,
+                                               uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, "
+      "%3}], [%4];\n" ::"r"(dst),
+      "l"((uint64_t)map), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+// A 128 x 128 tile (two 64-column boxes, the two column blocks of cf_wg_tile_off) by one thread.
+__device__ __forceinline__ void cf_tma_tile(uint32_t dst, const CUtensorMap *map, int col, int row,
+                                            uint32_t bar) {
+  cf_mbar_expect_tx(bar, CF_WG_TILE);
+  cf_tma_load_2d(dst, map, col, row, bar);
+  cf_tma_load_2d(dst + CF_WG_TILE / 2, map, col + 64, row, bar);
 }
 
 // Async-copy rows [r0, r0+128) of a 128-wide bf16 matrix (row stride rs elements) into a
@@ -200,8 +246,14 @@ __device__ __forceinline__ void cf_wg_issue_pv(float (&o)[64], const uint32_t (&
 // overlap): S of tile j is issued together with P·V of tile j-1, and the softmax of tile j runs
 // while that P·V is still on the tensor cores; loads are skewed (K one tile ahead of V) so two
 // stages of each still stream the next tile during the current one.
-template <bool OVERLAP>
-__global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_args_t a) {
+//
+// TMA false: K/V tiles by cp.async from all threads, one commit group per step. TMA true: by
+// the tensor-memory accelerator, issued by thread 0 (tensor maps tmk/tmv, 128B swizzle: the
+// same bytes as cf_wg_tile_off), one mbarrier per stage; Q always by cp.async.
+template <bool OVERLAP, bool TMA>
+__global__ void __launch_bounds__(256, 1)
+    cf_attn_wgmma_kernel(const cf_attn_args_t a, const __grid_constant__ CUtensorMap tmk,
+                         const __grid_constant__ CUtensorMap tmv) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __trap();  // built for a target without wgmma: never launched (the launcher requires 9.0)
 #else
@@ -234,22 +286,52 @@ __global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_arg
   for (int i = 0; i < 64; i++) o[i] = 0.f;
   float al0, al1;
 
+  // Loads of K tile j / V tile j into its stage; with TMA, waits for them (mbarriers K0, K1,
+  // V0, V1 after the tiles; each completes once per tile loaded into its stage, and every
+  // thread waits for every tile in load order, so one parity bit per barrier tracks it).
+  const uint32_t bars = sq + 5 * CF_WG_TILE;
+  uint32_t phase = 0;
+  auto load_k = [&](int j) {
+    if (!TMA) cf_wg_load_tile(CF_WG_KS(sq, j), kg, rs, j * CF_WG_BN, Tk);
+    else if (tid == 0) cf_tma_tile(CF_WG_KS(sq, j), &tmk, g * CF_WG_HD, j * CF_WG_BN, bars + 8 * cf_wg_stage(j));
+  };
+  auto load_v = [&](int j) {
+    if (!TMA) cf_wg_load_tile(CF_WG_VS(sq, j), vg, rs, j * CF_WG_BN, Tk);
+    else if (tid == 0) cf_tma_tile(CF_WG_VS(sq, j), &tmv, g * CF_WG_HD, j * CF_WG_BN, bars + 8 * (2 + cf_wg_stage(j)));
+  };
+  auto wait_bar = [&](int b) {
+    cf_mbar_wait(bars + 8 * b, (phase >> b) & 1u);
+    phase ^= 1u << b;
+  };
+  if (TMA) {
+    if (tid == 0) {
+      for (int b = 0; b < 4; b++) cf_mbar_init(bars + 8 * b, 1);
+      cf_mbar_fence_init();
+    }
+    __syncthreads();
+  }
+
   if (jbeg < ntiles) {  // CTA-uniform; an empty split only writes "no keys" partials
   cf_wg_load_tile(sq, (const bf16 *)a.q + (int64_t)q0 * a.q_row_stride + h * CF_WG_HD,
                   a.q_row_stride, 0, a.Tq - q0);
-  cf_wg_load_tile(CF_WG_KS(sq, jbeg), kg, rs, jbeg * CF_WG_BN, Tk);
-  if (!OVERLAP) cf_wg_load_tile(CF_WG_VS(sq, jbeg), vg, rs, jbeg * CF_WG_BN, Tk);
+  load_k(jbeg);
+  if (!OVERLAP) load_v(jbeg);
   cf_cp_async_commit();
 
   if (!OVERLAP) {
     for (int j = jbeg; j < ntiles; j++) {
       if (j + 1 < ntiles) {
-        cf_wg_load_tile(CF_WG_KS(sq, j + 1), kg, rs, (j + 1) * CF_WG_BN, Tk);
-        cf_wg_load_tile(CF_WG_VS(sq, j + 1), vg, rs, (j + 1) * CF_WG_BN, Tk);
+        load_k(j + 1);
+        load_v(j + 1);
         cf_cp_async_commit();
         cf_cp_async_wait<1>();
       } else {
         cf_cp_async_wait<0>();
+      }
+      if (TMA) {
+        cf_cp_async_wait<0>();  // Q
+        wait_bar(cf_wg_stage(j));
+        wait_bar(2 + cf_wg_stage(j));
       }
       cf_wg_fence_proxy();
       __syncthreads();
@@ -280,10 +362,15 @@ __global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_arg
     uint32_t pa[CF_WG_BN / 16][4], pb[CF_WG_BN / 16][4];
     // Streams K_{j+1} and V_j in, then waits for K_j and V_{j-1}.
     auto load_and_wait = [&](int j) {
-      if (j + 1 < ntiles) cf_wg_load_tile(CF_WG_KS(sq, j + 1), kg, rs, (j + 1) * CF_WG_BN, Tk);
-      cf_wg_load_tile(CF_WG_VS(sq, j), vg, rs, j * CF_WG_BN, Tk);
+      if (j + 1 < ntiles) load_k(j + 1);
+      load_v(j);
       cf_cp_async_commit();
       cf_cp_async_wait<1>();  // everything but the group just issued: Q, K_0..K_j, V_0..V_{j-1}
+      if (TMA) {
+        cf_cp_async_wait<0>();  // Q
+        wait_bar(cf_wg_stage(j));
+        if (j > jbeg) wait_bar(2 + cf_wg_stage(j - 1));
+      }
       cf_wg_fence_proxy();
       __syncthreads();
     };
@@ -332,6 +419,7 @@ __global__ void __launch_bounds__(256, 1) cf_attn_wgmma_kernel(const cf_attn_arg
       if (j + 1 < ntiles) step(j + 1, pb, pa);
     }
     cf_cp_async_wait<0>();
+    if (TMA) wait_bar(2 + cf_wg_stage(ntiles - 1));
     cf_wg_fence_proxy();
     __syncthreads();
     if (ntiles - 1 < nw) {
@@ -400,13 +488,59 @@ extern "C" int cf_attn_wgmma_supported(void) {
   return major == 9 && minor == 0;
 }
 
-template <bool OVERLAP>
+// cuTensorMapEncodeTiled from the driver through the runtime (no libcuda link); NULL with the
+// error set when the driver lacks it.
+static PFN_cuTensorMapEncodeTiled_v12000 cf__tma_encoder(void) {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn;
+  if (!fn) {
+    cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+    void *p = NULL;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) !=
+            cudaSuccess ||
+        q != cudaDriverEntryPointSuccess || !p) {
+      cudaGetLastError();
+      cf_seterr(CF_ECUDA, "cf_attn wgmma TMA: cuTensorMapEncodeTiled not found in the driver (query %d)",
+                (int)q);
+      return NULL;
+    }
+    fn = (PFN_cuTensorMapEncodeTiled_v12000)p;
+  }
+  return fn;
+}
+
+// Tensor map of a K or V buffer: rows [0, t0+Tq) of n_kv_heads*head_dim bf16 at row_stride
+// elements, boxes of 64 columns x 128 rows, 128-byte swizzle, rows past the end read as zeros.
+static int cf__tma_kv_map(CUtensorMap *m, const void *base, const cf_attn_args_t *a) {
+  PFN_cuTensorMapEncodeTiled_v12000 enc = cf__tma_encoder();
+  if (!enc) return CF_ECUDA;
+  cuuint64_t dims[2] = {(cuuint64_t)a->n_kv_heads * a->head_dim, (cuuint64_t)(a->t0 + a->Tq)};
+  cuuint64_t strides[1] = {(cuuint64_t)a->kv_row_stride * 2};
+  cuuint32_t box[2] = {64, CF_WG_BN}, estr[2] = {1, 1};
+  CUresult r = enc(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (void *)base, dims, strides, box, estr,
+                   CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                   CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS)
+    return cf_seterr(CF_ECUDA, "cf_attn wgmma TMA: cuTensorMapEncodeTiled failed (%d) for %lld x %lld, "
+                     "row stride %lld elements", (int)r, (long long)dims[0], (long long)dims[1],
+                     (long long)a->kv_row_stride);
+  return 0;
+}
+
+template <bool OVERLAP, bool TMA>
 static int cf__attn_wgmma_launch(const cf_attn_args_t *a, cudaStream_t s, int nsplit) {
+  CUtensorMap tmk, tmv;
+  memset(&tmk, 0, sizeof tmk);
+  memset(&tmv, 0, sizeof tmv);
+  if (TMA) {
+    int rc = cf__tma_kv_map(&tmk, a->k, a);
+    if (!rc) rc = cf__tma_kv_map(&tmv, a->v, a);
+    if (rc) return rc;
+  }
   // Raising the dynamic shared-memory limit is per function and idempotent; it allocates nothing.
-  CF_CUDA_TRY(cudaFuncSetAttribute(cf_attn_wgmma_kernel<OVERLAP>,
+  CF_CUDA_TRY(cudaFuncSetAttribute(cf_attn_wgmma_kernel<OVERLAP, TMA>,
                                    cudaFuncAttributeMaxDynamicSharedMemorySize, CF_WG_SMEM));
   dim3 grid(a->n_heads, cf_div_up(a->Tq, CF_WG_BM), nsplit);
-  cf_attn_wgmma_kernel<OVERLAP><<<grid, 256, CF_WG_SMEM, s>>>(*a);
+  cf_attn_wgmma_kernel<OVERLAP, TMA><<<grid, 256, CF_WG_SMEM, s>>>(*a, tmk, tmv);
   CF_LAUNCH_TRY();
   return 0;
 }
@@ -414,12 +548,15 @@ static int cf__attn_wgmma_launch(const cf_attn_args_t *a, cudaStream_t s, int ns
 // Called by cf_attn_prefix_variant after the common argument and alignment checks; with
 // nsplit > 1 (a->ws large enough, checked by the caller) it leaves partials for the caller's
 // combine kernel.
-extern "C" int cf__attn_wgmma(const cf_attn_args_t *a, cudaStream_t s, int overlap, int nsplit) {
+extern "C" int cf__attn_wgmma(const cf_attn_args_t *a, cudaStream_t s, int overlap, int tma,
+                              int nsplit) {
   CF_REQUIRE(a->head_dim == CF_WG_HD, "cf_attn wgmma: head_dim %d (only %d)", a->head_dim, CF_WG_HD);
   CF_REQUIRE(cf_attn_wgmma_supported(), "cf_attn wgmma: needs a compute capability 9.0 GPU (sm_90a)");
   CF_REQUIRE(cf_div_up(a->Tq, CF_WG_BM) <= 65535, "cf_attn wgmma: Tq %d too large", a->Tq);
   CF_REQUIRE(nsplit >= 1 && nsplit <= CF_ATTN_MAX_SPLITS, "cf_attn wgmma: nsplit %d", nsplit);
-  return overlap ? cf__attn_wgmma_launch<true>(a, s, nsplit) : cf__attn_wgmma_launch<false>(a, s, nsplit);
+  if (tma) return cf__attn_wgmma_launch<true, true>(a, s, nsplit);
+  return overlap ? cf__attn_wgmma_launch<true, false>(a, s, nsplit)
+                 : cf__attn_wgmma_launch<false, false>(a, s, nsplit);
 }
 
 // ---- layout probe: one warpgroup, one tile, no softmax ----

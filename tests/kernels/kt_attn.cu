@@ -41,7 +41,7 @@ static void ref_attn(const attn_case &c, const std::vector<float> &q, int64_t qr
 
 static const char *vname[] = {"auto",        "scalar",      "mma16", "mma32",
                               "mma32-bc32", "mma16-split", "mma32-split", "wgmma",
-                              "wgmma-simple"};
+                              "wgmma-simple", "wgmma-tma"};
 
 // `impl`: the label of the CF_ATTN_IMPL selection in effect (printed with the variant).
 static void test_attn(attn_case c, int variant, const char *impl = "") {
@@ -115,17 +115,21 @@ static void bench(void) {
     }
   // The wgmma kernel last, in its own loop: a fault there (unverified code) is sticky for the
   // process and must not cost the mma.sync numbers above.
-  if (wg) {
-    printf("%-8s %-8s %10s %10s %12s\n", "chunk", "prefix", "wgmma ms", "TFLOP/s", "mma/wgmma");
+  // TMA after cp.async: each variant's numbers are printed before the next one can fault.
+  for (int v : {CF_ATTN_WGMMA, CF_ATTN_WGMMA_TMA}) {
+    if (!wg) break;
+    const char *name = v == CF_ATTN_WGMMA ? "attn_wgmma" : "attn_wgmma_tma";
+    printf("%-8s %-8s %10s %10s %12s   (%s)\n", "chunk", "prefix", "ms", "TFLOP/s", "mma/this",
+           vname[v]);
     for (int c : chunks)
       for (int p : prefixes) {
         cf_attn_args_t a = {c, p, H, KV, hd, 1.f / sqrtf((float)hd), dq, (int64_t)H * hd,
                             dk, dv, (int64_t)KV * hd, dout, (int64_t)H * hd, ws, wsf};
-        if (!KT_RC(cf_attn_prefix_variant(&a, CF_ATTN_WGMMA, 0))) return;
-        double msw = kt_time_ms([&] { cf_attn_prefix_variant(&a, CF_ATTN_WGMMA, 0); }, 20);
+        if (!KT_RC(cf_attn_prefix_variant(&a, v, 0))) return;
+        double msw = kt_time_ms([&] { cf_attn_prefix_variant(&a, v, 0); }, 20);
         double flops = 4.0 * hd * H * ((double)c * p + (double)c * (c + 1) / 2);
         printf("%-8d %-8d %10.3f %10.1f %12.3f\n", c, p, msw, flops / msw / 1e9, ours[{c, p}] / msw);
-        printf("RESULT attn_wgmma %d %d %.4f\n", c, p, msw);
+        printf("RESULT %s %d %d %.4f\n", name, c, p, msw);
       }
   }
   KT_CUDA(cudaDeviceSynchronize());
@@ -204,7 +208,7 @@ static void test_wgmma(const attn_case *cases, int n, bool quick) {
   cf_attn_set_impl("mma");
   attn_case wcases[] = {{1000, 0, 4, 1, 128}, {513, 777, 8, 2, 128}, {128, 128, 2, 1, 128},
                         {300, 4096, 4, 2, 128}, {257, 0, 2, 2, 128}, {2, 255, 4, 4, 128}};
-  for (int v : {CF_ATTN_WGMMA, CF_ATTN_WGMMA_SIMPLE}) {
+  for (int v : {CF_ATTN_WGMMA, CF_ATTN_WGMMA_SIMPLE, CF_ATTN_WGMMA_TMA}) {
     for (int i = 0; i < n; i++)
       if (cases[i].hd == 128) test_attn(cases[i], v);
     for (auto &c : wcases) test_attn(c, v);

@@ -198,6 +198,7 @@ typedef struct {
   double m, l, o;
   double pm[2];        /* the max each P register set's values are relative to */
   int ptile[2];        /* the tile each P set holds */
+  int loads[4], waits[4]; /* TMA variant: loads into / waits on mbarriers K0, K1, V0, V1 */
   int bad;
 } sim_t;
 
@@ -206,10 +207,15 @@ static double sim_value(int key) { return cos(key * 0.73) + 0.01 * (key % 17); }
 
 static void sim_load(sim_t *s, int isk, int tile) {
   int st = cf_wg_stage(tile);
+  s->loads[(isk ? 0 : 2) + st]++;
   if (isk) { s->k[st] = tile; s->kgrp[st] = s->groups; }
   else { s->v[st] = tile; s->vgrp[st] = s->groups; }
 }
 static void sim_commit_wait(sim_t *s, int keep) { s->groups++; s->done = s->groups - keep; }
+/* The TMA variant's mbarrier wait: one per load, in load order (the parity bit then matches). */
+static void sim_wait_bar(sim_t *s, int b) {
+  if (++s->waits[b] > s->loads[b]) s->bad++;
+}
 static void sim_check_k(sim_t *s, int tile) {
   int st = cf_wg_stage(tile);
   if (s->k[st] != tile || s->kgrp[st] >= s->done) s->bad++;
@@ -273,6 +279,8 @@ static void sim_cta_row(int overlap, int t0, int tq, int nsplit, int z, int q0, 
       } else {
         s->done = s->groups;
       }
+      sim_wait_bar(s, cf_wg_stage(j)); /* TMA: K_j, V_j */
+      sim_wait_bar(s, 2 + cf_wg_stage(j));
       if (j < nw) {
         int ps = 0;
         sim_check_k(s, j);
@@ -285,11 +293,13 @@ static void sim_cta_row(int overlap, int t0, int tq, int nsplit, int z, int q0, 
     return;
   }
   /* load_and_wait(j) */
-#define SIM_LW(j)                                  \
-  do {                                             \
-    if ((j) + 1 < ntiles) sim_load(s, 1, (j) + 1); \
-    sim_load(s, 0, (j));                           \
-    sim_commit_wait(s, 1);                         \
+#define SIM_LW(j)                                            \
+  do {                                                       \
+    if ((j) + 1 < ntiles) sim_load(s, 1, (j) + 1);           \
+    sim_load(s, 0, (j));                                     \
+    sim_commit_wait(s, 1);                                   \
+    sim_wait_bar(s, cf_wg_stage(j));                         \
+    if ((j) > jbeg) sim_wait_bar(s, 2 + cf_wg_stage((j) - 1)); \
   } while (0)
   SIM_LW(jbeg);
   sim_check_k(s, jbeg);
@@ -313,6 +323,7 @@ static void sim_cta_row(int overlap, int t0, int tq, int nsplit, int z, int q0, 
   }
 #undef SIM_LW
   s->done = s->groups;
+  sim_wait_bar(s, 2 + cf_wg_stage(ntiles - 1));
   if (ntiles - 1 < nw) {
     sim_check_v(s, ntiles - 1);
     sim_pv(s, ntiles - 1, cf_wg_pset(ntiles - 1, jbeg), pos, wg_first, tk);
@@ -338,6 +349,7 @@ CF_TEST(wgmma_schedule_model_matches_direct_softmax_per_split) {
                 sim_t s;
                 sim_cta_row(overlap, t0, tq, nsplit, z, q0, wg, row, &s);
                 bad += s.bad;
+                for (int b = 0; b < 4; b++) bad += s.loads[b] != s.waits[b]; /* all waited once */
                 /* direct: keys this split owns that the row sees */
                 int jbeg, jend;
                 cf_wg_split(cf_wg_ntiles(t0, qend), nsplit, z, &jbeg, &jend);
