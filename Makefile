@@ -133,6 +133,10 @@ $(BUILD)/gen/%.pb-c.o: $(BUILD)/gen/%.pb-c.c
 	@$(if $(Q),echo "  CC      $<")
 	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -c $< -o $@
 
+# attnwg: wgmma exists only on the arch-specific target sm_90a (not in compute_90): this one
+# file is built for sm_90a alone; every other kernel keeps -arch=sm_90.
+$(BUILD)/kernels/cf_attn_wgmma.o: NVCCFLAGS := $(filter-out -arch=sm_90,$(NVCCFLAGS)) -gencode arch=compute_90a,code=sm_90a
+
 $(BUILD)/kernels/%.o: kernels/%.cu
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  NVCC    $<")

@@ -2,6 +2,9 @@
 #include "kernels/cf_attn.h"
 
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "kernels/cf_cuda_check.h"
 #include "kernels/cf_kernels_common.cuh"
@@ -9,21 +12,6 @@
 // kernels
 
 #define CF_ATTN_BC 64  // keys per tile
-
-__device__ __forceinline__ uint32_t cf_smem_addr(const void *p) {
-  return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-// 16-byte async copy global -> shared; src_bytes 0 fills the 16 bytes with zeros.
-__device__ __forceinline__ void cf_cp_async16(void *smem, const void *gmem, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(cf_smem_addr(smem)),
-               "l"(gmem), "r"(src_bytes));
-}
-__device__ __forceinline__ void cf_cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
-template <int N>
-__device__ __forceinline__ void cf_cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
 
 __device__ __forceinline__ void cf_ldsm_x4(uint32_t r[4], const void *p) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -44,18 +32,6 @@ __device__ __forceinline__ void cf_mma16816(float d[4], const uint32_t a[4], uin
       "{%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// 2^x on the SFU without exp2f's denormal handling (inputs are <= 0; -inf gives +0).
-__device__ __forceinline__ float cf_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
-__device__ __forceinline__ uint32_t cf_pack_bf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *(uint32_t *)&v;
 }
 
 // ---- per-m-tile steps shared by both tensor-core kernels (one warp, 16 query rows: this
@@ -501,6 +477,9 @@ __global__ void cf_attn_scalar_kernel(cf_attn_args_t a) {
 
 // launchers
 
+extern "C" int cf__attn_wgmma(const cf_attn_args_t *a, cudaStream_t s, int overlap, int tma,
+                              int nsplit);  // cf_attn_wgmma.cu
+
 static int cf__attn_check(const cf_attn_args_t *a) {
   CF_REQUIRE(a && a->q && a->k && a->v && a->out, "cf_attn_prefix: q, k, v, out are required");
   CF_REQUIRE(a->Tq >= 0 && a->t0 >= 0 && a->n_heads > 0 && a->n_kv_heads > 0 &&
@@ -527,11 +506,11 @@ static int cf__attn_sms(void) {
   return sms;
 }
 
-// Splits of the key range for a grid of `blocks` blocks: enough for ~3 blocks per SM, each
-// split keeping >= 8 key tiles, at most CF_ATTN_MAX_SPLITS, within the workspace.
-static int cf__attn_nsplit(const cf_attn_args_t *a, int64_t blocks) {
+// Splits of the key range for a grid of `blocks` blocks: enough for ~per_sm blocks per SM,
+// each split keeping >= 8 key tiles of 64, at most CF_ATTN_MAX_SPLITS, within the workspace.
+static int cf__attn_nsplit(const cf_attn_args_t *a, int64_t blocks, int per_sm = 3) {
   if (!a->ws || a->t0 < 8 * CF_ATTN_BC) return 1;
-  int64_t want = (3 * cf__attn_sms() + blocks - 1) / blocks;
+  int64_t want = (per_sm * cf__attn_sms() + blocks - 1) / blocks;
   int64_t by_len = (a->t0 + a->Tq) / (8 * CF_ATTN_BC);
   int64_t by_ws = a->ws_floats / ((int64_t)a->Tq * a->n_heads * (a->head_dim + 2));
   int64_t n = want < by_len ? want : by_len;
@@ -618,16 +597,55 @@ extern "C" int cf_attn_prefix_variant(const cf_attn_args_t *a, int variant, cuda
     if (hd == 128) return cf__attn_mma2<128, 4, 64>(a, s, ns);
   } else if (variant == CF_ATTN_MMA32_BC32) {
     if (hd == 128) return cf__attn_mma2<128, 4, 32>(a, s, 1);
+  } else if (variant == CF_ATTN_WGMMA || variant == CF_ATTN_WGMMA_SIMPLE ||
+             variant == CF_ATTN_WGMMA_TMA) {
+    // One 256-thread block per SM: split the key range when the grid is under one wave.
+    int ns = cf__attn_nsplit(a, (int64_t)cf_div_up(a->Tq, 128) * a->n_heads, 1);
+    rc = cf__attn_wgmma(a, s, variant != CF_ATTN_WGMMA_SIMPLE, variant == CF_ATTN_WGMMA_TMA, ns);
+    if (rc || ns == 1) return rc;
+    int64_t warps = (int64_t)a->Tq * a->n_heads;
+    cf_attn_combine_kernel<<<cf_div_up(warps, 8), 256, 0, s>>>(*a, ns);
+    CF_LAUNCH_TRY();
+    return 0;
   }
   return cf_seterr(CF_EINVAL, "cf_attn_prefix_variant: variant %d has no head_dim %d", variant, hd);
+}
+
+// CF_ATTN_IMPL: -1 not read yet; else CF_ATTN_IMPL_* or CF_EINVAL (an invalid value, kept so
+// every call reports it). Set once per process; a race between first calls sets the same value.
+static int cf__attn_impl = -1;
+static char cf__attn_impl_bad[64];
+
+extern "C" int cf_attn_set_impl(const char *name) {
+  if (!name || !*name || !strcmp(name, "mma")) cf__attn_impl = CF_ATTN_IMPL_MMA;
+  else if (!strcmp(name, "wgmma")) cf__attn_impl = CF_ATTN_IMPL_WGMMA;
+  else if (!strcmp(name, "auto")) cf__attn_impl = CF_ATTN_IMPL_AUTO;
+  else {
+    snprintf(cf__attn_impl_bad, sizeof cf__attn_impl_bad, "%s", name);
+    cf__attn_impl = CF_EINVAL;
+    return cf_seterr(CF_EINVAL, "CF_ATTN_IMPL=%s: expected mma, wgmma or auto", name);
+  }
+  return 0;
+}
+
+extern "C" int cf_attn_impl(void) {
+  if (cf__attn_impl == -1) cf_attn_set_impl(getenv("CF_ATTN_IMPL"));
+  if (cf__attn_impl == CF_EINVAL)
+    return cf_seterr(CF_EINVAL, "CF_ATTN_IMPL=%s: expected mma, wgmma or auto", cf__attn_impl_bad);
+  return cf__attn_impl;
 }
 
 extern "C" int cf_attn_prefix(const cf_attn_args_t *a, cudaStream_t s) {
   int rc = cf__attn_check(a);
   if (rc || a->Tq == 0) return rc;
   if (cf__attn_forced) return cf_attn_prefix_variant(a, cf__attn_forced, s);
+  int impl = cf_attn_impl();
+  if (impl < 0) return impl;
   if (cf__attn_aligned(a)) {
     int hd = a->head_dim;
+    // "auto" stays on the verified mma.sync kernels until the wgmma kernel has passed on an H100.
+    if (impl == CF_ATTN_IMPL_WGMMA && hd == 128 && cf_attn_wgmma_supported())
+      return cf_attn_prefix_variant(a, CF_ATTN_WGMMA, s);
     // 32 rows per warp halves shared-memory traffic per MMA (measured: 1.3x over 16 rows at
     // 2048 x 32k); too few query blocks are made up for by splitting the key range.
     if (hd == 64 || hd == 128) return cf_attn_prefix_variant(a, CF_ATTN_MMA32_SPLIT, s);

@@ -44,13 +44,47 @@ int cf_attn_prefix(const cf_attn_args_t *a, cudaStream_t s);
  *   CF_ATTN_MMA32   tensor cores, 32 rows per warp (Q in shared memory), 128 per block: 64/128
  *   CF_ATTN_MMA32_BC32  the same with 32-key tiles (fewer registers): head_dim 128
  *   CF_ATTN_MMA32_SPLIT  MMA32, splitting the key range when the grid is small and a->ws is set
- * cf_attn_prefix_variant() returns CF_EINVAL for a variant that lacks the head_dim. */
+ *   CF_ATTN_WGMMA   Hopper warpgroup MMA (kernels/cf_attn_wgmma.cu, built for sm_90a), 128 query
+ *                   rows per block, the softmax of key tile j overlapping the P·V MMAs of tile
+ *                   j-1, splitting the key range (with a->ws) when the grid is under one wave:
+ *                   head_dim 128 on a compute capability 9.0 GPU only.
+ *   CF_ATTN_WGMMA_SIMPLE  the same kernel without that overlap (S, softmax, P·V in turn): the
+ *                   simpler schedule, to tell a layout bug from a pipelining bug.
+ *   CF_ATTN_WGMMA_TMA  CF_ATTN_WGMMA with K/V tiles loaded by TMA (tensor maps encoded through
+ *                   cudaGetDriverEntryPointByVersion) completing on mbarriers, instead of
+ *                   cp.async from every thread.
+ *                   All three are UNVERIFIED until tests/kernels/kt_attn has passed on an H100.
+ * cf_attn_prefix_variant() returns CF_EINVAL for a variant that lacks the head_dim (or GPU). */
 enum { CF_ATTN_AUTO = 0, CF_ATTN_SCALAR = 1, CF_ATTN_MMA16 = 2, CF_ATTN_MMA32 = 3, CF_ATTN_MMA32_BC32 = 4,
-       CF_ATTN_MMA16_SPLIT = 5, CF_ATTN_MMA32_SPLIT = 6 };
+       CF_ATTN_MMA16_SPLIT = 5, CF_ATTN_MMA32_SPLIT = 6, CF_ATTN_WGMMA = 7,
+       CF_ATTN_WGMMA_SIMPLE = 8, CF_ATTN_WGMMA_TMA = 9 };
 int cf_attn_prefix_variant(const cf_attn_args_t *a, int variant, cudaStream_t s);
 /* Make cf_attn_prefix always use `variant` (CF_ATTN_AUTO: choose again). Process-wide; for
  * benchmarks comparing variants inside the whole layer. */
 void cf_attn_force_variant(int variant);
+
+/* Which kernel family cf_attn_prefix uses for head_dim 128 (process-wide), from the
+ * environment variable CF_ATTN_IMPL, read at the first call, or set here:
+ *   "mma"    the mma.sync kernels (verified on the H100; the default)
+ *   "wgmma"  the wgmma kernel where it applies (head_dim 128, aligned, compute capability 9.0),
+ *            the mma.sync kernels otherwise
+ *   "auto"   currently the same as "mma": it becomes "wgmma where faster" once the wgmma kernel
+ *            has passed kt_attn on an H100 and measured faster there.
+ * cf_attn_set_impl returns 0, or CF_EINVAL (naming the value) for any other string; NULL or ""
+ * means "mma". With an invalid CF_ATTN_IMPL, cf_attn_prefix fails with that error. */
+enum { CF_ATTN_IMPL_MMA = 0, CF_ATTN_IMPL_WGMMA = 1, CF_ATTN_IMPL_AUTO = 2 };
+int cf_attn_set_impl(const char *name);
+/* The implementation in effect (CF_ATTN_IMPL_*), reading CF_ATTN_IMPL first if not yet done;
+ * negative (CF_EINVAL) if the environment holds an invalid value. */
+int cf_attn_impl(void);
+/* 1 if the wgmma kernel can run on the current device (compute capability 9.0), else 0. */
+int cf_attn_wgmma_supported(void);
+/* Test probe of the wgmma layouts alone (one warpgroup, one launch on stream s): S = A·Bᵀ and
+ * O = P·V for row-major bf16 A, P (64 x 128) and B, V (128 x 128), fp32 S, O (64 x 128) out,
+ * through the same swizzle, descriptors and register fragments as the attention kernel.
+ * Returns 0, CF_EINVAL (NULL pointer, no compute capability 9.0 GPU) or CF_ECUDA. */
+int cf_wgmma_probe(const cf_bf16_t *A, const cf_bf16_t *B, const cf_bf16_t *P,
+                   const cf_bf16_t *V, float *S, float *O, cudaStream_t s);
 
 /* The scalar kernel alone (any head_dim <= 256): a second implementation for tests. */
 int cf_attn_prefix_scalar(const cf_attn_args_t *a, cudaStream_t s);

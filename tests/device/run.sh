@@ -4,11 +4,13 @@
 # Runs in a tree staged by tests/device/stage.sh (prebuilt binaries, libs/, fixtures/):
 #   1. nvidia-smi
 #   2. every kernel test build/tests/kt_* (CPU references, fresh random inputs, poisoned outputs)
-#   3. compute-sanitizer memcheck on the attention, paged, elementwise and backend tests
+#   3. compute-sanitizer memcheck on the attention, paged, elementwise and backend tests,
+#      racecheck on the wgmma attention kernel; the backend test again with CF_ATTN_IMPL=wgmma
 #   4. cacheflowctl kv --backend cuda on every fixture vs transformers' kv.safetensors
 #      (cacheflowctl kv-compare, bf16 tolerance), whole and chunked
 #   5. benchmarks: attention vs torch SDPA, load path vs contiguous memcpy, GEMM, Llama-3-8B layer
-#      prefill vs transformers' LlamaDecoderLayer, compute ∥ load overlap
+#      prefill vs transformers' LlamaDecoderLayer (with the mma.sync and with the wgmma attention
+#      kernel), compute ∥ load overlap
 #   6. a table of ratios, printed last and written to $OUT/results.md (full log: $OUT/log.txt)
 # Without a GPU it checks that everything it would run exists, says so, and exits 0.
 set -u
@@ -75,9 +77,16 @@ if [ -n "$SAN" ]; then
   for t in kt_attn kt_paged kt_elementwise kt_backend; do
     step "memcheck-$t" 150 "$SAN" --tool memcheck --error-exitcode 9 "build/tests/$t"
   done
+  # The wgmma attention kernel alone (unverified until it passes here): shared-memory races of
+  # its cp.async double buffer against the warpgroup MMAs' reads.
+  step "racecheck-kt_attn-wgmma" 150 "$SAN" --tool racecheck --error-exitcode 9 build/tests/kt_attn --wgmma
 else
   echo "STEP memcheck rc=127 compute-sanitizer not found" | tee -a "$RES"
 fi
+
+# The whole CUDA backend with the wgmma attention kernel selected (CF_ATTN_IMPL=wgmma) against
+# the CPU reference (kt_attn above already checks the kernel alone).
+step kt_backend-wgmma 90 env CF_ATTN_IMPL=wgmma build/tests/kt_backend
 
 # The CLI on every fixture: whole and chunked, CUDA backend, vs transformers' KV, by kv-compare's
 # max|err|/max|ref| per tensor: 1e-2 for the shared fixture (fp32 weights); 2e-2 for the held-out
@@ -100,6 +109,9 @@ step bench-gemm 60 build/tests/kt_gemm --bench
 step bench-attn 90 build/tests/kt_attn --bench
 step bench-load 120 build/tests/kt_paged --bench
 step bench-layer 150 build/tests/kt_backend --bench
+# The same layer benchmark with the wgmma attention kernel: RESULT layer_wgmma, so the table
+# shows the prefill ratio vs transformers with each kernel from one call.
+step bench-layer-wgmma 120 env CF_ATTN_IMPL=wgmma build/tests/kt_backend --bench
 step bench-torch 240 env PYTHONUNBUFFERED=1 $PY tests/device/torch_ref.py
 rm -f "$OUT/.step"
 

@@ -16,9 +16,10 @@ for line in open(sys.argv[1]):
     if f[0] != "RESULT":
         continue
     name, args = f[1], f[2:]
-    if name in ("layer_ours", "layer_torch") or name.startswith("layer_variant"):
+    if name in ("layer_ours", "layer_torch", "layer_wgmma") or name.startswith("layer_variant"):
         res[name][int(args[0])] = float(args[1])
-    elif name in ("attn_ours", "attn_torch", "attn_mma16", "attn_mma32", "attn_bc32"):
+    elif name in ("attn_ours", "attn_torch", "attn_mma16", "attn_mma32", "attn_bc32", "attn_wgmma",
+                  "attn_wgmma_tma"):
         res[name][(int(args[0]), int(args[1]))] = float(args[2])
     elif name == "load_contig":
         res[name]["ms"] = float(args[1])
@@ -52,6 +53,15 @@ if lo:
         t = lt.get(T)
         v = " | ".join(f"{res[k][T]:.3f}" if T in res[k] else "-" for k, _ in vs)
         p(f"| {T} | {t:.3f} | {lo[T]:.3f} | {t / lo[T]:.3f} | {v} |" if t else f"| {T} | - | {lo[T]:.3f} | - | {v} |")
+    lw = res["layer_wgmma"]
+    if lw:
+        p("\n(a') The same layer with the wgmma attention kernel (CF_ATTN_IMPL=wgmma; UNVERIFIED kernel: see the kt_attn / kt_backend-wgmma steps)\n")
+        p("| tokens | torch ms | mma layer ms | wgmma layer ms | torch/wgmma (goal >= 1.0) | mma/wgmma |")
+        p("|---|---|---|---|---|---|")
+        for T in sorted(lw):
+            t, o = lt.get(T), lo.get(T)
+            f = lambda x, y: f"{x / y:.3f}" if x and y else "-"
+            p(f"| {T} | {t or 0:.3f} | {o or 0:.3f} | {lw[T]:.3f} | {f(t, lw[T])} | {f(o, lw[T])} |")
 ao, at = res["attn_ours"], res["attn_torch"]
 if ao:
     p("\n### (b) Chunk-over-prefix attention, 32 heads / 8 KV heads / head_dim 128 (torch = SDPA, causal_lower_right)\n")
@@ -65,6 +75,17 @@ if ao:
         v = " | ".join(f"{d[(c, pr)]:.3f}" if (c, pr) in d else "-" for d in (a16, a32, ab))
         p(f"| {c} | {pr} | {t:.3f} | {ms:.3f} | {t / ms:.3f} | {fl:.0f} | {v} |" if t else
           f"| {c} | {pr} | - | {ms:.3f} | - | {fl:.0f} | {v} |")
+    aw, awt = res["attn_wgmma"], res["attn_wgmma_tma"]
+    if aw:
+        p("\n(b') The wgmma attention kernels on the same shapes (cp.async and TMA loads; UNVERIFIED: see the kt_attn step)\n")
+        p("| chunk | prefix | torch ms | mma ms | wgmma ms | torch/wgmma | mma/wgmma | wgmma TFLOP/s | wgmma-tma ms | torch/wgmma-tma |")
+        p("|---|---|---|---|---|---|---|---|---|---|")
+        for (c, pr) in sorted(aw):
+            ms, t, o, mt = aw[(c, pr)], at.get((c, pr)), ao.get((c, pr)), awt.get((c, pr))
+            fl = 4.0 * 128 * 32 * (c * pr + c * (c + 1) / 2) / ms / 1e9
+            f = lambda x, y: f"{x / y:.3f}" if x and y else "-"
+            p(f"| {c} | {pr} | {t or 0:.3f} | {o or 0:.3f} | {ms:.3f} | {f(t, ms)} | {f(o, ms)} | {fl:.0f} | "
+              f"{mt or 0:.3f} | {f(t, mt)} |")
 lc, lp = res["load_contig"], res["load_paged"]
 if lp and lc:
     base, nb = lc["ms"], lc["bytes"]
