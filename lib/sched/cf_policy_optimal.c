@@ -66,7 +66,10 @@ typedef struct {
   int32_t *hsplit;
   int *hreq;     /* per device: the request it is helped with */
   int use_help;  /* emit the help above (0: every request computed by its own device) */
-  double q;     /* link seconds per token per layer */
+  double q;     /* link seconds per token per layer (tier 0) */
+  double *gsum; /* NULL (every chunk in tier 0), or per request r the link seconds per layer of
+                   its chunks [0, j) at their tiers' rates: gsum[goff[r] + j], j = 0..chunks */
+  size_t *goff;
   double price_tol; /* relative precision of the price bisection */
 } cf__opt_t;
 
@@ -75,7 +78,35 @@ static inline double cf__f(const cf__opt_t *o, int r, int32_t k) {
 }
 static inline double cf__g(const cf__opt_t *o, int r, int32_t k) {
   int64_t P = o->in->reqs[r].prefix_tokens;
+  if (o->gsum) { /* mixed tiers: the back chunks' own rates */
+    const double *g = o->gsum + o->goff[r];
+    return g[cf_cost_chunks(o->c, P)] - g[k];
+  }
   return (double)(P - cf_cost_tok(o->c, P, k)) * o->q;
+}
+
+/* Per-request link prefix sums when some request names its chunks' tiers (o->gsum stays NULL
+ * otherwise: the single-rate closed forms apply). The front-chunks shape and the hull below
+ * were derived for one rate; with several the chain of (f, g) points need not be convex, so
+ * the hull walk is a heuristic there and the refinement (which also simulates every other
+ * policy's plan) keeps optimal no slower than them. Returns 0 or CF_ENOMEM. */
+static int cf__tier_sums(cf__opt_t *o) {
+  const cf_sched_input_t *in = o->in;
+  int any = 0;
+  for (int r = 0; r < o->n; r++) any |= in->reqs[r].chunk_tier != NULL;
+  if (!any) return 0;
+  if (!(o->goff = malloc(((size_t)o->n + 1) * sizeof *o->goff))) return cf_seterr(CF_ENOMEM, "optimal: tier sums");
+  o->goff[0] = 0;
+  for (int r = 0; r < o->n; r++) o->goff[r + 1] = o->goff[r] + (size_t)cf_cost_chunks(o->c, in->reqs[r].prefix_tokens) + 1;
+  if (!(o->gsum = malloc(o->goff[o->n] * sizeof *o->gsum))) return cf_seterr(CF_ENOMEM, "optimal: tier sums");
+  for (int r = 0; r < o->n; r++) {
+    double *g = o->gsum + o->goff[r];
+    int32_t nc = cf_cost_chunks(o->c, in->reqs[r].prefix_tokens);
+    g[0] = 0;
+    for (int32_t ch = 0; ch < nc; ch++) /* one layer of the chunk, latency excluded */
+      g[ch + 1] = g[ch] + cf_sched_load_s(o->c, &in->reqs[r], ch, ch + 1, 1) - o->c->link_latency_s;
+  }
+  return 0;
 }
 static inline int32_t cf__hk(const cf__opt_t *o, int r, int j) {
   return j == 0 ? 0 : o->kstar[r] + j - 1;
@@ -129,7 +160,9 @@ static int cf__edges_below(const cf__opt_t *o, int r, double s) {
   if (s >= 0) return E;
   const cf_sched_cost_t *c = o->c;
   if (c->beta_s > 0) {
-    double M = (o->q / -s - c->alpha_s) / c->beta_s; /* largest midpoint that qualifies */
+    /* mixed tiers: the request's mean rate; the walks below correct the guess */
+    double q = o->gsum ? cf__g(o, r, 0) / (double)o->in->reqs[r].prefix_tokens : o->q;
+    double M = (q / -s - c->alpha_s) / c->beta_s; /* largest midpoint that qualifies */
     double kk = floor(M / c->chunk_tokens - 0.5);   /* last qualifying k (full chunks) */
     double jj = kk - o->kstar[r] + 2;               /* edges j = 1.. have k = kstar + j - 1 */
     j = jj < 1 ? 1 : jj > E ? E : (int)jj;
@@ -563,7 +596,7 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   const cf_sched_cost_t *c = &in->cost;
   int n = in->n_reqs, L = c->n_layers, nd = c->n_devices, nl = cf_cost_n_links(c);
   cf__opt_t o = {in, c, dev, n, L, nd, nl};
-  o.q = c->kv_bytes_per_token / c->link_Bps;
+  o.q = c->kv_bytes_per_token / cf_cost_tier_Bps(c, 0);
   int rc = 0;
   size_t nn = n ? (size_t)n : 1;
   o.kstar = malloc(nn * sizeof *o.kstar);
@@ -598,6 +631,7 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
     rc = cf_seterr(CF_ENOMEM, "optimal: %d requests", n);
     goto out;
   }
+  if ((rc = cf__tier_sums(&o))) goto out;
 
   /* 1-2: implicit hulls; per device the price where compute meets the link (own links), or
    * bisection on T with per-device compute budgets (a link shared by several devices). */
@@ -752,6 +786,8 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   }
   out->sim_evals = evals;
 out:
+  free(o.gsum);
+  free(o.goff);
   free(o.kstar);
   free(o.H);
   free(o.dreq);
