@@ -16,6 +16,7 @@
 #include <uv.h>
 
 #include "cf_calib.h"
+#include "cf_planner.h"
 #include "cf_config.h"
 #include "cf_http.h"
 #include "cf_model_info.h"
@@ -299,10 +300,13 @@ static int cf__make_backend(cf_daemon_t *d) {
   return rc;
 }
 
-/* The CPU tier's read rate the planner assumes: the configured limit, never above memcpy. */
+/* The tiers' read rates the planner assumes: the CPU tier's configured limit, never above
+ * memcpy; the SSD tier's configured limit, never above the CPU tier's (its reads end in the
+ * same memory), else (no limit) the CPU tier's rate, as before tiers were told apart. */
 static void cf__apply_link(cf_daemon_t *d) {
-  double lim = d->cfg.cpu_read_gbps * 1e9 / 8;
+  double lim = d->cfg.cpu_read_gbps * 1e9 / 8, ssd = d->cfg.ssd_read_gbps * 1e9 / 8;
   d->cost.link_Bps = lim > 0 && lim < d->measured_link_Bps ? lim : d->measured_link_Bps;
+  d->cost.tier_Bps[CF_PLAN_TIER_SSD] = ssd > 0 && ssd < d->measured_link_Bps ? ssd : 0;
   if (d->svc) cf_service_set_cost(d->svc, &d->cost);
 }
 

@@ -17,11 +17,16 @@
 
 struct cf_restore_s;
 
+/* The tiers the planner tells lib/sched apart (cf_sched_req_t.chunk_tier, cost.tier_Bps):
+ * the CPU tier reads at link_Bps (cpu_read_gbps or memcpy), the SSD tier at tier_Bps[1]. */
+enum { CF_PLAN_TIER_CPU = 0, CF_PLAN_TIER_SSD = 1 };
+
 /* One planned group (the restores of a batch that share a policy). Refcounted by its restores. */
 typedef struct cf_batch_plan_s {
   int refs;
   cf_sched_input_t in;
   cf_sched_req_t *reqs;
+  uint8_t *tiers;         /* backs reqs[i].chunk_tier (CF_PLAN_TIER_*), NULL when none */
   cf_sched_plan_t plan;   /* plan.ops: what the executor runs; request i = the i-th restore */
   cf_sim_result_t sim;    /* the prediction */
 } cf_batch_plan_t;
