@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cf_refit.h"
 #include "exec/cf_cellsrc_store.h"
 #include "exec/cf_exec_plan.h"
 #include "sched/cf_sched.h"
@@ -187,6 +188,8 @@ static void cf__round(cf_batch_t *b, cf_batch_job_t *const *jobs, int n) {
                              .time_s = (run[k].stats.t_done_ns - run[k].stats.t_start_ns) * 1e-9};
     if (run[k].err) cf_seterr(run[k].err, "restore %llu: %s", (unsigned long long)jobs[i]->req_id,
                               cf_strerror(run[k].err));
+    if (!run[k].err && jobs[i]->refit) /* how the plan ran: the online re-fit */
+      cf_refit_sample(jobs[i]->refit, &jobs[i]->cost, &res.stats, res.time_s, jobs[i]->predicted_s);
     cf__done(b, jobs[i], run[k].err, run[k].err ? NULL : &res);
   }
   free(sl); free(run); free(map); free(err);

@@ -19,9 +19,15 @@ void cf_batch_plan_unref(cf_batch_plan_t *bp) {
 }
 
 int cf_planner_plan(const cf_sched_cost_t *cost, cf_restore_t **rs, int n, int policy, uint64_t t0_ns) {
+  return cf_planner_plan_refit(cost, rs, n, policy, t0_ns, NULL);
+}
+
+int cf_planner_plan_refit(const cf_sched_cost_t *cost, cf_restore_t **rs, int n, int policy, uint64_t t0_ns,
+                          cf_refit_t *refit) {
   (void)t0_ns; /* every restore of a batch has arrived when it is planned: arrival 0 for all */
   cf_batch_plan_t *bp = calloc(1, sizeof *bp);
   if (!bp || !(bp->reqs = calloc((size_t)n, sizeof *bp->reqs))) { free(bp); return cf_seterr(CF_ENOMEM, "plan of %d restores", n); }
+  bp->refit = refit;
   cf_sched_plan_init(&bp->plan);
   cf_sim_result_init(&bp->sim);
   size_t nt = 0; /* chunk tiers of every cached prefix: each chunk loads at its tier's rate */

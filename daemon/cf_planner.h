@@ -12,6 +12,7 @@
 
 #include <stdint.h>
 
+#include "cf_refit.h"
 #include "sched/cf_sched.h"
 #include "sched/cf_sim.h"
 
@@ -27,6 +28,7 @@ typedef struct cf_batch_plan_s {
   cf_sched_input_t in;
   cf_sched_req_t *reqs;
   uint8_t *tiers;         /* backs reqs[i].chunk_tier (CF_PLAN_TIER_*), NULL when none */
+  cf_refit_t *refit;      /* NULL, or where the executor reports how the plan ran (borrowed) */
   cf_sched_plan_t plan;   /* plan.ops: what the executor runs; request i = the i-th restore */
   cf_sim_result_t sim;    /* the prediction */
 } cf_batch_plan_t;
@@ -35,6 +37,9 @@ typedef struct cf_batch_plan_s {
  * summary and gives it a reference to the group's plan. t0_ns: the batch's time origin (uv_hrtime
  * of dispatch). Returns 0, or CF_EINVAL/CF_ENOMEM from the planner (restores untouched). */
 int cf_planner_plan(const cf_sched_cost_t *cost, struct cf_restore_s **rs, int n, int policy, uint64_t t0_ns);
+/* The same, and the executor feeds `refit` (may be NULL) each restore's executed timings. */
+int cf_planner_plan_refit(const cf_sched_cost_t *cost, struct cf_restore_s **rs, int n, int policy,
+                          uint64_t t0_ns, cf_refit_t *refit);
 
 void cf_batch_plan_unref(cf_batch_plan_t *bp);
 

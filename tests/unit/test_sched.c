@@ -814,7 +814,7 @@ CF_TEST(sched_optimal_uses_idle_devices) {
 /* The fast path adopts help on its own estimate (no simulator): on random multi-device batches
  * with arrivals it must not make plans slower than the same fast path without a peer link. */
 CF_TEST(sched_fast_path_help_never_hurts) {
-  cf_sched_req_t reqs[10];
+  cf_sched_req_t reqs[10] = {0};
   cf_sched_plan_t p;
   cf_sched_plan_init(&p);
   cf_sim_result_t s;
