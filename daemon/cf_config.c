@@ -90,7 +90,7 @@ const cf_config_entry_t cf_config_table[] = {
    "emulated read-rate limit of the SSD tier in Gbit/s; 0 = unlimited"},
   {"cost_refit", CF_CFG_T_ENUM, F(cost_refit), 0, 0, cf__onoff, "on", NULL, 1,
    "re-fit the planner's compute cost online from executed restores (off: the start-up calibration only)"},
-  {"cost_refit_weight", CF_CFG_T_DOUBLE, F(cost_refit_weight), 0.01, 1, NULL, "0.3", NULL, 0,
+  {"cost_refit_weight", CF_CFG_T_DOUBLE, F(cost_refit_weight), 0.01, 1, NULL, "0.2", NULL, 0,
    "EWMA weight of one executed restore in the re-fit (one outlier moves the model by at most this x 100%)"},
   {"drain_timeout_s", CF_CFG_T_INT, F(drain_timeout_s), 0, 3600, NULL, "30", NULL, 1,
    "on SIGTERM, how long in-flight restores may take before they are cancelled"},

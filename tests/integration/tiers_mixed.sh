@@ -8,7 +8,7 @@
 #   - load (every cell loaded, half of them from each tier): executed / predicted in [0.85, 1.15]
 #     (a one-rate model would predict the CPU rate for all of them: ~0.22 of the real time);
 #   - optimal, verified (every cell and the first token checked): executed / predicted within
-#     [0.75, 1.30] (it loads most cells here, so the link it shares dominates its time; recompute's
+#     [0.70, 1.40] (it loads most cells here, so the link it shares dominates its time; recompute's
 #     ratio next to it is printed: this shared machine's compute drift since the calibration).
 set -u
 cd "$(dirname "$0")/../.."
@@ -24,7 +24,6 @@ printf 'cpu_read_gbps = 0.4\nssd_read_gbps = 0.05\n' >>"$T/d.conf"
 DPID=$!
 check "daemon starts (CPU tier 2 MiB at 0.4 Gbps, SSD tier at 0.05 Gbps)" "cf_daemon_wait $BUILD $T/d.sock 200"
 ENG="$BUILD/cf-refengine --daemon unix:$T/d.sock --model $T/model --shm-dir $T --prefix 512 --new 32 --turns 1"
-median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 # each run saves a new prefix (its own seed): its back 4 chunks stay in the CPU tier
 rc=0
 for round in 1 2; do
@@ -40,14 +39,14 @@ split=$(jq -s '[.[] | select(.mode=="prefill") | (.lookup_cpu > 0 and .lookup_ss
 check "the prefixes lie in both tiers (lookup)" "[ \"$split\" = true ]"
 both=$(jq -s '[.[] | select(.mode=="session") | (.cells_cpu > 0 and .cells_ssd > 0)] | all' "$T"/load-*.json)
 check "load restores read cells from both tiers" "[ \"$both\" = true ]"
-r=$(cat "$T"/load-*.json | jq -r 'select(.mode=="session") | .daemon_us / .predicted_us' | median)
-one=$(cat "$T"/load-*.json | jq -r 'select(.mode=="session") | (.cells_cpu + .cells_ssd) * 65536 * 8 / 0.4e9 * 1e6 / .daemon_us' | median)
+r=$(cat "$T"/load-*.json | jq -r 'select(.mode=="session") | .daemon_us / .predicted_us' | cf_median)
+one=$(cat "$T"/load-*.json | jq -r 'select(.mode=="session") | (.cells_cpu + .cells_ssd) * 65536 * 8 / 0.4e9 * 1e6 / .daemon_us' | cf_median)
 echo "     load: executed / predicted $r (a one-rate model at the CPU tier's rate: predicted / executed $one)"
 check "load: executed / predicted within [0.85, 1.15] ($r)" "awk -v r=$r 'BEGIN{exit !(r >= 0.85 && r <= 1.15)}'"
-o=$(cat "$T"/optimal-*.json | jq -r 'select(.mode=="session") | .daemon_us / .predicted_us' | median)
-c=$(cat "$T"/recompute-*.json | jq -r 'select(.mode=="session") | .daemon_us / .predicted_us' | median)
+o=$(cat "$T"/optimal-*.json | jq -r 'select(.mode=="session") | .daemon_us / .predicted_us' | cf_median)
+c=$(cat "$T"/recompute-*.json | jq -r 'select(.mode=="session") | .daemon_us / .predicted_us' | cf_median)
 echo "     optimal: executed / predicted $o, recompute $c (compute drift)"
-check "optimal: executed / predicted within [0.75, 1.30] ($o)" "awk -v r=$o 'BEGIN{exit !(r >= 0.75 && r <= 1.30)}'"
+check "optimal: executed / predicted within [0.70, 1.40] ($o)" "awk -v r=$o 'BEGIN{exit !(r >= 0.70 && r <= 1.40)}'"
 ex=$(jq -s '[.[] | select(.mode=="session") | (.bad == 0 and .logits_match == 1)] | all' "$T"/optimal-*.json)
 check "optimal: no wrong cell, first token matches a scratch prefill" "[ \"$ex\" = true ]"
 if [ $F -ne 0 ]; then echo "--- daemon log"; tail -n 20 "$T/d.log"; for f in "$T"/*.err; do echo "--- $f"; tail -n 3 "$f"; done; fi
