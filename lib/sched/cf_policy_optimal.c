@@ -592,6 +592,75 @@ static int cf__default_evals(const cf_sched_input_t *in) {
   return e > 64 ? 64 : e < 8 ? 8 : (int)e;
 }
 
+/* A candidate for mixed tiers (refinement only; every request on stage 0): the front-chunks
+ * shape above computes the cheapest chunks to compute, but when a slow tier's chunks lie at the
+ * back it is better to compute THEM and load the fast front chunks that each of their layers
+ * attends to. Per request, chunks by decreasing (link time saved) / (compute time), added to
+ * the computed set while its compute stays under the link time of the rest; computed chunks get
+ * h = L, the others h = 0. Ops: per layer one LOAD per run of loaded chunks (layer-major), one
+ * COMPUTE per run of computed chunks (chunk order): a compute run needs the earlier chunks of
+ * its layer, which are loads of that layer (link order) or earlier runs of the same stream.
+ * Returns 0, or CF_ENOMEM. */
+static int cf__tier_candidate(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out) {
+  const cf_sched_cost_t *c = &in->cost;
+  int rc = cf__plan_reset(out, in, dev, CF_POLICY_OPTIMAL);
+  if (rc) return rc;
+  int n = in->n_reqs, L = c->n_layers;
+  int32_t maxc = 1;
+  for (int r = 0; r < n; r++) maxc = out->n_chunks[r] > maxc ? out->n_chunks[r] : maxc;
+  int *order = malloc((size_t)(n ? n : 1) * sizeof *order);
+  int32_t *ck = malloc((size_t)maxc * sizeof *ck);
+  double *key = malloc((size_t)maxc * sizeof *key);
+  if (!order || !ck || !key) { rc = cf_seterr(CF_ENOMEM, "optimal: tier candidate"); goto done; }
+  cf__arrival_order(in, order);
+  for (int i = 0; i < n && !rc; i++) {
+    int r = order[i];
+    const cf_sched_req_t *q = &in->reqs[r];
+    int32_t nc = out->n_chunks[r];
+    uint16_t *h = cf__plan_h(out, r);
+    double Y = 0, X = 0;
+    for (int32_t ch = 0; ch < nc; ch++) {
+      double p = (double)cf_cost_tok(c, q->prefix_tokens, ch), t = (double)cf_cost_tok(c, q->prefix_tokens, ch + 1) - p;
+      double g = cf_sched_load_s(c, q, ch, ch + 1, 1) - c->link_latency_s, f = cf_cost_step(c, p, t) - c->gamma_s;
+      key[ch] = g / fmax(f, 1e-30); /* gamma is paid once per run, not per chunk: left out */
+      ck[ch] = ch;
+      Y += g;
+    }
+    for (int32_t a = 1; a < nc; a++) /* insertion sort by key, largest first (stable) */
+      for (int32_t b = a; b > 0 && key[ck[b]] > key[ck[b - 1]]; b--) { int32_t t = ck[b]; ck[b] = ck[b - 1]; ck[b - 1] = t; }
+    for (int32_t j = 0; j < nc; j++) {
+      int32_t ch = ck[j];
+      double p = (double)cf_cost_tok(c, q->prefix_tokens, ch), t = (double)cf_cost_tok(c, q->prefix_tokens, ch + 1) - p;
+      double f = cf_cost_step(c, p, t) - c->gamma_s + (j == 0 ? c->gamma_s : 0); /* one step's gamma */
+      double g = cf_sched_load_s(c, q, ch, ch + 1, 1) - c->link_latency_s;
+      if (X + f > Y - g) break;
+      X += f;
+      Y -= g;
+      h[ch] = (uint16_t)L;
+    }
+    int link = cf_cost_link_of(c, out->device[r]);
+    for (int l = 0; l < L && !rc; l++)
+      for (int32_t a = 0; a < nc && !rc;) {
+        int32_t b = a;
+        while (b < nc && (h[b] == 0) == (h[a] == 0)) b++;
+        if (h[a] == 0) rc = cf__plan_op(out, r, CF_OP_LOAD, link, a, b, l, l + 1);
+        a = b;
+      }
+    for (int l = 0; l < L && !rc; l++)
+      for (int32_t a = 0; a < nc && !rc;) {
+        int32_t b = a;
+        while (b < nc && (h[b] == 0) == (h[a] == 0)) b++;
+        if (h[a] != 0) rc = cf__plan_op(out, r, CF_OP_COMPUTE, out->device[r], a, b, l, l + 1);
+        a = b;
+      }
+  }
+done:
+  free(order);
+  free(ck);
+  free(key);
+  return rc;
+}
+
 int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out) {
   const cf_sched_cost_t *c = &in->cost;
   int n = in->n_reqs, L = c->n_layers, nd = c->n_devices, nl = cf_cost_n_links(c);
@@ -720,6 +789,22 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
     if (cf__score_better(sc, alt_score)) { /* best other so far, by makespan */
       alt_score = sc;
       cf__swap_plans(&alt, &tmp);
+    }
+  }
+  int tiers = 0; /* mixed tiers, no pipeline stages: also the tier-aware candidate */
+  for (int r = 0; r < n; r++) tiers |= in->reqs[r].chunk_tier != NULL;
+  if (tiers && c->pp_stages <= 1) {
+    if ((rc = cf__tier_candidate(in, dev, &tmp))) goto out;
+    if (cf_sim_run(in, &tmp, &sim) == 0) { /* a candidate the simulator refuses is dropped */
+      evals++;
+      ref.mk = fmin(ref.mk, sim.makespan_s);
+      ref.mean = fmin(ref.mean, sim.mean_ttft_s);
+      ref.p99 = fmin(ref.p99, sim.p99_ttft_s);
+      cf__score_t sc = cf__score_of(&sim, NULL);
+      if (cf__score_better(sc, alt_score)) {
+        alt_score = sc;
+        cf__swap_plans(&alt, &tmp);
+      }
     }
   }
   if ((rc = cf_sim_run(in, &alt, &sim))) goto out;
