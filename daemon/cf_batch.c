@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cf_refit.h"
 #include "exec/cf_cellsrc_store.h"
 #include "exec/cf_exec_plan.h"
 #include "sched/cf_sched.h"
@@ -15,6 +16,7 @@
 struct cf_batch_s {
   cf_batch_opts_t o;
   cf_ratelimit_t lim_cpu, lim_ssd;
+  cf_ratelimit_t link;           /* the one link both tiers' limited reads cross (its clock) */
   cf_cellsrc_store_t cs;
   cf_exec_t ex;
   pthread_t th;
@@ -98,7 +100,8 @@ static void cf__replan(cf_batch_job_t *const *jobs, int n, int C, int L) {
   if (!rq) return;
   for (int i = 0; i < n; i++)
     rq[i] = (cf_sched_req_t){.arrival_s = 0, .prefix_tokens = jobs[i]->cached_tokens,
-                             .new_tokens = jobs[i]->n_tokens - jobs[i]->cached_tokens, .device = -1};
+                             .new_tokens = jobs[i]->n_tokens - jobs[i]->cached_tokens, .device = -1,
+                             .chunk_tier = jobs[i]->chunk_tier};
   cf_sched_input_t in = {.cost = jobs[0]->cost, .reqs = rq, .n_reqs = n, .refine_evals = -1};
   int rc = cf_sched_plan(&in, (cf_policy_t)jobs[0]->policy, &plan);
   if (!rc) rc = cf_sim_run(&in, &plan, &sim);
@@ -185,6 +188,8 @@ static void cf__round(cf_batch_t *b, cf_batch_job_t *const *jobs, int n) {
                              .time_s = (run[k].stats.t_done_ns - run[k].stats.t_start_ns) * 1e-9};
     if (run[k].err) cf_seterr(run[k].err, "restore %llu: %s", (unsigned long long)jobs[i]->req_id,
                               cf_strerror(run[k].err));
+    if (!run[k].err && jobs[i]->refit) /* how the plan ran: the online re-fit */
+      cf_refit_sample(jobs[i]->refit, &jobs[i]->cost, &res.stats, res.time_s, jobs[i]->predicted_s);
     cf__done(b, jobs[i], run[k].err, run[k].err ? NULL : &res);
   }
   free(sl); free(run); free(map); free(err);
@@ -236,11 +241,17 @@ int cf_batch_start(cf_batch_t **out, const cf_batch_opts_t *o) {
   if (b->o.n_loaders < 1) b->o.n_loaders = 1;
   int rc;
   if ((rc = cf_ratelimit_init(&b->lim_cpu, o->cpu_Bps, 0)) || (rc = cf_ratelimit_init(&b->lim_ssd, o->ssd_Bps, 0)) ||
+      (rc = cf_ratelimit_init(&b->link, 0, 0)) ||
       (rc = cf_cellsrc_store_init(&b->cs, o->store, &b->lim_cpu, &b->lim_ssd)) ||
       (rc = cf_exec_init(&b->ex, o->be, b->o.n_loaders))) {
     free(b);
     return rc;
   }
+  /* The planner puts both tiers' cells on the engine's one link, each at its tier's rate
+   * (cf_cost.h): the emulated tiers share one clock the same way, so an SSD cell and a CPU cell
+   * never cross it at once. A tier without a limit takes no link time. */
+  cf_ratelimit_share(&b->lim_cpu, &b->link);
+  cf_ratelimit_share(&b->lim_ssd, &b->link);
   pthread_mutex_init(&b->mu, NULL);
   pthread_cond_init(&b->cv, NULL);
   if (pthread_create(&b->th, NULL, cf__thread, b)) {
@@ -298,6 +309,7 @@ void cf_batch_stop(cf_batch_t *b) {
   cf_cellsrc_store_close(&b->cs);
   cf_ratelimit_close(&b->lim_cpu);
   cf_ratelimit_close(&b->lim_ssd);
+  cf_ratelimit_close(&b->link);
   pthread_mutex_destroy(&b->mu);
   pthread_cond_destroy(&b->cv);
   free(b);

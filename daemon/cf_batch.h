@@ -22,6 +22,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "cf_refit.h"
 #include "exec/cf_exec.h"
 #include "sched/cf_cost.h"
 #include "model/cf_backend.h"
@@ -54,6 +55,9 @@ struct cf_batch_job_s {
   int policy;               /* cf_policy_t */
   int64_t cached_tokens;    /* the planned prefix (chunks past it are computed: h = L) */
   cf_sched_cost_t cost;     /* the cost model it was planned with */
+  const uint8_t *chunk_tier; /* NULL or the planned chunks' tiers (cf_sched_req_t.chunk_tier;
+                                owned by plan_group, which outlives the job) */
+  cf_refit_t *refit;        /* NULL, or fed this job's executed timings when it succeeds */
   double predicted_s;       /* the plan's predicted restore time (updated by a re-plan) */
   uint64_t req_id;
   atomic_int cancel;        /* set from any thread: the job ends with CF_ECANCELED */

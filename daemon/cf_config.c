@@ -17,6 +17,7 @@
 static const char *const cf__evictions[] = {"lru", "s3fifo", NULL};
 static const char *const cf__policies[] = {"recompute", "load", "cake", "layerwise",
                                            "cacheflow", "optimal", NULL};
+static const char *const cf__onoff[] = {"off", "on", NULL};
 static const char *const cf__backends[] = {"auto", "cpu", "cuda", NULL};
 static const char *const cf__kv_dtypes[] = {"auto", "f32", "bf16", "f16", NULL};
 static const char *const cf__levels[] = {"error", "warn", "info", "debug", NULL};
@@ -88,6 +89,10 @@ const cf_config_entry_t cf_config_table[] = {
    "emulated read-rate limit of the CPU tier in Gbit/s; 0 = unlimited"},
   {"ssd_read_gbps", CF_CFG_T_DOUBLE, F(ssd_read_gbps), 0, 10000, NULL, "0", NULL, 1,
    "emulated read-rate limit of the SSD tier in Gbit/s; 0 = unlimited"},
+  {"cost_refit", CF_CFG_T_ENUM, F(cost_refit), 0, 0, cf__onoff, "on", NULL, 1,
+   "re-fit the planner's compute cost online from executed restores (off: the start-up calibration only)"},
+  {"cost_refit_weight", CF_CFG_T_DOUBLE, F(cost_refit_weight), 0.01, 1, NULL, "0.2", NULL, 0,
+   "EWMA weight of one executed restore in the re-fit (one outlier moves the model by at most this x 100%)"},
   {"drain_timeout_s", CF_CFG_T_INT, F(drain_timeout_s), 0, 3600, NULL, "30", NULL, 1,
    "on SIGTERM, how long in-flight restores may take before they are cancelled"},
   {"max_request_tokens", CF_CFG_T_INT, F(max_request_tokens), 1, 16777216, NULL, "262144", NULL, 1,

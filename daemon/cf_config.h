@@ -33,6 +33,8 @@ typedef struct {
                                          * choices, = the proto's Policy minus 1 */
   int64_t batch_window_us, batch_max;
   double cpu_read_gbps, ssd_read_gbps;  /* 0 = unlimited */
+  int cost_refit;                       /* 0 = off, 1 = on: plan with the re-fitted compute term */
+  double cost_refit_weight;             /* EWMA weight of one executed restore (cf_refit.h) */
   int64_t drain_timeout_s;
   int64_t max_request_tokens, max_message_bytes, max_engines, max_blocks;
   int log_level;                        /* cf_log_level_t */

@@ -297,6 +297,8 @@ static void cf__restore_batch(void *ctx, cf_restore_t **batch, int n) {
       j->b.policy = r->policy;
       j->b.cached_tokens = r->cached_tokens;
       j->b.cost = r->plan->in.cost;
+      j->b.chunk_tier = r->plan->reqs[r->plan_req].chunk_tier; /* a re-plan keeps the tier rates */
+      j->b.refit = r->plan->refit;                               /* the cost model's online re-fit */
       j->b.predicted_s = r->summary.predicted_us * 1e-6;
       j->bound_s = r->summary.bound_us * 1e-6;
       cf__restore_slot(dp, r); /* normally assigned already, when the PlanSummary went out */

@@ -16,12 +16,14 @@
 #include <uv.h>
 
 #include "cf_calib.h"
+#include "cf_planner.h"
 #include "cf_config.h"
 #include "cf_http.h"
 #include "cf_model_info.h"
 #include "cf_notify.h"
 #include "cf_rpc.h"
 #include "cf_service.h"
+#include "cf_shmclean.h"
 #include "cf_dataplane.h" /* exec: the restore executor behind the service hooks */
 #include "cf_storage.h"
 #include "model/cf_model.h"
@@ -128,6 +130,13 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
   CF__P("# HELP cacheflow_restores_in_flight Restores accepted and not yet ended.\n# TYPE cacheflow_restores_in_flight gauge\ncacheflow_restores_in_flight %u\n", ss.restores_in_flight);
   CF__P("# HELP cacheflow_restores_total Restores accepted.\n# TYPE cacheflow_restores_total counter\ncacheflow_restores_total %llu\n", (unsigned long long)ss.restores_total);
   CF__P("# HELP cacheflow_restore_batches_total Restore batches dispatched.\n# TYPE cacheflow_restore_batches_total counter\ncacheflow_restore_batches_total %llu\n", (unsigned long long)ss.batches_total);
+  cf_refit_stats_t fs;
+  cf_service_refit_stats(d->svc, &fs);
+  CF__P("# HELP cacheflow_cost_compute_scale Compute cost now / the start-up calibration (online re-fit).\n# TYPE cacheflow_cost_compute_scale gauge\ncacheflow_cost_compute_scale %.6g\n", fs.scale);
+  CF__P("# HELP cacheflow_predicted_ratio Executed / predicted, EWMA over restores (term=compute: forward steps; restore: whole restore).\n# TYPE cacheflow_predicted_ratio gauge\n"
+        "cacheflow_predicted_ratio{term=\"compute\"} %.6g\ncacheflow_predicted_ratio{term=\"restore\"} %.6g\n", fs.compute_ratio, fs.restore_ratio);
+  CF__P("# HELP cacheflow_cost_refit_samples_total Executed restores the compute re-fit used (clipped: clamped as outliers).\n# TYPE cacheflow_cost_refit_samples_total counter\n"
+        "cacheflow_cost_refit_samples_total %llu\ncacheflow_cost_refit_samples_total{result=\"clipped\"} %llu\n", (unsigned long long)fs.samples, (unsigned long long)fs.clipped);
   CF__P("# HELP cacheflow_tier_bytes_used Bytes held per tier.\n# TYPE cacheflow_tier_bytes_used gauge\n"
         "cacheflow_tier_bytes_used{tier=\"cpu\"} %llu\ncacheflow_tier_bytes_used{tier=\"ssd\"} %llu\n",
         (unsigned long long)ss.cpu_bytes, (unsigned long long)ss.ssd_bytes);
@@ -311,10 +320,13 @@ static cf_dtype_t cf__kv_dtype(const cf_daemon_t *d) {
   }
 }
 
-/* The CPU tier's read rate the planner assumes: the configured limit, never above memcpy. */
+/* The tiers' read rates the planner assumes: the CPU tier's configured limit, never above
+ * memcpy; the SSD tier's configured limit, never above the CPU tier's (its reads end in the
+ * same memory), else (no limit) the CPU tier's rate, as before tiers were told apart. */
 static void cf__apply_link(cf_daemon_t *d) {
-  double lim = d->cfg.cpu_read_gbps * 1e9 / 8;
+  double lim = d->cfg.cpu_read_gbps * 1e9 / 8, ssd = d->cfg.ssd_read_gbps * 1e9 / 8;
   d->cost.link_Bps = lim > 0 && lim < d->measured_link_Bps ? lim : d->measured_link_Bps;
+  d->cost.tier_Bps[CF_PLAN_TIER_SSD] = ssd > 0 && ssd < d->measured_link_Bps ? ssd : 0;
   if (d->svc) cf_service_set_cost(d->svc, &d->cost);
 }
 
@@ -404,6 +416,13 @@ int main(int argc, char **argv) {
     CF_WARN("no model configured: RegisterEngine will fail until `model` is set (restart needed)");
   }
 
+  /* readiness files that daemons killed before they could unlink them (SIGKILL) left behind:
+   * only dead pids' files with our name and magic (cf_shmclean.h) */
+  if (d->storage && d->backend) {
+    int removed = 0, kept = 0;
+    if (cf_shmclean_stale("/dev/shm", &removed, &kept)) CF_DEBUG("%s", cf_errmsg()); /* no /dev/shm: nothing left there */
+    else if (removed) CF_INFO("removed %d stale readiness file(s) of dead daemons from /dev/shm", removed);
+  }
   /* exec: the restore executor (its thread, readiness files) wraps the storage hooks in `be` */
   if (d->storage && d->backend &&
       cf_dataplane_open(&d->dp, d->loop, &d->cfg, d->backend, cf_storage_store(d->storage), &be)) {

@@ -14,20 +14,38 @@ void cf_batch_plan_unref(cf_batch_plan_t *bp) {
   cf_sched_plan_free(&bp->plan);
   cf_sim_result_free(&bp->sim);
   free(bp->reqs);
+  free(bp->tiers);
   free(bp);
 }
 
 int cf_planner_plan(const cf_sched_cost_t *cost, cf_restore_t **rs, int n, int policy, uint64_t t0_ns) {
+  return cf_planner_plan_refit(cost, rs, n, policy, t0_ns, NULL);
+}
+
+int cf_planner_plan_refit(const cf_sched_cost_t *cost, cf_restore_t **rs, int n, int policy, uint64_t t0_ns,
+                          cf_refit_t *refit) {
   (void)t0_ns; /* every restore of a batch has arrived when it is planned: arrival 0 for all */
   cf_batch_plan_t *bp = calloc(1, sizeof *bp);
   if (!bp || !(bp->reqs = calloc((size_t)n, sizeof *bp->reqs))) { free(bp); return cf_seterr(CF_ENOMEM, "plan of %d restores", n); }
+  bp->refit = refit;
   cf_sched_plan_init(&bp->plan);
   cf_sim_result_init(&bp->sim);
+  size_t nt = 0; /* chunk tiers of every cached prefix: each chunk loads at its tier's rate */
+  for (int i = 0; i < n; i++)
+    if (rs[i]->chunk_tiers) nt += (size_t)cf_cost_chunks(cost, rs[i]->cached_tokens);
+  if (nt && !(bp->tiers = malloc(nt))) { free(bp->reqs); free(bp); return cf_seterr(CF_ENOMEM, "plan of %d restores", n); }
+  nt = 0;
   for (int i = 0; i < n; i++) {
     bp->reqs[i].arrival_s = 0;
     bp->reqs[i].prefix_tokens = rs[i]->cached_tokens;
     bp->reqs[i].new_tokens = (int64_t)rs[i]->req->n_token_ids - rs[i]->cached_tokens;
     bp->reqs[i].device = -1;
+    if (!rs[i]->chunk_tiers) continue;
+    uint8_t *t = bp->tiers + nt;
+    for (int32_t c = 0, m = cf_cost_chunks(cost, rs[i]->cached_tokens); c < m; c++)
+      t[c] = rs[i]->chunk_tiers[c] == CF_STORE_TIER_SSD ? CF_PLAN_TIER_SSD : CF_PLAN_TIER_CPU;
+    bp->reqs[i].chunk_tier = t;
+    nt += (size_t)cf_cost_chunks(cost, rs[i]->cached_tokens);
   }
   bp->in.cost = *cost;
   bp->in.reqs = bp->reqs;
@@ -53,7 +71,7 @@ int cf_planner_plan(const cf_sched_cost_t *cost, cf_restore_t **rs, int n, int p
     sm->cells_compute += (uint64_t)(all_chunks - cached_chunks) * (uint64_t)L;
     double rest_s = rest > 0 ? cf_cost_prefill(cost, r->cached_tokens, rest) : 0;
     sm->predicted_us = (bp->sim.restore_s[i] + rest_s) * 1e6;
-    sm->bound_us = (cf_bound_single(cost, r->cached_tokens) + rest_s) * 1e6;
+    sm->bound_us = (cf_bound_request(cost, &bp->reqs[i]) + rest_s) * 1e6;
     r->plan = bp;
     r->plan_req = i;
     bp->refs++;

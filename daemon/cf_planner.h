@@ -12,16 +12,23 @@
 
 #include <stdint.h>
 
+#include "cf_refit.h"
 #include "sched/cf_sched.h"
 #include "sched/cf_sim.h"
 
 struct cf_restore_s;
+
+/* The tiers the planner tells lib/sched apart (cf_sched_req_t.chunk_tier, cost.tier_Bps):
+ * the CPU tier reads at link_Bps (cpu_read_gbps or memcpy), the SSD tier at tier_Bps[1]. */
+enum { CF_PLAN_TIER_CPU = 0, CF_PLAN_TIER_SSD = 1 };
 
 /* One planned group (the restores of a batch that share a policy). Refcounted by its restores. */
 typedef struct cf_batch_plan_s {
   int refs;
   cf_sched_input_t in;
   cf_sched_req_t *reqs;
+  uint8_t *tiers;         /* backs reqs[i].chunk_tier (CF_PLAN_TIER_*), NULL when none */
+  cf_refit_t *refit;      /* NULL, or where the executor reports how the plan ran (borrowed) */
   cf_sched_plan_t plan;   /* plan.ops: what the executor runs; request i = the i-th restore */
   cf_sim_result_t sim;    /* the prediction */
 } cf_batch_plan_t;
@@ -30,6 +37,9 @@ typedef struct cf_batch_plan_s {
  * summary and gives it a reference to the group's plan. t0_ns: the batch's time origin (uv_hrtime
  * of dispatch). Returns 0, or CF_EINVAL/CF_ENOMEM from the planner (restores untouched). */
 int cf_planner_plan(const cf_sched_cost_t *cost, struct cf_restore_s **rs, int n, int policy, uint64_t t0_ns);
+/* The same, and the executor feeds `refit` (may be NULL) each restore's executed timings. */
+int cf_planner_plan_refit(const cf_sched_cost_t *cost, struct cf_restore_s **rs, int n, int policy,
+                          uint64_t t0_ns, cf_refit_t *refit);
 
 void cf_batch_plan_unref(cf_batch_plan_t *bp);
 

@@ -39,7 +39,8 @@ struct cf_service_s {
   cf_restore_t *running;            /* handed to the backend, not yet done (singly linked) */
   cf__watch_t *watchers;
   int draining;
-  cf_sched_cost_t cost;             /* what restores are planned with */
+  cf_sched_cost_t cost;             /* the calibrated cost model (link rates from the config) */
+  cf_refit_t refit;                 /* its compute term re-fitted from executed restores */
   int have_cost;
   /* counters read by other threads */
   uint32_t n_engines, in_flight;
@@ -453,7 +454,9 @@ static void cf__lookup_and_plan(cf_service_t *s, cf_restore_t **batch, int n) {
     for (int k = 0; k < n; k++)
       if (batch[k]->policy == p) grp[g++] = batch[k];
     if (!g) continue;
-    int rc = cf_planner_plan(&s->cost, grp, g, p, now);
+    cf_sched_cost_t cost = s->cost; /* what restores are planned with */
+    if (s->cfg->cost_refit) cf_refit_apply(&s->refit, &cost);
+    int rc = cf_planner_plan_refit(&cost, grp, g, p, now, &s->refit);
     if (rc) { CF_WARN("plan of %d restore(s) with %s failed: %s: %s", g, cf_policy_name(p), cf_strerror(rc), cf_errmsg()); continue; }
     for (int k = 0; k < g; k++) {
       Cacheflow__V1__PlanSummary ps = CACHEFLOW__V1__PLAN_SUMMARY__INIT;
@@ -657,18 +660,25 @@ static void cf__h_stats(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
     resp.model_vocab = s->model->vocab;
   }
   resp.kv_dtype = (Cacheflow__V1__DType)s->be.kv_dtype;
-  Cacheflow__V1__Counter cs[4], *cp[4];
-  const char *names[4] = {"cacheflow_restores_total", "cacheflow_restore_batches_total",
-                          "cacheflow_restores_batched_total", "cacheflow_rpc_calls_in_flight"};
-  double vals[4] = {(double)st.restores_total, (double)st.batches_total, (double)st.restores_batched_total,
-                    (double)rs.calls_in_flight};
-  for (int i = 0; i < 4; i++) {
+  cf_refit_stats_t fs;
+  cf_refit_stats(&s->refit, &fs);
+  enum { NC = 9 };
+  Cacheflow__V1__Counter cs[NC], *cp[NC];
+  const char *names[NC] = {"cacheflow_restores_total", "cacheflow_restore_batches_total",
+                           "cacheflow_restores_batched_total", "cacheflow_rpc_calls_in_flight",
+                           "cacheflow_cost_compute_scale", "cacheflow_predicted_ratio_compute",
+                           "cacheflow_predicted_ratio_restore", "cacheflow_cost_refit_samples_total",
+                           "cacheflow_cost_refit_enabled"};
+  double vals[NC] = {(double)st.restores_total, (double)st.batches_total, (double)st.restores_batched_total,
+                     (double)rs.calls_in_flight, fs.scale, fs.compute_ratio, fs.restore_ratio,
+                     (double)fs.samples, (double)s->cfg->cost_refit};
+  for (int i = 0; i < NC; i++) {
     cacheflow__v1__counter__init(&cs[i]);
     cs[i].name = (char *)names[i];
     cs[i].value = vals[i];
     cp[i] = &cs[i];
   }
-  resp.n_counters = 4;
+  resp.n_counters = NC;
   resp.counters = cp;
   cf_rpc_reply(c, &resp.base);
 }
@@ -753,6 +763,7 @@ int cf_service_init(cf_service_t **out, uv_loop_t *loop, const cf_config_t *cfg,
   s->model = model;
   if (backend) s->be = *backend;
   s->t_start = cf__now();
+  cf_refit_init(&s->refit, cfg->cost_refit_weight);
   s->next_id = (uv_hrtime() & 0xffffffull) << 32; /* differs per run: stale ids are NOT_FOUND */
   uv_timer_init(loop, &s->batch_timer);
   s->batch_timer.data = s;
@@ -765,7 +776,10 @@ void cf_service_set_rpc(cf_service_t *s, cf_rpc_server_t *rpc) { s->rpc = rpc; }
 void cf_service_set_cost(cf_service_t *s, const cf_sched_cost_t *cost) {
   s->cost = *cost;
   s->have_cost = 1;
+  cf_refit_set_base(&s->refit, cost);
 }
+
+void cf_service_refit_stats(cf_service_t *s, cf_refit_stats_t *out) { cf_refit_stats(&s->refit, out); }
 
 void cf_service_drain(cf_service_t *s) {
   if (s->draining) return;
@@ -802,6 +816,7 @@ void cf_service_abort_all(cf_service_t *s, const char *why) {
 
 static void cf__timer_closed(uv_handle_t *h) {
   cf_service_t *s = h->data;
+  cf_refit_close(&s->refit);
   free(s->engines);
   free(s);
 }

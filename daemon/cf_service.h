@@ -21,6 +21,7 @@
 #include "cf_config.h"
 #include "cf_model_info.h"
 #include "cf_rpc.h"
+#include "cf_refit.h"
 #include "sched/cf_cost.h"
 
 /* One layer's K or V buffer as the engine declared it (validated at registration). */
@@ -127,6 +128,9 @@ void cf_service_set_cost(cf_service_t *s, const cf_sched_cost_t *cost);
 void cf_service_restore_event(cf_restore_t *r, const Cacheflow__V1__RestoreEvent *ev);
 void cf_service_restore_done(cf_restore_t *r, int status, const Cacheflow__V1__RestoreStats *stats,
                              const char *detail);
+
+/* The online re-fit of the compute cost (cf_refit.h): its state now. */
+void cf_service_refit_stats(cf_service_t *s, cf_refit_stats_t *out);
 
 /* Drain: health turns NOT_SERVING (Watch streams are told). */
 void cf_service_drain(cf_service_t *s);

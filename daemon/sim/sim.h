@@ -7,9 +7,14 @@
 #include "sched/cf_hw.h"
 #include "sched/cf_sched.h"
 
-/* Read a JSON-lines workload file. *reqs is malloc'd (caller frees). Returns 0 or
- * CF_ENOENT / CF_EFORMAT with "FILE line N: ..." */
-int sim_workload_read(const char *path, cf_sched_req_t **reqs, int *n);
+/* Read a JSON-lines workload file. *reqs is malloc'd (caller frees). A line may carry
+ * "tiers": [["dram", 8192], ["ssd", 8192]] (runs of prefix tokens and the tier each lies in,
+ * summing to prefix_tokens; a chunk is in the tier of its first token): those requests get a
+ * chunk_tier for chunks of `chunk` tokens, the others every chunk in `deftier`; *tiers (caller
+ * frees) backs them all and *any_tiers says whether any line had runs (else no chunk_tier is
+ * set). Returns 0 or CF_ENOENT / CF_EFORMAT with "FILE line N: ..." */
+int sim_workload_read(const char *path, int chunk, int deftier, cf_sched_req_t **reqs, int *n,
+                      uint8_t **tiers, int *any_tiers);
 
 /* Generate n requests of kind "multi-turn", "rag" or "agentic" with Poisson arrivals of
  * `rate` per second (0: all at time 0; < 0: the kind's default). Returns 0 or CF_EINVAL. */

@@ -31,6 +31,8 @@ static void usage(FILE *f) {
           "             h100-nvme) or a path\n"
           "  --model    llama-3.1-8b, qwen3-8b, llama-3.1-70b-tp4, llama-3.1-70b-tp8, or an HF config.json\n"
           "  --workload JSON lines {\"arrival_s\": 0.0, \"prefix_tokens\": 16384, \"new_tokens\": 256}\n"
+          "             optional \"tiers\": [[\"dram\", 8192], [\"ssd\", 8192]]: where runs of the prefix lie\n"
+          "             (each chunk loads at its tier's rate; the rest of the batch is in --tier)\n"
           "  --gen      synthetic workload; --rate requests/s (Poisson; 0 = all at t=0; default per kind)\n"
           "  --policy   recompute, load, cake, layerwise, cacheflow, optimal or all (default all)\n"
           "  --tier     tier holding the prefixes (default: the profile's)\n"
@@ -184,9 +186,29 @@ int main(int argc, char **argv) {
   if ((rc = cf_hw_cost(&hw, &model, (int)gpus, tier, gbps, (int)chunk, &in.cost)))
     return bad("%s%s", cf_errmsg(), "");
   cf_sched_req_t *reqs = NULL;
-  int n = 0;
+  int n = 0, any_tiers = 0;
+  uint8_t *chunk_tiers = NULL; /* backs reqs[i].chunk_tier when the workload names tiers */
   if (work) {
-    if ((rc = sim_workload_read(work, &reqs, &n))) return bad("workload %s%s", cf_errmsg(), "");
+    if ((rc = sim_workload_read(work, (int)chunk, tier, &reqs, &n, &chunk_tiers, &any_tiers)))
+      return bad("workload %s%s", cf_errmsg(), "");
+    /* mixed tiers: chunk tier indices are CF_TIER_*; each loads at its own tier's rate (the
+     * rate that tier would give as --tier), the chosen one at link_Bps (--gbps applies) */
+    for (int t = 0; any_tiers && t < 3 && t < CF_COST_MAX_TIERS; t++) {
+      cf_sched_cost_t alt;
+      if (t == tier || hw.tier_Bps[t] <= 0) continue;
+      if (cf_hw_cost(&hw, &model, (int)gpus, t, 0, (int)chunk, &alt) == 0) in.cost.tier_Bps[t] = alt.link_Bps;
+    }
+    if (any_tiers) in.cost.tier_Bps[tier] = in.cost.link_Bps;
+    for (int i = 0; any_tiers && i < n; i++)
+      for (int32_t c = 0; c < cf_cost_chunks(&in.cost, reqs[i].prefix_tokens); c++)
+        if (in.cost.tier_Bps[reqs[i].chunk_tier[c]] <= 0) {
+          char what[64];
+          snprintf(what, sizeof what, "request %d chunk %d", i, c);
+          const char *tn = cf_tier_names[reqs[i].chunk_tier[c]];
+          free(reqs);
+          free(chunk_tiers);
+          return bad("workload: %s: profile has no '%s' tier", what, tn);
+        }
   } else {
     if ((rc = sim_workload_gen(gen, (int)n_gen, (uint64_t)seed, rate, &reqs))) return bad("%s%s", cf_errmsg(), "");
     n = (int)n_gen;
@@ -377,5 +399,6 @@ int main(int argc, char **argv) {
     if (rows[p].ran) cf_sim_result_free(&rows[p].res);
   free(reqs);
   free(stage_reqs);
+  free(chunk_tiers);
   return invalid ? 1 : 0;
 }

@@ -79,14 +79,45 @@ static int cf__line_int(const char *path, int line, const cf_json_t *o, const ch
   return 0;
 }
 
-int sim_workload_read(const char *path, cf_sched_req_t **out, int *nout) {
+/* The optional "tiers" runs of one line: fills tiers[0..chunks) (chunk c: the tier of its first
+ * token). Returns 0 or CF_EFORMAT naming the line and the run. */
+static int cf__line_tiers(const char *path, int line, const cf_json_t *runs, int64_t P, int chunk,
+                          uint8_t *tiers) {
+  if (runs->type != CF_JSON_ARR)
+    return cf_seterr(CF_EFORMAT, "%s line %d: key 'tiers': expected [[\"dram\"|\"ssd\"|\"net\", tokens], ...]", path, line);
+  int64_t at = 0;
+  size_t i = 0;
+  for (const cf_json_t *run = runs->child; run; run = run->next, i++) {
+    const cf_json_t *nm = cf_json_at(run, 0), *tk = cf_json_at(run, 1);
+    int t = -1;
+    for (int k = 0; nm && nm->type == CF_JSON_STR && k < 3; k++)
+      if (!strcmp(nm->str, cf_tier_names[k])) t = k;
+    if (run->type != CF_JSON_ARR || run->len != 2 || t < 0 || !tk || tk->type != CF_JSON_NUM ||
+        !tk->is_int || tk->i64 < 1 || tk->i64 > P - at)
+      return cf_seterr(CF_EFORMAT, "%s line %d: tiers run %zu: expected [\"dram\"|\"ssd\"|\"net\", "
+                       "tokens 1..%lld]", path, line, i, (long long)(P - at));
+    for (int64_t c = (at + chunk - 1) / chunk; c * chunk < at + tk->i64; c++) tiers[c] = (uint8_t)t;
+    at += tk->i64;
+  }
+  if (at != P)
+    return cf_seterr(CF_EFORMAT, "%s line %d: tiers runs cover %lld tokens, prefix_tokens is %lld",
+                     path, line, (long long)at, (long long)P);
+  return 0;
+}
+
+int sim_workload_read(const char *path, int chunk, int deftier, cf_sched_req_t **out, int *nout,
+                      uint8_t **tiers_out, int *any_tiers) {
   char *text;
   size_t len;
   int rc = cf_hw_read_file(path, &text, &len);
   if (rc) return rc;
-  size_t cap = 64;
-  int n = 0;
+  size_t cap = 64, tcap = 0, tn = 0;
+  int n = 0, any = 0;
+  uint8_t *tiers = NULL;
+  size_t *toff = NULL; /* request i's chunks at tiers[toff[i]..] (pointers fixed at the end) */
   cf_sched_req_t *r = malloc(cap * sizeof *r);
+  toff = malloc(cap * sizeof *toff);
+  if (!toff) { free(r); r = NULL; }
   char *p = text;
   int line = 0;
   while (r && *p) {
@@ -109,8 +140,10 @@ int sim_workload_read(const char *path, cf_sched_req_t **out, int *nout) {
     }
     if ((size_t)n == cap) {
       cf_sched_req_t *nr = realloc(r, 2 * cap * sizeof *r);
-      if (!nr) { cf_json_free(o); break; }
-      r = nr;
+      size_t *no = nr ? realloc(toff, 2 * cap * sizeof *toff) : NULL;
+      if (nr) r = nr;
+      if (!no) { cf_json_free(o); free(r); r = NULL; break; }
+      toff = no;
       cap *= 2;
     }
     cf_sched_req_t *x = &r[n];
@@ -124,6 +157,22 @@ int sim_workload_read(const char *path, cf_sched_req_t **out, int *nout) {
     if (!rc) rc = cf__line_int(path, line, o, "new_tokens", &x->new_tokens);
     if (!rc && cf_json_get(o, "device")) rc = cf__line_int(path, line, o, "device", &d);
     x->device = (int)d;
+    x->chunk_tier = NULL;
+    size_t nc = rc ? 0 : (size_t)((x->prefix_tokens + chunk - 1) / chunk);
+    if (!rc && tn + nc > tcap) {
+      size_t c2 = tcap ? tcap : 4096;
+      while (c2 < tn + nc) c2 *= 2;
+      uint8_t *nt = realloc(tiers, c2);
+      if (!nt) rc = cf_seterr(CF_ENOMEM, "%s line %d: chunk tiers", path, line);
+      else { tiers = nt; tcap = c2; }
+    }
+    const cf_json_t *runs = cf_json_get(o, "tiers");
+    if (!rc) {
+      memset(tiers + tn, deftier, nc);
+      if (runs) { rc = cf__line_tiers(path, line, runs, x->prefix_tokens, chunk, tiers + tn); any = 1; }
+    }
+    toff[n] = tn;
+    tn += nc;
     cf_json_free(o);
     if (rc) goto fail;
     n++;
@@ -131,12 +180,19 @@ int sim_workload_read(const char *path, cf_sched_req_t **out, int *nout) {
   if (!r) { rc = cf_seterr(CF_ENOMEM, "%s: %d requests", path, n); goto fail; }
   if (n == 0) { rc = cf_seterr(CF_EFORMAT, "%s: no requests (expected JSON lines)", path); goto fail; }
   free(text);
+  for (int i = 0; any && i < n; i++) r[i].chunk_tier = tiers + toff[i];
+  free(toff);
+  if (!any) { free(tiers); tiers = NULL; }
   *out = r;
   *nout = n;
+  *tiers_out = tiers;
+  *any_tiers = any;
   return 0;
 fail:
   free(text);
   free(r);
+  free(toff);
+  free(tiers);
   return rc ? rc : CF_ENOMEM;
 }
 

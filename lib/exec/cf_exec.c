@@ -319,6 +319,8 @@ static int cf__compute(cf__run_t *run, const cf__pick_t *p, const uint8_t *mine)
   int rc = cf_backend_forward(run->ex->be, &a);
   q->r->stats.compute_busy_ns += cf__now() - s;
   q->r->stats.forward_calls++;
+  q->r->stats.step_tokens += t1 - t0;
+  q->r->stats.step_attn += (t1 - t0) * (t0 + 0.5 * (t1 - t0));
   if (rc) return cf_err_prefix(rc, "exec: forward (layer %d, tokens [%d, %d)): ", l, t0, t1);
   for (int c = p->c0; c <= p->c1; c++) {
     if (!mine[c - p->c0]) continue; /* already loaded: keep the stored bytes */

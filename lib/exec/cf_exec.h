@@ -59,6 +59,10 @@ typedef struct {
   uint64_t forward_calls;
   int64_t t_start_ns, t_done_ns;            /* CLOCK_MONOTONIC */
   int64_t compute_busy_ns;                  /* time the compute worker spent in forward */
+  double step_tokens, step_attn;            /* over those forward steps (n tokens from position
+                                               p each): sum of n and of n * (p + n/2), what the
+                                               cost model's alpha and beta terms charge (cacheflowd
+                                               compares compute_busy_ns with its prediction) */
   int layers_ready;
 } cf_exec_stats_t;
 

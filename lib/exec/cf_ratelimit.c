@@ -22,8 +22,11 @@ int cf_ratelimit_init(cf_ratelimit_t *rl, double bytes_per_s, double burst_bytes
   rl->tat_ns = 0;
   rl->bytes_total = 0;
   rl->waited_ns = 0;
+  rl->link = NULL;
   return 0;
 }
+
+void cf_ratelimit_share(cf_ratelimit_t *rl, cf_ratelimit_t *link) { rl->link = link == rl ? NULL : link; }
 
 void cf_ratelimit_close(cf_ratelimit_t *rl) { pthread_mutex_destroy(&rl->mu); }
 
@@ -41,15 +44,22 @@ void cf_ratelimit_acquire(cf_ratelimit_t *rl, size_t bytes) {
   rl->bytes_total += bytes;
   if (rl->bytes_per_s <= 0) { pthread_mutex_unlock(&rl->mu); return; }
   int64_t now = cf__mono_ns();
+  cf_ratelimit_t *clk = rl;
+  double dur_ns = (double)bytes / rl->bytes_per_s * 1e9, burst_ns = rl->burst_ns;
+  if (rl->link) { /* a tier sharing a link: advance the link's clock by this tier's time */
+    pthread_mutex_unlock(&rl->mu);
+    clk = rl->link;
+    pthread_mutex_lock(&clk->mu);
+  }
   /* An idle link does not bank credit beyond the burst; but a caller that comes back within
    * CF_RATELIMIT_CATCHUP_NS of its previous reservation's end (it was copying, or its sleep
    * overshot) continues back to back, as a link with queued transfers does: without this each
    * op's software overhead (~50-100 us here) idled the emulated link, which made all-load
    * restores at 10 Gbps 1.8x slower than the transfer time the planner models. */
-  if (rl->tat_ns < now - CF_RATELIMIT_CATCHUP_NS) rl->tat_ns = now;
-  rl->tat_ns += (int64_t)((double)bytes / rl->bytes_per_s * 1e9);
-  int64_t wake = rl->tat_ns - (int64_t)rl->burst_ns;
-  pthread_mutex_unlock(&rl->mu);
+  if (clk->tat_ns < now - CF_RATELIMIT_CATCHUP_NS) clk->tat_ns = now;
+  clk->tat_ns += (int64_t)dur_ns;
+  int64_t wake = clk->tat_ns - (int64_t)burst_ns;
+  pthread_mutex_unlock(&clk->mu);
   if (wake <= now) return;
   struct timespec ts = {wake / 1000000000, wake % 1000000000};
   while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) != 0) {}

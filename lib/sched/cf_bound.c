@@ -26,6 +26,14 @@
  * Tio = L N q — DESIGN.md's formula. (Equivalently: load cells in decreasing order of
  * compute/load ratio — the back chunks first — until compute and load time meet.)
  *
+ * Tiers. When a request's chunks load at different rates (cf_cost.h), the choice per layer is
+ * a token set, not a count: computing token i costs alpha + beta i (its attention over the
+ * prefix: a step over [p, p + n) costs gamma + beta n (p + n/2), exactly gamma + the sum of
+ * alpha + beta i over its tokens, continuous), loading it q_i, its tier's link time; past the one
+ * gamma the choice is separable per token, so the inner minimum has a closed form per run of
+ * one tier (cf__inner); with one tier it is the front-t-tokens form above. The points are still
+ * convexified per (request, layer), and the same duality gives the bound.
+ *
  * Arrivals. Requests arriving at or after time a must all be restored inside [a, T], so
  * T >= a + T(those requests) (checked at up to 64 thresholds a); and T >= a_r + T_single(r)
  * on its own link and its own device, or, when devices may help each other over a peer link
@@ -35,55 +43,89 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "sched/cf_sched_int.h"
 
-/* min over t in [0, N] of lam * phi(t) / nd + (1 - lam) * (N - t) * q. */
-static double cf__inner(const cf_sched_cost_t *c, double N, double lam, double nd, double q) {
-  double best = (1 - lam) * N * q; /* t = 0: load everything */
-  if (lam <= 0) return 0.0;        /* t = N: compute everything for free */
-  double t;
-  if (c->beta_s > 0)
-    t = ((1 - lam) * q * nd / lam - c->alpha_s) / c->beta_s;
-  else
-    t = lam * c->alpha_s / nd < (1 - lam) * q ? N : 0;
-  if (t > N) t = N;
-  if (t > 0) {
-    double v = lam / nd * (c->gamma_s + c->alpha_s * t + 0.5 * c->beta_s * t * t) +
-               (1 - lam) * (N - t) * q;
-    if (v < best) best = v;
+/* A run of a request's prefix, tokens [a, b), lying in one tier. */
+typedef struct {
+  double a, b;
+  int tier;
+} cf__run_t;
+
+/* A request's runs (one when it names no tiers). */
+typedef struct {
+  cf__run_t *run;
+  int32_t n;
+} cf__runs_t;
+
+/* Chunks of consecutive equal tiers of request q merged into runs, into buf (room for one run
+ * per chunk, at least 1). Returns the number of runs. */
+static int32_t cf__runs(const cf_sched_cost_t *c, const cf_sched_req_t *q, cf__run_t *buf) {
+  int64_t P = q->prefix_tokens;
+  int32_t n = 0;
+  if (!q->chunk_tier) {
+    buf[0] = (cf__run_t){0, (double)P, 0};
+    return 1;
   }
-  return best;
+  for (int32_t ch = 0, nc = cf_cost_chunks(c, P); ch < nc; ch++) {
+    double b = (double)cf_cost_tok(c, P, ch + 1);
+    if (n && buf[n - 1].tier == q->chunk_tier[ch]) buf[n - 1].b = b;
+    else buf[n++] = (cf__run_t){(double)cf_cost_tok(c, P, ch), b, q->chunk_tier[ch]};
+  }
+  return n;
 }
 
-/* Pooled bound of the requests reqs[idx[0..m)]. */
-static double cf__pooled(const cf_sched_cost_t *c, const cf_sched_req_t *reqs, const int *idx,
-                         int m, int nd, int nl) {
-  double q = c->kv_bytes_per_token / (c->link_Bps * nl);
+/* min over token sets S of lam * phi(S) / nd + (1 - lam) * (link time of the tokens not in S),
+ * phi(S) = gamma [S nonempty] + sum over i in S of (alpha + beta i) (continuous positions: a
+ * step over [p, p + n) costs exactly gamma + the integral of alpha + beta x over it, and steps
+ * split S any way pay gamma at least once). Past gamma the cost is separable: position x is
+ * computed iff lam (alpha + beta x) / nd < (1 - lam) q(x), q(x) its tier's link seconds per
+ * token, which within a run of one tier is a prefix [a, x*) of the run. So the minimum is the
+ * smaller of loading everything and gamma + that per-position choice. With one tier it is the
+ * single-rate form above (S = the front t tokens). */
+static double cf__inner(const cf_sched_cost_t *c, const cf__runs_t *rr, const double *q, double lam,
+                        double nd) {
+  double Q = 0, sep = 0;
+  for (int32_t i = 0; i < rr->n; i++) Q += (rr->run[i].b - rr->run[i].a) * q[rr->run[i].tier];
+  if (lam <= 0) return 0.0; /* compute everything for free */
+  for (int32_t i = 0; i < rr->n; i++) {
+    double a = rr->run[i].a, b = rr->run[i].b, qq = q[rr->run[i].tier], x;
+    if (c->beta_s > 0) x = ((1 - lam) * qq * nd / lam - c->alpha_s) / c->beta_s;
+    else x = lam * c->alpha_s / nd < (1 - lam) * qq ? b : a;
+    x = x < a ? a : x > b ? b : x;
+    sep += lam / nd * (c->alpha_s * (x - a) + 0.5 * c->beta_s * (x * x - a * a)) + (1 - lam) * (b - x) * qq;
+  }
+  double all_load = (1 - lam) * Q, some = lam / nd * c->gamma_s + sep;
+  return some < all_load ? some : all_load;
+}
+
+/* D(lam) of the requests idx[0..m) (their runs rr[idx[i]]). */
+static double cf__dual(const cf_sched_cost_t *c, const cf__runs_t *rr, const int *idx, int m,
+                       const double *q, double lam, int nd) {
+  double s = 0;
+  for (int i = 0; i < m; i++) s += c->n_layers * cf__inner(c, &rr[idx[i]], q, lam, nd);
+  return s;
+}
+
+/* Pooled bound of the requests idx[0..m) whose runs are rr[]. */
+static double cf__pooled(const cf_sched_cost_t *c, const cf__runs_t *rr, const int *idx, int m,
+                         int nd, int nl) {
+  double q[CF_COST_MAX_TIERS]; /* link seconds per token per layer of each tier, nl links pooled */
+  for (int t = 0; t < CF_COST_MAX_TIERS; t++) q[t] = c->kv_bytes_per_token / (cf_cost_tier_Bps(c, t) * nl);
   double lo = 0, hi = 1;
   const double g = 0.6180339887498949;
   double best = 0;
   /* Golden section on the concave D(lam); keep the best value seen (each is a valid bound). */
-  double a = hi - g * (hi - lo), b = lo + g * (hi - lo), fa = 0, fb = 0;
-  for (int pass = 0; pass < 2; pass++) {
-    double lam = pass ? b : a, s = 0;
-    for (int i = 0; i < m; i++)
-      s += c->n_layers * cf__inner(c, (double)reqs[idx[i]].prefix_tokens, lam, nd, q);
-    if (pass) fb = s; else fa = s;
-  }
+  double a = hi - g * (hi - lo), b = lo + g * (hi - lo);
+  double fa = cf__dual(c, rr, idx, m, q, a, nd), fb = cf__dual(c, rr, idx, m, q, b, nd);
   for (int it = 0; it < 90; it++) {
     if (fa < fb) {
       lo = a; a = b; fa = fb; b = lo + g * (hi - lo);
-      double s = 0;
-      for (int i = 0; i < m; i++)
-        s += c->n_layers * cf__inner(c, (double)reqs[idx[i]].prefix_tokens, b, nd, q);
-      fb = s;
+      fb = cf__dual(c, rr, idx, m, q, b, nd);
     } else {
       hi = b; b = a; fb = fa; a = hi - g * (hi - lo);
-      double s = 0;
-      for (int i = 0; i < m; i++)
-        s += c->n_layers * cf__inner(c, (double)reqs[idx[i]].prefix_tokens, a, nd, q);
-      fa = s;
+      fa = cf__dual(c, rr, idx, m, q, a, nd);
     }
     if (fa > best) best = fa;
     if (fb > best) best = fb;
@@ -92,30 +134,79 @@ static double cf__pooled(const cf_sched_cost_t *c, const cf_sched_req_t *reqs, c
   return best;
 }
 
+/* Runs of every request of `reqs` (one malloc: *buf, caller frees); NULL when out of memory. */
+static cf__runs_t *cf__all_runs(const cf_sched_cost_t *c, const cf_sched_req_t *reqs, int n, cf__run_t **buf) {
+  size_t total = 0;
+  for (int r = 0; r < n; r++) total += reqs[r].chunk_tier ? (size_t)cf_cost_chunks(c, reqs[r].prefix_tokens) + 1 : 1;
+  cf__runs_t *rr = malloc((size_t)(n ? n : 1) * sizeof *rr);
+  *buf = malloc(total * sizeof **buf);
+  if (!rr || !*buf) { free(rr); free(*buf); *buf = NULL; return NULL; }
+  size_t at = 0;
+  for (int r = 0; r < n; r++) {
+    rr[r].run = *buf + at;
+    rr[r].n = cf__runs(c, &reqs[r], rr[r].run);
+    at += reqs[r].chunk_tier ? (size_t)cf_cost_chunks(c, reqs[r].prefix_tokens) + 1 : 1;
+  }
+  return rr;
+}
+
+/* The bound of request q with every token at the fastest tier's rate: still valid (loads only
+ * got cheaper), for when the runs cannot be had. */
+static double cf__fastest(const cf_sched_cost_t *c, const cf_sched_req_t *q, int nd) {
+  double fast = 0;
+  for (int t = 0; t < CF_COST_MAX_TIERS; t++) fast = fmax(fast, cf_cost_tier_Bps(c, t));
+  cf_sched_cost_t f = *c;
+  f.link_Bps = fast;
+  for (int t = 0; t < CF_COST_MAX_TIERS; t++) f.tier_Bps[t] = 0;
+  cf__run_t run = {0, (double)q->prefix_tokens, 0};
+  cf__runs_t rr = {&run, 1};
+  int idx = 0;
+  return cf__pooled(&f, &rr, &idx, 1, nd, 1);
+}
+
 /* Plans can meet the bound exactly (e.g. recompute over a very slow link), and the simulator
  * sums the same costs in another order: shave 1e-9 so rounding never puts a plan below it. */
 #define CF__BOUND_SLACK (1 - 1e-9)
 
-double cf_bound_single(const cf_sched_cost_t *c, int64_t P) {
-  if (P <= 0) return 0.0;
-  cf_sched_req_t q = {0, P, 0, 0};
+double cf_bound_request(const cf_sched_cost_t *c, const cf_sched_req_t *q) {
+  if (q->prefix_tokens <= 0) return 0.0;
+  cf__run_t *buf;
+  cf__runs_t *rr = cf__all_runs(c, q, 1, &buf);
   int idx = 0;
-  return cf__pooled(c, &q, &idx, 1, 1, 1) * CF__BOUND_SLACK;
+  double T = rr ? cf__pooled(c, rr, &idx, 1, 1, 1) : cf__fastest(c, q, 1);
+  free(rr);
+  free(buf);
+  return T * CF__BOUND_SLACK;
+}
+
+double cf_bound_single(const cf_sched_cost_t *c, int64_t P) {
+  cf_sched_req_t q = {.prefix_tokens = P};
+  return cf_bound_request(c, &q);
 }
 
 double cf_bound(const cf_sched_input_t *in) {
   int n = in->n_reqs;
   if (n <= 0) return 0.0;
   int *order = malloc((size_t)n * sizeof *order);
+  cf__run_t *buf;
+  cf__runs_t *tk = cf__all_runs(&in->cost, in->reqs, n, &buf);
   double T = 0;
+  int nd0 = cf_cost_has_peer(&in->cost) ? in->cost.n_devices : 1;
+  if (!tk) { /* each request alone at the fastest tier's rate: still valid */
+    for (int r = 0; r < n; r++)
+      if (in->reqs[r].prefix_tokens > 0)
+        T = fmax(T, in->reqs[r].arrival_s + cf__fastest(&in->cost, &in->reqs[r], nd0) * CF__BOUND_SLACK);
+    free(order);
+    return T;
+  }
   int nd1 = cf_cost_has_peer(&in->cost) ? in->cost.n_devices : 1; /* compute one request may use */
   for (int r = 0; r < n; r++) {
     if (in->reqs[r].prefix_tokens <= 0) continue;
     double t = in->reqs[r].arrival_s +
-               cf__pooled(&in->cost, in->reqs, &r, 1, nd1, 1) * CF__BOUND_SLACK;
+               cf__pooled(&in->cost, tk, &r, 1, nd1, 1) * CF__BOUND_SLACK;
     if (t > T) T = t;
   }
-  if (!order) return T; /* still a valid (weaker) bound */
+  if (!order) { free(tk); free(buf); return T; } /* still a valid (weaker) bound */
   cf__arrival_order(in, order);
   int nd = in->cost.n_devices, nl = cf_cost_n_links(&in->cost);
   /* Every threshold is a valid constraint; taking at most CF__THRESHOLDS of them, spread
@@ -126,9 +217,11 @@ double cf_bound(const cf_sched_input_t *in) {
     while (i > 0 && i < n && in->reqs[order[i]].arrival_s == in->reqs[order[i - 1]].arrival_s) i++;
     if (i >= n) break;
     double t = in->reqs[order[i]].arrival_s +
-               cf__pooled(&in->cost, in->reqs, order + i, n - i, nd, nl);
+               cf__pooled(&in->cost, tk, order + i, n - i, nd, nl);
     if (t > T) T = t;
   }
   free(order);
+  free(tk);
+  free(buf);
   return T * CF__BOUND_SLACK;
 }

@@ -14,6 +14,8 @@
 /* Lower bound on the restore time of one request of P tokens alone on one device and its
  * link (seconds; 0 for P = 0). */
 double cf_bound_single(const cf_sched_cost_t *c, int64_t P);
+/* The same for request q, its chunks at their tiers' rates (q->chunk_tier). */
+double cf_bound_request(const cf_sched_cost_t *c, const cf_sched_req_t *q);
 
 /* Lower bound on the batch's makespan (absolute time at which the last restore completes,
  * time 0 = the origin of arrival_s), valid for every plan and every device assignment:

@@ -2,6 +2,7 @@
 #include "sched/cf_cost.h"
 
 #include <math.h>
+#include <stdio.h>
 
 #include "util/cf_err.h"
 
@@ -20,6 +21,7 @@ void cf_cost_h100_llama8b(cf_sched_cost_t *c) {
   c->peer_latency_s = 0;
   c->pp_stages = 1;
   c->hidden_bytes_per_token = 0;
+  for (int t = 0; t < CF_COST_MAX_TIERS; t++) c->tier_Bps[t] = 0; /* every tier at link_Bps */
 }
 
 static int cf__pos(const char *name, double v, int allow_zero) {
@@ -44,6 +46,11 @@ int cf_cost_check(const cf_sched_cost_t *c) {
   if ((rc = cf__pos("beta_s", c->beta_s, 1))) return rc;
   if ((rc = cf__pos("link_Bps", c->link_Bps, 0))) return rc;
   if ((rc = cf__pos("link_latency_s", c->link_latency_s, 1))) return rc;
+  for (int t = 0; t < CF_COST_MAX_TIERS; t++) {
+    char name[32];
+    snprintf(name, sizeof name, "tier_Bps[%d]", t);
+    if ((rc = cf__pos(name, c->tier_Bps[t], 1))) return rc;
+  }
   if (c->n_devices > 1) { /* read only with several devices (see cf_cost.h) */
     if ((rc = cf__pos("peer_Bps", c->peer_Bps, 1))) return rc;
     if ((rc = cf__pos("peer_latency_s", c->peer_latency_s, 1))) return rc;

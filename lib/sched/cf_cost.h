@@ -10,6 +10,12 @@
  * its start-up profile; cf_cost_h100_llama8b() returns the fit to ../shared/calib/h100.json.
  *
  * Load: a load op of `cells` bytes over a link takes  latency + bytes / link_Bps.
+ * Tiers: the cells of one request may lie in tiers that read at different rates (CPU DRAM and
+ * an SSD behind the same link). A request may name each chunk's tier (cf_sched_req_t.chunk_tier);
+ * tier t reads at tier_Bps[t] bytes/s when that is > 0, else at link_Bps. A load op still runs
+ * on the device's one link, its chunks one after the other: it takes
+ *     latency + layers * sum over its chunks c of tokens(c) * kv_bytes_per_token / rate(tier(c))
+ * (cf_sched_load_s). Every policy, the bound and the simulator use that same sum.
  * A node has n_devices compute devices (engine instances; a TP engine of G GPUs is ONE device
  * whose link carries the G shards over G PCIe links, i.e. G x the bandwidth). Each device has
  * its own link (tier in CPU DRAM: PCIe) unless shared_link is set (SSD or network tier: one
@@ -36,6 +42,8 @@
 
 #include <stdint.h>
 
+#define CF_COST_MAX_TIERS 4
+
 typedef struct {
   int n_layers;              /* L */
   int chunk_tokens;          /* C: tokens per chunk (the last chunk of a prefix may be shorter) */
@@ -51,6 +59,7 @@ typedef struct {
   double peer_latency_s;     /* fixed cost of one peer send op (s) */
   int pp_stages;             /* pipeline stages per engine (1: none) */
   double hidden_bytes_per_token; /* stored boundary hidden state of one token (stage > 0) */
+  double tier_Bps[CF_COST_MAX_TIERS]; /* read rate of chunks in tier t; 0: link_Bps (see above) */
 } cf_sched_cost_t;
 
 /* Defaults for Llama-3.1-8B on one H100 with the prefixes in pinned CPU DRAM (PCIe gen5):
@@ -80,6 +89,10 @@ static inline double cf_cost_step(const cf_sched_cost_t *c, double p, double n) 
 static inline double cf_cost_load(const cf_sched_cost_t *c, double tokens, int layers) {
   if (tokens <= 0 || layers <= 0) return 0.0;
   return c->link_latency_s + tokens * layers * c->kv_bytes_per_token / c->link_Bps;
+}
+/* Bytes/s at which cells of tier t (0..CF_COST_MAX_TIERS-1) load. */
+static inline double cf_cost_tier_Bps(const cf_sched_cost_t *c, int t) {
+  return c->tier_Bps[t] > 0 ? c->tier_Bps[t] : c->link_Bps;
 }
 /* One peer send of `tokens` tokens x `layers` layers (device to device). */
 static inline double cf_cost_send(const cf_sched_cost_t *c, double tokens, int layers) {

@@ -27,6 +27,22 @@ int cf_policy_parse(const char *name, cf_policy_t *out) {
                    name ? name : "(null)");
 }
 
+double cf_sched_load_s(const cf_sched_cost_t *c, const cf_sched_req_t *q, int32_t c0, int32_t c1,
+                       int layers) {
+  if (c1 <= c0 || layers <= 0) return 0.0;
+  int64_t P = q->prefix_tokens, t0 = cf_cost_tok(c, P, c0);
+  if (!q->chunk_tier) /* one tier: its rate over the op's tokens */
+    return c->link_latency_s +
+           (double)(cf_cost_tok(c, P, c1) - t0) * layers * c->kv_bytes_per_token / cf_cost_tier_Bps(c, 0);
+  double s = 0; /* seconds per layer, chunk by chunk */
+  for (int32_t ch = c0; ch < c1; ch++) {
+    int64_t t1 = cf_cost_tok(c, P, ch + 1);
+    s += (double)(t1 - t0) / cf_cost_tier_Bps(c, q->chunk_tier[ch]);
+    t0 = t1;
+  }
+  return c->link_latency_s + s * layers * c->kv_bytes_per_token;
+}
+
 void cf_sched_plan_init(cf_sched_plan_t *plan) { memset(plan, 0, sizeof *plan); }
 
 void cf_sched_plan_free(cf_sched_plan_t *plan) {
@@ -61,6 +77,10 @@ int cf_sched_input_check(const cf_sched_input_t *in) {
     if (q->device < -1 || q->device >= in->cost.n_devices)
       return cf_seterr(CF_EINVAL, "request %d: device %d: expected -1 or 0..%d", r, q->device,
                        in->cost.n_devices - 1);
+    for (int32_t c = 0, n = q->chunk_tier ? cf_cost_chunks(&in->cost, q->prefix_tokens) : 0; c < n; c++)
+      if (q->chunk_tier[c] >= CF_COST_MAX_TIERS)
+        return cf_seterr(CF_EINVAL, "request %d: chunk %d: tier %d: expected 0..%d", r, c,
+                         q->chunk_tier[c], CF_COST_MAX_TIERS - 1);
   }
   return 0;
 }
@@ -246,7 +266,7 @@ void cf__assign_devices(const cf_sched_input_t *in, int *dev) {
     free(order);
     return;
   }
-  for (int r = 0; r < n; r++) sz[r] = cf_bound_single(&in->cost, in->reqs[r].prefix_tokens);
+  for (int r = 0; r < n; r++) sz[r] = cf_bound_request(&in->cost, &in->reqs[r]);
   cf__arrival_order(in, order);
   for (int i = 0; i < n; i++) { /* pinned requests first: they are not ours to move */
     int r = order[i];

@@ -10,7 +10,7 @@
 /* Shared driver: per request (in arrival order) the number of bottom layers it computes over
  * all its chunks; the rest is loaded layer by layer. */
 static int cf__static_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out,
-                           cf_policy_t pol, int (*layers)(const cf_sched_cost_t *, int64_t)) {
+                           cf_policy_t pol, int (*layers)(const cf_sched_cost_t *, const cf_sched_req_t *)) {
   int rc = cf__plan_reset(out, in, dev, pol);
   if (rc) return rc;
   int n = in->n_reqs, L = in->cost.n_layers;
@@ -23,7 +23,7 @@ static int cf__static_plan(const cf_sched_input_t *in, const int *dev, cf_sched_
   }
   cf__arrival_order(in, order);
   for (int i = 0; i < n && !rc; i++) {
-    int r = order[i], ell = layers(&in->cost, in->reqs[r].prefix_tokens);
+    int r = order[i], ell = layers(&in->cost, &in->reqs[r]);
     for (int l = 0; l < L; l++) k[l] = l < ell ? out->n_chunks[r] : 0;
     rc = cf__plan_emit_compute(out, in, r, k);
     if (!rc) rc = cf__plan_emit_loads(out, in, r, k, 1);
@@ -33,13 +33,14 @@ static int cf__static_plan(const cf_sched_input_t *in, const int *dev, cf_sched_
   return rc;
 }
 
-static int cf__all_layers(const cf_sched_cost_t *c, int64_t P) { return c->n_layers; }
-static int cf__no_layers(const cf_sched_cost_t *c, int64_t P) { return 0; }
+static int cf__all_layers(const cf_sched_cost_t *c, const cf_sched_req_t *q) { return c->n_layers; }
+static int cf__no_layers(const cf_sched_cost_t *c, const cf_sched_req_t *q) { return 0; }
 
 /* Bottom layers to compute so that computing them and loading the rest take about as long:
  * argmin over l of max(l * step(all tokens), (L - l) * load(layer)); ties go to fewer layers. */
-static int cf__balanced_layers(const cf_sched_cost_t *c, int64_t P) {
-  double tc = cf_cost_step(c, 0, (double)P), tio = cf_cost_load(c, (double)P, 1);
+static int cf__balanced_layers(const cf_sched_cost_t *c, const cf_sched_req_t *q) {
+  double tc = cf_cost_step(c, 0, (double)q->prefix_tokens);
+  double tio = cf_sched_load_s(c, q, 0, cf_cost_chunks(c, q->prefix_tokens), 1); /* each chunk at its tier's rate */
   int best = 0;
   double bv = c->n_layers * tio;
   for (int l = 1; l <= c->n_layers; l++) {

@@ -66,7 +66,10 @@ typedef struct {
   int32_t *hsplit;
   int *hreq;     /* per device: the request it is helped with */
   int use_help;  /* emit the help above (0: every request computed by its own device) */
-  double q;     /* link seconds per token per layer */
+  double q;     /* link seconds per token per layer (tier 0) */
+  double *gsum; /* NULL (every chunk in tier 0), or per request r the link seconds per layer of
+                   its chunks [0, j) at their tiers' rates: gsum[goff[r] + j], j = 0..chunks */
+  size_t *goff;
   double price_tol; /* relative precision of the price bisection */
 } cf__opt_t;
 
@@ -75,7 +78,35 @@ static inline double cf__f(const cf__opt_t *o, int r, int32_t k) {
 }
 static inline double cf__g(const cf__opt_t *o, int r, int32_t k) {
   int64_t P = o->in->reqs[r].prefix_tokens;
+  if (o->gsum) { /* mixed tiers: the back chunks' own rates */
+    const double *g = o->gsum + o->goff[r];
+    return g[cf_cost_chunks(o->c, P)] - g[k];
+  }
   return (double)(P - cf_cost_tok(o->c, P, k)) * o->q;
+}
+
+/* Per-request link prefix sums when some request names its chunks' tiers (o->gsum stays NULL
+ * otherwise: the single-rate closed forms apply). The front-chunks shape and the hull below
+ * were derived for one rate; with several the chain of (f, g) points need not be convex, so
+ * the hull walk is a heuristic there and the refinement (which also simulates every other
+ * policy's plan) keeps optimal no slower than them. Returns 0 or CF_ENOMEM. */
+static int cf__tier_sums(cf__opt_t *o) {
+  const cf_sched_input_t *in = o->in;
+  int any = 0;
+  for (int r = 0; r < o->n; r++) any |= in->reqs[r].chunk_tier != NULL;
+  if (!any) return 0;
+  if (!(o->goff = malloc(((size_t)o->n + 1) * sizeof *o->goff))) return cf_seterr(CF_ENOMEM, "optimal: tier sums");
+  o->goff[0] = 0;
+  for (int r = 0; r < o->n; r++) o->goff[r + 1] = o->goff[r] + (size_t)cf_cost_chunks(o->c, in->reqs[r].prefix_tokens) + 1;
+  if (!(o->gsum = malloc(o->goff[o->n] * sizeof *o->gsum))) return cf_seterr(CF_ENOMEM, "optimal: tier sums");
+  for (int r = 0; r < o->n; r++) {
+    double *g = o->gsum + o->goff[r];
+    int32_t nc = cf_cost_chunks(o->c, in->reqs[r].prefix_tokens);
+    g[0] = 0;
+    for (int32_t ch = 0; ch < nc; ch++) /* one layer of the chunk, latency excluded */
+      g[ch + 1] = g[ch] + cf_sched_load_s(o->c, &in->reqs[r], ch, ch + 1, 1) - o->c->link_latency_s;
+  }
+  return 0;
 }
 static inline int32_t cf__hk(const cf__opt_t *o, int r, int j) {
   return j == 0 ? 0 : o->kstar[r] + j - 1;
@@ -129,7 +160,9 @@ static int cf__edges_below(const cf__opt_t *o, int r, double s) {
   if (s >= 0) return E;
   const cf_sched_cost_t *c = o->c;
   if (c->beta_s > 0) {
-    double M = (o->q / -s - c->alpha_s) / c->beta_s; /* largest midpoint that qualifies */
+    /* mixed tiers: the request's mean rate; the walks below correct the guess */
+    double q = o->gsum ? cf__g(o, r, 0) / (double)o->in->reqs[r].prefix_tokens : o->q;
+    double M = (q / -s - c->alpha_s) / c->beta_s; /* largest midpoint that qualifies */
     double kk = floor(M / c->chunk_tokens - 0.5);   /* last qualifying k (full chunks) */
     double jj = kk - o->kstar[r] + 2;               /* edges j = 1.. have k = kstar + j - 1 */
     j = jj < 1 ? 1 : jj > E ? E : (int)jj;
@@ -559,11 +592,80 @@ static int cf__default_evals(const cf_sched_input_t *in) {
   return e > 64 ? 64 : e < 8 ? 8 : (int)e;
 }
 
+/* A candidate for mixed tiers (refinement only; every request on stage 0): the front-chunks
+ * shape above computes the cheapest chunks to compute, but when a slow tier's chunks lie at the
+ * back it is better to compute THEM and load the fast front chunks that each of their layers
+ * attends to. Per request, chunks by decreasing (link time saved) / (compute time), added to
+ * the computed set while its compute stays under the link time of the rest; computed chunks get
+ * h = L, the others h = 0. Ops: per layer one LOAD per run of loaded chunks (layer-major), one
+ * COMPUTE per run of computed chunks (chunk order): a compute run needs the earlier chunks of
+ * its layer, which are loads of that layer (link order) or earlier runs of the same stream.
+ * Returns 0, or CF_ENOMEM. */
+static int cf__tier_candidate(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out) {
+  const cf_sched_cost_t *c = &in->cost;
+  int rc = cf__plan_reset(out, in, dev, CF_POLICY_OPTIMAL);
+  if (rc) return rc;
+  int n = in->n_reqs, L = c->n_layers;
+  int32_t maxc = 1;
+  for (int r = 0; r < n; r++) maxc = out->n_chunks[r] > maxc ? out->n_chunks[r] : maxc;
+  int *order = malloc((size_t)(n ? n : 1) * sizeof *order);
+  int32_t *ck = malloc((size_t)maxc * sizeof *ck);
+  double *key = malloc((size_t)maxc * sizeof *key);
+  if (!order || !ck || !key) { rc = cf_seterr(CF_ENOMEM, "optimal: tier candidate"); goto done; }
+  cf__arrival_order(in, order);
+  for (int i = 0; i < n && !rc; i++) {
+    int r = order[i];
+    const cf_sched_req_t *q = &in->reqs[r];
+    int32_t nc = out->n_chunks[r];
+    uint16_t *h = cf__plan_h(out, r);
+    double Y = 0, X = 0;
+    for (int32_t ch = 0; ch < nc; ch++) {
+      double p = (double)cf_cost_tok(c, q->prefix_tokens, ch), t = (double)cf_cost_tok(c, q->prefix_tokens, ch + 1) - p;
+      double g = cf_sched_load_s(c, q, ch, ch + 1, 1) - c->link_latency_s, f = cf_cost_step(c, p, t) - c->gamma_s;
+      key[ch] = g / fmax(f, 1e-30); /* gamma is paid once per run, not per chunk: left out */
+      ck[ch] = ch;
+      Y += g;
+    }
+    for (int32_t a = 1; a < nc; a++) /* insertion sort by key, largest first (stable) */
+      for (int32_t b = a; b > 0 && key[ck[b]] > key[ck[b - 1]]; b--) { int32_t t = ck[b]; ck[b] = ck[b - 1]; ck[b - 1] = t; }
+    for (int32_t j = 0; j < nc; j++) {
+      int32_t ch = ck[j];
+      double p = (double)cf_cost_tok(c, q->prefix_tokens, ch), t = (double)cf_cost_tok(c, q->prefix_tokens, ch + 1) - p;
+      double f = cf_cost_step(c, p, t) - c->gamma_s + (j == 0 ? c->gamma_s : 0); /* one step's gamma */
+      double g = cf_sched_load_s(c, q, ch, ch + 1, 1) - c->link_latency_s;
+      if (X + f > Y - g) break;
+      X += f;
+      Y -= g;
+      h[ch] = (uint16_t)L;
+    }
+    int link = cf_cost_link_of(c, out->device[r]);
+    for (int l = 0; l < L && !rc; l++)
+      for (int32_t a = 0; a < nc && !rc;) {
+        int32_t b = a;
+        while (b < nc && (h[b] == 0) == (h[a] == 0)) b++;
+        if (h[a] == 0) rc = cf__plan_op(out, r, CF_OP_LOAD, link, a, b, l, l + 1);
+        a = b;
+      }
+    for (int l = 0; l < L && !rc; l++)
+      for (int32_t a = 0; a < nc && !rc;) {
+        int32_t b = a;
+        while (b < nc && (h[b] == 0) == (h[a] == 0)) b++;
+        if (h[a] != 0) rc = cf__plan_op(out, r, CF_OP_COMPUTE, out->device[r], a, b, l, l + 1);
+        a = b;
+      }
+  }
+done:
+  free(order);
+  free(ck);
+  free(key);
+  return rc;
+}
+
 int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out) {
   const cf_sched_cost_t *c = &in->cost;
   int n = in->n_reqs, L = c->n_layers, nd = c->n_devices, nl = cf_cost_n_links(c);
   cf__opt_t o = {in, c, dev, n, L, nd, nl};
-  o.q = c->kv_bytes_per_token / c->link_Bps;
+  o.q = c->kv_bytes_per_token / cf_cost_tier_Bps(c, 0);
   int rc = 0;
   size_t nn = n ? (size_t)n : 1;
   o.kstar = malloc(nn * sizeof *o.kstar);
@@ -598,6 +700,7 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
     rc = cf_seterr(CF_ENOMEM, "optimal: %d requests", n);
     goto out;
   }
+  if ((rc = cf__tier_sums(&o))) goto out;
 
   /* 1-2: implicit hulls; per device the price where compute meets the link (own links), or
    * bisection on T with per-device compute budgets (a link shared by several devices). */
@@ -688,6 +791,22 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
       cf__swap_plans(&alt, &tmp);
     }
   }
+  int tiers = 0; /* mixed tiers, no pipeline stages: also the tier-aware candidate */
+  for (int r = 0; r < n; r++) tiers |= in->reqs[r].chunk_tier != NULL;
+  if (tiers && c->pp_stages <= 1) {
+    if ((rc = cf__tier_candidate(in, dev, &tmp))) goto out;
+    if (cf_sim_run(in, &tmp, &sim) == 0) { /* a candidate the simulator refuses is dropped */
+      evals++;
+      ref.mk = fmin(ref.mk, sim.makespan_s);
+      ref.mean = fmin(ref.mean, sim.mean_ttft_s);
+      ref.p99 = fmin(ref.p99, sim.p99_ttft_s);
+      cf__score_t sc = cf__score_of(&sim, NULL);
+      if (cf__score_better(sc, alt_score)) {
+        alt_score = sc;
+        cf__swap_plans(&alt, &tmp);
+      }
+    }
+  }
   if ((rc = cf_sim_run(in, &alt, &sim))) goto out;
   alt_score = cf__score_of(&sim, &ref);
   if ((rc = cf_sim_run(in, out, &sim))) goto out;
@@ -752,6 +871,8 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   }
   out->sim_evals = evals;
 out:
+  free(o.gsum);
+  free(o.goff);
   free(o.kstar);
   free(o.H);
   free(o.dreq);

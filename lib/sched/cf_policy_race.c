@@ -38,10 +38,14 @@ static double cf__unit_comp(const cf_sched_cost_t *c, int64_t P, int mode, int32
   double p = (double)u * c->chunk_tokens;
   return c->n_layers * cf_cost_step(c, p, (double)cf_cost_tok(c, P, u + 1) - p);
 }
-static double cf__unit_load(const cf_sched_cost_t *c, int64_t P, int mode, int32_t u) {
-  if (mode == CF__LAYER) return cf_cost_load(c, (double)P, 1);
-  double p = (double)u * c->chunk_tokens;
-  return cf_cost_load(c, (double)cf_cost_tok(c, P, u + 1) - p, c->n_layers);
+/* Load time of unit u of request q (each chunk at its tier's rate); q NULL: a prefix of P
+ * tokens in tier 0 (the threshold search's probe). */
+static double cf__unit_load(const cf_sched_cost_t *c, const cf_sched_req_t *q, int64_t P, int mode,
+                            int32_t u) {
+  cf_sched_req_t probe = {.prefix_tokens = P};
+  if (!q) q = &probe;
+  if (mode == CF__LAYER) return cf_sched_load_s(c, q, 0, cf_cost_chunks(c, P), 1);
+  return cf_sched_load_s(c, q, u, u + 1, c->n_layers);
 }
 
 /* Standalone race time of one request in `mode`: both pointers start at time 0 and claim
@@ -52,7 +56,7 @@ static double cf__race_alone(const cf_sched_cost_t *c, int64_t P, int mode) {
   double tc = 0, tl = 0;
   while (lo < hi) {
     if (tc <= tl) tc += cf__unit_comp(c, P, mode, lo++);
-    else tl += cf__unit_load(c, P, mode, --hi);
+    else tl += cf__unit_load(c, NULL, P, mode, --hi);
   }
   return tc > tl ? tc : tl;
 }
@@ -221,7 +225,7 @@ static int cf__race(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t 
     } else {
       int32_t u = --st[r].hi;
       st[r].tail -= cf__unit_comp(c, P, st[r].mode, u);
-      fr[s] = t + cf__unit_load(c, P, st[r].mode, u);
+      fr[s] = t + cf__unit_load(c, &in->reqs[r], P, st[r].mode, u);
       if (st[r].mode == CF__TOKEN)
         rc = cf__plan_op(out, r, CF_OP_LOAD, s - nd, u, u + 1, 0, L);
       else

@@ -63,7 +63,19 @@ typedef struct {
   int64_t prefix_tokens; /* cached prefix to restore (>= 0) */
   int64_t new_tokens;    /* tokens to prefill after the restore (for TTFT only) */
   int device;            /* compute device (engine instance) holding it; -1: planner chooses */
+  const uint8_t *chunk_tier; /* NULL (every chunk in tier 0) or [chunks]: the tier each chunk
+                                loads from (< CF_COST_MAX_TIERS; its rate: cf_cost_tier_Bps).
+                                Borrowed: must outlive the planning and simulating calls. */
 } cf_sched_req_t;
+
+/* Tier of chunk c of request q. */
+static inline int cf_sched_chunk_tier(const cf_sched_req_t *q, int32_t c) {
+  return q->chunk_tier ? q->chunk_tier[c] : 0;
+}
+/* Link seconds of one LOAD op of request q: chunks [c0, c1) at `layers` layers, each chunk at
+ * its tier's rate, plus the link latency once (0 when empty). */
+double cf_sched_load_s(const cf_sched_cost_t *c, const cf_sched_req_t *q, int32_t c0, int32_t c1,
+                       int layers);
 
 typedef struct {
   cf_sched_cost_t cost;

@@ -429,7 +429,7 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
       }
       continue;
     }
-    double start = fmax(fl[k], q->arrival_s), dur = cf_cost_load(c, tok, o->l1 - o->l0);
+    double start = fmax(fl[k], q->arrival_s), dur = cf_sched_load_s(c, q, o->c0, o->c1, o->l1 - o->l0);
     fl[k] = start + dur;
     busyl += dur;
     for (int l = o->l0; l < o->l1 && !rc; l++)

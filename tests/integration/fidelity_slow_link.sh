@@ -27,7 +27,6 @@ printf 'cpu_read_gbps = 0.05\nssd_read_gbps = 0.05\n' >>"$T/d.conf"
 "$BUILD/cacheflowd" --config "$T/d.conf" --model "$T/model" 2>"$T/d.log" &
 DPID=$!
 check "daemon starts on the demo model behind a 0.05 Gbps link" "cf_daemon_wait $BUILD $T/d.sock 200"
-median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 ENG="$BUILD/cf-refengine --daemon unix:$T/d.sock --model $T/model --shm-dir $T --prefix 512 --new 32"
 # correctness first: optimal's 2-turn session and a batch of 3, every cell and first token verified
 $ENG --policy optimal --turns 2 --concurrent 3 --verify --seed 21 >"$T/opt.json" 2>"$T/opt.err"
@@ -39,7 +38,7 @@ check "optimal batch: 3 restores reported" "[ \"$n\" = 3 ]"
 # optimal's executed / predicted over recompute's (recompute's ratio is how far this shared
 # machine's compute speed has drifted from the daemon's start-up calibration).
 rc=0
-ratio() { jq -r "select(.mode==\"$2\") | .daemon_us / .predicted_us" "$1" | median; }
+ratio() { jq -r "select(.mode==\"$2\") | .daemon_us / .predicted_us" "$1" | cf_median; }
 for round in 1 2 3; do
   for pol in optimal recompute layerwise cacheflow cake; do
     conc=; case $pol in optimal|recompute) conc="--concurrent 3";; esac
@@ -56,10 +55,10 @@ for round in 1 2 3; do
     "$round" "$(awk -v x="$o" 'BEGIN{print x/1e3}')" "$(awk -v x="$best" 'BEGIN{print x/1e3}')" "$os" "$ob" "$rs" "$rb"
 done
 check "every policy restored its session and batch (15 runs)" "[ $rc -eq 0 ]"
-fs=$(median <"$T/fs"); fb=$(median <"$T/fb")
+fs=$(cf_median <"$T/fs"); fb=$(cf_median <"$T/fb")
 check "optimal session: executed / predicted within [0.70, 1.30] x recompute's (median $fs)" "awk -v r=$fs 'BEGIN{exit !(r >= 0.70 && r <= 1.30)}'"
 check "optimal batch: executed / predicted within [0.70, 1.30] x recompute's (median $fb)" "awk -v r=$fb 'BEGIN{exit !(r >= 0.70 && r <= 1.30)}'"
-rel=$(median <"$T/rel")
+rel=$(cf_median <"$T/rel")
 check "optimal <= 1.10 x the best other split policy (median over rounds: $rel)" "awk -v r=$rel 'BEGIN{exit !(r <= 1.10)}'"
 if [ $F -ne 0 ]; then echo "--- daemon log"; tail -n 20 "$T/d.log"; for f in "$T"/*.err; do echo "--- $f"; tail -n 3 "$f"; done; fi
 echo "$P passed, $F failed"

@@ -204,6 +204,27 @@ else
   fail "pipeline stages" "$(cat "$T/err.txt")"
 fi
 
+# 3b. mixed tiers: a workload naming where runs of each prefix lie (dram and ssd of h100-nvme);
+# the interface is unchanged, every plan valid, >= the bound, optimal <= the rest; the ssd half
+# makes the load policy slower than the same prefix all in dram; runs all in --tier give the
+# numbers of a workload without "tiers" (backward compatible)
+printf '%s\n' '{"arrival_s": 0, "prefix_tokens": 16384, "new_tokens": 64, "tiers": [["dram", 8192], ["ssd", 8192]]}' \
+  '{"arrival_s": 0.01, "prefix_tokens": 6000, "new_tokens": 64}' > "$T/mixed.jsonl"
+printf '%s\n' '{"arrival_s": 0, "prefix_tokens": 16384, "new_tokens": 64, "tiers": [["dram", 16384]]}' \
+  '{"arrival_s": 0.01, "prefix_tokens": 6000, "new_tokens": 64}' > "$T/alldram.jsonl"
+printf '%s\n' '{"arrival_s": 0, "prefix_tokens": 16384, "new_tokens": 64}' \
+  '{"arrival_s": 0.01, "prefix_tokens": 6000, "new_tokens": 64}' > "$T/plain.jsonl"
+if "$SIM" --hw h100-nvme --model llama-3.1-8b --tier dram --workload "$T/mixed.jsonl" --json "$T/mx.json" >/dev/null 2>"$T/err.txt" &&
+   "$SIM" --hw h100-nvme --model llama-3.1-8b --tier dram --workload "$T/alldram.jsonl" --json "$T/ad.json" >/dev/null 2>&1 &&
+   "$SIM" --hw h100-nvme --model llama-3.1-8b --tier dram --workload "$T/plain.jsonl" --json "$T/pl.json" >/dev/null 2>&1; then
+  check_json "$T/mx.json" "mixed dram/ssd tiers"
+  jq -e '.policies.load.makespan_s' "$T/mx.json" >/dev/null &&
+    [ "$(jq -n --slurpfile a "$T/mx.json" --slurpfile b "$T/pl.json" '$a[0].policies.load.makespan_s > 2 * $b[0].policies.load.makespan_s')" = true ] \
+    && ok "ssd chunks load at the ssd rate" || fail "ssd chunks load at the ssd rate" "$(jq -c '.policies.load.makespan_s' "$T/mx.json" "$T/pl.json")"
+  d=$(jq -n --slurpfile a "$T/ad.json" --slurpfile b "$T/pl.json" '[$a[0].policies[] .makespan_s] == [$b[0].policies[] .makespan_s] and $a[0].bound_s == $b[0].bound_s')
+  [ "$d" = true ] && ok "tiers all in --tier == no tiers" || fail "tiers all in --tier == no tiers"
+else fail "mixed tiers" "$(head -n 3 "$T/err.txt")"; fi
+
 # 4. bad input: exit 2 and one line naming the problem
 expect_err() { # name, expected substring, args...
   local name=$1 want=$2; shift 2
@@ -229,6 +250,12 @@ echo '{"arrival_s": -1, "prefix_tokens": 5, "new_tokens": 1}' > "$T/bad3.jsonl"
 expect_err "negative arrival" "arrival_s" --hw h100-pcie5 --model llama-3.1-8b --workload "$T/bad3.jsonl"
 echo '{"arrival_s": 0, "prefix_tokens": 5.5, "new_tokens": 1}' > "$T/bad4.jsonl"
 expect_err "fractional tokens" "expected an integer" --hw h100-pcie5 --model llama-3.1-8b --workload "$T/bad4.jsonl"
+echo '{"arrival_s": 0, "prefix_tokens": 512, "new_tokens": 1, "tiers": [["dram", 256], ["tape", 256]]}' > "$T/bad5.jsonl"
+expect_err "unknown tier in runs" "tiers run 1" --hw h100-nvme --model llama-3.1-8b --workload "$T/bad5.jsonl"
+echo '{"arrival_s": 0, "prefix_tokens": 512, "new_tokens": 1, "tiers": [["dram", 256]]}' > "$T/bad6.jsonl"
+expect_err "runs short of the prefix" "cover 256 tokens" --hw h100-nvme --model llama-3.1-8b --workload "$T/bad6.jsonl"
+echo '{"arrival_s": 0, "prefix_tokens": 512, "new_tokens": 1, "tiers": [["ssd", 256], ["net", 256]]}' > "$T/bad7.jsonl"
+expect_err "run in a tier the profile lacks" "has no 'net' tier" --hw "$T/hw.json" --model llama-3.1-8b --workload "$T/bad7.jsonl"
 expect_err "no workload" "exactly one of --workload" --hw h100-pcie5 --model llama-3.1-8b
 expect_err "too large to simulate" "too large to simulate" --hw h100-pcie5 --model llama-3.1-8b --gen agentic --n 100000
 expect_err "tier not in profile" "has no 'dram' tier" --hw "$T/hw.json" --model llama-3.1-8b --gen rag --n 2 --tier dram

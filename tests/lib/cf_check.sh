@@ -2,10 +2,12 @@
 # "N passed, N failed" line tests/run.sh sums.
 #   check NAME 'SHELL CONDITION'   ok or FAIL NAME, counted in P / F
 #   cf_need_bins BUILD BIN...      exit 1 (one failed check) unless every BUILD/BIN is built
+#   cf_median                      the median of the numbers on stdin (one per line)
 P=0; F=0
 ok() { echo "ok   $1"; P=$((P+1)); }
 bad() { echo "FAIL $1"; F=$((F+1)); }
 check() { if eval "$2"; then ok "$1"; else bad "$1"; fi; }
+cf_median() { sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 cf_need_bins() {
   local build=$1 b
   shift

@@ -10,6 +10,7 @@
 #include "cf_test.h"
 #include "cf_toy_backend.h"
 #include "cf_batch.c"
+#include "cf_refit.c" /* cf_batch feeds the planner's re-fit */
 
 typedef struct {
   cf_backend_t *be;

@@ -75,16 +75,41 @@ static void check_staircase(const cf_sched_input_t *in, const cf_sched_plan_t *p
   CF_CHECK_EQ(s->cells_loaded, tot - comp);
 }
 
-CF_TEST(sched_property_random_batches) {
+/* Mixed tiers on top of random_input: tiers 1 and 2 read at 0.03-1.5x tier 0's rate, and
+ * each request's prefix lies in 1-4 runs of random tiers (a chunk buffer of 4096 per request:
+ * prefixes stay under 40000 tokens of >= 64-token chunks, 625 chunks at most). */
+static void random_tiers(cf_sched_input_t *in, cf_sched_req_t *reqs, uint8_t *buf) {
+  cf_sched_cost_t *c = &in->cost;
+  c->tier_Bps[0] = cf_test_uniform() < 0.5 ? 0 : c->link_Bps; /* 0: link_Bps either way */
+  c->tier_Bps[1] = c->link_Bps * (0.03 + cf_test_uniform() * 1.5);
+  c->tier_Bps[2] = c->link_Bps * (0.03 + cf_test_uniform() * 1.5);
+  for (int r = 0; r < in->n_reqs; r++) {
+    uint8_t *t = buf + (size_t)r * 4096;
+    int32_t n = cf_cost_chunks(c, reqs[r].prefix_tokens), at = 0;
+    while (at < n) {
+      int32_t len = 1 + (int32_t)(cf_test_uniform() * n / 2);
+      uint8_t tier = (uint8_t)(cf_test_uniform() * 3);
+      for (int32_t k = 0; k < len && at < n; k++) t[at++] = tier;
+    }
+    reqs[r].chunk_tier = cf_test_uniform() < 0.1 ? NULL : t; /* some requests all in tier 0 */
+  }
+}
+
+/* The property checks of one random batch per trial (tiers: mixed-tier requests). */
+static void property_trials(int trials, int tiers) {
   cf_sched_req_t reqs[40];
+  static uint8_t tierbuf[40 * 4096];
   cf_sched_plan_t p;
   cf_sched_plan_init(&p);
   cf_sim_result_t s;
   cf_sim_result_init(&s);
-  int trials = 150, refined = 0, ttft_ok = 0;
+  int refined = 0, ttft_ok = 0, ratio_n = 0;
+  double ratio_sum = 0, ratio_max = 0;
   for (int t = 0; t < trials; t++) {
     cf_sched_input_t in = {0};
+    memset(reqs, 0, sizeof reqs);
     random_input(&in, reqs, t % 3 == 0 ? 40 : 6);
+    if (tiers) random_tiers(&in, reqs, tierbuf);
     CF_CHECK_OK(cf_sched_input_check(&in));
     double B = cf_bound(&in), mk[CF_POLICY_COUNT], mean[CF_POLICY_COUNT];
     CF_CHECK(B >= 0);
@@ -102,6 +127,12 @@ CF_TEST(sched_property_random_batches) {
       for (int r = 0; r < in.n_reqs; r++)
         CF_CHECK(s.ttft_s[r] >= s.restore_s[r] && s.restore_s[r] >= 0);
     }
+    if (in.refine_evals != 0 && B > 0) {
+      double r = mk[CF_POLICY_OPTIMAL] / B;
+      ratio_sum += r;
+      ratio_n++;
+      if (r > ratio_max) ratio_max = r;
+    }
     if (in.refine_evals != 0) {
       int ok = 1;
       for (int pol = 0; pol < CF_POLICY_OPTIMAL; pol++) {
@@ -115,9 +146,122 @@ CF_TEST(sched_property_random_batches) {
     }
   }
   /* reported, not asserted: optimal guarantees makespan; mean TTFT is its second goal */
-  printf("  optimal also has the lowest mean TTFT in %d of %d refined trials\n", ttft_ok, refined);
+  printf("  optimal also has the lowest mean TTFT in %d of %d refined trials%s; optimal/bound mean %.4f worst %.4f\n",
+         ttft_ok, refined, tiers ? " (mixed tiers)" : "", ratio_n ? ratio_sum / ratio_n : 0, ratio_max);
   cf_sched_plan_free(&p);
   cf_sim_result_free(&s);
+}
+
+CF_TEST(sched_property_random_batches) { property_trials(150, 0); }
+
+/* The same properties when requests' chunks lie in tiers of different read rates. */
+CF_TEST(sched_property_random_batches_mixed_tiers) { property_trials(100, 1); }
+
+/* Mixed tiers on an H100 with its prefixes half in pinned DRAM (48 GB/s) and half on an NVMe
+ * (6.8 GB/s), 16k tokens: optimal (refined) stays within 6% of the bound whether the slow half
+ * is at the front (computing the cheap front chunks is right) or at the back (the tier-aware
+ * candidate computes the slow back chunks and loads the fast front ones each layer needs). */
+CF_TEST(sched_optimal_near_bound_with_mixed_tiers) {
+  uint8_t tier[64];
+  for (int back = 0; back < 2; back++) {
+    for (int ch = 0; ch < 64; ch++) tier[ch] = (uint8_t)((ch >= 32) == back);
+    cf_sched_req_t q = {.prefix_tokens = 64 * 256, .new_tokens = 64, .device = -1, .chunk_tier = tier};
+    cf_sched_input_t in = {.reqs = &q, .n_reqs = 1, .refine_evals = -1};
+    cf_cost_h100_llama8b(&in.cost);
+    in.cost.tier_Bps[1] = 6.8e9;
+    cf_sched_plan_t p;
+    cf_sched_plan_init(&p);
+    cf_sim_result_t s;
+    cf_sim_result_init(&s);
+    double best_other = INFINITY, B = cf_bound(&in);
+    for (int pol = 0; pol < CF_POLICY_COUNT; pol++) {
+      CF_CHECK_OK(cf_sched_plan(&in, (cf_policy_t)pol, &p));
+      CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+      if (pol != CF_POLICY_OPTIMAL) best_other = fmin(best_other, s.makespan_s);
+    }
+    printf("  slow half at the %s: optimal/bound %.4f, best other policy/bound %.4f\n", back ? "back" : "front",
+           s.makespan_s / B, best_other / B);
+    CF_CHECK_MSG(s.makespan_s <= 1.06 * B, "slow half at the %s: optimal %.6g s, bound %.6g s",
+                 back ? "back" : "front", s.makespan_s, B);
+    cf_sched_plan_free(&p);
+    cf_sim_result_free(&s);
+  }
+}
+
+/* Per-chunk tier rates: a load op costs the sum of its chunks at their tiers' rates, in the
+ * helper and in the simulator; the bound meets its closed form with two tiers; a request whose
+ * tiers all read at link_Bps plans and bounds exactly as one without tiers. */
+CF_TEST(sched_tier_rates) {
+  cf_sched_cost_t c;
+  base_cost(&c, 80); /* 10 GB/s */
+  c.tier_Bps[1] = 1e9;
+  uint8_t tier[8] = {0, 0, 1, 1, 0, 1, 1, 1};
+  cf_sched_req_t q = {.prefix_tokens = 7 * 256 + 100, .chunk_tier = tier}; /* partial last chunk */
+  double b = c.kv_bytes_per_token;
+  double want = c.link_latency_s + 3 * (2 * 256 * b / 10e9 + 2 * 256 * b / 1e9);
+  CF_CHECK(REL(cf_sched_load_s(&c, &q, 0, 4, 3), want) < 1e-12);
+  want = c.link_latency_s + 2 * (256 * b / 10e9 + (2 * 256 + 100) * b / 1e9);
+  CF_CHECK(REL(cf_sched_load_s(&c, &q, 4, 8, 2), want) < 1e-12);
+  CF_CHECK_EQ(cf_sched_load_s(&c, &q, 3, 3, 2), 0.0);
+
+  /* the simulator times a load-everything plan with the per-chunk sum */
+  cf_sched_input_t in = {.cost = c, .reqs = &q, .n_reqs = 1};
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  cf_sim_result_t s;
+  cf_sim_result_init(&s);
+  CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_LOAD, &p));
+  CF_CHECK_OK(cf_sim_run(&in, &p, &s));
+  CF_CHECK(REL(s.makespan_s, c.n_layers * cf_sched_load_s(&c, &q, 0, 8, 1)) < 1e-9);
+  /* the slow chunks make it slower than the same prefix all in tier 0 */
+  cf_sched_req_t q0 = {.prefix_tokens = q.prefix_tokens};
+  cf_sched_input_t in0 = {.cost = c, .reqs = &q0, .n_reqs = 1};
+  cf_sim_result_t s0;
+  cf_sim_result_init(&s0);
+  CF_CHECK_OK(cf_sched_plan(&in0, CF_POLICY_LOAD, &p));
+  CF_CHECK_OK(cf_sim_run(&in0, &p, &s0));
+  CF_CHECK(s.makespan_s > 3 * s0.makespan_s);
+
+  /* bound, uniform costs (gamma = beta = 0): compute t tokens, the slow tier's first, until
+   * alpha t = Q - saved(t); here the slow tier's 1380 tokens are not all needed */
+  cf_sched_cost_t u = c;
+  u.gamma_s = u.beta_s = 0;
+  u.alpha_s = 2e-6;
+  double N1 = 3 * 256, N2 = 2 * 256 + 2 * 256 + 100, q1 = b / 10e9, q2 = b / 1e9;
+  double Q = N1 * q1 + N2 * q2, t = Q / (u.alpha_s + q2);
+  CF_CHECK(t < N2);
+  CF_CHECK(REL(cf_bound_request(&u, &q), u.n_layers * u.alpha_s * t) < 1e-6);
+  cf_sched_input_t inu = {.cost = u, .reqs = &q, .n_reqs = 1};
+  CF_CHECK(REL(cf_bound(&inu), u.n_layers * u.alpha_s * t) < 1e-6);
+
+  /* every tier at link_Bps: identical to no tiers, plan for plan */
+  cf_sched_cost_t same = c;
+  same.tier_Bps[1] = c.link_Bps;
+  cf_sched_input_t a = {.cost = same, .reqs = &q, .n_reqs = 1}, z = {.cost = same, .reqs = &q0, .n_reqs = 1};
+  CF_CHECK(REL(cf_bound(&a), cf_bound(&z)) < 1e-12);
+  for (int pol = 0; pol < CF_POLICY_COUNT; pol++) {
+    CF_CHECK_OK(cf_sched_plan(&a, (cf_policy_t)pol, &p));
+    CF_CHECK_OK(cf_sim_run(&a, &p, &s));
+    CF_CHECK_OK(cf_sched_plan(&z, (cf_policy_t)pol, &p));
+    CF_CHECK_OK(cf_sim_run(&z, &p, &s0));
+    CF_CHECK_MSG(REL(s.makespan_s, s0.makespan_s) < 1e-9, "%s: %.9g vs %.9g", cf_policy_name(pol),
+                 s.makespan_s, s0.makespan_s);
+  }
+  /* the bound knows where the slow chunks lie: computing back tokens costs their attention
+   * over the prefix, so the slow tier at the back bounds higher than at the front (beta > 0) */
+  uint8_t back[8] = {0, 0, 0, 0, 1, 1, 1, 1}, front[8] = {1, 1, 1, 1, 0, 0, 0, 0};
+  cf_sched_cost_t sl = c;
+  sl.beta_s = 20e-9; /* attention matters at 2k tokens */
+  cf_sched_req_t qb = {.prefix_tokens = 8 * 256, .chunk_tier = back}, qf = {.prefix_tokens = 8 * 256, .chunk_tier = front};
+  CF_CHECK_MSG(cf_bound_request(&sl, &qb) > 1.01 * cf_bound_request(&sl, &qf), "back %.9g front %.9g",
+               cf_bound_request(&sl, &qb), cf_bound_request(&sl, &qf));
+  /* a tier index out of range is refused, naming request and chunk */
+  tier[5] = CF_COST_MAX_TIERS;
+  CF_CHECK_EQ(cf_sched_input_check(&in), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "chunk 5");
+  cf_sched_plan_free(&p);
+  cf_sim_result_free(&s);
+  cf_sim_result_free(&s0);
 }
 
 CF_TEST(sched_recompute_and_load_match_closed_forms) {
@@ -716,7 +860,7 @@ CF_TEST(sched_optimal_uses_idle_devices) {
 /* The fast path adopts help on its own estimate (no simulator): on random multi-device batches
  * with arrivals it must not make plans slower than the same fast path without a peer link. */
 CF_TEST(sched_fast_path_help_never_hurts) {
-  cf_sched_req_t reqs[10];
+  cf_sched_req_t reqs[10] = {0};
   cf_sched_plan_t p;
   cf_sched_plan_init(&p);
   cf_sim_result_t s;

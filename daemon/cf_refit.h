@@ -1,0 +1,66 @@
+/* cf_refit — online re-fit of the compute term of the planner's cost model.
+ *
+ * cf_calib measures step(p, n) = gamma + alpha n + beta n (p + n/2) once at start-up; on a
+ * shared host the compute speed then drifts (±20% here, 2x under a competing process), and every
+ * plan's compute/load split and prediction drift with it. Each executed restore reports what its
+ * forward steps cost (lib/exec: compute_busy_ns over forward_calls steps whose token and
+ * attention sums are step_tokens and step_attn): the calibrated model predicts those very steps
+ * as gamma * calls + alpha * step_tokens + beta * step_attn, so busy / predicted is a direct
+ * sample of how much slower (> 1) or faster the compute is now. The re-fit keeps one scale of the
+ * compute term (gamma, alpha, beta together):
+ *   - EWMA with weight `weight` toward each sample;
+ *   - one sample moves it by at most a factor 2 of the target (the sample is clamped to
+ *     [scale / 2, 2 scale] first), so a single outlier (a preempted step) swings it by at most
+ *     `weight` x 100%;
+ *   - the scale stays in [1/8, 8] of the calibration;
+ *   - samples whose predicted compute is under 200 us (timer noise) or that recomputed failed
+ *     loads are ignored.
+ * It also keeps, as EWMA, executed / predicted of whole restores and of the compute term under
+ * the model each restore was planned with (what GetStats and /metrics report: these drift from 1
+ * when the model is wrong and come back when the re-fit catches up).
+ * Load rates are not re-fitted: the emulated links are exact by construction, and an unlimited
+ * tier's rate is memcpy's (see cf_calib).
+ * Thread-safe: samples come from the executor thread, the planner and the metrics read it.
+ */
+#ifndef CF_REFIT_H
+#define CF_REFIT_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "exec/cf_exec.h"
+#include "sched/cf_cost.h"
+
+typedef struct {
+  pthread_mutex_t mu;
+  double weight;            /* EWMA weight of one sample (0, 1] */
+  double base_gamma, base_alpha, base_beta; /* the start-up calibration */
+  int have_base;
+  double scale;             /* compute now / calibration */
+  double compute_ratio;     /* EWMA of executed / predicted compute (the model it was planned with) */
+  double restore_ratio;     /* EWMA of executed / predicted whole restore time */
+  double last_compute_ratio, last_restore_ratio;
+  uint64_t samples, restores; /* compute samples taken; restores seen */
+  uint64_t clipped;         /* samples clamped as outliers */
+} cf_refit_t;
+
+/* Init with EWMA weight `weight` (clamped to [0.01, 1]); scale 1, ratios 1. */
+void cf_refit_init(cf_refit_t *f, double weight);
+void cf_refit_close(cf_refit_t *f);
+/* The calibrated cost model (its gamma, alpha, beta) the scale applies to. */
+void cf_refit_set_base(cf_refit_t *f, const cf_sched_cost_t *base);
+/* One executed restore: `planned` the cost model its plan used, `st` its executor stats,
+ * time_s / predicted_s its executed and predicted restore time (0 predicted: no prediction). */
+void cf_refit_sample(cf_refit_t *f, const cf_sched_cost_t *planned, const cf_exec_stats_t *st,
+                     double time_s, double predicted_s);
+/* The cost model to plan with: *cost (the calibrated one, with the current link rates) with its
+ * compute terms times the current scale. */
+void cf_refit_apply(cf_refit_t *f, cf_sched_cost_t *cost);
+
+typedef struct {
+  double scale, compute_ratio, restore_ratio, last_compute_ratio, last_restore_ratio;
+  uint64_t samples, restores, clipped;
+} cf_refit_stats_t;
+void cf_refit_stats(cf_refit_t *f, cf_refit_stats_t *out);
+
+#endif
