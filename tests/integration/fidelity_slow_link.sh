@@ -23,7 +23,9 @@ cf_test_dir cf-fid TERM
 "$BUILD/cacheflowctl" gen-model --out "$T/model" --preset demo >/dev/null || { echo "gen-model failed"; echo "0 passed, 1 failed"; exit 1; }
 . tests/lib/cf_daemon.sh
 cf_daemon_conf "$T/d.conf" "$T" 256M 256M 64 warn
-printf 'cpu_read_gbps = 0.05\nssd_read_gbps = 0.05\n' >>"$T/d.conf"
+# cost_refit off: this test compares policies planned in interleaved rounds; a cost model that
+# moves between rounds would give them different compute costs (cost_refit.sh tests the re-fit).
+printf 'cpu_read_gbps = 0.05\nssd_read_gbps = 0.05\ncost_refit = off\n' >>"$T/d.conf"
 "$BUILD/cacheflowd" --config "$T/d.conf" --model "$T/model" 2>"$T/d.log" &
 DPID=$!
 check "daemon starts on the demo model behind a 0.05 Gbps link" "cf_daemon_wait $BUILD $T/d.sock 200"
