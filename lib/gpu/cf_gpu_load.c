@@ -24,6 +24,10 @@ int cf_gpu_load_cell(cf_gpu_loader_t *ld, const cf_gpu_kv_t *kv, int layer, int 
   return cf_seterr(CF_ENODEV, "gpu loader: CUDA not built into this binary");
 }
 cudaStream_t cf_gpu_loader_stream(const cf_gpu_loader_t *ld) { (void)ld; return NULL; }
+int cf_gpu_loader_flush(cf_gpu_loader_t *ld, cudaStream_t s) {
+  (void)ld; (void)s;
+  return cf_seterr(CF_ENODEV, "gpu loader: CUDA not built into this binary");
+}
 void cf_gpu_ring_sink(cf_gpu_loader_t *ld, const cf_gpu_kv_t *kv, cf_ring_sink_t *out) {
   (void)ld; (void)kv;
   memset(out, 0, sizeof *out);
@@ -37,6 +41,7 @@ void cf_gpu_pinned_free(void *p, size_t bytes, void *ud) { (void)p; (void)bytes;
 #include "kernels/cf_paged.h"
 
 #define CF__GPU_STAGING_DEFAULT (16u << 20)
+#define CF__GPU_ARENA_DEFAULT (256u << 20)
 
 void *cf_gpu_pinned_alloc(size_t bytes, void *ud) {
   (void)ud;
@@ -56,7 +61,7 @@ void cf_gpu_pinned_free(void *p, size_t bytes, void *ud) {
 
 int cf_gpu_loader_init(cf_gpu_loader_t *ld, cf_gpu_load_mode_t mode, size_t staging_bytes) {
   memset(ld, 0, sizeof *ld);
-  if (mode != CF_GPU_LOAD_STAGED && mode != CF_GPU_LOAD_ZEROCOPY)
+  if (mode != CF_GPU_LOAD_STAGED && mode != CF_GPU_LOAD_ZEROCOPY && mode != CF_GPU_LOAD_ARENA)
     return cf_seterr(CF_EINVAL, "gpu loader: unknown mode %d", (int)mode);
   ld->mode = mode;
   ld->zc_ctas = 32;
@@ -88,6 +93,15 @@ int cf_gpu_loader_init(cf_gpu_loader_t *ld, cf_gpu_load_mode_t mode, size_t stag
     CF__TRY(cudaMalloc((void **)&st->staging, b));
     st->staging_elems = (int64_t)(b / 2);
   }
+  if (mode == CF_GPU_LOAD_ARENA) {
+    size_t b = staging_bytes ? staging_bytes : CF__GPU_ARENA_DEFAULT;
+    CF__TRY(cudaMalloc((void **)&ld->arena, b));
+    ld->arena_bytes = b;
+    CF__TRY(cudaEventCreateWithFlags(&ld->arena_copied, cudaEventDisableTiming));
+    CF__TRY(cudaEventCreateWithFlags(&ld->arena_free, cudaEventDisableTiming));
+    ld->arena_rows = 0; /* set per row size at the first load */
+    ld->flush_stream = ld->scatter;
+  }
 #undef CF__TRY
   if (rc) cf_gpu_loader_close(ld);
   return rc;
@@ -107,6 +121,10 @@ void cf_gpu_loader_close(cf_gpu_loader_t *ld) {
   }
   for (int i = 0; i < CF_RING_MAX_SLOTS; i++)
     if (ld->slot_ev[i]) (void)cudaEventDestroy(ld->slot_ev[i]);
+  if (ld->flush_stream) (void)cudaStreamSynchronize(ld->flush_stream);
+  if (ld->arena) (void)cudaFree(ld->arena);
+  if (ld->arena_copied) (void)cudaEventDestroy(ld->arena_copied);
+  if (ld->arena_free) (void)cudaEventDestroy(ld->arena_free);
   if (ld->d_table) (void)cudaFree(ld->d_table);
   if (ld->copy) (void)cudaStreamDestroy(ld->copy);
   if (ld->scatter) (void)cudaStreamDestroy(ld->scatter);
@@ -114,13 +132,20 @@ void cf_gpu_loader_close(cf_gpu_loader_t *ld) {
   memset(ld, 0, sizeof *ld);
 }
 
-cudaStream_t cf_gpu_loader_stream(const cf_gpu_loader_t *ld) { return ld->scatter; }
+cudaStream_t cf_gpu_loader_stream(const cf_gpu_loader_t *ld) {
+  return ld->mode == CF_GPU_LOAD_ARENA ? ld->flush_stream : ld->scatter;
+}
 
 int cf_gpu_loader_set_table(cf_gpu_loader_t *ld, const int32_t *table, int n) {
   if (!ld->scatter || n < 0 || (n && !table))
     return cf_seterr(CF_EINVAL, "gpu loader: set_table needs an initialised loader and %d entries", n);
+  if (ld->mode == CF_GPU_LOAD_ARENA && ld->n_runs) {
+    int rc = cf_gpu_loader_flush(ld, NULL); /* pending runs use the old table */
+    if (rc) return rc;
+  }
   CF_CUDA_TRY(cudaStreamSynchronize(ld->copy));
   CF_CUDA_TRY(cudaStreamSynchronize(ld->scatter));
+  if (ld->flush_stream) CF_CUDA_TRY(cudaStreamSynchronize(ld->flush_stream));
   if (n > ld->table_cap) {
     if (ld->d_table) CF_CUDA_TRY(cudaFree(ld->d_table));
     ld->d_table = NULL;
@@ -158,6 +183,79 @@ static int cf__layer_paged(const cf_gpu_kv_t *kv, int l, cf_paged_layout_t *pl, 
   return 0;
 }
 
+int cf_gpu_loader_flush(cf_gpu_loader_t *ld, cudaStream_t s) {
+  if (ld->mode != CF_GPU_LOAD_ARENA) return 0;
+  if (!ld->kv && ld->n_runs)
+    return cf_seterr(CF_EINVAL, "gpu loader: flush without the kv view of the pending loads");
+  if (!s) s = ld->scatter;
+  ld->flush_stream = s;
+  if (!ld->n_runs) return 0;
+  CF_CUDA_TRY(cudaEventRecord(ld->arena_copied, ld->copy));
+  CF_CUDA_TRY(cudaStreamWaitEvent(s, ld->arena_copied, 0));
+  for (int i = 0; i < ld->n_runs; i++) {
+    cf_paged_args_t a;
+    memset(&a, 0, sizeof a);
+    int swap = 0, rc = cf__layer_paged(ld->kv, ld->runs[i].layer, &a.layout, &a.cache, &swap);
+    if (rc) return rc;
+    const cf_bf16_t *k = ld->arena + ld->runs[i].off * ld->row;
+    const cf_bf16_t *v = k + ld->arena_rows * ld->row;
+    a.block_table = ld->d_table;
+    a.n_table = ld->n_table;
+    a.tok0 = ld->runs[i].tok0;
+    a.T = ld->runs[i].T;
+    a.k = (cf_bf16_t *)(swap ? v : k);
+    a.v = (cf_bf16_t *)(swap ? k : v);
+    a.row_stride = ld->row;
+    if ((rc = cf_paged_scatter(&a, s))) return rc;
+  }
+  CF_CUDA_TRY(cudaEventRecord(ld->arena_free, s));
+  /* later copies into the arena wait until these scatters have read it */
+  CF_CUDA_TRY(cudaStreamWaitEvent(ld->copy, ld->arena_free, 0));
+  ld->n_runs = 0;
+  ld->arena_used = 0;
+  return 0;
+}
+
+/* ARENA mode: copy the cell's K and V rows into the arena halves (copy engine) and extend or
+ * start a pending scatter run. */
+static int cf__arena_load(cf_gpu_loader_t *ld, int layer, int tok0, int n_tok, int64_t row,
+                          const void *cell) {
+  if (ld->row != row) {
+    if (ld->n_runs) {
+      int rc = cf_gpu_loader_flush(ld, NULL);
+      if (rc) return rc;
+    }
+    ld->row = row;
+    ld->arena_rows = 0;
+  }
+  if (!ld->arena_rows) ld->arena_rows = (int64_t)(ld->arena_bytes / (size_t)(2 * row * 2));
+  if (n_tok > ld->arena_rows)
+    return cf_seterr(CF_EINVAL, "gpu load: a cell of %d tokens does not fit the %lld-row arena", n_tok,
+                     (long long)ld->arena_rows);
+  if (ld->arena_used + n_tok > ld->arena_rows || ld->n_runs == CF_GPU_LOAD_MAX_RUNS) {
+    int rc = cf_gpu_loader_flush(ld, NULL);
+    if (rc) return rc;
+  }
+  const uint8_t *src = cell;
+  size_t plane = (size_t)n_tok * (size_t)row * 2;
+  cf_bf16_t *dk = ld->arena + ld->arena_used * row, *dv = dk + ld->arena_rows * row;
+  CF_CUDA_TRY(cudaMemcpyAsync(dk, src, plane, cudaMemcpyHostToDevice, ld->copy));
+  CF_CUDA_TRY(cudaMemcpyAsync(dv, src + plane, plane, cudaMemcpyHostToDevice, ld->copy));
+  int n = ld->n_runs;
+  if (n && ld->runs[n - 1].layer == layer && ld->runs[n - 1].tok0 + ld->runs[n - 1].T == tok0 &&
+      ld->runs[n - 1].off + ld->runs[n - 1].T == ld->arena_used) {
+    ld->runs[n - 1].T += n_tok;
+  } else {
+    ld->runs[n].layer = layer;
+    ld->runs[n].tok0 = tok0;
+    ld->runs[n].T = n_tok;
+    ld->runs[n].off = ld->arena_used;
+    ld->n_runs++;
+  }
+  ld->arena_used += n_tok;
+  return 0;
+}
+
 int cf_gpu_load_cell(cf_gpu_loader_t *ld, const cf_gpu_kv_t *kv, int layer, int tok0,
                      const void *cell, int n_tok) {
   if (!ld->scatter || !kv || !cell || n_tok <= 0 || tok0 < 0)
@@ -187,7 +285,11 @@ int cf_gpu_load_cell(cf_gpu_loader_t *ld, const cf_gpu_kv_t *kv, int layer, int 
   a.k = (cf_bf16_t *)(swap ? v : k);
   a.v = (cf_bf16_t *)(swap ? k : v);
   a.row_stride = row;
-  if (ld->mode == CF_GPU_LOAD_ZEROCOPY) {
+  if (ld->mode == CF_GPU_LOAD_ARENA) {
+    if (ld->kv != kv && ld->n_runs && (rc = cf_gpu_loader_flush(ld, NULL))) return rc;
+    ld->kv = kv; /* the pending runs' destination, for the flush */
+    rc = cf__arena_load(ld, layer, tok0, n_tok, row, cell);
+  } else if (ld->mode == CF_GPU_LOAD_ZEROCOPY) {
     a.ctas = ld->zc_ctas;
     rc = cf_paged_scatter(&a, ld->scatter);
   } else {
@@ -210,8 +312,9 @@ static int cf__sink_deliver(void *ud, size_t i, const cf_ring_cell_t *c, int slo
                      "need %zu (2-byte KV)", i, c->layer, bytes, n_tokens, L->n_kv_heads, L->head_dim, want);
   int rc = cf_gpu_load_cell(ld, ld->kv, (int)c->layer, c->tok0, buf, (int)n_tokens);
   if (rc) return rc;
-  /* the staging slot is read by the H2D copies (STAGED: the copy stream) or by the kernel */
-  CF_CUDA_TRY(cudaEventRecord(ld->slot_ev[slot], ld->mode == CF_GPU_LOAD_STAGED ? ld->copy : ld->scatter));
+  /* the staging slot is read by the H2D copies (STAGED, ARENA: the copy stream) or, for
+   * ZEROCOPY, by the scatter kernel */
+  CF_CUDA_TRY(cudaEventRecord(ld->slot_ev[slot], ld->mode == CF_GPU_LOAD_ZEROCOPY ? ld->scatter : ld->copy));
   return 0;
 }
 
