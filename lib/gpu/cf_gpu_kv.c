@@ -74,18 +74,22 @@ typedef CUresult (*cf__addr_range_fn)(CUdeviceptr *base, size_t *size, CUdevicep
 
 int cf_gpu_ipc_export(void *p, cf_gpu_ipc_handle_t *h, uint64_t *offset) {
   _Static_assert(sizeof(cudaIpcMemHandle_t) == CF_GPU_IPC_HANDLE_BYTES, "64-byte IPC handle");
-  cudaIpcMemHandle_t ih;
-  CF_CUDA_TRY(cudaIpcGetMemHandle(&ih, p));
-  memcpy(h->b, &ih, sizeof ih);
-  /* The handle names the whole allocation; the engine registers p's offset inside it. */
-  *offset = 0;
-  void *fn;
+  /* The handle names a whole allocation: export its base (as PyTorch does) and register p's
+   * offset inside it. Without cuMemGetAddressRange, p must be the base itself. */
+  void *base = p, *fn;
   if (cf_gpu_driver_fn("cuMemGetAddressRange", &fn) == 0) {
-    CUdeviceptr base = 0;
+    CUdeviceptr b = 0;
     size_t size = 0;
-    if (((cf__addr_range_fn)fn)(&base, &size, (CUdeviceptr)(uintptr_t)p) == CUDA_SUCCESS)
-      *offset = (uint64_t)((uintptr_t)p - (uintptr_t)base);
+    CUresult cr = ((cf__addr_range_fn)fn)(&b, &size, (CUdeviceptr)(uintptr_t)p);
+    if (cr != CUDA_SUCCESS)
+      return cf_seterr(CF_ECUDA, "CUDA IPC export: %p is not device memory of this process (CUresult %d)",
+                       p, (int)cr);
+    base = (void *)(uintptr_t)b;
   }
+  cudaIpcMemHandle_t ih;
+  CF_CUDA_TRY(cudaIpcGetMemHandle(&ih, base));
+  memcpy(h->b, &ih, sizeof ih);
+  *offset = (uint64_t)((uintptr_t)p - (uintptr_t)base);
   return 0;
 }
 
