@@ -41,6 +41,19 @@ int cf_gpu_kv_wrap(cf_gpu_kv_t *kv, int device, const cf_kv_layout_t *lay, uint8
   return 0;
 }
 
+static int cf__gpu_kv_open_dev(cf_gpu_kv_t *kv, int device, const uint8_t *uuid,
+                               const cf_kv_layout_t *lay, const cf_gpu_ipc_handle_t *kh,
+                               const uint64_t *ko, const cf_gpu_ipc_handle_t *vh, const uint64_t *vo);
+
+/* Everything that needs no GPU is checked first, in every build. */
+int cf_gpu_kv_open(cf_gpu_kv_t *kv, int device, const uint8_t uuid[CF_GPU_UUID_BYTES],
+                   const cf_kv_layout_t *lay, const cf_gpu_ipc_handle_t *kh, const uint64_t *ko,
+                   const cf_gpu_ipc_handle_t *vh, const uint64_t *vo) {
+  memset(kv, 0, sizeof *kv);
+  int rc = cf__gpu_kv_check(lay, kh, vh);
+  return rc ? rc : cf__gpu_kv_open_dev(kv, device, uuid, lay, kh, ko, vh, vo);
+}
+
 #if !(defined(CF_HAVE_CUDA) && CF_HAVE_CUDA)
 
 int cf_gpu_ipc_export(void *p, cf_gpu_ipc_handle_t *h, uint64_t *offset) {
@@ -48,12 +61,10 @@ int cf_gpu_ipc_export(void *p, cf_gpu_ipc_handle_t *h, uint64_t *offset) {
   return cf_seterr(CF_ENODEV, "CUDA IPC export: CUDA not built into this binary");
 }
 
-int cf_gpu_kv_open(cf_gpu_kv_t *kv, int device, const uint8_t uuid[CF_GPU_UUID_BYTES],
-                   const cf_kv_layout_t *lay, const cf_gpu_ipc_handle_t *kh, const uint64_t *ko,
-                   const cf_gpu_ipc_handle_t *vh, const uint64_t *vo) {
-  memset(kv, 0, sizeof *kv);
-  int rc = cf__gpu_kv_check(lay, kh, vh);
-  if (rc) return rc;
+static int cf__gpu_kv_open_dev(cf_gpu_kv_t *kv, int device, const uint8_t *uuid,
+                               const cf_kv_layout_t *lay, const cf_gpu_ipc_handle_t *kh,
+                               const uint64_t *ko, const cf_gpu_ipc_handle_t *vh, const uint64_t *vo) {
+  (void)kv; (void)device; (void)uuid; (void)lay; (void)kh; (void)ko; (void)vh; (void)vo;
   return cf_seterr(CF_ENODEV, "gpu kv: CUDA IPC handles need CUDA, not built into this binary");
 }
 
@@ -128,12 +139,10 @@ static int cf__gpu_kv_handle(cf_gpu_kv_t *kv, const cf_gpu_ipc_handle_t *h, int 
   return 0;
 }
 
-int cf_gpu_kv_open(cf_gpu_kv_t *kv, int device, const uint8_t uuid[CF_GPU_UUID_BYTES],
-                   const cf_kv_layout_t *lay, const cf_gpu_ipc_handle_t *kh, const uint64_t *ko,
-                   const cf_gpu_ipc_handle_t *vh, const uint64_t *vo) {
-  memset(kv, 0, sizeof *kv);
-  int rc = cf__gpu_kv_check(lay, kh, vh);
-  if (rc) return rc;
+static int cf__gpu_kv_open_dev(cf_gpu_kv_t *kv, int device, const uint8_t *uuid,
+                               const cf_kv_layout_t *lay, const cf_gpu_ipc_handle_t *kh,
+                               const uint64_t *ko, const cf_gpu_ipc_handle_t *vh, const uint64_t *vo) {
+  int rc;
   uint8_t mine[CF_GPU_UUID_BYTES];
   if ((rc = cf_gpu_device_uuid(device, mine))) return rc;
   if (!uuid || memcmp(mine, uuid, CF_GPU_UUID_BYTES)) {
