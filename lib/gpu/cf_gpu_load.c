@@ -121,7 +121,8 @@ void cf_gpu_loader_close(cf_gpu_loader_t *ld) {
   }
   for (int i = 0; i < CF_RING_MAX_SLOTS; i++)
     if (ld->slot_ev[i]) (void)cudaEventDestroy(ld->slot_ev[i]);
-  if (ld->flush_stream) (void)cudaStreamSynchronize(ld->flush_stream);
+  /* the last flush may have run on a caller's stream (maybe destroyed by now): its event */
+  if (ld->arena_free) (void)cudaEventSynchronize(ld->arena_free);
   if (ld->arena) (void)cudaFree(ld->arena);
   if (ld->arena_copied) (void)cudaEventDestroy(ld->arena_copied);
   if (ld->arena_free) (void)cudaEventDestroy(ld->arena_free);
@@ -145,7 +146,7 @@ int cf_gpu_loader_set_table(cf_gpu_loader_t *ld, const int32_t *table, int n) {
   }
   CF_CUDA_TRY(cudaStreamSynchronize(ld->copy));
   CF_CUDA_TRY(cudaStreamSynchronize(ld->scatter));
-  if (ld->flush_stream) CF_CUDA_TRY(cudaStreamSynchronize(ld->flush_stream));
+  if (ld->arena_free) CF_CUDA_TRY(cudaEventSynchronize(ld->arena_free));
   if (n > ld->table_cap) {
     if (ld->d_table) CF_CUDA_TRY(cudaFree(ld->d_table));
     ld->d_table = NULL;
@@ -271,9 +272,17 @@ int cf_gpu_load_cell(cf_gpu_loader_t *ld, const cf_gpu_kv_t *kv, int layer, int 
     void *d = NULL;
     cudaError_t e = cudaHostGetDevicePointer(&d, (void *)cell, 0);
     if (e != cudaSuccess) {
+      /* an interior pointer of a mapped allocation (a CPU-tier slot): ask for its attributes */
       (void)cudaGetLastError();
-      return cf_seterr(CF_EINVAL, "gpu load: zero-copy needs mapped pinned memory; cell %p: %s",
-                       cell, cudaGetErrorString(e));
+      struct cudaPointerAttributes pa;
+      if (cudaPointerGetAttributes(&pa, cell) == cudaSuccess && pa.type == cudaMemoryTypeHost &&
+          pa.devicePointer) {
+        d = pa.devicePointer;
+      } else {
+        (void)cudaGetLastError();
+        return cf_seterr(CF_EINVAL, "gpu load: zero-copy needs mapped pinned memory; cell %p: %s",
+                         cell, cudaGetErrorString(e));
+      }
     }
     k = d;
     v = k + (int64_t)n_tok * row;
