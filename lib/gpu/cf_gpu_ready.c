@@ -15,14 +15,23 @@ static int cf__gpu_ready_slot(const cf_gpu_ready_t *g, int slot) {
   return 0;
 }
 
-void cf_gpu_ready_fail(cf_gpu_ready_t *g, int slot, int err) {
+
+static int cf__gate_write(cf_gpu_ready_t *g, int slot, uint64_t v, cudaStream_t s);
+
+void cf_gpu_ready_fail(cf_gpu_ready_t *g, int slot, int err, const cudaStream_t *s) {
   if (cf__gpu_ready_slot(g, slot)) return;
   /* status first: a GPU waiter released by the gate must find the failure when its engine looks */
   cf_ready_finish(g->r, slot, err ? err : CF_ECANCELED);
   atomic_store(&g->r->slots[slot].gate, CF_READY_GATE_OPEN);
+  if (s && g->dmap) (void)cf__gate_write(g, slot, CF_READY_GATE_OPEN, *s);
 }
 
 #if !(defined(CF_HAVE_CUDA) && CF_HAVE_CUDA)
+
+static int cf__gate_write(cf_gpu_ready_t *g, int slot, uint64_t v, cudaStream_t s) {
+  (void)g; (void)slot; (void)v; (void)s;
+  return CF_ENODEV;
+}
 
 int cf_gpu_ready_init(cf_gpu_ready_t *g, cf_ready_t *r, unsigned flags) {
   (void)flags;
@@ -140,18 +149,22 @@ static int cf__ready_host(cf_gpu_ready_t *g, int slot, uint64_t n, int finish, c
   return 0;
 }
 
-int cf_gpu_ready_publish(cf_gpu_ready_t *g, int slot, uint64_t n, cudaStream_t s) {
-  int rc = cf__gpu_ready_slot(g, slot);
-  if (rc) return rc;
+/* gate = v in the order of stream s. */
+static int cf__gate_write(cf_gpu_ready_t *g, int slot, uint64_t v, cudaStream_t s) {
   uint64_t *gate = cf__gate(g, slot);
   if (g->write64) {
     /* DEFAULT flags: ordered after every earlier write of the stream (no NO_MEMORY_BARRIER) */
-    CUresult cr = ((cf__memop_fn)g->write64)((CUstream)s, (CUdeviceptr)(uintptr_t)gate, n, 0);
+    CUresult cr = ((cf__memop_fn)g->write64)((CUstream)s, (CUdeviceptr)(uintptr_t)gate, v, 0);
     if (cr != CUDA_SUCCESS)
       return cf_seterr(CF_ECUDA, "gpu readiness: slot %d: cuStreamWriteValue64: CUresult %d", slot, (int)cr);
-  } else if ((rc = cf_ready_store_u64(gate, n, s))) {
-    return rc;
+    return 0;
   }
+  return cf_ready_store_u64(gate, v, s);
+}
+
+int cf_gpu_ready_publish(cf_gpu_ready_t *g, int slot, uint64_t n, cudaStream_t s) {
+  int rc = cf__gpu_ready_slot(g, slot);
+  if (rc || (rc = cf__gate_write(g, slot, n, s))) return rc;
   return cf__ready_host(g, slot, n, 0, s);
 }
 

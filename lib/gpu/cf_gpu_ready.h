@@ -23,8 +23,9 @@
  *   the daemon opened the gate (CF_READY_GATE_OPEN) so the stream did not hang, and the step's
  *   outputs must be discarded (the engine recomputes the prefix itself).
  *
- * Writers call cf_ready_begin (CPU) before enqueueing the first publish of a restore, and
- * cf_gpu_ready_fail on failure (a plain CPU store: it works even when the stream is broken).
+ * Writers call cf_ready_begin (CPU) before enqueueing the first publish of a restore (the
+ * previous restore's stream work on that slot must be complete), and cf_gpu_ready_fail on
+ * failure.
  */
 #ifndef CF_GPU_READY_H
 #define CF_GPU_READY_H
@@ -59,8 +60,12 @@ int cf_gpu_ready_uses_memops(const cf_gpu_ready_t *g);
 int cf_gpu_ready_publish(cf_gpu_ready_t *g, int slot, uint64_t n_layers_done, cudaStream_t s);
 /* Daemon side, after `s`'s work is done: (host callback) cf_ready_finish(slot, 0). */
 int cf_gpu_ready_finish(cf_gpu_ready_t *g, int slot, cudaStream_t s);
-/* Daemon side, on failure (CPU, immediate): status = err, gate = CF_READY_GATE_OPEN, wake. */
-void cf_gpu_ready_fail(cf_gpu_ready_t *g, int slot, int err);
+/* Daemon side, on failure: status = err and gate = CF_READY_GATE_OPEN at once from the CPU
+ * (works when the stream is broken), wake CPU waiters; and when `s` is not NULL, gate =
+ * CF_READY_GATE_OPEN once more in the order of *s — a gate write of an earlier publish still
+ * queued there would otherwise lower the gate again after the CPU store and hang the engine's
+ * stream. (If *s is broken, nothing queued on it runs, so the CPU store stands.) */
+void cf_gpu_ready_fail(cf_gpu_ready_t *g, int slot, int err, const cudaStream_t *s);
 
 /* Engine side: work enqueued on `s` after this call starts only once slot.gate >= min_layers.
  * Returns 0, CF_ERANGE (slot), CF_ECUDA. */

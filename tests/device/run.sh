@@ -74,8 +74,8 @@ step() {
 nvidia-smi | tee -a "$LOG" | head -n 15
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee -a "$LOG"
 
-# lib/gpu first (the newest, unverified code): three engine/daemon process pairs, <= 30 s each.
-step kt_gpupath 120 build/tests/kt_gpupath
+# lib/gpu first (the newest, unverified code): four engine/daemon process pairs, <= 30 s each.
+step kt_gpupath 150 build/tests/kt_gpupath
 for t in build/tests/kt_*; do
   [ "$(basename "$t")" = kt_gpupath ] && continue
   step "$(basename "$t")" 90 "$t"

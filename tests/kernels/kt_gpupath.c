@@ -14,7 +14,10 @@
  *           does not wait shows up as poison on the engine side.
  *   variants: 0 NHD vLLM layout (two layers share one allocation), driver stream memory ops,
  *             STAGED loads; 1 HND layout with separate K and V allocations (V below K), the
- *             kernel fallback of the readiness gate, ZEROCOPY loads; 2 NHD, memops, ARENA loads.
+ *             kernel fallback of the readiness gate, ZEROCOPY loads; 2 NHD, memops, ARENA loads;
+ *             3 as 0 but the restore fails after 2 layers (cf_gpu_ready_fail): the engine's
+ *             stream must be released (not hang), cf_ready_wait must report CF_EIO, layers 0-1
+ *             restored, layers 2-3 untouched.
  * --bench: load 1 GiB into paged blocks of 16 KiB..1 MiB (each mode) vs one contiguous 1 GiB
  *   pinned cudaMemcpy; compute (cf_backend_cuda_forward_dev, a Llama-3-8B-shaped layer, 8192
  *   tokens) overlapped with loads of about the same duration, as a ratio to the longer alone;
@@ -236,20 +239,26 @@ static int engine(const char *dir, int variant) {
   }
   check(e == cudaSuccess, "engine stream drained after the waits (%.0f ms): %s", now_ms() - t0, cudaGetErrorString(e));
   uint64_t seen = 0;
+  int loaded = variant == 3 ? 2 : L; /* layers the daemon restores before it fails (variant 3) */
   int wrc = cf_ready_wait(&r, SLOT, L, 10000000000LL, &seen);
-  check(wrc == 0 && seen == L, "CPU waiter: cf_ready_wait(%d layers) = %s, layers %llu", L, cf_err_name(wrc),
-        (unsigned long long)seen);
+  if (variant == 3)
+    check(wrc == CF_EIO && seen <= 2, "CPU waiter of a failed restore: cf_ready_wait(%d layers) = %s "
+          "(expected CF_EIO), layers %llu", L, cf_err_name(wrc), (unsigned long long)seen);
+  else
+    check(wrc == 0 && seen == L, "CPU waiter: cf_ready_wait(%d layers) = %s, layers %llu", L,
+          cf_err_name(wrc), (unsigned long long)seen);
+  int64_t want_status = variant == 3 ? CF_EIO : CF_READY_DONE;
   for (int i = 0; i < 2000 && atomic_load(&r.slots[SLOT].status) == CF_READY_RUNNING; i++) usleep(1000);
-  check(atomic_load(&r.slots[SLOT].status) == CF_READY_DONE && atomic_load(&r.slots[SLOT].req_id) == REQ_ID,
-        "slot DONE for request %u (status %lld, req %llu)", REQ_ID, (long long)atomic_load(&r.slots[SLOT].status),
-        (unsigned long long)atomic_load(&r.slots[SLOT].req_id));
+  check(atomic_load(&r.slots[SLOT].status) == want_status && atomic_load(&r.slots[SLOT].req_id) == REQ_ID,
+        "slot status %lld (expected %lld) for request %u (req %llu)", (long long)atomic_load(&r.slots[SLOT].status),
+        (long long)want_status, REQ_ID, (unsigned long long)atomic_load(&r.slots[SLOT].req_id));
   /* every element of every block: a restored row, or poison */
   uint16_t *cell = malloc(2 * C * ROW * 2);
   for (int l = 0; l < L; l++) {
     long bad = 0, restored = 0, first = -1;
     uint16_t *pk = hk + l * plane / 2, *pv = hv + l * plane / 2;
     uint8_t *want_set = calloc(plane / 2, 1); /* element written by the restore */
-    for (int c = 0; c < NCHUNK; c++) {
+    for (int c = 0; c < NCHUNK && l < loaded; c++) {
       make_cell(R.seed, c, l, cell);
       int n = chunk_tokens(c);
       for (int t = 0; t < n; t++) {
@@ -269,7 +278,7 @@ static int engine(const char *dir, int variant) {
     long poison_bad = 0;
     for (size_t i = 0; i < plane / 2; i++)
       if (!want_set[i] && (pk[i] != 0xffff || pv[i] != 0xffff)) poison_bad++;
-    check(bad == 0 && poison_bad == 0 && restored > 0,
+    check(bad == 0 && poison_bad == 0 && (restored > 0) == (l < loaded),
           "layer %d: %ld restored elements per plane bit-exact (%ld wrong, first at token %ld), %ld "
           "elements outside the restore disturbed", l, restored, bad, first, poison_bad);
     free(want_set);
@@ -292,7 +301,7 @@ static void key_of(int chunk, uint64_t seed, cf_store_key_t *k) {
 }
 
 static cf_gpu_ready_t *g_gate;
-#define BAIL() do { if (g_gate) cf_gpu_ready_fail(g_gate, SLOT, CF_EIO); return 1; } while (0)
+#define BAIL() do { if (g_gate) cf_gpu_ready_fail(g_gate, SLOT, CF_EIO, NULL); return 1; } while (0)
 
 static int daemon_proc(const char *dir, int variant) {
   g_role = "daemon";
@@ -358,7 +367,7 @@ static int daemon_proc(const char *dir, int variant) {
     else n_ssd++;
   }
   check(have == NCHUNK && n_cpu > 0 && n_ssd > 0, "store: %d chunks in the pinned CPU tier, %d only on SSD", n_cpu, n_ssd);
-  cf_gpu_load_mode_t mode = variant == 0 ? CF_GPU_LOAD_STAGED : variant == 1 ? CF_GPU_LOAD_ZEROCOPY : CF_GPU_LOAD_ARENA;
+  cf_gpu_load_mode_t mode = variant == 0 || variant == 3 ? CF_GPU_LOAD_STAGED : variant == 1 ? CF_GPU_LOAD_ZEROCOPY : CF_GPU_LOAD_ARENA;
   cf_gpu_loader_t ld;
   if (!RC(cf_gpu_loader_init(&ld, mode, 0))) BAIL();
   RC(cf_gpu_loader_set_table(&ld, R.table, R.n_table));
@@ -373,7 +382,14 @@ static int daemon_proc(const char *dir, int variant) {
   int pinned[NCHUNK] = {0};
   cf_ready_begin(&r, SLOT, REQ_ID);
   usleep(100000); /* the engine's waits are queued by now: a wait that does not wait reads poison */
+  int failed = 0;
   for (int l = 0; l < L; l++) {
+    if (variant == 3 && l == 2) { /* a failure mid-restore: release the engine, report CF_EIO */
+      cudaStream_t ls = cf_gpu_loader_stream(&ld);
+      cf_gpu_ready_fail(&g, SLOT, CF_EIO, &ls);
+      failed = 1;
+      break;
+    }
     cf_ring_cell_t rc_cells[NCHUNK];
     int n_ring = 0, status[NCHUNK];
     for (int c = 0; c < NCHUNK; c++) {
@@ -399,10 +415,10 @@ static int daemon_proc(const char *dir, int variant) {
     RC(cf_gpu_ready_publish(&g, SLOT, (uint64_t)l + 1, cf_gpu_loader_stream(&ld)));
     usleep(20000);
   }
-  RC(cf_gpu_ready_finish(&g, SLOT, cf_gpu_loader_stream(&ld)));
+  if (!failed) RC(cf_gpu_ready_finish(&g, SLOT, cf_gpu_loader_stream(&ld)));
   RC(cf_ring_drain(&ring, &sink));
   CU(cudaDeviceSynchronize());
-  check(ld.cells == (uint64_t)L * NCHUNK, "loader moved %llu cells (%llu bytes)", (unsigned long long)ld.cells,
+  check(ld.cells == (uint64_t)(failed ? 2 : L) * NCHUNK, "loader moved %llu cells (%llu bytes)", (unsigned long long)ld.cells,
         (unsigned long long)ld.bytes);
   for (int c = 0; c < NCHUNK; c++) if (pinned[c]) cf_store_unpin(st, &pins[c]);
   cf_ring_close(&ring);
@@ -449,7 +465,8 @@ static void run_pair(const char *self, int variant) {
   pid_t d = spawn(self, "--daemon", dir, variant);
   double dl = now_ms() + 30000;
   int rd = reap(d, dl), re = reap(e, dl);
-  static const char *names[] = {"NHD, memops, STAGED", "HND split K/V, wait kernel, ZEROCOPY", "NHD, memops, ARENA"};
+  static const char *names[] = {"NHD, memops, STAGED", "HND split K/V, wait kernel, ZEROCOPY", "NHD, memops, ARENA",
+                                "NHD, memops, STAGED, restore fails after 2 layers"};
   check(re == 0 && rd == 0, "variant %d (%s): engine exit %d, daemon exit %d", variant, names[variant], re, rd);
   char cmd[1100];
   snprintf(cmd, sizeof cmd, "rm -rf %s /dev/shm/kt_gpupath_ready.%d", dir, (int)e);
@@ -736,6 +753,6 @@ int main(int argc, char **argv) {
     bench_ssd();
     return finish();
   }
-  for (int v = 0; v < 3; v++) run_pair("/proc/self/exe", v);
+  for (int v = 0; v < 4; v++) run_pair("/proc/self/exe", v);
   return finish();
 }

@@ -83,13 +83,13 @@ CF_TEST(gpu_ready_fail_opens_gate_and_wakes_cpu_waiters_with_the_error) {
   cf_gpu_ready_t g;
   memset(&g, 0, sizeof g);
   g.r = &r; /* the failure path is CPU-only: it must work when the GPU side is broken */
-  cf_gpu_ready_fail(&g, 1, CF_EIO);
+  cf_gpu_ready_fail(&g, 1, CF_EIO, NULL);
   pthread_join(th, NULL);
   CF_CHECK_EQ(w.rc, CF_EIO);
   CF_CHECK_EQ(w.seen, 1);
   CF_CHECK_EQ(atomic_load(&r.slots[1].gate), CF_READY_GATE_OPEN);
   CF_CHECK_EQ(atomic_load(&r.slots[1].layers), 1); /* CPU waiters still see the true count */
-  cf_gpu_ready_fail(&g, 9, CF_EIO); /* out of range: ignored, not a crash */
+  cf_gpu_ready_fail(&g, 9, CF_EIO, NULL); /* out of range: ignored, not a crash */
   cf_ready_begin(&r, 1, 78);        /* a new restore closes the gate again */
   CF_CHECK_EQ(atomic_load(&r.slots[1].gate), 0);
   cf_ready_close(&r);
