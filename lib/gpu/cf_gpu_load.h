@@ -11,7 +11,8 @@
  *   CF_GPU_LOAD_STAGED (default): the copy engine moves the cell into a device staging ring
  *     (cudaMemcpyAsync on `copy`: no SM time) and the scatter kernel spreads it over the paged
  *     blocks on a high-priority `scatter` stream: 0.97-0.98 of a contiguous 1 GiB memcpy into
- *     16 KiB-1 MiB blocks (cf_paged_load_staged).
+ *     16 KiB-1 MiB blocks (cf_paged_load_staged's path; here the slot counter carries across
+ *     cells so consecutive cells pipeline).
  *   CF_GPU_LOAD_ZEROCOPY: the scatter kernel reads the pinned host cell over PCIe itself
  *     (0.92-0.93), with few CTAs (default 32) so it leaves SMs to compute.
  *   CF_GPU_LOAD_ARENA: for loads beside compute. Both of the above contend with the compute
@@ -48,6 +49,7 @@ typedef struct {
   int zc_ctas;              /* CTAs of the zero-copy kernel (default 32) */
   cudaStream_t copy, scatter;
   void *stager;             /* cf_paged_stager_t (kernels/cf_paged.h), private */
+  uint64_t stage_next;      /* STAGED: next staging slot (kept across cells) */
   int32_t *d_table;         /* device block table of the current restore */
   int n_table, table_cap;
   const cf_gpu_kv_t *kv;    /* for the ring sink */
