@@ -127,6 +127,12 @@ extern "C" int cf_paged_gather(const cf_paged_args_t *a, cudaStream_t s) {
 }
 
 extern "C" int cf_paged_load_staged(const cf_paged_args_t *a, const cf_paged_stager_t *st) {
+  uint64_t next = 0;
+  return cf_paged_load_staged_next(a, st, &next);
+}
+
+extern "C" int cf_paged_load_staged_next(const cf_paged_args_t *a, const cf_paged_stager_t *st,
+                                         uint64_t *next_slot) {
   int rc = cf__paged_check(a, "cf_paged_load_staged");
   if (rc) return rc;
   CF_REQUIRE(st && st->staging && (uintptr_t)st->staging % 16 == 0,
@@ -136,8 +142,8 @@ extern "C" int cf_paged_load_staged(const cf_paged_args_t *a, const cf_paged_sta
   CF_REQUIRE(per >= 1, "cf_paged_load_staged: staging of %lld elements: a slot part of %lld cannot "
              "hold one row of %lld", (long long)st->staging_elems, (long long)slot, (long long)rs);
   int64_t row = (int64_t)a->layout.n_kv_heads * a->layout.head_dim;
-  for (int64_t t = 0, i = 0; t < a->T; t += per, i++) {
-    int sl = (int)(i % CF_PAGED_STAGE_SLOTS);
+  for (int64_t t = 0; t < a->T; t += per) {
+    int sl = (int)((*next_slot)++ % CF_PAGED_STAGE_SLOTS);
     cf_bf16_t *sk = st->staging + sl * 2 * slot, *sv = sk + slot;
     int64_t n = a->T - t < per ? a->T - t : per;
     size_t bytes = (size_t)((n - 1) * rs + row) * 2;

@@ -71,6 +71,11 @@ typedef struct {
  * (record an event there). Returns 0, CF_EINVAL (a slot cannot hold one row per plane) or
  * CF_ECUDA. */
 int cf_paged_load_staged(const cf_paged_args_t *a, const cf_paged_stager_t *st);
+/* The same, continuing the slot rotation at *next_slot (advanced past the slots used): callers
+ * that load one cell per call (lib/gpu) then pipeline, instead of every call starting at slot 0
+ * behind the previous call's scatter out of it. */
+int cf_paged_load_staged_next(const cf_paged_args_t *a, const cf_paged_stager_t *st,
+                              uint64_t *next_slot);
 
 /* The DMA-only load path: one cudaMemcpyBatchAsync (CUDA >= 12.8) of every contiguous run
  * (one per block and plane in vLLM's layout) straight from pinned host rows a->k / a->v into

@@ -257,40 +257,6 @@ static int cf__arena_load(cf_gpu_loader_t *ld, int layer, int tok0, int n_tok, i
   return 0;
 }
 
-/* STAGED: cf_paged_load_staged's copy-engine path, but with the staging slot counter kept
- * across calls. A restore loads one cell per call; restarting at slot 0 every call (as
- * cf_paged_load_staged does) would queue each cell's DMA behind the previous cell's scatter
- * out of the same slot, and the copy engine would idle between cells. */
-static int cf__staged_load(cf_gpu_loader_t *ld, const cf_paged_args_t *a) {
-  cf_paged_stager_t *st = ld->stager;
-  int64_t rs = a->row_stride, slot = (st->staging_elems / CF_PAGED_STAGE_SLOTS) / 16 * 8;
-  int64_t per = slot / rs, row = (int64_t)a->layout.n_kv_heads * a->layout.head_dim;
-  if (per < 1)
-    return cf_seterr(CF_EINVAL, "gpu load: staging of %lld elements: a slot part of %lld cannot hold one "
-                     "row of %lld", (long long)st->staging_elems, (long long)slot, (long long)rs);
-  for (int64_t t = 0; t < a->T; t += per) {
-    int sl = (int)(ld->stage_next++ % CF_PAGED_STAGE_SLOTS);
-    cf_bf16_t *sk = st->staging + sl * 2 * slot, *sv = sk + slot;
-    int64_t n = a->T - t < per ? a->T - t : per;
-    size_t bytes = (size_t)((n - 1) * rs + row) * 2;
-    CF_CUDA_TRY(cudaStreamWaitEvent(ld->copy, st->freed[sl], 0));  /* slot's last scatter done */
-    CF_CUDA_TRY(cudaMemcpyAsync(sk, a->k + t * rs, bytes, cudaMemcpyHostToDevice, ld->copy));
-    CF_CUDA_TRY(cudaMemcpyAsync(sv, a->v + t * rs, bytes, cudaMemcpyHostToDevice, ld->copy));
-    CF_CUDA_TRY(cudaEventRecord(st->copied[sl], ld->copy));
-    CF_CUDA_TRY(cudaStreamWaitEvent(ld->scatter, st->copied[sl], 0));
-    cf_paged_args_t p = *a;
-    p.tok0 = a->tok0 + (int)t;
-    p.T = (int)n;
-    p.k = sk;
-    p.v = sv;
-    p.ctas = 0;
-    int rc = cf_paged_scatter(&p, ld->scatter);
-    if (rc) return rc;
-    CF_CUDA_TRY(cudaEventRecord(st->freed[sl], ld->scatter));
-  }
-  return 0;
-}
-
 int cf_gpu_load_cell(cf_gpu_loader_t *ld, const cf_gpu_kv_t *kv, int layer, int tok0,
                      const void *cell, int n_tok) {
   if (!ld->scatter || !kv || !cell || n_tok <= 0 || tok0 < 0)
@@ -336,7 +302,8 @@ int cf_gpu_load_cell(cf_gpu_loader_t *ld, const cf_gpu_kv_t *kv, int layer, int 
     a.ctas = ld->zc_ctas;
     rc = cf_paged_scatter(&a, ld->scatter);
   } else {
-    rc = cf__staged_load(ld, &a);
+    /* the slot counter carries across cells: consecutive cells pipeline */
+    rc = cf_paged_load_staged_next(&a, (const cf_paged_stager_t *)ld->stager, &ld->stage_next);
   }
   if (rc) return rc;
   ld->cells++;
