@@ -75,7 +75,7 @@ typedef struct {
 
 typedef struct cf_batch_s cf_batch_t;
 
-/* Start the thread. Returns 0 or CF_E* (store geometry not fp32, threads). */
+/* Start the thread. Returns 0 or CF_E* (a store that records no KV dtype: CF_EDTYPE; threads). */
 int cf_batch_start(cf_batch_t **out, const cf_batch_opts_t *o);
 /* Queue jobs (any thread). After cf_batch_quiesce, jobs end at once with CF_ESHUTDOWN. */
 void cf_batch_submit(cf_batch_t *b, cf_batch_job_t **jobs, int n);

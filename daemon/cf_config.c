@@ -18,6 +18,7 @@ static const char *const cf__evictions[] = {"lru", "s3fifo", NULL};
 static const char *const cf__policies[] = {"recompute", "load", "cake", "layerwise",
                                            "cacheflow", "optimal", NULL};
 static const char *const cf__backends[] = {"auto", "cpu", "cuda", NULL};
+static const char *const cf__kv_dtypes[] = {"auto", "f32", "bf16", "f16", NULL};
 static const char *const cf__levels[] = {"error", "warn", "info", "debug", NULL};
 
 /* Listen addresses: gRPC understands unix:/abs/path and host:port; reject anything else here
@@ -103,6 +104,9 @@ const cf_config_entry_t cf_config_table[] = {
    "worker threads for compute and tier reads; 0 = one per core"},
   {"backend", CF_CFG_T_ENUM, F(backend), 0, 0, cf__backends, "auto", NULL, 0,
    "model backend: auto picks cuda when a GPU is usable, else cpu"},
+  {"kv_dtype", CF_CFG_T_ENUM, F(kv_dtype), 0, 0, cf__kv_dtypes, "auto", NULL, 0,
+   "KV element type of stored cells and engine buffers (auto|f32|bf16|f16); auto = bf16 with the cuda backend, "
+   "else f32; the store directory records it and refuses another"},
 };
 const size_t cf_config_count = sizeof cf_config_table / sizeof cf_config_table[0];
 

@@ -17,6 +17,8 @@
 
 typedef enum { CF_EVICT_LRU = 0, CF_EVICT_S3FIFO } cf_evict_kind_t;
 typedef enum { CF_BACKEND_AUTO = 0, CF_BACKEND_CPU, CF_BACKEND_CUDA } cf_backend_kind_t;
+/* kv_dtype: the element type of stored cells and of the engines' KV buffers. */
+typedef enum { CF_KVDT_AUTO = 0, CF_KVDT_F32, CF_KVDT_BF16, CF_KVDT_F16 } cf_kv_dtype_kind_t;
 
 typedef struct {
   char listen[CF_CFG_STR_MAX];          /* unix:/path (the default) */
@@ -36,6 +38,7 @@ typedef struct {
   int log_level;                        /* cf_log_level_t */
   int64_t threads;                      /* 0 = one per core */
   int backend;                          /* cf_backend_kind_t */
+  int kv_dtype;                         /* cf_kv_dtype_kind_t (auto: bf16 on the cuda backend, else f32) */
 } cf_config_t;
 
 typedef enum { CF_CFG_T_STR, CF_CFG_T_INT, CF_CFG_T_SIZE, CF_CFG_T_DOUBLE, CF_CFG_T_ENUM } cf_cfg_type_t;

@@ -353,7 +353,7 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
   dp->be = be;
   dp->store = store;
   dp->inner = *hooks;
-  /* the executor computes on this thread's backend and writes f32 host memory */
+  /* the executor computes on this thread's backend (fp32) and writes host memory in the store's KV dtype */
   cf_batch_opts_t bo = {.be = be, .store = store, .n_loaders = 2, .batch_max = (int)cfg->batch_max,
                         .cpu_Bps = cf__Bps(cfg->cpu_read_gbps), .ssd_Bps = cf__Bps(cfg->ssd_read_gbps)};
   int rc = cf_batch_start(&dp->batch, &bo);
@@ -362,7 +362,7 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
   uv_async_init(loop, &dp->async, cf__on_async);
   dp->async.data = dp;
   /* lookup, save, evict, usage stay cf_storage's, forwarded with its own ctx */
-  *hooks = (cf_service_backend_t){.ctx = dp, .engine_added = cf__engine_added, .engine_removed = cf__engine_removed,
+  *hooks = (cf_service_backend_t){.ctx = dp, .kv_dtype = dp->inner.kv_dtype, .engine_added = cf__engine_added, .engine_removed = cf__engine_removed,
                                   .restore_batch = cf__restore_batch, .restore_cancel = cf__restore_cancel,
                                   .restore_slot = cf__restore_slot,
                                   .lookup = dp->inner.lookup ? cf__lookup : NULL,

@@ -299,6 +299,18 @@ static int cf__make_backend(cf_daemon_t *d) {
   return rc;
 }
 
+/* The KV dtype of the store and the engines: kv_dtype, with auto = bf16 when the backend in use
+ * is cuda (what real engines keep and the GPU path moves: half the bytes of f32), else f32
+ * (what the CPU backend computes). */
+static cf_dtype_t cf__kv_dtype(const cf_daemon_t *d) {
+  switch (d->cfg.kv_dtype) {
+    case CF_KVDT_F32: return CF_DT_F32;
+    case CF_KVDT_BF16: return CF_DT_BF16;
+    case CF_KVDT_F16: return CF_DT_F16;
+    default: return d->backend && !strcmp(d->backend->name, "cuda") ? CF_DT_BF16 : CF_DT_F32;
+  }
+}
+
 /* The CPU tier's read rate the planner assumes: the configured limit, never above memcpy. */
 static void cf__apply_link(cf_daemon_t *d) {
   double lim = d->cfg.cpu_read_gbps * 1e9 / 8;
@@ -368,11 +380,16 @@ int main(int argc, char **argv) {
     cf_notifyf("STATUS=model loaded: %s", d->cfg.model);
     cf_notifyf("STATUS=recovering store %s", d->cfg.store_dir);
     if (cf__prepare_store_dir(d->cfg.store_dir)) { CF_ERROR("%s", cf_errmsg()); return 1; }
-    rc = cf_storage_open(&d->storage, &d->cfg, &d->model);
+    /* the backend first: kv_dtype = auto depends on which one runs */
+    if ((rc = cf__make_backend(d))) { CF_ERROR("backend: %s: %s", cf_strerror(rc), cf_errmsg()); return 1; }
+    cf_dtype_t kvdt = cf__kv_dtype(d);
+    CF_INFO("kv_dtype %s (configured %s, backend %s)", cf_dtype_name(kvdt),
+            cf_config_format(&d->cfg, cf_config_find("kv_dtype"), hex, sizeof hex), d->backend->name);
+    rc = cf_storage_open(&d->storage, &d->cfg, &d->model, kvdt);
     if (rc) { CF_ERROR("%s: %s", cf_strerror(rc), cf_errmsg()); return 1; }
     cf_storage_backend(d->storage, &be);
     cf_notify("STATUS=measuring the cost model");
-    if ((rc = cf__make_backend(d)) || (rc = cf_calib_cost(d->backend, d->weights, (int)d->cfg.chunk_tokens, 0, &d->cost))) {
+    if ((rc = cf_calib_cost(d->backend, d->weights, (int)d->cfg.chunk_tokens, 0, &d->cost))) {
       CF_ERROR("backend/calibration: %s: %s", cf_strerror(rc), cf_errmsg());
       return 1;
     }

@@ -53,6 +53,14 @@ static double cf__now(void) {
   return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+static const char *cf__dtype_name(int dt) {
+  return dt == CACHEFLOW__V1__DTYPE__DTYPE_F32 ? "F32" : dt == CACHEFLOW__V1__DTYPE__DTYPE_BF16 ? "BF16"
+       : dt == CACHEFLOW__V1__DTYPE__DTYPE_F16 ? "F16" : "UNSPECIFIED";
+}
+/* The config's spelling (kv_dtype = ...). */
+static const char *cf__dtype_lower(int dt) {
+  return dt == CACHEFLOW__V1__DTYPE__DTYPE_F32 ? "f32" : dt == CACHEFLOW__V1__DTYPE__DTYPE_BF16 ? "bf16" : "f16";
+}
 static size_t cf__dtype_size(int dt) {
   switch (dt) {
     case CACHEFLOW__V1__DTYPE__DTYPE_F32: return 4;
@@ -215,6 +223,15 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
         goto out;
       }
     }
+  }
+  /* loaded cells are copied bit for bit: the engine's KV must be the store's dtype. A precondition
+   * of this daemon (its kv_dtype), not a malformed request. */
+  if (s->be.kv_dtype && (int)r->layers[0]->dtype != s->be.kv_dtype) {
+    cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "engine KV dtype %s, but this daemon's store holds %s cells "
+                  "(kv_dtype); register %s buffers or run a daemon with kv_dtype = %s on another store_dir",
+                  cf__dtype_name(r->layers[0]->dtype), cf__dtype_name(s->be.kv_dtype), cf__dtype_name(s->be.kv_dtype),
+                  cf__dtype_lower(r->layers[0]->dtype));
+    goto out;
   }
   int slot = -1;
   for (int i = 0; i < s->max_engines && slot < 0; i++)
@@ -639,6 +656,7 @@ static void cf__h_stats(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
     resp.model_head_dim = s->model->head_dim;
     resp.model_vocab = s->model->vocab;
   }
+  resp.kv_dtype = (Cacheflow__V1__DType)s->be.kv_dtype;
   Cacheflow__V1__Counter cs[4], *cp[4];
   const char *names[4] = {"cacheflow_restores_total", "cacheflow_restore_batches_total",
                           "cacheflow_restores_batched_total", "cacheflow_rpc_calls_in_flight"};

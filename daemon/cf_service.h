@@ -86,6 +86,9 @@ typedef struct cf_restore_s {
  * uv_async and then call cf_service_restore_event / cf_service_restore_done on the loop. */
 typedef struct {
   void *ctx;
+  /* The KV dtype the store holds, as the proto's DType (0: none, nothing checked). RegisterEngine
+   * of buffers in another dtype gets FAILED_PRECONDITION naming both, before engine_added. */
+  int kv_dtype;
   /* Map the engine's buffers; 0 or CF_E* (the registration is refused with its detail). */
   int (*engine_added)(void *ctx, cf_engine_t *e);
   void (*engine_removed)(void *ctx, cf_engine_t *e);

@@ -9,20 +9,31 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "exec/cf_cellsrc_store.h"
+#include "exec/cf_save.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
 struct cf_storage_s {
   cf_store_t *st;
   cf_store_geom_t g;
+  cf_dtype_t kv_dtype;
 };
 
-int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_info_t *model) {
+/* The proto's DType of a KV dtype (F32/BF16/F16 only). */
+static int cf__proto_dtype(cf_dtype_t t) {
+  return t == CF_DT_BF16 ? CACHEFLOW__V1__DTYPE__DTYPE_BF16 : t == CF_DT_F16 ? CACHEFLOW__V1__DTYPE__DTYPE_F16
+                                                                             : CACHEFLOW__V1__DTYPE__DTYPE_F32;
+}
+
+int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_info_t *model, cf_dtype_t kv_dtype) {
   *out = NULL;
   cf_storage_t *s = calloc(1, sizeof *s);
   if (!s) return cf_seterr(CF_ENOMEM, "storage");
   memcpy(s->g.fingerprint, model->fingerprint, 16);
-  s->g.dtype_size = 4; /* fp32 KV: what the CPU backend computes */
+  int rc = cf_exec_geom_dtype(&s->g, kv_dtype);
+  if (rc) { free(s); return cf_err_prefix(rc, "kv_dtype: "); }
+  s->kv_dtype = kv_dtype;
   s->g.chunk_tokens = (uint32_t)cfg->chunk_tokens;
   s->g.n_layers = (uint32_t)model->n_layers;
   s->g.n_kv_heads = (uint32_t)model->n_kv_heads;
@@ -32,8 +43,8 @@ int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_i
   sc.cpu_bytes = (uint64_t)cfg->cpu_tier_bytes;
   sc.ssd_bytes = (uint64_t)cfg->ssd_tier_bytes;
   sc.cpu_evict = cfg->eviction == CF_EVICT_S3FIFO ? CF_STORE_EVICT_S3FIFO : CF_STORE_EVICT_LRU;
-  int rc = cf_store_open(cfg->store_dir, &s->g, &sc, &s->st);
-  if (rc) { free(s); return cf_err_prefix(rc, "store_dir %s: ", cfg->store_dir); }
+  rc = cf_store_open(cfg->store_dir, &s->g, &sc, &s->st);
+  if (rc) { free(s); return cf_err_prefix(rc, "store_dir %s (kv_dtype %s): ", cfg->store_dir, cf_dtype_name(kv_dtype)); }
   *out = s;
   return 0;
 }
@@ -85,9 +96,12 @@ static uint8_t *cf__map_path(cf_engine_map_t *m, const char **paths, const char 
 
 static int cf__engine_added(void *ctx, cf_engine_t *e) {
   cf_storage_t *s = ctx;
-  if (e->dtype != CACHEFLOW__V1__DTYPE__DTYPE_F32)
-    return cf_seterr(CF_EDTYPE, "engine KV dtype %s: this daemon stores F32 KV (CPU backend); register F32 buffers",
-                     e->dtype == CACHEFLOW__V1__DTYPE__DTYPE_BF16 ? "BF16" : "F16");
+  /* the service checks this first (FAILED_PRECONDITION); kept so no other caller maps a
+   * buffer the executor would write in the wrong element type */
+  if (e->dtype != cf__proto_dtype(s->kv_dtype))
+    return cf_seterr(CF_EDTYPE, "engine KV dtype %s, the store holds %s cells (kv_dtype): register %s buffers",
+                     e->dtype == CACHEFLOW__V1__DTYPE__DTYPE_BF16 ? "BF16" : e->dtype == CACHEFLOW__V1__DTYPE__DTYPE_F16 ? "F16" : "F32",
+                     cf_dtype_name(s->kv_dtype), cf_dtype_name(s->kv_dtype));
   int L = e->n_layers, rc = 0;
   cf_engine_map_t *m = calloc(1, sizeof *m);
   const char **paths = calloc(2 * L, sizeof *paths);
@@ -109,7 +123,7 @@ static int cf__engine_added(void *ctx, cf_engine_t *e) {
   free(paths);
   /* Save (here) and lib/exec address every layer with one set of strides. */
   cf_kv_layout_t lay = {.n_layers = L, .num_blocks = (int)e->num_blocks, .block_size = (int)e->block_size,
-                        .n_kv_heads = (int)s->g.n_kv_heads, .head_dim = (int)s->g.head_dim, .dtype = CF_DT_F32,
+                        .n_kv_heads = (int)s->g.n_kv_heads, .head_dim = (int)s->g.head_dim, .dtype = s->kv_dtype,
                         .block_stride = e->layers[0].block_stride, .token_stride = e->layers[0].token_stride,
                         .head_stride = e->layers[0].head_stride};
   for (int l = 1; l < L && !rc; l++)
@@ -144,7 +158,7 @@ static cf_store_key_t *cf__keys(const cf_storage_t *s, const uint32_t *tokens, s
 static int cf__lookup(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t n, uint32_t per[3], uint8_t *chunk_tiers) {
   cf_storage_t *s = ctx;
   (void)e;
-  size_t nk, C = s->g.chunk_tokens;
+  size_t nk = 0, C = s->g.chunk_tokens;
   cf_store_key_t *keys = cf__keys(s, tokens, n, &nk);
   uint8_t *tiers = malloc(nk ? nk : 1);
   if (!keys || !tiers) { free(keys); free(tiers); return cf_seterr(CF_ENOMEM, "lookup of %zu tokens", n); }
@@ -164,37 +178,18 @@ static int cf__lookup(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t 
 static int cf__save(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest *req, uint32_t *saved, int *durable) {
   cf_storage_t *s = ctx;
   cf_engine_map_t *m = e->exec_priv;
-  const uint32_t L = s->g.n_layers, kvh = s->g.n_kv_heads, hd = s->g.head_dim, C = s->g.chunk_tokens;
-  const size_t n = req->n_token_ids, row = (size_t)kvh * hd * 4;
-  /* block ids were validated < num_blocks (< 2^31), so the uint32 table reads as int32 */
-  const int32_t *blocks = (const int32_t *)req->block_ids;
-  size_t nk;
+  const size_t n = req->n_token_ids;
   *saved = 0;
   *durable = 0;
-  cf_store_key_t *keys = cf__keys(s, req->token_ids, n, &nk);
-  size_t cb = cf_store_cell_bytes(&s->g);
-  uint8_t *buf = malloc(cb * L);
-  const void **cells = malloc(L * sizeof *cells);
-  int rc = 0;
-  if (!keys || !buf || !cells) { rc = cf_seterr(CF_ENOMEM, "save: one chunk of %zu bytes", cb * L); goto out; }
-  for (size_t ci = 0; ci < nk; ci++) {
-    size_t first = ci * C;
-    uint32_t nt = (uint32_t)(n - first < C ? n - first : C);
-    for (uint32_t l = 0; l < L; l++) {
-      /* cell l: [2][nt][kvh][hd] — the chunk's K rows, then its V rows */
-      uint8_t *cell = buf + (size_t)l * cb;
-      cf_kvmap_gather(&m->kv, (int)l, blocks, (int)first, (int)(first + nt), (float *)cell,
-                      (float *)(cell + nt * row));
-      cells[l] = cell;
-    }
-    int r = cf_store_save(s->st, &keys[ci], nt, cells, 0);
-    if (r && r != CF_EEXIST) { rc = cf_err_prefix(r, "chunk %zu of %zu: ", ci, nk); goto out; }
-    *saved += nt;
-  }
-out:
-  free(keys);
-  free(buf);
-  free(cells);
+  int32_t *tok = malloc((n ? n : 1) * sizeof *tok);
+  if (!tok) return cf_seterr(CF_ENOMEM, "save of %zu tokens", n);
+  for (size_t i = 0; i < n; i++) tok[i] = (int32_t)req->token_ids[i]; /* ids < vocab: validated */
+  /* block ids were validated < num_blocks (< 2^31), so the uint32 table reads as int32 */
+  cf_save_result_t res;
+  int rc = cf_save_blocks(s->st, &m->kv, tok, (int)n, (const int32_t *)req->block_ids, (int)req->n_block_ids, 0, &res);
+  free(tok);
+  *saved = res.saved_tokens;
+  *durable = res.durable;
   return rc;
 }
 
@@ -222,6 +217,7 @@ static void cf__usage(void *ctx, uint64_t *cpu, uint64_t *ssd) {
 
 void cf_storage_backend(cf_storage_t *s, cf_service_backend_t *be) {
   be->ctx = s;
+  be->kv_dtype = cf__proto_dtype(s->kv_dtype);
   be->engine_added = cf__engine_added;
   be->engine_removed = cf__engine_removed;
   be->lookup = cf__lookup;

@@ -2,10 +2,11 @@
  * cf_service_backend_t: engine buffer mappings, Lookup, Save, Evict and tier usage.
  * Restore (plan + overlapped execution) comes from lib/exec and is not part of this module.
  *
- * The store keeps fp32 KV (what the CPU backend computes), chunked by `chunk_tokens` and keyed
- * with the model fingerprint, so engines must register F32 buffers. Save copies on the loop
- * thread: one chunk (all layers) at a time, so memory stays bounded by one chunk; lib/exec is
- * expected to move the copy to its workers.
+ * The store keeps KV in one dtype (config `kv_dtype`, resolved by the caller: f32, bf16 or
+ * f16), chunked by `chunk_tokens` and keyed with the model fingerprint; engines must register
+ * buffers of that dtype (the service refuses others with FAILED_PRECONDITION, and so does
+ * engine_added). Save copies on the loop thread through lib/exec's cf_save_blocks: one chunk
+ * (all layers) at a time, so memory stays bounded by one chunk.
  */
 #ifndef CF_STORAGE_H
 #define CF_STORAGE_H
@@ -18,11 +19,12 @@
 
 typedef struct cf_storage_s cf_storage_t;
 
-/* Open (creating or recovering) the store in cfg->store_dir for `model`. Returns 0 or the
- * store's error (CF_EMISMATCH when the directory holds another model's or chunk size's KV,
- * CF_EACCES, CF_EIO, ...) with its detail. */
-int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_info_t *model);
-/* Fill the hooks of `be` (ctx = s). */
+/* Open (creating or recovering) the store in cfg->store_dir for `model`, holding KV of
+ * `kv_dtype` (CF_DT_F32, CF_DT_BF16 or CF_DT_F16). Returns 0 or the store's error
+ * (CF_EMISMATCH when the directory holds another model's, chunk size's or dtype's KV — the
+ * message names both — CF_EACCES, CF_EIO, ...) with its detail. */
+int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_info_t *model, cf_dtype_t kv_dtype);
+/* Fill the hooks of `be` (ctx = s) and be->kv_dtype (the store's, as the proto's DType). */
 void cf_storage_backend(cf_storage_t *s, cf_service_backend_t *be);
 /* The store, for the executor and stats. */
 cf_store_t *cf_storage_store(cf_storage_t *s);

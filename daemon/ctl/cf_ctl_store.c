@@ -2,13 +2,15 @@
  *
  *   store verify --dir DIR
  *       fsck: replay the journal read-only, read every cell and check its checksum; prints
- *       "chunks ok N, damaged N, torn-tail N". Exit 0 only when nothing is damaged (a torn
- *       journal tail after a crash is not damage), 1 when something is or on error.
+ *       the store's geometry and KV dtype, then "chunks ok N, damaged N, torn-tail N". Exit 0
+ *       only when nothing is damaged (a torn journal tail after a crash is not damage), 1 when
+ *       something is or on error.
  *   store fill --dir DIR --model DIR --prefixes N --tokens T --seed S [--chunk C]
- *              [--ssd-bytes SIZE] [--backend cpu|auto] [--threads N]
- *       compute the KV of N random T-token prefixes with the model engine (fp32 KV) and save
- *       every chunk (a partial last chunk too) durably, printing progress. For warm-up and
- *       benchmarks. */
+ *              [--ssd-bytes SIZE] [--backend cpu|auto] [--threads N] [--kv-dtype f32|bf16|f16]
+ *       compute the KV of N random T-token prefixes with the model engine (fp32) and save every
+ *       chunk (a partial last chunk too) durably in the store's KV dtype (default f32; bf16/f16
+ *       rounded to nearest even, as the daemon stores computed cells), printing progress. For
+ *       warm-up and benchmarks; the daemon serving the store needs the same kv_dtype. */
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
@@ -17,6 +19,7 @@
 #include <time.h>
 
 #include "ctl/cf_ctl.h"
+#include "exec/cf_cellsrc_store.h"
 #include "model/cf_backend.h"
 #include "model/cf_model.h"
 #include "store/cf_store.h"
@@ -69,6 +72,9 @@ static int cf__verify(int argc, char **argv) {
   int rc = cf_store_verify_dir(dir, &v);
   if (rc) return cf_ctl_fail(CMD " verify", "%s: %s", cf_strerror(rc), cf_errmsg());
   uint64_t damaged = v.chunks_damaged + v.journal_damaged;
+  printf("store %s: kv dtype %s (%u bytes), chunk %u tokens, %u layers x %u kv heads x %u\n", dir,
+         cf_store_dtype_name(v.geom.dtype, v.geom.dtype_size), v.geom.dtype_size, v.geom.chunk_tokens,
+         v.geom.n_layers, v.geom.n_kv_heads, v.geom.head_dim);
   printf("chunks ok %llu, damaged %llu, torn-tail %llu\n", (unsigned long long)v.chunks_ok,
          (unsigned long long)damaged, (unsigned long long)v.torn_tail);
   printf("cells checked %llu; damaged chunks %llu, damaged journal records %llu\n",
@@ -96,7 +102,9 @@ static int cf__fill(int argc, char **argv) {
       {"prefixes", required_argument, 0, 'p'}, {"tokens", required_argument, 0, 't'},
       {"seed", required_argument, 0, 's'},     {"chunk", required_argument, 0, 'c'},
       {"ssd-bytes", required_argument, 0, 'b'}, {"backend", required_argument, 0, 'e'},
-      {"threads", required_argument, 0, 'j'},  {0, 0, 0, 0}};
+      {"threads", required_argument, 0, 'j'},  {"kv-dtype", required_argument, 0, 'k'},
+      {0, 0, 0, 0}};
+  cf_dtype_t kvdt = CF_DT_F32;
   const char *dir = NULL, *mdir = NULL, *backend = "cpu";
   unsigned long long prefixes = 0, tokens = 0, seed = 0, chunk = 256, threads = 0;
   int have_p = 0, have_t = 0, have_s = 0;
@@ -131,6 +139,11 @@ static int cf__fill(int argc, char **argv) {
         if (cf_ctl_parse_u64(optarg, 256, &threads))
           return cf_ctl_fail(CMD " fill", "--threads '%s': expected 0..256", optarg);
         break;
+      case 'k':
+        kvdt = !strcmp(optarg, "f32") ? CF_DT_F32 : !strcmp(optarg, "bf16") ? CF_DT_BF16
+             : !strcmp(optarg, "f16") ? CF_DT_F16 : CF_DT__COUNT;
+        if (kvdt == CF_DT__COUNT) return cf_ctl_fail(CMD " fill", "--kv-dtype '%s': expected f32, bf16 or f16", optarg);
+        break;
       case 'b':
         if (cf__parse_size(optarg, &ssd_bytes))
           return cf_ctl_fail(CMD " fill", "--ssd-bytes '%s': expected a size like 512M or 4G", optarg);
@@ -138,13 +151,13 @@ static int cf__fill(int argc, char **argv) {
       default:
         fprintf(stderr, "usage: cacheflowctl store fill --dir DIR --model DIR --prefixes N "
                         "--tokens T --seed S [--chunk C] [--ssd-bytes SIZE] [--backend cpu|auto] "
-                        "[--threads N]\n");
+                        "[--threads N] [--kv-dtype f32|bf16|f16]\n");
         return 2;
     }
   }
   if (!dir || !mdir || !have_p || !have_t || !have_s || optind < argc) {
     fprintf(stderr, "usage: cacheflowctl store fill --dir DIR --model DIR --prefixes N --tokens T "
-                    "--seed S [--chunk C] [--ssd-bytes SIZE] [--backend cpu|auto] [--threads N]\n");
+                    "--seed S [--chunk C] [--ssd-bytes SIZE] [--backend cpu|auto] [--threads N] [--kv-dtype f32|bf16|f16]\n");
     return 2;
   }
 
@@ -169,11 +182,11 @@ static int cf__fill(int argc, char **argv) {
                 mc->max_pos);
     goto out;
   }
-  /* the engine produces fp32 KV: the store records dtype size 4 */
+  /* the engine computes fp32 KV; the store keeps --kv-dtype (recorded in its header) */
   cf_store_geom_t g;
   memset(&g, 0, sizeof g);
   memcpy(g.fingerprint, m->fingerprint, 16);
-  g.dtype_size = 4;
+  cf_exec_geom_dtype(&g, kvdt);
   g.chunk_tokens = (uint32_t)chunk;
   g.n_layers = (uint32_t)L;
   g.n_kv_heads = (uint32_t)nkv;
@@ -202,8 +215,8 @@ static int cf__fill(int argc, char **argv) {
     v[l] = malloc(sizeof(float) * row * tokens);
     if (!k[l] || !v[l]) { cf_ctl_fail(CMD " fill", "out of memory for the KV of %llu tokens", tokens); goto out; }
   }
-  printf("fill: model %s (%d layers, %d kv heads x %d), chunk %llu tokens, cell %zu bytes, "
-         "backend %s, store %s\n", mdir, L, nkv, hd, chunk, cb, be->name, dir);
+  printf("fill: model %s (%d layers, %d kv heads x %d), chunk %llu tokens, cell %zu bytes (%s), "
+         "backend %s, store %s\n", mdir, L, nkv, hd, chunk, cb, cf_dtype_name(kvdt), be->name, dir);
   uint64_t rng = seed, saved = 0, existed = 0;
   double t_start = cf__now(), t_compute = 0, t_save = 0;
   for (unsigned long long p = 0; p < prefixes; p++) {
@@ -222,8 +235,8 @@ static int cf__fill(int argc, char **argv) {
       for (int l = 0; l < L; l++) {
         /* cell layout [2][nt][n_kv][hd]: the chunk's K rows, then its V rows */
         uint8_t *cell = cellbuf + (size_t)l * cbn;
-        memcpy(cell, k[l] + first * row, sizeof(float) * row * nt);
-        memcpy(cell + sizeof(float) * row * nt, v[l] + first * row, sizeof(float) * row * nt);
+        cf_dtype_from_f32(kvdt, k[l] + first * row, cell, row * nt);
+        cf_dtype_from_f32(kvdt, v[l] + first * row, cell + cbn / 2, row * nt);
         cells[l] = cell;
       }
       rc = cf_store_save(st, &keys[ci], nt, cells, 0);
@@ -264,7 +277,7 @@ static int cf__store_main(int argc, char **argv) {
   if (argc >= 2 && !strcmp(argv[1], "fill")) return cf__fill(argc - 1, argv + 1);
   fprintf(stderr, "usage: cacheflowctl store verify --dir DIR\n"
                   "       cacheflowctl store fill --dir DIR --model DIR --prefixes N --tokens T "
-                  "--seed S [--chunk C] [--ssd-bytes SIZE] [--backend cpu|auto] [--threads N]\n");
+                  "--seed S [--chunk C] [--ssd-bytes SIZE] [--backend cpu|auto] [--threads N] [--kv-dtype f32|bf16|f16]\n");
   return 2;
 }
 

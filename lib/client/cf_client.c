@@ -350,6 +350,9 @@ int cf_client_register_shm(cf_client_t *c, const char *shm_path, uint32_t block_
     cacheflow__v1__stats_response__free_unpacked(st, NULL);
     return cf_seterr(CF_EUNSUPPORTED, "daemon serves no model");
   }
+  /* unspecified: the daemon's kv_dtype (the only one it accepts), F32 from a daemon that names none */
+  if (dtype == CACHEFLOW__V1__DTYPE__DTYPE_UNSPECIFIED)
+    dtype = st->kv_dtype ? (int)st->kv_dtype : CACHEFLOW__V1__DTYPE__DTYPE_F32;
   size_t esz = dtype == CACHEFLOW__V1__DTYPE__DTYPE_F32 ? 4 : 2;
   uint32_t L = st->model_layers;
   uint64_t head = (uint64_t)st->model_head_dim * esz, tok = head * st->model_kv_heads, blk = tok * block_size;

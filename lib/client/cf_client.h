@@ -64,7 +64,7 @@ int cf_client_get_config(cf_client_t *c, const char *name, Cacheflow__V1__GetCon
 
 /* Convenience for CPU engines and tools: create (or reuse) the shared-memory file `shm_path`
  * sized for a standard paged layout — per layer K then V, each [num_blocks][block_size]
- * [kv_heads][head_dim] of `dtype` (a Cacheflow__V1__DType) — ask the daemon for its model
- * (Stats) and register it. *file_bytes receives the file size. Returns 0 or CF_E*. */
+ * [kv_heads][head_dim] of `dtype` (a Cacheflow__V1__DType; DTYPE_UNSPECIFIED = the daemon's
+ * kv_dtype from Stats) — ask the daemon for its model (Stats) and register it. *file_bytes receives the file size. Returns 0 or CF_E*. */
 int cf_client_register_shm(cf_client_t *c, const char *shm_path, uint32_t block_size, uint32_t num_blocks, int dtype,
                            const char *name, uint64_t *engine_id, uint64_t *file_bytes);

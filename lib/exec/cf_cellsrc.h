@@ -1,7 +1,8 @@
 /* cf_cellsrc — where the executor's LOADED cells come from.
  *
  * A cell is the K and V of one chunk at one layer: K then V, each [C][n_kv_heads][head_dim]
- * fp32 (post-RoPE), C = chunk tokens. A source serves the cells of chunks it holds; the
+ * elements of the source's dtype (f32, bf16 or f16: the store's KV dtype; post-RoPE), C =
+ * chunk tokens. The executor copies these bytes unchanged into engine blocks of the same dtype. A source serves the cells of chunks it holds; the
  * executor passes back the opaque `ref` the planner got for that chunk (a pinned store entry,
  * a key, an index) together with the layer. lib/store's tiers plug in behind this interface;
  * tests and benchmarks use the in-memory source below.
@@ -22,14 +23,16 @@
 #include <stdint.h>
 
 #include "exec/cf_ratelimit.h"
+#include "model/cf_model.h"
 
 typedef struct cf_cellsrc_s cf_cellsrc_t;
 struct cf_cellsrc_s {
   const char *tier;       /* "cpu", "ssd", ...: stats are kept per tier index below */
   int tier_index;         /* 0 .. CF_EXEC_MAX_TIERS-1 */
   cf_ratelimit_t *limit;  /* NULL: unlimited */
-  int (*read)(cf_cellsrc_t *s, void *ref, int layer, float *kv);
-  int (*acquire)(cf_cellsrc_t *s, void *ref, int layer, const float **k, const float **v,
+  cf_dtype_t dtype;       /* element type of the cells (must equal the engine buffer's) */
+  int (*read)(cf_cellsrc_t *s, void *ref, int layer, void *kv);
+  int (*acquire)(cf_cellsrc_t *s, void *ref, int layer, const void **k, const void **v,
                  void **hold);
   void (*release)(cf_cellsrc_t *s, void *hold);
   void *ctx;
@@ -41,16 +44,17 @@ struct cf_cellsrc_s {
  * cast to a pointer (CF_CELLSRC_REF). Thread-safe: read-only after init. */
 typedef struct {
   cf_cellsrc_t src;
-  const float *cells;     /* [n_chunks][n_layers][2][chunk_tokens][row] */
+  const uint8_t *cells;   /* [n_chunks][n_layers][2][chunk_tokens][row] elements of `dtype` */
   int n_chunks, n_layers, chunk_tokens;
-  size_t row;             /* floats per token row: n_kv_heads * head_dim */
+  size_t row;             /* elements per token row: n_kv_heads * head_dim */
+  size_t elem;            /* bytes per element */
   const int *fail;        /* NULL or [n_chunks * n_layers] */
 } cf_cellsrc_mem_t;
 
 #define CF_CELLSRC_REF(c) ((void *)(intptr_t)(c))
 
-void cf_cellsrc_mem_init(cf_cellsrc_mem_t *m, const char *tier, int tier_index,
-                         const float *cells, int n_chunks, int n_layers, int chunk_tokens,
+void cf_cellsrc_mem_init(cf_cellsrc_mem_t *m, const char *tier, int tier_index, cf_dtype_t dtype,
+                         const void *cells, int n_chunks, int n_layers, int chunk_tokens,
                          size_t row, const int *fail, cf_ratelimit_t *limit);
 
 #endif

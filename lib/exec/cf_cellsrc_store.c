@@ -5,7 +5,27 @@
 
 #include "util/cf_err.h"
 
-static int cf__cpu_acquire(cf_cellsrc_t *src, void *ref, int layer, const float **k, const float **v,
+int cf_exec_store_dtype(const cf_store_geom_t *g, cf_dtype_t *out) {
+  switch (g->dtype) {
+    case CF_STORE_DT_F32: *out = CF_DT_F32; return 0;
+    case CF_STORE_DT_BF16: *out = CF_DT_BF16; return 0;
+    case CF_STORE_DT_F16: *out = CF_DT_F16; return 0;
+    default:
+      return cf_seterr(CF_EDTYPE, "store holds %s elements (dtype code %u); KV needs f32, bf16 or f16",
+                       cf_store_dtype_name(g->dtype, g->dtype_size), g->dtype);
+  }
+}
+
+int cf_exec_geom_dtype(cf_store_geom_t *g, cf_dtype_t t) {
+  uint32_t code = t == CF_DT_F32 ? CF_STORE_DT_F32 : t == CF_DT_BF16 ? CF_STORE_DT_BF16
+                : t == CF_DT_F16 ? CF_STORE_DT_F16 : CF_STORE_DT_UNSET;
+  if (!code) return cf_seterr(CF_EDTYPE, "KV dtype %s: expected F32, BF16 or F16", cf_dtype_name(t));
+  g->dtype = code;
+  g->dtype_size = (uint32_t)cf_dtype_size(t);
+  return 0;
+}
+
+static int cf__cpu_acquire(cf_cellsrc_t *src, void *ref, int layer, const void **k, const void **v,
                            void **hold) {
   cf_cellsrc_store_t *s = src->ctx;
   cf_store_chunkref_t *r = ref;
@@ -13,27 +33,28 @@ static int cf__cpu_acquire(cf_cellsrc_t *src, void *ref, int layer, const float 
   if (!r->pinned) return cf_seterr(CF_ENOTFOUND, "cpu tier: chunk not pinned");
   const cf_store_geom_t *g = cf_store_geom(s->st);
   if ((uint32_t)layer >= g->n_layers) return cf_seterr(CF_EINVAL, "cpu tier: layer %d of %u", layer, g->n_layers);
-  *k = (const float *)(r->pin.base + (size_t)layer * r->pin.cell_stride);
-  *v = *k + s->half_floats;
+  const uint8_t *p = r->pin.base + (size_t)layer * r->pin.cell_stride;
+  *k = p;
+  *v = p + s->half_bytes;
   return 0;
 }
 
-static int cf__cpu_read(cf_cellsrc_t *src, void *ref, int layer, float *kv) {
+static int cf__cpu_read(cf_cellsrc_t *src, void *ref, int layer, void *kv) {
   cf_cellsrc_store_t *s = src->ctx;
-  const float *k = NULL, *v = NULL;
+  const void *k = NULL, *v = NULL;
   void *hold;
   int rc = cf__cpu_acquire(src, ref, layer, &k, &v, &hold);
   if (rc) return rc;
-  memcpy(kv, k, 2 * s->half_floats * sizeof(float));
+  memcpy(kv, k, 2 * s->half_bytes);
   return 0;
 }
 
 static void cf__reader_free(void *rd) { cf_store_reader_close(rd); }
 
-static int cf__ssd_read(cf_cellsrc_t *src, void *ref, int layer, float *kv) {
+static int cf__ssd_read(cf_cellsrc_t *src, void *ref, int layer, void *kv) {
   cf_cellsrc_store_t *s = src->ctx;
   cf_store_chunkref_t *r = ref;
-  size_t bytes = 2 * s->half_floats * sizeof(float);
+  size_t bytes = 2 * s->half_bytes;
   cf_store_reader_t *rd = s->have_key ? pthread_getspecific(s->reader_key) : NULL;
   if (!rd && s->have_key && cf_store_reader_open(s->st, 4, &rd) == 0) pthread_setspecific(s->reader_key, rd);
   if (!rd) { /* no ring for this thread (io_uring refused, or no memory): the synchronous path */
@@ -57,13 +78,14 @@ int cf_cellsrc_store_init(cf_cellsrc_store_t *s, cf_store_t *st, cf_ratelimit_t 
                           cf_ratelimit_t *ssd_limit) {
   memset(s, 0, sizeof *s);
   const cf_store_geom_t *g = cf_store_geom(st);
-  if (g->dtype_size != 4)
-    return cf_seterr(CF_EDTYPE, "store holds %u-byte elements; the CPU executor restores fp32", g->dtype_size);
+  cf_dtype_t dt;
+  int rc = cf_exec_store_dtype(g, &dt);
+  if (rc) return rc;
   s->st = st;
-  s->half_floats = (size_t)g->chunk_tokens * g->n_kv_heads * g->head_dim;
-  s->cpu = (cf_cellsrc_t){.tier = "cpu", .tier_index = CF_EXEC_TIER_CPU, .limit = cpu_limit,
+  s->half_bytes = (size_t)g->chunk_tokens * g->n_kv_heads * g->head_dim * g->dtype_size;
+  s->cpu = (cf_cellsrc_t){.tier = "cpu", .tier_index = CF_EXEC_TIER_CPU, .limit = cpu_limit, .dtype = dt,
                           .read = cf__cpu_read, .acquire = cf__cpu_acquire, .ctx = s};
-  s->ssd = (cf_cellsrc_t){.tier = "ssd", .tier_index = CF_EXEC_TIER_SSD, .limit = ssd_limit,
+  s->ssd = (cf_cellsrc_t){.tier = "ssd", .tier_index = CF_EXEC_TIER_SSD, .limit = ssd_limit, .dtype = dt,
                           .read = cf__ssd_read, .ctx = s};
   s->have_key = pthread_key_create(&s->reader_key, cf__reader_free) == 0;
   return 0;

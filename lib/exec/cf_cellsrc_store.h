@@ -31,12 +31,19 @@ typedef struct {
 typedef struct {
   cf_cellsrc_t cpu, ssd;
   cf_store_t *st;
-  size_t half_floats;   /* floats of K in one full cell: C * n_kv * hd */
+  size_t half_bytes;    /* bytes of K in one full cell: C * n_kv * hd * element size */
   pthread_key_t reader_key; /* each loader thread's io_uring reader (closed when it exits) */
   int have_key;
 } cf_cellsrc_store_t;
 
-/* Sources over store `st` (fp32 geometry required: CF_EDTYPE otherwise). Limits may be NULL.
+/* The store's KV dtype as lib/model's cf_dtype_t: 0, or CF_EDTYPE when the store does not
+ * record one (an unnamed 2-byte store made by the library without a dtype). */
+int cf_exec_store_dtype(const cf_store_geom_t *g, cf_dtype_t *out);
+/* Set g->dtype and g->dtype_size for KV dtype `t` (F32, BF16 or F16). Returns 0 or CF_EDTYPE. */
+int cf_exec_geom_dtype(cf_store_geom_t *g, cf_dtype_t t);
+
+/* Sources over store `st`; their cells are in the store's dtype (CF_EDTYPE when it records
+ * none). Limits may be NULL.
  * Close with cf_cellsrc_store_close once no thread reads any more. */
 int cf_cellsrc_store_init(cf_cellsrc_store_t *s, cf_store_t *st, cf_ratelimit_t *cpu_limit,
                           cf_ratelimit_t *ssd_limit);

@@ -25,7 +25,8 @@ enum { STAGE_NO = 0, STAGE_YES = 1, STAGE_GATHERING = 2 };
 typedef struct {
   cf_exec_req_t *r;
   int n_chunks, L, C, T;
-  size_t row;                /* floats per token row */
+  size_t row;                /* elements per token row: n_kv_heads * head_dim */
+  size_t es;                 /* bytes per element of the engine buffer (= the cells' dtype) */
   uint8_t *state, *staged;   /* [n_chunks * L] */
   int *H, *D;                /* per chunk: target computed height, computed so far */
   int *prefix;               /* per layer: leading chunks present */
@@ -91,9 +92,6 @@ int cf_exec_validate(const cf_exec_t *ex, const cf_exec_req_t *r) {
   if (!r->kv || !r->kv->k) return cf_seterr(CF_EINVAL, "restore: no engine kv buffer");
   int rc = cf_kv_layout_check(&r->kv->layout, mc);
   if (rc) return rc;
-  if (r->kv->layout.dtype != CF_DT_F32)
-    return cf_seterr(CF_EDTYPE, "restore: the CPU executor writes f32 kv buffers, engine buffer is dtype %d",
-                     (int)r->kv->layout.dtype);
   int need = (r->n_tokens + r->kv->layout.block_size - 1) / r->kv->layout.block_size;
   if (!r->blocks || r->n_blocks < need)
     return cf_seterr(CF_ERANGE, "restore: %d tokens need %d blocks of %d, block table has %d",
@@ -115,6 +113,10 @@ int cf_exec_validate(const cf_exec_t *ex, const cf_exec_req_t *r) {
       if (r->src[c]->tier_index < 0 || r->src[c]->tier_index >= CF_EXEC_MAX_TIERS)
         return cf_seterr(CF_ERANGE, "restore: chunk %d source tier index %d not in [0, %d)", c,
                          r->src[c]->tier_index, CF_EXEC_MAX_TIERS);
+      /* loaded cells are copied bit for bit: the engine must hold the store's dtype */
+      if (r->src[c]->dtype != r->kv->layout.dtype)
+        return cf_seterr(CF_EDTYPE, "restore: chunk %d: %s tier holds %s cells, the engine buffer is %s", c,
+                         r->src[c]->tier, cf_dtype_name(r->src[c]->dtype), cf_dtype_name(r->kv->layout.dtype));
     }
   }
   if (r->ready && (r->ready_slot < 0 || r->ready_slot >= r->ready->n_slots))
@@ -159,8 +161,8 @@ static int cf__cancelled(const cf__rq_t *q) {
 
 static void *cf__loader(void *arg) {
   cf__run_t *run = arg;
-  size_t cap = 0;
-  float *kb = NULL;
+  size_t cap = 0;   /* bytes of kb */
+  uint8_t *kb = NULL;
   for (;;) {
     int i = atomic_fetch_add(&run->next, 1);
     if (i >= run->n_tasks) break;
@@ -178,22 +180,23 @@ static void *cf__loader(void *arg) {
     if (skip) continue;
 
     cf_cellsrc_t *src = q->r->src[t.c];
-    size_t cell = (size_t)q->C * q->row;
-    cf_ratelimit_acquire(src->limit, 2 * cell * sizeof(float));
-    const float *pk, *pv;
+    size_t cell = (size_t)q->C * q->row;            /* elements of K (or V) */
+    size_t cell_bytes = 2 * cell * q->es;           /* K and V in the store's dtype */
+    cf_ratelimit_acquire(src->limit, cell_bytes);
+    const void *pk, *pv;
     void *hold = NULL;
     int rc;
     if (src->acquire) {
       rc = src->acquire(src, q->r->ref ? q->r->ref[t.c] : NULL, t.l, &pk, &pv, &hold);
     } else {
-      if (cap < cell) { /* 4096-aligned: O_DIRECT tiers read straight into it */
+      if (cap < cell_bytes) { /* 4096-aligned: O_DIRECT tiers read straight into it */
         free(kb);
-        size_t bytes = (2 * cell * sizeof(float) + 4095) & ~(size_t)4095;
+        size_t bytes = (cell_bytes + 4095) & ~(size_t)4095;
         kb = aligned_alloc(4096, bytes);
-        cap = kb ? cell : 0;
+        cap = kb ? cell_bytes : 0;
       }
       rc = cap ? src->read(src, q->r->ref ? q->r->ref[t.c] : NULL, t.l, kb) : CF_ENOMEM;
-      pk = kb; pv = kb + cell;
+      pk = kb; pv = kb + cell_bytes / 2;
     }
 
     pthread_mutex_lock(&run->mu);
@@ -219,10 +222,11 @@ static void *cf__loader(void *arg) {
 
     if (claim) {
       int t0 = t.c * q->C;
+      /* the stored bytes go to the engine unchanged; the compute attends over them widened */
       cf_kvmap_scatter(q->r->kv, t.l, q->r->blocks, t0, t0 + q->C, pk, pv);
       if (sk) {
-        memcpy(sk + (size_t)t0 * q->row, pk, cell * sizeof(float));
-        memcpy(sv + (size_t)t0 * q->row, pv, cell * sizeof(float));
+        cf_dtype_to_f32(src->dtype, pk, sk + (size_t)t0 * q->row, cell);
+        cf_dtype_to_f32(src->dtype, pv, sv + (size_t)t0 * q->row, cell);
       }
     }
     if (src->release) src->release(src, hold);
@@ -230,7 +234,7 @@ static void *cf__loader(void *arg) {
       pthread_mutex_lock(&run->mu);
       q->staged[ix] = sk ? STAGE_YES : STAGE_NO;
       q->r->stats.cells_loaded[src->tier_index]++;
-      q->r->stats.bytes_loaded[src->tier_index] += 2 * cell * sizeof(float);
+      q->r->stats.bytes_loaded[src->tier_index] += cell_bytes;
       cf__present(q, t.c, t.l);
       pthread_cond_broadcast(&run->cv);
       pthread_mutex_unlock(&run->mu);
@@ -319,8 +323,9 @@ static int cf__compute(cf__run_t *run, const cf__pick_t *p, const uint8_t *mine)
   for (int c = p->c0; c <= p->c1; c++) {
     if (!mine[c - p->c0]) continue; /* already loaded: keep the stored bytes */
     int a0 = c * q->C, a1 = cf__t1(q, c);
-    cf_kvmap_scatter(q->r->kv, l, q->r->blocks, a0, a1, q->sk[l] + (size_t)a0 * q->row,
-                     q->sv[l] + (size_t)a0 * q->row);
+    /* computed in fp32: rounded to the engine's dtype on the way in */
+    cf_kvmap_scatter_f32(q->r->kv, l, q->r->blocks, a0, a1, q->sk[l] + (size_t)a0 * q->row,
+                         q->sv[l] + (size_t)a0 * q->row);
   }
   return 0;
 }
@@ -390,8 +395,8 @@ static void cf__compute_loop(cf__run_t *run) {
       size_t ix = cf__ix(q, c, p.l);
       if (q->staged[ix] != STAGE_GATHERING) continue;
       int a0 = c * q->C;
-      cf_kvmap_gather(q->r->kv, p.l, q->r->blocks, a0, cf__t1(q, c), q->sk[p.l] + (size_t)a0 * q->row,
-                      q->sv[p.l] + (size_t)a0 * q->row);
+      cf_kvmap_gather_f32(q->r->kv, p.l, q->r->blocks, a0, cf__t1(q, c), q->sk[p.l] + (size_t)a0 * q->row,
+                          q->sv[p.l] + (size_t)a0 * q->row);
     }
     rc = cf__compute(run, &p, mine);
     pthread_mutex_lock(&run->mu);
@@ -467,6 +472,7 @@ static int cf__rq_init(cf__rq_t *q, cf_exec_req_t *r, const cf_model_config_t *m
   q->L = mc->n_layers; q->C = r->chunk_tokens; q->T = r->n_tokens;
   q->n_chunks = (q->T + q->C - 1) / q->C;
   q->row = (size_t)mc->n_kv_heads * mc->head_dim;
+  q->es = cf_kv_elem_size(r->kv->layout.dtype);
   size_t cells = (size_t)q->n_chunks * q->L;
   q->state = calloc(cells, 1); q->staged = calloc(cells, 1);
   q->H = calloc(q->n_chunks, sizeof(int)); q->D = calloc(q->n_chunks, sizeof(int));

@@ -22,8 +22,13 @@
  * chunks at layer l need (c, l) present, so they wait for it: the dependency is respected and
  * nothing wrong reaches the engine.
  *
+ * KV dtype: cells are bytes in the store's dtype (f32, bf16 or f16) and the engine's blocks
+ * must have the same dtype (cf_exec_validate). Loaded cells go into the blocks bit for bit; the
+ * compute works in fp32, so its staging gets loaded cells widened (exact), and computed cells
+ * are rounded (round-to-nearest-even, as the CUDA kernels convert) when written to the blocks.
+ *
  * Memory per request: hidden states 2 x T x hidden fp32 and, for each layer some chunk
- * computes at, a contiguous staging copy of K and V (T rows), both freed at the end.
+ * computes at, a contiguous fp32 staging copy of K and V (T rows), both freed at the end.
  */
 #ifndef CF_EXEC_H
 #define CF_EXEC_H
@@ -80,7 +85,7 @@ typedef struct cf_exec_req_s {
   int n_cops;
   void *const *ref;             /* [n_chunks] opaque per-chunk handles passed to the source */
   /* where to */
-  cf_kvmap_t *kv;               /* the engine's paged buffer (f32) */
+  cf_kvmap_t *kv;               /* the engine's paged buffer (f32, bf16 or f16: the sources' dtype) */
   const int32_t *blocks;        /* block table: token t -> blocks[t / block_size] */
   int n_blocks;                 /* entries in blocks: >= ceil(T / block_size) */
   cf_ready_t *ready;            /* NULL or the readiness file; slot below */

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "exec/cf_cellsrc_store.h"
 #include "util/cf_err.h"
 
 int cf_save_blocks(cf_store_t *st, const cf_kvmap_t *kv, const int32_t *tokens, int n,
@@ -11,9 +12,12 @@ int cf_save_blocks(cf_store_t *st, const cf_kvmap_t *kv, const int32_t *tokens, 
   memset(res, 0, sizeof *res);
   const cf_store_geom_t *g = cf_store_geom(st);
   const cf_kv_layout_t *lay = &kv->layout;
-  if (g->dtype_size != 4 || lay->dtype != CF_DT_F32)
-    return cf_seterr(CF_EDTYPE, "save: fp32 store and buffers required (store %u-byte, engine dtype %d)",
-                     g->dtype_size, (int)lay->dtype);
+  cf_dtype_t sdt;
+  int rc = cf_exec_store_dtype(g, &sdt);
+  if (rc) return cf_err_prefix(rc, "save: ");
+  if (sdt != lay->dtype)
+    return cf_seterr(CF_EDTYPE, "save: the engine's KV dtype is %s, the store holds %s cells",
+                     cf_dtype_name(lay->dtype), cf_dtype_name(sdt));
   if ((int)g->n_layers != lay->n_layers || (int)g->n_kv_heads != lay->n_kv_heads || (int)g->head_dim != lay->head_dim)
     return cf_seterr(CF_ESHAPE, "save: engine buffer %d layers x %d kv heads x %d, store %u x %u x %u",
                      lay->n_layers, lay->n_kv_heads, lay->head_dim, g->n_layers, g->n_kv_heads, g->head_dim);
@@ -21,37 +25,42 @@ int cf_save_blocks(cf_store_t *st, const cf_kvmap_t *kv, const int32_t *tokens, 
   int need = (n + lay->block_size - 1) / lay->block_size;
   if (n_blocks < need)
     return cf_seterr(CF_ERANGE, "save: %d tokens need %d blocks of %d, got %d", n, need, lay->block_size, n_blocks);
-  int rc = cf_kvmap_check_blocks(lay, blocks, need);
-  if (rc) return rc;
+  if ((rc = cf_kvmap_check_blocks(lay, blocks, need))) return rc;
   uint32_t C = g->chunk_tokens;
-  size_t nchunks = (size_t)n / C;
-  if (!nchunks) return 0;
+  size_t nchunks = ((size_t)n + C - 1) / C;
+  size_t cb = cf_store_cell_bytes(g); /* a full cell; a partial one uses its first bytes */
   cf_store_key_t *keys = malloc(nchunks * sizeof *keys);
-  size_t half = (size_t)C * lay->n_kv_heads * lay->head_dim, cell = 2 * half;
-  float *buf = malloc((size_t)lay->n_layers * cell * sizeof(float));
+  uint8_t *buf = malloc((size_t)lay->n_layers * cb);
   const void **cells = malloc((size_t)lay->n_layers * sizeof(void *));
   if (!keys || !buf || !cells) {
-    rc = cf_seterr(CF_ENOMEM, "save: %d layers x %zu-float cells", lay->n_layers, cell);
+    rc = cf_seterr(CF_ENOMEM, "save: %d layers x %zu-byte cells", lay->n_layers, cb);
     goto out;
   }
-  cf_store_chain_keys(g->fingerprint, tokens, nchunks * C, C, keys);
-  /* Chunks already stored need no copy: find how many leading ones are there. */
-  size_t have = cf_store_lookup(st, keys, nchunks, NULL);
-  res->existing_chunks = (uint32_t)have;
-  for (int l = 0; l < lay->n_layers; l++) cells[l] = buf + (size_t)l * cell;
-  for (size_t c = have; c < nchunks; c++) {
-    int t0 = (int)(c * C);
-    for (int l = 0; l < lay->n_layers; l++)
-      cf_kvmap_gather(kv, l, blocks, t0, t0 + (int)C, buf + (size_t)l * cell, buf + (size_t)l * cell + half);
-    rc = cf_store_save(st, &keys[c], C, cells, flags);
-    if (rc == CF_EEXIST) { res->existing_chunks++; rc = 0; cf_errclear(); continue; }
-    if (rc) { cf_err_prefix(rc, "save: chunk %zu (tokens [%d, %d)): ", c, t0, t0 + (int)C); break; }
-    res->new_chunks++;
+  cf_store_chain_keys_partial(g->fingerprint, tokens, (size_t)n, C, keys);
+  /* Every chunk goes to cf_store_save, stored ones too: the store answers CF_EEXIST for those
+   * (counted in its save_exists statistic, the Save metric operators see) and makes them durable
+   * when asked. The gather of a stored chunk is the price: one chunk of memcpy. */
+  for (size_t c = 0; c < nchunks; c++) {
+    int t0 = (int)(c * C), t1 = (size_t)n - c * C < C ? n : t0 + (int)C;
+    size_t half = cf_store_cell_bytes_n(g, (uint32_t)(t1 - t0)) / 2;
+    for (int l = 0; l < lay->n_layers; l++) {
+      uint8_t *cell = buf + (size_t)l * cb; /* [2][t][n_kv][hd]: K rows, then V rows */
+      cf_kvmap_gather(kv, l, blocks, t0, t1, cell, cell + half);
+      cells[l] = cell;
+    }
+    /* a durable save of a stored chunk returns 0 (it writes it through): ask first to count it */
+    int had = cf_store_lookup(st, &keys[c], 1, NULL) == 1;
+    rc = cf_store_save(st, &keys[c], (uint32_t)(t1 - t0), cells, flags);
+    if (rc == CF_EEXIST) { rc = 0; cf_errclear(); had = 1; }
+    if (rc) { cf_err_prefix(rc, "save: chunk %zu (tokens [%d, %d)): ", c, t0, t1); break; }
+    if (had) res->existing_chunks++;
+    else res->new_chunks++;
+    res->saved_tokens += (uint32_t)(t1 - t0);
   }
-  /* chunks that were already stored may sit in the CPU tier only: a flush makes them durable */
+  /* a durable save of a stored key writes it through (cf_store_save); the flush on top reports a
+   * write-back of an earlier chunk that failed (then nothing is promised durable) */
   if (!rc && (flags & CF_STORE_SAVE_DURABLE) && res->existing_chunks) rc = cf_store_flush(st);
   res->durable = !rc && (flags & CF_STORE_SAVE_DURABLE);
-  res->saved_tokens = (uint32_t)((res->new_chunks + res->existing_chunks) * C);
 out:
   free(keys); free(buf); free(cells);
   return rc;

@@ -1,10 +1,14 @@
 /* cf_save — the Save path: copy the KV an engine holds in its paged blocks into the store.
+ * The daemon's Save RPC (daemon/cf_storage.c) and the tests both go through it.
  *
  * The engine names the blocks that hold the KV of token_ids (block i holds tokens
- * [i*block_size, (i+1)*block_size)); every FULL chunk of C tokens is gathered from the blocks
- * into a contiguous cell per layer ([2][C][n_kv][hd], K then V) and saved under its chained key
- * (model fingerprint, parent key, the chunk's tokens). A trailing partial chunk is not saved:
- * restores always recompute it. Chunks already stored are skipped (CF_EEXIST is not an error).
+ * [i*block_size, (i+1)*block_size)); each chunk of C tokens — and a trailing partial chunk of
+ * n % C tokens, stored under its own key (cf_store_chain_keys_partial) so Lookup counts it;
+ * restores never load it, they recompute it — is gathered from the blocks into a contiguous
+ * cell per layer ([2][t][n_kv][hd], K then V) and saved under its chained key (model
+ * fingerprint, parent key, the chunk's tokens). The cells are the blocks' bytes unchanged: the
+ * engine's dtype must be the store's. Chunks already stored are skipped (CF_EEXIST is not an
+ * error). Memory: one chunk (all layers) at a time.
  */
 #ifndef CF_SAVE_H
 #define CF_SAVE_H
@@ -15,14 +19,16 @@
 #include "store/cf_store.h"
 
 typedef struct {
-  uint32_t saved_tokens;   /* tokens covered by stored chunks (new or already there) */
+  uint32_t saved_tokens;   /* tokens covered by stored chunks (new or already there), the
+                              partial last chunk included */
   uint32_t new_chunks, existing_chunks;
   int durable;             /* CF_STORE_SAVE_DURABLE was asked and every chunk is now durable */
 } cf_save_result_t;
 
 /* Save tokens[0..n) whose KV lies in `kv` at blocks[0..n_blocks) into `st`. flags: 0 or
- * CF_STORE_SAVE_DURABLE. Returns 0, CF_EINVAL / CF_ERANGE (block table, geometry), or the
- * store's error (CF_EBUSY, CF_ENOSPC, CF_EIO) with chunks before the failing one saved. */
+ * CF_STORE_SAVE_DURABLE. Returns 0, CF_EINVAL / CF_ERANGE (block table, geometry), CF_EDTYPE
+ * (the engine's dtype is not the store's: both named), or the store's error (CF_EBUSY,
+ * CF_ENOSPC, CF_EIO) with chunks before the failing one saved. */
 int cf_save_blocks(cf_store_t *st, const cf_kvmap_t *kv, const int32_t *tokens, int n,
                    const int32_t *blocks, int n_blocks, unsigned flags, cf_save_result_t *res);
 

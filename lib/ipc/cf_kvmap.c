@@ -307,40 +307,63 @@ int cf_kvmap_check_blocks(const cf_kv_layout_t *lay, const int32_t *blocks, int 
   return rc;
 }
 
-static void cf__copy(const cf_kvmap_t *m, int layer, const int32_t *blocks, int t0, int t1, float *k,
-                     float *v, int to_paged) {
+/* How cf__copy moves a run of `n` elements between the paged side (layout dtype) and the flat
+ * side: raw bytes, or the flat side in fp32 (converted on the way). */
+enum { CF__RAW = 0, CF__F32 = 1 };
+
+static inline void cf__run(cf_dtype_t dt, size_t es, void *paged, void *flat, size_t n, int to_paged, int mode) {
+  if (mode == CF__RAW) {
+    if (to_paged) memcpy(paged, flat, n * es);
+    else memcpy(flat, paged, n * es);
+  } else if (to_paged) {
+    cf_dtype_from_f32(dt, flat, paged, n);
+  } else {
+    cf_dtype_to_f32(dt, paged, flat, n);
+  }
+}
+
+/* The one copy loop behind the four scatter/gather entry points. */
+static void cf__copy(const cf_kvmap_t *m, int layer, const int32_t *blocks, int t0, int t1, void *k,
+                     void *v, int to_paged, int mode) {
   const cf_kv_layout_t *L = &m->layout;
-  size_t hrow = (size_t)L->head_dim * sizeof(float), row = hrow * L->n_kv_heads;
+  size_t es = cf_kv_elem_size(L->dtype), fes = mode == CF__F32 ? sizeof(float) : es;
+  size_t hd = (size_t)L->head_dim, row = hd * L->n_kv_heads; /* elements */
   for (int t = t0; t < t1;) {
     int bi = t / L->block_size, slot = t % L->block_size;
     int n = L->block_size - slot;
     if (n > t1 - t) n = t1 - t;
     for (int kv = 0; kv < 2; kv++) {
       uint8_t *paged = cf_kvmap_row(m, layer, kv, blocks[bi], slot);
-      uint8_t *flat = (uint8_t *)(kv ? v : k) + (size_t)(t - t0) * row;
-      if (m->dense_rows) { /* a block's rows are contiguous on both sides: one copy */
-        if (to_paged) memcpy(paged, flat, (size_t)n * row);
-        else memcpy(flat, paged, (size_t)n * row);
+      uint8_t *flat = (uint8_t *)(kv ? v : k) + (size_t)(t - t0) * row * fes;
+      if (m->dense_rows) { /* a block's rows are contiguous on both sides: one run */
+        cf__run(L->dtype, es, paged, flat, (size_t)n * row, to_paged, mode);
         continue;
       }
       for (int i = 0; i < n; i++)
-        for (int h = 0; h < L->n_kv_heads; h++) {
-          uint8_t *p = paged + (size_t)i * L->token_stride + (size_t)h * L->head_stride;
-          uint8_t *f = flat + (size_t)i * row + (size_t)h * hrow;
-          if (to_paged) memcpy(p, f, hrow);
-          else memcpy(f, p, hrow);
-        }
+        for (int h = 0; h < L->n_kv_heads; h++)
+          cf__run(L->dtype, es, paged + (size_t)i * L->token_stride + (size_t)h * L->head_stride,
+                  flat + ((size_t)i * row + (size_t)h * hd) * fes, hd, to_paged, mode);
     }
     t += n;
   }
 }
 
 void cf_kvmap_scatter(cf_kvmap_t *m, int layer, const int32_t *blocks, int t0, int t1,
-                      const float *k, const float *v) {
-  cf__copy(m, layer, blocks, t0, t1, (float *)k, (float *)v, 1);
+                      const void *k, const void *v) {
+  cf__copy(m, layer, blocks, t0, t1, (void *)k, (void *)v, 1, CF__RAW);
 }
 
 void cf_kvmap_gather(const cf_kvmap_t *m, int layer, const int32_t *blocks, int t0, int t1,
-                     float *k, float *v) {
-  cf__copy(m, layer, blocks, t0, t1, k, v, 0);
+                     void *k, void *v) {
+  cf__copy(m, layer, blocks, t0, t1, k, v, 0, CF__RAW);
+}
+
+void cf_kvmap_scatter_f32(cf_kvmap_t *m, int layer, const int32_t *blocks, int t0, int t1,
+                          const float *k, const float *v) {
+  cf__copy(m, layer, blocks, t0, t1, (void *)k, (void *)v, 1, CF__F32);
+}
+
+void cf_kvmap_gather_f32(const cf_kvmap_t *m, int layer, const int32_t *blocks, int t0, int t1,
+                         float *k, float *v) {
+  cf__copy(m, layer, blocks, t0, t1, k, v, 0, CF__F32);
 }

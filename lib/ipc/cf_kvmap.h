@@ -29,7 +29,7 @@
 
 typedef struct {
   int n_layers, num_blocks, block_size, n_kv_heads, head_dim;
-  cf_dtype_t dtype;         /* CF_DT_F32 for the CPU backend; bf16/f16 on GPUs */
+  cf_dtype_t dtype;         /* element type of the blocks: CF_DT_F32, CF_DT_BF16 or CF_DT_F16 */
   uint64_t block_stride;    /* bytes */
   uint64_t token_stride;    /* bytes */
   uint64_t head_stride;     /* bytes */
@@ -110,11 +110,21 @@ static inline void *cf_kvmap_row(const cf_kvmap_t *m, int layer, int kv, int blo
 
 /* Copy token rows [t0, t1) of `layer` between contiguous k, v buffers of (t1-t0) rows
  * [n_kv][hd] each (row 0 is token t0) and the paged buffers, where token t lives in block
- * blocks[t / block_size], slot t % block_size. Dense NHD layouts copy one memcpy per block
- * run; other strides copy head rows. f32 only. scatter: contiguous -> paged. */
+ * blocks[t / block_size], slot t % block_size. Dense NHD layouts copy one run per block; other
+ * strides copy head rows. scatter: contiguous -> paged; gather: paged -> contiguous.
+ *
+ * cf_kvmap_scatter / cf_kvmap_gather: raw bytes, the contiguous side holds elements of the
+ *   layout's dtype (f32, bf16 or f16): a bit copy (loaded cells, saves).
+ * cf_kvmap_scatter_f32 / cf_kvmap_gather_f32: the contiguous side is fp32 (the compute's
+ *   staging): scatter rounds to the layout's dtype (round-to-nearest-even, as the CUDA kernels'
+ *   __float2bfloat16 / __float2half), gather widens exactly. For f32 layouts both are bit copies. */
 void cf_kvmap_scatter(cf_kvmap_t *m, int layer, const int32_t *blocks, int t0, int t1,
-                      const float *k, const float *v);
+                      const void *k, const void *v);
 void cf_kvmap_gather(const cf_kvmap_t *m, int layer, const int32_t *blocks, int t0, int t1,
-                     float *k, float *v);
+                     void *k, void *v);
+void cf_kvmap_scatter_f32(cf_kvmap_t *m, int layer, const int32_t *blocks, int t0, int t1,
+                          const float *k, const float *v);
+void cf_kvmap_gather_f32(const cf_kvmap_t *m, int layer, const int32_t *blocks, int t0, int t1,
+                         float *k, float *v);
 
 #endif

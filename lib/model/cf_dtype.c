@@ -154,3 +154,15 @@ void cf_f32_to_f16(const float *src, void *dst, size_t n) {
     memcpy(d + 2 * i, &h, 2);
   }
 }
+
+void cf_dtype_to_f32(cf_dtype_t t, const void *src, float *dst, size_t n) {
+  if (t == CF_DT_F32) memcpy(dst, src, n * sizeof(float));
+  else if (t == CF_DT_BF16) cf_bf16_to_f32(src, dst, n);
+  else if (t == CF_DT_F16) cf_f16_to_f32(src, dst, n);
+}
+
+void cf_dtype_from_f32(cf_dtype_t t, const float *src, void *dst, size_t n) {
+  if (t == CF_DT_F32) memcpy(dst, src, n * sizeof(float));
+  else if (t == CF_DT_BF16) cf_f32_to_bf16(src, dst, n);
+  else if (t == CF_DT_F16) cf_f32_to_f16(src, dst, n);
+}

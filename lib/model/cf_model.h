@@ -110,5 +110,10 @@ void cf_f16_to_f32(const void *src, float *dst, size_t n);
 /* Narrowing with round-to-nearest-even (NaN stays NaN). `dst` needs no alignment. */
 void cf_f32_to_bf16(const float *src, void *dst, size_t n);
 void cf_f32_to_f16(const float *src, void *dst, size_t n);
+/* The same, chosen by dtype (F32: a plain copy; BF16/F16: the conversions above), for code that
+ * holds data in a run-time dtype (KV cells, engine blocks). Other dtypes: nothing is written
+ * (callers validate the dtype first: cf_kv_elem_size / cf_kv_layout_check). */
+void cf_dtype_to_f32(cf_dtype_t t, const void *src, float *dst, size_t n);
+void cf_dtype_from_f32(cf_dtype_t t, const float *src, void *dst, size_t n);
 
 #endif

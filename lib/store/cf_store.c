@@ -936,6 +936,15 @@ int cf_store_open(const char *dir, const cf_store_geom_t *geom, const cf_store_c
   if (geom && (!geom->dtype_size || !geom->chunk_tokens || !geom->n_layers || !geom->n_kv_heads ||
                !geom->head_dim))
     return cf_seterr(CF_EINVAL, "store %s: geometry has a zero dimension", dir);
+  cf_store_geom_t gn; /* the geometry with its dtype resolved (see cf_store_geom_t.dtype) */
+  if (geom) {
+    gn = *geom;
+    if (gn.dtype == CF_STORE_DT_UNSET && gn.dtype_size == 4) gn.dtype = CF_STORE_DT_F32;
+    uint32_t want = gn.dtype == CF_STORE_DT_F32 ? 4 : gn.dtype == CF_STORE_DT_UNSET ? gn.dtype_size : 2;
+    if (gn.dtype > CF_STORE_DT_F16 || gn.dtype_size != want)
+      return cf_seterr(CF_EINVAL, "store %s: geometry dtype code %u with dtype_size %u", dir, gn.dtype, gn.dtype_size);
+    geom = &gn;
+  }
   int rc = cf__dir_prepare(dir, cfg->readonly);
   if (rc) return rc;
 

@@ -59,7 +59,17 @@ typedef struct {
   uint32_t n_layers;
   uint32_t n_kv_heads;
   uint32_t head_dim;
+  uint32_t dtype;          /* element type, CF_STORE_DT_* (recorded in the header, so a bf16
+                            * store is never read as f16). 0 (unset): taken from dtype_size —
+                            * 4 is F32; 2 stays an unnamed 2-byte type (library users that do
+                            * not care; the daemon always sets it). */
 } cf_store_geom_t;
+
+/* KV element types a store records: the store does not depend on lib/model, so it has its own
+ * codes (the same numbers as the proto's DType). */
+enum { CF_STORE_DT_UNSET = 0, CF_STORE_DT_F32 = 1, CF_STORE_DT_BF16 = 2, CF_STORE_DT_F16 = 3 };
+/* "f32", "bf16", "f16", "unrecorded 2-byte" (unset with dtype_size 2), "?" otherwise. */
+const char *cf_store_dtype_name(uint32_t dtype, uint32_t dtype_size);
 
 /* Bytes of one full cell: 2 * C * n_kv_heads * head_dim * dtype_size. */
 size_t cf_store_cell_bytes(const cf_store_geom_t *g);
@@ -240,6 +250,7 @@ unsigned cf_store_reader_inflight(const cf_store_reader_t *rd);
 typedef struct {
   uint64_t chunks_ok, chunks_damaged, torn_tail, journal_damaged, cells_checked;
   char first_damage[256]; /* description of the first damaged chunk or record ("" when none) */
+  cf_store_geom_t geom;   /* what the header records (dtype included) */
 } cf_store_verify_t;
 
 /* fsck: open `dir` read-only (geometry from its header), replay the journal, read every cell of

@@ -14,7 +14,7 @@
 #define CF__ALIGN 4096u
 #define CF__HDR_BYTES 4096u
 #define CF__HDR_MAGIC "CFSTORE"
-#define CF__HDR_VERSION 1u
+#define CF__HDR_VERSION 2u /* 2: records the KV dtype; 1 (read only) did not */
 #define CF__JREC_MAGIC 0x524a4643u /* "CFJR" */
 
 /* entry flags */

@@ -30,8 +30,20 @@ typedef struct {
   uint32_t dtype_size, chunk_tokens, n_layers, n_kv_heads, head_dim;
   int32_t slots_per_file;
   uint64_t cell_bytes, cell_stride, slot_bytes;
+  uint32_t dtype, pad; /* version 2: CF_STORE_DT_*. Version 1 had its crc here (over the bytes
+                        * before dtype) and no dtype: fp32 stores only, as the daemon made them */
   uint64_t crc; /* xxh3-64 of the bytes before it */
 } cf__hdr_t;
+
+const char *cf_store_dtype_name(uint32_t dtype, uint32_t dtype_size) {
+  switch (dtype) {
+    case CF_STORE_DT_F32: return "f32";
+    case CF_STORE_DT_BF16: return "bf16";
+    case CF_STORE_DT_F16: return "f16";
+    case CF_STORE_DT_UNSET: return dtype_size == 4 ? "f32" : dtype_size == 2 ? "unrecorded 2-byte" : "?";
+    default: return "?";
+  }
+}
 
 static void cf__hex(const uint8_t *b, int n, char *out) {
   for (int i = 0; i < n; i++) sprintf(out + 2 * i, "%02x", b[i]);
@@ -47,6 +59,7 @@ int cf__hdr_write(cf_store_t *st) {
   h.header_bytes = CF__HDR_BYTES;
   memcpy(h.fingerprint, st->g.fingerprint, 16);
   h.dtype_size = st->g.dtype_size;
+  h.dtype = st->g.dtype;
   h.chunk_tokens = st->g.chunk_tokens;
   h.n_layers = st->g.n_layers;
   h.n_kv_heads = st->g.n_kv_heads;
@@ -102,13 +115,24 @@ int cf__hdr_read(const char *dir, cf_store_geom_t *g, int32_t *spf) {
   memcpy(&h, buf, sizeof h);
   if (memcmp(h.magic, CF__HDR_MAGIC, sizeof CF__HDR_MAGIC) != 0)
     return cf_seterr(CF_EFORMAT, "%s: not a CacheFlow store header (bad magic)", p);
-  if (h.crc != XXH3_64bits(&h, offsetof(cf__hdr_t, crc)))
-    return cf_seterr(CF_EFORMAT, "%s: header checksum mismatch (damaged)", p);
-  if (h.version != CF__HDR_VERSION)
-    return cf_seterr(CF_EFORMAT, "%s: version %u, this build reads %u", p, h.version,
-                     CF__HDR_VERSION);
+  if (h.version == 1) { /* see cf__hdr_t.dtype */
+    uint64_t crc1;
+    memcpy(&crc1, buf + offsetof(cf__hdr_t, dtype), 8);
+    if (crc1 != XXH3_64bits(buf, offsetof(cf__hdr_t, dtype)))
+      return cf_seterr(CF_EFORMAT, "%s: header checksum mismatch (damaged)", p);
+    h.dtype = h.dtype_size == 4 ? CF_STORE_DT_F32 : CF_STORE_DT_UNSET;
+  } else {
+    if (h.crc != XXH3_64bits(&h, offsetof(cf__hdr_t, crc)))
+      return cf_seterr(CF_EFORMAT, "%s: header checksum mismatch (damaged)", p);
+    if (h.version != CF__HDR_VERSION)
+      return cf_seterr(CF_EFORMAT, "%s: version %u, this build reads 1 and %u", p, h.version,
+                       CF__HDR_VERSION);
+    if (h.dtype > CF_STORE_DT_F16)
+      return cf_seterr(CF_EFORMAT, "%s: header dtype code %u unknown", p, h.dtype);
+  }
   memcpy(g->fingerprint, h.fingerprint, 16);
   g->dtype_size = h.dtype_size;
+  g->dtype = h.dtype;
   g->chunk_tokens = h.chunk_tokens;
   g->n_layers = h.n_layers;
   g->n_kv_heads = h.n_kv_heads;
@@ -131,6 +155,10 @@ int cf__hdr_check(const char *dir, const cf_store_geom_t *want, int32_t *spf) {
     return cf_seterr(CF_EMISMATCH, "store %s: made for model fingerprint %s, asked for %s", dir, a,
                      b);
   }
+  if (have.dtype != want->dtype)
+    return cf_seterr(CF_EMISMATCH, "store %s: holds %s KV cells, asked for %s (a store keeps one KV dtype: "
+                     "use a store of that dtype or another directory)", dir,
+                     cf_store_dtype_name(have.dtype, have.dtype_size), cf_store_dtype_name(want->dtype, want->dtype_size));
 #define CF__CMP(f, what)                                                                      \
   if (have.f != want->f)                                                                      \
     return cf_seterr(CF_EMISMATCH, "store %s: made for %s %u, asked for %u", dir, what, have.f, \

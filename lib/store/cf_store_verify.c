@@ -15,6 +15,7 @@ int cf_store_verify_dir(const char *dir, cf_store_verify_t *out) {
   cf_store_t *st;
   int rc = cf_store_open(dir, NULL, &cfg, &st);
   if (rc) return rc;
+  out->geom = st->g;
   out->torn_tail = st->st.journal_torn;
   out->journal_damaged = st->st.journal_damaged;
   /* chunks whose data file lost their bytes were dropped during replay */

@@ -25,6 +25,19 @@ out=$($CTL store verify --dir "$T/s"); rc=$?
 check "verify clean: exit 0" test $rc -eq 0
 check "verify clean: counts" grep -q "^chunks ok 12, damaged 0, torn-tail 0$" <<<"$out"
 
+check "verify names the store's KV dtype: f32 by default" grep -q "kv dtype f32 (4 bytes), chunk 64 tokens" <<<"$out"
+
+# --kv-dtype: bf16 cells are half the bytes, recorded in the header; the f32 store refuses f16
+out=$($CTL store fill --dir "$T/sb" --model "$T/model" --prefixes 2 --tokens 200 --seed 1 --chunk 64 --kv-dtype bf16)
+check "fill --kv-dtype bf16 exits 0" test $? -eq 0
+check "fill --kv-dtype bf16: 2-byte cells" grep -q "cell 8192 bytes (BF16)" <<<"$out"
+out=$($CTL store verify --dir "$T/sb"); rc=$?
+check "verify bf16 store: clean, kv dtype bf16" bash -c "test $rc -eq 0 && grep -q 'kv dtype bf16 (2 bytes)' <<<'$out' && grep -q '^chunks ok 8, damaged 0' <<<'$out'"
+err=$($CTL store fill --dir "$T/s" --model "$T/model" --prefixes 1 --tokens 64 --seed 1 --chunk 64 --kv-dtype f16 2>&1); rc=$?
+check "f16 fill into the f32 store: refused naming both" bash -c "test $rc -eq 1 && grep -q 'holds f32 KV cells, asked for f16' <<<'$err'"
+err=$($CTL store fill --dir "$T/x" --model "$T/model" --prefixes 1 --tokens 64 --seed 1 --kv-dtype fp8 2>&1); rc=$?
+check "fill --kv-dtype fp8 rejected" bash -c "test $rc -eq 1 && grep -q -- \"--kv-dtype 'fp8': expected f32, bf16 or f16\" <<<\"$err\""
+
 # a torn journal tail (half a record) is not damage
 cp -r "$T/s" "$T/torn"
 sz=$(stat -c %s "$T/torn/journal"); truncate -s $((sz - 10)) "$T/torn/journal"

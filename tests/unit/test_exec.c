@@ -140,7 +140,7 @@ CF_TEST(exec_fixed_policies_match_full_recompute) {
   CF_CHECK_OK(cf_exec_init(&ex, f.be, 2));
   cf_cellsrc_mem_t mem;
   /* the source holds full chunks only */
-  cf_cellsrc_mem_init(&mem, "cpu", 0, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, NULL);
+  cf_cellsrc_mem_init(&mem, "cpu", 0, CF_DT_F32, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, NULL);
   cf_cellsrc_t *srcs[6];
   void *refs[6];
   for (int c = 0; c < 6; c++) srcs[c] = &mem.src;
@@ -185,7 +185,7 @@ static void random_restore(fx_t *f, int n_full, int fail_one_in, int n_loaders, 
       }
   }
   cf_cellsrc_mem_t mem;
-  cf_cellsrc_mem_init(&mem, "ssd", 1, f->cells, n, L, f->C, f->row, fail, NULL);
+  cf_cellsrc_mem_init(&mem, "ssd", 1, CF_DT_F32, f->cells, n, L, f->C, f->row, fail, NULL);
   cf_cellsrc_t **srcs = malloc(sizeof(void *) * n);
   void **refs = malloc(sizeof(void *) * n);
   for (int c = 0; c < n; c++) srcs[c] = &mem.src;
@@ -237,7 +237,7 @@ CF_TEST(exec_engine_process_sees_layers_in_order) {
   cf_ratelimit_t rl;
   CF_CHECK_OK(cf_ratelimit_init(&rl, 2e6, 0));
   cf_cellsrc_mem_t mem;
-  cf_cellsrc_mem_init(&mem, "cpu", 0, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, &rl);
+  cf_cellsrc_mem_init(&mem, "cpu", 0, CF_DT_F32, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, &rl);
   cf_cellsrc_t *srcs[8];
   void *refs[8];
   for (int c = 0; c < 8; c++) srcs[c] = &mem.src;
@@ -294,7 +294,7 @@ CF_TEST(exec_batch_of_requests) {
     char name[32];
     snprintf(name, sizeof name, "kv_batch%d", i);
     fx_init(&f[i], 3, 8, 40, 4, name);
-    cf_cellsrc_mem_init(&mem[i], "cpu", 0, f[i].cells, 5, 3, 8, f[i].row, NULL, NULL);
+    cf_cellsrc_mem_init(&mem[i], "cpu", 0, CF_DT_F32, f[i].cells, 5, 3, 8, f[i].row, NULL, NULL);
     for (int c = 0; c < 5; c++) srcs[i][c] = &mem[i].src;
     fx_req(&f[i], &r[i], plans[i], srcs[i], refs[i]);
     r[i].req_id = (uint64_t)i;
@@ -324,7 +324,7 @@ CF_TEST(exec_cancel_mid_restore) {
   cf_ratelimit_t rl;
   CF_CHECK_OK(cf_ratelimit_init(&rl, 1e5, 0)); /* 32 cells x 2 KiB at 100 kB/s: ~650 ms */
   cf_cellsrc_mem_t mem;
-  cf_cellsrc_mem_init(&mem, "cpu", 0, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, &rl);
+  cf_cellsrc_mem_init(&mem, "cpu", 0, CF_DT_F32, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, &rl);
   cf_cellsrc_t *srcs[8];
   void *refs[8];
   for (int c = 0; c < 8; c++) srcs[c] = &mem.src;
@@ -391,7 +391,7 @@ CF_TEST(exec_rejects_bad_requests) {
   CF_CHECK_OK(cf_exec_init(&ex, f.be, 1));
   CF_CHECK_ERR(cf_exec_init(&ex, f.be, 0), CF_EINVAL);
   cf_cellsrc_mem_t mem;
-  cf_cellsrc_mem_init(&mem, "cpu", 0, f.cells, f.n_chunks, 3, 8, f.row, NULL, NULL);
+  cf_cellsrc_mem_init(&mem, "cpu", 0, CF_DT_F32, f.cells, f.n_chunks, 3, 8, f.row, NULL, NULL);
   cf_cellsrc_t *srcs[5] = {&mem.src, &mem.src, &mem.src, &mem.src, &mem.src};
   void *refs[5];
   int h[5] = {0, 1, 2, 3, 3};
@@ -456,7 +456,7 @@ CF_TEST(exec_failure_recomputes_over_gathered_prefix) {
   fail[5 * 4 + 2] = CF_ECORRUPT;
   fail[3 * 4 + 0] = CF_ENOTFOUND;
   cf_cellsrc_mem_t mem;
-  cf_cellsrc_mem_init(&mem, "ssd", 1, f.cells, f.n_chunks, f.L, f.C, f.row, fail, NULL);
+  cf_cellsrc_mem_init(&mem, "ssd", 1, CF_DT_F32, f.cells, f.n_chunks, f.L, f.C, f.row, fail, NULL);
   mem.src.acquire = NULL; /* exercise the copying read path too */
   cf_cellsrc_t *srcs[6];
   void *refs[6];
@@ -500,14 +500,14 @@ CF_TEST(exec_cpu_backend_random_plans_with_faults) {
 
 /* A source that records the order cells are asked for (one loader: deterministic). */
 typedef struct { cf_cellsrc_mem_t mem; cf_cellsrc_t src; pthread_mutex_t mu; int log[256][2]; int n; } logsrc_t;
-static int logsrc_acquire(cf_cellsrc_t *s, void *ref, int layer, const float **k, const float **v, void **hold) {
+static int logsrc_acquire(cf_cellsrc_t *s, void *ref, int layer, const void **k, const void **v, void **hold) {
   logsrc_t *ls = s->ctx;
   pthread_mutex_lock(&ls->mu);
   if (ls->n < 256) { ls->log[ls->n][0] = (int)(intptr_t)ref; ls->log[ls->n][1] = layer; ls->n++; }
   pthread_mutex_unlock(&ls->mu);
   return ls->mem.src.acquire(&ls->mem.src, ref, layer, k, v, hold);
 }
-static int logsrc_read(cf_cellsrc_t *s, void *ref, int layer, float *kv) {
+static int logsrc_read(cf_cellsrc_t *s, void *ref, int layer, void *kv) {
   logsrc_t *ls = s->ctx;
   return ls->mem.src.read(&ls->mem.src, ref, layer, kv);
 }
@@ -520,7 +520,7 @@ CF_TEST(exec_loads_follow_the_plan_link_order) {
   logsrc_t ls;
   memset(&ls, 0, sizeof ls);
   pthread_mutex_init(&ls.mu, NULL);
-  cf_cellsrc_mem_init(&ls.mem, "cpu", 0, f.cells, 4, 3, 8, f.row, NULL, NULL);
+  cf_cellsrc_mem_init(&ls.mem, "cpu", 0, CF_DT_F32, f.cells, 4, 3, 8, f.row, NULL, NULL);
   ls.src = (cf_cellsrc_t){.tier = "cpu", .tier_index = 0, .read = logsrc_read, .acquire = logsrc_acquire, .ctx = &ls};
   cf_cellsrc_t *srcs[4] = {&ls.src, &ls.src, &ls.src, &ls.src};
   void *refs[4];
@@ -641,4 +641,90 @@ CF_TEST(exec_plan_ops_with_an_uncached_tail) {
   free(cops);
   cf_sched_plan_free(&plan);
   fx_free(&f);
+}
+
+/* bf16 and f16 engine buffers: the source holds cells in that dtype (the full recompute rounded,
+ * then the lowest bit flipped so a loaded cell is told from a recomputed one). Every plan shape,
+ * with load failures too: loaded cells reach the engine bit for bit, recomputed ones (fp32 math
+ * over the widened loaded prefix, rounded on the way in) are within the dtype's tolerance of the
+ * fp32 recompute; a source of another dtype is refused naming both. */
+CF_TEST(exec_bf16_f16_engine_buffers) {
+  const cf_dtype_t dts[2] = {CF_DT_BF16, CF_DT_F16};
+  for (int di = 0; di < 2; di++) {
+    cf_dtype_t dt = dts[di];
+    fx_t f;
+    fx_init(&f, 4, 16, 16 * 5 + 9, 8, di ? "kv_f16_f32" : "kv_bf16_f32"); /* a partial tail chunk */
+    cf_kv_layout_t lay = f.kv.layout;
+    CF_CHECK_OK(cf_kv_layout_init(&lay, f.L, lay.num_blocks, lay.block_size, lay.n_kv_heads, lay.head_dim, dt));
+    cf_kvmap_t kv;
+    char path[512];
+    snprintf(path, sizeof path, "%s/kv_%s", cf_test_tmpdir(), cf_dtype_name(dt));
+    CF_CHECK_OK(cf_kvmap_create(&kv, path, &lay));
+    size_t cell = (size_t)f.C * f.row, ncell = (size_t)f.n_chunks * f.L * 2 * cell;
+    uint16_t *cells = malloc(2 * ncell);
+    cf_dtype_from_f32(dt, f.cells, cells, ncell);
+    for (size_t i = 0; i < ncell; i++) cells[i] ^= 1;
+    cf_exec_t ex;
+    CF_CHECK_OK(cf_exec_init(&ex, f.be, 2));
+    cf_cellsrc_mem_t mem;
+    int fail[6 * 4] = {0};
+    fail[1 * 4 + 3] = CF_ECORRUPT; /* chunk 1, layer 3: recomputed from chunk 1's layer h */
+    cf_cellsrc_mem_init(&mem, "cpu", 0, dt, cells, f.n_chunks, f.L, f.C, f.row, fail, NULL);
+    cf_cellsrc_t *srcs[6];
+    void *refs[6];
+    for (int c = 0; c < 6; c++) srcs[c] = &mem.src;
+    int plans[4][6] = {{4, 4, 4, 4, 4, 4}, {0, 0, 0, 0, 0, 4}, {4, 4, 0, 0, 0, 4}, {0, 1, 2, 3, 3, 4}};
+    float rtol = dt == CF_DT_BF16 ? 1.0f / 64 : 1.0f / 512, atol = dt == CF_DT_BF16 ? 1.0f / 128 : 1.0f / 1024;
+    float mx = 0;
+    for (size_t i = 0; i < (size_t)f.L * f.T * f.row; i++) mx = fmaxf(mx, fmaxf(fabsf(f.refk[i]), fabsf(f.refv[i])));
+    for (int p = 0; p < 4; p++) {
+      for (int l = 0; l < f.L; l++) {
+        memset(kv.k[l], 0xff, cf_kv_layout_plane_bytes(&lay));
+        memset(kv.v[l], 0xff, cf_kv_layout_plane_bytes(&lay));
+      }
+      cf_exec_req_t r;
+      fx_req(&f, &r, plans[p], srcs, refs);
+      r.kv = &kv;
+      CF_CHECK_OK(cf_exec_run(&ex, &r, 1));
+      CF_CHECK_EQ(r.stats.bytes_loaded[0], r.stats.cells_loaded[0] * 2 * cell * 2);
+      int bad = 0, exact_loaded = 0;
+      uint16_t gk[16 * 16], gv[16 * 16];
+      float wk[16 * 16], wv[16 * 16];
+      for (int c = 0; c < f.n_chunks; c++)
+        for (int l = 0; l < f.L; l++) {
+          int t0 = c * f.C, t1 = t0 + f.C < f.T ? t0 + f.C : f.T;
+          size_t n = (size_t)(t1 - t0) * f.row;
+          cf_kvmap_gather(&kv, l, f.blocks, t0, t1, gk, gv);
+          cf_kvmap_gather_f32(&kv, l, f.blocks, t0, t1, wk, wv);
+          int loaded = l >= plans[p][c] && !(c == 1 && l == 3);
+          const uint16_t *sk = cells + (((size_t)c * f.L + l) * 2) * cell, *sv = sk + cell;
+          if (loaded) {
+            if (memcmp(gk, sk, 2 * n) || memcmp(gv, sv, 2 * n)) bad++;
+            else exact_loaded++;
+            continue;
+          }
+          for (size_t i = 0; i < n; i++) {
+            float rk = f.refk[((size_t)l * f.T + t0) * f.row + i], rv = f.refv[((size_t)l * f.T + t0) * f.row + i];
+            if (!(fabsf(wk[i] - rk) <= atol * mx + rtol * fabsf(rk) && fabsf(wv[i] - rv) <= atol * mx + rtol * fabsf(rv))) { bad++; break; }
+          }
+        }
+      if (bad) printf("    %s plan %d: %d bad cells\n", cf_dtype_name(dt), p, bad);
+      CF_CHECK_EQ(bad, 0);
+      CF_CHECK_EQ(exact_loaded, (int)r.stats.cells_loaded[0]);
+    }
+    /* the source's dtype must be the engine's */
+    cf_cellsrc_mem_t m32;
+    cf_cellsrc_mem_init(&m32, "ssd", 1, CF_DT_F32, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, NULL);
+    cf_cellsrc_t *s32[6] = {&m32.src, &m32.src, &m32.src, &m32.src, &m32.src, &m32.src};
+    cf_exec_req_t r;
+    fx_req(&f, &r, plans[1], s32, refs);
+    r.kv = &kv;
+    CF_CHECK_ERR(cf_exec_validate(&ex, &r), CF_EDTYPE);
+    char want[128];
+    snprintf(want, sizeof want, "ssd tier holds F32 cells, the engine buffer is %s", cf_dtype_name(dt));
+    CF_CHECK_CONTAINS(cf_errmsg(), want);
+    free(cells);
+    cf_kvmap_close(&kv);
+    fx_free(&f);
+  }
 }

@@ -138,12 +138,12 @@ CF_TEST(save_then_restore_from_cpu_and_ssd_tiers) {
   cf_store_t *st = open_store(&w, "store1", 1 << 20, 8 << 20);
   cf_save_result_t sr;
   CF_CHECK_OK(cf_save_blocks(st, &a.kv, w.tokens, w.T, a.blocks, a.nb, 0, &sr));
-  CF_CHECK_EQ(sr.saved_tokens, 160);
-  CF_CHECK_EQ(sr.new_chunks, 10);
+  CF_CHECK_EQ(sr.saved_tokens, 163); /* 10 chunks and the 3-token partial one */
+  CF_CHECK_EQ(sr.new_chunks, 11);
   CF_CHECK_EQ(sr.durable, 0);
   /* saving again stores nothing new; a durable save flushes to SSD */
   CF_CHECK_OK(cf_save_blocks(st, &a.kv, w.tokens, w.T, a.blocks, a.nb, CF_STORE_SAVE_DURABLE, &sr));
-  CF_CHECK_EQ(sr.existing_chunks, 10);
+  CF_CHECK_EQ(sr.existing_chunks, 11);
   CF_CHECK_EQ(sr.new_chunks, 0);
   CF_CHECK_EQ(sr.durable, 1);
   /* half the chunks leave the CPU tier: restore reads those from SSD */
@@ -243,10 +243,96 @@ CF_TEST(save_rejects_bad_blocks_and_geometry) {
   int32_t bad[5] = {0, 1, 2, 3, 999};
   CF_CHECK_ERR(cf_save_blocks(st, &a.kv, w.tokens, w.T, bad, 5, 0, &sr), CF_ERANGE);
   CF_CHECK_CONTAINS(cf_errmsg(), "block_ids[4] = 999");
-  /* a 10-token prefix has no full chunk: nothing saved, not an error */
+  /* a 10-token prefix is one partial chunk: saved under its own key (Lookup counts it) */
   CF_CHECK_OK(cf_save_blocks(st, &a.kv, w.tokens, 10, a.blocks, 2, 0, &sr));
-  CF_CHECK_EQ(sr.saved_tokens, 0);
+  CF_CHECK_EQ(sr.saved_tokens, 10);
+  CF_CHECK_EQ(sr.new_chunks, 1);
   cf_store_close(st);
   cf_kvmap_close(&a.kv);
+  world_free(&w);
+}
+
+/* A bf16 store end to end on the real CPU backend and real store files: a bf16 engine saves
+ * (its blocks' bytes, unchanged), another bf16 engine restores from the CPU tier and, after
+ * eviction, from the SSD tier: every loaded token bit-identical to the saver's bytes, the partial
+ * tail (recomputed, rounded) within bf16 tolerance of the fp32 recompute. An f32 engine cannot
+ * save into it, and sources over it refuse an f32 engine, both naming the two dtypes. */
+CF_TEST(bf16_store_save_restore_round_trip) {
+  world_t w;
+  world_init(&w, 16, 16 * 6 + 5);
+  engine_t a, b, f32e;
+  cf_kv_layout_t lay;
+  int bs = 8, nb = (w.T + bs - 1) / bs;
+  CF_CHECK_OK(cf_kv_layout_init(&lay, w.L, nb * 3, bs, w.m->cfg.n_kv_heads, w.m->cfg.head_dim, CF_DT_BF16));
+  char path[512];
+  engine_t *es[2] = {&a, &b};
+  for (int i = 0; i < 2; i++) {
+    snprintf(path, sizeof path, "%s/bf16_eng_%d", cf_test_tmpdir(), i);
+    CF_CHECK_OK(cf_kvmap_create(&es[i]->kv, path, &lay));
+    es[i]->nb = nb;
+    for (int j = 0; j < nb; j++) es[i]->blocks[j] = i ? 3 * nb - 1 - 2 * j : 3 * j % (3 * nb); /* scattered */
+    CF_CHECK_OK(cf_kvmap_check_blocks(&lay, es[i]->blocks, nb));
+  }
+  for (int l = 0; l < w.L; l++) cf_kvmap_scatter_f32(&a.kv, l, a.blocks, 0, w.T, w.ref.k[l], w.ref.v[l]);
+  cf_store_geom_t g = {.chunk_tokens = (uint32_t)w.C, .n_layers = (uint32_t)w.L,
+                       .n_kv_heads = (uint32_t)w.m->cfg.n_kv_heads, .head_dim = (uint32_t)w.m->cfg.head_dim};
+  memcpy(g.fingerprint, w.m->fingerprint, 16);
+  CF_CHECK_OK(cf_exec_geom_dtype(&g, CF_DT_BF16));
+  CF_CHECK_EQ(g.dtype_size, 2);
+  cf_store_config_t c;
+  cf_store_config_default(&c);
+  c.cpu_bytes = 1 << 20; c.ssd_bytes = 8 << 20; c.spill = 0;
+  snprintf(path, sizeof path, "%s/bf16_store", cf_test_tmpdir());
+  cf_store_t *st = NULL;
+  CF_CHECK_OK(cf_store_open(path, &g, &c, &st));
+  cf_save_result_t sr;
+  CF_CHECK_OK(cf_save_blocks(st, &a.kv, w.tokens, w.T, a.blocks, a.nb, CF_STORE_SAVE_DURABLE, &sr));
+  CF_CHECK_EQ(sr.new_chunks, 7);
+  CF_CHECK_EQ(sr.saved_tokens, (uint32_t)w.T);
+  /* the saver's bytes, the reference for loaded cells */
+  size_t row = w.ref.row, n = row * w.T;
+  uint16_t *sk = malloc(2 * n * w.L), *sv = malloc(2 * n * w.L), *gk = malloc(2 * n), *gv = malloc(2 * n);
+  float *fk = malloc(4 * n), *fv = malloc(4 * n);
+  for (int l = 0; l < w.L; l++) cf_kvmap_gather(&a.kv, l, a.blocks, 0, w.T, sk + l * n, sv + l * n);
+  cf_cellsrc_store_t cs;
+  CF_CHECK_OK(cf_cellsrc_store_init(&cs, st, NULL, NULL));
+  CF_CHECK_EQ(cs.cpu.dtype, CF_DT_BF16);
+  for (int round = 0; round < 2; round++) {
+    if (round) CF_CHECK_OK(cf_store_evict_cpu(st, 0)); /* round 1: every cell from the SSD tier */
+    for (int l = 0; l < w.L; l++) { memset(b.kv.k[l], 0xff, cf_kv_layout_plane_bytes(&lay)); memset(b.kv.v[l], 0xff, cf_kv_layout_plane_bytes(&lay)); }
+    plan_t p;
+    plan_prepare(&p, &cs, &w);
+    CF_CHECK_EQ(p.found, 6);
+    cf_exec_req_t r;
+    CF_CHECK_OK(restore(&w, &b, &p, &r));
+    CF_CHECK_EQ(r.stats.cells_loaded[round ? CF_EXEC_TIER_SSD : CF_EXEC_TIER_CPU], 6 * (uint64_t)w.L);
+    CF_CHECK_EQ(r.stats.bytes_loaded[round ? CF_EXEC_TIER_SSD : CF_EXEC_TIER_CPU], 6ull * w.L * 2 * 16 * row * 2);
+    cf_cellsrc_store_unprepare(&cs, p.refs, p.found);
+    int bad = 0;
+    size_t upto = 96 * row; /* the 6 full chunks: loaded */
+    for (int l = 0; l < w.L; l++) {
+      cf_kvmap_gather(&b.kv, l, b.blocks, 0, w.T, gk, gv);
+      cf_kvmap_gather_f32(&b.kv, l, b.blocks, 0, w.T, fk, fv);
+      if (memcmp(gk, sk + l * n, 2 * upto) || memcmp(gv, sv + l * n, 2 * upto)) bad++;
+      for (size_t i = upto; i < n; i++)
+        if (!(fabsf(fk[i] - w.ref.k[l][i]) <= 1.0f / 64 * fabsf(w.ref.k[l][i]) + 1e-3f &&
+              fabsf(fv[i] - w.ref.v[l][i]) <= 1.0f / 64 * fabsf(w.ref.v[l][i]) + 1e-3f)) { bad++; break; }
+    }
+    CF_CHECK_EQ(bad, 0);
+  }
+  /* dtype mismatches */
+  engine_init(&f32e, &w, "bf16_f32eng", 8, 0);
+  CF_CHECK_ERR(cf_save_blocks(st, &f32e.kv, w.tokens, w.T, f32e.blocks, f32e.nb, 0, &sr), CF_EDTYPE);
+  CF_CHECK_CONTAINS(cf_errmsg(), "engine's KV dtype is F32, the store holds BF16 cells");
+  plan_t p;
+  plan_prepare(&p, &cs, &w);
+  cf_exec_req_t r;
+  CF_CHECK_ERR(restore(&w, &f32e, &p, &r), CF_EDTYPE);
+  CF_CHECK_CONTAINS(cf_errmsg(), "holds BF16 cells, the engine buffer is F32");
+  cf_cellsrc_store_unprepare(&cs, p.refs, p.found);
+  cf_cellsrc_store_close(&cs);
+  cf_store_close(st);
+  free(sk); free(sv); free(gk); free(gv); free(fk); free(fv);
+  cf_kvmap_close(&a.kv); cf_kvmap_close(&b.kv); cf_kvmap_close(&f32e.kv);
   world_free(&w);
 }

@@ -1,6 +1,8 @@
 /* lib/ipc: shared paged KV buffer and readiness counters, across real processes (fork). */
+#include <math.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -250,4 +252,64 @@ CF_TEST(kvmap_attach_hnd_two_files) {
   cf_kvmap_gather(&m, 0, blocks, 1, 11, k2, v2);
   CF_CHECK(memcmp(k, k2, sizeof k) == 0 && memcmp(v, v2, sizeof v) == 0);
   cf_kvmap_close(&m);
+}
+
+/* 2-byte dtypes, dense (NHD) and strided (HND) layouts: the raw scatter/gather moves the bytes
+ * unchanged; the converting ones round fp32 to nearest even on the way in (ties to even, the
+ * CUDA kernels' __float2bfloat16 / __float2half) and widen exactly on the way out. */
+CF_TEST(kvmap_bf16_f16_raw_and_converting) {
+  const cf_dtype_t dts[2] = {CF_DT_BF16, CF_DT_F16};
+  for (int di = 0; di < 2; di++)
+    for (int hnd = 0; hnd < 2; hnd++) {
+      cf_dtype_t dt = dts[di];
+      cf_kv_layout_t L;
+      CF_CHECK_OK(cf_kv_layout_init(&L, 2, 6, 4, 2, 3, dt));
+      CF_CHECK_EQ(L.head_stride, 3 * 2);
+      if (hnd) { L.token_stride = 3 * 2; L.head_stride = 4 * 3 * 2; L.block_stride = 2 * 4 * 3 * 2 + 8; }
+      CF_CHECK_OK(cf_kv_layout_check(&L, NULL));
+      uint8_t *kp = calloc(1, 2 * cf_kv_layout_plane_bytes(&L)), *vp = kp + cf_kv_layout_plane_bytes(&L);
+      uint8_t *k0[2] = {kp, kp}, *v0[2] = {vp, vp};
+      cf_kvmap_t m;
+      CF_CHECK_OK(cf_kvmap_view(&m, &L, k0, v0));
+      CF_CHECK_EQ(m.dense_rows, !hnd);
+      int32_t blocks[4] = {5, 2, 0, 3};
+      enum { N = 13 * 6 }; /* tokens [2, 15), 6 elements a row */
+      uint16_t rk[N], rv[N], gk[N], gv[N];
+      for (int i = 0; i < N; i++) { rk[i] = (uint16_t)(0x3c00 + 7 * i); rv[i] = (uint16_t)(0xbc00 + 5 * i); }
+      cf_kvmap_scatter(&m, 1, blocks, 2, 15, rk, rv);
+      /* token 9 -> block blocks[2] = 0, slot 1; head 1, dim 2 = element (9-2)*6 + 3 + 2 */
+      uint16_t got;
+      memcpy(&got, m.k[1] + 0 * L.block_stride + 1 * L.token_stride + 1 * L.head_stride + 2 * 2, 2);
+      CF_CHECK_EQ(got, rk[7 * 6 + 5]);
+      cf_kvmap_gather(&m, 1, blocks, 2, 15, gk, gv);
+      CF_CHECK(memcmp(rk, gk, sizeof rk) == 0 && memcmp(rv, gv, sizeof rv) == 0);
+      /* converting: values with known roundings, then exact widening */
+      float fk[N], fv[N], wk[N], wv[N];
+      for (int i = 0; i < N; i++) { fk[i] = 1.0f + (float)i / 1024.0f + 1e-7f * (float)(i % 3); fv[i] = -3.0f * fk[i]; }
+      if (dt == CF_DT_BF16) {
+        fk[0] = 1.0f + 1.0f / 256; /* halfway between 1 and 1 + 2^-7: ties to even -> 1 */
+        fk[1] = 1.0f + 3.0f / 256; /* halfway between 1 + 2^-7 and 1 + 2^-6: -> 1 + 2^-6 */
+      } else {
+        fk[0] = 1.0f + 1.0f / 2048; /* halfway between 1 and 1 + 2^-10: -> 1 */
+        fk[1] = 1.0f + 3.0f / 2048; /* -> 1 + 2^-9 */
+      }
+      cf_kvmap_scatter_f32(&m, 0, blocks, 2, 15, fk, fv);
+      cf_kvmap_gather_f32(&m, 0, blocks, 2, 15, wk, wv);
+      CF_CHECK_EQ(wk[0], 1.0f);
+      CF_CHECK_EQ(wk[1], dt == CF_DT_BF16 ? 1.0f + 1.0f / 64 : 1.0f + 1.0f / 512);
+      float ulp = dt == CF_DT_BF16 ? 1.0f / 128 : 1.0f / 1024; /* at [1, 2) */
+      int ok = 1;
+      for (int i = 2; i < N; i++) {
+        if (fabsf(wk[i] - fk[i]) > ulp / 2 || fabsf(wv[i] - fv[i]) > 4 * ulp / 2) ok = 0;
+        /* the stored bits are the library's rounding of the same value */
+        uint16_t want, bits;
+        if (dt == CF_DT_BF16) cf_f32_to_bf16(&fk[i], &want, 1); else cf_f32_to_f16(&fk[i], &want, 1);
+        cf_kvmap_gather(&m, 0, blocks, 2 + i / 6, 3 + i / 6, gk, gv);
+        memcpy(&bits, &gk[i % 6], 2);
+        if (bits != want) ok = 0;
+      }
+      CF_CHECK(ok);
+      cf_kvmap_close(&m);
+      free(kp);
+    }
 }

@@ -7,6 +7,7 @@
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "cf_test.h"
 #include "unit/store_testlib.h"
@@ -797,13 +798,78 @@ CF_TEST(store_refuses_another_model) {
   CF_CHECK_CONTAINS(cf_errmsg(), "fingerprint");
   h = g; h.dtype_size = 4;
   CF_CHECK_ERR(cf_store_open(d, &h, &c, &st), CF_EMISMATCH);
-  CF_CHECK_CONTAINS(cf_errmsg(), "dtype size 2, asked for 4");
+  CF_CHECK_CONTAINS(cf_errmsg(), "holds unrecorded 2-byte KV cells, asked for f32");
   h = g; h.chunk_tokens = 32;
   CF_CHECK_ERR(cf_store_open(d, &h, &c, &st), CF_EMISMATCH);
   CF_CHECK_CONTAINS(cf_errmsg(), "chunk size");
   h = g; h.n_layers = 3;
   CF_CHECK_ERR(cf_store_open(d, &h, &c, &st), CF_EMISMATCH);
   CF_CHECK_CONTAINS(cf_errmsg(), "n_layers");
+}
+
+/* The header records the KV dtype: bf16 and f16 (both 2 bytes) are told apart, and a store of
+ * one is refused for the other with both named. */
+CF_TEST(store_records_the_kv_dtype) {
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  g.dtype = CF_STORE_DT_BF16;
+  cf_store_config_t c = cfg_of(1 << 20, 1 << 20);
+  const char *d = tdir("dt_bf16");
+  cf_store_t *st;
+  CF_CHECK_OK(cf_store_open(d, &g, &c, &st));
+  cf_store_close(st);
+  cf_store_geom_t h = g;
+  h.dtype = CF_STORE_DT_F16;
+  CF_CHECK_ERR(cf_store_open(d, &h, &c, &st), CF_EMISMATCH);
+  CF_CHECK_CONTAINS(cf_errmsg(), "holds bf16 KV cells, asked for f16");
+  h.dtype = CF_STORE_DT_F32; h.dtype_size = 4;
+  CF_CHECK_ERR(cf_store_open(d, &h, &c, &st), CF_EMISMATCH);
+  CF_CHECK_CONTAINS(cf_errmsg(), "holds bf16 KV cells, asked for f32");
+  /* read-only open takes the dtype from the header */
+  cf_store_config_t ro = c;
+  ro.readonly = 1;
+  CF_CHECK_OK(cf_store_open(d, NULL, &ro, &st));
+  CF_CHECK_EQ(cf_store_geom(st)->dtype, CF_STORE_DT_BF16);
+  CF_CHECK_EQ(cf_store_geom(st)->dtype_size, 2);
+  cf_store_close(st);
+  /* a dtype code that does not fit its size is a caller bug, refused */
+  h = g; h.dtype_size = 4;
+  CF_CHECK_ERR(cf_store_open(tdir("dt_bad"), &h, &c, &st), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "dtype code 2 with dtype_size 4");
+}
+
+/* Stores made before the header recorded the dtype (version 1) stay readable: a 4-byte one is
+ * f32, and refused for bf16 naming both. */
+CF_TEST(store_reads_version_1_headers) {
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  g.dtype_size = 4;
+  cf_store_config_t c = cfg_of(1 << 20, 1 << 20);
+  const char *d = tdir("v1hdr");
+  cf_store_t *st;
+  CF_CHECK_OK(cf_store_open(d, &g, &c, &st));
+  cf_store_close(st);
+  /* rewrite the header as version 1 wrote it: the same fields up to slot_bytes (80 bytes), then
+   * the xxh3-64 of those bytes, zeros to 4096 */
+  char p[1100];
+  snprintf(p, sizeof p, "%s/header", d);
+  uint8_t buf[4096];
+  FILE *f = fopen(p, "rb");
+  CF_CHECK(f && fread(buf, 1, sizeof buf, f) == sizeof buf);
+  if (f) fclose(f);
+  uint32_t v1 = 1;
+  memcpy(buf + 8, &v1, 4);
+  memset(buf + 80, 0, sizeof buf - 80);
+  uint64_t crc = XXH3_64bits(buf, 80);
+  memcpy(buf + 80, &crc, 8);
+  f = fopen(p, "wb");
+  CF_CHECK(f && fwrite(buf, 1, sizeof buf, f) == sizeof buf);
+  if (f) fclose(f);
+  CF_CHECK_OK(cf_store_open(d, &g, &c, &st));
+  CF_CHECK_EQ(cf_store_geom(st)->dtype, CF_STORE_DT_F32);
+  cf_store_close(st);
+  cf_store_geom_t h = g;
+  h.dtype = CF_STORE_DT_BF16; h.dtype_size = 2;
+  CF_CHECK_ERR(cf_store_open(d, &h, &c, &st), CF_EMISMATCH);
+  CF_CHECK_CONTAINS(cf_errmsg(), "holds f32 KV cells, asked for bf16");
 }
 
 CF_TEST(store_bad_directories_and_files) {

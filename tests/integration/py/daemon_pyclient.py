@@ -10,6 +10,23 @@ import cacheflow_client  # noqa: E402
 from cacheflow_client import CacheFlowError, Client, pb  # noqa: E402
 
 T = Checks()
+# kv_dtype = bf16: register_shm() without a dtype registers bf16 buffers (half the bytes);
+# an explicit F32 layout is refused with FAILED_PRECONDITION naming both dtypes
+d = Daemon(conf={"kv_dtype": "bf16"}).start()
+try:
+    with Client(d.addr, timeout=10) as c:
+        T.check("bf16 daemon: stats().kv_dtype == DTYPE_BF16", c.stats().kv_dtype == pb.DTYPE_BF16)
+        eng = c.register_shm(os.path.join(d.tmp, "b.kv"), block_size=8, num_blocks=32, name="py-bf16")
+        T.check("bf16 daemon: register_shm() defaults to bf16 (file of 2-byte elements)",
+                eng > 0 and os.path.getsize(os.path.join(d.tmp, "b.kv")) == 2 * 2 * 32 * 8 * 2 * 16 * 2)
+        try:
+            c.register_shm(os.path.join(d.tmp, "f.kv"), block_size=8, num_blocks=32, dtype=pb.DTYPE_F32)
+            T.check("bf16 daemon: F32 engine refused", False, "registered")
+        except CacheFlowError as e:
+            T.check("bf16 daemon: F32 engine refused with FAILED_PRECONDITION naming both dtypes",
+                    e.code == grpc.StatusCode.FAILED_PRECONDITION and "F32" in e.details and "BF16" in e.details, str(e))
+finally:
+    d.stop()
 d = Daemon().start()
 try:
     with Client(d.addr, timeout=10) as c:
@@ -21,6 +38,8 @@ try:
         T.check("file sized for the layout (2 layers x K,V x 32 blocks x 8 tok x 2 heads x 16 x f32)",
                 os.path.getsize(os.path.join(d.tmp, "e.kv")) == 2 * 2 * 32 * 8 * 2 * 16 * 4)
         T.check("config() returns every setting", c.config()["policy"] == "optimal" and "cpu_tier_bytes" in c.config())
+        T.check("stats().kv_dtype: auto on the CPU backend is F32, config() says auto",
+                st.kv_dtype == pb.DTYPE_F32 and c.config("kv_dtype") == {"kv_dtype": "auto"})
         T.check("lookup() of an unseen prefix", c.lookup(eng, [1, 2, 3]).cached_tokens == 0)
         try:
             c.lookup(eng + 1, [1, 2, 3])

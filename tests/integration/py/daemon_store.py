@@ -19,7 +19,8 @@ T = Checks()
 BS, NB, C = 8, 16, 16          # block size, blocks, chunk tokens
 STORE_TMP = tempfile.mkdtemp(prefix="cfd-store-")   # outlives each daemon's temp dir
 store_dir = os.path.join(STORE_TMP, "store")
-conf = {"chunk_tokens": str(C), "cpu_tier_bytes": "1M", "ssd_tier_bytes": "64M", "store_dir": store_dir}
+# f32 pinned: the checks below read the engine file as float32 (auto would be bf16 on a cuda backend)
+conf = {"chunk_tokens": str(C), "cpu_tier_bytes": "1M", "ssd_tier_bytes": "64M", "store_dir": store_dir, "kv_dtype": "f32"}
 d = Daemon(conf=conf).start()
 c = d.client
 rng = np.random.default_rng(7)
@@ -71,7 +72,7 @@ def expected_cells(files, geo, blocks, n):
 try:
     st = c.stats()
     T.status("BF16 engine refused: the store holds F32", lambda: c.register(engine_request(st, pb.DTYPE_BF16)[0]),
-             SC.INVALID_ARGUMENT, "stores F32")
+             SC.FAILED_PRECONDITION, "engine KV dtype BF16, but this daemon's store holds F32")
     T.check("nothing registered after the refusal", c.stats().engines == 0)
     req, files, geo = engine_request(st)
     eng = c.register(req).engine_id

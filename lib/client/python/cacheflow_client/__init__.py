@@ -136,11 +136,14 @@ class Client:
         return {e.name: e.value for e in r.entries}
 
     # -- helpers for CPU engines
-    def layout_request(self, shm_path, block_size=16, num_blocks=64, dtype=pb.DTYPE_F32, name="", stats=None):
+    def layout_request(self, shm_path, block_size=16, num_blocks=64, dtype=None, name="", stats=None):
         """A RegisterEngineRequest for a standard paged layout in one shared-memory file (per
         layer K then V, each [num_blocks][block_size][kv_heads][head_dim]); creates/sizes the
-        file. Returns (request, file_bytes)."""
+        file. dtype None: the daemon's kv_dtype (Stats), the only one it accepts. Returns
+        (request, file_bytes)."""
         st = stats or self.stats()
+        if dtype is None:
+            dtype = st.kv_dtype or pb.DTYPE_F32
         esz = DTYPE_SIZE[dtype]
         head = st.model_head_dim * esz
         tok = head * st.model_kv_heads
@@ -158,7 +161,7 @@ class Client:
                 num_kv_heads=st.model_kv_heads, head_dim=st.model_head_dim))
         return pb.RegisterEngineRequest(model_fingerprint=st.model_fingerprint, layers=layers, name=name), total
 
-    def register_shm(self, shm_path, block_size=16, num_blocks=64, dtype=pb.DTYPE_F32, name=""):
+    def register_shm(self, shm_path, block_size=16, num_blocks=64, dtype=None, name=""):
         req, _ = self.layout_request(shm_path, block_size, num_blocks, dtype, name)
         return self.register(req).engine_id
 
