@@ -75,6 +75,9 @@ BENCH_SRC  := $(wildcard tests/bench/bench_*.c)
 BENCH_BIN  := $(BENCH_SRC:tests/bench/%.c=$(BUILD)/bench/%)
 KTEST_SRC  := $(wildcard tests/kernels/kt_*.cu)
 KTEST_BIN  := $(if $(filter 1,$(CUDA)),$(KTEST_SRC:tests/kernels/%.cu=$(BUILD)/tests/%))
+# gpu: device tests written in C (tests/kernels/kt_*.c: multi-process tests of lib/gpu), built with CC.
+KTEST_C_SRC := $(wildcard tests/kernels/kt_*.c)
+KTEST_BIN  += $(if $(filter 1,$(CUDA)),$(KTEST_C_SRC:tests/kernels/%.c=$(BUILD)/tests/%))
 TEST_MAIN  := $(BUILD)/tests/cf_test_main.o
 
 LIBCF      := $(BUILD)/libcacheflow.a
@@ -146,6 +149,11 @@ $(BUILD)/tests/kt_%: tests/kernels/kt_%.cu $(LIBKERN) $(LIBCF)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  NVCC    $<")
 	$(Q)$(NVCC) $(NVCCFLAGS) $< -o $@ $(LIBKERN) $(LIBCF) -Xlinker -rpath,$(CUDA_HOME)/lib64 -lcublasLt -lcublas -lcuda -lopenblas -luring -lxxhash -lm
+
+# gpu: a C device test links like a tool (the .cu rule above wins where a kt_*.cu exists).
+$(BUILD)/tests/kt_%: $(BUILD)/tests/kernels/kt_%.o $(LIBKERN) $(LIBCF)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) $< -o $@ $(ALL_LIBS)
 
 $(LIBCF): $(LIB_OBJ)
 	@$(if $(Q),echo "  AR      $@")

@@ -127,6 +127,12 @@ extern "C" int cf_paged_gather(const cf_paged_args_t *a, cudaStream_t s) {
 }
 
 extern "C" int cf_paged_load_staged(const cf_paged_args_t *a, const cf_paged_stager_t *st) {
+  uint64_t next = 0;
+  return cf_paged_load_staged_next(a, st, &next);
+}
+
+extern "C" int cf_paged_load_staged_next(const cf_paged_args_t *a, const cf_paged_stager_t *st,
+                                         uint64_t *next_slot) {
   int rc = cf__paged_check(a, "cf_paged_load_staged");
   if (rc) return rc;
   CF_REQUIRE(st && st->staging && (uintptr_t)st->staging % 16 == 0,
@@ -136,14 +142,22 @@ extern "C" int cf_paged_load_staged(const cf_paged_args_t *a, const cf_paged_sta
   CF_REQUIRE(per >= 1, "cf_paged_load_staged: staging of %lld elements: a slot part of %lld cannot "
              "hold one row of %lld", (long long)st->staging_elems, (long long)slot, (long long)rs);
   int64_t row = (int64_t)a->layout.n_kv_heads * a->layout.head_dim;
-  for (int64_t t = 0, i = 0; t < a->T; t += per, i++) {
-    int sl = (int)(i % CF_PAGED_STAGE_SLOTS);
-    cf_bf16_t *sk = st->staging + sl * 2 * slot, *sv = sk + slot;
+  // A store cell ([K rows][V rows], V right after K) that fits one piece goes in ONE copy: a
+  // restore enqueues one cell per call, so every API call per cell counts.
+  bool one_copy = a->T <= per && a->v == a->k + (int64_t)a->T * rs;
+  for (int64_t t = 0; t < a->T; t += per) {
+    int sl = (int)((*next_slot)++ % CF_PAGED_STAGE_SLOTS);
+    cf_bf16_t *sk = st->staging + sl * 2 * slot, *sv = one_copy ? sk + (int64_t)a->T * rs : sk + slot;
     int64_t n = a->T - t < per ? a->T - t : per;
     size_t bytes = (size_t)((n - 1) * rs + row) * 2;
     CF_CUDA_TRY(cudaStreamWaitEvent(st->copy, st->freed[sl], 0));  // slot's last scatter done
-    CF_CUDA_TRY(cudaMemcpyAsync(sk, a->k + t * rs, bytes, cudaMemcpyHostToDevice, st->copy));
-    CF_CUDA_TRY(cudaMemcpyAsync(sv, a->v + t * rs, bytes, cudaMemcpyHostToDevice, st->copy));
+    if (one_copy) {  // K rows, the gap after the last one, V rows: (2T-1) strides + a row
+      CF_CUDA_TRY(cudaMemcpyAsync(sk, a->k, (size_t)((2 * a->T - 1) * rs + row) * 2,
+                                  cudaMemcpyHostToDevice, st->copy));
+    } else {
+      CF_CUDA_TRY(cudaMemcpyAsync(sk, a->k + t * rs, bytes, cudaMemcpyHostToDevice, st->copy));
+      CF_CUDA_TRY(cudaMemcpyAsync(sv, a->v + t * rs, bytes, cudaMemcpyHostToDevice, st->copy));
+    }
     CF_CUDA_TRY(cudaEventRecord(st->copied[sl], st->copy));
     CF_CUDA_TRY(cudaStreamWaitEvent(st->scatter, st->copied[sl], 0));
     cf_paged_args_t p = *a;

@@ -68,9 +68,15 @@ typedef struct {
 } cf_paged_stager_t;
 
 /* a->k / a->v: pinned host rows. Enqueues the load; it is complete when `scatter` has drained
- * (record an event there). Returns 0, CF_EINVAL (a slot cannot hold one row per plane) or
+ * (record an event there). When a->v == a->k + T*row_stride (a store cell: V rows right after
+ * the K rows) and the cell fits one slot, it moves in one DMA instead of two. Returns 0, CF_EINVAL (a slot cannot hold one row per plane) or
  * CF_ECUDA. */
 int cf_paged_load_staged(const cf_paged_args_t *a, const cf_paged_stager_t *st);
+/* The same, continuing the slot rotation at *next_slot (advanced past the slots used): callers
+ * that load one cell per call (lib/gpu) then pipeline, instead of every call starting at slot 0
+ * behind the previous call's scatter out of it. */
+int cf_paged_load_staged_next(const cf_paged_args_t *a, const cf_paged_stager_t *st,
+                              uint64_t *next_slot);
 
 /* The DMA-only load path: one cudaMemcpyBatchAsync (CUDA >= 12.8) of every contiguous run
  * (one per block and plane in vLLM's layout) straight from pinned host rows a->k / a->v into

@@ -100,6 +100,7 @@ static void cf__wake(cf_ready_slot_t *s) {
 void cf_ready_begin(cf_ready_t *r, int slot, uint64_t req_id) {
   cf_ready_slot_t *s = &r->slots[slot];
   atomic_store(&s->layers, 0);
+  atomic_store(&s->gate, 0);
   atomic_store(&s->req_id, req_id);
   atomic_store(&s->status, CF_READY_RUNNING);
   cf__wake(s);

@@ -23,13 +23,20 @@
 #define CF_READY_RUNNING 0
 #define CF_READY_DONE 1
 #define CF_READY_IDLE 2
+#define CF_READY_GATE_OPEN (1ull << 62)
 
 typedef struct {
   _Atomic uint64_t layers;
   _Atomic int64_t status;     /* CF_READY_* or a negative CF_E* code */
   _Atomic uint64_t req_id;
   _Atomic uint32_t seq;
-  uint32_t pad_[9];           /* one cache line per slot: no false sharing between requests */
+  uint32_t pad0_;
+  /* gate: what GPU streams wait on (lib/gpu/cf_gpu_ready: cuStreamWaitValue64 >= l). The
+   * daemon's GPU writes the layer count here in stream order; CF_READY_GATE_OPEN when the
+   * restore failed, so device-side waiters never hang (the engine then learns the failure
+   * from status, on the CPU). 0 in files of older writers: nothing waits on it there. */
+  _Atomic uint64_t gate;
+  uint32_t pad_[6];           /* one cache line per slot: no false sharing between requests */
 } cf_ready_slot_t;
 
 typedef struct {
@@ -49,7 +56,7 @@ int cf_ready_open(cf_ready_t *r, const char *path);
 /* Unmap; the creator also unlinks. Safe on a zeroed struct. */
 void cf_ready_close(cf_ready_t *r);
 
-/* Writer side (the daemon). begin: layers = 0, status RUNNING, req_id. publish: layers =
+/* Writer side (the daemon). begin: layers = 0, gate = 0, status RUNNING, req_id. publish: layers =
  * max(layers, n). finish: status = DONE (err == 0) or err. Each wakes every waiter. */
 void cf_ready_begin(cf_ready_t *r, int slot, uint64_t req_id);
 void cf_ready_publish(cf_ready_t *r, int slot, uint64_t n_layers_done);

@@ -224,6 +224,8 @@ typedef struct {
   uint64_t tag;       /* in: caller's cookie */
   int status;         /* out: 0, CF_ENOTFOUND, CF_ECORRUPT, CF_EIO, CF_EINVAL */
   int tier;           /* out: tier that served */
+  uint32_t n_tokens;  /* out: tokens of the cell's chunk when status is 0 (its bytes are
+                       * cf_store_cell_bytes_n(geom, n_tokens)) */
   /* private */
   int32_t ssd_slot_;
   uint32_t n_tokens_;

@@ -229,6 +229,7 @@ int cf_store_read_submit(cf_store_reader_t *rd, cf_store_read_t *req) {
       req->status = CF_EINVAL;
       return 1;
     }
+    req->n_tokens = en->n_tokens;
     en->pins++;
     cf__cpu_touch(st, e);
     st->st.cpu_hits++;
@@ -257,6 +258,7 @@ int cf_store_read_submit(cf_store_reader_t *rd, cf_store_read_t *req) {
   int32_t s = en->ssd_slot;
   req->ssd_slot_ = s;
   req->n_tokens_ = en->n_tokens;
+  req->n_tokens = en->n_tokens;
   req->csum_ = st->csum[(size_t)e * st->g.n_layers + req->layer];
   st->ssd_reads[s]++;
   pthread_mutex_unlock(&st->mu);

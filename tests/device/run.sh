@@ -3,14 +3,17 @@
 #
 # Runs in a tree staged by tests/device/stage.sh (prebuilt binaries, libs/, fixtures/):
 #   1. nvidia-smi
-#   2. every kernel test build/tests/kt_* (CPU references, fresh random inputs, poisoned outputs)
+#   2. every kernel test build/tests/kt_* (CPU references, fresh random inputs, poisoned outputs);
+#      kt_gpupath first: lib/gpu across two processes (CUDA IPC, per-layer gate, pinned and SSD
+#      cells into paged blocks, bit-exact), with a longer timeout
 #   3. compute-sanitizer memcheck on the attention, paged, elementwise and backend tests,
 #      racecheck on the wgmma attention kernel; the backend test again with CF_ATTN_IMPL=wgmma
 #   4. cacheflowctl kv --backend cuda on every fixture vs transformers' kv.safetensors
 #      (cacheflowctl kv-compare, bf16 tolerance), whole and chunked
 #   5. benchmarks: attention vs torch SDPA, load path vs contiguous memcpy, GEMM, Llama-3-8B layer
 #      prefill vs transformers' LlamaDecoderLayer (with the mma.sync and with the wgmma attention
-#      kernel), compute ∥ load overlap
+#      kernel), compute ∥ load overlap, and lib/gpu's loader (bench-gpupath: each load mode vs
+#      contiguous memcpy, compute ∥ load, SSD ring -> GPU)
 #   6. a table of ratios, printed last and written to $OUT/results.md (full log: $OUT/log.txt)
 # Without a GPU it checks that everything it would run exists, says so, and exits 0.
 set -u
@@ -26,9 +29,11 @@ export LD_LIBRARY_PATH="$ROOT/libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export CF_FIXTURES="$ROOT/fixtures"
 PY=${PYTHON:-python3}
 
+# stage.sh ships the libraries gzipped (the device tool's carry limit)
+[ -f libs.tgz ] && [ ! -d libs ] && tar xzf libs.tgz
 missing=0
 for f in build/cacheflowctl build/tests/kt_attn build/tests/kt_paged build/tests/kt_elementwise \
-         build/tests/kt_gemm build/tests/kt_backend tests/device/torch_ref.py \
+         build/tests/kt_gemm build/tests/kt_backend build/tests/kt_gpupath tests/device/torch_ref.py \
          tests/device/summarize.py fixtures/public-llama-gqa/kv.safetensors; do
   [ -e "$f" ] || { echo "run.sh: missing $f (stage with tests/device/stage.sh)"; missing=1; }
 done
@@ -71,7 +76,12 @@ step() {
 nvidia-smi | tee -a "$LOG" | head -n 15
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee -a "$LOG"
 
-for t in build/tests/kt_*; do step "$(basename "$t")" 90 "$t"; done
+# lib/gpu first (the newest, unverified code): four engine/daemon process pairs, <= 30 s each.
+step kt_gpupath 150 build/tests/kt_gpupath
+for t in build/tests/kt_*; do
+  [ "$(basename "$t")" = kt_gpupath ] && continue
+  step "$(basename "$t")" 90 "$t"
+done
 
 if [ -n "$SAN" ]; then
   for t in kt_attn kt_paged kt_elementwise kt_backend; do
@@ -112,6 +122,9 @@ step bench-layer 150 build/tests/kt_backend --bench
 # The same layer benchmark with the wgmma attention kernel: RESULT layer_wgmma, so the table
 # shows the prefill ratio vs transformers with each kernel from one call.
 step bench-layer-wgmma 120 env CF_ATTN_IMPL=wgmma build/tests/kt_backend --bench
+# lib/gpu loader: 1 GiB into 16 KiB-1 MiB blocks per mode vs contiguous memcpy; compute ∥ load;
+# SSD ring with the GPU sink vs a memcpy sink (store under $KT_SSD_DIR, default /var/tmp).
+step bench-gpupath 180 build/tests/kt_gpupath --bench
 step bench-torch 240 env PYTHONUNBUFFERED=1 $PY tests/device/torch_ref.py
 rm -f "$OUT/.step"
 

@@ -28,4 +28,8 @@ cp -r ../shared/fixtures/public-llama-gqa "$DEST/fixtures/" 2>/dev/null ||
 cp -r tests/fixtures "$DEST/tests/fixtures"
 cp -r tests/device "$DEST/tests/device"
 chmod -R u+w "$DEST"
+# The device tool carries at most 64 MiB: drop host debug info (device line info stays in the
+# fatbins) and ship the libraries gzipped (53 MiB -> 18 MiB); run.sh unpacks them.
+strip --strip-debug "$DEST"/build/cacheflowctl "$DEST"/build/tests/kt_* "$DEST"/libs/* 2>/dev/null || true
+tar czf "$DEST/libs.tgz" -C "$DEST" libs && rm -rf "$DEST/libs"
 du -sh "$DEST"

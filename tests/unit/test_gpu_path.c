@@ -1,0 +1,121 @@
+/* lib/gpu pieces that need no GPU: argument and layout checks before any CUDA call, the UUID
+ * format, the failure path of the GPU readiness gate (a CPU store that must release CPU
+ * waiters with the error), and the CPU-only build's CF_ENODEV. The GPU halves are checked by
+ * tests/kernels/kt_gpupath.cu on a device (tests/device/run.sh). */
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cf_test.h"
+#include "gpu/cf_gpu_kv.h"
+#include "gpu/cf_gpu_load.h"
+#include "gpu/cf_gpu_ready.h"
+
+CF_TEST(gpu_uuid_string_matches_nvidia_smi_format) {
+  uint8_t u[16];
+  for (int i = 0; i < 16; i++) u[i] = (uint8_t)(0x10 * (i % 16) + i);
+  char s[48];
+  cf_gpu_uuid_str(u, s);
+  CF_CHECK_MSG(strcmp(s, "GPU-00112233-4455-6677-8899-aabbccddeeff") == 0, "got %s", s);
+}
+
+CF_TEST(gpu_kv_rejects_bad_layouts_before_touching_a_gpu) {
+  cf_kv_layout_t lay;
+  CF_CHECK_OK(cf_kv_layout_init(&lay, 2, 8, 16, 2, 64, CF_DT_F32));
+  cf_gpu_ipc_handle_t h[2];
+  memset(h, 0, sizeof h);
+  uint8_t uuid[16] = {0};
+  cf_gpu_kv_t kv;
+  CF_CHECK_EQ(cf_gpu_kv_open(&kv, 0, uuid, &lay, h, NULL, h, NULL), CF_EDTYPE);
+  CF_CHECK(strstr(cf_errmsg(), "2-byte") != NULL);
+  CF_CHECK_OK(cf_kv_layout_init(&lay, 2, 8, 16, 2, 64, CF_DT_BF16));
+  cf_kv_layout_t bad = lay;
+  bad.token_stride = 64; /* smaller than one token's heads (2 x 128 bytes) in NHD order */
+  CF_CHECK_EQ(cf_gpu_kv_open(&kv, 0, uuid, &bad, h, NULL, h, NULL), CF_ESHAPE);
+  CF_CHECK_EQ(cf_gpu_kv_open(&kv, 0, uuid, &lay, NULL, NULL, h, NULL), CF_EINVAL);
+  CF_CHECK(kv.k == NULL && kv.n_opened == 0);
+  /* a good layout gets as far as the device: no GPU here, so ENODEV (or ECUDA from a driver
+   * stub), never success */
+  int rc = cf_gpu_kv_open(&kv, 0, uuid, &lay, h, NULL, h, NULL);
+  CF_CHECK_MSG(rc == CF_ENODEV || rc == CF_ECUDA, "got %s: %s", cf_err_name(rc), cf_errmsg());
+  cf_gpu_kv_close(&kv);
+}
+
+CF_TEST(gpu_kv_wrap_keeps_per_layer_pointers) {
+  cf_kv_layout_t lay;
+  CF_CHECK_OK(cf_kv_layout_init(&lay, 3, 4, 16, 2, 64, CF_DT_BF16));
+  uint8_t *k[3] = {(uint8_t *)0x1000, (uint8_t *)0x9000, (uint8_t *)0x11000};
+  uint8_t *v[3] = {(uint8_t *)0x5000, (uint8_t *)0xd000, (uint8_t *)0x800};
+  cf_gpu_kv_t kv;
+  CF_CHECK_OK(cf_gpu_kv_wrap(&kv, 0, &lay, k, v));
+  for (int l = 0; l < 3; l++) { CF_CHECK(kv.k[l] == k[l]); CF_CHECK(kv.v[l] == v[l]); }
+  CF_CHECK_EQ(kv.layout.block_stride, 16 * 2 * 64 * 2);
+  cf_gpu_kv_close(&kv);
+  CF_CHECK(kv.k == NULL);
+  cf_gpu_kv_close(&kv); /* twice is fine */
+}
+
+typedef struct {
+  cf_ready_t *r;
+  int rc;
+  uint64_t seen;
+} waiter_t;
+
+static void *wait_thread(void *p) {
+  waiter_t *w = p;
+  w->rc = cf_ready_wait(w->r, 1, 3, 5000000000LL, &w->seen);
+  return NULL;
+}
+
+CF_TEST(gpu_ready_fail_opens_gate_and_wakes_cpu_waiters_with_the_error) {
+  char path[1100];
+  snprintf(path, sizeof path, "%s/ready", cf_test_tmpdir());
+  cf_ready_t r;
+  CF_CHECK_OK(cf_ready_create(&r, path, 4));
+  cf_ready_begin(&r, 1, 77);
+  cf_ready_publish(&r, 1, 1);
+  CF_CHECK_EQ(atomic_load(&r.slots[1].gate), 0);
+  waiter_t w = {&r, 1, 0};
+  pthread_t th;
+  pthread_create(&th, NULL, wait_thread, &w);
+  usleep(20000);
+  cf_gpu_ready_t g;
+  memset(&g, 0, sizeof g);
+  g.r = &r; /* the failure path is CPU-only: it must work when the GPU side is broken */
+  cf_gpu_ready_fail(&g, 1, CF_EIO, NULL);
+  pthread_join(th, NULL);
+  CF_CHECK_EQ(w.rc, CF_EIO);
+  CF_CHECK_EQ(w.seen, 1);
+  CF_CHECK_EQ(atomic_load(&r.slots[1].gate), CF_READY_GATE_OPEN);
+  CF_CHECK_EQ(atomic_load(&r.slots[1].layers), 1); /* CPU waiters still see the true count */
+  cf_gpu_ready_fail(&g, 9, CF_EIO, NULL); /* out of range: ignored, not a crash */
+  cf_ready_begin(&r, 1, 78);        /* a new restore closes the gate again */
+  CF_CHECK_EQ(atomic_load(&r.slots[1].gate), 0);
+  cf_ready_close(&r);
+}
+
+CF_TEST(gpu_loader_and_ready_refuse_without_a_gpu) {
+  cf_gpu_loader_t ld;
+  int rc = cf_gpu_loader_init(&ld, CF_GPU_LOAD_STAGED, 0);
+  if (rc == 0) { /* a GPU after all (a developer machine): nothing to check here */
+    cf_gpu_loader_close(&ld);
+    cf_test_skip("a CUDA device is present: kt_gpupath covers it");
+    return;
+  }
+  CF_CHECK_MSG(rc == CF_ENODEV || rc == CF_ECUDA, "got %s", cf_err_name(rc));
+  CF_CHECK(ld.scatter == NULL);
+  int32_t t[2] = {0, 1};
+  rc = cf_gpu_loader_set_table(&ld, t, 2); /* a failed init leaves nothing usable */
+  CF_CHECK_MSG(rc == CF_EINVAL || rc == CF_ENODEV, "got %s", cf_err_name(rc));
+  cf_ready_t r;
+  char path[1100];
+  snprintf(path, sizeof path, "%s/ready", cf_test_tmpdir());
+  CF_CHECK_OK(cf_ready_create(&r, path, 2));
+  cf_gpu_ready_t g;
+  rc = cf_gpu_ready_init(&g, &r, 0);
+  CF_CHECK_MSG(rc == CF_ENODEV || rc == CF_ECUDA, "got %s", cf_err_name(rc));
+  cf_gpu_ready_close(&g);
+  cf_ready_close(&r);
+  cf_gpu_loader_close(&ld);
+}
