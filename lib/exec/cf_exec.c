@@ -1,9 +1,11 @@
 /* cf_exec — see cf_exec.h for the contract. Structure of one run:
  *
  *   one mutex + condvar guard the per-request cell states; work happens outside the lock:
- *     loader threads: task list (layer-major) -> rate limit -> source -> claim -> copy -> present
- *     compute (caller): pick the lowest ready (layer, chunk) run -> gather staging -> forward
- *                       -> scatter -> present
+ *     loader threads: task list (layer-major) -> rate limit -> source -> claim -> ops.load -> present
+ *     compute (caller): pick the lowest ready (layer, chunk) run -> ops.gather -> ops.forward
+ *                       -> ops.write -> present
+ *   every byte moves through ex->ops (cf_exec_ops.h); this file never touches KV data, so the
+ *   CPU and GPU data paths share this scheduler.
  *   a cell is written to the engine exactly once: whoever moves it out of PENDING (a loader
  *   after a successful read, or the compute thread when it picks the cell's run) writes it.
  */
@@ -27,13 +29,16 @@ typedef struct {
   int n_chunks, L, C, T;
   size_t row;                /* elements per token row: n_kv_heads * head_dim */
   size_t es;                 /* bytes per element of the engine buffer (= the cells' dtype) */
+  const cf_exec_ops_t *ops;
+  void *rs;                  /* the data path's request state */
   uint8_t *state, *staged;   /* [n_chunks * L] */
   int *H, *D;                /* per chunk: target computed height, computed so far */
   int *prefix;               /* per layer: leading chunks present */
   int *present;              /* per layer: chunks present */
   int *stage_upto;           /* per layer: loaded cells of chunks < this go to staging too */
-  float **sk, **sv;          /* per layer contiguous K/V staging ([T][row]) or NULL */
-  float *hid[2];             /* hidden states [T][hidden], parity by layer */
+  uint8_t *has_stage;        /* per layer: ops.req_stage succeeded (loaders may stage into it) */
+  int has_hidden;
+  int begun;                 /* ops.begin ran (ops.finish ends it) */
   int ready, done;
   int follow;                /* compute runs the plan's ops (r->cops) in order */
   int next_op;               /* the next of them */
@@ -75,13 +80,27 @@ static inline int cf__t1(const cf__rq_t *q, int c) {
   return t < q->T ? t : q->T;
 }
 
-int cf_exec_init(cf_exec_t *ex, cf_backend_t *be, int n_loaders) {
+int cf_exec_init_ops(cf_exec_t *ex, cf_backend_t *be, int n_loaders, const cf_exec_ops_t *ops,
+                     void *dev) {
   if (!be || !be->model) return cf_seterr(CF_EINVAL, "exec: backend with a model required");
   if (n_loaders < 1 || n_loaders > 64)
     return cf_seterr(CF_EINVAL, "exec: n_loaders %d not in [1, 64]", n_loaders);
+  if (!ops) return cf_seterr(CF_EINVAL, "exec: no data path (ops)");
   ex->be = be;
   ex->n_loaders = n_loaders;
+  ex->ops = ops;
+  ex->dev = dev;
   return 0;
+}
+
+int cf_exec_init(cf_exec_t *ex, cf_backend_t *be, int n_loaders) {
+  return cf_exec_init_ops(ex, be, n_loaders, &cf_exec_cpu_ops, be);
+}
+
+/* The engine buffer's layout, whichever data path's buffer the request carries. */
+static const cf_kv_layout_t *cf__layout(const cf_exec_req_t *r) {
+  if (r->kv) return &r->kv->layout;
+  return r->gkv ? &r->gkv->layout : NULL;
 }
 
 int cf_exec_validate(const cf_exec_t *ex, const cf_exec_req_t *r) {
@@ -89,14 +108,16 @@ int cf_exec_validate(const cf_exec_t *ex, const cf_exec_req_t *r) {
   int L = mc->n_layers;
   if (r->n_tokens <= 0) return cf_seterr(CF_EINVAL, "restore: n_tokens %d must be > 0", r->n_tokens);
   if (r->chunk_tokens <= 0) return cf_seterr(CF_EINVAL, "restore: chunk_tokens %d must be > 0", r->chunk_tokens);
-  if (!r->kv || !r->kv->k) return cf_seterr(CF_EINVAL, "restore: no engine kv buffer");
-  int rc = cf_kv_layout_check(&r->kv->layout, mc);
+  int rc = ex->ops->validate ? ex->ops->validate(ex->dev, r) : 0;
   if (rc) return rc;
-  int need = (r->n_tokens + r->kv->layout.block_size - 1) / r->kv->layout.block_size;
+  const cf_kv_layout_t *lay = cf__layout(r);
+  if (!lay) return cf_seterr(CF_EINVAL, "restore: no engine kv buffer");
+  if ((rc = cf_kv_layout_check(lay, mc))) return rc;
+  int need = (r->n_tokens + lay->block_size - 1) / lay->block_size;
   if (!r->blocks || r->n_blocks < need)
     return cf_seterr(CF_ERANGE, "restore: %d tokens need %d blocks of %d, block table has %d",
-                     r->n_tokens, need, r->kv->layout.block_size, r->n_blocks);
-  if ((rc = cf_kvmap_check_blocks(&r->kv->layout, r->blocks, need))) return rc;
+                     r->n_tokens, need, lay->block_size, r->n_blocks);
+  if ((rc = cf_kvmap_check_blocks(lay, r->blocks, need))) return rc;
   if (!r->h) return cf_seterr(CF_EINVAL, "restore: no plan (h)");
   /* always required: a failed load falls back to computing its chunk from layer 0 */
   if (!r->tokens) return cf_seterr(CF_EINVAL, "restore: no token ids");
@@ -114,9 +135,9 @@ int cf_exec_validate(const cf_exec_t *ex, const cf_exec_req_t *r) {
         return cf_seterr(CF_ERANGE, "restore: chunk %d source tier index %d not in [0, %d)", c,
                          r->src[c]->tier_index, CF_EXEC_MAX_TIERS);
       /* loaded cells are copied bit for bit: the engine must hold the store's dtype */
-      if (r->src[c]->dtype != r->kv->layout.dtype)
+      if (r->src[c]->dtype != lay->dtype)
         return cf_seterr(CF_EDTYPE, "restore: chunk %d: %s tier holds %s cells, the engine buffer is %s", c,
-                         r->src[c]->tier, cf_dtype_name(r->src[c]->dtype), cf_dtype_name(r->kv->layout.dtype));
+                         r->src[c]->tier, cf_dtype_name(r->src[c]->dtype), cf_dtype_name(lay->dtype));
     }
   }
   if (r->ready && (r->ready_slot < 0 || r->ready_slot >= r->ready->n_slots))
@@ -132,7 +153,8 @@ static void cf__finish(cf__rq_t *q, int err) {
   q->r->err = err;
   q->r->stats.t_done_ns = cf__now();
   q->r->stats.layers_ready = q->ready;
-  if (q->r->ready) cf_ready_finish(q->r->ready, q->r->ready_slot, err);
+  if (q->begun) q->ops->finish(q->rs, err);
+  else if (q->r->ready) cf_ready_finish(q->r->ready, q->r->ready_slot, err); /* init failed */
 }
 
 /* Cell (c, l) reached the engine: advance the prefix and readiness counters. */
@@ -147,7 +169,7 @@ static void cf__present(cf__rq_t *q, int c, int l) {
   }
   if (q->ready != before) {
     q->r->stats.layers_ready = q->ready;
-    if (q->r->ready) cf_ready_publish(q->r->ready, q->r->ready_slot, (uint64_t)q->ready);
+    q->ops->publish(q->rs, q->ready);
     if (q->r->on_layer) q->r->on_layer(q->r, q->ready, q->r->on_layer_arg);
     if (q->ready == q->L) cf__finish(q, 0);
   }
@@ -159,10 +181,19 @@ static int cf__cancelled(const cf__rq_t *q) {
 
 /* ---------------------------------------------------------------- loaders */
 
+typedef struct {
+  cf__run_t *run;
+  int index;
+} cf__loader_arg_t;
+
 static void *cf__loader(void *arg) {
-  cf__run_t *run = arg;
+  cf__run_t *run = ((cf__loader_arg_t *)arg)->run;
+  const cf_exec_ops_t *ops = run->ex->ops;
+  void *dev = run->ex->dev;
   size_t cap = 0;   /* bytes of kb */
   uint8_t *kb = NULL;
+  void *ls = NULL;
+  int lrc = ops->loader_init(dev, ((cf__loader_arg_t *)arg)->index, &ls);
   for (;;) {
     int i = atomic_fetch_add(&run->next, 1);
     if (i >= run->n_tasks) break;
@@ -182,65 +213,60 @@ static void *cf__loader(void *arg) {
     cf_cellsrc_t *src = q->r->src[t.c];
     size_t cell = (size_t)q->C * q->row;            /* elements of K (or V) */
     size_t cell_bytes = 2 * cell * q->es;           /* K and V in the store's dtype */
-    cf_ratelimit_acquire(src->limit, cell_bytes);
-    const void *pk, *pv;
+    const void *pk = NULL, *pv = NULL;
     void *hold = NULL;
-    int rc;
-    if (src->acquire) {
-      rc = src->acquire(src, q->r->ref ? q->r->ref[t.c] : NULL, t.l, &pk, &pv, &hold);
-    } else {
-      if (cap < cell_bytes) { /* 4096-aligned: O_DIRECT tiers read straight into it */
-        free(kb);
-        size_t bytes = (cell_bytes + 4095) & ~(size_t)4095;
-        kb = aligned_alloc(4096, bytes);
-        cap = kb ? cell_bytes : 0;
+    int rc = lrc; /* a loader whose data path failed to start fails its cells: recomputed */
+    if (!rc) {
+      cf_ratelimit_acquire(src->limit, cell_bytes);
+      if (src->acquire) {
+        rc = src->acquire(src, q->r->ref ? q->r->ref[t.c] : NULL, t.l, &pk, &pv, &hold);
+      } else {
+        if (cap < cell_bytes) { /* 4096-aligned: O_DIRECT tiers read straight into it */
+          if (kb) ops->host_free(dev, kb, cap);
+          kb = ops->host_alloc(dev, cell_bytes);
+          cap = kb ? cell_bytes : 0;
+        }
+        rc = cap ? src->read(src, q->r->ref ? q->r->ref[t.c] : NULL, t.l, kb)
+                 : cf_seterr(CF_ENOMEM, "exec: cell buffer of %zu bytes", cell_bytes);
+        pk = kb; pv = kb + cell_bytes / 2;
       }
-      rc = cap ? src->read(src, q->r->ref ? q->r->ref[t.c] : NULL, t.l, kb) : CF_ENOMEM;
-      pk = kb; pv = kb + cell_bytes / 2;
     }
 
+    int acquired = src->acquire && !rc; /* released once the cell's bytes are moved */
     pthread_mutex_lock(&run->mu);
-    int claim = 0;
-    float *sk = NULL, *sv = NULL;
+    int claim = 0, stage = 0;
+    if (!rc && !q->done && q->state[ix] == CELL_PENDING && q->H[t.c] <= t.l) {
+      claim = 1;
+      q->state[ix] = CELL_LOADING;
+      stage = q->has_stage[t.l] && t.c < q->stage_upto[t.l];
+    }
+    pthread_mutex_unlock(&run->mu);
+
+    if (claim) rc = ops->load(ls, q->rs, t.l, t.c * q->C, t.c * q->C + q->C, pk, pv, stage);
+    if (src->release && acquired) src->release(src, hold);
+
+    pthread_mutex_lock(&run->mu);
     if (rc) {
       /* fall back to recomputing: chunk c must now be computed up to layer l */
       q->r->stats.load_failures++;
       CF_DEBUG("exec: load (chunk %d, layer %d) from %s failed (%s: %s): recomputing", t.c, t.l,
                src->tier, cf_err_name(rc), cf_errmsg());
+      if (claim) q->state[ix] = CELL_PENDING;
       if (!q->done && q->state[ix] == CELL_PENDING && q->H[t.c] <= t.l) {
         q->H[t.c] = t.l + 1;
         q->follow = 0; /* the plan's ops no longer cover the computed cells */
       }
-      pthread_cond_broadcast(&run->cv);
-    } else if (!q->done && q->state[ix] == CELL_PENDING && q->H[t.c] <= t.l) {
-      claim = 1;
-      q->state[ix] = CELL_LOADING;
-      if (q->sk[t.l] && t.c < q->stage_upto[t.l]) { sk = q->sk[t.l]; sv = q->sv[t.l]; }
-    }
-    pthread_mutex_unlock(&run->mu);
-    if (rc) continue;
-
-    if (claim) {
-      int t0 = t.c * q->C;
-      /* the stored bytes go to the engine unchanged; the compute attends over them widened */
-      cf_kvmap_scatter(q->r->kv, t.l, q->r->blocks, t0, t0 + q->C, pk, pv);
-      if (sk) {
-        cf_dtype_to_f32(src->dtype, pk, sk + (size_t)t0 * q->row, cell);
-        cf_dtype_to_f32(src->dtype, pv, sv + (size_t)t0 * q->row, cell);
-      }
-    }
-    if (src->release) src->release(src, hold);
-    if (claim) {
-      pthread_mutex_lock(&run->mu);
-      q->staged[ix] = sk ? STAGE_YES : STAGE_NO;
+    } else if (claim) {
+      q->staged[ix] = stage ? STAGE_YES : STAGE_NO;
       q->r->stats.cells_loaded[src->tier_index]++;
       q->r->stats.bytes_loaded[src->tier_index] += cell_bytes;
       cf__present(q, t.c, t.l);
-      pthread_cond_broadcast(&run->cv);
-      pthread_mutex_unlock(&run->mu);
     }
+    if (rc || claim) pthread_cond_broadcast(&run->cv);
+    pthread_mutex_unlock(&run->mu);
   }
-  free(kb);
+  if (kb) ops->host_free(dev, kb, cap);
+  if (!lrc) ops->loader_free(ls);
   return NULL;
 }
 
@@ -305,52 +331,44 @@ static int cf__all_done(cf__run_t *run) {
 /* Run one picked (chunks [c0, c1], layer l) step. Called without the lock. */
 static int cf__compute(cf__run_t *run, const cf__pick_t *p, const uint8_t *mine) {
   cf__rq_t *q = &run->rq[p->r];
-  const cf_model_config_t *mc = &run->ex->be->model->cfg;
   int l = p->l, t0 = p->c0 * q->C, t1 = cf__t1(q, p->c1);
-  float *k[1] = {q->sk[l]}, *v[1] = {q->sv[l]};
-  cf_fwd_args_t a = {
-      .l0 = l, .l1 = l + 1, .t0 = t0, .t1 = t1,
-      .tokens = q->r->tokens ? q->r->tokens + t0 : NULL,
-      .hidden_in = l > 0 ? q->hid[l % 2] + (size_t)t0 * mc->hidden : NULL,
-      .k = k, .v = v,
-      .hidden_out = l + 1 < q->L ? q->hid[(l + 1) % 2] + (size_t)t0 * mc->hidden : NULL,
-  };
   int64_t s = cf__now();
-  int rc = cf_backend_forward(run->ex->be, &a);
+  int rc = q->ops->forward(q->rs, l, t0, t1);
   q->r->stats.compute_busy_ns += cf__now() - s;
   q->r->stats.forward_calls++;
   q->r->stats.step_tokens += t1 - t0;
   q->r->stats.step_attn += (t1 - t0) * (t0 + 0.5 * (t1 - t0));
   if (rc) return cf_err_prefix(rc, "exec: forward (layer %d, tokens [%d, %d)): ", l, t0, t1);
+  /* computed rows go to the engine in runs of consecutive chunks this step owns (already
+   * loaded ones keep the stored bytes) */
   for (int c = p->c0; c <= p->c1; c++) {
-    if (!mine[c - p->c0]) continue; /* already loaded: keep the stored bytes */
-    int a0 = c * q->C, a1 = cf__t1(q, c);
-    /* computed in fp32: rounded to the engine's dtype on the way in */
-    cf_kvmap_scatter_f32(q->r->kv, l, q->r->blocks, a0, a1, q->sk[l] + (size_t)a0 * q->row,
-                         q->sv[l] + (size_t)a0 * q->row);
+    if (!mine[c - p->c0]) continue;
+    int e = c;
+    while (e < p->c1 && mine[e + 1 - p->c0]) e++;
+    if ((rc = q->ops->write(q->rs, l, c * q->C, cf__t1(q, e))))
+      return cf_err_prefix(rc, "exec: write (layer %d, tokens [%d, %d)): ", l, c * q->C, cf__t1(q, e));
+    c = e;
   }
   return 0;
 }
 
-/* Buffers a step needs that the plan did not foresee (a load failure raised a chunk).
- * Lock held; only the compute thread allocates, loaders read the pointers under the lock. */
-static int cf__ensure_buffers(cf__rq_t *q, int l, int hidden) {
-  size_t n = (size_t)q->T * q->row;
-  if (!q->sk[l]) {
-    q->sk[l] = calloc(n, sizeof(float));
-    q->sv[l] = calloc(n, sizeof(float));
-    if (!q->sk[l] || !q->sv[l]) return cf_seterr(CF_ENOMEM, "exec: staging for layer %d (%zu floats)", l, n);
+/* Buffers a step needs (staging of layer l, hidden states); the plan's are made at init, a
+ * load failure that raised a chunk needs more. Lock held; only the compute thread (or init)
+ * calls it, loaders read has_stage under the lock. */
+static int cf__ensure_buffers(cf__rq_t *q, int l) {
+  int rc;
+  if (!q->has_stage[l]) {
+    if ((rc = q->ops->req_stage(q->rs, l))) return rc;
+    q->has_stage[l] = 1;
   }
-  if (!q->hid[0] && q->L > 1) {
-    q->hid[0] = malloc((size_t)q->T * hidden * sizeof(float));
-    q->hid[1] = malloc((size_t)q->T * hidden * sizeof(float));
-    if (!q->hid[0] || !q->hid[1]) return cf_seterr(CF_ENOMEM, "exec: hidden states %d x %d", q->T, hidden);
+  if (!q->has_hidden) {
+    if ((rc = q->ops->req_hidden(q->rs))) return rc;
+    q->has_hidden = 1;
   }
   return 0;
 }
 
 static void cf__compute_loop(cf__run_t *run) {
-  int hidden = run->ex->be->model->cfg.hidden;
   uint8_t *mine = NULL;
   int mine_cap = 0;
   pthread_mutex_lock(&run->mu);
@@ -378,7 +396,7 @@ static void cf__compute_loop(cf__run_t *run) {
       if (!m2) { cf__finish(q, cf_seterr(CF_ENOMEM, "exec: run of %d chunks", nrun)); continue; }
       mine = m2; mine_cap = nrun;
     }
-    int rc = cf__ensure_buffers(q, p.l, hidden);
+    int rc = cf__ensure_buffers(q, p.l);
     if (rc) { cf__finish(q, rc); continue; }
     for (int c = p.c0; c <= p.c1; c++) {
       uint8_t *st = &q->state[cf__ix(q, c, p.l)];
@@ -393,14 +411,16 @@ static void cf__compute_loop(cf__run_t *run) {
       if (q->staged[ix] == STAGE_NO) { q->staged[ix] = STAGE_GATHERING; g1 = c + 1; }
     }
     pthread_mutex_unlock(&run->mu);
-    for (int c = 0; c < g1; c++) {
-      size_t ix = cf__ix(q, c, p.l);
-      if (q->staged[ix] != STAGE_GATHERING) continue;
-      int a0 = c * q->C;
-      cf_kvmap_gather_f32(q->r->kv, p.l, q->r->blocks, a0, cf__t1(q, c), q->sk[p.l] + (size_t)a0 * q->row,
-                          q->sv[p.l] + (size_t)a0 * q->row);
+    /* in runs of consecutive chunks: one op each */
+    for (int c = 0; c < g1 && !rc; c++) {
+      if (q->staged[cf__ix(q, c, p.l)] != STAGE_GATHERING) continue;
+      int e = c;
+      while (e + 1 < g1 && q->staged[cf__ix(q, e + 1, p.l)] == STAGE_GATHERING) e++;
+      if ((rc = q->ops->gather(q->rs, p.l, c * q->C, cf__t1(q, e))))
+        rc = cf_err_prefix(rc, "exec: gather (layer %d, tokens [%d, %d)): ", p.l, c * q->C, cf__t1(q, e));
+      c = e;
     }
-    rc = cf__compute(run, &p, mine);
+    if (!rc) rc = cf__compute(run, &p, mine);
     pthread_mutex_lock(&run->mu);
     for (int c = 0; c < g1; c++)
       if (q->staged[cf__ix(q, c, p.l)] == STAGE_GATHERING) q->staged[cf__ix(q, c, p.l)] = STAGE_YES;
@@ -427,9 +447,8 @@ static void cf__compute_loop(cf__run_t *run) {
 
 static void cf__rq_free(cf__rq_t *q) {
   free(q->state); free(q->staged); free(q->H); free(q->D); free(q->prefix); free(q->present);
-  free(q->stage_upto);
-  if (q->sk) for (int l = 0; l < q->L; l++) { free(q->sk[l]); free(q->sv[l]); }
-  free(q->sk); free(q->sv); free(q->hid[0]); free(q->hid[1]);
+  free(q->stage_upto); free(q->has_stage);
+  if (q->ops) q->ops->req_free(q->rs);
 }
 
 /* Can the compute worker run r->cops strictly in order? They must compute exactly the cells
@@ -468,22 +487,26 @@ static int cf__cops_match(cf__rq_t *q) {
   return ok && cells == want;
 }
 
-static int cf__rq_init(cf__rq_t *q, cf_exec_req_t *r, const cf_model_config_t *mc) {
+static int cf__rq_init(cf__rq_t *q, cf_exec_req_t *r, const cf_exec_t *ex) {
+  const cf_model_config_t *mc = &ex->be->model->cfg;
   memset(q, 0, sizeof *q);
   q->r = r;
+  q->ops = ex->ops;
   q->L = mc->n_layers; q->C = r->chunk_tokens; q->T = r->n_tokens;
   q->n_chunks = (q->T + q->C - 1) / q->C;
   q->row = (size_t)mc->n_kv_heads * mc->head_dim;
-  q->es = cf_kv_elem_size(r->kv->layout.dtype);
+  q->es = cf_kv_elem_size(cf__layout(r)->dtype);
   size_t cells = (size_t)q->n_chunks * q->L;
   q->state = calloc(cells, 1); q->staged = calloc(cells, 1);
   q->H = calloc(q->n_chunks, sizeof(int)); q->D = calloc(q->n_chunks, sizeof(int));
   q->prefix = calloc(q->L, sizeof(int)); q->present = calloc(q->L, sizeof(int));
   q->stage_upto = calloc(q->L, sizeof(int));
-  q->sk = calloc(q->L, sizeof(float *)); q->sv = calloc(q->L, sizeof(float *));
+  q->has_stage = calloc(q->L, 1);
   if (!q->state || !q->staged || !q->H || !q->D || !q->prefix || !q->present || !q->stage_upto ||
-      !q->sk || !q->sv)
+      !q->has_stage)
     return cf_seterr(CF_ENOMEM, "exec: state for %d chunks x %d layers", q->n_chunks, q->L);
+  int rc = ex->ops->req_init(ex->dev, r, &q->rs);
+  if (rc) return rc;
   memset(&r->stats, 0, sizeof r->stats);
   r->err = 0;
   for (int c = 0; c < q->n_chunks; c++) {
@@ -496,13 +519,13 @@ static int cf__rq_init(cf__rq_t *q, cf_exec_req_t *r, const cf_model_config_t *m
     int computes = 0;
     for (int c = 0; c < q->n_chunks && !computes; c++) computes = r->h[c] > l;
     if (!computes) continue;
-    size_t n = (size_t)q->T * q->row;
-    q->sk[l] = calloc(n, sizeof(float)); q->sv[l] = calloc(n, sizeof(float));
-    if (!q->sk[l] || !q->sv[l]) return cf_seterr(CF_ENOMEM, "exec: staging for layer %d (%zu floats)", l, n);
+    if ((rc = ex->ops->req_stage(q->rs, l))) return rc;
+    q->has_stage[l] = 1;
   }
   q->follow = cf__cops_match(q);
   r->stats.t_start_ns = cf__now();
-  if (r->ready) cf_ready_begin(r->ready, r->ready_slot, r->req_id);
+  q->ops->begin(q->rs);
+  q->begun = 1;
   return 0;
 }
 
@@ -516,6 +539,7 @@ int cf_exec_run(cf_exec_t *ex, cf_exec_req_t *reqs, int n) {
   cf__run_t run = {.ex = ex, .n = n};
   int rc = 0;
   pthread_t th[64];
+  cf__loader_arg_t la[64];
   int nth = 0;
   run.rq = calloc((size_t)n, sizeof(cf__rq_t));
   if (!run.rq) return cf_seterr(CF_ENOMEM, "exec: %d requests", n);
@@ -523,7 +547,7 @@ int cf_exec_run(cf_exec_t *ex, cf_exec_req_t *reqs, int n) {
   pthread_cond_init(&run.cv, NULL);
   size_t ntask = 0;
   for (int i = 0; i < n && !rc; i++) {
-    rc = cf__rq_init(&run.rq[i], &reqs[i], mc);
+    rc = cf__rq_init(&run.rq[i], &reqs[i], ex);
     for (int c = 0; c < run.rq[i].n_chunks && !rc; c++) ntask += (size_t)(mc->n_layers - reqs[i].h[c]);
   }
   if (!rc && ntask && !(run.tasks = malloc(ntask * sizeof(cf__task_t))))
@@ -542,8 +566,10 @@ int cf_exec_run(cf_exec_t *ex, cf_exec_req_t *reqs, int n) {
   if (run.n_tasks > 1) qsort(run.tasks, (size_t)run.n_tasks, sizeof(cf__task_t), cf__task_cmp);
   atomic_init(&run.next, 0);
   int want = ex->n_loaders < run.n_tasks ? ex->n_loaders : run.n_tasks;
-  for (; nth < want; nth++)
-    if (pthread_create(&th[nth], NULL, cf__loader, &run)) break;
+  for (; nth < want; nth++) {
+    la[nth] = (cf__loader_arg_t){&run, nth};
+    if (pthread_create(&th[nth], NULL, cf__loader, &la[nth])) break;
+  }
   if (want && !nth) {
     rc = cf_seterr(CF_ENOMEM, "exec: cannot start loader threads");
     for (int i = 0; i < n; i++) cf__finish(&run.rq[i], rc);

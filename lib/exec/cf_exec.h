@@ -1,4 +1,9 @@
-/* cf_exec — runs restore plans on the CPU with real overlap of compute and loads.
+/* cf_exec — runs restore plans with real overlap of compute and loads.
+ *
+ * One scheduler (this file's contract) over a data path chosen at init (cf_exec_ops.h):
+ * cf_exec_init() = the CPU data path described below; cf_exec_init_ops() with cf_exec_gpu_ops
+ * (cf_exec_gpu.h) = the same scheduler driving the GPU (device staging, cf_gpu_load,
+ * cf_backend_cuda_forward_dev, paged kernels, cf_gpu_ready gates).
  *
  * A restore request covers the first n_tokens of a prefix in chunks of C tokens; the plan is
  * a staircase h[c] (chunk c's layers [0, h[c]) are COMPUTED, the rest LOADED from the chunk's
@@ -37,6 +42,8 @@
 #include <stdint.h>
 
 #include "exec/cf_cellsrc.h"
+#include "exec/cf_exec_ops.h"
+#include "gpu/cf_gpu_kv.h"
 #include "ipc/cf_kvmap.h"
 #include "ipc/cf_ready.h"
 #include "model/cf_backend.h"
@@ -89,7 +96,9 @@ typedef struct cf_exec_req_s {
   int n_cops;
   void *const *ref;             /* [n_chunks] opaque per-chunk handles passed to the source */
   /* where to */
-  cf_kvmap_t *kv;               /* the engine's paged buffer (f32, bf16 or f16: the sources' dtype) */
+  cf_kvmap_t *kv;               /* the engine's paged buffer (f32, bf16 or f16: the sources' dtype);
+                                   the CPU data path's */
+  const cf_gpu_kv_t *gkv;       /* the GPU data path's engine buffer instead (kv NULL) */
   const int32_t *blocks;        /* block table: token t -> blocks[t / block_size] */
   int n_blocks;                 /* entries in blocks: >= ceil(T / block_size) */
   cf_ready_t *ready;            /* NULL or the readiness file; slot below */
@@ -106,12 +115,18 @@ typedef struct cf_exec_req_s {
 } cf_exec_req_t;
 
 typedef struct {
-  cf_backend_t *be;   /* borrowed */
-  int n_loaders;      /* loader threads per run (>= 1) */
+  cf_backend_t *be;          /* borrowed */
+  int n_loaders;             /* loader threads per run (>= 1) */
+  const cf_exec_ops_t *ops;  /* the data path */
+  void *dev;                 /* its state (CPU: be; GPU: a cf_exec_gpu_t), borrowed */
 } cf_exec_t;
 
-/* Init an executor on backend `be` (borrowed) with n_loaders loader threads (1..64). */
+/* Init an executor on backend `be` (borrowed) with n_loaders loader threads (1..64), on the
+ * CPU data path. */
 int cf_exec_init(cf_exec_t *ex, cf_backend_t *be, int n_loaders);
+/* The same on data path `ops` with state `dev` (borrowed; outlives the executor). */
+int cf_exec_init_ops(cf_exec_t *ex, cf_backend_t *be, int n_loaders, const cf_exec_ops_t *ops,
+                     void *dev);
 
 /* Validate every request of the batch against the model and its engine buffer: token count,
  * chunk size, staircase values, sources where cells are loaded, block table size and range.
