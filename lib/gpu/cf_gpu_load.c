@@ -37,6 +37,7 @@ void cf_gpu_pinned_free(void *p, size_t bytes, void *ud) { (void)p; (void)bytes;
 
 #else
 
+#include "gpu/cf_gpu_rows.h"
 #include "kernels/cf_cuda_check.h"
 #include "kernels/cf_paged.h"
 
@@ -159,29 +160,10 @@ int cf_gpu_loader_set_table(cf_gpu_loader_t *ld, const int32_t *table, int n) {
   return 0;
 }
 
-/* Layer `l` of `kv` as the paged kernel's single-base layout. The kernel addresses V as
- * cache + kv_stride (> 0), so when the engine's V buffer lies below its K buffer (separate
- * allocations) the base is V and the planes swap (*swap = 1). */
+/* Layer `l` of `kv` as the paged kernel's single-base layout (cf_gpu_rows.h). */
 static int cf__layer_paged(const cf_gpu_kv_t *kv, int l, cf_paged_layout_t *pl, cf_bf16_t **cache,
                            int *swap) {
-  const cf_kv_layout_t *L = &kv->layout;
-  if (l < 0 || l >= L->n_layers)
-    return cf_seterr(CF_EINVAL, "gpu load: layer %d out of range [0, %d)", l, L->n_layers);
-  uintptr_t k = (uintptr_t)kv->k[l], v = (uintptr_t)kv->v[l];
-  if (k == v || k % 2 || v % 2 || L->block_stride % 2 || L->token_stride % 2 || L->head_stride % 2)
-    return cf_seterr(CF_EINVAL, "gpu load: layer %d: K %p / V %p and strides must be distinct and "
-                     "2-byte aligned", l, (void *)k, (void *)v);
-  *swap = v < k;
-  pl->num_blocks = L->num_blocks;
-  pl->block_size = L->block_size;
-  pl->n_kv_heads = L->n_kv_heads;
-  pl->head_dim = L->head_dim;
-  pl->block_stride = (int64_t)(L->block_stride / 2);
-  pl->token_stride = (int64_t)(L->token_stride / 2);
-  pl->head_stride = (int64_t)(L->head_stride / 2);
-  pl->kv_stride = (int64_t)((*swap ? k - v : v - k) / 2);
-  *cache = (cf_bf16_t *)(*swap ? v : k);
-  return 0;
+  return cf_gpu_kv_layer_paged(kv, l, pl, (void **)cache, swap);
 }
 
 int cf_gpu_loader_flush(cf_gpu_loader_t *ld, cudaStream_t s) {

@@ -1,0 +1,296 @@
+/* cf_exec_gpu — see cf_exec_gpu.h. UNVERIFIED on a GPU (see the header). */
+#include "exec/cf_exec_gpu.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "gpu/cf_gpu_rows.h"
+#include "util/cf_err.h"
+
+#if !(defined(CF_HAVE_CUDA) && CF_HAVE_CUDA)
+
+int cf_exec_gpu_init(cf_exec_gpu_t *g, cf_backend_t *be, int device, cf_gpu_ready_t *gready,
+                     cf_gpu_load_mode_t mode) {
+  (void)be; (void)device; (void)gready; (void)mode;
+  memset(g, 0, sizeof *g);
+  return cf_seterr(CF_ENODEV, "gpu executor: CUDA not built into this binary");
+}
+void cf_exec_gpu_close(cf_exec_gpu_t *g) { memset(g, 0, sizeof *g); }
+
+/* cf_exec_run validates every request before anything else: nothing past this runs. */
+static int cf__gx_nocuda(void *dev, const cf_exec_req_t *r) {
+  (void)dev; (void)r;
+  return cf_seterr(CF_ENODEV, "gpu executor: CUDA not built into this binary");
+}
+const cf_exec_ops_t cf_exec_gpu_ops = {.name = "gpu", .validate = cf__gx_nocuda};
+
+#else
+
+#include "kernels/cf_cuda_check.h"
+#include "model/cf_backend_cuda.h"
+
+typedef struct {
+  cf_exec_gpu_t *g;
+  cf_exec_req_t *r;
+  int L, T, hidden;
+  int64_t row;            /* elements per token row */
+  uint16_t **sk, **sv;    /* [L] device bf16 [T][row] or NULL */
+  float *hid[2];          /* device fp32 [T][hidden] */
+  int32_t *d_tokens;      /* device [T] */
+  int32_t *d_table;       /* device block table [n_blocks] */
+  int gready;             /* publish through g->gready (the request's file is its file) */
+} cf__gx_rq_t;
+
+typedef struct {
+  cf_exec_gpu_t *g;
+  cf_gpu_loader_t ld;
+  const cf__gx_rq_t *table_of; /* the request whose block table the loader holds */
+  cudaEvent_t done;
+} cf__gx_ld_t;
+
+int cf_exec_gpu_init(cf_exec_gpu_t *g, cf_backend_t *be, int device, cf_gpu_ready_t *gready,
+                     cf_gpu_load_mode_t mode) {
+  memset(g, 0, sizeof *g);
+  if (!be || !be->model || !be->name || strcmp(be->name, "cuda") != 0)
+    return cf_seterr(CF_EINVAL, "gpu executor: needs the cuda backend (got %s)",
+                     be && be->name ? be->name : "none");
+  if (mode != CF_GPU_LOAD_STAGED && mode != CF_GPU_LOAD_ZEROCOPY && mode != CF_GPU_LOAD_ARENA)
+    return cf_seterr(CF_EINVAL, "gpu executor: unknown load mode %d", (int)mode);
+  g->be = be; g->device = device; g->gready = gready; g->mode = mode;
+  cudaError_t e = cudaSetDevice(device);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return cf_seterr(CF_ENODEV, "gpu executor: device %d: %s", device, cudaGetErrorString(e));
+  }
+  int rc = 0;
+  if ((e = cudaStreamCreateWithFlags(&g->compute, cudaStreamNonBlocking)) != cudaSuccess ||
+      (e = cudaStreamCreateWithFlags(&g->pub, cudaStreamNonBlocking)) != cudaSuccess) {
+    (void)cudaGetLastError();
+    rc = cf_seterr(CF_ECUDA, "gpu executor: streams: %s", cudaGetErrorString(e));
+    cf_exec_gpu_close(g);
+  }
+  return rc;
+}
+
+void cf_exec_gpu_close(cf_exec_gpu_t *g) {
+  if (g->compute) { (void)cudaStreamSynchronize(g->compute); (void)cudaStreamDestroy(g->compute); }
+  if (g->pub) { (void)cudaStreamSynchronize(g->pub); (void)cudaStreamDestroy(g->pub); }
+  (void)cudaGetLastError();
+  memset(g, 0, sizeof *g);
+}
+
+/* Wait for everything enqueued on `s` so far: the ops are synchronous. */
+static int cf__gx_sync(cudaStream_t s) {
+  CF_CUDA_TRY(cudaStreamSynchronize(s));
+  return 0;
+}
+
+static int cf__gx_validate(void *dev, const cf_exec_req_t *r) {
+  cf_exec_gpu_t *g = dev;
+  if (r->kv || !r->gkv)
+    return cf_seterr(CF_EINVAL, "restore: the GPU executor needs the engine's device buffers (gkv), not a shared-memory map");
+  if (r->gkv->device != g->device)
+    return cf_seterr(CF_EMISMATCH, "restore: engine buffers on device %d, the executor runs on device %d",
+                     r->gkv->device, g->device);
+  if (r->gkv->layout.dtype != CF_DT_BF16)
+    return cf_seterr(CF_EDTYPE, "restore: the GPU executor computes bf16 KV, the engine buffer is %s",
+                     cf_dtype_name(r->gkv->layout.dtype));
+  const cf_model_config_t *mc = &g->be->model->cfg;
+  for (int t = 0; r->tokens && t < r->n_tokens; t++)
+    if (r->tokens[t] < 0 || r->tokens[t] >= mc->vocab)
+      return cf_seterr(CF_ERANGE, "restore: token %d at position %d not in [0, %d)", r->tokens[t], t, mc->vocab);
+  return 0;
+}
+
+static void cf__gx_req_free(void *p) {
+  cf__gx_rq_t *q = p;
+  if (!q) return;
+  (void)cudaStreamSynchronize(q->g->compute);
+  if (q->sk) for (int l = 0; l < q->L; l++) { (void)cudaFree(q->sk[l]); (void)cudaFree(q->sv[l]); }
+  free(q->sk); free(q->sv);
+  (void)cudaFree(q->hid[0]); (void)cudaFree(q->hid[1]);
+  (void)cudaFree(q->d_tokens); (void)cudaFree(q->d_table);
+  (void)cudaGetLastError();
+  free(q);
+}
+
+static int cf__gx_req_init(void *dev, cf_exec_req_t *r, void **rs) {
+  cf_exec_gpu_t *g = dev;
+  const cf_model_config_t *mc = &g->be->model->cfg;
+  cf__gx_rq_t *q = calloc(1, sizeof *q);
+  *rs = q;
+  if (!q) return cf_seterr(CF_ENOMEM, "gpu executor: request state");
+  q->g = g; q->r = r; q->L = mc->n_layers; q->T = r->n_tokens; q->hidden = mc->hidden;
+  q->row = (int64_t)mc->n_kv_heads * mc->head_dim;
+  q->gready = g->gready && r->ready && g->gready->r == r->ready;
+  q->sk = calloc((size_t)q->L, sizeof *q->sk); q->sv = calloc((size_t)q->L, sizeof *q->sv);
+  if (!q->sk || !q->sv) return cf_seterr(CF_ENOMEM, "gpu executor: staging table for %d layers", q->L);
+  /* the calling thread (the scheduler's compute thread) works on the executor's device */
+  CF_CUDA_TRY(cudaSetDevice(g->device));
+  CF_CUDA_TRY(cudaMalloc((void **)&q->d_tokens, (size_t)q->T * sizeof(int32_t)));
+  CF_CUDA_TRY(cudaMemcpy(q->d_tokens, r->tokens, (size_t)q->T * sizeof(int32_t), cudaMemcpyHostToDevice));
+  CF_CUDA_TRY(cudaMalloc((void **)&q->d_table, (size_t)r->n_blocks * sizeof(int32_t)));
+  CF_CUDA_TRY(cudaMemcpy(q->d_table, r->blocks, (size_t)r->n_blocks * sizeof(int32_t), cudaMemcpyHostToDevice));
+  return 0;
+}
+
+static int cf__gx_req_stage(void *p, int l) {
+  cf__gx_rq_t *q = p;
+  if (q->sk[l]) return 0;
+  size_t b = (size_t)q->T * (size_t)q->row * 2;
+  CF_CUDA_TRY(cudaMalloc((void **)&q->sk[l], b));
+  CF_CUDA_TRY(cudaMalloc((void **)&q->sv[l], b));
+  return 0;
+}
+
+static int cf__gx_req_hidden(void *p) {
+  cf__gx_rq_t *q = p;
+  if (q->hid[0] || q->L < 2) return 0;
+  size_t b = (size_t)q->T * (size_t)q->hidden * sizeof(float);
+  CF_CUDA_TRY(cudaMalloc((void **)&q->hid[0], b));
+  CF_CUDA_TRY(cudaMalloc((void **)&q->hid[1], b));
+  return 0;
+}
+
+static int cf__gx_loader_init(void *dev, int index, void **ls) {
+  (void)index;
+  cf_exec_gpu_t *g = dev;
+  cf__gx_ld_t *x = calloc(1, sizeof *x);
+  *ls = NULL;
+  if (!x) return cf_seterr(CF_ENOMEM, "gpu executor: loader");
+  x->g = g;
+  /* the current device is per thread: loader threads are new threads */
+  cudaError_t e = cudaSetDevice(g->device);
+  int rc = e == cudaSuccess ? 0 : cf_seterr(CF_ECUDA, "gpu executor: loader device %d: %s", g->device, cudaGetErrorString(e));
+  if (!rc) rc = cf_gpu_loader_init(&x->ld, g->mode, g->loader_staging);
+  if (!rc && (e = cudaEventCreateWithFlags(&x->done, cudaEventDisableTiming)) != cudaSuccess)
+    rc = cf_seterr(CF_ECUDA, "gpu executor: loader event: %s", cudaGetErrorString(e));
+  if (rc) {
+    (void)cudaGetLastError();
+    cf_gpu_loader_close(&x->ld);
+    free(x);
+    return rc;
+  }
+  *ls = x;
+  return 0;
+}
+
+static void cf__gx_loader_free(void *ls) {
+  cf__gx_ld_t *x = ls;
+  if (!x) return;
+  cf_gpu_loader_close(&x->ld);
+  if (x->done) (void)cudaEventDestroy(x->done);
+  free(x);
+}
+
+static void *cf__gx_host_alloc(void *dev, size_t bytes) {
+  (void)dev;
+  return cf_gpu_pinned_alloc(bytes, NULL); /* page-aligned: O_DIRECT reads go straight in */
+}
+static void cf__gx_host_free(void *dev, void *p, size_t bytes) {
+  (void)dev;
+  cf_gpu_pinned_free(p, bytes, NULL);
+}
+
+static int cf__gx_load(void *ls, void *p, int l, int t0, int t1, const void *k, const void *v, int stage) {
+  cf__gx_ld_t *x = ls;
+  cf__gx_rq_t *q = p;
+  int n = t1 - t0, rc;
+  /* cf_gpu_load_cell moves a store cell: V rows right after the K rows */
+  if ((const uint8_t *)v != (const uint8_t *)k + (size_t)n * (size_t)q->row * 2)
+    return cf_seterr(CF_EINVAL, "gpu executor: cell (layer %d, tokens [%d, %d)) is not K rows then V rows", l, t0, t1);
+  if (x->table_of != q) {
+    if ((rc = cf_gpu_loader_set_table(&x->ld, q->r->blocks, q->r->n_blocks))) return rc;
+    x->table_of = q;
+  }
+  if ((rc = cf_gpu_load_cell(&x->ld, q->r->gkv, l, t0, k, n))) return rc;
+  if ((rc = cf_gpu_loader_flush(&x->ld, NULL))) return rc; /* ARENA: this cell's scatter now */
+  cudaStream_t s = cf_gpu_loader_stream(&x->ld);
+  /* the compute attends over this cell: copy its rows from the blocks (HBM, not the link) */
+  if (stage && (rc = cf_gpu_rows_gather(q->r->gkv, l, q->d_table, q->r->n_blocks, t0, t1,
+                                        q->sk[l] + (int64_t)t0 * q->row,
+                                        q->sv[l] + (int64_t)t0 * q->row, q->row, s)))
+    return rc;
+  CF_CUDA_TRY(cudaEventRecord(x->done, s));
+  CF_CUDA_TRY(cudaEventSynchronize(x->done)); /* present only once the copies are done */
+  return 0;
+}
+
+static int cf__gx_gather(void *p, int l, int t0, int t1) {
+  cf__gx_rq_t *q = p;
+  int rc = cf_gpu_rows_gather(q->r->gkv, l, q->d_table, q->r->n_blocks, t0, t1,
+                              q->sk[l] + (int64_t)t0 * q->row, q->sv[l] + (int64_t)t0 * q->row,
+                              q->row, q->g->compute);
+  return rc ? rc : cf__gx_sync(q->g->compute);
+}
+
+static int cf__gx_forward(void *p, int l, int t0, int t1) {
+  cf__gx_rq_t *q = p;
+  uint16_t *k[1] = {q->sk[l]}, *v[1] = {q->sv[l]};
+  cf_cuda_fwd_args_t a = {
+      .l0 = l, .l1 = l + 1, .t0 = t0, .t1 = t1,
+      .tokens = q->d_tokens + t0,
+      .hidden_in = l > 0 ? q->hid[l % 2] + (size_t)t0 * q->hidden : NULL,
+      .k = k, .v = v, .kv_row_stride = q->row,
+      .hidden_out = l + 1 < q->L ? q->hid[(l + 1) % 2] + (size_t)t0 * q->hidden : NULL,
+  };
+  int rc = cf_backend_cuda_forward_dev(q->g->be, &a, q->g->compute);
+  return rc ? rc : cf__gx_sync(q->g->compute);
+}
+
+static int cf__gx_write(void *p, int l, int t0, int t1) {
+  cf__gx_rq_t *q = p;
+  int rc = cf_gpu_rows_scatter(q->r->gkv, l, q->d_table, q->r->n_blocks, t0, t1,
+                               q->sk[l] + (int64_t)t0 * q->row, q->sv[l] + (int64_t)t0 * q->row,
+                               q->row, q->g->compute);
+  return rc ? rc : cf__gx_sync(q->g->compute);
+}
+
+static void cf__gx_begin(void *p) {
+  cf__gx_rq_t *q = p;
+  if (!q->r->ready) return;
+  /* the previous restore's stream work on this slot must be complete before the reset */
+  if (q->gready) (void)cudaStreamSynchronize(q->g->pub);
+  cf_ready_begin(q->r->ready, q->r->ready_slot, q->r->req_id);
+}
+
+static void cf__gx_publish(void *p, int n) {
+  cf__gx_rq_t *q = p;
+  if (!q->r->ready) return;
+  if (!q->gready) { cf_ready_publish(q->r->ready, q->r->ready_slot, (uint64_t)n); return; }
+  /* every op before this call has completed (they are synchronous): the gate follows the
+   * layer's last copy and compute. On a stream error the CPU counter still moves. */
+  if (cf_gpu_ready_publish(q->g->gready, q->r->ready_slot, (uint64_t)n, q->g->pub))
+    cf_ready_publish(q->r->ready, q->r->ready_slot, (uint64_t)n);
+}
+
+static void cf__gx_finish(void *p, int err) {
+  cf__gx_rq_t *q = p;
+  if (!q->r->ready) return;
+  if (!q->gready) { cf_ready_finish(q->r->ready, q->r->ready_slot, err); return; }
+  if (err) cf_gpu_ready_fail(q->g->gready, q->r->ready_slot, err, &q->g->pub);
+  else if (cf_gpu_ready_finish(q->g->gready, q->r->ready_slot, q->g->pub))
+    cf_ready_finish(q->r->ready, q->r->ready_slot, 0);
+}
+
+const cf_exec_ops_t cf_exec_gpu_ops = {
+    .name = "gpu",
+    .validate = cf__gx_validate,
+    .req_init = cf__gx_req_init,
+    .req_free = cf__gx_req_free,
+    .req_stage = cf__gx_req_stage,
+    .req_hidden = cf__gx_req_hidden,
+    .loader_init = cf__gx_loader_init,
+    .loader_free = cf__gx_loader_free,
+    .host_alloc = cf__gx_host_alloc,
+    .host_free = cf__gx_host_free,
+    .load = cf__gx_load,
+    .gather = cf__gx_gather,
+    .forward = cf__gx_forward,
+    .write = cf__gx_write,
+    .begin = cf__gx_begin,
+    .publish = cf__gx_publish,
+    .finish = cf__gx_finish,
+};
+
+#endif

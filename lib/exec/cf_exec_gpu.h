@@ -1,0 +1,52 @@
+/* cf_exec_gpu — the GPU data path of lib/exec's scheduler (cf_exec_ops.h).
+ *
+ * The scheduler (cf_exec.c) is unchanged; this implements its ops on one CUDA device:
+ *   staging   per layer some chunk computes: the request's K and V rows [0, T) contiguous on
+ *             the device, bf16 [T][n_kv_heads][head_dim] (what the forward attends over);
+ *             hidden states fp32 [T][hidden] x 2 and the token ids on the device too;
+ *   load      cf_gpu_load (one cf_gpu_loader_t, i.e. its own copy/scatter streams, per loader
+ *             thread; STAGED, ZEROCOPY or ARENA, flushed per cell) into the engine's paged
+ *             blocks; a cell a later computed chunk attends over is then gathered from the
+ *             blocks into the staging on the loader's stream (device to device: the link
+ *             carries the cell once); the op returns once the loader's stream has reached
+ *             the copies (an event), so the scheduler marks the cell present only then;
+ *   gather /  the paged kernels (lib/gpu/cf_gpu_rows) on the compute stream;
+ *   write
+ *   forward   cf_backend_cuda_forward_dev on the compute stream, one layer, the chunks' rows;
+ *   readiness cf_gpu_ready_publish on the executor's publish stream: slot.gate written in
+ *             stream order, then the futex counter (every op before a publish has completed,
+ *             so the gate follows the layer's last copy and compute); failure: cf_gpu_ready_fail
+ *             opens the gate. Without a cf_gpu_ready_t the CPU counters alone (cf_ready).
+ * Every op waits for its stream before returning (the ops' contract: synchronous). Engine
+ * buffers: cf_exec_req_t.gkv (cf_gpu_kv_open from CUDA IPC handles, or cf_gpu_kv_wrap), bf16.
+ *
+ * UNVERIFIED: no GPU has run this yet (tests/device/run.sh steps kt_gpuexec and
+ * gpuexec-e2e check it against the CPU executor); cacheflowd uses it only with
+ * gpu_executor = on.
+ */
+#ifndef CF_EXEC_GPU_H
+#define CF_EXEC_GPU_H
+
+#include "exec/cf_exec.h"
+#include "gpu/cf_gpu_load.h"
+#include "gpu/cf_gpu_ready.h"
+
+typedef struct {
+  cf_backend_t *be;           /* the CUDA backend (cf_backend_cuda_create), borrowed */
+  int device;
+  cf_gpu_ready_t *gready;     /* NULL or the GPU view of the requests' readiness file */
+  cf_gpu_load_mode_t mode;
+  size_t loader_staging;      /* cf_gpu_loader_init's staging_bytes (0: its default) */
+  cudaStream_t compute, pub;  /* forward/gather/write; readiness publishes */
+} cf_exec_gpu_t;
+
+/* Streams on CUDA device `device` for backend `be` (must be the CUDA backend on that device).
+ * `gready` may be NULL. Returns 0, CF_ENODEV (no CUDA build or device), CF_EINVAL, CF_ECUDA.
+ * Close with cf_exec_gpu_close. Then cf_exec_init_ops(ex, be, n, &cf_exec_gpu_ops, g). */
+int cf_exec_gpu_init(cf_exec_gpu_t *g, cf_backend_t *be, int device, cf_gpu_ready_t *gready,
+                     cf_gpu_load_mode_t mode);
+void cf_exec_gpu_close(cf_exec_gpu_t *g);
+
+extern const cf_exec_ops_t cf_exec_gpu_ops;
+
+#endif
