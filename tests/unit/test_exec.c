@@ -728,3 +728,230 @@ CF_TEST(exec_bf16_f16_engine_buffers) {
     fx_free(&f);
   }
 }
+
+/* ---------------------------------------------------------------- the data-path interface */
+
+/* The CPU data path's ops called directly, in the order the scheduler uses them: a loaded cell
+ * lands in the engine bit for bit; a computed chunk attends over the staging (loaded-and-staged
+ * or gathered rows) and its write lands within 1e-4 of the full recompute; without the gather
+ * the staging lacks the prefix and the computed rows are wrong (so the gather really moves
+ * rows); publish/finish reach the readiness file. */
+CF_TEST(exec_ops_cpu_direct) {
+  fx_t f;
+  fx_init(&f, 2, 8, 8 * 3, 4, "kv_ops");
+  const cf_exec_ops_t *o = &cf_exec_cpu_ops;
+  char rpath[512];
+  snprintf(rpath, sizeof rpath, "%s/ready_ops", cf_test_tmpdir());
+  cf_ready_t rd;
+  CF_CHECK_OK(cf_ready_create(&rd, rpath, 1));
+  int h[3] = {0, 2, 2};
+  cf_cellsrc_t *srcs[3] = {NULL, NULL, NULL};
+  void *refs[3];
+  for (int round = 0; round < 3; round++) { /* 0: staged on load, 1: gathered, 2: neither */
+    clear_engine(&f);
+    cf_exec_req_t r;
+    fx_req(&f, &r, h, srcs, refs);
+    r.ready = &rd; r.req_id = 7 + round;
+    void *rs = NULL, *ls = NULL;
+    CF_CHECK_OK(o->validate(f.be, &r));
+    CF_CHECK_OK(o->req_init(f.be, &r, &rs));
+    CF_CHECK_OK(o->req_stage(rs, 0));
+    CF_CHECK_OK(o->req_stage(rs, 1));
+    CF_CHECK_OK(o->req_hidden(rs));
+    CF_CHECK_OK(o->loader_init(f.be, 0, &ls));
+    o->begin(rs);
+    size_t cell = (size_t)f.C * f.row;
+    float *gk = malloc(cell * 4), *gv = malloc(cell * 4);
+    float *wk = malloc(2 * cell * 4), *wv = malloc(2 * cell * 4);
+    float err = 0;
+    for (int l = 0; l < 2; l++) {
+      /* chunk 0 loaded (its stored bytes: the lowest mantissa bit flipped): bit for bit */
+      const float *ck = stored(&f, 0, l, 0, 0), *cv = stored(&f, 0, l, 1, 0);
+      CF_CHECK_OK(o->load(ls, rs, l, 0, f.C, ck, cv, round == 0));
+      cf_kvmap_gather(&f.kv, l, f.blocks, 0, f.C, gk, gv);
+      CF_CHECK(memcmp(gk, ck, cell * 4) == 0 && memcmp(gv, cv, cell * 4) == 0);
+      if (round == 1) CF_CHECK_OK(o->gather(rs, l, 0, f.C));
+      /* chunks 1-2 over the prefix; layer 1's K/V depend on layer 0's attention */
+      CF_CHECK_OK(o->forward(rs, l, f.C, 3 * f.C));
+      CF_CHECK_OK(o->write(rs, l, f.C, 3 * f.C));
+      cf_kvmap_gather(&f.kv, l, f.blocks, f.C, 3 * f.C, wk, wv);
+      const float *rk = f.refk + ((size_t)l * f.T + f.C) * f.row, *rv = f.refv + ((size_t)l * f.T + f.C) * f.row;
+      for (size_t i = 0; i < 2 * cell; i++) {
+        float dk = fabsf(wk[i] - rk[i]), dv = fabsf(wv[i] - rv[i]);
+        if (dk > err) err = dk;
+        if (dv > err) err = dv;
+      }
+      o->publish(rs, l);
+    }
+    if (round < 2) CF_CHECK_LE(err, 1e-4f);
+    else CF_CHECK(err > 1e-3f); /* the prefix was never staged: attention saw zeros */
+    o->publish(rs, 1);
+    uint64_t seen = 0;
+    CF_CHECK_OK(cf_ready_wait(&rd, 0, 1, 0, &seen));
+    CF_CHECK_EQ(seen, 1);
+    o->finish(rs, CF_EIO);
+    CF_CHECK_ERR(cf_ready_wait(&rd, 0, 2, 0, NULL), CF_EIO);
+    o->loader_free(ls);
+    o->req_free(rs);
+    free(gk); free(gv); free(wk); free(wv);
+  }
+  /* the CPU path wants a shared-memory buffer */
+  cf_exec_req_t r;
+  fx_req(&f, &r, h, srcs, refs);
+  r.kv = NULL;
+  CF_CHECK_ERR(o->validate(f.be, &r), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "shared-memory");
+  cf_ready_close(&rd);
+  fx_free(&f);
+}
+
+/* A recording data path: the CPU ops, every call checked against the interface's contract
+ * and logged. `fail_load` makes load() itself fail for chosen cells (a device copy error):
+ * the scheduler must recompute them like a failed read. */
+typedef struct {
+  const cf_exec_ops_t *in;
+  void *dev;
+  pthread_mutex_t mu;
+  int L, C, n_chunks;
+  uint8_t *engine;    /* [n_chunks * L]: times the cell was written to the engine */
+  uint8_t *staged;    /* [n_chunks * L]: the cell's rows are in the staging */
+  const int *fail_load; /* NULL or [n_chunks * L] */
+  int load_fails, stage_missing, last_pub, pubs_out_of_order, finishes, finish_err;
+  int calls_load, calls_gather, calls_forward, calls_write;
+} rec_t;
+static rec_t *g_rec;
+
+static int rec_validate(void *d, const cf_exec_req_t *r) { (void)d; return g_rec->in->validate(g_rec->dev, r); }
+static int rec_req_init(void *d, cf_exec_req_t *r, void **rs) { (void)d; return g_rec->in->req_init(g_rec->dev, r, rs); }
+static void rec_req_free(void *rs) { g_rec->in->req_free(rs); }
+static int rec_req_stage(void *rs, int l) { return g_rec->in->req_stage(rs, l); }
+static int rec_req_hidden(void *rs) { return g_rec->in->req_hidden(rs); }
+static int rec_loader_init(void *d, int i, void **ls) { (void)d; return g_rec->in->loader_init(g_rec->dev, i, ls); }
+static void rec_loader_free(void *ls) { g_rec->in->loader_free(ls); }
+static void *rec_host_alloc(void *d, size_t b) { (void)d; return g_rec->in->host_alloc(g_rec->dev, b); }
+static void rec_host_free(void *d, void *p, size_t b) { (void)d; g_rec->in->host_free(g_rec->dev, p, b); }
+static void rec_mark(int l, int t0, int t1, uint8_t *arr, int add) {
+  for (int c = t0 / g_rec->C; c * g_rec->C < t1; c++) {
+    if (add) arr[c * g_rec->L + l]++;
+    else arr[c * g_rec->L + l] = 1;
+  }
+}
+static int rec_load(void *ls, void *rs, int l, int t0, int t1, const void *k, const void *v, int stage) {
+  rec_t *x = g_rec;
+  pthread_mutex_lock(&x->mu);
+  x->calls_load++;
+  int c = t0 / x->C, fail = x->fail_load && x->fail_load[c * x->L + l];
+  if (fail) x->load_fails++;
+  pthread_mutex_unlock(&x->mu);
+  if (fail) return cf_seterr(CF_ECUDA, "injected copy failure (chunk %d, layer %d)", c, l);
+  int rc = x->in->load(ls, rs, l, t0, t1, k, v, stage);
+  pthread_mutex_lock(&x->mu);
+  rec_mark(l, t0, t1, x->engine, 1);
+  if (stage) rec_mark(l, t0, t1, x->staged, 0);
+  pthread_mutex_unlock(&x->mu);
+  return rc;
+}
+static int rec_gather(void *rs, int l, int t0, int t1) {
+  pthread_mutex_lock(&g_rec->mu);
+  g_rec->calls_gather++;
+  for (int c = t0 / g_rec->C; c * g_rec->C < t1; c++) /* only cells already in the engine */
+    if (!g_rec->engine[c * g_rec->L + l]) g_rec->stage_missing++;
+  rec_mark(l, t0, t1, g_rec->staged, 0);
+  pthread_mutex_unlock(&g_rec->mu);
+  return g_rec->in->gather(rs, l, t0, t1);
+}
+static int rec_forward(void *rs, int l, int t0, int t1) {
+  pthread_mutex_lock(&g_rec->mu);
+  g_rec->calls_forward++;
+  for (int c = 0; c * g_rec->C < t0; c++) /* the prefix it attends over must be staged */
+    if (!g_rec->staged[c * g_rec->L + l]) g_rec->stage_missing++;
+  rec_mark(l, t0, t1, g_rec->staged, 0);
+  pthread_mutex_unlock(&g_rec->mu);
+  return g_rec->in->forward(rs, l, t0, t1);
+}
+static int rec_write(void *rs, int l, int t0, int t1) {
+  pthread_mutex_lock(&g_rec->mu);
+  g_rec->calls_write++;
+  rec_mark(l, t0, t1, g_rec->engine, 1);
+  pthread_mutex_unlock(&g_rec->mu);
+  return g_rec->in->write(rs, l, t0, t1);
+}
+static void rec_begin(void *rs) { g_rec->last_pub = 0; g_rec->in->begin(rs); }
+static void rec_publish(void *rs, int n) {
+  if (n <= g_rec->last_pub) g_rec->pubs_out_of_order++;
+  g_rec->last_pub = n;
+  g_rec->in->publish(rs, n);
+}
+static void rec_finish(void *rs, int err) { g_rec->finishes++; g_rec->finish_err = err; g_rec->in->finish(rs, err); }
+
+static const cf_exec_ops_t rec_ops = {
+    .name = "rec", .validate = rec_validate, .req_init = rec_req_init, .req_free = rec_req_free,
+    .req_stage = rec_req_stage, .req_hidden = rec_req_hidden, .loader_init = rec_loader_init,
+    .loader_free = rec_loader_free, .host_alloc = rec_host_alloc, .host_free = rec_host_free,
+    .load = rec_load, .gather = rec_gather, .forward = rec_forward, .write = rec_write,
+    .begin = rec_begin, .publish = rec_publish, .finish = rec_finish};
+
+/* The scheduler through the interface: random staircases, reads failing and load() itself
+ * failing; every cell reaches the engine exactly once, every forward finds its prefix staged,
+ * readiness rises 1..L and finishes once, and the engine holds the right KV. */
+CF_TEST(exec_ops_scheduler_contract) {
+  fx_t f;
+  fx_init(&f, 4, 8, 8 * 7, 4, "kv_rec");
+  int n = f.n_chunks, L = f.L;
+  rec_t rec = {.in = &cf_exec_cpu_ops, .dev = f.be, .L = L, .C = f.C, .n_chunks = n};
+  pthread_mutex_init(&rec.mu, NULL);
+  g_rec = &rec;
+  char rpath[512];
+  snprintf(rpath, sizeof rpath, "%s/ready_rec", cf_test_tmpdir());
+  cf_ready_t rd;
+  CF_CHECK_OK(cf_ready_create(&rd, rpath, 1));
+  for (int round = 0; round < 12; round++) {
+    int h[7], H[7], fail_read[7 * 4] = {0}, fail_load[7 * 4] = {0};
+    for (int c = 0; c < n; c++) H[c] = h[c] = (int)(cf_test_rand() % (L + 1));
+    for (int c = 0; c < n; c++)
+      for (int l = h[c]; l < L; l++) {
+        unsigned x = cf_test_rand() % 10;
+        if (x == 0) fail_read[c * L + l] = CF_ENOTFOUND;
+        else if (x == 1) fail_load[c * L + l] = 1;
+        if (x <= 1 && l + 1 > H[c]) H[c] = l + 1;
+      }
+    rec.engine = calloc((size_t)n * L, 1);
+    rec.staged = calloc((size_t)n * L, 1);
+    rec.fail_load = fail_load;
+    rec.load_fails = rec.stage_missing = rec.pubs_out_of_order = rec.finishes = 0;
+    rec.finish_err = 99;
+    cf_cellsrc_mem_t mem;
+    cf_cellsrc_mem_init(&mem, "cpu", 0, CF_DT_F32, f.cells, n, L, f.C, f.row, fail_read, NULL);
+    cf_cellsrc_t *srcs[7];
+    void *refs[7];
+    for (int c = 0; c < n; c++) srcs[c] = &mem.src;
+    cf_exec_t ex;
+    CF_CHECK_OK(cf_exec_init_ops(&ex, f.be, 1 + round % 3, &rec_ops, NULL));
+    clear_engine(&f);
+    cf_exec_req_t r;
+    fx_req(&f, &r, h, srcs, refs);
+    r.ready = &rd;
+    CF_CHECK_OK(cf_exec_run(&ex, &r, 1));
+    char what[32];
+    snprintf(what, sizeof what, "round %d", round);
+    CF_CHECK_EQ(fx_verify(&f, H, what), 0);
+    int twice = 0, never = 0;
+    for (int i = 0; i < n * L; i++) { twice += rec.engine[i] > 1; never += rec.engine[i] == 0; }
+    CF_CHECK_EQ(twice, 0);
+    CF_CHECK_EQ(never, 0);
+    CF_CHECK_EQ(rec.stage_missing, 0);
+    CF_CHECK_EQ(rec.pubs_out_of_order, 0);
+    CF_CHECK_EQ(rec.last_pub, L);
+    CF_CHECK_EQ(rec.finishes, 1);
+    CF_CHECK_EQ(rec.finish_err, 0);
+    int nfail = 0;
+    for (int i = 0; i < n * L; i++) nfail += fail_read[i] != 0;
+    CF_CHECK_EQ(r.stats.load_failures, (uint64_t)(nfail + rec.load_fails));
+    CF_CHECK_OK(cf_ready_wait(&rd, 0, (uint64_t)L, 0, NULL));
+    free(rec.engine); free(rec.staged);
+  }
+  CF_CHECK(rec.calls_gather > 0 && rec.calls_forward > 0 && rec.calls_write > 0 && rec.calls_load > 0);
+  cf_ready_close(&rd);
+  pthread_mutex_destroy(&rec.mu);
+  fx_free(&f);
+}
