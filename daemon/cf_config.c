@@ -20,6 +20,7 @@ static const char *const cf__policies[] = {"recompute", "load", "cake", "layerwi
 static const char *const cf__onoff[] = {"off", "on", NULL};
 static const char *const cf__backends[] = {"auto", "cpu", "cuda", NULL};
 static const char *const cf__kv_dtypes[] = {"auto", "f32", "bf16", "f16", NULL};
+static const char *const cf__gpu_load_modes[] = {"staged", "zerocopy", "arena", NULL}; /* cf_gpu_load_mode_t order */
 static const char *const cf__levels[] = {"error", "warn", "info", "debug", NULL};
 
 /* Listen addresses: gRPC understands unix:/abs/path and host:port; reject anything else here
@@ -112,6 +113,13 @@ const cf_config_entry_t cf_config_table[] = {
   {"kv_dtype", CF_CFG_T_ENUM, F(kv_dtype), 0, 0, cf__kv_dtypes, "auto", NULL, 0,
    "KV element type of stored cells and engine buffers (auto|f32|bf16|f16); auto = bf16 with the cuda backend, "
    "else f32; the store directory records it and refuses another"},
+  {"gpu_executor", CF_CFG_T_ENUM, F(gpu_executor), 0, 0, cf__onoff, "off", NULL, 0,
+   "off|on: with backend cuda, accept engines' CUDA IPC buffers, keep the CPU tier pinned, save by D2H and "
+   "restore on the GPU (device staging, copy streams, stream-written readiness gates); off refuses CUDA IPC "
+   "buffers. Unverified on hardware until a device run: off by default"},
+  {"gpu_load_mode", CF_CFG_T_ENUM, F(gpu_load_mode), 0, 0, cf__gpu_load_modes, "staged", NULL, 0,
+   "how the GPU executor moves loaded cells into engine blocks: staged (copy engine + scatter kernel) | "
+   "zerocopy (kernel reads pinned host memory) | arena (copy engine into a device arena, scattered per cell)"},
 };
 const size_t cf_config_count = sizeof cf_config_table / sizeof cf_config_table[0];
 

@@ -41,6 +41,9 @@ typedef struct {
   int64_t threads;                      /* 0 = one per core */
   int backend;                          /* cf_backend_kind_t */
   int kv_dtype;                         /* cf_kv_dtype_kind_t (auto: bf16 on the cuda backend, else f32) */
+  int gpu_executor;                     /* 0 = off, 1 = on: restores/saves of CUDA IPC engines on the GPU
+                                           (cuda backend only; unverified on hardware, hence off) */
+  int gpu_load_mode;                    /* cf_gpu_load_mode_t: staged | zerocopy | arena */
 } cf_config_t;
 
 typedef enum { CF_CFG_T_STR, CF_CFG_T_INT, CF_CFG_T_SIZE, CF_CFG_T_DOUBLE, CF_CFG_T_ENUM } cf_cfg_type_t;

@@ -365,6 +365,11 @@ int main(int argc, char **argv) {
       nbad++;
     }
   }
+  if (!nbad && d->cfg.gpu_executor && d->cfg.backend == CF_BACKEND_CPU) {
+    fprintf(stderr, "cacheflowd: key 'gpu_executor': on needs backend = cuda (backend = cpu); "
+                    "set backend = cuda or gpu_executor = off\n");
+    nbad++;
+  }
   if (check) {
     if (nbad) { fprintf(stderr, "cacheflowd: configuration has %d error(s)\n", nbad); return 1; }
     printf("cacheflowd: configuration OK (%s)\n", d->config_path ? d->config_path : "defaults");
@@ -394,6 +399,13 @@ int main(int argc, char **argv) {
     if (cf__prepare_store_dir(d->cfg.store_dir)) { CF_ERROR("%s", cf_errmsg()); return 1; }
     /* the backend first: kv_dtype = auto depends on which one runs */
     if ((rc = cf__make_backend(d))) { CF_ERROR("backend: %s: %s", cf_strerror(rc), cf_errmsg()); return 1; }
+    if (d->cfg.gpu_executor && strcmp(d->backend->name, "cuda") != 0) {
+      CF_ERROR("gpu_executor = on needs the cuda backend, but backend %s is in use (backend = auto found no "
+               "usable GPU?); set backend = cuda or gpu_executor = off", d->backend->name);
+      return 1;
+    }
+    if (d->cfg.gpu_executor)
+      CF_WARN("gpu_executor = on: the GPU restore path is not yet verified on hardware (tests/device/run.sh)");
     cf_dtype_t kvdt = cf__kv_dtype(d);
     CF_INFO("kv_dtype %s (configured %s, backend %s)", cf_dtype_name(kvdt),
             cf_config_format(&d->cfg, cf_config_find("kv_dtype"), hex, sizeof hex), d->backend->name);

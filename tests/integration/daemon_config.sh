@@ -84,4 +84,17 @@ mkdir -p "$T/busy.sock"
 out=$(timeout 10 $BIN --config /dev/null --listen "unix:$T/busy.sock" --store-dir "$T/st" 2>&1); rc=$?
 [ $rc -eq 1 ] && echo "$out" | grep -q "busy.sock exists and is not a socket" && ok "refuses a listen path that is not a socket" || bad "listen path not a socket" "rc=$rc $out"
 
+# 6. gpu_executor = on needs the cuda backend: with backend = cpu the configuration is invalid;
+#    with backend = auto on a machine without a usable GPU (cpu chosen) the daemon refuses to start
+printf 'gpu_executor = on\nbackend = cpu\n' > "$T/gx.conf"
+out=$($BIN --config "$T/gx.conf" --check-config 2>&1); rc=$?
+[ $rc -eq 1 ] && echo "$out" | grep -q "key 'gpu_executor': on needs backend = cuda (backend = cpu)" \
+  && ok "gpu_executor = on with backend = cpu: configuration error" || bad "gpu_executor with cpu backend" "rc=$rc $out"
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+  printf 'gpu_executor = on\nbackend = auto\n' > "$T/gxa.conf"
+  out=$(timeout 60 $BIN --config "$T/gxa.conf" --model "$FIX" --store-dir "$T/gxst" --listen "unix:$T/gx.sock" 2>&1); rc=$?
+  [ $rc -eq 1 ] && echo "$out" | grep -q "gpu_executor = on needs the cuda backend, but backend cpu is in use" \
+    && ok "gpu_executor = on, backend auto without a GPU: start-up error" || bad "gpu_executor with auto -> cpu" "rc=$rc $out"
+fi
+
 finish
