@@ -19,6 +19,7 @@ struct cf_batch_s {
   cf_ratelimit_t link;           /* the one link both tiers' limited reads cross (its clock) */
   cf_cellsrc_store_t cs;
   cf_exec_t ex;
+  cf_exec_t gex;                 /* the GPU data path (o.gpu), for jobs with gkv */
   pthread_t th;
   pthread_mutex_t mu;
   pthread_cond_t cv;
@@ -159,28 +160,37 @@ static void cf__round(cf_batch_t *b, cf_batch_job_t *const *jobs, int n) {
     return;
   }
   cf__replan_round(b, jobs, n);
-  int m = 0;
-  for (int i = 0; i < n; i++) {
-    cf_batch_job_t *j = jobs[i];
-    if (atomic_load(&j->cancel)) {
-      err[i] = cf_seterr(CF_ECANCELED, "restore %llu cancelled before it ran", (unsigned long long)j->req_id);
-    } else if (!(err[i] = cf__slot_prepare(b, &sl[i], j))) {
-      cf_exec_req_t *r = &run[m];
-      *r = (cf_exec_req_t){.n_tokens = j->n_tokens, .tokens = j->tokens, .chunk_tokens = C, .h = j->h,
-                           .src = sl[i].srcs, .load_rank = j->load_rank,
-                           .cops = j->cops, .n_cops = j->n_cops, .ref = sl[i].refp, .kv = j->kv, .blocks = j->blocks,
-                           .n_blocks = j->n_blocks, .ready = j->ready, .ready_slot = j->ready_slot,
-                           .req_id = j->req_id, .on_layer = cf__exec_on_layer, .on_layer_arg = j,
-                           .cancel = &j->cancel};
-      if ((err[i] = cf_exec_validate(&b->ex, r))) CF_WARN("restore %llu: %s", (unsigned long long)j->req_id, cf_errmsg());
-      else map[m++] = i;
+  /* GPU jobs first (one run on the GPU data path), then the rest on the CPU one: run[0..mg) and
+   * run[mg..m). Both are the same scheduler (lib/exec); only the data movement differs. */
+  int m = 0, mg = 0;
+  for (int pass = 0; pass < 2; pass++) {
+    cf_exec_t *ex = pass == 0 ? &b->gex : &b->ex;
+    for (int i = 0; i < n; i++) {
+      cf_batch_job_t *j = jobs[i];
+      if ((pass == 0) != (j->gkv && b->o.gpu)) continue;
+      if (atomic_load(&j->cancel)) {
+        err[i] = cf_seterr(CF_ECANCELED, "restore %llu cancelled before it ran", (unsigned long long)j->req_id);
+      } else if (!(err[i] = cf__slot_prepare(b, &sl[i], j))) {
+        cf_exec_req_t *r = &run[m];
+        *r = (cf_exec_req_t){.n_tokens = j->n_tokens, .tokens = j->tokens, .chunk_tokens = C, .h = j->h,
+                             .src = sl[i].srcs, .load_rank = j->load_rank,
+                             .cops = j->cops, .n_cops = j->n_cops, .ref = sl[i].refp, .kv = j->kv, .gkv = j->gkv,
+                             .blocks = j->blocks, .n_blocks = j->n_blocks, .ready = j->ready, .gready = j->gready,
+                             .ready_slot = j->ready_slot, .req_id = j->req_id, .on_layer = cf__exec_on_layer,
+                             .on_layer_arg = j, .cancel = &j->cancel};
+        if ((err[i] = cf_exec_validate(ex, r))) CF_WARN("restore %llu: %s", (unsigned long long)j->req_id, cf_errmsg());
+        else map[m++] = i;
+      }
+      if (err[i]) { /* the error's detail is thread-local: report it before the next job's */
+        cf__slot_free(b, &sl[i]);
+        cf__done(b, j, err[i], NULL);
+      }
     }
-    if (err[i]) { /* the error's detail is thread-local: report it before the next job's */
-      cf__slot_free(b, &sl[i]);
-      cf__done(b, j, err[i], NULL);
-    }
+    if (pass == 0) mg = m;
   }
-  if (m) cf_exec_run(&b->ex, run, m); /* each request's outcome is in run[k].err */
+  /* each request's outcome is in run[k].err */
+  if (mg) cf_exec_run(&b->gex, run, mg);
+  if (m > mg) cf_exec_run(&b->ex, run + mg, m - mg);
   for (int k = 0; k < m; k++) {
     int i = map[k];
     cf__slot_free(b, &sl[i]);
@@ -243,7 +253,8 @@ int cf_batch_start(cf_batch_t **out, const cf_batch_opts_t *o) {
   if ((rc = cf_ratelimit_init(&b->lim_cpu, o->cpu_Bps, 0)) || (rc = cf_ratelimit_init(&b->lim_ssd, o->ssd_Bps, 0)) ||
       (rc = cf_ratelimit_init(&b->link, 0, 0)) ||
       (rc = cf_cellsrc_store_init(&b->cs, o->store, &b->lim_cpu, &b->lim_ssd)) ||
-      (rc = cf_exec_init(&b->ex, o->be, b->o.n_loaders))) {
+      (rc = cf_exec_init(&b->ex, o->be, b->o.n_loaders)) ||
+      (o->gpu && (rc = cf_exec_init_ops(&b->gex, o->be, b->o.n_loaders, &cf_exec_gpu_ops, o->gpu)))) {
     free(b);
     return rc;
   }

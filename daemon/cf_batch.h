@@ -24,6 +24,7 @@
 
 #include "cf_refit.h"
 #include "exec/cf_exec.h"
+#include "exec/cf_exec_gpu.h"
 #include "sched/cf_cost.h"
 #include "model/cf_backend.h"
 #include "store/cf_store.h"
@@ -40,8 +41,10 @@ struct cf_batch_job_s {
   int n_tokens;
   const int32_t *blocks;
   int n_blocks;
-  cf_kvmap_t *kv;
+  cf_kvmap_t *kv;           /* a shared-memory engine (the CPU executor), or */
+  const cf_gpu_kv_t *gkv;   /* a CUDA IPC engine (the GPU executor: cf_batch_opts_t.gpu) */
   cf_ready_t *ready;        /* may be NULL */
+  cf_gpu_ready_t *gready;   /* NULL or ready's GPU view (GPU jobs: gates in stream order) */
   int ready_slot;
   int *h;                   /* [ceil(n_tokens / C)] the plan's staircase (chunks past the plan: L);
                                adjusted here to what the store still holds */
@@ -75,6 +78,7 @@ typedef struct {
   int n_loaders;            /* loader threads (>= 1) */
   int batch_max;            /* jobs per round (>= 1) */
   double cpu_Bps, ssd_Bps;  /* read-rate limits, 0 = unlimited */
+  cf_exec_gpu_t *gpu;       /* NULL, or the GPU data path for jobs with gkv (borrowed) */
 } cf_batch_opts_t;
 
 typedef struct cf_batch_s cf_batch_t;

@@ -24,7 +24,10 @@
 typedef struct {
   cf_engine_t *e;
   cf_kvmap_t *kv;            /* cf_storage's view of the engine's mappings (the executor writes through it) */
+  const cf_gpu_kv_t *gkv;    /* or, for a CUDA IPC engine, cf_storage's device view of its buffers */
   cf_ready_t ready;
+  cf_gpu_ready_t gready;     /* CUDA IPC engines: the GPU writes `ready`'s gates (registered mapping) */
+  int has_gready;
   uint8_t slot_used[CF__READY_SLOTS];
 } cf__engine_priv_t;
 
@@ -82,7 +85,8 @@ static int cf__engine_added(void *ctx, cf_engine_t *e) {
   if (grown) dp->engines = grown;
   if (!p || !grown || !map) { rc = cf_seterr(CF_ENOMEM, "engine %llu: executor state", (unsigned long long)e->id); goto fail; }
   p->e = e;
-  p->kv = &map->kv;
+  p->kv = map->gpu ? NULL : &map->kv;
+  p->gkv = map->gpu ? &map->gkv : NULL;
   char path[256];
   struct stat st;
   if (stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode))
@@ -93,6 +97,10 @@ static int cf__engine_added(void *ctx, cf_engine_t *e) {
   }
   unlink(path); /* a leftover of a crashed daemon that had our pid */
   if ((rc = cf_ready_create(&p->ready, path, CF__READY_SLOTS))) goto fail;
+  if (map->gpu) { /* the engine's streams wait on gates the daemon's GPU writes in stream order */
+    if ((rc = cf_gpu_ready_init(&p->gready, &p->ready, 0))) { cf_ready_close(&p->ready); goto fail; }
+    p->has_gready = 1;
+  }
   snprintf(e->readiness_path, sizeof e->readiness_path, "%s", path);
   e->readiness_slots = CF__READY_SLOTS;
   dp->engines[dp->n_engines++] = p;
@@ -108,6 +116,7 @@ static void cf__engine_removed(void *ctx, cf_engine_t *e) {
   for (int i = 0; i < dp->n_engines; i++)
     if (dp->engines[i]->e == e) {
       cf__engine_priv_t *p = dp->engines[i];
+      if (p->has_gready) cf_gpu_ready_close(&p->gready);
       cf_ready_close(&p->ready); /* p->kv is cf_storage's: closed with its mappings */
       free(p);
       dp->engines[i] = dp->engines[--dp->n_engines];
@@ -310,7 +319,9 @@ static void cf__restore_batch(void *ctx, cf_restore_t **batch, int n) {
     j->b.blocks = j->blocks;
     j->b.n_blocks = (int)r->req->n_block_ids;
     j->b.kv = j->ep->kv;
+    j->b.gkv = j->ep->gkv;
     j->b.ready = j->slot >= 0 ? &j->ep->ready : NULL;
+    j->b.gready = j->slot >= 0 && j->ep->has_gready ? &j->ep->gready : NULL;
     j->b.ready_slot = j->slot;
     atomic_init(&j->b.cancel, r->engine->gone ? 1 : 0);
     j->b.on_layer = cf__job_on_layer;
@@ -348,6 +359,11 @@ static void cf__usage(void *ctx, uint64_t *cpu, uint64_t *ssd) {
 /* ---------------------------------------------------------------- life cycle */
 int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *cfg, cf_backend_t *be,
                       cf_store_t *store, cf_service_backend_t *hooks) {
+  return cf_dataplane_open_gpu(out, loop, cfg, be, store, hooks, NULL);
+}
+
+int cf_dataplane_open_gpu(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *cfg, cf_backend_t *be,
+                          cf_store_t *store, cf_service_backend_t *hooks, cf_exec_gpu_t *gpu) {
   *out = NULL;
   cf_dataplane_t *dp = calloc(1, sizeof *dp);
   if (!dp) return cf_seterr(CF_ENOMEM, "executor");
@@ -357,7 +373,8 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
   dp->inner = *hooks;
   /* the executor computes on this thread's backend (fp32) and writes host memory in the store's KV dtype */
   cf_batch_opts_t bo = {.be = be, .store = store, .n_loaders = 2, .batch_max = (int)cfg->batch_max,
-                        .cpu_Bps = cf__Bps(cfg->cpu_read_gbps), .ssd_Bps = cf__Bps(cfg->ssd_read_gbps)};
+                        .cpu_Bps = cf__Bps(cfg->cpu_read_gbps), .ssd_Bps = cf__Bps(cfg->ssd_read_gbps),
+                        .gpu = gpu};
   int rc = cf_batch_start(&dp->batch, &bo);
   if (rc) { free(dp); return rc; }
   pthread_mutex_init(&dp->mu, NULL);

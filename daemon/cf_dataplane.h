@@ -23,6 +23,7 @@
 
 #include "cf_config.h"
 #include "cf_service.h"
+#include "exec/cf_exec_gpu.h"
 #include "model/cf_backend.h"
 #include "store/cf_store.h"
 
@@ -34,6 +35,11 @@ typedef struct cf_dataplane_s cf_dataplane_t;
  * Returns 0 or CF_E*. */
 int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *cfg, cf_backend_t *be,
                       cf_store_t *store, cf_service_backend_t *hooks);
+/* The same with the GPU executor (gpu_executor = on; NULL = off, as above): restores of CUDA IPC
+ * engines run on it (lib/exec's scheduler with cf_exec_gpu_ops) and their readiness files get
+ * GPU-written gates (cf_gpu_ready). `gpu` is borrowed and must outlive cf_dataplane_close. */
+int cf_dataplane_open_gpu(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *cfg, cf_backend_t *be,
+                          cf_store_t *store, cf_service_backend_t *hooks, cf_exec_gpu_t *gpu);
 /* SIGHUP: apply reloadable settings (read-rate limits). NULL ok. */
 void cf_dataplane_reload(cf_dataplane_t *dp);
 /* Shutdown step 1 (loop thread, before cf_service_abort_all): cancel every restore, wait for the

@@ -42,6 +42,8 @@ typedef struct {
   int have_model;
   cf_model_t *weights;                 /* the loaded checkpoint (cf_model_load) */
   cf_backend_t *backend;               /* computes KV (calibration now; lib/exec's restores) */
+  cf_exec_gpu_t gexec;                 /* gpu_executor = on: the GPU data path (device 0) */
+  int have_gexec;
   cf_sched_cost_t cost;                /* measured at start; planning input */
   double measured_link_Bps;            /* memcpy rate, before any cpu_read_gbps limit */
   cf_storage_t *storage;
@@ -404,12 +406,18 @@ int main(int argc, char **argv) {
                "usable GPU?); set backend = cuda or gpu_executor = off", d->backend->name);
       return 1;
     }
-    if (d->cfg.gpu_executor)
+    if (d->cfg.gpu_executor) {
       CF_WARN("gpu_executor = on: the GPU restore path is not yet verified on hardware (tests/device/run.sh)");
+      if ((rc = cf_exec_gpu_init(&d->gexec, d->backend, 0, (cf_gpu_load_mode_t)d->cfg.gpu_load_mode))) {
+        CF_ERROR("gpu_executor: %s: %s", cf_strerror(rc), cf_errmsg());
+        return 1;
+      }
+      d->have_gexec = 1;
+    }
     cf_dtype_t kvdt = cf__kv_dtype(d);
     CF_INFO("kv_dtype %s (configured %s, backend %s)", cf_dtype_name(kvdt),
             cf_config_format(&d->cfg, cf_config_find("kv_dtype"), hex, sizeof hex), d->backend->name);
-    rc = cf_storage_open(&d->storage, &d->cfg, &d->model, kvdt);
+    rc = cf_storage_open_gpu(&d->storage, &d->cfg, &d->model, kvdt, d->have_gexec ? &d->gexec : NULL);
     if (rc) { CF_ERROR("%s: %s", cf_strerror(rc), cf_errmsg()); return 1; }
     cf_storage_backend(d->storage, &be);
     cf_notify("STATUS=measuring the cost model");
@@ -437,7 +445,8 @@ int main(int argc, char **argv) {
   }
   /* exec: the restore executor (its thread, readiness files) wraps the storage hooks in `be` */
   if (d->storage && d->backend &&
-      cf_dataplane_open(&d->dp, d->loop, &d->cfg, d->backend, cf_storage_store(d->storage), &be)) {
+      cf_dataplane_open_gpu(&d->dp, d->loop, &d->cfg, d->backend, cf_storage_store(d->storage), &be,
+                            d->have_gexec ? &d->gexec : NULL)) {
     CF_ERROR("%s", cf_errmsg());
     return 1;
   }
@@ -478,6 +487,7 @@ int main(int argc, char **argv) {
   int rc = uv_loop_close(d->loop);
   if (rc) CF_WARN("loop closed with handles open: %s", uv_strerror(rc));
   cf_storage_close(d->storage); /* after the engines (their mappings) are gone */
+  if (d->have_gexec) cf_exec_gpu_close(&d->gexec); /* after the executor thread and the saves */
   cf_backend_free(d->backend);
   cf_model_free(d->weights);
   return 0;

@@ -18,6 +18,7 @@ struct cf_storage_s {
   cf_store_t *st;
   cf_store_geom_t g;
   cf_dtype_t kv_dtype;
+  cf_exec_gpu_t *gpu;       /* gpu_executor = on, else NULL */
 };
 
 /* The proto's DType of a KV dtype (F32/BF16/F16 only). */
@@ -27,6 +28,11 @@ static int cf__proto_dtype(cf_dtype_t t) {
 }
 
 int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_info_t *model, cf_dtype_t kv_dtype) {
+  return cf_storage_open_gpu(out, cfg, model, kv_dtype, NULL);
+}
+
+int cf_storage_open_gpu(cf_storage_t **out, const cf_config_t *cfg, const cf_model_info_t *model,
+                        cf_dtype_t kv_dtype, cf_exec_gpu_t *gpu) {
   *out = NULL;
   cf_storage_t *s = calloc(1, sizeof *s);
   if (!s) return cf_seterr(CF_ENOMEM, "storage");
@@ -43,6 +49,11 @@ int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_i
   sc.cpu_bytes = (uint64_t)cfg->cpu_tier_bytes;
   sc.ssd_bytes = (uint64_t)cfg->ssd_tier_bytes;
   sc.cpu_evict = cfg->eviction == CF_EVICT_S3FIFO ? CF_STORE_EVICT_S3FIFO : CF_STORE_EVICT_LRU;
+  s->gpu = gpu;
+  if (gpu) { /* the GPU's copy engines read CPU-tier cells straight from pinned memory */
+    sc.cpu_alloc = cf_gpu_pinned_alloc;
+    sc.cpu_free = cf_gpu_pinned_free;
+  }
   rc = cf_store_open(cfg->store_dir, &s->g, &sc, &s->st);
   if (rc) { free(s); return cf_err_prefix(rc, "store_dir %s (kv_dtype %s): ", cfg->store_dir, cf_dtype_name(kv_dtype)); }
   *out = s;
@@ -65,6 +76,7 @@ static void cf__unmap(cf_engine_map_t *m) {
   for (int i = 0; i < m->n_maps; i++)
     if (m->map_base[i]) munmap(m->map_base[i], m->map_len[i]);
   cf_kvmap_close(&m->kv); /* a view: unmaps nothing */
+  cf_gpu_kv_close(&m->gkv);
   free(m->map_base);
   free(m->map_len);
   free(m->k);
@@ -94,6 +106,61 @@ static uint8_t *cf__map_path(cf_engine_map_t *m, const char **paths, const char 
   return p;
 }
 
+/* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" (what cf_gpu_uuid_str and nvidia-smi -L print) -> 16
+ * bytes. Returns 0 or CF_EINVAL. */
+static int cf__parse_uuid(const char *s, uint8_t out[CF_GPU_UUID_BYTES]) {
+  const char *p = strncmp(s, "GPU-", 4) ? s : s + 4;
+  int n = 0;
+  for (; *p && n < 2 * CF_GPU_UUID_BYTES; p++) {
+    if (*p == '-') continue;
+    int v = *p >= '0' && *p <= '9' ? *p - '0' : *p >= 'a' && *p <= 'f' ? *p - 'a' + 10 : *p >= 'A' && *p <= 'F' ? *p - 'A' + 10 : -1;
+    if (v < 0) break;
+    if (n % 2 == 0) out[n / 2] = (uint8_t)(v << 4);
+    else out[n / 2] |= (uint8_t)v;
+    n++;
+  }
+  if (n != 2 * CF_GPU_UUID_BYTES || *p)
+    return cf_seterr(CF_EINVAL, "gpu_uuid '%s' is not GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", s);
+  return 0;
+}
+
+/* A CUDA IPC engine: open its buffers on the GPU executor's device (UUIDs must match). */
+static int cf__engine_added_gpu(cf_storage_t *s, cf_engine_t *e) {
+  if (!s->gpu) return cf_seterr(CF_EUNSUPPORTED, "CUDA IPC buffers need the GPU executor (gpu_executor = on)");
+  int L = e->n_layers, rc = 0;
+  uint8_t uuid[CF_GPU_UUID_BYTES];
+  if ((rc = cf__parse_uuid(e->layers[0].k.gpu_uuid, uuid))) return rc;
+  for (int l = 0; l < L; l++)
+    for (int kv = 0; kv < 2; kv++)
+      if (strcmp(kv ? e->layers[l].v.gpu_uuid : e->layers[l].k.gpu_uuid, e->layers[0].k.gpu_uuid))
+        return cf_seterr(CF_EINVAL, "layer %d: %s buffer on GPU %s, layer 0's K on %s: one engine, one GPU", l,
+                         kv ? "V" : "K", kv ? e->layers[l].v.gpu_uuid : e->layers[l].k.gpu_uuid, e->layers[0].k.gpu_uuid);
+  cf_kv_layout_t lay = {.n_layers = L, .num_blocks = (int)e->num_blocks, .block_size = (int)e->block_size,
+                        .n_kv_heads = (int)s->g.n_kv_heads, .head_dim = (int)s->g.head_dim, .dtype = s->kv_dtype,
+                        .block_stride = e->layers[0].block_stride, .token_stride = e->layers[0].token_stride,
+                        .head_stride = e->layers[0].head_stride};
+  for (int l = 1; l < L; l++)
+    if (e->layers[l].block_stride != lay.block_stride || e->layers[l].token_stride != lay.token_stride ||
+        e->layers[l].head_stride != lay.head_stride)
+      return cf_seterr(CF_EUNSUPPORTED, "layer %d strides differ from layer 0's; the GPU executor needs one layout", l);
+  cf_engine_map_t *m = calloc(1, sizeof *m);
+  cf_gpu_ipc_handle_t *kh = calloc((size_t)L, sizeof *kh), *vh = calloc((size_t)L, sizeof *vh);
+  uint64_t *ko = calloc((size_t)L, sizeof *ko), *vo = calloc((size_t)L, sizeof *vo);
+  if (!m || !kh || !vh || !ko || !vo) rc = cf_seterr(CF_ENOMEM, "engine IPC handles");
+  for (int l = 0; l < L && !rc; l++) {
+    memcpy(kh[l].b, e->layers[l].k.ipc_handle, CF_GPU_IPC_HANDLE_BYTES);
+    memcpy(vh[l].b, e->layers[l].v.ipc_handle, CF_GPU_IPC_HANDLE_BYTES);
+    ko[l] = e->layers[l].k.offset;
+    vo[l] = e->layers[l].v.offset;
+  }
+  if (!rc) rc = cf_gpu_kv_open(&m->gkv, s->gpu->device, uuid, &lay, kh, ko, vh, vo);
+  free(kh); free(vh); free(ko); free(vo);
+  if (rc) { free(m); return rc; }
+  m->gpu = 1;
+  e->exec_priv = m;
+  return 0;
+}
+
 static int cf__engine_added(void *ctx, cf_engine_t *e) {
   cf_storage_t *s = ctx;
   /* the service checks this first (FAILED_PRECONDITION); kept so no other caller maps a
@@ -102,6 +169,7 @@ static int cf__engine_added(void *ctx, cf_engine_t *e) {
     return cf_seterr(CF_EDTYPE, "engine KV dtype %s, the store holds %s cells (kv_dtype): register %s buffers",
                      e->dtype == CACHEFLOW__V1__DTYPE__DTYPE_BF16 ? "BF16" : e->dtype == CACHEFLOW__V1__DTYPE__DTYPE_F16 ? "F16" : "F32",
                      cf_dtype_name(s->kv_dtype), cf_dtype_name(s->kv_dtype));
+  if (!e->layers[0].k.shm_path) return cf__engine_added_gpu(s, e); /* the service refuses mixed kinds */
   int L = e->n_layers, rc = 0;
   cf_engine_map_t *m = calloc(1, sizeof *m);
   const char **paths = calloc(2 * L, sizeof *paths);
@@ -186,7 +254,9 @@ static int cf__save(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest 
   for (size_t i = 0; i < n; i++) tok[i] = (int32_t)req->token_ids[i]; /* ids < vocab: validated */
   /* block ids were validated < num_blocks (< 2^31), so the uint32 table reads as int32 */
   cf_save_result_t res;
-  int rc = cf_save_blocks(s->st, &m->kv, tok, (int)n, (const int32_t *)req->block_ids, (int)req->n_block_ids, 0, &res);
+  int rc = m->gpu ? cf_exec_gpu_save(s->gpu, s->st, &m->gkv, tok, (int)n, (const int32_t *)req->block_ids,
+                                     (int)req->n_block_ids, 0, &res)
+                  : cf_save_blocks(s->st, &m->kv, tok, (int)n, (const int32_t *)req->block_ids, (int)req->n_block_ids, 0, &res);
   free(tok);
   *saved = res.saved_tokens;
   *durable = res.durable;

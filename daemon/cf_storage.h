@@ -11,6 +11,7 @@
 #ifndef CF_STORAGE_H
 #define CF_STORAGE_H
 
+#include "exec/cf_exec_gpu.h"
 #include "ipc/cf_kvmap.h"
 #include "cf_config.h"
 #include "cf_model_info.h"
@@ -24,6 +25,12 @@ typedef struct cf_storage_s cf_storage_t;
  * (CF_EMISMATCH when the directory holds another model's, chunk size's or dtype's KV — the
  * message names both — CF_EACCES, CF_EIO, ...) with its detail. */
 int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_info_t *model, cf_dtype_t kv_dtype);
+/* The same with the GPU executor (gpu_executor = on; NULL = off): the CPU tier is pinned host
+ * memory (cf_gpu_pinned_alloc), engines may register CUDA IPC buffers (opened on gpu->device,
+ * UUID checked) and their Saves copy device blocks to the store (cf_exec_gpu_save). `gpu` is
+ * borrowed and must outlive the storage. */
+int cf_storage_open_gpu(cf_storage_t **out, const cf_config_t *cfg, const cf_model_info_t *model,
+                        cf_dtype_t kv_dtype, cf_exec_gpu_t *gpu);
 /* Fill the hooks of `be` (ctx = s) and be->kv_dtype (the store's, as the proto's DType). */
 void cf_storage_backend(cf_storage_t *s, cf_service_backend_t *be);
 /* The store, for the executor and stats. */
@@ -41,6 +48,8 @@ typedef struct {
   size_t *map_len;
   uint8_t **k, **v;
   cf_kvmap_t kv;
+  int gpu;                  /* CUDA IPC engine: gkv holds its buffers, kv is unused */
+  cf_gpu_kv_t gkv;
 } cf_engine_map_t;
 
 #endif

@@ -44,6 +44,7 @@
 #include "exec/cf_cellsrc.h"
 #include "exec/cf_exec_ops.h"
 #include "gpu/cf_gpu_kv.h"
+#include "gpu/cf_gpu_ready.h"
 #include "ipc/cf_kvmap.h"
 #include "ipc/cf_ready.h"
 #include "model/cf_backend.h"
@@ -102,6 +103,8 @@ typedef struct cf_exec_req_s {
   const int32_t *blocks;        /* block table: token t -> blocks[t / block_size] */
   int n_blocks;                 /* entries in blocks: >= ceil(T / block_size) */
   cf_ready_t *ready;            /* NULL or the readiness file; slot below */
+  cf_gpu_ready_t *gready;       /* GPU path: NULL or `ready`'s GPU view (cf_gpu_ready_init): layer
+                                   gates then go through the GPU in stream order */
   int ready_slot;
   uint64_t req_id;
   /* progress: called with the executor's lock held, from any worker: must not block */

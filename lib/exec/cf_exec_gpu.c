@@ -9,9 +9,8 @@
 
 #if !(defined(CF_HAVE_CUDA) && CF_HAVE_CUDA)
 
-int cf_exec_gpu_init(cf_exec_gpu_t *g, cf_backend_t *be, int device, cf_gpu_ready_t *gready,
-                     cf_gpu_load_mode_t mode) {
-  (void)be; (void)device; (void)gready; (void)mode;
+int cf_exec_gpu_init(cf_exec_gpu_t *g, cf_backend_t *be, int device, cf_gpu_load_mode_t mode) {
+  (void)be; (void)device; (void)mode;
   memset(g, 0, sizeof *g);
   return cf_seterr(CF_ENODEV, "gpu executor: CUDA not built into this binary");
 }
@@ -23,6 +22,13 @@ static int cf__gx_nocuda(void *dev, const cf_exec_req_t *r) {
   return cf_seterr(CF_ENODEV, "gpu executor: CUDA not built into this binary");
 }
 const cf_exec_ops_t cf_exec_gpu_ops = {.name = "gpu", .validate = cf__gx_nocuda};
+
+int cf_exec_gpu_save(cf_exec_gpu_t *g, cf_store_t *st, const cf_gpu_kv_t *kv, const int32_t *tokens,
+                     int n, const int32_t *blocks, int n_blocks, unsigned flags, cf_save_result_t *res) {
+  (void)g; (void)st; (void)kv; (void)tokens; (void)n; (void)blocks; (void)n_blocks; (void)flags;
+  memset(res, 0, sizeof *res);
+  return cf_seterr(CF_ENODEV, "gpu save: CUDA not built into this binary");
+}
 
 #else
 
@@ -38,7 +44,7 @@ typedef struct {
   float *hid[2];          /* device fp32 [T][hidden] */
   int32_t *d_tokens;      /* device [T] */
   int32_t *d_table;       /* device block table [n_blocks] */
-  int gready;             /* publish through g->gready (the request's file is its file) */
+  cf_gpu_ready_t *gready; /* NULL: CPU counters only */
 } cf__gx_rq_t;
 
 typedef struct {
@@ -48,15 +54,14 @@ typedef struct {
   cudaEvent_t done;
 } cf__gx_ld_t;
 
-int cf_exec_gpu_init(cf_exec_gpu_t *g, cf_backend_t *be, int device, cf_gpu_ready_t *gready,
-                     cf_gpu_load_mode_t mode) {
+int cf_exec_gpu_init(cf_exec_gpu_t *g, cf_backend_t *be, int device, cf_gpu_load_mode_t mode) {
   memset(g, 0, sizeof *g);
   if (!be || !be->model || !be->name || strcmp(be->name, "cuda") != 0)
     return cf_seterr(CF_EINVAL, "gpu executor: needs the cuda backend (got %s)",
                      be && be->name ? be->name : "none");
   if (mode != CF_GPU_LOAD_STAGED && mode != CF_GPU_LOAD_ZEROCOPY && mode != CF_GPU_LOAD_ARENA)
     return cf_seterr(CF_EINVAL, "gpu executor: unknown load mode %d", (int)mode);
-  g->be = be; g->device = device; g->gready = gready; g->mode = mode;
+  g->be = be; g->device = device; g->mode = mode;
   cudaError_t e = cudaSetDevice(device);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
@@ -122,7 +127,7 @@ static int cf__gx_req_init(void *dev, cf_exec_req_t *r, void **rs) {
   if (!q) return cf_seterr(CF_ENOMEM, "gpu executor: request state");
   q->g = g; q->r = r; q->L = mc->n_layers; q->T = r->n_tokens; q->hidden = mc->hidden;
   q->row = (int64_t)mc->n_kv_heads * mc->head_dim;
-  q->gready = g->gready && r->ready && g->gready->r == r->ready;
+  q->gready = r->ready && r->gready && r->gready->r == r->ready ? r->gready : NULL;
   q->sk = calloc((size_t)q->L, sizeof *q->sk); q->sv = calloc((size_t)q->L, sizeof *q->sv);
   if (!q->sk || !q->sv) return cf_seterr(CF_ENOMEM, "gpu executor: staging table for %d layers", q->L);
   /* the calling thread (the scheduler's compute thread) works on the executor's device */
@@ -260,7 +265,7 @@ static void cf__gx_publish(void *p, int n) {
   if (!q->gready) { cf_ready_publish(q->r->ready, q->r->ready_slot, (uint64_t)n); return; }
   /* every op before this call has completed (they are synchronous): the gate follows the
    * layer's last copy and compute. On a stream error the CPU counter still moves. */
-  if (cf_gpu_ready_publish(q->g->gready, q->r->ready_slot, (uint64_t)n, q->g->pub))
+  if (cf_gpu_ready_publish(q->gready, q->r->ready_slot, (uint64_t)n, q->g->pub))
     cf_ready_publish(q->r->ready, q->r->ready_slot, (uint64_t)n);
 }
 
@@ -268,8 +273,8 @@ static void cf__gx_finish(void *p, int err) {
   cf__gx_rq_t *q = p;
   if (!q->r->ready) return;
   if (!q->gready) { cf_ready_finish(q->r->ready, q->r->ready_slot, err); return; }
-  if (err) cf_gpu_ready_fail(q->g->gready, q->r->ready_slot, err, &q->g->pub);
-  else if (cf_gpu_ready_finish(q->g->gready, q->r->ready_slot, q->g->pub))
+  if (err) cf_gpu_ready_fail(q->gready, q->r->ready_slot, err, &q->g->pub);
+  else if (cf_gpu_ready_finish(q->gready, q->r->ready_slot, q->g->pub))
     cf_ready_finish(q->r->ready, q->r->ready_slot, 0);
 }
 
@@ -292,5 +297,46 @@ const cf_exec_ops_t cf_exec_gpu_ops = {
     .publish = cf__gx_publish,
     .finish = cf__gx_finish,
 };
+
+/* ---------------------------------------------------------------- save (D2H) */
+
+typedef struct {
+  cf_exec_gpu_t *g;
+  const cf_gpu_kv_t *kv;
+  int32_t *d_table;
+  int n_table;
+  uint16_t *dk, *dv;      /* device rows of one cell */
+} cf__gx_save_t;
+
+/* One cell: paged blocks -> contiguous device rows (kernel) -> host (D2H), synchronous. */
+static int cf__gx_save_gather(void *ctx, int l, int t0, int t1, void *k, void *v) {
+  cf__gx_save_t *x = ctx;
+  int64_t row = (int64_t)x->kv->layout.n_kv_heads * x->kv->layout.head_dim;
+  size_t bytes = (size_t)(t1 - t0) * (size_t)row * 2;
+  int rc = cf_gpu_rows_gather(x->kv, l, x->d_table, x->n_table, t0, t1, x->dk, x->dv, row, x->g->compute);
+  if (rc) return rc;
+  CF_CUDA_TRY(cudaMemcpyAsync(k, x->dk, bytes, cudaMemcpyDeviceToHost, x->g->compute));
+  CF_CUDA_TRY(cudaMemcpyAsync(v, x->dv, bytes, cudaMemcpyDeviceToHost, x->g->compute));
+  return cf__gx_sync(x->g->compute);
+}
+
+int cf_exec_gpu_save(cf_exec_gpu_t *g, cf_store_t *st, const cf_gpu_kv_t *kv, const int32_t *tokens,
+                     int n, const int32_t *blocks, int n_blocks, unsigned flags, cf_save_result_t *res) {
+  memset(res, 0, sizeof *res);
+  if (!g->compute || !kv || !blocks || n_blocks <= 0)
+    return cf_seterr(CF_EINVAL, "gpu save: executor, engine buffers and a block table required");
+  cf__gx_save_t x = {.g = g, .kv = kv, .n_table = n_blocks};
+  size_t cell = (size_t)cf_store_geom(st)->chunk_tokens * (size_t)kv->layout.n_kv_heads * (size_t)kv->layout.head_dim * 2;
+  int rc = 0;
+  cudaError_t e;
+  if ((e = cudaSetDevice(g->device)) != cudaSuccess || (e = cudaMalloc((void **)&x.d_table, (size_t)n_blocks * 4)) != cudaSuccess ||
+      (e = cudaMemcpy(x.d_table, blocks, (size_t)n_blocks * 4, cudaMemcpyHostToDevice)) != cudaSuccess ||
+      (e = cudaMalloc((void **)&x.dk, cell)) != cudaSuccess || (e = cudaMalloc((void **)&x.dv, cell)) != cudaSuccess)
+    rc = cf_seterr(CF_ECUDA, "gpu save: device buffers: %s", cudaGetErrorString(e));
+  if (!rc) rc = cf_save_cells(st, &kv->layout, cf__gx_save_gather, &x, tokens, n, blocks, n_blocks, flags, res);
+  (void)cudaFree(x.d_table); (void)cudaFree(x.dk); (void)cudaFree(x.dv);
+  (void)cudaGetLastError();
+  return rc;
+}
 
 #endif

@@ -16,7 +16,7 @@
  *   readiness cf_gpu_ready_publish on the executor's publish stream: slot.gate written in
  *             stream order, then the futex counter (every op before a publish has completed,
  *             so the gate follows the layer's last copy and compute); failure: cf_gpu_ready_fail
- *             opens the gate. Without a cf_gpu_ready_t the CPU counters alone (cf_ready).
+ *             opens the gate. A request without gready: the CPU counters alone (cf_ready).
  * Every op waits for its stream before returning (the ops' contract: synchronous). Engine
  * buffers: cf_exec_req_t.gkv (cf_gpu_kv_open from CUDA IPC handles, or cf_gpu_kv_wrap), bf16.
  *
@@ -28,25 +28,30 @@
 #define CF_EXEC_GPU_H
 
 #include "exec/cf_exec.h"
+#include "exec/cf_save.h"
 #include "gpu/cf_gpu_load.h"
 #include "gpu/cf_gpu_ready.h"
 
 typedef struct {
   cf_backend_t *be;           /* the CUDA backend (cf_backend_cuda_create), borrowed */
   int device;
-  cf_gpu_ready_t *gready;     /* NULL or the GPU view of the requests' readiness file */
   cf_gpu_load_mode_t mode;
   size_t loader_staging;      /* cf_gpu_loader_init's staging_bytes (0: its default) */
   cudaStream_t compute, pub;  /* forward/gather/write; readiness publishes */
 } cf_exec_gpu_t;
 
 /* Streams on CUDA device `device` for backend `be` (must be the CUDA backend on that device).
- * `gready` may be NULL. Returns 0, CF_ENODEV (no CUDA build or device), CF_EINVAL, CF_ECUDA.
+ * Returns 0, CF_ENODEV (no CUDA build or device), CF_EINVAL, CF_ECUDA.
  * Close with cf_exec_gpu_close. Then cf_exec_init_ops(ex, be, n, &cf_exec_gpu_ops, g). */
-int cf_exec_gpu_init(cf_exec_gpu_t *g, cf_backend_t *be, int device, cf_gpu_ready_t *gready,
-                     cf_gpu_load_mode_t mode);
+int cf_exec_gpu_init(cf_exec_gpu_t *g, cf_backend_t *be, int device, cf_gpu_load_mode_t mode);
 void cf_exec_gpu_close(cf_exec_gpu_t *g);
 
 extern const cf_exec_ops_t cf_exec_gpu_ops;
+
+/* Save (cf_save.h) from an engine's device blocks: each cell is gathered on the device (paged
+ * kernel) and copied to the host (D2H) on g's compute stream. Same contract and errors as
+ * cf_save_blocks, plus CF_ECUDA / CF_ENODEV. */
+int cf_exec_gpu_save(cf_exec_gpu_t *g, cf_store_t *st, const cf_gpu_kv_t *kv, const int32_t *tokens,
+                     int n, const int32_t *blocks, int n_blocks, unsigned flags, cf_save_result_t *res);
 
 #endif

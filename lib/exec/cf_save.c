@@ -7,11 +7,28 @@
 #include "exec/cf_cellsrc_store.h"
 #include "util/cf_err.h"
 
+typedef struct {
+  const cf_kvmap_t *kv;
+  const int32_t *blocks;
+} cf__kvmap_gather_t;
+
+static int cf__kvmap_gather(void *ctx, int l, int t0, int t1, void *k, void *v) {
+  const cf__kvmap_gather_t *x = ctx;
+  cf_kvmap_gather(x->kv, l, x->blocks, t0, t1, k, v);
+  return 0;
+}
+
 int cf_save_blocks(cf_store_t *st, const cf_kvmap_t *kv, const int32_t *tokens, int n,
                    const int32_t *blocks, int n_blocks, unsigned flags, cf_save_result_t *res) {
+  cf__kvmap_gather_t x = {kv, blocks};
+  return cf_save_cells(st, &kv->layout, cf__kvmap_gather, &x, tokens, n, blocks, n_blocks, flags, res);
+}
+
+int cf_save_cells(cf_store_t *st, const cf_kv_layout_t *lay, cf_save_gather_fn gather, void *ctx,
+                  const int32_t *tokens, int n, const int32_t *blocks, int n_blocks, unsigned flags,
+                  cf_save_result_t *res) {
   memset(res, 0, sizeof *res);
   const cf_store_geom_t *g = cf_store_geom(st);
-  const cf_kv_layout_t *lay = &kv->layout;
   cf_dtype_t sdt;
   int rc = cf_exec_store_dtype(g, &sdt);
   if (rc) return cf_err_prefix(rc, "save: ");
@@ -43,11 +60,12 @@ int cf_save_blocks(cf_store_t *st, const cf_kvmap_t *kv, const int32_t *tokens, 
   for (size_t c = 0; c < nchunks; c++) {
     int t0 = (int)(c * C), t1 = (size_t)n - c * C < C ? n : t0 + (int)C;
     size_t half = cf_store_cell_bytes_n(g, (uint32_t)(t1 - t0)) / 2;
-    for (int l = 0; l < lay->n_layers; l++) {
+    for (int l = 0; l < lay->n_layers && !rc; l++) {
       uint8_t *cell = buf + (size_t)l * cb; /* [2][t][n_kv][hd]: K rows, then V rows */
-      cf_kvmap_gather(kv, l, blocks, t0, t1, cell, cell + half);
+      rc = gather(ctx, l, t0, t1, cell, cell + half);
       cells[l] = cell;
     }
+    if (rc) { cf_err_prefix(rc, "save: chunk %zu (tokens [%d, %d)) from the engine: ", c, t0, t1); break; }
     /* a durable save of a stored chunk returns 0 (it writes it through): ask first to count it */
     int had = cf_store_lookup(st, &keys[c], 1, NULL) == 1;
     rc = cf_store_save(st, &keys[c], (uint32_t)(t1 - t0), cells, flags);

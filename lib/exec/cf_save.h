@@ -32,4 +32,13 @@ typedef struct {
 int cf_save_blocks(cf_store_t *st, const cf_kvmap_t *kv, const int32_t *tokens, int n,
                    const int32_t *blocks, int n_blocks, unsigned flags, cf_save_result_t *res);
 
+/* The same over any engine buffer of layout `lay`: gather(ctx, l, t0, t1, k, v) copies layer l's
+ * tokens [t0, t1) (logical, through `blocks`) into host rows k and v (the buffer's bytes
+ * unchanged) and returns 0 or a CF_E* code. cf_save_blocks is this with cf_kvmap_gather; the
+ * GPU executor's save gathers on the device and copies D2H (cf_exec_gpu_save). */
+typedef int (*cf_save_gather_fn)(void *ctx, int l, int t0, int t1, void *k, void *v);
+int cf_save_cells(cf_store_t *st, const cf_kv_layout_t *lay, cf_save_gather_fn gather, void *ctx,
+                  const int32_t *tokens, int n, const int32_t *blocks, int n_blocks, unsigned flags,
+                  cf_save_result_t *res);
+
 #endif
