@@ -181,6 +181,13 @@ $(BUILD)/cf-refengine: $(BUILD)/tests/engine/cf_refengine.o $(LIBCLIENT) $(LIBCF
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) $< -o $@ $(LIBCLIENT) $(ALL_LIBS) $(DAEMON_LDLIBS)
 
+# gpuexec: a GPU engine (CUDA IPC buffers over gRPC) for the device check of cacheflowd's GPU executor.
+GPUENGINE := $(if $(and $(PROTO_SRC),$(filter 1,$(CUDA))),$(BUILD)/cf-gpuengine)
+all: $(GPUENGINE)
+$(BUILD)/cf-gpuengine: $(BUILD)/tests/engine/cf_gpuengine.o $(LIBCLIENT) $(LIBCF) $(LIBKERN)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) $< -o $@ $(LIBCLIENT) $(ALL_LIBS) $(DAEMON_LDLIBS)
+
 $(BUILD)/cacheflow-sim: $(SIM_OBJ) $(LIBCF)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) $(SIM_OBJ) -o $@ $(ALL_LIBS)

@@ -5,7 +5,9 @@
 #   1. nvidia-smi
 #   2. every kernel test build/tests/kt_* (CPU references, fresh random inputs, poisoned outputs);
 #      kt_gpupath first: lib/gpu across two processes (CUDA IPC, per-layer gate, pinned and SSD
-#      cells into paged blocks, bit-exact), with a longer timeout
+#      cells into paged blocks, bit-exact), with a longer timeout; then kt_gpuexec (lib/exec's GPU
+#      executor vs its CPU executor, every policy) and gpuexec-e2e (cacheflowd gpu_executor = on
+#      with a GPU engine process over CUDA IPC: Save, Restore per policy, bytes checked)
 #   3. compute-sanitizer memcheck on the attention, paged, elementwise and backend tests,
 #      racecheck on the wgmma attention kernel; the backend test again with CF_ATTN_IMPL=wgmma
 #   4. cacheflowctl kv --backend cuda on every fixture vs transformers' kv.safetensors
@@ -13,7 +15,7 @@
 #   5. benchmarks: attention vs torch SDPA, load path vs contiguous memcpy, GEMM, Llama-3-8B layer
 #      prefill vs transformers' LlamaDecoderLayer (with the mma.sync and with the wgmma attention
 #      kernel), compute ∥ load overlap, and lib/gpu's loader (bench-gpupath: each load mode vs
-#      contiguous memcpy, compute ∥ load, SSD ring -> GPU)
+#      contiguous memcpy, compute ∥ load, SSD ring -> GPU), lib/exec's GPU executor (bench-gpuexec)
 #   6. a table of ratios, printed last and written to $OUT/results.md (full log: $OUT/log.txt)
 # Without a GPU it checks that everything it would run exists, says so, and exits 0.
 set -u
@@ -33,7 +35,8 @@ PY=${PYTHON:-python3}
 [ -f libs.tgz ] && [ ! -d libs ] && tar xzf libs.tgz
 missing=0
 for f in build/cacheflowctl build/tests/kt_attn build/tests/kt_paged build/tests/kt_elementwise \
-         build/tests/kt_gemm build/tests/kt_backend build/tests/kt_gpupath tests/device/torch_ref.py \
+         build/tests/kt_gemm build/tests/kt_backend build/tests/kt_gpupath build/tests/kt_gpuexec \
+         build/cacheflowd build/cf-gpuengine tests/device/gpuexec_e2e.sh tests/device/torch_ref.py \
          tests/device/summarize.py fixtures/public-llama-gqa/kv.safetensors; do
   [ -e "$f" ] || { echo "run.sh: missing $f (stage with tests/device/stage.sh)"; missing=1; }
 done
@@ -78,8 +81,12 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
 
 # lib/gpu first (the newest, unverified code): four engine/daemon process pairs, <= 30 s each.
 step kt_gpupath 150 build/tests/kt_gpupath
+# lib/exec's GPU executor vs the CPU executor, every policy and load mode, in-process; then the
+# real cacheflowd (gpu_executor = on) with a GPU engine over CUDA IPC (unverified until here).
+step kt_gpuexec 240 build/tests/kt_gpuexec
+step gpuexec-e2e 240 bash tests/device/gpuexec_e2e.sh
 for t in build/tests/kt_*; do
-  [ "$(basename "$t")" = kt_gpupath ] && continue
+  case "$(basename "$t")" in kt_gpupath|kt_gpuexec) continue ;; esac
   step "$(basename "$t")" 90 "$t"
 done
 
@@ -125,6 +132,9 @@ step bench-layer-wgmma 120 env CF_ATTN_IMPL=wgmma build/tests/kt_backend --bench
 # lib/gpu loader: 1 GiB into 16 KiB-1 MiB blocks per mode vs contiguous memcpy; compute ∥ load;
 # SSD ring with the GPU sink vs a memcpy sink (store under $KT_SSD_DIR, default /var/tmp).
 step bench-gpupath 180 build/tests/kt_gpupath --bench
+# lib/exec GPU executor: a 32k-token prefix on 4 Llama-3-8B-shaped layers per policy: executed vs
+# the planner's prediction and the bound, vs load-only and recompute-only (table h).
+step bench-gpuexec 300 build/tests/kt_gpuexec --bench 32768
 step bench-torch 240 env PYTHONUNBUFFERED=1 $PY tests/device/torch_ref.py
 rm -f "$OUT/.step"
 

@@ -42,6 +42,9 @@ for line in open(sys.argv[1]):
         res["gpuoverlap"][int(args[0])] = tuple(map(float, args[1:]))
     elif name == "gpussd":
         res["gpussd"]["v"] = (float(args[0]), float(args[1]))
+    # lib/exec's GPU executor (tests/kernels/kt_gpuexec.c --bench; cf-gpuengine end to end)
+    elif name.startswith("gpuexec_") or name.startswith("e2e_"):
+        res[name.split("_", 1)[0]][name.split("_", 1)[1]] = dict(a.split("=", 1) for a in args if "=" in a)
 
 out = []
 p = out.append
@@ -152,5 +155,21 @@ if res["gpussd"]:
     p("| memcpy sink ms | GPU sink (H2D + scatter) ms | GPU / memcpy throughput |")
     p("|---|---|---|")
     p(f"| {m:.1f} | {g:.1f} | {m / g:.3f} |")
+if res["gpuexec"]:
+    rows = {k: v for k, v in res["gpuexec"].items() if not k.startswith("vs_")}
+    p("\n### (h) lib/exec GPU executor: restore of a long prefix on 4 Llama-3-8B-shaped layers (pinned host cells)\n")
+    p("| policy | tokens | executed ms | predicted ms | bound ms | executed / predicted | executed / bound | vs load-only | vs recompute-only | cells loaded / computed |")
+    p("|---|---|---|---|---|---|---|---|---|---|")
+    for k, v in rows.items():
+        vs = res["gpuexec"].get("vs_" + k, {})
+        p(f"| {k} | {v.get('tokens')} | {v.get('executed_ms')} | {v.get('predicted_ms')} | {v.get('bound_ms')} | "
+          f"{v.get('exec/pred')} | {v.get('exec/bound')} | {vs.get('vs_load_only', '-')} | {vs.get('vs_recompute_only', '-')} | "
+          f"{v.get('loaded')} / {v.get('computed')} |")
+if res["e2e"]:
+    p("\n### (i) cacheflowd gpu_executor = on, GPU engine over CUDA IPC: Save then Restore per policy\n")
+    p("| policy | tokens | restore ms (client) | cells exact (loaded) | close (recomputed) | bad |")
+    p("|---|---|---|---|---|---|")
+    for k, v in res["e2e"].items():
+        p(f"| {k} | {v.get('tokens')} | {v.get('ms')} | {v.get('exact')} | {v.get('close')} | {v.get('bad')} |")
 
 print("\n".join(out))
