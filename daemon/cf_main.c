@@ -417,6 +417,10 @@ int main(int argc, char **argv) {
     cf_dtype_t kvdt = cf__kv_dtype(d);
     CF_INFO("kv_dtype %s (configured %s, backend %s)", cf_dtype_name(kvdt),
             cf_config_format(&d->cfg, cf_config_find("kv_dtype"), hex, sizeof hex), d->backend->name);
+    if (d->have_gexec && kvdt != CF_DT_BF16) { /* the CUDA backend computes bf16 KV */
+      CF_ERROR("gpu_executor = on needs bf16 KV (kv_dtype = auto or bf16), kv_dtype resolves to %s", cf_dtype_name(kvdt));
+      return 1;
+    }
     rc = cf_storage_open_gpu(&d->storage, &d->cfg, &d->model, kvdt, d->have_gexec ? &d->gexec : NULL);
     if (rc) { CF_ERROR("%s: %s", cf_strerror(rc), cf_errmsg()); return 1; }
     cf_storage_backend(d->storage, &be);

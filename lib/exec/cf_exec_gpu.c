@@ -69,7 +69,8 @@ int cf_exec_gpu_init(cf_exec_gpu_t *g, cf_backend_t *be, int device, cf_gpu_load
   }
   int rc = 0;
   if ((e = cudaStreamCreateWithFlags(&g->compute, cudaStreamNonBlocking)) != cudaSuccess ||
-      (e = cudaStreamCreateWithFlags(&g->pub, cudaStreamNonBlocking)) != cudaSuccess) {
+      (e = cudaStreamCreateWithFlags(&g->pub, cudaStreamNonBlocking)) != cudaSuccess ||
+      (e = cudaStreamCreateWithFlags(&g->save, cudaStreamNonBlocking)) != cudaSuccess) {
     (void)cudaGetLastError();
     rc = cf_seterr(CF_ECUDA, "gpu executor: streams: %s", cudaGetErrorString(e));
     cf_exec_gpu_close(g);
@@ -80,6 +81,7 @@ int cf_exec_gpu_init(cf_exec_gpu_t *g, cf_backend_t *be, int device, cf_gpu_load
 void cf_exec_gpu_close(cf_exec_gpu_t *g) {
   if (g->compute) { (void)cudaStreamSynchronize(g->compute); (void)cudaStreamDestroy(g->compute); }
   if (g->pub) { (void)cudaStreamSynchronize(g->pub); (void)cudaStreamDestroy(g->pub); }
+  if (g->save) { (void)cudaStreamSynchronize(g->save); (void)cudaStreamDestroy(g->save); }
   (void)cudaGetLastError();
   memset(g, 0, sizeof *g);
 }
@@ -308,22 +310,23 @@ typedef struct {
   uint16_t *dk, *dv;      /* device rows of one cell */
 } cf__gx_save_t;
 
-/* One cell: paged blocks -> contiguous device rows (kernel) -> host (D2H), synchronous. */
+/* One cell: paged blocks -> contiguous device rows (kernel) -> host (D2H), synchronous, on the
+ * save stream (a Save on the loop thread never queues behind a restore's compute). */
 static int cf__gx_save_gather(void *ctx, int l, int t0, int t1, void *k, void *v) {
   cf__gx_save_t *x = ctx;
   int64_t row = (int64_t)x->kv->layout.n_kv_heads * x->kv->layout.head_dim;
   size_t bytes = (size_t)(t1 - t0) * (size_t)row * 2;
-  int rc = cf_gpu_rows_gather(x->kv, l, x->d_table, x->n_table, t0, t1, x->dk, x->dv, row, x->g->compute);
+  int rc = cf_gpu_rows_gather(x->kv, l, x->d_table, x->n_table, t0, t1, x->dk, x->dv, row, x->g->save);
   if (rc) return rc;
-  CF_CUDA_TRY(cudaMemcpyAsync(k, x->dk, bytes, cudaMemcpyDeviceToHost, x->g->compute));
-  CF_CUDA_TRY(cudaMemcpyAsync(v, x->dv, bytes, cudaMemcpyDeviceToHost, x->g->compute));
-  return cf__gx_sync(x->g->compute);
+  CF_CUDA_TRY(cudaMemcpyAsync(k, x->dk, bytes, cudaMemcpyDeviceToHost, x->g->save));
+  CF_CUDA_TRY(cudaMemcpyAsync(v, x->dv, bytes, cudaMemcpyDeviceToHost, x->g->save));
+  return cf__gx_sync(x->g->save);
 }
 
 int cf_exec_gpu_save(cf_exec_gpu_t *g, cf_store_t *st, const cf_gpu_kv_t *kv, const int32_t *tokens,
                      int n, const int32_t *blocks, int n_blocks, unsigned flags, cf_save_result_t *res) {
   memset(res, 0, sizeof *res);
-  if (!g->compute || !kv || !blocks || n_blocks <= 0)
+  if (!g->save || !kv || !blocks || n_blocks <= 0)
     return cf_seterr(CF_EINVAL, "gpu save: executor, engine buffers and a block table required");
   cf__gx_save_t x = {.g = g, .kv = kv, .n_table = n_blocks};
   size_t cell = (size_t)cf_store_geom(st)->chunk_tokens * (size_t)kv->layout.n_kv_heads * (size_t)kv->layout.head_dim * 2;

@@ -38,6 +38,7 @@ typedef struct {
   cf_gpu_load_mode_t mode;
   size_t loader_staging;      /* cf_gpu_loader_init's staging_bytes (0: its default) */
   cudaStream_t compute, pub;  /* forward/gather/write; readiness publishes */
+  cudaStream_t save;          /* cf_exec_gpu_save's (the daemon's loop thread, beside restores) */
 } cf_exec_gpu_t;
 
 /* Streams on CUDA device `device` for backend `be` (must be the CUDA backend on that device).
