@@ -252,6 +252,41 @@ CF_TEST(save_rejects_bad_blocks_and_geometry) {
   world_free(&w);
 }
 
+/* cf_save_cells (the GPU executor's Save goes through it with a device gather): a gather that
+ * fails at chunk 1 stops the save there with the chunk named, chunk 0 stays saved, and the
+ * gather saw each chunk's layers with the right token ranges. */
+typedef struct { const cf_kvmap_t *kv; const int32_t *blocks; int calls, fail_t0; } gather_ctx_t;
+static int failing_gather(void *ctx, int l, int t0, int t1, void *k, void *v) {
+  gather_ctx_t *g = ctx;
+  g->calls++;
+  if (t0 == g->fail_t0) return cf_seterr(CF_ECUDA, "injected device copy failure at layer %d", l);
+  cf_kvmap_gather(g->kv, l, g->blocks, t0, t1, k, v);
+  return 0;
+}
+CF_TEST(save_cells_stops_at_a_failed_gather) {
+  world_t w;
+  world_init(&w, 16, 40);
+  engine_t a;
+  engine_init(&a, &w, "eng_g", 8, 0);
+  engine_prefill(&a, &w);
+  cf_store_t *st = open_store(&w, "store_g", 1 << 20, 0);
+  gather_ctx_t g = {.kv = &a.kv, .blocks = a.blocks, .fail_t0 = 16};
+  cf_save_result_t sr;
+  CF_CHECK_ERR(cf_save_cells(st, &a.kv.layout, failing_gather, &g, w.tokens, w.T, a.blocks, a.nb, 0, &sr), CF_ECUDA);
+  CF_CHECK_CONTAINS(cf_errmsg(), "chunk 1 (tokens [16, 32)) from the engine");
+  CF_CHECK_EQ(sr.new_chunks, 1);
+  CF_CHECK_EQ(sr.saved_tokens, 16);
+  CF_CHECK_EQ(g.calls, w.L + 1); /* chunk 0: every layer; chunk 1: the first layer failed */
+  g.fail_t0 = -1;
+  CF_CHECK_OK(cf_save_cells(st, &a.kv.layout, failing_gather, &g, w.tokens, w.T, a.blocks, a.nb, 0, &sr));
+  CF_CHECK_EQ(sr.existing_chunks, 1);
+  CF_CHECK_EQ(sr.new_chunks, 2);
+  CF_CHECK_EQ(sr.saved_tokens, 40);
+  cf_store_close(st);
+  cf_kvmap_close(&a.kv);
+  world_free(&w);
+}
+
 /* A bf16 store end to end on the real CPU backend and real store files: a bf16 engine saves
  * (its blocks' bytes, unchanged), another bf16 engine restores from the CPU tier and, after
  * eviction, from the SSD tier: every loaded token bit-identical to the saver's bytes, the partial
