@@ -94,6 +94,8 @@ static int cf__gx_sync(cudaStream_t s) {
 
 static int cf__gx_validate(void *dev, const cf_exec_req_t *r) {
   cf_exec_gpu_t *g = dev;
+  if (!g || !g->be || !g->compute)
+    return cf_seterr(CF_ENODEV, "restore: the GPU executor is not initialised (cf_exec_gpu_init failed or was not called)");
   if (r->kv || !r->gkv)
     return cf_seterr(CF_EINVAL, "restore: the GPU executor needs the engine's device buffers (gkv), not a shared-memory map");
   if (r->gkv->device != g->device)

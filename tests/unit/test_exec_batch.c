@@ -158,6 +158,45 @@ CF_TEST(batch_executes_planned_jobs_and_recomputes_vanished_chunks) {
   bw_free(&w);
 }
 
+/* A round mixing engine kinds: a job with device buffers (gkv) goes to the GPU data path, the
+ * shared-memory one to the CPU data path, each run by the same scheduler. Here no GPU executor
+ * can start: the GPU job ends with a clear error (not initialised; without o.gpu: the CPU path's
+ * "needs a shared-memory buffer"), and the CPU job of the same round still restores correctly. */
+CF_TEST(batch_routes_device_buffer_jobs_to_the_gpu_data_path) {
+  bw_t w;
+  bw_init(&w, "st_gpu");
+  cf_exec_gpu_t gx;
+  CF_CHECK(cf_exec_gpu_init(&gx, w.be, 0, CF_GPU_LOAD_STAGED) != 0); /* the toy backend is not cuda */
+  for (int with_gpu = 1; with_gpu >= 0; with_gpu--) {
+    cf_batch_opts_t o = {.be = w.be, .store = w.st, .n_loaders = 2, .batch_max = 4, .gpu = with_gpu ? &gx : NULL};
+    cf_batch_t *b;
+    CF_CHECK_OK(cf_batch_start(&b, &o));
+    int h[6] = {1, 1, 0, 0, 2, 3};
+    tjob_t jc, jg;
+    tj_init(&jc, &w, with_gpu ? "gc1" : "gc0", h);
+    tj_init(&jg, &w, with_gpu ? "gg1" : "gg0", h);
+    cf_gpu_kv_t gkv;
+    memset(&gkv, 0, sizeof gkv);
+    gkv.layout = jg.kv.layout;
+    jg.b.kv = NULL;
+    jg.b.gkv = &gkv;
+    cf_batch_job_t *js[2] = {&jg.b, &jc.b};
+    cf_batch_submit(b, js, 2);
+    tjob_t *all[2] = {&jg, &jc};
+    wait_done(all, 2);
+    CF_CHECK_EQ(jc.done, 1);
+    CF_CHECK_EQ(jc.err, 0);
+    CF_CHECK_EQ(kv_bad(&jc, &w), 0);
+    CF_CHECK_EQ(jg.done, 1);
+    CF_CHECK_ERR(jg.err, with_gpu ? CF_ENODEV : CF_EINVAL);
+    cf_batch_stop(b);
+    cf_kvmap_close(&jc.kv);
+    cf_kvmap_close(&jg.kv);
+  }
+  cf_exec_gpu_close(&gx);
+  bw_free(&w);
+}
+
 CF_TEST(batch_quiesce_cancels_running_and_ends_queued) {
   bw_t w;
   bw_init(&w, "st2");
