@@ -44,25 +44,7 @@
 #include "sched/cf_sim.h"
 #include "util/cf_err.h"
 
-static int g_pass, g_fail, g_skip;
-
-static void check(int ok, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  printf("%s ", ok ? "ok  " : "FAIL");
-  vprintf(fmt, ap);
-  printf("\n");
-  va_end(ap);
-  if (ok) g_pass++;
-  else g_fail++;
-}
-#define RC(expr) rc_ok((expr), #expr, __LINE__)
-static int rc_ok(int rc, const char *what, int line) {
-  if (rc) check(0, "line %d: %s: %s: %s", line, what, cf_err_name(rc), cf_errmsg());
-  return rc == 0;
-}
-#define CU(call) do { cudaError_t e_ = (call); if (e_ != cudaSuccess) { \
-    check(0, "line %d: %s: %s", __LINE__, #call, cudaGetErrorString(e_)); exit(1); } } while (0)
+#include "tests/kernels/kt_check.h"
 
 static double now_s(void) {
   struct timespec ts;
@@ -421,13 +403,6 @@ static void bench(int T) {
              t_pol[pol] / t_pol[CF_POLICY_LOAD], t_pol[pol] / t_pol[CF_POLICY_RECOMPUTE]);
   free(srcs); free(refs);
   fx_free(&f);
-}
-
-static int finish(void) {
-  printf("%d passed, %d failed", g_pass, g_fail);
-  if (g_skip) printf(", %d skipped", g_skip);
-  printf("\n");
-  return g_fail ? 1 : 0;
 }
 
 int main(int argc, char **argv) {
