@@ -18,6 +18,8 @@ model = $(cd "$MODEL" && pwd)
 backend = cuda
 gpu_executor = on
 chunk_tokens = 64
+cpu_tier_bytes = 256m
+ssd_tier_bytes = 1g
 log_level = debug
 CONF
 build/cacheflowd --config "$T/d.conf" >"$T/d.log" 2>&1 &
