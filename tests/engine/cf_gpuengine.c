@@ -24,6 +24,7 @@
 #include "client/cf_client.h"
 #include "gpu/cf_gpu.h"
 #include "gpu/cf_gpu_kv.h"
+#include "ipc/cf_ready.h"
 #include "model/cf_backend.h"
 #include "model/cf_model.h"
 #include "util/cf_err.h"
@@ -51,13 +52,15 @@ int main(void) {
 #define DIE(...) do { char b_[512]; snprintf(b_, sizeof b_, __VA_ARGS__); check(0, "setup", b_); return finish(); } while (0)
 
 typedef struct {
-  int last_layers, order_ok, done, err;
+  int last_layers, order_ok, done, err, slot;
   double t_done;
 } rstate_t;
 
 static int on_event(void *arg, const Cacheflow__V1__RestoreEvent *ev) {
   rstate_t *s = arg;
-  if (ev->event_case == CACHEFLOW__V1__RESTORE_EVENT__EVENT_LAYERS) {
+  if (ev->event_case == CACHEFLOW__V1__RESTORE_EVENT__EVENT_PLAN) {
+    s->slot = (int)ev->plan->readiness_slot;
+  } else if (ev->event_case == CACHEFLOW__V1__RESTORE_EVENT__EVENT_LAYERS) {
     if ((int)ev->layers->layers_ready <= s->last_layers) s->order_ok = 0;
     s->last_layers = (int)ev->layers->layers_ready;
   } else if (ev->event_case == CACHEFLOW__V1__RESTORE_EVENT__EVENT_DONE) {
@@ -183,9 +186,19 @@ int main(int argc, char **argv) {
   if (gc) cacheflow__v1__get_config_response__free_unpacked(gc, NULL);
   if (chunk < 1) DIE("chunk_tokens from GetConfig: %d", chunk);
   uint64_t eng = 0;
-  rc = cf_client_register(c, &req, &eng);
+  ProtobufCMessage *resp = NULL;
+  rc = cf_client_call(c, "/cacheflow.v1.CacheFlow/RegisterEngine", &req.base,
+                      &cacheflow__v1__register_engine_response__descriptor, &resp);
   check(rc == 0, "RegisterEngine with CUDA IPC buffers", rc ? cf_errmsg() : NULL);
   if (rc) return finish();
+  eng = ((Cacheflow__V1__RegisterEngineResponse *)resp)->engine_id;
+  /* the readiness file: the daemon's GPU writes each restore's per-layer gate into it */
+  cf_ready_t rdy;
+  memset(&rdy, 0, sizeof rdy);
+  const char *rpath = ((Cacheflow__V1__RegisterEngineResponse *)resp)->readiness_shm_path;
+  rc = rpath && rpath[0] ? cf_ready_open(&rdy, rpath) : CF_ENOENT;
+  check(rc == 0, "readiness file from RegisterEngine opens", rpath);
+  protobuf_c_message_free_unpacked(resp, NULL);
   uint32_t saved = 0;
   int durable = 0;
   rc = cf_client_save(c, eng, utok, (size_t)T, blocks_save, (size_t)nb, &saved, &durable);
@@ -217,7 +230,7 @@ int main(int argc, char **argv) {
     rr.n_block_ids = (size_t)nb;
     rr.block_ids = blocks_rest;
     rr.policy = (Cacheflow__V1__Policy)pol;
-    rstate_t s = {.last_layers = 0, .order_ok = 1};
+    rstate_t s = {.last_layers = 0, .order_ok = 1, .slot = -1};
     double t0 = now_s();
     rc = cf_client_restore(c, &rr, on_event, &s);
     double dt = now_s() - t0;
@@ -225,6 +238,15 @@ int main(int argc, char **argv) {
     char what[64];
     snprintf(what, sizeof what, "%s%s: Restore", ssd ? "ssd-" : "", pol_name[pol]);
     check(rc == 0 && s.done && s.order_ok && s.last_layers == L, what, d);
+    if (rdy.slots && s.slot >= 0 && s.slot < rdy.n_slots) { /* the GPU-written gate reached L */
+      uint64_t layers = 0;
+      int wr = cf_ready_wait(&rdy, s.slot, (uint64_t)L, 5000000000LL, &layers);
+      uint64_t gate = atomic_load(&rdy.slots[s.slot].gate);
+      snprintf(d, sizeof d, "slot %d: layers %llu, gate %llu (want %d)", s.slot, (unsigned long long)layers,
+               (unsigned long long)gate, L);
+      snprintf(what, sizeof what, "%s%s: readiness counter and GPU gate", ssd ? "ssd-" : "", pol_name[pol]);
+      check(wr == 0 && gate == (uint64_t)L, what, d);
+    }
     if (cudaMemcpy(img, dbuf, total, cudaMemcpyDeviceToHost) != cudaSuccess) DIE("download");
     int exact = 0, close_ = 0, bad = 0, poison = 0;
     for (int l = 0; l < L; l++)
@@ -266,6 +288,7 @@ int main(int argc, char **argv) {
     printf("RESULT e2e_%s%s tokens=%d ms=%.2f exact=%d close=%d bad=%d\n", ssd ? "ssd-" : "", pol_name[pol], T, dt * 1e3,
            exact, close_, bad);
   }
+  cf_ready_close(&rdy);
   cf_client_unregister(c, eng);
   cacheflow__v1__stats_response__free_unpacked(st, NULL);
   cf_client_close(c);
