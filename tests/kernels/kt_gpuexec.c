@@ -278,8 +278,11 @@ static void compare_one(fx_t *f, cf_exec_t *cx, cf_exec_t *gxe, const plan_t *p,
   check(poison == 0, "%s: no poison left in the restored rows (%d)", what, poison);
   check(bad_loaded == 0, "%s: %d loaded cells bit-exact = stored bytes (%d wrong)", what, n_loaded, bad_loaded);
   check(bad_computed == 0, "%s: computed cells within bf16 tolerance of the CPU executor (worst rel L2 %.3g)", what, worst);
+  /* with failures, which cells below a failed one were loaded first is a race: counts differ */
   check(rg.stats.cells_loaded[0] + rg.stats.cells_computed == (uint64_t)f->n_chunks * f->L &&
-        rg.stats.cells_loaded[0] == rc_.stats.cells_loaded[0], "%s: stats: every cell once, loads as the CPU executor's", what);
+        (fail || rg.stats.cells_loaded[0] == rc_.stats.cells_loaded[0]),
+        "%s: stats: every cell once (%llu loaded, CPU executor %llu)", what,
+        (unsigned long long)rg.stats.cells_loaded[0], (unsigned long long)rc_.stats.cells_loaded[0]);
   int order = 1;
   for (int l = 1; l < f->L; l++) order &= lr[l - 1] <= lr[l] && lr[l] > 0;
   check(order, "%s: layers became ready in order", what);
