@@ -119,3 +119,36 @@ CF_TEST(gpu_loader_and_ready_refuse_without_a_gpu) {
   cf_ready_close(&r);
   cf_gpu_loader_close(&ld);
 }
+
+/* The host callback of a GPU publish / finish (cf_gpu_ready_apply): it runs whenever the side
+ * stream gets to it, possibly after the slot was failed or begun again for another request. */
+CF_TEST(gpu_ready_late_callbacks_do_not_touch_a_reused_or_failed_slot) {
+  char path[1100];
+  snprintf(path, sizeof path, "%s/ready_cb", cf_test_tmpdir());
+  cf_ready_t r;
+  CF_CHECK_OK(cf_ready_create(&r, path, 2));
+  cf_ready_begin(&r, 0, 100);
+  cf_gpu_ready_apply(&r, 0, 100, 2, 0); /* this request's publish: counts */
+  CF_CHECK_EQ(atomic_load(&r.slots[0].layers), 2);
+  cf_gpu_ready_apply(&r, 0, 100, 1, 0); /* callbacks never lower the count */
+  CF_CHECK_EQ(atomic_load(&r.slots[0].layers), 2);
+  /* the slot is begun again for request 101; request 100's queued callbacks must be no-ops */
+  cf_ready_begin(&r, 0, 101);
+  cf_gpu_ready_apply(&r, 0, 100, 4, 0);
+  cf_gpu_ready_apply(&r, 0, 100, 0, 1);
+  CF_CHECK_EQ(atomic_load(&r.slots[0].layers), 0);
+  CF_CHECK_EQ(atomic_load(&r.slots[0].status), CF_READY_RUNNING);
+  cf_gpu_ready_apply(&r, 0, 101, 0, 1);
+  CF_CHECK_EQ(atomic_load(&r.slots[0].status), CF_READY_DONE);
+  /* a failure reported from the CPU while a finish callback was queued keeps its error */
+  cf_ready_begin(&r, 1, 7);
+  cf_gpu_ready_t g;
+  memset(&g, 0, sizeof g);
+  g.r = &r;
+  cf_gpu_ready_fail(&g, 1, CF_EIO, NULL);
+  cf_gpu_ready_apply(&r, 1, 7, 0, 1);
+  CF_CHECK_EQ(atomic_load(&r.slots[1].status), CF_EIO);
+  uint64_t seen = 0;
+  CF_CHECK_EQ(cf_ready_wait(&r, 1, 1, 0, &seen), CF_EIO);
+  cf_ready_close(&r);
+}
