@@ -321,10 +321,16 @@ static int cf__sink_deliver(void *ud, size_t i, const cf_ring_cell_t *c, int slo
     return cf_seterr(CF_ESHAPE, "gpu load: cell %zu (layer %u) is %zu bytes; %u tokens of %d kv heads x %d "
                      "need %zu (2-byte KV)", i, c->layer, bytes, n_tokens, L->n_kv_heads, L->head_dim, want);
   int rc = cf_gpu_load_cell(ld, ld->kv, (int)c->layer, c->tok0, buf, (int)n_tokens);
-  if (rc) return rc;
   /* the staging slot is read by the H2D copies (STAGED, ARENA: the copy stream) or, for
-   * ZEROCOPY, by the scatter kernel */
-  CF_CUDA_TRY(cudaEventRecord(ld->slot_ev[slot], ld->mode == CF_GPU_LOAD_ZEROCOPY ? ld->scatter : ld->copy));
+   * ZEROCOPY, by the scatter kernel. Recorded on failure too: a load that failed part-way
+   * may have enqueued copies out of this slot, and the ring reuses it after slot_done only. */
+  cudaStream_t rd = ld->mode == CF_GPU_LOAD_ZEROCOPY ? ld->scatter : ld->copy;
+  if (rc) {
+    (void)cudaEventRecord(ld->slot_ev[slot], rd);
+    (void)cudaGetLastError();
+    return rc;
+  }
+  CF_CUDA_TRY(cudaEventRecord(ld->slot_ev[slot], rd));
   return 0;
 }
 

@@ -16,7 +16,8 @@
  *
  * The sink:
  *   deliver(ud, i, cell, slot, buf, bytes, n_tokens): start consuming cell i's bytes in `buf`
- *     (slot `slot`). Returns 0, or a negative CF_E* code that stops the run (returned by it).
+ *     (slot `slot`). Returns 0, or a negative CF_E* code that stops the run (returned by it);
+ *     a failed deliver may have started consuming: the slot is reused after slot_done only.
  *   failed(ud, i, cell, status): cell i was not delivered (may be NULL).
  *   slot_done(ud, slot, wait): 1 when what the last deliver into `slot` started no longer reads
  *     the buffer (wait = 1: block until then), 0 when it still does (only when wait = 0), or a
