@@ -42,6 +42,17 @@ CF_TEST(gpu_kv_rejects_bad_layouts_before_touching_a_gpu) {
   cf_gpu_kv_close(&kv);
 }
 
+CF_TEST(gpu_ipc_export_refuses_host_memory) {
+  static uint8_t host[4096];
+  cf_gpu_ipc_handle_t h;
+  uint64_t off = 7;
+  int rc = cf_gpu_ipc_export(host + 64, &h, &off);
+  /* EINVAL naming the pointer (with CUDA), ENODEV in a build without it; never a handle */
+  CF_CHECK_MSG(rc == CF_EINVAL || rc == CF_ENODEV, "got %s: %s", cf_err_name(rc), cf_errmsg());
+  if (rc == CF_EINVAL) CF_CHECK(strstr(cf_errmsg(), "not device memory") != NULL);
+  CF_CHECK_EQ(off, 7);
+}
+
 CF_TEST(gpu_kv_wrap_keeps_per_layer_pointers) {
   cf_kv_layout_t lay;
   CF_CHECK_OK(cf_kv_layout_init(&lay, 3, 4, 16, 2, 64, CF_DT_BF16));
