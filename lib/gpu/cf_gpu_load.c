@@ -37,26 +37,48 @@ void cf_gpu_pinned_free(void *p, size_t bytes, void *ud) { (void)p; (void)bytes;
 
 #else
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "kernels/cf_cuda_check.h"
 #include "kernels/cf_paged.h"
 
 #define CF__GPU_STAGING_DEFAULT (16u << 20)
 #define CF__GPU_ARENA_DEFAULT (256u << 20)
 
+/* Anonymous memory pinned with cudaHostRegister, not cudaHostAlloc: cudaHostAlloc's pages are a
+ * mapping of the NVIDIA device file, and O_DIRECT / io_uring reads into them (the SSD tier reads
+ * straight into these buffers) depend on the kernel accepting that VMA for get_user_pages
+ * (io_uring buffer registration refuses file-backed VMAs on pre-6.x kernels: EOPNOTSUPP). An
+ * anonymous mapping is what every kernel's direct I/O takes; registered Portable + Mapped it is
+ * the same pinned, device-mapped memory for the copies and the zero-copy kernel. */
+static size_t cf__pinned_len(size_t bytes) {
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+  return (bytes + pg - 1) / pg * pg;
+}
+
 void *cf_gpu_pinned_alloc(size_t bytes, void *ud) {
   (void)ud;
-  void *p = NULL;
+  if (!bytes) return NULL;
+  size_t len = cf__pinned_len(bytes);
+  void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return NULL;
+  (void)madvise(p, len, MADV_DONTFORK); /* a forked child must not turn pinned pages copy-on-write */
   /* page-aligned (the store wants 4096), mapped (the zero-copy kernel reads it) */
-  if (cudaHostAlloc(&p, bytes, cudaHostAllocPortable | cudaHostAllocMapped) != cudaSuccess) {
+  if (cudaHostRegister(p, len, cudaHostRegisterPortable | cudaHostRegisterMapped) != cudaSuccess) {
     (void)cudaGetLastError();
+    munmap(p, len);
     return NULL;
   }
   return p;
 }
 
 void cf_gpu_pinned_free(void *p, size_t bytes, void *ud) {
-  (void)bytes; (void)ud;
-  if (p) (void)cudaFreeHost(p);
+  (void)ud;
+  if (!p) return;
+  (void)cudaHostUnregister(p);
+  (void)cudaGetLastError();
+  munmap(p, cf__pinned_len(bytes));
 }
 
 int cf_gpu_loader_init(cf_gpu_loader_t *ld, cf_gpu_load_mode_t mode, size_t staging_bytes) {

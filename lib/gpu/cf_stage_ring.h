@@ -67,7 +67,7 @@ typedef struct {
 
 /* Open a ring of n_slots (2..64) buffers of one cell stride each over `st`. `mem` (may be NULL:
  * the ring allocates with aligned_alloc) must hold n_slots * cf_ring_slot_bytes(st) bytes,
- * 4096-aligned (e.g. cudaHostAlloc'd pinned memory for the GPU sink); it stays the caller's.
+ * 4096-aligned (e.g. cf_gpu_pinned_alloc'd memory for the GPU sink); it stays the caller's.
  * Errors: CF_EINVAL (n_slots, misaligned mem), CF_ENOMEM, and the reader's errors. */
 int cf_ring_init(cf_ring_t *r, cf_store_t *st, int n_slots, void *mem);
 /* Bytes of one slot for store `st` (its cell stride: a full cell rounded up to 4096). */
