@@ -16,6 +16,10 @@
  *   its forward pass (e.g. in the attention backend's per-layer hook, or before replaying a
  *   CUDA graph segment):
  *       cf_gpu_ready_stream_wait(&g, slot, l + 1, torch.cuda.current_stream())
+ *   Only after the slot holds this request (slot.req_id == the request's id, set by the daemon's
+ *   cf_ready_begin, which also zeroes the gate): a wait enqueued while the slot still holds the
+ *   previous request's gate (its layer count, or CF_READY_GATE_OPEN after a failure) passes at
+ *   once, before this request's KV is there.
  *   The stream then blocks on the device (cuStreamWaitValue64 >= l+1, no CPU round trip) until
  *   the daemon's loads of layers [0, l] are complete, so the engine's prefill of the new tokens
  *   overlaps the restore of later layers. After the step completes the engine must check the
