@@ -164,3 +164,21 @@ CF_TEST(gpu_ready_late_callbacks_do_not_touch_a_reused_or_failed_slot) {
   CF_CHECK_EQ(cf_ready_wait(&r, 1, 1, 0, &seen), CF_EIO);
   cf_ready_close(&r);
 }
+
+/* cuStreamWaitValue64's default condition (CU_STREAM_WAIT_VALUE_GEQ) is CYCLIC:
+ * (int64_t)(*addr - value) >= 0 (cuda.h). The open gate of a failed restore must release every
+ * wait under it as well as under the kernel fallback's plain >=, and the closed gate (0, after
+ * cf_ready_begin) must hold every wait for >= 1 layer. (A gate of ~0 would look "open" to the
+ * kernel but -1 - v < 0 to the driver: the engine's stream would hang.) */
+static int memop_geq(uint64_t cur, uint64_t v) { return (int64_t)(cur - v) >= 0; }
+
+CF_TEST(gpu_gate_values_mean_the_same_to_the_driver_wait_and_the_kernel_wait) {
+  const uint64_t waits[] = {1, 2, 32, 80, 126, 1u << 20, 1ull << 31, 1ull << 40};
+  for (size_t i = 0; i < sizeof waits / sizeof waits[0]; i++) {
+    uint64_t v = waits[i];
+    CF_CHECK_MSG(memop_geq(CF_READY_GATE_OPEN, v) && CF_READY_GATE_OPEN >= v, "open gate holds a wait for %llu",
+                 (unsigned long long)v);
+    CF_CHECK(!memop_geq(0, v) && !(0 >= v));
+    CF_CHECK(memop_geq(v, v) && !memop_geq(v - 1, v)); /* layer counts: the n-th publish releases >= n */
+  }
+}
