@@ -19,6 +19,7 @@ static int cf__gpu_ready_slot(const cf_gpu_ready_t *g, int slot) {
 static int cf__gate_write(cf_gpu_ready_t *g, int slot, uint64_t v, cudaStream_t s);
 
 void cf_gpu_ready_apply(cf_ready_t *r, int slot, uint64_t req_id, uint64_t n, int finish) {
+  if (!r || !r->slots || slot < 0 || slot >= r->n_slots) return;
   cf_ready_slot_t *sl = &r->slots[slot];
   /* Enqueued for an earlier request of this slot: the slot was begun again since (a restore
    * reused it before this callback ran), so this must not count toward the new request. */

@@ -162,6 +162,8 @@ CF_TEST(gpu_ready_late_callbacks_do_not_touch_a_reused_or_failed_slot) {
   CF_CHECK_EQ(atomic_load(&r.slots[1].status), CF_EIO);
   uint64_t seen = 0;
   CF_CHECK_EQ(cf_ready_wait(&r, 1, 1, 0, &seen), CF_EIO);
+  cf_gpu_ready_apply(&r, 2, 7, 5, 0); /* out of range: ignored */
+  cf_gpu_ready_apply(NULL, 0, 7, 5, 0);
   cf_ready_close(&r);
 }
 
