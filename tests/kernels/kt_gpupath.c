@@ -389,8 +389,9 @@ static int daemon_proc(const char *dir, int variant) {
       /* layers 0-1 are complete first: the CPU store of the open gate below releases the
        * engine's waits at once, and the check that layers 0-1 are restored bit-exact must not
        * depend on the 20 ms sleep having outlasted their loads */
-      CU(cudaStreamSynchronize(ls));
-      cf_gpu_ready_fail(&g, SLOT, CF_EIO, &ls);
+      cudaError_t se = cudaStreamSynchronize(ls);
+      if (se != cudaSuccess) check(0, "loader stream before the failure: %s", cudaGetErrorString(se));
+      cf_gpu_ready_fail(&g, SLOT, CF_EIO, &ls); /* opens the gate even when the sync failed */
       failed = 1;
       break;
     }
