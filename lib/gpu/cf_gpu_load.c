@@ -3,6 +3,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "util/cf_err.h"
 
@@ -36,9 +38,6 @@ void *cf_gpu_pinned_alloc(size_t bytes, void *ud) { (void)bytes; (void)ud; retur
 void cf_gpu_pinned_free(void *p, size_t bytes, void *ud) { (void)p; (void)bytes; (void)ud; }
 
 #else
-
-#include <sys/mman.h>
-#include <unistd.h>
 
 #include "kernels/cf_cuda_check.h"
 #include "kernels/cf_paged.h"
