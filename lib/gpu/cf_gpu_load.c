@@ -56,28 +56,32 @@ static size_t cf__pinned_len(size_t bytes) {
   return (bytes + pg - 1) / pg * pg;
 }
 
+/* One extra page in front holds the mapping's length, so that free needs no byte count (callers
+ * that passed 0 to the cudaFreeHost-based version keep working). */
 void *cf_gpu_pinned_alloc(size_t bytes, void *ud) {
   (void)ud;
   if (!bytes) return NULL;
-  size_t len = cf__pinned_len(bytes);
-  void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) return NULL;
-  (void)madvise(p, len, MADV_DONTFORK); /* a forked child must not turn pinned pages copy-on-write */
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE), len = cf__pinned_len(bytes);
+  uint8_t *m = mmap(NULL, pg + len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return NULL;
+  (void)madvise(m, pg + len, MADV_DONTFORK); /* a forked child must not turn pinned pages copy-on-write */
+  *(size_t *)m = pg + len;
   /* page-aligned (the store wants 4096), mapped (the zero-copy kernel reads it) */
-  if (cudaHostRegister(p, len, cudaHostRegisterPortable | cudaHostRegisterMapped) != cudaSuccess) {
+  if (cudaHostRegister(m + pg, len, cudaHostRegisterPortable | cudaHostRegisterMapped) != cudaSuccess) {
     (void)cudaGetLastError();
-    munmap(p, len);
+    munmap(m, pg + len);
     return NULL;
   }
-  return p;
+  return m + pg;
 }
 
 void cf_gpu_pinned_free(void *p, size_t bytes, void *ud) {
-  (void)ud;
+  (void)bytes; (void)ud;
   if (!p) return;
+  uint8_t *m = (uint8_t *)p - (size_t)sysconf(_SC_PAGESIZE);
   (void)cudaHostUnregister(p);
   (void)cudaGetLastError();
-  munmap(p, cf__pinned_len(bytes));
+  munmap(m, *(size_t *)m);
 }
 
 int cf_gpu_loader_init(cf_gpu_loader_t *ld, cf_gpu_load_mode_t mode, size_t staging_bytes) {
