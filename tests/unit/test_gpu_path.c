@@ -79,11 +79,16 @@ static void *wait_thread(void *p) {
   return NULL;
 }
 
-CF_TEST(gpu_ready_fail_opens_gate_and_wakes_cpu_waiters_with_the_error) {
+/* A fresh counter file `name` in the test's directory with n_slots slots. */
+static int ready_file(cf_ready_t *r, const char *name, int n_slots) {
   char path[1100];
-  snprintf(path, sizeof path, "%s/ready", cf_test_tmpdir());
+  snprintf(path, sizeof path, "%s/%s", cf_test_tmpdir(), name);
+  return cf_ready_create(r, path, n_slots);
+}
+
+CF_TEST(gpu_ready_fail_opens_gate_and_wakes_cpu_waiters_with_the_error) {
   cf_ready_t r;
-  CF_CHECK_OK(cf_ready_create(&r, path, 4));
+  CF_CHECK_OK(ready_file(&r, "ready", 4));
   cf_ready_begin(&r, 1, 77);
   cf_ready_publish(&r, 1, 1);
   CF_CHECK_EQ(atomic_load(&r.slots[1].gate), 0);
@@ -121,9 +126,7 @@ CF_TEST(gpu_loader_and_ready_refuse_without_a_gpu) {
   rc = cf_gpu_loader_set_table(&ld, t, 2); /* a failed init leaves nothing usable */
   CF_CHECK_MSG(rc == CF_EINVAL || rc == CF_ENODEV, "got %s", cf_err_name(rc));
   cf_ready_t r;
-  char path[1100];
-  snprintf(path, sizeof path, "%s/ready", cf_test_tmpdir());
-  CF_CHECK_OK(cf_ready_create(&r, path, 2));
+  CF_CHECK_OK(ready_file(&r, "ready2", 2));
   cf_gpu_ready_t g;
   rc = cf_gpu_ready_init(&g, &r, 0);
   CF_CHECK_MSG(rc == CF_ENODEV || rc == CF_ECUDA, "got %s", cf_err_name(rc));
@@ -135,10 +138,8 @@ CF_TEST(gpu_loader_and_ready_refuse_without_a_gpu) {
 /* The host callback of a GPU publish / finish (cf_gpu_ready_apply): it runs whenever the side
  * stream gets to it, possibly after the slot was failed or begun again for another request. */
 CF_TEST(gpu_ready_late_callbacks_do_not_touch_a_reused_or_failed_slot) {
-  char path[1100];
-  snprintf(path, sizeof path, "%s/ready_cb", cf_test_tmpdir());
   cf_ready_t r;
-  CF_CHECK_OK(cf_ready_create(&r, path, 2));
+  CF_CHECK_OK(ready_file(&r, "ready_cb", 2));
   cf_ready_begin(&r, 0, 100);
   cf_gpu_ready_apply(&r, 0, 100, 2, 0); /* this request's publish: counts */
   CF_CHECK_EQ(atomic_load(&r.slots[0].layers), 2);
