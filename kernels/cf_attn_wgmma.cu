@@ -34,10 +34,12 @@
 #define CF_WG_BM 128                       // query rows per CTA (2 warpgroups x 64)
 #define CF_WG_BN 128                       // keys per tile
 #define CF_WG_HD 128                       // head_dim
-#define CF_WG_TILE (128 * CF_WG_HD * 2)   // bytes of one swizzled 128 x 128 bf16 tile
+#define CF_WG_TILE CF_WG_TILE_BYTES        // bytes of one swizzled 128 x 128 bf16 tile
 // Q, then K/V for two stages, then 4 mbarriers (TMA loads); +1024 to align the tiles to the
-// swizzle atom.
-#define CF_WG_SMEM (5 * CF_WG_TILE + 64 + 1024)
+// swizzle atom (kernels/cf_wgmma_layout.h, checked on the CPU by test_wgmma_layout.c).
+#define CF_WG_SMEM CF_WG_SMEM_BYTES
+static_assert(CF_WG_HD == 128 && CF_WG_BN == 128 && CF_WG_BM == 128, "the layout header assumes 128");
+static_assert(CF_WG_SMEM + 1024 <= CF_WG_SMEM_MAX_SM90, "dynamic + reserved shared memory fits an SM");
 
 // cp.async writes through the generic proxy; wgmma reads shared memory through the async proxy.
 __device__ __forceinline__ void cf_wg_fence_proxy() {
@@ -135,7 +137,7 @@ __device__ __forceinline__ void cf_tma_tile(uint32_t dst, const CUtensorMap *map
                                             uint32_t bar) {
   cf_mbar_expect_tx(bar, CF_WG_TILE);
   cf_tma_load_2d(dst, map, col, row, bar);
-  cf_tma_load_2d(dst + CF_WG_TILE / 2, map, col + 64, row, bar);
+  cf_tma_load_2d(dst + CF_WG_TILE / 2, map, col + CF_WG_TMA_BOX_COLS, row, bar);
 }
 
 // Async-copy rows [r0, r0+128) of a 128-wide bf16 matrix (row stride rs elements) into a
@@ -259,7 +261,7 @@ __global__ void __launch_bounds__(256, 1)
 #else
   extern __shared__ __align__(16) unsigned char cf_wg_smem[];
   const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(cf_wg_smem);
-  const uint32_t sq = (sraw + 1023u) & ~1023u;  // swizzle atoms must be 1024-byte aligned
+  const uint32_t sq = cf_wg_smem_tiles(sraw);  // swizzle atoms must be 1024-byte aligned
   // The warpgroup index through a shuffle, so that ptxas knows it is warp-uniform: branches on
   // it around wgmma are then not "divergent" (which would serialize the wgmma instructions).
   const int tid = threadIdx.x, wg = __shfl_sync(0xffffffffu, tid >> 7, 0), t = tid & 127;
@@ -289,7 +291,7 @@ __global__ void __launch_bounds__(256, 1)
   // Loads of K tile j / V tile j into its stage; with TMA, waits for them (mbarriers K0, K1,
   // V0, V1 after the tiles; each completes once per tile loaded into its stage, and every
   // thread waits for every tile in load order, so one parity bit per barrier tracks it).
-  const uint32_t bars = sq + 5 * CF_WG_TILE;
+  const uint32_t bars = sq + CF_WG_BAR_OFF;
   uint32_t phase = 0;
   auto load_k = [&](int j) {
     if (!TMA) cf_wg_load_tile(CF_WG_KS(sq, j), kg, rs, j * CF_WG_BN, Tk);
@@ -515,7 +517,7 @@ static int cf__tma_kv_map(CUtensorMap *m, const void *base, const cf_attn_args_t
   if (!enc) return CF_ECUDA;
   cuuint64_t dims[2] = {(cuuint64_t)a->n_kv_heads * a->head_dim, (cuuint64_t)(a->t0 + a->Tq)};
   cuuint64_t strides[1] = {(cuuint64_t)a->kv_row_stride * 2};
-  cuuint32_t box[2] = {64, CF_WG_BN}, estr[2] = {1, 1};
+  cuuint32_t box[2] = {CF_WG_TMA_BOX_COLS, CF_WG_TMA_BOX_ROWS}, estr[2] = {1, 1};
   CUresult r = enc(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, (void *)base, dims, strides, box, estr,
                    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
@@ -573,7 +575,7 @@ __global__ void __launch_bounds__(128, 1) cf_wgmma_probe_kernel(const bf16 *A, c
   __trap();
 #else
   extern __shared__ __align__(16) unsigned char cf_wg_smem[];
-  const uint32_t sa = ((uint32_t)__cvta_generic_to_shared(cf_wg_smem) + 1023u) & ~1023u;
+  const uint32_t sa = cf_wg_smem_tiles((uint32_t)__cvta_generic_to_shared(cf_wg_smem));
   const uint32_t sb = sa + CF_WG_TILE, sv = sb + CF_WG_TILE;
   const int t = threadIdx.x;
   // 128 threads load the three tiles (A's rows past 64 are zero-filled).

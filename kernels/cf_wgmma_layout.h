@@ -79,6 +79,25 @@ CF_WG_FN uint32_t cf_wg_a_col(uint32_t t, uint32_t j, uint32_t h) {
  * (row, key) with no data movement between threads. */
 CF_WG_FN uint32_t cf_wg_p_src(uint32_t ks, uint32_t j, uint32_t h) { return 8u * ks + 2u * j + h; }
 
+/* ---- the attention kernel's shared memory and TMA boxes (checked by test_wgmma_layout.c) */
+
+#define CF_WG_TILE_BYTES (128u * 128u * 2u) /* one swizzled 128 x 128 bf16 tile */
+/* Q, two K stages, two V stages (tile order Q K0 K1 V0 V1), then the 4 mbarriers (K0 K1 V0 V1,
+ * 8 bytes each) of the TMA variant; +1024 so the tiles can start at the next 1024-byte boundary
+ * (the 128-byte swizzle repeats every 1024 bytes and is applied to address bits). */
+#define CF_WG_BAR_OFF (5u * CF_WG_TILE_BYTES)
+#define CF_WG_SMEM_BYTES (CF_WG_BAR_OFF + 64u + 1024u)
+/* Opt-in dynamic shared memory per block on compute capability 9.0 (227 KiB). */
+#define CF_WG_SMEM_MAX_SM90 (227u * 1024u)
+/* TMA: a tile is two boxes of 64 columns (128 bytes: the 128-byte swizzle span, the most a
+ * SWIZZLE_128B box row may hold) x 128 rows; the second lands one column block further. */
+#define CF_WG_TMA_BOX_COLS 64u
+#define CF_WG_TMA_BOX_ROWS 128u
+
+/* Shared address of the first tile for a dynamic shared-memory base `raw` (the kernel's
+ * alignment of the tiles to the swizzle atom). */
+CF_WG_FN uint32_t cf_wg_smem_tiles(uint32_t raw) { return (raw + 1023u) & ~1023u; }
+
 /* ---- the attention kernel's schedule (128-key tiles, 128-row CTAs of two 64-row warpgroups) */
 
 /* Key tiles some row of a CTA sees when its last query is at position t0 + qend - 1. */

@@ -87,18 +87,42 @@ int cf_gpu_ipc_export(void *p, cf_gpu_ipc_handle_t *h, uint64_t *offset) {
   _Static_assert(sizeof(cudaIpcMemHandle_t) == CF_GPU_IPC_HANDLE_BYTES, "64-byte IPC handle");
   /* The handle names a whole allocation: export its base (as PyTorch does) and register p's
    * offset inside it. Without cuMemGetAddressRange, p must be the base itself. */
+  /* The driver call below needs the allocation's context current on this thread (an engine
+   * may export from a thread that never made a runtime call): make the owning device's primary
+   * context current for the duration, then restore the caller's device. */
+  struct cudaPointerAttributes pa;
+  if (cudaPointerGetAttributes(&pa, p) != cudaSuccess || pa.type != cudaMemoryTypeDevice) {
+    (void)cudaGetLastError();
+    return cf_seterr(CF_EINVAL, "CUDA IPC export: %p is not device memory (cudaMalloc) of this process", p);
+  }
+  int prev = -1;
+  if (cudaGetDevice(&prev) != cudaSuccess) prev = -1;
+  if (cudaSetDevice(pa.device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return cf_seterr(CF_ECUDA, "CUDA IPC export: cannot make device %d (owner of %p) current", pa.device, p);
+  }
   void *base = p, *fn;
+  int rc = 0;
   if (cf_gpu_driver_fn("cuMemGetAddressRange", &fn) == 0) {
     CUdeviceptr b = 0;
     size_t size = 0;
     CUresult cr = ((cf__addr_range_fn)fn)(&b, &size, (CUdeviceptr)(uintptr_t)p);
     if (cr != CUDA_SUCCESS)
-      return cf_seterr(CF_ECUDA, "CUDA IPC export: %p is not device memory of this process (CUresult %d)",
-                       p, (int)cr);
-    base = (void *)(uintptr_t)b;
+      rc = cf_seterr(CF_ECUDA, "CUDA IPC export: cuMemGetAddressRange(%p) failed (CUresult %d)", p, (int)cr);
+    else
+      base = (void *)(uintptr_t)b;
   }
   cudaIpcMemHandle_t ih;
-  CF_CUDA_TRY(cudaIpcGetMemHandle(&ih, base));
+  cudaError_t e = rc ? cudaSuccess : cudaIpcGetMemHandle(&ih, base);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    /* e.g. memory from cudaMallocAsync pools or cuMemCreate (PyTorch expandable segments),
+     * which legacy IPC handles cannot name */
+    rc = cf_seterr(CF_ECUDA, "CUDA IPC export: cudaIpcGetMemHandle(base %p of %p): %s", base, p,
+                   cudaGetErrorString(e));
+  }
+  if (prev >= 0 && prev != pa.device) (void)cudaSetDevice(prev);
+  if (rc) return rc;
   memcpy(h->b, &ih, sizeof ih);
   *offset = (uint64_t)((uintptr_t)p - (uintptr_t)base);
   return 0;

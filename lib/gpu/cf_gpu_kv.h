@@ -33,7 +33,9 @@ typedef struct {
 } cf_gpu_kv_t;
 
 /* Engine side (and tests): the IPC handle of the allocation holding device pointer `p`, and
- * p's offset from that allocation's base. Returns 0, CF_ENODEV, CF_ECUDA. */
+ * p's offset from that allocation's base. Works from any thread (it makes p's device current
+ * for the call and restores the caller's). Returns 0, CF_EINVAL (p is not device memory of this
+ * process), CF_ENODEV, CF_ECUDA (e.g. pool / VMM memory, which legacy IPC handles cannot name). */
 int cf_gpu_ipc_export(void *p, cf_gpu_ipc_handle_t *h, uint64_t *offset);
 
 /* Open the engine's buffers on CUDA device `device`: layer l's K at khandle[l] + koff[l], V at

@@ -3,6 +3,8 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "util/cf_err.h"
 
@@ -44,20 +46,43 @@ void cf_gpu_pinned_free(void *p, size_t bytes, void *ud) { (void)p; (void)bytes;
 #define CF__GPU_STAGING_DEFAULT (16u << 20)
 #define CF__GPU_ARENA_DEFAULT (256u << 20)
 
+/* Anonymous memory pinned with cudaHostRegister, not cudaHostAlloc: cudaHostAlloc's pages are a
+ * mapping of the NVIDIA device file, and O_DIRECT / io_uring reads into them (the SSD tier reads
+ * straight into these buffers) depend on the kernel accepting that VMA for get_user_pages
+ * (io_uring buffer registration refuses file-backed VMAs on pre-6.x kernels: EOPNOTSUPP). An
+ * anonymous mapping is what every kernel's direct I/O takes; registered Portable + Mapped it is
+ * the same pinned, device-mapped memory for the copies and the zero-copy kernel. */
+static size_t cf__pinned_len(size_t bytes) {
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+  return (bytes + pg - 1) / pg * pg;
+}
+
+/* One extra page in front holds the mapping's length, so that free needs no byte count (callers
+ * that passed 0 to the cudaFreeHost-based version keep working). */
 void *cf_gpu_pinned_alloc(size_t bytes, void *ud) {
   (void)ud;
-  void *p = NULL;
+  if (!bytes) return NULL;
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE), len = cf__pinned_len(bytes);
+  uint8_t *m = mmap(NULL, pg + len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return NULL;
+  (void)madvise(m, pg + len, MADV_DONTFORK); /* a forked child must not turn pinned pages copy-on-write */
+  *(size_t *)m = pg + len;
   /* page-aligned (the store wants 4096), mapped (the zero-copy kernel reads it) */
-  if (cudaHostAlloc(&p, bytes, cudaHostAllocPortable | cudaHostAllocMapped) != cudaSuccess) {
+  if (cudaHostRegister(m + pg, len, cudaHostRegisterPortable | cudaHostRegisterMapped) != cudaSuccess) {
     (void)cudaGetLastError();
+    munmap(m, pg + len);
     return NULL;
   }
-  return p;
+  return m + pg;
 }
 
 void cf_gpu_pinned_free(void *p, size_t bytes, void *ud) {
   (void)bytes; (void)ud;
-  if (p) (void)cudaFreeHost(p);
+  if (!p) return;
+  uint8_t *m = (uint8_t *)p - (size_t)sysconf(_SC_PAGESIZE);
+  (void)cudaHostUnregister(p);
+  (void)cudaGetLastError();
+  munmap(m, *(size_t *)m);
 }
 
 int cf_gpu_loader_init(cf_gpu_loader_t *ld, cf_gpu_load_mode_t mode, size_t staging_bytes) {
@@ -303,10 +328,16 @@ static int cf__sink_deliver(void *ud, size_t i, const cf_ring_cell_t *c, int slo
     return cf_seterr(CF_ESHAPE, "gpu load: cell %zu (layer %u) is %zu bytes; %u tokens of %d kv heads x %d "
                      "need %zu (2-byte KV)", i, c->layer, bytes, n_tokens, L->n_kv_heads, L->head_dim, want);
   int rc = cf_gpu_load_cell(ld, ld->kv, (int)c->layer, c->tok0, buf, (int)n_tokens);
-  if (rc) return rc;
   /* the staging slot is read by the H2D copies (STAGED, ARENA: the copy stream) or, for
-   * ZEROCOPY, by the scatter kernel */
-  CF_CUDA_TRY(cudaEventRecord(ld->slot_ev[slot], ld->mode == CF_GPU_LOAD_ZEROCOPY ? ld->scatter : ld->copy));
+   * ZEROCOPY, by the scatter kernel. Recorded on failure too: a load that failed part-way
+   * may have enqueued copies out of this slot, and the ring reuses it after slot_done only. */
+  cudaStream_t rd = ld->mode == CF_GPU_LOAD_ZEROCOPY ? ld->scatter : ld->copy;
+  if (rc) {
+    (void)cudaEventRecord(ld->slot_ev[slot], rd);
+    (void)cudaGetLastError();
+    return rc;
+  }
+  CF_CUDA_TRY(cudaEventRecord(ld->slot_ev[slot], rd));
   return 0;
 }
 

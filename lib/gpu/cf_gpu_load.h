@@ -101,8 +101,10 @@ int cf_gpu_loader_flush(cf_gpu_loader_t *ld, cudaStream_t s);
  * pinned (cf_gpu_pinned_alloc). `ld` and `kv` must outlive the ring's use of the sink. */
 void cf_gpu_ring_sink(cf_gpu_loader_t *ld, const cf_gpu_kv_t *kv, cf_ring_sink_t *out);
 
-/* cf_store_alloc_fn / cf_store_free_fn over cudaHostAlloc (portable, mapped): for a store's CPU
- * region and the ring's staging buffers. Returns NULL without CUDA or on failure. */
+/* cf_store_alloc_fn / cf_store_free_fn: anonymous page-aligned memory pinned with
+ * cudaHostRegister (portable, mapped; O_DIRECT reads into it work on every kernel), zero-filled:
+ * for a store's CPU region and the ring's staging buffers (free ignores `bytes`).
+ * Returns NULL without CUDA or on failure. */
 void *cf_gpu_pinned_alloc(size_t bytes, void *ud);
 void cf_gpu_pinned_free(void *p, size_t bytes, void *ud);
 

@@ -18,6 +18,23 @@ static int cf__gpu_ready_slot(const cf_gpu_ready_t *g, int slot) {
 
 static int cf__gate_write(cf_gpu_ready_t *g, int slot, uint64_t v, cudaStream_t s);
 
+void cf_gpu_ready_apply(cf_ready_t *r, int slot, uint64_t req_id, uint64_t n, int finish) {
+  if (!r || !r->slots || slot < 0 || slot >= r->n_slots) return;
+  cf_ready_slot_t *sl = &r->slots[slot];
+  /* Enqueued for an earlier request of this slot: the slot was begun again since (a restore
+   * reused it before this callback ran), so this must not count toward the new request. */
+  if (atomic_load(&sl->req_id) != req_id) return;
+  if (finish) {
+    /* only a running restore becomes DONE: a failure reported meanwhile (cf_gpu_ready_fail
+     * from the CPU while this callback was queued) keeps its error */
+    int64_t running = CF_READY_RUNNING;
+    atomic_compare_exchange_strong(&sl->status, &running, (int64_t)CF_READY_DONE);
+    cf_ready_publish(r, slot, 0); /* wakes CPU waiters; layers unchanged */
+  } else {
+    cf_ready_publish(r, slot, n);
+  }
+}
+
 void cf_gpu_ready_fail(cf_gpu_ready_t *g, int slot, int err, const cudaStream_t *s) {
   if (cf__gpu_ready_slot(g, slot)) return;
   /* status first: a GPU waiter released by the gate must find the failure when its engine looks */
@@ -62,6 +79,24 @@ int cf_gpu_ready_stream_wait(cf_gpu_ready_t *g, int slot, uint64_t m, cudaStream
 #include "kernels/cf_ready_kern.h"
 
 typedef CUresult (*cf__memop_fn)(CUstream, CUdeviceptr, cuuint64_t, unsigned int);
+typedef CUresult (*cf__dev_get_fn)(CUdevice *, int);
+typedef CUresult (*cf__dev_attr_fn)(int *, CUdevice_attribute, CUdevice);
+
+/* Whether device `device` supports the 64-bit stream memory operations. The entry points exist
+ * in every CUDA 12 driver, but the calls return CUDA_ERROR_NOT_SUPPORTED on a device without
+ * CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS: ask first, so such a device takes the
+ * kernel fallback instead of failing every publish. Any failure to ask counts as "no". */
+static int cf__memops64(int device) {
+  void *get = NULL, *attr = NULL;
+  CUdevice d = 0;
+  int v = 0;
+  if (cf_gpu_driver_fn("cuDeviceGet", &get) || cf_gpu_driver_fn("cuDeviceGetAttribute", &attr))
+    return 0;
+  if (((cf__dev_get_fn)get)(&d, device) != CUDA_SUCCESS) return 0;
+  if (((cf__dev_attr_fn)attr)(&v, CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS, d) != CUDA_SUCCESS)
+    return 0;
+  return v != 0;
+}
 
 int cf_gpu_ready_init(cf_gpu_ready_t *g, cf_ready_t *r, unsigned flags) {
   memset(g, 0, sizeof *g);
@@ -88,7 +123,7 @@ int cf_gpu_ready_init(cf_gpu_ready_t *g, cf_ready_t *r, unsigned flags) {
     rc = cf_seterr(CF_ECUDA, "gpu readiness: cudaHostGetDevicePointer(%s): %s", r->path, cudaGetErrorString(e));
   }
   g->dmap = d;
-  if (!rc && !(flags & CF_GPU_READY_KERNEL)) {
+  if (!rc && !(flags & CF_GPU_READY_KERNEL) && cf__memops64(g->device)) {
     /* Optional: without them the one-thread kernels do the same job. */
     if (cf_gpu_driver_fn("cuStreamWriteValue64", &g->write64) ||
         cf_gpu_driver_fn("cuStreamWaitValue64", &g->wait64))
@@ -96,8 +131,6 @@ int cf_gpu_ready_init(cf_gpu_ready_t *g, cf_ready_t *r, unsigned flags) {
   }
   if (!rc && (e = cudaStreamCreateWithFlags(&g->side, cudaStreamNonBlocking)) != cudaSuccess)
     rc = cf_seterr(CF_ECUDA, "gpu readiness: cudaStreamCreate: %s", cudaGetErrorString(e));
-  if (!rc && (e = cudaEventCreateWithFlags(&g->ev, cudaEventDisableTiming)) != cudaSuccess)
-    rc = cf_seterr(CF_ECUDA, "gpu readiness: cudaEventCreate: %s", cudaGetErrorString(e));
   if (rc) cf_gpu_ready_close(g);
   return rc;
 }
@@ -121,14 +154,13 @@ static uint64_t *cf__gate(const cf_gpu_ready_t *g, int slot) {
 typedef struct {
   cf_ready_t *r;
   int slot, finish;
-  uint64_t n;
+  uint64_t n, req_id;
 } cf__ready_cb_t;
 
 /* Host callback: no CUDA calls allowed here; cf_ready_* are plain atomics and a futex. */
 static void CUDART_CB cf__ready_cb(void *p) {
   cf__ready_cb_t *c = p;
-  if (c->finish) cf_ready_finish(c->r, c->slot, 0);
-  else cf_ready_publish(c->r, c->slot, c->n);
+  cf_gpu_ready_apply(c->r, c->slot, c->req_id, c->n, c->finish);
   free(c);
 }
 
@@ -136,16 +168,23 @@ static void CUDART_CB cf__ready_cb(void *p) {
 static int cf__ready_host(cf_gpu_ready_t *g, int slot, uint64_t n, int finish, cudaStream_t s) {
   cf__ready_cb_t *c = malloc(sizeof *c);
   if (!c) return cf_seterr(CF_ENOMEM, "gpu readiness: callback");
-  *c = (cf__ready_cb_t){g->r, slot, finish, n};
+  *c = (cf__ready_cb_t){g->r, slot, finish, n, atomic_load(&g->r->slots[slot].req_id)};
+  /* An event per call, not g->ev: with one shared event, two threads publishing at once (two
+   * restores on two loader streams) could interleave record and wait, and a callback would then
+   * wait for the other thread's stream and publish layers whose loads are still running. An
+   * event destroyed right after the wait is released once it completes (CUDA defers it). */
+  cudaEvent_t ev = NULL;
   cudaError_t e;
-  /* One event serves every call: cudaStreamWaitEvent captures the record at call time. */
-  if ((e = cudaEventRecord(g->ev, s)) != cudaSuccess ||
-      (e = cudaStreamWaitEvent(g->side, g->ev, 0)) != cudaSuccess ||
+  if ((e = cudaEventCreateWithFlags(&ev, cudaEventDisableTiming)) != cudaSuccess ||
+      (e = cudaEventRecord(ev, s)) != cudaSuccess ||
+      (e = cudaStreamWaitEvent(g->side, ev, 0)) != cudaSuccess ||
       (e = cudaLaunchHostFunc(g->side, cf__ready_cb, c)) != cudaSuccess) {
     free(c);
+    if (ev) (void)cudaEventDestroy(ev);
     (void)cudaGetLastError();
     return cf_seterr(CF_ECUDA, "gpu readiness: slot %d: host callback: %s", slot, cudaGetErrorString(e));
   }
+  (void)cudaEventDestroy(ev);
   return 0;
 }
 

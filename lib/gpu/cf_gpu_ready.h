@@ -16,6 +16,10 @@
  *   its forward pass (e.g. in the attention backend's per-layer hook, or before replaying a
  *   CUDA graph segment):
  *       cf_gpu_ready_stream_wait(&g, slot, l + 1, torch.cuda.current_stream())
+ *   Only after the slot holds this request (slot.req_id == the request's id, set by the daemon's
+ *   cf_ready_begin, which also zeroes the gate): a wait enqueued while the slot still holds the
+ *   previous request's gate (its layer count, or CF_READY_GATE_OPEN after a failure) passes at
+ *   once, before this request's KV is there.
  *   The stream then blocks on the device (cuStreamWaitValue64 >= l+1, no CPU round trip) until
  *   the daemon's loads of layers [0, l] are complete, so the engine's prefill of the new tokens
  *   overlaps the restore of later layers. After the step completes the engine must check the
@@ -43,7 +47,7 @@ typedef struct {
   uint8_t *dmap;           /* device address of r->map */
   void *write64, *wait64;  /* cuStreamWriteValue64 / cuStreamWaitValue64, NULL: kernel fallback */
   cudaStream_t side;       /* host callbacks */
-  cudaEvent_t ev;          /* orders `side` after the caller's stream */
+  cudaEvent_t ev;          /* unused since each call orders `side` with its own event */
 } cf_gpu_ready_t;
 
 /* Make counter file `r` (open; stays the caller's) usable by streams of the current device.
@@ -51,7 +55,8 @@ typedef struct {
 int cf_gpu_ready_init(cf_gpu_ready_t *g, cf_ready_t *r, unsigned flags);
 /* Wait for the side stream, unregister. Safe on a zeroed struct. */
 void cf_gpu_ready_close(cf_gpu_ready_t *g);
-/* 1 when the driver's stream memory operations are used, 0 for the kernel fallback. */
+/* 1 when the driver's stream memory operations are used (the entry points exist AND the device
+ * reports CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS), 0 for the kernel fallback. */
 int cf_gpu_ready_uses_memops(const cf_gpu_ready_t *g);
 
 /* Daemon side: once the work enqueued on `s` so far is done, slot.gate = n_layers_done, then
@@ -66,6 +71,20 @@ int cf_gpu_ready_finish(cf_gpu_ready_t *g, int slot, cudaStream_t s);
  * queued there would otherwise lower the gate again after the CPU store and hang the engine's
  * stream. (If *s is broken, nothing queued on it runs, so the CPU store stands.) */
 void cf_gpu_ready_fail(cf_gpu_ready_t *g, int slot, int err, const cudaStream_t *s);
+
+/* What the host callback of cf_gpu_ready_publish / cf_gpu_ready_finish does once the stream
+ * work before it is done (exposed for tests; plain atomics, no CUDA): nothing when slot's
+ * req_id is no longer `req_id` (the slot was begun again for another request while the
+ * callback was queued); else publish n layers, or (finish) DONE — only if the status is still
+ * RUNNING, so a failure reported meanwhile keeps its error.
+ * Slot reuse: the gate write of a publish is stream-ordered and cannot be checked like this,
+ * so begin a slot again only after (a) a successful restore's status left RUNNING (its finish
+ * callback ran, hence every earlier callback and gate write on that stream too), or (b) after a
+ * failed one, cudaStreamSynchronize of every stream it published on (an error from that means
+ * nothing queued there runs any more): cf_gpu_ready_fail sets the status at once, while gate
+ * writes of that restore may still be queued, and one landing after cf_ready_begin would open
+ * the new request's gate before its KV is loaded. */
+void cf_gpu_ready_apply(cf_ready_t *r, int slot, uint64_t req_id, uint64_t n, int finish);
 
 /* Engine side: work enqueued on `s` after this call starts only once slot.gate >= min_layers.
  * Returns 0, CF_ERANGE (slot), CF_ECUDA. */

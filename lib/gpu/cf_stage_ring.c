@@ -112,7 +112,10 @@ int cf_ring_run(cf_ring_t *r, const cf_ring_cell_t *cells, size_t n, const cf_ri
       if (q->status == 0) {
         int rc = sink->deliver(sink->ud, dlv, &cells[dlv], s, q->dst,
                                cf_store_cell_bytes_n(g, q->n_tokens), q->n_tokens);
-        if (rc) { r->state[s] = CF__RING_FREE; err = rc; break; }
+        /* a deliver that failed may have started consuming the buffer before it did (the
+         * GPU sink: some copies of the cell enqueued): the slot is reused only once the
+         * sink's slot_done says so */
+        if (rc) { r->state[s] = CF__RING_CONSUMING; err = rc; break; }
         r->state[s] = CF__RING_CONSUMING;
         ok++;
         r->delivered++;

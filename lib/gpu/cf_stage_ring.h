@@ -16,7 +16,8 @@
  *
  * The sink:
  *   deliver(ud, i, cell, slot, buf, bytes, n_tokens): start consuming cell i's bytes in `buf`
- *     (slot `slot`). Returns 0, or a negative CF_E* code that stops the run (returned by it).
+ *     (slot `slot`). Returns 0, or a negative CF_E* code that stops the run (returned by it);
+ *     a failed deliver may have started consuming: the slot is reused after slot_done only.
  *   failed(ud, i, cell, status): cell i was not delivered (may be NULL).
  *   slot_done(ud, slot, wait): 1 when what the last deliver into `slot` started no longer reads
  *     the buffer (wait = 1: block until then), 0 when it still does (only when wait = 0), or a
@@ -66,7 +67,7 @@ typedef struct {
 
 /* Open a ring of n_slots (2..64) buffers of one cell stride each over `st`. `mem` (may be NULL:
  * the ring allocates with aligned_alloc) must hold n_slots * cf_ring_slot_bytes(st) bytes,
- * 4096-aligned (e.g. cudaHostAlloc'd pinned memory for the GPU sink); it stays the caller's.
+ * 4096-aligned (e.g. cf_gpu_pinned_alloc'd memory for the GPU sink); it stays the caller's.
  * Errors: CF_EINVAL (n_slots, misaligned mem), CF_ENOMEM, and the reader's errors. */
 int cf_ring_init(cf_ring_t *r, cf_store_t *st, int n_slots, void *mem);
 /* Bytes of one slot for store `st` (its cell stride: a full cell rounded up to 4096). */

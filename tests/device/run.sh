@@ -97,6 +97,7 @@ if [ -n "$SAN" ]; then
   # The wgmma attention kernel alone (unverified until it passes here): shared-memory races of
   # its cp.async double buffer against the warpgroup MMAs' reads.
   step "racecheck-kt_attn-wgmma" 150 "$SAN" --tool racecheck --error-exitcode 9 build/tests/kt_attn --wgmma
+  step "synccheck-kt_attn-wgmma" 120 "$SAN" --tool synccheck --check-warpgroup-mma yes --error-exitcode 9 build/tests/kt_attn --wgmma
 else
   echo "STEP memcheck rc=127 compute-sanitizer not found" | tee -a "$RES"
 fi

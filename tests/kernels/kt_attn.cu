@@ -189,6 +189,71 @@ static void test_wgmma_probe(void) {
   cudaFree(da); cudaFree(db); cudaFree(dp); cudaFree(dv); cudaFree(ds); cudaFree(dout);
 }
 
+// The same probe with decodable operands: in each product one operand is one-hot (one 1.0 per
+// row of A / P, or per key column of B / per output column of V) and the other is made of
+// distinct bf16 values, so every fp32 output is exactly one input element and names it. On a
+// failure the first wrong outputs print as "got X[i][j], want X[i0][j0]": which descriptor
+// stride, swizzle or fragment map is off, from one device call. With correct layouts every
+// output is exact.
+static uint16_t kt_uniq_bf16(int i) { return (uint16_t)(0x3F80 + i); }  // distinct, finite: i < 16384
+static int kt_uniq_of(float f) {                                         // -1: not one such value
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if (u & 0xFFFFu) return -1;
+  int i = (int)(u >> 16) - 0x3F80;
+  return i >= 0 && i < 16384 ? i : -1;
+}
+static int kt_hot(int r) { return (3 * r + 1) % 128; }  // the column of one-hot row r
+
+static void test_wgmma_probe_decode(void) {
+  const uint16_t one = 0x3F80;  // bf16 1.0
+  for (int side = 0; side < 2; side++) {
+    // side 0: A and P one-hot rows, B and V distinct: outputs name B / V elements.
+    // side 1: B (per key row n) and V (per output column n) one-hot, A and P distinct.
+    std::vector<uint16_t> a(64 * 128, 0), b(128 * 128, 0), p(64 * 128, 0), v(128 * 128, 0);
+    for (int m = 0; m < 64; m++)
+      for (int k = 0; k < 128; k++) {
+        uint16_t x = side ? kt_uniq_bf16(m * 128 + k) : (k == kt_hot(m) ? one : 0);
+        a[m * 128 + k] = x;
+        p[m * 128 + k] = x;
+      }
+    for (int n = 0; n < 128; n++)
+      for (int k = 0; k < 128; k++) {
+        b[n * 128 + k] = side ? (k == kt_hot(n) ? one : 0) : kt_uniq_bf16(n * 128 + k);
+        v[k * 128 + n] = side ? (k == kt_hot(n) ? one : 0) : kt_uniq_bf16(k * 128 + n);
+      }
+    cf_bf16_t *da = kt_upload(a), *db = kt_upload(b), *dp = kt_upload(p), *dv = kt_upload(v);
+    float *ds = kt_dev<float>(64 * 128), *dout = kt_dev<float>(64 * 128);
+    bool ok = KT_RC(cf_wgmma_probe(da, db, dp, dv, ds, dout, 0));
+    auto hs = kt_download(ds, 64 * 128), ho = kt_download(dout, 64 * 128);
+    for (int prod = 0; prod < 2; prod++) {  // 0: S = A·Bᵀ, 1: O = P·V
+      const char *src = prod == 0 ? (side ? "A" : "B") : (side ? "P" : "V");
+      int exact = 0, shown = 0;
+      for (int m = 0; m < 64; m++)
+        for (int n = 0; n < 128; n++) {
+          // the one input element output (m, n) must be, as a row-major index of `src`
+          int want = prod == 0 ? (side ? m * 128 + kt_hot(n) : n * 128 + kt_hot(m))
+                               : (side ? m * 128 + kt_hot(n) : kt_hot(m) * 128 + n);
+          float got = (prod == 0 ? hs : ho)[m * 128 + n];
+          int g = kt_uniq_of(got);
+          if (g == want) { exact++; continue; }
+          if (shown++ < 4) {
+            if (g >= 0)
+              printf("  wgmma probe %s (m %d, n %d): got %s[%d][%d], want %s[%d][%d]\n",
+                     prod ? "O" : "S", m, n, src, g / 128, g % 128, src, want / 128, want % 128);
+            else
+              printf("  wgmma probe %s (m %d, n %d): got %g (not a single %s element), want %s[%d][%d]\n",
+                     prod ? "O" : "S", m, n, got, src, src, want / 128, want % 128);
+          }
+        }
+      kt_check(ok && exact == 64 * 128, "wgmma probe decoded %s, %s read through its layout: %d of %d "
+               "outputs are exactly the element they must be", prod ? "O = P·V" : "S = A·Bᵀ", src, exact,
+               64 * 128);
+    }
+    cudaFree(da); cudaFree(db); cudaFree(dp); cudaFree(dv); cudaFree(ds); cudaFree(dout);
+  }
+}
+
 // The Hopper wgmma kernel (UNVERIFIED until this passes on an H100): every case through
 // cf_attn_prefix with CF_ATTN_IMPL=wgmma (head_dim 128 takes it, the rest fall back), then the
 // variant forced on the head_dim 128 cases plus shapes that cross several 128-row query blocks
@@ -202,6 +267,7 @@ static void test_wgmma(const attn_case *cases, int n, bool quick) {
     return;
   }
   test_wgmma_probe();
+  test_wgmma_probe_decode();
   if (quick) n = 0;
   cf_attn_set_impl("wgmma");
   for (int i = 0; i < n; i++) test_attn(cases[i], CF_ATTN_AUTO, " (CF_ATTN_IMPL=wgmma)");

@@ -364,7 +364,12 @@ static int daemon_proc(const char *dir, int variant) {
   for (int l = 0; l < L; l++) {
     if (variant == 3 && l == 2) { /* a failure mid-restore: release the engine, report CF_EIO */
       cudaStream_t ls = cf_gpu_loader_stream(&ld);
-      cf_gpu_ready_fail(&g, SLOT, CF_EIO, &ls);
+      /* layers 0-1 are complete first: the CPU store of the open gate below releases the
+       * engine's waits at once, and the check that layers 0-1 are restored bit-exact must not
+       * depend on the 20 ms sleep having outlasted their loads */
+      cudaError_t se = cudaStreamSynchronize(ls);
+      if (se != cudaSuccess) check(0, "loader stream before the failure: %s", cudaGetErrorString(se));
+      cf_gpu_ready_fail(&g, SLOT, CF_EIO, &ls); /* opens the gate even when the sync failed */
       failed = 1;
       break;
     }

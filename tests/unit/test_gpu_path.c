@@ -42,6 +42,17 @@ CF_TEST(gpu_kv_rejects_bad_layouts_before_touching_a_gpu) {
   cf_gpu_kv_close(&kv);
 }
 
+CF_TEST(gpu_ipc_export_refuses_host_memory) {
+  static uint8_t host[4096];
+  cf_gpu_ipc_handle_t h;
+  uint64_t off = 7;
+  int rc = cf_gpu_ipc_export(host + 64, &h, &off);
+  /* EINVAL naming the pointer (with CUDA), ENODEV in a build without it; never a handle */
+  CF_CHECK_MSG(rc == CF_EINVAL || rc == CF_ENODEV, "got %s: %s", cf_err_name(rc), cf_errmsg());
+  if (rc == CF_EINVAL) CF_CHECK(strstr(cf_errmsg(), "not device memory") != NULL);
+  CF_CHECK_EQ(off, 7);
+}
+
 CF_TEST(gpu_kv_wrap_keeps_per_layer_pointers) {
   cf_kv_layout_t lay;
   CF_CHECK_OK(cf_kv_layout_init(&lay, 3, 4, 16, 2, 64, CF_DT_BF16));
@@ -68,11 +79,16 @@ static void *wait_thread(void *p) {
   return NULL;
 }
 
-CF_TEST(gpu_ready_fail_opens_gate_and_wakes_cpu_waiters_with_the_error) {
+/* A fresh counter file `name` in the test's directory with n_slots slots. */
+static int ready_file(cf_ready_t *r, const char *name, int n_slots) {
   char path[1100];
-  snprintf(path, sizeof path, "%s/ready", cf_test_tmpdir());
+  snprintf(path, sizeof path, "%s/%s", cf_test_tmpdir(), name);
+  return cf_ready_create(r, path, n_slots);
+}
+
+CF_TEST(gpu_ready_fail_opens_gate_and_wakes_cpu_waiters_with_the_error) {
   cf_ready_t r;
-  CF_CHECK_OK(cf_ready_create(&r, path, 4));
+  CF_CHECK_OK(ready_file(&r, "ready", 4));
   cf_ready_begin(&r, 1, 77);
   cf_ready_publish(&r, 1, 1);
   CF_CHECK_EQ(atomic_load(&r.slots[1].gate), 0);
@@ -105,17 +121,67 @@ CF_TEST(gpu_loader_and_ready_refuse_without_a_gpu) {
   }
   CF_CHECK_MSG(rc == CF_ENODEV || rc == CF_ECUDA, "got %s", cf_err_name(rc));
   CF_CHECK(ld.scatter == NULL);
+  CF_CHECK(cf_gpu_pinned_alloc(1 << 20, NULL) == NULL); /* nothing to pin with: NULL, no leak */
   int32_t t[2] = {0, 1};
   rc = cf_gpu_loader_set_table(&ld, t, 2); /* a failed init leaves nothing usable */
   CF_CHECK_MSG(rc == CF_EINVAL || rc == CF_ENODEV, "got %s", cf_err_name(rc));
   cf_ready_t r;
-  char path[1100];
-  snprintf(path, sizeof path, "%s/ready", cf_test_tmpdir());
-  CF_CHECK_OK(cf_ready_create(&r, path, 2));
+  CF_CHECK_OK(ready_file(&r, "ready2", 2));
   cf_gpu_ready_t g;
   rc = cf_gpu_ready_init(&g, &r, 0);
   CF_CHECK_MSG(rc == CF_ENODEV || rc == CF_ECUDA, "got %s", cf_err_name(rc));
   cf_gpu_ready_close(&g);
   cf_ready_close(&r);
   cf_gpu_loader_close(&ld);
+}
+
+/* The host callback of a GPU publish / finish (cf_gpu_ready_apply): it runs whenever the side
+ * stream gets to it, possibly after the slot was failed or begun again for another request. */
+CF_TEST(gpu_ready_late_callbacks_do_not_touch_a_reused_or_failed_slot) {
+  cf_ready_t r;
+  CF_CHECK_OK(ready_file(&r, "ready_cb", 2));
+  cf_ready_begin(&r, 0, 100);
+  cf_gpu_ready_apply(&r, 0, 100, 2, 0); /* this request's publish: counts */
+  CF_CHECK_EQ(atomic_load(&r.slots[0].layers), 2);
+  cf_gpu_ready_apply(&r, 0, 100, 1, 0); /* callbacks never lower the count */
+  CF_CHECK_EQ(atomic_load(&r.slots[0].layers), 2);
+  /* the slot is begun again for request 101; request 100's queued callbacks must be no-ops */
+  cf_ready_begin(&r, 0, 101);
+  cf_gpu_ready_apply(&r, 0, 100, 4, 0);
+  cf_gpu_ready_apply(&r, 0, 100, 0, 1);
+  CF_CHECK_EQ(atomic_load(&r.slots[0].layers), 0);
+  CF_CHECK_EQ(atomic_load(&r.slots[0].status), CF_READY_RUNNING);
+  cf_gpu_ready_apply(&r, 0, 101, 0, 1);
+  CF_CHECK_EQ(atomic_load(&r.slots[0].status), CF_READY_DONE);
+  /* a failure reported from the CPU while a finish callback was queued keeps its error */
+  cf_ready_begin(&r, 1, 7);
+  cf_gpu_ready_t g;
+  memset(&g, 0, sizeof g);
+  g.r = &r;
+  cf_gpu_ready_fail(&g, 1, CF_EIO, NULL);
+  cf_gpu_ready_apply(&r, 1, 7, 0, 1);
+  CF_CHECK_EQ(atomic_load(&r.slots[1].status), CF_EIO);
+  uint64_t seen = 0;
+  CF_CHECK_EQ(cf_ready_wait(&r, 1, 1, 0, &seen), CF_EIO);
+  cf_gpu_ready_apply(&r, 2, 7, 5, 0); /* out of range: ignored */
+  cf_gpu_ready_apply(NULL, 0, 7, 5, 0);
+  cf_ready_close(&r);
+}
+
+/* cuStreamWaitValue64's default condition (CU_STREAM_WAIT_VALUE_GEQ) is CYCLIC:
+ * (int64_t)(*addr - value) >= 0 (cuda.h). The open gate of a failed restore must release every
+ * wait under it as well as under the kernel fallback's plain >=, and the closed gate (0, after
+ * cf_ready_begin) must hold every wait for >= 1 layer. (A gate of ~0 would look "open" to the
+ * kernel but -1 - v < 0 to the driver: the engine's stream would hang.) */
+static int memop_geq(uint64_t cur, uint64_t v) { return (int64_t)(cur - v) >= 0; }
+
+CF_TEST(gpu_gate_values_mean_the_same_to_the_driver_wait_and_the_kernel_wait) {
+  const uint64_t waits[] = {1, 2, 32, 80, 126, 1u << 20, 1ull << 31, 1ull << 40};
+  for (size_t i = 0; i < sizeof waits / sizeof waits[0]; i++) {
+    uint64_t v = waits[i];
+    CF_CHECK_MSG(memop_geq(CF_READY_GATE_OPEN, v) && CF_READY_GATE_OPEN >= v, "open gate holds a wait for %llu",
+                 (unsigned long long)v);
+    CF_CHECK(!memop_geq(0, v) && !(0 >= v));
+    CF_CHECK(memop_geq(v, v) && !memop_geq(v - 1, v)); /* layer counts: the n-th publish releases >= n */
+  }
 }

@@ -182,6 +182,43 @@ CF_TEST(wgmma_fragments_cover_and_p_reuses_s_in_place) {
   CF_CHECK_EQ(cf_wg_acc_col(32 + 5, 4), 10u);
 }
 
+/* Shared memory of the attention kernel: for every 16-byte-aligned dynamic base the driver may
+ * hand out, the five tiles start on 1024-byte boundaries (swizzle atoms, base_offset 0 in every
+ * descriptor), the mbarriers are 8-byte aligned, and everything stays inside the allocation;
+ * the total plus the 1 KiB the hardware reserves per block fits an SM. The TMA boxes fill the
+ * tiles exactly as cf_wg_tile_off lays them out, and expect_tx counts both boxes. */
+CF_TEST(wgmma_shared_memory_and_tma_boxes_fit_the_tiles) {
+  CF_CHECK_LE(CF_WG_SMEM_BYTES + 1024u, CF_WG_SMEM_MAX_SM90);
+  for (uint32_t raw = 0; raw < 4096; raw += 16) {
+    uint32_t sq = cf_wg_smem_tiles(raw);
+    CF_CHECK_EQ(sq % 1024, 0u);
+    CF_CHECK_GE(sq, raw);
+    for (uint32_t t = 0; t < 5; t++) CF_CHECK_EQ((sq + t * CF_WG_TILE_BYTES) % 1024, 0u);
+    CF_CHECK_EQ((sq + CF_WG_BAR_OFF) % 8, 0u);
+    CF_CHECK_LE(sq + CF_WG_BAR_OFF + 4 * 8, raw + CF_WG_SMEM_BYTES);
+    /* the K/V descriptors of every step address only their own tile */
+    for (uint32_t ks = 0; ks < 8; ks++) {
+      uint32_t tile = sq + 4 * CF_WG_TILE_BYTES;
+      uint64_t d = cf_wg_desc_mnmajor(tile, 128, ks);
+      CF_CHECK_LT(model_mnmajor(d, 127, 15), tile + CF_WG_TILE_BYTES);
+      d = cf_wg_desc_kmajor(tile, 128, ks);
+      CF_CHECK_LT(model_kmajor(d, 127, 15), tile + CF_WG_TILE_BYTES);
+    }
+  }
+  /* a box row is the 128-byte swizzle span; two boxes are one tile (what expect_tx announces) */
+  CF_CHECK_EQ(CF_WG_TMA_BOX_COLS * 2u, 128u);
+  CF_CHECK_EQ(2u * CF_WG_TMA_BOX_COLS * CF_WG_TMA_BOX_ROWS * 2u, CF_WG_TILE_BYTES);
+  /* the second box starts where cf_wg_tile_off puts column 64, and inside a box the TMA's
+   * SWIZZLE_128B order (16-byte chunk c of row r at c ^ (r % 8), box rows 128 bytes apart) is
+   * the tiles' */
+  CF_CHECK_EQ(cf_wg_tile_off(CF_WG_TMA_BOX_ROWS, 0, CF_WG_TMA_BOX_COLS), CF_WG_TILE_BYTES / 2);
+  for (uint32_t b = 0; b < 2; b++)
+    for (uint32_t r = 0; r < CF_WG_TMA_BOX_ROWS; r++)
+      for (uint32_t c = 0; c < CF_WG_TMA_BOX_COLS; c++)
+        CF_CHECK_EQ(cf_wg_tile_off(128, r, b * 64 + c),
+                    b * (CF_WG_TILE_BYTES / 2) + sw128(r * 128 + c * 2));
+}
+
 /* ---- the kernel's schedule, simulated for one query row ----
  *
  * A scalar model of cf_attn_wgmma_kernel's two loops (same control flow, same schedule
