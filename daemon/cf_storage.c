@@ -106,35 +106,21 @@ static uint8_t *cf__map_path(cf_engine_map_t *m, const char **paths, const char 
   return p;
 }
 
-/* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" (what cf_gpu_uuid_str and nvidia-smi -L print) -> 16
- * bytes. Returns 0 or CF_EINVAL. */
-static int cf__parse_uuid(const char *s, uint8_t out[CF_GPU_UUID_BYTES]) {
-  const char *p = strncmp(s, "GPU-", 4) ? s : s + 4;
-  int n = 0;
-  for (; *p && n < 2 * CF_GPU_UUID_BYTES; p++) {
-    if (*p == '-') continue;
-    int v = *p >= '0' && *p <= '9' ? *p - '0' : *p >= 'a' && *p <= 'f' ? *p - 'a' + 10 : *p >= 'A' && *p <= 'F' ? *p - 'A' + 10 : -1;
-    if (v < 0) break;
-    if (n % 2 == 0) out[n / 2] = (uint8_t)(v << 4);
-    else out[n / 2] |= (uint8_t)v;
-    n++;
-  }
-  if (n != 2 * CF_GPU_UUID_BYTES || *p)
-    return cf_seterr(CF_EINVAL, "gpu_uuid '%s' is not GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", s);
-  return 0;
-}
-
 /* A CUDA IPC engine: open its buffers on the GPU executor's device (UUIDs must match). */
 static int cf__engine_added_gpu(cf_storage_t *s, cf_engine_t *e) {
   if (!s->gpu) return cf_seterr(CF_EUNSUPPORTED, "CUDA IPC buffers need the GPU executor (gpu_executor = on)");
   int L = e->n_layers, rc = 0;
-  uint8_t uuid[CF_GPU_UUID_BYTES];
-  if ((rc = cf__parse_uuid(e->layers[0].k.gpu_uuid, uuid))) return rc;
+  uint8_t uuid[CF_GPU_UUID_BYTES], other[CF_GPU_UUID_BYTES];
+  if ((rc = cf_gpu_uuid_parse(e->layers[0].k.gpu_uuid, uuid))) return cf_err_prefix(rc, "layer 0 K: ");
+  /* compared as bytes: one engine may spell its UUID in upper and lower case */
   for (int l = 0; l < L; l++)
-    for (int kv = 0; kv < 2; kv++)
-      if (strcmp(kv ? e->layers[l].v.gpu_uuid : e->layers[l].k.gpu_uuid, e->layers[0].k.gpu_uuid))
+    for (int kv = 0; kv < 2; kv++) {
+      const char *u = kv ? e->layers[l].v.gpu_uuid : e->layers[l].k.gpu_uuid;
+      if ((rc = cf_gpu_uuid_parse(u, other))) return cf_err_prefix(rc, "layer %d %s: ", l, kv ? "V" : "K");
+      if (memcmp(uuid, other, sizeof uuid))
         return cf_seterr(CF_EINVAL, "layer %d: %s buffer on GPU %s, layer 0's K on %s: one engine, one GPU", l,
-                         kv ? "V" : "K", kv ? e->layers[l].v.gpu_uuid : e->layers[l].k.gpu_uuid, e->layers[0].k.gpu_uuid);
+                         kv ? "V" : "K", u, e->layers[0].k.gpu_uuid);
+    }
   cf_kv_layout_t lay = {.n_layers = L, .num_blocks = (int)e->num_blocks, .block_size = (int)e->block_size,
                         .n_kv_heads = (int)s->g.n_kv_heads, .head_dim = (int)s->g.head_dim, .dtype = s->kv_dtype,
                         .block_stride = e->layers[0].block_stride, .token_stride = e->layers[0].token_stride,

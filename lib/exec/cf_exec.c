@@ -153,8 +153,21 @@ static void cf__finish(cf__rq_t *q, int err) {
   q->r->err = err;
   q->r->stats.t_done_ns = cf__now();
   q->r->stats.layers_ready = q->ready;
-  if (q->begun) q->ops->finish(q->rs, err);
-  else if (q->r->ready) cf_ready_finish(q->r->ready, q->r->ready_slot, err); /* init failed */
+  if (q->begun) {
+    q->ops->finish(q->rs, err);
+  } else if (q->r->ready && q->rs) {
+    /* init failed after the data path made its request state (a staging or device allocation):
+     * begin the slot for THIS request before failing it, through the data path, so the engine
+     * waiting on its req_id sees the error and a GPU data path opens the stream gate (the
+     * engine's stream would otherwise wait on gate 0 forever) */
+    q->ops->begin(q->rs);
+    q->begun = 1;
+    q->ops->finish(q->rs, err);
+  } else if (q->r->ready) { /* no request state: the slot from the CPU, gate opened too */
+    cf_ready_begin(q->r->ready, q->r->ready_slot, q->r->req_id);
+    cf_ready_finish(q->r->ready, q->r->ready_slot, err);
+    atomic_store(&q->r->ready->slots[q->r->ready_slot].gate, CF_READY_GATE_OPEN);
+  }
 }
 
 /* Cell (c, l) reached the engine: advance the prefix and readiness counters. */
@@ -579,7 +592,9 @@ int cf_exec_run(cf_exec_t *ex, cf_exec_req_t *reqs, int n) {
   for (int i = 0; i < n; i++) if (!rc && reqs[i].err) rc = reqs[i].err;
 out:
   for (int i = 0; i < n; i++) {
-    if (rc && !run.rq[i].done && run.rq[i].r) cf__finish(&run.rq[i], rc);
+    /* requests after one whose init failed were never initialised: fail their slots too */
+    if (rc && !run.rq[i].r) run.rq[i].r = &reqs[i];
+    if (rc && !run.rq[i].done) cf__finish(&run.rq[i], rc);
     cf__rq_free(&run.rq[i]);
   }
   free(run.rq);

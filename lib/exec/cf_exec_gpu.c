@@ -92,6 +92,15 @@ static int cf__gx_sync(cudaStream_t s) {
   return 0;
 }
 
+/* Pageable host -> device, complete on return. Why not cudaMemcpy: from pageable memory it
+ * returns once the bytes are in the driver's staging buffer, before the DMA lands, and our
+ * streams are non-blocking (no implicit order with the legacy stream), so a kernel on another
+ * stream could read the old bytes (CUDA runtime API, "API synchronization behavior"). */
+static int cf__gx_h2d(void *dst, const void *src, size_t bytes, cudaStream_t s) {
+  CF_CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s));
+  return cf__gx_sync(s);
+}
+
 static int cf__gx_validate(void *dev, const cf_exec_req_t *r) {
   cf_exec_gpu_t *g = dev;
   if (!g || !g->be || !g->compute)
@@ -137,10 +146,9 @@ static int cf__gx_req_init(void *dev, cf_exec_req_t *r, void **rs) {
   /* the calling thread (the scheduler's compute thread) works on the executor's device */
   CF_CUDA_TRY(cudaSetDevice(g->device));
   CF_CUDA_TRY(cudaMalloc((void **)&q->d_tokens, (size_t)q->T * sizeof(int32_t)));
-  CF_CUDA_TRY(cudaMemcpy(q->d_tokens, r->tokens, (size_t)q->T * sizeof(int32_t), cudaMemcpyHostToDevice));
   CF_CUDA_TRY(cudaMalloc((void **)&q->d_table, (size_t)r->n_blocks * sizeof(int32_t)));
-  CF_CUDA_TRY(cudaMemcpy(q->d_table, r->blocks, (size_t)r->n_blocks * sizeof(int32_t), cudaMemcpyHostToDevice));
-  return 0;
+  int rc = cf__gx_h2d(q->d_tokens, r->tokens, (size_t)q->T * sizeof(int32_t), g->compute);
+  return rc ? rc : cf__gx_h2d(q->d_table, r->blocks, (size_t)r->n_blocks * sizeof(int32_t), g->compute);
 }
 
 static int cf__gx_req_stage(void *p, int l) {
@@ -201,6 +209,21 @@ static void cf__gx_host_free(void *dev, void *p, size_t bytes) {
   cf_gpu_pinned_free(p, bytes, NULL);
 }
 
+/* A load failed after it may have enqueued copies/scatters into the engine's blocks: wait for
+ * them (the scheduler recomputes the cell next and writes the same blocks on the compute
+ * stream; a late H2D would overwrite the computed rows) and drop ARENA runs not yet flushed (a
+ * later flush would scatter the failed cell's arena rows over them). Keeps the first error. */
+static int cf__gx_load_abort(cf__gx_ld_t *x, int rc) {
+  cf_gpu_loader_t *ld = &x->ld;
+  if (ld->copy) (void)cudaStreamSynchronize(ld->copy);
+  if (ld->scatter) (void)cudaStreamSynchronize(ld->scatter);
+  if (ld->arena_free) (void)cudaEventSynchronize(ld->arena_free);
+  ld->n_runs = 0;
+  ld->arena_used = 0;
+  (void)cudaGetLastError();
+  return rc;
+}
+
 static int cf__gx_load(void *ls, void *p, int l, int t0, int t1, const void *k, const void *v, int stage) {
   cf__gx_ld_t *x = ls;
   cf__gx_rq_t *q = p;
@@ -212,16 +235,20 @@ static int cf__gx_load(void *ls, void *p, int l, int t0, int t1, const void *k, 
     if ((rc = cf_gpu_loader_set_table(&x->ld, q->r->blocks, q->r->n_blocks))) return rc;
     x->table_of = q;
   }
-  if ((rc = cf_gpu_load_cell(&x->ld, q->r->gkv, l, t0, k, n))) return rc;
-  if ((rc = cf_gpu_loader_flush(&x->ld, NULL))) return rc; /* ARENA: this cell's scatter now */
+  if ((rc = cf_gpu_load_cell(&x->ld, q->r->gkv, l, t0, k, n))) return cf__gx_load_abort(x, rc);
+  /* ARENA: this cell's scatter now */
+  if ((rc = cf_gpu_loader_flush(&x->ld, NULL))) return cf__gx_load_abort(x, rc);
   cudaStream_t s = cf_gpu_loader_stream(&x->ld);
   /* the compute attends over this cell: copy its rows from the blocks (HBM, not the link) */
   if (stage && (rc = cf_gpu_rows_gather(q->r->gkv, l, q->d_table, q->r->n_blocks, t0, t1,
                                         q->sk[l] + (int64_t)t0 * q->row,
                                         q->sv[l] + (int64_t)t0 * q->row, q->row, s)))
-    return rc;
-  CF_CUDA_TRY(cudaEventRecord(x->done, s));
-  CF_CUDA_TRY(cudaEventSynchronize(x->done)); /* present only once the copies are done */
+    return cf__gx_load_abort(x, rc);
+  cudaError_t e = cudaEventRecord(x->done, s);
+  if (e == cudaSuccess) e = cudaEventSynchronize(x->done); /* present only once the copies are done */
+  if (e != cudaSuccess)
+    return cf__gx_load_abort(x, cf_seterr(CF_ECUDA, "gpu executor: load (layer %d, tokens [%d, %d)): %s",
+                                          l, t0, t1, cudaGetErrorString(e)));
   return 0;
 }
 
@@ -268,9 +295,17 @@ static void cf__gx_publish(void *p, int n) {
   if (!q->r->ready) return;
   if (!q->gready) { cf_ready_publish(q->r->ready, q->r->ready_slot, (uint64_t)n); return; }
   /* every op before this call has completed (they are synchronous): the gate follows the
-   * layer's last copy and compute. On a stream error the CPU counter still moves. */
-  if (cf_gpu_ready_publish(q->gready, q->r->ready_slot, (uint64_t)n, q->g->pub))
-    cf_ready_publish(q->r->ready, q->r->ready_slot, (uint64_t)n);
+   * layer's last copy and compute. */
+  if (cf_gpu_ready_publish(q->gready, q->r->ready_slot, (uint64_t)n, q->g->pub) == 0) return;
+  /* The stream publish failed: the layers ARE in the engine, so publish from the CPU — the
+   * counter AND the gate (else an engine stream waiting for layer n hangs for good). Earlier
+   * gate writes still queued on `pub` land first (synchronize), so none lowers it afterwards. */
+  (void)cudaStreamSynchronize(q->g->pub);
+  (void)cudaGetLastError();
+  _Atomic uint64_t *gate = &q->r->ready->slots[q->r->ready_slot].gate;
+  uint64_t cur = atomic_load(gate);
+  while (cur < (uint64_t)n && !atomic_compare_exchange_weak(gate, &cur, (uint64_t)n)) {}
+  cf_ready_publish(q->r->ready, q->r->ready_slot, (uint64_t)n);
 }
 
 static void cf__gx_finish(void *p, int err) {
@@ -278,8 +313,12 @@ static void cf__gx_finish(void *p, int err) {
   if (!q->r->ready) return;
   if (!q->gready) { cf_ready_finish(q->r->ready, q->r->ready_slot, err); return; }
   if (err) cf_gpu_ready_fail(q->gready, q->r->ready_slot, err, &q->g->pub);
-  else if (cf_gpu_ready_finish(q->gready, q->r->ready_slot, q->g->pub))
+  else if (cf_gpu_ready_finish(q->gready, q->r->ready_slot, q->g->pub)) {
+    /* as in publish: queued callbacks first, then DONE from the CPU (the gate is at L already) */
+    (void)cudaStreamSynchronize(q->g->pub);
+    (void)cudaGetLastError();
     cf_ready_finish(q->r->ready, q->r->ready_slot, 0);
+  }
 }
 
 const cf_exec_ops_t cf_exec_gpu_ops = {
@@ -335,9 +374,9 @@ int cf_exec_gpu_save(cf_exec_gpu_t *g, cf_store_t *st, const cf_gpu_kv_t *kv, co
   int rc = 0;
   cudaError_t e;
   if ((e = cudaSetDevice(g->device)) != cudaSuccess || (e = cudaMalloc((void **)&x.d_table, (size_t)n_blocks * 4)) != cudaSuccess ||
-      (e = cudaMemcpy(x.d_table, blocks, (size_t)n_blocks * 4, cudaMemcpyHostToDevice)) != cudaSuccess ||
       (e = cudaMalloc((void **)&x.dk, cell)) != cudaSuccess || (e = cudaMalloc((void **)&x.dv, cell)) != cudaSuccess)
     rc = cf_seterr(CF_ECUDA, "gpu save: device buffers: %s", cudaGetErrorString(e));
+  if (!rc) rc = cf__gx_h2d(x.d_table, blocks, (size_t)n_blocks * 4, g->save);
   if (!rc) rc = cf_save_cells(st, &kv->layout, cf__gx_save_gather, &x, tokens, n, blocks, n_blocks, flags, res);
   (void)cudaFree(x.d_table); (void)cudaFree(x.dk); (void)cudaFree(x.dv);
   (void)cudaGetLastError();

@@ -2,6 +2,7 @@
 #include "gpu/cf_gpu.h"
 
 #include <stdio.h>
+#include <string.h>
 
 #include "util/cf_err.h"
 
@@ -13,6 +14,35 @@ void cf_gpu_uuid_str(const uint8_t u[CF_GPU_UUID_BYTES], char *out) {
     if (i == 3 || i == 5 || i == 7 || i == 9) *p++ = '-';
   }
   *p = 0;
+}
+
+static int cf__hex(char c) {
+  return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+int cf_gpu_uuid_parse(const char *s, uint8_t u[CF_GPU_UUID_BYTES]) {
+  static const char grouped[] = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx";
+  if (!s) return cf_seterr(CF_EINVAL, "gpu uuid: missing (expected GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)");
+  const char *p = s;
+  if (!strncmp(p, "GPU-", 4) || !strncmp(p, "MIG-", 4)) p += 4;
+  size_t n = strlen(p);
+  int dashed = n == sizeof grouped - 1;
+  if (!dashed && n != 2 * CF_GPU_UUID_BYTES) goto bad;
+  for (size_t i = 0, d = 0; i < n; i++) {
+    if (dashed && grouped[i] == '-') {
+      if (p[i] != '-') goto bad;
+      continue;
+    }
+    int v = cf__hex(p[i]);
+    if (v < 0) goto bad;
+    if (d % 2 == 0) u[d / 2] = (uint8_t)(v << 4);
+    else u[d / 2] |= (uint8_t)v;
+    d++;
+  }
+  return 0;
+bad:
+  return cf_seterr(CF_EINVAL, "gpu uuid '%s': expected GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx "
+                   "(nvidia-smi -L; MIG-... for a MIG instance; 32 hex digits without dashes also accepted)", s);
 }
 
 #if !(defined(CF_HAVE_CUDA) && CF_HAVE_CUDA)

@@ -29,6 +29,13 @@ int cf_gpu_device_uuid(int device, uint8_t uuid[CF_GPU_UUID_BYTES]);
 /* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" into out (>= 41 bytes). */
 void cf_gpu_uuid_str(const uint8_t uuid[CF_GPU_UUID_BYTES], char *out);
 
+/* Parse a device UUID as engines send it: "GPU-" (nvidia-smi -L, cf_gpu_uuid_str) or "MIG-"
+ * (a MIG instance, R470+ drivers) followed by 32 hex digits, upper or lower case, either in the
+ * 8-4-4-4-12 grouping or without dashes; the bare 32-digit / grouped form (torch's
+ * `str(torch.cuda.get_device_properties(d).uuid)`) too. Returns 0 or CF_EINVAL naming the
+ * string (e.g. the old "MIG-GPU-.../gi/ci" form, which carries no instance UUID). */
+int cf_gpu_uuid_parse(const char *s, uint8_t uuid[CF_GPU_UUID_BYTES]);
+
 /* Look up driver function `name` (e.g. "cuStreamWriteValue64") for the CUDA 12.0 ABI into *fn.
  * Returns 0, CF_ENODEV (no CUDA build, no driver) or CF_EUNSUPPORTED (this driver lacks it). */
 int cf_gpu_driver_fn(const char *name, void **fn);

@@ -180,7 +180,12 @@ int cf_gpu_loader_set_table(cf_gpu_loader_t *ld, const int32_t *table, int n) {
     CF_CUDA_TRY(cudaMalloc((void **)&ld->d_table, (size_t)n * sizeof(int32_t)));
     ld->table_cap = n;
   }
-  if (n) CF_CUDA_TRY(cudaMemcpy(ld->d_table, table, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice));
+  /* not cudaMemcpy: from pageable memory it may return before the DMA lands, and the loader's
+   * streams are non-blocking (no order with the legacy stream): complete it on `scatter` */
+  if (n) {
+    CF_CUDA_TRY(cudaMemcpyAsync(ld->d_table, table, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice, ld->scatter));
+    CF_CUDA_TRY(cudaStreamSynchronize(ld->scatter));
+  }
   ld->n_table = n;
   return 0;
 }

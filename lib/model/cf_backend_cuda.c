@@ -334,7 +334,10 @@ static int cf__cuda_upload(cf__cuda_be_t *b) {
     if (c->qk_norm && (!w->q_norm || !w->k_norm))
       return cf_seterr(CF_EINVAL, "cuda backend: layer %d: qk_norm set but q_norm/k_norm missing", l);
   }
-  CF_CUDA_TRY(cudaStreamSynchronize(b->stream));
+  /* the whole device, not only b->stream: cf__up_f32's cudaMemcpy from pageable memory may
+   * return before its DMA lands, on the legacy stream, which b->stream (non-blocking) does not
+   * follow; the forward may run on any caller's stream (cf_backend_cuda_forward_dev) */
+  CF_CUDA_TRY(cudaDeviceSynchronize());
   return 0;
 }
 

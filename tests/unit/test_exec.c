@@ -816,7 +816,8 @@ typedef struct {
   uint8_t *engine;    /* [n_chunks * L]: times the cell was written to the engine */
   uint8_t *staged;    /* [n_chunks * L]: the cell's rows are in the staging */
   const int *fail_load; /* NULL or [n_chunks * L] */
-  int load_fails, stage_missing, last_pub, pubs_out_of_order, finishes, finish_err;
+  int load_fails, stage_missing, last_pub, pubs_out_of_order, finishes, finish_err, begins;
+  int fail_stage_layer; /* req_stage(l) fails for this layer (an allocation failure); -1: never */
   int calls_load, calls_gather, calls_forward, calls_write;
 } rec_t;
 static rec_t *g_rec;
@@ -824,7 +825,10 @@ static rec_t *g_rec;
 static int rec_validate(void *d, const cf_exec_req_t *r) { (void)d; return g_rec->in->validate(g_rec->dev, r); }
 static int rec_req_init(void *d, cf_exec_req_t *r, void **rs) { (void)d; return g_rec->in->req_init(g_rec->dev, r, rs); }
 static void rec_req_free(void *rs) { g_rec->in->req_free(rs); }
-static int rec_req_stage(void *rs, int l) { return g_rec->in->req_stage(rs, l); }
+static int rec_req_stage(void *rs, int l) {
+  if (l == g_rec->fail_stage_layer) return cf_seterr(CF_ENOMEM, "injected staging failure (layer %d)", l);
+  return g_rec->in->req_stage(rs, l);
+}
 static int rec_req_hidden(void *rs) { return g_rec->in->req_hidden(rs); }
 static int rec_loader_init(void *d, int i, void **ls) { (void)d; return g_rec->in->loader_init(g_rec->dev, i, ls); }
 static void rec_loader_free(void *ls) { g_rec->in->loader_free(ls); }
@@ -876,7 +880,7 @@ static int rec_write(void *rs, int l, int t0, int t1) {
   pthread_mutex_unlock(&g_rec->mu);
   return g_rec->in->write(rs, l, t0, t1);
 }
-static void rec_begin(void *rs) { g_rec->last_pub = 0; g_rec->in->begin(rs); }
+static void rec_begin(void *rs) { g_rec->last_pub = 0; g_rec->begins++; g_rec->in->begin(rs); }
 static void rec_publish(void *rs, int n) {
   if (n <= g_rec->last_pub) g_rec->pubs_out_of_order++;
   g_rec->last_pub = n;
@@ -898,7 +902,7 @@ CF_TEST(exec_ops_scheduler_contract) {
   fx_t f;
   fx_init(&f, 4, 8, 8 * 7, 4, "kv_rec");
   int n = f.n_chunks, L = f.L;
-  rec_t rec = {.in = &cf_exec_cpu_ops, .dev = f.be, .L = L, .C = f.C, .n_chunks = n};
+  rec_t rec = {.in = &cf_exec_cpu_ops, .dev = f.be, .L = L, .C = f.C, .n_chunks = n, .fail_stage_layer = -1};
   pthread_mutex_init(&rec.mu, NULL);
   g_rec = &rec;
   char rpath[512];
@@ -951,6 +955,60 @@ CF_TEST(exec_ops_scheduler_contract) {
     free(rec.engine); free(rec.staged);
   }
   CF_CHECK(rec.calls_gather > 0 && rec.calls_forward > 0 && rec.calls_write > 0 && rec.calls_load > 0);
+  cf_ready_close(&rd);
+  pthread_mutex_destroy(&rec.mu);
+  fx_free(&f);
+}
+
+/* A request whose init fails inside the data path (its staging allocation) and the request
+ * after it in the same run, never initialised: both readiness slots must be begun for THEIR
+ * request and end with the error, through the data path (a GPU data path opens the stream gate
+ * there; an engine waiting on its req_id or its gate would otherwise wait forever). */
+CF_TEST(exec_init_failure_fails_every_requests_slot) {
+  fx_t f;
+  fx_init(&f, 4, 8, 8 * 3, 4, "kv_initfail");
+  rec_t rec = {.in = &cf_exec_cpu_ops, .dev = f.be, .L = f.L, .C = f.C, .n_chunks = f.n_chunks,
+               .fail_stage_layer = 1};
+  pthread_mutex_init(&rec.mu, NULL);
+  g_rec = &rec;
+  char rpath[512];
+  snprintf(rpath, sizeof rpath, "%s/ready_initfail", cf_test_tmpdir());
+  cf_ready_t rd;
+  CF_CHECK_OK(cf_ready_create(&rd, rpath, 2));
+  /* both slots left by an earlier, finished request */
+  for (int s = 0; s < 2; s++) {
+    cf_ready_begin(&rd, s, 7);
+    cf_ready_publish(&rd, s, (uint64_t)f.L);
+    cf_ready_finish(&rd, s, 0);
+  }
+  int h[3] = {f.L, f.L, f.L};
+  cf_cellsrc_mem_t mem;
+  cf_cellsrc_mem_init(&mem, "cpu", 0, CF_DT_F32, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, NULL);
+  cf_cellsrc_t *srcs[3];
+  void *refs[3];
+  for (int c = 0; c < f.n_chunks; c++) srcs[c] = &mem.src;
+  cf_exec_t ex;
+  CF_CHECK_OK(cf_exec_init_ops(&ex, f.be, 2, &rec_ops, NULL));
+  cf_exec_req_t r[2];
+  for (int i = 0; i < 2; i++) {
+    fx_req(&f, &r[i], h, srcs, refs);
+    r[i].ready = &rd;
+    r[i].ready_slot = i;
+    r[i].req_id = 100 + (uint64_t)i;
+  }
+  CF_CHECK_ERR(cf_exec_run(&ex, r, 2), CF_ENOMEM);
+  for (int i = 0; i < 2; i++) {
+    CF_CHECK_EQ(atomic_load(&rd.slots[i].req_id), 100 + (uint64_t)i);
+    CF_CHECK_EQ(atomic_load(&rd.slots[i].status), (int64_t)CF_ENOMEM);
+    CF_CHECK_EQ(atomic_load(&rd.slots[i].layers), 0);
+    CF_CHECK_EQ(r[i].err, CF_ENOMEM);
+  }
+  /* no request state for the second: the scheduler opened its GPU gate itself (the first's is
+   * the data path's finish: the CPU one has no GPU waiters) */
+  CF_CHECK_EQ(atomic_load(&rd.slots[1].gate), CF_READY_GATE_OPEN);
+  CF_CHECK_EQ(rec.begins, 1);   /* the first through the data path; the second from the CPU */
+  CF_CHECK_EQ(rec.finishes, 1);
+  CF_CHECK_EQ(rec.finish_err, CF_ENOMEM);
   cf_ready_close(&rd);
   pthread_mutex_destroy(&rec.mu);
   fx_free(&f);

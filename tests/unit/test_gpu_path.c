@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "cf_test.h"
+#include "gpu/cf_gpu.h"
 #include "gpu/cf_gpu_kv.h"
 #include "gpu/cf_gpu_load.h"
 #include "gpu/cf_gpu_ready.h"
@@ -18,6 +19,33 @@ CF_TEST(gpu_uuid_string_matches_nvidia_smi_format) {
   char s[48];
   cf_gpu_uuid_str(u, s);
   CF_CHECK_MSG(strcmp(s, "GPU-00112233-4455-6677-8899-aabbccddeeff") == 0, "got %s", s);
+}
+
+/* What engines send (nvidia-smi -L, cf_gpu_uuid_str, MIG instances, torch's bare form) parses
+ * to the same 16 bytes; anything else is refused naming the string. */
+CF_TEST(gpu_uuid_parse_accepts_the_driver_spellings_and_nothing_else) {
+  uint8_t u[16], got[16];
+  for (int i = 0; i < 16; i++) u[i] = (uint8_t)(0x10 * (i % 16) + i);
+  char s[48];
+  cf_gpu_uuid_str(u, s);
+  const char *ok[] = {s, "GPU-00112233-4455-6677-8899-AABBCCDDEEFF", "MIG-00112233-4455-6677-8899-aabbccddeeff",
+                      "00112233-4455-6677-8899-aabbccddeeff", "00112233445566778899aabbccddeeff"};
+  for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+    memset(got, 0xA5, sizeof got);
+    CF_CHECK_MSG(cf_gpu_uuid_parse(ok[i], got) == 0, "%s: %s", ok[i], cf_errmsg());
+    CF_CHECK_MSG(memcmp(got, u, 16) == 0, "%s parsed to other bytes", ok[i]);
+  }
+  const char *bad[] = {"", "GPU-", "GPU-00112233-4455-6677-8899-aabbccddeef",    /* one digit short */
+                       "GPU-00112233-4455-6677-8899-aabbccddeeff0",                  /* one too many */
+                       "GPU-0011223-34455-6677-8899-aabbccddeeff",                   /* dash misplaced */
+                       "GPU-00112233-4455-6677-8899-aabbccddeefg",                   /* not hex */
+                       "MIG-GPU-00112233-4455-6677-8899-aabbccddeeff/1/0",           /* old MIG form */
+                       "gpu-00112233-4455-6677-8899-aabbccddeeff", "GPU-00112233-4455-6677-8899-aabbccddeeff "};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    CF_CHECK_MSG(cf_gpu_uuid_parse(bad[i], got) == CF_EINVAL, "'%s' accepted", bad[i]);
+    CF_CHECK_CONTAINS(cf_errmsg(), bad[i]);
+  }
+  CF_CHECK_EQ(cf_gpu_uuid_parse(NULL, got), CF_EINVAL);
 }
 
 CF_TEST(gpu_kv_rejects_bad_layouts_before_touching_a_gpu) {
