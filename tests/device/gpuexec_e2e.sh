@@ -6,11 +6,27 @@
 # into poisoned blocks and checks every cell (loaded: the saved bytes; recomputed: bf16
 # tolerance of an fp32 prefill); then load and optimal again with the CPU tier evicted (cells
 # read from the SSD tier into pinned buffers). UNVERIFIED until a device session has run it.
+# E2E_TIMEOUT (s, default 110): the engine's limit, under run.sh's step timeout, so a hang still
+# prints the daemon's log; the daemon gets 20 s to stop after SIGTERM, then SIGKILL.
 set -u
 cd "$(dirname "$0")/../.."
 MODEL=${MODEL:-fixtures/public-llama-gqa}
 PREFIX=${PREFIX:-1000}
+E2E_TIMEOUT=${E2E_TIMEOUT:-110}
 T=$(mktemp -d /tmp/cf-gpuexec-XXXXXX)
+DPID=
+# whatever happens (failure, run.sh's SIGTERM): the daemon's log tail, no daemon left behind
+cleanup() {
+  if [ -n "$DPID" ] && kill -0 "$DPID" 2>/dev/null; then
+    kill -TERM "$DPID" 2>/dev/null
+    for _ in $(seq 1 40); do kill -0 "$DPID" 2>/dev/null || break; sleep 0.5; done
+    kill -0 "$DPID" 2>/dev/null && { echo "FAIL cacheflowd still running 20 s after SIGTERM: SIGKILL"; kill -KILL "$DPID"; }
+  fi
+  if [ -f "$T/d.log" ]; then echo "--- cacheflowd log (last 40 lines)"; tail -n 40 "$T/d.log"; fi
+  rm -rf "$T"
+}
+trap cleanup EXIT
+trap 'exit 143' TERM INT
 cat >"$T/d.conf" <<CONF
 listen = unix:$T/d.sock
 store_dir = $T/store
@@ -24,19 +40,25 @@ log_level = debug
 CONF
 build/cacheflowd --config "$T/d.conf" >"$T/d.log" 2>&1 &
 DPID=$!
-for _ in $(seq 1 300); do [ -S "$T/d.sock" ] && break; kill -0 $DPID 2>/dev/null || break; sleep 0.1; done
+# start-up: CUDA context, weights, cost-model calibration, pinned CPU tier: up to 60 s
+for _ in $(seq 1 600); do [ -S "$T/d.sock" ] && break; kill -0 $DPID 2>/dev/null || break; sleep 0.1; done
 rc=1
 if [ -S "$T/d.sock" ]; then
-  build/cf-gpuengine --daemon "unix:$T/d.sock" --model "$MODEL" --prefix "$PREFIX"
+  timeout --foreground -k 5 "$E2E_TIMEOUT" build/cf-gpuengine --daemon "unix:$T/d.sock" --model "$MODEL" --prefix "$PREFIX"
   rc=$?
+  [ $rc -eq 124 ] || [ $rc -eq 137 ] && echo "FAIL cf-gpuengine did not finish in $E2E_TIMEOUT s"
 else
-  echo "FAIL cacheflowd did not start (gpu_executor = on, backend = cuda)"
+  echo "FAIL cacheflowd did not start in 60 s (gpu_executor = on, backend = cuda)"
 fi
 kill -TERM $DPID 2>/dev/null
-wait $DPID
-drc=$?
-echo "--- cacheflowd log (last 40 lines)"
-tail -n 40 "$T/d.log"
-[ $drc -eq 0 ] || { echo "FAIL cacheflowd exit status $drc after SIGTERM"; rc=1; }
-rm -rf "$T"
+drc=0
+for _ in $(seq 1 40); do kill -0 $DPID 2>/dev/null || break; sleep 0.5; done
+if kill -0 $DPID 2>/dev/null; then
+  echo "FAIL cacheflowd did not exit 20 s after SIGTERM (a stream waiting forever?)"
+  kill -KILL $DPID; rc=1
+else
+  wait $DPID; drc=$?
+  [ $drc -eq 0 ] || { echo "FAIL cacheflowd exit status $drc after SIGTERM"; rc=1; }
+fi
+DPID=
 exit $rc

@@ -1,24 +1,36 @@
 #!/usr/bin/env bash
-# tests/device/run.sh — the CUDA backend's checks on a GPU machine, in ONE command.
+# tests/device/run.sh — the CUDA backend's checks on a GPU machine, in ONE command (see
+# tests/device/README.md for the exact device call and how to read the results).
 #
-# Runs in a tree staged by tests/device/stage.sh (prebuilt binaries, libs/, fixtures/):
-#   1. nvidia-smi
-#   2. every kernel test build/tests/kt_* (CPU references, fresh random inputs, poisoned outputs);
-#      kt_gpupath first: lib/gpu across two processes (CUDA IPC, per-layer gate, pinned and SSD
-#      cells into paged blocks, bit-exact), with a longer timeout; then kt_gpuexec (lib/exec's GPU
-#      executor vs its CPU executor, every policy) and gpuexec-e2e (cacheflowd gpu_executor = on
-#      with a GPU engine process over CUDA IPC: Save, Restore per policy, bytes checked)
-#   3. compute-sanitizer memcheck on the attention, paged, elementwise and backend tests,
-#      racecheck on the wgmma attention kernel; the backend test again with CF_ATTN_IMPL=wgmma
-#   4. cacheflowctl kv --backend cuda on every fixture vs transformers' kv.safetensors
-#      (cacheflowctl kv-compare, bf16 tolerance), whole and chunked
-#   5. benchmarks: attention vs torch SDPA, load path vs contiguous memcpy, GEMM, Llama-3-8B layer
-#      prefill vs transformers' LlamaDecoderLayer (with the mma.sync and with the wgmma attention
-#      kernel), compute ∥ load overlap, and lib/gpu's loader (bench-gpupath: each load mode vs
-#      contiguous memcpy, compute ∥ load, SSD ring -> GPU), lib/exec's GPU executor (bench-gpuexec)
-#   6. a table of ratios, printed last and written to $OUT/results.md (full log: $OUT/log.txt)
+# Runs in a tree staged by tests/device/stage.sh (prebuilt binaries, libs.tgz, fixtures/).
+#   PRESET=all (default)  correctness first, in dependency order, then the benchmarks that decide
+#                         issue 6's goals, then the slow sanitizer runs of the attention kernels
+#   PRESET=verify         correctness only (kernel tests, lib/gpu, lib/exec GPU executor, the
+#                         daemon end to end, CLI fixtures, every sanitizer)
+#   PRESET=bench          benchmarks only (layer prefill vs torch with mma and wgmma, load path,
+#                         overlap, lib/gpu loader, GPU executor, attention, GEMM)
+#   ONLY=regex            on top of the preset: only the steps whose name matches
+#   BUDGET=seconds        wall-clock budget of the whole script (default 420): a step gets at most
+#                         what is left (its own timeout otherwise); a step with < 8 s left is
+#                         recorded SKIPPED. Keep BUDGET about 60 s under the device call's timeout_s.
+# Order of PRESET=all (each step has its own timeout, so one hang costs that step only):
+#   kt_attn (wgmma probes first) -> kt_paged, kt_backend, kt_elementwise, kt_gemm -> kt_gpupath
+#   (lib/gpu, two processes over CUDA IPC) -> kt_gpuexec (lib/exec GPU vs CPU executor) ->
+#   gpuexec-e2e (cacheflowd gpu_executor = on + a GPU engine process) -> kt_backend-wgmma ->
+#   ctl-kv-* (every fixture vs transformers) -> memcheck of paged/elementwise/backend ->
+#   bench-layer, bench-layer-wgmma, bench-torch (table a) -> bench-load -> bench-gpupath (skipped
+#   when kt_gpupath failed) -> bench-gpuexec (skipped when kt_gpuexec failed) -> bench-attn,
+#   bench-gemm -> memcheck-kt_attn, racecheck/synccheck of the wgmma kernel.
+# Results: $OUT/results.txt (STEP and RESULT lines, appended as each step ends), $OUT/results.md
+# (the tables, rewritten after every step: a run killed at its limit still returns them) and
+# $OUT/log.txt (every step's full output).
 # Without a GPU it checks that everything it would run exists, says so, and exits 0.
 set -u
+T_START=$(date +%s)
+PRESET=${PRESET:-all}
+BUDGET=${BUDGET:-420}
+case "$PRESET" in all|verify|bench) ;; *) echo "run.sh: PRESET=$PRESET: expected all, verify or bench"; exit 2 ;; esac
+case "$BUDGET" in ''|*[!0-9]*) echo "run.sh: BUDGET=$BUDGET: expected whole seconds"; exit 2 ;; esac
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 OUT=${OUT:-$ROOT/device-out}
@@ -40,9 +52,16 @@ for f in build/cacheflowctl build/tests/kt_attn build/tests/kt_paged build/tests
          tests/device/summarize.py fixtures/public-llama-gqa/kv.safetensors; do
   [ -e "$f" ] || { echo "run.sh: missing $f (stage with tests/device/stage.sh)"; missing=1; }
 done
+for t in build/tests/kt_* build/cacheflowctl build/cacheflowd build/cf-gpuengine; do
+  [ -x "$t" ] || case "$t" in *.d) ;; *) echo "run.sh: $t is not executable"; missing=1 ;; esac
+done
 [ $missing -eq 0 ] || exit 1
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep -q GPU; then
-  echo "run.sh: no GPU on this machine: staged tree complete, nothing to run (use the device machine)"
+  # the staged libraries must resolve everything but the CUDA/NVIDIA ones (the device has those)
+  un=$(ldd build/cacheflowctl build/cacheflowd build/cf-gpuengine build/tests/kt_* 2>/dev/null |
+       awk '/not found/ {print $1}' | grep -Ev '^lib(cu|nv)' | sort -u | tr '\n' ' ')
+  if [ -n "$un" ]; then echo "run.sh: unresolved (not shipped in libs.tgz): $un"; exit 1; fi
+  echo "run.sh: no GPU on this machine: staged tree complete (PRESET=$PRESET), nothing to run (use the device machine)"
   exit 0
 fi
 
@@ -58,87 +77,128 @@ ldd build/tests/kt_gemm | grep "not found" && echo "run.sh: unresolved libraries
 
 SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
 
-# step NAME TIMEOUT CMD...: run, log, and record "STEP name rc summary" in results.txt.
-# ONLY=regex (environment) runs just the steps whose name matches (a short follow-up call).
+declare -A STEP_RC
+
+# step NAME TIMEOUT CMD...: run under min(TIMEOUT, what is left of BUDGET), log it, record
+# "STEP name rc summary" in results.txt and rewrite results.md (partial results survive a kill).
 step() {
   local name=$1 to=$2; shift 2
   if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then return 0; fi
+  local left=$(( BUDGET - ($(date +%s) - T_START) ))
+  if [ "$left" -lt 8 ]; then
+    echo "STEP $name SKIPPED (budget: ${BUDGET} s spent)" | tee -a "$RES"
+    STEP_RC[$name]=skipped
+    return 0
+  fi
+  [ "$to" -gt "$left" ] && to=$left
   local t0=$(date +%s%N)
-  echo "=== $name: $*" >>"$LOG"
-  timeout "$to" "$@" >"$OUT/.step" 2>&1
+  echo "=== $name (timeout ${to} s): $*" >>"$LOG"
+  # -k: SIGKILL 5 s after the SIGTERM (timeout signals the step's whole process group)
+  timeout -k 5 "$to" "$@" >"$OUT/.step" 2>&1 </dev/null
   local rc=$?
   cat "$OUT/.step" >>"$LOG"
   grep '^RESULT ' "$OUT/.step" >>"$RES"
   local sum=$(grep -E '[0-9]+ passed, [0-9]+ failed|ERROR SUMMARY|max rel|kv-compare|worst' "$OUT/.step" | tail -n 1)
   local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-  echo "STEP $name rc=$rc ($((ms / 1000)).$(( (ms % 1000) / 100 )) s) ${sum}" | tee -a "$RES"
+  local why=""
+  [ $rc -eq 124 ] || [ $rc -eq 137 ] && why=" TIMEOUT after ${to} s; last lines: $(tail -n 3 "$OUT/.step" | tr '\n' ' ' | cut -c1-200)"
+  echo "STEP $name rc=$rc ($((ms / 1000)).$(( (ms % 1000) / 100 )) s) ${sum}${why}" | tee -a "$RES"
   grep -E '^FAIL' "$OUT/.step" | head -n 20
+  STEP_RC[$name]=$rc
+  summarize >/dev/null 2>&1
   return 0
+}
+# after NAME: 0 when step NAME ran and passed (or was not selected by ONLY)
+after() { [ -z "${STEP_RC[$1]+x}" ] || [ "${STEP_RC[$1]}" = 0 ]; }
+summarize() {
+  $PY tests/device/summarize.py "$RES" >"$OUT/results.md.tmp" 2>>"$LOG" ||
+    /usr/bin/python3 tests/device/summarize.py "$RES" >"$OUT/results.md.tmp" 2>>"$LOG"
+  mv -f "$OUT/results.md.tmp" "$OUT/results.md"
 }
 
 nvidia-smi | tee -a "$LOG" | head -n 15
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee -a "$LOG"
+echo "run.sh: PRESET=$PRESET BUDGET=${BUDGET}s${ONLY:+ ONLY=$ONLY}" | tee -a "$LOG"
 
-# lib/gpu first (the newest, unverified code): four engine/daemon process pairs, <= 30 s each.
-step kt_gpupath 150 build/tests/kt_gpupath
-# lib/exec's GPU executor vs the CPU executor, every policy and load mode, in-process; then the
-# real cacheflowd (gpu_executor = on) with a GPU engine over CUDA IPC (unverified until here).
-step kt_gpuexec 240 build/tests/kt_gpuexec
-step gpuexec-e2e 240 bash tests/device/gpuexec_e2e.sh
-for t in build/tests/kt_*; do
-  case "$(basename "$t")" in kt_gpupath|kt_gpuexec) continue ;; esac
-  step "$(basename "$t")" 90 "$t"
-done
-
-if [ -n "$SAN" ]; then
-  for t in kt_attn kt_paged kt_elementwise kt_backend; do
-    step "memcheck-$t" 150 "$SAN" --tool memcheck --error-exitcode 9 "build/tests/$t"
+verify_core() {
+  # Kernels first (everything above them builds on them): the attention test opens with the
+  # wgmma probes (random, then decodable: a wrong layout names its fix), then the paged copies,
+  # the backend forward, elementwise, GEMM.
+  step kt_attn 60 build/tests/kt_attn
+  for t in kt_paged kt_backend kt_elementwise kt_gemm; do step $t 30 build/tests/$t; done
+  for t in build/tests/kt_*; do # a kernel test added later runs too
+    case "$(basename "$t")" in kt_attn|kt_paged|kt_backend|kt_elementwise|kt_gemm|kt_gpupath|kt_gpuexec|*.d) continue ;; esac
+    step "$(basename "$t")" 60 "$t"
   done
-  # The wgmma attention kernel alone (unverified until it passes here): shared-memory races of
-  # its cp.async double buffer against the warpgroup MMAs' reads.
-  step "racecheck-kt_attn-wgmma" 150 "$SAN" --tool racecheck --error-exitcode 9 build/tests/kt_attn --wgmma
-  step "synccheck-kt_attn-wgmma" 120 "$SAN" --tool synccheck --check-warpgroup-mma yes --error-exitcode 9 build/tests/kt_attn --wgmma
-else
-  echo "STEP memcheck rc=127 compute-sanitizer not found" | tee -a "$RES"
-fi
-
-# The whole CUDA backend with the wgmma attention kernel selected (CF_ATTN_IMPL=wgmma) against
-# the CPU reference (kt_attn above already checks the kernel alone).
-step kt_backend-wgmma 90 env CF_ATTN_IMPL=wgmma build/tests/kt_backend
-
-# The CLI on every fixture: whole and chunked, CUDA backend, vs transformers' KV, by kv-compare's
-# max|err|/max|ref| per tensor: 1e-2 for the shared fixture (fp32 weights); 2e-2 for the held-out
-# ones, which include F16/BF16 checkpoints whose weights the backend rounds to bf16.
-for d in fixtures/public-llama-gqa tests/fixtures/*/; do
-  d=${d%/}
-  n=$(basename "$d")
-  [ -f "$d/kv.safetensors" ] || continue
-  tol=2e-2
-  [ "$n" = public-llama-gqa ] && tol=1e-2
-  for ch in 0 64; do
-    o=/tmp/cf-kv-$n-$ch.safetensors
-    step "ctl-kv-$n-chunk$ch" 60 bash -c "build/cacheflowctl kv --model $d --tokens $d/kv.safetensors \
-      --out $o --backend cuda $( [ $ch -gt 0 ] && echo --chunk $ch ) && \
-      build/cacheflowctl kv-compare $o $d/kv.safetensors --tol $tol"
+  # lib/gpu (two processes over CUDA IPC; four variants, <= 30 s each), then lib/exec's GPU
+  # executor vs its CPU executor in-process, then the real cacheflowd (gpu_executor = on) with a
+  # GPU engine process over CUDA IPC. All three unverified until here.
+  step kt_gpupath 90 build/tests/kt_gpupath
+  step kt_gpuexec 120 build/tests/kt_gpuexec
+  step gpuexec-e2e 150 env E2E_TIMEOUT=110 bash tests/device/gpuexec_e2e.sh
+  # the whole CUDA backend with the wgmma attention kernel selected, vs the CPU reference
+  step kt_backend-wgmma 30 env CF_ATTN_IMPL=wgmma build/tests/kt_backend
+  # The CLI on every fixture: whole and chunked, CUDA backend, vs transformers' KV, by kv-compare's
+  # max|err|/max|ref| per tensor: 1e-2 for the shared fixture (fp32 weights); 2e-2 for the held-out
+  # ones, which include F16/BF16 checkpoints whose weights the backend rounds to bf16.
+  for d in fixtures/public-llama-gqa tests/fixtures/*/; do
+    d=${d%/}
+    local n=$(basename "$d") tol=2e-2
+    [ -f "$d/kv.safetensors" ] || continue
+    [ "$n" = public-llama-gqa ] && tol=1e-2
+    for ch in 0 64; do
+      local o=/tmp/cf-kv-$n-$ch.safetensors
+      step "ctl-kv-$n-chunk$ch" 30 bash -c "build/cacheflowctl kv --model $d --tokens $d/kv.safetensors \
+        --out $o --backend cuda $( [ $ch -gt 0 ] && echo --chunk $ch ) && \
+        build/cacheflowctl kv-compare $o $d/kv.safetensors --tol $tol"
+    done
   done
-done
+  if [ -n "$SAN" ]; then
+    for t in kt_paged kt_elementwise kt_backend; do
+      step "memcheck-$t" 45 "$SAN" --tool memcheck --error-exitcode 9 "build/tests/$t"
+    done
+  fi
+}
 
-step bench-gemm 60 build/tests/kt_gemm --bench
-step bench-attn 90 build/tests/kt_attn --bench
-step bench-load 120 build/tests/kt_paged --bench
-step bench-layer 150 build/tests/kt_backend --bench
-# The same layer benchmark with the wgmma attention kernel: RESULT layer_wgmma, so the table
-# shows the prefill ratio vs transformers with each kernel from one call.
-step bench-layer-wgmma 120 env CF_ATTN_IMPL=wgmma build/tests/kt_backend --bench
-# lib/gpu loader: 1 GiB into 16 KiB-1 MiB blocks per mode vs contiguous memcpy; compute ∥ load;
-# SSD ring with the GPU sink vs a memcpy sink (store under $KT_SSD_DIR, default /var/tmp).
-step bench-gpupath 180 build/tests/kt_gpupath --bench
-# lib/exec GPU executor: a 32k-token prefix on 4 Llama-3-8B-shaped layers per policy: executed vs
-# the planner's prediction and the bound, vs load-only and recompute-only (table h).
-step bench-gpuexec 300 build/tests/kt_gpuexec --bench 32768
-step bench-torch 240 env PYTHONUNBUFFERED=1 $PY tests/device/torch_ref.py
+verify_slow() {
+  # the attention kernels under the sanitizers (slow: last, clipped to the budget left)
+  if [ -n "$SAN" ]; then
+    step memcheck-kt_attn 60 "$SAN" --tool memcheck --error-exitcode 9 build/tests/kt_attn
+    # the wgmma kernel alone: shared-memory races of its cp.async double buffer against the
+    # warpgroup MMAs' reads; then the warpgroup-MMA sync rules (fence / wait_group, mbarriers)
+    step racecheck-kt_attn-wgmma 150 "$SAN" --tool racecheck --error-exitcode 9 build/tests/kt_attn --wgmma
+    step synccheck-kt_attn-wgmma 120 "$SAN" --tool synccheck --check-warpgroup-mma yes --error-exitcode 9 build/tests/kt_attn --wgmma
+  else
+    echo "STEP memcheck rc=127 compute-sanitizer not found" | tee -a "$RES"
+  fi
+}
+
+bench() {
+  # issue 6's goal first: Llama-3-8B layer prefill vs transformers' LlamaDecoderLayer, with the
+  # mma.sync and the wgmma attention kernel (table a), then the load path and overlap
+  step bench-layer 60 build/tests/kt_backend --bench
+  step bench-layer-wgmma 60 env CF_ATTN_IMPL=wgmma build/tests/kt_backend --bench
+  step bench-torch 90 env PYTHONUNBUFFERED=1 $PY tests/device/torch_ref.py
+  step bench-load 45 build/tests/kt_paged --bench
+  # lib/gpu loader: 1 GiB into 16 KiB-1 MiB blocks per mode vs contiguous memcpy; compute ∥ load;
+  # SSD ring with the GPU sink vs a memcpy sink (store under $KT_SSD_DIR, default /var/tmp)
+  if after kt_gpupath; then step bench-gpupath 120 build/tests/kt_gpupath --bench
+  else echo "STEP bench-gpupath SKIPPED (kt_gpupath failed)" | tee -a "$RES"; fi
+  # lib/exec GPU executor: a 32k-token prefix on 4 Llama-3-8B-shaped layers per policy: executed
+  # vs the planner's prediction and the bound, vs load-only and recompute-only (table h)
+  if after kt_gpuexec; then step bench-gpuexec 150 build/tests/kt_gpuexec --bench 32768
+  else echo "STEP bench-gpuexec SKIPPED (kt_gpuexec failed)" | tee -a "$RES"; fi
+  step bench-attn 45 build/tests/kt_attn --bench
+  step bench-gemm 30 build/tests/kt_gemm --bench
+}
+
+case "$PRESET" in
+  all) verify_core; bench; verify_slow ;;
+  verify) verify_core; verify_slow ;;
+  bench) bench ;;
+esac
 rm -f "$OUT/.step"
-
-$PY tests/device/summarize.py "$RES" >"$OUT/results.md" 2>>"$LOG" || /usr/bin/python3 tests/device/summarize.py "$RES" >"$OUT/results.md"
+summarize
+echo "run.sh: done in $(( $(date +%s) - T_START )) s (budget ${BUDGET} s)"
 echo
 cat "$OUT/results.md"
