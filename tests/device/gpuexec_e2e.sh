@@ -48,7 +48,8 @@ if [ -S "$T/d.sock" ]; then
   rc=$?
   [ $rc -eq 124 ] || [ $rc -eq 137 ] && echo "FAIL cf-gpuengine did not finish in $E2E_TIMEOUT s"
 else
-  echo "FAIL cacheflowd did not start in 60 s (gpu_executor = on, backend = cuda)"
+  kill -0 $DPID 2>/dev/null && echo "FAIL cacheflowd did not start in 60 s (gpu_executor = on, backend = cuda)" ||
+    echo "FAIL cacheflowd exited during start-up (gpu_executor = on, backend = cuda): see its log below"
 fi
 kill -TERM $DPID 2>/dev/null
 drc=0

@@ -39,12 +39,18 @@ LOG=$OUT/log.txt
 RES=$OUT/results.txt
 : >"$LOG"
 : >"$RES"
-export LD_LIBRARY_PATH="$ROOT/libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export CF_FIXTURES="$ROOT/fixtures"
 PY=${PYTHON:-python3}
 
-# stage.sh ships the libraries gzipped (the device tool's carry limit)
-[ -f libs.tgz ] && [ ! -d libs ] && tar xzf libs.tgz
+# stage.sh ships the libraries gzipped (the device tool's carry limit); unpacked OUTSIDE the
+# staged tree (unpacked there it would grow to ~105 MiB and no longer fit a later carry)
+LIBDIR=$ROOT/libs
+if [ -f libs.tgz ] && [ ! -d libs ]; then
+  LIBDIR=$(mktemp -d "${TMPDIR:-/tmp}/cf-devlibs-XXXXXX")
+  trap 'rm -rf "$LIBDIR"' EXIT
+  tar xzf libs.tgz -C "$LIBDIR" --strip-components=1 || { echo "run.sh: cannot unpack libs.tgz"; exit 1; }
+fi
+export LD_LIBRARY_PATH="$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 missing=0
 for f in build/cacheflowctl build/tests/kt_attn build/tests/kt_paged build/tests/kt_elementwise \
          build/tests/kt_gemm build/tests/kt_backend build/tests/kt_gpupath build/tests/kt_gpuexec \
@@ -168,7 +174,7 @@ verify_slow() {
     # warpgroup MMAs' reads; then the warpgroup-MMA sync rules (fence / wait_group, mbarriers)
     step racecheck-kt_attn-wgmma 150 "$SAN" --tool racecheck --error-exitcode 9 build/tests/kt_attn --wgmma
     step synccheck-kt_attn-wgmma 120 "$SAN" --tool synccheck --check-warpgroup-mma yes --error-exitcode 9 build/tests/kt_attn --wgmma
-  else
+  elif [ -z "${ONLY:-}" ] || [[ memcheck-racecheck-synccheck =~ $ONLY ]]; then
     echo "STEP memcheck rc=127 compute-sanitizer not found" | tee -a "$RES"
   fi
 }
