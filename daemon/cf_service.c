@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "cf_planner.h"
+#include "gpu/cf_gpu.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
@@ -129,6 +130,13 @@ static int cf__check_kvbuf(const Cacheflow__V1__KvBuffer *b, uint32_t layer, con
       if (strlen(b->cuda_ipc->gpu_uuid) == 0 || strlen(b->cuda_ipc->gpu_uuid) >= 64) {
         snprintf(why, cap, "layer %u: %s cuda_ipc.gpu_uuid must be 1 .. 63 bytes", layer, kv);
         return -1;
+      }
+      { /* the format too, whatever gpu_executor says: a typo is an invalid argument */
+        uint8_t u[CF_GPU_UUID_BYTES];
+        if (cf_gpu_uuid_parse(b->cuda_ipc->gpu_uuid, u)) {
+          snprintf(why, cap, "layer %u: %s cuda_ipc.%s", layer, kv, cf_errmsg());
+          return -1;
+        }
       }
       return 0;
     default:

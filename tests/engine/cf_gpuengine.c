@@ -134,7 +134,10 @@ int main(int argc, char **argv) {
       cf_dtype_from_f32(CF_DT_BF16, kp[l] + (size_t)t * row, img + off, row);
       cf_dtype_from_f32(CF_DT_BF16, vp[l] + (size_t)t * row, img + off + plane / 2, row);
     }
-  if (cudaMemcpy(dbuf, img, total, cudaMemcpyHostToDevice) != cudaSuccess) DIE("upload");
+  /* synchronised: the daemon (another process, no stream order with ours) reads these blocks at
+   * Save, and a pageable cudaMemcpy may return before its DMA lands */
+  if (cudaMemcpy(dbuf, img, total, cudaMemcpyHostToDevice) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess)
+    DIE("upload");
   /* register over gRPC with CUDA IPC handles */
   cf_client_t *c = NULL;
   if ((rc = cf_client_connect(addr, 10000, &c))) DIE("connect %s: %s", addr, cf_errmsg());
@@ -222,7 +225,9 @@ int main(int argc, char **argv) {
                rc ? ": " : "", rc ? cf_errmsg() : "");
       check(rc == 0 && ec > 0, "Evict the CPU tier (restores then read the SSD tier)", d);
     }
-    if (cudaMemset(dbuf, 0xff, total) != cudaSuccess) DIE("poison");
+    /* cudaMemset is asynchronous: without the sync the poison could land after the daemon's
+     * restore writes (another process) and read as restore failures */
+    if (cudaMemset(dbuf, 0xff, total) != cudaSuccess || cudaDeviceSynchronize() != cudaSuccess) DIE("poison");
     Cacheflow__V1__RestoreRequest rr = CACHEFLOW__V1__RESTORE_REQUEST__INIT;
     rr.engine_id = eng;
     rr.n_token_ids = (size_t)T;

@@ -89,6 +89,9 @@ try:
     bad_register("buffer without location -> INVALID_ARGUMENT", lambda r: r.layers[0].v.ClearField("shm_path"), SC.INVALID_ARGUMENT, "neither")
     bad_register("CUDA IPC handle of 10 bytes -> INVALID_ARGUMENT",
                  lambda r: r.layers[0].k.cuda_ipc.CopyFrom(pb.CudaIpcBuffer(ipc_handle=b"x" * 10, gpu_uuid="GPU-1")), SC.INVALID_ARGUMENT, "64 bytes")
+    bad_register("CUDA IPC buffer with a malformed GPU UUID -> INVALID_ARGUMENT",
+                 lambda r: r.layers[0].k.cuda_ipc.CopyFrom(pb.CudaIpcBuffer(ipc_handle=bytes(range(64)), gpu_uuid="GPU-1234")),
+                 SC.INVALID_ARGUMENT, "expected GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx")
     # well-formed CUDA IPC buffers on a daemon with gpu_executor = off (the default): refused, naming the key
     bad_register("CUDA IPC buffers with gpu_executor off -> FAILED_PRECONDITION",
                  lambda r: [b.cuda_ipc.CopyFrom(pb.CudaIpcBuffer(ipc_handle=bytes(range(64)), gpu_uuid="GPU-12345678-1234-1234-1234-123456789abc"))
