@@ -233,6 +233,9 @@ static void cf__on_drain_tick(uv_timer_t *t) {
   cf_daemon_t *d = t->data;
   int left = cf_service_restores_in_flight(d->svc);
   uint64_t waited = uv_now(d->loop) - d->drain_start_ms;
+  /* a restore that just ended may still be sending its final status: shutdown cancels every
+   * call, so give those sends a moment (bounded by the drain timeout) */
+  if (left == 0 && cf_rpc_sending(d->rpc) > 0 && waited < (uint64_t)d->cfg.drain_timeout_s * 1000) return;
   if (left == 0) {
     CF_INFO("drain: no restore in flight after %llu ms; stopping", (unsigned long long)waited);
     cf__stop(d, "cacheflowd is shutting down");

@@ -519,6 +519,12 @@ fail_early:
 
 void cf_rpc_drain(cf_rpc_server_t *s) { s->draining = 1; }
 
+int cf_rpc_sending(const cf_rpc_server_t *s) {
+  int n = 0;
+  for (const cf_rpc_call_t *c = s->live; c; c = c->next_live) n += c->ended && (c->out_head || c->send_busy);
+  return n;
+}
+
 void cf_rpc_shutdown(cf_rpc_server_t *s, void (*done)(void *), void *arg) {
   if (s->shutting) return;
   s->done = done;

@@ -63,6 +63,11 @@ int cf_rpc_start(cf_rpc_server_t **out, uv_loop_t *loop, const cf_rpc_opts_t *op
 /* Enter drain mode: new calls of methods without CF_RPC_DRAIN_OK get UNAVAILABLE. */
 void cf_rpc_drain(cf_rpc_server_t *s);
 
+/* Calls whose final status is queued or being sent but not yet handed to the transport
+ * (loop thread). Shutdown cancels every call, so the drain waits for this to reach 0 first:
+ * otherwise a restore that just finished could lose its status to the cancel. */
+int cf_rpc_sending(const cf_rpc_server_t *s);
+
 /* Shut down (loop thread): every call not yet ended gets UNAVAILABLE (callers should have
  * ended theirs first), then grpc_server_shutdown_and_notify, grpc_server_cancel_all_calls; when
  * every completion has been handled, the CQ thread is joined, the server destroyed, the socket

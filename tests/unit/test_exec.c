@@ -698,11 +698,11 @@ CF_TEST(exec_bf16_f16_engine_buffers) {
           cf_kvmap_gather_f32(&kv, l, f.blocks, t0, t1, wk, wv);
           int loaded = l >= plans[p][c] && !(c == 1 && l == 3);
           const uint16_t *sk = cells + (((size_t)c * f.L + l) * 2) * cell, *sv = sk + cell;
-          if (loaded) {
-            if (memcmp(gk, sk, 2 * n) || memcmp(gv, sv, 2 * n)) bad++;
-            else exact_loaded++;
-            continue;
-          }
+          /* chunk 1's cells below the failed layer 3 are loaded unless a loader was still
+           * reading one when (1, 3) failed: then that cell is recomputed (either is right KV) */
+          int either = loaded && c == 1 && l < 3;
+          if (loaded && !memcmp(gk, sk, 2 * n) && !memcmp(gv, sv, 2 * n)) { exact_loaded++; continue; }
+          if (loaded && !either) { bad++; continue; }
           for (size_t i = 0; i < n; i++) {
             float rk = f.refk[((size_t)l * f.T + t0) * f.row + i], rv = f.refv[((size_t)l * f.T + t0) * f.row + i];
             if (!(fabsf(wk[i] - rk) <= atol * mx + rtol * fabsf(rk) && fabsf(wv[i] - rv) <= atol * mx + rtol * fabsf(rv))) { bad++; break; }
