@@ -102,7 +102,16 @@ step() {
   # -k: SIGKILL 5 s after the SIGTERM (timeout signals the step's whole process group)
   timeout -k 5 "$to" "$@" >"$OUT/.step" 2>&1 </dev/null
   local rc=$?
-  cat "$OUT/.step" >>"$LOG"
+  # into the log at most 2000 lines per step (a sanitizer reporting every hazard could push
+  # log.txt past the 16 MiB a returned file may have)
+  local nl=$(wc -l <"$OUT/.step")
+  if [ "$nl" -gt 2000 ]; then
+    head -n 1500 "$OUT/.step" >>"$LOG"
+    echo "... $((nl - 2000)) lines cut (run.sh) ..." >>"$LOG"
+    tail -n 500 "$OUT/.step" >>"$LOG"
+  else
+    cat "$OUT/.step" >>"$LOG"
+  fi
   grep '^RESULT ' "$OUT/.step" >>"$RES"
   local sum=$(grep -E '[0-9]+ passed, [0-9]+ failed|ERROR SUMMARY|max rel|kv-compare|worst' "$OUT/.step" | tail -n 1)
   local ms=$(( ($(date +%s%N) - t0) / 1000000 ))
@@ -116,10 +125,14 @@ step() {
 }
 # after NAME: 0 when step NAME ran and passed (or was not selected by ONLY)
 after() { [ -z "${STEP_RC[$1]+x}" ] || [ "${STEP_RC[$1]}" = 0 ]; }
+# results.md from results.txt; the previous results.md stays when the summary fails
 summarize() {
-  $PY tests/device/summarize.py "$RES" >"$OUT/results.md.tmp" 2>>"$LOG" ||
-    /usr/bin/python3 tests/device/summarize.py "$RES" >"$OUT/results.md.tmp" 2>>"$LOG"
-  mv -f "$OUT/results.md.tmp" "$OUT/results.md"
+  if $PY tests/device/summarize.py "$RES" >"$OUT/results.md.tmp" 2>>"$LOG" ||
+     /usr/bin/python3 tests/device/summarize.py "$RES" >"$OUT/results.md.tmp" 2>>"$LOG"; then
+    mv -f "$OUT/results.md.tmp" "$OUT/results.md"
+  else
+    rm -f "$OUT/results.md.tmp"
+  fi
 }
 
 nvidia-smi | tee -a "$LOG" | head -n 15
@@ -205,6 +218,7 @@ case "$PRESET" in
 esac
 rm -f "$OUT/.step"
 summarize
+[ -f "$OUT/results.md" ] || cp "$RES" "$OUT/results.md" # summarize.py failed from the start: the raw lines
 echo "run.sh: done in $(( $(date +%s) - T_START )) s (budget ${BUDGET} s)"
 echo
 cat "$OUT/results.md"
