@@ -81,7 +81,8 @@ if ldd build/tests/kt_gemm | grep -q "not found"; then
 fi
 ldd build/tests/kt_gemm | grep "not found" && echo "run.sh: unresolved libraries (above)"
 
-SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+# SAN= (set, empty) runs without the sanitizer steps (tests/integration/device_runsh.sh does)
+SAN=${SAN-$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)}
 
 declare -A STEP_RC
 
