@@ -331,6 +331,8 @@ static int cf__emit(const cf__opt_t *o, cf_sched_plan_t *out, int32_t *kbuf) {
  * [a_m, k) and loads [k, n). Compute pooled over m + 1 devices moves r's optimum to a larger
  * k (fewer loads). Helpers are added one at a time to whichever device sets the estimated
  * makespan (so several long requests share the idle devices), while it cuts the estimate.
+ * Every stream time here counts arrivals (cf__stream_ends, cf__ready, cf__after): the owner,
+ * its helpers and its link start r's part only when their earlier requests are done.
  *
  * Estimate for given k: the split points put each helper's compute end (its start plus L
  * steps over its chunks) at a common target, found by bisection so the owner's part ends
@@ -428,23 +430,63 @@ static void cf__help_fit(const cf__opt_t *o, int r, double ox, double oy, const 
   }
 }
 
-/* Compute of device d's requests other than r that run before r (arriving no later: a helped
- * request goes last within its arrival, cf__make_order) and after it. */
-static void cf__own_work(const cf__opt_t *o, int d, int r, double *before, double *after) {
-  double a = o->in->reqs[r].arrival_s, x, y;
-  *before = *after = 0;
-  for (int i = o->doff[d]; i < o->doff[d + 1]; i++) {
-    int q = o->dreq[i];
-    if (q == r) continue;
-    cf__xy(o, q, o->pos[q], &x, &y);
-    if (o->in->reqs[q].arrival_s <= a) *before += x;
-    else *after += x;
+/* Stream times around request r, with arrivals: a stream (device d's compute when link < 0,
+ * else link `link`'s loads) runs its other requests in arrival order (o->order, set by
+ * cf__stream_ends), each starting when it has arrived and the stream is free. Within r's
+ * arrival r goes last (a helped request does, cf__make_order), and its help runs at r's place
+ * on the helper. cf__ready: when r's part can start on the stream (its earlier requests done,
+ * r arrived). cf__after: when the stream ends if r's part ends at t (later requests appended).
+ * Summing the earlier work instead (as if all had arrived at 0) made help look cheaper than it
+ * is: a helper whose own request arrives at 0.11 s and computes 0.19 s is free at 0.30 s, not
+ * at 0.19 s, and the owner then waits each layer for the late helper's cells. */
+static double cf__stream_of(const cf__opt_t *o, int q, int d, int link) {
+  double x, y;
+  if (link < 0 ? o->dev[q] != d : cf_cost_link_of(o->c, o->dev[q]) != link) return -1;
+  cf__xy(o, q, o->pos[q], &x, &y);
+  return link < 0 ? x : y;
+}
+static double cf__ready(const cf__opt_t *o, int d, int link, int r) {
+  double a = o->in->reqs[r].arrival_s, t = 0;
+  for (int i = 0; i < o->n; i++) {
+    int q = o->order[i];
+    double aq = o->in->reqs[q].arrival_s, w;
+    if (aq > a) break;
+    if (q == r || (w = cf__stream_of(o, q, d, link)) <= 0) continue;
+    t = fmax(t, aq) + w;
   }
-  *before = fmax(*before, a); /* nor does r start before it arrives */
+  return fmax(t, a);
+}
+static double cf__after(const cf__opt_t *o, int d, int link, int r, double t) {
+  double a = o->in->reqs[r].arrival_s, w;
+  for (int i = 0; i < o->n; i++) {
+    int q = o->order[i];
+    double aq = o->in->reqs[q].arrival_s;
+    if (aq <= a || (w = cf__stream_of(o, q, d, link)) <= 0) continue;
+    t = fmax(t, aq) + w;
+  }
+  return t;
 }
 
-/* Greedy (see above). X, Yl: the devices' compute and the links' load estimates, updated;
- * role: per device 0 free, 1 helps, 2 is helped. Returns whether any help was set. */
+/* X[d], Yl[k]: when device d's compute and link k's loads end at the current positions, every
+ * stream running its requests in arrival order (sets o->order to it), each from its arrival or
+ * when the stream is free. Sums that ignore arrivals underestimate a batch that arrives over
+ * time, and help judged against them (cf__help) was added where it hurt. */
+static void cf__stream_ends(cf__opt_t *o, double *X, double *Yl) {
+  cf__make_order(o, 0);
+  for (int d = 0; d < o->nd; d++) X[d] = 0;
+  for (int k = 0; k < o->nl; k++) Yl[k] = 0;
+  for (int i = 0; i < o->n; i++) {
+    int q = o->order[i], d = o->dev[q], k = cf_cost_link_of(o->c, d);
+    double aq = o->in->reqs[q].arrival_s, x, y;
+    cf__xy(o, q, o->pos[q], &x, &y);
+    if (x > 0) X[d] = fmax(X[d], aq) + x;
+    if (y > 0) Yl[k] = fmax(Yl[k], aq) + y;
+  }
+}
+
+/* Greedy (see above). X, Yl: the streams' ends (cf__stream_ends; o->order in arrival order),
+ * updated with the help; role: per device 0 free, 1 helps, 2 is helped. Returns whether any
+ * help was set. */
 static int cf__help(cf__opt_t *o, double *X, double *Yl, int *role) {
   const cf_sched_cost_t *c = o->c;
   if (!cf_cost_has_peer(c)) return 0;
@@ -475,39 +517,37 @@ static int cf__help(cf__opt_t *o, double *X, double *Yl, int *role) {
       if (e != d && !role[e] && cf_cost_stage(c, e) == cf_cost_stage(c, d) && (h < 0 || X[e] < X[h]))
         h = e;
     if (r < 0 || h < 0 || o->hcnt[r] >= MH) break;
-    double x, y;
-    cf__xy(o, r, o->pos[r], &x, &y);
     int k = cf_cost_link_of(c, d);
-    double ox, oafter, oy = Yl[k] - y;
-    cf__own_work(o, d, r, &ox, &oafter);
+    double ox = cf__ready(o, d, -1, r), oy = cf__ready(o, 0, k, r);
     /* helpers in order of their start: the earliest free computes the front chunks */
     int m = o->hcnt[r], *hd = o->hdev + (size_t)r * MH;
     double hs[CF__MAXHELP];
     int cand[CF__MAXHELP];
     memcpy(cand, hd, (size_t)m * sizeof *cand);
     cand[m++] = h;
-    double hafter[CF__MAXHELP];
-    for (int i = 0; i < m; i++) cf__own_work(o, cand[i], r, &hs[i], &hafter[i]);
-    for (int i = 1; i < m; i++) /* by start: insertion sort of (cand, hs, hafter) */
+    for (int i = 0; i < m; i++) hs[i] = cf__ready(o, cand[i], -1, r);
+    for (int i = 1; i < m; i++) /* by start: insertion sort of (cand, hs) */
       for (int j = i; j > 0 && hs[j] < hs[j - 1]; j--) {
         int t = cand[j]; cand[j] = cand[j - 1]; cand[j - 1] = t;
         double u = hs[j]; hs[j] = hs[j - 1]; hs[j - 1] = u;
-        u = hafter[j]; hafter[j] = hafter[j - 1]; hafter[j - 1] = u;
       }
     cf__helpfit_t f;
     cf__help_fit(o, r, ox, oy, hs, m, &f);
-    double t = fmax(f.t, f.tc + oafter); /* work that runs after r */
-    for (int i = 0; i < m; i++) t = fmax(t, f.hend[i] + hafter[i]);
-    if (f.k < 0 || t >= Td * (1 - 1e-3)) break;
+    if (f.k < 0) break;
+    /* the streams' ends with the work that runs after r */
+    double xd = cf__after(o, d, -1, r, f.tc), yk = cf__after(o, 0, k, r, oy + o->L * cf__g(o, r, f.k));
+    double hx[CF__MAXHELP], t = fmax(f.t, fmax(xd, yk));
+    for (int i = 0; i < m; i++) t = fmax(t, hx[i] = cf__after(o, cand[i], -1, r, f.hend[i]));
+    if (t >= Td * (1 - 1e-3)) break;
     o->pos[r].j = f.k - o->kstar[r] + 1;
     o->pos[r].m = 0;
     o->pos[r].adj = -1;
     o->hcnt[r] = m;
     memcpy(hd, cand, (size_t)m * sizeof *cand);
     memcpy(o->hsplit + (size_t)r * MH, f.a, (size_t)m * sizeof *f.a);
-    X[d] = f.tc + oafter;
-    Yl[k] = oy + o->L * cf__g(o, r, f.k);
-    for (int i = 0; i < m; i++) X[cand[i]] = f.hend[i] + hafter[i];
+    X[d] = xd;
+    Yl[k] = yk;
+    for (int i = 0; i < m; i++) X[cand[i]] = hx[i];
     role[d] = 2;
     hreq[d] = r;
     role[h] = 1;
@@ -756,6 +796,7 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
     Yl[k] = b + y;
   }
   memcpy(pos0, o.pos, nn * sizeof *o.pos);
+  cf__stream_ends(&o, X, Yl); /* with arrivals: the estimate, and what help must beat */
   o.use_help = cf__help(&o, X, Yl, role); /* other devices' idle compute, over the peer link */
   double est = 0;
   for (int d = 0; d < nd; d++) est = fmax(est, X[d]);
