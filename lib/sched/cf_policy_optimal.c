@@ -347,6 +347,13 @@ typedef struct {
   double hend[CF__MAXHELP];
 } cf__helpfit_t;
 
+/* When request r's loads end if they start at oy with every layer at k chunks: one LOAD op,
+ * so one link latency (cf__g leaves latencies out). */
+static inline double cf__link_end(const cf__opt_t *o, int r, int32_t k, double oy) {
+  int32_t n = cf_cost_chunks(o->c, o->in->reqs[r].prefix_tokens);
+  return k < n ? oy + o->L * cf__g(o, r, k) + o->c->link_latency_s : oy;
+}
+
 /* Splits and timing of request r at k with helpers starting at hs[0..m), owner at ox. */
 static void cf__help_at(const cf__opt_t *o, int r, int32_t k, double ox, double oy,
                         const double *hs, int m, cf__helpfit_t *f) {
@@ -381,29 +388,33 @@ static void cf__help_at(const cf__opt_t *o, int r, int32_t k, double ox, double 
   }
   if (hi == ox + L * cf_cost_step(c, 0, tk)) /* never met: all on the owner */
     for (int i = 0; i < m; i++) f->a[i] = 0;
-  /* time it layer by layer */
-  double F[CF__MAXHELP + 1], w[CF__MAXHELP + 1], s1[CF__MAXHELP], peer = 0;
+  /* time it layer by layer; S[i]: when helper i's peer stream has sent its cells of the layer
+   * to the m - i later participants (it sends them in turn: a send waits for the previous
+   * layer's sends, so a peer link slower than the helper's compute falls further behind each
+   * layer, and the owner waits for it) */
+  double F[CF__MAXHELP + 1], w[CF__MAXHELP + 1], s1[CF__MAXHELP], S[CF__MAXHELP], peer = 0;
   for (int i = 0; i <= m; i++) {
     int32_t c0 = i ? f->a[i - 1] : 0, c1 = i < m ? f->a[i] : k;
     double t0 = (double)cf_cost_tok(c, P, c0), t1 = (double)cf_cost_tok(c, P, c1);
     w[i] = cf_cost_step(c, t0, t1 - t0);
     F[i] = i < m ? hs[i] : ox;
     if (i < m) {
-      s1[i] = cf_cost_send(c, t1 - t0, 1);
-      peer = fmax(peer, hs[i] + L * (m - i) * s1[i]);
+      s1[i] = cf_cost_send(c, t1 - t0, 1) * (m - i);
+      S[i] = hs[i];
     }
   }
   for (int l = 0; l < L; l++) {
     double ready = 0; /* cells of the earlier participants at this layer, arrived */
     for (int i = 0; i <= m; i++) {
       if (w[i] > 0) F[i] = fmax(F[i], ready) + w[i];
-      if (i < m && w[i] > 0) ready = fmax(ready, F[i] + s1[i] * (m - i));
+      if (i < m && w[i] > 0) ready = fmax(ready, S[i] = fmax(S[i], F[i]) + s1[i]);
     }
   }
+  for (int i = 0; i < m; i++) peer = fmax(peer, S[i]);
   for (int i = 0; i < m; i++) f->hend[i] = F[i];
   f->k = k;
   f->tc = F[m];
-  double t = fmax(F[m], oy + L * cf__g(o, r, k));
+  double t = fmax(F[m], cf__link_end(o, r, k, oy));
   for (int i = 0; i < m; i++) t = fmax(t, F[i]);
   f->t = fmax(t, peer);
 }
@@ -420,7 +431,7 @@ static void cf__help_fit(const cf__opt_t *o, int r, double ox, double oy, const 
   while (lo < hi) { /* smallest k whose compute end reaches its link end */
     int32_t mid = lo + (hi - lo) / 2;
     cf__help_at(o, r, mid, ox, oy, hs, m, &f);
-    if (f.tc >= oy + o->L * cf__g(o, r, mid)) hi = mid;
+    if (f.tc >= cf__link_end(o, r, mid, oy)) hi = mid;
     else lo = mid + 1;
   }
   for (int32_t k = lo - 1; k <= lo + 1; k++) {
@@ -428,6 +439,22 @@ static void cf__help_fit(const cf__opt_t *o, int r, double ox, double oy, const 
     cf__help_at(o, r, k, ox, oy, hs, m, &f);
     if (f.t < best->t) *best = f;
   }
+}
+
+/* Link latency of request q's LOAD ops at its position: one per run of layers with the same
+ * k < n (cf__plan_emit_loads merges them; cf__xy leaves latencies out). */
+static double cf__loads_lat(const cf__opt_t *o, int q) {
+  cf__pos_t p = o->pos[q];
+  int32_t n = cf_cost_chunks(o->c, o->in->reqs[q].prefix_tokens);
+  int32_t k0 = cf__hk(o, q, p.j), k1 = p.m ? cf__hk(o, q, p.j + 1) : k0;
+  int32_t ks[3] = {p.m ? k1 : -1, p.adj, o->L - p.m - (p.adj >= 0) > 0 ? k0 : -1}, prev = -1;
+  int ops = 0;
+  for (int i = 0; i < 3; i++) {
+    if (ks[i] < 0) continue;
+    if (ks[i] < n && ks[i] != prev) ops++;
+    prev = ks[i];
+  }
+  return ops * o->c->link_latency_s;
 }
 
 /* Stream times around request r, with arrivals: a stream (device d's compute when link < 0,
@@ -443,7 +470,7 @@ static double cf__stream_of(const cf__opt_t *o, int q, int d, int link) {
   double x, y;
   if (link < 0 ? o->dev[q] != d : cf_cost_link_of(o->c, o->dev[q]) != link) return -1;
   cf__xy(o, q, o->pos[q], &x, &y);
-  return link < 0 ? x : y;
+  return link < 0 ? x : y + cf__loads_lat(o, q);
 }
 static double cf__ready(const cf__opt_t *o, int d, int link, int r) {
   double a = o->in->reqs[r].arrival_s, t = 0;
@@ -480,7 +507,7 @@ static void cf__stream_ends(cf__opt_t *o, double *X, double *Yl) {
     double aq = o->in->reqs[q].arrival_s, x, y;
     cf__xy(o, q, o->pos[q], &x, &y);
     if (x > 0) X[d] = fmax(X[d], aq) + x;
-    if (y > 0) Yl[k] = fmax(Yl[k], aq) + y;
+    if (y > 0) Yl[k] = fmax(Yl[k], aq) + y + cf__loads_lat(o, q);
   }
 }
 
@@ -535,7 +562,7 @@ static int cf__help(cf__opt_t *o, double *X, double *Yl, int *role) {
     cf__help_fit(o, r, ox, oy, hs, m, &f);
     if (f.k < 0) break;
     /* the streams' ends with the work that runs after r */
-    double xd = cf__after(o, d, -1, r, f.tc), yk = cf__after(o, 0, k, r, oy + o->L * cf__g(o, r, f.k));
+    double xd = cf__after(o, d, -1, r, f.tc), yk = cf__after(o, 0, k, r, cf__link_end(o, r, f.k, oy));
     double hx[CF__MAXHELP], t = fmax(f.t, fmax(xd, yk));
     for (int i = 0; i < m; i++) t = fmax(t, hx[i] = cf__after(o, cand[i], -1, r, f.hend[i]));
     if (t >= Td * (1 - 1e-3)) break;

@@ -860,14 +860,15 @@ CF_TEST(sched_optimal_uses_idle_devices) {
 /* The fast path adopts help on its own estimate (no simulator): on random multi-device batches
  * with arrivals it must not make plans slower than the same fast path without a peer link. */
 /* Fast-path (refine_evals 0) optimal plans of `in` simulated without (mk[0]) and with (mk[1])
- * a 450 GB/s peer link; est1: the planner's estimate of the plan with it. Returns whether the
- * plan with the peer link has helped cells. */
-static int help_pair(cf_sched_input_t *in, cf_sched_plan_t *p, cf_sim_result_t *s, double mk[2],
-                     double *est1) {
+ * a peer link of peer_Bps (latency peer_lat_s); est1: the planner's estimate of the plan with
+ * it. Returns whether the plan with the peer link has helped cells. */
+static int help_pair(cf_sched_input_t *in, double peer_Bps, double peer_lat_s, cf_sched_plan_t *p,
+                     cf_sim_result_t *s, double mk[2], double *est1) {
   int helped = 0;
+  in->refine_evals = 0;
   for (int peer = 0; peer < 2; peer++) {
-    in->cost.peer_Bps = peer ? 450e9 : 0;
-    in->cost.peer_latency_s = 10e-6;
+    in->cost.peer_Bps = peer ? peer_Bps : 0;
+    in->cost.peer_latency_s = peer_lat_s;
     CF_CHECK_OK(cf_sched_plan(in, CF_POLICY_OPTIMAL, p));
     CF_CHECK_OK(cf_sim_run(in, p, s));
     mk[peer] = s->makespan_s;
@@ -902,7 +903,7 @@ CF_TEST(sched_fast_path_help_never_hurts) {
     in.reqs = reqs;
     in.n_reqs = n;
     double mk[2], est;
-    if (help_pair(&in, &p, &s, mk, &est)) {
+    if (help_pair(&in, 450e9, 10e-6, &p, &s, mk, &est)) {
       helped++;
       lsum += log(mk[1] / mk[0]);
       worst_est = fmax(worst_est, mk[1] / est);
@@ -913,6 +914,59 @@ CF_TEST(sched_fast_path_help_never_hurts) {
   }
   printf("  fast path: help used in %d of 60 batches; with/without geomean %.4f worst %.4f; "
          "simulated/estimated worst %.4f\n", helped, helped ? exp(lsum / helped) : 1, worst, worst_est);
+  cf_sched_plan_free(&p);
+  cf_sim_result_free(&s);
+}
+
+/* The same over random cost models (layers, chunk size, compute fit, link and peer rates and
+ * latencies, 2-8 devices, 1-40 requests, some pinned to a device, arrivals spread over 0-2 s):
+ * help that the fast path adds must not lengthen the simulated makespan, and the fast path's
+ * estimate of a helped plan must be close to the simulation. */
+CF_TEST(sched_fast_path_help_never_hurts_random_costs) {
+  cf_sched_req_t reqs[40] = {0};
+  cf_sched_plan_t p;
+  cf_sched_plan_init(&p);
+  cf_sim_result_t s;
+  cf_sim_result_init(&s);
+  double worst = 0, lsum = 0, worst_est = 0;
+  int helped = 0, trials = 60;
+  for (int t = 0; t < trials; t++) {
+    cf_sched_input_t in = {0};
+    cf_sched_cost_t *c = &in.cost;
+    cf_cost_h100_llama8b(c);
+    c->n_layers = 1 + (int)(cf_test_uniform() * 40);
+    c->chunk_tokens = cf_test_uniform() < 0.5 ? 256 : 64 + (int)(cf_test_uniform() * 512);
+    c->gamma_s *= cf_test_uniform() * 2;
+    c->alpha_s *= 0.2 + cf_test_uniform() * 3;
+    c->beta_s *= cf_test_uniform() * 4;
+    c->link_Bps = (0.5 + cf_test_uniform() * 60) * 1e9;
+    c->link_latency_s = cf_test_uniform() * 100e-6;
+    c->n_devices = 2 + (int)(cf_test_uniform() * 7);
+    c->shared_link = cf_test_uniform() < 0.4;
+    double peer_Bps = (20 + cf_test_uniform() * 900) * 1e9, peer_lat = cf_test_uniform() * 20e-6;
+    int n = 1 + (int)(cf_test_uniform() * 40);
+    double spread = cf_test_uniform() < 0.5 ? 2.0 : 0.3;
+    for (int r = 0; r < n; r++) {
+      reqs[r].arrival_s = cf_test_uniform() < 0.5 ? 0 : cf_test_uniform() * spread;
+      reqs[r].prefix_tokens = 1 + (int64_t)(cf_test_uniform() * (cf_test_uniform() < 0.5 ? 8000 : 131072));
+      reqs[r].new_tokens = 64;
+      reqs[r].device = cf_test_uniform() < 0.2 ? (int)(cf_test_uniform() * c->n_devices) : -1;
+    }
+    in.reqs = reqs;
+    in.n_reqs = n;
+    double mk[2], est;
+    if (help_pair(&in, peer_Bps, peer_lat, &p, &s, mk, &est)) {
+      helped++;
+      lsum += log(mk[1] / mk[0]);
+      worst_est = fmax(worst_est, mk[1] / est);
+      CF_CHECK_MSG(REL(mk[1], est) < 0.1, "trial %d: simulated %.6g s, estimated %.6g s", t, mk[1], est);
+    }
+    worst = fmax(worst, mk[1] / mk[0]);
+    CF_CHECK_MSG(mk[1] <= 1.02 * mk[0], "trial %d: fast path %.6g s with help, %.6g s without", t,
+                 mk[1], mk[0]);
+  }
+  printf("  random costs: help used in %d of %d batches; with/without geomean %.4f worst %.4f; "
+         "simulated/estimated worst %.4f\n", helped, trials, helped ? exp(lsum / helped) : 1, worst, worst_est);
   cf_sched_plan_free(&p);
   cf_sim_result_free(&s);
 }
@@ -955,7 +1009,7 @@ CF_TEST(sched_fast_path_help_waits_for_helpers_own_work) {
     in.reqs = reqs;
     in.n_reqs = cases[i].n;
     double mk[2], est;
-    int helped = help_pair(&in, &p, &s, mk, &est);
+    int helped = help_pair(&in, 450e9, 10e-6, &p, &s, mk, &est);
     printf("  case %zu: %.4f s with help (%s), %.4f s without; simulated/estimated %.4f\n", i,
            mk[1], helped ? "used" : "not used", mk[0], mk[1] / est);
     CF_CHECK_MSG(mk[1] <= 1.001 * mk[0], "case %zu: %.6g s with help, %.6g s without", i, mk[1], mk[0]);
