@@ -331,6 +331,8 @@ static int cf__emit(const cf__opt_t *o, cf_sched_plan_t *out, int32_t *kbuf) {
  * [a_m, k) and loads [k, n). Compute pooled over m + 1 devices moves r's optimum to a larger
  * k (fewer loads). Helpers are added one at a time to whichever device sets the estimated
  * makespan (so several long requests share the idle devices), while it cuts the estimate.
+ * Every stream time here counts arrivals (cf__stream_ends, cf__ready, cf__after): the owner,
+ * its helpers and its link start r's part only when their earlier requests are done.
  *
  * Estimate for given k: the split points put each helper's compute end (its start plus L
  * steps over its chunks) at a common target, found by bisection so the owner's part ends
@@ -344,6 +346,13 @@ typedef struct {
   double t, tc; /* estimated end; its compute part (owner's) */
   double hend[CF__MAXHELP];
 } cf__helpfit_t;
+
+/* When request r's loads end if they start at oy with every layer at k chunks: one LOAD op,
+ * so one link latency (cf__g leaves latencies out). */
+static inline double cf__link_end(const cf__opt_t *o, int r, int32_t k, double oy) {
+  int32_t n = cf_cost_chunks(o->c, o->in->reqs[r].prefix_tokens);
+  return k < n ? oy + o->L * cf__g(o, r, k) + o->c->link_latency_s : oy;
+}
 
 /* Splits and timing of request r at k with helpers starting at hs[0..m), owner at ox. */
 static void cf__help_at(const cf__opt_t *o, int r, int32_t k, double ox, double oy,
@@ -379,29 +388,33 @@ static void cf__help_at(const cf__opt_t *o, int r, int32_t k, double ox, double 
   }
   if (hi == ox + L * cf_cost_step(c, 0, tk)) /* never met: all on the owner */
     for (int i = 0; i < m; i++) f->a[i] = 0;
-  /* time it layer by layer */
-  double F[CF__MAXHELP + 1], w[CF__MAXHELP + 1], s1[CF__MAXHELP], peer = 0;
+  /* time it layer by layer; S[i]: when helper i's peer stream has sent its cells of the layer
+   * to the m - i later participants (it sends them in turn: a send waits for the previous
+   * layer's sends, so a peer link slower than the helper's compute falls further behind each
+   * layer, and the owner waits for it) */
+  double F[CF__MAXHELP + 1], w[CF__MAXHELP + 1], s1[CF__MAXHELP], S[CF__MAXHELP], peer = 0;
   for (int i = 0; i <= m; i++) {
     int32_t c0 = i ? f->a[i - 1] : 0, c1 = i < m ? f->a[i] : k;
     double t0 = (double)cf_cost_tok(c, P, c0), t1 = (double)cf_cost_tok(c, P, c1);
     w[i] = cf_cost_step(c, t0, t1 - t0);
     F[i] = i < m ? hs[i] : ox;
     if (i < m) {
-      s1[i] = cf_cost_send(c, t1 - t0, 1);
-      peer = fmax(peer, hs[i] + L * (m - i) * s1[i]);
+      s1[i] = cf_cost_send(c, t1 - t0, 1) * (m - i);
+      S[i] = hs[i];
     }
   }
   for (int l = 0; l < L; l++) {
     double ready = 0; /* cells of the earlier participants at this layer, arrived */
     for (int i = 0; i <= m; i++) {
       if (w[i] > 0) F[i] = fmax(F[i], ready) + w[i];
-      if (i < m && w[i] > 0) ready = fmax(ready, F[i] + s1[i] * (m - i));
+      if (i < m && w[i] > 0) ready = fmax(ready, S[i] = fmax(S[i], F[i]) + s1[i]);
     }
   }
+  for (int i = 0; i < m; i++) peer = fmax(peer, S[i]);
   for (int i = 0; i < m; i++) f->hend[i] = F[i];
   f->k = k;
   f->tc = F[m];
-  double t = fmax(F[m], oy + L * cf__g(o, r, k));
+  double t = fmax(F[m], cf__link_end(o, r, k, oy));
   for (int i = 0; i < m; i++) t = fmax(t, F[i]);
   f->t = fmax(t, peer);
 }
@@ -418,7 +431,7 @@ static void cf__help_fit(const cf__opt_t *o, int r, double ox, double oy, const 
   while (lo < hi) { /* smallest k whose compute end reaches its link end */
     int32_t mid = lo + (hi - lo) / 2;
     cf__help_at(o, r, mid, ox, oy, hs, m, &f);
-    if (f.tc >= oy + o->L * cf__g(o, r, mid)) hi = mid;
+    if (f.tc >= cf__link_end(o, r, mid, oy)) hi = mid;
     else lo = mid + 1;
   }
   for (int32_t k = lo - 1; k <= lo + 1; k++) {
@@ -428,23 +441,79 @@ static void cf__help_fit(const cf__opt_t *o, int r, double ox, double oy, const 
   }
 }
 
-/* Compute of device d's requests other than r that run before r (arriving no later: a helped
- * request goes last within its arrival, cf__make_order) and after it. */
-static void cf__own_work(const cf__opt_t *o, int d, int r, double *before, double *after) {
-  double a = o->in->reqs[r].arrival_s, x, y;
-  *before = *after = 0;
-  for (int i = o->doff[d]; i < o->doff[d + 1]; i++) {
-    int q = o->dreq[i];
-    if (q == r) continue;
-    cf__xy(o, q, o->pos[q], &x, &y);
-    if (o->in->reqs[q].arrival_s <= a) *before += x;
-    else *after += x;
+/* Link latency of request q's LOAD ops at its position: one per run of layers with the same
+ * k < n (cf__plan_emit_loads merges them; cf__xy leaves latencies out). */
+static double cf__loads_lat(const cf__opt_t *o, int q) {
+  cf__pos_t p = o->pos[q];
+  int32_t n = cf_cost_chunks(o->c, o->in->reqs[q].prefix_tokens);
+  int32_t k0 = cf__hk(o, q, p.j), k1 = p.m ? cf__hk(o, q, p.j + 1) : k0;
+  int32_t ks[3] = {p.m ? k1 : -1, p.adj, o->L - p.m - (p.adj >= 0) > 0 ? k0 : -1}, prev = -1;
+  int ops = 0;
+  for (int i = 0; i < 3; i++) {
+    if (ks[i] < 0) continue;
+    if (ks[i] < n && ks[i] != prev) ops++;
+    prev = ks[i];
   }
-  *before = fmax(*before, a); /* nor does r start before it arrives */
+  return ops * o->c->link_latency_s;
 }
 
-/* Greedy (see above). X, Yl: the devices' compute and the links' load estimates, updated;
- * role: per device 0 free, 1 helps, 2 is helped. Returns whether any help was set. */
+/* Stream times around request r, with arrivals: a stream (device d's compute when link < 0,
+ * else link `link`'s loads) runs its other requests in arrival order (o->order, set by
+ * cf__stream_ends), each starting when it has arrived and the stream is free. Within r's
+ * arrival r goes last (a helped request does, cf__make_order), and its help runs at r's place
+ * on the helper. cf__ready: when r's part can start on the stream (its earlier requests done,
+ * r arrived). cf__after: when the stream ends if r's part ends at t (later requests appended).
+ * Summing the earlier work instead (as if all had arrived at 0) made help look cheaper than it
+ * is: a helper whose own request arrives at 0.11 s and computes 0.19 s is free at 0.30 s, not
+ * at 0.19 s, and the owner then waits each layer for the late helper's cells. */
+static double cf__stream_of(const cf__opt_t *o, int q, int d, int link) {
+  double x, y;
+  if (link < 0 ? o->dev[q] != d : cf_cost_link_of(o->c, o->dev[q]) != link) return -1;
+  cf__xy(o, q, o->pos[q], &x, &y);
+  return link < 0 ? x : y + cf__loads_lat(o, q);
+}
+static double cf__ready(const cf__opt_t *o, int d, int link, int r) {
+  double a = o->in->reqs[r].arrival_s, t = 0;
+  for (int i = 0; i < o->n; i++) {
+    int q = o->order[i];
+    double aq = o->in->reqs[q].arrival_s, w;
+    if (aq > a) break;
+    if (q == r || (w = cf__stream_of(o, q, d, link)) <= 0) continue;
+    t = fmax(t, aq) + w;
+  }
+  return fmax(t, a);
+}
+static double cf__after(const cf__opt_t *o, int d, int link, int r, double t) {
+  double a = o->in->reqs[r].arrival_s, w;
+  for (int i = 0; i < o->n; i++) {
+    int q = o->order[i];
+    double aq = o->in->reqs[q].arrival_s;
+    if (aq <= a || (w = cf__stream_of(o, q, d, link)) <= 0) continue;
+    t = fmax(t, aq) + w;
+  }
+  return t;
+}
+
+/* X[d], Yl[k]: when device d's compute and link k's loads end at the current positions, every
+ * stream running its requests in arrival order (sets o->order to it), each from its arrival or
+ * when the stream is free. Sums that ignore arrivals underestimate a batch that arrives over
+ * time, and help judged against them (cf__help) was added where it hurt. */
+static void cf__stream_ends(cf__opt_t *o, double *X, double *Yl) {
+  cf__make_order(o, 0);
+  for (int d = 0; d < o->nd; d++) X[d] = 0;
+  for (int k = 0; k < o->nl; k++) Yl[k] = 0;
+  for (int i = 0; i < o->n; i++) {
+    int q = o->order[i], d = o->dev[q], k = cf_cost_link_of(o->c, d);
+    double aq = o->in->reqs[q].arrival_s, x, y;
+    cf__xy(o, q, o->pos[q], &x, &y);
+    if (x > 0) X[d] = fmax(X[d], aq) + x;
+    if (y > 0) Yl[k] = fmax(Yl[k], aq) + y + cf__loads_lat(o, q);
+  }
+}
+
+/* Greedy (see above). X, Yl: the streams' ends (cf__stream_ends; o->order in arrival order),
+ * updated with the help; role: per device 0 free, 1 helps, 2 is helped. Returns whether any
+ * help was set. */
 static int cf__help(cf__opt_t *o, double *X, double *Yl, int *role) {
   const cf_sched_cost_t *c = o->c;
   if (!cf_cost_has_peer(c)) return 0;
@@ -475,39 +544,37 @@ static int cf__help(cf__opt_t *o, double *X, double *Yl, int *role) {
       if (e != d && !role[e] && cf_cost_stage(c, e) == cf_cost_stage(c, d) && (h < 0 || X[e] < X[h]))
         h = e;
     if (r < 0 || h < 0 || o->hcnt[r] >= MH) break;
-    double x, y;
-    cf__xy(o, r, o->pos[r], &x, &y);
     int k = cf_cost_link_of(c, d);
-    double ox, oafter, oy = Yl[k] - y;
-    cf__own_work(o, d, r, &ox, &oafter);
+    double ox = cf__ready(o, d, -1, r), oy = cf__ready(o, 0, k, r);
     /* helpers in order of their start: the earliest free computes the front chunks */
     int m = o->hcnt[r], *hd = o->hdev + (size_t)r * MH;
     double hs[CF__MAXHELP];
     int cand[CF__MAXHELP];
     memcpy(cand, hd, (size_t)m * sizeof *cand);
     cand[m++] = h;
-    double hafter[CF__MAXHELP];
-    for (int i = 0; i < m; i++) cf__own_work(o, cand[i], r, &hs[i], &hafter[i]);
-    for (int i = 1; i < m; i++) /* by start: insertion sort of (cand, hs, hafter) */
+    for (int i = 0; i < m; i++) hs[i] = cf__ready(o, cand[i], -1, r);
+    for (int i = 1; i < m; i++) /* by start: insertion sort of (cand, hs) */
       for (int j = i; j > 0 && hs[j] < hs[j - 1]; j--) {
         int t = cand[j]; cand[j] = cand[j - 1]; cand[j - 1] = t;
         double u = hs[j]; hs[j] = hs[j - 1]; hs[j - 1] = u;
-        u = hafter[j]; hafter[j] = hafter[j - 1]; hafter[j - 1] = u;
       }
     cf__helpfit_t f;
     cf__help_fit(o, r, ox, oy, hs, m, &f);
-    double t = fmax(f.t, f.tc + oafter); /* work that runs after r */
-    for (int i = 0; i < m; i++) t = fmax(t, f.hend[i] + hafter[i]);
-    if (f.k < 0 || t >= Td * (1 - 1e-3)) break;
+    if (f.k < 0) break;
+    /* the streams' ends with the work that runs after r */
+    double xd = cf__after(o, d, -1, r, f.tc), yk = cf__after(o, 0, k, r, cf__link_end(o, r, f.k, oy));
+    double hx[CF__MAXHELP], t = fmax(f.t, fmax(xd, yk));
+    for (int i = 0; i < m; i++) t = fmax(t, hx[i] = cf__after(o, cand[i], -1, r, f.hend[i]));
+    if (t >= Td * (1 - 1e-3)) break;
     o->pos[r].j = f.k - o->kstar[r] + 1;
     o->pos[r].m = 0;
     o->pos[r].adj = -1;
     o->hcnt[r] = m;
     memcpy(hd, cand, (size_t)m * sizeof *cand);
     memcpy(o->hsplit + (size_t)r * MH, f.a, (size_t)m * sizeof *f.a);
-    X[d] = f.tc + oafter;
-    Yl[k] = oy + o->L * cf__g(o, r, f.k);
-    for (int i = 0; i < m; i++) X[cand[i]] = f.hend[i] + hafter[i];
+    X[d] = xd;
+    Yl[k] = yk;
+    for (int i = 0; i < m; i++) X[cand[i]] = hx[i];
     role[d] = 2;
     hreq[d] = r;
     role[h] = 1;
@@ -756,6 +823,7 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
     Yl[k] = b + y;
   }
   memcpy(pos0, o.pos, nn * sizeof *o.pos);
+  cf__stream_ends(&o, X, Yl); /* with arrivals: the estimate, and what help must beat */
   o.use_help = cf__help(&o, X, Yl, role); /* other devices' idle compute, over the peer link */
   double est = 0;
   for (int d = 0; d < nd; d++) est = fmax(est, X[d]);
