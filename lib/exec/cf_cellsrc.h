@@ -31,10 +31,12 @@ typedef struct cf_cellsrc_s cf_cellsrc_t;
 
 /* How a streamed read (cf_cellsrc_t.read_stream) talks back to the executor. */
 typedef struct {
-  /* Right before cell i's read is issued (in order, once per cell): 0 to read it, or a
-   * negative CF_E* code to skip it (it then reaches done() with that status). The executor
-   * checks cancellation and waits on the tier's rate limiter here. */
-  int (*issue)(void *ud, int i);
+  /* Right before cell i's read is issued (in order): 0 to read it; CF_EAGAIN (only when
+   * wait = 0: earlier cells are still outstanding) to be asked again after those were handed
+   * over; another negative CF_E* code to skip it (it then reaches done() with that status).
+   * The executor checks cancellation and takes the bytes from the tier's rate limiter here
+   * (sleeping on it only when wait = 1). */
+  int (*issue)(void *ud, int i, int wait);
   /* Cell i, in order, exactly once: status 0 and its K and V rows (valid during the call
    * only), or status CF_E* (k, v NULL). */
   void (*done)(void *ud, int i, const void *k, const void *v, int status);

@@ -100,10 +100,10 @@ typedef struct {
   int base;         /* index of the ring run's first cell in the stream */
 } cf__stream_t;
 
-static int cf__ring_issue(void *ud, size_t i, const cf_ring_cell_t *c) {
+static int cf__ring_issue(void *ud, size_t i, const cf_ring_cell_t *c, int wait) {
   (void)c;
   const cf__stream_t *x = ud;
-  return x->cb->issue ? x->cb->issue(x->cb->ud, x->base + (int)i) : 0;
+  return x->cb->issue ? x->cb->issue(x->cb->ud, x->base + (int)i, wait) : 0;
 }
 
 static int cf__ring_deliver(void *ud, size_t i, const cf_ring_cell_t *c, int slot, const void *buf,
@@ -138,7 +138,7 @@ static int cf__ssd_read_stream(cf_cellsrc_t *src, int n, void *const *refs, cons
     uint8_t *buf = aligned_alloc(4096, (bytes + 4095) & ~(size_t)4095);
     if (!buf) return cf_seterr(CF_ENOMEM, "ssd tier: cell buffer of %zu bytes", bytes);
     for (int i = 0; i < n; i++) {
-      int rc = cb->issue ? cb->issue(cb->ud, i) : 0;
+      int rc = cb->issue ? cb->issue(cb->ud, i, 1) : 0;
       if (!rc) rc = cf__ssd_read(src, refs[i], layers[i], buf);
       cb->done(cb->ud, i, rc ? NULL : buf, rc ? NULL : buf + s->half_bytes, rc);
     }

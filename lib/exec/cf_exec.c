@@ -262,11 +262,12 @@ typedef struct {
   void *ls;
   const cf__task_t *t;  /* [n] */
   uint8_t *st;          /* [n]: 0 not yet handed over, 1 issued (busy counted), 2 skipped, 3 done */
+  int outstanding;      /* cells issued and not handed over yet: the reads in flight */
 } cf__lstream_t;
 
 enum { LS_WAIT = 0, LS_ISSUED, LS_SKIPPED, LS_DONE };
 
-static int cf__stream_issue(void *ud, int i) {
+static int cf__stream_issue(void *ud, int i, int wait) {
   cf__lstream_t *x = ud;
   const cf__task_t *t = &x->t[i];
   cf__rq_t *q = &x->run->rq[t->r];
@@ -275,9 +276,13 @@ static int cf__stream_issue(void *ud, int i) {
   pthread_mutex_unlock(&x->run->mu);
   if (skip) { x->st[i] = LS_SKIPPED; return CF_ECANCELED; }
   cf_cellsrc_t *src = q->r->src[t->c];
-  cf_ratelimit_acquire(src->limit, 2 * (size_t)q->C * q->row * q->es);
+  size_t bytes = 2 * (size_t)q->C * q->row * q->es;
+  /* with reads outstanding, don't sleep on the link: their cells are handed over first */
+  if (!wait && !cf_ratelimit_try_acquire(src->limit, bytes)) return CF_EAGAIN;
+  if (wait) cf_ratelimit_acquire(src->limit, bytes);
   pthread_mutex_lock(&x->run->mu);
   cf__busy_begin(q, src->tier_index);
+  if (++x->outstanding > q->r->stats.load_depth_peak) q->r->stats.load_depth_peak = x->outstanding;
   pthread_mutex_unlock(&x->run->mu);
   x->st[i] = LS_ISSUED;
   return 0;
@@ -288,6 +293,7 @@ static void cf__stream_done(void *ud, int i, const void *k, const void *v, int s
   int was = x->st[i];
   x->st[i] = was == LS_SKIPPED ? LS_SKIPPED : LS_DONE;
   if (was == LS_SKIPPED) return;
+  if (was == LS_ISSUED) x->outstanding--;
   cf__load_result(x->run, x->ls, &x->t[i], status, k, v, was == LS_ISSUED);
 }
 
@@ -332,7 +338,7 @@ static void *cf__loader(void *arg) {
         layers[k] = win[k].l;
         wst[k] = LS_WAIT;
       }
-      cf__lstream_t x = {run, ls, win, wst};
+      cf__lstream_t x = {run, ls, win, wst, 0};
       cf_cellsrc_stream_t cb = {cf__stream_issue, cf__stream_done, &x};
       int rc = src->read_stream(src, n, refs, layers, &cb);
       /* cells the stream did not hand over (it failed): recomputed */

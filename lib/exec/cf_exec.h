@@ -72,6 +72,9 @@ typedef struct {
   uint64_t cells_computed;                  /* cells written to the engine by compute */
   uint64_t cells_planned_compute;           /* sum of the plan's h[c] */
   uint64_t load_failures;                   /* loads that failed and were recomputed */
+  int load_depth_peak;                      /* most reads one loader had in flight (issued, not
+                                               handed over) for this request: > 1 only through a
+                                               streaming source (read_stream) */
   uint64_t forward_calls;
   int64_t t_start_ns, t_done_ns;            /* CLOCK_MONOTONIC */
   int64_t compute_busy_ns;                  /* time the compute worker spent in forward */

@@ -94,10 +94,12 @@ int cf_ring_run(cf_ring_t *r, const cf_ring_cell_t *cells, size_t n, const cf_ri
       if (fr < 0) { err = fr; break; }
       if (!fr) break;
       cf_store_read_t *q = &r->req[s];
-      if (sub >= issued) { /* issue() once per cell, even when the submit below must retry */
-        r->skip[s] = sink->issue ? sink->issue(sink->ud, sub, &cells[sub]) : 0;
+      if (sub >= issued) { /* issued once per cell, even when the submit below must retry */
+        int wait = dlv == sub; /* nothing outstanding: the sink may block */
+        int rc = sink->issue ? sink->issue(sink->ud, sub, &cells[sub], wait) : 0;
+        if (rc == CF_EAGAIN && !wait) break; /* hand over what is outstanding first */
+        r->skip[s] = rc < 0 ? rc : 0;
         issued = sub + 1;
-        if (r->skip[s] >= 0) r->skip[s] = 0;
       }
       if (r->skip[s]) { /* not read: delivered as failed in its turn */
         memset(q, 0, sizeof *q);

@@ -24,10 +24,13 @@
  *   slot_done(ud, slot, wait): 1 when what the last deliver into `slot` started no longer reads
  *     the buffer (wait = 1: block until then), 0 when it still does (only when wait = 0), or a
  *     negative CF_E* code. NULL: deliver consumes synchronously (a memcpy sink).
- *   issue(ud, i, cell) (may be NULL): called once per cell, in order, right before its read is
- *     submitted (the CPU executor waits on its rate limiter and checks cancellation here, so
- *     reads enter the disk at the link's pace). 0: read it; a negative CF_E* code: the cell is
- *     not read and reaches `failed` with that status in its turn.
+ *   issue(ud, i, cell, wait) (may be NULL): called in order right before cell i's read is
+ *     submitted (the CPU executor checks cancellation and takes the cell's bytes from its rate
+ *     limiter here, so reads enter the disk at the link's pace). 0: read it; CF_EAGAIN (only
+ *     when wait = 0, i.e. earlier cells are still outstanding): not yet, the ring hands over
+ *     those first and asks again (so a cell that arrived is never held back by the link's wait
+ *     for the next); another negative CF_E* code: the cell is not read and reaches `failed`
+ *     with that status in its turn. wait = 1 when nothing is outstanding: it may block.
  *
  * Threads: a ring and its reader belong to one thread at a time.
  */
@@ -52,7 +55,8 @@ typedef struct {
   void (*failed)(void *ud, size_t i, const cf_ring_cell_t *c, int status);
   int (*slot_done)(void *ud, int slot, int wait);
   void *ud;
-  int (*issue)(void *ud, size_t i, const cf_ring_cell_t *c); /* last: positional inits stay valid */
+  int (*issue)(void *ud, size_t i, const cf_ring_cell_t *c, int wait); /* last: positional
+                                                                           inits stay valid */
 } cf_ring_sink_t;
 
 enum { CF__RING_FREE = 0, CF__RING_READING, CF__RING_READY, CF__RING_CONSUMING };
