@@ -13,7 +13,7 @@
 /* Load samples: at least this many bytes and this long; the rate no lower than base / this. */
 #define CF__MIN_LOAD_BYTES (256.0 * 1024)
 #define CF__MIN_LOAD_S 200e-6
-#define CF__RATE_FLOOR 64.0
+#define CF__RATE_FLOOR 256.0
 
 void cf_refit_init(cf_refit_t *f, double weight) {
   memset(f, 0, sizeof *f);
@@ -35,6 +35,7 @@ void cf_refit_set_base(cf_refit_t *f, const cf_sched_cost_t *base) {
   /* a reload may change a limit: the re-fitted rate stays, within the new cap */
   for (int t = 0; t < CF_REFIT_TIERS; t++) {
     f->base_Bps[t] = cf_cost_tier_Bps(base, t);
+    f->base_set[t] = t == 0 || base->tier_Bps[t] > 0; /* the CPU tier's is memcpy's or the limit */
     if (!f->load_samples[t] || f->rate_Bps[t] > f->base_Bps[t]) f->rate_Bps[t] = f->base_Bps[t];
     if (f->rate_Bps[t] < f->base_Bps[t] / CF__RATE_FLOOR) f->rate_Bps[t] = f->base_Bps[t] / CF__RATE_FLOOR;
   }
@@ -81,9 +82,14 @@ void cf_refit_sample(cf_refit_t *f, const cf_sched_cost_t *planned, const cf_exe
     f->last_load_ratio[t] = planned_Bps / got;
     cf__ewma(&f->load_ratio[t], f->last_load_ratio[t], f->weight, f->load_samples[t]);
     double r = f->rate_Bps[t];
-    double target = cf__clamp(got, r / CF__SAMPLE_SPAN, r * CF__SAMPLE_SPAN);
-    f->clipped += target != got;
-    f->rate_Bps[t] = cf__clamp(r + f->weight * (target - r), f->base_Bps[t] / CF__RATE_FLOOR, f->base_Bps[t]);
+    if (!f->load_samples[t] && !f->base_set[t]) {
+      r = got; /* the tier's rate was borrowed (no limit configured): no prior to weigh against */
+    } else {
+      double target = cf__clamp(got, r / CF__SAMPLE_SPAN, r * CF__SAMPLE_SPAN);
+      f->clipped += target != got;
+      r += f->weight * (target - r);
+    }
+    f->rate_Bps[t] = cf__clamp(r, f->base_Bps[t] / CF__RATE_FLOOR, f->base_Bps[t]);
     f->load_samples[t]++;
   }
   pthread_mutex_unlock(&f->mu);

@@ -22,10 +22,12 @@
  * from what the executor measured: each restore's bytes_loaded[t] over load_busy_ns[t] (the time
  * some read of the tier was in progress, rate-limiter waits excluded) is a sample of the rate
  * the tier delivers now. EWMA with the same weight, one sample clamped to [rate / 2, 2 rate],
- * the rate kept in [base / 64, base] where base is the rate the daemon configured (cpu_read_gbps
+ * the rate kept in [base / 256, base] where base is the rate the daemon configured (cpu_read_gbps
  * / ssd_read_gbps, memcpy when unlimited): a re-fit only ever lowers a tier's rate below its
  * configured limit (a disk slower than configured, or slowed by a competing reader) and brings it
- * back up to the limit, never above. Samples of under 256 KiB or 200 us are ignored.
+ * back up to the limit, never above. A tier with no rate of its own (the SSD tier without
+ * ssd_read_gbps borrows the CPU tier's, memcpy's: no measurement of the disk) takes its first
+ * sample as is. Samples of under 256 KiB or 200 us are ignored.
  * Thread-safe: samples come from the executor thread, the planner and the metrics read it.
  */
 #ifndef CF_REFIT_H
@@ -52,6 +54,7 @@ typedef struct {
   uint64_t clipped;         /* samples clamped as outliers */
   /* load rates, per tier (the executor's and the planner's tier indices: 0 cpu, 1 ssd) */
   double base_Bps[CF_REFIT_TIERS];    /* the configured rate: the cap */
+  int base_set[CF_REFIT_TIERS];       /* the cap is the tier's own (else borrowed from the link) */
   double rate_Bps[CF_REFIT_TIERS];    /* re-fitted rate (base until a sample came) */
   double load_ratio[CF_REFIT_TIERS];  /* EWMA of executed / predicted time of the tier's bytes */
   double last_load_ratio[CF_REFIT_TIERS];

@@ -320,7 +320,7 @@ static void *cf__loader(void *arg) {
     cf__task_t t = run->tasks[i];
     cf__rq_t *q = &run->rq[t.r];
     cf_cellsrc_t *src = q->r->src[t.c];
-    if (!lrc && src->read_stream) {
+    if (!lrc && src->read_stream && ops->load_any_host) {
       /* take the following tasks of the same source too (in link order), and stream them */
       int n = 1;
       win[0] = t;

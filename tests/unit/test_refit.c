@@ -87,8 +87,9 @@ static cf_exec_stats_t load_stats(int t, double bytes, double secs) {
 /* The SSD tier's rate follows a disk slower than configured, planned with the re-fitted cost
  * each time: the load term's executed / predicted goes from 4 to within 10% of 1 in 16 restores; the rate never goes
  * above the configured limit (a faster disk than configured, or a rate-limited one, brings it
- * back to the limit), never below limit / 64; too-small samples are ignored; the CPU tier is
- * untouched by SSD samples. */
+ * back to the limit), never below limit / 256; too-small samples are ignored; the CPU tier is
+ * untouched by SSD samples. An SSD tier with no limit of its own (its planned rate is the CPU
+ * tier's) takes its first sample as is. */
 CF_TEST(refit_follows_a_slower_ssd_tier_within_its_limit) {
   cf_sched_cost_t base;
   cf_cost_h100_llama8b(&base);
@@ -135,7 +136,7 @@ CF_TEST(refit_follows_a_slower_ssd_tier_within_its_limit) {
     cf_refit_sample(&f, &base, &st, 0, 0);
   }
   cf_refit_stats(&f, &s);
-  CF_CHECK(fabs(s.rate_Bps[1] - 2e9 / 64) < 1);
+  CF_CHECK(fabs(s.rate_Bps[1] - 2e9 / 256) < 1);
   /* ignored: under 256 KiB, or under 200 us of tier time */
   uint64_t n = s.load_samples[1];
   cf_exec_stats_t small = load_stats(1, 100e3, 1.0), quick = load_stats(1, 64e6, 100e-6);
@@ -148,5 +149,15 @@ CF_TEST(refit_follows_a_slower_ssd_tier_within_its_limit) {
   cf_refit_set_base(&f, &base);
   cf_refit_stats(&f, &s);
   CF_CHECK(s.rate_Bps[1] <= 1e6 && s.base_Bps[1] == 1e6);
+  cf_refit_close(&f);
+  /* no ssd_read_gbps: planned at the CPU tier's 10 GB/s, the first sample (0.4 GB/s) sets it */
+  base.tier_Bps[1] = 0;
+  cf_refit_init(&f, 0.3);
+  cf_refit_set_base(&f, &base);
+  cf_exec_stats_t st = load_stats(1, 64e6, 64e6 / 0.4e9);
+  cf_refit_sample(&f, &base, &st, 0, 0);
+  cf_refit_stats(&f, &s);
+  CF_CHECK_MSG(fabs(s.rate_Bps[1] / 0.4e9 - 1) < 1e-6 && fabs(s.last_load_ratio[1] - 25) < 1e-6,
+               "rate %.4g, ratio %.4g", s.rate_Bps[1], s.last_load_ratio[1]);
   cf_refit_close(&f);
 }
