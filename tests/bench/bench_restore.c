@@ -96,6 +96,37 @@ static cf_store_t *open_store(const char *dir, const uint8_t fp[16], int C, int 
   return st;
 }
 
+/* An all-load restore of n_chunks stored chunks: sources over `st`, every chunk prepared (CPU-tier
+ * ones pinned), plan h = 0, a scattered block table of n_blocks. Exits when a chunk is missing. */
+typedef struct {
+  cf_cellsrc_store_t cs;
+  cf_store_chunkref_t *refs;
+  cf_cellsrc_t **srcs;
+  void **refp;
+  int *h;
+  int32_t *blocks;
+  size_t found;
+} allload_t;
+
+static void allload_init(allload_t *a, cf_store_t *st, const cf_store_key_t *keys, int n_chunks, int n_blocks) {
+  a->blocks = malloc(sizeof(int32_t) * n_blocks);
+  for (int i = 0; i < n_blocks; i++) a->blocks[i] = (int32_t)((i * 7919) % n_blocks); /* scattered */
+  cf_cellsrc_store_init(&a->cs, st, NULL, NULL);
+  a->refs = malloc(sizeof *a->refs * n_chunks);
+  a->srcs = malloc(sizeof(void *) * n_chunks);
+  a->refp = malloc(sizeof(void *) * n_chunks);
+  a->h = calloc((size_t)n_chunks, sizeof(int));
+  a->found = cf_cellsrc_store_prepare(&a->cs, keys, n_chunks, a->refs, a->srcs, NULL);
+  if ((int)a->found != n_chunks) { fprintf(stderr, "bench_restore: only %zu of %d chunks stored\n", a->found, n_chunks); exit(1); }
+  for (int c = 0; c < n_chunks; c++) a->refp[c] = &a->refs[c];
+}
+
+static void allload_free(allload_t *a) {
+  cf_cellsrc_store_unprepare(&a->cs, a->refs, a->found);
+  cf_cellsrc_store_close(&a->cs);
+  free(a->blocks); free(a->refs); free(a->srcs); free(a->refp); free(a->h);
+}
+
 typedef struct { double bytes, restore_s, restore_gbs, memcpy1_gbs, memcpy2_gbs; } bw_t;
 
 static void bench_bandwidth(const char *tmp, int T, cf_dtype_t dt, bw_t *res) {
@@ -135,17 +166,11 @@ static void bench_bandwidth(const char *tmp, int T, cf_dtype_t dt, bw_t *res) {
     memset(kv.k[l], 0, cf_kv_layout_plane_bytes(&lay));
     memset(kv.v[l], 0, cf_kv_layout_plane_bytes(&lay));
   }
-  int32_t *blocks = malloc(sizeof(int32_t) * (T / BS));
-  for (int i = 0; i < T / BS; i++) blocks[i] = (int32_t)((i * 7919) % (T / BS)); /* scattered */
-  cf_cellsrc_store_t cs;
-  cf_cellsrc_store_init(&cs, st, NULL, NULL);
-  cf_store_chunkref_t *refs = malloc(sizeof *refs * n_chunks);
-  cf_cellsrc_t **srcs = malloc(sizeof(void *) * n_chunks);
-  void **refp = malloc(sizeof(void *) * n_chunks);
-  int *h = calloc((size_t)n_chunks, sizeof(int));
-  size_t found = cf_cellsrc_store_prepare(&cs, keys, n_chunks, refs, srcs, NULL);
-  if ((int)found != n_chunks) { fprintf(stderr, "bench_restore: only %zu of %d chunks stored\n", found, n_chunks); exit(1); }
-  for (int c = 0; c < n_chunks; c++) refp[c] = &refs[c];
+  allload_t al;
+  allload_init(&al, st, keys, n_chunks, T / BS);
+  int32_t *blocks = al.blocks, *h = al.h;
+  cf_cellsrc_t **srcs = al.srcs;
+  void **refp = al.refp;
   double best[3] = {0, 0, 0}, best_s = 1e30;
   for (int nl = 1; nl <= 2; nl++) {
     cf_exec_t ex;
@@ -164,8 +189,7 @@ static void bench_bandwidth(const char *tmp, int T, cf_dtype_t dt, bw_t *res) {
       if (nl == 2 && t < best_s) best_s = t;
     }
   }
-  cf_cellsrc_store_unprepare(&cs, refs, found);
-  cf_cellsrc_store_close(&cs);
+  allload_free(&al);
   char *a = malloc(total), *b = malloc(total);
   memset(a, 1, total);
   memset(b, 2, total);
@@ -188,7 +212,7 @@ static void bench_bandwidth(const char *tmp, int T, cf_dtype_t dt, bw_t *res) {
   cf_kvmap_close(&kv);
   cf_store_close(st);
   be->free(be);
-  free(tok); free(keys); free(fbuf); free(buf); free(cells); free(blocks); free(refs); free(srcs); free(refp); free(h);
+  free(tok); free(keys); free(fbuf); free(buf); free(cells);
 }
 
 static void bench_ssd(int T, int quick) {
@@ -241,20 +265,13 @@ static void bench_ssd(int T, int quick) {
     memset(kv.k[l], 0, cf_kv_layout_plane_bytes(&lay));
     memset(kv.v[l], 0, cf_kv_layout_plane_bytes(&lay));
   }
-  int32_t *blocks = malloc(sizeof(int32_t) * (T / BS));
-  for (int i = 0; i < T / BS; i++) blocks[i] = (int32_t)((i * 7919) % (T / BS));
-  cf_cellsrc_store_t cs;
-  cf_cellsrc_store_init(&cs, st, NULL, NULL);
-  cf_store_chunkref_t *refs = malloc(sizeof *refs * n_chunks);
-  cf_cellsrc_t **srcs = malloc(sizeof(void *) * n_chunks);
-  void **refp = malloc(sizeof(void *) * n_chunks);
-  int *h = calloc((size_t)n_chunks, sizeof(int));
-  size_t found = cf_cellsrc_store_prepare(&cs, keys, n_chunks, refs, srcs, NULL);
-  if ((int)found != n_chunks) { fprintf(stderr, "bench_restore: only %zu of %d chunks stored\n", found, n_chunks); exit(1); }
-  for (int c = 0; c < n_chunks; c++) {
-    refp[c] = &refs[c];
-    if (srcs[c] != &cs.ssd) { fprintf(stderr, "bench_restore: chunk %d not on the SSD tier only\n", c); exit(1); }
-  }
+  allload_t al;
+  allload_init(&al, st, keys, n_chunks, T / BS);
+  int32_t *blocks = al.blocks, *h = al.h;
+  cf_cellsrc_t **srcs = al.srcs;
+  void **refp = al.refp;
+  for (int c = 0; c < n_chunks; c++)
+    if (srcs[c] != &al.cs.ssd) { fprintf(stderr, "bench_restore: chunk %d not on the SSD tier only\n", c); exit(1); }
   cf_exec_t ex;
   cf_exec_init(&ex, be, 2);
   uint8_t *rb = aligned_alloc(4096, cb * 16);
@@ -267,7 +284,7 @@ static void bench_ssd(int T, int quick) {
     t = cf_bench_raw_read(data, total, cb, 2, rb);
     if (t < raw2) raw2 = t;
     for (int d = 0; d < 2; d++) {
-      cs.ssd_depth = depths[d];
+      al.cs.ssd_depth = depths[d];
       cf_exec_req_t r = {.n_tokens = T, .tokens = tok, .chunk_tokens = C, .h = h, .src = srcs, .ref = refp,
                          .kv = &kv, .blocks = blocks, .n_blocks = T / BS};
       t = now_s();
@@ -294,8 +311,7 @@ static void bench_ssd(int T, int quick) {
     printf("  %-44s %8.2f %10.2f %10.2f\n", lbl, total / tr[d] / 1e9, raw16 / tr[d], raw2 / tr[d]);
   }
   printf("  depth %d vs depth 1: %.2fx\n", CF_CELLSRC_SSD_DEPTH, tr[0] / tr[1]);
-  cf_cellsrc_store_unprepare(&cs, refs, found);
-  cf_cellsrc_store_close(&cs);
+  allload_free(&al);
   cf_kvmap_close(&kv);
   unlink(path);
   cf_store_close(st);
@@ -303,7 +319,7 @@ static void bench_ssd(int T, int quick) {
   char cmd[700];
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
   if (system(cmd)) {}
-  free(rb); free(tok); free(keys); free(buf); free(cells); free(blocks); free(refs); free(srcs); free(refp); free(h);
+  free(rb); free(tok); free(keys); free(buf); free(cells);
 }
 
 static void bench_policies(const char *tmp, int quick) {
