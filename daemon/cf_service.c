@@ -684,8 +684,8 @@ static void cf__h_stats(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
                            "cacheflow_restores_batched_total", "cacheflow_rpc_calls_in_flight",
                            "cacheflow_cost_compute_scale", "cacheflow_predicted_ratio_compute",
                            "cacheflow_predicted_ratio_restore", "cacheflow_cost_refit_samples_total",
-                           "cacheflow_cost_refit_enabled", "cacheflow_tier_read_bps_cpu",
-                           "cacheflow_tier_read_bps_ssd", "cacheflow_predicted_ratio_load_cpu",
+                           "cacheflow_cost_refit_enabled", "cacheflow_tier_read_bytes_per_second_cpu",
+                           "cacheflow_tier_read_bytes_per_second_ssd", "cacheflow_predicted_ratio_load_cpu",
                            "cacheflow_predicted_ratio_load_ssd", "cacheflow_load_refit_samples_cpu",
                            "cacheflow_load_refit_samples_ssd"};
   double vals[NC] = {(double)st.restores_total, (double)st.batches_total, (double)st.restores_batched_total,

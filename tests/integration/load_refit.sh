@@ -7,7 +7,7 @@
 # 256 MiB file of the same disk) slow it down further. Checks:
 #   - every restore's cells came from the SSD tier;
 #   - the first restore runs >= 3x its prediction (planned at memcpy's rate);
-#   - the re-fit follows: GetStats' cacheflow_tier_read_bps_ssd falls below 1/4 of the CPU tier's
+#   - the re-fit follows: GetStats' cacheflow_tier_read_bytes_per_second_ssd falls below 1/4 of the CPU tier's
 #     and the last 3 restores' executed / predicted (median) is nearer 1 than the first's, and at
 #     most half of it;
 #   - under the competing readers the fitted SSD rate falls further and the load term's
@@ -38,14 +38,14 @@ ENG="$BUILD/cf-refengine --daemon unix:$T/d.sock --model $T/model --shm-dir $T -
 sess() { jq -c 'select(.mode=="session")' "$1"; }
 ratios() { sess "$1" | jq -r '.daemon_us / .predicted_us'; }
 counter() { "$BUILD/cacheflowctl" stats --addr "unix:$T/d.sock" | awk -v k="$1" '$1 == k {print $2}'; }
-cpu0=$(counter cacheflow_tier_read_bps_cpu); ssd0=$(counter cacheflow_tier_read_bps_ssd)
+cpu0=$(counter cacheflow_tier_read_bytes_per_second_cpu); ssd0=$(counter cacheflow_tier_read_bytes_per_second_ssd)
 $ENG --turns 7 --seed 3 >"$T/a.json" 2>"$T/a.err"
 check "restores from the SSD tier" "[ $? -eq 0 ]"
 check "every restore loaded its cells from the SSD tier only" \
   "[ \"\$(sess $T/a.json | jq -r 'select(.cells_ssd == 0 or .cells_cpu != 0) | 1' | wc -l)\" = 0 ] && [ \"\$(sess $T/a.json | wc -l)\" -ge 6 ]"
 ratios "$T/a.json" >"$T/r"
 first=$(head -n 1 "$T/r"); last=$(tail -n 3 "$T/r" | cf_median)
-ssd1=$(counter cacheflow_tier_read_bps_ssd); n1=$(counter cacheflow_load_refit_samples_ssd)
+ssd1=$(counter cacheflow_tier_read_bytes_per_second_ssd); n1=$(counter cacheflow_load_refit_samples_ssd)
 echo "     planned ssd rate $ssd0 B/s (cpu $cpu0) -> fitted $ssd1 B/s after $n1 samples"
 echo "     executed / predicted: $(tr '\n' ' ' <"$T/r")"
 check "planned at memcpy's rate, the first restore runs >= 3x its prediction ($first)" "awk -v r=$first 'BEGIN{exit !(r >= 3)}'"
@@ -60,7 +60,7 @@ $ENG --turns 7 --seed 4 >"$T/b.json" 2>"$T/b.err"
 check "restores while two O_DIRECT readers compete" "[ $? -eq 0 ]"
 for p in $DD; do kill $p 2>/dev/null; wait $p 2>/dev/null; done; DD=
 ratios "$T/b.json" >"$T/r2"
-ssd2=$(counter cacheflow_tier_read_bps_ssd); lr=$(counter cacheflow_predicted_ratio_load_ssd)
+ssd2=$(counter cacheflow_tier_read_bytes_per_second_ssd); lr=$(counter cacheflow_predicted_ratio_load_ssd)
 first2=$(head -n 1 "$T/r2"); last2=$(tail -n 3 "$T/r2" | cf_median)
 echo "     competing readers: fitted ssd rate $ssd1 -> $ssd2 B/s; executed / predicted: $(tr '\n' ' ' <"$T/r2")"
 # The VM's disk may absorb two more readers (its throughput grows with queue depth): assert the
@@ -78,9 +78,9 @@ check "/metrics: per-tier read rates, load_ssd predicted ratio, load re-fit samp
 # a configured limit caps the fitted rate: 0.4 Gbps = 50 MB/s, below what the disk delivers
 printf 'ssd_read_gbps = 0.4\n' >>"$T/d.conf"
 kill -HUP $DPID
-for i in $(seq 1 50); do [ "$(counter cacheflow_tier_read_bps_ssd)" = 5e+07 ] && break; sleep 0.1; done
-check "ssd_read_gbps = 0.4 (SIGHUP): the planner's SSD rate is the limit, 5e+07 B/s ($(counter cacheflow_tier_read_bps_ssd))" \
-  "[ \"$(counter cacheflow_tier_read_bps_ssd)\" = 5e+07 ]"
+for i in $(seq 1 50); do [ "$(counter cacheflow_tier_read_bytes_per_second_ssd)" = 5e+07 ] && break; sleep 0.1; done
+check "ssd_read_gbps = 0.4 (SIGHUP): the planner's SSD rate is the limit, 5e+07 B/s ($(counter cacheflow_tier_read_bytes_per_second_ssd))" \
+  "[ \"$(counter cacheflow_tier_read_bytes_per_second_ssd)\" = 5e+07 ]"
 if [ $F -ne 0 ]; then echo "--- daemon log"; tail -n 20 "$T/d.log"; for f in "$T"/*.err; do echo "--- $f"; tail -n 3 "$f"; done; fi
 echo "$P passed, $F failed"
 [ $F -eq 0 ]
