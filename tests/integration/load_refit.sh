@@ -13,7 +13,8 @@
 #   - under the competing readers the fitted SSD rate falls further and the load term's
 #     executed / predicted (EWMA of planned rate / measured rate) is back within [0.5, 2]
 #     (asserted only when the readers really slowed the first restore, see below; whole-restore
-#     ratios are printed: they alternate between turns here, ~1 and ~3, see the notes);
+#     ratios are printed: they alternate between turns, ~1 and ~3, because every other turn ends
+#     in a 32-token partial chunk whose computed cells the compute term under-predicts);
 #   - /metrics exposes the per-tier rates, the load terms' predicted ratios and sample counts;
 #   - the fitted rate never exceeds the configured limit: with ssd_read_gbps set (SIGHUP) far
 #     below the disk's speed, the rate the planner uses is exactly that limit.
