@@ -135,10 +135,17 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
   cf_refit_stats_t fs;
   cf_service_refit_stats(d->svc, &fs);
   CF__P("# HELP cacheflow_cost_compute_scale Compute cost now / the start-up calibration (online re-fit).\n# TYPE cacheflow_cost_compute_scale gauge\ncacheflow_cost_compute_scale %.6g\n", fs.scale);
-  CF__P("# HELP cacheflow_predicted_ratio Executed / predicted, EWMA over restores (term=compute: forward steps; restore: whole restore).\n# TYPE cacheflow_predicted_ratio gauge\n"
-        "cacheflow_predicted_ratio{term=\"compute\"} %.6g\ncacheflow_predicted_ratio{term=\"restore\"} %.6g\n", fs.compute_ratio, fs.restore_ratio);
+  CF__P("# HELP cacheflow_predicted_ratio Executed / predicted, EWMA over restores (term=compute: forward steps; restore: whole restore; load_<tier>: the tier's bytes at the planned rate vs its measured rate).\n# TYPE cacheflow_predicted_ratio gauge\n"
+        "cacheflow_predicted_ratio{term=\"compute\"} %.6g\ncacheflow_predicted_ratio{term=\"restore\"} %.6g\n"
+        "cacheflow_predicted_ratio{term=\"load_cpu\"} %.6g\ncacheflow_predicted_ratio{term=\"load_ssd\"} %.6g\n",
+        fs.compute_ratio, fs.restore_ratio, fs.load_ratio[0], fs.load_ratio[1]);
   CF__P("# HELP cacheflow_cost_refit_samples_total Executed restores the compute re-fit used (clipped: clamped as outliers).\n# TYPE cacheflow_cost_refit_samples_total counter\n"
         "cacheflow_cost_refit_samples_total %llu\ncacheflow_cost_refit_samples_total{result=\"clipped\"} %llu\n", (unsigned long long)fs.samples, (unsigned long long)fs.clipped);
+  CF__P("# HELP cacheflow_tier_read_bytes_per_second Read rate per tier the planner uses now (re-fitted from executed loads, never above the configured limit).\n# TYPE cacheflow_tier_read_bytes_per_second gauge\n"
+        "cacheflow_tier_read_bytes_per_second{tier=\"cpu\"} %.6g\ncacheflow_tier_read_bytes_per_second{tier=\"ssd\"} %.6g\n", fs.rate_Bps[0], fs.rate_Bps[1]);
+  CF__P("# HELP cacheflow_load_refit_samples_total Executed restores the load-rate re-fit used, per tier.\n# TYPE cacheflow_load_refit_samples_total counter\n"
+        "cacheflow_load_refit_samples_total{tier=\"cpu\"} %llu\ncacheflow_load_refit_samples_total{tier=\"ssd\"} %llu\n",
+        (unsigned long long)fs.load_samples[0], (unsigned long long)fs.load_samples[1]);
   CF__P("# HELP cacheflow_tier_bytes_used Bytes held per tier.\n# TYPE cacheflow_tier_bytes_used gauge\n"
         "cacheflow_tier_bytes_used{tier=\"cpu\"} %llu\ncacheflow_tier_bytes_used{tier=\"ssd\"} %llu\n",
         (unsigned long long)ss.cpu_bytes, (unsigned long long)ss.ssd_bytes);

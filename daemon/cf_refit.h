@@ -18,8 +18,16 @@
  * It also keeps, as EWMA, executed / predicted of whole restores and of the compute term under
  * the model each restore was planned with (what GetStats and /metrics report: these drift from 1
  * when the model is wrong and come back when the re-fit catches up).
- * Load rates are not re-fitted: the emulated links are exact by construction, and an unlimited
- * tier's rate is memcpy's (see cf_calib).
+ * Load rates (per tier: the rate cf_cost_tier_Bps gives the planner) are re-fitted the same way
+ * from what the executor measured: each restore's bytes_loaded[t] over load_busy_ns[t] (the time
+ * some read of the tier was in progress, rate-limiter waits excluded) is a sample of the rate
+ * the tier delivers now. EWMA with the same weight, one sample clamped to [rate / 2, 2 rate],
+ * the rate kept in [base / 256, base] where base is the rate the daemon configured (cpu_read_gbps
+ * / ssd_read_gbps, memcpy when unlimited): a re-fit only ever lowers a tier's rate below its
+ * configured limit (a disk slower than configured, or slowed by a competing reader) and brings it
+ * back up to the limit, never above. A tier with no rate of its own (the SSD tier without
+ * ssd_read_gbps borrows the CPU tier's, memcpy's: no measurement of the disk) takes its first
+ * sample as is. Samples of under 256 KiB or 200 us are ignored.
  * Thread-safe: samples come from the executor thread, the planner and the metrics read it.
  */
 #ifndef CF_REFIT_H
@@ -30,6 +38,8 @@
 
 #include "exec/cf_exec.h"
 #include "sched/cf_cost.h"
+
+#define CF_REFIT_TIERS 2
 
 typedef struct {
   pthread_mutex_t mu;
@@ -42,6 +52,13 @@ typedef struct {
   double last_compute_ratio, last_restore_ratio;
   uint64_t samples, restores; /* compute samples taken; restores seen */
   uint64_t clipped;         /* samples clamped as outliers */
+  /* load rates, per tier (the executor's and the planner's tier indices: 0 cpu, 1 ssd) */
+  double base_Bps[CF_REFIT_TIERS];    /* the configured rate: the cap */
+  int base_set[CF_REFIT_TIERS];       /* the cap is the tier's own (else borrowed from the link) */
+  double rate_Bps[CF_REFIT_TIERS];    /* re-fitted rate (base until a sample came) */
+  double load_ratio[CF_REFIT_TIERS];  /* EWMA of executed / predicted time of the tier's bytes */
+  double last_load_ratio[CF_REFIT_TIERS];
+  uint64_t load_samples[CF_REFIT_TIERS];
 } cf_refit_t;
 
 /* Init with EWMA weight `weight` (clamped to [0.01, 1]); scale 1, ratios 1. */
@@ -54,12 +71,15 @@ void cf_refit_set_base(cf_refit_t *f, const cf_sched_cost_t *base);
 void cf_refit_sample(cf_refit_t *f, const cf_sched_cost_t *planned, const cf_exec_stats_t *st,
                      double time_s, double predicted_s);
 /* The cost model to plan with: *cost (the calibrated one, with the current link rates) with its
- * compute terms times the current scale. */
+ * compute terms times the current scale and each tier's rate (tier_Bps[t]) the re-fitted one. */
 void cf_refit_apply(cf_refit_t *f, cf_sched_cost_t *cost);
 
 typedef struct {
   double scale, compute_ratio, restore_ratio, last_compute_ratio, last_restore_ratio;
   uint64_t samples, restores, clipped;
+  double rate_Bps[CF_REFIT_TIERS], base_Bps[CF_REFIT_TIERS];
+  double load_ratio[CF_REFIT_TIERS], last_load_ratio[CF_REFIT_TIERS];
+  uint64_t load_samples[CF_REFIT_TIERS];
 } cf_refit_stats_t;
 void cf_refit_stats(cf_refit_t *f, cf_refit_stats_t *out);
 

@@ -686,16 +686,20 @@ static void cf__h_stats(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   resp.kv_dtype = (Cacheflow__V1__DType)s->be.kv_dtype;
   cf_refit_stats_t fs;
   cf_refit_stats(&s->refit, &fs);
-  enum { NC = 9 };
+  enum { NC = 15 };
   Cacheflow__V1__Counter cs[NC], *cp[NC];
   const char *names[NC] = {"cacheflow_restores_total", "cacheflow_restore_batches_total",
                            "cacheflow_restores_batched_total", "cacheflow_rpc_calls_in_flight",
                            "cacheflow_cost_compute_scale", "cacheflow_predicted_ratio_compute",
                            "cacheflow_predicted_ratio_restore", "cacheflow_cost_refit_samples_total",
-                           "cacheflow_cost_refit_enabled"};
+                           "cacheflow_cost_refit_enabled", "cacheflow_tier_read_bytes_per_second_cpu",
+                           "cacheflow_tier_read_bytes_per_second_ssd", "cacheflow_predicted_ratio_load_cpu",
+                           "cacheflow_predicted_ratio_load_ssd", "cacheflow_load_refit_samples_cpu",
+                           "cacheflow_load_refit_samples_ssd"};
   double vals[NC] = {(double)st.restores_total, (double)st.batches_total, (double)st.restores_batched_total,
                      (double)rs.calls_in_flight, fs.scale, fs.compute_ratio, fs.restore_ratio,
-                     (double)fs.samples, (double)s->cfg->cost_refit};
+                     (double)fs.samples, (double)s->cfg->cost_refit, fs.rate_Bps[0], fs.rate_Bps[1],
+                     fs.load_ratio[0], fs.load_ratio[1], (double)fs.load_samples[0], (double)fs.load_samples[1]};
   for (int i = 0; i < NC; i++) {
     cacheflow__v1__counter__init(&cs[i]);
     cs[i].name = (char *)names[i];

@@ -12,6 +12,8 @@
  *     (the CPU tier), valid until release; the executor copies straight into the engine blocks.
  *   read (required): copy the cell into a caller buffer, K then V (the SSD tier reads it
  *     with O_DIRECT straight into it: the executor's buffers are 4096-aligned).
+ *   read_stream (optional): a run of cells in order with several reads in flight (queue depth
+ *     beyond one read per loader thread); the executor prefers it for runs of cells it loads.
  * Both return 0, CF_ENOTFOUND (the chunk was evicted), CF_ECORRUPT (checksum mismatch) or
  * CF_EIO. On any error the executor recomputes the cell instead: a restore never hands out
  * wrong KV.
@@ -26,6 +28,21 @@
 #include "model/cf_model.h"
 
 typedef struct cf_cellsrc_s cf_cellsrc_t;
+
+/* How a streamed read (cf_cellsrc_t.read_stream) talks back to the executor. */
+typedef struct {
+  /* Right before cell i's read is issued (in order): 0 to read it; CF_EAGAIN (only when
+   * wait = 0: earlier cells are still outstanding) to be asked again after those were handed
+   * over; another negative CF_E* code to skip it (it then reaches done() with that status).
+   * The executor checks cancellation and takes the bytes from the tier's rate limiter here
+   * (sleeping on it only when wait = 1). */
+  int (*issue)(void *ud, int i, int wait);
+  /* Cell i, in order, exactly once: status 0 and its K and V rows (valid during the call
+   * only), or status CF_E* (k, v NULL). */
+  void (*done)(void *ud, int i, const void *k, const void *v, int status);
+  void *ud;
+} cf_cellsrc_stream_t;
+
 struct cf_cellsrc_s {
   const char *tier;       /* "cpu", "ssd", ...: stats are kept per tier index below */
   int tier_index;         /* 0 .. CF_EXEC_MAX_TIERS-1 */
@@ -35,6 +52,13 @@ struct cf_cellsrc_s {
   int (*acquire)(cf_cellsrc_t *s, void *ref, int layer, const void **k, const void **v,
                  void **hold);
   void (*release)(cf_cellsrc_t *s, void *hold);
+  /* Optional: cells (refs[i], layers[i]), i in [0, n), with several reads in flight (the SSD
+   * tier: a ring of O_DIRECT io_uring reads), each handed to cb->done in order, exactly once.
+   * Returns 0, or a CF_E* code when the stream itself failed: cells from the first one done()
+   * did not get on were not handed over (the executor recomputes them). Memory: the source's
+   * own bounded buffers (per calling thread). */
+  int (*read_stream)(cf_cellsrc_t *s, int n, void *const *refs, const int *layers,
+                     const cf_cellsrc_stream_t *cb);
   void *ctx;
 };
 

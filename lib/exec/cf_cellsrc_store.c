@@ -1,8 +1,10 @@
 /* cf_cellsrc_store — see cf_cellsrc_store.h. */
 #include "exec/cf_cellsrc_store.h"
 
+#include <stdlib.h>
 #include <string.h>
 
+#include "store/cf_stage_ring.h"
 #include "util/cf_err.h"
 
 int cf_exec_store_dtype(const cf_store_geom_t *g, cf_dtype_t *out) {
@@ -74,6 +76,93 @@ static int cf__ssd_read(cf_cellsrc_t *src, void *ref, int layer, void *kv) {
   return req.status;
 }
 
+static void cf__ring_free(void *p) {
+  cf_ring_close(p);
+  free(p);
+}
+
+/* This thread's staging ring (opened on first use; closed when the thread exits), or NULL
+ * when io_uring or memory is refused. */
+static cf_ring_t *cf__thread_ring(cf_cellsrc_store_t *s) {
+  if (!s->have_ring_key || s->ssd_depth < 2) return NULL;
+  cf_ring_t *r = pthread_getspecific(s->ring_key);
+  if (r) return r;
+  r = malloc(sizeof *r);
+  if (!r) return NULL;
+  if (cf_ring_init(r, s->st, s->ssd_depth, NULL)) { free(r); cf_errclear(); return NULL; }
+  if (pthread_setspecific(s->ring_key, r)) { cf__ring_free(r); return NULL; }
+  return r;
+}
+
+typedef struct {
+  const cf_cellsrc_stream_t *cb;
+  size_t cell_bytes;
+  int base;         /* index of the ring run's first cell in the stream */
+} cf__stream_t;
+
+static int cf__ring_issue(void *ud, size_t i, const cf_ring_cell_t *c, int wait) {
+  (void)c;
+  const cf__stream_t *x = ud;
+  return x->cb->issue ? x->cb->issue(x->cb->ud, x->base + (int)i, wait) : 0;
+}
+
+static int cf__ring_deliver(void *ud, size_t i, const cf_ring_cell_t *c, int slot, const void *buf,
+                            size_t bytes, uint32_t n_tokens) {
+  (void)slot;
+  const cf__stream_t *x = ud;
+  if (bytes != x->cell_bytes) { /* a partial chunk: the executor only loads full ones */
+    x->cb->done(x->cb->ud, x->base + (int)i, NULL, NULL,
+                cf_seterr(CF_ESHAPE, "ssd tier: layer %u of a chunk holds %u tokens (%zu bytes), a full cell is %zu bytes",
+                          c->layer, n_tokens, bytes, x->cell_bytes));
+    return 0;
+  }
+  x->cb->done(x->cb->ud, x->base + (int)i, buf, (const uint8_t *)buf + bytes / 2, 0);
+  return 0;
+}
+
+static void cf__ring_failed(void *ud, size_t i, const cf_ring_cell_t *c, int status) {
+  const cf__stream_t *x = ud;
+  cf_seterr(status, "ssd tier: layer %u of a chunk: %s", c->layer, cf_strerror(status));
+  x->cb->done(x->cb->ud, x->base + (int)i, NULL, NULL, status);
+}
+
+/* Up to 64 cells per ring run: the cell list lives on the stack. */
+#define CF__STREAM_BATCH 64
+
+static int cf__ssd_read_stream(cf_cellsrc_t *src, int n, void *const *refs, const int *layers,
+                               const cf_cellsrc_stream_t *cb) {
+  cf_cellsrc_store_t *s = src->ctx;
+  cf_ring_t *r = cf__thread_ring(s);
+  if (!r) { /* no ring here: one synchronous read per cell, into a bounce buffer */
+    size_t bytes = 2 * s->half_bytes;
+    uint8_t *buf = aligned_alloc(4096, (bytes + 4095) & ~(size_t)4095);
+    if (!buf) return cf_seterr(CF_ENOMEM, "ssd tier: cell buffer of %zu bytes", bytes);
+    for (int i = 0; i < n; i++) {
+      int rc = cb->issue ? cb->issue(cb->ud, i, 1) : 0;
+      if (!rc) rc = cf__ssd_read(src, refs[i], layers[i], buf);
+      cb->done(cb->ud, i, rc ? NULL : buf, rc ? NULL : buf + s->half_bytes, rc);
+    }
+    free(buf);
+    return 0;
+  }
+  cf__stream_t x = {cb, 2 * s->half_bytes, 0};
+  cf_ring_sink_t sink = {.deliver = cf__ring_deliver, .failed = cf__ring_failed, .ud = &x,
+                         .issue = cf__ring_issue};
+  cf_ring_cell_t cells[CF__STREAM_BATCH];
+  for (int b = 0; b < n; b += CF__STREAM_BATCH) {
+    int m = n - b < CF__STREAM_BATCH ? n - b : CF__STREAM_BATCH;
+    for (int i = 0; i < m; i++)
+      cells[i] = (cf_ring_cell_t){.key = ((cf_store_chunkref_t *)refs[b + i])->key,
+                                  .layer = (uint32_t)layers[b + i], .tag = (uint64_t)(b + i)};
+    x.base = b;
+    size_t n_ok = 0;
+    /* a synchronous sink: its deliver never fails, so only the ring's own errors stop it */
+    int rc = cf_ring_run(r, cells, (size_t)m, &sink, NULL, &n_ok);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
 int cf_cellsrc_store_init(cf_cellsrc_store_t *s, cf_store_t *st, cf_ratelimit_t *cpu_limit,
                           cf_ratelimit_t *ssd_limit) {
   memset(s, 0, sizeof *s);
@@ -88,13 +177,17 @@ int cf_cellsrc_store_init(cf_cellsrc_store_t *s, cf_store_t *st, cf_ratelimit_t 
   s->ssd = (cf_cellsrc_t){.tier = "ssd", .tier_index = CF_EXEC_TIER_SSD, .limit = ssd_limit, .dtype = dt,
                           .read = cf__ssd_read, .ctx = s};
   s->have_key = pthread_key_create(&s->reader_key, cf__reader_free) == 0;
+  s->have_ring_key = pthread_key_create(&s->ring_key, cf__ring_free) == 0;
+  s->ssd_depth = CF_CELLSRC_SSD_DEPTH;
+  s->ssd.read_stream = cf__ssd_read_stream;
   return 0;
 }
 
 void cf_cellsrc_store_close(cf_cellsrc_store_t *s) {
   /* the loader threads have exited: their readers were closed by the key's destructor */
   if (s->have_key) pthread_key_delete(s->reader_key);
-  s->have_key = 0;
+  if (s->have_ring_key) pthread_key_delete(s->ring_key);
+  s->have_key = s->have_ring_key = 0;
 }
 
 size_t cf_cellsrc_store_prepare(cf_cellsrc_store_t *s, const cf_store_key_t *keys, size_t n,

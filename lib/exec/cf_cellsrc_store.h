@@ -5,7 +5,10 @@
  * executor then reads:
  *   CPU source: zero-copy — acquire() points into the pinned slot and the cell is copied once,
  *               straight into the engine's blocks;
- *   SSD source: read() = one io_uring read per cell through the loader thread's own
+ *   SSD source: read_stream() = the executor's runs of SSD cells through the loader thread's
+ *               own staging ring (store/cf_stage_ring: ssd_depth O_DIRECT io_uring reads in
+ *               flight, delivered in order into the engine's blocks, checksums verified);
+ *               read() = one io_uring read per cell through the loader thread's own
  *               cf_store_reader_t (O_DIRECT straight into the loader's 4 KiB-aligned buffer,
  *               checksum verified by the store; cf_store_read's pread when io_uring is refused). A chunk evicted or corrupt since the lookup returns
  *               CF_ENOTFOUND / CF_ECORRUPT and the executor recomputes it.
@@ -18,6 +21,9 @@
 
 #include "exec/cf_cellsrc.h"
 #include "store/cf_store.h"
+
+/* Default SSD reads in flight per loader thread: memory per loader is this many cell strides. */
+#define CF_CELLSRC_SSD_DEPTH 8
 
 /* Stats tier indices (cf_exec_stats_t.cells_loaded[]). */
 enum { CF_EXEC_TIER_CPU = 0, CF_EXEC_TIER_SSD = 1 };
@@ -34,6 +40,10 @@ typedef struct {
   size_t half_bytes;    /* bytes of K in one full cell: C * n_kv * hd * element size */
   pthread_key_t reader_key; /* each loader thread's io_uring reader (closed when it exits) */
   int have_key;
+  pthread_key_t ring_key;   /* each loader thread's staging ring (read_stream) */
+  int have_ring_key;
+  int ssd_depth;            /* ring slots = SSD reads in flight per loader thread (2..64; < 2:
+                               read_stream reads one cell at a time). Set before loads start. */
 } cf_cellsrc_store_t;
 
 /* The store's KV dtype as lib/model's cf_dtype_t: 0, or CF_EDTYPE when the store does not

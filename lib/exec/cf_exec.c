@@ -44,6 +44,8 @@ typedef struct {
   int next_op;               /* the next of them */
   int free_from;             /* following: chunks >= this (the tail no op touches, h = L) are
                                 computed work-conserving whenever the plan's next op waits */
+  int busy_n[CF_EXEC_MAX_TIERS];      /* per tier: this request's reads in progress */
+  int64_t busy_t0[CF_EXEC_MAX_TIERS]; /* since when (busy_n > 0) */
 } cf__rq_t;
 
 typedef struct { int r, c, l; uint32_t rank; } cf__task_t;
@@ -199,6 +201,120 @@ typedef struct {
   int index;
 } cf__loader_arg_t;
 
+/* Under the lock: should the loader still load task t? 0 yes; 1 no (computed, loaded, request
+ * over), after finishing a cancelled request. */
+static int cf__load_skip(cf__run_t *run, const cf__task_t *t) {
+  cf__rq_t *q = &run->rq[t->r];
+  size_t ix = cf__ix(q, t->c, t->l);
+  int skip = q->done || q->state[ix] != CELL_PENDING || q->H[t->c] > t->l;
+  if (!skip && cf__cancelled(q)) {
+    cf__finish(q, cf_seterr(CF_ECANCELED, "restore %llu cancelled", (unsigned long long)q->r->req_id));
+    pthread_cond_broadcast(&run->cv);
+    skip = 1;
+  }
+  return skip;
+}
+
+/* Tier-busy accounting (stats.load_busy_ns): a read of the request's tier is in progress from
+ * the moment its bytes were granted by the rate limiter until the cell was handed over. The
+ * union of those intervals over the request's cells is the time its tier spent moving them.
+ * Lock held. */
+static void cf__busy_begin(cf__rq_t *q, int tier) {
+  if (q->busy_n[tier]++ == 0) q->busy_t0[tier] = cf__now();
+}
+static void cf__busy_end(cf__rq_t *q, int tier) {
+  if (q->busy_n[tier] > 0 && --q->busy_n[tier] == 0)
+    q->r->stats.load_busy_ns[tier] += cf__now() - q->busy_t0[tier];
+}
+
+/* Task t's cell was read (rc 0: its K and V rows at pk, pv) or failed (rc CF_E*): move it into
+ * the engine if nobody did meanwhile (exactly once: the claim), else fall back to recomputing.
+ * Called without the lock; `busy`: cf__busy_begin ran for it. */
+static void cf__load_result(cf__run_t *run, void *ls, const cf__task_t *t, int rc, const void *pk,
+                            const void *pv, int busy) {
+  cf__rq_t *q = &run->rq[t->r];
+  cf_cellsrc_t *src = q->r->src[t->c];
+  size_t ix = cf__ix(q, t->c, t->l);
+  size_t cell_bytes = 2 * (size_t)q->C * q->row * q->es; /* K and V in the store's dtype */
+  pthread_mutex_lock(&run->mu);
+  int claim = 0, stage = 0;
+  if (!rc && !q->done && q->state[ix] == CELL_PENDING && q->H[t->c] <= t->l) {
+    claim = 1;
+    q->state[ix] = CELL_LOADING;
+    stage = q->has_stage[t->l] && t->c < q->stage_upto[t->l];
+  }
+  pthread_mutex_unlock(&run->mu);
+
+  if (claim) rc = q->ops->load(ls, q->rs, t->l, t->c * q->C, t->c * q->C + q->C, pk, pv, stage);
+
+  pthread_mutex_lock(&run->mu);
+  if (busy) cf__busy_end(q, src->tier_index);
+  if (rc) {
+    /* fall back to recomputing: chunk c must now be computed up to layer l */
+    q->r->stats.load_failures++;
+    CF_DEBUG("exec: load (chunk %d, layer %d) from %s failed (%s: %s): recomputing", t->c, t->l,
+             src->tier, cf_err_name(rc), cf_errmsg());
+    if (claim) q->state[ix] = CELL_PENDING;
+    if (!q->done && q->state[ix] == CELL_PENDING && q->H[t->c] <= t->l) {
+      q->H[t->c] = t->l + 1;
+      q->follow = 0; /* the plan's ops no longer cover the computed cells */
+    }
+  } else if (claim) {
+    q->staged[ix] = stage ? STAGE_YES : STAGE_NO;
+    q->r->stats.cells_loaded[src->tier_index]++;
+    q->r->stats.bytes_loaded[src->tier_index] += cell_bytes;
+    cf__present(q, t->c, t->l);
+  }
+  if (rc || claim) pthread_cond_broadcast(&run->cv);
+  pthread_mutex_unlock(&run->mu);
+}
+
+/* A loader's run of consecutive tasks (link order) from one streaming source. */
+typedef struct {
+  cf__run_t *run;
+  void *ls;
+  const cf__task_t *t;  /* [n] */
+  uint8_t *st;          /* [n]: 0 not yet handed over, 1 issued (busy counted), 2 skipped, 3 done */
+  int outstanding;      /* cells issued and not handed over yet: the reads in flight */
+} cf__lstream_t;
+
+enum { LS_WAIT = 0, LS_ISSUED, LS_SKIPPED, LS_DONE };
+
+static int cf__stream_issue(void *ud, int i, int wait) {
+  cf__lstream_t *x = ud;
+  const cf__task_t *t = &x->t[i];
+  cf__rq_t *q = &x->run->rq[t->r];
+  pthread_mutex_lock(&x->run->mu);
+  int skip = cf__load_skip(x->run, t);
+  pthread_mutex_unlock(&x->run->mu);
+  if (skip) { x->st[i] = LS_SKIPPED; return CF_ECANCELED; }
+  cf_cellsrc_t *src = q->r->src[t->c];
+  size_t bytes = 2 * (size_t)q->C * q->row * q->es;
+  /* with reads outstanding, don't sleep on the link: their cells are handed over first */
+  if (!wait && !cf_ratelimit_try_acquire(src->limit, bytes)) return CF_EAGAIN;
+  if (wait) cf_ratelimit_acquire(src->limit, bytes);
+  pthread_mutex_lock(&x->run->mu);
+  cf__busy_begin(q, src->tier_index);
+  if (++x->outstanding > q->r->stats.load_depth_peak) q->r->stats.load_depth_peak = x->outstanding;
+  pthread_mutex_unlock(&x->run->mu);
+  x->st[i] = LS_ISSUED;
+  return 0;
+}
+
+static void cf__stream_done(void *ud, int i, const void *k, const void *v, int status) {
+  cf__lstream_t *x = ud;
+  int was = x->st[i];
+  x->st[i] = was == LS_SKIPPED ? LS_SKIPPED : LS_DONE;
+  if (was == LS_SKIPPED) return;
+  if (was == LS_ISSUED) x->outstanding--;
+  cf__load_result(x->run, x->ls, &x->t[i], status, k, v, was == LS_ISSUED);
+}
+
+/* Cells one loader streams at a time from a read_stream source: with the source's reads in
+ * flight per loader (the SSD ring's depth), this bounds how far ahead of the link order one
+ * loader runs while another works on the cells before. */
+#define CF__STREAM_CELLS 16
+
 static void *cf__loader(void *arg) {
   cf__run_t *run = ((cf__loader_arg_t *)arg)->run;
   const cf_exec_ops_t *ops = run->ex->ops;
@@ -207,30 +323,60 @@ static void *cf__loader(void *arg) {
   uint8_t *kb = NULL;
   void *ls = NULL;
   int lrc = ops->loader_init(dev, ((cf__loader_arg_t *)arg)->index, &ls);
+  cf__task_t win[CF__STREAM_CELLS];
+  void *refs[CF__STREAM_CELLS];
+  int layers[CF__STREAM_CELLS];
+  uint8_t wst[CF__STREAM_CELLS];
   for (;;) {
     int i = atomic_fetch_add(&run->next, 1);
     if (i >= run->n_tasks) break;
     cf__task_t t = run->tasks[i];
     cf__rq_t *q = &run->rq[t.r];
-    size_t ix = cf__ix(q, t.c, t.l);
-    pthread_mutex_lock(&run->mu);
-    int skip = q->done || q->state[ix] != CELL_PENDING || q->H[t.c] > t.l;
-    if (!skip && cf__cancelled(q)) {
-      cf__finish(q, cf_seterr(CF_ECANCELED, "restore %llu cancelled", (unsigned long long)q->r->req_id));
-      pthread_cond_broadcast(&run->cv);
-      skip = 1;
+    cf_cellsrc_t *src = q->r->src[t.c];
+    if (!lrc && src->read_stream && ops->load_any_host) {
+      /* take the following tasks of the same source too (in link order), and stream them */
+      int n = 1;
+      win[0] = t;
+      while (n < CF__STREAM_CELLS) {
+        int j = atomic_load(&run->next);
+        if (j >= run->n_tasks) break;
+        const cf__task_t *u = &run->tasks[j];
+        if (run->rq[u->r].r->src[u->c] != src) break;
+        if (!atomic_compare_exchange_weak(&run->next, &j, j + 1)) continue;
+        win[n++] = *u;
+      }
+      for (int k = 0; k < n; k++) {
+        const cf__rq_t *qk = &run->rq[win[k].r];
+        refs[k] = qk->r->ref ? qk->r->ref[win[k].c] : NULL;
+        layers[k] = win[k].l;
+        wst[k] = LS_WAIT;
+      }
+      cf__lstream_t x = {run, ls, win, wst, 0};
+      cf_cellsrc_stream_t cb = {cf__stream_issue, cf__stream_done, &x};
+      int rc = src->read_stream(src, n, refs, layers, &cb);
+      /* cells the stream did not hand over (it failed): recomputed */
+      for (int k = 0; k < n; k++)
+        if (wst[k] == LS_WAIT || wst[k] == LS_ISSUED)
+          cf__load_result(run, ls, &win[k], rc ? rc : cf_seterr(CF_EINTERNAL, "exec: %s stream dropped a cell", src->tier),
+                          NULL, NULL, wst[k] == LS_ISSUED);
+      continue;
     }
+    pthread_mutex_lock(&run->mu);
+    int skip = cf__load_skip(run, &t);
     pthread_mutex_unlock(&run->mu);
     if (skip) continue;
 
-    cf_cellsrc_t *src = q->r->src[t.c];
-    size_t cell = (size_t)q->C * q->row;            /* elements of K (or V) */
-    size_t cell_bytes = 2 * cell * q->es;           /* K and V in the store's dtype */
+    size_t cell_bytes = 2 * (size_t)q->C * q->row * q->es; /* K and V in the store's dtype */
     const void *pk = NULL, *pv = NULL;
     void *hold = NULL;
     int rc = lrc; /* a loader whose data path failed to start fails its cells: recomputed */
+    int busy = 0;
     if (!rc) {
       cf_ratelimit_acquire(src->limit, cell_bytes);
+      pthread_mutex_lock(&run->mu);
+      cf__busy_begin(q, src->tier_index);
+      pthread_mutex_unlock(&run->mu);
+      busy = 1;
       if (src->acquire) {
         rc = src->acquire(src, q->r->ref ? q->r->ref[t.c] : NULL, t.l, &pk, &pv, &hold);
       } else {
@@ -244,39 +390,9 @@ static void *cf__loader(void *arg) {
         pk = kb; pv = kb + cell_bytes / 2;
       }
     }
-
     int acquired = src->acquire && !rc; /* released once the cell's bytes are moved */
-    pthread_mutex_lock(&run->mu);
-    int claim = 0, stage = 0;
-    if (!rc && !q->done && q->state[ix] == CELL_PENDING && q->H[t.c] <= t.l) {
-      claim = 1;
-      q->state[ix] = CELL_LOADING;
-      stage = q->has_stage[t.l] && t.c < q->stage_upto[t.l];
-    }
-    pthread_mutex_unlock(&run->mu);
-
-    if (claim) rc = ops->load(ls, q->rs, t.l, t.c * q->C, t.c * q->C + q->C, pk, pv, stage);
+    cf__load_result(run, ls, &t, rc, pk, pv, busy);
     if (src->release && acquired) src->release(src, hold);
-
-    pthread_mutex_lock(&run->mu);
-    if (rc) {
-      /* fall back to recomputing: chunk c must now be computed up to layer l */
-      q->r->stats.load_failures++;
-      CF_DEBUG("exec: load (chunk %d, layer %d) from %s failed (%s: %s): recomputing", t.c, t.l,
-               src->tier, cf_err_name(rc), cf_errmsg());
-      if (claim) q->state[ix] = CELL_PENDING;
-      if (!q->done && q->state[ix] == CELL_PENDING && q->H[t.c] <= t.l) {
-        q->H[t.c] = t.l + 1;
-        q->follow = 0; /* the plan's ops no longer cover the computed cells */
-      }
-    } else if (claim) {
-      q->staged[ix] = stage ? STAGE_YES : STAGE_NO;
-      q->r->stats.cells_loaded[src->tier_index]++;
-      q->r->stats.bytes_loaded[src->tier_index] += cell_bytes;
-      cf__present(q, t.c, t.l);
-    }
-    if (rc || claim) pthread_cond_broadcast(&run->cv);
-    pthread_mutex_unlock(&run->mu);
   }
   if (kb) ops->host_free(dev, kb, cap);
   if (!lrc) ops->loader_free(ls);

@@ -16,7 +16,9 @@
  *   - n_loaders loader threads stream the loaded cells (layer-major, the order the compute and
  *     the engine need them) through the tier's rate limiter straight into the engine's paged
  *     blocks, and into the compute's contiguous staging copy where a later computed chunk
- *     will attend over them;
+ *     will attend over them; a source with read_stream (the SSD tier) gets runs of up to 16
+ *     consecutive tasks per loader and keeps several reads in flight for them (its ring), so
+ *     the disk sees n_loaders x depth reads, not n_loaders;
  *   - when every chunk of layer l is present (and all layers below), the request's readiness
  *     counter in shared memory becomes l+1 and on_layer() fires.
  *
@@ -61,9 +63,18 @@ typedef struct {
 typedef struct {
   uint64_t cells_loaded[CF_EXEC_MAX_TIERS]; /* per tier index */
   uint64_t bytes_loaded[CF_EXEC_MAX_TIERS];
+  int64_t load_busy_ns[CF_EXEC_MAX_TIERS];  /* per tier: time some read of this request's cells
+                                               was in progress (from the rate limiter's grant to
+                                               the cell handed over; the union over its cells, so
+                                               limiter waits while nothing moved do not count):
+                                               bytes_loaded / this = the tier's delivered rate,
+                                               what the planner's tier rate models */
   uint64_t cells_computed;                  /* cells written to the engine by compute */
   uint64_t cells_planned_compute;           /* sum of the plan's h[c] */
   uint64_t load_failures;                   /* loads that failed and were recomputed */
+  int load_depth_peak;                      /* most reads one loader had in flight (issued, not
+                                               handed over) for this request: > 1 only through a
+                                               streaming source (read_stream) */
   uint64_t forward_calls;
   int64_t t_start_ns, t_done_ns;            /* CLOCK_MONOTONIC */
   int64_t compute_busy_ns;                  /* time the compute worker spent in forward */

@@ -150,4 +150,5 @@ const cf_exec_ops_t cf_exec_cpu_ops = {
     .begin = cf__cpu_begin,
     .publish = cf__cpu_publish,
     .finish = cf__cpu_finish,
+    .load_any_host = 1,
 };

@@ -58,6 +58,10 @@ typedef struct cf_exec_ops_s {
   void (*begin)(void *rs);
   void (*publish)(void *rs, int n_layers_ready);
   void (*finish)(void *rs, int err);
+  /* 1: load() takes cells from any host memory, so a source may stream them out of its own
+   * buffers (read_stream: the SSD tier's ring, several reads in flight). 0 (the GPU path, whose
+   * H2D copies want host_alloc'd pinned buffers): cells are read one by one into those. */
+  int load_any_host;
 } cf_exec_ops_t;
 
 /* Today's CPU data path (dev = the executor's cf_backend_t). */

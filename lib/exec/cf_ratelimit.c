@@ -38,12 +38,15 @@ void cf_ratelimit_set(cf_ratelimit_t *rl, double bytes_per_s) {
   pthread_mutex_unlock(&rl->mu);
 }
 
-void cf_ratelimit_acquire(cf_ratelimit_t *rl, size_t bytes) {
-  if (!rl) return;
+/* Reserve `bytes` on rl's clock (its link's when shared); returns the wake time, or 0 when no
+ * limit applies. try: reserve only if the wake time is not in the future (else return -1). */
+static int64_t cf__reserve(cf_ratelimit_t *rl, size_t bytes, int64_t now, int try) {
   pthread_mutex_lock(&rl->mu);
-  rl->bytes_total += bytes;
-  if (rl->bytes_per_s <= 0) { pthread_mutex_unlock(&rl->mu); return; }
-  int64_t now = cf__mono_ns();
+  if (rl->bytes_per_s <= 0) {
+    rl->bytes_total += bytes;
+    pthread_mutex_unlock(&rl->mu);
+    return 0;
+  }
   cf_ratelimit_t *clk = rl;
   double dur_ns = (double)bytes / rl->bytes_per_s * 1e9, burst_ns = rl->burst_ns;
   if (rl->link) { /* a tier sharing a link: advance the link's clock by this tier's time */
@@ -56,14 +59,33 @@ void cf_ratelimit_acquire(cf_ratelimit_t *rl, size_t bytes) {
    * overshot) continues back to back, as a link with queued transfers does: without this each
    * op's software overhead (~50-100 us here) idled the emulated link, which made all-load
    * restores at 10 Gbps 1.8x slower than the transfer time the planner models. */
-  if (clk->tat_ns < now - CF_RATELIMIT_CATCHUP_NS) clk->tat_ns = now;
-  clk->tat_ns += (int64_t)dur_ns;
-  int64_t wake = clk->tat_ns - (int64_t)burst_ns;
+  int64_t tat = clk->tat_ns < now - CF_RATELIMIT_CATCHUP_NS ? now : clk->tat_ns;
+  int64_t wake = tat + (int64_t)dur_ns - (int64_t)burst_ns;
+  if (try && wake > now) {
+    pthread_mutex_unlock(&clk->mu);
+    return -1;
+  }
+  clk->tat_ns = tat + (int64_t)dur_ns;
   pthread_mutex_unlock(&clk->mu);
+  pthread_mutex_lock(&rl->mu);
+  rl->bytes_total += bytes;
+  pthread_mutex_unlock(&rl->mu);
+  return wake;
+}
+
+void cf_ratelimit_acquire(cf_ratelimit_t *rl, size_t bytes) {
+  if (!rl) return;
+  int64_t now = cf__mono_ns();
+  int64_t wake = cf__reserve(rl, bytes, now, 0);
   if (wake <= now) return;
   struct timespec ts = {wake / 1000000000, wake % 1000000000};
   while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) != 0) {}
   pthread_mutex_lock(&rl->mu);
   rl->waited_ns += wake - now;
   pthread_mutex_unlock(&rl->mu);
+}
+
+int cf_ratelimit_try_acquire(cf_ratelimit_t *rl, size_t bytes) {
+  if (!rl) return 1;
+  return cf__reserve(rl, bytes, cf__mono_ns(), 1) >= 0;
 }

@@ -39,6 +39,10 @@ void cf_ratelimit_set(cf_ratelimit_t *rl, double bytes_per_s);
 void cf_ratelimit_share(cf_ratelimit_t *rl, cf_ratelimit_t *link);
 /* Reserve `bytes` of the link and sleep until they would have arrived. NULL rl: no-op. */
 void cf_ratelimit_acquire(cf_ratelimit_t *rl, size_t bytes);
+/* Reserve `bytes` only if that needs no sleep now (the link is within its burst): 1 reserved,
+ * 0 not (nothing reserved: come back later or call cf_ratelimit_acquire). NULL rl: 1.
+ * Lets a caller with reads in flight hand their cells over instead of sleeping on the link. */
+int cf_ratelimit_try_acquire(cf_ratelimit_t *rl, size_t bytes);
 /* Gbit/s -> bytes/s (10 Gbps = 1.25e9 B/s). */
 static inline double cf_gbps(double gbit) { return gbit * 1e9 / 8.0; }
 

@@ -12,7 +12,15 @@
  *    the CPU tier rate-limited to an emulated 10 Gbps link and to a "balanced" link whose
  *    transfer time equals the predicted full recompute (where the split matters most).
  *
- *   bench_restore [--tokens N] [--quick]
+ * 3. SSD tier: the same kind of all-load restore (bf16, 8 layers, 128 KiB cells) with every
+ *    chunk on the SSD tier only (O_DIRECT data file in CF_BENCH_DIR, default /var/tmp: a real
+ *    disk), 2 loaders, the loaders' rings at depth 1 (one read in flight per loader: the
+ *    executor before read_stream) and at depth 8, each as a ratio to a raw O_DIRECT io_uring
+ *    sequential read of the same data file (same bytes, cell-sized blocks, queue depth 16 and
+ *    2) measured in the same run, interleaved, best of N. O_DIRECT on every side: the page
+ *    cache plays no part (the disk's own cache may: all sides read the same file).
+ *
+ *   bench_restore [--tokens N] [--quick] [--ssd]   (--ssd: only part 3)
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -21,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cf_bench_raw.h"
 #include "cf_toy_backend.h"
 #include "exec/cf_cellsrc_store.h"
 #include "exec/cf_exec.h"
@@ -87,6 +96,37 @@ static cf_store_t *open_store(const char *dir, const uint8_t fp[16], int C, int 
   return st;
 }
 
+/* An all-load restore of n_chunks stored chunks: sources over `st`, every chunk prepared (CPU-tier
+ * ones pinned), plan h = 0, a scattered block table of n_blocks. Exits when a chunk is missing. */
+typedef struct {
+  cf_cellsrc_store_t cs;
+  cf_store_chunkref_t *refs;
+  cf_cellsrc_t **srcs;
+  void **refp;
+  int *h;
+  int32_t *blocks;
+  size_t found;
+} allload_t;
+
+static void allload_init(allload_t *a, cf_store_t *st, const cf_store_key_t *keys, int n_chunks, int n_blocks) {
+  a->blocks = malloc(sizeof(int32_t) * n_blocks);
+  for (int i = 0; i < n_blocks; i++) a->blocks[i] = (int32_t)((i * 7919) % n_blocks); /* scattered */
+  cf_cellsrc_store_init(&a->cs, st, NULL, NULL);
+  a->refs = malloc(sizeof *a->refs * n_chunks);
+  a->srcs = malloc(sizeof(void *) * n_chunks);
+  a->refp = malloc(sizeof(void *) * n_chunks);
+  a->h = calloc((size_t)n_chunks, sizeof(int));
+  a->found = cf_cellsrc_store_prepare(&a->cs, keys, n_chunks, a->refs, a->srcs, NULL);
+  if ((int)a->found != n_chunks) { fprintf(stderr, "bench_restore: only %zu of %d chunks stored\n", a->found, n_chunks); exit(1); }
+  for (int c = 0; c < n_chunks; c++) a->refp[c] = &a->refs[c];
+}
+
+static void allload_free(allload_t *a) {
+  cf_cellsrc_store_unprepare(&a->cs, a->refs, a->found);
+  cf_cellsrc_store_close(&a->cs);
+  free(a->blocks); free(a->refs); free(a->srcs); free(a->refp); free(a->h);
+}
+
 typedef struct { double bytes, restore_s, restore_gbs, memcpy1_gbs, memcpy2_gbs; } bw_t;
 
 static void bench_bandwidth(const char *tmp, int T, cf_dtype_t dt, bw_t *res) {
@@ -126,17 +166,11 @@ static void bench_bandwidth(const char *tmp, int T, cf_dtype_t dt, bw_t *res) {
     memset(kv.k[l], 0, cf_kv_layout_plane_bytes(&lay));
     memset(kv.v[l], 0, cf_kv_layout_plane_bytes(&lay));
   }
-  int32_t *blocks = malloc(sizeof(int32_t) * (T / BS));
-  for (int i = 0; i < T / BS; i++) blocks[i] = (int32_t)((i * 7919) % (T / BS)); /* scattered */
-  cf_cellsrc_store_t cs;
-  cf_cellsrc_store_init(&cs, st, NULL, NULL);
-  cf_store_chunkref_t *refs = malloc(sizeof *refs * n_chunks);
-  cf_cellsrc_t **srcs = malloc(sizeof(void *) * n_chunks);
-  void **refp = malloc(sizeof(void *) * n_chunks);
-  int *h = calloc((size_t)n_chunks, sizeof(int));
-  size_t found = cf_cellsrc_store_prepare(&cs, keys, n_chunks, refs, srcs, NULL);
-  if ((int)found != n_chunks) { fprintf(stderr, "bench_restore: only %zu of %d chunks stored\n", found, n_chunks); exit(1); }
-  for (int c = 0; c < n_chunks; c++) refp[c] = &refs[c];
+  allload_t al;
+  allload_init(&al, st, keys, n_chunks, T / BS);
+  int32_t *blocks = al.blocks, *h = al.h;
+  cf_cellsrc_t **srcs = al.srcs;
+  void **refp = al.refp;
   double best[3] = {0, 0, 0}, best_s = 1e30;
   for (int nl = 1; nl <= 2; nl++) {
     cf_exec_t ex;
@@ -155,8 +189,7 @@ static void bench_bandwidth(const char *tmp, int T, cf_dtype_t dt, bw_t *res) {
       if (nl == 2 && t < best_s) best_s = t;
     }
   }
-  cf_cellsrc_store_unprepare(&cs, refs, found);
-  cf_cellsrc_store_close(&cs);
+  allload_free(&al);
   char *a = malloc(total), *b = malloc(total);
   memset(a, 1, total);
   memset(b, 2, total);
@@ -179,7 +212,114 @@ static void bench_bandwidth(const char *tmp, int T, cf_dtype_t dt, bw_t *res) {
   cf_kvmap_close(&kv);
   cf_store_close(st);
   be->free(be);
-  free(tok); free(keys); free(fbuf); free(buf); free(cells); free(blocks); free(refs); free(srcs); free(refp); free(h);
+  free(tok); free(keys); free(fbuf); free(buf); free(cells);
+}
+
+static void bench_ssd(int T, int quick) {
+  const int L = 8, KVH = 2, HD = 64, C = 256, BS = 16;
+  const cf_dtype_t dt = CF_DT_BF16;
+  int n_chunks = T / C;
+  T = n_chunks * C;
+  size_t row = (size_t)KVH * HD, cell_el = 2 * (size_t)C * row, cb = cell_el * 2;
+  size_t total = (size_t)n_chunks * L * cb;
+  const char *base = getenv("CF_BENCH_DIR") ? getenv("CF_BENCH_DIR") : "/var/tmp";
+  char dir[600], data[700];
+  snprintf(dir, sizeof dir, "%s/cf-bench-ssd-restore.%d", base, (int)getpid());
+  snprintf(data, sizeof data, "%s/data.000", dir);
+  cf_store_geom_t g = {.chunk_tokens = (uint32_t)C, .n_layers = (uint32_t)L, .n_kv_heads = (uint32_t)KVH,
+                       .head_dim = (uint32_t)HD};
+  uint8_t fp[16] = {7, 7, 7};
+  memcpy(g.fingerprint, fp, 16);
+  cf_exec_geom_dtype(&g, dt);
+  cf_store_config_t sc;
+  cf_store_config_default(&sc);
+  sc.cpu_bytes = 0;
+  sc.ssd_bytes = total + (16u << 20);
+  sc.file_bytes = sc.ssd_bytes; /* one data file: the raw baseline reads the same file */
+  sc.spill = 0;
+  cf_store_t *st;
+  int rc = cf_store_open(dir, &g, &sc, &st);
+  if (rc) die("ssd store", rc);
+  int32_t *tok = malloc(sizeof(int32_t) * T);
+  for (int i = 0; i < T; i++) tok[i] = (i * 13) % 1000;
+  cf_store_key_t *keys = malloc(sizeof *keys * n_chunks);
+  cf_store_chain_keys(fp, tok, (size_t)T, C, keys);
+  uint16_t *buf = malloc(cb * L);
+  const void **cells = malloc(sizeof(void *) * L);
+  for (int l = 0; l < L; l++) cells[l] = (uint8_t *)buf + (size_t)l * cb;
+  for (int c = 0; c < n_chunks; c++) {
+    for (size_t i = 0; i < cell_el * L; i++) buf[i] = (uint16_t)(0x3c00 + (i * 31 + (size_t)c) % 512);
+    if ((rc = cf_store_save(st, &keys[c], C, cells, 0))) die("save", rc);
+  }
+  if ((rc = cf_store_flush(st)) || (rc = cf_store_evict_cpu(st, 0))) die("flush", rc);
+  cf_store_stats_t ss;
+  cf_store_get_stats(st, &ss);
+  cf_backend_t *be = cf_toy_create(L, 32, KVH, HD, 1000, 1); /* shape only: nothing is computed */
+  cf_kv_layout_t lay;
+  cf_kv_layout_init(&lay, L, T / BS, BS, KVH, HD, dt);
+  cf_kvmap_t kv;
+  char path[512];
+  snprintf(path, sizeof path, "/dev/shm/cf-bench-ssd-%d", (int)getpid());
+  if ((rc = cf_kvmap_create(&kv, path, &lay))) die("engine buffer", rc);
+  for (int l = 0; l < L; l++) {
+    memset(kv.k[l], 0, cf_kv_layout_plane_bytes(&lay));
+    memset(kv.v[l], 0, cf_kv_layout_plane_bytes(&lay));
+  }
+  allload_t al;
+  allload_init(&al, st, keys, n_chunks, T / BS);
+  int32_t *blocks = al.blocks, *h = al.h;
+  cf_cellsrc_t **srcs = al.srcs;
+  void **refp = al.refp;
+  for (int c = 0; c < n_chunks; c++)
+    if (srcs[c] != &al.cs.ssd) { fprintf(stderr, "bench_restore: chunk %d not on the SSD tier only\n", c); exit(1); }
+  cf_exec_t ex;
+  cf_exec_init(&ex, be, 2);
+  uint8_t *rb = aligned_alloc(4096, cb * 16);
+  const int reps = quick ? 2 : 4, depths[2] = {1, CF_CELLSRC_SSD_DEPTH};
+  double raw16 = 1e30, raw2 = 1e30, tr[2] = {1e30, 1e30};
+  int peak[2] = {0, 0};
+  for (int rep = 0; rep < reps; rep++) {
+    double t = cf_bench_raw_read(data, total, cb, 16, rb);
+    if (t < raw16) raw16 = t;
+    t = cf_bench_raw_read(data, total, cb, 2, rb);
+    if (t < raw2) raw2 = t;
+    for (int d = 0; d < 2; d++) {
+      al.cs.ssd_depth = depths[d];
+      cf_exec_req_t r = {.n_tokens = T, .tokens = tok, .chunk_tokens = C, .h = h, .src = srcs, .ref = refp,
+                         .kv = &kv, .blocks = blocks, .n_blocks = T / BS};
+      t = now_s();
+      if ((rc = cf_exec_run(&ex, &r, 1))) die("ssd restore", rc);
+      t = now_s() - t;
+      if (r.stats.bytes_loaded[CF_EXEC_TIER_SSD] != total || r.stats.load_failures) {
+        fprintf(stderr, "bench_restore: ssd restore loaded %llu bytes (%llu failures), expected %zu\n",
+                (unsigned long long)r.stats.bytes_loaded[CF_EXEC_TIER_SSD], (unsigned long long)r.stats.load_failures, total);
+        exit(1);
+      }
+      if (t < tr[d]) tr[d] = t;
+      peak[d] = r.stats.load_depth_peak;
+    }
+  }
+  printf("restore of a %d-token prefix (%d layers, %.0f MiB bf16 KV, 128 KiB cells) from the SSD tier only,\n"
+         "2 loaders, O_DIRECT=%d, %s, best of %d (raw and restores interleaved):\n",
+         T, L, total / 1048576.0, ss.ssd_direct, base, reps);
+  printf("  %-44s %8s %10s %10s\n", "", "GB/s", "/raw qd16", "/raw qd2");
+  printf("  %-44s %8.2f %10.2f %10.2f\n", "raw O_DIRECT io_uring seq read, qd 16", total / raw16 / 1e9, 1.0, raw2 / raw16);
+  printf("  %-44s %8.2f %10.2f %10.2f\n", "raw O_DIRECT io_uring seq read, qd 2", total / raw2 / 1e9, raw16 / raw2, 1.0);
+  for (int d = 0; d < 2; d++) {
+    char lbl[96];
+    snprintf(lbl, sizeof lbl, "restore, ring depth %d (peak %d in flight/loader)", depths[d], peak[d]);
+    printf("  %-44s %8.2f %10.2f %10.2f\n", lbl, total / tr[d] / 1e9, raw16 / tr[d], raw2 / tr[d]);
+  }
+  printf("  depth %d vs depth 1: %.2fx\n", CF_CELLSRC_SSD_DEPTH, tr[0] / tr[1]);
+  allload_free(&al);
+  cf_kvmap_close(&kv);
+  unlink(path);
+  cf_store_close(st);
+  be->free(be);
+  char cmd[700];
+  snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+  if (system(cmd)) {}
+  free(rb); free(tok); free(keys); free(buf); free(cells);
 }
 
 static void bench_policies(const char *tmp, int quick) {
@@ -298,13 +438,18 @@ static void bench_policies(const char *tmp, int quick) {
 }
 
 int main(int argc, char **argv) {
-  int T = 32768, quick = 0;
+  int T = 32768, quick = 0, ssd_only = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--tokens") && i + 1 < argc) T = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--quick")) quick = 1;
-    else { fprintf(stderr, "usage: bench_restore [--tokens N] [--quick]\n"); return 2; }
+    else if (!strcmp(argv[i], "--ssd")) ssd_only = 1;
+    else { fprintf(stderr, "usage: bench_restore [--tokens N] [--quick] [--ssd]\n"); return 2; }
   }
   if (T < 256) T = 256;
+  if (ssd_only) {
+    bench_ssd(T, quick);
+    return 0;
+  }
   char tmp[] = "/tmp/cf-bench-restore.XXXXXX";
   if (!mkdtemp(tmp)) { perror("mkdtemp"); return 1; }
   bw_t f32, bf16;
@@ -318,6 +463,9 @@ int main(int argc, char **argv) {
     printf("  %-6s %10.0f %10.2f %14.2f %14.2f\n", i ? "bf16" : "f32", rs[i]->bytes / 1048576.0, rs[i]->restore_s * 1e3,
            rs[i]->restore_gbs / rs[i]->memcpy2_gbs, rs[i]->restore_gbs / rs[i]->memcpy1_gbs);
   printf("  bytes bf16/f32 %.2f, restore time bf16/f32 %.2f\n", bf16.bytes / f32.bytes, bf16.restore_s / f32.restore_s);
+  printf("\n");
+  bench_ssd(quick ? 8192 : T, quick);
+  printf("\n");
   bench_policies(tmp, quick);
   char cmd[600];
   snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);

@@ -4,7 +4,7 @@
  *      O_DIRECT io_uring sequential read of the same data file with the same block size and
  *      queue depth (O_DIRECT on both sides: no page cache, no drop_caches needed);
  *   3. lookups per second on a 1M-chunk index (and the journal replay rate that built it);
- *   (2b) the GPU load path's staging ring (lib/gpu/cf_stage_ring: 8 slots, in-order delivery)
+ *   (2b) the GPU load path's staging ring (lib/store/cf_stage_ring: 8 slots, in-order delivery)
  *      with a memcpy sink, vs the same raw read: what the ring costs before the H2D copy.
  * Each pair alternates baseline and store runs and keeps the best of each (the machine is shared).
  * Env: CF_BENCH_DIR (default /var/tmp: a real disk, not tmpfs), CF_BENCH_QUICK=1 (smaller). */
@@ -18,7 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "gpu/cf_stage_ring.h"
+#include "cf_bench_raw.h"
+#include "store/cf_stage_ring.h"
 #include "store/cf_store.h"
 #include "store/cf_store_int.h"
 #include "util/cf_err.h"
@@ -177,36 +178,7 @@ static int ring_memcpy_sink(void *ud, size_t i, const cf_ring_cell_t *c, int slo
   return 0;
 }
 
-static double raw_read(const char *path, size_t total, size_t bs, unsigned qd, uint8_t *buf) {
-  int fd = open(path, O_RDONLY | O_DIRECT);
-  if (fd < 0) { perror(path); exit(1); }
-  struct io_uring ring;
-  if (io_uring_queue_init(qd, &ring, 0)) { fprintf(stderr, "io_uring\n"); exit(1); }
-  double t0 = now();
-  size_t sub = 0, done = 0, nblk = total / bs;
-  unsigned inflight = 0;
-  while (done < nblk) {
-    while (sub < nblk && inflight < qd) {
-      struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
-      io_uring_prep_read(sqe, fd, buf + (sub % qd) * bs, (unsigned)bs, (uint64_t)sub * bs);
-      sub++;
-      inflight++;
-    }
-    io_uring_submit(&ring);
-    struct io_uring_cqe *cqe;
-    io_uring_wait_cqe(&ring, &cqe);
-    do {
-      if (cqe->res != (int)bs) { fprintf(stderr, "raw read: %d\n", cqe->res); exit(1); }
-      io_uring_cqe_seen(&ring, cqe);
-      inflight--;
-      done++;
-    } while (io_uring_peek_cqe(&ring, &cqe) == 0);
-  }
-  double t = now() - t0;
-  io_uring_queue_exit(&ring);
-  close(fd);
-  return t;
-}
+#define raw_read cf_bench_raw_read
 
 /* One pass of the staging ring over `cells` (memcpy sink into dst); seconds. */
 static double ring_pass(cf_store_t *st, const cf_ring_cell_t *cells, size_t n, uint8_t *dst) {

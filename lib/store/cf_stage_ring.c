@@ -1,6 +1,6 @@
 /* cf_stage_ring — see cf_stage_ring.h. Plain C: no CUDA here (the GPU sink lives in
  * cf_gpu_load.c), so the ordering and bounds are tested on any machine. */
-#include "gpu/cf_stage_ring.h"
+#include "store/cf_stage_ring.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +82,7 @@ int cf_ring_run(cf_ring_t *r, const cf_ring_cell_t *cells, size_t n, const cf_ri
   const int S = r->n_slots;
   const uint64_t base = r->next;
   size_t sub = 0, dlv = 0, ok = 0;  /* cells submitted / delivered-or-failed so far */
+  size_t issued = 0;                /* cells the sink's issue() saw */
   int err = 0;
 #define SLOT(i) ((int)((base + (i)) % (uint64_t)S))
   while (dlv < n && !err) {
@@ -93,6 +94,21 @@ int cf_ring_run(cf_ring_t *r, const cf_ring_cell_t *cells, size_t n, const cf_ri
       if (fr < 0) { err = fr; break; }
       if (!fr) break;
       cf_store_read_t *q = &r->req[s];
+      if (sub >= issued) { /* issued once per cell, even when the submit below must retry */
+        int wait = dlv == sub; /* nothing outstanding: the sink may block */
+        int rc = sink->issue ? sink->issue(sink->ud, sub, &cells[sub], wait) : 0;
+        if (rc == CF_EAGAIN && !wait) break; /* hand over what is outstanding first */
+        r->skip[s] = rc < 0 ? rc : 0;
+        issued = sub + 1;
+      }
+      if (r->skip[s]) { /* not read: delivered as failed in its turn */
+        memset(q, 0, sizeof *q);
+        q->status = r->skip[s];
+        r->state[s] = CF__RING_READY;
+        sub++;
+        progress = 1;
+        continue;
+      }
       memset(q, 0, sizeof *q);
       q->key = cells[sub].key;
       q->layer = cells[sub].layer;
