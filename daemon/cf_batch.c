@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cf_planner.h"
 #include "cf_refit.h"
 #include "exec/cf_cellsrc_store.h"
 #include "exec/cf_exec_plan.h"
@@ -104,7 +105,7 @@ static void cf__replan(cf_batch_job_t *const *jobs, int n, int C, int L) {
                              .new_tokens = jobs[i]->n_tokens - jobs[i]->cached_tokens, .device = -1,
                              .chunk_tier = jobs[i]->chunk_tier};
   cf_sched_input_t in = {.cost = jobs[0]->cost, .reqs = rq, .n_reqs = n, .refine_evals = -1};
-  int rc = cf_sched_plan(&in, (cf_policy_t)jobs[0]->policy, &plan);
+  int rc = cf_planner_plan_loadable(&in, rq, jobs[0]->policy, &plan);
   if (!rc) rc = cf_sim_run(&in, &plan, &sim);
   if (rc) { CF_WARN("joint re-plan of %d restores: %s: %s", n, cf_strerror(rc), cf_errmsg()); goto out; }
   for (int i = 0; i < n; i++) {
@@ -117,6 +118,7 @@ static void cf__replan(cf_batch_job_t *const *jobs, int n, int C, int L) {
     j->load_rank = rank;
     j->cops = cops;
     j->n_cops = n_cops;
+    j->cached_tokens = rq[i].prefix_tokens; /* a partial last chunk: maybe no longer planned */
     int64_t rest = (int64_t)j->n_tokens - j->cached_tokens;
     j->predicted_s = sim.restore_s[i] + (rest > 0 ? cf_cost_prefill(&j->cost, j->cached_tokens, rest) : 0);
   }
@@ -198,6 +200,17 @@ static void cf__round(cf_batch_t *b, cf_batch_job_t *const *jobs, int n) {
                              .time_s = (run[k].stats.t_done_ns - run[k].stats.t_start_ns) * 1e-9};
     if (run[k].err) cf_seterr(run[k].err, "restore %llu: %s", (unsigned long long)jobs[i]->req_id,
                               cf_strerror(run[k].err));
+    if (!run[k].err) { /* executed vs predicted, whole and compute term (log_level = debug) */
+      const cf_exec_stats_t *st = &run[k].stats;
+      const cf_sched_cost_t *co = &jobs[i]->cost;
+      double pc = co->gamma_s * st->forward_calls + co->alpha_s * st->step_tokens + co->beta_s * st->step_attn;
+      CF_DEBUG("restore %llu: %d tokens, %.2f ms (predicted %.2f ms): compute %.2f ms in %llu steps "
+               "(%.0f tokens; predicted %.2f ms), cells computed %llu, loaded %llu+%llu, load busy %.2f ms",
+               (unsigned long long)jobs[i]->req_id, jobs[i]->n_tokens, res.time_s * 1e3, jobs[i]->predicted_s * 1e3,
+               st->compute_busy_ns * 1e-6, (unsigned long long)st->forward_calls, st->step_tokens, pc * 1e3,
+               (unsigned long long)st->cells_computed, (unsigned long long)st->cells_loaded[0],
+               (unsigned long long)st->cells_loaded[1], (st->load_busy_ns[0] + st->load_busy_ns[1]) * 1e-6);
+    }
     if (!run[k].err && jobs[i]->refit) /* how the plan ran: the online re-fit */
       cf_refit_sample(jobs[i]->refit, &jobs[i]->cost, &res.stats, res.time_s, jobs[i]->predicted_s);
     cf__done(b, jobs[i], run[k].err, run[k].err ? NULL : &res);

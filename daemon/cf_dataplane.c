@@ -304,7 +304,7 @@ static void cf__restore_batch(void *ctx, cf_restore_t **batch, int n) {
       j->b.cops = cf_exec_plan_cops(p, r->plan_req, &j->b.n_cops);         /* NULL: work-conserving */
       j->b.plan_group = r->plan;
       j->b.policy = r->policy;
-      j->b.cached_tokens = r->cached_tokens;
+      j->b.cached_tokens = r->plan->reqs[r->plan_req].prefix_tokens; /* planned: a loaded partial chunk never */
       j->b.cost = r->plan->in.cost;
       j->b.chunk_tier = r->plan->reqs[r->plan_req].chunk_tier; /* a re-plan keeps the tier rates */
       j->b.refit = r->plan->refit;                               /* the cost model's online re-fit */

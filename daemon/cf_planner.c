@@ -22,6 +22,37 @@ int cf_planner_plan(const cf_sched_cost_t *cost, cf_restore_t **rs, int n, int p
   return cf_planner_plan_refit(cost, rs, n, policy, t0_ns, NULL);
 }
 
+/* Tokens of a cached prefix of `cached` tokens that a plan may load: its full chunks. The store
+ * also keeps a partial last chunk (Lookup counts it, so the engine skips its prefill), but
+ * lib/exec never loads one (cf_exec_validate: a partial last chunk has h = L): it is computed,
+ * every layer. A plan that loads some of its cells would be executed differently: the executor
+ * recomputes the chunk outside the plan (work-conserving, not in the plan's order) and the
+ * prediction lacks those compute steps (restores ending in a partial chunk ran 2-5x their
+ * prediction). So such a prefix is planned as its full chunks, the partial chunk costed as the
+ * uncached rest; a plan that computes the partial chunk whole anyway (recompute) keeps it. */
+static int64_t cf__loadable_tokens(const cf_sched_cost_t *cost, int64_t cached) {
+  return cached - cached % cost->chunk_tokens;
+}
+
+int cf_planner_plan_loadable(cf_sched_input_t *in, cf_sched_req_t *reqs, int policy, cf_sched_plan_t *plan) {
+  const int L = in->cost.n_layers;
+  int rc = cf_sched_plan(in, (cf_policy_t)policy, plan);
+  /* each pass rounds at least one prefix down: at most n_reqs more plans */
+  for (int again = 1; !rc && again;) {
+    again = 0;
+    for (int i = 0; i < in->n_reqs; i++) {
+      int32_t nc = plan->n_chunks[i];
+      if (!(reqs[i].prefix_tokens % in->cost.chunk_tokens) || nc <= 0 || plan->h[plan->h_off[i] + nc - 1] >= L) continue;
+      int64_t full = cf__loadable_tokens(&in->cost, reqs[i].prefix_tokens);
+      reqs[i].new_tokens += reqs[i].prefix_tokens - full;
+      reqs[i].prefix_tokens = full;
+      again = 1;
+    }
+    if (again) rc = cf_sched_plan(in, (cf_policy_t)policy, plan);
+  }
+  return rc;
+}
+
 int cf_planner_plan_refit(const cf_sched_cost_t *cost, cf_restore_t **rs, int n, int policy, uint64_t t0_ns,
                           cf_refit_t *refit) {
   (void)t0_ns; /* every restore of a batch has arrived when it is planned: arrival 0 for all */
@@ -37,28 +68,30 @@ int cf_planner_plan_refit(const cf_sched_cost_t *cost, cf_restore_t **rs, int n,
   nt = 0;
   for (int i = 0; i < n; i++) {
     bp->reqs[i].arrival_s = 0;
-    bp->reqs[i].prefix_tokens = rs[i]->cached_tokens;
-    bp->reqs[i].new_tokens = (int64_t)rs[i]->req->n_token_ids - rs[i]->cached_tokens;
+    int64_t P = rs[i]->cached_tokens;
+    bp->reqs[i].prefix_tokens = P;
+    bp->reqs[i].new_tokens = (int64_t)rs[i]->req->n_token_ids - P;
     bp->reqs[i].device = -1;
     if (!rs[i]->chunk_tiers) continue;
     uint8_t *t = bp->tiers + nt;
-    for (int32_t c = 0, m = cf_cost_chunks(cost, rs[i]->cached_tokens); c < m; c++)
+    for (int32_t c = 0, m = cf_cost_chunks(cost, P); c < m; c++)
       t[c] = rs[i]->chunk_tiers[c] == CF_STORE_TIER_SSD ? CF_PLAN_TIER_SSD : CF_PLAN_TIER_CPU;
     bp->reqs[i].chunk_tier = t;
-    nt += (size_t)cf_cost_chunks(cost, rs[i]->cached_tokens);
+    nt += (size_t)cf_cost_chunks(cost, P);
   }
   bp->in.cost = *cost;
   bp->in.reqs = bp->reqs;
   bp->in.n_reqs = n;
   bp->in.refine_evals = -1;
-  int rc = cf_sched_plan(&bp->in, (cf_policy_t)policy, &bp->plan);
+  const int L = cost->n_layers;
+  int rc = cf_planner_plan_loadable(&bp->in, bp->reqs, policy, &bp->plan);
   if (!rc) rc = cf_sim_run(&bp->in, &bp->plan, &bp->sim);
   if (rc) { bp->refs = 1; cf_batch_plan_unref(bp); return rc; }
-  const int L = cost->n_layers;
   for (int i = 0; i < n; i++) {
     cf_restore_t *r = rs[i];
     cf_restore_summary_t *sm = &r->summary;
-    int64_t ntok = (int64_t)r->req->n_token_ids, rest = ntok - r->cached_tokens;
+    /* the executor computes chunks past the planned prefix (h = L), after the plan's (rest_s) */
+    int64_t ntok = (int64_t)r->req->n_token_ids, P = bp->reqs[i].prefix_tokens, rest = ntok - P;
     int32_t cached_chunks = bp->plan.n_chunks[i], all_chunks = cf_cost_chunks(cost, ntok);
     memset(sm, 0, sizeof *sm);
     sm->chunks = (uint32_t)all_chunks;
@@ -69,7 +102,7 @@ int cf_planner_plan_refit(const cf_sched_cost_t *cost, cf_restore_t **rs, int n,
       else sm->cells_load_cpu += (uint64_t)(L - h);
     }
     sm->cells_compute += (uint64_t)(all_chunks - cached_chunks) * (uint64_t)L;
-    double rest_s = rest > 0 ? cf_cost_prefill(cost, r->cached_tokens, rest) : 0;
+    double rest_s = rest > 0 ? cf_cost_prefill(cost, P, rest) : 0;
     sm->predicted_us = (bp->sim.restore_s[i] + rest_s) * 1e6;
     sm->bound_us = (cf_bound_request(cost, &bp->reqs[i]) + rest_s) * 1e6;
     r->plan = bp;

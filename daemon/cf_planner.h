@@ -5,7 +5,9 @@
  *
  * Chunks the store does not hold are recomputed by the restore (every layer): the planner plans
  * the cached prefix, and the uncached rest is costed as a prefill over it, both in the prediction
- * and in the bound (no plan can avoid it).
+ * and in the bound (no plan can avoid it). A partial last chunk counts as uncached here even
+ * when the store holds it: lib/exec always computes it (h = L), so the plan covers only the
+ * cached prefix's full chunks.
  */
 #ifndef CF_PLANNER_H
 #define CF_PLANNER_H
@@ -32,6 +34,14 @@ typedef struct cf_batch_plan_s {
   cf_sched_plan_t plan;   /* plan.ops: what the executor runs; request i = the i-th restore */
   cf_sim_result_t sim;    /* the prediction */
 } cf_batch_plan_t;
+
+/* cf_sched_plan of `in` (whose requests are reqs[0..in->n_reqs)) with `policy`, such that no
+ * plan loads a cell of a partial last chunk of its request's prefix: lib/exec always computes
+ * such a chunk (h = L), so a request whose plan would load one gets its prefix_tokens rounded
+ * down to full chunks (new_tokens grows by as much: the executor computes the rest) and the
+ * batch is planned again. A plan that computes the partial chunk whole keeps it. Returns 0 or
+ * cf_sched_plan's error. */
+int cf_planner_plan_loadable(cf_sched_input_t *in, cf_sched_req_t *reqs, int policy, cf_sched_plan_t *plan);
 
 /* Plan restores rs[0..n) together with `policy` (a cf_policy_t). Fills each restore's plan
  * summary and gives it a reference to the group's plan. t0_ns: the batch's time origin (uv_hrtime

@@ -11,6 +11,7 @@
 #include "cf_toy_backend.h"
 #include "cf_batch.c"
 #include "cf_refit.c" /* cf_batch feeds the planner's re-fit */
+#include "cf_planner.c" /* cf_batch re-plans as the planner plans (cf_planner_plan_loadable) */
 
 typedef struct {
   cf_backend_t *be;
