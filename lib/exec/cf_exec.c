@@ -81,6 +81,10 @@ static inline int cf__t1(const cf__rq_t *q, int c) {
   int t = (c + 1) * q->C;
   return t < q->T ? t : q->T;
 }
+/* Bytes of one cell: the chunk's K and V rows in the store's dtype (what a load moves). */
+static inline size_t cf__cell_bytes(const cf__rq_t *q) { return 2 * (size_t)q->C * q->row * q->es; }
+/* The source's reference of chunk c (NULL when the request carries none). */
+static inline void *cf__ref(const cf__rq_t *q, int c) { return q->r->ref ? q->r->ref[c] : NULL; }
 
 int cf_exec_init_ops(cf_exec_t *ex, cf_backend_t *be, int n_loaders, const cf_exec_ops_t *ops,
                      void *dev) {
@@ -235,7 +239,7 @@ static void cf__load_result(cf__run_t *run, void *ls, const cf__task_t *t, int r
   cf__rq_t *q = &run->rq[t->r];
   cf_cellsrc_t *src = q->r->src[t->c];
   size_t ix = cf__ix(q, t->c, t->l);
-  size_t cell_bytes = 2 * (size_t)q->C * q->row * q->es; /* K and V in the store's dtype */
+  size_t cell_bytes = cf__cell_bytes(q);
   pthread_mutex_lock(&run->mu);
   int claim = 0, stage = 0;
   if (!rc && !q->done && q->state[ix] == CELL_PENDING && q->H[t->c] <= t->l) {
@@ -289,7 +293,7 @@ static int cf__stream_issue(void *ud, int i, int wait) {
   pthread_mutex_unlock(&x->run->mu);
   if (skip) { x->st[i] = LS_SKIPPED; return CF_ECANCELED; }
   cf_cellsrc_t *src = q->r->src[t->c];
-  size_t bytes = 2 * (size_t)q->C * q->row * q->es;
+  size_t bytes = cf__cell_bytes(q);
   /* with reads outstanding, don't sleep on the link: their cells are handed over first */
   if (!wait && !cf_ratelimit_try_acquire(src->limit, bytes)) return CF_EAGAIN;
   if (wait) cf_ratelimit_acquire(src->limit, bytes);
@@ -347,7 +351,7 @@ static void *cf__loader(void *arg) {
       }
       for (int k = 0; k < n; k++) {
         const cf__rq_t *qk = &run->rq[win[k].r];
-        refs[k] = qk->r->ref ? qk->r->ref[win[k].c] : NULL;
+        refs[k] = cf__ref(qk, win[k].c);
         layers[k] = win[k].l;
         wst[k] = LS_WAIT;
       }
@@ -366,7 +370,7 @@ static void *cf__loader(void *arg) {
     pthread_mutex_unlock(&run->mu);
     if (skip) continue;
 
-    size_t cell_bytes = 2 * (size_t)q->C * q->row * q->es; /* K and V in the store's dtype */
+    size_t cell_bytes = cf__cell_bytes(q);
     const void *pk = NULL, *pv = NULL;
     void *hold = NULL;
     int rc = lrc; /* a loader whose data path failed to start fails its cells: recomputed */
@@ -378,14 +382,14 @@ static void *cf__loader(void *arg) {
       pthread_mutex_unlock(&run->mu);
       busy = 1;
       if (src->acquire) {
-        rc = src->acquire(src, q->r->ref ? q->r->ref[t.c] : NULL, t.l, &pk, &pv, &hold);
+        rc = src->acquire(src, cf__ref(q, t.c), t.l, &pk, &pv, &hold);
       } else {
         if (cap < cell_bytes) { /* 4096-aligned: O_DIRECT tiers read straight into it */
           if (kb) ops->host_free(dev, kb, cap);
           kb = ops->host_alloc(dev, cell_bytes);
           cap = kb ? cell_bytes : 0;
         }
-        rc = cap ? src->read(src, q->r->ref ? q->r->ref[t.c] : NULL, t.l, kb)
+        rc = cap ? src->read(src, cf__ref(q, t.c), t.l, kb)
                  : cf_seterr(CF_ENOMEM, "exec: cell buffer of %zu bytes", cell_bytes);
         pk = kb; pv = kb + cell_bytes / 2;
       }
@@ -481,15 +485,18 @@ static int cf__compute(cf__run_t *run, const cf__pick_t *p, const uint8_t *mine)
   return 0;
 }
 
+/* Layer l's staging (ops.req_stage) unless it has one; see cf__ensure_buffers. */
+static int cf__ensure_stage(cf__rq_t *q, int l) {
+  int rc = q->has_stage[l] ? 0 : q->ops->req_stage(q->rs, l);
+  if (!rc) q->has_stage[l] = 1;
+  return rc;
+}
 /* Buffers a step needs (staging of layer l, hidden states); the plan's are made at init, a
  * load failure that raised a chunk needs more. Lock held; only the compute thread (or init)
  * calls it, loaders read has_stage under the lock. */
 static int cf__ensure_buffers(cf__rq_t *q, int l) {
   int rc;
-  if (!q->has_stage[l]) {
-    if ((rc = q->ops->req_stage(q->rs, l))) return rc;
-    q->has_stage[l] = 1;
-  }
+  if ((rc = cf__ensure_stage(q, l))) return rc;
   if (!q->has_hidden) {
     if ((rc = q->ops->req_hidden(q->rs))) return rc;
     q->has_hidden = 1;
@@ -648,8 +655,7 @@ static int cf__rq_init(cf__rq_t *q, cf_exec_req_t *r, const cf_exec_t *ex) {
     int computes = 0;
     for (int c = 0; c < q->n_chunks && !computes; c++) computes = r->h[c] > l;
     if (!computes) continue;
-    if ((rc = ex->ops->req_stage(q->rs, l))) return rc;
-    q->has_stage[l] = 1;
+    if ((rc = cf__ensure_stage(q, l))) return rc;
   }
   q->follow = cf__cops_match(q);
   r->stats.t_start_ns = cf__now();
