@@ -106,6 +106,22 @@ static uint8_t *cf__map_path(cf_engine_map_t *m, const char **paths, const char 
   return p;
 }
 
+/* The engine buffer's layout (layer 0's strides) into *lay; every layer must share them, as
+ * Save and the `who` executor address all layers with one set. 0, or CF_EUNSUPPORTED naming
+ * the first layer that differs. */
+static int cf__engine_layout(const cf_storage_t *s, const cf_engine_t *e, const char *who, cf_kv_layout_t *lay) {
+  int L = e->n_layers;
+  *lay = (cf_kv_layout_t){.n_layers = L, .num_blocks = (int)e->num_blocks, .block_size = (int)e->block_size,
+                          .n_kv_heads = (int)s->g.n_kv_heads, .head_dim = (int)s->g.head_dim, .dtype = s->kv_dtype,
+                          .block_stride = e->layers[0].block_stride, .token_stride = e->layers[0].token_stride,
+                          .head_stride = e->layers[0].head_stride};
+  for (int l = 1; l < L; l++)
+    if (e->layers[l].block_stride != lay->block_stride || e->layers[l].token_stride != lay->token_stride ||
+        e->layers[l].head_stride != lay->head_stride)
+      return cf_seterr(CF_EUNSUPPORTED, "layer %d strides differ from layer 0's; the %s executor needs one layout", l, who);
+  return 0;
+}
+
 /* A CUDA IPC engine: open its buffers on the GPU executor's device (UUIDs must match). */
 static int cf__engine_added_gpu(cf_storage_t *s, cf_engine_t *e) {
   if (!s->gpu) return cf_seterr(CF_EUNSUPPORTED, "CUDA IPC buffers need the GPU executor (gpu_executor = on)");
@@ -121,14 +137,8 @@ static int cf__engine_added_gpu(cf_storage_t *s, cf_engine_t *e) {
         return cf_seterr(CF_EINVAL, "layer %d: %s buffer on GPU %s, layer 0's K on %s: one engine, one GPU", l,
                          kv ? "V" : "K", u, e->layers[0].k.gpu_uuid);
     }
-  cf_kv_layout_t lay = {.n_layers = L, .num_blocks = (int)e->num_blocks, .block_size = (int)e->block_size,
-                        .n_kv_heads = (int)s->g.n_kv_heads, .head_dim = (int)s->g.head_dim, .dtype = s->kv_dtype,
-                        .block_stride = e->layers[0].block_stride, .token_stride = e->layers[0].token_stride,
-                        .head_stride = e->layers[0].head_stride};
-  for (int l = 1; l < L; l++)
-    if (e->layers[l].block_stride != lay.block_stride || e->layers[l].token_stride != lay.token_stride ||
-        e->layers[l].head_stride != lay.head_stride)
-      return cf_seterr(CF_EUNSUPPORTED, "layer %d strides differ from layer 0's; the GPU executor needs one layout", l);
+  cf_kv_layout_t lay;
+  if ((rc = cf__engine_layout(s, e, "GPU", &lay))) return rc;
   cf_engine_map_t *m = calloc(1, sizeof *m);
   cf_gpu_ipc_handle_t *kh = calloc((size_t)L, sizeof *kh), *vh = calloc((size_t)L, sizeof *vh);
   uint64_t *ko = calloc((size_t)L, sizeof *ko), *vo = calloc((size_t)L, sizeof *vo);
@@ -175,15 +185,8 @@ static int cf__engine_added(void *ctx, cf_engine_t *e) {
     }
   }
   free(paths);
-  /* Save (here) and lib/exec address every layer with one set of strides. */
-  cf_kv_layout_t lay = {.n_layers = L, .num_blocks = (int)e->num_blocks, .block_size = (int)e->block_size,
-                        .n_kv_heads = (int)s->g.n_kv_heads, .head_dim = (int)s->g.head_dim, .dtype = s->kv_dtype,
-                        .block_stride = e->layers[0].block_stride, .token_stride = e->layers[0].token_stride,
-                        .head_stride = e->layers[0].head_stride};
-  for (int l = 1; l < L && !rc; l++)
-    if (e->layers[l].block_stride != lay.block_stride || e->layers[l].token_stride != lay.token_stride ||
-        e->layers[l].head_stride != lay.head_stride)
-      rc = cf_seterr(CF_EUNSUPPORTED, "layer %d strides differ from layer 0's; the CPU executor needs one layout", l);
+  cf_kv_layout_t lay;
+  if (!rc) rc = cf__engine_layout(s, e, "CPU", &lay);
   if (!rc) rc = cf_kvmap_view(&m->kv, &lay, m->k, m->v);
   if (rc) { cf__unmap(m); return rc; }
   e->exec_priv = m;
