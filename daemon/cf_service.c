@@ -223,26 +223,21 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
     cf__layout_extent(L, cf__dtype_size(L->dtype), &ext, why, sizeof why); /* validated already */
     for (int kv = 0; kv < 2; kv++) {
       const Cacheflow__V1__KvBuffer *b = kv ? L->v : L->k;
-      if (b->location_case == CACHEFLOW__V1__KV_BUFFER__LOCATION_CUDA_IPC) {
-        /* opened (UUID checked against the daemon's device) by engine_added: the GPU executor's */
-        if (!s->cfg->gpu_executor) {
-          cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "layer %u: CUDA IPC buffers need the GPU executor "
-                        "(gpu_executor = on with backend = cuda; this daemon runs with gpu_executor = off); use shm_path", L->layer);
-          goto out;
-        }
-        if ((kv ? L->k : L->v)->location_case != CACHEFLOW__V1__KV_BUFFER__LOCATION_CUDA_IPC ||
-            r->layers[0]->k->location_case != CACHEFLOW__V1__KV_BUFFER__LOCATION_CUDA_IPC) {
-          cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "layer %u: CUDA IPC and shm_path buffers mixed in one engine; "
-                        "register all of one kind", L->layer);
-          goto out;
-        }
-        continue;
+      int ipc = b->location_case == CACHEFLOW__V1__KV_BUFFER__LOCATION_CUDA_IPC;
+      /* CUDA IPC buffers are opened (UUID checked against the daemon's device) by engine_added:
+       * the GPU executor's */
+      if (ipc && !s->cfg->gpu_executor) {
+        cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "layer %u: CUDA IPC buffers need the GPU executor "
+                      "(gpu_executor = on with backend = cuda; this daemon runs with gpu_executor = off); use shm_path", L->layer);
+        goto out;
       }
-      if (r->layers[0]->k->location_case == CACHEFLOW__V1__KV_BUFFER__LOCATION_CUDA_IPC) {
+      /* every buffer of one kind: each is compared with layer 0's K (checked first) */
+      if (ipc != (r->layers[0]->k->location_case == CACHEFLOW__V1__KV_BUFFER__LOCATION_CUDA_IPC)) {
         cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "layer %u: CUDA IPC and shm_path buffers mixed in one engine; "
                       "register all of one kind", L->layer);
         goto out;
       }
+      if (ipc) continue;
       if (cf__check_shm(b, ext, L->layer, kv ? "V" : "K", why, sizeof why)) {
         cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "%s", why);
         goto out;
