@@ -108,6 +108,17 @@ typedef struct {
   size_t found;
 } allload_t;
 
+/* The engine's KV buffer at `path` (a shm file) in layout lay; exits on failure. An engine's
+ * buffer is resident: every plane is faulted in here, outside the timing. */
+static void engine_buffer(cf_kvmap_t *kv, const char *path, const cf_kv_layout_t *lay) {
+  int rc = cf_kvmap_create(kv, path, lay);
+  if (rc) die("engine buffer", rc);
+  for (int l = 0; l < lay->n_layers; l++) {
+    memset(kv->k[l], 0, cf_kv_layout_plane_bytes(lay));
+    memset(kv->v[l], 0, cf_kv_layout_plane_bytes(lay));
+  }
+}
+
 static void allload_init(allload_t *a, cf_store_t *st, const cf_store_key_t *keys, int n_chunks, int n_blocks) {
   a->blocks = malloc(sizeof(int32_t) * n_blocks);
   for (int i = 0; i < n_blocks; i++) a->blocks[i] = (int32_t)((i * 7919) % n_blocks); /* scattered */
@@ -160,12 +171,7 @@ static void bench_bandwidth(const char *tmp, int T, cf_dtype_t dt, bw_t *res) {
   cf_kvmap_t kv;
   char path[512];
   snprintf(path, sizeof path, "/dev/shm/cf-bench-%d-%s", (int)getpid(), cf_dtype_name(dt));
-  int rc = cf_kvmap_create(&kv, path, &lay);
-  if (rc) die("engine buffer", rc);
-  for (int l = 0; l < L; l++) { /* an engine's buffer is resident: fault it in outside the timing */
-    memset(kv.k[l], 0, cf_kv_layout_plane_bytes(&lay));
-    memset(kv.v[l], 0, cf_kv_layout_plane_bytes(&lay));
-  }
+  engine_buffer(&kv, path, &lay);
   allload_t al;
   allload_init(&al, st, keys, n_chunks, T / BS);
   int32_t *blocks = al.blocks, *h = al.h;
@@ -179,7 +185,8 @@ static void bench_bandwidth(const char *tmp, int T, cf_dtype_t dt, bw_t *res) {
       cf_exec_req_t r = {.n_tokens = T, .tokens = tok, .chunk_tokens = C, .h = h, .src = srcs, .ref = refp,
                          .kv = &kv, .blocks = blocks, .n_blocks = T / BS};
       double t = now_s();
-      if ((rc = cf_exec_run(&ex, &r, 1))) die("restore", rc);
+      int rc = cf_exec_run(&ex, &r, 1);
+      if (rc) die("restore", rc);
       t = now_s() - t;
       if (r.stats.bytes_loaded[CF_EXEC_TIER_CPU] != total) {
         fprintf(stderr, "bench_restore: %llu bytes loaded, expected %zu\n", (unsigned long long)r.stats.bytes_loaded[0], total);
@@ -260,11 +267,7 @@ static void bench_ssd(int T, int quick) {
   cf_kvmap_t kv;
   char path[512];
   snprintf(path, sizeof path, "/dev/shm/cf-bench-ssd-%d", (int)getpid());
-  if ((rc = cf_kvmap_create(&kv, path, &lay))) die("engine buffer", rc);
-  for (int l = 0; l < L; l++) {
-    memset(kv.k[l], 0, cf_kv_layout_plane_bytes(&lay));
-    memset(kv.v[l], 0, cf_kv_layout_plane_bytes(&lay));
-  }
+  engine_buffer(&kv, path, &lay);
   allload_t al;
   allload_init(&al, st, keys, n_chunks, T / BS);
   int32_t *blocks = al.blocks, *h = al.h;
