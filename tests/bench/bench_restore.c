@@ -357,6 +357,7 @@ static void bench_policies(const char *tmp, int quick) {
     if ((rc = cf_store_save(st, &keys[c], C, cells, 0))) die("save", rc);
   }
   cf_sched_cost_t cost;
+  memset(&cost, 0, sizeof cost); /* as cf_calib_cost: the fields profiling leaves (tier_Bps: 0 = link_Bps) */
   if ((rc = cf_profile_compute(be, C, 3, &cost))) die("profile", rc);
   cost.link_latency_s = 2e-6;
   cost.shared_link = 0;
