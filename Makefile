@@ -234,7 +234,7 @@ demo: deps
 FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_CFLAGS  := -g -O1 -std=c11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-FUZZ_LIBSRC  := lib/util/cf_err.c lib/util/cf_json.c lib/model/cf_dtype.c lib/model/cf_safetensors.c \
+FUZZ_LIBSRC  := lib/util/cf_err.c lib/util/cf_json.c lib/util/cf_dtype.c lib/model/cf_safetensors.c \
                 lib/model/cf_hfconfig.c
 FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN     := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)

@@ -2,15 +2,13 @@
 #include <stdio.h>
 
 #include "ctl/cf_ctl.h"
-#ifdef CF_HAVE_CUDA
-#include "kernels/cf_probe.h"
-#endif
+#include "model/cf_backend.h"
 
 static int cf__version_main(int argc, char **argv) {
   (void)argc; (void)argv;
   printf("cacheflowctl 0.1.0\n");
 #ifdef CF_HAVE_CUDA
-  printf("cuda: built in; %d usable GPU(s)\n", cf_probe_gpu_count());
+  printf("cuda: built in; %d usable GPU(s)\n", cf_backend_cuda_devices());
 #else
   printf("cuda: not built (CPU backend only)\n");
 #endif

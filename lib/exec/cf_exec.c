@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "gpu/cf_gpu_kv.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
@@ -118,7 +119,8 @@ int cf_exec_validate(const cf_exec_t *ex, const cf_exec_req_t *r) {
   if (rc) return rc;
   const cf_kv_layout_t *lay = cf__layout(r);
   if (!lay) return cf_seterr(CF_EINVAL, "restore: no engine kv buffer");
-  if ((rc = cf_kv_layout_check(lay, mc))) return rc;
+  cf_kv_shape_t shape = {.n_layers = mc->n_layers, .n_kv_heads = mc->n_kv_heads, .head_dim = mc->head_dim};
+  if ((rc = cf_kv_layout_check(lay, &shape))) return rc;
   int need = (r->n_tokens + lay->block_size - 1) / lay->block_size;
   if (!r->blocks || r->n_blocks < need)
     return cf_seterr(CF_ERANGE, "restore: %d tokens need %d blocks of %d, block table has %d",

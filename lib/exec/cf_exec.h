@@ -45,11 +45,14 @@
 
 #include "exec/cf_cellsrc.h"
 #include "exec/cf_exec_ops.h"
-#include "gpu/cf_gpu_kv.h"
-#include "gpu/cf_gpu_ready.h"
 #include "ipc/cf_kvmap.h"
 #include "ipc/cf_ready.h"
 #include "model/cf_backend.h"
+
+/* The GPU data path's engine buffer and readiness view (gpu/cf_gpu_kv.h, gpu/cf_gpu_ready.h):
+ * only pointers here, so users of the CPU data path do not pull lib/gpu and CUDA's types in. */
+typedef struct cf_gpu_kv_s cf_gpu_kv_t;
+typedef struct cf_gpu_ready_s cf_gpu_ready_t;
 
 #define CF_EXEC_MAX_TIERS 4
 

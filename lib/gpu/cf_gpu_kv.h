@@ -20,7 +20,7 @@ typedef struct {
   uint8_t b[CF_GPU_IPC_HANDLE_BYTES];
 } cf_gpu_ipc_handle_t;
 
-typedef struct {
+typedef struct cf_gpu_kv_s { /* tagged: lib/exec declares it without this header */
   cf_kv_layout_t layout;
   int device;
   uint8_t **k, **v;        /* [n_layers] device addresses of block 0 of layer l's K / V */

@@ -33,7 +33,7 @@
 #include <stddef.h>
 
 #include "gpu/cf_gpu_kv.h"
-#include "gpu/cf_stage_ring.h"
+#include "store/cf_stage_ring.h"
 
 typedef enum {
   CF_GPU_LOAD_STAGED = 0,

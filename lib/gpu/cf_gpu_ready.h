@@ -40,7 +40,7 @@
 #define CF_GPU_READY_KERNEL 1u /* flag: use the kernel fallback even when the driver has stream
                                 * memory operations (tests both paths) */
 
-typedef struct {
+typedef struct cf_gpu_ready_s { /* tagged: lib/exec declares it without this header */
   cf_ready_t *r;
   int device;
   int registered;          /* we cudaHostRegister'ed the mapping (unregistered at close) */

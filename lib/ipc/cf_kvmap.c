@@ -40,19 +40,19 @@ int cf_kv_layout_init(cf_kv_layout_t *lay, int n_layers, int num_blocks, int blo
   return 0;
 }
 
-int cf_kv_layout_check(const cf_kv_layout_t *lay, const cf_model_config_t *mc) {
+int cf_kv_layout_check(const cf_kv_layout_t *lay, const cf_kv_shape_t *want) {
   if (lay->n_layers <= 0 || lay->num_blocks <= 0 || lay->block_size <= 0 ||
       lay->n_kv_heads <= 0 || lay->head_dim <= 0)
     return cf_seterr(CF_EINVAL, "kv layout: non-positive shape (%d layers, %d blocks, block_size %d, "
                      "%d kv heads, head_dim %d)", lay->n_layers, lay->num_blocks, lay->block_size,
                      lay->n_kv_heads, lay->head_dim);
-  if (mc) {
-    if (lay->n_layers != mc->n_layers)
-      return cf_seterr(CF_ESHAPE, "kv layout: %d layers, model has %d", lay->n_layers, mc->n_layers);
-    if (lay->n_kv_heads != mc->n_kv_heads)
-      return cf_seterr(CF_ESHAPE, "kv layout: %d kv heads, model has %d", lay->n_kv_heads, mc->n_kv_heads);
-    if (lay->head_dim != mc->head_dim)
-      return cf_seterr(CF_ESHAPE, "kv layout: head_dim %d, model has %d", lay->head_dim, mc->head_dim);
+  if (want) {
+    if (lay->n_layers != want->n_layers)
+      return cf_seterr(CF_ESHAPE, "kv layout: %d layers, model has %d", lay->n_layers, want->n_layers);
+    if (lay->n_kv_heads != want->n_kv_heads)
+      return cf_seterr(CF_ESHAPE, "kv layout: %d kv heads, model has %d", lay->n_kv_heads, want->n_kv_heads);
+    if (lay->head_dim != want->head_dim)
+      return cf_seterr(CF_ESHAPE, "kv layout: head_dim %d, model has %d", lay->head_dim, want->head_dim);
   }
   uint64_t es = cf_kv_elem_size(lay->dtype);
   if (!es) return cf_seterr(CF_EDTYPE, "kv layout: dtype %d is not a KV dtype (f32, bf16, f16)", (int)lay->dtype);

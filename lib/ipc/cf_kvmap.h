@@ -22,7 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "model/cf_model.h"
+#include "util/cf_dtype.h"
 
 #define CF_KVMAP_MAGIC "CFKVBUF2"
 #define CF_KVMAP_HEADER 4096u
@@ -45,10 +45,16 @@ static inline size_t cf_kv_elem_size(cf_dtype_t t) {
 int cf_kv_layout_init(cf_kv_layout_t *lay, int n_layers, int num_blocks, int block_size,
                       int n_kv_heads, int head_dim, cf_dtype_t dtype);
 
+/* The model's side of a KV layout: what an engine's buffers must match (lib/exec fills it from
+ * the model's config; lib/ipc itself knows no model). */
+typedef struct {
+  int n_layers, n_kv_heads, head_dim;
+} cf_kv_shape_t;
+
 /* Check that `lay` is self-consistent (strides hold a row, a block holds its rows without
- * overlap in NHD or HND order) and, when `mc` is not NULL, matches the model (layers, kv heads,
- * head_dim). Returns 0 or CF_EINVAL / CF_ESHAPE / CF_EDTYPE naming the field. */
-int cf_kv_layout_check(const cf_kv_layout_t *lay, const cf_model_config_t *mc);
+ * overlap in NHD or HND order) and, when `want` is not NULL, matches the model's shape (layers,
+ * kv heads, head_dim). Returns 0 or CF_EINVAL / CF_ESHAPE / CF_EDTYPE naming the field. */
+int cf_kv_layout_check(const cf_kv_layout_t *lay, const cf_kv_shape_t *want);
 
 /* Bytes one layer's K (or V) buffer spans: num_blocks * block_stride. */
 static inline uint64_t cf_kv_layout_plane_bytes(const cf_kv_layout_t *lay) {

@@ -46,6 +46,8 @@ int cf_backend_cpu_create(const cf_model_t *m, int n_threads, cf_backend_t **out
 /* CUDA backend (built when nvcc exists): bf16 weights uploaded once to `device`.
  * Returns CF_ENODEV when no GPU is usable, so callers fall back to the CPU backend. */
 int cf_backend_cuda_create(const cf_model_t *m, int device, cf_backend_t **out);
+/* CUDA devices this process can use: 0 without CUDA in this build, a driver or a GPU. */
+int cf_backend_cuda_devices(void);
 
 /* Pick by name: "cpu", "cuda", or "auto" (cuda when a GPU is usable, else cpu). */
 int cf_backend_create(const char *name, const cf_model_t *m, cf_backend_t **out);

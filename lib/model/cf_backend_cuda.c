@@ -24,6 +24,8 @@ int cf_backend_cuda_create(const cf_model_t *m, int device, cf_backend_t **out) 
   return cf_seterr(CF_ENODEV, "CUDA backend not built into this binary (no nvcc at build time)");
 }
 
+int cf_backend_cuda_devices(void) { return 0; }
+
 #else
 
 #include <cublas_v2.h>
@@ -339,6 +341,15 @@ static int cf__cuda_upload(cf__cuda_be_t *b) {
    * follow; the forward may run on any caller's stream (cf_backend_cuda_forward_dev) */
   CF_CUDA_TRY(cudaDeviceSynchronize());
   return 0;
+}
+
+int cf_backend_cuda_devices(void) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError(); /* clear the sticky "no driver" error */
+    return 0;
+  }
+  return n;
 }
 
 int cf_backend_cuda_create(const cf_model_t *m, int device, cf_backend_t **out) {

@@ -108,10 +108,6 @@ static inline float cf__expf(float x) {
   return p * e.f;
 }
 
-CF__SIMD void cf__exp_inplace(float *x, int n) {
-  for (int i = 0; i < n; i++) x[i] = cf__expf(x[i]);
-}
-
 CF__SIMD void cf__silu_mul(float *g, const float *u, size_t n) {
   /* silu(x) = x * sigmoid(x) = x / (1 + exp(-x)) */
   for (size_t i = 0; i < n; i++) {

@@ -39,9 +39,6 @@ void cf__rope_apply(float *x, size_t ld, int rows, int nheads, int hd, const flo
 /* g[i] = silu(g[i]) * u[i]. */
 void cf__silu_mul(float *g, const float *u, size_t n);
 
-/* x[i] = exp(x[i]) (polynomial, ~1 ulp, vectorisable; inputs below -87 give ~0). */
-void cf__exp_inplace(float *x, int n);
-
 /* Causal attention of the `rep` query heads that share one KV head (GQA), for nq consecutive
  * queries at absolute positions p0..p0+nq-1, over keys/values rows [0, p0+nq) (row stride ldkv).
  * q holds nq*rep rows of hd floats, query i of head j at row i*rep + j (stride ldq); o gets

@@ -421,3 +421,7 @@ void cf_model_free(cf_model_t *m) {
   free(m->dir);
   free(m);
 }
+
+size_t cf_model_kv_row_floats(const cf_model_config_t *c) {
+  return (size_t)c->n_kv_heads * (size_t)c->head_dim;
+}

@@ -4,18 +4,11 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
 
 int cf_log_level = CF_LOG_INFO;
 
 static const char *const cf__lvl_names[] = {"error", "warn", "info", "debug"};
-
-int cf_log_parse_level(const char *s) {
-  for (int i = 0; i < 4; i++)
-    if (strcasecmp(s, cf__lvl_names[i]) == 0) return i;
-  return -1;
-}
 
 const char *cf_log_level_name(int lvl) {
   return (lvl >= 0 && lvl < 4) ? cf__lvl_names[lvl] : "?";

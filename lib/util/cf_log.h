@@ -8,8 +8,6 @@ typedef enum { CF_LOG_ERROR = 0, CF_LOG_WARN, CF_LOG_INFO, CF_LOG_DEBUG } cf_log
 
 extern int cf_log_level;
 
-/* Parse "error|warn|info|debug"; returns the level or -1. */
-int cf_log_parse_level(const char *s);
 const char *cf_log_level_name(int lvl);
 
 void cf__log(int lvl, const char *file, int line, const char *fmt, ...)

@@ -41,10 +41,10 @@
 #include "gpu/cf_gpu_kv.h"
 #include "gpu/cf_gpu_load.h"
 #include "gpu/cf_gpu_ready.h"
-#include "gpu/cf_stage_ring.h"
 #include "kernels/cf_probe.h"
 #include "model/cf_backend_cuda.h"
 #include "model/cf_model_synth.h"
+#include "store/cf_stage_ring.h"
 #include "util/cf_err.h"
 
 #include "tests/kernels/kt_check.h"

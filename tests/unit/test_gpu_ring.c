@@ -7,7 +7,7 @@
 #include <unistd.h>
 
 #include "cf_test.h"
-#include "gpu/cf_stage_ring.h"
+#include "store/cf_stage_ring.h"
 #include "store_testlib.h"
 
 

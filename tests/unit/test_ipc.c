@@ -29,7 +29,7 @@ CF_TEST(kvmap_layout_is_vllm_paged) {
   CF_CHECK_ERR(cf_kv_layout_init(&L, 3, 0, 16, 2, 8, CF_DT_F32), CF_EINVAL);
   CF_CHECK_CONTAINS(cf_errmsg(), "num_blocks");
   CF_CHECK_ERR(cf_kv_layout_init(&L, 3, 1, 16, 2, 8, CF_DT_I32), CF_EDTYPE);
-  cf_model_config_t mc = {.n_layers = 3, .n_kv_heads = 2, .head_dim = 4};
+  cf_kv_shape_t mc = {.n_layers = 3, .n_kv_heads = 2, .head_dim = 4};
   CF_CHECK_OK(cf_kv_layout_init(&L, 3, 10, 16, 2, 8, CF_DT_F32));
   CF_CHECK_ERR(cf_kv_layout_check(&L, &mc), CF_ESHAPE);
   CF_CHECK_CONTAINS(cf_errmsg(), "head_dim 8, model has 4");

@@ -1,11 +1,12 @@
-/* cf_dtype — element types, names and the bf16/f16 <-> fp32 conversions used by the loader
- * and by tools that write checkpoints. */
+/* cf_dtype — element types, names and the bf16/f16 <-> fp32 conversions: see cf_dtype.h. */
+#include "util/cf_dtype.h"
+
+#include <stdint.h>
 #include <string.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
-#include "model/cf_model.h"
 #include "util/cf_err.h"
 
 static const struct {
@@ -25,20 +26,6 @@ int cf_dtype_parse(const char *s, cf_dtype_t *out) {
   for (int i = 0; i < CF_DT__COUNT; i++)
     if (strcmp(s, cf__dt[i].name) == 0) { *out = (cf_dtype_t)i; return 0; }
   return CF_EDTYPE;
-}
-
-const char *cf_arch_name(cf_arch_t a) {
-  static const char *const n[] = {"llama", "mistral", "qwen2", "qwen3"};
-  return (unsigned)a < 4 ? n[a] : "?";
-}
-
-const char *cf_rope_kind_name(cf_rope_kind_t k) {
-  static const char *const n[] = {"default", "llama3"};
-  return (unsigned)k < 2 ? n[k] : "?";
-}
-
-size_t cf_model_kv_row_floats(const cf_model_config_t *c) {
-  return (size_t)c->n_kv_heads * (size_t)c->head_dim;
 }
 
 static inline float cf__bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
