@@ -13,24 +13,21 @@
 #     loops still there executed / predicted is back above 1.3 and >= 1.3x what it was with the
 #     re-fit on (the control; thresholds leave room for this shared 2-core machine's noise).
 set -u
-cd "$(dirname "$0")/../.."
-BUILD=${BUILD:-build}
-. tests/lib/cf_check.sh
-cf_need_bins "$BUILD" cacheflowd cacheflowctl cf-refengine
+. "$(dirname "$0")/../lib/cf_test.sh"
+cf_need_bins cacheflowd cacheflowctl cf-refengine
 if [ "$(nproc)" -lt 2 ] || ! command -v taskset >/dev/null; then
-  echo "skip: needs 2 CPUs and taskset"; echo "0 passed, 0 failed, 1 skipped"; exit 0
+  cf_skip_all "needs 2 CPUs and taskset"
 fi
 cf_test_dir cf-refit TERM
 BUSY=
-trap 'if [ -n "$BUSY" ]; then kill $BUSY 2>/dev/null; wait $BUSY 2>/dev/null; fi; cf__test_cleanup' EXIT
-"$BUILD/cacheflowctl" gen-model --out "$T/model" --preset demo >/dev/null || { echo "gen-model failed"; echo "0 passed, 1 failed"; exit 1; }
-. tests/lib/cf_daemon.sh
+cf_at_exit 'if [ -n "$BUSY" ]; then kill $BUSY 2>/dev/null; wait $BUSY 2>/dev/null; fi'
+cf_gen_model demo
 cf_daemon_conf "$T/d.conf" "$T" 256M 256M 64 warn
 printf 'metrics_listen = unix:%s/m.sock\ncost_refit = on\ncost_refit_weight = 0.3\n' "$T" >>"$T/d.conf"
 sed -i '/^metrics_listen =$/d' "$T/d.conf"
 taskset -c 0 "$BUILD/cacheflowd" --config "$T/d.conf" --model "$T/model" 2>"$T/d.log" &
 DPID=$!
-check "daemon starts pinned to CPU 0" "cf_daemon_wait $BUILD $T/d.sock 200"
+check "daemon starts pinned to CPU 0" "cf_daemon_wait $T/d.sock 200"
 ENG="taskset -c 1 $BUILD/cf-refengine --daemon unix:$T/d.sock --model $T/model --shm-dir $T --prefix 512 --new 32 --policy recompute"
 ratios() { jq -r 'select(.mode=="session") | .daemon_us / .predicted_us' "$1"; }
 counter() { "$BUILD/cacheflowctl" stats --addr "unix:$T/d.sock" | awk -v k="$1" '$1 == k {print $2}'; }
@@ -67,6 +64,4 @@ echo "     re-fit off: executed / predicted $(ratios "$T/off.json" | tr '\n' ' '
 check "re-fit off: planned with the calibration again, executed / predicted >= 1.3 and >= 1.3x the re-fit's ($off vs $last)" "awk -v r=$off -v l=$last 'BEGIN{exit !(r >= 1.3 && r >= 1.3 * l)}'"
 kill $BUSY; wait $BUSY 2>/dev/null; BUSY=
 echo "     before the slow-down: median $b"
-if [ $F -ne 0 ]; then echo "--- daemon log"; tail -n 20 "$T/d.log"; for f in "$T"/*.err; do echo "--- $f"; tail -n 3 "$f"; done; fi
-echo "$P passed, $F failed"
-[ $F -eq 0 ]
+finish

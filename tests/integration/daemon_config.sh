@@ -2,8 +2,9 @@
 # `cacheflowd --check-config` rejects each kind of bad value naming file:line, key, value and
 # the allowed range; the shipped conf/cacheflowd.conf documents every directive with its
 # default; command-line overrides are checked too.
-source "$(dirname "$0")/lib/daemon_common.sh"
-BIN=$B/cacheflowd
+. "$(dirname "$0")/../lib/cf_test.sh"
+cf_test_dir cf-daemon-config
+BIN=$BUILD/cacheflowd
 
 # 1. the shipped file: valid, and its documented values are exactly the table's defaults
 out=$($BIN --config conf/cacheflowd.conf --check-config 2>&1) && ok "shipped conf passes --check-config" || bad "shipped conf passes --check-config" "$out"

@@ -2,9 +2,10 @@
 # `make install` into a DESTDIR puts binaries, config, systemd unit + sysusers/tmpfiles, the
 # client library, headers and cacheflow.pc in place; a program built only from the installed
 # files (pkg-config) talks to a running daemon.
-source "$(dirname "$0")/lib/daemon_common.sh"
+. "$(dirname "$0")/../lib/cf_test.sh"
+cf_test_dir cf-daemon-install
 D=$T/root
-out=$(make --no-print-directory BUILD="$B" install DESTDIR="$D" PREFIX=/usr 2>&1) && ok "make install DESTDIR PREFIX=/usr" || bad "make install" "$out"
+out=$(make --no-print-directory BUILD="$BUILD" install DESTDIR="$D" PREFIX=/usr 2>&1) && ok "make install DESTDIR PREFIX=/usr" || bad "make install" "$out"
 for f in usr/bin/cacheflowd usr/bin/cacheflowctl etc/cacheflow/cacheflowd.conf lib/systemd/system/cacheflowd.service \
          usr/lib/sysusers.d/cacheflowd.conf usr/lib/tmpfiles.d/cacheflowd.conf usr/lib/libcacheflow_client.a \
          usr/include/cacheflow/client/cf_client.h usr/lib/pkgconfig/cacheflow.pc; do
@@ -21,7 +22,7 @@ if command -v systemd-analyze >/dev/null; then
 fi
 "$D/usr/bin/cacheflowd" --config "$D/etc/cacheflow/cacheflowd.conf" --check-config >/dev/null 2>&1 && ok "installed binary checks the installed config" || bad "installed config check"
 echo 'x' > "$D/etc/cacheflow/keep"; printf 'policy = cake\n' > "$D/etc/cacheflow/cacheflowd.conf"
-make --no-print-directory BUILD="$B" install DESTDIR="$D" PREFIX=/usr >/dev/null 2>&1
+make --no-print-directory BUILD="$BUILD" install DESTDIR="$D" PREFIX=/usr >/dev/null 2>&1
 grep -q "policy = cake" "$D/etc/cacheflow/cacheflowd.conf" && ok "reinstall keeps an edited config" || bad "reinstall overwrote the config"
 
 # a client program built from the installed tree only
@@ -43,7 +44,7 @@ EOC
 export PKG_CONFIG_PATH="$D/usr/lib/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$D"
 SAN=; [ -n "${CF_ASAN:-}" ] && SAN="-fsanitize=address,undefined"
 out=$(cc $SAN -o "$T/hello" "$T/hello.c" $(pkg-config --cflags --static --libs cacheflow) 2>&1) && ok "builds against pkg-config cacheflow" || bad "build against pkg-config" "$out"
-start_daemon
-out=$("$T/hello" "unix:$T/cf.sock" 2>&1)
+cf_daemon_fixture
+out=$("$T/hello" "unix:$T/d.sock" 2>&1)
 [ "$out" = "serving=1 layers=2" ] && ok "installed client library talks to the daemon" || bad "client program" "$out"
 finish

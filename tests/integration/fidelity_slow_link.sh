@@ -15,20 +15,15 @@
 #     round are planned as one batch (re-planned when the service's window split them), so the
 #     prediction accounts for the compute worker and the link they share.
 set -u
-cd "$(dirname "$0")/../.."
-BUILD=${BUILD:-build}
-. tests/lib/cf_check.sh
-cf_need_bins "$BUILD" cacheflowd cacheflowctl cf-refengine
+. "$(dirname "$0")/../lib/cf_test.sh"
+cf_need_bins cacheflowd cacheflowctl cf-refengine
 cf_test_dir cf-fid TERM
-"$BUILD/cacheflowctl" gen-model --out "$T/model" --preset demo >/dev/null || { echo "gen-model failed"; echo "0 passed, 1 failed"; exit 1; }
-. tests/lib/cf_daemon.sh
+cf_gen_model demo
 cf_daemon_conf "$T/d.conf" "$T" 256M 256M 64 warn
 # cost_refit off: this test compares policies planned in interleaved rounds; a cost model that
 # moves between rounds would give them different compute costs (cost_refit.sh tests the re-fit).
 printf 'cpu_read_gbps = 0.05\nssd_read_gbps = 0.05\ncost_refit = off\n' >>"$T/d.conf"
-"$BUILD/cacheflowd" --config "$T/d.conf" --model "$T/model" 2>"$T/d.log" &
-DPID=$!
-check "daemon starts on the demo model behind a 0.05 Gbps link" "cf_daemon_wait $BUILD $T/d.sock 200"
+check "daemon starts on the demo model behind a 0.05 Gbps link" "cf_daemon_start $T/d.conf $T/model"
 ENG="$BUILD/cf-refengine --daemon unix:$T/d.sock --model $T/model --shm-dir $T --prefix 512 --new 32"
 # correctness first: optimal's 2-turn session and a batch of 3, every cell and first token verified
 $ENG --policy optimal --turns 2 --concurrent 3 --verify --seed 21 >"$T/opt.json" 2>"$T/opt.err"
@@ -62,6 +57,4 @@ check "optimal session: executed / predicted within [0.70, 1.30] x recompute's (
 check "optimal batch: executed / predicted within [0.70, 1.30] x recompute's (median $fb)" "awk -v r=$fb 'BEGIN{exit !(r >= 0.70 && r <= 1.30)}'"
 rel=$(cf_median <"$T/rel")
 check "optimal <= 1.10 x the best other split policy (median over rounds: $rel)" "awk -v r=$rel 'BEGIN{exit !(r <= 1.10)}'"
-if [ $F -ne 0 ]; then echo "--- daemon log"; tail -n 20 "$T/d.log"; for f in "$T"/*.err; do echo "--- $f"; tail -n 3 "$f"; done; fi
-echo "$P passed, $F failed"
-[ $F -eq 0 ]
+finish

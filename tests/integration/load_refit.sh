@@ -21,22 +21,17 @@
 #   - the fitted rate never exceeds the configured limit: with ssd_read_gbps set (SIGHUP) far
 #     below the disk's speed, the rate the planner uses is exactly that limit.
 set -u
-cd "$(dirname "$0")/../.."
-BUILD=${BUILD:-build}
-. tests/lib/cf_check.sh
-cf_need_bins "$BUILD" cacheflowd cacheflowctl cf-refengine
-command -v jq >/dev/null || { echo "skip: needs jq"; echo "0 passed, 0 failed, 1 skipped"; exit 0; }
+. "$(dirname "$0")/../lib/cf_test.sh"
+cf_need_bins cacheflowd cacheflowctl cf-refengine
+command -v jq >/dev/null || cf_skip_all "needs jq"
 cf_test_dir cf-lrefit TERM
 DD=
-trap 'for p in $DD; do kill $p 2>/dev/null; wait $p 2>/dev/null; done; cf__test_cleanup' EXIT
-"$BUILD/cacheflowctl" gen-model --out "$T/model" --preset demo >/dev/null || { echo "gen-model failed"; echo "0 passed, 1 failed"; exit 1; }
-. tests/lib/cf_daemon.sh
+cf_at_exit 'for p in $DD; do kill $p 2>/dev/null; wait $p 2>/dev/null; done'
+cf_gen_model demo
 cf_daemon_conf "$T/d.conf" "$T" 0 256M 64 ${CF_LOG_LEVEL:-warn}
 printf 'metrics_listen = unix:%s/m.sock\ncost_refit = on\ncost_refit_weight = 0.5\n' "$T" >>"$T/d.conf"
 sed -i '/^metrics_listen =$/d' "$T/d.conf"
-"$BUILD/cacheflowd" --config "$T/d.conf" --model "$T/model" 2>"$T/d.log" &
-DPID=$!
-check "daemon starts with an SSD-only store" "cf_daemon_wait $BUILD $T/d.sock 200"
+check "daemon starts with an SSD-only store" "cf_daemon_start $T/d.conf $T/model"
 ENG="$BUILD/cf-refengine --daemon unix:$T/d.sock --model $T/model --shm-dir $T --prefix 1024 --new 32 --policy load"
 sess() { jq -c 'select(.mode=="session")' "$1"; }
 ratios() { sess "$1" | jq -r '.daemon_us / .predicted_us'; }
@@ -90,6 +85,4 @@ kill -HUP $DPID
 for i in $(seq 1 50); do [ "$(counter cacheflow_tier_read_bytes_per_second_ssd)" = 5e+07 ] && break; sleep 0.1; done
 check "ssd_read_gbps = 0.4 (SIGHUP): the planner's SSD rate is the limit, 5e+07 B/s ($(counter cacheflow_tier_read_bytes_per_second_ssd))" \
   "[ \"$(counter cacheflow_tier_read_bytes_per_second_ssd)\" = 5e+07 ]"
-if [ $F -ne 0 ]; then echo "--- daemon log"; tail -n 20 "$T/d.log"; for f in "$T"/*.err; do echo "--- $f"; tail -n 3 "$f"; done; fi
-echo "$P passed, $F failed"
-[ $F -eq 0 ]
+finish

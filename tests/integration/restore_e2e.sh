@@ -10,21 +10,13 @@
 #   Unregister in the middle of a slow (rate-limited) restore -> ABORTED naming the
 #   unregistration, and the daemon keeps serving; SIGHUP changes the read rate; SIGTERM drains.
 set -u
-cd "$(dirname "$0")/../.."
-BUILD=${BUILD:-build}
-. tests/lib/cf_check.sh
-cf_need_bins "$BUILD" cacheflowd cacheflowctl cf-refengine
+. "$(dirname "$0")/../lib/cf_test.sh"
+cf_need_bins cacheflowd cacheflowctl cf-refengine
 cf_test_dir cf-e2e KILL
 
-"$BUILD/cacheflowctl" gen-model --out "$T/model" --preset tiny >/dev/null || { echo "gen-model failed"; echo "0 passed, 1 failed"; exit 1; }
-. tests/lib/cf_daemon.sh
+cf_gen_model tiny
 cf_daemon_conf "$T/d.conf" "$T" 64M 128M 32 info
-start_daemon() {
-  "$BUILD/cacheflowd" --config "$T/d.conf" --model "$T/model" >>"$T/d.log" 2>&1 &
-  DPID=$!
-  cf_daemon_wait "$BUILD" "$T/d.sock"
-}
-check "daemon starts on the tiny model" "start_daemon"
+check "daemon starts on the tiny model" "cf_daemon_start $T/d.conf $T/model"
 ENG="$BUILD/cf-refengine --daemon unix:$T/d.sock --model $T/model --shm-dir $T --block 16"
 
 # ------------------------------------------------------------------ every policy
@@ -77,6 +69,4 @@ dpid=$DPID
 kill -TERM "$DPID"; wait "$DPID"; rc=$?; DPID=
 check "SIGTERM: daemon exits 0" "[ $rc -eq 0 ]"
 check "no leftover readiness files of this daemon" "! ls /dev/shm/cacheflowd-$dpid-ready-* 2>/dev/null | grep -q ."
-if [ $F -ne 0 ]; then echo "--- daemon log"; tail -n 30 "$T/d.log"; for f in "$T"/*.err; do echo "--- $f"; tail -n 5 "$f"; done; fi
-echo "$P passed, $F failed"
-[ $F -eq 0 ]
+finish

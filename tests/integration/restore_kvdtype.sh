@@ -9,24 +9,15 @@
 #   to start naming both; kv_dtype = f16 on a store of its own (two policies); --check-config,
 #   --dump-config and GetConfig show the key; auto on the CPU backend is f32.
 set -u
-cd "$(dirname "$0")/../.."
-BUILD=${BUILD:-build}
-. tests/lib/cf_check.sh
-cf_need_bins "$BUILD" cacheflowd cacheflowctl cf-refengine
+. "$(dirname "$0")/../lib/cf_test.sh"
+cf_need_bins cacheflowd cacheflowctl cf-refengine
 cf_test_dir cf-kvdt KILL
 
-"$BUILD/cacheflowctl" gen-model --out "$T/model" --preset tiny >/dev/null || { echo "gen-model failed"; echo "0 passed, 1 failed"; exit 1; }
-. tests/lib/cf_daemon.sh
+cf_gen_model tiny
 C=32
 cf_daemon_conf "$T/d.conf" "$T" 64M 128M $C info
 echo "kv_dtype = bf16" >>"$T/d.conf"
-start_daemon() { # CONF
-  "$BUILD/cacheflowd" --config "$1" --model "$T/model" >>"$T/d.log" 2>&1 &
-  DPID=$!
-  cf_daemon_wait "$BUILD" "$T/d.sock"
-}
-stop_daemon() { kill -TERM "$DPID"; wait "$DPID"; local rc=$?; DPID=; return $rc; }
-check "daemon starts with kv_dtype = bf16" "start_daemon $T/d.conf"
+check "daemon starts with kv_dtype = bf16" "cf_daemon_start $T/d.conf $T/model"
 check "the log names the KV dtype in use" "grep -q 'kv_dtype BF16 (configured bf16, backend cpu)' $T/d.log"
 check "GetConfig reports kv_dtype bf16" "$BUILD/cacheflowctl config --addr unix:$T/d.sock kv_dtype 2>&1 | grep -q bf16"
 ENG="$BUILD/cf-refengine --daemon unix:$T/d.sock --model $T/model --shm-dir $T --block 16"
@@ -68,7 +59,7 @@ check "f16 engine on a bf16 daemon: refused too (same size, other dtype)" "grep 
 check "daemon alive after the refusals" "kill -0 $DPID"
 $ENG --policy optimal --prefix 256 --new 16 --turns 1 --verify --seed 99 >"$T/after.json" 2>"$T/after.err"
 check "daemon keeps serving: an engine without --kv-dtype takes the daemon's (Stats) and restores fine" "[ $? -eq 0 ] && jq -s -e '[.[] | select(.mode==\"session\")][0].kv_dtype == \"BF16\"' $T/after.json >/dev/null"
-check "SIGTERM: daemon exits 0" "stop_daemon"
+check "SIGTERM: daemon exits 0" "cf_daemon_stop"
 
 # ------------------------------------------------------------------ the store records bf16
 out=$("$BUILD/cacheflowctl" store verify --dir "$T/store" 2>&1)
@@ -84,14 +75,14 @@ check "kv_dtype = auto on the CPU backend is f32: refused on the bf16 store" "gr
 
 # ------------------------------------------------------------------ f16 on a store of its own
 sed -e "s|^store_dir = .*|store_dir = $T/store16|" "$T/f16.conf" >"$T/f16b.conf"
-check "daemon starts with kv_dtype = f16 on a new store" "start_daemon $T/f16b.conf"
+check "daemon starts with kv_dtype = f16 on a new store" "cf_daemon_start $T/f16b.conf $T/model"
 for pol in optimal cake; do
   $ENG --kv-dtype f16 --policy $pol --prefix 256 --new 16 --turns 2 --verify --seed 77 >"$T/f16-$pol.json" 2>"$T/f16-$pol.err"
   rc=$?
   check "f16 $pol: engine exit 0, all cells exact or within f16 tolerance, logits close" "[ $rc -eq 0 ] && [ \"\$(jq -s '[.[] | select(.mode==\"session\" and .kv_dtype==\"F16\" and .bad==0 and .logits_match==1)] | length' $T/f16-$pol.json)\" = 2 ]"
   check "f16 $pol: loaded cells bit-exact" "[ \"\$(jq -s '[.[] | select(.mode!=\"prefill\") | select(.exact*16 < (.cells_cpu+.cells_ssd)*$C)] | length' $T/f16-$pol.json)\" = 0 ]"
 done
-check "SIGTERM: f16 daemon exits 0" "stop_daemon"
+check "SIGTERM: f16 daemon exits 0" "cf_daemon_stop"
 
 # ------------------------------------------------------------------ config surface
 check "--dump-config shows kv_dtype = auto by default" "$BUILD/cacheflowd --config /dev/null --dump-config | grep -qx 'kv_dtype = auto'"
@@ -99,6 +90,4 @@ printf 'kv_dtype = fp8\n' >"$T/bad.conf"
 out=$("$BUILD/cacheflowd" --config "$T/bad.conf" --check-config 2>&1)
 check "--check-config refuses kv_dtype = fp8 naming the choices" "echo \"$out\" | grep -q \"bad.conf:1: key 'kv_dtype': bad value 'fp8': expected one of auto|f32|bf16|f16\""
 
-if [ $F -ne 0 ]; then echo "--- daemon log"; tail -n 30 "$T/d.log"; for f in "$T"/*.err; do echo "--- $f"; tail -n 5 "$f"; done; fi
-echo "$P passed, $F failed"
-[ $F -eq 0 ]
+finish

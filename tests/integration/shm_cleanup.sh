@@ -8,24 +8,21 @@
 #   - decoys are kept: a dead pid's file with the right name but no readiness magic, a name with
 #     extra characters, a symlink with a dead pid's name, a live pid's (this shell's) real file.
 set -u
-cd "$(dirname "$0")/../.."
-BUILD=${BUILD:-build}
-. tests/lib/cf_check.sh
-cf_need_bins "$BUILD" cacheflowd cacheflowctl cf-refengine
-[ -d /dev/shm ] || { echo "skip: no /dev/shm"; echo "0 passed, 0 failed, 1 skipped"; exit 0; }
+. "$(dirname "$0")/../lib/cf_test.sh"
+cf_need_bins cacheflowd cacheflowctl cf-refengine
+[ -d /dev/shm ] || cf_skip_all "no /dev/shm"
 cf_test_dir cf-shm TERM
 PIDS=
 DECOYS=
-trap 'for p in $PIDS; do kill -9 $p 2>/dev/null; wait $p 2>/dev/null; done; rm -f $DECOYS; cf__test_cleanup' EXIT
-"$BUILD/cacheflowctl" gen-model --out "$T/model" --preset demo >/dev/null || { echo "gen-model failed"; echo "0 passed, 1 failed"; exit 1; }
-. tests/lib/cf_daemon.sh
+cf_at_exit 'for p in $PIDS; do kill -9 $p 2>/dev/null; wait $p 2>/dev/null; done; rm -f $DECOYS'
+cf_gen_model demo
 start() { # start NAME: a daemon on $T/NAME.sock with its own store; its pid in $DP
   mkdir -p "$T/$1"
   cf_daemon_conf "$T/$1.conf" "$T/$1" 64M 64M 64 info
   "$BUILD/cacheflowd" --config "$T/$1.conf" --model "$T/model" 2>"$T/$1.log" &
   DP=$!
   PIDS="$PIDS $DP"
-  cf_daemon_wait "$BUILD" "$T/$1/d.sock" 200
+  cf_daemon_wait "$T/$1/d.sock" 200
 }
 engine() { # engine NAME: a long session against daemon NAME, in the background; its pid in EP
   "$BUILD/cf-refengine" --daemon "unix:$T/$1/d.sock" --model "$T/model" --shm-dir "$T" --prefix 128 --new 16 \
@@ -73,6 +70,4 @@ check "B's engine keeps restoring ($n0 -> $n1 sessions, all ok)" "[ $n1 -gt $n0 
 kill $BE 2>/dev/null; wait $BE 2>/dev/null
 kill $B $C 2>/dev/null; wait $B $C 2>/dev/null
 check "B and C remove their own files when they stop" "[ ! -e \"$FB\" ] && [ -z \"\$(ls /dev/shm/cacheflowd-$C-ready-* 2>/dev/null)\" ]"
-if [ $F -ne 0 ]; then for f in "$T"/*.log; do echo "--- $f"; tail -n 5 "$f"; done; fi
-echo "$P passed, $F failed"
-[ $F -eq 0 ]
+finish

@@ -11,18 +11,13 @@
 #     [0.70, 1.40] (it loads most cells here, so the link it shares dominates its time; recompute's
 #     ratio next to it is printed: this shared machine's compute drift since the calibration).
 set -u
-cd "$(dirname "$0")/../.."
-BUILD=${BUILD:-build}
-. tests/lib/cf_check.sh
-cf_need_bins "$BUILD" cacheflowd cacheflowctl cf-refengine
+. "$(dirname "$0")/../lib/cf_test.sh"
+cf_need_bins cacheflowd cacheflowctl cf-refengine
 cf_test_dir cf-tiers TERM
-"$BUILD/cacheflowctl" gen-model --out "$T/model" --preset demo >/dev/null || { echo "gen-model failed"; echo "0 passed, 1 failed"; exit 1; }
-. tests/lib/cf_daemon.sh
+cf_gen_model demo
 cf_daemon_conf "$T/d.conf" "$T" 2M 256M 64 warn
 printf 'cpu_read_gbps = 0.4\nssd_read_gbps = 0.05\n' >>"$T/d.conf"
-"$BUILD/cacheflowd" --config "$T/d.conf" --model "$T/model" 2>"$T/d.log" &
-DPID=$!
-check "daemon starts (CPU tier 2 MiB at 0.4 Gbps, SSD tier at 0.05 Gbps)" "cf_daemon_wait $BUILD $T/d.sock 200"
+check "daemon starts (CPU tier 2 MiB at 0.4 Gbps, SSD tier at 0.05 Gbps)" "cf_daemon_start $T/d.conf $T/model"
 ENG="$BUILD/cf-refengine --daemon unix:$T/d.sock --model $T/model --shm-dir $T --prefix 512 --new 32 --turns 1"
 # each run saves a new prefix (its own seed): its back 4 chunks stay in the CPU tier
 rc=0
@@ -49,6 +44,4 @@ echo "     optimal: executed / predicted $o, recompute $c (compute drift)"
 check "optimal: executed / predicted within [0.70, 1.40] ($o)" "awk -v r=$o 'BEGIN{exit !(r >= 0.70 && r <= 1.40)}'"
 ex=$(jq -s '[.[] | select(.mode=="session") | (.bad == 0 and .logits_match == 1)] | all' "$T"/optimal-*.json)
 check "optimal: no wrong cell, first token matches a scratch prefill" "[ \"$ex\" = true ]"
-if [ $F -ne 0 ]; then echo "--- daemon log"; tail -n 20 "$T/d.log"; for f in "$T"/*.err; do echo "--- $f"; tail -n 3 "$f"; done; fi
-echo "$P passed, $F failed"
-[ $F -eq 0 ]
+finish
