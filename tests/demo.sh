@@ -12,8 +12,7 @@
 #      bound, and the no-cache prefill of the same turn as the baseline.
 # Knobs: DEMO_PREFIX (512), DEMO_NEW (32), DEMO_TURNS (2), DEMO_BATCH (3), DEMO_SLOW_GBPS (0.05).
 set -euo pipefail
-BUILD=${BUILD:-build}
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib/cf_test.sh" # the integration harness: root, BUILD, T, the daemon helpers
 PREFIX=${DEMO_PREFIX:-512}; NEW=${DEMO_NEW:-32}; TURNS=${DEMO_TURNS:-2}; BATCH=${DEMO_BATCH:-3}
 SLOW=${DEMO_SLOW_GBPS:-0.05}
 MODEL=$PWD/$BUILD/demo/model
@@ -21,15 +20,10 @@ if [ ! -f "$MODEL/model.safetensors" ]; then
   echo "demo: generating the demo model in $MODEL"
   "$BUILD/cacheflowctl" gen-model --out "$MODEL" --preset demo
 fi
-T=$(mktemp -d /tmp/cf-demo.XXXXXX)
-DPID=
-cleanup() { [ -n "$DPID" ] && kill "$DPID" 2>/dev/null && wait "$DPID" 2>/dev/null; [ -n "${CF_DEMO_KEEP:-}" ] || rm -rf "$T"; }
-trap cleanup EXIT
-. tests/lib/cf_daemon.sh
+[ -n "${CF_DEMO_KEEP:-}" ] && export CF_TEST_KEEP=1
+cf_test_dir cf-demo
 cf_daemon_conf "$T/d.conf" "$T" 512M 1G 64 warn
-"$BUILD/cacheflowd" --config "$T/d.conf" --model "$MODEL" 2>"$T/d.log" &
-DPID=$!
-cf_daemon_wait "$BUILD" "$T/d.sock" 200 || { echo "demo: daemon did not start"; cat "$T/d.log"; exit 1; }
+cf_daemon_start "$T/d.conf" "$MODEL" || { echo "demo: daemon did not start"; cat "$T/d.log"; exit 1; }
 echo "demo: cacheflowd up (pid $DPID) on the demo model; prefix $PREFIX tokens + $NEW new per turn, $TURNS turns, batch of $BATCH"
 
 POLICIES="recompute load cake layerwise cacheflow optimal"

@@ -6,13 +6,8 @@
 # last output quoted, later steps SKIPPED once BUDGET is spent, benchmarks skipped when their
 # prerequisite failed, results.md rewritten after every step, bad PRESET/BUDGET refused, and the
 # no-GPU mode (missing file, unresolvable library) failing loudly.
-cd "$(dirname "$0")/../.." || exit 1
-P=0; F=0
-ok() { P=$((P+1)); echo "  ok   $1"; }
-bad() { F=$((F+1)); echo "FAIL $1"; [ -n "${2:-}" ] && echo "$2" | sed 's/^/    /' | head -20; }
-check() { if eval "$2"; then ok "$1"; else bad "$1" "${3:-}"; fi; }
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
+. "$(dirname "$0")/../lib/cf_test.sh"
+cf_test_dir cf-device-runsh
 
 D=$T/tree
 mkdir -p "$D/build/tests" "$D/tests/device" "$D/fixtures/public-llama-gqa" "$D/bin"
@@ -87,5 +82,4 @@ fake "$D/build/tests/kt_gpuexec"
 # no GPU (no stand-in nvidia-smi): complete tree -> exit 0
 env PATH="/usr/bin:/bin" OUT="$T/out" bash "$D/tests/device/run.sh" >"$T/stdout" 2>&1; rc=$?
 check "without a GPU a complete tree exits 0 saying so" '[ $rc -eq 0 ] && grep -q "staged tree complete" "$T/stdout"' "$(cat "$T/stdout")"
-echo "$P passed, $F failed"
-[ "$F" -eq 0 ]
+finish

@@ -22,7 +22,7 @@ start() { # start NAME: a daemon on $T/NAME.sock with its own store; its pid in 
   "$BUILD/cacheflowd" --config "$T/$1.conf" --model "$T/model" 2>"$T/$1.log" &
   DP=$!
   PIDS="$PIDS $DP"
-  cf_daemon_wait "$T/$1/d.sock" 200
+  cf_daemon_wait "$T/$1/d.sock"
 }
 engine() { # engine NAME: a long session against daemon NAME, in the background; its pid in EP
   "$BUILD/cf-refengine" --daemon "unix:$T/$1/d.sock" --model "$T/model" --shm-dir "$T" --prefix 128 --new 16 \
@@ -31,7 +31,7 @@ engine() { # engine NAME: a long session against daemon NAME, in the background;
   PIDS="$PIDS $EP"
 }
 wait_file() { # wait_file PID: until a readiness file of daemon PID exists; prints it
-  for i in $(seq 1 100); do
+  for i in $(seq 1 600); do
     f=$(ls /dev/shm/cacheflowd-$1-ready-* 2>/dev/null | head -n 1)
     [ -n "$f" ] && { echo "$f"; return 0; }
     sleep 0.1
@@ -62,9 +62,8 @@ check "a dead pid's file without the readiness magic is kept" "[ -f /dev/shm/cac
 check "a name with extra characters is kept" "[ -f /dev/shm/cacheflowd-$A-ready-12x ]"
 check "a symlink with a dead pid's name is kept" "[ -L /dev/shm/cacheflowd-$A-ready-77777 ]"
 check "a live pid's readiness file is kept" "[ -f /dev/shm/cacheflowd-$$-ready-55555 ]"
-sleep 0.5
 n0=$(grep -c '"mode":"session"' "$T/b.eng")
-sleep 1.5
+for i in $(seq 1 600); do [ "$(grep -c '"mode":"session"' "$T/b.eng")" -gt $((n0 + 1)) ] && break; sleep 0.1; done
 n1=$(grep -c '"mode":"session"' "$T/b.eng")
 check "B's engine keeps restoring ($n0 -> $n1 sessions, all ok)" "[ $n1 -gt $n0 ] && ! grep -q '\"ok\":false' \"$T/b.eng\""
 kill $BE 2>/dev/null; wait $BE 2>/dev/null

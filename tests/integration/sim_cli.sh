@@ -4,14 +4,9 @@
 # optimal <= every other policy, workload files, profiles by name and path, HF config.json,
 # --gbps/--tier, and bad input -> one clear line on stderr and exit 2.
 set -u
-cd "$(dirname "$0")/../.."
-BUILD=${BUILD:-build}
+. "$(dirname "$0")/../lib/cf_test.sh"
 SIM=$BUILD/cacheflow-sim
-T=$(mktemp -d /tmp/cf-sim-cli.XXXXXX)
-trap 'rm -rf "$T"' EXIT
-P=0; F=0
-ok() { P=$((P+1)); echo "ok   $1"; }
-fail() { F=$((F+1)); echo "FAIL $1"; [ -n "${2:-}" ] && echo "  $2"; }
+cf_test_dir cf-sim-cli
 POLS="recompute load cake layerwise cacheflow optimal"
 
 # check_json FILE NAME: interface, validity, bound ordering, optimal <= the rest
@@ -33,7 +28,7 @@ check_json() {
             elif .policies.optimal.makespan_s > $p.makespan_s then "optimal slower than \($n)"
             else empty end ) ]
     | join("; ")' "$j" 2>&1)
-  if [ -z "$why" ]; then ok "$name"; else fail "$name" "$why"; fi
+  if [ -z "$why" ]; then ok "$name"; else bad "$name" "$why"; fi
 }
 
 # 1. generators on every shipped profile, both models families
@@ -42,18 +37,18 @@ for hw in conf/hw/*.json; do
   for gen in multi-turn rag agentic; do
     if "$SIM" --hw "$name" --model llama-3.1-8b --gen $gen --n 12 --seed 7 --json "$T/o.json" >"$T/out.txt" 2>"$T/err.txt"; then
       check_json "$T/o.json" "gen $gen on $name"
-    else fail "gen $gen on $name" "$(head -n 3 "$T/err.txt")"; fi
+    else bad "gen $gen on $name" "$(head -n 3 "$T/err.txt")"; fi
   done
 done
 for model in qwen3-8b llama-3.1-70b-tp4 llama-3.1-70b-tp8; do
   if "$SIM" --hw h100-pcie5 --model $model --gen rag --n 8 --seed 3 --rate 0 --tier net --json "$T/o.json" >/dev/null 2>"$T/err.txt"; then
     check_json "$T/o.json" "model $model, burst over the network tier"
-  else fail "model $model" "$(head -n 3 "$T/err.txt")"; fi
+  else bad "model $model" "$(head -n 3 "$T/err.txt")"; fi
 done
 if "$SIM" --hw h100-link10g --model llama-3.1-8b --gpus 4 --gen agentic --n 10 --seed 2 --rate 0 --json "$T/o.json" >/dev/null 2>"$T/err.txt"; then
   check_json "$T/o.json" "4 engines sharing a 10 Gbps link"
-  [ "$(jq .n_devices "$T/o.json")" = 4 ] && [ "$(jq .shared_link "$T/o.json")" = true ] && ok "4 engines reported" || fail "4 engines reported"
-else fail "4 engines" "$(head -n 3 "$T/err.txt")"; fi
+  [ "$(jq .n_devices "$T/o.json")" = 4 ] && [ "$(jq .shared_link "$T/o.json")" = true ] && ok "4 engines reported" || bad "4 engines reported"
+else bad "4 engines" "$(head -n 3 "$T/err.txt")"; fi
 
 # 2. a workload file, a profile by path, the table
 cat > "$T/w.jsonl" <<'EOF'
@@ -65,14 +60,14 @@ cat > "$T/w.jsonl" <<'EOF'
 EOF
 if "$SIM" --hw conf/hw/h100-pcie5.json --model llama-3.1-8b --workload "$T/w.jsonl" --gbps 10 --json "$T/o.json" >"$T/out.txt" 2>"$T/err.txt"; then
   check_json "$T/o.json" "workload file, profile by path"
-  [ "$(jq .n_requests "$T/o.json")" = 4 ] && ok "4 requests read (blank line skipped)" || fail "4 requests read"
+  [ "$(jq .n_requests "$T/o.json")" = 4 ] && ok "4 requests read (blank line skipped)" || bad "4 requests read"
   jq -e '[.policies[] | (.ttft_s | length) == 4 and (((.ttft_s | add) / 4 - .mean_ttft_s) | fabs) < 1e-7 * .mean_ttft_s
           and ([.restore_s, .ttft_s] | transpose | map(.[0] <= .[1]) | all)] | all' "$T/o.json" >/dev/null \
-    && ok "per-request restore_s/ttft_s agree with the means" || fail "per-request arrays"
-  jq -e '.link_GBps == 1.25' "$T/o.json" >/dev/null && ok "--gbps 10 sets 1.25 GB/s" || fail "--gbps 10" "$(jq .link_GBps "$T/o.json")"
+    && ok "per-request restore_s/ttft_s agree with the means" || bad "per-request arrays"
+  jq -e '.link_GBps == 1.25' "$T/o.json" >/dev/null && ok "--gbps 10 sets 1.25 GB/s" || bad "--gbps 10" "$(jq .link_GBps "$T/o.json")"
   grep -q "lower bound on makespan" "$T/out.txt" && grep -q "^optimal" "$T/out.txt" && grep -q "TTFT mean" "$T/out.txt" \
-    && ok "table printed" || fail "table printed" "$(head -n 5 "$T/out.txt")"
-else fail "workload file" "$(head -n 3 "$T/err.txt")"; fi
+    && ok "table printed" || bad "table printed" "$(head -n 5 "$T/out.txt")"
+else bad "workload file" "$(head -n 3 "$T/err.txt")"; fi
 
 # 2b. a profile we did not ship: minimal keys, defaults for the rest
 cat > "$T/hw.json" <<'EOF'
@@ -81,24 +76,24 @@ cat > "$T/hw.json" <<'EOF'
 EOF
 if "$SIM" --hw "$T/hw.json" --model qwen3-8b --gen rag --n 6 --rate 0 --json "$T/o.json" >/dev/null 2>"$T/err.txt"; then
   check_json "$T/o.json" "minimal custom profile"
-  jq -e '.tier == "ssd" and .link_GBps == 3' "$T/o.json" >/dev/null && ok "custom profile: its only tier is the default" || fail "custom profile tier"
-else fail "minimal custom profile" "$(cat "$T/err.txt")"; fi
+  jq -e '.tier == "ssd" and .link_GBps == 3' "$T/o.json" >/dev/null && ok "custom profile: its only tier is the default" || bad "custom profile tier"
+else bad "minimal custom profile" "$(cat "$T/err.txt")"; fi
 
 # 3. one policy only; single long request near the bound; HF config.json
 "$SIM" --hw h100-link10g --model llama-3.1-8b --workload <(echo '{"arrival_s": 0, "prefix_tokens": 20000, "new_tokens": 10}') \
   --policy cake --json "$T/o.json" >/dev/null 2>&1
-[ "$(jq -c '.policies | keys' "$T/o.json" 2>/dev/null)" = '["cake"]' ] && ok "--policy cake runs only cake" || fail "--policy cake"
+[ "$(jq -c '.policies | keys' "$T/o.json" 2>/dev/null)" = '["cake"]' ] && ok "--policy cake runs only cake" || bad "--policy cake"
 for hw in conf/hw/*.json; do
   "$SIM" --hw "$hw" --model llama-3.1-8b --workload <(echo '{"arrival_s": 0, "prefix_tokens": 8192, "new_tokens": 10}') \
     --policy optimal --json "$T/o.json" >/dev/null 2>&1
   r=$(jq .policies.optimal.ratio_to_bound "$T/o.json" 2>/dev/null)
   awk -v r="${r:-9}" 'BEGIN { exit !(r <= 1.05) }' && ok "single 8k request on $(basename "$hw"): optimal/bound $r" \
-    || fail "single request on $(basename "$hw")" "ratio $r"
+    || bad "single request on $(basename "$hw")" "ratio $r"
 done
 cfg=${CF_FIXTURES:-../shared/fixtures}/public-llama-gqa/config.json
 if [ -f "$cfg" ]; then
   "$SIM" --hw h100-pcie5 --model "$cfg" --gen multi-turn --n 4 --json "$T/o.json" >/dev/null 2>"$T/err.txt" \
-    && check_json "$T/o.json" "model from an HF config.json" || fail "model from config.json" "$(cat "$T/err.txt")"
+    && check_json "$T/o.json" "model from an HF config.json" || bad "model from config.json" "$(cat "$T/err.txt")"
 fi
 
 # 3b. generators: deterministic by seed, lengths inside their documented ranges, and a saved
@@ -108,23 +103,23 @@ for gen in multi-turn:512:32768:3000 rag:2048:32768:8000 agentic:8192:131072:320
   "$SIM" --hw h100-pcie5 --model llama-3.1-8b --gen $g --n 200 --seed 11 --policy load --save-workload "$T/a.jsonl" >/dev/null 2>&1
   "$SIM" --hw h100-pcie5 --model llama-3.1-8b --gen $g --n 200 --seed 11 --policy load --save-workload "$T/b.jsonl" >/dev/null 2>&1
   "$SIM" --hw h100-pcie5 --model llama-3.1-8b --gen $g --n 200 --seed 12 --policy load --save-workload "$T/c.jsonl" >/dev/null 2>&1
-  cmp -s "$T/a.jsonl" "$T/b.jsonl" && ! cmp -s "$T/a.jsonl" "$T/c.jsonl" && ok "gen $g: same seed, same workload" || fail "gen $g determinism"
+  cmp -s "$T/a.jsonl" "$T/b.jsonl" && ! cmp -s "$T/a.jsonl" "$T/c.jsonl" && ok "gen $g: same seed, same workload" || bad "gen $g determinism"
   bad=$(jq -s --argjson lo $lo --argjson hi $hi '[.[] | select(.prefix_tokens < $lo or .prefix_tokens > $hi)] | length' "$T/a.jsonl")
   n=$(jq -s 'length' "$T/a.jsonl"); med=$(jq -s '[.[].prefix_tokens] | sort | .[100]' "$T/a.jsonl")
   mono=$(jq -s '[range(1; length) as $i | select(.[$i].arrival_s < .[$i-1].arrival_s)] | length' "$T/a.jsonl")
   [ "$n" = 200 ] && [ "$bad" = 0 ] && [ "$mono" = 0 ] && [ $((med * 10)) -gt $((want * 8)) ] && [ $((med * 10)) -lt $((want * 12)) ] && ok "gen $g: 200 requests in [$lo, $hi], median $med, arrivals sorted" \
-    || fail "gen $g ranges" "n $n, $bad out of range, $mono unsorted, median $med (documented $want)"
+    || bad "gen $g ranges" "n $n, $bad out of range, $mono unsorted, median $med (documented $want)"
 done
 "$SIM" --hw h100-link10g --model llama-3.1-8b --gen rag --n 6 --seed 4 --save-workload "$T/s.jsonl" --json "$T/g.json" >/dev/null 2>&1
 "$SIM" --hw h100-link10g --model llama-3.1-8b --workload "$T/s.jsonl" --json "$T/r.json" >/dev/null 2>&1
 [ "$(jq -c '[.bound_s, .policies[].makespan_s]' "$T/g.json")" = "$(jq -c '[.bound_s, .policies[].makespan_s]' "$T/r.json")" ] \
-  && ok "saved workload replays identically" || fail "saved workload replay"
+  && ok "saved workload replays identically" || bad "saved workload replay"
 
 # 3c. the plan itself, checked independently of the simulator: every cell exactly once,
 # computed iff below the staircase, staircases in [0, L], compute steps one layer high
 for pol in optimal cake layerwise cacheflow; do
   "$SIM" --hw h100-link10g --model llama-3.1-8b --workload "$T/w.jsonl" --policy $pol --plan-json "$T/plan.json" >/dev/null 2>"$T/err.txt" \
-    || { fail "plan-json $pol" "$(cat "$T/err.txt")"; continue; }
+    || { bad "plan-json $pol" "$(cat "$T/err.txt")"; continue; }
   why=$(jq -r '
     .n_layers as $L | .requests as $R
     | [ .ops[] | . as [$k, $r, $s, $c0, $c1, $l0, $l1]
@@ -137,7 +132,7 @@ for pol in optimal cake layerwise cacheflow; do
         if ([$R[].h[] | select(. < 0 or . > $L)] | length) > 0 then "h out of [0, L]" else empty end,
         if ([.ops[] | select(.[0] == "compute" and .[6] != .[5] + 1)] | length) > 0 then "compute op spans layers" else empty end ]
     | join("; ")' "$T/plan.json")
-  [ -z "$why" ] && ok "plan-json $pol: every cell once, staircase honoured" || fail "plan-json $pol" "$why"
+  [ -z "$why" ] && ok "plan-json $pol: every cell once, staircase honoured" || bad "plan-json $pol" "$why"
 done
 
 # 3d. cross-device recompute (DESIGN.md §1 (b)) on 8 GPUs joined by NVLink: one long request
@@ -165,12 +160,12 @@ if "$SIM" --hw h100x8-nvlink --model llama-3.1-8b --devices 8 --workload "$T/lon
         if ($home | map(.key) | sort) != ($helped | keys | sort) then "helped cells and cells sent home differ" else empty end,
         if ($cells | map(select(.k == "send" and $helped[.key] != .s)) | length) > 0 then "a send of a cell its sender did not compute" else empty end ]
     | join("; ")' "$T/nvplan.json")
-  [ -z "$why" ] && ok "cross-device plan: cells once, help sent home once" || fail "cross-device plan" "$why"
+  [ -z "$why" ] && ok "cross-device plan: cells once, help sent home once" || bad "cross-device plan" "$why"
   jq -e '.n_devices == 8 and .peer_GBps == 450 and (.policies | to_entries | all(.value.valid and .value.makespan_s >= $b))
          and (.policies.optimal.makespan_s as $o | .policies | to_entries | all(.value.makespan_s >= $o))' \
      --argjson b "$(jq .bound_s "$T/nv.json")" "$T/nv.json" >/dev/null \
-    && ok "8 GPUs + NVLink: valid, >= bound, optimal fastest" || fail "8 GPUs + NVLink ordering"
-  /usr/bin/python3 - "$T/nv.json" "$T/nonv.json" <<'P' && ok "cross-device help cuts the makespan >= 2x (1 x 128k, SSD tier)" || fail "cross-device help gain"
+    && ok "8 GPUs + NVLink: valid, >= bound, optimal fastest" || bad "8 GPUs + NVLink ordering"
+  /usr/bin/python3 - "$T/nv.json" "$T/nonv.json" <<'P' && ok "cross-device help cuts the makespan >= 2x (1 x 128k, SSD tier)" || bad "cross-device help gain"
 import json, sys
 a, b = (json.load(open(f)) for f in sys.argv[1:3])
 oa, ob = a["policies"]["optimal"], b["policies"]["optimal"]
@@ -178,7 +173,7 @@ sys.exit(0 if oa["cells_helped"] > 0 and ob["cells_helped"] == 0 and ob["makespa
          and oa["ratio_to_bound"] <= 1.3 and b["peer_GBps"] == 0 else 1)
 P
 else
-  fail "8 GPUs + NVLink" "$(cat "$T/err.txt")"
+  bad "8 GPUs + NVLink" "$(cat "$T/err.txt")"
 fi
 
 # 3e. pipeline stages (DESIGN.md §1 (c)): Llama-3.1-70B as 2 stages of TP-4; each request is
@@ -195,13 +190,13 @@ if "$SIM" --hw h100x8-nvlink --model llama-3.1-70b-tp4pp2 --workload "$T/long.js
         if ($hid | sort) != ($l0 | map(select((split(",")[0] | tonumber) as $r | $late | index($r))) | sort) then "hidden loads differ from the later stages layer-0 computes" else empty end,
         if ($R | length) != 4 or ([$R[].device] | sort) != [0, 0, 1, 1] then "stages not one per device" else empty end ]
     | join("; ")' "$T/ppplan.json")
-  [ -z "$why" ] && ok "pipeline stages: boundary hidden states loaded exactly where computed" || fail "pipeline plan" "$why"
+  [ -z "$why" ] && ok "pipeline stages: boundary hidden states loaded exactly where computed" || bad "pipeline plan" "$why"
   jq -e '.pp_stages == 2 and .n_requests == 2 and (.policies | to_entries | all(.value.valid and .value.makespan_s >= $b and (.value.ttft_s | length) == 2))
          and (.policies.optimal.makespan_s as $o | .policies | to_entries | all(.value.makespan_s >= $o))' \
      --argjson b "$(jq .bound_s "$T/pp.json")" "$T/pp.json" >/dev/null \
-    && ok "pipeline stages: valid, >= bound, optimal fastest, per-request results" || fail "pipeline ordering"
+    && ok "pipeline stages: valid, >= bound, optimal fastest, per-request results" || bad "pipeline ordering"
 else
-  fail "pipeline stages" "$(cat "$T/err.txt")"
+  bad "pipeline stages" "$(cat "$T/err.txt")"
 fi
 
 # 3b. mixed tiers: a workload naming where runs of each prefix lie (dram and ssd of h100-nvme);
@@ -220,10 +215,10 @@ if "$SIM" --hw h100-nvme --model llama-3.1-8b --tier dram --workload "$T/mixed.j
   check_json "$T/mx.json" "mixed dram/ssd tiers"
   jq -e '.policies.load.makespan_s' "$T/mx.json" >/dev/null &&
     [ "$(jq -n --slurpfile a "$T/mx.json" --slurpfile b "$T/pl.json" '$a[0].policies.load.makespan_s > 2 * $b[0].policies.load.makespan_s')" = true ] \
-    && ok "ssd chunks load at the ssd rate" || fail "ssd chunks load at the ssd rate" "$(jq -c '.policies.load.makespan_s' "$T/mx.json" "$T/pl.json")"
+    && ok "ssd chunks load at the ssd rate" || bad "ssd chunks load at the ssd rate" "$(jq -c '.policies.load.makespan_s' "$T/mx.json" "$T/pl.json")"
   d=$(jq -n --slurpfile a "$T/ad.json" --slurpfile b "$T/pl.json" '[$a[0].policies[] .makespan_s] == [$b[0].policies[] .makespan_s] and $a[0].bound_s == $b[0].bound_s')
-  [ "$d" = true ] && ok "tiers all in --tier == no tiers" || fail "tiers all in --tier == no tiers"
-else fail "mixed tiers" "$(head -n 3 "$T/err.txt")"; fi
+  [ "$d" = true ] && ok "tiers all in --tier == no tiers" || bad "tiers all in --tier == no tiers"
+else bad "mixed tiers" "$(head -n 3 "$T/err.txt")"; fi
 
 # 4. bad input: exit 2 and one line naming the problem
 expect_err() { # name, expected substring, args...
@@ -232,7 +227,7 @@ expect_err() { # name, expected substring, args...
   local rc=$? lines
   lines=$(wc -l <"$T/err.txt")
   if [ $rc -eq 2 ] && [ "$lines" -eq 1 ] && grep -q -- "$want" "$T/err.txt"; then ok "error: $name"
-  else fail "error: $name" "rc $rc, $lines lines: $(head -c 300 "$T/err.txt")"; fi
+  else bad "error: $name" "rc $rc, $lines lines: $(head -c 300 "$T/err.txt")"; fi
 }
 expect_err "unknown profile" "unknown hardware profile 'h900'" --hw h900 --model llama-3.1-8b --gen rag --n 2
 expect_err "missing profile file" "no such file" --hw /nonexistent/x.json --model llama-3.1-8b --gen rag --n 2
@@ -267,5 +262,4 @@ expect_err "bad --nvlink" "--nvlink '-3'" --hw h100x8-nvlink --model llama-3.1-8
 sed 's/"nvlink": {"GBps": 450/"nvlink": {"GBps": "fast"/' conf/hw/h100x8-nvlink.json > "$T/badnv.json"
 expect_err "malformed nvlink" "nvlink.key .GBps." --hw "$T/badnv.json" --model llama-3.1-8b --devices 2 --gen rag --n 2
 
-echo "$P passed, $F failed"
-[ $F -eq 0 ]
+finish

@@ -1,15 +1,9 @@
 #!/usr/bin/env bash
 # cacheflowctl store verify|fill: outputs, exit codes and errors on a real store directory.
 set -u
-BUILD=${BUILD:-build}
+. "$(dirname "$0")/../lib/cf_test.sh"
 CTL=$BUILD/cacheflowctl
-T=$(mktemp -d /tmp/cfstorectl.XXXXXX)
-trap 'rm -rf "$T"' EXIT
-P=0; F=0
-check() { # description, command...
-  local d=$1; shift
-  if "$@"; then P=$((P+1)); else F=$((F+1)); echo "FAIL $d"; fi
-}
+cf_test_dir cf-store-ctl
 
 $CTL gen-model --out "$T/model" --preset tiny >/dev/null || { echo "0 passed, 1 failed"; exit 1; }
 # another model: same shapes, another rope theta (the fingerprint hashes config + tensor headers)
@@ -17,64 +11,63 @@ cp -r "$T/model" "$T/model2"
 sed -i 's/"rope_theta": 10000.0/"rope_theta": 500000.0/' "$T/model2/config.json"
 
 out=$($CTL store fill --dir "$T/s" --model "$T/model" --prefixes 3 --tokens 200 --seed 1 --chunk 64)
-check "fill exits 0" test $? -eq 0
-check "fill prints progress" grep -q "prefix 3/3: 200 tokens, 4 chunks durable" <<<"$out"
-check "fill prints a summary" grep -q "fill done: 12 chunks saved" <<<"$out"
+run_ok "fill exits 0" test $? -eq 0
+run_ok "fill prints progress" grep -q "prefix 3/3: 200 tokens, 4 chunks durable" <<<"$out"
+run_ok "fill prints a summary" grep -q "fill done: 12 chunks saved" <<<"$out"
 
 out=$($CTL store verify --dir "$T/s"); rc=$?
-check "verify clean: exit 0" test $rc -eq 0
-check "verify clean: counts" grep -q "^chunks ok 12, damaged 0, torn-tail 0$" <<<"$out"
+run_ok "verify clean: exit 0" test $rc -eq 0
+run_ok "verify clean: counts" grep -q "^chunks ok 12, damaged 0, torn-tail 0$" <<<"$out"
 
-check "verify names the store's KV dtype: f32 by default" grep -q "kv dtype f32 (4 bytes), chunk 64 tokens" <<<"$out"
+run_ok "verify names the store's KV dtype: f32 by default" grep -q "kv dtype f32 (4 bytes), chunk 64 tokens" <<<"$out"
 
 # --kv-dtype: bf16 cells are half the bytes, recorded in the header; the f32 store refuses f16
 out=$($CTL store fill --dir "$T/sb" --model "$T/model" --prefixes 2 --tokens 200 --seed 1 --chunk 64 --kv-dtype bf16)
-check "fill --kv-dtype bf16 exits 0" test $? -eq 0
-check "fill --kv-dtype bf16: 2-byte cells" grep -q "cell 8192 bytes (BF16)" <<<"$out"
+run_ok "fill --kv-dtype bf16 exits 0" test $? -eq 0
+run_ok "fill --kv-dtype bf16: 2-byte cells" grep -q "cell 8192 bytes (BF16)" <<<"$out"
 out=$($CTL store verify --dir "$T/sb"); rc=$?
-check "verify bf16 store: clean, kv dtype bf16" bash -c "test $rc -eq 0 && grep -q 'kv dtype bf16 (2 bytes)' <<<'$out' && grep -q '^chunks ok 8, damaged 0' <<<'$out'"
+run_ok "verify bf16 store: clean, kv dtype bf16" bash -c "test $rc -eq 0 && grep -q 'kv dtype bf16 (2 bytes)' <<<'$out' && grep -q '^chunks ok 8, damaged 0' <<<'$out'"
 err=$($CTL store fill --dir "$T/s" --model "$T/model" --prefixes 1 --tokens 64 --seed 1 --chunk 64 --kv-dtype f16 2>&1); rc=$?
-check "f16 fill into the f32 store: refused naming both" bash -c "test $rc -eq 1 && grep -q 'holds f32 KV cells, asked for f16' <<<'$err'"
+run_ok "f16 fill into the f32 store: refused naming both" bash -c "test $rc -eq 1 && grep -q 'holds f32 KV cells, asked for f16' <<<'$err'"
 err=$($CTL store fill --dir "$T/x" --model "$T/model" --prefixes 1 --tokens 64 --seed 1 --kv-dtype fp8 2>&1); rc=$?
-check "fill --kv-dtype fp8 rejected" bash -c "test $rc -eq 1 && grep -q -- \"--kv-dtype 'fp8': expected f32, bf16 or f16\" <<<\"$err\""
+run_ok "fill --kv-dtype fp8 rejected" bash -c "test $rc -eq 1 && grep -q -- \"--kv-dtype 'fp8': expected f32, bf16 or f16\" <<<\"$err\""
 
 # a torn journal tail (half a record) is not damage
 cp -r "$T/s" "$T/torn"
 sz=$(stat -c %s "$T/torn/journal"); truncate -s $((sz - 10)) "$T/torn/journal"
 out=$($CTL store verify --dir "$T/torn"); rc=$?
-check "torn tail: exit 0" test $rc -eq 0
-check "torn tail: counted" grep -q "^chunks ok 11, damaged 0, torn-tail 1$" <<<"$out"
+run_ok "torn tail: exit 0" test $rc -eq 0
+run_ok "torn tail: counted" grep -q "^chunks ok 11, damaged 0, torn-tail 1$" <<<"$out"
 
 # one flipped byte in a data file: damaged, exit 1, and it says where
 cp -r "$T/s" "$T/bad"
 printf '\xff' | dd of="$T/bad/data.000" bs=1 seek=$((65536 * 2 + 100)) conv=notrunc status=none
 out=$($CTL store verify --dir "$T/bad"); rc=$?
-check "damaged data: exit 1" test $rc -eq 1
-check "damaged data: counted" grep -q "^chunks ok 11, damaged 1, torn-tail 0$" <<<"$out"
-check "damaged data: named" grep -q "first damage: .*checksum mismatch" <<<"$out"
+run_ok "damaged data: exit 1" test $rc -eq 1
+run_ok "damaged data: counted" grep -q "^chunks ok 11, damaged 1, torn-tail 0$" <<<"$out"
+run_ok "damaged data: named" grep -q "first damage: .*checksum mismatch" <<<"$out"
 # verify is read-only: running it twice gives the same answer
 out=$($CTL store verify --dir "$T/bad"); rc=$?
-check "verify read-only" test $rc -eq 1
+run_ok "verify read-only" test $rc -eq 1
 
 # errors: another model, missing dir, not a store, bad options
 err=$($CTL store fill --dir "$T/s" --model "$T/model2" --prefixes 1 --tokens 64 --seed 1 --chunk 64 2>&1); rc=$?
-check "other model: exit 1" test $rc -eq 1
-check "other model: named" grep -q "made for model fingerprint" <<<"$err"
+run_ok "other model: exit 1" test $rc -eq 1
+run_ok "other model: named" grep -q "made for model fingerprint" <<<"$err"
 err=$($CTL store verify --dir "$T/nope" 2>&1); rc=$?
-check "missing dir: exit 1" test $rc -eq 1
-check "missing dir: named" grep -q "$T/nope" <<<"$err"
+run_ok "missing dir: exit 1" test $rc -eq 1
+run_ok "missing dir: named" grep -q "$T/nope" <<<"$err"
 mkdir -p "$T/empty"
 err=$($CTL store verify --dir "$T/empty" 2>&1); rc=$?
-check "not a store: exit 1 + header" bash -c "test $rc -eq 1 && grep -q 'header missing' <<<'$err'"
+run_ok "not a store: exit 1 + header" bash -c "test $rc -eq 1 && grep -q 'header missing' <<<'$err'"
 head -c 100 /dev/zero > "$T/s2hdr"; mkdir -p "$T/s2"; cp "$T/s/journal" "$T/s2/"; cp "$T/s2hdr" "$T/s2/header"
 err=$($CTL store verify --dir "$T/s2" 2>&1); rc=$?
-check "truncated header: named" bash -c "test $rc -eq 1 && grep -q 'truncated' <<<'$err'"
+run_ok "truncated header: named" bash -c "test $rc -eq 1 && grep -q 'truncated' <<<'$err'"
 $CTL store verify >/dev/null 2>&1; rc=$?
-check "verify without --dir: usage exit 2" test $rc -eq 2
+run_ok "verify without --dir: usage exit 2" test $rc -eq 2
 err=$($CTL store fill --dir "$T/x" --model "$T/model" --prefixes 0 --tokens 64 --seed 1 2>&1); rc=$?
-check "fill --prefixes 0 rejected" bash -c "test $rc -eq 1 && grep -q -- '--prefixes' <<<'$err'"
+run_ok "fill --prefixes 0 rejected" bash -c "test $rc -eq 1 && grep -q -- '--prefixes' <<<'$err'"
 err=$($CTL store fill --dir "$T/x" --model "$T/nomodel" --prefixes 1 --tokens 64 --seed 1 2>&1); rc=$?
-check "fill missing model named" bash -c "test $rc -eq 1 && grep -q 'nomodel' <<<'$err'"
+run_ok "fill missing model named" bash -c "test $rc -eq 1 && grep -q 'nomodel' <<<'$err'"
 
-echo "store_ctl: $P passed, $F failed"
-[ "$F" -eq 0 ]
+finish

@@ -10,7 +10,8 @@
 #
 # Sourcing cds to the repository root and sets BUILD, FIX (the fixture model) and P F S.
 #   ok NAME / bad NAME [DETAIL] / skip NAME [WHY]   count one check
-#   check NAME 'SHELL CONDITION' [DETAIL]           ok or bad, by the condition
+#   check NAME 'SHELL CONDITION' [DETAIL]           ok or bad, by the condition (eval'd)
+#   run_ok NAME COMMAND [ARG...]                    ok or bad, by the command's exit status
 #   finish                                          the summary line (after the tails of $T/*.log
 #                                                   and $T/*.err when a check failed); returns 1
 #                                                   when one failed
@@ -24,13 +25,16 @@
 #   cf_at_exit 'COMMAND'                            run COMMAND at exit (before the daemon is killed)
 #   cf_daemon_conf FILE DIR CPU SSD CHUNK LOG_LEVEL a config: socket DIR/d.sock, store DIR/store,
 #                                                   no HTTP side, the tier sizes, chunk, 1 thread
-#   cf_daemon_wait SOCK [TRIES]                     until it answers Status (0.1 s a try, default 100)
+#   cf_daemon_wait SOCK [TRIES]                     until it answers Status (0.1 s a try, default 600:
+#                                                   a limit for a wedged daemon, not a speed goal)
 #   cf_daemon_start CONF MODEL [LOG]                cacheflowd --config CONF --model MODEL in the
 #                                                   background (DPID; log appended to LOG, default
 #                                                   $T/d.log), CACHEFLOW_ADDR set to CONF's listen;
 #                                                   returns 1 if it does not answer
 #   cf_daemon_fixture [CONF]                        cf_daemon_start on the fixture model, $T/d.sock,
 #                                                   HTTP side on $T/m.sock, plus the settings in CONF
+#   cf_wait_config CONF KEY                         after a SIGHUP: until the daemon (CACHEFLOW_ADDR)
+#                                                   reports KEY as CONF sets it (30 s at most)
 #   cf_daemon_stop [SIGNAL]                         signal DPID (default TERM), wait: its exit status,
 #                                                   or 99 when its log holds a sanitizer report
 cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
@@ -45,6 +49,7 @@ ok() { P=$((P+1)); echo "  ok   $1"; }
 bad() { F=$((F+1)); echo "FAIL $1"; if [ -n "${2:-}" ]; then echo "$2" | sed 's/^/    /' | head -20; fi; }
 skip() { S=$((S+1)); echo "  skip $1${2:+: $2}"; }
 check() { if eval "$2"; then ok "$1"; else bad "$1" "${3:-}"; fi; }
+run_ok() { local n=$1; shift; if "$@"; then ok "$n"; else bad "$n" "exit $?: $*"; fi; }
 finish() {
   if [ "$F" -ne 0 ] && [ -n "$T" ] && [ -d "$T" ]; then
     for f in "$T"/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -n 20 "$f"; }; done
@@ -93,7 +98,7 @@ CONF
 
 cf_daemon_wait() {
   local i
-  for i in $(seq 1 "${2:-100}"); do
+  for i in $(seq 1 "${2:-600}"); do
     [ -S "$1" ] && "$BUILD/cacheflowctl" status --addr "unix:$1" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
@@ -106,13 +111,25 @@ cf_daemon_start() {
   export CACHEFLOW_ADDR="unix:$sock"
   "$BUILD/cacheflowd" --config "$1" --model "$2" >>"${3:-$T/d.log}" 2>&1 &
   DPID=$!
-  cf_daemon_wait "$sock" 200
+  cf_daemon_wait "$sock"
 }
 
 cf_daemon_fixture() {
   { printf 'listen = unix:%s/d.sock\nmetrics_listen = unix:%s/m.sock\nstore_dir = %s/store\n' "$T" "$T" "$T"
     [ -n "${1:-}" ] && cat "$1"; } > "$T/fixture.conf"
   cf_daemon_start "$T/fixture.conf" "$FIX" || { bad "daemon did not start" "$(tail -5 "$T/d.log")"; return 1; }
+}
+
+cf_wait_config() {
+  local want got i
+  want=$("$BUILD/cacheflowd" --config "$1" --dump-config 2>/dev/null | grep -m 1 "^$2 = ")
+  [ -n "$want" ] || return 1
+  for i in $(seq 1 300); do
+    got=$("$BUILD/cacheflowctl" config "$2" 2>/dev/null | head -n 1)
+    [ "${got%%    #*}" = "$want" ] && return 0
+    sleep 0.1
+  done
+  return 1
 }
 
 cf_daemon_stop() {

@@ -3,7 +3,7 @@ import os
 import sys
 import threading
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "lib"))  # tests/lib: the harness
 from cfdaemon import Checks, Daemon  # noqa: E402
 import grpc  # noqa: E402
 import cacheflow_client  # noqa: E402

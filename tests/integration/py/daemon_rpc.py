@@ -2,11 +2,12 @@
 unknown methods, the Restore batcher, Unregister racing a Restore. The daemon must keep
 serving after each bad request and change nothing."""
 import os
+import signal
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
-from cfdaemon import CacheFlowError, Checks, Daemon, pb, restore_in_thread  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "lib"))  # tests/lib: the harness
+from cfdaemon import CacheFlowError, Checks, Daemon, pb, restore_in_thread, wait_for  # noqa: E402
 import grpc  # noqa: E402
 
 SC = grpc.StatusCode
@@ -155,11 +156,15 @@ try:
             and evs[-1].done.cells_computed > 0 and evs[-1].done.cells_loaded_cpu == 0, str(evs[-1]))
     T.check("restore waited for the batch window (0.3 s)", time.time() - t0 >= 0.25, f"{time.time() - t0:.3f} s")
 
-    # ---- Unregister racing a batched Restore
+    # ---- Unregister racing a batched Restore: the longest batch window (1 s, SIGHUP) holds the
+    # restore in the batcher; the unregister goes once GetStats shows it there
+    d.write_conf(batch_window_us="1000000")
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: c.config("batch_window_us")["batch_window_us"] == "1000000")
     th, res = restore_in_thread(d.addr, eng, list(range(16)), [7])
-    time.sleep(0.1)
+    T.check("the restore waits in the batcher (GetStats: 1 in flight)", wait_for(lambda: c.stats().restores_in_flight >= 1))
     c.unregister(eng)
-    th.join(5)
+    th.join(30)
     T.check("restore raced by unregister -> ABORTED naming the unregister", res.get("code") == SC.ABORTED and "unregistered" in res.get("details", ""), str(res))
     T.check("engine gone after unregister", engines() == 0)
     T.status("unregister twice -> NOT_FOUND", lambda: c.unregister(eng), SC.NOT_FOUND)

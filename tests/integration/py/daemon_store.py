@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "lib"))  # tests/lib: the harness
 from cfdaemon import CTL, CacheFlowError, Checks, Daemon, parse_prometheus, pb  # noqa: E402
 import grpc  # noqa: E402
 

@@ -1,5 +1,12 @@
-"""Helpers for the daemon integration tests: start the REAL build/cacheflowd on a temporary
-unix socket, listen for sd_notify datagrams, speak HTTP over a unix socket, count checks."""
+"""The Python side of the integration harness (tests/lib/cf_test.sh: the same conventions) and
+the one place Python tests get daemons from: start the REAL build/cacheflowd on a temporary unix
+socket, listen for sd_notify datagrams, speak HTTP over a unix socket, count checks.
+  environment  BUILD, CF_FIXTURES, CF_TEST_KEEP=1 (keep the temporary directory), as in the shell;
+  output       "  ok   NAME", "FAIL NAME: DETAIL", last "N passed, N failed";
+  a daemon     socket d.sock, HTTP side m.sock, log d.log in its temporary directory; a
+               sanitizer report in its log fails stop() (as cf_daemon_stop does).
+Python tests need it (not the shell library) for what a shell cannot do: an in-process gRPC
+client, threads racing RPCs, a datagram socket standing in for systemd."""
 import os
 import shutil
 import signal
@@ -10,7 +17,7 @@ import tempfile
 import threading
 import time
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.environ.get("BUILD", "build")
 BIN = os.path.join(ROOT, BUILD, "cacheflowd")
 CTL = os.path.join(ROOT, BUILD, "cacheflowctl")
@@ -21,6 +28,16 @@ MODEL = os.path.join(FIXTURES, "public-llama-gqa")
 
 import grpc  # noqa: E402
 from cacheflow_client import CacheFlowError, Client, pb  # noqa: E402,F401
+
+
+def wait_for(pred, timeout=20.0):
+    """Poll pred() until it holds or `timeout` s pass (synchronise on state, never on a sleep)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 class Checks:
@@ -81,7 +98,7 @@ class NotifyListener:
         with self.lock:
             return [m for m in self.messages if m.startswith(prefix)]
 
-    def wait(self, prefix, timeout=10):
+    def wait(self, prefix, timeout=30):
         end = time.time() + timeout
         while time.time() < end:
             if self.seen(prefix):
@@ -98,8 +115,8 @@ class NotifyListener:
 class Daemon:
     def __init__(self, conf=None, notify=False, watchdog_usec=None):
         self.tmp = tempfile.mkdtemp(prefix="cfd-")
-        self.sock = os.path.join(self.tmp, "cf.sock")
-        self.msock = os.path.join(self.tmp, "metrics.sock")
+        self.sock = os.path.join(self.tmp, "d.sock")
+        self.msock = os.path.join(self.tmp, "m.sock")
         self.conf_path = os.path.join(self.tmp, "cacheflowd.conf")
         self.addr = "unix:" + self.sock
         self.conf = {"listen": self.addr, "metrics_listen": "unix:" + self.msock,
@@ -109,7 +126,7 @@ class Daemon:
         self.notify = NotifyListener(os.path.join(self.tmp, "notify.sock")) if notify else None
         self.watchdog_usec = watchdog_usec
         self.proc = None
-        self.log_path = os.path.join(self.tmp, "cacheflowd.log")
+        self.log_path = os.path.join(self.tmp, "d.log")
 
     def write_conf(self, **changes):
         self.conf.update(changes)
@@ -127,7 +144,7 @@ class Daemon:
         self.proc = subprocess.Popen([BIN, "--config", self.conf_path], stdout=self.log, stderr=subprocess.STDOUT, env=env)
         # Connect the gRPC client only once the socket accepts: a channel whose first attempts
         # fail backs off for seconds.
-        end = time.time() + 15
+        end = time.time() + 60  # a limit for a wedged daemon, not a speed goal
         while time.time() < end and self.proc.poll() is None:
             try:
                 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -136,7 +153,7 @@ class Daemon:
                 break
             except OSError:
                 time.sleep(0.02)
-        self.client = Client(self.addr, timeout=10)
+        self.client = Client(self.addr, timeout=30)
         while time.time() < end:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"cacheflowd exited {self.proc.returncode}: {self.read_log()}")
