@@ -46,7 +46,7 @@ typedef struct {
                                read_stream reads one cell at a time). Set before loads start. */
 } cf_cellsrc_store_t;
 
-/* The store's KV dtype as lib/model's cf_dtype_t: 0, or CF_EDTYPE when the store does not
+/* The store's KV dtype as a cf_dtype_t (util/cf_dtype.h): 0, or CF_EDTYPE when the store does not
  * record one (an unnamed 2-byte store made by the library without a dtype). */
 int cf_exec_store_dtype(const cf_store_geom_t *g, cf_dtype_t *out);
 /* Set g->dtype and g->dtype_size for KV dtype `t` (F32, BF16 or F16). Returns 0 or CF_EDTYPE. */

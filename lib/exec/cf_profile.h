@@ -1,11 +1,13 @@
 /* cf_profile — measure the cost model's compute numbers on the real backend at start-up.
  *
  * The scheduler plans with step(p, n) = gamma + alpha*n + beta*n*(p + n/2) per layer
- * (sched/cf_cost.h). Three timed one-layer forward calls (median of `reps` after a warm-up)
- * pin the three unknowns:
- *   t_a = step(0, C)    t_b = step(0, 2C)    t_c = step(P, C), P = 8C (or less, see below)
- *   beta = (t_c - t_a) / (C P);  alpha = (t_b - t_a - 1.5 beta C^2) / C;  gamma = t_a - alpha C - beta C^2/2
- * Each is clamped to a small positive floor (timer noise can make a difference negative).
+ * (sched/cf_cost.h). One-layer forward calls are timed (median of `reps` after a warm-up) at six
+ * points around the steps plans use — n = C/4, C/2, C, 2C from an empty prefix, and n = C over
+ * prefixes of P/2 and P, P = 8C (less when the model's max positions do not allow it) — and
+ * (gamma, alpha, beta) is their least-squares fit in relative error (each residual divided by
+ * its measured time, so the small steps weigh as much as the big ones), solved as the 3x3 normal
+ * equations. Each coefficient is clamped to a small positive floor (timer noise can make one
+ * negative).
  */
 #ifndef CF_PROFILE_H
 #define CF_PROFILE_H

@@ -4,7 +4,7 @@
  * Two sources:
  *   (a) pinned host memory: CPU-tier slots of a store whose region comes from
  *       cf_gpu_pinned_alloc (cf_store_config_t.cpu_alloc), pinned with cf_store_pin;
- *   (b) SSD-tier cells: lib/gpu/cf_stage_ring reads them (O_DIRECT io_uring, checksums
+ *   (b) SSD-tier cells: lib/store's cf_stage_ring reads them (O_DIRECT io_uring, checksums
  *       verified) into pinned staging slots, and cf_gpu_ring_sink is its sink: the H2D copy of
  *       cell i runs while the ring reads cell i+1.
  * Two ways to move a cell (measured on the H100, tests/device/RESULTS-h100.md):

@@ -2,7 +2,7 @@
  *
  * Used by both load paths: the GPU one (cf_gpu_ring_sink: H2D copies out of pinned staging)
  * and the CPU executor's SSD source (cf_cellsrc_store: a synchronous sink scattering into the
- * engine's blocks), so it lives in lib/store (gpu/cf_stage_ring.h forwards here). Cells are read with the store's io_uring reader (O_DIRECT,
+ * engine's blocks), so it lives in lib/store. Cells are read with the store's io_uring reader (O_DIRECT,
  * every cell's checksum verified) into a ring of n_slots staging buffers and handed, in request
  * order, to a sink that consumes them, possibly asynchronously. While the sink consumes cell i
  * (for the GPU: the H2D copy out of pinned staging), the reads of cells i+1 .. i+n_slots-1 are

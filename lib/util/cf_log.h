@@ -1,5 +1,5 @@
 /* cf_log — leveled, structured log lines on stderr:
- *   2026-11-27T02:00:00.123Z level=info src=daemon/main.c:42 msg="listening" addr=unix:/run/cf.sock
+ *   2026-11-27T02:00:00.123Z level=info src=daemon/cf_main.c:42 msg="listening" addr=unix:/run/cf.sock
  * The macros test the level before evaluating their arguments (Redis serverLog style). */
 #ifndef CF_LOG_H
 #define CF_LOG_H

@@ -1,7 +1,7 @@
 /* lib/gpu pieces that need no GPU: argument and layout checks before any CUDA call, the UUID
  * format, the failure path of the GPU readiness gate (a CPU store that must release CPU
  * waiters with the error), and the CPU-only build's CF_ENODEV. The GPU halves are checked by
- * tests/kernels/kt_gpupath.cu on a device (tests/device/run.sh). */
+ * tests/kernels/kt_gpupath.c on a device (tests/device/run.sh). */
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>

@@ -1,4 +1,4 @@
-/* The CPU half of the SSD-tier GPU load path (lib/gpu/cf_stage_ring): a real store on disk,
+/* The CPU half of the SSD-tier GPU load path (lib/store/cf_stage_ring): a real store on disk,
  * real io_uring reads, real checksum failures and evictions, and sinks that copy with memcpy —
  * synchronously, or deferred so the ring must not reuse a slot the sink still reads. */
 #include <fcntl.h>
