@@ -58,7 +58,9 @@ try:
     T.check("SIGHUP: batch_max reloaded to 7", cfg["batch_max"] == "7", cfg["batch_max"])
     T.check("SIGHUP: chunk_tokens not reloadable, stays 256", cfg["chunk_tokens"] == "256", cfg["chunk_tokens"])
     T.check("SIGHUP: log says chunk_tokens needs a restart", "chunk_tokens changed from '256' to '512' but needs a restart" in d.read_log())
-    T.check("SIGHUP: RELOADING=1 then READY=1 notified", n.seen("RELOADING=1") and len(n.seen("READY=1")) >= 2, str(n.messages[-6:]))
+    # the datagrams reach the listener thread on their own time: wait for them, not for a sleep
+    T.check("SIGHUP: RELOADING=1 then READY=1 notified",
+            wait_for(lambda: n.seen("RELOADING=1") and len(n.seen("READY=1")) >= 2), str(n.messages[-6:]))
     d.write_conf(policy="recompute", batch_max="0")
     d.signal(signal.SIGHUP)
     T.check("SIGHUP with a bad value: logged with file:line", wait_for(lambda: "key 'batch_max': value '0' out of range" in d.read_log()), d.read_log()[-500:])
