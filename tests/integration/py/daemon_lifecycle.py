@@ -57,7 +57,8 @@ try:
     cfg = c.config()
     T.check("SIGHUP: batch_max reloaded to 7", cfg["batch_max"] == "7", cfg["batch_max"])
     T.check("SIGHUP: chunk_tokens not reloadable, stays 256", cfg["chunk_tokens"] == "256", cfg["chunk_tokens"])
-    T.check("SIGHUP: log says chunk_tokens needs a restart", "chunk_tokens changed from '256' to '512' but needs a restart" in d.read_log())
+    T.check("SIGHUP: log says chunk_tokens needs a restart",
+            wait_for(lambda: "chunk_tokens changed from '256' to '512' but needs a restart" in d.read_log()))
     # the datagrams reach the listener thread on their own time: wait for them, not for a sleep
     T.check("SIGHUP: RELOADING=1 then READY=1 notified",
             wait_for(lambda: n.seen("RELOADING=1") and len(n.seen("READY=1")) >= 2), str(n.messages[-6:]))
