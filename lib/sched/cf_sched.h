@@ -81,10 +81,22 @@ typedef struct {
   cf_sched_cost_t cost;
   const cf_sched_req_t *reqs;
   int n_reqs;
-  /* optimal only: simulator evaluations spent on local search and on checking the other
-   * policies' plans (keeping the best). 0 = fast path (analytic plan only); -1 = default. */
+  /* optimal only (both 0 = the default, the path the daemon runs): how much simulator
+   * refinement may follow the analytic plan. refine_budget_s is planning time in seconds,
+   * converted to simulator runs from the batch's cell count at a fixed cost per simulated cell
+   * (so the plan is deterministic: no clock is read); 0 = CF_SCHED_REFINE_BUDGET_S, < 0 = none
+   * (the analytic plan alone). refine_evals > 0 caps the simulator runs as well (tests,
+   * benches); <= 0: no cap beyond the budget. */
   int refine_evals;
+  double refine_budget_s;
 } cf_sched_input_t;
+
+/* Default refinement budget: 1 ms of planning per batch. Batches of up to ~100k cells are
+ * refined (their restore takes milliseconds); 64 x 128k tokens (1M cells) get the analytic
+ * plan alone (0.1-0.6 ms, bench_sched). */
+#define CF_SCHED_REFINE_BUDGET_S 1e-3
+/* The cost per simulated cell the budget is converted with (measured: 5-9 ns on one core). */
+#define CF_SCHED_SIM_S_PER_CELL 10e-9
 
 typedef enum { CF_OP_COMPUTE = 0, CF_OP_LOAD = 1, CF_OP_SEND = 2 } cf_op_kind_t;
 

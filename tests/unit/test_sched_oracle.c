@@ -243,6 +243,30 @@ static double or_replay(const or_t *o, const cf_sched_input_t *in) {
   return mk;
 }
 
+/* The instance, optimal's plan and (found) the oracle's, for CF_ORACLE_VERBOSE. */
+static void or_dump(const or_t *o, const cf_sched_input_t *in, const cf_sched_plan_t *p, int found) {
+  const cf_sched_cost_t *c = &in->cost;
+  printf("instance: L %d chunk %d gamma %.3g alpha %.3g beta %.3g link %.3g B/s lat %.3g tier1 %.3g\n",
+         c->n_layers, c->chunk_tokens, c->gamma_s, c->alpha_s, c->beta_s, c->link_Bps,
+         c->link_latency_s, c->tier_Bps[1]);
+  for (int r = 0; r < in->n_reqs; r++) {
+    printf("  req %d: arrival %.6f tokens %lld tiers", r, in->reqs[r].arrival_s,
+           (long long)in->reqs[r].prefix_tokens);
+    for (int ch = 0; ch < o->nc[r]; ch++) printf(" %d", cf_sched_chunk_tier(&in->reqs[r], ch));
+    printf("\n");
+  }
+  printf("  optimal (%d simulator runs):", p->sim_evals);
+  for (size_t i = 0; i < p->n_ops; i++)
+    printf(" %c%d[%d,%d)x[%d,%d)", p->ops[i].kind == CF_OP_COMPUTE ? 'C' : 'L', p->ops[i].req,
+           p->ops[i].c0, p->ops[i].c1, p->ops[i].l0, p->ops[i].l1);
+  printf("\n  exact:  ");
+  for (int i = 0; found && i < o->best_nops; i++)
+    printf(" %c%d[%d,%d)x[%d,%d)", o->best_ops[i].kind == CF_OP_COMPUTE ? 'C' : 'L',
+           o->best_ops[i].r, o->best_ops[i].c0, o->best_ops[i].c1, o->best_ops[i].l0,
+           o->best_ops[i].l1);
+  printf("\n");
+}
+
 /* A tiny random instance: 1-3 requests of 1-3 chunks, 1-3 layers (at most maxcells cells),
  * link 0.1-10x the compute of a chunk, latency 0-100 us, one or two tiers, arrivals at once or
  * staggered. */
@@ -285,7 +309,6 @@ static void or_instance(cf_sched_input_t *in, cf_sched_req_t *reqs, uint8_t (*ti
     }
   }
   in->reqs = reqs;
-  in->refine_evals = -1; /* TEMP */
 }
 
 static int cmp_dbl(const void *a, const void *b) {
@@ -338,6 +361,7 @@ static void oracle_sweep(const char *what, int trials) {
     CF_CHECK_MSG(opt >= cf_bound(&in) * (1 - 1e-9), "optimum %.9g below the bound %.9g", opt,
                  cf_bound(&in));
     double rt = mk / opt;
+    if (getenv("CF_ORACLE_VERBOSE") && rt > 1.02) or_dump(&o, &in, &p, found);
     ratio[m++] = rt;
     CF_CHECK_MSG(rt <= 1.02, "%s trial %d: optimal %.6g s = %.4fx the exact %.6g s (%d reqs, %d "
                  "layers, chunk %d, lat %.0f us, tier1 %g)", what, t, mk, rt, opt, in.n_reqs,
