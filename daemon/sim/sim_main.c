@@ -42,7 +42,8 @@ static void usage(FILE *f) {
           "  --devices  engines (devices) in use: G x the model's TP degree GPUs\n"
           "  --nvlink   override the profile's NVLink GB/s per GPU and direction; 0 = no peer link\n"
           "             (then no GPU computes cells for another GPU's request)\n"
-          "  --refine   simulator runs optimal may spend refining (default: automatic; 0 = fast path)\n"
+          "  --refine   simulator runs optimal may spend refining, whatever the time budget (default:\n"
+          "             the daemon's path: what the 1 ms budget buys; 0 = the analytic plan alone)\n"
           "  --json     write the results as JSON to FILE\n"
           "  --save-workload  write the requests (e.g. generated ones) as JSON lines to FILE\n"
           "  --plan-json FILE write the plan of --policy NAME (with all: optimal's) as JSON:\n"
@@ -220,7 +221,8 @@ int main(int argc, char **argv) {
   }
   in.reqs = pp > 1 ? stage_reqs : reqs;
   in.n_reqs = n * pp;
-  in.refine_evals = (int)refine;
+  if (refine == 0) in.refine_budget_s = -1; /* the analytic plan alone */
+  else if (refine > 0) { in.refine_evals = (int)refine; in.refine_budget_s = 3600; }
   if ((rc = cf_sched_input_check(&in))) {
     free(reqs);
     free(stage_reqs);

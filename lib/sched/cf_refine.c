@@ -58,6 +58,7 @@ static int cf__gen_loads(const cf_sched_input_t *in, const int *dev, const cf__g
   int L = in->cost.n_layers, link = cf_cost_link_of(&in->cost, dev[r]), rc = 0;
   int32_t nc = out->n_chunks[r];
   const uint16_t *h = g->h + out->h_off[r];
+  if (nc == 0) return 0; /* nothing to restore */
   for (int32_t a = 0, b; a < nc && !rc; a = b) { /* hidden states of runs computed at layer 0 */
     for (b = a + 1; b < nc && (h[b] > 0) == (h[a] > 0); b++) {}
     if (h[a] > 0) rc = cf__plan_hidden(out, in, r, a, b);
@@ -115,16 +116,43 @@ typedef struct {
   cf__score_t cur;    /* g's: moves are taken when they beat it */
   cf_sim_result_t sim;
   int *evals, budget;
+  size_t cells;           /* staircase entries (chunks of the batch) */
+  uint64_t *seen_key;     /* plans simulated already: hash -> score (open addressing) */
+  cf__score_t *seen;
 } cf__gsearch_t;
+
+enum { CF__SEEN = 1 << 13 }; /* a power of two, > CF__MAX_RUNS */
+
+/* FNV-1a over g: the staircases, both orders and the load groupings. */
+static uint64_t cf__gen_hash(const cf__gsearch_t *s) {
+  uint64_t x = 1469598103934665603ull;
+  const cf__gen_t *g = &s->g;
+  size_t n = (size_t)s->in->n_reqs;
+  for (size_t i = 0; i < s->cells; i++) x = (x ^ g->h[i]) * 1099511628211ull;
+  for (size_t i = 0; i < n; i++) x = (x ^ (uint64_t)g->order[i]) * 1099511628211ull;
+  for (size_t i = 0; i < n; i++) x = (x ^ (uint64_t)g->lorder[i] ^ 0x100) * 1099511628211ull;
+  for (size_t i = 0; i < n; i++) x = (x ^ g->rows[i] ^ 0x200) * 1099511628211ull;
+  return x | 1; /* 0 marks an empty slot */
+}
 
 /* Emit and simulate the current g; taken when it beats g's score (returns 1; 0: not, or a
  * negative error), and it becomes the best plan when it beats that too. */
 static int cf__gen_try(cf__gsearch_t *s) {
+  uint64_t key = cf__gen_hash(s);
+  size_t slot = (size_t)(key >> 20) & (CF__SEEN - 1);
+  while (s->seen_key[slot] && s->seen_key[slot] != key) slot = (slot + 1) & (CF__SEEN - 1);
+  if (s->seen_key[slot]) { /* simulated before: not better than the best then, nor now */
+    if (!cf__score_better(s->seen[slot], s->cur)) return 0;
+    s->cur = s->seen[slot];
+    return 1;
+  }
   int rc = cf__gen_emit(s->in, s->dev, &s->g, &s->tmp);
   if (!rc) rc = cf_sim_run(s->in, &s->tmp, &s->sim);
   if (rc) return rc;
   (*s->evals)++;
   cf__score_t sc = cf__score_of(&s->sim, s->ref);
+  s->seen_key[slot] = key;
+  s->seen[slot] = sc;
   if (!cf__score_better(sc, s->cur)) return 0;
   s->cur = sc;
   if (cf__score_better(sc, *s->score)) {
@@ -292,7 +320,8 @@ static int cf__gen_kicks(cf__gsearch_t *s, uint16_t *save, size_t cells, size_t 
     return 0; /* no room to kick: the plan so far stands */
   }
   uint64_t x = 0x9e3779b97f4a7c15ull;
-  while (*s->evals < s->budget && rc >= 0) {
+  /* kicks that only revisit simulated plans cost no run: bound them by count as well */
+  for (int kick = 0; *s->evals < s->budget && rc >= 0 && kick < 4 * s->budget; kick++) {
     memcpy(h0, s->g.h, cells * sizeof *h0);
     memcpy(o0, s->g.order, nn * sizeof *o0);
     memcpy(o0 + nn, s->g.lorder, nn * sizeof *o0);
@@ -352,8 +381,11 @@ int cf__refine_general(const cf_sched_input_t *in, const int *dev, const cf__ref
   s.g.order = malloc(nn * sizeof *s.g.order);
   s.g.lorder = malloc(nn * sizeof *s.g.lorder);
   s.g.rows = calloc(nn, 1);
+  s.cells = cells;
+  s.seen_key = calloc(CF__SEEN, sizeof *s.seen_key);
+  s.seen = malloc(CF__SEEN * sizeof *s.seen);
   uint16_t *save = malloc(2 * (size_t)maxc * sizeof *save);
-  if (!s.g.h || !s.g.order || !s.g.lorder || !s.g.rows || !save) {
+  if (!s.g.h || !s.g.order || !s.g.lorder || !s.g.rows || !save || !s.seen_key || !s.seen) {
     rc = cf_seterr(CF_ENOMEM, "optimal: general refinement of %d requests", n);
     goto out;
   }
@@ -396,6 +428,8 @@ out:
   free(s.g.order);
   free(s.g.lorder);
   free(s.g.rows);
+  free(s.seen_key);
+  free(s.seen);
   free(save);
   cf_sched_plan_free(&s.tmp);
   cf_sim_result_free(&s.sim);
