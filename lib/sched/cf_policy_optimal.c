@@ -642,73 +642,17 @@ static int cf__refine_runs(const cf_sched_input_t *in) {
   return runs < CF__MIN_RUNS ? 0 : (int)runs;
 }
 
-/* A candidate for mixed tiers (refinement only; every request on stage 0): the front-chunks
- * shape above computes the cheapest chunks to compute, but when a slow tier's chunks lie at the
- * back it is better to compute THEM and load the fast front chunks that each of their layers
- * attends to. Per request, chunks by decreasing (link time saved) / (compute time), added to
- * the computed set while its compute stays under the link time of the rest; computed chunks get
- * h = L, the others h = 0. Ops: per layer one LOAD per run of loaded chunks (layer-major), one
- * COMPUTE per run of computed chunks (chunk order): a compute run needs the earlier chunks of
- * its layer, which are loads of that layer (link order) or earlier runs of the same stream.
- * Returns 0, or CF_ENOMEM. */
-static int cf__tier_candidate(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out) {
+/* Mixed tiers, no pipeline stages, one link per device (or one device): the tier plan
+ * (cf_tiers.c) applies. */
+static int cf__tiers_apply(const cf_sched_input_t *in) {
   const cf_sched_cost_t *c = &in->cost;
-  int rc = cf__plan_reset(out, in, dev, CF_POLICY_OPTIMAL);
-  if (rc) return rc;
-  int n = in->n_reqs, L = c->n_layers;
-  int32_t maxc = 1;
-  for (int r = 0; r < n; r++) maxc = out->n_chunks[r] > maxc ? out->n_chunks[r] : maxc;
-  int *order = malloc((size_t)(n ? n : 1) * sizeof *order);
-  int32_t *ck = malloc((size_t)maxc * sizeof *ck);
-  double *key = malloc((size_t)maxc * sizeof *key);
-  if (!order || !ck || !key) { rc = cf_seterr(CF_ENOMEM, "optimal: tier candidate"); goto done; }
-  cf__arrival_order(in, order);
-  for (int i = 0; i < n && !rc; i++) {
-    int r = order[i];
-    const cf_sched_req_t *q = &in->reqs[r];
-    int32_t nc = out->n_chunks[r];
-    uint16_t *h = cf__plan_h(out, r);
-    double Y = 0, X = 0;
-    for (int32_t ch = 0; ch < nc; ch++) {
-      double p = (double)cf_cost_tok(c, q->prefix_tokens, ch), t = (double)cf_cost_tok(c, q->prefix_tokens, ch + 1) - p;
-      double g = cf_sched_load_s(c, q, ch, ch + 1, 1) - c->link_latency_s, f = cf_cost_step(c, p, t) - c->gamma_s;
-      key[ch] = g / fmax(f, 1e-30); /* gamma is paid once per run, not per chunk: left out */
-      ck[ch] = ch;
-      Y += g;
-    }
-    for (int32_t a = 1; a < nc; a++) /* insertion sort by key, largest first (stable) */
-      for (int32_t b = a; b > 0 && key[ck[b]] > key[ck[b - 1]]; b--) { int32_t t = ck[b]; ck[b] = ck[b - 1]; ck[b - 1] = t; }
-    for (int32_t j = 0; j < nc; j++) {
-      int32_t ch = ck[j];
-      double p = (double)cf_cost_tok(c, q->prefix_tokens, ch), t = (double)cf_cost_tok(c, q->prefix_tokens, ch + 1) - p;
-      double f = cf_cost_step(c, p, t) - c->gamma_s + (j == 0 ? c->gamma_s : 0); /* one step's gamma */
-      double g = cf_sched_load_s(c, q, ch, ch + 1, 1) - c->link_latency_s;
-      if (X + f > Y - g) break;
-      X += f;
-      Y -= g;
-      h[ch] = (uint16_t)L;
-    }
-    int link = cf_cost_link_of(c, out->device[r]);
-    for (int l = 0; l < L && !rc; l++)
-      for (int32_t a = 0; a < nc && !rc;) {
-        int32_t b = a;
-        while (b < nc && (h[b] == 0) == (h[a] == 0)) b++;
-        if (h[a] == 0) rc = cf__plan_op(out, r, CF_OP_LOAD, link, a, b, l, l + 1);
-        a = b;
-      }
-    for (int l = 0; l < L && !rc; l++)
-      for (int32_t a = 0; a < nc && !rc;) {
-        int32_t b = a;
-        while (b < nc && (h[b] == 0) == (h[a] == 0)) b++;
-        if (h[a] != 0) rc = cf__plan_op(out, r, CF_OP_COMPUTE, out->device[r], a, b, l, l + 1);
-        a = b;
-      }
-  }
-done:
-  free(order);
-  free(ck);
-  free(key);
-  return rc;
+  int tiers = 0;
+  for (int r = 0; r < in->n_reqs; r++) tiers |= in->reqs[r].chunk_tier != NULL;
+  return tiers && c->pp_stages <= 1 && !(c->shared_link && c->n_devices > 1);
+}
+static int cf__tier_candidate(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out) {
+  double est;
+  return cf__tier_plan(in, dev, out, &est);
 }
 
 /* optimal's scratch beyond cf__opt_t, shared by its steps. */
@@ -842,11 +786,10 @@ static double cf__split(cf__opt_t *o, cf__optbuf_t *b) {
 static int cf__refine_others(cf__opt_t *o, cf__optbuf_t *b, cf__ref_t *ref,
                              cf__score_t *alt_score, int *evals) {
   const cf_sched_input_t *in = o->in;
-  int tiers = 0, rc; /* mixed tiers, no pipeline stages: also the tier-aware candidate */
-  for (int r = 0; r < o->n; r++) tiers |= in->reqs[r].chunk_tier != NULL;
-  for (int pol = 0; pol <= CF_POLICY_COUNT; pol++) {
+  int rc;
+  for (int pol = 0; pol <= CF_POLICY_COUNT; pol++) { /* COUNT: the tier plan */
     if (pol == CF_POLICY_OPTIMAL) continue;
-    if (pol == CF_POLICY_COUNT && !(tiers && o->c->pp_stages <= 1)) break;
+    if (pol == CF_POLICY_COUNT && !cf__tiers_apply(in)) break;
     int (*fn)(const cf_sched_input_t *, const int *, cf_sched_plan_t *) =
         pol == CF_POLICY_RECOMPUTE   ? cf__policy_recompute
         : pol == CF_POLICY_LOAD      ? cf__policy_load
@@ -958,7 +901,17 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   if ((rc = cf__emit(&o, out, b.kbuf))) goto out;
   out->est_makespan_s = est;
   int budget = cf__refine_runs(in), evals = 0;
-  if (budget == 0 || o.n == 0) goto out;
+  if (budget == 0 || o.n == 0) {
+    /* 1b: with mixed tiers, the tier plan when its estimate is the smaller (the refinement
+     * below simulates it instead, with the other policies) */
+    double te;
+    if (!o.use_help && cf__tiers_apply(in) && !(rc = cf__tier_plan(in, dev, &b.tmp, &te)) &&
+        te < out->est_makespan_s) {
+      b.tmp.est_makespan_s = te;
+      cf__swap_plans(out, &b.tmp);
+    }
+    goto out;
+  }
 
   /* 4: refinement with the simulator, within the budget */
   cf__ref_t ref = {INFINITY, INFINITY, INFINITY};

@@ -56,6 +56,12 @@ int cf__policy_cake(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t 
 int cf__policy_cacheflow(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out);
 int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out);
 
+/* optimal's plan for requests whose chunks lie in tiers of different rates (cf_tiers.c):
+ * per device, chunks computed to the most layers that fit in decreasing (link time saved) /
+ * (compute time), the rest loaded layer by layer. *est: its stream-time estimate. Only for
+ * one link per device or one device, no pipeline stages, no help. 0 or CF_ENOMEM. */
+int cf__tier_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out, double *est);
+
 /* Refinement (cf_refine.c). A simulated plan's score against the other policies' best plans
  * (ref: their smallest makespan, mean and p99 TTFT): a plan slower than the best other
  * policy's is out (viol = 1); then the smaller makespan wins, then the smaller mean TTFT. So
