@@ -892,6 +892,15 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   cf__opt_t o = {in, c, dev, in->n_reqs, c->n_layers, c->n_devices, cf_cost_n_links(c)};
   o.q = c->kv_bytes_per_token / cf_cost_tier_Bps(c, 0);
   o.price_tol = 1e-12;
+  int budget = cf__refine_runs(in), evals = 0;
+  if (budget == 0 && cf__tiers_apply(in) && !cf_cost_has_peer(c)) {
+    /* 1b: mixed tiers, analytic plan alone: the tier plan (cf_tiers.c; the front-chunks
+     * shape below is a special case of its choice), without the hull's cost */
+    double te;
+    int rc = cf__tier_plan(in, dev, out, &te);
+    if (!rc) out->est_makespan_s = te;
+    return rc;
+  }
   cf__optbuf_t b;
   int rc = cf__opt_alloc(&o, &b);
   if (rc) goto out;
@@ -900,18 +909,8 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   cf__make_order(&o, 1);
   if ((rc = cf__emit(&o, out, b.kbuf))) goto out;
   out->est_makespan_s = est;
-  int budget = cf__refine_runs(in), evals = 0;
-  if (budget == 0 || o.n == 0) {
-    /* 1b: with mixed tiers, the tier plan when its estimate is the smaller (the refinement
-     * below simulates it instead, with the other policies) */
-    double te;
-    if (!o.use_help && cf__tiers_apply(in) && !(rc = cf__tier_plan(in, dev, &b.tmp, &te)) &&
-        te < out->est_makespan_s) {
-      b.tmp.est_makespan_s = te;
-      cf__swap_plans(out, &b.tmp);
-    }
-    goto out;
-  }
+  if (budget == 0 || o.n == 0) goto out; /* with mixed tiers the refinement simulates the
+                                            tier plan, with the other policies' */
 
   /* 4: refinement with the simulator, within the budget */
   cf__ref_t ref = {INFINITY, INFINITY, INFINITY};
