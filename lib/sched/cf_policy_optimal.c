@@ -85,6 +85,16 @@ static inline double cf__g(const cf__opt_t *o, int r, int32_t k) {
   return (double)(P - cf_cost_tok(o->c, P, k)) * o->q;
 }
 
+/* Does some chunk read at another rate than tier 0's? */
+static int cf__mixed_rates(const cf_sched_input_t *in) {
+  const cf_sched_cost_t *c = &in->cost;
+  for (int r = 0; r < in->n_reqs; r++)
+    for (int32_t ch = 0, nc = in->reqs[r].chunk_tier ? cf_cost_chunks(c, in->reqs[r].prefix_tokens) : 0;
+         ch < nc; ch++)
+      if (cf_cost_tier_Bps(c, in->reqs[r].chunk_tier[ch]) != cf_cost_tier_Bps(c, 0)) return 1;
+  return 0;
+}
+
 /* Per-request link prefix sums when some request names its chunks' tiers (o->gsum stays NULL
  * otherwise: the single-rate closed forms apply). The front-chunks shape and the hull below
  * were derived for one rate; with several the chain of (f, g) points need not be convex, so
@@ -92,9 +102,7 @@ static inline double cf__g(const cf__opt_t *o, int r, int32_t k) {
  * policy's plan) keeps optimal no slower than them. Returns 0 or CF_ENOMEM. */
 static int cf__tier_sums(cf__opt_t *o) {
   const cf_sched_input_t *in = o->in;
-  int any = 0;
-  for (int r = 0; r < o->n; r++) any |= in->reqs[r].chunk_tier != NULL;
-  if (!any) return 0;
+  if (!cf__mixed_rates(in)) return 0; /* named tiers all at tier 0's rate: as if none */
   if (!(o->goff = malloc(((size_t)o->n + 1) * sizeof *o->goff))) return cf_seterr(CF_ENOMEM, "optimal: tier sums");
   o->goff[0] = 0;
   for (int r = 0; r < o->n; r++) o->goff[r + 1] = o->goff[r] + (size_t)cf_cost_chunks(o->c, in->reqs[r].prefix_tokens) + 1;
@@ -625,14 +633,18 @@ static int cf__try(const cf__opt_t *o, cf_sched_plan_t *tmp, int32_t *kbuf, cf_s
   return 1;
 }
 
-/* Simulator runs the refinement budget buys (cf_sched.h): each run is priced at a fixed
- * 1 us plus CF_SCHED_SIM_S_PER_CELL per cell of the batch. 0 when fewer than the
- * CF__MIN_RUNS that checking the other policies' plans and the candidates takes: a
+/* Simulator runs the refinement budget buys (cf_sched.h): the budget is refine_budget_s, or
+ * by default 0.1% of the analytic plan's estimated makespan `est`, within 1..10 ms; each run
+ * is priced at 1 us plus CF_SCHED_SIM_S_PER_CELL per cell of the batch. 0 when fewer than
+ * the CF__MIN_RUNS that checking the other policies' plans and the candidates takes: a
  * refinement that cannot even do that is not started. */
-enum { CF__MIN_RUNS = 8, CF__MAX_RUNS = 4096 };
-static int cf__refine_runs(const cf_sched_input_t *in) {
+enum { CF__MIN_RUNS = 6, CF__MAX_RUNS = 4096 };
+static int cf__refine_runs(const cf_sched_input_t *in, double est) {
   if (in->refine_budget_s < 0) return 0;
-  double budget = in->refine_budget_s > 0 ? in->refine_budget_s : CF_SCHED_REFINE_BUDGET_S;
+  double budget = in->refine_budget_s > 0
+                      ? in->refine_budget_s
+                      : fmin(CF_SCHED_REFINE_MAX_S,
+                             fmax(CF_SCHED_REFINE_BUDGET_S, CF_SCHED_REFINE_SHARE * est));
   double cells = 0;
   for (int r = 0; r < in->n_reqs; r++)
     cells += (double)cf_cost_chunks(&in->cost, in->reqs[r].prefix_tokens) * in->cost.n_layers;
@@ -642,13 +654,12 @@ static int cf__refine_runs(const cf_sched_input_t *in) {
   return runs < CF__MIN_RUNS ? 0 : (int)runs;
 }
 
-/* Mixed tiers, no pipeline stages, one link per device (or one device): the tier plan
- * (cf_tiers.c) applies. */
+/* Mixed tiers (some chunk reads at another rate than tier 0), no pipeline stages, one link
+ * per device (or one device): the tier plan (cf_tiers.c) applies. A batch that names tiers
+ * all at one rate is planned exactly as one that names none. */
 static int cf__tiers_apply(const cf_sched_input_t *in) {
   const cf_sched_cost_t *c = &in->cost;
-  int tiers = 0;
-  for (int r = 0; r < in->n_reqs; r++) tiers |= in->reqs[r].chunk_tier != NULL;
-  return tiers && c->pp_stages <= 1 && !(c->shared_link && c->n_devices > 1);
+  return c->pp_stages <= 1 && !(c->shared_link && c->n_devices > 1) && cf__mixed_rates(in);
 }
 static int cf__tier_candidate(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out) {
   double est;
@@ -822,7 +833,8 @@ static int cf__refine_others(cf__opt_t *o, cf__optbuf_t *b, cf__ref_t *ref,
  * it. Leaves the best positions and order in b->best_pos / best_order, their help in
  * o->use_help, and the score in *best. */
 static int cf__refine_candidates(cf__opt_t *o, cf__optbuf_t *b, cf_sched_plan_t *out,
-                                 const cf__ref_t *ref, cf__score_t *best, int *evals) {
+                                 const cf__ref_t *ref, cf__score_t *best, int *evals,
+                                 int budget) {
   size_t nn = o->n ? (size_t)o->n : 1;
   int rc = cf_sim_run(o->in, out, &b->sim);
   if (rc) return rc;
@@ -831,7 +843,7 @@ static int cf__refine_candidates(cf__opt_t *o, cf__optbuf_t *b, cf_sched_plan_t 
   memcpy(b->best_pos, o->pos, nn * sizeof *o->pos);
   memcpy(b->best_order, o->order, nn * sizeof *o->order);
   int helped = o->use_help, best_help = o->use_help;
-  for (int cand = 0; cand < (helped ? 5 : 3); cand++) {
+  for (int cand = 0; cand < (helped ? 5 : 3) && *evals < budget; cand++) {
     /* 0: same split, arrival order; 1, 2: cumulative balance; 3, 4: without help (when the
      * fast path used it): the split before help, SPT and arrival order */
     memcpy(o->pos, cand < 3 ? b->best_pos : b->pos0, nn * sizeof *o->pos);
@@ -892,23 +904,23 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   cf__opt_t o = {in, c, dev, in->n_reqs, c->n_layers, c->n_devices, cf_cost_n_links(c)};
   o.q = c->kv_bytes_per_token / cf_cost_tier_Bps(c, 0);
   o.price_tol = 1e-12;
-  int budget = cf__refine_runs(in), evals = 0;
-  if (budget == 0 && cf__tiers_apply(in) && !cf_cost_has_peer(c)) {
-    /* 1b: mixed tiers, analytic plan alone: the tier plan (cf_tiers.c; the front-chunks
-     * shape below is a special case of its choice), without the hull's cost */
+  int budget, evals = 0, rc;
+  if (cf__tiers_apply(in) && !cf_cost_has_peer(c)) {
+    /* 1b: mixed tiers: the tier plan (cf_tiers.c; the front-chunks shape below is a special
+     * case of its choice), without the hull's cost when it is not refined */
     double te;
-    int rc = cf__tier_plan(in, dev, out, &te);
-    if (!rc) out->est_makespan_s = te;
-    return rc;
+    if ((rc = cf__tier_plan(in, dev, out, &te))) return rc;
+    out->est_makespan_s = te;
+    if (!(budget = cf__refine_runs(in, te)) || in->n_reqs == 0) return 0;
   }
   cf__optbuf_t b;
-  int rc = cf__opt_alloc(&o, &b);
-  if (rc) goto out;
+  if ((rc = cf__opt_alloc(&o, &b))) goto out;
   /* 1-3: the analytic plan, shortest first within an arrival: the fast path */
   double est = cf__split(&o, &b);
   cf__make_order(&o, 1);
   if ((rc = cf__emit(&o, out, b.kbuf))) goto out;
   out->est_makespan_s = est;
+  budget = cf__refine_runs(in, est);
   if (budget == 0 || o.n == 0) goto out; /* with mixed tiers the refinement simulates the
                                             tier plan, with the other policies' */
 
@@ -916,7 +928,7 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   cf__ref_t ref = {INFINITY, INFINITY, INFINITY};
   cf__score_t alt_score = {INFINITY, INFINITY, INFINITY}, best;
   if ((rc = cf__refine_others(&o, &b, &ref, &alt_score, &evals))) goto out;
-  if ((rc = cf__refine_candidates(&o, &b, out, &ref, &best, &evals))) goto out;
+  if ((rc = cf__refine_candidates(&o, &b, out, &ref, &best, &evals, budget))) goto out;
   if ((rc = cf__hill_climb(&o, &b, &ref, &best, &evals, budget))) goto out;
   if ((rc = cf__emit(&o, out, b.kbuf))) goto out;
   out->est_makespan_s = best.mk;

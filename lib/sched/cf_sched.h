@@ -91,12 +91,16 @@ typedef struct {
   double refine_budget_s;
 } cf_sched_input_t;
 
-/* Default refinement budget: 1 ms of planning per batch. Batches of up to ~100k cells are
- * refined (their restore takes milliseconds); 64 x 128k tokens (1M cells) get the analytic
- * plan alone (0.1-0.6 ms, bench_sched). */
-#define CF_SCHED_REFINE_BUDGET_S 1e-3
-/* The cost per simulated cell the budget is converted with (measured: 5-9 ns on one core). */
-#define CF_SCHED_SIM_S_PER_CELL 10e-9
+/* Default refinement budget: 0.1% of the analytic plan's estimated makespan (the batch's
+ * restore time), at least 2 ms and at most 10 ms of planning. What it buys: 8 x 2k-token
+ * batches ~400 simulator runs, 12 x 8k tokens about 8, 12 x 32k tokens about 10; 64 x 128k tokens (1M cells,
+ * ~10 ms a run) none: the analytic plan alone, 0.1-0.6 ms (bench_sched). */
+#define CF_SCHED_REFINE_BUDGET_S 2e-3
+#define CF_SCHED_REFINE_SHARE 1e-3
+#define CF_SCHED_REFINE_MAX_S 10e-3
+/* The cost per simulated cell the budget is converted with (measured: 5-9 ns on an idle
+ * core, up to ~25 ns on a busy one; the estimate is kept on the safe side). */
+#define CF_SCHED_SIM_S_PER_CELL 20e-9
 
 typedef enum { CF_OP_COMPUTE = 0, CF_OP_LOAD = 1, CF_OP_SEND = 2 } cf_op_kind_t;
 
