@@ -1,5 +1,5 @@
 /* optimal — staircase plans chosen jointly over the batch from the cost model, then refined
- * with the simulator.
+ * with the simulator within a time budget.
  *
  * 1. Shape. A plan whose computed cells at layer l are the front chunks [0, k_l) of the
  *    request, k_l non-increasing in l, is a valid staircase (h_c = #{l : k_l > c}) whose
@@ -20,21 +20,20 @@
  2b. Help (peer link, DESIGN.md §1 (b); see cf__help): while the device that sets the
  *    estimated makespan has a request other devices of its pipeline stage could compute for,
  *    give it one more helper; its position moves to the k where pooled compute meets its link.
- * 3. Order. Requests run on both streams in arrival order, shortest first within an
- *    arrival (SPT: cuts mean TTFT without moving the makespan). A second candidate balances
- *    each request in turn against the cumulative compute and link times (finishes requests
- *    earlier when they arrive apart); a third keeps plain arrival order.
- * 4. Refinement (refine_evals != 0): simulate every other policy's plan first (they set the
- *    bar: best makespan, best mean and p99 TTFT), then the candidates (with help, also the
- *    plan without it, in SPT and arrival order), then hill-climb each
- *    request's position on its hull path by +-1 and +-L/4 layer moves. A plan scores by: its
- *    makespan must not exceed the best other policy's (hard); then the smaller its TTFT excess
- *    over the best others the better; then makespan; then mean TTFT. If another policy's plan
- *    still scores better, it is returned, so `optimal` is never slower in makespan than any
- *    other policy on the same input (and in the property tests almost always has the lowest
- *    mean TTFT too).
- * The fast path (refine_evals == 0) is steps 1-3 with candidate 1 only: O(requests x 64 price
- * steps + ops) per batch, no allocation proportional to cells (0.11 ms for 64 x 128k tokens).
+ * 3. Order. Requests run on both streams in arrival order, shortest first within an arrival
+ *    (SPT: cuts mean TTFT without moving the makespan).
+ * 1b. Mixed tiers (some chunk at another rate): cf_tiers.c's plan instead, alone when the
+ *    plan is not refined (the hull walk costs too much there, and its shape is a special case).
+ * 4. Refinement, within the time budget (cf__refine_runs: 0.1% of the estimated makespan,
+ *    2-10 ms, in simulator runs at a fixed price per cell; none when 6 runs do not fit):
+ *    a. every other policy's plan (and the tier plan) simulated: they set the bar;
+ *    b. the analytic plan and its variants (arrival order, cumulative balance, without help);
+ *    c. hill climbing on each request's hull position (+-1, +-L/4 layers);
+ *    d. from the best of all that, cf_refine.c searches general staircases, groupings and
+ *       orders. The score: slower than the best other policy is out, then makespan, then mean
+ *       TTFT, so no other policy's plan beats the result on makespan (nor on both).
+ * The analytic path is O(requests x 64 price steps + ops), no allocation proportional to
+ * cells (0.12-0.6 ms for 64 x 128k tokens, bench_sched).
  */
 #include <math.h>
 #include <stdlib.h>

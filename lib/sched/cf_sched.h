@@ -48,7 +48,8 @@ typedef enum {
   CF_POLICY_CAKE,          /* per request: compute from the front, load from the back, meet */
   CF_POLICY_LAYERWISE,     /* per request: compute the bottom l layers of all chunks, load the top */
   CF_POLICY_CACHEFLOW,     /* batch-aware two-pointer, token- or layer-wise per request */
-  CF_POLICY_OPTIMAL,       /* ours: joint staircase plans over the batch, simulator-refined */
+  CF_POLICY_OPTIMAL,       /* ours: joint staircases over the batch, refined within a time
+                              budget (see below) */
   CF_POLICY_COUNT
 } cf_policy_t;
 
@@ -137,7 +138,23 @@ void cf_sched_plan_free(cf_sched_plan_t *plan);
  * Returns 0 or CF_EINVAL naming the field and request. */
 int cf_sched_input_check(const cf_sched_input_t *in);
 
-/* Plan the batch `in` with `policy` into `out` (initialised with cf_sched_plan_init; its
+/* optimal, the plan the daemon runs (cf_policy_optimal.c has the details):
+ *  - analytic plan: per request the convex hull of (compute, load) over "compute the front k
+ *    chunks at a layer", a price bisection across the batch until each device's compute meets
+ *    its link (ties: whole edges one request at a time, so identical requests balance); with
+ *    mixed tiers a price bisection over the chunks' link-saved / compute ratio instead (partial
+ *    heights of any chunk); peer-link help. Exact for the dependency-free relaxation up to
+ *    whole layers, gamma, latency and pipeline ends; not a DP.
+ *  - refinement within refine_budget_s (default: 0.1% of the estimated makespan, 2-10 ms,
+ *    converted to simulator runs, deterministic): whenever the other policies' plans fit in it
+ *    they are simulated and the result has the smallest makespan of all (mean TTFT breaks
+ *    ties), so no other policy beats it on makespan, nor on makespan and mean TTFT at once;
+ *    what is left searches general staircases, groupings and orders.
+ * Measured: within 1.04x of the bound for 4k-128k tokens and batches of 1-64 on the shipped
+ * profiles (test_sched_sizes); median 1.0000 of the exact optimum on tiny instances, 0.1-0.3%
+ * of them over 1.02x (test_sched_oracle); 64 x 128k tokens planned in 0.12-0.6 ms.
+ *
+ * Plan the batch `in` with `policy` into `out` (initialised with cf_sched_plan_init; its
  * previous contents are replaced, its buffers reused). Requests with device -1 are spread
  * over the devices by the same deterministic rule for every policy (least estimated load,
  * arrival order). Returns 0, CF_EINVAL (bad input, detail names it) or CF_ENOMEM.
