@@ -1,6 +1,6 @@
 /* Refinement shared by optimal's stages (see cf_sched_int.h): plan scores, and the local
  * search over general staircases that the front-chunks shape of the analytic plan cannot
- * express (cf_policy_optimal.c step 4c).
+ * express (cf_policy_optimal.c step 4d).
  *
  * Why it exists: the analytic plan computes the front chunks of every request to a balanced
  * height, one compute op per layer. Measured against the exact solver (test_sched_oracle),
