@@ -22,7 +22,7 @@ fake() {
 n=$(basename "$0")
 echo "$n: $*"
 case " ${FAKE_FAIL:-} " in *" $n "*) echo "FAIL $n injected"; echo "0 passed, 1 failed"; exit 1 ;; esac
-[ "${FAKE_HANG:-}" = "$n" ] && { echo "last words of $n"; sleep 61.5; }
+[ "${FAKE_HANG:-}" = "$n" ] && { echo "last words of $n"; sleep "$FAKE_HANG_S"; }
 echo "1 passed, 0 failed"
 SH
   chmod +x "$1"
@@ -49,14 +49,18 @@ check "every step passed (stand-ins) and results.md lists them" \
   '! grep -v "^STEP memcheck rc=127" "$T/out/results.txt" | grep -q "rc=[1-9]" && grep -q "| bench-gemm | rc=0" "$T/out/results.md"' "$(cat "$T/out/results.txt")"
 
 # 2. a hanging step is killed at its timeout clipped to the budget; later steps SKIPPED (budget)
-run PRESET=all BUDGET=12 FAKE_HANG=kt_gpupath
+# BUDGET 40: the stand-ins before it fit however busy the machine is (12 did not, under two busy
+# loops), and the clipped timeout still ends before the hang would (a sleep of 61.<this pid> s:
+# its name is this run's own, so suites running beside it cannot be mistaken for a leftover)
+HANG_S=61.$$
+run PRESET=all BUDGET=40 FAKE_HANG=kt_gpupath FAKE_HANG_S=$HANG_S
 check "hanging kt_gpupath killed at the clipped budget, its last output quoted" \
   'grep -q "^STEP kt_gpupath rc=124 .*TIMEOUT after [0-9]* s; last lines: .*last words of kt_gpupath" "$T/out/results.txt"' \
   "$(cat "$T/out/results.txt")"
 check "steps after the budget are recorded SKIPPED (budget ...), results.md still written" \
   'grep -q "^STEP kt_gpuexec SKIPPED (budget" "$T/out/results.txt" && grep -q "kt_gpuexec | SKIPPED" "$T/out/results.md"' \
   "$(cat "$T/out/results.txt")"
-check "no stand-in left running after the kill" '! pgrep -f "sleep 61.5" >/dev/null' "$(pgrep -af "sleep 61.5")"
+check "no stand-in left running after the kill" "! pgrep -f 'sleep $HANG_S' >/dev/null" "$(pgrep -af "sleep $HANG_S")"
 
 # 3. a failed prerequisite skips its benchmark; PRESET=bench alone runs only benches
 run PRESET=all BUDGET=120 FAKE_FAIL="kt_gpuexec"
