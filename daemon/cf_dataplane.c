@@ -153,6 +153,8 @@ static void cf__send_plan(cf__job_t *j) {
   ps.predicted_us = p->predicted_us;
   ps.bound_us = p->bound_us;
   ps.readiness_slot = j->slot >= 0 ? (uint32_t)j->slot : UINT32_MAX;
+  ps.present_tokens = (uint32_t)j->x.present_tokens;
+  ps.present_chunks = p->present_chunks;
   Cacheflow__V1__RestoreEvent e = CACHEFLOW__V1__RESTORE_EVENT__INIT;
   e.event_case = CACHEFLOW__V1__RESTORE_EVENT__EVENT_PLAN;
   e.plan = &ps;
@@ -304,6 +306,7 @@ static void cf__restore_batch(void *ctx, cf_restore_t **batch, int n) {
     j->x.n_tokens = (int)r->req->n_token_ids;
     j->x.blocks = j->blocks;
     j->x.n_blocks = (int)r->req->n_block_ids;
+    j->x.present_tokens = (int)r->req->present_tokens; /* < n_token_ids: cf_service checked */
     j->x.kv = j->eo->kv;
     j->x.gkv = j->eo->gkv;
     j->x.ready = j->slot >= 0 ? &j->eo->ready : NULL;
@@ -330,9 +333,10 @@ static int cf__lookup(void *ctx, cf_engine_t *e, const uint32_t *t, size_t n, ui
   cf_dataplane_t *dp = ctx;
   return dp->inner.lookup(dp->inner.ctx, e, t, n, per, tiers);
 }
-static int cf__save(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest *req, uint32_t *saved, int *durable) {
+static int cf__save(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest *req, uint32_t *saved, int *durable,
+                   uint32_t *pending) {
   cf_dataplane_t *dp = ctx;
-  return dp->inner.save(dp->inner.ctx, e, req, saved, durable);
+  return dp->inner.save(dp->inner.ctx, e, req, saved, durable, pending);
 }
 static int cf__evict(void *ctx, int tier, uint64_t bytes, uint64_t *be, uint64_t *ce) {
   cf_dataplane_t *dp = ctx;
@@ -364,7 +368,7 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
   uv_async_init(loop, &dp->async, cf__on_async);
   dp->async.data = dp;
   /* lookup, save, evict, usage stay cf_storage's, forwarded with its own ctx */
-  *hooks = (cf_service_backend_t){.ctx = dp, .kv_dtype = dp->inner.kv_dtype, .engine_added = cf__engine_added, .engine_removed = cf__engine_removed,
+  *hooks = (cf_service_backend_t){.ctx = dp, .kv_dtype = dp->inner.kv_dtype, .has_ssd = dp->inner.has_ssd, .engine_added = cf__engine_added, .engine_removed = cf__engine_removed,
                                   .restore_batch = cf__restore_batch, .restore_cancel = cf__restore_cancel,
                                   .lookup = dp->inner.lookup ? cf__lookup : NULL,
                                   .save = dp->inner.save ? cf__save : NULL,

@@ -84,29 +84,33 @@ static cf_engine_t *cf__engine_find(cf_service_t *s, uint64_t id) {
   return NULL;
 }
 
-/* The bytes one layer's K (or V) buffer spans from its offset, and a check that the three
- * strides nest without overlap (any order: block-, token- or head-major). */
-static int cf__layout_extent(const Cacheflow__V1__LayerLayout *L, size_t esz, uint64_t *extent, char *why, size_t cap) {
-  typedef struct { uint64_t stride, count; const char *name; } dim_t;
-  dim_t d[3] = {
-      {L->block_stride, L->num_blocks, "block_stride"},
-      {L->token_stride, L->block_size, "token_stride"},
-      {L->head_stride, L->num_kv_heads, "head_stride"}};
-  for (int i = 0; i < 3; i++) /* sort by stride, smallest first */
-    for (int j = i + 1; j < 3; j++)
-      if (d[j].stride < d[i].stride) { dim_t t = d[i]; d[i] = d[j]; d[j] = t; }
-  uint64_t need = (uint64_t)L->head_dim * esz; /* a head's row is contiguous */
-  for (int i = 0; i < 3; i++) {
-    if (d[i].count > 1 && d[i].stride < need) {
-      snprintf(why, cap, "layer %u: %s %llu overlaps the previous dimension (needs >= %llu bytes)", L->layer,
-               d[i].name, (unsigned long long)d[i].stride, (unsigned long long)need);
-      return -1;
-    }
-    uint64_t span = d[i].count > 1 ? d[i].stride * (d[i].count - 1) + need : need;
-    if (d[i].count > 1 && d[i].stride && span / d[i].stride < d[i].count - 1) { snprintf(why, cap, "layer %u: layout overflows 64 bits", L->layer); return -1; }
-    need = span;
+/* The proto's layout of one layer as lib/ipc's (heads = the engine's; its rows checked as such). */
+static void cf__proto_layout(const Cacheflow__V1__LayerLayout *L, cf_kv_layout_t *lay) {
+  cf_dtype_t dt = L->dtype == CACHEFLOW__V1__DTYPE__DTYPE_BF16 ? CF_DT_BF16
+                  : L->dtype == CACHEFLOW__V1__DTYPE__DTYPE_F16 ? CF_DT_F16 : CF_DT_F32;
+  *lay = (cf_kv_layout_t){.n_layers = 1, .num_blocks = (int)L->num_blocks, .block_size = (int)L->block_size,
+                          .n_kv_heads = (int)L->num_kv_heads, .head_dim = (int)L->head_dim, .dtype = dt,
+                          .block_stride = L->block_stride, .token_stride = L->token_stride,
+                          .head_stride = L->head_stride, .dim_stride = L->dim_stride};
+  if (L->v_strides)
+    lay->vs = (cf_kv_strides_t){L->v_strides->block_stride, L->v_strides->token_stride, L->v_strides->head_stride,
+                                L->v_strides->dim_stride};
+}
+
+/* The bytes each plane (K, V) of one layer spans from its offset, after checking that its four
+ * strides are whole elements and nest without overlap (cf_kv_layout_check: any order, vLLM's
+ * CPU layout with K dimension-major included). */
+static int cf__layout_extent(const Cacheflow__V1__LayerLayout *L, uint64_t extent[2], char *why, size_t cap) {
+  cf_kv_layout_t lay;
+  cf__proto_layout(L, &lay);
+  if (L->v_strides && !(L->v_strides->block_stride | L->v_strides->token_stride | L->v_strides->head_stride |
+                        L->v_strides->dim_stride)) {
+    snprintf(why, cap, "layer %u: v_strides set but all zero (leave it unset for V = K's strides)", L->layer);
+    return -1;
   }
-  *extent = need;
+  if (cf_kv_layout_check(&lay, NULL)) { snprintf(why, cap, "layer %u: %s", L->layer, cf_errmsg()); return -1; }
+  extent[0] = cf_kv_layout_extent(&lay, 0);
+  extent[1] = cf_kv_layout_extent(&lay, 1);
   return 0;
 }
 
@@ -164,8 +168,8 @@ static int cf__v_register(const ProtobufCMessage *m, void *user, char *why, size
       return -1;
     }
     if (L->num_kv_heads < 1 || L->head_dim < 1 || L->num_kv_heads > 1024 || L->head_dim > 4096) { snprintf(why, cap, "layer %u: num_kv_heads %u / head_dim %u out of range", L->layer, L->num_kv_heads, L->head_dim); return -1; }
-    uint64_t ext;
-    if (cf__layout_extent(L, esz, &ext, why, cap)) return -1;
+    uint64_t ext[2];
+    if (cf__layout_extent(L, ext, why, cap)) return -1;
     if (cf__check_kvbuf(L->k, L->layer, "K", why, cap) || cf__check_kvbuf(L->v, L->layer, "V", why, cap)) return -1;
   }
   return 0;
@@ -209,15 +213,29 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
     cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "layers: %zu given, the model has %d", r->n_layers, s->model->n_layers);
     goto out;
   }
+  /* tensor parallelism: a shard holds model KV heads [kv_head_start, + kv_head_count) */
+  int heads = r->kv_head_count ? (int)r->kv_head_count : s->model->n_kv_heads;
+  if ((uint64_t)r->kv_head_start + (uint64_t)heads > (uint64_t)s->model->n_kv_heads) {
+    cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "kv_head_start %u + kv_head_count %d exceeds the model's %d KV heads",
+                  r->kv_head_start, heads, s->model->n_kv_heads);
+    goto out;
+  }
+  if (heads < s->model->n_kv_heads && !r->tp_group) {
+    cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "a shard engine (KV heads %u..%u of %d) needs a nonzero tp_group shared by "
+                  "its engine's ranks (their saves are assembled into whole cells)", r->kv_head_start,
+                  r->kv_head_start + heads - 1, s->model->n_kv_heads);
+    goto out;
+  }
   for (size_t i = 0; i < r->n_layers; i++) {
     const Cacheflow__V1__LayerLayout *L = r->layers[i];
-    if ((int)L->num_kv_heads != s->model->n_kv_heads || (int)L->head_dim != s->model->head_dim) {
-      cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "layer %u: num_kv_heads %u, head_dim %u; the model has %d, %d", L->layer,
-                    L->num_kv_heads, L->head_dim, s->model->n_kv_heads, s->model->head_dim);
+    if ((int)L->num_kv_heads != heads || (int)L->head_dim != s->model->head_dim) {
+      cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "layer %u: num_kv_heads %u, head_dim %u; %s %d, %d", L->layer,
+                    L->num_kv_heads, L->head_dim, r->kv_head_count ? "the shard (kv_head_count) has" : "the model has",
+                    heads, s->model->head_dim);
       goto out;
     }
-    uint64_t ext;
-    cf__layout_extent(L, cf__dtype_size(L->dtype), &ext, why, sizeof why); /* validated already */
+    uint64_t ext[2];
+    cf__layout_extent(L, ext, why, sizeof why); /* validated already */
     for (int kv = 0; kv < 2; kv++) {
       const Cacheflow__V1__KvBuffer *b = kv ? L->v : L->k;
       int ipc = b->location_case == CACHEFLOW__V1__KV_BUFFER__LOCATION_CUDA_IPC;
@@ -235,7 +253,7 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
         goto out;
       }
       if (ipc) continue;
-      if (cf__check_shm(b, ext, L->layer, kv ? "V" : "K", why, sizeof why)) {
+      if (cf__check_shm(b, ext[kv], L->layer, kv ? "V" : "K", why, sizeof why)) {
         cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "%s", why);
         goto out;
       }
@@ -263,6 +281,9 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   e->num_blocks = r->layers[0]->num_blocks;
   e->dtype = r->layers[0]->dtype;
   e->dtype_size = cf__dtype_size(e->dtype);
+  e->head0 = (int)r->kv_head_start;
+  e->n_heads = heads;
+  e->tp_group = r->tp_group;
   snprintf(e->name, sizeof e->name, "%s", r->name);
   for (size_t i = 0; i < r->n_layers; i++) {
     const Cacheflow__V1__LayerLayout *L = r->layers[i];
@@ -272,6 +293,10 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
     d->block_stride = L->block_stride;
     d->token_stride = L->token_stride;
     d->head_stride = L->head_stride;
+    d->dim_stride = L->dim_stride;
+    if (L->v_strides)
+      d->vs = (cf_kv_strides_t){L->v_strides->block_stride, L->v_strides->token_stride, L->v_strides->head_stride,
+                                L->v_strides->dim_stride};
   }
   /* Ids never repeat within a run, and a restart changes the high bits, so a stale id from
    * an earlier daemon is NOT_FOUND rather than someone else's engine. */
@@ -397,13 +422,19 @@ static void cf__h_save(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   if (!e) goto out;
   if (cf__check_blocks(e, r->n_token_ids, r->block_ids, r->n_block_ids, why, sizeof why)) { cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "%s", why); goto out; }
   if (!s->be.save) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, CF__NO_MODEL("Save")); goto out; }
-  uint32_t saved = 0;
+  if (r->durable && !s->be.has_ssd) {
+    cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "durable save needs an SSD tier (store_dir with ssd_tier_bytes > 0); "
+                  "this daemon keeps KV in its CPU tier only");
+    goto out;
+  }
+  uint32_t saved = 0, pending = 0;
   int durable = 0;
-  int rc = s->be.save(s->be.ctx, e, r, &saved, &durable);
+  int rc = s->be.save(s->be.ctx, e, r, &saved, &durable, &pending);
   if (rc) { cf_rpc_finish(c, cf_rpc_status_from_err(rc), "save: %s", cf_errmsg()); goto out; }
   Cacheflow__V1__SaveResponse resp = CACHEFLOW__V1__SAVE_RESPONSE__INIT;
   resp.saved_tokens = saved;
   resp.durable = durable;
+  resp.pending_tokens = pending;
   cf_rpc_reply(c, &resp.base);
 out:
   protobuf_c_message_free_unpacked(m, NULL);
@@ -415,6 +446,11 @@ static int cf__v_restore(const ProtobufCMessage *m, void *user, char *why, size_
   if ((int)r->policy < 0 || (int)r->policy > CACHEFLOW__V1__POLICY__POLICY_OPTIMAL) { snprintf(why, cap, "policy %d unknown (0 .. 6)", (int)r->policy); return -1; }
   if (r->priority < -100 || r->priority > 100) { snprintf(why, cap, "priority %d out of range -100 .. 100", r->priority); return -1; }
   if (r->deadline_us > 3600ull * 1000000) { snprintf(why, cap, "deadline_us %llu over one hour", (unsigned long long)r->deadline_us); return -1; }
+  if (r->present_tokens && r->present_tokens >= r->n_token_ids) {
+    snprintf(why, cap, "present_tokens %u must be < the %zu token_ids (the engine holds [0, present_tokens); the "
+             "restore writes the rest)", r->present_tokens, r->n_token_ids);
+    return -1;
+  }
   return 0;
 }
 
