@@ -90,3 +90,54 @@ CF_TEST(planner_computes_a_stored_partial_last_chunk) {
   CF_CHECK(fabs(r.predicted_us - (g.sim.restore_s[0] + cf_cost_prefill(&cost, 64, 136)) * 1e6) < 1e-6);
   plan_free(&r, &g);
 }
+
+/* A restore of [k, n) (present_tokens = k, whole-head engine): the chunks inside [0, k) are not
+ * planned (h 0, no cells counted, no load rank, no compute op), the plan covers the cached
+ * chunks after them, and its compute steps are costed over the present context too: a recompute
+ * of the rest is predicted as exactly that compute from position k_chunks x C (what the
+ * executor runs), more than the same steps without the context would cost. The chunk holding k
+ * on the GPU path (compute_partial) is computed whole. */
+CF_TEST(planner_present_chunks_are_skipped_and_costed_as_context) {
+  cf_sched_cost_t cost;
+  cost_of(&cost);
+  uint8_t tiers[64];
+  for (int c = 0; c < 64; c++) tiers[c] = CF_STORE_TIER_CPU;
+  const int pc = 5, all = 16;
+  for (int p = 0; p < CF_POLICY_COUNT; p++) {
+    cf_plan_input_t in = {.n_tokens = all * C, .policy = p, .cached_tokens = 12 * C, .chunk_tiers = tiers,
+                          .present_chunks = pc};
+    cf_restore_plan_t r;
+    cf_plan_group_t g;
+    CF_CHECK_EQ(cf_planner_plan_group(&cost, &in, 1, p, &g, &r), 0);
+    CF_CHECK_EQ(g.reqs[0].prefix_tokens, (12 - pc) * C); /* lib/sched sees the chunks after the present ones */
+    CF_CHECK_EQ(r.present_chunks, (uint32_t)pc);
+    CF_CHECK_EQ(r.chunks, (uint32_t)all);
+    for (int c = 0; c < pc; c++) CF_CHECK_EQ(r.h[c], 0);
+    for (int c = 12; c < all; c++) CF_CHECK_EQ(r.h[c], L); /* uncached: computed */
+    CF_CHECK_EQ(r.cells_load_cpu + r.cells_load_ssd + r.cells_compute, (uint64_t)(all - pc) * L);
+    for (int k = 0; k < r.n_cops; k++) CF_CHECK(r.cops[k].c0 >= pc && r.cops[k].c1 <= 12);
+    if (r.load_rank)
+      for (int c = 0; c < pc; c++)
+        for (int l = 0; l < L; l++) CF_CHECK_EQ(r.load_rank[c * L + l], UINT32_MAX);
+    if (p == CF_POLICY_RECOMPUTE) {
+      /* every planned step attends over the present tokens: the prediction is at least the
+       * prefill of the rest from position pc x C, and more than without that context */
+      double from_k = cf_cost_prefill(&cost, (int64_t)pc * C, (int64_t)(all - pc) * C);
+      double no_ctx = cf_cost_prefill(&cost, 0, (int64_t)(all - pc) * C);
+      CF_CHECK_MSG(r.predicted_us >= 0.999 * from_k * 1e6 && r.predicted_us > no_ctx * 1e6 * 1.01,
+                   "predicted %.1f us, prefill from k %.1f us, without context %.1f us", r.predicted_us,
+                   from_k * 1e6, no_ctx * 1e6);
+    }
+    plan_free(&r, &g);
+  }
+  /* the GPU path: the chunk holding k (pc) is computed whole, even by a load plan */
+  cf_plan_input_t in = {.n_tokens = all * C, .policy = CF_POLICY_LOAD, .cached_tokens = 12 * C,
+                        .chunk_tiers = tiers, .present_chunks = pc, .compute_partial = 1};
+  cf_restore_plan_t r;
+  cf_plan_group_t g;
+  CF_CHECK_EQ(cf_planner_plan_group(&cost, &in, 1, CF_POLICY_LOAD, &g, &r), 0);
+  CF_CHECK_EQ(r.h[pc], L);
+  CF_CHECK_EQ(r.h[pc + 1], 0);
+  CF_CHECK_EQ(r.cells_load_cpu, (uint64_t)(12 - pc - 1) * L);
+  plan_free(&r, &g);
+}
