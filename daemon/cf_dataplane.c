@@ -338,6 +338,10 @@ static int cf__save(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest 
   cf_dataplane_t *dp = ctx;
   return dp->inner.save(dp->inner.ctx, e, req, saved, durable, pending);
 }
+static int cf__flush(void *ctx, uint64_t *ssd_chunks) {
+  cf_dataplane_t *dp = ctx;
+  return dp->inner.flush(dp->inner.ctx, ssd_chunks);
+}
 static int cf__evict(void *ctx, int tier, uint64_t bytes, uint64_t *be, uint64_t *ce) {
   cf_dataplane_t *dp = ctx;
   return dp->inner.evict(dp->inner.ctx, tier, bytes, be, ce);
@@ -373,6 +377,7 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
                                   .lookup = dp->inner.lookup ? cf__lookup : NULL,
                                   .save = dp->inner.save ? cf__save : NULL,
                                   .evict = dp->inner.evict ? cf__evict : NULL,
+                                  .flush = dp->inner.flush ? cf__flush : NULL,
                                   .usage = dp->inner.usage ? cf__usage : NULL};
   *out = dp;
   return 0;

@@ -602,6 +602,22 @@ static void cf__h_evict(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   protobuf_c_message_free_unpacked(m, NULL);
 }
 
+static void cf__h_flush(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
+  cf_service_t *s = user;
+  if (!s->be.flush) {
+    cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, CF__NO_MODEL("Flush"));
+  } else if (!s->be.has_ssd) {
+    cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "flush needs an SSD tier (store_dir with ssd_tier_bytes > 0); "
+                  "this daemon keeps KV in its CPU tier only");
+  } else {
+    Cacheflow__V1__FlushResponse resp = CACHEFLOW__V1__FLUSH_RESPONSE__INIT;
+    int rc = s->be.flush(s->be.ctx, &resp.ssd_chunks);
+    if (rc) cf_rpc_finish(c, cf_rpc_status_from_err(rc), "flush: %s", cf_errmsg());
+    else cf_rpc_reply(c, &resp.base);
+  }
+  protobuf_c_message_free_unpacked(m, NULL);
+}
+
 static void cf__h_get_config(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_service_t *s = user;
   Cacheflow__V1__GetConfigRequest *r = (void *)m;
@@ -645,6 +661,7 @@ static const cf_rpc_method_t cf__methods[] = {
   {"/cacheflow.v1.Admin/Stats", &cacheflow__v1__stats_request__descriptor, NULL, cf__h_stats, CF_RPC_DRAIN_OK},
   {"/cacheflow.v1.Admin/Evict", &cacheflow__v1__evict_request__descriptor, NULL, cf__h_evict, 0},
   {"/cacheflow.v1.Admin/GetConfig", &cacheflow__v1__get_config_request__descriptor, NULL, cf__h_get_config, CF_RPC_DRAIN_OK},
+  {"/cacheflow.v1.Admin/Flush", &cacheflow__v1__flush_request__descriptor, NULL, cf__h_flush, 0},
   {"/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_request__descriptor, NULL, cf__h_health_check, CF_RPC_DRAIN_OK},
   {"/grpc.health.v1.Health/Watch", &grpc__health__v1__health_check_request__descriptor, NULL, cf__h_health_watch, CF_RPC_DRAIN_OK},
 };

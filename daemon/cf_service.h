@@ -91,6 +91,8 @@ typedef struct {
   void (*restore_cancel)(void *ctx, cf_restore_t *r);
   int (*evict)(void *ctx, int tier, uint64_t bytes, uint64_t *bytes_evicted, uint64_t *chunks_evicted);
   void (*usage)(void *ctx, uint64_t *cpu_bytes, uint64_t *ssd_bytes);
+  /* Admin.Flush: every chunk saved so far through to SSD, fsynced. 0 or CF_E*; *ssd_chunks after. */
+  int (*flush)(void *ctx, uint64_t *ssd_chunks);
 } cf_service_backend_t;
 
 typedef struct cf_service_s cf_service_t;
