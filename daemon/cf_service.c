@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "cf_worker.h"
 #include "gpu/cf_gpu.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "util/cf_err.h"
@@ -35,6 +36,7 @@ struct cf_service_s {
   int max_engines;
   uint64_t next_id;
   cf_batcher_t *batcher;            /* valid restores go there */
+  cf_worker_t *saver;               /* Save's copies, off the loop (NULL without a save hook) */
   cf_planner_t *planner;            /* borrowed: its re-fit's state for GetStats */
   cf__watch_t *watchers;
   int draining;
@@ -389,6 +391,41 @@ out:
   protobuf_c_message_free_unpacked(m, NULL);
 }
 
+/* A Save on its way: checked on the loop, copied on the save worker (the copy reads the
+ * engine's blocks and may wait for SSD writes), answered on the loop. The engine stays
+ * referenced meanwhile, so an Unregister never unmaps the blocks being copied. */
+typedef struct {
+  cf_worker_job_t w;                /* first: the worker's callbacks get a cf_worker_job_t * */
+  cf_service_t *s;
+  cf_rpc_call_t *call;
+  cf_engine_t *e;
+  Cacheflow__V1__SaveRequest *req;
+  int rc, durable;
+  uint32_t saved;
+  char detail[512];                 /* cf_errmsg is per thread: copied on the worker */
+} cf__save_t;
+
+static void cf__save_run(cf_worker_job_t *w) {
+  cf__save_t *sv = (cf__save_t *)w;
+  sv->rc = sv->s->be.save(sv->s->be.ctx, sv->e, sv->req, &sv->saved, &sv->durable);
+  if (sv->rc) snprintf(sv->detail, sizeof sv->detail, "%s", cf_errmsg());
+}
+
+static void cf__save_done(cf_worker_job_t *w) {
+  cf__save_t *sv = (cf__save_t *)w;
+  if (sv->rc) {
+    cf_rpc_finish(sv->call, cf_rpc_status_from_err(sv->rc), "save: %s", sv->detail);
+  } else {
+    Cacheflow__V1__SaveResponse resp = CACHEFLOW__V1__SAVE_RESPONSE__INIT;
+    resp.saved_tokens = sv->saved;
+    resp.durable = sv->durable;
+    cf_rpc_reply(sv->call, &resp.base);
+  }
+  protobuf_c_message_free_unpacked(&sv->req->base, NULL);
+  cf__engine_unref(sv->s, sv->e);
+  free(sv);
+}
+
 static void cf__h_save(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_service_t *s = user;
   Cacheflow__V1__SaveRequest *r = (void *)m;
@@ -396,15 +433,13 @@ static void cf__h_save(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_engine_t *e = cf__engine_and_tokens(s, c, r->engine_id, r->token_ids, r->n_token_ids);
   if (!e) goto out;
   if (cf__check_blocks(e, r->n_token_ids, r->block_ids, r->n_block_ids, why, sizeof why)) { cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "%s", why); goto out; }
-  if (!s->be.save) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, CF__NO_MODEL("Save")); goto out; }
-  uint32_t saved = 0;
-  int durable = 0;
-  int rc = s->be.save(s->be.ctx, e, r, &saved, &durable);
-  if (rc) { cf_rpc_finish(c, cf_rpc_status_from_err(rc), "save: %s", cf_errmsg()); goto out; }
-  Cacheflow__V1__SaveResponse resp = CACHEFLOW__V1__SAVE_RESPONSE__INIT;
-  resp.saved_tokens = saved;
-  resp.durable = durable;
-  cf_rpc_reply(c, &resp.base);
+  if (!s->be.save || !s->saver) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, CF__NO_MODEL("Save")); goto out; }
+  cf__save_t *sv = calloc(1, sizeof *sv);
+  if (!sv) { cf_rpc_finish(c, CF_RPC_RESOURCE_EXHAUSTED, "out of memory"); goto out; }
+  *sv = (cf__save_t){.w = {.run = cf__save_run, .done = cf__save_done}, .s = s, .call = c, .e = e, .req = r};
+  e->refs++;
+  cf_worker_submit(s->saver, &sv->w);
+  return; /* the request is the save's now */
 out:
   protobuf_c_message_free_unpacked(m, NULL);
 }
@@ -638,6 +673,12 @@ int cf_service_init(cf_service_t **out, uv_loop_t *loop, const cf_config_t *cfg,
     free(s);
     return cf_seterr(CF_ENOMEM, "batcher");
   }
+  if (s->be.save && cf_worker_start(&s->saver, loop)) {
+    cf_batcher_close(s->batcher);
+    free(s->engines);
+    free(s);
+    return cf_seterr(CF_ENOMEM, "save worker");
+  }
   *out = s;
   return 0;
 }
@@ -657,6 +698,7 @@ int cf_service_restores_in_flight(const cf_service_t *s) {
 }
 
 void cf_service_abort_all(cf_service_t *s, const char *why) {
+  if (s->saver) cf_worker_flush(s->saver); /* Saves being copied finish and are answered: nothing saved is lost */
   cf_batcher_abort_all(s->batcher, why);
   while (s->watchers) {
     cf__watch_t *w = s->watchers;
@@ -670,6 +712,7 @@ void cf_service_abort_all(cf_service_t *s, const char *why) {
 void cf_service_close(cf_service_t *s) {
   cf_service_abort_all(s, "cacheflowd is shutting down");
   cf_batcher_close(s->batcher); /* no restore left: it holds no engine */
+  cf_worker_close(s->saver);    /* flushed by abort_all: no Save holds an engine */
   for (int i = 0; i < s->max_engines; i++)
     if (s->engines[i]) { cf_engine_t *e = s->engines[i]; s->engines[i] = NULL; cf__engine_unref(s, e); }
   free(s->engines);
