@@ -130,23 +130,14 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
   CF__P("# HELP cacheflow_up 1 while serving, 0 while draining.\n# TYPE cacheflow_up gauge\ncacheflow_up %d\n", !ss.draining);
   CF__P("# HELP cacheflow_uptime_seconds Seconds since start.\n# TYPE cacheflow_uptime_seconds gauge\ncacheflow_uptime_seconds %.3f\n", cf__uptime(d));
   CF__P("# HELP cacheflow_engines Registered engines.\n# TYPE cacheflow_engines gauge\ncacheflow_engines %u\n", ss.engines);
-  CF__P("# HELP cacheflow_restores_in_flight Restores accepted and not yet ended.\n# TYPE cacheflow_restores_in_flight gauge\ncacheflow_restores_in_flight %u\n", ss.restores_in_flight);
-  CF__P("# HELP cacheflow_restores_total Restores accepted.\n# TYPE cacheflow_restores_total counter\ncacheflow_restores_total %llu\n", (unsigned long long)ss.restores_total);
-  CF__P("# HELP cacheflow_restore_batches_total Restore batches dispatched.\n# TYPE cacheflow_restore_batches_total counter\ncacheflow_restore_batches_total %llu\n", (unsigned long long)ss.batches_total);
-  cf_refit_stats_t fs;
-  cf_refit_stats(cf_planner_refit(&d->planner), &fs);
-  CF__P("# HELP cacheflow_cost_compute_scale Compute cost now / the start-up calibration (online re-fit).\n# TYPE cacheflow_cost_compute_scale gauge\ncacheflow_cost_compute_scale %.6g\n", fs.scale);
-  CF__P("# HELP cacheflow_predicted_ratio Executed / predicted, EWMA over restores (term=compute: forward steps; restore: whole restore; load_<tier>: the tier's bytes at the planned rate vs its measured rate).\n# TYPE cacheflow_predicted_ratio gauge\n"
-        "cacheflow_predicted_ratio{term=\"compute\"} %.6g\ncacheflow_predicted_ratio{term=\"restore\"} %.6g\n"
-        "cacheflow_predicted_ratio{term=\"load_cpu\"} %.6g\ncacheflow_predicted_ratio{term=\"load_ssd\"} %.6g\n",
-        fs.compute_ratio, fs.restore_ratio, fs.load_ratio[0], fs.load_ratio[1]);
-  CF__P("# HELP cacheflow_cost_refit_samples_total Executed restores the compute re-fit used (clipped: clamped as outliers).\n# TYPE cacheflow_cost_refit_samples_total counter\n"
-        "cacheflow_cost_refit_samples_total %llu\ncacheflow_cost_refit_samples_total{result=\"clipped\"} %llu\n", (unsigned long long)fs.samples, (unsigned long long)fs.clipped);
-  CF__P("# HELP cacheflow_tier_read_bytes_per_second Read rate per tier the planner uses now (re-fitted from executed loads, never above the configured limit).\n# TYPE cacheflow_tier_read_bytes_per_second gauge\n"
-        "cacheflow_tier_read_bytes_per_second{tier=\"cpu\"} %.6g\ncacheflow_tier_read_bytes_per_second{tier=\"ssd\"} %.6g\n", fs.rate_Bps[0], fs.rate_Bps[1]);
-  CF__P("# HELP cacheflow_load_refit_samples_total Executed restores the load-rate re-fit used, per tier.\n# TYPE cacheflow_load_refit_samples_total counter\n"
-        "cacheflow_load_refit_samples_total{tier=\"cpu\"} %llu\ncacheflow_load_refit_samples_total{tier=\"ssd\"} %llu\n",
-        (unsigned long long)fs.load_samples[0], (unsigned long long)fs.load_samples[1]);
+  /* the counters GetStats reports too, from cf_service's one table */
+  cf_service_metric_t sm[CF_SERVICE_METRICS_MAX];
+  int nsm = cf_service_metrics(d->svc, sm);
+  for (int i = 0; i < nsm; i++) {
+    if (sm[i].help) CF__P("# HELP %s %s\n# TYPE %s %s\n", sm[i].family, sm[i].help, sm[i].family, sm[i].type);
+    if (sm[i].label_key) CF__P("%s{%s=\"%s\"} %.9g\n", sm[i].family, sm[i].label_key, sm[i].label_value, sm[i].value);
+    else CF__P("%s %.9g\n", sm[i].family, sm[i].value);
+  }
   CF__P("# HELP cacheflow_tier_bytes_used Bytes held per tier.\n# TYPE cacheflow_tier_bytes_used gauge\n"
         "cacheflow_tier_bytes_used{tier=\"cpu\"} %llu\ncacheflow_tier_bytes_used{tier=\"ssd\"} %llu\n",
         (unsigned long long)ss.cpu_bytes, (unsigned long long)ss.ssd_bytes);
@@ -178,7 +169,6 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
   if (d->rpc) {
     cf_rpc_stats_t rs;
     cf_rpc_stats(d->rpc, &rs);
-    CF__P("# HELP cacheflow_rpc_in_flight gRPC calls being handled.\n# TYPE cacheflow_rpc_in_flight gauge\ncacheflow_rpc_in_flight %llu\n", (unsigned long long)rs.calls_in_flight);
     CF__P("# HELP cacheflow_rpc_status_total Ended gRPC calls by status code.\n# TYPE cacheflow_rpc_status_total counter\n");
     for (int i = 0; i < CF_RPC__NSTATUS; i++)
       CF__P("cacheflow_rpc_status_total{code=\"%s\"} %llu\n", cf_rpc_status_name(i), (unsigned long long)rs.status_total[i]);

@@ -558,31 +558,94 @@ static void cf__h_stats(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
     resp.model_vocab = s->model->vocab;
   }
   resp.kv_dtype = (Cacheflow__V1__DType)s->be.kv_dtype;
-  cf_refit_stats_t fs;
-  cf_refit_stats(cf_planner_refit(s->planner), &fs);
-  enum { NC = 15 };
-  Cacheflow__V1__Counter cs[NC], *cp[NC];
-  const char *names[NC] = {"cacheflow_restores_total", "cacheflow_restore_batches_total",
-                           "cacheflow_restores_batched_total", "cacheflow_rpc_calls_in_flight",
-                           "cacheflow_cost_compute_scale", "cacheflow_predicted_ratio_compute",
-                           "cacheflow_predicted_ratio_restore", "cacheflow_cost_refit_samples_total",
-                           "cacheflow_cost_refit_enabled", "cacheflow_tier_read_bytes_per_second_cpu",
-                           "cacheflow_tier_read_bytes_per_second_ssd", "cacheflow_predicted_ratio_load_cpu",
-                           "cacheflow_predicted_ratio_load_ssd", "cacheflow_load_refit_samples_cpu",
-                           "cacheflow_load_refit_samples_ssd"};
-  double vals[NC] = {(double)st.restores_total, (double)st.batches_total, (double)st.restores_batched_total,
-                     (double)rs.calls_in_flight, fs.scale, fs.compute_ratio, fs.restore_ratio,
-                     (double)fs.samples, (double)s->cfg->cost_refit, fs.rate_Bps[0], fs.rate_Bps[1],
-                     fs.load_ratio[0], fs.load_ratio[1], (double)fs.load_samples[0], (double)fs.load_samples[1]};
-  for (int i = 0; i < NC; i++) {
+  cf_service_metric_t ms[CF_SERVICE_METRICS_MAX];
+  int nc = cf_service_metrics(s, ms);
+  Cacheflow__V1__Counter cs[CF_SERVICE_METRICS_MAX], *cp[CF_SERVICE_METRICS_MAX];
+  char names[CF_SERVICE_METRICS_MAX][96];
+  for (int i = 0; i < nc; i++) {
     cacheflow__v1__counter__init(&cs[i]);
-    cs[i].name = (char *)names[i];
-    cs[i].value = vals[i];
+    cs[i].name = (char *)cf_service_metric_flat_name(&ms[i], names[i], sizeof names[i]);
+    cs[i].value = ms[i].value;
     cp[i] = &cs[i];
   }
-  resp.n_counters = NC;
+  resp.n_counters = (size_t)nc;
   resp.counters = cp;
   cf_rpc_reply(c, &resp.base);
+}
+
+/* ---------------------------------------------------------------- the shared counters */
+typedef struct {
+  cf_service_stats_t st;
+  cf_rpc_stats_t rs;
+  cf_refit_stats_t fs;
+  int refit_on;
+} cf__snap_t;
+
+#define CF__GET(name, expr) static double name(const cf__snap_t *x) { return (double)(expr); }
+CF__GET(cf__g_restores, x->st.restores_total)
+CF__GET(cf__g_batches, x->st.batches_total)
+CF__GET(cf__g_batched, x->st.restores_batched_total)
+CF__GET(cf__g_in_flight, x->st.restores_in_flight)
+CF__GET(cf__g_rpc_in_flight, x->rs.calls_in_flight)
+CF__GET(cf__g_scale, x->fs.scale)
+CF__GET(cf__g_ratio_compute, x->fs.compute_ratio)
+CF__GET(cf__g_ratio_restore, x->fs.restore_ratio)
+CF__GET(cf__g_ratio_load_cpu, x->fs.load_ratio[0])
+CF__GET(cf__g_ratio_load_ssd, x->fs.load_ratio[1])
+CF__GET(cf__g_samples, x->fs.samples)
+CF__GET(cf__g_clipped, x->fs.clipped)
+CF__GET(cf__g_refit_on, x->refit_on)
+CF__GET(cf__g_rate_cpu, x->fs.rate_Bps[0])
+CF__GET(cf__g_rate_ssd, x->fs.rate_Bps[1])
+CF__GET(cf__g_load_samples_cpu, x->fs.load_samples[0])
+CF__GET(cf__g_load_samples_ssd, x->fs.load_samples[1])
+
+/* One row per sample; a family's rows are consecutive, its HELP on the first. */
+static const struct {
+  const char *family, *type, *help, *label_key, *label_value;
+  double (*get)(const cf__snap_t *);
+} cf__metric_rows[] = {
+  {"cacheflow_restores_total", "counter", "Restores accepted.", NULL, NULL, cf__g_restores},
+  {"cacheflow_restore_batches_total", "counter", "Restore batches dispatched.", NULL, NULL, cf__g_batches},
+  {"cacheflow_restores_batched_total", "counter", "Restores handed over in those batches.", NULL, NULL, cf__g_batched},
+  {"cacheflow_restores_in_flight", "gauge", "Restores accepted and not yet ended.", NULL, NULL, cf__g_in_flight},
+  {"cacheflow_rpc_in_flight", "gauge", "gRPC calls being handled.", NULL, NULL, cf__g_rpc_in_flight},
+  {"cacheflow_cost_compute_scale", "gauge", "Compute cost now / the start-up calibration (online re-fit).", NULL, NULL, cf__g_scale},
+  {"cacheflow_predicted_ratio", "gauge", "Executed / predicted, EWMA over restores (term=compute: forward steps; "
+   "restore: whole restore; load_<tier>: the tier's bytes at the planned rate vs its measured rate).", "term", "compute", cf__g_ratio_compute},
+  {"cacheflow_predicted_ratio", "gauge", NULL, "term", "restore", cf__g_ratio_restore},
+  {"cacheflow_predicted_ratio", "gauge", NULL, "term", "load_cpu", cf__g_ratio_load_cpu},
+  {"cacheflow_predicted_ratio", "gauge", NULL, "term", "load_ssd", cf__g_ratio_load_ssd},
+  {"cacheflow_cost_refit_samples_total", "counter", "Executed restores the compute re-fit used (clipped: clamped as outliers).", NULL, NULL, cf__g_samples},
+  {"cacheflow_cost_refit_samples_total", "counter", NULL, "result", "clipped", cf__g_clipped},
+  {"cacheflow_cost_refit_enabled", "gauge", "1 while restores are planned with the re-fitted cost model (cost_refit).", NULL, NULL, cf__g_refit_on},
+  {"cacheflow_tier_read_bytes_per_second", "gauge", "Read rate per tier the planner uses now (re-fitted from executed loads, "
+   "never above the configured limit).", "tier", "cpu", cf__g_rate_cpu},
+  {"cacheflow_tier_read_bytes_per_second", "gauge", NULL, "tier", "ssd", cf__g_rate_ssd},
+  {"cacheflow_load_refit_samples_total", "counter", "Executed restores the load-rate re-fit used, per tier.", "tier", "cpu", cf__g_load_samples_cpu},
+  {"cacheflow_load_refit_samples_total", "counter", NULL, "tier", "ssd", cf__g_load_samples_ssd},
+};
+
+int cf_service_metrics(cf_service_t *s, cf_service_metric_t *out) {
+  cf__snap_t x;
+  memset(&x, 0, sizeof x);
+  cf_service_stats(s, &x.st);
+  if (s->rpc) cf_rpc_stats(s->rpc, &x.rs);
+  cf_refit_stats(cf_planner_refit(s->planner), &x.fs);
+  x.refit_on = (int)s->cfg->cost_refit;
+  int n = (int)(sizeof cf__metric_rows / sizeof cf__metric_rows[0]);
+  for (int i = 0; i < n && i < CF_SERVICE_METRICS_MAX; i++)
+    out[i] = (cf_service_metric_t){cf__metric_rows[i].family, cf__metric_rows[i].type, cf__metric_rows[i].help,
+                                   cf__metric_rows[i].label_key, cf__metric_rows[i].label_value, cf__metric_rows[i].get(&x)};
+  return n < CF_SERVICE_METRICS_MAX ? n : CF_SERVICE_METRICS_MAX;
+}
+
+const char *cf_service_metric_flat_name(const cf_service_metric_t *m, char *buf, size_t cap) {
+  if (!m->label_value) return m->family;
+  size_t n = strlen(m->family);
+  if (n > 6 && !strcmp(m->family + n - 6, "_total")) n -= 6;
+  snprintf(buf, cap, "%.*s_%s", (int)n, m->family, m->label_value);
+  return buf;
 }
 
 static void cf__h_evict(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from cfdaemon import CacheFlowError, Checks, Client, Daemon, pb  # noqa: E402
+from cfdaemon import CacheFlowError, Checks, Client, Daemon, parse_prometheus, pb  # noqa: E402
 
 T = Checks()
 T0 = time.time()
@@ -181,6 +181,20 @@ def plan_check(hold_ms, n_restore):
 d = Daemon(conf={"kv_dtype": "f32", "cpu_tier_bytes": "1G", "ssd_tier_bytes": "1G"}).start()
 try:
     phase("started")
+    # GetStats and /metrics report their shared counters from one table: every GetStats counter
+    # is a /metrics sample, family{key="value"} spelled family_value (a trailing _total dropped)
+    code, body = d.http("/metrics")
+    samples, errs = parse_prometheus(body)
+    flat = set()
+    for (name, labels) in samples:
+        if labels:
+            stem = name[:-6] if name.endswith("_total") else name
+            flat.add(stem + "_" + labels.split('"')[1])
+        else:
+            flat.add(name)
+    missing = [ct.name for ct in d.client.stats().counters if ct.name not in flat]
+    T.check("every GetStats counter is a /metrics sample under the same name", code == 200 and not errs and not missing,
+            f"{code} {errs[:3]} missing {missing}")
     save_check(d)
     phase("save checks")
 finally:
