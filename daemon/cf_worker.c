@@ -12,7 +12,7 @@ struct cf_worker_s {
   pthread_cond_t cv;
   cf_worker_job_t *todo_head, *todo_tail;  /* submitted, not run */
   cf_worker_job_t *done_head, *done_tail;  /* run, `done` not called yet */
-  int running, stopping, pending;          /* pending: loop thread only */
+  int running, stopping;
   uv_async_t async;
 };
 
@@ -48,7 +48,6 @@ static void cf__deliver(cf_worker_t *w) {
   pthread_mutex_unlock(&w->mu);
   while (j) {
     cf_worker_job_t *next = j->next_;
-    w->pending--;
     j->done(j);
     j = next;
   }
@@ -75,7 +74,6 @@ int cf_worker_start(cf_worker_t **out, uv_loop_t *loop) {
 
 void cf_worker_submit(cf_worker_t *w, cf_worker_job_t *j) {
   j->next_ = NULL;
-  w->pending++;
   pthread_mutex_lock(&w->mu);
   if (w->todo_tail) w->todo_tail->next_ = j;
   else w->todo_head = j;
@@ -83,8 +81,6 @@ void cf_worker_submit(cf_worker_t *w, cf_worker_job_t *j) {
   pthread_cond_broadcast(&w->cv);
   pthread_mutex_unlock(&w->mu);
 }
-
-int cf_worker_pending(const cf_worker_t *w) { return w->pending; }
 
 void cf_worker_flush(cf_worker_t *w) {
   pthread_mutex_lock(&w->mu);

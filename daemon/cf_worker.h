@@ -20,8 +20,6 @@ typedef struct cf_worker_s cf_worker_t;
 /* Start the thread. 0 or CF_ENOMEM. */
 int cf_worker_start(cf_worker_t **out, uv_loop_t *loop);
 void cf_worker_submit(cf_worker_t *w, cf_worker_job_t *j);
-/* Jobs submitted and whose `done` has not run yet. */
-int cf_worker_pending(const cf_worker_t *w);
 /* Wait until every submitted job has run, then run their `done` now (shutdown). */
 void cf_worker_flush(cf_worker_t *w);
 /* Flush, join the thread, close the async (the worker frees itself on the loop). NULL ok. */
