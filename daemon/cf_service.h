@@ -124,4 +124,20 @@ typedef struct {
 /* Safe from any thread (atomics). */
 void cf_service_stats(const cf_service_t *s, cf_service_stats_t *out);
 
+/* The counters that GetStats and /metrics both report, from one table (so their names agree).
+ * Prometheus spells a sample family{label} (HELP and TYPE once per family, on its first
+ * sample); GetStats spells it flat: the family without a trailing "_total", then "_" and the
+ * label's value (cacheflow_load_refit_samples_total{tier="ssd"} -> cacheflow_load_refit_samples_ssd);
+ * an unlabelled sample keeps the family's name. */
+typedef struct {
+  const char *family, *type, *help; /* type: "counter" or "gauge" */
+  const char *label_key, *label_value; /* NULL, NULL: unlabelled */
+  double value;
+} cf_service_metric_t;
+#define CF_SERVICE_METRICS_MAX 32
+/* Fill out[0..n) with their values now and return n. Safe from any thread. */
+int cf_service_metrics(cf_service_t *s, cf_service_metric_t *out);
+/* The GetStats name of m into buf. */
+const char *cf_service_metric_flat_name(const cf_service_metric_t *m, char *buf, size_t cap);
+
 #endif
