@@ -319,6 +319,21 @@ static uint8_t *elem_at(uint8_t *base, cf_kv_strides_t s, int b, int t, int h, i
   return base + (uint64_t)b * s.block + (uint64_t)t * s.token + (uint64_t)h * s.head + (uint64_t)d * s.dim;
 }
 
+/* Elements of tokens [t0, t1) (flat rows k, v of nh x hd elements of es bytes, row 0 = t0)
+ * not where the strides ks / vs put them in the paged planes at k0 / v0: the count. */
+static int misplaced(uint8_t *k0, uint8_t *v0, cf_kv_strides_t ks, cf_kv_strides_t vs, const int32_t *blocks, int bs,
+                     int t0, int t1, int nh, int hd, const void *k, const void *v, size_t es) {
+  int bad = 0;
+  for (int t = t0; t < t1; t++)
+    for (int h = 0; h < nh; h++)
+      for (int d = 0; d < hd; d++) {
+        size_t e = ((size_t)(t - t0) * nh * hd + (size_t)h * hd + d) * es;
+        bad += memcmp(elem_at(k0, ks, blocks[t / bs], t % bs, h, d), (const uint8_t *)k + e, es) != 0;
+        bad += memcmp(elem_at(v0, vs, blocks[t / bs], t % bs, h, d), (const uint8_t *)v + e, es) != 0;
+      }
+  return bad;
+}
+
 /* vLLM's CPU attention backend, float32: per layer one tensor [num_blocks][heads][block_size]
  * [2*head_dim]; per (block, head) a K area stored dimension-major ([head_dim][block_size]) then
  * a V area token-major ([block_size][head_dim]). It registers as K and V planes with their own
@@ -368,15 +383,7 @@ CF_TEST(kvmap_strided_layouts_vllm_cpu_and_gpu) {
     for (int i = 0; i < T * ROW; i++) { k[i] = (float)i + 0.5f; v[i] = -(float)i - 0.25f; }
     cf_kvmap_scatter(&m, 0, blocks, 1, 1 + T, k, v);
     /* every element where the engine's indexing has it; K and V areas never collide */
-    for (int t = 1; t < 1 + T; t++)
-      for (int h = 0; h < NH; h++)
-        for (int d = 0; d < HD; d++) {
-          float gk, gv;
-          memcpy(&gk, elem_at(k0[0], ks, blocks[t / BS], t % BS, h, d), 4);
-          memcpy(&gv, elem_at(v0[0], vs, blocks[t / BS], t % BS, h, d), 4);
-          CF_CHECK_EQ(gk, k[(t - 1) * ROW + h * HD + d]);
-          CF_CHECK_EQ(gv, v[(t - 1) * ROW + h * HD + d]);
-        }
+    CF_CHECK_EQ(misplaced(k0[0], v0[0], ks, vs, blocks, BS, 1, 1 + T, NH, HD, k, v, 4), 0);
     cf_kvmap_gather(&m, 0, blocks, 1, 1 + T, k2, v2);
     CF_CHECK(memcmp(k, k2, sizeof k) == 0 && memcmp(v, v2, sizeof v) == 0);
     cf_kvmap_gather_f32(&m, 0, blocks, 1, 1 + T, k2, v2);
@@ -406,15 +413,7 @@ CF_TEST(kvmap_strided_bf16_dim_major) {
   uint16_t k[T * ROW], v[T * ROW], k2[T * ROW], v2[T * ROW];
   for (int i = 0; i < T * ROW; i++) { k[i] = (uint16_t)(0x3f80 + i); v[i] = (uint16_t)(0xbf80 + i); }
   cf_kvmap_scatter(&m, 0, blocks, 1, 1 + T, k, v);
-  for (int t = 1; t < 1 + T; t++)
-    for (int h = 0; h < NH; h++)
-      for (int d = 0; d < HD; d++) {
-        uint16_t gk, gv;
-        memcpy(&gk, elem_at(k0[0], ks, blocks[t / BS], t % BS, h, d), 2);
-        memcpy(&gv, elem_at(v0[0], vs, blocks[t / BS], t % BS, h, d), 2);
-        CF_CHECK_EQ(gk, k[(t - 1) * ROW + h * HD + d]);
-        CF_CHECK_EQ(gv, v[(t - 1) * ROW + h * HD + d]);
-      }
+  CF_CHECK_EQ(misplaced(k0[0], v0[0], ks, vs, blocks, BS, 1, 1 + T, NH, HD, k, v, 2), 0);
   cf_kvmap_gather(&m, 0, blocks, 1, 1 + T, k2, v2);
   CF_CHECK(memcmp(k, k2, sizeof k) == 0 && memcmp(v, v2, sizeof v) == 0);
   float fk[T * ROW], fv[T * ROW], wk[T * ROW], wv[T * ROW];
