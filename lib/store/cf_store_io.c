@@ -242,7 +242,16 @@ int cf__data_sync(cf_store_t *st) {
  * journal names a slot there any more (cf__ssd_shrink rewrote it first). */
 void cf__data_offer_all(cf_store_t *st) {
   /* a smaller cap than last time: files and bytes past it go (their records were dropped) */
-  for (int i = st->n_files;; i++) {
+  /* highest first, so a kill midway leaves the files numbered without a gap (the next open
+   * looks for data.000, data.001, ... and stops at the first one missing) */
+  int top = st->n_files;
+  for (;; top++) {
+    char p[1100];
+    struct stat sb;
+    cf__data_path(st, top, p, sizeof p);
+    if (stat(p, &sb) != 0) break;
+  }
+  for (int i = top - 1; i >= st->n_files; i--) {
     char p[1100];
     cf__data_path(st, i, p, sizeof p);
     if (unlink(p) != 0) break;
