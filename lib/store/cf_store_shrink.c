@@ -30,7 +30,7 @@
 #include "util/cf_log.h"
 
 #define CF__SHRINK_DEL_BATCH 64          /* DEL records per fdatasync'ed append */
-#define CF__SHRINK_MOVE_BYTES (32u << 20) /* bytes in flight per move batch */
+#define CF__SHRINK_MOVE_BYTES (16u << 20) /* bytes per move batch (two in flight: read, write) */
 
 void cf__test_kill_point(cf_store_t *st) {
   /* read every time: a forked child sets it after its parent opened stores */
@@ -71,92 +71,118 @@ static int cf__shrink_drop(cf_store_t *st, uint64_t n_victims) {
   return rc;
 }
 
-/* Step 2: move the kept chunks that lie at or past the cap into free slots below it. */
+/* Step 2: move the kept chunks that lie at or past the cap into free slots below it. Batches go
+ * through one ring run each: the writes of the batch before (read and checked) together with
+ * the reads of the next one, so reading and writing overlap. */
+typedef struct {
+  int32_t *ent, *from, *to;
+  uint8_t *buf;
+  unsigned n;
+} cf__move_batch_t;
+
 static int cf__shrink_move(cf_store_t *st, uint64_t *moved, uint64_t *corrupt) {
   const int32_t cap = st->cap_slots, n = st->n_ssd_slots;
   const uint32_t L = st->g.n_layers;
   unsigned per = (unsigned)(CF__SHRINK_MOVE_BYTES / st->slot_bytes);
   if (per < 1) per = 1;
   if (per > 64) per = 64;
-  int32_t *ents = malloc(sizeof(int32_t) * per), *from = malloc(sizeof(int32_t) * per),
-          *to = malloc(sizeof(int32_t) * per);
-  cf__io_t *ops = malloc(sizeof(cf__io_t) * per);
-  uint8_t *buf = cf__aligned_alloc(st->slot_bytes * per);
+  cf__move_batch_t b[2]; /* b[cur]: being read; b[!cur]: read, checked, being written */
+  int32_t *idx = malloc(sizeof(int32_t) * 6 * per);
+  cf__io_t *ops = malloc(sizeof(cf__io_t) * 2 * per);
   cf__ring_t ring;
-  cf__ring_init(&ring, per);
-  int rc = 0;
-  if (!ents || !from || !to || !ops || !buf) {
-    rc = cf_seterr(CF_ENOMEM, "store %s: shrink buffers (%u slots)", st->dir, per);
+  cf__ring_init(&ring, 2 * per);
+  int rc = 0, cur = 0;
+  for (int i = 0; i < 2; i++) {
+    b[i].ent = idx ? idx + (size_t)(3 * i) * per : NULL;
+    b[i].from = idx ? b[i].ent + per : NULL;
+    b[i].to = idx ? b[i].from + per : NULL;
+    b[i].buf = cf__aligned_alloc(st->slot_bytes * per);
+    b[i].n = 0;
+  }
+  if (!idx || !ops || !b[0].buf || !b[1].buf) {
+    rc = cf_seterr(CF_ENOMEM, "store %s: shrink buffers (2 x %u slots)", st->dir, per);
     goto out;
   }
   int32_t src = cap, dst = 0; /* cursors: next slot to empty, next free slot to fill */
   for (;;) {
-    unsigned m = 0;
+    cf__move_batch_t *rd = &b[cur], *wr = &b[!cur];
+    rd->n = 0;
     pthread_mutex_lock(&st->mu);
-    for (; src < n && m < per; src++) {
+    for (; src < n && rd->n < per; src++) {
       int32_t e = st->ssd_owner[src];
       if (e < 0) continue;
       while (dst < cap && st->ssd_owner[dst] >= 0) dst++;
       if (dst >= cap) break; /* cannot happen: step 1 left at most cap chunks */
-      ents[m] = e;
-      from[m] = src;
-      to[m] = dst++;
-      m++;
+      rd->ent[rd->n] = e;
+      rd->from[rd->n] = src;
+      /* claimed now (the copy is unmapped until step 3) so the cursor passes it */
+      st->ssd_owner[dst] = e;
+      rd->to[rd->n++] = dst++;
     }
     pthread_mutex_unlock(&st->mu);
-    if (!m) break;
-    for (unsigned i = 0; i < m; i++) {
+    if (!rd->n && !wr->n) break;
+    unsigned nops = 0;
+    for (unsigned i = 0; i < wr->n; i++) {
+      if (wr->ent[i] < 0) continue; /* failed its check */
       int fd;
       uint64_t off;
-      cf__slot_pos(st, from[i], &fd, &off);
-      ops[i] = (cf__io_t){.fd = fd, .buf = buf + (size_t)i * st->slot_bytes, .len = st->slot_bytes,
-                          .off = off, .write = 0};
+      cf__slot_pos(st, wr->to[i], &fd, &off);
+      ops[nops++] = (cf__io_t){.fd = fd, .buf = wr->buf + (size_t)i * st->slot_bytes,
+                               .len = st->slot_bytes, .off = off, .write = 1};
     }
-    int rrc = cf__ring_run(st, &ring, ops, m);
-    (void)rrc; /* judged per chunk below: a short or failed read is a lost chunk, not a failed open */
-    unsigned w = 0;
+    const unsigned nw = nops;
+    for (unsigned i = 0; i < rd->n; i++, nops++) {
+      int fd;
+      uint64_t off;
+      cf__slot_pos(st, rd->from[i], &fd, &off);
+      ops[nops] = (cf__io_t){.fd = fd, .buf = rd->buf + (size_t)i * st->slot_bytes,
+                             .len = st->slot_bytes, .off = off, .write = 0};
+    }
+    /* the reads are judged per chunk below (a short or failed read loses that chunk, not the
+     * open); a failed write fails the shrink (the journal still maps every chunk's old slot) */
+    int rrc = cf__ring_run(st, &ring, ops, nops);
+    for (unsigned i = 0; i < nw; i++)
+      if ((size_t)ops[i].res != ops[i].len) {
+        rc = rrc ? rrc : cf_seterr(CF_EIO, "store %s: shrink: a write of %zu bytes at %llu came "
+                                   "short", st->dir, ops[i].len, (unsigned long long)ops[i].off);
+        goto out;
+      }
+    /* the index follows the copies just written (each chunk keeps its place in the eviction
+     * order); the journal maps the old slots until step 3 */
     pthread_mutex_lock(&st->mu);
-    for (unsigned i = 0; i < m; i++) {
-      cf__ent_t *en = &st->ents[ents[i]];
-      int good = (size_t)ops[i].res == ops[i].len;
+    for (unsigned i = 0; i < wr->n; i++) {
+      if (wr->ent[i] < 0) continue;
+      st->ssd_owner[wr->from[i]] = -1;
+      st->ents[wr->ent[i]].ssd_slot = wr->to[i];
+    }
+    *moved += nw;
+    if (nw) cf__test_kill_point(st);
+    /* check what was read; the good ones are written with the next run */
+    for (unsigned i = 0; i < rd->n; i++) {
+      const cf__io_t *op = &ops[nw + i];
+      cf__ent_t *en = &st->ents[rd->ent[i]];
+      const uint8_t *slot = rd->buf + (size_t)i * st->slot_bytes;
+      int good = (size_t)op->res == op->len;
       size_t cb = cf_store_cell_bytes_n(&st->g, en->n_tokens);
       for (uint32_t l = 0; l < L && good; l++)
-        good = XXH3_64bits(buf + (size_t)i * st->slot_bytes + (size_t)l * st->cell_stride, cb) ==
-               st->csum[(size_t)ents[i] * L + l];
+        good = XXH3_64bits(slot + (size_t)l * st->cell_stride, cb) ==
+               st->csum[(size_t)rd->ent[i] * L + l];
       if (!good) {
         /* not copied: the rewritten journal leaves it out, and its old slot is cut off */
-        CF_WARN("store %s: shrink: slot %d failed its checksum: chunk dropped", st->dir, from[i]);
+        CF_WARN("store %s: shrink: slot %d failed its checksum: chunk dropped", st->dir,
+                rd->from[i]);
         st->st.corrupt_chunks++;
         st->st.corrupt_cells += L;
-        cf__ssd_detach(st, ents[i]);
-        cf__ent_maybe_free(st, ents[i]);
+        st->ssd_owner[rd->to[i]] = -1;
+        cf__ssd_detach(st, rd->ent[i]);
+        cf__ent_maybe_free(st, rd->ent[i]);
+        rd->ent[i] = -1;
         (*corrupt)++;
-        continue;
       }
-      int fd;
-      uint64_t off;
-      cf__slot_pos(st, to[i], &fd, &off);
-      ops[w] = (cf__io_t){.fd = fd, .buf = buf + (size_t)i * st->slot_bytes, .len = st->slot_bytes,
-                          .off = off, .write = 1};
-      ents[w] = ents[i];
-      from[w] = from[i];
-      to[w] = to[i];
-      /* claim the target now so the next batch's cursor passes it */
-      st->ssd_owner[to[i]] = ents[i];
-      w++;
     }
     pthread_mutex_unlock(&st->mu);
-    if (w && (rc = cf__ring_run(st, &ring, ops, w))) goto out;
-    /* the index follows the copies (the chunk keeps its place in the eviction order); the
-     * journal still maps the old slots until step 3 */
-    pthread_mutex_lock(&st->mu);
-    for (unsigned i = 0; i < w; i++) {
-      st->ssd_owner[from[i]] = -1;
-      st->ents[ents[i]].ssd_slot = to[i];
-    }
-    pthread_mutex_unlock(&st->mu);
-    *moved += w;
-    cf__test_kill_point(st);
+    wr->n = 0;
+    cur = !cur;
   }
   pthread_mutex_lock(&st->mu);
   for (int32_t s = cap; s < n && !rc; s++)
@@ -168,7 +194,7 @@ static int cf__shrink_move(cf_store_t *st, uint64_t *moved, uint64_t *corrupt) {
   cf__test_kill_point(st);
 out:
   cf__ring_exit(&ring);
-  free(ents); free(from); free(to); free(ops); free(buf);
+  free(idx); free(ops); free(b[0].buf); free(b[1].buf);
   return rc;
 }
 
