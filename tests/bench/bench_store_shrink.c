@@ -16,19 +16,13 @@
 #include <unistd.h>
 
 #include "store/cf_store.h"
+#include "unit/store_testlib.h"
 #include "util/cf_err.h"
 
 static double now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static uint64_t mix(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ULL;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
 }
 
 static void die(const char *what, int rc) {
@@ -55,7 +49,7 @@ int main(void) {
   snprintf(dir, sizeof dir, "%s/store", root);
   snprintf(scratch, sizeof scratch, "%s/scratch", root);
   uint8_t *src = aligned_alloc(4096, slot);
-  for (size_t i = 0; i < slot; i += 8) { uint64_t v = mix(i); memcpy(src + i, &v, 8); }
+  for (size_t i = 0; i < slot; i += 8) { uint64_t v = st_mix(i); memcpy(src + i, &v, 8); }
   double best_fill = 1e9, best_raw = 1e9, best_shrink = 1e9;
   cf_store_stats_t last;
   memset(&last, 0, sizeof last);
@@ -79,7 +73,7 @@ int main(void) {
       src[1] = (uint8_t)r;
       for (int l = 0; l < L; l++) cells[l] = src + (size_t)l * cb;
       cf_store_key_t k;
-      uint64_t a = mix((uint64_t)id), b = mix((uint64_t)id ^ 0x77);
+      uint64_t a = st_mix((uint64_t)id), b = st_mix((uint64_t)id ^ 0x77);
       memcpy(k.b, &a, 8);
       memcpy(k.b + 8, &b, 8);
       if ((rc = cf_store_save(st, &k, 256, cells, 0))) die("save", rc);

@@ -55,20 +55,8 @@ static void ch_save(const char *dir, int slots, cf_store_evict_t pol, uint64_t a
   cf_store_close(st);
 }
 
-/* child: read ids [a, b) (a use: the policy keeps them longer), close cleanly */
-static void ch_read(const char *dir, int slots, cf_store_evict_t pol, uint64_t a, uint64_t b) {
-  cf_store_geom_t g = st_geom(16, 2, 64);
-  cf_store_config_t c = cfg_slots(slots, pol);
-  cf_store_t *st;
-  if (cf_store_open(dir, &g, &c, &st)) _exit(3);
-  for (uint64_t id = a; id < b; id++) {
-    int eq, t;
-    if (st_check(st, id, 16, 0, 2, &eq, &t) || !eq) _exit(4);
-  }
-  cf_store_close(st);
-}
-
-/* child: read ids [0, a), then save ids [80, b), close cleanly */
+/* child: read ids [0, a) (a use: the policy keeps them longer), then save ids [80, b), close
+ * cleanly */
 static void ch_read_save(const char *dir, int slots, cf_store_evict_t pol, uint64_t a, uint64_t b) {
   cf_store_geom_t g = st_geom(16, 2, 64);
   cf_store_config_t c = cfg_slots(slots, pol);
@@ -121,17 +109,6 @@ static int journal_holds(const char *dir, int n, uint8_t *present, int *bad) {
   return held;
 }
 
-static uint64_t data_bytes(const char *dir) {
-  uint64_t t = 0;
-  for (int i = 0; i < 1000; i++) {
-    char p[1300];
-    struct stat sb;
-    snprintf(p, sizeof p, "%s/data.%03d", dir, i);
-    if (stat(p, &sb) == 0) t += (uint64_t)sb.st_size; /* every file, also past a gap */
-  }
-  return t;
-}
-
 static void verify_clean(const char *dir, int want_ok) {
   cf_store_verify_t v;
   CF_CHECK_OK(cf_store_verify_dir(dir, &v));
@@ -167,7 +144,7 @@ static void shrink_grow_shrink(cf_store_evict_t pol, const char *name) {
     CF_CHECK_MSG(present[id] == want, "%s: chunk %d %s after the shrink to 25", name, id,
                  present[id] ? "kept" : "dropped");
   }
-  CF_CHECK_LE(data_bytes(dir), 25 * SLOT);
+  CF_CHECK_LE(dir_data_bytes(dir), 25 * SLOT);
 
   /* grow to 100: 50 more fit without evicting anything */
   CF_CHECK(exited_ok(in_child(ch_save, dir, 100, pol, 100, 150, NULL)));
@@ -184,7 +161,7 @@ static void shrink_grow_shrink(cf_store_evict_t pol, const char *name) {
   for (int id = 0; id < 150; id++)
     CF_CHECK_MSG(present[id] == (id >= 110), "%s: chunk %d %s after the shrink to 40", name, id,
                  present[id] ? "kept" : "dropped");
-  CF_CHECK_LE(data_bytes(dir), 40 * SLOT);
+  CF_CHECK_LE(dir_data_bytes(dir), 40 * SLOT);
 }
 
 CF_TEST(store_shrink_grow_shrink_lru) { shrink_grow_shrink(CF_STORE_EVICT_LRU, "lru"); }
@@ -206,7 +183,7 @@ CF_TEST(store_shrink_kill9_every_step) {
   snprintf(tmpl, sizeof tmpl, "%s/template", cf_test_tmpdir());
   snprintf(dir, sizeof dir, "%s/work", cf_test_tmpdir());
   CF_CHECK(exited_ok(in_child(ch_save, tmpl, N, CF_STORE_EVICT_LRU, 0, (uint64_t)N, NULL)));
-  CF_CHECK(exited_ok(in_child(ch_read, tmpl, N, CF_STORE_EVICT_LRU, 0, HOT, NULL)));
+  CF_CHECK(exited_ok(in_child(ch_read_save, tmpl, N, CF_STORE_EVICT_LRU, HOT, 80, NULL)));
   uint8_t present[200];
   int killed = 0, points = 0, random_kills = 0;
   /* rounds 1..: kill point `round`, until a shrink runs through; then 10 random moments */
@@ -259,7 +236,7 @@ CF_TEST(store_shrink_kill9_every_step) {
                    "round %d: chunk %d %s after the finished shrink", round, id,
                    present[id] ? "kept" : "dropped");
     verify_clean(dir, CAP);
-    CF_CHECK_LE(data_bytes(dir), (uint64_t)CAP * SLOT);
+    CF_CHECK_LE(dir_data_bytes(dir), (uint64_t)CAP * SLOT);
   }
   printf("  shrink kill -9: %d kill points, %d kills in all (%d at random moments)\n", points,
          killed, random_kills);
