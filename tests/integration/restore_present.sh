@@ -6,17 +6,12 @@
 # untouched, loaded rows bit-exact, recomputed ones within 1e-4) and the first token matches a
 # prefill from scratch. Saves ask for durability (cf_client_save2) and the daemon says durable.
 set -u
-cd "$(dirname "$0")/../.."
-BUILD=${BUILD:-build}
-. tests/lib/cf_check.sh
-cf_need_bins "$BUILD" cacheflowd cacheflowctl cf-refengine
+. "$(dirname "$0")/../lib/cf_test.sh"
+cf_need_bins cacheflowd cacheflowctl cf-refengine
 cf_test_dir cf-present TERM
-"$BUILD/cacheflowctl" gen-model --out "$T/model" --preset demo >/dev/null || { echo "gen-model failed"; echo "0 passed, 1 failed"; exit 1; }
-. tests/lib/cf_daemon.sh
+cf_gen_model demo
 cf_daemon_conf "$T/d.conf" "$T" 64M 256M 64 warn
-"$BUILD/cacheflowd" --config "$T/d.conf" --model "$T/model" 2>"$T/d.log" &
-DPID=$!
-check "daemon starts" "cf_daemon_wait $BUILD $T/d.sock 200"
+check "daemon starts" "cf_daemon_start $T/d.conf $T/model"
 ENG="$BUILD/cf-refengine --daemon unix:$T/d.sock --model $T/model --shm-dir $T --prefix 256 --new 16 --turns 2 --block 16 --verify"
 rc=0
 i=0
@@ -38,8 +33,5 @@ check "load: cells moved = chunks after the present one x 8 layers" "[ \"$ld\" =
 # below 100, the loaded ones above), none merely close
 ex=$(jq -s '[.[] | select(.mode=="session" and .turn == 1) | .exact == 16 * 8 and .close == 0 and .bad == 0] | all' "$T"/load.json)
 check "load turn 1: all 16 x 8 cells bit-exact (own rows and loaded rows), none recomputed" "[ \"$ex\" = true ]"
-kill -TERM $DPID 2>/dev/null; wait $DPID
-check "daemon exits 0" "[ $? -eq 0 ]"
-if [ $F -ne 0 ]; then echo "--- daemon log"; tail -n 20 "$T/d.log"; for f in "$T"/*.err "$T"/*.json; do echo "--- $f"; tail -n 4 "$f"; done; fi
-echo "$P passed, $F failed"
-[ $F -eq 0 ]
+check "daemon exits 0" "cf_daemon_stop TERM"
+finish

@@ -19,7 +19,7 @@ import signal
 import struct
 import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "lib"))  # tests/lib: the harness
 from cfdaemon import MODEL, Checks, Daemon  # noqa: E402
 import grpc  # noqa: E402
 from cacheflow_client import CacheFlowError, Client, layer_layout, pb, register_request  # noqa: E402

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "lib"))  # tests/lib: the harness
 from cfdaemon import CacheFlowError, Checks, Client, Daemon, parse_prometheus, pb  # noqa: E402
 
 T = Checks()
