@@ -243,7 +243,6 @@ int cf__data_sync(cf_store_t *st) {
 }
 
 /* Offer the free slots of every existing data file once the journal replay has claimed its own. */
-void cf__data_offer_all(cf_store_t *st);
 void cf__data_offer_all(cf_store_t *st) {
   /* a smaller cap than last time: files and bytes past it go (their records were dropped) */
   for (int i = st->n_files;; i++) {
