@@ -30,7 +30,8 @@ DEB_PKGS := build-essential pkg-config clang libclang-rt-14-dev \
             libopenblas-dev liburing-dev libxxhash-dev libinih-dev libuv1-dev \
             libmicrohttpd-dev libgrpc-dev libprotobuf-c-dev protobuf-c-compiler \
             protobuf-compiler python3 python3-numpy python3-grpcio python3-grpc-tools \
-            curl jq e2fsprogs
+            curl jq e2fsprogs \
+            redis-server redis-tools libhiredis-dev
 
 CPPFLAGS += -Ilib -I. -Idaemon -Itests -I$(BUILD)/gen -I/usr/include/x86_64-linux-gnu/openblas-pthread -D_GNU_SOURCE
 SAN      ?=
@@ -38,7 +39,7 @@ CFLAGS   ?= -g
 CFLAGS   += $(SAN) $(OPT) -std=c11 -pthread -fPIC -Wall -Wextra -Wshadow -Wno-unused-parameter \
             -Wno-missing-field-initializers -MMD -MP
 LDFLAGS  += -pthread $(SAN)
-LDLIBS   += -lopenblas -luring -lxxhash -lm
+LDLIBS   += -lopenblas -luring -lxxhash -lhiredis -lm
 DAEMON_LDLIBS := -lgrpc -lgpr -lprotobuf-c -luv -lmicrohttpd -linih
 
 ifeq ($(CUDA),1)

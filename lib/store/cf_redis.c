@@ -540,6 +540,27 @@ int cf_redis_masters(cf_redis_t *r, int *ids, int max) {
   return n < max ? n : max;
 }
 
+static void val_of(const redisReply *rr, cf_redis_val_t *out) {
+  out->type = rr->type;
+  out->integer = rr->integer;
+  out->str = rr->str;
+  out->len = rr->len;
+  out->elements = rr->type == REDIS_REPLY_ARRAY ? rr->elements : 0;
+  out->p_ = rr;
+}
+
+int cf_redis_val(const cf_redis_cmd_t *c, cf_redis_val_t *out) {
+  if (!c->reply_) return CF_ENOTFOUND;
+  val_of(c->reply_, out);
+  return 0;
+}
+
+int cf_redis_val_elem(const cf_redis_val_t *a, size_t i, cf_redis_val_t *out) {
+  if (i >= a->elements) return CF_ERANGE;
+  val_of(((const redisReply *)a->p_)->element[i], out);
+  return 0;
+}
+
 void cf_redis_get_stats(const cf_redis_t *r, cf_redis_stats_t *out) {
   *out = r->st;
   out->nodes_known = r->map.n_nodes;

@@ -88,6 +88,21 @@ void cf_redis_cmds_release(cf_redis_cmd_t *cmds, size_t n);
 /* Fill a command: cf_redis_cmd(&c, 2, "GET", 3, key, klen). */
 void cf_redis_cmd(cf_redis_cmd_t *c, int argc, ...);
 
+/* A reply, or an element of an array reply (SCAN's [cursor, [keys]]), valid as long as the
+ * command's reply. */
+typedef struct {
+  int type;
+  long long integer;
+  const char *str;
+  size_t len;
+  size_t elements;
+  const void *p_;
+} cf_redis_val_t;
+/* The reply of a command whose status is 0 or CF_EPROTO; returns 0 or CF_ENOTFOUND (no reply). */
+int cf_redis_val(const cf_redis_cmd_t *c, cf_redis_val_t *out);
+/* Element i of array `a`; returns 0 or CF_ERANGE. */
+int cf_redis_val_elem(const cf_redis_val_t *a, size_t i, cf_redis_val_t *out);
+
 /* Nodes to address one by one (verify's SCAN, tests' FLUSHALL): the standalone server, or every
  * master of the cluster's current slot map. Returns the count (<= max); ids for cf_redis_exec_node. */
 int cf_redis_masters(cf_redis_t *r, int *ids, int max);
