@@ -490,7 +490,27 @@ static void *writer_main(void *arg) {
     cf_redis_t *c;
     int id = pool_take(r, &c), err = 0;
     if (id >= 0) {
-      put_chunks(r, c, batch, n, &err);
+      /* chunks another node (or an earlier save) already wrote: skip them after one EXISTS each */
+      cf_redis_cmd_t ex[CF__W_CHUNKS];
+      char kb[CF__W_CHUNKS][CF__KEY_MAX];
+      for (size_t i = 0; i < n; i++) {
+        size_t kl = cf_remote_key(r, &batch[i]->key, -1, kb[i], CF__KEY_MAX);
+        cf_redis_cmd(&ex[i], 2, "EXISTS", (size_t)6, kb[i], kl);
+      }
+      cf_redis_exec(c, ex, n);
+      cf__qent_t *todo[CF__W_CHUNKS];
+      size_t nt = 0, skipped = 0;
+      for (size_t i = 0; i < n; i++) {
+        if (ex[i].status == 0 && ex[i].type == CF_REDIS_R_INTEGER && ex[i].integer == 1) skipped++;
+        else todo[nt++] = batch[i];
+      }
+      cf_redis_cmds_release(ex, n);
+      if (skipped) {
+        pthread_mutex_lock(&r->smu);
+        r->st.put_skipped += skipped;
+        pthread_mutex_unlock(&r->smu);
+      }
+      if (nt) put_chunks(r, c, todo, nt, &err);
       pool_give(r, id, -1);
     }
     if (err && err != CF_ENOSPC) CF_DEBUG("remote write-back: %s: %s", cf_strerror(err), cf_errmsg());

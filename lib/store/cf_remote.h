@@ -21,7 +21,8 @@
  *
  * Writes: cf_remote_put_async copies a chunk into a bounded queue (queue_bytes) that one writer
  * thread drains, several chunks per pipeline; when the queue is full the chunk is not written to
- * the remote tier (counted: put_dropped) and the caller is never blocked. Reads and lookups use a
+ * the remote tier (counted: put_dropped) and the caller is never blocked. The writer first asks
+ * EXISTS for each queued chunk's marker and skips those already there (put_skipped). Reads and lookups use a
  * pool of connections (one per concurrent caller), never the caller's event loop.
  */
 #ifndef CF_REMOTE_H
@@ -111,6 +112,7 @@ typedef struct {
   uint64_t lookups, lookup_hits;         /* chunks asked / found */
   uint64_t cells_read, bytes_read, cells_missing, cells_corrupt, read_errors;
   uint64_t chunks_written, bytes_written, put_dropped, put_oom, put_errors;
+  uint64_t put_skipped;                  /* queued chunks the remote already held (not rewritten) */
   uint64_t queue_bytes, queue_chunks;    /* now */
   uint64_t read_ns, read_batches;        /* time in GET pipelines (latency: read_ns / read_batches) */
   uint64_t write_ns, write_batches;

@@ -25,7 +25,7 @@
 typedef struct {
   pid_t pid;
   int port;
-  char dir[512];
+  char dir[768];
   char sock[512]; /* unix socket path when started with one */
   char extra[512];
 } rt_server_t;
@@ -90,7 +90,7 @@ static inline int rt_start(rt_server_t *s) {
   for (int attempt = 0; attempt < 5; attempt++) {
     int pick = s->port == 0;
     if (pick) s->port = rt_free_port();
-    char portbuf[16], logf[640];
+    char portbuf[16], logf[800];
     snprintf(portbuf, sizeof portbuf, "%d", s->port);
     snprintf(logf, sizeof logf, "%s/redis.log", s->dir);
     pid_t pid = fork();
