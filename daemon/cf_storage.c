@@ -14,6 +14,21 @@
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
+/* An engine's buffers mapped into the daemon: layer l's K starts at k[l], V at v[l] (the
+ * declared offsets applied); `kv` is a lib/ipc view of them (one set of strides for every
+ * layer), which Save and the executor both address the blocks through. Owned by the engine
+ * (cf_engine_t.map). */
+struct cf_engine_map_s {
+  int n_maps;
+  void **map_base;
+  size_t *map_len;
+  uint8_t **k, **v;
+  cf_kvmap_t kv;
+  int gpu;                  /* CUDA IPC engine: gkv holds its buffers, kv is unused */
+  cf_gpu_kv_t gkv;
+};
+typedef struct cf_engine_map_s cf_engine_map_t;
+
 struct cf_storage_s {
   cf_store_t *st;
   cf_store_geom_t g;
@@ -27,11 +42,7 @@ static int cf__proto_dtype(cf_dtype_t t) {
                                                                              : CACHEFLOW__V1__DTYPE__DTYPE_F32;
 }
 
-int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_info_t *model, cf_dtype_t kv_dtype) {
-  return cf_storage_open_gpu(out, cfg, model, kv_dtype, NULL);
-}
-
-int cf_storage_open_gpu(cf_storage_t **out, const cf_config_t *cfg, const cf_model_info_t *model,
+int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_info_t *model,
                         cf_dtype_t kv_dtype, cf_exec_gpu_t *gpu) {
   *out = NULL;
   cf_storage_t *s = calloc(1, sizeof *s);
@@ -153,7 +164,7 @@ static int cf__engine_added_gpu(cf_storage_t *s, cf_engine_t *e) {
   free(kh); free(vh); free(ko); free(vo);
   if (rc) { free(m); return rc; }
   m->gpu = 1;
-  e->exec_priv = m;
+  e->map = m;
   return 0;
 }
 
@@ -189,14 +200,20 @@ static int cf__engine_added(void *ctx, cf_engine_t *e) {
   if (!rc) rc = cf__engine_layout(s, e, "CPU", &lay);
   if (!rc) rc = cf_kvmap_view(&m->kv, &lay, m->k, m->v);
   if (rc) { cf__unmap(m); return rc; }
-  e->exec_priv = m;
+  e->map = m;
   return 0;
 }
 
 static void cf__engine_removed(void *ctx, cf_engine_t *e) {
   (void)ctx;
-  cf__unmap(e->exec_priv);
-  e->exec_priv = NULL;
+  cf__unmap(e->map);
+  e->map = NULL;
+}
+
+void cf_storage_engine_kv(const cf_engine_t *e, cf_kvmap_t **kv, const cf_gpu_kv_t **gkv) {
+  const cf_engine_map_t *m = e->map;
+  *kv = m && !m->gpu ? &e->map->kv : NULL;
+  *gkv = m && m->gpu ? &m->gkv : NULL;
 }
 
 /* ---------------------------------------------------------------- lookup / save */
@@ -234,7 +251,7 @@ static int cf__lookup(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t 
 
 static int cf__save(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest *req, uint32_t *saved, int *durable) {
   cf_storage_t *s = ctx;
-  cf_engine_map_t *m = e->exec_priv;
+  cf_engine_map_t *m = e->map;
   const size_t n = req->n_token_ids;
   *saved = 0;
   *durable = 0;
