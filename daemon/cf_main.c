@@ -27,6 +27,7 @@
 #include "cf_dataplane.h"
 #include "cf_storage.h"
 #include "model/cf_model.h"
+#include "store/cf_remote.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
@@ -47,6 +48,7 @@ typedef struct {
   cf_sched_cost_t cost;                /* measured at start; planning input */
   cf_planner_t planner;                /* plans restores (on the executor thread) with `cost`, re-fitted */
   double measured_link_Bps;            /* memcpy rate, before any cpu_read_gbps limit */
+  double measured_remote_Bps;          /* the remote tier's probed read rate (0: none / not reached) */
   cf_storage_t *storage;
   cf_service_t *svc;
   cf_dataplane_t *dp;                  /* the restore data path: NULL without a model */
@@ -138,21 +140,55 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
   CF__P("# HELP cacheflow_cost_compute_scale Compute cost now / the start-up calibration (online re-fit).\n# TYPE cacheflow_cost_compute_scale gauge\ncacheflow_cost_compute_scale %.6g\n", fs.scale);
   CF__P("# HELP cacheflow_predicted_ratio Executed / predicted, EWMA over restores (term=compute: forward steps; restore: whole restore; load_<tier>: the tier's bytes at the planned rate vs its measured rate).\n# TYPE cacheflow_predicted_ratio gauge\n"
         "cacheflow_predicted_ratio{term=\"compute\"} %.6g\ncacheflow_predicted_ratio{term=\"restore\"} %.6g\n"
-        "cacheflow_predicted_ratio{term=\"load_cpu\"} %.6g\ncacheflow_predicted_ratio{term=\"load_ssd\"} %.6g\n",
-        fs.compute_ratio, fs.restore_ratio, fs.load_ratio[0], fs.load_ratio[1]);
+        "cacheflow_predicted_ratio{term=\"load_cpu\"} %.6g\ncacheflow_predicted_ratio{term=\"load_ssd\"} %.6g\n"
+        "cacheflow_predicted_ratio{term=\"load_remote\"} %.6g\n",
+        fs.compute_ratio, fs.restore_ratio, fs.load_ratio[0], fs.load_ratio[1], fs.load_ratio[2]);
   CF__P("# HELP cacheflow_cost_refit_samples_total Executed restores the compute re-fit used (clipped: clamped as outliers).\n# TYPE cacheflow_cost_refit_samples_total counter\n"
         "cacheflow_cost_refit_samples_total %llu\ncacheflow_cost_refit_samples_total{result=\"clipped\"} %llu\n", (unsigned long long)fs.samples, (unsigned long long)fs.clipped);
   CF__P("# HELP cacheflow_tier_read_bytes_per_second Read rate per tier the planner uses now (re-fitted from executed loads, never above the configured limit).\n# TYPE cacheflow_tier_read_bytes_per_second gauge\n"
-        "cacheflow_tier_read_bytes_per_second{tier=\"cpu\"} %.6g\ncacheflow_tier_read_bytes_per_second{tier=\"ssd\"} %.6g\n", fs.rate_Bps[0], fs.rate_Bps[1]);
+        "cacheflow_tier_read_bytes_per_second{tier=\"cpu\"} %.6g\ncacheflow_tier_read_bytes_per_second{tier=\"ssd\"} %.6g\n"
+        "cacheflow_tier_read_bytes_per_second{tier=\"remote\"} %.6g\n", fs.rate_Bps[0], fs.rate_Bps[1], fs.rate_Bps[2]);
   CF__P("# HELP cacheflow_load_refit_samples_total Executed restores the load-rate re-fit used, per tier.\n# TYPE cacheflow_load_refit_samples_total counter\n"
-        "cacheflow_load_refit_samples_total{tier=\"cpu\"} %llu\ncacheflow_load_refit_samples_total{tier=\"ssd\"} %llu\n",
-        (unsigned long long)fs.load_samples[0], (unsigned long long)fs.load_samples[1]);
+        "cacheflow_load_refit_samples_total{tier=\"cpu\"} %llu\ncacheflow_load_refit_samples_total{tier=\"ssd\"} %llu\n"
+        "cacheflow_load_refit_samples_total{tier=\"remote\"} %llu\n",
+        (unsigned long long)fs.load_samples[0], (unsigned long long)fs.load_samples[1], (unsigned long long)fs.load_samples[2]);
   CF__P("# HELP cacheflow_tier_bytes_used Bytes held per tier.\n# TYPE cacheflow_tier_bytes_used gauge\n"
         "cacheflow_tier_bytes_used{tier=\"cpu\"} %llu\ncacheflow_tier_bytes_used{tier=\"ssd\"} %llu\n",
         (unsigned long long)ss.cpu_bytes, (unsigned long long)ss.ssd_bytes);
   CF__P("# HELP cacheflow_config_reloads_total SIGHUP reloads (result=ok|error).\n# TYPE cacheflow_config_reloads_total counter\n"
         "cacheflow_config_reloads_total{result=\"ok\"} %llu\ncacheflow_config_reloads_total{result=\"error\"} %llu\n",
         (unsigned long long)d->reloads, (unsigned long long)d->reload_failures);
+  cf_remote_t *rt = d->storage ? cf_store_remote(cf_storage_store(d->storage)) : NULL;
+  if (rt) {
+    cf_remote_stats_t r;
+    cf_remote_get_stats(rt, &r);
+    CF__P("# HELP cacheflow_remote_up 1 when the remote tier's last command reached every node it needed (0: down; restores recompute, the daemon keeps serving).\n# TYPE cacheflow_remote_up gauge\ncacheflow_remote_up %d\n", r.connected);
+    CF__P("# HELP cacheflow_remote_bytes_total Cell bytes moved to and from the remote tier.\n# TYPE cacheflow_remote_bytes_total counter\n"
+          "cacheflow_remote_bytes_total{dir=\"read\"} %llu\ncacheflow_remote_bytes_total{dir=\"write\"} %llu\n",
+          (unsigned long long)r.bytes_read, (unsigned long long)r.bytes_written);
+    CF__P("# HELP cacheflow_remote_cells_total Remote cell reads by result (missing, corrupt, error: recomputed, never served).\n# TYPE cacheflow_remote_cells_total counter\n"
+          "cacheflow_remote_cells_total{result=\"ok\"} %llu\ncacheflow_remote_cells_total{result=\"missing\"} %llu\n"
+          "cacheflow_remote_cells_total{result=\"corrupt\"} %llu\ncacheflow_remote_cells_total{result=\"error\"} %llu\n",
+          (unsigned long long)r.cells_read, (unsigned long long)r.cells_missing, (unsigned long long)r.cells_corrupt,
+          (unsigned long long)r.read_errors);
+    CF__P("# HELP cacheflow_remote_writes_total Chunks of the write-back by result (skipped: the remote held it; dropped: queue full; oom: Redis maxmemory).\n# TYPE cacheflow_remote_writes_total counter\n"
+          "cacheflow_remote_writes_total{result=\"written\"} %llu\ncacheflow_remote_writes_total{result=\"skipped\"} %llu\n"
+          "cacheflow_remote_writes_total{result=\"dropped\"} %llu\ncacheflow_remote_writes_total{result=\"oom\"} %llu\n"
+          "cacheflow_remote_writes_total{result=\"error\"} %llu\n",
+          (unsigned long long)r.chunks_written, (unsigned long long)r.put_skipped, (unsigned long long)r.put_dropped,
+          (unsigned long long)r.put_oom, (unsigned long long)r.put_errors);
+    CF__P("# HELP cacheflow_remote_read_seconds Time in remote GET pipelines (sum and count: mean latency of one pipeline).\n# TYPE cacheflow_remote_read_seconds summary\n"
+          "cacheflow_remote_read_seconds_sum %.6f\ncacheflow_remote_read_seconds_count %llu\n", r.read_ns / 1e9,
+          (unsigned long long)r.read_batches);
+    CF__P("# HELP cacheflow_remote_queue_bytes Bytes waiting in the write-back queue.\n# TYPE cacheflow_remote_queue_bytes gauge\ncacheflow_remote_queue_bytes %llu\n",
+          (unsigned long long)r.queue_bytes);
+    CF__P("# HELP cacheflow_remote_connections_total Connects and failures of the remote tier's clients; cluster redirections.\n# TYPE cacheflow_remote_connections_total counter\n"
+          "cacheflow_remote_connections_total{event=\"connect\"} %llu\ncacheflow_remote_connections_total{event=\"connect_error\"} %llu\n"
+          "cacheflow_remote_connections_total{event=\"io_error\"} %llu\ncacheflow_remote_connections_total{event=\"moved\"} %llu\n"
+          "cacheflow_remote_connections_total{event=\"ask\"} %llu\n",
+          (unsigned long long)r.redis.connects, (unsigned long long)r.redis.connect_errors,
+          (unsigned long long)r.redis.io_errors, (unsigned long long)r.redis.moved, (unsigned long long)r.redis.ask);
+  }
   if (d->storage) {
     cf_store_stats_t t;
     cf_store_get_stats(cf_storage_store(d->storage), &t);
@@ -340,6 +376,11 @@ static void cf__apply_link(cf_daemon_t *d) {
   double lim = d->cfg.cpu_read_gbps * 1e9 / 8, ssd = d->cfg.ssd_read_gbps * 1e9 / 8;
   d->cost.link_Bps = lim > 0 && lim < d->measured_link_Bps ? lim : d->measured_link_Bps;
   d->cost.tier_Bps[CF_PLAN_TIER_SSD] = ssd > 0 && ssd < d->measured_link_Bps ? ssd : 0;
+  /* the remote tier: its configured rate, else the start-up probe's, else 10 Gbit/s (DESIGN: a
+   * remote tier reads at 1-10 GB/s) until the re-fit measures restores; never above memcpy */
+  double rem = d->cfg.remote_read_gbps * 1e9 / 8;
+  if (!(rem > 0)) rem = d->measured_remote_Bps > 0 ? d->measured_remote_Bps : 10e9 / 8;
+  d->cost.tier_Bps[CF_PLAN_TIER_REMOTE] = rem < d->measured_link_Bps ? rem : d->measured_link_Bps;
   cf_planner_set_cost(&d->planner, &d->cost, (int)d->cfg.cost_refit);
 }
 
@@ -442,6 +483,16 @@ int main(int argc, char **argv) {
       return 1;
     }
     d->measured_link_Bps = d->cost.link_Bps;
+    cf_remote_t *rt = cf_store_remote(cf_storage_store(d->storage));
+    if (rt && !(d->cfg.remote_read_gbps > 0)) {
+      cf_notify("STATUS=measuring the remote tier");
+      if (cf_remote_probe(rt, 16, 4, &d->measured_remote_Bps) == 0)
+        CF_INFO("remote tier %s: cell reads at %.3g GB/s (probe)", cf_remote_url(rt), d->measured_remote_Bps / 1e9);
+      else
+        CF_WARN("remote tier %s not reachable at start-up (%s): serving; planning its reads at 10 Gbit/s until "
+                "restores measure it, and retrying with backoff", cf_remote_url(rt), cf_errmsg());
+    } else if (rt)
+      CF_INFO("remote tier %s (remote_read_gbps %g)", cf_remote_url(rt), d->cfg.remote_read_gbps);
     CF_INFO("cost model (backend %s): gamma=%.3g s alpha=%.3g s/token beta=%.3g s/token^2 link=%.3g GB/s",
             d->backend->name, d->cost.gamma_s, d->cost.alpha_s, d->cost.beta_s, d->cost.link_Bps / 1e9);
     cf_store_stats_t ss;

@@ -74,7 +74,9 @@ static int cf__group_input(const cf_sched_cost_t *cost, const cf_plan_input_t *i
     if (!ins[i].chunk_tiers) continue;
     uint8_t *t = g->tiers + nt;
     for (int32_t c = 0, m = cf_cost_chunks(cost, P); c < m; c++)
-      t[c] = ins[i].chunk_tiers[c] == CF_STORE_TIER_SSD ? CF_PLAN_TIER_SSD : CF_PLAN_TIER_CPU;
+      t[c] = ins[i].chunk_tiers[c] == CF_STORE_TIER_SSD      ? CF_PLAN_TIER_SSD
+             : ins[i].chunk_tiers[c] == CF_STORE_TIER_REMOTE ? CF_PLAN_TIER_REMOTE
+                                                             : CF_PLAN_TIER_CPU;
     g->reqs[i].chunk_tier = t;
     nt += (size_t)cf_cost_chunks(cost, P);
   }
@@ -118,6 +120,7 @@ int cf_planner_plan_group(const cf_sched_cost_t *cost, const cf_plan_input_t *in
       p->cells_compute += (uint64_t)h;
       if (c >= planned) continue;
       if (ins[i].chunk_tiers && ins[i].chunk_tiers[c] == CF_STORE_TIER_SSD) p->cells_load_ssd += (uint64_t)(L - h);
+      else if (ins[i].chunk_tiers && ins[i].chunk_tiers[c] == CF_STORE_TIER_REMOTE) p->cells_load_remote += (uint64_t)(L - h);
       else p->cells_load_cpu += (uint64_t)(L - h);
     }
     /* the plan's link order and compute order (op indices: comparable across the group) */
@@ -140,6 +143,7 @@ int cf_planner_plan_fallback(const cf_plan_input_t *in, int C, int L, cf_restore
     out->h[c] = cached ? 0 : L;
     if (!cached) out->cells_compute += (uint64_t)L;
     else if (in->chunk_tiers && in->chunk_tiers[c] == CF_STORE_TIER_SSD) out->cells_load_ssd += (uint64_t)L;
+    else if (in->chunk_tiers && in->chunk_tiers[c] == CF_STORE_TIER_REMOTE) out->cells_load_remote += (uint64_t)L;
     else out->cells_load_cpu += (uint64_t)L;
   }
   out->planned_tokens = (in->cached_tokens / C) * C;

@@ -10,6 +10,7 @@
 
 #include "gpu/cf_gpu.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "store/cf_remote.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
@@ -369,20 +370,22 @@ static void cf__h_lookup(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_engine_t *e = cf__engine_and_tokens(s, c, r->engine_id, r->token_ids, r->n_token_ids);
   if (!e) goto out;
   if (!s->be.lookup) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, CF__NO_MODEL("Lookup")); goto out; }
-  uint32_t per[3] = {0, 0, 0};
+  uint32_t per[4] = {0, 0, 0, 0};
   int rc = s->be.lookup(s->be.ctx, e, r->token_ids, r->n_token_ids, per, NULL);
   if (rc) { cf_rpc_finish(c, cf_rpc_status_from_err(rc), "lookup: %s", cf_errmsg()); goto out; }
   Cacheflow__V1__LookupResponse resp = CACHEFLOW__V1__LOOKUP_RESPONSE__INIT;
-  Cacheflow__V1__TierTokens tt[2], *tp[2];
-  for (int i = 0; i < 2; i++) {
-    int tier = i ? CACHEFLOW__V1__TIER__TIER_SSD : CACHEFLOW__V1__TIER__TIER_CPU;
+  Cacheflow__V1__TierTokens tt[3], *tp[3];
+  /* CPU and SSD always; REMOTE only when it holds some of the prefix (no remote tier: never) */
+  int nt = per[CACHEFLOW__V1__TIER__TIER_REMOTE] ? 3 : 2;
+  for (int i = 0; i < nt; i++) {
+    int tier = CACHEFLOW__V1__TIER__TIER_CPU + i;
     cacheflow__v1__tier_tokens__init(&tt[i]);
     tt[i].tier = tier;
     tt[i].tokens = per[tier];
     tp[i] = &tt[i];
   }
-  resp.cached_tokens = per[1] + per[2];
-  resp.n_per_tier = 2;
+  resp.cached_tokens = per[1] + per[2] + per[3];
+  resp.n_per_tier = (size_t)nt;
   resp.per_tier = tp;
   cf_rpc_reply(c, &resp.base);
 out:
@@ -545,15 +548,39 @@ static void cf__h_stats(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
     cs[i].value = vals[i];
     cp[i] = &cs[i];
   }
-  resp.n_counters = NC;
-  resp.counters = cp;
+  /* the remote tier: its health is reported here (and in /metrics), never as NOT_SERVING: the
+   * daemon serves from its local tiers and recomputes while the remote store is down */
+  enum { NR = 10 };
+  Cacheflow__V1__Counter rcs[NR], *all[NC + NR];
+  const char *rnames[NR] = {"cacheflow_remote_connected", "cacheflow_remote_cells_read_total",
+                            "cacheflow_remote_bytes_read_total", "cacheflow_remote_cells_missing_total",
+                            "cacheflow_remote_cells_corrupt_total", "cacheflow_remote_read_errors_total",
+                            "cacheflow_remote_chunks_written_total", "cacheflow_remote_put_dropped_total",
+                            "cacheflow_tier_read_bytes_per_second_remote", "cacheflow_load_refit_samples_remote"};
+  size_t nall = NC;
+  for (int i = 0; i < NC; i++) all[i] = cp[i];
+  if (s->be.remote) {
+    cf_remote_stats_t rst;
+    cf_remote_get_stats(s->be.remote, &rst);
+    double rv[NR] = {(double)rst.connected, (double)rst.cells_read, (double)rst.bytes_read, (double)rst.cells_missing,
+                     (double)rst.cells_corrupt, (double)rst.read_errors, (double)rst.chunks_written,
+                     (double)rst.put_dropped, fs.rate_Bps[2], (double)fs.load_samples[2]};
+    for (int i = 0; i < NR; i++) {
+      cacheflow__v1__counter__init(&rcs[i]);
+      rcs[i].name = (char *)rnames[i];
+      rcs[i].value = rv[i];
+      all[nall++] = &rcs[i];
+    }
+  }
+  resp.n_counters = nall;
+  resp.counters = all;
   cf_rpc_reply(c, &resp.base);
 }
 
 static void cf__h_evict(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_service_t *s = user;
   Cacheflow__V1__EvictRequest *r = (void *)m;
-  if ((int)r->tier < 0 || (int)r->tier > CACHEFLOW__V1__TIER__TIER_SSD) {
+  if ((int)r->tier < 0 || (int)r->tier > CACHEFLOW__V1__TIER__TIER_SSD) { /* the remote tier evicts by Redis's policy */
     cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "tier %d unknown (0 = all, 1 = cpu, 2 = ssd)", (int)r->tier);
   } else if (!s->be.evict) {
     cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, CF__NO_MODEL("Evict"));

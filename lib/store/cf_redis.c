@@ -17,7 +17,8 @@ typedef struct {
   redisContext *c;
   int64_t next_try_ns; /* no reconnect before this (backoff) */
   int backoff_ms;
-  int used;            /* commands queued in this round */
+  uint64_t epoch;      /* the exec that opened this connection */
+  int retried;         /* this exec already retried the node on a fresh connection */
 } cf__rnode_t;
 
 struct cf_redis_s {
@@ -29,6 +30,7 @@ struct cf_redis_s {
   cf__rnode_t nodes[CF_REDIS_MAX_NODES];
   int need_refresh;
   int64_t last_refresh_ns;
+  uint64_t epoch; /* exec counter: a connection opened by an earlier exec may have gone stale */
   cf_redis_stats_t st;
 };
 
@@ -269,6 +271,7 @@ static redisContext *node_conn(cf_redis_t *r, int id) {
     return NULL;
   }
   nd->c = c;
+  nd->epoch = r->epoch;
   nd->backoff_ms = r->o.backoff_min_ms;
   r->st.connects++;
   return c;
@@ -350,6 +353,20 @@ static void set_reply(cf_redis_cmd_t *c, redisReply *rep) {
   c->status = rep->type == REDIS_REPLY_NIL ? CF_ENOTFOUND : rep->type == REDIS_REPLY_ERROR ? CF_EPROTO : 0;
 }
 
+/* A connection that an earlier exec opened failed: the server may have restarted (or closed an
+ * idle client) since. Drop it without backoff and let the commands go again on a fresh one, once
+ * per exec (the commands the remote tier sends are idempotent: GET, SET, EXISTS, DEL, SCAN).
+ * Returns 1 when the caller should requeue. */
+static int stale_retry(cf_redis_t *r, int id) {
+  cf__rnode_t *nd = &r->nodes[id];
+  if (!nd->c || nd->epoch == r->epoch || nd->retried) return 0;
+  nd->retried = 1;
+  redisFree(nd->c);
+  nd->c = NULL;
+  nd->next_try_ns = 0;
+  return 1;
+}
+
 /* Write every queued command of node id (order[] holds command indices, ask[] whether ASKING goes
  * first), flushing the output buffer; returns 0 or CF_EIO (connection dropped). */
 static int node_send(cf_redis_t *r, int id, cf_redis_cmd_t *cmds, const size_t *order, size_t n) {
@@ -368,6 +385,7 @@ fail:;
   char name[CF_REDIS_HOST_MAX + 16];
   cf_seterr(CF_EIO, "redis %s: write: %s", node_name(r, id, name, sizeof name), c->errstr);
   r->st.io_errors++;
+  if (stale_retry(r, id)) return CF_EAGAIN;
   node_drop(r, id);
   return CF_EIO;
 }
@@ -418,9 +436,13 @@ static int exec_round(cf_redis_t *r, cf_redis_cmd_t *cmds, size_t *pend, size_t 
   }
   for (int id = 0; id < n_nodes; id++) {
     if (!cnt[id]) continue;
-    if (node_send(r, id, cmds, order + first[id], cnt[id]) == 0) sent[id] = 1;
+    int src = node_send(r, id, cmds, order + first[id], cnt[id]);
+    if (src == 0) sent[id] = 1;
     else
-      for (size_t k = 0; k < cnt[id]; k++) cmds[order[first[id] + k]].status = CF_EIO;
+      for (size_t k = 0; k < cnt[id]; k++) {
+        if (src == CF_EAGAIN) requeue[(*nrq)++] = order[first[id] + k]; /* a stale connection */
+        else cmds[order[first[id] + k]].status = CF_EIO;
+      }
   }
   /* read */
   for (int id = 0; id < n_nodes; id++) {
@@ -474,6 +496,13 @@ static int exec_round(cf_redis_t *r, cf_redis_cmd_t *cmds, size_t *pend, size_t 
       char name[CF_REDIS_HOST_MAX + 16];
       cf_seterr(CF_EIO, "redis %s: read: %s", node_name(r, id, name, sizeof name), c->errstr);
       r->st.io_errors++;
+      if (stale_retry(r, id)) {
+        for (size_t j = k; j < cnt[id]; j++) {
+          cmds[order[first[id] + j]].ask_ = 0;
+          requeue[(*nrq)++] = order[first[id] + j];
+        }
+        break;
+      }
       for (size_t j = k; j < cnt[id]; j++) cmds[order[first[id] + j]].status = CF_EIO;
       node_drop(r, id);
       break;
@@ -491,6 +520,8 @@ static int exec_any(cf_redis_t *r, cf_redis_cmd_t *cmds, size_t n, int forced_no
     return (int)n;
   }
   size_t *rq = pend + n, np = n;
+  r->epoch++;
+  for (int i = 0; i < r->map.n_nodes; i++) r->nodes[i].retried = 0;
   for (size_t i = 0; i < n; i++) {
     pend[i] = i;
     cmds[i].status = 0;

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include "util/cf_err.h"
@@ -792,4 +793,42 @@ void cf_remote_get_stats(cf_remote_t *r, cf_remote_stats_t *out) {
     if (s->nodes_up > out->redis.nodes_up) out->redis.nodes_up = s->nodes_up;
   }
   pthread_mutex_unlock(&r->pmu);
+}
+
+int cf_remote_probe(cf_remote_t *r, int depth, int rounds, double *Bps) {
+  size_t cb = cell_bytes_n(r, r->g.chunk_tokens);
+  uint8_t *v = malloc(CF__RV_HDR + cb);
+  cf_redis_cmd_t *cmds = calloc((size_t)depth + 1, sizeof *cmds);
+  if (!v || !cmds) {
+    free(v), free(cmds);
+    return cf_seterr(CF_ENOMEM, "remote probe");
+  }
+  for (size_t i = 0; i < CF__RV_HDR + cb; i++) v[i] = (uint8_t)(i * 131 + 7);
+  char key[CF__KEY_MAX];
+  int kl = snprintf(key, sizeof key, "%sprobe:%d", r->prefix, (int)getpid());
+  cf_redis_t *c;
+  int id = pool_take(r, &c), rc = 0;
+  if (id < 0) {
+    free(v), free(cmds);
+    return id;
+  }
+  cf_redis_cmd(&cmds[0], 3, "SET", (size_t)3, key, (size_t)kl, (const char *)v, CF__RV_HDR + cb);
+  if (cf_redis_exec(c, cmds, 1) || cmds[0].status) rc = cf_seterr(CF_EIO, "remote %s: probe write failed", r->url_s);
+  cf_redis_cmds_release(cmds, 1);
+  uint64_t t = 0, bytes = 0;
+  for (int k = 0; k < rounds && !rc; k++) {
+    for (int i = 0; i < depth; i++) cf_redis_cmd(&cmds[i], 2, "GET", (size_t)3, key, (size_t)kl);
+    uint64_t t0 = now_ns();
+    if (cf_redis_exec(c, cmds, (size_t)depth)) rc = cf_seterr(CF_EIO, "remote %s: probe read failed", r->url_s);
+    t += now_ns() - t0;
+    for (int i = 0; i < depth; i++) bytes += cmds[i].status == 0 ? cmds[i].len : 0;
+    cf_redis_cmds_release(cmds, (size_t)depth);
+  }
+  cf_redis_cmd(&cmds[0], 2, "DEL", (size_t)3, key, (size_t)kl);
+  cf_redis_exec(c, cmds, 1);
+  cf_redis_cmds_release(cmds, 1);
+  pool_give(r, id, rc ? 1 : 0);
+  free(v), free(cmds);
+  if (!rc) *Bps = t ? (double)bytes / ((double)t / 1e9) : 0;
+  return rc;
 }

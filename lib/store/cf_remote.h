@@ -121,6 +121,11 @@ typedef struct {
 } cf_remote_stats_t;
 void cf_remote_get_stats(cf_remote_t *r, cf_remote_stats_t *out);
 
+/* Measure the read rate of cells: write one full cell under a probe key, read it back in
+ * pipelines of `depth` GETs (`rounds` of them), delete it. *Bps = bytes / time of the reads.
+ * Returns 0, or CF_EIO (the server is down: no rate). For the planner's starting remote rate. */
+int cf_remote_probe(cf_remote_t *r, int depth, int rounds, double *Bps);
+
 /* Current URL, for logs ("redis+cluster://..."). */
 const char *cf_remote_url(const cf_remote_t *r);
 

@@ -397,6 +397,13 @@ CF_TEST(remote_server_down_then_back) {
   CF_CHECK_EQ(check_chunk(r, &g, 7, 8), 0);
   cf_remote_get_stats(r, &st);
   CF_CHECK_EQ(st.connected, 1);
+  /* restarted while the client sat idle: its pooled connections are stale; the very next
+   * command goes through on a fresh one (no failure, no backoff wait) */
+  rt_stop(&s);
+  s.port = port;
+  CF_CHECK_EQ(rt_start(&s), 0);
+  CF_CHECK_EQ(put_chunk(r, &g, 9, 8, 0), 0);
+  CF_CHECK_EQ(check_chunk(r, &g, 9, 8), 0);
   cf_remote_close(r);
   rt_stop(&s);
 }
