@@ -122,6 +122,10 @@ check "B counts remote cell reads in Stats" "[ \"\$(stat_of b cacheflow_remote_c
 check "B reports the remote tier connected" "[ \"\$(stat_of b cacheflow_remote_connected)\" = 1 ]"
 check "B's planner has a remote-tier rate" "awk 'BEGIN{exit !($(stat_of b cacheflow_tier_read_bytes_per_second_remote) > 0)}'"
 
+out=$(CACHEFLOW_REMOTE_PASSWORD=$PW "$BUILD/cacheflowctl" store verify --dir "$T/a/store" --remote "redis://127.0.0.1:$RPORT" 2>&1); rc=$?
+check "store verify --remote: every remote chunk checks out (exit 0)" "[ $rc -eq 0 ] && echo \"\$out\" | grep -q 'remote redis://127.0.0.1:$RPORT: chunks ok [0-9]*, damaged 0'"
+check "store verify --remote scanned the sessions' chunks" "[ \"\$(echo \"\$out\" | sed -n 's/.*chunks ok \\([0-9]*\\), damaged 0$/\\1/p' | tail -1)\" -ge 48 ]"
+
 # ------------------------------------------------------------------ damage behind the daemons' backs
 seed=$((seed+1))
 eng a --policy load --prefix 256 --new 16 --turns 0 --seed $seed >/dev/null 2>"$T/a-dmg.err"
@@ -141,6 +145,9 @@ check "corrupt and deleted remote cells: B's restore still verifies (recomputed)
 check "the failed cells were recomputed (fallback > 0)" "[ \"\$(jq -s '[.[] | select(.mode==\"session\") | .fallback] | add' $T/b-dmg.json)\" -gt 0 ]"
 check "corrupt cells counted" "[ \"\$(stat_of b cacheflow_remote_cells_corrupt_total)\" -gt \"$before_c\" ]"
 check "missing cells counted" "[ \"\$(stat_of b cacheflow_remote_cells_missing_total)\" -gt \"$before_m\" ]"
+out=$(CACHEFLOW_REMOTE_PASSWORD=$PW "$BUILD/cacheflowctl" store verify --dir "$T/a/store" --remote "redis://127.0.0.1:$RPORT" 2>&1); rc=$?
+check "store verify --remote finds the damage (exit 1, damaged chunks, missing and corrupt cells)" \
+  "[ $rc -eq 1 ] && echo \"\$out\" | grep -q 'damaged [1-9]' && echo \"\$out\" | grep -q 'missing [1-9][0-9]*, corrupt [1-9]'"
 
 # ------------------------------------------------------------------ SIGKILL of redis mid-restore
 seed=$((seed+1))
