@@ -137,13 +137,8 @@ static cf_remote_t *open_remote(const char *url, const cf_store_geom_t *g, const
 
 /* Put chunk id (generated cells) with n_tokens tokens. */
 static int put_chunk(cf_remote_t *r, const cf_store_geom_t *g, uint64_t id, uint32_t n_tokens, int async) {
-  size_t cb = cf_store_cell_bytes_n(g, n_tokens);
-  uint8_t *buf = malloc(cb * g->n_layers);
   const void *cells[64];
-  for (uint32_t l = 0; l < g->n_layers; l++) {
-    st_fill_cell(g, id, l, n_tokens, buf + l * cb);
-    cells[l] = buf + l * cb;
-  }
+  uint8_t *buf = st_make_cells(g, id, n_tokens, cells);
   cf_store_key_t k = st_key(g, id);
   int rc = async ? cf_remote_put_async(r, &k, n_tokens, cells) : cf_remote_put(r, &k, n_tokens, cells);
   free(buf);
