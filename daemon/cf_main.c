@@ -380,7 +380,10 @@ static void cf__apply_link(cf_daemon_t *d) {
    * remote tier reads at 1-10 GB/s) until the re-fit measures restores; never above memcpy */
   double rem = d->cfg.remote_read_gbps * 1e9 / 8;
   if (!(rem > 0)) rem = d->measured_remote_Bps > 0 ? d->measured_remote_Bps : 10e9 / 8;
-  d->cost.tier_Bps[CF_PLAN_TIER_REMOTE] = rem < d->measured_link_Bps ? rem : d->measured_link_Bps;
+  /* only with a remote tier: lib/sched reads every tier's rate (the bound's fastest-tier
+   * fallback), so a rate for a tier that does not exist would change plans that have none */
+  int have_remote = d->storage && cf_store_remote(cf_storage_store(d->storage));
+  d->cost.tier_Bps[CF_PLAN_TIER_REMOTE] = !have_remote ? 0 : rem < d->measured_link_Bps ? rem : d->measured_link_Bps;
   cf_planner_set_cost(&d->planner, &d->cost, (int)d->cfg.cost_refit);
 }
 
