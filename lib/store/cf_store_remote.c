@@ -35,6 +35,13 @@ int cf__remote_open(cf_store_t *st) {
 }
 
 void cf__remote_close(cf_store_t *st) {
+  /* give the write-back a moment to drain (a daemon's drain, a tool's exit): with the server up
+   * the queue empties in milliseconds; with it down the writer fails fast (backoff), so this is
+   * bounded either way, and what is left is only lost to the remote tier, not to this node */
+  if (st->remote && cf_remote_flush(st->remote, 2000)) {
+    CF_WARN("store %s: remote write-back still queued at close: %s", st->dir, cf_errmsg());
+    cf_errclear();
+  }
   cf_remote_close(st->remote);
   st->remote = NULL;
 }

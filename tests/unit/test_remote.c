@@ -574,11 +574,24 @@ CF_TEST(remote_cluster) {
   int victim = 2;
   reader_arg_t ra[2] = {{r, &g, N, 3, 0, 0, 0}, {r, &g, N, 3, 0, 0, 0}};
   pthread_t th[2];
+  /* ... and mid-save: 60 more chunks queued for the writer as the master dies */
+  for (int id = 1000; id < 1060; id++) CF_CHECK_EQ(put_chunk(r, &g, (uint64_t)id, 16, 1), 0);
   for (int i = 0; i < 2; i++) pthread_create(&th[i], NULL, reader_main, &ra[i]);
   rt_sleep_ms(20);
   int vport = s[victim].port;
   rt_stop(&s[victim]);
   for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+  CF_CHECK_EQ(cf_remote_flush(r, 30000), 0);
+  int offered = 0;
+  for (int id = 1000; id < 1060; id++) { /* a chunk offered is whole and exact; the rest are misses */
+    cf_store_key_t k = st_key(&g, (uint64_t)id);
+    if (cf_remote_lookup(r, &k, 1) == 1) {
+      offered++;
+      CF_CHECK_EQ(check_chunk(r, &g, (uint64_t)id, 16), 0);
+    }
+  }
+  CF_CHECK_GT(offered, 0);
+  CF_CHECK_LT(offered, 60);
   CF_CHECK_EQ(ra[0].wrong + ra[1].wrong, 0);
   CF_CHECK_GT(ra[0].ok + ra[1].ok, 0);
   int on_victim = 0, elsewhere_ok = 1;
