@@ -364,15 +364,8 @@ static cf_engine_t *cf__engine_and_tokens(cf_service_t *s, cf_rpc_call_t *c, uin
   return e;
 }
 
-static void cf__h_lookup(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
-  cf_service_t *s = user;
-  Cacheflow__V1__LookupRequest *r = (void *)m;
-  cf_engine_t *e = cf__engine_and_tokens(s, c, r->engine_id, r->token_ids, r->n_token_ids);
-  if (!e) goto out;
-  if (!s->be.lookup) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, CF__NO_MODEL("Lookup")); goto out; }
-  uint32_t per[4] = {0, 0, 0, 0};
-  int rc = s->be.lookup(s->be.ctx, e, r->token_ids, r->n_token_ids, per, NULL);
-  if (rc) { cf_rpc_finish(c, cf_rpc_status_from_err(rc), "lookup: %s", cf_errmsg()); goto out; }
+/* Lookup's answer from the per-tier token counts. */
+static void cf__lookup_reply(cf_rpc_call_t *c, const uint32_t per[4]) {
   Cacheflow__V1__LookupResponse resp = CACHEFLOW__V1__LOOKUP_RESPONSE__INIT;
   Cacheflow__V1__TierTokens tt[3], *tp[3];
   /* CPU and SSD always; REMOTE only when it holds some of the prefix (no remote tier: never) */
@@ -388,6 +381,60 @@ static void cf__h_lookup(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   resp.n_per_tier = (size_t)nt;
   resp.per_tier = tp;
   cf_rpc_reply(c, &resp.base);
+}
+
+/* With a remote tier a lookup may wait on the network (remote_timeout_ms at worst): it runs on
+ * libuv's thread pool and answers back on the loop, so the loop never blocks on Redis. */
+typedef struct {
+  uv_work_t work;
+  cf_service_t *s;
+  cf_rpc_call_t *call;
+  cf_engine_t *e;
+  Cacheflow__V1__LookupRequest *req;
+  uint32_t per[4];
+  int rc;
+  char err[512];
+} cf__lookup_job_t;
+
+static void cf__lookup_work(uv_work_t *w) {
+  cf__lookup_job_t *j = w->data;
+  j->rc = j->s->be.lookup(j->s->be.ctx, j->e, j->req->token_ids, j->req->n_token_ids, j->per, NULL);
+  if (j->rc) snprintf(j->err, sizeof j->err, "%s", cf_errmsg());
+}
+
+static void cf__lookup_done(uv_work_t *w, int status) {
+  cf__lookup_job_t *j = w->data;
+  /* the engine and request first: ending the call may be what lets the daemon close the service */
+  cf__engine_unref(j->s, j->e);
+  protobuf_c_message_free_unpacked(&j->req->base, NULL);
+  if (status) cf_rpc_finish(j->call, CF_RPC_UNAVAILABLE, "lookup: cancelled");
+  else if (j->rc) cf_rpc_finish(j->call, cf_rpc_status_from_err(j->rc), "lookup: %s", j->err);
+  else cf__lookup_reply(j->call, j->per);
+  free(j);
+}
+
+static void cf__h_lookup(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
+  cf_service_t *s = user;
+  Cacheflow__V1__LookupRequest *r = (void *)m;
+  cf_engine_t *e = cf__engine_and_tokens(s, c, r->engine_id, r->token_ids, r->n_token_ids);
+  if (!e) goto out;
+  if (!s->be.lookup) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, CF__NO_MODEL("Lookup")); goto out; }
+  if (s->be.remote) {
+    cf__lookup_job_t *j = calloc(1, sizeof *j);
+    if (!j) { cf_rpc_finish(c, CF_RPC_RESOURCE_EXHAUSTED, "out of memory"); goto out; }
+    *j = (cf__lookup_job_t){.s = s, .call = c, .e = e, .req = r};
+    j->work.data = j;
+    e->refs++;
+    if (uv_queue_work(s->loop, &j->work, cf__lookup_work, cf__lookup_done) == 0) return; /* j owns m now */
+    e->refs--;
+    free(j);
+    cf_rpc_finish(c, CF_RPC_UNAVAILABLE, "lookup: cannot queue the remote lookup");
+    goto out;
+  }
+  uint32_t per[4] = {0, 0, 0, 0};
+  int rc = s->be.lookup(s->be.ctx, e, r->token_ids, r->n_token_ids, per, NULL);
+  if (rc) { cf_rpc_finish(c, cf_rpc_status_from_err(rc), "lookup: %s", cf_errmsg()); goto out; }
+  cf__lookup_reply(c, per);
 out:
   protobuf_c_message_free_unpacked(m, NULL);
 }
