@@ -243,14 +243,14 @@ FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_CFLAGS  := -g -O1 -std=c11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_LIBSRC  := lib/util/cf_err.c lib/util/cf_json.c lib/model/cf_dtype.c lib/model/cf_safetensors.c \
-                lib/model/cf_hfconfig.c
+                lib/model/cf_hfconfig.c lib/util/cf_log.c lib/store/cf_redis.c lib/store/cf_redis_slots.c
 FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN     := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 
 $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIBSRC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  FUZZCC  $<")
-	$(Q)$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) $< $(FUZZ_LIBSRC) -o $@ -lm
+	$(Q)$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) $< $(FUZZ_LIBSRC) -o $@ -lhiredis -lm
 
 fuzz: $(FUZZ_BIN)
 	$(Q)for b in $(FUZZ_BIN); do n=$${b##*/fuzz_}; mkdir -p tests/fuzz/out/$$n; \

@@ -67,6 +67,11 @@ static int parse_hostport(const char *s, size_t n, int default_port, cf_redis_ad
     }
   }
   if (!*host) return cf_seterr(CF_EINVAL, "remote_url '%s': empty host", url);
+  for (const char *h = host; *h; h++) /* a name or an address: letters, digits, . - _ (and : % in [v6]) */
+    if (!((*h >= 'a' && *h <= 'z') || (*h >= 'A' && *h <= 'Z') || (*h >= '0' && *h <= '9') || *h == '.' ||
+          *h == '-' || *h == '_' || ((*h == ':' || *h == '%') && buf[0] == '[')))
+      return cf_seterr(CF_EINVAL, "remote_url '%s': host '%s' has a character ('%c') no host name or address has",
+                       url, host, *h);
   long p = default_port;
   if (port) {
     char *end;
@@ -159,15 +164,19 @@ int cf_redis_url_parse(const char *url, cf_redis_url_t *u) {
 }
 
 void cf_redis_url_str(const cf_redis_url_t *u, char *buf, size_t n) {
-  if (u->kind == CF_REDIS_UNIX) {
-    snprintf(buf, n, "unix:%s", u->path);
+  if (u->kind == CF_REDIS_UNIX) { /* "unix://" + path: a path that itself starts with "//" survives */
+    if (u->db) snprintf(buf, n, "unix://%s?db=%d", u->path, u->db);
+    else snprintf(buf, n, "unix://%s", u->path);
     return;
   }
   size_t o = (size_t)snprintf(buf, n, "%s://", u->kind == CF_REDIS_CLUSTER ? "redis+cluster" : "redis");
   for (int i = 0; i < u->n_seeds && o < n; i++)
-    o += (size_t)snprintf(buf + o, n - o, "%s%s%s%s:%d", i ? "," : "",
-                          strchr(u->seeds[i].host, ':') ? "[" : "", u->seeds[i].host,
-                          strchr(u->seeds[i].host, ':') ? "]" : "", u->seeds[i].port);
+  {
+    int br = strpbrk(u->seeds[i].host, ":%") != NULL; /* an IPv6 address (and zone) goes in [] */
+    o += (size_t)snprintf(buf + o, n - o, "%s%s%s%s:%d", i ? "," : "", br ? "[" : "", u->seeds[i].host,
+                          br ? "]" : "", u->seeds[i].port);
+  }
+  if (u->db && o < n) snprintf(buf + o, n - o, "/%d", u->db);
 }
 
 /* ---------------------------------------------------------------- connections */

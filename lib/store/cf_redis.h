@@ -39,7 +39,8 @@ typedef struct {
  * Credentials in the URL are refused (they would end up in logs and GetConfig): the password is
  * remote_password. Returns 0 or CF_EINVAL with a message naming what is wrong. */
 int cf_redis_url_parse(const char *url, cf_redis_url_t *out);
-/* "redis://h:p", "redis+cluster://h1:p1,...", "unix:/path" (for logs). */
+/* "redis://h:p[/db]", "redis+cluster://h1:p1,...", "unix:///path[?db=N]" (for logs; parses back
+ * to the same URL). */
 void cf_redis_url_str(const cf_redis_url_t *u, char *buf, size_t n);
 
 typedef struct {
