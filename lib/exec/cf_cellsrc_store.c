@@ -178,19 +178,39 @@ static int cf__remote_read(cf_cellsrc_t *src, void *ref, int layer, void *kv) {
   return rc;
 }
 
+/* One pipeline of a remote run: which stream cells its GETs are, and where done() goes. */
+typedef struct {
+  const cf_cellsrc_stream_t *cb;
+  const int *idx; /* pipeline slot -> stream cell */
+  int base;
+  size_t half, full;
+} cf__rstream_t;
+
+static void cf__remote_cell(void *ud, size_t q, const cf_remote_cell_t *c) {
+  const cf__rstream_t *x = ud;
+  int i = x->base + x->idx[q], st = c->status;
+  if (!st && c->bytes != x->full) /* a partial chunk: the executor only loads full ones */
+    st = cf_seterr(CF_ESHAPE, "remote tier: layer %u of a chunk holds %u tokens, not a full chunk", c->layer,
+                   c->n_tokens);
+  x->cb->done(x->cb->ud, i, st ? NULL : c->data, st ? NULL : c->data + x->half, st);
+}
+
 /* Runs of cells as pipelines of up to remote_depth GETs: each cell is issued (rate limit,
- * cancellation) before its pipeline goes out, and handed to done() in order from the reply. */
+ * cancellation) before its pipeline goes out, and handed to done() in order straight from its
+ * reply as it arrives (cf_remote_get_each: one reply held at a time). */
 static int cf__remote_read_stream(cf_cellsrc_t *src, int n, void *const *refs, const int *layers,
                                   const cf_cellsrc_stream_t *cb) {
   cf_cellsrc_store_t *s = src->ctx;
   cf_remote_t *rt = cf_store_remote(s->st);
   int depth = s->remote_depth < 1 ? 1 : s->remote_depth > 256 ? 256 : s->remote_depth;
   cf_remote_cell_t cells[256];
-  int st[256];
-  size_t full = 2 * s->half_bytes;
+  int idx[256];
   for (int b = 0; b < n; b += depth) {
-    int m = n - b < depth ? n - b : depth;
-    int nq = 0, idx[256];
+    int m = n - b < depth ? n - b : depth, nq = 0;
+    cf__rstream_t x = {cb, idx, b, s->half_bytes, 2 * s->half_bytes};
+    /* cells refused at issue (cancelled, or no remote tier) reach done() in their place, in order:
+     * those before the pipeline's first cell now, the others right after the pipeline */
+    int st[256];
     for (int i = 0; i < m; i++) {
       st[i] = cb->issue ? cb->issue(cb->ud, b + i, 1) : 0;
       if (!rt && !st[i]) st[i] = CF_ENOTFOUND;
@@ -198,25 +218,21 @@ static int cf__remote_read_stream(cf_cellsrc_t *src, int n, void *const *refs, c
       idx[nq] = i;
       cells[nq++] = (cf_remote_cell_t){.key = ((cf_store_chunkref_t *)refs[b + i])->key, .layer = (uint32_t)layers[b + i]};
     }
-    cf_remote_batch_t *h = NULL;
-    int rc = nq ? cf_remote_get(rt, cells, (size_t)nq, &h) : 0;
+    if (nq < m) { /* some refused: keep done() in order by going one cell at a time */
+      for (int i = 0, q = 0; i < m; i++) {
+        if (q < nq && idx[q] == i) {
+          int one = i;
+          cf__rstream_t y = {cb, &one, b, s->half_bytes, 2 * s->half_bytes};
+          int rc = cf_remote_get_each(rt, &cells[q], 1, cf__remote_cell, &y);
+          if (rc) return rc;
+          q++;
+        } else
+          cb->done(cb->ud, b + i, NULL, NULL, st[i]);
+      }
+      continue;
+    }
+    int rc = cf_remote_get_each(rt, cells, (size_t)nq, cf__remote_cell, &x);
     if (rc) return rc; /* cells from b on were not handed over: the executor recomputes them */
-    for (int q = 0; q < nq; q++) {
-      int i = idx[q];
-      st[i] = cells[q].status;
-      if (!st[i] && cells[q].bytes != full)
-        st[i] = cf_seterr(CF_ESHAPE, "remote tier: layer %u of a chunk holds %u tokens, not a full chunk",
-                          cells[q].layer, cells[q].n_tokens);
-    }
-    for (int i = 0, q = 0; i < m; i++) {
-      if (q < nq && idx[q] == i) {
-        const uint8_t *d = st[i] ? NULL : cells[q].data;
-        cb->done(cb->ud, b + i, d, d ? d + s->half_bytes : NULL, st[i]);
-        q++;
-      } else
-        cb->done(cb->ud, b + i, NULL, NULL, st[i]);
-    }
-    cf_remote_get_release(rt, h);
   }
   return 0;
 }

@@ -31,6 +31,8 @@ struct cf_redis_s {
   int need_refresh;
   int64_t last_refresh_ns;
   uint64_t epoch; /* exec counter: a connection opened by an earlier exec may have gone stale */
+  cf_redis_reply_fn on_reply; /* cf_redis_exec_each's callback (NULL otherwise) */
+  void *on_reply_ud;
   cf_redis_stats_t st;
 };
 
@@ -500,6 +502,9 @@ static int exec_round(cf_redis_t *r, cf_redis_cmd_t *cmds, size_t *pend, size_t 
         }
       }
       set_reply(cm, rr);
+      /* exec_each: hand the reply over now; freed at once when the callback is done with it, so
+       * a pipeline of big values does not hold them all (and fault fresh pages for each batch) */
+      if (r->on_reply && r->on_reply(r->on_reply_ud, (size_t)(cm - cmds), cm)) cf_redis_cmds_release(cm, 1);
       continue;
     lost:;
       char name[CF_REDIS_HOST_MAX + 16];
@@ -552,6 +557,15 @@ static int exec_any(cf_redis_t *r, cf_redis_cmd_t *cmds, size_t n, int forced_no
 }
 
 int cf_redis_exec(cf_redis_t *r, cf_redis_cmd_t *cmds, size_t n) { return exec_any(r, cmds, n, -1); }
+
+int cf_redis_exec_each(cf_redis_t *r, cf_redis_cmd_t *cmds, size_t n, cf_redis_reply_fn fn, void *ud) {
+  r->on_reply = fn;
+  r->on_reply_ud = ud;
+  int nio = exec_any(r, cmds, n, -1);
+  r->on_reply = NULL;
+  r->on_reply_ud = NULL;
+  return nio;
+}
 
 int cf_redis_exec_node(cf_redis_t *r, int id, cf_redis_cmd_t *cmds, size_t n) {
   if (id < 0 || id >= r->map.n_nodes) {

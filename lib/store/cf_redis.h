@@ -86,6 +86,12 @@ typedef struct {
  * Release the replies with cf_redis_cmds_release before reusing cmds. */
 int cf_redis_exec(cf_redis_t *r, cf_redis_cmd_t *cmds, size_t n);
 void cf_redis_cmds_release(cf_redis_cmd_t *cmds, size_t n);
+/* Like cf_redis_exec, and fn(ud, i, &cmds[i]) as soon as command i has its final reply (status 0,
+ * CF_ENOTFOUND or CF_EPROTO; replies arrive per node in order, nodes one after another). fn returns
+ * 1 when done with the reply (it is freed at once), 0 to keep it until cf_redis_cmds_release.
+ * Commands that end with CF_EIO get no call: look at their status after the return. */
+typedef int (*cf_redis_reply_fn)(void *ud, size_t i, cf_redis_cmd_t *c);
+int cf_redis_exec_each(cf_redis_t *r, cf_redis_cmd_t *cmds, size_t n, cf_redis_reply_fn fn, void *ud);
 /* Fill a command: cf_redis_cmd(&c, 2, "GET", 3, key, klen). */
 void cf_redis_cmd(cf_redis_cmd_t *c, int argc, ...);
 

@@ -553,17 +553,80 @@ int cf_remote_flush(cf_remote_t *r, int timeout_ms) {
 
 /* ---------------------------------------------------------------- reads */
 
-int cf_remote_get(cf_remote_t *r, cf_remote_cell_t *cells, size_t n, cf_remote_batch_t **h) {
-  cf_remote_batch_t *b = calloc(1, sizeof *b);
-  if (b) {
-    b->cmds = calloc(n ? n : 1, sizeof *b->cmds);
-    b->keys = malloc((n ? n : 1) * CF__KEY_MAX);
+/* One GET pipeline and what came of it. */
+typedef struct {
+  cf_remote_t *r;
+  cf_remote_cell_t *cells;
+  cf_redis_cmd_t *cmds;
+  size_t n, next;          /* in-order delivery: cells before `next` were handed to fn */
+  uint8_t *ready;          /* classified (status and data set) */
+  cf_remote_cell_fn fn;
+  void *ud;
+  uint64_t ok, bytes, miss, bad, eio;
+  cf_store_key_t *drop;    /* chunks with a corrupt cell: their markers go */
+  size_t n_drop;
+} cf__get_t;
+
+/* Set cell i's status and data from its command's reply (verified). */
+static void cell_classify(cf__get_t *g, size_t i) {
+  cf_remote_t *r = g->r;
+  cf_remote_cell_t *x = &g->cells[i];
+  cf_redis_cmd_t *cm = &g->cmds[i];
+  x->data = NULL;
+  x->bytes = 0;
+  if (cm->status == CF_ENOTFOUND) x->status = CF_ENOTFOUND, g->miss++;
+  else if (cm->status) x->status = CF_EIO, g->eio++;
+  else if (cm->type != CF_REDIS_R_STRING ||
+           value_check(r, (const uint8_t *)cm->str, cm->len, &x->key, x->layer, &x->n_tokens)) {
+    x->status = CF_ECORRUPT;
+    g->bad++;
+    CF_WARN("remote %s: chunk cell %u dropped: %s", r->url_s, x->layer,
+            cm->type == CF_REDIS_R_STRING ? cf_errmsg() : "not a string");
+    if (!g->drop) g->drop = calloc(g->n, sizeof *g->drop);
+    if (g->drop) g->drop[g->n_drop++] = x->key;
+  } else {
+    x->status = 0;
+    x->data = (const uint8_t *)cm->str + CF__RV_HDR;
+    x->bytes = cm->len - CF__RV_HDR;
+    g->ok++;
+    g->bytes += x->bytes;
   }
-  if (!b || !b->cmds || !b->keys) {
-    if (b) free(b->cmds), free(b->keys);
-    free(b);
+  g->ready[i] = 1;
+}
+
+/* Hand cells over in order from g->next while they are classified; each one's reply is freed
+ * after fn (except `keep`, which the caller frees). */
+static void deliver_ready(cf__get_t *g, size_t keep) {
+  while (g->next < g->n && g->ready[g->next]) {
+    size_t i = g->next++;
+    g->fn(g->ud, i, &g->cells[i]);
+    g->cells[i].data = NULL;
+    if (i != keep) cf_redis_cmds_release(&g->cmds[i], 1);
+  }
+}
+
+static int on_get_reply(void *ud, size_t i, cf_redis_cmd_t *c) {
+  cf__get_t *g = ud;
+  (void)c;
+  cell_classify(g, i);
+  if (i != g->next) return 0; /* an earlier cell is still on the way: keep this reply */
+  deliver_ready(g, i);
+  return 1;
+}
+
+/* The GET pipeline of cells[0..n) into b (commands, keys); with fn, every cell is handed to fn in
+ * order as soon as it and the cells before it are in, and its reply freed right after. */
+static int get_core(cf_remote_t *r, cf_remote_cell_t *cells, size_t n, cf_remote_batch_t *b,
+                    cf_remote_cell_fn fn, void *ud) {
+  b->cmds = calloc(n ? n : 1, sizeof *b->cmds);
+  b->keys = malloc((n ? n : 1) * CF__KEY_MAX);
+  cf__get_t g = {.r = r, .cells = cells, .n = n, .fn = fn, .ud = ud, .ready = calloc(n ? n : 1, 1)};
+  if (!b->cmds || !b->keys || !g.ready) {
+    free(b->cmds), free(b->keys), free(g.ready);
+    b->cmds = NULL, b->keys = NULL;
     return cf_seterr(CF_ENOMEM, "remote read of %zu cells", n);
   }
+  g.cmds = b->cmds;
   b->n = n;
   for (size_t i = 0; i < n; i++) {
     size_t kl = cf_remote_key(r, &cells[i].key, (int)cells[i].layer, b->keys + i * CF__KEY_MAX, CF__KEY_MAX);
@@ -572,64 +635,62 @@ int cf_remote_get(cf_remote_t *r, cf_remote_cell_t *cells, size_t n, cf_remote_b
   cf_redis_t *c;
   int id = pool_take(r, &c), nio = (int)n;
   uint64_t t0 = now_ns();
-  if (id >= 0) nio = cf_redis_exec(c, b->cmds, n);
+  if (id >= 0) nio = fn ? cf_redis_exec_each(c, b->cmds, n, on_get_reply, &g) : cf_redis_exec(c, b->cmds, n);
   else
     for (size_t i = 0; i < n; i++) b->cmds[i].status = CF_EIO;
   uint64_t dt = now_ns() - t0;
-  uint64_t ok = 0, bytes = 0, miss = 0, bad = 0, eio = 0;
-  cf_store_key_t *drop = NULL;
-  size_t n_drop = 0;
-  for (size_t i = 0; i < n; i++) {
-    cf_remote_cell_t *x = &cells[i];
-    cf_redis_cmd_t *cm = &b->cmds[i];
-    x->data = NULL;
-    x->bytes = 0;
-    if (cm->status == CF_ENOTFOUND) x->status = CF_ENOTFOUND, miss++;
-    else if (cm->status) x->status = CF_EIO, eio++;
-    else if (cm->type != CF_REDIS_R_STRING ||
-             value_check(r, (const uint8_t *)cm->str, cm->len, &x->key, x->layer, &x->n_tokens)) {
-      x->status = CF_ECORRUPT;
-      bad++;
-      CF_WARN("remote %s: chunk cell %u dropped: %s", r->url_s, x->layer,
-              cm->type == CF_REDIS_R_STRING ? cf_errmsg() : "not a string");
-      if (!drop) drop = calloc(n, sizeof *drop);
-      if (drop) drop[n_drop++] = x->key;
-    } else {
-      x->status = 0;
-      x->data = (const uint8_t *)cm->str + CF__RV_HDR;
-      x->bytes = cm->len - CF__RV_HDR;
-      ok++;
-      bytes += x->bytes;
-    }
-  }
+  for (size_t i = 0; i < n; i++) /* the rest: no reply (a node down), or kept without fn */
+    if (!g.ready[i]) cell_classify(&g, i);
+  if (fn) deliver_ready(&g, n);
   if (id >= 0) {
     /* a corrupt cell: delete the chunk's marker so lookups stop offering it (best effort) */
-    if (n_drop) {
-      cf_redis_cmd_t *dc = calloc(n_drop, sizeof *dc);
-      char *dk = malloc(n_drop * CF__KEY_MAX);
+    if (g.n_drop) {
+      cf_redis_cmd_t *dc = calloc(g.n_drop, sizeof *dc);
+      char *dk = malloc(g.n_drop * CF__KEY_MAX);
       if (dc && dk) {
-        for (size_t i = 0; i < n_drop; i++) {
-          size_t kl = cf_remote_key(r, &drop[i], -1, dk + i * CF__KEY_MAX, CF__KEY_MAX);
+        for (size_t i = 0; i < g.n_drop; i++) {
+          size_t kl = cf_remote_key(r, &g.drop[i], -1, dk + i * CF__KEY_MAX, CF__KEY_MAX);
           cf_redis_cmd(&dc[i], 2, "DEL", (size_t)3, dk + i * CF__KEY_MAX, kl);
         }
-        cf_redis_exec(c, dc, n_drop);
-        cf_redis_cmds_release(dc, n_drop);
+        cf_redis_exec(c, dc, g.n_drop);
+        cf_redis_cmds_release(dc, g.n_drop);
       }
       free(dc), free(dk);
     }
     pool_give(r, id, nio);
   }
-  free(drop);
+  free(g.drop);
+  free(g.ready);
   pthread_mutex_lock(&r->smu);
-  r->st.cells_read += ok;
-  r->st.bytes_read += bytes;
-  r->st.cells_missing += miss;
-  r->st.cells_corrupt += bad;
-  r->st.read_errors += eio;
+  r->st.cells_read += g.ok;
+  r->st.bytes_read += g.bytes;
+  r->st.cells_missing += g.miss;
+  r->st.cells_corrupt += g.bad;
+  r->st.read_errors += g.eio;
   r->st.read_ns += dt;
   r->st.read_batches++;
   pthread_mutex_unlock(&r->smu);
+  return 0;
+}
+
+int cf_remote_get(cf_remote_t *r, cf_remote_cell_t *cells, size_t n, cf_remote_batch_t **h) {
+  cf_remote_batch_t *b = calloc(1, sizeof *b);
+  if (!b) return cf_seterr(CF_ENOMEM, "remote read of %zu cells", n);
+  int rc = get_core(r, cells, n, b, NULL, NULL);
+  if (rc) {
+    free(b);
+    return rc;
+  }
   *h = b;
+  return 0;
+}
+
+int cf_remote_get_each(cf_remote_t *r, cf_remote_cell_t *cells, size_t n, cf_remote_cell_fn fn, void *ud) {
+  cf_remote_batch_t b = {0};
+  int rc = get_core(r, cells, n, &b, fn, ud);
+  if (rc) return rc;
+  cf_redis_cmds_release(b.cmds, b.n);
+  free(b.cmds), free(b.keys);
   return 0;
 }
 

@@ -92,6 +92,12 @@ typedef struct {
 typedef struct cf_remote_batch_s cf_remote_batch_t;
 int cf_remote_get(cf_remote_t *r, cf_remote_cell_t *cells, size_t n, cf_remote_batch_t **h);
 void cf_remote_get_release(cf_remote_t *r, cf_remote_batch_t *h);
+/* The same pipeline, streamed: fn(ud, i, &cells[i]) for every i in order, exactly once, as soon as
+ * cell i and those before it are in (c->data valid during the call only); each reply is freed
+ * right after, so a pipeline of big cells holds one at a time, not all of them (what the
+ * executor's remote source uses). Returns 0 (statuses in cells[]) or CF_ENOMEM (no call made). */
+typedef void (*cf_remote_cell_fn)(void *ud, size_t i, const cf_remote_cell_t *c);
+int cf_remote_get_each(cf_remote_t *r, cf_remote_cell_t *cells, size_t n, cf_remote_cell_fn fn, void *ud);
 /* Convenience: fetch one cell into dst (dst_bytes capacity). Returns its status. */
 int cf_remote_read(cf_remote_t *r, const cf_store_key_t *key, uint32_t layer, void *dst,
                    size_t dst_bytes, uint32_t *n_tokens);

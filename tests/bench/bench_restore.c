@@ -21,7 +21,7 @@
  *    cache plays no part (the disk's own cache may: all sides read the same file).
  *
  * 4. Remote tier (when redis-server is installed: one is started here on a loopback port and
- *    killed at the end): (a) cell reads through the remote tier (cf_remote_get: pipelines of 16
+ *    killed at the end): (a) cell reads through the remote tier (cf_remote_get_each: pipelines of 16
  *    GETs, every value's header and checksum verified) vs raw hiredis pipelines of 16 GETs of
  *    the same keys (the same bytes, nothing checked), 256 KiB and 1 MiB cells, interleaved, best
  *    of 9; (b) part 2's plans with the prefix saved by one store ("node A", written back to
@@ -481,10 +481,15 @@ static void bench_policies(const char *tmp, int quick, const char *remote_url) {
   free(tok); free(buf);
 }
 
+static void bench_cell_ok(void *ud, size_t i, const cf_remote_cell_t *c) {
+  (void)ud, (void)i;
+  if (c->status) die("remote cell", c->status);
+}
+
 /* Part 4a: remote-tier cell reads vs raw hiredis GET pipelines of the same keys. */
 static void bench_remote_cells(const rt_server_t *srv, const char *url, int quick) {
   printf("\nremote tier cell reads (redis-server on loopback, one connection, pipelines of 16 GETs; best of 9,\n"
-         "interleaved): cf_remote_get (header, key, layer and xxh3 checksum verified) vs raw hiredis GETs\n");
+         "interleaved): cf_remote_get_each, the executor's path (header, key, layer and xxh3 checksum verified)\nvs raw hiredis GETs\n");
   printf("  %-10s %8s %14s %14s %8s\n", "cell", "cells", "remote GB/s", "raw GB/s", "ratio");
   const size_t sizes[2] = {256u << 10, 1u << 20};
   for (int si = 0; si < 2; si++) {
@@ -542,11 +547,7 @@ static void bench_remote_cells(const rt_server_t *srv, const char *url, int quic
       for (int b = 0; b < n; b += depth) {
         int m = n - b < depth ? n - b : depth;
         for (int i = 0; i < m; i++) rq[i] = (cf_remote_cell_t){.key = keys[(b + i) / L], .layer = (uint32_t)((b + i) % L)};
-        cf_remote_batch_t *h;
-        if ((e = cf_remote_get(r, rq, (size_t)m, &h))) die("remote get", e);
-        for (int i = 0; i < m; i++)
-          if (rq[i].status) die("remote cell", rq[i].status);
-        cf_remote_get_release(r, h);
+        if ((e = cf_remote_get_each(r, rq, (size_t)m, bench_cell_ok, NULL))) die("remote get", e);
       }
       t = now_s() - t;
       if (t < best_r) best_r = t;
