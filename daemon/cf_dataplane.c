@@ -30,6 +30,19 @@ typedef struct {
   uint8_t slot_used[CF__READY_SLOTS];
 } cf__engine_out_t;
 
+enum { CF__EV_PLAN, CF__EV_LAYERS, CF__EV_DONE };
+struct cf_dataplane_job_s;
+typedef struct cf__ev_s {
+  int kind;
+  struct cf_dataplane_job_s *job;
+  int layers;
+  int err;
+  cf_executor_result_t res;
+  char detail[512];
+  int owned;                 /* malloc'ed (layer events); else one of the job's own */
+  struct cf__ev_s *next;
+} cf__ev_t;
+
 /* A restore on its way through the executor. */
 struct cf_dataplane_job_s {
   cf_executor_job_t x;       /* first: the executor's callbacks get a cf_executor_job_t * */
@@ -38,19 +51,11 @@ struct cf_dataplane_job_s {
   cf__engine_out_t *eo;
   int32_t *tokens, *blocks;
   int slot;                  /* readiness slot or -1 */
+  /* the events that must arrive, allocated with the job: the executor thread never waits for memory */
+  cf__ev_t ev_plan, ev_done;
 };
 typedef struct cf_dataplane_job_s cf__job_t;
 
-enum { CF__EV_PLAN, CF__EV_LAYERS, CF__EV_DONE };
-typedef struct cf__ev_s {
-  int kind;
-  cf__job_t *job;
-  int layers;
-  int err;
-  cf_executor_result_t res;
-  char detail[512];
-  struct cf__ev_s *next;
-} cf__ev_t;
 
 struct cf_dataplane_s {
   const cf_config_t *cfg;
@@ -154,6 +159,8 @@ static void cf__send_plan(cf__job_t *j) {
   ps.predicted_us = p->predicted_us;
   ps.bound_us = p->bound_us;
   ps.readiness_slot = j->slot >= 0 ? (uint32_t)j->slot : UINT32_MAX;
+  ps.present_tokens = (uint32_t)j->x.present_tokens;
+  ps.present_chunks = p->present_chunks;
   Cacheflow__V1__RestoreEvent e = CACHEFLOW__V1__RESTORE_EVENT__INIT;
   e.event_case = CACHEFLOW__V1__RESTORE_EVENT__EVENT_PLAN;
   e.plan = &ps;
@@ -210,8 +217,9 @@ static void cf__drain_events(cf_dataplane_t *dp) {
   pthread_mutex_unlock(&dp->mu);
   while (ev) {
     cf__ev_t *next = ev->next;
+    int owned = ev->owned; /* a DONE event is the job's, freed with it by cf__deliver */
     cf__deliver(ev);
-    free(ev);
+    if (owned) free(ev);
     ev = next;
   }
 }
@@ -220,8 +228,7 @@ static void cf__on_async(uv_async_t *a) { cf__drain_events(a->data); }
 
 /* Executor thread: the round is planned; the PlanSummary goes out before any progress. */
 static void cf__job_on_plan(cf_executor_job_t *xj) {
-  cf__ev_t *ev;
-  while (!(ev = calloc(1, sizeof *ev))) usleep(1000); /* events keep their order: none is dropped */
+  cf__ev_t *ev = &((cf__job_t *)xj)->ev_plan;
   ev->kind = CF__EV_PLAN;
   ev->job = (cf__job_t *)xj;
   cf__post(((cf__job_t *)xj)->dp, ev);
@@ -231,14 +238,14 @@ static void cf__job_on_layer(cf_executor_job_t *xj, int layers) {
   cf__ev_t *ev = calloc(1, sizeof *ev);
   if (!ev) return; /* progress is best effort; the final event is not */
   ev->kind = CF__EV_LAYERS;
+  ev->owned = 1;
   ev->job = (cf__job_t *)xj;
   ev->layers = layers;
   cf__post(((cf__job_t *)xj)->dp, ev);
 }
 
 static void cf__job_on_done(cf_executor_job_t *xj, int err, const cf_executor_result_t *res) {
-  cf__ev_t *ev;
-  while (!(ev = calloc(1, sizeof *ev))) usleep(1000); /* the final event must arrive */
+  cf__ev_t *ev = &((cf__job_t *)xj)->ev_done;
   ev->kind = CF__EV_DONE;
   ev->job = (cf__job_t *)xj;
   ev->err = err;
@@ -306,6 +313,7 @@ static void cf__restore_batch(void *ctx, cf_restore_t **batch, int n) {
     j->x.n_tokens = (int)r->req->n_token_ids;
     j->x.blocks = j->blocks;
     j->x.n_blocks = (int)r->req->n_block_ids;
+    j->x.present_tokens = (int)r->req->present_tokens; /* < n_token_ids: cf_service checked */
     j->x.kv = j->eo->kv;
     j->x.gkv = j->eo->gkv;
     j->x.ready = j->slot >= 0 ? &j->eo->ready : NULL;
@@ -332,9 +340,14 @@ static int cf__lookup(void *ctx, cf_engine_t *e, const uint32_t *t, size_t n, ui
   cf_dataplane_t *dp = ctx;
   return dp->inner.lookup(dp->inner.ctx, e, t, n, per, tiers);
 }
-static int cf__save(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest *req, uint32_t *saved, int *durable) {
+static int cf__save(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest *req, uint32_t *saved, int *durable,
+                   uint32_t *pending) {
   cf_dataplane_t *dp = ctx;
-  return dp->inner.save(dp->inner.ctx, e, req, saved, durable);
+  return dp->inner.save(dp->inner.ctx, e, req, saved, durable, pending);
+}
+static int cf__flush(void *ctx, uint64_t *ssd_chunks) {
+  cf_dataplane_t *dp = ctx;
+  return dp->inner.flush(dp->inner.ctx, ssd_chunks);
 }
 static int cf__evict(void *ctx, int tier, uint64_t bytes, uint64_t *be, uint64_t *ce) {
   cf_dataplane_t *dp = ctx;
@@ -367,11 +380,12 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
   uv_async_init(loop, &dp->async, cf__on_async);
   dp->async.data = dp;
   /* lookup, save, evict, usage stay cf_storage's, forwarded with its own ctx */
-  *hooks = (cf_service_backend_t){.ctx = dp, .kv_dtype = dp->inner.kv_dtype, .engine_added = cf__engine_added, .engine_removed = cf__engine_removed,
+  *hooks = (cf_service_backend_t){.ctx = dp, .kv_dtype = dp->inner.kv_dtype, .has_ssd = dp->inner.has_ssd, .engine_added = cf__engine_added, .engine_removed = cf__engine_removed,
                                   .restore_batch = cf__restore_batch, .restore_cancel = cf__restore_cancel,
                                   .lookup = dp->inner.lookup ? cf__lookup : NULL,
                                   .save = dp->inner.save ? cf__save : NULL,
                                   .evict = dp->inner.evict ? cf__evict : NULL,
+                                  .flush = dp->inner.flush ? cf__flush : NULL,
                                   .usage = dp->inner.usage ? cf__usage : NULL,
                                   .remote = dp->inner.remote};
   *out = dp;

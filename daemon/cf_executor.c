@@ -107,8 +107,12 @@ static void cf__plan_round(cf_executor_t *x, cf_executor_job_t *const *jobs, int
     int64_t cached = 0;
     tiers[m] = calloc((size_t)(j->n_tokens + C - 1) / C + 1, 1);
     if (tiers[m] && x->o.lookup && x->o.lookup(x->o.lookup_ctx, j, &cached, tiers[m])) cached = 0;
+    /* a restore of [k, n): a whole-head engine's chunks inside [0, k) are its own (context) */
+    const cf_kv_layout_t *lay = j->kv ? &j->kv->layout : &j->gkv->layout;
+    int k = j->present_tokens, pc = cf_exec_present_chunks(lay, k, C);
     ins[m] = (cf_plan_input_t){.n_tokens = j->n_tokens, .policy = j->policy, .cached_tokens = tiers[m] ? cached : 0,
-                               .chunk_tiers = tiers[m]};
+                               .chunk_tiers = tiers[m], .present_chunks = pc,
+                               .compute_partial = j->gkv && x->o.gpu && k % C != 0};
     idx[m++] = i;
   }
   cf_planner_plan(x->o.planner, ins, out, m, C, L);
@@ -154,7 +158,7 @@ static void cf__round(cf_executor_t *x, cf_executor_job_t *const *jobs, int n) {
         *r = (cf_exec_req_t){.n_tokens = j->n_tokens, .tokens = j->tokens, .chunk_tokens = C, .h = j->plan.h,
                              .src = pins[i].srcs, .load_rank = j->plan.load_rank,
                              .cops = j->plan.cops, .n_cops = j->plan.n_cops, .ref = pins[i].refp, .kv = j->kv, .gkv = j->gkv,
-                             .blocks = j->blocks, .n_blocks = j->n_blocks, .ready = j->ready, .gready = j->gready,
+                             .blocks = j->blocks, .n_blocks = j->n_blocks, .present_tokens = j->present_tokens, .ready = j->ready, .gready = j->gready,
                              .ready_slot = j->ready_slot, .req_id = j->req_id, .on_layer = cf__exec_on_layer,
                              .on_layer_arg = j, .cancel = &j->cancel};
         if ((err[i] = cf_exec_validate(ex, r))) CF_WARN("restore %llu: %s", (unsigned long long)j->req_id, cf_errmsg());

@@ -42,6 +42,7 @@ struct cf_executor_job_s {
   int n_tokens;
   const int32_t *blocks;
   int n_blocks;
+  int present_tokens;       /* the engine holds [0, present_tokens) already: only the rest is written */
   cf_kvmap_t *kv;           /* a shared-memory engine (the CPU executor), or */
   const cf_gpu_kv_t *gkv;   /* a CUDA IPC engine (the GPU executor: cf_executor_opts_t.gpu) */
   cf_ready_t *ready;        /* may be NULL */

@@ -3,6 +3,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "exec/cf_exec_plan.h"
 #include "sched/cf_bound.h"
@@ -69,14 +70,18 @@ static int cf__group_input(const cf_sched_cost_t *cost, const cf_plan_input_t *i
   if (nt && !(g->tiers = malloc(nt))) return cf_seterr(CF_ENOMEM, "plan of %d restores", n);
   nt = 0;
   for (int i = 0; i < n; i++) {
-    int64_t P = ins[i].cached_tokens;
-    g->reqs[i] = (cf_sched_req_t){.arrival_s = 0, .prefix_tokens = P, .new_tokens = ins[i].n_tokens - P, .device = -1};
+    /* a restore of [k, n): lib/sched plans the cached chunks after the engine's present ones */
+    int64_t skip = (int64_t)ins[i].present_chunks * cost->chunk_tokens, cached = ins[i].cached_tokens;
+    int64_t P = cached > skip ? cached - skip : 0;
+    g->reqs[i] = (cf_sched_req_t){.arrival_s = 0, .prefix_tokens = P,
+                                  .new_tokens = ins[i].n_tokens - (cached > skip ? cached : skip), .device = -1};
     if (!ins[i].chunk_tiers) continue;
     uint8_t *t = g->tiers + nt;
     for (int32_t c = 0, m = cf_cost_chunks(cost, P); c < m; c++)
-      t[c] = ins[i].chunk_tiers[c] == CF_STORE_TIER_SSD      ? CF_PLAN_TIER_SSD
-             : ins[i].chunk_tiers[c] == CF_STORE_TIER_REMOTE ? CF_PLAN_TIER_REMOTE
-                                                             : CF_PLAN_TIER_CPU;
+      {
+        uint8_t st = ins[i].chunk_tiers[ins[i].present_chunks + c];
+        t[c] = st == CF_STORE_TIER_SSD ? CF_PLAN_TIER_SSD : st == CF_STORE_TIER_REMOTE ? CF_PLAN_TIER_REMOTE : CF_PLAN_TIER_CPU;
+      }
     g->reqs[i].chunk_tier = t;
     nt += (size_t)cf_cost_chunks(cost, P);
   }
@@ -106,28 +111,50 @@ int cf_planner_plan_group(const cf_sched_cost_t *cost, const cf_plan_input_t *in
   }
   for (i = 0; i < n; i++) {
     cf_restore_plan_t *p = &out[i];
+    /* chunks [0, pc) are the engine's (present_tokens); the plan's chunk c is chunk pc + c */
+    int32_t pc = ins[i].present_chunks;
+    int64_t skip = (int64_t)pc * cost->chunk_tokens;
     /* the executor computes chunks past the planned prefix (h = L), after the plan's (rest_s) */
-    int64_t ntok = ins[i].n_tokens, P = g->reqs[i].prefix_tokens, rest = ntok - P;
+    int64_t ntok = ins[i].n_tokens, P = skip + g->reqs[i].prefix_tokens, rest = ntok - P;
     int32_t planned = g->plan.n_chunks[i], all_chunks = cf_cost_chunks(cost, ntok);
     p->policy = policy;
     p->planned_tokens = P;
     p->cost = *cost;
     p->have_cost = 1;
     p->chunks = (uint32_t)all_chunks;
+    p->present_chunks = (uint32_t)pc;
+    double ctx_s = 0; /* the present tokens as context of the planned compute steps */
     for (int32_t c = 0; c < all_chunks; c++) {
-      int h = c < planned ? g->plan.h[g->plan.h_off[i] + c] : L;
+      if (c < pc) { p->h[c] = 0; continue; }
+      int h = c - pc < planned ? g->plan.h[g->plan.h_off[i] + c - pc] : L;
+      if (c == pc && ins[i].compute_partial && h < L) { /* the GPU path: computed whole */
+        for (int l = h; l < L; l++) ctx_s += cf_cost_step(cost, (double)skip, (double)cost->chunk_tokens);
+        h = L;
+      }
       p->h[c] = h;
       p->cells_compute += (uint64_t)h;
-      if (c >= planned) continue;
+      if (c - pc < planned) ctx_s += cost->beta_s * (double)skip * (double)h * (double)cost->chunk_tokens;
+      if (c - pc >= planned) continue;
       if (ins[i].chunk_tiers && ins[i].chunk_tiers[c] == CF_STORE_TIER_SSD) p->cells_load_ssd += (uint64_t)(L - h);
       else if (ins[i].chunk_tiers && ins[i].chunk_tiers[c] == CF_STORE_TIER_REMOTE) p->cells_load_remote += (uint64_t)(L - h);
       else p->cells_load_cpu += (uint64_t)(L - h);
     }
     /* the plan's link order and compute order (op indices: comparable across the group) */
-    p->load_rank = cf_exec_plan_load_rank(&g->plan, i, all_chunks, L); /* NULL: layer-major */
-    p->cops = cf_exec_plan_cops(&g->plan, i, &p->n_cops);             /* NULL: work-conserving */
+    p->load_rank = cf_exec_plan_load_rank(&g->plan, i, all_chunks - pc, L); /* NULL: layer-major */
+    p->cops = cf_exec_plan_cops(&g->plan, i, &p->n_cops);                   /* NULL: work-conserving */
+    if (pc && p->load_rank) { /* to the restore's chunk numbers */
+      uint32_t *r = malloc((size_t)all_chunks * L * sizeof *r);
+      if (r) {
+        for (size_t e = 0; e < (size_t)pc * L; e++) r[e] = UINT32_MAX;
+        memcpy(r + (size_t)pc * L, p->load_rank, (size_t)(all_chunks - pc) * L * sizeof *r);
+      }
+      free(p->load_rank);
+      p->load_rank = r;
+    }
+    for (int k = 0; k < p->n_cops; k++) { p->cops[k].c0 += pc; p->cops[k].c1 += pc; }
     double rest_s = rest > 0 ? cf_cost_prefill(cost, P, rest) : 0;
-    p->predicted_us = (g->sim.restore_s[i] + rest_s) * 1e6;
+    p->predicted_us = (g->sim.restore_s[i] + ctx_s + rest_s) * 1e6;
+    /* the shifted request's bound stays a lower bound: present context only adds to compute */
     p->bound_us = (cf_bound_request(cost, &g->reqs[i]) + rest_s) * 1e6;
   }
   return 0;
@@ -138,9 +165,11 @@ int cf_planner_plan_fallback(const cf_plan_input_t *in, int C, int L, cf_restore
   *out = (cf_restore_plan_t){.policy = CF_POLICY_LOAD, .chunks = (uint32_t)n_chunks};
   if (!(out->h = malloc((size_t)(n_chunks ? n_chunks : 1) * sizeof *out->h)))
     return cf_seterr(CF_ENOMEM, "plan of a restore of %lld tokens", (long long)in->n_tokens);
+  out->present_chunks = (uint32_t)in->present_chunks;
   for (int c = 0; c < n_chunks; c++) {
-    int cached = (int64_t)(c + 1) * C <= in->cached_tokens;
+    int cached = (int64_t)(c + 1) * C <= in->cached_tokens && !(c == in->present_chunks && in->compute_partial);
     out->h[c] = cached ? 0 : L;
+    if (c < in->present_chunks) continue; /* the engine's own */
     if (!cached) out->cells_compute += (uint64_t)L;
     else if (in->chunk_tiers && in->chunk_tiers[c] == CF_STORE_TIER_SSD) out->cells_load_ssd += (uint64_t)L;
     else if (in->chunk_tiers && in->chunk_tiers[c] == CF_STORE_TIER_REMOTE) out->cells_load_remote += (uint64_t)L;
@@ -155,6 +184,8 @@ void cf_planner_init(cf_planner_t *pl, double refit_weight) {
   memset(pl, 0, sizeof *pl);
   pthread_mutex_init(&pl->mu, NULL);
   cf_refit_init(&pl->refit, refit_weight);
+  const char *hold = getenv("CF_TEST_PLAN_HOLD_MS");
+  pl->test_hold_ms = hold ? atoi(hold) : 0;
 }
 
 void cf_planner_close(cf_planner_t *pl) {
@@ -179,6 +210,10 @@ int cf_planner_plan(cf_planner_t *pl, const cf_plan_input_t *ins, cf_restore_pla
   int have = pl->have_cost, refit_on = pl->refit_on;
   pthread_mutex_unlock(&pl->mu);
   if (have && refit_on) cf_refit_apply(&pl->refit, &cost);
+  if (pl->test_hold_ms > 0) {
+    struct timespec ts = {pl->test_hold_ms / 1000, (long)(pl->test_hold_ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+  }
   int *grp = malloc((size_t)(n ? n : 1) * sizeof *grp);
   cf_plan_input_t *gin = malloc((size_t)(n ? n : 1) * sizeof *gin);
   cf_restore_plan_t *gout = malloc((size_t)(n ? n : 1) * sizeof *gout);

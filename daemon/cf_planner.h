@@ -43,6 +43,13 @@ typedef struct {
   int policy;                 /* cf_policy_t */
   int64_t cached_tokens;      /* leading tokens whose chunks the store holds */
   const uint8_t *chunk_tiers; /* NULL or [chunks of cached_tokens]: CF_STORE_TIER_CPU / _SSD of each */
+  /* Restore of [k, n) (RestoreRequest.present_tokens = k): chunks [0, present_chunks) are the
+   * engine's own KV (cf_exec_present_chunks): neither loaded nor computed, h 0. The plan covers
+   * the cached chunks after them; their compute steps attend over the present tokens too, so
+   * the prediction adds that attention (beta x present tokens per computed token-layer). */
+  int32_t present_chunks;
+  int compute_partial;        /* the chunk at present_chunks holds k and must be computed (the
+                                 GPU path loads whole cells only): h = L */
 } cf_plan_input_t;
 
 /* The plan of one restore. */
@@ -57,6 +64,7 @@ typedef struct {
   cf_sched_cost_t cost;       /* the cost model it was planned with (what the re-fit samples against) */
   int have_cost;              /* 0: the fallback plan (no cost model, or lib/sched failed) */
   /* the PlanSummary's numbers */
+  uint32_t present_chunks;    /* chunks inside [0, present_tokens): no cells counted for them */
   uint32_t chunks;
   uint64_t cells_load_cpu, cells_load_ssd, cells_load_remote, cells_compute;
   double predicted_us, bound_us; /* 0 without a cost model */
@@ -92,6 +100,10 @@ typedef struct {
   int have_cost;
   int refit_on;               /* plan with the re-fitted model (config cost_refit) */
   cf_refit_t refit;
+  /* Tests only: environment CF_TEST_PLAN_HOLD_MS (read at init) makes every planning step take
+   * at least that long, so a test can show the loop answering while a batch is being planned
+   * however fast the planner is. 0 (unset) in production. */
+  int test_hold_ms;
 } cf_planner_t;
 
 void cf_planner_init(cf_planner_t *pl, double refit_weight);

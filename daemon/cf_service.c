@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "cf_worker.h"
 #include "gpu/cf_gpu.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "store/cf_remote.h"
@@ -27,7 +28,7 @@ typedef struct cf__watch_s {
 } cf__watch_t;
 
 struct cf_service_s {
-  uv_loop_t *loop;
+  uv_loop_t *loop;                 /* Lookup's thread-pool work answers here (with a remote tier) */
   const cf_config_t *cfg;
   const cf_model_info_t *model;
   cf_service_backend_t be;
@@ -36,6 +37,7 @@ struct cf_service_s {
   int max_engines;
   uint64_t next_id;
   cf_batcher_t *batcher;            /* valid restores go there */
+  cf_worker_t *saver;               /* Save's copies, off the loop (NULL without a save hook) */
   cf_planner_t *planner;            /* borrowed: its re-fit's state for GetStats */
   cf__watch_t *watchers;
   int draining;
@@ -85,29 +87,33 @@ static cf_engine_t *cf__engine_find(cf_service_t *s, uint64_t id) {
   return NULL;
 }
 
-/* The bytes one layer's K (or V) buffer spans from its offset, and a check that the three
- * strides nest without overlap (any order: block-, token- or head-major). */
-static int cf__layout_extent(const Cacheflow__V1__LayerLayout *L, size_t esz, uint64_t *extent, char *why, size_t cap) {
-  typedef struct { uint64_t stride, count; const char *name; } dim_t;
-  dim_t d[3] = {
-      {L->block_stride, L->num_blocks, "block_stride"},
-      {L->token_stride, L->block_size, "token_stride"},
-      {L->head_stride, L->num_kv_heads, "head_stride"}};
-  for (int i = 0; i < 3; i++) /* sort by stride, smallest first */
-    for (int j = i + 1; j < 3; j++)
-      if (d[j].stride < d[i].stride) { dim_t t = d[i]; d[i] = d[j]; d[j] = t; }
-  uint64_t need = (uint64_t)L->head_dim * esz; /* a head's row is contiguous */
-  for (int i = 0; i < 3; i++) {
-    if (d[i].count > 1 && d[i].stride < need) {
-      snprintf(why, cap, "layer %u: %s %llu overlaps the previous dimension (needs >= %llu bytes)", L->layer,
-               d[i].name, (unsigned long long)d[i].stride, (unsigned long long)need);
-      return -1;
-    }
-    uint64_t span = d[i].count > 1 ? d[i].stride * (d[i].count - 1) + need : need;
-    if (d[i].count > 1 && d[i].stride && span / d[i].stride < d[i].count - 1) { snprintf(why, cap, "layer %u: layout overflows 64 bits", L->layer); return -1; }
-    need = span;
+/* The proto's layout of one layer as lib/ipc's (heads = the engine's; its rows checked as such). */
+static void cf__proto_layout(const Cacheflow__V1__LayerLayout *L, cf_kv_layout_t *lay) {
+  cf_dtype_t dt = L->dtype == CACHEFLOW__V1__DTYPE__DTYPE_BF16 ? CF_DT_BF16
+                  : L->dtype == CACHEFLOW__V1__DTYPE__DTYPE_F16 ? CF_DT_F16 : CF_DT_F32;
+  *lay = (cf_kv_layout_t){.n_layers = 1, .num_blocks = (int)L->num_blocks, .block_size = (int)L->block_size,
+                          .n_kv_heads = (int)L->num_kv_heads, .head_dim = (int)L->head_dim, .dtype = dt,
+                          .block_stride = L->block_stride, .token_stride = L->token_stride,
+                          .head_stride = L->head_stride, .dim_stride = L->dim_stride};
+  if (L->v_strides)
+    lay->vs = (cf_kv_strides_t){L->v_strides->block_stride, L->v_strides->token_stride, L->v_strides->head_stride,
+                                L->v_strides->dim_stride};
+}
+
+/* The bytes each plane (K, V) of one layer spans from its offset, after checking that its four
+ * strides are whole elements and nest without overlap (cf_kv_layout_check: any order, vLLM's
+ * CPU layout with K dimension-major included). */
+static int cf__layout_extent(const Cacheflow__V1__LayerLayout *L, uint64_t extent[2], char *why, size_t cap) {
+  cf_kv_layout_t lay;
+  cf__proto_layout(L, &lay);
+  if (L->v_strides && !(L->v_strides->block_stride | L->v_strides->token_stride | L->v_strides->head_stride |
+                        L->v_strides->dim_stride)) {
+    snprintf(why, cap, "layer %u: v_strides set but all zero (leave it unset for V = K's strides)", L->layer);
+    return -1;
   }
-  *extent = need;
+  if (cf_kv_layout_check(&lay, NULL)) { snprintf(why, cap, "layer %u: %s", L->layer, cf_errmsg()); return -1; }
+  extent[0] = cf_kv_layout_extent(&lay, 0);
+  extent[1] = cf_kv_layout_extent(&lay, 1);
   return 0;
 }
 
@@ -165,8 +171,8 @@ static int cf__v_register(const ProtobufCMessage *m, void *user, char *why, size
       return -1;
     }
     if (L->num_kv_heads < 1 || L->head_dim < 1 || L->num_kv_heads > 1024 || L->head_dim > 4096) { snprintf(why, cap, "layer %u: num_kv_heads %u / head_dim %u out of range", L->layer, L->num_kv_heads, L->head_dim); return -1; }
-    uint64_t ext;
-    if (cf__layout_extent(L, esz, &ext, why, cap)) return -1;
+    uint64_t ext[2];
+    if (cf__layout_extent(L, ext, why, cap)) return -1;
     if (cf__check_kvbuf(L->k, L->layer, "K", why, cap) || cf__check_kvbuf(L->v, L->layer, "V", why, cap)) return -1;
   }
   return 0;
@@ -210,15 +216,29 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
     cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "layers: %zu given, the model has %d", r->n_layers, s->model->n_layers);
     goto out;
   }
+  /* tensor parallelism: a shard holds model KV heads [kv_head_start, + kv_head_count) */
+  int heads = r->kv_head_count ? (int)r->kv_head_count : s->model->n_kv_heads;
+  if ((uint64_t)r->kv_head_start + (uint64_t)heads > (uint64_t)s->model->n_kv_heads) {
+    cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "kv_head_start %u + kv_head_count %d exceeds the model's %d KV heads",
+                  r->kv_head_start, heads, s->model->n_kv_heads);
+    goto out;
+  }
+  if (heads < s->model->n_kv_heads && !r->tp_group) {
+    cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "a shard engine (KV heads %u..%u of %d) needs a nonzero tp_group shared by "
+                  "its engine's ranks (their saves are assembled into whole cells)", r->kv_head_start,
+                  r->kv_head_start + heads - 1, s->model->n_kv_heads);
+    goto out;
+  }
   for (size_t i = 0; i < r->n_layers; i++) {
     const Cacheflow__V1__LayerLayout *L = r->layers[i];
-    if ((int)L->num_kv_heads != s->model->n_kv_heads || (int)L->head_dim != s->model->head_dim) {
-      cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "layer %u: num_kv_heads %u, head_dim %u; the model has %d, %d", L->layer,
-                    L->num_kv_heads, L->head_dim, s->model->n_kv_heads, s->model->head_dim);
+    if ((int)L->num_kv_heads != heads || (int)L->head_dim != s->model->head_dim) {
+      cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "layer %u: num_kv_heads %u, head_dim %u; %s %d, %d", L->layer,
+                    L->num_kv_heads, L->head_dim, r->kv_head_count ? "the shard (kv_head_count) has" : "the model has",
+                    heads, s->model->head_dim);
       goto out;
     }
-    uint64_t ext;
-    cf__layout_extent(L, cf__dtype_size(L->dtype), &ext, why, sizeof why); /* validated already */
+    uint64_t ext[2];
+    cf__layout_extent(L, ext, why, sizeof why); /* validated already */
     for (int kv = 0; kv < 2; kv++) {
       const Cacheflow__V1__KvBuffer *b = kv ? L->v : L->k;
       int ipc = b->location_case == CACHEFLOW__V1__KV_BUFFER__LOCATION_CUDA_IPC;
@@ -236,7 +256,7 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
         goto out;
       }
       if (ipc) continue;
-      if (cf__check_shm(b, ext, L->layer, kv ? "V" : "K", why, sizeof why)) {
+      if (cf__check_shm(b, ext[kv], L->layer, kv ? "V" : "K", why, sizeof why)) {
         cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "%s", why);
         goto out;
       }
@@ -264,6 +284,9 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   e->num_blocks = r->layers[0]->num_blocks;
   e->dtype = r->layers[0]->dtype;
   e->dtype_size = cf__dtype_size(e->dtype);
+  e->head0 = (int)r->kv_head_start;
+  e->n_heads = heads;
+  e->tp_group = r->tp_group;
   snprintf(e->name, sizeof e->name, "%s", r->name);
   for (size_t i = 0; i < r->n_layers; i++) {
     const Cacheflow__V1__LayerLayout *L = r->layers[i];
@@ -273,6 +296,10 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
     d->block_stride = L->block_stride;
     d->token_stride = L->token_stride;
     d->head_stride = L->head_stride;
+    d->dim_stride = L->dim_stride;
+    if (L->v_strides)
+      d->vs = (cf_kv_strides_t){L->v_strides->block_stride, L->v_strides->token_stride, L->v_strides->head_stride,
+                                L->v_strides->dim_stride};
   }
   /* Ids never repeat within a run, and a restart changes the high bits, so a stale id from
    * an earlier daemon is NOT_FOUND rather than someone else's engine. */
@@ -439,6 +466,42 @@ out:
   protobuf_c_message_free_unpacked(m, NULL);
 }
 
+/* A Save on its way: checked on the loop, copied on the save worker (the copy reads the
+ * engine's blocks and may wait for SSD writes), answered on the loop. The engine stays
+ * referenced meanwhile, so an Unregister never unmaps the blocks being copied. */
+typedef struct {
+  cf_worker_job_t w;                /* first: the worker's callbacks get a cf_worker_job_t * */
+  cf_service_t *s;
+  cf_rpc_call_t *call;
+  cf_engine_t *e;
+  Cacheflow__V1__SaveRequest *req;
+  int rc, durable;
+  uint32_t saved, pending;          /* pending: a TP shard's tokens waiting for its group's other heads */
+  char detail[512];                 /* cf_errmsg is per thread: copied on the worker */
+} cf__save_t;
+
+static void cf__save_run(cf_worker_job_t *w) {
+  cf__save_t *sv = (cf__save_t *)w;
+  sv->rc = sv->s->be.save(sv->s->be.ctx, sv->e, sv->req, &sv->saved, &sv->durable, &sv->pending);
+  if (sv->rc) snprintf(sv->detail, sizeof sv->detail, "%s", cf_errmsg());
+}
+
+static void cf__save_done(cf_worker_job_t *w) {
+  cf__save_t *sv = (cf__save_t *)w;
+  if (sv->rc) {
+    cf_rpc_finish(sv->call, cf_rpc_status_from_err(sv->rc), "save: %s", sv->detail);
+  } else {
+    Cacheflow__V1__SaveResponse resp = CACHEFLOW__V1__SAVE_RESPONSE__INIT;
+    resp.saved_tokens = sv->saved;
+    resp.durable = sv->durable;
+    resp.pending_tokens = sv->pending;
+    cf_rpc_reply(sv->call, &resp.base);
+  }
+  protobuf_c_message_free_unpacked(&sv->req->base, NULL);
+  cf__engine_unref(sv->s, sv->e);
+  free(sv);
+}
+
 static void cf__h_save(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_service_t *s = user;
   Cacheflow__V1__SaveRequest *r = (void *)m;
@@ -446,15 +509,18 @@ static void cf__h_save(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_engine_t *e = cf__engine_and_tokens(s, c, r->engine_id, r->token_ids, r->n_token_ids);
   if (!e) goto out;
   if (cf__check_blocks(e, r->n_token_ids, r->block_ids, r->n_block_ids, why, sizeof why)) { cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "%s", why); goto out; }
-  if (!s->be.save) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, CF__NO_MODEL("Save")); goto out; }
-  uint32_t saved = 0;
-  int durable = 0;
-  int rc = s->be.save(s->be.ctx, e, r, &saved, &durable);
-  if (rc) { cf_rpc_finish(c, cf_rpc_status_from_err(rc), "save: %s", cf_errmsg()); goto out; }
-  Cacheflow__V1__SaveResponse resp = CACHEFLOW__V1__SAVE_RESPONSE__INIT;
-  resp.saved_tokens = saved;
-  resp.durable = durable;
-  cf_rpc_reply(c, &resp.base);
+  if (!s->be.save || !s->saver) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, CF__NO_MODEL("Save")); goto out; }
+  if (r->durable && !s->be.has_ssd) {
+    cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "durable save needs an SSD tier (store_dir with ssd_tier_bytes > 0); "
+                  "this daemon keeps KV in its CPU tier only");
+    goto out;
+  }
+  cf__save_t *sv = calloc(1, sizeof *sv);
+  if (!sv) { cf_rpc_finish(c, CF_RPC_RESOURCE_EXHAUSTED, "out of memory"); goto out; }
+  *sv = (cf__save_t){.w = {.run = cf__save_run, .done = cf__save_done}, .s = s, .call = c, .e = e, .req = r};
+  e->refs++;
+  cf_worker_submit(s->saver, &sv->w);
+  return; /* the request is the save's now */
 out:
   protobuf_c_message_free_unpacked(m, NULL);
 }
@@ -465,6 +531,11 @@ static int cf__v_restore(const ProtobufCMessage *m, void *user, char *why, size_
   if ((int)r->policy < 0 || (int)r->policy > CACHEFLOW__V1__POLICY__POLICY_OPTIMAL) { snprintf(why, cap, "policy %d unknown (0 .. 6)", (int)r->policy); return -1; }
   if (r->priority < -100 || r->priority > 100) { snprintf(why, cap, "priority %d out of range -100 .. 100", r->priority); return -1; }
   if (r->deadline_us > 3600ull * 1000000) { snprintf(why, cap, "deadline_us %llu over one hour", (unsigned long long)r->deadline_us); return -1; }
+  if (r->present_tokens && r->present_tokens >= r->n_token_ids) {
+    snprintf(why, cap, "present_tokens %u must be < the %zu token_ids (the engine holds [0, present_tokens); the "
+             "restore writes the rest)", r->present_tokens, r->n_token_ids);
+    return -1;
+  }
   return 0;
 }
 
@@ -573,55 +644,134 @@ static void cf__h_stats(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
     resp.model_vocab = s->model->vocab;
   }
   resp.kv_dtype = (Cacheflow__V1__DType)s->be.kv_dtype;
-  cf_refit_stats_t fs;
-  cf_refit_stats(cf_planner_refit(s->planner), &fs);
-  enum { NC = 15 };
-  Cacheflow__V1__Counter cs[NC], *cp[NC];
-  const char *names[NC] = {"cacheflow_restores_total", "cacheflow_restore_batches_total",
-                           "cacheflow_restores_batched_total", "cacheflow_rpc_calls_in_flight",
-                           "cacheflow_cost_compute_scale", "cacheflow_predicted_ratio_compute",
-                           "cacheflow_predicted_ratio_restore", "cacheflow_cost_refit_samples_total",
-                           "cacheflow_cost_refit_enabled", "cacheflow_tier_read_bytes_per_second_cpu",
-                           "cacheflow_tier_read_bytes_per_second_ssd", "cacheflow_predicted_ratio_load_cpu",
-                           "cacheflow_predicted_ratio_load_ssd", "cacheflow_load_refit_samples_cpu",
-                           "cacheflow_load_refit_samples_ssd"};
-  double vals[NC] = {(double)st.restores_total, (double)st.batches_total, (double)st.restores_batched_total,
-                     (double)rs.calls_in_flight, fs.scale, fs.compute_ratio, fs.restore_ratio,
-                     (double)fs.samples, (double)s->cfg->cost_refit, fs.rate_Bps[0], fs.rate_Bps[1],
-                     fs.load_ratio[0], fs.load_ratio[1], (double)fs.load_samples[0], (double)fs.load_samples[1]};
-  for (int i = 0; i < NC; i++) {
+  cf_service_metric_t ms[CF_SERVICE_METRICS_MAX];
+  int nc = cf_service_metrics(s, ms);
+  Cacheflow__V1__Counter cs[CF_SERVICE_METRICS_MAX], *cp[CF_SERVICE_METRICS_MAX];
+  char names[CF_SERVICE_METRICS_MAX][96];
+  for (int i = 0; i < nc; i++) {
     cacheflow__v1__counter__init(&cs[i]);
-    cs[i].name = (char *)names[i];
-    cs[i].value = vals[i];
+    cs[i].name = (char *)cf_service_metric_flat_name(&ms[i], names[i], sizeof names[i]);
+    cs[i].value = ms[i].value;
     cp[i] = &cs[i];
   }
-  /* the remote tier: its health is reported here (and in /metrics), never as NOT_SERVING: the
-   * daemon serves from its local tiers and recomputes while the remote store is down */
-  enum { NR = 10 };
-  Cacheflow__V1__Counter rcs[NR], *all[NC + NR];
-  const char *rnames[NR] = {"cacheflow_remote_connected", "cacheflow_remote_cells_read_total",
-                            "cacheflow_remote_bytes_read_total", "cacheflow_remote_cells_missing_total",
-                            "cacheflow_remote_cells_corrupt_total", "cacheflow_remote_read_errors_total",
-                            "cacheflow_remote_chunks_written_total", "cacheflow_remote_put_dropped_total",
-                            "cacheflow_tier_read_bytes_per_second_remote", "cacheflow_load_refit_samples_remote"};
-  size_t nall = NC;
-  for (int i = 0; i < NC; i++) all[i] = cp[i];
-  if (s->be.remote) {
-    cf_remote_stats_t rst;
-    cf_remote_get_stats(s->be.remote, &rst);
-    double rv[NR] = {(double)rst.connected, (double)rst.cells_read, (double)rst.bytes_read, (double)rst.cells_missing,
-                     (double)rst.cells_corrupt, (double)rst.read_errors, (double)rst.chunks_written,
-                     (double)rst.put_dropped, fs.rate_Bps[2], (double)fs.load_samples[2]};
-    for (int i = 0; i < NR; i++) {
-      cacheflow__v1__counter__init(&rcs[i]);
-      rcs[i].name = (char *)rnames[i];
-      rcs[i].value = rv[i];
-      all[nall++] = &rcs[i];
-    }
-  }
-  resp.n_counters = nall;
-  resp.counters = all;
+  resp.n_counters = (size_t)nc;
+  resp.counters = cp;
   cf_rpc_reply(c, &resp.base);
+}
+
+/* ---------------------------------------------------------------- the shared counters */
+typedef struct {
+  cf_service_stats_t st;
+  cf_rpc_stats_t rs;
+  cf_refit_stats_t fs;
+  int refit_on;
+  cf_remote_stats_t rst;
+} cf__snap_t;
+
+#define CF__GET(name, expr) static double name(const cf__snap_t *x) { return (double)(expr); }
+CF__GET(cf__g_restores, x->st.restores_total)
+CF__GET(cf__g_batches, x->st.batches_total)
+CF__GET(cf__g_batched, x->st.restores_batched_total)
+CF__GET(cf__g_in_flight, x->st.restores_in_flight)
+CF__GET(cf__g_rpc_in_flight, x->rs.calls_in_flight)
+CF__GET(cf__g_scale, x->fs.scale)
+CF__GET(cf__g_ratio_compute, x->fs.compute_ratio)
+CF__GET(cf__g_ratio_restore, x->fs.restore_ratio)
+CF__GET(cf__g_ratio_load_cpu, x->fs.load_ratio[0])
+CF__GET(cf__g_ratio_load_ssd, x->fs.load_ratio[1])
+CF__GET(cf__g_samples, x->fs.samples)
+CF__GET(cf__g_clipped, x->fs.clipped)
+CF__GET(cf__g_refit_on, x->refit_on)
+CF__GET(cf__g_rate_cpu, x->fs.rate_Bps[0])
+CF__GET(cf__g_rate_ssd, x->fs.rate_Bps[1])
+CF__GET(cf__g_load_samples_cpu, x->fs.load_samples[0])
+CF__GET(cf__g_load_samples_ssd, x->fs.load_samples[1])
+CF__GET(cf__g_ratio_load_remote, x->fs.load_ratio[2])
+CF__GET(cf__g_rate_remote, x->fs.rate_Bps[2])
+CF__GET(cf__g_load_samples_remote, x->fs.load_samples[2])
+/* the remote tier's rows (only with one: cf_service_metrics appends them) */
+CF__GET(cf__g_r_up, x->rst.connected)
+CF__GET(cf__g_r_ok, x->rst.cells_read)
+CF__GET(cf__g_r_missing, x->rst.cells_missing)
+CF__GET(cf__g_r_corrupt, x->rst.cells_corrupt)
+CF__GET(cf__g_r_error, x->rst.read_errors)
+CF__GET(cf__g_r_written, x->rst.chunks_written)
+CF__GET(cf__g_r_skipped, x->rst.put_skipped)
+CF__GET(cf__g_r_dropped, x->rst.put_dropped)
+CF__GET(cf__g_r_oom, x->rst.put_oom)
+CF__GET(cf__g_r_werror, x->rst.put_errors)
+CF__GET(cf__g_r_bread, x->rst.bytes_read)
+CF__GET(cf__g_r_bwrite, x->rst.bytes_written)
+
+/* One row per sample; a family's rows are consecutive, its HELP on the first. */
+static const struct {
+  const char *family, *type, *help, *label_key, *label_value;
+  double (*get)(const cf__snap_t *);
+} cf__metric_rows[] = {
+  {"cacheflow_restores_total", "counter", "Restores accepted.", NULL, NULL, cf__g_restores},
+  {"cacheflow_restore_batches_total", "counter", "Restore batches dispatched.", NULL, NULL, cf__g_batches},
+  {"cacheflow_restores_batched_total", "counter", "Restores handed over in those batches.", NULL, NULL, cf__g_batched},
+  {"cacheflow_restores_in_flight", "gauge", "Restores accepted and not yet ended.", NULL, NULL, cf__g_in_flight},
+  {"cacheflow_rpc_in_flight", "gauge", "gRPC calls being handled.", NULL, NULL, cf__g_rpc_in_flight},
+  {"cacheflow_cost_compute_scale", "gauge", "Compute cost now / the start-up calibration (online re-fit).", NULL, NULL, cf__g_scale},
+  {"cacheflow_predicted_ratio", "gauge", "Executed / predicted, EWMA over restores (term=compute: forward steps; "
+   "restore: whole restore; load_<tier>: the tier's bytes at the planned rate vs its measured rate).", "term", "compute", cf__g_ratio_compute},
+  {"cacheflow_predicted_ratio", "gauge", NULL, "term", "restore", cf__g_ratio_restore},
+  {"cacheflow_predicted_ratio", "gauge", NULL, "term", "load_cpu", cf__g_ratio_load_cpu},
+  {"cacheflow_predicted_ratio", "gauge", NULL, "term", "load_ssd", cf__g_ratio_load_ssd},
+  {"cacheflow_predicted_ratio", "gauge", NULL, "term", "load_remote", cf__g_ratio_load_remote},
+  {"cacheflow_cost_refit_samples_total", "counter", "Executed restores the compute re-fit used (clipped: clamped as outliers).", NULL, NULL, cf__g_samples},
+  {"cacheflow_cost_refit_samples_total", "counter", NULL, "result", "clipped", cf__g_clipped},
+  {"cacheflow_cost_refit_enabled", "gauge", "1 while restores are planned with the re-fitted cost model (cost_refit).", NULL, NULL, cf__g_refit_on},
+  {"cacheflow_tier_read_bytes_per_second", "gauge", "Read rate per tier the planner uses now (re-fitted from executed loads, "
+   "never above the configured limit).", "tier", "cpu", cf__g_rate_cpu},
+  {"cacheflow_tier_read_bytes_per_second", "gauge", NULL, "tier", "ssd", cf__g_rate_ssd},
+  {"cacheflow_tier_read_bytes_per_second", "gauge", NULL, "tier", "remote", cf__g_rate_remote},
+  {"cacheflow_load_refit_samples_total", "counter", "Executed restores the load-rate re-fit used, per tier.", "tier", "cpu", cf__g_load_samples_cpu},
+  {"cacheflow_load_refit_samples_total", "counter", NULL, "tier", "ssd", cf__g_load_samples_ssd},
+  {"cacheflow_load_refit_samples_total", "counter", NULL, "tier", "remote", cf__g_load_samples_remote},
+  /* from here on: only with a remote tier. Its health is reported here, never as NOT_SERVING: the
+   * daemon serves from its local tiers and recomputes while the remote store is down. */
+  {"cacheflow_remote_up", "gauge", "1 when the remote tier's last command reached every node it needed (0: down; "
+   "restores recompute, the daemon keeps serving).", NULL, NULL, cf__g_r_up},
+  {"cacheflow_remote_cells_total", "counter", "Remote cell reads by result (missing, corrupt, error: recomputed, never "
+   "served).", "result", "ok", cf__g_r_ok},
+  {"cacheflow_remote_cells_total", "counter", NULL, "result", "missing", cf__g_r_missing},
+  {"cacheflow_remote_cells_total", "counter", NULL, "result", "corrupt", cf__g_r_corrupt},
+  {"cacheflow_remote_cells_total", "counter", NULL, "result", "error", cf__g_r_error},
+  {"cacheflow_remote_writes_total", "counter", "Chunks of the write-back by result (skipped: the remote held it; dropped: "
+   "queue full; oom: Redis maxmemory).", "result", "written", cf__g_r_written},
+  {"cacheflow_remote_writes_total", "counter", NULL, "result", "skipped", cf__g_r_skipped},
+  {"cacheflow_remote_writes_total", "counter", NULL, "result", "dropped", cf__g_r_dropped},
+  {"cacheflow_remote_writes_total", "counter", NULL, "result", "oom", cf__g_r_oom},
+  {"cacheflow_remote_writes_total", "counter", NULL, "result", "error", cf__g_r_werror},
+  {"cacheflow_remote_bytes_total", "counter", "Cell bytes moved to and from the remote tier.", "dir", "read", cf__g_r_bread},
+  {"cacheflow_remote_bytes_total", "counter", NULL, "dir", "write", cf__g_r_bwrite},
+};
+#define CF__REMOTE_ROWS 12 /* the last rows above */
+
+int cf_service_metrics(cf_service_t *s, cf_service_metric_t *out) {
+  cf__snap_t x;
+  memset(&x, 0, sizeof x);
+  cf_service_stats(s, &x.st);
+  if (s->rpc) cf_rpc_stats(s->rpc, &x.rs);
+  cf_refit_stats(cf_planner_refit(s->planner), &x.fs);
+  x.refit_on = (int)s->cfg->cost_refit;
+  int n = (int)(sizeof cf__metric_rows / sizeof cf__metric_rows[0]);
+  if (s->be.remote) cf_remote_get_stats(s->be.remote, &x.rst);
+  else n -= CF__REMOTE_ROWS;
+  for (int i = 0; i < n && i < CF_SERVICE_METRICS_MAX; i++)
+    out[i] = (cf_service_metric_t){cf__metric_rows[i].family, cf__metric_rows[i].type, cf__metric_rows[i].help,
+                                   cf__metric_rows[i].label_key, cf__metric_rows[i].label_value, cf__metric_rows[i].get(&x)};
+  return n < CF_SERVICE_METRICS_MAX ? n : CF_SERVICE_METRICS_MAX;
+}
+
+const char *cf_service_metric_flat_name(const cf_service_metric_t *m, char *buf, size_t cap) {
+  if (!m->label_value) return m->family;
+  size_t n = strlen(m->family);
+  if (n > 6 && !strcmp(m->family + n - 6, "_total")) n -= 6;
+  snprintf(buf, cap, "%.*s_%s", (int)n, m->family, m->label_value);
+  return buf;
 }
 
 static void cf__h_evict(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
@@ -638,6 +788,53 @@ static void cf__h_evict(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
     else cf_rpc_reply(c, &resp.base);
   }
   protobuf_c_message_free_unpacked(m, NULL);
+}
+
+/* Admin.Flush on the save worker: after every Save submitted before it (the worker runs jobs in
+ * order), and off the loop (it writes and fsyncs). */
+typedef struct {
+  cf_worker_job_t w;                /* first: the worker's callbacks get a cf_worker_job_t * */
+  cf_service_t *s;
+  cf_rpc_call_t *call;
+  int rc;
+  uint64_t ssd_chunks;
+  char detail[512];
+} cf__flush_t;
+
+static void cf__flush_run(cf_worker_job_t *w) {
+  cf__flush_t *f = (cf__flush_t *)w;
+  f->rc = f->s->be.flush(f->s->be.ctx, &f->ssd_chunks);
+  if (f->rc) snprintf(f->detail, sizeof f->detail, "%s", cf_errmsg());
+}
+
+static void cf__flush_done(cf_worker_job_t *w) {
+  cf__flush_t *f = (cf__flush_t *)w;
+  if (f->rc) {
+    cf_rpc_finish(f->call, cf_rpc_status_from_err(f->rc), "flush: %s", f->detail);
+  } else {
+    Cacheflow__V1__FlushResponse resp = CACHEFLOW__V1__FLUSH_RESPONSE__INIT;
+    resp.ssd_chunks = f->ssd_chunks;
+    cf_rpc_reply(f->call, &resp.base);
+  }
+  free(f);
+}
+
+static void cf__h_flush(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
+  cf_service_t *s = user;
+  protobuf_c_message_free_unpacked(m, NULL); /* FlushRequest carries nothing */
+  if (!s->be.flush || !s->saver) {
+    cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, CF__NO_MODEL("Flush"));
+    return;
+  }
+  if (!s->be.has_ssd) {
+    cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "flush needs an SSD tier (store_dir with ssd_tier_bytes > 0); "
+                  "this daemon keeps KV in its CPU tier only");
+    return;
+  }
+  cf__flush_t *f = calloc(1, sizeof *f);
+  if (!f) { cf_rpc_finish(c, CF_RPC_RESOURCE_EXHAUSTED, "out of memory"); return; }
+  *f = (cf__flush_t){.w = {.run = cf__flush_run, .done = cf__flush_done}, .s = s, .call = c};
+  cf_worker_submit(s->saver, &f->w);
 }
 
 static void cf__h_get_config(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
@@ -683,6 +880,7 @@ static const cf_rpc_method_t cf__methods[] = {
   {"/cacheflow.v1.Admin/Stats", &cacheflow__v1__stats_request__descriptor, NULL, cf__h_stats, CF_RPC_DRAIN_OK},
   {"/cacheflow.v1.Admin/Evict", &cacheflow__v1__evict_request__descriptor, NULL, cf__h_evict, 0},
   {"/cacheflow.v1.Admin/GetConfig", &cacheflow__v1__get_config_request__descriptor, NULL, cf__h_get_config, CF_RPC_DRAIN_OK},
+  {"/cacheflow.v1.Admin/Flush", &cacheflow__v1__flush_request__descriptor, NULL, cf__h_flush, 0},
   {"/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_request__descriptor, NULL, cf__h_health_check, CF_RPC_DRAIN_OK},
   {"/grpc.health.v1.Health/Watch", &grpc__health__v1__health_check_request__descriptor, NULL, cf__h_health_watch, CF_RPC_DRAIN_OK},
 };
@@ -712,6 +910,12 @@ int cf_service_init(cf_service_t **out, uv_loop_t *loop, const cf_config_t *cfg,
     free(s);
     return cf_seterr(CF_ENOMEM, "batcher");
   }
+  if (s->be.save && cf_worker_start(&s->saver, loop)) {
+    cf_batcher_close(s->batcher);
+    free(s->engines);
+    free(s);
+    return cf_seterr(CF_ENOMEM, "save worker");
+  }
   *out = s;
   return 0;
 }
@@ -731,6 +935,7 @@ int cf_service_restores_in_flight(const cf_service_t *s) {
 }
 
 void cf_service_abort_all(cf_service_t *s, const char *why) {
+  if (s->saver) cf_worker_flush(s->saver); /* Saves being copied finish and are answered: nothing saved is lost */
   cf_batcher_abort_all(s->batcher, why);
   while (s->watchers) {
     cf__watch_t *w = s->watchers;
@@ -744,6 +949,7 @@ void cf_service_abort_all(cf_service_t *s, const char *why) {
 void cf_service_close(cf_service_t *s) {
   cf_service_abort_all(s, "cacheflowd is shutting down");
   cf_batcher_close(s->batcher); /* no restore left: it holds no engine */
+  cf_worker_close(s->saver);    /* flushed by abort_all: no Save holds an engine */
   for (int i = 0; i < s->max_engines; i++)
     if (s->engines[i]) { cf_engine_t *e = s->engines[i]; s->engines[i] = NULL; cf__engine_unref(s, e); }
   free(s->engines);

@@ -21,6 +21,7 @@
 #include "cacheflow/v1/cacheflow.pb-c.h"
 #include "cf_batcher.h"
 #include "cf_config.h"
+#include "ipc/cf_kvmap.h"
 #include "cf_model_info.h"
 #include "cf_planner.h"
 #include "cf_rpc.h"
@@ -35,7 +36,9 @@ typedef struct {
 
 typedef struct {
   cf_kvbuf_t k, v;
-  uint64_t block_stride, token_stride, head_stride;
+  uint64_t block_stride, token_stride, head_stride; /* K's (and V's unless vs is set), bytes */
+  uint64_t dim_stride;      /* 0 = the element size */
+  cf_kv_strides_t vs;       /* V's own strides (LayerLayout.v_strides); all zero = K's */
 } cf_layer_layout_t;
 
 /* A registered engine. Shared by reference: restores in flight hold one, so an Unregister
@@ -47,6 +50,8 @@ typedef struct cf_engine_s {
   int gone;                 /* unregistered: restores still holding it are aborted */
   int n_layers;
   uint32_t block_size, num_blocks;
+  int head0, n_heads;       /* model KV heads [head0, head0 + n_heads) in its buffers (a TP shard: fewer) */
+  uint64_t tp_group;        /* nonzero: the shards sharing it are one engine (their saves assemble) */
   int dtype;                /* Cacheflow__V1__DType */
   size_t dtype_size;
   cf_layer_layout_t *layers;
@@ -65,6 +70,8 @@ typedef struct {
   /* The KV dtype the store holds, as the proto's DType (0: none, nothing checked). RegisterEngine
    * of buffers in another dtype gets FAILED_PRECONDITION naming both, before engine_added. */
   int kv_dtype;
+  /* The store has an SSD tier: Save(durable) can be honoured (else FAILED_PRECONDITION). */
+  int has_ssd;
   /* Map the engine's buffers; 0 or CF_E* (the registration is refused with its detail). */
   int (*engine_added)(void *ctx, cf_engine_t *e);
   void (*engine_removed)(void *ctx, cf_engine_t *e);
@@ -75,14 +82,18 @@ typedef struct {
   int (*lookup)(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t n, uint32_t tier_tokens[4],
                 uint8_t *chunk_tiers);
   /* Copy the blocks into the CPU tier (on the save worker: it may wait for SSD writes). 0 or
-   * CF_E*; *saved_tokens and *durable filled. The engine stays referenced meanwhile. */
-  int (*save)(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest *req, uint32_t *saved_tokens, int *durable);
+   * CF_E*; *saved_tokens, *durable and *pending_tokens (a TP shard's tokens waiting for its group's
+   * other heads) filled; req->durable: through to SSD. The engine stays referenced meanwhile. */
+  int (*save)(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest *req, uint32_t *saved_tokens, int *durable,
+              uint32_t *pending_tokens);
   /* Look up, plan and run a batch; each restore must end with cf_restore_done. */
   void (*restore_batch)(void *ctx, cf_restore_t **batch, int n);
   /* Cancel a restore whose engine went away or whose client left; it still ends with done. */
   void (*restore_cancel)(void *ctx, cf_restore_t *r);
   int (*evict)(void *ctx, int tier, uint64_t bytes, uint64_t *bytes_evicted, uint64_t *chunks_evicted);
   void (*usage)(void *ctx, uint64_t *cpu_bytes, uint64_t *ssd_bytes);
+  /* Admin.Flush: every chunk saved so far through to SSD, fsynced. 0 or CF_E*; *ssd_chunks after. */
+  int (*flush)(void *ctx, uint64_t *ssd_chunks);
   /* The remote tier (NULL: none), read by Stats for its health and counters (lock-only calls). */
   struct cf_remote_s *remote;
 } cf_service_backend_t;
@@ -115,5 +126,21 @@ typedef struct {
 } cf_service_stats_t;
 /* Safe from any thread (atomics). */
 void cf_service_stats(const cf_service_t *s, cf_service_stats_t *out);
+
+/* The counters that GetStats and /metrics both report, from one table (so their names agree).
+ * Prometheus spells a sample family{label} (HELP and TYPE once per family, on its first
+ * sample); GetStats spells it flat: the family without a trailing "_total", then "_" and the
+ * label's value (cacheflow_load_refit_samples_total{tier="ssd"} -> cacheflow_load_refit_samples_ssd);
+ * an unlabelled sample keeps the family's name. */
+typedef struct {
+  const char *family, *type, *help; /* type: "counter" or "gauge" */
+  const char *label_key, *label_value; /* NULL, NULL: unlabelled */
+  double value;
+} cf_service_metric_t;
+#define CF_SERVICE_METRICS_MAX 48
+/* Fill out[0..n) with their values now and return n. Safe from any thread. */
+int cf_service_metrics(cf_service_t *s, cf_service_metric_t *out);
+/* The GetStats name of m into buf. */
+const char *cf_service_metric_flat_name(const cf_service_metric_t *m, char *buf, size_t cap);
 
 #endif

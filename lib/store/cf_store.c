@@ -56,6 +56,10 @@ void cf_store_close(cf_store_t *st) {
     pthread_mutex_unlock(&st->mu);
     pthread_join(st->spiller, NULL);
   }
+  /* reads reordered the SSD eviction order since the journal last recorded it: record it, so
+   * the next open (and a shrink there) evicts as this process would have */
+  if (st->ssd_order_dirty && !st->cfg.readonly && st->jfd >= 0 && cf__journal_compact(st) != 0)
+    CF_WARN("store %s: recording the SSD eviction order at close: %s", st->dir, cf_errmsg());
   cf__ring_exit(&st->wring);
   if (st->jfd >= 0) close(st->jfd);
   cf__data_close(st);
@@ -90,8 +94,10 @@ static int cf__dir_prepare(const char *dir, int readonly) {
 }
 
 /* Settle the geometry (the header decides when it exists; a new store takes `geom`), the
- * derived sizes and, read-only, the SSD cap the data files imply. Sets *have_hdr. */
-static int cf__open_geom(cf_store_t *st, const cf_store_geom_t *geom, int *have_hdr) {
+ * derived sizes and the slots the existing data files hold (*file_slots; read-only, that is the
+ * SSD cap). Sets *have_hdr. */
+static int cf__open_geom(cf_store_t *st, const cf_store_geom_t *geom, int *have_hdr,
+                         uint64_t *file_slots) {
   int rc;
   int32_t spf = 0;
   char hp[1100];
@@ -120,24 +126,27 @@ static int cf__open_geom(cf_store_t *st, const cf_store_geom_t *geom, int *have_
     if (spf < 1) spf = 1;
   }
   st->slots_per_file = spf;
+  /* the slots the data files may hold: numbered file by file, a record past a file's end is
+   * reported damaged */
+  struct stat sb;
+  for (int i = 0;; i++) {
+    char p[1100];
+    snprintf(p, sizeof p, "%s/data.%03d", st->dir, i);
+    if (stat(p, &sb) != 0) break;
+    *file_slots = (uint64_t)(i + 1) * (uint64_t)spf;
+  }
   if (st->cfg.readonly) {
     st->cfg.cpu_bytes = 0;
     /* inspect every slot the files may hold */
-    st->cfg.ssd_bytes = 0;
-    struct stat sb;
-    for (int i = 0;; i++) {
-      char p[1100];
-      snprintf(p, sizeof p, "%s/data.%03d", st->dir, i);
-      if (stat(p, &sb) != 0) break;
-      /* slots are numbered file by file; a record past a file's end is reported damaged */
-      st->cfg.ssd_bytes = (uint64_t)(i + 1) * spf * st->slot_bytes;
-    }
+    st->cfg.ssd_bytes = *file_slots * st->slot_bytes;
   }
   return 0;
 }
 
-/* Size the index and slot maps from the caps and carve the CPU region. */
-static int cf__open_alloc(cf_store_t *st) {
+/* Size the index and slot maps from the caps and carve the CPU region. Until cf__ssd_shrink the
+ * SSD tier spans every slot the data files hold, even past a smaller cap, so the replay maps
+ * every chunk and the policy, not the slot number, decides which go. */
+static int cf__open_alloc(cf_store_t *st, uint64_t file_slots) {
   const int32_t spf = st->slots_per_file;
   /* slot counts are int32 and the index is sized from them: refuse absurd caps up front */
   if (st->cfg.cpu_bytes / st->slot_bytes > (1u << 28) || st->cfg.ssd_bytes / st->slot_bytes > (1u << 28)) {
@@ -146,7 +155,9 @@ static int cf__open_alloc(cf_store_t *st) {
                    (unsigned long long)st->cfg.ssd_bytes, st->slot_bytes);
   }
   st->n_cpu_slots = (int32_t)(st->cfg.cpu_bytes / st->slot_bytes);
-  st->n_ssd_slots = (int32_t)(st->cfg.ssd_bytes / st->slot_bytes);
+  st->cap_slots = (int32_t)(st->cfg.ssd_bytes / st->slot_bytes);
+  st->n_ssd_slots = (uint64_t)st->cap_slots < file_slots && file_slots <= (1u << 28)
+                        ? (int32_t)file_slots : st->cap_slots;
   st->n_files = (st->n_ssd_slots + spf - 1) / spf;
   st->n_ents_max = st->n_cpu_slots * 2 + st->n_ssd_slots + 64;
   uint32_t cap = 1;
@@ -221,7 +232,10 @@ int cf_store_open(const char *dir, const cf_store_geom_t *geom, const cf_store_c
   pthread_cond_init(&st->cv, NULL);
 
   int have_hdr = 0;
-  if ((rc = cf__open_geom(st, geom, &have_hdr)) || (rc = cf__open_alloc(st))) goto fail;
+  uint64_t file_slots = 0;
+  if ((rc = cf__open_geom(st, geom, &have_hdr, &file_slots)) ||
+      (rc = cf__open_alloc(st, file_slots)))
+    goto fail;
   if (!have_hdr && (rc = cf__hdr_write(st))) goto fail;
   if ((rc = cf__data_open_existing(st))) goto fail;
   st->replaying = 1;
@@ -230,6 +244,7 @@ int cf_store_open(const char *dir, const cf_store_geom_t *geom, const cf_store_c
   if (rc) goto fail;
   if (!cfg->readonly) {
     cf__fsync_dir(dir); /* the journal may have just been created */
+    if ((rc = cf__ssd_shrink(st))) goto fail;
     cf__data_offer_all(st);
     if (st->jrecords > 2 * (uint64_t)st->st.ssd_chunks + st->cfg.journal_slack &&
         (rc = cf__journal_compact(st)))
@@ -247,6 +262,7 @@ int cf_store_open(const char *dir, const cf_store_geom_t *geom, const cf_store_c
   *out = st;
   return 0;
 fail:
+  st->ssd_order_dirty = 0; /* nothing to record for a store that never opened */
   cf_store_close(st);
   return rc;
 }

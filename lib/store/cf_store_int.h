@@ -45,6 +45,7 @@ typedef struct {
   uint32_t n_tokens;
   uint32_t pins; /* readers + spill holding the CPU slot */
   uint8_t flags, queue, freq, in_dirty;
+  uint8_t sfreq; /* SSD tier, S3-FIFO: reads since the chunk last passed the eviction point (<= 3) */
   int32_t cprev, cnext; /* CPU queue or ghost list */
   int32_t sprev, snext; /* SSD LRU */
   int32_t dprev, dnext; /* dirty FIFO (in the CPU tier, not yet on SSD) */
@@ -93,13 +94,17 @@ struct cf_store_s {
 
   /* SSD tier */
   int32_t n_ssd_slots, slots_per_file, n_files, files_ready;
+  /* slots the configured cap holds; n_ssd_slots is larger from open until cf__ssd_shrink when
+   * the data files hold more (a smaller cap than last time) */
+  int32_t cap_slots;
+  int ssd_order_dirty; /* reads reordered the SSD eviction order since the journal last recorded it */
   int *dfd;
   int direct;
   int32_t *ssd_owner;  /* slot -> entry id or -1 */
   uint16_t *ssd_reads; /* in-flight reads per slot */
   uint8_t *ssd_zombie; /* dropped while read: free when reads hit 0 */
   int32_t *ssd_free, n_ssd_free;
-  cf__list_t ssd_lru;
+  cf__list_t ssd_lru; /* SSD eviction order (tail goes first): see cf__ssd_pick */
   pthread_mutex_t grow_mu;
 
   /* journal */
@@ -118,6 +123,7 @@ struct cf_store_s {
   int lost_dirty_rc;
   cf__ring_t wring;  /* the spiller's ring (under spill_mu) */
   pthread_mutex_t spill_mu;
+  unsigned kill_points; /* test hook: see cf__test_kill_point */
 
   int replaying;
   uint64_t n_enospc, n_io_errors, n_compactions; /* updated with atomics, outside mu */
@@ -164,6 +170,22 @@ void cf__ssd_release(cf_store_t *st, int32_t slot); /* mu held */
 /* drop a chunk found corrupt in slot s; takes mu itself, journals a DEL */
 void cf__ssd_drop_corrupt(cf_store_t *st, const cf_store_key_t *k, int32_t slot, uint32_t cells);
 int32_t cf__ssd_alloc(cf_store_t *st); /* a free slot or a CF error (takes mu itself) */
+/* The chunk the SSD eviction policy gives up next (mu held), among those no reader holds; -1
+ * when none. LRU: the least recently saved or read. S3-FIFO: FIFO by save with reinsertion —
+ * a chunk read since it last reached the tail goes back to the head with one read less. */
+int32_t cf__ssd_pick(cf_store_t *st);
+/* a read or pin of entry e (mu held): refreshes its place in the SSD eviction order */
+void cf__ssd_touch(cf_store_t *st, int32_t e);
+
+/* ---- cf_store_shrink.c */
+/* After the replay at open, when the data files hold more slots than the cap (st->cap_slots):
+ * drop the chunks the policy gives up (journaled), move the kept ones that lie past the cap into
+ * free slots below it, rewrite the journal, and set n_ssd_slots to the cap. The files are cut
+ * afterwards by cf__data_offer_all. */
+int cf__ssd_shrink(cf_store_t *st);
+/* Test hook: when the environment names CF_STORE_TEST_KILL_AT=N, the N-th call in this store
+ * (counted from open) SIGKILLs the process, so crash tests can stop the shrink at each step. */
+void cf__test_kill_point(cf_store_t *st);
 
 /* ---- cf_store_spill.c: write-back */
 unsigned cf__take_dirty(cf_store_t *st, int32_t *out, unsigned max); /* mu held */

@@ -10,6 +10,7 @@ void cf__ssd_detach(cf_store_t *st, int32_t e) {
   cf__list_remove(st, &st->ssd_lru, e, 1);
   st->ssd_owner[en->ssd_slot] = -1;
   en->ssd_slot = -1;
+  en->sfreq = 0;
   en->flags &= (uint8_t)~CF__F_SSD;
   st->st.ssd_chunks--;
 }
@@ -63,9 +64,7 @@ int32_t cf__ssd_alloc(cf_store_t *st) {
     grow_rc = cf__data_grow(st);
   }
   pthread_mutex_lock(&st->mu);
-  int32_t victim = -1;
-  for (int32_t e = st->ssd_lru.tail; e >= 0; e = st->ents[e].sprev)
-    if (!st->ssd_reads[st->ents[e].ssd_slot]) { victim = e; break; }
+  int32_t victim = cf__ssd_pick(st);
   if (victim < 0) {
     pthread_mutex_unlock(&st->mu);
     if (grow_rc) return grow_rc;
@@ -85,4 +84,37 @@ int32_t cf__ssd_alloc(cf_store_t *st) {
     return rc;
   }
   return s;
+}
+
+int32_t cf__ssd_pick(cf_store_t *st) {
+  const int s3 = st->cfg.cpu_evict == CF_STORE_EVICT_S3FIFO;
+  /* each chunk goes back to the head at most 3 times (sfreq <= 3) */
+  uint64_t budget = 4 * (uint64_t)st->ssd_lru.n + 1;
+  for (int32_t e = st->ssd_lru.tail; e >= 0 && budget; budget--) {
+    cf__ent_t *en = &st->ents[e];
+    int32_t prev = en->sprev;
+    if (st->ssd_reads[en->ssd_slot]) { e = prev; continue; }
+    if (s3 && en->sfreq) {
+      en->sfreq--;
+      cf__list_remove(st, &st->ssd_lru, e, 1);
+      cf__list_push_head(st, &st->ssd_lru, e, 1);
+      st->ssd_order_dirty = 1;
+      e = prev >= 0 ? prev : st->ssd_lru.tail;
+      continue;
+    }
+    return e;
+  }
+  return -1;
+}
+
+void cf__ssd_touch(cf_store_t *st, int32_t e) {
+  cf__ent_t *en = &st->ents[e];
+  if (!(en->flags & CF__F_SSD)) return;
+  if (st->cfg.cpu_evict == CF_STORE_EVICT_S3FIFO) {
+    if (en->sfreq < 3) en->sfreq++;
+  } else if (st->ssd_lru.head != e) {
+    cf__list_remove(st, &st->ssd_lru, e, 1);
+    cf__list_push_head(st, &st->ssd_lru, e, 1);
+  }
+  st->ssd_order_dirty = 1;
 }
