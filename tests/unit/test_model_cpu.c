@@ -473,3 +473,20 @@ CF_TEST(golden_every_fixture_checkpoint) {
   int chunks[] = {7, 64};
   for (int i = 0; i < dirs; i++) CF_CHECK_EQ(golden_dir(names[i], chunks, 2), 4);
 }
+
+/* qwen3_moe (8 experts, top-2, norm_topk_prob, q/k norm) and mistral with a 32-key window at
+ * T = 150, both made by transformers 5.19: whole, chunks 1/7/64 and a staircase. */
+static void golden_public(const char *name) {
+  char dir[512], ref[600];
+  snprintf(dir, sizeof dir, "%s/%s", cf_test_fixtures(), name);
+  snprintf(ref, sizeof ref, "%s/kv.safetensors", dir);
+  if (access(ref, R_OK) != 0) {
+    printf("  fixture %s not present: skipped\n", name);
+    return;
+  }
+  int chunks[] = {1, 7, 64};
+  CF_CHECK_EQ(golden_dir(dir, chunks, 3), 5);
+}
+
+CF_TEST(golden_public_qwen3_moe_whole_and_chunked) { golden_public("public-qwen3-moe"); }
+CF_TEST(golden_public_mistral_window_whole_and_chunked) { golden_public("public-mistral-window"); }
