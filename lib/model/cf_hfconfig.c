@@ -212,7 +212,20 @@ static int cf__window_value(const cf_json_t *sw, const char *file, int *out) {
  *    layers are those layer_types names "sliding_attention", or when layer_types is absent
  *    those with index >= max_window_layers (default 28).
  *  - llama, qwen3_moe: no sliding layers (a window asked for is refused, naming the key). */
+static int cf__sliding_layers(const cf_json_t *root, const char *file, cf_model_config_t *c);
+
+/* A window that no layer uses is dropped, so it cannot change the fingerprint. */
 static int cf__sliding(const cf_json_t *root, const char *file, cf_model_config_t *c) {
+  int rc = cf__sliding_layers(root, file, c), any = 0;
+  for (int l = 0; l < c->n_layers; l++) any |= c->layer_sliding[l];
+  if (!rc && (!any || !c->sliding_window)) {
+    c->sliding_window = 0;
+    memset(c->layer_sliding, 0, sizeof c->layer_sliding);
+  }
+  return rc;
+}
+
+static int cf__sliding_layers(const cf_json_t *root, const char *file, cf_model_config_t *c) {
   const cf_json_t *sw = cf_json_get(root, "sliding_window");
   const cf_json_t *lt = cf_json_get(root, "layer_types");
   if (lt && lt->type == CF_JSON_NULL) lt = NULL;
@@ -297,9 +310,9 @@ static int cf__unsupported_keys(const cf_json_t *root, const char *file) {
     if (!v || v->type == CF_JSON_NULL || (v->type == CF_JSON_NUM && v->num == 0) ||
         (v->type == CF_JSON_BOOL && !v->boolean))
       continue;
-    return cf_seterr(CF_EUNSUPPORTED, "%s: key '%s' is set: %s are not supported", file,
-                     nonzero[i], i < 3 ? "shared experts" : i < 5 ? "logit soft-capping"
-                     : "attention sinks");
+    return cf_seterr(CF_EUNSUPPORTED, "%s: key '%s' is set: %s not supported", file,
+                     nonzero[i], i < 3 ? "shared experts are" : i < 5 ? "logit soft-capping is"
+                     : "attention sinks are");
   }
   const cf_json_t *sinks = cf_json_get(root, "use_attention_sinks");
   if (sinks && sinks->type == CF_JSON_BOOL && sinks->boolean)
