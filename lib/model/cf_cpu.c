@@ -240,7 +240,7 @@ static void cf__attn_worker(void *ctx, int tid, int nt) {
 /* Rows per expert work item: large enough that each item's sgemms reuse the expert's weights
  * over many tokens, small enough that a popular expert splits over both threads. */
 #ifndef CF__MOE_RC
-#define CF__MOE_RC 128
+#define CF__MOE_RC 256
 #endif
 
 /* Floats of MoE scratch for a block of n rows (0 for dense models): router logits, the packed

@@ -172,10 +172,10 @@ void cf__attn_rows(const float *q, size_t ldq, const float *k, const float *v, s
     l[r] = 0;
     memset(o + (size_t)r * ldo, 0, sizeof(float) * hd);
   }
-  /* Sliding window: the first query sees keys from p0 - window + 1 on; blocks wholly before
-   * that are never formed (not masked after the fact). */
+  /* Sliding window: the first query sees keys from p0 - window + 1 on; the blocks start
+   * there (keys before it are never formed, not masked after the fact). */
   int kfirst = window > 0 && p0 - window + 1 > 0 ? p0 - window + 1 : 0;
-  for (int kb = kfirst / CF__ATTN_BK * CF__ATTN_BK; kb < nk; kb += CF__ATTN_BK) {
+  for (int kb = kfirst; kb < nk; kb += CF__ATTN_BK) {
     int kn = nk - kb < CF__ATTN_BK ? nk - kb : CF__ATTN_BK;
     /* Queries whose position is below kb see nothing of this block; start at the first that does. */
     int r0 = (kb > p0 ? kb - p0 : 0) * rep;
