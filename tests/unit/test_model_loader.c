@@ -957,3 +957,49 @@ CF_TEST(loads_transformers_fixtures) {
   cf_model_free(m);
   cf_st_close(&f);
 }
+
+/* The new values that change the KV are in the fingerprint (experts, top_k, their width,
+ * renormalisation, the window, each layer's kinds); a dense windowless model hashes exactly as
+ * before they existed (its v1 serialisation has none of them). */
+CF_TEST(fingerprint_covers_experts_and_windows) {
+  cf_model_config_t base;
+  CF_CHECK_OK(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM",
+                                  ",\"num_experts\":4,\"num_experts_per_tok\":2,"
+                                  "\"moe_intermediate_size\":8,\"norm_topk_prob\":true"), &base));
+  const char *names[] = {"a"};
+  cf_dtype_t dts[] = {CF_DT_F32};
+  int nd[] = {1};
+  int64_t sh0[] = {3};
+  const int64_t *shs[] = {sh0};
+  uint8_t f0[16], f1[16];
+  cf_model_fingerprint(&base, 1, names, dts, nd, shs, f0);
+  for (int v = 0; v < 7; v++) {
+    cf_model_config_t c = base;
+    switch (v) {
+      case 0: c.n_experts = 5; break;
+      case 1: c.top_k = 3; break;
+      case 2: c.moe_intermediate = 9; break;
+      case 3: c.norm_topk = 0; break;
+      case 4: c.layer_moe[1] = 0; break;
+      case 5: c.sliding_window = 16; c.layer_sliding[0] = 1; break;
+      case 6: c.sliding_window = 16; c.layer_sliding[1] = 1; break;
+    }
+    cf_model_fingerprint(&c, 1, names, dts, nd, shs, f1);
+    CF_CHECK_MSG(memcmp(f0, f1, 16) != 0, "variant %d: same fingerprint", v);
+  }
+  /* windows on different layers differ from each other too */
+  cf_model_config_t a = base, b = base;
+  a.sliding_window = b.sliding_window = 16;
+  a.layer_sliding[0] = 1;
+  b.layer_sliding[1] = 1;
+  cf_model_fingerprint(&a, 1, names, dts, nd, shs, f0);
+  cf_model_fingerprint(&b, 1, names, dts, nd, shs, f1);
+  CF_CHECK(memcmp(f0, f1, 16) != 0);
+  /* dense, no window: the per-layer arrays are not hashed (v1 unchanged) */
+  cf_model_config_t d;
+  CF_CHECK_OK(parse_cfg(LLAMA_CFG, &d));
+  cf_model_fingerprint(&d, 1, names, dts, nd, shs, f0);
+  d.layer_moe[5] = d.layer_sliding[7] = 1; /* no experts, no window: ignored */
+  cf_model_fingerprint(&d, 1, names, dts, nd, shs, f1);
+  CF_CHECK(memcmp(f0, f1, 16) == 0);
+}
