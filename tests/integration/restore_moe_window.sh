@@ -2,7 +2,7 @@
 # Mixture-of-experts and sliding-window models through the REAL daemon and reference engine
 # (build/cf-refengine), on the transformers-made checkpoints: public-qwen3-moe (8 experts,
 # top-2), public-mistral-window (window 32, far shorter than the 256-token prefixes) and the
-# mixtral checkpoints under tests/fixtures/ (mixtral-*). For each:
+# held-out checkpoints under tests/fixtures/ (mixtral-window, qwen3moe-dense). For each:
 #   `cacheflowctl kv` whole and --chunk 7 equals its kv.safetensors (max rel err <= 1e-4);
 #   the daemon starts on it (its fingerprint logged) and restores with every policy over a
 #   2-turn session plus concurrent restores: computed cells within 1e-4 of the engine's own
@@ -18,7 +18,7 @@ FIXROOT=${CF_FIXTURES:-$(cd .. && pwd)/shared/fixtures}
 . tests/lib/cf_daemon.sh
 
 models=()
-for d in "$FIXROOT/public-qwen3-moe" "$FIXROOT/public-mistral-window" tests/fixtures/mixtral-*; do
+for d in "$FIXROOT/public-qwen3-moe" "$FIXROOT/public-mistral-window" tests/fixtures/mixtral-* tests/fixtures/qwen3moe-*; do
   [ -f "$d/kv.safetensors" ] && models+=("$d")
 done
 if [ ${#models[@]} -eq 0 ]; then echo "no MoE / window fixtures found: skipped"; echo "0 passed, 0 failed"; exit 0; fi

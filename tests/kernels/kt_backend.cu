@@ -449,7 +449,7 @@ int main(int argc, char **argv) {
   test_fixture(dir, 0);
   test_fixture(dir, 64);
   for (const char *f : {"llama3-bf16", "qwen2-bias", "qwen3-qknorm", "mistral-nowindow",
-                        "llama-sharded", "llama-v4config", "mixtral-window"}) {
+                        "llama-sharded", "llama-v4config", "mixtral-window", "qwen3moe-dense"}) {
     snprintf(dir, sizeof dir, "tests/fixtures/%s", f);
     if (access(dir, R_OK) == 0) test_fixture(dir, 0);
   }

@@ -1003,3 +1003,55 @@ CF_TEST(fingerprint_covers_experts_and_windows) {
   cf_model_fingerprint(&d, 1, names, dts, nd, shs, f1);
   CF_CHECK(memcmp(f0, f1, 16) == 0);
 }
+
+/* The MoE / window checkpoints transformers 5.19 wrote (tests/fixtures/mixtral-window,
+ * qwen3moe-dense): config values as made, experts bound to the right tensors (mixtral's
+ * block_sparse_moe w1 = gate, w3 = up, w2 = down, widened from BF16 exactly). */
+CF_TEST(loads_moe_and_window_fixtures) {
+  cf_model_t *m = NULL;
+  if (access("tests/fixtures/mixtral-window/config.json", R_OK) != 0)
+    CF_SKIP("tests/fixtures not present (run from the repository root)");
+  CF_CHECK_OK(cf_model_load("tests/fixtures/mixtral-window", &m));
+  if (m) {
+    const cf_model_config_t *c = &m->cfg;
+    CF_CHECK(c->arch == CF_ARCH_MIXTRAL && c->n_experts == 4 && c->top_k == 2 &&
+             c->moe_intermediate == 48 && c->norm_topk == 1 && c->sliding_window == 24 &&
+             c->layer_moe[0] && c->layer_moe[1] && c->layer_sliding[0] && c->layer_sliding[1] &&
+             c->dtype == CF_DT_BF16 && c->head_dim == 16);
+    cf_st_file_t f;
+    CF_CHECK_OK(cf_st_open("tests/fixtures/mixtral-window/model.safetensors", &f));
+    static const struct { const char *name; int which; } ex[] = {
+        {"model.layers.1.block_sparse_moe.experts.3.w1.weight", 0},
+        {"model.layers.1.block_sparse_moe.experts.3.w3.weight", 1},
+        {"model.layers.1.block_sparse_moe.experts.3.w2.weight", 2}};
+    for (int i = 0; i < 3; i++) {
+      const cf_st_tensor_t *t = cf_st_find(&f, ex[i].name);
+      const float *w = ex[i].which == 0 ? m->layers[1].e_gate[3]
+                       : ex[i].which == 1 ? m->layers[1].e_up[3] : m->layers[1].e_down[3];
+      CF_CHECK_MSG(t && t->dtype == CF_DT_BF16 && t->numel == 48 * 64, "%s", ex[i].name);
+      size_t bad = 0;
+      for (size_t j = 0; t && j < t->numel; j++) {
+        uint16_t h;
+        memcpy(&h, (const char *)t->data + 2 * j, 2);
+        uint32_t u = (uint32_t)h << 16;
+        float v;
+        memcpy(&v, &u, 4);
+        bad += v != w[j];
+      }
+      CF_CHECK_MSG(bad == 0, "%s: %zu values differ", ex[i].name, bad);
+    }
+    cf_st_close(&f);
+    cf_model_free(m);
+  }
+  m = NULL;
+  CF_CHECK_OK(cf_model_load("tests/fixtures/qwen3moe-dense", &m));
+  if (m) {
+    const cf_model_config_t *c = &m->cfg;
+    CF_CHECK(c->arch == CF_ARCH_QWEN3_MOE && c->n_experts == 6 && c->top_k == 3 &&
+             c->moe_intermediate == 24 && c->norm_topk == 0 && c->intermediate == 64 &&
+             c->layer_moe[0] && !c->layer_moe[1] && c->layer_moe[2] && c->sliding_window == 0);
+    CF_CHECK(m->layers[1].w_gate && !m->layers[1].router && m->layers[2].router &&
+             !m->layers[2].w_gate && m->layers[0].e_down[5]);
+    cf_model_free(m);
+  }
+}
