@@ -195,10 +195,12 @@ static int cf__dtype(const cf_json_t *root, const char *file, cf_model_config_t 
 
 /* Positive integer window from key 'sliding_window' (sw non-null). */
 static int cf__window_value(const cf_json_t *sw, const char *file, int *out) {
-  if (sw->type != CF_JSON_NUM || sw->num != floor(sw->num) || sw->num < 1 || sw->num > 1e9)
+  if (sw->type != CF_JSON_NUM)
+    return cf_seterr(CF_EFORMAT, "%s: key 'sliding_window': expected a positive integer or null, "
+                     "found %s", file, cf_json_type_name(sw->type));
+  if (sw->num != floor(sw->num) || sw->num < 1 || sw->num > 1e9)
     return cf_seterr(CF_ERANGE, "%s: key 'sliding_window': expected a positive integer or null, "
-                     "found %s%s%g", file, cf_json_type_name(sw->type),
-                     sw->type == CF_JSON_NUM ? " " : "", sw->type == CF_JSON_NUM ? sw->num : 0.0);
+                     "found number %g", file, sw->num);
   *out = (int)sw->num;
   return 0;
 }

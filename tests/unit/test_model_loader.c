@@ -506,6 +506,8 @@ CF_TEST(config_windows_and_experts) {
   CF_CHECK_CONTAINS(cf_errmsg(), "transformers' mistral reads no layer_types");
   CF_CHECK_ERR(parse_cfg(as_family("mistral", "MistralForCausalLM", ",\"sliding_window\":0"), &c), CF_ERANGE);
   CF_CHECK_CONTAINS(cf_errmsg(), "key 'sliding_window': expected a positive integer or null, found number 0");
+  CF_CHECK_ERR(parse_cfg(as_family("mistral", "MistralForCausalLM", ",\"sliding_window\":\"32\""), &c), CF_EFORMAT);
+  CF_CHECK_CONTAINS(cf_errmsg(), "key 'sliding_window': expected a positive integer or null, found string");
   /* qwen2/qwen3: use_sliding_window + layer_types, or max_window_layers */
   CF_CHECK_OK(parse_cfg(as_family("qwen2", "Qwen2ForCausalLM", ",\"use_sliding_window\":true,\"sliding_window\":8,\"max_window_layers\":1"), &c));
   CF_CHECK(c.sliding_window == 8 && !c.layer_sliding[0] && c.layer_sliding[1]);
