@@ -75,9 +75,10 @@ const cf_config_entry_t cf_config_table[] = {
   {"cpu_tier_bytes", CF_CFG_T_SIZE, F(cpu_tier_bytes), 0, 1099511627776.0, NULL, "4G", NULL, 0,
    "byte cap of the pinned CPU tier (k/m/g/t suffixes); 0 = no CPU tier"},
   {"ssd_tier_bytes", CF_CFG_T_SIZE, F(ssd_tier_bytes), 0, 281474976710656.0, NULL, "64G", NULL, 0,
-   "byte cap of the SSD tier; 0 = no SSD tier"},
+   "byte cap of the SSD tier; 0 = no SSD tier (a smaller cap at start evicts by the eviction policy)"},
   {"eviction", CF_CFG_T_ENUM, F(eviction), 0, 0, cf__evictions, "s3fifo", NULL, 0,
-   "eviction policy of the CPU tier (the SSD tier evicts oldest first)"},
+   "eviction policy of the CPU and SSD tiers (SSD: lru = least recently saved or read first; "
+   "s3fifo = oldest save first, a chunk read since goes round again)"},
   {"chunk_tokens", CF_CFG_T_INT, F(chunk_tokens), 16, 4096, NULL, "256", NULL, 0,
    "tokens per stored chunk (part of every chunk key: changing it empties the cache)"},
   {"policy", CF_CFG_T_ENUM, F(policy), 0, 0, cf__policies, "optimal", NULL, 1,

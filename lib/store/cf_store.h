@@ -29,8 +29,8 @@
  *   commits, and every read verifies each cell's checksum (a mismatch drops the chunk, is counted
  *   in the statistics and returns CF_ECORRUPT; the caller recomputes).
  *   A durable chunk goes only by a journaled drop: cf_store_remove(), an SSD-cap eviction (the
- *   SSD tier is a cache too; its DEL record is appended before the slot is reused) or a failed
- *   checksum. The CPU tier never drops a chunk that is not on SSD yet to make room: it writes it
+ *   SSD tier is a cache too; its DEL record is appended before the slot is reused — also when an
+ *   open with a smaller cap shrinks the tier, see cf_store_open) or a failed checksum. The CPU tier never drops a chunk that is not on SSD yet to make room: it writes it
  *   back first. Only when that write-back fails (SSD full, I/O error) is the chunk dropped
  *   unwritten, and the next cf_store_flush() then returns that error instead of 0.
  *
@@ -87,7 +87,9 @@ typedef void (*cf_store_free_fn)(void *p, size_t bytes, void *ud);
 typedef struct {
   uint64_t cpu_bytes;         /* CPU tier byte cap (0: no CPU tier) */
   uint64_t ssd_bytes;         /* SSD tier byte cap (0: no SSD tier; the directory still holds the header) */
-  cf_store_evict_t cpu_evict; /* CPU tier eviction policy */
+  cf_store_evict_t cpu_evict; /* eviction policy of the CPU tier, and of the SSD tier: LRU gives
+                               * up the chunk least recently saved or read; S3-FIFO the oldest
+                               * save, sending one read since back to the head (at most 3 times) */
   int spill;                  /* run the background write-back thread (default on via cf_store_config_default) */
   double spill_watermark;     /* spill only when CPU occupancy >= this fraction (0: always write back) */
   int promote_on_read;        /* whole-chunk SSD reads also insert the chunk in the CPU tier */
@@ -127,11 +129,18 @@ typedef struct cf_store_s cf_store_t;
  * Errors: CF_EACCES / CF_ENOENT (directory unusable, named), CF_EMISMATCH (the header records
  * another fingerprint, dtype, chunk size or shape: the message names what differs), CF_EFORMAT
  * (header truncated or not a store), CF_ENOMEM (CPU region), CF_EIO.
+ * An SSD cap smaller than the data files hold shrinks the tier here: the chunks the eviction
+ * policy gives up are dropped (journaled), the kept ones that lie past the cap are moved below
+ * it, the journal is rewritten, and only then are the files cut. A kill at any point leaves every
+ * chunk either intact or dropped by a journaled record; the next open finishes the shrink.
+ * A larger cap grows the files as chunks arrive.
  * On success *out is owned by the caller: cf_store_close(). */
 int cf_store_open(const char *dir, const cf_store_geom_t *geom, const cf_store_config_t *cfg,
                   cf_store_t **out);
 /* Stop the spiller, wait for in-flight I/O, release everything. Dirty CPU-only chunks are lost
- * unless cf_store_flush() was called. NULL is a no-op. */
+ * unless cf_store_flush() was called. When reads changed the SSD eviction order, the journal is
+ * rewritten in that order first, so the next open evicts (or shrinks) as this process would
+ * have; after a crash the order is the journal's (saves, and the last rewrite). NULL is a no-op. */
 void cf_store_close(cf_store_t *st);
 
 const cf_store_geom_t *cf_store_geom(const cf_store_t *st);

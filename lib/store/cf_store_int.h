@@ -1,5 +1,8 @@
 /* cf_store_int — internals shared by the store's .c files (not a public API).
- * Files: cf_store.c (open/close, index, CPU tier, save/spill/evict), cf_store_journal.c (header,
+ * Files: cf_store.c (open/close, config defaults, stats, lookup), cf_store_index.c (the chunk
+ * index and its intrusive lists), cf_store_cpu.c (CPU tier: slots, LRU / S3-FIFO, eviction,
+ * fill), cf_store_ssd.c (SSD slots: detach, release, allocate/evict), cf_store_spill.c (write-back
+ * and the spiller thread), cf_store_save.c (save, flush, remove), cf_store_journal.c (header,
  * journal records, replay, compaction), cf_store_io.c (io_uring wrapper, data files),
  * cf_store_read.c (sync and async reads), cf_store_key.c (chained keys), cf_store_verify.c. */
 #ifndef CF_STORE_INT_H
@@ -41,6 +44,7 @@ typedef struct {
   uint32_t n_tokens;
   uint32_t pins; /* readers + spill holding the CPU slot */
   uint8_t flags, queue, freq, in_dirty;
+  uint8_t sfreq; /* SSD tier, S3-FIFO: reads since the chunk last passed the eviction point (<= 3) */
   int32_t cprev, cnext; /* CPU queue or ghost list */
   int32_t sprev, snext; /* SSD LRU */
   int32_t dprev, dnext; /* dirty FIFO (in the CPU tier, not yet on SSD) */
@@ -89,13 +93,17 @@ struct cf_store_s {
 
   /* SSD tier */
   int32_t n_ssd_slots, slots_per_file, n_files, files_ready;
+  /* slots the configured cap holds; n_ssd_slots is larger from open until cf__ssd_shrink when
+   * the data files hold more (a smaller cap than last time) */
+  int32_t cap_slots;
+  int ssd_order_dirty; /* reads reordered the SSD eviction order since the journal last recorded it */
   int *dfd;
   int direct;
   int32_t *ssd_owner;  /* slot -> entry id or -1 */
   uint16_t *ssd_reads; /* in-flight reads per slot */
   uint8_t *ssd_zombie; /* dropped while read: free when reads hit 0 */
   int32_t *ssd_free, n_ssd_free;
-  cf__list_t ssd_lru;
+  cf__list_t ssd_lru; /* SSD eviction order (tail goes first): see cf__ssd_pick */
   pthread_mutex_t grow_mu;
 
   /* journal */
@@ -114,6 +122,7 @@ struct cf_store_s {
   int lost_dirty_rc;
   cf__ring_t wring;  /* the spiller's ring (under spill_mu) */
   pthread_mutex_t spill_mu;
+  unsigned kill_points; /* test hook: see cf__test_kill_point */
 
   int replaying;
   uint64_t n_enospc, n_io_errors, n_compactions; /* updated with atomics, outside mu */
@@ -124,21 +133,62 @@ struct cf_store_s {
   cf_store_stats_t st;
 };
 
-/* ---- cf_store.c: index (call with mu held) */
+#define CF__SPILL_BATCH 16 /* chunks per write-back batch (one journal append) */
+
+/* ---- cf_store.c */
+/* rewrite the journal when dead records dominate it (takes mu, then jmu) */
+void cf__maybe_compact(cf_store_t *st);
+
+/* ---- cf_store_index.c: index and lists (call with mu held) */
 int32_t cf__idx_find(cf_store_t *st, const cf_store_key_t *k);
 int32_t cf__idx_insert(cf_store_t *st, const cf_store_key_t *k); /* new entry or -1 when full */
 void cf__ent_maybe_free(cf_store_t *st, int32_t e);
+/* which: 0 CPU queue links, 1 SSD LRU links, 2 dirty links */
 void cf__list_remove(cf_store_t *st, cf__list_t *l, int32_t e, int which);
 void cf__list_push_head(cf_store_t *st, cf__list_t *l, int32_t e, int which);
+void cf__q_set(cf_store_t *st, int32_t e, int q);       /* move e to CPU queue q (0: none) */
+void cf__dirty_set(cf_store_t *st, int32_t e, int on);  /* on/off the dirty FIFO */
+
+/* ---- cf_store_cpu.c: CPU tier (mu held unless said) */
 void cf__cpu_touch(cf_store_t *st, int32_t e);
+uint8_t *cf__cpu_slot_ptr(const cf_store_t *st, int32_t slot);
+void cf__cpu_drop(cf_store_t *st, int32_t e, int to_ghost);
+int cf__evictable(const cf__ent_t *en);
+int cf__cpu_evict_safe(cf_store_t *st, int write_back);
+/* takes mu itself */
+int cf__cpu_fill(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
+                 const void *const *cells, const void *packed, int keep_pin, int32_t *e_out);
+void *cf__cpu_region_alloc(cf_store_t *st, size_t bytes);
+
+/* ---- cf_store_ssd.c: SSD slots */
 /* drop SSD presence of entry e whose slot is s (mu held); the caller then journals DEL and calls
  * cf__ssd_release(s) */
 void cf__ssd_detach(cf_store_t *st, int32_t e);
 void cf__ssd_release(cf_store_t *st, int32_t slot); /* mu held */
 /* drop a chunk found corrupt in slot s; takes mu itself, journals a DEL */
 void cf__ssd_drop_corrupt(cf_store_t *st, const cf_store_key_t *k, int32_t slot, uint32_t cells);
-int cf__cpu_fill(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
-                 const void *const *cells, const void *packed, int keep_pin, int32_t *e_out);
+int32_t cf__ssd_alloc(cf_store_t *st); /* a free slot or a CF error (takes mu itself) */
+/* The chunk the SSD eviction policy gives up next (mu held), among those no reader holds; -1
+ * when none. LRU: the least recently saved or read. S3-FIFO: FIFO by save with reinsertion —
+ * a chunk read since it last reached the tail goes back to the head with one read less. */
+int32_t cf__ssd_pick(cf_store_t *st);
+/* a read or pin of entry e (mu held): refreshes its place in the SSD eviction order */
+void cf__ssd_touch(cf_store_t *st, int32_t e);
+
+/* ---- cf_store_shrink.c */
+/* After the replay at open, when the data files hold more slots than the cap (st->cap_slots):
+ * drop the chunks the policy gives up (journaled), move the kept ones that lie past the cap into
+ * free slots below it, rewrite the journal, and set n_ssd_slots to the cap. The files are cut
+ * afterwards by cf__data_offer_all. */
+int cf__ssd_shrink(cf_store_t *st);
+/* Test hook: when the environment names CF_STORE_TEST_KILL_AT=N, the N-th call in this store
+ * (counted from open) SIGKILLs the process, so crash tests can stop the shrink at each step. */
+void cf__test_kill_point(cf_store_t *st);
+
+/* ---- cf_store_spill.c: write-back */
+unsigned cf__take_dirty(cf_store_t *st, int32_t *out, unsigned max); /* mu held */
+int cf__spill_batch(cf_store_t *st, const int32_t *ents, unsigned n, int durable);
+void *cf__spiller_main(void *arg);
 
 /* ---- cf_store_journal.c */
 int cf__hdr_write(cf_store_t *st);
@@ -167,6 +217,8 @@ int cf__ring_run(cf_store_t *st, cf__ring_t *r, cf__io_t *ops, unsigned n);
 int cf__data_open_existing(cf_store_t *st);
 int cf__data_grow(cf_store_t *st); /* preallocate the next data file; pushes its slots */
 void cf__data_close(cf_store_t *st);
+/* after the replay: drop files past the cap, size the rest, offer their unowned slots */
+void cf__data_offer_all(cf_store_t *st);
 int cf__data_sync(cf_store_t *st);
 void cf__slot_pos(const cf_store_t *st, int32_t slot, int *fd, uint64_t *off);
 void *cf__aligned_alloc(size_t bytes);

@@ -172,13 +172,8 @@ int cf__data_open_existing(cf_store_t *st) {
     int fd = cf__data_openfd(st, i, 0);
     if (fd == CF_ENOENT) break;
     if (fd < 0) return fd;
-    struct stat sb;
-    fstat(fd, &sb);
-    uint64_t want = cf__file_bytes(st, i);
-    if ((uint64_t)sb.st_size < want && !st->cfg.readonly) {
-      CF_WARN("store %s: data.%03d holds %lld bytes, expected %llu: truncated; chunks beyond its "
-              "end are dropped", st->dir, i, (long long)sb.st_size, (unsigned long long)want);
-    }
+    /* a file shorter than its slots is judged by the replay (cf__replay_check_files): only
+     * chunks past its end are lost, and a shorter last file is normal before a grow */
     st->dfd[i] = fd;
     st->files_ready = i + 1;
   }
@@ -242,22 +237,35 @@ int cf__data_sync(cf_store_t *st) {
   return 0;
 }
 
-/* Offer the free slots of every existing data file once the journal replay has claimed its own. */
-void cf__data_offer_all(cf_store_t *st);
+/* Offer the free slots of every existing data file once the journal replay (and a shrink) has
+ * claimed its own. Files past the cap are removed and the last one cut to it: no record of the
+ * journal names a slot there any more (cf__ssd_shrink rewrote it first). */
 void cf__data_offer_all(cf_store_t *st) {
   /* a smaller cap than last time: files and bytes past it go (their records were dropped) */
-  for (int i = st->n_files;; i++) {
+  /* highest first, so a kill midway leaves the files numbered without a gap (the next open
+   * looks for data.000, data.001, ... and stops at the first one missing) */
+  int top = st->n_files;
+  for (;; top++) {
+    char p[1100];
+    struct stat sb;
+    cf__data_path(st, top, p, sizeof p);
+    if (stat(p, &sb) != 0) break;
+  }
+  for (int i = top - 1; i >= st->n_files; i--) {
     char p[1100];
     cf__data_path(st, i, p, sizeof p);
     if (unlink(p) != 0) break;
     CF_INFO("store %s: data.%03d removed: beyond the SSD cap", st->dir, i);
+    cf__test_kill_point(st);
   }
   for (int i = 0; i < st->files_ready; i++) {
     struct stat sb;
     if (fstat(st->dfd[i], &sb) != 0) continue;
     uint64_t want = cf__file_bytes(st, i);
-    if ((uint64_t)sb.st_size > want && ftruncate(st->dfd[i], (off_t)want) == 0)
+    if ((uint64_t)sb.st_size > want && ftruncate(st->dfd[i], (off_t)want) == 0) {
       sb.st_size = (off_t)want;
+      cf__test_kill_point(st);
+    }
     /* a truncated file (its lost chunks were dropped by the replay) is extended for reuse */
     if ((uint64_t)sb.st_size < want && fallocate(st->dfd[i], 0, 0, (off_t)want) == 0)
       sb.st_size = (off_t)want;

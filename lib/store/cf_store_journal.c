@@ -271,8 +271,10 @@ static void cf__drop_note(cf_store_t *st, const cf_store_key_t *k, int32_t slot)
   st->n_drops++;
 }
 
-/* Apply one good record to the index (mu held). file_bytes[i]: size of data file i (0: none). */
-static void cf__jrec_apply(cf_store_t *st, const uint8_t *buf, const uint64_t *file_bytes) {
+/* Apply one good record to the index (mu held). Whether the data files still hold the bytes is
+ * judged once every record is applied (cf__replay_check_files): a record that a later one
+ * supersedes (a chunk moved by a shrink, a DEL) says nothing about the files. */
+static void cf__jrec_apply(cf_store_t *st, const uint8_t *buf) {
   uint32_t t, ntok;
   int32_t slot;
   cf_store_key_t k;
@@ -293,21 +295,6 @@ static void cf__jrec_apply(cf_store_t *st, const uint8_t *buf, const uint64_t *f
     /* the SSD cap shrank since the record was written (or the record is nonsense) */
     st->st.journal_dropped++;
     cf__drop_note(st, &k, slot);
-    return;
-  }
-  int fi = slot / st->slots_per_file;
-  uint64_t end = (uint64_t)(slot % st->slots_per_file + 1) * st->slot_bytes;
-  if (file_bytes[fi] < end) {
-    /* data file missing or truncated: the chunk's bytes are gone */
-    st->st.journal_dropped++;
-    st->st.corrupt_chunks++;
-    cf__drop_note(st, &k, slot);
-    if (e >= 0 && st->ents[e].ssd_slot >= 0 && st->ents[e].ssd_slot != slot) return;
-    if (e >= 0 && st->ents[e].ssd_slot == slot) {
-      cf__ssd_detach(st, e);
-      cf__ssd_release(st, slot);
-      cf__ent_maybe_free(st, e);
-    }
     return;
   }
   int32_t owner = st->ssd_owner[slot];
@@ -334,6 +321,31 @@ static void cf__jrec_apply(cf_store_t *st, const uint8_t *buf, const uint64_t *f
   }
   en->n_tokens = ntok;
   memcpy(&st->csum[(size_t)e * st->g.n_layers], buf + CF__J_OFF_CSUM, 8 * (size_t)st->g.n_layers);
+}
+
+/* After the replay (mu held): a chunk whose slot lies past the end of its data file (missing or
+ * truncated behind the store's back) lost its bytes: dropped, counted as damage, and its DEL
+ * journaled after the replay so a later, longer file never revives it. */
+static void cf__replay_check_files(cf_store_t *st, const uint64_t *file_bytes) {
+  uint64_t lost = 0;
+  int first_file = -1;
+  for (int32_t s = 0; s < st->n_ssd_slots; s++) {
+    int32_t e = st->ssd_owner[s];
+    if (e < 0) continue;
+    int fi = s / st->slots_per_file;
+    uint64_t end = (uint64_t)(s % st->slots_per_file + 1) * st->slot_bytes;
+    if (file_bytes[fi] >= end) continue;
+    st->st.journal_dropped++;
+    st->st.corrupt_chunks++;
+    cf__drop_note(st, &st->ents[e].key, s);
+    cf__ssd_detach(st, e);
+    cf__ent_maybe_free(st, e);
+    if (!lost++) first_file = fi;
+  }
+  if (lost && !st->cfg.readonly)
+    CF_WARN("store %s: %llu chunk(s) lie past the end of a missing or truncated data file "
+            "(first: data.%03d holds %llu bytes): dropped", st->dir, (unsigned long long)lost,
+            first_file, (unsigned long long)file_bytes[first_file]);
 }
 
 int cf__journal_replay(cf_store_t *st, int readonly) {
@@ -369,7 +381,7 @@ int cf__journal_replay(cf_store_t *st, int readonly) {
         /* bad records followed by a good one were damage, not a torn tail */
         st->st.journal_damaged += bad_since_good;
         bad_since_good = 0;
-        cf__jrec_apply(st, r, fbytes);
+        cf__jrec_apply(st, r);
         n_good++;
         uint64_t seq;
         memcpy(&seq, r + 8, 8);
@@ -384,6 +396,9 @@ int cf__journal_replay(cf_store_t *st, int readonly) {
     if ((size_t)k % R) { bad_since_good++; off += (size_t)k % R; break; } /* partial record */
     if ((size_t)k < R * per) break;
   }
+  pthread_mutex_lock(&st->mu);
+  cf__replay_check_files(st, fbytes);
+  pthread_mutex_unlock(&st->mu);
   st->st.journal_torn += bad_since_good;
   st->st.journal_records = n_good;
   st->jrecords = n_good;
@@ -423,12 +438,31 @@ int cf__journal_compact(cf_store_t *st) {
   const size_t R = st->jrec_bytes, per = 1024;
   uint8_t *buf = malloc(R * per);
   if (!buf) { close(fd); unlink(tmp); rc = cf_seterr(CF_ENOMEM, "journal compaction"); goto out; }
+  /* Records go out in the SSD eviction order, the first to go first: the replay pushes each
+   * ADD at the head, so the next open sees the order this process had (reads included). Under
+   * S3-FIFO the chunks read since they last passed the tail follow the others (their read counts
+   * are not recorded). A snapshot of the slots, taken under mu, is walked in batches: jmu keeps
+   * every publication out meanwhile, and a chunk dropped since the snapshot is skipped. */
+  pthread_mutex_lock(&st->mu);
+  size_t cap_order = st->ssd_lru.n; /* cannot grow: publications need jmu */
+  pthread_mutex_unlock(&st->mu);
+  int32_t *order = malloc(sizeof(int32_t) * (cap_order + 1));
+  size_t n_order = 0;
+  if (!order) { free(buf); close(fd); unlink(tmp); rc = cf_seterr(CF_ENOMEM, "journal compaction"); goto out; }
+  pthread_mutex_lock(&st->mu);
+  int s3 = st->cfg.cpu_evict == CF_STORE_EVICT_S3FIFO;
+  for (int pass = 0; pass < 1 + s3; pass++)
+    for (int32_t e = st->ssd_lru.tail; e >= 0 && n_order < cap_order; e = st->ents[e].sprev)
+      if (!s3 || (pass == 0) == (st->ents[e].sfreq == 0)) order[n_order++] = st->ents[e].ssd_slot;
+  st->ssd_order_dirty = 0;
+  pthread_mutex_unlock(&st->mu);
   uint64_t n = 0, total = 0;
-  int32_t s = 0;
-  while (s < st->n_ssd_slots) {
+  size_t i = 0;
+  while (i < n_order) {
     size_t nb = 0;
     pthread_mutex_lock(&st->mu);
-    for (; s < st->n_ssd_slots && nb < per; s++) {
+    for (; i < n_order && nb < per; i++) {
+      int32_t s = order[i];
       int32_t e = st->ssd_owner[s];
       if (e < 0 || !(st->ents[e].flags & CF__F_SSD)) continue;
       cf__jrec_encode(st, buf + nb * R, 1, __atomic_add_fetch(&st->jseq, 1, __ATOMIC_RELAXED), &st->ents[e].key, s, st->ents[e].n_tokens,
@@ -443,9 +477,11 @@ int cf__journal_compact(cf_store_t *st) {
     n += nb;
     total += nb * R;
   }
+  free(order);
   free(buf);
   if (!rc && fdatasync(fd) != 0) rc = cf_seterr(CF_EIO, "%s: fdatasync: %s", tmp, strerror(errno));
-  if (rc) { close(fd); unlink(tmp); goto out; }
+  if (rc) { close(fd); unlink(tmp); st->ssd_order_dirty = 1; goto out; }
+  cf__test_kill_point(st); /* the new journal is complete but not in place yet */
   if (rename(tmp, fin) != 0) {
     rc = cf_seterr(CF_EIO, "rename %s: %s", tmp, strerror(errno));
     close(fd);

@@ -21,6 +21,7 @@ int cf_store_pin(cf_store_t *st, const cf_store_key_t *key, cf_store_pin_t *pin)
   cf__ent_t *en = &st->ents[e];
   en->pins++;
   cf__cpu_touch(st, e);
+  cf__ssd_touch(st, e);
   st->st.cpu_hits++;
   pin->base = st->cpu_base + (size_t)en->cpu_slot * st->slot_bytes;
   pin->cell_stride = st->cell_stride;
@@ -75,6 +76,7 @@ int cf_store_read(cf_store_t *st, const cf_store_key_t *key, uint32_t layer0, ui
     }
     en->pins++;
     cf__cpu_touch(st, e);
+    if (layer0 == 0) cf__ssd_touch(st, e); /* a use of the chunk: counted once, at its first layer */
     st->st.cpu_hits++;
     const uint8_t *src = st->cpu_base + (size_t)en->cpu_slot * st->slot_bytes;
     pthread_mutex_unlock(&st->mu);
@@ -97,6 +99,7 @@ int cf_store_read(cf_store_t *st, const cf_store_key_t *key, uint32_t layer0, ui
   uint64_t csum[L];
   memcpy(csum, &st->csum[(size_t)e * L], 8 * (size_t)L);
   st->ssd_reads[s]++;
+  if (layer0 == 0) cf__ssd_touch(st, e);
   pthread_mutex_unlock(&st->mu);
 
   size_t cb = cf_store_cell_bytes_n(&st->g, ntok);
@@ -232,6 +235,7 @@ int cf_store_read_submit(cf_store_reader_t *rd, cf_store_read_t *req) {
     req->n_tokens = en->n_tokens;
     en->pins++;
     cf__cpu_touch(st, e);
+    if (req->layer == 0) cf__ssd_touch(st, e);
     st->st.cpu_hits++;
     const uint8_t *src = st->cpu_base + (size_t)en->cpu_slot * st->slot_bytes +
                          (size_t)req->layer * st->cell_stride;
@@ -256,6 +260,7 @@ int cf_store_read_submit(cf_store_reader_t *rd, cf_store_read_t *req) {
   }
   cf__ent_t *en = &st->ents[e];
   int32_t s = en->ssd_slot;
+  if (req->layer == 0) cf__ssd_touch(st, e);
   req->ssd_slot_ = s;
   req->n_tokens_ = en->n_tokens;
   req->n_tokens = en->n_tokens;

@@ -76,5 +76,32 @@ check "fill --prefixes 0 rejected" bash -c "test $rc -eq 1 && grep -q -- '--pref
 err=$($CTL store fill --dir "$T/x" --model "$T/nomodel" --prefixes 1 --tokens 64 --seed 1 2>&1); rc=$?
 check "fill missing model named" bash -c "test $rc -eq 1 && grep -q 'nomodel' <<<'$err'"
 
+# issue 19's reproduction on the shared fixture: a fill with fewer prefixes sizes a smaller cap;
+# the open drops what the eviction policy gives up (journaled), moves the rest below the cap and
+# only then cuts the file, so verify finds no damage; a larger cap grows; a smaller one again.
+M=${CF_FIXTURES:-../shared/fixtures}/public-llama-gqa
+out=$($CTL store fill --dir "$T/cap" --model "$M" --prefixes 200 --tokens 700 --seed 1 2>&1); rc=$?
+check "cap: fill 200 prefixes (600 chunks)" bash -c "test $rc -eq 0 && grep -q 'fill done: 600 chunks saved' <<<'$out'"
+out=$($CTL store fill --dir "$T/cap" --model "$M" --prefixes 5 --tokens 700 --seed 2 2>&1); rc=$?
+check "cap: smaller cap keeps 527 chunks" bash -c "test $rc -eq 0 && grep -q '527 chunks in the store' <<<'$out'"
+out=$($CTL store verify --dir "$T/cap"); rc=$?
+check "cap: verify after the shrink: exit 0, no damage" bash -c "test $rc -eq 0 && grep -q '^chunks ok 527, damaged 0, torn-tail 0$' <<<'$out'"
+check "cap: the data file is cut to the cap" test "$(stat -c %s "$T/cap/data.000")" -le $((527 * 131072))
+out=$($CTL store fill --dir "$T/cap" --model "$M" --prefixes 1 --tokens 700 --seed 3 --ssd-bytes 200M 2>&1); rc=$?
+check "cap: a larger cap grows" bash -c "test $rc -eq 0 && grep -q '530 chunks in the store' <<<'$out'"
+out=$($CTL store fill --dir "$T/cap" --model "$M" --prefixes 1 --tokens 700 --seed 4 --ssd-bytes 32M 2>&1); rc=$?
+check "cap: shrink again to 256 slots" bash -c "test $rc -eq 0 && grep -q '256 chunks in the store' <<<'$out'"
+out=$($CTL store verify --dir "$T/cap"); rc=$?
+check "cap: verify after the second shrink" bash -c "test $rc -eq 0 && grep -q '^chunks ok 256, damaged 0' <<<'$out'"
+# the policy (LRU) kept the newest saves before that shrink (seed 3's) and gave up the oldest
+out=$($CTL store fill --dir "$T/cap" --model "$M" --prefixes 1 --tokens 700 --seed 3 --ssd-bytes 32M 2>&1)
+check "cap: the newest prefix survived" grep -q "0 chunks saved, 3 already present" <<<"$out"
+out=$($CTL store fill --dir "$T/cap" --model "$M" --prefixes 1 --tokens 700 --seed 1 --ssd-bytes 32M 2>&1)
+check "cap: the oldest prefix was evicted" grep -q "3 chunks saved, 0 already present" <<<"$out"
+# real damage is still damage: the file cut behind the store's back
+truncate -s $((100 * 131072)) "$T/cap/data.000"
+out=$($CTL store verify --dir "$T/cap"); rc=$?
+check "cap: truncation behind the store's back: exit 1, named" bash -c "test $rc -eq 1 && grep -q '^chunks ok 100, damaged 156' <<<'$out' && grep -q 'truncated' <<<'$out'"
+
 echo "store_ctl: $P passed, $F failed"
 [ "$F" -eq 0 ]

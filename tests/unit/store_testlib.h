@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "store/cf_store.h"
 
@@ -86,6 +87,21 @@ static inline int st_check(cf_store_t *st, uint64_t id, uint32_t n_tokens, uint3
   free(got);
   free(want);
   return rc;
+}
+
+/* Disk bytes of a store's data files (allocated or apparent size, whichever is larger): every
+ * data.NNN, also past a gap in the numbering. */
+static inline uint64_t dir_data_bytes(const char *dir) {
+  uint64_t t = 0;
+  for (int i = 0; i < 1000; i++) {
+    char p[1300];
+    struct stat sb;
+    snprintf(p, sizeof p, "%s/data.%03d", dir, i);
+    if (stat(p, &sb) != 0) continue;
+    t += (uint64_t)sb.st_blocks * 512 > (uint64_t)sb.st_size ? (uint64_t)sb.st_blocks * 512
+                                                              : (uint64_t)sb.st_size;
+  }
+  return t;
 }
 
 #endif

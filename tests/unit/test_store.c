@@ -347,18 +347,6 @@ CF_TEST(store_s3fifo_keeps_hot_chunks_under_a_scan) {
   cf_store_close(st);
 }
 
-static uint64_t dir_data_bytes(const char *dir) {
-  uint64_t t = 0;
-  for (int i = 0; i < 1000; i++) {
-    char p[1200];
-    struct stat sb;
-    snprintf(p, sizeof p, "%s/data.%03d", dir, i);
-    if (stat(p, &sb) != 0) break;
-    t += (uint64_t)sb.st_blocks * 512 > (uint64_t)sb.st_size ? (uint64_t)sb.st_blocks * 512 : (uint64_t)sb.st_size;
-  }
-  return t;
-}
-
 CF_TEST(store_caps_hold_under_sustained_saves) {
   cf_store_geom_t g = st_geom(16, 4, 64);
   size_t slot = 4 * 8192;

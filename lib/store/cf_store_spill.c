@@ -1,0 +1,169 @@
+/* Write-back (spill) of CPU-tier chunks to SSD: batches of slot writes, one journal append, then
+ * publication; the background spiller thread. */
+#include <stdlib.h>
+#include <time.h>
+
+#include "store/cf_store_int.h"
+#include "util/cf_err.h"
+#include "util/cf_log.h"
+
+typedef struct {
+  const int32_t *ents, *slots;
+  const int *ok;
+  unsigned m;
+  int done;
+} cf__spill_pub_t;
+
+/* Make spilled chunks visible on SSD (jmu held, takes mu): their records are in the journal. */
+static void cf__spill_publish(cf_store_t *st, void *arg) {
+  cf__spill_pub_t *a = arg;
+  pthread_mutex_lock(&st->mu);
+  for (unsigned i = 0; i < a->m; i++) {
+    if (!a->ok[i]) continue;
+    int32_t e = a->ents[i];
+    cf__ent_t *en = &st->ents[e];
+    en->ssd_slot = a->slots[i];
+    en->flags |= CF__F_SSD;
+    st->ssd_owner[a->slots[i]] = e;
+    cf__list_push_head(st, &st->ssd_lru, e, 1);
+    st->st.ssd_chunks++;
+    st->st.spills++;
+    cf__dirty_set(st, e, 0);
+    en->flags &= (uint8_t)~CF__F_SPILL;
+    en->pins--;
+    st->spilling--;
+  }
+  a->done = 1;
+  pthread_cond_broadcast(&st->cv);
+  pthread_mutex_unlock(&st->mu);
+}
+
+/* Write back n entries (each marked CF__F_SPILL with a pin on its CPU slot, or given as raw
+ * aligned buffers in bufs[] when there is no CPU slot). Returns 0 or the first error; entries
+ * that could not be written go back to the dirty list. ents[i] < 0 entries are skipped. */
+int cf__spill_batch(cf_store_t *st, const int32_t *ents, unsigned n, int durable) {
+  cf__io_t ops[CF__SPILL_BATCH];
+  int32_t slots[CF__SPILL_BATCH];
+  cf_store_key_t keys[CF__SPILL_BATCH];
+  uint32_t ntok[CF__SPILL_BATCH];
+  const uint32_t L = st->g.n_layers;
+  int rc = 0;
+  unsigned m = 0;
+  for (unsigned i = 0; i < n; i++) slots[i] = -1;
+  for (unsigned i = 0; i < n; i++) {
+    int32_t s = cf__ssd_alloc(st);
+    if (s < 0) { rc = s; break; }
+    slots[i] = s;
+    pthread_mutex_lock(&st->mu);
+    keys[i] = st->ents[ents[i]].key;
+    ntok[i] = st->ents[ents[i]].n_tokens;
+    uint8_t *src = cf__cpu_slot_ptr(st, st->ents[ents[i]].cpu_slot);
+    pthread_mutex_unlock(&st->mu);
+    int fd;
+    uint64_t off;
+    cf__slot_pos(st, s, &fd, &off);
+    ops[i] = (cf__io_t){.fd = fd, .buf = src, .len = st->slot_bytes, .off = off, .write = 1};
+    m = i + 1;
+  }
+  if (m) {
+    pthread_mutex_lock(&st->spill_mu);
+    int wrc = cf__ring_run(st, &st->wring, ops, m);
+    pthread_mutex_unlock(&st->spill_mu);
+    if (wrc && !rc) rc = wrc;
+  }
+  /* records only for chunks whose bytes made it, in one append */
+  uint8_t *recs = malloc(st->jrec_bytes * (m ? m : 1));
+  unsigned nrec = 0;
+  int ok[CF__SPILL_BATCH] = {0};
+  if (!recs && !rc) rc = cf_seterr(CF_ENOMEM, "spill records");
+  if (recs) {
+    if (durable && m) {
+      /* data before its journal record: buffered I/O needs the page cache written back, and
+       * O_DIRECT still needs the device's write cache flushed */
+      int src = cf__data_sync(st);
+      if (src && !rc) rc = src;
+    }
+    pthread_mutex_lock(&st->mu);
+    for (unsigned i = 0; i < m; i++) {
+      if ((size_t)ops[i].res != ops[i].len) continue;
+      if (durable && rc) continue;
+      cf__jrec_encode(st, recs + (size_t)nrec * st->jrec_bytes, 1,
+                      __atomic_add_fetch(&st->jseq, 1, __ATOMIC_RELAXED), &keys[i], slots[i],
+                      ntok[i], &st->csum[(size_t)ents[i] * L]);
+      ok[i] = 1;
+      nrec++;
+    }
+    pthread_mutex_unlock(&st->mu);
+    if (nrec) {
+      cf__spill_pub_t pa = {ents, slots, ok, m, 0};
+      int jrc = cf__journal_append_pub(st, recs, nrec, durable, cf__spill_publish, &pa);
+      if (jrc) {
+        if (!rc) rc = jrc;
+        for (unsigned i = 0; i < m; i++) ok[i] = 0;
+      }
+    }
+    free(recs);
+  }
+  pthread_mutex_lock(&st->mu);
+  for (unsigned i = 0; i < n; i++) {
+    if (i < m && ok[i]) continue; /* published */
+    int32_t e = ents[i];
+    cf__ent_t *en = &st->ents[e];
+    if (slots[i] >= 0) cf__ssd_release(st, slots[i]);
+    cf__dirty_set(st, e, 1);
+    en->flags &= (uint8_t)~CF__F_SPILL;
+    en->pins--;
+    st->spilling--;
+  }
+  st->last_spill_err = rc;
+  pthread_cond_broadcast(&st->cv);
+  pthread_mutex_unlock(&st->mu);
+  return rc;
+}
+
+/* Take up to max dirty entries (oldest first), mark them spilling (mu held). */
+unsigned cf__take_dirty(cf_store_t *st, int32_t *out, unsigned max) {
+  unsigned n = 0;
+  while (n < max && st->dirty.n) {
+    int32_t e = st->dirty.tail;
+    cf__dirty_set(st, e, 0);
+    st->ents[e].flags |= CF__F_SPILL;
+    st->ents[e].pins++;
+    st->spilling++;
+    out[n++] = e;
+  }
+  return n;
+}
+
+static int cf__spill_wanted(cf_store_t *st) {
+  if (!st->dirty.n || !st->n_ssd_slots) return 0;
+  double occ = st->n_cpu_slots ? 1.0 - (double)st->n_cpu_free / st->n_cpu_slots : 1.0;
+  return occ >= st->cfg.spill_watermark;
+}
+
+void *cf__spiller_main(void *arg) {
+  cf_store_t *st = arg;
+  pthread_mutex_lock(&st->mu);
+  while (!st->stop) {
+    if (!cf__spill_wanted(st) || st->last_spill_err) {
+      /* after an error (disk full) retry at a slow pace instead of spinning */
+      struct timespec ts;
+      clock_gettime(CLOCK_REALTIME, &ts);
+      ts.tv_nsec += st->last_spill_err ? 200000000 : 50000000;
+      if (ts.tv_nsec >= 1000000000) { ts.tv_sec++; ts.tv_nsec -= 1000000000; }
+      int was_err = st->last_spill_err;
+      pthread_cond_timedwait(&st->cv, &st->mu, &ts);
+      if (was_err) st->last_spill_err = 0;
+      continue;
+    }
+    int32_t batch[CF__SPILL_BATCH];
+    unsigned n = cf__take_dirty(st, batch, CF__SPILL_BATCH);
+    pthread_mutex_unlock(&st->mu);
+    int rc = cf__spill_batch(st, batch, n, 0);
+    if (rc) CF_DEBUG("store %s: spill: %s", st->dir, cf_errmsg());
+    cf__maybe_compact(st);
+    pthread_mutex_lock(&st->mu);
+  }
+  pthread_mutex_unlock(&st->mu);
+  return NULL;
+}
