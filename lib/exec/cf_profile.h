@@ -6,6 +6,10 @@
  *   t_a = step(0, C)    t_b = step(0, 2C)    t_c = step(P, C), P = 8C (or less, see below)
  *   beta = (t_c - t_a) / (C P);  alpha = (t_b - t_a - 1.5 beta C^2) / C;  gamma = t_a - alpha C - beta C^2/2
  * Each is clamped to a small positive floor (timer noise can make a difference negative).
+ * With a sliding window the attention term of each timed step is the integral of
+ * min(context, window) (cf_cost_ctx_w; layer 0 is the one timed), and cost->window /
+ * window_frac describe the model's windowed layers for the planner. MoE layers are timed as
+ * they run: alpha then holds the routed experts' per-token cost.
  */
 #ifndef CF_PROFILE_H
 #define CF_PROFILE_H

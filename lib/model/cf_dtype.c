@@ -28,8 +28,8 @@ int cf_dtype_parse(const char *s, cf_dtype_t *out) {
 }
 
 const char *cf_arch_name(cf_arch_t a) {
-  static const char *const n[] = {"llama", "mistral", "qwen2", "qwen3"};
-  return (unsigned)a < 4 ? n[a] : "?";
+  static const char *const n[] = {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral"};
+  return (unsigned)a < sizeof n / sizeof n[0] ? n[a] : "?";
 }
 
 const char *cf_rope_kind_name(cf_rope_kind_t k) {
