@@ -247,21 +247,29 @@ int cf_client_lookup(cf_client_t *c, uint64_t engine_id, const uint32_t *tokens,
   return 0;
 }
 
-int cf_client_save(cf_client_t *c, uint64_t engine_id, const uint32_t *tokens, size_t n, const uint32_t *blocks,
-                   size_t nblocks, uint32_t *saved, int *durable) {
+int cf_client_save2(cf_client_t *c, uint64_t engine_id, const uint32_t *tokens, size_t n, const uint32_t *blocks,
+                    size_t nblocks, unsigned flags, uint32_t *saved, uint32_t *pending, int *durable) {
   Cacheflow__V1__SaveRequest req = CACHEFLOW__V1__SAVE_REQUEST__INIT;
   req.engine_id = engine_id;
   req.token_ids = (uint32_t *)tokens;
   req.n_token_ids = n;
   req.block_ids = (uint32_t *)blocks;
   req.n_block_ids = nblocks;
+  req.durable = (flags & CF_CLIENT_SAVE_DURABLE) != 0;
   ProtobufCMessage *m;
   int rc = cf_client_call(c, "/cacheflow.v1.CacheFlow/Save", &req.base, &cacheflow__v1__save_response__descriptor, &m);
   if (rc) return rc;
-  *saved = ((Cacheflow__V1__SaveResponse *)m)->saved_tokens;
-  *durable = ((Cacheflow__V1__SaveResponse *)m)->durable;
+  const Cacheflow__V1__SaveResponse *r = (const Cacheflow__V1__SaveResponse *)m;
+  if (saved) *saved = r->saved_tokens;
+  if (pending) *pending = r->pending_tokens;
+  if (durable) *durable = r->durable;
   protobuf_c_message_free_unpacked(m, NULL);
   return 0;
+}
+
+int cf_client_save(cf_client_t *c, uint64_t engine_id, const uint32_t *tokens, size_t n, const uint32_t *blocks,
+                   size_t nblocks, uint32_t *saved, int *durable) {
+  return cf_client_save2(c, engine_id, tokens, n, blocks, nblocks, 0, saved, NULL, durable);
 }
 
 int cf_client_restore(cf_client_t *c, const Cacheflow__V1__RestoreRequest *req, cf_client_restore_cb cb, void *arg) {

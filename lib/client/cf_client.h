@@ -41,6 +41,8 @@ int cf_client_call_raw(cf_client_t *c, const char *method, const void *req, size
 /* grpc.health.v1.Health/Check of the whole server: *serving = 1 SERVING, 0 otherwise. */
 int cf_client_health(cf_client_t *c, int *serving);
 
+/* RegisterEngine: LayerLayout carries K's four byte strides (dim_stride 0 = element size) and
+ * optionally V's own (v_strides); kv_head_start/kv_head_count/tp_group register a TP shard. */
 int cf_client_register(cf_client_t *c, const Cacheflow__V1__RegisterEngineRequest *req, uint64_t *engine_id);
 int cf_client_unregister(cf_client_t *c, uint64_t engine_id);
 /* Longest stored prefix of tokens[0..n) in tokens (*cached), optional per-tier split
@@ -49,8 +51,16 @@ int cf_client_lookup(cf_client_t *c, uint64_t engine_id, const uint32_t *tokens,
                      uint32_t *cpu_tokens, uint32_t *ssd_tokens);
 int cf_client_save(cf_client_t *c, uint64_t engine_id, const uint32_t *tokens, size_t n, const uint32_t *blocks,
                    size_t nblocks, uint32_t *saved, int *durable);
+/* Save with flags: CF_CLIENT_SAVE_DURABLE replies only once the chunks are on the SSD tier
+ * (FAILED_PRECONDITION without one). *pending (may be NULL): a TP shard's tokens held until the
+ * group's other shards saved their heads (SaveResponse.pending_tokens). */
+enum { CF_CLIENT_SAVE_DURABLE = 1 };
+int cf_client_save2(cf_client_t *c, uint64_t engine_id, const uint32_t *tokens, size_t n, const uint32_t *blocks,
+                    size_t nblocks, unsigned flags, uint32_t *saved, uint32_t *pending, int *durable);
 
-/* Called for each streamed event (plan, layers ready, final stats); return nonzero to cancel. */
+/* Restore: fill a Cacheflow__V1__RestoreRequest (present_tokens = k when the engine already
+ * holds tokens [0, k): only [k, n) is written). Called for each streamed event (plan, layers
+ * ready, final stats); return nonzero to cancel. */
 typedef int (*cf_client_restore_cb)(void *arg, const Cacheflow__V1__RestoreEvent *ev);
 /* Server-streaming Restore: returns 0 once the daemon ended the stream with OK. */
 int cf_client_restore(cf_client_t *c, const Cacheflow__V1__RestoreRequest *req, cf_client_restore_cb cb, void *arg);

@@ -33,6 +33,9 @@ typedef struct {
   void *rs;                  /* the data path's request state */
   uint8_t *state, *staged;   /* [n_chunks * L] */
   int *H, *D;                /* per chunk: target computed height, computed so far */
+  int P;                     /* chunks [0, P) present from the start (engine's own KV) */
+  int K;                     /* r->present_tokens: rows below are never written */
+  int shard;                 /* the engine holds some heads only: never gather from it */
   int *prefix;               /* per layer: leading chunks present */
   int *present;              /* per layer: chunks present */
   int *stage_upto;           /* per layer: loaded cells of chunks < this go to staging too */
@@ -128,7 +131,9 @@ int cf_exec_validate(const cf_exec_t *ex, const cf_exec_req_t *r) {
   /* always required: a failed load falls back to computing its chunk from layer 0 */
   if (!r->tokens) return cf_seterr(CF_EINVAL, "restore: no token ids");
   int n = (r->n_tokens + r->chunk_tokens - 1) / r->chunk_tokens;
-  for (int c = 0; c < n; c++) {
+  if (r->present_tokens < 0 || r->present_tokens >= r->n_tokens)
+    return cf_seterr(CF_EINVAL, "restore: present_tokens %d must be in [0, %d tokens)", r->present_tokens, r->n_tokens);
+  for (int c = cf_exec_present_chunks(lay, r->present_tokens, r->chunk_tokens); c < n; c++) {
     if (r->h[c] < 0 || r->h[c] > L)
       return cf_seterr(CF_ERANGE, "restore: plan h[%d] = %d not in [0, %d]", c, r->h[c], L);
     if (r->h[c] < L) {
@@ -478,8 +483,9 @@ static int cf__compute(cf__run_t *run, const cf__pick_t *p, const uint8_t *mine)
     if (!mine[c - p->c0]) continue;
     int e = c;
     while (e < p->c1 && mine[e + 1 - p->c0]) e++;
-    if ((rc = q->ops->write(q->rs, l, c * q->C, cf__t1(q, e))))
-      return cf_err_prefix(rc, "exec: write (layer %d, tokens [%d, %d)): ", l, c * q->C, cf__t1(q, e));
+    int w0 = c * q->C > q->K ? c * q->C : q->K, w1 = cf__t1(q, e); /* never below present_tokens */
+    if (w0 < w1 && (rc = q->ops->write(q->rs, l, w0, w1)))
+      return cf_err_prefix(rc, "exec: write (layer %d, tokens [%d, %d)): ", l, w0, w1);
     c = e;
   }
   return 0;
@@ -552,7 +558,9 @@ static void cf__compute_loop(cf__run_t *run) {
       if (q->staged[cf__ix(q, c, p.l)] != STAGE_GATHERING) continue;
       int e = c;
       while (e + 1 < g1 && q->staged[cf__ix(q, e + 1, p.l)] == STAGE_GATHERING) e++;
-      if ((rc = q->ops->gather(q->rs, p.l, c * q->C, cf__t1(q, e))))
+      if (q->shard) /* its blocks lack the other heads: cf__rq_init stages every loaded cell */
+        rc = cf_seterr(CF_EINTERNAL, "exec: shard engine: chunk %d at layer %d not staged", c, p.l);
+      else if ((rc = q->ops->gather(q->rs, p.l, c * q->C, cf__t1(q, e))))
         rc = cf_err_prefix(rc, "exec: gather (layer %d, tokens [%d, %d)): ", p.l, c * q->C, cf__t1(q, e));
       c = e;
     }
@@ -605,16 +613,16 @@ static int cf__cops_match(cf__rq_t *q) {
   for (int k = 0; k < r->n_cops; k++)
     if (r->cops[k].c1 > q->free_from && r->cops[k].c1 <= q->n_chunks) q->free_from = r->cops[k].c1;
   for (int c = q->free_from; c < q->n_chunks; c++)
-    if (r->h[c] != q->L) ok = 0;
-  for (int c = 0; c < q->free_from; c++) want += r->h[c];
+    if (q->H[c] != q->L) ok = 0;
+  for (int c = 0; c < q->free_from; c++) want += q->H[c]; /* 0 for present chunks */
   for (int k = 0; k < r->n_cops && ok; k++) {
     const cf_exec_cop_t *op = &r->cops[k];
     if (k && op->rank <= r->cops[k - 1].rank) ok = 0;
     if (op->l < 0 || op->l >= q->L || op->c0 < 0 || op->c1 <= op->c0 || op->c1 > q->n_chunks) { ok = 0; break; }
     for (int c = 0; c < op->c0 && ok; c++) /* earlier computed cells at l: computed already */
-      if (r->h[c] > op->l && next[c] <= op->l) ok = 0;
+      if (q->H[c] > op->l && next[c] <= op->l) ok = 0;
     for (int c = op->c0; c < op->c1 && ok; c++) {
-      if (next[c] != op->l || op->l >= r->h[c]) ok = 0;
+      if (next[c] != op->l || op->l >= q->H[c]) ok = 0;
       next[c]++;
       cells++;
     }
@@ -645,16 +653,30 @@ static int cf__rq_init(cf__rq_t *q, cf_exec_req_t *r, const cf_exec_t *ex) {
   if (rc) return rc;
   memset(&r->stats, 0, sizeof r->stats);
   r->err = 0;
+  const cf_kv_layout_t *lay = cf__layout(r);
+  q->K = r->present_tokens;
+  q->P = cf_exec_present_chunks(lay, q->K, q->C);
+  q->shard = cf_kv_row_heads(lay) != lay->n_kv_heads;
   for (int c = 0; c < q->n_chunks; c++) {
+    if (c < q->P) { /* the engine's own KV: present at every layer, gathered when attended over */
+      q->H[c] = 0;
+      q->D[c] = q->L;
+      for (int l = 0; l < q->L; l++) q->state[cf__ix(q, c, l)] = CELL_PRESENT;
+      continue;
+    }
     q->H[c] = r->h[c];
     r->stats.cells_planned_compute += (uint64_t)r->h[c];
     /* loaded cells of chunk c' < c at layers below h[c] are attended over by chunk c */
     for (int l = 0; l < r->h[c]; l++) q->stage_upto[l] = c;
   }
   for (int l = 0; l < q->L; l++) {
+    q->prefix[l] = q->present[l] = q->P;
     int computes = 0;
-    for (int c = 0; c < q->n_chunks && !computes; c++) computes = r->h[c] > l;
-    if (!computes) continue;
+    for (int c = q->P; c < q->n_chunks && !computes; c++) computes = q->H[c] > l;
+    /* a shard's blocks cannot be gathered (other heads missing): every layer is staged and
+     * every loaded cell goes there, so a load failure that raises a chunk finds its context */
+    if (q->shard) q->stage_upto[l] = q->n_chunks;
+    else if (!computes) continue;
     if ((rc = cf__ensure_stage(q, l))) return rc;
   }
   q->follow = cf__cops_match(q);
@@ -683,7 +705,7 @@ int cf_exec_run(cf_exec_t *ex, cf_exec_req_t *reqs, int n) {
   size_t ntask = 0;
   for (int i = 0; i < n && !rc; i++) {
     rc = cf__rq_init(&run.rq[i], &reqs[i], ex);
-    for (int c = 0; c < run.rq[i].n_chunks && !rc; c++) ntask += (size_t)(mc->n_layers - reqs[i].h[c]);
+    for (int c = run.rq[i].P; c < run.rq[i].n_chunks && !rc; c++) ntask += (size_t)(mc->n_layers - reqs[i].h[c]);
   }
   if (!rc && ntask && !(run.tasks = malloc(ntask * sizeof(cf__task_t))))
     rc = cf_seterr(CF_ENOMEM, "exec: %zu load tasks", ntask);
@@ -693,7 +715,7 @@ int cf_exec_run(cf_exec_t *ex, cf_exec_req_t *reqs, int n) {
    * and the engine (layer l before l+1) need the cells. */
   for (int l = 0; l < mc->n_layers; l++)
     for (int i = 0; i < n; i++)
-      for (int c = 0; c < run.rq[i].n_chunks; c++)
+      for (int c = run.rq[i].P; c < run.rq[i].n_chunks; c++)
         if (reqs[i].h[c] <= l) {
           uint32_t rank = reqs[i].load_rank ? reqs[i].load_rank[(size_t)c * mc->n_layers + l] : (uint32_t)l;
           run.tasks[run.n_tasks++] = (cf__task_t){i, c, l, rank};

@@ -112,6 +112,16 @@ typedef struct cf_exec_req_s {
                                    the CPU data path's */
   const cf_gpu_kv_t *gkv;       /* the GPU data path's engine buffer instead (kv NULL) */
   const int32_t *blocks;        /* block table: token t -> blocks[t / block_size] */
+  int present_tokens;           /* k: the engine already holds tokens [0, k) in `blocks` (its own
+                                   prefix cache; 0 = nothing). No row below k is ever written.
+                                   Whole-head engines: chunks inside [0, k) are present from the
+                                   start (cf_exec_present_chunks; h and src ignored for them) and
+                                   gathered from the blocks as context; the chunk holding k is
+                                   loaded or computed whole into the staging, only rows >= k
+                                   reach the engine. Shards (their blocks lack the other heads,
+                                   so they cannot serve as context): every chunk is restored as
+                                   planned into the staging (all layers, loads staged), only
+                                   rows >= k written. */
   int n_blocks;                 /* entries in blocks: >= ceil(T / block_size) */
   cf_ready_t *ready;            /* NULL or the readiness file; slot below */
   cf_gpu_ready_t *gready;       /* GPU path: NULL or `ready`'s GPU view (cf_gpu_ready_init): layer
@@ -134,6 +144,13 @@ typedef struct {
   const cf_exec_ops_t *ops;  /* the data path */
   void *dev;                 /* its state (CPU: be; GPU: a cf_exec_gpu_t), borrowed */
 } cf_exec_t;
+
+/* Chunks of C tokens inside [0, present_tokens) an engine of layout `lay` serves as context
+ * (neither loaded nor computed): all of them for a whole-head engine, none for a TP shard. */
+static inline int cf_exec_present_chunks(const cf_kv_layout_t *lay, int present_tokens, int C) {
+  if (present_tokens <= 0 || C <= 0 || cf_kv_row_heads(lay) != lay->n_kv_heads) return 0;
+  return present_tokens / C;
+}
 
 /* Init an executor on backend `be` (borrowed) with n_loaders loader threads (1..64), on the
  * CPU data path. */

@@ -81,8 +81,13 @@ static void cf__cpu_host_free(void *dev, void *p, size_t bytes) { (void)dev; (vo
 static int cf__cpu_load(void *ls, void *p, int l, int t0, int t1, const void *k, const void *v, int stage) {
   (void)ls;
   cf__cpu_rq_t *q = p;
-  /* the stored bytes go to the engine unchanged; the compute attends over them widened */
-  cf_kvmap_scatter(q->r->kv, l, q->r->blocks, t0, t1, k, v);
+  /* the stored bytes go to the engine unchanged — its rows >= present_tokens: the engine's own
+   * rows below stay untouched —; the compute attends over them all, widened */
+  int w0 = t0 < q->r->present_tokens ? q->r->present_tokens : t0;
+  if (w0 < t1) {
+    size_t skip = (size_t)(w0 - t0) * q->row * cf_kv_elem_size(q->r->kv->layout.dtype);
+    cf_kvmap_scatter(q->r->kv, l, q->r->blocks, w0, t1, (const uint8_t *)k + skip, (const uint8_t *)v + skip);
+  }
   if (stage) {
     size_t n = (size_t)(t1 - t0) * q->row;
     cf_dtype_to_f32(q->r->kv->layout.dtype, k, q->sk[l] + (size_t)t0 * q->row, n);

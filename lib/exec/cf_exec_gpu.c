@@ -113,6 +113,13 @@ static int cf__gx_validate(void *dev, const cf_exec_req_t *r) {
   if (r->gkv->layout.dtype != CF_DT_BF16)
     return cf_seterr(CF_EDTYPE, "restore: the GPU executor computes bf16 KV, the engine buffer is %s",
                      cf_dtype_name(r->gkv->layout.dtype));
+  /* cf_gpu_load_cell writes a whole cell: a loaded chunk may not hold rows below present_tokens
+   * (the daemon computes the chunk holding it on this path) */
+  for (int c = cf_exec_present_chunks(&r->gkv->layout, r->present_tokens, r->chunk_tokens);
+       r->present_tokens > 0 && c * r->chunk_tokens < r->present_tokens; c++)
+    if (r->h[c] < g->be->model->cfg.n_layers)
+      return cf_seterr(CF_EUNSUPPORTED, "restore: chunk %d holds present_tokens %d and loads layers from %d: the GPU "
+                       "path loads whole cells; compute it (h = L)", c, r->present_tokens, r->h[c]);
   const cf_model_config_t *mc = &g->be->model->cfg;
   for (int t = 0; r->tokens && t < r->n_tokens; t++)
     if (r->tokens[t] < 0 || r->tokens[t] >= mc->vocab)

@@ -45,14 +45,16 @@ typedef struct cf_exec_ops_s {
   void *(*host_alloc)(void *dev, size_t bytes);
   void (*host_free)(void *dev, void *p, size_t bytes);
   /* Cell of tokens [t0, t1) at layer l (K rows at k, V rows at v, the store's dtype) into the
-   * engine's blocks, bit for bit; and into layer l's staging when `stage`. */
+   * engine's blocks, bit for bit — only its rows >= r->present_tokens (the engine's own rows
+   * below are never written) —; and all its rows into layer l's staging when `stage`. */
   int (*load)(void *ls, void *rs, int l, int t0, int t1, const void *k, const void *v, int stage);
   /* Engine rows [t0, t1) of layer l (present, no longer written) into the staging. */
   int (*gather)(void *rs, int l, int t0, int t1);
   /* Forward of tokens [t0, t1) at layer l over staging rows [0, t0): writes staging rows
    * [t0, t1) and the next layer's hidden states (layer 0 reads the request's tokens). */
   int (*forward)(void *rs, int l, int t0, int t1);
-  /* Staging rows [t0, t1) of layer l (computed) into the engine's blocks. */
+  /* Staging rows [t0, t1) of layer l (computed) into the engine's blocks (the scheduler never
+   * asks for rows below r->present_tokens). */
   int (*write)(void *rs, int l, int t0, int t1);
   /* Readiness: a restore starts; layers [0, n) are in the engine; it ended (err 0 or CF_E*). */
   void (*begin)(void *rs);

@@ -23,6 +23,7 @@ typedef struct {
                               partial last chunk included */
   uint32_t new_chunks, existing_chunks;
   int durable;             /* CF_STORE_SAVE_DURABLE was asked and every chunk is now durable */
+  uint32_t pending_tokens; /* cf_save_shard: tokens held until the group's other shards saved */
 } cf_save_result_t;
 
 /* Save tokens[0..n) whose KV lies in `kv` at blocks[0..n_blocks) into `st`. flags: 0 or
@@ -40,5 +41,28 @@ typedef int (*cf_save_gather_fn)(void *ctx, int l, int t0, int t1, void *k, void
 int cf_save_cells(cf_store_t *st, const cf_kv_layout_t *lay, cf_save_gather_fn gather, void *ctx,
                   const int32_t *tokens, int n, const int32_t *blocks, int n_blocks, unsigned flags,
                   cf_save_result_t *res);
+
+/* Saves from tensor-parallel shards (engines holding KV heads [head0, head0 + n) of the model's,
+ * cf_kv_layout_t.head0/model_heads). The store keeps whole cells only (engines of any TP size
+ * share them), and a shard's blocks may be freed as soon as its Save returns, so a group keeps a
+ * pending whole-row copy per saved prefix (exactly the same token ids): each shard's Save copies
+ * its heads in; the Save that completes the last head stores the chunks (cf_save_cells) and
+ * drops the copy. Nothing partial is ever stored. Pending copies are bounded by max_bytes: the
+ * oldest is dropped (its tokens are simply not saved, logged). Thread-safe. */
+typedef struct cf_save_group_s cf_save_group_t;
+
+/* A group for engines of `heads` model KV heads, `n_layers` x `head_dim`, dtype `dt`.
+ * Returns 0, CF_EINVAL, CF_ENOMEM. */
+int cf_save_group_create(cf_save_group_t **out, int n_layers, int heads, int head_dim, cf_dtype_t dt,
+                         size_t max_bytes);
+void cf_save_group_free(cf_save_group_t *g);
+/* Bytes of pending copies (for stats and tests) and their count. */
+size_t cf_save_group_pending(cf_save_group_t *g, int *n_prefixes);
+
+/* Shard `kv` saves tokens[0..n) from blocks: res->pending_tokens = n while heads are missing;
+ * on completion res is cf_save_cells' (flags as there). Errors: cf_save_cells' and CF_ESHAPE
+ * (the shard's geometry is not the group's), CF_ENOMEM, CF_ERANGE (one prefix over max_bytes). */
+int cf_save_shard(cf_save_group_t *g, cf_store_t *st, const cf_kvmap_t *kv, const int32_t *tokens, int n,
+                  const int32_t *blocks, int n_blocks, unsigned flags, cf_save_result_t *res);
 
 #endif

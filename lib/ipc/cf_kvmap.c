@@ -49,32 +49,57 @@ int cf_kv_layout_check(const cf_kv_layout_t *lay, const cf_model_config_t *mc) {
   if (mc) {
     if (lay->n_layers != mc->n_layers)
       return cf_seterr(CF_ESHAPE, "kv layout: %d layers, model has %d", lay->n_layers, mc->n_layers);
-    if (lay->n_kv_heads != mc->n_kv_heads)
-      return cf_seterr(CF_ESHAPE, "kv layout: %d kv heads, model has %d", lay->n_kv_heads, mc->n_kv_heads);
+    if (cf_kv_row_heads(lay) != mc->n_kv_heads)
+      return cf_seterr(CF_ESHAPE, "kv layout: %d kv heads, model has %d", cf_kv_row_heads(lay), mc->n_kv_heads);
     if (lay->head_dim != mc->head_dim)
       return cf_seterr(CF_ESHAPE, "kv layout: head_dim %d, model has %d", lay->head_dim, mc->head_dim);
   }
   uint64_t es = cf_kv_elem_size(lay->dtype);
   if (!es) return cf_seterr(CF_EDTYPE, "kv layout: dtype %d is not a KV dtype (f32, bf16, f16)", (int)lay->dtype);
-  uint64_t hrow = es * (uint64_t)lay->head_dim;
-  if (lay->head_stride < hrow || lay->token_stride < hrow)
-    return cf_seterr(CF_ESHAPE, "kv layout: head_stride %llu and token_stride %llu must hold a head row of %llu bytes",
-                     (unsigned long long)lay->head_stride, (unsigned long long)lay->token_stride,
-                     (unsigned long long)hrow);
-  /* NHD: a token's heads inside its token row; HND: a head's tokens inside its head row. */
-  int nhd = lay->token_stride >= lay->head_stride * lay->n_kv_heads;
-  int hnd = lay->head_stride >= lay->token_stride * lay->block_size;
-  if (!nhd && !hnd)
-    return cf_seterr(CF_ESHAPE, "kv layout: rows overlap: token_stride %llu < %d heads x head_stride %llu "
-                     "and head_stride < %d tokens x token_stride",
-                     (unsigned long long)lay->token_stride, lay->n_kv_heads,
-                     (unsigned long long)lay->head_stride, lay->block_size);
-  uint64_t extent = (uint64_t)(lay->block_size - 1) * lay->token_stride +
-                    (uint64_t)(lay->n_kv_heads - 1) * lay->head_stride + hrow;
-  if (lay->block_stride < extent)
-    return cf_seterr(CF_ESHAPE, "kv layout: block_stride %llu < the %llu bytes a block's rows span",
-                     (unsigned long long)lay->block_stride, (unsigned long long)extent);
+  for (int kv = 0; kv < 2; kv++) {
+    cf_kv_strides_t s = cf_kv_plane(lay, kv);
+    const char *pl = kv ? "V" : "K";
+    typedef struct { uint64_t stride, count; const char *name; } dim_t;
+    dim_t d[4] = {{s.block, (uint64_t)lay->num_blocks, "block_stride"},
+                  {s.token, (uint64_t)lay->block_size, "token_stride"},
+                  {s.head, (uint64_t)lay->n_kv_heads, "head_stride"},
+                  {s.dim, (uint64_t)lay->head_dim, "dim_stride"}};
+    for (int i = 0; i < 4; i++)
+      if (d[i].count > 1 && (!d[i].stride || d[i].stride % es))
+        return cf_seterr(CF_ESHAPE, "kv layout: %s %s %llu is not a nonzero multiple of the element size %llu",
+                         pl, d[i].name, (unsigned long long)d[i].stride, (unsigned long long)es);
+    for (int i = 0; i < 4; i++) /* smallest stride first: each must step over all smaller ones */
+      for (int j = i + 1; j < 4; j++)
+        if (d[j].stride < d[i].stride) { dim_t t = d[i]; d[i] = d[j]; d[j] = t; }
+    uint64_t span = es;
+    const char *pname = NULL;
+    for (int i = 0; i < 4; i++) {
+      if (d[i].count <= 1) continue;
+      if (d[i].stride < span)
+        return cf_seterr(CF_ESHAPE, "kv layout: %s %s %llu overlaps: %s spans %llu bytes (elements would share bytes)",
+                         pl, d[i].name, (unsigned long long)d[i].stride, pname ? pname : "one element",
+                         (unsigned long long)span);
+      if ((double)d[i].stride * (double)(d[i].count - 1) > (double)(1ull << 50))
+        return cf_seterr(CF_ERANGE, "kv layout: %s %s %llu x %llu exceeds 1 PiB", pl, d[i].name,
+                         (unsigned long long)d[i].stride, (unsigned long long)d[i].count);
+      span += d[i].stride * (d[i].count - 1);
+      pname = d[i].name;
+    }
+  }
+  if (lay->head0 < 0 || lay->model_heads < 0 || lay->head0 + lay->n_kv_heads > cf_kv_row_heads(lay))
+    return cf_seterr(CF_ESHAPE, "kv layout: heads %d..%d of a %d-head row", lay->head0,
+                     lay->head0 + lay->n_kv_heads - 1, cf_kv_row_heads(lay));
   return 0;
+}
+
+uint64_t cf_kv_layout_extent(const cf_kv_layout_t *lay, int kv) {
+  cf_kv_strides_t s = cf_kv_plane(lay, kv);
+  uint64_t e = cf_kv_elem_size(lay->dtype);
+  if (lay->num_blocks > 1) e += s.block * (uint64_t)(lay->num_blocks - 1);
+  if (lay->block_size > 1) e += s.token * (uint64_t)(lay->block_size - 1);
+  if (lay->n_kv_heads > 1) e += s.head * (uint64_t)(lay->n_kv_heads - 1);
+  if (lay->head_dim > 1) e += s.dim * (uint64_t)(lay->head_dim - 1);
+  return e;
 }
 
 static int cf__set_path(char *dst, size_t n, const char *path) {
@@ -92,8 +117,13 @@ static int cf__alloc_layers(cf_kvmap_t *m, int L) {
 
 static void cf__finish_map(cf_kvmap_t *m) {
   const cf_kv_layout_t *L = &m->layout;
-  m->dense_rows = L->head_stride == cf_kv_elem_size(L->dtype) * (uint64_t)L->head_dim &&
-                  L->token_stride == L->head_stride * (uint64_t)L->n_kv_heads;
+  uint64_t es = cf_kv_elem_size(L->dtype);
+  m->dense_rows = cf_kv_row_heads(L) == L->n_kv_heads;
+  for (int kv = 0; kv < 2; kv++) {
+    cf_kv_strides_t s = cf_kv_plane(L, kv);
+    m->dense_rows &= s.dim == es && s.head == es * (uint64_t)L->head_dim &&
+                     s.token == s.head * (uint64_t)L->n_kv_heads;
+  }
 }
 
 /* Map the file behind `fd` whole (we need it all: blocks of every layer). */
@@ -125,6 +155,11 @@ int cf_kvmap_create(cf_kvmap_t *m, const char *path, const cf_kv_layout_t *lay) 
   memset(m, 0, sizeof *m);
   int rc = cf_kv_layout_check(lay, NULL);
   if (rc) return rc;
+  /* the header records block/token/head strides only: dense head vectors, whole rows */
+  if ((lay->dim_stride && lay->dim_stride != cf_kv_elem_size(lay->dtype)) ||
+      (lay->vs.block | lay->vs.token | lay->vs.head | lay->vs.dim) || lay->head0 ||
+      (lay->model_heads && lay->model_heads != lay->n_kv_heads))
+    return cf_seterr(CF_EINVAL, "kv file %s: dim_stride, V strides and shards are not recorded by the file format", path);
   char tmp[256];
   if ((rc = cf__set_path(tmp, sizeof tmp, path))) return rc;
   m->layout = *lay;
@@ -236,18 +271,17 @@ int cf_kvmap_attach(cf_kvmap_t *m, const cf_kv_layout_t *lay, const char *const 
   if (rc) return rc;
   m->layout = *lay;
   if ((rc = cf__alloc_layers(m, lay->n_layers))) goto fail;
-  uint64_t span = cf_kv_layout_plane_bytes(lay);
   for (int l = 0; l < lay->n_layers; l++)
     for (int kv = 0; kv < 2; kv++) {
       const char *p = kv ? vpath[l] : kpath[l];
-      uint64_t off = kv ? voff[l] : koff[l];
-      uint8_t *base;
-      size_t len;
+      uint64_t off = kv ? voff[l] : koff[l], span = cf_kv_layout_extent(lay, kv);
+      uint8_t *base = NULL;
+      size_t len = 0;
       if ((rc = cf__map_path(m, p, &base, &len))) goto fail;
       if (off > len || span > len - off) {
         rc = cf_seterr(CF_ERANGE, "layer %d %s buffer: offset %llu + %llu bytes (%d blocks x %llu) past the end of %s (%zu bytes)",
                        l, kv ? "V" : "K", (unsigned long long)off, (unsigned long long)span,
-                       lay->num_blocks, (unsigned long long)lay->block_stride, p, len);
+                       lay->num_blocks, (unsigned long long)cf_kv_plane(lay, kv).block, p, len);
         goto fail;
       }
       (kv ? m->v : m->k)[l] = base + off;
@@ -327,24 +361,31 @@ static void cf__copy(const cf_kvmap_t *m, int layer, const int32_t *blocks, int 
                      void *v, int to_paged, int mode) {
   const cf_kv_layout_t *L = &m->layout;
   size_t es = cf_kv_elem_size(L->dtype), fes = mode == CF__F32 ? sizeof(float) : es;
-  size_t hd = (size_t)L->head_dim, row = hd * L->n_kv_heads; /* elements */
-  for (int t = t0; t < t1;) {
-    int bi = t / L->block_size, slot = t % L->block_size;
-    int n = L->block_size - slot;
-    if (n > t1 - t) n = t1 - t;
-    for (int kv = 0; kv < 2; kv++) {
+  size_t hd = (size_t)L->head_dim, row = hd * (size_t)cf_kv_row_heads(L); /* elements */
+  for (int kv = 0; kv < 2; kv++) {
+    cf_kv_strides_t s = cf_kv_plane(L, kv);
+    int dense_vec = s.dim == es;
+    for (int t = t0; t < t1;) {
+      int bi = t / L->block_size, slot = t % L->block_size;
+      int n = L->block_size - slot;
+      if (n > t1 - t) n = t1 - t;
       uint8_t *paged = cf_kvmap_row(m, layer, kv, blocks[bi], slot);
       uint8_t *flat = (uint8_t *)(kv ? v : k) + (size_t)(t - t0) * row * fes;
       if (m->dense_rows) { /* a block's rows are contiguous on both sides: one run */
         cf__run(L->dtype, es, paged, flat, (size_t)n * row, to_paged, mode);
+        t += n;
         continue;
       }
       for (int i = 0; i < n; i++)
-        for (int h = 0; h < L->n_kv_heads; h++)
-          cf__run(L->dtype, es, paged + (size_t)i * L->token_stride + (size_t)h * L->head_stride,
-                  flat + ((size_t)i * row + (size_t)h * hd) * fes, hd, to_paged, mode);
+        for (int h = 0; h < L->n_kv_heads; h++) {
+          uint8_t *p = paged + (size_t)i * s.token + (size_t)h * s.head;
+          uint8_t *f = flat + ((size_t)i * row + (size_t)(L->head0 + h) * hd) * fes;
+          if (dense_vec) { cf__run(L->dtype, es, p, f, hd, to_paged, mode); continue; }
+          for (size_t d = 0; d < hd; d++) /* strided head vector (vLLM CPU's K): element by element */
+            cf__run(L->dtype, es, p + d * s.dim, f + d * fes, 1, to_paged, mode);
+        }
+      t += n;
     }
-    t += n;
   }
 }
 

@@ -1013,3 +1013,143 @@ CF_TEST(exec_init_failure_fails_every_requests_slot) {
   pthread_mutex_destroy(&rec.mu);
   fx_free(&f);
 }
+
+/* Fill the engine's rows [0, k) of every layer with the full-recompute KV plus a marker (the
+ * engine's own prefix cache: what vLLM computed itself), everything else with NaN. */
+static void engine_holds_prefix(fx_t *f, int k, float marker) {
+  clear_engine(f);
+  float *rk = malloc(sizeof(float) * f->row * (size_t)(k ? k : 1)), *rv = malloc(sizeof(float) * f->row * (size_t)(k ? k : 1));
+  for (int l = 0; l < f->L && k; l++) {
+    for (size_t i = 0; i < (size_t)k * f->row; i++) {
+      rk[i] = f->refk[(size_t)l * f->T * f->row + i] + marker;
+      rv[i] = f->refv[(size_t)l * f->T * f->row + i] + marker;
+    }
+    cf_kvmap_scatter_f32(&f->kv, l, f->blocks, 0, k, rk, rv);
+  }
+  free(rk); free(rv);
+}
+
+/* Restore of [k, n) into an engine that holds [0, k): rows below k keep the engine's own bytes
+ * (marker intact), rows >= k are the stored cells (loaded layers, exact) or the recompute
+ * (within 1e-4); chunks inside [0, k) are neither loaded nor computed; k anywhere (block and
+ * chunk unaligned, in the middle of a loaded or a computed chunk). */
+CF_TEST(exec_present_tokens_writes_only_k_to_n) {
+  const float marker = 1e-6f; /* small: the context stays within 1e-4 of the recompute */
+  int ks[] = {1, 7, 16, 21, 40, 47, 63};
+  for (int ki = 0; ki < (int)(sizeof ks / sizeof ks[0]); ki++) {
+    int k = ks[ki];
+    fx_t f;
+    char name[32];
+    snprintf(name, sizeof name, "kv_present%d", ki);
+    fx_init(&f, 3, 16, 16 * 4, 4 + 2 * (ki % 2), name); /* block size 4 or 6: k block-unaligned too */
+    cf_exec_t ex;
+    CF_CHECK_OK(cf_exec_init(&ex, f.be, 2));
+    cf_cellsrc_mem_t mem;
+    cf_cellsrc_mem_init(&mem, "cpu", 0, CF_DT_F32, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, NULL);
+    cf_cellsrc_t *srcs[4] = {&mem.src, &mem.src, &mem.src, &mem.src};
+    void *refs[4];
+    int plans[3][4] = {{0, 0, 0, 0}, {3, 3, 3, 3}, {3, 1, 2, 0}};
+    for (int p = 0; p < 3; p++) {
+      engine_holds_prefix(&f, k, marker);
+      cf_exec_req_t r;
+      fx_req(&f, &r, plans[p], srcs, refs);
+      r.present_tokens = k;
+      CF_CHECK_OK(cf_exec_run(&ex, &r, 1));
+      int P = k / f.C;
+      CF_CHECK_EQ(cf_exec_present_chunks(&f.kv.layout, k, f.C), P);
+      uint64_t want_loaded = 0, want_computed = 0;
+      for (int c = P; c < f.n_chunks; c++) { want_computed += plans[p][c]; want_loaded += f.L - plans[p][c]; }
+      CF_CHECK_EQ(r.stats.cells_loaded[0], want_loaded);
+      CF_CHECK_EQ(r.stats.cells_computed, want_computed);
+      CF_CHECK_EQ(r.stats.layers_ready, f.L);
+      float *gk = malloc(sizeof(float) * f.row * f.T), *gv = malloc(sizeof(float) * f.row * f.T);
+      int bad = 0;
+      for (int l = 0; l < f.L; l++) {
+        cf_kvmap_gather(&f.kv, l, f.blocks, 0, f.T, gk, gv);
+        for (int t = 0; t < f.T; t++)
+          for (size_t j = 0; j < f.row; j++) {
+            float ek = f.refk[((size_t)l * f.T + t) * f.row + j], ev = f.refv[((size_t)l * f.T + t) * f.row + j];
+            float ok = gk[t * f.row + j], ov = gv[t * f.row + j];
+            int c = t / f.C, good;
+            if (t < k) good = ok == ek + marker && ov == ev + marker;              /* untouched */
+            else if (l >= plans[p][c]) good = !memcmp(&ok, stored(&f, c, l, 0, t) + j, 4) &&
+                                              !memcmp(&ov, stored(&f, c, l, 1, t) + j, 4); /* loaded */
+            else good = fabsf(ok - ek) <= 1e-4f && fabsf(ov - ev) <= 1e-4f;        /* computed */
+            if (!good && bad++ < 3) printf("    k %d plan %d: layer %d token %d elem %zu wrong\n", k, p, l, t, j);
+          }
+      }
+      CF_CHECK_EQ(bad, 0);
+      free(gk); free(gv);
+    }
+    cf_exec_req_t r;
+    fx_req(&f, &r, plans[0], srcs, refs);
+    r.present_tokens = f.T;
+    CF_CHECK_ERR(cf_exec_validate(&ex, &r), CF_EINVAL);
+    CF_CHECK_CONTAINS(cf_errmsg(), "present_tokens 64 must be in [0, 64 tokens)");
+    fx_free(&f);
+  }
+}
+
+/* Two TP shards (one KV head each of the model's two) restore the same prefix with the same
+ * block table, each into its own buffer: each gets exactly its heads of the whole stored cells
+ * (loaded exact, computed within 1e-4), with present_tokens too (a shard cannot lend the other
+ * heads as context, so every chunk is restored into the daemon's staging; rows < k untouched). */
+CF_TEST(exec_tp_shards_get_their_heads) {
+  fx_t f;
+  fx_init(&f, 3, 8, 8 * 5, 4, "kv_tp");
+  const cf_model_config_t *mc = &f.be->model->cfg;
+  CF_CHECK_EQ(mc->n_kv_heads, 2);
+  int hd = mc->head_dim;
+  cf_exec_t ex;
+  CF_CHECK_OK(cf_exec_init(&ex, f.be, 2));
+  cf_cellsrc_mem_t mem;
+  cf_cellsrc_mem_init(&mem, "cpu", 0, CF_DT_F32, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, NULL);
+  cf_cellsrc_t *srcs[5] = {&mem.src, &mem.src, &mem.src, &mem.src, &mem.src};
+  void *refs[5];
+  int h[5] = {3, 0, 2, 1, 0};
+  for (int k = 0; k <= 13; k += 13)
+    for (int s = 0; s < 2; s++) {
+      cf_kv_layout_t lay;
+      CF_CHECK_OK(cf_kv_layout_init(&lay, f.L, f.kv.layout.num_blocks, 4, 1, hd, CF_DT_F32));
+      lay.head0 = s;
+      lay.model_heads = 2;
+      size_t plane = cf_kv_layout_plane_bytes(&lay);
+      uint8_t *buf = malloc(2 * plane * f.L);
+      memset(buf, 0x7f, 2 * plane * f.L);
+      uint8_t *kp[3], *vp[3];
+      for (int l = 0; l < f.L; l++) { kp[l] = buf + 2 * plane * l; vp[l] = kp[l] + plane; }
+      cf_kvmap_t m;
+      CF_CHECK_OK(cf_kvmap_view(&m, &lay, kp, vp));
+      CF_CHECK_EQ(cf_exec_present_chunks(&lay, k, f.C), 0);
+      cf_exec_req_t r;
+      fx_req(&f, &r, h, srcs, refs);
+      r.kv = &m;
+      r.present_tokens = k;
+      CF_CHECK_OK(cf_exec_run(&ex, &r, 1));
+      int bad = 0;
+      float *gk = malloc(sizeof(float) * f.row * f.T), *gv = malloc(sizeof(float) * f.row * f.T);
+      for (int l = 0; l < f.L; l++) {
+        for (size_t i = 0; i < f.row * f.T; i++) gk[i] = gv[i] = 0;
+        cf_kvmap_gather(&m, l, f.blocks, 0, f.T, gk, gv);
+        for (int t = 0; t < f.T; t++)
+          for (int j = 0; j < hd; j++) {
+            size_t e = (size_t)t * f.row + (size_t)s * hd + j;
+            float ok = gk[e], ov = gv[e];
+            float ek = f.refk[(size_t)l * f.T * f.row + e], ev = f.refv[(size_t)l * f.T * f.row + e];
+            int c = t / f.C, good;
+            uint32_t bits;
+            memcpy(&bits, &ok, 4);
+            if (t < k) good = bits == 0x7f7f7f7fu;
+            else if (l >= h[c]) good = !memcmp(&ok, stored(&f, c, l, 0, t) + s * hd + j, 4) &&
+                                       !memcmp(&ov, stored(&f, c, l, 1, t) + s * hd + j, 4);
+            else good = fabsf(ok - ek) <= 1e-4f && fabsf(ov - ev) <= 1e-4f;
+            if (!good && bad++ < 3) printf("    shard %d k %d: layer %d token %d dim %d wrong\n", s, k, l, t, j);
+          }
+      }
+      CF_CHECK_EQ(bad, 0);
+      free(gk); free(gv);
+      cf_kvmap_close(&m);
+      free(buf);
+    }
+  fx_free(&f);
+}

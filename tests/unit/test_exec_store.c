@@ -532,3 +532,95 @@ CF_TEST(ssd_stream_respects_rate_limit_and_cancellation) {
   CF_CHECK_LT(r.stats.layers_ready, f.w.L);
   ssdfx_free(&f);
 }
+
+/* TP shards save into whole cells: shard 0's save alone stores nothing (pending), shard 1's
+ * completes the rows and stores them; a whole-head engine then restores them bit-exact (each
+ * shard's heads came from its own blocks). A durable shard save makes the completed chunks
+ * durable; the pending cap drops the oldest prefix rather than store anything partial. */
+CF_TEST(tp_shard_saves_assemble_whole_cells) {
+  world_t w;
+  world_init(&w, 16, 16 * 4 + 5);
+  int H = w.m->cfg.n_kv_heads, hd = w.m->cfg.head_dim;
+  CF_CHECK_GE(H, 2);
+  int split = H / 2;
+  /* two shard engines: heads [0, split) and [split, H), each its own buffer and block table */
+  cf_kvmap_t sh[2];
+  uint8_t *mem[2];
+  int32_t blocks[2][64];
+  int bs = 8, nb = (w.T + bs - 1) / bs;
+  for (int s = 0; s < 2; s++) {
+    cf_kv_layout_t lay;
+    CF_CHECK_OK(cf_kv_layout_init(&lay, w.L, nb + 2, bs, s ? H - split : split, hd, CF_DT_F32));
+    lay.head0 = s ? split : 0;
+    lay.model_heads = H;
+    size_t plane = cf_kv_layout_plane_bytes(&lay);
+    mem[s] = calloc(1, 2 * plane * w.L);
+    uint8_t *kp[8], *vp[8];
+    for (int l = 0; l < w.L; l++) { kp[l] = mem[s] + 2 * plane * l; vp[l] = kp[l] + plane; }
+    CF_CHECK_OK(cf_kvmap_view(&sh[s], &lay, kp, vp));
+    for (int i = 0; i < nb; i++) blocks[s][i] = (i * 3 + s) % (nb + 2);
+    CF_CHECK_OK(cf_kvmap_check_blocks(&lay, blocks[s], nb));
+    for (int l = 0; l < w.L; l++) cf_kvmap_scatter(&sh[s], l, blocks[s], 0, w.T, w.ref.k[l], w.ref.v[l]);
+  }
+  cf_store_t *st = open_store(&w, "store_tp", 1 << 20, 8 << 20);
+  cf_save_group_t *g;
+  CF_CHECK_OK(cf_save_group_create(&g, w.L, H, hd, CF_DT_F32, 64 << 20));
+  cf_save_result_t sr;
+  CF_CHECK_OK(cf_save_shard(g, st, &sh[0], w.tokens, w.T, blocks[0], nb, 0, &sr));
+  CF_CHECK_EQ(sr.pending_tokens, (uint32_t)w.T);
+  CF_CHECK_EQ(sr.saved_tokens, 0);
+  cf_store_key_t keys[8];
+  cf_store_chain_keys(w.m->fingerprint, w.tokens, 4 * 16, 16, keys);
+  CF_CHECK_EQ(cf_store_lookup(st, keys, 4, NULL), 0); /* nothing partial stored */
+  int np;
+  CF_CHECK_GT(cf_save_group_pending(g, &np), 0);
+  CF_CHECK_EQ(np, 1);
+  /* the same shard again: still pending (its heads only) */
+  CF_CHECK_OK(cf_save_shard(g, st, &sh[0], w.tokens, w.T, blocks[0], nb, 0, &sr));
+  CF_CHECK_EQ(sr.pending_tokens, (uint32_t)w.T);
+  CF_CHECK_OK(cf_save_shard(g, st, &sh[1], w.tokens, w.T, blocks[1], nb, CF_STORE_SAVE_DURABLE, &sr));
+  CF_CHECK_EQ(sr.pending_tokens, 0);
+  CF_CHECK_EQ(sr.saved_tokens, (uint32_t)w.T);
+  CF_CHECK_EQ(sr.new_chunks, 5);
+  CF_CHECK_EQ(sr.durable, 1);
+  CF_CHECK_EQ(cf_save_group_pending(g, &np), 0);
+  CF_CHECK_EQ(np, 0);
+  CF_CHECK_EQ(cf_store_lookup(st, keys, 4, NULL), 4);
+  /* a whole-head engine restores the assembled cells bit-exact */
+  engine_t b;
+  engine_init(&b, &w, "eng_tp_b", 4, 2);
+  cf_cellsrc_store_t cs;
+  CF_CHECK_OK(cf_cellsrc_store_init(&cs, st, NULL, NULL));
+  plan_t p;
+  plan_prepare(&p, &cs, &w);
+  CF_CHECK_EQ(p.found, 4);
+  cf_exec_req_t r;
+  CF_CHECK_OK(restore(&w, &b, &p, &r));
+  cf_cellsrc_store_unprepare(&cs, p.refs, p.found);
+  cf_cellsrc_store_close(&cs);
+  CF_CHECK_EQ(engine_check(&b, &w, 64), 0);
+  /* the cap: a second prefix pushes the first (never completed) out */
+  cf_save_group_free(g);
+  size_t one = (size_t)w.L * 2 * w.T * H * hd * 4;
+  CF_CHECK_OK(cf_save_group_create(&g, w.L, H, hd, CF_DT_F32, one + one / 2));
+  CF_CHECK_OK(cf_save_shard(g, st, &sh[0], w.tokens, w.T, blocks[0], nb, 0, &sr));
+  int32_t other[128];
+  memcpy(other, w.tokens, sizeof(int32_t) * w.T);
+  other[0] ^= 1;
+  CF_CHECK_OK(cf_save_shard(g, st, &sh[0], other, w.T, blocks[0], nb, 0, &sr));
+  CF_CHECK_EQ(cf_save_group_pending(g, &np), one);
+  CF_CHECK_EQ(np, 1);
+  /* shard 1 of the dropped prefix: pending again (shard 0's half is gone), nothing stored */
+  CF_CHECK_OK(cf_save_shard(g, st, &sh[1], w.tokens, w.T, blocks[1], nb, 0, &sr));
+  CF_CHECK_EQ(sr.pending_tokens, (uint32_t)w.T);
+  /* an engine holding every head completes a prefix on its own */
+  engine_prefill(&b, &w);
+  CF_CHECK_OK(cf_save_shard(g, st, &b.kv, other, w.T, b.blocks, b.nb, 0, &sr));
+  CF_CHECK_EQ(sr.pending_tokens, 0);
+  CF_CHECK_EQ(sr.saved_tokens, (uint32_t)w.T);
+  cf_save_group_free(g);
+  cf_store_close(st);
+  for (int s = 0; s < 2; s++) { cf_kvmap_close(&sh[s]); free(mem[s]); }
+  cf_kvmap_close(&b.kv);
+  world_free(&w);
+}

@@ -313,3 +313,149 @@ CF_TEST(kvmap_bf16_f16_raw_and_converting) {
       free(kp);
     }
 }
+
+/* Element (b, t, h, d) of a plane by the formula the proto documents, from explicit strides. */
+static uint8_t *elem_at(uint8_t *base, cf_kv_strides_t s, int b, int t, int h, int d) {
+  return base + (uint64_t)b * s.block + (uint64_t)t * s.token + (uint64_t)h * s.head + (uint64_t)d * s.dim;
+}
+
+/* vLLM's CPU attention backend, float32: per layer one tensor [num_blocks][heads][block_size]
+ * [2*head_dim]; per (block, head) a K area stored dimension-major ([head_dim][block_size]) then
+ * a V area token-major ([block_size][head_dim]). It registers as K and V planes with their own
+ * strides (V at offset bs*hd elements), and scatter/gather put every element where the
+ * engine's own indexing expects it. The GPU layouts (FlashAttention NHD [2][blocks][bs][heads]
+ * [hd], HND, blocks-first [blocks][2][bs][heads][hd]) register too: same test, other strides. */
+CF_TEST(kvmap_strided_layouts_vllm_cpu_and_gpu) {
+  enum { NB = 5, BS = 4, NH = 2, HD = 3, E = 4 };
+  for (int variant = 0; variant < 4; variant++) {
+    cf_kv_layout_t L;
+    CF_CHECK_OK(cf_kv_layout_init(&L, 1, NB, BS, NH, HD, CF_DT_F32));
+    uint64_t voff;
+    cf_kv_strides_t ks, vs;
+    const char *name;
+    if (variant == 0) { /* vLLM CPU f32 */
+      name = "vllm-cpu";
+      ks = (cf_kv_strides_t){NH * BS * 2 * HD * E, E, BS * 2 * HD * E, BS * E};
+      vs = (cf_kv_strides_t){NH * BS * 2 * HD * E, HD * E, BS * 2 * HD * E, E};
+      voff = BS * HD * E;
+    } else if (variant == 1) { /* FlashAttention NHD [2][NB][BS][NH][HD] */
+      name = "flash-nhd";
+      ks = vs = (cf_kv_strides_t){BS * NH * HD * E, NH * HD * E, HD * E, E};
+      voff = (uint64_t)NB * BS * NH * HD * E;
+    } else if (variant == 2) { /* HND [2][NB][NH][BS][HD] */
+      name = "hnd";
+      ks = vs = (cf_kv_strides_t){NH * BS * HD * E, HD * E, BS * HD * E, E};
+      voff = (uint64_t)NB * BS * NH * HD * E;
+    } else { /* blocks-first [NB][2][BS][NH][HD] */
+      name = "blocks-first";
+      ks = vs = (cf_kv_strides_t){2 * BS * NH * HD * E, NH * HD * E, HD * E, E};
+      voff = (uint64_t)BS * NH * HD * E;
+    }
+    L.block_stride = ks.block; L.token_stride = ks.token; L.head_stride = ks.head; L.dim_stride = ks.dim;
+    if (variant == 0) L.vs = vs;
+    (void)name; /* which variant failed: the line of the failing check and variant loop */
+    CF_CHECK_OK(cf_kv_layout_check(&L, NULL));
+    size_t bytes = (size_t)NB * BS * NH * HD * E * 2;
+    uint8_t *buf = calloc(1, bytes);
+    uint8_t *k0[1] = {buf}, *v0[1] = {buf + voff};
+    cf_kvmap_t m;
+    CF_CHECK_OK(cf_kvmap_view(&m, &L, k0, v0));
+    CF_CHECK_EQ(m.dense_rows, variant == 1 || variant == 3); /* token rows dense inside a block */
+    CF_CHECK(voff + cf_kv_layout_extent(&L, 1) <= bytes); /* V's last element inside the buffer */
+    int32_t blocks[4] = {3, 0, 4, 1};
+    enum { T = 14, ROW = NH * HD };
+    float k[T * ROW], v[T * ROW], k2[T * ROW], v2[T * ROW];
+    for (int i = 0; i < T * ROW; i++) { k[i] = (float)i + 0.5f; v[i] = -(float)i - 0.25f; }
+    cf_kvmap_scatter(&m, 0, blocks, 1, 1 + T, k, v);
+    /* every element where the engine's indexing has it; K and V areas never collide */
+    for (int t = 1; t < 1 + T; t++)
+      for (int h = 0; h < NH; h++)
+        for (int d = 0; d < HD; d++) {
+          float gk, gv;
+          memcpy(&gk, elem_at(k0[0], ks, blocks[t / BS], t % BS, h, d), 4);
+          memcpy(&gv, elem_at(v0[0], vs, blocks[t / BS], t % BS, h, d), 4);
+          CF_CHECK_EQ(gk, k[(t - 1) * ROW + h * HD + d]);
+          CF_CHECK_EQ(gv, v[(t - 1) * ROW + h * HD + d]);
+        }
+    cf_kvmap_gather(&m, 0, blocks, 1, 1 + T, k2, v2);
+    CF_CHECK(memcmp(k, k2, sizeof k) == 0 && memcmp(v, v2, sizeof v) == 0);
+    cf_kvmap_gather_f32(&m, 0, blocks, 1, 1 + T, k2, v2);
+    CF_CHECK(memcmp(k, k2, sizeof k) == 0 && memcmp(v, v2, sizeof v) == 0);
+    cf_kvmap_close(&m);
+    free(buf);
+  }
+}
+
+/* Layouts no engine could hold without elements sharing bytes, or strides that are not whole
+ * elements, are refused naming the plane and the stride. */
+CF_TEST(kvmap_stride_errors_name_the_stride) {
+  cf_kv_layout_t L;
+  CF_CHECK_OK(cf_kv_layout_init(&L, 1, 4, 4, 2, 3, CF_DT_F32));
+  L.dim_stride = 6;
+  CF_CHECK_ERR(cf_kv_layout_check(&L, NULL), CF_ESHAPE);
+  CF_CHECK_CONTAINS(cf_errmsg(), "K dim_stride 6 is not a nonzero multiple of the element size 4");
+  CF_CHECK_OK(cf_kv_layout_init(&L, 1, 4, 4, 2, 3, CF_DT_F32));
+  L.vs = (cf_kv_strides_t){L.block_stride, L.token_stride, L.head_stride, 8}; /* V dims overlap heads */
+  CF_CHECK_ERR(cf_kv_layout_check(&L, NULL), CF_ESHAPE);
+  CF_CHECK_CONTAINS(cf_errmsg(), "V head_stride 12 overlaps: dim_stride spans 20 bytes");
+  CF_CHECK_OK(cf_kv_layout_init(&L, 1, 4, 4, 2, 3, CF_DT_F32));
+  L.dim_stride = 4 * 4; L.token_stride = 4; L.head_stride = 3 * 16; L.block_stride = 2 * 48; /* K dim-major, fine */
+  CF_CHECK_OK(cf_kv_layout_check(&L, NULL));
+  L.token_stride = 0;
+  CF_CHECK_ERR(cf_kv_layout_check(&L, NULL), CF_ESHAPE);
+  CF_CHECK_CONTAINS(cf_errmsg(), "K token_stride 0");
+  /* a dimension of count 1 may carry any stride (torch reports odd ones for size-1 dims) */
+  CF_CHECK_OK(cf_kv_layout_init(&L, 1, 4, 1, 2, 3, CF_DT_F32));
+  L.token_stride = 7;
+  CF_CHECK_OK(cf_kv_layout_check(&L, NULL));
+  /* the file format cannot record these: create refuses */
+  CF_CHECK_OK(cf_kv_layout_init(&L, 1, 4, 4, 2, 3, CF_DT_F32));
+  L.dim_stride = 8; L.head_stride = 24; L.token_stride = 48; L.block_stride = 4 * 48;
+  char p[512];
+  path_in_tmp(p, sizeof p, "strided_create");
+  cf_kvmap_t m;
+  CF_CHECK_ERR(cf_kvmap_create(&m, p, &L), CF_EINVAL);
+}
+
+/* A TP shard's map holds model heads [head0, head0 + n): scatter takes those heads out of whole
+ * rows and leaves its buffer's other bytes alone; gather fills only those heads of the rows. */
+CF_TEST(kvmap_shard_moves_only_its_heads) {
+  enum { NB = 3, BS = 4, MH = 4, HD = 2, T = 9, ROW = MH * HD };
+  for (int h0 = 0; h0 < MH; h0 += 2) {
+    cf_kv_layout_t L;
+    CF_CHECK_OK(cf_kv_layout_init(&L, 1, NB, BS, 2, HD, CF_DT_F32));
+    L.head0 = h0;
+    L.model_heads = MH;
+    cf_model_config_t mc = {.n_layers = 1, .n_kv_heads = MH, .head_dim = HD};
+    CF_CHECK_OK(cf_kv_layout_check(&L, &mc));
+    size_t plane = cf_kv_layout_plane_bytes(&L);
+    float *buf = calloc(1, 2 * plane);
+    uint8_t *k0[1] = {(uint8_t *)buf}, *v0[1] = {(uint8_t *)buf + plane};
+    cf_kvmap_t m;
+    CF_CHECK_OK(cf_kvmap_view(&m, &L, k0, v0));
+    CF_CHECK_EQ(m.dense_rows, 0);
+    int32_t blocks[3] = {2, 0, 1};
+    float k[T * ROW], v[T * ROW], g[2][T * ROW];
+    for (int i = 0; i < T * ROW; i++) { k[i] = (float)i + 1; v[i] = -(float)i - 1; }
+    cf_kvmap_scatter(&m, 0, blocks, 0, T, k, v);
+    for (int t = 0; t < T; t++)
+      for (int h = 0; h < 2; h++)
+        for (int d = 0; d < HD; d++) {
+          float *pk = (float *)((uint8_t *)cf_kvmap_row(&m, 0, 0, blocks[t / BS], t % BS) + h * L.head_stride) + d;
+          CF_CHECK_EQ(*pk, k[t * ROW + (h0 + h) * HD + d]);
+        }
+    for (int i = 0; i < T * ROW; i++) g[0][i] = g[1][i] = 7.0f;
+    cf_kvmap_gather(&m, 0, blocks, 0, T, g[0], g[1]);
+    for (int t = 0; t < T; t++)
+      for (int j = 0; j < ROW; j++) {
+        int mine = j / HD >= h0 && j / HD < h0 + 2;
+        CF_CHECK_EQ(g[0][t * ROW + j], mine ? k[t * ROW + j] : 7.0f);
+        CF_CHECK_EQ(g[1][t * ROW + j], mine ? v[t * ROW + j] : 7.0f);
+      }
+    cf_kvmap_close(&m);
+    free(buf);
+    L.head0 = 3; /* heads 3..4 of 4 */
+    CF_CHECK_ERR(cf_kv_layout_check(&L, &mc), CF_ESHAPE);
+    CF_CHECK_CONTAINS(cf_errmsg(), "heads 3..4 of a 4-head row");
+  }
+}

@@ -111,12 +111,19 @@ class Client:
     def lookup(self, engine_id, tokens):
         return self._call(self.cf.Lookup, "Lookup", pb.LookupRequest(engine_id=engine_id, token_ids=tokens))
 
-    def save(self, engine_id, tokens, blocks):
-        return self._call(self.cf.Save, "Save", pb.SaveRequest(engine_id=engine_id, token_ids=tokens, block_ids=blocks))
+    def save(self, engine_id, tokens, blocks, durable=False):
+        """SaveResponse (saved_tokens, durable, pending_tokens). durable=True: replies once the
+        chunks are on the SSD tier (FAILED_PRECONDITION when the daemon has none). A TP shard's
+        save reports pending_tokens until the group's other shards saved their heads."""
+        return self._call(self.cf.Save, "Save", pb.SaveRequest(engine_id=engine_id, token_ids=tokens, block_ids=blocks,
+                                                                durable=durable))
 
-    def restore(self, engine_id, tokens, blocks, policy=pb.POLICY_DEFAULT, priority=0):
-        """Yields RestoreEvent messages (plan, layers ready, done); raises CacheFlowError."""
-        req = pb.RestoreRequest(engine_id=engine_id, token_ids=tokens, block_ids=blocks, policy=policy, priority=priority)
+    def restore(self, engine_id, tokens, blocks, policy=pb.POLICY_DEFAULT, priority=0, present_tokens=0):
+        """Yields RestoreEvent messages (plan, layers ready, done); raises CacheFlowError.
+        present_tokens=k: the engine already holds tokens [0, k) in `blocks` (its own prefix
+        cache): the daemon reads them as context and writes only [k, len(tokens))."""
+        req = pb.RestoreRequest(engine_id=engine_id, token_ids=tokens, block_ids=blocks, policy=policy, priority=priority,
+                                present_tokens=present_tokens)
         try:
             for ev in self.cf.Restore(req, timeout=self.timeout):
                 yield ev
@@ -166,4 +173,29 @@ class Client:
         return self.register(req).engine_id
 
 
-__all__ = ["Client", "CacheFlowError", "pb", "pb_grpc"]
+def layer_layout(layer, k_path, k_offset, v_path, v_offset, block_size, num_blocks, dtype, num_kv_heads, head_dim,
+                 k_strides, v_strides=None):
+    """A LayerLayout from byte strides: k_strides / v_strides are (block, token, head, dim) in
+    BYTES (tensor.stride() of the block, slot, head and dim axes times the element size). V uses
+    K's strides when v_strides is None. Element (b, t, h, d) of K is at k_offset + b*block +
+    t*token + h*head + d*dim of k_path (V likewise)."""
+    kb, kt, kh, kd = (int(x) for x in k_strides)
+    lay = pb.LayerLayout(layer=layer, k=pb.KvBuffer(shm_path=k_path, offset=int(k_offset)),
+                         v=pb.KvBuffer(shm_path=v_path, offset=int(v_offset)), block_size=block_size,
+                         num_blocks=num_blocks, block_stride=kb, token_stride=kt, head_stride=kh, dim_stride=kd,
+                         dtype=dtype, num_kv_heads=num_kv_heads, head_dim=head_dim)
+    if v_strides is not None and tuple(int(x) for x in v_strides) != (kb, kt, kh, kd):
+        vb, vt, vh, vd = (int(x) for x in v_strides)
+        lay.v_strides.CopyFrom(pb.KvStrides(block_stride=vb, token_stride=vt, head_stride=vh, dim_stride=vd))
+    return lay
+
+
+def register_request(fingerprint, layers, name="", kv_head_start=0, kv_head_count=0, tp_group=0):
+    """A RegisterEngineRequest. A TP shard holding model KV heads [kv_head_start, +kv_head_count)
+    passes them with a nonzero tp_group shared by the engine's ranks (its LayerLayouts then
+    have num_kv_heads = kv_head_count)."""
+    return pb.RegisterEngineRequest(model_fingerprint=fingerprint, layers=layers, name=name, kv_head_start=kv_head_start,
+                                    kv_head_count=kv_head_count, tp_group=tp_group)
+
+
+__all__ = ["Client", "CacheFlowError", "layer_layout", "register_request", "pb", "pb_grpc"]
