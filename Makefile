@@ -59,6 +59,9 @@ SIM_SRC    := $(wildcard daemon/sim/*.c)
 SIM_OBJ    := $(SIM_SRC:%.c=$(BUILD)/%.o)
 DAEMON_SRC := $(wildcard daemon/*.c)
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(BUILD)/%.o)
+# daemon: its modules (all but main) as a library that cacheflowd and the unit tests link.
+DAEMON_LIB_OBJ := $(filter-out $(BUILD)/daemon/cf_main.o,$(DAEMON_OBJ))
+LIBDAEMON  := $(if $(DAEMON_SRC),$(BUILD)/libcfdaemon.a)
 PROTO_SRC  := $(wildcard proto/cacheflow/v1/*.proto)
 # daemon: the standard grpc.health.v1 service, compiled with protoc-c like ours.
 PROTO_SRC  += $(wildcard proto/grpc/health/v1/*.proto)
@@ -192,13 +195,17 @@ $(BUILD)/cacheflow-sim: $(SIM_OBJ) $(LIBCF)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) $(SIM_OBJ) -o $@ $(ALL_LIBS)
 
-$(BUILD)/cacheflowd: $(DAEMON_OBJ) $(PROTO_OBJ) $(LIBCF) $(LIBKERN)
-	@$(if $(Q),echo "  LD      $@")
-	$(Q)$(CC) $(LDFLAGS) $(DAEMON_OBJ) $(PROTO_OBJ) -o $@ $(ALL_LIBS) $(DAEMON_LDLIBS)
+$(BUILD)/libcfdaemon.a: $(DAEMON_LIB_OBJ)
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/tests/test_%: $(BUILD)/tests/unit/test_%.o $(TEST_MAIN) $(LIBCLIENT) $(LIBCF) $(LIBKERN)
+$(BUILD)/cacheflowd: $(BUILD)/daemon/cf_main.o $(LIBDAEMON) $(PROTO_OBJ) $(LIBCF) $(LIBKERN)
 	@$(if $(Q),echo "  LD      $@")
-	$(Q)$(CC) $(LDFLAGS) $< $(TEST_MAIN) -o $@ $(LIBCLIENT) $(ALL_LIBS) $(if $(LIBCLIENT),$(DAEMON_LDLIBS))
+	$(Q)$(CC) $(LDFLAGS) $(BUILD)/daemon/cf_main.o $(LIBDAEMON) $(PROTO_OBJ) -o $@ $(ALL_LIBS) $(DAEMON_LDLIBS)
+
+$(BUILD)/tests/test_%: $(BUILD)/tests/unit/test_%.o $(TEST_MAIN) $(LIBDAEMON) $(LIBCLIENT) $(LIBCF) $(LIBKERN)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) $< $(TEST_MAIN) -o $@ $(LIBDAEMON) $(LIBCLIENT) $(ALL_LIBS) $(if $(LIBCLIENT),$(DAEMON_LDLIBS))
 
 $(TEST_MAIN): tests/cf_test_main.c
 	@mkdir -p $(dir $@)

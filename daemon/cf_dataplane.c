@@ -9,11 +9,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "cf_batch.h"
-#include "cf_planner.h"
+#include "cf_executor.h"
 #include "cf_storage.h"
-#include "exec/cf_cellsrc_store.h"
-#include "exec/cf_exec_plan.h"
+#include "exec/cf_cellsrc_store.h" /* CF_EXEC_TIER_*: the executor's stats per tier */
 #include "ipc/cf_kvmap.h"
 #include "ipc/cf_ready.h"
 #include "util/cf_err.h"
@@ -21,6 +19,7 @@
 
 #define CF__READY_SLOTS 64
 
+/* Per engine: where the executor writes its KV and the readiness file it reports through. */
 typedef struct {
   cf_engine_t *e;
   cf_kvmap_t *kv;            /* cf_storage's view of the engine's mappings (the executor writes through it) */
@@ -29,25 +28,26 @@ typedef struct {
   cf_gpu_ready_t gready;     /* CUDA IPC engines: the GPU writes `ready`'s gates (registered mapping) */
   int has_gready;
   uint8_t slot_used[CF__READY_SLOTS];
-} cf__engine_priv_t;
+} cf__engine_out_t;
 
-typedef struct {
-  cf_batch_job_t b;          /* first: the executor's callbacks get a cf_batch_job_t * */
+/* A restore on its way through the executor. */
+struct cf_dataplane_job_s {
+  cf_executor_job_t x;       /* first: the executor's callbacks get a cf_executor_job_t * */
   cf_restore_t *r;
   cf_dataplane_t *dp;
-  cf__engine_priv_t *ep;
+  cf__engine_out_t *eo;
   int32_t *tokens, *blocks;
   int slot;                  /* readiness slot or -1 */
-  double bound_s;
-} cf__job_t;
+};
+typedef struct cf_dataplane_job_s cf__job_t;
 
-enum { CF__EV_LAYERS, CF__EV_DONE };
+enum { CF__EV_PLAN, CF__EV_LAYERS, CF__EV_DONE };
 typedef struct cf__ev_s {
   int kind;
   cf__job_t *job;
   int layers;
   int err;
-  cf_batch_result_t res;
+  cf_executor_result_t res;
   char detail[512];
   struct cf__ev_s *next;
 } cf__ev_t;
@@ -57,11 +57,11 @@ struct cf_dataplane_s {
   cf_service_backend_t inner;      /* cf_storage's hooks */
   cf_backend_t *be;
   cf_store_t *store;
-  cf_batch_t *batch;
+  cf_executor_t *executor;
   uv_async_t async;
   pthread_mutex_t mu;
   cf__ev_t *head, *tail;
-  cf__engine_priv_t **engines;     /* loop thread only */
+  cf__engine_out_t **engines;      /* loop thread only */
   int n_engines;
   uint64_t next_req;
 };
@@ -69,7 +69,7 @@ struct cf_dataplane_s {
 static double cf__Bps(double gbps) { return gbps > 0 ? gbps * 1e9 / 8 : 0; }
 
 /* ---------------------------------------------------------------- engines (loop thread) */
-static cf__engine_priv_t *cf__priv(cf_dataplane_t *dp, const cf_engine_t *e) {
+static cf__engine_out_t *cf__engine_out(cf_dataplane_t *dp, const cf_engine_t *e) {
   for (int i = 0; i < dp->n_engines; i++)
     if (dp->engines[i]->e == e) return dp->engines[i];
   return NULL;
@@ -79,14 +79,13 @@ static int cf__engine_added(void *ctx, cf_engine_t *e) {
   cf_dataplane_t *dp = ctx;
   int rc = dp->inner.engine_added ? dp->inner.engine_added(dp->inner.ctx, e) : 0;
   if (rc) return rc;
-  cf_engine_map_t *map = e->exec_priv;
-  cf__engine_priv_t *p = calloc(1, sizeof *p);
-  cf__engine_priv_t **grown = realloc(dp->engines, (size_t)(dp->n_engines + 1) * sizeof *grown);
+  cf__engine_out_t *p = calloc(1, sizeof *p);
+  cf__engine_out_t **grown = realloc(dp->engines, (size_t)(dp->n_engines + 1) * sizeof *grown);
   if (grown) dp->engines = grown;
-  if (!p || !grown || !map) { rc = cf_seterr(CF_ENOMEM, "engine %llu: executor state", (unsigned long long)e->id); goto fail; }
+  if (!p || !grown) { rc = cf_seterr(CF_ENOMEM, "engine %llu: executor state", (unsigned long long)e->id); goto fail; }
   p->e = e;
-  p->kv = map->gpu ? NULL : &map->kv;
-  p->gkv = map->gpu ? &map->gkv : NULL;
+  cf_storage_engine_kv(e, &p->kv, &p->gkv);
+  if (!p->kv && !p->gkv) { rc = cf_seterr(CF_EINVAL, "engine %llu: its buffers are not mapped", (unsigned long long)e->id); goto fail; }
   char path[256];
   struct stat st;
   if (stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode))
@@ -97,7 +96,7 @@ static int cf__engine_added(void *ctx, cf_engine_t *e) {
   }
   unlink(path); /* a leftover of a crashed daemon that had our pid */
   if ((rc = cf_ready_create(&p->ready, path, CF__READY_SLOTS))) goto fail;
-  if (map->gpu) { /* the engine's streams wait on gates the daemon's GPU writes in stream order */
+  if (p->gkv) { /* the engine's streams wait on gates the daemon's GPU writes in stream order */
     if ((rc = cf_gpu_ready_init(&p->gready, &p->ready, 0))) { cf_ready_close(&p->ready); goto fail; }
     p->has_gready = 1;
   }
@@ -115,7 +114,7 @@ static void cf__engine_removed(void *ctx, cf_engine_t *e) {
   cf_dataplane_t *dp = ctx;
   for (int i = 0; i < dp->n_engines; i++)
     if (dp->engines[i]->e == e) {
-      cf__engine_priv_t *p = dp->engines[i];
+      cf__engine_out_t *p = dp->engines[i];
       if (p->has_gready) cf_gpu_ready_close(&p->gready);
       cf_ready_close(&p->ready); /* p->kv is cf_storage's: closed with its mappings */
       free(p);
@@ -136,50 +135,70 @@ static void cf__post(cf_dataplane_t *dp, cf__ev_t *ev) {
 }
 
 static void cf__job_free(cf__job_t *j) {
-  free(j->b.load_rank);
-  free(j->b.cops);
+  cf_restore_plan_free(&j->x.plan);
   free(j->tokens);
   free(j->blocks);
-  free(j->b.h);
   free(j);
+}
+
+/* The PlanSummary of a planned restore: the planner's numbers and the readiness slot. */
+static void cf__send_plan(cf__job_t *j) {
+  const cf_restore_plan_t *p = &j->x.plan;
+  Cacheflow__V1__PlanSummary ps = CACHEFLOW__V1__PLAN_SUMMARY__INIT;
+  ps.policy = p->policy + 1; /* proto Policy = cf_policy_t + 1 (0 is "default") */
+  ps.chunks = p->chunks;
+  ps.cells_load_cpu = p->cells_load_cpu;
+  ps.cells_load_ssd = p->cells_load_ssd;
+  ps.cells_compute = p->cells_compute;
+  ps.predicted_us = p->predicted_us;
+  ps.bound_us = p->bound_us;
+  ps.readiness_slot = j->slot >= 0 ? (uint32_t)j->slot : UINT32_MAX;
+  ps.present_tokens = (uint32_t)j->x.present_tokens;
+  ps.present_chunks = p->present_chunks;
+  Cacheflow__V1__RestoreEvent e = CACHEFLOW__V1__RESTORE_EVENT__INIT;
+  e.event_case = CACHEFLOW__V1__RESTORE_EVENT__EVENT_PLAN;
+  e.plan = &ps;
+  cf_restore_event(j->r, &e);
 }
 
 static void cf__deliver(cf__ev_t *ev) {
   cf__job_t *j = ev->job;
   cf_restore_t *r = j->r;
+  if (ev->kind == CF__EV_PLAN) { cf__send_plan(j); return; }
   if (ev->kind == CF__EV_LAYERS) {
     Cacheflow__V1__LayersReady lr = CACHEFLOW__V1__LAYERS_READY__INIT;
     lr.layers_ready = (uint32_t)ev->layers;
     Cacheflow__V1__RestoreEvent e = CACHEFLOW__V1__RESTORE_EVENT__INIT;
     e.event_case = CACHEFLOW__V1__RESTORE_EVENT__EVENT_LAYERS;
     e.layers = &lr;
-    cf_service_restore_event(r, &e);
+    cf_restore_event(r, &e);
     return;
   }
-  if (j->slot >= 0 && j->ep) j->ep->slot_used[j->slot] = 0;
-  r->exec_priv = NULL;
+  if (j->slot >= 0 && j->eo) j->eo->slot_used[j->slot] = 0;
+  r->job = NULL;
   if (!ev->err) {
     const cf_exec_stats_t *st = &ev->res.stats;
+    double bound_s = j->x.plan.bound_us * 1e-6;
     Cacheflow__V1__RestoreStats s = CACHEFLOW__V1__RESTORE_STATS__INIT;
     s.cells_loaded_cpu = st->cells_loaded[CF_EXEC_TIER_CPU];
     s.cells_loaded_ssd = st->cells_loaded[CF_EXEC_TIER_SSD];
     s.cells_computed = st->cells_computed;
     s.cells_recomputed_fallback = st->load_failures;
     s.time_us = ev->res.time_s * 1e6;
-    s.predicted_us = j->b.predicted_s * 1e6; /* the round's joint plan if it was re-planned */
-    s.bound_us = j->bound_s * 1e6;
-    s.ratio_to_bound = j->bound_s > 0 ? ev->res.time_s / j->bound_s : 0;
-    s.restored_tokens = (uint32_t)j->b.n_tokens;
-    cf_service_restore_done(r, CF_RPC_OK, &s, NULL);
+    s.predicted_us = j->x.plan.predicted_us;
+    s.bound_us = j->x.plan.bound_us;
+    s.ratio_to_bound = bound_s > 0 ? ev->res.time_s / bound_s : 0;
+    s.restored_tokens = (uint32_t)j->x.n_tokens;
+    cf_restore_done(r, CF_RPC_OK, &s, NULL);
   } else if (r->engine->gone) {
     char why[600];
     snprintf(why, sizeof why, "engine %llu was unregistered during the restore (%s)",
              (unsigned long long)r->engine->id, ev->detail);
-    cf_service_restore_done(r, CF_RPC_ABORTED, NULL, why);
+    cf_restore_done(r, CF_RPC_ABORTED, NULL, why);
   } else {
     int st = ev->err == CF_ESHUTDOWN ? CF_RPC_UNAVAILABLE
            : ev->err == CF_ECANCELED ? CF_RPC_CANCELLED : cf_rpc_status_from_err(ev->err);
-    cf_service_restore_done(r, st, NULL, ev->detail);
+    cf_restore_done(r, st, NULL, ev->detail);
   }
   cf__job_free(j);
 }
@@ -199,73 +218,57 @@ static void cf__drain_events(cf_dataplane_t *dp) {
 
 static void cf__on_async(uv_async_t *a) { cf__drain_events(a->data); }
 
-static void cf__job_on_layer(cf_batch_job_t *bj, int layers) {
+/* Executor thread: the round is planned; the PlanSummary goes out before any progress. */
+static void cf__job_on_plan(cf_executor_job_t *xj) {
+  cf__ev_t *ev;
+  while (!(ev = calloc(1, sizeof *ev))) usleep(1000); /* events keep their order: none is dropped */
+  ev->kind = CF__EV_PLAN;
+  ev->job = (cf__job_t *)xj;
+  cf__post(((cf__job_t *)xj)->dp, ev);
+}
+
+static void cf__job_on_layer(cf_executor_job_t *xj, int layers) {
   cf__ev_t *ev = calloc(1, sizeof *ev);
   if (!ev) return; /* progress is best effort; the final event is not */
   ev->kind = CF__EV_LAYERS;
-  ev->job = (cf__job_t *)bj;
+  ev->job = (cf__job_t *)xj;
   ev->layers = layers;
-  cf__post(((cf__job_t *)bj)->dp, ev);
+  cf__post(((cf__job_t *)xj)->dp, ev);
 }
 
-static void cf__job_on_done(cf_batch_job_t *bj, int err, const cf_batch_result_t *res) {
+static void cf__job_on_done(cf_executor_job_t *xj, int err, const cf_executor_result_t *res) {
   cf__ev_t *ev;
   while (!(ev = calloc(1, sizeof *ev))) usleep(1000); /* the final event must arrive */
   ev->kind = CF__EV_DONE;
-  ev->job = (cf__job_t *)bj;
+  ev->job = (cf__job_t *)xj;
   ev->err = err;
   if (res) ev->res = *res;
   if (err) snprintf(ev->detail, sizeof ev->detail, "%s: %s", cf_strerror(err), cf_errmsg());
-  cf__post(((cf__job_t *)bj)->dp, ev);
+  cf__post(((cf__job_t *)xj)->dp, ev);
+}
+
+/* Executor thread: the store lookup of a job's prefix (cf_storage's, thread-safe). The
+ * restore's request stays untouched until the job ends. */
+static int cf__job_lookup(void *ctx, cf_executor_job_t *xj, int64_t *cached, uint8_t *chunk_tiers) {
+  cf_dataplane_t *dp = ctx;
+  const cf__job_t *j = (const cf__job_t *)xj;
+  uint32_t per[3] = {0, 0, 0};
+  int rc = dp->inner.lookup(dp->inner.ctx, j->r->engine, j->r->req->token_ids, j->r->req->n_token_ids, per, chunk_tiers);
+  *cached = rc ? 0 : (int64_t)per[1] + per[2];
+  return rc;
 }
 
 /* ---------------------------------------------------------------- restores (loop thread) */
-static cf__job_t *cf__job_of(cf_dataplane_t *dp, cf_restore_t *r) {
-  if (r->exec_priv) return r->exec_priv;
-  cf__job_t *j = calloc(1, sizeof *j);
-  if (!j) return NULL;
-  j->r = r;
-  j->dp = dp;
-  j->slot = -1;
-  j->ep = cf__priv(dp, r->engine);
-  r->exec_priv = j;
-  return j;
-}
-
-static int cf__restore_slot(void *ctx, cf_restore_t *r) {
-  cf_dataplane_t *dp = ctx;
-  cf__job_t *j = cf__job_of(dp, r);
-  if (!j || !j->ep) return -1;
-  if (j->slot < 0) {
-    if (!j->b.req_id) j->b.req_id = ++dp->next_req;
-    for (int s = 0; s < CF__READY_SLOTS && j->slot < 0; s++)
-      if (!j->ep->slot_used[s]) { j->ep->slot_used[s] = 1; j->slot = s; }
-    /* reset before the engine can read the slot number: a reused slot still says DONE */
-    if (j->slot >= 0) cf_ready_begin(&j->ep->ready, j->slot, j->b.req_id);
-  }
-  return j->slot;
-}
-
-/* A restore the planner did not plan (no cost model, or its group failed to plan): load what
- * the lookup found cached, compute the rest; tell the engine with a PlanSummary of our own. */
-static void cf__fallback_plan(cf_dataplane_t *dp, cf__job_t *j, int n_chunks, int L, int C) {
-  cf_restore_t *r = j->r;
-  Cacheflow__V1__PlanSummary ps = CACHEFLOW__V1__PLAN_SUMMARY__INIT;
-  ps.policy = CACHEFLOW__V1__POLICY__POLICY_LOAD;
-  ps.chunks = (uint32_t)n_chunks;
-  for (int c = 0; c < n_chunks; c++) {
-    int cached = (uint32_t)(c + 1) * (uint32_t)C <= r->cached_tokens;
-    j->b.h[c] = cached ? 0 : L;
-    if (!cached) ps.cells_compute += (uint64_t)L;
-    else if (r->chunk_tiers && r->chunk_tiers[c] == CF_STORE_TIER_SSD) ps.cells_load_ssd += (uint64_t)L;
-    else ps.cells_load_cpu += (uint64_t)L;
-  }
-  int slot = cf__restore_slot(dp, r);
-  ps.readiness_slot = slot >= 0 ? (uint32_t)slot : UINT32_MAX;
-  Cacheflow__V1__RestoreEvent e = CACHEFLOW__V1__RESTORE_EVENT__INIT;
-  e.event_case = CACHEFLOW__V1__RESTORE_EVENT__EVENT_PLAN;
-  e.plan = &ps;
-  cf_service_restore_event(r, &e);
+/* A free readiness slot of the engine, reset to 0 layers now, before the PlanSummary carrying
+ * its number can reach the engine (a reused slot still says DONE); -1 when all are taken. */
+static int cf__take_slot(cf__engine_out_t *eo, uint64_t req_id) {
+  for (int s = 0; s < CF__READY_SLOTS; s++)
+    if (!eo->slot_used[s]) {
+      eo->slot_used[s] = 1;
+      cf_ready_begin(&eo->ready, s, req_id);
+      return s;
+    }
+  return -1;
 }
 
 static int32_t *cf__i32(const uint32_t *a, size_t n) {
@@ -274,68 +277,55 @@ static int32_t *cf__i32(const uint32_t *a, size_t n) {
   return o;
 }
 
+/* A batch from the batcher: one executor job per restore (its tokens, blocks, engine buffers and
+ * readiness slot); the executor looks them up, plans and runs them. */
 static void cf__restore_batch(void *ctx, cf_restore_t **batch, int n) {
   cf_dataplane_t *dp = ctx;
-  const cf_store_geom_t *g = cf_store_geom(dp->store);
-  int C = (int)g->chunk_tokens, L = (int)g->n_layers;
-  cf_batch_job_t **jobs = calloc((size_t)n, sizeof *jobs);
+  cf_executor_job_t **jobs = calloc((size_t)n, sizeof *jobs);
   int m = 0;
   for (int i = 0; i < n; i++) {
     cf_restore_t *r = batch[i];
-    cf__job_t *j = cf__job_of(dp, r);
-    int n_chunks = (int)((r->req->n_token_ids + C - 1) / C);
+    cf__job_t *j = calloc(1, sizeof *j);
     if (j) {
+      j->r = r;
+      j->dp = dp;
+      j->eo = cf__engine_out(dp, r->engine);
       j->tokens = cf__i32(r->req->token_ids, r->req->n_token_ids);
       j->blocks = cf__i32(r->req->block_ids, r->req->n_block_ids);
-      j->b.h = malloc((size_t)n_chunks * sizeof(int));
     }
-    if (!jobs || !j || !j->tokens || !j->blocks || !j->b.h || !j->ep) {
-      const char *why = j && !j->ep ? "engine has no executor state" : "out of memory";
-      if (j) { if (j->slot >= 0 && j->ep) j->ep->slot_used[j->slot] = 0; r->exec_priv = NULL; cf__job_free(j); }
-      cf_service_restore_done(r, CF_RPC_RESOURCE_EXHAUSTED, NULL, why);
+    if (!jobs || !j || !j->tokens || !j->blocks || !j->eo) {
+      const char *why = j && !j->eo ? "engine has no executor state" : "out of memory";
+      if (j) cf__job_free(j);
+      cf_restore_done(r, CF_RPC_RESOURCE_EXHAUSTED, NULL, why);
       continue;
     }
-    if (r->plan) { /* the planner's staircase; chunks past what it planned are computed */
-      const cf_sched_plan_t *p = &r->plan->plan;
-      int planned = p->n_chunks[r->plan_req];
-      for (int c = 0; c < n_chunks; c++) j->b.h[c] = c < planned ? p->h[p->h_off[r->plan_req] + c] : L;
-      /* the plan's link order and compute order (op indices: comparable across the group) */
-      j->b.load_rank = cf_exec_plan_load_rank(p, r->plan_req, n_chunks, L); /* NULL: layer-major */
-      j->b.cops = cf_exec_plan_cops(p, r->plan_req, &j->b.n_cops);         /* NULL: work-conserving */
-      j->b.plan_group = r->plan;
-      j->b.policy = r->policy;
-      j->b.cached_tokens = r->plan->reqs[r->plan_req].prefix_tokens; /* planned: a loaded partial chunk never */
-      j->b.cost = r->plan->in.cost;
-      j->b.chunk_tier = r->plan->reqs[r->plan_req].chunk_tier; /* a re-plan keeps the tier rates */
-      j->b.refit = r->plan->refit;                               /* the cost model's online re-fit */
-      j->b.predicted_s = r->summary.predicted_us * 1e-6;
-      j->bound_s = r->summary.bound_us * 1e-6;
-      cf__restore_slot(dp, r); /* normally assigned already, when the PlanSummary went out */
-    } else {
-      cf__fallback_plan(dp, j, n_chunks, L, C);
-    }
-    j->b.tokens = j->tokens;
-    j->b.n_tokens = (int)r->req->n_token_ids;
-    j->b.blocks = j->blocks;
-    j->b.n_blocks = (int)r->req->n_block_ids;
-    j->b.kv = j->ep->kv;
-    j->b.gkv = j->ep->gkv;
-    j->b.ready = j->slot >= 0 ? &j->ep->ready : NULL;
-    j->b.gready = j->slot >= 0 && j->ep->has_gready ? &j->ep->gready : NULL;
-    j->b.ready_slot = j->slot;
-    atomic_init(&j->b.cancel, r->engine->gone ? 1 : 0);
-    j->b.on_layer = cf__job_on_layer;
-    j->b.on_done = cf__job_on_done;
-    jobs[m++] = &j->b;
+    r->job = j;
+    j->x.req_id = ++dp->next_req;
+    j->slot = cf__take_slot(j->eo, j->x.req_id);
+    j->x.tokens = j->tokens;
+    j->x.n_tokens = (int)r->req->n_token_ids;
+    j->x.blocks = j->blocks;
+    j->x.n_blocks = (int)r->req->n_block_ids;
+    j->x.present_tokens = (int)r->req->present_tokens; /* < n_token_ids: cf_service checked */
+    j->x.kv = j->eo->kv;
+    j->x.gkv = j->eo->gkv;
+    j->x.ready = j->slot >= 0 ? &j->eo->ready : NULL;
+    j->x.gready = j->slot >= 0 && j->eo->has_gready ? &j->eo->gready : NULL;
+    j->x.ready_slot = j->slot;
+    j->x.policy = r->policy;
+    atomic_init(&j->x.cancel, r->engine->gone ? 1 : 0);
+    j->x.on_plan = cf__job_on_plan;
+    j->x.on_layer = cf__job_on_layer;
+    j->x.on_done = cf__job_on_done;
+    jobs[m++] = &j->x;
   }
-  if (m) cf_batch_submit(dp->batch, jobs, m);
+  if (m) cf_executor_submit(dp->executor, jobs, m);
   free(jobs);
 }
 
 static void cf__restore_cancel(void *ctx, cf_restore_t *r) {
   (void)ctx;
-  cf__job_t *j = r->exec_priv;
-  if (j) atomic_store(&j->b.cancel, 1);
+  if (r->job) atomic_store(&r->job->x.cancel, 1);
 }
 
 /* cf_storage's hooks, called with its own ctx (the service hands every hook ours). */
@@ -343,9 +333,10 @@ static int cf__lookup(void *ctx, cf_engine_t *e, const uint32_t *t, size_t n, ui
   cf_dataplane_t *dp = ctx;
   return dp->inner.lookup(dp->inner.ctx, e, t, n, per, tiers);
 }
-static int cf__save(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest *req, uint32_t *saved, int *durable) {
+static int cf__save(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest *req, uint32_t *saved, int *durable,
+                   uint32_t *pending) {
   cf_dataplane_t *dp = ctx;
-  return dp->inner.save(dp->inner.ctx, e, req, saved, durable);
+  return dp->inner.save(dp->inner.ctx, e, req, saved, durable, pending);
 }
 static int cf__evict(void *ctx, int tier, uint64_t bytes, uint64_t *be, uint64_t *ce) {
   cf_dataplane_t *dp = ctx;
@@ -358,12 +349,7 @@ static void cf__usage(void *ctx, uint64_t *cpu, uint64_t *ssd) {
 
 /* ---------------------------------------------------------------- life cycle */
 int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *cfg, cf_backend_t *be,
-                      cf_store_t *store, cf_service_backend_t *hooks) {
-  return cf_dataplane_open_gpu(out, loop, cfg, be, store, hooks, NULL);
-}
-
-int cf_dataplane_open_gpu(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *cfg, cf_backend_t *be,
-                          cf_store_t *store, cf_service_backend_t *hooks, cf_exec_gpu_t *gpu) {
+                      cf_store_t *store, cf_planner_t *planner, cf_service_backend_t *hooks, cf_exec_gpu_t *gpu) {
   *out = NULL;
   cf_dataplane_t *dp = calloc(1, sizeof *dp);
   if (!dp) return cf_seterr(CF_ENOMEM, "executor");
@@ -372,18 +358,18 @@ int cf_dataplane_open_gpu(cf_dataplane_t **out, uv_loop_t *loop, const cf_config
   dp->store = store;
   dp->inner = *hooks;
   /* the executor computes on this thread's backend (fp32) and writes host memory in the store's KV dtype */
-  cf_batch_opts_t bo = {.be = be, .store = store, .n_loaders = 2, .batch_max = (int)cfg->batch_max,
-                        .cpu_Bps = cf__Bps(cfg->cpu_read_gbps), .ssd_Bps = cf__Bps(cfg->ssd_read_gbps),
-                        .gpu = gpu};
-  int rc = cf_batch_start(&dp->batch, &bo);
+  cf_executor_opts_t xo = {.be = be, .store = store, .n_loaders = 2, .batch_max = (int)cfg->batch_max,
+                           .cpu_Bps = cf__Bps(cfg->cpu_read_gbps), .ssd_Bps = cf__Bps(cfg->ssd_read_gbps),
+                           .gpu = gpu, .planner = planner, .lookup = dp->inner.lookup ? cf__job_lookup : NULL,
+                           .lookup_ctx = dp};
+  int rc = cf_executor_start(&dp->executor, &xo);
   if (rc) { free(dp); return rc; }
   pthread_mutex_init(&dp->mu, NULL);
   uv_async_init(loop, &dp->async, cf__on_async);
   dp->async.data = dp;
   /* lookup, save, evict, usage stay cf_storage's, forwarded with its own ctx */
-  *hooks = (cf_service_backend_t){.ctx = dp, .kv_dtype = dp->inner.kv_dtype, .engine_added = cf__engine_added, .engine_removed = cf__engine_removed,
+  *hooks = (cf_service_backend_t){.ctx = dp, .kv_dtype = dp->inner.kv_dtype, .has_ssd = dp->inner.has_ssd, .engine_added = cf__engine_added, .engine_removed = cf__engine_removed,
                                   .restore_batch = cf__restore_batch, .restore_cancel = cf__restore_cancel,
-                                  .restore_slot = cf__restore_slot,
                                   .lookup = dp->inner.lookup ? cf__lookup : NULL,
                                   .save = dp->inner.save ? cf__save : NULL,
                                   .evict = dp->inner.evict ? cf__evict : NULL,
@@ -393,12 +379,12 @@ int cf_dataplane_open_gpu(cf_dataplane_t **out, uv_loop_t *loop, const cf_config
 }
 
 void cf_dataplane_reload(cf_dataplane_t *dp) {
-  if (dp) cf_batch_set_rates(dp->batch, cf__Bps(dp->cfg->cpu_read_gbps), cf__Bps(dp->cfg->ssd_read_gbps));
+  if (dp) cf_executor_set_rates(dp->executor, cf__Bps(dp->cfg->cpu_read_gbps), cf__Bps(dp->cfg->ssd_read_gbps));
 }
 
 void cf_dataplane_quiesce(cf_dataplane_t *dp) {
   if (!dp) return;
-  cf_batch_quiesce(dp->batch);
+  cf_executor_quiesce(dp->executor);
   cf__drain_events(dp);
 }
 
@@ -411,7 +397,7 @@ static void cf__async_closed(uv_handle_t *h) {
 
 void cf_dataplane_close(cf_dataplane_t *dp) {
   if (!dp) return;
-  cf_batch_stop(dp->batch);
+  cf_executor_stop(dp->executor);
   cf__drain_events(dp);
   uv_close((uv_handle_t *)&dp->async, cf__async_closed);
 }

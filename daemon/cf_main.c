@@ -24,7 +24,7 @@
 #include "cf_rpc.h"
 #include "cf_service.h"
 #include "cf_shmclean.h"
-#include "cf_dataplane.h" /* exec: the restore executor behind the service hooks */
+#include "cf_dataplane.h"
 #include "cf_storage.h"
 #include "model/cf_model.h"
 #include "util/cf_err.h"
@@ -45,10 +45,11 @@ typedef struct {
   cf_exec_gpu_t gexec;                 /* gpu_executor = on: the GPU data path (device 0) */
   int have_gexec;
   cf_sched_cost_t cost;                /* measured at start; planning input */
+  cf_planner_t planner;                /* plans restores (on the executor thread) with `cost`, re-fitted */
   double measured_link_Bps;            /* memcpy rate, before any cpu_read_gbps limit */
   cf_storage_t *storage;
   cf_service_t *svc;
-  cf_dataplane_t *dp;                  /* exec: NULL without a model */
+  cf_dataplane_t *dp;                  /* the restore data path: NULL without a model */
   cf_rpc_server_t *rpc;
   cf_http_t *http;
   uv_signal_t sig_term, sig_int, sig_hup;
@@ -133,7 +134,7 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
   CF__P("# HELP cacheflow_restores_total Restores accepted.\n# TYPE cacheflow_restores_total counter\ncacheflow_restores_total %llu\n", (unsigned long long)ss.restores_total);
   CF__P("# HELP cacheflow_restore_batches_total Restore batches dispatched.\n# TYPE cacheflow_restore_batches_total counter\ncacheflow_restore_batches_total %llu\n", (unsigned long long)ss.batches_total);
   cf_refit_stats_t fs;
-  cf_service_refit_stats(d->svc, &fs);
+  cf_refit_stats(cf_planner_refit(&d->planner), &fs);
   CF__P("# HELP cacheflow_cost_compute_scale Compute cost now / the start-up calibration (online re-fit).\n# TYPE cacheflow_cost_compute_scale gauge\ncacheflow_cost_compute_scale %.6g\n", fs.scale);
   CF__P("# HELP cacheflow_predicted_ratio Executed / predicted, EWMA over restores (term=compute: forward steps; restore: whole restore; load_<tier>: the tier's bytes at the planned rate vs its measured rate).\n# TYPE cacheflow_predicted_ratio gauge\n"
         "cacheflow_predicted_ratio{term=\"compute\"} %.6g\ncacheflow_predicted_ratio{term=\"restore\"} %.6g\n"
@@ -214,7 +215,7 @@ static void cf__rpc_gone(void *arg) {
   d->rpc = NULL;
   cf_service_close(d->svc);
   d->svc = NULL;
-  cf_dataplane_close(d->dp); /* exec: after the service dropped its engines */
+  cf_dataplane_close(d->dp); /* after the service dropped its engines */
   d->dp = NULL;
   uv_close((uv_handle_t *)&d->sig_term, cf__close_cb);
   uv_close((uv_handle_t *)&d->sig_int, cf__close_cb);
@@ -229,7 +230,7 @@ static void cf__stop(cf_daemon_t *d, const char *why) {
   if (d->stopping) return;
   d->stopping = 1;
   uv_timer_stop(&d->drain);
-  cf_dataplane_quiesce(d->dp); /* exec: running restores end (cancelled) before the service aborts calls */
+  cf_dataplane_quiesce(d->dp); /* running restores end (cancelled) before the service aborts calls */
   cf_service_abort_all(d->svc, why);
   cf_http_stop(d->http); /* joins its thread before the rpc counters it reads go away */
   d->http = NULL;
@@ -288,7 +289,7 @@ static void cf__on_hup(uv_signal_t *h, int signum) {
   cf_config_apply_reload(&d->cfg, &fresh, &applied, &restart);
   cf_log_level = d->cfg.log_level;
   if (d->backend) cf__apply_link(d); /* cpu_read_gbps is reloadable */
-  cf_dataplane_reload(d->dp); /* exec: the executor's read-rate limits */
+  cf_dataplane_reload(d->dp); /* the executor's read-rate limits */
   d->reloads++;
   CF_INFO("reload: %d setting(s) applied, %d need a restart", applied, restart);
   cf_notifyf("READY=1\nSTATUS=serving (reloaded: %d applied, %d need a restart)", applied, restart);
@@ -339,7 +340,7 @@ static void cf__apply_link(cf_daemon_t *d) {
   double lim = d->cfg.cpu_read_gbps * 1e9 / 8, ssd = d->cfg.ssd_read_gbps * 1e9 / 8;
   d->cost.link_Bps = lim > 0 && lim < d->measured_link_Bps ? lim : d->measured_link_Bps;
   d->cost.tier_Bps[CF_PLAN_TIER_SSD] = ssd > 0 && ssd < d->measured_link_Bps ? ssd : 0;
-  if (d->svc) cf_service_set_cost(d->svc, &d->cost);
+  cf_planner_set_cost(&d->planner, &d->cost, (int)d->cfg.cost_refit);
 }
 
 int main(int argc, char **argv) {
@@ -393,6 +394,7 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
 
   d->loop = uv_default_loop();
+  cf_planner_init(&d->planner, d->cfg.cost_refit_weight);
   d->t_start = uv_hrtime();
   CF_INFO("starting cacheflowd %s config=%s listen=%s", CF_VERSION, d->config_path ? d->config_path : "(defaults)", d->cfg.listen);
   cf_service_backend_t be;
@@ -431,7 +433,7 @@ int main(int argc, char **argv) {
       CF_ERROR("gpu_executor = on needs bf16 KV (kv_dtype = auto or bf16), kv_dtype resolves to %s", cf_dtype_name(kvdt));
       return 1;
     }
-    rc = cf_storage_open_gpu(&d->storage, &d->cfg, &d->model, kvdt, d->have_gexec ? &d->gexec : NULL);
+    rc = cf_storage_open(&d->storage, &d->cfg, &d->model, kvdt, d->have_gexec ? &d->gexec : NULL);
     if (rc) { CF_ERROR("%s: %s", cf_strerror(rc), cf_errmsg()); return 1; }
     cf_storage_backend(d->storage, &be);
     cf_notify("STATUS=measuring the cost model");
@@ -457,14 +459,14 @@ int main(int argc, char **argv) {
     if (cf_shmclean_stale("/dev/shm", &removed, &kept)) CF_DEBUG("%s", cf_errmsg()); /* no /dev/shm: nothing left there */
     else if (removed) CF_INFO("removed %d stale readiness file(s) of dead daemons from /dev/shm", removed);
   }
-  /* exec: the restore executor (its thread, readiness files) wraps the storage hooks in `be` */
+  /* the restore data path (the executor thread, readiness files) wraps the storage hooks in `be` */
   if (d->storage && d->backend &&
-      cf_dataplane_open_gpu(&d->dp, d->loop, &d->cfg, d->backend, cf_storage_store(d->storage), &be,
-                            d->have_gexec ? &d->gexec : NULL)) {
+      cf_dataplane_open(&d->dp, d->loop, &d->cfg, d->backend, cf_storage_store(d->storage), &d->planner, &be,
+                        d->have_gexec ? &d->gexec : NULL)) {
     CF_ERROR("%s", cf_errmsg());
     return 1;
   }
-  if (cf_service_init(&d->svc, d->loop, &d->cfg, d->have_model ? &d->model : NULL, &be)) { CF_ERROR("%s", cf_errmsg()); return 1; }
+  if (cf_service_init(&d->svc, d->loop, &d->cfg, d->have_model ? &d->model : NULL, &be, &d->planner)) { CF_ERROR("%s", cf_errmsg()); return 1; }
   if (d->backend) cf__apply_link(d);
   int nm;
   cf_rpc_opts_t ro = {.listen = d->cfg.listen, .tcp_listen = d->cfg.tcp_listen, .max_message_bytes = d->cfg.max_message_bytes,
@@ -504,5 +506,6 @@ int main(int argc, char **argv) {
   if (d->have_gexec) cf_exec_gpu_close(&d->gexec); /* after the executor thread and the saves */
   cf_backend_free(d->backend);
   cf_model_free(d->weights);
+  cf_planner_close(&d->planner);
   return 0;
 }

@@ -1,25 +1,28 @@
-/* cf_planner — plan a batch group with lib/sched, predict with its simulator, bound with cf_bound. */
+/* cf_planner — plan a round's restores with lib/sched, predict with its simulator, bound with cf_bound. */
 #include "cf_planner.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "cf_service.h"
+#include "exec/cf_exec_plan.h"
 #include "sched/cf_bound.h"
 #include "store/cf_store.h"
 #include "util/cf_err.h"
+#include "util/cf_log.h"
 
-void cf_batch_plan_unref(cf_batch_plan_t *bp) {
-  if (!bp || --bp->refs) return;
-  cf_sched_plan_free(&bp->plan);
-  cf_sim_result_free(&bp->sim);
-  free(bp->reqs);
-  free(bp->tiers);
-  free(bp);
+void cf_restore_plan_free(cf_restore_plan_t *p) {
+  free(p->h);
+  free(p->load_rank);
+  free(p->cops);
+  memset(p, 0, sizeof *p);
 }
 
-int cf_planner_plan(const cf_sched_cost_t *cost, cf_restore_t **rs, int n, int policy, uint64_t t0_ns) {
-  return cf_planner_plan_refit(cost, rs, n, policy, t0_ns, NULL);
+void cf_plan_group_free(cf_plan_group_t *g) {
+  cf_sched_plan_free(&g->plan);
+  cf_sim_result_free(&g->sim);
+  free(g->reqs);
+  free(g->tiers);
+  memset(g, 0, sizeof *g);
 }
 
 /* Tokens of a cached prefix of `cached` tokens that a plan may load: its full chunks. The store
@@ -34,7 +37,10 @@ static int64_t cf__loadable_tokens(const cf_sched_cost_t *cost, int64_t cached) 
   return cached - cached % cost->chunk_tokens;
 }
 
-int cf_planner_plan_loadable(cf_sched_input_t *in, cf_sched_req_t *reqs, int policy, cf_sched_plan_t *plan) {
+/* cf_sched_plan of `in` (whose requests are reqs[0..in->n_reqs)) such that no plan loads a cell
+ * of a partial last chunk: a request whose plan would load one gets its prefix rounded down to
+ * full chunks (new_tokens grows by as much) and the group is planned again. */
+static int cf__plan_loadable(cf_sched_input_t *in, cf_sched_req_t *reqs, int policy, cf_sched_plan_t *plan) {
   const int L = in->cost.n_layers;
   int rc = cf_sched_plan(in, (cf_policy_t)policy, plan);
   /* each pass rounds at least one prefix down: at most n_reqs more plans */
@@ -53,61 +59,174 @@ int cf_planner_plan_loadable(cf_sched_input_t *in, cf_sched_req_t *reqs, int pol
   return rc;
 }
 
-int cf_planner_plan_refit(const cf_sched_cost_t *cost, cf_restore_t **rs, int n, int policy, uint64_t t0_ns,
-                          cf_refit_t *refit) {
-  (void)t0_ns; /* every restore of a batch has arrived when it is planned: arrival 0 for all */
-  cf_batch_plan_t *bp = calloc(1, sizeof *bp);
-  if (!bp || !(bp->reqs = calloc((size_t)n, sizeof *bp->reqs))) { free(bp); return cf_seterr(CF_ENOMEM, "plan of %d restores", n); }
-  bp->refit = refit;
-  cf_sched_plan_init(&bp->plan);
-  cf_sim_result_init(&bp->sim);
-  size_t nt = 0; /* chunk tiers of every cached prefix: each chunk loads at its tier's rate */
+/* The lib/sched requests of a group: every restore has arrived when it is planned (arrival 0),
+ * each cached chunk loads at its tier's rate. */
+static int cf__group_input(const cf_sched_cost_t *cost, const cf_plan_input_t *ins, int n, cf_plan_group_t *g) {
+  if (!(g->reqs = calloc((size_t)n, sizeof *g->reqs))) return cf_seterr(CF_ENOMEM, "plan of %d restores", n);
+  size_t nt = 0;
   for (int i = 0; i < n; i++)
-    if (rs[i]->chunk_tiers) nt += (size_t)cf_cost_chunks(cost, rs[i]->cached_tokens);
-  if (nt && !(bp->tiers = malloc(nt))) { free(bp->reqs); free(bp); return cf_seterr(CF_ENOMEM, "plan of %d restores", n); }
+    if (ins[i].chunk_tiers) nt += (size_t)cf_cost_chunks(cost, ins[i].cached_tokens);
+  if (nt && !(g->tiers = malloc(nt))) return cf_seterr(CF_ENOMEM, "plan of %d restores", n);
   nt = 0;
   for (int i = 0; i < n; i++) {
-    bp->reqs[i].arrival_s = 0;
-    int64_t P = rs[i]->cached_tokens;
-    bp->reqs[i].prefix_tokens = P;
-    bp->reqs[i].new_tokens = (int64_t)rs[i]->req->n_token_ids - P;
-    bp->reqs[i].device = -1;
-    if (!rs[i]->chunk_tiers) continue;
-    uint8_t *t = bp->tiers + nt;
+    /* a restore of [k, n): lib/sched plans the cached chunks after the engine's present ones */
+    int64_t skip = (int64_t)ins[i].present_chunks * cost->chunk_tokens, cached = ins[i].cached_tokens;
+    int64_t P = cached > skip ? cached - skip : 0;
+    g->reqs[i] = (cf_sched_req_t){.arrival_s = 0, .prefix_tokens = P,
+                                  .new_tokens = ins[i].n_tokens - (cached > skip ? cached : skip), .device = -1};
+    if (!ins[i].chunk_tiers) continue;
+    uint8_t *t = g->tiers + nt;
     for (int32_t c = 0, m = cf_cost_chunks(cost, P); c < m; c++)
-      t[c] = rs[i]->chunk_tiers[c] == CF_STORE_TIER_SSD ? CF_PLAN_TIER_SSD : CF_PLAN_TIER_CPU;
-    bp->reqs[i].chunk_tier = t;
+      t[c] = ins[i].chunk_tiers[ins[i].present_chunks + c] == CF_STORE_TIER_SSD ? CF_PLAN_TIER_SSD : CF_PLAN_TIER_CPU;
+    g->reqs[i].chunk_tier = t;
     nt += (size_t)cf_cost_chunks(cost, P);
   }
-  bp->in.cost = *cost;
-  bp->in.reqs = bp->reqs;
-  bp->in.n_reqs = n;
-  bp->in.refine_evals = -1;
+  g->in = (cf_sched_input_t){.cost = *cost, .reqs = g->reqs, .n_reqs = n, .refine_evals = CF_PLANNER_REFINE_EVALS};
+  return 0;
+}
+
+int cf_planner_plan_group(const cf_sched_cost_t *cost, const cf_plan_input_t *ins, int n, int policy,
+                          cf_plan_group_t *g, cf_restore_plan_t *out) {
+  memset(g, 0, sizeof *g);
+  cf_sched_plan_init(&g->plan);
+  cf_sim_result_init(&g->sim);
+  int rc = cf__group_input(cost, ins, n, g);
+  if (!rc) rc = cf__plan_loadable(&g->in, g->reqs, policy, &g->plan);
+  if (!rc) rc = cf_sim_run(&g->in, &g->plan, &g->sim);
+  if (rc) return rc;
   const int L = cost->n_layers;
-  int rc = cf_planner_plan_loadable(&bp->in, bp->reqs, policy, &bp->plan);
-  if (!rc) rc = cf_sim_run(&bp->in, &bp->plan, &bp->sim);
-  if (rc) { bp->refs = 1; cf_batch_plan_unref(bp); return rc; }
-  for (int i = 0; i < n; i++) {
-    cf_restore_t *r = rs[i];
-    cf_restore_summary_t *sm = &r->summary;
+  int i = 0;
+  for (; i < n; i++) { /* the staircases first: nothing is handed out unless all fit in memory */
+    int32_t all_chunks = cf_cost_chunks(cost, ins[i].n_tokens);
+    out[i] = (cf_restore_plan_t){0};
+    if (!(out[i].h = malloc((size_t)(all_chunks ? all_chunks : 1) * sizeof *out[i].h))) break;
+  }
+  if (i < n) {
+    while (i-- > 0) cf_restore_plan_free(&out[i]);
+    return cf_seterr(CF_ENOMEM, "plan of %d restores", n);
+  }
+  for (i = 0; i < n; i++) {
+    cf_restore_plan_t *p = &out[i];
+    /* chunks [0, pc) are the engine's (present_tokens); the plan's chunk c is chunk pc + c */
+    int32_t pc = ins[i].present_chunks;
+    int64_t skip = (int64_t)pc * cost->chunk_tokens;
     /* the executor computes chunks past the planned prefix (h = L), after the plan's (rest_s) */
-    int64_t ntok = (int64_t)r->req->n_token_ids, P = bp->reqs[i].prefix_tokens, rest = ntok - P;
-    int32_t cached_chunks = bp->plan.n_chunks[i], all_chunks = cf_cost_chunks(cost, ntok);
-    memset(sm, 0, sizeof *sm);
-    sm->chunks = (uint32_t)all_chunks;
-    for (int32_t c = 0; c < cached_chunks; c++) {
-      int h = bp->plan.h[bp->plan.h_off[i] + c];
-      sm->cells_compute += (uint64_t)h;
-      if (r->chunk_tiers && r->chunk_tiers[c] == CF_STORE_TIER_SSD) sm->cells_load_ssd += (uint64_t)(L - h);
-      else sm->cells_load_cpu += (uint64_t)(L - h);
+    int64_t ntok = ins[i].n_tokens, P = skip + g->reqs[i].prefix_tokens, rest = ntok - P;
+    int32_t planned = g->plan.n_chunks[i], all_chunks = cf_cost_chunks(cost, ntok);
+    p->policy = policy;
+    p->planned_tokens = P;
+    p->cost = *cost;
+    p->have_cost = 1;
+    p->chunks = (uint32_t)all_chunks;
+    p->present_chunks = (uint32_t)pc;
+    double ctx_s = 0; /* the present tokens as context of the planned compute steps */
+    for (int32_t c = 0; c < all_chunks; c++) {
+      if (c < pc) { p->h[c] = 0; continue; }
+      int h = c - pc < planned ? g->plan.h[g->plan.h_off[i] + c - pc] : L;
+      if (c == pc && ins[i].compute_partial && h < L) { /* the GPU path: computed whole */
+        for (int l = h; l < L; l++) ctx_s += cf_cost_step(cost, (double)skip, (double)cost->chunk_tokens);
+        h = L;
+      }
+      p->h[c] = h;
+      p->cells_compute += (uint64_t)h;
+      if (c - pc < planned) ctx_s += cost->beta_s * (double)skip * (double)h * (double)cost->chunk_tokens;
+      if (c - pc >= planned) continue;
+      if (ins[i].chunk_tiers && ins[i].chunk_tiers[c] == CF_STORE_TIER_SSD) p->cells_load_ssd += (uint64_t)(L - h);
+      else p->cells_load_cpu += (uint64_t)(L - h);
     }
-    sm->cells_compute += (uint64_t)(all_chunks - cached_chunks) * (uint64_t)L;
+    /* the plan's link order and compute order (op indices: comparable across the group) */
+    p->load_rank = cf_exec_plan_load_rank(&g->plan, i, all_chunks - pc, L); /* NULL: layer-major */
+    p->cops = cf_exec_plan_cops(&g->plan, i, &p->n_cops);                   /* NULL: work-conserving */
+    if (pc && p->load_rank) { /* to the restore's chunk numbers */
+      uint32_t *r = malloc((size_t)all_chunks * L * sizeof *r);
+      if (r) {
+        for (size_t e = 0; e < (size_t)pc * L; e++) r[e] = UINT32_MAX;
+        memcpy(r + (size_t)pc * L, p->load_rank, (size_t)(all_chunks - pc) * L * sizeof *r);
+      }
+      free(p->load_rank);
+      p->load_rank = r;
+    }
+    for (int k = 0; k < p->n_cops; k++) { p->cops[k].c0 += pc; p->cops[k].c1 += pc; }
     double rest_s = rest > 0 ? cf_cost_prefill(cost, P, rest) : 0;
-    sm->predicted_us = (bp->sim.restore_s[i] + rest_s) * 1e6;
-    sm->bound_us = (cf_bound_request(cost, &bp->reqs[i]) + rest_s) * 1e6;
-    r->plan = bp;
-    r->plan_req = i;
-    bp->refs++;
+    p->predicted_us = (g->sim.restore_s[i] + ctx_s + rest_s) * 1e6;
+    /* the shifted request's bound stays a lower bound: present context only adds to compute */
+    p->bound_us = (cf_bound_request(cost, &g->reqs[i]) + rest_s) * 1e6;
   }
   return 0;
+}
+
+int cf_planner_plan_fallback(const cf_plan_input_t *in, int C, int L, cf_restore_plan_t *out) {
+  int n_chunks = (int)((in->n_tokens + C - 1) / C);
+  *out = (cf_restore_plan_t){.policy = CF_POLICY_LOAD, .chunks = (uint32_t)n_chunks};
+  if (!(out->h = malloc((size_t)(n_chunks ? n_chunks : 1) * sizeof *out->h)))
+    return cf_seterr(CF_ENOMEM, "plan of a restore of %lld tokens", (long long)in->n_tokens);
+  out->present_chunks = (uint32_t)in->present_chunks;
+  for (int c = 0; c < n_chunks; c++) {
+    int cached = (int64_t)(c + 1) * C <= in->cached_tokens && !(c == in->present_chunks && in->compute_partial);
+    out->h[c] = cached ? 0 : L;
+    if (c < in->present_chunks) continue; /* the engine's own */
+    if (!cached) out->cells_compute += (uint64_t)L;
+    else if (in->chunk_tiers && in->chunk_tiers[c] == CF_STORE_TIER_SSD) out->cells_load_ssd += (uint64_t)L;
+    else out->cells_load_cpu += (uint64_t)L;
+  }
+  out->planned_tokens = (in->cached_tokens / C) * C;
+  return 0;
+}
+
+/* ---------------------------------------------------------------- the daemon's planner */
+void cf_planner_init(cf_planner_t *pl, double refit_weight) {
+  memset(pl, 0, sizeof *pl);
+  pthread_mutex_init(&pl->mu, NULL);
+  cf_refit_init(&pl->refit, refit_weight);
+}
+
+void cf_planner_close(cf_planner_t *pl) {
+  cf_refit_close(&pl->refit);
+  pthread_mutex_destroy(&pl->mu);
+}
+
+void cf_planner_set_cost(cf_planner_t *pl, const cf_sched_cost_t *cost, int refit_on) {
+  pthread_mutex_lock(&pl->mu);
+  pl->cost = *cost;
+  pl->have_cost = 1;
+  pl->refit_on = refit_on;
+  pthread_mutex_unlock(&pl->mu);
+  cf_refit_set_base(&pl->refit, cost);
+}
+
+cf_refit_t *cf_planner_refit(cf_planner_t *pl) { return &pl->refit; }
+
+int cf_planner_plan(cf_planner_t *pl, const cf_plan_input_t *ins, cf_restore_plan_t *out, int n, int C, int L) {
+  pthread_mutex_lock(&pl->mu);
+  cf_sched_cost_t cost = pl->cost; /* what this round is planned with */
+  int have = pl->have_cost, refit_on = pl->refit_on;
+  pthread_mutex_unlock(&pl->mu);
+  if (have && refit_on) cf_refit_apply(&pl->refit, &cost);
+  int *grp = malloc((size_t)(n ? n : 1) * sizeof *grp);
+  cf_plan_input_t *gin = malloc((size_t)(n ? n : 1) * sizeof *gin);
+  cf_restore_plan_t *gout = malloc((size_t)(n ? n : 1) * sizeof *gout);
+  int rc = 0;
+  memset(out, 0, (size_t)n * sizeof *out);
+  for (int p = 0; p < CF_POLICY_COUNT && have && grp && gin && gout; p++) {
+    int g = 0;
+    for (int i = 0; i < n; i++)
+      if (ins[i].policy == p) { grp[g] = i; gin[g++] = ins[i]; }
+    if (!g) continue;
+    cf_plan_group_t pg;
+    int prc = cf_planner_plan_group(&cost, gin, g, p, &pg, gout);
+    if (prc) {
+      CF_WARN("plan of %d restore(s) with %s failed: %s: %s (they load what is cached, compute the rest)", g,
+              cf_policy_name((cf_policy_t)p), cf_strerror(prc), cf_errmsg());
+    } else {
+      CF_DEBUG("planned %d restore(s) with %s: predicted makespan %.1f ms", g, cf_policy_name((cf_policy_t)p),
+               pg.sim.makespan_s * 1e3);
+      for (int k = 0; k < g; k++) out[grp[k]] = gout[k];
+    }
+    cf_plan_group_free(&pg);
+  }
+  /* what lib/sched did not plan (no cost model, a failed group, no memory for the groups) */
+  for (int i = 0; i < n; i++)
+    if (!out[i].h && cf_planner_plan_fallback(&ins[i], C, L, &out[i])) rc = CF_ENOMEM;
+  free(grp); free(gin); free(gout);
+  return rc;
 }

@@ -1,56 +1,116 @@
-/* cf_planner — the batcher's planning step: a batch of restores (their cached prefixes, as the
- * store lookup found them) planned with lib/sched under the daemon's measured cost model
- * (cf_calib), simulated for the prediction, bounded with cf_bound. Each restore then carries its
- * PlanSummary numbers and a reference to the batch plan the executor runs.
+/* cf_planner — the restore path's one planning step. It runs on the executor thread
+ * (cf_executor), once per round, never on the libuv loop: the round's restores (their cached
+ * prefixes as the store lookup found them, moments before) are planned together, one
+ * cf_sched_plan per policy present, under the daemon's measured cost model (cf_calib) with the
+ * online re-fit applied (cf_refit), simulated for the prediction, bounded with cf_bound. The
+ * result, one cf_restore_plan_t per restore, is what every later stage uses: the executor's
+ * staircase, link order and compute order, the PlanSummary the engine is sent (its numbers are
+ * computed here and nowhere else) and the prediction the re-fit compares the execution with.
  *
  * Chunks the store does not hold are recomputed by the restore (every layer): the planner plans
  * the cached prefix, and the uncached rest is costed as a prefill over it, both in the prediction
  * and in the bound (no plan can avoid it). A partial last chunk counts as uncached here even
  * when the store holds it: lib/exec always computes it (h = L), so the plan covers only the
- * cached prefix's full chunks.
+ * cached prefix's full chunks. A group lib/sched cannot plan (out of memory) gets the fallback
+ * plan: load what is cached, compute the rest (policy load, no prediction).
+ *
+ * lib/sched is called only through its public header (cf_sched_plan and cf_sched_input_t).
  */
 #ifndef CF_PLANNER_H
 #define CF_PLANNER_H
 
+#include <pthread.h>
 #include <stdint.h>
 
 #include "cf_refit.h"
+#include "exec/cf_exec.h"
 #include "sched/cf_sched.h"
 #include "sched/cf_sim.h"
 
-struct cf_restore_s;
+/* The refinement budget the daemon gives `optimal` (cf_sched_input_t.refine_evals): the one
+ * place it is set. -1 is lib/sched's default budget. */
+#define CF_PLANNER_REFINE_EVALS (-1)
 
 /* The tiers the planner tells lib/sched apart (cf_sched_req_t.chunk_tier, cost.tier_Bps):
  * the CPU tier reads at link_Bps (cpu_read_gbps or memcpy), the SSD tier at tier_Bps[1]. */
 enum { CF_PLAN_TIER_CPU = 0, CF_PLAN_TIER_SSD = 1 };
 
-/* One planned group (the restores of a batch that share a policy). Refcounted by its restores. */
-typedef struct cf_batch_plan_s {
-  int refs;
+/* A restore as the planning step sees it: its length, its policy and what the lookup found. */
+typedef struct {
+  int64_t n_tokens;
+  int policy;                 /* cf_policy_t */
+  int64_t cached_tokens;      /* leading tokens whose chunks the store holds */
+  const uint8_t *chunk_tiers; /* NULL or [chunks of cached_tokens]: CF_STORE_TIER_CPU / _SSD of each */
+  /* Restore of [k, n) (RestoreRequest.present_tokens = k): chunks [0, present_chunks) are the
+   * engine's own KV (cf_exec_present_chunks): neither loaded nor computed, h 0. The plan covers
+   * the cached chunks after them; their compute steps attend over the present tokens too, so
+   * the prediction adds that attention (beta x present tokens per computed token-layer). */
+  int32_t present_chunks;
+  int compute_partial;        /* the chunk at present_chunks holds k and must be computed (the
+                                 GPU path loads whole cells only): h = L */
+} cf_plan_input_t;
+
+/* The plan of one restore. */
+typedef struct {
+  int policy;                 /* cf_policy_t the plan is (the fallback plan: CF_POLICY_LOAD) */
+  int *h;                     /* [ceil(n_tokens / C)]: layers computed per chunk (chunks past the
+                                 planned prefix: L); the executor lowers none, raises vanished ones */
+  uint32_t *load_rank;        /* NULL (layer-major) or [n_chunks * L]: the plan's link order */
+  cf_exec_cop_t *cops;        /* NULL (work-conserving) or [n_cops]: compute ops in stream order */
+  int n_cops;
+  int64_t planned_tokens;     /* the prefix lib/sched planned (a stored partial last chunk: not) */
+  cf_sched_cost_t cost;       /* the cost model it was planned with (what the re-fit samples against) */
+  int have_cost;              /* 0: the fallback plan (no cost model, or lib/sched failed) */
+  /* the PlanSummary's numbers */
+  uint32_t present_chunks;    /* chunks inside [0, present_tokens): no cells counted for them */
+  uint32_t chunks;
+  uint64_t cells_load_cpu, cells_load_ssd, cells_compute;
+  double predicted_us, bound_us; /* 0 without a cost model */
+} cf_restore_plan_t;
+
+/* Free h, load_rank and cops (NULL ok), zero the rest. */
+void cf_restore_plan_free(cf_restore_plan_t *p);
+
+/* One policy group planned by lib/sched, kept for inspection (tests): request i = input i. */
+typedef struct {
   cf_sched_input_t in;
-  cf_sched_req_t *reqs;
-  uint8_t *tiers;         /* backs reqs[i].chunk_tier (CF_PLAN_TIER_*), NULL when none */
-  cf_refit_t *refit;      /* NULL, or where the executor reports how the plan ran (borrowed) */
-  cf_sched_plan_t plan;   /* plan.ops: what the executor runs; request i = the i-th restore */
-  cf_sim_result_t sim;    /* the prediction */
-} cf_batch_plan_t;
+  cf_sched_req_t *reqs;       /* as planned: a partial last chunk's tokens moved to new_tokens */
+  uint8_t *tiers;             /* backs reqs[i].chunk_tier (CF_PLAN_TIER_*), NULL when none */
+  cf_sched_plan_t plan;
+  cf_sim_result_t sim;        /* the prediction */
+} cf_plan_group_t;
 
-/* cf_sched_plan of `in` (whose requests are reqs[0..in->n_reqs)) with `policy`, such that no
- * plan loads a cell of a partial last chunk of its request's prefix: lib/exec always computes
- * such a chunk (h = L), so a request whose plan would load one gets its prefix_tokens rounded
- * down to full chunks (new_tokens grows by as much: the executor computes the rest) and the
- * batch is planned again. A plan that computes the partial chunk whole keeps it. Returns 0 or
- * cf_sched_plan's error. */
-int cf_planner_plan_loadable(cf_sched_input_t *in, cf_sched_req_t *reqs, int policy, cf_sched_plan_t *plan);
+/* Plan ins[0..n) together with `policy` under `cost` into out[0..n) (h, load_rank, cops
+ * malloc'ed; free with cf_restore_plan_free) and keep the group in *g (free with
+ * cf_plan_group_free, also on failure). Returns 0, or CF_EINVAL/CF_ENOMEM (out untouched). */
+int cf_planner_plan_group(const cf_sched_cost_t *cost, const cf_plan_input_t *ins, int n, int policy,
+                          cf_plan_group_t *g, cf_restore_plan_t *out);
+void cf_plan_group_free(cf_plan_group_t *g);
 
-/* Plan restores rs[0..n) together with `policy` (a cf_policy_t). Fills each restore's plan
- * summary and gives it a reference to the group's plan. t0_ns: the batch's time origin (uv_hrtime
- * of dispatch). Returns 0, or CF_EINVAL/CF_ENOMEM from the planner (restores untouched). */
-int cf_planner_plan(const cf_sched_cost_t *cost, struct cf_restore_s **rs, int n, int policy, uint64_t t0_ns);
-/* The same, and the executor feeds `refit` (may be NULL) each restore's executed timings. */
-int cf_planner_plan_refit(const cf_sched_cost_t *cost, struct cf_restore_s **rs, int n, int policy,
-                          uint64_t t0_ns, cf_refit_t *refit);
+/* The fallback plan of one restore: load its cached full chunks, compute the rest. 0 or CF_ENOMEM. */
+int cf_planner_plan_fallback(const cf_plan_input_t *in, int C, int L, cf_restore_plan_t *out);
 
-void cf_batch_plan_unref(cf_batch_plan_t *bp);
+/* The planner the executor plans with: the calibrated cost model (set on the loop thread at
+ * start-up and on reload) and its online re-fit (fed by the executor). Thread-safe. */
+typedef struct {
+  pthread_mutex_t mu;
+  cf_sched_cost_t cost;
+  int have_cost;
+  int refit_on;               /* plan with the re-fitted model (config cost_refit) */
+  cf_refit_t refit;
+} cf_planner_t;
+
+void cf_planner_init(cf_planner_t *pl, double refit_weight);
+void cf_planner_close(cf_planner_t *pl);
+/* The calibrated cost model (copied) and whether to apply the re-fit when planning. */
+void cf_planner_set_cost(cf_planner_t *pl, const cf_sched_cost_t *cost, int refit_on);
+/* Where executed restores report how their plans ran, and GetStats / /metrics read it. */
+cf_refit_t *cf_planner_refit(cf_planner_t *pl);
+
+/* Plan a round: ins[0..n) into out[0..n), one lib/sched plan per policy present, chunks of C
+ * tokens, L layers. Every restore gets a plan (the fallback where lib/sched fails or there is
+ * no cost model). Returns 0, or CF_ENOMEM when even a fallback plan could not be allocated
+ * (those out[i] have h NULL). */
+int cf_planner_plan(cf_planner_t *pl, const cf_plan_input_t *ins, cf_restore_plan_t *out, int n, int C, int L);
 
 #endif

@@ -1,4 +1,4 @@
-/* cf_service — engine table, request checks that need state, Restore batcher, health, Admin. */
+/* cf_service — engine table, request checks that need state, Save worker, health, Admin. */
 #include "cf_service.h"
 
 #include <errno.h>
@@ -8,7 +8,6 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "cf_planner.h"
 #include "gpu/cf_gpu.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "util/cf_err.h"
@@ -17,6 +16,9 @@
 #define CF__MAX_LAYERS 1024
 #define CF__MAX_BLOCK_SIZE 4096
 #define CF__MAX_NAME 128
+/* The daemon builds its store and data path only with a model: without one, that is the cause. */
+#define CF__NO_MODEL(what) what " needs a model and its KV store: this cacheflowd runs without a model " \
+                           "(set `model` or start it with --model DIR)"
 
 typedef struct cf__watch_s {
   cf_rpc_call_t *call;
@@ -32,20 +34,12 @@ struct cf_service_s {
   cf_engine_t **engines;           /* [max_engines], NULL = free slot */
   int max_engines;
   uint64_t next_id;
-  /* batcher */
-  cf_restore_t *pending_head, *pending_tail;
-  int n_pending;
-  uv_timer_t batch_timer;
-  int timer_armed;
-  cf_restore_t *running;            /* handed to the backend, not yet done (singly linked) */
+  cf_batcher_t *batcher;            /* valid restores go there */
+  cf_planner_t *planner;            /* borrowed: its re-fit's state for GetStats */
   cf__watch_t *watchers;
   int draining;
-  cf_sched_cost_t cost;             /* the calibrated cost model (link rates from the config) */
-  cf_refit_t refit;                 /* its compute term re-fitted from executed restores */
-  int have_cost;
   /* counters read by other threads */
-  uint32_t n_engines, in_flight;
-  uint64_t restores_total, batches_total, batched_total;
+  uint32_t n_engines;
   double t_start;
 };
 
@@ -80,6 +74,9 @@ static void cf__engine_unref(cf_service_t *s, cf_engine_t *e) {
   free(e);
 }
 
+/* The batcher frees a restore: its engine reference goes. */
+static void cf__restore_release(void *arg, cf_restore_t *r) { cf__engine_unref(arg, r->engine); }
+
 static cf_engine_t *cf__engine_find(cf_service_t *s, uint64_t id) {
   if (!id) return NULL;
   for (int i = 0; i < s->max_engines; i++)
@@ -87,29 +84,33 @@ static cf_engine_t *cf__engine_find(cf_service_t *s, uint64_t id) {
   return NULL;
 }
 
-/* The bytes one layer's K (or V) buffer spans from its offset, and a check that the three
- * strides nest without overlap (any order: block-, token- or head-major). */
-static int cf__layout_extent(const Cacheflow__V1__LayerLayout *L, size_t esz, uint64_t *extent, char *why, size_t cap) {
-  typedef struct { uint64_t stride, count; const char *name; } dim_t;
-  dim_t d[3] = {
-      {L->block_stride, L->num_blocks, "block_stride"},
-      {L->token_stride, L->block_size, "token_stride"},
-      {L->head_stride, L->num_kv_heads, "head_stride"}};
-  for (int i = 0; i < 3; i++) /* sort by stride, smallest first */
-    for (int j = i + 1; j < 3; j++)
-      if (d[j].stride < d[i].stride) { dim_t t = d[i]; d[i] = d[j]; d[j] = t; }
-  uint64_t need = (uint64_t)L->head_dim * esz; /* a head's row is contiguous */
-  for (int i = 0; i < 3; i++) {
-    if (d[i].count > 1 && d[i].stride < need) {
-      snprintf(why, cap, "layer %u: %s %llu overlaps the previous dimension (needs >= %llu bytes)", L->layer,
-               d[i].name, (unsigned long long)d[i].stride, (unsigned long long)need);
-      return -1;
-    }
-    uint64_t span = d[i].count > 1 ? d[i].stride * (d[i].count - 1) + need : need;
-    if (d[i].count > 1 && d[i].stride && span / d[i].stride < d[i].count - 1) { snprintf(why, cap, "layer %u: layout overflows 64 bits", L->layer); return -1; }
-    need = span;
+/* The proto's layout of one layer as lib/ipc's (heads = the engine's; its rows checked as such). */
+static void cf__proto_layout(const Cacheflow__V1__LayerLayout *L, cf_kv_layout_t *lay) {
+  cf_dtype_t dt = L->dtype == CACHEFLOW__V1__DTYPE__DTYPE_BF16 ? CF_DT_BF16
+                  : L->dtype == CACHEFLOW__V1__DTYPE__DTYPE_F16 ? CF_DT_F16 : CF_DT_F32;
+  *lay = (cf_kv_layout_t){.n_layers = 1, .num_blocks = (int)L->num_blocks, .block_size = (int)L->block_size,
+                          .n_kv_heads = (int)L->num_kv_heads, .head_dim = (int)L->head_dim, .dtype = dt,
+                          .block_stride = L->block_stride, .token_stride = L->token_stride,
+                          .head_stride = L->head_stride, .dim_stride = L->dim_stride};
+  if (L->v_strides)
+    lay->vs = (cf_kv_strides_t){L->v_strides->block_stride, L->v_strides->token_stride, L->v_strides->head_stride,
+                                L->v_strides->dim_stride};
+}
+
+/* The bytes each plane (K, V) of one layer spans from its offset, after checking that its four
+ * strides are whole elements and nest without overlap (cf_kv_layout_check: any order, vLLM's
+ * CPU layout with K dimension-major included). */
+static int cf__layout_extent(const Cacheflow__V1__LayerLayout *L, uint64_t extent[2], char *why, size_t cap) {
+  cf_kv_layout_t lay;
+  cf__proto_layout(L, &lay);
+  if (L->v_strides && !(L->v_strides->block_stride | L->v_strides->token_stride | L->v_strides->head_stride |
+                        L->v_strides->dim_stride)) {
+    snprintf(why, cap, "layer %u: v_strides set but all zero (leave it unset for V = K's strides)", L->layer);
+    return -1;
   }
-  *extent = need;
+  if (cf_kv_layout_check(&lay, NULL)) { snprintf(why, cap, "layer %u: %s", L->layer, cf_errmsg()); return -1; }
+  extent[0] = cf_kv_layout_extent(&lay, 0);
+  extent[1] = cf_kv_layout_extent(&lay, 1);
   return 0;
 }
 
@@ -167,8 +168,8 @@ static int cf__v_register(const ProtobufCMessage *m, void *user, char *why, size
       return -1;
     }
     if (L->num_kv_heads < 1 || L->head_dim < 1 || L->num_kv_heads > 1024 || L->head_dim > 4096) { snprintf(why, cap, "layer %u: num_kv_heads %u / head_dim %u out of range", L->layer, L->num_kv_heads, L->head_dim); return -1; }
-    uint64_t ext;
-    if (cf__layout_extent(L, esz, &ext, why, cap)) return -1;
+    uint64_t ext[2];
+    if (cf__layout_extent(L, ext, why, cap)) return -1;
     if (cf__check_kvbuf(L->k, L->layer, "K", why, cap) || cf__check_kvbuf(L->v, L->layer, "V", why, cap)) return -1;
   }
   return 0;
@@ -212,15 +213,29 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
     cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "layers: %zu given, the model has %d", r->n_layers, s->model->n_layers);
     goto out;
   }
+  /* tensor parallelism: a shard holds model KV heads [kv_head_start, + kv_head_count) */
+  int heads = r->kv_head_count ? (int)r->kv_head_count : s->model->n_kv_heads;
+  if ((uint64_t)r->kv_head_start + (uint64_t)heads > (uint64_t)s->model->n_kv_heads) {
+    cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "kv_head_start %u + kv_head_count %d exceeds the model's %d KV heads",
+                  r->kv_head_start, heads, s->model->n_kv_heads);
+    goto out;
+  }
+  if (heads < s->model->n_kv_heads && !r->tp_group) {
+    cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "a shard engine (KV heads %u..%u of %d) needs a nonzero tp_group shared by "
+                  "its engine's ranks (their saves are assembled into whole cells)", r->kv_head_start,
+                  r->kv_head_start + heads - 1, s->model->n_kv_heads);
+    goto out;
+  }
   for (size_t i = 0; i < r->n_layers; i++) {
     const Cacheflow__V1__LayerLayout *L = r->layers[i];
-    if ((int)L->num_kv_heads != s->model->n_kv_heads || (int)L->head_dim != s->model->head_dim) {
-      cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "layer %u: num_kv_heads %u, head_dim %u; the model has %d, %d", L->layer,
-                    L->num_kv_heads, L->head_dim, s->model->n_kv_heads, s->model->head_dim);
+    if ((int)L->num_kv_heads != heads || (int)L->head_dim != s->model->head_dim) {
+      cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "layer %u: num_kv_heads %u, head_dim %u; %s %d, %d", L->layer,
+                    L->num_kv_heads, L->head_dim, r->kv_head_count ? "the shard (kv_head_count) has" : "the model has",
+                    heads, s->model->head_dim);
       goto out;
     }
-    uint64_t ext;
-    cf__layout_extent(L, cf__dtype_size(L->dtype), &ext, why, sizeof why); /* validated already */
+    uint64_t ext[2];
+    cf__layout_extent(L, ext, why, sizeof why); /* validated already */
     for (int kv = 0; kv < 2; kv++) {
       const Cacheflow__V1__KvBuffer *b = kv ? L->v : L->k;
       int ipc = b->location_case == CACHEFLOW__V1__KV_BUFFER__LOCATION_CUDA_IPC;
@@ -238,7 +253,7 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
         goto out;
       }
       if (ipc) continue;
-      if (cf__check_shm(b, ext, L->layer, kv ? "V" : "K", why, sizeof why)) {
+      if (cf__check_shm(b, ext[kv], L->layer, kv ? "V" : "K", why, sizeof why)) {
         cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "%s", why);
         goto out;
       }
@@ -266,6 +281,9 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   e->num_blocks = r->layers[0]->num_blocks;
   e->dtype = r->layers[0]->dtype;
   e->dtype_size = cf__dtype_size(e->dtype);
+  e->head0 = (int)r->kv_head_start;
+  e->n_heads = heads;
+  e->tp_group = r->tp_group;
   snprintf(e->name, sizeof e->name, "%s", r->name);
   for (size_t i = 0; i < r->n_layers; i++) {
     const Cacheflow__V1__LayerLayout *L = r->layers[i];
@@ -275,6 +293,10 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
     d->block_stride = L->block_stride;
     d->token_stride = L->token_stride;
     d->head_stride = L->head_stride;
+    d->dim_stride = L->dim_stride;
+    if (L->v_strides)
+      d->vs = (cf_kv_strides_t){L->v_strides->block_stride, L->v_strides->token_stride, L->v_strides->head_stride,
+                                L->v_strides->dim_stride};
   }
   /* Ids never repeat within a run, and a restart changes the high bits, so a stale id from
    * an earlier daemon is NOT_FOUND rather than someone else's engine. */
@@ -305,8 +327,6 @@ out:
   protobuf_c_message_free_unpacked(m, NULL);
 }
 
-static void cf__cancel_engine_restores(cf_service_t *s, cf_engine_t *e);
-
 static void cf__h_unregister(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_service_t *s = user;
   Cacheflow__V1__UnregisterRequest *r = (void *)m;
@@ -320,7 +340,7 @@ static void cf__h_unregister(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) 
     s->engines[slot] = NULL;
     __atomic_fetch_sub(&s->n_engines, 1, __ATOMIC_RELAXED);
     e->gone = 1;
-    cf__cancel_engine_restores(s, e);
+    cf_batcher_cancel_engine(s->batcher, e, e->id);
     CF_INFO("engine unregistered: id=%llu", (unsigned long long)e->id);
     cf__engine_unref(s, e);
     Cacheflow__V1__UnregisterResponse resp = CACHEFLOW__V1__UNREGISTER_RESPONSE__INIT;
@@ -373,7 +393,7 @@ static void cf__h_lookup(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   Cacheflow__V1__LookupRequest *r = (void *)m;
   cf_engine_t *e = cf__engine_and_tokens(s, c, r->engine_id, r->token_ids, r->n_token_ids);
   if (!e) goto out;
-  if (!s->be.lookup) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "Lookup needs the KV store (lib/store), not wired into this daemon yet"); goto out; }
+  if (!s->be.lookup) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, CF__NO_MODEL("Lookup")); goto out; }
   uint32_t per[3] = {0, 0, 0};
   int rc = s->be.lookup(s->be.ctx, e, r->token_ids, r->n_token_ids, per, NULL);
   if (rc) { cf_rpc_finish(c, cf_rpc_status_from_err(rc), "lookup: %s", cf_errmsg()); goto out; }
@@ -401,140 +421,37 @@ static void cf__h_save(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_engine_t *e = cf__engine_and_tokens(s, c, r->engine_id, r->token_ids, r->n_token_ids);
   if (!e) goto out;
   if (cf__check_blocks(e, r->n_token_ids, r->block_ids, r->n_block_ids, why, sizeof why)) { cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "%s", why); goto out; }
-  if (!s->be.save) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "Save needs the KV store (lib/store), not wired into this daemon yet"); goto out; }
-  uint32_t saved = 0;
+  if (!s->be.save) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, CF__NO_MODEL("Save")); goto out; }
+  if (r->durable && !s->be.has_ssd) {
+    cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "durable save needs an SSD tier (store_dir with ssd_tier_bytes > 0); "
+                  "this daemon keeps KV in its CPU tier only");
+    goto out;
+  }
+  uint32_t saved = 0, pending = 0;
   int durable = 0;
-  int rc = s->be.save(s->be.ctx, e, r, &saved, &durable);
+  int rc = s->be.save(s->be.ctx, e, r, &saved, &durable, &pending);
   if (rc) { cf_rpc_finish(c, cf_rpc_status_from_err(rc), "save: %s", cf_errmsg()); goto out; }
   Cacheflow__V1__SaveResponse resp = CACHEFLOW__V1__SAVE_RESPONSE__INIT;
   resp.saved_tokens = saved;
   resp.durable = durable;
+  resp.pending_tokens = pending;
   cf_rpc_reply(c, &resp.base);
 out:
   protobuf_c_message_free_unpacked(m, NULL);
 }
 
-/* ---------------------------------------------------------------- restore batcher */
+/* ---------------------------------------------------------------- restore (then cf_batcher) */
 static int cf__v_restore(const ProtobufCMessage *m, void *user, char *why, size_t cap) {
   const Cacheflow__V1__RestoreRequest *r = (const void *)m;
   if ((int)r->policy < 0 || (int)r->policy > CACHEFLOW__V1__POLICY__POLICY_OPTIMAL) { snprintf(why, cap, "policy %d unknown (0 .. 6)", (int)r->policy); return -1; }
   if (r->priority < -100 || r->priority > 100) { snprintf(why, cap, "priority %d out of range -100 .. 100", r->priority); return -1; }
   if (r->deadline_us > 3600ull * 1000000) { snprintf(why, cap, "deadline_us %llu over one hour", (unsigned long long)r->deadline_us); return -1; }
+  if (r->present_tokens && r->present_tokens >= r->n_token_ids) {
+    snprintf(why, cap, "present_tokens %u must be < the %zu token_ids (the engine holds [0, present_tokens); the "
+             "restore writes the rest)", r->present_tokens, r->n_token_ids);
+    return -1;
+  }
   return 0;
-}
-
-static void cf__restore_free(cf_restore_t *r) {
-  cf_service_t *s = r->svc;
-  cf_batch_plan_unref(r->plan);
-  free(r->chunk_tiers);
-  protobuf_c_message_free_unpacked(&r->req->base, NULL);
-  cf__engine_unref(s, r->engine);
-  free(r);
-}
-
-void cf_service_restore_event(cf_restore_t *r, const Cacheflow__V1__RestoreEvent *ev) {
-  cf_rpc_send(r->call, &ev->base);
-}
-
-void cf_service_restore_done(cf_restore_t *r, int status, const Cacheflow__V1__RestoreStats *stats, const char *detail) {
-  cf_service_t *s = r->svc;
-  for (cf_restore_t **p = &s->running; *p; p = &(*p)->next)
-    if (*p == r) { *p = r->next; break; }
-  if (status == CF_RPC_OK && stats) {
-    Cacheflow__V1__RestoreEvent ev = CACHEFLOW__V1__RESTORE_EVENT__INIT;
-    ev.event_case = CACHEFLOW__V1__RESTORE_EVENT__EVENT_DONE;
-    ev.done = (Cacheflow__V1__RestoreStats *)stats;
-    cf_rpc_send(r->call, &ev.base);
-  }
-  cf_rpc_finish(r->call, status, "%s", detail ? detail : "");
-  __atomic_fetch_sub(&s->in_flight, 1, __ATOMIC_RELAXED);
-  cf__restore_free(r);
-}
-
-/* The batcher's middle stages: what the store holds of each prefix (and in which tier), then
- * one plan per policy present in the batch; each planned restore streams its PlanSummary. A
- * failed lookup or plan leaves the restore unplanned (the executor then recomputes). */
-static void cf__lookup_and_plan(cf_service_t *s, cf_restore_t **batch, int n) {
-  uint32_t C = s->have_cost ? (uint32_t)s->cost.chunk_tokens : (uint32_t)s->cfg->chunk_tokens;
-  for (int k = 0; k < n; k++) {
-    cf_restore_t *r = batch[k];
-    if (!s->be.lookup || r->engine->gone) continue;
-    uint32_t per[3];
-    r->chunk_tiers = calloc((r->req->n_token_ids + C - 1) / C, 1);
-    if (r->chunk_tiers && s->be.lookup(s->be.ctx, r->engine, r->req->token_ids, r->req->n_token_ids, per, r->chunk_tiers) == 0)
-      r->cached_tokens = per[1] + per[2];
-  }
-  if (!s->have_cost) return;
-  cf_restore_t **grp = malloc((size_t)n * sizeof *grp);
-  if (!grp) return;
-  uint64_t now = uv_hrtime();
-  for (int p = 0; p < CF_POLICY_COUNT; p++) {
-    int g = 0;
-    for (int k = 0; k < n; k++)
-      if (batch[k]->policy == p) grp[g++] = batch[k];
-    if (!g) continue;
-    cf_sched_cost_t cost = s->cost; /* what restores are planned with */
-    if (s->cfg->cost_refit) cf_refit_apply(&s->refit, &cost);
-    int rc = cf_planner_plan_refit(&cost, grp, g, p, now, &s->refit);
-    if (rc) { CF_WARN("plan of %d restore(s) with %s failed: %s: %s", g, cf_policy_name(p), cf_strerror(rc), cf_errmsg()); continue; }
-    for (int k = 0; k < g; k++) {
-      Cacheflow__V1__PlanSummary ps = CACHEFLOW__V1__PLAN_SUMMARY__INIT;
-      const cf_restore_summary_t *sm = &grp[k]->summary;
-      ps.policy = p + 1; /* proto Policy = cf_policy_t + 1 (0 is "default") */
-      ps.chunks = sm->chunks;
-      ps.cells_load_cpu = sm->cells_load_cpu;
-      ps.cells_load_ssd = sm->cells_load_ssd;
-      ps.cells_compute = sm->cells_compute;
-      ps.predicted_us = sm->predicted_us;
-      ps.bound_us = sm->bound_us;
-      int slot = s->be.restore_slot ? s->be.restore_slot(s->be.ctx, grp[k]) : -1; /* exec */
-      ps.readiness_slot = slot >= 0 ? (uint32_t)slot : UINT32_MAX;
-      Cacheflow__V1__RestoreEvent ev = CACHEFLOW__V1__RESTORE_EVENT__INIT;
-      ev.event_case = CACHEFLOW__V1__RESTORE_EVENT__EVENT_PLAN;
-      ev.plan = &ps;
-      cf_rpc_send(grp[k]->call, &ev.base);
-    }
-  }
-  free(grp);
-}
-
-/* Hand the collected restores over (highest priority first) after lookup and planning, or
- * refuse them when no executor is built in. */
-static void cf__dispatch(cf_service_t *s) {
-  if (s->timer_armed) { uv_timer_stop(&s->batch_timer); s->timer_armed = 0; }
-  int n = s->n_pending;
-  if (!n) return;
-  cf_restore_t **batch = malloc(n * sizeof *batch);
-  if (!batch) return; /* retried at the next arrival or timer */
-  int i = 0;
-  for (cf_restore_t *r = s->pending_head; r; r = r->next) batch[i++] = r;
-  s->pending_head = s->pending_tail = NULL;
-  s->n_pending = 0;
-  for (int a = 1; a < n; a++) /* insertion sort: stable, batches are small */
-    for (int b = a; b > 0 && batch[b]->req->priority > batch[b - 1]->req->priority; b--) {
-      cf_restore_t *t = batch[b]; batch[b] = batch[b - 1]; batch[b - 1] = t;
-    }
-  __atomic_fetch_add(&s->batches_total, 1, __ATOMIC_RELAXED);
-  __atomic_fetch_add(&s->batched_total, (uint64_t)n, __ATOMIC_RELAXED);
-  for (int k = 0; k < n; k++) {
-    batch[k]->next = s->running;
-    s->running = batch[k];
-  }
-  cf__lookup_and_plan(s, batch, n);
-  if (s->be.restore_batch) {
-    s->be.restore_batch(s->be.ctx, batch, n);
-  } else {
-    for (int k = 0; k < n; k++)
-      cf_service_restore_done(batch[k], CF_RPC_FAILED_PRECONDITION, NULL,
-                              "Restore needs the executor (lib/exec) and the store (lib/store), not wired into this daemon yet");
-  }
-  free(batch);
-}
-
-static void cf__on_batch_timer(uv_timer_t *t) {
-  cf_service_t *s = t->data;
-  s->timer_armed = 0;
-  cf__dispatch(s);
 }
 
 static void cf__h_restore(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
@@ -551,49 +468,12 @@ static void cf__h_restore(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_restore_t *rs = calloc(1, sizeof *rs);
   if (!rs) { cf_rpc_finish(c, CF_RPC_RESOURCE_EXHAUSTED, "out of memory"); protobuf_c_message_free_unpacked(m, NULL); return; }
   rs->call = c;
-  rs->svc = s;
   rs->engine = e;
   e->refs++;
   rs->req = r;
   rs->policy = r->policy ? (int)r->policy - 1 : s->cfg->policy;
   rs->arrival_ns = uv_hrtime();
-  __atomic_fetch_add(&s->in_flight, 1, __ATOMIC_RELAXED);
-  __atomic_fetch_add(&s->restores_total, 1, __ATOMIC_RELAXED);
-  if (s->pending_tail) s->pending_tail->next = rs;
-  else s->pending_head = rs;
-  s->pending_tail = rs;
-  s->n_pending++;
-  if (s->n_pending >= s->cfg->batch_max || s->cfg->batch_window_us == 0) cf__dispatch(s);
-  else if (!s->timer_armed) {
-    uint64_t ms = (uint64_t)(s->cfg->batch_window_us + 999) / 1000; /* libuv timers tick in ms */
-    uv_timer_start(&s->batch_timer, cf__on_batch_timer, ms, 0);
-    s->timer_armed = 1;
-  }
-}
-
-/* Unregister raced restores: batched ones end now (ABORTED); running ones are cancelled in
- * the executor, which then ends them. */
-static void cf__cancel_engine_restores(cf_service_t *s, cf_engine_t *e) {
-  cf_restore_t *keep = NULL, *tail = NULL, *next;
-  int n = 0;
-  for (cf_restore_t *r = s->pending_head; r; r = next) {
-    next = r->next;
-    r->next = NULL;
-    if (r->engine == e) {
-      cf_rpc_finish(r->call, CF_RPC_ABORTED, "engine %llu was unregistered while this restore waited", (unsigned long long)e->id);
-      __atomic_fetch_sub(&s->in_flight, 1, __ATOMIC_RELAXED);
-      cf__restore_free(r);
-    } else {
-      if (tail) tail->next = r; else keep = r;
-      tail = r;
-      n++;
-    }
-  }
-  s->pending_head = keep;
-  s->pending_tail = tail;
-  s->n_pending = n;
-  for (cf_restore_t *r = s->running; r; r = r->next)
-    if (r->engine == e && s->be.restore_cancel) s->be.restore_cancel(s->be.ctx, r);
+  cf_batcher_add(s->batcher, rs);
 }
 
 /* ---------------------------------------------------------------- health */
@@ -680,7 +560,7 @@ static void cf__h_stats(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   }
   resp.kv_dtype = (Cacheflow__V1__DType)s->be.kv_dtype;
   cf_refit_stats_t fs;
-  cf_refit_stats(&s->refit, &fs);
+  cf_refit_stats(cf_planner_refit(s->planner), &fs);
   enum { NC = 15 };
   Cacheflow__V1__Counter cs[NC], *cp[NC];
   const char *names[NC] = {"cacheflow_restores_total", "cacheflow_restore_batches_total",
@@ -712,7 +592,7 @@ static void cf__h_evict(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   if ((int)r->tier < 0 || (int)r->tier > CACHEFLOW__V1__TIER__TIER_SSD) {
     cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "tier %d unknown (0 = all, 1 = cpu, 2 = ssd)", (int)r->tier);
   } else if (!s->be.evict) {
-    cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "Evict needs the KV store (lib/store), not wired into this daemon yet");
+    cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, CF__NO_MODEL("Evict"));
   } else {
     Cacheflow__V1__EvictResponse resp = CACHEFLOW__V1__EVICT_RESPONSE__INIT;
     int rc = s->be.evict(s->be.ctx, r->tier, r->bytes, &resp.bytes_evicted, &resp.chunks_evicted);
@@ -775,7 +655,7 @@ const cf_rpc_method_t *cf_service_methods(int *n) {
 }
 
 int cf_service_init(cf_service_t **out, uv_loop_t *loop, const cf_config_t *cfg, const cf_model_info_t *model,
-                    const cf_service_backend_t *backend) {
+                    const cf_service_backend_t *backend, cf_planner_t *planner) {
   cf_service_t *s = calloc(1, sizeof *s);
   if (!s) return cf_seterr(CF_ENOMEM, "service");
   s->max_engines = (int)cfg->max_engines;
@@ -785,24 +665,20 @@ int cf_service_init(cf_service_t **out, uv_loop_t *loop, const cf_config_t *cfg,
   s->cfg = cfg;
   s->model = model;
   if (backend) s->be = *backend;
+  s->planner = planner;
   s->t_start = cf__now();
-  cf_refit_init(&s->refit, cfg->cost_refit_weight);
   s->next_id = (uv_hrtime() & 0xffffffull) << 32; /* differs per run: stale ids are NOT_FOUND */
-  uv_timer_init(loop, &s->batch_timer);
-  s->batch_timer.data = s;
+  cf_batcher_path_t path = {.ctx = s->be.ctx, .restore_batch = s->be.restore_batch, .restore_cancel = s->be.restore_cancel};
+  if (cf_batcher_init(&s->batcher, loop, cfg, &path, cf__restore_release, s)) {
+    free(s->engines);
+    free(s);
+    return cf_seterr(CF_ENOMEM, "batcher");
+  }
   *out = s;
   return 0;
 }
 
 void cf_service_set_rpc(cf_service_t *s, cf_rpc_server_t *rpc) { s->rpc = rpc; }
-
-void cf_service_set_cost(cf_service_t *s, const cf_sched_cost_t *cost) {
-  s->cost = *cost;
-  s->have_cost = 1;
-  cf_refit_set_base(&s->refit, cost);
-}
-
-void cf_service_refit_stats(cf_service_t *s, cf_refit_stats_t *out) { cf_refit_stats(&s->refit, out); }
 
 void cf_service_drain(cf_service_t *s) {
   if (s->draining) return;
@@ -810,24 +686,14 @@ void cf_service_drain(cf_service_t *s) {
   for (cf__watch_t *w = s->watchers; w; w = w->next) cf__watch_send(w->call, cf__health_status(s));
 }
 
-int cf_service_restores_in_flight(const cf_service_t *s) { return (int)__atomic_load_n(&s->in_flight, __ATOMIC_RELAXED); }
+int cf_service_restores_in_flight(const cf_service_t *s) {
+  cf_batcher_stats_t bs;
+  cf_batcher_stats(s->batcher, &bs);
+  return (int)bs.in_flight;
+}
 
 void cf_service_abort_all(cf_service_t *s, const char *why) {
-  if (s->timer_armed) { uv_timer_stop(&s->batch_timer); s->timer_armed = 0; }
-  while (s->pending_head) {
-    cf_restore_t *r = s->pending_head;
-    s->pending_head = r->next;
-    cf_rpc_finish(r->call, CF_RPC_UNAVAILABLE, "%s", why);
-    __atomic_fetch_sub(&s->in_flight, 1, __ATOMIC_RELAXED);
-    cf__restore_free(r);
-  }
-  s->pending_tail = NULL;
-  s->n_pending = 0;
-  while (s->running) { /* the executor must end them synchronously when cancelled at shutdown */
-    cf_restore_t *r = s->running;
-    if (s->be.restore_cancel) s->be.restore_cancel(s->be.ctx, r);
-    if (s->running == r) cf_service_restore_done(r, CF_RPC_UNAVAILABLE, NULL, why);
-  }
+  cf_batcher_abort_all(s->batcher, why);
   while (s->watchers) {
     cf__watch_t *w = s->watchers;
     s->watchers = w->next;
@@ -837,27 +703,24 @@ void cf_service_abort_all(cf_service_t *s, const char *why) {
   }
 }
 
-static void cf__timer_closed(uv_handle_t *h) {
-  cf_service_t *s = h->data;
-  cf_refit_close(&s->refit);
-  free(s->engines);
-  free(s);
-}
-
 void cf_service_close(cf_service_t *s) {
   cf_service_abort_all(s, "cacheflowd is shutting down");
+  cf_batcher_close(s->batcher); /* no restore left: it holds no engine */
   for (int i = 0; i < s->max_engines; i++)
     if (s->engines[i]) { cf_engine_t *e = s->engines[i]; s->engines[i] = NULL; cf__engine_unref(s, e); }
-  uv_close((uv_handle_t *)&s->batch_timer, cf__timer_closed);
+  free(s->engines);
+  free(s);
 }
 
 void cf_service_stats(const cf_service_t *s, cf_service_stats_t *o) {
   memset(o, 0, sizeof *o);
   o->engines = __atomic_load_n(&s->n_engines, __ATOMIC_RELAXED);
-  o->restores_in_flight = __atomic_load_n(&s->in_flight, __ATOMIC_RELAXED);
-  o->restores_total = __atomic_load_n(&s->restores_total, __ATOMIC_RELAXED);
-  o->batches_total = __atomic_load_n(&s->batches_total, __ATOMIC_RELAXED);
-  o->restores_batched_total = __atomic_load_n(&s->batched_total, __ATOMIC_RELAXED);
+  cf_batcher_stats_t bs;
+  cf_batcher_stats(s->batcher, &bs);
+  o->restores_in_flight = bs.in_flight;
+  o->restores_total = bs.restores_total;
+  o->batches_total = bs.batches_total;
+  o->restores_batched_total = bs.restores_batched_total;
   o->draining = s->draining;
   if (s->be.usage) s->be.usage(s->be.ctx, &o->cpu_bytes, &o->ssd_bytes);
 }

@@ -1,14 +1,15 @@
 /* cf_service — what each RPC does once cf_rpc has unpacked and field-checked it; and the
- * seam the executor plugs into.
+ * seam the data path plugs into.
  *
- * The service owns the engine table (RegisterEngine / Unregister), the Restore batcher
- * (collects restores for `batch_window_us` or until `batch_max`, then hands the batch over),
- * health (grpc.health.v1 Check and Watch) and the Admin service. Data-path work — store
- * lookup, save, planning and executing restores, evicting — goes through cf_service_backend_t:
- * a NULL hook answers FAILED_PRECONDITION naming the missing part, so the daemon is useful
- * (and testable) before lib/store and lib/exec are wired in.
+ * The service owns the engine table (RegisterEngine / Unregister), the checks of Lookup, Save
+ * and Restore that need daemon state, health (grpc.health.v1 Check and Watch) and the Admin
+ * service. A valid Restore goes to the batcher (cf_batcher). Data-path work — store lookup,
+ * save, executing restores, evicting — goes through cf_service_backend_t (cf_storage's and
+ * cf_dataplane's hooks): the daemon builds them only when a model is configured, and without
+ * them each RPC answers FAILED_PRECONDITION saying so.
  *
- * Everything runs on the libuv loop thread.
+ * Handlers run on the libuv loop thread and never wait on the store: Save's copy runs on the
+ * service's save worker and the call is answered when it is done.
  */
 #ifndef CF_SERVICE_H
 #define CF_SERVICE_H
@@ -18,11 +19,12 @@
 #include <uv.h>
 
 #include "cacheflow/v1/cacheflow.pb-c.h"
+#include "cf_batcher.h"
 #include "cf_config.h"
+#include "ipc/cf_kvmap.h"
 #include "cf_model_info.h"
+#include "cf_planner.h"
 #include "cf_rpc.h"
-#include "cf_refit.h"
-#include "sched/cf_cost.h"
 
 /* One layer's K or V buffer as the engine declared it (validated at registration). */
 typedef struct {
@@ -34,7 +36,9 @@ typedef struct {
 
 typedef struct {
   cf_kvbuf_t k, v;
-  uint64_t block_stride, token_stride, head_stride;
+  uint64_t block_stride, token_stride, head_stride; /* K's (and V's unless vs is set), bytes */
+  uint64_t dim_stride;      /* 0 = the element size */
+  cf_kv_strides_t vs;       /* V's own strides (LayerLayout.v_strides); all zero = K's */
 } cf_layer_layout_t;
 
 /* A registered engine. Shared by reference: restores in flight hold one, so an Unregister
@@ -46,50 +50,28 @@ typedef struct cf_engine_s {
   int gone;                 /* unregistered: restores still holding it are aborted */
   int n_layers;
   uint32_t block_size, num_blocks;
+  int head0, n_heads;       /* model KV heads [head0, head0 + n_heads) in its buffers (a TP shard: fewer) */
+  uint64_t tp_group;        /* nonzero: the shards sharing it are one engine (their saves assemble) */
   int dtype;                /* Cacheflow__V1__DType */
   size_t dtype_size;
   cf_layer_layout_t *layers;
-  void *exec_priv;          /* the backend's per-engine state (mapped buffers) */
+  struct cf_engine_map_s *map; /* cf_storage's mappings of its buffers (engine_added), NULL without */
   /* filled by engine_added (cf_dataplane): where the engine finds its readiness counters */
   char readiness_path[256];
   uint32_t readiness_slots;
 } cf_engine_t;
 
-struct cf_batch_plan_s;
-
-/* What the planner decided for one restore (also sent to the engine as PlanSummary). */
-typedef struct {
-  uint32_t chunks;
-  uint64_t cells_load_cpu, cells_load_ssd, cells_compute;
-  double predicted_us, bound_us;
-} cf_restore_summary_t;
-
-/* One validated Restore, owned by the service until cf_service_restore_done. */
-typedef struct cf_restore_s {
-  cf_rpc_call_t *call;
-  cf_engine_t *engine;
-  Cacheflow__V1__RestoreRequest *req;
-  int policy;               /* cf_policy_t, the request's or the configured default */
-  uint64_t arrival_ns;
-  /* filled at dispatch: the store lookup and the plan */
-  uint32_t cached_tokens;   /* leading tokens whose chunks the store holds */
-  uint8_t *chunk_tiers;     /* [chunks of cached_tokens]: CF_STORE_TIER_CPU / _SSD of each */
-  cf_restore_summary_t summary;
-  struct cf_batch_plan_s *plan; /* the planned group (NULL: no planner), request index plan_req */
-  int plan_req;
-  struct cf_restore_s *next;
-  struct cf_service_s *svc;
-  void *exec_priv;
-} cf_restore_t;
-
-/* The data path. Every hook may be NULL (not built yet). Hooks run on the loop thread and
- * must not block: long work goes to the backend's own threads, which report back through
- * uv_async and then call cf_service_restore_event / cf_service_restore_done on the loop. */
+/* The data path. Every hook may be NULL (no model configured). Hooks are called on the loop
+ * thread, except `lookup` (also from the executor thread) and `save` (on the save worker):
+ * those two must be thread-safe. Restores are handed on through restore_batch (cf_batcher_path_t);
+ * their progress comes back on the loop (cf_restore_event / cf_restore_done). */
 typedef struct {
   void *ctx;
   /* The KV dtype the store holds, as the proto's DType (0: none, nothing checked). RegisterEngine
    * of buffers in another dtype gets FAILED_PRECONDITION naming both, before engine_added. */
   int kv_dtype;
+  /* The store has an SSD tier: Save(durable) can be honoured (else FAILED_PRECONDITION). */
+  int has_ssd;
   /* Map the engine's buffers; 0 or CF_E* (the registration is refused with its detail). */
   int (*engine_added)(void *ctx, cf_engine_t *e);
   void (*engine_removed)(void *ctx, cf_engine_t *e);
@@ -98,15 +80,15 @@ typedef struct {
    * the tier of each stored leading chunk. 0 or CF_E*. */
   int (*lookup)(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t n, uint32_t tier_tokens[3],
                 uint8_t *chunk_tiers);
-  /* Copy the blocks into the CPU tier. 0 or CF_E*; *saved_tokens and *durable filled. */
-  int (*save)(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest *req, uint32_t *saved_tokens, int *durable);
-  /* Plan and run a batch; each restore must end with cf_service_restore_done. */
+  /* Copy the blocks into the CPU tier (on the save worker: it may wait for SSD writes). 0 or
+   * CF_E*; *saved_tokens, *durable and *pending_tokens (a TP shard's tokens waiting for its group's
+   * other heads) filled; req->durable: through to SSD. The engine stays referenced meanwhile. */
+  int (*save)(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest *req, uint32_t *saved_tokens, int *durable,
+              uint32_t *pending_tokens);
+  /* Look up, plan and run a batch; each restore must end with cf_restore_done. */
   void (*restore_batch)(void *ctx, cf_restore_t **batch, int n);
   /* Cancel a restore whose engine went away or whose client left; it still ends with done. */
   void (*restore_cancel)(void *ctx, cf_restore_t *r);
-  /* exec: the readiness counter slot restore r will bump, reset to 0 layers now (before the
-   * PlanSummary carrying it reaches the engine); -1 when it gets none. May be NULL. */
-  int (*restore_slot)(void *ctx, cf_restore_t *r);
   int (*evict)(void *ctx, int tier, uint64_t bytes, uint64_t *bytes_evicted, uint64_t *chunks_evicted);
   void (*usage)(void *ctx, uint64_t *cpu_bytes, uint64_t *ssd_bytes);
 } cf_service_backend_t;
@@ -115,29 +97,19 @@ typedef struct cf_service_s cf_service_t;
 
 /* `cfg` stays owned by the caller and is read live (SIGHUP reload takes effect at once).
  * `model` may be NULL (no model configured: RegisterEngine fails with FAILED_PRECONDITION).
- * `backend` may be NULL (every hook missing). Returns 0 or CF_ENOMEM. */
+ * `backend` may be NULL (every hook missing). `planner` (borrowed): whose re-fit GetStats
+ * reports. Returns 0 or CF_ENOMEM. */
 int cf_service_init(cf_service_t **out, uv_loop_t *loop, const cf_config_t *cfg,
-                    const cf_model_info_t *model, const cf_service_backend_t *backend);
+                    const cf_model_info_t *model, const cf_service_backend_t *backend, cf_planner_t *planner);
 /* The method table to give cf_rpc_start (user = the service). */
 const cf_rpc_method_t *cf_service_methods(int *n);
 void cf_service_set_rpc(cf_service_t *s, cf_rpc_server_t *rpc);
-/* The cost model to plan restores with (copied). Without one, restores are not planned. */
-void cf_service_set_cost(cf_service_t *s, const cf_sched_cost_t *cost);
-
-/* Stream progress of a restore / end it (status CF_RPC_*; `stats` NULL unless OK). */
-void cf_service_restore_event(cf_restore_t *r, const Cacheflow__V1__RestoreEvent *ev);
-void cf_service_restore_done(cf_restore_t *r, int status, const Cacheflow__V1__RestoreStats *stats,
-                             const char *detail);
-
-/* The online re-fit of the compute cost (cf_refit.h): its state now. */
-void cf_service_refit_stats(cf_service_t *s, cf_refit_stats_t *out);
-
 /* Drain: health turns NOT_SERVING (Watch streams are told). */
 void cf_service_drain(cf_service_t *s);
 /* Restores accepted and not yet ended (batched or executing). */
 int cf_service_restores_in_flight(const cf_service_t *s);
-/* End every open call of the service: restores get UNAVAILABLE (drain timeout), Watch streams
- * end OK. Call before cf_rpc_shutdown. */
+/* End every open call of the service: Saves being copied finish (waited for) and are answered,
+ * restores get UNAVAILABLE (drain timeout), Watch streams end OK. Call before cf_rpc_shutdown. */
 void cf_service_abort_all(cf_service_t *s, const char *why);
 void cf_service_close(cf_service_t *s);
 

@@ -2,6 +2,7 @@
 #include "cf_storage.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,11 +15,37 @@
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
+/* An engine's buffers mapped into the daemon: layer l's K starts at k[l], V at v[l] (the
+ * declared offsets applied); `kv` is a lib/ipc view of them (one set of strides for every
+ * layer), which Save and the executor both address the blocks through. Owned by the engine
+ * (cf_engine_t.map). */
+struct cf_engine_map_s {
+  int n_maps;
+  void **map_base;
+  size_t *map_len;
+  uint8_t **k, **v;
+  cf_kvmap_t kv;
+  int gpu;                  /* CUDA IPC engine: gkv holds its buffers, kv is unused */
+  cf_gpu_kv_t gkv;
+};
+typedef struct cf_engine_map_s cf_engine_map_t;
+
+/* The pending whole cells of one TP group's shard saves (cf_save_shard). */
+typedef struct cf__tpg_s {
+  struct cf__tpg_s *next;
+  uint64_t tp_group;
+  cf_save_group_t *g;
+} cf__tpg_t;
+
 struct cf_storage_s {
   cf_store_t *st;
   cf_store_geom_t g;
   cf_dtype_t kv_dtype;
   cf_exec_gpu_t *gpu;       /* gpu_executor = on, else NULL */
+  int has_ssd;              /* ssd_tier_bytes > 0: durable saves possible */
+  size_t tp_pending_bytes;  /* per TP group: pending shard cells (a quarter of cpu_tier_bytes) */
+  cf__tpg_t *groups;        /* under groups_mu (saves may run on several threads) */
+  pthread_mutex_t groups_mu;
 };
 
 /* The proto's DType of a KV dtype (F32/BF16/F16 only). */
@@ -27,11 +54,7 @@ static int cf__proto_dtype(cf_dtype_t t) {
                                                                              : CACHEFLOW__V1__DTYPE__DTYPE_F32;
 }
 
-int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_info_t *model, cf_dtype_t kv_dtype) {
-  return cf_storage_open_gpu(out, cfg, model, kv_dtype, NULL);
-}
-
-int cf_storage_open_gpu(cf_storage_t **out, const cf_config_t *cfg, const cf_model_info_t *model,
+int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_info_t *model,
                         cf_dtype_t kv_dtype, cf_exec_gpu_t *gpu) {
   *out = NULL;
   cf_storage_t *s = calloc(1, sizeof *s);
@@ -54,6 +77,9 @@ int cf_storage_open_gpu(cf_storage_t **out, const cf_config_t *cfg, const cf_mod
     sc.cpu_alloc = cf_gpu_pinned_alloc;
     sc.cpu_free = cf_gpu_pinned_free;
   }
+  s->has_ssd = cfg->ssd_tier_bytes > 0;
+  pthread_mutex_init(&s->groups_mu, NULL);
+  s->tp_pending_bytes = (size_t)(cfg->cpu_tier_bytes / 4 > (64 << 20) ? cfg->cpu_tier_bytes / 4 : (64 << 20));
   rc = cf_store_open(cfg->store_dir, &s->g, &sc, &s->st);
   if (rc) { free(s); return cf_err_prefix(rc, "store_dir %s (kv_dtype %s): ", cfg->store_dir, cf_dtype_name(kv_dtype)); }
   *out = s;
@@ -67,6 +93,8 @@ void cf_storage_close(cf_storage_t *s) {
   int rc = cf_store_flush(s->st);
   if (rc) CF_WARN("store: flush at shutdown: %s: %s (chunks only in the CPU tier are lost)", cf_strerror(rc), cf_errmsg());
   cf_store_close(s->st);
+  for (cf__tpg_t *t = s->groups, *nx; t; t = nx) { nx = t->next; cf_save_group_free(t->g); free(t); }
+  pthread_mutex_destroy(&s->groups_mu);
   free(s);
 }
 
@@ -111,14 +139,18 @@ static uint8_t *cf__map_path(cf_engine_map_t *m, const char **paths, const char 
  * the first layer that differs. */
 static int cf__engine_layout(const cf_storage_t *s, const cf_engine_t *e, const char *who, cf_kv_layout_t *lay) {
   int L = e->n_layers;
+  const cf_layer_layout_t *a = &e->layers[0];
   *lay = (cf_kv_layout_t){.n_layers = L, .num_blocks = (int)e->num_blocks, .block_size = (int)e->block_size,
-                          .n_kv_heads = (int)s->g.n_kv_heads, .head_dim = (int)s->g.head_dim, .dtype = s->kv_dtype,
-                          .block_stride = e->layers[0].block_stride, .token_stride = e->layers[0].token_stride,
-                          .head_stride = e->layers[0].head_stride};
-  for (int l = 1; l < L; l++)
-    if (e->layers[l].block_stride != lay->block_stride || e->layers[l].token_stride != lay->token_stride ||
-        e->layers[l].head_stride != lay->head_stride)
+                          .n_kv_heads = e->n_heads, .head_dim = (int)s->g.head_dim, .dtype = s->kv_dtype,
+                          .block_stride = a->block_stride, .token_stride = a->token_stride,
+                          .head_stride = a->head_stride, .dim_stride = a->dim_stride, .vs = a->vs,
+                          .head0 = e->head0, .model_heads = (int)s->g.n_kv_heads};
+  for (int l = 1; l < L; l++) {
+    const cf_layer_layout_t *b = &e->layers[l];
+    if (b->block_stride != a->block_stride || b->token_stride != a->token_stride || b->head_stride != a->head_stride ||
+        b->dim_stride != a->dim_stride || memcmp(&b->vs, &a->vs, sizeof a->vs))
       return cf_seterr(CF_EUNSUPPORTED, "layer %d strides differ from layer 0's; the %s executor needs one layout", l, who);
+  }
   return 0;
 }
 
@@ -153,7 +185,7 @@ static int cf__engine_added_gpu(cf_storage_t *s, cf_engine_t *e) {
   free(kh); free(vh); free(ko); free(vo);
   if (rc) { free(m); return rc; }
   m->gpu = 1;
-  e->exec_priv = m;
+  e->map = m;
   return 0;
 }
 
@@ -189,14 +221,20 @@ static int cf__engine_added(void *ctx, cf_engine_t *e) {
   if (!rc) rc = cf__engine_layout(s, e, "CPU", &lay);
   if (!rc) rc = cf_kvmap_view(&m->kv, &lay, m->k, m->v);
   if (rc) { cf__unmap(m); return rc; }
-  e->exec_priv = m;
+  e->map = m;
   return 0;
 }
 
 static void cf__engine_removed(void *ctx, cf_engine_t *e) {
   (void)ctx;
-  cf__unmap(e->exec_priv);
-  e->exec_priv = NULL;
+  cf__unmap(e->map);
+  e->map = NULL;
+}
+
+void cf_storage_engine_kv(const cf_engine_t *e, cf_kvmap_t **kv, const cf_gpu_kv_t **gkv) {
+  const cf_engine_map_t *m = e->map;
+  *kv = m && !m->gpu ? &e->map->kv : NULL;
+  *gkv = m && m->gpu ? &m->gkv : NULL;
 }
 
 /* ---------------------------------------------------------------- lookup / save */
@@ -232,23 +270,55 @@ static int cf__lookup(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t 
   return 0;
 }
 
-static int cf__save(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest *req, uint32_t *saved, int *durable) {
+/* The pending-cell group of a TP engine's shards (made on its first shard save). */
+static cf_save_group_t *cf__tp_group(cf_storage_t *s, uint64_t id) {
+  pthread_mutex_lock(&s->groups_mu);
+  cf__tpg_t *t = s->groups;
+  while (t && t->tp_group != id) t = t->next;
+  if (!t && (t = calloc(1, sizeof *t))) {
+    if (cf_save_group_create(&t->g, (int)s->g.n_layers, (int)s->g.n_kv_heads, (int)s->g.head_dim, s->kv_dtype,
+                             s->tp_pending_bytes)) {
+      free(t);
+      t = NULL;
+    } else {
+      t->tp_group = id;
+      t->next = s->groups;
+      s->groups = t;
+    }
+  }
+  pthread_mutex_unlock(&s->groups_mu);
+  return t ? t->g : NULL; /* groups live until cf_storage_close */
+}
+
+static int cf__save(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest *req, uint32_t *saved, int *durable,
+                    uint32_t *pending) {
   cf_storage_t *s = ctx;
-  cf_engine_map_t *m = e->exec_priv;
+  cf_engine_map_t *m = e->map;
   const size_t n = req->n_token_ids;
   *saved = 0;
   *durable = 0;
+  *pending = 0;
   int32_t *tok = malloc((n ? n : 1) * sizeof *tok);
   if (!tok) return cf_seterr(CF_ENOMEM, "save of %zu tokens", n);
   for (size_t i = 0; i < n; i++) tok[i] = (int32_t)req->token_ids[i]; /* ids < vocab: validated */
   /* block ids were validated < num_blocks (< 2^31), so the uint32 table reads as int32 */
-  cf_save_result_t res;
-  int rc = m->gpu ? cf_exec_gpu_save(s->gpu, s->st, &m->gkv, tok, (int)n, (const int32_t *)req->block_ids,
-                                     (int)req->n_block_ids, 0, &res)
-                  : cf_save_blocks(s->st, &m->kv, tok, (int)n, (const int32_t *)req->block_ids, (int)req->n_block_ids, 0, &res);
+  const int32_t *blk = (const int32_t *)req->block_ids;
+  unsigned flags = req->durable ? CF_STORE_SAVE_DURABLE : 0; /* the service checked has_ssd */
+  cf_save_result_t res = {0};
+  int rc;
+  if (m->gpu) {
+    rc = cf_exec_gpu_save(s->gpu, s->st, &m->gkv, tok, (int)n, blk, (int)req->n_block_ids, flags, &res);
+  } else if (e->n_heads < (int)s->g.n_kv_heads) { /* a TP shard: whole cells once its group saved every head */
+    cf_save_group_t *g = cf__tp_group(s, e->tp_group);
+    rc = g ? cf_save_shard(g, s->st, &m->kv, tok, (int)n, blk, (int)req->n_block_ids, flags, &res)
+           : cf_seterr(CF_ENOMEM, "save: TP group %llu", (unsigned long long)e->tp_group);
+  } else {
+    rc = cf_save_blocks(s->st, &m->kv, tok, (int)n, blk, (int)req->n_block_ids, flags, &res);
+  }
   free(tok);
   *saved = res.saved_tokens;
   *durable = res.durable;
+  *pending = res.pending_tokens;
   return rc;
 }
 
@@ -277,6 +347,7 @@ static void cf__usage(void *ctx, uint64_t *cpu, uint64_t *ssd) {
 void cf_storage_backend(cf_storage_t *s, cf_service_backend_t *be) {
   be->ctx = s;
   be->kv_dtype = cf__proto_dtype(s->kv_dtype);
+  be->has_ssd = s->has_ssd;
   be->engine_added = cf__engine_added;
   be->engine_removed = cf__engine_removed;
   be->lookup = cf__lookup;

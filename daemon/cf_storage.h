@@ -1,12 +1,14 @@
 /* cf_storage — the daemon's data path over lib/store, plugged into cf_service through
- * cf_service_backend_t: engine buffer mappings, Lookup, Save, Evict and tier usage.
- * Restore (plan + overlapped execution) comes from lib/exec and is not part of this module.
+ * cf_service_backend_t: engine buffer mappings, Lookup, Save, Evict and tier usage. Restores
+ * are cf_dataplane's (which wraps these hooks); their store lookup is this module's `lookup`,
+ * called on the executor thread.
  *
  * The store keeps KV in one dtype (config `kv_dtype`, resolved by the caller: f32, bf16 or
  * f16), chunked by `chunk_tokens` and keyed with the model fingerprint; engines must register
  * buffers of that dtype (the service refuses others with FAILED_PRECONDITION, and so does
- * engine_added). Save copies on the loop thread through lib/exec's cf_save_blocks: one chunk
- * (all layers) at a time, so memory stays bounded by one chunk.
+ * engine_added). Save copies through lib/exec's cf_save_blocks (on the service's save worker,
+ * not the loop): one chunk (all layers) at a time, so memory stays bounded by one chunk.
+ * `lookup` and `save` are thread-safe (lib/store is).
  */
 #ifndef CF_STORAGE_H
 #define CF_STORAGE_H
@@ -23,13 +25,12 @@ typedef struct cf_storage_s cf_storage_t;
 /* Open (creating or recovering) the store in cfg->store_dir for `model`, holding KV of
  * `kv_dtype` (CF_DT_F32, CF_DT_BF16 or CF_DT_F16). Returns 0 or the store's error
  * (CF_EMISMATCH when the directory holds another model's, chunk size's or dtype's KV — the
- * message names both — CF_EACCES, CF_EIO, ...) with its detail. */
-int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_info_t *model, cf_dtype_t kv_dtype);
-/* The same with the GPU executor (gpu_executor = on; NULL = off): the CPU tier is pinned host
+ * message names both — CF_EACCES, CF_EIO, ...) with its detail.
+ * `gpu`: NULL (gpu_executor = off), or the GPU executor: the CPU tier is then pinned host
  * memory (cf_gpu_pinned_alloc), engines may register CUDA IPC buffers (opened on gpu->device,
  * UUID checked) and their Saves copy device blocks to the store (cf_exec_gpu_save). `gpu` is
  * borrowed and must outlive the storage. */
-int cf_storage_open_gpu(cf_storage_t **out, const cf_config_t *cfg, const cf_model_info_t *model,
+int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_info_t *model,
                         cf_dtype_t kv_dtype, cf_exec_gpu_t *gpu);
 /* Fill the hooks of `be` (ctx = s) and be->kv_dtype (the store's, as the proto's DType). */
 void cf_storage_backend(cf_storage_t *s, cf_service_backend_t *be);
@@ -38,18 +39,8 @@ cf_store_t *cf_storage_store(cf_storage_t *s);
 /* Write back CPU-only chunks (so a restart keeps them), then close. NULL is a no-op. */
 void cf_storage_close(cf_storage_t *s);
 
-/* An engine's buffers mapped into the daemon: layer l's K starts at k[l], V at v[l] (the
- * declared offsets applied); `kv` is a lib/ipc view of them (one set of strides for every
- * layer), which Save and the executor both address the blocks through. Owned by the engine
- * (exec_priv). */
-typedef struct {
-  int n_maps;
-  void **map_base;
-  size_t *map_len;
-  uint8_t **k, **v;
-  cf_kvmap_t kv;
-  int gpu;                  /* CUDA IPC engine: gkv holds its buffers, kv is unused */
-  cf_gpu_kv_t gkv;
-} cf_engine_map_t;
+/* Where the executor writes engine e's KV: its shared-memory view (*kv) for a shm engine, or
+ * its device view (*gkv) for a CUDA IPC engine; the other is NULL. Both NULL: no mapping. */
+void cf_storage_engine_kv(const cf_engine_t *e, cf_kvmap_t **kv, const cf_gpu_kv_t **gkv);
 
 #endif

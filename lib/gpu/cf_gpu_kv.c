@@ -17,17 +17,18 @@ static int cf__gpu_kv_check(const cf_kv_layout_t *lay, const void *k, const void
                      "2-byte (bf16/f16) KV", (int)lay->dtype, cf_kv_elem_size(lay->dtype));
   /* The paged kernels (kernels/cf_paged.cu) take one set of block/token/head strides for both
    * planes and contiguous head vectors: every GPU attention layout (FlashAttention NHD, HND,
-   * blocks-first) is such; vLLM's CPU layout and TP shards are CPU-path only for now. */
+   * blocks-first) is such; vLLM's CPU layout and TP shards are CPU-path only for now: refused as
+   * INVALID_ARGUMENT naming the stride (RegisterEngine of a CUDA IPC engine). */
   cf_kv_strides_t ks = cf_kv_plane(lay, 0), vs = cf_kv_plane(lay, 1);
   if (ks.dim != 2)
-    return cf_seterr(CF_EUNSUPPORTED, "gpu kv: dim_stride %llu: the GPU path needs contiguous head vectors "
+    return cf_seterr(CF_EINVAL, "gpu kv: dim_stride %llu: the GPU path needs contiguous head vectors "
                      "(dim_stride 2)", (unsigned long long)ks.dim);
   if (memcmp(&ks, &vs, sizeof ks))
-    return cf_seterr(CF_EUNSUPPORTED, "gpu kv: V strides (block %llu, token %llu, head %llu, dim %llu) differ "
+    return cf_seterr(CF_EINVAL, "gpu kv: V strides (block %llu, token %llu, head %llu, dim %llu) differ "
                      "from K's: the GPU path needs one set", (unsigned long long)vs.block,
                      (unsigned long long)vs.token, (unsigned long long)vs.head, (unsigned long long)vs.dim);
   if (cf_kv_row_heads(lay) != lay->n_kv_heads)
-    return cf_seterr(CF_EUNSUPPORTED, "gpu kv: a TP shard (heads %d..%d of %d) is CPU-path only for now",
+    return cf_seterr(CF_EINVAL, "gpu kv: a TP shard (heads %d..%d of %d) is CPU-path only for now",
                      lay->head0, lay->head0 + lay->n_kv_heads - 1, cf_kv_row_heads(lay));
   return 0;
 }

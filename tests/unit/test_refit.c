@@ -4,7 +4,7 @@
 #include <math.h>
 
 #include "cf_test.h"
-#include "cf_refit.c"
+#include "cf_refit.h" /* linked from libcfdaemon */
 
 /* Executor stats of a restore whose steps the calibration `c` predicts at `pred_s` seconds and
  * that took `factor` times that. */
