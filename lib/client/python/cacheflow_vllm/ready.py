@@ -96,3 +96,10 @@ class Readiness:
             ts = _Timespec(int(step), int((step - int(step)) * 1e9))
             _libc.syscall(_SYS_FUTEX, ctypes.c_void_p(seq_addr), _FUTEX_WAIT, ctypes.c_uint32(seq),
                           ctypes.byref(ts), None, 0)
+
+    def futex_wait(self, slot, seq, timeout_s):
+        """Sleep until the slot's seq word changes from `seq` (the daemon bumps it on every
+        publish) or timeout_s passes. Spurious wakes are fine: callers re-read."""
+        ts = _Timespec(int(timeout_s), int((timeout_s - int(timeout_s)) * 1e9))
+        _libc.syscall(_SYS_FUTEX, ctypes.c_void_p(self._base + HDR + slot * SLOT + 24), _FUTEX_WAIT,
+                      ctypes.c_uint32(seq), ctypes.byref(ts), None, 0)
