@@ -11,20 +11,16 @@ export BUILD
 LOGDIR=$BUILD/test-logs
 mkdir -p "$LOGDIR"
 P=0; F=0; S=0
-venv=$(bash tests/engines/setup_venv.sh 2>"$LOGDIR/engines-venv.log" | tail -n 1)
-rc=${PIPESTATUS[0]}
+. tests/engines/env.sh
+engines_env
+rc=$?
 if [ "$rc" = 3 ]; then
   echo "skip engines: the vLLM venv could not be installed (package registry unreachable; see $LOGDIR/engines-venv.log)"
   echo "engines: 0 passed, 0 failed, 1 skipped"; exit 0
-elif [ "$rc" != 0 ] || [ ! -x "$venv/bin/python" ]; then
-  echo "FAIL engines venv: setup_venv.sh exit $rc"; tail -n 20 "$LOGDIR/engines-venv.log" | sed 's/^/    /'
+elif [ "$rc" != 0 ]; then
+  echo "FAIL engines setup: exit $rc"; tail -n 20 "$LOGDIR/engines-venv.log" | sed 's/^/    /'
   echo "engines: 0 passed, 1 failed"; exit 1
 fi
-PY="$venv/bin/python"
-mkdir -p "$BUILD/py-vllm"
-"$PY" -m grpc_tools.protoc --proto_path=proto --python_out="$BUILD/py-vllm" --grpc_python_out="$BUILD/py-vllm" \
-  proto/cacheflow/v1/cacheflow.proto || { echo "FAIL engines: stub generation"; echo "engines: 0 passed, 1 failed"; exit 1; }
-[ -x "$BUILD/cacheflowd" ] || { echo "FAIL engines: $BUILD/cacheflowd not built (make first)"; echo "engines: 0 passed, 1 failed"; exit 1; }
 for t in tests/engines/test_*.py; do
   name=$(basename "$t" .py)
   log="$LOGDIR/engines-$name.log"
