@@ -463,7 +463,10 @@ class CacheFlowConnector(KVConnectorBase_V1):
         return True
 
     def _lost_daemon(self, e):
-        if e is None or "NOT_FOUND" in e or "UNAVAILABLE" in e or "CANCELLED" in e:
+        # NOT_FOUND: a restarted daemon forgot this engine; UNAVAILABLE: it is gone or draining.
+        # Either way register again (rate-limited) before the next restore or save. A timeout
+        # leaves the registration alone: the daemon still holds it.
+        if e and ("NOT_FOUND" in e or "UNAVAILABLE" in e):
             self.registered = False
 
     def start_load_kv(self, forward_context, **kwargs):
@@ -541,7 +544,7 @@ class CacheFlowConnector(KVConnectorBase_V1):
         if self._restores:
             for r in self._restores:
                 self._wait_restore(r, len(self._layer_index))
-                r.join(self.restore_timeout_s)
+                r.join(5.0)  # all layers are in: only the final stats are still on the wire
                 self.restores_done.append(r)
                 self.trace.append((time.monotonic(), "restore_end", r.spec.req_id))
             self._restores = []

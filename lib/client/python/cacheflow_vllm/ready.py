@@ -11,7 +11,6 @@ import ctypes
 import mmap
 import os
 import struct
-import time
 
 MAGIC = b"CFREADY1"
 HDR = 64
@@ -28,14 +27,6 @@ _libc.syscall.restype = ctypes.c_long
 
 class _Timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-class ReadyFailed(Exception):
-    """The restore behind a slot ended in error (status < 0) or ended short of the layer asked."""
-
-
-class ReadyTimeout(Exception):
-    pass
 
 
 class Readiness:
@@ -64,38 +55,11 @@ class Readiness:
             pass  # a ctypes view still alive: the mapping goes with the process
 
     def read(self, slot):
-        """(layers, status, seq) of `slot`. Aligned 8-byte loads are atomic on x86-64/arm64."""
+        """(layers, status, seq) of `slot`. Aligned 8-byte loads are atomic on x86-64/arm64.
+        The caller re-reads after every futex wake (cf_ready_wait does the same in C)."""
         off = HDR + slot * SLOT
         layers, status, _req, seq = struct.unpack_from("<QqQI", self.map, off)
         return layers, status, seq
-
-    def wait(self, slot, min_layers, timeout_s, abort=None):
-        """Return once `slot` has >= min_layers complete layers. Raises ReadyFailed when the
-        restore failed or finished short, ReadyTimeout after timeout_s. `abort()` (optional) is
-        polled every 50 ms: a true value raises ReadyFailed (e.g. the stream saw an error)."""
-        if not 0 <= slot < self.n_slots:
-            raise ReadyFailed(f"readiness slot {slot} out of range [0, {self.n_slots})")
-        deadline = time.monotonic() + timeout_s
-        seq_addr = self._base + HDR + slot * SLOT + 24
-        while True:
-            layers, status, seq = self.read(slot)
-            if layers >= min_layers:
-                return layers
-            if status < 0:
-                raise ReadyFailed(f"restore failed after {layers} layers (status {status})")
-            if status == DONE:
-                raise ReadyFailed(f"restore done with {layers} layers, {min_layers} awaited")
-            if abort is not None:
-                why = abort()
-                if why:
-                    raise ReadyFailed(why)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ReadyTimeout(f"slot {slot}: {layers} of {min_layers} layers after {timeout_s}s")
-            step = min(left, 0.05)
-            ts = _Timespec(int(step), int((step - int(step)) * 1e9))
-            _libc.syscall(_SYS_FUTEX, ctypes.c_void_p(seq_addr), _FUTEX_WAIT, ctypes.c_uint32(seq),
-                          ctypes.byref(ts), None, 0)
 
     def futex_wait(self, slot, seq, timeout_s):
         """Sleep until the slot's seq word changes from `seq` (the daemon bumps it on every
