@@ -27,6 +27,12 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "integration", "py"))
 import cfdaemon  # noqa: E402
 
 CTL = os.path.join(ROOT, BUILD, "cacheflowctl")
+Checks = cfdaemon.Checks  # check(name, cond, detail); summary() prints "N passed, N failed"
+
+
+def counter(d, name):
+    """Sum of one Admin.Stats counter (every label) of daemon `d`."""
+    return sum(c.value for c in d.client.stats().counters if c.name == name)
 BLOCK = 32  # vLLM's CPU attention needs multiples of 32
 
 

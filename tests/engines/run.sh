@@ -7,6 +7,7 @@
 set -u
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
+export PYTHONUNBUFFERED=1
 export BUILD
 LOGDIR=$BUILD/test-logs
 mkdir -p "$LOGDIR"

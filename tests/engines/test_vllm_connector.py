@@ -46,21 +46,6 @@ def run_baseline(out):
         json.dump(res, f)
 
 
-class T:
-    def __init__(self):
-        self.passed = self.failed = 0
-
-    def check(self, name, cond, detail=""):
-        if cond:
-            self.passed += 1
-            print(f"  ok   {name}")
-        else:
-            self.failed += 1
-            print(f"FAIL {name}: {detail}")
-        sys.stdout.flush()
-        return cond
-
-
 def cells_check(kv_now, kv_saved, kv_own, ntok_from, ntok_to):
     """Each (chunk, layer) cell of tokens [ntok_from, ntok_to) in vLLM's blocks is either
     bit-exact the KV vLLM computed and the daemon saved (loaded) or within 1e-4 of vLLM's own
@@ -90,15 +75,14 @@ def snapshot(llm, blocks, ntok):
 
 
 def main():
-    t = T()
+    t = H.Checks()
     tmp = tempfile.mkdtemp(prefix="cfv-")
     base_json = os.path.join(tmp, "baseline.json")
     env = dict(os.environ, CF_MODEL=MODEL)
     r = subprocess.run([sys.executable, os.path.abspath(__file__), "--baseline", base_json], env=env,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if not t.check("baseline vLLM run without the connector", r.returncode == 0, r.stdout[-3000:]):
-        print(f"{t.passed} passed, {t.failed} failed")
-        return 1
+        return t.summary()
     base = json.load(open(base_json))
 
     d = H.start_daemon(MODEL)
@@ -296,6 +280,18 @@ def main():
     t.check(f"back: the connector re-registered and restores again (after {i + 1} turns), tokens identical",
             got and o2k == bk["o2"], f"{o2k}")
 
+    # ---- a hung daemon (SIGSTOP): lookups time out (lookup_timeout_s), vLLM recomputes
+    d.signal(signal.SIGSTOP)
+    try:
+        llm.reset_prefix_cache()
+        n0 = len(w.restores_done)
+        o2k = H.generate(llm, [p2k])[0]
+    finally:
+        d.signal(signal.SIGCONT)
+    t.check("hung: daemon stopped (SIGSTOP), vLLM answers with identical tokens and no restore",
+            o2k == bk["o2"] and len(w.restores_done) == n0, f"{o2k} vs {bk['o2']}")
+    time.sleep(1.2)  # past the connector's one-second back-off
+
     # ---- async saves: request_finished keeps the blocks, get_finished reports the save
     w.save_mode = s.save_mode = "async"
     m0 = len(w.trace)
@@ -314,8 +310,7 @@ def main():
     w.save_mode = s.save_mode = "step"
 
     d.stop()
-    print(f"{t.passed} passed, {t.failed} failed")
-    return 0 if t.failed == 0 else 1
+    return t.summary()
 
 
 MODEL = os.environ.get("CF_MODEL") or H.gen_model(os.path.join(tempfile.gettempdir(), "cfv-model-demo"))

@@ -26,23 +26,9 @@ import numpy as np  # noqa: E402
 CHUNK = 64
 
 
-def counter(d, name):
-    return sum(c.value for c in d.client.stats().counters if c.name == name)
-
-
 def main():
-    passed = failed = 0
-
-    def check(name, cond, detail=""):
-        nonlocal passed, failed
-        if cond:
-            passed += 1
-            print(f"  ok   {name}", flush=True)
-        else:
-            failed += 1
-            print(f"FAIL {name}: {detail}", flush=True)
-        return cond
-
+    t = H.Checks()
+    check = t.check
     model = H.gen_model(os.path.join(tempfile.gettempdir(), "cfv-model-demo"))
     d = H.start_daemon(model, policy="load")
     before = set(glob.glob("/dev/shm/cacheflow-vllm-*.engine"))
@@ -70,10 +56,10 @@ def main():
     own = H.generate(llm, [p2])[0]
     hit = (((len(p2) - 1) // CHUNK) * CHUNK // H.BLOCK) * H.BLOCK
     # that run saved p2's chunks from both shards; restore them now
-    r0 = counter(d, "cacheflow_restores_total")
+    r0 = H.counter(d, "cacheflow_restores_total")
     llm.reset_prefix_cache()
     got = H.generate(llm, [p2])[0]
-    r1 = counter(d, "cacheflow_restores_total")
+    r1 = H.counter(d, "cacheflow_restores_total")
     check("turn 2: both ranks restored their heads through cacheflowd (2 restores)", r1 - r0 == 2,
           f"restores {r0} -> {r1}")
     check("turn 2: greedy tokens identical to the TP=2 engine recomputing", got == own, f"{got} vs {own}")
@@ -116,8 +102,7 @@ def main():
             os.unlink(p)
         except OSError:
             pass
-    print(f"{passed} passed, {failed} failed")
-    return 0 if failed == 0 else 1
+    return t.summary()
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ kv_connector_extra_config keys (all optional):
                      get_finished reports the save done)
   durable            false (default); true: Save replies once on SSD
   restore_timeout_s  30: the most a step waits for one restore
-  rpc_timeout_s      5: Lookup/Save/Register deadline
+  rpc_timeout_s      5: Save/Register deadline
+  lookup_timeout_s   0.5: Lookup deadline (the scheduler waits on it); after a failed call no
+                     lookups for 1 s
   shm_dir            /dev/shm: where CPU KV buffers are rebound
 """
 import collections
@@ -112,6 +114,9 @@ class _Restore:
         self.t_start = time.monotonic()
         self.t_layers = {}      # layers_ready count -> time first seen on the stream
         self.t_end = None
+        self.finished = False   # stream thread ended (ok or not)
+        self.failed = False     # given up: its blocks were reported to vLLM as load errors
+        self.seen = 0           # most layers a waiter saw complete (counter or stream; 1 << 30 once done)
         self.cv = threading.Condition()
         self._call = None
         self._timeout_s = timeout_s
@@ -152,9 +157,6 @@ class _Restore:
                 self.t_end = time.monotonic()
                 self.finished = True
                 self.cv.notify_all()
-
-    finished = False
-    seen = 0  # most layers this waiter saw complete (counter or stream; 1 << 30 once done)
 
     def cancel(self):
         if self._call is not None:
@@ -218,6 +220,8 @@ class CacheFlowConnector(KVConnectorBase_V1):
         self.durable = bool(ex.get("durable", False))
         self.restore_timeout_s = float(ex.get("restore_timeout_s", 30.0))
         self.rpc_timeout_s = float(ex.get("rpc_timeout_s", 5.0))
+        self.lookup_timeout_s = float(ex.get("lookup_timeout_s", 0.5))
+        self._down_until = 0.0
         self.shm_dir = ex.get("shm_dir", "/dev/shm")
         self.block_size = vllm_config.cache_config.block_size
         self.instance_id = getattr(vllm_config, "instance_id", "") or ""
@@ -284,16 +288,21 @@ class CacheFlowConnector(KVConnectorBase_V1):
         toks = list(request.all_token_ids)
         limit = len(toks) - 1          # vLLM computes the last token itself (its logits)
         self._saved.setdefault(rid, 0)
-        if limit <= num_computed_tokens or not self.enabled:
+        if limit <= num_computed_tokens or not self.enabled or not self._cacheable(request):
             return 0, False
         eid = self._lookup_engine()
-        if not eid:
+        if not eid or time.monotonic() < self._down_until:
             return 0, False
         self.lookups += 1
         try:
-            cached = self.client.lookup(eid, toks[:limit]).cached_tokens
-        except CacheFlowError as e:
-            log.debug("CacheFlow Lookup failed (%s): no hit", e)
+            cached = self.client.cf.Lookup(pb.LookupRequest(engine_id=eid, token_ids=toks[:limit]),
+                                           timeout=self.lookup_timeout_s).cached_tokens
+        except grpc.RpcError as e:
+            # a dead or hung daemon costs one short call, then no calls for a second: the
+            # scheduler never waits on it request after request
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                self._down_until = time.monotonic() + 1.0
+            log.debug("CacheFlow Lookup failed (%s): no hit", e.code().name)
             return 0, False
         self._saved[rid] = max(self._saved[rid], cached)
         hit = (min(cached, limit) // self.block_size) * self.block_size
@@ -301,6 +310,13 @@ class CacheFlowConnector(KVConnectorBase_V1):
             return 0, False
         self._pending[rid] = (num_computed_tokens, hit)
         return hit - num_computed_tokens, False
+
+    @staticmethod
+    def _cacheable(request):
+        """Token ids alone name this KV: not so with images/audio (placeholder tokens), a LoRA
+        adapter (other weights) or prompt embeddings (no ids). Those are neither looked up nor saved."""
+        return not (getattr(request, "mm_features", None) or getattr(request, "lora_request", None)
+                    or getattr(request, "prompt_embeds", None) is not None)
 
     def update_state_after_alloc(self, request, blocks, num_external_tokens):
         rid = request.request_id
@@ -342,7 +358,7 @@ class CacheFlowConnector(KVConnectorBase_V1):
             C = self._chunk_or_none()
             for rid, end in ends.items():
                 req = self._reqs.get(rid)
-                if C is None or req is None:
+                if C is None or req is None or not self._cacheable(req):
                     continue
                 toks = req.all_token_ids
                 m = (min(end, len(toks)) // C) * C
@@ -385,9 +401,14 @@ class CacheFlowConnector(KVConnectorBase_V1):
             log.warning("CacheFlowConnector disabled on this worker: %s (vLLM runs without it)", e)
 
     def _register_kv_caches(self, kv_caches):
+        pc = self._vllm_config.parallel_config
+        if getattr(pc, "pipeline_parallel_size", 1) > 1:
+            raise L.LayoutError("pipeline parallelism: each stage holds some layers; the daemon restores whole models")
+        groups = getattr(self._kv_cache_config, "kv_cache_groups", None) or ()
+        if len(groups) > 1:
+            raise L.LayoutError(f"{len(groups)} KV cache groups (hybrid / sliding-window model): one group supported")
         from vllm.distributed.parallel_state import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
         mc = self._vllm_config.model_config
-        pc = self._vllm_config.parallel_config
         try:
             tp_rank, tp_size = get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size()
         except Exception:
@@ -502,7 +523,7 @@ class CacheFlowConnector(KVConnectorBase_V1):
                     len(spec.blocks) - first)
 
     def _wait_restore(self, r, need):
-        if getattr(r, "failed", False):
+        if r.failed:
             return False
         deadline = r.t_start + self.restore_timeout_s
         if r.wait(need, self.ready, deadline):
@@ -569,10 +590,14 @@ class CacheFlowConnector(KVConnectorBase_V1):
 
     def _save_one(self, s):
         t0 = time.monotonic()
+        if t0 < self._down_until:
+            return  # the daemon just failed a call: a lost save is only a future miss
         try:
             self.client.save(self.engine_id, s.tokens, s.blocks, durable=self.durable)
         except CacheFlowError as e:
             self._lost_daemon(e.code.name)
+            if e.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                self._down_until = time.monotonic() + 1.0
             log.info("CacheFlow Save of %s failed: %s", s.req_id, e)
         self.save_times.append((len(s.tokens), time.monotonic() - t0))
 
