@@ -30,6 +30,19 @@ typedef struct {
   uint8_t slot_used[CF__READY_SLOTS];
 } cf__engine_out_t;
 
+enum { CF__EV_PLAN, CF__EV_LAYERS, CF__EV_DONE };
+struct cf_dataplane_job_s;
+typedef struct cf__ev_s {
+  int kind;
+  struct cf_dataplane_job_s *job;
+  int layers;
+  int err;
+  cf_executor_result_t res;
+  char detail[512];
+  int owned;                 /* malloc'ed (layer events); else one of the job's own */
+  struct cf__ev_s *next;
+} cf__ev_t;
+
 /* A restore on its way through the executor. */
 struct cf_dataplane_job_s {
   cf_executor_job_t x;       /* first: the executor's callbacks get a cf_executor_job_t * */
@@ -38,19 +51,11 @@ struct cf_dataplane_job_s {
   cf__engine_out_t *eo;
   int32_t *tokens, *blocks;
   int slot;                  /* readiness slot or -1 */
+  /* the events that must arrive, allocated with the job: the executor thread never waits for memory */
+  cf__ev_t ev_plan, ev_done;
 };
 typedef struct cf_dataplane_job_s cf__job_t;
 
-enum { CF__EV_PLAN, CF__EV_LAYERS, CF__EV_DONE };
-typedef struct cf__ev_s {
-  int kind;
-  cf__job_t *job;
-  int layers;
-  int err;
-  cf_executor_result_t res;
-  char detail[512];
-  struct cf__ev_s *next;
-} cf__ev_t;
 
 struct cf_dataplane_s {
   const cf_config_t *cfg;
@@ -210,8 +215,9 @@ static void cf__drain_events(cf_dataplane_t *dp) {
   pthread_mutex_unlock(&dp->mu);
   while (ev) {
     cf__ev_t *next = ev->next;
+    int owned = ev->owned; /* a DONE event is the job's, freed with it by cf__deliver */
     cf__deliver(ev);
-    free(ev);
+    if (owned) free(ev);
     ev = next;
   }
 }
@@ -220,8 +226,7 @@ static void cf__on_async(uv_async_t *a) { cf__drain_events(a->data); }
 
 /* Executor thread: the round is planned; the PlanSummary goes out before any progress. */
 static void cf__job_on_plan(cf_executor_job_t *xj) {
-  cf__ev_t *ev;
-  while (!(ev = calloc(1, sizeof *ev))) usleep(1000); /* events keep their order: none is dropped */
+  cf__ev_t *ev = &((cf__job_t *)xj)->ev_plan;
   ev->kind = CF__EV_PLAN;
   ev->job = (cf__job_t *)xj;
   cf__post(((cf__job_t *)xj)->dp, ev);
@@ -231,14 +236,14 @@ static void cf__job_on_layer(cf_executor_job_t *xj, int layers) {
   cf__ev_t *ev = calloc(1, sizeof *ev);
   if (!ev) return; /* progress is best effort; the final event is not */
   ev->kind = CF__EV_LAYERS;
+  ev->owned = 1;
   ev->job = (cf__job_t *)xj;
   ev->layers = layers;
   cf__post(((cf__job_t *)xj)->dp, ev);
 }
 
 static void cf__job_on_done(cf_executor_job_t *xj, int err, const cf_executor_result_t *res) {
-  cf__ev_t *ev;
-  while (!(ev = calloc(1, sizeof *ev))) usleep(1000); /* the final event must arrive */
+  cf__ev_t *ev = &((cf__job_t *)xj)->ev_done;
   ev->kind = CF__EV_DONE;
   ev->job = (cf__job_t *)xj;
   ev->err = err;
@@ -338,6 +343,10 @@ static int cf__save(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest 
   cf_dataplane_t *dp = ctx;
   return dp->inner.save(dp->inner.ctx, e, req, saved, durable, pending);
 }
+static int cf__flush(void *ctx, uint64_t *ssd_chunks) {
+  cf_dataplane_t *dp = ctx;
+  return dp->inner.flush(dp->inner.ctx, ssd_chunks);
+}
 static int cf__evict(void *ctx, int tier, uint64_t bytes, uint64_t *be, uint64_t *ce) {
   cf_dataplane_t *dp = ctx;
   return dp->inner.evict(dp->inner.ctx, tier, bytes, be, ce);
@@ -373,6 +382,7 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
                                   .lookup = dp->inner.lookup ? cf__lookup : NULL,
                                   .save = dp->inner.save ? cf__save : NULL,
                                   .evict = dp->inner.evict ? cf__evict : NULL,
+                                  .flush = dp->inner.flush ? cf__flush : NULL,
                                   .usage = dp->inner.usage ? cf__usage : NULL};
   *out = dp;
   return 0;

@@ -130,23 +130,14 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
   CF__P("# HELP cacheflow_up 1 while serving, 0 while draining.\n# TYPE cacheflow_up gauge\ncacheflow_up %d\n", !ss.draining);
   CF__P("# HELP cacheflow_uptime_seconds Seconds since start.\n# TYPE cacheflow_uptime_seconds gauge\ncacheflow_uptime_seconds %.3f\n", cf__uptime(d));
   CF__P("# HELP cacheflow_engines Registered engines.\n# TYPE cacheflow_engines gauge\ncacheflow_engines %u\n", ss.engines);
-  CF__P("# HELP cacheflow_restores_in_flight Restores accepted and not yet ended.\n# TYPE cacheflow_restores_in_flight gauge\ncacheflow_restores_in_flight %u\n", ss.restores_in_flight);
-  CF__P("# HELP cacheflow_restores_total Restores accepted.\n# TYPE cacheflow_restores_total counter\ncacheflow_restores_total %llu\n", (unsigned long long)ss.restores_total);
-  CF__P("# HELP cacheflow_restore_batches_total Restore batches dispatched.\n# TYPE cacheflow_restore_batches_total counter\ncacheflow_restore_batches_total %llu\n", (unsigned long long)ss.batches_total);
-  cf_refit_stats_t fs;
-  cf_refit_stats(cf_planner_refit(&d->planner), &fs);
-  CF__P("# HELP cacheflow_cost_compute_scale Compute cost now / the start-up calibration (online re-fit).\n# TYPE cacheflow_cost_compute_scale gauge\ncacheflow_cost_compute_scale %.6g\n", fs.scale);
-  CF__P("# HELP cacheflow_predicted_ratio Executed / predicted, EWMA over restores (term=compute: forward steps; restore: whole restore; load_<tier>: the tier's bytes at the planned rate vs its measured rate).\n# TYPE cacheflow_predicted_ratio gauge\n"
-        "cacheflow_predicted_ratio{term=\"compute\"} %.6g\ncacheflow_predicted_ratio{term=\"restore\"} %.6g\n"
-        "cacheflow_predicted_ratio{term=\"load_cpu\"} %.6g\ncacheflow_predicted_ratio{term=\"load_ssd\"} %.6g\n",
-        fs.compute_ratio, fs.restore_ratio, fs.load_ratio[0], fs.load_ratio[1]);
-  CF__P("# HELP cacheflow_cost_refit_samples_total Executed restores the compute re-fit used (clipped: clamped as outliers).\n# TYPE cacheflow_cost_refit_samples_total counter\n"
-        "cacheflow_cost_refit_samples_total %llu\ncacheflow_cost_refit_samples_total{result=\"clipped\"} %llu\n", (unsigned long long)fs.samples, (unsigned long long)fs.clipped);
-  CF__P("# HELP cacheflow_tier_read_bytes_per_second Read rate per tier the planner uses now (re-fitted from executed loads, never above the configured limit).\n# TYPE cacheflow_tier_read_bytes_per_second gauge\n"
-        "cacheflow_tier_read_bytes_per_second{tier=\"cpu\"} %.6g\ncacheflow_tier_read_bytes_per_second{tier=\"ssd\"} %.6g\n", fs.rate_Bps[0], fs.rate_Bps[1]);
-  CF__P("# HELP cacheflow_load_refit_samples_total Executed restores the load-rate re-fit used, per tier.\n# TYPE cacheflow_load_refit_samples_total counter\n"
-        "cacheflow_load_refit_samples_total{tier=\"cpu\"} %llu\ncacheflow_load_refit_samples_total{tier=\"ssd\"} %llu\n",
-        (unsigned long long)fs.load_samples[0], (unsigned long long)fs.load_samples[1]);
+  /* the counters GetStats reports too, from cf_service's one table */
+  cf_service_metric_t sm[CF_SERVICE_METRICS_MAX];
+  int nsm = cf_service_metrics(d->svc, sm);
+  for (int i = 0; i < nsm; i++) {
+    if (sm[i].help) CF__P("# HELP %s %s\n# TYPE %s %s\n", sm[i].family, sm[i].help, sm[i].family, sm[i].type);
+    if (sm[i].label_key) CF__P("%s{%s=\"%s\"} %.9g\n", sm[i].family, sm[i].label_key, sm[i].label_value, sm[i].value);
+    else CF__P("%s %.9g\n", sm[i].family, sm[i].value);
+  }
   CF__P("# HELP cacheflow_tier_bytes_used Bytes held per tier.\n# TYPE cacheflow_tier_bytes_used gauge\n"
         "cacheflow_tier_bytes_used{tier=\"cpu\"} %llu\ncacheflow_tier_bytes_used{tier=\"ssd\"} %llu\n",
         (unsigned long long)ss.cpu_bytes, (unsigned long long)ss.ssd_bytes);
@@ -178,7 +169,6 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
   if (d->rpc) {
     cf_rpc_stats_t rs;
     cf_rpc_stats(d->rpc, &rs);
-    CF__P("# HELP cacheflow_rpc_in_flight gRPC calls being handled.\n# TYPE cacheflow_rpc_in_flight gauge\ncacheflow_rpc_in_flight %llu\n", (unsigned long long)rs.calls_in_flight);
     CF__P("# HELP cacheflow_rpc_status_total Ended gRPC calls by status code.\n# TYPE cacheflow_rpc_status_total counter\n");
     for (int i = 0; i < CF_RPC__NSTATUS; i++)
       CF__P("cacheflow_rpc_status_total{code=\"%s\"} %llu\n", cf_rpc_status_name(i), (unsigned long long)rs.status_total[i]);
@@ -343,10 +333,8 @@ static void cf__apply_link(cf_daemon_t *d) {
   cf_planner_set_cost(&d->planner, &d->cost, (int)d->cfg.cost_refit);
 }
 
-int main(int argc, char **argv) {
-  static cf_daemon_t D;
-  cf_daemon_t *d = &D;
-  int check = 0, dump = 0;
+/* The command line into d (and *check / *dump). Returns -1 to go on, else the exit code. */
+static int cf__parse_args(cf_daemon_t *d, int argc, char **argv, int *check, int *dump) {
   static const struct option opts[] = {
       {"config", required_argument, 0, 'c'}, {"listen", required_argument, 0, 'l'},
       {"model", required_argument, 0, 'm'},  {"store-dir", required_argument, 0, 's'},
@@ -360,8 +348,8 @@ int main(int argc, char **argv) {
       case 'l': d->o_listen = optarg; break;
       case 'm': d->o_model = optarg; break;
       case 's': d->o_store = optarg; break;
-      case 'C': check = 1; break;
-      case 'D': dump = 1; break;
+      case 'C': *check = 1; break;
+      case 'D': *dump = 1; break;
       case 'V': printf("cacheflowd %s\n", CF_VERSION); return 0;
       case 'h': cf__usage(stdout); return 0;
       default: cf__usage(stderr); return 2;
@@ -369,7 +357,13 @@ int main(int argc, char **argv) {
   }
   if (optind < argc) { fprintf(stderr, "cacheflowd: unexpected argument '%s'\n", argv[optind]); cf__usage(stderr); return 2; }
   if (!d->config_path && access(CF_DEFAULT_CONFIG, R_OK) == 0) d->config_path = CF_DEFAULT_CONFIG;
+  return -1;
+}
 
+/* The configuration (defaults, file, command line) and the checks that need more than the
+ * table: the model directory, gpu_executor against backend. Handles --check-config and
+ * --dump-config. Returns -1 to go on, else the exit code. */
+static int cf__configure(cf_daemon_t *d, int check, int dump) {
   int nbad = cf__build_config(d, &d->cfg, cf__report_stderr);
   if (!nbad && d->cfg.model[0]) { /* the model directory is part of a valid configuration */
     int rc = cf_model_info_check(d->cfg.model, &d->model);
@@ -390,68 +384,66 @@ int main(int argc, char **argv) {
   }
   if (nbad) { fprintf(stderr, "cacheflowd: configuration has %d error(s); not starting\n", nbad); return 1; }
   if (dump) { cf_config_dump(&d->cfg, stdout); return 0; }
-  cf_log_level = d->cfg.log_level;
-  signal(SIGPIPE, SIG_IGN);
+  return -1;
+}
 
-  d->loop = uv_default_loop();
-  cf_planner_init(&d->planner, d->cfg.cost_refit_weight);
-  d->t_start = uv_hrtime();
-  CF_INFO("starting cacheflowd %s config=%s listen=%s", CF_VERSION, d->config_path ? d->config_path : "(defaults)", d->cfg.listen);
-  cf_service_backend_t be;
-  memset(&be, 0, sizeof be);
-  if (d->cfg.model[0]) {
-    char hex[33];
-    cf_notifyf("STATUS=loading model %s", d->cfg.model);
-    int rc = cf_model_load(d->cfg.model, &d->weights);
-    if (rc) { CF_ERROR("model %s: %s: %s", d->cfg.model, cf_strerror(rc), cf_errmsg()); return 1; }
-    cf_model_info_from_model(d->weights, &d->model);
-    d->have_model = 1;
-    CF_INFO("model %s: layers=%d kv_heads=%d head_dim=%d vocab=%d fingerprint=%s", d->cfg.model, d->model.n_layers,
-            d->model.n_kv_heads, d->model.head_dim, d->model.vocab, cf_model_fingerprint_hex(d->model.fingerprint, hex));
-    cf_notifyf("STATUS=model loaded: %s", d->cfg.model);
-    cf_notifyf("STATUS=recovering store %s", d->cfg.store_dir);
-    if (cf__prepare_store_dir(d->cfg.store_dir)) { CF_ERROR("%s", cf_errmsg()); return 1; }
-    /* the backend first: kv_dtype = auto depends on which one runs */
-    if ((rc = cf__make_backend(d))) { CF_ERROR("backend: %s: %s", cf_strerror(rc), cf_errmsg()); return 1; }
-    if (d->cfg.gpu_executor && strcmp(d->backend->name, "cuda") != 0) {
-      CF_ERROR("gpu_executor = on needs the cuda backend, but backend %s is in use (backend = auto found no "
-               "usable GPU?); set backend = cuda or gpu_executor = off", d->backend->name);
-      return 1;
-    }
-    if (d->cfg.gpu_executor) {
-      CF_WARN("gpu_executor = on: the GPU restore path is not yet verified on hardware (tests/device/run.sh)");
-      if ((rc = cf_exec_gpu_init(&d->gexec, d->backend, 0, (cf_gpu_load_mode_t)d->cfg.gpu_load_mode))) {
-        CF_ERROR("gpu_executor: %s: %s", cf_strerror(rc), cf_errmsg());
-        return 1;
-      }
-      d->have_gexec = 1;
-    }
-    cf_dtype_t kvdt = cf__kv_dtype(d);
-    CF_INFO("kv_dtype %s (configured %s, backend %s)", cf_dtype_name(kvdt),
-            cf_config_format(&d->cfg, cf_config_find("kv_dtype"), hex, sizeof hex), d->backend->name);
-    if (d->have_gexec && kvdt != CF_DT_BF16) { /* the CUDA backend computes bf16 KV */
-      CF_ERROR("gpu_executor = on needs bf16 KV (kv_dtype = auto or bf16), kv_dtype resolves to %s", cf_dtype_name(kvdt));
-      return 1;
-    }
-    rc = cf_storage_open(&d->storage, &d->cfg, &d->model, kvdt, d->have_gexec ? &d->gexec : NULL);
-    if (rc) { CF_ERROR("%s: %s", cf_strerror(rc), cf_errmsg()); return 1; }
-    cf_storage_backend(d->storage, &be);
-    cf_notify("STATUS=measuring the cost model");
-    if ((rc = cf_calib_cost(d->backend, d->weights, (int)d->cfg.chunk_tokens, 0, &d->cost))) {
-      CF_ERROR("backend/calibration: %s: %s", cf_strerror(rc), cf_errmsg());
-      return 1;
-    }
-    d->measured_link_Bps = d->cost.link_Bps;
-    CF_INFO("cost model (backend %s): gamma=%.3g s alpha=%.3g s/token beta=%.3g s/token^2 link=%.3g GB/s",
-            d->backend->name, d->cost.gamma_s, d->cost.alpha_s, d->cost.beta_s, d->cost.link_Bps / 1e9);
-    cf_store_stats_t ss;
-    cf_store_get_stats(cf_storage_store(d->storage), &ss);
-    CF_INFO("store %s recovered: %llu chunk(s) on SSD, %llu journal record(s), %llu torn", d->cfg.store_dir,
-            (unsigned long long)ss.ssd_chunks, (unsigned long long)ss.journal_records, (unsigned long long)ss.journal_torn);
-  } else {
-    CF_WARN("no model configured: RegisterEngine will fail until `model` is set (restart needed)");
+/* With a model configured: load it, make the backend (and the GPU executor), open the store
+ * and measure the cost model; the store's hooks go into *be. 0, or 1 (logged). */
+static int cf__open_model_and_store(cf_daemon_t *d, cf_service_backend_t *be) {
+  char hex[33];
+  cf_notifyf("STATUS=loading model %s", d->cfg.model);
+  int rc = cf_model_load(d->cfg.model, &d->weights);
+  if (rc) { CF_ERROR("model %s: %s: %s", d->cfg.model, cf_strerror(rc), cf_errmsg()); return 1; }
+  cf_model_info_from_model(d->weights, &d->model);
+  d->have_model = 1;
+  CF_INFO("model %s: layers=%d kv_heads=%d head_dim=%d vocab=%d fingerprint=%s", d->cfg.model, d->model.n_layers,
+          d->model.n_kv_heads, d->model.head_dim, d->model.vocab, cf_model_fingerprint_hex(d->model.fingerprint, hex));
+  cf_notifyf("STATUS=model loaded: %s", d->cfg.model);
+  cf_notifyf("STATUS=recovering store %s", d->cfg.store_dir);
+  if (cf__prepare_store_dir(d->cfg.store_dir)) { CF_ERROR("%s", cf_errmsg()); return 1; }
+  /* the backend first: kv_dtype = auto depends on which one runs */
+  if ((rc = cf__make_backend(d))) { CF_ERROR("backend: %s: %s", cf_strerror(rc), cf_errmsg()); return 1; }
+  if (d->cfg.gpu_executor && strcmp(d->backend->name, "cuda") != 0) {
+    CF_ERROR("gpu_executor = on needs the cuda backend, but backend %s is in use (backend = auto found no "
+             "usable GPU?); set backend = cuda or gpu_executor = off", d->backend->name);
+    return 1;
   }
+  if (d->cfg.gpu_executor) {
+    CF_WARN("gpu_executor = on: the GPU restore path is not yet verified on hardware (tests/device/run.sh)");
+    if ((rc = cf_exec_gpu_init(&d->gexec, d->backend, 0, (cf_gpu_load_mode_t)d->cfg.gpu_load_mode))) {
+      CF_ERROR("gpu_executor: %s: %s", cf_strerror(rc), cf_errmsg());
+      return 1;
+    }
+    d->have_gexec = 1;
+  }
+  cf_dtype_t kvdt = cf__kv_dtype(d);
+  CF_INFO("kv_dtype %s (configured %s, backend %s)", cf_dtype_name(kvdt),
+          cf_config_format(&d->cfg, cf_config_find("kv_dtype"), hex, sizeof hex), d->backend->name);
+  if (d->have_gexec && kvdt != CF_DT_BF16) { /* the CUDA backend computes bf16 KV */
+    CF_ERROR("gpu_executor = on needs bf16 KV (kv_dtype = auto or bf16), kv_dtype resolves to %s", cf_dtype_name(kvdt));
+    return 1;
+  }
+  rc = cf_storage_open(&d->storage, &d->cfg, &d->model, kvdt, d->have_gexec ? &d->gexec : NULL);
+  if (rc) { CF_ERROR("%s: %s", cf_strerror(rc), cf_errmsg()); return 1; }
+  cf_storage_backend(d->storage, be);
+  cf_notify("STATUS=measuring the cost model");
+  if ((rc = cf_calib_cost(d->backend, d->weights, (int)d->cfg.chunk_tokens, 0, &d->cost))) {
+    CF_ERROR("backend/calibration: %s: %s", cf_strerror(rc), cf_errmsg());
+    return 1;
+  }
+  d->measured_link_Bps = d->cost.link_Bps;
+  CF_INFO("cost model (backend %s): gamma=%.3g s alpha=%.3g s/token beta=%.3g s/token^2 link=%.3g GB/s",
+          d->backend->name, d->cost.gamma_s, d->cost.alpha_s, d->cost.beta_s, d->cost.link_Bps / 1e9);
+  cf_store_stats_t ss;
+  cf_store_get_stats(cf_storage_store(d->storage), &ss);
+  CF_INFO("store %s recovered: %llu chunk(s) on SSD, %llu journal record(s), %llu torn", d->cfg.store_dir,
+          (unsigned long long)ss.ssd_chunks, (unsigned long long)ss.journal_records, (unsigned long long)ss.journal_torn);
+  return 0;
+}
 
+/* The restore data path (when there is a store), the service and its sockets: gRPC, and HTTP
+ * for /metrics. 0, or 1 (logged). */
+static int cf__open_service(cf_daemon_t *d, cf_service_backend_t *be) {
   /* readiness files that daemons killed before they could unlink them (SIGKILL) left behind:
    * only dead pids' files with our name and magic (cf_shmclean.h) */
   if (d->storage && d->backend) {
@@ -461,12 +453,12 @@ int main(int argc, char **argv) {
   }
   /* the restore data path (the executor thread, readiness files) wraps the storage hooks in `be` */
   if (d->storage && d->backend &&
-      cf_dataplane_open(&d->dp, d->loop, &d->cfg, d->backend, cf_storage_store(d->storage), &d->planner, &be,
+      cf_dataplane_open(&d->dp, d->loop, &d->cfg, d->backend, cf_storage_store(d->storage), &d->planner, be,
                         d->have_gexec ? &d->gexec : NULL)) {
     CF_ERROR("%s", cf_errmsg());
     return 1;
   }
-  if (cf_service_init(&d->svc, d->loop, &d->cfg, d->have_model ? &d->model : NULL, &be, &d->planner)) { CF_ERROR("%s", cf_errmsg()); return 1; }
+  if (cf_service_init(&d->svc, d->loop, &d->cfg, d->have_model ? &d->model : NULL, be, &d->planner)) { CF_ERROR("%s", cf_errmsg()); return 1; }
   if (d->backend) cf__apply_link(d);
   int nm;
   cf_rpc_opts_t ro = {.listen = d->cfg.listen, .tcp_listen = d->cfg.tcp_listen, .max_message_bytes = d->cfg.max_message_bytes,
@@ -479,7 +471,11 @@ int main(int argc, char **argv) {
     CF_ERROR("metrics: %s", cf_errmsg());
     return 1;
   }
+  return 0;
+}
 
+/* Signals (TERM/INT drain, HUP reload) and the systemd watchdog, on the loop. */
+static void cf__start_signals(cf_daemon_t *d) {
   uv_signal_init(d->loop, &d->sig_term);
   uv_signal_init(d->loop, &d->sig_int);
   uv_signal_init(d->loop, &d->sig_hup);
@@ -496,10 +492,10 @@ int main(int argc, char **argv) {
     uv_timer_start(&d->watchdog, cf__on_watchdog, ms, ms);
     CF_INFO("watchdog: ping every %llu ms", (unsigned long long)ms);
   }
-  CF_INFO("serving: listen=%s%s%s metrics=%s", d->cfg.listen, d->cfg.tcp_listen[0] ? " tcp=" : "", d->cfg.tcp_listen,
-          d->cfg.metrics_listen[0] ? d->cfg.metrics_listen : "off");
-  cf_notifyf("READY=1\nSTATUS=serving on %s", d->cfg.listen);
-  uv_run(d->loop, UV_RUN_DEFAULT);
+}
+
+/* After the loop ended (every handle closed by the drain): the store, GPU, backend, model. */
+static void cf__teardown(cf_daemon_t *d) {
   int rc = uv_loop_close(d->loop);
   if (rc) CF_WARN("loop closed with handles open: %s", uv_strerror(rc));
   cf_storage_close(d->storage); /* after the engines (their mappings) are gone */
@@ -507,5 +503,34 @@ int main(int argc, char **argv) {
   cf_backend_free(d->backend);
   cf_model_free(d->weights);
   cf_planner_close(&d->planner);
+}
+
+int main(int argc, char **argv) {
+  static cf_daemon_t D;
+  cf_daemon_t *d = &D;
+  int check = 0, dump = 0, rc;
+  if ((rc = cf__parse_args(d, argc, argv, &check, &dump)) >= 0) return rc;
+  if ((rc = cf__configure(d, check, dump)) >= 0) return rc;
+  cf_log_level = d->cfg.log_level;
+  signal(SIGPIPE, SIG_IGN);
+
+  d->loop = uv_default_loop();
+  cf_planner_init(&d->planner, d->cfg.cost_refit_weight);
+  d->t_start = uv_hrtime();
+  CF_INFO("starting cacheflowd %s config=%s listen=%s", CF_VERSION, d->config_path ? d->config_path : "(defaults)", d->cfg.listen);
+  cf_service_backend_t be;
+  memset(&be, 0, sizeof be);
+  if (d->cfg.model[0]) {
+    if (cf__open_model_and_store(d, &be)) return 1;
+  } else {
+    CF_WARN("no model configured: RegisterEngine, Lookup, Save, Restore and Evict will fail until `model` is set (restart needed)");
+  }
+  if (cf__open_service(d, &be)) return 1;
+  cf__start_signals(d);
+  CF_INFO("serving: listen=%s%s%s metrics=%s", d->cfg.listen, d->cfg.tcp_listen[0] ? " tcp=" : "", d->cfg.tcp_listen,
+          d->cfg.metrics_listen[0] ? d->cfg.metrics_listen : "off");
+  cf_notifyf("READY=1\nSTATUS=serving on %s", d->cfg.listen);
+  uv_run(d->loop, UV_RUN_DEFAULT);
+  cf__teardown(d);
   return 0;
 }

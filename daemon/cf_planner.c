@@ -3,6 +3,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "exec/cf_exec_plan.h"
 #include "sched/cf_bound.h"
@@ -178,6 +179,8 @@ void cf_planner_init(cf_planner_t *pl, double refit_weight) {
   memset(pl, 0, sizeof *pl);
   pthread_mutex_init(&pl->mu, NULL);
   cf_refit_init(&pl->refit, refit_weight);
+  const char *hold = getenv("CF_TEST_PLAN_HOLD_MS");
+  pl->test_hold_ms = hold ? atoi(hold) : 0;
 }
 
 void cf_planner_close(cf_planner_t *pl) {
@@ -202,6 +205,10 @@ int cf_planner_plan(cf_planner_t *pl, const cf_plan_input_t *ins, cf_restore_pla
   int have = pl->have_cost, refit_on = pl->refit_on;
   pthread_mutex_unlock(&pl->mu);
   if (have && refit_on) cf_refit_apply(&pl->refit, &cost);
+  if (pl->test_hold_ms > 0) {
+    struct timespec ts = {pl->test_hold_ms / 1000, (long)(pl->test_hold_ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+  }
   int *grp = malloc((size_t)(n ? n : 1) * sizeof *grp);
   cf_plan_input_t *gin = malloc((size_t)(n ? n : 1) * sizeof *gin);
   cf_restore_plan_t *gout = malloc((size_t)(n ? n : 1) * sizeof *gout);

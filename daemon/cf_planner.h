@@ -98,6 +98,10 @@ typedef struct {
   int have_cost;
   int refit_on;               /* plan with the re-fitted model (config cost_refit) */
   cf_refit_t refit;
+  /* Tests only: environment CF_TEST_PLAN_HOLD_MS (read at init) makes every planning step take
+   * at least that long, so a test can show the loop answering while a batch is being planned
+   * however fast the planner is. 0 (unset) in production. */
+  int test_hold_ms;
 } cf_planner_t;
 
 void cf_planner_init(cf_planner_t *pl, double refit_weight);

@@ -343,14 +343,10 @@ void cf_rpc_finish(cf_rpc_call_t *c, int status, const char *fmt, ...) {
   cf__end(c, NULL, status, msg);
 }
 
-int cf_rpc_cancelled(const cf_rpc_call_t *c) { return c->cancelled || c->srv->shutting; }
-
 void cf_rpc_on_close(cf_rpc_call_t *c, void (*cb)(cf_rpc_call_t *, void *), void *arg) {
   c->close_cb = cb;
   c->close_arg = arg;
 }
-
-const char *cf_rpc_method(const cf_rpc_call_t *c) { return c->path; }
 
 /* The request arrived (or the call failed before it did): route it. */
 static void cf__on_recv(cf_rpc_server_t *s, cf_rpc_call_t *c, int ok) {

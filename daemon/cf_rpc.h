@@ -81,13 +81,9 @@ void cf_rpc_reply(cf_rpc_call_t *c, const ProtobufCMessage *msg);
 void cf_rpc_send(cf_rpc_call_t *c, const ProtobufCMessage *msg);
 /* End the call with `status` and a detail message (printf). */
 void cf_rpc_finish(cf_rpc_call_t *c, int status, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-/* True once the client has gone away (cancelled, deadline, disconnect). */
-int cf_rpc_cancelled(const cf_rpc_call_t *c);
 /* Run cb(c, arg) on the loop thread when the client side closes before the call ended
  * (so a stream can stop early). The call stays valid until it is ended with cf_rpc_finish. */
 void cf_rpc_on_close(cf_rpc_call_t *c, void (*cb)(cf_rpc_call_t *c, void *arg), void *arg);
-/* The method path of the call ("/cacheflow.v1.Admin/Stats"). */
-const char *cf_rpc_method(const cf_rpc_call_t *c);
 
 /* Map a CF_E* code to the nearest gRPC status. */
 int cf_rpc_status_from_err(int cf_err);

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "cf_worker.h"
 #include "gpu/cf_gpu.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "util/cf_err.h"
@@ -35,6 +36,7 @@ struct cf_service_s {
   int max_engines;
   uint64_t next_id;
   cf_batcher_t *batcher;            /* valid restores go there */
+  cf_worker_t *saver;               /* Save's copies, off the loop (NULL without a save hook) */
   cf_planner_t *planner;            /* borrowed: its re-fit's state for GetStats */
   cf__watch_t *watchers;
   int draining;
@@ -414,6 +416,42 @@ out:
   protobuf_c_message_free_unpacked(m, NULL);
 }
 
+/* A Save on its way: checked on the loop, copied on the save worker (the copy reads the
+ * engine's blocks and may wait for SSD writes), answered on the loop. The engine stays
+ * referenced meanwhile, so an Unregister never unmaps the blocks being copied. */
+typedef struct {
+  cf_worker_job_t w;                /* first: the worker's callbacks get a cf_worker_job_t * */
+  cf_service_t *s;
+  cf_rpc_call_t *call;
+  cf_engine_t *e;
+  Cacheflow__V1__SaveRequest *req;
+  int rc, durable;
+  uint32_t saved, pending;          /* pending: a TP shard's tokens waiting for its group's other heads */
+  char detail[512];                 /* cf_errmsg is per thread: copied on the worker */
+} cf__save_t;
+
+static void cf__save_run(cf_worker_job_t *w) {
+  cf__save_t *sv = (cf__save_t *)w;
+  sv->rc = sv->s->be.save(sv->s->be.ctx, sv->e, sv->req, &sv->saved, &sv->durable, &sv->pending);
+  if (sv->rc) snprintf(sv->detail, sizeof sv->detail, "%s", cf_errmsg());
+}
+
+static void cf__save_done(cf_worker_job_t *w) {
+  cf__save_t *sv = (cf__save_t *)w;
+  if (sv->rc) {
+    cf_rpc_finish(sv->call, cf_rpc_status_from_err(sv->rc), "save: %s", sv->detail);
+  } else {
+    Cacheflow__V1__SaveResponse resp = CACHEFLOW__V1__SAVE_RESPONSE__INIT;
+    resp.saved_tokens = sv->saved;
+    resp.durable = sv->durable;
+    resp.pending_tokens = sv->pending;
+    cf_rpc_reply(sv->call, &resp.base);
+  }
+  protobuf_c_message_free_unpacked(&sv->req->base, NULL);
+  cf__engine_unref(sv->s, sv->e);
+  free(sv);
+}
+
 static void cf__h_save(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_service_t *s = user;
   Cacheflow__V1__SaveRequest *r = (void *)m;
@@ -421,21 +459,18 @@ static void cf__h_save(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_engine_t *e = cf__engine_and_tokens(s, c, r->engine_id, r->token_ids, r->n_token_ids);
   if (!e) goto out;
   if (cf__check_blocks(e, r->n_token_ids, r->block_ids, r->n_block_ids, why, sizeof why)) { cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "%s", why); goto out; }
-  if (!s->be.save) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, CF__NO_MODEL("Save")); goto out; }
+  if (!s->be.save || !s->saver) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, CF__NO_MODEL("Save")); goto out; }
   if (r->durable && !s->be.has_ssd) {
     cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "durable save needs an SSD tier (store_dir with ssd_tier_bytes > 0); "
                   "this daemon keeps KV in its CPU tier only");
     goto out;
   }
-  uint32_t saved = 0, pending = 0;
-  int durable = 0;
-  int rc = s->be.save(s->be.ctx, e, r, &saved, &durable, &pending);
-  if (rc) { cf_rpc_finish(c, cf_rpc_status_from_err(rc), "save: %s", cf_errmsg()); goto out; }
-  Cacheflow__V1__SaveResponse resp = CACHEFLOW__V1__SAVE_RESPONSE__INIT;
-  resp.saved_tokens = saved;
-  resp.durable = durable;
-  resp.pending_tokens = pending;
-  cf_rpc_reply(c, &resp.base);
+  cf__save_t *sv = calloc(1, sizeof *sv);
+  if (!sv) { cf_rpc_finish(c, CF_RPC_RESOURCE_EXHAUSTED, "out of memory"); goto out; }
+  *sv = (cf__save_t){.w = {.run = cf__save_run, .done = cf__save_done}, .s = s, .call = c, .e = e, .req = r};
+  e->refs++;
+  cf_worker_submit(s->saver, &sv->w);
+  return; /* the request is the save's now */
 out:
   protobuf_c_message_free_unpacked(m, NULL);
 }
@@ -559,31 +594,94 @@ static void cf__h_stats(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
     resp.model_vocab = s->model->vocab;
   }
   resp.kv_dtype = (Cacheflow__V1__DType)s->be.kv_dtype;
-  cf_refit_stats_t fs;
-  cf_refit_stats(cf_planner_refit(s->planner), &fs);
-  enum { NC = 15 };
-  Cacheflow__V1__Counter cs[NC], *cp[NC];
-  const char *names[NC] = {"cacheflow_restores_total", "cacheflow_restore_batches_total",
-                           "cacheflow_restores_batched_total", "cacheflow_rpc_calls_in_flight",
-                           "cacheflow_cost_compute_scale", "cacheflow_predicted_ratio_compute",
-                           "cacheflow_predicted_ratio_restore", "cacheflow_cost_refit_samples_total",
-                           "cacheflow_cost_refit_enabled", "cacheflow_tier_read_bytes_per_second_cpu",
-                           "cacheflow_tier_read_bytes_per_second_ssd", "cacheflow_predicted_ratio_load_cpu",
-                           "cacheflow_predicted_ratio_load_ssd", "cacheflow_load_refit_samples_cpu",
-                           "cacheflow_load_refit_samples_ssd"};
-  double vals[NC] = {(double)st.restores_total, (double)st.batches_total, (double)st.restores_batched_total,
-                     (double)rs.calls_in_flight, fs.scale, fs.compute_ratio, fs.restore_ratio,
-                     (double)fs.samples, (double)s->cfg->cost_refit, fs.rate_Bps[0], fs.rate_Bps[1],
-                     fs.load_ratio[0], fs.load_ratio[1], (double)fs.load_samples[0], (double)fs.load_samples[1]};
-  for (int i = 0; i < NC; i++) {
+  cf_service_metric_t ms[CF_SERVICE_METRICS_MAX];
+  int nc = cf_service_metrics(s, ms);
+  Cacheflow__V1__Counter cs[CF_SERVICE_METRICS_MAX], *cp[CF_SERVICE_METRICS_MAX];
+  char names[CF_SERVICE_METRICS_MAX][96];
+  for (int i = 0; i < nc; i++) {
     cacheflow__v1__counter__init(&cs[i]);
-    cs[i].name = (char *)names[i];
-    cs[i].value = vals[i];
+    cs[i].name = (char *)cf_service_metric_flat_name(&ms[i], names[i], sizeof names[i]);
+    cs[i].value = ms[i].value;
     cp[i] = &cs[i];
   }
-  resp.n_counters = NC;
+  resp.n_counters = (size_t)nc;
   resp.counters = cp;
   cf_rpc_reply(c, &resp.base);
+}
+
+/* ---------------------------------------------------------------- the shared counters */
+typedef struct {
+  cf_service_stats_t st;
+  cf_rpc_stats_t rs;
+  cf_refit_stats_t fs;
+  int refit_on;
+} cf__snap_t;
+
+#define CF__GET(name, expr) static double name(const cf__snap_t *x) { return (double)(expr); }
+CF__GET(cf__g_restores, x->st.restores_total)
+CF__GET(cf__g_batches, x->st.batches_total)
+CF__GET(cf__g_batched, x->st.restores_batched_total)
+CF__GET(cf__g_in_flight, x->st.restores_in_flight)
+CF__GET(cf__g_rpc_in_flight, x->rs.calls_in_flight)
+CF__GET(cf__g_scale, x->fs.scale)
+CF__GET(cf__g_ratio_compute, x->fs.compute_ratio)
+CF__GET(cf__g_ratio_restore, x->fs.restore_ratio)
+CF__GET(cf__g_ratio_load_cpu, x->fs.load_ratio[0])
+CF__GET(cf__g_ratio_load_ssd, x->fs.load_ratio[1])
+CF__GET(cf__g_samples, x->fs.samples)
+CF__GET(cf__g_clipped, x->fs.clipped)
+CF__GET(cf__g_refit_on, x->refit_on)
+CF__GET(cf__g_rate_cpu, x->fs.rate_Bps[0])
+CF__GET(cf__g_rate_ssd, x->fs.rate_Bps[1])
+CF__GET(cf__g_load_samples_cpu, x->fs.load_samples[0])
+CF__GET(cf__g_load_samples_ssd, x->fs.load_samples[1])
+
+/* One row per sample; a family's rows are consecutive, its HELP on the first. */
+static const struct {
+  const char *family, *type, *help, *label_key, *label_value;
+  double (*get)(const cf__snap_t *);
+} cf__metric_rows[] = {
+  {"cacheflow_restores_total", "counter", "Restores accepted.", NULL, NULL, cf__g_restores},
+  {"cacheflow_restore_batches_total", "counter", "Restore batches dispatched.", NULL, NULL, cf__g_batches},
+  {"cacheflow_restores_batched_total", "counter", "Restores handed over in those batches.", NULL, NULL, cf__g_batched},
+  {"cacheflow_restores_in_flight", "gauge", "Restores accepted and not yet ended.", NULL, NULL, cf__g_in_flight},
+  {"cacheflow_rpc_in_flight", "gauge", "gRPC calls being handled.", NULL, NULL, cf__g_rpc_in_flight},
+  {"cacheflow_cost_compute_scale", "gauge", "Compute cost now / the start-up calibration (online re-fit).", NULL, NULL, cf__g_scale},
+  {"cacheflow_predicted_ratio", "gauge", "Executed / predicted, EWMA over restores (term=compute: forward steps; "
+   "restore: whole restore; load_<tier>: the tier's bytes at the planned rate vs its measured rate).", "term", "compute", cf__g_ratio_compute},
+  {"cacheflow_predicted_ratio", "gauge", NULL, "term", "restore", cf__g_ratio_restore},
+  {"cacheflow_predicted_ratio", "gauge", NULL, "term", "load_cpu", cf__g_ratio_load_cpu},
+  {"cacheflow_predicted_ratio", "gauge", NULL, "term", "load_ssd", cf__g_ratio_load_ssd},
+  {"cacheflow_cost_refit_samples_total", "counter", "Executed restores the compute re-fit used (clipped: clamped as outliers).", NULL, NULL, cf__g_samples},
+  {"cacheflow_cost_refit_samples_total", "counter", NULL, "result", "clipped", cf__g_clipped},
+  {"cacheflow_cost_refit_enabled", "gauge", "1 while restores are planned with the re-fitted cost model (cost_refit).", NULL, NULL, cf__g_refit_on},
+  {"cacheflow_tier_read_bytes_per_second", "gauge", "Read rate per tier the planner uses now (re-fitted from executed loads, "
+   "never above the configured limit).", "tier", "cpu", cf__g_rate_cpu},
+  {"cacheflow_tier_read_bytes_per_second", "gauge", NULL, "tier", "ssd", cf__g_rate_ssd},
+  {"cacheflow_load_refit_samples_total", "counter", "Executed restores the load-rate re-fit used, per tier.", "tier", "cpu", cf__g_load_samples_cpu},
+  {"cacheflow_load_refit_samples_total", "counter", NULL, "tier", "ssd", cf__g_load_samples_ssd},
+};
+
+int cf_service_metrics(cf_service_t *s, cf_service_metric_t *out) {
+  cf__snap_t x;
+  memset(&x, 0, sizeof x);
+  cf_service_stats(s, &x.st);
+  if (s->rpc) cf_rpc_stats(s->rpc, &x.rs);
+  cf_refit_stats(cf_planner_refit(s->planner), &x.fs);
+  x.refit_on = (int)s->cfg->cost_refit;
+  int n = (int)(sizeof cf__metric_rows / sizeof cf__metric_rows[0]);
+  for (int i = 0; i < n && i < CF_SERVICE_METRICS_MAX; i++)
+    out[i] = (cf_service_metric_t){cf__metric_rows[i].family, cf__metric_rows[i].type, cf__metric_rows[i].help,
+                                   cf__metric_rows[i].label_key, cf__metric_rows[i].label_value, cf__metric_rows[i].get(&x)};
+  return n < CF_SERVICE_METRICS_MAX ? n : CF_SERVICE_METRICS_MAX;
+}
+
+const char *cf_service_metric_flat_name(const cf_service_metric_t *m, char *buf, size_t cap) {
+  if (!m->label_value) return m->family;
+  size_t n = strlen(m->family);
+  if (n > 6 && !strcmp(m->family + n - 6, "_total")) n -= 6;
+  snprintf(buf, cap, "%.*s_%s", (int)n, m->family, m->label_value);
+  return buf;
 }
 
 static void cf__h_evict(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
@@ -600,6 +698,53 @@ static void cf__h_evict(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
     else cf_rpc_reply(c, &resp.base);
   }
   protobuf_c_message_free_unpacked(m, NULL);
+}
+
+/* Admin.Flush on the save worker: after every Save submitted before it (the worker runs jobs in
+ * order), and off the loop (it writes and fsyncs). */
+typedef struct {
+  cf_worker_job_t w;                /* first: the worker's callbacks get a cf_worker_job_t * */
+  cf_service_t *s;
+  cf_rpc_call_t *call;
+  int rc;
+  uint64_t ssd_chunks;
+  char detail[512];
+} cf__flush_t;
+
+static void cf__flush_run(cf_worker_job_t *w) {
+  cf__flush_t *f = (cf__flush_t *)w;
+  f->rc = f->s->be.flush(f->s->be.ctx, &f->ssd_chunks);
+  if (f->rc) snprintf(f->detail, sizeof f->detail, "%s", cf_errmsg());
+}
+
+static void cf__flush_done(cf_worker_job_t *w) {
+  cf__flush_t *f = (cf__flush_t *)w;
+  if (f->rc) {
+    cf_rpc_finish(f->call, cf_rpc_status_from_err(f->rc), "flush: %s", f->detail);
+  } else {
+    Cacheflow__V1__FlushResponse resp = CACHEFLOW__V1__FLUSH_RESPONSE__INIT;
+    resp.ssd_chunks = f->ssd_chunks;
+    cf_rpc_reply(f->call, &resp.base);
+  }
+  free(f);
+}
+
+static void cf__h_flush(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
+  cf_service_t *s = user;
+  protobuf_c_message_free_unpacked(m, NULL); /* FlushRequest carries nothing */
+  if (!s->be.flush || !s->saver) {
+    cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, CF__NO_MODEL("Flush"));
+    return;
+  }
+  if (!s->be.has_ssd) {
+    cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "flush needs an SSD tier (store_dir with ssd_tier_bytes > 0); "
+                  "this daemon keeps KV in its CPU tier only");
+    return;
+  }
+  cf__flush_t *f = calloc(1, sizeof *f);
+  if (!f) { cf_rpc_finish(c, CF_RPC_RESOURCE_EXHAUSTED, "out of memory"); return; }
+  *f = (cf__flush_t){.w = {.run = cf__flush_run, .done = cf__flush_done}, .s = s, .call = c};
+  cf_worker_submit(s->saver, &f->w);
 }
 
 static void cf__h_get_config(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
@@ -645,6 +790,7 @@ static const cf_rpc_method_t cf__methods[] = {
   {"/cacheflow.v1.Admin/Stats", &cacheflow__v1__stats_request__descriptor, NULL, cf__h_stats, CF_RPC_DRAIN_OK},
   {"/cacheflow.v1.Admin/Evict", &cacheflow__v1__evict_request__descriptor, NULL, cf__h_evict, 0},
   {"/cacheflow.v1.Admin/GetConfig", &cacheflow__v1__get_config_request__descriptor, NULL, cf__h_get_config, CF_RPC_DRAIN_OK},
+  {"/cacheflow.v1.Admin/Flush", &cacheflow__v1__flush_request__descriptor, NULL, cf__h_flush, 0},
   {"/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_request__descriptor, NULL, cf__h_health_check, CF_RPC_DRAIN_OK},
   {"/grpc.health.v1.Health/Watch", &grpc__health__v1__health_check_request__descriptor, NULL, cf__h_health_watch, CF_RPC_DRAIN_OK},
 };
@@ -674,6 +820,12 @@ int cf_service_init(cf_service_t **out, uv_loop_t *loop, const cf_config_t *cfg,
     free(s);
     return cf_seterr(CF_ENOMEM, "batcher");
   }
+  if (s->be.save && cf_worker_start(&s->saver, loop)) {
+    cf_batcher_close(s->batcher);
+    free(s->engines);
+    free(s);
+    return cf_seterr(CF_ENOMEM, "save worker");
+  }
   *out = s;
   return 0;
 }
@@ -693,6 +845,7 @@ int cf_service_restores_in_flight(const cf_service_t *s) {
 }
 
 void cf_service_abort_all(cf_service_t *s, const char *why) {
+  if (s->saver) cf_worker_flush(s->saver); /* Saves being copied finish and are answered: nothing saved is lost */
   cf_batcher_abort_all(s->batcher, why);
   while (s->watchers) {
     cf__watch_t *w = s->watchers;
@@ -706,6 +859,7 @@ void cf_service_abort_all(cf_service_t *s, const char *why) {
 void cf_service_close(cf_service_t *s) {
   cf_service_abort_all(s, "cacheflowd is shutting down");
   cf_batcher_close(s->batcher); /* no restore left: it holds no engine */
+  cf_worker_close(s->saver);    /* flushed by abort_all: no Save holds an engine */
   for (int i = 0; i < s->max_engines; i++)
     if (s->engines[i]) { cf_engine_t *e = s->engines[i]; s->engines[i] = NULL; cf__engine_unref(s, e); }
   free(s->engines);

@@ -91,6 +91,8 @@ typedef struct {
   void (*restore_cancel)(void *ctx, cf_restore_t *r);
   int (*evict)(void *ctx, int tier, uint64_t bytes, uint64_t *bytes_evicted, uint64_t *chunks_evicted);
   void (*usage)(void *ctx, uint64_t *cpu_bytes, uint64_t *ssd_bytes);
+  /* Admin.Flush: every chunk saved so far through to SSD, fsynced. 0 or CF_E*; *ssd_chunks after. */
+  int (*flush)(void *ctx, uint64_t *ssd_chunks);
 } cf_service_backend_t;
 
 typedef struct cf_service_s cf_service_t;
@@ -121,5 +123,21 @@ typedef struct {
 } cf_service_stats_t;
 /* Safe from any thread (atomics). */
 void cf_service_stats(const cf_service_t *s, cf_service_stats_t *out);
+
+/* The counters that GetStats and /metrics both report, from one table (so their names agree).
+ * Prometheus spells a sample family{label} (HELP and TYPE once per family, on its first
+ * sample); GetStats spells it flat: the family without a trailing "_total", then "_" and the
+ * label's value (cacheflow_load_refit_samples_total{tier="ssd"} -> cacheflow_load_refit_samples_ssd);
+ * an unlabelled sample keeps the family's name. */
+typedef struct {
+  const char *family, *type, *help; /* type: "counter" or "gauge" */
+  const char *label_key, *label_value; /* NULL, NULL: unlabelled */
+  double value;
+} cf_service_metric_t;
+#define CF_SERVICE_METRICS_MAX 32
+/* Fill out[0..n) with their values now and return n. Safe from any thread. */
+int cf_service_metrics(cf_service_t *s, cf_service_metric_t *out);
+/* The GetStats name of m into buf. */
+const char *cf_service_metric_flat_name(const cf_service_metric_t *m, char *buf, size_t cap);
 
 #endif

@@ -336,6 +336,15 @@ static int cf__evict(void *ctx, int tier, uint64_t bytes, uint64_t *bytes_evicte
   return rc;
 }
 
+static int cf__flush(void *ctx, uint64_t *ssd_chunks) {
+  cf_storage_t *s = ctx;
+  int rc = cf_store_flush(s->st);
+  cf_store_stats_t st;
+  cf_store_get_stats(s->st, &st);
+  *ssd_chunks = st.ssd_chunks;
+  return rc;
+}
+
 static void cf__usage(void *ctx, uint64_t *cpu, uint64_t *ssd) {
   cf_storage_t *s = ctx;
   cf_store_stats_t st;
@@ -353,5 +362,6 @@ void cf_storage_backend(cf_storage_t *s, cf_service_backend_t *be) {
   be->lookup = cf__lookup;
   be->save = cf__save;
   be->evict = cf__evict;
+  be->flush = cf__flush;
   be->usage = cf__usage;
 }

@@ -329,6 +329,16 @@ int cf_client_stats(cf_client_t *c, Cacheflow__V1__StatsResponse **out) {
                         (ProtobufCMessage **)out);
 }
 
+int cf_client_flush(cf_client_t *c, uint64_t *ssd_chunks) {
+  Cacheflow__V1__FlushRequest req = CACHEFLOW__V1__FLUSH_REQUEST__INIT;
+  ProtobufCMessage *m;
+  int rc = cf_client_call(c, "/cacheflow.v1.Admin/Flush", &req.base, &cacheflow__v1__flush_response__descriptor, &m);
+  if (rc) return rc;
+  if (ssd_chunks) *ssd_chunks = ((Cacheflow__V1__FlushResponse *)m)->ssd_chunks;
+  protobuf_c_message_free_unpacked(m, NULL);
+  return 0;
+}
+
 int cf_client_evict(cf_client_t *c, int tier, uint64_t bytes, uint64_t *bytes_evicted, uint64_t *chunks_evicted) {
   Cacheflow__V1__EvictRequest req = CACHEFLOW__V1__EVICT_REQUEST__INIT;
   req.tier = tier;

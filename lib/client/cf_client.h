@@ -67,6 +67,9 @@ int cf_client_restore(cf_client_t *c, const Cacheflow__V1__RestoreRequest *req, 
 
 /* Admin. *out owned by the caller (…__free_unpacked(*out, NULL)). */
 int cf_client_stats(cf_client_t *c, Cacheflow__V1__StatsResponse **out);
+/* Admin.Flush: every chunk saved so far written through to SSD and fsynced (then durable).
+ * *ssd_chunks (may be NULL): chunks on SSD afterwards. FAILED_PRECONDITION without an SSD tier. */
+int cf_client_flush(cf_client_t *c, uint64_t *ssd_chunks);
 int cf_client_evict(cf_client_t *c, int tier, uint64_t bytes, uint64_t *bytes_evicted, uint64_t *chunks_evicted);
 int cf_client_get_config(cf_client_t *c, const char *name, Cacheflow__V1__GetConfigResponse **out);
 

@@ -1,6 +1,6 @@
 /* cf_exec_plan — what the executor takes from a lib/sched plan for one of its requests: the
  * link order of its loads (load_rank) and its compute ops in the compute stream's order (cops).
- * Shared by the daemon (cf_dataplane) and bench_restore so both execute a plan the same way. */
+ * Shared by the daemon (cf_planner) and bench_restore so both execute a plan the same way. */
 #ifndef CF_EXEC_PLAN_H
 #define CF_EXEC_PLAN_H
 

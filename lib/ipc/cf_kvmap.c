@@ -356,6 +356,34 @@ static inline void cf__run(cf_dtype_t dt, size_t es, void *paged, void *flat, si
   }
 }
 
+/* n token rows of one block between the paged side (plane strides s, rows from `paged`) and the
+ * flat rows, element by element, for head vectors that are not contiguous (vLLM's CPU float32 K:
+ * dimension-major, tokens adjacent). Both sides hold the layout's dtype (a bit copy). Loops run
+ * dim-outer, token-inner: the paged side then walks memory in order for such a K. */
+static void cf__strided_bits(const cf_kv_layout_t *L, cf_kv_strides_t s, uint8_t *paged, uint8_t *flat, int n,
+                             size_t row, int to_paged) {
+  size_t es = cf_kv_elem_size(L->dtype), hd = (size_t)L->head_dim;
+  for (int h = 0; h < L->n_kv_heads; h++)
+    for (size_t d = 0; d < hd; d++) {
+      uint8_t *p = paged + (size_t)h * s.head + d * s.dim;
+      uint8_t *f = flat + ((size_t)(L->head0 + h) * hd + d) * es;
+      /* fixed-size memcpy: inlined, and no alignment assumed of the engine's offsets */
+      if (es == 4) {
+        for (int i = 0; i < n; i++) {
+          uint8_t *a = p + (size_t)i * s.token, *b = f + (size_t)i * row * 4;
+          if (to_paged) memcpy(a, b, 4);
+          else memcpy(b, a, 4);
+        }
+      } else {
+        for (int i = 0; i < n; i++) {
+          uint8_t *a = p + (size_t)i * s.token, *b = f + (size_t)i * row * 2;
+          if (to_paged) memcpy(a, b, 2);
+          else memcpy(b, a, 2);
+        }
+      }
+    }
+}
+
 /* The one copy loop behind the four scatter/gather entry points. */
 static void cf__copy(const cf_kvmap_t *m, int layer, const int32_t *blocks, int t0, int t1, void *k,
                      void *v, int to_paged, int mode) {
@@ -376,12 +404,17 @@ static void cf__copy(const cf_kvmap_t *m, int layer, const int32_t *blocks, int 
         t += n;
         continue;
       }
+      if (!dense_vec && es == fes) { /* strided head vectors (vLLM CPU's K), a bit copy */
+        cf__strided_bits(L, s, paged, flat, n, row, to_paged);
+        t += n;
+        continue;
+      }
       for (int i = 0; i < n; i++)
         for (int h = 0; h < L->n_kv_heads; h++) {
           uint8_t *p = paged + (size_t)i * s.token + (size_t)h * s.head;
           uint8_t *f = flat + ((size_t)i * row + (size_t)(L->head0 + h) * hd) * fes;
           if (dense_vec) { cf__run(L->dtype, es, p, f, hd, to_paged, mode); continue; }
-          for (size_t d = 0; d < hd; d++) /* strided head vector (vLLM CPU's K): element by element */
+          for (size_t d = 0; d < hd; d++) /* strided and converted: element by element */
             cf__run(L->dtype, es, p + d * s.dim, f + d * fes, 1, to_paged, mode);
         }
       t += n;

@@ -19,9 +19,16 @@
  * computes in fp32 and rounds its own KV into the blocks.
  * Output: one JSON object per restore on stdout; exit 0 when every restore succeeded and verified.
  *
+ * --present K: like vLLM's own prefix cache, the engine keeps the KV of the first K tokens in its
+ * fresh blocks (the bytes it saved) and restores only [K, prefix) (RestoreRequest.present_tokens);
+ * --verify then also checks those K tokens' rows were not touched (exact).
+ * --durable: saves ask for durability (cf_client_save2, CF_CLIENT_SAVE_DURABLE); "durable" in the
+ * prefill line is what the daemon answered.
+ *
  *   cf-refengine --daemon unix:/run/cacheflow.sock --model DIR [--prefix 512] [--new 32] [--turns 3]
  *                [--policy optimal] [--block 16] [--concurrent 0] [--shm-dir /dev/shm] [--verify]
  *                [--seed 1] [--threads 1] [--unregister-mid-restore] [--kv-dtype f32|bf16|f16]
+ *                [--present K] [--durable]
  */
 #include <getopt.h>
 #include <math.h>
@@ -45,7 +52,7 @@
 
 typedef struct {
   const char *daemon, *model_dir, *shm_dir, *policy;
-  int prefix, new_tokens, turns, block, concurrent, verify, threads, unreg_mid;
+  int prefix, new_tokens, turns, block, concurrent, verify, threads, unreg_mid, present, durable;
   cf_dtype_t kv_dtype;
   unsigned long long seed;
 } opts_t;
@@ -236,6 +243,7 @@ typedef struct {
   atomic_int slot;            /* -1 until the plan arrives, -2 if the stream ended without one */
   Cacheflow__V1__RestoreStats stats;
   int policy_used;
+  uint32_t present_chunks;    /* PlanSummary.present_chunks */
   int rc;
   char detail[512];
   double t_start, t_all_layers, t_ttft, t_stream_end;
@@ -252,6 +260,7 @@ static int on_event(void *arg, const Cacheflow__V1__RestoreEvent *ev) {
   if (ev->event_case == CACHEFLOW__V1__RESTORE_EVENT__EVENT_PLAN) {
     pthread_mutex_lock(&r->mu);
     r->policy_used = ev->plan->policy;
+    r->present_chunks = ev->plan->present_chunks;
     atomic_store(&r->slot, ev->plan->readiness_slot == UINT32_MAX ? -3 : (int)ev->plan->readiness_slot);
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
@@ -281,6 +290,7 @@ static void *stream_thread(void *arg) {
   req.block_ids = blk;
   req.n_block_ids = (size_t)nb;
   req.policy = (Cacheflow__V1__Policy)policy_value(e->o.policy);
+  req.present_tokens = e->o.present < r->prefix ? (uint32_t)e->o.present : 0;
   r->rc = cf_client_restore(r->c, &req, on_event, r);
   if (r->rc) snprintf(r->detail, sizeof r->detail, "%s", cf_errmsg());
   r->t_stream_end = now_s();
@@ -337,6 +347,10 @@ static void run_restore(restore_t *r, int new_tokens, float *logits) {
   int T = r->prefix + new_tokens, nb = (T + e->o.block - 1) / e->o.block;
   seq_blocks(e, r->seq, r->blocks, nb);
   zero_blocks(e, r->blocks, nb);
+  /* --present: the engine's own prefix cache holds [0, K): the bytes it computed and saved */
+  int K = e->o.present < r->prefix ? e->o.present : 0;
+  for (int l = 0; l < e->L && K; l++)
+    cf_kvmap_scatter(&e->kv, l, r->blocks, 0, K, e->shadow_k[l], e->shadow_v[l]);
   /* the K concurrent restores send their requests at the same moment (after each one's own
    * setup), so they reach the daemon within one batch window, as a real batch would */
   if (r->start) pthread_barrier_wait(r->start);
@@ -370,7 +384,8 @@ static void print_result(const engine_t *e, const restore_t *r, const char *mode
          "\"ttft_ms\":%.3f,\"restore_ms\":%.3f,\"daemon_us\":%.1f,\"predicted_us\":%.1f,\"bound_us\":%.1f,"
          "\"ratio_to_bound\":%.3f,\"cells_cpu\":%llu,\"cells_ssd\":%llu,\"cells_computed\":%llu,\"fallback\":%llu,"
          "\"baseline_ms\":%.3f,\"token\":%d,\"logits_match\":%d,\"exact\":%d,\"close\":%d,\"bad\":%d,"
-         "\"layer_events\":%d,\"layers_in_order\":%d,\"kv_dtype\":\"%s\",\"max_rel_err\":%.3g}\n",
+         "\"layer_events\":%d,\"layers_in_order\":%d,\"kv_dtype\":\"%s\",\"max_rel_err\":%.3g,"
+         "\"present\":%d,\"present_chunks\":%u}\n",
          mode, turn, e->o.policy, r->prefix, new_tokens, r->rc ? "false" : "true", r->rc ? r->detail : "",
          r->t_ttft > 0 ? (r->t_ttft - r->t_start) * 1e3 : -1.0,
          r->t_all_layers > 0 ? (r->t_all_layers - r->t_start) * 1e3 : -1.0, s->time_us, s->predicted_us,
@@ -378,7 +393,8 @@ static void print_result(const engine_t *e, const restore_t *r, const char *mode
          (unsigned long long)s->cells_loaded_ssd, (unsigned long long)s->cells_computed,
          (unsigned long long)s->cells_recomputed_fallback, baseline_ms, r->token, logits_ok, r->verify_exact,
          r->verify_close, r->verify_bad, r->layers_events,
-         !r->layers_out_of_order && (r->rc || r->layers_last == e->L), cf_dtype_name(e->o.kv_dtype), r->max_rel_err);
+         !r->layers_out_of_order && (r->rc || r->layers_last == e->L), cf_dtype_name(e->o.kv_dtype), r->max_rel_err,
+         e->o.present < r->prefix ? e->o.present : 0, r->present_chunks);
   fflush(stdout);
 }
 
@@ -400,7 +416,8 @@ int main(int argc, char **argv) {
                                {"turns", 1, 0, 't'}, {"policy", 1, 0, 'P'}, {"block", 1, 0, 'b'},
                                {"concurrent", 1, 0, 'c'}, {"shm-dir", 1, 0, 's'}, {"verify", 0, 0, 'v'},
                                {"seed", 1, 0, 'S'}, {"threads", 1, 0, 'T'}, {"unregister-mid-restore", 0, 0, 'U'},
-                               {"kv-dtype", 1, 0, 'K'}, {0, 0, 0, 0}};
+                               {"kv-dtype", 1, 0, 'K'}, {"present", 1, 0, 'k'}, {"durable", 0, 0, 'D'},
+                               {0, 0, 0, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
     switch (ch) {
@@ -417,6 +434,8 @@ int main(int argc, char **argv) {
       case 'S': o->seed = strtoull(optarg, NULL, 10); break;
       case 'T': o->threads = atoi(optarg); break;
       case 'U': o->unreg_mid = 1; break;
+      case 'k': o->present = atoi(optarg); break;
+      case 'D': o->durable = 1; break;
       case 'K':
         o->kv_dtype = !strcmp(optarg, "f32") ? CF_DT_F32 : !strcmp(optarg, "bf16") ? CF_DT_BF16
                     : !strcmp(optarg, "f16") ? CF_DT_F16 : CF_DT_I8;
@@ -426,7 +445,7 @@ int main(int argc, char **argv) {
     }
   }
   if (!o->daemon || !o->model_dir || o->prefix < 1 || o->new_tokens < 1 || o->turns < 1 || o->block < 1 ||
-      o->concurrent < 0 || o->concurrent > 64 || policy_value(o->policy) < 0) {
+      o->concurrent < 0 || o->concurrent > 64 || policy_value(o->policy) < 0 || o->present < 0 || o->present > o->prefix) {
     fprintf(stderr, "cf-refengine: need --daemon and --model; --prefix/--new/--turns/--block >= 1; --concurrent 0..64; "
                     "--policy default|recompute|load|cake|layerwise|cacheflow|optimal\n");
     return 2;
@@ -486,14 +505,17 @@ int main(int argc, char **argv) {
   int durable = 0;
   for (int i = 0; i < e.conv_len; i++) tok32[i] = (uint32_t)e.conv[i];
   for (int i = 0; i < e.seq_blocks; i++) blk32[i] = (uint32_t)blocks0[i];
-  if ((rc = cf_client_save(c, e.engine_id, tok32, (size_t)P, blk32, (size_t)(P + o->block - 1) / o->block, &saved, &durable)))
+  unsigned sflags = o->durable ? CF_CLIENT_SAVE_DURABLE : 0;
+  if ((rc = cf_client_save2(c, e.engine_id, tok32, (size_t)P, blk32, (size_t)(P + o->block - 1) / o->block, sflags,
+                            &saved, NULL, &durable)))
     return die("save", rc);
   shadow_saved(&e, blocks0, (int)saved);
   uint32_t cached = 0, on_cpu = 0, on_ssd = 0;
   if ((rc = cf_client_lookup(c, e.engine_id, tok32, (size_t)e.conv_len, &cached, &on_cpu, &on_ssd)))
     return die("lookup", rc);
   printf("{\"mode\":\"prefill\",\"turn\":0,\"prefix\":%d,\"prefill_ms\":%.3f,\"saved_tokens\":%u,"
-         "\"lookup_cached\":%u,\"lookup_cpu\":%u,\"lookup_ssd\":%u}\n", P, first_ms, saved, cached, on_cpu, on_ssd);
+         "\"lookup_cached\":%u,\"lookup_cpu\":%u,\"lookup_ssd\":%u,\"durable\":%d}\n", P, first_ms, saved, cached, on_cpu,
+         on_ssd, durable);
 
   for (int turn = 1; turn <= o->turns; turn++) {
     int prefix = P;
@@ -533,7 +555,8 @@ int main(int argc, char **argv) {
     /* the turn's tokens are now in sequence 0's blocks: save prefix + new for the next turn */
     int T = prefix + o->new_tokens;
     for (int i = 0; i < (T + o->block - 1) / o->block; i++) blk32[i] = (uint32_t)r->blocks[i];
-    if ((rc = cf_client_save(c, e.engine_id, tok32, (size_t)T, blk32, (size_t)(T + o->block - 1) / o->block, &saved, &durable)))
+    if ((rc = cf_client_save2(c, e.engine_id, tok32, (size_t)T, blk32, (size_t)(T + o->block - 1) / o->block, sflags,
+                              &saved, NULL, &durable)))
       return die("save", rc);
     shadow_saved(&e, r->blocks, (int)saved);
     P = T;

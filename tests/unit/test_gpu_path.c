@@ -63,6 +63,21 @@ CF_TEST(gpu_kv_rejects_bad_layouts_before_touching_a_gpu) {
   CF_CHECK_EQ(cf_gpu_kv_open(&kv, 0, uuid, &bad, h, NULL, h, NULL), CF_ESHAPE);
   CF_CHECK_EQ(cf_gpu_kv_open(&kv, 0, uuid, &lay, NULL, NULL, h, NULL), CF_EINVAL);
   CF_CHECK(kv.k == NULL && kv.n_opened == 0);
+  /* what the paged kernels cannot address (one set of strides, contiguous head vectors, whole
+   * rows): refused naming it, before any GPU call */
+  bad = lay;
+  bad.dim_stride = 4; bad.head_stride = 64 * 4; bad.token_stride = 2 * 64 * 4; bad.block_stride = 16 * 2 * 64 * 4;
+  CF_CHECK_EQ(cf_gpu_kv_open(&kv, 0, uuid, &bad, h, NULL, h, NULL), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "dim_stride 4");
+  bad = lay;
+  bad.vs = (cf_kv_strides_t){lay.block_stride, lay.token_stride, lay.head_stride * 2, 2};
+  bad.vs.token = lay.head_stride * 4; bad.vs.block = bad.vs.token * 16;
+  CF_CHECK_EQ(cf_gpu_kv_open(&kv, 0, uuid, &bad, h, NULL, h, NULL), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "V strides");
+  CF_CHECK_OK(cf_kv_layout_init(&bad, 2, 8, 16, 1, 64, CF_DT_BF16));
+  bad.head0 = 1; bad.model_heads = 2;
+  CF_CHECK_EQ(cf_gpu_kv_open(&kv, 0, uuid, &bad, h, NULL, h, NULL), CF_EINVAL);
+  CF_CHECK_CONTAINS(cf_errmsg(), "TP shard");
   /* a good layout gets as far as the device: no GPU here, so ENODEV (or ECUDA from a driver
    * stub), never success */
   int rc = cf_gpu_kv_open(&kv, 0, uuid, &lay, h, NULL, h, NULL);

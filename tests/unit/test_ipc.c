@@ -319,6 +319,21 @@ static uint8_t *elem_at(uint8_t *base, cf_kv_strides_t s, int b, int t, int h, i
   return base + (uint64_t)b * s.block + (uint64_t)t * s.token + (uint64_t)h * s.head + (uint64_t)d * s.dim;
 }
 
+/* Elements of tokens [t0, t1) (flat rows k, v of nh x hd elements of es bytes, row 0 = t0)
+ * not where the strides ks / vs put them in the paged planes at k0 / v0: the count. */
+static int misplaced(uint8_t *k0, uint8_t *v0, cf_kv_strides_t ks, cf_kv_strides_t vs, const int32_t *blocks, int bs,
+                     int t0, int t1, int nh, int hd, const void *k, const void *v, size_t es) {
+  int bad = 0;
+  for (int t = t0; t < t1; t++)
+    for (int h = 0; h < nh; h++)
+      for (int d = 0; d < hd; d++) {
+        size_t e = ((size_t)(t - t0) * nh * hd + (size_t)h * hd + d) * es;
+        bad += memcmp(elem_at(k0, ks, blocks[t / bs], t % bs, h, d), (const uint8_t *)k + e, es) != 0;
+        bad += memcmp(elem_at(v0, vs, blocks[t / bs], t % bs, h, d), (const uint8_t *)v + e, es) != 0;
+      }
+  return bad;
+}
+
 /* vLLM's CPU attention backend, float32: per layer one tensor [num_blocks][heads][block_size]
  * [2*head_dim]; per (block, head) a K area stored dimension-major ([head_dim][block_size]) then
  * a V area token-major ([block_size][head_dim]). It registers as K and V planes with their own
@@ -368,15 +383,7 @@ CF_TEST(kvmap_strided_layouts_vllm_cpu_and_gpu) {
     for (int i = 0; i < T * ROW; i++) { k[i] = (float)i + 0.5f; v[i] = -(float)i - 0.25f; }
     cf_kvmap_scatter(&m, 0, blocks, 1, 1 + T, k, v);
     /* every element where the engine's indexing has it; K and V areas never collide */
-    for (int t = 1; t < 1 + T; t++)
-      for (int h = 0; h < NH; h++)
-        for (int d = 0; d < HD; d++) {
-          float gk, gv;
-          memcpy(&gk, elem_at(k0[0], ks, blocks[t / BS], t % BS, h, d), 4);
-          memcpy(&gv, elem_at(v0[0], vs, blocks[t / BS], t % BS, h, d), 4);
-          CF_CHECK_EQ(gk, k[(t - 1) * ROW + h * HD + d]);
-          CF_CHECK_EQ(gv, v[(t - 1) * ROW + h * HD + d]);
-        }
+    CF_CHECK_EQ(misplaced(k0[0], v0[0], ks, vs, blocks, BS, 1, 1 + T, NH, HD, k, v, 4), 0);
     cf_kvmap_gather(&m, 0, blocks, 1, 1 + T, k2, v2);
     CF_CHECK(memcmp(k, k2, sizeof k) == 0 && memcmp(v, v2, sizeof v) == 0);
     cf_kvmap_gather_f32(&m, 0, blocks, 1, 1 + T, k2, v2);
@@ -384,6 +391,38 @@ CF_TEST(kvmap_strided_layouts_vllm_cpu_and_gpu) {
     cf_kvmap_close(&m);
     free(buf);
   }
+}
+
+/* The same vLLM CPU addressing with 2-byte elements (a bf16 engine that kept the f32 layout's
+ * shape, K dimension-major): raw scatter/gather move every element where the formula says,
+ * and the converting ones round/widen on the way (element by element). */
+CF_TEST(kvmap_strided_bf16_dim_major) {
+  enum { NB = 3, BS = 4, NH = 2, HD = 3, E = 2, T = 10, ROW = NH * HD };
+  cf_kv_layout_t L;
+  CF_CHECK_OK(cf_kv_layout_init(&L, 1, NB, BS, NH, HD, CF_DT_BF16));
+  cf_kv_strides_t ks = {NH * BS * 2 * HD * E, E, BS * 2 * HD * E, BS * E};
+  cf_kv_strides_t vs = {NH * BS * 2 * HD * E, HD * E, BS * 2 * HD * E, E};
+  L.block_stride = ks.block; L.token_stride = ks.token; L.head_stride = ks.head; L.dim_stride = ks.dim;
+  L.vs = vs;
+  CF_CHECK_OK(cf_kv_layout_check(&L, NULL));
+  uint8_t *buf = calloc(1, (size_t)NB * NH * BS * 2 * HD * E);
+  uint8_t *k0[1] = {buf}, *v0[1] = {buf + BS * HD * E};
+  cf_kvmap_t m;
+  CF_CHECK_OK(cf_kvmap_view(&m, &L, k0, v0));
+  int32_t blocks[3] = {2, 0, 1};
+  uint16_t k[T * ROW], v[T * ROW], k2[T * ROW], v2[T * ROW];
+  for (int i = 0; i < T * ROW; i++) { k[i] = (uint16_t)(0x3f80 + i); v[i] = (uint16_t)(0xbf80 + i); }
+  cf_kvmap_scatter(&m, 0, blocks, 1, 1 + T, k, v);
+  CF_CHECK_EQ(misplaced(k0[0], v0[0], ks, vs, blocks, BS, 1, 1 + T, NH, HD, k, v, 2), 0);
+  cf_kvmap_gather(&m, 0, blocks, 1, 1 + T, k2, v2);
+  CF_CHECK(memcmp(k, k2, sizeof k) == 0 && memcmp(v, v2, sizeof v) == 0);
+  float fk[T * ROW], fv[T * ROW], wk[T * ROW], wv[T * ROW];
+  for (int i = 0; i < T * ROW; i++) { fk[i] = 1.0f + (float)i / 64; fv[i] = -fk[i]; } /* exact in bf16 */
+  cf_kvmap_scatter_f32(&m, 0, blocks, 1, 1 + T, fk, fv);
+  cf_kvmap_gather_f32(&m, 0, blocks, 1, 1 + T, wk, wv);
+  CF_CHECK(memcmp(fk, wk, sizeof fk) == 0 && memcmp(fv, wv, sizeof fv) == 0);
+  cf_kvmap_close(&m);
+  free(buf);
 }
 
 /* Layouts no engine could hold without elements sharing bytes, or strides that are not whole

@@ -90,3 +90,122 @@ CF_TEST(planner_computes_a_stored_partial_last_chunk) {
   CF_CHECK(fabs(r.predicted_us - (g.sim.restore_s[0] + cf_cost_prefill(&cost, 64, 136)) * 1e6) < 1e-6);
   plan_free(&r, &g);
 }
+
+/* A restore of [k, n) (present_tokens = k, whole-head engine): the chunks inside [0, k) are not
+ * planned (h 0, no cells counted, no load rank, no compute op), the plan covers the cached
+ * chunks after them, and its compute steps are costed over the present context too: a recompute
+ * of the rest is predicted as exactly that compute from position k_chunks x C (what the
+ * executor runs), more than the same steps without the context would cost. The chunk holding k
+ * on the GPU path (compute_partial) is computed whole. */
+CF_TEST(planner_present_chunks_are_skipped_and_costed_as_context) {
+  cf_sched_cost_t cost;
+  cost_of(&cost);
+  uint8_t tiers[64];
+  for (int c = 0; c < 64; c++) tiers[c] = CF_STORE_TIER_CPU;
+  const int pc = 5, all = 16;
+  for (int p = 0; p < CF_POLICY_COUNT; p++) {
+    cf_plan_input_t in = {.n_tokens = all * C, .policy = p, .cached_tokens = 12 * C, .chunk_tiers = tiers,
+                          .present_chunks = pc};
+    cf_restore_plan_t r;
+    cf_plan_group_t g;
+    CF_CHECK_EQ(cf_planner_plan_group(&cost, &in, 1, p, &g, &r), 0);
+    CF_CHECK_EQ(g.reqs[0].prefix_tokens, (12 - pc) * C); /* lib/sched sees the chunks after the present ones */
+    CF_CHECK_EQ(r.present_chunks, (uint32_t)pc);
+    CF_CHECK_EQ(r.chunks, (uint32_t)all);
+    for (int c = 0; c < pc; c++) CF_CHECK_EQ(r.h[c], 0);
+    for (int c = 12; c < all; c++) CF_CHECK_EQ(r.h[c], L); /* uncached: computed */
+    CF_CHECK_EQ(r.cells_load_cpu + r.cells_load_ssd + r.cells_compute, (uint64_t)(all - pc) * L);
+    for (int k = 0; k < r.n_cops; k++) CF_CHECK(r.cops[k].c0 >= pc && r.cops[k].c1 <= 12);
+    if (r.load_rank)
+      for (int c = 0; c < pc; c++)
+        for (int l = 0; l < L; l++) CF_CHECK_EQ(r.load_rank[c * L + l], UINT32_MAX);
+    if (p == CF_POLICY_RECOMPUTE) {
+      /* every planned step attends over the present tokens: the prediction is at least the
+       * prefill of the rest from position pc x C, and more than without that context */
+      double from_k = cf_cost_prefill(&cost, (int64_t)pc * C, (int64_t)(all - pc) * C);
+      double no_ctx = cf_cost_prefill(&cost, 0, (int64_t)(all - pc) * C);
+      CF_CHECK_MSG(r.predicted_us >= 0.999 * from_k * 1e6 && r.predicted_us > no_ctx * 1e6 * 1.01,
+                   "predicted %.1f us, prefill from k %.1f us, without context %.1f us", r.predicted_us,
+                   from_k * 1e6, no_ctx * 1e6);
+    }
+    plan_free(&r, &g);
+  }
+  /* the GPU path: the chunk holding k (pc) is computed whole, even by a load plan */
+  cf_plan_input_t in = {.n_tokens = all * C, .policy = CF_POLICY_LOAD, .cached_tokens = 12 * C,
+                        .chunk_tiers = tiers, .present_chunks = pc, .compute_partial = 1};
+  cf_restore_plan_t r;
+  cf_plan_group_t g;
+  CF_CHECK_EQ(cf_planner_plan_group(&cost, &in, 1, CF_POLICY_LOAD, &g, &r), 0);
+  CF_CHECK_EQ(r.h[pc], L);
+  CF_CHECK_EQ(r.h[pc + 1], 0);
+  CF_CHECK_EQ(r.cells_load_cpu, (uint64_t)(12 - pc - 1) * L);
+  plan_free(&r, &g);
+}
+
+/* A round's planning step (cf_planner_plan, what the executor thread runs once per round):
+ * restores of each policy are planned together, exactly as that policy's group alone
+ * (cf_planner_plan_group); without a cost model every restore gets the fallback plan (load the
+ * cached full chunks, compute the rest) with its PlanSummary numbers. */
+CF_TEST(planner_plans_a_round_per_policy_and_falls_back_without_a_cost_model) {
+  cf_sched_cost_t cost;
+  cost_of(&cost);
+  uint8_t tiers[4][64];
+  for (int i = 0; i < 4; i++)
+    for (int c = 0; c < 64; c++) tiers[i][c] = c % 2 ? CF_STORE_TIER_SSD : CF_STORE_TIER_CPU;
+  cf_plan_input_t ins[4] = {{.n_tokens = 1024, .policy = CF_POLICY_OPTIMAL, .cached_tokens = 1024, .chunk_tiers = tiers[0]},
+                            {.n_tokens = 700, .policy = CF_POLICY_CAKE, .cached_tokens = 640, .chunk_tiers = tiers[1]},
+                            {.n_tokens = 2048, .policy = CF_POLICY_OPTIMAL, .cached_tokens = 1500, .chunk_tiers = tiers[2]},
+                            {.n_tokens = 512, .policy = CF_POLICY_CAKE, .cached_tokens = 0, .chunk_tiers = NULL}};
+  cf_restore_plan_t out[4];
+  cf_planner_t pl;
+  cf_planner_init(&pl, 0.2);
+
+  /* no cost model yet: the fallback plan, policy load, no prediction */
+  CF_CHECK_OK(cf_planner_plan(&pl, ins, out, 4, C, L));
+  for (int i = 0; i < 4; i++) {
+    int n_chunks = (int)((ins[i].n_tokens + C - 1) / C);
+    uint64_t load = 0, compute = 0;
+    for (int c = 0; c < n_chunks; c++) {
+      int cached = (int64_t)(c + 1) * C <= ins[i].cached_tokens;
+      CF_CHECK_EQ(out[i].h[c], cached ? 0 : L);
+      if (cached) load += L;
+      else compute += L;
+    }
+    CF_CHECK_EQ(out[i].policy, CF_POLICY_LOAD);
+    CF_CHECK_EQ(out[i].have_cost, 0);
+    CF_CHECK_EQ(out[i].chunks, (uint32_t)n_chunks);
+    CF_CHECK_EQ(out[i].cells_load_cpu + out[i].cells_load_ssd, load);
+    CF_CHECK_EQ(out[i].cells_compute, compute);
+    CF_CHECK(out[i].predicted_us == 0 && out[i].bound_us == 0);
+    cf_restore_plan_free(&out[i]);
+  }
+
+  /* with the cost model: per policy, the group's own plan */
+  cf_planner_set_cost(&pl, &cost, 0);
+  CF_CHECK_OK(cf_planner_plan(&pl, ins, out, 4, C, L));
+  int idx[2][2] = {{0, 2}, {1, 3}};
+  for (int p = 0; p < 2; p++) {
+    cf_plan_input_t gin[2] = {ins[idx[p][0]], ins[idx[p][1]]};
+    cf_restore_plan_t gout[2];
+    cf_plan_group_t g;
+    CF_CHECK_OK(cf_planner_plan_group(&cost, gin, 2, gin[0].policy, &g, gout));
+    for (int k = 0; k < 2; k++) {
+      const cf_restore_plan_t *a = &out[idx[p][k]], *b = &gout[k];
+      int n_chunks = (int)((gin[k].n_tokens + C - 1) / C);
+      CF_CHECK_EQ(a->policy, gin[k].policy);
+      CF_CHECK_EQ(a->have_cost, 1);
+      CF_CHECK_EQ(a->chunks, b->chunks);
+      CF_CHECK_EQ(a->cells_load_cpu, b->cells_load_cpu);
+      CF_CHECK_EQ(a->cells_load_ssd, b->cells_load_ssd);
+      CF_CHECK_EQ(a->cells_compute, b->cells_compute);
+      CF_CHECK_EQ(a->cells_load_cpu + a->cells_load_ssd + a->cells_compute, (uint64_t)n_chunks * L);
+      CF_CHECK(fabs(a->predicted_us - b->predicted_us) < 1e-6 && a->predicted_us > 0);
+      CF_CHECK(a->bound_us > 0 && a->bound_us <= a->predicted_us * 1.000001);
+      for (int c = 0; c < n_chunks; c++) CF_CHECK_EQ(a->h[c], b->h[c]);
+      cf_restore_plan_free(&gout[k]);
+    }
+    cf_plan_group_free(&g);
+  }
+  for (int i = 0; i < 4; i++) cf_restore_plan_free(&out[i]);
+  cf_planner_close(&pl);
+}

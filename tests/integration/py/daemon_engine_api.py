@@ -8,7 +8,8 @@ against the KV transformers computed for the fixture (kv.safetensors):
   the engine's own rows below k keep their bytes, rows from k are restored;
 - two TP shards (one KV head each): restores fill each shard's heads; shard saves are stored
   only once both heads were saved, then a whole-head engine restores them bit-exact;
-- Save(durable=True) survives kill -9; without an SSD tier it is FAILED_PRECONDITION;
+- Save(durable=True), and a plain Save followed by Admin.Flush, survive kill -9; without an SSD
+  tier both are FAILED_PRECONDITION;
 - layouts the daemon cannot address get INVALID_ARGUMENT naming the stride.
 """
 import json
@@ -269,6 +270,12 @@ try:
              lambda: c.register(register_request(fp, sh[0].layouts(), kv_head_start=H, kv_head_count=1, tp_group=1)),
              grpc.StatusCode.INVALID_ARGUMENT, "kv_head_start")
     T.check("the daemon still serves after the refusals", c.health() == "SERVING")
+    # Admin.Flush: a plain save, then a flush, makes it durable too
+    tok2 = [TOK[0] ^ 1] + TOK[1:64]
+    r = c.save(se, tok2, sbk[:8])
+    T.check("plain save: not durable", r.saved_tokens == 64 and not r.durable, str(r))
+    f = c.flush()
+    T.check("Admin.Flush: OK, the chunks are on SSD", f.ssd_chunks >= 5 + 2, str(f))
     for e in sh + [vl, std]:
         e.close()
     # durability: kill -9, restart on the same store: the durable prefix is there
@@ -280,6 +287,8 @@ try:
     se = c.register(register_request(fp, std.layouts(), "std")).engine_id
     T.check("after kill -9: the durable save is still stored", c.lookup(se, TOK[:N]).cached_tokens >= 4 * C,
             str(c.lookup(se, TOK[:N])))
+    T.check("after kill -9: the flushed save is still stored", c.lookup(se, tok2).cached_tokens == 64,
+            str(c.lookup(se, tok2)))
     std.close()
 finally:
     rc = d.stop()
@@ -297,6 +306,8 @@ try:
     T.status("durable save without an SSD tier -> FAILED_PRECONDITION",
              lambda: c.save(se, TOK[:64], b, durable=True), grpc.StatusCode.FAILED_PRECONDITION, "SSD tier")
     T.check("... and nothing was saved", c.lookup(se, TOK[:64]).cached_tokens == 0)
+    T.status("Admin.Flush without an SSD tier -> FAILED_PRECONDITION", lambda: c.flush(),
+             grpc.StatusCode.FAILED_PRECONDITION, "SSD tier")
     r = c.save(se, TOK[:64], b)
     T.check("a plain save still works (durable false)", r.saved_tokens == 64 and not r.durable, str(r))
     std.close()

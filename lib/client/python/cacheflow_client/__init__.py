@@ -137,6 +137,11 @@ class Client:
     def evict(self, tier=pb.TIER_UNSPECIFIED, nbytes=0):
         return self._call(self.admin.Evict, "Evict", pb.EvictRequest(tier=tier, bytes=nbytes))
 
+    def flush(self):
+        """Admin.Flush: every chunk saved so far written through to SSD and fsynced (durable).
+        Returns FlushResponse (ssd_chunks). FAILED_PRECONDITION without an SSD tier."""
+        return self._call(self.admin.Flush, "Flush", pb.FlushRequest())
+
     def config(self, name=""):
         """{name: value} of the settings in effect."""
         r = self._call(self.admin.GetConfig, "GetConfig", pb.GetConfigRequest(name=name))
