@@ -31,7 +31,7 @@ def main():
     a = ap.parse_args()
     lengths = [int(x) for x in a.lengths.split(",")]
     pols = a.policies.split(",")
-    model = H.gen_model(os.path.join(tempfile.gettempdir(), "cfv-model-demo"))
+    model = H.gen_model()
     d = H.start_daemon(model, chunk_tokens=256, cpu_tier_bytes="2G")
     import cacheflow_vllm as C
     maxlen = max(lengths) + 256

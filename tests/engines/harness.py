@@ -36,12 +36,17 @@ def counter(d, name):
 BLOCK = 32  # vLLM's CPU attention needs multiples of 32
 
 
-def gen_model(dirpath, preset="demo"):
+def gen_model(preset="demo"):
+    """A fresh `cacheflowctl gen-model` directory (the model vLLM and cacheflowd both serve),
+    private to this process and removed at its exit."""
+    import atexit
+    import shutil
     import subprocess
-    if not os.path.exists(os.path.join(dirpath, "config.json")):
-        subprocess.run([CTL, "gen-model", "--out", dirpath, "--preset", preset], check=True,
-                       stdout=subprocess.DEVNULL)
-    return dirpath
+    import tempfile
+    d = tempfile.mkdtemp(prefix="cfv-model-")
+    atexit.register(shutil.rmtree, d, True)
+    subprocess.run([CTL, "gen-model", "--out", d, "--preset", preset], check=True, stdout=subprocess.DEVNULL)
+    return d
 
 
 def start_daemon(model, **conf):

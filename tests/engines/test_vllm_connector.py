@@ -7,8 +7,10 @@ and the REAL cacheflowd. Prints `N passed, N failed`.
 Behaviour only, never timing: overlap is shown by the ORDER of timestamps, with the daemon's
 CPU tier throttled so a restore spans many of vLLM's layers.
 """
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,6 +79,7 @@ def snapshot(llm, blocks, ntok):
 def main():
     t = H.Checks()
     tmp = tempfile.mkdtemp(prefix="cfv-")
+    atexit.register(shutil.rmtree, tmp, True)
     base_json = os.path.join(tmp, "baseline.json")
     env = dict(os.environ, CF_MODEL=MODEL)
     r = subprocess.run([sys.executable, os.path.abspath(__file__), "--baseline", base_json], env=env,
@@ -313,7 +316,7 @@ def main():
     return t.summary()
 
 
-MODEL = os.environ.get("CF_MODEL") or H.gen_model(os.path.join(tempfile.gettempdir(), "cfv-model-demo"))
+MODEL = os.environ.get("CF_MODEL") or H.gen_model()
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--baseline":

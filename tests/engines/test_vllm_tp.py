@@ -12,8 +12,6 @@ process: engines of different TP sizes share the store).
 import glob
 import os
 import sys
-import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"  # TP on the CPU build uses the mp executor
@@ -29,7 +27,7 @@ CHUNK = 64
 def main():
     t = H.Checks()
     check = t.check
-    model = H.gen_model(os.path.join(tempfile.gettempdir(), "cfv-model-demo"))
+    model = H.gen_model()
     d = H.start_daemon(model, policy="load")
     before = set(glob.glob("/dev/shm/cacheflow-vllm-*.engine"))
     llm = H.make_llm(model, connector={"addr": d.addr, "restore_timeout_s": 120}, max_len=2048,
