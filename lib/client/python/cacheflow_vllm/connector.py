@@ -88,6 +88,13 @@ class CacheFlowMetadata(KVConnectorMetadata):
     preempted: list = field(default_factory=list)
 
 
+def _keep(lst, item, cap=50000):
+    """Append, dropping the oldest half once `cap` is reached."""
+    lst.append(item)
+    if len(lst) > cap:
+        del lst[:cap // 2]
+
+
 def _engine_file(shm_dir, instance_id):
     return os.path.join(shm_dir, f"cacheflow-vllm-{instance_id or 'default'}.engine")
 
@@ -237,7 +244,7 @@ class CacheFlowConnector(KVConnectorBase_V1):
                 tc.kv_load_failure_policy = "recompute"
             self._reqs = {}          # req_id -> Request (token ids grow as vLLM samples)
             self._blocks = {}        # req_id -> vLLM block ids (group 0)
-            self._pending = {}       # req_id -> (present, hit, cached) between lookup and alloc
+            self._pending = {}       # req_id -> (present, hit) between lookup and alloc
             self._loads = []         # LoadSpecs for the next metadata
             self._saved = {}         # req_id -> tokens the daemon holds of it
             self._had_save = set()
@@ -250,14 +257,15 @@ class CacheFlowConnector(KVConnectorBase_V1):
             self.ready = None
             self.registered = False
             self.layouts = None
-            self._reg_req = None
             self._next_register = 0.0
             self._layer_index = {}
             self._restores = []
             self._failed_blocks = set()
             self._files = {}
-            self.trace = []          # (time, event, detail) for tests and benchmarks
-            self.restores_done = []  # finished _Restore objects (stats, timestamps)
+            # for tests and benchmarks, bounded (a server runs for months): (time, event, detail),
+            # finished _Restore objects (stats, timestamps), (tokens, seconds) per Save
+            self.trace = []
+            self.restores_done = []
             self.save_times = []
             self._save_q = []
             self._save_cv = threading.Condition()
@@ -433,6 +441,8 @@ class CacheFlowConnector(KVConnectorBase_V1):
         if ts[0].device.type == "cpu":
             ctx = self._vllm_config.compilation_config.static_forward_context
             isa = getattr(ctx.get(names[0]), "isa", None)
+            for i, t in enumerate(ts):  # refuse (LayoutError) before moving any memory
+                L.cpu_attn_layout(i, t, "", t.untyped_storage().data_ptr(), self.block_size, head_dim, local_heads, isa)
             tag = f"{os.getpid()}-r{tp_rank}"
             paths, self._files = L.rebind_to_shm(ts, self.shm_dir, tag)
             for i, t in enumerate(ts):
@@ -480,7 +490,7 @@ class CacheFlowConnector(KVConnectorBase_V1):
             with open(tmp, "w") as f:
                 f.write(f"{self.engine_id}\n")
             os.replace(tmp, self.engine_file)
-        self.trace.append((time.monotonic(), "registered", self.engine_id))
+        _keep(self.trace, (time.monotonic(), "registered", self.engine_id))
         return True
 
     def _lost_daemon(self, e):
@@ -505,7 +515,7 @@ class CacheFlowConnector(KVConnectorBase_V1):
         for spec in meta.loads:
             r = _Restore(self.client, self.engine_id, spec, self.policy, self.restore_timeout_s)
             self._restores.append(r)
-            self.trace.append((r.t_start, "restore_start", spec.req_id))
+            _keep(self.trace, (r.t_start, "restore_start", spec.req_id))
         if self.load_mode == "step":
             for r in self._restores:
                 self._wait_restore(r, len(self._layer_index))
@@ -518,7 +528,7 @@ class CacheFlowConnector(KVConnectorBase_V1):
         bs = self.block_size
         first = spec.present // bs  # blocks vLLM held itself stay valid
         self._failed_blocks.update(spec.blocks[first:])
-        self.trace.append((time.monotonic(), "restore_failed", (spec.req_id, why)))
+        _keep(self.trace, (time.monotonic(), "restore_failed", (spec.req_id, why)))
         log.warning("CacheFlow: restore of %s failed (%s): vLLM recomputes %d blocks", spec.req_id, why,
                     len(spec.blocks) - first)
 
@@ -551,8 +561,8 @@ class CacheFlowConnector(KVConnectorBase_V1):
             if self._wait_restore(r, idx + 1):
                 seen = min(seen, r.seen)
         now = time.monotonic()
-        self.trace.append((now, "layer_seen", (idx, seen)))
-        self.trace.append((now, "layer_start", idx))
+        _keep(self.trace, (now, "layer_seen", (idx, seen)))
+        _keep(self.trace, (now, "layer_start", idx))
 
     def save_kv_layer(self, layer_name, kv_layer, attn_metadata, **kwargs):
         # Saves are per request (wait_for_save): one Save RPC copies every layer of the new
@@ -566,8 +576,8 @@ class CacheFlowConnector(KVConnectorBase_V1):
             for r in self._restores:
                 self._wait_restore(r, len(self._layer_index))
                 r.join(5.0)  # all layers are in: only the final stats are still on the wire
-                self.restores_done.append(r)
-                self.trace.append((time.monotonic(), "restore_end", r.spec.req_id))
+                _keep(self.restores_done, r, 256)
+                _keep(self.trace, (time.monotonic(), "restore_end", r.spec.req_id))
             self._restores = []
         meta = self._connector_metadata
         if not isinstance(meta, CacheFlowMetadata) or not meta.saves or self.disabled:
@@ -599,7 +609,7 @@ class CacheFlowConnector(KVConnectorBase_V1):
             if e.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 self._down_until = time.monotonic() + 1.0
             log.info("CacheFlow Save of %s failed: %s", s.req_id, e)
-        self.save_times.append((len(s.tokens), time.monotonic() - t0))
+        _keep(self.save_times, (len(s.tokens), time.monotonic() - t0))
 
     def _save_loop(self):
         while True:
@@ -634,7 +644,7 @@ class CacheFlowConnector(KVConnectorBase_V1):
             self._finished_waiting -= done
             self._async_saved -= done
         if done:
-            self.trace.append((time.monotonic(), "saves_finished", sorted(done)))
+            _keep(self.trace, (time.monotonic(), "saves_finished", sorted(done)))
         return (done or None), None
 
     def get_block_ids_with_load_errors(self):

@@ -61,8 +61,8 @@ def cpu_attn_layout(layer, t, path, file_base_ptr, block_size, head_dim, num_kv_
     if t.dtype not in DTYPES:
         raise LayoutError(f"layer {layer}: KV dtype {t.dtype} not supported")
     if t.dtype != torch.float32:
-        raise LayoutError(f"layer {layer}: vLLM's CPU attention stores {t.dtype} KV in packed element pairs "
-                          f"(ISA {isa or '?'}); only float32 KV has a stride layout the daemon can address")
+        raise LayoutError(f"layer {layer}: {t.dtype} KV on vLLM's CPU attention (ISA {isa or '?'}): only float32's "
+                          f"layout is verified against the daemon (16-bit KV is packed in element pairs on AMX)")
     if isa == "amx":
         raise LayoutError(f"layer {layer}: CPU attention ISA amx packs KV pairs; not addressable by strides")
     if t.dim() != 4 or t.shape[1] != num_kv_heads or t.shape[2] != block_size or t.shape[3] != 2 * head_dim:
