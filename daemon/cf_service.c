@@ -27,7 +27,6 @@ typedef struct cf__watch_s {
 } cf__watch_t;
 
 struct cf_service_s {
-  uv_loop_t *loop;
   const cf_config_t *cfg;
   const cf_model_info_t *model;
   cf_service_backend_t be;
@@ -807,7 +806,6 @@ int cf_service_init(cf_service_t **out, uv_loop_t *loop, const cf_config_t *cfg,
   s->max_engines = (int)cfg->max_engines;
   s->engines = calloc(s->max_engines, sizeof *s->engines);
   if (!s->engines) { free(s); return cf_seterr(CF_ENOMEM, "engine table"); }
-  s->loop = loop;
   s->cfg = cfg;
   s->model = model;
   if (backend) s->be = *backend;

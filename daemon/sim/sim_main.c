@@ -42,7 +42,8 @@ static void usage(FILE *f) {
           "  --devices  engines (devices) in use: G x the model's TP degree GPUs\n"
           "  --nvlink   override the profile's NVLink GB/s per GPU and direction; 0 = no peer link\n"
           "             (then no GPU computes cells for another GPU's request)\n"
-          "  --refine   simulator runs optimal may spend refining (default: automatic; 0 = fast path)\n"
+          "  --refine   simulator runs optimal may spend refining, whatever the time budget (default:\n"
+          "             the daemon's path: what the 1 ms budget buys; 0 = the analytic plan alone)\n"
           "  --json     write the results as JSON to FILE\n"
           "  --save-workload  write the requests (e.g. generated ones) as JSON lines to FILE\n"
           "  --plan-json FILE write the plan of --policy NAME (with all: optimal's) as JSON:\n"
@@ -117,63 +118,100 @@ static void json_num(FILE *f, double v) {
   else fprintf(f, "null");
 }
 
-int main(int argc, char **argv) {
-  const char *hw_arg = NULL, *model_arg = NULL, *work = NULL, *gen = NULL, *pol_arg = "all",
-             *tier_arg = NULL, *json = NULL, *save = NULL, *plan_out = NULL;
-  double n_gen = 0, seed = 1, rate = -1, gbps = 0, chunk = 256, gpus = 0, refine = -1;
-  double devices = 0, nvlink = -1;
+/* Command line (see usage). */
+typedef struct {
+  const char *hw_arg, *model_arg, *work, *gen, *pol_arg, *tier_arg, *json, *save, *plan_out;
+  double n_gen, seed, rate, gbps, chunk, gpus, refine, devices, nvlink;
+} sim_opts_t;
+
+/* What the run works on: profile, model, the batch as planned (per stage with pipeline
+ * stages), and the rows of results. */
+typedef struct {
+  cf_hw_t hw;
+  cf_model_shape_t model;
+  int tier, pp, n, pol_one;
+  cf_sched_input_t in;
+  cf_sched_req_t *reqs, *stage_reqs;
+  uint8_t *chunk_tiers; /* backs reqs[i].chunk_tier when the workload names tiers */
+  double bound;
+  row_t rows[CF_POLICY_COUNT];
+} sim_run_t;
+
+static void sim_run_free(sim_run_t *r) {
+  for (int p = 0; p < CF_POLICY_COUNT; p++)
+    if (r->rows[p].ran) cf_sim_result_free(&r->rows[p].res);
+  free(r->reqs);
+  free(r->stage_reqs);
+  free(r->chunk_tiers);
+}
+
+/* argv into o; 0, or 2 after one line on stderr (-1: --help printed). */
+static int sim_parse(int argc, char **argv, sim_opts_t *o) {
   int rc;
+  *o = (sim_opts_t){.pol_arg = "all", .seed = 1, .rate = -1, .chunk = 256, .refine = -1, .nvlink = -1};
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
-    if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
+    if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return -1; }
     if (strncmp(a, "--", 2) != 0) return bad("unexpected argument '%s'%s (see --help)", a, "");
     if (i + 1 >= argc) return bad("option %s needs a value%s", a, "");
     const char *v = argv[++i];
-    if (!strcmp(a, "--hw")) hw_arg = v;
-    else if (!strcmp(a, "--model")) model_arg = v;
-    else if (!strcmp(a, "--workload")) work = v;
-    else if (!strcmp(a, "--gen")) gen = v;
-    else if (!strcmp(a, "--policy")) pol_arg = v;
-    else if (!strcmp(a, "--tier")) tier_arg = v;
-    else if (!strcmp(a, "--json")) json = v;
-    else if (!strcmp(a, "--save-workload")) save = v;
-    else if (!strcmp(a, "--plan-json")) plan_out = v;
-    else if (!strcmp(a, "--n")) { if ((rc = parse_num(a, v, 1, 1000000, &n_gen))) return rc; }
-    else if (!strcmp(a, "--seed")) { if ((rc = parse_num(a, v, 0, 1e15, &seed))) return rc; }
-    else if (!strcmp(a, "--rate")) { if ((rc = parse_num(a, v, 0, 1e9, &rate))) return rc; }
-    else if (!strcmp(a, "--gbps")) { if ((rc = parse_num(a, v, 1e-6, 1e6, &gbps))) return rc; }
-    else if (!strcmp(a, "--chunk")) { if ((rc = parse_num(a, v, 1, 1 << 20, &chunk))) return rc; }
-    else if (!strcmp(a, "--gpus")) { if ((rc = parse_num(a, v, 1, 1024, &gpus))) return rc; }
-    else if (!strcmp(a, "--devices")) { if ((rc = parse_num(a, v, 1, 1024, &devices))) return rc; }
-    else if (!strcmp(a, "--nvlink")) { if ((rc = parse_num(a, v, 0, 1e6, &nvlink))) return rc; }
-    else if (!strcmp(a, "--refine")) { if ((rc = parse_num(a, v, 0, 1e6, &refine))) return rc; }
+    if (!strcmp(a, "--hw")) o->hw_arg = v;
+    else if (!strcmp(a, "--model")) o->model_arg = v;
+    else if (!strcmp(a, "--workload")) o->work = v;
+    else if (!strcmp(a, "--gen")) o->gen = v;
+    else if (!strcmp(a, "--policy")) o->pol_arg = v;
+    else if (!strcmp(a, "--tier")) o->tier_arg = v;
+    else if (!strcmp(a, "--json")) o->json = v;
+    else if (!strcmp(a, "--save-workload")) o->save = v;
+    else if (!strcmp(a, "--plan-json")) o->plan_out = v;
+    else if (!strcmp(a, "--n")) { if ((rc = parse_num(a, v, 1, 1000000, &o->n_gen))) return rc; }
+    else if (!strcmp(a, "--seed")) { if ((rc = parse_num(a, v, 0, 1e15, &o->seed))) return rc; }
+    else if (!strcmp(a, "--rate")) { if ((rc = parse_num(a, v, 0, 1e9, &o->rate))) return rc; }
+    else if (!strcmp(a, "--gbps")) { if ((rc = parse_num(a, v, 1e-6, 1e6, &o->gbps))) return rc; }
+    else if (!strcmp(a, "--chunk")) { if ((rc = parse_num(a, v, 1, 1 << 20, &o->chunk))) return rc; }
+    else if (!strcmp(a, "--gpus")) { if ((rc = parse_num(a, v, 1, 1024, &o->gpus))) return rc; }
+    else if (!strcmp(a, "--devices")) { if ((rc = parse_num(a, v, 1, 1024, &o->devices))) return rc; }
+    else if (!strcmp(a, "--nvlink")) { if ((rc = parse_num(a, v, 0, 1e6, &o->nvlink))) return rc; }
+    else if (!strcmp(a, "--refine")) { if ((rc = parse_num(a, v, 0, 1e6, &o->refine))) return rc; }
     else return bad("unknown option '%s'%s (see --help)", a, "");
   }
-  if (!hw_arg) return bad("missing --hw FILE|NAME%s%s", "", "");
-  if (!model_arg) return bad("missing --model NAME|config.json%s%s", "", "");
-  if (!work == !gen) return bad("give exactly one of --workload FILE or --gen KIND%s%s", "", "");
-  if (gen && n_gen < 1) return bad("--gen %s needs --n N%s", gen, "");
+  if (!o->hw_arg) return bad("missing --hw FILE|NAME%s%s", "", "");
+  if (!o->model_arg) return bad("missing --model NAME|config.json%s%s", "", "");
+  if (!o->work == !o->gen) return bad("give exactly one of --workload FILE or --gen KIND%s%s", "", "");
+  if (o->gen && o->n_gen < 1) return bad("--gen %s needs --n N%s", o->gen, "");
+  return 0;
+}
 
-  int pol_one = -1;
+/* Profile, model, cost model, workload (read or generated; per stage with pipeline stages),
+ * options checked against each other. 0, or 2 after one line on stderr. */
+static int sim_setup(sim_opts_t *o, sim_run_t *R) {
+  int rc;
+  const char *pol_arg = o->pol_arg, *tier_arg = o->tier_arg, *work = o->work, *gen = o->gen,
+             *save = o->save;
+  double gpus = o->gpus, chunk = o->chunk, gbps = o->gbps, refine = o->refine;
+  double devices = o->devices, nvlink = o->nvlink;
+  cf_hw_t *hw = &R->hw;
+  cf_model_shape_t *model = &R->model;
+  cf_sched_input_t *in = &R->in;
+  int n = 0, any_tiers = 0;
+  R->pol_one = -1;
   if (strcmp(pol_arg, "all") != 0) {
     cf_policy_t p;
     if (cf_policy_parse(pol_arg, &p)) return bad("%s%s", cf_errmsg(), " (or all)");
-    pol_one = (int)p;
+    R->pol_one = (int)p;
   }
-  cf_hw_t hw;
-  if ((rc = cf_hw_load(hw_arg, &hw))) return bad("%s%s", cf_errmsg(), "");
-  cf_model_shape_t model;
-  if ((rc = cf_model_shape_load(model_arg, &model))) return bad("%s%s", cf_errmsg(), "");
-  int tier = hw.default_tier;
+  if ((rc = cf_hw_load(o->hw_arg, hw))) return bad("%s%s", cf_errmsg(), "");
+  if ((rc = cf_model_shape_load(o->model_arg, model))) return bad("%s%s", cf_errmsg(), "");
+  int tier = hw->default_tier;
   if (tier_arg) {
     tier = -1;
     for (int t = 0; t < 3; t++)
       if (!strcmp(tier_arg, cf_tier_names[t])) tier = t;
     if (tier < 0) return bad("unknown tier '%s': expected dram, ssd or net%s", tier_arg, "");
   }
-  int pp = model.pp > 1 ? model.pp : 1;
+  int pp = model->pp > 1 ? model->pp : 1;
   if (devices > 0) { /* engines of the model's TP degree (x pipeline stages) each */
-    int per = model.tp * pp;
+    int per = model->tp * pp;
     if (gpus > 0 && (int)gpus != (int)devices * per) {
       char b1[64];
       snprintf(b1, sizeof b1, "%d x %d GPUs = %d", (int)devices, per, (int)devices * per);
@@ -181,91 +219,82 @@ int main(int argc, char **argv) {
     }
     gpus = devices * per;
   }
-  if (nvlink >= 0) hw.nvlink_Bps = nvlink * 1e9; /* GB/s per GPU and direction; 0: none */
-  cf_sched_input_t in = {0};
-  if ((rc = cf_hw_cost(&hw, &model, (int)gpus, tier, gbps, (int)chunk, &in.cost)))
+  if (nvlink >= 0) hw->nvlink_Bps = nvlink * 1e9; /* GB/s per GPU and direction; 0: none */
+  if ((rc = cf_hw_cost(hw, model, (int)gpus, tier, gbps, (int)chunk, &in->cost)))
     return bad("%s%s", cf_errmsg(), "");
-  cf_sched_req_t *reqs = NULL;
-  int n = 0, any_tiers = 0;
-  uint8_t *chunk_tiers = NULL; /* backs reqs[i].chunk_tier when the workload names tiers */
   if (work) {
-    if ((rc = sim_workload_read(work, (int)chunk, tier, &reqs, &n, &chunk_tiers, &any_tiers)))
+    if ((rc = sim_workload_read(work, (int)chunk, tier, &R->reqs, &n, &R->chunk_tiers, &any_tiers)))
       return bad("workload %s%s", cf_errmsg(), "");
     /* mixed tiers: chunk tier indices are CF_TIER_*; each loads at its own tier's rate (the
      * rate that tier would give as --tier), the chosen one at link_Bps (--gbps applies) */
     for (int t = 0; any_tiers && t < 3 && t < CF_COST_MAX_TIERS; t++) {
       cf_sched_cost_t alt;
-      if (t == tier || hw.tier_Bps[t] <= 0) continue;
-      if (cf_hw_cost(&hw, &model, (int)gpus, t, 0, (int)chunk, &alt) == 0) in.cost.tier_Bps[t] = alt.link_Bps;
+      if (t == tier || hw->tier_Bps[t] <= 0) continue;
+      if (cf_hw_cost(hw, model, (int)gpus, t, 0, (int)chunk, &alt) == 0) in->cost.tier_Bps[t] = alt.link_Bps;
     }
-    if (any_tiers) in.cost.tier_Bps[tier] = in.cost.link_Bps;
+    if (any_tiers) in->cost.tier_Bps[tier] = in->cost.link_Bps;
     for (int i = 0; any_tiers && i < n; i++)
-      for (int32_t c = 0; c < cf_cost_chunks(&in.cost, reqs[i].prefix_tokens); c++)
-        if (in.cost.tier_Bps[reqs[i].chunk_tier[c]] <= 0) {
+      for (int32_t c = 0; c < cf_cost_chunks(&in->cost, R->reqs[i].prefix_tokens); c++)
+        if (in->cost.tier_Bps[R->reqs[i].chunk_tier[c]] <= 0) {
           char what[64];
           snprintf(what, sizeof what, "request %d chunk %d", i, c);
-          const char *tn = cf_tier_names[reqs[i].chunk_tier[c]];
-          free(reqs);
-          free(chunk_tiers);
+          const char *tn = cf_tier_names[R->reqs[i].chunk_tier[c]];
           return bad("workload: %s: profile has no '%s' tier", what, tn);
         }
   } else {
-    if ((rc = sim_workload_gen(gen, (int)n_gen, (uint64_t)seed, rate, &reqs))) return bad("%s%s", cf_errmsg(), "");
-    n = (int)n_gen;
+    if ((rc = sim_workload_gen(gen, (int)o->n_gen, (uint64_t)o->seed, o->rate, &R->reqs))) return bad("%s%s", cf_errmsg(), "");
+    n = (int)o->n_gen;
   }
-  cf_sched_req_t *stage_reqs = NULL; /* pipeline stages: one request per stage */
-  if (pp > 1 && (rc = sim_stage_requests(reqs, n, in.cost.n_devices / pp, pp, &stage_reqs))) {
-    free(reqs);
+  if (pp > 1 && (rc = sim_stage_requests(R->reqs, n, in->cost.n_devices / pp, pp, &R->stage_reqs)))
     return bad("workload: %s%s", cf_errmsg(), "");
-  }
-  in.reqs = pp > 1 ? stage_reqs : reqs;
-  in.n_reqs = n * pp;
-  in.refine_evals = (int)refine;
-  if ((rc = cf_sched_input_check(&in))) {
-    free(reqs);
-    free(stage_reqs);
-    return bad("workload: %s%s", cf_errmsg(), "");
-  }
-
-  if (save && (rc = sim_workload_write(save, reqs, n))) {
-    free(reqs);
-    free(stage_reqs);
-    return bad("%s%s", cf_errmsg(), "");
-  }
+  in->reqs = pp > 1 ? R->stage_reqs : R->reqs;
+  in->n_reqs = n * pp;
+  if (refine == 0) in->refine_budget_s = -1; /* the analytic plan alone */
+  else if (refine > 0) { in->refine_evals = (int)refine; in->refine_budget_s = 3600; }
+  if ((rc = cf_sched_input_check(in))) return bad("workload: %s%s", cf_errmsg(), "");
+  if (save && (rc = sim_workload_write(save, R->reqs, n))) return bad("%s%s", cf_errmsg(), "");
   /* the simulator keeps 20 bytes per cell: refuse what would not fit rather than thrash */
   double cells = 0;
-  for (int i = 0; i < in.n_reqs; i++)
-    cells += (double)cf_cost_chunks(&in.cost, in.reqs[i].prefix_tokens) * in.cost.n_layers;
+  for (int i = 0; i < in->n_reqs; i++)
+    cells += (double)cf_cost_chunks(&in->cost, in->reqs[i].prefix_tokens) * in->cost.n_layers;
   if (cells > SIM_MAX_CELLS) {
     char what[96];
     snprintf(what, sizeof what, "%.0f cells (requests x chunks x layers) > %.0f", cells,
              (double)SIM_MAX_CELLS);
-    free(reqs);
-    free(stage_reqs);
     return bad("workload too large to simulate: %s%s; use fewer requests or a larger --chunk", what, "");
   }
-  double bound = cf_bound(&in);
+  R->tier = tier;
+  R->pp = pp;
+  R->n = n;
+  R->bound = cf_bound(in);
+  return 0;
+}
+
+/* Plan and simulate every policy (or --policy's); --plan-json writes optimal's plan (or the
+ * one policy's). Returns 0, 1 if a policy made an invalid plan (a bug), or 2 after one line
+ * on stderr. */
+static int sim_policies(const sim_opts_t *o, sim_run_t *R) {
+  const char *plan_out = o->plan_out;
+  int rc;
   row_t rows[CF_POLICY_COUNT];
   memset(rows, 0, sizeof rows);
   cf_sched_plan_t plan;
   cf_sched_plan_init(&plan);
   int invalid = 0;
   for (int p = 0; p < CF_POLICY_COUNT; p++) {
-    if (pol_one >= 0 && p != pol_one) continue;
-    row_t *w = &rows[p];
+    if (R->pol_one >= 0 && p != R->pol_one) continue;
+    row_t *w = &R->rows[p];
     cf_sim_result_init(&w->res);
     w->ran = 1;
     double t0 = now_s();
-    rc = cf_sched_plan(&in, (cf_policy_t)p, &plan);
+    rc = cf_sched_plan(&R->in, (cf_policy_t)p, &plan);
     w->plan_ms = (now_s() - t0) * 1e3;
     w->sim_evals = plan.sim_evals;
-    if (!rc) rc = cf_sim_run(&in, &plan, &w->res);
+    if (!rc) rc = cf_sim_run(&R->in, &plan, &w->res);
     cf_sim_result_trim(&w->res); /* keep one policy's cell scratch alive at a time */
-    if (!rc && pp > 1) rc = cf_sim_fold_stages(&in, pp, &w->res); /* per request, all stages */
-    if (!rc && plan_out && (p == CF_POLICY_OPTIMAL || pol_one >= 0) &&
+    if (!rc && R->pp > 1) rc = cf_sim_fold_stages(&R->in, R->pp, &w->res); /* per request, all stages */
+    if (!rc && plan_out && (p == CF_POLICY_OPTIMAL || R->pol_one >= 0) &&
         (rc = write_plan(plan_out, &plan))) {
-      free(reqs);
-      free(stage_reqs);
       cf_sched_plan_free(&plan);
       return bad("%s%s", cf_errmsg(), "");
     }
@@ -277,128 +306,144 @@ int main(int argc, char **argv) {
     }
   }
   cf_sched_plan_free(&plan);
+  return invalid;
+}
 
-  /* ---- table */
+/* The table on stdout. */
+static void sim_table(const sim_run_t *R) {
+  int n = R->n, pp = R->pp;
+  (void)n;
+  (void)pp;
   int64_t tot = 0, mx = 0;
-  for (int i = 0; i < n; i++) {
-    tot += reqs[i].prefix_tokens;
-    if (reqs[i].prefix_tokens > mx) mx = reqs[i].prefix_tokens;
+  for (int i = 0; i < R->n; i++) {
+    tot += R->reqs[i].prefix_tokens;
+    if (R->reqs[i].prefix_tokens > mx) mx = R->reqs[i].prefix_tokens;
   }
   printf("hw %s (%s tier, %.3g GB/s per link%s, %d engine%s of %s%d GPU%s, NVLink %.0f GB/s), model %s (%d layers, "
          "%.0f B/token/layer)\n",
-         hw.name, cf_tier_names[tier], in.cost.link_Bps / 1e9,
-         in.cost.shared_link ? " shared" : "", in.cost.n_devices / pp, in.cost.n_devices / pp > 1 ? "s" : "",
-         pp > 1 ? (pp == 2 ? "2 stages x " : "stages x ") : "", model.tp, model.tp > 1 ? "s" : "", cf_cost_has_peer(&in.cost) ? in.cost.peer_Bps / 1e9 : 0.0,
-         model.name, in.cost.n_layers, in.cost.kv_bytes_per_token);
+         R->hw.name, cf_tier_names[R->tier], R->in.cost.link_Bps / 1e9,
+         R->in.cost.shared_link ? " shared" : "", R->in.cost.n_devices / R->pp, R->in.cost.n_devices / R->pp > 1 ? "s" : "",
+         R->pp > 1 ? (R->pp == 2 ? "2 stages x " : "stages x ") : "", R->model.tp, R->model.tp > 1 ? "s" : "", cf_cost_has_peer(&R->in.cost) ? R->in.cost.peer_Bps / 1e9 : 0.0,
+         R->model.name, R->in.cost.n_layers, R->in.cost.kv_bytes_per_token);
   printf("%d requests, %lld prefix tokens (max %lld), chunk %d; lower bound on makespan %.4f s\n\n",
-         n, (long long)tot, (long long)mx, in.cost.chunk_tokens, bound);
+         n, (long long)tot, (long long)mx, R->in.cost.chunk_tokens, R->bound);
   printf("%-10s %9s %7s %9s %9s %9s %9s %6s %6s %8s", "policy", "makespan", "/bound", "TTFT mean",
          "p50", "p95", "p99", "util_c", "util_l", "plan_ms");
   for (int q = 0; q < CF_POLICY_COUNT; q++)
-    if (rows[q].ran) printf(" %9.9s", cf_policy_name((cf_policy_t)q));
+    if (R->rows[q].ran) printf(" %9.9s", cf_policy_name((cf_policy_t)q));
   printf("\n");
   for (int p = 0; p < CF_POLICY_COUNT; p++) {
-    row_t *w = &rows[p];
+    const row_t *w = &R->rows[p];
     if (!w->ran) continue;
     if (!w->valid) { printf("%-10s INVALID: %s\n", cf_policy_name((cf_policy_t)p), w->err); continue; }
-    cf_sim_result_t *s = &w->res;
+    const cf_sim_result_t *s = &w->res;
     printf("%-10s %9.4f %7.3f %9.4f %9.4f %9.4f %9.4f %6.2f %6.2f %8.3f", cf_policy_name((cf_policy_t)p),
-           s->makespan_s, bound > 0 ? s->makespan_s / bound : 1.0, s->mean_ttft_s, s->p50_ttft_s,
+           s->makespan_s, R->bound > 0 ? s->makespan_s / R->bound : 1.0, s->mean_ttft_s, s->p50_ttft_s,
            s->p95_ttft_s, s->p99_ttft_s, s->compute_util, s->link_util, w->plan_ms);
     for (int q = 0; q < CF_POLICY_COUNT; q++)
-      if (rows[q].ran) {
-        if (rows[q].valid && s->mean_ttft_s > 0) printf(" %8.2fx", rows[q].res.mean_ttft_s / s->mean_ttft_s);
+      if (R->rows[q].ran) {
+        if (R->rows[q].valid && s->mean_ttft_s > 0) printf(" %8.2fx", R->rows[q].res.mean_ttft_s / s->mean_ttft_s);
         else printf(" %9s", "-");
       }
     printf("\n");
   }
   printf("\nTTFT = restore + prefill of the new tokens; columns after plan_ms: speed-up of the row's mean TTFT over each policy\n");
+}
 
-  /* ---- JSON */
-  if (json) {
-    FILE *f = fopen(json, "w");
-    if (!f) {
-      perror(json);
-      free(reqs);
-      free(stage_reqs);
-      return 2;
-    }
-    char esc[512];
-    fprintf(f, "{\n  \"hw\": ");
-    cf_json_escape(esc, sizeof esc, hw.name);
-    fprintf(f, "%s,\n  \"model\": ", esc);
-    cf_json_escape(esc, sizeof esc, model.name);
-    fprintf(f, "%s,\n  \"tier\": \"%s\",\n  \"link_GBps\": ", esc, cf_tier_names[tier]);
-    json_num(f, in.cost.link_Bps / 1e9);
-    fprintf(f, ",\n  \"pp_stages\": %d", pp);
-    fprintf(f, ",\n  \"peer_GBps\": ");
-    json_num(f, cf_cost_has_peer(&in.cost) ? in.cost.peer_Bps / 1e9 : 0.0);
-    fprintf(f, ",\n  \"shared_link\": %s,\n  \"n_devices\": %d,\n  \"n_requests\": %d,\n"
-               "  \"chunk_tokens\": %d,\n  \"n_layers\": %d,\n  \"bound_s\": ",
-            in.cost.shared_link ? "true" : "false", in.cost.n_devices, n, in.cost.chunk_tokens,
-            in.cost.n_layers);
-    json_num(f, bound);
-    fprintf(f, ",\n  \"policies\": {");
-    int first = 1;
-    for (int p = 0; p < CF_POLICY_COUNT; p++) {
-      row_t *w = &rows[p];
-      if (!w->ran) continue;
-      fprintf(f, "%s\n    \"%s\": {\"valid\": %s", first ? "" : ",", cf_policy_name((cf_policy_t)p),
-              w->valid ? "true" : "false");
-      first = 0;
-      if (!w->valid) {
-        cf_json_escape(esc, sizeof esc, w->err);
-        fprintf(f, ", \"error\": %s}", esc);
-        continue;
-      }
-      cf_sim_result_t *s = &w->res;
-      const char *k[] = {"makespan_s", "mean_ttft_s", "p50_ttft_s", "p95_ttft_s", "p99_ttft_s",
-                         "mean_restore_s", "ratio_to_bound", "compute_util", "link_util", "plan_ms",
-                         "peer_util"};
-      double v[] = {s->makespan_s, s->mean_ttft_s, s->p50_ttft_s, s->p95_ttft_s, s->p99_ttft_s,
-                    s->mean_restore_s, bound > 0 ? s->makespan_s / bound : 1.0, s->compute_util,
-                    s->link_util, w->plan_ms, s->peer_util};
-      for (size_t j = 0; j < sizeof v / sizeof v[0]; j++) {
-        fprintf(f, ", \"%s\": ", k[j]);
-        json_num(f, v[j]);
-      }
-      fprintf(f, ", \"cells_computed\": %lld, \"cells_loaded\": %lld, \"cells_helped\": %lld, "
-              "\"sim_evals\": %d", (long long)s->cells_computed, (long long)s->cells_loaded,
-              (long long)s->cells_helped, w->sim_evals);
-      if (n <= SIM_MAX_PER_REQUEST) { /* per-request results, in workload order */
-        const double *arr[2] = {s->restore_s, s->ttft_s};
-        const char *names[2] = {"restore_s", "ttft_s"};
-        for (int a = 0; a < 2; a++) {
-          fprintf(f, ", \"%s\": [", names[a]);
-          for (int i = 0; i < n; i++) {
-            if (i) fputc(',', f);
-            json_num(f, arr[a][i]);
-          }
-          fputc(']', f);
-        }
-      }
-      fprintf(f, ", \"speedup_mean_ttft\": {");
-      int f2 = 1;
-      for (int q = 0; q < CF_POLICY_COUNT; q++)
-        if (rows[q].ran && rows[q].valid && s->mean_ttft_s > 0) {
-          fprintf(f, "%s\"%s\": ", f2 ? "" : ", ", cf_policy_name((cf_policy_t)q));
-          json_num(f, rows[q].res.mean_ttft_s / s->mean_ttft_s);
-          f2 = 0;
-        }
-      fprintf(f, "}}");
-    }
-    fprintf(f, "\n  }\n}\n");
-    if (fclose(f) != 0) {
-      perror(json);
-      free(reqs);
-      free(stage_reqs);
-      return 2;
-    }
+/* The same as JSON into `json`. 0, or 2 (errno printed). */
+static int sim_json(const char *json, const sim_run_t *R) {
+  int n = R->n, pp = R->pp;
+  const cf_sched_input_t *inp = &R->in;
+  (void)inp;
+  FILE *f = fopen(json, "w");
+  if (!f) {
+    perror(json);
+    return 2;
   }
-  for (int p = 0; p < CF_POLICY_COUNT; p++)
-    if (rows[p].ran) cf_sim_result_free(&rows[p].res);
-  free(reqs);
-  free(stage_reqs);
-  free(chunk_tiers);
-  return invalid ? 1 : 0;
+  char esc[512];
+  fprintf(f, "{\n  \"hw\": ");
+  cf_json_escape(esc, sizeof esc, R->hw.name);
+  fprintf(f, "%s,\n  \"model\": ", esc);
+  cf_json_escape(esc, sizeof esc, R->model.name);
+  fprintf(f, "%s,\n  \"tier\": \"%s\",\n  \"link_GBps\": ", esc, cf_tier_names[R->tier]);
+  json_num(f, R->in.cost.link_Bps / 1e9);
+  fprintf(f, ",\n  \"pp_stages\": %d", pp);
+  fprintf(f, ",\n  \"peer_GBps\": ");
+  json_num(f, cf_cost_has_peer(&R->in.cost) ? R->in.cost.peer_Bps / 1e9 : 0.0);
+  fprintf(f, ",\n  \"shared_link\": %s,\n  \"n_devices\": %d,\n  \"n_requests\": %d,\n"
+             "  \"chunk_tokens\": %d,\n  \"n_layers\": %d,\n  \"bound_s\": ",
+          R->in.cost.shared_link ? "true" : "false", R->in.cost.n_devices, n, R->in.cost.chunk_tokens,
+          R->in.cost.n_layers);
+  json_num(f, R->bound);
+  fprintf(f, ",\n  \"policies\": {");
+  int first = 1;
+  for (int p = 0; p < CF_POLICY_COUNT; p++) {
+    const row_t *w = &R->rows[p];
+    if (!w->ran) continue;
+    fprintf(f, "%s\n    \"%s\": {\"valid\": %s", first ? "" : ",", cf_policy_name((cf_policy_t)p),
+            w->valid ? "true" : "false");
+    first = 0;
+    if (!w->valid) {
+      cf_json_escape(esc, sizeof esc, w->err);
+      fprintf(f, ", \"error\": %s}", esc);
+      continue;
+    }
+    const cf_sim_result_t *s = &w->res;
+    const char *k[] = {"makespan_s", "mean_ttft_s", "p50_ttft_s", "p95_ttft_s", "p99_ttft_s",
+                       "mean_restore_s", "ratio_to_bound", "compute_util", "link_util", "plan_ms",
+                       "peer_util"};
+    double v[] = {s->makespan_s, s->mean_ttft_s, s->p50_ttft_s, s->p95_ttft_s, s->p99_ttft_s,
+                  s->mean_restore_s, R->bound > 0 ? s->makespan_s / R->bound : 1.0, s->compute_util,
+                  s->link_util, w->plan_ms, s->peer_util};
+    for (size_t j = 0; j < sizeof v / sizeof v[0]; j++) {
+      fprintf(f, ", \"%s\": ", k[j]);
+      json_num(f, v[j]);
+    }
+    fprintf(f, ", \"cells_computed\": %lld, \"cells_loaded\": %lld, \"cells_helped\": %lld, "
+            "\"sim_evals\": %d", (long long)s->cells_computed, (long long)s->cells_loaded,
+            (long long)s->cells_helped, w->sim_evals);
+    if (n <= SIM_MAX_PER_REQUEST) { /* per-request results, in workload order */
+      const double *arr[2] = {s->restore_s, s->ttft_s};
+      const char *names[2] = {"restore_s", "ttft_s"};
+      for (int a = 0; a < 2; a++) {
+        fprintf(f, ", \"%s\": [", names[a]);
+        for (int i = 0; i < R->n; i++) {
+          if (i) fputc(',', f);
+          json_num(f, arr[a][i]);
+        }
+        fputc(']', f);
+      }
+    }
+    fprintf(f, ", \"speedup_mean_ttft\": {");
+    int f2 = 1;
+    for (int q = 0; q < CF_POLICY_COUNT; q++)
+      if (R->rows[q].ran && R->rows[q].valid && s->mean_ttft_s > 0) {
+        fprintf(f, "%s\"%s\": ", f2 ? "" : ", ", cf_policy_name((cf_policy_t)q));
+        json_num(f, R->rows[q].res.mean_ttft_s / s->mean_ttft_s);
+        f2 = 0;
+      }
+    fprintf(f, "}}");
+  }
+  fprintf(f, "\n  }\n}\n");
+  if (fclose(f) != 0) {
+    perror(json);
+    return 2;
+  }
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  sim_opts_t o;
+  int rc = sim_parse(argc, argv, &o);
+  if (rc) return rc < 0 ? 0 : rc;
+  sim_run_t R;
+  memset(&R, 0, sizeof R);
+  if (!(rc = sim_setup(&o, &R)) && (rc = sim_policies(&o, &R)) != 2) {
+    int invalid = rc;
+    sim_table(&R);
+    rc = o.json ? sim_json(o.json, &R) : 0;
+    if (!rc) rc = invalid ? 1 : 0;
+  }
+  sim_run_free(&R);
+  return rc;
 }

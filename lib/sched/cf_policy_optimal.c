@@ -1,5 +1,5 @@
 /* optimal — staircase plans chosen jointly over the batch from the cost model, then refined
- * with the simulator.
+ * with the simulator within a time budget.
  *
  * 1. Shape. A plan whose computed cells at layer l are the front chunks [0, k_l) of the
  *    request, k_l non-increasing in l, is a valid staircase (h_c = #{l : k_l > c}) whose
@@ -20,21 +20,20 @@
  2b. Help (peer link, DESIGN.md §1 (b); see cf__help): while the device that sets the
  *    estimated makespan has a request other devices of its pipeline stage could compute for,
  *    give it one more helper; its position moves to the k where pooled compute meets its link.
- * 3. Order. Requests run on both streams in arrival order, shortest first within an
- *    arrival (SPT: cuts mean TTFT without moving the makespan). A second candidate balances
- *    each request in turn against the cumulative compute and link times (finishes requests
- *    earlier when they arrive apart); a third keeps plain arrival order.
- * 4. Refinement (refine_evals != 0): simulate every other policy's plan first (they set the
- *    bar: best makespan, best mean and p99 TTFT), then the candidates (with help, also the
- *    plan without it, in SPT and arrival order), then hill-climb each
- *    request's position on its hull path by +-1 and +-L/4 layer moves. A plan scores by: its
- *    makespan must not exceed the best other policy's (hard); then the smaller its TTFT excess
- *    over the best others the better; then makespan; then mean TTFT. If another policy's plan
- *    still scores better, it is returned, so `optimal` is never slower in makespan than any
- *    other policy on the same input (and in the property tests almost always has the lowest
- *    mean TTFT too).
- * The fast path (refine_evals == 0) is steps 1-3 with candidate 1 only: O(requests x 64 price
- * steps + ops) per batch, no allocation proportional to cells (0.11 ms for 64 x 128k tokens).
+ * 3. Order. Requests run on both streams in arrival order, shortest first within an arrival
+ *    (SPT: cuts mean TTFT without moving the makespan).
+ * 1b. Mixed tiers (some chunk at another rate): cf_tiers.c's plan instead, alone when the
+ *    plan is not refined (the hull walk costs too much there, and its shape is a special case).
+ * 4. Refinement, within the time budget (cf__refine_runs: 0.1% of the estimated makespan,
+ *    2-10 ms, in simulator runs at a fixed price per cell; none when 6 runs do not fit):
+ *    a. every other policy's plan (and the tier plan) simulated: they set the bar;
+ *    b. the analytic plan and its variants (arrival order, cumulative balance, without help);
+ *    c. hill climbing on each request's hull position (+-1, +-L/4 layers);
+ *    d. from the best of all that, cf_refine.c searches general staircases, groupings and
+ *       orders. The score: slower than the best other policy is out, then makespan, then mean
+ *       TTFT, so no other policy's plan beats the result on makespan (nor on both).
+ * The analytic path is O(requests x 64 price steps + ops), no allocation proportional to
+ * cells (0.12-0.6 ms for 64 x 128k tokens, bench_sched).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -85,6 +84,16 @@ static inline double cf__g(const cf__opt_t *o, int r, int32_t k) {
   return (double)(P - cf_cost_tok(o->c, P, k)) * o->q;
 }
 
+/* Does some chunk read at another rate than tier 0's? */
+static int cf__mixed_rates(const cf_sched_input_t *in) {
+  const cf_sched_cost_t *c = &in->cost;
+  for (int r = 0; r < in->n_reqs; r++)
+    for (int32_t ch = 0, nc = in->reqs[r].chunk_tier ? cf_cost_chunks(c, in->reqs[r].prefix_tokens) : 0;
+         ch < nc; ch++)
+      if (cf_cost_tier_Bps(c, in->reqs[r].chunk_tier[ch]) != cf_cost_tier_Bps(c, 0)) return 1;
+  return 0;
+}
+
 /* Per-request link prefix sums when some request names its chunks' tiers (o->gsum stays NULL
  * otherwise: the single-rate closed forms apply). The front-chunks shape and the hull below
  * were derived for one rate; with several the chain of (f, g) points need not be convex, so
@@ -92,9 +101,7 @@ static inline double cf__g(const cf__opt_t *o, int r, int32_t k) {
  * policy's plan) keeps optimal no slower than them. Returns 0 or CF_ENOMEM. */
 static int cf__tier_sums(cf__opt_t *o) {
   const cf_sched_input_t *in = o->in;
-  int any = 0;
-  for (int r = 0; r < o->n; r++) any |= in->reqs[r].chunk_tier != NULL;
-  if (!any) return 0;
+  if (!cf__mixed_rates(in)) return 0; /* named tiers all at tier 0's rate: as if none */
   if (!(o->goff = malloc(((size_t)o->n + 1) * sizeof *o->goff))) return cf_seterr(CF_ENOMEM, "optimal: tier sums");
   o->goff[0] = 0;
   for (int r = 0; r < o->n; r++) o->goff[r + 1] = o->goff[r] + (size_t)cf_cost_chunks(o->c, in->reqs[r].prefix_tokens) + 1;
@@ -221,8 +228,22 @@ static int cf__device_split(cf__opt_t *o, int d, double T, double *X, double *Y)
     if (hi - lo <= o->price_tol * fabs(lo)) break;
   }
   cf__at_price(o, d, lo, X, Y);
-  double sl = 0;
-  return cf__next_edge(o, d, &sl);
+  /* Ties: requests whose next edges have the same slope (identical requests) all switch at
+   * the same price, so the price alone leaves them all before it. Take those edges one whole
+   * edge at a time while they still fit, so all but one of the tied requests move, and only
+   * the last (returned) is split by cf__balance. */
+  for (;;) {
+    double sl = 0;
+    int r = cf__next_edge(o, d, &sl);
+    if (r < 0) return -1;
+    int32_t k0 = cf__hk(o, r, o->pos[r].j), k1 = cf__hk(o, r, o->pos[r].j + 1);
+    double dx = o->L * (cf__f(o, r, k1) - cf__f(o, r, k0));
+    double dy = o->L * (cf__g(o, r, k1) - cf__g(o, r, k0));
+    if (T < 0 ? *X + dx > *Y + dy : *X + dx > T) return r;
+    o->pos[r].j++;
+    *X += dx;
+    *Y += dy;
+  }
 }
 
 /* Position of request r on its hull path that minimises max(a + X_r, b + Y_r). */
@@ -597,45 +618,6 @@ static void cf__cumulative(cf__opt_t *o, double *Xc, double *Yc) {
   }
 }
 
-/* How a simulated plan compares with the other policies' best (mk_o: smallest makespan,
- * mean_o / p99_o: smallest mean and p99 TTFT among them). The makespan bound is hard: a plan
- * slower than the best other policy is out (viol >= 1e6). Then the smaller the TTFT excess
- * over the best other policy the better, then the makespan, then the mean TTFT. */
-typedef struct {
-  double viol, mk, mean;
-} cf__score_t;
-
-typedef struct {
-  double mk, mean, p99;
-} cf__ref_t;
-
-static cf__score_t cf__score_of(const cf_sim_result_t *r, const cf__ref_t *ref) {
-  cf__score_t s = {0, r->makespan_s, r->mean_ttft_s};
-  if (!ref) return s;
-  const double eps = 1e-12;
-  if (r->makespan_s > ref->mk) s.viol = 1e6 + r->makespan_s / ref->mk; /* exact: no slack */
-  else {
-    if (ref->mean > 0 && r->mean_ttft_s > ref->mean * (1 + eps)) s.viol += r->mean_ttft_s / ref->mean - 1;
-    if (ref->p99 > 0 && r->p99_ttft_s > ref->p99 * (1 + eps)) s.viol += r->p99_ttft_s / ref->p99 - 1;
-  }
-  return s;
-}
-
-static int cf__score_better(cf__score_t a, cf__score_t b) {
-  const double eps = 1e-12;
-  if (a.viol < b.viol - eps) return 1;
-  if (a.viol > b.viol + eps) return 0;
-  if (a.mk < b.mk * (1 - eps)) return 1;
-  if (a.mk > b.mk * (1 + eps)) return 0;
-  return a.mean < b.mean * (1 - eps);
-}
-
-static void cf__swap_plans(cf_sched_plan_t *a, cf_sched_plan_t *b) {
-  cf_sched_plan_t t = *a;
-  *a = *b;
-  *b = t;
-}
-
 /* Emit the current positions and order into `tmp`, simulate, and if it beats *best take its
  * score. Returns 1 (better), 0 (not), or a negative error. */
 static int cf__try(const cf__opt_t *o, cf_sched_plan_t *tmp, int32_t *kbuf, cf_sim_result_t *sim,
@@ -650,147 +632,125 @@ static int cf__try(const cf__opt_t *o, cf_sched_plan_t *tmp, int32_t *kbuf, cf_s
   return 1;
 }
 
-/* Default local-search budget: what fits in ~20M simulated cells, between 8 and 64 runs. */
-static int cf__default_evals(const cf_sched_input_t *in) {
+/* Simulator runs the refinement budget buys (cf_sched.h): the budget is refine_budget_s, or
+ * by default 0.1% of the analytic plan's estimated makespan `est`, within 1..10 ms; each run
+ * is priced at 1 us plus CF_SCHED_SIM_S_PER_CELL per cell of the batch. 0 when fewer than
+ * the CF__MIN_RUNS that checking the other policies' plans and the candidates takes: a
+ * refinement that cannot even do that is not started. */
+enum { CF__MIN_RUNS = 6, CF__MAX_RUNS = 4096 };
+static int cf__refine_runs(const cf_sched_input_t *in, double est) {
+  if (in->refine_budget_s < 0) return 0;
+  double budget = in->refine_budget_s > 0
+                      ? in->refine_budget_s
+                      : fmin(CF_SCHED_REFINE_MAX_S,
+                             fmax(CF_SCHED_REFINE_BUDGET_S, CF_SCHED_REFINE_SHARE * est));
   double cells = 0;
   for (int r = 0; r < in->n_reqs; r++)
     cells += (double)cf_cost_chunks(&in->cost, in->reqs[r].prefix_tokens) * in->cost.n_layers;
-  double e = cells > 0 ? 2e7 / cells : 64;
-  return e > 64 ? 64 : e < 8 ? 8 : (int)e;
+  double runs = budget / (1e-6 + cells * CF_SCHED_SIM_S_PER_CELL);
+  if (in->refine_evals > 0 && runs > in->refine_evals) runs = in->refine_evals;
+  if (runs > CF__MAX_RUNS) runs = CF__MAX_RUNS;
+  return runs < CF__MIN_RUNS ? 0 : (int)runs;
 }
 
-/* A candidate for mixed tiers (refinement only; every request on stage 0): the front-chunks
- * shape above computes the cheapest chunks to compute, but when a slow tier's chunks lie at the
- * back it is better to compute THEM and load the fast front chunks that each of their layers
- * attends to. Per request, chunks by decreasing (link time saved) / (compute time), added to
- * the computed set while its compute stays under the link time of the rest; computed chunks get
- * h = L, the others h = 0. Ops: per layer one LOAD per run of loaded chunks (layer-major), one
- * COMPUTE per run of computed chunks (chunk order): a compute run needs the earlier chunks of
- * its layer, which are loads of that layer (link order) or earlier runs of the same stream.
- * Returns 0, or CF_ENOMEM. */
+/* Mixed tiers (some chunk reads at another rate than tier 0), no pipeline stages, one link
+ * per device (or one device): the tier plan (cf_tiers.c) applies. A batch that names tiers
+ * all at one rate is planned exactly as one that names none. */
+static int cf__tiers_apply(const cf_sched_input_t *in) {
+  const cf_sched_cost_t *c = &in->cost;
+  return c->pp_stages <= 1 && !(c->shared_link && c->n_devices > 1) && cf__mixed_rates(in);
+}
 static int cf__tier_candidate(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out) {
-  const cf_sched_cost_t *c = &in->cost;
-  int rc = cf__plan_reset(out, in, dev, CF_POLICY_OPTIMAL);
-  if (rc) return rc;
-  int n = in->n_reqs, L = c->n_layers;
-  int32_t maxc = 1;
-  for (int r = 0; r < n; r++) maxc = out->n_chunks[r] > maxc ? out->n_chunks[r] : maxc;
-  int *order = malloc((size_t)(n ? n : 1) * sizeof *order);
-  int32_t *ck = malloc((size_t)maxc * sizeof *ck);
-  double *key = malloc((size_t)maxc * sizeof *key);
-  if (!order || !ck || !key) { rc = cf_seterr(CF_ENOMEM, "optimal: tier candidate"); goto done; }
-  cf__arrival_order(in, order);
-  for (int i = 0; i < n && !rc; i++) {
-    int r = order[i];
-    const cf_sched_req_t *q = &in->reqs[r];
-    int32_t nc = out->n_chunks[r];
-    uint16_t *h = cf__plan_h(out, r);
-    double Y = 0, X = 0;
-    for (int32_t ch = 0; ch < nc; ch++) {
-      double p = (double)cf_cost_tok(c, q->prefix_tokens, ch), t = (double)cf_cost_tok(c, q->prefix_tokens, ch + 1) - p;
-      double g = cf_sched_load_s(c, q, ch, ch + 1, 1) - c->link_latency_s, f = cf_cost_step(c, p, t) - c->gamma_s;
-      key[ch] = g / fmax(f, 1e-30); /* gamma is paid once per run, not per chunk: left out */
-      ck[ch] = ch;
-      Y += g;
-    }
-    for (int32_t a = 1; a < nc; a++) /* insertion sort by key, largest first (stable) */
-      for (int32_t b = a; b > 0 && key[ck[b]] > key[ck[b - 1]]; b--) { int32_t t = ck[b]; ck[b] = ck[b - 1]; ck[b - 1] = t; }
-    for (int32_t j = 0; j < nc; j++) {
-      int32_t ch = ck[j];
-      double p = (double)cf_cost_tok(c, q->prefix_tokens, ch), t = (double)cf_cost_tok(c, q->prefix_tokens, ch + 1) - p;
-      double f = cf_cost_step(c, p, t) - c->gamma_s + (j == 0 ? c->gamma_s : 0); /* one step's gamma */
-      double g = cf_sched_load_s(c, q, ch, ch + 1, 1) - c->link_latency_s;
-      if (X + f > Y - g) break;
-      X += f;
-      Y -= g;
-      h[ch] = (uint16_t)L;
-    }
-    int link = cf_cost_link_of(c, out->device[r]);
-    for (int l = 0; l < L && !rc; l++)
-      for (int32_t a = 0; a < nc && !rc;) {
-        int32_t b = a;
-        while (b < nc && (h[b] == 0) == (h[a] == 0)) b++;
-        if (h[a] == 0) rc = cf__plan_op(out, r, CF_OP_LOAD, link, a, b, l, l + 1);
-        a = b;
-      }
-    for (int l = 0; l < L && !rc; l++)
-      for (int32_t a = 0; a < nc && !rc;) {
-        int32_t b = a;
-        while (b < nc && (h[b] == 0) == (h[a] == 0)) b++;
-        if (h[a] != 0) rc = cf__plan_op(out, r, CF_OP_COMPUTE, out->device[r], a, b, l, l + 1);
-        a = b;
-      }
-  }
-done:
-  free(order);
-  free(ck);
-  free(key);
-  return rc;
+  double est;
+  return cf__tier_plan(in, dev, out, &est);
 }
 
-int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out) {
-  const cf_sched_cost_t *c = &in->cost;
-  int n = in->n_reqs, L = c->n_layers, nd = c->n_devices, nl = cf_cost_n_links(c);
-  cf__opt_t o = {in, c, dev, n, L, nd, nl};
-  o.q = c->kv_bytes_per_token / cf_cost_tier_Bps(c, 0);
-  int rc = 0;
-  size_t nn = n ? (size_t)n : 1;
-  o.kstar = malloc(nn * sizeof *o.kstar);
-  o.H = malloc(nn * sizeof *o.H);
-  o.pos = malloc(nn * sizeof *o.pos);
-  o.order = malloc(nn * sizeof *o.order);
-  o.key = malloc(nn * sizeof *o.key);
-  o.dreq = malloc(nn * sizeof *o.dreq);
-  o.doff = calloc((size_t)nd + 1, sizeof *o.doff);
-  o.price_tol = 1e-12;
-  double *X = calloc((size_t)nd, sizeof *X), *Yl = calloc((size_t)nl, sizeof *Yl);
-  int *crit = calloc((size_t)nd, sizeof *crit);
-  int32_t *kbuf = malloc((size_t)L * sizeof *kbuf);
-  cf__pos_t *best_pos = malloc(nn * sizeof *best_pos);
-  int *best_order = malloc(nn * sizeof *best_order);
-  o.maxhelp = nd - 1 < CF__MAXHELP ? nd - 1 : CF__MAXHELP;
-  size_t nh = nn * (size_t)(o.maxhelp > 0 ? o.maxhelp : 1);
-  o.hcnt = calloc(nn, sizeof *o.hcnt);
-  o.hdev = malloc(nh * sizeof *o.hdev);
-  o.hsplit = malloc(nh * sizeof *o.hsplit);
-  o.hreq = malloc((size_t)nd * sizeof *o.hreq);
-  int *role = calloc((size_t)nd, sizeof *role);
-  cf__pos_t *pos0 = malloc(nn * sizeof *pos0); /* positions without help */
-  cf_sched_plan_t tmp, alt;
-  cf_sched_plan_init(&tmp);
-  cf_sched_plan_init(&alt);
+/* optimal's scratch beyond cf__opt_t, shared by its steps. */
+typedef struct {
+  double *X, *Yl;          /* per device compute end, per link load end */
+  int *crit;               /* per device: the request split at the balance point (-1: none) */
+  int32_t *kbuf;           /* [L] per-layer chunk counts of one request */
+  cf__pos_t *best_pos, *pos0; /* best positions so far; the positions before help */
+  int *best_order, *role;
+  cf_sched_plan_t tmp, alt; /* scratch plan; the best other policy's plan */
   cf_sim_result_t sim;
-  cf_sim_result_init(&sim);
-  if (!o.kstar || !o.H || !o.pos || !o.order || !o.key || !o.dreq || !o.doff || !X || !Yl ||
-      !crit || !kbuf || !best_pos || !best_order || !o.hcnt || !o.hdev || !o.hsplit ||
-      !o.hreq || !role || !pos0) {
-    rc = cf_seterr(CF_ENOMEM, "optimal: %d requests", n);
-    goto out;
-  }
-  if ((rc = cf__tier_sums(&o))) goto out;
+} cf__optbuf_t;
 
-  /* 1-2: implicit hulls; per device the price where compute meets the link (own links), or
-   * bisection on T with per-device compute budgets (a link shared by several devices). */
-  for (int r = 0; r < n; r++) cf__hull(&o, r, cf_cost_chunks(c, in->reqs[r].prefix_tokens));
-  for (int r = 0; r < n; r++) o.doff[dev[r] + 1]++;
-  for (int d = 0; d < nd; d++) o.doff[d + 1] += o.doff[d];
-  memcpy(crit, o.doff, (size_t)nd * sizeof *crit); /* crit[] as the fill cursor for now */
-  for (int r = 0; r < n; r++) o.dreq[crit[dev[r]]++] = r;
+static void cf__opt_free(cf__opt_t *o, cf__optbuf_t *b) {
+  void *p[] = {o->gsum, o->goff, o->kstar, o->H, o->dreq, o->doff, o->pos, o->order, o->key,
+               o->hcnt, o->hdev, o->hsplit, o->hreq, b->X, b->Yl, b->crit, b->kbuf,
+               b->best_pos, b->best_order, b->role, b->pos0};
+  for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) free(p[i]);
+  cf_sched_plan_free(&b->tmp);
+  cf_sched_plan_free(&b->alt);
+  cf_sim_result_free(&b->sim);
+}
+
+/* Allocate o's per-request and per-device arrays and b. Returns 0 or CF_ENOMEM (free with
+ * cf__opt_free either way). */
+static int cf__opt_alloc(cf__opt_t *o, cf__optbuf_t *b) {
+  size_t nn = o->n ? (size_t)o->n : 1, nd = (size_t)o->nd;
+  memset(b, 0, sizeof *b);
+  cf_sched_plan_init(&b->tmp);
+  cf_sched_plan_init(&b->alt);
+  cf_sim_result_init(&b->sim);
+  o->kstar = malloc(nn * sizeof *o->kstar);
+  o->H = malloc(nn * sizeof *o->H);
+  o->pos = malloc(nn * sizeof *o->pos);
+  o->order = malloc(nn * sizeof *o->order);
+  o->key = malloc(nn * sizeof *o->key);
+  o->dreq = malloc(nn * sizeof *o->dreq);
+  o->doff = calloc(nd + 1, sizeof *o->doff);
+  o->maxhelp = o->nd - 1 < CF__MAXHELP ? o->nd - 1 : CF__MAXHELP;
+  size_t nh = nn * (size_t)(o->maxhelp > 0 ? o->maxhelp : 1);
+  o->hcnt = calloc(nn, sizeof *o->hcnt);
+  o->hdev = malloc(nh * sizeof *o->hdev);
+  o->hsplit = malloc(nh * sizeof *o->hsplit);
+  o->hreq = malloc(nd * sizeof *o->hreq);
+  b->X = calloc(nd, sizeof *b->X);
+  b->Yl = calloc((size_t)o->nl, sizeof *b->Yl);
+  b->crit = calloc(nd, sizeof *b->crit);
+  b->kbuf = malloc((size_t)o->L * sizeof *b->kbuf);
+  b->best_pos = malloc(nn * sizeof *b->best_pos);
+  b->best_order = malloc(nn * sizeof *b->best_order);
+  b->role = calloc(nd, sizeof *b->role);
+  b->pos0 = malloc(nn * sizeof *b->pos0);
+  if (!o->kstar || !o->H || !o->pos || !o->order || !o->key || !o->dreq || !o->doff ||
+      !o->hcnt || !o->hdev || !o->hsplit || !o->hreq || !b->X || !b->Yl || !b->crit ||
+      !b->kbuf || !b->best_pos || !b->best_order || !b->role || !b->pos0)
+    return cf_seterr(CF_ENOMEM, "optimal: %d requests", o->n);
+  return cf__tier_sums(o);
+}
+
+/* Steps 1-2b: hulls, the joint split (per device the price where compute meets its link, or
+ * with one shared link Newton on T with per-device budgets), the critical requests balanced,
+ * then help. Leaves o->pos, b->pos0 (before help), o->use_help; returns the estimate. */
+static double cf__split(cf__opt_t *o, cf__optbuf_t *b) {
+  const cf_sched_cost_t *c = o->c;
+  int n = o->n, nd = o->nd, nl = o->nl;
+  const int *dev = o->dev;
+  double *X = b->X, *Yl = b->Yl;
+  int *crit = b->crit;
+  for (int r = 0; r < n; r++) cf__hull(o, r, cf_cost_chunks(c, o->in->reqs[r].prefix_tokens));
+  for (int r = 0; r < n; r++) o->doff[dev[r] + 1]++;
+  for (int d = 0; d < nd; d++) o->doff[d + 1] += o->doff[d];
+  memcpy(crit, o->doff, (size_t)nd * sizeof *crit); /* crit[] as the fill cursor for now */
+  for (int r = 0; r < n; r++) o->dreq[crit[dev[r]]++] = r;
   double y_unused; /* exact sums are recomputed below */
   if (!c->shared_link || nd == 1) {
-    for (int d = 0; d < nd; d++) crit[d] = cf__device_split(&o, d, -1, &X[d], &y_unused);
+    for (int d = 0; d < nd; d++) crit[d] = cf__device_split(o, d, -1, &X[d], &y_unused);
   } else {
     /* Find T with Y(T) = T, Y(T) = link time when every device computes for T: convex,
      * decreasing, piecewise linear, so Newton from T = 0 climbs monotonically to the root
      * in a few steps (one per breakpoint crossed). */
     double hi = 0;
-    o.price_tol = 1e-9; /* nested search: 1e-9 is far below the cost model's accuracy */
+    o->price_tol = 1e-9; /* nested search: 1e-9 is far below the cost model's accuracy */
     for (int it = 0; it < 100; it++) {
       double Y = 0, dY = 0;
       for (int d = 0; d < nd; d++) {
         double x, y, sl = 0;
-        if (cf__device_split(&o, d, hi, &x, &y) >= 0) { /* the rest of T on the next edge */
-          cf__next_edge(&o, d, &sl);
+        if (cf__device_split(o, d, hi, &x, &y) >= 0) { /* the rest of T on the next edge */
+          cf__next_edge(o, d, &sl);
           y += (hi - x) * sl;
           dY += sl;
         }
@@ -800,14 +760,14 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
       if (h <= 1e-9 * hi) break;
       hi += h / (1 - dY);
     }
-    for (int d = 0; d < nd; d++) crit[d] = cf__device_split(&o, d, hi, &X[d], &y_unused);
+    for (int d = 0; d < nd; d++) crit[d] = cf__device_split(o, d, hi, &X[d], &y_unused);
   }
   /* exact X, Y from the whole-vertex positions, then split each critical request */
   for (int d = 0; d < nd; d++) X[d] = 0;
   for (int k = 0; k < nl; k++) Yl[k] = 0;
   for (int r = 0; r < n; r++) {
     double x, y;
-    cf__xy(&o, r, o.pos[r], &x, &y);
+    cf__xy(o, r, o->pos[r], &x, &y);
     X[dev[r]] += x;
     Yl[cf_cost_link_of(c, dev[r])] += y;
   }
@@ -815,153 +775,172 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
     int r = crit[d], k = cf_cost_link_of(c, d);
     if (r < 0) continue;
     double x, y;
-    cf__xy(&o, r, o.pos[r], &x, &y);
-    double a = X[d] - x, b = Yl[k] - y;
-    o.pos[r] = cf__balance(&o, r, a, b);
-    cf__xy(&o, r, o.pos[r], &x, &y);
+    cf__xy(o, r, o->pos[r], &x, &y);
+    double a = X[d] - x, bb = Yl[k] - y;
+    o->pos[r] = cf__balance(o, r, a, bb);
+    cf__xy(o, r, o->pos[r], &x, &y);
     X[d] = a + x;
-    Yl[k] = b + y;
+    Yl[k] = bb + y;
   }
-  memcpy(pos0, o.pos, nn * sizeof *o.pos);
-  cf__stream_ends(&o, X, Yl); /* with arrivals: the estimate, and what help must beat */
-  o.use_help = cf__help(&o, X, Yl, role); /* other devices' idle compute, over the peer link */
+  memcpy(b->pos0, o->pos, (size_t)(n ? n : 1) * sizeof *o->pos);
+  cf__stream_ends(o, X, Yl); /* with arrivals: the estimate, and what help must beat */
+  o->use_help = cf__help(o, X, Yl, b->role); /* other devices' idle compute, over the peer link */
   double est = 0;
   for (int d = 0; d < nd; d++) est = fmax(est, X[d]);
   for (int k = 0; k < nl; k++) est = fmax(est, Yl[k]);
+  return est;
+}
 
-  /* 3: order (shortest first within an arrival). */
-  cf__make_order(&o, 1);
-  if ((rc = cf__emit(&o, out, kbuf))) goto out;
-  out->est_makespan_s = est;
-  if (in->refine_evals == 0 || n == 0) goto out;
-
-  /* 4: refinement with the simulator. First the other policies: they set the bar. */
-  int budget = in->refine_evals < 0 ? cf__default_evals(in) : in->refine_evals, evals = 0;
-  cf__ref_t ref = {INFINITY, INFINITY, INFINITY};
-  cf__score_t alt_score = {INFINITY, INFINITY, INFINITY};
-  for (int pol = 0; pol < CF_POLICY_COUNT; pol++) {
+/* Step 4a: every other policy's plan (and with mixed tiers the tier candidate), simulated:
+ * they set the bar (*ref) and the best of them by makespan goes to b->alt (*alt_score). */
+static int cf__refine_others(cf__opt_t *o, cf__optbuf_t *b, cf__ref_t *ref,
+                             cf__score_t *alt_score, int *evals) {
+  const cf_sched_input_t *in = o->in;
+  int rc;
+  for (int pol = 0; pol <= CF_POLICY_COUNT; pol++) { /* COUNT: the tier plan */
     if (pol == CF_POLICY_OPTIMAL) continue;
+    if (pol == CF_POLICY_COUNT && !cf__tiers_apply(in)) break;
     int (*fn)(const cf_sched_input_t *, const int *, cf_sched_plan_t *) =
         pol == CF_POLICY_RECOMPUTE   ? cf__policy_recompute
         : pol == CF_POLICY_LOAD      ? cf__policy_load
         : pol == CF_POLICY_CAKE      ? cf__policy_cake
         : pol == CF_POLICY_LAYERWISE ? cf__policy_layerwise
-                                     : cf__policy_cacheflow;
-    if ((rc = fn(in, dev, &tmp))) goto out;
-    if ((rc = cf_sim_run(in, &tmp, &sim))) goto out;
-    evals++;
-    ref.mk = fmin(ref.mk, sim.makespan_s);
-    ref.mean = fmin(ref.mean, sim.mean_ttft_s);
-    ref.p99 = fmin(ref.p99, sim.p99_ttft_s);
-    cf__score_t sc = cf__score_of(&sim, NULL);
-    if (cf__score_better(sc, alt_score)) { /* best other so far, by makespan */
-      alt_score = sc;
-      cf__swap_plans(&alt, &tmp);
+        : pol == CF_POLICY_CACHEFLOW ? cf__policy_cacheflow
+                                     : cf__tier_candidate;
+    if ((rc = fn(in, o->dev, &b->tmp))) return rc;
+    if ((rc = cf_sim_run(in, &b->tmp, &b->sim))) {
+      if (pol == CF_POLICY_COUNT) break; /* a candidate the simulator refuses is dropped */
+      return rc;
+    }
+    (*evals)++;
+    ref->mk = fmin(ref->mk, b->sim.makespan_s);
+    ref->mean = fmin(ref->mean, b->sim.mean_ttft_s);
+    ref->p99 = fmin(ref->p99, b->sim.p99_ttft_s);
+    cf__score_t sc = cf__score_of(&b->sim, NULL);
+    if (cf__score_better(sc, *alt_score)) { /* best other so far, by makespan */
+      *alt_score = sc;
+      cf__swap_plans(&b->alt, &b->tmp);
     }
   }
-  int tiers = 0; /* mixed tiers, no pipeline stages: also the tier-aware candidate */
-  for (int r = 0; r < n; r++) tiers |= in->reqs[r].chunk_tier != NULL;
-  if (tiers && c->pp_stages <= 1) {
-    if ((rc = cf__tier_candidate(in, dev, &tmp))) goto out;
-    if (cf_sim_run(in, &tmp, &sim) == 0) { /* a candidate the simulator refuses is dropped */
-      evals++;
-      ref.mk = fmin(ref.mk, sim.makespan_s);
-      ref.mean = fmin(ref.mean, sim.mean_ttft_s);
-      ref.p99 = fmin(ref.p99, sim.p99_ttft_s);
-      cf__score_t sc = cf__score_of(&sim, NULL);
-      if (cf__score_better(sc, alt_score)) {
-        alt_score = sc;
-        cf__swap_plans(&alt, &tmp);
-      }
-    }
-  }
-  if ((rc = cf_sim_run(in, &alt, &sim))) goto out;
-  alt_score = cf__score_of(&sim, &ref);
-  if ((rc = cf_sim_run(in, out, &sim))) goto out;
-  evals++;
-  cf__score_t best = cf__score_of(&sim, &ref);
-  memcpy(best_pos, o.pos, nn * sizeof *o.pos);
-  memcpy(best_order, o.order, nn * sizeof *o.order);
-  int helped = o.use_help, best_help = o.use_help;
-  for (int cand = 0; cand < (helped ? 5 : 3); cand++) {
+  if ((rc = cf_sim_run(in, &b->alt, &b->sim))) return rc;
+  *alt_score = cf__score_of(&b->sim, ref);
+  return 0;
+}
+
+/* Step 4b: the fast path's plan (in out), then the other candidates: same split in arrival
+ * order; cumulative balance (SPT and arrival order); without help when the fast path used
+ * it. Leaves the best positions and order in b->best_pos / best_order, their help in
+ * o->use_help, and the score in *best. */
+static int cf__refine_candidates(cf__opt_t *o, cf__optbuf_t *b, cf_sched_plan_t *out,
+                                 const cf__ref_t *ref, cf__score_t *best, int *evals,
+                                 int budget) {
+  size_t nn = o->n ? (size_t)o->n : 1;
+  int rc = cf_sim_run(o->in, out, &b->sim);
+  if (rc) return rc;
+  (*evals)++;
+  *best = cf__score_of(&b->sim, ref);
+  memcpy(b->best_pos, o->pos, nn * sizeof *o->pos);
+  memcpy(b->best_order, o->order, nn * sizeof *o->order);
+  int helped = o->use_help, best_help = o->use_help;
+  for (int cand = 0; cand < (helped ? 5 : 3) && *evals < budget; cand++) {
     /* 0: same split, arrival order; 1, 2: cumulative balance; 3, 4: without help (when the
      * fast path used it): the split before help, SPT and arrival order */
-    memcpy(o.pos, cand < 3 ? best_pos : pos0, nn * sizeof *o.pos);
-    o.use_help = cand < 3 ? helped : 0;
-    cf__make_order(&o, cand == 1 || cand == 3);
-    if (cand == 1 || cand == 2) cf__cumulative(&o, X, Yl);
-    int b = cf__try(&o, &tmp, kbuf, &sim, &ref, &best, &evals);
-    if (b < 0) { rc = b; goto out; }
-    if (b) {
-      memcpy(best_pos, o.pos, nn * sizeof *o.pos);
-      memcpy(best_order, o.order, nn * sizeof *o.order);
-      best_help = o.use_help;
+    memcpy(o->pos, cand < 3 ? b->best_pos : b->pos0, nn * sizeof *o->pos);
+    o->use_help = cand < 3 ? helped : 0;
+    cf__make_order(o, cand == 1 || cand == 3);
+    if (cand == 1 || cand == 2) cf__cumulative(o, b->X, b->Yl);
+    int better = cf__try(o, &b->tmp, b->kbuf, &b->sim, ref, best, evals);
+    if (better < 0) return better;
+    if (better) {
+      memcpy(b->best_pos, o->pos, nn * sizeof *o->pos);
+      memcpy(b->best_order, o->order, nn * sizeof *o->order);
+      best_help = o->use_help;
     }
   }
-  o.use_help = best_help;
-  /* hill climbing on each request's position along its hull path */
-  memcpy(o.pos, best_pos, nn * sizeof *o.pos);
-  memcpy(o.order, best_order, nn * sizeof *o.order);
+  o->use_help = best_help;
+  return 0;
+}
+
+/* Step 4c: hill climbing on each request's position along its hull path (+-1 and +-L/4
+ * layers), from b->best_pos / best_order. */
+static int cf__hill_climb(cf__opt_t *o, cf__optbuf_t *b, const cf__ref_t *ref,
+                          cf__score_t *best, int *evals, int budget) {
+  int n = o->n, L = o->L;
+  memcpy(o->pos, b->best_pos, (size_t)(n ? n : 1) * sizeof *o->pos);
+  memcpy(o->order, b->best_order, (size_t)(n ? n : 1) * sizeof *o->order);
   const int steps[4] = {1, -1, L / 4 > 1 ? L / 4 : 2, -(L / 4 > 1 ? L / 4 : 2)};
   int improved = 1;
-  while (improved && evals < budget) {
+  while (improved && *evals < budget) {
     improved = 0;
-    for (int i = 0; i < n && evals < budget; i++) {
-      int r = o.order[n - 1 - i]; /* later requests first: they set the makespan */
-      for (int s = 0; s < 4 && evals < budget; s++) {
-        cf__pos_t p = best_pos[r];
+    for (int i = 0; i < n && *evals < budget; i++) {
+      int r = o->order[n - 1 - i]; /* later requests first: they set the makespan */
+      for (int s = 0; s < 4 && *evals < budget; s++) {
+        cf__pos_t p = b->best_pos[r];
         int u = p.j * L + p.m + (p.adj >= 0 ? 1 : 0) + steps[s];
-        int umax = (o.H[r] - 1) * L;
+        int umax = (o->H[r] - 1) * L;
         if (u < 0 || u > umax || (u == p.j * L + p.m && p.adj < 0)) continue;
-        o.pos[r].j = u / L;
-        o.pos[r].m = u % L;
-        o.pos[r].adj = -1;
-        if (o.pos[r].j == o.H[r] - 1) o.pos[r].m = 0;
-        int b = cf__try(&o, &tmp, kbuf, &sim, &ref, &best, &evals);
-        if (b < 0) { rc = b; goto out; }
-        if (b) {
-          best_pos[r] = o.pos[r];
+        o->pos[r].j = u / L;
+        o->pos[r].m = u % L;
+        o->pos[r].adj = -1;
+        if (o->pos[r].j == o->H[r] - 1) o->pos[r].m = 0;
+        int better = cf__try(o, &b->tmp, b->kbuf, &b->sim, ref, best, evals);
+        if (better < 0) return better;
+        if (better) {
+          b->best_pos[r] = o->pos[r];
           improved = 1;
           break;
         }
-        o.pos[r] = best_pos[r];
+        o->pos[r] = b->best_pos[r];
       }
     }
   }
-  memcpy(o.pos, best_pos, nn * sizeof *o.pos);
-  memcpy(o.order, best_order, nn * sizeof *o.order);
-  if ((rc = cf__emit(&o, out, kbuf))) goto out;
-  out->est_makespan_s = best.mk;
-  if (cf__score_better(alt_score, best)) { /* another policy's plan is better: use it */
-    alt.policy = CF_POLICY_OPTIMAL;
-    cf__swap_plans(out, &alt);
-    out->est_makespan_s = alt_score.mk;
+  memcpy(o->pos, b->best_pos, (size_t)(n ? n : 1) * sizeof *o->pos);
+  return 0;
+}
+
+int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out) {
+  const cf_sched_cost_t *c = &in->cost;
+  cf__opt_t o = {in, c, dev, in->n_reqs, c->n_layers, c->n_devices, cf_cost_n_links(c)};
+  o.q = c->kv_bytes_per_token / cf_cost_tier_Bps(c, 0);
+  o.price_tol = 1e-12;
+  int budget, evals = 0, rc;
+  if (cf__tiers_apply(in) && !cf_cost_has_peer(c)) {
+    /* 1b: mixed tiers: the tier plan (cf_tiers.c; the front-chunks shape below is a special
+     * case of its choice), without the hull's cost when it is not refined */
+    double te;
+    if ((rc = cf__tier_plan(in, dev, out, &te))) return rc;
+    out->est_makespan_s = te;
+    if (!(budget = cf__refine_runs(in, te)) || in->n_reqs == 0) return 0;
   }
+  cf__optbuf_t b;
+  if ((rc = cf__opt_alloc(&o, &b))) goto out;
+  /* 1-3: the analytic plan, shortest first within an arrival: the fast path */
+  double est = cf__split(&o, &b);
+  cf__make_order(&o, 1);
+  if ((rc = cf__emit(&o, out, b.kbuf))) goto out;
+  out->est_makespan_s = est;
+  budget = cf__refine_runs(in, est);
+  if (budget == 0 || o.n == 0) goto out; /* with mixed tiers the refinement simulates the
+                                            tier plan, with the other policies' */
+
+  /* 4: refinement with the simulator, within the budget */
+  cf__ref_t ref = {INFINITY, INFINITY, INFINITY};
+  cf__score_t alt_score = {INFINITY, INFINITY, INFINITY}, best;
+  if ((rc = cf__refine_others(&o, &b, &ref, &alt_score, &evals))) goto out;
+  if ((rc = cf__refine_candidates(&o, &b, out, &ref, &best, &evals, budget))) goto out;
+  if ((rc = cf__hill_climb(&o, &b, &ref, &best, &evals, budget))) goto out;
+  if ((rc = cf__emit(&o, out, b.kbuf))) goto out;
+  out->est_makespan_s = best.mk;
+  if (cf__score_better(alt_score, best)) { /* another policy's plan is better: start there */
+    b.alt.policy = CF_POLICY_OPTIMAL;
+    b.alt.est_makespan_s = alt_score.mk;
+    cf__swap_plans(out, &b.alt);
+    best = alt_score;
+  }
+  /* 4d: general staircases, grouping and order, from the best plan so far */
+  if ((rc = cf__refine_general(in, dev, &ref, out, &best, &evals, budget))) goto out;
   out->sim_evals = evals;
 out:
-  free(o.gsum);
-  free(o.goff);
-  free(o.kstar);
-  free(o.H);
-  free(o.dreq);
-  free(o.doff);
-  free(o.pos);
-  free(o.order);
-  free(o.key);
-  free(X);
-  free(Yl);
-  free(crit);
-  free(kbuf);
-  free(best_pos);
-  free(best_order);
-  free(o.hcnt);
-  free(o.hdev);
-  free(o.hsplit);
-  free(o.hreq);
-  free(role);
-  free(pos0);
-  cf_sched_plan_free(&tmp);
-  cf_sched_plan_free(&alt);
-  cf_sim_result_free(&sim);
+  cf__opt_free(&o, &b);
   return rc;
 }

@@ -3,6 +3,7 @@
 #define CF_SCHED_INT_H
 
 #include "sched/cf_sched.h"
+#include "sched/cf_sim.h"
 
 /* Size the plan for `in` (per-request arrays and staircases, all h = 0, no ops) and copy the
  * device assignment `dev`. Returns 0 or CF_ENOMEM. */
@@ -54,5 +55,33 @@ int cf__policy_layerwise(const cf_sched_input_t *in, const int *dev, cf_sched_pl
 int cf__policy_cake(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out);
 int cf__policy_cacheflow(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out);
 int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out);
+
+/* optimal's plan for requests whose chunks lie in tiers of different rates (cf_tiers.c):
+ * per device, chunks computed to the most layers that fit in decreasing (link time saved) /
+ * (compute time), the rest loaded layer by layer. *est: its stream-time estimate. Only for
+ * one link per device or one device, no pipeline stages, no help. 0 or CF_ENOMEM. */
+int cf__tier_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out, double *est);
+
+/* Refinement (cf_refine.c). A simulated plan's score against the other policies' best plans
+ * (ref: their smallest makespan, mean and p99 TTFT): a plan slower than the best other
+ * policy's is out (viol = 1); then the smaller makespan wins, then the smaller mean TTFT. So
+ * the plan kept is never beaten by another policy's plan on makespan and mean TTFT at once. */
+typedef struct {
+  double viol, mk, mean;
+} cf__score_t;
+typedef struct {
+  double mk, mean, p99;
+} cf__ref_t;
+cf__score_t cf__score_of(const cf_sim_result_t *r, const cf__ref_t *ref);
+int cf__score_better(cf__score_t a, cf__score_t b);
+void cf__swap_plans(cf_sched_plan_t *a, cf_sched_plan_t *b);
+
+/* General-staircase local search from `best` (a valid plan scoring *score; kept or replaced
+ * by a better one): any staircase per request (non-monotone, whole requests computed or
+ * loaded), loads as one rectangle per run of equal height or one op per layer and run,
+ * requests in any order. Spends at most budget - *evals simulator runs (counted in *evals).
+ * Only plans without cross-device help. Returns 0, CF_ENOMEM or CF_EINVAL (a bug). */
+int cf__refine_general(const cf_sched_input_t *in, const int *dev, const cf__ref_t *ref,
+                       cf_sched_plan_t *best, cf__score_t *score, int *evals, int budget);
 
 #endif

@@ -246,7 +246,10 @@ static int cf__summarise(cf_sim_result_t *res, int n) {
   return 0;
 }
 
-int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_result_t *res) {
+/* 1. The plan against the input: sizes, chunk counts, devices, heights. *cells_out: the
+ * cells of the batch. 0 or CF_EINVAL. */
+static int cf__check_shape(const cf_sched_input_t *in, const cf_sched_plan_t *p,
+                           size_t *cells_out) {
   const cf_sched_cost_t *c = &in->cost;
   int n = in->n_reqs, L = c->n_layers, nd = c->n_devices, nl = cf_cost_n_links(c);
   if (p->n_reqs != n || p->n_layers != L || p->n_devices != nd || p->n_links != nl)
@@ -272,7 +275,16 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
                          cf_policy_name(p->policy), r, ch, p->h[p->h_off[r] + ch], L);
     cells += (size_t)p->n_chunks[r] * L;
   }
-  /* Static checks of every op; count the ops of each compute and peer stream. */
+  *cells_out = cells;
+  return 0;
+}
+
+/* 2. Static checks of every op. *help_out: some cell is computed off its request's device;
+ * *fwd_out: some helper sends to another helper. 0 or CF_EINVAL. */
+static int cf__check_ops(const cf_sched_input_t *in, const cf_sched_plan_t *p, int *help_out,
+                         int *fwd_out) {
+  const cf_sched_cost_t *c = &in->cost;
+  int n = in->n_reqs, L = c->n_layers, nd = c->n_devices;
   int help = 0, fwd = 0;
   for (size_t i = 0; i < p->n_ops; i++) {
     const cf_sched_op_t *o = &p->ops[i];
@@ -306,6 +318,17 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
       help = 1;
     }
   }
+  *help_out = help;
+  *fwd_out = fwd;
+  return 0;
+}
+
+/* 3. Scratch sized for the plan and reset (a cell not present yet: -1). *pp_out: pipeline
+ * stages. 0 or CF_ENOMEM. */
+static int cf__sim_scratch(const cf_sched_input_t *in, const cf_sched_plan_t *p,
+                           cf_sim_result_t *res, size_t cells, int help, int fwd, int *pp_out) {
+  const cf_sched_cost_t *c = &in->cost;
+  int n = in->n_reqs, L = c->n_layers, nd = c->n_devices;
   int rc;
   if ((rc = cf__need((void **)&res->cell_fin_, &res->cap_cells_, cells ? cells : 1,
                      sizeof(double))))
@@ -375,8 +398,13 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
     for (size_t i = 0; i < cells; i++) res->cell_dev_[i] = -1;
   }
   memset(res->kp_, 0, (size_t)n * L * sizeof *res->kp_);
+  *pp_out = pp;
+  return 0;
+}
 
-  /* per-stream op lists: streams 0..nd-1 compute, nd..2nd-1 peer; sidx[off[s]..off[s+1]) */
+/* 4. Op lists of each compute (0..nd-1) and peer (nd..2nd-1) stream, in plan order:
+ * sidx[off[s] .. off[s + 1]); head[s] = off[s]. Returns off (head follows it). */
+static size_t *cf__stream_lists(const cf_sched_plan_t *p, cf_sim_result_t *res, int nd) {
   int ns = 2 * nd;
   size_t *off = res->sidx_ + p->n_ops, *head = off + ns + 1;
   memset(off, 0, (size_t)(ns + 1) * sizeof *off);
@@ -391,23 +419,18 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
     if (o->kind != CF_OP_LOAD) res->sidx_[head[(o->kind == CF_OP_SEND ? nd : 0) + o->stream]++] = i;
   }
   for (int k = 0; k < ns; k++) head[k] = off[k];
+  return off;
+}
 
-  double freec[64], freep[64], freel[64], busyl = 0;
-  double *fc = nd <= 64 ? freec : calloc((size_t)nd, sizeof *fc);
-  double *fp = nd <= 64 ? freep : calloc((size_t)nd, sizeof *fp);
-  double *fl = nl <= 64 ? freel : calloc((size_t)nl, sizeof *fl);
-  if (!fc || !fl || !fp) {
-    if (fc != freec) free(fc);
-    if (fp != freep) free(fp);
-    if (fl != freel) free(fl);
-    return cf_seterr(CF_ENOMEM, "simulator: %d devices", nd);
-  }
-  for (int d = 0; d < nd; d++) fc[d] = fp[d] = 0;
-  for (int k = 0; k < nl; k++) fl[k] = 0;
+/* 5. Loads wait for nothing but their link and their request's arrival: every link is timed
+ * first, in plan order (fl: each link's free time). 0 or CF_EINVAL. */
+static int cf__time_loads(const cf_sched_input_t *in, const cf_sched_plan_t *p,
+                          cf_sim_result_t *res, double *fl, double *busyl_out,
+                          int64_t *nload_out) {
+  const cf_sched_cost_t *c = &in->cost;
+  int L = c->n_layers, rc = 0;
+  double *fin = res->cell_fin_, busyl = 0;
   int64_t nload = 0;
-  rc = 0;
-
-  /* Loads wait for nothing but their link: time them first, in plan order. */
   for (size_t i = 0; i < p->n_ops && !rc; i++) {
     const cf_sched_op_t *o = &p->ops[i];
     if (o->kind != CF_OP_LOAD) continue;
@@ -440,43 +463,51 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
       }
     nload += (int64_t)(o->c1 - o->c0) * (o->l1 - o->l0);
   }
-  /* Compute and peer streams: advance every stream as far as its next op's inputs are known,
-   * until all ran. Each stream runs in plan order, so this is an exact event simulation;
-   * without help a device's ops wait only on loads and on its own stream (one sweep). */
-  cf__simst_t st = {in, p, c, L, fin, res->cell_pmax_, help ? res->cell_hfin_ : NULL,
-                    help ? res->cell_dev_ : NULL, fwd ? res->cell_pres_ : NULL,
-                    fwd ? res->poff_ : NULL, pp ? res->hid_ : NULL, nd, res->kp_, fc, fp,
-                    0, 0, 0, 0, NULL};
-  size_t left = off[ns];
+  *busyl_out = busyl;
+  *nload_out = nload;
+  return rc;
+}
+
+/* 6. Compute and peer streams: advance every stream as far as its next op's inputs are known,
+ * until all ran. Each stream runs in plan order, so this is an exact event simulation;
+ * without help a device's ops wait only on loads and on its own stream (one sweep). A round
+ * in which nothing moves is a deadlock: the first stuck op names it. 0 or CF_EINVAL. */
+static int cf__run_streams(cf__simst_t *st, const cf_sched_plan_t *p, cf_sim_result_t *res,
+                           size_t *off, int ns) {
+  size_t *head = off + ns + 1, left = off[ns];
+  int rc = 0;
   while (left && !rc) {
     size_t before = left;
     for (int k = 0; k < ns && !rc; k++)
       while (head[k] < off[k + 1]) {
-        int st_rc = cf__step(&st, res->sidx_[head[k]]);
+        int st_rc = cf__step(st, res->sidx_[head[k]]);
         if (st_rc < 0) { rc = st_rc; break; }
         if (st_rc == 0) break;
         head[k]++;
         left--;
       }
-    if (!rc && left == before) { /* nobody moved: the first stuck op names the cycle */
+    if (!rc && left == before) {
       for (int k = 0; k < ns; k++)
         if (head[k] < off[k + 1]) {
-          (void)cf__step(&st, res->sidx_[head[k]]); /* sets st.wait */
+          (void)cf__step(st, res->sidx_[head[k]]); /* sets st->wait */
           char why[200];
           snprintf(why, sizeof why, "%s, and it is produced later on the same stream or on one "
-                   "stuck behind it, or never (deadlock)", st.wait ? st.wait : "waits");
+                   "stuck behind it, or never (deadlock)", st->wait ? st->wait : "waits");
           rc = cf__bad_op(p, res->sidx_[head[k]], why);
           break;
         }
     }
   }
-  double busyc = st.busyc, busyp = st.busyp;
-  int64_t ncomp = st.ncomp, nhelp = st.nhelp;
-  if (fc != freec) free(fc);
-  if (fp != freep) free(fp);
-  if (fl != freel) free(fl);
-  if (rc) return rc;
+  return rc;
+}
 
+/* 7. Every cell present; per request finish, restore and TTFT; makespan and utilisation. */
+static int cf__sim_results(const cf_sched_input_t *in, const cf_sched_plan_t *p,
+                           cf_sim_result_t *res, int help, const cf__simst_t *st, double busyl,
+                           int64_t nload) {
+  const cf_sched_cost_t *c = &in->cost;
+  int n = in->n_reqs, L = c->n_layers, nd = c->n_devices, nl = cf_cost_n_links(c);
+  const double *fin = res->cell_fin_;
   double mk = 0;
   for (int r = 0; r < n; r++) {
     int nc = p->n_chunks[r];
@@ -501,13 +532,46 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
     if (f > mk) mk = f;
   }
   res->makespan_s = mk;
-  res->compute_util = mk > 0 ? busyc / (nd * mk) : 0;
+  res->compute_util = mk > 0 ? st->busyc / (nd * mk) : 0;
   res->link_util = mk > 0 ? busyl / (nl * mk) : 0;
-  res->peer_util = mk > 0 ? busyp / (nd * mk) : 0;
-  res->cells_helped = nhelp;
-  res->cells_computed = ncomp; /* compute ops are one layer high: chunks = cells */
+  res->peer_util = mk > 0 ? st->busyp / (nd * mk) : 0;
+  res->cells_helped = st->nhelp;
+  res->cells_computed = st->ncomp; /* compute ops are one layer high: chunks = cells */
   res->cells_loaded = nload;
   return cf__summarise(res, n);
+}
+
+int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_result_t *res) {
+  const cf_sched_cost_t *c = &in->cost;
+  int nd = c->n_devices, nl = cf_cost_n_links(c), help = 0, fwd = 0, pp = 0, rc;
+  size_t cells = 0;
+  if ((rc = cf__check_shape(in, p, &cells)) || (rc = cf__check_ops(in, p, &help, &fwd)) ||
+      (rc = cf__sim_scratch(in, p, res, cells, help, fwd, &pp)))
+    return rc;
+  size_t *off = cf__stream_lists(p, res, nd);
+  double freec[64], freep[64], freel[64], busyl = 0;
+  double *fc = nd <= 64 ? freec : calloc((size_t)nd, sizeof *fc);
+  double *fp = nd <= 64 ? freep : calloc((size_t)nd, sizeof *fp);
+  double *fl = nl <= 64 ? freel : calloc((size_t)nl, sizeof *fl);
+  int64_t nload = 0;
+  if (!fc || !fl || !fp) {
+    rc = cf_seterr(CF_ENOMEM, "simulator: %d devices", nd);
+    goto out;
+  }
+  for (int d = 0; d < nd; d++) fc[d] = fp[d] = 0;
+  for (int k = 0; k < nl; k++) fl[k] = 0;
+  cf__simst_t st = {in, p, c, c->n_layers, res->cell_fin_, res->cell_pmax_,
+                    help ? res->cell_hfin_ : NULL, help ? res->cell_dev_ : NULL,
+                    fwd ? res->cell_pres_ : NULL, fwd ? res->poff_ : NULL, pp ? res->hid_ : NULL,
+                    nd, res->kp_, fc, fp, 0, 0, 0, 0, NULL};
+  if (!(rc = cf__time_loads(in, p, res, fl, &busyl, &nload)) &&
+      !(rc = cf__run_streams(&st, p, res, off, 2 * nd)))
+    rc = cf__sim_results(in, p, res, help, &st, busyl, nload);
+out:
+  if (fc != freec) free(fc);
+  if (fp != freep) free(fp);
+  if (fl != freel) free(fl);
+  return rc;
 }
 
 int cf_sim_fold_stages(const cf_sched_input_t *in, int stages, cf_sim_result_t *res) {

@@ -12,7 +12,7 @@
 #     shared 2-core machine);
 #   - optimal, then a batch of 3 concurrent restores (verified): each restore's executed time /
 #     its prediction, median, within [0.70, 1.30] x recompute's batch: restores that reach the executor in one
-#     round are planned as one batch (re-planned when the service's window split them), so the
+#     round are planned as one batch (once, on the executor thread, whatever window they came in), so the
 #     prediction accounts for the compute worker and the link they share.
 set -u
 cd "$(dirname "$0")/../.."

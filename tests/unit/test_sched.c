@@ -62,7 +62,11 @@ static void random_input(cf_sched_input_t *in, cf_sched_req_t *reqs, int maxn) {
   }
   in->reqs = reqs;
   in->n_reqs = n;
-  in->refine_evals = cf_test_uniform() < 0.3 ? 0 : -1;
+  /* 30%: the analytic plan alone; else refined with up to 64 simulator runs whatever the
+   * batch's size (the default budget would leave the big ones analytic) */
+  int analytic = cf_test_uniform() < 0.3;
+  in->refine_budget_s = analytic ? -1 : 60;
+  in->refine_evals = analytic ? 0 : 64;
 }
 
 /* Staircase and cell counts agree, h in [0, L]. */
@@ -133,13 +137,13 @@ static void property_trials(int trials, int tiers) {
       for (int r = 0; r < in.n_reqs; r++)
         CF_CHECK(s.ttft_s[r] >= s.restore_s[r] && s.restore_s[r] >= 0);
     }
-    if (in.refine_evals != 0 && B > 0) {
+    if (in.refine_budget_s >= 0 && B > 0) {
       double r = mk[CF_POLICY_OPTIMAL] / B;
       ratio_sum += r;
       ratio_n++;
       if (r > ratio_max) ratio_max = r;
     }
-    if (in.refine_evals != 0) {
+    if (in.refine_budget_s >= 0) {
       int ok = 1;
       for (int pol = 0; pol < CF_POLICY_OPTIMAL; pol++) {
         CF_CHECK_MSG(mk[CF_POLICY_OPTIMAL] <= mk[pol],
@@ -438,13 +442,13 @@ CF_TEST(sched_optimal_within_5pct_of_bound_on_shipped_profiles) {
             cf_sched_req_t r = {0, lens[li], 128, -1};
             in.reqs = &r;
             in.n_reqs = 1;
-            in.refine_evals = fast ? 0 : -1;
+            in.refine_budget_s = fast ? -1 : 0; /* analytic alone, or the default */
             CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_OPTIMAL, &p));
             CF_CHECK_OK(cf_sim_run(&in, &p, &s));
             double ratio = s.makespan_s / cf_bound(&in);
             if (ratio > worst) worst = ratio;
             CF_CHECK_MSG(ratio <= 1.05, "%s %s tier %d P=%lld %s: ratio %.4f", hw.name, models[m],
-                         tier, (long long)lens[li], fast ? "fast" : "refined", ratio);
+                         tier, (long long)lens[li], fast ? "analytic" : "default", ratio);
           }
   }
   printf("  optimal/bound, single requests >= 4k, every shipped profile, model, tier: worst %.4f\n", worst);
@@ -490,7 +494,7 @@ CF_TEST(sched_fast_path_estimate_matches_simulation) {
   for (int i = 0; i < 8; i++) r[i] = (cf_sched_req_t){0, 3000 + 5000 * i, 64, -1};
   in.reqs = r;
   in.n_reqs = 8;
-  in.refine_evals = 0;
+  in.refine_budget_s = -1; /* the analytic plan and its own estimate */
   cf_sched_plan_t p;
   cf_sched_plan_init(&p);
   cf_sim_result_t s;
@@ -821,7 +825,7 @@ CF_TEST(sched_optimal_uses_idle_devices) {
       in.cost.peer_latency_s = 10e-6;
       in.reqs = reqs;
       in.n_reqs = nd < 4 ? 1 : 4;
-      in.refine_evals = refine ? -1 : 0;
+      in.refine_budget_s = refine ? 0 : -1;
       double B = cf_bound(&in), mk_other = INFINITY;
       for (int pol = 0; pol < CF_POLICY_OPTIMAL; pol++) {
         CF_CHECK_OK(cf_sched_plan(&in, (cf_policy_t)pol, &p));
@@ -865,13 +869,13 @@ CF_TEST(sched_optimal_uses_idle_devices) {
 
 /* The fast path adopts help on its own estimate (no simulator): on random multi-device batches
  * with arrivals it must not make plans slower than the same fast path without a peer link. */
-/* Fast-path (refine_evals 0) optimal plans of `in` simulated without (mk[0]) and with (mk[1])
+/* Analytic (refine_budget_s < 0) optimal plans of `in` simulated without (mk[0]) and with (mk[1])
  * a peer link of peer_Bps (latency peer_lat_s); est1: the planner's estimate of the plan with
  * it. Returns whether the plan with the peer link has helped cells. */
 static int help_pair(cf_sched_input_t *in, double peer_Bps, double peer_lat_s, cf_sched_plan_t *p,
                      cf_sim_result_t *s, double mk[2], double *est1) {
   int helped = 0;
-  in->refine_evals = 0;
+  in->refine_budget_s = -1;
   for (int peer = 0; peer < 2; peer++) {
     in->cost.peer_Bps = peer ? peer_Bps : 0;
     in->cost.peer_latency_s = peer_lat_s;
