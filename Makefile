@@ -92,7 +92,7 @@ ALL_LIBS    = $(LIBCF) $(LIBKERN) $(LDLIBS) $(if $(filter 1,$(CUDA)),$(CUDA_LDLI
 BINS := $(BUILD)/cacheflowctl $(if $(SIM_SRC),$(BUILD)/cacheflow-sim) \
         $(if $(DAEMON_SRC),$(BUILD)/cacheflowd)
 
-.PHONY: all deps test asan demo clean banner install bench fuzz
+.PHONY: all deps test asan demo clean banner install bench fuzz test-engines bench-engines
 all: banner $(LIBCF) $(LIBKERN) $(BINS) $(UNIT_BIN) $(BENCH_BIN) $(KTEST_BIN)
 # daemon: Python stubs and the client library (also for pkg-config users).
 all: $(PY_STUBS) $(LIBCLIENT)
@@ -222,6 +222,15 @@ $(BUILD)/bench/bench_%: $(BUILD)/tests/bench/bench_%.o $(LIBCF) $(LIBKERN)
 test: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)BUILD=$(BUILD) PYTHON=$(PYTHON) tests/run.sh
+
+# Connectors against REAL engines (vLLM CPU build in a pinned venv cached under ~/.cache/cacheflow,
+# built on first use); ends with "engines: N passed, N failed". Not part of `make test` (minutes).
+test-engines: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)BUILD=$(BUILD) tests/engines/run.sh
+
+bench-engines: all
+	$(Q)BUILD=$(BUILD) tests/engines/bench.sh $(BENCH_ARGS)
 
 asan: deps
 	$(Q)$(MAKE) --no-print-directory BUILD=build-asan CUDA=0 OPT=-O1 \
