@@ -30,7 +30,8 @@ DEB_PKGS := build-essential pkg-config clang libclang-rt-14-dev \
             libopenblas-dev liburing-dev libxxhash-dev libinih-dev libuv1-dev \
             libmicrohttpd-dev libgrpc-dev libprotobuf-c-dev protobuf-c-compiler \
             protobuf-compiler python3 python3-numpy python3-grpcio python3-grpc-tools \
-            curl jq e2fsprogs
+            curl jq e2fsprogs \
+            redis-server redis-tools libhiredis-dev
 
 CPPFLAGS += -Ilib -I. -Idaemon -Itests -I$(BUILD)/gen -I/usr/include/x86_64-linux-gnu/openblas-pthread -D_GNU_SOURCE
 SAN      ?=
@@ -38,7 +39,7 @@ CFLAGS   ?= -g
 CFLAGS   += $(SAN) $(OPT) -std=c11 -pthread -fPIC -Wall -Wextra -Wshadow -Wno-unused-parameter \
             -Wno-missing-field-initializers -MMD -MP
 LDFLAGS  += -pthread $(SAN)
-LDLIBS   += -lopenblas -luring -lxxhash -lm
+LDLIBS   += -lopenblas -luring -lxxhash -lhiredis -lm
 DAEMON_LDLIBS := -lgrpc -lgpr -lprotobuf-c -luv -lmicrohttpd -linih
 
 ifeq ($(CUDA),1)
@@ -91,7 +92,7 @@ ALL_LIBS    = $(LIBCF) $(LIBKERN) $(LDLIBS) $(if $(filter 1,$(CUDA)),$(CUDA_LDLI
 BINS := $(BUILD)/cacheflowctl $(if $(SIM_SRC),$(BUILD)/cacheflow-sim) \
         $(if $(DAEMON_SRC),$(BUILD)/cacheflowd)
 
-.PHONY: all deps test asan demo clean banner install bench fuzz
+.PHONY: all deps test asan demo clean banner install bench fuzz test-engines bench-engines
 all: banner $(LIBCF) $(LIBKERN) $(BINS) $(UNIT_BIN) $(BENCH_BIN) $(KTEST_BIN)
 # daemon: Python stubs and the client library (also for pkg-config users).
 all: $(PY_STUBS) $(LIBCLIENT)
@@ -222,6 +223,15 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)BUILD=$(BUILD) PYTHON=$(PYTHON) tests/run.sh
 
+# Connectors against REAL engines (vLLM CPU build in a pinned venv cached under ~/.cache/cacheflow,
+# built on first use); ends with "engines: N passed, N failed". Not part of `make test` (minutes).
+test-engines: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)BUILD=$(BUILD) tests/engines/run.sh
+
+bench-engines: all
+	$(Q)BUILD=$(BUILD) tests/engines/bench.sh $(BENCH_ARGS)
+
 asan: deps
 	$(Q)$(MAKE) --no-print-directory BUILD=build-asan CUDA=0 OPT=-O1 \
 	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
@@ -242,14 +252,14 @@ FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_CFLAGS  := -g -O1 -std=c11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_LIBSRC  := lib/util/cf_err.c lib/util/cf_json.c lib/util/cf_dtype.c lib/model/cf_safetensors.c \
-                lib/model/cf_hfconfig.c
+                lib/model/cf_hfconfig.c lib/util/cf_log.c lib/store/cf_redis.c lib/store/cf_redis_slots.c
 FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN     := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 
 $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIBSRC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  FUZZCC  $<")
-	$(Q)$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) $< $(FUZZ_LIBSRC) -o $@ -lm
+	$(Q)$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) $< $(FUZZ_LIBSRC) -o $@ -lhiredis -lm
 
 fuzz: $(FUZZ_BIN)
 	$(Q)for b in $(FUZZ_BIN); do n=$${b##*/fuzz_}; mkdir -p tests/fuzz/out/$$n; \

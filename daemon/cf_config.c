@@ -9,6 +9,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "store/cf_redis.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
@@ -57,6 +58,14 @@ static int cf__v_abs_or_empty(const char *v, char *why, size_t cap) {
 static int cf__v_abs(const char *v, char *why, size_t cap) {
   if (*v != '/') { snprintf(why, cap, "must be an absolute path"); return -1; }
   return 0;
+}
+
+static int cf__v_remote_url(const char *v, char *why, size_t cap) {
+  if (!*v) return 0;
+  cf_redis_url_t u;
+  if (cf_redis_url_parse(v, &u) == 0) return 0;
+  snprintf(why, cap, "%s", cf_errmsg());
+  return -1;
 }
 
 #define GiB "1073741824"
@@ -121,6 +130,20 @@ const cf_config_entry_t cf_config_table[] = {
   {"gpu_load_mode", CF_CFG_T_ENUM, F(gpu_load_mode), 0, 0, cf__gpu_load_modes, "staged", NULL, 0,
    "how the GPU executor moves loaded cells into engine blocks: staged (copy engine + scatter kernel) | "
    "zerocopy (kernel reads pinned host memory) | arena (copy engine into a device arena, scattered per cell)"},
+  {"remote_url", CF_CFG_T_STR, F(remote_url), 0, 0, NULL, "", cf__v_remote_url, 0,
+   "remote tier shared by several nodes: redis://host:port[/db] | redis+cluster://h1:p1,h2:p2 | unix:/path; "
+   "empty = none"},
+  {"remote_password", CF_CFG_T_STR, F(remote_password), 0, 0, NULL, "", NULL, 0,
+   "AUTH password of the remote tier (never shown by GetConfig or --dump-config)"},
+  {"remote_timeout_ms", CF_CFG_T_INT, F(remote_timeout_ms), 10, 60000, NULL, "1000", NULL, 0,
+   "connect and reply timeout of the remote tier; past it a cell is recomputed"},
+  {"remote_read_gbps", CF_CFG_T_DOUBLE, F(remote_read_gbps), 0, 10000, NULL, "0", NULL, 1,
+   "read rate of the remote tier in Gbit/s: emulated limit and the planner's rate; 0 = measured at start-up "
+   "(re-fitted online either way)"},
+  {"remote_queue_bytes", CF_CFG_T_SIZE, F(remote_queue_bytes), 0, 1099511627776.0, NULL, "256M", NULL, 0,
+   "write-back queue to the remote tier; a save that finds it full is not written there (counted)"},
+  {"remote_ttl_s", CF_CFG_T_INT, F(remote_ttl_s), 0, 31536000, NULL, "0", NULL, 0,
+   "expiry of the remote tier's keys in seconds; 0 = none (Redis's maxmemory policy decides)"},
 };
 const size_t cf_config_count = sizeof cf_config_table / sizeof cf_config_table[0];
 
@@ -236,7 +259,9 @@ void cf_config_defaults(cf_config_t *c) {
 const char *cf_config_format(const cf_config_t *c, const cf_config_entry_t *e, char *buf, size_t cap) {
   const char *field = (const char *)c + e->off;
   switch (e->type) {
-    case CF_CFG_T_STR: snprintf(buf, cap, "%s", field); break;
+    case CF_CFG_T_STR: /* a secret never leaves: GetConfig, the dump and reload logs show this */
+      snprintf(buf, cap, "%s", e->off == F(remote_password) && *field ? "(set)" : field);
+      break;
     case CF_CFG_T_ENUM: snprintf(buf, cap, "%s", e->choices[*(const int *)field]); break;
     case CF_CFG_T_INT:
     case CF_CFG_T_SIZE: snprintf(buf, cap, "%lld", (long long)*(const int64_t *)field); break;

@@ -44,6 +44,11 @@ typedef struct {
   int gpu_executor;                     /* 0 = off, 1 = on: restores/saves of CUDA IPC engines on the GPU
                                            (cuda backend only; unverified on hardware, hence off) */
   int gpu_load_mode;                    /* cf_gpu_load_mode_t: staged | zerocopy | arena */
+  /* remote tier (lib/store/cf_remote.h): "" = none */
+  char remote_url[CF_CFG_STR_MAX];      /* redis://h:p | redis+cluster://h1:p1,... | unix:/path */
+  char remote_password[CF_CFG_STR_MAX]; /* AUTH; shown as "(set)" by GetConfig and the dump */
+  int64_t remote_timeout_ms, remote_queue_bytes, remote_ttl_s;
+  double remote_read_gbps;              /* emulated limit and planner rate; 0 = measured at start */
 } cf_config_t;
 
 typedef enum { CF_CFG_T_STR, CF_CFG_T_INT, CF_CFG_T_SIZE, CF_CFG_T_DOUBLE, CF_CFG_T_ENUM } cf_cfg_type_t;

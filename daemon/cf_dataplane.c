@@ -154,6 +154,7 @@ static void cf__send_plan(cf__job_t *j) {
   ps.chunks = p->chunks;
   ps.cells_load_cpu = p->cells_load_cpu;
   ps.cells_load_ssd = p->cells_load_ssd;
+  ps.cells_load_remote = p->cells_load_remote;
   ps.cells_compute = p->cells_compute;
   ps.predicted_us = p->predicted_us;
   ps.bound_us = p->bound_us;
@@ -187,6 +188,7 @@ static void cf__deliver(cf__ev_t *ev) {
     Cacheflow__V1__RestoreStats s = CACHEFLOW__V1__RESTORE_STATS__INIT;
     s.cells_loaded_cpu = st->cells_loaded[CF_EXEC_TIER_CPU];
     s.cells_loaded_ssd = st->cells_loaded[CF_EXEC_TIER_SSD];
+    s.cells_loaded_remote = st->cells_loaded[CF_EXEC_TIER_REMOTE];
     s.cells_computed = st->cells_computed;
     s.cells_recomputed_fallback = st->load_failures;
     s.time_us = ev->res.time_s * 1e6;
@@ -257,9 +259,9 @@ static void cf__job_on_done(cf_executor_job_t *xj, int err, const cf_executor_re
 static int cf__job_lookup(void *ctx, cf_executor_job_t *xj, int64_t *cached, uint8_t *chunk_tiers) {
   cf_dataplane_t *dp = ctx;
   const cf__job_t *j = (const cf__job_t *)xj;
-  uint32_t per[3] = {0, 0, 0};
+  uint32_t per[4] = {0, 0, 0, 0};
   int rc = dp->inner.lookup(dp->inner.ctx, j->r->engine, j->r->req->token_ids, j->r->req->n_token_ids, per, chunk_tiers);
-  *cached = rc ? 0 : (int64_t)per[1] + per[2];
+  *cached = rc ? 0 : (int64_t)per[1] + per[2] + per[3];
   return rc;
 }
 
@@ -334,7 +336,7 @@ static void cf__restore_cancel(void *ctx, cf_restore_t *r) {
 }
 
 /* cf_storage's hooks, called with its own ctx (the service hands every hook ours). */
-static int cf__lookup(void *ctx, cf_engine_t *e, const uint32_t *t, size_t n, uint32_t per[3], uint8_t *tiers) {
+static int cf__lookup(void *ctx, cf_engine_t *e, const uint32_t *t, size_t n, uint32_t per[4], uint8_t *tiers) {
   cf_dataplane_t *dp = ctx;
   return dp->inner.lookup(dp->inner.ctx, e, t, n, per, tiers);
 }
@@ -369,6 +371,7 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
   /* the executor computes on this thread's backend (fp32) and writes host memory in the store's KV dtype */
   cf_executor_opts_t xo = {.be = be, .store = store, .n_loaders = 2, .batch_max = (int)cfg->batch_max,
                            .cpu_Bps = cf__Bps(cfg->cpu_read_gbps), .ssd_Bps = cf__Bps(cfg->ssd_read_gbps),
+                           .remote_Bps = cf__Bps(cfg->remote_read_gbps),
                            .gpu = gpu, .planner = planner, .lookup = dp->inner.lookup ? cf__job_lookup : NULL,
                            .lookup_ctx = dp};
   int rc = cf_executor_start(&dp->executor, &xo);
@@ -383,13 +386,16 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
                                   .save = dp->inner.save ? cf__save : NULL,
                                   .evict = dp->inner.evict ? cf__evict : NULL,
                                   .flush = dp->inner.flush ? cf__flush : NULL,
-                                  .usage = dp->inner.usage ? cf__usage : NULL};
+                                  .usage = dp->inner.usage ? cf__usage : NULL,
+                                  .remote = dp->inner.remote};
   *out = dp;
   return 0;
 }
 
 void cf_dataplane_reload(cf_dataplane_t *dp) {
-  if (dp) cf_executor_set_rates(dp->executor, cf__Bps(dp->cfg->cpu_read_gbps), cf__Bps(dp->cfg->ssd_read_gbps));
+  if (dp)
+    cf_executor_set_rates(dp->executor, cf__Bps(dp->cfg->cpu_read_gbps), cf__Bps(dp->cfg->ssd_read_gbps),
+                          cf__Bps(dp->cfg->remote_read_gbps));
 }
 
 void cf_dataplane_quiesce(cf_dataplane_t *dp) {

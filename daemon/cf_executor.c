@@ -12,7 +12,7 @@
 
 struct cf_executor_s {
   cf_executor_opts_t o;
-  cf_ratelimit_t lim_cpu, lim_ssd;
+  cf_ratelimit_t lim_cpu, lim_ssd, lim_remote;
   cf_ratelimit_t link;           /* the one link both tiers' limited reads cross (its clock) */
   cf_cellsrc_store_t cs;
   cf_exec_t ex;
@@ -35,9 +35,10 @@ typedef struct {
   size_t found;
 } cf__pins_t;
 
-void cf_executor_set_rates(cf_executor_t *x, double cpu_Bps, double ssd_Bps) {
+void cf_executor_set_rates(cf_executor_t *x, double cpu_Bps, double ssd_Bps, double remote_Bps) {
   cf_ratelimit_set(&x->lim_cpu, cpu_Bps);
   cf_ratelimit_set(&x->lim_ssd, ssd_Bps);
+  cf_ratelimit_set(&x->lim_remote, remote_Bps);
 }
 
 /* End job j: it leaves the running set (under the lock, so quiesce never touches it again)
@@ -239,6 +240,7 @@ int cf_executor_start(cf_executor_t **out, const cf_executor_opts_t *o) {
   if (!x->running || !x->mine) { free(x->running); free(x->mine); free(x); return cf_seterr(CF_ENOMEM, "executor"); }
   int rc;
   if ((rc = cf_ratelimit_init(&x->lim_cpu, o->cpu_Bps, 0)) || (rc = cf_ratelimit_init(&x->lim_ssd, o->ssd_Bps, 0)) ||
+      (rc = cf_ratelimit_init(&x->lim_remote, o->remote_Bps, 0)) ||
       (rc = cf_ratelimit_init(&x->link, 0, 0)) ||
       (rc = cf_cellsrc_store_init(&x->cs, o->store, &x->lim_cpu, &x->lim_ssd)) ||
       (rc = cf_exec_init(&x->ex, o->be, x->o.n_loaders)) ||
@@ -251,6 +253,8 @@ int cf_executor_start(cf_executor_t **out, const cf_executor_opts_t *o) {
    * never cross it at once. A tier without a limit takes no link time. */
   cf_ratelimit_share(&x->lim_cpu, &x->link);
   cf_ratelimit_share(&x->lim_ssd, &x->link);
+  cf_ratelimit_share(&x->lim_remote, &x->link);
+  x->cs.remote.limit = &x->lim_remote;
   pthread_mutex_init(&x->mu, NULL);
   pthread_cond_init(&x->cv, NULL);
   if (pthread_create(&x->th, NULL, cf__thread, x)) {
@@ -308,6 +312,7 @@ void cf_executor_stop(cf_executor_t *x) {
   cf_cellsrc_store_close(&x->cs);
   cf_ratelimit_close(&x->lim_cpu);
   cf_ratelimit_close(&x->lim_ssd);
+  cf_ratelimit_close(&x->lim_remote);
   cf_ratelimit_close(&x->link);
   pthread_mutex_destroy(&x->mu);
   pthread_cond_destroy(&x->cv);

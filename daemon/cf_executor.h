@@ -70,7 +70,7 @@ typedef struct {
   cf_store_t *store;        /* borrowed */
   int n_loaders;            /* loader threads (>= 1) */
   int batch_max;            /* jobs per round (>= 1) */
-  double cpu_Bps, ssd_Bps;  /* read-rate limits, 0 = unlimited */
+  double cpu_Bps, ssd_Bps, remote_Bps; /* read-rate limits, 0 = unlimited */
   cf_exec_gpu_t *gpu;       /* NULL, or the GPU data path for jobs with gkv (borrowed) */
   cf_planner_t *planner;    /* NULL (jobs come planned), or the planner of each round (borrowed) */
   /* The store lookup of a job's prefix (with a planner; NULL: nothing cached): leading tokens
@@ -92,6 +92,6 @@ void cf_executor_quiesce(cf_executor_t *x);
 /* quiesce, join the thread, free. NULL is a no-op. */
 void cf_executor_stop(cf_executor_t *x);
 /* Change the read-rate limits (SIGHUP). */
-void cf_executor_set_rates(cf_executor_t *x, double cpu_Bps, double ssd_Bps);
+void cf_executor_set_rates(cf_executor_t *x, double cpu_Bps, double ssd_Bps, double remote_Bps);
 
 #endif

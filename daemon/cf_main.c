@@ -27,6 +27,7 @@
 #include "cf_dataplane.h"
 #include "cf_storage.h"
 #include "model/cf_model.h"
+#include "store/cf_remote.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
@@ -47,6 +48,7 @@ typedef struct {
   cf_sched_cost_t cost;                /* measured at start; planning input */
   cf_planner_t planner;                /* plans restores (on the executor thread) with `cost`, re-fitted */
   double measured_link_Bps;            /* memcpy rate, before any cpu_read_gbps limit */
+  double measured_remote_Bps;          /* the remote tier's probed read rate (0: none / not reached) */
   cf_storage_t *storage;
   cf_service_t *svc;
   cf_dataplane_t *dp;                  /* the restore data path: NULL without a model */
@@ -144,6 +146,22 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
   CF__P("# HELP cacheflow_config_reloads_total SIGHUP reloads (result=ok|error).\n# TYPE cacheflow_config_reloads_total counter\n"
         "cacheflow_config_reloads_total{result=\"ok\"} %llu\ncacheflow_config_reloads_total{result=\"error\"} %llu\n",
         (unsigned long long)d->reloads, (unsigned long long)d->reload_failures);
+  cf_remote_t *rt = d->storage ? cf_store_remote(cf_storage_store(d->storage)) : NULL;
+  if (rt) {
+    cf_remote_stats_t r;
+    cf_remote_get_stats(rt, &r);
+    CF__P("# HELP cacheflow_remote_read_seconds Time in remote GET pipelines (sum and count: mean latency of one pipeline).\n# TYPE cacheflow_remote_read_seconds summary\n"
+          "cacheflow_remote_read_seconds_sum %.6f\ncacheflow_remote_read_seconds_count %llu\n", r.read_ns / 1e9,
+          (unsigned long long)r.read_batches);
+    CF__P("# HELP cacheflow_remote_queue_bytes Bytes waiting in the write-back queue.\n# TYPE cacheflow_remote_queue_bytes gauge\ncacheflow_remote_queue_bytes %llu\n",
+          (unsigned long long)r.queue_bytes);
+    CF__P("# HELP cacheflow_remote_connections_total Connects and failures of the remote tier's clients; cluster redirections.\n# TYPE cacheflow_remote_connections_total counter\n"
+          "cacheflow_remote_connections_total{event=\"connect\"} %llu\ncacheflow_remote_connections_total{event=\"connect_error\"} %llu\n"
+          "cacheflow_remote_connections_total{event=\"io_error\"} %llu\ncacheflow_remote_connections_total{event=\"moved\"} %llu\n"
+          "cacheflow_remote_connections_total{event=\"ask\"} %llu\n",
+          (unsigned long long)r.redis.connects, (unsigned long long)r.redis.connect_errors,
+          (unsigned long long)r.redis.io_errors, (unsigned long long)r.redis.moved, (unsigned long long)r.redis.ask);
+  }
   if (d->storage) {
     cf_store_stats_t t;
     cf_store_get_stats(cf_storage_store(d->storage), &t);
@@ -330,6 +348,14 @@ static void cf__apply_link(cf_daemon_t *d) {
   double lim = d->cfg.cpu_read_gbps * 1e9 / 8, ssd = d->cfg.ssd_read_gbps * 1e9 / 8;
   d->cost.link_Bps = lim > 0 && lim < d->measured_link_Bps ? lim : d->measured_link_Bps;
   d->cost.tier_Bps[CF_PLAN_TIER_SSD] = ssd > 0 && ssd < d->measured_link_Bps ? ssd : 0;
+  /* the remote tier: its configured rate, else the start-up probe's, else 10 Gbit/s (DESIGN: a
+   * remote tier reads at 1-10 GB/s) until the re-fit measures restores; never above memcpy */
+  double rem = d->cfg.remote_read_gbps * 1e9 / 8;
+  if (!(rem > 0)) rem = d->measured_remote_Bps > 0 ? d->measured_remote_Bps : 10e9 / 8;
+  /* only with a remote tier: lib/sched reads every tier's rate (the bound's fastest-tier
+   * fallback), so a rate for a tier that does not exist would change plans that have none */
+  int have_remote = d->storage && cf_store_remote(cf_storage_store(d->storage));
+  d->cost.tier_Bps[CF_PLAN_TIER_REMOTE] = !have_remote ? 0 : rem < d->measured_link_Bps ? rem : d->measured_link_Bps;
   cf_planner_set_cost(&d->planner, &d->cost, (int)d->cfg.cost_refit);
 }
 
@@ -432,6 +458,16 @@ static int cf__open_model_and_store(cf_daemon_t *d, cf_service_backend_t *be) {
     return 1;
   }
   d->measured_link_Bps = d->cost.link_Bps;
+  cf_remote_t *rt = cf_store_remote(cf_storage_store(d->storage));
+  if (rt && !(d->cfg.remote_read_gbps > 0)) {
+    cf_notify("STATUS=measuring the remote tier");
+    if (cf_remote_probe(rt, 16, 4, &d->measured_remote_Bps) == 0)
+      CF_INFO("remote tier %s: cell reads at %.3g GB/s (probe)", cf_remote_url(rt), d->measured_remote_Bps / 1e9);
+    else
+      CF_WARN("remote tier %s not reachable at start-up (%s): serving; planning its reads at 10 Gbit/s until "
+              "restores measure it, and retrying with backoff", cf_remote_url(rt), cf_errmsg());
+  } else if (rt)
+    CF_INFO("remote tier %s (remote_read_gbps %g)", cf_remote_url(rt), d->cfg.remote_read_gbps);
   CF_INFO("cost model (backend %s): gamma=%.3g s alpha=%.3g s/token beta=%.3g s/token^2 link=%.3g GB/s",
           d->backend->name, d->cost.gamma_s, d->cost.alpha_s, d->cost.beta_s, d->cost.link_Bps / 1e9);
   cf_store_stats_t ss;

@@ -78,7 +78,10 @@ static int cf__group_input(const cf_sched_cost_t *cost, const cf_plan_input_t *i
     if (!ins[i].chunk_tiers) continue;
     uint8_t *t = g->tiers + nt;
     for (int32_t c = 0, m = cf_cost_chunks(cost, P); c < m; c++)
-      t[c] = ins[i].chunk_tiers[ins[i].present_chunks + c] == CF_STORE_TIER_SSD ? CF_PLAN_TIER_SSD : CF_PLAN_TIER_CPU;
+      {
+        uint8_t st = ins[i].chunk_tiers[ins[i].present_chunks + c];
+        t[c] = st == CF_STORE_TIER_SSD ? CF_PLAN_TIER_SSD : st == CF_STORE_TIER_REMOTE ? CF_PLAN_TIER_REMOTE : CF_PLAN_TIER_CPU;
+      }
     g->reqs[i].chunk_tier = t;
     nt += (size_t)cf_cost_chunks(cost, P);
   }
@@ -133,6 +136,7 @@ int cf_planner_plan_group(const cf_sched_cost_t *cost, const cf_plan_input_t *in
       if (c - pc < planned) ctx_s += cost->beta_s * (double)skip * (double)h * (double)cost->chunk_tokens;
       if (c - pc >= planned) continue;
       if (ins[i].chunk_tiers && ins[i].chunk_tiers[c] == CF_STORE_TIER_SSD) p->cells_load_ssd += (uint64_t)(L - h);
+      else if (ins[i].chunk_tiers && ins[i].chunk_tiers[c] == CF_STORE_TIER_REMOTE) p->cells_load_remote += (uint64_t)(L - h);
       else p->cells_load_cpu += (uint64_t)(L - h);
     }
     /* the plan's link order and compute order (op indices: comparable across the group) */
@@ -168,6 +172,7 @@ int cf_planner_plan_fallback(const cf_plan_input_t *in, int C, int L, cf_restore
     if (c < in->present_chunks) continue; /* the engine's own */
     if (!cached) out->cells_compute += (uint64_t)L;
     else if (in->chunk_tiers && in->chunk_tiers[c] == CF_STORE_TIER_SSD) out->cells_load_ssd += (uint64_t)L;
+    else if (in->chunk_tiers && in->chunk_tiers[c] == CF_STORE_TIER_REMOTE) out->cells_load_remote += (uint64_t)L;
     else out->cells_load_cpu += (uint64_t)L;
   }
   out->planned_tokens = (in->cached_tokens / C) * C;

@@ -32,8 +32,10 @@
 #define CF_PLANNER_REFINE_EVALS (-1)
 
 /* The tiers the planner tells lib/sched apart (cf_sched_req_t.chunk_tier, cost.tier_Bps):
- * the CPU tier reads at link_Bps (cpu_read_gbps or memcpy), the SSD tier at tier_Bps[1]. */
-enum { CF_PLAN_TIER_CPU = 0, CF_PLAN_TIER_SSD = 1 };
+ * the CPU tier reads at link_Bps (cpu_read_gbps or memcpy), the SSD tier at tier_Bps[1], the
+ * remote tier at tier_Bps[2] (remote_read_gbps, or measured at start-up). The numbers equal the
+ * executor's stats tier indices (CF_EXEC_TIER_*), which the re-fit relies on. */
+enum { CF_PLAN_TIER_CPU = 0, CF_PLAN_TIER_SSD = 1, CF_PLAN_TIER_REMOTE = 2 };
 
 /* A restore as the planning step sees it: its length, its policy and what the lookup found. */
 typedef struct {
@@ -64,7 +66,7 @@ typedef struct {
   /* the PlanSummary's numbers */
   uint32_t present_chunks;    /* chunks inside [0, present_tokens): no cells counted for them */
   uint32_t chunks;
-  uint64_t cells_load_cpu, cells_load_ssd, cells_compute;
+  uint64_t cells_load_cpu, cells_load_ssd, cells_load_remote, cells_compute;
   double predicted_us, bound_us; /* 0 without a cost model */
 } cf_restore_plan_t;
 

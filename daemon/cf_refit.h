@@ -39,7 +39,7 @@
 #include "exec/cf_exec.h"
 #include "sched/cf_cost.h"
 
-#define CF_REFIT_TIERS 2
+#define CF_REFIT_TIERS 3
 
 typedef struct {
   pthread_mutex_t mu;
@@ -52,7 +52,7 @@ typedef struct {
   double last_compute_ratio, last_restore_ratio;
   uint64_t samples, restores; /* compute samples taken; restores seen */
   uint64_t clipped;         /* samples clamped as outliers */
-  /* load rates, per tier (the executor's and the planner's tier indices: 0 cpu, 1 ssd) */
+  /* load rates, per tier (the executor's and the planner's tier indices: 0 cpu, 1 ssd, 2 remote) */
   double base_Bps[CF_REFIT_TIERS];    /* the configured rate: the cap */
   int base_set[CF_REFIT_TIERS];       /* the cap is the tier's own (else borrowed from the link) */
   double rate_Bps[CF_REFIT_TIERS];    /* re-fitted rate (base until a sample came) */

@@ -11,6 +11,7 @@
 #include "cf_worker.h"
 #include "gpu/cf_gpu.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "store/cf_remote.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
@@ -27,6 +28,7 @@ typedef struct cf__watch_s {
 } cf__watch_t;
 
 struct cf_service_s {
+  uv_loop_t *loop;                 /* Lookup's thread-pool work answers here (with a remote tier) */
   const cf_config_t *cfg;
   const cf_model_info_t *model;
   cf_service_backend_t be;
@@ -389,28 +391,77 @@ static cf_engine_t *cf__engine_and_tokens(cf_service_t *s, cf_rpc_call_t *c, uin
   return e;
 }
 
+/* Lookup's answer from the per-tier token counts. */
+static void cf__lookup_reply(cf_rpc_call_t *c, const uint32_t per[4]) {
+  Cacheflow__V1__LookupResponse resp = CACHEFLOW__V1__LOOKUP_RESPONSE__INIT;
+  Cacheflow__V1__TierTokens tt[3], *tp[3];
+  /* CPU and SSD always; REMOTE only when it holds some of the prefix (no remote tier: never) */
+  int nt = per[CACHEFLOW__V1__TIER__TIER_REMOTE] ? 3 : 2;
+  for (int i = 0; i < nt; i++) {
+    int tier = CACHEFLOW__V1__TIER__TIER_CPU + i;
+    cacheflow__v1__tier_tokens__init(&tt[i]);
+    tt[i].tier = tier;
+    tt[i].tokens = per[tier];
+    tp[i] = &tt[i];
+  }
+  resp.cached_tokens = per[1] + per[2] + per[3];
+  resp.n_per_tier = (size_t)nt;
+  resp.per_tier = tp;
+  cf_rpc_reply(c, &resp.base);
+}
+
+/* With a remote tier a lookup may wait on the network (remote_timeout_ms at worst): it runs on
+ * libuv's thread pool and answers back on the loop, so the loop never blocks on Redis. */
+typedef struct {
+  uv_work_t work;
+  cf_service_t *s;
+  cf_rpc_call_t *call;
+  cf_engine_t *e;
+  Cacheflow__V1__LookupRequest *req;
+  uint32_t per[4];
+  int rc;
+  char err[512];
+} cf__lookup_job_t;
+
+static void cf__lookup_work(uv_work_t *w) {
+  cf__lookup_job_t *j = w->data;
+  j->rc = j->s->be.lookup(j->s->be.ctx, j->e, j->req->token_ids, j->req->n_token_ids, j->per, NULL);
+  if (j->rc) snprintf(j->err, sizeof j->err, "%s", cf_errmsg());
+}
+
+static void cf__lookup_done(uv_work_t *w, int status) {
+  cf__lookup_job_t *j = w->data;
+  /* the engine and request first: ending the call may be what lets the daemon close the service */
+  cf__engine_unref(j->s, j->e);
+  protobuf_c_message_free_unpacked(&j->req->base, NULL);
+  if (status) cf_rpc_finish(j->call, CF_RPC_UNAVAILABLE, "lookup: cancelled");
+  else if (j->rc) cf_rpc_finish(j->call, cf_rpc_status_from_err(j->rc), "lookup: %s", j->err);
+  else cf__lookup_reply(j->call, j->per);
+  free(j);
+}
+
 static void cf__h_lookup(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_service_t *s = user;
   Cacheflow__V1__LookupRequest *r = (void *)m;
   cf_engine_t *e = cf__engine_and_tokens(s, c, r->engine_id, r->token_ids, r->n_token_ids);
   if (!e) goto out;
   if (!s->be.lookup) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, CF__NO_MODEL("Lookup")); goto out; }
-  uint32_t per[3] = {0, 0, 0};
+  if (s->be.remote) {
+    cf__lookup_job_t *j = calloc(1, sizeof *j);
+    if (!j) { cf_rpc_finish(c, CF_RPC_RESOURCE_EXHAUSTED, "out of memory"); goto out; }
+    *j = (cf__lookup_job_t){.s = s, .call = c, .e = e, .req = r};
+    j->work.data = j;
+    e->refs++;
+    if (uv_queue_work(s->loop, &j->work, cf__lookup_work, cf__lookup_done) == 0) return; /* j owns m now */
+    e->refs--;
+    free(j);
+    cf_rpc_finish(c, CF_RPC_UNAVAILABLE, "lookup: cannot queue the remote lookup");
+    goto out;
+  }
+  uint32_t per[4] = {0, 0, 0, 0};
   int rc = s->be.lookup(s->be.ctx, e, r->token_ids, r->n_token_ids, per, NULL);
   if (rc) { cf_rpc_finish(c, cf_rpc_status_from_err(rc), "lookup: %s", cf_errmsg()); goto out; }
-  Cacheflow__V1__LookupResponse resp = CACHEFLOW__V1__LOOKUP_RESPONSE__INIT;
-  Cacheflow__V1__TierTokens tt[2], *tp[2];
-  for (int i = 0; i < 2; i++) {
-    int tier = i ? CACHEFLOW__V1__TIER__TIER_SSD : CACHEFLOW__V1__TIER__TIER_CPU;
-    cacheflow__v1__tier_tokens__init(&tt[i]);
-    tt[i].tier = tier;
-    tt[i].tokens = per[tier];
-    tp[i] = &tt[i];
-  }
-  resp.cached_tokens = per[1] + per[2];
-  resp.n_per_tier = 2;
-  resp.per_tier = tp;
-  cf_rpc_reply(c, &resp.base);
+  cf__lookup_reply(c, per);
 out:
   protobuf_c_message_free_unpacked(m, NULL);
 }
@@ -614,6 +665,7 @@ typedef struct {
   cf_rpc_stats_t rs;
   cf_refit_stats_t fs;
   int refit_on;
+  cf_remote_stats_t rst;
 } cf__snap_t;
 
 #define CF__GET(name, expr) static double name(const cf__snap_t *x) { return (double)(expr); }
@@ -634,6 +686,22 @@ CF__GET(cf__g_rate_cpu, x->fs.rate_Bps[0])
 CF__GET(cf__g_rate_ssd, x->fs.rate_Bps[1])
 CF__GET(cf__g_load_samples_cpu, x->fs.load_samples[0])
 CF__GET(cf__g_load_samples_ssd, x->fs.load_samples[1])
+CF__GET(cf__g_ratio_load_remote, x->fs.load_ratio[2])
+CF__GET(cf__g_rate_remote, x->fs.rate_Bps[2])
+CF__GET(cf__g_load_samples_remote, x->fs.load_samples[2])
+/* the remote tier's rows (only with one: cf_service_metrics appends them) */
+CF__GET(cf__g_r_up, x->rst.connected)
+CF__GET(cf__g_r_ok, x->rst.cells_read)
+CF__GET(cf__g_r_missing, x->rst.cells_missing)
+CF__GET(cf__g_r_corrupt, x->rst.cells_corrupt)
+CF__GET(cf__g_r_error, x->rst.read_errors)
+CF__GET(cf__g_r_written, x->rst.chunks_written)
+CF__GET(cf__g_r_skipped, x->rst.put_skipped)
+CF__GET(cf__g_r_dropped, x->rst.put_dropped)
+CF__GET(cf__g_r_oom, x->rst.put_oom)
+CF__GET(cf__g_r_werror, x->rst.put_errors)
+CF__GET(cf__g_r_bread, x->rst.bytes_read)
+CF__GET(cf__g_r_bwrite, x->rst.bytes_written)
 
 /* One row per sample; a family's rows are consecutive, its HELP on the first. */
 static const struct {
@@ -651,15 +719,36 @@ static const struct {
   {"cacheflow_predicted_ratio", "gauge", NULL, "term", "restore", cf__g_ratio_restore},
   {"cacheflow_predicted_ratio", "gauge", NULL, "term", "load_cpu", cf__g_ratio_load_cpu},
   {"cacheflow_predicted_ratio", "gauge", NULL, "term", "load_ssd", cf__g_ratio_load_ssd},
+  {"cacheflow_predicted_ratio", "gauge", NULL, "term", "load_remote", cf__g_ratio_load_remote},
   {"cacheflow_cost_refit_samples_total", "counter", "Executed restores the compute re-fit used (clipped: clamped as outliers).", NULL, NULL, cf__g_samples},
   {"cacheflow_cost_refit_samples_total", "counter", NULL, "result", "clipped", cf__g_clipped},
   {"cacheflow_cost_refit_enabled", "gauge", "1 while restores are planned with the re-fitted cost model (cost_refit).", NULL, NULL, cf__g_refit_on},
   {"cacheflow_tier_read_bytes_per_second", "gauge", "Read rate per tier the planner uses now (re-fitted from executed loads, "
    "never above the configured limit).", "tier", "cpu", cf__g_rate_cpu},
   {"cacheflow_tier_read_bytes_per_second", "gauge", NULL, "tier", "ssd", cf__g_rate_ssd},
+  {"cacheflow_tier_read_bytes_per_second", "gauge", NULL, "tier", "remote", cf__g_rate_remote},
   {"cacheflow_load_refit_samples_total", "counter", "Executed restores the load-rate re-fit used, per tier.", "tier", "cpu", cf__g_load_samples_cpu},
   {"cacheflow_load_refit_samples_total", "counter", NULL, "tier", "ssd", cf__g_load_samples_ssd},
+  {"cacheflow_load_refit_samples_total", "counter", NULL, "tier", "remote", cf__g_load_samples_remote},
+  /* from here on: only with a remote tier. Its health is reported here, never as NOT_SERVING: the
+   * daemon serves from its local tiers and recomputes while the remote store is down. */
+  {"cacheflow_remote_up", "gauge", "1 when the remote tier's last command reached every node it needed (0: down; "
+   "restores recompute, the daemon keeps serving).", NULL, NULL, cf__g_r_up},
+  {"cacheflow_remote_cells_total", "counter", "Remote cell reads by result (missing, corrupt, error: recomputed, never "
+   "served).", "result", "ok", cf__g_r_ok},
+  {"cacheflow_remote_cells_total", "counter", NULL, "result", "missing", cf__g_r_missing},
+  {"cacheflow_remote_cells_total", "counter", NULL, "result", "corrupt", cf__g_r_corrupt},
+  {"cacheflow_remote_cells_total", "counter", NULL, "result", "error", cf__g_r_error},
+  {"cacheflow_remote_writes_total", "counter", "Chunks of the write-back by result (skipped: the remote held it; dropped: "
+   "queue full; oom: Redis maxmemory).", "result", "written", cf__g_r_written},
+  {"cacheflow_remote_writes_total", "counter", NULL, "result", "skipped", cf__g_r_skipped},
+  {"cacheflow_remote_writes_total", "counter", NULL, "result", "dropped", cf__g_r_dropped},
+  {"cacheflow_remote_writes_total", "counter", NULL, "result", "oom", cf__g_r_oom},
+  {"cacheflow_remote_writes_total", "counter", NULL, "result", "error", cf__g_r_werror},
+  {"cacheflow_remote_bytes_total", "counter", "Cell bytes moved to and from the remote tier.", "dir", "read", cf__g_r_bread},
+  {"cacheflow_remote_bytes_total", "counter", NULL, "dir", "write", cf__g_r_bwrite},
 };
+#define CF__REMOTE_ROWS 12 /* the last rows above */
 
 int cf_service_metrics(cf_service_t *s, cf_service_metric_t *out) {
   cf__snap_t x;
@@ -669,6 +758,8 @@ int cf_service_metrics(cf_service_t *s, cf_service_metric_t *out) {
   cf_refit_stats(cf_planner_refit(s->planner), &x.fs);
   x.refit_on = (int)s->cfg->cost_refit;
   int n = (int)(sizeof cf__metric_rows / sizeof cf__metric_rows[0]);
+  if (s->be.remote) cf_remote_get_stats(s->be.remote, &x.rst);
+  else n -= CF__REMOTE_ROWS;
   for (int i = 0; i < n && i < CF_SERVICE_METRICS_MAX; i++)
     out[i] = (cf_service_metric_t){cf__metric_rows[i].family, cf__metric_rows[i].type, cf__metric_rows[i].help,
                                    cf__metric_rows[i].label_key, cf__metric_rows[i].label_value, cf__metric_rows[i].get(&x)};
@@ -686,7 +777,7 @@ const char *cf_service_metric_flat_name(const cf_service_metric_t *m, char *buf,
 static void cf__h_evict(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_service_t *s = user;
   Cacheflow__V1__EvictRequest *r = (void *)m;
-  if ((int)r->tier < 0 || (int)r->tier > CACHEFLOW__V1__TIER__TIER_SSD) {
+  if ((int)r->tier < 0 || (int)r->tier > CACHEFLOW__V1__TIER__TIER_SSD) { /* the remote tier evicts by Redis's policy */
     cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "tier %d unknown (0 = all, 1 = cpu, 2 = ssd)", (int)r->tier);
   } else if (!s->be.evict) {
     cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, CF__NO_MODEL("Evict"));
@@ -806,6 +897,7 @@ int cf_service_init(cf_service_t **out, uv_loop_t *loop, const cf_config_t *cfg,
   s->max_engines = (int)cfg->max_engines;
   s->engines = calloc(s->max_engines, sizeof *s->engines);
   if (!s->engines) { free(s); return cf_seterr(CF_ENOMEM, "engine table"); }
+  s->loop = loop;
   s->cfg = cfg;
   s->model = model;
   if (backend) s->be = *backend;

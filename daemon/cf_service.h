@@ -76,9 +76,10 @@ typedef struct {
   int (*engine_added)(void *ctx, cf_engine_t *e);
   void (*engine_removed)(void *ctx, cf_engine_t *e);
   /* Longest stored prefix in tokens, split by tier: tier_tokens[CACHEFLOW__V1__TIER__TIER_CPU]
-   * and [..._SSD] (index 0 unused); chunk_tiers (may be NULL; ceil(n / chunk) entries) gets
+   * [..._SSD] and [..._REMOTE] (index 0 unused; REMOTE blocks on the network up to
+   * remote_timeout_ms when the local tiers end early); chunk_tiers (may be NULL; ceil(n / chunk) entries) gets
    * the tier of each stored leading chunk. 0 or CF_E*. */
-  int (*lookup)(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t n, uint32_t tier_tokens[3],
+  int (*lookup)(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t n, uint32_t tier_tokens[4],
                 uint8_t *chunk_tiers);
   /* Copy the blocks into the CPU tier (on the save worker: it may wait for SSD writes). 0 or
    * CF_E*; *saved_tokens, *durable and *pending_tokens (a TP shard's tokens waiting for its group's
@@ -93,6 +94,8 @@ typedef struct {
   void (*usage)(void *ctx, uint64_t *cpu_bytes, uint64_t *ssd_bytes);
   /* Admin.Flush: every chunk saved so far through to SSD, fsynced. 0 or CF_E*; *ssd_chunks after. */
   int (*flush)(void *ctx, uint64_t *ssd_chunks);
+  /* The remote tier (NULL: none), read by Stats for its health and counters (lock-only calls). */
+  struct cf_remote_s *remote;
 } cf_service_backend_t;
 
 typedef struct cf_service_s cf_service_t;
@@ -134,7 +137,7 @@ typedef struct {
   const char *label_key, *label_value; /* NULL, NULL: unlabelled */
   double value;
 } cf_service_metric_t;
-#define CF_SERVICE_METRICS_MAX 32
+#define CF_SERVICE_METRICS_MAX 48
 /* Fill out[0..n) with their values now and return n. Safe from any thread. */
 int cf_service_metrics(cf_service_t *s, cf_service_metric_t *out);
 /* The GetStats name of m into buf. */

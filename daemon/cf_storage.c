@@ -72,6 +72,11 @@ int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_i
   sc.cpu_bytes = (uint64_t)cfg->cpu_tier_bytes;
   sc.ssd_bytes = (uint64_t)cfg->ssd_tier_bytes;
   sc.cpu_evict = cfg->eviction == CF_EVICT_S3FIFO ? CF_STORE_EVICT_S3FIFO : CF_STORE_EVICT_LRU;
+  sc.remote_url = cfg->remote_url; /* "" = no remote tier; it opens while the server is down */
+  sc.remote_password = cfg->remote_password;
+  sc.remote_timeout_ms = (int)cfg->remote_timeout_ms;
+  sc.remote_queue_bytes = (uint64_t)cfg->remote_queue_bytes;
+  sc.remote_ttl_s = (int)cfg->remote_ttl_s;
   s->gpu = gpu;
   if (gpu) { /* the GPU's copy engines read CPU-tier cells straight from pinned memory */
     sc.cpu_alloc = cf_gpu_pinned_alloc;
@@ -250,19 +255,20 @@ static cf_store_key_t *cf__keys(const cf_storage_t *s, const uint32_t *tokens, s
   return k;
 }
 
-static int cf__lookup(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t n, uint32_t per[3], uint8_t *chunk_tiers) {
+static int cf__lookup(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t n, uint32_t per[4], uint8_t *chunk_tiers) {
   cf_storage_t *s = ctx;
   (void)e;
   size_t nk = 0, C = s->g.chunk_tokens;
   cf_store_key_t *keys = cf__keys(s, tokens, n, &nk);
   uint8_t *tiers = malloc(nk ? nk : 1);
   if (!keys || !tiers) { free(keys); free(tiers); return cf_seterr(CF_ENOMEM, "lookup of %zu tokens", n); }
-  size_t hit = cf_store_lookup(s->st, keys, nk, tiers);
-  per[0] = per[1] = per[2] = 0;
-  /* the store's tier numbers (CPU 1, SSD 2) are the proto's */
+  /* the local tiers, then the remote one (a round trip when the local prefix ends early) */
+  size_t hit = cf_store_lookup_all(s->st, keys, nk, tiers);
+  per[0] = per[1] = per[2] = per[3] = 0;
+  /* the store's tier numbers (CPU 1, SSD 2, REMOTE 3) are the proto's */
   for (size_t i = 0; i < hit; i++) {
     size_t first = i * C, nt = n - first < C ? n - first : C;
-    if (tiers[i] == CF_STORE_TIER_CPU || tiers[i] == CF_STORE_TIER_SSD) per[tiers[i]] += (uint32_t)nt;
+    if (tiers[i] >= CF_STORE_TIER_CPU && tiers[i] <= CF_STORE_TIER_REMOTE) per[tiers[i]] += (uint32_t)nt;
     if (chunk_tiers) chunk_tiers[i] = tiers[i];
   }
   free(keys);
@@ -364,4 +370,5 @@ void cf_storage_backend(cf_storage_t *s, cf_service_backend_t *be) {
   be->evict = cf__evict;
   be->flush = cf__flush;
   be->usage = cf__usage;
+  be->remote = cf_store_remote(s->st);
 }

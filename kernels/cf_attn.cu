@@ -69,6 +69,27 @@ __device__ __forceinline__ void cf_attn_mask(float (&s)[NT][4], int kb, int lane
   }
 }
 
+// Sliding-window mask: key < lo (the row's first visible key) -> -inf.
+template <int NT>
+__device__ __forceinline__ void cf_attn_mask_lo(float (&s)[NT][4], int kb, int lane, int lo0,
+                                                int lo1) {
+#pragma unroll
+  for (int nt = 0; nt < NT; nt++) {
+    int key = kb + nt * 8 + (lane & 3) * 2;
+    if (key < lo0) s[nt][0] = -INFINITY;
+    if (key + 1 < lo0) s[nt][1] = -INFINITY;
+    if (key < lo1) s[nt][2] = -INFINITY;
+    if (key + 1 < lo1) s[nt][3] = -INFINITY;
+  }
+}
+
+// First key tile (of BC keys) some row of a block whose first query row is q0 sees: 0, or the
+// tile holding position t0 + q0 - window + 1 under a sliding window.
+__device__ __forceinline__ int cf_attn_first_tile(const cf_attn_args_t &a, int q0, int BC) {
+  int k = a.window > 0 ? a.t0 + q0 - a.window + 1 : 0;
+  return k > 0 ? k / BC : 0;
+}
+
 // Online softmax over one key tile: s becomes P = 2^(s*sl2 - m) (m the running row max in the
 // log2 domain, reduced over the lane quad), l the running row sums (per thread: its columns),
 // and O is rescaled by 2^(m_old - m_new).
@@ -216,8 +237,10 @@ __global__ void __launch_bounds__(NW * 32) cf_attn_mma_kernel(cf_attn_args_t a) 
 
   // Split-KV (gridDim.z > 1): this block takes an equal share of the key tiles; the partial
   // (unnormalised O, running max, sum) goes to the workspace for cf_attn_combine_kernel.
-  const int per = (ntiles + gridDim.z - 1) / gridDim.z;
-  const int jbeg = min(ntiles, (int)blockIdx.z * per), jend = min(ntiles, jbeg + per);
+  // Under a sliding window the tiles before this block's first window are skipped.
+  const int jfirst = min(ntiles, cf_attn_first_tile(a, q0, BC));
+  const int per = (ntiles - jfirst + gridDim.z - 1) / gridDim.z;
+  const int jbeg = min(ntiles, jfirst + (int)blockIdx.z * per), jend = min(ntiles, jbeg + per);
   if (jbeg < jend) load_tile(jbeg, jbeg & 1);
   for (int j = jbeg; j < jend; j++) {
     const int buf = j & 1;
@@ -249,6 +272,9 @@ __global__ void __launch_bounds__(NW * 32) cf_attn_mma_kernel(cf_attn_args_t a) 
     }
     // Causal mask, only where the tile reaches past the earliest row of this warp.
     if (kb + BC - 1 > a.t0 + q0 + warp * 16) cf_attn_mask(s, kb, lane, p0, p1);
+    // Window: only where the tile starts before the latest row's first visible key.
+    if (a.window > 0 && kb < a.t0 + q0 + warp * 16 + 16 - a.window)
+      cf_attn_mask_lo(s, kb, lane, p0 - a.window + 1, p1 - a.window + 1);
     cf_attn_softmax(s, o, m0, m1, l0, l1, sl2);
     // O += P V
 #pragma unroll
@@ -323,8 +349,9 @@ __global__ void __launch_bounds__(NW * 32) cf_attn_mma2_kernel(cf_attn_args_t a)
     cf_attn_load_kv<HD, BC, NW * 32>(Ks, Vs, kbase, vbase, a.kv_row_stride, Tk, tile, buf);
   };
 
-  const int per = (ntiles + gridDim.z - 1) / gridDim.z;  // split-KV share, as cf_attn_mma_kernel
-  const int jbeg = min(ntiles, (int)blockIdx.z * per), jend = min(ntiles, jbeg + per);
+  const int jfirst = min(ntiles, cf_attn_first_tile(a, q0, BC));  // as cf_attn_mma_kernel
+  const int per = (ntiles - jfirst + gridDim.z - 1) / gridDim.z;  // split-KV share
+  const int jbeg = min(ntiles, jfirst + (int)blockIdx.z * per), jend = min(ntiles, jbeg + per);
   if (jbeg < jend) load_tile(jbeg, jbeg & 1);
   else cf_cp_async_commit();  // the Q tile's group
   cf_cp_async_wait<0>();      // Q resident before the first ldmatrix (also when no K/V tile)
@@ -370,6 +397,11 @@ __global__ void __launch_bounds__(NW * 32) cf_attn_mma2_kernel(cf_attn_args_t a)
     if (kb + BC - 1 > a.t0 + q0 + wrow) {
 #pragma unroll
       for (int mt = 0; mt < MT; mt++) cf_attn_mask(s[mt], kb, lane, pos[mt][0], pos[mt][1]);
+    }
+    if (a.window > 0 && kb < a.t0 + q0 + wrow + 16 * MT - a.window) {
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++)
+        cf_attn_mask_lo(s[mt], kb, lane, pos[mt][0] - a.window + 1, pos[mt][1] - a.window + 1);
     }
 #pragma unroll
     for (int mt = 0; mt < MT; mt++)
@@ -447,8 +479,8 @@ __global__ void cf_attn_scalar_kernel(cf_attn_args_t a) {
     acc[r] = 0.f;
   }
   float m = -INFINITY, l = 0.f;
-  int last = a.t0 + i;
-  for (int j = 0; j <= last; j++) {
+  int last = a.t0 + i, first = a.window > 0 && last - a.window + 1 > 0 ? last - a.window + 1 : 0;
+  for (int j = first; j <= last; j++) {
     const bf16 *k = (const bf16 *)a.k + (int64_t)j * a.kv_row_stride + g * hd;
     float dot = 0.f;
 #pragma unroll
@@ -486,6 +518,7 @@ static int cf__attn_check(const cf_attn_args_t *a) {
                  a->n_heads % a->n_kv_heads == 0,
              "cf_attn_prefix: Tq=%d t0=%d n_heads=%d n_kv_heads=%d (n_heads must be a multiple)",
              a->Tq, a->t0, a->n_heads, a->n_kv_heads);
+  CF_REQUIRE(a->window >= 0, "cf_attn_prefix: window %d is negative", a->window);
   CF_REQUIRE(a->head_dim > 0 && a->head_dim % 2 == 0 && a->head_dim <= 32 * CF_ATTN_SCALAR_MAXD,
              "cf_attn_prefix: head_dim %d must be even and <= %d", a->head_dim,
              32 * CF_ATTN_SCALAR_MAXD);
@@ -509,9 +542,13 @@ static int cf__attn_sms(void) {
 // Splits of the key range for a grid of `blocks` blocks: enough for ~per_sm blocks per SM,
 // each split keeping >= 8 key tiles of 64, at most CF_ATTN_MAX_SPLITS, within the workspace.
 static int cf__attn_nsplit(const cf_attn_args_t *a, int64_t blocks, int per_sm = 3) {
-  if (!a->ws || a->t0 < 8 * CF_ATTN_BC) return 1;
+  // keys a block reads: the whole prefix, or about a window plus the block's own rows
+  int64_t klen = a->t0 + a->Tq;
+  if (a->window > 0 && klen > (int64_t)a->window + 128) klen = (int64_t)a->window + 128;
+  int64_t pre = a->window > 0 && a->t0 > a->window ? a->window : a->t0;  // prefix keys read
+  if (!a->ws || pre < 8 * CF_ATTN_BC) return 1;
   int64_t want = (per_sm * cf__attn_sms() + blocks - 1) / blocks;
-  int64_t by_len = (a->t0 + a->Tq) / (8 * CF_ATTN_BC);
+  int64_t by_len = klen / (8 * CF_ATTN_BC);
   int64_t by_ws = a->ws_floats / ((int64_t)a->Tq * a->n_heads * (a->head_dim + 2));
   int64_t n = want < by_len ? want : by_len;
   if (n > by_ws) n = by_ws;

@@ -2,7 +2,7 @@
  *
  * Queries are tokens at absolute positions [t0, t0+Tq); keys/values are rows [0, t0+Tq) of
  * the layer's KV buffer (the prefix plus the chunk itself, already written). Query i attends
- * keys j <= t0 + i. Flash-style: Q·Kᵀ and P·V on the tensor cores (mma.sync m16n8k16 bf16,
+ * keys j <= t0 + i (and j > t0 + i - window with a sliding window). Flash-style: Q·Kᵀ and P·V on the tensor cores (mma.sync m16n8k16 bf16,
  * fp32 accumulate), K/V tiles streamed through shared memory with cp.async double buffering,
  * online softmax in fp32; no Tq x Tk matrix exists in memory. */
 #ifndef CF_ATTN_H
@@ -25,6 +25,10 @@ typedef struct {
    * query blocks to fill the GPU - splits the key range across blocks (split-KV) and combines
    * the partials; it needs Tq * n_heads * (head_dim + 2) floats per split. */
   float *ws; int64_t ws_floats;
+  /* Sliding window (0: none): query i sees only keys j with t0 + i - window < j <= t0 + i.
+   * Key tiles before a query block's first window are never loaded; the others are masked per
+   * row. The KV rows outside the window must still be valid memory only where loaded. */
+  int window;
 } cf_attn_args_t;
 
 #define CF_ATTN_MAX_SPLITS 8

@@ -160,20 +160,23 @@ struct cf_wg_rows {
 };
 
 // S (this warpgroup's 64 x 128 scores of the key tile at kb) becomes P = 2^(S*sl2 - m_new) in
-// place; keys > position are masked when `mask`; the row state is updated and the factors
+// place; keys > position are masked when `mask`, keys < position - wlo always; the row state is updated and the factors
 // 2^(m_old - m_new) that O must be multiplied by are returned in al0/al1.
 __device__ __forceinline__ void cf_wg_softmax(float (&s)[64], cf_wg_rows &r, int kb, bool mask,
-                                              int t, float sl2, float &al0, float &al1) {
+                                              int wlo, int t, float sl2, float &al0, float &al1) {
   // Branch-free (selects against a limit past every key when no mask is needed): with a
   // branch here, while P·V is in flight, ptxas waits for that P·V at the join.
   // The column is cf_wg_acc_col(t, i) = (compile-time part of i) + 2 (t % 4): fold the thread's
   // part into the limits so that each compare is against an immediate (no per-element registers).
   const int ct = (int)cf_wg_acc_col(t, 0);
   const int lim0 = (mask ? r.pos0 - kb : CF_WG_BN) - ct, lim1 = (mask ? r.pos1 - kb : CF_WG_BN) - ct;
+  // Sliding window: keys below position - wlo are masked too (wlo = window - 1; a huge wlo,
+  // when no row of the tile needs it, puts the limit below every column).
+  const int lo0 = r.pos0 - wlo - kb - ct, lo1 = r.pos1 - wlo - kb - ct;
 #pragma unroll
   for (int i = 0; i < 64; i++) {
     const int ci = 8 * (i >> 2) + (i & 1);  // == cf_wg_acc_col(t, i) - ct
-    s[i] = ci > ((i & 2) ? lim1 : lim0) ? -INFINITY : s[i];
+    s[i] = ci > ((i & 2) ? lim1 : lim0) || ci < ((i & 2) ? lo1 : lo0) ? -INFINITY : s[i];
   }
   // Rows are reduced over the 4 lanes that share them.
   float mx0 = -INFINITY, mx1 = -INFINITY;
@@ -270,8 +273,14 @@ __global__ void __launch_bounds__(256, 1)
   const int Tk = a.t0 + a.Tq, qend = min(q0 + CF_WG_BM, a.Tq);
   // Split-KV (gridDim.z > 1): this CTA takes tiles [jbeg, ntiles) of those some row of it sees
   // and leaves its unnormalised O, row max and row sum in a.ws for cf_attn_combine_kernel.
-  int jbeg, ntiles;
-  cf_wg_split(cf_wg_ntiles(a.t0, qend), gridDim.z, blockIdx.z, &jbeg, &ntiles);
+  // Under a sliding window the split covers only the tiles from the one holding the first
+  // row's first visible key: earlier tiles are never loaded.
+  int jbeg, ntiles, jfirst = 0;
+  const int ntot = cf_wg_ntiles(a.t0, qend);
+  if (a.window > 0 && a.t0 + q0 - a.window + 1 > 0) jfirst = min(ntot, (a.t0 + q0 - a.window + 1) / CF_WG_BN);
+  cf_wg_split(ntot - jfirst, gridDim.z, blockIdx.z, &jbeg, &ntiles);
+  jbeg += jfirst;
+  ntiles += jfirst;
   const bf16 *kg = (const bf16 *)a.k + g * CF_WG_HD, *vg = (const bf16 *)a.v + g * CF_WG_HD;
   const int64_t rs = a.kv_row_stride;
 
@@ -282,6 +291,11 @@ __global__ void __launch_bounds__(256, 1)
   const int nw = cf_wg_needed_end(ntiles, wg_first);
   cf_wg_rows r = {-INFINITY, -INFINITY, 0.f, 0.f, a.t0 + q0 + row0, a.t0 + q0 + row0 + 8};
   const float sl2 = a.scale * 1.4426950408889634f;
+  // window - 1 when tile j starts before the first visible key of this warpgroup's last row
+  // (wg_first + 63 - window + 1), else a value that masks nothing
+  auto wlo = [&](int j) {
+    return a.window > 0 && j * CF_WG_BN < wg_first + 64 - a.window ? a.window - 1 : (1 << 29);
+  };
   const uint32_t qwg = sq + wg * 64 * 128;  // this warpgroup's 64 rows of each Q column block
   float o[64];
 #pragma unroll
@@ -345,7 +359,7 @@ __global__ void __launch_bounds__(256, 1)
         cf_wg_issue_s(s, qwg, CF_WG_KS(sq, j));
         cf_wg_wait<0>();
         cf_wg_fence_regs(s);
-        cf_wg_softmax(s, r, kb, cf_wg_needs_mask(j, wg_first), t, sl2, al0, al1);
+        cf_wg_softmax(s, r, kb, cf_wg_needs_mask(j, wg_first), wlo(j), t, sl2, al0, al1);
         cf_wg_rescale(o, al0, al1);
         cf_wg_pack_p(p, s);
         cf_wg_fence();
@@ -385,7 +399,8 @@ __global__ void __launch_bounds__(256, 1)
       cf_wg_issue_s(s, qwg, CF_WG_KS(sq, jbeg));
       cf_wg_wait<0>();
       cf_wg_fence_regs(s);
-      cf_wg_softmax(s, r, jbeg * CF_WG_BN, cf_wg_needs_mask(jbeg, wg_first), t, sl2, al0, al1);
+      cf_wg_softmax(s, r, jbeg * CF_WG_BN, cf_wg_needs_mask(jbeg, wg_first), wlo(jbeg), t, sl2, al0,
+                    al1);
       cf_wg_pack_p(pa, s);
     }
     __syncthreads();
@@ -402,7 +417,7 @@ __global__ void __launch_bounds__(256, 1)
         cf_wg_issue_pv(o, pold, CF_WG_VS(sq, j - 1));
         cf_wg_wait<1>();  // S done; P·V may still run during the softmax
         cf_wg_fence_regs(s);
-        cf_wg_softmax(s, r, kb, cf_wg_needs_mask(j, wg_first), t, sl2, al0, al1);
+        cf_wg_softmax(s, r, kb, cf_wg_needs_mask(j, wg_first), wlo(j), t, sl2, al0, al1);
         cf_wg_pack_p(pnew, s);
         cf_wg_fence_p(pnew);  // the softmax and the new P stay before the wait
         cf_wg_wait<0>();      // P·V of tile j-1 done: O may change

@@ -1,10 +1,14 @@
 /* cacheflowctl store — operator commands for a store directory.
  *
- *   store verify --dir DIR
+ *   store verify --dir DIR [--remote URL]
  *       fsck: replay the journal read-only, read every cell and check its checksum; prints
  *       the store's geometry and KV dtype, then "chunks ok N, damaged N, torn-tail N". Exit 0
  *       only when nothing is damaged (a torn journal tail after a crash is not damage), 1 when
- *       something is or on error.
+ *       something is or on error. With --remote (a remote_url; the password, if any, from
+ *       $CACHEFLOW_REMOTE_PASSWORD, never the command line): also scan the remote tier for this
+ *       store's model, chunk size and dtype (the key prefix), fetch every chunk's cells and check
+ *       each value's header and checksum: "remote ...: chunks ok N, damaged N" (a chunk with a
+ *       missing or corrupt cell is damaged: it would be recomputed, never served).
  *   store fill --dir DIR --model DIR --prefixes N --tokens T --seed S [--chunk C]
  *              [--ssd-bytes SIZE] [--backend cpu|auto] [--threads N] [--kv-dtype f32|bf16|f16]
  *       compute the KV of N random T-token prefixes with the model engine (fp32) and save every
@@ -22,6 +26,7 @@
 #include "exec/cf_cellsrc_store.h"
 #include "model/cf_backend.h"
 #include "model/cf_model.h"
+#include "store/cf_remote.h"
 #include "store/cf_store.h"
 #include "util/cf_err.h"
 
@@ -53,19 +58,21 @@ static int cf__parse_size(const char *s, uint64_t *out) {
 /* ---------------------------------------------------------------- verify */
 
 static int cf__verify(int argc, char **argv) {
-  static const struct option opts[] = {{"dir", required_argument, 0, 'd'}, {0, 0, 0, 0}};
-  const char *dir = NULL;
+  static const struct option opts[] = {{"dir", required_argument, 0, 'd'}, {"remote", required_argument, 0, 'r'},
+                                       {0, 0, 0, 0}};
+  const char *dir = NULL, *remote = NULL;
   int c;
   optind = 1;
   while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
     if (c == 'd') dir = optarg;
+    else if (c == 'r') remote = optarg;
     else {
-      fprintf(stderr, "usage: cacheflowctl store verify --dir DIR\n");
+      fprintf(stderr, "usage: cacheflowctl store verify --dir DIR [--remote URL]\n");
       return 2;
     }
   }
   if (!dir || optind < argc) {
-    fprintf(stderr, "usage: cacheflowctl store verify --dir DIR\n");
+    fprintf(stderr, "usage: cacheflowctl store verify --dir DIR [--remote URL]\n");
     return 2;
   }
   cf_store_verify_t v;
@@ -80,11 +87,32 @@ static int cf__verify(int argc, char **argv) {
   printf("cells checked %llu; damaged chunks %llu, damaged journal records %llu\n",
          (unsigned long long)v.cells_checked, (unsigned long long)v.chunks_damaged,
          (unsigned long long)v.journal_damaged);
-  if (damaged) {
-    printf("first damage: %s\n", v.first_damage);
-    return 1;
+  if (damaged) printf("first damage: %s\n", v.first_damage);
+  if (remote) {
+    cf_remote_config_t rc_;
+    cf_remote_config_default(&rc_);
+    rc_.url = remote;
+    rc_.password = getenv("CACHEFLOW_REMOTE_PASSWORD");
+    rc_.writer = 0;
+    rc_.pool = 2;
+    cf_remote_t *r;
+    if ((rc = cf_remote_open(&rc_, &v.geom, &r))) return cf_ctl_fail(CMD " verify", "--remote: %s", cf_errmsg());
+    cf_remote_verify_t rv;
+    rc = cf_remote_verify(r, &rv);
+    char url[512];
+    snprintf(url, sizeof url, "%s", cf_remote_url(r));
+    cf_remote_close(r);
+    if (rc) return cf_ctl_fail(CMD " verify", "remote %s: %s: %s", url, cf_strerror(rc), cf_errmsg());
+    printf("remote %s: chunks ok %llu, damaged %llu\n", url, (unsigned long long)rv.chunks_ok,
+           (unsigned long long)rv.chunks_damaged);
+    printf("remote cells checked %llu; missing %llu, corrupt %llu\n", (unsigned long long)rv.cells_checked,
+           (unsigned long long)rv.cells_missing, (unsigned long long)rv.cells_corrupt);
+    if (rv.chunks_damaged) {
+      printf("remote first damage: %s\n", rv.first_damage);
+      damaged += rv.chunks_damaged;
+    }
   }
-  return 0;
+  return damaged ? 1 : 0;
 }
 
 /* ---------------------------------------------------------------- fill */
@@ -329,12 +357,12 @@ out:
 static int cf__store_main(int argc, char **argv) {
   if (argc >= 2 && !strcmp(argv[1], "verify")) return cf__verify(argc - 1, argv + 1);
   if (argc >= 2 && !strcmp(argv[1], "fill")) return cf__fill(argc - 1, argv + 1);
-  fprintf(stderr, "usage: cacheflowctl store verify --dir DIR\n       %s",
+  fprintf(stderr, "usage: cacheflowctl store verify --dir DIR [--remote URL]\n       %s",
           CF__FILL_USAGE + strlen("usage: "));
   return 2;
 }
 
 static const cf_ctl_cmd_t cf__store = {
-    "store", "verify --dir DIR | fill --dir DIR --model DIR --prefixes N --tokens T --seed S",
+    "store", "verify --dir DIR [--remote URL] | fill --dir DIR --model DIR --prefixes N --tokens T --seed S",
     "check a store directory (fsck) or fill it with the KV of random prefixes", cf__store_main};
 CF_CTL_COMMAND(cf__store)

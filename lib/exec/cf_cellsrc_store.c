@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "store/cf_remote.h"
 #include "store/cf_stage_ring.h"
 #include "util/cf_err.h"
 
@@ -163,6 +164,79 @@ static int cf__ssd_read_stream(cf_cellsrc_t *src, int n, void *const *refs, cons
   return 0;
 }
 
+/* ---------------------------------------------------------------- remote tier */
+
+static int cf__remote_read(cf_cellsrc_t *src, void *ref, int layer, void *kv) {
+  cf_cellsrc_store_t *s = src->ctx;
+  cf_store_chunkref_t *r = ref;
+  cf_remote_t *rt = cf_store_remote(s->st);
+  if (!rt) return cf_seterr(CF_ENOTFOUND, "remote tier: none configured");
+  uint32_t nt = 0;
+  int rc = cf_remote_read(rt, &r->key, (uint32_t)layer, kv, 2 * s->half_bytes, &nt);
+  if (!rc && nt != cf_store_geom(s->st)->chunk_tokens)
+    rc = cf_seterr(CF_ESHAPE, "remote tier: layer %d of a chunk holds %u tokens, not a full chunk", layer, nt);
+  return rc;
+}
+
+/* One pipeline of a remote run: which stream cells its GETs are, and where done() goes. */
+typedef struct {
+  const cf_cellsrc_stream_t *cb;
+  const int *idx; /* pipeline slot -> stream cell */
+  int base;
+  size_t half, full;
+} cf__rstream_t;
+
+static void cf__remote_cell(void *ud, size_t q, const cf_remote_cell_t *c) {
+  const cf__rstream_t *x = ud;
+  int i = x->base + x->idx[q], st = c->status;
+  if (!st && c->bytes != x->full) /* a partial chunk: the executor only loads full ones */
+    st = cf_seterr(CF_ESHAPE, "remote tier: layer %u of a chunk holds %u tokens, not a full chunk", c->layer,
+                   c->n_tokens);
+  x->cb->done(x->cb->ud, i, st ? NULL : c->data, st ? NULL : c->data + x->half, st);
+}
+
+/* Runs of cells as pipelines of up to remote_depth GETs: each cell is issued (rate limit,
+ * cancellation) before its pipeline goes out, and handed to done() in order straight from its
+ * reply as it arrives (cf_remote_get_each: one reply held at a time). */
+static int cf__remote_read_stream(cf_cellsrc_t *src, int n, void *const *refs, const int *layers,
+                                  const cf_cellsrc_stream_t *cb) {
+  cf_cellsrc_store_t *s = src->ctx;
+  cf_remote_t *rt = cf_store_remote(s->st);
+  int depth = s->remote_depth < 1 ? 1 : s->remote_depth > 256 ? 256 : s->remote_depth;
+  cf_remote_cell_t cells[256];
+  int idx[256];
+  for (int b = 0; b < n; b += depth) {
+    int m = n - b < depth ? n - b : depth, nq = 0;
+    cf__rstream_t x = {cb, idx, b, s->half_bytes, 2 * s->half_bytes};
+    /* cells refused at issue (cancelled, or no remote tier) reach done() in their place, in order:
+     * those before the pipeline's first cell now, the others right after the pipeline */
+    int st[256];
+    for (int i = 0; i < m; i++) {
+      st[i] = cb->issue ? cb->issue(cb->ud, b + i, 1) : 0;
+      if (!rt && !st[i]) st[i] = CF_ENOTFOUND;
+      if (st[i]) continue;
+      idx[nq] = i;
+      cells[nq++] = (cf_remote_cell_t){.key = ((cf_store_chunkref_t *)refs[b + i])->key, .layer = (uint32_t)layers[b + i]};
+    }
+    if (nq < m) { /* some refused: keep done() in order by going one cell at a time */
+      for (int i = 0, q = 0; i < m; i++) {
+        if (q < nq && idx[q] == i) {
+          int one = i;
+          cf__rstream_t y = {cb, &one, b, s->half_bytes, 2 * s->half_bytes};
+          int rc = cf_remote_get_each(rt, &cells[q], 1, cf__remote_cell, &y);
+          if (rc) return rc;
+          q++;
+        } else
+          cb->done(cb->ud, b + i, NULL, NULL, st[i]);
+      }
+      continue;
+    }
+    int rc = cf_remote_get_each(rt, cells, (size_t)nq, cf__remote_cell, &x);
+    if (rc) return rc; /* cells from b on were not handed over: the executor recomputes them */
+  }
+  return 0;
+}
+
 int cf_cellsrc_store_init(cf_cellsrc_store_t *s, cf_store_t *st, cf_ratelimit_t *cpu_limit,
                           cf_ratelimit_t *ssd_limit) {
   memset(s, 0, sizeof *s);
@@ -180,6 +254,9 @@ int cf_cellsrc_store_init(cf_cellsrc_store_t *s, cf_store_t *st, cf_ratelimit_t 
   s->have_ring_key = pthread_key_create(&s->ring_key, cf__ring_free) == 0;
   s->ssd_depth = CF_CELLSRC_SSD_DEPTH;
   s->ssd.read_stream = cf__ssd_read_stream;
+  s->remote = (cf_cellsrc_t){.tier = "remote", .tier_index = CF_EXEC_TIER_REMOTE, .dtype = dt,
+                             .read = cf__remote_read, .read_stream = cf__remote_read_stream, .ctx = s};
+  s->remote_depth = CF_CELLSRC_REMOTE_DEPTH;
   return 0;
 }
 
@@ -192,10 +269,15 @@ void cf_cellsrc_store_close(cf_cellsrc_store_t *s) {
 
 size_t cf_cellsrc_store_prepare(cf_cellsrc_store_t *s, const cf_store_key_t *keys, size_t n,
                                 cf_store_chunkref_t *refs, cf_cellsrc_t **srcs, uint8_t *tiers) {
-  size_t found = cf_store_lookup(s->st, keys, n, tiers);
+  uint8_t tl[256], *tt = tiers ? tiers : n <= 256 ? tl : malloc(n);
+  size_t found = tt ? cf_store_lookup_all(s->st, keys, n, tt) : cf_store_lookup(s->st, keys, n, NULL);
   for (size_t i = 0; i < found; i++) {
     memset(&refs[i], 0, sizeof refs[i]);
     refs[i].key = keys[i];
+    if (tt && tt[i] == CF_STORE_TIER_REMOTE) { /* only the remote tier holds it: nothing to pin */
+      srcs[i] = &s->remote;
+      continue;
+    }
     /* a chunk may leave the CPU tier between lookup and pin: then it is read from SSD (or,
      * gone from both, fails there and is recomputed) */
     refs[i].pinned = cf_store_pin(s->st, &keys[i], &refs[i].pin) == 0;
@@ -206,6 +288,7 @@ size_t cf_cellsrc_store_prepare(cf_cellsrc_store_t *s, const cf_store_key_t *key
     srcs[i] = refs[i].pinned ? &s->cpu : &s->ssd;
     if (tiers) tiers[i] = refs[i].pinned ? CF_STORE_TIER_CPU : CF_STORE_TIER_SSD;
   }
+  if (tt && tt != tiers && tt != tl) free(tt);
   cf_errclear();
   return found;
 }

@@ -12,6 +12,11 @@
  *               cf_store_reader_t (O_DIRECT straight into the loader's 4 KiB-aligned buffer,
  *               checksum verified by the store; cf_store_read's pread when io_uring is refused). A chunk evicted or corrupt since the lookup returns
  *               CF_ENOTFOUND / CF_ECORRUPT and the executor recomputes it.
+ *   remote source (when the store has a remote tier, cf_remote): read_stream() = the executor's
+ *               runs of remote cells as pipelined GETs, up to remote_depth cells per round trip,
+ *               each verified (checksum, key, layer, shape) and handed over straight from the
+ *               reply (no staging copy); read() = one GET. A missing key, a dead node, a timeout or
+ *               a bad value is an error for that cell and the executor recomputes it.
  * Each source has its own rate limiter so benchmarks can emulate a link per tier.
  */
 #ifndef CF_CELLSRC_STORE_H
@@ -26,7 +31,10 @@
 #define CF_CELLSRC_SSD_DEPTH 8
 
 /* Stats tier indices (cf_exec_stats_t.cells_loaded[]). */
-enum { CF_EXEC_TIER_CPU = 0, CF_EXEC_TIER_SSD = 1 };
+enum { CF_EXEC_TIER_CPU = 0, CF_EXEC_TIER_SSD = 1, CF_EXEC_TIER_REMOTE = 2 };
+
+/* Default remote cells per pipelined round trip (per loader thread). */
+#define CF_CELLSRC_REMOTE_DEPTH 16
 
 typedef struct {
   cf_store_key_t key;
@@ -35,7 +43,8 @@ typedef struct {
 } cf_store_chunkref_t;
 
 typedef struct {
-  cf_cellsrc_t cpu, ssd;
+  cf_cellsrc_t cpu, ssd, remote; /* remote: used only when the store has a remote tier; set
+                                    remote.limit after init to rate-limit it */
   cf_store_t *st;
   size_t half_bytes;    /* bytes of K in one full cell: C * n_kv * hd * element size */
   pthread_key_t reader_key; /* each loader thread's io_uring reader (closed when it exits) */
@@ -44,6 +53,7 @@ typedef struct {
   int have_ring_key;
   int ssd_depth;            /* ring slots = SSD reads in flight per loader thread (2..64; < 2:
                                read_stream reads one cell at a time). Set before loads start. */
+  int remote_depth;         /* remote cells per pipeline (1..256), default CF_CELLSRC_REMOTE_DEPTH */
 } cf_cellsrc_store_t;
 
 /* The store's KV dtype as a cf_dtype_t (util/cf_dtype.h): 0, or CF_EDTYPE when the store does not
@@ -59,7 +69,8 @@ int cf_cellsrc_store_init(cf_cellsrc_store_t *s, cf_store_t *st, cf_ratelimit_t 
                           cf_ratelimit_t *ssd_limit);
 void cf_cellsrc_store_close(cf_cellsrc_store_t *s);
 
-/* For the first n full chunks with keys[0..n): how many leading chunks are stored (the
+/* For the first n full chunks with keys[0..n): how many leading chunks are stored, the remote
+ * tier included (cf_store_lookup_all: one round trip to it when the local tiers end early) (the
  * return value, <= n); for each of those, refs[i] is filled (CPU-tier chunks pinned),
  * srcs[i] is the source to read it from and tiers[i] (may be NULL) its CF_STORE_TIER_*.
  * Release with cf_cellsrc_store_unprepare (same refs, the returned count). */

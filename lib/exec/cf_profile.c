@@ -79,7 +79,9 @@ int cf_profile_compute(cf_backend_t *be, int C, int reps, cf_sched_cost_t *cost)
   for (int i = 0; i < 6; i++) {
     double t, p = pts[i][0], n = pts[i][1];
     if ((rc = cf__time_step(be, pts[i][0], pts[i][1], reps, tok, k, v, &t))) goto out;
-    double f[3] = {1.0 / t, n / t, n * (p + 0.5 * n) / t}; /* row / t: relative residual */
+    /* attention keys summed over the step's queries, through layer 0's window if it has one */
+    double ctx = cf_cost_ctx_w(p, n, cf_model_layer_window(mc, 0));
+    double f[3] = {1.0 / t, n / t, ctx / t}; /* row / t: relative residual */
     for (int r = 0; r < 3; r++) {
       for (int c = 0; c < 3; c++) A[r][c] += f[r] * f[c];
       b[r] += f[r] * 1.0;
@@ -95,6 +97,11 @@ int cf_profile_compute(cf_backend_t *be, int C, int reps, cf_sched_cost_t *cost)
   cost->alpha_s = x[1] > 1e-12 ? x[1] : 1e-12;
   cost->beta_s = x[2] > 1e-15 ? x[2] : 1e-15;
   cost->n_devices = 1;
+  /* windowed layers: beta is per key attended, the planner charges min(position, window) */
+  int nw = 0;
+  for (int l = 0; l < mc->n_layers; l++) nw += cf_model_layer_window(mc, l) > 0;
+  cost->window = nw ? mc->sliding_window : 0;
+  cost->window_frac = nw ? (double)nw / mc->n_layers : 0;
 out:
   free(k); free(v); free(tok);
   return rc;

@@ -8,6 +8,10 @@
  * its measured time, so the small steps weigh as much as the big ones), solved as the 3x3 normal
  * equations. Each coefficient is clamped to a small positive floor (timer noise can make one
  * negative).
+ * With a sliding window the attention term of each timed step is the integral of
+ * min(context, window) (cf_cost_ctx_w; layer 0 is the one timed), and cost->window /
+ * window_frac describe the model's windowed layers for the planner. MoE layers are timed as
+ * they run: alpha then holds the routed experts' per-token cost.
  */
 #ifndef CF_PROFILE_H
 #define CF_PROFILE_H

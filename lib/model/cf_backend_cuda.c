@@ -10,6 +10,9 @@
  *   gu  = xn · [Wg;Wu]ᵀ                      one GEMM against the stacked gate|up weight
  *   h   = silu(g) * u                        cf_swiglu
  *   x  += h · Wdownᵀ                         GEMM, beta = 1
+ * MoE layers replace the last three lines by cf__moe_pass (router GEMM, cf_moe route/plan/
+ * gather, per expert one [gate; up] GEMM, SwiGLU and down GEMM over all of its tokens, combine).
+ * Sliding-window layers pass their window to cf_attn_prefix.
  * Built without nvcc, the backend reports CF_ENODEV.
  */
 #include "model/cf_backend_cuda.h"
@@ -37,6 +40,7 @@ int cf_backend_cuda_devices(void) { return 0; }
 #include "kernels/cf_convert.h"
 #include "kernels/cf_cuda_check.h"
 #include "kernels/cf_gemm.h"
+#include "kernels/cf_moe.h"
 #include "kernels/cf_rmsnorm.h"
 #include "kernels/cf_rope.h"
 #include "kernels/cf_swiglu.h"
@@ -45,10 +49,16 @@ int cf_backend_cuda_devices(void) { return 0; }
 #define CF_CUDA_UPLOAD_FLOATS (8u << 20) /* fp32 staging for weight upload: 32 MiB */
 #define CF_CUDA_ATTN_WS (16 << 20)       /* floats of split-KV attention workspace: 64 MiB */
 
+/* Tokens per pass of a MoE MLP: bounds the routed-pair buffers (T x top_k rows of hidden and
+ * of the experts' width) independently of the step size. */
+#define CF_CUDA_MOE_STEP 1024
+
 typedef struct {
   cf_bf16_t *wqkv, *wo, *wgu, *wdown;
   float *attn_norm, *mlp_norm, *q_norm, *k_norm;
   float *bqkv, *bo, *bgate, *bup, *bdown;
+  /* MoE layers: router [E][D]; expert e's [gate; up] at ewgu + e*2*MI*D, down at ewdown + e*D*MI */
+  cf_bf16_t *router, *ewgu, *ewdown;
 } cf__cuda_layer_t;
 
 typedef struct {
@@ -66,6 +76,11 @@ typedef struct {
   cf_bf16_t *xn, *q, *attn, *gu, *h;
   float *attn_ws;  /* split-KV partials for short chunks over long prefixes */
   int64_t attn_ws_floats;
+  /* MoE pass workspace (MoE models only), CF_CUDA_MOE_STEP tokens x top_k pairs */
+  float *moe_logits, *moe_w, *moe_out;
+  int32_t *moe_sel, *moe_off, *moe_pos, *moe_tok;
+  cf_bf16_t *moe_a, *moe_gu, *moe_h;
+  int32_t *moe_off_host; /* pinned: the per-expert offsets the host loops over */
   /* host-API staging, grown on demand */
   cf_bf16_t *kv;  size_t kv_cap;   /* [l1-l0][2][t1][n_kv*hd] */
   float *stage;   size_t stage_cap;
@@ -143,18 +158,58 @@ static void cf__cuda_free(cf_backend_t *be) {
     for (int l = 0; l < be->model->cfg.n_layers; l++) {
       cf__cuda_layer_t *L = &b->layers[l];
       void *ps[] = {L->wqkv, L->wo, L->wgu, L->wdown, L->attn_norm, L->mlp_norm, L->q_norm,
-                    L->k_norm, L->bqkv, L->bo, L->bgate, L->bup, L->bdown};
+                    L->k_norm, L->bqkv, L->bo, L->bgate, L->bup, L->bdown, L->router, L->ewgu,
+                    L->ewdown};
       for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) cudaFree(ps[i]);
     }
     free(b->layers);
   }
   void *ps[] = {b->embed, b->inv_freq, b->x, b->xn, b->qkv, b->q, b->attn, b->gu, b->h, b->attn_ws,
-                b->kv, b->stage, b->hin, b->hout, b->tok, b->blas_ws};
+                b->kv, b->stage, b->hin, b->hout, b->tok, b->blas_ws, b->moe_logits, b->moe_w,
+                b->moe_out, b->moe_sel, b->moe_off, b->moe_pos, b->moe_tok, b->moe_a, b->moe_gu,
+                b->moe_h};
   for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) cudaFree(ps[i]);
+  if (b->moe_off_host) cudaFreeHost(b->moe_off_host);
   if (b->blas) cublasDestroy(b->blas);
   if (b->stream) cudaStreamDestroy(b->stream);
   cudaGetLastError();
   free(b);
+}
+
+/* The MoE MLP of T (<= CF_CUDA_MOE_STEP) tokens whose normed input is xn [T][D] (bf16): route,
+ * sort the (token, expert) pairs by expert, then per expert with tokens one [gate; up] GEMM,
+ * SwiGLU and one down GEMM over all of its tokens; x [T][D] += the weighted sum. The host needs
+ * the per-expert counts to size the GEMMs: one small device-to-host copy and a stream sync per
+ * pass (cuBLAS grouped GEMM would avoid the per-expert launches; not used yet). */
+static int cf__moe_pass(cf__cuda_be_t *b, const cf__cuda_layer_t *L, const cf_bf16_t *xn,
+                        float *x, int T, cudaStream_t s) {
+  const cf_model_config_t *c = &b->base.model->cfg;
+  int D = c->hidden, E = c->n_experts, K = c->top_k, MI = c->moe_intermediate, rc;
+  cf_gemm_args_t gr = {T, E, D, xn, D, L->router, D, b->moe_logits, E, 1, 0.f};
+  if ((rc = cf_gemm_bf16(b->blas, &gr, s)) ||
+      (rc = cf_moe_route(b->moe_logits, T, E, K, c->norm_topk, b->moe_sel, b->moe_w, s)) ||
+      (rc = cf_moe_plan(b->moe_sel, T, E, K, b->moe_off, b->moe_pos, b->moe_tok, s)) ||
+      (rc = cf_moe_gather(b->moe_a, xn, b->moe_tok, T * K, D, s)))
+    return rc;
+  CF_CUDA_TRY(cudaMemcpyAsync(b->moe_off_host, b->moe_off, sizeof(int32_t) * (E + 1),
+                              cudaMemcpyDeviceToHost, s));
+  CF_CUDA_TRY(cudaStreamSynchronize(s));
+  const int32_t *off = b->moe_off_host;
+  for (int e = 0; e < E; e++) {
+    int r0 = off[e], n = off[e + 1] - off[e];
+    if (n <= 0) continue;
+    const cf_bf16_t *wgu = L->ewgu + (size_t)e * 2 * MI * D, *wdn = L->ewdown + (size_t)e * D * MI;
+    cf_gemm_args_t gg = {n, 2 * MI, D, b->moe_a + (size_t)r0 * D, D, wgu, D,
+                         b->moe_gu + (size_t)r0 * 2 * MI, 2 * MI, 0, 0.f};
+    if ((rc = cf_gemm_bf16(b->blas, &gg, s))) return rc;
+    if ((rc = cf_swiglu(b->moe_h + (size_t)r0 * MI, b->moe_gu + (size_t)r0 * 2 * MI, NULL, NULL,
+                        n, MI, s)))
+      return rc;
+    cf_gemm_args_t gd = {n, D, MI, b->moe_h + (size_t)r0 * MI, MI, wdn, MI,
+                         b->moe_out + (size_t)r0 * D, D, 1, 0.f};
+    if ((rc = cf_gemm_bf16(b->blas, &gd, s))) return rc;
+  }
+  return cf_moe_combine(x, b->moe_out, b->moe_pos, b->moe_w, T, K, D, s);
 }
 
 /* One layer over one step of T tokens at absolute positions [p0, p0+T). */
@@ -173,12 +228,20 @@ static int cf__layer(cf__cuda_be_t *b, int l, int p0, int T, cf_bf16_t *kbuf, cf
                       b->q, kbuf + p0 * kv_rs, vbuf + p0 * kv_rs, kv_rs};
   if ((rc = cf_rope_qkv(&r, s))) return rc;
   cf_attn_args_t at = {T, p0, H, KV, hd, 1.f / sqrtf((float)hd), b->q, (int64_t)H * hd,
-                       kbuf, vbuf, kv_rs, b->attn, (int64_t)H * hd, b->attn_ws, b->attn_ws_floats};
+                       kbuf, vbuf, kv_rs, b->attn, (int64_t)H * hd, b->attn_ws, b->attn_ws_floats,
+                       cf_model_layer_window(c, l)};
   if ((rc = cf_attn_prefix(&at, s))) return rc;
   cf_gemm_args_t go = {T, D, H * hd, b->attn, H * hd, L->wo, H * hd, b->x, D, 1, 1.f};
   if ((rc = cf_gemm_bf16(b->blas, &go, s))) return rc;
   if (L->bo && (rc = cf_add_bias_f32(b->x, L->bo, T, D, s))) return rc;
   if ((rc = cf_rmsnorm(b->xn, b->x, NULL, L->mlp_norm, T, D, eps, s))) return rc;
+  if (c->layer_moe[l]) {
+    for (int t = 0; t < T; t += CF_CUDA_MOE_STEP) {
+      int n = T - t < CF_CUDA_MOE_STEP ? T - t : CF_CUDA_MOE_STEP;
+      if ((rc = cf__moe_pass(b, L, b->xn + (size_t)t * D, b->x + (size_t)t * D, n, s))) return rc;
+    }
+    return 0;
+  }
   cf_gemm_args_t gg = {T, 2 * I, D, b->xn, D, L->wgu, D, b->gu, 2 * I, 0, 0.f};
   if ((rc = cf_gemm_bf16(b->blas, &gg, s))) return rc;
   if ((rc = cf_swiglu(b->h, b->gu, L->bgate, L->bup, T, I, s))) return rc;
@@ -309,20 +372,35 @@ static int cf__cuda_upload(cf__cuda_be_t *b) {
   for (int l = 0; l < c->n_layers; l++) {
     const cf_layer_weights_t *w = &m->layers[l];
     cf__cuda_layer_t *L = &b->layers[l];
-    if (!w->wq || !w->wk || !w->wv || !w->wo || !w->w_gate || !w->w_up || !w->w_down ||
-        !w->attn_norm || !w->mlp_norm)
+    int moe = c->layer_moe[l];
+    if (!w->wq || !w->wk || !w->wv || !w->wo || !w->attn_norm || !w->mlp_norm ||
+        (!moe && (!w->w_gate || !w->w_up || !w->w_down)) ||
+        (moe && (!w->router || !w->e_gate || !w->e_up || !w->e_down)))
       return cf_seterr(CF_EINVAL, "cuda backend: layer %d is missing a weight", l);
+    if (moe) { /* experts stacked per expert as [gate; up] and down, one allocation each */
+      size_t E = c->n_experts, MI = c->moe_intermediate;
+      if ((rc = cf__dalloc((void **)&L->router, E * D * 2, "router")) ||
+          (rc = cf__up_bf16(b, L->router, w->router, E * D)) ||
+          (rc = cf__dalloc((void **)&L->ewgu, E * 2 * MI * D * 2, "experts gate|up")) ||
+          (rc = cf__dalloc((void **)&L->ewdown, E * D * MI * 2, "experts down")))
+        return cf_err_prefix(rc, "layer %d: ", l);
+      for (size_t e = 0; e < E && !rc; e++)
+        if ((rc = cf__up_bf16(b, L->ewgu + e * 2 * MI * D, w->e_gate[e], MI * D)) ||
+            (rc = cf__up_bf16(b, L->ewgu + e * 2 * MI * D + MI * D, w->e_up[e], MI * D)) ||
+            (rc = cf__up_bf16(b, L->ewdown + e * D * MI, w->e_down[e], D * MI)))
+          return cf_err_prefix(rc, "layer %d expert %zu: ", l, e);
+    }
     if ((rc = cf__dalloc((void **)&L->wqkv, (nq + 2 * nkv) * D * 2, "wqkv")) ||
         (rc = cf__up_bf16(b, L->wqkv, w->wq, nq * D)) ||
         (rc = cf__up_bf16(b, L->wqkv + nq * D, w->wk, nkv * D)) ||
         (rc = cf__up_bf16(b, L->wqkv + (nq + nkv) * D, w->wv, nkv * D)) ||
         (rc = cf__dalloc((void **)&L->wo, D * nq * 2, "wo")) ||
         (rc = cf__up_bf16(b, L->wo, w->wo, D * nq)) ||
-        (rc = cf__dalloc((void **)&L->wgu, 2 * I * D * 2, "w_gate|w_up")) ||
-        (rc = cf__up_bf16(b, L->wgu, w->w_gate, I * D)) ||
-        (rc = cf__up_bf16(b, L->wgu + I * D, w->w_up, I * D)) ||
-        (rc = cf__dalloc((void **)&L->wdown, D * I * 2, "w_down")) ||
-        (rc = cf__up_bf16(b, L->wdown, w->w_down, D * I)) ||
+        (!moe && (rc = cf__dalloc((void **)&L->wgu, 2 * I * D * 2, "w_gate|w_up"))) ||
+        (!moe && (rc = cf__up_bf16(b, L->wgu, w->w_gate, I * D))) ||
+        (!moe && (rc = cf__up_bf16(b, L->wgu + I * D, w->w_up, I * D))) ||
+        (!moe && (rc = cf__dalloc((void **)&L->wdown, D * I * 2, "w_down"))) ||
+        (!moe && (rc = cf__up_bf16(b, L->wdown, w->w_down, D * I))) ||
         (rc = cf__up_f32(&L->attn_norm, w->attn_norm, D, "attn_norm")) ||
         (rc = cf__up_f32(&L->mlp_norm, w->mlp_norm, D, "mlp_norm")) ||
         (rc = cf__up_f32(&L->q_norm, c->qk_norm ? w->q_norm : NULL, hd, "q_norm")) ||
@@ -410,6 +488,26 @@ int cf_backend_cuda_create(const cf_model_t *m, int device, cf_backend_t **out) 
       (rc = cf__dalloc((void **)&b->h, S * I * 2, "mlp hidden")) ||
       (rc = cf__dalloc((void **)&b->attn_ws, (size_t)b->attn_ws_floats * 4, "attention workspace")))
     goto fail;
+  if (c->n_experts > 0) {
+    size_t M = CF_CUDA_MOE_STEP, P = M * c->top_k, E = c->n_experts, MI = c->moe_intermediate;
+    if ((rc = cf__dalloc((void **)&b->moe_logits, M * E * 4, "router logits")) ||
+        (rc = cf__dalloc((void **)&b->moe_w, P * 4, "routing weights")) ||
+        (rc = cf__dalloc((void **)&b->moe_sel, P * 4, "routed experts")) ||
+        (rc = cf__dalloc((void **)&b->moe_pos, P * 4, "pair rows")) ||
+        (rc = cf__dalloc((void **)&b->moe_tok, P * 4, "row tokens")) ||
+        (rc = cf__dalloc((void **)&b->moe_off, (E + 1) * 4, "expert offsets")) ||
+        (rc = cf__dalloc((void **)&b->moe_a, P * D * 2, "expert inputs")) ||
+        (rc = cf__dalloc((void **)&b->moe_gu, P * 2 * MI * 2, "expert gate|up")) ||
+        (rc = cf__dalloc((void **)&b->moe_h, P * MI * 2, "expert hidden")) ||
+        (rc = cf__dalloc((void **)&b->moe_out, P * D * 4, "expert outputs")))
+      goto fail;
+    if (cudaMallocHost((void **)&b->moe_off_host, (E + 1) * 4) != cudaSuccess) {
+      cudaGetLastError();
+      b->moe_off_host = NULL;
+      rc = cf_seterr(CF_ENOMEM, "cuda backend: pinned expert offsets");
+      goto fail;
+    }
+  }
   *out = &b->base;
   return 0;
 fail:

@@ -9,6 +9,10 @@
  * Parallelism: OpenBLAS is set to one thread and the backend splits the work itself over its
  * own persistent pool — projections by output columns (each thread one sgemm on a slice of
  * the weight), attention by (KV head, query block) items handed out through an atomic counter.
+ * Mixture-of-experts layers route each token to its top_k experts, sort the (token, expert)
+ * pairs by expert and run each expert as one set of sgemms over all of its tokens (split into
+ * CF__MOE_RC-row items so a popular expert spans threads), never one sgemm per token.
+ * Sliding-window layers skip the key blocks before each query block's window.
  * One forward call runs at a time per backend (a mutex serialises callers).
  */
 #include <cblas.h>
@@ -192,6 +196,7 @@ typedef struct {
   const float *k, *v;  /* layer KV buffers, row 0 = position 0 */
   float *o;            /* [n][n_heads*hd] */
   int n, p;            /* rows, absolute position of row 0 */
+  int window;          /* sliding window of this layer in keys, 0: none */
   int next;            /* atomic item counter */
   float *scratch;      /* per thread */
   size_t scratch_per;
@@ -224,10 +229,188 @@ static void cf__attn_worker(void *ctx, int tid, int nt) {
     for (int i = 0; i < nq; i++)
       memcpy(qp + i * grp, j->q + (size_t)(i0 + i) * qd + g * grp, sizeof(float) * grp);
     cf__attn_rows(qp, hd, j->k + (size_t)g * hd, j->v + (size_t)g * hd, kvd, hd, j->p + i0, nq,
-                  rep, scale, op, hd, scr);
+                  rep, j->window, scale, op, hd, scr);
     for (int i = 0; i < nq; i++)
       memcpy(j->o + (size_t)(i0 + i) * qd + g * grp, op + i * grp, sizeof(float) * grp);
   }
+}
+
+/* ---------------------------------------------------------------- mixture of experts */
+
+/* Rows per expert work item: large enough that each item's sgemms reuse the expert's weights
+ * over many tokens, small enough that a popular expert splits over both threads. */
+#ifndef CF__MOE_RC
+#define CF__MOE_RC 256
+#endif
+
+/* Floats of MoE scratch for a block of n rows (0 for dense models): router logits, the packed
+ * inputs, gate, up and expert outputs of the n*top_k (token, expert) pairs. Index arrays are
+ * carved out of the same buffer (ints, so the count is in floats of the same size). */
+static size_t cf__moe_floats(const cf_model_config_t *c, int n) {
+  if (!c->n_experts) return 0;
+  size_t pairs = (size_t)n * c->top_k, D = c->hidden, MI = c->moe_intermediate;
+  return (size_t)n * c->n_experts + pairs * (2 * D + 2 * MI) + 4 * pairs + 2 * (c->n_experts + 1) +
+         (size_t)(pairs + c->n_experts) * 2;
+}
+
+typedef struct {
+  const cf_model_config_t *cfg;
+  const cf_layer_weights_t *w;
+  int n;              /* rows */
+  const float *h;     /* [n][D] normed input */
+  float *x;           /* [n][D] residual, += the MoE output */
+  float *logits;      /* [n][E] router logits, then probabilities */
+  int *sel;           /* [n][K] chosen experts, ascending */
+  float *selw;        /* [n][K] their weights */
+  int *off;           /* [E+1] packed offsets of each expert's pairs */
+  int *pos;           /* [n][K] packed position of each (token, slot) */
+  int *tok;           /* [pairs] token of each packed position */
+  float *A, *G, *U, *O; /* [pairs][D], [pairs][MI] x2, [pairs][D] */
+  int *item_e, *item_r; /* work items: expert, first packed row */
+  int nitems, next;
+} cf__moe_job_t;
+
+/* Router: probabilities = softmax(logits) in fp32, the top_k of them (first index wins a tie),
+ * renormalised when norm_topk — transformers' order of operations. Then each row's chosen
+ * experts are put in ascending order, the order in which transformers' index_add_ sums them. */
+static void cf__router_worker(void *ctx, int tid, int nt) {
+  cf__moe_job_t *j = ctx;
+  const cf_model_config_t *c = j->cfg;
+  int E = c->n_experts, K = c->top_k, lo, hi;
+  cf__split(j->n, tid, nt, 1, &lo, &hi);
+  for (int r = lo; r < hi; r++) {
+    float *p = j->logits + (size_t)r * E, mx = -INFINITY, sum = 0;
+    for (int e = 0; e < E; e++) mx = p[e] > mx ? p[e] : mx;
+    for (int e = 0; e < E; e++) sum += (p[e] = expf(p[e] - mx));
+    for (int e = 0; e < E; e++) p[e] /= sum;
+    int *se = j->sel + (size_t)r * K;
+    float *sw = j->selw + (size_t)r * K, tot = 0;
+    for (int k = 0; k < K; k++) { /* selection, descending: K is small */
+      int best = -1;
+      for (int e = 0; e < E; e++) {
+        int taken = 0;
+        for (int q = 0; q < k && !taken; q++) taken = se[q] == e;
+        if (!taken && (best < 0 || p[e] > p[best])) best = e;
+      }
+      se[k] = best;
+      sw[k] = p[best];
+      tot += p[best];
+    }
+    if (c->norm_topk)
+      for (int k = 0; k < K; k++) sw[k] /= tot;
+    for (int a = 1; a < K; a++) /* insertion sort by expert id, weights alongside */
+      for (int b = a; b > 0 && se[b - 1] > se[b]; b--) {
+        int te = se[b]; se[b] = se[b - 1]; se[b - 1] = te;
+        float tw = sw[b]; sw[b] = sw[b - 1]; sw[b - 1] = tw;
+      }
+  }
+}
+
+static void cf__moe_gather_worker(void *ctx, int tid, int nt) {
+  cf__moe_job_t *j = ctx;
+  int D = j->cfg->hidden, pairs = j->n * j->cfg->top_k, lo, hi;
+  cf__split(pairs, tid, nt, 1, &lo, &hi);
+  for (int i = lo; i < hi; i++)
+    memcpy(j->A + (size_t)i * D, j->h + (size_t)j->tok[i] * D, sizeof(float) * D);
+}
+
+/* Each item: up to CF__MOE_RC packed rows of one expert through its SwiGLU, three sgemms. */
+static void cf__moe_expert_worker(void *ctx, int tid, int nt) {
+  (void)tid; (void)nt;
+  cf__moe_job_t *j = ctx;
+  const cf_model_config_t *c = j->cfg;
+  int D = c->hidden, MI = c->moe_intermediate;
+  for (;;) {
+    int it = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED);
+    if (it >= j->nitems) break;
+    int e = j->item_e[it], r0 = j->item_r[it];
+    int nr = j->off[e + 1] - r0 < CF__MOE_RC ? j->off[e + 1] - r0 : CF__MOE_RC;
+    const float *a = j->A + (size_t)r0 * D;
+    float *g = j->G + (size_t)r0 * MI, *u = j->U + (size_t)r0 * MI;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, MI, D, 1.0f, a, D, j->w->e_gate[e],
+                D, 0.0f, g, MI);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, MI, D, 1.0f, a, D, j->w->e_up[e], D,
+                0.0f, u, MI);
+    cf__silu_mul(g, u, (size_t)nr * MI);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nr, D, MI, 1.0f, g, MI, j->w->e_down[e],
+                MI, 0.0f, j->O + (size_t)r0 * D, D);
+  }
+}
+
+/* x[t] += sum over t's experts, ascending, of weight * output (summed from 0 first, then added
+ * to the residual: transformers' index_add_ into zeros, then residual + that). */
+static void cf__moe_combine_worker(void *ctx, int tid, int nt) {
+  cf__moe_job_t *j = ctx;
+  int D = j->cfg->hidden, K = j->cfg->top_k, lo, hi;
+  cf__split(j->n, tid, nt, 1, &lo, &hi);
+  for (int t = lo; t < hi; t++) {
+    float *xt = j->x + (size_t)t * D;
+    for (int d = 0; d < D; d++) {
+      float s = 0;
+      for (int k = 0; k < K; k++) {
+        int ps = j->pos[(size_t)t * K + k];
+        s += j->O[(size_t)ps * D + d] * j->selw[(size_t)t * K + k];
+      }
+      xt[d] += s;
+    }
+  }
+}
+
+/* The MoE MLP of one block: h (normed) in, x += output. Scratch `ms` of cf__moe_floats(n). */
+static void cf__moe_block(cf_cpu_t *b, const cf_model_config_t *c, const cf_layer_weights_t *w,
+                          int n, const float *h, float *x, float *ms) {
+  int E = c->n_experts, K = c->top_k, D = c->hidden, MI = c->moe_intermediate, pairs = n * K;
+  cf__moe_job_t j = {.cfg = c, .w = w, .n = n, .h = h, .x = x};
+  float *f = ms;
+  j.logits = f; f += (size_t)n * E;
+  j.A = f; f += (size_t)pairs * D;
+  j.O = f; f += (size_t)pairs * D;
+  j.G = f; f += (size_t)pairs * MI;
+  j.U = f; f += (size_t)pairs * MI;
+  j.selw = f; f += pairs;
+  int *ip = (int *)f;
+  j.sel = ip; ip += pairs;
+  j.pos = ip; ip += pairs;
+  j.tok = ip; ip += pairs;
+  j.off = ip; ip += E + 1;
+  j.item_e = ip; ip += pairs + E;
+  j.item_r = ip;
+
+  cf__gemm_job_t rg = {.a = h, .lda = D, .m = n, .kdim = D, .beta = 0, .nseg = 1,
+                       .seg = {{w->router, NULL, E, j.logits, E}}};
+  cf__par(b, cf__gemm_worker, &rg);
+  cf__par(b, cf__router_worker, &j);
+  /* Counting sort of the (token, slot) pairs by expert, tokens ascending within an expert. */
+  memset(j.off, 0, sizeof(int) * (E + 1));
+  for (int i = 0; i < pairs; i++) j.off[j.sel[i] + 1]++;
+  for (int e = 0; e < E; e++) j.off[e + 1] += j.off[e];
+  int *fill = j.item_r; /* borrowed as a cursor before the items are built */
+  memcpy(fill, j.off, sizeof(int) * E);
+  for (int i = 0; i < pairs; i++) {
+    int ps = fill[j.sel[i]]++;
+    j.pos[i] = ps;
+    j.tok[ps] = i / K;
+  }
+  /* Items, biggest experts first (rough longest-processing-time order for two threads). */
+  j.nitems = 0;
+  for (int e = 0; e < E; e++)
+    for (int r = j.off[e]; r < j.off[e + 1]; r += CF__MOE_RC) {
+      j.item_e[j.nitems] = e;
+      j.item_r[j.nitems++] = r;
+    }
+  for (int a = 1; a < j.nitems; a++) /* insertion sort on item row counts, descending */
+    for (int q = a; q > 0; q--) {
+      int eq = j.item_e[q], ep = j.item_e[q - 1];
+      int nq = j.off[eq + 1] - j.item_r[q], np = j.off[ep + 1] - j.item_r[q - 1];
+      nq = nq < CF__MOE_RC ? nq : CF__MOE_RC;
+      np = np < CF__MOE_RC ? np : CF__MOE_RC;
+      if (nq <= np) break;
+      int t = j.item_e[q]; j.item_e[q] = j.item_e[q - 1]; j.item_e[q - 1] = t;
+      t = j.item_r[q]; j.item_r[q] = j.item_r[q - 1]; j.item_r[q - 1] = t;
+    }
+  cf__par(b, cf__moe_gather_worker, &j);
+  cf__par(b, cf__moe_expert_worker, &j);
+  cf__par(b, cf__moe_combine_worker, &j);
 }
 
 /* ---------------------------------------------------------------- forward */
@@ -244,7 +427,8 @@ static int cf__cpu_forward(cf_backend_t *be, const cf_fwd_args_t *a) {
   float *x = a->hidden_out, *xown = NULL;
   if (!x) x = xown = malloc(sizeof(float) * (size_t)T * D);
   float *tab = malloc(sizeof(float) * (size_t)T * half * 2);
-  size_t blk = (size_t)TB * D + 2 * (size_t)TB * qd + 2 * (size_t)TB * NI + b->nthreads * attn_per;
+  size_t blk = (size_t)TB * D + 2 * (size_t)TB * qd + 2 * (size_t)TB * NI + b->nthreads * attn_per +
+               cf__moe_floats(c, TB);
   float *work = malloc(sizeof(float) * blk);
   if (!x || !tab || !work) {
     free(xown); free(tab); free(work);
@@ -254,6 +438,7 @@ static int cf__cpu_forward(cf_backend_t *be, const cf_fwd_args_t *a) {
   float *h = work, *q = h + (size_t)TB * D, *att = q + (size_t)TB * qd;
   float *gate = att + (size_t)TB * qd, *up = gate + (size_t)TB * NI;
   float *ascr = up + (size_t)TB * NI;
+  float *mscr = ascr + b->nthreads * attn_per; /* MoE scratch (MoE models only) */
   float *cos_t = tab, *sin_t = tab + (size_t)T * half;
 
   pthread_mutex_lock(&b->fwd_mu);
@@ -289,7 +474,8 @@ static int cf__cpu_forward(cf_backend_t *be, const cf_fwd_args_t *a) {
       cf__par(b, cf__qk_worker, &rj);
 
       cf__attn_job_t aj = {.cfg = c, .q = q, .k = kl, .v = vl, .o = att, .n = n, .p = p,
-                           .next = 0, .scratch = ascr, .scratch_per = attn_per};
+                           .window = cf_model_layer_window(c, l), .next = 0, .scratch = ascr,
+                           .scratch_per = attn_per};
       cf__par(b, cf__attn_worker, &aj);
 
       cf__gemm_job_t oj = {.a = att, .lda = (int)qd, .m = n, .kdim = (int)qd, .beta = 1,
@@ -298,6 +484,10 @@ static int cf__cpu_forward(cf_backend_t *be, const cf_fwd_args_t *a) {
 
       rj.norm = w->mlp_norm;
       cf__par(b, cf__norm_worker, &rj);
+      if (c->layer_moe[l]) {
+        cf__moe_block(b, c, w, n, h, xb, mscr);
+        continue;
+      }
       cf__gemm_job_t mj = {.a = h, .lda = D, .m = n, .kdim = D, .beta = 0, .nseg = 2,
                            .seg = {{w->w_gate, w->b_gate, NI, gate, NI},
                                    {w->w_up, w->b_up, NI, up, NI}}};

@@ -117,12 +117,14 @@ CF__SIMD void cf__silu_mul(float *g, const float *u, size_t n) {
 }
 
 /* One query row of one key block of the online softmax: s[0..kn) holds raw scores q.k, of
- * which the first `valid` are visible (causal). Turns s into probabilities relative to the new
- * running max (0 past `valid`), updates the running max *m and sum *l, and rescales the row's
+ * which [lo, valid) are visible (causal; lo > 0 only under a sliding window). Turns s into
+ * probabilities relative to the new running max (0 outside [lo, valid)), updates the running max *m and sum *l, and rescales the row's
  * output accumulator o[hd] to the new max. The scores are scaled exactly as transformers does
  * (fl(q.k * scale)) before the max is subtracted. */
-CF__SIMD static void cf__softmax_block_row(float *s, int valid, int kn, float scale, float *m,
-                                           float *l, float *o, int hd) {
+CF__SIMD static void cf__softmax_block_row(float *s, int lo, int valid, int kn, float scale,
+                                           float *m, float *l, float *o, int hd) {
+  /* Keys before the window: -inf, so they take part in neither max nor sum (exp gives 0). */
+  for (int j = 0; j < lo; j++) s[j] = -INFINITY;
   /* max of the raw scores: scale > 0 and rounding is monotonic, so fl(max*scale) is the max of
    * the scaled scores. 16 lanes so the reduction vectorises without reassociation. */
   float acc[16];
@@ -137,6 +139,7 @@ CF__SIMD static void cf__softmax_block_row(float *s, int valid, int kn, float sc
   float mnew = mx > *m ? mx : *m;
   float alpha = *m == -INFINITY ? 0.0f : cf__expf(*m - mnew);
   for (j = 0; j < valid; j++) s[j] = cf__expf(s[j] * scale - mnew);
+  for (j = 0; j < lo; j++) s[j] = 0; /* cf__expf clamps, so -inf gave ~1e-38: make it exact */
   for (int t = 0; t < 16; t++) acc[t] = 0;
   for (j = 0; j + 16 <= valid; j += 16)
     for (int t = 0; t < 16; t++) acc[t] += s[j + t];
@@ -153,8 +156,8 @@ CF__SIMD static void cf__softmax_block_row(float *s, int valid, int kn, float sc
 size_t cf__attn_scratch_floats(int nrows) { return (size_t)nrows * (CF__ATTN_BK + 2); }
 
 void cf__attn_rows(const float *q, size_t ldq, const float *k, const float *v, size_t ldkv,
-                   int hd, int p0, int nq, int rep, float scale, float *o, size_t ldo,
-                   float *scratch) {
+                   int hd, int p0, int nq, int rep, int window, float scale, float *o,
+                   size_t ldo, float *scratch) {
   int nr = nq * rep;                                /* rows: query i, head j at row i*rep + j */
   float *S = scratch;                               /* [nr][BK] scores, then probabilities */
   float *m = scratch + (size_t)nr * CF__ATTN_BK;    /* running row max */
@@ -165,17 +168,25 @@ void cf__attn_rows(const float *q, size_t ldq, const float *k, const float *v, s
     l[r] = 0;
     memset(o + (size_t)r * ldo, 0, sizeof(float) * hd);
   }
-  for (int kb = 0; kb < nk; kb += CF__ATTN_BK) {
+  /* Sliding window: the first query sees keys from p0 - window + 1 on; the blocks start
+   * there (keys before it are never formed, not masked after the fact). */
+  int kfirst = window > 0 && p0 - window + 1 > 0 ? p0 - window + 1 : 0;
+  for (int kb = kfirst; kb < nk; kb += CF__ATTN_BK) {
     int kn = nk - kb < CF__ATTN_BK ? nk - kb : CF__ATTN_BK;
     /* Queries whose position is below kb see nothing of this block; start at the first that does. */
     int r0 = (kb > p0 ? kb - p0 : 0) * rep;
-    int mr = nr - r0;
+    /* Under a window, queries at positions >= kb + kn - 1 + window see nothing of it either. */
+    int r1 = nr;
+    if (window > 0 && kb + kn - 1 + window - p0 < nq) r1 = (kb + kn - 1 + window - p0) * rep;
+    if (r1 <= r0) continue;
+    int mr = r1 - r0;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mr, kn, hd, 1.0f,
                 q + (size_t)r0 * ldq, (int)ldq, k + (size_t)kb * ldkv, (int)ldkv, 0.0f,
                 S + (size_t)r0 * CF__ATTN_BK, CF__ATTN_BK);
-    for (int r = r0; r < nr; r++) {
-      int valid = p0 + r / rep + 1 - kb; /* keys kb .. position of row r */
-      cf__softmax_block_row(S + (size_t)r * CF__ATTN_BK, valid < kn ? valid : kn, kn, scale,
+    for (int r = r0; r < r1; r++) {
+      int pos = p0 + r / rep, valid = pos + 1 - kb; /* keys kb .. position of row r */
+      int lo = window > 0 && pos - window + 1 > kb ? pos - window + 1 - kb : 0;
+      cf__softmax_block_row(S + (size_t)r * CF__ATTN_BK, lo, valid < kn ? valid : kn, kn, scale,
                             &m[r], &l[r], o + (size_t)r * ldo, hd);
     }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, mr, hd, kn, 1.0f,

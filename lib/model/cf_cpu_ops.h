@@ -42,13 +42,15 @@ void cf__silu_mul(float *g, const float *u, size_t n);
 /* Causal attention of the `rep` query heads that share one KV head (GQA), for nq consecutive
  * queries at absolute positions p0..p0+nq-1, over keys/values rows [0, p0+nq) (row stride ldkv).
  * q holds nq*rep rows of hd floats, query i of head j at row i*rep + j (stride ldq); o gets
- *   o[i*rep+j] = sum_t softmax_t(scale * q[i*rep+j].k[t], t <= p0+i) v[t]   (stride ldo).
+ *   o[i*rep+j] = sum_t softmax_t(scale * q[i*rep+j].k[t], lo_i <= t <= p0+i) v[t]  (stride ldo)
+ * with lo_i = 0, or max(0, p0+i-window+1) when window > 0 (sliding window: key blocks before
+ * the first query's window are skipped, the rest masked per row).
  * Stacking the heads of a group makes both products rep times taller sgemms over the same K/V
  * tiles. scratch: at least cf__attn_scratch_floats(nq*rep) floats. Online softmax over
  * CF__ATTN_BK-key blocks; single-threaded (the caller parallelises over groups and blocks). */
 size_t cf__attn_scratch_floats(int nrows);
 void cf__attn_rows(const float *q, size_t ldq, const float *k, const float *v, size_t ldkv,
-                   int hd, int p0, int nq, int rep, float scale, float *o, size_t ldo,
-                   float *scratch);
+                   int hd, int p0, int nq, int rep, int window, float scale, float *o,
+                   size_t ldo, float *scratch);
 
 #endif

@@ -20,6 +20,8 @@ static const cf__family_t cf__families[] = {
     {"mistral", "Mistral", CF_ARCH_MISTRAL, 0, 4096 * 32},
     {"qwen2", "Qwen2", CF_ARCH_QWEN2, 0, 32768},
     {"qwen3", "Qwen3", CF_ARCH_QWEN3, 128, 32768},
+    {"qwen3_moe", "Qwen3Moe", CF_ARCH_QWEN3_MOE, 128, 32768},
+    {"mixtral", "Mixtral", CF_ARCH_MIXTRAL, 0, 4096 * 32},
 };
 #define CF__NFAM (sizeof cf__families / sizeof cf__families[0])
 
@@ -89,7 +91,7 @@ static int cf__family(const cf_json_t *root, const char *file, const cf__family_
         return 0;
       }
     return cf_seterr(CF_EUNSUPPORTED, "%s: model_type '%.64s' is not supported (supported: "
-                     "llama, mistral, qwen2, qwen3)", file, mt->str);
+                     "llama, mistral, qwen2, qwen3, qwen3_moe, mixtral)", file, mt->str);
   }
   if (!a0)
     return cf_seterr(CF_EFORMAT, "%s: neither 'model_type' nor 'architectures' is set", file);
@@ -101,7 +103,8 @@ static int cf__family(const cf_json_t *root, const char *file, const cf__family_
     }
   }
   return cf_seterr(CF_EUNSUPPORTED, "%s: architecture '%.64s' is not supported (supported: "
-                   "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM)",
+                   "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "
+                   "Qwen3MoeForCausalLM, MixtralForCausalLM)",
                    file, a0->str);
 }
 
@@ -190,38 +193,187 @@ static int cf__dtype(const cf_json_t *root, const char *file, cf_model_config_t 
                    "bfloat16 or float16)", file, key, v->str);
 }
 
-static int cf__sliding(const cf_json_t *root, const char *file, const cf_model_config_t *c) {
+/* Positive integer window from key 'sliding_window' (sw non-null). */
+static int cf__window_value(const cf_json_t *sw, const char *file, int *out) {
+  if (sw->type != CF_JSON_NUM)
+    return cf_seterr(CF_EFORMAT, "%s: key 'sliding_window': expected a positive integer or null, "
+                     "found %s", file, cf_json_type_name(sw->type));
+  if (sw->num != floor(sw->num) || sw->num < 1 || sw->num > 1e9)
+    return cf_seterr(CF_ERANGE, "%s: key 'sliding_window': expected a positive integer or null, "
+                     "found number %g", file, sw->num);
+  *out = (int)sw->num;
+  return 0;
+}
+
+/* Sliding-window attention, as transformers 5 decides it per layer:
+ *  - mistral / mixtral: every layer attends (t - sliding_window, t] when sliding_window is set;
+ *    absent means the config class default (mistral 4096, mixtral none). Their modeling code
+ *    reads no layer_types, so a layer_types list that is not all sliding is refused as
+ *    ambiguous.
+ *  - qwen2 / qwen3: sliding_window counts only when use_sliding_window is true; the sliding
+ *    layers are those layer_types names "sliding_attention", or when layer_types is absent
+ *    those with index >= max_window_layers (default 28).
+ *  - llama, qwen3_moe: no sliding layers (a window asked for is refused, naming the key). */
+static int cf__sliding_layers(const cf_json_t *root, const char *file, cf_model_config_t *c);
+
+/* A window that no layer uses is dropped, so it cannot change the fingerprint. */
+static int cf__sliding(const cf_json_t *root, const char *file, cf_model_config_t *c) {
+  int rc = cf__sliding_layers(root, file, c), any = 0;
+  for (int l = 0; l < c->n_layers; l++) any |= c->layer_sliding[l];
+  if (!rc && (!any || !c->sliding_window)) {
+    c->sliding_window = 0;
+    memset(c->layer_sliding, 0, sizeof c->layer_sliding);
+  }
+  return rc;
+}
+
+static int cf__sliding_layers(const cf_json_t *root, const char *file, cf_model_config_t *c) {
   const cf_json_t *sw = cf_json_get(root, "sliding_window");
-  if (c->arch == CF_ARCH_MISTRAL) {
-    if (!sw)
-      return cf_seterr(CF_EUNSUPPORTED, "%s: key 'sliding_window' is absent, so transformers "
-                       "applies mistral's default window of 4096; sliding-window attention is "
-                       "not supported (set \"sliding_window\": null)", file);
-    if (sw->type != CF_JSON_NULL)
-      return cf_seterr(CF_EUNSUPPORTED, "%s: key 'sliding_window': sliding-window attention is "
-                       "not supported (expected null, found %s%s%.0f)", file,
-                       cf_json_type_name(sw->type), sw->type == CF_JSON_NUM ? " " : "",
-                       sw->type == CF_JSON_NUM ? sw->num : 0.0);
+  const cf_json_t *lt = cf_json_get(root, "layer_types");
+  if (lt && lt->type == CF_JSON_NULL) lt = NULL;
+  if (lt) {
+    int i = 0;
+    if (lt->type != CF_JSON_ARR)
+      return cf_seterr(CF_EFORMAT, "%s: key 'layer_types': expected an array, found %s", file,
+                       cf_json_type_name(lt->type));
+    for (const cf_json_t *e = lt->child; e; e = e->next, i++) {
+      if (e->type != CF_JSON_STR ||
+          (strcmp(e->str, "full_attention") != 0 && strcmp(e->str, "sliding_attention") != 0))
+        return cf_seterr(CF_EUNSUPPORTED, "%s: layer_types[%d] is '%.32s' (supported: "
+                         "full_attention, sliding_attention)", file, i,
+                         e->type == CF_JSON_STR ? e->str : cf_json_type_name(e->type));
+      if (i < c->n_layers) c->layer_sliding[i] = e->str[0] == 's';
+    }
+    if (i != c->n_layers)
+      return cf_seterr(CF_ERANGE, "%s: layer_types has %d entries, num_hidden_layers is %d",
+                       file, i, c->n_layers);
+  }
+  int any = 0, all = 1, rc;
+  for (int l = 0; l < c->n_layers; l++) {
+    any |= c->layer_sliding[l];
+    all &= c->layer_sliding[l];
+  }
+  c->sliding_window = 0;
+  if (c->arch == CF_ARCH_MISTRAL || c->arch == CF_ARCH_MIXTRAL) {
+    if (!sw) {
+      if (c->arch == CF_ARCH_MISTRAL) c->sliding_window = 4096; /* MistralConfig's default */
+    } else if (sw->type != CF_JSON_NULL && (rc = cf__window_value(sw, file, &c->sliding_window))) {
+      return rc;
+    }
+    if (lt && !all && c->sliding_window)
+      return cf_seterr(CF_EUNSUPPORTED, "%s: layer_types mixes full and sliding attention, but "
+                       "transformers' %s reads no layer_types (it windows every layer)", file,
+                       cf_arch_name(c->arch));
+    for (int l = 0; l < c->n_layers; l++) c->layer_sliding[l] = c->sliding_window > 0;
     return 0;
   }
   if (c->arch == CF_ARCH_QWEN2 || c->arch == CF_ARCH_QWEN3) {
     int use;
-    int rc = cf__bool(root, file, "use_sliding_window", 0, &use);
-    if (rc) return rc;
+    if ((rc = cf__bool(root, file, "use_sliding_window", 0, &use))) return rc;
+    if (use && sw && sw->type == CF_JSON_NULL) use = 0;
+    if (use) {
+      if (!sw) c->sliding_window = 4096; /* the config class default */
+      else if ((rc = cf__window_value(sw, file, &c->sliding_window))) return rc;
+      if (!lt) {
+        int mwl;
+        if ((rc = cf__int(root, file, "max_window_layers", 0, 28, 0, 1 << 20, &mwl))) return rc;
+        for (int l = 0; l < c->n_layers; l++) c->layer_sliding[l] = l >= mwl;
+      }
+      return 0;
+    }
+    /* No window: transformers builds a sliding mask with no window size for a sliding layer;
+     * too odd to reproduce on faith. */
+    if (any)
+      return cf_seterr(CF_EUNSUPPORTED, "%s: layer_types names sliding_attention layers but "
+                       "use_sliding_window is not true (no window size applies)", file);
+    return 0;
+  }
+  if (c->arch == CF_ARCH_QWEN3_MOE) {
+    int use;
+    if ((rc = cf__bool(root, file, "use_sliding_window", 0, &use))) return rc;
     if (use)
       return cf_seterr(CF_EUNSUPPORTED, "%s: key 'use_sliding_window' is true: sliding-window "
-                       "attention is not supported", file);
+                       "attention is not supported for qwen3_moe", file);
   }
-  /* transformers 5 lists per-layer attention kinds; any sliding layer is refused. */
-  const cf_json_t *lt = cf_json_get(root, "layer_types");
-  if (lt && lt->type == CF_JSON_ARR) {
+  if (any)
+    return cf_seterr(CF_EUNSUPPORTED, "%s: layer_types names sliding_attention layers: "
+                     "sliding-window attention is not supported for %s", file,
+                     cf_arch_name(c->arch));
+  return 0;
+}
+
+/* Refuses keys of variants whose math the engine does not reproduce. */
+static int cf__unsupported_keys(const cf_json_t *root, const char *file) {
+  static const char *const nonzero[] = {"shared_expert_intermediate_size", "n_shared_experts",
+                                        "num_shared_experts", "attn_logit_softcapping",
+                                        "final_logit_softcapping", "attention_sink_size"};
+  for (size_t i = 0; i < sizeof nonzero / sizeof nonzero[0]; i++) {
+    const cf_json_t *v = cf_json_get(root, nonzero[i]);
+    if (!v || v->type == CF_JSON_NULL || (v->type == CF_JSON_NUM && v->num == 0) ||
+        (v->type == CF_JSON_BOOL && !v->boolean))
+      continue;
+    return cf_seterr(CF_EUNSUPPORTED, "%s: key '%s' is set: %s not supported", file,
+                     nonzero[i], i < 3 ? "shared experts are" : i < 5 ? "logit soft-capping is"
+                     : "attention sinks are");
+  }
+  const cf_json_t *sinks = cf_json_get(root, "use_attention_sinks");
+  if (sinks && sinks->type == CF_JSON_BOOL && sinks->boolean)
+    return cf_seterr(CF_EUNSUPPORTED, "%s: key 'use_attention_sinks' is true: attention sinks "
+                     "are not supported", file);
+  return 0;
+}
+
+/* Mixture of experts: qwen3_moe (num_experts | num_local_experts, num_experts_per_tok,
+ * moe_intermediate_size, norm_topk_prob, decoder_sparse_step, mlp_only_layers) and mixtral
+ * (num_local_experts, num_experts_per_tok; experts of intermediate_size; every layer sparse;
+ * top-k weights always renormalised). */
+static int cf__moe(const cf_json_t *root, const char *file, cf_model_config_t *c) {
+  int rc;
+  if (c->arch == CF_ARCH_MIXTRAL) {
+    if ((rc = cf__int(root, file, "num_local_experts", 0, 8, 1, 1 << 16, &c->n_experts)) ||
+        (rc = cf__int(root, file, "num_experts_per_tok", 0, 2, 1, c->n_experts, &c->top_k)))
+      return rc;
+    c->moe_intermediate = c->intermediate;
+    c->norm_topk = 1;
+    for (int l = 0; l < c->n_layers; l++) c->layer_moe[l] = 1;
+    return 0;
+  }
+  if (c->arch != CF_ARCH_QWEN3_MOE) return 0;
+  const char *ek = cf_json_get(root, "num_experts") ? "num_experts" : "num_local_experts";
+  int step;
+  if ((rc = cf__int(root, file, ek, 0, 128, 0, 1 << 16, &c->n_experts)) ||
+      (rc = cf__int(root, file, "num_experts_per_tok", 0, 8, 1, c->n_experts ? c->n_experts : 1,
+                    &c->top_k)) ||
+      (rc = cf__int(root, file, "moe_intermediate_size", 0, 768, 1, 1 << 20,
+                    &c->moe_intermediate)) ||
+      (rc = cf__int(root, file, "decoder_sparse_step", 0, 1, 1, 1 << 20, &step)))
+    return rc;
+  /* transformers 4.x defaults norm_topk_prob to false; a missing key is refused rather than
+   * guessed, since the two choices give different KV after the first MoE layer. */
+  const cf_json_t *nt = cf_json_get(root, "norm_topk_prob");
+  if (!nt || nt->type != CF_JSON_BOOL)
+    return cf_seterr(CF_EFORMAT, "%s: key 'norm_topk_prob': expected true or false, found %s",
+                     file, nt ? cf_json_type_name(nt->type) : "nothing");
+  c->norm_topk = nt->boolean;
+  for (int l = 0; l < c->n_layers; l++)
+    c->layer_moe[l] = c->n_experts > 0 && (l + 1) % step == 0;
+  const cf_json_t *mo = cf_json_get(root, "mlp_only_layers");
+  if (mo && mo->type != CF_JSON_NULL) {
+    if (mo->type != CF_JSON_ARR)
+      return cf_seterr(CF_EFORMAT, "%s: key 'mlp_only_layers': expected an array, found %s",
+                       file, cf_json_type_name(mo->type));
     int i = 0;
-    for (const cf_json_t *e = lt->child; e; e = e->next, i++)
-      if (e->type != CF_JSON_STR || strcmp(e->str, "full_attention") != 0)
-        return cf_seterr(CF_EUNSUPPORTED, "%s: layer_types[%d] is '%.32s', only "
-                         "'full_attention' is supported", file, i,
-                         e->type == CF_JSON_STR ? e->str : cf_json_type_name(e->type));
+    for (const cf_json_t *e = mo->child; e; e = e->next, i++) {
+      if (e->type != CF_JSON_NUM || e->num != floor(e->num) || e->num < 0 ||
+          e->num >= c->n_layers)
+        return cf_seterr(CF_ERANGE, "%s: mlp_only_layers[%d]: expected a layer index in "
+                         "[0, %d)", file, i, c->n_layers);
+      c->layer_moe[(int)e->num] = 0;
+    }
   }
+  int any = 0;
+  for (int l = 0; l < c->n_layers; l++) any |= c->layer_moe[l];
+  if (!any) c->n_experts = c->top_k = c->moe_intermediate = c->norm_topk = 0; /* all dense */
   return 0;
 }
 
@@ -234,7 +386,7 @@ static int cf__parse_root(const cf_json_t *root, const char *file, cf_model_conf
   int rc = cf__family(root, file, &fam);
   if (rc) return rc;
   c->arch = fam->arch;
-  if ((rc = cf__int(root, file, "num_hidden_layers", 1, 0, 1, 1024, &c->n_layers)) ||
+  if ((rc = cf__int(root, file, "num_hidden_layers", 1, 0, 1, CF_MODEL_MAX_LAYERS, &c->n_layers)) ||
       (rc = cf__int(root, file, "hidden_size", 1, 0, 1, 1 << 17, &c->hidden)) ||
       (rc = cf__int(root, file, "num_attention_heads", 1, 0, 1, 4096, &c->n_heads)) ||
       (rc = cf__int(root, file, "num_key_value_heads", 0, c->n_heads, 1, c->n_heads, &c->n_kv_heads)) ||
@@ -278,12 +430,16 @@ static int cf__parse_root(const cf_json_t *root, const char *file, cf_model_conf
     c->qkv_bias = 1;
     break;
   case CF_ARCH_QWEN3:
+  case CF_ARCH_QWEN3_MOE:
     if ((rc = cf__bool(root, file, "attention_bias", 0, &attn_bias))) return rc;
     c->qkv_bias = c->o_bias = attn_bias;
     c->qk_norm = 1;
     break;
+  case CF_ARCH_MIXTRAL: /* no biases, like mistral */
+    break;
   }
-  if ((rc = cf__sliding(root, file, c)) || (rc = cf__rope(root, file, c)) ||
+  if ((rc = cf__unsupported_keys(root, file)) || (rc = cf__moe(root, file, c)) ||
+      (rc = cf__sliding(root, file, c)) || (rc = cf__rope(root, file, c)) ||
       (rc = cf__dtype(root, file, c)))
     return rc;
   return 0;

@@ -2,12 +2,14 @@
  *
  * Accepts the keys of transformers 4.x (rope_theta, rope_scaling {type|rope_type, ...},
  * torch_dtype) and 5.x (rope_parameters {rope_type, rope_theta, ...}, dtype) for the families
- * llama, mistral, qwen2 and qwen3, with the defaults transformers applies to absent keys.
+ * llama, mistral, qwen2, qwen3, qwen3_moe and mixtral, with the defaults transformers applies
+ * to absent keys. Mixture of experts: see cf__moe (cf_hfconfig.c). Sliding windows: mistral and
+ * mixtral (sliding_window, every layer), qwen2/qwen3 (use_sliding_window with layer_types, or
+ * max_window_layers when layer_types is absent).
  * Everything the engine cannot reproduce exactly is refused with CF_EUNSUPPORTED naming it:
  * another model_type/architecture, rope types other than default/llama3, partial rotary,
- * an activation other than silu, a sliding window (mistral: any non-null sliding_window —
- * absent means transformers' default 4096 and is refused too; qwen2/qwen3: use_sliding_window
- * true or a "sliding_attention" layer type).
+ * an activation other than silu, shared experts, logit soft-capping, attention sinks, a
+ * window on qwen3_moe or llama, layer types other than full/sliding attention.
  */
 #ifndef CF_HFCONFIG_H
 #define CF_HFCONFIG_H

@@ -167,8 +167,8 @@ static int cf__own(cf__priv_t *p, void *buf) {
 /* Resolves tensor `name` with the expected shape as fp32. F32 data aligned to 4 bytes is used
  * in place; anything else is converted (or copied) once into a 64-byte-aligned owned buffer.
  * optional: absent → *out = NULL, 0. */
-static int cf__weight(cf__priv_t *p, const char *name, int ndim, int64_t d0, int64_t d1,
-                      int optional, const float **out) {
+static int cf__weight_nd(cf__priv_t *p, const char *name, int ndim, const int64_t *want,
+                         int optional, const float **out) {
   *out = NULL;
   const cf__entry_t *e = cf__lookup(p, name);
   if (!e) {
@@ -181,7 +181,6 @@ static int cf__weight(cf__priv_t *p, const char *name, int ndim, int64_t d0, int
   if (t->dtype != CF_DT_F32 && t->dtype != CF_DT_BF16 && t->dtype != CF_DT_F16)
     return cf_seterr(CF_EDTYPE, "%s: tensor '%s': dtype %s, expected F32, BF16 or F16",
                      e->f->path, name, cf_dtype_name(t->dtype));
-  int64_t want[2] = {d0, d1};
   int ok = t->ndim == ndim;
   for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == want[i];
   if (!ok) {
@@ -207,12 +206,83 @@ static int cf__weight(cf__priv_t *p, const char *name, int ndim, int64_t d0, int
   return 0;
 }
 
+static int cf__weight(cf__priv_t *p, const char *name, int ndim, int64_t d0, int64_t d1,
+                      int optional, const float **out) {
+  const int64_t want[2] = {d0, d1};
+  return cf__weight_nd(p, name, ndim, want, optional, out);
+}
+
 /* Layer weight "<prefix>layers.<l>.<suffix>". */
 static int cf__lw(cf__priv_t *p, int l, const char *suffix, int ndim, int64_t d0, int64_t d1,
                   int optional, const float **out) {
   char name[256];
   snprintf(name, sizeof name, "%slayers.%d.%s", p->prefix, l, suffix);
   return cf__weight(p, name, ndim, d0, d1, optional, out);
+}
+
+static int cf__has_lw(const cf__priv_t *p, int l, const char *suffix) {
+  char name[256];
+  snprintf(name, sizeof name, "%slayers.%d.%s", p->prefix, l, suffix);
+  return cf__lookup(p, name) != NULL;
+}
+
+/* A MoE layer's router and experts, in whichever layout the checkpoint holds:
+ *   module "mlp" (qwen3_moe; mixtral in transformers 5) or "block_sparse_moe" (mixtral 4.x);
+ *   router "<module>.gate.weight" [E][H];
+ *   experts per-expert "<module>.experts.<e>.{gate,up,down}_proj.weight" (qwen3_moe) or
+ *   ".w1/.w3/.w2.weight" (mixtral: w1 = gate, w3 = up, w2 = down), or stacked, as transformers
+ *   5 holds them in memory: "<module>.experts.gate_up_proj" [E][2I][H] (gate rows, then up rows)
+ *   and "<module>.experts.down_proj" [E][H][I] (with or without a ".weight" suffix).
+ * Stacked experts are used in place: expert e's gate is rows [0, I) of slice e. */
+static int cf__moe_layer(cf__priv_t *p, const cf_model_config_t *c, int l, cf_layer_weights_t *w) {
+  int64_t H = c->hidden, I = c->moe_intermediate, E = c->n_experts;
+  const char *mod = cf__has_lw(p, l, "block_sparse_moe.gate.weight") ? "block_sparse_moe" : "mlp";
+  char suf[160];
+  int rc;
+  snprintf(suf, sizeof suf, "%s.gate.weight", mod);
+  if ((rc = cf__lw(p, l, suf, 2, E, H, 0, &w->router))) return rc;
+  const float **arr = calloc((size_t)E * 3, sizeof *arr);
+  if (!arr || cf__own(p, (void *)arr)) {
+    free(arr);
+    return cf_seterr(CF_ENOMEM, "layer %d: expert table", l);
+  }
+  w->e_gate = arr;
+  w->e_up = arr + E;
+  w->e_down = arr + 2 * E;
+  for (int dot = 0; dot < 2; dot++) {
+    char gu[160], dn[160];
+    snprintf(gu, sizeof gu, "%s.experts.gate_up_proj%s", mod, dot ? ".weight" : "");
+    snprintf(dn, sizeof dn, "%s.experts.down_proj%s", mod, dot ? ".weight" : "");
+    if (!cf__has_lw(p, l, gu)) continue;
+    char name[256];
+    const float *g, *d;
+    const int64_t sgu[3] = {E, 2 * I, H}, sdn[3] = {E, H, I};
+    snprintf(name, sizeof name, "%slayers.%d.%s", p->prefix, l, gu);
+    if ((rc = cf__weight_nd(p, name, 3, sgu, 0, &g))) return rc;
+    snprintf(name, sizeof name, "%slayers.%d.%s", p->prefix, l, dn);
+    if ((rc = cf__weight_nd(p, name, 3, sdn, 0, &d))) return rc;
+    for (int64_t e = 0; e < E; e++) {
+      w->e_gate[e] = g + e * 2 * I * H;
+      w->e_up[e] = g + e * 2 * I * H + I * H;
+      w->e_down[e] = d + e * H * I;
+    }
+    return 0;
+  }
+  snprintf(suf, sizeof suf, "%s.experts.0.w1.weight", mod);
+  int mix = cf__has_lw(p, l, suf);
+  const char *ng = mix ? "w1" : "gate_proj", *nu = mix ? "w3" : "up_proj",
+             *nd = mix ? "w2" : "down_proj";
+  for (int e = 0; e < E; e++) {
+    char sg[160], su[160], sd[160];
+    snprintf(sg, sizeof sg, "%s.experts.%d.%s.weight", mod, e, ng);
+    snprintf(su, sizeof su, "%s.experts.%d.%s.weight", mod, e, nu);
+    snprintf(sd, sizeof sd, "%s.experts.%d.%s.weight", mod, e, nd);
+    if ((rc = cf__lw(p, l, sg, 2, I, H, 0, &w->e_gate[e])) ||
+        (rc = cf__lw(p, l, su, 2, I, H, 0, &w->e_up[e])) ||
+        (rc = cf__lw(p, l, sd, 2, H, I, 0, &w->e_down[e])))
+      return rc;
+  }
+  return 0;
 }
 
 static int cf__layer(cf__priv_t *p, const cf_model_config_t *c, int l, cf_layer_weights_t *w) {
@@ -224,11 +294,15 @@ static int cf__layer(cf__priv_t *p, const cf_model_config_t *c, int l, cf_layer_
       (rc = cf__lw(p, l, "self_attn.k_proj.weight", 2, kv, H, 0, &w->wk)) ||
       (rc = cf__lw(p, l, "self_attn.v_proj.weight", 2, kv, H, 0, &w->wv)) ||
       (rc = cf__lw(p, l, "self_attn.o_proj.weight", 2, H, q, 0, &w->wo)) ||
-      (rc = cf__lw(p, l, "post_attention_layernorm.weight", 1, H, 0, 0, &w->mlp_norm)) ||
-      (rc = cf__lw(p, l, "mlp.gate_proj.weight", 2, I, H, 0, &w->w_gate)) ||
-      (rc = cf__lw(p, l, "mlp.up_proj.weight", 2, I, H, 0, &w->w_up)) ||
-      (rc = cf__lw(p, l, "mlp.down_proj.weight", 2, H, I, 0, &w->w_down)))
+      (rc = cf__lw(p, l, "post_attention_layernorm.weight", 1, H, 0, 0, &w->mlp_norm)))
     return rc;
+  if (c->layer_moe[l]) {
+    if ((rc = cf__moe_layer(p, c, l, w))) return rc;
+  } else if ((rc = cf__lw(p, l, "mlp.gate_proj.weight", 2, I, H, 0, &w->w_gate)) ||
+             (rc = cf__lw(p, l, "mlp.up_proj.weight", 2, I, H, 0, &w->w_up)) ||
+             (rc = cf__lw(p, l, "mlp.down_proj.weight", 2, H, I, 0, &w->w_down))) {
+    return rc;
+  }
   if (c->qkv_bias &&
       ((rc = cf__lw(p, l, "self_attn.q_proj.bias", 1, q, 0, 0, &w->bq)) ||
        (rc = cf__lw(p, l, "self_attn.k_proj.bias", 1, kv, 0, 0, &w->bk)) ||
@@ -284,6 +358,16 @@ void cf_model_fingerprint(const cf_model_config_t *c, size_t n, const char *cons
   const int64_t flags[] = {c->qkv_bias, c->o_bias, c->mlp_bias, c->qk_norm, c->tie_embeddings,
                            c->dtype};
   for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++) cf__h_i64(&st, flags[i]);
+  if (c->n_experts > 0 || c->sliding_window > 0) { /* absent for dense models: v1 unchanged */
+    static const char mw[] = "moe-window";
+    XXH3_128bits_update(&st, mw, sizeof mw);
+    const int64_t moe[] = {c->n_experts, c->top_k, c->moe_intermediate, c->norm_topk,
+                           c->sliding_window};
+    for (size_t i = 0; i < sizeof moe / sizeof moe[0]; i++) cf__h_i64(&st, moe[i]);
+    int nl = c->n_layers < CF_MODEL_MAX_LAYERS ? c->n_layers : CF_MODEL_MAX_LAYERS;
+    for (int l = 0; l < nl; l++)
+      cf__h_i64(&st, (int64_t)(c->layer_moe[l] ? 1 : 0) | (c->layer_sliding[l] ? 2 : 0));
+  }
   cf__h_i64(&st, (int64_t)n);
   for (size_t i = 0; i < n; i++) {
     size_t len = strlen(names[i]);
@@ -424,4 +508,9 @@ void cf_model_free(cf_model_t *m) {
 
 size_t cf_model_kv_row_floats(const cf_model_config_t *c) {
   return (size_t)c->n_kv_heads * (size_t)c->head_dim;
+}
+
+const char *cf_arch_name(cf_arch_t a) {
+  static const char *const n[] = {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral"};
+  return (unsigned)a < sizeof n / sizeof n[0] ? n[a] : "?";
 }

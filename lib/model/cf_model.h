@@ -15,8 +15,14 @@
 
 #include "util/cf_dtype.h" /* cf_dtype_t: weights, KV cells and engine blocks share it */
 
-typedef enum { CF_ARCH_LLAMA = 0, CF_ARCH_MISTRAL, CF_ARCH_QWEN2, CF_ARCH_QWEN3 } cf_arch_t;
+typedef enum {
+  CF_ARCH_LLAMA = 0, CF_ARCH_MISTRAL, CF_ARCH_QWEN2, CF_ARCH_QWEN3, CF_ARCH_QWEN3_MOE,
+  CF_ARCH_MIXTRAL
+} cf_arch_t;
 typedef enum { CF_ROPE_DEFAULT = 0, CF_ROPE_LLAMA3 } cf_rope_kind_t;
+
+/* Bound on num_hidden_layers (config.json), so per-layer flags fit in the config. */
+#define CF_MODEL_MAX_LAYERS 1024
 
 typedef struct {
   cf_arch_t arch;
@@ -33,6 +39,16 @@ typedef struct {
   int qk_norm;        /* per-head RMSNorm of q and k before RoPE (qwen3) */
   int tie_embeddings;
   cf_dtype_t dtype;   /* the checkpoint's declared dtype (dtype / torch_dtype) */
+  /* Mixture of experts (qwen3_moe, mixtral); n_experts == 0: a dense model. On a MoE layer the
+   * MLP is: router logits = x·Wrᵀ, p = softmax (fp32), the top_k experts by p (renormalised to
+   * sum 1 when norm_topk), y = sum_k p_k · down_e(silu(gate_e(x)) * up_e(x)), each expert of
+   * width moe_intermediate. Layers with layer_moe[l] == 0 use the dense MLP (intermediate). */
+  int n_experts, top_k, moe_intermediate, norm_topk;
+  /* Sliding-window attention: on layers with layer_sliding[l], the query at position t sees
+   * keys (t - sliding_window, t] only. 0: no layer has a window. The KV of every token is
+   * still computed and kept: the window changes attention, not the cells. */
+  int sliding_window;
+  uint8_t layer_moe[CF_MODEL_MAX_LAYERS], layer_sliding[CF_MODEL_MAX_LAYERS];
 } cf_model_config_t;
 
 typedef struct {
@@ -43,6 +59,9 @@ typedef struct {
   const float *mlp_norm;                /* [hidden] */
   const float *w_gate, *w_up, *w_down;  /* [inter][hidden] x2, [hidden][inter] */
   const float *b_gate, *b_up, *b_down;  /* biases or NULL */
+  /* MoE layers (cfg.layer_moe[l]): the dense w_gate/w_up/w_down above are NULL; instead */
+  const float *router;                   /* [n_experts][hidden] */
+  const float **e_gate, **e_up, **e_down; /* [n_experts] each: [moe_inter][hidden] x2, [hidden][moe_inter] */
 } cf_layer_weights_t;
 
 typedef struct cf_model_s {
@@ -71,7 +90,9 @@ void cf_model_free(cf_model_t *m);
  *   "cacheflow-model-v1", arch, n_layers, hidden, n_heads, n_kv_heads, head_dim, intermediate,
  *   vocab, rms_eps, rope_kind, rope_theta, (llama3 only: factor, low/high freq factor,
  *   original max positions), qkv_bias, o_bias, mlp_bias, qk_norm, tie_embeddings, dtype,
- *   then the number of tensors and each tensor's (name, dtype, shape) sorted by name
+ *   (only for MoE or windowed models, so dense models keep their v1 fingerprints: the tag
+ *   "moe-window", n_experts, top_k, moe_intermediate, norm_topk, sliding_window, and per layer
+ *   layer_moe and layer_sliding), then the number of tensors and each tensor's (name, dtype, shape) sorted by name
  *   (byte order of the names; every tensor of every shard, used or not).
  * Not included: max_position_embeddings (does not change any KV), token ids, generation
  * settings, transformers_version, shard layout (a sharded and a single-file copy of a model
@@ -86,5 +107,13 @@ char *cf_model_fingerprint_hex(const uint8_t fp[16], char out[33]);
 
 /* Floats of K (or V) per token per layer: n_kv_heads * head_dim (times 4 for bytes). */
 size_t cf_model_kv_row_floats(const cf_model_config_t *c);
+
+/* "llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral"; "?" when out of range. */
+const char *cf_arch_name(cf_arch_t a);
+/* Window of layer l's attention in keys: 0 when the layer attends every earlier key. */
+static inline int cf_model_layer_window(const cf_model_config_t *c, int l) {
+  return c->sliding_window > 0 && l >= 0 && l < CF_MODEL_MAX_LAYERS && c->layer_sliding[l]
+             ? c->sliding_window : 0;
+}
 
 #endif

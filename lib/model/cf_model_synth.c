@@ -48,7 +48,7 @@ static float cf__normal(cf__rng_t *r) { /* Box-Muller, both outputs used */
 }
 
 /* Weight layout in one allocation, in the order cf_model_hf_tensors lists them. */
-typedef struct { float *buf; } cf__synth_priv_t;
+typedef struct { float *buf; const float **experts; } cf__synth_priv_t;
 
 static float *cf__take(float **cur, size_t n) { float *p = *cur; *cur += n; return p; }
 
@@ -75,25 +75,33 @@ int cf_model_synth(const cf_model_config_t *c, const cf_synth_opts_t *o, cf_mode
                      c->n_heads, c->n_kv_heads, c->head_dim, c->intermediate, c->vocab);
   size_t D = c->hidden, qd = (size_t)c->n_heads * c->head_dim;
   size_t kvd = (size_t)c->n_kv_heads * c->head_dim, I = c->intermediate, hd = c->head_dim;
-  size_t per = 2 * D + qd * D + 2 * kvd * D + D * qd + 3 * I * D;
+  size_t per = 2 * D + qd * D + 2 * kvd * D + D * qd;
   if (c->qkv_bias) per += qd + 2 * kvd;
   if (c->o_bias) per += D;
-  if (c->mlp_bias) per += 2 * I + D;
   if (c->qk_norm) per += 2 * hd;
-  size_t total = (size_t)c->vocab * D * (c->tie_embeddings ? 1 : 2) + D + per * c->n_layers;
+  size_t E = c->n_experts, MI = c->moe_intermediate, n_moe = 0;
+  if (E && (MI <= 0 || c->top_k <= 0 || c->top_k > (int)E))
+    return cf_seterr(CF_EINVAL, "synth: %zu experts, top_k %d, moe_intermediate %zu", E,
+                     c->top_k, MI);
+  size_t dense = 3 * I * D + (c->mlp_bias ? 2 * I + D : 0), moe = E * D + E * 3 * MI * D;
+  for (int l = 0; l < c->n_layers; l++) n_moe += E && c->layer_moe[l];
+  size_t total = (size_t)c->vocab * D * (c->tie_embeddings ? 1 : 2) + D + per * c->n_layers +
+                 dense * (c->n_layers - n_moe) + moe * n_moe;
 
   cf_model_t *m = calloc(1, sizeof *m);
   cf__synth_priv_t *pv = calloc(1, sizeof *pv);
   float *buf = malloc(total * sizeof(float));
   cf_layer_weights_t *L = calloc(c->n_layers, sizeof *L);
-  if (!m || !pv || !buf || !L) {
-    free(m); free(pv); free(buf); free(L);
+  const float **ex = calloc(3 * E * n_moe + 1, sizeof *ex);
+  if (!m || !pv || !buf || !L || !ex) {
+    free(m); free(pv); free(buf); free(L); free(ex);
     return cf_seterr(CF_ENOMEM, "synth: %zu weights", total);
   }
   m->cfg = *c;
   m->layers = L;
   m->priv = pv;
   pv->buf = buf;
+  pv->experts = ex;
   cf__rng_t r = {.s = o->seed};
   float *cur = buf;
   float std = o->std;
@@ -109,6 +117,17 @@ int cf_model_synth(const cf_model_config_t *c, const cf_synth_opts_t *o, cf_mode
     if (c->o_bias) w->bo = cf__rand(&cur, &r, std, D);
     if (c->qk_norm) { w->q_norm = cf__norm(&cur, &r, o->norm_jitter, hd); w->k_norm = cf__norm(&cur, &r, o->norm_jitter, hd); }
     w->mlp_norm = cf__norm(&cur, &r, o->norm_jitter, D);
+    if (E && c->layer_moe[l]) { /* router, then per expert gate, up, down */
+      w->router = cf__rand(&cur, &r, std, E * D);
+      w->e_gate = ex; w->e_up = ex + E; w->e_down = ex + 2 * E;
+      ex += 3 * E;
+      for (size_t e = 0; e < E; e++) {
+        w->e_gate[e] = cf__rand(&cur, &r, std, MI * D);
+        w->e_up[e] = cf__rand(&cur, &r, std, MI * D);
+        w->e_down[e] = cf__rand(&cur, &r, std, D * MI);
+      }
+      continue;
+    }
     w->w_gate = cf__rand(&cur, &r, std, I * D);
     w->w_up = cf__rand(&cur, &r, std, I * D);
     w->w_down = cf__rand(&cur, &r, std, D * I);
@@ -127,7 +146,7 @@ int cf_model_synth(const cf_model_config_t *c, const cf_synth_opts_t *o, cf_mode
 void cf_model_synth_free(cf_model_t *m) {
   if (!m) return;
   cf__synth_priv_t *pv = m->priv;
-  if (pv) free(pv->buf);
+  if (pv) { free(pv->buf); free(pv->experts); }
   free(pv);
   free(m->layers);
   free(m->dir);
@@ -168,6 +187,20 @@ int cf_model_hf_tensors(const cf_model_t *m, cf_hf_tensor_t *t, int cap) {
     CF__ADD(w->b_gate, I, 0, "model.layers.%d.mlp.gate_proj.bias", l);
     CF__ADD(w->b_up, I, 0, "model.layers.%d.mlp.up_proj.bias", l);
     CF__ADD(w->b_down, D, 0, "model.layers.%d.mlp.down_proj.bias", l);
+    if (!w->router) continue;
+    /* experts: qwen3_moe names, or mixtral's as transformers 4.x saves them */
+    int mx = c->arch == CF_ARCH_MIXTRAL;
+    const char *mod = mx ? "block_sparse_moe" : "mlp";
+    int64_t E = c->n_experts, MI = c->moe_intermediate;
+    CF__ADD(w->router, E, D, "model.layers.%d.%s.gate.weight", l, mod);
+    for (int e = 0; e < E; e++) {
+      CF__ADD(w->e_gate[e], MI, D, "model.layers.%d.%s.experts.%d.%s.weight", l, mod, e,
+              mx ? "w1" : "gate_proj");
+      CF__ADD(w->e_up[e], MI, D, "model.layers.%d.%s.experts.%d.%s.weight", l, mod, e,
+              mx ? "w3" : "up_proj");
+      CF__ADD(w->e_down[e], D, MI, "model.layers.%d.%s.experts.%d.%s.weight", l, mod, e,
+              mx ? "w2" : "down_proj");
+    }
   }
   CF__ADD(m->final_norm, D, 0, "model.norm.weight");
   if (!c->tie_embeddings) CF__ADD(m->lm_head, V, D, "lm_head.weight");

@@ -22,6 +22,8 @@ void cf_cost_h100_llama8b(cf_sched_cost_t *c) {
   c->pp_stages = 1;
   c->hidden_bytes_per_token = 0;
   for (int t = 0; t < CF_COST_MAX_TIERS; t++) c->tier_Bps[t] = 0; /* every tier at link_Bps */
+  c->window = 0; /* llama-3.1-8b: full attention on every layer */
+  c->window_frac = 0;
 }
 
 static int cf__pos(const char *name, double v, int allow_zero) {
@@ -46,6 +48,9 @@ int cf_cost_check(const cf_sched_cost_t *c) {
   if ((rc = cf__pos("beta_s", c->beta_s, 1))) return rc;
   if ((rc = cf__pos("link_Bps", c->link_Bps, 0))) return rc;
   if ((rc = cf__pos("link_latency_s", c->link_latency_s, 1))) return rc;
+  if (c->window < 0 || !(c->window_frac >= 0 && c->window_frac <= 1))
+    return cf_seterr(CF_EINVAL, "cost model: window = %d, window_frac = %g: expected a "
+                     "non-negative window and a fraction in [0, 1]", c->window, c->window_frac);
   for (int t = 0; t < CF_COST_MAX_TIERS; t++) {
     char name[32];
     snprintf(name, sizeof name, "tier_Bps[%d]", t);

@@ -60,6 +60,14 @@ typedef struct {
   int pp_stages;             /* pipeline stages per engine (1: none) */
   double hidden_bytes_per_token; /* stored boundary hidden state of one token (stage > 0) */
   double tier_Bps[CF_COST_MAX_TIERS]; /* read rate of chunks in tier t; 0: link_Bps (see above) */
+  /* Sliding-window attention (0: none): a fraction window_frac of the layers attends only the
+   * last `window` keys, so their attention term is beta times the integral of min(x, window)
+   * over the step's context lengths x in [p, p+n] instead of n (p + n/2) (cf_cost_ctx). The
+   * planner's layers are uniform, so a model mixing windowed and full layers is charged the
+   * layer average. Closed forms elsewhere that use beta directly (cf_bound, the optimal
+   * policy's step-size rule) still assume full attention: they over-charge windowed layers. */
+  int window;
+  double window_frac;
 } cf_sched_cost_t;
 
 /* Defaults for Llama-3.1-8B on one H100 with the prefixes in pinned CPU DRAM (PCIe gen5):
@@ -80,10 +88,24 @@ static inline int64_t cf_cost_tok(const cf_sched_cost_t *c, int64_t P, int64_t k
   int64_t t = k * c->chunk_tokens;
   return t < P ? t : P;
 }
+/* Attention context of a step of n tokens from position p, averaged over the layers: key
+ * count summed over the step's queries (n (p + n/2) with full attention; with a window W the
+ * integral of min(x, W) over [p, p+n]). */
+static inline double cf_cost_ctx_w(double p, double n, double W) {
+  double full = n * (p + 0.5 * n), e = p + n;
+  if (W <= 0 || e <= W) return full;
+  if (p >= W) return n * W;
+  return 0.5 * (W * W - p * p) + W * (e - W);
+}
+static inline double cf_cost_ctx(const cf_sched_cost_t *c, double p, double n) {
+  double full = n * (p + 0.5 * n);
+  if (c->window <= 0 || c->window_frac <= 0) return full;
+  return (1 - c->window_frac) * full + c->window_frac * cf_cost_ctx_w(p, n, c->window);
+}
 /* One compute step of n tokens starting at position p, one layer (0 when n == 0). */
 static inline double cf_cost_step(const cf_sched_cost_t *c, double p, double n) {
   if (n <= 0) return 0.0;
-  return c->gamma_s + c->alpha_s * n + c->beta_s * n * (p + 0.5 * n);
+  return c->gamma_s + c->alpha_s * n + c->beta_s * cf_cost_ctx(c, p, n);
 }
 /* One load op of `tokens` tokens x `layers` layers. */
 static inline double cf_cost_load(const cf_sched_cost_t *c, double tokens, int layers) {

@@ -189,7 +189,15 @@ static const cf_model_shape_t cf__models[] = {
     {"llama-3.1-70b-tp8", 80, 8192, 64, 8, 128, 28672, 2, 8},
     /* two pipeline stages of 40 layers, each a TP-4 group (DESIGN.md §1 (c)) */
     {"llama-3.1-70b-tp4pp2", 80, 8192, 64, 8, 128, 28672, 2, 4, 2},
+    /* Qwen3-30B-A3B (config.json of Qwen/Qwen3-30B-A3B): 128 experts of 768, 8 per token */
+    {"qwen3-30b-a3b", 48, 2048, 32, 4, 128, 6144, 2, 1, 1, 128, 8, 768},
+    /* Mixtral-8x7B-v0.1: 8 experts of 14336, 2 per token, no window */
+    {"mixtral-8x7b", 32, 4096, 32, 8, 128, 14336, 2, 1, 1, 8, 2, 14336},
+    /* Mistral-7B-v0.1: dense, a 4096-key sliding window on every layer */
+    {"mistral-7b-sw4096", 32, 4096, 32, 8, 128, 14336, 2, 1, 1, 0, 0, 0, 4096, 32},
 };
+#define CF__MODEL_NAMES "llama-3.1-8b, qwen3-8b, llama-3.1-70b-tp4, llama-3.1-70b-tp8, " \
+                        "llama-3.1-70b-tp4pp2, qwen3-30b-a3b, mixtral-8x7b, mistral-7b-sw4096"
 
 static int cf__cfg_int(const char *file, const cf_json_t *o, const char *key, int *out) {
   int64_t v;
@@ -211,8 +219,8 @@ int cf_model_shape_load(const char *arg, cf_model_shape_t *m) {
     }
   size_t al = strlen(arg);
   if (!strchr(arg, '/') && !(al > 5 && strcmp(arg + al - 5, ".json") == 0))
-    return cf_seterr(CF_ENOTFOUND, "unknown model '%s': expected llama-3.1-8b, qwen3-8b, "
-                     "llama-3.1-70b-tp4, llama-3.1-70b-tp8, llama-3.1-70b-tp4pp2 or a config.json path", arg);
+    return cf_seterr(CF_ENOTFOUND, "unknown model '%s': expected " CF__MODEL_NAMES " or a "
+                     "config.json path", arg);
   char *text;
   size_t len;
   int rc = cf_hw_read_file(arg, &text, &len);
@@ -242,16 +250,41 @@ int cf_model_shape_load(const char *arg, cf_model_shape_t *m) {
     m->dtype_bytes = strcmp(dt, "float32") == 0 ? 4 : 2;
   m->tp = 1;
   m->pp = 1;
+  /* experts: qwen3_moe (num_experts, moe_intermediate_size) or mixtral (num_local_experts,
+   * experts of intermediate_size); an absent moe_intermediate_size means the latter */
+  const char *ek = cf_json_get(root, "num_experts") ? "num_experts" : "num_local_experts";
+  const cf_json_t *ev = cf_json_get(root, ek);
+  if (ev && ev->type == CF_JSON_NUM && ev->num > 0) {
+    if ((rc = cf__cfg_int(arg, root, ek, &m->experts)) ||
+        (rc = cf__cfg_int(arg, root, "num_experts_per_tok", &m->top_k)))
+      goto out;
+    m->moe_intermediate = m->intermediate;
+    if (cf_json_get(root, "moe_intermediate_size") &&
+        (rc = cf__cfg_int(arg, root, "moe_intermediate_size", &m->moe_intermediate)))
+      goto out;
+  }
+  /* window: sliding_window when set (qwen: only with use_sliding_window), on every layer */
+  const cf_json_t *sw = cf_json_get(root, "sliding_window");
+  int use = 1;
+  if (cf_json_get(root, "use_sliding_window")) cf_json_get_bool(root, "use_sliding_window", &use);
+  if (use && sw && sw->type == CF_JSON_NUM && sw->num >= 1) {
+    if ((rc = cf__cfg_int(arg, root, "sliding_window", &m->window))) goto out;
+    m->window_layers = m->layers;
+  }
   if (m->layers > 4096) rc = cf_seterr(CF_EFORMAT, "%s: num_hidden_layers = %d: at most 4096", arg, m->layers);
 out:
   cf_json_free(root);
   return rc;
 }
 
-/* Weights of one decoder layer (the GEMM work per token is 2x this). */
+/* Weights one token of one decoder layer multiplies (the GEMM work per token is 2x this): for
+ * a mixture of experts the router and its top_k experts, not every expert. */
 static double cf__layer_weights(const cf_model_shape_t *m) {
   double q = (double)m->heads * m->head_dim, kv = (double)m->kv_heads * m->head_dim;
-  return m->hidden * q + 2.0 * m->hidden * kv + q * m->hidden + 3.0 * m->hidden * m->intermediate;
+  double mlp = m->experts > 0
+                   ? (double)m->hidden * m->experts + 3.0 * m->hidden * m->moe_intermediate * m->top_k
+                   : 3.0 * m->hidden * m->intermediate;
+  return m->hidden * q + 2.0 * m->hidden * kv + q * m->hidden + mlp;
 }
 
 int cf_hw_cost(const cf_hw_t *hw, const cf_model_shape_t *model, int gpus, int tier, double gbps,
@@ -276,6 +309,8 @@ int cf_hw_cost(const cf_hw_t *hw, const cf_model_shape_t *model, int gpus, int t
   c->gamma_s = hw->gamma_s;
   c->alpha_s = hw->alpha_s * wr / tp;
   c->beta_s = hw->beta_s * ar / tp;
+  c->window = model->window;
+  c->window_frac = model->window > 0 ? (double)model->window_layers / model->layers : 0;
   if (tp > 1) { /* two ring all-reduces of the hidden state per layer (after attention, MLP) */
     c->gamma_s += 2 * hw->ar_lat_s;
     c->alpha_s += 2 * (2.0 * (tp - 1) / tp) * model->hidden * 2.0 / hw->ar_Bps;

@@ -37,6 +37,12 @@ typedef struct {
   char name[128];
   int layers, hidden, heads, kv_heads, head_dim, intermediate, dtype_bytes, tp;
   int pp; /* pipeline stages (1: none) */
+  /* Mixture of experts (0: dense): each token runs top_k of `experts` experts of width
+   * moe_intermediate, so the per-token MLP work is that of top_k * moe_intermediate (plus the
+   * router), not of `experts` of them. */
+  int experts, top_k, moe_intermediate;
+  /* Sliding window (0: none) on window_layers of the layers. */
+  int window, window_layers;
 } cf_model_shape_t;
 
 /* Load profile `arg`: a path (contains '/' or ends in .json) or a NAME looked up as
@@ -45,8 +51,9 @@ typedef struct {
 int cf_hw_load(const char *arg, cf_hw_t *hw);
 
 /* Model by name (llama-3.1-8b, qwen3-8b, llama-3.1-70b-tp4, llama-3.1-70b-tp8,
- * llama-3.1-70b-tp4pp2: 2 pipeline stages of TP-4, each stage one device) or an HF
- * config.json path. Returns 0 or CF_ENOTFOUND / CF_EFORMAT with a detail. */
+ * llama-3.1-70b-tp4pp2: 2 pipeline stages of TP-4, each stage one device; qwen3-30b-a3b and
+ * mixtral-8x7b: mixtures of experts; mistral-7b-sw4096: a 4096-key window on every layer)
+ * or an HF config.json path (MoE keys and sliding_window read too). Returns 0 or CF_ENOTFOUND / CF_EFORMAT with a detail. */
 int cf_model_shape_load(const char *arg, cf_model_shape_t *m);
 
 /* Fill the scheduler's cost model for `model` on `hw`: `gpus` GPUs in use (0 = the model's TP

@@ -48,6 +48,7 @@ void cf__maybe_compact(cf_store_t *st) {
 
 void cf_store_close(cf_store_t *st) {
   if (!st) return;
+  cf__remote_close(st);
   if (st->spiller_on) {
     pthread_mutex_lock(&st->mu);
     st->stop = 1;
@@ -256,6 +257,7 @@ int cf_store_open(const char *dir, const cf_store_geom_t *geom, const cf_store_c
       }
       st->spiller_on = 1;
     }
+    if ((rc = cf__remote_open(st))) goto fail;
   }
   *out = st;
   return 0;

@@ -78,7 +78,10 @@ size_t cf_store_cell_bytes_n(const cf_store_geom_t *g, uint32_t n_tokens);
 
 typedef enum { CF_STORE_EVICT_LRU = 0, CF_STORE_EVICT_S3FIFO = 1 } cf_store_evict_t;
 
-typedef enum { CF_STORE_TIER_NONE = 0, CF_STORE_TIER_CPU = 1, CF_STORE_TIER_SSD = 2 } cf_store_tier_t;
+/* REMOTE: the remote tier (cf_remote: Redis / Redis Cluster shared by several nodes), when the
+ * store was opened with remote_url. */
+typedef enum { CF_STORE_TIER_NONE = 0, CF_STORE_TIER_CPU = 1, CF_STORE_TIER_SSD = 2,
+               CF_STORE_TIER_REMOTE = 3 } cf_store_tier_t;
 
 /* Allocator hook for the CPU region (e.g. cudaHostAlloc). Must return 4096-aligned memory. */
 typedef void *(*cf_store_alloc_fn)(size_t bytes, void *ud);
@@ -102,6 +105,14 @@ typedef struct {
   cf_store_alloc_fn cpu_alloc;/* NULL: mmap (MAP_HUGETLB tried first) */
   cf_store_free_fn cpu_free;
   void *cpu_alloc_ud;
+  /* Remote tier (cf_remote.h), when remote_url is set: every chunk a save adds to this node is
+   * queued for write-back there (remote_queue_bytes bounds the queue; full: not written, counted),
+   * cf_store_lookup_all looks past the local tiers into it, cf_store_read falls back to it. The
+   * store opens while the remote server is down (reads miss until it is back). Strings are copied. */
+  const char *remote_url, *remote_password, *remote_ns;
+  int remote_timeout_ms;       /* 0: 1000 */
+  uint64_t remote_queue_bytes; /* 0: 256 MiB */
+  int remote_ttl_s;            /* 0: keys without expiry */
 } cf_store_config_t;
 
 /* Defaults: 1 GiB CPU, 4 GiB SSD, LRU, spill on, watermark 0, no promotion. */
@@ -112,6 +123,7 @@ typedef struct {
   uint64_t ssd_bytes_cap, ssd_bytes_used, ssd_chunks, ssd_file_bytes;
   uint64_t saves, save_exists;          /* saves accepted; saves of a key already present */
   uint64_t cpu_hits, ssd_hits, misses;  /* cell/chunk reads by the tier that served them */
+  uint64_t remote_hits;                 /* cf_store_read calls the remote tier served */
   uint64_t cpu_evictions, cpu_evict_dirty; /* dirty: evicted before it reached SSD (lost) */
   uint64_t ssd_evictions, spills, promotions;
   uint64_t corrupt_cells, corrupt_chunks;  /* checksum mismatches found on read; chunks dropped */
@@ -161,6 +173,16 @@ size_t cf_store_chain_keys_partial(const uint8_t fingerprint[16], const int32_t 
 /* How many leading keys of keys[0..n) are present in some tier; tiers_out[i] (may be NULL) gets
  * the fastest tier holding chunk i for i < the returned count. */
 size_t cf_store_lookup(cf_store_t *st, const cf_store_key_t *keys, size_t n, uint8_t *tiers_out);
+
+/* Like cf_store_lookup, and past the local tiers the remote tier (one pipelined round trip):
+ * tiers_out[i] = CF_STORE_TIER_REMOTE for the chunks only it holds. Without a remote tier it is
+ * cf_store_lookup. Blocks on the network (remote_timeout_ms at worst): call it from worker
+ * threads, not an event loop. */
+size_t cf_store_lookup_all(cf_store_t *st, const cf_store_key_t *keys, size_t n, uint8_t *tiers_out);
+
+/* The remote tier (NULL when the store has none): reads, stats, verify. Owned by the store. */
+struct cf_remote_s;
+struct cf_remote_s *cf_store_remote(cf_store_t *st);
 
 /* ---------------------------------------------------------------- save */
 
@@ -214,7 +236,7 @@ void cf_store_unpin(cf_store_t *st, cf_store_pin_t *pin);
 
 /* Synchronous read of layers [layer0, layer0 + n_layers) of chunk `key` into dst (cells packed
  * back to back, cf_store_cell_bytes_n each). From the CPU tier when there, else from SSD with the
- * checksums verified. *tier_out (may be NULL) gets the tier that served.
+ * checksums verified, else from the remote tier (values verified; CF_EIO when it is down). *tier_out (may be NULL) gets the tier that served.
  * Returns 0, CF_ENOTFOUND, CF_ECORRUPT (chunk dropped, counted), CF_EIO, CF_EINVAL. */
 int cf_store_read(cf_store_t *st, const cf_store_key_t *key, uint32_t layer0, uint32_t n_layers,
                   void *dst, size_t dst_bytes, int *tier_out);

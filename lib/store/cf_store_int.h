@@ -4,7 +4,8 @@
  * fill), cf_store_ssd.c (SSD slots: detach, release, allocate/evict), cf_store_spill.c (write-back
  * and the spiller thread), cf_store_save.c (save, flush, remove), cf_store_journal.c (header,
  * journal records, replay, compaction), cf_store_io.c (io_uring wrapper, data files),
- * cf_store_read.c (sync and async reads), cf_store_key.c (chained keys), cf_store_verify.c. */
+ * cf_store_read.c (sync and async reads), cf_store_key.c (chained keys), cf_store_verify.c,
+ * cf_store_remote.c (the hooks to the remote tier, cf_remote.c over cf_redis.c). */
 #ifndef CF_STORE_INT_H
 #define CF_STORE_INT_H
 
@@ -131,6 +132,7 @@ struct cf_store_s {
   struct { cf_store_key_t key; int32_t slot; } *drops;
   size_t n_drops, cap_drops;
   cf_store_stats_t st;
+  struct cf_remote_s *remote; /* cf_store_remote.c */
 };
 
 #define CF__SPILL_BATCH 16 /* chunks per write-back batch (one journal append) */
@@ -189,6 +191,15 @@ void cf__test_kill_point(cf_store_t *st);
 unsigned cf__take_dirty(cf_store_t *st, int32_t *out, unsigned max); /* mu held */
 int cf__spill_batch(cf_store_t *st, const int32_t *ents, unsigned n, int durable);
 void *cf__spiller_main(void *arg);
+
+/* ---- cf_store_remote.c: hooks of the remote tier (no-ops without one) */
+int cf__remote_open(cf_store_t *st);
+void cf__remote_close(cf_store_t *st);
+/* a save added chunk key: queue it for the remote tier */
+void cf__remote_saved(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens, const void *const *cells);
+/* cf_store_read's last resort: CF_ENOTFOUND without a remote tier */
+int cf__remote_read(cf_store_t *st, const cf_store_key_t *key, uint32_t layer0, uint32_t n_layers,
+                    void *dst, size_t dst_bytes);
 
 /* ---- cf_store_journal.c */
 int cf__hdr_write(cf_store_t *st);

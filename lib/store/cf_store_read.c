@@ -89,9 +89,14 @@ int cf_store_read(cf_store_t *st, const cf_store_key_t *key, uint32_t layer0, ui
     return 0;
   }
   if (!(f & CF__F_SSD)) {
-    st->st.misses++;
     pthread_mutex_unlock(&st->mu);
-    return CF_ENOTFOUND;
+    rc = cf__remote_read(st, key, layer0, n_layers, dst, dst_bytes);
+    pthread_mutex_lock(&st->mu);
+    if (rc) st->st.misses++;
+    else st->st.remote_hits++;
+    pthread_mutex_unlock(&st->mu);
+    if (!rc && tier_out) *tier_out = CF_STORE_TIER_REMOTE;
+    return rc;
   }
   cf__ent_t *en = &st->ents[e];
   int32_t s = en->ssd_slot;

@@ -20,7 +20,15 @@
  *    2) measured in the same run, interleaved, best of N. O_DIRECT on every side: the page
  *    cache plays no part (the disk's own cache may: all sides read the same file).
  *
- *   bench_restore [--tokens N] [--quick] [--ssd]   (--ssd: only part 3)
+ * 4. Remote tier (when redis-server is installed: one is started here on a loopback port and
+ *    killed at the end): (a) cell reads through the remote tier (cf_remote_get_each: pipelines of 16
+ *    GETs, every value's header and checksum verified) vs raw hiredis pipelines of 16 GETs of
+ *    the same keys (the same bytes, nothing checked), 256 KiB and 1 MiB cells, interleaved, best
+ *    of 9; (b) part 2's plans with the prefix saved by one store ("node A", written back to
+ *    Redis) and restored by another whose local tiers are empty ("node B": every loaded cell
+ *    comes from Redis), the remote reads held to an emulated 10 and 40 Gbps link.
+ *
+ *   bench_restore [--tokens N] [--quick] [--ssd] [--remote]   (--ssd: only part 3; --remote: only 4)
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -40,6 +48,8 @@
 #include "sched/cf_bound.h"
 #include "sched/cf_sched.h"
 #include "sched/cf_sim.h"
+#include "store/cf_remote.h"
+#include "unit/redis_testlib.h"
 
 static double now_s(void) {
   struct timespec ts;
@@ -79,8 +89,16 @@ static double memcpy_gbs(char *dst, const char *src, size_t bytes, int threads, 
   return best;
 }
 
+static cf_store_t *open_store_remote(const char *dir, const uint8_t fp[16], int C, int L, int kvh, int hd,
+                                     uint64_t cpu, cf_dtype_t dt, const char *remote_url);
 static cf_store_t *open_store(const char *dir, const uint8_t fp[16], int C, int L, int kvh, int hd, uint64_t cpu,
                               cf_dtype_t dt) {
+  return open_store_remote(dir, fp, C, L, kvh, hd, cpu, dt, NULL);
+}
+
+/* remote_url: the store's remote tier (NULL: none) */
+static cf_store_t *open_store_remote(const char *dir, const uint8_t fp[16], int C, int L, int kvh, int hd,
+                                     uint64_t cpu, cf_dtype_t dt, const char *remote_url) {
   cf_store_geom_t g = {.chunk_tokens = (uint32_t)C, .n_layers = (uint32_t)L,
                        .n_kv_heads = (uint32_t)kvh, .head_dim = (uint32_t)hd};
   memcpy(g.fingerprint, fp, 16);
@@ -90,6 +108,7 @@ static cf_store_t *open_store(const char *dir, const uint8_t fp[16], int C, int 
   sc.cpu_bytes = cpu;
   sc.ssd_bytes = 0;
   sc.spill = 0;
+  sc.remote_url = remote_url;
   cf_store_t *st;
   int rc = cf_store_open(dir, &g, &sc, &st);
   if (rc) die("store", rc);
@@ -325,7 +344,9 @@ static void bench_ssd(int T, int quick) {
   free(rb); free(tok); free(keys); free(buf); free(cells);
 }
 
-static void bench_policies(const char *tmp, int quick) {
+/* remote_url NULL: the prefix restores from the CPU tier (links: 10 Gbps and "balanced"); else
+ * from the remote tier at remote_url, saved there by another store (links: 10 and 40 Gbps). */
+static void bench_policies(const char *tmp, int quick, const char *remote_url) {
   cf_model_config_t mc;
   cf_synth_preset("demo", &mc);
   mc.n_layers = 4;
@@ -341,9 +362,10 @@ static void bench_policies(const char *tmp, int quick) {
   cf_kv_t kvr;
   if ((rc = cf_kv_init(&kvr, &mc, T)) || (rc = cf_kv_compute(be, tok, 0, &kvr))) die("reference KV", rc);
   char dir[512];
-  snprintf(dir, sizeof dir, "%s/store_pol", tmp);
+  snprintf(dir, sizeof dir, "%s/store_pol%s", tmp, remote_url ? "_node_a" : "");
   size_t row = kvr.row, cellf = 2 * (size_t)C * row;
-  cf_store_t *st = open_store(dir, m->fingerprint, C, L, mc.n_kv_heads, mc.head_dim, 256u << 20, CF_DT_F32);
+  cf_store_t *st = open_store_remote(dir, m->fingerprint, C, L, mc.n_kv_heads, mc.head_dim, 256u << 20, CF_DT_F32,
+                                     remote_url);
   cf_store_key_t keys[64];
   cf_store_chain_keys(m->fingerprint, tok, (size_t)T, C, keys);
   float *buf = malloc(sizeof(float) * cellf * L);
@@ -355,6 +377,14 @@ static void bench_policies(const char *tmp, int quick) {
       cells[l] = buf + l * cellf;
     }
     if ((rc = cf_store_save(st, &keys[c], C, cells, 0))) die("save", rc);
+  }
+  if (remote_url) { /* node A wrote the prefix back to Redis; node B, empty, restores it */
+    if ((rc = cf_remote_flush(cf_store_remote(st), 60000))) die("remote write-back", rc);
+    cf_store_close(st);
+    snprintf(dir, sizeof dir, "%s/store_pol_node_b", tmp);
+    st = open_store_remote(dir, m->fingerprint, C, L, mc.n_kv_heads, mc.head_dim, 256u << 20, CF_DT_F32, remote_url);
+    if (cf_store_lookup(st, keys, (size_t)n, NULL) != 0 || cf_store_lookup_all(st, keys, (size_t)n, NULL) != (size_t)n)
+      die("node B: the prefix is not (only) in the remote tier", CF_EINTERNAL);
   }
   cf_sched_cost_t cost;
   memset(&cost, 0, sizeof cost); /* as cf_calib_cost: the fields profiling leaves (tier_Bps: 0 = link_Bps) */
@@ -373,11 +403,19 @@ static void bench_policies(const char *tmp, int quick) {
   /* "balanced": the link moves the whole prefix in the time the model predicts a full recompute takes */
   double t_recompute = 0;
   for (int c = 0; c < n; c++) t_recompute += L * cf_cost_step(&cost, (double)c * C, C);
-  double rates[2] = {cf_gbps(10), bytes / t_recompute};
-  const char *rate_name[2] = {"10 Gbps", "balanced"};
-  printf("\nplans on the CPU backend: synthetic llama (hidden %d, %d layers), %d-token prefix in %d chunks of %d;\n"
-         "profiled gamma %.3g s, alpha %.3g s/token, beta %.3g s/token^2; time = executed restore (best of 2)\n",
-         mc.hidden, L, T, n, C, cost.gamma_s, cost.alpha_s, cost.beta_s);
+  double rates[2] = {cf_gbps(10), remote_url ? cf_gbps(40) : bytes / t_recompute};
+  /* the remote tier cannot beat the server: plan (and emulate) min(link, what a probe of this
+   * Redis delivers), as the daemon plans with the probed rate when none is configured */
+  double probe_Bps = 0;
+  if (remote_url && (rc = cf_remote_probe(cf_store_remote(st), 16, 8, &probe_Bps))) die("remote probe", rc);
+  for (int i = 0; i < 2 && remote_url; i++)
+    if (probe_Bps > 0 && probe_Bps < rates[i]) rates[i] = probe_Bps;
+  if (remote_url) printf("\nremote tier probe: cell reads at %.3f GB/s on this machine's Redis\n", probe_Bps / 1e9);
+  const char *rate_name[2] = {"10 Gbps", remote_url ? "40 Gbps" : "balanced"};
+  printf("\nplans on the CPU backend, loads from the %s: synthetic llama (hidden %d, %d layers), %d-token prefix in %d "
+         "chunks of %d;\nprofiled gamma %.3g s, alpha %.3g s/token, beta %.3g s/token^2; time = executed restore (best of 2)\n",
+         remote_url ? "REMOTE tier (Redis, saved by another store)" : "CPU tier", mc.hidden, L, T, n, C, cost.gamma_s,
+         cost.alpha_s, cost.beta_s);
   cf_exec_t ex;
   cf_exec_init(&ex, be, 1);
   cf_sched_plan_t plan;
@@ -390,6 +428,7 @@ static void bench_policies(const char *tmp, int quick) {
     cf_ratelimit_init(&rl, rates[ri], 0);
     cf_cellsrc_store_t cs;
     cf_cellsrc_store_init(&cs, st, &rl, NULL);
+    cs.remote.limit = &rl; /* the remote tier's cells cross the same emulated link */
     double bound = cf_bound_single(&cost, T);
     printf("\n  link %s (%.3f GB/s): bound %.1f ms (recompute alone %.1f ms, load alone %.1f ms)\n", rate_name[ri],
            rates[ri] / 1e9, bound * 1e3, t_recompute * 1e3, bytes / rates[ri] * 1e3);
@@ -426,7 +465,8 @@ static void bench_policies(const char *tmp, int quick) {
       double pred = sim.restore_s[0];
       printf("  %-10s %10.1f %12.1f %10.2f %10.2f %10.2f %8llu %8llu\n", cf_policy_name((cf_policy_t)p), best * 1e3,
              pred * 1e3, best / pred, best / bound, pred / bound, (unsigned long long)r.stats.cells_computed,
-             (unsigned long long)r.stats.cells_loaded[0]);
+             (unsigned long long)(r.stats.cells_loaded[CF_EXEC_TIER_CPU] + r.stats.cells_loaded[CF_EXEC_TIER_SSD] +
+                                  r.stats.cells_loaded[CF_EXEC_TIER_REMOTE]));
     }
     cf_cellsrc_store_close(&cs);
     cf_ratelimit_close(&rl);
@@ -441,13 +481,107 @@ static void bench_policies(const char *tmp, int quick) {
   free(tok); free(buf);
 }
 
+static void bench_cell_ok(void *ud, size_t i, const cf_remote_cell_t *c) {
+  (void)ud, (void)i;
+  if (c->status) die("remote cell", c->status);
+}
+
+/* Part 4a: remote-tier cell reads vs raw hiredis GET pipelines of the same keys. */
+static void bench_remote_cells(const rt_server_t *srv, const char *url, int quick) {
+  printf("\nremote tier cell reads (redis-server on loopback, one connection, pipelines of 16 GETs; best of 9,\n"
+         "interleaved): cf_remote_get_each, the executor's path (header, key, layer and xxh3 checksum verified)\nvs raw hiredis GETs\n");
+  printf("  %-10s %8s %14s %14s %8s\n", "cell", "cells", "remote GB/s", "raw GB/s", "ratio");
+  const size_t sizes[2] = {256u << 10, 1u << 20};
+  for (int si = 0; si < 2; si++) {
+    /* bf16 cells of the given size: C = 256 tokens, 8 KV heads, head_dim 64 (256 KiB) or 256 (1 MiB) */
+    cf_store_geom_t g = {.chunk_tokens = 256, .n_layers = 8, .n_kv_heads = 8,
+                         .head_dim = (uint32_t)(sizes[si] / (2 * 256 * 8 * 2))};
+    for (int i = 0; i < 16; i++) g.fingerprint[i] = (uint8_t)(0x40 + si + i);
+    cf_exec_geom_dtype(&g, CF_DT_BF16);
+    cf_remote_config_t rc;
+    cf_remote_config_default(&rc);
+    rc.url = url;
+    rc.pool = 1;
+    rc.writer = 0;
+    cf_remote_t *r;
+    int e = cf_remote_open(&rc, &g, &r);
+    if (e) die("remote", e);
+    const int n_chunks = quick ? 8 : 16, L = (int)g.n_layers, n = n_chunks * L, depth = 16;
+    size_t cb = cf_store_cell_bytes(&g);
+    uint8_t *buf = malloc(cb * L);
+    const void *cells[64];
+    for (size_t i = 0; i < cb * L; i++) buf[i] = (uint8_t)(i * 2654435761u >> 13);
+    cf_store_key_t *keys = malloc(sizeof *keys * n_chunks);
+    for (int c = 0; c < n_chunks; c++) {
+      memset(&keys[c], 0, sizeof keys[c]);
+      keys[c].b[0] = (uint8_t)c, keys[c].b[1] = (uint8_t)si;
+      for (int l = 0; l < L; l++) cells[l] = buf + (size_t)l * cb;
+      if ((e = cf_remote_put(r, &keys[c], g.chunk_tokens, cells))) die("remote put", e);
+    }
+    /* the same keys, as raw GETs on a plain hiredis connection */
+    char (*kstr)[200] = malloc(sizeof *kstr * n);
+    size_t *klen = malloc(sizeof *klen * n);
+    for (int i = 0; i < n; i++) klen[i] = cf_remote_key(r, &keys[i / L], i % L, kstr[i], sizeof kstr[i]);
+    redisContext *hc = redisConnect("127.0.0.1", srv->port);
+    if (!hc || hc->err) die("hiredis connect", CF_EIO);
+    double best_r = 1e30, best_h = 1e30, bytes = 0;
+    for (int rep = 0; rep < 9; rep++) {
+      /* raw: pipelines of 16 GETs, each reply freed as it is read */
+      double t = now_s(), got = 0;
+      for (int b = 0; b < n; b += depth) {
+        int m = n - b < depth ? n - b : depth;
+        for (int i = 0; i < m; i++) redisAppendCommand(hc, "GET %b", kstr[b + i], klen[b + i]);
+        for (int i = 0; i < m; i++) {
+          void *rep_ = NULL;
+          if (redisGetReply(hc, &rep_) != REDIS_OK) die("hiredis GET", CF_EIO);
+          got += (double)((redisReply *)rep_)->len;
+          freeReplyObject(rep_);
+        }
+      }
+      t = now_s() - t;
+      if (t < best_h) best_h = t;
+      bytes = got;
+      /* the tier: the same pipelines through cf_remote_get, every cell verified */
+      t = now_s();
+      cf_remote_cell_t rq[16];
+      for (int b = 0; b < n; b += depth) {
+        int m = n - b < depth ? n - b : depth;
+        for (int i = 0; i < m; i++) rq[i] = (cf_remote_cell_t){.key = keys[(b + i) / L], .layer = (uint32_t)((b + i) % L)};
+        if ((e = cf_remote_get_each(r, rq, (size_t)m, bench_cell_ok, NULL))) die("remote get", e);
+      }
+      t = now_s() - t;
+      if (t < best_r) best_r = t;
+    }
+    printf("  %6zu KiB %8d %14.2f %14.2f %8.2f\n", sizes[si] >> 10, n, bytes / best_r / 1e9, bytes / best_h / 1e9,
+           best_h / best_r);
+    redisFree(hc);
+    free(kstr), free(klen), free(keys), free(buf);
+    cf_remote_close(r);
+  }
+}
+
+static void bench_remote(const char *tmp, int quick) {
+  if (!rt_have_redis()) {
+    printf("\nremote tier: skipped (redis-server not installed: make deps)\n");
+    return;
+  }
+  rt_server_t srv;
+  if (rt_standalone(&srv, tmp, "redis", NULL)) die("redis-server", CF_EIO);
+  char url[64];
+  snprintf(url, sizeof url, "redis://127.0.0.1:%d", srv.port);
+  bench_remote_cells(&srv, url, quick);
+  bench_policies(tmp, quick, url);
+  rt_stop(&srv);
+}
+
 int main(int argc, char **argv) {
-  int T = 32768, quick = 0, ssd_only = 0;
+  int T = 32768, quick = 0, ssd_only = 0, remote_only = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--tokens") && i + 1 < argc) T = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--quick")) quick = 1;
     else if (!strcmp(argv[i], "--ssd")) ssd_only = 1;
-    else { fprintf(stderr, "usage: bench_restore [--tokens N] [--quick] [--ssd]\n"); return 2; }
+    else if (!strcmp(argv[i], "--remote")) remote_only = 1;
+    else { fprintf(stderr, "usage: bench_restore [--tokens N] [--quick] [--ssd] [--remote]\n"); return 2; }
   }
   if (T < 256) T = 256;
   if (ssd_only) {
@@ -456,6 +590,13 @@ int main(int argc, char **argv) {
   }
   char tmp[] = "/tmp/cf-bench-restore.XXXXXX";
   if (!mkdtemp(tmp)) { perror("mkdtemp"); return 1; }
+  if (remote_only) {
+    bench_remote(tmp, quick);
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
+    if (system(cmd)) {}
+    return 0;
+  }
   bw_t f32, bf16;
   bench_bandwidth(tmp, quick ? 4096 : T, CF_DT_F32, &f32);
   printf("\n");
@@ -470,7 +611,8 @@ int main(int argc, char **argv) {
   printf("\n");
   bench_ssd(quick ? 8192 : T, quick);
   printf("\n");
-  bench_policies(tmp, quick);
+  bench_policies(tmp, quick, NULL);
+  bench_remote(tmp, quick);
   char cmd[600];
   snprintf(cmd, sizeof cmd, "rm -rf %s", tmp);
   if (system(cmd)) {}

@@ -28,7 +28,11 @@
  *   cf-refengine --daemon unix:/run/cacheflow.sock --model DIR [--prefix 512] [--new 32] [--turns 3]
  *                [--policy optimal] [--block 16] [--concurrent 0] [--shm-dir /dev/shm] [--verify]
  *                [--seed 1] [--threads 1] [--unregister-mid-restore] [--kv-dtype f32|bf16|f16]
- *                [--present K] [--durable]
+ *                [--present K] [--durable] [--no-save-first]
+ * --no-save-first: another engine (on another node, same model, seed and threads) saved turn 0
+ * through its own daemon sharing a remote tier with ours: prefill it here only as the reference
+ * (the CPU backend is deterministic, so our bytes equal the ones it saved) and do not Save it, so
+ * turn 1 restores what the other node stored.
  */
 #include <getopt.h>
 #include <math.h>
@@ -52,7 +56,7 @@
 
 typedef struct {
   const char *daemon, *model_dir, *shm_dir, *policy;
-  int prefix, new_tokens, turns, block, concurrent, verify, threads, unreg_mid, present, durable;
+  int prefix, new_tokens, turns, block, concurrent, verify, threads, unreg_mid, present, durable, no_save_first;
   cf_dtype_t kv_dtype;
   unsigned long long seed;
 } opts_t;
@@ -382,7 +386,7 @@ static void print_result(const engine_t *e, const restore_t *r, const char *mode
   const Cacheflow__V1__RestoreStats *s = &r->stats;
   printf("{\"mode\":\"%s\",\"turn\":%d,\"policy\":\"%s\",\"prefix\":%d,\"new\":%d,\"ok\":%s,\"status\":\"%s\","
          "\"ttft_ms\":%.3f,\"restore_ms\":%.3f,\"daemon_us\":%.1f,\"predicted_us\":%.1f,\"bound_us\":%.1f,"
-         "\"ratio_to_bound\":%.3f,\"cells_cpu\":%llu,\"cells_ssd\":%llu,\"cells_computed\":%llu,\"fallback\":%llu,"
+         "\"ratio_to_bound\":%.3f,\"cells_cpu\":%llu,\"cells_ssd\":%llu,\"cells_remote\":%llu,\"cells_computed\":%llu,\"fallback\":%llu,"
          "\"baseline_ms\":%.3f,\"token\":%d,\"logits_match\":%d,\"exact\":%d,\"close\":%d,\"bad\":%d,"
          "\"layer_events\":%d,\"layers_in_order\":%d,\"kv_dtype\":\"%s\",\"max_rel_err\":%.3g,"
          "\"present\":%d,\"present_chunks\":%u}\n",
@@ -390,7 +394,8 @@ static void print_result(const engine_t *e, const restore_t *r, const char *mode
          r->t_ttft > 0 ? (r->t_ttft - r->t_start) * 1e3 : -1.0,
          r->t_all_layers > 0 ? (r->t_all_layers - r->t_start) * 1e3 : -1.0, s->time_us, s->predicted_us,
          s->bound_us, s->ratio_to_bound, (unsigned long long)s->cells_loaded_cpu,
-         (unsigned long long)s->cells_loaded_ssd, (unsigned long long)s->cells_computed,
+         (unsigned long long)s->cells_loaded_ssd, (unsigned long long)s->cells_loaded_remote,
+         (unsigned long long)s->cells_computed,
          (unsigned long long)s->cells_recomputed_fallback, baseline_ms, r->token, logits_ok, r->verify_exact,
          r->verify_close, r->verify_bad, r->layers_events,
          !r->layers_out_of_order && (r->rc || r->layers_last == e->L), cf_dtype_name(e->o.kv_dtype), r->max_rel_err,
@@ -417,7 +422,7 @@ int main(int argc, char **argv) {
                                {"concurrent", 1, 0, 'c'}, {"shm-dir", 1, 0, 's'}, {"verify", 0, 0, 'v'},
                                {"seed", 1, 0, 'S'}, {"threads", 1, 0, 'T'}, {"unregister-mid-restore", 0, 0, 'U'},
                                {"kv-dtype", 1, 0, 'K'}, {"present", 1, 0, 'k'}, {"durable", 0, 0, 'D'},
-                               {0, 0, 0, 0}};
+                               {"no-save-first", 0, 0, 'N'}, {0, 0, 0, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
     switch (ch) {
@@ -441,12 +446,13 @@ int main(int argc, char **argv) {
                     : !strcmp(optarg, "f16") ? CF_DT_F16 : CF_DT_I8;
         if (o->kv_dtype == CF_DT_I8) { fprintf(stderr, "cf-refengine: --kv-dtype '%s': expected f32, bf16 or f16\n", optarg); return 2; }
         break;
+      case 'N': o->no_save_first = 1; break;
       default: fprintf(stderr, "usage: see the comment at the top of tests/engine/cf_refengine.c\n"); return 2;
     }
   }
-  if (!o->daemon || !o->model_dir || o->prefix < 1 || o->new_tokens < 1 || o->turns < 1 || o->block < 1 ||
+  if (!o->daemon || !o->model_dir || o->prefix < 1 || o->new_tokens < 1 || o->turns < 0 || o->block < 1 ||
       o->concurrent < 0 || o->concurrent > 64 || policy_value(o->policy) < 0 || o->present < 0 || o->present > o->prefix) {
-    fprintf(stderr, "cf-refengine: need --daemon and --model; --prefix/--new/--turns/--block >= 1; --concurrent 0..64; "
+    fprintf(stderr, "cf-refengine: need --daemon and --model; --prefix/--new/--block >= 1, --turns >= 0 (0: prefill and save only); --concurrent 0..64; "
                     "--policy default|recompute|load|cake|layerwise|cacheflow|optimal\n");
     return 2;
   }
@@ -506,16 +512,17 @@ int main(int argc, char **argv) {
   for (int i = 0; i < e.conv_len; i++) tok32[i] = (uint32_t)e.conv[i];
   for (int i = 0; i < e.seq_blocks; i++) blk32[i] = (uint32_t)blocks0[i];
   unsigned sflags = o->durable ? CF_CLIENT_SAVE_DURABLE : 0;
-  if ((rc = cf_client_save2(c, e.engine_id, tok32, (size_t)P, blk32, (size_t)(P + o->block - 1) / o->block, sflags,
-                            &saved, NULL, &durable)))
+  if (o->no_save_first) saved = (uint32_t)P; /* the other node saved these very bytes */
+  else if ((rc = cf_client_save2(c, e.engine_id, tok32, (size_t)P, blk32, (size_t)(P + o->block - 1) / o->block, sflags,
+                                 &saved, NULL, &durable)))
     return die("save", rc);
   shadow_saved(&e, blocks0, (int)saved);
   uint32_t cached = 0, on_cpu = 0, on_ssd = 0;
   if ((rc = cf_client_lookup(c, e.engine_id, tok32, (size_t)e.conv_len, &cached, &on_cpu, &on_ssd)))
     return die("lookup", rc);
   printf("{\"mode\":\"prefill\",\"turn\":0,\"prefix\":%d,\"prefill_ms\":%.3f,\"saved_tokens\":%u,"
-         "\"lookup_cached\":%u,\"lookup_cpu\":%u,\"lookup_ssd\":%u,\"durable\":%d}\n", P, first_ms, saved, cached, on_cpu,
-         on_ssd, durable);
+         "\"lookup_cached\":%u,\"lookup_cpu\":%u,\"lookup_ssd\":%u,\"lookup_remote\":%u,\"durable\":%d}\n", P, first_ms,
+         saved, cached, on_cpu, on_ssd, cached - on_cpu - on_ssd, durable);
 
   for (int turn = 1; turn <= o->turns; turn++) {
     int prefix = P;

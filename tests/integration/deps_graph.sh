@@ -5,7 +5,8 @@
 # a module includes only itself and modules before it (the three of one rank not each other);
 # kernels are reached through lib/model, lib/gpu and lib/exec, not included by daemon or engines;
 # lib/client includes only util, the generated proto code and gRPC; only lib/client and daemon
-# include gRPC / protobuf-c / the proto code, only daemon libuv, libmicrohttpd and inih;
+# include gRPC / protobuf-c / the proto code, only daemon libuv, libmicrohttpd and inih, only
+# lib/store hiredis (the remote tier's client, cf_redis.c: the rest reach Redis through the store);
 # the test engines (tests/engine) use lib/ and lib/client, never daemon/.
 # A quoted include resolves as the compiler does (the file's directory, then -Ilib -I. -Idaemon
 # -Itests; cacheflow/ and grpc/ are the generated proto headers); one that resolves nowhere fails.
@@ -56,6 +57,7 @@ cf__system_error() {
   case $h in
     grpc/*|protobuf-c/*) case $from in client|daemon) return ;; esac; echo "only lib/client and daemon/ include gRPC / protobuf-c" ;;
     uv.h|microhttpd.h|ini.h) [ "$from" = daemon ] && return; echo "only daemon/ includes libuv, libmicrohttpd, inih" ;;
+    hiredis/*) [ "$from" = store ] && return; echo "only lib/store includes hiredis (the remote tier's client)" ;;
   esac
 }
 
@@ -111,6 +113,7 @@ want[daemon_kernels]="$(plant daemon/ctl/cf_ctl_version.c '#include "kernels/cf_
 want[engine_daemon]="$(plant tests/engine/cf_refengine.c '#include "cf_config.h"') : engine -> daemon"
 want[libuv]="$(plant lib/exec/cf_exec.c '#include <uv.h>') : exec -> <uv.h>"
 want[grpc]="$(plant lib/store/cf_store_io.c '#  include <grpc/grpc.h>') : store -> <grpc/grpc.h>"
+want[hiredis]="$(plant lib/exec/cf_cellsrc_store.c '#include <hiredis/hiredis.h>') : exec -> <hiredis/hiredis.h>"
 want[proto]="$(plant lib/exec/cf_save.c '#include "cacheflow/v1/cacheflow.pb-c.h"') : exec -> proto"
 want[missing]="$(plant lib/model/cf_kv.c '#include "nowhere/cf_nothing.h"') : model -> ?"
 out=$(deps_check "$T/tree"); rc=$?

@@ -40,7 +40,7 @@ for hw in conf/hw/*.json; do
     else bad "gen $gen on $name" "$(head -n 3 "$T/err.txt")"; fi
   done
 done
-for model in qwen3-8b llama-3.1-70b-tp4 llama-3.1-70b-tp8; do
+for model in qwen3-8b llama-3.1-70b-tp4 llama-3.1-70b-tp8 qwen3-30b-a3b mixtral-8x7b mistral-7b-sw4096; do
   if "$SIM" --hw h100-pcie5 --model $model --gen rag --n 8 --seed 3 --rate 0 --tier net --json "$T/o.json" >/dev/null 2>"$T/err.txt"; then
     check_json "$T/o.json" "model $model, burst over the network tier"
   else bad "model $model" "$(head -n 3 "$T/err.txt")"; fi

@@ -4,6 +4,7 @@
 // transformers' KV on every fixture checkpoint (bf16 tolerance: relative L2 <= 1e-2).
 // `--bench` times a Llama-3-8B-shaped layer prefill (1k..32k tokens) and compute ∥ load overlap.
 #include <sys/time.h>
+#include <unistd.h>
 
 #include <functional>
 
@@ -48,6 +49,9 @@ static const char *kt_fixture_dir(void) {
 struct synth_case {
   const char *name;
   int L, hidden, H, KV, hd, I, vocab, llama3, bias, qknorm, T, chunk;
+  // mixture of experts (0: dense) on every layer but layer 1 of 3+; sliding window (0: none)
+  // on every layer but layer 1 of 3+
+  int experts, top_k, moe_inter, window;
 };
 
 // Round a synthetic model's matrices (the weights the GPU keeps in bf16) to bf16 in place, so
@@ -65,6 +69,14 @@ static void round_weights_bf16(cf_model_t *m) {
   for (int l = 0; l < c->n_layers; l++) {
     cf_layer_weights_t *w = &m->layers[l];
     rnd(w->wq, q * D); rnd(w->wk, kv * D); rnd(w->wv, kv * D); rnd(w->wo, D * q);
+    if (w->router) { /* MoE layer: router and experts */
+      size_t E = c->n_experts, MI = c->moe_intermediate;
+      rnd(w->router, E * D);
+      for (size_t e = 0; e < E; e++) {
+        rnd(w->e_gate[e], MI * D); rnd(w->e_up[e], MI * D); rnd(w->e_down[e], D * MI);
+      }
+      continue;
+    }
     rnd(w->w_gate, I * D); rnd(w->w_up, I * D); rnd(w->w_down, D * I);
   }
 }
@@ -80,6 +92,16 @@ static void test_synth(const synth_case &sc, bool bf16_weights = true) {
   }
   c.qkv_bias = c.o_bias = c.mlp_bias = sc.bias;
   if (sc.qknorm) { c.qk_norm = 1; c.arch = CF_ARCH_QWEN3; }
+  if (sc.experts) {
+    c.arch = sc.qknorm ? CF_ARCH_QWEN3_MOE : CF_ARCH_MIXTRAL;
+    c.n_experts = sc.experts; c.top_k = sc.top_k; c.moe_intermediate = sc.moe_inter;
+    c.norm_topk = 1;
+    for (int l = 0; l < sc.L; l++) c.layer_moe[l] = !(sc.L >= 3 && l == 1);
+  }
+  if (sc.window) {
+    c.sliding_window = sc.window;
+    for (int l = 0; l < sc.L; l++) c.layer_sliding[l] = !(sc.L >= 3 && l == 1);
+  }
   cf_synth_opts_t o = {kt_rand(), 0.08f, 0.2f};
   cf_model_t *m = NULL;
   cf_backend_t *cpu = NULL, *gpu = NULL;
@@ -401,6 +423,23 @@ int main(int argc, char **argv) {
   for (auto &sc : cases) test_synth(sc);
   test_synth(cases[1], false);
   test_synth(cases[3], false);
+  // Mixtures of experts (per-expert cuBLAS GEMMs over routed tokens) and sliding windows (key
+  // tiles before a block's window skipped, the rest masked): mma16 (hd 32), mma32 (hd 64/128),
+  // scalar (hd 24) attention; windows shorter than T and than the chunk.
+  synth_case moe_win[] = {
+      {"qwen3moe-window-hd32", 3, 96, 6, 2, 32, 200, 300, 0, 0, 1, 300, 70, 8, 2, 48, 40},
+      {"mixtral-window-hd64", 2, 128, 4, 2, 64, 160, 300, 0, 0, 0, 600, 128, 4, 2, 160, 100},
+      {"window-hd128", 3, 256, 4, 2, 128, 384, 300, 1, 0, 0, 1200, 256, 0, 0, 0, 300},
+      {"window-scalar-hd24", 2, 48, 4, 1, 24, 96, 100, 0, 0, 0, 200, 50, 0, 0, 0, 33},
+  };
+  for (auto &sc : moe_win) test_synth(sc);
+  if (cf_attn_wgmma_supported()) {  // the wgmma kernel's window path (head_dim 128, sm_90)
+    KT_RC(cf_attn_set_impl("wgmma"));
+    synth_case wg = moe_win[2];
+    wg.name = "window-hd128-wgmma";
+    test_synth(wg);
+    KT_RC(cf_attn_set_impl("mma"));
+  }
   setenv("CF_CUDA_MAX_STEP", "48", 1);  // several internal steps per call
   synth_case step = {"max-step-48", 2, 64, 4, 2, 16, 128, 256, 1, 0, 0, 170, 100};
   test_synth(step);
@@ -410,9 +449,14 @@ int main(int argc, char **argv) {
   test_fixture(dir, 0);
   test_fixture(dir, 64);
   for (const char *f : {"llama3-bf16", "qwen2-bias", "qwen3-qknorm", "mistral-nowindow",
-                        "llama-sharded", "llama-v4config"}) {
+                        "llama-sharded", "llama-v4config", "mixtral-window", "qwen3moe-dense"}) {
     snprintf(dir, sizeof dir, "tests/fixtures/%s", f);
+    if (access(dir, R_OK) == 0) test_fixture(dir, 0);
+  }
+  for (const char *f : {"public-qwen3-moe", "public-mistral-window"}) {
+    snprintf(dir, sizeof dir, "%s/%s", kt_fixture_dir(), f);
     test_fixture(dir, 0);
+    test_fixture(dir, 7);
   }
   // No GPU at this index: CF_ENODEV so callers fall back to the CPU backend.
   cf_model_t *m = NULL;

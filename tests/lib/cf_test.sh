@@ -36,14 +36,15 @@
 #   cf_wait_config CONF KEY                         after a SIGHUP: until the daemon (CACHEFLOW_ADDR)
 #                                                   reports KEY as CONF sets it (30 s at most)
 #   cf_daemon_stop [SIGNAL]                         signal DPID (default TERM), wait: its exit status,
-#                                                   or 99 when its log holds a sanitizer report
+#                                                   or 99 when its log (cf_daemon_start's LOG)
+#                                                   holds a sanitizer report
 cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 1
 BUILD=${BUILD:-build}
 export BUILD
 export CF_FIXTURES=${CF_FIXTURES:-$(cd .. && pwd)/shared/fixtures}
 export PYTHON=${PYTHON:-/usr/bin/python3}
 FIX=$CF_FIXTURES/public-llama-gqa
-P=0; F=0; S=0; DPID=; T=; CF__ATEXIT=; CF__KILLSIG=TERM
+P=0; F=0; S=0; DPID=; T=; CF__ATEXIT=; CF__KILLSIG=TERM; CF__DLOG=
 
 ok() { P=$((P+1)); echo "  ok   $1"; }
 bad() { F=$((F+1)); echo "FAIL $1"; if [ -n "${2:-}" ]; then echo "$2" | sed 's/^/    /' | head -20; fi; }
@@ -109,7 +110,8 @@ cf_daemon_start() {
   local sock
   sock=$(sed -n 's/^listen = unix://p' "$1" | tail -n 1)
   export CACHEFLOW_ADDR="unix:$sock"
-  "$BUILD/cacheflowd" --config "$1" --model "$2" >>"${3:-$T/d.log}" 2>&1 &
+  CF__DLOG=${3:-$T/d.log}
+  "$BUILD/cacheflowd" --config "$1" --model "$2" >>"$CF__DLOG" 2>&1 &
   DPID=$!
   cf_daemon_wait "$sock"
 }
@@ -135,8 +137,8 @@ cf_wait_config() {
 cf_daemon_stop() {
   local rc
   kill "-${1:-TERM}" "$DPID"; wait "$DPID"; rc=$?; DPID=
-  if grep -qE 'Sanitizer|runtime error:' "$T/d.log" 2>/dev/null; then
-    echo "sanitizer report in the daemon log:"; grep -m 5 -E 'Sanitizer|runtime error:' "$T/d.log"; return 99
+  if grep -qE 'Sanitizer|runtime error:' "${CF__DLOG:-$T/d.log}" 2>/dev/null; then
+    echo "sanitizer report in the daemon log:"; grep -m 5 -E 'Sanitizer|runtime error:' "${CF__DLOG:-$T/d.log}"; return 99
   fi
   return $rc
 }

@@ -14,6 +14,8 @@
 #include "store/cf_stage_ring.h"
 #include "model/cf_kv.h"
 #include "model/cf_model_synth.h"
+#include "store/cf_remote.h"
+#include "unit/redis_testlib.h"
 
 typedef struct {
   cf_model_t *m;
@@ -83,13 +85,21 @@ static int engine_check(const engine_t *e, const world_t *w, int exact_upto) {
   return bad;
 }
 
+static cf_store_t *open_store_remote(const world_t *w, const char *name, uint64_t cpu, uint64_t ssd,
+                                     const char *remote_url);
 static cf_store_t *open_store(const world_t *w, const char *name, uint64_t cpu, uint64_t ssd) {
+  return open_store_remote(w, name, cpu, ssd, NULL);
+}
+
+static cf_store_t *open_store_remote(const world_t *w, const char *name, uint64_t cpu, uint64_t ssd,
+                                     const char *remote_url) {
   cf_store_geom_t g = {.dtype_size = 4, .chunk_tokens = (uint32_t)w->C, .n_layers = (uint32_t)w->L,
                        .n_kv_heads = (uint32_t)w->m->cfg.n_kv_heads, .head_dim = (uint32_t)w->m->cfg.head_dim};
   memcpy(g.fingerprint, w->m->fingerprint, 16);
   cf_store_config_t c;
   cf_store_config_default(&c);
   c.cpu_bytes = cpu; c.ssd_bytes = ssd; c.spill = 0;
+  c.remote_url = remote_url;
   char dir[512];
   snprintf(dir, sizeof dir, "%s/%s", cf_test_tmpdir(), name);
   cf_store_t *st = NULL;
@@ -533,6 +543,127 @@ CF_TEST(ssd_stream_respects_rate_limit_and_cancellation) {
   CF_CHECK_LT(r.stats.cells_loaded[CF_EXEC_TIER_SSD], 24ull * f.w.L);
   CF_CHECK_LT(r.stats.layers_ready, f.w.L);
   ssdfx_free(&f);
+}
+
+/* ---------------------------------------------------------------- remote tier */
+
+typedef struct {
+  const world_t *w;
+  engine_t *e;
+  plan_t *p;
+  cf_exec_req_t r;
+  int rc;
+} bg_restore_t;
+
+static void *bg_restore(void *arg) {
+  bg_restore_t *b = arg;
+  b->rc = restore(b->w, b->e, b->p, &b->r);
+  return NULL;
+}
+
+/* Two nodes, one Redis: node A saves (its store writes the chunks back to the remote tier), node
+ * B — its own empty local store — finds them there and restores them bit-exact through the
+ * executor's remote source (pipelined GETs). Then the damage cases on B: a cell deleted, a cell
+ * corrupted, and the server killed with SIGKILL in the middle of a rate-limited restore: every
+ * such cell is recomputed and the engine still gets exactly the KV of a full recompute. */
+CF_TEST(remote_tier_two_nodes_one_redis) {
+  if (!rt_have_redis()) { cf_test_skip("redis-server not installed (make deps)"); return; }
+  rt_server_t srv;
+  CF_CHECK_EQ(rt_standalone(&srv, cf_test_tmpdir(), "redis", NULL), 0);
+  char url[64];
+  snprintf(url, sizeof url, "redis://127.0.0.1:%d", srv.port);
+  world_t w;
+  world_init(&w, 16, 16 * 10 + 3);
+  engine_t a, b;
+  engine_init(&a, &w, "rem_a", 8, 1);
+  engine_init(&b, &w, "rem_b", 4, 5);
+  engine_prefill(&a, &w);
+  cf_store_t *sa = open_store_remote(&w, "node_a", 1 << 20, 8 << 20, url);
+  cf_store_t *sb = open_store_remote(&w, "node_b", 1 << 20, 8 << 20, url);
+  cf_save_result_t sr;
+  CF_CHECK_OK(cf_save_blocks(sa, &a.kv, w.tokens, w.T, a.blocks, a.nb, 0, &sr));
+  CF_CHECK_EQ(sr.new_chunks, 11);
+  CF_CHECK_OK(cf_remote_flush(cf_store_remote(sa), 20000));
+  cf_remote_stats_t rs;
+  cf_remote_get_stats(cf_store_remote(sa), &rs);
+  CF_CHECK_EQ(rs.chunks_written, 11);
+  /* B's local tiers are empty; lookup_all finds the remote chunks, plain lookup does not */
+  cf_store_key_t keys[16];
+  cf_store_chain_keys(w.m->fingerprint, w.tokens, 160, 16, keys);
+  uint8_t tiers[16];
+  CF_CHECK_EQ(cf_store_lookup(sb, keys, 10, NULL), 0);
+  CF_CHECK_EQ(cf_store_lookup_all(sb, keys, 10, tiers), 10);
+  CF_CHECK_EQ(tiers[9], CF_STORE_TIER_REMOTE);
+  /* cf_store_read falls back to the remote tier */
+  size_t cb = cf_store_cell_bytes(cf_store_geom(sb));
+  uint8_t *cell = malloc(cb);
+  int tier = 0;
+  CF_CHECK_OK(cf_store_read(sb, &keys[3], 1, 1, cell, cb, &tier));
+  CF_CHECK_EQ(tier, CF_STORE_TIER_REMOTE);
+  CF_CHECK(memcmp(cell, w.ref.k[1] + (size_t)3 * 16 * w.ref.row, cb / 2) == 0);
+  free(cell);
+
+  cf_cellsrc_store_t cs;
+  CF_CHECK_OK(cf_cellsrc_store_init(&cs, sb, NULL, NULL));
+  plan_t p;
+  plan_prepare(&p, &cs, &w);
+  CF_CHECK_EQ(p.found, 10);
+  for (int c = 0; c < 10; c++) CF_CHECK_EQ(p.tiers[c], CF_STORE_TIER_REMOTE);
+  cf_exec_req_t r;
+  CF_CHECK_OK(restore(&w, &b, &p, &r));
+  CF_CHECK_EQ(r.stats.cells_loaded[CF_EXEC_TIER_REMOTE], 10ull * w.L);
+  CF_CHECK_EQ(r.stats.cells_computed, w.L); /* the 3-token tail */
+  CF_CHECK_EQ(r.stats.load_failures, 0);
+  CF_CHECK_EQ(engine_check(&b, &w, 160), 0);
+
+  /* damage behind the tier's back: chunk 2's layer-1 cell deleted, chunk 6's layer 0 corrupted */
+  char key[200];
+  size_t kl = cf_remote_key(cf_store_remote(sb), &keys[2], 1, key, sizeof key);
+  redisReply *x = rt_cmd(&srv, "DEL %b", key, kl);
+  if (x) freeReplyObject(x);
+  kl = cf_remote_key(cf_store_remote(sb), &keys[6], 0, key, sizeof key);
+  x = rt_cmd(&srv, "SETRANGE %b 200 %b", key, kl, "XYZ", (size_t)3);
+  if (x) freeReplyObject(x);
+  for (int l = 0; l < w.L; l++) {
+    memset(b.kv.k[l], 0xff, cf_kv_layout_plane_bytes(&b.kv.layout));
+    memset(b.kv.v[l], 0xff, cf_kv_layout_plane_bytes(&b.kv.layout));
+  }
+  CF_CHECK_OK(restore(&w, &b, &p, &r));
+  CF_CHECK_GE(r.stats.load_failures, 2);
+  CF_CHECK_EQ(engine_check(&b, &w, 0), 0); /* recomputed cells within 1e-4, loaded ones exact */
+  cf_remote_get_stats(cf_store_remote(sb), &rs);
+  CF_CHECK_GE(rs.cells_corrupt, 1);
+  CF_CHECK_GE(rs.cells_missing, 1);
+
+  /* SIGKILL of the server mid-restore (loads held to 256 KB/s so the restore is still loading) */
+  cf_ratelimit_t rl;
+  CF_CHECK_OK(cf_ratelimit_init(&rl, 256e3, 0));
+  cs.remote.limit = &rl;
+  cs.remote_depth = 2;
+  for (int l = 0; l < w.L; l++) {
+    memset(b.kv.k[l], 0xff, cf_kv_layout_plane_bytes(&b.kv.layout));
+    memset(b.kv.v[l], 0xff, cf_kv_layout_plane_bytes(&b.kv.layout));
+  }
+  bg_restore_t bg = {&w, &b, &p, {0}, 0};
+  pthread_t th;
+  pthread_create(&th, NULL, bg_restore, &bg);
+  rt_sleep_ms(30);
+  rt_stop(&srv);
+  pthread_join(th, NULL);
+  CF_CHECK_OK(bg.rc);
+  CF_CHECK_EQ(engine_check(&b, &w, 0), 0);
+  printf("    killed mid-restore: %llu cells loaded, %llu computed, %llu load failures\n",
+         (unsigned long long)bg.r.stats.cells_loaded[CF_EXEC_TIER_REMOTE],
+         (unsigned long long)bg.r.stats.cells_computed, (unsigned long long)bg.r.stats.load_failures);
+  /* with the server gone, lookups find nothing remote and B still serves its local tiers */
+  CF_CHECK_EQ(cf_store_lookup_all(sb, keys, 10, tiers), 0);
+  cf_cellsrc_store_unprepare(&cs, p.refs, p.found);
+  cf_cellsrc_store_close(&cs);
+  cf_ratelimit_close(&rl);
+  cf_store_close(sa);
+  cf_store_close(sb);
+  cf_kvmap_close(&a.kv); cf_kvmap_close(&b.kv);
+  world_free(&w);
 }
 
 /* TP shards save into whole cells: shard 0's save alone stores nothing (pending), shard 1's

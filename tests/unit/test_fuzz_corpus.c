@@ -10,6 +10,8 @@
 #include "cf_test.h"
 #include "model/cf_hfconfig.h"
 #include "model/cf_safetensors.h"
+#include "store/cf_redis.h"
+#include "store/cf_redis_slots.h"
 
 #define CORPUS "tests/fuzz/corpus"
 
@@ -44,6 +46,24 @@ static int parse_index(const unsigned char *buf, size_t len) {
   int rc = cf_st_index_parse((const char *)buf, len, "corpus/index.json", &ix);
   if (rc == 0) cf_st_index_free(&ix);
   return rc;
+}
+
+/* The remote tier's parsers: byte 0 even = remote_url, odd = a MOVED/ASK error reply (a reply
+ * that is no redirection returns 0: it is an ordinary error, not a refusal). */
+static int parse_redis(const unsigned char *buf, size_t len) {
+  if (len < 1) return 0;
+  if ((buf[0] & 1) == 0) {
+    char z[1024];
+    size_t n = len - 1 < sizeof z - 1 ? len - 1 : sizeof z - 1;
+    memcpy(z, buf + 1, n);
+    z[n] = 0;
+    cf_redis_url_t u;
+    return cf_redis_url_parse(z, &u);
+  }
+  unsigned slot;
+  cf_redis_addr_t a;
+  int k = cf_redis_parse_redirect((const char *)buf + 1, len - 1, "default", &slot, &a);
+  return k == CF_REDIS_REDIR_NONE ? (cf_seterr(CF_EFORMAT, "not a redirection"), 0) : 0;
 }
 
 /* Returns the number of files replayed. */
@@ -82,3 +102,4 @@ static int replay(const char *target, parse_fn fn) {
 CF_TEST(replay_safetensors_corpus) { CF_CHECK_GE(replay("safetensors", parse_st), 10); }
 CF_TEST(replay_hfconfig_corpus) { CF_CHECK_GE(replay("hfconfig", parse_cfg), 10); }
 CF_TEST(replay_stindex_corpus) { CF_CHECK_GE(replay("stindex", parse_index), 5); }
+CF_TEST(replay_redisurl_corpus) { CF_CHECK_GE(replay("redisurl", parse_redis), 15); }

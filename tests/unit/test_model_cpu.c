@@ -10,6 +10,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---------------------------------------------------------------- helpers */
@@ -74,6 +75,38 @@ static void ref_rope(double *x, int hd, int pos, const cf_model_config_t *c) {
   }
 }
 
+/* Mixture of experts for one token, in double: softmax over all experts, the top_k by
+ * probability, renormalised when norm_topk, x += sum p_e * down_e(silu(gate_e h) * up_e h). */
+static void ref_moe(const cf_model_config_t *c, const cf_layer_weights_t *w, const double *h,
+                    double *x) {
+  int E = c->n_experts, D = c->hidden, MI = c->moe_intermediate;
+  double *p = malloc(sizeof(double) * E), *g = malloc(sizeof(double) * MI);
+  double *u = malloc(sizeof(double) * MI), *y = malloc(sizeof(double) * D);
+  int *used = calloc(E, sizeof(int));
+  double mx = -INFINITY, sum = 0, tot = 0;
+  ref_linear(h, w->router, NULL, D, E, p);
+  for (int e = 0; e < E; e++) mx = p[e] > mx ? p[e] : mx;
+  for (int e = 0; e < E; e++) sum += (p[e] = exp(p[e] - mx));
+  for (int e = 0; e < E; e++) p[e] /= sum;
+  for (int k = 0; k < c->top_k; k++) {
+    int best = -1;
+    for (int e = 0; e < E; e++)
+      if (!used[e] && (best < 0 || p[e] > p[best])) best = e;
+    used[best] = 1;
+    tot += p[best];
+  }
+  for (int e = 0; e < E; e++) {
+    if (!used[e]) continue;
+    double pe = c->norm_topk ? p[e] / tot : p[e];
+    ref_linear(h, w->e_gate[e], NULL, D, MI, g);
+    ref_linear(h, w->e_up[e], NULL, D, MI, u);
+    for (int i = 0; i < MI; i++) g[i] = g[i] / (1 + exp(-g[i])) * u[i];
+    ref_linear(g, w->e_down[e], NULL, MI, D, y);
+    for (int i = 0; i < D; i++) x[i] += pe * y[i];
+  }
+  free(p); free(g); free(u); free(y); free(used);
+}
+
 /* KV of all layers for tokens[0..T) into kv (float), computed in double. */
 static void ref_forward(const cf_model_t *m, const int32_t *tok, int T, cf_kv_t *kv) {
   const cf_model_config_t *c = &m->cfg;
@@ -106,19 +139,20 @@ static void ref_forward(const cf_model_t *m, const int32_t *tok, int T, cf_kv_t 
     }
     for (size_t i = 0; i < (size_t)T * kvd; i++) { kv->k[l][i] = (float)k[i]; kv->v[l][i] = (float)v[i]; }
     for (int t = 0; t < T; t++) {
+      int W = cf_model_layer_window(c, l), j0 = W > 0 && t - W + 1 > 0 ? t - W + 1 : 0;
       for (int hh = 0; hh < H; hh++) {
         int gg = hh / (H / G);
         double mx = -INFINITY, sum = 0;
-        for (int j = 0; j <= t; j++) {
+        for (int j = j0; j <= t; j++) {
           double s = 0;
           for (int d = 0; d < hd; d++) s += q[(size_t)t * qd + hh * hd + d] * k[(size_t)j * kvd + gg * hd + d];
           p[j] = s / sqrt((double)hd);
           if (p[j] > mx) mx = p[j];
         }
-        for (int j = 0; j <= t; j++) { p[j] = exp(p[j] - mx); sum += p[j]; }
+        for (int j = j0; j <= t; j++) { p[j] = exp(p[j] - mx); sum += p[j]; }
         for (int d = 0; d < hd; d++) {
           double s = 0;
-          for (int j = 0; j <= t; j++) s += p[j] * v[(size_t)j * kvd + gg * hd + d];
+          for (int j = j0; j <= t; j++) s += p[j] * v[(size_t)j * kvd + gg * hd + d];
           att[hh * hd + d] = s / sum;
         }
       }
@@ -126,6 +160,10 @@ static void ref_forward(const cf_model_t *m, const int32_t *tok, int T, cf_kv_t 
       ref_linear(att, w->wo, w->bo, qd, D, tmp);
       for (int i = 0; i < D; i++) xt[i] += tmp[i];
       ref_rmsnorm(xt, w->mlp_norm, c->rms_eps, h, D);
+      if (c->layer_moe[l]) {
+        ref_moe(c, w, h, xt);
+        continue;
+      }
       ref_linear(h, w->w_gate, w->b_gate, D, I, g);
       ref_linear(h, w->w_up, w->b_up, D, I, u);
       for (int i = 0; i < I; i++) g[i] = g[i] / (1 + exp(-g[i])) * u[i];
@@ -201,9 +239,33 @@ CF_TEST(cpu_plain_llama_mha_mqa_match_reference) {
   }
 }
 
+/* A qwen3_moe-like model: 6 experts, top-3 without renormalisation, layer 1 dense among MoE
+ * layers, q/k norm, windows of 40 keys on layers 0 and 2 (full attention on 1). */
+static cf_model_t *moe_window_model(int norm_topk, int window) {
+  cf_model_config_t c;
+  CF_CHECK_OK(cf_synth_preset("tiny", &c));
+  c.arch = CF_ARCH_QWEN3_MOE;
+  c.hidden = 48; c.n_heads = 4; c.n_kv_heads = 2; c.head_dim = 16; c.intermediate = 80;
+  c.n_layers = 3; c.vocab = 97; c.qk_norm = 1; c.rms_eps = 1e-6;
+  c.n_experts = 6; c.top_k = 3; c.moe_intermediate = 24; c.norm_topk = norm_topk;
+  c.layer_moe[0] = c.layer_moe[2] = 1;
+  c.sliding_window = window;
+  c.layer_sliding[0] = c.layer_sliding[2] = window > 0;
+  cf_synth_opts_t o = {.seed = 11, .std = 0.2f, .norm_jitter = 0.3f};
+  cf_model_t *m = NULL;
+  CF_CHECK_OK(cf_model_synth(&c, &o, &m));
+  return m;
+}
+
+CF_TEST(cpu_moe_and_window_match_double_reference) {
+  for (int v = 0; v < 3; v++) { /* renormalised, not, and windowless */
+    cf_model_t *m = moe_window_model(v != 1, v == 2 ? 0 : 40);
+    check_vs_reference(m, 2, 300); /* 300 > 256: windows cross a key block; frees m */
+  }
+}
+
 /* Chunk by chunk through the primitive, each call given the KV prefix of the earlier chunks. */
-CF_TEST(cpu_chunked_equals_whole) {
-  cf_model_t *m = full_feature_model();
+static void chunked_equals_whole(cf_model_t *m) {
   cf_backend_t *be;
   CF_CHECK_OK(cf_backend_cpu_create(m, 2, &be));
   int T = 1100; /* spans several 512-token layer blocks; not a multiple of any chunk below */
@@ -234,6 +296,11 @@ CF_TEST(cpu_chunked_equals_whole) {
   cf_backend_free(be);
   cf_model_synth_free(m);
 }
+
+CF_TEST(cpu_chunked_equals_whole) { chunked_equals_whole(full_feature_model()); }
+
+/* MoE layers (expert groups change with the chunk) and a 100-key window at T = 1100. */
+CF_TEST(cpu_chunked_equals_whole_moe_window) { chunked_equals_whole(moe_window_model(1, 100)); }
 
 /* Layers split across calls: hidden_out of [0, a) is the hidden_in of [a, L). */
 CF_TEST(cpu_layer_split_equals_whole) {
@@ -472,4 +539,204 @@ CF_TEST(golden_every_fixture_checkpoint) {
   if (!dirs) CF_SKIP("no checkpoints with kv.safetensors under tests/fixtures");
   int chunks[] = {7, 64};
   for (int i = 0; i < dirs; i++) CF_CHECK_EQ(golden_dir(names[i], chunks, 2), 4);
+}
+
+/* qwen3_moe (8 experts, top-2, norm_topk_prob, q/k norm) and mistral with a 32-key window at
+ * T = 150, both made by transformers 5.19: whole, chunks 1/7/64 and a staircase. */
+static void golden_public(const char *name) {
+  char dir[512], ref[600];
+  snprintf(dir, sizeof dir, "%s/%s", cf_test_fixtures(), name);
+  snprintf(ref, sizeof ref, "%s/kv.safetensors", dir);
+  if (access(ref, R_OK) != 0) {
+    printf("  fixture %s not present: skipped\n", name);
+    return;
+  }
+  int chunks[] = {1, 7, 64};
+  CF_CHECK_EQ(golden_dir(dir, chunks, 3), 5);
+}
+
+CF_TEST(golden_public_qwen3_moe_whole_and_chunked) { golden_public("public-qwen3-moe"); }
+CF_TEST(golden_public_mistral_window_whole_and_chunked) { golden_public("public-mistral-window"); }
+
+/* ---------------------------------------------------------------- MoE checkpoint layouts */
+
+#include "model/cf_safetensors.h"
+
+/* config.json for a synthetic qwen3_moe or mixtral model. */
+static void write_moe_config(const char *dir, const cf_model_config_t *c, const char *dtype) {
+  char path[600], dense[256] = "", *p = dense;
+  for (int l = 0; l < c->n_layers; l++)
+    if (!c->layer_moe[l]) p += sprintf(p, "%s%d", p == dense ? "" : ",", l);
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  FILE *f = fopen(path, "w");
+  CF_CHECK(f != NULL);
+  if (!f) return;
+  int mx = c->arch == CF_ARCH_MIXTRAL;
+  fprintf(f, "{\"architectures\":[\"%s\"],\"model_type\":\"%s\",\"hidden_size\":%d,"
+          "\"intermediate_size\":%d,\"num_attention_heads\":%d,\"num_key_value_heads\":%d,"
+          "\"head_dim\":%d,\"num_hidden_layers\":%d,\"vocab_size\":%d,\"rms_norm_eps\":%.17g,"
+          "\"rope_theta\":%.17g,\"tie_word_embeddings\":false,\"dtype\":\"%s\","
+          "\"num_experts_per_tok\":%d,",
+          mx ? "MixtralForCausalLM" : "Qwen3MoeForCausalLM", mx ? "mixtral" : "qwen3_moe",
+          c->hidden, mx ? c->moe_intermediate : c->intermediate, c->n_heads, c->n_kv_heads,
+          c->head_dim, c->n_layers, c->vocab, c->rms_eps, c->rope_theta, dtype, c->top_k);
+  if (mx)
+    fprintf(f, "\"num_local_experts\":%d,\"sliding_window\":%d}", c->n_experts, c->sliding_window);
+  else
+    fprintf(f, "\"num_experts\":%d,\"moe_intermediate_size\":%d,\"norm_topk_prob\":%s,"
+            "\"decoder_sparse_step\":1,\"mlp_only_layers\":[%s],\"sliding_window\":null}",
+            c->n_experts, c->moe_intermediate, c->norm_topk ? "true" : "false", dense);
+  fclose(f);
+}
+
+/* Writes synthetic model m as a checkpoint in dir: experts per expert (the names
+ * cf_model_hf_tensors gives: qwen3_moe's, or mixtral's 4.x w1/w2/w3), or stacked as
+ * transformers 5 holds them (<module>.experts.gate_up_proj [E][2I][H], .down_proj [E][H][I]),
+ * in F32 or BF16. */
+static void write_moe_checkpoint(const cf_model_t *m, const char *dir, int stacked, cf_dtype_t dt) {
+  const cf_model_config_t *c = &m->cfg;
+  mkdir(dir, 0755);
+  write_moe_config(dir, c, dt == CF_DT_BF16 ? "bfloat16" : "float32");
+  int n = cf_model_hf_tensors(m, NULL, 0);
+  cf_hf_tensor_t *t = calloc(n, sizeof *t);
+  cf_model_hf_tensors(m, t, n);
+  cf_st_writer_t w;
+  cf_st_writer_init(&w);
+  void **own = calloc(n + 3 * c->n_layers, sizeof *own);
+  int no = 0;
+  int64_t E = c->n_experts, D = c->hidden, MI = c->moe_intermediate;
+  for (int i = 0; i < n; i++) {
+    if (stacked && (strstr(t[i].name, ".experts.") || strstr(t[i].name, "block_sparse_moe")))
+      continue; /* stacked is the 5.x layout: mixtral's router moves to mlp.gate as well */
+    size_t numel = (size_t)t[i].shape[0] * (t[i].ndim == 2 ? (size_t)t[i].shape[1] : 1);
+    const void *data = t[i].data;
+    if (dt == CF_DT_BF16) {
+      own[no] = malloc(numel * 2);
+      cf_f32_to_bf16(t[i].data, own[no], numel);
+      data = own[no++];
+    }
+    CF_CHECK_OK(cf_st_writer_add(&w, t[i].name, dt, t[i].ndim, t[i].shape, data));
+  }
+  char names[2 * 1024][96];
+  int nn = 0;
+  for (int l = 0; stacked && l < c->n_layers; l++) {
+    const cf_layer_weights_t *lw = &m->layers[l];
+    if (!lw->router) continue;
+    const char *mod = "mlp";
+    float *gu = malloc(sizeof(float) * E * 2 * MI * D), *dn = malloc(sizeof(float) * E * D * MI);
+    for (int64_t e = 0; e < E; e++) {
+      memcpy(gu + e * 2 * MI * D, lw->e_gate[e], sizeof(float) * MI * D);
+      memcpy(gu + e * 2 * MI * D + MI * D, lw->e_up[e], sizeof(float) * MI * D);
+      memcpy(dn + e * D * MI, lw->e_down[e], sizeof(float) * D * MI);
+    }
+    void *bgu = gu, *bdn = dn;
+    if (dt == CF_DT_BF16) {
+      bgu = malloc(E * 2 * MI * D * 2);
+      bdn = malloc(E * D * MI * 2);
+      cf_f32_to_bf16(gu, bgu, E * 2 * MI * D);
+      cf_f32_to_bf16(dn, bdn, E * D * MI);
+      free(gu);
+      free(dn);
+    }
+    own[no++] = bgu;
+    own[no++] = bdn;
+    snprintf(names[nn], sizeof names[nn], "model.layers.%d.%s.experts.gate_up_proj", l, mod);
+    CF_CHECK_OK(cf_st_writer_add(&w, names[nn++], dt, 3, (int64_t[]){E, 2 * MI, D}, bgu));
+    snprintf(names[nn], sizeof names[nn], "model.layers.%d.%s.experts.down_proj", l, mod);
+    CF_CHECK_OK(cf_st_writer_add(&w, names[nn++], dt, 3, (int64_t[]){E, D, MI}, bdn));
+    if (c->arch == CF_ARCH_MIXTRAL) { /* 5.x names the router mlp.gate too */
+      snprintf(names[nn], sizeof names[nn], "model.layers.%d.mlp.gate.weight", l);
+      const void *r = lw->router;
+      if (dt == CF_DT_BF16) {
+        own[no] = malloc(E * D * 2);
+        cf_f32_to_bf16(lw->router, own[no], E * D);
+        r = own[no++];
+      }
+      CF_CHECK_OK(cf_st_writer_add(&w, names[nn++], dt, 2, (int64_t[]){E, D}, r));
+    }
+  }
+  char path[600];
+  snprintf(path, sizeof path, "%s/model.safetensors", dir);
+  CF_CHECK_OK(cf_st_writer_write(&w, path));
+  cf_st_writer_close(&w);
+  for (int i = 0; i < no; i++) free(own[i]);
+  free(own);
+  free(t);
+}
+
+/* KV of tokens through the CPU backend (2 threads). */
+static void kv_of(const cf_model_t *m, const int32_t *tok, int T, cf_kv_t *kv) {
+  cf_backend_t *be;
+  kv_alloc(kv, &m->cfg, T);
+  CF_CHECK_OK(cf_backend_cpu_create(m, 2, &be));
+  CF_CHECK_OK(cf_kv_compute(be, tok, 0, kv));
+  cf_backend_free(be);
+}
+
+static int kv_identical(const cf_kv_t *a, const cf_kv_t *b) {
+  for (int l = 0; l < a->n_layers; l++)
+    if (memcmp(a->k[l], b->k[l], a->row * a->T * 4) || memcmp(a->v[l], b->v[l], a->row * a->T * 4))
+      return 0;
+  return 1;
+}
+
+/* Every expert layout loads to the same weights: the KV through the loaded checkpoint equals,
+ * bit for bit, the KV of the in-memory model it was written from (F32), and the per-expert and
+ * stacked BF16 checkpoints give identical KV. The router key moves from block_sparse_moe (4.x
+ * mixtral) to mlp (5.x). */
+CF_TEST(moe_checkpoint_layouts_load_identically) {
+  for (int mx = 0; mx < 2; mx++) {
+    cf_model_t *m = moe_window_model(1, 0);
+    if (mx) { /* mixtral: every layer MoE, experts of intermediate_size, a window */
+      cf_model_config_t c = m->cfg;
+      cf_model_synth_free(m);
+      c.arch = CF_ARCH_MIXTRAL;
+      c.qk_norm = 0;
+      c.layer_moe[1] = 1;
+      c.intermediate = c.moe_intermediate;
+      c.top_k = 2;
+      c.sliding_window = 20;
+      for (int l = 0; l < c.n_layers; l++) c.layer_sliding[l] = 1;
+      cf_synth_opts_t o = {.seed = 5, .std = 0.2f, .norm_jitter = 0.3f};
+      CF_CHECK_OK(cf_model_synth(&c, &o, &m));
+    }
+    int T = 70;
+    int32_t *tok = rand_tokens(T, m->cfg.vocab);
+    cf_kv_t want;
+    kv_of(m, tok, T, &want);
+    cf_kv_t bf[2];
+    for (int lay = 0; lay < 4; lay++) {
+      int stacked = lay & 1;
+      cf_dtype_t dt = lay < 2 ? CF_DT_F32 : CF_DT_BF16;
+      char dir[600];
+      snprintf(dir, sizeof dir, "%s/moe-%s-%d", cf_test_tmpdir(), mx ? "mixtral" : "qwen3moe", lay);
+      write_moe_checkpoint(m, dir, stacked, dt);
+      cf_model_t *ld = NULL;
+      int rc = cf_model_load(dir, &ld);
+      CF_CHECK_MSG(rc == 0, "%s: %s", dir, cf_errmsg());
+      if (rc) continue;
+      CF_CHECK_EQ(ld->cfg.n_experts, m->cfg.n_experts);
+      CF_CHECK_EQ(ld->cfg.sliding_window, m->cfg.sliding_window);
+      CF_CHECK(memcmp(ld->cfg.layer_moe, m->cfg.layer_moe, sizeof m->cfg.layer_moe) == 0);
+      cf_kv_t got;
+      kv_of(ld, tok, T, &got);
+      if (dt == CF_DT_F32) {
+        CF_CHECK_MSG(kv_identical(&got, &want), "%s: KV differs from the in-memory model", dir);
+        cf_kv_free(&got);
+      } else {
+        bf[stacked] = got;
+      }
+      cf_model_free(ld);
+    }
+    CF_CHECK_MSG(kv_identical(&bf[0], &bf[1]), "%s BF16: stacked and per-expert KV differ",
+                 mx ? "mixtral" : "qwen3_moe");
+    /* the BF16 files really hold rounded weights (a flipped routing choice makes the gap big) */
+    double e = kv_rel_err(&bf[0], &want);
+    CF_CHECK_MSG(e > 0 && isfinite(e), "BF16 checkpoint vs F32 model: rel err %.3g", e);
+    cf_kv_free(&bf[0]);
+    cf_kv_free(&bf[1]);
+    cf_kv_free(&want);
+    free(tok);
+    cf_model_synth_free(m);
+  }
 }

@@ -454,7 +454,7 @@ CF_TEST(config_families) {
 CF_TEST(config_errors_name_the_key) {
   cf_model_config_t c;
   CF_CHECK_ERR(parse_cfg(subst(LLAMA_CFG, "\"model_type\":\"llama\"", "\"model_type\":\"gpt_neox\""), &c), CF_EUNSUPPORTED);
-  CF_CHECK_CONTAINS(cf_errmsg(), "x/config.json: model_type 'gpt_neox' is not supported (supported: llama, mistral, qwen2, qwen3)");
+  CF_CHECK_CONTAINS(cf_errmsg(), "x/config.json: model_type 'gpt_neox' is not supported (supported: llama, mistral, qwen2, qwen3, qwen3_moe, mixtral)");
   CF_CHECK_ERR(parse_cfg(subst(subst(LLAMA_CFG, "\"model_type\":\"llama\",", ""), "LlamaForCausalLM", "FalconForCausalLM"), &c), CF_EUNSUPPORTED);
   CF_CHECK_CONTAINS(cf_errmsg(), "architecture 'FalconForCausalLM' is not supported");
   CF_CHECK_ERR(parse_cfg(subst(LLAMA_CFG, "LlamaForCausalLM", "MistralForCausalLM"), &c), CF_EUNSUPPORTED);
@@ -465,14 +465,8 @@ CF_TEST(config_errors_name_the_key) {
   CF_CHECK_CONTAINS(cf_errmsg(), "rope_scaling.type 'dynamic' is not supported");
   CF_CHECK_ERR(parse_cfg(subst(LLAMA_CFG, "\"rope_type\":\"default\"", "\"rope_type\":\"llama3\",\"factor\":8.0"), &c), CF_EFORMAT);
   CF_CHECK_CONTAINS(cf_errmsg(), "required key 'rope_parameters.low_freq_factor' is missing");
-  CF_CHECK_ERR(parse_cfg(as_family("mistral", "MistralForCausalLM", ",\"sliding_window\":4096"), &c), CF_EUNSUPPORTED);
-  CF_CHECK_CONTAINS(cf_errmsg(), "key 'sliding_window': sliding-window attention is not supported (expected null, found number 4096)");
-  CF_CHECK_ERR(parse_cfg(as_family("mistral", "MistralForCausalLM", ""), &c), CF_EUNSUPPORTED);
-  CF_CHECK_CONTAINS(cf_errmsg(), "key 'sliding_window' is absent, so transformers applies mistral's default window of 4096");
-  CF_CHECK_ERR(parse_cfg(as_family("qwen2", "Qwen2ForCausalLM", ",\"use_sliding_window\":true"), &c), CF_EUNSUPPORTED);
-  CF_CHECK_CONTAINS(cf_errmsg(), "use_sliding_window' is true");
   CF_CHECK_ERR(parse_cfg(as_family("qwen2", "Qwen2ForCausalLM", ",\"layer_types\":[\"full_attention\",\"sliding_attention\"]"), &c), CF_EUNSUPPORTED);
-  CF_CHECK_CONTAINS(cf_errmsg(), "layer_types[1] is 'sliding_attention'");
+  CF_CHECK_CONTAINS(cf_errmsg(), "layer_types names sliding_attention layers but use_sliding_window is not true");
   CF_CHECK_ERR(parse_cfg(subst(LLAMA_CFG, "\"silu\"", "\"gelu\""), &c), CF_EUNSUPPORTED);
   CF_CHECK_CONTAINS(cf_errmsg(), "hidden_act 'gelu' is not supported");
   CF_CHECK_ERR(parse_cfg(subst(LLAMA_CFG, "\"num_key_value_heads\":2", "\"num_key_value_heads\":3"), &c), CF_ERANGE);
@@ -495,6 +489,75 @@ CF_TEST(config_errors_name_the_key) {
   CF_CHECK_CONTAINS(cf_errmsg(), "x/config.json: JSON line 1 col");
   CF_CHECK_ERR(parse_cfg("[]", &c), CF_EFORMAT);
   CF_CHECK_CONTAINS(cf_errmsg(), "expected a JSON object, found array");
+}
+
+/* Sliding windows and mixtures of experts: what transformers 5 decides per layer. */
+CF_TEST(config_windows_and_experts) {
+  cf_model_config_t c;
+  /* mistral: sliding_window set or absent (MistralConfig's default 4096) windows every layer */
+  CF_CHECK_OK(parse_cfg(as_family("mistral", "MistralForCausalLM", ",\"sliding_window\":32"), &c));
+  CF_CHECK(c.sliding_window == 32 && c.layer_sliding[0] && c.layer_sliding[1]);
+  CF_CHECK_EQ(cf_model_layer_window(&c, 1), 32);
+  CF_CHECK_OK(parse_cfg(as_family("mistral", "MistralForCausalLM", ""), &c));
+  CF_CHECK_EQ(c.sliding_window, 4096);
+  CF_CHECK_OK(parse_cfg(as_family("mistral", "MistralForCausalLM", ",\"sliding_window\":null"), &c));
+  CF_CHECK(c.sliding_window == 0 && !c.layer_sliding[0] && cf_model_layer_window(&c, 0) == 0);
+  CF_CHECK_ERR(parse_cfg(as_family("mistral", "MistralForCausalLM", ",\"sliding_window\":8,\"layer_types\":[\"full_attention\",\"sliding_attention\"]"), &c), CF_EUNSUPPORTED);
+  CF_CHECK_CONTAINS(cf_errmsg(), "transformers' mistral reads no layer_types");
+  CF_CHECK_ERR(parse_cfg(as_family("mistral", "MistralForCausalLM", ",\"sliding_window\":0"), &c), CF_ERANGE);
+  CF_CHECK_CONTAINS(cf_errmsg(), "key 'sliding_window': expected a positive integer or null, found number 0");
+  CF_CHECK_ERR(parse_cfg(as_family("mistral", "MistralForCausalLM", ",\"sliding_window\":\"32\""), &c), CF_EFORMAT);
+  CF_CHECK_CONTAINS(cf_errmsg(), "key 'sliding_window': expected a positive integer or null, found string");
+  /* qwen2/qwen3: use_sliding_window + layer_types, or max_window_layers */
+  CF_CHECK_OK(parse_cfg(as_family("qwen2", "Qwen2ForCausalLM", ",\"use_sliding_window\":true,\"sliding_window\":8,\"max_window_layers\":1"), &c));
+  CF_CHECK(c.sliding_window == 8 && !c.layer_sliding[0] && c.layer_sliding[1]);
+  CF_CHECK_OK(parse_cfg(as_family("qwen3", "Qwen3ForCausalLM", ",\"use_sliding_window\":true,\"sliding_window\":8,\"layer_types\":[\"sliding_attention\",\"full_attention\"]"), &c));
+  CF_CHECK(c.sliding_window == 8 && c.layer_sliding[0] && !c.layer_sliding[1]);
+  CF_CHECK_EQ(cf_model_layer_window(&c, 0), 8);
+  CF_CHECK_EQ(cf_model_layer_window(&c, 1), 0);
+  /* no layer below max_window_layers (28 by default) slides: no window at all */
+  CF_CHECK_OK(parse_cfg(as_family("qwen2", "Qwen2ForCausalLM", ",\"use_sliding_window\":true"), &c));
+  CF_CHECK_EQ(c.sliding_window, 0);
+  CF_CHECK_ERR(parse_cfg(as_family("qwen3", "Qwen3ForCausalLM", ",\"layer_types\":[\"full_attention\",\"chunked_attention\"]"), &c), CF_EUNSUPPORTED);
+  CF_CHECK_CONTAINS(cf_errmsg(), "layer_types[1] is 'chunked_attention' (supported: full_attention, sliding_attention)");
+  CF_CHECK_ERR(parse_cfg(as_family("qwen3", "Qwen3ForCausalLM", ",\"layer_types\":[\"full_attention\"]"), &c), CF_ERANGE);
+  CF_CHECK_CONTAINS(cf_errmsg(), "layer_types has 1 entries, num_hidden_layers is 2");
+  /* qwen3_moe */
+  const char *moe = ",\"num_experts\":4,\"num_experts_per_tok\":2,\"moe_intermediate_size\":8,"
+                    "\"norm_topk_prob\":true,\"decoder_sparse_step\":1,\"mlp_only_layers\":[]";
+  CF_CHECK_OK(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM", moe), &c));
+  CF_CHECK(c.arch == CF_ARCH_QWEN3_MOE && c.qk_norm && c.n_experts == 4 && c.top_k == 2 &&
+           c.moe_intermediate == 8 && c.norm_topk == 1 && c.layer_moe[0] && c.layer_moe[1]);
+  CF_CHECK_STR(cf_arch_name(c.arch), "qwen3_moe");
+  /* 5.x spelling num_local_experts; dense layers by mlp_only_layers and decoder_sparse_step */
+  CF_CHECK_OK(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM", subst(subst(moe, "num_experts\"", "num_local_experts\""), "[]", "[1]")), &c));
+  CF_CHECK(c.n_experts == 4 && c.layer_moe[0] && !c.layer_moe[1]);
+  CF_CHECK_OK(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM", subst(moe, "\"decoder_sparse_step\":1", "\"decoder_sparse_step\":2")), &c));
+  CF_CHECK(!c.layer_moe[0] && c.layer_moe[1]);
+  CF_CHECK_ERR(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM", subst(moe, "\"norm_topk_prob\":true,", "")), &c), CF_EFORMAT);
+  CF_CHECK_CONTAINS(cf_errmsg(), "key 'norm_topk_prob': expected true or false");
+  CF_CHECK_ERR(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM", subst(moe, "[]", "[2]")), &c), CF_ERANGE);
+  CF_CHECK_CONTAINS(cf_errmsg(), "mlp_only_layers[0]: expected a layer index in [0, 2)");
+  CF_CHECK_ERR(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM", subst(moe, "\"num_experts_per_tok\":2", "\"num_experts_per_tok\":5")), &c), CF_ERANGE);
+  CF_CHECK_CONTAINS(cf_errmsg(), "key 'num_experts_per_tok': expected 1..4, found 5");
+  CF_CHECK_ERR(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM", subst(moe, "\"norm_topk_prob\"", "\"use_sliding_window\":true,\"norm_topk_prob\"")), &c), CF_EUNSUPPORTED);
+  CF_CHECK_CONTAINS(cf_errmsg(), "use_sliding_window' is true: sliding-window attention is not supported for qwen3_moe");
+  CF_CHECK_ERR(parse_cfg(as_family("qwen3", "Qwen3MoeForCausalLM", ""), &c), CF_EUNSUPPORTED);
+  CF_CHECK_CONTAINS(cf_errmsg(), "does not match model_type 'qwen3'");
+  /* mixtral: experts of intermediate_size, every layer sparse, always renormalised */
+  CF_CHECK_OK(parse_cfg(as_family("mixtral", "MixtralForCausalLM", ",\"num_local_experts\":4,\"num_experts_per_tok\":2,\"sliding_window\":null"), &c));
+  CF_CHECK(c.arch == CF_ARCH_MIXTRAL && c.n_experts == 4 && c.top_k == 2 && c.norm_topk == 1 &&
+           c.moe_intermediate == 24 && c.layer_moe[0] && c.layer_moe[1] && c.sliding_window == 0);
+  CF_CHECK_OK(parse_cfg(as_family("mixtral", "MixtralForCausalLM", ",\"num_local_experts\":4,\"sliding_window\":16"), &c));
+  CF_CHECK(c.sliding_window == 16 && c.layer_sliding[1]);
+  /* variants refused by name */
+  CF_CHECK_ERR(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM", ",\"shared_expert_intermediate_size\":64"), &c), CF_EUNSUPPORTED);
+  CF_CHECK_CONTAINS(cf_errmsg(), "key 'shared_expert_intermediate_size' is set: shared experts are not supported");
+  CF_CHECK_ERR(parse_cfg(subst(LLAMA_CFG, "\"silu\"", "\"silu\",\"final_logit_softcapping\":30.0"), &c), CF_EUNSUPPORTED);
+  CF_CHECK_CONTAINS(cf_errmsg(), "key 'final_logit_softcapping' is set: logit soft-capping is not supported");
+  CF_CHECK_ERR(parse_cfg(subst(LLAMA_CFG, "\"silu\"", "\"silu\",\"use_attention_sinks\":true"), &c), CF_EUNSUPPORTED);
+  CF_CHECK_CONTAINS(cf_errmsg(), "attention sinks are not supported");
+  CF_CHECK_OK(parse_cfg(subst(LLAMA_CFG, "\"silu\"", "\"silu\",\"attn_logit_softcapping\":null"), &c));
 }
 
 /* ------------------------------------------------------------------ cf_model_load */
@@ -895,4 +958,102 @@ CF_TEST(loads_transformers_fixtures) {
   }
   cf_model_free(m);
   cf_st_close(&f);
+}
+
+/* The new values that change the KV are in the fingerprint (experts, top_k, their width,
+ * renormalisation, the window, each layer's kinds); a dense windowless model hashes exactly as
+ * before they existed (its v1 serialisation has none of them). */
+CF_TEST(fingerprint_covers_experts_and_windows) {
+  cf_model_config_t base;
+  CF_CHECK_OK(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM",
+                                  ",\"num_experts\":4,\"num_experts_per_tok\":2,"
+                                  "\"moe_intermediate_size\":8,\"norm_topk_prob\":true"), &base));
+  const char *names[] = {"a"};
+  cf_dtype_t dts[] = {CF_DT_F32};
+  int nd[] = {1};
+  int64_t sh0[] = {3};
+  const int64_t *shs[] = {sh0};
+  uint8_t f0[16], f1[16];
+  cf_model_fingerprint(&base, 1, names, dts, nd, shs, f0);
+  for (int v = 0; v < 7; v++) {
+    cf_model_config_t c = base;
+    switch (v) {
+      case 0: c.n_experts = 5; break;
+      case 1: c.top_k = 3; break;
+      case 2: c.moe_intermediate = 9; break;
+      case 3: c.norm_topk = 0; break;
+      case 4: c.layer_moe[1] = 0; break;
+      case 5: c.sliding_window = 16; c.layer_sliding[0] = 1; break;
+      case 6: c.sliding_window = 16; c.layer_sliding[1] = 1; break;
+    }
+    cf_model_fingerprint(&c, 1, names, dts, nd, shs, f1);
+    CF_CHECK_MSG(memcmp(f0, f1, 16) != 0, "variant %d: same fingerprint", v);
+  }
+  /* windows on different layers differ from each other too */
+  cf_model_config_t a = base, b = base;
+  a.sliding_window = b.sliding_window = 16;
+  a.layer_sliding[0] = 1;
+  b.layer_sliding[1] = 1;
+  cf_model_fingerprint(&a, 1, names, dts, nd, shs, f0);
+  cf_model_fingerprint(&b, 1, names, dts, nd, shs, f1);
+  CF_CHECK(memcmp(f0, f1, 16) != 0);
+  /* dense, no window: the per-layer arrays are not hashed (v1 unchanged) */
+  cf_model_config_t d;
+  CF_CHECK_OK(parse_cfg(LLAMA_CFG, &d));
+  cf_model_fingerprint(&d, 1, names, dts, nd, shs, f0);
+  d.layer_moe[5] = d.layer_sliding[7] = 1; /* no experts, no window: ignored */
+  cf_model_fingerprint(&d, 1, names, dts, nd, shs, f1);
+  CF_CHECK(memcmp(f0, f1, 16) == 0);
+}
+
+/* The MoE / window checkpoints transformers 5.19 wrote (tests/fixtures/mixtral-window,
+ * qwen3moe-dense): config values as made, experts bound to the right tensors (mixtral's
+ * block_sparse_moe w1 = gate, w3 = up, w2 = down, widened from BF16 exactly). */
+CF_TEST(loads_moe_and_window_fixtures) {
+  cf_model_t *m = NULL;
+  if (access("tests/fixtures/mixtral-window/config.json", R_OK) != 0)
+    CF_SKIP("tests/fixtures not present (run from the repository root)");
+  CF_CHECK_OK(cf_model_load("tests/fixtures/mixtral-window", &m));
+  if (m) {
+    const cf_model_config_t *c = &m->cfg;
+    CF_CHECK(c->arch == CF_ARCH_MIXTRAL && c->n_experts == 4 && c->top_k == 2 &&
+             c->moe_intermediate == 48 && c->norm_topk == 1 && c->sliding_window == 24 &&
+             c->layer_moe[0] && c->layer_moe[1] && c->layer_sliding[0] && c->layer_sliding[1] &&
+             c->dtype == CF_DT_BF16 && c->head_dim == 16);
+    cf_st_file_t f;
+    CF_CHECK_OK(cf_st_open("tests/fixtures/mixtral-window/model.safetensors", &f));
+    static const struct { const char *name; int which; } ex[] = {
+        {"model.layers.1.block_sparse_moe.experts.3.w1.weight", 0},
+        {"model.layers.1.block_sparse_moe.experts.3.w3.weight", 1},
+        {"model.layers.1.block_sparse_moe.experts.3.w2.weight", 2}};
+    for (int i = 0; i < 3; i++) {
+      const cf_st_tensor_t *t = cf_st_find(&f, ex[i].name);
+      const float *w = ex[i].which == 0 ? m->layers[1].e_gate[3]
+                       : ex[i].which == 1 ? m->layers[1].e_up[3] : m->layers[1].e_down[3];
+      CF_CHECK_MSG(t && t->dtype == CF_DT_BF16 && t->numel == 48 * 64, "%s", ex[i].name);
+      size_t bad = 0;
+      for (size_t j = 0; t && j < t->numel; j++) {
+        uint16_t h;
+        memcpy(&h, (const char *)t->data + 2 * j, 2);
+        uint32_t u = (uint32_t)h << 16;
+        float v;
+        memcpy(&v, &u, 4);
+        bad += v != w[j];
+      }
+      CF_CHECK_MSG(bad == 0, "%s: %zu values differ", ex[i].name, bad);
+    }
+    cf_st_close(&f);
+    cf_model_free(m);
+  }
+  m = NULL;
+  CF_CHECK_OK(cf_model_load("tests/fixtures/qwen3moe-dense", &m));
+  if (m) {
+    const cf_model_config_t *c = &m->cfg;
+    CF_CHECK(c->arch == CF_ARCH_QWEN3_MOE && c->n_experts == 6 && c->top_k == 3 &&
+             c->moe_intermediate == 24 && c->norm_topk == 0 && c->intermediate == 64 &&
+             c->layer_moe[0] && !c->layer_moe[1] && c->layer_moe[2] && c->sliding_window == 0);
+    CF_CHECK(m->layers[1].w_gate && !m->layers[1].router && m->layers[2].router &&
+             !m->layers[2].w_gate && m->layers[0].e_down[5]);
+    cf_model_free(m);
+  }
 }
