@@ -383,7 +383,7 @@ CF_TEST(remote_server_down_then_back) {
   s.port = port;
   CF_CHECK_EQ(rt_start(&s), 0);
   int ok = 0;
-  for (int i = 0; i < 100 && !ok; i++) {
+  for (int i = 0; i < 600 && !ok; i++) { /* 60 s: a limit for a client that never comes back */
     ok = put_chunk(r, &g, 7, 8, 0) == 0;
     if (!ok) rt_sleep_ms(100);
   }
@@ -630,7 +630,7 @@ CF_TEST(remote_cluster) {
   CF_CHECK_EQ(rt_start(&s[victim]), 0);
   /* its keys are gone (no persistence) but its slots come back: those chunks are misses now */
   int back = 0;
-  for (int t = 0; t < 100 && !back; t++) {
+  for (int t = 0; t < 600 && !back; t++) { /* 60 s: a limit, the backoff runs up to 5 s */
     back = 1;
     for (int i = 0; i < N; i++) {
       int rc = check_chunk(r, &g, (uint64_t)i, 16);
