@@ -1,6 +1,7 @@
 /* cf_cellsrc_store — see cf_cellsrc_store.h. */
 #include "exec/cf_cellsrc_store.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -184,7 +185,25 @@ typedef struct {
   const int *idx; /* pipeline slot -> stream cell */
   int base;
   size_t half, full;
+  void *const *refs;
+  cf_store_t *st;
 } cf__rstream_t;
+
+/* Stage a remote cell for the chunk's promotion (before done(): the reply is freed after). The
+ * loader that stages the last layer of a chunk with no failed cell hands it to the store. */
+static void cf__remote_promote(const cf__rstream_t *x, cf_store_chunkref_t *r, const cf_remote_cell_t *c, int st) {
+  if (!r->promo || r->promo_bad || r->promo_committed) return;
+  uint32_t n_layers = cf_store_geom(x->st)->n_layers;
+  if (st || c->layer >= n_layers || n_layers > 256) { r->promo_bad = 1; return; }
+  uint64_t bit = 1ull << (c->layer % 64);
+  if (atomic_fetch_or(&r->promo_mask[c->layer / 64], bit) & bit) return; /* staged already */
+  memcpy(r->promo + (size_t)c->layer * x->full, c->data, x->full);
+  if (atomic_fetch_add(&r->promo_cells, 1) + 1 == n_layers && !r->promo_bad) {
+    /* every layer is in and claimed: no other loader writes this buffer any more */
+    r->promo_committed = 1;
+    cf_store_promote_commit(x->st, &r->key, r->promo);
+  }
+}
 
 static void cf__remote_cell(void *ud, size_t q, const cf_remote_cell_t *c) {
   const cf__rstream_t *x = ud;
@@ -192,6 +211,7 @@ static void cf__remote_cell(void *ud, size_t q, const cf_remote_cell_t *c) {
   if (!st && c->bytes != x->full) /* a partial chunk: the executor only loads full ones */
     st = cf_seterr(CF_ESHAPE, "remote tier: layer %u of a chunk holds %u tokens, not a full chunk", c->layer,
                    c->n_tokens);
+  cf__remote_promote(x, x->refs[i], c, st);
   x->cb->done(x->cb->ud, i, st ? NULL : c->data, st ? NULL : c->data + x->half, st);
 }
 
@@ -207,7 +227,7 @@ static int cf__remote_read_stream(cf_cellsrc_t *src, int n, void *const *refs, c
   int idx[256];
   for (int b = 0; b < n; b += depth) {
     int m = n - b < depth ? n - b : depth, nq = 0;
-    cf__rstream_t x = {cb, idx, b, s->half_bytes, 2 * s->half_bytes};
+    cf__rstream_t x = {cb, idx, b, s->half_bytes, 2 * s->half_bytes, refs, s->st};
     /* cells refused at issue (cancelled, or no remote tier) reach done() in their place, in order:
      * those before the pipeline's first cell now, the others right after the pipeline */
     int st[256];
@@ -222,7 +242,7 @@ static int cf__remote_read_stream(cf_cellsrc_t *src, int n, void *const *refs, c
       for (int i = 0, q = 0; i < m; i++) {
         if (q < nq && idx[q] == i) {
           int one = i;
-          cf__rstream_t y = {cb, &one, b, s->half_bytes, 2 * s->half_bytes};
+          cf__rstream_t y = {cb, &one, b, s->half_bytes, 2 * s->half_bytes, refs, s->st};
           int rc = cf_remote_get_each(rt, &cells[q], 1, cf__remote_cell, &y);
           if (rc) return rc;
           q++;
@@ -276,6 +296,7 @@ size_t cf_cellsrc_store_prepare(cf_cellsrc_store_t *s, const cf_store_key_t *key
     refs[i].key = keys[i];
     if (tt && tt[i] == CF_STORE_TIER_REMOTE) { /* only the remote tier holds it: nothing to pin */
       srcs[i] = &s->remote;
+      refs[i].promo = cf_store_promote_begin(s->st); /* NULL: promotion off or its budget full */
       continue;
     }
     /* a chunk may leave the CPU tier between lookup and pin: then it is read from SSD (or,
@@ -294,6 +315,10 @@ size_t cf_cellsrc_store_prepare(cf_cellsrc_store_t *s, const cf_store_key_t *key
 }
 
 void cf_cellsrc_store_unprepare(cf_cellsrc_store_t *s, cf_store_chunkref_t *refs, size_t n) {
-  for (size_t i = 0; i < n; i++)
+  for (size_t i = 0; i < n; i++) {
     if (refs[i].pinned) { cf_store_unpin(s->st, &refs[i].pin); refs[i].pinned = 0; }
+    /* a remote chunk not read whole (layers computed, a cell failed, cancelled): not promoted */
+    if (refs[i].promo && !refs[i].promo_committed) cf_store_promote_abort(s->st, refs[i].promo);
+    refs[i].promo = NULL;
+  }
 }

@@ -16,7 +16,9 @@
  *               runs of remote cells as pipelined GETs, up to remote_depth cells per round trip,
  *               each verified (checksum, key, layer, shape) and handed over straight from the
  *               reply (no staging copy); read() = one GET. A missing key, a dead node, a timeout or
- *               a bad value is an error for that cell and the executor recomputes it.
+ *               a bad value is an error for that cell and the executor recomputes it. A chunk
+ *               whose every layer arrives verified is copied aside and promoted into the local
+ *               tiers (cf_store_promote_*: bounded, saved by the store's thread, not the loader).
  * Each source has its own rate limiter so benchmarks can emulate a link per tier.
  */
 #ifndef CF_CELLSRC_STORE_H
@@ -40,6 +42,15 @@ typedef struct {
   cf_store_key_t key;
   cf_store_pin_t pin;
   int pinned;
+  /* A remote chunk's promotion (cf_store_promote_begin): its cells are copied here as they arrive
+   * verified; the loader that stages the last layer commits it. NULL: not promoted. A layer is
+   * claimed in promo_mask before its copy (a cell read twice is staged once), counted after it;
+   * commit needs every layer counted and no failed cell. Chunks over 256 layers: not promoted. */
+  uint8_t *promo;
+  _Atomic uint64_t promo_mask[4];
+  _Atomic unsigned promo_cells; /* layers staged */
+  _Atomic int promo_bad;        /* a cell failed: never promoted */
+  _Atomic int promo_committed;  /* handed to the store (which frees the buffer) */
 } cf_store_chunkref_t;
 
 typedef struct {
