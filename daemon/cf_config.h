@@ -49,6 +49,7 @@ typedef struct {
   char remote_password[CF_CFG_STR_MAX]; /* AUTH; shown as "(set)" by GetConfig and the dump */
   int64_t remote_timeout_ms, remote_queue_bytes, remote_ttl_s;
   double remote_read_gbps;              /* emulated limit and planner rate; 0 = measured at start */
+  int64_t remote_promote_bytes;         /* promotion of remote hits; 0 = off */
 } cf_config_t;
 
 typedef enum { CF_CFG_T_STR, CF_CFG_T_INT, CF_CFG_T_SIZE, CF_CFG_T_DOUBLE, CF_CFG_T_ENUM } cf_cfg_type_t;

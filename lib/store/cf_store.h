@@ -127,9 +127,6 @@ typedef struct {
   uint64_t saves, save_exists;          /* saves accepted; saves of a key already present */
   uint64_t cpu_hits, ssd_hits, misses;  /* cell/chunk reads by the tier that served them */
   uint64_t remote_hits;                 /* cf_store_read calls the remote tier served */
-  uint64_t remote_promoted;             /* remote hits stored in the local tiers (cf_store_promote_*) */
-  uint64_t remote_promote_skipped;      /* remote chunks not staged: promotion budget full */
-  uint64_t remote_promote_failed;       /* staged chunks not stored (save refused: every slot pinned, ENOSPC) */
   uint64_t cpu_evictions, cpu_evict_dirty; /* dirty: evicted before it reached SSD (lost) */
   uint64_t ssd_evictions, spills, promotions;
   uint64_t corrupt_cells, corrupt_chunks;  /* checksum mismatches found on read; chunks dropped */
@@ -191,7 +188,7 @@ size_t cf_store_lookup_all(cf_store_t *st, const cf_store_key_t *keys, size_t n,
  * hands it over with cf_store_promote_commit once every layer arrived verified; a background
  * thread then saves it here (CPU tier, spilled to SSD as any save; not written back to the remote
  * tier, which holds it), so the next restore on this node reads it locally. The staged and queued
- * bytes are bounded (remote_promote_bytes): past it begin returns NULL (counted) and the restore
+ * bytes are bounded (remote_promote_bytes): past it begin returns NULL (counted in cf_remote_stats_t) and the restore
  * goes on unchanged; nothing here ever waits. A chunk with a failed cell is never committed:
  * cf_store_promote_abort frees its buffer.
  * begin: a buffer of n_layers full cells (cell l at l * cf_store_cell_bytes(geom)), or NULL (no remote

@@ -43,11 +43,6 @@ struct cf__promoter_s {
   uint64_t committed, finished;
 };
 
-static void cf__promo_stat(cf_store_t *st, uint64_t *field) {
-  pthread_mutex_lock(&st->mu);
-  (*field)++;
-  pthread_mutex_unlock(&st->mu);
-}
 
 static void *cf__promoter_main(void *arg) {
   cf_store_t *st = arg;
@@ -67,9 +62,9 @@ static void *cf__promoter_main(void *arg) {
       for (uint32_t l = 0; l < st->g.n_layers; l++) cells[l] = it->buf + (size_t)l * cell;
       rc = cf_store_save(st, &it->key, st->g.chunk_tokens, cells, CF_STORE_SAVE_NO_REMOTE);
     }
-    if (rc == 0) cf__promo_stat(st, &st->st.remote_promoted);
+    if (rc == 0) cf_remote_count_promotion(st->remote, CF_REMOTE_PROMOTED);
     else if (rc != CF_EEXIST) { /* EEXIST: the engine's own save got there first */
-      cf__promo_stat(st, &st->st.remote_promote_failed);
+      cf_remote_count_promotion(st->remote, CF_REMOTE_PROMOTE_FAILED);
       CF_DEBUG("store %s: promoting a remote chunk: %s", st->dir, cf_errmsg());
     }
     cf_errclear();
@@ -136,7 +131,7 @@ void *cf_store_promote_begin(cf_store_t *st) {
   pthread_mutex_unlock(&p->mu);
   void *buf = room ? malloc(p->chunk_bytes) : NULL;
   if (room && !buf) cf_store_promote_abort(st, NULL);
-  if (!buf) cf__promo_stat(st, &st->st.remote_promote_skipped);
+  if (!buf) cf_remote_count_promotion(st->remote, CF_REMOTE_PROMOTE_SKIPPED);
   return buf;
 }
 

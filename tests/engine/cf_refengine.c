@@ -28,11 +28,13 @@
  *   cf-refengine --daemon unix:/run/cacheflow.sock --model DIR [--prefix 512] [--new 32] [--turns 3]
  *                [--policy optimal] [--block 16] [--concurrent 0] [--shm-dir /dev/shm] [--verify]
  *                [--seed 1] [--threads 1] [--unregister-mid-restore] [--kv-dtype f32|bf16|f16]
- *                [--present K] [--durable] [--no-save-first]
+ *                [--present K] [--durable] [--no-save-first] [--no-save-turns]
  * --no-save-first: another engine (on another node, same model, seed and threads) saved turn 0
  * through its own daemon sharing a remote tier with ours: prefill it here only as the reference
  * (the CPU backend is deterministic, so our bytes equal the ones it saved) and do not Save it, so
  * turn 1 restores what the other node stored.
+ * --no-save-turns: the turns are not saved (each turn restores the same prefix again), so what
+ * the daemon holds locally afterwards is only what it stored itself (promotion of remote hits).
  */
 #include <getopt.h>
 #include <math.h>
@@ -56,7 +58,7 @@
 
 typedef struct {
   const char *daemon, *model_dir, *shm_dir, *policy;
-  int prefix, new_tokens, turns, block, concurrent, verify, threads, unreg_mid, present, durable, no_save_first;
+  int prefix, new_tokens, turns, block, concurrent, verify, threads, unreg_mid, present, durable, no_save_first, no_save_turns;
   cf_dtype_t kv_dtype;
   unsigned long long seed;
 } opts_t;
@@ -422,7 +424,7 @@ int main(int argc, char **argv) {
                                {"concurrent", 1, 0, 'c'}, {"shm-dir", 1, 0, 's'}, {"verify", 0, 0, 'v'},
                                {"seed", 1, 0, 'S'}, {"threads", 1, 0, 'T'}, {"unregister-mid-restore", 0, 0, 'U'},
                                {"kv-dtype", 1, 0, 'K'}, {"present", 1, 0, 'k'}, {"durable", 0, 0, 'D'},
-                               {"no-save-first", 0, 0, 'N'}, {0, 0, 0, 0}};
+                               {"no-save-first", 0, 0, 'N'}, {"no-save-turns", 0, 0, 'X'}, {0, 0, 0, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
     switch (ch) {
@@ -447,6 +449,7 @@ int main(int argc, char **argv) {
         if (o->kv_dtype == CF_DT_I8) { fprintf(stderr, "cf-refengine: --kv-dtype '%s': expected f32, bf16 or f16\n", optarg); return 2; }
         break;
       case 'N': o->no_save_first = 1; break;
+      case 'X': o->no_save_turns = 1; break;
       default: fprintf(stderr, "usage: see the comment at the top of tests/engine/cf_refengine.c\n"); return 2;
     }
   }
@@ -559,6 +562,7 @@ int main(int argc, char **argv) {
     print_result(&e, r, "session", turn, o->new_tokens, baseline_ms, logits_ok);
     if (r->rc || !logits_ok || r->verify_bad || r->layers_out_of_order) failures++;
     if (o->unreg_mid) { cf_kv_free(&ref); free(r); break; }
+    if (o->no_save_turns) { cf_kv_free(&ref); free(r); continue; }
     /* the turn's tokens are now in sequence 0's blocks: save prefix + new for the next turn */
     int T = prefix + o->new_tokens;
     for (int i = 0; i < (T + o->block - 1) / o->block; i++) blk32[i] = (uint32_t)r->blocks[i];

@@ -624,13 +624,11 @@ CF_TEST(remote_tier_two_nodes_one_redis) {
   /* promotion: every chunk read whole and verified was saved into B's local tiers (by the
    * store's promoter thread), not written back to the remote tier (it holds them) */
   CF_CHECK_OK(cf_store_promote_flush(sb, 60000));
-  cf_store_stats_t ss;
-  cf_store_get_stats(sb, &ss);
-  CF_CHECK_EQ(ss.remote_promoted, 10);
-  CF_CHECK_EQ(ss.remote_promote_failed, 0);
   CF_CHECK_EQ(cf_store_lookup(sb, keys, 10, tiers), 10);
   CF_CHECK_OK(cf_remote_flush(cf_store_remote(sb), 20000));
   cf_remote_get_stats(cf_store_remote(sb), &rs);
+  CF_CHECK_EQ(rs.promoted, 10);
+  CF_CHECK_EQ(rs.promote_failed, 0);
   CF_CHECK_EQ(rs.chunks_written + rs.put_skipped + rs.queue_chunks, 0);
   /* the next restore on B reads them locally, bit-exact */
   {
@@ -663,9 +661,9 @@ CF_TEST(remote_tier_two_nodes_one_redis) {
     CF_CHECK_EQ(r.stats.cells_loaded[CF_EXEC_TIER_REMOTE], 10ull * w.L);
     CF_CHECK_EQ(engine_check(&b, &w, 160), 0);
     CF_CHECK_OK(cf_store_promote_flush(sd, 60000));
-    cf_store_get_stats(sd, &ss);
-    CF_CHECK_EQ(ss.remote_promoted, 0);
-    CF_CHECK_EQ(ss.remote_promote_skipped, 10);
+    cf_remote_get_stats(cf_store_remote(sd), &rs);
+    CF_CHECK_EQ(rs.promoted, 0);
+    CF_CHECK_EQ(rs.promote_skipped, 10);
     CF_CHECK_EQ(cf_store_lookup(sd, keys, 10, NULL), 0);
     cf_cellsrc_store_unprepare(&cd, pd.refs, pd.found);
     cf_cellsrc_store_close(&cd);
@@ -700,8 +698,8 @@ CF_TEST(remote_tier_two_nodes_one_redis) {
   cf_cellsrc_store_unprepare(&csc, pc.refs, pc.found);
   cf_cellsrc_store_close(&csc);
   CF_CHECK_OK(cf_store_promote_flush(sc, 60000));
-  cf_store_get_stats(sc, &ss);
-  CF_CHECK_EQ(ss.remote_promoted, 8);
+  cf_remote_get_stats(cf_store_remote(sc), &rs);
+  CF_CHECK_EQ(rs.promoted, 8);
   for (int c = 0; c < 10; c++)
     CF_CHECK_EQ(cf_store_lookup(sc, &keys[c], 1, NULL), (size_t)(c != 2 && c != 6));
   cf_store_close(sc);
