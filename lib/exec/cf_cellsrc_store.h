@@ -67,6 +67,15 @@ typedef struct {
   int remote_depth;         /* remote cells per pipeline (1..256), default CF_CELLSRC_REMOTE_DEPTH */
 } cf_cellsrc_store_t;
 
+/* The rate at which a restore's remote cells arrive, for the planner (tier_Bps / link_Bps):
+ * link_Bps the link (an emulated one's limit, or the NIC; 0: none), probe_Bps what the server
+ * delivers in pipelines of `depth` cells of cell_bytes (cf_remote_probe: round trip included;
+ * 0: unknown), loaders the executor's loader threads. A loader issues a pipeline's cells on the
+ * link, then waits for the replies: with two or more, another loader's cells cross the link
+ * meanwhile, so the rate is the slower of link and server; with one, each pipeline's round trip
+ * and transfer from the server add to its time on the link. */
+double cf_cellsrc_remote_plan_Bps(double link_Bps, double probe_Bps, size_t cell_bytes, int depth, int loaders);
+
 /* The store's KV dtype as a cf_dtype_t (util/cf_dtype.h): 0, or CF_EDTYPE when the store does not
  * record one (an unnamed 2-byte store made by the library without a dtype). */
 int cf_exec_store_dtype(const cf_store_geom_t *g, cf_dtype_t *out);

@@ -180,9 +180,10 @@ seed=$((seed+1))
 eng a --policy load --prefix 512 --new 16 --turns 0 --seed $seed >/dev/null 2>"$T/a-kill.err"
 chunks=$((chunks + 512 / C))
 wait_markers $RPORT $chunks
-# hold B's remote reads to 2 Mbit/s (reloadable) so the restore is still loading when redis dies
-printf 'remote_read_gbps = 0.002\n' >> "$T/b/d.conf"
-check "B reloads remote_read_gbps = 0.002 (SIGHUP)" "reload_node b remote_read_gbps"
+# hold B's remote reads to 0.5 Mbit/s (reloadable) so the restore is still loading when redis dies:
+# the prefix's 256 KiB then take about 4 s, longer than the polls below take on a busy machine
+printf 'remote_read_gbps = 0.0005\n' >> "$T/b/d.conf"
+check "B reloads remote_read_gbps = 0.0005 (SIGHUP)" "reload_node b remote_read_gbps"
 eng b --policy load --prefix 512 --new 16 --turns 1 --verify --no-save-first --seed $seed >"$T/b-kill.json" 2>"$T/b-kill.err" &
 EPID=$!
 # redis dies once B has the restore in flight (its cells' reads are held back by the limit; if
