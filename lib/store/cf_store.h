@@ -114,7 +114,7 @@ typedef struct {
   uint64_t remote_queue_bytes; /* 0: 256 MiB */
   int remote_ttl_s;            /* 0: keys without expiry */
   /* Promotion of remote hits (cf_store_promote_begin): bytes of chunks staged or queued for it at
-   * once; 0: 64 MiB, < 0: no promotion (benchmarks that read the remote tier every time). */
+   * once; 0: 256 MiB, < 0: no promotion (benchmarks that read the remote tier every time). */
   int64_t remote_promote_bytes;
 } cf_store_config_t;
 

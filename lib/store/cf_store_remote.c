@@ -87,7 +87,7 @@ static void cf__promoter_start(cf_store_t *st) {
   pthread_mutex_init(&p->mu, NULL);
   pthread_cond_init(&p->cv, NULL);
   p->chunk_bytes = (uint64_t)cf_store_cell_bytes(&st->g) * st->g.n_layers;
-  p->cap = st->cfg.remote_promote_bytes ? (uint64_t)st->cfg.remote_promote_bytes : 64ull << 20;
+  p->cap = st->cfg.remote_promote_bytes ? (uint64_t)st->cfg.remote_promote_bytes : 256ull << 20;
   st->promo = p;
   if (pthread_create(&p->th, NULL, cf__promoter_main, st) != 0) {
     CF_WARN("store %s: no promoter thread: remote hits stay remote", st->dir);
