@@ -151,7 +151,8 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
   CF__P("# HELP cacheflow_tls_reloads_total SIGHUP re-reads of the TCP listener's certificates (result=ok|error).\n"
         "# TYPE cacheflow_tls_reloads_total counter\n"
         "cacheflow_tls_reloads_total{result=\"ok\"} %llu\ncacheflow_tls_reloads_total{result=\"error\"} %llu\n",
-        (unsigned long long)d->tls_reloads, (unsigned long long)d->tls_reload_failures);
+        (unsigned long long)__atomic_load_n(&d->tls_reloads, __ATOMIC_RELAXED),
+        (unsigned long long)__atomic_load_n(&d->tls_reload_failures, __ATOMIC_RELAXED));
   cf_remote_t *rt = d->storage ? cf_store_remote(cf_storage_store(d->storage)) : NULL;
   if (rt) {
     cf_remote_stats_t r;
@@ -300,10 +301,10 @@ static void cf__reload_tls(cf_daemon_t *d) {
     cf_tls_free(&p);
   }
   if (rc) {
-    d->tls_reload_failures++;
+    __atomic_fetch_add(&d->tls_reload_failures, 1, __ATOMIC_RELAXED); /* /metrics reads it on the HTTP thread */
     CF_ERROR("reload: tls: %s; new connections keep the running certificates", cf_errmsg());
   } else {
-    d->tls_reloads++;
+    __atomic_fetch_add(&d->tls_reloads, 1, __ATOMIC_RELAXED);
   }
 }
 
