@@ -90,7 +90,7 @@ static double cf__timeline(cf_svg_t *s, const cf_plot_t *p, const cf_plot_timeli
     double by = top + b->lane * H_LANE + (H_LANE - H_BOX) / 2;
     if (bw < 0.4) bw = 0.4; /* a very short op stays visible */
     const char *col = cf__req_col[(b->req < 0 ? 0 : b->req) % 10];
-    char tip[200], data[200] = "";
+    char tip[200], data[256] = "";
     const char *tn = b->tier >= 0 && b->tier < p->n_tiers ? p->tier_names[b->tier] : NULL;
     snprintf(tip, sizeof tip, "request %d %s%s%s chunks [%d, %d) layers [%d, %d): %.6g - %.6g %s", b->req,
              cf__kind_name(b->kind), tn ? " from " : "", tn ? tn : "", b->c0, b->c1, b->l0, b->l1,
@@ -100,6 +100,7 @@ static double cf__timeline(cf_svg_t *s, const cf_plot_t *p, const cf_plot_timeli
     cf_svg_attr(data, sizeof data, "data-kind", "%s", cf__kind_name(b->kind));
     cf_svg_attr(data, sizeof data, "data-t0", "%.9g", b->t0_s);
     cf_svg_attr(data, sizeof data, "data-t1", "%.9g", b->t1_s);
+    cf_svg_attr(data, sizeof data, "data-cells", "%lld", (long long)(b->c1 - b->c0) * (b->l1 - b->l0));
     if (b->kind == CF_PLOT_COMPUTE) {
       cf_svg_rect(s, bx, by, bw, H_BOX, col, "#ffffff", "op", tip, data);
     } else { /* loads and sends: the request's colour, lighter, outlined by the tier / darker */
@@ -140,6 +141,10 @@ static void cf__stair(cf_svg_t *s, const cf_plot_stair_t *st, double x, double y
   for (int c = 0; c < st->n_chunks; c++) {
     int h = st->h[c] < 0 ? 0 : st->h[c] > L ? L : st->h[c];
     int tier = st->tier ? st->tier[c] : 0, hole = tier == CF_PLOT_HOLE;
+    if (tier == CF_PLOT_PRESENT) {
+      cf_svg_rect(s, x + c * cw, gy, cw, gh, "#d9d9d9", NULL, "present", NULL, NULL);
+      continue;
+    }
     /* layer 0 at the bottom: computed [0, h) below the loaded [h, L) */
     if (h > 0)
       cf_svg_rect(s, x + c * cw, gy + gh - h * lh, cw, h * lh, hole ? COL_HOLE : COL_COMPUTED, NULL,
@@ -179,6 +184,9 @@ static double cf__legend(cf_svg_t *s, const cf_plot_t *p, double y, int n_req) {
   }
   cf_svg_rect(s, x, y, 10, 10, COL_HOLE, NULL, "key", NULL, NULL);
   cf_svg_text(s, x + 13, y + 9, 10, "start", "#333333", "hole (not stored: computed)");
+  x += 170;
+  cf_svg_rect(s, x, y, 10, 10, "#d9d9d9", NULL, "key", NULL, NULL);
+  cf_svg_text(s, x + 13, y + 9, 10, "start", "#333333", "engine's own");
   cf_svg_group_end(s);
   return y + 22;
 }

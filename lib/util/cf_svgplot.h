@@ -11,7 +11,8 @@
  *    tier; chunks absent from the store (holes: every layer computed) in red.
  *
  * What tests read back (tests/integration/svg_check.py): every op is a <rect class="op"> with
- * data-lane, data-req, data-t0 and data-t1 (seconds) inside its timeline's <g class="timeline">,
+ * data-lane, data-req, data-kind, data-t0 and data-t1 (seconds) and data-cells ((c1 - c0) x
+ * (l1 - l0)) inside its timeline's <g class="timeline">,
  * in the lane's order; every lane a <rect class="lane" data-lane=...> the op boxes lie within.
  */
 #ifndef CF_SVGPLOT_H
@@ -23,7 +24,8 @@
 #include "util/cf_svg.h"
 
 enum { CF_PLOT_COMPUTE = 0, CF_PLOT_LOAD = 1, CF_PLOT_SEND = 2 };
-#define CF_PLOT_HOLE 255 /* cf_plot_stair_t.tier: the chunk is not stored (computed whole) */
+#define CF_PLOT_HOLE 255    /* cf_plot_stair_t.tier: the chunk is not stored (computed whole) */
+#define CF_PLOT_PRESENT 254 /* the engine holds it already: neither loaded nor computed */
 
 typedef struct {
   double t0_s, t1_s;      /* start, end (seconds from the timeline's origin) */

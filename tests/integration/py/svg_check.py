@@ -8,7 +8,7 @@ lies in a timeline (<g class="timeline tK">) and inside the lane it names (<rect
 with the same data-lane: x and y within the lane's rectangle), t1 >= t0 >= 0, and per lane the
 start times are monotone in document order; with --serial also the ends (a stream that runs
 its ops one after another: never two at once). Prints one JSON line: per timeline, the number
-of op boxes, per kind and per lane, and the number of staircases. Exit 1 naming the first
+of op boxes, per kind (and the cells they cover) and per lane, and the number of staircases. Exit 1 naming the first
 violation.
 """
 import json
@@ -46,7 +46,7 @@ def main():
             if r.get("class") == "lane":
                 lanes[int(r.get("data-lane"))] = tuple(float(r.get(k)) for k in ("x", "y", "width", "height"))
         last = {}
-        kinds, per_lane, n = {}, {}, 0
+        kinds, cells, per_lane, n = {}, {}, {}, 0
         for r in g.iter(NS + "rect"):
             if r.get("class") != "op":
                 continue
@@ -71,8 +71,9 @@ def main():
                     fail("lane %d: op %d starts at %g before the previous one ends (%g)" % (lane, n, t0, p1))
             last[lane] = (t0, t1)
             kinds[r.get("data-kind")] = kinds.get(r.get("data-kind"), 0) + 1
+            cells[r.get("data-kind")] = cells.get(r.get("data-kind"), 0) + int(r.get("data-cells"))
             per_lane[lane] = per_lane.get(lane, 0) + 1
-        out["timelines"].append({"ops": n, "kinds": kinds, "lanes": len(lanes),
+        out["timelines"].append({"ops": n, "kinds": kinds, "cells": cells, "lanes": len(lanes),
                                  "per_lane": {str(k): v for k, v in sorted(per_lane.items())}})
     print(json.dumps(out))
 
