@@ -27,12 +27,24 @@ static void cf__box(cf_plot_box_t *b, const Cacheflow__V1__TraceOp *o, int lane)
 static int cf__draw(const Cacheflow__V1__TraceResponse *t, const char *path) {
   int nl = (int)t->loaders, rc = CF_ENOMEM;
   size_t np = t->n_planned, ne = t->n_executed;
-  cf_plot_box_t *pb = calloc(np ? np : 1, sizeof *pb), *eb = calloc(ne ? ne : 1, sizeof *eb);
+  cf_plot_box_t *pb = calloc(np + 1, sizeof *pb), *eb = calloc(ne ? ne : 1, sizeof *eb);
   char (*names)[24] = calloc((size_t)nl + 1, sizeof *names);
   const char **elanes = calloc((size_t)nl + 1, sizeof *elanes);
   int *h = calloc(t->n_h ? t->n_h : 1, sizeof *h);
   if (!pb || !eb || !names || !elanes || !h) { cf_seterr(CF_ENOMEM, "trace: out of memory"); goto out; }
-  for (size_t i = 0; i < np; i++) cf__box(&pb[i], t->planned[i], t->planned[i]->kind ? 1 : 0);
+  double plan_end = 0;
+  for (size_t i = 0; i < np; i++) {
+    cf__box(&pb[i], t->planned[i], t->planned[i]->kind ? 1 : 0);
+    if (pb[i].t1_s > plan_end) plan_end = pb[i].t1_s;
+  }
+  /* the uncached tail (chunks stored nowhere after the planned prefix) is computed after the
+   * plan, as one prefill the prediction adds: one box from the plan's end to the predicted end */
+  size_t tail = t->chunk_tiers.len == t->n_h ? t->n_h : 0;
+  while (tail > 0 && t->chunk_tiers.data[tail - 1] == CF_PLOT_HOLE) tail--;
+  if (t->chunk_tiers.len == t->n_h && tail < t->n_h && t->predicted_us * 1e-6 > plan_end)
+    pb[np++] = (cf_plot_box_t){.t0_s = plan_end, .t1_s = t->predicted_us * 1e-6, .lane = 0, .req = 0,
+                               .kind = CF_PLOT_COMPUTE, .tier = -1, .c0 = (int32_t)tail, .c1 = (int32_t)t->n_h,
+                               .l0 = 0, .l1 = (int32_t)t->layers};
   for (size_t i = 0; i < ne; i++) {
     const Cacheflow__V1__TraceOp *o = t->executed[i];
     if (o->kind && (int)o->lane >= nl) { rc = cf_seterr(CF_EFORMAT, "trace: step %zu on loader %u of %d", i, o->lane, nl); goto out; }
@@ -43,7 +55,8 @@ static int cf__draw(const Cacheflow__V1__TraceResponse *t, const char *path) {
   for (int k = 0; k <= nl; k++) elanes[k] = names[k];
   static const char *const plans[2] = {"compute", "link"};
   char pt[160], et[200], title[160], sub[300];
-  snprintf(pt, sizeof pt, "Plan (%s), as its simulation predicted: %zu ops%s", cf__pols[t->policy % 7], np,
+  snprintf(pt, sizeof pt, "Plan (%s), as its simulation predicted: %zu ops%s%s", cf__pols[t->policy % 7],
+           t->n_planned, np > t->n_planned ? " + the uncached tail's prefill" : "",
            t->planned_dropped ? " (more dropped: trace_ops)" : "");
   snprintf(et, sizeof et, "Executed: %zu steps (%llu forward calls, loaded cells by %d loader thread(s))%s", ne,
            (unsigned long long)t->forward_calls, nl, t->executed_dropped ? " (more dropped: trace_ops)" : "");

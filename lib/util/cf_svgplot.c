@@ -138,20 +138,23 @@ static void cf__stair(cf_svg_t *s, const cf_plot_stair_t *st, double x, double y
   int n = st->n_chunks > 0 ? st->n_chunks : 1, L = st->n_layers > 0 ? st->n_layers : 1;
   double cw = gw / n, lh = gh / L;
   cf_svg_rect(s, x, gy, gw, gh, "#ffffff", "#999999", "frame", NULL, NULL);
-  for (int c = 0; c < st->n_chunks; c++) {
+  /* runs of chunks with the same height and tier are one rectangle each (staircases are
+   * mostly flat: a 512-chunk request is a few rectangles, not a thousand) */
+  for (int c = 0, e; c < st->n_chunks; c = e) {
     int h = st->h[c] < 0 ? 0 : st->h[c] > L ? L : st->h[c];
     int tier = st->tier ? st->tier[c] : 0, hole = tier == CF_PLOT_HOLE;
+    for (e = c + 1; e < st->n_chunks && st->h[e] == st->h[c] && (st->tier ? st->tier[e] : 0) == tier; e++) {}
+    double rx = x + c * cw, rw = (e - c) * cw;
     if (tier == CF_PLOT_PRESENT) {
-      cf_svg_rect(s, x + c * cw, gy, cw, gh, "#d9d9d9", NULL, "present", NULL, NULL);
+      cf_svg_rect(s, rx, gy, rw, gh, "#d9d9d9", NULL, "present", NULL, NULL);
       continue;
     }
     /* layer 0 at the bottom: computed [0, h) below the loaded [h, L) */
     if (h > 0)
-      cf_svg_rect(s, x + c * cw, gy + gh - h * lh, cw, h * lh, hole ? COL_HOLE : COL_COMPUTED, NULL,
-                  hole ? "hole" : "computed", NULL, NULL);
-    if (h < L)
-      cf_svg_rect(s, x + c * cw, gy, cw, (L - h) * lh, cf__tier_col[(tier < 0 ? 0 : tier) % 4], NULL, "loaded",
+      cf_svg_rect(s, rx, gy + gh - h * lh, rw, h * lh, hole ? COL_HOLE : COL_COMPUTED, NULL, hole ? "hole" : "computed",
                   NULL, NULL);
+    if (h < L)
+      cf_svg_rect(s, rx, gy, rw, (L - h) * lh, cf__tier_col[(tier < 0 ? 0 : tier) % 4], NULL, "loaded", NULL, NULL);
   }
   cf_svg_text(s, x + gw / 2, gy + gh + 11, 9, "middle", "#555555", "chunks 0..%d", st->n_chunks - 1);
   cf_svg_text(s, x + gw + 3, gy + gh, 9, "start", "#555555", "l0");
