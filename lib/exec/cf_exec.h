@@ -91,7 +91,9 @@ typedef struct {
 /* One executed step, for pictures of a restore (cacheflowd's trace ring, `cacheflowctl trace`):
  * a forward call (kind 0: chunks [c0, c1) at layer l, on the compute worker, lane 0) or a
  * loaded cell (kind 1: chunk c0 = c1 - 1 at layer l, on loader thread `lane`, from the grant of
- * its bytes by the tier's rate limiter to the cell handed over to the engine). */
+ * its bytes by the tier's rate limiter to the cell handed over to the engine). Times are the
+ * host's around the data path's calls: on the GPU data path a call may return before the device
+ * finished (stream order), so there they say when work was issued (not run on a GPU here). */
 typedef struct {
   int64_t t0_ns, t1_ns;     /* CLOCK_MONOTONIC */
   int32_t c0, c1;
