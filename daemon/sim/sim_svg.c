@@ -50,8 +50,10 @@ int sim_svg_write(const char *path, const char *title, const cf_sched_input_t *i
                p->device[r]);
   }
   char sub[200];
-  snprintf(sub, sizeof sub, "%d requests, %d layers, %d device(s), %d link(s), %zu ops; makespan %.4g ms, bound %.4g ms",
-           in->n_reqs / stages, p->n_layers, nd, nl, p->n_ops, res->makespan_s * 1e3, bound_s * 1e3);
+  int secs = res->makespan_s >= 2; /* the unit the time axis uses too */
+  snprintf(sub, sizeof sub, "%d requests, %d layers, %d device(s), %d link(s), %zu ops; makespan %.4g %s, bound %.4g %s",
+           in->n_reqs / stages, p->n_layers, nd, nl, p->n_ops, res->makespan_s * (secs ? 1 : 1e3), secs ? "s" : "ms",
+           bound_s * (secs ? 1 : 1e3), secs ? "s" : "ms");
   char tl_title[96];
   snprintf(tl_title, sizeof tl_title, "Simulated plan (%s)", cf_policy_name(p->policy));
   cf_plot_timeline_t tl = {.title = tl_title, .lanes = lanes, .n_lanes = n_lanes, .boxes = boxes,
