@@ -2,6 +2,7 @@
  * of a full recompute in the engine's paged shared-memory buffer; readiness arrives in order
  * (checked by a real engine process waiting on the counter); cancel, backend errors, bad plans. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -1296,4 +1297,76 @@ CF_TEST(exec_budget_too_small_is_a_clear_error) {
   CF_CHECK_MSG(strstr(cf_errmsg(), "working memory") && strstr(cf_errmsg(), "budget"), "error: %s", cf_errmsg());
   printf("    %s\n", cf_errmsg());
   fx_free(&f);
+}
+
+/* Every allocation the C library serves while counting is on (any thread): the restore path
+ * within a budget must ask for none. glibc's own entry points do the work. */
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+extern void *__libc_memalign(size_t, size_t);
+static atomic_int g_count_allocs;
+static atomic_long g_allocs, g_alloc_bytes;
+static void count_alloc(size_t n) {
+  if (atomic_load_explicit(&g_count_allocs, memory_order_relaxed)) {
+    atomic_fetch_add(&g_allocs, 1);
+    atomic_fetch_add(&g_alloc_bytes, (long)n);
+  }
+}
+void *malloc(size_t n) { count_alloc(n); return __libc_malloc(n); }
+void *calloc(size_t n, size_t s) { count_alloc(n * s); return __libc_calloc(n, s); }
+void *realloc(void *p, size_t n) { count_alloc(n); return __libc_realloc(p, n); }
+void *aligned_alloc(size_t al, size_t n) { count_alloc(n); return __libc_memalign(al, n); }
+int posix_memalign(void **out, size_t al, size_t n) {
+  count_alloc(n);
+  *out = __libc_memalign(al, n);
+  return *out ? 0 : 12;
+}
+
+/* Restores on the real CPU backend within a budget (a warm run first: threads started, their
+ * stacks cached): not one call to the C library's allocator from any thread of the run, while
+ * the same restores without a budget allocate their buffers per request. */
+CF_TEST(exec_budget_restore_path_allocates_nothing) {
+  cf_model_config_t mc;
+  CF_CHECK_OK(cf_synth_preset("tiny", &mc));
+  mc.n_layers = 3;
+  cf_synth_opts_t so = {.seed = 11, .std = 0.05f, .norm_jitter = 0.1f};
+  cf_model_t *m;
+  CF_CHECK_OK(cf_model_synth(&mc, &so, &m));
+  cf_backend_t *be;
+  CF_CHECK_OK(cf_backend_cpu_create(m, 2, &be));
+  fx_t f;
+  fx_init_be(&f, be, 16, 16 * 5, 4, "kv_malloc");
+  int plan[2][6] = {{3, 2, 1, 0, 0, 0}, {3, 3, 3, 3, 3, 0}};
+  cf_mempool_t *pool;
+  CF_CHECK_OK(cf_mempool_create("test", 4 << 20, &pool));
+  for (int budget = 1; budget >= 0; budget--) {
+    long allocs[2];
+    for (int run = 0; run < 2; run++) {
+      cf_exec_t ex;
+      CF_CHECK_OK(cf_exec_init(&ex, f.be, 2));
+      CF_CHECK_OK(cf_exec_set_pool(&ex, budget ? pool : NULL));
+      cf_cellsrc_mem_t mem;
+      cf_cellsrc_mem_init(&mem, "cpu", 0, CF_DT_F32, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, NULL);
+      cf_cellsrc_t *srcs[5] = {&mem.src, &mem.src, &mem.src, &mem.src, &mem.src};
+      void *refs[5];
+      cf_exec_req_t r;
+      fx_req(&f, &r, plan[run], srcs, refs);
+      clear_engine(&f);
+      atomic_store(&g_allocs, 0);
+      atomic_store(&g_count_allocs, 1);
+      int rc = cf_exec_run(&ex, &r, 1);
+      atomic_store(&g_count_allocs, 0);
+      allocs[run] = atomic_load(&g_allocs);
+      CF_CHECK_OK(rc);
+      CF_CHECK_EQ(fx_verify(&f, plan[run], budget ? "malloc count, budget" : "malloc count, unbounded"), 0);
+    }
+    printf("    %s: %ld and %ld allocations in the two restores\n", budget ? "within a budget" : "unbounded",
+           allocs[0], allocs[1]);
+    if (budget) CF_CHECK_EQ(allocs[1], 0);
+    else CF_CHECK_GT(allocs[1], 0);
+  }
+  cf_mempool_destroy(pool);
+  fx_free(&f);
+  cf_model_synth_free(m);
 }
