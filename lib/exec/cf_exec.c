@@ -12,6 +12,7 @@
 #include "exec/cf_exec.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -201,6 +202,8 @@ static void cf__finish(cf__rq_t *q, int err) {
   if (q->done) return;
   q->done = 1;
   q->r->err = err;
+  /* the detail is thread-local: keep it with the request for whoever reports it */
+  if (err) snprintf(q->r->err_detail, sizeof q->r->err_detail, "%s", cf_errmsg());
   q->r->stats.t_done_ns = cf__now();
   q->r->stats.layers_ready = q->ready;
   cf__maybe_release(q);
@@ -819,6 +822,7 @@ static int cf__rq_init(cf__rq_t *q, cf_exec_req_t *r, const cf_exec_t *ex, cf__r
   if (rc) return rc;
   memset(&r->stats, 0, sizeof r->stats);
   r->err = 0;
+  r->err_detail[0] = 0;
   const cf_kv_layout_t *lay = cf__layout(r);
   q->K = r->present_tokens;
   q->P = cf_exec_present_chunks(lay, q->K, q->C);

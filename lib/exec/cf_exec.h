@@ -143,6 +143,7 @@ typedef struct cf_exec_req_s {
   struct cf_mempool_s *pool_;   /* private: set by cf_exec_run (the executor's pool or NULL) */
   /* results */
   int err;                      /* 0 or the request's CF_E* code (CF_ECANCELED, backend error) */
+  char err_detail[256];         /* its detail (cf_errmsg of the thread that failed it), "" if none */
   cf_exec_stats_t stats;
 } cf_exec_req_t;
 
