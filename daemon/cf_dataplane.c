@@ -71,6 +71,7 @@ struct cf_dataplane_s {
   int n_engines;
   uint64_t next_req;
   cf_mempool_t *host_pool;         /* host_memory_bytes > 0: the CPU executor's budget */
+  cf_exec_gpu_t *gpu;              /* NULL or the GPU data path (its arena: gpu_memory_bytes) */
 };
 
 static double cf__Bps(double gbps) { return gbps > 0 ? gbps * 1e9 / 8 : 0; }
@@ -371,6 +372,14 @@ static void cf__memory(void *ctx, cf_service_memory_t *m) {
     m->host_peak = st.peak;
     m->host_refusals = st.refusals;
   }
+  if (dp->gpu && dp->gpu->dpool) { /* the device: the backend's own bytes + the restore arena's use */
+    cf_mempool_stats_t st;
+    cf_mempool_stats(dp->gpu->dpool, &st);
+    size_t held = cf_backend_cuda_device_bytes(dp->be);
+    m->gpu_budget = (uint64_t)dp->cfg->gpu_memory_bytes;
+    m->gpu_used = held + st.used;
+    m->gpu_peak = held + st.peak;
+  }
   m->mem_waits = cf_executor_mem_waits(dp->executor);
 }
 
@@ -384,6 +393,7 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
   dp->be = be;
   dp->store = store;
   dp->inner = *hooks;
+  dp->gpu = gpu;
   int rc = 0;
   if (cfg->host_memory_bytes > 0 && (rc = cf_mempool_create("host", (size_t)cfg->host_memory_bytes, &dp->host_pool))) {
     free(dp);

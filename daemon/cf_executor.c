@@ -252,7 +252,9 @@ int cf_executor_start(cf_executor_t **out, const cf_executor_opts_t *o) {
       (rc = cf_cellsrc_store_init(&x->cs, o->store, &x->lim_cpu, &x->lim_ssd)) ||
       (rc = cf_exec_init(&x->ex, o->be, x->o.n_loaders)) ||
       (rc = cf_exec_set_pool(&x->ex, o->host_pool)) ||
-      (o->gpu && (rc = cf_exec_init_ops(&x->gex, o->be, x->o.n_loaders, &cf_exec_gpu_ops, o->gpu)))) {
+      (o->gpu && (rc = cf_exec_init_ops(&x->gex, o->be, x->o.n_loaders, &cf_exec_gpu_ops, o->gpu))) ||
+      /* a device arena (gpu_memory_bytes): the GPU path's scheduler in its budget mode */
+      (o->gpu && o->gpu->dpool && (rc = cf_exec_set_budget_mode(&x->gex)))) {
     free(x->running); free(x->mine); free(x);
     return rc;
   }

@@ -128,6 +128,7 @@ int cf_exec_init_ops(cf_exec_t *ex, cf_backend_t *be, int n_loaders, const cf_ex
   ex->ops = ops;
   ex->dev = dev;
   ex->pool = NULL;
+  ex->budget = 0;
   return 0;
 }
 
@@ -136,7 +137,17 @@ int cf_exec_set_pool(cf_exec_t *ex, cf_mempool_t *pool) {
   if (pool && !(o->req_stage_rows && o->req_hidden_rows && o->req_unstage && o->req_release))
     return cf_seterr(CF_EINVAL, "exec: the %s data path cannot run within a memory budget", o->name);
   ex->pool = pool;
+  ex->budget = pool != NULL;
   return 0;
+}
+
+int cf_exec_set_budget_mode(cf_exec_t *ex) {
+  int rc = cf_exec_set_pool(ex, NULL);
+  const cf_exec_ops_t *o = ex->ops;
+  if (!rc && !(o->req_stage_rows && o->req_hidden_rows && o->req_unstage && o->req_release))
+    rc = cf_seterr(CF_EINVAL, "exec: the %s data path cannot run within a memory budget", o->name);
+  if (!rc) ex->budget = 1;
+  return rc;
 }
 
 int cf_exec_init(cf_exec_t *ex, cf_backend_t *be, int n_loaders) {
@@ -676,13 +687,19 @@ static void cf__compute_loop(cf__run_t *run) {
       q->r->stats.mem_waits++;
       if (cf__mem_hopeless(run, q)) {
         size_t need = 2 * (size_t)cf__stage_rows(q, 0) * (run->ex->be->model->cfg.hidden + q->row) * sizeof(float);
-        cf_mempool_stats_t ms;
-        cf_mempool_stats(q->pool, &ms);
-        cf__finish(q, cf_seterr(CF_ENOMEM, "restore %llu: its compute needs about %zu bytes of working memory "
-                                "(hidden states and one layer's staging for %d tokens), the memory budget "
-                                "has %zu of %zu bytes free with nothing else running",
-                                (unsigned long long)q->r->req_id, need, cf__stage_rows(q, 0),
-                                ms.largest_free, ms.budget));
+        cf_mempool_stats_t ms = {0};
+        if (q->pool) cf_mempool_stats(q->pool, &ms);
+        if (q->pool)
+          cf__finish(q, cf_seterr(CF_ENOMEM, "restore %llu: its compute needs about %zu bytes of working memory "
+                                  "(hidden states and one layer's staging for %d tokens), the memory budget "
+                                  "has %zu of %zu bytes free with nothing else running",
+                                  (unsigned long long)q->r->req_id, need, cf__stage_rows(q, 0),
+                                  ms.largest_free, ms.budget));
+        else
+          cf__finish(q, cf_seterr(CF_ENOMEM, "restore %llu: its compute needs more working memory (hidden states "
+                                  "and one layer's staging for %d tokens) than the %s data path's memory budget "
+                                  "holds with nothing else running", (unsigned long long)q->r->req_id,
+                                  cf__stage_rows(q, 0), q->ops->name));
         continue;
       }
       q->follow = 0;
@@ -799,7 +816,7 @@ static int cf__rq_init(cf__rq_t *q, cf_exec_req_t *r, const cf_exec_t *ex, cf__r
   q->ops = ex->ops;
   q->run = run;
   q->pool = ex->pool;
-  q->budget = ex->pool != NULL;
+  q->budget = ex->budget;
   r->pool_ = ex->pool;
   q->L = mc->n_layers; q->C = r->chunk_tokens; q->T = r->n_tokens;
   q->n_chunks = (q->T + q->C - 1) / q->C;
@@ -901,7 +918,7 @@ int cf_exec_run(cf_exec_t *ex, cf_exec_req_t *reqs, int n) {
     rc = cf_seterr(CF_ENOMEM, "exec: %zu load tasks", ntask);
   if (!rc && !(run.mine = cf__zalloc(pool, (size_t)max_chunks, 1)))
     rc = cf_seterr(CF_ENOMEM, "exec: compute step of %d chunks", max_chunks);
-  if (!rc && pool && ntask) { /* the loaders' cell buffers, before any request is admitted */
+  if (!rc && pool && ntask && ex->ops->load_any_host) { /* the loaders' cell buffers, before any request is admitted (a data path that wants its own host buffers, the GPU's pinned ones, keeps host_alloc) */
     int nl = ex->n_loaders;
     run.lbuf = cf__zalloc(pool, (size_t)nl, sizeof(uint8_t *));
     run.lbuf_bytes = max_cell;

@@ -153,6 +153,7 @@ typedef struct {
   const cf_exec_ops_t *ops;  /* the data path */
   void *dev;                 /* its state (CPU: be; GPU: a cf_exec_gpu_t), borrowed */
   struct cf_mempool_s *pool; /* NULL (unbounded, today's path) or the budget: cf_exec_set_pool */
+  int budget;                /* the budget mode (cf_exec_set_pool, cf_exec_set_budget_mode) */
 } cf_exec_t;
 
 /* Chunks of C tokens inside [0, present_tokens) an engine of layout `lay` serves as context
@@ -189,6 +190,10 @@ int cf_exec_init_ops(cf_exec_t *ex, cf_backend_t *be, int n_loaders, const cf_ex
  * So a run's working memory is at most the pool: per admitted request 2 x E_0 x hidden fp32 plus
  * 2 x E_l x row fp32 per layer in flight, plus n_loaders cell buffers and O(cells) bookkeeping. */
 int cf_exec_set_pool(cf_exec_t *ex, struct cf_mempool_s *pool);
+/* The budget mode without a host pool: the data path's own pool bounds its working memory (the
+ * GPU path's device arena, cf_exec_gpu_set_budget); bookkeeping and loader buffers from the C
+ * library as without a budget. Same errors as cf_exec_set_pool. */
+int cf_exec_set_budget_mode(cf_exec_t *ex);
 
 /* Validate every request of the batch against the model and its engine buffer: token count,
  * chunk size, staircase values, sources where cells are loaded, block table size and range.

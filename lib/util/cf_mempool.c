@@ -22,7 +22,7 @@ typedef struct {
 struct cf_mempool_s {
   pthread_mutex_t mu;
   uint8_t *base;
-  size_t budget, map_bytes;
+  size_t budget, map_bytes; /* map_bytes 0: the caller's region (cf_mempool_create_at) */
   cf__seg_t *seg;
   int n_seg;
   cf_mempool_stats_t st;
@@ -57,9 +57,28 @@ int cf_mempool_create(const char *name, size_t budget, cf_mempool_t **out) {
   return 0;
 }
 
+int cf_mempool_create_at(const char *name, void *base, size_t bytes, cf_mempool_t **out) {
+  *out = NULL;
+  if (!base || bytes < CF__GRAIN) return cf_seterr(CF_EINVAL, "%s memory pool: a region of at least %d bytes needed", name, CF__GRAIN);
+  cf_mempool_t *p = calloc(1, sizeof *p);
+  if (!p || !(p->seg = calloc(CF__SEGS, sizeof *p->seg))) {
+    free(p);
+    return cf_seterr(CF_ENOMEM, "%s memory pool", name);
+  }
+  p->base = base;
+  p->budget = bytes / CF__GRAIN * CF__GRAIN;
+  p->seg[0] = (cf__seg_t){0, p->budget, 0};
+  p->n_seg = 1;
+  p->st.budget = p->budget;
+  p->st.largest_free = p->budget;
+  pthread_mutex_init(&p->mu, NULL);
+  *out = p;
+  return 0;
+}
+
 void cf_mempool_destroy(cf_mempool_t *p) {
   if (!p) return;
-  munmap(p->base, p->map_bytes);
+  if (p->map_bytes) munmap(p->base, p->map_bytes);
   pthread_mutex_destroy(&p->mu);
   free(p->seg);
   free(p);

@@ -30,6 +30,9 @@ typedef struct {
 /* An arena of `budget` bytes (> 0), mapped and touched now. name: for messages ("host").
  * Returns 0, CF_EINVAL or CF_ENOMEM (the budget cannot be had from the system). */
 int cf_mempool_create(const char *name, size_t budget, cf_mempool_t **out);
+/* The same allocator over a region the caller owns (device memory from one cudaMalloc): nothing
+ * is mapped or touched, only offsets are handed out (base + offset); destroy leaves the region. */
+int cf_mempool_create_at(const char *name, void *base, size_t bytes, cf_mempool_t **out);
 void cf_mempool_destroy(cf_mempool_t *p);
 
 /* `bytes` (> 0) from the arena, page aligned, or NULL when no free block is large enough. */
