@@ -30,6 +30,16 @@ struct cf_mempool_s {
 
 size_t cf_mempool_charge(size_t bytes) { return (bytes + CF__GRAIN - 1) / CF__GRAIN * CF__GRAIN; }
 
+/* One free segment over the whole budget; the lock. */
+static cf_mempool_t *cf__start(cf_mempool_t *p) {
+  p->seg[0] = (cf__seg_t){0, p->budget, 0};
+  p->n_seg = 1;
+  p->st.budget = p->budget;
+  p->st.largest_free = p->budget;
+  pthread_mutex_init(&p->mu, NULL);
+  return p;
+}
+
 int cf_mempool_create(const char *name, size_t budget, cf_mempool_t **out) {
   *out = NULL;
   if (!budget) return cf_seterr(CF_EINVAL, "%s memory pool: budget must be > 0 bytes", name);
@@ -48,12 +58,7 @@ int cf_mempool_create(const char *name, size_t budget, cf_mempool_t **out) {
   /* resident from now on: the restore path never takes a page fault for a new page, and the
    * process's RSS is its budget at start-up, not a function of the load */
   memset(p->base, 0, p->budget);
-  p->seg[0] = (cf__seg_t){0, p->budget, 0};
-  p->n_seg = 1;
-  p->st.budget = p->budget;
-  p->st.largest_free = p->budget;
-  pthread_mutex_init(&p->mu, NULL);
-  *out = p;
+  *out = cf__start(p);
   return 0;
 }
 
@@ -67,12 +72,7 @@ int cf_mempool_create_at(const char *name, void *base, size_t bytes, cf_mempool_
   }
   p->base = base;
   p->budget = bytes / CF__GRAIN * CF__GRAIN;
-  p->seg[0] = (cf__seg_t){0, p->budget, 0};
-  p->n_seg = 1;
-  p->st.budget = p->budget;
-  p->st.largest_free = p->budget;
-  pthread_mutex_init(&p->mu, NULL);
-  *out = p;
+  *out = cf__start(p);
   return 0;
 }
 
