@@ -55,7 +55,8 @@ typedef struct {
   cf_mempool_t *pool;        /* NULL: unbounded */
   int budget;                /* lazy staging, released per layer (pool and budget ops) */
   int admitted;              /* holds its hidden states and a staging block */
-  int mem_blocked;           /* a step did not fit: only layers it holds are picked */
+  int mem_blocked;           /* a step did not fit: only steps needing no new memory are picked */
+  int hrows;                 /* rows its hidden states hold (admitted) */
   int n_held;                /* layers with staging */
   int computing;             /* the compute thread works on its buffers outside the lock */
   int released;              /* req_release ran */
@@ -85,6 +86,7 @@ typedef struct cf__run_s {
   size_t lbuf_bytes;
   pthread_mutex_t mu;
   pthread_cond_t cv;
+  int loaders_active;        /* loader threads still running (lock held) */
   cf__rq_t *rq;
   int n;
   cf__task_t *tasks;
@@ -503,6 +505,10 @@ static void *cf__loader(void *arg) {
   }
   if (kb && own_kb) ops->host_free(dev, kb, cap);
   if (!lrc) ops->loader_free(ls);
+  pthread_mutex_lock(&run->mu);
+  run->loaders_active--; /* the compute may be waiting for nothing now (cf__mem_stall) */
+  pthread_cond_broadcast(&run->cv);
+  pthread_mutex_unlock(&run->mu);
   return NULL;
 }
 
@@ -533,6 +539,13 @@ static int cf__pick_plan(cf__run_t *run, cf__pick_t *p) {
   return 1;
 }
 
+static int cf__stage_rows(const cf__rq_t *q, int l);
+/* Budget: would a step of q at layer l run on memory q already holds? */
+static int cf__step_fits(const cf__rq_t *q, int l) {
+  return q->admitted && q->hrows >= cf__stage_rows(q, 0) && q->has_stage[l] && q->srows[l] >= cf__stage_rows(q, l) &&
+         !q->unstage_pending[l];
+}
+
 /* The next run the compute worker can start outside the plans: in request priority order, the
  * request's lowest (layer, chunk) whose dependencies are present, extended over following chunks
  * at the same layer; for a request that follows its plan only among its free tail chunks.
@@ -541,14 +554,14 @@ static int cf__pick(cf__run_t *run, cf__pick_t *p) {
   for (int i = 0; i < run->n; i++) {
     cf__rq_t *q = &run->rq[i];
     if (q->done || (q->follow && q->free_from >= q->n_chunks)) continue;
-    /* short of memory: only the layers it holds (or its spare block can take) */
+    /* short of memory: only steps on memory it holds (until memory is given back) */
     if (q->mem_blocked && !q->admitted) continue;
     int best_c = -1, best_l = q->L;
     for (int c = q->follow ? q->free_from : 0; c < q->n_chunks; c++) {
       int l = q->D[c];
       if (l >= q->H[c] || l >= best_l) continue;
       if (q->prefix[l] < c || q->state[cf__ix(q, c, l)] == CELL_LOADING) continue;
-      if (q->mem_blocked && !q->has_stage[l] && q->n_held > 0) continue;
+      if (q->mem_blocked && !cf__step_fits(q, l)) continue;
       best_c = c; best_l = l;
     }
     if (best_c < 0) continue;
@@ -622,12 +635,14 @@ static int cf__ensure_budget(cf__rq_t *q, int l) {
       return rc;
     }
     q->admitted = 1;
+    q->hrows = e0;
     q->has_stage[l] = 1;
     q->srows[l] = e0;
     q->n_held++;
     return 0;
   }
   if ((rc = q->ops->req_hidden_rows(q->rs, e0))) return rc; /* grows after a raised chunk */
+  q->hrows = e0;
   if (q->has_stage[l] && q->srows[l] >= el) return 0;
   if (q->has_stage[l] && q->stage_users[l]) return CF_EAGAIN; /* growing it races the loaders */
   if ((rc = q->ops->req_stage_rows(q->rs, l, el))) return rc;
@@ -661,6 +676,46 @@ static int cf__mem_hopeless(cf__run_t *run, const cf__rq_t *q) {
   return !q->admitted || q->n_held == 0;
 }
 
+/* Budget: the compute waits, no loader runs any more, and requests wait for memory that only
+ * other waiting requests hold (each needs more after a load failure raised a chunk). Resolve it:
+ * the lowest-priority request that holds memory gives all of it back and starts computing again
+ * later (its chunks from layer 0: their hidden states are gone; cells already in the engine are
+ * not written again, layers are gathered back from the engine). With one holder left the
+ * request alone exceeds the budget: fail the waiting ones with CF_ENOMEM. Returns 1 when it
+ * changed something. Lock held. */
+static int cf__mem_stall(cf__run_t *run) {
+  int blocked = 0, holders = 0, victim = -1;
+  for (int i = 0; i < run->n; i++) {
+    cf__rq_t *q = &run->rq[i];
+    if (q->done) continue;
+    blocked += q->mem_blocked;
+    if (q->admitted) { holders++; victim = i; }
+  }
+  if (!blocked) return 0;
+  if (holders <= 1) {
+    for (int i = 0; i < run->n; i++) {
+      cf__rq_t *q = &run->rq[i];
+      if (!q->done && q->mem_blocked)
+        cf__finish(q, cf_seterr(CF_ENOMEM, "restore %llu: after load failures its compute needs more working memory "
+                                "(hidden states and staging for %d tokens) than the memory budget holds",
+                                (unsigned long long)q->r->req_id, cf__stage_rows(q, 0)));
+    }
+    return 1;
+  }
+  cf__rq_t *q = &run->rq[victim];
+  q->ops->req_release(q->rs);
+  q->admitted = 0; q->n_held = 0; q->hrows = 0;
+  memset(q->has_stage, 0, (size_t)q->L);
+  memset(q->srows, 0, (size_t)q->L * sizeof *q->srows);
+  memset(q->staged, STAGE_NO, (size_t)q->n_chunks * q->L);
+  for (int c = q->P; c < q->n_chunks; c++)
+    if (q->D[c] > 0 && q->D[c] < q->H[c]) q->D[c] = 0;
+  q->follow = 0;
+  q->r->stats.mem_waits++;
+  cf__mem_freed(run);
+  return 1;
+}
+
 static void cf__compute_loop(cf__run_t *run) {
   uint8_t *mine = run->mine;
   pthread_mutex_lock(&run->mu);
@@ -673,6 +728,7 @@ static void cf__compute_loop(cf__run_t *run) {
     if (cf__all_done(run)) break;
     cf__pick_t p;
     if (!cf__pick_plan(run, &p) && !cf__pick(run, &p)) {
+      if (!run->loaders_active && cf__mem_stall(run)) continue;
       /* waiting on loads; the timeout only bounds how late a cancel is noticed */
       struct timespec ts;
       clock_gettime(CLOCK_REALTIME, &ts);
@@ -942,9 +998,15 @@ int cf_exec_run(cf_exec_t *ex, cf_exec_req_t *reqs, int n) {
   if (run.n_tasks > 1) qsort(run.tasks, (size_t)run.n_tasks, sizeof(cf__task_t), cf__task_cmp);
   atomic_init(&run.next, 0);
   int want = ex->n_loaders < run.n_tasks ? ex->n_loaders : run.n_tasks;
+  run.loaders_active = want; /* each loader counts itself out when it ends */
   for (; nth < want; nth++) {
     la[nth] = (cf__loader_arg_t){&run, nth};
     if (pthread_create(&th[nth], NULL, cf__loader, &la[nth])) break;
+  }
+  if (nth < want) {
+    pthread_mutex_lock(&run.mu);
+    run.loaders_active -= want - nth;
+    pthread_mutex_unlock(&run.mu);
   }
   if (want && !nth) {
     rc = cf_seterr(CF_ENOMEM, "exec: cannot start loader threads");

@@ -186,7 +186,11 @@ int cf_exec_init_ops(cf_exec_t *ex, cf_backend_t *be, int n_loaders, const cf_ex
  *   - when a step's buffers do not fit, the request leaves its plan's compute order (work-
  *     conserving from then on, the layers it holds first) and the compute waits for memory a
  *     finishing layer or request gives back; never an error, unless nothing else holds memory
- *     and the request alone exceeds the budget (CF_ENOMEM naming the bytes).
+ *     and the request alone exceeds the budget (CF_ENOMEM naming the bytes);
+ *   - load failures raise chunks and so can grow a request's working set while others hold the
+ *     rest: when the loaders are done and every request waits on memory another waiting one
+ *     holds, the lowest-priority holder gives all of it back and computes again later (its
+ *     chunks from layer 0; cells already in the engine are not written twice).
  * So a run's working memory is at most the pool: per admitted request 2 x E_0 x hidden fp32 plus
  * 2 x E_l x row fp32 per layer in flight, plus n_loaders cell buffers and O(cells) bookkeeping. */
 int cf_exec_set_pool(cf_exec_t *ex, struct cf_mempool_s *pool);
