@@ -72,6 +72,7 @@ struct cf_dataplane_s {
   uint64_t next_req;
   cf_mempool_t *host_pool;         /* host_memory_bytes > 0: the CPU executor's budget */
   cf_exec_gpu_t *gpu;              /* NULL or the GPU data path (its arena: gpu_memory_bytes) */
+  cf_trace_t *trace;               /* NULL (trace_restores = 0) or the executed restores' traces */
 };
 
 static double cf__Bps(double gbps) { return gbps > 0 ? gbps * 1e9 / 8 : 0; }
@@ -164,6 +165,7 @@ static void cf__send_plan(cf__job_t *j) {
   ps.readiness_slot = j->slot >= 0 ? (uint32_t)j->slot : UINT32_MAX;
   ps.present_tokens = (uint32_t)j->x.present_tokens;
   ps.present_chunks = p->present_chunks;
+  ps.restore_id = j->x.req_id; /* Admin.Trace's key */
   Cacheflow__V1__RestoreEvent e = CACHEFLOW__V1__RESTORE_EVENT__INIT;
   e.event_case = CACHEFLOW__V1__RESTORE_EVENT__EVENT_PLAN;
   e.plan = &ps;
@@ -395,7 +397,12 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
   dp->inner = *hooks;
   dp->gpu = gpu;
   int rc = 0;
+  if (cfg->trace_restores > 0 && cf_trace_init(&dp->trace, (int)cfg->trace_restores, (int)cfg->trace_ops)) {
+    free(dp);
+    return CF_ENOMEM;
+  }
   if (cfg->host_memory_bytes > 0 && (rc = cf_mempool_create("host", (size_t)cfg->host_memory_bytes, &dp->host_pool))) {
+    cf_trace_free(dp->trace);
     free(dp);
     return cf_err_prefix(rc, "host_memory_bytes = %lld: ", (long long)cfg->host_memory_bytes);
   }
@@ -404,9 +411,9 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
                            .cpu_Bps = cf__Bps(cfg->cpu_read_gbps), .ssd_Bps = cf__Bps(cfg->ssd_read_gbps),
                            .remote_Bps = cf__Bps(cfg->remote_read_gbps),
                            .gpu = gpu, .planner = planner, .lookup = dp->inner.lookup ? cf__job_lookup : NULL,
-                           .lookup_ctx = dp, .host_pool = dp->host_pool};
+                           .lookup_ctx = dp, .host_pool = dp->host_pool, .trace = dp->trace};
   rc = cf_executor_start(&dp->executor, &xo);
-  if (rc) { cf_mempool_destroy(dp->host_pool); free(dp); return rc; }
+  if (rc) { cf_mempool_destroy(dp->host_pool); cf_trace_free(dp->trace); free(dp); return rc; }
   if (dp->host_pool)
     CF_INFO("host_memory_bytes: %lld bytes reserved for restore working memory", (long long)cfg->host_memory_bytes);
   pthread_mutex_init(&dp->mu, NULL);
@@ -420,7 +427,7 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
                                   .evict = dp->inner.evict ? cf__evict : NULL,
                                   .flush = dp->inner.flush ? cf__flush : NULL,
                                   .usage = dp->inner.usage ? cf__usage : NULL,
-                                  .remote = dp->inner.remote, .memory = cf__memory};
+                                  .remote = dp->inner.remote, .memory = cf__memory, .trace = dp->trace};
   *out = dp;
   return 0;
 }
@@ -442,6 +449,7 @@ static void cf__async_closed(uv_handle_t *h) {
   pthread_mutex_destroy(&dp->mu);
   free(dp->engines);
   cf_mempool_destroy(dp->host_pool); /* the executor stopped: nothing holds it */
+  cf_trace_free(dp->trace); /* the executor has stopped: nobody records any more */
   free(dp);
 }
 

@@ -104,6 +104,8 @@ typedef struct {
   struct cf_remote_s *remote;
   /* The memory budgets and their use (NULL: none reported). Any thread. */
   void (*memory)(void *ctx, struct cf_service_memory_s *out);
+  /* Executed restores' traces (NULL: trace_restores = 0), read by Admin.Trace (lock-only calls). */
+  struct cf_trace_s *trace;
 } cf_service_backend_t;
 
 typedef struct cf_service_s cf_service_t;
