@@ -161,6 +161,13 @@ const cf_config_entry_t cf_config_table[] = {
    "expiry of the remote tier's keys in seconds; 0 = none (Redis's maxmemory policy decides)"},
   {"remote_promote_bytes", CF_CFG_T_SIZE, F(remote_promote_bytes), 0, 1099511627776.0, NULL, "256M", NULL, 0,
    "remote chunks staged or queued at once for promotion into the local tiers; 0 = no promotion"},
+  /* memory budget (issue 18) */
+  {"host_memory_bytes", CF_CFG_T_SIZE, F(host_memory_bytes), 0, 281474976710656.0, NULL, "0", NULL, 0,
+   "host memory for restore working memory (hidden states, K/V staging, loader buffers, bookkeeping of the "
+   "CPU executor), reserved at start-up and reused; restores wait for it, never exceed it; 0 = unbounded"},
+  {"gpu_memory_bytes", CF_CFG_T_SIZE, F(gpu_memory_bytes), 0, 281474976710656.0, NULL, "0", NULL, 0,
+   "device memory the cuda backend may hold (its weights unless borrowed, staging, hidden states, load rings, "
+   "gates); checked at start-up against what the backend holds; 0 = unbounded"},
 };
 const size_t cf_config_count = sizeof cf_config_table / sizeof cf_config_table[0];
 
