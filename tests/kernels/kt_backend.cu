@@ -130,12 +130,17 @@ static void test_synth(const synth_case &sc, bool bf16_weights = true) {
   kt_check(ok && e <= tol, "backend %s, %s, chunk %d: cuda vs cpu KV rel L2 %.2e (layer %d %c)",
            sc.name, wk, sc.chunk, e, wl, wkv);
   if (sc.experts) {  // which expert-GEMM path the checks above ran (grouped unless forced off)
+    // gate|up (bf16 in and out) is a type combination cuBLAS documents for grouped GEMM: it
+    // must run grouped. down writes fp32 from bf16: grouped where cuBLAS offers that, else the
+    // per-expert fallback -- reported, not required.
     const char *g = getenv("CF_CUDA_MOE_GROUPED");
-    int off = g && strcmp(g, "0") == 0, want = off || CUBLAS_VERSION < 120500 ? 0 : 3;
+    int off = g && strcmp(g, "0") == 0, want = off || CUBLAS_VERSION < 120500 ? 0 : 1;
     int got_path = cf_backend_cuda_moe_grouped(gpu);
-    kt_check(got_path == want, "backend %s: MoE expert GEMMs path %d (bit 0 gate|up grouped, bit 1 "
-             "down grouped; want %d: %s)", sc.name, got_path, want,
-             off ? "CF_CUDA_MOE_GROUPED=0, per-expert loop" : "cublasGemmGroupedBatchedEx");
+    kt_check(got_path >= 0 && (got_path & 1) == want && (!off || got_path == 0),
+             "backend %s: MoE expert GEMMs path %d (bit 0 gate|up grouped: want %d, %s; bit 1 "
+             "down grouped: %s)", sc.name, got_path, want,
+             off ? "CF_CUDA_MOE_GROUPED=0, per-expert loop" : "cublasGemmGroupedBatchedEx",
+             got_path > 0 && (got_path & 2) ? "yes" : "no, per-expert cublasGemmEx");
   }
   // Layer split: [0, 1) gives hidden states, [1, L) continues from them (l0 > 0 path).
   if (sc.L >= 2) {
