@@ -102,6 +102,9 @@ typedef struct {
 /* The cost per simulated cell the budget is converted with (measured: 5-9 ns on an idle
  * core, up to ~25 ns on a busy one; the estimate is kept on the safe side). */
 #define CF_SCHED_SIM_S_PER_CELL 20e-9
+/* The cost per node of the exact search that tiny batches get (cf_exact.c; measured ~0.2 us
+ * on a busy core for 8-16 cells). */
+#define CF_SCHED_NODE_S 0.25e-6
 
 typedef enum { CF_OP_COMPUTE = 0, CF_OP_LOAD = 1, CF_OP_SEND = 2 } cf_op_kind_t;
 
@@ -149,10 +152,13 @@ int cf_sched_input_check(const cf_sched_input_t *in);
  *    converted to simulator runs, deterministic): whenever the other policies' plans fit in it
  *    they are simulated and the result has the smallest makespan of all (mean TTFT breaks
  *    ties), so no other policy beats it on makespan, nor on makespan and mean TTFT at once;
- *    what is left searches general staircases, groupings and orders.
+ *    what is left searches general staircases, groupings and orders; batches of at most 16
+ *    cells on one device (toy shapes only) are then searched exactly (branch and bound over
+ *    every plan, cf_exact.c) within 3/4 of the budget, in search nodes.
  * Measured: within 1.04x of the bound for 4k-128k tokens and batches of 1-64 on the shipped
- * profiles (test_sched_sizes); median 1.0000 of the exact optimum on tiny instances, 0.1-0.3%
- * of them over 1.02x (test_sched_oracle); 64 x 128k tokens planned in 0.12-0.6 ms.
+ * profiles (test_sched_sizes); every tiny instance within 1.02x of the exact optimum
+ * (test_sched_oracle; the exact search stops at its node cap, so this is measured, not
+ * proven); 64 x 128k tokens planned in 0.12-0.6 ms.
  *
  * Plan the batch `in` with `policy` into `out` (initialised with cf_sched_plan_init; its
  * previous contents are replaced, its buffers reused). Requests with device -1 are spread

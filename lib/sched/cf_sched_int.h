@@ -84,4 +84,14 @@ void cf__swap_plans(cf_sched_plan_t *a, cf_sched_plan_t *b);
 int cf__refine_general(const cf_sched_input_t *in, const int *dev, const cf__ref_t *ref,
                        cf_sched_plan_t *best, cf__score_t *score, int *evals, int budget);
 
+/* Exact plans for tiny batches (cf_exact.c): one device (so one link), at most
+ * CF__EXACT_CELLS cells, 4 requests, 8 chunks each, 8 layers. cf__exact_applies says whether
+ * the batch qualifies; cf__exact_plan searches every plan cf_sim accepts for one with a
+ * smaller makespan than *score (within max_nodes search nodes; *nodes: how many it used) and,
+ * when it finds one that scores better, replaces *best and *score. 0, CF_ENOMEM or CF_EINVAL. */
+enum { CF__EXACT_CELLS = 16 };
+int cf__exact_applies(const cf_sched_input_t *in);
+int cf__exact_plan(const cf_sched_input_t *in, const int *dev, const cf__ref_t *ref,
+                   cf_sched_plan_t *best, cf__score_t *score, long max_nodes, long *nodes);
+
 #endif
