@@ -84,14 +84,6 @@ static int32_t cf__runs(const cf_sched_cost_t *c, const cf_sched_req_t *q, cf__r
  * token, which within a run of one tier is a prefix [a, x*) of the run. So the minimum is the
  * smaller of loading everything and gamma + that per-position choice. With one tier it is the
  * single-rate form above (S = the front t tokens). */
-/* Position x at which the attention context per query, (1-f) x + f min(x, W) (x without a
- * window), reaches G: the end of the computed prefix below (the context grows with x). */
-static double cf__ctx_inv(const cf_sched_cost_t *c, double G) {
-  if (c->window <= 0 || c->window_frac <= 0 || G <= c->window) return G;
-  if (c->window_frac >= 1) return INFINITY; /* every layer windowed: never above W */
-  return c->window + (G - c->window) / (1 - c->window_frac);
-}
-
 static double cf__inner(const cf_sched_cost_t *c, const cf__runs_t *rr, const double *q, double lam,
                         double nd) {
   double Q = 0, sep = 0;
@@ -99,7 +91,7 @@ static double cf__inner(const cf_sched_cost_t *c, const cf__runs_t *rr, const do
   if (lam <= 0) return 0.0; /* compute everything for free */
   for (int32_t i = 0; i < rr->n; i++) {
     double a = rr->run[i].a, b = rr->run[i].b, qq = q[rr->run[i].tier], x;
-    if (c->beta_s > 0) x = cf__ctx_inv(c, ((1 - lam) * qq * nd / lam - c->alpha_s) / c->beta_s);
+    if (c->beta_s > 0) x = cf_cost_ctx_inv(c, ((1 - lam) * qq * nd / lam - c->alpha_s) / c->beta_s);
     else x = lam * c->alpha_s / nd < (1 - lam) * qq ? b : a;
     x = x < a ? a : x > b ? b : x;
     sep += lam / nd * (c->alpha_s * (x - a) + c->beta_s * cf_cost_ctx(c, a, x - a)) + (1 - lam) * (b - x) * qq;

@@ -40,6 +40,7 @@
 #ifndef CF_COST_H
 #define CF_COST_H
 
+#include <math.h>
 #include <stdint.h>
 
 #define CF_COST_MAX_TIERS 4
@@ -64,8 +65,8 @@ typedef struct {
    * last `window` keys, so their attention term is beta times the integral of min(x, window)
    * over the step's context lengths x in [p, p+n] instead of n (p + n/2) (cf_cost_ctx). The
    * planner's layers are uniform, so a model mixing windowed and full layers is charged the
-   * layer average. Closed forms elsewhere that use beta directly (cf_bound, the optimal
-   * policy's step-size rule) still assume full attention: they over-charge windowed layers. */
+   * layer average. The closed forms that solve for a position (cf_bound, the optimal
+   * policy's hull and step-size rule) invert that context (cf_cost_ctx_inv). */
   int window;
   double window_frac;
 } cf_sched_cost_t;
@@ -101,6 +102,15 @@ static inline double cf_cost_ctx(const cf_sched_cost_t *c, double p, double n) {
   double full = n * (p + 0.5 * n);
   if (c->window <= 0 || c->window_frac <= 0) return full;
   return (1 - c->window_frac) * full + c->window_frac * cf_cost_ctx_w(p, n, c->window);
+}
+/* Position x at which the layer-averaged attention context of one query, (1-f) x + f min(x, W)
+ * (x without a window), reaches G: the inverse of the marginal of cf_cost_ctx. Closed forms
+ * that solve "alpha + beta * context = price" for a position use it (INFINITY: every layer
+ * windowed and G above the window, never reached). */
+static inline double cf_cost_ctx_inv(const cf_sched_cost_t *c, double G) {
+  if (c->window <= 0 || c->window_frac <= 0 || G <= c->window) return G;
+  if (c->window_frac >= 1) return INFINITY;
+  return c->window + (G - c->window) / (1 - c->window_frac);
 }
 /* One compute step of n tokens starting at position p, one layer (0 when n == 0). */
 static inline double cf_cost_step(const cf_sched_cost_t *c, double p, double n) {

@@ -136,18 +136,30 @@ static void cf__xy(const cf__opt_t *o, int r, cf__pos_t p, double *x, double *y)
   *y = (L - p.m - a) * cf__g(o, r, k0) + p.m * cf__g(o, r, k1) + (a ? cf__g(o, r, p.adj) : 0);
 }
 
+/* Where t / phi(t) peaks, phi(t) = gamma + alpha t + beta ctx(0, t) (the step of the front t
+ * tokens): at phi = t phi'. Full attention: ctx = t^2/2, t = sqrt(2 gamma / beta). A fraction
+ * f of the layers windowed at W, past W: ctx = (1-f) t^2/2 + f (W t - W^2/2), so
+ * t^2 = (2 gamma - f beta W^2) / ((1-f) beta); every layer windowed: t / phi rises forever. */
+static double cf__peak_t(const cf_sched_cost_t *c) {
+  double t = sqrt(2 * c->gamma_s / c->beta_s), W = c->window, f = c->window_frac;
+  if (W <= 0 || f <= 0 || t <= W) return t;
+  if (f >= 1) return INFINITY;
+  return sqrt((2 * c->gamma_s - f * c->beta_s * W * W) / ((1 - f) * c->beta_s));
+}
+
 /* Lower convex hull of the points (f(k), g(k)), k = 0..n, without building it: for k >= 1
- * the points sample the curve t -> (phi(t), (N - t) q), phi(t) = gamma + alpha t + beta t^2/2,
- * at increasing t; its slope -q / (alpha + beta t) increases with t, so they form a convex
- * chain. Only k = 0 (x = 0: no step at all) sits off the curve; the hull leaves it along the
- * tangent to the chain, i.e. to the k maximising t / phi(t), which is unimodal with its peak at
- * t = sqrt(2 gamma / beta). Vertices: 0, kstar, kstar + 1, ..., n. */
+ * the points sample the curve t -> (phi(t), (N - t) q), phi(t) = gamma + alpha t +
+ * beta ctx(0, t), at increasing t; its slope -q / (alpha + beta ctx'(t)) increases with t
+ * (ctx' is the context of the t-th query, non-decreasing also with windows), so they form a
+ * convex chain. Only k = 0 (x = 0: no step at all) sits off the curve; the hull leaves it
+ * along the tangent to the chain, i.e. to the k maximising t / phi(t), which is unimodal with
+ * its peak at cf__peak_t. Vertices: 0, kstar, kstar + 1, ..., n. */
 static void cf__hull(cf__opt_t *o, int r, int32_t n) {
   if (n == 0) { o->kstar[r] = 0; o->H[r] = 1; return; }
   const cf_sched_cost_t *c = o->c;
   int32_t k = n;
   if (c->beta_s > 0) {
-    double t = sqrt(2 * c->gamma_s / c->beta_s);
+    double t = cf__peak_t(c);
     k = (int32_t)fmin((double)n, floor(t / c->chunk_tokens));
     if (k < 1) k = 1;
     int64_t P = o->in->reqs[r].prefix_tokens;
@@ -173,7 +185,8 @@ static int cf__edges_below(const cf__opt_t *o, int r, double s) {
   if (c->beta_s > 0) {
     /* mixed tiers: the request's mean rate; the walks below correct the guess */
     double q = o->gsum ? cf__g(o, r, 0) / (double)o->in->reqs[r].prefix_tokens : o->q;
-    double M = (q / -s - c->alpha_s) / c->beta_s; /* largest midpoint that qualifies */
+    /* largest midpoint that qualifies: the position whose context prices at s */
+    double M = cf_cost_ctx_inv(c, (q / -s - c->alpha_s) / c->beta_s);
     double kk = floor(M / c->chunk_tokens - 0.5);   /* last qualifying k (full chunks) */
     double jj = kk - o->kstar[r] + 2;               /* edges j = 1.. have k = kstar + j - 1 */
     j = jj < 1 ? 1 : jj > E ? E : (int)jj;
@@ -200,15 +213,25 @@ static void cf__at_price(cf__opt_t *o, int d, double s, double *X, double *Y) {
 }
 
 /* Device d's next edge in slope order after the positions of cf__at_price: request (or -1)
- * and its slope. */
-static int cf__next_edge(const cf__opt_t *o, int d, double *slope) {
-  int best = -1;
+ * and its slope; *second: the next smallest slope of another request (INFINITY if none) and
+ * *second_i its place in dreq (ties go to the earlier place). */
+static int cf__next_edge(const cf__opt_t *o, int d, double *slope, double *second, int *second_i) {
+  int best = -1, bi = -1;
+  *second = INFINITY;
+  *second_i = -1;
   for (int i = o->doff[d]; i < o->doff[d + 1]; i++) {
     int r = o->dreq[i];
     if (o->pos[r].j + 1 >= o->H[r]) continue;
     double sl = cf__slope(o, r, o->pos[r].j);
-    if (best < 0 || sl < *slope) { best = r; *slope = sl; }
+    if (best < 0 || sl < *slope) {
+      if (best >= 0) { *second = *slope; *second_i = bi; }
+      best = r; bi = i; *slope = sl;
+    } else if (sl < *second) {
+      *second = sl;
+      *second_i = i;
+    }
   }
+  if (best >= 0) *second_i = *second_i < 0 ? -1 : (*second_i < bi) ? -2 : *second_i;
   return best;
 }
 
@@ -237,16 +260,23 @@ static int cf__device_split(cf__opt_t *o, int d, double T, double *X, double *Y)
    * edge at a time while they still fit, so all but one of the tied requests move, and only
    * the last (returned) is split by cf__balance. */
   for (;;) {
-    double sl = 0;
-    int r = cf__next_edge(o, d, &sl);
+    double sl = 0, second;
+    int si, r = cf__next_edge(o, d, &sl, &second, &si);
     if (r < 0) return -1;
-    int32_t k0 = cf__hk(o, r, o->pos[r].j), k1 = cf__hk(o, r, o->pos[r].j + 1);
-    double dx = o->L * (cf__f(o, r, k1) - cf__f(o, r, k0));
-    double dy = o->L * (cf__g(o, r, k1) - cf__g(o, r, k0));
-    if (T < 0 ? *X + dx > *Y + dy : *X + dx > T) return r;
-    o->pos[r].j++;
-    *X += dx;
-    *Y += dy;
+    /* r keeps the smallest slope while its next edge is below the runner-up's (or equal and
+     * r comes first): take its edges in one go (collinear runs: windowed layers past the
+     * window, where every chunk costs the same, would otherwise cost a scan per edge) */
+    do {
+      int32_t k0 = cf__hk(o, r, o->pos[r].j), k1 = cf__hk(o, r, o->pos[r].j + 1);
+      double dx = o->L * (cf__f(o, r, k1) - cf__f(o, r, k0));
+      double dy = o->L * (cf__g(o, r, k1) - cf__g(o, r, k0));
+      if (T < 0 ? *X + dx > *Y + dy : *X + dx > T) return r;
+      o->pos[r].j++;
+      *X += dx;
+      *Y += dy;
+      if (o->pos[r].j + 1 >= o->H[r]) break;
+      sl = cf__slope(o, r, o->pos[r].j);
+    } while (sl < second || (sl == second && si >= 0));
   }
 }
 
@@ -761,9 +791,10 @@ static double cf__split(cf__opt_t *o, cf__optbuf_t *b) {
     for (int it = 0; it < 100; it++) {
       double Y = 0, dY = 0;
       for (int d = 0; d < nd; d++) {
-        double x, y, sl = 0;
+        double x, y, sl = 0, sl2;
+        int i2;
         if (cf__device_split(o, d, hi, &x, &y) >= 0) { /* the rest of T on the next edge */
-          cf__next_edge(o, d, &sl);
+          cf__next_edge(o, d, &sl, &sl2, &i2);
           y += (hi - x) * sl;
           dY += sl;
         }
