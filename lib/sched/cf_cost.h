@@ -69,6 +69,10 @@ typedef struct {
    * policy's hull and step-size rule) invert that context (cf_cost_ctx_inv). */
   int window;
   double window_frac;
+  /* Which layers are windowed, for the cells they need not restore (cf_sched_window_skip):
+   * bit l of window_mask[l / 64] (layers >= 256: never skipped). All zero with window_frac >= 1:
+   * every layer; all zero otherwise: none (a cost model that only knows the fraction). */
+  uint64_t window_mask[4];
 } cf_sched_cost_t;
 
 /* Defaults for Llama-3.1-8B on one H100 with the prefixes in pinned CPU DRAM (PCIe gen5):
@@ -111,6 +115,13 @@ static inline double cf_cost_ctx_inv(const cf_sched_cost_t *c, double G) {
   if (c->window <= 0 || c->window_frac <= 0 || G <= c->window) return G;
   if (c->window_frac >= 1) return INFINITY;
   return c->window + (G - c->window) / (1 - c->window_frac);
+}
+/* 1 when layer l attends through the sliding window (see window_mask). */
+static inline int cf_cost_layer_windowed(const cf_sched_cost_t *c, int l) {
+  if (c->window <= 0 || l < 0) return 0;
+  if (!(c->window_mask[0] | c->window_mask[1] | c->window_mask[2] | c->window_mask[3]))
+    return c->window_frac >= 1;
+  return l < 256 && (c->window_mask[l / 64] >> (l % 64) & 1);
 }
 /* One compute step of n tokens starting at position p, one layer (0 when n == 0). */
 static inline double cf_cost_step(const cf_sched_cost_t *c, double p, double n) {

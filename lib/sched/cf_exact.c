@@ -261,7 +261,7 @@ int cf__exact_plan(const cf_sched_input_t *in, const int *dev, const cf__ref_t *
     }
     cf_sim_result_t s;
     cf_sim_result_init(&s);
-    if (!rc) rc = cf_sim_run(in, &p, &s);
+    if (!rc) rc = cf__sim_clipped(in, &p, &s);
     if (!rc) {
       cf__score_t sc = cf__score_of(&s, ref);
       if (cf__score_better(sc, *score)) {

@@ -657,7 +657,7 @@ static void cf__cumulative(cf__opt_t *o, double *Xc, double *Yc) {
 static int cf__try(const cf__opt_t *o, cf_sched_plan_t *tmp, int32_t *kbuf, cf_sim_result_t *sim,
                    const cf__ref_t *ref, cf__score_t *best, int *evals) {
   int rc = cf__emit(o, tmp, kbuf);
-  if (!rc) rc = cf_sim_run(o->in, tmp, sim);
+  if (!rc) rc = cf__sim_clipped(o->in, tmp, sim);
   if (rc) return rc;
   (*evals)++;
   cf__score_t sc = cf__score_of(sim, ref);
@@ -852,7 +852,7 @@ static int cf__refine_others(cf__opt_t *o, cf__optbuf_t *b, cf__ref_t *ref,
         : pol == CF_POLICY_CACHEFLOW ? cf__policy_cacheflow
                                      : cf__tier_candidate;
     if ((rc = fn(in, o->dev, &b->tmp))) return rc;
-    if ((rc = cf_sim_run(in, &b->tmp, &b->sim))) {
+    if ((rc = cf__sim_clipped(in, &b->tmp, &b->sim))) {
       if (pol == CF_POLICY_COUNT) break; /* a candidate the simulator refuses is dropped */
       return rc;
     }
@@ -866,7 +866,7 @@ static int cf__refine_others(cf__opt_t *o, cf__optbuf_t *b, cf__ref_t *ref,
       cf__swap_plans(&b->alt, &b->tmp);
     }
   }
-  if ((rc = cf_sim_run(in, &b->alt, &b->sim))) return rc;
+  if ((rc = cf__sim_clipped(in, &b->alt, &b->sim))) return rc;
   *alt_score = cf__score_of(&b->sim, ref);
   return 0;
 }
@@ -879,7 +879,7 @@ static int cf__refine_candidates(cf__opt_t *o, cf__optbuf_t *b, cf_sched_plan_t 
                                  const cf__ref_t *ref, cf__score_t *best, int *evals,
                                  int budget) {
   size_t nn = o->n ? (size_t)o->n : 1;
-  int rc = cf_sim_run(o->in, out, &b->sim);
+  int rc = cf__sim_clipped(o->in, out, &b->sim);
   if (rc) return rc;
   (*evals)++;
   *best = cf__score_of(&b->sim, ref);
@@ -954,7 +954,7 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
     double te;
     if ((rc = cf__tier_plan(in, dev, out, &te))) return rc;
     out->est_makespan_s = te;
-    if (!(budget = cf__refine_runs(in, te)) || in->n_reqs == 0) return 0;
+    if (!(budget = cf__refine_runs(in, te)) || in->n_reqs == 0) return cf__check_closed_forms(in, dev, out);
   }
   cf__optbuf_t b;
   if ((rc = cf__opt_alloc(&o, &b))) goto out;
@@ -964,7 +964,10 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   if ((rc = cf__emit(&o, out, b.kbuf))) goto out;
   out->est_makespan_s = est;
   budget = cf__refine_runs(in, est);
-  if (budget == 0 || o.n == 0) goto out; /* with mixed tiers the refinement simulates the
+  if (budget == 0 || o.n == 0) {
+    rc = cf__check_closed_forms(in, dev, out);
+    goto out;
+  } /* with mixed tiers the refinement simulates the
                                             tier plan, with the other policies' */
 
   /* 4: refinement with the simulator, within the budget */

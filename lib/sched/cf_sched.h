@@ -141,6 +141,18 @@ void cf_sched_plan_free(cf_sched_plan_t *plan);
  * Returns 0 or CF_EINVAL naming the field and request. */
 int cf_sched_input_check(const cf_sched_input_t *in);
 
+/* Sliding windows: the cells a windowed layer need not restore. The engine's next token (at
+ * position P, the prefix's end) attends at a windowed layer only to keys (P - W, P), and a
+ * chunk computed at that layer only to the W - 1 keys before each of its tokens; so a chunk
+ * that is not computed at layer l (l >= h[c]) and ends before both is needed by nothing: it is
+ * neither loaded nor computed, and the engine's block for it is never written (vLLM's hybrid
+ * KV manager keeps the same: SlidingWindowManager frees, and on a prefix-cache hit asks for,
+ * only the blocks from (tokens - W + 1) on; the earlier ones are null blocks). Sets skip[c]
+ * (c < nc, the chunks of a P-token prefix with staircase h) and returns how many are skipped;
+ * all 0 when layer l has no window (cf_cost_layer_windowed). */
+int32_t cf_sched_window_skip(const cf_sched_cost_t *c, int64_t P, const uint16_t *h, int32_t nc,
+                             int l, uint8_t *skip);
+
 /* optimal, the plan the daemon runs (cf_policy_optimal.c has the details):
  *  - analytic plan: per request the convex hull of (compute, load) over "compute the front k
  *    chunks at a layer", a price bisection across the batch until each device's compute meets
@@ -163,7 +175,8 @@ int cf_sched_input_check(const cf_sched_input_t *in);
  * Plan the batch `in` with `policy` into `out` (initialised with cf_sched_plan_init; its
  * previous contents are replaced, its buffers reused). Requests with device -1 are spread
  * over the devices by the same deterministic rule for every policy (least estimated load,
- * arrival order). Returns 0, CF_EINVAL (bad input, detail names it) or CF_ENOMEM.
+ * arrival order). Every policy's LOADs leave out the cells cf_sched_window_skip skips (they
+ * are split where needed). Returns 0, CF_EINVAL (bad input, detail names it) or CF_ENOMEM.
  * The plan borrows nothing from `in`. */
 int cf_sched_plan(const cf_sched_input_t *in, cf_policy_t policy, cf_sched_plan_t *out);
 
