@@ -200,6 +200,8 @@ int cf__exact_applies(const cf_sched_input_t *in) {
   for (int r = 0; r < in->n_reqs; r++) {
     int32_t nc = cf_cost_chunks(c, in->reqs[r].prefix_tokens);
     if (nc > EX_CH) return 0;
+    for (int32_t ch = 0; in->reqs[r].chunk_tier && ch < nc; ch++)
+      if (in->reqs[r].chunk_tier[ch] >= CF_COST_MAX_TIERS) return 0; /* a chunk stored nowhere */
     cells += nc * c->n_layers;
   }
   return cells > 0 && cells <= CF__EXACT_CELLS;

@@ -499,6 +499,7 @@ static double cf__alt_lb(const cf_sched_input_t *in, const int *dev, int k) {
       int64_t na[CF_COST_MAX_TIERS] = {0}, nt[CF_COST_MAX_TIERS] = {0};
       for (int32_t ch = 0, nc = cf_cost_chunks(c, P); ch < nc; ch++) {
         int64_t tok = cf_cost_tok(c, P, ch + 1) - (int64_t)ch * c->chunk_tokens;
+        if (q->chunk_tier[ch] >= CF_COST_MAX_TIERS) continue; /* stored nowhere: not loaded */
         na[q->chunk_tier[ch]] += tok;
         if (ch >= kw) nt[q->chunk_tier[ch]] += tok;
       }
@@ -527,6 +528,9 @@ int cf__check_closed_forms(const cf_sched_input_t *in, const int *dev, cf_sched_
     rc = k ? cf__policy_recompute(in, dev, &alt) : cf__policy_load(in, dev, &alt);
     if (!rc) rc = cf__plan_window_clip(in, &alt);
     if (rc) break;
+    int kinds = 0; /* the closed form holds for plans of one op kind only */
+    for (size_t i = 0; i < alt.n_ops; i++) kinds |= 1 << alt.ops[i].kind;
+    if (kinds & (kinds - 1)) continue;
     double mk = cf__streams_s(in, &alt, 0);
     if (mk < lb * (1 - 1e-9)) { /* strictly better than anything `out` can do */
       alt.policy = CF_POLICY_OPTIMAL;
