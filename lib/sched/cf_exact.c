@@ -38,8 +38,11 @@ typedef struct {
   int n, L, ncells, nc[EX_R], base[EX_R];
   double arr[EX_R];
   double step[EX_R][EX_CH][EX_CH + 1]; /* COMPUTE of chunks [c0, c1) at one layer */
-  double x[CF__EXACT_CELLS], y[CF__EXACT_CELLS];
-  int rank[CF__EXACT_CELLS]; /* cells in increasing x / y: the bound's fill order */
+  /* per cell, two lower bounds on what it adds to its stream: [0] its marginal compute or link
+   * seconds (gamma, latency left out); [1] those plus its share of one gamma (a COMPUTE covers
+   * at most the request's chunks at one layer) or one latency (a LOAD at most all its cells) */
+  double x[2][CF__EXACT_CELLS], y[2][CF__EXACT_CELLS];
+  int rank[2][CF__EXACT_CELLS]; /* cells in increasing x / y: the bound's fill order */
   int8_t cr[CF__EXACT_CELLS], cl[CF__EXACT_CELLS], cch[CF__EXACT_CELLS]; /* cell -> r, l, c */
   int8_t st[CF__EXACT_CELLS]; /* 0 free, 1 loaded, 2 computed */
   double fin[CF__EXACT_CELLS];
@@ -55,50 +58,54 @@ static inline int ex_cell(const ex_t *e, int r, int l, int ch) { return e->base[
  * link (free from lf): cells go to the compute stream in rank order while that lowers the
  * later of the two ends; cells above a loaded cell stay on the link. Y: all free cells' link
  * seconds. *X: compute seconds of every cell that could be computed. */
-static double ex_split(const ex_t *e, double cf, double lf, double Y, double *Xall) {
+static double ex_split(const ex_t *e, int k, double cf, double lf, double Y, double *Xall) {
+  const double *x = e->x[k], *y = e->y[k];
   double X = 0, T = fmax(cf, lf + Y), Xs = 0;
   int crossed = 0;
-  for (int k = 0; k < e->ncells; k++) {
-    int i = e->rank[k], r = e->cr[i], ch = e->cch[i], loaded_below = 0;
+  for (int j = 0; j < e->ncells; j++) {
+    int i = e->rank[k][j], r = e->cr[i], ch = e->cch[i], loaded_below = 0;
     if (e->st[i]) continue;
     for (int m = 0; m < e->cl[i] && !loaded_below; m++) loaded_below = e->st[ex_cell(e, r, m, ch)] == 1;
     if (loaded_below) continue;
-    Xs += e->x[i];
+    Xs += x[i];
     if (crossed) continue;
     double A = cf + X, B = lf + Y;
-    if (A + e->x[i] >= B - e->y[i]) { /* the balance point lies inside this cell */
-      double f = (B - A) / (e->x[i] + e->y[i]);
-      if (f > 0) T = fmin(T, A + f * e->x[i]);
+    if (A + x[i] >= B - y[i]) { /* the balance point lies inside this cell */
+      double f = (B - A) / (x[i] + y[i]);
+      if (f > 0) T = fmin(T, A + f * x[i]);
       crossed = 1;
       continue;
     }
-    X += e->x[i];
-    Y -= e->y[i];
+    X += x[i];
+    Y -= y[i];
     T = fmin(T, fmax(cf + X, lf + Y));
   }
   *Xall = Xs;
   return T;
 }
 
-/* Lower bound on the makespan of any completion: the best of (every free cell loaded: one
- * latency at least), (every computable cell computed: one gamma at least; cells above loads
- * still loaded) and (some of each: one gamma and one latency, the fractional split). */
+/* Lower bound on the makespan of any completion, the larger of two: (a) the best of (every
+ * free cell loaded: one latency at least), (every computable cell computed: one gamma at least;
+ * cells above loads still loaded) and (some of each: one gamma and one latency, the fractional
+ * split); (b) the fractional split with each cell's share of gamma and latency (ex_t.x[1]). */
 static double ex_bound(const ex_t *e, double cf, double lf, double done) {
   const cf_sched_cost_t *c = &e->in->cost;
-  double amin = INFINITY, Y = 0, Yforced = 0;
+  double amin = INFINITY, Y = 0, Y1 = 0, Yforced = 0;
   for (int i = 0; i < e->ncells; i++)
     if (!e->st[i]) {
       amin = fmin(amin, e->arr[e->cr[i]]);
-      Y += e->y[i];
+      Y += e->y[0][i];
+      Y1 += e->y[1][i];
       for (int m = 0; m < e->cl[i]; m++)
-        if (e->st[ex_cell(e, e->cr[i], m, e->cch[i])] == 1) { Yforced += e->y[i]; break; }
+        if (e->st[ex_cell(e, e->cr[i], m, e->cch[i])] == 1) { Yforced += e->y[0][i]; break; }
     }
   if (amin == INFINITY) return done;
   cf = fmax(cf, amin);
   lf = fmax(lf, amin);
-  double Xall, T = ex_split(e, cf + c->gamma_s, lf + c->link_latency_s, Y, &Xall);
+  double Xall, T = ex_split(e, 0, cf + c->gamma_s, lf + c->link_latency_s, Y, &Xall);
   T = fmin(T, fmax(cf, lf + Y + c->link_latency_s)); /* all loaded */
   if (Yforced == 0) T = fmin(T, fmax(cf + c->gamma_s + Xall, lf)); /* all computed */
+  T = fmax(T, ex_split(e, 1, cf, lf, Y1, &Xall));
   return fmax(T, done);
 }
 
@@ -228,20 +235,23 @@ int cf__exact_plan(const cf_sched_input_t *in, const int *dev, const cf__ref_t *
     for (int ch = 0; ch < e->nc[r]; ch++)
       for (int l = 0; l < e->L; l++) {
         int i = e->ncells + l * e->nc[r] + ch;
-        e->x[i] = e->step[r][ch][ch + 1] - c->gamma_s;
-        e->y[i] = cf_sched_load_s(c, q, ch, ch + 1, 1) - c->link_latency_s;
+        e->x[0][i] = e->step[r][ch][ch + 1] - c->gamma_s;
+        e->y[0][i] = cf_sched_load_s(c, q, ch, ch + 1, 1) - c->link_latency_s;
+        e->x[1][i] = e->x[0][i] + c->gamma_s / e->nc[r];
+        e->y[1][i] = e->y[0][i] + c->link_latency_s / (e->nc[r] * e->L);
         e->cr[i] = (int8_t)r;
         e->cl[i] = (int8_t)l;
         e->cch[i] = (int8_t)ch;
       }
     e->ncells += e->nc[r] * e->L;
   }
-  for (int i = 0; i < e->ncells; i++) { /* rank: increasing x / y (insertion: a few cells) */
-    int j = i;
-    for (; j > 0 && e->x[i] * e->y[e->rank[j - 1]] < e->x[e->rank[j - 1]] * e->y[i]; j--)
-      e->rank[j] = e->rank[j - 1];
-    e->rank[j] = i;
-  }
+  for (int k = 0; k < 2; k++)
+    for (int i = 0; i < e->ncells; i++) { /* rank: increasing x / y (insertion: a few cells) */
+      const double *x = e->x[k], *y = e->y[k];
+      int *rk = e->rank[k], j = i;
+      for (; j > 0 && x[i] * y[rk[j - 1]] < x[rk[j - 1]] * y[i]; j--) rk[j] = rk[j - 1];
+      rk[j] = i;
+    }
   e->best = score->mk;
   e->cap = max_nodes;
   ex_search(e, 0, 0, 0, 0, 0, e->ncells);

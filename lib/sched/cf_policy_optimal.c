@@ -35,7 +35,8 @@
  *    e. tiny batches (one device, <= CF__EXACT_CELLS cells: (request, chunk, layer) cells, so
  *       toy models only: a real model's one chunk has >= 16 layers) get an exact search
  *       (cf_exact.c) over every plan cf_sim accepts, ops of different requests interleaved
- *       on a stream included, with 3/4 of the budget in search nodes; d gets the rest.
+ *       on a stream included, with 3/4 of the budget in search nodes but at least 250k nodes
+ *       (~50 ms at most, ~10 us typically); d gets the rest of the budget.
  * The analytic path is O(requests x 64 price steps + ops), no allocation proportional to
  * cells (0.12-0.6 ms for 64 x 128k tokens, bench_sched).
  */
@@ -672,11 +673,15 @@ static int cf__try(const cf__opt_t *o, cf_sched_plan_t *tmp, int32_t *kbuf, cf_s
  * the CF__MIN_RUNS that checking the other policies' plans and the candidates takes: a
  * refinement that cannot even do that is not started. */
 enum { CF__MIN_RUNS = 6, CF__MAX_RUNS = 4096 };
-/* Share of the budget a tiny batch's exact search gets (cf_exact.c); the local search before
- * it gets the rest and hands it a good incumbent to prune with. Measured (test_sched_oracle,
- * 4 x 4500 instances): at 0.5 1-3 instances in 3000 stayed over 1.02x the optimum (the search
- * stopped at its node cap), at 0.75 none. */
+/* A tiny batch's exact search (cf_exact.c): CF__EXACT_SHARE of the budget in nodes, at least
+ * CF__EXACT_MIN_NODES; the local search before it gets the rest of the budget and hands it a
+ * good incumbent to prune with. Measured (test_sched_oracle, 8 cells at most): the search ends
+ * after a median of ~40 nodes (~10 us), but the plans beating the local search by over 2% were
+ * found after up to 54k nodes and a full search took up to 181k (36 ms); with the 2 ms default
+ * budget alone (6000 nodes) 1 instance in 4500 stayed over 1.02x. So tiny batches (toy shapes:
+ * a real model's one chunk is >= 16 cells) may plan for up to ~50 ms. */
 #define CF__EXACT_SHARE 0.75
+#define CF__EXACT_MIN_NODES 250000
 static double cf__refine_s(const cf_sched_input_t *in, double est) {
   if (in->refine_budget_s < 0) return 0;
   return in->refine_budget_s > 0 ? in->refine_budget_s
@@ -990,6 +995,7 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   /* 4e: tiny batches: the exact search, most of the time budget in search nodes */
   if (cf__exact_applies(in)) {
     long nodes = 0, cap = (long)(CF__EXACT_SHARE * cf__refine_s(in, est) / CF_SCHED_NODE_S);
+    if (cap < CF__EXACT_MIN_NODES) cap = CF__EXACT_MIN_NODES;
     if ((rc = cf__exact_plan(in, dev, &ref, out, &best, cap, &nodes))) goto out;
   }
 out:
