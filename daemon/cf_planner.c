@@ -132,6 +132,8 @@ static int64_t cf__window_skip(const cf_sched_cost_t *cost, cf_restore_plan_t *p
   }
   p->cells_skip = (uint64_t)n;
   return n;
+}
+
 /* want_ops: request i's ops of the group's plan with the simulator's times, and its chunks' tiers. */
 static void cf__keep_ops(const cf_plan_group_t *g, int i, const cf_plan_input_t *in, int32_t all_chunks,
                          cf_restore_plan_t *p) {
