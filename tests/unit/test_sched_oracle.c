@@ -20,7 +20,8 @@
  *
  * CF_ORACLE_TRIALS (default 600; the held-out draw is half that) and CF_ORACLE_CELLS (cells
  * per instance, default 8) make the sweep bigger (each instance is planned with optimal's
- * default budget, ~2 ms); the held-out set is a second, differently seeded draw. */
+ * default options: for these tiny batches that ends in its own exact search, cf_exact.c, which
+ * shares no code with this oracle); the held-out set is a second, differently seeded draw. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
