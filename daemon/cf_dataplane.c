@@ -188,6 +188,11 @@ static void cf__deliver(cf__ev_t *ev) {
   }
   if (j->slot >= 0 && j->eo) j->eo->slot_used[j->slot] = 0;
   r->job = NULL;
+  if (!r->engine->gone) { /* before the engine hears back, so its next Save sees the marks */
+    const cf_store_geom_t *g = cf_store_geom(j->dp->store);
+    cf_storage_restored(r->engine, g->fingerprint, (int)g->chunk_tokens, (int)g->n_layers, j->x.tokens, j->x.n_tokens,
+                        j->x.blocks, j->x.n_blocks, j->x.present_tokens, j->x.plan.skip, !ev->err);
+  }
   if (!ev->err) {
     const cf_exec_stats_t *st = &ev->res.stats;
     double bound_s = j->x.plan.bound_us * 1e-6;

@@ -27,7 +27,14 @@ struct cf_engine_map_s {
   cf_kvmap_t kv;
   int gpu;                  /* CUDA IPC engine: gkv holds its buffers, kv is unused */
   cf_gpu_kv_t gkv;
+  /* Blocks a windowed restore left with cells it never wrote (cf_storage_restored): per engine
+   * block, the first 8 bytes of the chunk key whose skipped cells it holds, 0 for none. Made on
+   * the first such restore: num_blocks * 8 bytes, far below one block of the engine's own KV.
+   * Under cf__skip_mu (the dataplane writes it on the loop, Save reads it on the save worker). */
+  uint64_t *skip_key;
 };
+
+static pthread_mutex_t cf__skip_mu = PTHREAD_MUTEX_INITIALIZER;
 typedef struct cf_engine_map_s cf_engine_map_t;
 
 /* The pending whole cells of one TP group's shard saves (cf_save_shard). */
@@ -115,6 +122,9 @@ static void cf__unmap(cf_engine_map_t *m) {
   free(m->map_len);
   free(m->k);
   free(m->v);
+  pthread_mutex_lock(&cf__skip_mu);
+  free(m->skip_key);
+  pthread_mutex_unlock(&cf__skip_mu);
   free(m);
 }
 
@@ -277,6 +287,48 @@ static int cf__lookup(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t 
   return 0;
 }
 
+static uint64_t cf__key8(const cf_store_key_t *k) {
+  uint64_t v;
+  memcpy(&v, k->b, sizeof v);
+  return v ? v : 1; /* 0 marks "no skipped cells" */
+}
+
+void cf_storage_restored(cf_engine_t *e, const uint8_t fingerprint[16], int C, int L, const int32_t *tokens, int n,
+                         const int32_t *blocks, int n_blocks, int present_tokens, const uint8_t *skip, int ok) {
+  cf_engine_map_t *m = e->map;
+  int bs = (int)e->block_size, nb = (n + bs - 1) / bs;
+  if (!m || n <= 0 || C <= 0 || bs <= 0) return;
+  if (nb > n_blocks) nb = n_blocks;
+  int nc = (n + C - 1) / C, any = 0;
+  for (int i = 0; skip && i < nc * L && !any; i++) any = skip[i] != 0;
+  pthread_mutex_lock(&cf__skip_mu);
+  if (!m->skip_key && !any) { pthread_mutex_unlock(&cf__skip_mu); return; } /* nothing marked, nothing to mark */
+  if (!m->skip_key && !(m->skip_key = calloc(e->num_blocks ? e->num_blocks : 1, sizeof *m->skip_key)))
+    CF_WARN("engine %llu: no memory for its skipped-cell marks", (unsigned long long)e->id);
+  cf_store_key_t *keys = any ? malloc((size_t)nc * sizeof *keys) : NULL;
+  int32_t *t = any ? malloc((size_t)n * sizeof *t) : NULL;
+  if (any && keys && t) {
+    for (int i = 0; i < n; i++) t[i] = tokens[i];
+    cf_store_chain_keys_partial(fingerprint, t, (size_t)n, (uint32_t)C, keys);
+  }
+  for (int b = 0; m->skip_key && b < nb; b++) {
+    if ((b + 1) * bs <= present_tokens) continue; /* the engine's own tokens: not written */
+    if (blocks[b] < 0 || (uint32_t)blocks[b] >= e->num_blocks) continue;
+    /* the lowest chunk with skipped cells in this block: its key implies the whole prefix up
+     * to it, so Save stops there (cf__save) */
+    uint64_t mark = 0;
+    int c0 = b * bs / C, c1 = ((b + 1) * bs - 1) / C;
+    for (int c = c0; c <= c1 && c < nc && !mark; c++)
+      for (int l = 0; any && l < L && !mark; l++)
+        if (skip[(size_t)c * L + l]) mark = keys && t ? cf__key8(&keys[c]) : UINT64_MAX; /* no memory for keys: refuse every save through it */
+    /* a failed restore may have left any block half-written: it never clears a mark */
+    if (mark || ok) m->skip_key[blocks[b]] = mark;
+  }
+  pthread_mutex_unlock(&cf__skip_mu);
+  free(keys);
+  free(t);
+}
+
 /* The pending-cell group of a TP engine's shards (made on its first shard save). */
 static cf_save_group_t *cf__tp_group(cf_storage_t *s, uint64_t id) {
   pthread_mutex_lock(&s->groups_mu);
@@ -297,19 +349,65 @@ static cf_save_group_t *cf__tp_group(cf_storage_t *s, uint64_t id) {
   return t ? t->g : NULL; /* groups live until cf_storage_close */
 }
 
+/* The chunks of a Save its blocks do not hold: the blocks carry that same chunk's key from a
+ * windowed restore that skipped cells there (cf_storage_restored); a block the engine reused for
+ * other tokens holds another key and saves. Returns NULL when none (or no memory for the keys
+ * while nothing is marked), else a [ceil(n / C)] mask the caller frees (*n_refused set). */
+static uint8_t *cf__skip_refuse(cf_storage_t *s, cf_engine_t *e, const uint32_t *tokens, size_t n, const int32_t *blk,
+                                size_t n_blk, size_t *n_refused) {
+  cf_engine_map_t *m = e->map;
+  size_t C = s->g.chunk_tokens, bs = e->block_size, nk = 0;
+  *n_refused = 0;
+  pthread_mutex_lock(&cf__skip_mu);
+  int marked = m && m->skip_key;
+  pthread_mutex_unlock(&cf__skip_mu);
+  if (!marked || !n || !bs) return NULL;
+  cf_store_key_t *keys = cf__keys(s, tokens, n, &nk);
+  nk = (n + C - 1) / C;
+  uint8_t *refuse = calloc(nk, 1);
+  pthread_mutex_lock(&cf__skip_mu);
+  for (size_t c = 0; c < nk; c++) {
+    uint64_t k8 = keys ? cf__key8(&keys[c]) : 0;
+    size_t t1 = (c + 1) * C < n ? (c + 1) * C : n;
+    for (size_t b = c * C / bs; b <= (t1 - 1) / bs && b < n_blk; b++) {
+      uint64_t v = m->skip_key[blk[b]];
+      /* no memory for the keys: any marked block is refused (never a wrong store) */
+      if (v && (v == k8 || v == UINT64_MAX || !keys)) { if (refuse) refuse[c] = 1; (*n_refused)++; break; }
+    }
+  }
+  pthread_mutex_unlock(&cf__skip_mu);
+  free(keys);
+  if (*n_refused && !refuse) *n_refused = (size_t)-1; /* no mask: the caller saves nothing */
+  if (!*n_refused) { free(refuse); refuse = NULL; }
+  return refuse;
+}
+
 static int cf__save(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest *req, uint32_t *saved, int *durable,
                     uint32_t *pending) {
   cf_storage_t *s = ctx;
   cf_engine_map_t *m = e->map;
-  const size_t n = req->n_token_ids;
+  /* block ids were validated < num_blocks (< 2^31), so the uint32 table reads as int32 */
+  const int32_t *blk = (const int32_t *)req->block_ids;
+  size_t n = req->n_token_ids, n_refused = 0, C = s->g.chunk_tokens;
+  /* wrong KV is never stored: a later restore would hand it to an engine */
+  uint8_t *refuse = cf__skip_refuse(s, e, req->token_ids, n, blk, req->n_block_ids, &n_refused);
   *saved = 0;
   *durable = 0;
   *pending = 0;
+  if (n_refused && (!refuse || m->gpu || e->n_heads < (int)s->g.n_kv_heads)) {
+    /* the GPU and TP-shard paths take no mask: they stop before the first refused chunk */
+    size_t c = 0;
+    while (refuse && !refuse[c]) c++;
+    CF_INFO("engine %llu: save of %zu tokens stops at token %zu: the blocks of chunk %zu hold cells a windowed "
+            "restore skipped (never written)", (unsigned long long)e->id, n, c * C, c);
+    n = c * C;
+    free(refuse);
+    refuse = NULL;
+    if (!n) return 0;
+  }
   int32_t *tok = malloc((n ? n : 1) * sizeof *tok);
-  if (!tok) return cf_seterr(CF_ENOMEM, "save of %zu tokens", n);
+  if (!tok) { free(refuse); return cf_seterr(CF_ENOMEM, "save of %zu tokens", n); }
   for (size_t i = 0; i < n; i++) tok[i] = (int32_t)req->token_ids[i]; /* ids < vocab: validated */
-  /* block ids were validated < num_blocks (< 2^31), so the uint32 table reads as int32 */
-  const int32_t *blk = (const int32_t *)req->block_ids;
   unsigned flags = req->durable ? CF_STORE_SAVE_DURABLE : 0; /* the service checked has_ssd */
   cf_save_result_t res = {0};
   int rc;
@@ -320,8 +418,13 @@ static int cf__save(void *ctx, cf_engine_t *e, const Cacheflow__V1__SaveRequest 
     rc = g ? cf_save_shard(g, s->st, &m->kv, tok, (int)n, blk, (int)req->n_block_ids, flags, &res)
            : cf_seterr(CF_ENOMEM, "save: TP group %llu", (unsigned long long)e->tp_group);
   } else {
-    rc = cf_save_blocks(s->st, &m->kv, tok, (int)n, blk, (int)req->n_block_ids, flags, &res);
+    rc = cf_save_blocks_refusing(s->st, &m->kv, tok, (int)n, blk, (int)req->n_block_ids, flags, refuse, &res);
+    if (res.refused_chunks || n_refused)
+      CF_INFO("engine %llu: save of %zu tokens: %zu chunk(s) hold cells a windowed restore skipped (never written): "
+              "%u not stored (holes), the rest already stored", (unsigned long long)e->id, n, n_refused,
+              res.refused_chunks);
   }
+  free(refuse);
   free(tok);
   *saved = res.saved_tokens;
   *durable = res.durable;

@@ -43,4 +43,14 @@ void cf_storage_close(cf_storage_t *s);
  * its device view (*gkv) for a CUDA IPC engine; the other is NULL. Both NULL: no mapping. */
 void cf_storage_engine_kv(const cf_engine_t *e, cf_kvmap_t **kv, const cf_gpu_kv_t **gkv);
 
+/* A restore into engine e ended (ok: it succeeded) having written tokens[present_tokens, n) into
+ * `blocks` except the cells skip[] ([ceil(n / C) * L], NULL: none) marks: a windowed layer's
+ * cells no later token needs, which keep whatever the engine had. Each block written is marked
+ * with the key of the first chunk whose skipped cells it holds (cleared when ok and none), so a
+ * later Save of the same prefix from those blocks stops before that chunk (wrong KV is never
+ * stored), while a block the engine reused for other tokens saves normally. Bounded: 8 bytes
+ * per engine block, made on the first skip. Thread-safe against Save; unregister frees it. */
+void cf_storage_restored(cf_engine_t *e, const uint8_t fingerprint[16], int C, int L, const int32_t *tokens, int n,
+                         const int32_t *blocks, int n_blocks, int present_tokens, const uint8_t *skip, int ok);
+
 #endif

@@ -20,15 +20,32 @@ static int cf__kvmap_gather(void *ctx, int l, int t0, int t1, void *k, void *v) 
   return 0;
 }
 
+static int cf__save_cells(cf_store_t *st, const cf_kv_layout_t *lay, cf_save_gather_fn gather, void *ctx,
+                          const int32_t *tokens, int n, const int32_t *blocks, int n_blocks, unsigned flags,
+                          const uint8_t *refuse, cf_save_result_t *res);
+
 int cf_save_blocks(cf_store_t *st, const cf_kvmap_t *kv, const int32_t *tokens, int n,
                    const int32_t *blocks, int n_blocks, unsigned flags, cf_save_result_t *res) {
   cf__kvmap_gather_t x = {kv, blocks};
-  return cf_save_cells(st, &kv->layout, cf__kvmap_gather, &x, tokens, n, blocks, n_blocks, flags, res);
+  return cf__save_cells(st, &kv->layout, cf__kvmap_gather, &x, tokens, n, blocks, n_blocks, flags, NULL, res);
+}
+
+int cf_save_blocks_refusing(cf_store_t *st, const cf_kvmap_t *kv, const int32_t *tokens, int n,
+                            const int32_t *blocks, int n_blocks, unsigned flags, const uint8_t *refuse,
+                            cf_save_result_t *res) {
+  cf__kvmap_gather_t x = {kv, blocks};
+  return cf__save_cells(st, &kv->layout, cf__kvmap_gather, &x, tokens, n, blocks, n_blocks, flags, refuse, res);
 }
 
 int cf_save_cells(cf_store_t *st, const cf_kv_layout_t *lay, cf_save_gather_fn gather, void *ctx,
                   const int32_t *tokens, int n, const int32_t *blocks, int n_blocks, unsigned flags,
                   cf_save_result_t *res) {
+  return cf__save_cells(st, lay, gather, ctx, tokens, n, blocks, n_blocks, flags, NULL, res);
+}
+
+static int cf__save_cells(cf_store_t *st, const cf_kv_layout_t *lay, cf_save_gather_fn gather, void *ctx,
+                          const int32_t *tokens, int n, const int32_t *blocks, int n_blocks, unsigned flags,
+                          const uint8_t *refuse, cf_save_result_t *res) {
   memset(res, 0, sizeof *res);
   const cf_store_geom_t *g = cf_store_geom(st);
   cf_dtype_t sdt;
@@ -46,6 +63,7 @@ int cf_save_cells(cf_store_t *st, const cf_kv_layout_t *lay, cf_save_gather_fn g
     return cf_seterr(CF_ERANGE, "save: %d tokens need %d blocks of %d, got %d", n, need, lay->block_size, n_blocks);
   if ((rc = cf_kvmap_check_blocks(lay, blocks, need))) return rc;
   uint32_t C = g->chunk_tokens;
+  int refused_any = 0;
   size_t nchunks = ((size_t)n + C - 1) / C;
   size_t cb = cf_store_cell_bytes(g); /* a full cell; a partial one uses its first bytes */
   cf_store_key_t *keys = malloc(nchunks * sizeof *keys);
@@ -62,6 +80,16 @@ int cf_save_cells(cf_store_t *st, const cf_kv_layout_t *lay, cf_save_gather_fn g
   for (size_t c = 0; c < nchunks; c++) {
     int t0 = (int)(c * C), t1 = (size_t)n - c * C < C ? n : t0 + (int)C;
     size_t half = cf_store_cell_bytes_n(g, (uint32_t)(t1 - t0)) / 2;
+    if (refuse && refuse[c]) { /* its blocks hold never-written cells: the store keeps what it has */
+      refused_any = 1; /* not written through: durability is not promised */
+      if (cf_store_lookup(st, &keys[c], 1, NULL) == 1) {
+        res->existing_chunks++;
+        res->saved_tokens += (uint32_t)(t1 - t0);
+      } else {
+        res->refused_chunks++;
+      }
+      continue;
+    }
     for (int l = 0; l < lay->n_layers && !rc; l++) {
       uint8_t *cell = buf + (size_t)l * cb; /* [2][t][n_kv][hd]: K rows, then V rows */
       rc = gather(ctx, l, t0, t1, cell, cell + half);
@@ -80,7 +108,7 @@ int cf_save_cells(cf_store_t *st, const cf_kv_layout_t *lay, cf_save_gather_fn g
   /* a durable save of a stored key writes it through (cf_store_save); the flush on top reports a
    * write-back of an earlier chunk that failed (then nothing is promised durable) */
   if (!rc && (flags & CF_STORE_SAVE_DURABLE) && res->existing_chunks) rc = cf_store_flush(st);
-  res->durable = !rc && (flags & CF_STORE_SAVE_DURABLE);
+  res->durable = !rc && (flags & CF_STORE_SAVE_DURABLE) && !refused_any;
 out:
   free(keys); free(buf); free(cells);
   return rc;

@@ -24,6 +24,7 @@ typedef struct {
   uint32_t new_chunks, existing_chunks;
   int durable;             /* CF_STORE_SAVE_DURABLE was asked and every chunk is now durable */
   uint32_t pending_tokens; /* cf_save_shard: tokens held until the group's other shards saved */
+  uint32_t refused_chunks; /* cf_save_blocks_refusing: chunks not stored (refuse[c] set, not in the store) */
 } cf_save_result_t;
 
 /* Save tokens[0..n) whose KV lies in `kv` at blocks[0..n_blocks) into `st`. flags: 0 or
@@ -32,6 +33,14 @@ typedef struct {
  * CF_ENOSPC, CF_EIO) with chunks before the failing one saved. */
 int cf_save_blocks(cf_store_t *st, const cf_kvmap_t *kv, const int32_t *tokens, int n,
                    const int32_t *blocks, int n_blocks, unsigned flags, cf_save_result_t *res);
+
+/* cf_save_blocks, except chunk c where refuse[c] (NULL: none) is set: its blocks do not hold
+ * its KV (a windowed restore skipped cells there), so it is never gathered nor stored. One the
+ * store already holds counts as saved (the store's copy is right); one it lacks is a hole
+ * (res->refused_chunks) and the later chunks are saved all the same. Durable is then not promised. */
+int cf_save_blocks_refusing(cf_store_t *st, const cf_kvmap_t *kv, const int32_t *tokens, int n,
+                            const int32_t *blocks, int n_blocks, unsigned flags, const uint8_t *refuse,
+                            cf_save_result_t *res);
 
 /* The same over any engine buffer of layout `lay`: gather(ctx, l, t0, t1, k, v) copies layer l's
  * tokens [t0, t1) (logical, through `blocks`) into host rows k and v (the buffer's bytes

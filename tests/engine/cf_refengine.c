@@ -28,11 +28,14 @@
  *   cf-refengine --daemon unix:/run/cacheflow.sock --model DIR [--prefix 512] [--new 32] [--turns 3]
  *                [--policy optimal] [--block 16] [--concurrent 0] [--shm-dir /dev/shm] [--verify]
  *                [--seed 1] [--threads 1] [--unregister-mid-restore] [--kv-dtype f32|bf16|f16]
- *                [--present K] [--durable] [--no-save-first] [--no-save-turns]
+ *                [--present K] [--durable] [--no-save-first] [--no-save-turns] [--evict-before-save]
  * --no-save-first: another engine (on another node, same model, seed and threads) saved turn 0
  * through its own daemon sharing a remote tier with ours: prefill it here only as the reference
  * (the CPU backend is deterministic, so our bytes equal the ones it saved) and do not Save it, so
  * turn 1 restores what the other node stored.
+ * --evict-before-save: before each turn's Save (from the blocks the turn's Restore wrote), evict
+ * the whole store (Admin.Evict, every tier), so that Save is what stores the turn's chunks; a
+ * "turn_save" line then says what it saved and what a Lookup finds.
  * --no-save-turns: the turns are not saved (each turn restores the same prefix again), so what
  * the daemon holds locally afterwards is only what it stored itself (promotion of remote hits).
  */
@@ -59,6 +62,7 @@
 typedef struct {
   const char *daemon, *model_dir, *shm_dir, *policy;
   int prefix, new_tokens, turns, block, concurrent, verify, threads, unreg_mid, present, durable, no_save_first, no_save_turns;
+  int evict_turns;            /* --evict-before-save: drop the whole store before each turn's Save */
   cf_dtype_t kv_dtype;
   unsigned long long seed;
 } opts_t;
@@ -449,7 +453,8 @@ int main(int argc, char **argv) {
                                {"concurrent", 1, 0, 'c'}, {"shm-dir", 1, 0, 's'}, {"verify", 0, 0, 'v'},
                                {"seed", 1, 0, 'S'}, {"threads", 1, 0, 'T'}, {"unregister-mid-restore", 0, 0, 'U'},
                                {"kv-dtype", 1, 0, 'K'}, {"present", 1, 0, 'k'}, {"durable", 0, 0, 'D'},
-                               {"no-save-first", 0, 0, 'N'}, {"no-save-turns", 0, 0, 'X'}, {0, 0, 0, 0}};
+                               {"no-save-first", 0, 0, 'N'}, {"no-save-turns", 0, 0, 'X'},
+                               {"evict-before-save", 0, 0, 'E'}, {0, 0, 0, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
     switch (ch) {
@@ -475,6 +480,7 @@ int main(int argc, char **argv) {
         break;
       case 'N': o->no_save_first = 1; break;
       case 'X': o->no_save_turns = 1; break;
+      case 'E': o->evict_turns = 1; break;
       default: fprintf(stderr, "usage: see the comment at the top of tests/engine/cf_refengine.c\n"); return 2;
     }
   }
@@ -591,13 +597,46 @@ int main(int argc, char **argv) {
     /* the turn's tokens are now in sequence 0's blocks: save prefix + new for the next turn */
     int T = prefix + o->new_tokens;
     for (int i = 0; i < (T + o->block - 1) / o->block; i++) blk32[i] = (uint32_t)r->blocks[i];
+    uint64_t ev_bytes = 0, ev_chunks = 0;
+    if (o->evict_turns && (rc = cf_client_evict(c, 0, UINT64_MAX, &ev_bytes, &ev_chunks))) return die("evict", rc);
     if ((rc = cf_client_save2(c, e.engine_id, tok32, (size_t)T, blk32, (size_t)(T + o->block - 1) / o->block, sflags,
                               &saved, NULL, &durable)))
       return die("save", rc);
+    if (o->evict_turns) { /* what the store holds of this turn now: the Save's chunks, holes left out */
+      cached = on_cpu = on_ssd = 0;
+      if ((rc = cf_client_lookup(c, e.engine_id, tok32, (size_t)T, &cached, &on_cpu, &on_ssd))) return die("lookup", rc);
+      printf("{\"mode\":\"turn_save\",\"turn\":%d,\"tokens\":%d,\"evicted_chunks\":%llu,\"saved_tokens\":%u,"
+             "\"lookup_cached\":%u}\n", turn, T, (unsigned long long)ev_chunks, saved, cached);
+    }
     shadow_saved(&e, r->blocks, (int)saved);
     P = T;
     cf_kv_free(&ref);
     free(r);
+  }
+
+  if (o->evict_turns && !o->unreg_mid) {
+    /* sequence 0's blocks (the ones the last turn's Restore wrote, skipped cells and all) reused
+     * for other tokens: a prompt with another first token, prefilled here and saved after an
+     * evict, is stored whole (its chunk keys are not the skipped chunks') */
+    int32_t keep0 = e.conv[0];
+    e.conv[0] = (int32_t)((e.conv[0] + 1) % e.m->cfg.vocab);
+    uint32_t rtok[65536], rblk[4096];
+    static int32_t rb[4096];
+    int n = P, nb = (n + o->block - 1) / o->block;
+    seq_blocks(&e, 0, rb, nb);
+    int tk = prefill_layers(&e, rb, 0, n, -1, logits);
+    if (tk < 0) return die("reuse prefill", tk);
+    for (int i = 0; i < n; i++) rtok[i] = (uint32_t)e.conv[i];
+    for (int i = 0; i < nb; i++) rblk[i] = (uint32_t)rb[i];
+    uint64_t eb = 0, ec = 0;
+    uint32_t rsaved = 0;
+    cached = on_cpu = on_ssd = 0;
+    if ((rc = cf_client_evict(c, 0, UINT64_MAX, &eb, &ec))) return die("evict", rc);
+    if ((rc = cf_client_save2(c, e.engine_id, rtok, (size_t)n, rblk, (size_t)nb, 0, &rsaved, NULL, &durable)))
+      return die("reuse save", rc);
+    if ((rc = cf_client_lookup(c, e.engine_id, rtok, (size_t)n, &cached, &on_cpu, &on_ssd))) return die("lookup", rc);
+    printf("{\"mode\":\"reuse_save\",\"tokens\":%d,\"saved_tokens\":%u,\"lookup_cached\":%u}\n", n, rsaved, cached);
+    e.conv[0] = keep0;
   }
 
   if (o->concurrent > 0 && !o->unreg_mid) {
