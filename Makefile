@@ -261,6 +261,17 @@ $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIBSRC)
 	@$(if $(Q),echo "  FUZZCC  $<")
 	$(Q)$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) $< $(FUZZ_LIBSRC) -o $@ -lhiredis -lm
 
+# harden: the wire target links the request checks (daemon/cf_reqcheck.c, what cf_service's handlers
+# call), the config defaults and the generated protobuf-c code; CUDA off (it only parses UUIDs).
+FUZZ_WIRE_SRC := daemon/cf_reqcheck.c daemon/cf_config.c lib/ipc/cf_kvmap.c lib/gpu/cf_gpu.c \
+                 lib/util/cf_err.c lib/util/cf_log.c lib/util/cf_dtype.c lib/store/cf_redis.c lib/store/cf_redis_slots.c \
+                 $(BUILD)/gen/cacheflow/v1/cacheflow.pb-c.c $(BUILD)/gen/grpc/health/v1/health.pb-c.c
+$(BUILD)/fuzz/fuzz_wire: tests/fuzz/fuzz_wire.c $(FUZZ_WIRE_SRC)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  FUZZCC  $<")
+	$(Q)$(FUZZ_CC) $(filter-out -DCF_HAVE_CUDA=1,$(CPPFLAGS)) $(FUZZ_CFLAGS) $< $(FUZZ_WIRE_SRC) \
+	  -o $@ -lprotobuf-c -linih -lhiredis -lm
+
 fuzz: $(FUZZ_BIN)
 	$(Q)for b in $(FUZZ_BIN); do n=$${b##*/fuzz_}; mkdir -p tests/fuzz/out/$$n; \
 	  echo "== fuzz_$$n for $(FUZZ_SECONDS)s"; \
