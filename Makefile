@@ -4,6 +4,7 @@
 #   make         build libcacheflow, cacheflowd, cacheflowctl, cacheflow-sim, tests
 #   make test    deps + build + run the whole suite (ends with "N passed, N failed")
 #   make asan    the test suite under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make tsan    the daemon under ThreadSanitizer, through the integration tests that start it
 #   make demo    generate the demo model and run the main job on the CPU backend
 #   make clean
 #
@@ -92,7 +93,7 @@ ALL_LIBS    = $(LIBCF) $(LIBKERN) $(LDLIBS) $(if $(filter 1,$(CUDA)),$(CUDA_LDLI
 BINS := $(BUILD)/cacheflowctl $(if $(SIM_SRC),$(BUILD)/cacheflow-sim) \
         $(if $(DAEMON_SRC),$(BUILD)/cacheflowd)
 
-.PHONY: all deps test asan demo clean banner install bench fuzz test-engines bench-engines
+.PHONY: all deps test asan tsan daemon-bins demo clean banner install bench fuzz test-engines bench-engines
 all: banner $(LIBCF) $(LIBKERN) $(BINS) $(UNIT_BIN) $(BENCH_BIN) $(KTEST_BIN)
 # daemon: Python stubs and the client library (also for pkg-config users).
 all: $(PY_STUBS) $(LIBCLIENT)
@@ -237,6 +238,16 @@ asan: deps
 	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
 	$(Q)BUILD=build-asan PYTHON=$(PYTHON) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 CF_ASAN=1 tests/run.sh
 
+# harden: ThreadSanitizer build of the daemon, its tools and the reference engine (no unit
+# tests: the daemon's threads are the subject), then the integration tests that start it, each
+# report written under build-tsan/tsan/ and counted by tests/tsan.sh; tests/tsan.supp explains
+# every suppression.
+daemon-bins: $(BINS) $(REFENGINE) $(PY_STUBS)
+tsan: deps
+	$(Q)$(MAKE) --no-print-directory BUILD=build-tsan CUDA=0 OPT=-O1 \
+	  SAN="-fsanitize=thread -fno-omit-frame-pointer" daemon-bins
+	$(Q)BUILD=build-tsan PYTHON=$(PYTHON) CF_TSAN=1 tests/tsan.sh
+
 bench: all
 	$(Q)for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
 
@@ -307,7 +318,7 @@ install: $(BINS) $(LIBCF) $(LIBCLIENT)
 	  'Cflags: -I$${includedir}' > $(DESTDIR)$(PREFIX)/lib/pkgconfig/cacheflow.pc
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-tsan
 
 .SECONDARY:
 
