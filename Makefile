@@ -186,6 +186,15 @@ $(BUILD)/cf-refengine: $(BUILD)/tests/engine/cf_refengine.o $(LIBCLIENT) $(LIBCF
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) $< -o $@ $(LIBCLIENT) $(ALL_LIBS) $(DAEMON_LDLIBS)
 
+# harden: the preload library of the store fault tests (tests/lib/cf_faultshim.c: fails the SSD
+# tier's pread/pwrite on demand).
+FAULTSHIM := $(BUILD)/libcf_faultshim.so
+all: $(FAULTSHIM)
+$(FAULTSHIM): tests/lib/cf_faultshim.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) -shared -fPIC -O2 -Wall -Wextra -o $@ $< -ldl
+
 # gpuexec: a GPU engine (CUDA IPC buffers over gRPC) for the device check of cacheflowd's GPU executor.
 GPUENGINE := $(if $(and $(PROTO_SRC),$(filter 1,$(CUDA))),$(BUILD)/cf-gpuengine)
 all: $(GPUENGINE)
