@@ -11,7 +11,7 @@
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build-tsan}
-export BUILD
+export BUILD CF_TSAN=1 # daemon_load skips its RSS checks under a sanitizer
 export PYTHON=${PYTHON:-/usr/bin/python3}
 export CF_FIXTURES=${CF_FIXTURES:-$(cd .. && pwd)/shared/fixtures}
 TESTS=${TSAN_TESTS:-"daemon_rpc daemon_lifecycle daemon_load daemon_store daemon_faults restore_e2e"}
