@@ -2,12 +2,14 @@
   - SIGHUP during traffic: clients keep running Lookup/Save/Restore while the config is reloaded
     five times; every request succeeds and the reloaded setting is in effect;
   - a client that disconnects mid-stream, more times than an engine has readiness slots (64):
-    each cancelled restore ends (restores_in_flight back to 0) and gives its slot back, so the
-    next restore still gets one; the loaded KV is bit-exact afterwards;
+    each cut restore is cancelled in the daemon (ends CANCELLED, not run to its end into blocks
+    the engine may have reused), restores_in_flight is back to 0, its readiness slot is given
+    back (the next restore still gets one); the loaded KV is bit-exact afterwards;
   - an engine process killed (SIGKILL) while its restore streams: the daemon ends the restore,
     keeps serving, its engine can be unregistered, and another engine's restore is bit-exact.
 Restores are slowed with cpu_read_gbps (a SIGHUP) so they are surely in flight when cut."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,6 +104,12 @@ try:
     restore_exact([4, 5, 6, 7], "after the reloads")
 
     # ---------------------------------------------------------------- client disconnects mid-stream
+    def cancelled():
+        code, body = d.http("/metrics")
+        m = re.search(r'^cacheflow_rpc_status_total\{code="CANCELLED"\} (\d+)$', body, re.M)
+        return int(m.group(1)) if m else -1
+
+    c0 = cancelled()
     d.write_conf(cpu_read_gbps="0.0002")  # 25 kB/s: a 64-token restore streams for seconds
     d.signal(signal.SIGHUP)
     T.check("slow reads in effect", wait_for(lambda: c.config("cpu_read_gbps").get("cpu_read_gbps", "").startswith("0.0002"), 30))
@@ -120,6 +128,8 @@ try:
     T.check("70 restores cut by their clients mid-stream all ended (restores_in_flight 0 each time)", cut == 70, f"{cut}")
     T.check("every cut restore had a readiness slot (none leaked: 70 > 64 slots)", 0xFFFFFFFF not in slots and len(slots) >= 1,
             str(sorted(slots)))
+    T.check("the 70 cut restores ended CANCELLED in the daemon (not run to their end)", cancelled() - c0 == 70,
+            f"{c0} -> {cancelled()}")
     T.check("still serving after the disconnects", c.health() == "SERVING")
 
     # ---------------------------------------------------------------- engine killed mid-restore
@@ -129,12 +139,12 @@ sys.path.insert(0, {os.path.join(os.path.dirname(os.path.abspath(__file__)), "..
 from cfdaemon import Client, pb
 c = Client({d.addr!r}, timeout=60)
 st = c.stats()
-req, _ = c.layout_request({os.path.join(d.tmp, "b.kv")!r}, block_size={BS}, num_blocks=16, name="doomed", stats=st)
+req, _ = c.layout_request({os.path.join(d.tmp, "b.kv")!r}, block_size={BS}, num_blocks=32, name="doomed", stats=st)
 eng = c.register(req).engine_id
-toks = {toks!r}
-c.save(eng, toks, [0, 1, 2, 3])
+toks = [(11 * i + 5) % st.model_vocab for i in range(256)]  # 256 tokens: seconds to stream at the slow rate
+c.save(eng, toks, list(range(16)))
 print(eng, flush=True)
-for ev in c.restore(eng, toks, [4, 5, 6, 7], policy=pb.POLICY_LOAD):
+for ev in c.restore(eng, toks, list(range(16, 32)), policy=pb.POLICY_LOAD):
     print("event", flush=True)
     time.sleep(3600)
 """], stdout=subprocess.PIPE, text=True)
@@ -144,6 +154,7 @@ for ev in c.restore(eng, toks, [4, 5, 6, 7], policy=pb.POLICY_LOAD):
     child.kill()  # SIGKILL: no goodbye, the connection just drops
     child.wait()
     T.check("engine killed mid-restore: the daemon ends its restore", wait_for(lambda: c.stats().restores_in_flight == 0, 60))
+    T.check("engine killed mid-restore: its restore ended CANCELLED", cancelled() - c0 == 71, f"{c0} -> {cancelled()}")
     T.check("still serving after the engine died", c.health() == "SERVING")
     T.check("the dead engine is still registered (the daemon cannot tell a dead process from an idle one)",
             c.stats().engines == 2)
