@@ -6,7 +6,7 @@ The daemon runs the fixture model with a small CPU tier and an SSD tier (so save
 restores read from both), 16 engines (shared-memory buffers), 16 clients per engine on their
 own block ranges, each client on its own gRPC channel. Each client loops: a Lookup, a Save of
 one of 64 conversations' prefixes, a Restore of another (of a saved prefix: loads; of an unsaved
-one: recomputes) — 1 : 1 : 1. Every reply's status is checked: any error is counted by code.
+one: recomputes) — 1 : 1 : 1. Each client has its own connection (the daemon holds N sockets). Every reply's status is checked: any error is counted by code.
 
 Samples (every --every s): time, VmRSS kB, open fds of the daemon, requests so far. Writes
 OUT/soak.csv and OUT/soak.svg (RSS and fds against time) and prints the summary the README
@@ -58,7 +58,9 @@ def client(k):
     rng = random.Random(1000 + k)
     eng = engines[k % a.engines]
     base = (k // a.engines) * BLOCKS_PER_CLIENT
-    cl = Client(d.addr, timeout=120)
+    # its own connection: grpcio shares one subchannel between channels to the same address
+    # unless each keeps a local pool (then the daemon sees `clients` connections, as from engines)
+    cl = Client(d.addr, timeout=120, options=[("grpc.use_local_subchannel_pool", 1)])
     done = {"lookup": 0, "save": 0, "restore": 0}
     try:
         while not stop.is_set():
