@@ -272,14 +272,15 @@ FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_CFLAGS  := -g -O1 -std=c11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_LIBSRC  := lib/util/cf_err.c lib/util/cf_json.c lib/util/cf_dtype.c lib/model/cf_safetensors.c \
-                lib/model/cf_hfconfig.c lib/util/cf_log.c lib/store/cf_redis.c lib/store/cf_redis_slots.c
+                lib/model/cf_hfconfig.c lib/util/cf_log.c lib/store/cf_redis.c lib/store/cf_redis_slots.c \
+                lib/model/cf_model.c
 FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN     := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 
 $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIBSRC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  FUZZCC  $<")
-	$(Q)$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) $< $(FUZZ_LIBSRC) -o $@ -lhiredis -lm
+	$(Q)$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) $< $(FUZZ_LIBSRC) -o $@ -lhiredis -lxxhash -lm
 
 # harden: the wire target links the request checks (daemon/cf_reqcheck.c, what cf_service's handlers
 # call), the config defaults and the generated protobuf-c code; CUDA off (it only parses UUIDs).
