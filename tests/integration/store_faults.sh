@@ -27,47 +27,47 @@ ENG="$BUILD/cf-refengine --daemon unix:$T/d.sock --model $T/model --shm-dir $T -
 serving() { $BUILD/cacheflowctl status >/dev/null 2>&1; }
 idle() { local i; for i in $(seq 1 300); do
   $BUILD/cacheflowctl stats 2>/dev/null | grep -q '^restores_in_flight 0$' && return 0; sleep 0.1; done; return 1; }
+eng_ok() { # NAME OUT ARGS...: cf-refengine ARGS (stdout OUT.json, stderr OUT.err) must exit 0
+  local n=$1 o=$2; shift 2
+  if $ENG "$@" >"$o.json" 2>"$o.err"; then ok "$n"; else bad "$n" "$(tail -3 "$o.err")"; fi; }
 hits() { [ -f "$CTL.hits" ] && grep -c "^$1 $2 .*/store/" "$CTL.hits" || echo 0; }
 
-run_ok "no fault: durable save + restore, verified" $ENG --turns 1 --durable --verify --seed 1 >"$T/ok.json" 2>"$T/ok.err"
+eng_ok "no fault: durable save + restore, verified" "$T/ok" --turns 1 --durable --verify --seed 1
 
-# ---------------------------------------------------------------- EIO on writes
-echo "write EIO /store/" >"$CTL"
-$ENG --turns 0 --durable --seed 2 >"$T/weio.json" 2>"$T/weio.err"; rc=$?
-check "write EIO: the durable save fails" "[ $rc -ne 0 ]" "$(cat $T/weio.err)"
-check "write EIO: its status names the I/O error" "grep -qi 'input/output error' $T/weio.err" "$(cat $T/weio.err)"
-check "write EIO: the shim failed the store's writes" "[ $(hits write EIO) -gt 0 ]"
-check "write EIO: the daemon keeps serving" serving
-rm -f "$CTL"
-run_ok "write EIO cleared: the same durable save and restore succeed, verified" $ENG --turns 1 --durable --verify --seed 2 >"$T/weio2.json" 2>"$T/weio2.err"
-
-# ---------------------------------------------------------------- ENOSPC on writes
-echo "write ENOSPC /store/" >"$CTL"
-$ENG --turns 0 --durable --seed 3 >"$T/nospc.json" 2>"$T/nospc.err"; rc=$?
-check "write ENOSPC: the durable save fails" "[ $rc -ne 0 ]" "$(cat $T/nospc.err)"
-check "write ENOSPC: RESOURCE_EXHAUSTED naming the full device" "grep -qi 'no space left' $T/nospc.err" "$(cat $T/nospc.err)"
-check "write ENOSPC: the shim failed the store's writes" "[ $(hits write ENOSPC) -gt 0 ]"
-check "write ENOSPC: the daemon keeps serving" serving
-rm -f "$CTL"
-run_ok "ENOSPC cleared: durable save and restore succeed, verified" $ENG --turns 1 --durable --verify --seed 3 >"$T/nospc2.json" 2>"$T/nospc2.err"
+# ---------------------------------------------------------------- EIO / ENOSPC on writes
+write_fault() { # ERRNO SEED STATUS_PATTERN WHAT: a durable save while the SSD tier's writes fail
+  local e=$1 seed=$2 pat=$3 what=$4 rc
+  echo "write $e /store/" >"$CTL"
+  $ENG --turns 0 --durable --seed "$seed" >"$T/w$e.json" 2>"$T/w$e.err"; rc=$?
+  check "write $e: the durable save fails" "[ $rc -ne 0 ]" "$(cat "$T/w$e.err")"
+  check "write $e: $what" "grep -qi '$pat' $T/w$e.err" "$(cat "$T/w$e.err")"
+  check "write $e: the shim failed the store's writes" "[ $(hits write "$e") -gt 0 ]"
+  check "write $e: the daemon keeps serving" serving
+  rm -f "$CTL"
+  eng_ok "write $e cleared: the same durable save and a restore succeed, verified" "$T/w$e-2" \
+    --turns 1 --durable --verify --seed "$seed"
+}
+write_fault EIO 2 'input/output error' "its status names the I/O error"
+write_fault ENOSPC 3 'no space left' "RESOURCE_EXHAUSTED naming the full device"
 
 # ---------------------------------------------------------------- EIO on reads during restores
-run_ok "save seed 4 durably (prefill only)" $ENG --turns 0 --durable --seed 4 >"$T/r0.json" 2>"$T/r0.err"
+eng_ok "save seed 4 durably (prefill only)" "$T/r0" --turns 0 --durable --seed 4
 run_ok "evict the CPU tier: seed 4's chunks only on SSD" $BUILD/cacheflowctl evict --tier cpu
 echo "read EIO /store/" >"$CTL"
 $ENG --turns 1 --no-save-first --policy load --verify --seed 4 >"$T/reio.json" 2>"$T/reio.err"; rc=$?
 check "read EIO: the shim failed the store's reads" "[ $(hits read EIO) -gt 0 ]"
 check "read EIO: no wrong cell (verified, or the restore failed)" "! grep -q '\"bad\":[1-9]' $T/reio.json" "$(cat $T/reio.json $T/reio.err)"
 if [ $rc -eq 0 ]; then
-  ok "read EIO: the restore completed, verified (unreadable cells recomputed)"
+  comp=$(jq -s '[.[] | select(.mode=="session") | .cells_computed] | add' "$T/reio.json")
+  check "read EIO: the restore completed, verified, the unreadable cells recomputed ($comp)" "[ ${comp:-0} -gt 0 ]" "$(cat "$T/reio.json")"
 else
   check "read EIO: the restore failed naming the I/O error" "grep -qi 'input/output error\|io error\|EIO' $T/reio.err $T/reio.json" "$(cat $T/reio.err)"
 fi
 check "read EIO: nothing left in flight" idle
 check "read EIO: the daemon keeps serving" serving
 rm -f "$CTL"
-run_ok "read EIO cleared: seed 4 restores, verified" $ENG --turns 1 --no-save-first --policy load --verify --seed 4 >"$T/reio2.json" 2>"$T/reio2.err"
-ssd=$(grep '"mode":"session"' "$T/reio2.json" | jq -s '[.[] | .cells_ssd] | add')
+eng_ok "read EIO cleared: seed 4 restores, verified" "$T/reio2" --turns 1 --no-save-first --policy load --verify --seed 4
+ssd=$(jq -s '[.[] | select(.mode=="session") | .cells_ssd] | add' "$T/reio2.json")
 check "read EIO cleared: from the SSD tier ($ssd cells)" "[ ${ssd:-0} -gt 0 ]" "$(cat $T/reio2.json)"
 echo "     faults injected: $(wc -l <"$CTL.hits" 2>/dev/null || echo 0) calls"
 cf_daemon_stop TERM; rc=$?
