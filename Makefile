@@ -251,7 +251,7 @@ asan: deps
 # tests: the daemon's threads are the subject), then the integration tests that start it, each
 # report written under build-tsan/tsan/ and counted by tests/tsan.sh; tests/tsan.supp explains
 # every suppression.
-daemon-bins: $(BINS) $(REFENGINE) $(PY_STUBS)
+daemon-bins: $(BINS) $(REFENGINE) $(PY_STUBS) $(FAULTSHIM)
 tsan: deps
 	$(Q)$(MAKE) --no-print-directory BUILD=build-tsan CUDA=0 OPT=-O1 \
 	  SAN="-fsanitize=thread -fno-omit-frame-pointer" daemon-bins
