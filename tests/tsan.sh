@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # `make tsan`: the integration tests that start cacheflowd, run against the ThreadSanitizer
 # build (BUILD=build-tsan, made by `make tsan`). They cover the daemon's threads at their
-# busiest: restores under load and concurrent restores (restore_e2e, daemon_load), Unregister
+# busiest: restores under load and concurrent restores (restore_e2e, daemon_faults), Unregister
 # during a Restore (daemon_rpc, restore_e2e), SIGHUP during traffic and an engine killed
-# mid-restore (daemon_faults), SIGHUP reload and SIGTERM drain (daemon_lifecycle), saves
-# through to SSD (daemon_store), SSD read and write errors (store_faults). Every process writes its reports to $BUILD/tsan/<pid> files
-# (TSAN_OPTIONS log_path), so a report from any of them is counted, not only the daemon's; the
-# suppressions are in tests/tsan.supp, each with its reason. Ends with
+# mid-restore (daemon_faults), SIGHUP reload and SIGTERM drain (daemon_lifecycle), 64-client
+# load (daemon_load), saves through to SSD (daemon_store), SSD read and write errors
+# (store_faults). Every process writes its reports to $BUILD/tsan/report.<pid> (TSAN_OPTIONS
+# log_path), so a report from any of them is counted, not only the daemon's; the suppressions
+# are in tests/tsan.supp, each with its reason. TSAN_TESTS="a b" runs only those. Ends with
 # "tsan: N passed, N failed" (failed = tests that failed + report files).
 set -u
 cd "$(dirname "$0")/.."
