@@ -716,7 +716,7 @@ void cf_service_set_rpc(cf_service_t *s, cf_rpc_server_t *rpc) { s->rpc = rpc; }
 
 void cf_service_drain(cf_service_t *s) {
   if (s->draining) return;
-  s->draining = 1;
+  __atomic_store_n(&s->draining, 1, __ATOMIC_RELAXED); /* cf_service_stats reads it on the HTTP thread */
   for (cf__watch_t *w = s->watchers; w; w = w->next) cf__watch_send(w->call, cf__health_status(s));
 }
 
@@ -757,6 +757,6 @@ void cf_service_stats(const cf_service_t *s, cf_service_stats_t *o) {
   o->restores_total = bs.restores_total;
   o->batches_total = bs.batches_total;
   o->restores_batched_total = bs.restores_batched_total;
-  o->draining = s->draining;
+  o->draining = __atomic_load_n(&s->draining, __ATOMIC_RELAXED);
   if (s->be.usage) s->be.usage(s->be.ctx, &o->cpu_bytes, &o->ssd_bytes);
 }
