@@ -338,7 +338,7 @@ static void cf__on_hup(uv_signal_t *h, int signum) {
   }
   int applied, restart;
   cf_config_apply_reload(&d->cfg, &fresh, &applied, &restart);
-  cf_log_level = d->cfg.log_level;
+  cf_log_set_level(d->cfg.log_level);
   if (d->backend) cf__apply_link(d); /* cpu_read_gbps is reloadable */
   cf_dataplane_reload(d->dp); /* the executor's read-rate limits */
   __atomic_add_fetch(&d->reloads, 1, __ATOMIC_RELAXED);
@@ -605,7 +605,7 @@ int main(int argc, char **argv) {
   int check = 0, dump = 0, rc;
   if ((rc = cf__parse_args(d, argc, argv, &check, &dump)) >= 0) return rc;
   if ((rc = cf__configure(d, check, dump)) >= 0) return rc;
-  cf_log_level = d->cfg.log_level;
+  cf_log_set_level(d->cfg.log_level);
   signal(SIGPIPE, SIG_IGN);
 
   d->loop = uv_default_loop();
