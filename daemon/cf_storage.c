@@ -367,13 +367,17 @@ static uint8_t *cf__skip_refuse(cf_storage_t *s, cf_engine_t *e, const uint32_t 
   uint8_t *refuse = calloc(nk, 1);
   pthread_mutex_lock(&cf__skip_mu);
   for (size_t c = 0; c < nk; c++) {
-    uint64_t k8 = keys ? cf__key8(&keys[c]) : 0;
     size_t t1 = (c + 1) * C < n ? (c + 1) * C : n;
-    for (size_t b = c * C / bs; b <= (t1 - 1) / bs && b < n_blk; b++) {
+    int hit = 0;
+    for (size_t b = c * C / bs; b <= (t1 - 1) / bs && b < n_blk && !hit; b++) {
       uint64_t v = m->skip_key[blk[b]];
       /* no memory for the keys: any marked block is refused (never a wrong store) */
-      if (v && (v == k8 || v == UINT64_MAX || !keys)) { if (refuse) refuse[c] = 1; (*n_refused)++; break; }
+      hit = v && (v == UINT64_MAX || !keys);
+      /* a block holds the first skipped chunk's key (blocks wider than a chunk hold several):
+       * any chunk of this Save in it from that one on is refused */
+      for (size_t c2 = b * bs / C; v && keys && c2 <= c && !hit; c2++) hit = v == cf__key8(&keys[c2]);
     }
+    if (hit) { if (refuse) refuse[c] = 1; (*n_refused)++; }
   }
   pthread_mutex_unlock(&cf__skip_mu);
   free(keys);

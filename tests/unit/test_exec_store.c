@@ -268,6 +268,38 @@ CF_TEST(save_rejects_bad_blocks_and_geometry) {
   world_free(&w);
 }
 
+/* cf_save_blocks_refusing (the daemon's Save after a windowed restore skipped cells): a refused
+ * chunk the store lacks is a hole and the later chunks are stored; one it holds counts as saved
+ * (the store keeps its own copy). */
+CF_TEST(save_refusing_leaves_holes) {
+  world_t w;
+  world_init(&w, 16, 40);
+  engine_t a;
+  engine_init(&a, &w, "eng_r", 8, 0);
+  engine_prefill(&a, &w);
+  cf_store_t *st = open_store(&w, "store_r", 1 << 20, 0);
+  cf_store_key_t keys[3];
+  CF_CHECK_EQ(cf_store_chain_keys_partial(cf_store_geom(st)->fingerprint, w.tokens, (size_t)w.T, 16, keys), 3);
+  const uint8_t refuse[3] = {0, 1, 0};
+  cf_save_result_t sr;
+  CF_CHECK_OK(cf_save_blocks_refusing(st, &a.kv, w.tokens, w.T, a.blocks, a.nb, 0, refuse, &sr));
+  CF_CHECK_EQ(sr.refused_chunks, 1);
+  CF_CHECK_EQ(sr.new_chunks, 2);
+  CF_CHECK_EQ(sr.saved_tokens, 24);
+  CF_CHECK_EQ(cf_store_lookup(st, &keys[0], 1, NULL), 1);
+  CF_CHECK_EQ(cf_store_lookup(st, &keys[1], 1, NULL), 0); /* the hole */
+  CF_CHECK_EQ(cf_store_lookup(st, &keys[2], 1, NULL), 1);
+  CF_CHECK_OK(cf_save_blocks(st, &a.kv, w.tokens, w.T, a.blocks, a.nb, 0, &sr));
+  CF_CHECK_EQ(sr.new_chunks, 1);
+  CF_CHECK_OK(cf_save_blocks_refusing(st, &a.kv, w.tokens, w.T, a.blocks, a.nb, 0, refuse, &sr));
+  CF_CHECK_EQ(sr.refused_chunks, 0);
+  CF_CHECK_EQ(sr.existing_chunks, 3);
+  CF_CHECK_EQ(sr.saved_tokens, 40);
+  cf_store_close(st);
+  cf_kvmap_close(&a.kv);
+  world_free(&w);
+}
+
 /* cf_save_cells (the GPU executor's Save goes through it with a device gather): a gather that
  * fails at chunk 1 stops the save there with the chunk named, chunk 0 stays saved, and the
  * gather saw each chunk's layers with the right token ranges. */
