@@ -24,6 +24,7 @@
 
 #include "cf_refit.h"
 #include "exec/cf_exec.h"
+#include "sched/cf_memfit.h"
 #include "sched/cf_sched.h"
 #include "sched/cf_sim.h"
 
@@ -98,13 +99,18 @@ typedef struct {
   uint8_t *tiers;             /* backs reqs[i].chunk_tier (CF_PLAN_TIER_*), NULL when none */
   cf_sched_plan_t plan;
   cf_sim_result_t sim;        /* the prediction */
+  cf_memfit_report_t fit;     /* within a memory budget: how the plan was made to fit (strategy 0: as planned) */
 } cf_plan_group_t;
 
 /* Plan ins[0..n) together with `policy` under `cost` into out[0..n) (h, load_rank, cops
  * malloc'ed; free with cf_restore_plan_free) and keep the group in *g (free with
  * cf_plan_group_free, also on failure). Returns 0, or CF_EINVAL/CF_ENOMEM (out untouched). */
+/* mf: NULL or a memory budget (cf_memfit): the group's plan is cf_memfit_plan's, which fits it
+ * (compute shifted to loads, or restores waiting for memory, whichever simulates faster); a
+ * restore whose must-compute part alone exceeds the budget is planned unbounded (the executor
+ * then refuses it with RESOURCE_EXHAUSTED naming the bytes). */
 int cf_planner_plan_group(const cf_sched_cost_t *cost, const cf_plan_input_t *ins, int n, int policy,
-                          cf_plan_group_t *g, cf_restore_plan_t *out);
+                          const cf_memfit_t *mf, cf_plan_group_t *g, cf_restore_plan_t *out);
 void cf_plan_group_free(cf_plan_group_t *g);
 
 /* The fallback plan of one restore: load its cached full chunks, compute the rest. 0 or CF_ENOMEM. */
@@ -118,6 +124,7 @@ typedef struct {
   int have_cost;
   int refit_on;               /* plan with the re-fitted model (config cost_refit) */
   cf_refit_t refit;
+  cf_memfit_t mem;            /* mem.budget_bytes > 0: plans fit the restore working memory's budget */
   /* Tests only: environment CF_TEST_PLAN_HOLD_MS (read at init) makes every planning step take
    * at least that long, so a test can show the loop answering while a batch is being planned
    * however fast the planner is. 0 (unset) in production. */
@@ -128,6 +135,10 @@ void cf_planner_init(cf_planner_t *pl, double refit_weight);
 void cf_planner_close(cf_planner_t *pl);
 /* The calibrated cost model (copied) and whether to apply the re-fit when planning. */
 void cf_planner_set_cost(cf_planner_t *pl, const cf_sched_cost_t *cost, int refit_on);
+/* The memory budget the executor's restores compute in (host_memory_bytes' arena or the GPU
+ * path's, less what the executor holds outside requests) and the working memory a request holds
+ * per token of its computed extent; budget <= 0: plans are not bounded. Thread-safe. */
+void cf_planner_set_memory(cf_planner_t *pl, double budget_bytes, double bytes_per_token);
 /* Where executed restores report how their plans ran, and GetStats / /metrics read it. */
 cf_refit_t *cf_planner_refit(cf_planner_t *pl);
 
