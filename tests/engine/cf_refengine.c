@@ -28,11 +28,13 @@
  *   cf-refengine --daemon unix:/run/cacheflow.sock --model DIR [--prefix 512] [--new 32] [--turns 3]
  *                [--policy optimal] [--block 16] [--concurrent 0] [--shm-dir /dev/shm] [--verify]
  *                [--seed 1] [--threads 1] [--unregister-mid-restore] [--kv-dtype f32|bf16|f16]
- *                [--present K] [--durable] [--no-save-first]
+ *                [--present K] [--durable] [--no-save-first] [--no-save-turns]
  * --no-save-first: another engine (on another node, same model, seed and threads) saved turn 0
  * through its own daemon sharing a remote tier with ours: prefill it here only as the reference
  * (the CPU backend is deterministic, so our bytes equal the ones it saved) and do not Save it, so
  * turn 1 restores what the other node stored.
+ * --no-save-turns: the turns are not saved (each turn restores the same prefix again), so what
+ * the daemon holds locally afterwards is only what it stored itself (promotion of remote hits).
  */
 #include <getopt.h>
 #include <math.h>
@@ -56,7 +58,7 @@
 
 typedef struct {
   const char *daemon, *model_dir, *shm_dir, *policy;
-  int prefix, new_tokens, turns, block, concurrent, verify, threads, unreg_mid, present, durable, no_save_first;
+  int prefix, new_tokens, turns, block, concurrent, verify, threads, unreg_mid, present, durable, no_save_first, no_save_turns;
   cf_dtype_t kv_dtype;
   unsigned long long seed;
 } opts_t;
@@ -180,8 +182,13 @@ static int prefill_layers(engine_t *e, const int32_t *blocks, int t0, int t1, in
   for (int l = 0; l < e->L && !rc; l++) {
     if (slot >= 0 && (rc = cf_ready_wait(&e->ready, slot, (uint64_t)l + 1, 60000000000LL, NULL))) break;
     if (t0) cf_kvmap_gather_f32(&e->kv, l, blocks, 0, t0, k, v);
-    if (slot >= 0) /* the blocks were filled with NaN before the restore: none may remain in a ready layer */
-      for (size_t i = 0; i < (size_t)t0 * e->row; i++)
+    /* the blocks were filled with NaN before the restore: none may remain in a ready layer, but
+     * for a windowed layer's rows before the new tokens' window (skipped: never read, the
+     * attention's key blocks start at the window) */
+    int W = cf_model_layer_window(&e->m->cfg, l);
+    size_t from = W > 0 && t0 - W + 1 > 0 ? (size_t)(t0 - W + 1) : 0;
+    if (slot >= 0)
+      for (size_t i = from * e->row; i < (size_t)t0 * e->row; i++)
         if (isnan(k[i]) || isnan(v[i])) {
           rc = cf_seterr(CF_EINTERNAL, "layer %d announced ready but token %zu was never written", l, i / e->row);
           goto out;
@@ -248,12 +255,15 @@ typedef struct {
   Cacheflow__V1__RestoreStats stats;
   int policy_used;
   uint32_t present_chunks;    /* PlanSummary.present_chunks */
+  uint64_t plan_skipped;      /* PlanSummary.cells_skipped (chunk-sized cells) */
   uint64_t restore_id, plan_load, plan_compute; /* PlanSummary.restore_id, its cells loaded / computed */
   int rc;
   char detail[512];
   double t_start, t_all_layers, t_ttft, t_stream_end;
   int token;
   int verify_exact, verify_close, verify_bad;
+  int verify_untouched;       /* block-sized cells still holding the NaN pattern: allowed only at a
+                                 windowed layer, before the next token's window (skipped cells) */
   double max_rel_err;         /* recomputed cells: max |x - ref| / max |ref| of the layer */
   int layers_last, layers_events, layers_out_of_order; /* LayersReady events: strictly increasing */
   pthread_mutex_t mu;
@@ -266,6 +276,7 @@ static int on_event(void *arg, const Cacheflow__V1__RestoreEvent *ev) {
     pthread_mutex_lock(&r->mu);
     r->policy_used = ev->plan->policy;
     r->present_chunks = ev->plan->present_chunks;
+    r->plan_skipped = ev->plan->cells_skipped;
     r->restore_id = ev->plan->restore_id;
     r->plan_load = ev->plan->cells_load_cpu + ev->plan->cells_load_ssd + ev->plan->cells_load_remote;
     r->plan_compute = ev->plan->cells_compute;
@@ -329,6 +340,15 @@ static void verify_cells(restore_t *r, const cf_kv_t *ref) {
     for (int t0 = 0; t0 < r->prefix; t0 += cell) {
       int t1 = t0 + cell < r->prefix ? t0 + cell : r->prefix, close = 1;
       size_t a = (size_t)t0 * e->row, b = (size_t)t1 * e->row;
+      int W = cf_model_layer_window(&e->m->cfg, l), untouched = 1;
+      for (size_t i = a * e->es; i < b * e->es && untouched; i++) untouched = rk[i] == 0xff && rv[i] == 0xff;
+      if (untouched) { /* never written: a skipped cell, or a bug */
+        if (W > 0 && t1 <= r->prefix - W + 1) r->verify_untouched++;
+        else r->verify_bad++;
+        if (getenv("CF_REFENGINE_DEBUG"))
+          fprintf(stderr, "verify: prefix %d layer %d tokens [%d, %d) untouched (window %d)\n", r->prefix, l, t0, t1, W);
+        continue;
+      }
       int exact = t1 <= e->shadow_upto && !memcmp(rk + a * e->es, e->shadow_k[l] + a * e->es, (b - a) * e->es) &&
                   !memcmp(rv + a * e->es, e->shadow_v[l] + a * e->es, (b - a) * e->es);
       double err = 0;
@@ -393,7 +413,8 @@ static void print_result(const engine_t *e, const restore_t *r, const char *mode
          "\"ratio_to_bound\":%.3f,\"cells_cpu\":%llu,\"cells_ssd\":%llu,\"cells_remote\":%llu,\"cells_computed\":%llu,\"fallback\":%llu,"
          "\"baseline_ms\":%.3f,\"token\":%d,\"logits_match\":%d,\"exact\":%d,\"close\":%d,\"bad\":%d,"
          "\"layer_events\":%d,\"layers_in_order\":%d,\"kv_dtype\":\"%s\",\"max_rel_err\":%.3g,"
-         "\"present\":%d,\"present_chunks\":%u,\"restore_id\":%llu,\"plan_load\":%llu,\"plan_compute\":%llu}\n",
+         "\"present\":%d,\"present_chunks\":%u,\"restore_id\":%llu,\"plan_load\":%llu,\"plan_compute\":%llu,"
+         "\"untouched\":%d,\"skipped\":%llu}\n",
          mode, turn, e->o.policy, r->prefix, new_tokens, r->rc ? "false" : "true", r->rc ? r->detail : "",
          r->t_ttft > 0 ? (r->t_ttft - r->t_start) * 1e3 : -1.0,
          r->t_all_layers > 0 ? (r->t_all_layers - r->t_start) * 1e3 : -1.0, s->time_us, s->predicted_us,
@@ -404,7 +425,8 @@ static void print_result(const engine_t *e, const restore_t *r, const char *mode
          r->verify_close, r->verify_bad, r->layers_events,
          !r->layers_out_of_order && (r->rc || r->layers_last == e->L), cf_dtype_name(e->o.kv_dtype), r->max_rel_err,
          e->o.present < r->prefix ? e->o.present : 0, r->present_chunks, (unsigned long long)r->restore_id,
-         (unsigned long long)r->plan_load, (unsigned long long)r->plan_compute);
+         (unsigned long long)r->plan_load, (unsigned long long)r->plan_compute, r->verify_untouched,
+         (unsigned long long)r->plan_skipped);
   fflush(stdout);
 }
 
@@ -427,7 +449,7 @@ int main(int argc, char **argv) {
                                {"concurrent", 1, 0, 'c'}, {"shm-dir", 1, 0, 's'}, {"verify", 0, 0, 'v'},
                                {"seed", 1, 0, 'S'}, {"threads", 1, 0, 'T'}, {"unregister-mid-restore", 0, 0, 'U'},
                                {"kv-dtype", 1, 0, 'K'}, {"present", 1, 0, 'k'}, {"durable", 0, 0, 'D'},
-                               {"no-save-first", 0, 0, 'N'}, {0, 0, 0, 0}};
+                               {"no-save-first", 0, 0, 'N'}, {"no-save-turns", 0, 0, 'X'}, {0, 0, 0, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
     switch (ch) {
@@ -452,6 +474,7 @@ int main(int argc, char **argv) {
         if (o->kv_dtype == CF_DT_I8) { fprintf(stderr, "cf-refengine: --kv-dtype '%s': expected f32, bf16 or f16\n", optarg); return 2; }
         break;
       case 'N': o->no_save_first = 1; break;
+      case 'X': o->no_save_turns = 1; break;
       default: fprintf(stderr, "usage: see the comment at the top of tests/engine/cf_refengine.c\n"); return 2;
     }
   }
@@ -564,6 +587,7 @@ int main(int argc, char **argv) {
     print_result(&e, r, "session", turn, o->new_tokens, baseline_ms, logits_ok);
     if (r->rc || !logits_ok || r->verify_bad || r->layers_out_of_order) failures++;
     if (o->unreg_mid) { cf_kv_free(&ref); free(r); break; }
+    if (o->no_save_turns) { cf_kv_free(&ref); free(r); continue; }
     /* the turn's tokens are now in sequence 0's blocks: save prefix + new for the next turn */
     int T = prefix + o->new_tokens;
     for (int i = 0; i < (T + o->block - 1) / o->block; i++) blk32[i] = (uint32_t)r->blocks[i];
