@@ -4,6 +4,7 @@
 #   make         build libcacheflow, cacheflowd, cacheflowctl, cacheflow-sim, tests
 #   make test    deps + build + run the whole suite (ends with "N passed, N failed")
 #   make asan    the test suite under AddressSanitizer + UndefinedBehaviorSanitizer
+#   make tsan    the daemon under ThreadSanitizer, through the integration tests that start it
 #   make demo    generate the demo model and run the main job on the CPU backend
 #   make clean
 #
@@ -93,7 +94,7 @@ ALL_LIBS    = $(LIBCF) $(LIBKERN) $(LDLIBS) $(if $(filter 1,$(CUDA)),$(CUDA_LDLI
 BINS := $(BUILD)/cacheflowctl $(if $(SIM_SRC),$(BUILD)/cacheflow-sim) \
         $(if $(DAEMON_SRC),$(BUILD)/cacheflowd)
 
-.PHONY: all deps test asan demo clean banner install bench fuzz test-engines bench-engines
+.PHONY: all deps test asan tsan daemon-bins demo clean banner install bench fuzz test-engines bench-engines
 all: banner $(LIBCF) $(LIBKERN) $(BINS) $(UNIT_BIN) $(BENCH_BIN) $(KTEST_BIN)
 # daemon: Python stubs and the client library (also for pkg-config users).
 all: $(PY_STUBS) $(LIBCLIENT)
@@ -186,6 +187,15 @@ $(BUILD)/cf-refengine: $(BUILD)/tests/engine/cf_refengine.o $(LIBCLIENT) $(LIBCF
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) $< -o $@ $(LIBCLIENT) $(ALL_LIBS) $(DAEMON_LDLIBS)
 
+# harden: the preload library of the store fault tests (tests/lib/cf_faultshim.c: fails the SSD
+# tier's pread/pwrite on demand).
+FAULTSHIM := $(BUILD)/libcf_faultshim.so
+all: $(FAULTSHIM)
+$(FAULTSHIM): tests/lib/cf_faultshim.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) -shared -fPIC -O2 -Wall -Wextra -o $@ $< -ldl
+
 # gpuexec: a GPU engine (CUDA IPC buffers over gRPC) for the device check of cacheflowd's GPU executor.
 GPUENGINE := $(if $(and $(PROTO_SRC),$(filter 1,$(CUDA))),$(BUILD)/cf-gpuengine)
 all: $(GPUENGINE)
@@ -244,6 +254,16 @@ asan: deps
 	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
 	$(Q)BUILD=build-asan PYTHON=$(PYTHON) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 CF_ASAN=1 tests/run.sh
 
+# harden: ThreadSanitizer build of the daemon, its tools and the reference engine (no unit
+# tests: the daemon's threads are the subject), then the integration tests that start it, each
+# report written under build-tsan/tsan/ and counted by tests/tsan.sh; tests/tsan.supp explains
+# every suppression.
+daemon-bins: $(BINS) $(REFENGINE) $(PY_STUBS) $(FAULTSHIM)
+tsan: deps
+	$(Q)$(MAKE) --no-print-directory BUILD=build-tsan CUDA=0 OPT=-O1 \
+	  SAN="-fsanitize=thread -fno-omit-frame-pointer" daemon-bins
+	$(Q)BUILD=build-tsan PYTHON=$(PYTHON) CF_TSAN=1 tests/tsan.sh
+
 bench: all
 	$(Q)for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
 
@@ -259,14 +279,26 @@ FUZZ_CC      ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_CFLAGS  := -g -O1 -std=c11 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZ_LIBSRC  := lib/util/cf_err.c lib/util/cf_json.c lib/util/cf_dtype.c lib/model/cf_safetensors.c \
-                lib/model/cf_hfconfig.c lib/util/cf_log.c lib/store/cf_redis.c lib/store/cf_redis_slots.c
+                lib/model/cf_hfconfig.c lib/util/cf_log.c lib/store/cf_redis.c lib/store/cf_redis_slots.c \
+                lib/model/cf_model.c
 FUZZ_SRC     := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_BIN     := $(FUZZ_SRC:tests/fuzz/%.c=$(BUILD)/fuzz/%)
 
 $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIBSRC)
 	@mkdir -p $(dir $@)
 	@$(if $(Q),echo "  FUZZCC  $<")
-	$(Q)$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) $< $(FUZZ_LIBSRC) -o $@ -lhiredis -lm
+	$(Q)$(FUZZ_CC) $(CPPFLAGS) $(FUZZ_CFLAGS) $< $(FUZZ_LIBSRC) -o $@ -lhiredis -lxxhash -lm
+
+# harden: the wire target links the request checks (daemon/cf_reqcheck.c, what cf_service's handlers
+# call), the config defaults and the generated protobuf-c code; CUDA off (it only parses UUIDs).
+FUZZ_WIRE_SRC := daemon/cf_reqcheck.c daemon/cf_config.c lib/ipc/cf_kvmap.c lib/gpu/cf_gpu.c \
+                 lib/util/cf_err.c lib/util/cf_log.c lib/util/cf_dtype.c lib/store/cf_redis.c lib/store/cf_redis_slots.c \
+                 $(BUILD)/gen/cacheflow/v1/cacheflow.pb-c.c $(BUILD)/gen/grpc/health/v1/health.pb-c.c
+$(BUILD)/fuzz/fuzz_wire: tests/fuzz/fuzz_wire.c $(FUZZ_WIRE_SRC)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  FUZZCC  $<")
+	$(Q)$(FUZZ_CC) $(filter-out -DCF_HAVE_CUDA=1,$(CPPFLAGS)) $(FUZZ_CFLAGS) $< $(FUZZ_WIRE_SRC) \
+	  -o $@ -lprotobuf-c -linih -lhiredis -lm
 
 fuzz: $(FUZZ_BIN)
 	$(Q)for b in $(FUZZ_BIN); do n=$${b##*/fuzz_}; mkdir -p tests/fuzz/out/$$n; \
@@ -303,7 +335,7 @@ install: $(BINS) $(LIBCF) $(LIBCLIENT)
 	  'Cflags: -I$${includedir}' > $(DESTDIR)$(PREFIX)/lib/pkgconfig/cacheflow.pc
 
 clean:
-	rm -rf $(BUILD) build-asan
+	rm -rf $(BUILD) build-asan build-tsan
 
 .SECONDARY:
 

@@ -81,9 +81,31 @@ static void cf__on_window(uv_timer_t *t) {
   cf__dispatch(b);
 }
 
+/* The client went away (cancelled, or its process died) before the restore ended: a restore
+ * still waiting ends now; a running one is cancelled in the data path, which ends it. Without
+ * this a cut restore ran to its end, still writing into blocks its engine may already have
+ * given to another sequence, and held its readiness slot all the while. */
+static void cf__restore_closed(cf_rpc_call_t *c, void *arg) {
+  cf_restore_t *r = arg, *prev = NULL;
+  cf_batcher_t *b = r->batcher;
+  (void)c;
+  for (cf_restore_t *w = b->waiting_head; w; prev = w, w = w->next) {
+    if (w != r) continue;
+    if (prev) prev->next = r->next; else b->waiting_head = r->next;
+    if (b->waiting_tail == r) b->waiting_tail = prev;
+    b->n_waiting--;
+    cf_rpc_finish(r->call, CF_RPC_CANCELLED, "the client closed the restore before it ran");
+    __atomic_fetch_sub(&b->in_flight, 1, __ATOMIC_RELAXED);
+    cf__restore_free(r);
+    return;
+  }
+  if (b->path.restore_cancel) b->path.restore_cancel(b->path.ctx, r);
+}
+
 void cf_batcher_add(cf_batcher_t *b, cf_restore_t *r) {
   r->batcher = b;
   r->next = NULL;
+  cf_rpc_on_close(r->call, cf__restore_closed, r);
   __atomic_fetch_add(&b->in_flight, 1, __ATOMIC_RELAXED);
   __atomic_fetch_add(&b->restores_total, 1, __ATOMIC_RELAXED);
   if (b->waiting_tail) b->waiting_tail->next = r;

@@ -33,6 +33,11 @@ typedef struct cf__tag_s {
   int kind, ok;
   cf_rpc_call_t *call;
   struct cf__tag_s *next; /* in the CQ -> loop queue */
+  /* Bumped (release) by the loop thread before it starts a batch with this tag, read (acquire)
+   * by the CQ thread when the batch completes: the loop's last reads of a reused tag (t_send
+   * of a stream) happen before the CQ thread rewrites it. gRPC orders them already, inside
+   * libgrpc, where ThreadSanitizer cannot see; this makes the order visible to it. */
+  unsigned gen;
 } cf__tag_t;
 
 typedef struct cf__out_s {
@@ -188,6 +193,7 @@ static void *cf__cq_main(void *arg) {
     if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
     if (ev.type != GRPC_OP_COMPLETE) continue;
     cf__tag_t *t = ev.tag;
+    (void)__atomic_load_n(&t->gen, __ATOMIC_ACQUIRE);
     t->ok = ev.success;
     if (t->kind == CF__T_NEW) {
       if (!ev.success) cf__free_unstarted(t->call); /* server shutting down: never started */
@@ -254,6 +260,7 @@ static void cf__pump(cf_rpc_call_t *c) {
     ops[n].data.send_status_from_server.status = (grpc_status_code)o->status;
     ops[n++].data.send_status_from_server.status_details = &c->status_slice;
   }
+  __atomic_add_fetch(&c->t_send.gen, 1, __ATOMIC_RELEASE);
   grpc_call_error e = grpc_call_start_batch(c->call, ops, n, &c->t_send, NULL);
   if (e != GRPC_CALL_OK) {
     CF_WARN("rpc: %s: start send batch failed: %d", c->path, (int)e);
@@ -604,6 +611,7 @@ void cf_rpc_shutdown(cf_rpc_server_t *s, void (*done)(void *), void *arg) {
       CF_WARN("rpc: %s still open at shutdown: ending it with UNAVAILABLE", c->path);
       cf_rpc_finish(c, CF_RPC_UNAVAILABLE, "cacheflowd is shutting down");
     }
+  __atomic_add_fetch(&s->t_shutdown.gen, 1, __ATOMIC_RELEASE); /* see cf__tag_t.gen */
   grpc_server_shutdown_and_notify(s->server, s->cq, &s->t_shutdown);
   grpc_server_cancel_all_calls(s->server);
 }

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "cf_reqcheck.h"
 #include "cf_trace.h"
 #include "cf_worker.h"
 #include "gpu/cf_gpu.h"
@@ -16,9 +17,6 @@
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
-#define CF__MAX_LAYERS 1024
-#define CF__MAX_BLOCK_SIZE 4096
-#define CF__MAX_NAME 128
 /* The daemon builds its store and data path only with a model: without one, that is the cause. */
 #define CF__NO_MODEL(what) what " needs a model and its KV store: this cacheflowd runs without a model " \
                            "(set `model` or start it with --model DIR)"
@@ -53,22 +51,6 @@ static double cf__now(void) {
   return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-static const char *cf__dtype_name(int dt) {
-  return dt == CACHEFLOW__V1__DTYPE__DTYPE_F32 ? "F32" : dt == CACHEFLOW__V1__DTYPE__DTYPE_BF16 ? "BF16"
-       : dt == CACHEFLOW__V1__DTYPE__DTYPE_F16 ? "F16" : "UNSPECIFIED";
-}
-/* The config's spelling (kv_dtype = ...). */
-static const char *cf__dtype_lower(int dt) {
-  return dt == CACHEFLOW__V1__DTYPE__DTYPE_F32 ? "f32" : dt == CACHEFLOW__V1__DTYPE__DTYPE_BF16 ? "bf16" : "f16";
-}
-static size_t cf__dtype_size(int dt) {
-  switch (dt) {
-    case CACHEFLOW__V1__DTYPE__DTYPE_F32: return 4;
-    case CACHEFLOW__V1__DTYPE__DTYPE_BF16: case CACHEFLOW__V1__DTYPE__DTYPE_F16: return 2;
-    default: return 0;
-  }
-}
-
 /* ---------------------------------------------------------------- engines */
 static void cf__engine_unref(cf_service_t *s, cf_engine_t *e) {
   if (--e->refs) return;
@@ -88,108 +70,10 @@ static cf_engine_t *cf__engine_find(cf_service_t *s, uint64_t id) {
   return NULL;
 }
 
-/* The proto's layout of one layer as lib/ipc's (heads = the engine's; its rows checked as such). */
-static void cf__proto_layout(const Cacheflow__V1__LayerLayout *L, cf_kv_layout_t *lay) {
-  cf_dtype_t dt = L->dtype == CACHEFLOW__V1__DTYPE__DTYPE_BF16 ? CF_DT_BF16
-                  : L->dtype == CACHEFLOW__V1__DTYPE__DTYPE_F16 ? CF_DT_F16 : CF_DT_F32;
-  *lay = (cf_kv_layout_t){.n_layers = 1, .num_blocks = (int)L->num_blocks, .block_size = (int)L->block_size,
-                          .n_kv_heads = (int)L->num_kv_heads, .head_dim = (int)L->head_dim, .dtype = dt,
-                          .block_stride = L->block_stride, .token_stride = L->token_stride,
-                          .head_stride = L->head_stride, .dim_stride = L->dim_stride};
-  if (L->v_strides)
-    lay->vs = (cf_kv_strides_t){L->v_strides->block_stride, L->v_strides->token_stride, L->v_strides->head_stride,
-                                L->v_strides->dim_stride};
-}
-
-/* The bytes each plane (K, V) of one layer spans from its offset, after checking that its four
- * strides are whole elements and nest without overlap (cf_kv_layout_check: any order, vLLM's
- * CPU layout with K dimension-major included). */
-static int cf__layout_extent(const Cacheflow__V1__LayerLayout *L, uint64_t extent[2], char *why, size_t cap) {
-  cf_kv_layout_t lay;
-  cf__proto_layout(L, &lay);
-  if (L->v_strides && !(L->v_strides->block_stride | L->v_strides->token_stride | L->v_strides->head_stride |
-                        L->v_strides->dim_stride)) {
-    snprintf(why, cap, "layer %u: v_strides set but all zero (leave it unset for V = K's strides)", L->layer);
-    return -1;
-  }
-  if (cf_kv_layout_check(&lay, NULL)) { snprintf(why, cap, "layer %u: %s", L->layer, cf_errmsg()); return -1; }
-  extent[0] = cf_kv_layout_extent(&lay, 0);
-  extent[1] = cf_kv_layout_extent(&lay, 1);
-  return 0;
-}
-
-static int cf__check_kvbuf(const Cacheflow__V1__KvBuffer *b, uint32_t layer, const char *kv, char *why, size_t cap) {
-  if (!b) { snprintf(why, cap, "layer %u: %s buffer missing", layer, kv); return -1; }
-  switch (b->location_case) {
-    case CACHEFLOW__V1__KV_BUFFER__LOCATION_SHM_PATH:
-      if (b->shm_path[0] != '/' || strlen(b->shm_path) >= 512) {
-        snprintf(why, cap, "layer %u: %s shm_path '%.64s' must be an absolute path under 512 bytes", layer, kv, b->shm_path);
-        return -1;
-      }
-      return 0;
-    case CACHEFLOW__V1__KV_BUFFER__LOCATION_CUDA_IPC:
-      if (!b->cuda_ipc || b->cuda_ipc->ipc_handle.len != 64) {
-        snprintf(why, cap, "layer %u: %s cuda_ipc.ipc_handle must be exactly 64 bytes", layer, kv);
-        return -1;
-      }
-      if (strlen(b->cuda_ipc->gpu_uuid) == 0 || strlen(b->cuda_ipc->gpu_uuid) >= 64) {
-        snprintf(why, cap, "layer %u: %s cuda_ipc.gpu_uuid must be 1 .. 63 bytes", layer, kv);
-        return -1;
-      }
-      { /* the format too, whatever gpu_executor says: a typo is an invalid argument */
-        uint8_t u[CF_GPU_UUID_BYTES];
-        if (cf_gpu_uuid_parse(b->cuda_ipc->gpu_uuid, u)) {
-          snprintf(why, cap, "layer %u: %s cuda_ipc.%s", layer, kv, cf_errmsg());
-          return -1;
-        }
-      }
-      return 0;
-    default:
-      snprintf(why, cap, "layer %u: %s buffer has neither shm_path nor cuda_ipc", layer, kv);
-      return -1;
-  }
-}
-
-/* Field checks of RegisterEngine that need only the config. */
+/* Field checks of RegisterEngine that need only the config (cf_reqcheck: the wire fuzzer runs them too). */
 static int cf__v_register(const ProtobufCMessage *m, void *user, char *why, size_t cap) {
   const cf_service_t *s = user;
-  const Cacheflow__V1__RegisterEngineRequest *r = (const void *)m;
-  if (r->model_fingerprint.len != 16) { snprintf(why, cap, "model_fingerprint must be 16 bytes, got %zu", r->model_fingerprint.len); return -1; }
-  if (strlen(r->name) > CF__MAX_NAME) { snprintf(why, cap, "name longer than %d bytes", CF__MAX_NAME); return -1; }
-  if (r->n_layers == 0 || r->n_layers > CF__MAX_LAYERS) { snprintf(why, cap, "layers: %zu given, allowed 1 .. %d", r->n_layers, CF__MAX_LAYERS); return -1; }
-  uint8_t seen[CF__MAX_LAYERS] = {0};
-  const Cacheflow__V1__LayerLayout *L0 = r->layers[0];
-  for (size_t i = 0; i < r->n_layers; i++) {
-    const Cacheflow__V1__LayerLayout *L = r->layers[i];
-    if (L->layer >= r->n_layers) { snprintf(why, cap, "layers[%zu].layer = %u out of range 0 .. %zu", i, L->layer, r->n_layers - 1); return -1; }
-    if (seen[L->layer]++) { snprintf(why, cap, "layer %u declared twice", L->layer); return -1; }
-    size_t esz = cf__dtype_size(L->dtype);
-    if (!esz) { snprintf(why, cap, "layer %u: dtype %d is not F32, BF16 or F16", L->layer, (int)L->dtype); return -1; }
-    if (L->block_size < 1 || L->block_size > CF__MAX_BLOCK_SIZE) { snprintf(why, cap, "layer %u: block_size %u out of range 1 .. %d", L->layer, L->block_size, CF__MAX_BLOCK_SIZE); return -1; }
-    if (L->num_blocks < 1 || L->num_blocks > (uint64_t)s->cfg->max_blocks) { snprintf(why, cap, "layer %u: num_blocks %u out of range 1 .. %lld (max_blocks)", L->layer, L->num_blocks, (long long)s->cfg->max_blocks); return -1; }
-    if (L->block_size != L0->block_size || L->num_blocks != L0->num_blocks || L->dtype != L0->dtype) {
-      snprintf(why, cap, "layer %u: block_size/num_blocks/dtype differ from layer %u's (all layers must share them)", L->layer, L0->layer);
-      return -1;
-    }
-    if (L->num_kv_heads < 1 || L->head_dim < 1 || L->num_kv_heads > 1024 || L->head_dim > 4096) { snprintf(why, cap, "layer %u: num_kv_heads %u / head_dim %u out of range", L->layer, L->num_kv_heads, L->head_dim); return -1; }
-    uint64_t ext[2];
-    if (cf__layout_extent(L, ext, why, cap)) return -1;
-    if (cf__check_kvbuf(L->k, L->layer, "K", why, cap) || cf__check_kvbuf(L->v, L->layer, "V", why, cap)) return -1;
-  }
-  return 0;
-}
-
-/* The shared-memory file must exist, be a regular file and hold the whole layout. */
-static int cf__check_shm(const Cacheflow__V1__KvBuffer *b, uint64_t extent, uint32_t layer, const char *kv, char *why, size_t cap) {
-  struct stat st;
-  if (stat(b->shm_path, &st) != 0) { snprintf(why, cap, "layer %u: %s shm_path %s: %s", layer, kv, b->shm_path, strerror(errno)); return -1; }
-  if (!S_ISREG(st.st_mode)) { snprintf(why, cap, "layer %u: %s shm_path %s is not a regular file", layer, kv, b->shm_path); return -1; }
-  if (b->offset > UINT64_MAX - extent || (uint64_t)st.st_size < b->offset + extent) {
-    snprintf(why, cap, "layer %u: %s shm_path %s is %lld bytes; the layout needs offset %llu + %llu", layer, kv,
-             b->shm_path, (long long)st.st_size, (unsigned long long)b->offset, (unsigned long long)extent);
-    return -1;
-  }
-  return 0;
+  return cf_reqcheck_register_fields(s->cfg, (const Cacheflow__V1__RegisterEngineRequest *)m, why, cap);
 }
 
 static void cf__copy_kvbuf(cf_kvbuf_t *d, const Cacheflow__V1__KvBuffer *b) {
@@ -204,74 +88,11 @@ static void cf__copy_kvbuf(cf_kvbuf_t *d, const Cacheflow__V1__KvBuffer *b) {
 static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_service_t *s = user;
   Cacheflow__V1__RegisterEngineRequest *r = (void *)m;
-  char why[512], hex[33], hex2[33];
+  char why[512];
   cf_engine_t *e = NULL;
-  if (!s->model) { cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "no model configured: start cacheflowd with --model DIR"); goto out; }
-  if (memcmp(r->model_fingerprint.data, s->model->fingerprint, 16)) {
-    cf_model_fingerprint_hex(r->model_fingerprint.data, hex);
-    cf_model_fingerprint_hex(s->model->fingerprint, hex2);
-    cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "model_fingerprint %s does not match the daemon's model %s (%s)", hex, hex2, s->model->dir);
-    goto out;
-  }
-  if ((int)r->n_layers != s->model->n_layers) {
-    cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "layers: %zu given, the model has %d", r->n_layers, s->model->n_layers);
-    goto out;
-  }
-  /* tensor parallelism: a shard holds model KV heads [kv_head_start, + kv_head_count) */
-  int heads = r->kv_head_count ? (int)r->kv_head_count : s->model->n_kv_heads;
-  if ((uint64_t)r->kv_head_start + (uint64_t)heads > (uint64_t)s->model->n_kv_heads) {
-    cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "kv_head_start %u + kv_head_count %d exceeds the model's %d KV heads",
-                  r->kv_head_start, heads, s->model->n_kv_heads);
-    goto out;
-  }
-  if (heads < s->model->n_kv_heads && !r->tp_group) {
-    cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "a shard engine (KV heads %u..%u of %d) needs a nonzero tp_group shared by "
-                  "its engine's ranks (their saves are assembled into whole cells)", r->kv_head_start,
-                  r->kv_head_start + heads - 1, s->model->n_kv_heads);
-    goto out;
-  }
-  for (size_t i = 0; i < r->n_layers; i++) {
-    const Cacheflow__V1__LayerLayout *L = r->layers[i];
-    if ((int)L->num_kv_heads != heads || (int)L->head_dim != s->model->head_dim) {
-      cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "layer %u: num_kv_heads %u, head_dim %u; %s %d, %d", L->layer,
-                    L->num_kv_heads, L->head_dim, r->kv_head_count ? "the shard (kv_head_count) has" : "the model has",
-                    heads, s->model->head_dim);
-      goto out;
-    }
-    uint64_t ext[2];
-    cf__layout_extent(L, ext, why, sizeof why); /* validated already */
-    for (int kv = 0; kv < 2; kv++) {
-      const Cacheflow__V1__KvBuffer *b = kv ? L->v : L->k;
-      int ipc = b->location_case == CACHEFLOW__V1__KV_BUFFER__LOCATION_CUDA_IPC;
-      /* CUDA IPC buffers are opened (UUID checked against the daemon's device) by engine_added:
-       * the GPU executor's */
-      if (ipc && !s->cfg->gpu_executor) {
-        cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "layer %u: CUDA IPC buffers need the GPU executor "
-                      "(gpu_executor = on with backend = cuda; this daemon runs with gpu_executor = off); use shm_path", L->layer);
-        goto out;
-      }
-      /* every buffer of one kind: each is compared with layer 0's K (checked first) */
-      if (ipc != (r->layers[0]->k->location_case == CACHEFLOW__V1__KV_BUFFER__LOCATION_CUDA_IPC)) {
-        cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "layer %u: CUDA IPC and shm_path buffers mixed in one engine; "
-                      "register all of one kind", L->layer);
-        goto out;
-      }
-      if (ipc) continue;
-      if (cf__check_shm(b, ext[kv], L->layer, kv ? "V" : "K", why, sizeof why)) {
-        cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "%s", why);
-        goto out;
-      }
-    }
-  }
-  /* loaded cells are copied bit for bit: the engine's KV must be the store's dtype. A precondition
-   * of this daemon (its kv_dtype), not a malformed request. */
-  if (s->be.kv_dtype && (int)r->layers[0]->dtype != s->be.kv_dtype) {
-    cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, "engine KV dtype %s, but this daemon's store holds %s cells "
-                  "(kv_dtype); register %s buffers or run a daemon with kv_dtype = %s on another store_dir",
-                  cf__dtype_name(r->layers[0]->dtype), cf__dtype_name(s->be.kv_dtype), cf__dtype_name(s->be.kv_dtype),
-                  cf__dtype_lower(r->layers[0]->dtype));
-    goto out;
-  }
+  int heads = 0;
+  int st = cf_reqcheck_register_model(s->cfg, s->model, s->be.kv_dtype, r, &heads, why, sizeof why);
+  if (st) { cf_rpc_finish(c, st, "%s", why); goto out; }
   int slot = -1;
   for (int i = 0; i < s->max_engines && slot < 0; i++)
     if (!s->engines[i]) slot = i;
@@ -284,7 +105,7 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   e->block_size = r->layers[0]->block_size;
   e->num_blocks = r->layers[0]->num_blocks;
   e->dtype = r->layers[0]->dtype;
-  e->dtype_size = cf__dtype_size(e->dtype);
+  e->dtype_size = cf_reqcheck_dtype_size(e->dtype);
   e->head0 = (int)r->kv_head_start;
   e->n_heads = heads;
   e->tp_group = r->tp_group;
@@ -355,32 +176,11 @@ static void cf__h_unregister(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) 
 
 /* ---------------------------------------------------------------- token / block checks */
 static int cf__check_tokens(const cf_service_t *s, const uint32_t *t, size_t n, char *why, size_t cap) {
-  if (n == 0) { snprintf(why, cap, "token_ids is empty"); return -1; }
-  if (n > (size_t)s->cfg->max_request_tokens) {
-    snprintf(why, cap, "token_ids: %zu tokens, allowed 1 .. %lld (max_request_tokens)", n, (long long)s->cfg->max_request_tokens);
-    return -1;
-  }
-  if (s->model)
-    for (size_t i = 0; i < n; i++)
-      if (t[i] >= (uint32_t)s->model->vocab) {
-        snprintf(why, cap, "token_ids[%zu] = %u out of range 0 .. %d (vocab_size)", i, t[i], s->model->vocab - 1);
-        return -1;
-      }
-  return 0;
+  return cf_reqcheck_tokens(s->cfg, s->model, t, n, why, cap);
 }
 
 static int cf__check_blocks(const cf_engine_t *e, size_t ntok, const uint32_t *b, size_t nb, char *why, size_t cap) {
-  size_t need = (ntok + e->block_size - 1) / e->block_size;
-  if (nb != need) {
-    snprintf(why, cap, "block_ids: %zu given, %zu tokens need %zu blocks of %u", nb, ntok, need, e->block_size);
-    return -1;
-  }
-  for (size_t i = 0; i < nb; i++)
-    if (b[i] >= e->num_blocks) {
-      snprintf(why, cap, "block_ids[%zu] = %u out of range 0 .. %u", i, b[i], e->num_blocks - 1);
-      return -1;
-    }
-  return 0;
+  return cf_reqcheck_blocks(e->block_size, e->num_blocks, ntok, b, nb, why, cap);
 }
 
 /* Common front half of Lookup/Save/Restore: the engine exists, the tokens are in range. */
@@ -528,16 +328,7 @@ out:
 
 /* ---------------------------------------------------------------- restore (then cf_batcher) */
 static int cf__v_restore(const ProtobufCMessage *m, void *user, char *why, size_t cap) {
-  const Cacheflow__V1__RestoreRequest *r = (const void *)m;
-  if ((int)r->policy < 0 || (int)r->policy > CACHEFLOW__V1__POLICY__POLICY_OPTIMAL) { snprintf(why, cap, "policy %d unknown (0 .. 6)", (int)r->policy); return -1; }
-  if (r->priority < -100 || r->priority > 100) { snprintf(why, cap, "priority %d out of range -100 .. 100", r->priority); return -1; }
-  if (r->deadline_us > 3600ull * 1000000) { snprintf(why, cap, "deadline_us %llu over one hour", (unsigned long long)r->deadline_us); return -1; }
-  if (r->present_tokens && r->present_tokens >= r->n_token_ids) {
-    snprintf(why, cap, "present_tokens %u must be < the %zu token_ids (the engine holds [0, present_tokens); the "
-             "restore writes the rest)", r->present_tokens, r->n_token_ids);
-    return -1;
-  }
-  return 0;
+  return cf_reqcheck_restore_fields((const Cacheflow__V1__RestoreRequest *)m, why, cap);
 }
 
 static void cf__h_restore(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
@@ -816,8 +607,9 @@ const char *cf_service_metric_flat_name(const cf_service_metric_t *m, char *buf,
 static void cf__h_evict(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_service_t *s = user;
   Cacheflow__V1__EvictRequest *r = (void *)m;
-  if ((int)r->tier < 0 || (int)r->tier > CACHEFLOW__V1__TIER__TIER_SSD) { /* the remote tier evicts by Redis's policy */
-    cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "tier %d unknown (0 = all, 1 = cpu, 2 = ssd)", (int)r->tier);
+  char why[128];
+  if (cf_reqcheck_evict(r, why, sizeof why)) {
+    cf_rpc_finish(c, CF_RPC_INVALID_ARGUMENT, "%s", why);
   } else if (!s->be.evict) {
     cf_rpc_finish(c, CF_RPC_FAILED_PRECONDITION, CF__NO_MODEL("Evict"));
   } else {
@@ -970,7 +762,7 @@ void cf_service_set_rpc(cf_service_t *s, cf_rpc_server_t *rpc) { s->rpc = rpc; }
 
 void cf_service_drain(cf_service_t *s) {
   if (s->draining) return;
-  s->draining = 1;
+  __atomic_store_n(&s->draining, 1, __ATOMIC_RELAXED); /* cf_service_stats reads it on the HTTP thread */
   for (cf__watch_t *w = s->watchers; w; w = w->next) cf__watch_send(w->call, cf__health_status(s));
 }
 
@@ -1011,7 +803,7 @@ void cf_service_stats(const cf_service_t *s, cf_service_stats_t *o) {
   o->restores_total = bs.restores_total;
   o->batches_total = bs.batches_total;
   o->restores_batched_total = bs.restores_batched_total;
-  o->draining = s->draining;
+  o->draining = __atomic_load_n(&s->draining, __ATOMIC_RELAXED);
   if (s->be.usage) s->be.usage(s->be.ctx, &o->cpu_bytes, &o->ssd_bytes);
   if (s->be.memory) s->be.memory(s->be.ctx, &o->mem);
 }

@@ -6,7 +6,10 @@
 
 typedef enum { CF_LOG_ERROR = 0, CF_LOG_WARN, CF_LOG_INFO, CF_LOG_DEBUG } cf_log_level_t;
 
+/* Read by every thread, set on SIGHUP (the daemon's loop): relaxed atomics on both sides
+ * (cf_log_set_level), a data race otherwise (make tsan). */
 extern int cf_log_level;
+static inline void cf_log_set_level(int lvl) { __atomic_store_n(&cf_log_level, lvl, __ATOMIC_RELAXED); }
 
 const char *cf_log_level_name(int lvl);
 
@@ -15,7 +18,8 @@ void cf__log(int lvl, const char *file, int line, const char *fmt, ...)
 
 #define CF_LOG(lvl, ...)                                                      \
   do {                                                                        \
-    if ((lvl) <= cf_log_level) cf__log((lvl), __FILE__, __LINE__, __VA_ARGS__); \
+    if ((lvl) <= __atomic_load_n(&cf_log_level, __ATOMIC_RELAXED))            \
+      cf__log((lvl), __FILE__, __LINE__, __VA_ARGS__);                        \
   } while (0)
 #define CF_ERROR(...) CF_LOG(CF_LOG_ERROR, __VA_ARGS__)
 #define CF_WARN(...) CF_LOG(CF_LOG_WARN, __VA_ARGS__)

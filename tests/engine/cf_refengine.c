@@ -392,6 +392,8 @@ static void run_restore(restore_t *r, int new_tokens, float *logits) {
   while (atomic_load(&r->slot) == -1) pthread_cond_wait(&r->cv, &r->mu);
   pthread_mutex_unlock(&r->mu);
   int slot = atomic_load(&r->slot);
+  int prefill_rc = 0;
+  char prefill_err[sizeof r->detail];
   if (slot >= 0 || slot == -3) {
     if (e->o.unreg_mid) { /* the engine goes away while the daemon restores into it */
       cf_client_t *c2;
@@ -400,9 +402,11 @@ static void run_restore(restore_t *r, int new_tokens, float *logits) {
     if (slot == -3) { pthread_join(th, NULL); slot = -1; th = 0; } /* no counter: wait for the stream */
     int tok = prefill_layers(e, r->blocks, r->prefix, T, slot, logits);
     if (tok >= 0) { r->token = tok; r->t_ttft = now_s(); }
-    else if (!r->rc) { r->rc = tok; snprintf(r->detail, sizeof r->detail, "engine prefill: %s", cf_errmsg()); }
+    else { prefill_rc = tok; snprintf(prefill_err, sizeof prefill_err, "engine prefill: %s", cf_errmsg()); }
   }
   if (th) pthread_join(th, NULL);
+  /* the stream thread sets r->rc and r->detail: read them only after it is joined (make tsan) */
+  if (prefill_rc && !r->rc) { r->rc = prefill_rc; snprintf(r->detail, sizeof r->detail, "%s", prefill_err); }
 }
 
 static void print_result(const engine_t *e, const restore_t *r, const char *mode, int turn, int new_tokens,

@@ -12,6 +12,9 @@
 #include "model/cf_safetensors.h"
 #include "store/cf_redis.h"
 #include "store/cf_redis_slots.h"
+/* the wire target itself (its checks and invariants), without libFuzzer's entry point */
+#define CF_FUZZ_WIRE_NO_MAIN
+#include "fuzz/fuzz_wire.c"
 
 #define CORPUS "tests/fuzz/corpus"
 
@@ -66,6 +69,15 @@ static int parse_redis(const unsigned char *buf, size_t len) {
   return k == CF_REDIS_REDIR_NONE ? (cf_seterr(CF_EFORMAT, "not a redirection"), 0) : 0;
 }
 
+/* The request surface (fuzz_wire.c): 0 when every record was accepted, else the first refusal
+ * with its detail (a broken invariant traps inside, failing the binary). */
+static int parse_wire(const unsigned char *buf, size_t len) {
+  int refused = 0;
+  char first[512];
+  cf_fuzz_wire_run(buf, len, &refused, first, sizeof first);
+  return refused ? cf_seterr(CF_EINVAL, "%d refused; first: %s", refused, first) : 0;
+}
+
 /* Returns the number of files replayed. */
 static int replay(const char *target, parse_fn fn) {
   char dir[256];
@@ -103,3 +115,4 @@ CF_TEST(replay_safetensors_corpus) { CF_CHECK_GE(replay("safetensors", parse_st)
 CF_TEST(replay_hfconfig_corpus) { CF_CHECK_GE(replay("hfconfig", parse_cfg), 10); }
 CF_TEST(replay_stindex_corpus) { CF_CHECK_GE(replay("stindex", parse_index), 5); }
 CF_TEST(replay_redisurl_corpus) { CF_CHECK_GE(replay("redisurl", parse_redis), 15); }
+CF_TEST(replay_wire_corpus) { CF_CHECK_GE(replay("wire", parse_wire), 25); }
