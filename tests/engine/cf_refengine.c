@@ -33,6 +33,11 @@
  * through its own daemon sharing a remote tier with ours: prefill it here only as the reference
  * (the CPU backend is deterministic, so our bytes equal the ones it saved) and do not Save it, so
  * turn 1 restores what the other node stored.
+ * --no-save-turns: turns are not saved after their restore (the store keeps what it held: a test
+ * that made holes in it restores them with every policy).
+ * The prefill line reports Lookup's leading run (lookup_cached, per tier) and every stored chunk
+ * (lookup_stored, lookup_runs: "tier:tokens ..." with tier none/cpu/ssd/remote); a restore line
+ * PlanSummary.hole_chunks (stored nowhere, computed at every layer).
  */
 #include <getopt.h>
 #include <math.h>
@@ -57,6 +62,7 @@
 typedef struct {
   const char *daemon, *model_dir, *shm_dir, *policy;
   int prefix, new_tokens, turns, block, concurrent, verify, threads, unreg_mid, present, durable, no_save_first;
+  int no_save_turns;
   cf_dtype_t kv_dtype;
   unsigned long long seed;
 } opts_t;
@@ -248,6 +254,7 @@ typedef struct {
   Cacheflow__V1__RestoreStats stats;
   int policy_used;
   uint32_t present_chunks;    /* PlanSummary.present_chunks */
+  uint32_t hole_chunks;       /* PlanSummary.hole_chunks */
   int rc;
   char detail[512];
   double t_start, t_all_layers, t_ttft, t_stream_end;
@@ -265,6 +272,7 @@ static int on_event(void *arg, const Cacheflow__V1__RestoreEvent *ev) {
     pthread_mutex_lock(&r->mu);
     r->policy_used = ev->plan->policy;
     r->present_chunks = ev->plan->present_chunks;
+    r->hole_chunks = ev->plan->hole_chunks;
     atomic_store(&r->slot, ev->plan->readiness_slot == UINT32_MAX ? -3 : (int)ev->plan->readiness_slot);
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
@@ -389,7 +397,7 @@ static void print_result(const engine_t *e, const restore_t *r, const char *mode
          "\"ratio_to_bound\":%.3f,\"cells_cpu\":%llu,\"cells_ssd\":%llu,\"cells_remote\":%llu,\"cells_computed\":%llu,\"fallback\":%llu,"
          "\"baseline_ms\":%.3f,\"token\":%d,\"logits_match\":%d,\"exact\":%d,\"close\":%d,\"bad\":%d,"
          "\"layer_events\":%d,\"layers_in_order\":%d,\"kv_dtype\":\"%s\",\"max_rel_err\":%.3g,"
-         "\"present\":%d,\"present_chunks\":%u}\n",
+         "\"present\":%d,\"present_chunks\":%u,\"hole_chunks\":%u}\n",
          mode, turn, e->o.policy, r->prefix, new_tokens, r->rc ? "false" : "true", r->rc ? r->detail : "",
          r->t_ttft > 0 ? (r->t_ttft - r->t_start) * 1e3 : -1.0,
          r->t_all_layers > 0 ? (r->t_all_layers - r->t_start) * 1e3 : -1.0, s->time_us, s->predicted_us,
@@ -399,7 +407,7 @@ static void print_result(const engine_t *e, const restore_t *r, const char *mode
          (unsigned long long)s->cells_recomputed_fallback, baseline_ms, r->token, logits_ok, r->verify_exact,
          r->verify_close, r->verify_bad, r->layers_events,
          !r->layers_out_of_order && (r->rc || r->layers_last == e->L), cf_dtype_name(e->o.kv_dtype), r->max_rel_err,
-         e->o.present < r->prefix ? e->o.present : 0, r->present_chunks);
+         e->o.present < r->prefix ? e->o.present : 0, r->present_chunks, r->hole_chunks);
   fflush(stdout);
 }
 
@@ -422,7 +430,7 @@ int main(int argc, char **argv) {
                                {"concurrent", 1, 0, 'c'}, {"shm-dir", 1, 0, 's'}, {"verify", 0, 0, 'v'},
                                {"seed", 1, 0, 'S'}, {"threads", 1, 0, 'T'}, {"unregister-mid-restore", 0, 0, 'U'},
                                {"kv-dtype", 1, 0, 'K'}, {"present", 1, 0, 'k'}, {"durable", 0, 0, 'D'},
-                               {"no-save-first", 0, 0, 'N'}, {0, 0, 0, 0}};
+                               {"no-save-first", 0, 0, 'N'}, {"no-save-turns", 0, 0, 'X'}, {0, 0, 0, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
     switch (ch) {
@@ -447,6 +455,7 @@ int main(int argc, char **argv) {
         if (o->kv_dtype == CF_DT_I8) { fprintf(stderr, "cf-refengine: --kv-dtype '%s': expected f32, bf16 or f16\n", optarg); return 2; }
         break;
       case 'N': o->no_save_first = 1; break;
+      case 'X': o->no_save_turns = 1; break;
       default: fprintf(stderr, "usage: see the comment at the top of tests/engine/cf_refengine.c\n"); return 2;
     }
   }
@@ -517,12 +526,23 @@ int main(int argc, char **argv) {
                                  &saved, NULL, &durable)))
     return die("save", rc);
   shadow_saved(&e, blocks0, (int)saved);
-  uint32_t cached = 0, on_cpu = 0, on_ssd = 0;
-  if ((rc = cf_client_lookup(c, e.engine_id, tok32, (size_t)e.conv_len, &cached, &on_cpu, &on_ssd)))
+  uint32_t cached = 0, on_cpu = 0, on_ssd = 0, stored = 0;
+  cf_client_run_t *runs = NULL;
+  size_t nruns = 0;
+  if ((rc = cf_client_lookup(c, e.engine_id, tok32, (size_t)e.conv_len, &cached, &on_cpu, &on_ssd)) ||
+      (rc = cf_client_lookup_runs(c, e.engine_id, tok32, (size_t)e.conv_len, &stored, &runs, &nruns)))
     return die("lookup", rc);
+  char runstr[1024] = "";
+  for (size_t i = 0, at = 0; i < nruns && at < sizeof runstr - 32; i++) {
+    static const char *const tn[] = {"none", "cpu", "ssd", "remote"};
+    at += (size_t)snprintf(runstr + at, sizeof runstr - at, "%s%s:%u", i ? " " : "",
+                           runs[i].tier >= 0 && runs[i].tier < 4 ? tn[runs[i].tier] : "?", runs[i].tokens);
+  }
+  free(runs);
   printf("{\"mode\":\"prefill\",\"turn\":0,\"prefix\":%d,\"prefill_ms\":%.3f,\"saved_tokens\":%u,"
-         "\"lookup_cached\":%u,\"lookup_cpu\":%u,\"lookup_ssd\":%u,\"lookup_remote\":%u,\"durable\":%d}\n", P, first_ms,
-         saved, cached, on_cpu, on_ssd, cached - on_cpu - on_ssd, durable);
+         "\"lookup_cached\":%u,\"lookup_cpu\":%u,\"lookup_ssd\":%u,\"lookup_remote\":%u,\"durable\":%d,"
+         "\"lookup_stored\":%u,\"lookup_runs\":\"%s\"}\n", P, first_ms,
+         saved, cached, on_cpu, on_ssd, cached - on_cpu - on_ssd, durable, stored, runstr);
 
   for (int turn = 1; turn <= o->turns; turn++) {
     int prefix = P;
@@ -561,6 +581,12 @@ int main(int argc, char **argv) {
     if (o->unreg_mid) { cf_kv_free(&ref); free(r); break; }
     /* the turn's tokens are now in sequence 0's blocks: save prefix + new for the next turn */
     int T = prefix + o->new_tokens;
+    if (o->no_save_turns) {
+      P = T;
+      cf_kv_free(&ref);
+      free(r);
+      continue;
+    }
     for (int i = 0; i < (T + o->block - 1) / o->block; i++) blk32[i] = (uint32_t)r->blocks[i];
     if ((rc = cf_client_save2(c, e.engine_id, tok32, (size_t)T, blk32, (size_t)(T + o->block - 1) / o->block, sflags,
                               &saved, NULL, &durable)))
