@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "cf_test.h"
+#include "sched_testlib.h"
 #include "sched/cf_bound.h"
 #include "sched/cf_sched.h"
 #include "sched/cf_sim.h"
@@ -24,14 +25,7 @@ enum { MAXR = 24, MAXC = 1024 };
  * quarter of them holes (in runs, sometimes the first chunk, sometimes all). */
 static void holes_input(cf_sched_input_t *in, cf_sched_req_t *reqs, uint8_t *tiers, int maxn) {
   cf_sched_cost_t *c = &in->cost;
-  cf_cost_h100_llama8b(c);
-  c->n_layers = 1 + (int)(cf_test_uniform() * 32);
-  c->chunk_tokens = cf_test_uniform() < 0.5 ? 256 : 64 + (int)(cf_test_uniform() * 448);
-  c->gamma_s *= cf_test_uniform() * 2;
-  c->alpha_s *= 0.2 + cf_test_uniform() * 3;
-  c->beta_s *= cf_test_uniform() * 4;
-  c->link_Bps = (0.5 + cf_test_uniform() * 60) * 1e9;
-  c->link_latency_s = cf_test_uniform() * 100e-6;
+  random_model_link(c);
   c->n_devices = 1 + (int)(cf_test_uniform() * 4);
   c->shared_link = cf_test_uniform() < 0.3;
   if (cf_test_uniform() < 0.4) {
