@@ -146,7 +146,7 @@ echo "run.sh: PRESET=$PRESET BUDGET=${BUDGET}s${ONLY:+ ONLY=$ONLY}" | tee -a "$L
 verify_core() {
   # Kernels first (everything above them builds on them): the attention test opens with the
   # wgmma probes (random, then decodable: a wrong layout names its fix), then the paged copies,
-  # the backend forward, elementwise, GEMM.
+  # the backend forward (MoE expert GEMMs grouped, then the per-expert fallback), elementwise, GEMM.
   step kt_attn 60 build/tests/kt_attn
   for t in kt_paged kt_backend kt_elementwise kt_gemm; do step $t 30 build/tests/$t; done
   for t in build/tests/kt_*; do # a kernel test added later runs too
@@ -159,6 +159,8 @@ verify_core() {
   step kt_gpupath 90 build/tests/kt_gpupath
   step kt_gpuexec 120 build/tests/kt_gpuexec
   step gpuexec-e2e 150 env E2E_TIMEOUT=110 bash tests/device/gpuexec_e2e.sh
+  # issue 18: the same within gpu_memory_bytes = 2 GiB (backend + rings + restore arena)
+  if after gpuexec-e2e; then step gpuexec-e2e-budget 150 env E2E_TIMEOUT=110 GPU_MEMORY_BYTES=2147483648 bash tests/device/gpuexec_e2e.sh; fi
   # the whole CUDA backend with the wgmma attention kernel selected, vs the CPU reference
   step kt_backend-wgmma 30 env CF_ATTN_IMPL=wgmma build/tests/kt_backend
   # The CLI on every fixture: whole and chunked, CUDA backend, vs transformers' KV, by kv-compare's
