@@ -218,6 +218,12 @@ $(BUILD)/bench/bench_%: $(BUILD)/tests/bench/bench_%.o $(LIBCF) $(LIBKERN)
 	@$(if $(Q),echo "  LD      $@")
 	$(Q)$(CC) $(LDFLAGS) $< -o $@ $(ALL_LIBS)
 
+# bench_restore plans with the daemon's online re-fit of the cost model (daemon/cf_refit.c)
+$(BUILD)/bench/bench_restore: $(BUILD)/tests/bench/bench_restore.o $(BUILD)/daemon/cf_refit.o $(LIBCF) $(LIBKERN)
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS) $< $(BUILD)/daemon/cf_refit.o -o $@ $(ALL_LIBS)
+
 # ---------------------------------------------------------------- targets
 # The suite: unit binaries, kernel tests (skipped with a line when no GPU), integration scripts.
 test: deps

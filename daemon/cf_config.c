@@ -159,6 +159,8 @@ const cf_config_entry_t cf_config_table[] = {
    "write-back queue to the remote tier; a save that finds it full is not written there (counted)"},
   {"remote_ttl_s", CF_CFG_T_INT, F(remote_ttl_s), 0, 31536000, NULL, "0", NULL, 0,
    "expiry of the remote tier's keys in seconds; 0 = none (Redis's maxmemory policy decides)"},
+  {"remote_promote_bytes", CF_CFG_T_SIZE, F(remote_promote_bytes), 0, 1099511627776.0, NULL, "256M", NULL, 0,
+   "remote chunks staged or queued at once for promotion into the local tiers; 0 = no promotion"},
   /* memory budget (issue 18) */
   {"host_memory_bytes", CF_CFG_T_SIZE, F(host_memory_bytes), 0, 281474976710656.0, NULL, "0", NULL, 0,
    "host memory for restore working memory (hidden states, K/V staging, loader buffers, bookkeeping of the "

@@ -159,6 +159,7 @@ static void cf__send_plan(cf__job_t *j) {
   ps.cells_load_cpu = p->cells_load_cpu;
   ps.cells_load_ssd = p->cells_load_ssd;
   ps.cells_load_remote = p->cells_load_remote;
+  ps.cells_skipped = p->cells_skip;
   ps.cells_compute = p->cells_compute;
   ps.predicted_us = p->predicted_us;
   ps.bound_us = p->bound_us;

@@ -172,7 +172,7 @@ static void cf__round(cf_executor_t *x, cf_executor_job_t *const *jobs, int n) {
         err[i] = cf_seterr(err[i], "restore %llu: no memory for its plan", (unsigned long long)j->req_id);
       } else if (!(err[i] = cf__pin(x, &pins[i], j))) {
         cf_exec_req_t *r = &run[m];
-        *r = (cf_exec_req_t){.n_tokens = j->n_tokens, .tokens = j->tokens, .chunk_tokens = C, .h = j->plan.h,
+        *r = (cf_exec_req_t){.n_tokens = j->n_tokens, .tokens = j->tokens, .chunk_tokens = C, .h = j->plan.h, .skip = j->plan.skip,
                              .src = pins[i].srcs, .load_rank = j->plan.load_rank,
                              .cops = j->plan.cops, .n_cops = j->plan.n_cops, .ref = pins[i].refp, .kv = j->kv, .gkv = j->gkv,
                              .blocks = j->blocks, .n_blocks = j->n_blocks, .present_tokens = j->present_tokens, .ready = j->ready, .gready = j->gready,

@@ -15,6 +15,7 @@ void cf_restore_plan_free(cf_restore_plan_t *p) {
   free(p->h);
   free(p->load_rank);
   free(p->cops);
+  free(p->skip);
   free(p->ops);
   free(p->tiers);
   memset(p, 0, sizeof *p);
@@ -90,6 +91,48 @@ static int cf__group_input(const cf_sched_cost_t *cost, const cf_plan_input_t *i
   }
   g->in = (cf_sched_input_t){.cost = *cost, .reqs = g->reqs, .n_reqs = n, .refine_evals = CF_PLANNER_REFINE_EVALS};
   return 0;
+}
+
+/* Windowed layers' cells no later token needs (cf_sched_window_skip over the whole restore:
+ * the uncached tail is computed, so it needs its windows; the engine's present chunks are its
+ * own): p->skip and p->cells_skip, the skipped cells taken out of the load counts (tiers: the
+ * chunks' store tiers, as counted). Returns the
+ * count, or -1 without memory (then p->skip is left for the caller to drop). */
+static int64_t cf__window_skip(const cf_sched_cost_t *cost, cf_restore_plan_t *p, int64_t ntok,
+                               const uint8_t *tiers) {
+  const int L = cost->n_layers;
+  int32_t nc = (int32_t)p->chunks, pc = (int32_t)p->present_chunks;
+  int any = 0;
+  for (int l = 0; l < L && !any; l++) any = cf_cost_layer_windowed(cost, l);
+  if (!any || nc <= 0) return 0;
+  uint16_t *h = malloc((size_t)nc * sizeof *h);
+  uint8_t *row = malloc((size_t)nc);
+  p->skip = calloc((size_t)nc * L, 1);
+  if (!h || !row || !p->skip) { free(h); free(row); return -1; }
+  for (int32_t c = 0; c < nc; c++) h[c] = (uint16_t)p->h[c];
+  int64_t n = 0;
+  for (int l = 0; l < L; l++) {
+    if (!cf_sched_window_skip(cost, ntok, h, nc, l, row)) continue;
+    for (int32_t c = pc; c < nc; c++) /* chunks the plan would load at l */
+      if (row[c]) {
+        p->skip[(size_t)c * L + l] = 1;
+        n++;
+      }
+  }
+  free(h);
+  free(row);
+  if (!n) { free(p->skip); p->skip = NULL; return 0; }
+  /* out of the load counts: a skipped cell is a loaded one (l >= h) the plan no longer loads */
+  for (int32_t c = pc; c < nc; c++) {
+    uint64_t k = 0;
+    for (int l = 0; l < L; l++) k += p->skip[(size_t)c * L + l];
+    if (!k) continue;
+    if (tiers && tiers[c] == CF_STORE_TIER_SSD) p->cells_load_ssd -= k;
+    else if (tiers && tiers[c] == CF_STORE_TIER_REMOTE) p->cells_load_remote -= k;
+    else p->cells_load_cpu -= k;
+  }
+  p->cells_skip = (uint64_t)n;
+  return n;
 }
 
 /* want_ops: request i's ops of the group's plan with the simulator's times, and its chunks' tiers. */
@@ -168,6 +211,10 @@ int cf_planner_plan_group(const cf_sched_cost_t *cost, const cf_plan_input_t *in
       else if (ins[i].chunk_tiers && ins[i].chunk_tiers[c] == CF_STORE_TIER_SSD) p->cells_load_ssd += (uint64_t)(L - h);
       else if (ins[i].chunk_tiers && ins[i].chunk_tiers[c] == CF_STORE_TIER_REMOTE) p->cells_load_remote += (uint64_t)(L - h);
       else p->cells_load_cpu += (uint64_t)(L - h);
+    }
+    if (cf__window_skip(cost, p, ntok, ins[i].chunk_tiers) < 0) { /* no memory for the mask: nothing skipped */
+      free(p->skip);
+      p->skip = NULL;
     }
     /* the plan's link order and compute order (op indices: comparable across the group) */
     p->load_rank = cf_exec_plan_load_rank(&g->plan, i, all_chunks - pc, L); /* NULL: layer-major */

@@ -75,6 +75,9 @@ typedef struct {
                                  planned prefix: L); the executor lowers none, raises vanished ones */
   uint32_t *load_rank;        /* NULL (layer-major) or [n_chunks * L]: the plan's link order */
   cf_exec_cop_t *cops;        /* NULL (work-conserving) or [n_cops]: compute ops in stream order */
+  uint8_t *skip;              /* NULL or [n_chunks * L], cell (c, l) at c * L + l: 1 where a windowed
+                                 layer's cell is needed by no later token (cf_sched_window_skip):
+                                 neither loaded nor computed, never written to the engine */
   int n_cops;
   int64_t planned_tokens;     /* the prefix lib/sched planned (a stored partial last chunk: not) */
   cf_sched_cost_t cost;       /* the cost model it was planned with (what the re-fit samples against) */
@@ -84,6 +87,7 @@ typedef struct {
   uint32_t hole_chunks;       /* planned chunks no tier holds (computed at every layer) */
   uint32_t chunks;
   uint64_t cells_load_cpu, cells_load_ssd, cells_load_remote, cells_compute;
+  uint64_t cells_skip;        /* cells of skip[] (not among the loads above) */
   double predicted_us, bound_us; /* 0 without a cost model */
   /* want_ops only (else NULL / 0): the plan's ops in plan order, and each chunk's tier
    * (CF_PLAN_TIER_*; 254: the engine's own (present_tokens); 255: not stored, computed whole)

@@ -756,6 +756,9 @@ CF__GET(cf__g_r_oom, x->rst.put_oom)
 CF__GET(cf__g_r_werror, x->rst.put_errors)
 CF__GET(cf__g_r_bread, x->rst.bytes_read)
 CF__GET(cf__g_r_bwrite, x->rst.bytes_written)
+CF__GET(cf__g_r_promoted, x->rst.promoted)
+CF__GET(cf__g_r_pskipped, x->rst.promote_skipped)
+CF__GET(cf__g_r_pfailed, x->rst.promote_failed)
 
 /* One row per sample; a family's rows are consecutive, its HELP on the first. */
 static const struct {
@@ -814,8 +817,12 @@ static const struct {
   {"cacheflow_remote_writes_total", "counter", NULL, "result", "error", cf__g_r_werror},
   {"cacheflow_remote_bytes_total", "counter", "Cell bytes moved to and from the remote tier.", "dir", "read", cf__g_r_bread},
   {"cacheflow_remote_bytes_total", "counter", NULL, "dir", "write", cf__g_r_bwrite},
+  {"cacheflow_remote_promotions_total", "counter", "Remote hits saved into this node's tiers by result (skipped: "
+   "remote_promote_bytes full; failed: the local save refused).", "result", "promoted", cf__g_r_promoted},
+  {"cacheflow_remote_promotions_total", "counter", NULL, "result", "skipped", cf__g_r_pskipped},
+  {"cacheflow_remote_promotions_total", "counter", NULL, "result", "failed", cf__g_r_pfailed},
 };
-#define CF__REMOTE_ROWS 12 /* the last rows above */
+#define CF__REMOTE_ROWS 15 /* the last rows above */
 
 int cf_service_metrics(cf_service_t *s, cf_service_metric_t *out) {
   cf__snap_t x;

@@ -77,6 +77,7 @@ int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_i
   sc.remote_timeout_ms = (int)cfg->remote_timeout_ms;
   sc.remote_queue_bytes = (uint64_t)cfg->remote_queue_bytes;
   sc.remote_ttl_s = (int)cfg->remote_ttl_s;
+  sc.remote_promote_bytes = cfg->remote_promote_bytes ? cfg->remote_promote_bytes : -1; /* 0: off */
   s->gpu = gpu;
   if (gpu) { /* the GPU's copy engines read CPU-tier cells straight from pinned memory */
     sc.cpu_alloc = cf_gpu_pinned_alloc;

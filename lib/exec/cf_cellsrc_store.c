@@ -1,6 +1,7 @@
 /* cf_cellsrc_store — see cf_cellsrc_store.h. */
 #include "exec/cf_cellsrc_store.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -178,13 +179,47 @@ static int cf__remote_read(cf_cellsrc_t *src, void *ref, int layer, void *kv) {
   return rc;
 }
 
+/* The pipeline after the one in flight: its cells are issued (rate limit, cancellation) one per
+ * reply of the current pipeline, so an emulated link's waits overlap the server's transfer of the
+ * replies (they queue in the socket meanwhile) instead of adding to it. */
+typedef struct {
+  int base, m, issued; /* stream cells [base, base + m); issued so far */
+  int *st;             /* [m]: issue statuses */
+} cf__rnext_t;
+
 /* One pipeline of a remote run: which stream cells its GETs are, and where done() goes. */
 typedef struct {
   const cf_cellsrc_stream_t *cb;
   const int *idx; /* pipeline slot -> stream cell */
   int base;
   size_t half, full;
+  void *const *refs;
+  cf_store_t *st;
+  cf__rnext_t *next; /* NULL: nothing to issue ahead */
+  int has_rt;
 } cf__rstream_t;
+
+/* Issue stream cell i (wait on the link); a status != 0 refuses it. */
+static int cf__remote_issue(const cf_cellsrc_stream_t *cb, int i, int has_rt) {
+  int st = cb->issue ? cb->issue(cb->ud, i, 1) : 0;
+  return !has_rt && !st ? CF_ENOTFOUND : st;
+}
+
+/* Stage a remote cell for the chunk's promotion (before done(): the reply is freed after). The
+ * loader that stages the last layer of a chunk with no failed cell hands it to the store. */
+static void cf__remote_promote(const cf__rstream_t *x, cf_store_chunkref_t *r, const cf_remote_cell_t *c, int st) {
+  if (!r->promo || r->promo_bad || r->promo_committed) return;
+  uint32_t n_layers = cf_store_geom(x->st)->n_layers;
+  if (st || c->layer >= n_layers || n_layers > 256) { r->promo_bad = 1; return; }
+  uint64_t bit = 1ull << (c->layer % 64);
+  if (atomic_fetch_or(&r->promo_mask[c->layer / 64], bit) & bit) return; /* staged already */
+  memcpy(r->promo + (size_t)c->layer * x->full, c->data, x->full);
+  if (atomic_fetch_add(&r->promo_cells, 1) + 1 == n_layers && !r->promo_bad) {
+    /* every layer is in and claimed: no other loader writes this buffer any more */
+    r->promo_committed = 1;
+    cf_store_promote_commit(x->st, &r->key, r->promo);
+  }
+}
 
 static void cf__remote_cell(void *ud, size_t q, const cf_remote_cell_t *c) {
   const cf__rstream_t *x = ud;
@@ -192,28 +227,33 @@ static void cf__remote_cell(void *ud, size_t q, const cf_remote_cell_t *c) {
   if (!st && c->bytes != x->full) /* a partial chunk: the executor only loads full ones */
     st = cf_seterr(CF_ESHAPE, "remote tier: layer %u of a chunk holds %u tokens, not a full chunk", c->layer,
                    c->n_tokens);
+  cf__remote_promote(x, x->refs[i], c, st);
   x->cb->done(x->cb->ud, i, st ? NULL : c->data, st ? NULL : c->data + x->half, st);
+  cf__rnext_t *nx = x->next;
+  if (nx && nx->issued < nx->m) {
+    nx->st[nx->issued] = cf__remote_issue(x->cb, nx->base + nx->issued, x->has_rt);
+    nx->issued++;
+  }
 }
 
 /* Runs of cells as pipelines of up to remote_depth GETs: each cell is issued (rate limit,
- * cancellation) before its pipeline goes out, and handed to done() in order straight from its
- * reply as it arrives (cf_remote_get_each: one reply held at a time). */
+ * cancellation) before its pipeline goes out — those of the next pipeline while the current
+ * one's replies arrive — and handed to done() in order straight from its reply as it arrives
+ * (cf_remote_get_each: one reply held at a time). */
 static int cf__remote_read_stream(cf_cellsrc_t *src, int n, void *const *refs, const int *layers,
                                   const cf_cellsrc_stream_t *cb) {
   cf_cellsrc_store_t *s = src->ctx;
   cf_remote_t *rt = cf_store_remote(s->st);
   int depth = s->remote_depth < 1 ? 1 : s->remote_depth > 256 ? 256 : s->remote_depth;
   cf_remote_cell_t cells[256];
-  int idx[256];
+  int idx[256], sta[256], stb[256], *st = sta, *st_next = stb, pre = 0;
   for (int b = 0; b < n; b += depth) {
     int m = n - b < depth ? n - b : depth, nq = 0;
-    cf__rstream_t x = {cb, idx, b, s->half_bytes, 2 * s->half_bytes};
     /* cells refused at issue (cancelled, or no remote tier) reach done() in their place, in order:
      * those before the pipeline's first cell now, the others right after the pipeline */
-    int st[256];
+    for (int i = pre; i < m; i++) st[i] = cf__remote_issue(cb, b + i, rt != NULL);
+    pre = 0;
     for (int i = 0; i < m; i++) {
-      st[i] = cb->issue ? cb->issue(cb->ud, b + i, 1) : 0;
-      if (!rt && !st[i]) st[i] = CF_ENOTFOUND;
       if (st[i]) continue;
       idx[nq] = i;
       cells[nq++] = (cf_remote_cell_t){.key = ((cf_store_chunkref_t *)refs[b + i])->key, .layer = (uint32_t)layers[b + i]};
@@ -222,7 +262,7 @@ static int cf__remote_read_stream(cf_cellsrc_t *src, int n, void *const *refs, c
       for (int i = 0, q = 0; i < m; i++) {
         if (q < nq && idx[q] == i) {
           int one = i;
-          cf__rstream_t y = {cb, &one, b, s->half_bytes, 2 * s->half_bytes};
+          cf__rstream_t y = {cb, &one, b, s->half_bytes, 2 * s->half_bytes, refs, s->st, NULL, rt != NULL};
           int rc = cf_remote_get_each(rt, &cells[q], 1, cf__remote_cell, &y);
           if (rc) return rc;
           q++;
@@ -231,10 +271,23 @@ static int cf__remote_read_stream(cf_cellsrc_t *src, int n, void *const *refs, c
       }
       continue;
     }
+    int nb = b + m, nm = n - nb < depth ? n - nb : depth;
+    cf__rnext_t nx = {nb, nm, 0, st_next};
+    cf__rstream_t x = {cb, idx, b, s->half_bytes, 2 * s->half_bytes, refs, s->st, nm > 0 ? &nx : NULL, rt != NULL};
     int rc = cf_remote_get_each(rt, cells, (size_t)nq, cf__remote_cell, &x);
     if (rc) return rc; /* cells from b on were not handed over: the executor recomputes them */
+    /* the next pipeline's cells issued meanwhile keep their statuses */
+    pre = nx.issued;
+    int *t = st; st = st_next; st_next = t;
   }
   return 0;
+}
+
+double cf_cellsrc_remote_plan_Bps(double link_Bps, double probe_Bps, size_t cell_bytes, int depth, int loaders) {
+  double r = probe_Bps > 0 && (!(link_Bps > 0) || probe_Bps < link_Bps) ? probe_Bps : link_Bps;
+  if (loaders >= 2 || !(r > 0) || r == probe_Bps || !(probe_Bps > 0) || depth < 1 || !cell_bytes) return r;
+  double w = (double)cell_bytes * depth; /* one pipeline: on the link, then from the server */
+  return w / (w / link_Bps + w / probe_Bps);
 }
 
 int cf_cellsrc_store_init(cf_cellsrc_store_t *s, cf_store_t *st, cf_ratelimit_t *cpu_limit,
@@ -274,6 +327,7 @@ static void cf__prepare_one(cf_cellsrc_store_t *s, const cf_store_key_t *key, in
   ref->key = *key;
   if (t == CF_STORE_TIER_REMOTE) { /* only the remote tier holds it: nothing to pin */
     *src = &s->remote;
+    ref->promo = cf_store_promote_begin(s->st); /* NULL: promotion off or its budget full */
     return;
   }
   /* a chunk may leave the CPU tier between lookup and pin: then it is read from SSD (or,
@@ -321,6 +375,10 @@ size_t cf_cellsrc_store_prepare_each(cf_cellsrc_store_t *s, const cf_store_key_t
 }
 
 void cf_cellsrc_store_unprepare(cf_cellsrc_store_t *s, cf_store_chunkref_t *refs, size_t n) {
-  for (size_t i = 0; i < n; i++)
+  for (size_t i = 0; i < n; i++) {
     if (refs[i].pinned) { cf_store_unpin(s->st, &refs[i].pin); refs[i].pinned = 0; }
+    /* a remote chunk not read whole (layers computed, a cell failed, cancelled): not promoted */
+    if (refs[i].promo && !refs[i].promo_committed) cf_store_promote_abort(s->st, refs[i].promo);
+    refs[i].promo = NULL;
+  }
 }

@@ -16,7 +16,9 @@
  *               runs of remote cells as pipelined GETs, up to remote_depth cells per round trip,
  *               each verified (checksum, key, layer, shape) and handed over straight from the
  *               reply (no staging copy); read() = one GET. A missing key, a dead node, a timeout or
- *               a bad value is an error for that cell and the executor recomputes it.
+ *               a bad value is an error for that cell and the executor recomputes it. A chunk
+ *               whose every layer arrives verified is copied aside and promoted into the local
+ *               tiers (cf_store_promote_*: bounded, saved by the store's thread, not the loader).
  * Each source has its own rate limiter so benchmarks can emulate a link per tier.
  */
 #ifndef CF_CELLSRC_STORE_H
@@ -40,6 +42,15 @@ typedef struct {
   cf_store_key_t key;
   cf_store_pin_t pin;
   int pinned;
+  /* A remote chunk's promotion (cf_store_promote_begin): its cells are copied here as they arrive
+   * verified; the loader that stages the last layer commits it. NULL: not promoted. A layer is
+   * claimed in promo_mask before its copy (a cell read twice is staged once), counted after it;
+   * commit needs every layer counted and no failed cell. Chunks over 256 layers: not promoted. */
+  uint8_t *promo;
+  _Atomic uint64_t promo_mask[4];
+  _Atomic unsigned promo_cells; /* layers staged */
+  _Atomic int promo_bad;        /* a cell failed: never promoted */
+  _Atomic int promo_committed;  /* handed to the store (which frees the buffer) */
 } cf_store_chunkref_t;
 
 typedef struct {
@@ -55,6 +66,15 @@ typedef struct {
                                read_stream reads one cell at a time). Set before loads start. */
   int remote_depth;         /* remote cells per pipeline (1..256), default CF_CELLSRC_REMOTE_DEPTH */
 } cf_cellsrc_store_t;
+
+/* The rate at which a restore's remote cells arrive, for the planner (tier_Bps / link_Bps):
+ * link_Bps the link (an emulated one's limit, or the NIC; 0: none), probe_Bps what the server
+ * delivers in pipelines of `depth` cells of cell_bytes (cf_remote_probe: round trip included;
+ * 0: unknown), loaders the executor's loader threads. A loader issues a pipeline's cells on the
+ * link, then waits for the replies: with two or more, another loader's cells cross the link
+ * meanwhile, so the rate is the slower of link and server; with one, each pipeline's round trip
+ * and transfer from the server add to its time on the link. */
+double cf_cellsrc_remote_plan_Bps(double link_Bps, double probe_Bps, size_t cell_bytes, int depth, int loaders);
 
 /* The store's KV dtype as a cf_dtype_t (util/cf_dtype.h): 0, or CF_EDTYPE when the store does not
  * record one (an unnamed 2-byte store made by the library without a dtype). */

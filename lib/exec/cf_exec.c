@@ -934,6 +934,14 @@ static int cf__rq_init(cf__rq_t *q, cf_exec_req_t *r, const cf_exec_t *ex, cf__r
   }
   for (int l = 0; l < q->L; l++) {
     q->prefix[l] = q->present[l] = q->P;
+    /* a windowed layer's cells no later token needs: present, without a load or a write */
+    for (int c = q->P; r->skip && c < q->n_chunks; c++)
+      if (l >= q->H[c] && r->skip[cf__ix(q, c, l)]) {
+        q->state[cf__ix(q, c, l)] = CELL_PRESENT;
+        q->present[l]++;
+        r->stats.cells_skipped++;
+      }
+    while (q->prefix[l] < q->n_chunks && q->state[cf__ix(q, q->prefix[l], l)] == CELL_PRESENT) q->prefix[l]++;
     int computes = 0;
     for (int c = q->P; c < q->n_chunks && !computes; c++) computes = q->H[c] > l;
     /* a shard's blocks cannot be gathered (other heads missing): every layer is staged and
@@ -987,6 +995,7 @@ int cf_exec_run(cf_exec_t *ex, cf_exec_req_t *reqs, int n) {
   for (int i = 0; i < n && !rc; i++) {
     rc = cf__rq_init(&run.rq[i], &reqs[i], ex, &run);
     for (int c = run.rq[i].P; c < run.rq[i].n_chunks && !rc; c++) ntask += (size_t)(mc->n_layers - reqs[i].h[c]);
+    if (!rc) ntask -= (size_t)reqs[i].stats.cells_skipped;
     if (run.rq[i].n_chunks > max_chunks) max_chunks = run.rq[i].n_chunks;
     if (!rc && cf__cell_bytes(&run.rq[i]) > max_cell) max_cell = cf__cell_bytes(&run.rq[i]);
   }
@@ -1011,7 +1020,7 @@ int cf_exec_run(cf_exec_t *ex, cf_exec_req_t *reqs, int n) {
   for (int l = 0; l < mc->n_layers; l++)
     for (int i = 0; i < n; i++)
       for (int c = run.rq[i].P; c < run.rq[i].n_chunks; c++)
-        if (reqs[i].h[c] <= l) {
+        if (reqs[i].h[c] <= l && !(reqs[i].skip && reqs[i].skip[(size_t)c * mc->n_layers + l])) {
           uint32_t rank = reqs[i].load_rank ? reqs[i].load_rank[(size_t)c * mc->n_layers + l] : (uint32_t)l;
           run.tasks[run.n_tasks++] = (cf__task_t){i, c, l, rank};
         }

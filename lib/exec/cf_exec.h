@@ -75,6 +75,7 @@ typedef struct {
                                                what the planner's tier rate models */
   uint64_t cells_computed;                  /* cells written to the engine by compute */
   uint64_t cells_planned_compute;           /* sum of the plan's h[c] */
+  uint64_t cells_skipped;                   /* cells of req.skip: neither loaded nor written */
   uint64_t load_failures;                   /* loads that failed and were recomputed */
   int load_depth_peak;                      /* most reads one loader had in flight (issued, not
                                                handed over) for this request: > 1 only through a
@@ -119,6 +120,10 @@ typedef struct cf_exec_req_s {
   const int32_t *tokens;        /* [T] (needed for chunks that compute layer 0) */
   int chunk_tokens;             /* C */
   const int *h;                 /* [ceil(T/C)] staircase; a partial last chunk must be L */
+  const uint8_t *skip;          /* NULL or [n_chunks * L] (cell (c, l) at c * L + l): 1 where a cell
+                                   l >= h[c] of a windowed layer is needed by no later token
+                                   (cf_sched_window_skip): never loaded, never written to the
+                                   engine, counted present (readiness) and in stats.cells_skipped */
   cf_cellsrc_t *const *src;     /* [n_chunks] source per chunk; NULL where h[c] == L */
   const uint32_t *load_rank;    /* NULL or [n_chunks * L]: cell (c, l)'s place in the plan's link
                                    order; loads are issued by increasing rank (ties layer-major).

@@ -102,6 +102,9 @@ int cf_profile_compute(cf_backend_t *be, int C, int reps, cf_sched_cost_t *cost)
   for (int l = 0; l < mc->n_layers; l++) nw += cf_model_layer_window(mc, l) > 0;
   cost->window = nw ? mc->sliding_window : 0;
   cost->window_frac = nw ? (double)nw / mc->n_layers : 0;
+  memset(cost->window_mask, 0, sizeof cost->window_mask); /* which: their cells can be skipped */
+  for (int l = 0; l < mc->n_layers && l < 256; l++)
+    if (cf_model_layer_window(mc, l) > 0) cost->window_mask[l / 64] |= (uint64_t)1 << (l % 64);
 out:
   free(k); free(v); free(tok);
   return rc;

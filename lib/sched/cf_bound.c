@@ -37,6 +37,12 @@
  * Holes (cf_sched.h: chunks no tier holds) are a run whose tokens must be in S: their compute
  * is charged whole and "load everything" is no longer a choice for their request.
  *
+ * Sliding windows. A windowed layer (cf_cost_layer_windowed) must restore at least the
+ * tokens of the final window, (P - W, P): its relaxation counts only those (cf_sched_window_skip
+ * skips whole chunks outside every window the plan needs, never fewer than these). A hole is
+ * computed at every layer (h = L), so it is never a skipped windowed cell: its compute is
+ * charged whole at windowed layers too, wherever it lies.
+ *
  * Arrivals. Requests arriving at or after time a must all be restored inside [a, T], so
  * T >= a + T(those requests) (checked at up to 64 thresholds a); and T >= a_r + T_single(r)
  * on its own link and its own device, or, when devices may help each other over a peer link
@@ -87,30 +93,25 @@ static int32_t cf__runs(const cf_sched_cost_t *c, const cf_sched_req_t *q, cf__r
  * token, which within a run of one tier is a prefix [a, x*) of the run. So the minimum is the
  * smaller of loading everything and gamma + that per-position choice. With one tier it is the
  * single-rate form above (S = the front t tokens). */
-/* Position x at which the attention context per query, (1-f) x + f min(x, W) (x without a
- * window), reaches G: the end of the computed prefix below (the context grows with x). */
-static double cf__ctx_inv(const cf_sched_cost_t *c, double G) {
-  if (c->window <= 0 || c->window_frac <= 0 || G <= c->window) return G;
-  if (c->window_frac >= 1) return INFINITY; /* every layer windowed: never above W */
-  return c->window + (G - c->window) / (1 - c->window_frac);
-}
-
 static double cf__inner(const cf_sched_cost_t *c, const cf__runs_t *rr, const double *q, double lam,
-                        double nd) {
+                        double nd, double lo) {
   double Q = 0, sep = 0;
   int hole = 0; /* a hole (cf_sched.h) cannot load: S holds it, "load everything" is no choice */
   for (int32_t i = 0; i < rr->n; i++)
     if (rr->run[i].tier == CF_SCHED_TIER_NONE) hole = 1;
-    else Q += (rr->run[i].b - rr->run[i].a) * q[rr->run[i].tier];
-  if (lam <= 0) return 0.0; /* compute everything for free */
+    else if (rr->run[i].b > lo) Q += (rr->run[i].b - fmax(rr->run[i].a, lo)) * q[rr->run[i].tier];
+  /* compute everything for free, or nothing needed */
+  if (lam <= 0 || (Q <= 0 && !hole)) return 0.0;
   for (int32_t i = 0; i < rr->n; i++) {
     double a = rr->run[i].a, b = rr->run[i].b, x;
-    if (rr->run[i].tier == CF_SCHED_TIER_NONE) { /* computed whole */
+    if (rr->run[i].tier == CF_SCHED_TIER_NONE) { /* computed whole, at every layer: not clipped to lo */
       sep += lam / nd * (c->alpha_s * (b - a) + c->beta_s * cf_cost_ctx(c, a, b - a));
       continue;
     }
+    if (b <= lo) continue;
+    a = fmax(a, lo);
     double qq = q[rr->run[i].tier];
-    if (c->beta_s > 0) x = cf__ctx_inv(c, ((1 - lam) * qq * nd / lam - c->alpha_s) / c->beta_s);
+    if (c->beta_s > 0) x = cf_cost_ctx_inv(c, ((1 - lam) * qq * nd / lam - c->alpha_s) / c->beta_s);
     else x = lam * c->alpha_s / nd < (1 - lam) * qq ? b : a;
     x = x < a ? a : x > b ? b : x;
     sep += lam / nd * (c->alpha_s * (x - a) + c->beta_s * cf_cost_ctx(c, a, x - a)) + (1 - lam) * (b - x) * qq;
@@ -122,8 +123,18 @@ static double cf__inner(const cf_sched_cost_t *c, const cf__runs_t *rr, const do
 /* D(lam) of the requests idx[0..m) (their runs rr[idx[i]]). */
 static double cf__dual(const cf_sched_cost_t *c, const cf__runs_t *rr, const int *idx, int m,
                        const double *q, double lam, int nd) {
+  /* windowed layers need only the final window (P - W, P) of each prefix: at least those
+   * cells are restored (cf_sched_window_skip may keep more), so counting only them stays a
+   * lower bound */
+  int Lw = 0;
+  for (int l = 0; l < c->n_layers; l++) Lw += cf_cost_layer_windowed(c, l);
   double s = 0;
-  for (int i = 0; i < m; i++) s += c->n_layers * cf__inner(c, &rr[idx[i]], q, lam, nd);
+  for (int i = 0; i < m; i++) {
+    const cf__runs_t *r = &rr[idx[i]];
+    double P = r->n ? r->run[r->n - 1].b : 0;
+    s += (c->n_layers - Lw) * cf__inner(c, r, q, lam, nd, 0);
+    if (Lw) s += Lw * cf__inner(c, r, q, lam, nd, P - c->window + 1);
+  }
   return s;
 }
 

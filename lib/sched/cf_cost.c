@@ -24,6 +24,7 @@ void cf_cost_h100_llama8b(cf_sched_cost_t *c) {
   for (int t = 0; t < CF_COST_MAX_TIERS; t++) c->tier_Bps[t] = 0; /* every tier at link_Bps */
   c->window = 0; /* llama-3.1-8b: full attention on every layer */
   c->window_frac = 0;
+  for (int i = 0; i < 4; i++) c->window_mask[i] = 0;
 }
 
 static int cf__pos(const char *name, double v, int allow_zero) {

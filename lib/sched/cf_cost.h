@@ -40,6 +40,7 @@
 #ifndef CF_COST_H
 #define CF_COST_H
 
+#include <math.h>
 #include <stdint.h>
 
 #define CF_COST_MAX_TIERS 4
@@ -64,10 +65,14 @@ typedef struct {
    * last `window` keys, so their attention term is beta times the integral of min(x, window)
    * over the step's context lengths x in [p, p+n] instead of n (p + n/2) (cf_cost_ctx). The
    * planner's layers are uniform, so a model mixing windowed and full layers is charged the
-   * layer average. Closed forms elsewhere that use beta directly (cf_bound, the optimal
-   * policy's step-size rule) still assume full attention: they over-charge windowed layers. */
+   * layer average. The closed forms that solve for a position (cf_bound, the optimal
+   * policy's hull and step-size rule) invert that context (cf_cost_ctx_inv). */
   int window;
   double window_frac;
+  /* Which layers are windowed, for the cells they need not restore (cf_sched_window_skip):
+   * bit l of window_mask[l / 64] (layers >= 256: never skipped). All zero with window_frac >= 1:
+   * every layer; all zero otherwise: none (a cost model that only knows the fraction). */
+  uint64_t window_mask[4];
 } cf_sched_cost_t;
 
 /* Defaults for Llama-3.1-8B on one H100 with the prefixes in pinned CPU DRAM (PCIe gen5):
@@ -101,6 +106,22 @@ static inline double cf_cost_ctx(const cf_sched_cost_t *c, double p, double n) {
   double full = n * (p + 0.5 * n);
   if (c->window <= 0 || c->window_frac <= 0) return full;
   return (1 - c->window_frac) * full + c->window_frac * cf_cost_ctx_w(p, n, c->window);
+}
+/* Position x at which the layer-averaged attention context of one query, (1-f) x + f min(x, W)
+ * (x without a window), reaches G: the inverse of the marginal of cf_cost_ctx. Closed forms
+ * that solve "alpha + beta * context = price" for a position use it (INFINITY: every layer
+ * windowed and G above the window, never reached). */
+static inline double cf_cost_ctx_inv(const cf_sched_cost_t *c, double G) {
+  if (c->window <= 0 || c->window_frac <= 0 || G <= c->window) return G;
+  if (c->window_frac >= 1) return INFINITY;
+  return c->window + (G - c->window) / (1 - c->window_frac);
+}
+/* 1 when layer l attends through the sliding window (see window_mask). */
+static inline int cf_cost_layer_windowed(const cf_sched_cost_t *c, int l) {
+  if (c->window <= 0 || l < 0) return 0;
+  if (!(c->window_mask[0] | c->window_mask[1] | c->window_mask[2] | c->window_mask[3]))
+    return c->window_frac >= 1;
+  return l < 256 && (c->window_mask[l / 64] >> (l % 64) & 1);
 }
 /* One compute step of n tokens starting at position p, one layer (0 when n == 0). */
 static inline double cf_cost_step(const cf_sched_cost_t *c, double p, double n) {

@@ -326,6 +326,7 @@ int cf_sched_plan(const cf_sched_input_t *in, cf_policy_t policy, cf_sched_plan_
   case CF_POLICY_CACHEFLOW: rc = cf__policy_cacheflow(in, dev, out); break;
   default: rc = cf__policy_optimal(in, dev, out); break;
   }
+  if (!rc) rc = cf__plan_window_clip(in, out); /* windowed cells no token needs: not loaded */
   if (dev != stack_dev) free(dev);
   return rc;
 }

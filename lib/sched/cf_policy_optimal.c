@@ -31,7 +31,12 @@
  *    c. hill climbing on each request's hull position (+-1, +-L/4 layers);
  *    d. from the best of all that, cf_refine.c searches general staircases, groupings and
  *       orders. The score: slower than the best other policy is out, then makespan, then mean
- *       TTFT, so no other policy's plan beats the result on makespan (nor on both).
+ *       TTFT, so no other policy's plan beats the result on makespan (nor on both);
+ *    e. tiny batches (one device, <= CF__EXACT_CELLS cells: (request, chunk, layer) cells, so
+ *       toy models only: a real model's one chunk has >= 16 layers) get an exact search
+ *       (cf_exact.c) over every plan cf_sim accepts, ops of different requests interleaved
+ *       on a stream included, with 3/4 of the budget in search nodes but at least 250k nodes
+ *       (~50 ms at most, ~10 us typically); d gets the rest of the budget.
  * The analytic path is O(requests x 64 price steps + ops), no allocation proportional to
  * cells (0.12-0.6 ms for 64 x 128k tokens, bench_sched).
  */
@@ -134,18 +139,30 @@ static void cf__xy(const cf__opt_t *o, int r, cf__pos_t p, double *x, double *y)
   *y = (L - p.m - a) * cf__g(o, r, k0) + p.m * cf__g(o, r, k1) + (a ? cf__g(o, r, p.adj) : 0);
 }
 
+/* Where t / phi(t) peaks, phi(t) = gamma + alpha t + beta ctx(0, t) (the step of the front t
+ * tokens): at phi = t phi'. Full attention: ctx = t^2/2, t = sqrt(2 gamma / beta). A fraction
+ * f of the layers windowed at W, past W: ctx = (1-f) t^2/2 + f (W t - W^2/2), so
+ * t^2 = (2 gamma - f beta W^2) / ((1-f) beta); every layer windowed: t / phi rises forever. */
+static double cf__peak_t(const cf_sched_cost_t *c) {
+  double t = sqrt(2 * c->gamma_s / c->beta_s), W = c->window, f = c->window_frac;
+  if (W <= 0 || f <= 0 || t <= W) return t;
+  if (f >= 1) return INFINITY;
+  return sqrt((2 * c->gamma_s - f * c->beta_s * W * W) / ((1 - f) * c->beta_s));
+}
+
 /* Lower convex hull of the points (f(k), g(k)), k = 0..n, without building it: for k >= 1
- * the points sample the curve t -> (phi(t), (N - t) q), phi(t) = gamma + alpha t + beta t^2/2,
- * at increasing t; its slope -q / (alpha + beta t) increases with t, so they form a convex
- * chain. Only k = 0 (x = 0: no step at all) sits off the curve; the hull leaves it along the
- * tangent to the chain, i.e. to the k maximising t / phi(t), which is unimodal with its peak at
- * t = sqrt(2 gamma / beta). Vertices: 0, kstar, kstar + 1, ..., n. */
+ * the points sample the curve t -> (phi(t), (N - t) q), phi(t) = gamma + alpha t +
+ * beta ctx(0, t), at increasing t; its slope -q / (alpha + beta ctx'(t)) increases with t
+ * (ctx' is the context of the t-th query, non-decreasing also with windows), so they form a
+ * convex chain. Only k = 0 (x = 0: no step at all) sits off the curve; the hull leaves it
+ * along the tangent to the chain, i.e. to the k maximising t / phi(t), which is unimodal with
+ * its peak at cf__peak_t. Vertices: 0, kstar, kstar + 1, ..., n. */
 static void cf__hull(cf__opt_t *o, int r, int32_t n) {
   if (n == 0) { o->kstar[r] = 0; o->H[r] = 1; return; }
   const cf_sched_cost_t *c = o->c;
   int32_t k = n;
   if (c->beta_s > 0) {
-    double t = sqrt(2 * c->gamma_s / c->beta_s);
+    double t = cf__peak_t(c);
     k = (int32_t)fmin((double)n, floor(t / c->chunk_tokens));
     if (k < 1) k = 1;
     int64_t P = o->in->reqs[r].prefix_tokens;
@@ -171,7 +188,8 @@ static int cf__edges_below(const cf__opt_t *o, int r, double s) {
   if (c->beta_s > 0) {
     /* mixed tiers: the request's mean rate; the walks below correct the guess */
     double q = o->gsum ? cf__g(o, r, 0) / (double)o->in->reqs[r].prefix_tokens : o->q;
-    double M = (q / -s - c->alpha_s) / c->beta_s; /* largest midpoint that qualifies */
+    /* largest midpoint that qualifies: the position whose context prices at s */
+    double M = cf_cost_ctx_inv(c, (q / -s - c->alpha_s) / c->beta_s);
     double kk = floor(M / c->chunk_tokens - 0.5);   /* last qualifying k (full chunks) */
     double jj = kk - o->kstar[r] + 2;               /* edges j = 1.. have k = kstar + j - 1 */
     j = jj < 1 ? 1 : jj > E ? E : (int)jj;
@@ -198,15 +216,25 @@ static void cf__at_price(cf__opt_t *o, int d, double s, double *X, double *Y) {
 }
 
 /* Device d's next edge in slope order after the positions of cf__at_price: request (or -1)
- * and its slope. */
-static int cf__next_edge(const cf__opt_t *o, int d, double *slope) {
-  int best = -1;
+ * and its slope; *second: the next smallest slope of another request (INFINITY if none) and
+ * *second_i its place in dreq (ties go to the earlier place). */
+static int cf__next_edge(const cf__opt_t *o, int d, double *slope, double *second, int *second_i) {
+  int best = -1, bi = -1;
+  *second = INFINITY;
+  *second_i = -1;
   for (int i = o->doff[d]; i < o->doff[d + 1]; i++) {
     int r = o->dreq[i];
     if (o->pos[r].j + 1 >= o->H[r]) continue;
     double sl = cf__slope(o, r, o->pos[r].j);
-    if (best < 0 || sl < *slope) { best = r; *slope = sl; }
+    if (best < 0 || sl < *slope) {
+      if (best >= 0) { *second = *slope; *second_i = bi; }
+      best = r; bi = i; *slope = sl;
+    } else if (sl < *second) {
+      *second = sl;
+      *second_i = i;
+    }
   }
+  if (best >= 0) *second_i = *second_i < 0 ? -1 : (*second_i < bi) ? -2 : *second_i;
   return best;
 }
 
@@ -235,16 +263,23 @@ static int cf__device_split(cf__opt_t *o, int d, double T, double *X, double *Y)
    * edge at a time while they still fit, so all but one of the tied requests move, and only
    * the last (returned) is split by cf__balance. */
   for (;;) {
-    double sl = 0;
-    int r = cf__next_edge(o, d, &sl);
+    double sl = 0, second;
+    int si, r = cf__next_edge(o, d, &sl, &second, &si);
     if (r < 0) return -1;
-    int32_t k0 = cf__hk(o, r, o->pos[r].j), k1 = cf__hk(o, r, o->pos[r].j + 1);
-    double dx = o->L * (cf__f(o, r, k1) - cf__f(o, r, k0));
-    double dy = o->L * (cf__g(o, r, k1) - cf__g(o, r, k0));
-    if (T < 0 ? *X + dx > *Y + dy : *X + dx > T) return r;
-    o->pos[r].j++;
-    *X += dx;
-    *Y += dy;
+    /* r keeps the smallest slope while its next edge is below the runner-up's (or equal and
+     * r comes first): take its edges in one go (collinear runs: windowed layers past the
+     * window, where every chunk costs the same, would otherwise cost a scan per edge) */
+    do {
+      int32_t k0 = cf__hk(o, r, o->pos[r].j), k1 = cf__hk(o, r, o->pos[r].j + 1);
+      double dx = o->L * (cf__f(o, r, k1) - cf__f(o, r, k0));
+      double dy = o->L * (cf__g(o, r, k1) - cf__g(o, r, k0));
+      if (T < 0 ? *X + dx > *Y + dy : *X + dx > T) return r;
+      o->pos[r].j++;
+      *X += dx;
+      *Y += dy;
+      if (o->pos[r].j + 1 >= o->H[r]) break;
+      sl = cf__slope(o, r, o->pos[r].j);
+    } while (sl < second || (sl == second && si >= 0));
   }
 }
 
@@ -627,7 +662,7 @@ static void cf__cumulative(cf__opt_t *o, double *Xc, double *Yc) {
 static int cf__try(const cf__opt_t *o, cf_sched_plan_t *tmp, int32_t *kbuf, cf_sim_result_t *sim,
                    const cf__ref_t *ref, cf__score_t *best, int *evals) {
   int rc = cf__emit(o, tmp, kbuf);
-  if (!rc) rc = cf_sim_run(o->in, tmp, sim);
+  if (!rc) rc = cf__sim_clipped(o->in, tmp, sim);
   if (rc) return rc;
   (*evals)++;
   cf__score_t sc = cf__score_of(sim, ref);
@@ -642,12 +677,25 @@ static int cf__try(const cf__opt_t *o, cf_sched_plan_t *tmp, int32_t *kbuf, cf_s
  * the CF__MIN_RUNS that checking the other policies' plans and the candidates takes: a
  * refinement that cannot even do that is not started. */
 enum { CF__MIN_RUNS = 6, CF__MAX_RUNS = 4096 };
-static int cf__refine_runs(const cf_sched_input_t *in, double est) {
+/* A tiny batch's exact search (cf_exact.c): CF__EXACT_SHARE of the budget in nodes, at least
+ * CF__EXACT_MIN_NODES; the local search before it gets the rest of the budget and hands it a
+ * good incumbent to prune with. Measured (test_sched_oracle, 8 cells at most): the search ends
+ * after a median of ~40 nodes (~10 us), but the plans beating the local search by over 2% were
+ * found after up to 54k nodes and a full search took up to 181k (36 ms); with the 2 ms default
+ * budget alone (6000 nodes) 1 instance in 4500 stayed over 1.02x. So tiny batches (toy shapes:
+ * a real model's one chunk is >= 16 cells) may plan for up to ~50 ms. */
+#define CF__EXACT_SHARE 0.75
+#define CF__EXACT_MIN_NODES 250000
+static double cf__refine_s(const cf_sched_input_t *in, double est) {
   if (in->refine_budget_s < 0) return 0;
-  double budget = in->refine_budget_s > 0
-                      ? in->refine_budget_s
-                      : fmin(CF_SCHED_REFINE_MAX_S,
-                             fmax(CF_SCHED_REFINE_BUDGET_S, CF_SCHED_REFINE_SHARE * est));
+  return in->refine_budget_s > 0 ? in->refine_budget_s
+                                 : fmin(CF_SCHED_REFINE_MAX_S,
+                                        fmax(CF_SCHED_REFINE_BUDGET_S, CF_SCHED_REFINE_SHARE * est));
+}
+static int cf__refine_runs(const cf_sched_input_t *in, double est) {
+  double budget = cf__refine_s(in, est);
+  if (budget <= 0) return 0;
+  if (cf__exact_applies(in)) budget *= 1 - CF__EXACT_SHARE; /* the rest: the exact search (4e) */
   double cells = 0;
   for (int r = 0; r < in->n_reqs; r++)
     cells += (double)cf_cost_chunks(&in->cost, in->reqs[r].prefix_tokens) * in->cost.n_layers;
@@ -752,9 +800,10 @@ static double cf__split(cf__opt_t *o, cf__optbuf_t *b) {
     for (int it = 0; it < 100; it++) {
       double Y = 0, dY = 0;
       for (int d = 0; d < nd; d++) {
-        double x, y, sl = 0;
+        double x, y, sl = 0, sl2;
+        int i2;
         if (cf__device_split(o, d, hi, &x, &y) >= 0) { /* the rest of T on the next edge */
-          cf__next_edge(o, d, &sl);
+          cf__next_edge(o, d, &sl, &sl2, &i2);
           y += (hi - x) * sl;
           dY += sl;
         }
@@ -812,7 +861,7 @@ static int cf__refine_others(cf__opt_t *o, cf__optbuf_t *b, cf__ref_t *ref,
         : pol == CF_POLICY_CACHEFLOW ? cf__policy_cacheflow
                                      : cf__tier_candidate;
     if ((rc = fn(in, o->dev, &b->tmp))) return rc;
-    if ((rc = cf_sim_run(in, &b->tmp, &b->sim))) {
+    if ((rc = cf__sim_clipped(in, &b->tmp, &b->sim))) {
       if (pol == CF_POLICY_COUNT) break; /* a candidate the simulator refuses is dropped */
       return rc;
     }
@@ -826,7 +875,7 @@ static int cf__refine_others(cf__opt_t *o, cf__optbuf_t *b, cf__ref_t *ref,
       cf__swap_plans(&b->alt, &b->tmp);
     }
   }
-  if ((rc = cf_sim_run(in, &b->alt, &b->sim))) return rc;
+  if ((rc = cf__sim_clipped(in, &b->alt, &b->sim))) return rc;
   *alt_score = cf__score_of(&b->sim, ref);
   return 0;
 }
@@ -839,7 +888,7 @@ static int cf__refine_candidates(cf__opt_t *o, cf__optbuf_t *b, cf_sched_plan_t 
                                  const cf__ref_t *ref, cf__score_t *best, int *evals,
                                  int budget) {
   size_t nn = o->n ? (size_t)o->n : 1;
-  int rc = cf_sim_run(o->in, out, &b->sim);
+  int rc = cf__sim_clipped(o->in, out, &b->sim);
   if (rc) return rc;
   (*evals)++;
   *best = cf__score_of(&b->sim, ref);
@@ -914,7 +963,7 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
     double te;
     if ((rc = cf__tier_plan(in, dev, out, &te))) return rc;
     out->est_makespan_s = te;
-    if (!(budget = cf__refine_runs(in, te)) || in->n_reqs == 0) return 0;
+    if (!(budget = cf__refine_runs(in, te)) || in->n_reqs == 0) return cf__check_closed_forms(in, dev, out);
   }
   cf__optbuf_t b;
   if ((rc = cf__opt_alloc(&o, &b))) goto out;
@@ -924,7 +973,10 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   if ((rc = cf__emit(&o, out, b.kbuf))) goto out;
   out->est_makespan_s = est;
   budget = cf__refine_runs(in, est);
-  if (budget == 0 || o.n == 0) goto out; /* with mixed tiers the refinement simulates the
+  if (budget == 0 || o.n == 0) {
+    rc = cf__check_closed_forms(in, dev, out);
+    goto out;
+  } /* with mixed tiers the refinement simulates the
                                             tier plan, with the other policies' */
 
   /* 4: refinement with the simulator, within the budget */
@@ -944,6 +996,12 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   /* 4d: general staircases, grouping and order, from the best plan so far */
   if ((rc = cf__refine_general(in, dev, &ref, out, &best, &evals, budget))) goto out;
   out->sim_evals = evals;
+  /* 4e: tiny batches: the exact search, most of the time budget in search nodes */
+  if (cf__exact_applies(in)) {
+    long nodes = 0, cap = (long)(CF__EXACT_SHARE * cf__refine_s(in, est) / CF_SCHED_NODE_S);
+    if (cap < CF__EXACT_MIN_NODES) cap = CF__EXACT_MIN_NODES;
+    if ((rc = cf__exact_plan(in, dev, &ref, out, &best, cap, &nodes))) goto out;
+  }
 out:
   cf__opt_free(&o, &b);
   return rc;

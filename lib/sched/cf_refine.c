@@ -148,7 +148,7 @@ static int cf__gen_try(cf__gsearch_t *s) {
     return 1;
   }
   int rc = cf__gen_emit(s->in, s->dev, &s->g, &s->tmp);
-  if (!rc) rc = cf_sim_run(s->in, &s->tmp, &s->sim);
+  if (!rc) rc = cf__sim_clipped(s->in, &s->tmp, &s->sim);
   if (rc) return rc;
   (*s->evals)++;
   cf__score_t sc = cf__score_of(&s->sim, s->ref);
@@ -435,4 +435,112 @@ out:
   cf_sched_plan_free(&s.tmp);
   cf_sim_result_free(&s.sim);
   return rc < 0 ? rc : 0;
+}
+
+/* Seconds op o occupies its stream (its stream: compute device, link or peer port); fast: a
+ * LOAD's at most (its chunks all at the fastest tier's rate). */
+static double cf__op_s(const cf_sched_input_t *in, const cf_sched_op_t *o, int fast) {
+  const cf_sched_cost_t *c = &in->cost;
+  const cf_sched_req_t *q = &in->reqs[o->req];
+  double t0 = (double)cf_cost_tok(c, q->prefix_tokens, o->c0);
+  double tok = (double)cf_cost_tok(c, q->prefix_tokens, o->c1) - t0;
+  if (o->kind == CF_OP_COMPUTE) return cf_cost_step(c, t0, tok);
+  if (o->kind == CF_OP_SEND) return cf_cost_send(c, tok, o->l1 - o->l0);
+  if (o->l0 < 0) return cf_cost_load_hidden(c, tok);
+  if (fast) { /* a lower bound in O(1): every chunk at the fastest tier's rate */
+    double bps = 0;
+    for (int t = 0; t < CF_COST_MAX_TIERS; t++) bps = fmax(bps, cf_cost_tier_Bps(c, t));
+    return c->link_latency_s + tok * (o->l1 - o->l0) * c->kv_bytes_per_token / bps;
+  }
+  return cf_sched_load_s(c, q, o->c0, o->c1, o->l1 - o->l0);
+}
+
+/* Makespan of plan p when it is a lower bound (lower = 1: the busiest stream's busy time after
+ * the first arrival, loads at the fastest tier's rate; every plan takes at least that) or, for a plan of one op kind without
+ * cross-stream waits (lower = 0: loads only, or computes only, each request on one device: a
+ * stream runs its ops back to back, each from its request's arrival), exactly what cf_sim
+ * gives. Streams are told apart by kind and number. */
+static double cf__streams_s(const cf_sched_input_t *in, const cf_sched_plan_t *p, int lower) {
+  int ns = 3 * (in->cost.n_devices + cf_cost_n_links(&in->cost)) + 3;
+  double *fr = calloc((size_t)ns, sizeof *fr), amin = INFINITY, mk = 0;
+  if (!fr) return lower ? 0 : INFINITY; /* no claim either way */
+  for (int r = 0; r < in->n_reqs; r++) amin = fmin(amin, in->reqs[r].arrival_s);
+  for (size_t i = 0; i < p->n_ops; i++) {
+    const cf_sched_op_t *o = &p->ops[i];
+    int st = 3 * o->stream + o->kind;
+    if (st < 0 || st >= ns) continue;
+    double a = lower ? amin : in->reqs[o->req].arrival_s;
+    fr[st] = fmax(fr[st], a) + cf__op_s(in, o, lower);
+    mk = fmax(mk, fr[st]);
+  }
+  free(fr);
+  return mk;
+}
+
+/* A lower bound on the makespan of load's (k = 0: every cell the windows keep, loaded) or
+ * recompute's (k = 1) plan, in O(chunks): built only when it is below `lb`. */
+static double cf__alt_lb(const cf_sched_input_t *in, const int *dev, int k) {
+  const cf_sched_cost_t *c = &in->cost;
+  int ns = k ? c->n_devices : cf_cost_n_links(c), L = c->n_layers;
+  double *busy = calloc((size_t)ns, sizeof *busy), amin = INFINITY, mk = 0;
+  if (!busy) return 0; /* build it: no claim */
+  for (int r = 0; r < in->n_reqs; r++) {
+    const cf_sched_req_t *q = &in->reqs[r];
+    amin = fmin(amin, q->arrival_s);
+    if (k) { busy[dev[r]] += L * cf_cost_step(c, 0, (double)q->prefix_tokens); continue; }
+    /* loads (latency left out): tokens per tier, of the whole prefix and of chunks [kw, nc),
+     * what a windowed layer keeps when nothing is computed (the final window) */
+    int64_t need = q->prefix_tokens - c->window + 1, P = q->prefix_tokens;
+    int32_t kw = c->window > 0 && need > 0 ? (int32_t)(need / c->chunk_tokens) : 0;
+    double all = 0, tail = 0;
+    if (!q->chunk_tier) {
+      all = (double)P * c->kv_bytes_per_token / cf_cost_tier_Bps(c, 0);
+      tail = (double)(P - cf_cost_tok(c, P, kw)) * c->kv_bytes_per_token / cf_cost_tier_Bps(c, 0);
+    } else {
+      int64_t na[CF_COST_MAX_TIERS] = {0}, nt[CF_COST_MAX_TIERS] = {0};
+      for (int32_t ch = 0, nc = cf_cost_chunks(c, P); ch < nc; ch++) {
+        int64_t tok = cf_cost_tok(c, P, ch + 1) - (int64_t)ch * c->chunk_tokens;
+        if (q->chunk_tier[ch] >= CF_COST_MAX_TIERS) continue; /* stored nowhere: not loaded */
+        na[q->chunk_tier[ch]] += tok;
+        if (ch >= kw) nt[q->chunk_tier[ch]] += tok;
+      }
+      for (int t = 0; t < CF_COST_MAX_TIERS; t++) {
+        all += (double)na[t] * c->kv_bytes_per_token / cf_cost_tier_Bps(c, t);
+        tail += (double)nt[t] * c->kv_bytes_per_token / cf_cost_tier_Bps(c, t);
+      }
+    }
+    for (int l = 0; l < L; l++) busy[cf_cost_link_of(c, dev[r])] += cf_cost_layer_windowed(c, l) ? tail : all;
+  }
+  for (int i = 0; i < ns; i++) mk = fmax(mk, busy[i]);
+  free(busy);
+  return amin + mk;
+}
+
+int cf__check_closed_forms(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out) {
+  const cf_sched_cost_t *c = &in->cost;
+  if (cf_cost_stage(c, c->n_devices - 1) > 0) return 0; /* hidden-state loads: not one kind */
+  int rc = cf__plan_window_clip(in, out);
+  if (rc) return rc;
+  double lb = cf__streams_s(in, out, 1);
+  cf_sched_plan_t alt;
+  cf_sched_plan_init(&alt);
+  for (int k = 0; k < 2 && !rc; k++) {
+    if (cf__alt_lb(in, dev, k) >= lb * (1 - 1e-9)) continue; /* cannot beat it: not built */
+    rc = k ? cf__policy_recompute(in, dev, &alt) : cf__policy_load(in, dev, &alt);
+    if (!rc) rc = cf__plan_window_clip(in, &alt);
+    if (rc) break;
+    int kinds = 0; /* the closed form holds for plans of one op kind only */
+    for (size_t i = 0; i < alt.n_ops; i++) kinds |= 1 << alt.ops[i].kind;
+    if (kinds & (kinds - 1)) continue;
+    double mk = cf__streams_s(in, &alt, 0);
+    if (mk < lb * (1 - 1e-9)) { /* strictly better than anything `out` can do */
+      alt.policy = CF_POLICY_OPTIMAL;
+      alt.est_makespan_s = mk;
+      alt.sim_evals = out->sim_evals;
+      cf__swap_plans(out, &alt);
+      lb = mk;
+    }
+  }
+  cf_sched_plan_free(&alt);
+  return rc;
 }

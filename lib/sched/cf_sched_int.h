@@ -101,4 +101,29 @@ void cf__swap_plans(cf_sched_plan_t *a, cf_sched_plan_t *b);
 int cf__refine_general(const cf_sched_input_t *in, const int *dev, const cf__ref_t *ref,
                        cf_sched_plan_t *best, cf__score_t *score, int *evals, int budget);
 
+/* Sliding windows (cf_window.c): take the cells cf_sched_window_skip skips out of p's LOADs
+ * (a LOAD touching one is replaced, in its place in the stream order, by rectangles of the kept
+ * cells); nothing to do without windowed layers. cf__sim_clipped: that, then cf_sim_run (every
+ * plan the policies simulate internally is costed as it will run). 0, CF_ENOMEM, CF_EINVAL. */
+int cf__plan_window_clip(const cf_sched_input_t *in, cf_sched_plan_t *p);
+int cf__sim_clipped(const cf_sched_input_t *in, cf_sched_plan_t *p, cf_sim_result_t *res);
+
+/* The run-time check for plans that are not refined (no simulator run fits the budget): two
+ * other policies' plans have closed-form makespans, load's (links only) and recompute's
+ * (compute streams only), exact as cf_sim gives them; when one is below a lower bound on
+ * `out`'s makespan (its busiest stream), it replaces `out`. So no plan optimal returns is
+ * beaten by those two, refined or not; the other policies' rests on refinement and the tests.
+ * O(ops). 0 or CF_ENOMEM. */
+int cf__check_closed_forms(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out);
+
+/* Exact plans for tiny batches (cf_exact.c): one device (so one link), at most
+ * CF__EXACT_CELLS cells, 4 requests, 8 chunks each, 8 layers. cf__exact_applies says whether
+ * the batch qualifies; cf__exact_plan searches every plan cf_sim accepts for one with a
+ * smaller makespan than *score (within max_nodes search nodes; *nodes: how many it used) and,
+ * when it finds one that scores better, replaces *best and *score. 0, CF_ENOMEM or CF_EINVAL. */
+enum { CF__EXACT_CELLS = 16 };
+int cf__exact_applies(const cf_sched_input_t *in);
+int cf__exact_plan(const cf_sched_input_t *in, const int *dev, const cf__ref_t *ref,
+                   cf_sched_plan_t *best, cf__score_t *score, long max_nodes, long *nodes);
+
 #endif

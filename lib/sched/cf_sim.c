@@ -333,6 +333,35 @@ static int cf__check_ops(const cf_sched_input_t *in, const cf_sched_plan_t *p, i
   return 0;
 }
 
+/* A windowed layer's cells no token needs (cf_sched_window_skip) are present from the start
+ * without any op: their finish time is -0.0 (>= 0 for every wait, told apart by its sign where
+ * a load of one is checked). */
+static inline int cf__skipped_at(double t) { return t == 0 && signbit(t); }
+static int cf__mark_skipped(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_result_t *res) {
+  const cf_sched_cost_t *c = &in->cost;
+  int L = c->n_layers, any = 0;
+  res->cells_skipped = 0;
+  for (int l = 0; l < L && !any; l++) any = cf_cost_layer_windowed(c, l);
+  if (!any) return 0;
+  int32_t maxc = 1;
+  for (int r = 0; r < in->n_reqs; r++) maxc = p->n_chunks[r] > maxc ? p->n_chunks[r] : maxc;
+  uint8_t *sk = malloc((size_t)maxc);
+  if (!sk) return cf_seterr(CF_ENOMEM, "simulator: window mask of %d chunks", maxc);
+  for (int r = 0; r < in->n_reqs; r++) {
+    int32_t nc = p->n_chunks[r];
+    double *rf = res->cell_fin_ + p->h_off[r] * L;
+    for (int l = 0; l < L; l++)
+      if (cf_sched_window_skip(c, in->reqs[r].prefix_tokens, p->h + p->h_off[r], nc, l, sk))
+        for (int32_t ch = 0; ch < nc; ch++)
+          if (sk[ch]) {
+            rf[(size_t)l * nc + ch] = -0.0;
+            res->cells_skipped++;
+          }
+  }
+  free(sk);
+  return 0;
+}
+
 /* 3. Scratch sized for the plan and reset (a cell not present yet: -1). *pp_out: pipeline
  * stages. 0 or CF_ENOMEM. */
 static int cf__sim_scratch(const cf_sched_input_t *in, const cf_sched_plan_t *p,
@@ -412,6 +441,7 @@ static int cf__sim_scratch(const cf_sched_input_t *in, const cf_sched_plan_t *p,
   }
   double *fin = res->cell_fin_;
   for (size_t i = 0; i < cells; i++) fin[i] = -1;
+  if ((rc = cf__mark_skipped(in, p, res))) return rc;
   if (help) {
     for (size_t i = 0; i < cells; i++) res->cell_hfin_[i] = -1;
     for (size_t i = 0; i < cells; i++) res->cell_dev_[i] = -1;
@@ -479,7 +509,7 @@ static int cf__time_loads(const cf_sched_input_t *in, const cf_sched_plan_t *p,
     for (int l = o->l0; l < o->l1 && !rc; l++)
       for (int ch = o->c0; ch < o->c1; ch++) {
         if (l < h[ch]) { rc = cf__bad_op(p, i, "loads a cell the staircase computes"); break; }
-        if (rf[l * nc + ch] >= 0) { rc = cf__bad_op(p, i, "cell loaded twice"); break; }
+        if (rf[l * nc + ch] >= 0 && !cf__skipped_at(rf[l * nc + ch])) { rc = cf__bad_op(p, i, "cell loaded twice"); break; }
         rf[l * nc + ch] = start + dur;
       }
     nload += (int64_t)(o->c1 - o->c0) * (o->l1 - o->l0);

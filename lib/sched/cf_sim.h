@@ -43,6 +43,9 @@ typedef struct {
   double *restore_s;   /* [n_reqs] finish - arrival */
   double *ttft_s;      /* [n_reqs] restore + prefill of the new tokens over the whole prefix */
   int64_t cells_computed, cells_loaded;
+  int64_t cells_skipped; /* windowed layers' cells no token needs (cf_sched_window_skip): present
+                            from the start, neither loaded nor computed (a plan that loads one
+                            anyway is charged for it) */
   int64_t cells_helped;  /* cells computed on another device than their request's */
   double peer_util;      /* peer (NVLink) busy time / (n_devices * makespan) */
   /* private scratch, reused between runs */

@@ -872,6 +872,14 @@ void cf_remote_get_stats(cf_remote_t *r, cf_remote_stats_t *out) {
   pthread_mutex_unlock(&r->pmu);
 }
 
+void cf_remote_count_promotion(cf_remote_t *r, int result) {
+  pthread_mutex_lock(&r->smu);
+  if (result == CF_REMOTE_PROMOTED) r->st.promoted++;
+  else if (result == CF_REMOTE_PROMOTE_SKIPPED) r->st.promote_skipped++;
+  else r->st.promote_failed++;
+  pthread_mutex_unlock(&r->smu);
+}
+
 int cf_remote_probe(cf_remote_t *r, int depth, int rounds, double *Bps) {
   size_t cb = cell_bytes_n(r, r->g.chunk_tokens);
   uint8_t *v = malloc(CF__RV_HDR + cb);

@@ -122,6 +122,9 @@ typedef struct {
   uint64_t cells_read, bytes_read, cells_missing, cells_corrupt, read_errors;
   uint64_t chunks_written, bytes_written, put_dropped, put_oom, put_errors;
   uint64_t put_skipped;                  /* queued chunks the remote already held (not rewritten) */
+  uint64_t promoted, promote_skipped, promote_failed; /* remote hits saved into the local tiers by the
+                                            store (cf_store_promote_*); skipped: budget full; failed:
+                                            the local save refused */
   uint64_t queue_bytes, queue_chunks;    /* now */
   uint64_t read_ns, read_batches;        /* time in GET pipelines (latency: read_ns / read_batches) */
   uint64_t write_ns, write_batches;
@@ -129,6 +132,9 @@ typedef struct {
   cf_redis_stats_t redis;                /* summed over the pool */
 } cf_remote_stats_t;
 void cf_remote_get_stats(cf_remote_t *r, cf_remote_stats_t *out);
+/* The store's promoter reports each outcome here, so the tier's counters carry them. */
+enum { CF_REMOTE_PROMOTED, CF_REMOTE_PROMOTE_SKIPPED, CF_REMOTE_PROMOTE_FAILED };
+void cf_remote_count_promotion(cf_remote_t *r, int result);
 
 /* Measure the read rate of cells: write one full cell under a probe key, read it back in
  * pipelines of `depth` GETs (`rounds` of them), delete it. *Bps = bytes / time of the reads.

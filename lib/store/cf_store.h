@@ -113,6 +113,9 @@ typedef struct {
   int remote_timeout_ms;       /* 0: 1000 */
   uint64_t remote_queue_bytes; /* 0: 256 MiB */
   int remote_ttl_s;            /* 0: keys without expiry */
+  /* Promotion of remote hits (cf_store_promote_begin): bytes of chunks staged or queued for it at
+   * once; 0: 256 MiB, < 0: no promotion (benchmarks that read the remote tier every time). */
+  int64_t remote_promote_bytes;
 } cf_store_config_t;
 
 /* Defaults: 1 GiB CPU, 4 GiB SSD, LRU, spill on, watermark 0, no promotion. */
@@ -187,13 +190,31 @@ size_t cf_store_lookup_all(cf_store_t *st, const cf_store_key_t *keys, size_t n,
  * are stored. Blocks on the network like cf_store_lookup_all. */
 size_t cf_store_lookup_each(cf_store_t *st, const cf_store_key_t *keys, size_t n, uint8_t *tiers_out);
 
+/* Promotion of remote hits into the local tiers. A restore that reads a whole chunk from the remote
+ * tier stages its cells (as they arrive, verified) in a buffer from cf_store_promote_begin, and
+ * hands it over with cf_store_promote_commit once every layer arrived verified; a background
+ * thread then saves it here (CPU tier, spilled to SSD as any save; not written back to the remote
+ * tier, which holds it), so the next restore on this node reads it locally. The staged and queued
+ * bytes are bounded (remote_promote_bytes): past it begin returns NULL (counted in cf_remote_stats_t) and the restore
+ * goes on unchanged; nothing here ever waits. A chunk with a failed cell is never committed:
+ * cf_store_promote_abort frees its buffer.
+ * begin: a buffer of n_layers full cells (cell l at l * cf_store_cell_bytes(geom)), or NULL (no remote
+ * tier, promotion off, budget full). commit: takes the buffer (full chunk: chunk_tokens tokens). */
+void *cf_store_promote_begin(cf_store_t *st);
+void cf_store_promote_commit(cf_store_t *st, const cf_store_key_t *key, void *buf);
+void cf_store_promote_abort(cf_store_t *st, void *buf);
+/* Wait until every committed promotion was saved or failed (timeout_ms < 0: no limit). 0 or
+ * CF_ETIMEDOUT. For tests and tools. */
+int cf_store_promote_flush(cf_store_t *st, int timeout_ms);
+
 /* The remote tier (NULL when the store has none): reads, stats, verify. Owned by the store. */
 struct cf_remote_s;
 struct cf_remote_s *cf_store_remote(cf_store_t *st);
 
 /* ---------------------------------------------------------------- save */
 
-enum { CF_STORE_SAVE_DURABLE = 1 };
+enum { CF_STORE_SAVE_DURABLE = 1,
+       CF_STORE_SAVE_NO_REMOTE = 2 /* not queued for the remote write-back (it came from there) */ };
 
 /* Save one chunk of `n_tokens` tokens (1..C). cells[l] points at layer l's cell,
  * cf_store_cell_bytes_n(geom, n_tokens) bytes, [2][n_tokens][n_kv][hd]. The bytes are copied.

@@ -133,6 +133,7 @@ struct cf_store_s {
   size_t n_drops, cap_drops;
   cf_store_stats_t st;
   struct cf_remote_s *remote; /* cf_store_remote.c */
+  struct cf__promoter_s *promo; /* cf_store_remote.c: promotion of remote hits (NULL: off) */
 };
 
 #define CF__SPILL_BATCH 16 /* chunks per write-back batch (one journal append) */

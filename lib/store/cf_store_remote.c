@@ -7,14 +7,184 @@
  * the saving thread only copies). A chunk the remote already holds (saved by another node, or
  * restored from the remote tier and saved back by the engine) is skipped by the writer after one
  * EXISTS. A full queue drops the chunk from the remote write-back only (counted); a full Redis
- * (maxmemory, noeviction) refuses it (counted as put_oom) and no marker is written. */
+ * (maxmemory, noeviction) refuses it (counted as put_oom) and no marker is written.
+ *
+ * Promotion policy: a chunk a restore read whole from the remote tier, every cell verified, is
+ * saved into this node's tiers by one promoter thread (cf_store_promote_*), not the restoring
+ * thread. The bytes staged by restores plus those queued here are capped (remote_promote_bytes):
+ * past the cap a chunk is simply not promoted. Promoted saves skip the write-back (the remote
+ * tier holds them). */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "store/cf_remote.h"
 #include "store/cf_store_int.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
+
+/* ---------------------------------------------------------------- promotion */
+
+typedef struct cf__promo_item_s {
+  struct cf__promo_item_s *next;
+  cf_store_key_t key;
+  uint8_t *buf;
+} cf__promo_item_t;
+
+struct cf__promoter_s {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;       /* work queued, stop, or a save done (flush) */
+  pthread_t th;
+  int stop, running;
+  cf__promo_item_t *head, *tail;
+  uint64_t cap, bytes;     /* staged + queued chunk bytes, and their cap */
+  uint64_t chunk_bytes;
+  uint64_t committed, finished;
+};
+
+
+static void *cf__promoter_main(void *arg) {
+  cf_store_t *st = arg;
+  struct cf__promoter_s *p = st->promo;
+  size_t cell = cf_store_cell_bytes(&st->g);
+  const void **cells = malloc(st->g.n_layers * sizeof *cells);
+  pthread_mutex_lock(&p->mu);
+  for (;;) {
+    while (!p->stop && !p->head) pthread_cond_wait(&p->cv, &p->mu);
+    if (p->stop) break;
+    cf__promo_item_t *it = p->head;
+    p->head = it->next;
+    if (!p->head) p->tail = NULL;
+    pthread_mutex_unlock(&p->mu);
+    int rc = CF_ENOMEM;
+    if (cells) {
+      for (uint32_t l = 0; l < st->g.n_layers; l++) cells[l] = it->buf + (size_t)l * cell;
+      rc = cf_store_save(st, &it->key, st->g.chunk_tokens, cells, CF_STORE_SAVE_NO_REMOTE);
+    }
+    if (rc == 0) cf_remote_count_promotion(st->remote, CF_REMOTE_PROMOTED);
+    else if (rc != CF_EEXIST) { /* EEXIST: the engine's own save got there first */
+      cf_remote_count_promotion(st->remote, CF_REMOTE_PROMOTE_FAILED);
+      CF_DEBUG("store %s: promoting a remote chunk: %s", st->dir, cf_errmsg());
+    }
+    cf_errclear();
+    free(it->buf);
+    free(it);
+    pthread_mutex_lock(&p->mu);
+    p->bytes -= p->chunk_bytes;
+    p->finished++;
+    pthread_cond_broadcast(&p->cv);
+  }
+  pthread_mutex_unlock(&p->mu);
+  free(cells);
+  return NULL;
+}
+
+static void cf__promoter_start(cf_store_t *st) {
+  if (st->cfg.remote_promote_bytes < 0 || (!st->n_cpu_slots && !st->n_ssd_slots)) return;
+  struct cf__promoter_s *p = calloc(1, sizeof *p);
+  if (!p) return;
+  pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->cv, NULL);
+  p->chunk_bytes = (uint64_t)cf_store_cell_bytes(&st->g) * st->g.n_layers;
+  p->cap = st->cfg.remote_promote_bytes ? (uint64_t)st->cfg.remote_promote_bytes : 256ull << 20;
+  st->promo = p;
+  if (pthread_create(&p->th, NULL, cf__promoter_main, st) != 0) {
+    CF_WARN("store %s: no promoter thread: remote hits stay remote", st->dir);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+    st->promo = NULL;
+    return;
+  }
+  p->running = 1;
+}
+
+/* Before the remote tier closes: queued chunks are dropped (only a copy of the remote's). Staged
+ * buffers still held by a restore must have been committed or aborted (restores end before the
+ * store closes). */
+static void cf__promoter_stop(cf_store_t *st) {
+  struct cf__promoter_s *p = st->promo;
+  if (!p) return;
+  pthread_mutex_lock(&p->mu);
+  p->stop = 1;
+  pthread_cond_broadcast(&p->cv);
+  pthread_mutex_unlock(&p->mu);
+  if (p->running) pthread_join(p->th, NULL);
+  for (cf__promo_item_t *it = p->head, *nx; it; it = nx) {
+    nx = it->next;
+    free(it->buf);
+    free(it);
+  }
+  pthread_cond_destroy(&p->cv);
+  pthread_mutex_destroy(&p->mu);
+  free(p);
+  st->promo = NULL;
+}
+
+void *cf_store_promote_begin(cf_store_t *st) {
+  struct cf__promoter_s *p = st ? st->promo : NULL;
+  if (!p) return NULL;
+  pthread_mutex_lock(&p->mu);
+  int room = !p->stop && p->bytes + p->chunk_bytes <= p->cap;
+  if (room) p->bytes += p->chunk_bytes;
+  pthread_mutex_unlock(&p->mu);
+  void *buf = room ? malloc(p->chunk_bytes) : NULL;
+  if (room && !buf) cf_store_promote_abort(st, NULL);
+  if (!buf) cf_remote_count_promotion(st->remote, CF_REMOTE_PROMOTE_SKIPPED);
+  return buf;
+}
+
+void cf_store_promote_abort(cf_store_t *st, void *buf) {
+  struct cf__promoter_s *p = st ? st->promo : NULL;
+  if (!p) { free(buf); return; }
+  free(buf);
+  pthread_mutex_lock(&p->mu);
+  p->bytes -= p->chunk_bytes;
+  pthread_mutex_unlock(&p->mu);
+}
+
+void cf_store_promote_commit(cf_store_t *st, const cf_store_key_t *key, void *buf) {
+  struct cf__promoter_s *p = st ? st->promo : NULL;
+  cf__promo_item_t *it = p && buf ? malloc(sizeof *it) : NULL;
+  if (!it) { cf_store_promote_abort(st, buf); return; }
+  it->next = NULL;
+  it->key = *key;
+  it->buf = buf;
+  pthread_mutex_lock(&p->mu);
+  if (p->tail) p->tail->next = it;
+  else p->head = it;
+  p->tail = it;
+  p->committed++;
+  pthread_cond_signal(&p->cv);
+  pthread_mutex_unlock(&p->mu);
+}
+
+int cf_store_promote_flush(cf_store_t *st, int timeout_ms) {
+  struct cf__promoter_s *p = st ? st->promo : NULL;
+  if (!p) return 0;
+  struct timespec dl;
+  clock_gettime(CLOCK_REALTIME, &dl);
+  if (timeout_ms >= 0) {
+    dl.tv_sec += timeout_ms / 1000;
+    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (dl.tv_nsec >= 1000000000L) { dl.tv_sec++; dl.tv_nsec -= 1000000000L; }
+  }
+  int rc = 0;
+  pthread_mutex_lock(&p->mu);
+  uint64_t want = p->committed;
+  while (p->finished < want && !p->stop) {
+    if (timeout_ms < 0) pthread_cond_wait(&p->cv, &p->mu);
+    else if (pthread_cond_timedwait(&p->cv, &p->mu, &dl)) {
+      rc = p->finished < want ? cf_seterr(CF_ETIMEDOUT, "store %s: promotions still queued", st->dir) : 0;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&p->mu);
+  return rc;
+}
+
+/* ---------------------------------------------------------------- open / close */
 
 int cf__remote_open(cf_store_t *st) {
   if (!st->cfg.remote_url || !st->cfg.remote_url[0]) return 0;
@@ -31,10 +201,12 @@ int cf__remote_open(cf_store_t *st) {
   int rc = cf_remote_open(&c, &st->g, &st->remote);
   if (rc) return cf_err_prefix(rc, "store %s: ", st->dir);
   CF_INFO("store %s: remote tier %s", st->dir, cf_remote_url(st->remote));
+  cf__promoter_start(st);
   return 0;
 }
 
 void cf__remote_close(cf_store_t *st) {
+  cf__promoter_stop(st); /* first: it saves into the tiers */
   /* give the write-back a moment to drain (a daemon's drain, a tool's exit): with the server up
    * the queue empties in milliseconds; with it down the writer fails fast (backoff), so this is
    * bounded either way, and what is left is only lost to the remote tier, not to this node */

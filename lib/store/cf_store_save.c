@@ -110,7 +110,7 @@ int cf_store_save(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
   if (!st->n_cpu_slots) {
     if (!st->n_ssd_slots) return cf_seterr(CF_ENOSPC, "store %s: no tier has any capacity", st->dir);
     int rc = cf__save_direct(st, key, n_tokens, cells, flags);
-    if (rc == 0) cf__remote_saved(st, key, n_tokens, cells);
+    if (rc == 0 && !(flags & CF_STORE_SAVE_NO_REMOTE)) cf__remote_saved(st, key, n_tokens, cells);
     return rc;
   }
   int32_t e;
@@ -148,7 +148,7 @@ int cf_store_save(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
     }
     int fresh = rc == 0;
     rc = cf__spill_batch(st, &e, 1, 1);
-    if (fresh) cf__remote_saved(st, key, n_tokens, cells);
+    if (fresh && !(flags & CF_STORE_SAVE_NO_REMOTE)) cf__remote_saved(st, key, n_tokens, cells);
     if (rc) return cf_err_prefix(rc, "durable save (the chunk stays in the CPU tier): ");
     return 0;
   }
@@ -156,7 +156,7 @@ int cf_store_save(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
     pthread_mutex_lock(&st->mu);
     st->st.saves++;
     pthread_mutex_unlock(&st->mu);
-    cf__remote_saved(st, key, n_tokens, cells);
+    if (!(flags & CF_STORE_SAVE_NO_REMOTE)) cf__remote_saved(st, key, n_tokens, cells);
   }
   return rc;
 }

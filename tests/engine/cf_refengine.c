@@ -28,13 +28,14 @@
  *   cf-refengine --daemon unix:/run/cacheflow.sock --model DIR [--prefix 512] [--new 32] [--turns 3]
  *                [--policy optimal] [--block 16] [--concurrent 0] [--shm-dir /dev/shm] [--verify]
  *                [--seed 1] [--threads 1] [--unregister-mid-restore] [--kv-dtype f32|bf16|f16]
- *                [--present K] [--durable] [--no-save-first]
+ *                [--present K] [--durable] [--no-save-first] [--no-save-turns]
  * --no-save-first: another engine (on another node, same model, seed and threads) saved turn 0
  * through its own daemon sharing a remote tier with ours: prefill it here only as the reference
  * (the CPU backend is deterministic, so our bytes equal the ones it saved) and do not Save it, so
  * turn 1 restores what the other node stored.
  * --no-save-turns: turns are not saved after their restore (the store keeps what it held: a test
- * that made holes in it restores them with every policy).
+ * that made holes in it restores them with every policy; what the daemon holds locally afterwards
+ * is only what it stored itself, e.g. its promotions of remote hits).
  * The prefill line reports Lookup's leading run (lookup_cached, per tier) and every stored chunk
  * (lookup_stored, lookup_runs: "tier:tokens ..." with tier none/cpu/ssd/remote); a restore line
  * PlanSummary.hole_chunks (stored nowhere, computed at every layer).
@@ -61,8 +62,7 @@
 
 typedef struct {
   const char *daemon, *model_dir, *shm_dir, *policy;
-  int prefix, new_tokens, turns, block, concurrent, verify, threads, unreg_mid, present, durable, no_save_first;
-  int no_save_turns;
+  int prefix, new_tokens, turns, block, concurrent, verify, threads, unreg_mid, present, durable, no_save_first, no_save_turns;
   cf_dtype_t kv_dtype;
   unsigned long long seed;
 } opts_t;
@@ -186,8 +186,13 @@ static int prefill_layers(engine_t *e, const int32_t *blocks, int t0, int t1, in
   for (int l = 0; l < e->L && !rc; l++) {
     if (slot >= 0 && (rc = cf_ready_wait(&e->ready, slot, (uint64_t)l + 1, 60000000000LL, NULL))) break;
     if (t0) cf_kvmap_gather_f32(&e->kv, l, blocks, 0, t0, k, v);
-    if (slot >= 0) /* the blocks were filled with NaN before the restore: none may remain in a ready layer */
-      for (size_t i = 0; i < (size_t)t0 * e->row; i++)
+    /* the blocks were filled with NaN before the restore: none may remain in a ready layer, but
+     * for a windowed layer's rows before the new tokens' window (skipped: never read, the
+     * attention's key blocks start at the window) */
+    int W = cf_model_layer_window(&e->m->cfg, l);
+    size_t from = W > 0 && t0 - W + 1 > 0 ? (size_t)(t0 - W + 1) : 0;
+    if (slot >= 0)
+      for (size_t i = from * e->row; i < (size_t)t0 * e->row; i++)
         if (isnan(k[i]) || isnan(v[i])) {
           rc = cf_seterr(CF_EINTERNAL, "layer %d announced ready but token %zu was never written", l, i / e->row);
           goto out;
@@ -255,12 +260,15 @@ typedef struct {
   int policy_used;
   uint32_t present_chunks;    /* PlanSummary.present_chunks */
   uint32_t hole_chunks;       /* PlanSummary.hole_chunks */
+  uint64_t plan_skipped;      /* PlanSummary.cells_skipped (chunk-sized cells) */
   uint64_t restore_id, plan_load, plan_compute; /* PlanSummary.restore_id, its cells loaded / computed */
   int rc;
   char detail[512];
   double t_start, t_all_layers, t_ttft, t_stream_end;
   int token;
   int verify_exact, verify_close, verify_bad;
+  int verify_untouched;       /* block-sized cells still holding the NaN pattern: allowed only at a
+                                 windowed layer, before the next token's window (skipped cells) */
   double max_rel_err;         /* recomputed cells: max |x - ref| / max |ref| of the layer */
   int layers_last, layers_events, layers_out_of_order; /* LayersReady events: strictly increasing */
   pthread_mutex_t mu;
@@ -274,6 +282,7 @@ static int on_event(void *arg, const Cacheflow__V1__RestoreEvent *ev) {
     r->policy_used = ev->plan->policy;
     r->present_chunks = ev->plan->present_chunks;
     r->hole_chunks = ev->plan->hole_chunks;
+    r->plan_skipped = ev->plan->cells_skipped;
     r->restore_id = ev->plan->restore_id;
     r->plan_load = ev->plan->cells_load_cpu + ev->plan->cells_load_ssd + ev->plan->cells_load_remote;
     r->plan_compute = ev->plan->cells_compute;
@@ -337,6 +346,15 @@ static void verify_cells(restore_t *r, const cf_kv_t *ref) {
     for (int t0 = 0; t0 < r->prefix; t0 += cell) {
       int t1 = t0 + cell < r->prefix ? t0 + cell : r->prefix, close = 1;
       size_t a = (size_t)t0 * e->row, b = (size_t)t1 * e->row;
+      int W = cf_model_layer_window(&e->m->cfg, l), untouched = 1;
+      for (size_t i = a * e->es; i < b * e->es && untouched; i++) untouched = rk[i] == 0xff && rv[i] == 0xff;
+      if (untouched) { /* never written: a skipped cell, or a bug */
+        if (W > 0 && t1 <= r->prefix - W + 1) r->verify_untouched++;
+        else r->verify_bad++;
+        if (getenv("CF_REFENGINE_DEBUG"))
+          fprintf(stderr, "verify: prefix %d layer %d tokens [%d, %d) untouched (window %d)\n", r->prefix, l, t0, t1, W);
+        continue;
+      }
       int exact = t1 <= e->shadow_upto && !memcmp(rk + a * e->es, e->shadow_k[l] + a * e->es, (b - a) * e->es) &&
                   !memcmp(rv + a * e->es, e->shadow_v[l] + a * e->es, (b - a) * e->es);
       double err = 0;
@@ -402,7 +420,7 @@ static void print_result(const engine_t *e, const restore_t *r, const char *mode
          "\"baseline_ms\":%.3f,\"token\":%d,\"logits_match\":%d,\"exact\":%d,\"close\":%d,\"bad\":%d,"
          "\"layer_events\":%d,\"layers_in_order\":%d,\"kv_dtype\":\"%s\",\"max_rel_err\":%.3g,"
          "\"present\":%d,\"present_chunks\":%u,\"restore_id\":%llu,\"plan_load\":%llu,\"plan_compute\":%llu,"
-         "\"hole_chunks\":%u}\n",
+         "\"untouched\":%d,\"skipped\":%llu,\"hole_chunks\":%u}\n",
          mode, turn, e->o.policy, r->prefix, new_tokens, r->rc ? "false" : "true", r->rc ? r->detail : "",
          r->t_ttft > 0 ? (r->t_ttft - r->t_start) * 1e3 : -1.0,
          r->t_all_layers > 0 ? (r->t_all_layers - r->t_start) * 1e3 : -1.0, s->time_us, s->predicted_us,
@@ -413,7 +431,8 @@ static void print_result(const engine_t *e, const restore_t *r, const char *mode
          r->verify_close, r->verify_bad, r->layers_events,
          !r->layers_out_of_order && (r->rc || r->layers_last == e->L), cf_dtype_name(e->o.kv_dtype), r->max_rel_err,
          e->o.present < r->prefix ? e->o.present : 0, r->present_chunks, (unsigned long long)r->restore_id,
-         (unsigned long long)r->plan_load, (unsigned long long)r->plan_compute, r->hole_chunks);
+         (unsigned long long)r->plan_load, (unsigned long long)r->plan_compute, r->verify_untouched,
+         (unsigned long long)r->plan_skipped, r->hole_chunks);
   fflush(stdout);
 }
 

@@ -8,6 +8,8 @@
 #   redis-server SIGKILLed in the middle of a rate-limited restore on B: the restore completes with
 #   the right KV, B keeps serving, reports the remote tier down in Stats and /metrics, and
 #   reconnects when the server is back; a daemon starts and serves while its remote is down;
+#   promotion: a session B read whole from Redis is stored in B's local tiers, so B's next restore
+#   of it is local (Lookup per tier, cells per tier) and still works with redis SIGKILLed;
 #   --check-config names a bad remote_url; the same save-on-A / restore-on-B over a Redis Cluster.
 # Every wait below is on state (a PONG, chunk markers, a reloaded setting, a restore in flight),
 # bounded only as a limit for something wedged: the script holds on a busy machine.
@@ -147,14 +149,41 @@ out=$(CACHEFLOW_REMOTE_PASSWORD=$PW "$BUILD/cacheflowctl" store verify --dir "$T
 check "store verify --remote finds the damage (exit 1, damaged chunks, missing and corrupt cells)" \
   "[ $rc -eq 1 ] && echo \"\$out\" | grep -q 'damaged [1-9]' && echo \"\$out\" | grep -q 'missing [1-9][0-9]*, corrupt [1-9]'"
 
+# ------------------------------------------------------------------ promotion of remote hits
+# B restores a session only the remote tier holds, without saving it (--no-save-turns): the chunks
+# it read whole are promoted into its local tiers, so its next restore of them is local
+seed=$((seed+1)); PSEED=$seed
+eng a --policy load --prefix 256 --new 16 --turns 0 --seed $PSEED >/dev/null 2>"$T/a-promo.err"
+chunks=$((chunks + 256 / C))
+wait_markers $RPORT $chunks
+before_p=$(stat_of b cacheflow_remote_promotions_promoted)
+wb() { echo $(( $(stat_of b cacheflow_remote_writes_written) + $(stat_of b cacheflow_remote_writes_skipped) + $(stat_of b cacheflow_remote_writes_dropped) )); }
+before_w=$(wb)
+eng b --policy load --prefix 256 --new 16 --turns 1 --verify --no-save-first --no-save-turns --seed $PSEED >"$T/b-promo1.json" 2>"$T/b-promo1.err"
+rc=$?
+check "promotion: B's first restore (remote) verifies" "[ $rc -eq 0 ] && [ \"\$(jq -s '[.[] | select(.mode==\"prefill\")][0] | .lookup_remote' $T/b-promo1.json)\" = 256 ]"
+for _ in $(seq 1 600); do [ "$(stat_of b cacheflow_remote_promotions_promoted)" -ge $((before_p + 256 / C)) ] && break; sleep 0.1; done
+check "promotion: B counts the $((256 / C)) chunks it read whole as promoted" \
+  "[ \"\$(stat_of b cacheflow_remote_promotions_promoted)\" -ge $((before_p + 256 / C)) ]"
+eng b --policy load --prefix 256 --new 16 --turns 1 --verify --no-save-first --no-save-turns --seed $PSEED >"$T/b-promo2.json" 2>"$T/b-promo2.err"
+rc=$?
+j="$T/b-promo2.json"
+check "promotion: B's second restore verifies" "[ $rc -eq 0 ]"
+check "promotion: B's Lookup now finds the prefix in its local tiers (cpu + ssd = 256, remote 0)" \
+  "[ \"\$(jq -s '[.[] | select(.mode==\"prefill\")][0] | .lookup_cpu + .lookup_ssd' $j)\" = 256 ] && [ \"\$(jq -s '[.[] | select(.mode==\"prefill\")][0] | .lookup_remote' $j)\" = 0 ]"
+check "promotion: the second restore loads locally, nothing from the remote tier" \
+  "[ \"\$(jq -s '[.[] | select(.mode==\"session\") | .cells_remote] | add' $j)\" = 0 ] && [ \"\$(jq -s '[.[] | select(.mode==\"session\") | .cells_cpu + .cells_ssd] | add' $j)\" -gt 0 ]"
+check "promotion: promoted chunks are not queued for the write-back (the remote holds them)" "[ \"\$(wb)\" = $before_w ]"
+
 # ------------------------------------------------------------------ SIGKILL of redis mid-restore
 seed=$((seed+1))
 eng a --policy load --prefix 512 --new 16 --turns 0 --seed $seed >/dev/null 2>"$T/a-kill.err"
 chunks=$((chunks + 512 / C))
 wait_markers $RPORT $chunks
-# hold B's remote reads to 2 Mbit/s (reloadable) so the restore is still loading when redis dies
-printf 'remote_read_gbps = 0.002\n' >> "$T/b/d.conf"
-check "B reloads remote_read_gbps = 0.002 (SIGHUP)" "reload_node b remote_read_gbps"
+# hold B's remote reads to 0.5 Mbit/s (reloadable) so the restore is still loading when redis dies:
+# the prefix's 256 KiB then take about 4 s, longer than the polls below take on a busy machine
+printf 'remote_read_gbps = 0.0005\n' >> "$T/b/d.conf"
+check "B reloads remote_read_gbps = 0.0005 (SIGHUP)" "reload_node b remote_read_gbps"
 eng b --policy load --prefix 512 --new 16 --turns 1 --verify --no-save-first --seed $seed >"$T/b-kill.json" 2>"$T/b-kill.err" &
 EPID=$!
 # redis dies once B has the restore in flight (its cells' reads are held back by the limit; if
@@ -170,6 +199,10 @@ sed -i '/^remote_read_gbps/d' "$T/b/d.conf"
 check "B reloads the default remote_read_gbps (SIGHUP)" "reload_node b remote_read_gbps"
 eng b --policy optimal --prefix 128 --new 16 --turns 1 --verify --seed 999 >"$T/b-down.json" 2>"$T/b-down.err"
 check "with redis down, B still saves and restores from its local tiers" "[ $? -eq 0 ]"
+eng b --policy load --prefix 256 --new 16 --turns 1 --verify --no-save-first --no-save-turns --seed $PSEED >"$T/b-promo3.json" 2>"$T/b-promo3.err"
+rc=$?
+check "promotion: with redis down, B restores the promoted prefix from its local tiers, verified" \
+  "[ $rc -eq 0 ] && [ \"\$(jq -s '[.[] | select(.mode==\"session\") | .cells_cpu + .cells_ssd] | add' $T/b-promo3.json)\" -gt 0 ] && [ \"\$(jq -s '[.[] | select(.mode==\"session\") | .cells_remote + .fallback] | add' $T/b-promo3.json)\" = 0 ]"
 # a daemon started while its remote is down starts and serves
 node_conf c "redis://127.0.0.1:$RPORT" "remote_password = $PW\n"
 check "node C starts while redis is down" "start_node c"

@@ -7,7 +7,9 @@
 #   `cacheflowctl kv` whole and --chunk 7 equals its kv.safetensors (max rel err <= 1e-4);
 #   the daemon starts on it (its fingerprint logged) and restores with every policy over a
 #   2-turn session plus concurrent restores: computed cells within 1e-4 of the engine's own
-#   prefill, loaded cells bit-exact, first-token logits equal a scratch prefill.
+#   prefill, loaded cells bit-exact, first-token logits equal a scratch prefill; windowed models
+#   (prefix 256 >> window): the cells no later token attends to are skipped, neither loaded nor
+#   written (the engine's blocks keep their NaN fill there), every other cell as above.
 # Then variants the engine cannot reproduce (shared experts; a qwen3_moe layer_types mixing
 # full and sliding layers, which transformers does not read) are refused naming the key.
 set -u
@@ -37,6 +39,8 @@ for M in "${models[@]}"; do
   check "$name: daemon starts" "cf_daemon_start '$D/d.conf' '$M' '$D/d.log'"
   check "$name: fingerprint logged" "grep -q 'fingerprint=[0-9a-f]\{32\}' '$D/d.log'"
   ENG="$BUILD/cf-refengine --daemon unix:$D/d.sock --model $M --shm-dir $D --block 16"
+  L=$(jq '.num_hidden_layers' "$M/config.json")
+  W=$(jq '.sliding_window // 0' "$M/config.json")
   seed=20
   for pol in recompute load cake layerwise cacheflow optimal; do
     out="$D/$pol.json"
@@ -48,6 +52,15 @@ for M in "${models[@]}"; do
     check "$name $pol: no cell off by more than 1e-4" "[ \"\$(jq -s '[.[] | select(.mode!=\"prefill\") | .bad] | add' $out)\" = 0 ]"
     check "$name $pol: loaded cells bit-exact" "[ \"\$(jq -s '[.[] | select(.mode!=\"prefill\") | select(.exact*16 < (.cells_cpu+.cells_ssd)*$C)] | length' $out)\" = 0 ]"
     check "$name $pol: first-token logits match a scratch prefill" "[ \"\$(jq -s '[.[] | select(.mode==\"session\") | .logits_match] | min' $out)\" = 1 ]"
+    # every cell is loaded, computed or skipped (a windowed layer's cell no later token needs):
+    # counted by the executor (loads), the PlanSummary (skipped) and the engine (blocks never
+    # written: still the NaN pattern, which the engine accepts only at a windowed layer before
+    # the next token's window)
+    check "$name $pol: loaded + computed + skipped = every cell" "[ \"\$(jq -s --argjson C $C --argjson L $L '[.[] | select(.mode!=\"prefill\") | select(.cells_cpu+.cells_ssd+.cells_computed+.skipped != ((.prefix+\$C-1)/\$C|floor)*\$L)] | length' $out)\" = 0 ]"
+    check "$name $pol: skipped cells never written (untouched blocks = skipped cells)" "[ \"\$(jq -s --argjson C $C '[.[] | select(.mode!=\"prefill\") | select(.untouched*16 != .skipped*\$C)] | length' $out)\" = 0 ]"
+    if [ "$W" -gt 0 ] && [ $pol != recompute ]; then
+      check "$name $pol: prefix 256 >> window $W: cells skipped" "[ \"\$(jq -s '[.[] | select(.mode!=\"prefill\") | .skipped] | add' $out)\" -gt 0 ]"
+    fi
     case $pol in
       load) check "$name load: cells were loaded" "[ \"\$(jq -s '[.[] | select(.mode!=\"prefill\") | .cells_cpu] | add' $out)\" -gt 0 ]";;
       recompute) check "$name recompute: cells were computed" "[ \"\$(jq -s '[.[] | select(.mode!=\"prefill\") | .cells_computed] | add' $out)\" -gt 0 ]";;

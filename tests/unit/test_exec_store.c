@@ -85,14 +85,18 @@ static int engine_check(const engine_t *e, const world_t *w, int exact_upto) {
   return bad;
 }
 
+static cf_store_t *open_store_promo(const world_t *w, const char *name, uint64_t cpu, uint64_t ssd,
+                                    const char *remote_url, int64_t promote_bytes);
 static cf_store_t *open_store_remote(const world_t *w, const char *name, uint64_t cpu, uint64_t ssd,
-                                     const char *remote_url);
+                                     const char *remote_url) {
+  return open_store_promo(w, name, cpu, ssd, remote_url, 0);
+}
 static cf_store_t *open_store(const world_t *w, const char *name, uint64_t cpu, uint64_t ssd) {
   return open_store_remote(w, name, cpu, ssd, NULL);
 }
 
-static cf_store_t *open_store_remote(const world_t *w, const char *name, uint64_t cpu, uint64_t ssd,
-                                     const char *remote_url) {
+static cf_store_t *open_store_promo(const world_t *w, const char *name, uint64_t cpu, uint64_t ssd,
+                                    const char *remote_url, int64_t promote_bytes) {
   cf_store_geom_t g = {.dtype_size = 4, .chunk_tokens = (uint32_t)w->C, .n_layers = (uint32_t)w->L,
                        .n_kv_heads = (uint32_t)w->m->cfg.n_kv_heads, .head_dim = (uint32_t)w->m->cfg.head_dim};
   memcpy(g.fingerprint, w->m->fingerprint, 16);
@@ -100,6 +104,7 @@ static cf_store_t *open_store_remote(const world_t *w, const char *name, uint64_
   cf_store_config_default(&c);
   c.cpu_bytes = cpu; c.ssd_bytes = ssd; c.spill = 0;
   c.remote_url = remote_url;
+  c.remote_promote_bytes = promote_bytes;
   char dir[512];
   snprintf(dir, sizeof dir, "%s/%s", cf_test_tmpdir(), name);
   cf_store_t *st = NULL;
@@ -663,7 +668,60 @@ CF_TEST(remote_tier_two_nodes_one_redis) {
   CF_CHECK_EQ(r.stats.load_failures, 0);
   CF_CHECK_EQ(engine_check(&b, &w, 160), 0);
 
-  /* damage behind the tier's back: chunk 2's layer-1 cell deleted, chunk 6's layer 0 corrupted */
+  /* promotion: every chunk read whole and verified was saved into B's local tiers (by the
+   * store's promoter thread), not written back to the remote tier (it holds them) */
+  CF_CHECK_OK(cf_store_promote_flush(sb, 60000));
+  CF_CHECK_EQ(cf_store_lookup(sb, keys, 10, tiers), 10);
+  CF_CHECK_OK(cf_remote_flush(cf_store_remote(sb), 20000));
+  cf_remote_get_stats(cf_store_remote(sb), &rs);
+  CF_CHECK_EQ(rs.promoted, 10);
+  CF_CHECK_EQ(rs.promote_failed, 0);
+  CF_CHECK_EQ(rs.chunks_written + rs.put_skipped + rs.queue_chunks, 0);
+  /* the next restore on B reads them locally, bit-exact */
+  {
+    cf_cellsrc_store_t cl;
+    CF_CHECK_OK(cf_cellsrc_store_init(&cl, sb, NULL, NULL));
+    plan_t pl;
+    plan_prepare(&pl, &cl, &w);
+    CF_CHECK_EQ(pl.found, 10);
+    for (int c = 0; c < 10; c++) CF_CHECK(pl.tiers[c] == CF_STORE_TIER_CPU || pl.tiers[c] == CF_STORE_TIER_SSD);
+    for (int l = 0; l < w.L; l++) {
+      memset(b.kv.k[l], 0xff, cf_kv_layout_plane_bytes(&b.kv.layout));
+      memset(b.kv.v[l], 0xff, cf_kv_layout_plane_bytes(&b.kv.layout));
+    }
+    CF_CHECK_OK(restore(&w, &b, &pl, &r));
+    CF_CHECK_EQ(r.stats.cells_loaded[CF_EXEC_TIER_REMOTE], 0);
+    CF_CHECK_EQ(r.stats.cells_loaded[CF_EXEC_TIER_CPU] + r.stats.cells_loaded[CF_EXEC_TIER_SSD], 10ull * w.L);
+    CF_CHECK_EQ(engine_check(&b, &w, 160), 0);
+    cf_cellsrc_store_unprepare(&cl, pl.refs, pl.found);
+    cf_cellsrc_store_close(&cl);
+  }
+  /* a budget below one chunk promotes nothing (counted) and the restore is the same */
+  {
+    cf_store_t *sd = open_store_promo(&w, "node_d", 1 << 20, 8 << 20, url, 1);
+    cf_cellsrc_store_t cd;
+    CF_CHECK_OK(cf_cellsrc_store_init(&cd, sd, NULL, NULL));
+    plan_t pd;
+    plan_prepare(&pd, &cd, &w);
+    CF_CHECK_EQ(pd.found, 10);
+    CF_CHECK_OK(restore(&w, &b, &pd, &r));
+    CF_CHECK_EQ(r.stats.cells_loaded[CF_EXEC_TIER_REMOTE], 10ull * w.L);
+    CF_CHECK_EQ(engine_check(&b, &w, 160), 0);
+    CF_CHECK_OK(cf_store_promote_flush(sd, 60000));
+    cf_remote_get_stats(cf_store_remote(sd), &rs);
+    CF_CHECK_EQ(rs.promoted, 0);
+    CF_CHECK_EQ(rs.promote_skipped, 10);
+    CF_CHECK_EQ(cf_store_lookup(sd, keys, 10, NULL), 0);
+    cf_cellsrc_store_unprepare(&cd, pd.refs, pd.found);
+    cf_cellsrc_store_close(&cd);
+    cf_store_close(sd);
+  }
+
+  /* damage behind the tier's back: chunk 2's layer-1 cell deleted, chunk 6's layer 0 corrupted;
+   * node C restores (recomputing those cells) and promotes the other 8 chunks only */
+  cf_store_t *sc = open_store_remote(&w, "node_c", 1 << 20, 8 << 20, url);
+  cf_cellsrc_store_t csc;
+  CF_CHECK_OK(cf_cellsrc_store_init(&csc, sc, NULL, NULL));
   char key[200];
   size_t kl = cf_remote_key(cf_store_remote(sb), &keys[2], 1, key, sizeof key);
   redisReply *x = rt_cmd(&srv, "DEL %b", key, kl);
@@ -675,12 +733,23 @@ CF_TEST(remote_tier_two_nodes_one_redis) {
     memset(b.kv.k[l], 0xff, cf_kv_layout_plane_bytes(&b.kv.layout));
     memset(b.kv.v[l], 0xff, cf_kv_layout_plane_bytes(&b.kv.layout));
   }
-  CF_CHECK_OK(restore(&w, &b, &p, &r));
+  plan_t pc;
+  plan_prepare(&pc, &csc, &w);
+  CF_CHECK_EQ(pc.found, 10);
+  CF_CHECK_OK(restore(&w, &b, &pc, &r));
   CF_CHECK_GE(r.stats.load_failures, 2);
   CF_CHECK_EQ(engine_check(&b, &w, 0), 0); /* recomputed cells within 1e-4, loaded ones exact */
-  cf_remote_get_stats(cf_store_remote(sb), &rs);
+  cf_remote_get_stats(cf_store_remote(sc), &rs);
   CF_CHECK_GE(rs.cells_corrupt, 1);
   CF_CHECK_GE(rs.cells_missing, 1);
+  cf_cellsrc_store_unprepare(&csc, pc.refs, pc.found);
+  cf_cellsrc_store_close(&csc);
+  CF_CHECK_OK(cf_store_promote_flush(sc, 60000));
+  cf_remote_get_stats(cf_store_remote(sc), &rs);
+  CF_CHECK_EQ(rs.promoted, 8);
+  for (int c = 0; c < 10; c++)
+    CF_CHECK_EQ(cf_store_lookup(sc, &keys[c], 1, NULL), (size_t)(c != 2 && c != 6));
+  cf_store_close(sc);
 
   /* SIGKILL of the server mid-restore (loads held to 256 KB/s so the restore is still loading) */
   cf_ratelimit_t rl;
@@ -702,10 +771,28 @@ CF_TEST(remote_tier_two_nodes_one_redis) {
   printf("    killed mid-restore: %llu cells loaded, %llu computed, %llu load failures\n",
          (unsigned long long)bg.r.stats.cells_loaded[CF_EXEC_TIER_REMOTE],
          (unsigned long long)bg.r.stats.cells_computed, (unsigned long long)bg.r.stats.load_failures);
-  /* with the server gone, lookups find nothing remote and B still serves its local tiers */
-  CF_CHECK_EQ(cf_store_lookup_all(sb, keys, 10, tiers), 0);
   cf_cellsrc_store_unprepare(&cs, p.refs, p.found);
   cf_cellsrc_store_close(&cs);
+  /* with the server gone, B restores the promoted prefix from its local tiers, bit-exact */
+  CF_CHECK_EQ(cf_store_lookup_all(sb, keys, 10, tiers), 10);
+  for (int c = 0; c < 10; c++) CF_CHECK(tiers[c] != CF_STORE_TIER_REMOTE);
+  {
+    cf_cellsrc_store_t cl;
+    CF_CHECK_OK(cf_cellsrc_store_init(&cl, sb, NULL, NULL));
+    plan_t pl;
+    plan_prepare(&pl, &cl, &w);
+    CF_CHECK_EQ(pl.found, 10);
+    for (int l = 0; l < w.L; l++) {
+      memset(b.kv.k[l], 0xff, cf_kv_layout_plane_bytes(&b.kv.layout));
+      memset(b.kv.v[l], 0xff, cf_kv_layout_plane_bytes(&b.kv.layout));
+    }
+    CF_CHECK_OK(restore(&w, &b, &pl, &r));
+    CF_CHECK_EQ(r.stats.cells_loaded[CF_EXEC_TIER_REMOTE], 0);
+    CF_CHECK_EQ(r.stats.load_failures, 0);
+    CF_CHECK_EQ(engine_check(&b, &w, 160), 0);
+    cf_cellsrc_store_unprepare(&cl, pl.refs, pl.found);
+    cf_cellsrc_store_close(&cl);
+  }
   cf_ratelimit_close(&rl);
   cf_store_close(sa);
   cf_store_close(sb);

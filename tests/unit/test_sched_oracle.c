@@ -20,7 +20,8 @@
  *
  * CF_ORACLE_TRIALS (default 600; the held-out draw is half that) and CF_ORACLE_CELLS (cells
  * per instance, default 8) make the sweep bigger (each instance is planned with optimal's
- * default budget, ~2 ms); the held-out set is a second, differently seeded draw. */
+ * default options: for these tiny batches that ends in its own exact search, cf_exact.c, which
+ * shares no code with this oracle); the held-out set is a second, differently seeded draw. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -370,7 +371,7 @@ static void oracle_sweep(const char *what, int trials) {
              "%d, lat %.0f us, tier1 %g)\n", what, t, mk, rt, opt, in.n_reqs, in.cost.n_layers,
              in.cost.chunk_tokens, in.cost.link_latency_s * 1e6, in.cost.tier_Bps[1]);
     }
-    CF_CHECK_MSG(rt <= 1.25, "%s trial %d: optimal %.4fx the exact optimum", what, t, rt);
+    CF_CHECK_MSG(rt <= 1.02, "%s trial %d: optimal %.4fx the exact optimum", what, t, rt);
   }
   qsort(ratio, (size_t)m, sizeof *ratio, cmp_dbl);
   if (m)
@@ -379,10 +380,10 @@ static void oracle_sweep(const char *what, int trials) {
            what, m, maxcells, skipped, ratio[0], ratio[m / 2], ratio[(int)(0.9 * (m - 1))],
            ratio[m - 1], beaten, (double)nodes / trials);
   if (m) printf("  %s: %d of %d instances over 1.02x the exact optimum\n", what, over, m);
-  /* The goal is every instance within 1.02x; measured: 0.1-0.3% of them over it (max seen
-   * 1.12x), where the best plan needs two coupled changes the local search does not find
-   * within the default 1 ms budget. Asserted: at most 1% over, none over 1.25x. */
-  CF_CHECK_MSG(over * 100 <= m, "%s: %d of %d instances over 1.02x", what, over, m);
+  /* The goal: every instance within 1.02x (asserted above). Before optimal's exact search for
+   * tiny batches (cf_exact.c) 0.1-0.3% of them were over it (max seen 1.12x): plans with ops
+   * of two requests interleaved on a stream, or a rising staircase with its small load first,
+   * that the local search's moves cannot express. */
   CF_CHECK_LE(skipped * 100, trials); /* the cap is for pathological draws only */
   free(ratio);
   cf_sched_plan_free(&p);
