@@ -98,7 +98,8 @@ static int cf__group_input(const cf_sched_cost_t *cost, const cf_plan_input_t *i
     for (int32_t c = 0, m = cf_cost_chunks(cost, P); c < m; c++)
       {
         uint8_t st = ins[i].chunk_tiers[ins[i].present_chunks + c];
-        t[c] = st == CF_STORE_TIER_SSD ? CF_PLAN_TIER_SSD : st == CF_STORE_TIER_REMOTE ? CF_PLAN_TIER_REMOTE : CF_PLAN_TIER_CPU;
+        t[c] = st == CF_STORE_TIER_SSD ? CF_PLAN_TIER_SSD : st == CF_STORE_TIER_REMOTE ? CF_PLAN_TIER_REMOTE
+             : st == CF_STORE_TIER_NONE ? CF_SCHED_TIER_NONE : CF_PLAN_TIER_CPU;
       }
     g->reqs[i].chunk_tier = t;
     nt += (size_t)cf_cost_chunks(cost, P);
@@ -221,7 +222,8 @@ int cf_planner_plan_group(const cf_sched_cost_t *cost, const cf_plan_input_t *in
       p->cells_compute += (uint64_t)h;
       if (c - pc < planned) ctx_s += cost->beta_s * (double)skip * (double)h * (double)cost->chunk_tokens;
       if (c - pc >= planned) continue;
-      if (ins[i].chunk_tiers && ins[i].chunk_tiers[c] == CF_STORE_TIER_SSD) p->cells_load_ssd += (uint64_t)(L - h);
+      if (ins[i].chunk_tiers && ins[i].chunk_tiers[c] == CF_STORE_TIER_NONE) p->hole_chunks++; /* h = L */
+      else if (ins[i].chunk_tiers && ins[i].chunk_tiers[c] == CF_STORE_TIER_SSD) p->cells_load_ssd += (uint64_t)(L - h);
       else if (ins[i].chunk_tiers && ins[i].chunk_tiers[c] == CF_STORE_TIER_REMOTE) p->cells_load_remote += (uint64_t)(L - h);
       else p->cells_load_cpu += (uint64_t)(L - h);
     }
@@ -258,9 +260,12 @@ int cf_planner_plan_fallback(const cf_plan_input_t *in, int C, int L, cf_restore
     return cf_seterr(CF_ENOMEM, "plan of a restore of %lld tokens", (long long)in->n_tokens);
   out->present_chunks = (uint32_t)in->present_chunks;
   for (int c = 0; c < n_chunks; c++) {
-    int cached = (int64_t)(c + 1) * C <= in->cached_tokens && !(c == in->present_chunks && in->compute_partial);
+    int cached = (int64_t)(c + 1) * C <= in->cached_tokens && !(c == in->present_chunks && in->compute_partial) &&
+                 !(in->chunk_tiers && in->chunk_tiers[c] == CF_STORE_TIER_NONE); /* a hole: computed */
     out->h[c] = cached ? 0 : L;
     if (c < in->present_chunks) continue; /* the engine's own */
+    if (in->chunk_tiers && (int64_t)(c + 1) * C <= in->cached_tokens && in->chunk_tiers[c] == CF_STORE_TIER_NONE)
+      out->hole_chunks++;
     if (!cached) out->cells_compute += (uint64_t)L;
     else if (in->chunk_tiers && in->chunk_tiers[c] == CF_STORE_TIER_SSD) out->cells_load_ssd += (uint64_t)L;
     else if (in->chunk_tiers && in->chunk_tiers[c] == CF_STORE_TIER_REMOTE) out->cells_load_remote += (uint64_t)L;

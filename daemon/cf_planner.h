@@ -8,7 +8,9 @@
  * computed here and nowhere else) and the prediction the re-fit compares the execution with.
  *
  * Chunks the store does not hold are recomputed by the restore (every layer): the planner plans
- * the cached prefix, and the uncached rest is costed as a prefill over it, both in the prediction
+ * the prefix up to the last stored chunk, the absent chunks inside it as holes (lib/sched computes
+ * them at every layer and loads the stored chunks after them), and the uncached rest is costed
+ * as a prefill over it, both in the prediction
  * and in the bound (no plan can avoid it). A partial last chunk counts as uncached here even
  * when the store holds it: lib/exec always computes it (h = L), so the plan covers only the
  * cached prefix's full chunks. A group lib/sched cannot plan (out of memory) gets the fallback
@@ -42,8 +44,10 @@ enum { CF_PLAN_TIER_CPU = 0, CF_PLAN_TIER_SSD = 1, CF_PLAN_TIER_REMOTE = 2 };
 typedef struct {
   int64_t n_tokens;
   int policy;                 /* cf_policy_t */
-  int64_t cached_tokens;      /* leading tokens whose chunks the store holds */
-  const uint8_t *chunk_tiers; /* NULL or [chunks of cached_tokens]: CF_STORE_TIER_CPU / _SSD of each */
+  int64_t cached_tokens;      /* tokens up to the end of the last chunk the store holds */
+  const uint8_t *chunk_tiers; /* NULL (all of them in the CPU tier) or [chunks of cached_tokens]:
+                                 CF_STORE_TIER_CPU / _SSD / _REMOTE of each, or CF_STORE_TIER_NONE:
+                                 a hole (not stored: computed at every layer, CF_SCHED_TIER_NONE) */
   /* Restore of [k, n) (RestoreRequest.present_tokens = k): chunks [0, present_chunks) are the
    * engine's own KV (cf_exec_present_chunks): neither loaded nor computed, h 0. The plan covers
    * the cached chunks after them; their compute steps attend over the present tokens too, so
@@ -81,6 +85,7 @@ typedef struct {
   int have_cost;              /* 0: the fallback plan (no cost model, or lib/sched failed) */
   /* the PlanSummary's numbers */
   uint32_t present_chunks;    /* chunks inside [0, present_tokens): no cells counted for them */
+  uint32_t hole_chunks;       /* planned chunks no tier holds (computed at every layer) */
   uint32_t chunks;
   uint64_t cells_load_cpu, cells_load_ssd, cells_load_remote, cells_compute;
   uint64_t cells_skip;        /* cells of skip[] (not among the loads above) */

@@ -284,6 +284,20 @@ void cf_store_get_stats(cf_store_t *st, cf_store_stats_t *o) {
   pthread_mutex_unlock(&st->mu);
 }
 
+size_t cf__lookup_each_local(cf_store_t *st, const cf_store_key_t *keys, size_t n, uint8_t *tiers_out) {
+  size_t k = 0;
+  pthread_mutex_lock(&st->mu);
+  for (size_t i = 0; i < n; i++) {
+    int32_t e = cf__idx_find(st, &keys[i]);
+    uint8_t f = e < 0 ? 0 : st->ents[e].flags;
+    int t = (f & CF__F_CPU) ? CF_STORE_TIER_CPU : (f & CF__F_SSD) ? CF_STORE_TIER_SSD : CF_STORE_TIER_NONE;
+    tiers_out[i] = (uint8_t)t;
+    k += t != CF_STORE_TIER_NONE;
+  }
+  pthread_mutex_unlock(&st->mu);
+  return k;
+}
+
 size_t cf_store_lookup(cf_store_t *st, const cf_store_key_t *keys, size_t n, uint8_t *tiers_out) {
   size_t i = 0;
   pthread_mutex_lock(&st->mu);

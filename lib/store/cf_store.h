@@ -183,6 +183,13 @@ size_t cf_store_lookup(cf_store_t *st, const cf_store_key_t *keys, size_t n, uin
  * threads, not an event loop. */
 size_t cf_store_lookup_all(cf_store_t *st, const cf_store_key_t *keys, size_t n, uint8_t *tiers_out);
 
+/* Every chunk, not only the leading run: keys chain over token ids alone (key_i names tokens
+ * [0, (i+1) C) whatever is stored), so a chunk is found without its predecessors. tiers_out[i]
+ * (required) gets the fastest tier holding chunk i — local tiers first, then the remote tier for
+ * the local misses (one pipelined round trip) — or CF_STORE_TIER_NONE. Returns how many chunks
+ * are stored. Blocks on the network like cf_store_lookup_all. */
+size_t cf_store_lookup_each(cf_store_t *st, const cf_store_key_t *keys, size_t n, uint8_t *tiers_out);
+
 /* Promotion of remote hits into the local tiers. A restore that reads a whole chunk from the remote
  * tier stages its cells (as they arrive, verified) in a buffer from cf_store_promote_begin, and
  * hands it over with cf_store_promote_commit once every layer arrived verified; a background

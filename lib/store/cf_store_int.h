@@ -144,6 +144,9 @@ void cf__maybe_compact(cf_store_t *st);
 
 /* ---- cf_store_index.c: index and lists (call with mu held) */
 int32_t cf__idx_find(cf_store_t *st, const cf_store_key_t *k);
+/* Every key's fastest local tier into tiers_out[i] (CF_STORE_TIER_NONE when absent); returns
+ * how many are stored locally (cf_store_lookup_each without the remote tier). */
+size_t cf__lookup_each_local(cf_store_t *st, const cf_store_key_t *keys, size_t n, uint8_t *tiers_out);
 int32_t cf__idx_insert(cf_store_t *st, const cf_store_key_t *k); /* new entry or -1 when full */
 void cf__ent_maybe_free(cf_store_t *st, int32_t e);
 /* which: 0 CPU queue links, 1 SSD LRU links, 2 dirty links */

@@ -254,3 +254,24 @@ size_t cf_store_lookup_all(cf_store_t *st, const cf_store_key_t *keys, size_t n,
   if (tiers_out) memset(tiers_out + i, CF_STORE_TIER_REMOTE, more);
   return i + more;
 }
+
+size_t cf_store_lookup_each(cf_store_t *st, const cf_store_key_t *keys, size_t n, uint8_t *tiers_out) {
+  size_t k = cf__lookup_each_local(st, keys, n, tiers_out);
+  if (k == n || !st->remote) return k;
+  /* the local misses, in one pipeline to the remote tier */
+  cf_store_key_t *mk = malloc((n - k) * sizeof *mk);
+  size_t *at = malloc((n - k) * sizeof *at);
+  uint8_t *hit = malloc(n - k);
+  if (!mk || !at || !hit) { /* no room to ask: the local answer stands (misses are recomputed) */
+    free(mk), free(at), free(hit);
+    return k;
+  }
+  size_t m = 0;
+  for (size_t i = 0; i < n; i++)
+    if (tiers_out[i] == CF_STORE_TIER_NONE) { mk[m] = keys[i]; at[m++] = i; }
+  cf_remote_lookup_each(st->remote, mk, m, hit);
+  for (size_t j = 0; j < m; j++)
+    if (hit[j]) { tiers_out[at[j]] = CF_STORE_TIER_REMOTE; k++; }
+  free(mk), free(at), free(hit);
+  return k;
+}
