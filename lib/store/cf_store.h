@@ -76,7 +76,21 @@ size_t cf_store_cell_bytes(const cf_store_geom_t *g);
 /* Bytes of a cell of a chunk holding `n_tokens` tokens (a partial last chunk). */
 size_t cf_store_cell_bytes_n(const cf_store_geom_t *g, uint32_t n_tokens);
 
-typedef enum { CF_STORE_EVICT_LRU = 0, CF_STORE_EVICT_S3FIFO = 1 } cf_store_evict_t;
+typedef enum { CF_STORE_EVICT_LRU = 0, CF_STORE_EVICT_S3FIFO = 1, CF_STORE_EVICT_COST = 2 } cf_store_evict_t;
+
+/* EVICTION BY RESTORATION TIME SAVED (CF_STORE_EVICT_COST). A chunk's value in a tier is what its
+ * presence there saves a restore: recomputing it (every layer, at its position in the prefix)
+ * minus loading it from that tier. The store does not know the cost model (lib/sched is a
+ * sibling), so the daemon hands it this table, filled from the model it plans with. Chunk index
+ * c (position c * C tokens) falls in bucket min(c / bucket_chunks, CF_STORE_COST_BUCKETS - 1);
+ * a partial chunk of n tokens is worth n / C of its bucket's full chunk. Every slot has the same
+ * size, so "per byte" and "per chunk" order alike. bucket_chunks 0: no table, every chunk worth
+ * 1 (the policy is then GreedyDual frequency x recency alone). */
+#define CF_STORE_COST_BUCKETS 64
+typedef struct {
+  uint32_t bucket_chunks;
+  float saved_s[2][CF_STORE_COST_BUCKETS]; /* [0] CPU tier, [1] SSD tier: seconds, > 0 */
+} cf_store_cost_t;
 
 /* REMOTE: the remote tier (cf_remote: Redis / Redis Cluster shared by several nodes), when the
  * store was opened with remote_url. */
@@ -92,7 +106,10 @@ typedef struct {
   uint64_t ssd_bytes;         /* SSD tier byte cap (0: no SSD tier; the directory still holds the header) */
   cf_store_evict_t cpu_evict; /* eviction policy of the CPU tier, and of the SSD tier: LRU gives
                                * up the chunk least recently saved or read; S3-FIFO the oldest
-                               * save, sending one read since back to the head (at most 3 times) */
+                               * save, sending one read since back to the head (at most 3 times);
+                               * COST the lowest GreedyDual priority L + f x saved (see
+                               * cf_store_set_cost): a binary heap per tier, O(log n) */
+  cf_store_cost_t cost;       /* COST: the value table (zeroed: every chunk worth 1) */
   int spill;                  /* run the background write-back thread (default on via cf_store_config_default) */
   double spill_watermark;     /* spill only when CPU occupancy >= this fraction (0: always write back) */
   int promote_on_read;        /* whole-chunk SSD reads also insert the chunk in the CPU tier */
@@ -218,6 +235,18 @@ int cf_store_remove(cf_store_t *st, const cf_store_key_t *key);
  * dirty chunks are written back first (cf_store_flush); when that fails (CF_ENOSPC, CF_EIO) only
  * chunks already on SSD are given up and the error is returned. For tests and memory pressure. */
 int cf_store_evict_cpu(cf_store_t *st, uint64_t keep_bytes);
+
+/* Like cf_store_save, naming the chunk's index in its prefix (keys are chained from the first
+ * chunk, so a key always lies at the same index): the cost policy values a chunk by it. Also on
+ * CF_EEXIST the stored chunk learns its index (an index is not journaled: after a restart a
+ * chunk counts as index 0, the cheapest, until it is saved or offered again). */
+int cf_store_save_at(cf_store_t *st, const cf_store_key_t *key, uint32_t chunk_index,
+                     uint32_t n_tokens, const void *const *cells, unsigned flags);
+
+/* Replace the cost policy's value table (any time; the daemon calls it once its cost model is
+ * measured or re-fitted): every chunk's priority is recomputed with it (O(n)). No effect under
+ * the other policies. */
+void cf_store_set_cost(cf_store_t *st, const cf_store_cost_t *cost);
 
 /* ---------------------------------------------------------------- read */
 
