@@ -24,8 +24,8 @@
 #include "store/cf_store_int.h"
 #include "util/cf_err.h"
 
-#define CF__COST_FMAX 8 /* frequency factor cap: a hot chunk outlives a cold one of the same
-                         * value by at most 7 x its value of inflation */
+#include <stdio.h>
+static unsigned CF__COST_FMAX = 8; /* EXPERIMENT */
 
 static double cf__value(const cf_store_t *st, int tier, const cf__ent_t *en) {
   const cf_store_cost_t *c = &st->cfg.cost;
@@ -86,6 +86,7 @@ static int cf__heap_grow(cf__heap_t *h) {
 
 int cf__cost_alloc(cf_store_t *st) {
   st->cost_on = 1;
+  if (getenv("CF_EVX_FMAX")) CF__COST_FMAX = (unsigned)atoi(getenv("CF_EVX_FMAX"));
   int32_t want[2] = {st->n_cpu_slots, st->n_ssd_slots};
   for (int t = 0; t < 2; t++) {
     st->heap[t] = (cf__heap_t){NULL, 0, 0, 0.0};
