@@ -34,6 +34,9 @@
  * one tier (cf__inner); with one tier it is the front-t-tokens form above. The points are still
  * convexified per (request, layer), and the same duality gives the bound.
  *
+ * Holes (cf_sched.h: chunks no tier holds) are a run whose tokens must be in S: their compute
+ * is charged whole and "load everything" is no longer a choice for their request.
+ *
  * Arrivals. Requests arriving at or after time a must all be restored inside [a, T], so
  * T >= a + T(those requests) (checked at up to 64 thresholds a); and T >= a_r + T_single(r)
  * on its own link and its own device, or, when devices may help each other over a peer link
@@ -95,17 +98,25 @@ static double cf__ctx_inv(const cf_sched_cost_t *c, double G) {
 static double cf__inner(const cf_sched_cost_t *c, const cf__runs_t *rr, const double *q, double lam,
                         double nd) {
   double Q = 0, sep = 0;
-  for (int32_t i = 0; i < rr->n; i++) Q += (rr->run[i].b - rr->run[i].a) * q[rr->run[i].tier];
+  int hole = 0; /* a hole (cf_sched.h) cannot load: S holds it, "load everything" is no choice */
+  for (int32_t i = 0; i < rr->n; i++)
+    if (rr->run[i].tier == CF_SCHED_TIER_NONE) hole = 1;
+    else Q += (rr->run[i].b - rr->run[i].a) * q[rr->run[i].tier];
   if (lam <= 0) return 0.0; /* compute everything for free */
   for (int32_t i = 0; i < rr->n; i++) {
-    double a = rr->run[i].a, b = rr->run[i].b, qq = q[rr->run[i].tier], x;
+    double a = rr->run[i].a, b = rr->run[i].b, x;
+    if (rr->run[i].tier == CF_SCHED_TIER_NONE) { /* computed whole */
+      sep += lam / nd * (c->alpha_s * (b - a) + c->beta_s * cf_cost_ctx(c, a, b - a));
+      continue;
+    }
+    double qq = q[rr->run[i].tier];
     if (c->beta_s > 0) x = cf__ctx_inv(c, ((1 - lam) * qq * nd / lam - c->alpha_s) / c->beta_s);
     else x = lam * c->alpha_s / nd < (1 - lam) * qq ? b : a;
     x = x < a ? a : x > b ? b : x;
     sep += lam / nd * (c->alpha_s * (x - a) + c->beta_s * cf_cost_ctx(c, a, x - a)) + (1 - lam) * (b - x) * qq;
   }
   double all_load = (1 - lam) * Q, some = lam / nd * c->gamma_s + sep;
-  return some < all_load ? some : all_load;
+  return some < all_load || hole ? some : all_load;
 }
 
 /* D(lam) of the requests idx[0..m) (their runs rr[idx[i]]). */
