@@ -141,6 +141,8 @@ typedef struct {
   uint64_t saves, save_exists;          /* saves accepted; saves of a key already present */
   uint64_t cpu_hits, ssd_hits, misses;  /* cell/chunk reads by the tier that served them */
   uint64_t remote_hits;                 /* cf_store_read calls the remote tier served */
+  uint64_t remote_skipped_cheap;        /* cost policy: cheap chunks not queued for the remote tier
+                                         * while its write-back queue was more than half full */
   uint64_t cpu_evictions, cpu_evict_dirty; /* dirty: evicted before it reached SSD (lost) */
   uint64_t ssd_evictions, spills, promotions;
   uint64_t corrupt_cells, corrupt_chunks;  /* checksum mismatches found on read; chunks dropped */

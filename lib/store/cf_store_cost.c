@@ -39,9 +39,11 @@ static double cf__value(const cf_store_t *st, int tier, const cf__ent_t *en) {
   return v * (double)n / (double)C;
 }
 
+static double cf__prob = 1.0; /* EXPERIMENT */
 static double cf__pri(const cf_store_t *st, int tier, const cf__ent_t *en) {
   unsigned f = 1u + (en->uses < CF__COST_FMAX - 1 ? en->uses : CF__COST_FMAX - 1);
-  return st->heap[tier].L + (double)f * cf__value(st, tier, en);
+  double ff = en->uses ? f : cf__prob;
+  return st->heap[tier].L + ff * cf__value(st, tier, en);
 }
 
 static void cf__hset(cf_store_t *st, cf__heap_t *h, int tier, int32_t i, cf__hnode_t nd) {
@@ -86,6 +88,7 @@ static int cf__heap_grow(cf__heap_t *h) {
 
 int cf__cost_alloc(cf_store_t *st) {
   st->cost_on = 1;
+  if (getenv("CF_EVX_PROB")) cf__prob = atof(getenv("CF_EVX_PROB"));
   if (getenv("CF_EVX_FMAX")) CF__COST_FMAX = (unsigned)atoi(getenv("CF_EVX_FMAX"));
   int32_t want[2] = {st->n_cpu_slots, st->n_ssd_slots};
   for (int t = 0; t < 2; t++) {
@@ -186,6 +189,16 @@ int32_t cf__heap_pick(cf_store_t *st, int tier, int (*ok)(cf_store_t *, int32_t)
     if (p > h->L) h->L = p;
   }
   return pick;
+}
+
+int cf__cost_dear(const cf_store_t *st, uint32_t pos, uint32_t n_tokens) {
+  const cf_store_cost_t *c = &st->cfg.cost;
+  if (!c->bucket_chunks) return 1;
+  double avg = 0;
+  for (int b = 0; b < CF_STORE_COST_BUCKETS; b++) avg += c->saved_s[1][b];
+  avg /= CF_STORE_COST_BUCKETS;
+  cf__ent_t en = {.n_tokens = n_tokens, .pos = pos >= CF__POS_UNKNOWN ? CF__POS_UNKNOWN : (uint16_t)pos};
+  return cf__value(st, 1, &en) >= avg;
 }
 
 void cf_store_set_cost(cf_store_t *st, const cf_store_cost_t *cost) {

@@ -221,6 +221,9 @@ void cf__heap_del(cf_store_t *st, int tier, int32_t e);
 void cf__cost_use(cf_store_t *st, int32_t e);
 /* record e's chunk index (pos < CF__POS_KEEP), refreshing its priorities when it changes */
 void cf__cost_set_pos(cf_store_t *st, int32_t e, uint32_t pos);
+/* 1 when a chunk at index pos (CF__POS_KEEP / unknown: index 0) of n_tokens is worth at least
+ * the table's average SSD value (no table: every chunk is) */
+int cf__cost_dear(const cf_store_t *st, uint32_t pos, uint32_t n_tokens);
 /* the member of tier's heap with the lowest priority that ok(st, e) accepts (ok NULL: any);
  * raises the tier's L to its priority. -1 when none. O(log n) plus the refused ones. */
 int32_t cf__heap_pick(cf_store_t *st, int tier, int (*ok)(cf_store_t *, int32_t));
@@ -233,8 +236,10 @@ void *cf__spiller_main(void *arg);
 /* ---- cf_store_remote.c: hooks of the remote tier (no-ops without one) */
 int cf__remote_open(cf_store_t *st);
 void cf__remote_close(cf_store_t *st);
-/* a save added chunk key: queue it for the remote tier */
-void cf__remote_saved(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens, const void *const *cells);
+/* a save added chunk key (at chunk index pos, CF__POS_KEEP when not told): queue it for the
+ * remote tier */
+void cf__remote_saved(cf_store_t *st, const cf_store_key_t *key, uint32_t pos, uint32_t n_tokens,
+                      const void *const *cells);
 /* cf_store_read's last resort: CF_ENOTFOUND without a remote tier */
 int cf__remote_read(cf_store_t *st, const cf_store_key_t *key, uint32_t layer0, uint32_t n_layers,
                     void *dst, size_t dst_bytes);

@@ -117,7 +117,7 @@ int cf_store_save_at(cf_store_t *st, const cf_store_key_t *key, uint32_t pos, ui
   if (!st->n_cpu_slots) {
     if (!st->n_ssd_slots) return cf_seterr(CF_ENOSPC, "store %s: no tier has any capacity", st->dir);
     int rc = cf__save_direct(st, key, n_tokens, cells, flags, pos);
-    if (rc == 0) cf__remote_saved(st, key, n_tokens, cells);
+    if (rc == 0) cf__remote_saved(st, key, pos, n_tokens, cells);
     return rc;
   }
   int32_t e;
@@ -157,7 +157,7 @@ int cf_store_save_at(cf_store_t *st, const cf_store_key_t *key, uint32_t pos, ui
     }
     int fresh = rc == 0;
     rc = cf__spill_batch(st, &e, 1, 1);
-    if (fresh) cf__remote_saved(st, key, n_tokens, cells);
+    if (fresh) cf__remote_saved(st, key, pos, n_tokens, cells);
     if (rc) return cf_err_prefix(rc, "durable save (the chunk stays in the CPU tier): ");
     return 0;
   }
@@ -165,7 +165,7 @@ int cf_store_save_at(cf_store_t *st, const cf_store_key_t *key, uint32_t pos, ui
     pthread_mutex_lock(&st->mu);
     st->st.saves++;
     pthread_mutex_unlock(&st->mu);
-    cf__remote_saved(st, key, n_tokens, cells);
+    cf__remote_saved(st, key, pos, n_tokens, cells);
   }
   return rc;
 }

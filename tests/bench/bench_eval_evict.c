@@ -50,7 +50,7 @@
 
 #define C_TOK 512
 #define MAX_TOK 131072
-#define TIER_NONE 3 /* absent chunk (holes): read at 1 B/s, so computed */
+#define TIER_NONE CF_SCHED_TIER_NONE /* absent chunk: a hole, computed at every layer */
 
 /* ------------------------------------------------------------------ random */
 
@@ -329,7 +329,11 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, result_t *o
     }
     chunks_req += nch;
     chunks_hit += present;
-    int restore = X->holes ? nch : run;
+    /* holes: every chunk up to the last one held anywhere (absent ones after it are plain new
+     * tokens); prefix: the unbroken run from the first chunk, as cf_store_lookup reports it */
+    int last = nch;
+    while (last > 0 && tiers[last - 1] == TIER_NONE) last--;
+    int restore = X->holes ? last : run;
     cf_sched_req_t r = {0};
     r.prefix_tokens = (int64_t)restore * C_TOK;
     r.new_tokens = P - r.prefix_tokens;
@@ -345,7 +349,7 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, result_t *o
       if (getenv("CF_EVX_DUMP")) { /* EXPERIMENT */
         static FILE *df; if (!df) { char fn[256]; snprintf(fn, sizeof fn, "%s.%d.%g", getenv("CF_EVX_DUMP"), (int)pol, frac); df = fopen(fn, "w"); }
         fprintf(df, "%d P=%d nch=%d ttft=%.1f tiers=", i, P, nch, ttft[i]*1e3);
-        for (int c = 0; c < nch; c++) fputc("csnx"[tiers[c]], df);
+        for (int c = 0; c < nch; c++) fputc(tiers[c] == TIER_NONE ? 'x' : "csn"[tiers[c]], df);
         fputc('\n', df);
       }
       for (int c = 0; c < restore; c++) {
@@ -452,7 +456,6 @@ int main(int argc, char **argv) {
     fprintf(stderr, "eval_evict: profile %s lacks an ssd (or net) tier\n", hwname);
     return 1;
   }
-  X.cost.tier_Bps[TIER_NONE] = 1.0; /* absent: never worth loading */
   cf_evict_cost_table(&X.cost, C_TOK, &X.table);
   if (getenv("CF_EVX_CPUFLAT")) { /* EXPERIMENT */
     for (int b = 0; b < CF_STORE_COST_BUCKETS; b++) X.table.saved_s[0][b] = X.table.saved_s[0][0] * atof(getenv("CF_EVX_CPUFLAT"));
@@ -495,7 +498,14 @@ int main(int argc, char **argv) {
   int rc = 0;
   char *cl = strdup(caps);
   for (char *sv = NULL, *c = strtok_r(cl, ",", &sv); c && !rc; c = strtok_r(NULL, ",", &sv)) {
-    double frac = atof(c);
+    char *end;
+    double frac = strtod(c, &end);
+    if (*end || !(frac > 0) || frac > 10 || (long)(frac * X.ws) < 1) {
+      fprintf(stderr, "eval_evict: --caps '%s': expected fractions of the working set in (0, 10] "
+              "holding at least one chunk\n", c);
+      rc = 2;
+      break;
+    }
     result_t r[3];
     int have[3] = {0, 0, 0};
     const char *names[3] = {"lru", "s3fifo", "cost"};
@@ -523,6 +533,7 @@ int main(int argc, char **argv) {
   }
   free(cl);
   if (dir == tmpl) rmdir(tmpl);
+  if (rc == 2) return 2;
   for (int i = 0; i < T.n; i++) free(T.r[i].prompt.s);
   free(T.r);
   return rc ? 1 : 0;
