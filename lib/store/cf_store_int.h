@@ -47,7 +47,7 @@ typedef struct {
   uint32_t pins; /* readers + spill holding the CPU slot */
   uint8_t flags, queue, freq, in_dirty;
   uint8_t sfreq; /* SSD tier, S3-FIFO: reads since the chunk last passed the eviction point (<= 3) */
-  uint8_t uses;  /* COST: reads (first layer) and re-saves since it entered the store (<= 255) */
+  uint8_t uses;  /* COST: uses (a read at the first layer, a pin) since it entered the store (<= 255) */
   uint16_t pos;  /* COST: chunk index in its prefix (CF__POS_UNKNOWN: not told; saturates) */
   int32_t cprev, cnext; /* CPU queue or ghost list */
   int32_t sprev, snext; /* SSD LRU */

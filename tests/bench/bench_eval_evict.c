@@ -25,9 +25,8 @@
  * Output: one line per (capacity, policy): mean and p99 TTFT, chunk hit ratio (prompt chunks
  * present locally), and the ratio of the best other policy's mean TTFT to cost's.
  *
- * Until the planner knows absent chunks itself (issue 15.1), --lookup holes gives them a tier
- * whose read rate is 1 byte/s, so every plan computes them at every layer; the run checks that
- * no plan loads one (counted as `bad`, must be 0).
+ * Absent chunks are holes (CF_SCHED_TIER_NONE, issue 15.1): every policy computes them at every
+ * layer; the run also checks that no plan loads one (counted as `bad`, must be 0).
  *
  * Usage: bench_eval_evict [--workload chat|agentic|rag] [--seed N] [--scale X]
  *                         [--caps 0.05,0.1,0.25,0.5] [--lookup holes|prefix] [--remote]
@@ -346,12 +345,6 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, result_t *o
     if (restore > 0) {
       if ((rc = cf_sched_plan(&in, CF_POLICY_OPTIMAL, &plan)) || (rc = cf_sim_run(&in, &plan, &res))) break;
       ttft[i] = res.ttft_s[0];
-      if (getenv("CF_EVX_DUMP")) { /* EXPERIMENT */
-        static FILE *df; if (!df) { char fn[256]; snprintf(fn, sizeof fn, "%s.%d.%g", getenv("CF_EVX_DUMP"), (int)pol, frac); df = fopen(fn, "w"); }
-        fprintf(df, "%d P=%d nch=%d ttft=%.1f tiers=", i, P, nch, ttft[i]*1e3);
-        for (int c = 0; c < nch; c++) fputc(tiers[c] == TIER_NONE ? 'x' : "csn"[tiers[c]], df);
-        fputc('\n', df);
-      }
       for (int c = 0; c < restore; c++) {
         int h = plan.h[plan.h_off[0] + c];
         if (tiers[c] == TIER_NONE && h < L) bad++;
@@ -457,11 +450,6 @@ int main(int argc, char **argv) {
     return 1;
   }
   cf_evict_cost_table(&X.cost, C_TOK, &X.table);
-  if (getenv("CF_EVX_CPUFLAT")) { /* EXPERIMENT */
-    for (int b = 0; b < CF_STORE_COST_BUCKETS; b++) X.table.saved_s[0][b] = X.table.saved_s[0][0] * atof(getenv("CF_EVX_CPUFLAT"));
-  }
-  if (getenv("CF_EVX_FLAT")) { for (int b = 0; b < CF_STORE_COST_BUCKETS; b++) X.table.saved_s[1][b] = X.table.saved_s[1][0];}
-  for (int b = 0; b < CF_STORE_COST_BUCKETS; b+=8) fprintf(stderr, "b%d %.4f %.4f\n", b, X.table.saved_s[0][b], X.table.saved_s[1][b]);
 
   /* working set: the distinct chunks the trace saves */
   {
