@@ -512,7 +512,9 @@ int main(int argc, char **argv) {
       if (!have[p]) continue;
       char gain[32] = "";
       if (p == 2 && best_other > 0) snprintf(gain, sizeof gain, "%.2fx", best_other / r[p].mean);
-      printf("%-8.0f%% %-7s %12.1f %12.1f %7.1f%% %7.1f%% %8s%s\n", frac * 100, names[p], r[p].mean * 1e3,
+      char capn[32];
+      snprintf(capn, sizeof capn, "%g%%", frac * 100);
+      printf("%-8s %-7s %12.1f %12.1f %7.1f%% %7.1f%% %8s%s\n", capn, names[p], r[p].mean * 1e3,
              r[p].p99 * 1e3, r[p].hit * 100, r[p].cpu_hit * 100, gain,
              r[p].bad ? "  (plans loaded absent chunks!)" : "");
       if (r[p].bad) rc = 1;

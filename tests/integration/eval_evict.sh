@@ -10,11 +10,11 @@ EV=$BUILD/bench/bench_eval_evict
 cf_test_dir cf-eval-evict
 [ -x "$EV" ] || cf_skip_all "$EV not built"
 
-rows_ok() { # FILE CAPS: 3 rows per capacity, hit/cpu_hit in [0,100], TTFT > 0
+rows_ok() { # FILE CAPS: 3 rows per capacity, 0 <= cpu_hit <= hit <= 100, mean and p99 TTFT > 0
   awk -v caps="$2" '
     /^#/ || /^capacity/ { next }
-    { n++; gsub("%", "", $5); gsub("%", "", $6)
-      if ($3 <= 0 || $4 < $3 * 0 || $5 < 0 || $5 > 100 || $6 < 0 || $6 > $5 + 1e-9) { print "bad row: " $0; bad = 1 } }
+    { n++; h = $5; c = $6; sub("%", "", h); sub("%", "", c); h += 0; c += 0
+      if ($3 + 0 <= 0 || $4 + 0 <= 0 || h < 0 || h > 100 || c < 0 || c > h + 1e-9) { print "bad row: " $0; bad = 1 } }
     END { want = 3 * split(caps, a, ","); if (n != want) { print n " rows, want " want; bad = 1 } exit bad }' "$1"
 }
 
