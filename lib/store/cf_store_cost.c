@@ -40,12 +40,17 @@ static double cf__value(const cf_store_t *st, int tier, const cf__ent_t *en) {
   uint32_t b = pos / c->bucket_chunks;
   if (b >= CF_STORE_COST_BUCKETS) b = CF_STORE_COST_BUCKETS - 1;
   double v = c->saved_s[tier][b];
-  if (!(v > 1e-9)) v = 1e-9; /* never free to keep: a chunk is worth at least what it costs */
+  /* the CPU copy of a chunk that goes to SSD when it leaves (write-back) saves only the SSD
+   * read: recompute cancels out, every chunk is worth the same, and GreedyDual is LRU */
+  if (tier == 0 && st->n_ssd_slots) v -= c->saved_s[1][b];
+  if (!(v > 1e-9)) v = 1e-9; /* never free to keep */
   uint32_t C = st->g.chunk_tokens, n = en->n_tokens ? en->n_tokens : C;
   return v * (double)n / (double)C;
 }
 
 static double cf__pri(const cf_store_t *st, int tier, const cf__ent_t *en) {
+  /* the CPU tier in front of an SSD tier is recency alone (see cf__value): no frequency either */
+  if (tier == 0 && st->n_ssd_slots) return st->heap[tier].L + cf__value(st, tier, en);
   double f = en->uses ? 1.0 + (en->uses < CF__COST_FMAX - 1 ? en->uses : CF__COST_FMAX - 1) : CF__COST_F_NEW;
   return st->heap[tier].L + f * cf__value(st, tier, en);
 }
