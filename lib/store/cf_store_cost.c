@@ -198,6 +198,17 @@ int32_t cf__heap_pick(cf_store_t *st, int tier, int (*ok)(cf_store_t *, int32_t)
   return pick;
 }
 
+int cf__cost_refuse(cf_store_t *st, int32_t e, unsigned taken) {
+  cf__heap_t *h = &st->heap[1];
+  if (!st->n_ssd_slots || (unsigned)st->n_ssd_free > taken || !h->len ||
+      __atomic_load_n(&st->files_ready, __ATOMIC_ACQUIRE) < st->n_files)
+    return 0;
+  double p = cf__pri(st, 1, &st->ents[e]);
+  if (p >= h->n[0].pri) return 0;
+  if (p > h->L) h->L = p;
+  return 1;
+}
+
 int cf__cost_dear(const cf_store_t *st, uint32_t pos, uint32_t n_tokens) {
   const cf_store_cost_t *c = &st->cfg.cost;
   if (!c->bucket_chunks) return 1;

@@ -260,3 +260,37 @@ CF_TEST(store_cost_random_ops_keep_caps_and_bytes) {
   CF_CHECK_OK(cf_store_flush(st));
   cf_store_close(st);
 }
+
+/* In front of an SSD tier the CPU copy of a chunk saves only the SSD read (recompute cancels:
+ * the chunk goes to SSD when it leaves), so the CPU tier keeps the most recently used chunks
+ * whatever their index, and the SSD tier ranks by value: with 4 CPU and 6 SSD slots, 4 dear
+ * chunks saved first then 8 cheap ones leave the 4 newest cheap ones in the CPU tier, every
+ * dear one on SSD, and the SSD evictions (written-back chunks overflow it) cheap ones. */
+CF_TEST(store_cost_cpu_tier_before_ssd_is_recency_ssd_is_value) {
+  cf_store_config_t c = cfg_cost(4, 6, CF_STORE_EVICT_COST);
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  cf_store_t *st;
+  CF_CHECK_OK(cf_store_open(tdir("cost_tiers"), &g, &c, &st));
+  if (!st) return;
+  for (uint64_t id = 0; id < 4; id++) CF_CHECK_OK(save_at(st, id, 200));
+  for (uint64_t id = 10; id < 18; id++) { CF_CHECK_OK(save_at(st, id, 0)); caps_ok(st, "tiers"); }
+  for (uint64_t id = 14; id < 18; id++) {
+    cf_store_key_t k = st_key(&g, id);
+    uint8_t t = 0;
+    CF_CHECK_EQ(cf_store_lookup(st, &k, 1, &t), 1);
+    CF_CHECK_MSG(t == CF_STORE_TIER_CPU, "newest cheap chunk %d not in the CPU tier (tier %d)", (int)id, t);
+  }
+  for (uint64_t id = 0; id < 4; id++) {
+    cf_store_key_t k = st_key(&g, id);
+    uint8_t t = 0;
+    CF_CHECK_EQ(cf_store_lookup(st, &k, 1, &t), 1);
+    CF_CHECK_MSG(t == CF_STORE_TIER_SSD, "dear chunk %d: tier %d, want SSD", (int)id, t);
+  }
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  CF_CHECK_GT(s.ssd_evictions, 0); /* the SSD tier did choose */
+  int gone = 0;
+  for (uint64_t id = 10; id < 14; id++) gone += !present(st, id);
+  CF_CHECK_EQ((uint64_t)gone, s.ssd_evictions); /* every SSD victim a cheap chunk */
+  cf_store_close(st);
+}
