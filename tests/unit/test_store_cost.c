@@ -63,14 +63,36 @@ static void caps_ok(cf_store_t *st, const char *what) {
                (unsigned long long)s.ssd_bytes_used, (unsigned long long)s.ssd_bytes_cap);
 }
 
+/* Open store `name` with cfg_cost(cpu, ssd, pol), its value table *tab when given; NULL on failure. */
+static cf_store_t *open_cost(const char *name, int cpu, int ssd, cf_store_evict_t pol, const cf_store_cost_t *tab) {
+  cf_store_config_t c = cfg_cost(cpu, ssd, pol);
+  if (tab) c.cost = *tab;
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  cf_store_t *st = NULL;
+  CF_CHECK_OK(cf_store_open(tdir(name), &g, &c, &st));
+  return st;
+}
+
+/* chunks of ids [lo, hi) present, each checked to read back its own bytes */
+static int count_intact(cf_store_t *st, uint64_t lo, uint64_t hi) {
+  int kept = 0;
+  for (uint64_t id = lo; id < hi; id++) {
+    if (!present(st, id)) continue;
+    int eq, t;
+    CF_CHECK_OK(st_check(st, id, 16, 0, 2, &eq, &t));
+    CF_CHECK_MSG(eq, "chunk %d: bytes differ", (int)id);
+    kept++;
+  }
+  return kept;
+}
+
 /* Four dear chunks (index 200) saved first, then eight cheap ones (index 0) into a CPU tier of 8:
  * cost gives up the cheap ones, LRU the dear ones (the oldest). */
 static void dear_vs_cheap(cf_store_evict_t pol, const char *name, int want_dear_kept) {
-  cf_store_config_t c = cfg_cost(8, 0, pol);
-  cf_store_geom_t g = st_geom(16, 2, 64);
-  cf_store_t *st;
-  CF_CHECK_OK(cf_store_open(tdir(name), &g, &c, &st));
+  cf_store_t *st = open_cost(name, 8, 0, pol, NULL);
   if (!st) return;
+  cf_store_geom_t g = *cf_store_geom(st);
+  (void)g;
   for (uint64_t id = 0; id < 4; id++) CF_CHECK_OK(save_at(st, id, 200));
   for (uint64_t id = 10; id < 18; id++) { CF_CHECK_OK(save_at(st, id, 0)); caps_ok(st, name); }
   int dear = 0, cheap = 0;
@@ -92,11 +114,10 @@ CF_TEST(store_cost_keeps_the_dear_chunks_lru_does_not) {
 /* The index a chunk is saved at decides its value; a stored chunk re-saved at another index
  * (CF_EEXIST) takes the new one. */
 CF_TEST(store_cost_resave_teaches_the_index) {
-  cf_store_config_t c = cfg_cost(4, 0, CF_STORE_EVICT_COST);
-  cf_store_geom_t g = st_geom(16, 2, 64);
-  cf_store_t *st;
-  CF_CHECK_OK(cf_store_open(tdir("cost_pos"), &g, &c, &st));
+  cf_store_t *st = open_cost("cost_pos", 4, 0, CF_STORE_EVICT_COST, NULL);
   if (!st) return;
+  cf_store_geom_t g = *cf_store_geom(st);
+  (void)g;
   for (uint64_t id = 0; id < 4; id++) CF_CHECK_OK(save_at(st, id, 0));
   CF_CHECK_ERR(save_at(st, 0, 300), CF_EEXIST); /* chunk 0 is dear now */
   for (uint64_t id = 10; id < 13; id++) CF_CHECK_OK(save_at(st, id, 0));
@@ -108,12 +129,11 @@ CF_TEST(store_cost_resave_teaches_the_index) {
 /* Aging: two dear chunks; one is read every few saves, the other never again. A stream of cheap
  * chunks raises the inflation L until the dead dear chunk leaves; the used one stays. */
 CF_TEST(store_cost_aging_lets_dead_chunks_leave) {
-  cf_store_config_t c = cfg_cost(8, 0, CF_STORE_EVICT_COST);
-  c.cost = two_values(20.0f);
-  cf_store_geom_t g = st_geom(16, 2, 64);
-  cf_store_t *st;
-  CF_CHECK_OK(cf_store_open(tdir("cost_aging"), &g, &c, &st));
+  cf_store_cost_t aging = two_values(20.0f);
+  cf_store_t *st = open_cost("cost_aging", 8, 0, CF_STORE_EVICT_COST, &aging);
   if (!st) return;
+  cf_store_geom_t g = *cf_store_geom(st);
+  (void)g;
   CF_CHECK_OK(save_at(st, 1, 200)); /* dead */
   CF_CHECK_OK(save_at(st, 2, 200)); /* in use */
   int dead_gone_at = -1;
@@ -137,10 +157,7 @@ CF_TEST(store_cost_aging_lets_dead_chunks_leave) {
 /* Dirty chunks are written back before the CPU tier gives them up; with spill off every eviction
  * has to, and every chunk saved before the flush reads back after a restart. */
 CF_TEST(store_cost_writes_dirty_chunks_back_before_evicting) {
-  cf_store_config_t c = cfg_cost(4, 64, CF_STORE_EVICT_COST);
-  cf_store_geom_t g = st_geom(16, 2, 64);
-  cf_store_t *st;
-  CF_CHECK_OK(cf_store_open(tdir("cost_dirty"), &g, &c, &st));
+  cf_store_t *st = open_cost("cost_dirty", 4, 64, CF_STORE_EVICT_COST, NULL);
   if (!st) return;
   for (uint64_t id = 0; id < 24; id++) {
     CF_CHECK_OK(save_at(st, id, (uint32_t)(id % 3) * 150));
@@ -153,13 +170,9 @@ CF_TEST(store_cost_writes_dirty_chunks_back_before_evicting) {
   CF_CHECK_GE(s.ssd_chunks, 20);
   CF_CHECK_OK(cf_store_flush(st));
   cf_store_close(st);
-  CF_CHECK_OK(cf_store_open(tdir("cost_dirty"), &g, &c, &st));
+  st = open_cost("cost_dirty", 4, 64, CF_STORE_EVICT_COST, NULL);
   if (!st) return;
-  for (uint64_t id = 0; id < 24; id++) {
-    int eq, t;
-    CF_CHECK_OK(st_check(st, id, 16, 0, 2, &eq, &t));
-    CF_CHECK_MSG(eq, "chunk %d saved before the flush: bytes differ", (int)id);
-  }
+  CF_CHECK_EQ(count_intact(st, 0, 24), 24); /* every chunk saved before the flush */
   cf_store_close(st);
 }
 
@@ -192,15 +205,7 @@ CF_TEST(store_cost_ssd_journal_restart_shrink) {
   /* restart: the same 24 chunks, bytes intact; more saves evict again (journaled) */
   CF_CHECK_OK(cf_store_open(dir, &g, &c, &st));
   if (!st) return;
-  int kept = 0;
-  for (uint64_t id = 0; id < 132; id++) {
-    if (!present(st, id)) continue;
-    int eq, t;
-    CF_CHECK_OK(st_check(st, id, 16, 0, 2, &eq, &t));
-    CF_CHECK(eq);
-    kept++;
-  }
-  CF_CHECK_EQ(kept, 24);
+  CF_CHECK_EQ(count_intact(st, 0, 132), 24);
   for (uint64_t id = 200; id < 210; id++) { CF_CHECK_OK(save_at(st, id, 0)); caps_ok(st, "ssd restart"); }
   CF_CHECK_OK(cf_store_flush(st));
   cf_store_close(st);
@@ -211,15 +216,7 @@ CF_TEST(store_cost_ssd_journal_restart_shrink) {
   if (!st) return;
   cf_store_get_stats(st, &s);
   CF_CHECK_EQ(s.ssd_chunks, 12);
-  kept = 0;
-  for (uint64_t id = 0; id < 210; id++) {
-    if (!present(st, id)) continue;
-    int eq, t;
-    CF_CHECK_OK(st_check(st, id, 16, 0, 2, &eq, &t));
-    CF_CHECK(eq);
-    kept++;
-  }
-  CF_CHECK_EQ(kept, 12);
+  CF_CHECK_EQ(count_intact(st, 0, 210), 12);
   cf_store_close(st);
   CF_CHECK_OK(cf_store_verify_dir(dir, &v));
   CF_CHECK_EQ(v.chunks_ok, 12);
@@ -267,11 +264,10 @@ CF_TEST(store_cost_random_ops_keep_caps_and_bytes) {
  * chunks saved first then 8 cheap ones leave the 4 newest cheap ones in the CPU tier, every
  * dear one on SSD, and the SSD evictions (written-back chunks overflow it) cheap ones. */
 CF_TEST(store_cost_cpu_tier_before_ssd_is_recency_ssd_is_value) {
-  cf_store_config_t c = cfg_cost(4, 6, CF_STORE_EVICT_COST);
-  cf_store_geom_t g = st_geom(16, 2, 64);
-  cf_store_t *st;
-  CF_CHECK_OK(cf_store_open(tdir("cost_tiers"), &g, &c, &st));
+  cf_store_t *st = open_cost("cost_tiers", 4, 6, CF_STORE_EVICT_COST, NULL);
   if (!st) return;
+  cf_store_geom_t g = *cf_store_geom(st);
+  (void)g;
   for (uint64_t id = 0; id < 4; id++) CF_CHECK_OK(save_at(st, id, 200));
   for (uint64_t id = 10; id < 18; id++) { CF_CHECK_OK(save_at(st, id, 0)); caps_ok(st, "tiers"); }
   for (uint64_t id = 14; id < 18; id++) {
