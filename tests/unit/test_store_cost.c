@@ -91,8 +91,6 @@ static int count_intact(cf_store_t *st, uint64_t lo, uint64_t hi) {
 static void dear_vs_cheap(cf_store_evict_t pol, const char *name, int want_dear_kept) {
   cf_store_t *st = open_cost(name, 8, 0, pol, NULL);
   if (!st) return;
-  cf_store_geom_t g = *cf_store_geom(st);
-  (void)g;
   for (uint64_t id = 0; id < 4; id++) CF_CHECK_OK(save_at(st, id, 200));
   for (uint64_t id = 10; id < 18; id++) { CF_CHECK_OK(save_at(st, id, 0)); caps_ok(st, name); }
   int dear = 0, cheap = 0;
@@ -116,8 +114,6 @@ CF_TEST(store_cost_keeps_the_dear_chunks_lru_does_not) {
 CF_TEST(store_cost_resave_teaches_the_index) {
   cf_store_t *st = open_cost("cost_pos", 4, 0, CF_STORE_EVICT_COST, NULL);
   if (!st) return;
-  cf_store_geom_t g = *cf_store_geom(st);
-  (void)g;
   for (uint64_t id = 0; id < 4; id++) CF_CHECK_OK(save_at(st, id, 0));
   CF_CHECK_ERR(save_at(st, 0, 300), CF_EEXIST); /* chunk 0 is dear now */
   for (uint64_t id = 10; id < 13; id++) CF_CHECK_OK(save_at(st, id, 0));
@@ -132,8 +128,6 @@ CF_TEST(store_cost_aging_lets_dead_chunks_leave) {
   cf_store_cost_t aging = two_values(20.0f);
   cf_store_t *st = open_cost("cost_aging", 8, 0, CF_STORE_EVICT_COST, &aging);
   if (!st) return;
-  cf_store_geom_t g = *cf_store_geom(st);
-  (void)g;
   CF_CHECK_OK(save_at(st, 1, 200)); /* dead */
   CF_CHECK_OK(save_at(st, 2, 200)); /* in use */
   int dead_gone_at = -1;
@@ -267,7 +261,6 @@ CF_TEST(store_cost_cpu_tier_before_ssd_is_recency_ssd_is_value) {
   cf_store_t *st = open_cost("cost_tiers", 4, 6, CF_STORE_EVICT_COST, NULL);
   if (!st) return;
   cf_store_geom_t g = *cf_store_geom(st);
-  (void)g;
   for (uint64_t id = 0; id < 4; id++) CF_CHECK_OK(save_at(st, id, 200));
   for (uint64_t id = 10; id < 18; id++) { CF_CHECK_OK(save_at(st, id, 0)); caps_ok(st, "tiers"); }
   for (uint64_t id = 14; id < 18; id++) {
