@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BUILD:-build}/bench/bench_eval_evict
-[ -x "$BIN" ] || make --no-print-directory "$BIN" >/dev/null
+make --no-print-directory "$BIN" >/dev/null # (re)built when its sources changed
 work="chat agentic rag"
 args=()
 while [ $# -gt 0 ]; do
