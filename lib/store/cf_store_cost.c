@@ -25,8 +25,8 @@
 #include "util/cf_err.h"
 
 /* Frequency factor: a chunk nobody has read since it came in counts 1/2, one read since counts
- * 2 (and no more: measured on the evaluation's traces, a larger cap kept dead chunks too long,
- * 8 cost 2-7% mean TTFT at 5-25% capacity on chat and agentic traces). The 4x between them is
+ * 2 (and no more: on the evaluation's traces a cap of 8 kept dead chunks too long, up to 6%
+ * more mean TTFT on agentic traces). The 4x between them is
  * S3-FIFO's lesson in GreedyDual form: most chunks are never read again (a RAG document asked
  * once), and those should leave before chunks that proved useful; without it (every chunk
  * counting 1) cost lost 5-7% to S3-FIFO on RAG traces. */
