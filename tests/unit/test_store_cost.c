@@ -6,6 +6,8 @@
 #include <stdlib.h>
 
 #include "cf_test.h"
+#include "store/cf_remote.h"
+#include "unit/redis_testlib.h"
 #include "unit/store_testlib.h"
 
 static char *tdir(const char *name) {
@@ -282,4 +284,57 @@ CF_TEST(store_cost_cpu_tier_before_ssd_is_recency_ssd_is_value) {
   for (uint64_t id = 10; id < 14; id++) gone += !present(st, id);
   CF_CHECK_EQ((uint64_t)gone, s.ssd_evictions); /* every SSD victim a cheap chunk */
   cf_store_close(st);
+}
+
+/* The remote tier's write-back under cost: while its queue is more than half full, cheap chunks
+ * (index 0) are not queued, dear ones (index 200) still are. A real redis-server, stopped with
+ * SIGSTOP so the writer blocks and the queue fills, then resumed: afterwards the remote tier
+ * holds the dear chunks and none of the cheap ones. */
+CF_TEST(store_cost_remote_write_back_prefers_dear_chunks) {
+  if (!rt_have_redis()) { cf_test_skip("redis-server not installed (make deps)"); return; }
+  rt_server_t srv;
+  CF_CHECK_EQ(rt_standalone(&srv, cf_test_tmpdir(), "cost_redis", NULL), 0);
+  char url[64];
+  snprintf(url, sizeof url, "redis://127.0.0.1:%d", srv.port);
+  cf_store_config_t c = cfg_cost(64, 0, CF_STORE_EVICT_COST);
+  c.remote_url = url;
+  c.remote_queue_bytes = 8 * (uint64_t)SLOT; /* 8 chunks of two 8 KiB cells */
+  c.remote_timeout_ms = 60000;               /* a stopped server blocks the writer, no timeout */
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  cf_store_t *st = NULL;
+  CF_CHECK_OK(cf_store_open(tdir("cost_remote"), &g, &c, &st));
+  if (!st) { rt_stop(&srv); return; }
+  kill(srv.pid, SIGSTOP);
+  /* dear chunks until the queue is more than half full (the writer holds what it took) */
+  uint64_t dear = 0;
+  cf_remote_stats_t rs;
+  do {
+    CF_CHECK_OK(save_at(st, dear++, 200));
+    cf_remote_get_stats(cf_store_remote(st), &rs);
+  } while (2 * rs.queue_bytes <= 8 * (uint64_t)SLOT && dear < 40);
+  CF_CHECK_MSG(2 * rs.queue_bytes > 8 * (uint64_t)SLOT, "queue never filled (%llu bytes)",
+               (unsigned long long)rs.queue_bytes);
+  for (uint64_t id = 100; id < 104; id++) CF_CHECK_OK(save_at(st, id, 0));
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.remote_skipped_cheap, 4);
+  kill(srv.pid, SIGCONT);
+  CF_CHECK_OK(cf_remote_flush(cf_store_remote(st), 60000));
+  int dear_there = 0;
+  for (uint64_t id = 0; id < dear; id++) {
+    cf_store_key_t k = st_key(&g, id);
+    dear_there += (int)cf_remote_lookup(cf_store_remote(st), &k, 1);
+  }
+  CF_CHECK_EQ(dear_there, (int)dear); /* the queue had room for every dear one */
+  for (uint64_t id = 100; id < 104; id++) {
+    cf_store_key_t k = st_key(&g, id);
+    CF_CHECK_MSG(cf_remote_lookup(cf_store_remote(st), &k, 1) == 0, "cheap chunk %d written back", (int)id);
+  }
+  /* with the queue drained, cheap chunks are written back again */
+  CF_CHECK_OK(save_at(st, 200, 0));
+  CF_CHECK_OK(cf_remote_flush(cf_store_remote(st), 60000));
+  cf_store_key_t k = st_key(&g, 200);
+  CF_CHECK_EQ(cf_remote_lookup(cf_store_remote(st), &k, 1), 1);
+  cf_store_close(st);
+  rt_stop(&srv);
 }
