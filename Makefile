@@ -32,7 +32,7 @@ DEB_PKGS := build-essential pkg-config clang libclang-rt-14-dev \
             libmicrohttpd-dev libgrpc-dev libprotobuf-c-dev protobuf-c-compiler \
             protobuf-compiler python3 python3-numpy python3-grpcio python3-grpc-tools \
             curl jq e2fsprogs \
-            redis-server redis-tools libhiredis-dev
+            redis-server redis-tools libhiredis-dev libssl-dev openssl
 
 CPPFLAGS += -Ilib -I. -Idaemon -Itests -I$(BUILD)/gen -I/usr/include/x86_64-linux-gnu/openblas-pthread -D_GNU_SOURCE
 SAN      ?=
@@ -41,7 +41,7 @@ CFLAGS   += $(SAN) $(OPT) -std=c11 -pthread -fPIC -Wall -Wextra -Wshadow -Wno-un
             -Wno-missing-field-initializers -MMD -MP
 LDFLAGS  += -pthread $(SAN)
 LDLIBS   += -lopenblas -luring -lxxhash -lhiredis -lm
-DAEMON_LDLIBS := -lgrpc -lgpr -lprotobuf-c -luv -lmicrohttpd -linih
+DAEMON_LDLIBS := -lgrpc -lgpr -lprotobuf-c -luv -lmicrohttpd -linih -lcrypto
 
 ifeq ($(CUDA),1)
 CPPFLAGS     += -DCF_HAVE_CUDA=1 -I$(CUDA_HOME)/include

@@ -19,6 +19,7 @@ static const char *const cf__evictions[] = {"lru", "s3fifo", "cost", NULL};
 static const char *const cf__policies[] = {"recompute", "load", "cake", "layerwise",
                                            "cacheflow", "optimal", NULL};
 static const char *const cf__onoff[] = {"off", "on", NULL};
+static const char *const cf__noyes[] = {"no", "yes", NULL};
 static const char *const cf__backends[] = {"auto", "cpu", "cuda", NULL};
 static const char *const cf__kv_dtypes[] = {"auto", "f32", "bf16", "f16", NULL};
 static const char *const cf__gpu_load_modes[] = {"staged", "zerocopy", "arena", NULL}; /* cf_gpu_load_mode_t order */
@@ -75,6 +76,16 @@ const cf_config_entry_t cf_config_table[] = {
    "gRPC unix socket (created mode 0660)"},
   {"tcp_listen", CF_CFG_T_STR, F(tcp_listen), 0, 0, NULL, "", cf__v_tcp, 0,
    "extra gRPC TCP address host:port; empty = no TCP"},
+  {"tcp_insecure", CF_CFG_T_ENUM, F(tcp_insecure), 0, 0, cf__noyes, "no", NULL, 0,
+   "yes: allow tcp_listen on a non-loopback address without TLS (anyone reaching the port drives the daemon); "
+   "no: such a listener is refused at start-up"},
+  {"tls_cert_file", CF_CFG_T_STR, F(tls_cert_file), 0, 0, NULL, "", cf__v_abs_or_empty, 0,
+   "PEM certificate chain the TCP listener presents (TLS); empty = plaintext TCP; SIGHUP re-reads the file"},
+  {"tls_key_file", CF_CFG_T_STR, F(tls_key_file), 0, 0, NULL, "", cf__v_abs_or_empty, 0,
+   "PEM private key of tls_cert_file (unencrypted; keep it mode 600); SIGHUP re-reads the file"},
+  {"tls_client_ca_file", CF_CFG_T_STR, F(tls_client_ca_file), 0, 0, NULL, "", cf__v_abs_or_empty, 0,
+   "PEM CA certificates for mutual TLS: a TCP client must present a certificate they signed; empty = no client "
+   "certificate asked; SIGHUP re-reads the file"},
   {"metrics_listen", CF_CFG_T_STR, F(metrics_listen), 0, 0, NULL, "127.0.0.1:9464", cf__v_metrics, 0,
    "HTTP /metrics and /healthz: host:port or unix:/path; empty = off"},
   {"model", CF_CFG_T_STR, F(model), 0, 0, NULL, "", cf__v_abs_or_empty, 0,

@@ -23,6 +23,10 @@ typedef enum { CF_KVDT_AUTO = 0, CF_KVDT_F32, CF_KVDT_BF16, CF_KVDT_F16 } cf_kv_
 typedef struct {
   char listen[CF_CFG_STR_MAX];          /* unix:/path (the default) */
   char tcp_listen[CF_CFG_STR_MAX];      /* host:port or "" (off) */
+  int tcp_insecure;                     /* 0 = no, 1 = yes: plaintext TCP on a non-loopback address allowed */
+  char tls_cert_file[CF_CFG_STR_MAX];   /* TCP listener's PEM chain; "" = plaintext TCP (cf_tls.h) */
+  char tls_key_file[CF_CFG_STR_MAX];    /* its PEM private key */
+  char tls_client_ca_file[CF_CFG_STR_MAX]; /* PEM CAs of client certificates; set = mutual TLS */
   char metrics_listen[CF_CFG_STR_MAX];  /* host:port, unix:/path or "" (off) */
   char model[CF_CFG_STR_MAX];           /* HF checkpoint directory or "" */
   char store_dir[CF_CFG_STR_MAX];

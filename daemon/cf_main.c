@@ -26,6 +26,7 @@
 #include "cf_shmclean.h"
 #include "cf_dataplane.h"
 #include "cf_storage.h"
+#include "cf_tls.h"
 #include "exec/cf_evict_cost.h"
 #include "model/cf_model.h"
 #include "store/cf_remote.h"
@@ -60,6 +61,7 @@ typedef struct {
   int draining, stopping;
   uint64_t drain_start_ms;
   uint64_t reloads, reload_failures;
+  uint64_t tls_reloads, tls_reload_failures; /* SIGHUP re-reads of the TCP listener's certificates */
   uint64_t t_start;
 } cf_daemon_t;
 
@@ -147,6 +149,11 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
   CF__P("# HELP cacheflow_config_reloads_total SIGHUP reloads (result=ok|error).\n# TYPE cacheflow_config_reloads_total counter\n"
         "cacheflow_config_reloads_total{result=\"ok\"} %llu\ncacheflow_config_reloads_total{result=\"error\"} %llu\n",
         (unsigned long long)d->reloads, (unsigned long long)d->reload_failures);
+  CF__P("# HELP cacheflow_tls_reloads_total SIGHUP re-reads of the TCP listener's certificates (result=ok|error).\n"
+        "# TYPE cacheflow_tls_reloads_total counter\n"
+        "cacheflow_tls_reloads_total{result=\"ok\"} %llu\ncacheflow_tls_reloads_total{result=\"error\"} %llu\n",
+        (unsigned long long)__atomic_load_n(&d->tls_reloads, __ATOMIC_RELAXED),
+        (unsigned long long)__atomic_load_n(&d->tls_reload_failures, __ATOMIC_RELAXED));
   cf_remote_t *rt = d->storage ? cf_store_remote(cf_storage_store(d->storage)) : NULL;
   if (rt) {
     cf_remote_stats_t r;
@@ -282,10 +289,31 @@ static void cf__on_term(uv_signal_t *h, int signum) { cf__begin_drain(h->data, s
 
 static void cf__apply_link(cf_daemon_t *d);
 
+/* SIGHUP: re-read the files the running tls_* keys name (their paths need a restart) and hand
+ * them to the next handshakes; on any problem the running certificates stay. */
+static void cf__reload_tls(cf_daemon_t *d) {
+  if (!d->rpc || !cf_tls_enabled(&d->cfg)) return;
+  cf_tls_pem_t p;
+  int rc = cf_tls_load(&d->cfg, &p);
+  if (!rc) {
+    cf_rpc_tls_t t = {.cert_pem = p.cert, .key_pem = p.key, .client_ca_pem = p.ca};
+    rc = cf_rpc_tls_update(d->rpc, &t);
+    if (!rc) CF_INFO("reload: tls: new connections get %s", p.desc);
+    cf_tls_free(&p);
+  }
+  if (rc) {
+    __atomic_fetch_add(&d->tls_reload_failures, 1, __ATOMIC_RELAXED); /* /metrics reads it on the HTTP thread */
+    CF_ERROR("reload: tls: %s; new connections keep the running certificates", cf_errmsg());
+  } else {
+    __atomic_fetch_add(&d->tls_reloads, 1, __ATOMIC_RELAXED);
+  }
+}
+
 static void cf__on_hup(uv_signal_t *h, int signum) {
   cf_daemon_t *d = h->data;
   (void)signum;
   cf_notify("RELOADING=1");
+  cf__reload_tls(d); /* certificate rotation does not depend on the rest of the file parsing */
   cf_config_t fresh;
   int nbad = cf__build_config(d, &fresh, cf__report_stderr);
   if (nbad) {
@@ -405,6 +433,7 @@ static int cf__configure(cf_daemon_t *d, int check, int dump) {
       nbad++;
     }
   }
+  if (!nbad) nbad += cf_tls_check_config(&d->cfg, cf__report_stderr); /* TLS keys, files, plaintext TCP */
   if (!nbad && d->cfg.gpu_executor && d->cfg.backend == CF_BACKEND_CPU) {
     fprintf(stderr, "cacheflowd: key 'gpu_executor': on needs backend = cuda (backend = cpu); "
                     "set backend = cuda or gpu_executor = off\n");
@@ -507,8 +536,22 @@ static int cf__open_service(cf_daemon_t *d, cf_service_backend_t *be) {
   cf_rpc_opts_t ro = {.listen = d->cfg.listen, .tcp_listen = d->cfg.tcp_listen, .max_message_bytes = d->cfg.max_message_bytes,
                       .methods = cf_service_methods(&nm), .user = d->svc};
   ro.n_methods = nm;
+  cf_tls_pem_t pem = {0};
+  cf_rpc_tls_t tls;
+  if (d->cfg.tcp_listen[0] && cf_tls_enabled(&d->cfg)) {
+    if (cf_tls_load(&d->cfg, &pem)) { CF_ERROR("tls: %s", cf_errmsg()); return 1; }
+    tls = (cf_rpc_tls_t){.cert_pem = pem.cert, .key_pem = pem.key, .client_ca_pem = pem.ca};
+    ro.tls = &tls;
+    CF_INFO("tls on %s: %s; client certificates %s", d->cfg.tcp_listen, pem.desc,
+            pem.ca ? "required (mutual TLS)" : "not asked");
+  } else if (d->cfg.tcp_listen[0]) {
+    CF_WARN("tcp_listen %s is plaintext (no tls_cert_file): %s", d->cfg.tcp_listen,
+            cf_tls_addr_is_loopback(d->cfg.tcp_listen) ? "loopback only" : "tcp_insecure = yes");
+  }
   cf_notify("STATUS=binding sockets");
-  if (cf_rpc_start(&d->rpc, d->loop, &ro)) { CF_ERROR("rpc: %s", cf_errmsg()); return 1; }
+  int rrc = cf_rpc_start(&d->rpc, d->loop, &ro);
+  cf_tls_free(&pem);
+  if (rrc) { CF_ERROR("rpc: %s", cf_errmsg()); return 1; }
   cf_service_set_rpc(d->svc, d->rpc);
   if (d->cfg.metrics_listen[0] && cf_http_start(&d->http, d->cfg.metrics_listen, cf__metrics, cf__healthy, d)) {
     CF_ERROR("metrics: %s", cf_errmsg());

@@ -89,6 +89,11 @@ struct cf_rpc_server_s {
   /* counters, updated with atomics */
   uint64_t calls_total, in_flight, status_total[CF_RPC__NSTATUS];
   cf__mstat_t *mstat;
+  /* TLS on the TCP listener: the PEMs the next handshake should use, handed to gRPC's
+   * certificate-config fetcher (called on gRPC's threads at every new connection) */
+  pthread_mutex_t tls_lock;
+  int tls_on, tls_mtls, tls_pending;
+  char *tls_cert, *tls_key, *tls_ca;
 };
 
 static const char *const cf__status_names[CF_RPC__NSTATUS] = {
@@ -445,11 +450,74 @@ static int cf__prepare_unix(const char *path) {
   return 0;
 }
 
-static int cf__add_port(cf_rpc_server_t *s, const char *addr) {
-  grpc_server_credentials *cr = grpc_insecure_server_credentials_create();
-  int port = grpc_server_add_http2_port(s->server, addr, cr);
-  grpc_server_credentials_release(cr);
-  if (port == 0) return cf_seterr(CF_EIO, "%s: cannot bind (in use, bad address or no permission)", addr);
+/* ---------------------------------------------------------------- TLS */
+static void cf__tls_clear(cf_rpc_server_t *s) {
+  if (s->tls_key) memset(s->tls_key, 0, strlen(s->tls_key)); /* the key does not linger in freed memory */
+  free(s->tls_cert);
+  free(s->tls_key);
+  free(s->tls_ca);
+  s->tls_cert = s->tls_key = s->tls_ca = NULL;
+}
+
+/* Copy `t` as the certificates of the next handshake (under tls_lock). */
+static int cf__tls_stage(cf_rpc_server_t *s, const cf_rpc_tls_t *t) {
+  char *c = strdup(t->cert_pem), *k = strdup(t->key_pem), *a = t->client_ca_pem ? strdup(t->client_ca_pem) : NULL;
+  if (!c || !k || (t->client_ca_pem && !a)) { free(c); free(k); free(a); return cf_seterr(CF_ENOMEM, "rpc: tls"); }
+  pthread_mutex_lock(&s->tls_lock);
+  cf__tls_clear(s);
+  s->tls_cert = c;
+  s->tls_key = k;
+  s->tls_ca = a;
+  s->tls_pending = 1;
+  pthread_mutex_unlock(&s->tls_lock);
+  return 0;
+}
+
+/* gRPC core's fetcher: runs on its threads once when the port is added and then at every new
+ * connection; NEW hands it a config (gRPC owns and frees it), UNCHANGED keeps the current one. */
+static grpc_ssl_certificate_config_reload_status cf__tls_fetch(void *user, grpc_ssl_server_certificate_config **cfg) {
+  cf_rpc_server_t *s = user;
+  grpc_ssl_certificate_config_reload_status st = GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_UNCHANGED;
+  pthread_mutex_lock(&s->tls_lock);
+  if (s->tls_pending) {
+    grpc_ssl_pem_key_cert_pair pair = {.private_key = s->tls_key, .cert_chain = s->tls_cert};
+    /* Without mutual TLS there are no client CAs, but gRPC 1.51 asserts (and aborts) on a
+     * fetched config with NULL roots; its own chain stands in: with
+     * GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE no client certificate is asked for or checked. */
+    *cfg = grpc_ssl_server_certificate_config_create(s->tls_ca ? s->tls_ca : s->tls_cert, &pair, 1); /* copies */
+    s->tls_pending = 0;
+    st = *cfg ? GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_NEW : GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_FAIL;
+  }
+  pthread_mutex_unlock(&s->tls_lock);
+  return st;
+}
+
+int cf_rpc_tls_update(cf_rpc_server_t *s, const cf_rpc_tls_t *t) {
+  if (!s->tls_on) return cf_seterr(CF_EINVAL, "rpc: the TCP listener was started without TLS (restart to turn it on)");
+  if ((t->client_ca_pem != NULL) != s->tls_mtls)
+    return cf_seterr(CF_EINVAL, "rpc: client certificates %s at start-up: turning mutual TLS %s needs a restart",
+                     s->tls_mtls ? "were required" : "were not asked", s->tls_mtls ? "off" : "on");
+  return cf__tls_stage(s, t);
+}
+
+static int cf__add_port(cf_rpc_server_t *s, const char *addr, const cf_rpc_tls_t *tls) {
+  grpc_server_credentials *cr;
+  if (tls) {
+    if (cf__tls_stage(s, tls)) return CF_ENOMEM;
+    s->tls_on = 1;
+    s->tls_mtls = tls->client_ca_pem != NULL;
+    grpc_ssl_server_credentials_options *o = grpc_ssl_server_credentials_create_options_using_config_fetcher(
+        s->tls_mtls ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+        cf__tls_fetch, s);
+    cr = grpc_ssl_server_credentials_create_with_options(o); /* takes `o` */
+  } else {
+    cr = grpc_insecure_server_credentials_create();
+  }
+  int port = cr ? grpc_server_add_http2_port(s->server, addr, cr) : 0;
+  if (cr) grpc_server_credentials_release(cr);
+  if (port == 0)
+    return cf_seterr(CF_EIO, "%s: cannot bind (in use, bad address or no permission%s)", addr,
+                     tls ? ", or gRPC refused the TLS certificates" : "");
   return 0;
 }
 
@@ -467,6 +535,7 @@ int cf_rpc_start(cf_rpc_server_t **out, uv_loop_t *loop, const cf_rpc_opts_t *op
   s->t_shutdown.kind = CF__T_SHUTDOWN;
   s->t_cqdone.kind = CF__T_CQDONE;
   pthread_mutex_init(&s->qlock, NULL);
+  pthread_mutex_init(&s->tls_lock, NULL);
   int rc = cf__prepare_unix(s->sock_path);
   if (rc) goto fail_early;
 
@@ -483,8 +552,9 @@ int cf_rpc_start(cf_rpc_server_t **out, uv_loop_t *loop, const cf_rpc_opts_t *op
   s->server = grpc_server_create(&ca, NULL);
   s->cq = grpc_completion_queue_create_for_next(NULL);
   grpc_server_register_completion_queue(s->server, s->cq, NULL);
-  if ((rc = cf__add_port(s, opts->listen))) goto fail;
-  if (opts->tcp_listen && *opts->tcp_listen && (rc = cf__add_port(s, opts->tcp_listen))) goto fail;
+  if ((rc = cf__add_port(s, opts->listen, NULL))) goto fail;
+  if (opts->tcp_listen && *opts->tcp_listen && (rc = cf__add_port(s, opts->tcp_listen, opts->tls))) goto fail;
+  s->opts.tls = NULL; /* the caller's strings are not kept: cf__tls_stage copied them */
   grpc_server_start(s->server);
   /* gRPC creates the socket with the umask's mode; engines of the `cacheflow` group may use it. */
   if (chmod(s->sock_path, 0660) != 0)
@@ -508,6 +578,8 @@ fail:
   grpc_shutdown();
 fail_early:
   pthread_mutex_destroy(&s->qlock);
+  cf__tls_clear(s);
+  pthread_mutex_destroy(&s->tls_lock);
   free(s->mstat);
   free(s);
   return rc;
@@ -541,6 +613,8 @@ static void cf__on_async_closed(uv_handle_t *h) {
   void (*done)(void *) = s->done;
   void *arg = s->done_arg;
   pthread_mutex_destroy(&s->qlock);
+  cf__tls_clear(s);
+  pthread_mutex_destroy(&s->tls_lock);
   free(s->mstat);
   free(s);
   if (done) done(arg);

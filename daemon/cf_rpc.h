@@ -46,9 +46,17 @@ typedef struct {
   int flags;
 } cf_rpc_method_t;
 
+/* TLS of the TCP listener: PEM strings (copied; the caller keeps its own). */
+typedef struct {
+  const char *cert_pem, *key_pem; /* the server's chain (leaf first) and its private key */
+  const char *client_ca_pem;      /* NULL: no client certificate asked; else one is required
+                                   * and must chain to these CAs (mutual TLS) */
+} cf_rpc_tls_t;
+
 typedef struct {
   const char *listen;         /* "unix:/path" */
   const char *tcp_listen;     /* "host:port" or "" / NULL */
+  const cf_rpc_tls_t *tls;    /* TLS on tcp_listen; NULL = plaintext (the unix socket is always plaintext) */
   int64_t max_message_bytes;  /* receive and send cap; bigger gets RESOURCE_EXHAUSTED */
   const cf_rpc_method_t *methods;
   int n_methods;
@@ -59,6 +67,12 @@ typedef struct {
  * daemon is never stolen) and start the CQ thread. `opts->methods` must outlive the server.
  * Returns 0, or CF_EIO/CF_EBUSY/CF_EINVAL with a detail naming the address. */
 int cf_rpc_start(cf_rpc_server_t **out, uv_loop_t *loop, const cf_rpc_opts_t *opts);
+
+/* Certificates for the TCP listener's next handshakes (SIGHUP rotation; connections already up
+ * keep theirs). gRPC core asks for them through its certificate-config fetcher when the next
+ * connection arrives. Whether a client certificate is required cannot change without a restart.
+ * Returns 0, or CF_EINVAL (the server has no TLS listener, or client_ca_pem set/unset differs). */
+int cf_rpc_tls_update(cf_rpc_server_t *s, const cf_rpc_tls_t *tls);
 
 /* Enter drain mode: new calls of methods without CF_RPC_DRAIN_OK get UNAVAILABLE. */
 void cf_rpc_drain(cf_rpc_server_t *s);

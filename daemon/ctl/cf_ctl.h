@@ -21,6 +21,12 @@ int cf_ctl_parse_u64(const char *s, unsigned long long max, unsigned long long *
 /* Print "cacheflowctl <cmd>: <formatted reason>\n" to stderr; returns 1. */
 int cf_ctl_fail(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* TLS towards a daemon's tcp_listen: --tls-ca FILE, --tls-cert FILE, --tls-key FILE,
+ * --tls-server-name NAME anywhere on the command line (main takes them out before the
+ * subcommand parses its options), else $CACHEFLOW_TLS_CA, _CERT, _KEY, _SERVER_NAME. Used only
+ * for host:port addresses: the unix socket is plaintext. NULL = not set. */
+extern const char *cf_ctl_tls_ca, *cf_ctl_tls_cert, *cf_ctl_tls_key, *cf_ctl_tls_server_name;
+
 #define CF_CTL_COMMAND(var)                                                  \
   __attribute__((constructor)) static void var##__reg(void) { cf_ctl_register(&var); }
 

@@ -64,8 +64,16 @@ static int cf__addr_only(int argc, char **argv, const char **addr) {
   return 0;
 }
 
+/* A client for `addr`: over TLS when a --tls-* option (or $CACHEFLOW_TLS_*) is set and addr is
+ * host:port. */
+static int cf__connect(const char *addr, int timeout_ms, cf_client_t **c) {
+  cf_client_tls_t t = {cf_ctl_tls_ca, cf_ctl_tls_cert, cf_ctl_tls_key, cf_ctl_tls_server_name};
+  int tls = strncmp(addr, "unix:", 5) != 0 && (t.ca_file || t.cert_file || t.key_file || t.server_name);
+  return cf_client_connect_tls(addr, timeout_ms, tls ? &t : NULL, c);
+}
+
 static int cf__open(const char *cmd, const char *addr, cf_client_t **c) {
-  if (cf_client_connect(cf__addr(addr), 10000, c)) return cf_ctl_fail(cmd, "%s", cf_errmsg());
+  if (cf__connect(cf__addr(addr), 10000, c)) return cf_ctl_fail(cmd, "%s", cf_errmsg());
   return 0;
 }
 
@@ -275,7 +283,7 @@ static void *cf__bench_thread(void *arg) {
   cf__bench_t *b = arg;
   cf_client_t *c;
   char msg[600];
-  if (cf_client_connect(b->addr, 30000, &c)) { cf__bench_err(b, cf_errmsg()); return NULL; }
+  if (cf__connect(b->addr, 30000, &c)) { cf__bench_err(b, cf_errmsg()); return NULL; }
   uint64_t eng;
   if (cf_client_register_shm(c, b->shm, 16, 64, CACHEFLOW__V1__DTYPE__DTYPE_F32, "bench", &eng, NULL)) {
     snprintf(msg, sizeof msg, "register: %s", cf_errmsg());

@@ -46,13 +46,68 @@ static int cf__err_of(int st) {
   }
 }
 
+/* A PEM file as a NUL-terminated string (certificates are kilobytes: 4 MiB is a wrong file). */
+static int cf__read_pem(const char *what, const char *path, char **out) {
+  *out = NULL;
+  if (!path) return 0;
+  FILE *f = fopen(path, "rb");
+  if (!f) return cf_seterr(CF_EIO, "client: %s %s: cannot open", what, path);
+  size_t cap = 4096, n = 0;
+  char *buf = malloc(cap);
+  for (;;) {
+    if (!buf) { fclose(f); return cf_seterr(CF_ENOMEM, "client: %s %s", what, path); }
+    n += fread(buf + n, 1, cap - 1 - n, f);
+    if (n < cap - 1 || feof(f) || ferror(f)) break;
+    if (cap >= (4u << 20)) { free(buf); fclose(f); return cf_seterr(CF_EINVAL, "client: %s %s: larger than 4 MiB", what, path); }
+    char *t = realloc(buf, cap *= 2);
+    if (!t) free(buf);
+    buf = t;
+  }
+  int err = ferror(f);
+  fclose(f);
+  if (err) { free(buf); return cf_seterr(CF_EIO, "client: %s %s: read error", what, path); }
+  buf[n] = 0;
+  *out = buf;
+  return 0;
+}
+
+/* SSL channel credentials from the files of `t`. */
+static int cf__tls_creds(const cf_client_tls_t *t, grpc_channel_credentials **out) {
+  *out = NULL;
+  if ((t->cert_file == NULL) != (t->key_file == NULL))
+    return cf_seterr(CF_EINVAL, "client: TLS client certificate and key go together (got only the %s)",
+                     t->cert_file ? "certificate" : "key");
+  char *ca = NULL, *cert = NULL, *key = NULL;
+  int rc = cf__read_pem("TLS CA", t->ca_file, &ca);
+  if (!rc) rc = cf__read_pem("TLS certificate", t->cert_file, &cert);
+  if (!rc) rc = cf__read_pem("TLS key", t->key_file, &key);
+  if (!rc) {
+    grpc_ssl_pem_key_cert_pair pair = {.private_key = key, .cert_chain = cert};
+    *out = grpc_ssl_credentials_create(ca, cert ? &pair : NULL, NULL, NULL); /* copies the strings */
+    if (!*out) rc = cf_seterr(CF_EINVAL, "client: gRPC refused the TLS credentials");
+  }
+  if (key) memset(key, 0, strlen(key));
+  free(ca);
+  free(cert);
+  free(key);
+  return rc;
+}
+
 int cf_client_connect(const char *addr, int timeout_ms, cf_client_t **out) {
+  return cf_client_connect_tls(addr, timeout_ms, NULL, out);
+}
+
+int cf_client_connect_tls(const char *addr, int timeout_ms, const cf_client_tls_t *tls, cf_client_t **out) {
   *out = NULL;
   if (!addr || !*addr) return cf_seterr(CF_EINVAL, "client: empty address");
-  cf_client_t *c = calloc(1, sizeof *c);
-  if (!c) return cf_seterr(CF_ENOMEM, "client");
   grpc_init();
-  grpc_arg args[2];
+  grpc_channel_credentials *cr = NULL;
+  int rc = tls ? cf__tls_creds(tls, &cr) : 0;
+  if (rc) { grpc_shutdown(); return rc; }
+  if (!cr) cr = grpc_insecure_credentials_create();
+  cf_client_t *c = calloc(1, sizeof *c);
+  if (!c) { grpc_channel_credentials_release(cr); grpc_shutdown(); return cf_seterr(CF_ENOMEM, "client"); }
+  grpc_arg args[3];
   memset(args, 0, sizeof args);
   args[0].type = GRPC_ARG_INTEGER;
   args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
@@ -61,8 +116,14 @@ int cf_client_connect(const char *addr, int timeout_ms, cf_client_t **out) {
   args[1].type = GRPC_ARG_INTEGER;
   args[1].key = GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
   args[1].value.integer = 1;
-  grpc_channel_args ca = {2, args};
-  grpc_channel_credentials *cr = grpc_insecure_credentials_create();
+  size_t nargs = 2;
+  if (tls && tls->server_name) {
+    args[2].type = GRPC_ARG_STRING;
+    args[2].key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+    args[2].value.string = (char *)tls->server_name;
+    nargs = 3;
+  }
+  grpc_channel_args ca = {nargs, args};
   c->ch = grpc_channel_create(addr, cr, &ca);
   grpc_channel_credentials_release(cr);
   c->cq = grpc_completion_queue_create_for_pluck(NULL);

@@ -25,6 +25,19 @@ typedef struct cf_client_s cf_client_t;
  * `timeout_ms` bounds each call (0 = 30 s). Returns 0 or CF_ENOMEM/CF_EINVAL. Free with
  * cf_client_close. */
 int cf_client_connect(const char *addr, int timeout_ms, cf_client_t **out);
+
+/* TLS to a daemon's tcp_listen with tls_cert_file set (the unix socket is always plaintext).
+ * Files are PEM; each may be NULL. */
+typedef struct {
+  const char *ca_file;     /* CAs the daemon's certificate must chain to; NULL = gRPC's default roots */
+  const char *cert_file;   /* client certificate (mutual TLS: daemons with tls_client_ca_file) ... */
+  const char *key_file;    /* ... and its private key: both or neither */
+  const char *server_name; /* name checked against the daemon's certificate; NULL = addr's host */
+} cf_client_tls_t;
+/* cf_client_connect over TLS (`tls` NULL = plaintext, as cf_client_connect). The files are read
+ * now: CF_EIO/CF_EINVAL name a missing file or a cert without its key. A certificate the daemon
+ * refuses (or one of the daemon's the client refuses) shows at the first call as UNAVAILABLE. */
+int cf_client_connect_tls(const char *addr, int timeout_ms, const cf_client_tls_t *tls, cf_client_t **out);
 void cf_client_close(cf_client_t *c);
 
 /* gRPC status of the last call (0 = OK) and its detail string (valid until the next call). */

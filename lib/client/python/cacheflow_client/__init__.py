@@ -8,6 +8,10 @@
             ...
         c.unregister(eng)
 
+TLS (a daemon's tcp_listen with tls_cert_file set; the unix socket is always plaintext):
+    Client("10.0.0.5:7000", tls_ca="/etc/cacheflow/ca.pem",              # verify the daemon
+           tls_cert="/etc/cacheflow/engine.pem", tls_key="/etc/cacheflow/engine.key")  # mutual TLS
+
 Stubs: `make` writes them to build/py; this package finds them there (or on PYTHONPATH, or in
 $CACHEFLOW_PYSTUBS). Errors raise CacheFlowError with .code (grpc.StatusCode) and .details.
 """
@@ -64,11 +68,31 @@ def _decode_health_response(data):
 class Client:
     """One channel to cacheflowd. Thread-safe (grpcio channels are)."""
 
-    def __init__(self, addr="unix:/run/cacheflow/cacheflowd.sock", timeout=30.0, options=()):
+    def __init__(self, addr="unix:/run/cacheflow/cacheflowd.sock", timeout=30.0, options=(), tls=None, tls_ca=None,
+                 tls_cert=None, tls_key=None, tls_server_name=None):
         """`options`: extra grpcio channel options, e.g. short reconnect backoffs while
-        waiting for a daemon that is starting."""
+        waiting for a daemon that is starting.
+        TLS: `tls_ca` (PEM file of the CAs the daemon's certificate must chain to; None = gRPC's
+        default roots), `tls_cert` + `tls_key` (PEM files of a client certificate, for daemons
+        with tls_client_ca_file), `tls_server_name` (the name checked against the daemon's
+        certificate instead of addr's host). Any of them, or tls=True, makes the channel TLS."""
         self.addr, self.timeout = addr, timeout
-        self.channel = grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", 64 << 20)] + list(options))
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        opts = [("grpc.max_receive_message_length", 64 << 20)] + list(options)
+        if tls or tls_ca or tls_cert or tls_server_name:
+            def read(path):
+                if path is None:
+                    return None
+                with open(path, "rb") as f:
+                    return f.read()
+            creds = grpc.ssl_channel_credentials(root_certificates=read(tls_ca), private_key=read(tls_key),
+                                                 certificate_chain=read(tls_cert))
+            if tls_server_name:
+                opts.append(("grpc.ssl_target_name_override", tls_server_name))
+            self.channel = grpc.secure_channel(addr, creds, options=opts)
+        else:
+            self.channel = grpc.insecure_channel(addr, options=opts)
         self.cf = pb_grpc.CacheFlowStub(self.channel)
         self.admin = pb_grpc.AdminStub(self.channel)
 
