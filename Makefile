@@ -32,7 +32,8 @@ DEB_PKGS := build-essential pkg-config clang libclang-rt-14-dev \
             libmicrohttpd-dev libgrpc-dev libprotobuf-c-dev protobuf-c-compiler \
             protobuf-compiler python3 python3-numpy python3-grpcio python3-grpc-tools \
             curl jq e2fsprogs \
-            redis-server redis-tools libhiredis-dev libssl-dev openssl
+            redis-server redis-tools libhiredis-dev libssl-dev openssl \
+            librsvg2-bin
 
 CPPFLAGS += -Ilib -I. -Idaemon -Itests -I$(BUILD)/gen -I/usr/include/x86_64-linux-gnu/openblas-pthread -D_GNU_SOURCE
 SAN      ?=

@@ -36,6 +36,7 @@ typedef struct {
   int policy;                           /* cf_policy_t (sched/cf_sched.h): same order as the
                                          * choices, = the proto's Policy minus 1 */
   int64_t batch_window_us, batch_max;
+  int64_t trace_restores, trace_ops;    /* restore traces kept (cf_trace), steps per trace */
   double cpu_read_gbps, ssd_read_gbps;  /* 0 = unlimited */
   int cost_refit;                       /* 0 = off, 1 = on: plan with the re-fitted compute term */
   double cost_refit_weight;             /* EWMA weight of one executed restore (cf_refit.h) */

@@ -69,6 +69,7 @@ struct cf_dataplane_s {
   cf__engine_out_t **engines;      /* loop thread only */
   int n_engines;
   uint64_t next_req;
+  cf_trace_t *trace;               /* NULL (trace_restores = 0) or the executed restores' traces */
 };
 
 static double cf__Bps(double gbps) { return gbps > 0 ? gbps * 1e9 / 8 : 0; }
@@ -161,6 +162,7 @@ static void cf__send_plan(cf__job_t *j) {
   ps.readiness_slot = j->slot >= 0 ? (uint32_t)j->slot : UINT32_MAX;
   ps.present_tokens = (uint32_t)j->x.present_tokens;
   ps.present_chunks = p->present_chunks;
+  ps.restore_id = j->x.req_id; /* Admin.Trace's key */
   Cacheflow__V1__RestoreEvent e = CACHEFLOW__V1__RESTORE_EVENT__INIT;
   e.event_case = CACHEFLOW__V1__RESTORE_EVENT__EVENT_PLAN;
   e.plan = &ps;
@@ -368,14 +370,18 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
   dp->be = be;
   dp->store = store;
   dp->inner = *hooks;
+  if (cfg->trace_restores > 0 && cf_trace_init(&dp->trace, (int)cfg->trace_restores, (int)cfg->trace_ops)) {
+    free(dp);
+    return CF_ENOMEM;
+  }
   /* the executor computes on this thread's backend (fp32) and writes host memory in the store's KV dtype */
   cf_executor_opts_t xo = {.be = be, .store = store, .n_loaders = 2, .batch_max = (int)cfg->batch_max,
                            .cpu_Bps = cf__Bps(cfg->cpu_read_gbps), .ssd_Bps = cf__Bps(cfg->ssd_read_gbps),
                            .remote_Bps = cf__Bps(cfg->remote_read_gbps),
                            .gpu = gpu, .planner = planner, .lookup = dp->inner.lookup ? cf__job_lookup : NULL,
-                           .lookup_ctx = dp};
+                           .lookup_ctx = dp, .trace = dp->trace};
   int rc = cf_executor_start(&dp->executor, &xo);
-  if (rc) { free(dp); return rc; }
+  if (rc) { cf_trace_free(dp->trace); free(dp); return rc; }
   pthread_mutex_init(&dp->mu, NULL);
   uv_async_init(loop, &dp->async, cf__on_async);
   dp->async.data = dp;
@@ -387,7 +393,7 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
                                   .evict = dp->inner.evict ? cf__evict : NULL,
                                   .flush = dp->inner.flush ? cf__flush : NULL,
                                   .usage = dp->inner.usage ? cf__usage : NULL,
-                                  .remote = dp->inner.remote};
+                                  .remote = dp->inner.remote, .trace = dp->trace};
   *out = dp;
   return 0;
 }
@@ -408,6 +414,7 @@ static void cf__async_closed(uv_handle_t *h) {
   cf_dataplane_t *dp = h->data;
   pthread_mutex_destroy(&dp->mu);
   free(dp->engines);
+  cf_trace_free(dp->trace); /* the executor has stopped: nobody records any more */
   free(dp);
 }
 

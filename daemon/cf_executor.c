@@ -112,7 +112,7 @@ static void cf__plan_round(cf_executor_t *x, cf_executor_job_t *const *jobs, int
     int k = j->present_tokens, pc = cf_exec_present_chunks(lay, k, C);
     ins[m] = (cf_plan_input_t){.n_tokens = j->n_tokens, .policy = j->policy, .cached_tokens = tiers[m] ? cached : 0,
                                .chunk_tiers = tiers[m], .present_chunks = pc,
-                               .compute_partial = j->gkv && x->o.gpu && k % C != 0};
+                               .compute_partial = j->gkv && x->o.gpu && k % C != 0, .want_ops = x->o.trace != NULL};
     idx[m++] = i;
   }
   cf_planner_plan(x->o.planner, ins, out, m, C, L);
@@ -172,12 +172,15 @@ static void cf__round(cf_executor_t *x, cf_executor_job_t *const *jobs, int n) {
     if (pass == 0) mg = m;
   }
   /* each request's outcome is in run[k].err */
+  for (int k = 0; x->o.trace && k < m; k++) run[k].trace = cf_trace_begin(x->o.trace); /* NULL: untraced */
   if (mg) cf_exec_run(&x->gex, run, mg);
   if (m > mg) cf_exec_run(&x->ex, run + mg, m - mg);
   for (int k = 0; k < m; k++) {
     int i = map[k];
     cf_executor_job_t *j = jobs[i];
     const cf_restore_plan_t *pl = &j->plan;
+    if (x->o.trace)
+      cf_trace_end(x->o.trace, run[k].trace, &run[k], pl, (int)cf_store_geom(x->o.store)->n_layers, x->o.n_loaders);
     cf__unpin(x, &pins[i]);
     cf_executor_result_t res = {.stats = run[k].stats,
                                 .time_s = (run[k].stats.t_done_ns - run[k].stats.t_start_ns) * 1e-9};

@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include "cf_planner.h"
+#include "cf_trace.h"
 #include "exec/cf_exec.h"
 #include "exec/cf_exec_gpu.h"
 #include "model/cf_backend.h"
@@ -78,6 +79,7 @@ typedef struct {
    * ([ceil(n_tokens / C)]). 0 or CF_E* (the job is then planned as uncached). Thread-safe. */
   int (*lookup)(void *ctx, cf_executor_job_t *j, int64_t *cached_tokens, uint8_t *chunk_tiers);
   void *lookup_ctx;
+  cf_trace_t *trace;        /* NULL, or where executed restores leave their trace (borrowed) */
 } cf_executor_opts_t;
 
 typedef struct cf_executor_s cf_executor_t;

@@ -15,6 +15,8 @@ void cf_restore_plan_free(cf_restore_plan_t *p) {
   free(p->h);
   free(p->load_rank);
   free(p->cops);
+  free(p->ops);
+  free(p->tiers);
   memset(p, 0, sizeof *p);
 }
 
@@ -89,6 +91,31 @@ static int cf__group_input(const cf_sched_cost_t *cost, const cf_plan_input_t *i
   return 0;
 }
 
+/* want_ops: request i's ops of the group's plan with the simulator's times, and its chunks' tiers. */
+static void cf__keep_ops(const cf_plan_group_t *g, int i, const cf_plan_input_t *in, int32_t all_chunks,
+                         cf_restore_plan_t *p) {
+  const cf_sched_plan_t *sp = &g->plan;
+  int32_t pc = in->present_chunks, planned = sp->n_chunks[i];
+  int n = 0;
+  for (size_t k = 0; k < sp->n_ops; k++) n += sp->ops[k].req == i;
+  p->ops = malloc((size_t)(n ? n : 1) * sizeof *p->ops);
+  p->tiers = malloc((size_t)(all_chunks ? all_chunks : 1));
+  if (!p->ops || !p->tiers || !g->sim.op_start_s) {
+    free(p->ops); free(p->tiers);
+    p->ops = NULL; p->tiers = NULL;
+    return;
+  }
+  for (size_t k = 0; k < sp->n_ops; k++) {
+    const cf_sched_op_t *o = &sp->ops[k];
+    if (o->req != i) continue;
+    p->ops[p->n_ops++] = (cf_plan_op_t){.t0_s = g->sim.op_start_s[k], .t1_s = g->sim.op_end_s[k],
+                                        .c0 = o->c0 + pc, .c1 = o->c1 + pc, .l0 = o->l0, .l1 = o->l1,
+                                        .kind = o->kind == CF_OP_LOAD, .tier = (uint8_t)cf_sched_chunk_tier(&g->reqs[i], o->c0)};
+  }
+  for (int32_t c = 0; c < all_chunks; c++) /* the engine's own chunks 254, the uncached rest 255 */
+    p->tiers[c] = c < pc ? 254 : c - pc < planned ? (uint8_t)cf_sched_chunk_tier(&g->reqs[i], c - pc) : 255;
+}
+
 int cf_planner_plan_group(const cf_sched_cost_t *cost, const cf_plan_input_t *ins, int n, int policy,
                           cf_plan_group_t *g, cf_restore_plan_t *out) {
   memset(g, 0, sizeof *g);
@@ -96,6 +123,7 @@ int cf_planner_plan_group(const cf_sched_cost_t *cost, const cf_plan_input_t *in
   cf_sim_result_init(&g->sim);
   int rc = cf__group_input(cost, ins, n, g);
   if (!rc) rc = cf__plan_loadable(&g->in, g->reqs, policy, &g->plan);
+  for (int i = 0; i < n; i++) g->sim.record_ops |= ins[i].want_ops; /* times only: no result changes */
   if (!rc) rc = cf_sim_run(&g->in, &g->plan, &g->sim);
   if (rc) return rc;
   const int L = cost->n_layers;
@@ -156,6 +184,7 @@ int cf_planner_plan_group(const cf_sched_cost_t *cost, const cf_plan_input_t *in
     p->predicted_us = (g->sim.restore_s[i] + ctx_s + rest_s) * 1e6;
     /* the shifted request's bound stays a lower bound: present context only adds to compute */
     p->bound_us = (cf_bound_request(cost, &g->reqs[i]) + rest_s) * 1e6;
+    if (ins[i].want_ops) cf__keep_ops(g, i, &ins[i], all_chunks, p); /* no memory: no picture, same plan */
   }
   return 0;
 }

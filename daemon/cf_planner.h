@@ -50,7 +50,19 @@ typedef struct {
   int32_t present_chunks;
   int compute_partial;        /* the chunk at present_chunks holds k and must be computed (the
                                  GPU path loads whole cells only): h = L */
+  int want_ops;               /* keep the plan's ops with their predicted times and the chunks'
+                                 tiers in the plan (ops, tiers: the daemon's restore traces) */
 } cf_plan_input_t;
+
+/* One op of a restore's plan as the planner's simulator predicted it (want_ops): COMPUTE
+ * (kind 0, chunks [c0, c1) at layer l0, l1 = l0 + 1) or LOAD (kind 1, [c0, c1) x [l0, l1) from
+ * tier `tier`), in the restore's chunk numbers; times from the round's planning. */
+typedef struct {
+  double t0_s, t1_s;
+  int32_t c0, c1;
+  int16_t l0, l1;
+  uint8_t kind, tier;
+} cf_plan_op_t;
 
 /* The plan of one restore. */
 typedef struct {
@@ -68,9 +80,15 @@ typedef struct {
   uint32_t chunks;
   uint64_t cells_load_cpu, cells_load_ssd, cells_load_remote, cells_compute;
   double predicted_us, bound_us; /* 0 without a cost model */
+  /* want_ops only (else NULL / 0): the plan's ops in plan order, and each chunk's tier
+   * (CF_PLAN_TIER_*; 254: the engine's own (present_tokens); 255: not stored, computed whole)
+   * [chunks] */
+  cf_plan_op_t *ops;
+  int n_ops;
+  uint8_t *tiers;
 } cf_restore_plan_t;
 
-/* Free h, load_rank and cops (NULL ok), zero the rest. */
+/* Free h, load_rank, cops, ops and tiers (NULL ok), zero the rest. */
 void cf_restore_plan_free(cf_restore_plan_t *p);
 
 /* One policy group planned by lib/sched, kept for inspection (tests): request i = input i. */

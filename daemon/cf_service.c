@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "cf_trace.h"
 #include "cf_worker.h"
 #include "gpu/cf_gpu.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -837,6 +838,12 @@ static void cf__h_flush(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_worker_submit(s->saver, &f->w);
 }
 
+static void cf__h_trace(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
+  cf_service_t *s = user;
+  cf_trace_rpc(c, s->be.trace, ((Cacheflow__V1__TraceRequest *)m)->restore_id);
+  protobuf_c_message_free_unpacked(m, NULL);
+}
+
 static void cf__h_get_config(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   cf_service_t *s = user;
   Cacheflow__V1__GetConfigRequest *r = (void *)m;
@@ -881,6 +888,7 @@ static const cf_rpc_method_t cf__methods[] = {
   {"/cacheflow.v1.Admin/Evict", &cacheflow__v1__evict_request__descriptor, NULL, cf__h_evict, 0},
   {"/cacheflow.v1.Admin/GetConfig", &cacheflow__v1__get_config_request__descriptor, NULL, cf__h_get_config, CF_RPC_DRAIN_OK},
   {"/cacheflow.v1.Admin/Flush", &cacheflow__v1__flush_request__descriptor, NULL, cf__h_flush, 0},
+  {"/cacheflow.v1.Admin/Trace", &cacheflow__v1__trace_request__descriptor, NULL, cf__h_trace, CF_RPC_DRAIN_OK},
   {"/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_request__descriptor, NULL, cf__h_health_check, CF_RPC_DRAIN_OK},
   {"/grpc.health.v1.Health/Watch", &grpc__health__v1__health_check_request__descriptor, NULL, cf__h_health_watch, CF_RPC_DRAIN_OK},
 };

@@ -96,6 +96,8 @@ typedef struct {
   int (*flush)(void *ctx, uint64_t *ssd_chunks);
   /* The remote tier (NULL: none), read by Stats for its health and counters (lock-only calls). */
   struct cf_remote_s *remote;
+  /* Executed restores' traces (NULL: trace_restores = 0), read by Admin.Trace (lock-only calls). */
+  struct cf_trace_s *trace;
 } cf_service_backend_t;
 
 typedef struct cf_service_s cf_service_t;

@@ -6,6 +6,7 @@
 
 #include "sched/cf_hw.h"
 #include "sched/cf_sched.h"
+#include "sched/cf_sim.h"
 
 /* Read a JSON-lines workload file. *reqs is malloc'd (caller frees). A line may carry
  * "tiers": [["dram", 8192], ["ssd", 8192]] (runs of prefix tokens and the tier each lies in,
@@ -30,5 +31,12 @@ int sim_workload_write(const char *path, const cf_sched_req_t *reqs, int n);
  * Returns 0, CF_EINVAL (an engine out of range) or CF_ENOMEM. */
 int sim_stage_requests(const cf_sched_req_t *reqs, int n, int engines, int stages,
                        cf_sched_req_t **out);
+
+/* Draw plan p of input in, simulated into res (run with record_ops), as an SVG picture at path
+ * (sim_svg.c): timelines of its streams with the lower bound bound_s, each request's staircase;
+ * requests are colour-grouped by `stages` (pipeline stages of one request share a colour).
+ * Returns 0 or CF_EIO / CF_ENOMEM / CF_EINVAL naming the file. */
+int sim_svg_write(const char *path, const char *title, const cf_sched_input_t *in, const cf_sched_plan_t *p,
+                  const cf_sim_result_t *res, double bound_s, int stages);
 
 #endif

@@ -26,7 +26,7 @@ static void usage(FILE *f) {
           "                     [--policy all|NAME] [--tier dram|ssd|net] [--gbps X] [--chunk N]\n"
           "                     [--gpus N | --devices G] [--nvlink GBPS] [--refine N] [--json FILE]\n"
           "                     [--save-workload FILE]\n"
-          "                     [--plan-json FILE]\n"
+          "                     [--plan-json FILE] [--svg FILE]\n"
           "  --hw       hardware profile: conf/hw/NAME.json (h100-pcie5, h100x8-nvlink, h100-link10g/40g/80g,\n"
           "             h100-nvme) or a path\n"
           "  --model    llama-3.1-8b, qwen3-8b, llama-3.1-70b-tp4, llama-3.1-70b-tp8, llama-3.1-70b-tp4pp2,\n"
@@ -48,6 +48,9 @@ static void usage(FILE *f) {
           "             the daemon's path: what the 1 ms budget buys; 0 = the analytic plan alone)\n"
           "  --json     write the results as JSON to FILE\n"
           "  --save-workload  write the requests (e.g. generated ones) as JSON lines to FILE\n"
+          "  --svg FILE  draw the plan of --policy NAME (with all: optimal's) as an SVG picture: a\n"
+          "             timeline lane per compute stream and link, each op a box coloured by request,\n"
+          "             the lower bound as a dashed line; each request's staircase below\n"
           "  --plan-json FILE write the plan of --policy NAME (with all: optimal's) as JSON:\n"
           "             {\"policy\", \"n_layers\", \"requests\": [{\"device\", \"h\": [...]}],\n"
           "              \"ops\": [[\"compute\"|\"load\"|\"send\", req, stream, c0, c1, l0, l1], ...]}\n"
@@ -122,7 +125,7 @@ static void json_num(FILE *f, double v) {
 
 /* Command line (see usage). */
 typedef struct {
-  const char *hw_arg, *model_arg, *work, *gen, *pol_arg, *tier_arg, *json, *save, *plan_out;
+  const char *hw_arg, *model_arg, *work, *gen, *pol_arg, *tier_arg, *json, *save, *plan_out, *svg;
   double n_gen, seed, rate, gbps, chunk, gpus, refine, devices, nvlink;
 } sim_opts_t;
 
@@ -166,6 +169,7 @@ static int sim_parse(int argc, char **argv, sim_opts_t *o) {
     else if (!strcmp(a, "--json")) o->json = v;
     else if (!strcmp(a, "--save-workload")) o->save = v;
     else if (!strcmp(a, "--plan-json")) o->plan_out = v;
+    else if (!strcmp(a, "--svg")) o->svg = v;
     else if (!strcmp(a, "--n")) { if ((rc = parse_num(a, v, 1, 1000000, &o->n_gen))) return rc; }
     else if (!strcmp(a, "--seed")) { if ((rc = parse_num(a, v, 0, 1e15, &o->seed))) return rc; }
     else if (!strcmp(a, "--rate")) { if ((rc = parse_num(a, v, 0, 1e9, &o->rate))) return rc; }
@@ -292,7 +296,18 @@ static int sim_policies(const sim_opts_t *o, sim_run_t *R) {
     rc = cf_sched_plan(&R->in, (cf_policy_t)p, &plan);
     w->plan_ms = (now_s() - t0) * 1e3;
     w->sim_evals = plan.sim_evals;
+    int drawn = o->svg && (p == CF_POLICY_OPTIMAL || R->pol_one >= 0);
+    w->res.record_ops = drawn; /* per-op times for the picture; no result changes */
     if (!rc) rc = cf_sim_run(&R->in, &plan, &w->res);
+    if (!rc && drawn) {
+      char title[320];
+      snprintf(title, sizeof title, "cacheflow-sim: %s on %s, %s", R->model.name, R->hw.name,
+               cf_policy_name((cf_policy_t)p));
+      if ((rc = sim_svg_write(o->svg, title, &R->in, &plan, &w->res, R->bound, R->pp))) {
+        cf_sched_plan_free(&plan);
+        return bad("%s%s", cf_errmsg(), "");
+      }
+    }
     cf_sim_result_trim(&w->res); /* keep one policy's cell scratch alive at a time */
     if (!rc && R->pp > 1) rc = cf_sim_fold_stages(&R->in, R->pp, &w->res); /* per request, all stages */
     if (!rc && plan_out && (p == CF_POLICY_OPTIMAL || R->pol_one >= 0) &&

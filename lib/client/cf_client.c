@@ -390,6 +390,13 @@ int cf_client_stats(cf_client_t *c, Cacheflow__V1__StatsResponse **out) {
                         (ProtobufCMessage **)out);
 }
 
+int cf_client_trace(cf_client_t *c, uint64_t restore_id, Cacheflow__V1__TraceResponse **out) {
+  Cacheflow__V1__TraceRequest req = CACHEFLOW__V1__TRACE_REQUEST__INIT;
+  req.restore_id = restore_id;
+  return cf_client_call(c, "/cacheflow.v1.Admin/Trace", &req.base, &cacheflow__v1__trace_response__descriptor,
+                        (ProtobufCMessage **)out);
+}
+
 int cf_client_flush(cf_client_t *c, uint64_t *ssd_chunks) {
   Cacheflow__V1__FlushRequest req = CACHEFLOW__V1__FLUSH_REQUEST__INIT;
   ProtobufCMessage *m;

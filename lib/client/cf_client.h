@@ -85,6 +85,8 @@ int cf_client_stats(cf_client_t *c, Cacheflow__V1__StatsResponse **out);
 int cf_client_flush(cf_client_t *c, uint64_t *ssd_chunks);
 int cf_client_evict(cf_client_t *c, int tier, uint64_t bytes, uint64_t *bytes_evicted, uint64_t *chunks_evicted);
 int cf_client_get_config(cf_client_t *c, const char *name, Cacheflow__V1__GetConfigResponse **out);
+/* Admin.Trace: restore restore_id's executed steps and plan (0: the latest traced restore). */
+int cf_client_trace(cf_client_t *c, uint64_t restore_id, Cacheflow__V1__TraceResponse **out);
 
 #endif
 

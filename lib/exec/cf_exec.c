@@ -238,11 +238,21 @@ static void cf__busy_end(cf__rq_t *q, int tier) {
     q->r->stats.load_busy_ns[tier] += cf__now() - q->busy_t0[tier];
 }
 
+/* Record one executed step of q (cf_exec_trace_t): any thread, no lock. */
+static void cf__trace(cf__rq_t *q, int kind, int lane, int tier, int c0, int c1, int l, int64_t t0, int64_t t1) {
+  cf_exec_trace_t *tr = q->r->trace;
+  if (!tr) return;
+  int i = atomic_fetch_add(&tr->n, 1);
+  if (i < tr->cap)
+    tr->ev[i] = (cf_exec_tev_t){.t0_ns = t0, .t1_ns = t1, .c0 = c0, .c1 = c1, .l = (int16_t)l,
+                                .kind = (uint8_t)kind, .lane = (uint8_t)lane, .tier = (uint8_t)tier};
+}
+
 /* Task t's cell was read (rc 0: its K and V rows at pk, pv) or failed (rc CF_E*): move it into
  * the engine if nobody did meanwhile (exactly once: the claim), else fall back to recomputing.
  * Called without the lock; `busy`: cf__busy_begin ran for it. */
 static void cf__load_result(cf__run_t *run, void *ls, const cf__task_t *t, int rc, const void *pk,
-                            const void *pv, int busy) {
+                            const void *pv, int busy, int lane, int64_t t0) {
   cf__rq_t *q = &run->rq[t->r];
   cf_cellsrc_t *src = q->r->src[t->c];
   size_t ix = cf__ix(q, t->c, t->l);
@@ -257,6 +267,7 @@ static void cf__load_result(cf__run_t *run, void *ls, const cf__task_t *t, int r
   pthread_mutex_unlock(&run->mu);
 
   if (claim) rc = q->ops->load(ls, q->rs, t->l, t->c * q->C, t->c * q->C + q->C, pk, pv, stage);
+  if (claim && !rc) cf__trace(q, 1, lane, src->tier_index, t->c, t->c + 1, t->l, t0, cf__now());
 
   pthread_mutex_lock(&run->mu);
   if (busy) cf__busy_end(q, src->tier_index);
@@ -287,6 +298,8 @@ typedef struct {
   const cf__task_t *t;  /* [n] */
   uint8_t *st;          /* [n]: 0 not yet handed over, 1 issued (busy counted), 2 skipped, 3 done */
   int outstanding;      /* cells issued and not handed over yet: the reads in flight */
+  int lane;             /* the loader's index (trace) */
+  int64_t *t0;          /* [n]: when each cell's bytes were granted (trace) */
 } cf__lstream_t;
 
 enum { LS_WAIT = 0, LS_ISSUED, LS_SKIPPED, LS_DONE };
@@ -309,6 +322,7 @@ static int cf__stream_issue(void *ud, int i, int wait) {
   if (++x->outstanding > q->r->stats.load_depth_peak) q->r->stats.load_depth_peak = x->outstanding;
   pthread_mutex_unlock(&x->run->mu);
   x->st[i] = LS_ISSUED;
+  x->t0[i] = cf__now();
   return 0;
 }
 
@@ -318,7 +332,7 @@ static void cf__stream_done(void *ud, int i, const void *k, const void *v, int s
   x->st[i] = was == LS_SKIPPED ? LS_SKIPPED : LS_DONE;
   if (was == LS_SKIPPED) return;
   if (was == LS_ISSUED) x->outstanding--;
-  cf__load_result(x->run, x->ls, &x->t[i], status, k, v, was == LS_ISSUED);
+  cf__load_result(x->run, x->ls, &x->t[i], status, k, v, was == LS_ISSUED, x->lane, x->t0[i]);
 }
 
 /* Cells one loader streams at a time from a read_stream source: with the source's reads in
@@ -338,6 +352,8 @@ static void *cf__loader(void *arg) {
   void *refs[CF__STREAM_CELLS];
   int layers[CF__STREAM_CELLS];
   uint8_t wst[CF__STREAM_CELLS];
+  int64_t wt0[CF__STREAM_CELLS];
+  int lane = ((cf__loader_arg_t *)arg)->index;
   for (;;) {
     int i = atomic_fetch_add(&run->next, 1);
     if (i >= run->n_tasks) break;
@@ -362,14 +378,14 @@ static void *cf__loader(void *arg) {
         layers[k] = win[k].l;
         wst[k] = LS_WAIT;
       }
-      cf__lstream_t x = {run, ls, win, wst, 0};
+      cf__lstream_t x = {run, ls, win, wst, 0, lane, wt0};
       cf_cellsrc_stream_t cb = {cf__stream_issue, cf__stream_done, &x};
       int rc = src->read_stream(src, n, refs, layers, &cb);
       /* cells the stream did not hand over (it failed): recomputed */
       for (int k = 0; k < n; k++)
         if (wst[k] == LS_WAIT || wst[k] == LS_ISSUED)
           cf__load_result(run, ls, &win[k], rc ? rc : cf_seterr(CF_EINTERNAL, "exec: %s stream dropped a cell", src->tier),
-                          NULL, NULL, wst[k] == LS_ISSUED);
+                          NULL, NULL, wst[k] == LS_ISSUED, lane, 0);
       continue;
     }
     pthread_mutex_lock(&run->mu);
@@ -382,8 +398,10 @@ static void *cf__loader(void *arg) {
     void *hold = NULL;
     int rc = lrc; /* a loader whose data path failed to start fails its cells: recomputed */
     int busy = 0;
+    int64_t t0 = 0;
     if (!rc) {
       cf_ratelimit_acquire(src->limit, cell_bytes);
+      t0 = cf__now();
       pthread_mutex_lock(&run->mu);
       cf__busy_begin(q, src->tier_index);
       pthread_mutex_unlock(&run->mu);
@@ -402,7 +420,7 @@ static void *cf__loader(void *arg) {
       }
     }
     int acquired = src->acquire && !rc; /* released once the cell's bytes are moved */
-    cf__load_result(run, ls, &t, rc, pk, pv, busy);
+    cf__load_result(run, ls, &t, rc, pk, pv, busy, lane, t0);
     if (src->release && acquired) src->release(src, hold);
   }
   if (kb) ops->host_free(dev, kb, cap);
@@ -474,8 +492,10 @@ static int cf__compute(cf__run_t *run, const cf__pick_t *p, const uint8_t *mine)
   int l = p->l, t0 = p->c0 * q->C, t1 = cf__t1(q, p->c1);
   int64_t s = cf__now();
   int rc = q->ops->forward(q->rs, l, t0, t1);
-  q->r->stats.compute_busy_ns += cf__now() - s;
+  int64_t fin = cf__now();
+  q->r->stats.compute_busy_ns += fin - s;
   q->r->stats.forward_calls++;
+  if (!rc) cf__trace(q, 0, 0, 0, p->c0, p->c1 + 1, l, s, fin); /* p->c1 is inclusive */
   q->r->stats.step_tokens += t1 - t0;
   q->r->stats.step_attn += (t1 - t0) * (t0 + 0.5 * (t1 - t0));
   if (rc) return cf_err_prefix(rc, "exec: forward (layer %d, tokens [%d, %d)): ", l, t0, t1);

@@ -88,6 +88,27 @@ typedef struct {
   int layers_ready;
 } cf_exec_stats_t;
 
+/* One executed step, for pictures of a restore (cacheflowd's trace ring, `cacheflowctl trace`):
+ * a forward call (kind 0: chunks [c0, c1) at layer l, on the compute worker, lane 0) or a
+ * loaded cell (kind 1: chunk c0 = c1 - 1 at layer l, on loader thread `lane`, from the grant of
+ * its bytes by the tier's rate limiter to the cell handed over to the engine). Times are the
+ * host's around the data path's calls: on the GPU data path a call may return before the device
+ * finished (stream order), so there they say when work was issued (not run on a GPU here). */
+typedef struct {
+  int64_t t0_ns, t1_ns;     /* CLOCK_MONOTONIC */
+  int32_t c0, c1;
+  int16_t l;
+  uint8_t kind, lane, tier; /* tier: the cell source's tier index (loads) */
+} cf_exec_tev_t;
+
+/* Where a request's steps are recorded: the caller's array of cap events; n counts every step
+ * (loader threads and the compute worker add concurrently), those past cap are dropped. */
+typedef struct {
+  cf_exec_tev_t *ev;
+  int cap;
+  atomic_int n;
+} cf_exec_trace_t;
+
 typedef struct cf_exec_req_s {
   /* what to restore */
   int n_tokens;                 /* prefix length T */
@@ -136,6 +157,7 @@ typedef struct cf_exec_req_s {
   void *on_layer_arg;
   int64_t *layer_ready_ns;      /* NULL or [L]: when each layer became ready */
   atomic_int *cancel;           /* NULL or set nonzero to abandon this request */
+  cf_exec_trace_t *trace;       /* NULL or where its forward calls and loaded cells are recorded */
   /* results */
   int err;                      /* 0 or the request's CF_E* code (CF_ECANCELED, backend error) */
   cf_exec_stats_t stats;

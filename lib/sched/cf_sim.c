@@ -33,6 +33,8 @@ void cf_sim_result_free(cf_sim_result_t *res) {
   free(res->cell_pres_);
   free(res->poff_);
   free(res->hid_);
+  free(res->op_start_s);
+  free(res->op_end_s);
   memset(res, 0, sizeof *res);
 }
 
@@ -103,6 +105,7 @@ typedef struct {
   double busyc, busyp;
   int64_t ncomp, nhelp;
   const char *wait; /* why the last op returned "waiting" */
+  double *ot0, *ot1; /* NULL, or per-op start / end (res->record_ops) */
 } cf__simst_t;
 
 /* Is cell (l, ch) of the request with cells rf computed, and on which device? */
@@ -146,6 +149,7 @@ static int cf__step(cf__simst_t *s, size_t i) {
     double start = fmax(s->fp[dv], dep), dur = cf_cost_send(c, tok, o->l1 - o->l0);
     s->fp[dv] = start + dur;
     s->busyp += dur;
+    if (s->ot0) { s->ot0[i] = start; s->ot1[i] = start + dur; }
     for (int ll = o->l0; ll < o->l1; ll++)
       for (int ch = o->c0; ch < o->c1; ch++) {
         size_t cell = base + (size_t)ll * nc + ch;
@@ -209,6 +213,7 @@ static int cf__step(cf__simst_t *s, size_t i) {
   double start = fmax(s->fc[dv], dep), dur = cf_cost_step(c, t0, tok);
   s->fc[dv] = start + dur;
   s->busyc += dur;
+  if (s->ot0) { s->ot0[i] = start; s->ot1[i] = start + dur; }
   for (int ch = o->c0; ch < o->c1; ch++) {
     size_t cell = base + (size_t)l * nc + ch;
     if (cf__computed_on(s, cell, d) >= 0) return cf__bad_op(p, i, "cell computed twice");
@@ -396,6 +401,15 @@ static int cf__sim_scratch(const cf_sched_input_t *in, const cf_sched_plan_t *p,
     if (!a || !b || !t) return cf_seterr(CF_ENOMEM, "simulator: %d requests", n);
     res->cap_reqs_ = m;
   }
+  if (res->record_ops && res->cap_opt_ < (p->n_ops ? p->n_ops : 1)) {
+    size_t m = p->n_ops ? p->n_ops : 1;
+    double *a = realloc(res->op_start_s, m * sizeof *a);
+    if (a) res->op_start_s = a;
+    double *b = realloc(res->op_end_s, m * sizeof *b);
+    if (b) res->op_end_s = b;
+    if (!a || !b) return cf_seterr(CF_ENOMEM, "simulator: times of %zu ops", p->n_ops);
+    res->cap_opt_ = m;
+  }
   double *fin = res->cell_fin_;
   for (size_t i = 0; i < cells; i++) fin[i] = -1;
   if (help) {
@@ -449,6 +463,7 @@ static int cf__time_loads(const cf_sched_input_t *in, const cf_sched_plan_t *p,
       double start = fmax(fl[k], q->arrival_s), dur = cf_cost_load_hidden(c, tok);
       fl[k] = start + dur;
       busyl += dur;
+      if (res->record_ops) { res->op_start_s[i] = start; res->op_end_s[i] = start + dur; }
       for (int ch = o->c0; ch < o->c1 && !rc; ch++) {
         double *t = &res->hid_[p->h_off[r] + ch];
         if (h[ch] == 0) rc = cf__bad_op(p, i, "loads the boundary hidden state of a chunk it does not compute");
@@ -460,6 +475,7 @@ static int cf__time_loads(const cf_sched_input_t *in, const cf_sched_plan_t *p,
     double start = fmax(fl[k], q->arrival_s), dur = cf_sched_load_s(c, q, o->c0, o->c1, o->l1 - o->l0);
     fl[k] = start + dur;
     busyl += dur;
+    if (res->record_ops) { res->op_start_s[i] = start; res->op_end_s[i] = start + dur; }
     for (int l = o->l0; l < o->l1 && !rc; l++)
       for (int ch = o->c0; ch < o->c1; ch++) {
         if (l < h[ch]) { rc = cf__bad_op(p, i, "loads a cell the staircase computes"); break; }
@@ -568,7 +584,8 @@ int cf_sim_run(const cf_sched_input_t *in, const cf_sched_plan_t *p, cf_sim_resu
   cf__simst_t st = {in, p, c, c->n_layers, res->cell_fin_, res->cell_pmax_,
                     help ? res->cell_hfin_ : NULL, help ? res->cell_dev_ : NULL,
                     fwd ? res->cell_pres_ : NULL, fwd ? res->poff_ : NULL, pp ? res->hid_ : NULL,
-                    nd, res->kp_, fc, fp, 0, 0, 0, 0, NULL};
+                    nd, res->kp_, fc, fp, 0, 0, 0, 0, NULL,
+                    res->record_ops ? res->op_start_s : NULL, res->record_ops ? res->op_end_s : NULL};
   if (!(rc = cf__time_loads(in, p, res, fl, &busyl, &nload)) &&
       !(rc = cf__run_streams(&st, p, res, off, 2 * nd)))
     rc = cf__sim_results(in, p, res, help, &st, busyl, nload);

@@ -60,6 +60,12 @@ typedef struct {
   size_t cap_pres_;
   size_t *sidx_;         /* ops of each compute / peer stream, in plan order */
   size_t cap_sidx_;
+  /* Per-op times (pictures, cf_svgplot): set record_ops before cf_sim_run and op_start_s /
+   * op_end_s [plan->n_ops] get each op's simulated start and end (absolute, time 0 = arrival
+   * origin). Off by default; recording changes no result. */
+  int record_ops;
+  double *op_start_s, *op_end_s;
+  size_t cap_opt_;
 } cf_sim_result_t;
 
 void cf_sim_result_init(cf_sim_result_t *res);

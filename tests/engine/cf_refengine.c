@@ -248,6 +248,7 @@ typedef struct {
   Cacheflow__V1__RestoreStats stats;
   int policy_used;
   uint32_t present_chunks;    /* PlanSummary.present_chunks */
+  uint64_t restore_id, plan_load, plan_compute; /* PlanSummary.restore_id, its cells loaded / computed */
   int rc;
   char detail[512];
   double t_start, t_all_layers, t_ttft, t_stream_end;
@@ -265,6 +266,9 @@ static int on_event(void *arg, const Cacheflow__V1__RestoreEvent *ev) {
     pthread_mutex_lock(&r->mu);
     r->policy_used = ev->plan->policy;
     r->present_chunks = ev->plan->present_chunks;
+    r->restore_id = ev->plan->restore_id;
+    r->plan_load = ev->plan->cells_load_cpu + ev->plan->cells_load_ssd + ev->plan->cells_load_remote;
+    r->plan_compute = ev->plan->cells_compute;
     atomic_store(&r->slot, ev->plan->readiness_slot == UINT32_MAX ? -3 : (int)ev->plan->readiness_slot);
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
@@ -389,7 +393,7 @@ static void print_result(const engine_t *e, const restore_t *r, const char *mode
          "\"ratio_to_bound\":%.3f,\"cells_cpu\":%llu,\"cells_ssd\":%llu,\"cells_remote\":%llu,\"cells_computed\":%llu,\"fallback\":%llu,"
          "\"baseline_ms\":%.3f,\"token\":%d,\"logits_match\":%d,\"exact\":%d,\"close\":%d,\"bad\":%d,"
          "\"layer_events\":%d,\"layers_in_order\":%d,\"kv_dtype\":\"%s\",\"max_rel_err\":%.3g,"
-         "\"present\":%d,\"present_chunks\":%u}\n",
+         "\"present\":%d,\"present_chunks\":%u,\"restore_id\":%llu,\"plan_load\":%llu,\"plan_compute\":%llu}\n",
          mode, turn, e->o.policy, r->prefix, new_tokens, r->rc ? "false" : "true", r->rc ? r->detail : "",
          r->t_ttft > 0 ? (r->t_ttft - r->t_start) * 1e3 : -1.0,
          r->t_all_layers > 0 ? (r->t_all_layers - r->t_start) * 1e3 : -1.0, s->time_us, s->predicted_us,
@@ -399,7 +403,8 @@ static void print_result(const engine_t *e, const restore_t *r, const char *mode
          (unsigned long long)s->cells_recomputed_fallback, baseline_ms, r->token, logits_ok, r->verify_exact,
          r->verify_close, r->verify_bad, r->layers_events,
          !r->layers_out_of_order && (r->rc || r->layers_last == e->L), cf_dtype_name(e->o.kv_dtype), r->max_rel_err,
-         e->o.present < r->prefix ? e->o.present : 0, r->present_chunks);
+         e->o.present < r->prefix ? e->o.present : 0, r->present_chunks, (unsigned long long)r->restore_id,
+         (unsigned long long)r->plan_load, (unsigned long long)r->plan_compute);
   fflush(stdout);
 }
 
