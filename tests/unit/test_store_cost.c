@@ -1,7 +1,8 @@
 /* The cost eviction policy (eviction = cost, issue 15.2): caps never exceeded, the value order
  * honoured (a dear chunk outlives a cheap one saved after it, where LRU does the opposite),
- * aging (a dear chunk nobody uses leaves eventually, one in use stays), dirty chunks written
- * back before they go, and the SSD tier's journal, restart, shrink and verify under it.
+ * aging (a dear chunk nobody uses leaves eventually, one in use stays), and the SSD tier's
+ * journal, restart, shrink and verify under it. Dirty chunks written back before they go:
+ * test_store's dirty-eviction case, run for every policy.
  * Real store, real files, real reads. */
 #include <stdlib.h>
 
@@ -147,28 +148,6 @@ CF_TEST(store_cost_aging_lets_dead_chunks_leave) {
   /* it outlived many cheap chunks first: its value held it */
   CF_CHECK_GT(dead_gone_at, 16);
   CF_CHECK(present(st, 2));
-  cf_store_close(st);
-}
-
-/* Dirty chunks are written back before the CPU tier gives them up; with spill off every eviction
- * has to, and every chunk saved before the flush reads back after a restart. */
-CF_TEST(store_cost_writes_dirty_chunks_back_before_evicting) {
-  cf_store_t *st = open_cost("cost_dirty", 4, 64, CF_STORE_EVICT_COST, NULL);
-  if (!st) return;
-  for (uint64_t id = 0; id < 24; id++) {
-    CF_CHECK_OK(save_at(st, id, (uint32_t)(id % 3) * 150));
-    caps_ok(st, "dirty");
-  }
-  cf_store_stats_t s;
-  cf_store_get_stats(st, &s);
-  CF_CHECK_EQ(s.cpu_chunks, 4);
-  CF_CHECK_EQ(s.cpu_evict_dirty, 0); /* written back, not dropped */
-  CF_CHECK_GE(s.ssd_chunks, 20);
-  CF_CHECK_OK(cf_store_flush(st));
-  cf_store_close(st);
-  st = open_cost("cost_dirty", 4, 64, CF_STORE_EVICT_COST, NULL);
-  if (!st) return;
-  CF_CHECK_EQ(count_intact(st, 0, 24), 24); /* every chunk saved before the flush */
   cf_store_close(st);
 }
 
