@@ -160,6 +160,13 @@ const cf_config_entry_t cf_config_table[] = {
    "write-back queue to the remote tier; a save that finds it full is not written there (counted)"},
   {"remote_ttl_s", CF_CFG_T_INT, F(remote_ttl_s), 0, 31536000, NULL, "0", NULL, 0,
    "expiry of the remote tier's keys in seconds; 0 = none (Redis's maxmemory policy decides)"},
+  /* memory budget (issue 18) */
+  {"host_memory_bytes", CF_CFG_T_SIZE, F(host_memory_bytes), 0, 281474976710656.0, NULL, "0", NULL, 0,
+   "host memory for restore working memory (hidden states, K/V staging, loader buffers, bookkeeping of the "
+   "CPU executor), reserved at start-up and reused; restores wait for it, never exceed it; 0 = unbounded"},
+  {"gpu_memory_bytes", CF_CFG_T_SIZE, F(gpu_memory_bytes), 0, 281474976710656.0, NULL, "0", NULL, 0,
+   "device memory the cuda backend may hold (its weights unless borrowed, staging, hidden states, load rings, "
+   "gates); checked at start-up against what the backend holds; 0 = unbounded"},
 };
 const size_t cf_config_count = sizeof cf_config_table / sizeof cf_config_table[0];
 

@@ -54,6 +54,8 @@ typedef struct {
   char remote_password[CF_CFG_STR_MAX]; /* AUTH; shown as "(set)" by GetConfig and the dump */
   int64_t remote_timeout_ms, remote_queue_bytes, remote_ttl_s;
   double remote_read_gbps;              /* emulated limit and planner rate; 0 = measured at start */
+  int64_t host_memory_bytes;            /* restore working memory of the CPU executor; 0 = unbounded */
+  int64_t gpu_memory_bytes;             /* what the cuda backend may hold on the device; 0 = unbounded */
 } cf_config_t;
 
 typedef enum { CF_CFG_T_STR, CF_CFG_T_INT, CF_CFG_T_SIZE, CF_CFG_T_DOUBLE, CF_CFG_T_ENUM } cf_cfg_type_t;

@@ -16,6 +16,7 @@
 #include "ipc/cf_ready.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
+#include "util/cf_mempool.h"
 
 #define CF__READY_SLOTS 64
 
@@ -69,6 +70,8 @@ struct cf_dataplane_s {
   cf__engine_out_t **engines;      /* loop thread only */
   int n_engines;
   uint64_t next_req;
+  cf_mempool_t *host_pool;         /* host_memory_bytes > 0: the CPU executor's budget */
+  cf_exec_gpu_t *gpu;              /* NULL or the GPU data path (its arena: gpu_memory_bytes) */
   cf_trace_t *trace;               /* NULL (trace_restores = 0) or the executed restores' traces */
 };
 
@@ -359,6 +362,28 @@ static void cf__usage(void *ctx, uint64_t *cpu, uint64_t *ssd) {
   cf_dataplane_t *dp = ctx;
   dp->inner.usage(dp->inner.ctx, cpu, ssd);
 }
+static void cf__memory(void *ctx, cf_service_memory_t *m) {
+  cf_dataplane_t *dp = ctx;
+  memset(m, 0, sizeof *m);
+  if (dp->inner.memory) dp->inner.memory(dp->inner.ctx, m); /* the device side, if any */
+  if (dp->host_pool) {
+    cf_mempool_stats_t st;
+    cf_mempool_stats(dp->host_pool, &st);
+    m->host_budget = st.budget;
+    m->host_used = st.used;
+    m->host_peak = st.peak;
+    m->host_refusals = st.refusals;
+  }
+  if (dp->gpu && dp->gpu->dpool) { /* the device: the backend's own bytes + the restore arena's use */
+    cf_mempool_stats_t st;
+    cf_mempool_stats(dp->gpu->dpool, &st);
+    size_t held = cf_backend_cuda_device_bytes(dp->be);
+    m->gpu_budget = (uint64_t)dp->cfg->gpu_memory_bytes;
+    m->gpu_used = held + st.used;
+    m->gpu_peak = held + st.peak;
+  }
+  m->mem_waits = cf_executor_mem_waits(dp->executor);
+}
 
 /* ---------------------------------------------------------------- life cycle */
 int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *cfg, cf_backend_t *be,
@@ -370,18 +395,27 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
   dp->be = be;
   dp->store = store;
   dp->inner = *hooks;
+  dp->gpu = gpu;
+  int rc = 0;
   if (cfg->trace_restores > 0 && cf_trace_init(&dp->trace, (int)cfg->trace_restores, (int)cfg->trace_ops)) {
     free(dp);
     return CF_ENOMEM;
+  }
+  if (cfg->host_memory_bytes > 0 && (rc = cf_mempool_create("host", (size_t)cfg->host_memory_bytes, &dp->host_pool))) {
+    cf_trace_free(dp->trace);
+    free(dp);
+    return cf_err_prefix(rc, "host_memory_bytes = %lld: ", (long long)cfg->host_memory_bytes);
   }
   /* the executor computes on this thread's backend (fp32) and writes host memory in the store's KV dtype */
   cf_executor_opts_t xo = {.be = be, .store = store, .n_loaders = 2, .batch_max = (int)cfg->batch_max,
                            .cpu_Bps = cf__Bps(cfg->cpu_read_gbps), .ssd_Bps = cf__Bps(cfg->ssd_read_gbps),
                            .remote_Bps = cf__Bps(cfg->remote_read_gbps),
                            .gpu = gpu, .planner = planner, .lookup = dp->inner.lookup ? cf__job_lookup : NULL,
-                           .lookup_ctx = dp, .trace = dp->trace};
-  int rc = cf_executor_start(&dp->executor, &xo);
-  if (rc) { cf_trace_free(dp->trace); free(dp); return rc; }
+                           .lookup_ctx = dp, .host_pool = dp->host_pool, .trace = dp->trace};
+  rc = cf_executor_start(&dp->executor, &xo);
+  if (rc) { cf_mempool_destroy(dp->host_pool); cf_trace_free(dp->trace); free(dp); return rc; }
+  if (dp->host_pool)
+    CF_INFO("host_memory_bytes: %lld bytes reserved for restore working memory", (long long)cfg->host_memory_bytes);
   pthread_mutex_init(&dp->mu, NULL);
   uv_async_init(loop, &dp->async, cf__on_async);
   dp->async.data = dp;
@@ -393,7 +427,7 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
                                   .evict = dp->inner.evict ? cf__evict : NULL,
                                   .flush = dp->inner.flush ? cf__flush : NULL,
                                   .usage = dp->inner.usage ? cf__usage : NULL,
-                                  .remote = dp->inner.remote, .trace = dp->trace};
+                                  .remote = dp->inner.remote, .memory = cf__memory, .trace = dp->trace};
   *out = dp;
   return 0;
 }
@@ -414,6 +448,7 @@ static void cf__async_closed(uv_handle_t *h) {
   cf_dataplane_t *dp = h->data;
   pthread_mutex_destroy(&dp->mu);
   free(dp->engines);
+  cf_mempool_destroy(dp->host_pool); /* the executor stopped: nothing holds it */
   cf_trace_free(dp->trace); /* the executor has stopped: nobody records any more */
   free(dp);
 }

@@ -17,6 +17,7 @@ struct cf_executor_s {
   cf_cellsrc_store_t cs;
   cf_exec_t ex;
   cf_exec_t gex;                 /* the GPU data path (o.gpu), for jobs with gkv */
+  atomic_ullong mem_waits;       /* cf_exec_stats_t.mem_waits of every executed restore */
   pthread_t th;
   pthread_mutex_t mu;
   pthread_cond_t cv;
@@ -34,6 +35,8 @@ typedef struct {
   void **refp;
   size_t found;
 } cf__pins_t;
+
+uint64_t cf_executor_mem_waits(cf_executor_t *x) { return atomic_load(&x->mem_waits); }
 
 void cf_executor_set_rates(cf_executor_t *x, double cpu_Bps, double ssd_Bps, double remote_Bps) {
   cf_ratelimit_set(&x->lim_cpu, cpu_Bps);
@@ -182,9 +185,13 @@ static void cf__round(cf_executor_t *x, cf_executor_job_t *const *jobs, int n) {
     if (x->o.trace)
       cf_trace_end(x->o.trace, run[k].trace, &run[k], pl, (int)cf_store_geom(x->o.store)->n_layers, x->o.n_loaders);
     cf__unpin(x, &pins[i]);
+    atomic_fetch_add(&x->mem_waits, run[k].stats.mem_waits);
     cf_executor_result_t res = {.stats = run[k].stats,
                                 .time_s = (run[k].stats.t_done_ns - run[k].stats.t_start_ns) * 1e-9};
-    if (run[k].err) cf_seterr(run[k].err, "restore %llu: %s", (unsigned long long)j->req_id, cf_strerror(run[k].err));
+    if (run[k].err && run[k].err_detail[0]) /* lib/exec's detail names the restore */
+      cf_seterr(run[k].err, "%s", run[k].err_detail);
+    else if (run[k].err)
+      cf_seterr(run[k].err, "restore %llu: %s", (unsigned long long)j->req_id, cf_strerror(run[k].err));
     if (!run[k].err && pl->have_cost) { /* executed vs predicted, whole and compute term (log_level = debug) */
       const cf_exec_stats_t *st = &run[k].stats;
       const cf_sched_cost_t *co = &pl->cost;
@@ -247,7 +254,10 @@ int cf_executor_start(cf_executor_t **out, const cf_executor_opts_t *o) {
       (rc = cf_ratelimit_init(&x->link, 0, 0)) ||
       (rc = cf_cellsrc_store_init(&x->cs, o->store, &x->lim_cpu, &x->lim_ssd)) ||
       (rc = cf_exec_init(&x->ex, o->be, x->o.n_loaders)) ||
-      (o->gpu && (rc = cf_exec_init_ops(&x->gex, o->be, x->o.n_loaders, &cf_exec_gpu_ops, o->gpu)))) {
+      (rc = cf_exec_set_pool(&x->ex, o->host_pool)) ||
+      (o->gpu && (rc = cf_exec_init_ops(&x->gex, o->be, x->o.n_loaders, &cf_exec_gpu_ops, o->gpu))) ||
+      /* a device arena (gpu_memory_bytes): the GPU path's scheduler in its budget mode */
+      (o->gpu && o->gpu->dpool && (rc = cf_exec_set_budget_mode(&x->gex)))) {
     free(x->running); free(x->mine); free(x);
     return rc;
   }

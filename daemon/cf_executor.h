@@ -73,6 +73,7 @@ typedef struct {
   int batch_max;            /* jobs per round (>= 1) */
   double cpu_Bps, ssd_Bps, remote_Bps; /* read-rate limits, 0 = unlimited */
   cf_exec_gpu_t *gpu;       /* NULL, or the GPU data path for jobs with gkv (borrowed) */
+  struct cf_mempool_s *host_pool; /* NULL (unbounded) or the CPU data path's memory budget (borrowed) */
   cf_planner_t *planner;    /* NULL (jobs come planned), or the planner of each round (borrowed) */
   /* The store lookup of a job's prefix (with a planner; NULL: nothing cached): leading tokens
    * stored into *cached_tokens, each stored chunk's CF_STORE_TIER_* into chunk_tiers
@@ -95,5 +96,7 @@ void cf_executor_quiesce(cf_executor_t *x);
 void cf_executor_stop(cf_executor_t *x);
 /* Change the read-rate limits (SIGHUP). */
 void cf_executor_set_rates(cf_executor_t *x, double cpu_Bps, double ssd_Bps, double remote_Bps);
+/* Compute steps deferred for memory so far (cf_exec_stats_t.mem_waits summed; thread-safe). */
+uint64_t cf_executor_mem_waits(cf_executor_t *x);
 
 #endif

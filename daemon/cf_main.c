@@ -477,6 +477,23 @@ static int cf__open_model_and_store(cf_daemon_t *d, cf_service_backend_t *be) {
       return 1;
     }
     d->have_gexec = 1;
+    if (d->cfg.gpu_memory_bytes > 0) {
+      /* the budget holds the backend's own copy of the weights (and its scratch), the loaders'
+       * staging rings (n_loaders = 2, default ring), the rest is the restore arena */
+      size_t held = cf_backend_cuda_device_bytes(d->backend), rings = 2 * (size_t)16 << 20;
+      size_t budget = (size_t)d->cfg.gpu_memory_bytes;
+      if (budget <= held + rings) {
+        CF_ERROR("gpu_memory_bytes = %zu: the cuda backend already holds %zu bytes (its own weights and scratch) "
+                 "and the loaders' rings need %zu; nothing is left for restores", budget, held, rings);
+        return 1;
+      }
+      if ((rc = cf_exec_gpu_set_budget(&d->gexec, budget - held - rings))) {
+        CF_ERROR("gpu_memory_bytes: %s: %s", cf_strerror(rc), cf_errmsg());
+        return 1;
+      }
+      CF_INFO("gpu_memory_bytes: %zu bytes: backend %zu, loader rings %zu, restore arena %zu", budget, held, rings,
+              budget - held - rings);
+    }
   }
   cf_dtype_t kvdt = cf__kv_dtype(d);
   CF_INFO("kv_dtype %s (configured %s, backend %s)", cf_dtype_name(kvdt),

@@ -645,6 +645,16 @@ static void cf__h_stats(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
     resp.model_vocab = s->model->vocab;
   }
   resp.kv_dtype = (Cacheflow__V1__DType)s->be.kv_dtype;
+  Cacheflow__V1__MemoryStats mem = CACHEFLOW__V1__MEMORY_STATS__INIT;
+  mem.host_budget_bytes = st.mem.host_budget;
+  mem.host_used_bytes = st.mem.host_used;
+  mem.host_peak_bytes = st.mem.host_peak;
+  mem.gpu_budget_bytes = st.mem.gpu_budget;
+  mem.gpu_used_bytes = st.mem.gpu_used;
+  mem.gpu_peak_bytes = st.mem.gpu_peak;
+  mem.waits = st.mem.mem_waits;
+  mem.refusals = st.mem.host_refusals;
+  resp.memory = &mem;
   cf_service_metric_t ms[CF_SERVICE_METRICS_MAX];
   int nc = cf_service_metrics(s, ms);
   Cacheflow__V1__Counter cs[CF_SERVICE_METRICS_MAX], *cp[CF_SERVICE_METRICS_MAX];
@@ -690,6 +700,14 @@ CF__GET(cf__g_load_samples_ssd, x->fs.load_samples[1])
 CF__GET(cf__g_ratio_load_remote, x->fs.load_ratio[2])
 CF__GET(cf__g_rate_remote, x->fs.rate_Bps[2])
 CF__GET(cf__g_load_samples_remote, x->fs.load_samples[2])
+CF__GET(cf__g_mem_host_budget, x->st.mem.host_budget)
+CF__GET(cf__g_mem_host_used, x->st.mem.host_used)
+CF__GET(cf__g_mem_host_peak, x->st.mem.host_peak)
+CF__GET(cf__g_mem_gpu_budget, x->st.mem.gpu_budget)
+CF__GET(cf__g_mem_gpu_used, x->st.mem.gpu_used)
+CF__GET(cf__g_mem_gpu_peak, x->st.mem.gpu_peak)
+CF__GET(cf__g_mem_waits, x->st.mem.mem_waits)
+CF__GET(cf__g_mem_refusals, x->st.mem.host_refusals)
 /* the remote tier's rows (only with one: cf_service_metrics appends them) */
 CF__GET(cf__g_r_up, x->rst.connected)
 CF__GET(cf__g_r_ok, x->rst.cells_read)
@@ -731,6 +749,19 @@ static const struct {
   {"cacheflow_load_refit_samples_total", "counter", "Executed restores the load-rate re-fit used, per tier.", "tier", "cpu", cf__g_load_samples_cpu},
   {"cacheflow_load_refit_samples_total", "counter", NULL, "tier", "ssd", cf__g_load_samples_ssd},
   {"cacheflow_load_refit_samples_total", "counter", NULL, "tier", "remote", cf__g_load_samples_remote},
+  {"cacheflow_memory_budget_bytes", "gauge", "Memory budget of restores per pool (host_memory_bytes, gpu_memory_bytes; "
+   "0 = unbounded).", "pool", "host", cf__g_mem_host_budget},
+  {"cacheflow_memory_budget_bytes", "gauge", NULL, "pool", "gpu", cf__g_mem_gpu_budget},
+  {"cacheflow_memory_used_bytes", "gauge", "Bytes of the budget held now per pool (gpu: what the backend holds).",
+   "pool", "host", cf__g_mem_host_used},
+  {"cacheflow_memory_used_bytes", "gauge", NULL, "pool", "gpu", cf__g_mem_gpu_used},
+  {"cacheflow_memory_peak_bytes", "gauge", "High-water mark of the budget's use per pool since start.", "pool", "host",
+   cf__g_mem_host_peak},
+  {"cacheflow_memory_peak_bytes", "gauge", NULL, "pool", "gpu", cf__g_mem_gpu_peak},
+  {"cacheflow_memory_waits_total", "counter", "Compute steps of restores that waited for memory (the budget was in use).",
+   NULL, NULL, cf__g_mem_waits},
+  {"cacheflow_memory_refusals_total", "counter", "Pool requests that found no room (then waited or took other work).",
+   NULL, NULL, cf__g_mem_refusals},
   /* from here on: only with a remote tier. Its health is reported here, never as NOT_SERVING: the
    * daemon serves from its local tiers and recomputes while the remote store is down. */
   {"cacheflow_remote_up", "gauge", "1 when the remote tier's last command reached every node it needed (0: down; "
@@ -975,4 +1006,5 @@ void cf_service_stats(const cf_service_t *s, cf_service_stats_t *o) {
   o->restores_batched_total = bs.restores_batched_total;
   o->draining = s->draining;
   if (s->be.usage) s->be.usage(s->be.ctx, &o->cpu_bytes, &o->ssd_bytes);
+  if (s->be.memory) s->be.memory(s->be.ctx, &o->mem);
 }

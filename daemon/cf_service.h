@@ -61,6 +61,12 @@ typedef struct cf_engine_s {
   uint32_t readiness_slots;
 } cf_engine_t;
 
+/* Memory budgets (host_memory_bytes, gpu_memory_bytes; budget 0 = unbounded) and their use. */
+typedef struct cf_service_memory_s {
+  uint64_t host_budget, host_used, host_peak, host_refusals, mem_waits;
+  uint64_t gpu_budget, gpu_used, gpu_peak;
+} cf_service_memory_t;
+
 /* The data path. Every hook may be NULL (no model configured). Hooks are called on the loop
  * thread, except `lookup` (also from the executor thread) and `save` (on the save worker):
  * those two must be thread-safe. Restores are handed on through restore_batch (cf_batcher_path_t);
@@ -96,6 +102,8 @@ typedef struct {
   int (*flush)(void *ctx, uint64_t *ssd_chunks);
   /* The remote tier (NULL: none), read by Stats for its health and counters (lock-only calls). */
   struct cf_remote_s *remote;
+  /* The memory budgets and their use (NULL: none reported). Any thread. */
+  void (*memory)(void *ctx, struct cf_service_memory_s *out);
   /* Executed restores' traces (NULL: trace_restores = 0), read by Admin.Trace (lock-only calls). */
   struct cf_trace_s *trace;
 } cf_service_backend_t;
@@ -125,6 +133,7 @@ typedef struct {
   uint64_t restores_total, restores_batched_total, batches_total;
   uint64_t cpu_bytes, ssd_bytes;
   int draining;
+  cf_service_memory_t mem;
 } cf_service_stats_t;
 /* Safe from any thread (atomics). */
 void cf_service_stats(const cf_service_t *s, cf_service_stats_t *out);
@@ -139,7 +148,7 @@ typedef struct {
   const char *label_key, *label_value; /* NULL, NULL: unlabelled */
   double value;
 } cf_service_metric_t;
-#define CF_SERVICE_METRICS_MAX 48
+#define CF_SERVICE_METRICS_MAX 64
 /* Fill out[0..n) with their values now and return n. Safe from any thread. */
 int cf_service_metrics(cf_service_t *s, cf_service_metric_t *out);
 /* The GetStats name of m into buf. */

@@ -12,6 +12,7 @@
 #include "exec/cf_exec.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@
 #include "gpu/cf_gpu_kv.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
+#include "util/cf_mempool.h"
 
 enum { CELL_PENDING = 0, CELL_LOADING, CELL_COMPUTING, CELL_PRESENT };
 /* staged[]: is the cell's copy in the compute's contiguous staging buffer */
@@ -48,6 +50,19 @@ typedef struct {
   int next_op;               /* the next of them */
   int free_from;             /* following: chunks >= this (the tail no op touches, h = L) are
                                 computed work-conserving whenever the plan's next op waits */
+  /* memory budget (cf_exec_set_pool on a data path with the budget ops): see cf_exec.h */
+  struct cf__run_s *run;
+  cf_mempool_t *pool;        /* NULL: unbounded */
+  int budget;                /* lazy staging, released per layer (pool and budget ops) */
+  int admitted;              /* holds its hidden states and a staging block */
+  int mem_blocked;           /* a step did not fit: only steps needing no new memory are picked */
+  int hrows;                 /* rows its hidden states hold (admitted) */
+  int n_held;                /* layers with staging */
+  int computing;             /* the compute thread works on its buffers outside the lock */
+  int released;              /* req_release ran */
+  int *stage_users;          /* per layer: loads writing into its staging now */
+  int *srows;                /* per layer: rows its staging holds (when has_stage) */
+  uint8_t *unstage_pending;  /* per layer: give the staging back once stage_users is 0 */
   int busy_n[CF_EXEC_MAX_TIERS];      /* per tier: this request's reads in progress */
   int64_t busy_t0[CF_EXEC_MAX_TIERS]; /* since when (busy_n > 0) */
 } cf__rq_t;
@@ -63,16 +78,30 @@ static int cf__task_cmp(const void *a, const void *b) {
   return x->c - y->c;
 }
 
-typedef struct {
+typedef struct cf__run_s {
   cf_exec_t *ex;
+  cf_mempool_t *pool;        /* ex->pool: the run's bookkeeping comes from it too */
+  uint8_t *mine;             /* [max chunks]: the compute step's own cells */
+  uint8_t **lbuf;            /* budget: [n_loaders] cell buffers from the pool */
+  size_t lbuf_bytes;
   pthread_mutex_t mu;
   pthread_cond_t cv;
+  int loaders_active;        /* loader threads still running (lock held) */
   cf__rq_t *rq;
   int n;
   cf__task_t *tasks;
   int n_tasks;
   atomic_int next;
 } cf__run_t;
+
+/* Bookkeeping memory: from the pool when the run has one (nothing from malloc on the path). */
+static void *cf__zalloc(cf_mempool_t *pool, size_t n, size_t sz) {
+  return pool ? cf_mempool_calloc(pool, n, sz) : calloc(n, sz);
+}
+static void cf__zfree(cf_mempool_t *pool, void *p) {
+  if (pool) cf_mempool_free(pool, p);
+  else free(p);
+}
 
 static int64_t cf__now(void) {
   struct timespec ts;
@@ -100,7 +129,27 @@ int cf_exec_init_ops(cf_exec_t *ex, cf_backend_t *be, int n_loaders, const cf_ex
   ex->n_loaders = n_loaders;
   ex->ops = ops;
   ex->dev = dev;
+  ex->pool = NULL;
+  ex->budget = 0;
   return 0;
+}
+
+int cf_exec_set_pool(cf_exec_t *ex, cf_mempool_t *pool) {
+  const cf_exec_ops_t *o = ex->ops;
+  if (pool && !(o->req_stage_rows && o->req_hidden_rows && o->req_unstage && o->req_release))
+    return cf_seterr(CF_EINVAL, "exec: the %s data path cannot run within a memory budget", o->name);
+  ex->pool = pool;
+  ex->budget = pool != NULL;
+  return 0;
+}
+
+int cf_exec_set_budget_mode(cf_exec_t *ex) {
+  int rc = cf_exec_set_pool(ex, NULL);
+  const cf_exec_ops_t *o = ex->ops;
+  if (!rc && !(o->req_stage_rows && o->req_hidden_rows && o->req_unstage && o->req_release))
+    rc = cf_seterr(CF_EINVAL, "exec: the %s data path cannot run within a memory budget", o->name);
+  if (!rc) ex->budget = 1;
+  return rc;
 }
 
 int cf_exec_init(cf_exec_t *ex, cf_backend_t *be, int n_loaders) {
@@ -160,12 +209,17 @@ int cf_exec_validate(const cf_exec_t *ex, const cf_exec_req_t *r) {
 
 /* ---------------------------------------------------------------- request state (lock held) */
 
+static void cf__maybe_release(cf__rq_t *q);
+
 static void cf__finish(cf__rq_t *q, int err) {
   if (q->done) return;
   q->done = 1;
   q->r->err = err;
+  /* the detail is thread-local: keep it with the request for whoever reports it */
+  if (err) snprintf(q->r->err_detail, sizeof q->r->err_detail, "%s", cf_errmsg());
   q->r->stats.t_done_ns = cf__now();
   q->r->stats.layers_ready = q->ready;
+  cf__maybe_release(q);
   if (q->begun) {
     q->ops->finish(q->rs, err);
   } else if (q->r->ready && q->rs) {
@@ -181,6 +235,38 @@ static void cf__finish(cf__rq_t *q, int err) {
     cf_ready_finish(q->r->ready, q->r->ready_slot, err);
     atomic_store(&q->r->ready->slots[q->r->ready_slot].gate, CF_READY_GATE_OPEN);
   }
+}
+
+/* Budget: memory went back to the pool; requests waiting for it may try again. Lock held. */
+static void cf__mem_freed(cf__run_t *run) {
+  for (int i = 0; i < run->n; i++) run->rq[i].mem_blocked = 0;
+  pthread_cond_broadcast(&run->cv);
+}
+
+/* Budget: a finished request gives its working memory back once nobody uses it (a loader
+ * staging into it, the compute thread in a step). Lock held. */
+static void cf__maybe_release(cf__rq_t *q) {
+  if (!q->budget || !q->done || q->released || q->computing || !q->rs) return;
+  for (int l = 0; l < q->L; l++)
+    if (q->stage_users[l]) return;
+  q->ops->req_release(q->rs);
+  q->released = 1;
+  q->admitted = 0;
+  q->n_held = 0;
+  memset(q->has_stage, 0, (size_t)q->L);
+  cf__mem_freed(q->run);
+}
+
+/* Budget: layer l's staging back to the pool (its cells are in the engine; a later step that
+ * needs them again gathers them from there). Lock held, no loader staging into it. */
+static void cf__unstage(cf__rq_t *q, int l) {
+  q->unstage_pending[l] = 0;
+  if (q->released) return;
+  q->ops->req_unstage(q->rs, l);
+  q->has_stage[l] = 0;
+  q->n_held--;
+  for (int c = 0; c < q->n_chunks; c++) q->staged[cf__ix(q, c, l)] = STAGE_NO;
+  cf__mem_freed(q->run);
 }
 
 /* Cell (c, l) reached the engine: advance the prefix and readiness counters. */
@@ -263,6 +349,7 @@ static void cf__load_result(cf__run_t *run, void *ls, const cf__task_t *t, int r
     claim = 1;
     q->state[ix] = CELL_LOADING;
     stage = q->has_stage[t->l] && t->c < q->stage_upto[t->l];
+    if (stage && q->budget) q->stage_users[t->l]++;
   }
   pthread_mutex_unlock(&run->mu);
 
@@ -270,6 +357,10 @@ static void cf__load_result(cf__run_t *run, void *ls, const cf__task_t *t, int r
   if (claim && !rc) cf__trace(q, 1, lane, src->tier_index, t->c, t->c + 1, t->l, t0, cf__now());
 
   pthread_mutex_lock(&run->mu);
+  if (stage && q->budget && --q->stage_users[t->l] == 0) {
+    if (q->unstage_pending[t->l]) cf__unstage(q, t->l);
+    cf__maybe_release(q);
+  }
   if (busy) cf__busy_end(q, src->tier_index);
   if (rc) {
     /* fall back to recomputing: chunk c must now be computed up to layer l */
@@ -346,6 +437,12 @@ static void *cf__loader(void *arg) {
   void *dev = run->ex->dev;
   size_t cap = 0;   /* bytes of kb */
   uint8_t *kb = NULL;
+  int own_kb = 1;   /* kb from host_alloc (else the run's pool buffer) */
+  if (run->lbuf) {
+    kb = run->lbuf[((cf__loader_arg_t *)arg)->index];
+    cap = run->lbuf_bytes;
+    own_kb = 0;
+  }
   void *ls = NULL;
   int lrc = ops->loader_init(dev, ((cf__loader_arg_t *)arg)->index, &ls);
   cf__task_t win[CF__STREAM_CELLS];
@@ -410,7 +507,8 @@ static void *cf__loader(void *arg) {
         rc = src->acquire(src, cf__ref(q, t.c), t.l, &pk, &pv, &hold);
       } else {
         if (cap < cell_bytes) { /* 4096-aligned: O_DIRECT tiers read straight into it */
-          if (kb) ops->host_free(dev, kb, cap);
+          if (kb && own_kb) ops->host_free(dev, kb, cap);
+          own_kb = 1;
           kb = ops->host_alloc(dev, cell_bytes);
           cap = kb ? cell_bytes : 0;
         }
@@ -423,8 +521,12 @@ static void *cf__loader(void *arg) {
     cf__load_result(run, ls, &t, rc, pk, pv, busy, lane, t0);
     if (src->release && acquired) src->release(src, hold);
   }
-  if (kb) ops->host_free(dev, kb, cap);
+  if (kb && own_kb) ops->host_free(dev, kb, cap);
   if (!lrc) ops->loader_free(ls);
+  pthread_mutex_lock(&run->mu);
+  run->loaders_active--; /* the compute may be waiting for nothing now (cf__mem_stall) */
+  pthread_cond_broadcast(&run->cv);
+  pthread_mutex_unlock(&run->mu);
   return NULL;
 }
 
@@ -455,6 +557,13 @@ static int cf__pick_plan(cf__run_t *run, cf__pick_t *p) {
   return 1;
 }
 
+static int cf__stage_rows(const cf__rq_t *q, int l);
+/* Budget: would a step of q at layer l run on memory q already holds? */
+static int cf__step_fits(const cf__rq_t *q, int l) {
+  return q->admitted && q->hrows >= cf__stage_rows(q, 0) && q->has_stage[l] && q->srows[l] >= cf__stage_rows(q, l) &&
+         !q->unstage_pending[l];
+}
+
 /* The next run the compute worker can start outside the plans: in request priority order, the
  * request's lowest (layer, chunk) whose dependencies are present, extended over following chunks
  * at the same layer; for a request that follows its plan only among its free tail chunks.
@@ -463,11 +572,14 @@ static int cf__pick(cf__run_t *run, cf__pick_t *p) {
   for (int i = 0; i < run->n; i++) {
     cf__rq_t *q = &run->rq[i];
     if (q->done || (q->follow && q->free_from >= q->n_chunks)) continue;
+    /* short of memory: only steps on memory it holds (until memory is given back) */
+    if (q->mem_blocked && !q->admitted) continue;
     int best_c = -1, best_l = q->L;
     for (int c = q->follow ? q->free_from : 0; c < q->n_chunks; c++) {
       int l = q->D[c];
       if (l >= q->H[c] || l >= best_l) continue;
       if (q->prefix[l] < c || q->state[cf__ix(q, c, l)] == CELL_LOADING) continue;
+      if (q->mem_blocked && !cf__step_fits(q, l)) continue;
       best_c = c; best_l = l;
     }
     if (best_c < 0) continue;
@@ -522,7 +634,48 @@ static int cf__ensure_stage(cf__rq_t *q, int l) {
 /* Buffers a step needs (staging of layer l, hidden states); the plan's are made at init, a
  * load failure that raised a chunk needs more. Lock held; only the compute thread (or init)
  * calls it, loaders read has_stage under the lock. */
+/* Budget: rows layer l's staging must hold: up to the end of the last chunk computed at l (the
+ * staging holds that chunk and everything it attends over). E_0 is the largest. */
+static int cf__stage_rows(const cf__rq_t *q, int l) {
+  if (q->shard) return q->T;
+  for (int c = q->n_chunks - 1; c >= q->P; c--)
+    if (q->H[c] > l) return cf__t1(q, c);
+  return 0;
+}
+
+/* Budget: the step's buffers from the pool. CF_EAGAIN: not now (nothing changed). Admission (the
+ * first step) takes the hidden states and a staging block of E_0 rows together, or neither. */
+static int cf__ensure_budget(cf__rq_t *q, int l) {
+  int e0 = cf__stage_rows(q, 0), el = cf__stage_rows(q, l), rc;
+  if (q->unstage_pending[l]) return CF_EAGAIN; /* a loader still writes into the old block */
+  if (!q->admitted) {
+    if ((rc = q->ops->req_hidden_rows(q->rs, e0))) return rc;
+    if ((rc = q->ops->req_stage_rows(q->rs, l, e0))) {
+      q->ops->req_release(q->rs);
+      return rc;
+    }
+    q->admitted = 1;
+    q->hrows = e0;
+    q->has_stage[l] = 1;
+    q->srows[l] = e0;
+    q->n_held++;
+    return 0;
+  }
+  if ((rc = q->ops->req_hidden_rows(q->rs, e0))) return rc; /* grows after a raised chunk */
+  q->hrows = e0;
+  if (q->has_stage[l] && q->srows[l] >= el) return 0;
+  if (q->has_stage[l] && q->stage_users[l]) return CF_EAGAIN; /* growing it races the loaders */
+  if ((rc = q->ops->req_stage_rows(q->rs, l, el))) return rc;
+  if (!q->has_stage[l]) {
+    q->has_stage[l] = 1;
+    q->n_held++;
+  }
+  q->srows[l] = el;
+  return 0;
+}
+
 static int cf__ensure_buffers(cf__rq_t *q, int l) {
+  if (q->budget) return cf__ensure_budget(q, l);
   int rc;
   if ((rc = cf__ensure_stage(q, l))) return rc;
   if (!q->has_hidden) {
@@ -532,9 +685,59 @@ static int cf__ensure_buffers(cf__rq_t *q, int l) {
   return 0;
 }
 
+/* Budget: can q's step wait for memory? Not when no other request holds any (admitted, not done)
+ * and q holds no staging of its own whose layer will finish and give it back: then the request
+ * alone needs more than the budget. Lock held. */
+static int cf__mem_hopeless(cf__run_t *run, const cf__rq_t *q) {
+  for (int i = 0; i < run->n; i++) {
+    const cf__rq_t *o = &run->rq[i];
+    if (o != q && !o->done && o->admitted) return 0;
+  }
+  return !q->admitted || q->n_held == 0;
+}
+
+/* Budget: the compute waits, no loader runs any more, and requests wait for memory that only
+ * other waiting requests hold (each needs more after a load failure raised a chunk). Resolve it:
+ * the lowest-priority request that holds memory gives all of it back and starts computing again
+ * later (its chunks from layer 0: their hidden states are gone; cells already in the engine are
+ * not written again, layers are gathered back from the engine). With one holder left the
+ * request alone exceeds the budget: fail the waiting ones with CF_ENOMEM. Returns 1 when it
+ * changed something. Lock held. */
+static int cf__mem_stall(cf__run_t *run) {
+  int blocked = 0, holders = 0, victim = -1;
+  for (int i = 0; i < run->n; i++) {
+    cf__rq_t *q = &run->rq[i];
+    if (q->done) continue;
+    blocked += q->mem_blocked;
+    if (q->admitted) { holders++; victim = i; }
+  }
+  if (!blocked) return 0;
+  if (holders <= 1) {
+    for (int i = 0; i < run->n; i++) {
+      cf__rq_t *q = &run->rq[i];
+      if (!q->done && q->mem_blocked)
+        cf__finish(q, cf_seterr(CF_ENOMEM, "restore %llu: after load failures its compute needs more working memory "
+                                "(hidden states and staging for %d tokens) than the memory budget holds",
+                                (unsigned long long)q->r->req_id, cf__stage_rows(q, 0)));
+    }
+    return 1;
+  }
+  cf__rq_t *q = &run->rq[victim];
+  q->ops->req_release(q->rs);
+  q->admitted = 0; q->n_held = 0; q->hrows = 0;
+  memset(q->has_stage, 0, (size_t)q->L);
+  memset(q->srows, 0, (size_t)q->L * sizeof *q->srows);
+  memset(q->staged, STAGE_NO, (size_t)q->n_chunks * q->L);
+  for (int c = q->P; c < q->n_chunks; c++)
+    if (q->D[c] > 0 && q->D[c] < q->H[c]) q->D[c] = 0;
+  q->follow = 0;
+  q->r->stats.mem_waits++;
+  cf__mem_freed(run);
+  return 1;
+}
+
 static void cf__compute_loop(cf__run_t *run) {
-  uint8_t *mine = NULL;
-  int mine_cap = 0;
+  uint8_t *mine = run->mine;
   pthread_mutex_lock(&run->mu);
   for (;;) {
     for (int i = 0; i < run->n; i++) {
@@ -545,6 +748,7 @@ static void cf__compute_loop(cf__run_t *run) {
     if (cf__all_done(run)) break;
     cf__pick_t p;
     if (!cf__pick_plan(run, &p) && !cf__pick(run, &p)) {
+      if (!run->loaders_active && cf__mem_stall(run)) continue;
       /* waiting on loads; the timeout only bounds how late a cancel is noticed */
       struct timespec ts;
       clock_gettime(CLOCK_REALTIME, &ts);
@@ -554,14 +758,32 @@ static void cf__compute_loop(cf__run_t *run) {
       continue;
     }
     cf__rq_t *q = &run->rq[p.r];
-    int nrun = p.c1 - p.c0 + 1;
-    if (nrun > mine_cap) {
-      uint8_t *m2 = realloc(mine, (size_t)nrun);
-      if (!m2) { cf__finish(q, cf_seterr(CF_ENOMEM, "exec: run of %d chunks", nrun)); continue; }
-      mine = m2; mine_cap = nrun;
-    }
     int rc = cf__ensure_buffers(q, p.l);
+    if (rc == CF_EAGAIN) { /* budget: not now; the plan's order is left for what fits */
+      q->r->stats.mem_waits++;
+      if (cf__mem_hopeless(run, q)) {
+        size_t need = 2 * (size_t)cf__stage_rows(q, 0) * (run->ex->be->model->cfg.hidden + q->row) * sizeof(float);
+        cf_mempool_stats_t ms = {0};
+        if (q->pool) cf_mempool_stats(q->pool, &ms);
+        if (q->pool)
+          cf__finish(q, cf_seterr(CF_ENOMEM, "restore %llu: its compute needs about %zu bytes of working memory "
+                                  "(hidden states and one layer's staging for %d tokens), the memory budget "
+                                  "has %zu of %zu bytes free with nothing else running",
+                                  (unsigned long long)q->r->req_id, need, cf__stage_rows(q, 0),
+                                  ms.largest_free, ms.budget));
+        else
+          cf__finish(q, cf_seterr(CF_ENOMEM, "restore %llu: its compute needs more working memory (hidden states "
+                                  "and one layer's staging for %d tokens) than the %s data path's memory budget "
+                                  "holds with nothing else running", (unsigned long long)q->r->req_id,
+                                  cf__stage_rows(q, 0), q->ops->name));
+        continue;
+      }
+      q->follow = 0;
+      q->mem_blocked = 1;
+      continue;
+    }
     if (rc) { cf__finish(q, rc); continue; }
+    q->computing = 1;
     for (int c = p.c0; c <= p.c1; c++) {
       uint8_t *st = &q->state[cf__ix(q, c, p.l)];
       mine[c - p.c0] = *st == CELL_PENDING;
@@ -588,11 +810,13 @@ static void cf__compute_loop(cf__run_t *run) {
     }
     if (!rc) rc = cf__compute(run, &p, mine);
     pthread_mutex_lock(&run->mu);
+    q->computing = 0;
     for (int c = 0; c < g1; c++)
       if (q->staged[cf__ix(q, c, p.l)] == STAGE_GATHERING) q->staged[cf__ix(q, c, p.l)] = STAGE_YES;
     if (rc) {
       CF_WARN("exec: restore %llu: %s: %s", (unsigned long long)q->r->req_id, cf_strerror(rc), cf_errmsg());
       cf__finish(q, rc);
+      cf__maybe_release(q);
       continue;
     }
     if (p.plan) q->next_op++;
@@ -604,16 +828,24 @@ static void cf__compute_loop(cf__run_t *run) {
         cf__present(q, c, p.l);
       }
     }
+    cf__maybe_release(q); /* it may have ended (by this step, or cancelled meanwhile) */
+    if (q->budget && !q->released && !q->shard && q->has_stage[p.l]) {
+      /* the last computed chunk of layer p.l done: its staging goes back to the pool */
+      int more = 0;
+      for (int c = q->P; c < q->n_chunks && !more; c++) more = q->H[c] > p.l && q->D[c] <= p.l;
+      if (!more) {
+        if (q->stage_users[p.l]) { q->unstage_pending[p.l] = 1; q->has_stage[p.l] = 0; } /* n_held: at cf__unstage */
+        else cf__unstage(q, p.l);
+      }
+    }
   }
   pthread_mutex_unlock(&run->mu);
-  free(mine);
 }
 
 /* ---------------------------------------------------------------- setup */
 
 static void cf__rq_free(cf__rq_t *q) {
-  free(q->state); free(q->staged); free(q->H); free(q->D); free(q->prefix); free(q->present);
-  free(q->stage_upto); free(q->has_stage);
+  cf__zfree(q->pool, q->H); /* the block every array of the request's state is carved from */
   if (q->ops) q->ops->req_free(q->rs);
 }
 
@@ -626,7 +858,7 @@ static void cf__rq_free(cf__rq_t *q) {
 static int cf__cops_match(cf__rq_t *q) {
   const cf_exec_req_t *r = q->r;
   if (!r->cops || r->n_cops <= 0) return 0;
-  int *next = calloc((size_t)q->n_chunks, sizeof(int)); /* next layer each chunk computes */
+  int *next = cf__zalloc(q->pool, (size_t)q->n_chunks, sizeof(int)); /* next layer each chunk computes */
   if (!next) return 0;
   int ok = 1;
   long cells = 0, want = 0;
@@ -649,32 +881,41 @@ static int cf__cops_match(cf__rq_t *q) {
       cells++;
     }
   }
-  free(next);
+  cf__zfree(q->pool, next);
   return ok && cells == want;
 }
 
-static int cf__rq_init(cf__rq_t *q, cf_exec_req_t *r, const cf_exec_t *ex) {
+static int cf__rq_init(cf__rq_t *q, cf_exec_req_t *r, const cf_exec_t *ex, cf__run_t *run) {
   const cf_model_config_t *mc = &ex->be->model->cfg;
   memset(q, 0, sizeof *q);
   q->r = r;
   q->ops = ex->ops;
+  q->run = run;
+  q->pool = ex->pool;
+  q->budget = ex->budget;
+  r->pool_ = ex->pool;
   q->L = mc->n_layers; q->C = r->chunk_tokens; q->T = r->n_tokens;
   q->n_chunks = (q->T + q->C - 1) / q->C;
   q->row = (size_t)mc->n_kv_heads * mc->head_dim;
   q->es = cf_kv_elem_size(cf__layout(r)->dtype);
   size_t cells = (size_t)q->n_chunks * q->L;
-  q->state = calloc(cells, 1); q->staged = calloc(cells, 1);
-  q->H = calloc(q->n_chunks, sizeof(int)); q->D = calloc(q->n_chunks, sizeof(int));
-  q->prefix = calloc(q->L, sizeof(int)); q->present = calloc(q->L, sizeof(int));
-  q->stage_upto = calloc(q->L, sizeof(int));
-  q->has_stage = calloc(q->L, 1);
-  if (!q->state || !q->staged || !q->H || !q->D || !q->prefix || !q->present || !q->stage_upto ||
-      !q->has_stage)
-    return cf_seterr(CF_ENOMEM, "exec: state for %d chunks x %d layers", q->n_chunks, q->L);
+  /* one block (one pool allocation): ints first, then the byte arrays */
+  size_t ints = 2 * (size_t)q->n_chunks + 5 * (size_t)q->L, bytes = ints * sizeof(int) + 2 * cells + 2 * (size_t)q->L;
+  int *ib = cf__zalloc(q->pool, bytes, 1);
+  if (!ib)
+    return cf_seterr(CF_ENOMEM, "exec: state for %d chunks x %d layers%s", q->n_chunks, q->L,
+                     q->pool ? " (the memory budget cannot hold the batch's bookkeeping)" : "");
+  q->H = ib; q->D = ib + q->n_chunks; ib += 2 * (size_t)q->n_chunks;
+  q->prefix = ib; q->present = ib + q->L; q->stage_upto = ib + 2 * q->L; q->stage_users = ib + 3 * q->L;
+  q->srows = ib + 4 * q->L;
+  uint8_t *bb = (uint8_t *)(ib + 5 * (size_t)q->L);
+  q->state = bb; q->staged = bb + cells; bb += 2 * cells;
+  q->has_stage = bb; q->unstage_pending = bb + q->L;
   int rc = ex->ops->req_init(ex->dev, r, &q->rs);
   if (rc) return rc;
   memset(&r->stats, 0, sizeof r->stats);
   r->err = 0;
+  r->err_detail[0] = 0;
   const cf_kv_layout_t *lay = cf__layout(r);
   q->K = r->present_tokens;
   q->P = cf_exec_present_chunks(lay, q->K, q->C);
@@ -699,8 +940,23 @@ static int cf__rq_init(cf__rq_t *q, cf_exec_req_t *r, const cf_exec_t *ex) {
      * every loaded cell goes there, so a load failure that raises a chunk finds its context */
     if (q->shard) q->stage_upto[l] = q->n_chunks;
     else if (!computes) continue;
+    if (q->budget && !q->shard) continue; /* made when the compute first needs it */
+    if (q->budget) { /* a shard stages every layer from the start (nothing can be gathered) */
+      rc = q->ops->req_stage_rows(q->rs, l, q->T);
+      if (rc == CF_EAGAIN)
+        return cf_seterr(CF_ENOMEM, "restore %llu: a tensor-parallel shard stages all %d layers x %d tokens "
+                         "at once; the memory budget has no room for layer %d", (unsigned long long)r->req_id,
+                         q->L, q->T, l);
+      if (rc) return rc;
+      q->has_stage[l] = 1; q->srows[l] = q->T; q->n_held++;
+      q->admitted = 1;
+      continue;
+    }
     if ((rc = cf__ensure_stage(q, l))) return rc;
   }
+  if (q->budget && q->shard && q->admitted && (rc = q->ops->req_hidden_rows(q->rs, q->T)))
+    return rc == CF_EAGAIN ? cf_seterr(CF_ENOMEM, "restore %llu: no room for the shard's hidden states",
+                                       (unsigned long long)r->req_id) : rc;
   q->follow = cf__cops_match(q);
   r->stats.t_start_ns = cf__now();
   q->ops->begin(q->rs);
@@ -715,22 +971,39 @@ int cf_exec_run(cf_exec_t *ex, cf_exec_req_t *reqs, int n) {
     int rc = cf_exec_validate(ex, &reqs[i]);
     if (rc) return cf_err_prefix(rc, "request %d: ", i);
   }
-  cf__run_t run = {.ex = ex, .n = n};
+  cf__run_t run = {.ex = ex, .n = n, .pool = ex->pool};
+  cf_mempool_t *pool = ex->pool;
   int rc = 0;
   pthread_t th[64];
   cf__loader_arg_t la[64];
   int nth = 0;
-  run.rq = calloc((size_t)n, sizeof(cf__rq_t));
-  if (!run.rq) return cf_seterr(CF_ENOMEM, "exec: %d requests", n);
+  run.rq = cf__zalloc(pool, (size_t)n, sizeof(cf__rq_t));
+  if (!run.rq) return cf_seterr(CF_ENOMEM, "exec: %d requests%s", n, pool ? " (memory budget)" : "");
   pthread_mutex_init(&run.mu, NULL);
   pthread_cond_init(&run.cv, NULL);
   size_t ntask = 0;
+  int max_chunks = 1;
+  size_t max_cell = 0;
   for (int i = 0; i < n && !rc; i++) {
-    rc = cf__rq_init(&run.rq[i], &reqs[i], ex);
+    rc = cf__rq_init(&run.rq[i], &reqs[i], ex, &run);
     for (int c = run.rq[i].P; c < run.rq[i].n_chunks && !rc; c++) ntask += (size_t)(mc->n_layers - reqs[i].h[c]);
+    if (run.rq[i].n_chunks > max_chunks) max_chunks = run.rq[i].n_chunks;
+    if (!rc && cf__cell_bytes(&run.rq[i]) > max_cell) max_cell = cf__cell_bytes(&run.rq[i]);
   }
-  if (!rc && ntask && !(run.tasks = malloc(ntask * sizeof(cf__task_t))))
+  if (!rc && ntask && !(run.tasks = cf__zalloc(pool, ntask, sizeof(cf__task_t))))
     rc = cf_seterr(CF_ENOMEM, "exec: %zu load tasks", ntask);
+  if (!rc && !(run.mine = cf__zalloc(pool, (size_t)max_chunks, 1)))
+    rc = cf_seterr(CF_ENOMEM, "exec: compute step of %d chunks", max_chunks);
+  if (!rc && pool && ntask && ex->ops->load_any_host) { /* the loaders' cell buffers, before any request is admitted (a data path that wants its own host buffers, the GPU's pinned ones, keeps host_alloc) */
+    int nl = ex->n_loaders;
+    run.lbuf = cf__zalloc(pool, (size_t)nl, sizeof(uint8_t *));
+    run.lbuf_bytes = max_cell;
+    for (int i = 0; run.lbuf && i < nl && !rc; i++)
+      if (!(run.lbuf[i] = cf_mempool_alloc(pool, max_cell))) rc = CF_ENOMEM;
+    if (!run.lbuf || rc)
+      rc = cf_seterr(CF_ENOMEM, "exec: the memory budget cannot hold the loaders' cell buffers (%d x %zu bytes)",
+                     nl, max_cell);
+  }
   if (rc) goto out;
   /* The plan's link order when the request has one (load_rank); otherwise layer-major with the
    * requests interleaved: the order the compute (chunk c at layer l attends over chunks < c at l)
@@ -745,9 +1018,15 @@ int cf_exec_run(cf_exec_t *ex, cf_exec_req_t *reqs, int n) {
   if (run.n_tasks > 1) qsort(run.tasks, (size_t)run.n_tasks, sizeof(cf__task_t), cf__task_cmp);
   atomic_init(&run.next, 0);
   int want = ex->n_loaders < run.n_tasks ? ex->n_loaders : run.n_tasks;
+  run.loaders_active = want; /* each loader counts itself out when it ends */
   for (; nth < want; nth++) {
     la[nth] = (cf__loader_arg_t){&run, nth};
     if (pthread_create(&th[nth], NULL, cf__loader, &la[nth])) break;
+  }
+  if (nth < want) {
+    pthread_mutex_lock(&run.mu);
+    run.loaders_active -= want - nth;
+    pthread_mutex_unlock(&run.mu);
   }
   if (want && !nth) {
     rc = cf_seterr(CF_ENOMEM, "exec: cannot start loader threads");
@@ -763,8 +1042,13 @@ out:
     if (rc && !run.rq[i].done) cf__finish(&run.rq[i], rc);
     cf__rq_free(&run.rq[i]);
   }
-  free(run.rq);
-  free(run.tasks);
+  if (run.lbuf) {
+    for (int i = 0; i < ex->n_loaders; i++) cf_mempool_free(pool, run.lbuf[i]);
+    cf__zfree(pool, run.lbuf);
+  }
+  cf__zfree(pool, run.rq);
+  cf__zfree(pool, run.tasks);
+  cf__zfree(pool, run.mine);
   pthread_mutex_destroy(&run.mu);
   pthread_cond_destroy(&run.cv);
   return rc;

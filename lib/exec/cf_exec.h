@@ -34,8 +34,9 @@
  * compute works in fp32, so its staging gets loaded cells widened (exact), and computed cells
  * are rounded (round-to-nearest-even, as the CUDA kernels convert) when written to the blocks.
  *
- * Memory per request: hidden states 2 x T x hidden fp32 and, for each layer some chunk
- * computes at, a contiguous fp32 staging copy of K and V (T rows), both freed at the end.
+ * Memory per request (unbounded, no pool): hidden states 2 x T x hidden fp32 and, for each layer
+ * some chunk computes at, a contiguous fp32 staging copy of K and V (T rows), both freed at the
+ * end. Within a memory budget (cf_exec_set_pool) see there: bounded by the layers in flight.
  */
 #ifndef CF_EXEC_H
 #define CF_EXEC_H
@@ -86,6 +87,9 @@ typedef struct {
                                                cost model's alpha and beta terms charge (cacheflowd
                                                compares compute_busy_ns with its prediction) */
   int layers_ready;
+  uint64_t mem_waits;                       /* memory budget: compute steps deferred because the
+                                               pool had no room for their buffers (the request
+                                               then leaves its plan's compute order) */
 } cf_exec_stats_t;
 
 /* One executed step, for pictures of a restore (cacheflowd's trace ring, `cacheflowctl trace`):
@@ -157,9 +161,11 @@ typedef struct cf_exec_req_s {
   void *on_layer_arg;
   int64_t *layer_ready_ns;      /* NULL or [L]: when each layer became ready */
   atomic_int *cancel;           /* NULL or set nonzero to abandon this request */
+  struct cf_mempool_s *pool_;   /* private: set by cf_exec_run (the executor's pool or NULL) */
   cf_exec_trace_t *trace;       /* NULL or where its forward calls and loaded cells are recorded */
   /* results */
   int err;                      /* 0 or the request's CF_E* code (CF_ECANCELED, backend error) */
+  char err_detail[256];         /* its detail (cf_errmsg of the thread that failed it), "" if none */
   cf_exec_stats_t stats;
 } cf_exec_req_t;
 
@@ -168,6 +174,8 @@ typedef struct {
   int n_loaders;             /* loader threads per run (>= 1) */
   const cf_exec_ops_t *ops;  /* the data path */
   void *dev;                 /* its state (CPU: be; GPU: a cf_exec_gpu_t), borrowed */
+  struct cf_mempool_s *pool; /* NULL (unbounded, today's path) or the budget: cf_exec_set_pool */
+  int budget;                /* the budget mode (cf_exec_set_pool, cf_exec_set_budget_mode) */
 } cf_exec_t;
 
 /* Chunks of C tokens inside [0, present_tokens) an engine of layout `lay` serves as context
@@ -183,6 +191,35 @@ int cf_exec_init(cf_exec_t *ex, cf_backend_t *be, int n_loaders);
 /* The same on data path `ops` with state `dev` (borrowed; outlives the executor). */
 int cf_exec_init_ops(cf_exec_t *ex, cf_backend_t *be, int n_loaders, const cf_exec_ops_t *ops,
                      void *dev);
+
+/* Run within a memory budget (pool borrowed, outlives the executor; NULL: unbounded again).
+ * Every byte a run holds — the loaders' cell buffers, each request's bookkeeping, hidden states
+ * and K/V staging — then comes from the pool; nothing is allocated with malloc on the restore
+ * path. Only on a data path with the budget ops (cf_exec_ops.h: the CPU one); returns CF_EINVAL
+ * on another. What it changes (the bound):
+ *   - staging of layer l is made when the compute first needs it, holds rows [0, E_l) only
+ *     (E_l: the end of the last chunk computed at l), and goes back to the pool as soon as the
+ *     last computed chunk of layer l is done (loaded cells that arrive before it exists are
+ *     gathered from the engine's blocks, bit for bit); hidden states hold rows [0, E_0) and go
+ *     back when the request ends;
+ *   - a request starts computing (is admitted) when its hidden states and one staging block of
+ *     E_0 rows fit; it keeps that block (as a spare between layers) until it ends, so an admitted
+ *     request always progresses; more layers at once only when the pool has room;
+ *   - when a step's buffers do not fit, the request leaves its plan's compute order (work-
+ *     conserving from then on, the layers it holds first) and the compute waits for memory a
+ *     finishing layer or request gives back; never an error, unless nothing else holds memory
+ *     and the request alone exceeds the budget (CF_ENOMEM naming the bytes);
+ *   - load failures raise chunks and so can grow a request's working set while others hold the
+ *     rest: when the loaders are done and every request waits on memory another waiting one
+ *     holds, the lowest-priority holder gives all of it back and computes again later (its
+ *     chunks from layer 0; cells already in the engine are not written twice).
+ * So a run's working memory is at most the pool: per admitted request 2 x E_0 x hidden fp32 plus
+ * 2 x E_l x row fp32 per layer in flight, plus n_loaders cell buffers and O(cells) bookkeeping. */
+int cf_exec_set_pool(cf_exec_t *ex, struct cf_mempool_s *pool);
+/* The budget mode without a host pool: the data path's own pool bounds its working memory (the
+ * GPU path's device arena, cf_exec_gpu_set_budget); bookkeeping and loader buffers from the C
+ * library as without a budget. Same errors as cf_exec_set_pool. */
+int cf_exec_set_budget_mode(cf_exec_t *ex);
 
 /* Validate every request of the batch against the model and its engine buffer: token count,
  * chunk size, staircase values, sources where cells are loaded, block table size and range.

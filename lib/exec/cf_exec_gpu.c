@@ -6,6 +6,7 @@
 
 #include "gpu/cf_gpu_rows.h"
 #include "util/cf_err.h"
+#include "util/cf_mempool.h"
 
 #if !(defined(CF_HAVE_CUDA) && CF_HAVE_CUDA)
 
@@ -15,6 +16,10 @@ int cf_exec_gpu_init(cf_exec_gpu_t *g, cf_backend_t *be, int device, cf_gpu_load
   return cf_seterr(CF_ENODEV, "gpu executor: CUDA not built into this binary");
 }
 void cf_exec_gpu_close(cf_exec_gpu_t *g) { memset(g, 0, sizeof *g); }
+int cf_exec_gpu_set_budget(cf_exec_gpu_t *g, size_t bytes) {
+  (void)g; (void)bytes;
+  return cf_seterr(CF_ENODEV, "gpu executor: CUDA not built into this binary");
+}
 
 /* cf_exec_run validates every request before anything else: nothing past this runs. */
 static int cf__gx_nocuda(void *dev, const cf_exec_req_t *r) {
@@ -40,8 +45,13 @@ typedef struct {
   cf_exec_req_t *r;
   int L, T, hidden;
   int64_t row;            /* elements per token row */
-  uint16_t **sk, **sv;    /* [L] device bf16 [T][row] or NULL */
-  float *hid[2];          /* device fp32 [T][hidden] */
+  uint16_t **sk, **sv;    /* [L] device bf16 [T][row] or NULL (budget: one block, sv = sk + rows x row) */
+  int *srows;             /* budget: [L] rows each staging holds */
+  uint16_t *spare;        /* budget: a staging block no layer holds now */
+  int sprows;
+  float *hid[2];          /* device fp32 [T][hidden] (budget: one block of hrows rows each) */
+  int hrows;
+  struct cf_mempool_s *dpool; /* the executor's device arena, or NULL (cudaMalloc) */
   int32_t *d_tokens;      /* device [T] */
   int32_t *d_table;       /* device block table [n_blocks] */
   cf_gpu_ready_t *gready; /* NULL: CPU counters only */
@@ -78,7 +88,24 @@ int cf_exec_gpu_init(cf_exec_gpu_t *g, cf_backend_t *be, int device, cf_gpu_load
   return rc;
 }
 
+int cf_exec_gpu_set_budget(cf_exec_gpu_t *g, size_t bytes) {
+  if (!g->be) return cf_seterr(CF_ENODEV, "gpu executor: not initialised");
+  if (g->dpool || !bytes) return cf_seterr(CF_EINVAL, "gpu executor: budget already set or 0 bytes");
+  CF_CUDA_TRY(cudaSetDevice(g->device));
+  if (cudaMalloc(&g->arena, bytes) != cudaSuccess) {
+    (void)cudaGetLastError();
+    g->arena = NULL;
+    return cf_seterr(CF_ENOMEM, "gpu executor: device %d has not %zu bytes free for the restore arena", g->device, bytes);
+  }
+  int rc = cf_mempool_create_at("gpu", g->arena, bytes, &g->dpool);
+  if (rc) { (void)cudaFree(g->arena); g->arena = NULL; return rc; }
+  g->arena_bytes = bytes;
+  return 0;
+}
+
 void cf_exec_gpu_close(cf_exec_gpu_t *g) {
+  if (g->dpool) cf_mempool_destroy(g->dpool);
+  if (g->arena) (void)cudaFree(g->arena);
   if (g->compute) { (void)cudaStreamSynchronize(g->compute); (void)cudaStreamDestroy(g->compute); }
   if (g->pub) { (void)cudaStreamSynchronize(g->pub); (void)cudaStreamDestroy(g->pub); }
   if (g->save) { (void)cudaStreamSynchronize(g->save); (void)cudaStreamDestroy(g->save); }
@@ -127,14 +154,47 @@ static int cf__gx_validate(void *dev, const cf_exec_req_t *r) {
   return 0;
 }
 
+/* Device memory of a request: from the arena when the executor has one, else cudaMalloc. */
+static int cf__gx_dalloc(cf__gx_rq_t *q, void **p, size_t bytes) {
+  if (q->dpool) {
+    *p = cf_mempool_alloc(q->dpool, bytes);
+    return *p ? 0 : CF_EAGAIN;
+  }
+  CF_CUDA_TRY(cudaMalloc(p, bytes));
+  return 0;
+}
+static void cf__gx_dfree(cf__gx_rq_t *q, void *p) {
+  if (!p) return;
+  if (q->dpool) cf_mempool_free(q->dpool, p);
+  else (void)cudaFree(p);
+}
+
+/* Every working buffer back (to the arena, or cudaFree): blocks made by the budget ops are one
+ * allocation (srows / hrows set: sv and hid[1] point inside), the others two. */
+static void cf__gx_req_release(void *p) {
+  cf__gx_rq_t *q = p;
+  if (!q) return;
+  (void)cudaStreamSynchronize(q->g->compute); /* nothing in flight uses them */
+  for (int l = 0; q->sk && q->sv && q->srows && l < q->L; l++) {
+    if (q->srows[l]) cf__gx_dfree(q, q->sk[l]);
+    else { (void)cudaFree(q->sk[l]); (void)cudaFree(q->sv[l]); }
+    q->sk[l] = q->sv[l] = NULL;
+    q->srows[l] = 0;
+  }
+  cf__gx_dfree(q, q->spare);
+  if (q->hrows) cf__gx_dfree(q, q->hid[0]);
+  else { (void)cudaFree(q->hid[0]); (void)cudaFree(q->hid[1]); }
+  q->spare = NULL; q->hid[0] = q->hid[1] = NULL;
+  q->sprows = q->hrows = 0;
+  (void)cudaGetLastError();
+}
+
 static void cf__gx_req_free(void *p) {
   cf__gx_rq_t *q = p;
   if (!q) return;
-  (void)cudaStreamSynchronize(q->g->compute);
-  if (q->sk) for (int l = 0; l < q->L; l++) { (void)cudaFree(q->sk[l]); (void)cudaFree(q->sv[l]); }
-  free(q->sk); free(q->sv);
-  (void)cudaFree(q->hid[0]); (void)cudaFree(q->hid[1]);
-  (void)cudaFree(q->d_tokens); (void)cudaFree(q->d_table);
+  cf__gx_req_release(q);
+  free(q->sk); free(q->sv); free(q->srows);
+  cf__gx_dfree(q, q->d_tokens); cf__gx_dfree(q, q->d_table);
   (void)cudaGetLastError();
   free(q);
 }
@@ -148,12 +208,18 @@ static int cf__gx_req_init(void *dev, cf_exec_req_t *r, void **rs) {
   q->g = g; q->r = r; q->L = mc->n_layers; q->T = r->n_tokens; q->hidden = mc->hidden;
   q->row = (int64_t)mc->n_kv_heads * mc->head_dim;
   q->gready = r->ready && r->gready && r->gready->r == r->ready ? r->gready : NULL;
+  q->dpool = g->dpool;
   q->sk = calloc((size_t)q->L, sizeof *q->sk); q->sv = calloc((size_t)q->L, sizeof *q->sv);
-  if (!q->sk || !q->sv) return cf_seterr(CF_ENOMEM, "gpu executor: staging table for %d layers", q->L);
+  q->srows = calloc((size_t)q->L, sizeof *q->srows);
+  if (!q->sk || !q->sv || !q->srows) return cf_seterr(CF_ENOMEM, "gpu executor: staging table for %d layers", q->L);
   /* the calling thread (the scheduler's compute thread) works on the executor's device */
   CF_CUDA_TRY(cudaSetDevice(g->device));
-  CF_CUDA_TRY(cudaMalloc((void **)&q->d_tokens, (size_t)q->T * sizeof(int32_t)));
-  CF_CUDA_TRY(cudaMalloc((void **)&q->d_table, (size_t)r->n_blocks * sizeof(int32_t)));
+  int arc = cf__gx_dalloc(q, (void **)&q->d_tokens, (size_t)q->T * sizeof(int32_t));
+  if (!arc) arc = cf__gx_dalloc(q, (void **)&q->d_table, (size_t)r->n_blocks * sizeof(int32_t));
+  if (arc == CF_EAGAIN) /* token ids and block table: small, but the arena must hold them */
+    return cf_seterr(CF_ENOMEM, "gpu executor: the device memory budget has no room for restore %llu's token ids "
+                     "and block table", (unsigned long long)r->req_id);
+  if (arc) return arc;
   int rc = cf__gx_h2d(q->d_tokens, r->tokens, (size_t)q->T * sizeof(int32_t), g->compute);
   return rc ? rc : cf__gx_h2d(q->d_table, r->blocks, (size_t)r->n_blocks * sizeof(int32_t), g->compute);
 }
@@ -173,6 +239,69 @@ static int cf__gx_req_hidden(void *p) {
   size_t b = (size_t)q->T * (size_t)q->hidden * sizeof(float);
   CF_CUDA_TRY(cudaMalloc((void **)&q->hid[0], b));
   CF_CUDA_TRY(cudaMalloc((void **)&q->hid[1], b));
+  return 0;
+}
+
+/* Budget: layer l's staging holds rows [0, rows) (the spare when large enough, else an arena
+ * block; a smaller staging it had is copied over on the compute stream and given back). */
+static int cf__gx_req_stage_rows(void *p, int l, int rows) {
+  cf__gx_rq_t *q = p;
+  if (q->sk[l] && q->srows[l] >= rows) return 0;
+  uint16_t *b;
+  int brows;
+  if (q->spare && q->sprows >= rows) {
+    b = q->spare; brows = q->sprows;
+    q->spare = NULL; q->sprows = 0;
+  } else {
+    int rc = cf__gx_dalloc(q, (void **)&b, 2 * (size_t)rows * (size_t)q->row * 2);
+    if (rc) return rc;
+    brows = rows;
+  }
+  if (q->sk[l]) {
+    size_t n = (size_t)q->srows[l] * (size_t)q->row * 2;
+    CF_CUDA_TRY(cudaMemcpyAsync(b, q->sk[l], n, cudaMemcpyDeviceToDevice, q->g->compute));
+    CF_CUDA_TRY(cudaMemcpyAsync(b + (size_t)brows * q->row, q->sv[l], n, cudaMemcpyDeviceToDevice, q->g->compute));
+    int rc = cf__gx_sync(q->g->compute);
+    if (rc) return rc;
+    cf__gx_dfree(q, q->sk[l]);
+  }
+  q->sk[l] = b;
+  q->sv[l] = b + (size_t)brows * q->row;
+  q->srows[l] = brows;
+  return 0;
+}
+
+static void cf__gx_req_unstage(void *p, int l) {
+  cf__gx_rq_t *q = p;
+  uint16_t *b = q->sk[l];
+  if (!b) return;
+  (void)cudaStreamSynchronize(q->g->compute); /* the last step over it has run */
+  if (!q->spare || q->sprows < q->srows[l]) {
+    cf__gx_dfree(q, q->spare);
+    q->spare = b; q->sprows = q->srows[l];
+  } else {
+    cf__gx_dfree(q, b);
+  }
+  q->sk[l] = q->sv[l] = NULL;
+  q->srows[l] = 0;
+}
+
+static int cf__gx_req_hidden_rows(void *p, int rows) {
+  cf__gx_rq_t *q = p;
+  if (q->L < 2 || (q->hid[0] && q->hrows >= rows)) return 0;
+  float *b;
+  int rc = cf__gx_dalloc(q, (void **)&b, 2 * (size_t)rows * (size_t)q->hidden * sizeof(float));
+  if (rc) return rc;
+  if (q->hid[0]) {
+    size_t n = (size_t)q->hrows * (size_t)q->hidden * sizeof(float);
+    CF_CUDA_TRY(cudaMemcpyAsync(b, q->hid[0], n, cudaMemcpyDeviceToDevice, q->g->compute));
+    CF_CUDA_TRY(cudaMemcpyAsync(b + (size_t)rows * q->hidden, q->hid[1], n, cudaMemcpyDeviceToDevice, q->g->compute));
+    if ((rc = cf__gx_sync(q->g->compute))) return rc;
+    cf__gx_dfree(q, q->hid[0]);
+  }
+  q->hid[0] = b;
+  q->hid[1] = b + (size_t)rows * q->hidden;
+  q->hrows = rows;
   return 0;
 }
 
@@ -335,6 +464,10 @@ const cf_exec_ops_t cf_exec_gpu_ops = {
     .req_free = cf__gx_req_free,
     .req_stage = cf__gx_req_stage,
     .req_hidden = cf__gx_req_hidden,
+    .req_stage_rows = cf__gx_req_stage_rows,
+    .req_hidden_rows = cf__gx_req_hidden_rows,
+    .req_unstage = cf__gx_req_unstage,
+    .req_release = cf__gx_req_release,
     .loader_init = cf__gx_loader_init,
     .loader_free = cf__gx_loader_free,
     .host_alloc = cf__gx_host_alloc,

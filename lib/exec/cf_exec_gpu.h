@@ -39,6 +39,11 @@ typedef struct {
   size_t loader_staging;      /* cf_gpu_loader_init's staging_bytes (0: its default) */
   cudaStream_t compute, pub;  /* forward/gather/write; readiness publishes */
   cudaStream_t save;          /* cf_exec_gpu_save's (the daemon's loop thread, beside restores) */
+  /* memory budget (cf_exec_gpu_set_budget): one device region, cudaMalloc'ed once; staging,
+   * hidden states, token ids and block tables of restores come from it (NULL: cudaMalloc) */
+  void *arena;
+  size_t arena_bytes;
+  struct cf_mempool_s *dpool;
 } cf_exec_gpu_t;
 
 /* Streams on CUDA device `device` for backend `be` (must be the CUDA backend on that device).
@@ -46,6 +51,12 @@ typedef struct {
  * Close with cf_exec_gpu_close. Then cf_exec_init_ops(ex, be, n, &cf_exec_gpu_ops, g). */
 int cf_exec_gpu_init(cf_exec_gpu_t *g, cf_backend_t *be, int device, cf_gpu_load_mode_t mode);
 void cf_exec_gpu_close(cf_exec_gpu_t *g);
+/* Restores' device working memory from one region of `bytes` (cudaMalloc'ed now, freed at
+ * close): the scheduler then runs in its budget mode (cf_exec_set_budget_mode or
+ * cf_exec_set_pool on the executor) and nothing is cudaMalloc'ed per request. Returns 0,
+ * CF_EINVAL (already set, 0 bytes), CF_ENOMEM (the device has not that much free), CF_ENODEV.
+ * UNVERIFIED on a GPU, like the rest of this path. */
+int cf_exec_gpu_set_budget(cf_exec_gpu_t *g, size_t bytes);
 
 extern const cf_exec_ops_t cf_exec_gpu_ops;
 

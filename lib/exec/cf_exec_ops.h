@@ -38,6 +38,18 @@ typedef struct cf_exec_ops_s {
   void (*req_free)(void *rs);
   int (*req_stage)(void *rs, int l);  /* layer l's K/V staging exists (idempotent) */
   int (*req_hidden)(void *rs);        /* hidden states exist (idempotent) */
+  /* The memory-budget mode (cf_exec_set_pool; all four or none). Buffers come from the pool
+   * (r->pool_, also for the request state) and hold only the rows the scheduler asks for:
+   * staging of layer l holds rows [0, rows) (grown, keeping its rows, when asked for more),
+   * hidden states rows [0, rows). CF_EAGAIN (no error detail) when the pool has no room now:
+   * the scheduler waits or picks other work. req_unstage gives layer l's staging back (the
+   * data path may keep one block as the request's spare, reused by its next req_stage_rows);
+   * req_release gives back every working buffer (hidden, staging, spare); the request state
+   * itself goes with req_free. */
+  int (*req_stage_rows)(void *rs, int l, int rows);
+  int (*req_hidden_rows)(void *rs, int rows);
+  void (*req_unstage)(void *rs, int l);
+  void (*req_release)(void *rs);
   /* Per loader thread state; host_alloc'd buffers receive cells read by sources
    * (4096-aligned: O_DIRECT reads go straight into them; pinned on the GPU). */
   int (*loader_init)(void *dev, int index, void **ls);

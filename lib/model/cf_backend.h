@@ -13,6 +13,7 @@
 #ifndef CF_BACKEND_H
 #define CF_BACKEND_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "model/cf_model.h"
@@ -46,6 +47,10 @@ int cf_backend_cpu_create(const cf_model_t *m, int n_threads, cf_backend_t **out
 /* CUDA backend (built when nvcc exists): bf16 weights uploaded once to `device`.
  * Returns CF_ENODEV when no GPU is usable, so callers fall back to the CPU backend. */
 int cf_backend_cuda_create(const cf_model_t *m, int device, cf_backend_t **out);
+/* Device memory the CUDA backend took at creation (its own weights, step scratch, cuBLAS
+ * workspace; measured with cudaMemGetInfo around it, so other users of the device at the same
+ * moment would count too). 0 for another backend or without CUDA. */
+size_t cf_backend_cuda_device_bytes(const cf_backend_t *be);
 /* CUDA devices this process can use: 0 without CUDA in this build, a driver or a GPU. */
 int cf_backend_cuda_devices(void);
 

@@ -28,6 +28,7 @@ int cf_backend_cuda_create(const cf_model_t *m, int device, cf_backend_t **out) 
 }
 
 int cf_backend_cuda_devices(void) { return 0; }
+size_t cf_backend_cuda_device_bytes(const cf_backend_t *be) { (void)be; return 0; }
 
 #else
 
@@ -86,7 +87,13 @@ typedef struct {
   float *stage;   size_t stage_cap;
   float *hin, *hout; size_t hin_cap, hout_cap;
   int32_t *tok;   size_t tok_cap;
+  size_t dev_bytes;  /* device memory its creation took (cudaMemGetInfo before/after) */
 } cf__cuda_be_t;
+
+size_t cf_backend_cuda_device_bytes(const cf_backend_t *be) {
+  if (!be || !be->name || strcmp(be->name, "cuda") != 0) return 0;
+  return ((const cf__cuda_be_t *)be)->dev_bytes;
+}
 
 /* Grow a device buffer to at least `bytes` (contents are not kept). */
 static int cf__dgrow(void **p, size_t *cap, size_t bytes) {
@@ -463,6 +470,8 @@ int cf_backend_cuda_create(const cf_model_t *m, int device, cf_backend_t **out) 
                    device, cudaGetErrorString(cudaGetLastError()));
     goto fail;
   }
+  size_t free0 = 0, total0 = 0; /* what this backend takes: weights, scratch, cuBLAS */
+  if (cudaMemGetInfo(&free0, &total0) != cudaSuccess) { (void)cudaGetLastError(); free0 = 0; }
   if (cublasCreate(&b->blas) != CUBLAS_STATUS_SUCCESS) {
     b->blas = NULL;
     rc = cf_seterr(CF_ECUDA, "cuda backend: cublasCreate failed");
@@ -508,6 +517,9 @@ int cf_backend_cuda_create(const cf_model_t *m, int device, cf_backend_t **out) 
       goto fail;
     }
   }
+  size_t free1 = 0, total1 = 0;
+  if (free0 && cudaMemGetInfo(&free1, &total1) == cudaSuccess && free1 <= free0) b->dev_bytes = free0 - free1;
+  (void)cudaGetLastError();
   *out = &b->base;
   return 0;
 fail:

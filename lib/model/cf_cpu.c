@@ -3,8 +3,11 @@
  * fp32 throughout. Each forward call walks its layers one by one, and each layer in token
  * blocks of CF__CPU_TB rows, in order: a block's attention only needs keys of earlier positions,
  * which the earlier blocks (or the caller's prefix) have already written into the KV buffers.
- * So scratch memory is bounded by the block size, not by t1 - t0 (apart from the residual
- * stream [t1-t0][hidden] and the RoPE tables [t1-t0][head_dim/2], which are inherent).
+ * So scratch memory is bounded by the block size, not by t1 - t0: it is made once, at create
+ * (block work space, the block's RoPE tables, a block of the residual stream), and a forward call
+ * allocates nothing — unless it runs several layers without hidden_out (the residual stream of
+ * all its rows then lives in a buffer of its own; the restore path never does: one layer per
+ * call, hidden_out given or the block buffer used).
  *
  * Parallelism: OpenBLAS is set to one thread and the backend splits the work itself over its
  * own persistent pool — projections by output columns (each thread one sgemm on a slice of
@@ -51,6 +54,10 @@ struct cf_cpu_s {
   void *ctx;
   pthread_mutex_t fwd_mu;
   float *inv_freq; /* [head_dim/2] */
+  /* scratch, made at create, used under fwd_mu: block work space, RoPE tables of a block, and
+   * a block of the residual stream (calls without hidden_out) */
+  float *work, *tab, *xblk;
+  size_t scratch_bytes;
 };
 
 /* ---------------------------------------------------------------- thread pool */
@@ -424,46 +431,55 @@ static int cf__cpu_forward(cf_backend_t *be, const cf_fwd_args_t *a) {
   int TB = T < CF__CPU_TB ? T : CF__CPU_TB;
   size_t attn_per = cf__attn_per_thread(c);
 
+  /* the residual stream: the caller's hidden_out (all rows), else for one layer the block
+   * buffer (each block read from the input as it comes), else a buffer of this call's own */
   float *x = a->hidden_out, *xown = NULL;
-  if (!x) x = xown = malloc(sizeof(float) * (size_t)T * D);
-  float *tab = malloc(sizeof(float) * (size_t)T * half * 2);
-  size_t blk = (size_t)TB * D + 2 * (size_t)TB * qd + 2 * (size_t)TB * NI + b->nthreads * attn_per +
-               cf__moe_floats(c, TB);
-  float *work = malloc(sizeof(float) * blk);
-  if (!x || !tab || !work) {
-    free(xown); free(tab); free(work);
-    return cf_seterr(CF_ENOMEM, "cpu backend: %zu floats of scratch for %d tokens",
-                     (size_t)T * D + (size_t)T * hd + blk, T);
+  int xblock = !x && a->l1 - a->l0 == 1;
+  if (!x && !xblock) {
+    x = xown = malloc(sizeof(float) * (size_t)T * D);
+    if (!x) return cf_seterr(CF_ENOMEM, "cpu backend: %zu floats of residual stream for %d tokens", (size_t)T * D, T);
   }
-  float *h = work, *q = h + (size_t)TB * D, *att = q + (size_t)TB * qd;
+  float *h = b->work, *q = h + (size_t)TB * D, *att = q + (size_t)TB * qd;
   float *gate = att + (size_t)TB * qd, *up = gate + (size_t)TB * NI;
   float *ascr = up + (size_t)TB * NI;
   float *mscr = ascr + b->nthreads * attn_per; /* MoE scratch (MoE models only) */
-  float *cos_t = tab, *sin_t = tab + (size_t)T * half;
+  float *cos_t = b->tab, *sin_t = b->tab + (size_t)CF__CPU_TB * half;
 
   pthread_mutex_lock(&b->fwd_mu);
   /* Each of our threads runs single-threaded sgemm on its slice; OpenBLAS' own threads would
    * oversubscribe the cores. The setting is process-wide, so it is (re)asserted per call in
    * case other code in the process changed it. */
   openblas_set_num_threads(1);
-  if (a->l0 == 0) {
+  if (xblock) {
+    /* filled block by block below */
+  } else if (a->l0 == 0) {
     for (int i = 0; i < T; i++)
       memcpy(x + (size_t)i * D, m->embed + (size_t)a->tokens[i] * D, sizeof(float) * D);
   } else if (x != a->hidden_in) {
     memmove(x, a->hidden_in, sizeof(float) * (size_t)T * D);
   }
-  cf__rope_table(b->inv_freq, half, a->t0, T, cos_t, sin_t);
 
   for (int l = a->l0; l < a->l1; l++) {
     const cf_layer_weights_t *w = &m->layers[l];
     float *kl = a->k[l - a->l0], *vl = a->v[l - a->l0];
     for (int rb = 0; rb < T; rb += TB) {
       int n = T - rb < TB ? T - rb : TB, p = a->t0 + rb;
-      float *xb = x + (size_t)rb * D;
+      float *xb;
+      if (xblock) {
+        xb = b->xblk;
+        if (a->l0 == 0)
+          for (int i = 0; i < n; i++)
+            memcpy(xb + (size_t)i * D, m->embed + (size_t)a->tokens[rb + i] * D, sizeof(float) * D);
+        else
+          memcpy(xb, a->hidden_in + (size_t)rb * D, sizeof(float) * (size_t)n * D);
+      } else {
+        xb = x + (size_t)rb * D;
+      }
+      cf__rope_table(b->inv_freq, half, p, n, cos_t, sin_t); /* this block's positions */
       float *kc = kl + (size_t)p * kvd, *vc = vl + (size_t)p * kvd;
       cf__rows_job_t rj = {.cfg = c, .w = w, .n = n, .x = xb, .h = h, .norm = w->attn_norm,
-                           .q = q, .kc = kc, .vc = vc, .cos_t = cos_t + (size_t)rb * half,
-                           .sin_t = sin_t + (size_t)rb * half, .g = gate, .u = up, .inter = NI};
+                           .q = q, .kc = kc, .vc = vc, .cos_t = cos_t,
+                           .sin_t = sin_t, .g = gate, .u = up, .inter = NI};
       cf__par(b, cf__norm_worker, &rj);
 
       cf__gemm_job_t gj = {.a = h, .lda = D, .m = n, .kdim = D, .beta = 0, .nseg = 3,
@@ -500,8 +516,6 @@ static int cf__cpu_forward(cf_backend_t *be, const cf_fwd_args_t *a) {
   }
   pthread_mutex_unlock(&b->fwd_mu);
   free(xown);
-  free(tab);
-  free(work);
   return 0;
 }
 
@@ -519,6 +533,9 @@ static void cf__cpu_free(cf_backend_t *be) {
   free(b->th);
   free(b->args);
   free(b->inv_freq);
+  free(b->work);
+  free(b->tab);
+  free(b->xblk);
   free(b);
 }
 
@@ -545,7 +562,16 @@ int cf_backend_cpu_create(const cf_model_t *m, int n_threads, cf_backend_t **out
   b->inv_freq = malloc(sizeof(float) * (c->head_dim / 2));
   b->th = calloc(b->nthreads, sizeof *b->th);
   b->args = calloc(b->nthreads, sizeof *b->args);
-  if (!b->inv_freq || !b->th || !b->args) {
+  /* the scratch of the largest block, once (cf__cpu_forward's layout) */
+  int TB = CF__CPU_TB, D = c->hidden;
+  size_t qd = (size_t)c->n_heads * c->head_dim;
+  size_t blk = (size_t)TB * D + 2 * (size_t)TB * qd + 2 * (size_t)TB * c->intermediate +
+               (size_t)b->nthreads * cf__attn_per_thread(c) + cf__moe_floats(c, TB);
+  b->work = malloc(sizeof(float) * blk);
+  b->tab = malloc(sizeof(float) * (size_t)TB * c->head_dim);
+  b->xblk = malloc(sizeof(float) * (size_t)TB * D);
+  b->scratch_bytes = sizeof(float) * (blk + (size_t)TB * c->head_dim + (size_t)TB * D);
+  if (!b->inv_freq || !b->th || !b->args || !b->work || !b->tab || !b->xblk) {
     cf__cpu_free(&b->base);
     return cf_seterr(CF_ENOMEM, "cpu backend: state");
   }

@@ -38,6 +38,12 @@ cpu_tier_bytes = 256m
 ssd_tier_bytes = 1g
 log_level = debug
 CONF
+# GPU_MEMORY_BYTES (run.sh step gpuexec-e2e-budget): the same within gpu_memory_bytes (issue 18):
+# restores from one device arena; afterwards the daemon's own accounting (/metrics peak) and the
+# driver's view of its memory (nvidia-smi, less the CUDA context) stay within the budget.
+if [ -n "${GPU_MEMORY_BYTES:-}" ]; then
+  printf 'gpu_memory_bytes = %s\nmetrics_listen = unix:%s/m.sock\n' "$GPU_MEMORY_BYTES" "$T" >>"$T/d.conf"
+fi
 build/cacheflowd --config "$T/d.conf" >"$T/d.log" 2>&1 &
 DPID=$!
 # start-up: CUDA context, weights, cost-model calibration, pinned CPU tier: up to 60 s
@@ -47,6 +53,16 @@ if [ -S "$T/d.sock" ]; then
   timeout --foreground -k 5 "$E2E_TIMEOUT" build/cf-gpuengine --daemon "unix:$T/d.sock" --model "$MODEL" --prefix "$PREFIX"
   rc=$?
   [ $rc -eq 124 ] || [ $rc -eq 137 ] && echo "FAIL cf-gpuengine did not finish in $E2E_TIMEOUT s"
+  if [ -n "${GPU_MEMORY_BYTES:-}" ]; then
+    peak=$(curl -s --unix-socket "$T/m.sock" http://localhost/metrics | awk '$1 == "cacheflow_memory_peak_bytes{pool=\"gpu\"}" {print $2}')
+    smi=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits 2>/dev/null | awk -F', ' -v p=$DPID '$1 == p {print $2 * 1048576}')
+    # the CUDA context and cuBLAS/driver allocations outside the daemon's accounting: 1 GiB at most
+    echo "RESULT gpu-budget budget=$GPU_MEMORY_BYTES accounted_peak=${peak:-none} nvidia_smi_now=${smi:-none}"
+    [ -n "$peak" ] && [ "${peak%.*}" -gt 0 ] && [ "${peak%.*}" -le "$GPU_MEMORY_BYTES" ] ||
+      { echo "FAIL gpu_memory_bytes: accounted peak ${peak:-missing} not in (0, $GPU_MEMORY_BYTES]"; rc=1; }
+    [ -z "$smi" ] || [ "${smi%.*}" -le $((GPU_MEMORY_BYTES + 1073741824)) ] ||
+      { echo "FAIL gpu_memory_bytes: nvidia-smi says $smi bytes, over the budget + 1 GiB of context"; rc=1; }
+  fi
 else
   kill -0 $DPID 2>/dev/null && echo "FAIL cacheflowd did not start in 60 s (gpu_executor = on, backend = cuda)" ||
     echo "FAIL cacheflowd exited during start-up (gpu_executor = on, backend = cuda): see its log below"

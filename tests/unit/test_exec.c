@@ -2,6 +2,7 @@
  * of a full recompute in the engine's paged shared-memory buffer; readiness arrives in order
  * (checked by a real engine process waiting on the counter); cancel, backend errors, bad plans. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -14,6 +15,7 @@
 #include "exec/cf_exec.h"
 #include "exec/cf_exec_plan.h"
 #include "model/cf_model_synth.h"
+#include "util/cf_mempool.h"
 
 typedef struct {
   cf_backend_t *be;
@@ -172,7 +174,8 @@ CF_TEST(exec_fixed_policies_match_full_recompute) {
 /* One random restore on fixture f (n_full full chunks, maybe a partial tail): a random
  * staircase, each stored cell failing with probability 1/fail_one_in (evicted or corrupt), run
  * with n_loaders loaders; the engine must end with the full-recompute KV, loaded cells exact. */
-static void random_restore(fx_t *f, int n_full, int fail_one_in, int n_loaders, const char *what) {
+static void random_restore_in(fx_t *f, int n_full, int fail_one_in, int n_loaders, cf_mempool_t *pool,
+                              const char *what) {
   int n = f->n_chunks, L = f->L;
   int *h = malloc(sizeof(int) * n), *H = malloc(sizeof(int) * n), *fail = calloc((size_t)n * L, sizeof(int));
   for (int c = 0; c < n; c++) h[c] = c >= n_full ? L : (int)(cf_test_rand() % (L + 1));
@@ -191,6 +194,7 @@ static void random_restore(fx_t *f, int n_full, int fail_one_in, int n_loaders, 
   for (int c = 0; c < n; c++) srcs[c] = &mem.src;
   cf_exec_t ex;
   CF_CHECK_OK(cf_exec_init(&ex, f->be, n_loaders));
+  CF_CHECK_OK(cf_exec_set_pool(&ex, pool));
   clear_engine(f);
   cf_exec_req_t r;
   fx_req(f, &r, h, srcs, refs);
@@ -203,6 +207,9 @@ static void random_restore(fx_t *f, int n_full, int fail_one_in, int n_loaders, 
   CF_CHECK_LE(r.stats.cells_computed, sumH);
   CF_CHECK_GE(r.stats.cells_computed + r.stats.load_failures, r.stats.cells_planned_compute);
   free(h); free(H); free(fail); free(srcs); free(refs);
+}
+static void random_restore(fx_t *f, int n_full, int fail_one_in, int n_loaders, const char *what) {
+  random_restore_in(f, n_full, fail_one_in, n_loaders, NULL, what);
 }
 
 /* Random staircases, random faults (evicted / corrupt cells), random block sizes and a
@@ -1149,4 +1156,272 @@ CF_TEST(exec_tp_shards_get_their_heads) {
       free(buf);
     }
   fx_free(&f);
+}
+
+/* ---------------------------------------------------------------- memory budget (issue 18) */
+
+#define PG 4096
+/* One request's working set under a budget (cf_exec.h): hidden states and one staging block of
+ * E_0 rows, in whole pages. */
+static size_t fx_workset(const fx_t *f, int e0) {
+  const cf_model_config_t *mc = &f->be->model->cfg;
+  return cf_mempool_charge(2 * (size_t)e0 * mc->hidden * 4) + cf_mempool_charge(2 * (size_t)e0 * f->row * 4);
+}
+
+/* Runs `n` requests (plans[i], engine fx f[i]) within `budget` bytes (0: no pool). Returns the
+ * run's result; *peak: the pool's high-water mark. */
+static int budget_run(fx_t *f, int n, int (*plans)[6], size_t budget, int n_loaders, size_t *peak,
+                      uint64_t *waits) {
+  cf_mempool_t *pool = NULL;
+  if (budget) CF_ASSERT(cf_mempool_create("test", budget, &pool) == 0);
+  cf_exec_t ex;
+  CF_ASSERT(cf_exec_init(&ex, f[0].be, n_loaders) == 0);
+  CF_ASSERT(cf_exec_set_pool(&ex, pool) == 0);
+  cf_cellsrc_mem_t mem[4];
+  cf_cellsrc_t *srcs[4][6];
+  void *refs[4][6];
+  cf_exec_req_t r[4];
+  for (int i = 0; i < n; i++) {
+    clear_engine(&f[i]);
+    cf_cellsrc_mem_init(&mem[i], "cpu", 0, CF_DT_F32, f[i].cells, f[i].n_chunks, f[i].L, f[i].C, f[i].row, NULL, NULL);
+    for (int c = 0; c < 6; c++) srcs[i][c] = &mem[i].src;
+    fx_req(&f[i], &r[i], plans[i], srcs[i], refs[i]);
+    r[i].req_id = (uint64_t)i + 1;
+  }
+  int rc = cf_exec_run(&ex, r, n);
+  *waits = 0;
+  for (int i = 0; i < n; i++) {
+    *waits += r[i].stats.mem_waits;
+    if (!r[i].err) {
+      char what[64];
+      snprintf(what, sizeof what, "request %d, budget %zu", i, budget);
+      CF_CHECK_EQ(fx_verify(&f[i], plans[i], what), 0);
+      CF_CHECK_EQ(r[i].stats.layers_ready, f[i].L);
+    } else {
+      CF_CHECK_EQ(r[i].err, CF_ENOMEM);
+    }
+  }
+  *peak = 0;
+  if (pool) {
+    cf_mempool_stats_t st;
+    cf_mempool_stats(pool, &st);
+    CF_CHECK_LE(st.peak, budget);
+    CF_CHECK_EQ(st.used, 0); /* everything went back */
+    *peak = st.peak;
+    cf_mempool_destroy(pool);
+  }
+  return rc;
+}
+
+/* Every plan, alone and as a batch of three, at every budget from below one request's need to
+ * unbounded: each restore either completes with the recompute's KV (loaded cells bit for bit)
+ * or — only below the smallest budget that holds one request's working set — fails with
+ * CF_ENOMEM naming it; never wrong KV, never a hang, the pool's high-water mark within the
+ * budget and all of it given back. */
+CF_TEST(exec_budget_every_plan_every_budget) {
+  int plans[6][6] = {{4, 4, 4, 4, 4, 4}, {0, 0, 0, 0, 0, 0}, {4, 4, 4, 0, 0, 0},
+                     {2, 2, 2, 2, 2, 2}, {0, 1, 2, 3, 3, 4}, {4, 0, 4, 1, 0, 3}};
+  fx_t f[3];
+  for (int i = 0; i < 3; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "kv_budget%d", i);
+    fx_init(&f[i], 4, 16, 16 * 6, 8, name);
+  }
+  size_t ws = fx_workset(&f[0], 96);
+  int ok_min = -1;
+  for (int p = 0; p < 6; p++) {
+    int mine[1][6];
+    memcpy(mine[0], plans[p], sizeof mine[0]);
+    size_t peak;
+    uint64_t waits;
+    CF_CHECK_OK(budget_run(f, 1, mine, 0, 2, &peak, &waits));
+    for (size_t b = PG; b <= 48 * PG; b += PG) {
+      int rc = budget_run(f, 1, mine, b, 2, &peak, &waits);
+      if (rc == 0 && (ok_min < 0 || (int)(b / PG) < ok_min) && p == 0) ok_min = (int)(b / PG);
+      /* enough for the bookkeeping, the loaders and one working set: it must complete */
+      if (b >= ws + 8 * PG) CF_CHECK_MSG(rc == 0, "plan %d budget %zu pages: %s", p, b / PG, cf_errmsg());
+    }
+  }
+  printf("    one request (96 tokens, 4 layers): working set %zu pages, smallest budget that ran the "
+         "recompute plan: %d pages\n", ws / PG, ok_min);
+  /* batches of three requests with different plans: they wait for each other's memory */
+  int batch[3][6];
+  uint64_t total_waits = 0;
+  for (int k = 0; k < 6; k++) {
+    for (int i = 0; i < 3; i++) memcpy(batch[i], plans[(k + i) % 6], sizeof batch[i]);
+    for (size_t b = 8 * PG; b <= 40 * PG; b += 2 * PG) {
+      size_t peak;
+      uint64_t waits;
+      int rc = budget_run(f, 3, batch, b, 2, &peak, &waits);
+      total_waits += waits;
+      if (b >= ws + 12 * PG) CF_CHECK_MSG(rc == 0, "batch %d budget %zu pages: %s", k, b / PG, cf_errmsg());
+    }
+  }
+  CF_CHECK_GT(total_waits, 0); /* the tight budgets did make requests wait */
+  for (int i = 0; i < 3; i++) fx_free(&f[i]);
+}
+
+/* Random staircases with injected load failures (chunks raised mid-restore: staging grown,
+ * layers staged again) within a budget: the recompute's KV every time. */
+CF_TEST(exec_budget_random_plans_with_faults) {
+  for (int iter = 0; iter < 10; iter++) {
+    int L = 2 + (int)(cf_test_rand() % 4), C = 8 << (cf_test_rand() % 2);
+    int n_full = 2 + (int)(cf_test_rand() % 6), tail = (int)(cf_test_rand() % 2) * (1 + (int)(cf_test_rand() % (C - 1)));
+    int T = n_full * C + tail, bs = 1 << (cf_test_rand() % 5);
+    char name[32], what[64];
+    snprintf(name, sizeof name, "kv_brand%d", iter);
+    snprintf(what, sizeof what, "budget iter %d (L %d, C %d, T %d, bs %d)", iter, L, C, T, bs);
+    fx_t f;
+    fx_init(&f, L, C, T, bs, name);
+    cf_mempool_t *pool;
+    /* bookkeeping + loaders + one request's working set and a little: layers wait for each other */
+    CF_CHECK_OK(cf_mempool_create("test", fx_workset(&f, T) + 30 * PG, &pool));
+    random_restore_in(&f, n_full, 5, 1 + iter % 3, pool, what);
+    cf_mempool_stats_t st;
+    cf_mempool_stats(pool, &st);
+    CF_CHECK_EQ(st.used, 0);
+    cf_mempool_destroy(pool);
+    fx_free(&f);
+  }
+}
+
+/* Below one request's working set and nothing else running: a clear error, not a hang. */
+CF_TEST(exec_budget_too_small_is_a_clear_error) {
+  fx_t f;
+  fx_init(&f, 4, 16, 16 * 6, 8, "kv_bsmall");
+  int plan[1][6] = {{4, 4, 4, 4, 4, 4}};
+  size_t peak;
+  uint64_t waits;
+  int rc = budget_run(&f, 1, plan, 10 * PG, 2, &peak, &waits);
+  CF_CHECK_EQ(rc, CF_ENOMEM);
+  CF_CHECK_MSG(strstr(cf_errmsg(), "working memory") && strstr(cf_errmsg(), "budget"), "error: %s", cf_errmsg());
+  printf("    %s\n", cf_errmsg());
+  fx_free(&f);
+}
+
+/* Every allocation the C library serves while counting is on (any thread): the restore path
+ * within a budget must ask for none. glibc's own entry points do the work. */
+extern void *__libc_malloc(size_t);
+extern void *__libc_calloc(size_t, size_t);
+extern void *__libc_realloc(void *, size_t);
+extern void *__libc_memalign(size_t, size_t);
+static atomic_int g_count_allocs;
+static atomic_long g_allocs, g_alloc_bytes;
+static void count_alloc(size_t n) {
+  if (atomic_load_explicit(&g_count_allocs, memory_order_relaxed)) {
+    atomic_fetch_add(&g_allocs, 1);
+    atomic_fetch_add(&g_alloc_bytes, (long)n);
+  }
+}
+void *malloc(size_t n) { count_alloc(n); return __libc_malloc(n); }
+void *calloc(size_t n, size_t s) { count_alloc(n * s); return __libc_calloc(n, s); }
+void *realloc(void *p, size_t n) { count_alloc(n); return __libc_realloc(p, n); }
+void *aligned_alloc(size_t al, size_t n) { count_alloc(n); return __libc_memalign(al, n); }
+int posix_memalign(void **out, size_t al, size_t n) {
+  count_alloc(n);
+  *out = __libc_memalign(al, n);
+  return *out ? 0 : 12;
+}
+
+/* Restores on the real CPU backend within a budget (a warm run first: threads started, their
+ * stacks cached): not one call to the C library's allocator from any thread of the run, while
+ * the same restores without a budget allocate their buffers per request. */
+CF_TEST(exec_budget_restore_path_allocates_nothing) {
+  cf_model_config_t mc;
+  CF_CHECK_OK(cf_synth_preset("tiny", &mc));
+  mc.n_layers = 3;
+  cf_synth_opts_t so = {.seed = 11, .std = 0.05f, .norm_jitter = 0.1f};
+  cf_model_t *m;
+  CF_CHECK_OK(cf_model_synth(&mc, &so, &m));
+  cf_backend_t *be;
+  CF_CHECK_OK(cf_backend_cpu_create(m, 2, &be));
+  fx_t f;
+  fx_init_be(&f, be, 16, 16 * 5, 4, "kv_malloc");
+  int plan[2][6] = {{3, 2, 1, 0, 0, 0}, {3, 3, 3, 3, 3, 0}};
+  cf_mempool_t *pool;
+  CF_CHECK_OK(cf_mempool_create("test", 4 << 20, &pool));
+  for (int budget = 1; budget >= 0; budget--) {
+    long allocs[2];
+    for (int run = 0; run < 2; run++) {
+      cf_exec_t ex;
+      CF_CHECK_OK(cf_exec_init(&ex, f.be, 2));
+      CF_CHECK_OK(cf_exec_set_pool(&ex, budget ? pool : NULL));
+      cf_cellsrc_mem_t mem;
+      cf_cellsrc_mem_init(&mem, "cpu", 0, CF_DT_F32, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, NULL);
+      cf_cellsrc_t *srcs[5] = {&mem.src, &mem.src, &mem.src, &mem.src, &mem.src};
+      void *refs[5];
+      cf_exec_req_t r;
+      fx_req(&f, &r, plan[run], srcs, refs);
+      clear_engine(&f);
+      atomic_store(&g_allocs, 0);
+      atomic_store(&g_count_allocs, 1);
+      int rc = cf_exec_run(&ex, &r, 1);
+      atomic_store(&g_count_allocs, 0);
+      allocs[run] = atomic_load(&g_allocs);
+      CF_CHECK_OK(rc);
+      CF_CHECK_EQ(fx_verify(&f, plan[run], budget ? "malloc count, budget" : "malloc count, unbounded"), 0);
+    }
+    printf("    %s: %ld and %ld allocations in the two restores\n", budget ? "within a budget" : "unbounded",
+           allocs[0], allocs[1]);
+    if (budget) CF_CHECK_EQ(allocs[1], 0);
+    else CF_CHECK_GT(allocs[1], 0);
+  }
+  cf_mempool_destroy(pool);
+  fx_free(&f);
+  cf_model_synth_free(m);
+}
+
+/* Batches of three random staircases with injected load failures (chunks raised mid-restore,
+ * staging grown while other requests hold memory) within a budget that holds one working set:
+ * every request ends (no hang) with the recompute's KV, or — only when a raise made its own
+ * working set larger than the budget — with CF_ENOMEM; all memory given back. */
+CF_TEST(exec_budget_batches_with_faults) {
+  int ok = 0, enomem = 0;
+  for (int iter = 0; iter < 8; iter++) {
+    int L = 2 + (int)(cf_test_rand() % 3), C = 8, n_full = 3 + (int)(cf_test_rand() % 4), T = n_full * C;
+    fx_t f[3];
+    cf_cellsrc_mem_t mem[3];
+    cf_cellsrc_t *srcs[3][8];
+    void *refs[3][8];
+    int h[3][8], H[3][8], fail[3][8 * 5];
+    cf_exec_req_t r[3];
+    for (int i = 0; i < 3; i++) {
+      char name[32];
+      snprintf(name, sizeof name, "kv_bbf%d_%d", iter, i);
+      fx_init(&f[i], L, C, T, 4, name);
+      memset(fail[i], 0, sizeof fail[i]);
+      for (int c = 0; c < n_full; c++) {
+        h[i][c] = H[i][c] = (int)(cf_test_rand() % (L + 1));
+        for (int l = 0; l < L; l++)
+          if (cf_test_rand() % 6 == 0) {
+            fail[i][c * L + l] = CF_ENOTFOUND;
+            if (l >= h[i][c] && l + 1 > H[i][c]) H[i][c] = l + 1;
+          }
+      }
+      cf_cellsrc_mem_init(&mem[i], "cpu", 0, CF_DT_F32, f[i].cells, n_full, L, C, f[i].row, fail[i], NULL);
+      for (int c = 0; c < n_full; c++) srcs[i][c] = &mem[i].src;
+      clear_engine(&f[i]);
+      fx_req(&f[i], &r[i], h[i], srcs[i], refs[i]);
+      r[i].req_id = (uint64_t)i + 1;
+    }
+    cf_mempool_t *pool;
+    CF_CHECK_OK(cf_mempool_create("test", fx_workset(&f[0], T) + 16 * PG, &pool)); /* + bookkeeping of three, loaders */
+    cf_exec_t ex;
+    CF_CHECK_OK(cf_exec_init(&ex, f[0].be, 2));
+    CF_CHECK_OK(cf_exec_set_pool(&ex, pool));
+    cf_exec_run(&ex, r, 3);
+    for (int i = 0; i < 3; i++) {
+      if (r[i].err == CF_ENOMEM) { enomem++; continue; }
+      CF_CHECK_EQ(r[i].err, 0);
+      CF_CHECK_EQ(fx_verify(&f[i], H[i], "budget batch with faults"), 0);
+      ok++;
+    }
+    cf_mempool_stats_t st;
+    cf_mempool_stats(pool, &st);
+    CF_CHECK_EQ(st.used, 0);
+    cf_mempool_destroy(pool);
+    for (int i = 0; i < 3; i++) fx_free(&f[i]);
+  }
+  printf("    %d restores verified, %d refused for memory\n", ok, enomem);
+  CF_CHECK_GT(ok, 0);
 }

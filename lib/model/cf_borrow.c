@@ -1,0 +1,224 @@
+/* cf_borrow — see cf_borrow.h. Every checkpoint weight is a "logical" matrix [R][K] (a vector:
+ * [R][1]); where the engine keeps it is a source: a tensor name, the rows before it inside a
+ * fused tensor (part offset, per shard), the fused tensor's rows per shard, and how shards split
+ * it (by rows: column-parallel, or by columns: row-parallel). */
+#include "model/cf_borrow.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/cf_err.h"
+
+typedef struct {
+  const float *ck;      /* the checkpoint's values [R][K] */
+  int64_t R, K;
+  char name[160];       /* the engine's tensor */
+  int64_t off, rows;    /* this part's first row in a shard of it; the shard's rows (split by rows) */
+  int by_cols;          /* row-parallel: shards hold columns */
+  const float **view;   /* where the borrowed model's pointer goes */
+} cf__w_t;
+
+typedef struct {
+  const cf_borrow_tensor_t *t;
+  int n;
+  int samples;
+  cf_borrow_report_t *rep;
+  uint8_t *used;        /* [n] */
+  int viewable;         /* every weight so far an fp32 whole tensor */
+} cf__ctx_t;
+
+/* The offered tensor `name` of shard `rank` (NULL: none), and its tp_size in *tp. */
+static const cf_borrow_tensor_t *cf__find(const cf__ctx_t *x, const char *name, int rank, int *tp) {
+  for (int i = 0; i < x->n; i++)
+    if (x->t[i].name && !strcmp(x->t[i].name, name) && (rank < 0 || x->t[i].tp_rank == rank)) {
+      if (tp) *tp = x->t[i].tp_size > 0 ? x->t[i].tp_size : 1;
+      return &x->t[i];
+    }
+  return NULL;
+}
+
+static float cf__elem(const cf_borrow_tensor_t *t, int64_t i) {
+  float f;
+  cf_dtype_to_f32(t->dtype, (const uint8_t *)t->data + (size_t)i * cf_dtype_size(t->dtype), &f, 1);
+  return f;
+}
+
+/* Check one logical weight against its source tensor(s) and point its view into them. */
+static int cf__check(cf__ctx_t *x, cf__w_t *w) {
+  int tp = 1;
+  const cf_borrow_tensor_t *t0 = cf__find(x, w->name, -1, &tp);
+  if (!t0) return cf_seterr(CF_ENOTFOUND, "borrowed weights: no tensor '%s' offered", w->name);
+  int64_t split = w->by_cols ? w->K : w->R; /* the dimension shards divide */
+  if (split % tp)
+    return cf_seterr(CF_ESHAPE, "borrowed weights: '%s': %lld %s do not split over %d shards", w->name,
+                     (long long)split, w->by_cols ? "columns" : "rows", tp);
+  int64_t er = w->by_cols ? w->rows : w->rows / tp, ec = w->by_cols ? w->K / tp : w->K;
+  const cf_borrow_tensor_t *sh[64];
+  if (tp > 64) return cf_seterr(CF_EUNSUPPORTED, "borrowed weights: '%s': %d shards (at most 64)", w->name, tp);
+  for (int r = 0; r < tp; r++) {
+    int tpr = 0;
+    sh[r] = cf__find(x, w->name, r, &tpr);
+    if (!sh[r]) return cf_seterr(CF_ENOTFOUND, "borrowed weights: '%s': shard %d of %d not offered", w->name, r, tp);
+    if (tpr != tp)
+      return cf_seterr(CF_ESHAPE, "borrowed weights: '%s': shards say tp_size %d and %d", w->name, tp, tpr);
+    const cf_borrow_tensor_t *t = sh[r];
+    int ok = t->data && (w->K == 1 && !w->by_cols ? (t->ndim == 1 && t->shape[0] == er) ||
+                                                        (t->ndim == 2 && t->shape[0] == er && t->shape[1] == 1)
+                                                  : t->ndim == 2 && t->shape[0] == er && t->shape[1] == ec);
+    if (!ok)
+      return cf_seterr(CF_ESHAPE, "borrowed weights: '%s' (shard %d of %d): shape [%lld%s%lld], expected [%lld, %lld]%s",
+                       w->name, r, tp, (long long)t->shape[0], t->ndim > 1 ? ", " : "",
+                       t->ndim > 1 ? (long long)t->shape[1] : 0LL, (long long)er, (long long)ec,
+                       t->data ? "" : " (and no data)");
+    if (t->dtype != CF_DT_F32 && t->dtype != CF_DT_BF16 && t->dtype != CF_DT_F16)
+      return cf_seterr(CF_EDTYPE, "borrowed weights: '%s': dtype %s (f32, bf16 or f16 expected)", w->name,
+                       cf_dtype_name(t->dtype));
+    if (t->dtype != t0->dtype)
+      return cf_seterr(CF_EDTYPE, "borrowed weights: '%s': shards of dtypes %s and %s", w->name,
+                       cf_dtype_name(t0->dtype), cf_dtype_name(t->dtype));
+    x->used[t - x->t] = 1;
+  }
+  /* samples: the first and last element and `samples` spread by a hash of the name */
+  int64_t n = w->R * w->K;
+  uint64_t hsh = 1469598103934665603ULL;
+  for (const char *p = w->name; *p; p++) hsh = (hsh ^ (uint8_t)*p) * 1099511628211ULL;
+  for (int k = 0; k < x->samples + 2; k++) {
+    int64_t e = k == 0 ? 0 : k == 1 ? n - 1 : (int64_t)((hsh = hsh * 6364136223846793005ULL + 1442695040888963407ULL) >> 11) % n;
+    int64_t i = e / w->K, j = e % w->K, r, li, lj;
+    if (w->by_cols) { r = j / ec; li = i; lj = j % ec; }
+    else { int64_t per = w->R / tp; r = i / per; li = w->off / tp + i % per; lj = j; }
+    const cf_borrow_tensor_t *t = sh[r];
+    float want = w->ck[e], got = cf__elem(t, li * ec + lj);
+    uint8_t buf[4];
+    cf_dtype_from_f32(t->dtype, &want, buf, 1); /* the checkpoint as the engine's dtype holds it */
+    cf_dtype_to_f32(t->dtype, buf, &want, 1);
+    if (memcmp(&want, &got, 4))
+      return cf_seterr(CF_EMISMATCH, "borrowed weights: '%s' (shard %lld of %d) element [%lld, %lld] = %.9g, the "
+                       "checkpoint has %.9g: not the served model's weights", w->name, (long long)r, tp,
+                       (long long)li, (long long)lj, (double)got, (double)want);
+    x->rep->elements_checked++;
+  }
+  x->rep->weights++;
+  if (tp != 1 || t0->dtype != CF_DT_F32) x->viewable = 0;
+  if (w->view) *w->view = x->viewable ? (const float *)t0->data + (size_t)w->off * w->K : NULL;
+  x->rep->bytes_viewed += w->R * w->K * 4;
+  return 0;
+}
+
+/* A weight that may be fused: `fused` with parts of the given row counts (part index `part`), or
+ * unfused `alone` (transformers' names). */
+static int cf__fused(cf__ctx_t *x, const float *ck, int64_t K, const char *fused, const int64_t *parts,
+                     int nparts, int part, const char *alone, const float **view) {
+  cf__w_t w = {.ck = ck, .R = parts[part], .K = K, .view = view};
+  int tp = 1;
+  if (cf__find(x, fused, -1, &tp)) {
+    snprintf(w.name, sizeof w.name, "%s", fused);
+    for (int p = 0; p < nparts; p++) w.rows += parts[p];
+    for (int p = 0; p < part; p++) w.off += parts[p];
+    if (w.off % tp || w.rows % tp)
+      return cf_seterr(CF_ESHAPE, "borrowed weights: '%s': parts do not split over %d shards", fused, tp);
+  } else {
+    snprintf(w.name, sizeof w.name, "%s", alone);
+    w.rows = w.R;
+  }
+  return cf__check(x, &w);
+}
+
+static int cf__whole(cf__ctx_t *x, const float *ck, int64_t R, int64_t K, int by_cols, const char *name,
+                     const float **view) {
+  cf__w_t w = {.ck = ck, .R = R, .K = K, .rows = R, .by_cols = by_cols, .view = view};
+  snprintf(w.name, sizeof w.name, "%s", name);
+  return cf__check(x, &w);
+}
+
+static int cf__run(const cf_model_t *m, const cf_borrow_tensor_t *t, int n, int samples, cf_borrow_report_t *rep,
+                   cf_model_t *b) {
+  const cf_model_config_t *c = &m->cfg;
+  if (c->n_experts > 0)
+    return cf_seterr(CF_EUNSUPPORTED, "borrowed weights: mixture-of-experts layers are not resolved yet");
+  cf__ctx_t x = {.t = t, .n = n, .samples = samples > 0 ? samples : 0, .rep = rep, .viewable = 1};
+  if (!(x.used = calloc((size_t)(n > 0 ? n : 1), 1))) return cf_seterr(CF_ENOMEM, "borrowed weights");
+  int64_t H = c->hidden, hd = c->head_dim, nq = (int64_t)c->n_heads * hd, nkv = (int64_t)c->n_kv_heads * hd;
+  int64_t I = c->intermediate, qkv[3] = {nq, nkv, nkv}, gu[2] = {I, I};
+  char a[160], f[160];
+  int rc = 0;
+#define NM(buf, fmt) snprintf(buf, sizeof buf, "model.layers.%d." fmt, l)
+  for (int l = 0; l < c->n_layers && !rc; l++) {
+    const cf_layer_weights_t *w = &m->layers[l];
+    cf_layer_weights_t *v = b ? &b->layers[l] : NULL;
+    const char *qn[3] = {"q_proj", "k_proj", "v_proj"};
+    const float *wck[3] = {w->wq, w->wk, w->wv}, *bck[3] = {w->bq, w->bk, w->bv};
+    const float **wv[3] = {v ? &v->wq : NULL, v ? &v->wk : NULL, v ? &v->wv : NULL};
+    const float **bv[3] = {v ? &v->bq : NULL, v ? &v->bk : NULL, v ? &v->bv : NULL};
+    for (int p = 0; p < 3 && !rc; p++) {
+      NM(f, "self_attn.qkv_proj.weight");
+      snprintf(a, sizeof a, "model.layers.%d.self_attn.%s.weight", l, qn[p]);
+      rc = cf__fused(&x, wck[p], H, f, qkv, 3, p, a, wv[p]);
+      if (!rc && bck[p]) {
+        NM(f, "self_attn.qkv_proj.bias");
+        snprintf(a, sizeof a, "model.layers.%d.self_attn.%s.bias", l, qn[p]);
+        rc = cf__fused(&x, bck[p], 1, f, qkv, 3, p, a, bv[p]);
+      }
+    }
+    if (!rc) { NM(a, "self_attn.o_proj.weight"); rc = cf__whole(&x, w->wo, H, nq, 1, a, v ? &v->wo : NULL); }
+    if (!rc && w->bo) { NM(a, "self_attn.o_proj.bias"); rc = cf__whole(&x, w->bo, H, 1, 0, a, v ? &v->bo : NULL); }
+    if (!rc && w->q_norm) { NM(a, "self_attn.q_norm.weight"); rc = cf__whole(&x, w->q_norm, hd, 1, 0, a, v ? &v->q_norm : NULL); }
+    if (!rc && w->k_norm) { NM(a, "self_attn.k_norm.weight"); rc = cf__whole(&x, w->k_norm, hd, 1, 0, a, v ? &v->k_norm : NULL); }
+    if (!rc) { NM(a, "input_layernorm.weight"); rc = cf__whole(&x, w->attn_norm, H, 1, 0, a, v ? &v->attn_norm : NULL); }
+    if (!rc) { NM(a, "post_attention_layernorm.weight"); rc = cf__whole(&x, w->mlp_norm, H, 1, 0, a, v ? &v->mlp_norm : NULL); }
+    if (!rc) { NM(f, "mlp.gate_up_proj.weight"); NM(a, "mlp.gate_proj.weight"); rc = cf__fused(&x, w->w_gate, H, f, gu, 2, 0, a, v ? &v->w_gate : NULL); }
+    if (!rc) { NM(f, "mlp.gate_up_proj.weight"); NM(a, "mlp.up_proj.weight"); rc = cf__fused(&x, w->w_up, H, f, gu, 2, 1, a, v ? &v->w_up : NULL); }
+    if (!rc) { NM(a, "mlp.down_proj.weight"); rc = cf__whole(&x, w->w_down, H, I, 1, a, v ? &v->w_down : NULL); }
+    if (!rc && (w->b_gate || w->b_up || w->b_down))
+      rc = cf_seterr(CF_EUNSUPPORTED, "borrowed weights: MLP biases (layer %d) are not resolved yet", l);
+  }
+#undef NM
+  if (!rc) rc = cf__whole(&x, m->embed, c->vocab, H, 0, "model.embed_tokens.weight", b ? &b->embed : NULL);
+  if (!rc) rc = cf__whole(&x, m->final_norm, H, 1, 0, "model.norm.weight", b ? &b->final_norm : NULL);
+  if (!rc && m->lm_head && m->lm_head != m->embed)
+    rc = cf__whole(&x, m->lm_head, c->vocab, H, 0, "lm_head.weight", b ? &b->lm_head : NULL);
+  if (!rc && b && !x.viewable)
+    rc = cf_seterr(CF_EUNSUPPORTED, "borrowed weights: the CPU backend reads fp32 weights offered whole; these are "
+                   "%s", "bf16/f16 or tensor-parallel shards (checked, not viewed: the daemon keeps its own copy)");
+  for (int i = 0; i < n; i++) rep->tensors_used += x.used[i];
+  free(x.used);
+  return rc;
+}
+
+int cf_borrow_check(const cf_model_t *m, const cf_borrow_tensor_t *t, int n, int samples,
+                    cf_borrow_report_t *rep) {
+  cf_borrow_report_t dummy;
+  if (!rep) rep = &dummy;
+  memset(rep, 0, sizeof *rep);
+  if (!m) return cf_seterr(CF_EINVAL, "borrowed weights: no model");
+  return cf__run(m, t, n, samples, rep, NULL);
+}
+
+int cf_borrow_model(const cf_model_t *m, const cf_borrow_tensor_t *t, int n, int samples,
+                    cf_model_t **out, cf_borrow_report_t *rep) {
+  cf_borrow_report_t dummy;
+  if (!rep) rep = &dummy;
+  memset(rep, 0, sizeof *rep);
+  *out = NULL;
+  if (!m) return cf_seterr(CF_EINVAL, "borrowed weights: no model");
+  cf_model_t *b = calloc(1, sizeof *b);
+  if (!b || !(b->layers = calloc((size_t)m->cfg.n_layers, sizeof *b->layers))) {
+    free(b);
+    return cf_seterr(CF_ENOMEM, "borrowed weights: model");
+  }
+  b->cfg = m->cfg;
+  memcpy(b->fingerprint, m->fingerprint, sizeof b->fingerprint);
+  if (m->lm_head == m->embed) b->lm_head = NULL; /* tied: set below */
+  int rc = cf__run(m, t, n, samples, rep, b);
+  if (rc) { cf_borrow_free(b); return rc; }
+  if (m->lm_head == m->embed) b->lm_head = b->embed;
+  *out = b;
+  return 0;
+}
+
+void cf_borrow_free(cf_model_t *b) {
+  if (!b) return;
+  free(b->layers);
+  free(b);
+}
