@@ -26,6 +26,18 @@ typedef struct {
  * cublasSetWorkspace, keeps this call from allocating). Returns 0, CF_EINVAL or CF_ECUDA. */
 int cf_gemm_bf16(struct cublasContext *h, const cf_gemm_args_t *a, cudaStream_t s);
 
+/* G GEMMs of the shape above (a[g] each with its own M, X, W, Y; all with the same y_f32 and
+ * beta), e.g. one per mixture-of-experts expert over its routed tokens. When *grouped is set
+ * and cuBLAS has cublasGemmGroupedBatchedEx (cuBLAS >= 12.5) they are ONE call, one group per
+ * GEMM with M > 0; otherwise, or when cuBLAS answers CUBLAS_STATUS_NOT_SUPPORTED for these
+ * types (it then clears *grouped so later calls skip the try), one cublasGemmEx per GEMM.
+ * cuBLAS reads the W/X/Y pointer arrays from device memory: ptrs_host (pinned, 3*G entries) is
+ * filled and copied on stream s into ptrs_dev (device, 3*G entries), so the caller must not
+ * reuse ptrs_host until the stream has passed this call. *used (may be NULL): 1 when the
+ * grouped call ran. Returns 0, CF_EINVAL, CF_ENOMEM or CF_ECUDA. */
+int cf_gemm_bf16_grouped(struct cublasContext *h, const cf_gemm_args_t *a, int G, int *grouped,
+                         void **ptrs_host, void **ptrs_dev, int *used, cudaStream_t s);
+
 #ifdef __cplusplus
 }
 #endif

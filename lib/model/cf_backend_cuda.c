@@ -11,7 +11,9 @@
  *   h   = silu(g) * u                        cf_swiglu
  *   x  += h · Wdownᵀ                         GEMM, beta = 1
  * MoE layers replace the last three lines by cf__moe_pass (router GEMM, cf_moe route/plan/
- * gather, per expert one [gate; up] GEMM, SwiGLU and down GEMM over all of its tokens, combine).
+ * gather, the experts' [gate; up] GEMMs over their tokens as one cuBLAS grouped GEMM, one
+ * SwiGLU over every routed row, the down GEMMs grouped again, combine; per-expert cuBLAS
+ * GEMMs where grouped GEMM is missing or refused, or CF_CUDA_MOE_GROUPED=0 at create).
  * Sliding-window layers pass their window to cf_attn_prefix.
  * Built without nvcc, the backend reports CF_ENODEV.
  */
@@ -82,6 +84,11 @@ typedef struct {
   int32_t *moe_sel, *moe_off, *moe_pos, *moe_tok;
   cf_bf16_t *moe_a, *moe_gu, *moe_h;
   int32_t *moe_off_host; /* pinned: the per-expert offsets the host loops over */
+  /* grouped expert GEMMs: W/X/Y pointer arrays, [gate|up: 3E][down: 3E], pinned and device */
+  void **moe_ptr_host, **moe_ptr_dev;
+  int moe_grouped_gu, moe_grouped_dn; /* 1: try cuBLAS grouped GEMM (cleared if refused) */
+  int moe_last_grouped;               /* the last pass: bit 0 gate|up grouped, bit 1 down; -1 none */
+  cf_gemm_args_t *moe_args;           /* host [2E]: the gate|up and down GEMM of each expert */
   /* host-API staging, grown on demand */
   cf_bf16_t *kv;  size_t kv_cap;   /* [l1-l0][2][t1][n_kv*hd] */
   float *stage;   size_t stage_cap;
@@ -174,9 +181,11 @@ static void cf__cuda_free(cf_backend_t *be) {
   void *ps[] = {b->embed, b->inv_freq, b->x, b->xn, b->qkv, b->q, b->attn, b->gu, b->h, b->attn_ws,
                 b->kv, b->stage, b->hin, b->hout, b->tok, b->blas_ws, b->moe_logits, b->moe_w,
                 b->moe_out, b->moe_sel, b->moe_off, b->moe_pos, b->moe_tok, b->moe_a, b->moe_gu,
-                b->moe_h};
+                b->moe_h, b->moe_ptr_dev};
   for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) cudaFree(ps[i]);
   if (b->moe_off_host) cudaFreeHost(b->moe_off_host);
+  if (b->moe_ptr_host) cudaFreeHost(b->moe_ptr_host);
+  free(b->moe_args);
   if (b->blas) cublasDestroy(b->blas);
   if (b->stream) cudaStreamDestroy(b->stream);
   cudaGetLastError();
@@ -184,10 +193,12 @@ static void cf__cuda_free(cf_backend_t *be) {
 }
 
 /* The MoE MLP of T (<= CF_CUDA_MOE_STEP) tokens whose normed input is xn [T][D] (bf16): route,
- * sort the (token, expert) pairs by expert, then per expert with tokens one [gate; up] GEMM,
- * SwiGLU and one down GEMM over all of its tokens; x [T][D] += the weighted sum. The host needs
- * the per-expert counts to size the GEMMs: one small device-to-host copy and a stream sync per
- * pass (cuBLAS grouped GEMM would avoid the per-expert launches; not used yet). */
+ * sort the (token, expert) pairs by expert, then for the experts with tokens their [gate; up]
+ * GEMMs (one grouped cuBLAS call), one SwiGLU over all T*K packed rows (each row is one
+ * expert's, so this is the per-expert SwiGLU at once) and their down GEMMs (grouped again);
+ * x [T][D] += the weighted sum. The host needs the per-expert counts to size the GEMMs: one
+ * small device-to-host copy and a stream sync per pass. That sync also guarantees that the
+ * previous pass's pointer-array copies have run before moe_ptr_host is rewritten. */
 static int cf__moe_pass(cf__cuda_be_t *b, const cf__cuda_layer_t *L, const cf_bf16_t *xn,
                         float *x, int T, cudaStream_t s) {
   const cf_model_config_t *c = &b->base.model->cfg;
@@ -202,20 +213,23 @@ static int cf__moe_pass(cf__cuda_be_t *b, const cf__cuda_layer_t *L, const cf_bf
                               cudaMemcpyDeviceToHost, s));
   CF_CUDA_TRY(cudaStreamSynchronize(s));
   const int32_t *off = b->moe_off_host;
-  for (int e = 0; e < E; e++) {
+  cf_gemm_args_t *gg = b->moe_args, *gd = b->moe_args + E;
+  for (int e = 0; e < E; e++) { /* experts without tokens have M = 0: no group, no call */
     int r0 = off[e], n = off[e + 1] - off[e];
-    if (n <= 0) continue;
     const cf_bf16_t *wgu = L->ewgu + (size_t)e * 2 * MI * D, *wdn = L->ewdown + (size_t)e * D * MI;
-    cf_gemm_args_t gg = {n, 2 * MI, D, b->moe_a + (size_t)r0 * D, D, wgu, D,
-                         b->moe_gu + (size_t)r0 * 2 * MI, 2 * MI, 0, 0.f};
-    if ((rc = cf_gemm_bf16(b->blas, &gg, s))) return rc;
-    if ((rc = cf_swiglu(b->moe_h + (size_t)r0 * MI, b->moe_gu + (size_t)r0 * 2 * MI, NULL, NULL,
-                        n, MI, s)))
-      return rc;
-    cf_gemm_args_t gd = {n, D, MI, b->moe_h + (size_t)r0 * MI, MI, wdn, MI,
-                         b->moe_out + (size_t)r0 * D, D, 1, 0.f};
-    if ((rc = cf_gemm_bf16(b->blas, &gd, s))) return rc;
+    gg[e] = (cf_gemm_args_t){n, 2 * MI, D, b->moe_a + (size_t)r0 * D, D, wgu, D,
+                             b->moe_gu + (size_t)r0 * 2 * MI, 2 * MI, 0, 0.f};
+    gd[e] = (cf_gemm_args_t){n, D, MI, b->moe_h + (size_t)r0 * MI, MI, wdn, MI,
+                             b->moe_out + (size_t)r0 * D, D, 1, 0.f};
   }
+  int used_gu = 0, used_dn = 0, rows = off[E];
+  if ((rc = cf_gemm_bf16_grouped(b->blas, gg, E, &b->moe_grouped_gu, b->moe_ptr_host,
+                                 b->moe_ptr_dev, &used_gu, s)) ||
+      (rc = cf_swiglu(b->moe_h, b->moe_gu, NULL, NULL, rows, MI, s)) ||
+      (rc = cf_gemm_bf16_grouped(b->blas, gd, E, &b->moe_grouped_dn, b->moe_ptr_host + 3 * E,
+                                 b->moe_ptr_dev + 3 * E, &used_dn, s)))
+    return rc;
+  b->moe_last_grouped = (used_gu ? 1 : 0) | (used_dn ? 2 : 0);
   return cf_moe_combine(x, b->moe_out, b->moe_pos, b->moe_w, T, K, D, s);
 }
 
@@ -458,6 +472,7 @@ int cf_backend_cuda_create(const cf_model_t *m, int device, cf_backend_t **out) 
   b->base.forward = cf__cuda_forward;
   b->base.free = cf__cuda_free;
   b->device = device;
+  b->moe_last_grouped = -1;
   b->max_step = CF_CUDA_MAX_STEP;
   const char *ms = getenv("CF_CUDA_MAX_STEP");  /* tests use small steps to cover the loop */
   if (ms && atoi(ms) > 0 && atoi(ms) < CF_CUDA_MAX_STEP) b->max_step = atoi(ms);
@@ -516,6 +531,22 @@ int cf_backend_cuda_create(const cf_model_t *m, int device, cf_backend_t **out) 
       rc = cf_seterr(CF_ENOMEM, "cuda backend: pinned expert offsets");
       goto fail;
     }
+    if ((rc = cf__dalloc((void **)&b->moe_ptr_dev, 6 * E * sizeof(void *), "expert GEMM pointers")))
+      goto fail;
+    if (!(b->moe_args = calloc(2 * E, sizeof *b->moe_args))) {
+      rc = cf_seterr(CF_ENOMEM, "cuda backend: expert GEMM arguments");
+      goto fail;
+    }
+    if (cudaMallocHost((void **)&b->moe_ptr_host, 6 * E * sizeof(void *)) != cudaSuccess) {
+      cudaGetLastError();
+      b->moe_ptr_host = NULL;
+      rc = cf_seterr(CF_ENOMEM, "cuda backend: pinned expert GEMM pointers");
+      goto fail;
+    }
+    /* CF_CUDA_MOE_GROUPED=0: per-expert GEMMs (the fallback path, kept testable on a GPU whose
+     * cuBLAS does have grouped GEMM) */
+    const char *g = getenv("CF_CUDA_MOE_GROUPED");
+    b->moe_grouped_gu = b->moe_grouped_dn = !(g && strcmp(g, "0") == 0);
   }
   size_t free1 = 0, total1 = 0;
   if (free0 && cudaMemGetInfo(&free1, &total1) == cudaSuccess && free1 <= free0) b->dev_bytes = free0 - free1;
@@ -525,6 +556,10 @@ int cf_backend_cuda_create(const cf_model_t *m, int device, cf_backend_t **out) 
 fail:
   cf__cuda_free(&b->base);
   return rc;
+}
+
+int cf_backend_cuda_moe_grouped(const cf_backend_t *be) {
+  return be ? ((const cf__cuda_be_t *)be)->moe_last_grouped : -1;
 }
 
 #endif

@@ -45,6 +45,13 @@ int cf_backend_cuda_forward_dev(cf_backend_t *be, const cf_cuda_fwd_args_t *a, c
  * per token). Larger chunks are computed in order, which gives the same result. The
  * environment variable CF_CUDA_MAX_STEP, read at create, can lower it (tests). */
 #define CF_CUDA_MAX_STEP 8192
+
+/* Which path the last mixture-of-experts pass of `be` took for its expert GEMMs: bit 0 set
+ * when the [gate; up] GEMMs ran as one cuBLAS grouped GEMM (cublasGemmGroupedBatchedEx), bit 1
+ * the same for the down GEMMs (bf16 in, fp32 out); a clear bit means per-expert cublasGemmEx
+ * calls (cuBLAS < 12.5, grouped refused for those types, or CF_CUDA_MOE_GROUPED=0 in the
+ * environment at create). -1: no MoE pass yet (or not a MoE model). For tests and benchmarks. */
+int cf_backend_cuda_moe_grouped(const cf_backend_t *be);
 #endif
 
 #endif

@@ -213,7 +213,9 @@ static int cf__window_value(const cf_json_t *sw, const char *file, int *out) {
  *  - qwen2 / qwen3: sliding_window counts only when use_sliding_window is true; the sliding
  *    layers are those layer_types names "sliding_attention", or when layer_types is absent
  *    those with index >= max_window_layers (default 28).
- *  - llama, qwen3_moe: no sliding layers (a window asked for is refused, naming the key). */
+ *  - qwen3_moe: sliding_window counts only when use_sliding_window is true, and then applies
+ *    to every layer (max_window_layers and layer_types are not read by transformers 5).
+ *  - llama: no sliding layers (a window asked for is refused, naming the key). */
 static int cf__sliding_layers(const cf_json_t *root, const char *file, cf_model_config_t *c);
 
 /* A window that no layer uses is dropped, so it cannot change the fingerprint. */
@@ -289,11 +291,23 @@ static int cf__sliding_layers(const cf_json_t *root, const char *file, cf_model_
     return 0;
   }
   if (c->arch == CF_ARCH_QWEN3_MOE) {
+    /* Qwen3MoeConfig (5.x) keeps sliding_window only when use_sliding_window is true, and the
+     * model then builds one sliding mask for every layer: it reads neither max_window_layers
+     * nor layer_types. (4.x windowed layers >= max_window_layers under flash attention only,
+     * while its eager mask windowed every layer; we follow 5.x, which is what vLLM's venv has.) */
     int use;
     if ((rc = cf__bool(root, file, "use_sliding_window", 0, &use))) return rc;
-    if (use)
-      return cf_seterr(CF_EUNSUPPORTED, "%s: key 'use_sliding_window' is true: sliding-window "
-                       "attention is not supported for qwen3_moe", file);
+    if (use && sw && sw->type == CF_JSON_NULL) use = 0;
+    if (use) {
+      if (!sw) c->sliding_window = 4096; /* the config class default */
+      else if ((rc = cf__window_value(sw, file, &c->sliding_window))) return rc;
+      if (lt && !all)
+        return cf_seterr(CF_EUNSUPPORTED, "%s: layer_types mixes full and sliding attention, "
+                         "but transformers' qwen3_moe reads no layer_types (with "
+                         "use_sliding_window it windows every layer)", file);
+      for (int l = 0; l < c->n_layers; l++) c->layer_sliding[l] = 1;
+      return 0;
+    }
   }
   if (any)
     return cf_seterr(CF_EUNSUPPORTED, "%s: layer_types names sliding_attention layers: "

@@ -5,11 +5,12 @@
  * llama, mistral, qwen2, qwen3, qwen3_moe and mixtral, with the defaults transformers applies
  * to absent keys. Mixture of experts: see cf__moe (cf_hfconfig.c). Sliding windows: mistral and
  * mixtral (sliding_window, every layer), qwen2/qwen3 (use_sliding_window with layer_types, or
- * max_window_layers when layer_types is absent).
+ * max_window_layers when layer_types is absent), qwen3_moe (use_sliding_window: every layer, as
+ * transformers 5 does).
  * Everything the engine cannot reproduce exactly is refused with CF_EUNSUPPORTED naming it:
  * another model_type/architecture, rope types other than default/llama3, partial rotary,
  * an activation other than silu, shared experts, logit soft-capping, attention sinks, a
- * window on qwen3_moe or llama, layer types other than full/sliding attention.
+ * window on llama, a qwen3_moe layer_types mixing full and sliding layers, layer types other than full/sliding attention.
  */
 #ifndef CF_HFCONFIG_H
 #define CF_HFCONFIG_H

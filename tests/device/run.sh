@@ -146,7 +146,7 @@ echo "run.sh: PRESET=$PRESET BUDGET=${BUDGET}s${ONLY:+ ONLY=$ONLY}" | tee -a "$L
 verify_core() {
   # Kernels first (everything above them builds on them): the attention test opens with the
   # wgmma probes (random, then decodable: a wrong layout names its fix), then the paged copies,
-  # the backend forward, elementwise, GEMM.
+  # the backend forward (MoE expert GEMMs grouped, then the per-expert fallback), elementwise, GEMM.
   step kt_attn 60 build/tests/kt_attn
   for t in kt_paged kt_backend kt_elementwise kt_gemm; do step $t 30 build/tests/$t; done
   for t in build/tests/kt_*; do # a kernel test added later runs too

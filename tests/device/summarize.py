@@ -43,6 +43,9 @@ for line in open(sys.argv[1]):
     elif name == "gpussd":
         res["gpussd"]["v"] = (float(args[0]), float(args[1]))
     # lib/exec's GPU executor (tests/kernels/kt_gpuexec.c --bench; cf-gpuengine end to end)
+    # MoE expert GEMMs, grouped vs per-expert (tests/kernels/kt_backend.cu --bench)
+    elif name == "moe_gemm":
+        res["moe_gemm"][len(res["moe_gemm"])] = dict(zip(args[0::2], args[1::2]))
     elif name.startswith("gpuexec_") or name.startswith("e2e_"):
         res[name.split("_", 1)[0]][name.split("_", 1)[1]] = dict(a.split("=", 1) for a in args if "=" in a)
 
@@ -171,5 +174,11 @@ if res["e2e"]:
     p("|---|---|---|---|---|---|")
     for k, v in res["e2e"].items():
         p(f"| {k} | {v.get('tokens')} | {v.get('ms')} | {v.get('exact')} | {v.get('close')} | {v.get('bad')} |")
+if res["moe_gemm"]:
+    p("\n### (j) MoE expert GEMMs of a Qwen3-30B-A3B layer, 4096 tokens x top-8 (cublasGemmGroupedBatchedEx vs one cublasGemmEx per expert)\n")
+    p("| run | grouped ms | per-expert ms | grouped / per-expert (< 1 is better) | path (3: both grouped) |")
+    p("|---|---|---|---|---|")
+    for i, v in res["moe_gemm"].items():
+        p(f"| {i} | {v.get('grouped_ms')} | {v.get('loop_ms')} | {v.get('ratio')} | {v.get('path')} |")
 
 print("\n".join(out))

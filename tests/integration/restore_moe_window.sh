@@ -2,12 +2,14 @@
 # Mixture-of-experts and sliding-window models through the REAL daemon and reference engine
 # (build/cf-refengine), on the transformers-made checkpoints: public-qwen3-moe (8 experts,
 # top-2), public-mistral-window (window 32, far shorter than the 256-token prefixes) and the
-# held-out checkpoints under tests/fixtures/ (mixtral-window, qwen3moe-dense). For each:
+# held-out checkpoints under tests/fixtures/ (mixtral-window, qwen3moe-dense, qwen3moe-window:
+# use_sliding_window with a 20-key window on every layer, dense layers among MoE). For each:
 #   `cacheflowctl kv` whole and --chunk 7 equals its kv.safetensors (max rel err <= 1e-4);
 #   the daemon starts on it (its fingerprint logged) and restores with every policy over a
 #   2-turn session plus concurrent restores: computed cells within 1e-4 of the engine's own
 #   prefill, loaded cells bit-exact, first-token logits equal a scratch prefill.
-# Then a variant the engine cannot reproduce (shared experts) is refused naming the key.
+# Then variants the engine cannot reproduce (shared experts; a qwen3_moe layer_types mixing
+# full and sliding layers, which transformers does not read) are refused naming the key.
 set -u
 . "$(dirname "$0")/../lib/cf_test.sh"
 cf_need_bins cacheflowd cacheflowctl cf-refengine
@@ -64,4 +66,16 @@ cf_daemon_conf "$T/r.conf" "$T" 64M 128M $C info
 "$BUILD/cacheflowd" --config "$T/r.conf" --model "$T/shared-experts" >"$T/r.log" 2>&1
 check "shared experts: daemon refuses to start" "[ $? -ne 0 ]"
 check "shared experts: the error names the key" "grep -q \"key 'shared_expert_intermediate_size' is set: shared experts are not supported\" '$T/r.log'"
+
+# qwen3_moe windows every layer when use_sliding_window is set; a layer_types that says some
+# layers are full is not what transformers computes, so it is refused rather than guessed.
+W=tests/fixtures/qwen3moe-window
+if [ -f "$W/config.json" ]; then
+  mkdir -p "$T/mixed-types"
+  cp "$W/config.json" "$W/model.safetensors" "$T/mixed-types/"
+  sed -i 's/"hidden_act"/"layer_types": ["full_attention", "sliding_attention", "sliding_attention", "sliding_attention"], "hidden_act"/' "$T/mixed-types/config.json"
+  "$BUILD/cacheflowd" --config "$T/r.conf" --model "$T/mixed-types" >"$T/m.log" 2>&1
+  check "qwen3_moe mixed layer_types: daemon refuses to start" "[ $? -ne 0 ]"
+  check "qwen3_moe mixed layer_types: the error names the key" "grep -q \"layer_types mixes full and sliding attention, but transformers' qwen3_moe reads no layer_types\" '$T/m.log'"
+fi
 finish

@@ -555,6 +555,41 @@ static void golden_public(const char *name) {
   CF_CHECK_EQ(golden_dir(dir, chunks, 3), 5);
 }
 
+/* Held-out qwen3_moe with use_sliding_window (tests/fixtures/qwen3moe-window: window 20 at
+ * T = 150, dense layers 0 and 2 among MoE ones, BF16): whole, chunks 1/7/64 and a staircase.
+ * Then the reading transformers 5 does not do -- windows only on layers >= max_window_layers
+ * (2), as 4.x flash attention did -- must miss the golden KV, so the fixture tells them apart. */
+CF_TEST(golden_qwen3moe_window_whole_and_chunked) {
+  const char *dir = "tests/fixtures/qwen3moe-window";
+  if (access("tests/fixtures/qwen3moe-window/kv.safetensors", R_OK) != 0)
+    CF_SKIP("tests/fixtures not present (run from the repository root)");
+  int chunks[] = {1, 7, 64};
+  CF_CHECK_EQ(golden_dir(dir, chunks, 3), 5);
+  cf_kv_t ref, kv;
+  int32_t *tok = NULL;
+  CF_CHECK_OK(cf_kv_load("tests/fixtures/qwen3moe-window/kv.safetensors", &ref, &tok));
+  cf_model_t *m = NULL;
+  CF_CHECK_OK(cf_model_load(dir, &m));
+  if (!m || !tok) return;
+  m->cfg.layer_sliding[0] = m->cfg.layer_sliding[1] = 0;
+  cf_backend_t *be = NULL;
+  CF_CHECK_OK(cf_backend_cpu_create(m, 2, &be));
+  CF_CHECK_OK(cf_kv_init(&kv, &m->cfg, ref.T));
+  CF_CHECK_OK(cf_kv_compute(be, tok, 0, &kv));
+  double e = 0;
+  int wl = -1;
+  char wk = '?';
+  CF_CHECK_OK(cf_kv_max_rel_err(&kv, &ref, &e, &wl, &wk));
+  CF_CHECK_MSG(e > 100 * GOLDEN_TOL, "windows on layers >= 2 only: max rel err %.3g", e);
+  printf("  windows on layers >= 2 only (4.x flash reading): max rel err %.3g at layers.%d.%c\n",
+         e, wl, wk);
+  cf_kv_free(&kv);
+  cf_backend_free(be);
+  cf_model_free(m);
+  cf_kv_free(&ref);
+  free(tok);
+}
+
 CF_TEST(golden_public_qwen3_moe_whole_and_chunked) { golden_public("public-qwen3-moe"); }
 CF_TEST(golden_public_mistral_window_whole_and_chunked) { golden_public("public-mistral-window"); }
 

@@ -540,8 +540,25 @@ CF_TEST(config_windows_and_experts) {
   CF_CHECK_CONTAINS(cf_errmsg(), "mlp_only_layers[0]: expected a layer index in [0, 2)");
   CF_CHECK_ERR(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM", subst(moe, "\"num_experts_per_tok\":2", "\"num_experts_per_tok\":5")), &c), CF_ERANGE);
   CF_CHECK_CONTAINS(cf_errmsg(), "key 'num_experts_per_tok': expected 1..4, found 5");
-  CF_CHECK_ERR(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM", subst(moe, "\"norm_topk_prob\"", "\"use_sliding_window\":true,\"norm_topk_prob\"")), &c), CF_EUNSUPPORTED);
-  CF_CHECK_CONTAINS(cf_errmsg(), "use_sliding_window' is true: sliding-window attention is not supported for qwen3_moe");
+  /* qwen3_moe windows (transformers 5): use_sliding_window windows every layer, whatever
+   * max_window_layers says; sliding_window absent means 4096, null means none; a layer_types
+   * that mixes kinds is refused (the model reads none), one naming only sliding layers is not. */
+  CF_CHECK_OK(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM", subst(moe, "\"norm_topk_prob\"", "\"use_sliding_window\":true,\"sliding_window\":8,\"max_window_layers\":1,\"norm_topk_prob\"")), &c));
+  CF_CHECK(c.sliding_window == 8 && c.layer_sliding[0] && c.layer_sliding[1] && c.n_experts == 4);
+  CF_CHECK_OK(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM", subst(moe, "\"norm_topk_prob\"", "\"use_sliding_window\":true,\"norm_topk_prob\"")), &c));
+  CF_CHECK_EQ(c.sliding_window, 4096);
+  CF_CHECK_OK(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM", subst(moe, "\"norm_topk_prob\"", "\"use_sliding_window\":true,\"sliding_window\":null,\"norm_topk_prob\"")), &c));
+  CF_CHECK(c.sliding_window == 0 && !c.layer_sliding[0]);
+  CF_CHECK_OK(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM", subst(moe, "\"norm_topk_prob\"", "\"use_sliding_window\":false,\"sliding_window\":8,\"norm_topk_prob\"")), &c));
+  CF_CHECK(c.sliding_window == 0 && !c.layer_sliding[1]);
+  CF_CHECK_OK(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM", subst(moe, "\"norm_topk_prob\"", "\"use_sliding_window\":true,\"sliding_window\":8,\"layer_types\":[\"sliding_attention\",\"sliding_attention\"],\"norm_topk_prob\"")), &c));
+  CF_CHECK(c.sliding_window == 8 && c.layer_sliding[0] && c.layer_sliding[1]);
+  CF_CHECK_ERR(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM", subst(moe, "\"norm_topk_prob\"", "\"use_sliding_window\":true,\"sliding_window\":8,\"layer_types\":[\"full_attention\",\"sliding_attention\"],\"norm_topk_prob\"")), &c), CF_EUNSUPPORTED);
+  CF_CHECK_CONTAINS(cf_errmsg(), "layer_types mixes full and sliding attention, but transformers' qwen3_moe reads no layer_types");
+  CF_CHECK_ERR(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM", subst(moe, "\"norm_topk_prob\"", "\"layer_types\":[\"full_attention\",\"sliding_attention\"],\"norm_topk_prob\"")), &c), CF_EUNSUPPORTED);
+  CF_CHECK_CONTAINS(cf_errmsg(), "layer_types names sliding_attention layers: sliding-window attention is not supported for qwen3_moe");
+  CF_CHECK_ERR(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM", subst(moe, "\"norm_topk_prob\"", "\"use_sliding_window\":true,\"sliding_window\":0,\"norm_topk_prob\"")), &c), CF_ERANGE);
+  CF_CHECK_CONTAINS(cf_errmsg(), "key 'sliding_window': expected a positive integer or null, found number 0");
   CF_CHECK_ERR(parse_cfg(as_family("qwen3", "Qwen3MoeForCausalLM", ""), &c), CF_EUNSUPPORTED);
   CF_CHECK_CONTAINS(cf_errmsg(), "does not match model_type 'qwen3'");
   /* mixtral: experts of intermediate_size, every layer sparse, always renormalised */
@@ -997,6 +1014,26 @@ CF_TEST(fingerprint_covers_experts_and_windows) {
   cf_model_fingerprint(&a, 1, names, dts, nd, shs, f0);
   cf_model_fingerprint(&b, 1, names, dts, nd, shs, f1);
   CF_CHECK(memcmp(f0, f1, 16) != 0);
+  /* qwen3_moe's window keys, as parsed: use_sliding_window on/off and the window size each
+   * change the fingerprint; max_window_layers (not read by transformers 5) does not. */
+  const char *wcfg[] = {
+      ",\"use_sliding_window\":false,\"sliding_window\":8",
+      ",\"use_sliding_window\":true,\"sliding_window\":8",
+      ",\"use_sliding_window\":true,\"sliding_window\":9",
+      ",\"use_sliding_window\":true,\"sliding_window\":9,\"max_window_layers\":1"};
+  uint8_t fw[4][16];
+  for (int i = 0; i < 4; i++) {
+    char buf[400];
+    snprintf(buf, sizeof buf, ",\"num_experts\":4,\"num_experts_per_tok\":2,"
+             "\"moe_intermediate_size\":8,\"norm_topk_prob\":true%s", wcfg[i]);
+    cf_model_config_t q;
+    CF_CHECK_OK(parse_cfg(as_family("qwen3_moe", "Qwen3MoeForCausalLM", buf), &q));
+    cf_model_fingerprint(&q, 1, names, dts, nd, shs, fw[i]);
+  }
+  cf_model_fingerprint(&base, 1, names, dts, nd, shs, f0);
+  CF_CHECK(memcmp(fw[0], f0, 16) == 0); /* window off = the windowless base */
+  CF_CHECK(memcmp(fw[0], fw[1], 16) != 0 && memcmp(fw[1], fw[2], 16) != 0);
+  CF_CHECK(memcmp(fw[2], fw[3], 16) == 0);
   /* dense, no window: the per-layer arrays are not hashed (v1 unchanged) */
   cf_model_config_t d;
   CF_CHECK_OK(parse_cfg(LLAMA_CFG, &d));
@@ -1054,6 +1091,19 @@ CF_TEST(loads_moe_and_window_fixtures) {
              c->layer_moe[0] && !c->layer_moe[1] && c->layer_moe[2] && c->sliding_window == 0);
     CF_CHECK(m->layers[1].w_gate && !m->layers[1].router && m->layers[2].router &&
              !m->layers[2].w_gate && m->layers[0].e_down[5]);
+    cf_model_free(m);
+  }
+  /* qwen3_moe with use_sliding_window: every layer windowed though max_window_layers is 2
+   * (transformers 5 reads no max_window_layers for qwen3_moe), dense layers 0 and 2. */
+  m = NULL;
+  CF_CHECK_OK(cf_model_load("tests/fixtures/qwen3moe-window", &m));
+  if (m) {
+    const cf_model_config_t *c = &m->cfg;
+    CF_CHECK(c->arch == CF_ARCH_QWEN3_MOE && c->n_experts == 5 && c->top_k == 2 &&
+             c->moe_intermediate == 32 && c->norm_topk == 1 && c->intermediate == 80 &&
+             !c->layer_moe[0] && c->layer_moe[1] && !c->layer_moe[2] && c->layer_moe[3] &&
+             c->sliding_window == 20 && c->dtype == CF_DT_BF16);
+    for (int l = 0; l < 4; l++) CF_CHECK_MSG(cf_model_layer_window(c, l) == 20, "layer %d", l);
     cf_model_free(m);
   }
 }
