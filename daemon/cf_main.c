@@ -27,6 +27,7 @@
 #include "cf_dataplane.h"
 #include "cf_storage.h"
 #include "cf_tls.h"
+#include "exec/cf_evict_cost.h"
 #include "model/cf_model.h"
 #include "store/cf_remote.h"
 #include "util/cf_err.h"
@@ -401,6 +402,12 @@ static void cf__apply_link(cf_daemon_t *d) {
   int have_remote = d->storage && cf_store_remote(cf_storage_store(d->storage));
   d->cost.tier_Bps[CF_PLAN_TIER_REMOTE] = !have_remote ? 0 : rem < d->measured_link_Bps ? rem : d->measured_link_Bps;
   cf_planner_set_cost(&d->planner, &d->cost, (int)d->cfg.cost_refit);
+  if (d->storage && d->cfg.eviction == CF_EVICT_COST) {
+    /* the store's cost eviction policy values chunks with the model the planner uses */
+    cf_store_cost_t t;
+    cf_evict_cost_table(&d->cost, (uint32_t)d->cfg.chunk_tokens, &t);
+    cf_store_set_cost(cf_storage_store(d->storage), &t);
+  }
 }
 
 /* Plans that fit the memory budget (issue 18): the planner gets what a restore's compute may

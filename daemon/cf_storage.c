@@ -71,7 +71,11 @@ int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_i
   cf_store_config_default(&sc);
   sc.cpu_bytes = (uint64_t)cfg->cpu_tier_bytes;
   sc.ssd_bytes = (uint64_t)cfg->ssd_tier_bytes;
-  sc.cpu_evict = cfg->eviction == CF_EVICT_S3FIFO ? CF_STORE_EVICT_S3FIFO : CF_STORE_EVICT_LRU;
+  sc.cpu_evict = cfg->eviction == CF_EVICT_S3FIFO ? CF_STORE_EVICT_S3FIFO
+                 : cfg->eviction == CF_EVICT_COST  ? CF_STORE_EVICT_COST
+                                                   : CF_STORE_EVICT_LRU;
+  /* cost: every chunk worth the same until the cost model is measured (cf_main's
+   * cf__apply_link hands the store its table via cf_evict_cost_table) */
   sc.remote_url = cfg->remote_url; /* "" = no remote tier; it opens while the server is down */
   sc.remote_password = cfg->remote_password;
   sc.remote_timeout_ms = (int)cfg->remote_timeout_ms;

@@ -67,6 +67,7 @@ void cf_store_close(cf_store_t *st) {
     if (st->cpu_hooked) { if (st->cfg.cpu_free) st->cfg.cpu_free(st->cpu_base, st->cpu_region, st->cfg.cpu_alloc_ud); }
     else munmap(st->cpu_base, st->cpu_region);
   }
+  cf__cost_free(st);
   free(st->tab); free(st->ents); free(st->csum); free(st->cpu_free); free(st->dfd);
   free(st->ssd_owner); free(st->ssd_reads); free(st->ssd_zombie); free(st->ssd_free);
   pthread_mutex_destroy(&st->mu); pthread_mutex_destroy(&st->jmu);
@@ -184,6 +185,10 @@ static int cf__open_alloc(cf_store_t *st, uint64_t file_slots) {
   for (int q = 0; q < CF__Q__N; q++) st->q[q] = (cf__list_t){-1, -1, 0};
   st->dirty = st->ssd_lru = (cf__list_t){-1, -1, 0};
   st->small_target = (uint32_t)(st->n_cpu_slots / 10 > 0 ? st->n_cpu_slots / 10 : 1);
+  if (st->cfg.cpu_evict == CF_STORE_EVICT_COST) {
+    int rc = cf__cost_alloc(st);
+    if (rc) return rc;
+  }
 
   if (st->n_cpu_slots) {
     st->cpu_base = cf__cpu_region_alloc(st, (size_t)st->n_cpu_slots * st->slot_bytes);

@@ -220,8 +220,23 @@ void cf__remote_close(cf_store_t *st) {
 
 struct cf_remote_s *cf_store_remote(cf_store_t *st) { return st->remote; }
 
-void cf__remote_saved(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens, const void *const *cells) {
+void cf__remote_saved(cf_store_t *st, const cf_store_key_t *key, uint32_t pos, uint32_t n_tokens,
+                      const void *const *cells) {
   if (!st->remote) return;
+  /* cost policy: a write-back queue more than half full takes only chunks worth at least the
+   * table's average, so when it overflows the chunks it drops are cheap to recompute (the
+   * front of a prefix), not dear ones (counted: remote_skipped_cheap) */
+  if (st->cost_on && !cf__cost_dear(st, pos, n_tokens)) {
+    uint64_t cap = st->cfg.remote_queue_bytes ? st->cfg.remote_queue_bytes : (256ull << 20);
+    cf_remote_stats_t rs;
+    cf_remote_get_stats(st->remote, &rs);
+    if (2 * rs.queue_bytes > cap) {
+      pthread_mutex_lock(&st->mu);
+      st->st.remote_skipped_cheap++;
+      pthread_mutex_unlock(&st->mu);
+      return;
+    }
+  }
   if (cf_remote_put_async(st->remote, key, n_tokens, cells)) cf_errclear(); /* counted there */
 }
 
