@@ -6,6 +6,7 @@
 #   make asan    the test suite under AddressSanitizer + UndefinedBehaviorSanitizer
 #   make tsan    the daemon under ThreadSanitizer, through the integration tests that start it
 #   make demo    generate the demo model and run the main job on the CPU backend
+#   make eval-evict  trace-driven evaluation of the eviction policies (lru / s3fifo / cost)
 #   make clean
 #
 # Knobs: CC, NVCC, CUDA_HOME, BUILD, OPT, V=1 (show commands), CUDA=0 (skip CUDA).
@@ -94,7 +95,7 @@ ALL_LIBS    = $(LIBCF) $(LIBKERN) $(LDLIBS) $(if $(filter 1,$(CUDA)),$(CUDA_LDLI
 BINS := $(BUILD)/cacheflowctl $(if $(SIM_SRC),$(BUILD)/cacheflow-sim) \
         $(if $(DAEMON_SRC),$(BUILD)/cacheflowd)
 
-.PHONY: all deps test asan tsan daemon-bins demo clean banner install bench fuzz test-engines bench-engines
+.PHONY: all deps test asan tsan daemon-bins demo clean banner install bench fuzz test-engines bench-engines eval-evict
 all: banner $(LIBCF) $(LIBKERN) $(BINS) $(UNIT_BIN) $(BENCH_BIN) $(KTEST_BIN)
 # daemon: Python stubs and the client library (also for pkg-config users).
 all: $(PY_STUBS) $(LIBCLIENT)
@@ -266,6 +267,10 @@ tsan: deps
 
 bench: all
 	$(Q)for b in $(BENCH_BIN); do echo "== $$b"; $$b || exit 1; done
+
+# eviction policies on generated traces (issue 15.3); EVAL_ARGS="--seed 7 --scale 0.5" etc.
+eval-evict: $(BUILD)/bench/bench_eval_evict
+	tests/bench/eval_evict.sh $(EVAL_ARGS)
 
 demo: deps
 	$(Q)$(MAKE) --no-print-directory all

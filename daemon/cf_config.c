@@ -15,7 +15,7 @@
 
 #define F(field) offsetof(cf_config_t, field)
 
-static const char *const cf__evictions[] = {"lru", "s3fifo", NULL};
+static const char *const cf__evictions[] = {"lru", "s3fifo", "cost", NULL};
 static const char *const cf__policies[] = {"recompute", "load", "cake", "layerwise",
                                            "cacheflow", "optimal", NULL};
 static const char *const cf__onoff[] = {"off", "on", NULL};
@@ -98,7 +98,8 @@ const cf_config_entry_t cf_config_table[] = {
    "byte cap of the SSD tier; 0 = no SSD tier (a smaller cap at start evicts by the eviction policy)"},
   {"eviction", CF_CFG_T_ENUM, F(eviction), 0, 0, cf__evictions, "s3fifo", NULL, 0,
    "eviction policy of the CPU and SSD tiers (SSD: lru = least recently saved or read first; "
-   "s3fifo = oldest save first, a chunk read since goes round again)"},
+   "s3fifo = oldest save first, a chunk read since goes round again; cost = least restoration "
+   "time saved first: recompute at the chunk's position minus load from its tier, aged)"},
   {"chunk_tokens", CF_CFG_T_INT, F(chunk_tokens), 16, 4096, NULL, "256", NULL, 0,
    "tokens per stored chunk (part of every chunk key: changing it empties the cache)"},
   {"policy", CF_CFG_T_ENUM, F(policy), 0, 0, cf__policies, "optimal", NULL, 1,

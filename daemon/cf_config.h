@@ -15,7 +15,7 @@
 
 #define CF_CFG_STR_MAX 512
 
-typedef enum { CF_EVICT_LRU = 0, CF_EVICT_S3FIFO } cf_evict_kind_t;
+typedef enum { CF_EVICT_LRU = 0, CF_EVICT_S3FIFO, CF_EVICT_COST } cf_evict_kind_t;
 typedef enum { CF_BACKEND_AUTO = 0, CF_BACKEND_CPU, CF_BACKEND_CUDA } cf_backend_kind_t;
 /* kv_dtype: the element type of stored cells and of the engines' KV buffers. */
 typedef enum { CF_KVDT_AUTO = 0, CF_KVDT_F32, CF_KVDT_BF16, CF_KVDT_F16 } cf_kv_dtype_kind_t;

@@ -166,6 +166,7 @@ static void cf__send_plan(cf__job_t *j) {
   ps.readiness_slot = j->slot >= 0 ? (uint32_t)j->slot : UINT32_MAX;
   ps.present_tokens = (uint32_t)j->x.present_tokens;
   ps.present_chunks = p->present_chunks;
+  ps.hole_chunks = p->hole_chunks;
   ps.restore_id = j->x.req_id; /* Admin.Trace's key */
   Cacheflow__V1__RestoreEvent e = CACHEFLOW__V1__RESTORE_EVENT__INIT;
   e.event_case = CACHEFLOW__V1__RESTORE_EVENT__EVENT_PLAN;

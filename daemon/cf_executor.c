@@ -78,10 +78,12 @@ static int cf__pin(cf_executor_t *x, cf__pins_t *s, cf_executor_job_t *j) {
   if (!s->keys || !s->refs || !s->srcs || !s->refp)
     return cf_seterr(CF_ENOMEM, "restore %llu: buffers for %zu chunks", (unsigned long long)j->req_id, n);
   cf_store_chain_keys(g->fingerprint, j->tokens, full * C, (uint32_t)C, s->keys);
-  s->found = cf_cellsrc_store_prepare(&x->cs, s->keys, full, s->refs, s->srcs, NULL);
+  /* every chunk, not only a leading run: the plan may load chunks past a hole */
+  cf_cellsrc_store_prepare_each(&x->cs, s->keys, full, s->refs, s->srcs, NULL);
+  s->found = full; /* unpin all (absent ones hold no pin) */
   for (size_t c = 0; c < n; c++) {
-    s->refp[c] = c < s->found ? &s->refs[c] : NULL;
-    if (c >= s->found && j->plan.h[c] < L) {
+    s->refp[c] = s->srcs[c] ? &s->refs[c] : NULL;
+    if (!s->srcs[c] && j->plan.h[c] < L) {
       CF_DEBUG("restore %llu: chunk %zu left the store since the lookup: recomputing it",
                (unsigned long long)j->req_id, c);
       j->plan.h[c] = L;
@@ -108,8 +110,20 @@ static void cf__plan_round(cf_executor_t *x, cf_executor_job_t *const *jobs, int
     cf_executor_job_t *j = jobs[i];
     if (atomic_load(&j->cancel)) continue; /* ends cancelled, unplanned */
     int64_t cached = 0;
-    tiers[m] = calloc((size_t)(j->n_tokens + C - 1) / C + 1, 1);
-    if (tiers[m] && x->o.lookup && x->o.lookup(x->o.lookup_ctx, j, &cached, tiers[m])) cached = 0;
+    int32_t nk = (j->n_tokens + C - 1) / C;
+    tiers[m] = calloc((size_t)nk + 1, 1);
+    if (tiers[m] && x->o.lookup && x->o.lookup(x->o.lookup_ctx, j, &cached, tiers[m])) {
+      cached = 0;
+      memset(tiers[m], CF_STORE_TIER_NONE, (size_t)nk + 1);
+    }
+    /* the planned prefix ends with the last stored chunk: the absent ones before it are holes
+     * (chunk_tiers NONE), computed at every layer while the stored ones after them load */
+    for (int32_t c = nk - 1; tiers[m] && c >= 0; c--)
+      if (tiers[m][c] != CF_STORE_TIER_NONE) {
+        int64_t end = (int64_t)(c + 1) * C;
+        if (end > cached) cached = end < j->n_tokens ? end : j->n_tokens;
+        break;
+      }
     /* a restore of [k, n): a whole-head engine's chunks inside [0, k) are its own (context) */
     const cf_kv_layout_t *lay = j->kv ? &j->kv->layout : &j->gkv->layout;
     int k = j->present_tokens, pc = cf_exec_present_chunks(lay, k, C);

@@ -7,7 +7,7 @@
  *   1. looks each job's prefix up in the store (o.lookup) and plans the whole round once
  *      (cf_planner: one lib/sched plan per policy, the PlanSummary numbers); each job's plan
  *      (job.plan) is what the rest of the round and the engine's PlanSummary use (on_plan);
- *   2. pins the job's stored chunks (cf_cellsrc_store_prepare): CPU-tier chunks are read zero-copy
+ *   2. pins the job's stored chunks (cf_cellsrc_store_prepare_each): CPU-tier chunks are read zero-copy
  *      from their pinned slots, SSD chunks through verified reads; a chunk that left the store
  *      since the lookup is recomputed (h = L), so a plan never points at missing data;
  *   3. executes the whole round in one lib/exec run (this thread computes, loader threads copy),
@@ -76,8 +76,10 @@ typedef struct {
   struct cf_mempool_s *host_pool; /* NULL (unbounded) or the CPU data path's memory budget (borrowed) */
   cf_planner_t *planner;    /* NULL (jobs come planned), or the planner of each round (borrowed) */
   /* The store lookup of a job's prefix (with a planner; NULL: nothing cached): leading tokens
-   * stored into *cached_tokens, each stored chunk's CF_STORE_TIER_* into chunk_tiers
-   * ([ceil(n_tokens / C)]). 0 or CF_E* (the job is then planned as uncached). Thread-safe. */
+   * stored into *cached_tokens, every chunk's CF_STORE_TIER_* into chunk_tiers
+   * ([ceil(n_tokens / C)]; CF_STORE_TIER_NONE where no tier holds it: chunks past a hole count
+   * too, and the round plans up to the last stored chunk, the holes computed). 0 or CF_E* (the
+   * job is then planned as uncached). Thread-safe. */
   int (*lookup)(void *ctx, cf_executor_job_t *j, int64_t *cached_tokens, uint8_t *chunk_tiers);
   void *lookup_ctx;
   cf_trace_t *trace;        /* NULL, or where executed restores leave their trace (borrowed) */

@@ -27,10 +27,12 @@
 #include "cf_dataplane.h"
 #include "cf_storage.h"
 #include "cf_tls.h"
+#include "exec/cf_evict_cost.h"
 #include "model/cf_model.h"
 #include "store/cf_remote.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
+#include "util/cf_mempool.h"
 
 #define CF_DEFAULT_CONFIG "/etc/cacheflow/cacheflowd.conf"
 #define CF_VERSION "0.1.0"
@@ -400,6 +402,37 @@ static void cf__apply_link(cf_daemon_t *d) {
   int have_remote = d->storage && cf_store_remote(cf_storage_store(d->storage));
   d->cost.tier_Bps[CF_PLAN_TIER_REMOTE] = !have_remote ? 0 : rem < d->measured_link_Bps ? rem : d->measured_link_Bps;
   cf_planner_set_cost(&d->planner, &d->cost, (int)d->cfg.cost_refit);
+  if (d->storage && d->cfg.eviction == CF_EVICT_COST) {
+    /* the store's cost eviction policy values chunks with the model the planner uses */
+    cf_store_cost_t t;
+    cf_evict_cost_table(&d->cost, (uint32_t)d->cfg.chunk_tokens, &t);
+    cf_store_set_cost(cf_storage_store(d->storage), &t);
+  }
+}
+
+/* Plans that fit the memory budget (issue 18): the planner gets what a restore's compute may
+ * hold (cf_memfit) — the arena (host_memory_bytes, or the GPU path's restore arena out of
+ * gpu_memory_bytes) less what the executor takes from it outside requests: the loaders' cell
+ * buffers (2 x one cell in fp32, the largest KV element) and its bookkeeping (64 KiB: tasks,
+ * per-chunk flags; well above the demo's and an 8B model's at 128k) — and per token of a
+ * request's computed extent: fp32 hidden states (2 x hidden) and one layer's fp32 K/V staging
+ * (2 x kv row), as lib/exec's CPU and GPU data paths allocate them. */
+static void cf__apply_memory(cf_daemon_t *d) {
+  const cf_model_config_t *mc = &d->backend->model->cfg;
+  double row = (double)mc->n_kv_heads * mc->head_dim, bpt = 2.0 * ((double)mc->hidden + row) * sizeof(float);
+  double arena = d->cfg.host_memory_bytes > 0 ? (double)d->cfg.host_memory_bytes : 0;
+  if (d->have_gexec && d->gexec.dpool) {
+    cf_mempool_stats_t st;
+    cf_mempool_stats(d->gexec.dpool, &st);
+    arena = (double)st.budget;
+  }
+  if (!(arena > 0)) return;
+  double loaders = 2.0 * 2.0 * row * (double)d->cfg.chunk_tokens * sizeof(float);
+  double budget = arena - loaders - 65536.0;
+  if (budget < bpt) budget = bpt; /* nothing fits: every plan computes as little as it can */
+  cf_planner_set_memory(&d->planner, budget, bpt);
+  CF_INFO("plans fit the memory budget: %.0f of the %.0f byte arena for restores' compute, %.0f bytes per token",
+          budget, arena, bpt);
 }
 
 /* The command line into d (and *check / *dump). Returns -1 to go on, else the exit code. */
@@ -557,6 +590,7 @@ static int cf__open_service(cf_daemon_t *d, cf_service_backend_t *be) {
   }
   if (cf_service_init(&d->svc, d->loop, &d->cfg, d->have_model ? &d->model : NULL, be, &d->planner)) { CF_ERROR("%s", cf_errmsg()); return 1; }
   if (d->backend) cf__apply_link(d);
+  if (d->backend) cf__apply_memory(d);
   int nm;
   cf_rpc_opts_t ro = {.listen = d->cfg.listen, .tcp_listen = d->cfg.tcp_listen, .max_message_bytes = d->cfg.max_message_bytes,
                       .methods = cf_service_methods(&nm), .user = d->svc};

@@ -44,9 +44,24 @@ static int64_t cf__loadable_tokens(const cf_sched_cost_t *cost, int64_t cached) 
 /* cf_sched_plan of `in` (whose requests are reqs[0..in->n_reqs)) such that no plan loads a cell
  * of a partial last chunk: a request whose plan would load one gets its prefix rounded down to
  * full chunks (new_tokens grows by as much) and the group is planned again. */
-static int cf__plan_loadable(cf_sched_input_t *in, cf_sched_req_t *reqs, int policy, cf_sched_plan_t *plan) {
+/* One lib/sched plan of the group: within mf's budget when there is one (cf_memfit). */
+static int cf__plan1(cf_sched_input_t *in, int policy, const cf_memfit_t *mf, cf_sched_plan_t *plan,
+                     cf_memfit_report_t *fit) {
+  memset(fit, 0, sizeof *fit);
+  if (!mf || !(mf->budget_bytes > 0)) return cf_sched_plan(in, (cf_policy_t)policy, plan);
+  int rc = cf_memfit_plan(in, (cf_policy_t)policy, mf, plan, fit);
+  if (rc != CF_ENOMEM) return rc;
+  /* a must-compute part alone over the budget: no plan fits; plan it unbounded and let the
+   * executor (which enforces the budget) refuse that restore with the bytes it needs */
+  CF_WARN("plan within the memory budget (%.0f bytes): %s; planned unbounded", mf->budget_bytes, cf_errmsg());
+  memset(fit, 0, sizeof *fit);
+  return cf_sched_plan(in, (cf_policy_t)policy, plan);
+}
+
+static int cf__plan_loadable(cf_sched_input_t *in, cf_sched_req_t *reqs, int policy, const cf_memfit_t *mf,
+                             cf_sched_plan_t *plan, cf_memfit_report_t *fit) {
   const int L = in->cost.n_layers;
-  int rc = cf_sched_plan(in, (cf_policy_t)policy, plan);
+  int rc = cf__plan1(in, policy, mf, plan, fit);
   /* each pass rounds at least one prefix down: at most n_reqs more plans */
   for (int again = 1; !rc && again;) {
     again = 0;
@@ -58,7 +73,7 @@ static int cf__plan_loadable(cf_sched_input_t *in, cf_sched_req_t *reqs, int pol
       reqs[i].prefix_tokens = full;
       again = 1;
     }
-    if (again) rc = cf_sched_plan(in, (cf_policy_t)policy, plan);
+    if (again) rc = cf__plan1(in, policy, mf, plan, fit);
   }
   return rc;
 }
@@ -83,7 +98,8 @@ static int cf__group_input(const cf_sched_cost_t *cost, const cf_plan_input_t *i
     for (int32_t c = 0, m = cf_cost_chunks(cost, P); c < m; c++)
       {
         uint8_t st = ins[i].chunk_tiers[ins[i].present_chunks + c];
-        t[c] = st == CF_STORE_TIER_SSD ? CF_PLAN_TIER_SSD : st == CF_STORE_TIER_REMOTE ? CF_PLAN_TIER_REMOTE : CF_PLAN_TIER_CPU;
+        t[c] = st == CF_STORE_TIER_SSD ? CF_PLAN_TIER_SSD : st == CF_STORE_TIER_REMOTE ? CF_PLAN_TIER_REMOTE
+             : st == CF_STORE_TIER_NONE ? CF_SCHED_TIER_NONE : CF_PLAN_TIER_CPU;
       }
     g->reqs[i].chunk_tier = t;
     nt += (size_t)cf_cost_chunks(cost, P);
@@ -160,12 +176,12 @@ static void cf__keep_ops(const cf_plan_group_t *g, int i, const cf_plan_input_t 
 }
 
 int cf_planner_plan_group(const cf_sched_cost_t *cost, const cf_plan_input_t *ins, int n, int policy,
-                          cf_plan_group_t *g, cf_restore_plan_t *out) {
+                          const cf_memfit_t *mf, cf_plan_group_t *g, cf_restore_plan_t *out) {
   memset(g, 0, sizeof *g);
   cf_sched_plan_init(&g->plan);
   cf_sim_result_init(&g->sim);
   int rc = cf__group_input(cost, ins, n, g);
-  if (!rc) rc = cf__plan_loadable(&g->in, g->reqs, policy, &g->plan);
+  if (!rc) rc = cf__plan_loadable(&g->in, g->reqs, policy, mf, &g->plan, &g->fit);
   for (int i = 0; i < n; i++) g->sim.record_ops |= ins[i].want_ops; /* times only: no result changes */
   if (!rc) rc = cf_sim_run(&g->in, &g->plan, &g->sim);
   if (rc) return rc;
@@ -206,7 +222,8 @@ int cf_planner_plan_group(const cf_sched_cost_t *cost, const cf_plan_input_t *in
       p->cells_compute += (uint64_t)h;
       if (c - pc < planned) ctx_s += cost->beta_s * (double)skip * (double)h * (double)cost->chunk_tokens;
       if (c - pc >= planned) continue;
-      if (ins[i].chunk_tiers && ins[i].chunk_tiers[c] == CF_STORE_TIER_SSD) p->cells_load_ssd += (uint64_t)(L - h);
+      if (ins[i].chunk_tiers && ins[i].chunk_tiers[c] == CF_STORE_TIER_NONE) p->hole_chunks++; /* h = L */
+      else if (ins[i].chunk_tiers && ins[i].chunk_tiers[c] == CF_STORE_TIER_SSD) p->cells_load_ssd += (uint64_t)(L - h);
       else if (ins[i].chunk_tiers && ins[i].chunk_tiers[c] == CF_STORE_TIER_REMOTE) p->cells_load_remote += (uint64_t)(L - h);
       else p->cells_load_cpu += (uint64_t)(L - h);
     }
@@ -243,9 +260,12 @@ int cf_planner_plan_fallback(const cf_plan_input_t *in, int C, int L, cf_restore
     return cf_seterr(CF_ENOMEM, "plan of a restore of %lld tokens", (long long)in->n_tokens);
   out->present_chunks = (uint32_t)in->present_chunks;
   for (int c = 0; c < n_chunks; c++) {
-    int cached = (int64_t)(c + 1) * C <= in->cached_tokens && !(c == in->present_chunks && in->compute_partial);
+    int cached = (int64_t)(c + 1) * C <= in->cached_tokens && !(c == in->present_chunks && in->compute_partial) &&
+                 !(in->chunk_tiers && in->chunk_tiers[c] == CF_STORE_TIER_NONE); /* a hole: computed */
     out->h[c] = cached ? 0 : L;
     if (c < in->present_chunks) continue; /* the engine's own */
+    if (in->chunk_tiers && (int64_t)(c + 1) * C <= in->cached_tokens && in->chunk_tiers[c] == CF_STORE_TIER_NONE)
+      out->hole_chunks++;
     if (!cached) out->cells_compute += (uint64_t)L;
     else if (in->chunk_tiers && in->chunk_tiers[c] == CF_STORE_TIER_SSD) out->cells_load_ssd += (uint64_t)L;
     else if (in->chunk_tiers && in->chunk_tiers[c] == CF_STORE_TIER_REMOTE) out->cells_load_remote += (uint64_t)L;
@@ -278,12 +298,19 @@ void cf_planner_set_cost(cf_planner_t *pl, const cf_sched_cost_t *cost, int refi
   cf_refit_set_base(&pl->refit, cost);
 }
 
+void cf_planner_set_memory(cf_planner_t *pl, double budget_bytes, double bytes_per_token) {
+  pthread_mutex_lock(&pl->mu);
+  pl->mem = (cf_memfit_t){.budget_bytes = budget_bytes > 0 ? budget_bytes : 0, .bytes_per_token = bytes_per_token};
+  pthread_mutex_unlock(&pl->mu);
+}
+
 cf_refit_t *cf_planner_refit(cf_planner_t *pl) { return &pl->refit; }
 
 int cf_planner_plan(cf_planner_t *pl, const cf_plan_input_t *ins, cf_restore_plan_t *out, int n, int C, int L) {
   pthread_mutex_lock(&pl->mu);
   cf_sched_cost_t cost = pl->cost; /* what this round is planned with */
   int have = pl->have_cost, refit_on = pl->refit_on;
+  cf_memfit_t mem = pl->mem;
   pthread_mutex_unlock(&pl->mu);
   if (have && refit_on) cf_refit_apply(&pl->refit, &cost);
   if (pl->test_hold_ms > 0) {
@@ -301,13 +328,18 @@ int cf_planner_plan(cf_planner_t *pl, const cf_plan_input_t *ins, cf_restore_pla
       if (ins[i].policy == p) { grp[g] = i; gin[g++] = ins[i]; }
     if (!g) continue;
     cf_plan_group_t pg;
-    int prc = cf_planner_plan_group(&cost, gin, g, p, &pg, gout);
+    int prc = cf_planner_plan_group(&cost, gin, g, p, mem.budget_bytes > 0 ? &mem : NULL, &pg, gout);
     if (prc) {
       CF_WARN("plan of %d restore(s) with %s failed: %s: %s (they load what is cached, compute the rest)", g,
               cf_policy_name((cf_policy_t)p), cf_strerror(prc), cf_errmsg());
     } else {
       CF_DEBUG("planned %d restore(s) with %s: predicted makespan %.1f ms", g, cf_policy_name((cf_policy_t)p),
                pg.sim.makespan_s * 1e3);
+      if (pg.fit.strategy || pg.fit.shrunk_reqs)
+        CF_INFO("memory budget %.0f bytes: %d restore(s) with %s %s (%d cut, %lld compute cells loaded instead, "
+                "%d waiting; peak %.0f bytes)", mem.budget_bytes, g, cf_policy_name((cf_policy_t)p),
+                pg.fit.strategy == 2 ? "shift compute to loads" : pg.fit.strategy == 1 ? "wait for memory" : "compute less", pg.fit.shrunk_reqs,
+                (long long)pg.fit.cells_shifted, pg.fit.waiting_reqs, pg.fit.peak_bytes);
       for (int k = 0; k < g; k++) out[grp[k]] = gout[k];
     }
     cf_plan_group_free(&pg);

@@ -8,7 +8,9 @@
  * computed here and nowhere else) and the prediction the re-fit compares the execution with.
  *
  * Chunks the store does not hold are recomputed by the restore (every layer): the planner plans
- * the cached prefix, and the uncached rest is costed as a prefill over it, both in the prediction
+ * the prefix up to the last stored chunk, the absent chunks inside it as holes (lib/sched computes
+ * them at every layer and loads the stored chunks after them), and the uncached rest is costed
+ * as a prefill over it, both in the prediction
  * and in the bound (no plan can avoid it). A partial last chunk counts as uncached here even
  * when the store holds it: lib/exec always computes it (h = L), so the plan covers only the
  * cached prefix's full chunks. A group lib/sched cannot plan (out of memory) gets the fallback
@@ -24,6 +26,7 @@
 
 #include "cf_refit.h"
 #include "exec/cf_exec.h"
+#include "sched/cf_memfit.h"
 #include "sched/cf_sched.h"
 #include "sched/cf_sim.h"
 
@@ -41,8 +44,10 @@ enum { CF_PLAN_TIER_CPU = 0, CF_PLAN_TIER_SSD = 1, CF_PLAN_TIER_REMOTE = 2 };
 typedef struct {
   int64_t n_tokens;
   int policy;                 /* cf_policy_t */
-  int64_t cached_tokens;      /* leading tokens whose chunks the store holds */
-  const uint8_t *chunk_tiers; /* NULL or [chunks of cached_tokens]: CF_STORE_TIER_CPU / _SSD of each */
+  int64_t cached_tokens;      /* tokens up to the end of the last chunk the store holds */
+  const uint8_t *chunk_tiers; /* NULL (all of them in the CPU tier) or [chunks of cached_tokens]:
+                                 CF_STORE_TIER_CPU / _SSD / _REMOTE of each, or CF_STORE_TIER_NONE:
+                                 a hole (not stored: computed at every layer, CF_SCHED_TIER_NONE) */
   /* Restore of [k, n) (RestoreRequest.present_tokens = k): chunks [0, present_chunks) are the
    * engine's own KV (cf_exec_present_chunks): neither loaded nor computed, h 0. The plan covers
    * the cached chunks after them; their compute steps attend over the present tokens too, so
@@ -80,6 +85,7 @@ typedef struct {
   int have_cost;              /* 0: the fallback plan (no cost model, or lib/sched failed) */
   /* the PlanSummary's numbers */
   uint32_t present_chunks;    /* chunks inside [0, present_tokens): no cells counted for them */
+  uint32_t hole_chunks;       /* planned chunks no tier holds (computed at every layer) */
   uint32_t chunks;
   uint64_t cells_load_cpu, cells_load_ssd, cells_load_remote, cells_compute;
   uint64_t cells_skip;        /* cells of skip[] (not among the loads above) */
@@ -102,13 +108,18 @@ typedef struct {
   uint8_t *tiers;             /* backs reqs[i].chunk_tier (CF_PLAN_TIER_*), NULL when none */
   cf_sched_plan_t plan;
   cf_sim_result_t sim;        /* the prediction */
+  cf_memfit_report_t fit;     /* within a memory budget: how the plan was made to fit (strategy 0: as planned) */
 } cf_plan_group_t;
 
 /* Plan ins[0..n) together with `policy` under `cost` into out[0..n) (h, load_rank, cops
  * malloc'ed; free with cf_restore_plan_free) and keep the group in *g (free with
  * cf_plan_group_free, also on failure). Returns 0, or CF_EINVAL/CF_ENOMEM (out untouched). */
+/* mf: NULL or a memory budget (cf_memfit): the group's plan is cf_memfit_plan's, which fits it
+ * (compute shifted to loads, or restores waiting for memory, whichever simulates faster); a
+ * restore whose must-compute part alone exceeds the budget is planned unbounded (the executor
+ * then refuses it with RESOURCE_EXHAUSTED naming the bytes). */
 int cf_planner_plan_group(const cf_sched_cost_t *cost, const cf_plan_input_t *ins, int n, int policy,
-                          cf_plan_group_t *g, cf_restore_plan_t *out);
+                          const cf_memfit_t *mf, cf_plan_group_t *g, cf_restore_plan_t *out);
 void cf_plan_group_free(cf_plan_group_t *g);
 
 /* The fallback plan of one restore: load its cached full chunks, compute the rest. 0 or CF_ENOMEM. */
@@ -122,6 +133,7 @@ typedef struct {
   int have_cost;
   int refit_on;               /* plan with the re-fitted model (config cost_refit) */
   cf_refit_t refit;
+  cf_memfit_t mem;            /* mem.budget_bytes > 0: plans fit the restore working memory's budget */
   /* Tests only: environment CF_TEST_PLAN_HOLD_MS (read at init) makes every planning step take
    * at least that long, so a test can show the loop answering while a batch is being planned
    * however fast the planner is. 0 (unset) in production. */
@@ -132,6 +144,10 @@ void cf_planner_init(cf_planner_t *pl, double refit_weight);
 void cf_planner_close(cf_planner_t *pl);
 /* The calibrated cost model (copied) and whether to apply the re-fit when planning. */
 void cf_planner_set_cost(cf_planner_t *pl, const cf_sched_cost_t *cost, int refit_on);
+/* The memory budget the executor's restores compute in (host_memory_bytes' arena or the GPU
+ * path's, less what the executor holds outside requests) and the working memory a request holds
+ * per token of its computed extent; budget <= 0: plans are not bounded. Thread-safe. */
+void cf_planner_set_memory(cf_planner_t *pl, double budget_bytes, double bytes_per_token);
 /* Where executed restores report how their plans ran, and GetStats / /metrics read it. */
 cf_refit_t *cf_planner_refit(cf_planner_t *pl);
 

@@ -192,10 +192,28 @@ static cf_engine_t *cf__engine_and_tokens(cf_service_t *s, cf_rpc_call_t *c, uin
   return e;
 }
 
-/* Lookup's answer from the per-tier token counts. */
-static void cf__lookup_reply(cf_rpc_call_t *c, const uint32_t per[4]) {
+/* Lookup's answer from the per-tier token counts of the leading run, and (chunk_tiers: every
+ * chunk's tier, C tokens each, of a prompt of n tokens) the runs over all of it. */
+static void cf__lookup_reply(cf_rpc_call_t *c, const uint32_t per[4], const uint8_t *chunk_tiers, size_t n,
+                             size_t C) {
   Cacheflow__V1__LookupResponse resp = CACHEFLOW__V1__LOOKUP_RESPONSE__INIT;
   Cacheflow__V1__TierTokens tt[3], *tp[3];
+  size_t nk = C ? (n + C - 1) / C : 0, nr = 0;
+  Cacheflow__V1__TierTokens *rt = chunk_tiers ? malloc((nk ? nk : 1) * sizeof *rt) : NULL;
+  Cacheflow__V1__TierTokens **rp = chunk_tiers ? malloc((nk ? nk : 1) * sizeof *rp) : NULL;
+  if (!rt || !rp) { cf_rpc_finish(c, CF_RPC_RESOURCE_EXHAUSTED, "lookup: out of memory"); free(rt); free(rp); return; }
+  for (size_t i = 0; i < nk; i++) { /* runs of one tier (0: none) */
+    uint32_t nt = (uint32_t)(n - i * C < C ? n - i * C : C);
+    if (chunk_tiers[i] != CF_STORE_TIER_NONE) resp.stored_tokens += nt;
+    if (nr && (int)rt[nr - 1].tier == (int)chunk_tiers[i]) { rt[nr - 1].tokens += nt; continue; }
+    cacheflow__v1__tier_tokens__init(&rt[nr]);
+    rt[nr].tier = (Cacheflow__V1__Tier)chunk_tiers[i];
+    rt[nr].tokens = nt;
+    rp[nr] = &rt[nr];
+    nr++;
+  }
+  resp.n_runs = nr;
+  resp.runs = rp;
   /* CPU and SSD always; REMOTE only when it holds some of the prefix (no remote tier: never) */
   int nt = per[CACHEFLOW__V1__TIER__TIER_REMOTE] ? 3 : 2;
   for (int i = 0; i < nt; i++) {
@@ -209,6 +227,8 @@ static void cf__lookup_reply(cf_rpc_call_t *c, const uint32_t per[4]) {
   resp.n_per_tier = (size_t)nt;
   resp.per_tier = tp;
   cf_rpc_reply(c, &resp.base);
+  free(rt);
+  free(rp);
 }
 
 /* With a remote tier a lookup may wait on the network (remote_timeout_ms at worst): it runs on
@@ -220,13 +240,22 @@ typedef struct {
   cf_engine_t *e;
   Cacheflow__V1__LookupRequest *req;
   uint32_t per[4];
+  uint8_t *tiers; /* every chunk's tier */
+  size_t n_tokens;
   int rc;
   char err[512];
 } cf__lookup_job_t;
 
+/* Every chunk's tier of a Lookup's tokens (NULL when out of memory: the lookup fails). */
+static uint8_t *cf__lookup_tiers(const cf_service_t *s, size_t n) {
+  size_t C = (size_t)s->cfg->chunk_tokens;
+  return calloc(C ? (n + C - 1) / C + 1 : 1, 1);
+}
+
 static void cf__lookup_work(uv_work_t *w) {
   cf__lookup_job_t *j = w->data;
-  j->rc = j->s->be.lookup(j->s->be.ctx, j->e, j->req->token_ids, j->req->n_token_ids, j->per, NULL);
+  j->rc = j->tiers ? j->s->be.lookup(j->s->be.ctx, j->e, j->req->token_ids, j->req->n_token_ids, j->per, j->tiers)
+                   : cf_seterr(CF_ENOMEM, "lookup of %zu tokens", j->req->n_token_ids);
   if (j->rc) snprintf(j->err, sizeof j->err, "%s", cf_errmsg());
 }
 
@@ -237,7 +266,8 @@ static void cf__lookup_done(uv_work_t *w, int status) {
   protobuf_c_message_free_unpacked(&j->req->base, NULL);
   if (status) cf_rpc_finish(j->call, CF_RPC_UNAVAILABLE, "lookup: cancelled");
   else if (j->rc) cf_rpc_finish(j->call, cf_rpc_status_from_err(j->rc), "lookup: %s", j->err);
-  else cf__lookup_reply(j->call, j->per);
+  else cf__lookup_reply(j->call, j->per, j->tiers, j->n_tokens, (size_t)j->s->cfg->chunk_tokens);
+  free(j->tiers);
   free(j);
 }
 
@@ -250,19 +280,24 @@ static void cf__h_lookup(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   if (s->be.remote) {
     cf__lookup_job_t *j = calloc(1, sizeof *j);
     if (!j) { cf_rpc_finish(c, CF_RPC_RESOURCE_EXHAUSTED, "out of memory"); goto out; }
-    *j = (cf__lookup_job_t){.s = s, .call = c, .e = e, .req = r};
+    *j = (cf__lookup_job_t){.s = s, .call = c, .e = e, .req = r, .tiers = cf__lookup_tiers(s, r->n_token_ids),
+                            .n_tokens = r->n_token_ids};
     j->work.data = j;
     e->refs++;
     if (uv_queue_work(s->loop, &j->work, cf__lookup_work, cf__lookup_done) == 0) return; /* j owns m now */
     e->refs--;
+    free(j->tiers);
     free(j);
     cf_rpc_finish(c, CF_RPC_UNAVAILABLE, "lookup: cannot queue the remote lookup");
     goto out;
   }
   uint32_t per[4] = {0, 0, 0, 0};
-  int rc = s->be.lookup(s->be.ctx, e, r->token_ids, r->n_token_ids, per, NULL);
-  if (rc) { cf_rpc_finish(c, cf_rpc_status_from_err(rc), "lookup: %s", cf_errmsg()); goto out; }
-  cf__lookup_reply(c, per);
+  uint8_t *tiers = cf__lookup_tiers(s, r->n_token_ids);
+  int rc = tiers ? s->be.lookup(s->be.ctx, e, r->token_ids, r->n_token_ids, per, tiers)
+                 : cf_seterr(CF_ENOMEM, "lookup of %zu tokens", r->n_token_ids);
+  if (rc) cf_rpc_finish(c, cf_rpc_status_from_err(rc), "lookup: %s", cf_errmsg());
+  else cf__lookup_reply(c, per, tiers, r->n_token_ids, (size_t)s->cfg->chunk_tokens);
+  free(tiers);
 out:
   protobuf_c_message_free_unpacked(m, NULL);
 }

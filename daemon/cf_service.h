@@ -83,8 +83,9 @@ typedef struct {
   void (*engine_removed)(void *ctx, cf_engine_t *e);
   /* Longest stored prefix in tokens, split by tier: tier_tokens[CACHEFLOW__V1__TIER__TIER_CPU]
    * [..._SSD] and [..._REMOTE] (index 0 unused; REMOTE blocks on the network up to
-   * remote_timeout_ms when the local tiers end early); chunk_tiers (may be NULL; ceil(n / chunk) entries) gets
-   * the tier of each stored leading chunk. 0 or CF_E*. */
+   * remote_timeout_ms when the local tiers miss chunks); chunk_tiers (may be NULL; ceil(n / chunk)
+   * entries) gets the tier of EVERY chunk, past the leading run too (CF_STORE_TIER_NONE = 0 where
+   * none holds it: a hole). The tier numbers are the proto's Tier. 0 or CF_E*. */
   int (*lookup)(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t n, uint32_t tier_tokens[4],
                 uint8_t *chunk_tiers);
   /* Copy the blocks into the CPU tier (on the save worker: it may wait for SSD writes). 0 or

@@ -78,7 +78,11 @@ int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_i
   cf_store_config_default(&sc);
   sc.cpu_bytes = (uint64_t)cfg->cpu_tier_bytes;
   sc.ssd_bytes = (uint64_t)cfg->ssd_tier_bytes;
-  sc.cpu_evict = cfg->eviction == CF_EVICT_S3FIFO ? CF_STORE_EVICT_S3FIFO : CF_STORE_EVICT_LRU;
+  sc.cpu_evict = cfg->eviction == CF_EVICT_S3FIFO ? CF_STORE_EVICT_S3FIFO
+                 : cfg->eviction == CF_EVICT_COST  ? CF_STORE_EVICT_COST
+                                                   : CF_STORE_EVICT_LRU;
+  /* cost: every chunk worth the same until the cost model is measured (cf_main's
+   * cf__apply_link hands the store its table via cf_evict_cost_table) */
   sc.remote_url = cfg->remote_url; /* "" = no remote tier; it opens while the server is down */
   sc.remote_password = cfg->remote_password;
   sc.remote_timeout_ms = (int)cfg->remote_timeout_ms;
@@ -273,13 +277,16 @@ static int cf__lookup(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t 
   cf_store_key_t *keys = cf__keys(s, tokens, n, &nk);
   uint8_t *tiers = malloc(nk ? nk : 1);
   if (!keys || !tiers) { free(keys); free(tiers); return cf_seterr(CF_ENOMEM, "lookup of %zu tokens", n); }
-  /* the local tiers, then the remote one (a round trip when the local prefix ends early) */
-  size_t hit = cf_store_lookup_all(s->st, keys, nk, tiers);
+  /* every chunk (keys chain over token ids only: a chunk is found without its predecessors),
+   * the local tiers, then the remote one for the local misses (one round trip) */
+  cf_store_lookup_each(s->st, keys, nk, tiers);
   per[0] = per[1] = per[2] = per[3] = 0;
-  /* the store's tier numbers (CPU 1, SSD 2, REMOTE 3) are the proto's */
-  for (size_t i = 0; i < hit; i++) {
+  /* the store's tier numbers (NONE 0, CPU 1, SSD 2, REMOTE 3) are the proto's; per[] counts the
+   * leading run only (Lookup's cached_tokens), chunk_tiers gets every chunk's */
+  for (size_t i = 0, lead = 1; i < nk; i++) {
     size_t first = i * C, nt = n - first < C ? n - first : C;
-    if (tiers[i] >= CF_STORE_TIER_CPU && tiers[i] <= CF_STORE_TIER_REMOTE) per[tiers[i]] += (uint32_t)nt;
+    lead &= tiers[i] != CF_STORE_TIER_NONE;
+    if (lead && tiers[i] <= CF_STORE_TIER_REMOTE) per[tiers[i]] += (uint32_t)nt;
     if (chunk_tiers) chunk_tiers[i] = tiers[i];
   }
   free(keys);

@@ -151,12 +151,21 @@ static int cf__lookup_main(int argc, char **argv) {
   if (!tokens || (n = cf__parse_u32_list(tokens, &tok)) < 0) return cf_ctl_fail("lookup", "--tokens 1,2,3 required"), 2;
   cf_client_t *c;
   if (cf__open("lookup", addr, &c)) { free(tok); return 1; }
-  uint32_t cached, cpu, ssd;
+  uint32_t cached, cpu, ssd, stored = 0;
+  cf_client_run_t *runs = NULL;
+  size_t nr = 0;
   int rc = cf_client_lookup(c, engine, tok, (size_t)n, &cached, &cpu, &ssd);
+  if (!rc) rc = cf_client_lookup_runs(c, engine, tok, (size_t)n, &stored, &runs, &nr);
   free(tok);
   cf_client_close(c);
-  if (rc) return cf_ctl_fail("lookup", "%s", cf_errmsg());
+  if (rc) { free(runs); return cf_ctl_fail("lookup", "%s", cf_errmsg()); }
   printf("cached_tokens %u (cpu %u, ssd %u) of %ld\n", cached, cpu, ssd, n);
+  /* every stored chunk (a restore loads them and recomputes the holes) */
+  static const char *const tn[] = {"none", "cpu", "ssd", "remote"};
+  printf("stored_tokens %u, runs", stored);
+  for (size_t i = 0; i < nr; i++) printf(" %s:%u", runs[i].tier >= 0 && runs[i].tier < 4 ? tn[runs[i].tier] : "?", runs[i].tokens);
+  printf("\n");
+  free(runs);
   return 0;
 }
 

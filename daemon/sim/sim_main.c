@@ -33,7 +33,8 @@ static void usage(FILE *f) {
           "             qwen3-30b-a3b, mixtral-8x7b, mistral-7b-sw4096, or an HF config.json\n"
           "  --workload JSON lines {\"arrival_s\": 0.0, \"prefix_tokens\": 16384, \"new_tokens\": 256}\n"
           "             optional \"tiers\": [[\"dram\", 8192], [\"ssd\", 8192]]: where runs of the prefix lie\n"
-          "             (each chunk loads at its tier's rate; the rest of the batch is in --tier)\n"
+          "             (each chunk loads at its tier's rate; the rest of the batch is in --tier);\n"
+          "             [\"none\", N]: N tokens stored nowhere (a hole: its chunks are computed, every layer)\n"
           "  --gen      synthetic workload; --rate requests/s (Poisson; 0 = all at t=0; default per kind)\n"
           "  --policy   recompute, load, cake, layerwise, cacheflow, optimal or all (default all)\n"
           "  --tier     tier holding the prefixes (default: the profile's)\n"
@@ -240,7 +241,7 @@ static int sim_setup(sim_opts_t *o, sim_run_t *R) {
     if (any_tiers) in->cost.tier_Bps[tier] = in->cost.link_Bps;
     for (int i = 0; any_tiers && i < n; i++)
       for (int32_t c = 0; c < cf_cost_chunks(&in->cost, R->reqs[i].prefix_tokens); c++)
-        if (in->cost.tier_Bps[R->reqs[i].chunk_tier[c]] <= 0) {
+        if (R->reqs[i].chunk_tier[c] != CF_SCHED_TIER_NONE && in->cost.tier_Bps[R->reqs[i].chunk_tier[c]] <= 0) {
           char what[64];
           snprintf(what, sizeof what, "request %d chunk %d", i, c);
           const char *tn = cf_tier_names[R->reqs[i].chunk_tier[c]];

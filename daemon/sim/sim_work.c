@@ -80,11 +80,13 @@ static int cf__line_int(const char *path, int line, const cf_json_t *o, const ch
 }
 
 /* The optional "tiers" runs of one line: fills tiers[0..chunks) (chunk c: the tier of its first
- * token). Returns 0 or CF_EFORMAT naming the line and the run. */
+ * token). A run ["none", N] is N tokens no tier holds: every chunk with a token in it is a hole
+ * (CF_SCHED_TIER_NONE: a chunk loads whole or not at all). Returns 0 or CF_EFORMAT naming the
+ * line and the run. */
 static int cf__line_tiers(const char *path, int line, const cf_json_t *runs, int64_t P, int chunk,
                           uint8_t *tiers) {
   if (runs->type != CF_JSON_ARR)
-    return cf_seterr(CF_EFORMAT, "%s line %d: key 'tiers': expected [[\"dram\"|\"ssd\"|\"net\", tokens], ...]", path, line);
+    return cf_seterr(CF_EFORMAT, "%s line %d: key 'tiers': expected [[\"dram\"|\"ssd\"|\"net\"|\"none\", tokens], ...]", path, line);
   int64_t at = 0;
   size_t i = 0;
   for (const cf_json_t *run = runs->child; run; run = run->next, i++) {
@@ -92,11 +94,15 @@ static int cf__line_tiers(const char *path, int line, const cf_json_t *runs, int
     int t = -1;
     for (int k = 0; nm && nm->type == CF_JSON_STR && k < 3; k++)
       if (!strcmp(nm->str, cf_tier_names[k])) t = k;
+    if (nm && nm->type == CF_JSON_STR && !strcmp(nm->str, "none")) t = CF_SCHED_TIER_NONE;
     if (run->type != CF_JSON_ARR || run->len != 2 || t < 0 || !tk || tk->type != CF_JSON_NUM ||
         !tk->is_int || tk->i64 < 1 || tk->i64 > P - at)
-      return cf_seterr(CF_EFORMAT, "%s line %d: tiers run %zu: expected [\"dram\"|\"ssd\"|\"net\", "
+      return cf_seterr(CF_EFORMAT, "%s line %d: tiers run %zu: expected [\"dram\"|\"ssd\"|\"net\"|\"none\", "
                        "tokens 1..%lld]", path, line, i, (long long)(P - at));
-    for (int64_t c = (at + chunk - 1) / chunk; c * chunk < at + tk->i64; c++) tiers[c] = (uint8_t)t;
+    if (t == CF_SCHED_TIER_NONE) /* every chunk it touches, the one it starts inside too */
+      for (int64_t c = at / chunk; c * chunk < at + tk->i64; c++) tiers[c] = (uint8_t)t;
+    else
+      for (int64_t c = (at + chunk - 1) / chunk; c * chunk < at + tk->i64; c++) tiers[c] = (uint8_t)t;
     at += tk->i64;
   }
   if (at != P)

@@ -287,14 +287,36 @@ int cf_client_unregister(cf_client_t *c, uint64_t engine_id) {
   return rc;
 }
 
-int cf_client_lookup(cf_client_t *c, uint64_t engine_id, const uint32_t *tokens, size_t n, uint32_t *cached,
-                     uint32_t *cpu_tokens, uint32_t *ssd_tokens) {
+/* Lookup's response (free with protobuf_c_message_free_unpacked). */
+static int cf__lookup_call(cf_client_t *c, uint64_t engine_id, const uint32_t *tokens, size_t n, ProtobufCMessage **m) {
   Cacheflow__V1__LookupRequest req = CACHEFLOW__V1__LOOKUP_REQUEST__INIT;
   req.engine_id = engine_id;
   req.token_ids = (uint32_t *)tokens;
   req.n_token_ids = n;
+  return cf_client_call(c, "/cacheflow.v1.CacheFlow/Lookup", &req.base, &cacheflow__v1__lookup_response__descriptor, m);
+}
+
+int cf_client_lookup_runs(cf_client_t *c, uint64_t engine_id, const uint32_t *tokens, size_t n, uint32_t *stored,
+                          cf_client_run_t **runs, size_t *n_runs) {
   ProtobufCMessage *m;
-  int rc = cf_client_call(c, "/cacheflow.v1.CacheFlow/Lookup", &req.base, &cacheflow__v1__lookup_response__descriptor, &m);
+  int rc = cf__lookup_call(c, engine_id, tokens, n, &m);
+  if (rc) return rc;
+  Cacheflow__V1__LookupResponse *r = (void *)m;
+  *stored = r->stored_tokens;
+  if (runs) {
+    *n_runs = r->n_runs;
+    *runs = malloc((r->n_runs ? r->n_runs : 1) * sizeof **runs);
+    if (!*runs) rc = cf_seterr(CF_ENOMEM, "lookup: %zu runs", r->n_runs);
+    for (size_t i = 0; !rc && i < r->n_runs; i++) (*runs)[i] = (cf_client_run_t){(int)r->runs[i]->tier, r->runs[i]->tokens};
+  }
+  protobuf_c_message_free_unpacked(m, NULL);
+  return rc;
+}
+
+int cf_client_lookup(cf_client_t *c, uint64_t engine_id, const uint32_t *tokens, size_t n, uint32_t *cached,
+                     uint32_t *cpu_tokens, uint32_t *ssd_tokens) {
+  ProtobufCMessage *m;
+  int rc = cf__lookup_call(c, engine_id, tokens, n, &m);
   if (rc) return rc;
   Cacheflow__V1__LookupResponse *r = (void *)m;
   *cached = r->cached_tokens;

@@ -62,6 +62,16 @@ int cf_client_unregister(cf_client_t *c, uint64_t engine_id);
  * (cpu, ssd; may be NULL). */
 int cf_client_lookup(cf_client_t *c, uint64_t engine_id, const uint32_t *tokens, size_t n, uint32_t *cached,
                      uint32_t *cpu_tokens, uint32_t *ssd_tokens);
+/* A run of consecutive tokens in one tier (LookupResponse.runs): tier 0 none (a hole, or past
+ * the last stored chunk), 1 CPU, 2 SSD, 3 remote. */
+typedef struct {
+  int tier;
+  uint32_t tokens;
+} cf_client_run_t;
+/* Every stored chunk, not only the leading run: *stored (tokens of all stored chunks) and, when
+ * runs is not NULL, the runs covering tokens[0..n) in order (*runs malloc'd, free() it; *n_runs). */
+int cf_client_lookup_runs(cf_client_t *c, uint64_t engine_id, const uint32_t *tokens, size_t n, uint32_t *stored,
+                          cf_client_run_t **runs, size_t *n_runs);
 int cf_client_save(cf_client_t *c, uint64_t engine_id, const uint32_t *tokens, size_t n, const uint32_t *blocks,
                    size_t nblocks, uint32_t *saved, int *durable);
 /* Save with flags: CF_CLIENT_SAVE_DURABLE replies only once the chunks are on the SSD tier

@@ -320,29 +320,56 @@ void cf_cellsrc_store_close(cf_cellsrc_store_t *s) {
   s->have_key = s->have_ring_key = 0;
 }
 
+/* Chunk i, stored in tier t (CF_STORE_TIER_*): its ref (CPU-tier chunks pinned) and source. */
+static void cf__prepare_one(cf_cellsrc_store_t *s, const cf_store_key_t *key, int t, cf_store_chunkref_t *ref,
+                            cf_cellsrc_t **src, uint8_t *tier_out) {
+  memset(ref, 0, sizeof *ref);
+  ref->key = *key;
+  if (t == CF_STORE_TIER_REMOTE) { /* only the remote tier holds it: nothing to pin */
+    *src = &s->remote;
+    ref->promo = cf_store_promote_begin(s->st); /* NULL: promotion off or its budget full */
+    return;
+  }
+  /* a chunk may leave the CPU tier between lookup and pin: then it is read from SSD (or,
+   * gone from both, fails there and is recomputed) */
+  ref->pinned = cf_store_pin(s->st, key, &ref->pin) == 0;
+  if (ref->pinned && ref->pin.n_tokens != cf_store_geom(s->st)->chunk_tokens) {
+    cf_store_unpin(s->st, &ref->pin);
+    ref->pinned = 0;
+  }
+  *src = ref->pinned ? &s->cpu : &s->ssd;
+  if (tier_out) *tier_out = ref->pinned ? CF_STORE_TIER_CPU : CF_STORE_TIER_SSD;
+}
+
 size_t cf_cellsrc_store_prepare(cf_cellsrc_store_t *s, const cf_store_key_t *keys, size_t n,
                                 cf_store_chunkref_t *refs, cf_cellsrc_t **srcs, uint8_t *tiers) {
   uint8_t tl[256], *tt = tiers ? tiers : n <= 256 ? tl : malloc(n);
   size_t found = tt ? cf_store_lookup_all(s->st, keys, n, tt) : cf_store_lookup(s->st, keys, n, NULL);
-  for (size_t i = 0; i < found; i++) {
-    memset(&refs[i], 0, sizeof refs[i]);
-    refs[i].key = keys[i];
-    if (tt && tt[i] == CF_STORE_TIER_REMOTE) { /* only the remote tier holds it: nothing to pin */
-      srcs[i] = &s->remote;
-      refs[i].promo = cf_store_promote_begin(s->st); /* NULL: promotion off or its budget full */
+  for (size_t i = 0; i < found; i++)
+    cf__prepare_one(s, &keys[i], tt ? tt[i] : CF_STORE_TIER_CPU, &refs[i], &srcs[i], tiers ? &tiers[i] : NULL);
+  if (tt && tt != tiers && tt != tl) free(tt);
+  cf_errclear();
+  return found;
+}
+
+size_t cf_cellsrc_store_prepare_each(cf_cellsrc_store_t *s, const cf_store_key_t *keys, size_t n,
+                                     cf_store_chunkref_t *refs, cf_cellsrc_t **srcs, uint8_t *tiers) {
+  uint8_t tl[256], *tt = tiers ? tiers : n <= 256 ? tl : malloc(n ? n : 1);
+  if (!tt) { /* no room for the tiers: every chunk recomputed, nothing pinned */
+    memset(refs, 0, n * sizeof *refs);
+    memset(srcs, 0, n * sizeof *srcs);
+    return 0;
+  }
+  size_t found = cf_store_lookup_each(s->st, keys, n, tt);
+  for (size_t i = 0; i < n; i++) {
+    if (tt[i] == CF_STORE_TIER_NONE) {
+      memset(&refs[i], 0, sizeof refs[i]);
+      srcs[i] = NULL;
       continue;
     }
-    /* a chunk may leave the CPU tier between lookup and pin: then it is read from SSD (or,
-     * gone from both, fails there and is recomputed) */
-    refs[i].pinned = cf_store_pin(s->st, &keys[i], &refs[i].pin) == 0;
-    if (refs[i].pinned && refs[i].pin.n_tokens != cf_store_geom(s->st)->chunk_tokens) {
-      cf_store_unpin(s->st, &refs[i].pin);
-      refs[i].pinned = 0;
-    }
-    srcs[i] = refs[i].pinned ? &s->cpu : &s->ssd;
-    if (tiers) tiers[i] = refs[i].pinned ? CF_STORE_TIER_CPU : CF_STORE_TIER_SSD;
+    cf__prepare_one(s, &keys[i], tt[i], &refs[i], &srcs[i], tiers ? &tiers[i] : NULL);
   }
-  if (tt && tt != tiers && tt != tl) free(tt);
+  if (tt != tiers && tt != tl) free(tt);
   cf_errclear();
   return found;
 }

@@ -96,6 +96,11 @@ void cf_cellsrc_store_close(cf_cellsrc_store_t *s);
  * Release with cf_cellsrc_store_unprepare (same refs, the returned count). */
 size_t cf_cellsrc_store_prepare(cf_cellsrc_store_t *s, const cf_store_key_t *keys, size_t n,
                                 cf_store_chunkref_t *refs, cf_cellsrc_t **srcs, uint8_t *tiers);
+/* The same over every chunk (holes: cf_store_lookup_each): srcs[i] = NULL and refs[i] zeroed
+ * for a chunk no tier holds, tiers[i] (may be NULL) CF_STORE_TIER_NONE. Returns how many chunks
+ * are stored; release with cf_cellsrc_store_unprepare(refs, n) (all n). */
+size_t cf_cellsrc_store_prepare_each(cf_cellsrc_store_t *s, const cf_store_key_t *keys, size_t n,
+                                     cf_store_chunkref_t *refs, cf_cellsrc_t **srcs, uint8_t *tiers);
 void cf_cellsrc_store_unprepare(cf_cellsrc_store_t *s, cf_store_chunkref_t *refs, size_t n);
 
 #endif

@@ -98,7 +98,8 @@ static int cf__save_cells(cf_store_t *st, const cf_kv_layout_t *lay, cf_save_gat
     if (rc) { cf_err_prefix(rc, "save: chunk %zu (tokens [%d, %d)) from the engine: ", c, t0, t1); break; }
     /* a durable save of a stored chunk returns 0 (it writes it through): ask first to count it */
     int had = cf_store_lookup(st, &keys[c], 1, NULL) == 1;
-    rc = cf_store_save(st, &keys[c], (uint32_t)(t1 - t0), cells, flags);
+    /* the chunk's index: the cost eviction policy values a chunk by its position */
+    rc = cf_store_save_at(st, &keys[c], (uint32_t)c, (uint32_t)(t1 - t0), cells, flags);
     if (rc == CF_EEXIST) { rc = 0; cf_errclear(); had = 1; }
     if (rc) { cf_err_prefix(rc, "save: chunk %zu (tokens [%d, %d)): ", c, t0, t1); break; }
     if (had) res->existing_chunks++;

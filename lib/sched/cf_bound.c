@@ -34,9 +34,14 @@
  * one tier (cf__inner); with one tier it is the front-t-tokens form above. The points are still
  * convexified per (request, layer), and the same duality gives the bound.
  *
+ * Holes (cf_sched.h: chunks no tier holds) are a run whose tokens must be in S: their compute
+ * is charged whole and "load everything" is no longer a choice for their request.
+ *
  * Sliding windows. A windowed layer (cf_cost_layer_windowed) must restore at least the
  * tokens of the final window, (P - W, P): its relaxation counts only those (cf_sched_window_skip
- * skips whole chunks outside every window the plan needs, never fewer than these).
+ * skips whole chunks outside every window the plan needs, never fewer than these). A hole is
+ * computed at every layer (h = L), so it is never a skipped windowed cell: its compute is
+ * charged whole at windowed layers too, wherever it lies.
  *
  * Arrivals. Requests arriving at or after time a must all be restored inside [a, T], so
  * T >= a + T(those requests) (checked at up to 64 thresholds a); and T >= a_r + T_single(r)
@@ -91,19 +96,28 @@ static int32_t cf__runs(const cf_sched_cost_t *c, const cf_sched_req_t *q, cf__r
 static double cf__inner(const cf_sched_cost_t *c, const cf__runs_t *rr, const double *q, double lam,
                         double nd, double lo) {
   double Q = 0, sep = 0;
+  int hole = 0; /* a hole (cf_sched.h) cannot load: S holds it, "load everything" is no choice */
   for (int32_t i = 0; i < rr->n; i++)
-    if (rr->run[i].b > lo) Q += (rr->run[i].b - fmax(rr->run[i].a, lo)) * q[rr->run[i].tier];
-  if (lam <= 0 || Q <= 0) return 0.0; /* compute everything for free, or nothing needed */
+    if (rr->run[i].tier == CF_SCHED_TIER_NONE) hole = 1;
+    else if (rr->run[i].b > lo) Q += (rr->run[i].b - fmax(rr->run[i].a, lo)) * q[rr->run[i].tier];
+  /* compute everything for free, or nothing needed */
+  if (lam <= 0 || (Q <= 0 && !hole)) return 0.0;
   for (int32_t i = 0; i < rr->n; i++) {
-    if (rr->run[i].b <= lo) continue;
-    double a = fmax(rr->run[i].a, lo), b = rr->run[i].b, qq = q[rr->run[i].tier], x;
+    double a = rr->run[i].a, b = rr->run[i].b, x;
+    if (rr->run[i].tier == CF_SCHED_TIER_NONE) { /* computed whole, at every layer: not clipped to lo */
+      sep += lam / nd * (c->alpha_s * (b - a) + c->beta_s * cf_cost_ctx(c, a, b - a));
+      continue;
+    }
+    if (b <= lo) continue;
+    a = fmax(a, lo);
+    double qq = q[rr->run[i].tier];
     if (c->beta_s > 0) x = cf_cost_ctx_inv(c, ((1 - lam) * qq * nd / lam - c->alpha_s) / c->beta_s);
     else x = lam * c->alpha_s / nd < (1 - lam) * qq ? b : a;
     x = x < a ? a : x > b ? b : x;
     sep += lam / nd * (c->alpha_s * (x - a) + c->beta_s * cf_cost_ctx(c, a, x - a)) + (1 - lam) * (b - x) * qq;
   }
   double all_load = (1 - lam) * Q, some = lam / nd * c->gamma_s + sep;
-  return some < all_load ? some : all_load;
+  return some < all_load || hole ? some : all_load;
 }
 
 /* D(lam) of the requests idx[0..m) (their runs rr[idx[i]]). */

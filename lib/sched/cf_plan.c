@@ -34,13 +34,20 @@ double cf_sched_load_s(const cf_sched_cost_t *c, const cf_sched_req_t *q, int32_
   if (!q->chunk_tier) /* one tier: its rate over the op's tokens */
     return c->link_latency_s +
            (double)(cf_cost_tok(c, P, c1) - t0) * layers * c->kv_bytes_per_token / cf_cost_tier_Bps(c, 0);
-  double s = 0; /* seconds per layer, chunk by chunk */
+  double s = 0; /* seconds per layer, chunk by chunk (a hole: nothing crosses the link) */
   for (int32_t ch = c0; ch < c1; ch++) {
     int64_t t1 = cf_cost_tok(c, P, ch + 1);
-    s += (double)(t1 - t0) / cf_cost_tier_Bps(c, q->chunk_tier[ch]);
+    if (q->chunk_tier[ch] != CF_SCHED_TIER_NONE) s += (double)(t1 - t0) / cf_cost_tier_Bps(c, q->chunk_tier[ch]);
     t0 = t1;
   }
   return c->link_latency_s + s * layers * c->kv_bytes_per_token;
+}
+
+int32_t cf_sched_req_holes(const cf_sched_cost_t *c, const cf_sched_req_t *q) {
+  int32_t h = 0;
+  for (int32_t ch = 0, n = q->chunk_tier ? cf_cost_chunks(c, q->prefix_tokens) : 0; ch < n; ch++)
+    h += q->chunk_tier[ch] == CF_SCHED_TIER_NONE;
+  return h;
 }
 
 void cf_sched_plan_init(cf_sched_plan_t *plan) { memset(plan, 0, sizeof *plan); }
@@ -78,9 +85,9 @@ int cf_sched_input_check(const cf_sched_input_t *in) {
       return cf_seterr(CF_EINVAL, "request %d: device %d: expected -1 or 0..%d", r, q->device,
                        in->cost.n_devices - 1);
     for (int32_t c = 0, n = q->chunk_tier ? cf_cost_chunks(&in->cost, q->prefix_tokens) : 0; c < n; c++)
-      if (q->chunk_tier[c] >= CF_COST_MAX_TIERS)
-        return cf_seterr(CF_EINVAL, "request %d: chunk %d: tier %d: expected 0..%d", r, c,
-                         q->chunk_tier[c], CF_COST_MAX_TIERS - 1);
+      if (q->chunk_tier[c] >= CF_COST_MAX_TIERS && q->chunk_tier[c] != CF_SCHED_TIER_NONE)
+        return cf_seterr(CF_EINVAL, "request %d: chunk %d: tier %d: expected 0..%d or %d (a hole)", r, c,
+                         q->chunk_tier[c], CF_COST_MAX_TIERS - 1, CF_SCHED_TIER_NONE);
   }
   return 0;
 }

@@ -30,7 +30,7 @@ static int cf__static_plan(const cf_sched_input_t *in, const int *dev, cf_sched_
   }
   free(order);
   free(k);
-  return rc;
+  return rc ? rc : cf__plan_holes(in, out); /* holes: computed at every layer */
 }
 
 static int cf__all_layers(const cf_sched_cost_t *c, const cf_sched_req_t *q) { return c->n_layers; }

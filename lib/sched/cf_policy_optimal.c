@@ -22,7 +22,7 @@
  *    give it one more helper; its position moves to the k where pooled compute meets its link.
  * 3. Order. Requests run on both streams in arrival order, shortest first within an arrival
  *    (SPT: cuts mean TTFT without moving the makespan).
- * 1b. Mixed tiers (some chunk at another rate): cf_tiers.c's plan instead, alone when the
+ * 1b. Mixed tiers (some chunk at another rate, or a hole: cf_sched.h): cf_tiers.c's plan instead, alone when the
  *    plan is not refined (the hull walk costs too much there, and its shape is a special case).
  * 4. Refinement, within the time budget (cf__refine_runs: 0.1% of the estimated makespan,
  *    2-10 ms, in simulator runs at a fixed price per cell; none when 6 runs do not fit):
@@ -95,7 +95,9 @@ static int cf__mixed_rates(const cf_sched_input_t *in) {
   for (int r = 0; r < in->n_reqs; r++)
     for (int32_t ch = 0, nc = in->reqs[r].chunk_tier ? cf_cost_chunks(c, in->reqs[r].prefix_tokens) : 0;
          ch < nc; ch++)
-      if (cf_cost_tier_Bps(c, in->reqs[r].chunk_tier[ch]) != cf_cost_tier_Bps(c, 0)) return 1;
+      if (in->reqs[r].chunk_tier[ch] == CF_SCHED_TIER_NONE || /* a hole: no load at all */
+          cf_cost_tier_Bps(c, in->reqs[r].chunk_tier[ch]) != cf_cost_tier_Bps(c, 0))
+        return 1;
   return 0;
 }
 
@@ -377,7 +379,7 @@ static int cf__emit(const cf__opt_t *o, cf_sched_plan_t *out, int32_t *kbuf) {
     if (!rc && help)
       rc = cf__plan_emit_help(out, o->in, r, kbuf, o->hsplit + hoff, o->hdev + hoff, o->hcnt[r]);
   }
-  return rc;
+  return rc ? rc : cf__plan_holes(o->in, out); /* holes: computed at every layer */
 }
 
 /* Cross-device help (DESIGN.md §1 (b)). A request r whose device sets the makespan gets m
@@ -592,7 +594,9 @@ static int cf__help(cf__opt_t *o, double *X, double *Yl, int *role) {
       for (int i = o->doff[d]; i < o->doff[d + 1]; i++) {
         int q = o->dreq[i];
         cf__xy(o, q, o->pos[q], &x, &y);
-        if (o->H[q] > 1 && x + y > big) { big = x + y; r = q; }
+        /* a request with holes is not helped: a hole's cells above the help would need their
+         * hidden input from the helper (cf__plan_holes computes them on the owner) */
+        if (o->H[q] > 1 && x + y > big && !cf_sched_req_holes(c, &o->in->reqs[q])) { big = x + y; r = q; }
       }
     }
     int h = -1;

@@ -241,6 +241,8 @@ static int cf__race(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t 
     for (int32_t ch = 0; ch < out->n_chunks[r]; ch++)
       h[ch] = (uint16_t)(st[r].mode == CF__LAYER ? st[r].lo : (ch < st[r].lo ? L : 0));
   }
+  /* holes: the link claimed them at no cost (cf_sched_load_s); they are computed instead */
+  rc = cf__plan_holes(in, out);
 out:
   free(st);
   free(order);

@@ -138,6 +138,7 @@ static uint64_t cf__gen_hash(const cf__gsearch_t *s) {
 /* Emit and simulate the current g; taken when it beats g's score (returns 1; 0: not, or a
  * negative error), and it becomes the best plan when it beats that too. */
 static int cf__gen_try(cf__gsearch_t *s) {
+  cf__holes_clamp(s->in, s->best->h_off, s->g.h); /* a move never loads a hole */
   uint64_t key = cf__gen_hash(s);
   size_t slot = (size_t)(key >> 20) & (CF__SEEN - 1);
   while (s->seen_key[slot] && s->seen_key[slot] != key) slot = (slot + 1) & (CF__SEEN - 1);

@@ -65,14 +65,29 @@ typedef struct {
   int64_t new_tokens;    /* tokens to prefill after the restore (for TTFT only) */
   int device;            /* compute device (engine instance) holding it; -1: planner chooses */
   const uint8_t *chunk_tier; /* NULL (every chunk in tier 0) or [chunks]: the tier each chunk
-                                loads from (< CF_COST_MAX_TIERS; its rate: cf_cost_tier_Bps).
+                                loads from (< CF_COST_MAX_TIERS; its rate: cf_cost_tier_Bps),
+                                or CF_SCHED_TIER_NONE: a hole (see below).
                                 Borrowed: must outlive the planning and simulating calls. */
 } cf_sched_req_t;
 
-/* Tier of chunk c of request q. */
+/* Holes. A chunk whose tier is CF_SCHED_TIER_NONE is not stored (evicted, never saved) while
+ * later chunks of the prefix are: store keys chain over token ids only, so a later chunk is
+ * found without its predecessors. A hole is a tier with no load option: every plan computes
+ * it at every layer (h_c = L), every policy plans the rest as it would, the bound charges its
+ * compute, and the simulator refuses a plan that loads one of its cells. Its load time, where
+ * a sum over chunks meets one (cf_sched_load_s), is 0: nothing crosses the link for it. */
+#define CF_SCHED_TIER_NONE 0xFF
+
+/* Tier of chunk c of request q (CF_SCHED_TIER_NONE for a hole). */
 static inline int cf_sched_chunk_tier(const cf_sched_req_t *q, int32_t c) {
   return q->chunk_tier ? q->chunk_tier[c] : 0;
 }
+/* Is chunk c of request q a hole (stored nowhere: computed at every layer)? */
+static inline int cf_sched_chunk_hole(const cf_sched_req_t *q, int32_t c) {
+  return q->chunk_tier && q->chunk_tier[c] == CF_SCHED_TIER_NONE;
+}
+/* Holes among the chunks of request q (0 when it names no tiers). */
+int32_t cf_sched_req_holes(const cf_sched_cost_t *c, const cf_sched_req_t *q);
 /* Link seconds of one LOAD op of request q: chunks [c0, c1) at `layers` layers, each chunk at
  * its tier's rate, plus the link latency once (0 when empty). */
 double cf_sched_load_s(const cf_sched_cost_t *c, const cf_sched_req_t *q, int32_t c0, int32_t c1,

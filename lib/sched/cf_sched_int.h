@@ -42,6 +42,23 @@ int cf__plan_send(cf_sched_plan_t *p, int r, int from, int to, int32_t c0, int32
 int cf__plan_emit_loads(cf_sched_plan_t *p, const cf_sched_input_t *in, int r,
                         const int32_t *k, int per_layer);
 
+/* Holes (cf_sched.h): make the plan `p` of any policy compute every hole chunk at every layer.
+ * Its LOAD ops lose their hole chunks (split around them, dropped when empty); each hole cell
+ * the plan loaded gets a COMPUTE op on its request's own device, one per layer and run of such
+ * cells, placed in that device's stream just before the first of the request's own compute ops
+ * that attends to it (the op granularity of the policy's other ops is kept: cake still computes
+ * chunk by chunk), the rest after the request's last own compute op (or where its first op
+ * was, when it computes nothing), in layer order; on a later pipeline stage the hole chunks
+ * first computed at layer 0 get their boundary hidden-state loads. Every dependency of a moved
+ * or added op is produced earlier on its stream or by a load, so a valid plan stays valid. The
+ * staircase becomes h = L for holes. O(ops + holes x own compute ops) per request with holes;
+ * nothing is done (nor allocated) for a batch without holes. 0 or CF_ENOMEM. */
+int cf__plan_holes(const cf_sched_input_t *in, cf_sched_plan_t *p);
+/* Staircases h (plan layout, offsets h_off) with every hole at h = L. */
+void cf__holes_clamp(const cf_sched_input_t *in, const size_t *h_off, uint16_t *h);
+/* Does some request of the batch have a hole? */
+int cf__any_holes(const cf_sched_input_t *in);
+
 /* Device of every request: the request's own, or (device -1) the device with the least
  * estimated work so far, in arrival order. dev has n_reqs entries. */
 void cf__assign_devices(const cf_sched_input_t *in, int *dev);

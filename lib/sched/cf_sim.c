@@ -274,10 +274,15 @@ static int cf__check_shape(const cf_sched_input_t *in, const cf_sched_plan_t *p,
     if (in->reqs[r].device >= 0 && p->device[r] != in->reqs[r].device)
       return cf_seterr(CF_EINVAL, "invalid plan (%s): request %d pinned to device %d, planned "
                        "on %d", cf_policy_name(p->policy), r, in->reqs[r].device, p->device[r]);
-    for (int ch = 0; ch < p->n_chunks[r]; ch++)
+    for (int ch = 0; ch < p->n_chunks[r]; ch++) {
       if (p->h[p->h_off[r] + ch] > L)
         return cf_seterr(CF_EINVAL, "invalid plan (%s): request %d chunk %d: h = %d > L = %d",
                          cf_policy_name(p->policy), r, ch, p->h[p->h_off[r] + ch], L);
+      if (cf_sched_chunk_hole(&in->reqs[r], ch) && p->h[p->h_off[r] + ch] != L)
+        return cf_seterr(CF_EINVAL, "invalid plan (%s): request %d chunk %d is a hole (stored in no "
+                         "tier) but h = %d: it must be computed at all %d layers",
+                         cf_policy_name(p->policy), r, ch, p->h[p->h_off[r] + ch], L);
+    }
     cells += (size_t)p->n_chunks[r] * L;
   }
   *cells_out = cells;

@@ -30,6 +30,8 @@ typedef struct {
   int32_t *idx;   /* [chunks] chunk numbers, grouped by tier */
   double *px, *py; /* [chunks + tiers]: prefix sums along each group (group g at goff + g) */
   int32_t goff[CF_COST_MAX_TIERS + 1]; /* group t: idx[goff[t] .. goff[t + 1]) */
+  double hole_x; /* compute per layer (past gamma) of the request's holes: in no group, always
+                    computed at every layer (cf_sched.h) */
 } cf__groups_t;
 
 static inline double cf__ratio(const cf__groups_t *g, int t, int32_t j) {
@@ -53,7 +55,9 @@ static void cf__groups_fill(const cf_sched_input_t *in, int r, int32_t nc, cf__g
   const cf_sched_cost_t *c = &in->cost;
   const cf_sched_req_t *q = &in->reqs[r];
   int32_t cnt[CF_COST_MAX_TIERS] = {0};
-  for (int32_t ch = 0; ch < nc; ch++) cnt[cf_sched_chunk_tier(q, ch)]++;
+  g->hole_x = 0;
+  for (int32_t ch = 0; ch < nc; ch++)
+    if (!cf_sched_chunk_hole(q, ch)) cnt[cf_sched_chunk_tier(q, ch)]++;
   g->goff[0] = 0;
   for (int t = 0; t < CF_COST_MAX_TIERS; t++) g->goff[t + 1] = g->goff[t] + cnt[t];
   int32_t at[CF_COST_MAX_TIERS];
@@ -65,6 +69,10 @@ static void cf__groups_fill(const cf_sched_input_t *in, int r, int32_t nc, cf__g
     int t = cf_sched_chunk_tier(q, ch);
     double p = (double)cf_cost_tok(c, q->prefix_tokens, ch);
     double tk = (double)cf_cost_tok(c, q->prefix_tokens, ch + 1) - p;
+    if (t == CF_SCHED_TIER_NONE) {
+      g->hole_x += cf_cost_step(c, p, tk) - c->gamma_s;
+      continue;
+    }
     size_t o = (size_t)at[t] + (size_t)t;
     g->idx[at[t]++] = ch;
     g->px[o + 1] = g->px[o] + cf_cost_step(c, p, tk) - c->gamma_s;
@@ -90,9 +98,10 @@ static int cf__cmp_cand(const void *pa, const void *pb) {
 static void cf__tier_split(const cf_sched_input_t *in, const int *dev, int d, cf__groups_t *G,
                            cf_sched_plan_t *out, cf__cand_t *cand, double *xr) {
   int n = in->n_reqs, L = in->cost.n_layers;
-  double Ytot = 0, smax = 0;
+  double Ytot = 0, smax = 0, Xh = 0; /* Xh: the holes' compute, fixed */
   for (int r = 0; r < n; r++) {
     if (dev[r] != d) continue;
+    Xh += L * G[r].hole_x;
     for (int t = 0; t < CF_COST_MAX_TIERS; t++) {
       int32_t m = G[r].goff[t + 1] - G[r].goff[t];
       if (!m) continue;
@@ -104,7 +113,7 @@ static void cf__tier_split(const cf_sched_input_t *in, const int *dev, int d, cf
   /* X(s), Y(s) at price s */
 #define CF__XY(s, X, Y)                                                                  \
   do {                                                                                   \
-    X = 0;                                                                               \
+    X = Xh;                                                                              \
     Y = Ytot;                                                                            \
     for (int r_ = 0; r_ < n; r_++) {                                                     \
       if (dev[r_] != d) continue;                                                        \
@@ -132,6 +141,9 @@ static void cf__tier_split(const cf_sched_input_t *in, const int *dev, int d, cf
   for (int r = 0; r < n; r++) {
     if (dev[r] != d) continue;
     uint16_t *h = cf__plan_h(out, r);
+    for (int32_t ch = 0; ch < out->n_chunks[r]; ch++) /* holes: every layer */
+      if (cf_sched_chunk_hole(&in->reqs[r], ch)) h[ch] = (uint16_t)L;
+    xr[r] += L * G[r].hole_x;
     for (int t = 0; t < CF_COST_MAX_TIERS; t++) {
       int32_t m = G[r].goff[t + 1] - G[r].goff[t];
       if (!m) continue;

@@ -267,7 +267,10 @@ const char *cf_remote_url(const cf_remote_t *r) { return r->url_s; }
 
 /* ---------------------------------------------------------------- lookup */
 
-size_t cf_remote_lookup(cf_remote_t *r, const cf_store_key_t *keys, size_t n) {
+/* EXISTS of every key's marker in one pipeline; hit[i] (may be NULL) set for each one present.
+ * Returns how many leading keys are present. */
+static size_t cf__remote_exists(cf_remote_t *r, const cf_store_key_t *keys, size_t n, uint8_t *hit_out) {
+  if (hit_out) memset(hit_out, 0, n);
   if (!n) return 0;
   cf_redis_cmd_t *cmds = calloc(n, sizeof *cmds);
   char *kb = malloc(n * CF__KEY_MAX);
@@ -285,6 +288,8 @@ size_t cf_remote_lookup(cf_remote_t *r, const cf_store_key_t *keys, size_t n) {
   if (id >= 0) {
     int nio = cf_redis_exec(c, cmds, n);
     while (hit < n && cmds[hit].status == 0 && cmds[hit].type == CF_REDIS_R_INTEGER && cmds[hit].integer == 1) hit++;
+    for (size_t i = 0; hit_out && i < n; i++)
+      hit_out[i] = cmds[i].status == 0 && cmds[i].type == CF_REDIS_R_INTEGER && cmds[i].integer == 1;
     cf_redis_cmds_release(cmds, n);
     pool_give(r, id, nio);
   }
@@ -295,6 +300,17 @@ size_t cf_remote_lookup(cf_remote_t *r, const cf_store_key_t *keys, size_t n) {
   free(cmds), free(kb);
   cf_errclear();
   return hit;
+}
+
+size_t cf_remote_lookup(cf_remote_t *r, const cf_store_key_t *keys, size_t n) {
+  return cf__remote_exists(r, keys, n, NULL);
+}
+
+size_t cf_remote_lookup_each(cf_remote_t *r, const cf_store_key_t *keys, size_t n, uint8_t *hit) {
+  cf__remote_exists(r, keys, n, hit);
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++) k += hit[i];
+  return k;
 }
 
 /* ---------------------------------------------------------------- writes */

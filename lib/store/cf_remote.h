@@ -63,6 +63,9 @@ size_t cf_remote_key(const cf_remote_t *r, const cf_store_key_t *key, int layer,
 /* How many leading chunks of keys[0..n) the remote tier holds (markers present; one pipeline).
  * A node that does not answer makes its chunks absent. */
 size_t cf_remote_lookup(cf_remote_t *r, const cf_store_key_t *keys, size_t n);
+/* Every key of keys[0..n), not only a leading run (one pipeline): hit[i] = 1 when the remote
+ * tier holds chunk i, else 0. Returns how many it holds. */
+size_t cf_remote_lookup_each(cf_remote_t *r, const cf_store_key_t *keys, size_t n, uint8_t *hit);
 
 /* Queue chunk `key` (n_tokens tokens, cells[l] as cf_store_save takes them; copied) for the
  * writer. Returns 0, or CF_ENOSPC when the queue is full (dropped, counted), CF_ESHUTDOWN. */

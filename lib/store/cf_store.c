@@ -67,6 +67,7 @@ void cf_store_close(cf_store_t *st) {
     if (st->cpu_hooked) { if (st->cfg.cpu_free) st->cfg.cpu_free(st->cpu_base, st->cpu_region, st->cfg.cpu_alloc_ud); }
     else munmap(st->cpu_base, st->cpu_region);
   }
+  cf__cost_free(st);
   free(st->tab); free(st->ents); free(st->csum); free(st->cpu_free); free(st->dfd);
   free(st->ssd_owner); free(st->ssd_reads); free(st->ssd_zombie); free(st->ssd_free);
   pthread_mutex_destroy(&st->mu); pthread_mutex_destroy(&st->jmu);
@@ -184,6 +185,10 @@ static int cf__open_alloc(cf_store_t *st, uint64_t file_slots) {
   for (int q = 0; q < CF__Q__N; q++) st->q[q] = (cf__list_t){-1, -1, 0};
   st->dirty = st->ssd_lru = (cf__list_t){-1, -1, 0};
   st->small_target = (uint32_t)(st->n_cpu_slots / 10 > 0 ? st->n_cpu_slots / 10 : 1);
+  if (st->cfg.cpu_evict == CF_STORE_EVICT_COST) {
+    int rc = cf__cost_alloc(st);
+    if (rc) return rc;
+  }
 
   if (st->n_cpu_slots) {
     st->cpu_base = cf__cpu_region_alloc(st, (size_t)st->n_cpu_slots * st->slot_bytes);
@@ -282,6 +287,20 @@ void cf_store_get_stats(cf_store_t *st, cf_store_stats_t *o) {
   o->ssd_direct = st->direct;
   o->cpu_hugepages = st->cpu_huge;
   pthread_mutex_unlock(&st->mu);
+}
+
+size_t cf__lookup_each_local(cf_store_t *st, const cf_store_key_t *keys, size_t n, uint8_t *tiers_out) {
+  size_t k = 0;
+  pthread_mutex_lock(&st->mu);
+  for (size_t i = 0; i < n; i++) {
+    int32_t e = cf__idx_find(st, &keys[i]);
+    uint8_t f = e < 0 ? 0 : st->ents[e].flags;
+    int t = (f & CF__F_CPU) ? CF_STORE_TIER_CPU : (f & CF__F_SSD) ? CF_STORE_TIER_SSD : CF_STORE_TIER_NONE;
+    tiers_out[i] = (uint8_t)t;
+    k += t != CF_STORE_TIER_NONE;
+  }
+  pthread_mutex_unlock(&st->mu);
+  return k;
 }
 
 size_t cf_store_lookup(cf_store_t *st, const cf_store_key_t *keys, size_t n, uint8_t *tiers_out) {

@@ -30,7 +30,9 @@
  *   in the statistics and returns CF_ECORRUPT; the caller recomputes).
  *   A durable chunk goes only by a journaled drop: cf_store_remove(), an SSD-cap eviction (the
  *   SSD tier is a cache too; its DEL record is appended before the slot is reused — also when an
- *   open with a smaller cap shrinks the tier, see cf_store_open) or a failed checksum. The CPU tier never drops a chunk that is not on SSD yet to make room: it writes it
+ *   open with a smaller cap shrinks the tier, see cf_store_open; under the cost policy also a
+ *   chunk the full SSD tier refuses on arrival because it is worth less than every chunk it holds:
+ *   it is then only in the CPU tier, not durable, and leaves with it) or a failed checksum. The CPU tier never drops a chunk that is not on SSD yet to make room: it writes it
  *   back first. Only when that write-back fails (SSD full, I/O error) is the chunk dropped
  *   unwritten, and the next cf_store_flush() then returns that error instead of 0.
  *
@@ -76,7 +78,21 @@ size_t cf_store_cell_bytes(const cf_store_geom_t *g);
 /* Bytes of a cell of a chunk holding `n_tokens` tokens (a partial last chunk). */
 size_t cf_store_cell_bytes_n(const cf_store_geom_t *g, uint32_t n_tokens);
 
-typedef enum { CF_STORE_EVICT_LRU = 0, CF_STORE_EVICT_S3FIFO = 1 } cf_store_evict_t;
+typedef enum { CF_STORE_EVICT_LRU = 0, CF_STORE_EVICT_S3FIFO = 1, CF_STORE_EVICT_COST = 2 } cf_store_evict_t;
+
+/* EVICTION BY RESTORATION TIME SAVED (CF_STORE_EVICT_COST). A chunk's value in a tier is what its
+ * presence there saves a restore: recomputing it (every layer, at its position in the prefix)
+ * minus loading it from that tier. The store does not know the cost model (lib/sched is a
+ * sibling), so the daemon hands it this table, filled from the model it plans with. Chunk index
+ * c (position c * C tokens) falls in bucket min(c / bucket_chunks, CF_STORE_COST_BUCKETS - 1);
+ * a partial chunk of n tokens is worth n / C of its bucket's full chunk. Every slot has the same
+ * size, so "per byte" and "per chunk" order alike. bucket_chunks 0: no table, every chunk worth
+ * 1 (the policy is then GreedyDual frequency x recency alone). */
+#define CF_STORE_COST_BUCKETS 64
+typedef struct {
+  uint32_t bucket_chunks;
+  float saved_s[2][CF_STORE_COST_BUCKETS]; /* [0] CPU tier, [1] SSD tier: seconds, > 0 */
+} cf_store_cost_t;
 
 /* REMOTE: the remote tier (cf_remote: Redis / Redis Cluster shared by several nodes), when the
  * store was opened with remote_url. */
@@ -92,7 +108,10 @@ typedef struct {
   uint64_t ssd_bytes;         /* SSD tier byte cap (0: no SSD tier; the directory still holds the header) */
   cf_store_evict_t cpu_evict; /* eviction policy of the CPU tier, and of the SSD tier: LRU gives
                                * up the chunk least recently saved or read; S3-FIFO the oldest
-                               * save, sending one read since back to the head (at most 3 times) */
+                               * save, sending one read since back to the head (at most 3 times);
+                               * COST the lowest GreedyDual priority L + f x saved (see
+                               * cf_store_set_cost): a binary heap per tier, O(log n) */
+  cf_store_cost_t cost;       /* COST: the value table (zeroed: every chunk worth 1) */
   int spill;                  /* run the background write-back thread (default on via cf_store_config_default) */
   double spill_watermark;     /* spill only when CPU occupancy >= this fraction (0: always write back) */
   int promote_on_read;        /* whole-chunk SSD reads also insert the chunk in the CPU tier */
@@ -127,6 +146,8 @@ typedef struct {
   uint64_t saves, save_exists;          /* saves accepted; saves of a key already present */
   uint64_t cpu_hits, ssd_hits, misses;  /* cell/chunk reads by the tier that served them */
   uint64_t remote_hits;                 /* cf_store_read calls the remote tier served */
+  uint64_t remote_skipped_cheap;        /* cost policy: cheap chunks not queued for the remote tier
+                                         * while its write-back queue was more than half full */
   uint64_t cpu_evictions, cpu_evict_dirty; /* dirty: evicted before it reached SSD (lost) */
   uint64_t ssd_evictions, spills, promotions;
   uint64_t corrupt_cells, corrupt_chunks;  /* checksum mismatches found on read; chunks dropped */
@@ -182,6 +203,13 @@ size_t cf_store_lookup(cf_store_t *st, const cf_store_key_t *keys, size_t n, uin
  * cf_store_lookup. Blocks on the network (remote_timeout_ms at worst): call it from worker
  * threads, not an event loop. */
 size_t cf_store_lookup_all(cf_store_t *st, const cf_store_key_t *keys, size_t n, uint8_t *tiers_out);
+
+/* Every chunk, not only the leading run: keys chain over token ids alone (key_i names tokens
+ * [0, (i+1) C) whatever is stored), so a chunk is found without its predecessors. tiers_out[i]
+ * (required) gets the fastest tier holding chunk i — local tiers first, then the remote tier for
+ * the local misses (one pipelined round trip) — or CF_STORE_TIER_NONE. Returns how many chunks
+ * are stored. Blocks on the network like cf_store_lookup_all. */
+size_t cf_store_lookup_each(cf_store_t *st, const cf_store_key_t *keys, size_t n, uint8_t *tiers_out);
 
 /* Promotion of remote hits into the local tiers. A restore that reads a whole chunk from the remote
  * tier stages its cells (as they arrive, verified) in a buffer from cf_store_promote_begin, and
@@ -239,6 +267,18 @@ int cf_store_remove(cf_store_t *st, const cf_store_key_t *key);
  * dirty chunks are written back first (cf_store_flush); when that fails (CF_ENOSPC, CF_EIO) only
  * chunks already on SSD are given up and the error is returned. For tests and memory pressure. */
 int cf_store_evict_cpu(cf_store_t *st, uint64_t keep_bytes);
+
+/* Like cf_store_save, naming the chunk's index in its prefix (keys are chained from the first
+ * chunk, so a key always lies at the same index): the cost policy values a chunk by it. Also on
+ * CF_EEXIST the stored chunk learns its index (an index is not journaled: after a restart a
+ * chunk counts as index 0, the cheapest, until it is saved or offered again). */
+int cf_store_save_at(cf_store_t *st, const cf_store_key_t *key, uint32_t chunk_index,
+                     uint32_t n_tokens, const void *const *cells, unsigned flags);
+
+/* Replace the cost policy's value table (any time; the daemon calls it once its cost model is
+ * measured or re-fitted): every chunk's priority is recomputed with it (O(n)). No effect under
+ * the other policies. */
+void cf_store_set_cost(cf_store_t *st, const cf_store_cost_t *cost);
 
 /* ---------------------------------------------------------------- read */
 

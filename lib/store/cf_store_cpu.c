@@ -10,6 +10,7 @@
 
 void cf__cpu_touch(cf_store_t *st, int32_t e) {
   cf__ent_t *en = &st->ents[e];
+  if (st->cost_on) return; /* a use is counted once, at its first layer: cf__ssd_touch */
   if (st->cfg.cpu_evict == CF_STORE_EVICT_LRU) {
     if (en->queue == CF__Q_LRU && st->q[CF__Q_LRU].head != e) cf__q_set(st, e, CF__Q_LRU);
   } else if (en->freq < 3) {
@@ -57,8 +58,16 @@ int cf__evictable(const cf__ent_t *en) {
 /* Choose the CPU-tier victim by the configured policy (mu held) without dropping it: the caller
  * drops it (cf__cpu_drop with *to_ghost) or writes it back first. The policy's queue moves
  * (S3-FIFO reinsertion) happen here. Returns the entry, or CF_EBUSY (every slot pinned). */
+static int cf__cpu_ok(cf_store_t *st, int32_t e) { return cf__evictable(&st->ents[e]); }
+
 static int32_t cf__cpu_pick(cf_store_t *st, int *to_ghost) {
   *to_ghost = 0;
+  if (st->cost_on) {
+    /* the lowest priority unpinned chunk (cf_store_cost.c); a dirty one is written back first */
+    int32_t pick = cf__heap_pick(st, 0, cf__cpu_ok);
+    if (pick < 0) return cf_seterr(CF_EBUSY, "store %s: every CPU slot is pinned", st->dir);
+    return pick;
+  }
   if (st->cfg.cpu_evict == CF_STORE_EVICT_LRU) {
     /* coldest unpinned chunk; prefer one already on SSD within a short window (free to drop) */
     int32_t pick = -1, clean = -1;
@@ -155,7 +164,8 @@ int cf__cpu_evict_safe(cf_store_t *st, int write_back) {
  * the caller gets the slot pinned and marked CF__F_SPILL (durable save writes it through).
  * Returns 0, CF_EEXIST (already in the CPU tier or being filled), CF_EBUSY, CF_ENOMEM. */
 int cf__cpu_fill(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
-                 const void *const *cells, const void *packed, int keep_pin, int32_t *e_out) {
+                 const void *const *cells, const void *packed, int keep_pin, int32_t *e_out,
+                 uint32_t pos) {
   const uint32_t L = st->g.n_layers;
   size_t cb = cf_store_cell_bytes_n(&st->g, n_tokens);
   /* packed != NULL is a promotion of a chunk read from SSD; a save must not shadow SSD bytes */
@@ -212,7 +222,8 @@ int cf__cpu_fill(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
   if (!had_ssd) memcpy(&st->csum[(size_t)e * L], csum, 8 * (size_t)L);
   en->n_tokens = n_tokens;
   en->flags = (uint8_t)((en->flags & ~CF__F_FILL) | CF__F_CPU);
-  cf__q_set(st, e, st->cfg.cpu_evict == CF_STORE_EVICT_LRU ? CF__Q_LRU
+  if (pos < CF__POS_KEEP) cf__cost_set_pos(st, e, pos);
+  cf__q_set(st, e, st->cfg.cpu_evict != CF_STORE_EVICT_S3FIFO ? CF__Q_LRU
                    : ghost ? CF__Q_MAIN : CF__Q_SMALL);
   st->st.cpu_chunks++;
   if (keep_pin && !(en->flags & CF__F_SSD)) {

@@ -1,5 +1,7 @@
 /* The chunk index (open addressing, linear probing, backward-shift delete) and the intrusive
- * lists that link its entries: CPU queues, SSD LRU, dirty FIFO. Call everything with mu held. */
+ * lists that link its entries: CPU queues, SSD LRU, dirty FIFO (and, under the cost policy, the
+ * heaps that follow the CPU LRU queue and the SSD LRU: cf_store_cost.c). Call everything with
+ * mu held. */
 #include <string.h>
 
 #include "store/cf_store_int.h"
@@ -31,6 +33,8 @@ int32_t cf__idx_insert(cf_store_t *st, const cf_store_key_t *k) {
   en->key = *k;
   en->cpu_slot = en->ssd_slot = -1;
   en->cprev = en->cnext = en->sprev = en->snext = en->dprev = en->dnext = -1;
+  en->hpos[0] = en->hpos[1] = -1;
+  en->pos = CF__POS_UNKNOWN;
   uint32_t i = cf__khash(k) & st->tab_mask;
   while (st->tab[i] >= 0) i = (i + 1) & st->tab_mask;
   st->tab[i] = e;
@@ -73,7 +77,17 @@ static int32_t *cf__next(cf_store_t *st, int32_t e, int which) {
   return which == 0 ? &st->ents[e].cnext : which == 1 ? &st->ents[e].snext : &st->ents[e].dnext;
 }
 
+/* COST: the heap of the tier whose membership list l is (0 CPU, 1 SSD), -1 for other lists */
+static int cf__heap_of(const cf_store_t *st, const cf__list_t *l, int which) {
+  if (!st->cost_on) return -1;
+  if (which == 0 && l == &st->q[CF__Q_LRU]) return 0;
+  if (which == 1 && l == &st->ssd_lru) return 1;
+  return -1;
+}
+
 void cf__list_push_head(cf_store_t *st, cf__list_t *l, int32_t e, int which) {
+  int h = cf__heap_of(st, l, which);
+  if (h >= 0) cf__heap_add(st, h, e);
   *cf__prev(st, e, which) = -1;
   *cf__next(st, e, which) = l->head;
   if (l->head >= 0) *cf__prev(st, l->head, which) = e;
@@ -83,6 +97,8 @@ void cf__list_push_head(cf_store_t *st, cf__list_t *l, int32_t e, int which) {
 }
 
 void cf__list_remove(cf_store_t *st, cf__list_t *l, int32_t e, int which) {
+  int h = cf__heap_of(st, l, which);
+  if (h >= 0) cf__heap_del(st, h, e);
   int32_t p = *cf__prev(st, e, which), n = *cf__next(st, e, which);
   if (p >= 0) *cf__next(st, p, which) = n; else l->head = n;
   if (n >= 0) *cf__prev(st, n, which) = p; else l->tail = p;

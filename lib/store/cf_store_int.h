@@ -5,7 +5,8 @@
  * and the spiller thread), cf_store_save.c (save, flush, remove), cf_store_journal.c (header,
  * journal records, replay, compaction), cf_store_io.c (io_uring wrapper, data files),
  * cf_store_read.c (sync and async reads), cf_store_key.c (chained keys), cf_store_verify.c,
- * cf_store_remote.c (the hooks to the remote tier, cf_remote.c over cf_redis.c). */
+ * cf_store_remote.c (the hooks to the remote tier, cf_remote.c over cf_redis.c), cf_store_cost.c
+ * (the cost policy's heaps). */
 #ifndef CF_STORE_INT_H
 #define CF_STORE_INT_H
 
@@ -46,10 +47,28 @@ typedef struct {
   uint32_t pins; /* readers + spill holding the CPU slot */
   uint8_t flags, queue, freq, in_dirty;
   uint8_t sfreq; /* SSD tier, S3-FIFO: reads since the chunk last passed the eviction point (<= 3) */
+  uint8_t uses;  /* COST: uses (a read at the first layer, a pin) since it entered the store (<= 255) */
+  uint16_t pos;  /* COST: chunk index in its prefix (CF__POS_UNKNOWN: not told; saturates) */
   int32_t cprev, cnext; /* CPU queue or ghost list */
   int32_t sprev, snext; /* SSD LRU */
   int32_t dprev, dnext; /* dirty FIFO (in the CPU tier, not yet on SSD) */
+  int32_t hpos[2];      /* COST: place in the CPU [0] / SSD [1] heap, -1 when not in it */
 } cf__ent_t;
+
+#define CF__POS_UNKNOWN 0xffffu
+#define CF__POS_KEEP 0xffffffffu /* cf__cpu_fill: leave the entry's index as it is */
+
+/* COST: one heap node; the heap is a binary min-heap on pri (cf_store_cost.c) */
+typedef struct {
+  double pri;
+  int32_t e;
+} cf__hnode_t;
+
+typedef struct {
+  cf__hnode_t *n;
+  int32_t len, cap;
+  double L; /* GreedyDual inflation: the priority of the last chunk this tier gave up */
+} cf__heap_t;
 
 /* io_uring wrapper; falls back to pread/pwrite when the kernel refuses io_uring. */
 typedef struct {
@@ -134,6 +153,10 @@ struct cf_store_s {
   cf_store_stats_t st;
   struct cf_remote_s *remote; /* cf_store_remote.c */
   struct cf__promoter_s *promo; /* cf_store_remote.c: promotion of remote hits (NULL: off) */
+  /* COST policy (cf_store_cost.c): a heap per tier over the same members as q[CF__Q_LRU]
+   * (CPU) and ssd_lru (SSD), kept in step by cf__list_push_head / cf__list_remove */
+  int cost_on;
+  cf__heap_t heap[2];
 };
 
 #define CF__SPILL_BATCH 16 /* chunks per write-back batch (one journal append) */
@@ -144,6 +167,9 @@ void cf__maybe_compact(cf_store_t *st);
 
 /* ---- cf_store_index.c: index and lists (call with mu held) */
 int32_t cf__idx_find(cf_store_t *st, const cf_store_key_t *k);
+/* Every key's fastest local tier into tiers_out[i] (CF_STORE_TIER_NONE when absent); returns
+ * how many are stored locally (cf_store_lookup_each without the remote tier). */
+size_t cf__lookup_each_local(cf_store_t *st, const cf_store_key_t *keys, size_t n, uint8_t *tiers_out);
 int32_t cf__idx_insert(cf_store_t *st, const cf_store_key_t *k); /* new entry or -1 when full */
 void cf__ent_maybe_free(cf_store_t *st, int32_t e);
 /* which: 0 CPU queue links, 1 SSD LRU links, 2 dirty links */
@@ -160,7 +186,8 @@ int cf__evictable(const cf__ent_t *en);
 int cf__cpu_evict_safe(cf_store_t *st, int write_back);
 /* takes mu itself */
 int cf__cpu_fill(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
-                 const void *const *cells, const void *packed, int keep_pin, int32_t *e_out);
+                 const void *const *cells, const void *packed, int keep_pin, int32_t *e_out,
+                 uint32_t pos);
 void *cf__cpu_region_alloc(cf_store_t *st, size_t bytes);
 
 /* ---- cf_store_ssd.c: SSD slots */
@@ -188,6 +215,27 @@ int cf__ssd_shrink(cf_store_t *st);
  * (counted from open) SIGKILLs the process, so crash tests can stop the shrink at each step. */
 void cf__test_kill_point(cf_store_t *st);
 
+/* ---- cf_store_cost.c: the COST policy's heaps (mu held) */
+int cf__cost_alloc(cf_store_t *st);  /* at open, when cfg.cpu_evict is COST */
+void cf__cost_free(cf_store_t *st);
+/* membership follows the lists: tier 0 = q[CF__Q_LRU], tier 1 = ssd_lru */
+void cf__heap_add(cf_store_t *st, int tier, int32_t e);
+void cf__heap_del(cf_store_t *st, int tier, int32_t e);
+/* a use of e (read at its first layer, pin, re-save): one more use, both priorities refreshed */
+void cf__cost_use(cf_store_t *st, int32_t e);
+/* record e's chunk index (pos < CF__POS_KEEP), refreshing its priorities when it changes */
+void cf__cost_set_pos(cf_store_t *st, int32_t e, uint32_t pos);
+/* 1 when the SSD tier is full (once `taken` more slots are gone) and entry e, about to be
+ * written back, has a lower priority there than every chunk it holds: the SSD tier's victim
+ * would be e itself (raises the SSD's L) */
+int cf__cost_refuse(cf_store_t *st, int32_t e, unsigned taken);
+/* 1 when a chunk at index pos (CF__POS_KEEP / unknown: index 0) of n_tokens is worth at least
+ * the table's average SSD value (no table: every chunk is) */
+int cf__cost_dear(const cf_store_t *st, uint32_t pos, uint32_t n_tokens);
+/* the member of tier's heap with the lowest priority that ok(st, e) accepts (ok NULL: any);
+ * raises the tier's L to its priority. -1 when none. O(log n) plus the refused ones. */
+int32_t cf__heap_pick(cf_store_t *st, int tier, int (*ok)(cf_store_t *, int32_t));
+
 /* ---- cf_store_spill.c: write-back */
 unsigned cf__take_dirty(cf_store_t *st, int32_t *out, unsigned max); /* mu held */
 int cf__spill_batch(cf_store_t *st, const int32_t *ents, unsigned n, int durable);
@@ -196,8 +244,10 @@ void *cf__spiller_main(void *arg);
 /* ---- cf_store_remote.c: hooks of the remote tier (no-ops without one) */
 int cf__remote_open(cf_store_t *st);
 void cf__remote_close(cf_store_t *st);
-/* a save added chunk key: queue it for the remote tier */
-void cf__remote_saved(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens, const void *const *cells);
+/* a save added chunk key (at chunk index pos, CF__POS_KEEP when not told): queue it for the
+ * remote tier */
+void cf__remote_saved(cf_store_t *st, const cf_store_key_t *key, uint32_t pos, uint32_t n_tokens,
+                      const void *const *cells);
 /* cf_store_read's last resort: CF_ENOTFOUND without a remote tier */
 int cf__remote_read(cf_store_t *st, const cf_store_key_t *key, uint32_t layer0, uint32_t n_layers,
                     void *dst, size_t dst_bytes);

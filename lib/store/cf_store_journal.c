@@ -312,6 +312,7 @@ static void cf__jrec_apply(cf_store_t *st, const uint8_t *buf) {
     cf__ssd_release(st, old);
   }
   cf__ent_t *en = &st->ents[e];
+  en->n_tokens = ntok;
   if (en->ssd_slot != slot) {
     en->ssd_slot = slot;
     en->flags |= CF__F_SSD;

@@ -154,7 +154,7 @@ int cf_store_read(cf_store_t *st, const cf_store_key_t *key, uint32_t layer0, ui
   pthread_mutex_unlock(&st->mu);
   if (tier_out) *tier_out = CF_STORE_TIER_SSD;
   if (st->cfg.promote_on_read && st->n_cpu_slots && layer0 == 0 && n_layers == L) {
-    if (cf__cpu_fill(st, key, ntok, NULL, dst, 0, NULL) == 0) {
+    if (cf__cpu_fill(st, key, ntok, NULL, dst, 0, NULL, CF__POS_KEEP) == 0) {
       pthread_mutex_lock(&st->mu);
       st->st.promotions++;
       pthread_mutex_unlock(&st->mu);

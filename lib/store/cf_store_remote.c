@@ -220,8 +220,23 @@ void cf__remote_close(cf_store_t *st) {
 
 struct cf_remote_s *cf_store_remote(cf_store_t *st) { return st->remote; }
 
-void cf__remote_saved(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens, const void *const *cells) {
+void cf__remote_saved(cf_store_t *st, const cf_store_key_t *key, uint32_t pos, uint32_t n_tokens,
+                      const void *const *cells) {
   if (!st->remote) return;
+  /* cost policy: a write-back queue more than half full takes only chunks worth at least the
+   * table's average, so when it overflows the chunks it drops are cheap to recompute (the
+   * front of a prefix), not dear ones (counted: remote_skipped_cheap) */
+  if (st->cost_on && !cf__cost_dear(st, pos, n_tokens)) {
+    uint64_t cap = st->cfg.remote_queue_bytes ? st->cfg.remote_queue_bytes : (256ull << 20);
+    cf_remote_stats_t rs;
+    cf_remote_get_stats(st->remote, &rs);
+    if (2 * rs.queue_bytes > cap) {
+      pthread_mutex_lock(&st->mu);
+      st->st.remote_skipped_cheap++;
+      pthread_mutex_unlock(&st->mu);
+      return;
+    }
+  }
   if (cf_remote_put_async(st->remote, key, n_tokens, cells)) cf_errclear(); /* counted there */
 }
 
@@ -253,4 +268,25 @@ size_t cf_store_lookup_all(cf_store_t *st, const cf_store_key_t *keys, size_t n,
   size_t more = cf_remote_lookup(st->remote, keys + i, n - i);
   if (tiers_out) memset(tiers_out + i, CF_STORE_TIER_REMOTE, more);
   return i + more;
+}
+
+size_t cf_store_lookup_each(cf_store_t *st, const cf_store_key_t *keys, size_t n, uint8_t *tiers_out) {
+  size_t k = cf__lookup_each_local(st, keys, n, tiers_out);
+  if (k == n || !st->remote) return k;
+  /* the local misses, in one pipeline to the remote tier */
+  cf_store_key_t *mk = malloc((n - k) * sizeof *mk);
+  size_t *at = malloc((n - k) * sizeof *at);
+  uint8_t *hit = malloc(n - k);
+  if (!mk || !at || !hit) { /* no room to ask: the local answer stands (misses are recomputed) */
+    free(mk), free(at), free(hit);
+    return k;
+  }
+  size_t m = 0;
+  for (size_t i = 0; i < n; i++)
+    if (tiers_out[i] == CF_STORE_TIER_NONE) { mk[m] = keys[i]; at[m++] = i; }
+  cf_remote_lookup_each(st->remote, mk, m, hit);
+  for (size_t j = 0; j < m; j++)
+    if (hit[j]) { tiers_out[at[j]] = CF_STORE_TIER_REMOTE; k++; }
+  free(mk), free(at), free(hit);
+  return k;
 }

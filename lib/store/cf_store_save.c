@@ -33,18 +33,20 @@ static void cf__direct_publish(cf_store_t *st, void *arg) {
 
 /* Save straight to SSD (no CPU tier): bounce through an aligned buffer. */
 static int cf__save_direct(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
-                           const void *const *cells, unsigned flags) {
+                           const void *const *cells, unsigned flags, uint32_t pos) {
   const uint32_t L = st->g.n_layers;
   size_t cb = cf_store_cell_bytes_n(&st->g, n_tokens);
   pthread_mutex_lock(&st->mu);
   int32_t e = cf__idx_find(st, key);
   if (e >= 0 && (st->ents[e].flags & (CF__F_SSD | CF__F_SSDSAVE))) {
     st->st.save_exists++;
+    cf__cost_set_pos(st, e, pos);
     pthread_mutex_unlock(&st->mu);
     return CF_EEXIST;
   }
   if (e < 0) e = cf__idx_insert(st, key);
   if (e < 0) { pthread_mutex_unlock(&st->mu); return cf_seterr(CF_ENOMEM, "store %s: index full", st->dir); }
+  cf__cost_set_pos(st, e, pos); /* not in a heap yet: the publication adds it with its index */
   st->ents[e].flags |= CF__F_SSDSAVE;
   pthread_mutex_unlock(&st->mu);
 
@@ -97,6 +99,11 @@ out:
 
 int cf_store_save(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
                   const void *const *cells, unsigned flags) {
+  return cf_store_save_at(st, key, CF__POS_KEEP, n_tokens, cells, flags);
+}
+
+int cf_store_save_at(cf_store_t *st, const cf_store_key_t *key, uint32_t pos, uint32_t n_tokens,
+                     const void *const *cells, unsigned flags) {
   if (!st || !key || !cells || n_tokens == 0 || n_tokens > st->g.chunk_tokens)
     return cf_seterr(CF_EINVAL, "store save: n_tokens %u outside 1..%u (or NULL argument)",
                      n_tokens, st ? st->g.chunk_tokens : 0);
@@ -109,17 +116,19 @@ int cf_store_save(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
                      st->dir);
   if (!st->n_cpu_slots) {
     if (!st->n_ssd_slots) return cf_seterr(CF_ENOSPC, "store %s: no tier has any capacity", st->dir);
-    int rc = cf__save_direct(st, key, n_tokens, cells, flags);
-    if (rc == 0 && !(flags & CF_STORE_SAVE_NO_REMOTE)) cf__remote_saved(st, key, n_tokens, cells);
+    int rc = cf__save_direct(st, key, n_tokens, cells, flags, pos);
+    if (rc == 0 && !(flags & CF_STORE_SAVE_NO_REMOTE)) cf__remote_saved(st, key, pos, n_tokens, cells);
     return rc;
   }
   int32_t e;
-  int rc = cf__cpu_fill(st, key, n_tokens, cells, NULL, durable && st->n_ssd_slots, &e);
+  int rc = cf__cpu_fill(st, key, n_tokens, cells, NULL, durable && st->n_ssd_slots, &e, pos);
   if (rc == CF_EEXIST || (rc == 0 && durable && st->n_ssd_slots)) {
     if (rc == CF_EEXIST) {
       pthread_mutex_lock(&st->mu);
       st->st.save_exists++;
       e = cf__idx_find(st, key);
+      /* a stored chunk learns its index (lost at a restart: not journaled) */
+      if (e >= 0) cf__cost_set_pos(st, e, pos);
       if (!durable || e < 0 || !st->n_ssd_slots) { pthread_mutex_unlock(&st->mu); return CF_EEXIST; }
       /* durable save of a key we hold: make sure it reaches SSD, then sync */
       while (e >= 0 && (st->ents[e].flags & (CF__F_SPILL | CF__F_FILL | CF__F_SSDSAVE))) {
@@ -128,7 +137,7 @@ int cf_store_save(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
       }
       if (e < 0 || !(st->ents[e].flags & (CF__F_CPU | CF__F_SSD))) {
         pthread_mutex_unlock(&st->mu);
-        return cf_store_save(st, key, n_tokens, cells, flags); /* evicted meanwhile: save again */
+        return cf_store_save_at(st, key, pos, n_tokens, cells, flags); /* evicted meanwhile: save again */
       }
       if (st->ents[e].flags & CF__F_SSD) {
         pthread_mutex_unlock(&st->mu);
@@ -148,7 +157,7 @@ int cf_store_save(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
     }
     int fresh = rc == 0;
     rc = cf__spill_batch(st, &e, 1, 1);
-    if (fresh && !(flags & CF_STORE_SAVE_NO_REMOTE)) cf__remote_saved(st, key, n_tokens, cells);
+    if (fresh && !(flags & CF_STORE_SAVE_NO_REMOTE)) cf__remote_saved(st, key, pos, n_tokens, cells);
     if (rc) return cf_err_prefix(rc, "durable save (the chunk stays in the CPU tier): ");
     return 0;
   }
@@ -156,7 +165,7 @@ int cf_store_save(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
     pthread_mutex_lock(&st->mu);
     st->st.saves++;
     pthread_mutex_unlock(&st->mu);
-    if (!(flags & CF_STORE_SAVE_NO_REMOTE)) cf__remote_saved(st, key, n_tokens, cells);
+    if (!(flags & CF_STORE_SAVE_NO_REMOTE)) cf__remote_saved(st, key, pos, n_tokens, cells);
   }
   return rc;
 }

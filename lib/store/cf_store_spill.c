@@ -42,6 +42,27 @@ static void cf__spill_publish(cf_store_t *st, void *arg) {
  * aligned buffers in bufs[] when there is no CPU slot). Returns 0 or the first error; entries
  * that could not be written go back to the dirty list. ents[i] < 0 entries are skipped. */
 int cf__spill_batch(cf_store_t *st, const int32_t *ents, unsigned n, int durable) {
+  int32_t admitted[CF__SPILL_BATCH];
+  if (!durable && st->cost_on) {
+    /* cost policy, SSD tier full: a chunk worth less than every chunk there is the SSD's own
+     * victim (GreedyDual admits and evicts the lowest, here before the write): it stays in the
+     * CPU tier, clean, and leaves with it. Never for durable saves. */
+    unsigned na = 0;
+    pthread_mutex_lock(&st->mu);
+    for (unsigned i = 0; i < n; i++) {
+      cf__ent_t *en = &st->ents[ents[i]];
+      if (!cf__cost_refuse(st, ents[i], na)) { admitted[na++] = ents[i]; continue; }
+      en->flags &= (uint8_t)~CF__F_SPILL;
+      en->pins--;
+      st->spilling--;
+      st->st.ssd_evictions++;
+    }
+    if (na < n) pthread_cond_broadcast(&st->cv);
+    pthread_mutex_unlock(&st->mu);
+    ents = admitted;
+    n = na;
+    if (!n) return 0;
+  }
   cf__io_t ops[CF__SPILL_BATCH];
   int32_t slots[CF__SPILL_BATCH];
   cf_store_key_t keys[CF__SPILL_BATCH];

@@ -86,7 +86,10 @@ int32_t cf__ssd_alloc(cf_store_t *st) {
   return s;
 }
 
+static int cf__ssd_ok(cf_store_t *st, int32_t e) { return !st->ssd_reads[st->ents[e].ssd_slot]; }
+
 int32_t cf__ssd_pick(cf_store_t *st) {
+  if (st->cost_on) return cf__heap_pick(st, 1, cf__ssd_ok);
   const int s3 = st->cfg.cpu_evict == CF_STORE_EVICT_S3FIFO;
   /* each chunk goes back to the head at most 3 times (sfreq <= 3) */
   uint64_t budget = 4 * (uint64_t)st->ssd_lru.n + 1;
@@ -109,6 +112,11 @@ int32_t cf__ssd_pick(cf_store_t *st) {
 
 void cf__ssd_touch(cf_store_t *st, int32_t e) {
   cf__ent_t *en = &st->ents[e];
+  if (st->cost_on) {
+    /* one use of the chunk, whichever tier serves it: both priorities rise (cf_store_cost.c) */
+    cf__cost_use(st, e);
+    return;
+  }
   if (!(en->flags & CF__F_SSD)) return;
   if (st->cfg.cpu_evict == CF_STORE_EVICT_S3FIFO) {
     if (en->sfreq < 3) en->sfreq++;

@@ -36,8 +36,12 @@
  * --evict-before-save: before each turn's Save (from the blocks the turn's Restore wrote), evict
  * the whole store (Admin.Evict, every tier), so that Save is what stores the turn's chunks; a
  * "turn_save" line then says what it saved and what a Lookup finds.
- * --no-save-turns: the turns are not saved (each turn restores the same prefix again), so what
- * the daemon holds locally afterwards is only what it stored itself (promotion of remote hits).
+ * --no-save-turns: turns are not saved after their restore (the store keeps what it held: a test
+ * that made holes in it restores them with every policy; what the daemon holds locally afterwards
+ * is only what it stored itself, e.g. its promotions of remote hits).
+ * The prefill line reports Lookup's leading run (lookup_cached, per tier) and every stored chunk
+ * (lookup_stored, lookup_runs: "tier:tokens ..." with tier none/cpu/ssd/remote); a restore line
+ * PlanSummary.hole_chunks (stored nowhere, computed at every layer).
  */
 #include <getopt.h>
 #include <math.h>
@@ -259,6 +263,7 @@ typedef struct {
   Cacheflow__V1__RestoreStats stats;
   int policy_used;
   uint32_t present_chunks;    /* PlanSummary.present_chunks */
+  uint32_t hole_chunks;       /* PlanSummary.hole_chunks */
   uint64_t plan_skipped;      /* PlanSummary.cells_skipped (chunk-sized cells) */
   uint64_t restore_id, plan_load, plan_compute; /* PlanSummary.restore_id, its cells loaded / computed */
   int rc;
@@ -280,6 +285,7 @@ static int on_event(void *arg, const Cacheflow__V1__RestoreEvent *ev) {
     pthread_mutex_lock(&r->mu);
     r->policy_used = ev->plan->policy;
     r->present_chunks = ev->plan->present_chunks;
+    r->hole_chunks = ev->plan->hole_chunks;
     r->plan_skipped = ev->plan->cells_skipped;
     r->restore_id = ev->plan->restore_id;
     r->plan_load = ev->plan->cells_load_cpu + ev->plan->cells_load_ssd + ev->plan->cells_load_remote;
@@ -422,7 +428,7 @@ static void print_result(const engine_t *e, const restore_t *r, const char *mode
          "\"baseline_ms\":%.3f,\"token\":%d,\"logits_match\":%d,\"exact\":%d,\"close\":%d,\"bad\":%d,"
          "\"layer_events\":%d,\"layers_in_order\":%d,\"kv_dtype\":\"%s\",\"max_rel_err\":%.3g,"
          "\"present\":%d,\"present_chunks\":%u,\"restore_id\":%llu,\"plan_load\":%llu,\"plan_compute\":%llu,"
-         "\"untouched\":%d,\"skipped\":%llu}\n",
+         "\"untouched\":%d,\"skipped\":%llu,\"hole_chunks\":%u}\n",
          mode, turn, e->o.policy, r->prefix, new_tokens, r->rc ? "false" : "true", r->rc ? r->detail : "",
          r->t_ttft > 0 ? (r->t_ttft - r->t_start) * 1e3 : -1.0,
          r->t_all_layers > 0 ? (r->t_all_layers - r->t_start) * 1e3 : -1.0, s->time_us, s->predicted_us,
@@ -434,7 +440,7 @@ static void print_result(const engine_t *e, const restore_t *r, const char *mode
          !r->layers_out_of_order && (r->rc || r->layers_last == e->L), cf_dtype_name(e->o.kv_dtype), r->max_rel_err,
          e->o.present < r->prefix ? e->o.present : 0, r->present_chunks, (unsigned long long)r->restore_id,
          (unsigned long long)r->plan_load, (unsigned long long)r->plan_compute, r->verify_untouched,
-         (unsigned long long)r->plan_skipped);
+         (unsigned long long)r->plan_skipped, r->hole_chunks);
   fflush(stdout);
 }
 
@@ -555,12 +561,23 @@ int main(int argc, char **argv) {
                                  &saved, NULL, &durable)))
     return die("save", rc);
   shadow_saved(&e, blocks0, (int)saved);
-  uint32_t cached = 0, on_cpu = 0, on_ssd = 0;
-  if ((rc = cf_client_lookup(c, e.engine_id, tok32, (size_t)e.conv_len, &cached, &on_cpu, &on_ssd)))
+  uint32_t cached = 0, on_cpu = 0, on_ssd = 0, stored = 0;
+  cf_client_run_t *runs = NULL;
+  size_t nruns = 0;
+  if ((rc = cf_client_lookup(c, e.engine_id, tok32, (size_t)e.conv_len, &cached, &on_cpu, &on_ssd)) ||
+      (rc = cf_client_lookup_runs(c, e.engine_id, tok32, (size_t)e.conv_len, &stored, &runs, &nruns)))
     return die("lookup", rc);
+  char runstr[1024] = "";
+  for (size_t i = 0, at = 0; i < nruns && at < sizeof runstr - 32; i++) {
+    static const char *const tn[] = {"none", "cpu", "ssd", "remote"};
+    at += (size_t)snprintf(runstr + at, sizeof runstr - at, "%s%s:%u", i ? " " : "",
+                           runs[i].tier >= 0 && runs[i].tier < 4 ? tn[runs[i].tier] : "?", runs[i].tokens);
+  }
+  free(runs);
   printf("{\"mode\":\"prefill\",\"turn\":0,\"prefix\":%d,\"prefill_ms\":%.3f,\"saved_tokens\":%u,"
-         "\"lookup_cached\":%u,\"lookup_cpu\":%u,\"lookup_ssd\":%u,\"lookup_remote\":%u,\"durable\":%d}\n", P, first_ms,
-         saved, cached, on_cpu, on_ssd, cached - on_cpu - on_ssd, durable);
+         "\"lookup_cached\":%u,\"lookup_cpu\":%u,\"lookup_ssd\":%u,\"lookup_remote\":%u,\"durable\":%d,"
+         "\"lookup_stored\":%u,\"lookup_runs\":\"%s\"}\n", P, first_ms,
+         saved, cached, on_cpu, on_ssd, cached - on_cpu - on_ssd, durable, stored, runstr);
 
   for (int turn = 1; turn <= o->turns; turn++) {
     int prefix = P;
@@ -597,9 +614,14 @@ int main(int argc, char **argv) {
     print_result(&e, r, "session", turn, o->new_tokens, baseline_ms, logits_ok);
     if (r->rc || !logits_ok || r->verify_bad || r->layers_out_of_order) failures++;
     if (o->unreg_mid) { cf_kv_free(&ref); free(r); break; }
-    if (o->no_save_turns) { cf_kv_free(&ref); free(r); continue; }
     /* the turn's tokens are now in sequence 0's blocks: save prefix + new for the next turn */
     int T = prefix + o->new_tokens;
+    if (o->no_save_turns) {
+      P = T;
+      cf_kv_free(&ref);
+      free(r);
+      continue;
+    }
     for (int i = 0; i < (T + o->block - 1) / o->block; i++) blk32[i] = (uint32_t)r->blocks[i];
     uint64_t ev_bytes = 0, ev_chunks = 0;
     if (o->evict_turns && (rc = cf_client_evict(c, 0, UINT64_MAX, &ev_bytes, &ev_chunks))) return die("evict", rc);

@@ -220,6 +220,32 @@ if "$SIM" --hw h100-nvme --model llama-3.1-8b --tier dram --workload "$T/mixed.j
   [ "$d" = true ] && ok "tiers all in --tier == no tiers" || bad "tiers all in --tier == no tiers"
 else bad "mixed tiers" "$(head -n 3 "$T/err.txt")"; fi
 
+# 3c. holes: ["none", N] runs are tokens no tier holds (issue 15). Every policy's plan stays
+# valid, >= the bound, optimal <= the rest; the load policy's plan computes the hole's chunks
+# at every layer and loads the others; restoring around the holes is no slower than the
+# longest-prefix restore (everything from the first hole on computed); a pipeline model too.
+printf '%s\n' '{"arrival_s": 0, "prefix_tokens": 16384, "new_tokens": 64, "tiers": [["dram", 2048], ["none", 512], ["dram", 13824]]}' \
+  '{"arrival_s": 0.01, "prefix_tokens": 8192, "new_tokens": 64, "tiers": [["none", 256], ["ssd", 4096], ["none", 1024], ["dram", 2816]]}' > "$T/holes.jsonl"
+printf '%s\n' '{"arrival_s": 0, "prefix_tokens": 16384, "new_tokens": 64, "tiers": [["dram", 2048], ["none", 14336]]}' \
+  '{"arrival_s": 0.01, "prefix_tokens": 8192, "new_tokens": 64, "tiers": [["none", 8192]]}' > "$T/longest.jsonl"
+if "$SIM" --hw h100-nvme --model llama-3.1-8b --tier dram --workload "$T/holes.jsonl" --json "$T/ho.json" \
+     --policy load --plan-json "$T/hoplan.json" >/dev/null 2>"$T/err.txt" &&
+   "$SIM" --hw h100-nvme --model llama-3.1-8b --tier dram --workload "$T/holes.jsonl" --json "$T/ho.json" >/dev/null 2>>"$T/err.txt" &&
+   "$SIM" --hw h100-nvme --model llama-3.1-8b --tier dram --workload "$T/longest.jsonl" --json "$T/lo.json" >/dev/null 2>>"$T/err.txt"; then
+  check_json "$T/ho.json" "holes: every policy valid, >= bound, optimal fastest"
+  # chunks of 256: request 0's hole is chunks 8-9, request 1's chunks 0 and 17-20
+  jq -e '.n_layers as $L | (.requests[0].h | (.[8] == $L and .[9] == $L and .[7] == 0 and .[10] == 0))
+         and (.requests[1].h | (.[0] == $L and .[17] == $L and .[20] == $L and .[1] == 0 and .[21] == 0))' \
+     "$T/hoplan.json" >/dev/null && ok "holes: the load policy computes exactly the holes" \
+     || bad "holes: the load policy computes exactly the holes" "$(jq -c '[.requests[].h]' "$T/hoplan.json" | head -c 300)"
+  r=$(jq -n --slurpfile a "$T/ho.json" --slurpfile b "$T/lo.json" '$a[0].policies.optimal.mean_ttft_s / $b[0].policies.optimal.mean_ttft_s')
+  jq -n -e --argjson r "$r" '$r <= 1.000001' >/dev/null && ok "holes: TTFT ${r} x the longest-prefix restore" \
+    || bad "holes: no slower than the longest prefix" "ratio $r"
+else bad "holes" "$(head -n 3 "$T/err.txt")"; fi
+if "$SIM" --hw h100x8-nvlink --model llama-3.1-70b-tp4pp2 --workload "$T/holes.jsonl" --json "$T/hp.json" >/dev/null 2>"$T/err.txt"; then
+  check_json "$T/hp.json" "holes with pipeline stages"
+else bad "holes with pipeline stages" "$(head -n 3 "$T/err.txt")"; fi
+
 # 4. bad input: exit 2 and one line naming the problem
 expect_err() { # name, expected substring, args...
   local name=$1 want=$2; shift 2
@@ -247,6 +273,8 @@ echo '{"arrival_s": 0, "prefix_tokens": 5.5, "new_tokens": 1}' > "$T/bad4.jsonl"
 expect_err "fractional tokens" "expected an integer" --hw h100-pcie5 --model llama-3.1-8b --workload "$T/bad4.jsonl"
 echo '{"arrival_s": 0, "prefix_tokens": 512, "new_tokens": 1, "tiers": [["dram", 256], ["tape", 256]]}' > "$T/bad5.jsonl"
 expect_err "unknown tier in runs" "tiers run 1" --hw h100-nvme --model llama-3.1-8b --workload "$T/bad5.jsonl"
+echo '{"arrival_s": 0, "prefix_tokens": 512, "new_tokens": 1, "tiers": [["none", 600]]}' > "$T/bad5b.jsonl"
+expect_err "a hole past the prefix" "tokens 1..512" --hw h100-nvme --model llama-3.1-8b --workload "$T/bad5b.jsonl"
 echo '{"arrival_s": 0, "prefix_tokens": 512, "new_tokens": 1, "tiers": [["dram", 256]]}' > "$T/bad6.jsonl"
 expect_err "runs short of the prefix" "cover 256 tokens" --hw h100-nvme --model llama-3.1-8b --workload "$T/bad6.jsonl"
 echo '{"arrival_s": 0, "prefix_tokens": 512, "new_tokens": 1, "tiers": [["ssd", 256], ["net", 256]]}' > "$T/bad7.jsonl"

@@ -27,7 +27,7 @@ static int plan_one(const cf_sched_cost_t *cost, int policy, uint32_t n, uint32_
   for (uint32_t c = 0; c < (cached + C - 1) / C; c++) tiers[c] = CF_STORE_TIER_SSD;
   cf_plan_input_t in = {.n_tokens = n, .policy = policy, .cached_tokens = cached, .chunk_tiers = tiers};
   memset(r, 0, sizeof *r);
-  return cf_planner_plan_group(cost, &in, 1, policy, bp, r);
+  return cf_planner_plan_group(cost, &in, 1, policy, NULL, bp, r);
 }
 
 static void plan_free(cf_restore_plan_t *r, cf_plan_group_t *bp) {
@@ -108,7 +108,7 @@ CF_TEST(planner_present_chunks_are_skipped_and_costed_as_context) {
                           .present_chunks = pc};
     cf_restore_plan_t r;
     cf_plan_group_t g;
-    CF_CHECK_EQ(cf_planner_plan_group(&cost, &in, 1, p, &g, &r), 0);
+    CF_CHECK_EQ(cf_planner_plan_group(&cost, &in, 1, p, NULL, &g, &r), 0);
     CF_CHECK_EQ(g.reqs[0].prefix_tokens, (12 - pc) * C); /* lib/sched sees the chunks after the present ones */
     CF_CHECK_EQ(r.present_chunks, (uint32_t)pc);
     CF_CHECK_EQ(r.chunks, (uint32_t)all);
@@ -135,7 +135,7 @@ CF_TEST(planner_present_chunks_are_skipped_and_costed_as_context) {
                         .chunk_tiers = tiers, .present_chunks = pc, .compute_partial = 1};
   cf_restore_plan_t r;
   cf_plan_group_t g;
-  CF_CHECK_EQ(cf_planner_plan_group(&cost, &in, 1, CF_POLICY_LOAD, &g, &r), 0);
+  CF_CHECK_EQ(cf_planner_plan_group(&cost, &in, 1, CF_POLICY_LOAD, NULL, &g, &r), 0);
   CF_CHECK_EQ(r.h[pc], L);
   CF_CHECK_EQ(r.h[pc + 1], 0);
   CF_CHECK_EQ(r.cells_load_cpu, (uint64_t)(12 - pc - 1) * L);
@@ -188,7 +188,7 @@ CF_TEST(planner_plans_a_round_per_policy_and_falls_back_without_a_cost_model) {
     cf_plan_input_t gin[2] = {ins[idx[p][0]], ins[idx[p][1]]};
     cf_restore_plan_t gout[2];
     cf_plan_group_t g;
-    CF_CHECK_OK(cf_planner_plan_group(&cost, gin, 2, gin[0].policy, &g, gout));
+    CF_CHECK_OK(cf_planner_plan_group(&cost, gin, 2, gin[0].policy, NULL, &g, gout));
     for (int k = 0; k < 2; k++) {
       const cf_restore_plan_t *a = &out[idx[p][k]], *b = &gout[k];
       int n_chunks = (int)((gin[k].n_tokens + C - 1) / C);
@@ -208,4 +208,57 @@ CF_TEST(planner_plans_a_round_per_policy_and_falls_back_without_a_cost_model) {
   }
   for (int i = 0; i < 4; i++) cf_restore_plan_free(&out[i]);
   cf_planner_close(&pl);
+}
+
+/* The last token a restore's plan computes (its extent, cf_memfit.h): what lib/exec holds
+ * working memory for while it computes. */
+static int64_t plan_extent(const cf_restore_plan_t *p) {
+  for (int32_t c = (int32_t)p->chunks - 1; c >= 0; c--)
+    if (p->h[c] > 0) return (int64_t)(c + 1) * C;
+  return 0;
+}
+
+/* A memory budget (host_memory_bytes / gpu_memory_bytes, cf_planner_set_memory): every policy's
+ * round of fully cached restores is planned within it (cf_memfit: compute shifted to loads or
+ * restores waiting), so no restore's computed extent exceeds the budget; unbounded, the same
+ * round computes past it (recompute computes everything); a budget of 0 plans as before. */
+CF_TEST(planner_plans_fit_the_memory_budget) {
+  cf_sched_cost_t cost;
+  cost_of(&cost);
+  const double bpt = 5120, budget = 6.0 * C * bpt; /* room for 6 chunks' working memory */
+  uint8_t tiers[3][64];
+  memset(tiers, CF_STORE_TIER_CPU, sizeof tiers);
+  for (int p = 0; p < CF_POLICY_COUNT; p++) {
+    cf_plan_input_t ins[3];
+    for (int i = 0; i < 3; i++)
+      ins[i] = (cf_plan_input_t){.n_tokens = 1024, .policy = p, .cached_tokens = 1024, .chunk_tiers = tiers[i]};
+    cf_restore_plan_t un[3], fit[3];
+    cf_planner_t pl;
+    cf_planner_init(&pl, 0.2);
+    cf_planner_set_cost(&pl, &cost, 0);
+    CF_CHECK_OK(cf_planner_plan(&pl, ins, un, 3, C, L));
+    cf_planner_set_memory(&pl, budget, bpt);
+    CF_CHECK_OK(cf_planner_plan(&pl, ins, fit, 3, C, L));
+    int64_t un_max = 0;
+    for (int i = 0; i < 3; i++) {
+      CF_CHECK_EQ(fit[i].have_cost, 1); /* lib/sched's plan, not the fallback */
+      CF_CHECK_EQ(fit[i].policy, p);
+      CF_CHECK_EQ(fit[i].cells_compute + fit[i].cells_load_cpu, (uint64_t)(1024 / C) * L);
+      CF_CHECK_MSG(plan_extent(&fit[i]) * bpt <= budget, "%s: restore %d computes up to token %lld (%.0f bytes > %.0f)",
+                   cf_policy_name((cf_policy_t)p), i, (long long)plan_extent(&fit[i]), plan_extent(&fit[i]) * bpt, budget);
+      if (plan_extent(&un[i]) > un_max) un_max = plan_extent(&un[i]);
+    }
+    if (p == CF_POLICY_RECOMPUTE) {
+      CF_CHECK_EQ(un_max, 1024); /* unbounded: recompute computes every chunk */
+      CF_CHECK(fit[0].cells_load_cpu > 0);
+    }
+    cf_planner_set_memory(&pl, 0, bpt); /* off again: the unbounded plans */
+    cf_restore_plan_t again[3];
+    CF_CHECK_OK(cf_planner_plan(&pl, ins, again, 3, C, L));
+    for (int i = 0; i < 3; i++) {
+      CF_CHECK_EQ(again[i].cells_compute, un[i].cells_compute);
+      cf_restore_plan_free(&un[i]); cf_restore_plan_free(&fit[i]); cf_restore_plan_free(&again[i]);
+    }
+    cf_planner_close(&pl);
+  }
 }

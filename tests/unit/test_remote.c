@@ -191,6 +191,9 @@ CF_TEST(remote_standalone_roundtrip) {
   keys[10] = st_key(&g, 555); /* never saved */
   keys[11] = st_key(&g, 1);
   CF_CHECK_EQ(cf_remote_lookup(r, keys, 12), 10);
+  uint8_t hit[12]; /* every key: the one past the miss too */
+  CF_CHECK_EQ(cf_remote_lookup_each(r, keys, 12, hit), 11);
+  CF_CHECK(hit[0] && hit[9] && !hit[10] && hit[11]);
   for (uint64_t id = 0; id < 10; id++) CF_CHECK_EQ(check_chunk(r, &g, id, 16), 0);
   CF_CHECK_EQ(check_chunk(r, &g, 100, 5), 0);
   CF_CHECK_EQ(check_chunk(r, &g, 555, 16), CF_ENOTFOUND);

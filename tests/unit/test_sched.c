@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "cf_test.h"
+#include "sched_testlib.h"
 #include "sched/cf_bound.h"
 #include "sched/cf_hw.h"
 #include "sched/cf_sched.h"
@@ -25,18 +26,7 @@ static void base_cost(cf_sched_cost_t *c, double gbps) {
 
 /* Random cost model and batch: 1-4 devices, own or shared links, with or without a peer
  * link, 1-40 requests. */
-/* Random model and link around the H100 fit: 1-40 layers, chunks of 64-575 tokens, compute
- * fit scaled, link 0.5-60.5 GB/s with up to 100 us latency. */
-static void random_model_link(cf_sched_cost_t *c) {
-  cf_cost_h100_llama8b(c);
-  c->n_layers = 1 + (int)(cf_test_uniform() * 40);
-  c->chunk_tokens = cf_test_uniform() < 0.5 ? 256 : 64 + (int)(cf_test_uniform() * 512);
-  c->gamma_s *= cf_test_uniform() * 2;
-  c->alpha_s *= 0.2 + cf_test_uniform() * 3;
-  c->beta_s *= cf_test_uniform() * 4;
-  c->link_Bps = (0.5 + cf_test_uniform() * 60) * 1e9;
-  c->link_latency_s = cf_test_uniform() * 100e-6;
-}
+/* random_model_link: sched_testlib.h */
 
 static void random_input(cf_sched_input_t *in, cf_sched_req_t *reqs, int maxn) {
   cf_sched_cost_t *c = &in->cost;

@@ -527,6 +527,7 @@ static void dirty_eviction_case(cf_store_evict_t pol, const char *name) {
 CF_TEST(store_full_cpu_tier_writes_dirty_chunks_back_before_evicting) {
   dirty_eviction_case(CF_STORE_EVICT_LRU, "dirty_lru");
   dirty_eviction_case(CF_STORE_EVICT_S3FIFO, "dirty_s3");
+  dirty_eviction_case(CF_STORE_EVICT_COST, "dirty_cost");
 }
 
 /* The one case where the CPU tier still drops a chunk unwritten: its write-back fails (here the

@@ -41,6 +41,15 @@ try:
         T.check("stats().kv_dtype: auto on the CPU backend is F32, config() says auto",
                 st.kv_dtype == pb.DTYPE_F32 and c.config("kv_dtype") == {"kv_dtype": "auto"})
         T.check("lookup() of an unseen prefix", c.lookup(eng, [1, 2, 3]).cached_tokens == 0)
+        C = int(c.config("chunk_tokens")["chunk_tokens"])
+        if C <= 256:  # a saved chunk (32 blocks of 8 tokens hold 256), then tokens not stored: runs say which is where
+            toks = [1 + i % 250 for i in range(2 * C)]  # ids below the fixture's vocab (300)
+            c.save(eng, toks[:C], list(range((C + 7) // 8)))
+            r = c.lookup(eng, toks)
+            T.check("lookup(): runs [(cpu, C), (none, C)], stored_tokens C (issue 15 fields)",
+                    r.cached_tokens == C and r.stored_tokens == C and
+                    [(x.tier, x.tokens) for x in r.runs] == [(pb.TIER_CPU, C), (pb.TIER_UNSPECIFIED, C)],
+                    str(r))
         try:
             c.lookup(eng + 1, [1, 2, 3])
             T.check("lookup() error", False, "no error")

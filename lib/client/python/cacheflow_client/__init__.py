@@ -133,6 +133,9 @@ class Client:
         self._call(self.cf.Unregister, "Unregister", pb.UnregisterRequest(engine_id=engine_id))
 
     def lookup(self, engine_id, tokens):
+        """LookupResponse: cached_tokens (the longest stored prefix) and per_tier; runs (tier,
+        tokens) over every chunk, TIER_UNSPECIFIED where none is stored (a restore loads the stored
+        chunks past such holes and recomputes the holes), stored_tokens."""
         return self._call(self.cf.Lookup, "Lookup", pb.LookupRequest(engine_id=engine_id, token_ids=tokens))
 
     def save(self, engine_id, tokens, blocks, durable=False):

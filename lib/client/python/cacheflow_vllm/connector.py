@@ -34,6 +34,9 @@ kv_connector_extra_config keys (all optional):
   lookup_timeout_s   0.5: Lookup deadline (the scheduler waits on it); after a failed call no
                      lookups for 1 s
   shm_dir            /dev/shm: where CPU KV buffers are rebound
+  holes              true (default): a hit reaches the last chunk the daemon stores, past chunks it
+                     lost (Lookup's runs): the restore loads the stored ones and recomputes the
+                     holes; false: the longest stored prefix only (cached_tokens)
 """
 import collections
 import logging
@@ -228,6 +231,7 @@ class CacheFlowConnector(KVConnectorBase_V1):
         self.restore_timeout_s = float(ex.get("restore_timeout_s", 30.0))
         self.rpc_timeout_s = float(ex.get("rpc_timeout_s", 5.0))
         self.lookup_timeout_s = float(ex.get("lookup_timeout_s", 0.5))
+        self.holes = bool(ex.get("holes", True))
         self._down_until = 0.0
         self.shm_dir = ex.get("shm_dir", "/dev/shm")
         self.block_size = vllm_config.cache_config.block_size
@@ -303,8 +307,8 @@ class CacheFlowConnector(KVConnectorBase_V1):
             return 0, False
         self.lookups += 1
         try:
-            cached = self.client.cf.Lookup(pb.LookupRequest(engine_id=eid, token_ids=toks[:limit]),
-                                           timeout=self.lookup_timeout_s).cached_tokens
+            r = self.client.cf.Lookup(pb.LookupRequest(engine_id=eid, token_ids=toks[:limit]),
+                                      timeout=self.lookup_timeout_s)
         except grpc.RpcError as e:
             # a dead or hung daemon costs one short call, then no calls for a second: the
             # scheduler never waits on it request after request
@@ -312,8 +316,15 @@ class CacheFlowConnector(KVConnectorBase_V1):
                 self._down_until = time.monotonic() + 1.0
             log.debug("CacheFlow Lookup failed (%s): no hit", e.code().name)
             return 0, False
-        self._saved[rid] = max(self._saved[rid], cached)
-        hit = (min(cached, limit) // self.block_size) * self.block_size
+        cached = end = r.cached_tokens
+        if self.holes:  # to the end of the last stored run (a daemon without runs: cached_tokens)
+            at = 0
+            for run in r.runs:
+                at += run.tokens
+                if run.tier != pb.TIER_UNSPECIFIED:
+                    end = max(end, at)
+        self._saved[rid] = max(self._saved[rid], cached)  # the holes get saved again
+        hit = (min(end, limit) // self.block_size) * self.block_size
         if hit <= num_computed_tokens:
             return 0, False
         self._pending[rid] = (num_computed_tokens, hit)

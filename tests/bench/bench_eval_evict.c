@@ -1,0 +1,530 @@
+/* Trace-driven evaluation of the store's eviction policies (issue 15.3): lru, s3fifo and cost.
+ *
+ * Generates a workload (seeded, sizes on the command line) of one of three families:
+ *   chat     multi-turn sessions over a few shared system prompts: each turn's prompt is the
+ *            whole history plus a new user message (heavy-tailed: now and then a pasted document),
+ *            the answer joins the history; think times between turns; sessions up to 128k tokens;
+ *   agentic  runs over a long shared tool/system prompt (8-24k tokens): each step appends a tool
+ *            output (heavy-tailed) and an action, seconds apart, up to 128k tokens;
+ *   rag      questions over shared documents (Zipf popularity, heavy-tailed lengths up to 96k):
+ *            system prompt + one or two documents + the question;
+ * and replays it, request by request in time order, against a real cf_store (lib/store: the real
+ * index, heaps, write-back and SSD journal; one layer of one 4 KiB cell per chunk stands for the
+ * chunk, the capacities are counted in chunks) with CPU and SSD caps at a fraction of the
+ * working set (the distinct chunks the trace saves). For each request:
+ *   1. which chunks of its prompt the store holds and where (per chunk; --lookup prefix stops at
+ *      the first missing one, as cf_store_lookup does: the rest is prefilled);
+ *   2. an `optimal` plan on the H100 profile (conf/hw/h100-nvme.json: CPU DRAM over PCIe 48 GB/s,
+ *      SSD 6.8 GB/s, llama-3.1-8b, chunks of 512 tokens), absent chunks computed at every layer
+ *      (--lookup holes); with --remote a 10 Gbit/s remote tier holds every chunk ever saved
+ *      (write-through, unbounded), so a chunk missing locally loads from there when that is
+ *      faster than computing it;
+ *   3. the simulator's TTFT of that plan (restore + prefill of the new tokens);
+ *   4. the chunks the plan loads are read from the store (a use, as the daemon's restores are),
+ *      then every full chunk of prompt + answer is saved back at its index (cf_store_save_at).
+ * Output: one line per (capacity, policy): mean and p99 TTFT, chunk hit ratio (prompt chunks
+ * present locally), and the ratio of the best other policy's mean TTFT to cost's.
+ *
+ * Absent chunks are holes (CF_SCHED_TIER_NONE, issue 15.1): every policy computes them at every
+ * layer; the run also checks that no plan loads one (counted as `bad`, must be 0).
+ *
+ * Usage: bench_eval_evict [--workload chat|agentic|rag] [--seed N] [--scale X]
+ *                         [--caps 0.05,0.1,0.25,0.5] [--lookup holes|prefix] [--remote]
+ *                         [--policies lru,s3fifo,cost] [--dir DIR] [--hw NAME]
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "exec/cf_evict_cost.h"
+#include "sched/cf_hw.h"
+#include "sched/cf_sched.h"
+#include "sched/cf_sim.h"
+#include "store/cf_store.h"
+#include "util/cf_err.h"
+#include "util/cf_log.h"
+
+#define C_TOK 512
+#define MAX_TOK 131072
+#define TIER_NONE CF_SCHED_TIER_NONE /* absent chunk: a hole, computed at every layer */
+
+/* ------------------------------------------------------------------ random */
+
+static uint64_t rng_s;
+static uint64_t mix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ULL;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+static double urand(void) { rng_s = mix64(rng_s); return ((rng_s >> 11) + 0.5) / 9007199254740992.0; }
+static double nrand(void) { return sqrt(-2 * log(urand())) * cos(6.283185307179586 * urand()); }
+static double lognorm(double median, double sigma) { return median * exp(sigma * nrand()); }
+static double expo(double mean) { return -mean * log(urand()); }
+static int geom(double mean, int max) {
+  int n = 1;
+  while (n < max && urand() > 1.0 / mean) n++;
+  return n;
+}
+static int clampi(double x, int lo, int hi) { return x < lo ? lo : x > hi ? hi : (int)x; }
+
+/* ------------------------------------------------------------------ sequences and requests */
+
+/* A token sequence is a list of segments (content id, length): two prompts share a chunk's key
+ * exactly when the same segments cover the same tokens of it and of every chunk before it. */
+typedef struct { uint64_t id; int len; } seg_t;
+typedef struct { seg_t *s; int n, cap, tokens; } seq_t;
+
+static void seq_add(seq_t *q, uint64_t id, int len) {
+  if (len <= 0) return;
+  if (q->n == q->cap) { q->cap = q->cap ? 2 * q->cap : 16; q->s = realloc(q->s, sizeof(seg_t) * (size_t)q->cap); }
+  q->s[q->n++] = (seg_t){id, len};
+  q->tokens += len;
+}
+static seq_t seq_copy(const seq_t *q) {
+  seq_t r = {malloc(sizeof(seg_t) * (size_t)(q->n + 1)), q->n, q->n + 1, q->tokens};
+  memcpy(r.s, q->s, sizeof(seg_t) * (size_t)q->n);
+  return r;
+}
+
+/* Chained keys of the first `tokens / C` full chunks of q. */
+static int seq_keys(const seq_t *q, int tokens, cf_store_key_t *keys) {
+  int nch = tokens / C_TOK, si = 0, off = 0;
+  uint64_t h1 = 0, h2 = 0;
+  for (int c = 0; c < nch; c++) {
+    uint64_t a = mix64(h1 ^ 0x1234), b = mix64(h2 ^ 0x5678);
+    int need = C_TOK;
+    while (need > 0) {
+      int take = q->s[si].len - off < need ? q->s[si].len - off : need;
+      uint64_t piece = mix64(q->s[si].id * 1000003ULL + (uint64_t)off * 7919ULL + (uint64_t)take);
+      a = mix64(a ^ piece);
+      b = mix64(b + piece * 31);
+      need -= take;
+      off += take;
+      if (off == q->s[si].len) { si++; off = 0; }
+    }
+    h1 = a; h2 = b;
+    memcpy(keys[c].b, &h1, 8);
+    memcpy(keys[c].b + 8, &h2, 8);
+  }
+  return nch;
+}
+
+typedef struct {
+  double t;
+  seq_t prompt;   /* what the engine prefills: the cached prefix candidate + new tokens */
+  int answer;     /* tokens generated after it (saved with the prompt) */
+  uint64_t ans_id;
+} req_t;
+
+typedef struct { req_t *r; int n, cap; } trace_t;
+
+static void trace_add(trace_t *T, double t, const seq_t *prompt, int answer, uint64_t ans_id) {
+  if (T->n == T->cap) { T->cap = T->cap ? 2 * T->cap : 256; T->r = realloc(T->r, sizeof(req_t) * (size_t)T->cap); }
+  T->r[T->n++] = (req_t){t, seq_copy(prompt), answer, ans_id};
+}
+static int cmp_req(const void *a, const void *b) {
+  double x = ((const req_t *)a)->t, y = ((const req_t *)b)->t;
+  return x < y ? -1 : x > y;
+}
+
+static uint64_t next_id = 1ull << 40; /* unique content (user text, answers, tool output) */
+
+static void gen_chat(trace_t *T, double scale) {
+  int sessions = clampi(400 * scale, 4, 1000000);
+  int nsys = 4, sys_len[4];
+  for (int i = 0; i < nsys; i++) sys_len[i] = clampi(lognorm(1500, 0.5), 200, 6000);
+  double horizon = 3600;
+  for (int s = 0; s < sessions; s++) {
+    double t = urand() * horizon;
+    seq_t h = {0};
+    int sys = (int)(urand() * nsys);
+    seq_add(&h, 100 + (uint64_t)sys, sys_len[sys]);
+    int turns = geom(6, 40);
+    for (int k = 0; k < turns; k++) {
+      int user = urand() < 0.06 ? clampi(lognorm(8000, 1.2), 1000, 100000) : clampi(lognorm(150, 1.0), 5, 4000);
+      if (h.tokens + user > MAX_TOK - 2048) break;
+      seq_add(&h, next_id++, user);
+      int ans = clampi(lognorm(300, 0.7), 10, 2000);
+      uint64_t aid = next_id++;
+      trace_add(T, t, &h, ans, aid);
+      seq_add(&h, aid, ans);
+      t += expo(60);
+    }
+    free(h.s);
+  }
+}
+
+static void gen_agentic(trace_t *T, double scale) {
+  int runs = clampi(150 * scale, 2, 1000000);
+  int nsys = 3, sys_len[3];
+  for (int i = 0; i < nsys; i++) sys_len[i] = clampi(lognorm(12000, 0.4), 8000, 24000);
+  double horizon = 3600;
+  for (int r = 0; r < runs; r++) {
+    double t = urand() * horizon;
+    seq_t h = {0};
+    int sys = (int)(urand() * nsys);
+    seq_add(&h, 200 + (uint64_t)sys, sys_len[sys]);
+    seq_add(&h, next_id++, clampi(lognorm(600, 0.8), 50, 4000)); /* the task */
+    int steps = geom(12, 60);
+    for (int k = 0; k < steps; k++) {
+      int ans = clampi(lognorm(150, 0.6), 10, 1000);
+      uint64_t aid = next_id++;
+      trace_add(T, t, &h, ans, aid);
+      seq_add(&h, aid, ans);
+      int tool = clampi(lognorm(1500, 1.3), 20, 60000);
+      if (h.tokens + tool > MAX_TOK - 2048) break;
+      seq_add(&h, next_id++, tool);
+      t += expo(4) + tool * 2e-5;
+    }
+    free(h.s);
+  }
+}
+
+static void gen_rag(trace_t *T, double scale) {
+  int ndocs = clampi(300 * scale, 4, 1000000), nreq = clampi(3000 * scale, 10, 10000000);
+  int *dlen = malloc(sizeof(int) * (size_t)ndocs);
+  double *cdf = malloc(sizeof(double) * (size_t)ndocs), z = 0;
+  for (int d = 0; d < ndocs; d++) {
+    dlen[d] = clampi(lognorm(4000, 1.0), 300, 96000);
+    z += 1.0 / pow(d + 1, 0.9);
+    cdf[d] = z;
+  }
+  int sys_len[2] = {clampi(lognorm(800, 0.3), 200, 3000), clampi(lognorm(800, 0.3), 200, 3000)};
+  double t = 0;
+  for (int q = 0; q < nreq; q++) {
+    t += expo(1.0);
+    seq_t h = {0};
+    int sys = urand() < 0.7 ? 0 : 1;
+    seq_add(&h, 300 + (uint64_t)sys, sys_len[sys]);
+    int k = urand() < 0.7 ? 1 : 2;
+    for (int i = 0; i < k; i++) {
+      double u = urand() * z;
+      int lo = 0, hi = ndocs - 1;
+      while (lo < hi) { int m = (lo + hi) / 2; if (cdf[m] < u) lo = m + 1; else hi = m; }
+      if (h.tokens + dlen[lo] > MAX_TOK - 1024) break;
+      seq_add(&h, 1000 + (uint64_t)lo, dlen[lo]);
+    }
+    seq_add(&h, next_id++, clampi(lognorm(80, 0.6), 10, 600));
+    trace_add(T, t, &h, clampi(lognorm(250, 0.6), 10, 1500), next_id++);
+    free(h.s);
+  }
+  free(dlen);
+  free(cdf);
+}
+
+/* ------------------------------------------------------------------ replay */
+
+typedef struct {
+  double mean, p99, hit, cpu_hit;
+  long bad;             /* plans that loaded an absent chunk (must be 0) */
+  double wall_s;
+} result_t;
+
+typedef struct {
+  const trace_t *T;
+  cf_sched_cost_t cost;
+  cf_store_cost_t table;
+  const char *dir;
+  int holes, remote;
+  long ws; /* working set, chunks */
+} ctx_t;
+
+static int cmp_d(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* a 128-bit key set (open addressing) for the working set and the remote tier's contents */
+typedef struct { cf_store_key_t *k; uint8_t *used; size_t cap, n; } kset_t;
+static int kset_add(kset_t *s, const cf_store_key_t *k) { /* 1 when new */
+  if (2 * (s->n + 1) > s->cap) {
+    kset_t o = *s;
+    s->cap = o.cap ? 2 * o.cap : 1 << 16;
+    s->k = calloc(s->cap, sizeof *s->k);
+    s->used = calloc(s->cap, 1);
+    s->n = 0;
+    for (size_t i = 0; i < o.cap; i++) if (o.used[i]) kset_add(s, &o.k[i]);
+    free(o.k); free(o.used);
+  }
+  uint64_t h;
+  memcpy(&h, k->b, 8);
+  for (size_t i = h & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
+    if (!s->used[i]) { s->used[i] = 1; s->k[i] = *k; s->n++; return 1; }
+    if (!memcmp(s->k[i].b, k->b, 16)) return 0;
+  }
+}
+static int kset_has(const kset_t *s, const cf_store_key_t *k) {
+  if (!s->cap) return 0;
+  uint64_t h;
+  memcpy(&h, k->b, 8);
+  for (size_t i = h & (s->cap - 1);; i = (i + 1) & (s->cap - 1)) {
+    if (!s->used[i]) return 0;
+    if (!memcmp(s->k[i].b, k->b, 16)) return 1;
+  }
+}
+
+static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, result_t *out) {
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  cf_store_geom_t g;
+  memset(&g, 0, sizeof g);
+  for (int i = 0; i < 16; i++) g.fingerprint[i] = (uint8_t)(0x51 + i);
+  g.dtype_size = 2;
+  g.dtype = CF_STORE_DT_BF16;
+  g.chunk_tokens = C_TOK;
+  g.n_layers = 1;
+  g.n_kv_heads = 1;
+  g.head_dim = 1; /* 2 KiB cells in 4 KiB slots: the slot is what the caps count */
+  long ssd_slots = (long)(frac * X->ws), cpu_slots = ssd_slots / 4;
+  if (cpu_slots < 1) cpu_slots = 1;
+  cf_store_config_t sc;
+  cf_store_config_default(&sc);
+  sc.cpu_bytes = (uint64_t)cpu_slots * 4096;
+  sc.ssd_bytes = (uint64_t)ssd_slots * 4096;
+  sc.cpu_evict = pol;
+  sc.cost = X->table;
+  sc.spill = 0;        /* deterministic: write-back when an eviction needs it */
+  sc.buffered_io = 1;  /* page cache: the replay measures policies, not the disk */
+  sc.journal_slack = 1u << 20;
+  char dir[1100];
+  snprintf(dir, sizeof dir, "%s/%s_%g", X->dir, pol == CF_STORE_EVICT_LRU ? "lru" : pol == CF_STORE_EVICT_S3FIFO ? "s3fifo" : "cost", frac);
+  char cmd[1200];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd) != 0) return cf_seterr(CF_EIO, "cannot clear %s", dir);
+  cf_store_t *st;
+  int rc = cf_store_open(dir, &g, &sc, &st);
+  if (rc) return rc;
+
+  const trace_t *T = X->T;
+  double *ttft = malloc(sizeof(double) * (size_t)T->n);
+  cf_store_key_t *keys = malloc(sizeof(cf_store_key_t) * (MAX_TOK / C_TOK + 8));
+  uint8_t *tiers = malloc(MAX_TOK / C_TOK + 8);
+  uint8_t cell[4096] __attribute__((aligned(4096)));
+  memset(cell, 0x5a, sizeof cell);
+  const void *cells[1] = {cell};
+  kset_t remote = {0};
+  cf_sched_plan_t plan;
+  cf_sched_plan_init(&plan);
+  cf_sim_result_t res;
+  cf_sim_result_init(&res);
+  long chunks_req = 0, chunks_hit = 0, chunks_cpu = 0, bad = 0;
+  const int L = X->cost.n_layers;
+  for (int i = 0; i < T->n && !rc; i++) {
+    const req_t *q = &T->r[i];
+    int P = q->prompt.tokens;
+    int nch = seq_keys(&q->prompt, P, keys);
+    int run = 0, present = 0;
+    for (int c = 0; c < nch; c++) {
+      uint8_t t = 0;
+      int has = cf_store_lookup(st, &keys[c], 1, &t) == 1;
+      tiers[c] = has ? (uint8_t)(t == CF_STORE_TIER_CPU ? 0 : 1)
+                     : X->remote && kset_has(&remote, &keys[c]) ? 2 : TIER_NONE;
+      if (has) { present++; if (t == CF_STORE_TIER_CPU) chunks_cpu++; }
+      if (run == c && tiers[c] != TIER_NONE) run++;
+    }
+    chunks_req += nch;
+    chunks_hit += present;
+    /* holes: every chunk up to the last one held anywhere (absent ones after it are plain new
+     * tokens); prefix: the unbroken run from the first chunk, as cf_store_lookup reports it */
+    int last = nch;
+    while (last > 0 && tiers[last - 1] == TIER_NONE) last--;
+    int restore = X->holes ? last : run;
+    cf_sched_req_t r = {0};
+    r.prefix_tokens = (int64_t)restore * C_TOK;
+    r.new_tokens = P - r.prefix_tokens;
+    r.device = 0;
+    r.chunk_tier = tiers;
+    cf_sched_input_t in = {0};
+    in.cost = X->cost;
+    in.reqs = &r;
+    in.n_reqs = 1;
+    if (restore > 0) {
+      if ((rc = cf_sched_plan(&in, CF_POLICY_OPTIMAL, &plan)) || (rc = cf_sim_run(&in, &plan, &res))) break;
+      ttft[i] = res.ttft_s[0];
+      for (int c = 0; c < restore; c++) {
+        int h = plan.h[plan.h_off[0] + c];
+        if (tiers[c] == TIER_NONE && h < L) bad++;
+        /* a chunk the plan loads from a local tier is read (a use, as a restore's reads are) */
+        if (h < L && tiers[c] <= 1) {
+          uint8_t buf[4096] __attribute__((aligned(4096)));
+          int rrc = cf_store_read(st, &keys[c], 0, 1, buf, sizeof buf, NULL);
+          if (rrc && rrc != CF_ENOTFOUND) { rc = rrc; break; }
+        }
+      }
+    } else {
+      ttft[i] = cf_cost_prefill(&X->cost, 0, P);
+    }
+    /* the engine's KV after the turn: prompt + answer, saved back chunk by chunk */
+    seq_t full = seq_copy(&q->prompt);
+    seq_add(&full, q->ans_id, q->answer);
+    int nfull = seq_keys(&full, full.tokens, keys);
+    for (int c = 0; c < nfull && !rc; c++) {
+      int src = cf_store_save_at(st, &keys[c], (uint32_t)c, C_TOK, cells, 0);
+      if (src && src != CF_EEXIST) rc = src;
+      if (X->remote) kset_add(&remote, &keys[c]);
+    }
+    free(full.s);
+  }
+  if (!rc) {
+    double sum = 0;
+    for (int i = 0; i < T->n; i++) sum += ttft[i];
+    qsort(ttft, (size_t)T->n, sizeof *ttft, cmp_d);
+    out->mean = sum / T->n;
+    out->p99 = ttft[(int)(0.99 * (T->n - 1))];
+    out->hit = chunks_req ? (double)chunks_hit / chunks_req : 0;
+    out->cpu_hit = chunks_req ? (double)chunks_cpu / chunks_req : 0;
+    out->bad = bad;
+  }
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  if (!rc && (s.cpu_bytes_used > s.cpu_bytes_cap || s.ssd_bytes_used > s.ssd_bytes_cap))
+    rc = cf_seterr(CF_EINVAL, "store over its caps");
+  cf_store_close(st);
+  if (system(cmd) != 0) {}
+  cf_sched_plan_free(&plan);
+  cf_sim_result_free(&res);
+  free(ttft); free(keys); free(tiers); free(remote.k); free(remote.used);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  out->wall_s = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
+  return rc;
+}
+
+/* ------------------------------------------------------------------ main */
+
+int main(int argc, char **argv) {
+  const char *work = "chat", *caps = "0.05,0.1,0.25,0.5", *lookup = "holes", *pols = "lru,s3fifo,cost";
+  const char *dir = NULL, *hwname = "h100-nvme";
+  uint64_t seed = 1;
+  double scale = 1.0;
+  int remote = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--remote")) { remote = 1; continue; }
+    if (!v) { fprintf(stderr, "eval_evict: %s needs a value\n", a); return 2; }
+    if (!strcmp(a, "--workload")) work = v;
+    else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
+    else if (!strcmp(a, "--scale")) scale = atof(v);
+    else if (!strcmp(a, "--caps")) caps = v;
+    else if (!strcmp(a, "--lookup")) lookup = v;
+    else if (!strcmp(a, "--policies")) pols = v;
+    else if (!strcmp(a, "--dir")) dir = v;
+    else if (!strcmp(a, "--hw")) hwname = v;
+    else { fprintf(stderr, "eval_evict: unknown option %s\n", a); return 2; }
+    i++;
+  }
+  if (strcmp(lookup, "holes") && strcmp(lookup, "prefix")) {
+    fprintf(stderr, "eval_evict: --lookup %s: expected holes or prefix\n", lookup);
+    return 2;
+  }
+  if (!(scale > 0)) { fprintf(stderr, "eval_evict: --scale must be > 0\n"); return 2; }
+  cf_log_level = CF_LOG_WARN;
+  rng_s = mix64(seed * 0x100000001b3ULL + 7);
+  trace_t T = {0};
+  if (!strcmp(work, "chat")) gen_chat(&T, scale);
+  else if (!strcmp(work, "agentic")) gen_agentic(&T, scale);
+  else if (!strcmp(work, "rag")) gen_rag(&T, scale);
+  else { fprintf(stderr, "eval_evict: --workload %s: expected chat, agentic or rag\n", work); return 2; }
+  qsort(T.r, (size_t)T.n, sizeof *T.r, cmp_req);
+
+  ctx_t X = {0};
+  X.T = &T;
+  X.holes = !strcmp(lookup, "holes");
+  X.remote = remote;
+  cf_hw_t hw;
+  cf_model_shape_t model;
+  if (cf_hw_load(hwname, &hw) || cf_model_shape_load("llama-3.1-8b", &model) ||
+      cf_hw_cost(&hw, &model, 1, CF_TIER_DRAM, 0, C_TOK, &X.cost)) {
+    fprintf(stderr, "eval_evict: profile %s: %s\n", hwname, cf_errmsg());
+    return 1;
+  }
+  for (int t = CF_TIER_SSD; t <= CF_TIER_NET; t++) {
+    cf_sched_cost_t alt;
+    if (hw.tier_Bps[t] > 0 && cf_hw_cost(&hw, &model, 1, t, 0, C_TOK, &alt) == 0) X.cost.tier_Bps[t] = alt.link_Bps;
+  }
+  if (!(X.cost.tier_Bps[1] > 0) || (remote && !(X.cost.tier_Bps[2] > 0))) {
+    fprintf(stderr, "eval_evict: profile %s lacks an ssd (or net) tier\n", hwname);
+    return 1;
+  }
+  cf_evict_cost_table(&X.cost, C_TOK, &X.table);
+
+  /* working set: the distinct chunks the trace saves */
+  {
+    kset_t ws = {0};
+    cf_store_key_t *keys = malloc(sizeof(cf_store_key_t) * (MAX_TOK / C_TOK + 8));
+    long tok = 0, maxp = 0;
+    for (int i = 0; i < T.n; i++) {
+      seq_t full = seq_copy(&T.r[i].prompt);
+      seq_add(&full, T.r[i].ans_id, T.r[i].answer);
+      int n = seq_keys(&full, full.tokens, keys);
+      for (int c = 0; c < n; c++) kset_add(&ws, &keys[c]);
+      tok += T.r[i].prompt.tokens;
+      if (T.r[i].prompt.tokens > maxp) maxp = T.r[i].prompt.tokens;
+      free(full.s);
+    }
+    X.ws = (long)ws.n;
+    printf("# workload %s seed %llu scale %g: %d requests, %ld distinct chunks (working set, %.1f GiB of "
+           "llama-3.1-8b bf16 KV), prompts mean %ld max %ld tokens; lookup %s%s; profile %s (CPU %.0f GB/s, "
+           "SSD %.1f GB/s%s)\n",
+           work, (unsigned long long)seed, scale, T.n, X.ws,
+           X.ws * (double)C_TOK * X.cost.kv_bytes_per_token * X.cost.n_layers / (1u << 30), tok / T.n, maxp,
+           lookup, remote ? ", remote tier 10 Gbit/s holding every saved chunk" : "", hwname,
+           X.cost.link_Bps / 1e9, X.cost.tier_Bps[1] / 1e9, remote ? ", remote 1.25 GB/s" : "");
+    free(ws.k); free(ws.used); free(keys);
+  }
+  char tmpl[] = "/tmp/eval_evict.XXXXXX";
+  if (!dir) {
+    if (!mkdtemp(tmpl)) { perror("mkdtemp"); return 1; }
+    dir = tmpl;
+  }
+  X.dir = dir;
+  printf("%-8s %-7s %12s %12s %8s %8s %8s\n", "capacity", "policy", "mean_ttft_ms", "p99_ttft_ms", "hit", "cpu_hit",
+         "gain");
+  int rc = 0;
+  char *cl = strdup(caps);
+  for (char *sv = NULL, *c = strtok_r(cl, ",", &sv); c && !rc; c = strtok_r(NULL, ",", &sv)) {
+    char *end;
+    double frac = strtod(c, &end);
+    if (*end || !(frac > 0) || frac > 10 || (long)(frac * X.ws) < 1) {
+      fprintf(stderr, "eval_evict: --caps '%s': expected fractions of the working set in (0, 10] "
+              "holding at least one chunk\n", c);
+      rc = 2;
+      break;
+    }
+    result_t r[3];
+    int have[3] = {0, 0, 0};
+    const char *names[3] = {"lru", "s3fifo", "cost"};
+    for (int p = 0; p < 3 && !rc; p++) {
+      if (!strstr(pols, names[p])) continue;
+      if ((rc = replay(&X, (cf_store_evict_t)p, frac, &r[p]))) {
+        fprintf(stderr, "eval_evict: %s at %g: %s\n", names[p], frac, cf_errmsg());
+        break;
+      }
+      have[p] = 1;
+    }
+    double best_other = 0;
+    for (int p = 0; p < 2; p++)
+      if (have[p] && (best_other == 0 || r[p].mean < best_other)) best_other = r[p].mean;
+    for (int p = 0; p < 3 && !rc; p++) {
+      if (!have[p]) continue;
+      char gain[32] = "";
+      if (p == 2 && best_other > 0) snprintf(gain, sizeof gain, "%.2fx", best_other / r[p].mean);
+      char capn[32];
+      snprintf(capn, sizeof capn, "%g%%", frac * 100);
+      printf("%-8s %-7s %12.1f %12.1f %7.1f%% %7.1f%% %8s%s\n", capn, names[p], r[p].mean * 1e3,
+             r[p].p99 * 1e3, r[p].hit * 100, r[p].cpu_hit * 100, gain,
+             r[p].bad ? "  (plans loaded absent chunks!)" : "");
+      if (r[p].bad) rc = 1;
+    }
+    fflush(stdout);
+  }
+  free(cl);
+  if (dir == tmpl) rmdir(tmpl);
+  if (rc == 2) return 2;
+  for (int i = 0; i < T.n; i++) free(T.r[i].prompt.s);
+  free(T.r);
+  return rc ? 1 : 0;
+}

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The eviction evaluation (issue 15.3) end to end at a tiny scale: every workload family replays
+# for every policy at every capacity (a row each, hit ratios in range, TTFT positive, no plan
+# that loads an absent chunk: the binary exits 1 on that or on a store over its caps), the same
+# seed gives the same table, another seed another trace, both lookups run, and bad options get
+# one clear line and exit 2. Asserts behaviour, not which policy wins (that is the README's table).
+set -u
+. "$(dirname "$0")/../lib/cf_test.sh"
+EV=$BUILD/bench/bench_eval_evict
+cf_test_dir cf-eval-evict
+[ -x "$EV" ] || cf_skip_all "$EV not built"
+
+rows_ok() { # FILE CAPS: 3 rows per capacity, 0 <= cpu_hit <= hit <= 100, mean and p99 TTFT > 0
+  awk -v caps="$2" '
+    /^#/ || /^capacity/ { next }
+    { n++; h = $5; c = $6; sub("%", "", h); sub("%", "", c); h += 0; c += 0
+      if ($3 + 0 <= 0 || $4 + 0 <= 0 || h < 0 || h > 100 || c < 0 || c > h + 1e-9) { print "bad row: " $0; bad = 1 } }
+    END { want = 3 * split(caps, a, ","); if (n != want) { print n " rows, want " want; bad = 1 } exit bad }' "$1"
+}
+
+for w in chat agentic rag; do
+  if "$EV" --workload "$w" --scale 0.03 --caps 0.1,0.5 --seed 3 --dir "$T" >"$T/$w.txt" 2>"$T/$w.err"; then
+    why=$(rows_ok "$T/$w.txt" 0.1,0.5) && ok "$w: a row per policy and capacity" || bad "$w rows" "$why"
+  else bad "$w runs" "$(head -n 5 "$T/$w.err")"; fi
+done
+"$EV" --workload rag --scale 0.03 --caps 0.1,0.5 --seed 3 --dir "$T" >"$T/again.txt" 2>/dev/null
+check "same seed, same table" "cmp -s '$T/rag.txt' '$T/again.txt'"
+"$EV" --workload rag --scale 0.03 --caps 0.1 --seed 4 --policies cost --dir "$T" >"$T/seed4.txt" 2>/dev/null
+check "another seed, another trace" "! cmp -s <(head -n 1 '$T/rag.txt') <(head -n 1 '$T/seed4.txt')"
+if "$EV" --workload chat --scale 0.03 --caps 0.2 --lookup prefix --remote --dir "$T" >"$T/prefix.txt" 2>"$T/prefix.err"; then
+  why=$(rows_ok "$T/prefix.txt" 0.2) && ok "prefix lookup with the remote tier" || bad "prefix rows" "$why"
+else bad "prefix lookup runs" "$(head -n 5 "$T/prefix.err")"; fi
+
+expect_err() { # NAME PATTERN ARGS...: exit 2, one line naming the problem
+  local name=$1 pat=$2; shift 2
+  "$EV" "$@" >/dev/null 2>"$T/e.txt"; local rc=$?
+  if [ $rc -eq 2 ] && grep -q -- "$pat" "$T/e.txt"; then ok "$name"; else bad "$name" "exit $rc: $(cat "$T/e.txt")"; fi
+}
+expect_err "unknown workload" "--workload video" --workload video
+expect_err "bad lookup" "--lookup sometimes" --lookup sometimes
+expect_err "bad scale" "--scale must be" --scale 0
+expect_err "unknown option" "unknown option --fast" --fast 1
+expect_err "bad capacity" "--caps .abc." --scale 0.03 --caps 0.1,abc
+finish

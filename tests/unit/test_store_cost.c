@@ -1,0 +1,319 @@
+/* The cost eviction policy (eviction = cost, issue 15.2): caps never exceeded, the value order
+ * honoured (a dear chunk outlives a cheap one saved after it, where LRU does the opposite),
+ * aging (a dear chunk nobody uses leaves eventually, one in use stays), and the SSD tier's
+ * journal, restart, shrink and verify under it. Dirty chunks written back before they go:
+ * test_store's dirty-eviction case, run for every policy.
+ * Real store, real files, real reads. */
+#include <stdlib.h>
+
+#include "cf_test.h"
+#include "store/cf_remote.h"
+#include "unit/redis_testlib.h"
+#include "unit/store_testlib.h"
+
+static char *tdir(const char *name) {
+  static char buf[8][1024];
+  static int i;
+  char *p = buf[i++ % 8];
+  snprintf(p, 1024, "%s/%s", cf_test_tmpdir(), name);
+  return p;
+}
+
+#define SLOT (2 * 8192) /* st_geom(16, 2, 64): two 8 KiB cells (4 KiB-aligned) */
+
+/* Value table: chunk index c is worth 1 s below index 100 and `dear` s from 100 on (both tiers). */
+static cf_store_cost_t two_values(float dear) {
+  cf_store_cost_t t;
+  memset(&t, 0, sizeof t);
+  t.bucket_chunks = 100;
+  for (int b = 0; b < CF_STORE_COST_BUCKETS; b++) t.saved_s[0][b] = t.saved_s[1][b] = b ? dear : 1.0f;
+  return t;
+}
+
+static cf_store_config_t cfg_cost(int cpu_slots, int ssd_slots, cf_store_evict_t pol) {
+  cf_store_config_t c;
+  cf_store_config_default(&c);
+  c.cpu_bytes = (uint64_t)cpu_slots * SLOT;
+  c.ssd_bytes = (uint64_t)ssd_slots * SLOT;
+  c.file_bytes = 8 * SLOT;
+  c.cpu_evict = pol;
+  c.cost = two_values(100.0f);
+  c.spill = 0; /* deterministic: write-back happens only when an eviction needs it */
+  return c;
+}
+
+static int save_at(cf_store_t *st, uint64_t id, uint32_t pos) {
+  const cf_store_geom_t *g = cf_store_geom(st);
+  const void *cells[8];
+  uint8_t *buf = st_make_cells(g, id, 16, cells);
+  cf_store_key_t k = st_key(g, id);
+  int rc = cf_store_save_at(st, &k, pos, 16, cells, 0);
+  free(buf);
+  return rc;
+}
+
+static int present(cf_store_t *st, uint64_t id) {
+  cf_store_key_t k = st_key(cf_store_geom(st), id);
+  return cf_store_lookup(st, &k, 1, NULL) == 1;
+}
+
+static void caps_ok(cf_store_t *st, const char *what) {
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  CF_CHECK_MSG(s.cpu_bytes_used <= s.cpu_bytes_cap, "%s: CPU tier %llu bytes over its cap %llu", what,
+               (unsigned long long)s.cpu_bytes_used, (unsigned long long)s.cpu_bytes_cap);
+  CF_CHECK_MSG(s.ssd_bytes_used <= s.ssd_bytes_cap, "%s: SSD tier %llu bytes over its cap %llu", what,
+               (unsigned long long)s.ssd_bytes_used, (unsigned long long)s.ssd_bytes_cap);
+}
+
+/* Open store `name` with cfg_cost(cpu, ssd, pol), its value table *tab when given; NULL on failure. */
+static cf_store_t *open_cost(const char *name, int cpu, int ssd, cf_store_evict_t pol, const cf_store_cost_t *tab) {
+  cf_store_config_t c = cfg_cost(cpu, ssd, pol);
+  if (tab) c.cost = *tab;
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  cf_store_t *st = NULL;
+  CF_CHECK_OK(cf_store_open(tdir(name), &g, &c, &st));
+  return st;
+}
+
+/* chunks of ids [lo, hi) present, each checked to read back its own bytes */
+static int count_intact(cf_store_t *st, uint64_t lo, uint64_t hi) {
+  int kept = 0;
+  for (uint64_t id = lo; id < hi; id++) {
+    if (!present(st, id)) continue;
+    int eq, t;
+    CF_CHECK_OK(st_check(st, id, 16, 0, 2, &eq, &t));
+    CF_CHECK_MSG(eq, "chunk %d: bytes differ", (int)id);
+    kept++;
+  }
+  return kept;
+}
+
+/* Four dear chunks (index 200) saved first, then eight cheap ones (index 0) into a CPU tier of 8:
+ * cost gives up the cheap ones, LRU the dear ones (the oldest). */
+static void dear_vs_cheap(cf_store_evict_t pol, const char *name, int want_dear_kept) {
+  cf_store_t *st = open_cost(name, 8, 0, pol, NULL);
+  if (!st) return;
+  for (uint64_t id = 0; id < 4; id++) CF_CHECK_OK(save_at(st, id, 200));
+  for (uint64_t id = 10; id < 18; id++) { CF_CHECK_OK(save_at(st, id, 0)); caps_ok(st, name); }
+  int dear = 0, cheap = 0;
+  for (uint64_t id = 0; id < 4; id++) dear += present(st, id);
+  for (uint64_t id = 10; id < 18; id++) cheap += present(st, id);
+  CF_CHECK_EQ(dear + cheap, 8);
+  CF_CHECK_MSG(dear == (want_dear_kept ? 4 : 0), "%s: %d of the 4 dear chunks kept", name, dear);
+  /* the cheap survivors under cost are the newest ones (equal value: GreedyDual is LRU) */
+  if (want_dear_kept)
+    for (uint64_t id = 14; id < 18; id++) CF_CHECK_MSG(present(st, id), "%s: cheap chunk %d", name, (int)id);
+  cf_store_close(st);
+}
+
+CF_TEST(store_cost_keeps_the_dear_chunks_lru_does_not) {
+  dear_vs_cheap(CF_STORE_EVICT_COST, "cost_order", 1);
+  dear_vs_cheap(CF_STORE_EVICT_LRU, "cost_order_lru", 0);
+}
+
+/* The index a chunk is saved at decides its value; a stored chunk re-saved at another index
+ * (CF_EEXIST) takes the new one. */
+CF_TEST(store_cost_resave_teaches_the_index) {
+  cf_store_t *st = open_cost("cost_pos", 4, 0, CF_STORE_EVICT_COST, NULL);
+  if (!st) return;
+  for (uint64_t id = 0; id < 4; id++) CF_CHECK_OK(save_at(st, id, 0));
+  CF_CHECK_ERR(save_at(st, 0, 300), CF_EEXIST); /* chunk 0 is dear now */
+  for (uint64_t id = 10; id < 13; id++) CF_CHECK_OK(save_at(st, id, 0));
+  CF_CHECK(present(st, 0));
+  for (uint64_t id = 1; id < 4; id++) CF_CHECK(!present(st, id));
+  cf_store_close(st);
+}
+
+/* Aging: two dear chunks; one is read every few saves, the other never again. A stream of cheap
+ * chunks raises the inflation L until the dead dear chunk leaves; the used one stays. */
+CF_TEST(store_cost_aging_lets_dead_chunks_leave) {
+  cf_store_cost_t aging = two_values(20.0f);
+  cf_store_t *st = open_cost("cost_aging", 8, 0, CF_STORE_EVICT_COST, &aging);
+  if (!st) return;
+  CF_CHECK_OK(save_at(st, 1, 200)); /* dead */
+  CF_CHECK_OK(save_at(st, 2, 200)); /* in use */
+  int dead_gone_at = -1;
+  for (int i = 0; i < 2000; i++) {
+    CF_CHECK_OK(save_at(st, 1000 + (uint64_t)i, 0));
+    caps_ok(st, "aging");
+    if (i % 4 == 0) {
+      int eq, t;
+      CF_CHECK_OK(st_check(st, 2, 16, 0, 2, &eq, &t));
+      CF_CHECK(eq);
+    }
+    if (dead_gone_at < 0 && !present(st, 1)) dead_gone_at = i;
+  }
+  CF_CHECK_MSG(dead_gone_at > 0, "the dead dear chunk never left (or left at once: %d)", dead_gone_at);
+  /* it outlived many cheap chunks first: its value held it */
+  CF_CHECK_GT(dead_gone_at, 16);
+  CF_CHECK(present(st, 2));
+  cf_store_close(st);
+}
+
+/* The SSD tier under cost: evictions at its cap are journaled, a restart keeps what was there,
+ * verify finds no damage, a smaller cap at open shrinks by the policy and every kept chunk reads
+ * back intact. */
+CF_TEST(store_cost_ssd_journal_restart_shrink) {
+  cf_store_config_t c = cfg_cost(0, 24, CF_STORE_EVICT_COST);
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  const char *dir = tdir("cost_ssd");
+  cf_store_t *st;
+  CF_CHECK_OK(cf_store_open(dir, &g, &c, &st));
+  if (!st) return;
+  /* 8 dear then 32 cheap: the SSD tier (24) keeps the dear ones and the newest cheap ones */
+  for (uint64_t id = 0; id < 8; id++) CF_CHECK_OK(save_at(st, id, 250));
+  for (uint64_t id = 100; id < 132; id++) { CF_CHECK_OK(save_at(st, id, 0)); caps_ok(st, "ssd"); }
+  for (uint64_t id = 0; id < 8; id++) CF_CHECK_MSG(present(st, id), "dear chunk %d evicted", (int)id);
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.ssd_chunks, 24);
+  CF_CHECK_EQ(s.ssd_evictions, 16);
+  CF_CHECK_OK(cf_store_flush(st));
+  cf_store_close(st);
+
+  cf_store_verify_t v;
+  CF_CHECK_OK(cf_store_verify_dir(dir, &v));
+  CF_CHECK_EQ(v.chunks_ok, 24);
+  CF_CHECK_EQ(v.chunks_damaged, 0);
+
+  /* restart: the same 24 chunks, bytes intact; more saves evict again (journaled) */
+  CF_CHECK_OK(cf_store_open(dir, &g, &c, &st));
+  if (!st) return;
+  CF_CHECK_EQ(count_intact(st, 0, 132), 24);
+  for (uint64_t id = 200; id < 210; id++) { CF_CHECK_OK(save_at(st, id, 0)); caps_ok(st, "ssd restart"); }
+  CF_CHECK_OK(cf_store_flush(st));
+  cf_store_close(st);
+
+  /* a smaller cap: the shrink gives up chunks by the policy, keeps the rest readable */
+  c.ssd_bytes = 12 * SLOT;
+  CF_CHECK_OK(cf_store_open(dir, &g, &c, &st));
+  if (!st) return;
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.ssd_chunks, 12);
+  CF_CHECK_EQ(count_intact(st, 0, 210), 12);
+  cf_store_close(st);
+  CF_CHECK_OK(cf_store_verify_dir(dir, &v));
+  CF_CHECK_EQ(v.chunks_ok, 12);
+  CF_CHECK_EQ(v.chunks_damaged, 0);
+}
+
+/* Random saves (random indices), reads and removes over both tiers: caps hold after every
+ * operation and every chunk the store reports present reads back with its own bytes. */
+CF_TEST(store_cost_random_ops_keep_caps_and_bytes) {
+  cf_store_config_t c = cfg_cost(6, 20, CF_STORE_EVICT_COST);
+  c.spill = 1; /* the spiller runs too */
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  cf_store_t *st;
+  CF_CHECK_OK(cf_store_open(tdir("cost_random"), &g, &c, &st));
+  if (!st) return;
+  uint64_t r = 12345;
+  for (int i = 0; i < 600; i++) {
+    r = st_mix(r);
+    uint64_t id = r % 60;
+    int op = (int)((r >> 20) % 10);
+    if (op < 5) {
+      int rc = save_at(st, id, (uint32_t)((r >> 32) % 400));
+      CF_CHECK_MSG(rc == 0 || rc == CF_EEXIST, "save %d: %d", (int)id, rc);
+    } else if (op < 9) {
+      if (present(st, id)) {
+        int eq, t;
+        int rc = st_check(st, id, 16, 0, 2, &eq, &t);
+        /* evicted between the lookup and the read by the spiller's work: a miss, never wrong bytes */
+        CF_CHECK_MSG(rc == CF_ENOTFOUND || (rc == 0 && eq), "read %d: rc %d eq %d", (int)id, rc, eq);
+      }
+    } else {
+      cf_store_key_t k = st_key(&g, id);
+      int rc = cf_store_remove(st, &k);
+      CF_CHECK(rc == 0 || rc == CF_ENOTFOUND || rc == CF_EBUSY);
+    }
+    caps_ok(st, "random");
+  }
+  CF_CHECK_OK(cf_store_flush(st));
+  cf_store_close(st);
+}
+
+/* In front of an SSD tier the CPU copy of a chunk saves only the SSD read (recompute cancels:
+ * the chunk goes to SSD when it leaves), so the CPU tier keeps the most recently used chunks
+ * whatever their index, and the SSD tier ranks by value: with 4 CPU and 6 SSD slots, 4 dear
+ * chunks saved first then 8 cheap ones leave the 4 newest cheap ones in the CPU tier, every
+ * dear one on SSD, and the SSD evictions (written-back chunks overflow it) cheap ones. */
+CF_TEST(store_cost_cpu_tier_before_ssd_is_recency_ssd_is_value) {
+  cf_store_t *st = open_cost("cost_tiers", 4, 6, CF_STORE_EVICT_COST, NULL);
+  if (!st) return;
+  cf_store_geom_t g = *cf_store_geom(st);
+  for (uint64_t id = 0; id < 4; id++) CF_CHECK_OK(save_at(st, id, 200));
+  for (uint64_t id = 10; id < 18; id++) { CF_CHECK_OK(save_at(st, id, 0)); caps_ok(st, "tiers"); }
+  for (uint64_t id = 14; id < 18; id++) {
+    cf_store_key_t k = st_key(&g, id);
+    uint8_t t = 0;
+    CF_CHECK_EQ(cf_store_lookup(st, &k, 1, &t), 1);
+    CF_CHECK_MSG(t == CF_STORE_TIER_CPU, "newest cheap chunk %d not in the CPU tier (tier %d)", (int)id, t);
+  }
+  for (uint64_t id = 0; id < 4; id++) {
+    cf_store_key_t k = st_key(&g, id);
+    uint8_t t = 0;
+    CF_CHECK_EQ(cf_store_lookup(st, &k, 1, &t), 1);
+    CF_CHECK_MSG(t == CF_STORE_TIER_SSD, "dear chunk %d: tier %d, want SSD", (int)id, t);
+  }
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  CF_CHECK_GT(s.ssd_evictions, 0); /* the SSD tier did choose */
+  int gone = 0;
+  for (uint64_t id = 10; id < 14; id++) gone += !present(st, id);
+  CF_CHECK_EQ((uint64_t)gone, s.ssd_evictions); /* every SSD victim a cheap chunk */
+  cf_store_close(st);
+}
+
+/* The remote tier's write-back under cost: while its queue is more than half full, cheap chunks
+ * (index 0) are not queued, dear ones (index 200) still are. A real redis-server, stopped with
+ * SIGSTOP so the writer blocks and the queue fills, then resumed: afterwards the remote tier
+ * holds the dear chunks and none of the cheap ones. */
+CF_TEST(store_cost_remote_write_back_prefers_dear_chunks) {
+  if (!rt_have_redis()) { cf_test_skip("redis-server not installed (make deps)"); return; }
+  rt_server_t srv;
+  CF_CHECK_EQ(rt_standalone(&srv, cf_test_tmpdir(), "cost_redis", NULL), 0);
+  char url[64];
+  snprintf(url, sizeof url, "redis://127.0.0.1:%d", srv.port);
+  cf_store_config_t c = cfg_cost(64, 0, CF_STORE_EVICT_COST);
+  c.remote_url = url;
+  c.remote_queue_bytes = 8 * (uint64_t)SLOT; /* 8 chunks of two 8 KiB cells */
+  c.remote_timeout_ms = 60000;               /* a stopped server blocks the writer, no timeout */
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  cf_store_t *st = NULL;
+  CF_CHECK_OK(cf_store_open(tdir("cost_remote"), &g, &c, &st));
+  if (!st) { rt_stop(&srv); return; }
+  kill(srv.pid, SIGSTOP);
+  /* dear chunks until the queue is more than half full (the writer holds what it took) */
+  uint64_t dear = 0;
+  cf_remote_stats_t rs;
+  do {
+    CF_CHECK_OK(save_at(st, dear++, 200));
+    cf_remote_get_stats(cf_store_remote(st), &rs);
+  } while (2 * rs.queue_bytes <= 8 * (uint64_t)SLOT && dear < 40);
+  CF_CHECK_MSG(2 * rs.queue_bytes > 8 * (uint64_t)SLOT, "queue never filled (%llu bytes)",
+               (unsigned long long)rs.queue_bytes);
+  for (uint64_t id = 100; id < 104; id++) CF_CHECK_OK(save_at(st, id, 0));
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.remote_skipped_cheap, 4);
+  kill(srv.pid, SIGCONT);
+  CF_CHECK_OK(cf_remote_flush(cf_store_remote(st), 60000));
+  int dear_there = 0;
+  for (uint64_t id = 0; id < dear; id++) {
+    cf_store_key_t k = st_key(&g, id);
+    dear_there += (int)cf_remote_lookup(cf_store_remote(st), &k, 1);
+  }
+  CF_CHECK_EQ(dear_there, (int)dear); /* the queue had room for every dear one */
+  for (uint64_t id = 100; id < 104; id++) {
+    cf_store_key_t k = st_key(&g, id);
+    CF_CHECK_MSG(cf_remote_lookup(cf_store_remote(st), &k, 1) == 0, "cheap chunk %d written back", (int)id);
+  }
+  /* with the queue drained, cheap chunks are written back again */
+  CF_CHECK_OK(save_at(st, 200, 0));
+  CF_CHECK_OK(cf_remote_flush(cf_store_remote(st), 60000));
+  cf_store_key_t k = st_key(&g, 200);
+  CF_CHECK_EQ(cf_remote_lookup(cf_store_remote(st), &k, 1), 1);
+  cf_store_close(st);
+  rt_stop(&srv);
+}
