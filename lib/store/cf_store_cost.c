@@ -19,6 +19,7 @@
  * lists still give the journal its order (compaction, shrink).
  * Cost: pick, add, remove and a use are O(log n). Memory: 16 bytes per heap node (one per chunk per
  * tier it is in) and 8 bytes of heap positions per index entry (uses and pos fill padding). */
+#include <math.h>
 #include <stdlib.h>
 
 #include "store/cf_store_int.h"
@@ -43,13 +44,20 @@ static double cf__value(const cf_store_t *st, int tier, const cf__ent_t *en) {
   /* the CPU copy of a chunk that goes to SSD when it leaves (write-back) saves only the SSD
    * read: recompute cancels out, every chunk is worth the same, and GreedyDual is LRU */
   if (tier == 0 && st->n_ssd_slots) v -= c->saved_s[1][b];
-  if (!(v > 1e-9)) v = 1e-9; /* never free to keep */
+  if (!(v > 1e-9)) v = 1e-9; /* never free to keep (a hint of 0 may make it so) */
   uint32_t C = st->g.chunk_tokens, n = en->n_tokens ? en->n_tokens : C;
-  return v * (double)n / (double)C;
+  double w = en->sfreq ? (en->sfreq - 1) / 64.0 : 1.0; /* cf_store_hint */
+  return v * w * (double)n / (double)C;
 }
 
 static double cf__pri(const cf_store_t *st, int tier, const cf__ent_t *en) {
   /* the CPU tier in front of an SSD tier is recency alone (see cf__value): no frequency either */
+  if (st->cost_tau > 0) {
+    if (tier == 0 && st->n_ssd_slots && !getenv("CF_EXP_CPUV")) return st->cost_clock;
+    double f = en->uses ? 1.0 + (en->uses < CF__COST_FMAX - 1 ? en->uses : CF__COST_FMAX - 1) : CF__COST_F_NEW;
+    double v = f * cf__value(st, tier, en);
+    return log(v > 1e-12 ? v : 1e-12) + st->cost_clock / st->cost_tau;
+  }
   if (tier == 0 && st->n_ssd_slots) return st->heap[tier].L + cf__value(st, tier, en);
   double f = en->uses ? 1.0 + (en->uses < CF__COST_FMAX - 1 ? en->uses : CF__COST_FMAX - 1) : CF__COST_F_NEW;
   return st->heap[tier].L + f * cf__value(st, tier, en);
@@ -98,6 +106,8 @@ static int cf__heap_grow(cf__heap_t *h) {
 int cf__cost_alloc(cf_store_t *st) {
   st->cost_on = 1;
   int32_t want[2] = {st->n_cpu_slots, st->n_ssd_slots};
+  st->cost_clock = 0;
+  st->cost_tau = getenv("CF_EXP_TAU") ? atof(getenv("CF_EXP_TAU")) * (st->n_ssd_slots ? st->n_ssd_slots : st->n_cpu_slots) : 0;
   for (int t = 0; t < 2; t++) {
     st->heap[t] = (cf__heap_t){NULL, 0, 0, 0.0};
     st->heap[t].cap = want[t] > 0 ? want[t] : 1;
@@ -122,6 +132,7 @@ void cf__heap_add(cf_store_t *st, int tier, int32_t e) {
   /* the replay adds the journal's chunks oldest first, all unused and of unknown index, so of
    * equal priority: a tiny rise per chunk keeps that order (the oldest goes first) */
   if (st->replaying) h->L += 1e-12;
+  if (tier == 0 || st->ents[e].hpos[0] < 0) st->cost_clock += 1; /* an arrival (not a write-back) */
   int32_t i = h->len++;
   cf__hset(st, h, tier, i, (cf__hnode_t){cf__pri(st, tier, &st->ents[e]), e});
   cf__sift_up(st, tier, i);
@@ -152,6 +163,7 @@ static void cf__heap_refresh(cf_store_t *st, int tier, int32_t e) {
 void cf__cost_use(cf_store_t *st, int32_t e) {
   cf__ent_t *en = &st->ents[e];
   if (en->uses < 255) en->uses++;
+  st->cost_clock += 1;
   for (int t = 0; t < 2; t++) cf__heap_refresh(st, t, e);
 }
 
@@ -231,4 +243,23 @@ void cf_store_set_cost(cf_store_t *st, const cf_store_cost_t *cost) {
     }
   }
   pthread_mutex_unlock(&st->mu);
+}
+
+size_t cf_store_hint(cf_store_t *st, const cf_store_key_t *keys, size_t n, const float *weight) {
+  if (!st || !keys || !weight || !st->cost_on) return 0;
+  size_t found = 0;
+  pthread_mutex_lock(&st->mu);
+  for (size_t i = 0; i < n; i++) {
+    int32_t e = cf__idx_find(st, &keys[i]);
+    if (e < 0) continue;
+    found++;
+    double w = weight[i] > 0 ? weight[i] : 0; /* NaN and negatives: 0 */
+    if (w > 254.0 / 64) w = 254.0 / 64;
+    uint8_t q = (uint8_t)(1 + (int)(w * 64 + 0.5));
+    if (st->ents[e].sfreq == q) continue;
+    st->ents[e].sfreq = q;
+    for (int t = 0; t < 2; t++) cf__heap_refresh(st, t, e);
+  }
+  pthread_mutex_unlock(&st->mu);
+  return found;
 }

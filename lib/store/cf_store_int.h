@@ -46,7 +46,9 @@ typedef struct {
   uint32_t n_tokens;
   uint32_t pins; /* readers + spill holding the CPU slot */
   uint8_t flags, queue, freq, in_dirty;
-  uint8_t sfreq; /* SSD tier, S3-FIFO: reads since the chunk last passed the eviction point (<= 3) */
+  uint8_t sfreq; /* SSD tier, S3-FIFO: reads since the chunk last passed the eviction point (<= 3);
+                  * COST: the caller's keep weight (cf_store_hint): 0 = not told (1), else
+                  * weight (sfreq - 1) / 64 (the byte is free under COST: no entry grows) */
   uint8_t uses;  /* COST: uses (a read at the first layer, a pin) since it entered the store (<= 255) */
   uint16_t pos;  /* COST: chunk index in its prefix (CF__POS_UNKNOWN: not told; saturates) */
   int32_t cprev, cnext; /* CPU queue or ghost list */
@@ -157,6 +159,8 @@ struct cf_store_s {
    * (CPU) and ssd_lru (SSD), kept in step by cf__list_push_head / cf__list_remove */
   int cost_on;
   cf__heap_t heap[2];
+  double cost_clock; /* COST: uses + arrivals so far (the decay's time) */
+  double cost_tau;   /* COST: decay time in clock ticks (0: GreedyDual) */
 };
 
 #define CF__SPILL_BATCH 16 /* chunks per write-back batch (one journal append) */

@@ -230,6 +230,7 @@ typedef struct {
   cf_store_cost_t table;
   const char *dir;
   int holes, remote;
+  int fb; /* cost: planner feedback (1: after each restore; 2: what-if plan of each save) */
   long ws; /* working set, chunks */
 } ctx_t;
 
@@ -279,7 +280,7 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, result_t *o
   g.n_layers = 1;
   g.n_kv_heads = 1;
   g.head_dim = 1; /* 2 KiB cells in 4 KiB slots: the slot is what the caps count */
-  long ssd_slots = (long)(frac * X->ws), cpu_slots = ssd_slots / 4;
+  long ssd_slots = (long)(frac * X->ws), cpu_slots = getenv("CF_EV_CPUSHARE") ? (long)(ssd_slots * atof(getenv("CF_EV_CPUSHARE"))) : ssd_slots / 4;
   if (cpu_slots < 1) cpu_slots = 1;
   cf_store_config_t sc;
   cf_store_config_default(&sc);
@@ -303,6 +304,8 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, result_t *o
   double *ttft = malloc(sizeof(double) * (size_t)T->n);
   cf_store_key_t *keys = malloc(sizeof(cf_store_key_t) * (MAX_TOK / C_TOK + 8));
   uint8_t *tiers = malloc(MAX_TOK / C_TOK + 8);
+  cf_store_key_t *hkeys = malloc(sizeof(cf_store_key_t) * (MAX_TOK / C_TOK + 8));
+  float *hw = malloc(sizeof(float) * (MAX_TOK / C_TOK + 8));
   uint8_t cell[4096] __attribute__((aligned(4096)));
   memset(cell, 0x5a, sizeof cell);
   const void *cells[1] = {cell};
@@ -345,8 +348,13 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, result_t *o
     if (restore > 0) {
       if ((rc = cf_sched_plan(&in, CF_POLICY_OPTIMAL, &plan)) || (rc = cf_sim_run(&in, &plan, &res))) break;
       ttft[i] = res.ttft_s[0];
+      int nh = 0;
       for (int c = 0; c < restore; c++) {
         int h = plan.h[plan.h_off[0] + c];
+        if ((X->fb & 1) && pol == CF_STORE_EVICT_COST && tiers[c] <= 1) {
+          hkeys[nh] = keys[c];
+          hw[nh++] = h >= L ? 0.0f : 1.0f;
+        }
         if (tiers[c] == TIER_NONE && h < L) bad++;
         /* a chunk the plan loads from a local tier is read (a use, as a restore's reads are) */
         if (h < L && tiers[c] <= 1) {
@@ -355,6 +363,7 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, result_t *o
           if (rrc && rrc != CF_ENOTFOUND) { rc = rrc; break; }
         }
       }
+      if (nh) cf_store_hint(st, hkeys, (size_t)nh, hw);
     } else {
       ttft[i] = cf_cost_prefill(&X->cost, 0, P);
     }
@@ -366,6 +375,21 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, result_t *o
       int src = cf_store_save_at(st, &keys[c], (uint32_t)c, C_TOK, cells, 0);
       if (src && src != CF_EEXIST) rc = src;
       if (X->remote) kset_add(&remote, &keys[c]);
+    }
+    if (!rc && (X->fb & 2) && pol == CF_STORE_EVICT_COST && nfull > 0) {
+      /* what-if: the whole saved prefix on SSD: the chunks its plan computes anyway are worth 0 */
+      memset(tiers, 1, (size_t)nfull);
+      cf_sched_req_t wr = {0};
+      wr.prefix_tokens = (int64_t)nfull * C_TOK;
+      wr.new_tokens = 0;
+      wr.chunk_tier = tiers;
+      cf_sched_input_t win = {0};
+      win.cost = X->cost;
+      win.reqs = &wr;
+      win.n_reqs = 1;
+      if ((rc = cf_sched_plan(&win, CF_POLICY_OPTIMAL, &plan))) break;
+      for (int c = 0; c < nfull; c++) hw[c] = plan.h[plan.h_off[0] + c] >= L ? 0.0f : 1.0f;
+      cf_store_hint(st, keys, (size_t)nfull, hw);
     }
     free(full.s);
   }
@@ -387,7 +411,7 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, result_t *o
   if (system(cmd) != 0) {}
   cf_sched_plan_free(&plan);
   cf_sim_result_free(&res);
-  free(ttft); free(keys); free(tiers); free(remote.k); free(remote.used);
+  free(ttft); free(keys); free(tiers); free(hkeys); free(hw); free(remote.k); free(remote.used);
   clock_gettime(CLOCK_MONOTONIC, &t1);
   out->wall_s = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
   return rc;
@@ -434,6 +458,7 @@ int main(int argc, char **argv) {
   X.T = &T;
   X.holes = !strcmp(lookup, "holes");
   X.remote = remote;
+  X.fb = getenv("CF_EV_FB") ? atoi(getenv("CF_EV_FB")) : 0;
   cf_hw_t hw;
   cf_model_shape_t model;
   if (cf_hw_load(hwname, &hw) || cf_model_shape_load("llama-3.1-8b", &model) ||
