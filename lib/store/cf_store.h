@@ -280,15 +280,6 @@ int cf_store_save_at(cf_store_t *st, const cf_store_key_t *key, uint32_t chunk_i
  * the other policies. */
 void cf_store_set_cost(cf_store_t *st, const cf_store_cost_t *cost);
 
-/* Cost policy: tell the store what n stored chunks are worth relative to their table value,
- * weight[i] in [0, 3.98] (1 = the table's value; quantized to 1/64). The caller knows what the
- * table cannot: a chunk the restore planner computes anyway (the front of a prefix that is
- * faster computed than read while the link loads the rest) saves nothing by being stored, so
- * its weight is 0 and it is the next to go among chunks of its age. A later read does not
- * reset it; a later hint does. O(log n) per chunk. Returns how many of the keys are stored;
- * 0 and no effect under the other policies. */
-size_t cf_store_hint(cf_store_t *st, const cf_store_key_t *keys, size_t n, const float *weight);
-
 /* ---------------------------------------------------------------- read */
 
 /* A pin on a chunk in the CPU tier: cell l is at base + l * cell_stride, cell_bytes long.

@@ -1,24 +1,31 @@
 /* The cost eviction policy (CF_STORE_EVICT_COST): keep the chunks whose presence saves the most
- * restoration time, GreedyDual-Size-Frequency style.
+ * restoration time, discounted by how long ago they were last asked for.
  *
  * A chunk's value in tier t, v_t, is the seconds its presence there saves a restore: recomputing
  * it (every layer, at its position) minus loading it from t, from the daemon's table
  * (cf_store_cost_t; the store does not know the cost model). Each tier keeps a binary min-heap
  * of its chunks on the priority
- *     pri = L_t + f * v_t,   f = 1/2 before the chunk's first use, 2 after (CF__COST_*)
- * where a use is a read at its first layer or a pin (uses counts them) and L_t, the
- * tier's inflation, is the priority of the last chunk the tier gave up. A use recomputes pri with
- * the current L_t, so a chunk in use keeps rising with L while one nobody asks for stays where
- * it was and is overtaken: dead sessions leave however dear their chunks were, the dear ones
- * just later (Cao & Irani's GreedyDual-Size; Cherkasova's frequency factor). Slots all have the
- * same size, so ordering by value per chunk is ordering by value per byte.
+ *     pri = ln(f * v_t) + t_e / tau_t,   f = 1/2 before the chunk's first use, 2 after (CF__COST_*)
+ * where t_e is the store's clock (arrivals + uses, cost_clock) at the chunk's arrival or last
+ * use (a read at its first layer or a pin) and tau_t = CF__COST_TAU_SLOTS x the tier's slots.
+ * That is the order of f * v_t * exp(-(now - t_e) / tau_t): expected time saved, decayed
+ * exponentially with the traffic since the chunk was last wanted. `now` is common to all chunks,
+ * so the key never changes while the chunk is left alone: O(log n) with a plain heap. A chunk
+ * k times dearer outlives a cheap one of the same age by tau_t * ln k ticks (30x dearer: 3.4
+ * tau); a dead session's chunks leave however dear they were, the dear ones later.
+ * Measured against the GreedyDual-Size-Frequency form it replaces (pri = L + f * v, L the last
+ * victim's priority; `make eval-evict`, seeds 1 and 2): GDSF's additive aging let a dead long
+ * session's deep chunks (v ~ 100x a front chunk's) outlive dozens of cache turnovers of live
+ * cheap ones; the decay brought chat's mean TTFT at 5-10% capacity 8-18% lower (README).
+ * Slots all have the same size, so ordering by value per chunk is ordering by value per byte.
  *
  * The heaps hold the same members as the LRU lists the other policies use (q[CF__Q_LRU] for the
  * CPU tier, ssd_lru for the SSD tier): cf__list_push_head / cf__list_remove call in here, so
  * every place that adds or drops a chunk keeps the heap right without knowing about it, and the
  * lists still give the journal its order (compaction, shrink).
- * Cost: pick, add, remove and a use are O(log n). Memory: 16 bytes per heap node (one per chunk per
- * tier it is in) and 8 bytes of heap positions per index entry (uses and pos fill padding). */
+ * Cost: pick, add, remove and a use are O(log n). Memory: 16 bytes per heap node (one per chunk
+ * per tier it is in), 8 bytes of heap positions per index entry (uses and pos fill padding) and
+ * the 8-byte t_e per entry (cost_t, allocated only under this policy). */
 #include <math.h>
 #include <stdlib.h>
 
@@ -26,13 +33,18 @@
 #include "util/cf_err.h"
 
 /* Frequency factor: a chunk nobody has read since it came in counts 1/2, one read since counts
- * 2 (and no more: on the evaluation's traces a cap of 8 kept dead chunks too long, up to 6%
- * more mean TTFT on agentic traces). The 4x between them is
- * S3-FIFO's lesson in GreedyDual form: most chunks are never read again (a RAG document asked
- * once), and those should leave before chunks that proved useful; without it (every chunk
- * counting 1) cost lost 5-7% to S3-FIFO on RAG traces. */
+ * 2 (and no more: caps of 4 and 8 were no better on the evaluation's traces, 8 up to 2% worse on
+ * agentic ones; a log-sum of decayed uses, LRFU-style, was no better either). The 4x between
+ * them is S3-FIFO's lesson: most chunks are never read again (a RAG document asked once), and
+ * those should leave before chunks that proved useful; without it (every chunk counting 1) cost
+ * lost 5-7% to S3-FIFO on RAG traces. */
 #define CF__COST_F_NEW 0.5
 #define CF__COST_FMAX 2
+/* Decay time in units of the tier's capacity in chunks: 2 (a chunk's weight halves after 1.4
+ * tier-fulls of arrivals and uses; scale-free: no trace's clock or size in it). Chosen on seed 1
+ * at 5% and 10% capacity, then checked on held-out seeds: 0.5 and 1 fell toward LRU (chat +6-11%
+ * mean TTFT against 2), 4 kept too much dead weight (chat +3%, agentic +2%). */
+#define CF__COST_TAU_SLOTS 2.0
 
 static double cf__value(const cf_store_t *st, int tier, const cf__ent_t *en) {
   const cf_store_cost_t *c = &st->cfg.cost;
@@ -41,26 +53,21 @@ static double cf__value(const cf_store_t *st, int tier, const cf__ent_t *en) {
   uint32_t b = pos / c->bucket_chunks;
   if (b >= CF_STORE_COST_BUCKETS) b = CF_STORE_COST_BUCKETS - 1;
   double v = c->saved_s[tier][b];
-  /* the CPU copy of a chunk that goes to SSD when it leaves (write-back) saves only the SSD
-   * read: recompute cancels out, every chunk is worth the same, and GreedyDual is LRU */
-  if (tier == 0 && st->n_ssd_slots) v -= c->saved_s[1][b];
-  if (!(v > 1e-9)) v = 1e-9; /* never free to keep (a hint of 0 may make it so) */
+  if (!(v > 1e-9)) v = 1e-9; /* never free to keep */
   uint32_t C = st->g.chunk_tokens, n = en->n_tokens ? en->n_tokens : C;
-  double w = en->sfreq ? (en->sfreq - 1) / 64.0 : 1.0; /* cf_store_hint */
-  return v * w * (double)n / (double)C;
+  return v * (double)n / (double)C;
 }
 
-static double cf__pri(const cf_store_t *st, int tier, const cf__ent_t *en) {
-  /* the CPU tier in front of an SSD tier is recency alone (see cf__value): no frequency either */
-  if (st->cost_tau > 0) {
-    if (tier == 0 && st->n_ssd_slots && !getenv("CF_EXP_CPUV")) return st->cost_clock;
-    double f = en->uses ? 1.0 + (en->uses < CF__COST_FMAX - 1 ? en->uses : CF__COST_FMAX - 1) : CF__COST_F_NEW;
-    double v = f * cf__value(st, tier, en);
-    return log(v > 1e-12 ? v : 1e-12) + st->cost_clock / st->cost_tau;
-  }
-  if (tier == 0 && st->n_ssd_slots) return st->heap[tier].L + cf__value(st, tier, en);
+static double cf__pri(const cf_store_t *st, int tier, int32_t e) {
+  const cf__ent_t *en = &st->ents[e];
+  double age = st->cost_t[e] / st->heap[tier].tau;
+  /* The CPU copy of a chunk that goes to SSD when it leaves (write-back) saves only the SSD
+   * read: recompute cancels out and every chunk is worth the same, so the CPU tier in front of
+   * an SSD tier is recency alone (LRU; ranked by position value instead it was 4-6% worse at
+   * 25-50% capacity, by decayed frequency better on RAG and up to 16% worse on agentic). */
+  if (tier == 0 && st->n_ssd_slots) return age;
   double f = en->uses ? 1.0 + (en->uses < CF__COST_FMAX - 1 ? en->uses : CF__COST_FMAX - 1) : CF__COST_F_NEW;
-  return st->heap[tier].L + f * cf__value(st, tier, en);
+  return log(f * cf__value(st, tier, en)) + age;
 }
 
 static void cf__hset(cf_store_t *st, cf__heap_t *h, int tier, int32_t i, cf__hnode_t nd) {
@@ -105,11 +112,12 @@ static int cf__heap_grow(cf__heap_t *h) {
 
 int cf__cost_alloc(cf_store_t *st) {
   st->cost_on = 1;
-  int32_t want[2] = {st->n_cpu_slots, st->n_ssd_slots};
   st->cost_clock = 0;
-  st->cost_tau = getenv("CF_EXP_TAU") ? atof(getenv("CF_EXP_TAU")) * (st->n_ssd_slots ? st->n_ssd_slots : st->n_cpu_slots) : 0;
+  int32_t want[2] = {st->n_cpu_slots, st->n_ssd_slots};
+  st->cost_t = calloc((size_t)st->n_ents_max, sizeof *st->cost_t);
+  if (!st->cost_t) return cf_seterr(CF_ENOMEM, "store %s: cost policy times of %d entries", st->dir, st->n_ents_max);
   for (int t = 0; t < 2; t++) {
-    st->heap[t] = (cf__heap_t){NULL, 0, 0, 0.0};
+    st->heap[t] = (cf__heap_t){NULL, 0, 0, CF__COST_TAU_SLOTS * (want[t] > 0 ? want[t] : 1)};
     st->heap[t].cap = want[t] > 0 ? want[t] : 1;
     st->heap[t].n = malloc(sizeof(cf__hnode_t) * (size_t)st->heap[t].cap);
     if (!st->heap[t].n) return cf_seterr(CF_ENOMEM, "store %s: cost policy heap of %d chunks", st->dir, want[t]);
@@ -119,6 +127,8 @@ int cf__cost_alloc(cf_store_t *st) {
 
 void cf__cost_free(cf_store_t *st) {
   for (int t = 0; t < 2; t++) { free(st->heap[t].n); st->heap[t].n = NULL; }
+  free(st->cost_t);
+  st->cost_t = NULL;
 }
 
 void cf__heap_add(cf_store_t *st, int tier, int32_t e) {
@@ -129,12 +139,11 @@ void cf__heap_add(cf_store_t *st, int tier, int32_t e) {
     st->ents[e].hpos[tier] = -1;
     return;
   }
-  /* the replay adds the journal's chunks oldest first, all unused and of unknown index, so of
-   * equal priority: a tiny rise per chunk keeps that order (the oldest goes first) */
-  if (st->replaying) h->L += 1e-12;
-  if (tier == 0 || st->ents[e].hpos[0] < 0) st->cost_clock += 1; /* an arrival (not a write-back) */
+  /* an arrival (not a write-back of a chunk the CPU tier holds) starts the chunk's time; the
+   * replay adds the journal's chunks oldest first, so the oldest is also the first to go */
+  if (st->ents[e].hpos[0] < 0 && st->ents[e].hpos[1] < 0) st->cost_t[e] = ++st->cost_clock;
   int32_t i = h->len++;
-  cf__hset(st, h, tier, i, (cf__hnode_t){cf__pri(st, tier, &st->ents[e]), e});
+  cf__hset(st, h, tier, i, (cf__hnode_t){cf__pri(st, tier, e), e});
   cf__sift_up(st, tier, i);
 }
 
@@ -155,7 +164,7 @@ void cf__heap_del(cf_store_t *st, int tier, int32_t e) {
 static void cf__heap_refresh(cf_store_t *st, int tier, int32_t e) {
   int32_t i = st->ents[e].hpos[tier];
   if (i < 0) return;
-  st->heap[tier].n[i].pri = cf__pri(st, tier, &st->ents[e]);
+  st->heap[tier].n[i].pri = cf__pri(st, tier, e);
   cf__sift_up(st, tier, i);
   cf__sift_down(st, tier, st->ents[e].hpos[tier]);
 }
@@ -163,7 +172,7 @@ static void cf__heap_refresh(cf_store_t *st, int tier, int32_t e) {
 void cf__cost_use(cf_store_t *st, int32_t e) {
   cf__ent_t *en = &st->ents[e];
   if (en->uses < 255) en->uses++;
-  st->cost_clock += 1;
+  st->cost_t[e] = ++st->cost_clock;
   for (int t = 0; t < 2; t++) cf__heap_refresh(st, t, e);
 }
 
@@ -203,10 +212,6 @@ int32_t cf__heap_pick(cf_store_t *st, int tier, int (*ok)(cf_store_t *, int32_t)
     cf__hset(st, h, tier, j, held[i]);
     cf__sift_up(st, tier, j);
   }
-  if (pick >= 0) {
-    double p = h->n[st->ents[pick].hpos[tier]].pri;
-    if (p > h->L) h->L = p;
-  }
   return pick;
 }
 
@@ -215,10 +220,7 @@ int cf__cost_refuse(cf_store_t *st, int32_t e, unsigned taken) {
   if (!st->n_ssd_slots || (unsigned)st->n_ssd_free > taken || !h->len ||
       __atomic_load_n(&st->files_ready, __ATOMIC_ACQUIRE) < st->n_files)
     return 0;
-  double p = cf__pri(st, 1, &st->ents[e]);
-  if (p >= h->n[0].pri) return 0;
-  if (p > h->L) h->L = p;
-  return 1;
+  return cf__pri(st, 1, e) < h->n[0].pri;
 }
 
 int cf__cost_dear(const cf_store_t *st, uint32_t pos, uint32_t n_tokens) {
@@ -238,28 +240,9 @@ void cf_store_set_cost(cf_store_t *st, const cf_store_cost_t *cost) {
   if (st->cost_on) {
     for (int t = 0; t < 2; t++) {
       cf__heap_t *h = &st->heap[t];
-      for (int32_t i = 0; i < h->len; i++) h->n[i].pri = cf__pri(st, t, &st->ents[h->n[i].e]);
+      for (int32_t i = 0; i < h->len; i++) h->n[i].pri = cf__pri(st, t, h->n[i].e);
       for (int32_t i = h->len / 2 - 1; i >= 0; i--) cf__sift_down(st, t, i);
     }
   }
   pthread_mutex_unlock(&st->mu);
-}
-
-size_t cf_store_hint(cf_store_t *st, const cf_store_key_t *keys, size_t n, const float *weight) {
-  if (!st || !keys || !weight || !st->cost_on) return 0;
-  size_t found = 0;
-  pthread_mutex_lock(&st->mu);
-  for (size_t i = 0; i < n; i++) {
-    int32_t e = cf__idx_find(st, &keys[i]);
-    if (e < 0) continue;
-    found++;
-    double w = weight[i] > 0 ? weight[i] : 0; /* NaN and negatives: 0 */
-    if (w > 254.0 / 64) w = 254.0 / 64;
-    uint8_t q = (uint8_t)(1 + (int)(w * 64 + 0.5));
-    if (st->ents[e].sfreq == q) continue;
-    st->ents[e].sfreq = q;
-    for (int t = 0; t < 2; t++) cf__heap_refresh(st, t, e);
-  }
-  pthread_mutex_unlock(&st->mu);
-  return found;
 }

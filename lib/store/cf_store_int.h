@@ -46,9 +46,7 @@ typedef struct {
   uint32_t n_tokens;
   uint32_t pins; /* readers + spill holding the CPU slot */
   uint8_t flags, queue, freq, in_dirty;
-  uint8_t sfreq; /* SSD tier, S3-FIFO: reads since the chunk last passed the eviction point (<= 3);
-                  * COST: the caller's keep weight (cf_store_hint): 0 = not told (1), else
-                  * weight (sfreq - 1) / 64 (the byte is free under COST: no entry grows) */
+  uint8_t sfreq; /* SSD tier, S3-FIFO: reads since the chunk last passed the eviction point (<= 3) */
   uint8_t uses;  /* COST: uses (a read at the first layer, a pin) since it entered the store (<= 255) */
   uint16_t pos;  /* COST: chunk index in its prefix (CF__POS_UNKNOWN: not told; saturates) */
   int32_t cprev, cnext; /* CPU queue or ghost list */
@@ -69,7 +67,7 @@ typedef struct {
 typedef struct {
   cf__hnode_t *n;
   int32_t len, cap;
-  double L; /* GreedyDual inflation: the priority of the last chunk this tier gave up */
+  double tau; /* decay time in clock ticks: CF__COST_TAU_SLOTS x the tier's slots */
 } cf__heap_t;
 
 /* io_uring wrapper; falls back to pread/pwrite when the kernel refuses io_uring. */
@@ -159,8 +157,8 @@ struct cf_store_s {
    * (CPU) and ssd_lru (SSD), kept in step by cf__list_push_head / cf__list_remove */
   int cost_on;
   cf__heap_t heap[2];
-  double cost_clock; /* COST: uses + arrivals so far (the decay's time) */
-  double cost_tau;   /* COST: decay time in clock ticks (0: GreedyDual) */
+  double cost_clock; /* COST: arrivals + uses so far, the priorities' time */
+  double *cost_t;    /* COST: [n_ents_max] the clock at each entry's arrival or last use */
 };
 
 #define CF__SPILL_BATCH 16 /* chunks per write-back batch (one journal append) */

@@ -10,7 +10,7 @@ void cf__ssd_detach(cf_store_t *st, int32_t e) {
   cf__list_remove(st, &st->ssd_lru, e, 1);
   st->ssd_owner[en->ssd_slot] = -1;
   en->ssd_slot = -1;
-  if (!st->cost_on) en->sfreq = 0; /* COST: the keep weight follows the chunk, not the slot */
+  en->sfreq = 0;
   en->flags &= (uint8_t)~CF__F_SSD;
   st->st.ssd_chunks--;
 }

@@ -30,7 +30,10 @@
  *
  * Usage: bench_eval_evict [--workload chat|agentic|rag] [--seed N] [--scale X]
  *                         [--caps 0.05,0.1,0.25,0.5] [--lookup holes|prefix] [--remote]
- *                         [--policies lru,s3fifo,cost] [--dir DIR] [--hw NAME]
+ *                         [--policies lru,s3fifo,cost,ssd-all] [--dir DIR] [--hw NAME]
+ * ssd-all is a reference, not a policy: LRU with the SSD tier holding every chunk ever saved
+ * and the CPU tier at the capacity's cap, i.e. what an SSD-tier policy could reach at most with
+ * the CPU tier run by recency (cost's CPU tier in front of an SSD tier is LRU).
  */
 #include <math.h>
 #include <stdio.h>
@@ -230,7 +233,6 @@ typedef struct {
   cf_store_cost_t table;
   const char *dir;
   int holes, remote;
-  int fb; /* cost: planner feedback (1: after each restore; 2: what-if plan of each save) */
   long ws; /* working set, chunks */
 } ctx_t;
 
@@ -268,7 +270,9 @@ static int kset_has(const kset_t *s, const cf_store_key_t *k) {
   }
 }
 
-static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, result_t *out) {
+/* ssd_all: the reference row: the SSD tier holds every chunk ever saved (its cap the whole
+ * working set), the CPU tier keeps frac's cap and LRU */
+static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all, result_t *out) {
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   cf_store_geom_t g;
@@ -280,8 +284,9 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, result_t *o
   g.n_layers = 1;
   g.n_kv_heads = 1;
   g.head_dim = 1; /* 2 KiB cells in 4 KiB slots: the slot is what the caps count */
-  long ssd_slots = (long)(frac * X->ws), cpu_slots = getenv("CF_EV_CPUSHARE") ? (long)(ssd_slots * atof(getenv("CF_EV_CPUSHARE"))) : ssd_slots / 4;
+  long ssd_slots = (long)(frac * X->ws), cpu_slots = ssd_slots / 4;
   if (cpu_slots < 1) cpu_slots = 1;
+  if (ssd_all) ssd_slots = X->ws + 64;
   cf_store_config_t sc;
   cf_store_config_default(&sc);
   sc.cpu_bytes = (uint64_t)cpu_slots * 4096;
@@ -292,7 +297,8 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, result_t *o
   sc.buffered_io = 1;  /* page cache: the replay measures policies, not the disk */
   sc.journal_slack = 1u << 20;
   char dir[1100];
-  snprintf(dir, sizeof dir, "%s/%s_%g", X->dir, pol == CF_STORE_EVICT_LRU ? "lru" : pol == CF_STORE_EVICT_S3FIFO ? "s3fifo" : "cost", frac);
+  snprintf(dir, sizeof dir, "%s/%s%s_%g", X->dir, pol == CF_STORE_EVICT_LRU ? "lru" : pol == CF_STORE_EVICT_S3FIFO ? "s3fifo" : "cost",
+           ssd_all ? "_ssdall" : "", frac);
   char cmd[1200];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   if (system(cmd) != 0) return cf_seterr(CF_EIO, "cannot clear %s", dir);
@@ -304,8 +310,6 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, result_t *o
   double *ttft = malloc(sizeof(double) * (size_t)T->n);
   cf_store_key_t *keys = malloc(sizeof(cf_store_key_t) * (MAX_TOK / C_TOK + 8));
   uint8_t *tiers = malloc(MAX_TOK / C_TOK + 8);
-  cf_store_key_t *hkeys = malloc(sizeof(cf_store_key_t) * (MAX_TOK / C_TOK + 8));
-  float *hw = malloc(sizeof(float) * (MAX_TOK / C_TOK + 8));
   uint8_t cell[4096] __attribute__((aligned(4096)));
   memset(cell, 0x5a, sizeof cell);
   const void *cells[1] = {cell};
@@ -348,13 +352,8 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, result_t *o
     if (restore > 0) {
       if ((rc = cf_sched_plan(&in, CF_POLICY_OPTIMAL, &plan)) || (rc = cf_sim_run(&in, &plan, &res))) break;
       ttft[i] = res.ttft_s[0];
-      int nh = 0;
       for (int c = 0; c < restore; c++) {
         int h = plan.h[plan.h_off[0] + c];
-        if ((X->fb & 1) && pol == CF_STORE_EVICT_COST && tiers[c] <= 1) {
-          hkeys[nh] = keys[c];
-          hw[nh++] = h >= L ? 0.0f : 1.0f;
-        }
         if (tiers[c] == TIER_NONE && h < L) bad++;
         /* a chunk the plan loads from a local tier is read (a use, as a restore's reads are) */
         if (h < L && tiers[c] <= 1) {
@@ -363,7 +362,6 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, result_t *o
           if (rrc && rrc != CF_ENOTFOUND) { rc = rrc; break; }
         }
       }
-      if (nh) cf_store_hint(st, hkeys, (size_t)nh, hw);
     } else {
       ttft[i] = cf_cost_prefill(&X->cost, 0, P);
     }
@@ -375,21 +373,6 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, result_t *o
       int src = cf_store_save_at(st, &keys[c], (uint32_t)c, C_TOK, cells, 0);
       if (src && src != CF_EEXIST) rc = src;
       if (X->remote) kset_add(&remote, &keys[c]);
-    }
-    if (!rc && (X->fb & 2) && pol == CF_STORE_EVICT_COST && nfull > 0) {
-      /* what-if: the whole saved prefix on SSD: the chunks its plan computes anyway are worth 0 */
-      memset(tiers, 1, (size_t)nfull);
-      cf_sched_req_t wr = {0};
-      wr.prefix_tokens = (int64_t)nfull * C_TOK;
-      wr.new_tokens = 0;
-      wr.chunk_tier = tiers;
-      cf_sched_input_t win = {0};
-      win.cost = X->cost;
-      win.reqs = &wr;
-      win.n_reqs = 1;
-      if ((rc = cf_sched_plan(&win, CF_POLICY_OPTIMAL, &plan))) break;
-      for (int c = 0; c < nfull; c++) hw[c] = plan.h[plan.h_off[0] + c] >= L ? 0.0f : 1.0f;
-      cf_store_hint(st, keys, (size_t)nfull, hw);
     }
     free(full.s);
   }
@@ -411,7 +394,7 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, result_t *o
   if (system(cmd) != 0) {}
   cf_sched_plan_free(&plan);
   cf_sim_result_free(&res);
-  free(ttft); free(keys); free(tiers); free(hkeys); free(hw); free(remote.k); free(remote.used);
+  free(ttft); free(keys); free(tiers); free(remote.k); free(remote.used);
   clock_gettime(CLOCK_MONOTONIC, &t1);
   out->wall_s = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
   return rc;
@@ -420,7 +403,7 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, result_t *o
 /* ------------------------------------------------------------------ main */
 
 int main(int argc, char **argv) {
-  const char *work = "chat", *caps = "0.05,0.1,0.25,0.5", *lookup = "holes", *pols = "lru,s3fifo,cost";
+  const char *work = "chat", *caps = "0.05,0.1,0.25,0.5", *lookup = "holes", *pols = "lru,s3fifo,cost,ssd-all";
   const char *dir = NULL, *hwname = "h100-nvme";
   uint64_t seed = 1;
   double scale = 1.0;
@@ -458,7 +441,6 @@ int main(int argc, char **argv) {
   X.T = &T;
   X.holes = !strcmp(lookup, "holes");
   X.remote = remote;
-  X.fb = getenv("CF_EV_FB") ? atoi(getenv("CF_EV_FB")) : 0;
   cf_hw_t hw;
   cf_model_shape_t model;
   if (cf_hw_load(hwname, &hw) || cf_model_shape_load("llama-3.1-8b", &model) ||
@@ -519,12 +501,12 @@ int main(int argc, char **argv) {
       rc = 2;
       break;
     }
-    result_t r[3];
-    int have[3] = {0, 0, 0};
-    const char *names[3] = {"lru", "s3fifo", "cost"};
-    for (int p = 0; p < 3 && !rc; p++) {
+    result_t r[4];
+    int have[4] = {0, 0, 0, 0};
+    const char *names[4] = {"lru", "s3fifo", "cost", "ssd-all"};
+    for (int p = 0; p < 4 && !rc; p++) {
       if (!strstr(pols, names[p])) continue;
-      if ((rc = replay(&X, (cf_store_evict_t)p, frac, &r[p]))) {
+      if ((rc = replay(&X, p == 3 ? CF_STORE_EVICT_LRU : (cf_store_evict_t)p, frac, p == 3, &r[p]))) {
         fprintf(stderr, "eval_evict: %s at %g: %s\n", names[p], frac, cf_errmsg());
         break;
       }
@@ -533,10 +515,11 @@ int main(int argc, char **argv) {
     double best_other = 0;
     for (int p = 0; p < 2; p++)
       if (have[p] && (best_other == 0 || r[p].mean < best_other)) best_other = r[p].mean;
-    for (int p = 0; p < 3 && !rc; p++) {
+    for (int p = 0; p < 4 && !rc; p++) {
       if (!have[p]) continue;
       char gain[32] = "";
       if (p == 2 && best_other > 0) snprintf(gain, sizeof gain, "%.2fx", best_other / r[p].mean);
+      if (p == 3 && best_other > 0) snprintf(gain, sizeof gain, "<=%.2fx", best_other / r[p].mean);
       char capn[32];
       snprintf(capn, sizeof capn, "%g%%", frac * 100);
       printf("%-8s %-7s %12.1f %12.1f %7.1f%% %7.1f%% %8s%s\n", capn, names[p], r[p].mean * 1e3,
