@@ -519,7 +519,7 @@ int main(int argc, char **argv) {
       if (!have[p]) continue;
       char gain[32] = "";
       if (p == 2 && best_other > 0) snprintf(gain, sizeof gain, "%.2fx", best_other / r[p].mean);
-      if (p == 3 && best_other > 0) snprintf(gain, sizeof gain, "<=%.2fx", best_other / r[p].mean);
+      if (p == 3 && best_other > 0) snprintf(gain, sizeof gain, "(%.2fx)", best_other / r[p].mean);
       char capn[32];
       snprintf(capn, sizeof capn, "%g%%", frac * 100);
       printf("%-8s %-7s %12.1f %12.1f %7.1f%% %7.1f%% %8s%s\n", capn, names[p], r[p].mean * 1e3,

@@ -86,9 +86,10 @@ static double run(cf_store_evict_t pol, int32_t n, long ops, const char *dir, si
     cf__ssd_touch(st, st->ssd_owner[r % (uint64_t)n]);
   }
   double dt = now_s() - t0;
-  /* bytes per chunk of the index: entry, hash table share, checksums, slot maps, heap node */
+  /* bytes per chunk of the index: entry, hash table share, checksums, slot maps; cost: heap node
+   * and the last-use time (cost_t) */
   *bytes_per_chunk = sizeof(cf__ent_t) + (size_t)(st->tab_mask + 1) * 4 / (size_t)st->n_ents_max +
-                     8 * g.n_layers + 4 + 2 + 1 + 4 + (pol == CF_STORE_EVICT_COST ? sizeof(cf__hnode_t) : 0);
+                     8 * g.n_layers + 4 + 2 + 1 + 4 + (pol == CF_STORE_EVICT_COST ? sizeof(cf__hnode_t) + sizeof *st->cost_t : 0);
   /* leave nothing for close to write back or record: the chunks never had bytes */
   st->ssd_order_dirty = 0;
   pthread_mutex_unlock(&st->mu);
