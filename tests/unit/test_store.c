@@ -512,15 +512,18 @@ static void dirty_eviction_case(cf_store_evict_t pol, const char *name) {
     CF_CHECK_OK(st_check(st, (uint64_t)id, 16, 0, 2, &eq, &t));
     CF_CHECK_MSG(eq, "%s: chunk %d saved before the flush: bytes differ", name, id);
   }
-  /* a CPU tier full of dirty chunks: reading an SSD chunk skips the promotion */
+  /* a CPU tier full of dirty chunks: reading an SSD chunk skips the promotion (under cost a
+   * third save: its CPU tier gives a chunk read since it came in, the last promoted one, a short
+   * head start over the first new save) */
   CF_CHECK_OK(st_save(st, 100, 16, 0));
   CF_CHECK_OK(st_save(st, 101, 16, 0));
+  if (pol == CF_STORE_EVICT_COST) CF_CHECK_OK(st_save(st, 102, 16, 0));
   int eq, t;
   CF_CHECK_OK(st_check(st, 0, 16, 0, 2, &eq, &t));
   CF_CHECK(eq && t == CF_STORE_TIER_SSD);
   cf_store_get_stats(st, &s);
   CF_CHECK_EQ(s.cpu_evict_dirty, 0);
-  CF_CHECK_EQ(s.cpu_dirty, 2);
+  CF_CHECK_MSG(s.cpu_dirty == 2, "%s: %llu dirty chunks in the CPU tier", name, (unsigned long long)s.cpu_dirty);
   cf_store_close(st);
 }
 

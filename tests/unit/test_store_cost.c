@@ -342,3 +342,40 @@ CF_TEST(store_cost_table_refresh_keeps_ages) {
   CF_CHECK(!present(st, 2) && !present(st, 4));
   cf_store_close(st);
 }
+
+/* The CPU tier in front of an SSD tier: a chunk read since it came in gets a short head start
+ * over unread ones (CF__COST_CPU_USED: 0.35 tau, tau = 2 x 4 slots, ~2.8 ticks), not more: it
+ * outlives the unread chunks saved one and two ticks after its read, then leaves before newer
+ * ones. LRU, for reference, gives it up first. */
+static int in_cpu(cf_store_t *st, uint64_t id) {
+  cf_store_key_t k = st_key(cf_store_geom(st), id);
+  uint8_t t = 0xff;
+  return cf_store_lookup(st, &k, 1, &t) == 1 && t == CF_STORE_TIER_CPU;
+}
+
+CF_TEST(store_cost_cpu_tier_head_start_for_read_chunks) {
+  cf_store_t *st = open_cost("cost_cpu_used", 4, 16, CF_STORE_EVICT_COST, NULL);
+  if (!st) return;
+  int eq, t;
+  CF_CHECK_OK(save_at(st, 1, 0));
+  CF_CHECK_OK(st_check(st, 1, 16, 0, 2, &eq, &t)); /* the read: a use */
+  CF_CHECK(eq);
+  for (uint64_t id = 2; id <= 4; id++) CF_CHECK_OK(save_at(st, id, 0)); /* CPU tier full */
+  CF_CHECK_OK(save_at(st, 5, 0));
+  CF_CHECK_MSG(in_cpu(st, 1) && !in_cpu(st, 2), "the read chunk kept over the next unread one");
+  CF_CHECK_OK(save_at(st, 6, 0));
+  CF_CHECK_MSG(in_cpu(st, 1) && !in_cpu(st, 3), "the read chunk kept over the second unread one");
+  CF_CHECK_OK(save_at(st, 7, 0));
+  CF_CHECK_MSG(!in_cpu(st, 1) && in_cpu(st, 4), "the head start is bounded: the read chunk leaves now");
+  for (uint64_t id = 1; id <= 7; id++) CF_CHECK_MSG(present(st, id), "chunk %d lost (written back to SSD)", (int)id);
+  caps_ok(st, "cpu head start");
+  cf_store_close(st);
+
+  st = open_cost("cost_cpu_used_lru", 4, 16, CF_STORE_EVICT_LRU, NULL);
+  if (!st) return;
+  CF_CHECK_OK(save_at(st, 1, 0));
+  CF_CHECK_OK(st_check(st, 1, 16, 0, 2, &eq, &t));
+  for (uint64_t id = 2; id <= 5; id++) CF_CHECK_OK(save_at(st, id, 0));
+  CF_CHECK(!in_cpu(st, 1) && in_cpu(st, 2));
+  cf_store_close(st);
+}
