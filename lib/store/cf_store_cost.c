@@ -16,7 +16,7 @@
  * Measured against the GreedyDual-Size-Frequency form it replaces (pri = L + f * v, L the last
  * victim's priority; `make eval-evict`, seeds 1 and 2): GDSF's additive aging let a dead long
  * session's deep chunks (v ~ 100x a front chunk's) outlive dozens of cache turnovers of live
- * cheap ones; the decay brought chat's mean TTFT at 5-10% capacity 8-18% lower (README).
+ * cheap ones; the decay brought chat's mean TTFT at 5-10% capacity 3-8% lower (README).
  * Slots all have the same size, so ordering by value per chunk is ordering by value per byte.
  *
  * The heaps hold the same members as the LRU lists the other policies use (q[CF__Q_LRU] for the
@@ -47,9 +47,9 @@
 #define CF__COST_TAU_SLOTS 2.0
 /* The CPU tier in front of an SSD tier: a chunk read since it came in ranks as if 0.35 tau
  * (0.7 CPU-tier-fulls of traffic) newer, i.e. half the frequency factor's ln 2 of a used chunk
- * over an unread one at f = 1. What S3-FIFO's small queue does for RAG's popular documents
- * (1-3% lower mean TTFT on RAG traces, seeds 1 and 2), mild enough that agentic runs' unread
- * new chunks still stay (within +-1% on chat and agentic). */
+ * over an unread one at f = 1. A little of what S3-FIFO's small queue does for RAG's popular
+ * documents (0-1.5% lower mean TTFT on RAG traces, seeds 1 and 2), mild enough that agentic
+ * runs' unread new chunks still stay (chat and agentic within +-1.3%). */
 #define CF__COST_CPU_USED (0.5 * 0.6931471805599453)
 
 static double cf__value(const cf_store_t *st, int tier, const cf__ent_t *en) {
