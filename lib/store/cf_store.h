@@ -109,8 +109,9 @@ typedef struct {
   cf_store_evict_t cpu_evict; /* eviction policy of the CPU tier, and of the SSD tier: LRU gives
                                * up the chunk least recently saved or read; S3-FIFO the oldest
                                * save, sending one read since back to the head (at most 3 times);
-                               * COST the lowest GreedyDual priority L + f x saved (see
-                               * cf_store_set_cost): a binary heap per tier, O(log n) */
+                               * COST the lowest priority ln(f x saved) + t / tau, the value
+                               * decayed by the traffic since the chunk was last used (see
+                               * cf_store_set_cost, cf_store_cost.c): a heap per tier, O(log n) */
   cf_store_cost_t cost;       /* COST: the value table (zeroed: every chunk worth 1) */
   int spill;                  /* run the background write-back thread (default on via cf_store_config_default) */
   double spill_watermark;     /* spill only when CPU occupancy >= this fraction (0: always write back) */
@@ -121,6 +122,12 @@ typedef struct {
   uint64_t file_bytes;        /* max bytes per data file (default 256 MiB, rounded to slots) */
   uint64_t journal_slack;     /* rewrite the journal (at open and while running) when it holds
                                * more than 2 x live records + this many (default 65536) */
+  /* COST, evaluation only (bench_eval_evict's clairvoyant reference row): when set, a chunk's
+   * priority in tier (0 CPU, 1 SSD) is rank(rank_ud, key, chunk index, tier) instead (lower
+   * leaves first), asked when the chunk arrives in a tier, is used (read, pinned) or
+   * re-indexed; the daemon never sets it. */
+  double (*rank)(void *rank_ud, const cf_store_key_t *key, uint32_t chunk_index, int tier);
+  void *rank_ud;
   cf_store_alloc_fn cpu_alloc;/* NULL: mmap (MAP_HUGETLB tried first) */
   cf_store_free_fn cpu_free;
   void *cpu_alloc_ud;

@@ -66,6 +66,7 @@ static double cf__value(const cf_store_t *st, int tier, const cf__ent_t *en) {
 
 static double cf__pri(const cf_store_t *st, int tier, int32_t e) {
   const cf__ent_t *en = &st->ents[e];
+  if (st->cfg.rank) return st->cfg.rank(st->cfg.rank_ud, &en->key, en->pos == CF__POS_UNKNOWN ? 0 : en->pos, tier);
   double age = st->cost_t[e] / st->heap[tier].tau;
   /* The CPU copy of a chunk that goes to SSD when it leaves (write-back) saves only the SSD
    * read: recompute cancels out and every chunk is worth the same, so the CPU tier in front of

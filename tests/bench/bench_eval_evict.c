@@ -30,10 +30,11 @@
  *
  * Usage: bench_eval_evict [--workload chat|agentic|rag] [--seed N] [--scale X]
  *                         [--caps 0.05,0.1,0.25,0.5] [--lookup holes|prefix] [--remote]
- *                         [--policies lru,s3fifo,cost,ssd-all] [--dir DIR] [--hw NAME]
+ *                         [--policies lru,s3fifo,cost,ssd-all,belady] [--dir DIR] [--hw NAME]
  * ssd-all is a reference, not a policy: LRU with the SSD tier holding every chunk ever saved
  * and the CPU tier at the capacity's cap, i.e. what an SSD-tier policy could reach at most with
- * the CPU tier run by recency (cost's CPU tier in front of an SSD tier is LRU).
+ * the CPU tier run by recency (cost's CPU tier in front of an SSD tier is LRU). belady is the
+ * clairvoyant reference: both tiers evict the chunk needed furthest in the future (oracle_rank).
  */
 #include <math.h>
 #include <stdio.h>
@@ -236,6 +237,33 @@ typedef struct {
   long ws; /* working set, chunks */
 } ctx_t;
 
+/* The clairvoyant reference row (`belady`): the cost policy's heaps ranked by the trace's
+ * future instead of by value (cf_store_config_t.rank): a chunk's priority is minus the index of
+ * the next request whose prompt holds it (never again: lowest), so each tier gives up the chunk
+ * needed furthest in the future and the SSD tier refuses a write-back needed later than all it
+ * holds: Belady's MIN per tier, hit-optimal, value-blind but for ties (chunks next needed by
+ * the same request: the deeper stays). A reference for the headroom, not a bound on TTFT. */
+typedef struct { cf_store_key_t k; int req; } occ_t;
+static struct { occ_t *o; size_t n; int cur; } oracle;
+static int cmp_occ(const void *a, const void *b) {
+  const occ_t *x = a, *y = b;
+  int c = memcmp(x->k.b, y->k.b, 16);
+  return c ? c : (x->req > y->req) - (x->req < y->req);
+}
+static double oracle_rank(void *ud, const cf_store_key_t *key, uint32_t pos, int tier) {
+  (void)ud; (void)tier;
+  size_t lo = 0, hi = oracle.n; /* first occurrence of key with req > cur */
+  while (lo < hi) {
+    size_t m = (lo + hi) / 2;
+    int c = memcmp(oracle.o[m].k.b, key->b, 16);
+    if (c < 0 || (c == 0 && oracle.o[m].req <= oracle.cur)) lo = m + 1; else hi = m;
+  }
+  /* among chunks next needed by the same request (a whole prompt), the deeper, dearer one stays */
+  double tie = pos * 1e-6;
+  if (lo < oracle.n && !memcmp(oracle.o[lo].k.b, key->b, 16)) return -(double)oracle.o[lo].req + tie;
+  return -1e18 + tie;
+}
+
 static int cmp_d(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return x < y ? -1 : x > y;
@@ -272,7 +300,7 @@ static int kset_has(const kset_t *s, const cf_store_key_t *k) {
 
 /* ssd_all: the reference row: the SSD tier holds every chunk ever saved (its cap the whole
  * working set), the CPU tier keeps frac's cap and LRU */
-static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all, result_t *out) {
+static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all, int belady, result_t *out) {
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   cf_store_geom_t g;
@@ -293,12 +321,13 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
   sc.ssd_bytes = (uint64_t)ssd_slots * 4096;
   sc.cpu_evict = pol;
   sc.cost = X->table;
+  if (belady) { sc.rank = oracle_rank; sc.cpu_evict = CF_STORE_EVICT_COST; }
   sc.spill = 0;        /* deterministic: write-back when an eviction needs it */
   sc.buffered_io = 1;  /* page cache: the replay measures policies, not the disk */
   sc.journal_slack = 1u << 20;
   char dir[1100];
   snprintf(dir, sizeof dir, "%s/%s%s_%g", X->dir, pol == CF_STORE_EVICT_LRU ? "lru" : pol == CF_STORE_EVICT_S3FIFO ? "s3fifo" : "cost",
-           ssd_all ? "_ssdall" : "", frac);
+           ssd_all ? "_ssdall" : belady ? "_belady" : "", frac);
   char cmd[1200];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   if (system(cmd) != 0) return cf_seterr(CF_EIO, "cannot clear %s", dir);
@@ -323,6 +352,7 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
   for (int i = 0; i < T->n && !rc; i++) {
     const req_t *q = &T->r[i];
     int P = q->prompt.tokens;
+    oracle.cur = i;
     int nch = seq_keys(&q->prompt, P, keys);
     int run = 0, present = 0;
     for (int c = 0; c < nch; c++) {
@@ -365,6 +395,14 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
     } else {
       ttft[i] = cf_cost_prefill(&X->cost, 0, P);
     }
+    /* belady: every stored chunk of the prompt learns its next use (one the plan computed
+     * anyway is not read otherwise, and would keep the request index it was ranked by) */
+    for (int c = 0; belady && c < nch && !rc; c++) {
+      if (tiers[c] > 1 || (restore > 0 && c < restore && plan.h[plan.h_off[0] + c] < L)) continue;
+      uint8_t buf[4096] __attribute__((aligned(4096)));
+      int rrc = cf_store_read(st, &keys[c], 0, 1, buf, sizeof buf, NULL);
+      if (rrc && rrc != CF_ENOTFOUND) rc = rrc;
+    }
     /* the engine's KV after the turn: prompt + answer, saved back chunk by chunk */
     seq_t full = seq_copy(&q->prompt);
     seq_add(&full, q->ans_id, q->answer);
@@ -403,7 +441,7 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
 /* ------------------------------------------------------------------ main */
 
 int main(int argc, char **argv) {
-  const char *work = "chat", *caps = "0.05,0.1,0.25,0.5", *lookup = "holes", *pols = "lru,s3fifo,cost,ssd-all";
+  const char *work = "chat", *caps = "0.05,0.1,0.25,0.5", *lookup = "holes", *pols = "lru,s3fifo,cost,ssd-all,belady";
   const char *dir = NULL, *hwname = "h100-nvme";
   uint64_t seed = 1;
   double scale = 1.0;
@@ -468,11 +506,16 @@ int main(int argc, char **argv) {
       seq_add(&full, T.r[i].ans_id, T.r[i].answer);
       int n = seq_keys(&full, full.tokens, keys);
       for (int c = 0; c < n; c++) kset_add(&ws, &keys[c]);
+      /* the belady row's future: which requests' prompts hold each key */
+      int np = T.r[i].prompt.tokens / C_TOK;
+      oracle.o = realloc(oracle.o, sizeof(occ_t) * (oracle.n + (size_t)np + 1));
+      for (int c = 0; c < np; c++) oracle.o[oracle.n++] = (occ_t){keys[c], i};
       tok += T.r[i].prompt.tokens;
       if (T.r[i].prompt.tokens > maxp) maxp = T.r[i].prompt.tokens;
       free(full.s);
     }
     X.ws = (long)ws.n;
+    qsort(oracle.o, oracle.n, sizeof(occ_t), cmp_occ);
     printf("# workload %s seed %llu scale %g: %d requests, %ld distinct chunks (working set, %.1f GiB of "
            "llama-3.1-8b bf16 KV), prompts mean %ld max %ld tokens; lookup %s%s; profile %s (CPU %.0f GB/s, "
            "SSD %.1f GB/s%s)\n",
@@ -501,12 +544,12 @@ int main(int argc, char **argv) {
       rc = 2;
       break;
     }
-    result_t r[4];
-    int have[4] = {0, 0, 0, 0};
-    const char *names[4] = {"lru", "s3fifo", "cost", "ssd-all"};
-    for (int p = 0; p < 4 && !rc; p++) {
+    result_t r[5];
+    int have[5] = {0, 0, 0, 0, 0};
+    const char *names[5] = {"lru", "s3fifo", "cost", "ssd-all", "belady"};
+    for (int p = 0; p < 5 && !rc; p++) {
       if (!strstr(pols, names[p])) continue;
-      if ((rc = replay(&X, p == 3 ? CF_STORE_EVICT_LRU : (cf_store_evict_t)p, frac, p == 3, &r[p]))) {
+      if ((rc = replay(&X, p >= 3 ? CF_STORE_EVICT_LRU : (cf_store_evict_t)p, frac, p == 3, p == 4, &r[p]))) {
         fprintf(stderr, "eval_evict: %s at %g: %s\n", names[p], frac, cf_errmsg());
         break;
       }
@@ -515,11 +558,11 @@ int main(int argc, char **argv) {
     double best_other = 0;
     for (int p = 0; p < 2; p++)
       if (have[p] && (best_other == 0 || r[p].mean < best_other)) best_other = r[p].mean;
-    for (int p = 0; p < 4 && !rc; p++) {
+    for (int p = 0; p < 5 && !rc; p++) {
       if (!have[p]) continue;
       char gain[32] = "";
       if (p == 2 && best_other > 0) snprintf(gain, sizeof gain, "%.2fx", best_other / r[p].mean);
-      if (p == 3 && best_other > 0) snprintf(gain, sizeof gain, "(%.2fx)", best_other / r[p].mean);
+      if (p >= 3 && best_other > 0) snprintf(gain, sizeof gain, "(%.2fx)", best_other / r[p].mean);
       char capn[32];
       snprintf(capn, sizeof capn, "%g%%", frac * 100);
       printf("%-8s %-7s %12.1f %12.1f %7.1f%% %7.1f%% %8s%s\n", capn, names[p], r[p].mean * 1e3,
@@ -534,5 +577,6 @@ int main(int argc, char **argv) {
   if (rc == 2) return 2;
   for (int i = 0; i < T.n; i++) free(T.r[i].prompt.s);
   free(T.r);
+  free(oracle.o);
   return rc ? 1 : 0;
 }

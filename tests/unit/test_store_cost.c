@@ -379,3 +379,39 @@ CF_TEST(store_cost_cpu_tier_head_start_for_read_chunks) {
   CF_CHECK(!in_cpu(st, 1) && in_cpu(st, 2));
   cf_store_close(st);
 }
+
+/* The evaluation's rank hook (cf_store_config_t.rank, bench_eval_evict's clairvoyant row): the
+ * heaps order by it instead of by value, asked with each chunk's key and index; the lowest
+ * leaves first, the caps hold. */
+typedef struct { cf_store_key_t k[9]; int asked; } rank_ud_t;
+
+static double rank_by_id(void *ud, const cf_store_key_t *key, uint32_t pos, int tier) {
+  (void)tier;
+  (void)pos;
+  rank_ud_t *r = ud;
+  r->asked++;
+  for (int id = 1; id <= 8; id++)
+    if (!memcmp(r->k[id].b, key->b, sizeof key->b)) return id % 2 ? id : -id; /* odd ids high */
+  return 0;
+}
+
+CF_TEST(store_cost_rank_hook_orders_the_heaps) {
+  cf_store_config_t c = cfg_cost(4, 0, CF_STORE_EVICT_COST);
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  rank_ud_t r = {.asked = 0};
+  for (int id = 1; id <= 8; id++) r.k[id] = st_key(&g, (uint64_t)id);
+  c.rank = rank_by_id;
+  c.rank_ud = &r;
+  cf_store_t *st = NULL;
+  CF_CHECK_OK(cf_store_open(tdir("cost_rank"), &g, &c, &st));
+  if (!st) return;
+  for (uint64_t id = 1; id <= 8; id++) { CF_CHECK_OK(save_at(st, id, 200)); caps_ok(st, "rank"); }
+  /* each save first gives up the lowest resident: the even ones as they come, then (the tier
+   * full of odd ones when 8 arrives) chunk 1 */
+  for (uint64_t id = 1; id <= 8; id++) {
+    int want = id == 3 || id == 5 || id == 7 || id == 8;
+    CF_CHECK_MSG(present(st, id) == want, "chunk %d: present %d", (int)id, present(st, id));
+  }
+  CF_CHECK_GT(r.asked, 0);
+  cf_store_close(st);
+}
