@@ -283,8 +283,8 @@ int cf_store_save_at(cf_store_t *st, const cf_store_key_t *key, uint32_t chunk_i
                      uint32_t n_tokens, const void *const *cells, unsigned flags);
 
 /* Replace the cost policy's value table (any time; the daemon calls it once its cost model is
- * measured or re-fitted): every chunk's priority is recomputed with it (O(n)). No effect under
- * the other policies. */
+ * measured or re-fitted): every chunk's priority is recomputed with it (O(n)), each chunk
+ * keeping its age (the time of its arrival or last use). No effect under the other policies. */
 void cf_store_set_cost(cf_store_t *st, const cf_store_cost_t *cost);
 
 /* ---------------------------------------------------------------- read */
