@@ -25,6 +25,8 @@ struct cf_executor_s {
   cf_executor_job_t **running;      /* [batch_max] the round being executed (for quiesce) */
   cf_executor_job_t **mine;         /* [batch_max] the same round, for this thread (cf__done clears running[]) */
   int n_running, busy, stopping, closed;
+  const cf_model_t *swap_to;     /* cf_executor_set_model: applied between rounds */
+  int swap_pending;
 };
 
 /* A job's pinned chunks for one round (its chunk keys, store refs, cell sources). */
@@ -228,7 +230,13 @@ static void *cf__thread(void *arg) {
   cf_executor_t *x = arg;
   pthread_mutex_lock(&x->mu);
   for (;;) {
-    while (!x->head && !x->stopping) pthread_cond_wait(&x->cv, &x->mu);
+    while (!x->head && !x->stopping && !x->swap_pending) pthread_cond_wait(&x->cv, &x->mu);
+    if (x->swap_pending) { /* between rounds: no restore sees two models */
+      x->o.be->model = x->swap_to;
+      x->swap_pending = 0;
+      pthread_cond_broadcast(&x->cv);
+      continue;
+    }
     if (!x->head) break;
     int n = 0;
     while (x->head && n < x->o.batch_max) {
@@ -325,6 +333,16 @@ void cf_executor_quiesce(cf_executor_t *x) {
       if (x->running[i]) atomic_store(&x->running[i]->cancel, 1);
     pthread_cond_wait(&x->cv, &x->mu);
   }
+  pthread_mutex_unlock(&x->mu);
+}
+
+void cf_executor_set_model(cf_executor_t *x, const cf_model_t *m) {
+  pthread_mutex_lock(&x->mu);
+  x->swap_to = m;
+  x->swap_pending = 1;
+  pthread_cond_broadcast(&x->cv);
+  while (x->swap_pending && !x->stopping) pthread_cond_wait(&x->cv, &x->mu);
+  if (x->swap_pending) { x->o.be->model = m; x->swap_pending = 0; } /* the thread has stopped */
   pthread_mutex_unlock(&x->mu);
 }
 

@@ -1,0 +1,193 @@
+/* cf_weights — see cf_weights.h. */
+#include "cf_weights.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "model/cf_borrow.h"
+#include "util/cf_err.h"
+#include "util/cf_log.h"
+
+typedef struct {
+  char *path;
+  void *base;
+  size_t len;
+} cf__map_t;
+
+struct cf_weights_s {
+  cf_model_t *own;
+  cf_backend_t *be;
+  cf_executor_t *x;
+  cf_model_t *view;          /* the borrowed model (views into maps), NULL when not borrowing */
+  cf__map_t *maps;
+  int n_maps;
+  pthread_mutex_t mu;        /* guards st */
+  cf_weights_stats_t st;
+};
+
+int cf_weights_init(cf_weights_t **out, cf_model_t *own, cf_backend_t *be, cf_executor_t *x) {
+  cf_weights_t *w = calloc(1, sizeof *w);
+  if (!w) return cf_seterr(CF_ENOMEM, "weights");
+  w->own = own;
+  w->be = be;
+  w->x = x;
+  pthread_mutex_init(&w->mu, NULL);
+  w->st.own_bytes = cf_model_weight_bytes(own);
+  *out = w;
+  return 0;
+}
+
+static void cf__unmap_all(cf_weights_t *w) {
+  for (int i = 0; i < w->n_maps; i++) {
+    if (w->maps[i].base) munmap(w->maps[i].base, w->maps[i].len);
+    free(w->maps[i].path);
+  }
+  free(w->maps);
+  w->maps = NULL;
+  w->n_maps = 0;
+}
+
+/* The mapping of `path` (mapped now if new), read-only and shared: the engine's own pages. */
+static int cf__map(cf_weights_t *w, const char *path, const char *tensor, const cf__map_t **out) {
+  for (int i = 0; i < w->n_maps; i++)
+    if (!strcmp(w->maps[i].path, path)) { *out = &w->maps[i]; return 0; }
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return cf_seterr(errno == ENOENT ? CF_ENOENT : CF_EIO, "tensor '%s': shm_path %s: %s", tensor, path, strerror(errno));
+  struct stat sb;
+  void *base = MAP_FAILED;
+  if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size > 0)
+    base = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_SHARED, fd, 0);
+  int e = errno;
+  close(fd);
+  if (base == MAP_FAILED)
+    return cf_seterr(CF_EIO, "tensor '%s': shm_path %s: not a non-empty regular file that maps (%s)", tensor, path,
+                     strerror(e));
+  cf__map_t *nm = realloc(w->maps, (size_t)(w->n_maps + 1) * sizeof *nm);
+  char *p = strdup(path);
+  if (!nm || !p) {
+    munmap(base, (size_t)sb.st_size);
+    free(p);
+    if (nm) w->maps = nm;
+    return cf_seterr(CF_ENOMEM, "weights: mappings");
+  }
+  w->maps = nm;
+  w->maps[w->n_maps] = (cf__map_t){p, base, (size_t)sb.st_size};
+  *out = &w->maps[w->n_maps++];
+  return 0;
+}
+
+static cf_dtype_t cf__dtype(int dt) {
+  return dt == CACHEFLOW__V1__DTYPE__DTYPE_BF16 ? CF_DT_BF16 : dt == CACHEFLOW__V1__DTYPE__DTYPE_F16 ? CF_DT_F16
+                                                                                                  : CF_DT_F32;
+}
+
+/* The offered tensors as cf_borrow's, their data pointing into this process's mappings. */
+static int cf__tensors(cf_weights_t *w, const Cacheflow__V1__OfferWeightsRequest *r, cf_borrow_tensor_t *t) {
+  for (size_t i = 0; i < r->n_tensors; i++) {
+    const Cacheflow__V1__WeightTensor *q = r->tensors[i];
+    if (q->location_case != CACHEFLOW__V1__WEIGHT_TENSOR__LOCATION_SHM_PATH)
+      return cf_seterr(CF_EUNSUPPORTED, "tensor '%s': CUDA IPC weights need the cuda backend's borrowed-weight "
+                       "path, which is not written yet; offer shared-memory tensors to the cpu backend", q->name);
+    const cf__map_t *m = NULL;
+    int rc = cf__map(w, q->shm_path, q->name, &m);
+    if (rc) return rc;
+    cf_dtype_t dt = cf__dtype(q->dtype);
+    uint64_t elems = q->shape[0] * (q->n_shape > 1 ? q->shape[1] : 1), bytes = elems * cf_dtype_size(dt);
+    if (q->offset > m->len || bytes > m->len - q->offset)
+      return cf_seterr(CF_ERANGE, "tensor '%s': bytes [%llu, %llu) past the end of %s (%zu bytes)", q->name,
+                       (unsigned long long)q->offset, (unsigned long long)(q->offset + bytes), q->shm_path, m->len);
+    t[i] = (cf_borrow_tensor_t){.name = q->name, .ndim = (int)q->n_shape,
+                                .shape = {(int64_t)q->shape[0], q->n_shape > 1 ? (int64_t)q->shape[1] : 0},
+                                .dtype = dt, .data = (const uint8_t *)m->base + q->offset,
+                                .tp_rank = (int)q->tp_rank, .tp_size = q->tp_size ? (int)q->tp_size : 1};
+  }
+  return 0;
+}
+
+static void cf__count(cf_weights_t *w, int refused) {
+  pthread_mutex_lock(&w->mu);
+  if (refused) w->st.refusals++;
+  else w->st.borrows++;
+  pthread_mutex_unlock(&w->mu);
+}
+
+int cf_weights_borrow(cf_weights_t *w, const Cacheflow__V1__OfferWeightsRequest *r, cf_weights_report_t *rep) {
+  memset(rep, 0, sizeof *rep);
+  if (w->view) return cf_seterr(CF_EBUSY, "the daemon already computes on borrowed weights (one engine at a time)");
+  if (strcmp(w->be->name, "cpu") != 0) {
+    cf__count(w, 1);
+    return cf_seterr(CF_EUNSUPPORTED, "backend %s: computing on borrowed weights is written for the cpu backend "
+                     "only; the daemon keeps its own copy", w->be->name);
+  }
+  cf_borrow_tensor_t *t = calloc(r->n_tensors ? r->n_tensors : 1, sizeof *t);
+  if (!t) return cf_seterr(CF_ENOMEM, "weights: %zu tensors", r->n_tensors);
+  cf_borrow_report_t br;
+  cf_model_t *view = NULL;
+  int rc = cf__tensors(w, r, t);
+  if (!rc) rc = cf_borrow_model(w->own, t, (int)r->n_tensors, r->samples ? (int)r->samples : 64, &view, &br);
+  free(t);
+  if (rc) {
+    cf__unmap_all(w);
+    cf__count(w, 1);
+    return rc;
+  }
+  cf_executor_set_model(w->x, view);
+  w->view = view;
+  size_t released = cf_model_release_weights(w->own);
+  *rep = (cf_weights_report_t){.weights_checked = (uint32_t)br.weights, .tensors_used = (uint32_t)br.tensors_used,
+                               .elements_checked = (uint64_t)br.elements_checked,
+                               .bytes_borrowed = (uint64_t)br.bytes_viewed, .own_bytes_released = released};
+  pthread_mutex_lock(&w->mu);
+  w->st.borrowed = 1;
+  w->st.borrowed_bytes = rep->bytes_borrowed;
+  w->st.own_bytes = 0;
+  w->st.borrows++;
+  pthread_mutex_unlock(&w->mu);
+  CF_INFO("borrowed weights: %u weights from %u tensors checked (%llu elements), %llu bytes read from the engine, "
+          "own copy dropped (%zu bytes)", rep->weights_checked, rep->tensors_used,
+          (unsigned long long)rep->elements_checked, (unsigned long long)rep->bytes_borrowed, released);
+  return 0;
+}
+
+int cf_weights_give_back(cf_weights_t *w) {
+  if (!w->view) return 0;
+  int rc = cf_model_reload_weights(w->own);
+  if (rc) {
+    CF_ERROR("borrowed weights: reloading the own copy failed (%s: %s); the engine's tensors stay in use",
+             cf_strerror(rc), cf_errmsg());
+    return rc;
+  }
+  cf_executor_set_model(w->x, w->own);
+  cf_borrow_free(w->view);
+  w->view = NULL;
+  cf__unmap_all(w);
+  pthread_mutex_lock(&w->mu);
+  w->st.borrowed = 0;
+  w->st.borrowed_bytes = 0;
+  w->st.own_bytes = cf_model_weight_bytes(w->own);
+  w->st.give_backs++;
+  pthread_mutex_unlock(&w->mu);
+  CF_INFO("borrowed weights given back: the own copy is reloaded (%llu bytes)", (unsigned long long)w->st.own_bytes);
+  return 0;
+}
+
+void cf_weights_stats(cf_weights_t *w, cf_weights_stats_t *out) {
+  pthread_mutex_lock(&w->mu);
+  *out = w->st;
+  pthread_mutex_unlock(&w->mu);
+}
+
+void cf_weights_close(cf_weights_t *w) {
+  if (!w) return;
+  cf_borrow_free(w->view); /* the executor has stopped: nothing computes on them any more */
+  cf__unmap_all(w);
+  pthread_mutex_destroy(&w->mu);
+  free(w);
+}
