@@ -614,6 +614,9 @@ static void cf__h_stats(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   mem.gpu_peak_bytes = st.mem.gpu_peak;
   mem.waits = st.mem.mem_waits;
   mem.refusals = st.mem.host_refusals;
+  mem.weights_borrowed = st.mem.weights.borrowed;
+  mem.weights_borrowed_bytes = st.mem.weights.borrowed_bytes;
+  mem.weights_own_bytes = st.mem.weights.own_bytes;
   resp.memory = &mem;
   cf_service_metric_t ms[CF_SERVICE_METRICS_MAX];
   int nc = cf_service_metrics(s, ms);
@@ -668,6 +671,12 @@ CF__GET(cf__g_mem_gpu_used, x->st.mem.gpu_used)
 CF__GET(cf__g_mem_gpu_peak, x->st.mem.gpu_peak)
 CF__GET(cf__g_mem_waits, x->st.mem.mem_waits)
 CF__GET(cf__g_mem_refusals, x->st.mem.host_refusals)
+CF__GET(cf__g_w_borrowed, x->st.mem.weights.borrowed)
+CF__GET(cf__g_w_own, x->st.mem.weights.own_bytes)
+CF__GET(cf__g_w_bbytes, x->st.mem.weights.borrowed_bytes)
+CF__GET(cf__g_w_borrows, x->st.mem.weights.borrows)
+CF__GET(cf__g_w_refusals, x->st.mem.weights.refusals)
+CF__GET(cf__g_w_backs, x->st.mem.weights.give_backs)
 /* the remote tier's rows (only with one: cf_service_metrics appends them) */
 CF__GET(cf__g_r_up, x->rst.connected)
 CF__GET(cf__g_r_ok, x->rst.cells_read)
@@ -725,6 +734,16 @@ static const struct {
    NULL, NULL, cf__g_mem_waits},
   {"cacheflow_memory_refusals_total", "counter", "Pool requests that found no room (then waited or took other work).",
    NULL, NULL, cf__g_mem_refusals},
+  {"cacheflow_weights_borrowed", "gauge", "1 while the backend computes on an engine's weights (OfferWeights).", NULL,
+   NULL, cf__g_w_borrowed},
+  {"cacheflow_weights_bytes", "gauge", "Weight bytes the backend computes on, by where they live (own: the daemon's "
+   "copy, 0 while borrowing; borrowed: the engine's memory).", "source", "own", cf__g_w_own},
+  {"cacheflow_weights_bytes", "gauge", NULL, "source", "borrowed", cf__g_w_bbytes},
+  {"cacheflow_weights_offers_total", "counter", "OfferWeights by result (refused: a mismatch or an unsupported "
+   "layout, the own copy kept; given_back: the engine left and the own copy was reloaded).", "result", "borrowed",
+   cf__g_w_borrows},
+  {"cacheflow_weights_offers_total", "counter", NULL, "result", "refused", cf__g_w_refusals},
+  {"cacheflow_weights_offers_total", "counter", NULL, "result", "given_back", cf__g_w_backs},
   /* from here on: only with a remote tier. Its health is reported here, never as NOT_SERVING: the
    * daemon serves from its local tiers and recomputes while the remote store is down. */
   {"cacheflow_remote_up", "gauge", "1 when the remote tier's last command reached every node it needed (0: down; "
