@@ -14,6 +14,7 @@
 #include "model/cf_backend.h"
 #include "model/cf_borrow.h"
 #include "model/cf_model_synth.h"
+#include "model/cf_safetensors.h"
 
 typedef struct {
   cf_borrow_tensor_t t[256];
@@ -233,4 +234,47 @@ CF_TEST(borrow_tensor_parallel_shards_are_checked) {
   munmap(map, len);
   eng_free(e);
   cf_model_synth_free(m);
+}
+
+/* A daemon that computes on borrowed weights drops its own copy and reloads it when the engine
+ * leaves (daemon/cf_weights): cf_model_release_weights frees every weight (pointers NULL, bytes
+ * reported), cf_model_reload_weights brings them back from the checkpoint (same fingerprint, KV
+ * bit-identical to before); a checkpoint replaced on disk meanwhile is refused (CF_EMISMATCH). */
+CF_TEST(borrow_own_copy_released_and_reloaded) {
+  char src[512], dir[600], cmd[2400];
+  snprintf(src, sizeof src, "%s/public-llama-gqa", cf_test_fixtures());
+  snprintf(dir, sizeof dir, "%s/ck", cf_test_tmpdir());
+  snprintf(cmd, sizeof cmd, "rm -rf '%s' && cp -r '%s' '%s'", dir, src, dir);
+  CF_ASSERT(system(cmd) == 0);
+  cf_model_t *m;
+  CF_ASSERT(cf_model_load(dir, &m) == 0);
+  uint8_t fp[16];
+  memcpy(fp, m->fingerprint, 16);
+  int T = 24;
+  size_t n = 2 * (size_t)m->cfg.n_layers * T * m->cfg.n_kv_heads * m->cfg.head_dim;
+  float *k1 = malloc(n * 4), *k2 = malloc(n * 4);
+  kv_of(m, T, k1);
+  size_t bytes = cf_model_weight_bytes(m);
+  CF_CHECK_GT(bytes, 0);
+  CF_CHECK_EQ(cf_model_release_weights(m), bytes);
+  CF_CHECK_EQ(cf_model_weight_bytes(m), 0);
+  CF_CHECK(m->layers == NULL && m->embed == NULL && m->final_norm == NULL);
+  CF_CHECK(cf_model_find_tensor(m, "model.embed_tokens.weight") == NULL);
+  CF_CHECK_OK(cf_model_reload_weights(m));
+  CF_CHECK_EQ(cf_model_weight_bytes(m), bytes);
+  CF_CHECK(!memcmp(m->fingerprint, fp, 16));
+  kv_of(m, T, k2);
+  CF_CHECK(!memcmp(k1, k2, n * 4));
+  CF_CHECK_OK(cf_model_reload_weights(m)); /* holding them: nothing to do */
+  /* the checkpoint changes on disk while released: not the model this process serves */
+  cf_model_release_weights(m);
+  snprintf(cmd, sizeof cmd, "cp '%s/public-mistral-window/config.json' '%s/public-mistral-window/model.safetensors' '%s/'",
+           cf_test_fixtures(), cf_test_fixtures(), dir);
+  CF_ASSERT(system(cmd) == 0);
+  CF_CHECK_EQ(cf_model_reload_weights(m), CF_EMISMATCH);
+  CF_CHECK_MSG(strstr(cf_errmsg(), "fingerprint changed") != NULL, "%s", cf_errmsg());
+  CF_CHECK_EQ(cf_model_weight_bytes(m), 0);
+  free(k1);
+  free(k2);
+  cf_model_free(m);
 }
