@@ -6,11 +6,12 @@ qkv_proj / gate_up_proj) in a shared-memory file, registers its KV buffers, and:
   MODE offer: restores (before), offers the weights (the first event printed as JSON), restores
        again into other blocks (after), writes both KVs, prints "READY" and sleeps until killed
        (the test sends kill -9) or stdin closes (then it unregisters);
-  MODE corrupt: offers with one element of layer 1's gate_up_proj changed and prints the refusal.
+  MODE corrupt: offers with one element of layer 1's gate_up_proj changed and prints the refusal;
+  MODE tp2: offers two tensor-parallel ranks' shards (vLLM's TP=2 layout, norms once) and prints the
+       answer: every shard is checked, then refused as not computable by the CPU backend.
 One line of JSON per event on stdout."""
 import json
 import os
-import struct
 import sys
 
 import numpy as np
@@ -19,28 +20,11 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..")
 sys.path.insert(0, os.path.join(ROOT, "lib", "client", "python"))
 sys.path.insert(0, os.path.join(ROOT, os.environ.get("BUILD", "build"), "py"))
 from cacheflow_client import CacheFlowError, Client, pb  # noqa: E402
-from cacheflow_vllm.weights import fuse_hf_to_vllm  # noqa: E402
+from cacheflow_vllm.weights import fuse_hf_to_vllm, read_safetensors, replicated  # noqa: E402
 
 addr, model_dir, work, mode = sys.argv[1:5]
 TOKENS = [(7 * i + 3) % 250 + 1 for i in range(200)]
 BLOCK, NBLK = 16, 64
-
-
-def load_safetensors(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        hdr = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, v in hdr.items():
-        if k == "__metadata__":
-            continue
-        a, b = v["data_offsets"]
-        raw = np.frombuffer(data[a:b], dtype=np.uint16 if v["dtype"] == "BF16" else np.float32)
-        if v["dtype"] == "BF16":
-            raw = (raw.astype(np.uint32) << 16).view(np.float32)
-        out[k] = raw.reshape(v["shape"])
-    return out
 
 
 def say(**kw):
@@ -73,23 +57,33 @@ if mode == "restore-only":
     c.unregister(eng)
     sys.exit(0)
 
-hf = load_safetensors(os.path.join(model_dir, "model.safetensors"))
-hf = {k: v.astype(np.float32) for k, v in hf.items()}
-fused = fuse_hf_to_vllm(hf, cfg["num_attention_heads"], cfg["num_key_value_heads"],
-                        cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
-del hf
-if mode == "corrupt":
-    fused["model.layers.1.mlp.gate_up_proj.weight"][0, 0] += 0.5
+hf = read_safetensors(os.path.join(model_dir, "model.safetensors"))
+geom = (cfg["num_attention_heads"], cfg["num_key_value_heads"],
+        cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"])
 from cacheflow_client.weights import pack_shm  # noqa: E402
 wpath = f"/dev/shm/cf-borrow-test-{os.getpid()}.weights"
-tensors, views = pack_shm(wpath, fused)
-del fused
-say(event="packed", path=wpath, tensors=len(tensors), bytes=os.path.getsize(wpath))
+paths = [wpath]
+if mode == "tp2":  # rank 0 and rank 1 shards, and the replicated norms once
+    tensors = []
+    for r in range(2):
+        fr = fuse_hf_to_vllm(hf, *geom, tp_rank=r, tp_size=2)
+        paths.append(f"{wpath}.r{r}")
+        tensors += pack_shm(paths[-1], {k: v for k, v in fr.items() if not replicated(k)}, tp_rank=r, tp_size=2)[0]
+    tensors += pack_shm(wpath, {k: v for k, v in fr.items() if replicated(k)})[0]
+else:
+    fused = fuse_hf_to_vllm(hf, *geom)
+    if mode == "corrupt":
+        fused["model.layers.1.mlp.gate_up_proj.weight"][0, 0] += 0.5
+    tensors, views = pack_shm(wpath, fused)
+    del fused
+del hf
+say(event="packed", path=wpath, tensors=len(tensors), bytes=sum(os.path.getsize(p) for p in paths))
 try:
     lease = c.offer_weights(eng, tensors, samples=256)
 except CacheFlowError as e:
     say(event="refused", code=e.code.name, details=e.details)
-    os.unlink(wpath)
+    for p in paths:
+        os.unlink(p)
     c.unregister(eng)
     sys.exit(0)
 ev = lease.event

@@ -163,9 +163,18 @@ try:
             and "element [0, 0]" in rf.get("details", ""), str(ev))
     m = mem(d)
     T.check("after the refusal: own copy kept, nothing borrowed", m.weights_borrowed == 0 and m.weights_own_bytes == own0, str(m))
-    T.check("/metrics: offers{refused} 1, offers{given_back} 1",
+    T.check("/metrics: offers{refused} 1, offers{given_back} 1 (so far)",
             metrics(d).get(("cacheflow_weights_offers_total", '{result="refused"}')) == 1
             and metrics(d).get(("cacheflow_weights_offers_total", '{result="given_back"}')) == 1)
+
+    # vLLM's TP=2 layout (fuse_hf_to_vllm per rank): every shard resolved and checked, then refused
+    # only because the CPU backend computes on whole fp32 tensors
+    x = engine(d, "tp2", work)
+    ev = events_until(x, ("READY", "refused"))
+    x.wait(120)
+    rf = ev.get("refused", {})
+    T.check("TP=2 shards in vLLM's layout: all checked, refused FAILED_PRECONDITION (not viewable by the CPU backend)",
+            rf.get("code") == "FAILED_PRECONDITION" and "tensor-parallel shards" in rf.get("details", ""), str(ev))
 
     # an engine that unregisters: its lease ends OK, own copy back
     bproc = engine(d, "offer", work)

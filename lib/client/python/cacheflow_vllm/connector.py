@@ -447,9 +447,14 @@ class CacheFlowConnector(KVConnectorBase_V1):
         the daemon checks them against its checkpoint and computes on them until this worker
         unregisters or exits. Returns True when the daemon borrows them; False (logged, in
         self.weights_error) when refused or not offerable — vLLM runs on either way."""
-        from cacheflow_client.weights import pack_shm  # noqa: F401 (numpy; the client package)
-        from .weights import share_parameters
+        from .weights import cuda_ipc_tensors, repacked, share_parameters
         self.weights_model = model
+        gone = repacked(model.named_parameters())
+        if gone:
+            self.weights_error = (f"vLLM repacked {len(gone)} linear weights for its CPU GEMM kernels and dropped the "
+                                  f"row-major tensors (e.g. {gone[0]}): nothing to share; the daemon keeps its own copy")
+            log.warning("CacheFlowConnector: weights not offered: %s", self.weights_error)
+            return False
         if getattr(self, "tp_size", 1) > 1:
             self.weights_error = "tensor-parallel shards: the daemon's CPU backend computes on whole fp32 tensors only"
             log.warning("CacheFlowConnector: weights not offered: %s", self.weights_error)
@@ -458,6 +463,11 @@ class CacheFlowConnector(KVConnectorBase_V1):
             self.weights_error = "not registered with the daemon"
             return False
         try:
+            if self.weight_tensors is None and next(model.parameters()).device.type == "cuda":
+                # GPU engine: CUDA IPC handles of its own parameters (no copy); written, not run on a GPU
+                import torch
+                uuid = "GPU-" + str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+                self.weight_tensors = cuda_ipc_tensors(model.named_parameters(), uuid)
             if self.weight_tensors is None:
                 path = os.path.join(self.shm_dir, f"cacheflow-vllm-{os.getpid()}-r{getattr(self, 'tp_rank', 0)}.weights")
                 self.weight_tensors, skipped = share_parameters(model.named_parameters(), path)
