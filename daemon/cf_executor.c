@@ -25,7 +25,8 @@ struct cf_executor_s {
   cf_executor_job_t **running;      /* [batch_max] the round being executed (for quiesce) */
   cf_executor_job_t **mine;         /* [batch_max] the same round, for this thread (cf__done clears running[]) */
   int n_running, busy, stopping, closed;
-  const cf_model_t *swap_to;     /* cf_executor_set_model: applied between rounds */
+  void (*swap_fn)(void *arg);   /* cf_executor_between_rounds: run on this thread between rounds */
+  void *swap_arg;
   int swap_pending;
 };
 
@@ -232,7 +233,7 @@ static void *cf__thread(void *arg) {
   for (;;) {
     while (!x->head && !x->stopping && !x->swap_pending) pthread_cond_wait(&x->cv, &x->mu);
     if (x->swap_pending) { /* between rounds: no restore sees two models */
-      x->o.be->model = x->swap_to;
+      x->swap_fn(x->swap_arg);
       x->swap_pending = 0;
       pthread_cond_broadcast(&x->cv);
       continue;
@@ -336,14 +337,24 @@ void cf_executor_quiesce(cf_executor_t *x) {
   pthread_mutex_unlock(&x->mu);
 }
 
-void cf_executor_set_model(cf_executor_t *x, const cf_model_t *m) {
+void cf_executor_between_rounds(cf_executor_t *x, void (*fn)(void *arg), void *arg) {
   pthread_mutex_lock(&x->mu);
-  x->swap_to = m;
+  while (x->swap_pending) pthread_cond_wait(&x->cv, &x->mu); /* one at a time */
+  x->swap_fn = fn;
+  x->swap_arg = arg;
   x->swap_pending = 1;
   pthread_cond_broadcast(&x->cv);
   while (x->swap_pending && !x->stopping) pthread_cond_wait(&x->cv, &x->mu);
-  if (x->swap_pending) { x->o.be->model = m; x->swap_pending = 0; } /* the thread has stopped */
+  if (x->swap_pending) { fn(arg); x->swap_pending = 0; } /* the thread has stopped: nothing runs */
   pthread_mutex_unlock(&x->mu);
+}
+
+typedef struct { cf_backend_t *be; const cf_model_t *m; } cf__swap_t;
+static void cf__swap_model(void *arg) { cf__swap_t *s = arg; s->be->model = s->m; }
+
+void cf_executor_set_model(cf_executor_t *x, const cf_model_t *m) {
+  cf__swap_t s = {x->o.be, m};
+  cf_executor_between_rounds(x, cf__swap_model, &s);
 }
 
 void cf_executor_stop(cf_executor_t *x) {

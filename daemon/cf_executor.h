@@ -99,6 +99,9 @@ void cf_executor_quiesce(cf_executor_t *x);
  * Returns once the executor applied it (after the round running now). Not from the executor
  * thread itself. */
 void cf_executor_set_model(cf_executor_t *x, const cf_model_t *m);
+/* Run fn(arg) on the executor thread between rounds (no restore computing) and return after it
+ * ran: what set_model does, for swaps a backend makes itself (cf_backend_cuda_borrow). */
+void cf_executor_between_rounds(cf_executor_t *x, void (*fn)(void *arg), void *arg);
 /* quiesce, join the thread, free. NULL is a no-op. */
 void cf_executor_stop(cf_executor_t *x);
 /* Change the read-rate limits (SIGHUP). */

@@ -4,12 +4,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "gpu/cf_gpu.h"
+#include "gpu/cf_gpu_kv.h"
 #include "model/cf_borrow.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
@@ -20,13 +23,23 @@ typedef struct {
   size_t len;
 } cf__map_t;
 
+typedef struct {
+  cf_gpu_ipc_handle_t h;
+  void *base;
+  uint64_t bytes;
+} cf__ipc_t;
+
 struct cf_weights_s {
   cf_model_t *own;
   cf_backend_t *be;
   cf_executor_t *x;
-  cf_model_t *view;          /* the borrowed model (views into maps), NULL when not borrowing */
+  cf_model_t *view;          /* cpu backend: the borrowed model (views into maps), NULL when not borrowing */
   cf__map_t *maps;
   int n_maps;
+  int on_device;             /* cuda backend: computing on the engine's device tensors */
+  cf_borrow_dev_t dev;       /* their addresses (cf_borrow_device) */
+  cf__ipc_t *ipcs;           /* the engine's allocations opened with CUDA IPC */
+  int n_ipcs;
   pthread_mutex_t mu;        /* guards st */
   cf_weights_stats_t st;
 };
@@ -111,36 +124,118 @@ static int cf__tensors(cf_weights_t *w, const Cacheflow__V1__OfferWeightsRequest
   return 0;
 }
 
-static void cf__count(cf_weights_t *w, int refused) {
+static void cf__refused(cf_weights_t *w) {
   pthread_mutex_lock(&w->mu);
-  if (refused) w->st.refusals++;
-  else w->st.borrows++;
+  w->st.refusals++;
   pthread_mutex_unlock(&w->mu);
+}
+
+/* ---------------------------------------------------------------- cuda backend (written, not run on a GPU) */
+static void cf__ipc_close_all(cf_weights_t *w) {
+  for (int i = 0; i < w->n_ipcs; i++) cf_gpu_ipc_close(w->ipcs[i].base);
+  free(w->ipcs);
+  w->ipcs = NULL;
+  w->n_ipcs = 0;
+}
+
+/* The engine's allocation behind handle h, opened once. */
+static int cf__ipc(cf_weights_t *w, const Cacheflow__V1__WeightTensor *q, const cf__ipc_t **out) {
+  cf_gpu_ipc_handle_t h;
+  memcpy(h.b, q->cuda_ipc->ipc_handle.data, sizeof h.b);
+  for (int i = 0; i < w->n_ipcs; i++)
+    if (!memcmp(w->ipcs[i].h.b, h.b, sizeof h.b)) { *out = &w->ipcs[i]; return 0; }
+  uint8_t want[CF_GPU_UUID_BYTES], mine[CF_GPU_UUID_BYTES];
+  if (cf_gpu_uuid_parse(q->cuda_ipc->gpu_uuid, want) || cf_gpu_device_uuid(0, mine) || memcmp(want, mine, sizeof mine))
+    return cf_seterr(CF_EUNSUPPORTED, "tensor '%s': on GPU %s, not the daemon's device 0", q->name, q->cuda_ipc->gpu_uuid);
+  cf__ipc_t *n = realloc(w->ipcs, (size_t)(w->n_ipcs + 1) * sizeof *n);
+  if (!n) return cf_seterr(CF_ENOMEM, "weights: ipc handles");
+  w->ipcs = n;
+  cf__ipc_t *e = &w->ipcs[w->n_ipcs];
+  e->h = h;
+  int rc = cf_gpu_ipc_open(&h, &e->base, &e->bytes);
+  if (rc) return cf_err_prefix(rc, "tensor '%s': ", q->name);
+  *out = &w->ipcs[w->n_ipcs++];
+  return 0;
+}
+
+typedef struct { cf_weights_t *w; int rc; size_t released; char why[256]; } cf__cuda_swap_t;
+static void cf__cuda_borrow_swap(void *arg) {
+  cf__cuda_swap_t *s = arg;
+  s->rc = cf_backend_cuda_borrow(s->w->be, &s->w->dev, &s->released);
+  if (s->rc) snprintf(s->why, sizeof s->why, "%s", cf_errmsg());
+}
+static void cf__cuda_unborrow_swap(void *arg) {
+  cf__cuda_swap_t *s = arg;
+  s->rc = cf_backend_cuda_unborrow(s->w->be);
+  if (s->rc) snprintf(s->why, sizeof s->why, "%s", cf_errmsg());
+}
+
+/* The cuda backend: every tensor a CUDA IPC one on this GPU, checked through device copies of
+ * sampled elements, then the backend's matrices pointed at them between rounds. */
+static int cf__borrow_cuda(cf_weights_t *w, const Cacheflow__V1__OfferWeightsRequest *r, cf_borrow_tensor_t *t,
+                           cf_borrow_report_t *br, size_t *released) {
+  for (size_t i = 0; i < r->n_tensors; i++) {
+    const Cacheflow__V1__WeightTensor *q = r->tensors[i];
+    if (q->location_case != CACHEFLOW__V1__WEIGHT_TENSOR__LOCATION_CUDA_IPC)
+      return cf_seterr(CF_EUNSUPPORTED, "tensor '%s': the cuda backend borrows device tensors (cuda_ipc), not "
+                       "shared memory", q->name);
+    const cf__ipc_t *m = NULL;
+    int rc = cf__ipc(w, q, &m);
+    if (rc) return rc;
+    cf_dtype_t dt = cf__dtype(q->dtype);
+    uint64_t bytes = q->shape[0] * (q->n_shape > 1 ? q->shape[1] : 1) * cf_dtype_size(dt);
+    if (m->bytes && (q->offset > m->bytes || bytes > m->bytes - q->offset))
+      return cf_seterr(CF_ERANGE, "tensor '%s': bytes [%llu, %llu) past its allocation (%llu bytes)", q->name,
+                       (unsigned long long)q->offset, (unsigned long long)(q->offset + bytes), (unsigned long long)m->bytes);
+    t[i] = (cf_borrow_tensor_t){.name = q->name, .ndim = (int)q->n_shape,
+                                .shape = {(int64_t)q->shape[0], q->n_shape > 1 ? (int64_t)q->shape[1] : 0},
+                                .dtype = dt, .data = (const uint8_t *)m->base + q->offset,
+                                .tp_rank = (int)q->tp_rank, .tp_size = q->tp_size ? (int)q->tp_size : 1};
+  }
+  int rc = cf_borrow_device(w->own, t, (int)r->n_tensors, r->samples ? (int)r->samples : 64, cf_gpu_copy_to_host,
+                            NULL, &w->dev, br);
+  if (rc) return rc;
+  cf__cuda_swap_t s = {.w = w};
+  cf_executor_between_rounds(w->x, cf__cuda_borrow_swap, &s);
+  if (s.rc) {
+    cf_borrow_device_free(&w->dev);
+    return cf_seterr(s.rc, "%s", s.why);
+  }
+  *released = s.released;
+  w->on_device = 1;
+  return 0;
 }
 
 int cf_weights_borrow(cf_weights_t *w, const Cacheflow__V1__OfferWeightsRequest *r, cf_weights_report_t *rep) {
   memset(rep, 0, sizeof *rep);
   if (w->view) return cf_seterr(CF_EBUSY, "the daemon already computes on borrowed weights (one engine at a time)");
-  if (strcmp(w->be->name, "cpu") != 0) {
-    cf__count(w, 1);
-    return cf_seterr(CF_EUNSUPPORTED, "backend %s: computing on borrowed weights is written for the cpu backend "
-                     "only; the daemon keeps its own copy", w->be->name);
+  if (w->on_device) return cf_seterr(CF_EBUSY, "the daemon already computes on borrowed weights (one engine at a time)");
+  int cuda = !strcmp(w->be->name, "cuda");
+  if (!cuda && strcmp(w->be->name, "cpu") != 0) {
+    cf__refused(w);
+    return cf_seterr(CF_EUNSUPPORTED, "backend %s cannot compute on borrowed weights; the daemon keeps its own copy",
+                     w->be->name);
   }
   cf_borrow_tensor_t *t = calloc(r->n_tensors ? r->n_tensors : 1, sizeof *t);
   if (!t) return cf_seterr(CF_ENOMEM, "weights: %zu tensors", r->n_tensors);
   cf_borrow_report_t br;
   cf_model_t *view = NULL;
-  int rc = cf__tensors(w, r, t);
-  if (!rc) rc = cf_borrow_model(w->own, t, (int)r->n_tensors, r->samples ? (int)r->samples : 64, &view, &br);
+  size_t dev_released = 0;
+  int rc = cuda ? cf__borrow_cuda(w, r, t, &br, &dev_released) : cf__tensors(w, r, t);
+  if (!rc && !cuda) rc = cf_borrow_model(w->own, t, (int)r->n_tensors, r->samples ? (int)r->samples : 64, &view, &br);
   free(t);
   if (rc) {
     cf__unmap_all(w);
-    cf__count(w, 1);
+    cf__ipc_close_all(w);
+    cf__refused(w);
     return rc;
   }
-  cf_executor_set_model(w->x, view);
-  w->view = view;
-  size_t released = cf_model_release_weights(w->own);
+  if (!cuda) {
+    cf_executor_set_model(w->x, view);
+    w->view = view;
+  }
+  /* the cuda backend read its device copy from these host weights: not needed while borrowing */
+  size_t released = cf_model_release_weights(w->own) + dev_released;
   *rep = (cf_weights_report_t){.weights_checked = (uint32_t)br.weights, .tensors_used = (uint32_t)br.tensors_used,
                                .elements_checked = (uint64_t)br.elements_checked,
                                .bytes_borrowed = (uint64_t)br.bytes_viewed, .own_bytes_released = released};
@@ -157,17 +252,28 @@ int cf_weights_borrow(cf_weights_t *w, const Cacheflow__V1__OfferWeightsRequest 
 }
 
 int cf_weights_give_back(cf_weights_t *w) {
-  if (!w->view) return 0;
+  if (!w->view && !w->on_device) return 0;
   int rc = cf_model_reload_weights(w->own);
+  if (!rc && w->on_device) { /* upload the own copy again, then let go of the engine's memory */
+    cf__cuda_swap_t s = {.w = w};
+    cf_executor_between_rounds(w->x, cf__cuda_unborrow_swap, &s);
+    if ((rc = s.rc)) cf_seterr(rc, "%s", s.why);
+  }
   if (rc) {
     CF_ERROR("borrowed weights: reloading the own copy failed (%s: %s); the engine's tensors stay in use",
              cf_strerror(rc), cf_errmsg());
     return rc;
   }
-  cf_executor_set_model(w->x, w->own);
-  cf_borrow_free(w->view);
-  w->view = NULL;
-  cf__unmap_all(w);
+  if (w->on_device) {
+    cf_borrow_device_free(&w->dev);
+    cf__ipc_close_all(w);
+    w->on_device = 0;
+  } else {
+    cf_executor_set_model(w->x, w->own);
+    cf_borrow_free(w->view);
+    w->view = NULL;
+    cf__unmap_all(w);
+  }
   pthread_mutex_lock(&w->mu);
   w->st.borrowed = 0;
   w->st.borrowed_bytes = 0;
@@ -188,6 +294,10 @@ void cf_weights_close(cf_weights_t *w) {
   if (!w) return;
   cf_borrow_free(w->view); /* the executor has stopped: nothing computes on them any more */
   cf__unmap_all(w);
+  /* the cuda backend may still point at the engine's memory: it is freed after this without
+   * touching those pointers (cf_backend_cuda's free skips borrowed matrices) */
+  cf_borrow_device_free(&w->dev);
+  cf__ipc_close_all(w);
   pthread_mutex_destroy(&w->mu);
   free(w);
 }

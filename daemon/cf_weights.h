@@ -5,7 +5,10 @@
  * maps every shared-memory file once (read-only), checks the tensors against the checkpoint the
  * daemon serves (lib/model/cf_borrow: shapes, dtypes, sampled elements bit for bit), points the
  * backend at views into the mapping on the executor thread between rounds, and only then drops
- * the daemon's own copy (its pages go back: cf_model_release_weights). give_back() reverses it
+ * the daemon's own copy (its pages go back: cf_model_release_weights). The cuda backend instead
+ * opens the engine's CUDA IPC handles, checks sampled elements copied from the device, and
+ * points its matrices at vLLM's fused bf16 tensors (its own device copy freed): written, not
+ * run on a GPU. give_back() reverses it
  * in the safe order: the own copy is reloaded first, the executor swapped back, then the views
  * freed and the files unmapped (a dead engine's file stays readable through our mapping until
  * then). Both may block (checkpoint reads, a running round): call them off the loop thread. One
@@ -40,8 +43,8 @@ typedef struct {
 int cf_weights_init(cf_weights_t **out, cf_model_t *own, cf_backend_t *be, cf_executor_t *x);
 /* Borrow the offered tensors (the request already field-checked: cf_reqcheck_offer_fields).
  * 0 with *rep filled, or CF_E* with a detail naming the tensor (cf_errmsg): CF_EBUSY (already
- * borrowing), CF_EUNSUPPORTED (this backend cannot compute on them: the cuda backend, CUDA IPC
- * tensors, bf16 or TP shards on the CPU backend), CF_ENOENT / CF_EIO (a file), CF_ERANGE (a
+ * borrowing), CF_EUNSUPPORTED (this backend cannot compute on them: CUDA IPC tensors on the cpu
+ * backend, bf16 or TP shards on it; shared memory, unfused or TP shards on the cuda backend), CF_ENOENT / CF_EIO (a file), CF_ERANGE (a
  * tensor past its file's end), or cf_borrow_model's (CF_ESHAPE, CF_EDTYPE, CF_ENOTFOUND,
  * CF_EMISMATCH). On error nothing changed: the daemon keeps its own copy. */
 int cf_weights_borrow(cf_weights_t *w, const Cacheflow__V1__OfferWeightsRequest *r, cf_weights_report_t *rep);

@@ -65,7 +65,7 @@ typedef int (*cf_borrow_fetch_fn)(void *ctx, const void *src, void *dst, size_t 
 /* Where the CUDA backend's matrices are in the engine's memory: its own layout is vLLM's (bf16,
  * [q; k; v] rows in wqkv, [gate; up] in wgu), so fused tensors are used as they are. */
 typedef struct { const void *wqkv, *wo, *wgu, *wdown; } cf_borrow_dev_layer_t;
-typedef struct {
+typedef struct cf_borrow_dev_s {
   const void *embed;                  /* [vocab][hidden] bf16 */
   cf_borrow_dev_layer_t *layers;      /* [n_layers] */
 } cf_borrow_dev_t;
