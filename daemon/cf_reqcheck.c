@@ -33,6 +33,16 @@ static void cf__hex16(const uint8_t fp[16], char out[33]) {
   for (int i = 0; i < 16; i++) snprintf(out + 2 * i, 3, "%02x", fp[i]);
 }
 
+/* 1 (why filled, naming both) when a request's 16-byte fingerprint is not the served model's. */
+static int cf__fingerprint_differs(const cf_model_info_t *model, const uint8_t *fp, char *why, size_t cap) {
+  char hex[33], hex2[33];
+  if (!memcmp(fp, model->fingerprint, 16)) return 0;
+  cf__hex16(fp, hex);
+  cf__hex16(model->fingerprint, hex2);
+  snprintf(why, cap, "model_fingerprint %s does not match the daemon's model %s (%s)", hex, hex2, model->dir);
+  return 1;
+}
+
 /* The proto's layout of one layer as lib/ipc's (heads = the engine's; its rows checked as such). */
 static void cf__proto_layout(const Cacheflow__V1__LayerLayout *L, cf_kv_layout_t *lay) {
   cf_dtype_t dt = L->dtype == CACHEFLOW__V1__DTYPE__DTYPE_BF16 ? CF_DT_BF16
@@ -136,14 +146,8 @@ static int cf__check_shm(const Cacheflow__V1__KvBuffer *b, uint64_t extent, uint
 
 int cf_reqcheck_register_model(const cf_config_t *cfg, const cf_model_info_t *model, int kv_dtype,
                                const Cacheflow__V1__RegisterEngineRequest *r, int *heads_out, char *why, size_t cap) {
-  char hex[33], hex2[33];
   if (!model) { snprintf(why, cap, "no model configured: start cacheflowd with --model DIR"); return CF_RPC_FAILED_PRECONDITION; }
-  if (memcmp(r->model_fingerprint.data, model->fingerprint, 16)) {
-    cf__hex16(r->model_fingerprint.data, hex);
-    cf__hex16(model->fingerprint, hex2);
-    snprintf(why, cap, "model_fingerprint %s does not match the daemon's model %s (%s)", hex, hex2, model->dir);
-    return CF_RPC_INVALID_ARGUMENT;
-  }
+  if (cf__fingerprint_differs(model, r->model_fingerprint.data, why, cap)) return CF_RPC_INVALID_ARGUMENT;
   if ((int)r->n_layers != model->n_layers) {
     snprintf(why, cap, "layers: %zu given, the model has %d", r->n_layers, model->n_layers);
     return CF_RPC_INVALID_ARGUMENT;
@@ -334,14 +338,8 @@ int cf_reqcheck_offer_fields(const Cacheflow__V1__OfferWeightsRequest *r, char *
 
 int cf_reqcheck_offer_model(const cf_model_info_t *model, const Cacheflow__V1__OfferWeightsRequest *r, char *why,
                             size_t cap) {
-  char hex[33], hex2[33];
   if (!model) { snprintf(why, cap, "no model configured: start cacheflowd with --model DIR"); return CF_RPC_FAILED_PRECONDITION; }
-  if (memcmp(r->model_fingerprint.data, model->fingerprint, 16)) {
-    cf__hex16(r->model_fingerprint.data, hex);
-    cf__hex16(model->fingerprint, hex2);
-    snprintf(why, cap, "model_fingerprint %s does not match the daemon's model %s (%s)", hex, hex2, model->dir);
-    return CF_RPC_FAILED_PRECONDITION;
-  }
+  if (cf__fingerprint_differs(model, r->model_fingerprint.data, why, cap)) return CF_RPC_FAILED_PRECONDITION;
   for (size_t i = 0; i < r->n_tensors; i++) {
     const Cacheflow__V1__WeightTensor *q = r->tensors[i];
     if (q->location_case != CACHEFLOW__V1__WEIGHT_TENSOR__LOCATION_SHM_PATH) continue;

@@ -101,25 +101,34 @@ static cf_dtype_t cf__dtype(int dt) {
                                                                                                   : CF_DT_F32;
 }
 
+/* Offered tensor q as cf_borrow's, at `base` + its offset inside a region of `len` bytes (0: size
+ * unknown, not checked). 0 or CF_ERANGE. */
+static int cf__tensor_at(const Cacheflow__V1__WeightTensor *q, const uint8_t *base, uint64_t len, const char *where,
+                         cf_borrow_tensor_t *t) {
+  cf_dtype_t dt = cf__dtype(q->dtype);
+  uint64_t bytes = q->shape[0] * (q->n_shape > 1 ? q->shape[1] : 1) * cf_dtype_size(dt);
+  if (len && (q->offset > len || bytes > len - q->offset))
+    return cf_seterr(CF_ERANGE, "tensor '%s': bytes [%llu, %llu) past the end of %s (%llu bytes)", q->name,
+                     (unsigned long long)q->offset, (unsigned long long)(q->offset + bytes), where,
+                     (unsigned long long)len);
+  *t = (cf_borrow_tensor_t){.name = q->name, .ndim = (int)q->n_shape,
+                            .shape = {(int64_t)q->shape[0], q->n_shape > 1 ? (int64_t)q->shape[1] : 0},
+                            .dtype = dt, .data = base + q->offset,
+                            .tp_rank = (int)q->tp_rank, .tp_size = q->tp_size ? (int)q->tp_size : 1};
+  return 0;
+}
+
 /* The offered tensors as cf_borrow's, their data pointing into this process's mappings. */
 static int cf__tensors(cf_weights_t *w, const Cacheflow__V1__OfferWeightsRequest *r, cf_borrow_tensor_t *t) {
   for (size_t i = 0; i < r->n_tensors; i++) {
     const Cacheflow__V1__WeightTensor *q = r->tensors[i];
     if (q->location_case != CACHEFLOW__V1__WEIGHT_TENSOR__LOCATION_SHM_PATH)
-      return cf_seterr(CF_EUNSUPPORTED, "tensor '%s': CUDA IPC weights need the cuda backend's borrowed-weight "
-                       "path, which is not written yet; offer shared-memory tensors to the cpu backend", q->name);
+      return cf_seterr(CF_EUNSUPPORTED, "tensor '%s': the cpu backend borrows shared-memory tensors; CUDA IPC ones "
+                       "need backend = cuda", q->name);
     const cf__map_t *m = NULL;
     int rc = cf__map(w, q->shm_path, q->name, &m);
+    if (!rc) rc = cf__tensor_at(q, m->base, m->len, q->shm_path, &t[i]);
     if (rc) return rc;
-    cf_dtype_t dt = cf__dtype(q->dtype);
-    uint64_t elems = q->shape[0] * (q->n_shape > 1 ? q->shape[1] : 1), bytes = elems * cf_dtype_size(dt);
-    if (q->offset > m->len || bytes > m->len - q->offset)
-      return cf_seterr(CF_ERANGE, "tensor '%s': bytes [%llu, %llu) past the end of %s (%zu bytes)", q->name,
-                       (unsigned long long)q->offset, (unsigned long long)(q->offset + bytes), q->shm_path, m->len);
-    t[i] = (cf_borrow_tensor_t){.name = q->name, .ndim = (int)q->n_shape,
-                                .shape = {(int64_t)q->shape[0], q->n_shape > 1 ? (int64_t)q->shape[1] : 0},
-                                .dtype = dt, .data = (const uint8_t *)m->base + q->offset,
-                                .tp_rank = (int)q->tp_rank, .tp_size = q->tp_size ? (int)q->tp_size : 1};
   }
   return 0;
 }
@@ -181,16 +190,8 @@ static int cf__borrow_cuda(cf_weights_t *w, const Cacheflow__V1__OfferWeightsReq
                        "shared memory", q->name);
     const cf__ipc_t *m = NULL;
     int rc = cf__ipc(w, q, &m);
+    if (!rc) rc = cf__tensor_at(q, m->base, m->bytes, "its allocation", &t[i]);
     if (rc) return rc;
-    cf_dtype_t dt = cf__dtype(q->dtype);
-    uint64_t bytes = q->shape[0] * (q->n_shape > 1 ? q->shape[1] : 1) * cf_dtype_size(dt);
-    if (m->bytes && (q->offset > m->bytes || bytes > m->bytes - q->offset))
-      return cf_seterr(CF_ERANGE, "tensor '%s': bytes [%llu, %llu) past its allocation (%llu bytes)", q->name,
-                       (unsigned long long)q->offset, (unsigned long long)(q->offset + bytes), (unsigned long long)m->bytes);
-    t[i] = (cf_borrow_tensor_t){.name = q->name, .ndim = (int)q->n_shape,
-                                .shape = {(int64_t)q->shape[0], q->n_shape > 1 ? (int64_t)q->shape[1] : 0},
-                                .dtype = dt, .data = (const uint8_t *)m->base + q->offset,
-                                .tp_rank = (int)q->tp_rank, .tp_size = q->tp_size ? (int)q->tp_size : 1};
   }
   int rc = cf_borrow_device(w->own, t, (int)r->n_tensors, r->samples ? (int)r->samples : 64, cf_gpu_copy_to_host,
                             NULL, &w->dev, br);
@@ -208,8 +209,8 @@ static int cf__borrow_cuda(cf_weights_t *w, const Cacheflow__V1__OfferWeightsReq
 
 int cf_weights_borrow(cf_weights_t *w, const Cacheflow__V1__OfferWeightsRequest *r, cf_weights_report_t *rep) {
   memset(rep, 0, sizeof *rep);
-  if (w->view) return cf_seterr(CF_EBUSY, "the daemon already computes on borrowed weights (one engine at a time)");
-  if (w->on_device) return cf_seterr(CF_EBUSY, "the daemon already computes on borrowed weights (one engine at a time)");
+  if (w->view || w->on_device)
+    return cf_seterr(CF_EBUSY, "the daemon already computes on borrowed weights (one engine at a time)");
   int cuda = !strcmp(w->be->name, "cuda");
   if (!cuda && strcmp(w->be->name, "cpu") != 0) {
     cf__refused(w);
