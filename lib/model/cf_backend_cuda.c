@@ -489,7 +489,8 @@ int cf_backend_cuda_borrow(cf_backend_t *be, const cf_borrow_dev_t *w, size_t *r
   if (b->borrowed) return cf_seterr(CF_EBUSY, "cuda borrow: already on borrowed weights");
   if (c->n_experts > 0) return cf_seterr(CF_EUNSUPPORTED, "cuda borrow: mixture-of-experts layers");
   CF_CUDA_TRY(cudaSetDevice(b->device));
-  CF_CUDA_TRY(cudaStreamSynchronize(b->stream)); /* nothing of ours still reads the own copy */
+  /* the whole device: forwards may run on a caller's stream (cf_backend_cuda_forward_dev) */
+  CF_CUDA_TRY(cudaDeviceSynchronize()); /* nothing still reads the own copy */
   for (int l = 0; l < c->n_layers; l++) {
     cf__cuda_layer_t *L = &b->layers[l];
     void *own[] = {L->wqkv, L->wo, L->wgu, L->wdown};
@@ -515,7 +516,7 @@ int cf_backend_cuda_unborrow(cf_backend_t *be) {
   if (!be->model->layers || !be->model->embed)
     return cf_seterr(CF_EINVAL, "cuda borrow: the host model holds no weights to upload (reload them first)");
   CF_CUDA_TRY(cudaSetDevice(b->device));
-  CF_CUDA_TRY(cudaStreamSynchronize(b->stream)); /* the engine's memory is read no more */
+  CF_CUDA_TRY(cudaDeviceSynchronize()); /* the engine's memory is read no more, on any stream */
   cf__forget_mats(b);
   b->borrowed = 0;
   int rc = cf__dalloc((void **)&b->embed, (size_t)c->vocab * c->hidden * 2, "embedding");

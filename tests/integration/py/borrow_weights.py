@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 from cacheflow_client import CacheFlowError, pb  # noqa: E402
 
 T = Checks()
+SPAWNED = []
 ENGINE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "borrow_engine.py")
 
 
@@ -51,6 +52,7 @@ def engine(d, mode, work):
     p = subprocess.Popen([sys.executable, ENGINE, d.addr, model, work, mode], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=open(os.path.join(work, f"eng-{mode}.err"), "a"), text=True,
                          env=dict(os.environ, BUILD=BUILD))
+    SPAWNED.append(p.pid)
     return p
 
 
@@ -187,10 +189,23 @@ try:
     T.check("after B: own copy back", wait_for(lambda: mem(d).weights_borrowed == 0 and mem(d).weights_own_bytes == own0, 60))
     # killed A stays registered: dead engines are detected elsewhere (not this test's); its lease ended
     T.check("only killed A's registration is left", d.client.stats().engines == 1)
+
+    # the daemon stops while an engine's weights are borrowed: the lease ends, the daemon exits cleanly
+    held = engine(d, "offer", work)
+    ev = events_until(held, ("READY", "refused"))
+    T.check("engine C borrowed (held while the daemon stops)", "READY" in ev and mem(d).weights_borrowed == 1, str(ev))
 finally:
-    for p in ("a", "x", "bproc"):
+    for p in ("a", "x", "bproc", "held"):
         if p in globals() and globals()[p].poll() is None:
             globals()[p].kill()
     rc = d.stop()
-T.check("SIGTERM: daemon exits 0", rc == 0, str(rc))
+T.check("SIGTERM: daemon exits 0 (with engine C's weights borrowed)", rc == 0, str(rc))
+if "held" in globals() and held.poll() is None:
+    held.stdin.close()  # its Unregister fails (daemon gone); the lease ended with the daemon
+    held.wait(60)
+for p in SPAWNED:  # the engines' weight files (a killed or failed engine leaves its own)
+    for f in (f"/dev/shm/cf-borrow-test-{p}.weights", f"/dev/shm/cf-borrow-test-{p}.weights.r0",
+              f"/dev/shm/cf-borrow-test-{p}.weights.r1"):
+        if os.path.exists(f):
+            os.unlink(f)
 sys.exit(T.summary())
