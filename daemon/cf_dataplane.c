@@ -73,6 +73,7 @@ struct cf_dataplane_s {
   cf_mempool_t *host_pool;         /* host_memory_bytes > 0: the CPU executor's budget */
   cf_exec_gpu_t *gpu;              /* NULL or the GPU data path (its arena: gpu_memory_bytes) */
   cf_trace_t *trace;               /* NULL (trace_restores = 0) or the executed restores' traces */
+  cf_weights_t *weights;           /* borrowed weights (NULL: the daemon has no own model to swap) */
 };
 
 static double cf__Bps(double gbps) { return gbps > 0 ? gbps * 1e9 / 8 : 0; }
@@ -390,11 +391,18 @@ static void cf__memory(void *ctx, cf_service_memory_t *m) {
     m->gpu_peak = held + st.peak;
   }
   m->mem_waits = cf_executor_mem_waits(dp->executor);
+  if (dp->weights) cf_weights_stats(dp->weights, &m->weights);
 }
+
+static int cf__weights_borrow(void *ctx, const Cacheflow__V1__OfferWeightsRequest *r, cf_weights_report_t *rep) {
+  return cf_weights_borrow(((cf_dataplane_t *)ctx)->weights, r, rep);
+}
+static int cf__weights_give_back(void *ctx) { return cf_weights_give_back(((cf_dataplane_t *)ctx)->weights); }
 
 /* ---------------------------------------------------------------- life cycle */
 int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *cfg, cf_backend_t *be,
-                      cf_store_t *store, cf_planner_t *planner, cf_service_backend_t *hooks, cf_exec_gpu_t *gpu) {
+                      cf_store_t *store, cf_planner_t *planner, cf_service_backend_t *hooks, cf_exec_gpu_t *gpu,
+                      cf_model_t *own) {
   *out = NULL;
   cf_dataplane_t *dp = calloc(1, sizeof *dp);
   if (!dp) return cf_seterr(CF_ENOMEM, "executor");
@@ -420,6 +428,7 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
                            .gpu = gpu, .planner = planner, .lookup = dp->inner.lookup ? cf__job_lookup : NULL,
                            .lookup_ctx = dp, .host_pool = dp->host_pool, .trace = dp->trace};
   rc = cf_executor_start(&dp->executor, &xo);
+  if (!rc && own && (rc = cf_weights_init(&dp->weights, own, be, dp->executor))) cf_executor_stop(dp->executor);
   if (rc) { cf_mempool_destroy(dp->host_pool); cf_trace_free(dp->trace); free(dp); return rc; }
   if (dp->host_pool)
     CF_INFO("host_memory_bytes: %lld bytes reserved for restore working memory", (long long)cfg->host_memory_bytes);
@@ -434,7 +443,9 @@ int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *
                                   .evict = dp->inner.evict ? cf__evict : NULL,
                                   .flush = dp->inner.flush ? cf__flush : NULL,
                                   .usage = dp->inner.usage ? cf__usage : NULL,
-                                  .remote = dp->inner.remote, .memory = cf__memory, .trace = dp->trace};
+                                  .remote = dp->inner.remote, .memory = cf__memory, .trace = dp->trace,
+                                  .weights_borrow = dp->weights ? cf__weights_borrow : NULL,
+                                  .weights_give_back = dp->weights ? cf__weights_give_back : NULL};
   *out = dp;
   return 0;
 }
@@ -463,6 +474,7 @@ static void cf__async_closed(uv_handle_t *h) {
 void cf_dataplane_close(cf_dataplane_t *dp) {
   if (!dp) return;
   cf_executor_stop(dp->executor);
+  cf_weights_close(dp->weights); /* the executor stopped: the views go, the own copy is not reloaded */
   cf__drain_events(dp);
   uv_close((uv_handle_t *)&dp->async, cf__async_closed);
 }

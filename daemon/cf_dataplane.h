@@ -38,7 +38,10 @@ typedef struct cf_dataplane_s cf_dataplane_t;
  * GPU-written gates (cf_gpu_ready); borrowed, it must outlive cf_dataplane_close.
  * Returns 0 or CF_E*. */
 int cf_dataplane_open(cf_dataplane_t **out, uv_loop_t *loop, const cf_config_t *cfg, cf_backend_t *be,
-                      cf_store_t *store, cf_planner_t *planner, cf_service_backend_t *hooks, cf_exec_gpu_t *gpu);
+                      cf_store_t *store, cf_planner_t *planner, cf_service_backend_t *hooks, cf_exec_gpu_t *gpu,
+                      cf_model_t *own);
+/* `own` (may be NULL): the daemon's model, whose weights OfferWeights may replace with an
+ * engine's (cf_weights; its hooks go into *hooks too); borrowed, it must outlive the close. */
 /* SIGHUP: apply reloadable settings (read-rate limits). NULL ok. */
 void cf_dataplane_reload(cf_dataplane_t *dp);
 /* Shutdown step 1 (loop thread, before cf_service_abort_all): cancel every restore, wait for the

@@ -25,6 +25,9 @@ struct cf_executor_s {
   cf_executor_job_t **running;      /* [batch_max] the round being executed (for quiesce) */
   cf_executor_job_t **mine;         /* [batch_max] the same round, for this thread (cf__done clears running[]) */
   int n_running, busy, stopping, closed;
+  void (*swap_fn)(void *arg);   /* cf_executor_between_rounds: run on this thread between rounds */
+  void *swap_arg;
+  int swap_pending;
 };
 
 /* A job's pinned chunks for one round (its chunk keys, store refs, cell sources). */
@@ -228,7 +231,13 @@ static void *cf__thread(void *arg) {
   cf_executor_t *x = arg;
   pthread_mutex_lock(&x->mu);
   for (;;) {
-    while (!x->head && !x->stopping) pthread_cond_wait(&x->cv, &x->mu);
+    while (!x->head && !x->stopping && !x->swap_pending) pthread_cond_wait(&x->cv, &x->mu);
+    if (x->swap_pending) { /* between rounds: no restore sees two models */
+      x->swap_fn(x->swap_arg);
+      x->swap_pending = 0;
+      pthread_cond_broadcast(&x->cv);
+      continue;
+    }
     if (!x->head) break;
     int n = 0;
     while (x->head && n < x->o.batch_max) {
@@ -326,6 +335,26 @@ void cf_executor_quiesce(cf_executor_t *x) {
     pthread_cond_wait(&x->cv, &x->mu);
   }
   pthread_mutex_unlock(&x->mu);
+}
+
+void cf_executor_between_rounds(cf_executor_t *x, void (*fn)(void *arg), void *arg) {
+  pthread_mutex_lock(&x->mu);
+  while (x->swap_pending) pthread_cond_wait(&x->cv, &x->mu); /* one at a time */
+  x->swap_fn = fn;
+  x->swap_arg = arg;
+  x->swap_pending = 1;
+  pthread_cond_broadcast(&x->cv);
+  while (x->swap_pending && !x->stopping) pthread_cond_wait(&x->cv, &x->mu);
+  if (x->swap_pending) { fn(arg); x->swap_pending = 0; } /* the thread has stopped: nothing runs */
+  pthread_mutex_unlock(&x->mu);
+}
+
+typedef struct { cf_backend_t *be; const cf_model_t *m; } cf__swap_t;
+static void cf__swap_model(void *arg) { cf__swap_t *s = arg; s->be->model = s->m; }
+
+void cf_executor_set_model(cf_executor_t *x, const cf_model_t *m) {
+  cf__swap_t s = {x->o.be, m};
+  cf_executor_between_rounds(x, cf__swap_model, &s);
 }
 
 void cf_executor_stop(cf_executor_t *x) {

@@ -94,6 +94,14 @@ void cf_executor_submit(cf_executor_t *x, cf_executor_job_t **jobs, int n);
 /* Cancel every queued and running job and wait until the thread is idle: when this returns,
  * every submitted job has had on_done. */
 void cf_executor_quiesce(cf_executor_t *x);
+/* Point the backend at model m (the same config: an engine's borrowed weights, or the daemon's
+ * own copy back) on the executor thread, between rounds, so no restore computes on two models.
+ * Returns once the executor applied it (after the round running now). Not from the executor
+ * thread itself. */
+void cf_executor_set_model(cf_executor_t *x, const cf_model_t *m);
+/* Run fn(arg) on the executor thread between rounds (no restore computing) and return after it
+ * ran: what set_model does, for swaps a backend makes itself (cf_backend_cuda_borrow). */
+void cf_executor_between_rounds(cf_executor_t *x, void (*fn)(void *arg), void *arg);
 /* quiesce, join the thread, free. NULL is a no-op. */
 void cf_executor_stop(cf_executor_t *x);
 /* Change the read-rate limits (SIGHUP). */

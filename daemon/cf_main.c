@@ -584,7 +584,7 @@ static int cf__open_service(cf_daemon_t *d, cf_service_backend_t *be) {
   /* the restore data path (the executor thread, readiness files) wraps the storage hooks in `be` */
   if (d->storage && d->backend &&
       cf_dataplane_open(&d->dp, d->loop, &d->cfg, d->backend, cf_storage_store(d->storage), &d->planner, be,
-                        d->have_gexec ? &d->gexec : NULL)) {
+                        d->have_gexec ? &d->gexec : NULL, d->weights)) {
     CF_ERROR("%s", cf_errmsg());
     return 1;
   }

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -30,6 +31,16 @@ static const char *cf__dtype_lower(int dt) {
 
 static void cf__hex16(const uint8_t fp[16], char out[33]) {
   for (int i = 0; i < 16; i++) snprintf(out + 2 * i, 3, "%02x", fp[i]);
+}
+
+/* 1 (why filled, naming both) when a request's 16-byte fingerprint is not the served model's. */
+static int cf__fingerprint_differs(const cf_model_info_t *model, const uint8_t *fp, char *why, size_t cap) {
+  char hex[33], hex2[33];
+  if (!memcmp(fp, model->fingerprint, 16)) return 0;
+  cf__hex16(fp, hex);
+  cf__hex16(model->fingerprint, hex2);
+  snprintf(why, cap, "model_fingerprint %s does not match the daemon's model %s (%s)", hex, hex2, model->dir);
+  return 1;
 }
 
 /* The proto's layout of one layer as lib/ipc's (heads = the engine's; its rows checked as such). */
@@ -135,14 +146,8 @@ static int cf__check_shm(const Cacheflow__V1__KvBuffer *b, uint64_t extent, uint
 
 int cf_reqcheck_register_model(const cf_config_t *cfg, const cf_model_info_t *model, int kv_dtype,
                                const Cacheflow__V1__RegisterEngineRequest *r, int *heads_out, char *why, size_t cap) {
-  char hex[33], hex2[33];
   if (!model) { snprintf(why, cap, "no model configured: start cacheflowd with --model DIR"); return CF_RPC_FAILED_PRECONDITION; }
-  if (memcmp(r->model_fingerprint.data, model->fingerprint, 16)) {
-    cf__hex16(r->model_fingerprint.data, hex);
-    cf__hex16(model->fingerprint, hex2);
-    snprintf(why, cap, "model_fingerprint %s does not match the daemon's model %s (%s)", hex, hex2, model->dir);
-    return CF_RPC_INVALID_ARGUMENT;
-  }
+  if (cf__fingerprint_differs(model, r->model_fingerprint.data, why, cap)) return CF_RPC_INVALID_ARGUMENT;
   if ((int)r->n_layers != model->n_layers) {
     snprintf(why, cap, "layers: %zu given, the model has %d", r->n_layers, model->n_layers);
     return CF_RPC_INVALID_ARGUMENT;
@@ -249,6 +254,104 @@ int cf_reqcheck_evict(const Cacheflow__V1__EvictRequest *r, char *why, size_t ca
   if ((int)r->tier < 0 || (int)r->tier > CACHEFLOW__V1__TIER__TIER_SSD) { /* the remote tier evicts by Redis's policy */
     snprintf(why, cap, "tier %d unknown (0 = all, 1 = cpu, 2 = ssd)", (int)r->tier);
     return -1;
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------- OfferWeights */
+static int cf__name_cmp(const void *a, const void *b) {
+  const Cacheflow__V1__WeightTensor *x = *(const Cacheflow__V1__WeightTensor *const *)a,
+                                    *y = *(const Cacheflow__V1__WeightTensor *const *)b;
+  int c = strcmp(x->name, y->name);
+  return c ? c : (x->tp_rank > y->tp_rank) - (x->tp_rank < y->tp_rank);
+}
+
+/* One tensor's fields: name, shape, dtype, strides (contiguous), where it lives, its shard. */
+static int cf__check_wtensor(const Cacheflow__V1__WeightTensor *q, size_t i, char *why, size_t cap) {
+  size_t nl = strlen(q->name);
+  if (nl == 0 || nl > CF_REQCHECK_MAX_WNAME) { snprintf(why, cap, "tensors[%zu]: name must be 1 .. %d bytes", i, CF_REQCHECK_MAX_WNAME); return -1; }
+  size_t esz = cf_reqcheck_dtype_size(q->dtype);
+  if (!esz) { snprintf(why, cap, "tensor '%s': dtype %d is not F32, BF16 or F16", q->name, (int)q->dtype); return -1; }
+  if (q->n_shape < 1 || q->n_shape > 2) { snprintf(why, cap, "tensor '%s': %zu dimensions (1 or 2 expected)", q->name, q->n_shape); return -1; }
+  uint64_t elems = 1;
+  for (size_t d = 0; d < q->n_shape; d++) {
+    if (q->shape[d] < 1 || q->shape[d] > (1ull << 32)) { snprintf(why, cap, "tensor '%s': shape[%zu] = %llu out of range 1 .. 2^32", q->name, d, (unsigned long long)q->shape[d]); return -1; }
+    elems *= q->shape[d];
+  }
+  if (elems > (1ull << 40)) { snprintf(why, cap, "tensor '%s': %llu elements (at most 2^40)", q->name, (unsigned long long)elems); return -1; }
+  if (q->n_strides) { /* only row-major contiguous tensors: the backends read rows as they are */
+    if (q->n_strides != q->n_shape) { snprintf(why, cap, "tensor '%s': %zu strides for %zu dimensions", q->name, q->n_strides, q->n_shape); return -1; }
+    uint64_t want = esz;
+    for (size_t d = q->n_shape; d-- > 0;) {
+      if (q->strides[d] != want && q->shape[d] != 1) {
+        snprintf(why, cap, "tensor '%s': stride[%zu] = %llu bytes, a contiguous row-major tensor has %llu (offer contiguous tensors)",
+                 q->name, d, (unsigned long long)q->strides[d], (unsigned long long)want);
+        return -1;
+      }
+      want *= q->shape[d];
+    }
+  }
+  if (q->offset % esz) { snprintf(why, cap, "tensor '%s': offset %llu is not a multiple of its element size %zu", q->name, (unsigned long long)q->offset, esz); return -1; }
+  if (q->offset > UINT64_MAX - elems * esz) { snprintf(why, cap, "tensor '%s': offset %llu overflows", q->name, (unsigned long long)q->offset); return -1; }
+  if (q->tp_size > CF_REQCHECK_MAX_TP) { snprintf(why, cap, "tensor '%s': tp_size %u out of range 0 .. %d", q->name, q->tp_size, CF_REQCHECK_MAX_TP); return -1; }
+  if (q->tp_rank >= (q->tp_size ? q->tp_size : 1)) { snprintf(why, cap, "tensor '%s': tp_rank %u not below tp_size %u", q->name, q->tp_rank, q->tp_size ? q->tp_size : 1); return -1; }
+  switch (q->location_case) {
+    case CACHEFLOW__V1__WEIGHT_TENSOR__LOCATION_SHM_PATH:
+      if (q->shm_path[0] != '/' || strlen(q->shm_path) >= 512) {
+        snprintf(why, cap, "tensor '%s': shm_path '%.64s' must be an absolute path under 512 bytes", q->name, q->shm_path);
+        return -1;
+      }
+      return 0;
+    case CACHEFLOW__V1__WEIGHT_TENSOR__LOCATION_CUDA_IPC: {
+      uint8_t u[CF_GPU_UUID_BYTES];
+      if (!q->cuda_ipc || q->cuda_ipc->ipc_handle.len != 64) { snprintf(why, cap, "tensor '%s': cuda_ipc.ipc_handle must be exactly 64 bytes", q->name); return -1; }
+      if (cf_gpu_uuid_parse(q->cuda_ipc->gpu_uuid, u)) { snprintf(why, cap, "tensor '%s': cuda_ipc.%s", q->name, cf_errmsg()); return -1; }
+      return 0;
+    }
+    default:
+      snprintf(why, cap, "tensor '%s': neither shm_path nor cuda_ipc given", q->name);
+      return -1;
+  }
+}
+
+int cf_reqcheck_offer_fields(const Cacheflow__V1__OfferWeightsRequest *r, char *why, size_t cap) {
+  if (!r->engine_id) { snprintf(why, cap, "engine_id 0: offer weights as a registered engine (RegisterEngine's engine_id)"); return -1; }
+  if (r->model_fingerprint.len != 16) { snprintf(why, cap, "model_fingerprint must be 16 bytes, got %zu", r->model_fingerprint.len); return -1; }
+  if (r->n_tensors < 1 || r->n_tensors > CF_REQCHECK_MAX_WTENSORS) { snprintf(why, cap, "tensors: %zu given, allowed 1 .. %d", r->n_tensors, CF_REQCHECK_MAX_WTENSORS); return -1; }
+  if (r->samples > 4096) { snprintf(why, cap, "samples %u out of range 0 .. 4096", r->samples); return -1; }
+  for (size_t i = 0; i < r->n_tensors; i++)
+    if (cf__check_wtensor(r->tensors[i], i, why, cap)) return -1;
+  /* one tensor per (name, tp_rank): sorted copy, neighbours compared */
+  const Cacheflow__V1__WeightTensor **s = malloc(r->n_tensors * sizeof *s);
+  if (!s) { snprintf(why, cap, "out of memory checking %zu tensors", r->n_tensors); return -1; }
+  memcpy(s, r->tensors, r->n_tensors * sizeof *s);
+  qsort(s, r->n_tensors, sizeof *s, cf__name_cmp);
+  int rc = 0;
+  for (size_t i = 1; i < r->n_tensors && !rc; i++)
+    if (!cf__name_cmp(&s[i - 1], &s[i])) {
+      snprintf(why, cap, "tensor '%s' (tp_rank %u) offered twice", s[i]->name, s[i]->tp_rank);
+      rc = -1;
+    }
+  free(s);
+  return rc;
+}
+
+int cf_reqcheck_offer_model(const cf_model_info_t *model, const Cacheflow__V1__OfferWeightsRequest *r, char *why,
+                            size_t cap) {
+  if (!model) { snprintf(why, cap, "no model configured: start cacheflowd with --model DIR"); return CF_RPC_FAILED_PRECONDITION; }
+  if (cf__fingerprint_differs(model, r->model_fingerprint.data, why, cap)) return CF_RPC_FAILED_PRECONDITION;
+  for (size_t i = 0; i < r->n_tensors; i++) {
+    const Cacheflow__V1__WeightTensor *q = r->tensors[i];
+    if (q->location_case != CACHEFLOW__V1__WEIGHT_TENSOR__LOCATION_SHM_PATH) continue;
+    struct stat st;
+    uint64_t bytes = q->shape[0] * (q->n_shape > 1 ? q->shape[1] : 1) * cf_reqcheck_dtype_size(q->dtype);
+    if (stat(q->shm_path, &st) != 0) { snprintf(why, cap, "tensor '%s': shm_path %s: %s", q->name, q->shm_path, strerror(errno)); return CF_RPC_INVALID_ARGUMENT; }
+    if (!S_ISREG(st.st_mode)) { snprintf(why, cap, "tensor '%s': shm_path %s is not a regular file", q->name, q->shm_path); return CF_RPC_INVALID_ARGUMENT; }
+    if ((uint64_t)st.st_size < q->offset + bytes) {
+      snprintf(why, cap, "tensor '%s': shm_path %s is %lld bytes; the tensor needs offset %llu + %llu", q->name,
+               q->shm_path, (long long)st.st_size, (unsigned long long)q->offset, (unsigned long long)bytes);
+      return CF_RPC_INVALID_ARGUMENT;
+    }
   }
   return 0;
 }

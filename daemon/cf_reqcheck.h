@@ -53,6 +53,20 @@ int cf_reqcheck_blocks(uint32_t block_size, uint32_t num_blocks, size_t ntok, co
 /* Restore's fields that need no state (policy, priority, deadline, present_tokens). 0 or -1. */
 int cf_reqcheck_restore_fields(const Cacheflow__V1__RestoreRequest *r, char *why, size_t cap);
 
+/* OfferWeights' fields (borrowed weights): engine_id set, a 16-byte fingerprint, 1 ..
+ * CF_REQCHECK_MAX_WTENSORS tensors, each named (<= CF_REQCHECK_MAX_WNAME bytes), 1-2 dimensions
+ * of 1 .. 2^32, F32/BF16/F16, strides absent or row-major contiguous, an element-aligned offset,
+ * shm_path absolute or cuda_ipc well formed, tp_rank < tp_size <= CF_REQCHECK_MAX_TP, no
+ * (name, tp_rank) twice; samples <= 4096. 0 or -1. */
+#define CF_REQCHECK_MAX_WTENSORS 65536
+#define CF_REQCHECK_MAX_WNAME 160
+#define CF_REQCHECK_MAX_TP 64
+int cf_reqcheck_offer_fields(const Cacheflow__V1__OfferWeightsRequest *r, char *why, size_t cap);
+/* OfferWeights against the served model: the fingerprint (FAILED_PRECONDITION), every shm file a
+ * regular file holding its tensor (INVALID_ARGUMENT). 0 or a CF_RPC_* status. model may be NULL. */
+int cf_reqcheck_offer_model(const cf_model_info_t *model, const Cacheflow__V1__OfferWeightsRequest *r, char *why,
+                            size_t cap);
+
 /* Admin.Evict's tier. 0 or -1. */
 int cf_reqcheck_evict(const Cacheflow__V1__EvictRequest *r, char *why, size_t cap);
 

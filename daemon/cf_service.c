@@ -37,6 +37,8 @@ struct cf_service_s {
   uint64_t next_id;
   cf_batcher_t *batcher;            /* valid restores go there */
   cf_worker_t *saver;               /* Save's copies, off the loop (NULL without a save hook) */
+  cf_worker_t *weigher;             /* borrowed weights' map/check/swap and give-back (NULL without the hooks) */
+  struct cf__lease_s *lease;        /* the engine whose weights are borrowed (or being offered / given back) */
   cf_planner_t *planner;            /* borrowed: its re-fit's state for GetStats */
   cf__watch_t *watchers;
   int draining;
@@ -50,6 +52,8 @@ static double cf__now(void) {
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return ts.tv_sec + ts.tv_nsec / 1e9;
 }
+
+static void cf__lease_engine_gone(cf_service_t *s, cf_engine_t *e);
 
 /* ---------------------------------------------------------------- engines */
 static void cf__engine_unref(cf_service_t *s, cf_engine_t *e) {
@@ -166,6 +170,7 @@ static void cf__h_unregister(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) 
     __atomic_fetch_sub(&s->n_engines, 1, __ATOMIC_RELAXED);
     e->gone = 1;
     cf_batcher_cancel_engine(s->batcher, e, e->id);
+    cf__lease_engine_gone(s, e);
     CF_INFO("engine unregistered: id=%llu", (unsigned long long)e->id);
     cf__engine_unref(s, e);
     Cacheflow__V1__UnregisterResponse resp = CACHEFLOW__V1__UNREGISTER_RESPONSE__INIT;
@@ -361,6 +366,135 @@ out:
   protobuf_c_message_free_unpacked(m, NULL);
 }
 
+
+/* ---------------------------------------------------------------- borrowed weights (OfferWeights)
+ * A lease: the OfferWeights stream of one engine. OFFERING (the weights worker maps and checks
+ * them, swaps the executor) -> HELD (the first event sent; the call stays open) -> RETURNING
+ * (the worker reloads the own copy and swaps back) when the client closes the call (cancel, or
+ * its process died: the connection closed), the engine unregisters, or the daemon shuts down;
+ * then the call ends and the lease goes. */
+enum { CF__L_OFFERING, CF__L_HELD, CF__L_RETURNING };
+typedef struct cf__lease_s {
+  cf_worker_job_t w;
+  cf_service_t *s;
+  cf_rpc_call_t *call;
+  cf_engine_t *engine;              /* referenced while the lease lives */
+  Cacheflow__V1__OfferWeightsRequest *req; /* freed once checked */
+  int state, closed, unregistered, ended, rc;
+  cf_weights_report_t rep;
+  char why[512];
+} cf__lease_t;
+
+static void cf__lease_free(cf__lease_t *l) {
+  cf_service_t *s = l->s;
+  if (s->lease == l) s->lease = NULL;
+  if (l->req) protobuf_c_message_free_unpacked(&l->req->base, NULL);
+  cf__engine_unref(s, l->engine);
+  free(l);
+}
+
+static void cf__lease_end(cf__lease_t *l, int status, const char *msg) {
+  if (!l->ended) cf_rpc_finish(l->call, status, "%s", msg);
+  l->ended = 1;
+}
+
+static void cf__give_back_run(cf_worker_job_t *w) {
+  cf__lease_t *l = (cf__lease_t *)w;
+  l->rc = l->s->be.weights_give_back(l->s->be.ctx);
+  if (l->rc) snprintf(l->why, sizeof l->why, "%s: %s", cf_strerror(l->rc), cf_errmsg());
+}
+
+static void cf__give_back_done(cf_worker_job_t *w) {
+  cf__lease_t *l = (cf__lease_t *)w;
+  if (l->rc) CF_ERROR("borrowed weights of engine %llu: giving them back failed: %s", (unsigned long long)l->engine->id, l->why);
+  else CF_INFO("borrowed weights of engine %llu given back (%s)", (unsigned long long)l->engine->id,
+               l->closed ? "the engine closed the call or went away" : l->unregistered ? "the engine unregistered" : "shutdown");
+  if (l->rc) cf__lease_end(l, CF_RPC_INTERNAL, "reloading the daemon's own weights failed (the engine's stay in use)");
+  else cf__lease_end(l, l->closed ? CF_RPC_CANCELLED : CF_RPC_OK,
+                     l->unregistered ? "the engine unregistered: the daemon computes on its own weights again"
+                                     : "the daemon computes on its own weights again");
+  cf__lease_free(l);
+}
+
+static void cf__lease_return(cf__lease_t *l) {
+  if (l->state != CF__L_HELD) return;
+  l->state = CF__L_RETURNING;
+  l->w = (cf_worker_job_t){.run = cf__give_back_run, .done = cf__give_back_done};
+  cf_worker_submit(l->s->weigher, &l->w);
+}
+
+static void cf__lease_closed(cf_rpc_call_t *c, void *arg) {
+  (void)c;
+  cf__lease_t *l = arg;
+  l->closed = 1;
+  cf__lease_return(l); /* OFFERING: the borrow's done sees closed */
+}
+
+static void cf__lease_engine_gone(cf_service_t *s, cf_engine_t *e) {
+  cf__lease_t *l = s->lease;
+  if (!l || l->engine != e) return;
+  l->unregistered = 1;
+  cf__lease_return(l);
+}
+
+static void cf__borrow_run(cf_worker_job_t *w) {
+  cf__lease_t *l = (cf__lease_t *)w;
+  l->rc = l->s->be.weights_borrow(l->s->be.ctx, l->req, &l->rep);
+  if (l->rc) snprintf(l->why, sizeof l->why, "%s", cf_errmsg());
+}
+
+static void cf__borrow_done(cf_worker_job_t *w) {
+  cf__lease_t *l = (cf__lease_t *)w;
+  protobuf_c_message_free_unpacked(&l->req->base, NULL);
+  l->req = NULL;
+  if (l->rc) {
+    CF_WARN("OfferWeights of engine %llu refused: %s: %s (the daemon keeps its own weights)",
+            (unsigned long long)l->engine->id, cf_strerror(l->rc), l->why);
+    int st = l->rc == CF_EBUSY ? CF_RPC_ALREADY_EXISTS : l->rc == CF_EMISMATCH || l->rc == CF_EUNSUPPORTED
+                                                             ? CF_RPC_FAILED_PRECONDITION : cf_rpc_status_from_err(l->rc);
+    cf__lease_end(l, st, l->why);
+    cf__lease_free(l);
+    return;
+  }
+  l->state = CF__L_HELD;
+  if (l->closed || l->unregistered || l->s->draining) { cf__lease_return(l); return; }
+  Cacheflow__V1__OfferWeightsEvent ev = CACHEFLOW__V1__OFFER_WEIGHTS_EVENT__INIT;
+  ev.borrowed = 1;
+  ev.weights_checked = l->rep.weights_checked;
+  ev.tensors_used = l->rep.tensors_used;
+  ev.elements_checked = l->rep.elements_checked;
+  ev.bytes_borrowed = l->rep.bytes_borrowed;
+  ev.own_bytes_released = l->rep.own_bytes_released;
+  cf_rpc_send(l->call, &ev.base);
+}
+
+static int cf__v_offer(const ProtobufCMessage *m, void *user, char *why, size_t cap) {
+  (void)user;
+  return cf_reqcheck_offer_fields((const Cacheflow__V1__OfferWeightsRequest *)m, why, cap);
+}
+
+static void cf__h_offer(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
+  cf_service_t *s = user;
+  Cacheflow__V1__OfferWeightsRequest *r = (void *)m;
+  char why[512];
+  cf_engine_t *e = cf__engine_find(s, r->engine_id);
+  int st;
+  if (!s->weigher) st = CF_RPC_FAILED_PRECONDITION, snprintf(why, sizeof why, "%s", CF__NO_MODEL("OfferWeights"));
+  else if (!e) st = CF_RPC_NOT_FOUND, snprintf(why, sizeof why, "engine_id %llu is not registered", (unsigned long long)r->engine_id);
+  else if (s->lease)
+    st = CF_RPC_ALREADY_EXISTS, snprintf(why, sizeof why, "the daemon already borrows the weights of engine %llu (\"%s\"); "
+                                         "one engine's at a time", (unsigned long long)s->lease->engine->id, s->lease->engine->name);
+  else st = cf_reqcheck_offer_model(s->model, r, why, sizeof why);
+  cf__lease_t *l = st ? NULL : calloc(1, sizeof *l);
+  if (!st && !l) st = CF_RPC_RESOURCE_EXHAUSTED, snprintf(why, sizeof why, "out of memory");
+  if (st) { cf_rpc_finish(c, st, "%s", why); protobuf_c_message_free_unpacked(m, NULL); return; }
+  *l = (cf__lease_t){.w = {.run = cf__borrow_run, .done = cf__borrow_done}, .s = s, .call = c, .engine = e, .req = r};
+  e->refs++;
+  s->lease = l;
+  cf_rpc_on_close(c, cf__lease_closed, l);
+  cf_worker_submit(s->weigher, &l->w);
+}
+
 /* ---------------------------------------------------------------- restore (then cf_batcher) */
 static int cf__v_restore(const ProtobufCMessage *m, void *user, char *why, size_t cap) {
   return cf_reqcheck_restore_fields((const Cacheflow__V1__RestoreRequest *)m, why, cap);
@@ -480,6 +614,9 @@ static void cf__h_stats(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   mem.gpu_peak_bytes = st.mem.gpu_peak;
   mem.waits = st.mem.mem_waits;
   mem.refusals = st.mem.host_refusals;
+  mem.weights_borrowed = st.mem.weights.borrowed;
+  mem.weights_borrowed_bytes = st.mem.weights.borrowed_bytes;
+  mem.weights_own_bytes = st.mem.weights.own_bytes;
   resp.memory = &mem;
   cf_service_metric_t ms[CF_SERVICE_METRICS_MAX];
   int nc = cf_service_metrics(s, ms);
@@ -534,6 +671,12 @@ CF__GET(cf__g_mem_gpu_used, x->st.mem.gpu_used)
 CF__GET(cf__g_mem_gpu_peak, x->st.mem.gpu_peak)
 CF__GET(cf__g_mem_waits, x->st.mem.mem_waits)
 CF__GET(cf__g_mem_refusals, x->st.mem.host_refusals)
+CF__GET(cf__g_w_borrowed, x->st.mem.weights.borrowed)
+CF__GET(cf__g_w_own, x->st.mem.weights.own_bytes)
+CF__GET(cf__g_w_bbytes, x->st.mem.weights.borrowed_bytes)
+CF__GET(cf__g_w_borrows, x->st.mem.weights.borrows)
+CF__GET(cf__g_w_refusals, x->st.mem.weights.refusals)
+CF__GET(cf__g_w_backs, x->st.mem.weights.give_backs)
 /* the remote tier's rows (only with one: cf_service_metrics appends them) */
 CF__GET(cf__g_r_up, x->rst.connected)
 CF__GET(cf__g_r_ok, x->rst.cells_read)
@@ -591,6 +734,16 @@ static const struct {
    NULL, NULL, cf__g_mem_waits},
   {"cacheflow_memory_refusals_total", "counter", "Pool requests that found no room (then waited or took other work).",
    NULL, NULL, cf__g_mem_refusals},
+  {"cacheflow_weights_borrowed", "gauge", "1 while the backend computes on an engine's weights (OfferWeights).", NULL,
+   NULL, cf__g_w_borrowed},
+  {"cacheflow_weights_bytes", "gauge", "Weight bytes the backend computes on, by where they live (own: the daemon's "
+   "copy, 0 while borrowing; borrowed: the engine's memory).", "source", "own", cf__g_w_own},
+  {"cacheflow_weights_bytes", "gauge", NULL, "source", "borrowed", cf__g_w_bbytes},
+  {"cacheflow_weights_offers_total", "counter", "OfferWeights by result (refused: a mismatch or an unsupported "
+   "layout, the own copy kept; given_back: the engine left and the own copy was reloaded).", "result", "borrowed",
+   cf__g_w_borrows},
+  {"cacheflow_weights_offers_total", "counter", NULL, "result", "refused", cf__g_w_refusals},
+  {"cacheflow_weights_offers_total", "counter", NULL, "result", "given_back", cf__g_w_backs},
   /* from here on: only with a remote tier. Its health is reported here, never as NOT_SERVING: the
    * daemon serves from its local tiers and recomputes while the remote store is down. */
   {"cacheflow_remote_up", "gauge", "1 when the remote tier's last command reached every node it needed (0: down; "
@@ -749,6 +902,7 @@ static const cf_rpc_method_t cf__methods[] = {
   {"/cacheflow.v1.CacheFlow/Save", &cacheflow__v1__save_request__descriptor, NULL, cf__h_save, 0},
   {"/cacheflow.v1.CacheFlow/Restore", &cacheflow__v1__restore_request__descriptor, cf__v_restore, cf__h_restore, 0},
   {"/cacheflow.v1.CacheFlow/Unregister", &cacheflow__v1__unregister_request__descriptor, NULL, cf__h_unregister, CF_RPC_DRAIN_OK},
+  {"/cacheflow.v1.CacheFlow/OfferWeights", &cacheflow__v1__offer_weights_request__descriptor, cf__v_offer, cf__h_offer, 0},
   {"/cacheflow.v1.Admin/Stats", &cacheflow__v1__stats_request__descriptor, NULL, cf__h_stats, CF_RPC_DRAIN_OK},
   {"/cacheflow.v1.Admin/Evict", &cacheflow__v1__evict_request__descriptor, NULL, cf__h_evict, 0},
   {"/cacheflow.v1.Admin/GetConfig", &cacheflow__v1__get_config_request__descriptor, NULL, cf__h_get_config, CF_RPC_DRAIN_OK},
@@ -789,6 +943,13 @@ int cf_service_init(cf_service_t **out, uv_loop_t *loop, const cf_config_t *cfg,
     free(s);
     return cf_seterr(CF_ENOMEM, "save worker");
   }
+  if (s->be.weights_borrow && s->be.weights_give_back && cf_worker_start(&s->weigher, loop)) {
+    cf_worker_close(s->saver);
+    cf_batcher_close(s->batcher);
+    free(s->engines);
+    free(s);
+    return cf_seterr(CF_ENOMEM, "weights worker");
+  }
   *out = s;
   return 0;
 }
@@ -810,6 +971,11 @@ int cf_service_restores_in_flight(const cf_service_t *s) {
 void cf_service_abort_all(cf_service_t *s, const char *why) {
   if (s->saver) cf_worker_flush(s->saver); /* Saves being copied finish and are answered: nothing saved is lost */
   cf_batcher_abort_all(s->batcher, why);
+  /* borrowed weights: a check running finishes (its done may queue the give-back, run too);
+   * a held lease's call ends now. The weights stay borrowed until the executor stops (the
+   * dataplane's close frees the views): no reload on the way out. */
+  if (s->weigher) cf_worker_flush(s->weigher);
+  if (s->lease) cf__lease_end(s->lease, CF_RPC_UNAVAILABLE, why);
   while (s->watchers) {
     cf__watch_t *w = s->watchers;
     s->watchers = w->next;
@@ -823,6 +989,8 @@ void cf_service_close(cf_service_t *s) {
   cf_service_abort_all(s, "cacheflowd is shutting down");
   cf_batcher_close(s->batcher); /* no restore left: it holds no engine */
   cf_worker_close(s->saver);    /* flushed by abort_all: no Save holds an engine */
+  cf_worker_close(s->weigher);
+  if (s->lease) cf__lease_free(s->lease);
   for (int i = 0; i < s->max_engines; i++)
     if (s->engines[i]) { cf_engine_t *e = s->engines[i]; s->engines[i] = NULL; cf__engine_unref(s, e); }
   free(s->engines);

@@ -25,6 +25,7 @@
 #include "cf_model_info.h"
 #include "cf_planner.h"
 #include "cf_rpc.h"
+#include "cf_weights.h"
 
 /* One layer's K or V buffer as the engine declared it (validated at registration). */
 typedef struct {
@@ -65,6 +66,7 @@ typedef struct cf_engine_s {
 typedef struct cf_service_memory_s {
   uint64_t host_budget, host_used, host_peak, host_refusals, mem_waits;
   uint64_t gpu_budget, gpu_used, gpu_peak;
+  cf_weights_stats_t weights;   /* borrowed weights (OfferWeights) and the own copy's bytes */
 } cf_service_memory_t;
 
 /* The data path. Every hook may be NULL (no model configured). Hooks are called on the loop
@@ -107,6 +109,10 @@ typedef struct {
   void (*memory)(void *ctx, struct cf_service_memory_s *out);
   /* Executed restores' traces (NULL: trace_restores = 0), read by Admin.Trace (lock-only calls). */
   struct cf_trace_s *trace;
+  /* Borrowed weights (NULL: OfferWeights gets FAILED_PRECONDITION). Both run on the service's
+   * weights worker thread, one at a time (cf_weights_borrow / cf_weights_give_back). */
+  int (*weights_borrow)(void *ctx, const Cacheflow__V1__OfferWeightsRequest *r, cf_weights_report_t *rep);
+  int (*weights_give_back)(void *ctx);
 } cf_service_backend_t;
 
 typedef struct cf_service_s cf_service_t;

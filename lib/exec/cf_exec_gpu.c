@@ -59,10 +59,18 @@ typedef struct {
 
 typedef struct {
   cf_exec_gpu_t *g;
+  int index;                   /* its slot in g->loaders (-1: not kept) */
   cf_gpu_loader_t ld;
-  const cf__gx_rq_t *table_of; /* the request whose block table the loader holds */
+  const cf__gx_rq_t *table_of; /* the request whose block table the loader holds (this run) */
   cudaEvent_t done;
 } cf__gx_ld_t;
+
+static void cf__gx_ld_destroy(cf__gx_ld_t *x) {
+  if (!x) return;
+  cf_gpu_loader_close(&x->ld);
+  if (x->done) (void)cudaEventDestroy(x->done);
+  free(x);
+}
 
 int cf_exec_gpu_init(cf_exec_gpu_t *g, cf_backend_t *be, int device, cf_gpu_load_mode_t mode) {
   memset(g, 0, sizeof *g);
@@ -72,6 +80,7 @@ int cf_exec_gpu_init(cf_exec_gpu_t *g, cf_backend_t *be, int device, cf_gpu_load
   if (mode != CF_GPU_LOAD_STAGED && mode != CF_GPU_LOAD_ZEROCOPY && mode != CF_GPU_LOAD_ARENA)
     return cf_seterr(CF_EINVAL, "gpu executor: unknown load mode %d", (int)mode);
   g->be = be; g->device = device; g->mode = mode;
+  pthread_mutex_init(&g->hmu, NULL);
   cudaError_t e = cudaSetDevice(device);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
@@ -104,6 +113,9 @@ int cf_exec_gpu_set_budget(cf_exec_gpu_t *g, size_t bytes) {
 }
 
 void cf_exec_gpu_close(cf_exec_gpu_t *g) {
+  for (int i = 0; i < CF_EXEC_GPU_MAX_LOADERS; i++) cf__gx_ld_destroy(g->loaders[i]);
+  for (int i = 0; i < g->n_hbuf; i++) cf_gpu_pinned_free(g->hbuf[i], g->hcap[i], NULL);
+  if (g->be) pthread_mutex_destroy(&g->hmu);
   if (g->dpool) cf_mempool_destroy(g->dpool);
   if (g->arena) (void)cudaFree(g->arena);
   if (g->compute) { (void)cudaStreamSynchronize(g->compute); (void)cudaStreamDestroy(g->compute); }
@@ -305,44 +317,71 @@ static int cf__gx_req_hidden_rows(void *p, int rows) {
   return 0;
 }
 
+/* A loader index's state: the one an earlier run made (kept in g->loaders), else made now and
+ * kept, so a restore allocates no streams, events or device staging. */
 static int cf__gx_loader_init(void *dev, int index, void **ls) {
-  (void)index;
   cf_exec_gpu_t *g = dev;
-  cf__gx_ld_t *x = calloc(1, sizeof *x);
   *ls = NULL;
-  if (!x) return cf_seterr(CF_ENOMEM, "gpu executor: loader");
-  x->g = g;
   /* the current device is per thread: loader threads are new threads */
   cudaError_t e = cudaSetDevice(g->device);
-  int rc = e == cudaSuccess ? 0 : cf_seterr(CF_ECUDA, "gpu executor: loader device %d: %s", g->device, cudaGetErrorString(e));
-  if (!rc) rc = cf_gpu_loader_init(&x->ld, g->mode, g->loader_staging);
+  if (e != cudaSuccess) return cf_seterr(CF_ECUDA, "gpu executor: loader device %d: %s", g->device, cudaGetErrorString(e));
+  int keep = index >= 0 && index < CF_EXEC_GPU_MAX_LOADERS;
+  if (keep && g->loaders[index]) {
+    cf__gx_ld_t *x = g->loaders[index];
+    x->table_of = NULL; /* a new run: its requests' tables are not loaded yet (addresses may repeat) */
+    *ls = x;
+    return 0;
+  }
+  cf__gx_ld_t *x = calloc(1, sizeof *x);
+  if (!x) return cf_seterr(CF_ENOMEM, "gpu executor: loader");
+  x->g = g;
+  x->index = keep ? index : -1;
+  int rc = cf_gpu_loader_init(&x->ld, g->mode, g->loader_staging);
   if (!rc && (e = cudaEventCreateWithFlags(&x->done, cudaEventDisableTiming)) != cudaSuccess)
     rc = cf_seterr(CF_ECUDA, "gpu executor: loader event: %s", cudaGetErrorString(e));
   if (rc) {
     (void)cudaGetLastError();
-    cf_gpu_loader_close(&x->ld);
-    free(x);
+    cf__gx_ld_destroy(x);
     return rc;
   }
+  if (keep) g->loaders[index] = x;
   *ls = x;
   return 0;
 }
 
+/* The run ended: a kept loader stays for the next one (its copies complete first). */
 static void cf__gx_loader_free(void *ls) {
   cf__gx_ld_t *x = ls;
   if (!x) return;
-  cf_gpu_loader_close(&x->ld);
-  if (x->done) (void)cudaEventDestroy(x->done);
-  free(x);
+  if (x->index < 0) { cf__gx_ld_destroy(x); return; }
+  if (x->ld.copy) (void)cudaStreamSynchronize(x->ld.copy);
+  if (x->ld.scatter) (void)cudaStreamSynchronize(x->ld.scatter);
+  (void)cudaGetLastError();
 }
 
+/* The loaders' pinned cell buffers: one an earlier run gave back when large enough, else a new
+ * one (page-aligned: O_DIRECT reads go straight in); given back to the executor, not unpinned. */
 static void *cf__gx_host_alloc(void *dev, size_t bytes) {
-  (void)dev;
-  return cf_gpu_pinned_alloc(bytes, NULL); /* page-aligned: O_DIRECT reads go straight in */
+  cf_exec_gpu_t *g = dev;
+  void *p = NULL;
+  pthread_mutex_lock(&g->hmu);
+  for (int i = 0; i < g->n_hbuf && !p; i++)
+    if (g->hcap[i] >= bytes) {
+      p = g->hbuf[i];
+      g->hbuf[i] = g->hbuf[--g->n_hbuf];
+      g->hcap[i] = g->hcap[g->n_hbuf];
+    }
+  pthread_mutex_unlock(&g->hmu);
+  return p ? p : cf_gpu_pinned_alloc(bytes, NULL);
 }
 static void cf__gx_host_free(void *dev, void *p, size_t bytes) {
-  (void)dev;
-  cf_gpu_pinned_free(p, bytes, NULL);
+  cf_exec_gpu_t *g = dev;
+  if (!p) return;
+  pthread_mutex_lock(&g->hmu);
+  int kept = g->n_hbuf < CF_EXEC_GPU_MAX_LOADERS;
+  if (kept) { g->hbuf[g->n_hbuf] = p; g->hcap[g->n_hbuf++] = bytes; }
+  pthread_mutex_unlock(&g->hmu);
+  if (!kept) cf_gpu_pinned_free(p, bytes, NULL);
 }
 
 /* A load failed after it may have enqueued copies/scatters into the engine's blocks: wait for

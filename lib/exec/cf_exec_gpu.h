@@ -27,10 +27,14 @@
 #ifndef CF_EXEC_GPU_H
 #define CF_EXEC_GPU_H
 
+#include <pthread.h>
+
 #include "exec/cf_exec.h"
 #include "exec/cf_save.h"
 #include "gpu/cf_gpu_load.h"
 #include "gpu/cf_gpu_ready.h"
+
+#define CF_EXEC_GPU_MAX_LOADERS 64
 
 typedef struct {
   cf_backend_t *be;           /* the CUDA backend (cf_backend_cuda_create), borrowed */
@@ -44,6 +48,14 @@ typedef struct {
   void *arena;
   size_t arena_bytes;
   struct cf_mempool_s *dpool;
+  /* Kept across runs, made by the first run that needs them (issue 18: nothing allocated per
+   * restore): each loader index's state (its streams, events and device staging / arena,
+   * cudaMalloc'ed once) and the loaders' pinned cell buffers (cudaHostRegister'ed once). */
+  void *loaders[CF_EXEC_GPU_MAX_LOADERS];
+  void *hbuf[CF_EXEC_GPU_MAX_LOADERS];
+  size_t hcap[CF_EXEC_GPU_MAX_LOADERS];
+  int n_hbuf;
+  pthread_mutex_t hmu;
 } cf_exec_gpu_t;
 
 /* Streams on CUDA device `device` for backend `be` (must be the CUDA backend on that device).

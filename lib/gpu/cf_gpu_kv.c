@@ -90,6 +90,16 @@ void cf_gpu_kv_close(cf_gpu_kv_t *kv) {
   memset(kv, 0, sizeof *kv);
 }
 
+int cf_gpu_ipc_open(const cf_gpu_ipc_handle_t *h, void **base, uint64_t *bytes) {
+  (void)h; *base = NULL; *bytes = 0;
+  return cf_seterr(CF_ENODEV, "CUDA IPC: CUDA not built into this binary");
+}
+void cf_gpu_ipc_close(void *base) { (void)base; }
+int cf_gpu_copy_to_host(void *ctx, const void *src, void *dst, size_t n) {
+  (void)ctx; (void)src; (void)dst; (void)n;
+  return cf_seterr(CF_ENODEV, "device copy: CUDA not built into this binary");
+}
+
 #else
 
 #include <cuda.h>
@@ -140,6 +150,36 @@ int cf_gpu_ipc_export(void *p, cf_gpu_ipc_handle_t *h, uint64_t *offset) {
   if (rc) return rc;
   memcpy(h->b, &ih, sizeof ih);
   *offset = (uint64_t)((uintptr_t)p - (uintptr_t)base);
+  return 0;
+}
+
+int cf_gpu_ipc_open(const cf_gpu_ipc_handle_t *h, void **base, uint64_t *bytes) {
+  cudaIpcMemHandle_t ih;
+  memcpy(&ih, h->b, sizeof ih);
+  *base = NULL;
+  *bytes = 0;
+  cudaError_t e = cudaIpcOpenMemHandle(base, ih, cudaIpcMemLazyEnablePeerAccess);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return cf_seterr(CF_ECUDA, "cudaIpcOpenMemHandle: %s (%s) — the exporting process must be alive, on this GPU, "
+                     "and not this process", cudaGetErrorString(e), cudaGetErrorName(e));
+  }
+  void *fn;
+  if (cf_gpu_driver_fn("cuMemGetAddressRange", &fn) == 0) {
+    CUdeviceptr b = 0;
+    size_t s = 0;
+    if (((cf__addr_range_fn)fn)(&b, &s, (CUdeviceptr)(uintptr_t)*base) == CUDA_SUCCESS) *bytes = s;
+  }
+  return 0;
+}
+
+void cf_gpu_ipc_close(void *base) {
+  if (base && cudaIpcCloseMemHandle(base) != cudaSuccess) (void)cudaGetLastError();
+}
+
+int cf_gpu_copy_to_host(void *ctx, const void *src, void *dst, size_t n) {
+  (void)ctx;
+  CF_CUDA_TRY(cudaMemcpy(dst, src, n, cudaMemcpyDeviceToHost));
   return 0;
 }
 

@@ -38,6 +38,15 @@ typedef struct cf_gpu_kv_s { /* tagged: lib/exec declares it without this header
  * process), CF_ENODEV, CF_ECUDA (e.g. pool / VMM memory, which legacy IPC handles cannot name). */
 int cf_gpu_ipc_export(void *p, cf_gpu_ipc_handle_t *h, uint64_t *offset);
 
+/* Open another process's allocation (borrowed weights: an engine's parameter storage) on the
+ * current device: *base its mapping, *bytes its size (0 when the driver cannot tell). Close with
+ * cf_gpu_ipc_close. 0, CF_ECUDA (the detail says why), CF_ENODEV without CUDA. */
+int cf_gpu_ipc_open(const cf_gpu_ipc_handle_t *h, void **base, uint64_t *bytes);
+void cf_gpu_ipc_close(void *base);
+/* Copy n bytes from device address src to host dst (synchronous; cf_borrow_fetch_fn's shape,
+ * ctx unused). 0, CF_ECUDA, CF_ENODEV without CUDA. */
+int cf_gpu_copy_to_host(void *ctx, const void *src, void *dst, size_t n);
+
 /* Open the engine's buffers on CUDA device `device`: layer l's K at khandle[l] + koff[l], V at
  * vhandle[l] + voff[l] (koff/voff NULL: offsets 0). `uuid` is the engine's GPU (must be `device`'s). `lay` is checked with
  * cf_kv_layout_check and must have a 2-byte dtype (bf16/f16: the GPU path copies 2-byte rows).

@@ -51,6 +51,14 @@ int cf_backend_cuda_create(const cf_model_t *m, int device, cf_backend_t **out);
  * workspace; measured with cudaMemGetInfo around it, so other users of the device at the same
  * moment would count too). 0 for another backend or without CUDA. */
 size_t cf_backend_cuda_device_bytes(const cf_backend_t *be);
+/* Borrowed weights (issue 18): compute on an engine's device tensors (cf_borrow_device: vLLM's
+ * fused bf16 qkv_proj / gate_up_proj / o_proj / down_proj and the embedding) instead of the
+ * backend's own copies, which are freed (*released bytes; device_bytes drops by them). Call with
+ * no forward running (the executor's between-rounds swap). unborrow uploads the own copies again
+ * from be->model's host weights. 0 or CF_E* (CF_ENODEV without CUDA). Written, not run on a GPU. */
+struct cf_borrow_dev_s;
+int cf_backend_cuda_borrow(cf_backend_t *be, const struct cf_borrow_dev_s *w, size_t *released);
+int cf_backend_cuda_unborrow(cf_backend_t *be);
 /* CUDA devices this process can use: 0 without CUDA in this build, a driver or a GPU. */
 int cf_backend_cuda_devices(void);
 

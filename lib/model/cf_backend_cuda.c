@@ -18,6 +18,7 @@
  * Built without nvcc, the backend reports CF_ENODEV.
  */
 #include "model/cf_backend_cuda.h"
+#include "model/cf_borrow.h"
 
 #include "util/cf_err.h"
 
@@ -31,6 +32,12 @@ int cf_backend_cuda_create(const cf_model_t *m, int device, cf_backend_t **out) 
 
 int cf_backend_cuda_devices(void) { return 0; }
 size_t cf_backend_cuda_device_bytes(const cf_backend_t *be) { (void)be; return 0; }
+int cf_backend_cuda_borrow(cf_backend_t *be, const cf_borrow_dev_t *w, size_t *released) {
+  (void)be; (void)w;
+  *released = 0;
+  return cf_seterr(CF_ENODEV, "CUDA backend not built into this binary (no nvcc at build time)");
+}
+int cf_backend_cuda_unborrow(cf_backend_t *be) { (void)be; return 0; }
 
 #else
 
@@ -95,6 +102,7 @@ typedef struct {
   float *hin, *hout; size_t hin_cap, hout_cap;
   int32_t *tok;   size_t tok_cap;
   size_t dev_bytes;  /* device memory its creation took (cudaMemGetInfo before/after) */
+  int borrowed;      /* the matrices and embedding point into an engine's memory (cf_backend_cuda_borrow) */
 } cf__cuda_be_t;
 
 size_t cf_backend_cuda_device_bytes(const cf_backend_t *be) {
@@ -163,11 +171,21 @@ static int cf__up_bias3(float **dst, const float *a, size_t na, const float *b_,
   return rc;
 }
 
+/* Drop the big matrices' pointers (borrowed: the engine's; or freed by the caller). */
+static void cf__forget_mats(cf__cuda_be_t *b) {
+  for (int l = 0; l < b->base.model->cfg.n_layers; l++) {
+    cf__cuda_layer_t *L = &b->layers[l];
+    L->wqkv = L->wo = L->wgu = L->wdown = NULL;
+  }
+  b->embed = NULL;
+}
+
 static void cf__cuda_free(cf_backend_t *be) {
   if (!be) return;
   cf__cuda_be_t *b = (cf__cuda_be_t *)be;
   cudaSetDevice(b->device);
   if (b->stream) cudaStreamSynchronize(b->stream);
+  if (b->borrowed) cf__forget_mats(b); /* the engine's memory: never ours to free */
   if (b->layers) {
     for (int l = 0; l < be->model->cfg.n_layers; l++) {
       cf__cuda_layer_t *L = &b->layers[l];
@@ -374,6 +392,30 @@ static int cf__cuda_forward(cf_backend_t *be, const cf_fwd_args_t *a) {
   return 0;
 }
 
+/* Layer l's projection matrices as bf16 in the fused layout vLLM uses too: wqkv = [q; k; v] rows,
+ * wgu = [gate; up] rows (dense layers), wo, wdown; allocated and uploaded from the host model. */
+static int cf__layer_mats(cf__cuda_be_t *b, int l) {
+  const cf_model_config_t *c = &b->base.model->cfg;
+  const cf_layer_weights_t *w = &b->base.model->layers[l];
+  cf__cuda_layer_t *L = &b->layers[l];
+  size_t D = c->hidden, I = c->intermediate, nq = (size_t)c->n_heads * c->head_dim,
+         nkv = (size_t)c->n_kv_heads * c->head_dim;
+  int moe = c->layer_moe[l], rc;
+  if ((rc = cf__dalloc((void **)&L->wqkv, (nq + 2 * nkv) * D * 2, "wqkv")) ||
+      (rc = cf__up_bf16(b, L->wqkv, w->wq, nq * D)) ||
+      (rc = cf__up_bf16(b, L->wqkv + nq * D, w->wk, nkv * D)) ||
+      (rc = cf__up_bf16(b, L->wqkv + (nq + nkv) * D, w->wv, nkv * D)) ||
+      (rc = cf__dalloc((void **)&L->wo, D * nq * 2, "wo")) ||
+      (rc = cf__up_bf16(b, L->wo, w->wo, D * nq)) ||
+      (!moe && (rc = cf__dalloc((void **)&L->wgu, 2 * I * D * 2, "w_gate|w_up"))) ||
+      (!moe && (rc = cf__up_bf16(b, L->wgu, w->w_gate, I * D))) ||
+      (!moe && (rc = cf__up_bf16(b, L->wgu + I * D, w->w_up, I * D))) ||
+      (!moe && (rc = cf__dalloc((void **)&L->wdown, D * I * 2, "w_down"))) ||
+      (!moe && (rc = cf__up_bf16(b, L->wdown, w->w_down, D * I))))
+    return rc;
+  return 0;
+}
+
 static int cf__cuda_upload(cf__cuda_be_t *b) {
   const cf_model_t *m = b->base.model;
   const cf_model_config_t *c = &m->cfg;
@@ -411,17 +453,7 @@ static int cf__cuda_upload(cf__cuda_be_t *b) {
             (rc = cf__up_bf16(b, L->ewdown + e * D * MI, w->e_down[e], D * MI)))
           return cf_err_prefix(rc, "layer %d expert %zu: ", l, e);
     }
-    if ((rc = cf__dalloc((void **)&L->wqkv, (nq + 2 * nkv) * D * 2, "wqkv")) ||
-        (rc = cf__up_bf16(b, L->wqkv, w->wq, nq * D)) ||
-        (rc = cf__up_bf16(b, L->wqkv + nq * D, w->wk, nkv * D)) ||
-        (rc = cf__up_bf16(b, L->wqkv + (nq + nkv) * D, w->wv, nkv * D)) ||
-        (rc = cf__dalloc((void **)&L->wo, D * nq * 2, "wo")) ||
-        (rc = cf__up_bf16(b, L->wo, w->wo, D * nq)) ||
-        (!moe && (rc = cf__dalloc((void **)&L->wgu, 2 * I * D * 2, "w_gate|w_up"))) ||
-        (!moe && (rc = cf__up_bf16(b, L->wgu, w->w_gate, I * D))) ||
-        (!moe && (rc = cf__up_bf16(b, L->wgu + I * D, w->w_up, I * D))) ||
-        (!moe && (rc = cf__dalloc((void **)&L->wdown, D * I * 2, "w_down"))) ||
-        (!moe && (rc = cf__up_bf16(b, L->wdown, w->w_down, D * I))) ||
+    if ((rc = cf__layer_mats(b, l)) ||
         (rc = cf__up_f32(&L->attn_norm, w->attn_norm, D, "attn_norm")) ||
         (rc = cf__up_f32(&L->mlp_norm, w->mlp_norm, D, "mlp_norm")) ||
         (rc = cf__up_f32(&L->q_norm, c->qk_norm ? w->q_norm : NULL, hd, "q_norm")) ||
@@ -440,6 +472,59 @@ static int cf__cuda_upload(cf__cuda_be_t *b) {
    * follow; the forward may run on any caller's stream (cf_backend_cuda_forward_dev) */
   CF_CUDA_TRY(cudaDeviceSynchronize());
   return 0;
+}
+
+/* Bytes of the matrices and the embedding (what borrowing frees). */
+static size_t cf__mat_bytes(const cf_model_config_t *c) {
+  size_t D = c->hidden, I = c->intermediate, nq = (size_t)c->n_heads * c->head_dim,
+         nkv = (size_t)c->n_kv_heads * c->head_dim;
+  return ((size_t)c->n_layers * ((nq + 2 * nkv) * D + D * nq + 3 * I * D) + (size_t)c->vocab * D) * 2;
+}
+
+int cf_backend_cuda_borrow(cf_backend_t *be, const cf_borrow_dev_t *w, size_t *released) {
+  *released = 0;
+  if (!be || !be->name || strcmp(be->name, "cuda") != 0) return cf_seterr(CF_EINVAL, "cuda borrow: not the cuda backend");
+  cf__cuda_be_t *b = (cf__cuda_be_t *)be;
+  const cf_model_config_t *c = &be->model->cfg;
+  if (b->borrowed) return cf_seterr(CF_EBUSY, "cuda borrow: already on borrowed weights");
+  if (c->n_experts > 0) return cf_seterr(CF_EUNSUPPORTED, "cuda borrow: mixture-of-experts layers");
+  CF_CUDA_TRY(cudaSetDevice(b->device));
+  /* the whole device: forwards may run on a caller's stream (cf_backend_cuda_forward_dev) */
+  CF_CUDA_TRY(cudaDeviceSynchronize()); /* nothing still reads the own copy */
+  for (int l = 0; l < c->n_layers; l++) {
+    cf__cuda_layer_t *L = &b->layers[l];
+    void *own[] = {L->wqkv, L->wo, L->wgu, L->wdown};
+    for (int i = 0; i < 4; i++) cudaFree(own[i]);
+    L->wqkv = (cf_bf16_t *)w->layers[l].wqkv;
+    L->wo = (cf_bf16_t *)w->layers[l].wo;
+    L->wgu = (cf_bf16_t *)w->layers[l].wgu;
+    L->wdown = (cf_bf16_t *)w->layers[l].wdown;
+  }
+  cudaFree(b->embed);
+  b->embed = (cf_bf16_t *)w->embed;
+  b->borrowed = 1;
+  *released = cf__mat_bytes(c);
+  b->dev_bytes = b->dev_bytes > *released ? b->dev_bytes - *released : 0;
+  return 0;
+}
+
+int cf_backend_cuda_unborrow(cf_backend_t *be) {
+  if (!be || !be->name || strcmp(be->name, "cuda") != 0) return cf_seterr(CF_EINVAL, "cuda borrow: not the cuda backend");
+  cf__cuda_be_t *b = (cf__cuda_be_t *)be;
+  const cf_model_config_t *c = &be->model->cfg;
+  if (!b->borrowed) return 0;
+  if (!be->model->layers || !be->model->embed)
+    return cf_seterr(CF_EINVAL, "cuda borrow: the host model holds no weights to upload (reload them first)");
+  CF_CUDA_TRY(cudaSetDevice(b->device));
+  CF_CUDA_TRY(cudaDeviceSynchronize()); /* the engine's memory is read no more, on any stream */
+  cf__forget_mats(b);
+  b->borrowed = 0;
+  int rc = cf__dalloc((void **)&b->embed, (size_t)c->vocab * c->hidden * 2, "embedding");
+  if (!rc) rc = cf__up_bf16(b, b->embed, be->model->embed, (size_t)c->vocab * c->hidden);
+  for (int l = 0; l < c->n_layers && !rc; l++) rc = cf__layer_mats(b, l);
+  if (!rc) rc = cudaStreamSynchronize(b->stream) == cudaSuccess ? 0 : cf_seterr(CF_ECUDA, "cuda borrow: upload");
+  if (!rc) b->dev_bytes += cf__mat_bytes(c);
+  return rc; /* on failure the layers left NULL are re-tried by the next call's cf__layer_mats (cudaFree(NULL) ok) */
 }
 
 int cf_backend_cuda_devices(void) {

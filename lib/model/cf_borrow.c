@@ -26,6 +26,9 @@ typedef struct {
   cf_borrow_report_t *rep;
   uint8_t *used;        /* [n] */
   int viewable;         /* every weight so far an fp32 whole tensor */
+  cf_borrow_fetch_fn fetch; /* device tensors: copies sampled elements to the host (NULL: host memory) */
+  void *fetch_ctx;
+  int fetch_err;
 } cf__ctx_t;
 
 /* The offered tensor `name` of shard `rank` (NULL: none), and its tp_size in *tp. */
@@ -38,9 +41,17 @@ static const cf_borrow_tensor_t *cf__find(const cf__ctx_t *x, const char *name, 
   return NULL;
 }
 
-static float cf__elem(const cf_borrow_tensor_t *t, int64_t i) {
+static float cf__elem(cf__ctx_t *x, const cf_borrow_tensor_t *t, int64_t i) {
   float f;
-  cf_dtype_to_f32(t->dtype, (const uint8_t *)t->data + (size_t)i * cf_dtype_size(t->dtype), &f, 1);
+  size_t es = cf_dtype_size(t->dtype);
+  const uint8_t *src = (const uint8_t *)t->data + (size_t)i * es;
+  uint8_t buf[4];
+  if (x->fetch) { /* a device address: one element over */
+    int rc = x->fetch(x->fetch_ctx, src, buf, es);
+    if (rc && !x->fetch_err) x->fetch_err = rc;
+    src = buf;
+  }
+  cf_dtype_to_f32(t->dtype, src, &f, 1);
   return f;
 }
 
@@ -89,7 +100,8 @@ static int cf__check(cf__ctx_t *x, cf__w_t *w) {
     if (w->by_cols) { r = j / ec; li = i; lj = j % ec; }
     else { int64_t per = w->R / tp; r = i / per; li = w->off / tp + i % per; lj = j; }
     const cf_borrow_tensor_t *t = sh[r];
-    float want = w->ck[e], got = cf__elem(t, li * ec + lj);
+    float want = w->ck[e], got = cf__elem(x, t, li * ec + lj);
+    if (x->fetch_err) return x->fetch_err;
     uint8_t buf[4];
     cf_dtype_from_f32(t->dtype, &want, buf, 1); /* the checkpoint as the engine's dtype holds it */
     cf_dtype_to_f32(t->dtype, buf, &want, 1);
@@ -133,11 +145,12 @@ static int cf__whole(cf__ctx_t *x, const float *ck, int64_t R, int64_t K, int by
 }
 
 static int cf__run(const cf_model_t *m, const cf_borrow_tensor_t *t, int n, int samples, cf_borrow_report_t *rep,
-                   cf_model_t *b) {
+                   cf_model_t *b, cf_borrow_fetch_fn fetch, void *fetch_ctx) {
   const cf_model_config_t *c = &m->cfg;
   if (c->n_experts > 0)
     return cf_seterr(CF_EUNSUPPORTED, "borrowed weights: mixture-of-experts layers are not resolved yet");
-  cf__ctx_t x = {.t = t, .n = n, .samples = samples > 0 ? samples : 0, .rep = rep, .viewable = 1};
+  cf__ctx_t x = {.t = t, .n = n, .samples = samples > 0 ? samples : 0, .rep = rep, .viewable = 1, .fetch = fetch,
+                 .fetch_ctx = fetch_ctx};
   if (!(x.used = calloc((size_t)(n > 0 ? n : 1), 1))) return cf_seterr(CF_ENOMEM, "borrowed weights");
   int64_t H = c->hidden, hd = c->head_dim, nq = (int64_t)c->n_heads * hd, nkv = (int64_t)c->n_kv_heads * hd;
   int64_t I = c->intermediate, qkv[3] = {nq, nkv, nkv}, gu[2] = {I, I};
@@ -192,7 +205,7 @@ int cf_borrow_check(const cf_model_t *m, const cf_borrow_tensor_t *t, int n, int
   if (!rep) rep = &dummy;
   memset(rep, 0, sizeof *rep);
   if (!m) return cf_seterr(CF_EINVAL, "borrowed weights: no model");
-  return cf__run(m, t, n, samples, rep, NULL);
+  return cf__run(m, t, n, samples, rep, NULL, NULL, NULL);
 }
 
 int cf_borrow_model(const cf_model_t *m, const cf_borrow_tensor_t *t, int n, int samples,
@@ -210,7 +223,7 @@ int cf_borrow_model(const cf_model_t *m, const cf_borrow_tensor_t *t, int n, int
   b->cfg = m->cfg;
   memcpy(b->fingerprint, m->fingerprint, sizeof b->fingerprint);
   if (m->lm_head == m->embed) b->lm_head = NULL; /* tied: set below */
-  int rc = cf__run(m, t, n, samples, rep, b);
+  int rc = cf__run(m, t, n, samples, rep, b, NULL, NULL);
   if (rc) { cf_borrow_free(b); return rc; }
   if (m->lm_head == m->embed) b->lm_head = b->embed;
   *out = b;
@@ -221,4 +234,54 @@ void cf_borrow_free(cf_model_t *b) {
   if (!b) return;
   free(b->layers);
   free(b);
+}
+
+/* The tensor `name` as the CUDA backend reads it: vLLM's fused name, bf16, whole (tp 1), [R][K]. */
+static int cf__dev_tensor(const cf_borrow_tensor_t *t, int n, const char *name, int64_t R, int64_t K,
+                          const void **out) {
+  for (int i = 0; i < n; i++)
+    if (t[i].name && !strcmp(t[i].name, name)) {
+      if (t[i].tp_size > 1 || t[i].dtype != CF_DT_BF16 || t[i].ndim != 2 || t[i].shape[0] != R || t[i].shape[1] != K)
+        return cf_seterr(CF_EUNSUPPORTED, "borrowed weights: '%s': the cuda backend reads vLLM's fused bf16 tensors "
+                         "whole [%lld, %lld] (checked, not used: the daemon keeps its own copy)", name, (long long)R,
+                         (long long)K);
+      *out = t[i].data;
+      return 0;
+    }
+  return cf_seterr(CF_EUNSUPPORTED, "borrowed weights: no '%s': the cuda backend reads vLLM's fused tensors "
+                   "(qkv_proj, gate_up_proj), not unfused ones (checked, not used)", name);
+}
+
+int cf_borrow_device(const cf_model_t *m, const cf_borrow_tensor_t *t, int n, int samples, cf_borrow_fetch_fn fetch,
+                     void *ctx, cf_borrow_dev_t *out, cf_borrow_report_t *rep) {
+  cf_borrow_report_t dummy;
+  if (!rep) rep = &dummy;
+  memset(rep, 0, sizeof *rep);
+  memset(out, 0, sizeof *out);
+  if (!m || !fetch) return cf_seterr(CF_EINVAL, "borrowed weights: no model or no fetch");
+  int rc = cf__run(m, t, n, samples, rep, NULL, fetch, ctx);
+  if (rc) return rc;
+  const cf_model_config_t *c = &m->cfg;
+  int64_t H = c->hidden, hd = c->head_dim, nq = (int64_t)c->n_heads * hd, nkv = (int64_t)c->n_kv_heads * hd;
+  if (!(out->layers = calloc((size_t)c->n_layers, sizeof *out->layers))) return cf_seterr(CF_ENOMEM, "borrowed weights");
+  char nm[160];
+  for (int l = 0; l < c->n_layers && !rc; l++) {
+    cf_borrow_dev_layer_t *L = &out->layers[l];
+    snprintf(nm, sizeof nm, "model.layers.%d.self_attn.qkv_proj.weight", l);
+    rc = cf__dev_tensor(t, n, nm, nq + 2 * nkv, H, &L->wqkv);
+    snprintf(nm, sizeof nm, "model.layers.%d.self_attn.o_proj.weight", l);
+    if (!rc) rc = cf__dev_tensor(t, n, nm, H, nq, &L->wo);
+    snprintf(nm, sizeof nm, "model.layers.%d.mlp.gate_up_proj.weight", l);
+    if (!rc) rc = cf__dev_tensor(t, n, nm, 2 * (int64_t)c->intermediate, H, &L->wgu);
+    snprintf(nm, sizeof nm, "model.layers.%d.mlp.down_proj.weight", l);
+    if (!rc) rc = cf__dev_tensor(t, n, nm, H, c->intermediate, &L->wdown);
+  }
+  if (!rc) rc = cf__dev_tensor(t, n, "model.embed_tokens.weight", c->vocab, H, &out->embed);
+  if (rc) cf_borrow_device_free(out);
+  return rc;
+}
+
+void cf_borrow_device_free(cf_borrow_dev_t *d) {
+  free(d->layers);
+  memset(d, 0, sizeof *d);
 }

@@ -18,7 +18,8 @@
  * copy): a fused tensor's parts are row slices of it. The CPU backend computes in fp32, so views
  * need fp32 tensors offered whole (tp_size 1); bf16 tensors and TP shards are checked but not
  * viewed (CF_EUNSUPPORTED: the daemon then keeps its own copy, counted in its budget). The CUDA
- * backend's use of device tensors (CUDA IPC) is not written yet.
+ * backend computes on device tensors (CUDA IPC) through cf_borrow_device: vLLM's fused bf16
+ * matrices are its own layout (written, not run on a GPU).
  */
 #ifndef CF_BORROW_H
 #define CF_BORROW_H
@@ -57,5 +58,22 @@ int cf_borrow_check(const cf_model_t *m, const cf_borrow_tensor_t *t, int n, int
 int cf_borrow_model(const cf_model_t *m, const cf_borrow_tensor_t *t, int n, int samples,
                     cf_model_t **out, cf_borrow_report_t *rep);
 void cf_borrow_free(cf_model_t *b);
+
+/* Device tensors (a GPU engine's, opened with CUDA IPC): `data` are device addresses and
+ * fetch(ctx, src, dst, bytes) copies sampled elements to the host (0 or CF_E*). */
+typedef int (*cf_borrow_fetch_fn)(void *ctx, const void *src, void *dst, size_t bytes);
+/* Where the CUDA backend's matrices are in the engine's memory: its own layout is vLLM's (bf16,
+ * [q; k; v] rows in wqkv, [gate; up] in wgu), so fused tensors are used as they are. */
+typedef struct { const void *wqkv, *wo, *wgu, *wdown; } cf_borrow_dev_layer_t;
+typedef struct cf_borrow_dev_s {
+  const void *embed;                  /* [vocab][hidden] bf16 */
+  cf_borrow_dev_layer_t *layers;      /* [n_layers] */
+} cf_borrow_dev_t;
+/* cf_borrow_check over device tensors, then their device addresses for the CUDA backend
+ * (cf_backend_cuda_borrow). CF_EUNSUPPORTED (checked, not used) unless every matrix is a whole
+ * bf16 tensor under vLLM's fused names. Free *out with cf_borrow_device_free. */
+int cf_borrow_device(const cf_model_t *m, const cf_borrow_tensor_t *t, int n, int samples, cf_borrow_fetch_fn fetch,
+                     void *ctx, cf_borrow_dev_t *out, cf_borrow_report_t *rep);
+void cf_borrow_device_free(cf_borrow_dev_t *d);
 
 #endif

@@ -32,6 +32,7 @@ typedef struct {
   void **owned;      /* converted / realigned weight buffers */
   size_t n_owned, cap_owned;
   const char *prefix; /* "model." or "" (checkpoints saved from the base model) */
+  size_t weight_bytes; /* fp32 bytes of every weight resolved (mapped in place or converted) */
 } cf__priv_t;
 
 /* Reads a whole (small) file into a NUL-terminated malloc'd buffer. */
@@ -191,6 +192,7 @@ static int cf__weight_nd(cf__priv_t *p, const char *name, int ndim, const int64_
                      found, exp);
   }
   size_t n = (size_t)t->numel;
+  p->weight_bytes += n * sizeof(float);
   if (t->dtype == CF_DT_F32 && ((uintptr_t)t->data % sizeof(float)) == 0) {
     *out = t->data;
     return 0;
@@ -490,20 +492,59 @@ int cf_model_load(const char *dir, cf_model_t **out) {
   return 0;
 }
 
+static void cf__priv_free(cf__priv_t *p) {
+  if (!p) return;
+  for (size_t i = 0; i < p->n_owned; i++) free(p->owned[i]);
+  free(p->owned);
+  for (size_t i = 0; i < p->n_files; i++) cf_st_close(&p->files[i]);
+  free(p->files);
+  free(p->idx);
+  free(p);
+}
+
 void cf_model_free(cf_model_t *m) {
   if (!m) return;
-  cf__priv_t *p = m->priv;
-  if (p) {
-    for (size_t i = 0; i < p->n_owned; i++) free(p->owned[i]);
-    free(p->owned);
-    for (size_t i = 0; i < p->n_files; i++) cf_st_close(&p->files[i]);
-    free(p->files);
-    free(p->idx);
-    free(p);
-  }
+  cf__priv_free(m->priv);
   free(m->layers);
   free(m->dir);
   free(m);
+}
+
+size_t cf_model_weight_bytes(const cf_model_t *m) {
+  const cf__priv_t *p = m ? m->priv : NULL;
+  return p ? p->weight_bytes : 0;
+}
+
+size_t cf_model_release_weights(cf_model_t *m) {
+  size_t b = cf_model_weight_bytes(m);
+  cf__priv_free(m->priv);
+  m->priv = NULL;  /* cf_model_weight_bytes: 0; cf_model_find_tensor: NULL */
+  free(m->layers);
+  m->layers = NULL;
+  m->embed = m->final_norm = m->lm_head = NULL;
+  return b;
+}
+
+int cf_model_reload_weights(cf_model_t *m) {
+  if (m->priv) return 0;
+  cf_model_t *n;
+  int rc = cf_model_load(m->dir, &n);
+  if (rc) return rc;
+  if (memcmp(n->fingerprint, m->fingerprint, sizeof m->fingerprint)) {
+    cf_model_free(n);
+    return cf_seterr(CF_EMISMATCH, "%s: the checkpoint on disk is no longer the model this process serves "
+                     "(fingerprint changed)", m->dir);
+  }
+  /* the fingerprint pins the config: only the weights move over */
+  m->priv = n->priv;
+  m->layers = n->layers;
+  m->embed = n->embed;
+  m->final_norm = n->final_norm;
+  m->lm_head = n->lm_head;
+  n->priv = NULL;
+  n->layers = NULL;
+  cf_model_free(n);
+  return 0;
 }
 
 size_t cf_model_kv_row_floats(const cf_model_config_t *c) {

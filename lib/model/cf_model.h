@@ -86,6 +86,18 @@ int cf_model_load(const char *dir, cf_model_t **out);
 /* Unmaps and frees everything cf_model_load made; NULL-safe. Weight pointers die with it. */
 void cf_model_free(cf_model_t *m);
 
+/* Bytes of the weights m holds as fp32 (mapped F32 tensors and converted buffers alike); 0 after
+ * cf_model_release_weights. */
+size_t cf_model_weight_bytes(const cf_model_t *m);
+/* Drop m's weights (unmap the checkpoint, free converted buffers) but keep its config,
+ * fingerprint and directory: for a process that computes on borrowed weights (cf_borrow). Every
+ * weight pointer of m becomes NULL. Returns the bytes released (cf_model_weight_bytes before). */
+size_t cf_model_release_weights(cf_model_t *m);
+/* Load m's weights again from m->dir after cf_model_release_weights (0 when it holds them).
+ * Returns 0, cf_model_load's errors, or CF_EMISMATCH when the checkpoint on disk has another
+ * fingerprint (m keeps no weights then). */
+int cf_model_reload_weights(cf_model_t *m);
+
 /* Model fingerprint: XXH3-128 over a canonical little-endian serialisation of
  *   "cacheflow-model-v1", arch, n_layers, hidden, n_heads, n_kv_heads, head_dim, intermediate,
  *   vocab, rms_eps, rope_kind, rope_theta, (llama3 only: factor, low/high freq factor,

@@ -15,7 +15,8 @@
 #                         recorded SKIPPED. Keep BUDGET about 60 s under the device call's timeout_s.
 # Order of PRESET=all (each step has its own timeout, so one hang costs that step only):
 #   kt_attn (wgmma probes first) -> kt_paged, kt_backend, kt_elementwise, kt_gemm -> kt_gpupath
-#   (lib/gpu, two processes over CUDA IPC) -> kt_gpuexec (lib/exec GPU vs CPU executor) ->
+#   (lib/gpu, two processes over CUDA IPC) -> kt_borrow (the cuda backend on an engine's weights over
+#   CUDA IPC, issue 18) -> kt_gpuexec (lib/exec GPU vs CPU executor) ->
 #   gpuexec-e2e (cacheflowd gpu_executor = on + a GPU engine process) -> kt_backend-wgmma ->
 #   ctl-kv-* (every fixture vs transformers) -> memcheck of paged/elementwise/backend ->
 #   bench-layer, bench-layer-wgmma, bench-torch (table a) -> bench-load -> bench-gpupath (skipped
@@ -150,13 +151,16 @@ verify_core() {
   step kt_attn 60 build/tests/kt_attn
   for t in kt_paged kt_backend kt_elementwise kt_gemm; do step $t 30 build/tests/$t; done
   for t in build/tests/kt_*; do # a kernel test added later runs too
-    case "$(basename "$t")" in kt_attn|kt_paged|kt_backend|kt_elementwise|kt_gemm|kt_gpupath|kt_gpuexec|*.d) continue ;; esac
+    case "$(basename "$t")" in kt_attn|kt_paged|kt_backend|kt_elementwise|kt_gemm|kt_gpupath|kt_borrow|kt_gpuexec|*.d) continue ;; esac
     step "$(basename "$t")" 60 "$t"
   done
   # lib/gpu (two processes over CUDA IPC; four variants, <= 30 s each), then lib/exec's GPU
   # executor vs its CPU executor in-process, then the real cacheflowd (gpu_executor = on) with a
   # GPU engine process over CUDA IPC. All three unverified until here.
   step kt_gpupath 90 build/tests/kt_gpupath
+  # issue 18 borrowed weights: an engine process's fused bf16 weights over CUDA IPC, checked, used
+  # by the cuda backend instead of its own copy (freed), KV bit-identical; written, never run yet
+  step kt_borrow 60 build/tests/kt_borrow
   step kt_gpuexec 120 build/tests/kt_gpuexec
   step gpuexec-e2e 150 env E2E_TIMEOUT=110 bash tests/device/gpuexec_e2e.sh
   # issue 18: the same within gpu_memory_bytes = 2 GiB (backend + rings + restore arena)

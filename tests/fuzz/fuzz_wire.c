@@ -6,16 +6,19 @@
  * registered — dense NHD bf16, HND f16 with one-token blocks, a TP shard, vLLM's CPU f32
  * layout with V's own strides; bit 7: the store holds bf16 cells, so engines of other dtypes
  * are refused). Then records [kind][len lo][len hi][len bytes of a serialized request]: kind
- * mod 9 = RegisterEngine, Unregister, Lookup, Save, Restore, Admin.Evict, Admin.GetConfig,
- * Health.Check, Admin.Stats. So one input registers an engine, saves with it, unregisters
- * it and restores into it, as a client could.
+ * mod 10 = RegisterEngine, Unregister, Lookup, Save, Restore, Admin.Evict, Admin.GetConfig,
+ * Health.Check, Admin.Stats, OfferWeights. So one input registers an engine, saves with it,
+ * offers weights as it, unregisters it and restores into it, as a client could.
  *
  * What must hold (else __builtin_trap, a crash the fuzzer reports):
  *   - a refusal always names what was wrong (a non-empty detail) with a real gRPC status;
  *   - an accepted registration has every layer once and buffers that hold the whole layout;
  *   - an accepted Save or Restore addresses only bytes inside the engine's registered buffers
  *     (every element of every block it names, through the strides registration accepted) and
- *     only tokens inside the model's vocabulary — what the data path then writes or reads.
+ *     only tokens inside the model's vocabulary — what the data path then writes or reads;
+ *   - an accepted OfferWeights names a registered engine and holds tensors of 1-2 dimensions,
+ *     a known dtype, contiguous strides, tp_rank < tp_size, each inside its shm file (what
+ *     cf_weights then maps and reads).
  * The engine table lives per input (libFuzzer needs an input to mean the same every run).
  *
  * tests/unit/test_fuzz_corpus.c includes this file and replays tests/fuzz/corpus/wire/ under
@@ -299,6 +302,38 @@ static int cf_fw_unregister(const uint8_t *p, size_t n, int *refused, char *firs
   return rc;
 }
 
+/* OfferWeights: the validator, the engine, then the model and files (cf_service's order). */
+static int cf_fw_offer(const uint8_t *p, size_t n, int *refused, char *first, size_t cap) {
+  char why[512] = "";
+  Cacheflow__V1__OfferWeightsRequest *r = cacheflow__v1__offer_weights_request__unpack(NULL, n, p);
+  if (!r) { cf_fw_refused(CF_RPC_INVALID_ARGUMENT, "malformed OfferWeightsRequest", refused, first, cap); return -1; }
+  int st = 0;
+  if (cf_reqcheck_offer_fields(r, why, sizeof why)) st = CF_RPC_INVALID_ARGUMENT;
+  else if (!cf_fw_find(r->engine_id)) { st = CF_RPC_NOT_FOUND; snprintf(why, sizeof why, "engine_id %llu is not registered", (unsigned long long)r->engine_id); }
+  else st = cf_reqcheck_offer_model(&g_model, r, why, sizeof why);
+  if (st) {
+    cf_fw_refused(st, why, refused, first, cap);
+  } else {
+    if (!r->n_tensors || memcmp(r->model_fingerprint.data, g_model.fingerprint, 16)) __builtin_trap();
+    for (size_t i = 0; i < r->n_tensors; i++) {
+      const Cacheflow__V1__WeightTensor *q = r->tensors[i];
+      size_t esz = cf_reqcheck_dtype_size(q->dtype);
+      if (!esz || q->n_shape < 1 || q->n_shape > 2 || !q->name[0]) __builtin_trap();
+      if (q->tp_rank >= (q->tp_size ? q->tp_size : 1)) __builtin_trap();
+      uint64_t el = q->shape[0] * (q->n_shape > 1 ? q->shape[1] : 1);
+      if (q->n_strides && q->strides[q->n_shape - 1] != esz && q->shape[q->n_shape - 1] != 1) __builtin_trap();
+      if (q->location_case == CACHEFLOW__V1__WEIGHT_TENSOR__LOCATION_SHM_PATH) {
+        struct stat sb;
+        if (stat(q->shm_path, &sb) != 0 || (uint64_t)sb.st_size < q->offset + el * esz) __builtin_trap();
+      } else if (q->location_case != CACHEFLOW__V1__WEIGHT_TENSOR__LOCATION_CUDA_IPC || q->cuda_ipc->ipc_handle.len != 64) {
+        __builtin_trap();
+      }
+    }
+  }
+  cacheflow__v1__offer_weights_request__free_unpacked(r, NULL);
+  return st ? -1 : 0;
+}
+
 /* Admin and health requests: unpacking, and the checks their handlers make. */
 static int cf_fw_admin(int kind, const uint8_t *p, size_t n, int *refused, char *first, size_t cap) {
   char why[256] = "";
@@ -346,7 +381,7 @@ int cf_fuzz_wire_run(const uint8_t *data, size_t size, int *refused, char *first
   }
   int records = 0;
   for (size_t off = 1; off + 3 <= size; records++) {
-    int kind = data[off] % 9;
+    int kind = data[off] % 10;
     size_t len = (size_t)data[off + 1] | (size_t)data[off + 2] << 8;
     off += 3;
     if (len > size - off) len = size - off;
@@ -356,6 +391,7 @@ int cf_fuzz_wire_run(const uint8_t *data, size_t size, int *refused, char *first
       case 0: cf_fw_register(p, len, refused, first, cap); break;
       case 1: cf_fw_unregister(p, len, refused, first, cap); break;
       case 2: case 3: case 4: cf_fw_tokreq(kind, p, len, refused, first, cap); break;
+      case 9: cf_fw_offer(p, len, refused, first, cap); break;
       default: cf_fw_admin(kind, p, len, refused, first, cap); break;
     }
   }

@@ -22,7 +22,7 @@ OUT = "tests/fuzz/corpus/wire"
 SHM = "/tmp/cf-fuzz-wire.kv"  # fuzz_wire.c's CF_FW_SHM
 FP = bytes(range(0xC0, 0xD0))
 BASE = 0x5EED0000
-REG, UNREG, LOOKUP, SAVE, RESTORE, EVICT, GETCONFIG, HEALTH, STATS = range(9)
+REG, UNREG, LOOKUP, SAVE, RESTORE, EVICT, GETCONFIG, HEALTH, STATS, OFFER = range(10)
 
 
 def rec(kind, msg):
@@ -116,6 +116,22 @@ SEEDS["bad_restore_priority"] = bytes([0x01]) + rec(
 SEEDS["bad_evict_tier"] = bytes([0x01]) + rec(EVICT, pb.EvictRequest(tier=pb.TIER_REMOTE))
 SEEDS["bad_malformed"] = bytes([0x01]) + rec(SAVE, pb.SaveRequest(
     engine_id=BASE + 1, token_ids=toks40, block_ids=[0, 1, 2]).SerializeToString()[:-3])
+
+
+def offer(engine=BASE + 1, fp=FP, **t):
+    """OfferWeights of one tensor in the fuzz shm file (a vLLM fused qkv_proj of the fuzz model)."""
+    w = dict(name="model.layers.0.self_attn.qkv_proj.weight", shape=[64, 32], dtype=pb.DTYPE_F32, shm_path=SHM)
+    w.update(t)
+    return pb.OfferWeightsRequest(engine_id=engine, model_fingerprint=fp, tensors=[pb.WeightTensor(**w)])
+
+
+SEEDS["valid_offer_weights"] = bytes([0x01]) + rec(OFFER, offer()) + rec(OFFER, offer(strides=[128, 4], offset=4096))
+SEEDS["valid_offer_weights_tp"] = bytes([0x01]) + rec(OFFER, offer(tp_rank=1, tp_size=2, dtype=pb.DTYPE_BF16))
+SEEDS["bad_offer_strides"] = bytes([0x01]) + rec(OFFER, offer(strides=[4, 256]))
+SEEDS["bad_offer_past_file"] = bytes([0x01]) + rec(OFFER, offer(offset=(4 << 20) - 64))
+SEEDS["bad_offer_fingerprint"] = bytes([0x01]) + rec(OFFER, offer(fp=bytes(16)))
+SEEDS["bad_offer_no_engine"] = bytes([0x00]) + rec(OFFER, offer())
+SEEDS["bad_offer_tp_rank"] = bytes([0x01]) + rec(OFFER, offer(tp_rank=2, tp_size=2))
 
 os.makedirs(OUT, exist_ok=True)
 for name, data in SEEDS.items():

@@ -27,7 +27,7 @@ echo "1 passed, 0 failed"
 SH
   chmod +x "$1"
 }
-for b in kt_attn kt_paged kt_elementwise kt_gemm kt_backend kt_gpupath kt_gpuexec; do fake "$D/build/tests/$b"; done
+for b in kt_attn kt_paged kt_elementwise kt_gemm kt_backend kt_gpupath kt_borrow kt_gpuexec; do fake "$D/build/tests/$b"; done
 for b in cacheflowctl cacheflowd cf-gpuengine; do fake "$D/build/$b"; done
 # the end-to-end script needs a real daemon: a stand-in too (run.sh only checks it exists)
 fake "$D/tests/device/gpuexec_e2e.sh"
@@ -41,7 +41,7 @@ order() { grep -o '^STEP [^ ]*' "$T/out/results.txt" | cut -d' ' -f2 | tr '\n' '
 run PRESET=all BUDGET=120
 o=$(order)
 check "PRESET=all runs kt_attn first, lib/gpu before lib/exec before the daemon, benches after" \
-  '[[ "$o" == "kt_attn kt_paged kt_backend kt_elementwise kt_gemm kt_gpupath kt_gpuexec gpuexec-e2e gpuexec-e2e-budget kt_backend-wgmma "* ]] &&
+  '[[ "$o" == "kt_attn kt_paged kt_backend kt_elementwise kt_gemm kt_gpupath kt_borrow kt_gpuexec gpuexec-e2e gpuexec-e2e-budget kt_backend-wgmma "* ]] &&
    [[ "$o" == *" bench-layer bench-layer-wgmma bench-torch bench-load bench-gpupath bench-gpuexec bench-attn bench-gemm "* ]]' "$o"
 check "ctl-kv steps for the fixture, whole and chunked, before the benches" \
   '[[ "$o" == *"ctl-kv-public-llama-gqa-chunk0 ctl-kv-public-llama-gqa-chunk64"*"bench-layer "* ]]' "$o"

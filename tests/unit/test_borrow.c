@@ -14,6 +14,7 @@
 #include "model/cf_backend.h"
 #include "model/cf_borrow.h"
 #include "model/cf_model_synth.h"
+#include "model/cf_safetensors.h"
 
 typedef struct {
   cf_borrow_tensor_t t[256];
@@ -230,6 +231,105 @@ CF_TEST(borrow_tensor_parallel_shards_are_checked) {
     if (!strcmp(e->t[i].name, "model.layers.1.self_attn.qkv_proj.weight")) e->t[i].tp_rank ^= 1;
   CF_CHECK_EQ(cf_borrow_check(m, e->t, e->n, 64, &rep), CF_EMISMATCH);
   CF_CHECK_MSG(strstr(cf_errmsg(), "layers.1.self_attn.qkv_proj"), "%s", cf_errmsg());
+  munmap(map, len);
+  eng_free(e);
+  cf_model_synth_free(m);
+}
+
+/* A daemon that computes on borrowed weights drops its own copy and reloads it when the engine
+ * leaves (daemon/cf_weights): cf_model_release_weights frees every weight (pointers NULL, bytes
+ * reported), cf_model_reload_weights brings them back from the checkpoint (same fingerprint, KV
+ * bit-identical to before); a checkpoint replaced on disk meanwhile is refused (CF_EMISMATCH). */
+CF_TEST(borrow_own_copy_released_and_reloaded) {
+  char src[512], dir[600], cmd[2400];
+  snprintf(src, sizeof src, "%s/public-llama-gqa", cf_test_fixtures());
+  snprintf(dir, sizeof dir, "%s/ck", cf_test_tmpdir());
+  snprintf(cmd, sizeof cmd, "rm -rf '%s' && cp -r '%s' '%s'", dir, src, dir);
+  CF_ASSERT(system(cmd) == 0);
+  cf_model_t *m;
+  CF_ASSERT(cf_model_load(dir, &m) == 0);
+  uint8_t fp[16];
+  memcpy(fp, m->fingerprint, 16);
+  int T = 24;
+  size_t n = 2 * (size_t)m->cfg.n_layers * T * m->cfg.n_kv_heads * m->cfg.head_dim;
+  float *k1 = malloc(n * 4), *k2 = malloc(n * 4);
+  kv_of(m, T, k1);
+  size_t bytes = cf_model_weight_bytes(m);
+  CF_CHECK_GT(bytes, 0);
+  CF_CHECK_EQ(cf_model_release_weights(m), bytes);
+  CF_CHECK_EQ(cf_model_weight_bytes(m), 0);
+  CF_CHECK(m->layers == NULL && m->embed == NULL && m->final_norm == NULL);
+  CF_CHECK(cf_model_find_tensor(m, "model.embed_tokens.weight") == NULL);
+  CF_CHECK_OK(cf_model_reload_weights(m));
+  CF_CHECK_EQ(cf_model_weight_bytes(m), bytes);
+  CF_CHECK(!memcmp(m->fingerprint, fp, 16));
+  kv_of(m, T, k2);
+  CF_CHECK(!memcmp(k1, k2, n * 4));
+  CF_CHECK_OK(cf_model_reload_weights(m)); /* holding them: nothing to do */
+  /* the checkpoint changes on disk while released: not the model this process serves */
+  cf_model_release_weights(m);
+  snprintf(cmd, sizeof cmd, "cp '%s/public-mistral-window/config.json' '%s/public-mistral-window/model.safetensors' '%s/'",
+           cf_test_fixtures(), cf_test_fixtures(), dir);
+  CF_ASSERT(system(cmd) == 0);
+  CF_CHECK_EQ(cf_model_reload_weights(m), CF_EMISMATCH);
+  CF_CHECK_MSG(strstr(cf_errmsg(), "fingerprint changed") != NULL, "%s", cf_errmsg());
+  CF_CHECK_EQ(cf_model_weight_bytes(m), 0);
+  free(k1);
+  free(k2);
+  cf_model_free(m);
+}
+
+/* cf_borrow_device (the CUDA backend's borrowed weights) with host memory standing in for the
+ * device: every sampled element goes through fetch, the fused bf16 tensors resolve to their own
+ * addresses (wqkv, wo, wgu, wdown, embed); a corrupted element is caught through fetch; unfused
+ * or fp32 tensors are checked but refused (CF_EUNSUPPORTED). The device copies themselves run
+ * only on a GPU (tests/device). */
+static int fetch_calls;
+static int host_fetch(void *ctx, const void *src, void *dst, size_t bytes) {
+  (void)ctx;
+  fetch_calls++;
+  memcpy(dst, src, bytes);
+  return 0;
+}
+
+CF_TEST(borrow_device_resolves_fused_bf16) {
+  cf_model_t *m = synth(7);
+  eng_t *e = eng_new();
+  lay_out(e, m, CF_DT_BF16, 1, 1);
+  size_t len;
+  uint8_t *map = publish(e, "w_dev", &len);
+  cf_borrow_dev_t d;
+  cf_borrow_report_t rep;
+  fetch_calls = 0;
+  int rc = cf_borrow_device(m, e->t, e->n, 16, host_fetch, NULL, &d, &rep);
+  CF_CHECK_MSG(rc == 0, "%s", cf_errmsg());
+  CF_CHECK_EQ(fetch_calls, rep.elements_checked);
+  if (!rc) {
+    for (int i = 0; i < e->n; i++) {
+      const char *nm = e->t[i].name;
+      int l = -1;
+      sscanf(nm, "model.layers.%d.", &l);
+      if (strstr(nm, "qkv_proj")) CF_CHECK(d.layers[l].wqkv == e->t[i].data);
+      if (strstr(nm, "o_proj")) CF_CHECK(d.layers[l].wo == e->t[i].data);
+      if (strstr(nm, "gate_up_proj")) CF_CHECK(d.layers[l].wgu == e->t[i].data);
+      if (strstr(nm, "down_proj")) CF_CHECK(d.layers[l].wdown == e->t[i].data);
+      if (!strcmp(nm, "model.embed_tokens.weight")) CF_CHECK(d.embed == e->t[i].data);
+    }
+    cf_borrow_device_free(&d);
+  }
+  munmap(map, len);
+  /* a changed element, read through fetch */
+  ((uint16_t *)(e->buf + e->off[0]))[0] ^= 0x4000;
+  map = publish(e, "w_dev_bad", &len);
+  CF_CHECK_EQ(cf_borrow_device(m, e->t, e->n, 16, host_fetch, NULL, &d, &rep), CF_EMISMATCH);
+  munmap(map, len);
+  eng_free(e);
+  /* unfused names: checked, not usable by the cuda backend */
+  e = eng_new();
+  lay_out(e, m, CF_DT_BF16, 0, 1);
+  map = publish(e, "w_dev_unfused", &len);
+  CF_CHECK_EQ(cf_borrow_device(m, e->t, e->n, 16, host_fetch, NULL, &d, &rep), CF_EUNSUPPORTED);
+  CF_CHECK_MSG(strstr(cf_errmsg(), "fused") != NULL, "%s", cf_errmsg());
   munmap(map, len);
   eng_free(e);
   cf_model_synth_free(m);

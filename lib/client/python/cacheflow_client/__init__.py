@@ -200,6 +200,12 @@ class Client:
                 num_kv_heads=st.model_kv_heads, head_dim=st.model_head_dim))
         return pb.RegisterEngineRequest(model_fingerprint=st.model_fingerprint, layers=layers, name=name), total
 
+    def offer_weights(self, engine_id, tensors, fingerprint=None, samples=0):
+        """OfferWeights: the daemon computes on these WeightTensors instead of its own copy while
+        the returned WeightLease is open (cacheflow_client.weights)."""
+        from .weights import offer_weights
+        return offer_weights(self, engine_id, tensors, fingerprint, samples)
+
     def register_shm(self, shm_path, block_size=16, num_blocks=64, dtype=None, name=""):
         req, _ = self.layout_request(shm_path, block_size, num_blocks, dtype, name)
         return self.register(req).engine_id

@@ -37,6 +37,12 @@ kv_connector_extra_config keys (all optional):
   holes              true (default): a hit reaches the last chunk the daemon stores, past chunks it
                      lost (Lookup's runs): the restore loads the stored ones and recomputes the
                      holes; false: the longest stored prefix only (cached_tokens)
+  offer_weights      false (default); true: the worker offers the model's weights to the daemon
+                     (OfferWeights, CPU engines: the float32 parameters moved into one file under
+                     shm_dir, vLLM computing on the same pages), which then computes on them
+                     instead of its own copy. The worker finds vLLM's model runner on the call
+                     stack of register_kv_caches; where it cannot, call
+                     LLM.collective_rpc(cacheflow_vllm.offer_weights) once the engine is up.
 """
 import collections
 import logging
@@ -48,6 +54,7 @@ import zlib
 from dataclasses import dataclass, field
 
 import grpc
+import inspect
 import torch
 
 from vllm.distributed.kv_transfer.kv_connector.v1.base import (KVConnectorBase_V1, KVConnectorMetadata,
@@ -232,6 +239,7 @@ class CacheFlowConnector(KVConnectorBase_V1):
         self.rpc_timeout_s = float(ex.get("rpc_timeout_s", 5.0))
         self.lookup_timeout_s = float(ex.get("lookup_timeout_s", 0.5))
         self.holes = bool(ex.get("holes", True))
+        self.offer_weights_cfg = bool(ex.get("offer_weights", False))
         self._down_until = 0.0
         self.shm_dir = ex.get("shm_dir", "/dev/shm")
         self.block_size = vllm_config.cache_config.block_size
@@ -278,6 +286,10 @@ class CacheFlowConnector(KVConnectorBase_V1):
             self._async_saved = set()
             self._save_thread = None
             self.disabled = None
+            self.weights_model = None   # the vLLM model whose weights are offered (offer_weights)
+            self.weight_lease = None    # cacheflow_client.weights.WeightLease while the daemon borrows them
+            self.weight_tensors = None  # the WeightTensors (the shm file holds them while vLLM runs)
+            self.weights_error = None   # why the last offer was not made or refused
             WORKERS.append(self)
 
     # ------------------------------------------------------------------ shared helpers
@@ -418,6 +430,61 @@ class CacheFlowConnector(KVConnectorBase_V1):
         except (L.LayoutError, CacheFlowError, OSError) as e:
             self.disabled = str(e)
             log.warning("CacheFlowConnector disabled on this worker: %s (vLLM runs without it)", e)
+            return
+        if self.offer_weights_cfg and self.weights_model is None:
+            model = _model_on_stack()
+            if model is None:
+                self.weights_error = ("vLLM's model runner is not on register_kv_caches' call stack: call "
+                                      "LLM.collective_rpc(cacheflow_vllm.offer_weights)")
+                log.warning("CacheFlowConnector: offer_weights: %s", self.weights_error)
+            else:
+                self.offer_model_weights(model)
+
+    # ------------------------------------------------------------------ borrowed weights (issue 18)
+    def offer_model_weights(self, model):
+        """Offer `model`'s weights to the daemon (OfferWeights): its float32 CPU parameters move
+        into one file under shm_dir (vLLM then computes on those pages: one copy on the node) and
+        the daemon checks them against its checkpoint and computes on them until this worker
+        unregisters or exits. Returns True when the daemon borrows them; False (logged, in
+        self.weights_error) when refused or not offerable — vLLM runs on either way."""
+        from .weights import cuda_ipc_tensors, repacked, share_parameters
+        self.weights_model = model
+        gone = repacked(model.named_parameters())
+        if gone:
+            self.weights_error = (f"vLLM repacked {len(gone)} linear weights for its CPU GEMM kernels and dropped the "
+                                  f"row-major tensors (e.g. {gone[0]}): nothing to share; the daemon keeps its own copy")
+            log.warning("CacheFlowConnector: weights not offered: %s", self.weights_error)
+            return False
+        if getattr(self, "tp_size", 1) > 1:
+            self.weights_error = "tensor-parallel shards: the daemon's CPU backend computes on whole fp32 tensors only"
+            log.warning("CacheFlowConnector: weights not offered: %s", self.weights_error)
+            return False
+        if not self.registered and not self._try_register(force=True):
+            self.weights_error = "not registered with the daemon"
+            return False
+        try:
+            if self.weight_tensors is None and next(model.parameters()).device.type == "cuda":
+                # GPU engine: CUDA IPC handles of its own parameters (no copy); written, not run on a GPU
+                import torch
+                uuid = "GPU-" + str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+                self.weight_tensors = cuda_ipc_tensors(model.named_parameters(), uuid)
+            if self.weight_tensors is None:
+                path = os.path.join(self.shm_dir, f"cacheflow-vllm-{os.getpid()}-r{getattr(self, 'tp_rank', 0)}.weights")
+                self.weight_tensors, skipped = share_parameters(model.named_parameters(), path)
+                self._files[path] = None
+                if skipped:
+                    log.info("CacheFlowConnector: %d parameters not offered (%s)", len(skipped), skipped[0][1])
+            self.weight_lease = self.client.offer_weights(self.engine_id, self.weight_tensors)
+        except (CacheFlowError, OSError, ValueError) as e:
+            self.weights_error = str(e)
+            log.warning("CacheFlowConnector: the daemon did not take vLLM's weights: %s (it keeps its own copy)", e)
+            return False
+        ev = self.weight_lease.event
+        self.weights_error = None
+        _keep(self.trace, (time.monotonic(), "weights_borrowed", ev.bytes_borrowed))
+        log.info("CacheFlowConnector: the daemon computes on vLLM's weights (%d checked, %d bytes; it dropped %d of "
+                 "its own)", ev.weights_checked, ev.bytes_borrowed, ev.own_bytes_released)
+        return True
 
     def _register_kv_caches(self, kv_caches):
         pc = self._vllm_config.parallel_config
@@ -496,6 +563,9 @@ class CacheFlowConnector(KVConnectorBase_V1):
         self.ready = Readiness(resp.readiness_shm_path) if resp.readiness_shm_path else None
         self.engine_id = resp.engine_id
         self.registered = True
+        if self.weight_tensors is not None and self.weights_model is not None:
+            # a restarted daemon forgot the lease with the registration: offer again (its check is cheap)
+            threading.Thread(target=self.offer_model_weights, args=(self.weights_model,), daemon=True).start()
         if self.tp_rank == 0:
             tmp = self.engine_file + f".{os.getpid()}.tmp"
             with open(tmp, "w") as f:
@@ -668,9 +738,11 @@ class CacheFlowConnector(KVConnectorBase_V1):
                 self._drain_saves(self.rpc_timeout_s)
             if self.registered:
                 try:
-                    self.client.unregister(self.engine_id)
+                    self.client.unregister(self.engine_id)  # ends a weight lease too (the daemon reloads its copy)
                 except CacheFlowError:
                     pass
+            if self.weight_lease is not None:
+                self.weight_lease.close()
             for p in list(self._files):
                 try:
                     os.unlink(p)
@@ -682,3 +754,27 @@ class CacheFlowConnector(KVConnectorBase_V1):
                 except OSError:
                     pass
         self.client.close()
+
+
+def _model_on_stack():
+    """vLLM's loaded model, from the model runner whose initialize_kv_cache called
+    register_kv_caches (a frame's `self` with a torch module in `.model`); None if none is."""
+    for fr in inspect.stack(0):
+        obj = fr.frame.f_locals.get("self")
+        m = getattr(obj, "model", None) if obj is not None else None
+        if isinstance(m, torch.nn.Module) and hasattr(m, "named_parameters"):
+            return m
+    return None
+
+
+def offer_weights(worker):
+    """For LLM.collective_rpc(cacheflow_vllm.offer_weights): vLLM calls it in each worker with the
+    worker object; the worker's CacheFlow connector offers worker.model_runner.model's weights
+    (see CacheFlowConnector.offer_model_weights). Returns True when the daemon borrows them."""
+    from vllm.distributed.kv_transfer import get_kv_transfer_group
+    conn = get_kv_transfer_group()
+    if not isinstance(conn, CacheFlowConnector):
+        raise RuntimeError("offer_weights: this vLLM's KV connector is not CacheFlowConnector")
+    mr = getattr(worker, "model_runner", worker)
+    model = mr.get_model() if hasattr(mr, "get_model") else mr.model
+    return conn.offer_model_weights(model)
