@@ -714,7 +714,7 @@ static int cf__tiers_apply(const cf_sched_input_t *in) {
 }
 static int cf__tier_candidate(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out) {
   double est;
-  return cf__tier_plan(in, dev, out, &est);
+  return cf__tier_plan(in, dev, out, &est, NULL);
 }
 
 /* optimal's scratch beyond cf__opt_t, shared by its steps. */
@@ -960,10 +960,11 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   if (cf__tiers_apply(in) && !cf_cost_has_peer(c)) {
     /* 1b: mixed tiers: the tier plan (cf_tiers.c; the front-chunks shape below is a special
      * case of its choice), without the hull's cost when it is not refined */
-    double te;
-    if ((rc = cf__tier_plan(in, dev, out, &te))) return rc;
+    double te, busy;
+    if ((rc = cf__tier_plan(in, dev, out, &te, &busy))) return rc;
     out->est_makespan_s = te;
-    if (!(budget = cf__refine_runs(in, te)) || in->n_reqs == 0) return cf__check_closed_forms(in, dev, out);
+    if (!(budget = cf__refine_runs(in, te)) || in->n_reqs == 0)
+      return cf__check_closed_forms(in, dev, out, busy);
   }
   cf__optbuf_t b;
   if ((rc = cf__opt_alloc(&o, &b))) goto out;
@@ -974,7 +975,7 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   out->est_makespan_s = est;
   budget = cf__refine_runs(in, est);
   if (budget == 0 || o.n == 0) {
-    rc = cf__check_closed_forms(in, dev, out);
+    rc = cf__check_closed_forms(in, dev, out, -1);
     goto out;
   } /* with mixed tiers the refinement simulates the
                                             tier plan, with the other policies' */
