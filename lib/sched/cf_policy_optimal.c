@@ -844,25 +844,38 @@ static double cf__split(cf__opt_t *o, cf__optbuf_t *b) {
   return est;
 }
 
-/* Step 4a: every other policy's plan (and with mixed tiers the tier candidate), simulated:
- * they set the bar (*ref) and the best of them by makespan goes to b->alt (*alt_score). */
+/* The windowed candidate (cf_window.c); *skip: no layer is windowed, nothing planned. */
+static int cf__window_candidate(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out,
+                                int *skip) {
+  double est;
+  int rc = cf__window_plan(in, dev, out, &est);
+  *skip = !rc && est == INFINITY;
+  return rc;
+}
+
+/* Step 4a: every other policy's plan (and with mixed tiers the tier candidate, with windowed
+ * layers the windowed candidate), simulated: they set the bar (*ref) and the best of them by
+ * makespan goes to b->alt (*alt_score). */
 static int cf__refine_others(cf__opt_t *o, cf__optbuf_t *b, cf__ref_t *ref,
                              cf__score_t *alt_score, int *evals) {
   const cf_sched_input_t *in = o->in;
   int rc;
-  for (int pol = 0; pol <= CF_POLICY_COUNT; pol++) { /* COUNT: the tier plan */
+  for (int pol = 0; pol <= CF_POLICY_COUNT + 1; pol++) { /* COUNT: the tier plan; + 1: windowed */
     if (pol == CF_POLICY_OPTIMAL) continue;
-    if (pol == CF_POLICY_COUNT && !cf__tiers_apply(in)) break;
-    int (*fn)(const cf_sched_input_t *, const int *, cf_sched_plan_t *) =
-        pol == CF_POLICY_RECOMPUTE   ? cf__policy_recompute
-        : pol == CF_POLICY_LOAD      ? cf__policy_load
-        : pol == CF_POLICY_CAKE      ? cf__policy_cake
-        : pol == CF_POLICY_LAYERWISE ? cf__policy_layerwise
-        : pol == CF_POLICY_CACHEFLOW ? cf__policy_cacheflow
-                                     : cf__tier_candidate;
-    if ((rc = fn(in, o->dev, &b->tmp))) return rc;
+    if (pol == CF_POLICY_COUNT && !cf__tiers_apply(in)) continue;
+    int skip = 0;
+    if (pol == CF_POLICY_COUNT + 1) rc = cf__window_candidate(in, o->dev, &b->tmp, &skip);
+    else
+      rc = (pol == CF_POLICY_RECOMPUTE   ? cf__policy_recompute
+            : pol == CF_POLICY_LOAD      ? cf__policy_load
+            : pol == CF_POLICY_CAKE      ? cf__policy_cake
+            : pol == CF_POLICY_LAYERWISE ? cf__policy_layerwise
+            : pol == CF_POLICY_CACHEFLOW ? cf__policy_cacheflow
+                                         : cf__tier_candidate)(in, o->dev, &b->tmp);
+    if (rc) return rc;
+    if (skip) continue;
     if ((rc = cf__sim_clipped(in, &b->tmp, &b->sim))) {
-      if (pol == CF_POLICY_COUNT) break; /* a candidate the simulator refuses is dropped */
+      if (pol >= CF_POLICY_COUNT) continue; /* a candidate the simulator refuses is dropped */
       return rc;
     }
     (*evals)++;

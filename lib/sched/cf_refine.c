@@ -548,15 +548,25 @@ int cf__check_closed_forms(const cf_sched_input_t *in, const int *dev, cf_sched_
   cf_sched_plan_t alt;
   cf_sched_plan_init(&alt);
   /* with holes, load's plan computes them: two kinds, no closed form, so it is not built
-   * (building it cost as much as the plan itself: a hole compute per layer and run) */
-  for (int k = cf__any_holes(in) ? 1 : 0; k < 2 && !rc; k++) {
-    if (cf__alt_lb(in, dev, k) >= lb * (1 - 1e-9)) continue; /* cannot beat it: not built */
-    rc = k ? cf__policy_recompute(in, dev, &alt) : cf__policy_load(in, dev, &alt);
-    if (!rc) rc = cf__plan_window_clip(in, &alt);
-    if (rc) break;
-    int kinds = 0; /* the closed form holds for plans of one op kind only */
+   * (building it cost as much as the plan itself: a hole compute per layer and run); the
+   * windowed candidate (k = 2) computes and loads, but no op of it waits on another stream
+   * (its computes take every chunk of a layer, its loads need nothing), so its streams run
+   * back to back as well: exact without holes */
+  int holes = cf__any_holes(in);
+  for (int k = holes ? 1 : 0; k < (windowed && !holes ? 3 : 2) && !rc; k++) {
+    double wlb = 0;
+    if (k == 2) {
+      if ((rc = cf__window_plan(in, dev, &alt, &wlb))) break;
+      if (wlb >= lb * (1 - 1e-9)) continue; /* its busiest stream: cannot beat `out` */
+    } else {
+      if (cf__alt_lb(in, dev, k) >= lb * (1 - 1e-9)) continue; /* cannot beat it: not built */
+      rc = k ? cf__policy_recompute(in, dev, &alt) : cf__policy_load(in, dev, &alt);
+      if (!rc) rc = cf__plan_window_clip(in, &alt);
+      if (rc) break;
+    }
+    int kinds = 0; /* the closed form holds for plans of one op kind only (k < 2) */
     for (size_t i = 0; i < alt.n_ops; i++) kinds |= 1 << alt.ops[i].kind;
-    if (kinds & (kinds - 1)) continue;
+    if (k < 2 && (kinds & (kinds - 1))) continue;
     double mk = cf__streams_s(in, &alt, 0);
     if (mk < lb * (1 - 1e-9)) { /* strictly better than anything `out` can do */
       alt.policy = CF_POLICY_OPTIMAL;

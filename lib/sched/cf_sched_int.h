@@ -65,6 +65,12 @@ void cf__assign_devices(const cf_sched_input_t *in, int *dev);
 /* Request indices sorted by (arrival, index). */
 void cf__arrival_order(const cf_sched_input_t *in, int *order);
 
+/* Request r (in arrival order) computes all its chunks at its bottom ell[r] layers, one step
+ * per layer, and loads the rest layer by layer (then holes, cf__plan_holes): the static
+ * policies' driver (cf_policy_basic.c) and the windowed candidate's. 0 or CF_ENOMEM. */
+int cf__layer_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out,
+                   cf_policy_t pol, const int *ell);
+
 /* Per-policy planners: `dev` is the device assignment. */
 int cf__policy_recompute(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out);
 int cf__policy_load(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out);
@@ -109,6 +115,16 @@ int cf__refine_general(const cf_sched_input_t *in, const int *dev, const cf__ref
  * cells); nothing to do without windowed layers. cf__sim_clipped: that, then cf_sim_run (every
  * plan the policies simulate internally is costed as it will run). 0, CF_ENOMEM, CF_EINVAL. */
 int cf__plan_window_clip(const cf_sched_input_t *in, cf_sched_plan_t *p);
+/* The windowed candidate (cf_window.c): with some layer windowed, a windowed layer either
+ * restores every token of a prefix or loads at least its final window (cf_bound.c), and a
+ * plan that computes some chunks there still loads that window, so a layer is best computed
+ * whole or not at all: request r computes every chunk at its bottom ell[r] layers and loads
+ * the rest (clipped to the final window at windowed layers). ell is chosen greedily over the
+ * batch, the request saving the most link time per compute second first, while the busiest
+ * stream is a link. *est: its streams' busy time from the first arrival (a lower bound on its
+ * makespan; exact without arrivals, and without holes: no op waits on another stream). Sets
+ * *est = INFINITY and plans nothing when no layer is windowed. 0 or CF_ENOMEM. */
+int cf__window_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out, double *est);
 int cf__sim_clipped(const cf_sched_input_t *in, cf_sched_plan_t *p, cf_sim_result_t *res);
 
 /* The run-time check for plans that are not refined (no simulator run fits the budget): two

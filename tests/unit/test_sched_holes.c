@@ -38,6 +38,15 @@ static void holes_input(cf_sched_input_t *in, cf_sched_req_t *reqs, uint8_t *tie
   }
   c->tier_Bps[1] = c->link_Bps * (0.05 + cf_test_uniform());
   c->tier_Bps[2] = c->link_Bps * (0.05 + cf_test_uniform());
+  if (cf_test_uniform() < 0.3) { /* sliding windows: every layer, or a random subset */
+    c->window = 1 + (int)(cf_test_uniform() * 8 * c->chunk_tokens);
+    c->window_frac = 1;
+    if (cf_test_uniform() < 0.5) {
+      c->window_frac = 0.5;
+      for (int l = 0; l < c->n_layers; l++)
+        if (cf_test_uniform() < 0.5) c->window_mask[l / 64] |= 1ull << (l % 64);
+    }
+  }
   int n = 1 + (int)(cf_test_uniform() * maxn);
   double hole_p = cf_test_uniform() < 0.1 ? 1.0 : 0.1 + cf_test_uniform() * 0.4;
   for (int r = 0; r < n; r++) {
@@ -70,7 +79,7 @@ CF_TEST(sched_holes_property_random_batches) {
   cf_sched_plan_init(&p);
   cf_sim_result_t s;
   cf_sim_result_init(&s);
-  int refined = 0, with_holes = 0;
+  int refined = 0, with_holes = 0, windowed = 0;
   double worst = 0;
   for (int t = 0; t < 160; t++) {
     cf_sched_input_t in = {0};
@@ -80,6 +89,7 @@ CF_TEST(sched_holes_property_random_batches) {
     int64_t holes = 0;
     for (int r = 0; r < in.n_reqs; r++) holes += cf_sched_req_holes(&in.cost, &reqs[r]);
     with_holes += holes > 0;
+    windowed += in.cost.window > 0;
     double B = cf_bound(&in), mk[CF_POLICY_COUNT];
     for (int pol = 0; pol < CF_POLICY_COUNT; pol++) {
       mk[pol] = INFINITY;
@@ -115,7 +125,8 @@ CF_TEST(sched_holes_property_random_batches) {
       if (B > 0 && mk[CF_POLICY_OPTIMAL] / B > worst) worst = mk[CF_POLICY_OPTIMAL] / B;
     }
   }
-  printf("  %d of 160 batches had holes, %d refined; optimal/bound worst %.4f\n", with_holes, refined, worst);
+  printf("  %d of 160 batches had holes (%d windowed), %d refined; optimal/bound worst %.4f\n", with_holes,
+         windowed, refined, worst);
   CF_CHECK_GT(with_holes, 100);
   cf_sched_plan_free(&p);
   cf_sim_result_free(&s);
