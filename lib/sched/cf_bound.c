@@ -236,6 +236,71 @@ static double cf__fastest(const cf_sched_cost_t *c, const cf_sched_req_t *q, int
   return cf__pooled(&f, &rr, &idx, 1, nd, 1);
 }
 
+/* The dependency a hole adds (cf_sched.h). Request q's first hole, chunk h (tokens
+ * [s, e)), is computed at every layer, layer after layer (layer l needs its own layer l - 1
+ * computed; a step covering more chunks costs at least the hole's share: step(s, e - s)), and
+ * its layer-0 step needs every earlier token's layer-0 KV present (only the W - 1 before it
+ * when layer 0 is windowed): loaded (the link latency and its bytes, at best at the fastest
+ * tier's rate) or computed (at best as the front tokens, which attend to the least, gamma
+ * left out: a step may cover them and the hole). Any split of those tokens waits for the
+ * larger of the two, so the hole's last layer ends no earlier than
+ *     min over t of max(compute(t), load(need - t)) + L * step(s, e - s)
+ * after the request's arrival (compute(t) rises and load falls with t: bisection). And every
+ * chunk's top cell is present at the end: loaded (one op: the latency and its bytes at its
+ * tier's rate) or computed with every cell below it (L steps, one after the other, each at
+ * least the chunk's own step), so the restore takes at least the smaller of the two for
+ * every chunk (where gamma and the latency dominate, small prefixes, the dependency-free form
+ * is far below it). A windowed layer may skip a chunk outside its final window
+ * (cf_sched_window_skip): such a chunk's chain ends at the highest full-attention layer.
+ * Every plan cf_sim accepts obeys both, helpers included (they receive computed cells only).
+ * O(chunks). */
+static double cf__chain(const cf_sched_cost_t *c, const cf_sched_req_t *q) {
+  int32_t nc = cf_cost_chunks(c, q->prefix_tokens), h = nc;
+  int lf = c->n_layers - 1; /* the highest layer that skips nothing */
+  while (lf >= 0 && cf_cost_layer_windowed(c, lf)) lf--;
+  double T = 0, fin = (double)q->prefix_tokens - c->window + 1;
+  for (int32_t ch = 0; ch < nc; ch++) {
+    double s = (double)cf_cost_tok(c, q->prefix_tokens, ch), e = (double)cf_cost_tok(c, q->prefix_tokens, ch + 1);
+    int layers = lf == c->n_layers - 1 || e > fin ? c->n_layers : lf + 1;
+    double comp = c->n_layers * cf_cost_step(c, s, e - s);
+    if (cf_sched_chunk_hole(q, ch)) { /* computed at every layer, windowed or not */
+      if (h == nc) h = ch;
+      T = fmax(T, comp);
+    } else if (layers > 0) {
+      T = fmax(T, fmin(layers * cf_cost_step(c, s, e - s),
+                       c->link_latency_s + (e - s) * c->kv_bytes_per_token /
+                                               cf_cost_tier_Bps(c, cf_sched_chunk_tier(q, ch))));
+    }
+  }
+  if (h == nc) return T;
+  double s = (double)cf_cost_tok(c, q->prefix_tokens, h), e = (double)cf_cost_tok(c, q->prefix_tokens, h + 1);
+  double need = s;
+  if (cf_cost_layer_windowed(c, 0) && need > c->window - 1) need = c->window - 1;
+  double fast = 0;
+  for (int t = 0; t < CF_COST_MAX_TIERS; t++) fast = fmax(fast, cf_cost_tier_Bps(c, t));
+#define CF__COMP(t) (c->alpha_s * (t) + c->beta_s * cf_cost_ctx(c, 0, (t)))
+#define CF__LOAD(t) (c->link_latency_s + (need - (t)) * c->kv_bytes_per_token / fast)
+  double wait = 0;
+  if (need > 0) {
+    wait = CF__COMP(need); /* load nothing: no latency either */
+    if (wait >= CF__LOAD(need)) { /* else every split waits at least the latency, more */
+      /* bisection keeps COMP(lo) < LOAD(lo) and COMP(hi) >= LOAD(hi); then every t has
+       * max(COMP, LOAD)(t) >= max(COMP(lo), LOAD(hi)) (below lo: LOAD(t) >= LOAD(lo) > COMP(lo);
+       * above hi: COMP(t) >= COMP(hi) >= LOAD(hi); between: each side's monotony) */
+      double lo = 0, hi = need;
+      for (int it = 0; it < 60; it++) {
+        double t = 0.5 * (lo + hi);
+        if (CF__COMP(t) < CF__LOAD(t)) lo = t;
+        else hi = t;
+      }
+      wait = fmin(wait, fmax(CF__COMP(lo), CF__LOAD(hi)));
+    }
+  }
+#undef CF__COMP
+#undef CF__LOAD
+  return fmax(T, wait + c->n_layers * cf_cost_step(c, s, e - s));
+}
+
 /* Plans can meet the bound exactly (e.g. recompute over a very slow link), and the simulator
  * sums the same costs in another order: shave 1e-9 so rounding never puts a plan below it. */
 #define CF__BOUND_SLACK (1 - 1e-9)
@@ -246,6 +311,7 @@ double cf_bound_request(const cf_sched_cost_t *c, const cf_sched_req_t *q) {
   cf__runs_t *rr = cf__all_runs(c, q, 1, &buf);
   int idx = 0;
   double T = rr ? cf__pooled(c, rr, &idx, 1, 1, 1) : cf__fastest(c, q, 1);
+  T = fmax(T, cf__chain(c, q));
   free(rr);
   free(buf);
   return T * CF__BOUND_SLACK;
@@ -275,7 +341,7 @@ double cf_bound(const cf_sched_input_t *in) {
   for (int r = 0; r < n; r++) {
     if (in->reqs[r].prefix_tokens <= 0) continue;
     double t = in->reqs[r].arrival_s +
-               cf__pooled(&in->cost, tk, &r, 1, nd1, 1) * CF__BOUND_SLACK;
+               fmax(cf__pooled(&in->cost, tk, &r, 1, nd1, 1), cf__chain(&in->cost, &in->reqs[r])) * CF__BOUND_SLACK;
     if (t > T) T = t;
   }
   if (!order) { free(tk); free(buf); return T; } /* still a valid (weaker) bound */
