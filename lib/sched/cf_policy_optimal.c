@@ -692,11 +692,15 @@ static double cf__refine_s(const cf_sched_input_t *in, double est) {
                                  : fmin(CF_SCHED_REFINE_MAX_S,
                                         fmax(CF_SCHED_REFINE_BUDGET_S, CF_SCHED_REFINE_SHARE * est));
 }
-static int cf__refine_runs(const cf_sched_input_t *in, double est) {
+/* ops: a plan's op count beyond one per cell's worth (the tier plan's, 0 otherwise): a simulator
+ * run costs per op as much as per cell (measured: 20 ns/cell when every cell is its own op,
+ * every 2nd chunk a hole; 3-5 ns/cell for plans of few large ops), so with scattered holes the
+ * runs are counted over cells + ops, or the refinement overran its budget 2-3x. */
+static int cf__refine_runs(const cf_sched_input_t *in, double est, double ops) {
   double budget = cf__refine_s(in, est);
   if (budget <= 0) return 0;
   if (cf__exact_applies(in)) budget *= 1 - CF__EXACT_SHARE; /* the rest: the exact search (4e) */
-  double cells = 0;
+  double cells = ops;
   for (int r = 0; r < in->n_reqs; r++)
     cells += (double)cf_cost_chunks(&in->cost, in->reqs[r].prefix_tokens) * in->cost.n_layers;
   double runs = budget / (1e-6 + cells * CF_SCHED_SIM_S_PER_CELL);
@@ -970,13 +974,15 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   o.q = c->kv_bytes_per_token / cf_cost_tier_Bps(c, 0);
   o.price_tol = 1e-12;
   int budget, evals = 0, rc;
+  double te = 0, te_ops = 0; /* the tier plan's estimate and (with holes) op count, when it applies */
   if (cf__tiers_apply(in) && !cf_cost_has_peer(c)) {
     /* 1b: mixed tiers: the tier plan (cf_tiers.c; the front-chunks shape below is a special
      * case of its choice), without the hull's cost when it is not refined */
-    double te, busy;
+    double busy;
     if ((rc = cf__tier_plan(in, dev, out, &te, &busy))) return rc;
     out->est_makespan_s = te;
-    if (!(budget = cf__refine_runs(in, te)) || in->n_reqs == 0)
+    te_ops = cf__any_holes(in) ? (double)out->n_ops : 0;
+    if (!(budget = cf__refine_runs(in, te, te_ops)) || in->n_reqs == 0)
       return cf__check_closed_forms(in, dev, out, busy);
   }
   cf__optbuf_t b;
@@ -986,7 +992,9 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   cf__make_order(&o, 1);
   if ((rc = cf__emit(&o, out, b.kbuf))) goto out;
   out->est_makespan_s = est;
-  budget = cf__refine_runs(in, est);
+  /* the budget the tier plan's estimate gave (the hull knows no holes: its estimate can be far
+   * below, and a budget of none would return its plan instead of refining both) */
+  budget = cf__refine_runs(in, fmax(est, te), te_ops);
   if (budget == 0 || o.n == 0) {
     rc = cf__check_closed_forms(in, dev, out, -1);
     goto out;

@@ -30,7 +30,8 @@ typedef struct {
   int32_t *idx;   /* [chunks] chunk numbers, grouped by tier */
   double *px, *py; /* [chunks + tiers]: prefix sums along each group (group g at goff + g) */
   int32_t goff[CF_COST_MAX_TIERS + 1]; /* group t: idx[goff[t] .. goff[t + 1]) */
-  double hole_x; /* compute per layer (past gamma) of the request's holes: in no group, always
+  double hole_x; /* compute per layer of the request's holes, a gamma per run of them
+                    included (each run is its own step at every layer): in no group, always
                     computed at every layer (cf_sched.h) */
 } cf__groups_t;
 
@@ -69,8 +70,8 @@ static void cf__groups_fill(const cf_sched_input_t *in, int r, int32_t nc, cf__g
     int t = cf_sched_chunk_tier(q, ch);
     double p = (double)cf_cost_tok(c, q->prefix_tokens, ch);
     double tk = (double)cf_cost_tok(c, q->prefix_tokens, ch + 1) - p;
-    if (t == CF_SCHED_TIER_NONE) {
-      g->hole_x += cf_cost_step(c, p, tk) - c->gamma_s;
+    if (t == CF_SCHED_TIER_NONE) { /* past gamma, but gamma once per run of holes */
+      g->hole_x += cf_cost_step(c, p, tk) - (ch > 0 && cf_sched_chunk_hole(q, ch - 1) ? c->gamma_s : 0);
       continue;
     }
     size_t o = (size_t)at[t] + (size_t)t;

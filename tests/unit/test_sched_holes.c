@@ -6,7 +6,7 @@
  * optimal is no slower than any other policy. Closed cases pin what a hole costs: a batch of
  * holes only is recompute, the simulator refuses a plan that loads a hole, the bound rises
  * with holes, and restoring around the holes beats the longest-prefix restore that computes
- * everything from the first hole on. */
+ * everything from the first hole on, within 1.05x of the bound even with scattered holes. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -241,14 +241,17 @@ CF_TEST(sched_holes_beat_longest_prefix_h100) {
     cf_sched_input_t in = {.cost = c, .reqs = &q, .n_reqs = 1, .refine_evals = 200, .refine_budget_s = 60};
     CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_OPTIMAL, &p));
     CF_CHECK_OK(cf_sim_run(&in, &p, &s));
-    double holes = s.mean_ttft_s, bh = cf_bound(&in);
+    double holes = s.mean_ttft_s, bh = cf_bound(&in), mk = s.makespan_s;
     q.chunk_tier = tl;
     CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_OPTIMAL, &p));
     CF_CHECK_OK(cf_sim_run(&in, &p, &s));
     double longest = s.mean_ttft_s;
-    printf("  holes at %-14s TTFT %.2f ms (bound %.2f), longest prefix %.2f ms: ratio %.3f\n", pat[k].name,
-           holes * 1e3, bh * 1e3, longest * 1e3, holes / longest);
+    printf("  holes at %-14s TTFT %.2f ms (restore %.2f ms = %.4fx the bound), longest prefix %.2f ms: "
+           "ratio %.3f\n", pat[k].name, holes * 1e3, mk * 1e3, mk / bh, longest * 1e3, holes / longest);
     CF_CHECK_LE(holes, longest * (1 + 1e-9));
+    /* scattered holes pay a step per run and layer; the bound counts that (gamma per interval
+     * of computed tokens), so the plans sit at it (before: every 2nd chunk 1.25x) */
+    CF_CHECK_LE(mk, bh * 1.05);
   }
   cf_sched_plan_free(&p);
   cf_sim_result_free(&s);
