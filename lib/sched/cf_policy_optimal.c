@@ -26,7 +26,8 @@
  *    plan is not refined (the hull walk costs too much there, and its shape is a special case).
  * 4. Refinement, within the time budget (cf__refine_runs: 0.1% of the estimated makespan,
  *    2-10 ms, in simulator runs at a fixed price per cell; none when 6 runs do not fit):
- *    a. every other policy's plan (and the tier plan) simulated: they set the bar;
+ *    a. every other policy's plan (and the tier plan; with sliding windows the windowed
+ *       candidate, cf_window.c) simulated: they set the bar;
  *    b. the analytic plan and its variants (arrival order, cumulative balance, without help);
  *    c. hill climbing on each request's hull position (+-1, +-L/4 layers);
  *    d. from the best of all that, cf_refine.c searches general staircases, groupings and
