@@ -33,6 +33,7 @@ typedef struct {
   double hole_x; /* compute per layer of the request's holes, a gamma per run of them
                     included (each run is its own step at every layer): in no group, always
                     computed at every layer (cf_sched.h) */
+  int hole0;      /* chunk 0 is a hole */
 } cf__groups_t;
 
 static inline double cf__ratio(const cf__groups_t *g, int t, int32_t j) {
@@ -57,6 +58,7 @@ static void cf__groups_fill(const cf_sched_input_t *in, int r, int32_t nc, cf__g
   const cf_sched_req_t *q = &in->reqs[r];
   int32_t cnt[CF_COST_MAX_TIERS] = {0};
   g->hole_x = 0;
+  g->hole0 = nc > 0 && cf_sched_chunk_hole(q, 0);
   for (int32_t ch = 0; ch < nc; ch++)
     if (!cf_sched_chunk_hole(q, ch)) cnt[cf_sched_chunk_tier(q, ch)]++;
   g->goff[0] = 0;
@@ -118,15 +120,21 @@ static void cf__tier_split(const cf_sched_input_t *in, const int *dev, int d, cf
     Y = Ytot;                                                                            \
     for (int r_ = 0; r_ < n; r_++) {                                                     \
       if (dev[r_] != d) continue;                                                        \
+      int any_ = 0;                                                                      \
       for (int t_ = 0; t_ < CF_COST_MAX_TIERS; t_++) {                                   \
         if (G[r_].goff[t_ + 1] == G[r_].goff[t_]) continue;                              \
         int32_t k_ = cf__count_above(&G[r_], t_, s);                                     \
         size_t o_ = (size_t)G[r_].goff[t_] + (size_t)t_;                                 \
         X += L * G[r_].px[o_ + k_];                                                      \
         Y -= L * G[r_].py[o_ + k_];                                                      \
+        any_ |= k_ > 0;                                                                  \
       }                                                                                  \
+      /* its computed chunks (the front ones of their tiers): a step per layer, unless the  \
+       * prefix starts with holes, whose step they join */                               \
+      if (any_ && !G[r_].hole0) X += L * gstep;                                          \
     }                                                                                    \
   } while (0)
+  double gstep = in->cost.gamma_s;
   double lo = 0, hi = smax * 2 + 1e-300, X, Y; /* X(hi) = 0 <= Y; find the smallest s */
   CF__XY(0.0, X, Y);
   if (X <= Y) lo = hi = 0; /* computing everything still fits */
