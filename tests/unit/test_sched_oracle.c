@@ -418,9 +418,10 @@ CF_TEST(sched_oracle_held_out) {
 }
 
 /* Holes (cf_sched.h): about 40% of the chunks stored nowhere (computed at every layer; the
- * oracle never loads them). Measures both gaps: optimal over the exact optimum, and the exact
- * optimum over the bound. */
+ * oracle never loads them). Measures both gaps: optimal over the exact optimum (asserted within
+ * 1.02x per instance, as without holes; before cf_exact.c took holes, the local search alone
+ * left up to 1.10x on some seeds), and the exact optimum over the bound. */
 CF_TEST(sched_oracle_holes) {
   for (int i = 0; i < 4409; i++) (void)cf_test_rand();
-  oracle_sweep("holes", env_int("CF_ORACLE_TRIALS", 600, 1, 10000000) / 2, 1, 100);
+  oracle_sweep("holes", env_int("CF_ORACLE_TRIALS", 600, 1, 10000000) / 2, 1, 1.02);
 }
