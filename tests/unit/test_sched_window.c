@@ -45,6 +45,16 @@ CF_TEST(sched_window_skip_rule) {
   CF_CHECK_EQ(cf_sched_window_skip(&c, 320, h, 10, 0, sk), 0);
 }
 
+/* mistral-7b-sw4096 (every layer windowed) on hardware profile `hw_name`, and an empty plan
+ * and simulator result. */
+static void mistral_on(cf_hw_t *hw, const char *hw_name, cf_model_shape_t *ms, cf_sched_plan_t *p,
+                       cf_sim_result_t *s) {
+  CF_CHECK_OK(cf_hw_load(hw_name, hw));
+  CF_CHECK_OK(cf_model_shape_load("mistral-7b-sw4096", ms));
+  cf_sched_plan_init(p);
+  cf_sim_result_init(s);
+}
+
 /* Every policy's plan for windowed models: no LOAD touches a skipped cell, every cell is loaded,
  * computed or skipped, the simulator accepts it, the bound stays below it, and optimal (default
  * budget, and the analytic plan alone with its closed-form check) is never slower than another
@@ -52,13 +62,10 @@ CF_TEST(sched_window_skip_rule) {
  * windowed (layer_types). */
 CF_TEST(sched_window_plans_every_policy) {
   cf_hw_t hw;
-  CF_CHECK_OK(cf_hw_load("h100-pcie5", &hw));
   cf_model_shape_t ms;
-  CF_CHECK_OK(cf_model_shape_load("mistral-7b-sw4096", &ms));
   cf_sched_plan_t p;
-  cf_sched_plan_init(&p);
   cf_sim_result_t s;
-  cf_sim_result_init(&s);
+  mistral_on(&hw, "h100-pcie5", &ms, &p, &s);
   const int64_t lens[] = {3000, 6000, 32768, 65536 + 100};
   for (int mixed = 0; mixed < 2; mixed++)
     for (int tier = 0; tier < 3; tier++)
@@ -122,13 +129,10 @@ CF_TEST(sched_window_plans_every_policy) {
  * both the default and the analytic path are now within 1.05x of the bound. */
 CF_TEST(sched_window_slow_link_candidate) {
   cf_hw_t hw;
-  CF_CHECK_OK(cf_hw_load("h100-link10g", &hw));
   cf_model_shape_t ms;
-  CF_CHECK_OK(cf_model_shape_load("mistral-7b-sw4096", &ms));
   cf_sched_plan_t p;
-  cf_sched_plan_init(&p);
   cf_sim_result_t s;
-  cf_sim_result_init(&s);
+  mistral_on(&hw, "h100-link10g", &ms, &p, &s);
   const int64_t lens[] = {32768, 131072};
   for (size_t li = 0; li < 2; li++)
     for (int n = 1; n <= 8; n *= 8)
