@@ -86,38 +86,79 @@ static int32_t cf__runs(const cf_sched_cost_t *c, const cf_sched_req_t *q, cf__r
 }
 
 /* min over token sets S of lam * phi(S) / nd + (1 - lam) * (link time of the tokens not in S),
- * phi(S) = gamma [S nonempty] + sum over i in S of (alpha + beta i) (continuous positions: a
- * step over [p, p + n) costs exactly gamma + the integral of alpha + beta x over it, and steps
- * split S any way pay gamma at least once). Past gamma the cost is separable: position x is
- * computed iff lam (alpha + beta x) / nd < (1 - lam) q(x), q(x) its tier's link seconds per
- * token, which within a run of one tier is a prefix [a, x*) of the run. So the minimum is the
- * smaller of loading everything and gamma + that per-position choice. With one tier it is the
- * single-rate form above (S = the front t tokens). */
+ * phi(S) = gamma * (maximal intervals of S) + sum over i in S of (alpha + beta i) (continuous
+ * positions: a step over [p, p + n) costs exactly gamma + the integral of alpha + beta x over
+ * it, and a step covers consecutive chunks, so each maximal interval of S is at least one
+ * step). Only tokens at or past `lo` are needed (a windowed layer); holes are in S wherever
+ * they lie. Past gamma the cost is separable: within a run of one tier, token x is worth
+ * computing iff f(x) = lam (alpha + beta x) / nd - (1 - lam) q < 0, and f rises with x, so
+ * the separable choice is a prefix [a, x*) of the run. With gamma per interval, a run's part
+ * of S is the empty set, that prefix, or the whole run (the whole run joins the intervals on
+ * both sides; any other shape costs more: a suffix [y, b) costs the integral of f over it,
+ * concave in y, so y = a or y = b; a middle piece moved left is cheaper and no more steps).
+ * A dynamic program over the runs with the state "the token before is in S" takes the
+ * cheapest. With one tier and no holes it is min(load everything, gamma + the front t
+ * tokens) as above. Holes (cf_sched.h) cannot load: their compute is charged whole, and
+ * scattered holes pay gamma once per interval, as every plan does. */
 static double cf__inner(const cf_sched_cost_t *c, const cf__runs_t *rr, const double *q, double lam,
                         double nd, double lo) {
-  double Q = 0, sep = 0;
-  int hole = 0; /* a hole (cf_sched.h) cannot load: S holds it, "load everything" is no choice */
-  for (int32_t i = 0; i < rr->n; i++)
-    if (rr->run[i].tier == CF_SCHED_TIER_NONE) hole = 1;
-    else if (rr->run[i].b > lo) Q += (rr->run[i].b - fmax(rr->run[i].a, lo)) * q[rr->run[i].tier];
-  /* compute everything for free, or nothing needed */
-  if (lam <= 0 || (Q <= 0 && !hole)) return 0.0;
+  if (lam <= 0) return 0.0; /* compute everything for free */
+  double w = lam / nd, g = w * c->gamma_s;
+  double b0 = 0, b1 = INFINITY; /* cheapest so far with the last token not in S / in S */
   for (int32_t i = 0; i < rr->n; i++) {
     double a = rr->run[i].a, b = rr->run[i].b, x;
     if (rr->run[i].tier == CF_SCHED_TIER_NONE) { /* computed whole, at every layer: not clipped to lo */
-      sep += lam / nd * (c->alpha_s * (b - a) + c->beta_s * cf_cost_ctx(c, a, b - a));
+      b1 = fmin(b0 + g, b1) + w * (c->alpha_s * (b - a) + c->beta_s * cf_cost_ctx(c, a, b - a));
+      b0 = INFINITY;
       continue;
     }
-    if (b <= lo) continue;
-    a = fmax(a, lo);
+    if (a < lo) { /* tokens before lo are not needed: the next interval starts afresh */
+      b0 = fmin(b0, b1);
+      b1 = INFINITY;
+      if (b <= lo) continue;
+      a = lo;
+    }
     double qq = q[rr->run[i].tier];
     if (c->beta_s > 0) x = cf_cost_ctx_inv(c, ((1 - lam) * qq * nd / lam - c->alpha_s) / c->beta_s);
-    else x = lam * c->alpha_s / nd < (1 - lam) * qq ? b : a;
+    else x = w * c->alpha_s < (1 - lam) * qq ? b : a;
     x = x < a ? a : x > b ? b : x;
-    sep += lam / nd * (c->alpha_s * (x - a) + c->beta_s * cf_cost_ctx(c, a, x - a)) + (1 - lam) * (b - x) * qq;
+    double none = (1 - lam) * (b - a) * qq;
+    double whole = w * (c->alpha_s * (b - a) + c->beta_s * cf_cost_ctx(c, a, b - a));
+    double pre = w * (c->alpha_s * (x - a) + c->beta_s * cf_cost_ctx(c, a, x - a)) + (1 - lam) * (b - x) * qq;
+    double start = fmin(b0 + g, b1); /* S continues here: gamma unless the token before is in S */
+    b0 = fmin(fmin(b0, b1) + none, start + pre);
+    b1 = start + whole;
   }
-  double all_load = (1 - lam) * Q, some = lam / nd * c->gamma_s + sep;
-  return some < all_load || hole ? some : all_load;
+  return fmin(b0, b1);
+}
+
+/* A windowed layer (window W) whose final window starts at lo = P - W + 1 > 0. The cells a
+ * plan restores there (loaded or computed) form intervals; a computed token needs the W - 1
+ * keys before it restored, so an interval [u, v) with u > 0 has its first W - 1 tokens
+ * (all, when shorter) loaded: the first computed one would need key u - 1. The last interval
+ * holds the final window. So either it starts at 0 (every token restored: `full`, the layer
+ * as a full-attention one) or the link carries at least W - 1 tokens of some tier at this
+ * layer, and, as before, the final window is restored (`fin`: cf__inner clipped to lo). The
+ * second case costs at least the larger of `fin` and the holes' compute plus those W - 1
+ * loads (each is a lower bound of the same set's cost; holes never load). Without tiers and
+ * holes it is the load of the final window: what the plans do on a slow link, where the
+ * dependency-free form let the window be computed without its own window's keys. */
+static double cf__inner_win(const cf_sched_cost_t *c, const cf__runs_t *rr, const double *q, double lam,
+                            double nd, double lo, double full) {
+  double qmin = INFINITY, holes = 0, w = lam / nd;
+  int any_hole = 0;
+  for (int32_t i = 0; i < rr->n; i++) {
+    double a = rr->run[i].a, b = rr->run[i].b;
+    if (rr->run[i].tier != CF_SCHED_TIER_NONE) qmin = fmin(qmin, q[rr->run[i].tier]);
+    else {
+      any_hole = 1;
+      holes += w * (c->alpha_s * (b - a) + c->beta_s * cf_cost_ctx(c, a, b - a));
+    }
+  }
+  if (qmin == INFINITY) return full; /* nothing can load: every token is computed */
+  double fin = cf__inner(c, rr, q, lam, nd, lo);
+  double forced = holes + (any_hole ? w * c->gamma_s : 0) + (1 - lam) * (c->window - 1) * qmin;
+  return fmin(full, fmax(fin, forced));
 }
 
 /* D(lam) of the requests idx[0..m) (their runs rr[idx[i]]). */
@@ -132,8 +173,9 @@ static double cf__dual(const cf_sched_cost_t *c, const cf__runs_t *rr, const int
   for (int i = 0; i < m; i++) {
     const cf__runs_t *r = &rr[idx[i]];
     double P = r->n ? r->run[r->n - 1].b : 0;
-    s += (c->n_layers - Lw) * cf__inner(c, r, q, lam, nd, 0);
-    if (Lw) s += Lw * cf__inner(c, r, q, lam, nd, P - c->window + 1);
+    double full = cf__inner(c, r, q, lam, nd, 0), lo = P - c->window + 1;
+    s += (c->n_layers - Lw) * full;
+    if (Lw) s += Lw * (lo > 0 ? cf__inner_win(c, r, q, lam, nd, lo, full) : full);
   }
   return s;
 }
@@ -194,6 +236,71 @@ static double cf__fastest(const cf_sched_cost_t *c, const cf_sched_req_t *q, int
   return cf__pooled(&f, &rr, &idx, 1, nd, 1);
 }
 
+/* The dependency a hole adds (cf_sched.h). Request q's first hole, chunk h (tokens
+ * [s, e)), is computed at every layer, layer after layer (layer l needs its own layer l - 1
+ * computed; a step covering more chunks costs at least the hole's share: step(s, e - s)), and
+ * its layer-0 step needs every earlier token's layer-0 KV present (only the W - 1 before it
+ * when layer 0 is windowed): loaded (the link latency and its bytes, at best at the fastest
+ * tier's rate) or computed (at best as the front tokens, which attend to the least, gamma
+ * left out: a step may cover them and the hole). Any split of those tokens waits for the
+ * larger of the two, so the hole's last layer ends no earlier than
+ *     min over t of max(compute(t), load(need - t)) + L * step(s, e - s)
+ * after the request's arrival (compute(t) rises and load falls with t: bisection). And every
+ * chunk's top cell is present at the end: loaded (one op: the latency and its bytes at its
+ * tier's rate) or computed with every cell below it (L steps, one after the other, each at
+ * least the chunk's own step), so the restore takes at least the smaller of the two for
+ * every chunk (where gamma and the latency dominate, small prefixes, the dependency-free form
+ * is far below it). A windowed layer may skip a chunk outside its final window
+ * (cf_sched_window_skip): such a chunk's chain ends at the highest full-attention layer.
+ * Every plan cf_sim accepts obeys both, helpers included (they receive computed cells only).
+ * O(chunks). */
+static double cf__chain(const cf_sched_cost_t *c, const cf_sched_req_t *q) {
+  int32_t nc = cf_cost_chunks(c, q->prefix_tokens), h = nc;
+  int lf = c->n_layers - 1; /* the highest layer that skips nothing */
+  while (lf >= 0 && cf_cost_layer_windowed(c, lf)) lf--;
+  double T = 0, fin = (double)q->prefix_tokens - c->window + 1;
+  for (int32_t ch = 0; ch < nc; ch++) {
+    double s = (double)cf_cost_tok(c, q->prefix_tokens, ch), e = (double)cf_cost_tok(c, q->prefix_tokens, ch + 1);
+    int layers = lf == c->n_layers - 1 || e > fin ? c->n_layers : lf + 1;
+    double comp = c->n_layers * cf_cost_step(c, s, e - s);
+    if (cf_sched_chunk_hole(q, ch)) { /* computed at every layer, windowed or not */
+      if (h == nc) h = ch;
+      T = fmax(T, comp);
+    } else if (layers > 0) {
+      T = fmax(T, fmin(layers * cf_cost_step(c, s, e - s),
+                       c->link_latency_s + (e - s) * c->kv_bytes_per_token /
+                                               cf_cost_tier_Bps(c, cf_sched_chunk_tier(q, ch))));
+    }
+  }
+  if (h == nc) return T;
+  double s = (double)cf_cost_tok(c, q->prefix_tokens, h), e = (double)cf_cost_tok(c, q->prefix_tokens, h + 1);
+  double need = s;
+  if (cf_cost_layer_windowed(c, 0) && need > c->window - 1) need = c->window - 1;
+  double fast = 0;
+  for (int t = 0; t < CF_COST_MAX_TIERS; t++) fast = fmax(fast, cf_cost_tier_Bps(c, t));
+#define CF__COMP(t) (c->alpha_s * (t) + c->beta_s * cf_cost_ctx(c, 0, (t)))
+#define CF__LOAD(t) (c->link_latency_s + (need - (t)) * c->kv_bytes_per_token / fast)
+  double wait = 0;
+  if (need > 0) {
+    wait = CF__COMP(need); /* load nothing: no latency either */
+    if (wait >= CF__LOAD(need)) { /* else every split waits at least the latency, more */
+      /* bisection keeps COMP(lo) < LOAD(lo) and COMP(hi) >= LOAD(hi); then every t has
+       * max(COMP, LOAD)(t) >= max(COMP(lo), LOAD(hi)) (below lo: LOAD(t) >= LOAD(lo) > COMP(lo);
+       * above hi: COMP(t) >= COMP(hi) >= LOAD(hi); between: each side's monotony) */
+      double lo = 0, hi = need;
+      for (int it = 0; it < 60; it++) {
+        double t = 0.5 * (lo + hi);
+        if (CF__COMP(t) < CF__LOAD(t)) lo = t;
+        else hi = t;
+      }
+      wait = fmin(wait, fmax(CF__COMP(lo), CF__LOAD(hi)));
+    }
+  }
+#undef CF__COMP
+#undef CF__LOAD
+  return fmax(T, wait + c->n_layers * cf_cost_step(c, s, e - s));
+}
+
 /* Plans can meet the bound exactly (e.g. recompute over a very slow link), and the simulator
  * sums the same costs in another order: shave 1e-9 so rounding never puts a plan below it. */
 #define CF__BOUND_SLACK (1 - 1e-9)
@@ -204,6 +311,7 @@ double cf_bound_request(const cf_sched_cost_t *c, const cf_sched_req_t *q) {
   cf__runs_t *rr = cf__all_runs(c, q, 1, &buf);
   int idx = 0;
   double T = rr ? cf__pooled(c, rr, &idx, 1, 1, 1) : cf__fastest(c, q, 1);
+  T = fmax(T, cf__chain(c, q));
   free(rr);
   free(buf);
   return T * CF__BOUND_SLACK;
@@ -233,7 +341,7 @@ double cf_bound(const cf_sched_input_t *in) {
   for (int r = 0; r < n; r++) {
     if (in->reqs[r].prefix_tokens <= 0) continue;
     double t = in->reqs[r].arrival_s +
-               cf__pooled(&in->cost, tk, &r, 1, nd1, 1) * CF__BOUND_SLACK;
+               fmax(cf__pooled(&in->cost, tk, &r, 1, nd1, 1), cf__chain(&in->cost, &in->reqs[r])) * CF__BOUND_SLACK;
     if (t > T) T = t;
   }
   if (!order) { free(tk); free(buf); return T; } /* still a valid (weaker) bound */

@@ -3,8 +3,12 @@
  * The relaxation drops every dependency and lets cells be split fractionally, but keeps what
  * any plan must pay: at each layer the computed cells of a request cost at least one step
  * (gamma) plus their per-token cost, the cheapest tokens being the front ones; loads cost
- * bytes / bandwidth (latency dropped). cf_bound.c proves the closed forms. For one request
- * with uniform per-cell costs (beta = gamma = 0) it is T* = Tc * Tio / (Tc + Tio).
+ * bytes / bandwidth (latency dropped). Gamma is paid per maximal run of computed tokens
+ * (scattered holes pay one step each), a windowed layer restores everything or loads at least
+ * W - 1 tokens, and per request two dependency chains hold (every chunk's top cell loaded or
+ * computed with its column; a hole's column after its layer-0 prefix). cf_bound.c proves the
+ * closed forms. For one request with uniform per-cell costs (beta = gamma = 0) it is
+ * T* = Tc * Tio / (Tc + Tio).
  */
 #ifndef CF_BOUND_H
 #define CF_BOUND_H

@@ -14,7 +14,8 @@
  * path (its ops sorted by start; an op's inputs finish before it starts). A COMPUTE is a run
  * of chunks at a layer whose lower cells are computed and whose earlier chunks at that layer
  * are present; a LOAD is any rectangle of cells not yet placed. A cell above a loaded one can
- * only be loaded (its compute would need the hidden state below). Pruning: the makespan so
+ * only be loaded (its compute would need the hidden state below); a hole's cell (a chunk stored
+ * nowhere, cf_sched.h) can only be computed. Pruning: the makespan so
  * far, and a lower bound on the rest: the undecided cells split fractionally between the two
  * streams (each cell's marginal compute or link seconds, the per-step gamma and per-op latency
  * left out), cheapest compute per link second first. Nodes are capped (the cap derives from
@@ -45,6 +46,7 @@ typedef struct {
   int rank[2][CF__EXACT_CELLS]; /* cells in increasing x / y: the bound's fill order */
   int8_t cr[CF__EXACT_CELLS], cl[CF__EXACT_CELLS], cch[CF__EXACT_CELLS]; /* cell -> r, l, c */
   int8_t st[CF__EXACT_CELLS]; /* 0 free, 1 loaded, 2 computed */
+  int8_t hole[CF__EXACT_CELLS]; /* a hole's cell (cf_sched.h): computed, never loaded */
   double fin[CF__EXACT_CELLS];
   ex_op_t ops[EX_OPS], best_ops[EX_OPS];
   int nops, best_nops;
@@ -60,11 +62,15 @@ static inline int ex_cell(const ex_t *e, int r, int l, int ch) { return e->base[
  * seconds. *X: compute seconds of every cell that could be computed. */
 static double ex_split(const ex_t *e, int k, double cf, double lf, double Y, double *Xall) {
   const double *x = e->x[k], *y = e->y[k];
-  double X = 0, T = fmax(cf, lf + Y), Xs = 0;
+  double X = 0, Xs = 0;
+  for (int i = 0; i < e->ncells; i++) /* free hole cells: on the compute stream whatever */
+    if (!e->st[i] && e->hole[i]) X += x[i];
+  Xs = X;
+  double T = fmax(cf + X, lf + Y);
   int crossed = 0;
   for (int j = 0; j < e->ncells; j++) {
     int i = e->rank[k][j], r = e->cr[i], ch = e->cch[i], loaded_below = 0;
-    if (e->st[i]) continue;
+    if (e->st[i] || e->hole[i]) continue;
     for (int m = 0; m < e->cl[i] && !loaded_below; m++) loaded_below = e->st[ex_cell(e, r, m, ch)] == 1;
     if (loaded_below) continue;
     Xs += x[i];
@@ -91,9 +97,11 @@ static double ex_split(const ex_t *e, int k, double cf, double lf, double Y, dou
 static double ex_bound(const ex_t *e, double cf, double lf, double done) {
   const cf_sched_cost_t *c = &e->in->cost;
   double amin = INFINITY, Y = 0, Y1 = 0, Yforced = 0;
+  int holes = 0; /* free hole cells: "every cell loaded" is no completion */
   for (int i = 0; i < e->ncells; i++)
     if (!e->st[i]) {
       amin = fmin(amin, e->arr[e->cr[i]]);
+      holes |= e->hole[i];
       Y += e->y[0][i];
       Y1 += e->y[1][i];
       for (int m = 0; m < e->cl[i]; m++)
@@ -103,7 +111,7 @@ static double ex_bound(const ex_t *e, double cf, double lf, double done) {
   cf = fmax(cf, amin);
   lf = fmax(lf, amin);
   double Xall, T = ex_split(e, 0, cf + c->gamma_s, lf + c->link_latency_s, Y, &Xall);
-  T = fmin(T, fmax(cf, lf + Y + c->link_latency_s)); /* all loaded */
+  if (!holes) T = fmin(T, fmax(cf, lf + Y + c->link_latency_s)); /* all loaded */
   if (Yforced == 0) T = fmin(T, fmax(cf + c->gamma_s + Xall, lf)); /* all computed */
   T = fmax(T, ex_split(e, 1, cf, lf, Y1, &Xall));
   return fmax(T, done);
@@ -172,7 +180,8 @@ static void ex_loads(ex_t *e, double cf, double lf, double last, double done, in
         for (int l0 = 0; l0 < e->L; l0++)
           for (int l1 = l0 + 1; l1 <= e->L; l1++) {
             int ok = 1;
-            for (int ch = c0; ch < c1 && ok; ch++) ok = !e->st[ex_cell(e, r, l1 - 1, ch)];
+            for (int ch = c0; ch < c1 && ok; ch++)
+              ok = !e->st[ex_cell(e, r, l1 - 1, ch)] && !e->hole[ex_cell(e, r, l1 - 1, ch)];
             if (!ok) break;
             double end = start + cf_sched_load_s(&e->in->cost, q, c0, c1, l1 - l0);
             ex_op_t op = {CF_OP_LOAD, (int8_t)r, (int8_t)c0, (int8_t)c1, (int8_t)l0, (int8_t)l1};
@@ -207,8 +216,6 @@ int cf__exact_applies(const cf_sched_input_t *in) {
   for (int r = 0; r < in->n_reqs; r++) {
     int32_t nc = cf_cost_chunks(c, in->reqs[r].prefix_tokens);
     if (nc > EX_CH) return 0;
-    for (int32_t ch = 0; in->reqs[r].chunk_tier && ch < nc; ch++)
-      if (in->reqs[r].chunk_tier[ch] >= CF_COST_MAX_TIERS) return 0; /* a chunk stored nowhere */
     cells += nc * c->n_layers;
   }
   return cells > 0 && cells <= CF__EXACT_CELLS;
@@ -242,6 +249,8 @@ int cf__exact_plan(const cf_sched_input_t *in, const int *dev, const cf__ref_t *
         e->cr[i] = (int8_t)r;
         e->cl[i] = (int8_t)l;
         e->cch[i] = (int8_t)ch;
+        e->hole[i] = (int8_t)cf_sched_chunk_hole(q, ch);
+        if (e->hole[i]) e->y[1][i] = 0; /* never on the link: no share of a latency */
       }
     e->ncells += e->nc[r] * e->L;
   }

@@ -143,8 +143,10 @@ int cf__plan_reset(cf_sched_plan_t *p, const cf_sched_input_t *in, const int *de
 
 int cf__plan_op(cf_sched_plan_t *p, int r, cf_op_kind_t kind, int stream, int32_t c0,
                 int32_t c1, int l0, int l1) {
-  int rc = cf__grow((void **)&p->ops, &p->cap_ops_, p->n_ops + 1, sizeof *p->ops);
-  if (rc) return rc;
+  if (p->n_ops >= p->cap_ops_) { /* rarely: the buffer is kept between plans */
+    int rc = cf__grow((void **)&p->ops, &p->cap_ops_, p->n_ops + 1, sizeof *p->ops);
+    if (rc) return rc;
+  }
   cf_sched_op_t *o = &p->ops[p->n_ops++];
   o->req = r;
   o->kind = (uint8_t)kind;

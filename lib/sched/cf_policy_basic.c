@@ -7,10 +7,8 @@
 #include "sched/cf_sched_int.h"
 #include "util/cf_err.h"
 
-/* Shared driver: per request (in arrival order) the number of bottom layers it computes over
- * all its chunks; the rest is loaded layer by layer. */
-static int cf__static_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out,
-                           cf_policy_t pol, int (*layers)(const cf_sched_cost_t *, const cf_sched_req_t *)) {
+int cf__layer_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out,
+                   cf_policy_t pol, const int *ell) {
   int rc = cf__plan_reset(out, in, dev, pol);
   if (rc) return rc;
   int n = in->n_reqs, L = in->cost.n_layers;
@@ -23,14 +21,27 @@ static int cf__static_plan(const cf_sched_input_t *in, const int *dev, cf_sched_
   }
   cf__arrival_order(in, order);
   for (int i = 0; i < n && !rc; i++) {
-    int r = order[i], ell = layers(&in->cost, &in->reqs[r]);
-    for (int l = 0; l < L; l++) k[l] = l < ell ? out->n_chunks[r] : 0;
+    int r = order[i];
+    for (int l = 0; l < L; l++) k[l] = l < ell[r] ? out->n_chunks[r] : 0;
     rc = cf__plan_emit_compute(out, in, r, k);
     if (!rc) rc = cf__plan_emit_loads(out, in, r, k, 1);
   }
   free(order);
   free(k);
   return rc ? rc : cf__plan_holes(in, out); /* holes: computed at every layer */
+}
+
+/* The static policies: per request the number of bottom layers it computes over all its
+ * chunks (`layers`), planned by cf__layer_plan. */
+static int cf__static_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out,
+                           cf_policy_t pol, int (*layers)(const cf_sched_cost_t *, const cf_sched_req_t *)) {
+  int n = in->n_reqs, stack[64] = {0};
+  int *ell = n <= 64 ? stack : malloc((size_t)n * sizeof *ell);
+  if (!ell) return cf_seterr(CF_ENOMEM, "%s: %d requests", cf_policy_name(pol), n);
+  for (int r = 0; r < n; r++) ell[r] = layers(&in->cost, &in->reqs[r]);
+  int rc = cf__layer_plan(in, dev, out, pol, ell);
+  if (ell != stack) free(ell);
+  return rc;
 }
 
 static int cf__all_layers(const cf_sched_cost_t *c, const cf_sched_req_t *q) { return c->n_layers; }

@@ -26,7 +26,8 @@
  *    plan is not refined (the hull walk costs too much there, and its shape is a special case).
  * 4. Refinement, within the time budget (cf__refine_runs: 0.1% of the estimated makespan,
  *    2-10 ms, in simulator runs at a fixed price per cell; none when 6 runs do not fit):
- *    a. every other policy's plan (and the tier plan) simulated: they set the bar;
+ *    a. every other policy's plan (and the tier plan; with sliding windows the windowed
+ *       candidate, cf_window.c) simulated: they set the bar;
  *    b. the analytic plan and its variants (arrival order, cumulative balance, without help);
  *    c. hill climbing on each request's hull position (+-1, +-L/4 layers);
  *    d. from the best of all that, cf_refine.c searches general staircases, groupings and
@@ -692,11 +693,15 @@ static double cf__refine_s(const cf_sched_input_t *in, double est) {
                                  : fmin(CF_SCHED_REFINE_MAX_S,
                                         fmax(CF_SCHED_REFINE_BUDGET_S, CF_SCHED_REFINE_SHARE * est));
 }
-static int cf__refine_runs(const cf_sched_input_t *in, double est) {
+/* ops: a plan's op count beyond one per cell's worth (the tier plan's, 0 otherwise): a simulator
+ * run costs per op as much as per cell (measured: 20 ns/cell when every cell is its own op,
+ * every 2nd chunk a hole; 3-5 ns/cell for plans of few large ops), so with scattered holes the
+ * runs are counted over cells + ops, or the refinement overran its budget 2-3x. */
+static int cf__refine_runs(const cf_sched_input_t *in, double est, double ops) {
   double budget = cf__refine_s(in, est);
   if (budget <= 0) return 0;
   if (cf__exact_applies(in)) budget *= 1 - CF__EXACT_SHARE; /* the rest: the exact search (4e) */
-  double cells = 0;
+  double cells = ops;
   for (int r = 0; r < in->n_reqs; r++)
     cells += (double)cf_cost_chunks(&in->cost, in->reqs[r].prefix_tokens) * in->cost.n_layers;
   double runs = budget / (1e-6 + cells * CF_SCHED_SIM_S_PER_CELL);
@@ -714,7 +719,7 @@ static int cf__tiers_apply(const cf_sched_input_t *in) {
 }
 static int cf__tier_candidate(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out) {
   double est;
-  return cf__tier_plan(in, dev, out, &est);
+  return cf__tier_plan(in, dev, out, &est, NULL);
 }
 
 /* optimal's scratch beyond cf__opt_t, shared by its steps. */
@@ -844,25 +849,38 @@ static double cf__split(cf__opt_t *o, cf__optbuf_t *b) {
   return est;
 }
 
-/* Step 4a: every other policy's plan (and with mixed tiers the tier candidate), simulated:
- * they set the bar (*ref) and the best of them by makespan goes to b->alt (*alt_score). */
+/* The windowed candidate (cf_window.c); *skip: no layer is windowed, nothing planned. */
+static int cf__window_candidate(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out,
+                                int *skip) {
+  double est;
+  int rc = cf__window_plan(in, dev, out, &est);
+  *skip = !rc && est == INFINITY;
+  return rc;
+}
+
+/* Step 4a: every other policy's plan (and with mixed tiers the tier candidate, with windowed
+ * layers the windowed candidate), simulated: they set the bar (*ref) and the best of them by
+ * makespan goes to b->alt (*alt_score). */
 static int cf__refine_others(cf__opt_t *o, cf__optbuf_t *b, cf__ref_t *ref,
                              cf__score_t *alt_score, int *evals) {
   const cf_sched_input_t *in = o->in;
   int rc;
-  for (int pol = 0; pol <= CF_POLICY_COUNT; pol++) { /* COUNT: the tier plan */
+  for (int pol = 0; pol <= CF_POLICY_COUNT + 1; pol++) { /* COUNT: the tier plan; + 1: windowed */
     if (pol == CF_POLICY_OPTIMAL) continue;
-    if (pol == CF_POLICY_COUNT && !cf__tiers_apply(in)) break;
-    int (*fn)(const cf_sched_input_t *, const int *, cf_sched_plan_t *) =
-        pol == CF_POLICY_RECOMPUTE   ? cf__policy_recompute
-        : pol == CF_POLICY_LOAD      ? cf__policy_load
-        : pol == CF_POLICY_CAKE      ? cf__policy_cake
-        : pol == CF_POLICY_LAYERWISE ? cf__policy_layerwise
-        : pol == CF_POLICY_CACHEFLOW ? cf__policy_cacheflow
-                                     : cf__tier_candidate;
-    if ((rc = fn(in, o->dev, &b->tmp))) return rc;
+    if (pol == CF_POLICY_COUNT && !cf__tiers_apply(in)) continue;
+    int skip = 0;
+    if (pol == CF_POLICY_COUNT + 1) rc = cf__window_candidate(in, o->dev, &b->tmp, &skip);
+    else
+      rc = (pol == CF_POLICY_RECOMPUTE   ? cf__policy_recompute
+            : pol == CF_POLICY_LOAD      ? cf__policy_load
+            : pol == CF_POLICY_CAKE      ? cf__policy_cake
+            : pol == CF_POLICY_LAYERWISE ? cf__policy_layerwise
+            : pol == CF_POLICY_CACHEFLOW ? cf__policy_cacheflow
+                                         : cf__tier_candidate)(in, o->dev, &b->tmp);
+    if (rc) return rc;
+    if (skip) continue;
     if ((rc = cf__sim_clipped(in, &b->tmp, &b->sim))) {
-      if (pol == CF_POLICY_COUNT) break; /* a candidate the simulator refuses is dropped */
+      if (pol >= CF_POLICY_COUNT) continue; /* a candidate the simulator refuses is dropped */
       return rc;
     }
     (*evals)++;
@@ -957,13 +975,16 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   o.q = c->kv_bytes_per_token / cf_cost_tier_Bps(c, 0);
   o.price_tol = 1e-12;
   int budget, evals = 0, rc;
+  double te = 0, te_ops = 0; /* the tier plan's estimate and (with holes) op count, when it applies */
   if (cf__tiers_apply(in) && !cf_cost_has_peer(c)) {
     /* 1b: mixed tiers: the tier plan (cf_tiers.c; the front-chunks shape below is a special
      * case of its choice), without the hull's cost when it is not refined */
-    double te;
-    if ((rc = cf__tier_plan(in, dev, out, &te))) return rc;
+    double busy;
+    if ((rc = cf__tier_plan(in, dev, out, &te, &busy))) return rc;
     out->est_makespan_s = te;
-    if (!(budget = cf__refine_runs(in, te)) || in->n_reqs == 0) return cf__check_closed_forms(in, dev, out);
+    te_ops = cf__any_holes(in) ? (double)out->n_ops : 0;
+    if (!(budget = cf__refine_runs(in, te, te_ops)) || in->n_reqs == 0)
+      return cf__check_closed_forms(in, dev, out, busy);
   }
   cf__optbuf_t b;
   if ((rc = cf__opt_alloc(&o, &b))) goto out;
@@ -972,9 +993,11 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   cf__make_order(&o, 1);
   if ((rc = cf__emit(&o, out, b.kbuf))) goto out;
   out->est_makespan_s = est;
-  budget = cf__refine_runs(in, est);
+  /* the budget the tier plan's estimate gave (the hull knows no holes: its estimate can be far
+   * below, and a budget of none would return its plan instead of refining both) */
+  budget = cf__refine_runs(in, fmax(est, te), te_ops);
   if (budget == 0 || o.n == 0) {
-    rc = cf__check_closed_forms(in, dev, out);
+    rc = cf__check_closed_forms(in, dev, out, -1);
     goto out;
   } /* with mixed tiers the refinement simulates the
                                             tier plan, with the other policies' */

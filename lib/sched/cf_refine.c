@@ -461,18 +461,31 @@ static double cf__op_s(const cf_sched_input_t *in, const cf_sched_op_t *o, int f
  * stream runs its ops back to back, each from its request's arrival), exactly what cf_sim
  * gives. Streams are told apart by kind and number. */
 static double cf__streams_s(const cf_sched_input_t *in, const cf_sched_plan_t *p, int lower) {
-  int ns = 3 * (in->cost.n_devices + cf_cost_n_links(&in->cost)) + 3;
+  const cf_sched_cost_t *c = &in->cost;
+  int ns = 3 * (c->n_devices + cf_cost_n_links(c)) + 3;
   double *fr = calloc((size_t)ns, sizeof *fr), amin = INFINITY, mk = 0;
   if (!fr) return lower ? 0 : INFINITY; /* no claim either way */
   for (int r = 0; r < in->n_reqs; r++) amin = fmin(amin, in->reqs[r].arrival_s);
+  /* seconds per loaded token-layer at the fastest tier's rate (cf__op_s's fast form, hoisted:
+   * this loop runs once per op of plans of up to ~1M ops) */
+  double fast = 0;
+  for (int t = 0; t < CF_COST_MAX_TIERS; t++) fast = fmax(fast, cf_cost_tier_Bps(c, t));
+  fast = c->kv_bytes_per_token / fast;
   for (size_t i = 0; i < p->n_ops; i++) {
     const cf_sched_op_t *o = &p->ops[i];
     int st = 3 * o->stream + o->kind;
     if (st < 0 || st >= ns) continue;
-    double a = lower ? amin : in->reqs[o->req].arrival_s;
-    fr[st] = fmax(fr[st], a) + cf__op_s(in, o, lower);
-    mk = fmax(mk, fr[st]);
+    double a = lower ? amin : in->reqs[o->req].arrival_s, d;
+    if (lower && o->kind == CF_OP_LOAD && o->l0 >= 0) {
+      int64_t P = in->reqs[o->req].prefix_tokens;
+      d = c->link_latency_s + (double)(cf_cost_tok(c, P, o->c1) - cf_cost_tok(c, P, o->c0)) * (o->l1 - o->l0) * fast;
+    } else {
+      d = cf__op_s(in, o, lower);
+    }
+    double f = fr[st] > a ? fr[st] : a; /* not fmax: a libm call per op showed in profiles */
+    fr[st] = f + d;
   }
+  for (int i = 0; i < ns; i++) mk = fr[i] > mk ? fr[i] : mk; /* a stream's time only grows */
   free(fr);
   return mk;
 }
@@ -516,22 +529,44 @@ static double cf__alt_lb(const cf_sched_input_t *in, const int *dev, int k) {
   return amin + mk;
 }
 
-int cf__check_closed_forms(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out) {
+int cf__check_closed_forms(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out,
+                           double busy) {
   const cf_sched_cost_t *c = &in->cost;
   if (cf_cost_stage(c, c->n_devices - 1) > 0) return 0; /* hidden-state loads: not one kind */
+  int windowed = 0;
+  for (int l = 0; l < c->n_layers && !windowed; l++) windowed = cf_cost_layer_windowed(c, l);
   int rc = cf__plan_window_clip(in, out);
   if (rc) return rc;
-  double lb = cf__streams_s(in, out, 1);
+  double lb;
+  if (busy >= 0 && !windowed) {
+    double amin = INFINITY;
+    for (int r = 0; r < in->n_reqs; r++) amin = fmin(amin, in->reqs[r].arrival_s);
+    lb = amin + busy;
+  } else {
+    lb = cf__streams_s(in, out, 1);
+  }
   cf_sched_plan_t alt;
   cf_sched_plan_init(&alt);
-  for (int k = 0; k < 2 && !rc; k++) {
-    if (cf__alt_lb(in, dev, k) >= lb * (1 - 1e-9)) continue; /* cannot beat it: not built */
-    rc = k ? cf__policy_recompute(in, dev, &alt) : cf__policy_load(in, dev, &alt);
-    if (!rc) rc = cf__plan_window_clip(in, &alt);
-    if (rc) break;
-    int kinds = 0; /* the closed form holds for plans of one op kind only */
+  /* with holes, load's plan computes them: two kinds, no closed form, so it is not built
+   * (building it cost as much as the plan itself: a hole compute per layer and run); the
+   * windowed candidate (k = 2) computes and loads, but no op of it waits on another stream
+   * (its computes take every chunk of a layer, its loads need nothing), so its streams run
+   * back to back as well: exact without holes */
+  int holes = cf__any_holes(in);
+  for (int k = holes ? 1 : 0; k < (windowed && !holes ? 3 : 2) && !rc; k++) {
+    double wlb = 0;
+    if (k == 2) {
+      if ((rc = cf__window_plan(in, dev, &alt, &wlb))) break;
+      if (wlb >= lb * (1 - 1e-9)) continue; /* its busiest stream: cannot beat `out` */
+    } else {
+      if (cf__alt_lb(in, dev, k) >= lb * (1 - 1e-9)) continue; /* cannot beat it: not built */
+      rc = k ? cf__policy_recompute(in, dev, &alt) : cf__policy_load(in, dev, &alt);
+      if (!rc) rc = cf__plan_window_clip(in, &alt);
+      if (rc) break;
+    }
+    int kinds = 0; /* the closed form holds for plans of one op kind only (k < 2) */
     for (size_t i = 0; i < alt.n_ops; i++) kinds |= 1 << alt.ops[i].kind;
-    if (kinds & (kinds - 1)) continue;
+    if (k < 2 && (kinds & (kinds - 1))) continue;
     double mk = cf__streams_s(in, &alt, 0);
     if (mk < lb * (1 - 1e-9)) { /* strictly better than anything `out` can do */
       alt.policy = CF_POLICY_OPTIMAL;

@@ -65,6 +65,12 @@ void cf__assign_devices(const cf_sched_input_t *in, int *dev);
 /* Request indices sorted by (arrival, index). */
 void cf__arrival_order(const cf_sched_input_t *in, int *order);
 
+/* Request r (in arrival order) computes all its chunks at its bottom ell[r] layers, one step
+ * per layer, and loads the rest layer by layer (then holes, cf__plan_holes): the static
+ * policies' driver (cf_policy_basic.c) and the windowed candidate's. 0 or CF_ENOMEM. */
+int cf__layer_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out,
+                   cf_policy_t pol, const int *ell);
+
 /* Per-policy planners: `dev` is the device assignment. */
 int cf__policy_recompute(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out);
 int cf__policy_load(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out);
@@ -76,8 +82,11 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
 /* optimal's plan for requests whose chunks lie in tiers of different rates (cf_tiers.c):
  * per device, chunks computed to the most layers that fit in decreasing (link time saved) /
  * (compute time), the rest loaded layer by layer. *est: its stream-time estimate. Only for
- * one link per device or one device, no pipeline stages, no help. 0 or CF_ENOMEM. */
-int cf__tier_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out, double *est);
+ * one link per device or one device, no pipeline stages, no help. *busy (when not NULL): its
+ * busiest stream's busy time (every op's exact cost summed per stream; windowed cells not yet
+ * clipped), a lower bound on its makespan past the first arrival. 0 or CF_ENOMEM. */
+int cf__tier_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out, double *est,
+                  double *busy);
 
 /* Refinement (cf_refine.c). A simulated plan's score against the other policies' best plans
  * (ref: their smallest makespan, mean and p99 TTFT): a plan slower than the best other
@@ -106,6 +115,16 @@ int cf__refine_general(const cf_sched_input_t *in, const int *dev, const cf__ref
  * cells); nothing to do without windowed layers. cf__sim_clipped: that, then cf_sim_run (every
  * plan the policies simulate internally is costed as it will run). 0, CF_ENOMEM, CF_EINVAL. */
 int cf__plan_window_clip(const cf_sched_input_t *in, cf_sched_plan_t *p);
+/* The windowed candidate (cf_window.c): with some layer windowed, a windowed layer either
+ * restores every token of a prefix or loads at least its final window (cf_bound.c), and a
+ * plan that computes some chunks there still loads that window, so a layer is best computed
+ * whole or not at all: request r computes every chunk at its bottom ell[r] layers and loads
+ * the rest (clipped to the final window at windowed layers). ell is chosen greedily over the
+ * batch, the request saving the most link time per compute second first, while the busiest
+ * stream is a link. *est: its streams' busy time from the first arrival (a lower bound on its
+ * makespan; exact without arrivals, and without holes: no op waits on another stream). Sets
+ * *est = INFINITY and plans nothing when no layer is windowed. 0 or CF_ENOMEM. */
+int cf__window_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out, double *est);
 int cf__sim_clipped(const cf_sched_input_t *in, cf_sched_plan_t *p, cf_sim_result_t *res);
 
 /* The run-time check for plans that are not refined (no simulator run fits the budget): two
@@ -113,8 +132,12 @@ int cf__sim_clipped(const cf_sched_input_t *in, cf_sched_plan_t *p, cf_sim_resul
  * (compute streams only), exact as cf_sim gives them; when one is below a lower bound on
  * `out`'s makespan (its busiest stream), it replaces `out`. So no plan optimal returns is
  * beaten by those two, refined or not; the other policies' rests on refinement and the tests.
- * O(ops). 0 or CF_ENOMEM. */
-int cf__check_closed_forms(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out);
+ * O(ops), or O(requests) when busy >= 0 is `out`'s busiest stream's busy time, known to its
+ * maker (cf__tier_plan's), and no layer is windowed (clipping would change it): plans with
+ * scattered holes have ~260k ops at 64 x 128k tokens, and that pass cost a third of planning.
+ * 0 or CF_ENOMEM. */
+int cf__check_closed_forms(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out,
+                           double busy);
 
 /* Exact plans for tiny batches (cf_exact.c): one device (so one link), at most
  * CF__EXACT_CELLS cells, 4 requests, 8 chunks each, 8 layers. cf__exact_applies says whether

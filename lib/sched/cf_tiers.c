@@ -30,8 +30,10 @@ typedef struct {
   int32_t *idx;   /* [chunks] chunk numbers, grouped by tier */
   double *px, *py; /* [chunks + tiers]: prefix sums along each group (group g at goff + g) */
   int32_t goff[CF_COST_MAX_TIERS + 1]; /* group t: idx[goff[t] .. goff[t + 1]) */
-  double hole_x; /* compute per layer (past gamma) of the request's holes: in no group, always
+  double hole_x; /* compute per layer of the request's holes, a gamma per run of them
+                    included (each run is its own step at every layer): in no group, always
                     computed at every layer (cf_sched.h) */
+  int hole0;      /* chunk 0 is a hole */
 } cf__groups_t;
 
 static inline double cf__ratio(const cf__groups_t *g, int t, int32_t j) {
@@ -56,6 +58,7 @@ static void cf__groups_fill(const cf_sched_input_t *in, int r, int32_t nc, cf__g
   const cf_sched_req_t *q = &in->reqs[r];
   int32_t cnt[CF_COST_MAX_TIERS] = {0};
   g->hole_x = 0;
+  g->hole0 = nc > 0 && cf_sched_chunk_hole(q, 0);
   for (int32_t ch = 0; ch < nc; ch++)
     if (!cf_sched_chunk_hole(q, ch)) cnt[cf_sched_chunk_tier(q, ch)]++;
   g->goff[0] = 0;
@@ -69,8 +72,8 @@ static void cf__groups_fill(const cf_sched_input_t *in, int r, int32_t nc, cf__g
     int t = cf_sched_chunk_tier(q, ch);
     double p = (double)cf_cost_tok(c, q->prefix_tokens, ch);
     double tk = (double)cf_cost_tok(c, q->prefix_tokens, ch + 1) - p;
-    if (t == CF_SCHED_TIER_NONE) {
-      g->hole_x += cf_cost_step(c, p, tk) - c->gamma_s;
+    if (t == CF_SCHED_TIER_NONE) { /* past gamma, but gamma once per run of holes */
+      g->hole_x += cf_cost_step(c, p, tk) - (ch > 0 && cf_sched_chunk_hole(q, ch - 1) ? c->gamma_s : 0);
       continue;
     }
     size_t o = (size_t)at[t] + (size_t)t;
@@ -117,15 +120,21 @@ static void cf__tier_split(const cf_sched_input_t *in, const int *dev, int d, cf
     Y = Ytot;                                                                            \
     for (int r_ = 0; r_ < n; r_++) {                                                     \
       if (dev[r_] != d) continue;                                                        \
+      int any_ = 0;                                                                      \
       for (int t_ = 0; t_ < CF_COST_MAX_TIERS; t_++) {                                   \
         if (G[r_].goff[t_ + 1] == G[r_].goff[t_]) continue;                              \
         int32_t k_ = cf__count_above(&G[r_], t_, s);                                     \
         size_t o_ = (size_t)G[r_].goff[t_] + (size_t)t_;                                 \
         X += L * G[r_].px[o_ + k_];                                                      \
         Y -= L * G[r_].py[o_ + k_];                                                      \
+        any_ |= k_ > 0;                                                                  \
       }                                                                                  \
+      /* its computed chunks (the front ones of their tiers): a step per layer, unless the  \
+       * prefix starts with holes, whose step they join */                               \
+      if (any_ && !G[r_].hole0) X += L * gstep;                                          \
     }                                                                                    \
   } while (0)
+  double gstep = in->cost.gamma_s;
   double lo = 0, hi = smax * 2 + 1e-300, X, Y; /* X(hi) = 0 <= Y; find the smallest s */
   CF__XY(0.0, X, Y);
   if (X <= Y) lo = hi = 0; /* computing everything still fits */
@@ -176,42 +185,67 @@ static int cf__cmp_key(const void *pa, const void *pb, void *arg) {
   return a - b;
 }
 
+/* Scratch of cf__tier_emit, sized for a request's chunks: segment starts, one layer's runs
+ * (chunks [ra, rb) and the op's cost) and the layers where the runs change. */
+typedef struct {
+  int32_t *seg, *ra, *rb; /* [chunks + 1] each */
+  double *rcost;          /* [chunks + 1] */
+  uint8_t *change;        /* [layers + 1] */
+} cf__emit_buf_t;
+
 /* Request r's ops: loads one per layer and run of loaded chunks, then computes one per
  * layer and run of computed chunks; runs are found over segments of equal h (few: the tier
- * runs and the partial heights), not chunk by chunk. *xs_out, *ys_out: its compute and
- * link time. seg: room for chunks + 1 entries. */
+ * runs, the holes and the partial heights), not chunk by chunk, and only at the layers where
+ * some segment's height starts or ends (a layer band between two heights repeats the same
+ * runs: scattered holes make ~260k ops at 64 x 128k tokens, and finding the runs per layer
+ * was most of the planning time). *xs_out, *ys_out: its compute and link time. */
 static int cf__tier_emit(const cf_sched_input_t *in, cf_sched_plan_t *out, int r,
-                         int32_t *seg, double *xs_out, double *ys_out) {
+                         cf__emit_buf_t *B, double *xs_out, double *ys_out) {
   const cf_sched_cost_t *c = &in->cost;
   const cf_sched_req_t *q = &in->reqs[r];
   int L = c->n_layers, d = out->device[r], k = cf_cost_link_of(c, d), rc = 0;
-  int32_t nc = out->n_chunks[r], ns = 0;
+  int32_t nc = out->n_chunks[r], ns = 0, nr = 0, *seg = B->seg;
   const uint16_t *h = cf__plan_h(out, r);
-  for (int32_t a = 0; a < nc; a++) /* segments: equal height and tier */
+  memset(B->change, 0, (size_t)L + 1);
+  B->change[0] = 1;
+  for (int32_t a = 0; a < nc; a++) { /* segments: equal height and tier */
     if (a == 0 || h[a] != h[a - 1] || cf_sched_chunk_tier(q, a) != cf_sched_chunk_tier(q, a - 1))
       seg[ns++] = a;
+    if (h[a] < L) B->change[h[a]] = 1; /* layer h[a] is the first that loads chunk a */
+  }
   seg[ns] = nc;
   double xs = 0, yl = 0;
   for (int pass = 0; pass < 2 && !rc; pass++) /* 0: loads, 1: computes */
-    for (int l = 0; l < L && !rc; l++)
-      for (int32_t i = 0, j; i < ns && !rc; i = j) {
-        int on = pass ? h[seg[i]] > l : h[seg[i]] <= l;
-        for (j = i + 1; j < ns && (pass ? h[seg[j]] > l : h[seg[j]] <= l) == on; j++) {}
-        if (!on) continue;
-        int32_t a = seg[i], b = seg[j];
-        if (pass == 0) {
-          rc = cf__plan_op(out, r, CF_OP_LOAD, k, a, b, l, l + 1);
-          for (int32_t u = i; u < j; u++) /* each segment is one tier: its rate */
-            yl += (double)(cf_cost_tok(c, q->prefix_tokens, seg[u + 1]) -
-                           cf_cost_tok(c, q->prefix_tokens, seg[u])) *
-                  c->kv_bytes_per_token / cf_cost_tier_Bps(c, cf_sched_chunk_tier(q, seg[u]));
-          yl += c->link_latency_s;
-        } else {
-          rc = cf__plan_op(out, r, CF_OP_COMPUTE, d, a, b, l, l + 1);
-          double p = (double)cf_cost_tok(c, q->prefix_tokens, a);
-          xs += cf_cost_step(c, p, (double)cf_cost_tok(c, q->prefix_tokens, b) - p);
+    for (int l = 0; l < L && !rc; l++) {
+      if (B->change[l]) { /* this layer's runs, and what each op costs */
+        nr = 0;
+        for (int32_t i = 0, j; i < ns; i = j) {
+          int on = pass ? h[seg[i]] > l : h[seg[i]] <= l;
+          for (j = i + 1; j < ns && (pass ? h[seg[j]] > l : h[seg[j]] <= l) == on; j++) {}
+          if (!on) continue;
+          int32_t a = seg[i], b = seg[j];
+          double s = 0;
+          if (pass == 0) {
+            for (int32_t u = i; u < j; u++) /* each segment is one tier: its rate */
+              s += (double)(cf_cost_tok(c, q->prefix_tokens, seg[u + 1]) -
+                            cf_cost_tok(c, q->prefix_tokens, seg[u])) *
+                   c->kv_bytes_per_token / cf_cost_tier_Bps(c, cf_sched_chunk_tier(q, seg[u]));
+            s += c->link_latency_s;
+          } else {
+            double p = (double)cf_cost_tok(c, q->prefix_tokens, a);
+            s = cf_cost_step(c, p, (double)cf_cost_tok(c, q->prefix_tokens, b) - p);
+          }
+          B->ra[nr] = a;
+          B->rb[nr] = b;
+          B->rcost[nr++] = s;
         }
       }
+      for (int32_t i = 0; i < nr && !rc; i++) {
+        rc = cf__plan_op(out, r, pass ? CF_OP_COMPUTE : CF_OP_LOAD, pass ? d : k, B->ra[i], B->rb[i], l, l + 1);
+        if (pass) xs += B->rcost[i];
+        else yl += B->rcost[i];
+      }
+    }
   *xs_out = xs;
   *ys_out = yl;
   return rc;
@@ -241,7 +275,7 @@ static double cf__tier_estimate(const cf_sched_input_t *in, const int *dev, cons
 }
 
 int cf__tier_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out,
-                  double *est) {
+                  double *est, double *busy) {
   const cf_sched_cost_t *c = &in->cost;
   int n = in->n_reqs, L = c->n_layers, nd = c->n_devices, rc;
   *est = INFINITY;
@@ -255,11 +289,14 @@ int cf__tier_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *o
   double *key = malloc(2 * nn * sizeof *key);
   int *order = malloc(2 * nn * sizeof *order), *border = order + nn;
   double *xr = calloc(2 * nn, sizeof *xr), *yr = xr + nn;
-  int32_t *seg = malloc((nitems + 1) * sizeof *seg);
-  if (!G || !idx || !pxy || !cand || !X || !Y || !key || !order || !xr || !seg) {
+  cf__emit_buf_t eb = {malloc(3 * (nitems + 1) * sizeof *eb.seg), NULL, NULL,
+                       malloc((nitems + 1) * sizeof *eb.rcost), malloc((size_t)L + 1)};
+  if (!G || !idx || !pxy || !cand || !X || !Y || !key || !order || !xr || !eb.seg || !eb.rcost || !eb.change) {
     rc = cf_seterr(CF_ENOMEM, "optimal: tier plan of %d requests", n);
     goto out;
   }
+  eb.ra = eb.seg + (nitems + 1);
+  eb.rb = eb.ra + (nitems + 1);
   for (int r = 0; r < n; r++) {
     size_t o = out->h_off[r] + (size_t)r * CF_COST_MAX_TIERS;
     G[r].idx = idx + out->h_off[r];
@@ -298,15 +335,27 @@ int cf__tier_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *o
   }
   for (int i = 0; i < n && !rc; i++) { /* emit; the estimate again with gamma and latency */
     int r = border[i];
-    rc = cf__tier_emit(in, out, r, seg, &xr[r], &yr[r]);
+    rc = cf__tier_emit(in, out, r, &eb, &xr[r], &yr[r]);
   }
   if (!rc) *est = cf__tier_estimate(in, dev, border, xr, yr, X, Y);
+  if (!rc && busy) { /* per stream, the exact op costs cf__tier_emit summed */
+    for (int d = 0; d < nd; d++) X[d] = 0;
+    for (int k = 0; k < cf_cost_n_links(c); k++) Y[k] = 0;
+    *busy = 0;
+    for (int r = 0; r < n; r++) {
+      X[dev[r]] += xr[r];
+      Y[cf_cost_link_of(c, dev[r])] += yr[r];
+      *busy = fmax(*busy, fmax(X[dev[r]], Y[cf_cost_link_of(c, dev[r])]));
+    }
+  }
 out:
   free(G);
   free(idx);
   free(pxy);
   free(cand);
-  free(seg);
+  free(eb.seg);
+  free(eb.rcost);
+  free(eb.change);
   free(X);
   free(Y);
   free(key);

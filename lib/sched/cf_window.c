@@ -1,5 +1,6 @@
 /* Sliding-window layers: the cells no later token needs (cf_sched_window_skip, cf_sched.h), and
  * the pass that takes them out of a plan's LOADs (cf__plan_window_clip, cf_sched_int.h). */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -88,4 +89,64 @@ int cf__plan_window_clip(const cf_sched_input_t *in, cf_sched_plan_t *p) {
 int cf__sim_clipped(const cf_sched_input_t *in, cf_sched_plan_t *p, cf_sim_result_t *res) {
   int rc = cf__plan_window_clip(in, p);
   return rc ? rc : cf_sim_run(in, p, res);
+}
+
+int cf__window_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out, double *est) {
+  const cf_sched_cost_t *c = &in->cost;
+  int n = in->n_reqs, L = c->n_layers, nd = c->n_devices, nl = cf_cost_n_links(c), any = 0;
+  *est = INFINITY;
+  for (int l = 0; l < L && !any; l++) any = cf_cost_layer_windowed(c, l);
+  if (!any || n == 0 || cf_cost_stage(c, nd - 1) > 0) return 0;
+  size_t nn = (size_t)n;
+  int *ell = calloc(nn, sizeof *ell);
+  double *X = calloc((size_t)(nd + nl), sizeof *X), *Y = X + nd;
+  double *comp = malloc(2 * nn * sizeof *comp), *full = comp + nn;
+  double *win = malloc(nn * sizeof *win);
+  if (!ell || !X || !comp || !win) {
+    free(ell); free(X); free(comp); free(win);
+    return cf_seterr(CF_ENOMEM, "optimal: windowed candidate of %d requests", n);
+  }
+  double amin = INFINITY;
+  for (int r = 0; r < n; r++) { /* per layer: compute every chunk, load all, load the final window */
+    const cf_sched_req_t *q = &in->reqs[r];
+    int64_t P = q->prefix_tokens, need = P - c->window + 1;
+    int32_t nc = cf_cost_chunks(c, P), kw = need > 0 ? (int32_t)(need / c->chunk_tokens) : 0;
+    comp[r] = cf_cost_step(c, 0, (double)P);
+    full[r] = cf_sched_load_s(c, q, 0, nc, 1);
+    win[r] = cf_sched_load_s(c, q, kw, nc, 1);
+    amin = fmin(amin, q->arrival_s);
+    for (int l = 0; l < L; l++) Y[cf_cost_link_of(c, dev[r])] += cf_cost_layer_windowed(c, l) ? win[r] : full[r];
+    /* holes are computed at every layer whatever ell says (cf__plan_holes) */
+    if (cf_sched_req_holes(c, q)) ell[r] = -1;
+  }
+  for (int it = 0; it < n * L; it++) { /* raise one request's ell while a link is the bottleneck */
+    double T = 0;
+    int link = -1;
+    for (int d = 0; d < nd; d++) T = fmax(T, X[d]);
+    for (int k = 0; k < nl; k++)
+      if (Y[k] > T) { T = Y[k]; link = k; }
+    if (link < 0) break;
+    int best = -1;
+    double bv = 0;
+    for (int r = 0; r < n; r++) {
+      if (ell[r] < 0 || ell[r] >= L || cf_cost_link_of(c, dev[r]) != link || X[dev[r]] + comp[r] >= T) continue;
+      double v = (cf_cost_layer_windowed(c, ell[r]) ? win[r] : full[r]) / comp[r];
+      if (v > bv) { bv = v; best = r; }
+    }
+    if (best < 0) break;
+    X[dev[best]] += comp[best];
+    Y[link] -= cf_cost_layer_windowed(c, ell[best]) ? win[best] : full[best];
+    ell[best]++;
+  }
+  double T = 0;
+  for (int s = 0; s < nd + nl; s++) T = fmax(T, X[s]);
+  for (int r = 0; r < n; r++) ell[r] = ell[r] < 0 ? 0 : ell[r];
+  int rc = cf__layer_plan(in, dev, out, CF_POLICY_OPTIMAL, ell);
+  if (!rc) rc = cf__plan_window_clip(in, out);
+  if (!rc) *est = amin + T;
+  free(ell);
+  free(X);
+  free(comp);
+  free(win);
+  return rc;
 }

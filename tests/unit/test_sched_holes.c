@@ -6,7 +6,7 @@
  * optimal is no slower than any other policy. Closed cases pin what a hole costs: a batch of
  * holes only is recompute, the simulator refuses a plan that loads a hole, the bound rises
  * with holes, and restoring around the holes beats the longest-prefix restore that computes
- * everything from the first hole on. */
+ * everything from the first hole on, within 1.05x of the bound even with scattered holes. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +38,15 @@ static void holes_input(cf_sched_input_t *in, cf_sched_req_t *reqs, uint8_t *tie
   }
   c->tier_Bps[1] = c->link_Bps * (0.05 + cf_test_uniform());
   c->tier_Bps[2] = c->link_Bps * (0.05 + cf_test_uniform());
+  if (cf_test_uniform() < 0.3) { /* sliding windows: every layer, or a random subset */
+    c->window = 1 + (int)(cf_test_uniform() * 8 * c->chunk_tokens);
+    c->window_frac = 1;
+    if (cf_test_uniform() < 0.5) {
+      c->window_frac = 0.5;
+      for (int l = 0; l < c->n_layers; l++)
+        if (cf_test_uniform() < 0.5) c->window_mask[l / 64] |= 1ull << (l % 64);
+    }
+  }
   int n = 1 + (int)(cf_test_uniform() * maxn);
   double hole_p = cf_test_uniform() < 0.1 ? 1.0 : 0.1 + cf_test_uniform() * 0.4;
   for (int r = 0; r < n; r++) {
@@ -70,7 +79,7 @@ CF_TEST(sched_holes_property_random_batches) {
   cf_sched_plan_init(&p);
   cf_sim_result_t s;
   cf_sim_result_init(&s);
-  int refined = 0, with_holes = 0;
+  int refined = 0, with_holes = 0, windowed = 0;
   double worst = 0;
   for (int t = 0; t < 160; t++) {
     cf_sched_input_t in = {0};
@@ -80,6 +89,7 @@ CF_TEST(sched_holes_property_random_batches) {
     int64_t holes = 0;
     for (int r = 0; r < in.n_reqs; r++) holes += cf_sched_req_holes(&in.cost, &reqs[r]);
     with_holes += holes > 0;
+    windowed += in.cost.window > 0;
     double B = cf_bound(&in), mk[CF_POLICY_COUNT];
     for (int pol = 0; pol < CF_POLICY_COUNT; pol++) {
       mk[pol] = INFINITY;
@@ -115,7 +125,8 @@ CF_TEST(sched_holes_property_random_batches) {
       if (B > 0 && mk[CF_POLICY_OPTIMAL] / B > worst) worst = mk[CF_POLICY_OPTIMAL] / B;
     }
   }
-  printf("  %d of 160 batches had holes, %d refined; optimal/bound worst %.4f\n", with_holes, refined, worst);
+  printf("  %d of 160 batches had holes (%d windowed), %d refined; optimal/bound worst %.4f\n", with_holes,
+         windowed, refined, worst);
   CF_CHECK_GT(with_holes, 100);
   cf_sched_plan_free(&p);
   cf_sim_result_free(&s);
@@ -230,14 +241,17 @@ CF_TEST(sched_holes_beat_longest_prefix_h100) {
     cf_sched_input_t in = {.cost = c, .reqs = &q, .n_reqs = 1, .refine_evals = 200, .refine_budget_s = 60};
     CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_OPTIMAL, &p));
     CF_CHECK_OK(cf_sim_run(&in, &p, &s));
-    double holes = s.mean_ttft_s, bh = cf_bound(&in);
+    double holes = s.mean_ttft_s, bh = cf_bound(&in), mk = s.makespan_s;
     q.chunk_tier = tl;
     CF_CHECK_OK(cf_sched_plan(&in, CF_POLICY_OPTIMAL, &p));
     CF_CHECK_OK(cf_sim_run(&in, &p, &s));
     double longest = s.mean_ttft_s;
-    printf("  holes at %-14s TTFT %.2f ms (bound %.2f), longest prefix %.2f ms: ratio %.3f\n", pat[k].name,
-           holes * 1e3, bh * 1e3, longest * 1e3, holes / longest);
+    printf("  holes at %-14s TTFT %.2f ms (restore %.2f ms = %.4fx the bound), longest prefix %.2f ms: "
+           "ratio %.3f\n", pat[k].name, holes * 1e3, mk * 1e3, mk / bh, longest * 1e3, holes / longest);
     CF_CHECK_LE(holes, longest * (1 + 1e-9));
+    /* scattered holes pay a step per run and layer; the bound counts that (gamma per interval
+     * of computed tokens), so the plans sit at it (before: every 2nd chunk 1.25x) */
+    CF_CHECK_LE(mk, bh * 1.05);
   }
   cf_sched_plan_free(&p);
   cf_sim_result_free(&s);

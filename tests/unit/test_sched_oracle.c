@@ -45,6 +45,7 @@ typedef struct {
   double arr[OR_MAXR];
   double x[OR_MAXCELLS], y[OR_MAXCELLS]; /* per cell: marginal compute (no gamma), load (no latency) */
   int8_t st[OR_MAXCELLS];                /* 0 undecided, 1 loaded, 2 computed */
+  int8_t hole[OR_MAXCELLS];              /* a hole's cell (cf_sched.h): computed, never loaded */
   double fin[OR_MAXCELLS];
   or_op_t ops[OR_MAXOPS], best_ops[OR_MAXOPS];
   int nops, best_nops;
@@ -56,7 +57,7 @@ static inline int or_cell(const or_t *o, int r, int l, int ch) { return o->base[
 
 /* Fractional lower bound on the makespan from this node. */
 static double or_lower(const or_t *o, double cf, double lf, double maxfin) {
-  double amin = INFINITY, Y0 = 0, xs[OR_MAXCELLS], ys[OR_MAXCELLS];
+  double amin = INFINITY, X0 = 0, Y0 = 0, xs[OR_MAXCELLS], ys[OR_MAXCELLS];
   int m = 0;
   for (int r = 0; r < o->n; r++)
     for (int ch = 0; ch < o->nc[r]; ch++) {
@@ -66,7 +67,8 @@ static double or_lower(const or_t *o, double cf, double lf, double maxfin) {
         if (o->st[i] == 1) forced = 1;
         if (o->st[i]) continue;
         amin = fmin(amin, o->arr[r]);
-        if (forced) Y0 += o->y[i];
+        if (o->hole[i]) X0 += o->x[i];
+        else if (forced) Y0 += o->y[i];
         else { xs[m] = o->x[i]; ys[m] = o->y[i]; m++; }
       }
     }
@@ -78,9 +80,9 @@ static double or_lower(const or_t *o, double cf, double lf, double maxfin) {
       double t = xs[b]; xs[b] = xs[b - 1]; xs[b - 1] = t;
       t = ys[b]; ys[b] = ys[b - 1]; ys[b - 1] = t;
     }
-  double X = 0, Y = Y0;
+  double X = X0, Y = Y0;
   for (int i = 0; i < m; i++) Y += ys[i];
-  double T = fmax(cfe, lfe + Y);
+  double T = fmax(cfe + X, lfe + Y);
   for (int i = 0; i < m; i++) {
     double A = cfe + X, B = lfe + Y;
     if (A + xs[i] >= B - ys[i]) { /* the crossing lies inside cell i */
@@ -156,7 +158,8 @@ static void or_dfs(or_t *o, double cf, double lf, double last, int last_kind, do
           for (int l1 = l0 + 1; l1 <= L; l1++) {
             int ok = 1;
             for (int l = l0; l < l1 && ok; l++)
-              for (int ch = c0; ch < c1 && ok; ch++) ok = !o->st[or_cell(o, r, l, ch)];
+              for (int ch = c0; ch < c1 && ok; ch++)
+                ok = !o->st[or_cell(o, r, l, ch)] && !o->hole[or_cell(o, r, l, ch)];
             if (!ok) break; /* taller rectangles contain this one */
             double end = start + cf_sched_load_s(c, q, c0, c1, l1 - l0);
             for (int l = l0; l < l1; l++)
@@ -196,6 +199,7 @@ static double or_solve(or_t *o, const cf_sched_input_t *in, double ub, int *foun
       for (int l = 0; l < o->L; l++) {
         o->x[o->ncells + l * o->nc[r] + ch] = x;
         o->y[o->ncells + l * o->nc[r] + ch] = y;
+        o->hole[o->ncells + l * o->nc[r] + ch] = (int8_t)cf_sched_chunk_hole(q, ch);
       }
     }
     o->ncells += o->nc[r] * o->L;
@@ -273,7 +277,7 @@ static void or_dump(const or_t *o, const cf_sched_input_t *in, const cf_sched_pl
  * link 0.1-10x the compute of a chunk, latency 0-100 us, one or two tiers, arrivals at once or
  * staggered. */
 static void or_instance(cf_sched_input_t *in, cf_sched_req_t *reqs, uint8_t (*tiers)[OR_MAXCH],
-                        int maxcells) {
+                        int maxcells, int holes) {
   cf_sched_cost_t *c = &in->cost;
   memset(in, 0, sizeof *in);
   cf_cost_h100_llama8b(c);
@@ -300,16 +304,22 @@ static void or_instance(cf_sched_input_t *in, cf_sched_req_t *reqs, uint8_t (*ti
   c->link_latency_s = cf_test_uniform() * 100e-6;
   int two = cf_test_uniform() < 0.5;
   if (two) c->tier_Bps[1] = c->link_Bps * (0.1 + cf_test_uniform() * 1.4);
+  int any_hole = 0;
   double span = 0;
   for (int r = 0; r < in->n_reqs; r++) span += cf_bound_request(c, &reqs[r]);
   int stagger = cf_test_uniform() < 0.5;
   for (int r = 0; r < in->n_reqs; r++) {
     if (stagger) reqs[r].arrival_s = cf_test_uniform() * span;
-    if (two) {
-      for (int ch = 0; ch < OR_MAXCH; ch++) tiers[r][ch] = (uint8_t)(cf_test_uniform() < 0.5);
+    if (two || holes) {
+      for (int ch = 0; ch < OR_MAXCH; ch++) {
+        tiers[r][ch] = (uint8_t)(two && cf_test_uniform() < 0.5);
+        if (holes && cf_test_uniform() < 0.4) tiers[r][ch] = CF_SCHED_TIER_NONE;
+        any_hole |= ch < cf_cost_chunks(c, reqs[r].prefix_tokens) && tiers[r][ch] == CF_SCHED_TIER_NONE;
+      }
       reqs[r].chunk_tier = tiers[r];
     }
   }
+  if (holes && !any_hole) tiers[0][0] = CF_SCHED_TIER_NONE; /* every instance has one */
   in->reqs = reqs;
 }
 
@@ -325,7 +335,7 @@ static int env_int(const char *name, int dflt, int lo, int hi) {
 }
 
 /* optimal (default options) against the oracle on `trials` instances; reports the ratios. */
-static void oracle_sweep(const char *what, int trials) {
+static void oracle_sweep(const char *what, int trials, int holes, double limit) {
   int maxcells = env_int("CF_ORACLE_CELLS", 8, 1, OR_MAXCELLS);
   static or_t o;
   cf_sched_req_t reqs[OR_MAXR];
@@ -334,12 +344,12 @@ static void oracle_sweep(const char *what, int trials) {
   cf_sched_plan_init(&p);
   cf_sim_result_t s;
   cf_sim_result_init(&s);
-  double *ratio = malloc((size_t)trials * sizeof *ratio);
+  double *ratio = malloc((size_t)trials * sizeof *ratio), *gap = malloc((size_t)trials * sizeof *gap);
   int m = 0, skipped = 0, beaten = 0, over = 0;
   long nodes = 0;
   for (int t = 0; t < trials; t++) {
     cf_sched_input_t in;
-    or_instance(&in, reqs, tiers, maxcells);
+    or_instance(&in, reqs, tiers, maxcells, holes);
     /* the best other policy: the oracle's first incumbent */
     double ub = INFINITY;
     for (int pol = 0; pol < CF_POLICY_COUNT; pol++) {
@@ -360,43 +370,58 @@ static void oracle_sweep(const char *what, int trials) {
       CF_CHECK_MSG(fabs(sim - opt) <= 1e-9 * opt, "oracle %.9g vs cf_sim %.9g", opt, sim);
       beaten++;
     }
-    CF_CHECK_MSG(opt >= cf_bound(&in) * (1 - 1e-9), "optimum %.9g below the bound %.9g", opt,
-                 cf_bound(&in));
+    double B = cf_bound(&in);
+    CF_CHECK_MSG(opt >= B * (1 - 1e-9), "optimum %.9g below the bound %.9g", opt, B);
     double rt = mk / opt;
-    if (getenv("CF_ORACLE_VERBOSE") && rt > 1.02) or_dump(&o, &in, &p, found);
+    if (getenv("CF_ORACLE_VERBOSE") && rt > limit) or_dump(&o, &in, &p, found);
+    gap[m] = B > 0 ? opt / B : 1;
     ratio[m++] = rt;
-    if (rt > 1.02) {
+    if (rt > limit) {
       over++;
       printf("  %s trial %d: optimal %.6g s = %.4fx the exact %.6g s (%d reqs, %d layers, chunk "
              "%d, lat %.0f us, tier1 %g)\n", what, t, mk, rt, opt, in.n_reqs, in.cost.n_layers,
              in.cost.chunk_tokens, in.cost.link_latency_s * 1e6, in.cost.tier_Bps[1]);
     }
-    CF_CHECK_MSG(rt <= 1.02, "%s trial %d: optimal %.4fx the exact optimum", what, t, rt);
+    CF_CHECK_MSG(rt <= limit, "%s trial %d: optimal %.4fx the exact optimum", what, t, rt);
   }
   qsort(ratio, (size_t)m, sizeof *ratio, cmp_dbl);
+  qsort(gap, (size_t)m, sizeof *gap, cmp_dbl);
+  if (m) /* how loose the bound is: the exact optimum over it */
+    printf("  %s: exact / bound: median %.4f p90 %.4f max %.4f\n", what, gap[m / 2],
+           gap[(int)(0.9 * (m - 1))], gap[m - 1]);
   if (m)
     printf("  %s: optimal / exact over %d instances (<= %d cells; %d over the node cap): min %.4f "
            "median %.4f p90 %.4f max %.4f; the exact plan beat optimal's in %d; %.0f nodes/instance\n",
            what, m, maxcells, skipped, ratio[0], ratio[m / 2], ratio[(int)(0.9 * (m - 1))],
            ratio[m - 1], beaten, (double)nodes / trials);
-  if (m) printf("  %s: %d of %d instances over 1.02x the exact optimum\n", what, over, m);
+  if (m) printf("  %s: %d of %d instances over %.2fx the exact optimum\n", what, over, m, limit);
   /* The goal: every instance within 1.02x (asserted above). Before optimal's exact search for
    * tiny batches (cf_exact.c) 0.1-0.3% of them were over it (max seen 1.12x): plans with ops
    * of two requests interleaved on a stream, or a rising staircase with its small load first,
    * that the local search's moves cannot express. */
   CF_CHECK_LE(skipped * 100, trials); /* the cap is for pathological draws only */
   free(ratio);
+  free(gap);
   cf_sched_plan_free(&p);
   cf_sim_result_free(&s);
 }
 
 CF_TEST(sched_oracle_optimal_near_exact) {
-  oracle_sweep("property", env_int("CF_ORACLE_TRIALS", 600, 1, 10000000));
+  oracle_sweep("property", env_int("CF_ORACLE_TRIALS", 600, 1, 10000000), 0, 1.02);
 }
 
 /* A held-out draw (its own sequence from the same seed: the draws continue where the first
  * test's stop only when run in one binary, so it is seeded apart here). */
 CF_TEST(sched_oracle_held_out) {
   for (int i = 0; i < 7919; i++) (void)cf_test_rand();
-  oracle_sweep("held-out", env_int("CF_ORACLE_TRIALS", 600, 1, 10000000) / 2);
+  oracle_sweep("held-out", env_int("CF_ORACLE_TRIALS", 600, 1, 10000000) / 2, 0, 1.02);
+}
+
+/* Holes (cf_sched.h): about 40% of the chunks stored nowhere (computed at every layer; the
+ * oracle never loads them). Measures both gaps: optimal over the exact optimum (asserted within
+ * 1.02x per instance, as without holes; before cf_exact.c took holes, the local search alone
+ * left up to 1.10x on some seeds), and the exact optimum over the bound. */
+CF_TEST(sched_oracle_holes) {
+  for (int i = 0; i < 4409; i++) (void)cf_test_rand();
+  oracle_sweep("holes", env_int("CF_ORACLE_TRIALS", 600, 1, 10000000) / 2, 1, 1.02);
 }

@@ -45,6 +45,7 @@ static void sizes_case(const char *what, cf_sched_input_t *in, sizes_stats_t *st
   }
   double B = cf_bound(in), ratio = mk[CF_POLICY_OPTIMAL] / B, goal = in->n_reqs == 1 ? 1.05 : 1.10;
   CF_CHECK_MSG(ratio <= goal, "%s: optimal/bound %.4f > %.2f", what, ratio, goal);
+  if (getenv("CF_SIZES_VERBOSE") && ratio > 1.015) printf("  %s: %.4f\n", what, ratio);
   double *worst = in->n_reqs == 1 ? &st->worst_single : &st->worst_batch;
   if (ratio > *worst) *worst = ratio;
   for (int pol = 0; pol < CF_POLICY_OPTIMAL; pol++) {
