@@ -43,8 +43,8 @@ PY
 check "every restore verified, caps held, evictions and hits in every policy, cost table installed" "[ -z \"$why\" ]" "$why"
 check "a table per family and the best-other / cost line" \
   "[ \$(grep -c '^best other / cost, mean executed' $T/out.txt) -eq 4 ] && grep -q '^# rag' $T/out.txt" "$(cat "$T/out.txt")"
-"$PYTHON" "$EV" --families chat,video >/dev/null 2>"$T/e1.txt"
-check "an unknown family: exit 1 naming it" "[ \$? -ne 0 ] && grep -q \"unknown family 'video'\" $T/e1.txt" "$(cat "$T/e1.txt")"
-"$PYTHON" "$EV" --cap 0 >/dev/null 2>"$T/e2.txt"
-check "a zero capacity: refused" "[ \$? -ne 0 ] && grep -q -- '--cap must be' $T/e2.txt" "$(cat "$T/e2.txt")"
+"$PYTHON" "$EV" --families chat,video >/dev/null 2>"$T/e1.txt"; rc=$?
+check "an unknown family: refused, naming it" "[ $rc -ne 0 ] && grep -q \"unknown family 'video'\" $T/e1.txt" "$(cat "$T/e1.txt")"
+"$PYTHON" "$EV" --cap 0 >/dev/null 2>"$T/e2.txt"; rc=$?
+check "a zero capacity: refused" "[ $rc -ne 0 ] && grep -q -- '--cap must be' $T/e2.txt" "$(cat "$T/e2.txt")"
 finish
