@@ -41,11 +41,12 @@ import math
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from cfdaemon import Daemon, parse_prometheus  # noqa: E402  (the tests' daemon harness)
 
 C = 64                      # chunk_tokens of the daemons
 POLICIES = ["lru", "s3fifo", "cost"]
@@ -131,62 +132,22 @@ def ctl(build, *args):
     return subprocess.run([f"{build}/cacheflowctl", *args], capture_output=True, text=True)
 
 
-def metrics(sock):
-    """/metrics of the daemon's HTTP side on a unix socket, as {name{labels}: value}."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(30)
-    s.connect(sock)
-    s.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-    data = b""
-    while True:
-        b = s.recv(65536)
-        if not b:
-            break
-        data += b
-    s.close()
-    out = {}
-    for line in data.decode(errors="replace").split("\r\n\r\n", 1)[-1].splitlines():
-        if line and not line.startswith("#"):
-            k, _, v = line.rpartition(" ")
-            try:
-                out[k] = float(v)
-            except ValueError:
-                pass
-    return out
+def start_daemon(work, model, policy, cpu_bytes, ssd_bytes, cpu_gbps, ssd_gbps):
+    """The harness's cacheflowd (tests/lib/cfdaemon.py: its own directory under TMPDIR, socket
+    d.sock, HTTP side m.sock) with this policy, caps and links."""
+    d = Daemon(conf={"model": model, "cpu_tier_bytes": cpu_bytes, "ssd_tier_bytes": ssd_bytes,
+                     "chunk_tokens": C, "threads": 1, "batch_window_us": 2000, "log_level": "warn",
+                     "eviction": policy, "cpu_read_gbps": cpu_gbps, "ssd_read_gbps": ssd_gbps, "cost_refit": "on"})
+    d.policy, d.cpu_bytes, d.ssd_bytes = policy, cpu_bytes, ssd_bytes
+    return d.start()
 
 
-class Daemon:
-    def __init__(self, build, work, model, policy, cpu_bytes, ssd_bytes, cpu_gbps, ssd_gbps):
-        self.policy, self.dir = policy, os.path.join(work, policy)
-        os.makedirs(self.dir)
-        self.sock, self.msock = os.path.join(self.dir, "d.sock"), os.path.join(self.dir, "m.sock")
-        self.cpu_bytes, self.ssd_bytes = cpu_bytes, ssd_bytes
-        conf = os.path.join(self.dir, "d.conf")
-        with open(conf, "w") as f:
-            f.write(f"listen = unix:{self.sock}\nmetrics_listen = unix:{self.msock}\n"
-                    f"store_dir = {self.dir}/store\ncpu_tier_bytes = {cpu_bytes}\nssd_tier_bytes = {ssd_bytes}\n"
-                    f"chunk_tokens = {C}\nthreads = 1\nbatch_window_us = 2000\nlog_level = warn\n"
-                    f"eviction = {policy}\ncpu_read_gbps = {cpu_gbps}\nssd_read_gbps = {ssd_gbps}\ncost_refit = on\n")
-        self.log = open(os.path.join(self.dir, "d.log"), "w")
-        self.p = subprocess.Popen([f"{build}/cacheflowd", "--config", conf, "--model", model],
-                                  stdout=self.log, stderr=subprocess.STDOUT)
-        for _ in range(600):
-            if self.p.poll() is not None:
-                raise RuntimeError(f"cacheflowd ({policy}) exited {self.p.returncode}: see {self.dir}/d.log")
-            if os.path.exists(self.sock) and ctl(build, "status", "--addr", f"unix:{self.sock}").returncode == 0:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"cacheflowd ({policy}) does not answer")
-
-    def stop(self):
-        self.p.terminate()
-        try:
-            self.p.wait(60)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait()
-        self.log.close()
-        return self.p.returncode
+def metrics(d):
+    """/metrics as {(name, labels): value}."""
+    status, body = d.http("/metrics")
+    if status != 200:
+        raise RuntimeError(f"/metrics answered {status}")
+    return parse_prometheus(body)[0]
 
 
 # ---------------------------------------------------------------- replay
@@ -202,7 +163,7 @@ def tier_tokens(runs, limit):
 
 
 def run_request(build, d, model, work, q):
-    cmd = [f"{build}/cf-refengine", "--daemon", f"unix:{d.sock}", "--model", model, "--shm-dir", work,
+    cmd = [f"{build}/cf-refengine", "--daemon", d.addr, "--model", model, "--shm-dir", work,
            "--prefix", str(q["prompt"]), "--new", str(q["new"]), "--turns", "1", "--no-save-first", "--verify",
            "--policy", "optimal", "--seed", str(q["seed"]), "--shared", str(q["shared"]),
            "--shared-seed", str(q["shared_seed"])]
@@ -299,8 +260,8 @@ def main():
     results = {p: [] for p in pols}
     try:
         for p in pols:
-            daemons[p] = Daemon(build, work, model, p, cpu_chunks * chunk_bytes, ssd_chunks * chunk_bytes,
-                                a.cpu_gbps, a.ssd_gbps)
+            daemons[p] = start_daemon(work, model, p, cpu_chunks * chunk_bytes, ssd_chunks * chunk_bytes,
+                                      a.cpu_gbps, a.ssd_gbps)
         for i, q in enumerate(trace):
             order = pols[i % len(pols):] + pols[:i % len(pols)]
             for p in order:
@@ -313,12 +274,12 @@ def main():
                     results[p].append(res)
         caps = {}
         for p, d in daemons.items():
-            m = metrics(d.msock)
-            used = (m.get('cacheflow_tier_bytes_used{tier="cpu"}', 0), m.get('cacheflow_tier_bytes_used{tier="ssd"}', 0))
+            m = metrics(d)
+            used = (m.get(("cacheflow_tier_bytes_used", '{tier="cpu"}'), 0), m.get(("cacheflow_tier_bytes_used", '{tier="ssd"}'), 0))
             caps[p] = {"cpu_used": used[0], "ssd_used": used[1], "cpu_cap": d.cpu_bytes, "ssd_cap": d.ssd_bytes,
-                       "evictions": m.get('cacheflow_store_evictions_total{tier="cpu"}', 0) +
-                       m.get('cacheflow_store_evictions_total{tier="ssd"}', 0),
-                       "cost_tables": m.get("cacheflow_evict_cost_tables_total", 0)}
+                       "evictions": m.get(("cacheflow_store_evictions_total", '{tier="cpu"}'), 0) +
+                       m.get(("cacheflow_store_evictions_total", '{tier="ssd"}'), 0),
+                       "cost_tables": m.get(("cacheflow_evict_cost_tables_total", ""), 0)}
             if used[0] > d.cpu_bytes or used[1] > d.ssd_bytes:
                 fail += 1
                 print(f"FAIL {p}: tiers hold {used} bytes, caps ({d.cpu_bytes}, {d.ssd_bytes})", file=sys.stderr)
@@ -327,7 +288,7 @@ def main():
             rc = d.stop()
             if rc:
                 fail += 1
-                print(f"FAIL {p}: cacheflowd exited {rc} (log {d.dir}/d.log)", file=sys.stderr)
+                print(f"FAIL {p}: cacheflowd exited {rc}: {d.final_log[-2000:]}", file=sys.stderr)
     summ = {"all": {p: summarize(rs) for p, rs in results.items() if rs}}
     for f in fams:
         summ[f] = {p: summarize([x for x in rs if x["family"] == f]) for p, rs in results.items()
