@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/python3
 """The eviction evaluation on the real daemon (issue 15.3, last sentence): lru, s3fifo and cost,
 executed vs simulated, at one constrained capacity.
 
@@ -27,7 +27,8 @@ affects every policy alike.
 
 Per policy (and family) it reports, from the daemon's own measurements (RestoreStats of each
 Restore: time_us executed, predicted_us the planner's simulated makespan of the same plan):
-executed mean / p99 restore time, simulated mean / p99, executed / simulated, and the hit ratio
+executed mean / p99 restore time, simulated mean / p99, executed / simulated (of the sums, and
+the median of the restores' own ratios), and the hit ratio
 (prompt tokens stored in some tier / prompt tokens, from Lookup before each restore; cpu: in the
 CPU tier). Then the ratio of the best other policy's mean executed restore time to cost's.
 Exits 1 when an engine failed or a restore did not verify, or a daemon held more than its caps.
@@ -41,6 +42,7 @@ import math
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -192,6 +194,7 @@ def summarize(rs):
     return {"n": len(rs), "exec_mean_ms": sum(ex) / len(ex), "exec_p99_ms": p99(ex),
             "sim_mean_ms": sum(si) / len(si), "sim_p99_ms": p99(si),
             "exec_over_sim": sum(ex) / sum(si) if sum(si) > 0 else float("nan"),
+            "exec_over_sim_median": statistics.median([e / x for e, x in zip(ex, si) if x > 0] or [float("nan")]),
             "hit": sum(r["stored"] for r in rs) / pt, "cpu_hit": sum(r["cpu"] for r in rs) / pt,
             "holes": sum(r["holes"] for r in rs)}
 
@@ -199,10 +202,10 @@ def summarize(rs):
 def print_table(title, summ):
     print(f"# {title}")
     print(f"{'policy':<8} {'n':>3} {'exec mean':>10} {'exec p99':>10} {'sim mean':>10} {'sim p99':>10} "
-          f"{'exec/sim':>8} {'hit':>6} {'cpu hit':>7}")
+          f"{'exec/sim':>8} {'median':>6} {'hit':>6} {'cpu hit':>7}")
     for pol, s in summ.items():
         print(f"{pol:<8} {s['n']:>3} {s['exec_mean_ms']:>8.1f}ms {s['exec_p99_ms']:>8.1f}ms {s['sim_mean_ms']:>8.1f}ms "
-              f"{s['sim_p99_ms']:>8.1f}ms {s['exec_over_sim']:>8.2f} {100 * s['hit']:>5.1f}% {100 * s['cpu_hit']:>6.1f}%")
+              f"{s['sim_p99_ms']:>8.1f}ms {s['exec_over_sim']:>8.2f} {s['exec_over_sim_median']:>6.2f} {100 * s['hit']:>5.1f}% {100 * s['cpu_hit']:>6.1f}%")
     if "cost" in summ and len(summ) > 1:
         for key, name in (("exec_mean_ms", "executed"), ("sim_mean_ms", "simulated")):
             best = min(s[key] for p, s in summ.items() if p != "cost")
