@@ -12,11 +12,10 @@ void cf_evict_refresh_init(cf_evict_refresh_t *r, double tol) {
   r->tol = tol > 0 ? tol : CF_EVICT_REFRESH_TOL;
 }
 
-void cf_evict_refresh_bind(cf_evict_refresh_t *r, cf_store_t *store, uint32_t chunk_tokens, uint32_t span_tokens) {
+void cf_evict_refresh_bind(cf_evict_refresh_t *r, cf_store_t *store, uint32_t chunk_tokens) {
   pthread_mutex_lock(&r->mu);
   r->store = store;
   r->chunk_tokens = chunk_tokens;
-  r->span_tokens = span_tokens;
   r->have = 0; /* the next offer installs */
   pthread_mutex_unlock(&r->mu);
 }
@@ -40,7 +39,7 @@ int cf_evict_refresh_offer(cf_evict_refresh_t *r, const cf_sched_cost_t *cost, i
     return 0;
   }
   cf_store_cost_t t;
-  cf_evict_cost_table_span(cost, r->chunk_tokens, r->span_tokens, &t); /* 128 entries: cheap next to a plan */
+  cf_evict_cost_table(cost, r->chunk_tokens, &t); /* 128 entries: cheap next to a plan */
   r->offers++;
   int install = force || !r->have || cf__moved(&r->installed, &t, r->tol);
   if (install) {

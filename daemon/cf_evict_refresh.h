@@ -24,7 +24,7 @@
 typedef struct {
   pthread_mutex_t mu;
   cf_store_t *store;          /* borrowed; NULL: nothing to refresh */
-  uint32_t chunk_tokens, span_tokens;
+  uint32_t chunk_tokens;
   double tol;                 /* relative change of some entry that installs a new table */
   cf_store_cost_t installed;  /* what the store values chunks with now */
   int have;
@@ -36,9 +36,8 @@ typedef struct {
 
 /* Unbound: every offer is ignored (eviction is not cost, or no store). tol <= 0: CF_EVICT_REFRESH_TOL. */
 void cf_evict_refresh_init(cf_evict_refresh_t *r, double tol);
-/* The store to keep in step (borrowed; NULL unbinds), its chunks of chunk_tokens tokens, the
- * table's buckets spanning span_tokens (the model's context; 0: 128k). */
-void cf_evict_refresh_bind(cf_evict_refresh_t *r, cf_store_t *store, uint32_t chunk_tokens, uint32_t span_tokens);
+/* The store to keep in step (borrowed; NULL unbinds), its chunks of chunk_tokens tokens. */
+void cf_evict_refresh_bind(cf_evict_refresh_t *r, cf_store_t *store, uint32_t chunk_tokens);
 void cf_evict_refresh_close(cf_evict_refresh_t *r);
 /* Offer the model plans use now; `force` installs even an unchanged table (start-up, reload).
  * Returns 1 when a table was installed, else 0. */

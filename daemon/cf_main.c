@@ -556,10 +556,7 @@ static int cf__open_model_and_store(cf_daemon_t *d, cf_service_backend_t *be) {
   if (rc) { CF_ERROR("%s: %s", cf_strerror(rc), cf_errmsg()); return 1; }
   cf_storage_backend(d->storage, be);
   if (d->cfg.eviction == CF_EVICT_COST) { /* (the policy is fixed at start: the store is opened with it) */
-    /* the table's buckets span the model's context (max_position_embeddings), at most 128k */
-    int mp = d->weights->cfg.max_pos;
-    cf_evict_refresh_bind(&d->evict, cf_storage_store(d->storage), (uint32_t)d->cfg.chunk_tokens,
-                          mp > 0 && mp < 131072 ? (uint32_t)mp : 131072u);
+    cf_evict_refresh_bind(&d->evict, cf_storage_store(d->storage), (uint32_t)d->cfg.chunk_tokens);
     cf_planner_set_evict(&d->planner, &d->evict);
   }
   cf_notify("STATUS=measuring the cost model");

@@ -4,14 +4,9 @@
 #include <string.h>
 
 void cf_evict_cost_table(const cf_sched_cost_t *c, uint32_t chunk_tokens, cf_store_cost_t *out) {
-  cf_evict_cost_table_span(c, chunk_tokens, 131072u, out);
-}
-
-void cf_evict_cost_table_span(const cf_sched_cost_t *c, uint32_t chunk_tokens, uint32_t span_tokens,
-                              cf_store_cost_t *out) {
   memset(out, 0, sizeof *out);
   uint32_t C = chunk_tokens ? chunk_tokens : 1;
-  uint32_t span = ((span_tokens ? span_tokens : 131072u) + C - 1) / C; /* chunks in the span */
+  uint32_t span = (131072u + C - 1) / C; /* chunks in 128k tokens */
   out->bucket_chunks = (span + CF_STORE_COST_BUCKETS - 1) / CF_STORE_COST_BUCKETS;
   if (!out->bucket_chunks) out->bucket_chunks = 1;
   const double L = c->n_layers > 0 ? c->n_layers : 1;

@@ -13,10 +13,5 @@
  * rate(t), at least 1% of the recompute (a chunk slower to read than to compute is still
  * worth keeping a little: the planner may read part of it while the GPU is busy). */
 void cf_evict_cost_table(const cf_sched_cost_t *c, uint32_t chunk_tokens, cf_store_cost_t *out);
-/* The same with the 64 buckets spanning span_tokens (0: 128k) instead of 128k: a model whose
- * context is shorter (the daemon passes max_position_embeddings) gets buckets that tell its
- * positions apart (the demo model's 32k at 64-token chunks: 8 chunks a bucket, not 32). */
-void cf_evict_cost_table_span(const cf_sched_cost_t *c, uint32_t chunk_tokens, uint32_t span_tokens,
-                              cf_store_cost_t *out);
 
 #endif
