@@ -199,7 +199,7 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
       CF__P("# HELP cacheflow_evict_cost_tables_total Value tables of eviction = cost handed to the store (start-up, reload, "
             "and each time the online re-fit moved the planner's model by over %.0f%%).\n# TYPE cacheflow_evict_cost_tables_total counter\n"
             "cacheflow_evict_cost_tables_total %llu\n", CF_EVICT_REFRESH_TOL * 100, (unsigned long long)e.installs);
-      CF__P("# HELP cacheflow_evict_cost_saved_seconds What one chunk at the deepest position (128k tokens) saves a restore "
+      CF__P("# HELP cacheflow_evict_cost_saved_seconds What one chunk in the deepest bucket (126k-128k tokens) saves a restore "
             "by being in the tier, per the installed table.\n# TYPE cacheflow_evict_cost_saved_seconds gauge\n"
             "cacheflow_evict_cost_saved_seconds{tier=\"cpu\"} %.9g\ncacheflow_evict_cost_saved_seconds{tier=\"ssd\"} %.9g\n",
             e.saved_s[0], e.saved_s[1]);
