@@ -7,6 +7,7 @@
 #   make tsan    the daemon under ThreadSanitizer, through the integration tests that start it
 #   make demo    generate the demo model and run the main job on the CPU backend
 #   make eval-evict  trace-driven evaluation of the eviction policies (lru / s3fifo / cost)
+#   make eval-evict-daemon  the same policies on the real daemon: executed vs simulated restores
 #   make clean
 #
 # Knobs: CC, NVCC, CUDA_HOME, BUILD, OPT, V=1 (show commands), CUDA=0 (skip CUDA).
@@ -95,7 +96,7 @@ ALL_LIBS    = $(LIBCF) $(LIBKERN) $(LDLIBS) $(if $(filter 1,$(CUDA)),$(CUDA_LDLI
 BINS := $(BUILD)/cacheflowctl $(if $(SIM_SRC),$(BUILD)/cacheflow-sim) \
         $(if $(DAEMON_SRC),$(BUILD)/cacheflowd)
 
-.PHONY: all deps test asan tsan daemon-bins demo clean banner install bench fuzz test-engines bench-engines eval-evict
+.PHONY: all deps test asan tsan daemon-bins demo clean banner install bench fuzz test-engines bench-engines eval-evict eval-evict-daemon
 all: banner $(LIBCF) $(LIBKERN) $(BINS) $(UNIT_BIN) $(BENCH_BIN) $(KTEST_BIN)
 # daemon: Python stubs and the client library (also for pkg-config users).
 all: $(PY_STUBS) $(LIBCLIENT)
@@ -271,6 +272,11 @@ bench: all
 # eviction policies on generated traces (issue 15.3); EVAL_ARGS="--seed 7 --scale 0.5" etc.
 eval-evict: $(BUILD)/bench/bench_eval_evict
 	tests/bench/eval_evict.sh $(EVAL_ARGS)
+
+# the same on three real cacheflowd (demo model, CPU backend, emulated links), one capacity;
+# EVAL_ARGS="--seed 2 --cap 0.3" etc. (tests/bench/eval_evict_daemon.py)
+eval-evict-daemon: $(BINS) $(REFENGINE)
+	BUILD=$(BUILD) $(PYTHON) tests/bench/eval_evict_daemon.py $(EVAL_ARGS)
 
 demo: deps
 	$(Q)$(MAKE) --no-print-directory all

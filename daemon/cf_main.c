@@ -27,7 +27,6 @@
 #include "cf_dataplane.h"
 #include "cf_storage.h"
 #include "cf_tls.h"
-#include "exec/cf_evict_cost.h"
 #include "model/cf_model.h"
 #include "store/cf_remote.h"
 #include "util/cf_err.h"
@@ -50,6 +49,7 @@ typedef struct {
   int have_gexec;
   cf_sched_cost_t cost;                /* measured at start; planning input */
   cf_planner_t planner;                /* plans restores (on the executor thread) with `cost`, re-fitted */
+  cf_evict_refresh_t evict;            /* eviction = cost: the store's value table, following the planner's model */
   double measured_link_Bps;            /* memcpy rate, before any cpu_read_gbps limit */
   double measured_remote_Bps;          /* the remote tier's probed read rate (0: none / not reached) */
   cf_storage_t *storage;
@@ -193,6 +193,17 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
           (unsigned long long)t.corrupt_cells);
     CF__P("# HELP cacheflow_store_io_errors_total Store I/O errors.\n# TYPE cacheflow_store_io_errors_total counter\ncacheflow_store_io_errors_total %llu\n",
           (unsigned long long)t.io_errors);
+    if (d->cfg.eviction == CF_EVICT_COST) {
+      cf_evict_refresh_stats_t e;
+      cf_evict_refresh_stats(&d->evict, &e);
+      CF__P("# HELP cacheflow_evict_cost_tables_total Value tables of eviction = cost handed to the store (start-up, reload, "
+            "and each time the online re-fit moved the planner's model by over %.0f%%).\n# TYPE cacheflow_evict_cost_tables_total counter\n"
+            "cacheflow_evict_cost_tables_total %llu\n", CF_EVICT_REFRESH_TOL * 100, (unsigned long long)e.installs);
+      CF__P("# HELP cacheflow_evict_cost_saved_seconds What one chunk in the deepest bucket (126k-128k tokens) saves a restore "
+            "by being in the tier, per the installed table.\n# TYPE cacheflow_evict_cost_saved_seconds gauge\n"
+            "cacheflow_evict_cost_saved_seconds{tier=\"cpu\"} %.9g\ncacheflow_evict_cost_saved_seconds{tier=\"ssd\"} %.9g\n",
+            e.saved_s[0], e.saved_s[1]);
+    }
   }
   if (d->rpc) {
     cf_rpc_stats_t rs;
@@ -402,12 +413,10 @@ static void cf__apply_link(cf_daemon_t *d) {
   int have_remote = d->storage && cf_store_remote(cf_storage_store(d->storage));
   d->cost.tier_Bps[CF_PLAN_TIER_REMOTE] = !have_remote ? 0 : rem < d->measured_link_Bps ? rem : d->measured_link_Bps;
   cf_planner_set_cost(&d->planner, &d->cost, (int)d->cfg.cost_refit);
-  if (d->storage && d->cfg.eviction == CF_EVICT_COST) {
-    /* the store's cost eviction policy values chunks with the model the planner uses */
-    cf_store_cost_t t;
-    cf_evict_cost_table(&d->cost, (uint32_t)d->cfg.chunk_tokens, &t);
-    cf_store_set_cost(cf_storage_store(d->storage), &t);
-  }
+  /* the store's cost eviction policy values chunks with the model the planner uses now (the
+   * re-fitted one); later rounds refresh it as the re-fit moves (cf_planner_set_evict) */
+  cf_sched_cost_t now;
+  if (!cf_planner_cost_now(&d->planner, &now)) cf_evict_refresh_offer(&d->evict, &now, 1);
 }
 
 /* Plans that fit the memory budget (issue 18): the planner gets what a restore's compute may
@@ -546,6 +555,10 @@ static int cf__open_model_and_store(cf_daemon_t *d, cf_service_backend_t *be) {
   rc = cf_storage_open(&d->storage, &d->cfg, &d->model, kvdt, d->have_gexec ? &d->gexec : NULL);
   if (rc) { CF_ERROR("%s: %s", cf_strerror(rc), cf_errmsg()); return 1; }
   cf_storage_backend(d->storage, be);
+  if (d->cfg.eviction == CF_EVICT_COST) { /* (the policy is fixed at start: the store is opened with it) */
+    cf_evict_refresh_bind(&d->evict, cf_storage_store(d->storage), (uint32_t)d->cfg.chunk_tokens);
+    cf_planner_set_evict(&d->planner, &d->evict);
+  }
   cf_notify("STATUS=measuring the cost model");
   if ((rc = cf_calib_cost(d->backend, d->weights, (int)d->cfg.chunk_tokens, 0, &d->cost))) {
     CF_ERROR("backend/calibration: %s: %s", cf_strerror(rc), cf_errmsg());
@@ -648,6 +661,7 @@ static void cf__teardown(cf_daemon_t *d) {
   cf_backend_free(d->backend);
   cf_model_free(d->weights);
   cf_planner_close(&d->planner);
+  cf_evict_refresh_close(&d->evict);
 }
 
 int main(int argc, char **argv) {
@@ -661,6 +675,7 @@ int main(int argc, char **argv) {
 
   d->loop = uv_default_loop();
   cf_planner_init(&d->planner, d->cfg.cost_refit_weight);
+  cf_evict_refresh_init(&d->evict, 0); /* inert until a cost-evicting store is bound */
   d->t_start = uv_hrtime();
   CF_INFO("starting cacheflowd %s config=%s listen=%s", CF_VERSION, d->config_path ? d->config_path : "(defaults)", d->cfg.listen);
   cf_service_backend_t be;

@@ -306,13 +306,31 @@ void cf_planner_set_memory(cf_planner_t *pl, double budget_bytes, double bytes_p
 
 cf_refit_t *cf_planner_refit(cf_planner_t *pl) { return &pl->refit; }
 
-int cf_planner_plan(cf_planner_t *pl, const cf_plan_input_t *ins, cf_restore_plan_t *out, int n, int C, int L) {
+int cf_planner_cost_now(cf_planner_t *pl, cf_sched_cost_t *out) {
   pthread_mutex_lock(&pl->mu);
-  cf_sched_cost_t cost = pl->cost; /* what this round is planned with */
+  *out = pl->cost;
   int have = pl->have_cost, refit_on = pl->refit_on;
-  cf_memfit_t mem = pl->mem;
   pthread_mutex_unlock(&pl->mu);
-  if (have && refit_on) cf_refit_apply(&pl->refit, &cost);
+  if (!have) return CF_EAGAIN;
+  if (refit_on) cf_refit_apply(&pl->refit, out);
+  return 0;
+}
+
+void cf_planner_set_evict(cf_planner_t *pl, cf_evict_refresh_t *r) {
+  pthread_mutex_lock(&pl->mu);
+  pl->evict = r;
+  pthread_mutex_unlock(&pl->mu);
+}
+
+int cf_planner_plan(cf_planner_t *pl, const cf_plan_input_t *ins, cf_restore_plan_t *out, int n, int C, int L) {
+  cf_sched_cost_t cost; /* what this round is planned with */
+  int have = !cf_planner_cost_now(pl, &cost);
+  pthread_mutex_lock(&pl->mu);
+  cf_memfit_t mem = pl->mem;
+  cf_evict_refresh_t *evict = pl->evict;
+  pthread_mutex_unlock(&pl->mu);
+  /* the re-fit moved the model since the last round: the store's eviction follows it */
+  if (have && evict) cf_evict_refresh_offer(evict, &cost, 0);
   if (pl->test_hold_ms > 0) {
     struct timespec ts = {pl->test_hold_ms / 1000, (long)(pl->test_hold_ms % 1000) * 1000000L};
     nanosleep(&ts, NULL);

@@ -24,6 +24,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "cf_evict_refresh.h"
 #include "cf_refit.h"
 #include "exec/cf_exec.h"
 #include "sched/cf_memfit.h"
@@ -134,6 +135,7 @@ typedef struct {
   int refit_on;               /* plan with the re-fitted model (config cost_refit) */
   cf_refit_t refit;
   cf_memfit_t mem;            /* mem.budget_bytes > 0: plans fit the restore working memory's budget */
+  cf_evict_refresh_t *evict;  /* NULL, or the store's cost eviction table, offered every round's model (borrowed) */
   /* Tests only: environment CF_TEST_PLAN_HOLD_MS (read at init) makes every planning step take
    * at least that long, so a test can show the loop answering while a batch is being planned
    * however fast the planner is. 0 (unset) in production. */
@@ -150,6 +152,12 @@ void cf_planner_set_cost(cf_planner_t *pl, const cf_sched_cost_t *cost, int refi
 void cf_planner_set_memory(cf_planner_t *pl, double budget_bytes, double bytes_per_token);
 /* Where executed restores report how their plans ran, and GetStats / /metrics read it. */
 cf_refit_t *cf_planner_refit(cf_planner_t *pl);
+/* The model a round would be planned with now: the calibrated one, re-fitted when cost_refit is
+ * on. 0, or CF_EAGAIN before cf_planner_set_cost. */
+int cf_planner_cost_now(cf_planner_t *pl, cf_sched_cost_t *out);
+/* Offer every round's model (re-fitted) to `r` (NULL: none), so that the store's cost eviction
+ * values chunks with what the planner plans with (cf_evict_refresh.h). Set before restores run. */
+void cf_planner_set_evict(cf_planner_t *pl, cf_evict_refresh_t *r);
 
 /* Plan a round: ins[0..n) into out[0..n), one lib/sched plan per policy present, chunks of C
  * tokens, L layers. Every restore gets a plan (the fallback where lib/sched fails or there is

@@ -39,6 +39,10 @@
  * --no-save-turns: turns are not saved after their restore (the store keeps what it held: a test
  * that made holes in it restores them with every policy; what the daemon holds locally afterwards
  * is only what it stored itself, e.g. its promotions of remote hits).
+ * --shared N --shared-seed S: the conversation's first N tokens are drawn from seed S instead of
+ * --seed (the rest from --seed as without it), so engines with the same S and N share an N-token
+ * prefix (a system prompt, a document) and nothing after it: the eviction evaluation's traces
+ * (tests/bench/eval_evict_daemon.py).
  * The prefill line reports Lookup's leading run (lookup_cached, per tier) and every stored chunk
  * (lookup_stored, lookup_runs: "tier:tokens ..." with tier none/cpu/ssd/remote); a restore line
  * PlanSummary.hole_chunks (stored nowhere, computed at every layer).
@@ -67,6 +71,8 @@ typedef struct {
   const char *daemon, *model_dir, *shm_dir, *policy;
   int prefix, new_tokens, turns, block, concurrent, verify, threads, unreg_mid, present, durable, no_save_first, no_save_turns;
   int evict_turns;            /* --evict-before-save: drop the whole store before each turn's Save */
+  int shared;                 /* --shared: the first `shared` tokens come from shared_seed */
+  unsigned long long shared_seed;
   cf_dtype_t kv_dtype;
   unsigned long long seed;
 } opts_t;
@@ -464,7 +470,8 @@ int main(int argc, char **argv) {
                                {"seed", 1, 0, 'S'}, {"threads", 1, 0, 'T'}, {"unregister-mid-restore", 0, 0, 'U'},
                                {"kv-dtype", 1, 0, 'K'}, {"present", 1, 0, 'k'}, {"durable", 0, 0, 'D'},
                                {"no-save-first", 0, 0, 'N'}, {"no-save-turns", 0, 0, 'X'},
-                               {"evict-before-save", 0, 0, 'E'}, {0, 0, 0, 0}};
+                               {"evict-before-save", 0, 0, 'E'}, {"shared", 1, 0, 'H'},
+                               {"shared-seed", 1, 0, 'h'}, {0, 0, 0, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
     switch (ch) {
@@ -491,13 +498,15 @@ int main(int argc, char **argv) {
       case 'N': o->no_save_first = 1; break;
       case 'X': o->no_save_turns = 1; break;
       case 'E': o->evict_turns = 1; break;
+      case 'H': o->shared = atoi(optarg); break;
+      case 'h': o->shared_seed = strtoull(optarg, NULL, 10); break;
       default: fprintf(stderr, "usage: see the comment at the top of tests/engine/cf_refengine.c\n"); return 2;
     }
   }
   if (!o->daemon || !o->model_dir || o->prefix < 1 || o->new_tokens < 1 || o->turns < 0 || o->block < 1 ||
-      o->concurrent < 0 || o->concurrent > 64 || policy_value(o->policy) < 0 || o->present < 0 || o->present > o->prefix) {
+      o->concurrent < 0 || o->concurrent > 64 || policy_value(o->policy) < 0 || o->present < 0 || o->present > o->prefix || o->shared < 0) {
     fprintf(stderr, "cf-refengine: need --daemon and --model; --prefix/--new/--block >= 1, --turns >= 0 (0: prefill and save only); --concurrent 0..64; "
-                    "--policy default|recompute|load|cake|layerwise|cacheflow|optimal\n");
+                    "--shared >= 0; --policy default|recompute|load|cake|layerwise|cacheflow|optimal\n");
     return 2;
   }
   int rc = cf_model_load(o->model_dir, &e.m);
@@ -509,10 +518,11 @@ int main(int argc, char **argv) {
   /* the conversation: a random first prompt, then `new` tokens per turn */
   e.conv_len = o->prefix + o->new_tokens * (o->turns + 1);
   e.conv = malloc(sizeof(int32_t) * e.conv_len);
-  unsigned long long s = o->seed * 0x9e3779b97f4a7c15ULL + 1;
+  unsigned long long s = o->seed * 0x9e3779b97f4a7c15ULL + 1, sh = o->shared_seed * 0x9e3779b97f4a7c15ULL + 1;
   for (int i = 0; i < e.conv_len; i++) {
     s = s * 6364136223846793005ULL + 1442695040888963407ULL;
-    e.conv[i] = (int32_t)((s >> 33) % (unsigned long long)e.m->cfg.vocab);
+    sh = sh * 6364136223846793005ULL + 1442695040888963407ULL; /* token i of the shared prefix */
+    e.conv[i] = (int32_t)(((i < o->shared ? sh : s) >> 33) % (unsigned long long)e.m->cfg.vocab);
   }
   e.n_seqs = 2 + o->concurrent;
   cf_client_t *c;

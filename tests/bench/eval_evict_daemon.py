@@ -1,0 +1,322 @@
+#!/usr/bin/python3
+"""The eviction evaluation on the real daemon (issue 15.3, last sentence): lru, s3fifo and cost,
+executed vs simulated, at one constrained capacity.
+
+One cacheflowd per policy (CPU backend, the demo model of `cacheflowctl gen-model`, chunks of 64
+tokens, `eviction = lru|s3fifo|cost`, CPU and SSD tiers capped at a fraction of the trace's
+working set, the SSD tier in real files under the run's directory, emulated tier links
+`cpu_read_gbps` / `ssd_read_gbps`, the online re-fit on) replays the same trace through the real
+gRPC API: each request is one reference engine (cf-refengine: shared-memory KV blocks, Restore
+then prefill of the new tokens, Save of prompt + answer) that
+  - prefills the prompt itself only as the reference (--no-save-first: what the store holds is
+    what earlier requests saved),
+  - restores the prompt through the daemon with the `optimal` policy (stored chunks loaded from
+    their tier, holes and the unsaved tail computed) and verifies every restored cell against
+    recompute (bit-exact where loaded, within tolerance where computed: --verify),
+  - saves prompt + answer.
+The trace's families mirror tests/bench/bench_eval_evict.c, scaled to the demo model and a
+2-core machine (prompts up to ~1.5k tokens instead of 128k):
+  chat     sessions over a few shared system prompts, each turn the whole history plus a user
+           message (heavy-tailed: now and then a pasted document), turns interleaved across
+           sessions by exponential think times;
+  agentic  runs over a long shared tool prompt, each step appending a heavy-tailed tool output;
+  rag      questions over shared documents (Zipf popularity, heavy-tailed lengths).
+Requests are replayed in the same order against every policy's daemon, the three daemons
+interleaved request by request (rotating which goes first), so that a busy machine's drift
+affects every policy alike.
+
+Per policy (and family) it reports, from the daemon's own measurements (RestoreStats of each
+Restore: time_us executed, predicted_us the planner's simulated makespan of the same plan):
+executed mean / p99 restore time, simulated mean / p99, executed / simulated (of the sums, and
+the median of the restores' own ratios), and the hit ratio
+(prompt tokens stored in some tier / prompt tokens, from Lookup before each restore; cpu: in the
+CPU tier). Then the ratio of the best other policy's mean executed restore time to cost's.
+Exits 1 when an engine failed or a restore did not verify, or a daemon held more than its caps.
+
+Usage: eval_evict_daemon.py [--seed N] [--scale X] [--cap F] [--families chat,agentic,rag]
+                            [--cpu-gbps G] [--ssd-gbps G] [--json FILE] [--smoke] [--keep]
+"""
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from cfdaemon import Daemon, parse_prometheus  # noqa: E402  (the tests' daemon harness)
+
+C = 64                      # chunk_tokens of the daemons
+POLICIES = ["lru", "s3fifo", "cost"]
+MAX_PROMPT = 1536           # the scaled-down "128k"
+
+
+def lognorm(r, median, sigma, lo, hi):
+    return int(min(hi, max(lo, median * math.exp(sigma * r.gauss(0, 1)))))
+
+
+# ---------------------------------------------------------------- traces
+# A request: the conversation's shared prefix (shared_seed, shared tokens), its own seed, the
+# prompt length (restored) and the answer (new: prefilled by the engine, saved with the prompt).
+def req(t, fam, shared_seed, shared, seed, prompt, new):
+    return {"t": t, "family": fam, "shared_seed": shared_seed, "shared": shared, "seed": seed,
+            "prompt": min(prompt, MAX_PROMPT), "new": new}
+
+
+def trace_chat(r, n, base):
+    sys_prompts = [(base + 900 + i, 128) for i in range(3)]
+    out, s = [], 0
+    while len(out) < n:  # whole sessions until the trace has n requests
+        s += 1
+        sp, sl = sys_prompts[r.randrange(len(sys_prompts))]
+        t = r.uniform(0, 60.0)
+        prompt = sl + lognorm(r, 96, 1.0, 16, 768)   # a user message, now and then a pasted document
+        for _ in range(1 + int(r.expovariate(1 / 2.5))):
+            out.append(req(t, "chat", sp, sl, base + s, prompt, 48))
+            prompt += 48 + lognorm(r, 48, 1.0, 8, 512)  # the answer, then the next message
+            t += r.expovariate(1 / 30.0)                  # think time
+            if prompt > MAX_PROMPT:
+                break
+    out.sort(key=lambda q: q["t"])
+    return out
+
+
+def trace_agentic(r, n, base):
+    tools = [(base + 800, 512), (base + 801, 384)]
+    out, k = [], 0
+    while len(out) < n:  # whole runs until the trace has n requests
+        k += 1
+        tp, tl = tools[k % len(tools)]
+        t = r.uniform(0, 15.0)
+        prompt = tl + lognorm(r, 64, 0.5, 16, 256)       # the task
+        for _ in range(2 + r.randrange(3)):
+            out.append(req(t, "agentic", tp, tl, base + 100 + k, prompt, 32))
+            prompt += 32 + lognorm(r, 96, 1.2, 16, 768)  # the action, then a tool output
+            t += r.expovariate(1 / 4.0)
+            if prompt > MAX_PROMPT:
+                break
+    out.sort(key=lambda q: q["t"])
+    return out
+
+
+def trace_rag(r, n, base):
+    ndocs = max(3, n // 2)
+    docs = [(base + 700 + d, lognorm(r, 448, 0.7, 128, 1280)) for d in range(ndocs)]
+    w = [1.0 / (d + 1) ** 1.1 for d in range(ndocs)]  # Zipf popularity
+    out = []
+    for i in range(n):
+        dp, dl = r.choices(docs, weights=w)[0]
+        out.append(req(float(i), "rag", dp, dl, base + 200 + i, dl + lognorm(r, 40, 0.5, 8, 160), 32))
+    return out
+
+
+FAMILIES = {"chat": trace_chat, "agentic": trace_agentic, "rag": trace_rag}
+
+
+def chunk_ids(q):
+    """The keys of the full chunks a request saves (prompt + answer): chunk c is shared across
+    requests with the same shared prefix when it lies inside it, else the conversation's own."""
+    ids = []
+    for c in range((q["prompt"] + q["new"]) // C):
+        if (c + 1) * C <= q["shared"]:
+            ids.append(("s", q["shared_seed"], c))
+        else:
+            ids.append(("o", q["shared_seed"], q["shared"], q["seed"], c))
+    return ids
+
+
+# ---------------------------------------------------------------- daemons
+def ctl(build, *args):
+    return subprocess.run([f"{build}/cacheflowctl", *args], capture_output=True, text=True)
+
+
+def start_daemon(work, model, policy, cpu_bytes, ssd_bytes, cpu_gbps, ssd_gbps):
+    """The harness's cacheflowd (tests/lib/cfdaemon.py: its own directory under TMPDIR, socket
+    d.sock, HTTP side m.sock) with this policy, caps and links."""
+    d = Daemon(conf={"model": model, "cpu_tier_bytes": cpu_bytes, "ssd_tier_bytes": ssd_bytes,
+                     "chunk_tokens": C, "threads": 1, "batch_window_us": 2000, "log_level": "warn",
+                     "eviction": policy, "cpu_read_gbps": cpu_gbps, "ssd_read_gbps": ssd_gbps, "cost_refit": "on"})
+    d.policy, d.cpu_bytes, d.ssd_bytes = policy, cpu_bytes, ssd_bytes
+    return d.start()
+
+
+def metrics(d):
+    """/metrics as {(name, labels): value}."""
+    status, body = d.http("/metrics")
+    if status != 200:
+        raise RuntimeError(f"/metrics answered {status}")
+    return parse_prometheus(body)[0]
+
+
+# ---------------------------------------------------------------- replay
+def tier_tokens(runs, limit):
+    """Tokens of the first `limit` that Lookup's runs ("tier:tokens ...") place in each tier."""
+    got, at = {"cpu": 0, "ssd": 0, "remote": 0, "none": 0}, 0
+    for part in runs.split():
+        tier, _, n = part.partition(":")
+        n = min(int(n), max(0, limit - at))
+        got[tier] = got.get(tier, 0) + n
+        at += int(n)
+    return got
+
+
+def run_request(build, d, model, work, q):
+    cmd = [f"{build}/cf-refengine", "--daemon", d.addr, "--model", model, "--shm-dir", work,
+           "--prefix", str(q["prompt"]), "--new", str(q["new"]), "--turns", "1", "--no-save-first", "--verify",
+           "--policy", "optimal", "--seed", str(q["seed"]), "--shared", str(q["shared"]),
+           "--shared-seed", str(q["shared_seed"])]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
+    pre = next((x for x in lines if x.get("mode") == "prefill"), None)
+    ses = next((x for x in lines if x.get("mode") == "session"), None)
+    res = {"rc": p.returncode, "err": p.stderr.strip().splitlines()[-3:]}
+    if pre and ses:
+        t = tier_tokens(pre["lookup_runs"], q["prompt"])
+        res.update(exec_ms=ses["daemon_us"] / 1e3, sim_ms=ses["predicted_us"] / 1e3, ok=ses["ok"],
+                   bad=ses["bad"], exact=ses["exact"], close=ses["close"], logits=ses["logits_match"],
+                   stored=t["cpu"] + t["ssd"] + t["remote"], cpu=t["cpu"], prompt=q["prompt"],
+                   holes=ses["hole_chunks"], loaded=ses["cells_cpu"] + ses["cells_ssd"], computed=ses["cells_computed"])
+    return res
+
+
+def p99(xs):
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(math.ceil(0.99 * len(s))) - 1)] if s else float("nan")
+
+
+def summarize(rs):
+    ex, si = [r["exec_ms"] for r in rs], [r["sim_ms"] for r in rs]
+    pt = sum(r["prompt"] for r in rs)
+    return {"n": len(rs), "exec_mean_ms": sum(ex) / len(ex), "exec_p99_ms": p99(ex),
+            "sim_mean_ms": sum(si) / len(si), "sim_p99_ms": p99(si),
+            "exec_over_sim": sum(ex) / sum(si) if sum(si) > 0 else float("nan"),
+            "exec_over_sim_median": statistics.median([e / x for e, x in zip(ex, si) if x > 0] or [float("nan")]),
+            "hit": sum(r["stored"] for r in rs) / pt, "cpu_hit": sum(r["cpu"] for r in rs) / pt,
+            "holes": sum(r["holes"] for r in rs)}
+
+
+def print_table(title, summ):
+    print(f"# {title}")
+    print(f"{'policy':<8} {'n':>3} {'exec mean':>10} {'exec p99':>10} {'sim mean':>10} {'sim p99':>10} "
+          f"{'exec/sim':>8} {'median':>6} {'hit':>6} {'cpu hit':>7}")
+    for pol, s in summ.items():
+        print(f"{pol:<8} {s['n']:>3} {s['exec_mean_ms']:>8.1f}ms {s['exec_p99_ms']:>8.1f}ms {s['sim_mean_ms']:>8.1f}ms "
+              f"{s['sim_p99_ms']:>8.1f}ms {s['exec_over_sim']:>8.2f} {s['exec_over_sim_median']:>6.2f} {100 * s['hit']:>5.1f}% {100 * s['cpu_hit']:>6.1f}%")
+    if "cost" in summ and len(summ) > 1:
+        for key, name in (("exec_mean_ms", "executed"), ("sim_mean_ms", "simulated")):
+            best = min(s[key] for p, s in summ.items() if p != "cost")
+            print(f"best other / cost, mean {name}: {best / summ['cost'][key]:.2f}x")
+    print()
+
+
+def main():
+    ap = argparse.ArgumentParser(description="eviction policies on the real daemon, executed vs simulated")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--scale", type=float, default=1.0, help="requests per family: 12 x scale")
+    ap.add_argument("--cap", type=float, default=0.2, help="SSD cap as a fraction of the working set (CPU: a quarter of it)")
+    ap.add_argument("--families", default="chat,agentic,rag")
+    ap.add_argument("--policies", default=",".join(POLICIES))
+    ap.add_argument("--cpu-gbps", type=float, default=2.0)
+    ap.add_argument("--ssd-gbps", type=float, default=0.5)
+    ap.add_argument("--build", default=os.environ.get("BUILD", "build"))
+    ap.add_argument("--json", help="write the per-policy summaries and every restore here")
+    ap.add_argument("--smoke", action="store_true", help="tiny scale (the test suite's run)")
+    ap.add_argument("--keep", action="store_true", help="keep the run's directory")
+    a = ap.parse_args()
+    fams, pols = a.families.split(","), a.policies.split(",")
+    for f in fams:
+        if f not in FAMILIES:
+            sys.exit(f"eval_evict_daemon: unknown family '{f}' (chat, agentic, rag)")
+    for p in pols:
+        if p not in POLICIES:
+            sys.exit(f"eval_evict_daemon: unknown policy '{p}' (lru, s3fifo, cost)")
+    if not (a.cap > 0 and a.cap <= 1) or a.scale <= 0:
+        sys.exit("eval_evict_daemon: --cap must be in (0, 1], --scale > 0")
+    global MAX_PROMPT
+    if a.smoke:
+        MAX_PROMPT = 512
+    n = max(2, int(round((4 if a.smoke else 12) * a.scale)))
+    r = random.Random(a.seed)
+    trace = []
+    for i, f in enumerate(fams):
+        trace += FAMILIES[f](r, n, 10000 * (i + 1) + 1000 * a.seed)
+    ws = len({c for q in trace for c in chunk_ids(q)})
+    build = os.path.abspath(a.build)
+    work = tempfile.mkdtemp(prefix="eval_evict_daemon.", dir=os.environ.get("TMPDIR", "/tmp"))
+    model = os.path.join(work, "model")
+    g = ctl(build, "gen-model", "--out", model, "--preset", "demo")
+    if g.returncode:
+        sys.exit(f"eval_evict_daemon: gen-model: {g.stderr.strip()}")
+    # the demo model: 8 layers, 2 KV heads x 64, f32: K and V of 64 tokens = 64 KiB a cell
+    chunk_bytes = 8 * 2 * 2 * 64 * 4 * C
+    ssd_chunks = max(4, int(a.cap * ws))
+    cpu_chunks = max(2, ssd_chunks // 4)
+    print(f"# {len(trace)} requests ({', '.join(fams)}; seed {a.seed}), working set {ws} chunks of {C} tokens "
+          f"({ws * chunk_bytes >> 20} MiB); caps: SSD {ssd_chunks} chunks ({100 * ssd_chunks / ws:.0f}%), "
+          f"CPU {cpu_chunks}; links: CPU {a.cpu_gbps:g} Gbit/s, SSD {a.ssd_gbps:g} Gbit/s; demo model, CPU backend, "
+          f"policy optimal")
+    daemons, fail = {}, 0
+    results = {p: [] for p in pols}
+    try:
+        for p in pols:
+            daemons[p] = start_daemon(work, model, p, cpu_chunks * chunk_bytes, ssd_chunks * chunk_bytes,
+                                      a.cpu_gbps, a.ssd_gbps)
+        for i, q in enumerate(trace):
+            order = pols[i % len(pols):] + pols[:i % len(pols)]
+            for p in order:
+                res = run_request(build, daemons[p], model, work, q)
+                res["family"], res["i"] = q["family"], i
+                if res["rc"] != 0 or "exec_ms" not in res or res["bad"] or not res["ok"] or not res["logits"]:
+                    fail += 1
+                    print(f"FAIL {p} request {i} ({q}): exit {res['rc']}: {' | '.join(res['err'])}", file=sys.stderr)
+                if "exec_ms" in res:
+                    results[p].append(res)
+        caps = {}
+        for p, d in daemons.items():
+            m = metrics(d)
+            used = (m.get(("cacheflow_tier_bytes_used", '{tier="cpu"}'), 0), m.get(("cacheflow_tier_bytes_used", '{tier="ssd"}'), 0))
+            caps[p] = {"cpu_used": used[0], "ssd_used": used[1], "cpu_cap": d.cpu_bytes, "ssd_cap": d.ssd_bytes,
+                       "evictions": m.get(("cacheflow_store_evictions_total", '{tier="cpu"}'), 0) +
+                       m.get(("cacheflow_store_evictions_total", '{tier="ssd"}'), 0),
+                       "cost_tables": m.get(("cacheflow_evict_cost_tables_total", ""), 0)}
+            if used[0] > d.cpu_bytes or used[1] > d.ssd_bytes:
+                fail += 1
+                print(f"FAIL {p}: tiers hold {used} bytes, caps ({d.cpu_bytes}, {d.ssd_bytes})", file=sys.stderr)
+    finally:
+        for p, d in daemons.items():
+            rc = d.stop()
+            if rc:
+                fail += 1
+                print(f"FAIL {p}: cacheflowd exited {rc}: {d.final_log[-2000:]}", file=sys.stderr)
+    summ = {"all": {p: summarize(rs) for p, rs in results.items() if rs}}
+    for f in fams:
+        summ[f] = {p: summarize([x for x in rs if x["family"] == f]) for p, rs in results.items()
+                   if any(x["family"] == f for x in rs)}
+    for f in fams:
+        print_table(f, summ[f])
+    if len(fams) > 1:
+        print_table("all families", summ["all"])
+    for p, c in caps.items():
+        print(f"# {p}: CPU {int(c['cpu_used']) >> 10}/{c['cpu_cap'] >> 10} KiB, SSD {int(c['ssd_used']) >> 10}/"
+              f"{c['ssd_cap'] >> 10} KiB held at the end, {int(c['evictions'])} evictions"
+              + (f", {int(c['cost_tables'])} cost tables installed (start-up + re-fits)" if p == "cost" else ""))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"working_set_chunks": ws, "ssd_chunks": ssd_chunks, "cpu_chunks": cpu_chunks,
+                       "requests": len(trace), "failures": fail, "caps": caps, "summary": summ,
+                       "restores": results}, f, indent=1)
+    if a.keep:
+        print(f"# kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    if fail:
+        print(f"eval_evict_daemon: {fail} failure(s)", file=sys.stderr)
+    return 1 if fail else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
