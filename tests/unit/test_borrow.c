@@ -263,8 +263,9 @@ CF_TEST(borrow_refuses_what_does_not_match) {
 /* Two tensor-parallel shards: q, k and v each split by heads inside the fused tensor, gate and up
  * by rows, o_proj and down_proj by columns; every sampled element found in its shard. Swapping
  * the ranks of one tensor is caught. */
-CF_TEST(borrow_tensor_parallel_shards_are_checked) {
-  cf_model_t *m = synth(5);
+/* m's weights as two bf16 TP shards: every shard checked; then the ranks of tensor `swap` swapped:
+ * CF_EMISMATCH naming it. */
+static void tp2_checked_and_swap_caught(const cf_model_t *m, const char *swap) {
   eng_t *e = eng_new();
   lay_out(e, m, CF_DT_BF16, 1, 2);
   size_t len;
@@ -273,12 +274,17 @@ CF_TEST(borrow_tensor_parallel_shards_are_checked) {
   int rc = cf_borrow_check(m, e->t, e->n, 64, &rep);
   CF_CHECK_MSG(rc == 0, "%s", cf_errmsg());
   CF_CHECK_EQ(rep.tensors_used, e->n);
-  for (int i = 0; i < e->n; i++) /* swap the two shards of layer 1's qkv_proj */
-    if (!strcmp(e->t[i].name, "model.layers.1.self_attn.qkv_proj.weight")) e->t[i].tp_rank ^= 1;
+  for (int i = 0; i < e->n; i++)
+    if (!strcmp(e->t[i].name, swap)) e->t[i].tp_rank ^= 1;
   CF_CHECK_EQ(cf_borrow_check(m, e->t, e->n, 64, &rep), CF_EMISMATCH);
-  CF_CHECK_MSG(strstr(cf_errmsg(), "layers.1.self_attn.qkv_proj"), "%s", cf_errmsg());
+  CF_CHECK_MSG(strstr(cf_errmsg(), swap), "%s", cf_errmsg());
   munmap(map, len);
   eng_free(e);
+}
+
+CF_TEST(borrow_tensor_parallel_shards_are_checked) {
+  cf_model_t *m = synth(5);
+  tp2_checked_and_swap_caught(m, "model.layers.1.self_attn.qkv_proj.weight");
   cf_model_synth_free(m);
 }
 
@@ -453,20 +459,7 @@ CF_TEST(borrow_moe_fused_experts_give_the_same_kv) {
     eng_free(e);
   }
   /* two TP shards (bf16): w13 split by rows of each expert, w2 by columns; swapped ranks caught */
-  eng_t *e = eng_new();
-  lay_out(e, m, CF_DT_BF16, 1, 2);
-  size_t len;
-  uint8_t *map = publish(e, "moe_tp", &len);
-  cf_borrow_report_t rep;
-  int rc = cf_borrow_check(m, e->t, e->n, 64, &rep);
-  CF_CHECK_MSG(rc == 0, "%s", cf_errmsg());
-  CF_CHECK_EQ(rep.tensors_used, e->n);
-  for (int i = 0; i < e->n; i++)
-    if (!strcmp(e->t[i].name, "model.layers.0.mlp.experts.w2_weight")) e->t[i].tp_rank ^= 1;
-  CF_CHECK_EQ(cf_borrow_check(m, e->t, e->n, 64, &rep), CF_EMISMATCH);
-  CF_CHECK_MSG(strstr(cf_errmsg(), "layers.0.mlp.experts.w2_weight"), "%s", cf_errmsg());
-  munmap(map, len);
-  eng_free(e);
+  tp2_checked_and_swap_caught(m, "model.layers.0.mlp.experts.w2_weight");
   free(k1);
   free(k2);
   cf_model_free(m);
