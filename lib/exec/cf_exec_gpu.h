@@ -73,7 +73,8 @@ void cf_exec_gpu_close(cf_exec_gpu_t *g);
 /* Restores' device working memory from one region of `bytes` (cudaMalloc'ed now, freed at
  * close): the scheduler then runs in its budget mode (cf_exec_set_budget_mode or
  * cf_exec_set_pool on the executor) and nothing is cudaMalloc'ed per request. Returns 0,
- * CF_EINVAL (already set, 0 bytes), CF_ENOMEM (the device has not that much free), CF_ENODEV.
+ * CF_EINVAL (already set, set after a Save took cudaMalloc memory, 0 bytes), CF_ENOMEM (the device has
+ * not that much free), CF_ENODEV.
  * UNVERIFIED on a GPU, like the rest of this path. */
 int cf_exec_gpu_set_budget(cf_exec_gpu_t *g, size_t bytes);
 
