@@ -272,7 +272,8 @@ static int cf__check_wtensor(const Cacheflow__V1__WeightTensor *q, size_t i, cha
   if (nl == 0 || nl > CF_REQCHECK_MAX_WNAME) { snprintf(why, cap, "tensors[%zu]: name must be 1 .. %d bytes", i, CF_REQCHECK_MAX_WNAME); return -1; }
   size_t esz = cf_reqcheck_dtype_size(q->dtype);
   if (!esz) { snprintf(why, cap, "tensor '%s': dtype %d is not F32, BF16 or F16", q->name, (int)q->dtype); return -1; }
-  if (q->n_shape < 1 || q->n_shape > 2) { snprintf(why, cap, "tensor '%s': %zu dimensions (1 or 2 expected)", q->name, q->n_shape); return -1; }
+  /* 3: vLLM's fused MoE experts [E][rows][cols] */
+  if (q->n_shape < 1 || q->n_shape > 3) { snprintf(why, cap, "tensor '%s': %zu dimensions (1 to 3 expected)", q->name, q->n_shape); return -1; }
   uint64_t elems = 1;
   for (size_t d = 0; d < q->n_shape; d++) {
     if (q->shape[d] < 1 || q->shape[d] > (1ull << 32)) { snprintf(why, cap, "tensor '%s': shape[%zu] = %llu out of range 1 .. 2^32", q->name, d, (unsigned long long)q->shape[d]); return -1; }
@@ -344,7 +345,8 @@ int cf_reqcheck_offer_model(const cf_model_info_t *model, const Cacheflow__V1__O
     const Cacheflow__V1__WeightTensor *q = r->tensors[i];
     if (q->location_case != CACHEFLOW__V1__WEIGHT_TENSOR__LOCATION_SHM_PATH) continue;
     struct stat st;
-    uint64_t bytes = q->shape[0] * (q->n_shape > 1 ? q->shape[1] : 1) * cf_reqcheck_dtype_size(q->dtype);
+    uint64_t bytes = cf_reqcheck_dtype_size(q->dtype); /* shapes checked: at most 2^40 elements */
+    for (size_t d = 0; d < q->n_shape; d++) bytes *= q->shape[d];
     if (stat(q->shm_path, &st) != 0) { snprintf(why, cap, "tensor '%s': shm_path %s: %s", q->name, q->shm_path, strerror(errno)); return CF_RPC_INVALID_ARGUMENT; }
     if (!S_ISREG(st.st_mode)) { snprintf(why, cap, "tensor '%s': shm_path %s is not a regular file", q->name, q->shm_path); return CF_RPC_INVALID_ARGUMENT; }
     if ((uint64_t)st.st_size < q->offset + bytes) {

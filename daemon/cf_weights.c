@@ -106,13 +106,15 @@ static cf_dtype_t cf__dtype(int dt) {
 static int cf__tensor_at(const Cacheflow__V1__WeightTensor *q, const uint8_t *base, uint64_t len, const char *where,
                          cf_borrow_tensor_t *t) {
   cf_dtype_t dt = cf__dtype(q->dtype);
-  uint64_t bytes = q->shape[0] * (q->n_shape > 1 ? q->shape[1] : 1) * cf_dtype_size(dt);
+  uint64_t bytes = cf_dtype_size(dt); /* 1 to 3 dimensions (cf_reqcheck) */
+  for (size_t d = 0; d < q->n_shape && d < 3; d++) bytes *= q->shape[d];
   if (len && (q->offset > len || bytes > len - q->offset))
     return cf_seterr(CF_ERANGE, "tensor '%s': bytes [%llu, %llu) past the end of %s (%llu bytes)", q->name,
                      (unsigned long long)q->offset, (unsigned long long)(q->offset + bytes), where,
                      (unsigned long long)len);
   *t = (cf_borrow_tensor_t){.name = q->name, .ndim = (int)q->n_shape,
-                            .shape = {(int64_t)q->shape[0], q->n_shape > 1 ? (int64_t)q->shape[1] : 0},
+                            .shape = {(int64_t)q->shape[0], q->n_shape > 1 ? (int64_t)q->shape[1] : 0,
+                                      q->n_shape > 2 ? (int64_t)q->shape[2] : 0},
                             .dtype = dt, .data = base + q->offset,
                             .tp_rank = (int)q->tp_rank, .tp_size = q->tp_size ? (int)q->tp_size : 1};
   return 0;

@@ -81,6 +81,7 @@ int cf_exec_gpu_init(cf_exec_gpu_t *g, cf_backend_t *be, int device, cf_gpu_load
     return cf_seterr(CF_EINVAL, "gpu executor: unknown load mode %d", (int)mode);
   g->be = be; g->device = device; g->mode = mode;
   pthread_mutex_init(&g->hmu, NULL);
+  pthread_mutex_init(&g->smu, NULL);
   cudaError_t e = cudaSetDevice(device);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
@@ -99,7 +100,8 @@ int cf_exec_gpu_init(cf_exec_gpu_t *g, cf_backend_t *be, int device, cf_gpu_load
 
 int cf_exec_gpu_set_budget(cf_exec_gpu_t *g, size_t bytes) {
   if (!g->be) return cf_seterr(CF_ENODEV, "gpu executor: not initialised");
-  if (g->dpool || !bytes) return cf_seterr(CF_EINVAL, "gpu executor: budget already set or 0 bytes");
+  if (g->dpool || g->sbuf || !bytes) /* sbuf: a Save before it took cudaMalloc memory */
+    return cf_seterr(CF_EINVAL, "gpu executor: budget already set, set after a Save, or 0 bytes");
   CF_CUDA_TRY(cudaSetDevice(g->device));
   if (cudaMalloc(&g->arena, bytes) != cudaSuccess) {
     (void)cudaGetLastError();
@@ -115,7 +117,9 @@ int cf_exec_gpu_set_budget(cf_exec_gpu_t *g, size_t bytes) {
 void cf_exec_gpu_close(cf_exec_gpu_t *g) {
   for (int i = 0; i < CF_EXEC_GPU_MAX_LOADERS; i++) cf__gx_ld_destroy(g->loaders[i]);
   for (int i = 0; i < g->n_hbuf; i++) cf_gpu_pinned_free(g->hbuf[i], g->hcap[i], NULL);
-  if (g->be) pthread_mutex_destroy(&g->hmu);
+  if (g->be) { pthread_mutex_destroy(&g->hmu); pthread_mutex_destroy(&g->smu); }
+  if (g->sbuf && g->dpool) cf_mempool_free(g->dpool, g->sbuf);
+  else if (g->sbuf) (void)cudaFree(g->sbuf);
   if (g->dpool) cf_mempool_destroy(g->dpool);
   if (g->arena) (void)cudaFree(g->arena);
   if (g->compute) { (void)cudaStreamSynchronize(g->compute); (void)cudaStreamDestroy(g->compute); }
@@ -525,39 +529,83 @@ const cf_exec_ops_t cf_exec_gpu_ops = {
 typedef struct {
   cf_exec_gpu_t *g;
   const cf_gpu_kv_t *kv;
-  int32_t *d_table;
-  int n_table;
+  const int32_t *blocks;  /* the Save's block table (host) */
+  int n_blocks;
+  int32_t *d_table;       /* device: the entries of one cell's blocks, from b0 */
+  int cap_table, b0, nb;  /* its capacity; the entries it holds now: blocks [b0, b0 + nb) */
   uint16_t *dk, *dv;      /* device rows of one cell */
 } cf__gx_save_t;
 
 /* One cell: paged blocks -> contiguous device rows (kernel) -> host (D2H), synchronous, on the
- * save stream (a Save on the loop thread never queues behind a restore's compute). */
+ * save stream (a Save on the loop thread never queues behind a restore's compute). Only the
+ * cell's blocks are on the device (uploaded when the cell changes), so the gather runs on
+ * tokens shifted by b0 whole blocks: the same block offsets, table entry p - b0 for block p. */
 static int cf__gx_save_gather(void *ctx, int l, int t0, int t1, void *k, void *v) {
   cf__gx_save_t *x = ctx;
+  int bs = x->kv->layout.block_size, b0 = t0 / bs, nb = (t1 - 1) / bs - b0 + 1;
+  if (nb > x->cap_table || b0 + nb > x->n_blocks)
+    return cf_seterr(CF_EINVAL, "gpu save: tokens [%d, %d) need blocks [%d, %d) of a %d-entry table (%d held)",
+                     t0, t1, b0, b0 + nb, x->n_blocks, x->cap_table);
+  if (b0 != x->b0 || nb != x->nb) {
+    int rc = cf__gx_h2d(x->d_table, x->blocks + b0, (size_t)nb * 4, x->g->save);
+    if (rc) return rc;
+    x->b0 = b0; x->nb = nb;
+  }
   int64_t row = (int64_t)x->kv->layout.n_kv_heads * x->kv->layout.head_dim;
   size_t bytes = (size_t)(t1 - t0) * (size_t)row * 2;
-  int rc = cf_gpu_rows_gather(x->kv, l, x->d_table, x->n_table, t0, t1, x->dk, x->dv, row, x->g->save);
+  int rc = cf_gpu_rows_gather(x->kv, l, x->d_table, nb, t0 - b0 * bs, t1 - b0 * bs, x->dk, x->dv, row, x->g->save);
   if (rc) return rc;
   CF_CUDA_TRY(cudaMemcpyAsync(k, x->dk, bytes, cudaMemcpyDeviceToHost, x->g->save));
   CF_CUDA_TRY(cudaMemcpyAsync(v, x->dv, bytes, cudaMemcpyDeviceToHost, x->g->save));
   return cf__gx_sync(x->g->save);
 }
 
+/* g->sbuf of at least `bytes` (kept; see cf_exec_gpu_t): from the arena, waiting while restores
+ * hold it, else cudaMalloc. Only the first Save (or one needing more) gets here. smu held. */
+static int cf__gx_save_buf(cf_exec_gpu_t *g, size_t bytes) {
+  if (g->sbuf_bytes >= bytes) return 0;
+  if (g->sbuf) {
+    if (g->dpool) cf_mempool_free(g->dpool, g->sbuf);
+    else (void)cudaFree(g->sbuf);
+  }
+  g->sbuf = NULL; g->sbuf_bytes = 0;
+  if (g->dpool) {
+    if (!(g->sbuf = cf_mempool_alloc_wait(g->dpool, bytes)))
+      return cf_seterr(CF_ENOMEM, "gpu save: needs %zu bytes of device buffers (one cell of K and V rows and its "
+                       "block-table entries), more than the whole restore arena (%zu bytes)", bytes, g->arena_bytes);
+  } else {
+    cudaError_t e = cudaMalloc(&g->sbuf, bytes);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      g->sbuf = NULL;
+      return cf_seterr(CF_ECUDA, "gpu save: %zu bytes of device buffers: %s", bytes, cudaGetErrorString(e));
+    }
+  }
+  g->sbuf_bytes = bytes;
+  return 0;
+}
+
 int cf_exec_gpu_save(cf_exec_gpu_t *g, cf_store_t *st, const cf_gpu_kv_t *kv, const int32_t *tokens,
                      int n, const int32_t *blocks, int n_blocks, unsigned flags, cf_save_result_t *res) {
   memset(res, 0, sizeof *res);
-  if (!g->save || !kv || !blocks || n_blocks <= 0)
+  if (!g->save || !kv || !blocks || n_blocks <= 0 || kv->layout.block_size <= 0)
     return cf_seterr(CF_EINVAL, "gpu save: executor, engine buffers and a block table required");
-  cf__gx_save_t x = {.g = g, .kv = kv, .n_table = n_blocks};
-  size_t cell = (size_t)cf_store_geom(st)->chunk_tokens * (size_t)kv->layout.n_kv_heads * (size_t)kv->layout.head_dim * 2;
-  int rc = 0;
-  cudaError_t e;
-  if ((e = cudaSetDevice(g->device)) != cudaSuccess || (e = cudaMalloc((void **)&x.d_table, (size_t)n_blocks * 4)) != cudaSuccess ||
-      (e = cudaMalloc((void **)&x.dk, cell)) != cudaSuccess || (e = cudaMalloc((void **)&x.dv, cell)) != cudaSuccess)
-    rc = cf_seterr(CF_ECUDA, "gpu save: device buffers: %s", cudaGetErrorString(e));
-  if (!rc) rc = cf__gx_h2d(x.d_table, blocks, (size_t)n_blocks * 4, g->save);
-  if (!rc) rc = cf_save_cells(st, &kv->layout, cf__gx_save_gather, &x, tokens, n, blocks, n_blocks, flags, res);
-  (void)cudaFree(x.d_table); (void)cudaFree(x.dk); (void)cudaFree(x.dv);
+  int C = (int)cf_store_geom(st)->chunk_tokens, bs = kv->layout.block_size;
+  size_t cell = (size_t)C * (size_t)kv->layout.n_kv_heads * (size_t)kv->layout.head_dim * 2;
+  size_t cella = (cell + 255) / 256 * 256; /* dv and the table stay 256-byte aligned */
+  cf__gx_save_t x = {.g = g, .kv = kv, .blocks = blocks, .n_blocks = n_blocks, .b0 = -1,
+                     .cap_table = (C + bs - 1) / bs + 1}; /* a cell not block-aligned spans one more */
+  pthread_mutex_lock(&g->smu);
+  cudaError_t e = cudaSetDevice(g->device);
+  int rc = e != cudaSuccess ? cf_seterr(CF_ECUDA, "gpu save: device %d: %s", g->device, cudaGetErrorString(e))
+                            : cf__gx_save_buf(g, 2 * cella + (size_t)x.cap_table * 4);
+  if (!rc) {
+    x.dk = g->sbuf;
+    x.dv = (uint16_t *)((uint8_t *)g->sbuf + cella);
+    x.d_table = (int32_t *)((uint8_t *)g->sbuf + 2 * cella);
+    rc = cf_save_cells(st, &kv->layout, cf__gx_save_gather, &x, tokens, n, blocks, n_blocks, flags, res);
+  }
+  pthread_mutex_unlock(&g->smu);
   (void)cudaGetLastError();
   return rc;
 }

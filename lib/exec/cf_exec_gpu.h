@@ -56,6 +56,13 @@ typedef struct {
   size_t hcap[CF_EXEC_GPU_MAX_LOADERS];
   int n_hbuf;
   pthread_mutex_t hmu;
+  /* cf_exec_gpu_save's device buffers (one cell of K and V rows and that cell's block-table
+   * entries: a fixed size, not the prefix's): one region taken by the first Save, from the
+   * arena when a budget is set (else cudaMalloc), kept until close; retaken only when a Save
+   * needs more (a smaller engine block size). smu: one Save at a time on the save stream. */
+  pthread_mutex_t smu;
+  void *sbuf;
+  size_t sbuf_bytes;
 } cf_exec_gpu_t;
 
 /* Streams on CUDA device `device` for backend `be` (must be the CUDA backend on that device).
@@ -66,14 +73,18 @@ void cf_exec_gpu_close(cf_exec_gpu_t *g);
 /* Restores' device working memory from one region of `bytes` (cudaMalloc'ed now, freed at
  * close): the scheduler then runs in its budget mode (cf_exec_set_budget_mode or
  * cf_exec_set_pool on the executor) and nothing is cudaMalloc'ed per request. Returns 0,
- * CF_EINVAL (already set, 0 bytes), CF_ENOMEM (the device has not that much free), CF_ENODEV.
+ * CF_EINVAL (already set, set after a Save took cudaMalloc memory, 0 bytes), CF_ENOMEM (the device has
+ * not that much free), CF_ENODEV.
  * UNVERIFIED on a GPU, like the rest of this path. */
 int cf_exec_gpu_set_budget(cf_exec_gpu_t *g, size_t bytes);
 
 extern const cf_exec_ops_t cf_exec_gpu_ops;
 
 /* Save (cf_save.h) from an engine's device blocks: each cell is gathered on the device (paged
- * kernel) and copied to the host (D2H) on g's compute stream. Same contract and errors as
+ * kernel) and copied to the host (D2H) on g's save stream. Its device buffers (2 x one cell of
+ * rows + one cell's block-table entries) are the executor's kept region (g->sbuf), taken once
+ * from the arena when a budget is set, waiting while restores hold it (cf_mempool_alloc_wait;
+ * CF_ENOMEM only when it exceeds the whole arena): nothing is allocated per Save. Same contract and errors as
  * cf_save_blocks, plus CF_ECUDA / CF_ENODEV. */
 int cf_exec_gpu_save(cf_exec_gpu_t *g, cf_store_t *st, const cf_gpu_kv_t *kv, const int32_t *tokens,
                      int n, const int32_t *blocks, int n_blocks, unsigned flags, cf_save_result_t *res);

@@ -16,6 +16,7 @@ typedef struct {
   char name[160];       /* the engine's tensor */
   int64_t off, rows;    /* this part's first row in a shard of it; the shard's rows (split by rows) */
   int by_cols;          /* row-parallel: shards hold columns */
+  int64_t experts;      /* > 0: a fused MoE tensor [experts][rows / experts][K] (vLLM's FusedMoE) */
   const float **view;   /* where the borrowed model's pointer goes */
 } cf__w_t;
 
@@ -74,14 +75,23 @@ static int cf__check(cf__ctx_t *x, cf__w_t *w) {
     if (tpr != tp)
       return cf_seterr(CF_ESHAPE, "borrowed weights: '%s': shards say tp_size %d and %d", w->name, tp, tpr);
     const cf_borrow_tensor_t *t = sh[r];
-    int ok = t->data && (w->K == 1 && !w->by_cols ? (t->ndim == 1 && t->shape[0] == er) ||
-                                                        (t->ndim == 2 && t->shape[0] == er && t->shape[1] == 1)
-                                                  : t->ndim == 2 && t->shape[0] == er && t->shape[1] == ec);
-    if (!ok)
-      return cf_seterr(CF_ESHAPE, "borrowed weights: '%s' (shard %d of %d): shape [%lld%s%lld], expected [%lld, %lld]%s",
-                       w->name, r, tp, (long long)t->shape[0], t->ndim > 1 ? ", " : "",
-                       t->ndim > 1 ? (long long)t->shape[1] : 0LL, (long long)er, (long long)ec,
-                       t->data ? "" : " (and no data)");
+    int ok = t->data && (w->experts ? t->ndim == 3 && t->shape[0] == w->experts && t->shape[0] * t->shape[1] == er &&
+                                          t->shape[2] == ec
+                         : w->K == 1 && !w->by_cols ? (t->ndim == 1 && t->shape[0] == er) ||
+                                                          (t->ndim == 2 && t->shape[0] == er && t->shape[1] == 1)
+                                                    : t->ndim == 2 && t->shape[0] == er && t->shape[1] == ec);
+    if (!ok) {
+      char has[96], want[96];
+      int k = snprintf(has, sizeof has, "[%lld", (long long)t->shape[0]);
+      for (int d = 1; d < t->ndim && d < 3; d++) k += snprintf(has + k, sizeof has - (size_t)k, ", %lld", (long long)t->shape[d]);
+      snprintf(has + k, sizeof has - (size_t)k, "]");
+      if (w->experts)
+        snprintf(want, sizeof want, "[%lld, %lld, %lld]", (long long)w->experts, (long long)(er / w->experts), (long long)ec);
+      else
+        snprintf(want, sizeof want, "[%lld, %lld]", (long long)er, (long long)ec);
+      return cf_seterr(CF_ESHAPE, "borrowed weights: '%s' (shard %d of %d): shape %s, expected %s%s", w->name, r, tp,
+                       has, want, t->data ? "" : " (and no data)");
+    }
     if (t->dtype != CF_DT_F32 && t->dtype != CF_DT_BF16 && t->dtype != CF_DT_F16)
       return cf_seterr(CF_EDTYPE, "borrowed weights: '%s': dtype %s (f32, bf16 or f16 expected)", w->name,
                        cf_dtype_name(t->dtype));
@@ -94,10 +104,11 @@ static int cf__check(cf__ctx_t *x, cf__w_t *w) {
   int64_t n = w->R * w->K;
   uint64_t hsh = 1469598103934665603ULL;
   for (const char *p = w->name; *p; p++) hsh = (hsh ^ (uint8_t)*p) * 1099511628211ULL;
+  hsh ^= (uint64_t)w->off; /* each expert of a fused tensor at its own positions */
   for (int k = 0; k < x->samples + 2; k++) {
     int64_t e = k == 0 ? 0 : k == 1 ? n - 1 : (int64_t)((hsh = hsh * 6364136223846793005ULL + 1442695040888963407ULL) >> 11) % n;
     int64_t i = e / w->K, j = e % w->K, r, li, lj;
-    if (w->by_cols) { r = j / ec; li = i; lj = j % ec; }
+    if (w->by_cols) { r = j / ec; li = w->off + i; lj = j % ec; }
     else { int64_t per = w->R / tp; r = i / per; li = w->off / tp + i % per; lj = j; }
     const cf_borrow_tensor_t *t = sh[r];
     float want = w->ck[e], got = cf__elem(x, t, li * ec + lj);
@@ -144,11 +155,49 @@ static int cf__whole(cf__ctx_t *x, const float *ck, int64_t R, int64_t K, int by
   return cf__check(x, &w);
 }
 
+/* Expert e's matrix [R][K] of a MoE layer: in vLLM's fused `fused` [E][rpe][K] (rows `in` ..
+ * `in` + R of expert e's rpe; by_cols: w2, shards hold columns), else transformers' `alone`. */
+static int cf__expert(cf__ctx_t *x, const float *ck, int64_t R, int64_t K, const char *fused, int64_t E, int e,
+                      int64_t rpe, int64_t in, int by_cols, const char *alone, const float **view) {
+  int tp = 1;
+  if (!cf__find(x, fused, -1, &tp)) return cf__whole(x, ck, R, K, by_cols, alone, view);
+  cf__w_t w = {.ck = ck, .R = R, .K = K, .rows = E * rpe, .off = e * rpe + in, .by_cols = by_cols, .experts = E,
+               .view = view};
+  snprintf(w.name, sizeof w.name, "%s", fused);
+  if (!by_cols && (w.off % tp || R % tp))
+    return cf_seterr(CF_ESHAPE, "borrowed weights: '%s': expert %d's rows do not split over %d shards", fused, e, tp);
+  return cf__check(x, &w);
+}
+
+/* A MoE layer's router [E][H] and experts: vLLM's FusedMoE `<mod>.experts.w13_weight` [E][2I][H]
+ * (gate rows, then up: w1, w3) and `w2_weight` [E][H][I], or transformers' per-expert tensors;
+ * <mod> "mlp" (qwen3_moe) or "block_sparse_moe" (mixtral), whichever router is offered. */
+static int cf__moe(cf__ctx_t *x, const cf_model_config_t *c, int l, const cf_layer_weights_t *w,
+                   cf_layer_weights_t *v) {
+  char a[160], f[160];
+  snprintf(a, sizeof a, "model.layers.%d.block_sparse_moe.gate.weight", l);
+  const char *mod = cf__find(x, a, -1, NULL) ? "block_sparse_moe" : "mlp";
+  snprintf(a, sizeof a, "model.layers.%d.%s.experts.0.w1.weight", l, mod);
+  int w123 = cf__find(x, a, -1, NULL) != NULL; /* mixtral's unfused names */
+  int64_t E = c->n_experts, H = c->hidden, I = c->moe_intermediate;
+  snprintf(a, sizeof a, "model.layers.%d.%s.gate.weight", l, mod);
+  int rc = cf__whole(x, w->router, E, H, 0, a, v ? &v->router : NULL);
+  for (int e = 0; e < E && !rc; e++) {
+    snprintf(f, sizeof f, "model.layers.%d.%s.experts.w13_weight", l, mod);
+    snprintf(a, sizeof a, "model.layers.%d.%s.experts.%d.%s.weight", l, mod, e, w123 ? "w1" : "gate_proj");
+    rc = cf__expert(x, w->e_gate[e], I, H, f, E, e, 2 * I, 0, 0, a, v ? &v->e_gate[e] : NULL);
+    snprintf(a, sizeof a, "model.layers.%d.%s.experts.%d.%s.weight", l, mod, e, w123 ? "w3" : "up_proj");
+    if (!rc) rc = cf__expert(x, w->e_up[e], I, H, f, E, e, 2 * I, I, 0, a, v ? &v->e_up[e] : NULL);
+    snprintf(f, sizeof f, "model.layers.%d.%s.experts.w2_weight", l, mod);
+    snprintf(a, sizeof a, "model.layers.%d.%s.experts.%d.%s.weight", l, mod, e, w123 ? "w2" : "down_proj");
+    if (!rc) rc = cf__expert(x, w->e_down[e], H, I, f, E, e, H, 0, 1, a, v ? &v->e_down[e] : NULL);
+  }
+  return rc;
+}
+
 static int cf__run(const cf_model_t *m, const cf_borrow_tensor_t *t, int n, int samples, cf_borrow_report_t *rep,
                    cf_model_t *b, cf_borrow_fetch_fn fetch, void *fetch_ctx) {
   const cf_model_config_t *c = &m->cfg;
-  if (c->n_experts > 0)
-    return cf_seterr(CF_EUNSUPPORTED, "borrowed weights: mixture-of-experts layers are not resolved yet");
   cf__ctx_t x = {.t = t, .n = n, .samples = samples > 0 ? samples : 0, .rep = rep, .viewable = 1, .fetch = fetch,
                  .fetch_ctx = fetch_ctx};
   if (!(x.used = calloc((size_t)(n > 0 ? n : 1), 1))) return cf_seterr(CF_ENOMEM, "borrowed weights");
@@ -180,6 +229,7 @@ static int cf__run(const cf_model_t *m, const cf_borrow_tensor_t *t, int n, int 
     if (!rc && w->k_norm) { NM(a, "self_attn.k_norm.weight"); rc = cf__whole(&x, w->k_norm, hd, 1, 0, a, v ? &v->k_norm : NULL); }
     if (!rc) { NM(a, "input_layernorm.weight"); rc = cf__whole(&x, w->attn_norm, H, 1, 0, a, v ? &v->attn_norm : NULL); }
     if (!rc) { NM(a, "post_attention_layernorm.weight"); rc = cf__whole(&x, w->mlp_norm, H, 1, 0, a, v ? &v->mlp_norm : NULL); }
+    if (!rc && c->layer_moe[l]) { rc = cf__moe(&x, c, l, w, v); continue; }
     if (!rc) { NM(f, "mlp.gate_up_proj.weight"); NM(a, "mlp.gate_proj.weight"); rc = cf__fused(&x, w->w_gate, H, f, gu, 2, 0, a, v ? &v->w_gate : NULL); }
     if (!rc) { NM(f, "mlp.gate_up_proj.weight"); NM(a, "mlp.up_proj.weight"); rc = cf__fused(&x, w->w_up, H, f, gu, 2, 1, a, v ? &v->w_up : NULL); }
     if (!rc) { NM(a, "mlp.down_proj.weight"); rc = cf__whole(&x, w->w_down, H, I, 1, a, v ? &v->w_down : NULL); }
@@ -222,6 +272,14 @@ int cf_borrow_model(const cf_model_t *m, const cf_borrow_tensor_t *t, int n, int
   }
   b->cfg = m->cfg;
   memcpy(b->fingerprint, m->fingerprint, sizeof b->fingerprint);
+  for (int l = 0; l < m->cfg.n_layers; l++) { /* a MoE layer's expert views: one array of 3 x E */
+    if (!m->cfg.layer_moe[l] || m->cfg.n_experts <= 0) continue;
+    const float **arr = calloc(3 * (size_t)m->cfg.n_experts, sizeof *arr);
+    if (!arr) { cf_borrow_free(b); return cf_seterr(CF_ENOMEM, "borrowed weights: expert views"); }
+    b->layers[l].e_gate = arr;
+    b->layers[l].e_up = arr + m->cfg.n_experts;
+    b->layers[l].e_down = arr + 2 * m->cfg.n_experts;
+  }
   if (m->lm_head == m->embed) b->lm_head = NULL; /* tied: set below */
   int rc = cf__run(m, t, n, samples, rep, b, NULL, NULL);
   if (rc) { cf_borrow_free(b); return rc; }
@@ -232,6 +290,7 @@ int cf_borrow_model(const cf_model_t *m, const cf_borrow_tensor_t *t, int n, int
 
 void cf_borrow_free(cf_model_t *b) {
   if (!b) return;
+  for (int l = 0; b->layers && l < b->cfg.n_layers; l++) free((void *)b->layers[l].e_gate); /* the 3 x E array */
   free(b->layers);
   free(b);
 }
@@ -262,6 +321,9 @@ int cf_borrow_device(const cf_model_t *m, const cf_borrow_tensor_t *t, int n, in
   int rc = cf__run(m, t, n, samples, rep, NULL, fetch, ctx);
   if (rc) return rc;
   const cf_model_config_t *c = &m->cfg;
+  if (c->n_experts > 0)
+    return cf_seterr(CF_EUNSUPPORTED, "borrowed weights: the cuda backend does not read an engine's MoE experts yet "
+                     "(checked, not used: the daemon keeps its own copy)");
   int64_t H = c->hidden, hd = c->head_dim, nq = (int64_t)c->n_heads * hd, nkv = (int64_t)c->n_kv_heads * hd;
   if (!(out->layers = calloc((size_t)c->n_layers, sizeof *out->layers))) return cf_seterr(CF_ENOMEM, "borrowed weights");
   char nm[160];

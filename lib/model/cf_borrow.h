@@ -9,6 +9,13 @@
  * `lm_head` whole. A tensor-parallel engine offers each rank's shard (tp_rank of tp_size):
  * column-parallel weights hold their rank's heads / rows (q, k and v each split by heads),
  * row-parallel ones their columns.
+ * Mixture-of-experts layers (qwen3_moe, mixtral): the router `<mod>.gate.weight` [E][hidden]
+ * whole, and the experts as vLLM's FusedMoE keeps them, `<mod>.experts.w13_weight`
+ * [E][2 moe_inter / tp][hidden] (each expert's gate rows, then its up rows) and
+ * `<mod>.experts.w2_weight` [E][hidden][moe_inter / tp] (shards hold columns), or transformers'
+ * per-expert `<mod>.experts.<e>.{gate,up,down}_proj.weight` (mixtral: w1, w3, w2); <mod> is
+ * "mlp", or "block_sparse_moe" (mixtral in vLLM). The CUDA backend does not read borrowed
+ * experts yet (cf_borrow_device: CF_EUNSUPPORTED after the check).
  *
  * cf_borrow_check resolves every weight the served checkpoint has to the offered tensors
  * (shapes and dtypes checked, each shard's slice located) and compares `samples` elements of
@@ -31,8 +38,8 @@
 
 typedef struct {
   const char *name;     /* the engine's parameter name */
-  int ndim;             /* 1 or 2 */
-  int64_t shape[2];
+  int ndim;             /* 1, 2 or 3 (fused MoE experts) */
+  int64_t shape[3];
   cf_dtype_t dtype;     /* CF_DT_F32, CF_DT_BF16 or CF_DT_F16 */
   const void *data;     /* its elements, row-major, mapped into this process (borrowed) */
   int tp_rank, tp_size; /* which shard (0 of 1: the whole tensor) */
@@ -48,7 +55,7 @@ typedef struct {
 /* Check the offered tensors t[0..n) against checkpoint model m (above). Returns 0, CF_ENOTFOUND
  * (a weight no tensor offers; the detail names the expected name), CF_ESHAPE / CF_EDTYPE
  * (naming the tensor, what it has and what was expected), CF_EMISMATCH (a sampled element
- * differs: tensor, index, both values), CF_EUNSUPPORTED (MoE layers). */
+ * differs: tensor, index, both values). */
 int cf_borrow_check(const cf_model_t *m, const cf_borrow_tensor_t *t, int n, int samples,
                     cf_borrow_report_t *rep);
 

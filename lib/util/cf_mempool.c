@@ -21,6 +21,7 @@ typedef struct {
 
 struct cf_mempool_s {
   pthread_mutex_t mu;
+  pthread_cond_t freed; /* broadcast by each free: cf_mempool_alloc_wait looks again */
   uint8_t *base;
   size_t budget, map_bytes; /* map_bytes 0: the caller's region (cf_mempool_create_at) */
   cf__seg_t *seg;
@@ -37,6 +38,7 @@ static cf_mempool_t *cf__start(cf_mempool_t *p) {
   p->st.budget = p->budget;
   p->st.largest_free = p->budget;
   pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->freed, NULL);
   return p;
 }
 
@@ -80,6 +82,7 @@ void cf_mempool_destroy(cf_mempool_t *p) {
   if (!p) return;
   if (p->map_bytes) munmap(p->base, p->map_bytes);
   pthread_mutex_destroy(&p->mu);
+  pthread_cond_destroy(&p->freed);
   free(p->seg);
   free(p);
 }
@@ -91,17 +94,11 @@ static void cf__largest(cf_mempool_t *p) {
   p->st.largest_free = m;
 }
 
-void *cf_mempool_alloc(cf_mempool_t *p, size_t bytes) {
-  if (!p || !bytes) return NULL;
-  size_t need = cf_mempool_charge(bytes);
-  pthread_mutex_lock(&p->mu);
+/* First fit of `need` (whole pages) under the lock: the block, or NULL (nothing counted). */
+static void *cf__take(cf_mempool_t *p, size_t need) {
   int i = 0;
   while (i < p->n_seg && (p->seg[i].used || p->seg[i].size < need)) i++;
-  if (i == p->n_seg) {
-    p->st.refusals++;
-    pthread_mutex_unlock(&p->mu);
-    return NULL;
-  }
+  if (i == p->n_seg) return NULL;
   cf__seg_t *s = &p->seg[i];
   if (s->size > need && p->n_seg < CF__SEGS) { /* split: the rest stays free after it */
     memmove(&p->seg[i + 2], &p->seg[i + 1], (size_t)(p->n_seg - i - 1) * sizeof *p->seg);
@@ -113,8 +110,29 @@ void *cf_mempool_alloc(cf_mempool_t *p, size_t bytes) {
   p->st.used += s->size;
   if (p->st.used > p->st.peak) p->st.peak = p->st.used;
   p->st.allocs++;
-  void *r = p->base + s->off;
   cf__largest(p);
+  return p->base + s->off;
+}
+
+void *cf_mempool_alloc(cf_mempool_t *p, size_t bytes) {
+  if (!p || !bytes) return NULL;
+  pthread_mutex_lock(&p->mu);
+  void *r = cf__take(p, cf_mempool_charge(bytes));
+  if (!r) p->st.refusals++;
+  pthread_mutex_unlock(&p->mu);
+  return r;
+}
+
+void *cf_mempool_alloc_wait(cf_mempool_t *p, size_t bytes) {
+  if (!p || !bytes) return NULL;
+  size_t need = cf_mempool_charge(bytes);
+  pthread_mutex_lock(&p->mu);
+  void *r = need <= p->budget ? cf__take(p, need) : NULL;
+  if (!r && need <= p->budget) {
+    p->st.waits++;
+    while (!(r = cf__take(p, need))) pthread_cond_wait(&p->freed, &p->mu);
+  }
+  if (!r) p->st.refusals++;
   pthread_mutex_unlock(&p->mu);
   return r;
 }
@@ -155,6 +173,7 @@ void cf_mempool_free(cf_mempool_t *p, void *ptr) {
     p->n_seg--;
   }
   cf__largest(p);
+  pthread_cond_broadcast(&p->freed);
   pthread_mutex_unlock(&p->mu);
 }
 

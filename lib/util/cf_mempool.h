@@ -25,6 +25,7 @@ typedef struct {
   size_t peak;          /* the most ever handed out at once */
   size_t largest_free;  /* the largest block one call could get now */
   uint64_t allocs, frees, refusals; /* calls that got memory, frees, calls that got NULL */
+  uint64_t waits;       /* cf_mempool_alloc_wait calls that had to wait for a free */
 } cf_mempool_stats_t;
 
 /* An arena of `budget` bytes (> 0), mapped and touched now. name: for messages ("host").
@@ -37,6 +38,11 @@ void cf_mempool_destroy(cf_mempool_t *p);
 
 /* `bytes` (> 0) from the arena, page aligned, or NULL when no free block is large enough. */
 void *cf_mempool_alloc(cf_mempool_t *p, size_t bytes);
+/* The same, but when no free block is large enough now it waits until frees make one (blocks
+ * are given back by others: restores finish). NULL, at once, only when `bytes` exceeds the whole
+ * budget (it could never fit) or is 0. The caller must hold none of the pool's blocks while it
+ * waits on others' (one block per call: ask for all you need at once). */
+void *cf_mempool_alloc_wait(cf_mempool_t *p, size_t bytes);
 /* The same, zeroed. */
 void *cf_mempool_calloc(cf_mempool_t *p, size_t n, size_t size);
 /* Give back a block cf_mempool_alloc returned (NULL: nothing). */

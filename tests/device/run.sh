@@ -163,7 +163,8 @@ verify_core() {
   step kt_borrow 60 build/tests/kt_borrow
   step kt_gpuexec 120 build/tests/kt_gpuexec
   step gpuexec-e2e 150 env E2E_TIMEOUT=110 bash tests/device/gpuexec_e2e.sh
-  # issue 18: the same within gpu_memory_bytes = 2 GiB (backend + rings + restore arena)
+  # issue 18: the same within gpu_memory_bytes = 2 GiB (backend + rings + restore arena); its Saves
+  # take their one-cell device buffers from that arena (cf_exec_gpu_save, kept region; not yet run)
   if after gpuexec-e2e; then step gpuexec-e2e-budget 150 env E2E_TIMEOUT=110 GPU_MEMORY_BYTES=2147483648 bash tests/device/gpuexec_e2e.sh; fi
   # the whole CUDA backend with the wgmma attention kernel selected, vs the CPU reference
   step kt_backend-wgmma 30 env CF_ATTN_IMPL=wgmma build/tests/kt_backend

@@ -16,7 +16,7 @@
  *   - an accepted Save or Restore addresses only bytes inside the engine's registered buffers
  *     (every element of every block it names, through the strides registration accepted) and
  *     only tokens inside the model's vocabulary — what the data path then writes or reads;
- *   - an accepted OfferWeights names a registered engine and holds tensors of 1-2 dimensions,
+ *   - an accepted OfferWeights names a registered engine and holds tensors of 1-3 dimensions,
  *     a known dtype, contiguous strides, tp_rank < tp_size, each inside its shm file (what
  *     cf_weights then maps and reads).
  * The engine table lives per input (libFuzzer needs an input to mean the same every run).
@@ -318,9 +318,10 @@ static int cf_fw_offer(const uint8_t *p, size_t n, int *refused, char *first, si
     for (size_t i = 0; i < r->n_tensors; i++) {
       const Cacheflow__V1__WeightTensor *q = r->tensors[i];
       size_t esz = cf_reqcheck_dtype_size(q->dtype);
-      if (!esz || q->n_shape < 1 || q->n_shape > 2 || !q->name[0]) __builtin_trap();
+      if (!esz || q->n_shape < 1 || q->n_shape > 3 || !q->name[0]) __builtin_trap();
       if (q->tp_rank >= (q->tp_size ? q->tp_size : 1)) __builtin_trap();
-      uint64_t el = q->shape[0] * (q->n_shape > 1 ? q->shape[1] : 1);
+      uint64_t el = 1;
+      for (size_t d = 0; d < q->n_shape; d++) el *= q->shape[d];
       if (q->n_strides && q->strides[q->n_shape - 1] != esz && q->shape[q->n_shape - 1] != 1) __builtin_trap();
       if (q->location_case == CACHEFLOW__V1__WEIGHT_TENSOR__LOCATION_SHM_PATH) {
         struct stat sb;

@@ -44,6 +44,41 @@ static void put(eng_t *e, const char *name, cf_dtype_t dt, int tp_rank, int tp_s
   e->len += (bytes + 63) / 64 * 64;
 }
 
+/* Layer l's router and experts (MoE): vLLM's FusedMoE w13_weight [E][2I/tp][H] (each expert's
+ * gate rows, then up) and w2_weight [E][H][I/tp] (3-D), or transformers' per-expert names. */
+static void lay_out_moe(eng_t *e, const cf_model_t *m, int l, cf_dtype_t dt, int fused, int tp) {
+  const cf_model_config_t *c = &m->cfg;
+  const cf_layer_weights_t *w = &m->layers[l];
+  int64_t H = c->hidden, I = c->moe_intermediate, E = c->n_experts, hrows[1] = {H}, er[1] = {E}, ir[1] = {I};
+  char nm[96];
+  snprintf(nm, sizeof nm, "model.layers.%d.mlp.gate.weight", l);
+  put(e, nm, dt, 0, 1, H, 1, &w->router, er, H, 0, 2);
+  for (int r = 0; r < tp && fused; r++) {
+    int64_t i0 = r * I / tp, rows[128];
+    const float *src[128];
+    CF_ASSERT(2 * E <= 128);
+    for (int x = 0; x < E; x++) {
+      src[2 * x] = w->e_gate[x] + i0 * H; src[2 * x + 1] = w->e_up[x] + i0 * H;
+      rows[2 * x] = rows[2 * x + 1] = I / tp;
+    }
+    snprintf(nm, sizeof nm, "model.layers.%d.mlp.experts.w13_weight", l);
+    put(e, nm, dt, r, tp, H, (int)(2 * E), src, rows, H, 0, 3);
+    e->t[e->n - 1].shape[0] = E; e->t[e->n - 1].shape[1] = 2 * I / tp; e->t[e->n - 1].shape[2] = H;
+    for (int x = 0; x < E; x++) { src[x] = w->e_down[x]; rows[x] = H; }
+    snprintf(nm, sizeof nm, "model.layers.%d.mlp.experts.w2_weight", l);
+    put(e, nm, dt, r, tp, I / tp, (int)E, src, rows, I, i0, 3);
+    e->t[e->n - 1].shape[0] = E; e->t[e->n - 1].shape[1] = H; e->t[e->n - 1].shape[2] = I / tp;
+  }
+  for (int x = 0; x < E && !fused; x++) {
+    const char *pn[3] = {"gate_proj", "up_proj", "down_proj"};
+    const float *ps[3] = {w->e_gate[x], w->e_up[x], w->e_down[x]};
+    for (int p = 0; p < 3; p++) {
+      snprintf(nm, sizeof nm, "model.layers.%d.mlp.experts.%d.%s.weight", l, x, pn[p]);
+      put(e, nm, dt, 0, 1, p < 2 ? H : I, 1, &ps[p], p < 2 ? ir : hrows, p < 2 ? H : I, 0, 2);
+    }
+  }
+}
+
 /* The engine's tensors for model m: fused (vLLM) or unfused names, split over tp shards. */
 static void lay_out(eng_t *e, const cf_model_t *m, cf_dtype_t dt, int fused, int tp) {
   const cf_model_config_t *c = &m->cfg;
@@ -61,12 +96,12 @@ static void lay_out(eng_t *e, const cf_model_t *m, cf_dtype_t dt, int fused, int
         const float *g[2] = {w->w_gate + i0 * H, w->w_up + i0 * H};
         int64_t gr[2] = {I / tp, I / tp};
         snprintf(nm, sizeof nm, "model.layers.%d.mlp.gate_up_proj.weight", l);
-        put(e, nm, dt, r, tp, H, 2, g, gr, H, 0, 2);
+        if (!c->layer_moe[l]) put(e, nm, dt, r, tp, H, 2, g, gr, H, 0, 2); /* MoE: lay_out_moe */
       } else {
         const char *pn[5] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "mlp.gate_proj", "mlp.up_proj"};
         const float *ps[5] = {w->wq + q0 * H, w->wk + k0 * H, w->wv + k0 * H, w->w_gate + i0 * H, w->w_up + i0 * H};
         int64_t pr[5] = {nq / tp, nkv / tp, nkv / tp, I / tp, I / tp};
-        for (int p = 0; p < 5; p++) {
+        for (int p = 0; p < (c->layer_moe[l] ? 3 : 5); p++) {
           snprintf(nm, sizeof nm, "model.layers.%d.%s.weight", l, pn[p]);
           put(e, nm, dt, r, tp, H, 1, &ps[p], &pr[p], H, 0, 2);
         }
@@ -75,8 +110,19 @@ static void lay_out(eng_t *e, const cf_model_t *m, cf_dtype_t dt, int fused, int
       int64_t hrows[1] = {H};
       snprintf(nm, sizeof nm, "model.layers.%d.self_attn.o_proj.weight", l);
       put(e, nm, dt, r, tp, nq / tp, 1, &w->wo, hrows, nq, q0, 2);
+      if (c->layer_moe[l]) continue;
       snprintf(nm, sizeof nm, "model.layers.%d.mlp.down_proj.weight", l);
       put(e, nm, dt, r, tp, I / tp, 1, &w->w_down, hrows, I, i0, 2);
+    }
+    if (c->layer_moe[l]) lay_out_moe(e, m, l, dt, fused, tp);
+    int64_t hd1[1] = {hd};
+    if (w->q_norm) {
+      snprintf(nm, sizeof nm, "model.layers.%d.self_attn.q_norm.weight", l);
+      put(e, nm, dt, 0, 1, 1, 1, &w->q_norm, hd1, 1, 0, 1);
+    }
+    if (w->k_norm) {
+      snprintf(nm, sizeof nm, "model.layers.%d.self_attn.k_norm.weight", l);
+      put(e, nm, dt, 0, 1, 1, 1, &w->k_norm, hd1, 1, 0, 1);
     }
     int64_t one[1] = {H};
     snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", l);
@@ -217,8 +263,9 @@ CF_TEST(borrow_refuses_what_does_not_match) {
 /* Two tensor-parallel shards: q, k and v each split by heads inside the fused tensor, gate and up
  * by rows, o_proj and down_proj by columns; every sampled element found in its shard. Swapping
  * the ranks of one tensor is caught. */
-CF_TEST(borrow_tensor_parallel_shards_are_checked) {
-  cf_model_t *m = synth(5);
+/* m's weights as two bf16 TP shards: every shard checked; then the ranks of tensor `swap` swapped:
+ * CF_EMISMATCH naming it. */
+static void tp2_checked_and_swap_caught(const cf_model_t *m, const char *swap) {
   eng_t *e = eng_new();
   lay_out(e, m, CF_DT_BF16, 1, 2);
   size_t len;
@@ -227,12 +274,17 @@ CF_TEST(borrow_tensor_parallel_shards_are_checked) {
   int rc = cf_borrow_check(m, e->t, e->n, 64, &rep);
   CF_CHECK_MSG(rc == 0, "%s", cf_errmsg());
   CF_CHECK_EQ(rep.tensors_used, e->n);
-  for (int i = 0; i < e->n; i++) /* swap the two shards of layer 1's qkv_proj */
-    if (!strcmp(e->t[i].name, "model.layers.1.self_attn.qkv_proj.weight")) e->t[i].tp_rank ^= 1;
+  for (int i = 0; i < e->n; i++)
+    if (!strcmp(e->t[i].name, swap)) e->t[i].tp_rank ^= 1;
   CF_CHECK_EQ(cf_borrow_check(m, e->t, e->n, 64, &rep), CF_EMISMATCH);
-  CF_CHECK_MSG(strstr(cf_errmsg(), "layers.1.self_attn.qkv_proj"), "%s", cf_errmsg());
+  CF_CHECK_MSG(strstr(cf_errmsg(), swap), "%s", cf_errmsg());
   munmap(map, len);
   eng_free(e);
+}
+
+CF_TEST(borrow_tensor_parallel_shards_are_checked) {
+  cf_model_t *m = synth(5);
+  tp2_checked_and_swap_caught(m, "model.layers.1.self_attn.qkv_proj.weight");
   cf_model_synth_free(m);
 }
 
@@ -333,4 +385,82 @@ CF_TEST(borrow_device_resolves_fused_bf16) {
   munmap(map, len);
   eng_free(e);
   cf_model_synth_free(m);
+}
+
+/* Mixture of experts (qwen3-moe fixture, transformers' checkpoint): vLLM's FusedMoE tensors
+ * (router, w13_weight [E][2I][H], w2_weight [E][H][I]) and the per-expert names resolve; the CPU
+ * backend on views into the engine's file gives KV bit-identical to its own weights'. A wrong
+ * expert count, one changed element of expert 5's up rows, and swapped TP shards of w2 are
+ * caught naming the tensor; the cuda backend refuses borrowed experts (checked, not used). */
+CF_TEST(borrow_moe_fused_experts_give_the_same_kv) {
+  char dir[512];
+  snprintf(dir, sizeof dir, "%s/public-qwen3-moe", cf_test_fixtures());
+  cf_model_t *m;
+  CF_ASSERT(cf_model_load(dir, &m) == 0);
+  const cf_model_config_t *c = &m->cfg;
+  CF_ASSERT(c->n_experts == 8 && c->layer_moe[0] && c->layer_moe[1]);
+  int T = 33;
+  size_t n = 2 * (size_t)c->n_layers * T * c->n_kv_heads * c->head_dim;
+  float *k1 = malloc(n * 4), *k2 = malloc(n * 4);
+  kv_of(m, T, k1);
+  for (int fused = 1; fused >= 0; fused--) {
+    eng_t *e = eng_new();
+    lay_out(e, m, CF_DT_F32, fused, 1);
+    size_t len;
+    uint8_t *map = publish(e, fused ? "moe_fused" : "moe_unfused", &len);
+    cf_model_t *b = NULL;
+    cf_borrow_report_t rep;
+    int rc = cf_borrow_model(m, e->t, e->n, 16, &b, &rep);
+    CF_CHECK_MSG(rc == 0, "%s", cf_errmsg());
+    if (!rc) {
+      CF_CHECK_EQ(rep.tensors_used, e->n);
+      CF_CHECK_EQ(rep.weights, 2 * (8 + 1 + 3 * 8) + 3); /* per layer: 8 attention/norms, router, 3 x 8 experts */
+      const float *ptrs[] = {b->layers[0].router, b->layers[1].e_gate[7], b->layers[1].e_up[3], b->layers[0].e_down[5]};
+      for (size_t i = 0; i < sizeof ptrs / sizeof ptrs[0]; i++)
+        CF_CHECK(ptrs[i] && (const uint8_t *)ptrs[i] >= map && (const uint8_t *)ptrs[i] < map + len);
+      kv_of(b, T, k2);
+      CF_CHECK(!memcmp(k1, k2, n * 4)); /* bit for bit */
+      printf("    MoE %s: %d weights from %d tensors, %lld elements checked, %lld bytes viewed in place\n",
+             fused ? "fused (vLLM FusedMoE)" : "per expert", rep.weights, rep.tensors_used,
+             (long long)rep.elements_checked, (long long)rep.bytes_viewed);
+      cf_borrow_free(b);
+    }
+    if (fused) { /* map still holds the tensors */
+      int w13 = -1;
+      for (int i = 0; i < e->n; i++)
+        if (!strcmp(e->t[i].name, "model.layers.1.mlp.experts.w13_weight")) w13 = i;
+      CF_ASSERT(w13 >= 0);
+      e->t[w13].shape[0] = 4; e->t[w13].shape[1] *= 2; /* same bytes, another expert count */
+      CF_CHECK_EQ(cf_borrow_check(m, e->t, e->n, 16, &rep), CF_ESHAPE);
+      CF_CHECK_MSG(strstr(cf_errmsg(), "w13_weight") && strstr(cf_errmsg(), "[8, 64, 64]"), "%s", cf_errmsg());
+      e->t[w13].shape[0] = 8; e->t[w13].shape[1] /= 2;
+      munmap(map, len);
+      /* expert 5's up rows (row 7, column 9): one element changed; the check samples every
+       * element of each 32 x 64 part (2048 positions, drawn 16384 times) so it is hit */
+      float *x = (float *)(e->buf + e->off[w13]) + (5 * 64 + 32 + 7) * 64 + 9;
+      *x += 0.25f;
+      map = publish(e, "moe_bad", &len);
+      CF_CHECK_EQ(cf_borrow_check(m, e->t, e->n, 32 * 64 * 8, &rep), CF_EMISMATCH);
+      CF_CHECK_MSG(strstr(cf_errmsg(), "layers.1.mlp.experts.w13_weight"), "%s", cf_errmsg());
+      munmap(map, len);
+      /* the cuda backend: checked, experts not read from the engine */
+      eng_t *d = eng_new();
+      lay_out(d, m, CF_DT_BF16, 1, 1);
+      map = publish(d, "moe_dev", &len);
+      cf_borrow_dev_t dv;
+      CF_CHECK_EQ(cf_borrow_device(m, d->t, d->n, 8, host_fetch, NULL, &dv, &rep), CF_EUNSUPPORTED);
+      CF_CHECK_MSG(strstr(cf_errmsg(), "MoE"), "%s", cf_errmsg());
+      CF_CHECK_GT(rep.weights, 0);
+      munmap(map, len);
+      eng_free(d);
+    } else {
+      munmap(map, len);
+    }
+    eng_free(e);
+  }
+  /* two TP shards (bf16): w13 split by rows of each expert, w2 by columns; swapped ranks caught */
+  tp2_checked_and_swap_caught(m, "model.layers.0.mlp.experts.w2_weight");
+  free(k1);
+  free(k2);
+  cf_model_free(m);
 }

@@ -1,6 +1,9 @@
 /* lib/util cf_mempool: first fit with splitting and merging, page alignment, the budget never
  * exceeded (refusals instead), stats (use, high-water mark, refusals), a caller's region
- * (cf_mempool_create_at), and random alloc/free sequences against a shadow model. */
+ * (cf_mempool_create_at), waiting for a free (cf_mempool_alloc_wait), and random alloc/free sequences against a shadow model. */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -53,6 +56,52 @@ CF_TEST(mempool_region_of_the_caller) {
   free(region);
   CF_CHECK_EQ(cf_mempool_create_at("dev", NULL, n, &p), CF_EINVAL);
   CF_CHECK_EQ(cf_mempool_create("host", 0, &p), CF_EINVAL);
+}
+
+typedef struct {
+  cf_mempool_t *p;
+  size_t bytes;
+  void *got;
+  atomic_int done;
+} cf__waiter_t;
+
+static void *cf__wait_thread(void *a) {
+  cf__waiter_t *w = a;
+  w->got = cf_mempool_alloc_wait(w->p, w->bytes);
+  atomic_store(&w->done, 1);
+  return NULL;
+}
+
+/* alloc_wait (the GPU save's buffers, issue 18): with the pool busy it waits (never fails, never
+ * exceeds the budget) until a free makes room; a block over the whole budget is refused at once. */
+CF_TEST(mempool_alloc_wait_for_a_free) {
+  cf_mempool_t *p;
+  CF_CHECK_OK(cf_mempool_create("t", 4 * PG, &p));
+  CF_CHECK(cf_mempool_alloc_wait(p, 5 * PG) == NULL); /* could never fit: no wait */
+  void *a = cf_mempool_alloc_wait(p, 3 * PG);          /* room now: no wait */
+  CF_CHECK(a != NULL);
+  cf_mempool_stats_t st;
+  cf_mempool_stats(p, &st);
+  CF_CHECK_EQ(st.waits, 0);
+  CF_CHECK_EQ(st.refusals, 1);
+  cf__waiter_t w = {.p = p, .bytes = 2 * PG};
+  pthread_t t;
+  CF_CHECK_EQ(pthread_create(&t, NULL, cf__wait_thread, &w), 0);
+  do { /* until the waiter is known to be waiting (no timing: its count) */
+    sched_yield();
+    cf_mempool_stats(p, &st);
+  } while (st.waits == 0);
+  CF_CHECK_EQ(atomic_load(&w.done), 0); /* 1 page free: it waits */
+  CF_CHECK_EQ(st.used, 3 * PG);
+  cf_mempool_free(p, a);
+  pthread_join(t, NULL);
+  CF_CHECK(w.got == a); /* first fit after the merge */
+  cf_mempool_stats(p, &st);
+  CF_CHECK_EQ(st.used, 2 * PG);
+  CF_CHECK_LE(st.peak, 4 * PG);
+  CF_CHECK_EQ(st.waits, 1);
+  cf_mempool_free(p, w.got);
+  cf_mempool_destroy(p);
 }
 
 /* Random sequences: blocks never overlap, never leave the arena, use = the sum of live charges,

@@ -6,7 +6,8 @@ qkv_proj / gate_up_proj) in a shared-memory file, registers its KV buffers, and:
   MODE offer: restores (before), offers the weights (the first event printed as JSON), restores
        again into other blocks (after), writes both KVs, prints "READY" and sleeps until killed
        (the test sends kill -9) or stdin closes (then it unregisters);
-  MODE corrupt: offers with one element of layer 1's gate_up_proj changed and prints the refusal;
+  MODE corrupt: offers with one element of layer 1's gate_up_proj (MoE: of expert 5 in its
+       experts.w13_weight) changed and prints the refusal;
   MODE tp2: offers two tensor-parallel ranks' shards (vLLM's TP=2 layout, norms once) and prints the
        answer: every shard is checked, then refused as not computable by the CPU backend.
 One line of JSON per event on stdout."""
@@ -72,8 +73,10 @@ if mode == "tp2":  # rank 0 and rank 1 shards, and the replicated norms once
     tensors += pack_shm(wpath, {k: v for k, v in fr.items() if replicated(k)})[0]
 else:
     fused = fuse_hf_to_vllm(hf, *geom)
-    if mode == "corrupt":
+    if mode == "corrupt" and "model.layers.1.mlp.gate_up_proj.weight" in fused:
         fused["model.layers.1.mlp.gate_up_proj.weight"][0, 0] += 0.5
+    elif mode == "corrupt":  # MoE (FusedMoE): expert 5's up rows, one element
+        fused["model.layers.1.mlp.experts.w13_weight"][5, cfg["moe_intermediate_size"], 0] += 0.5  # always sampled
     tensors, views = pack_shm(wpath, fused)
     del fused
 del hf

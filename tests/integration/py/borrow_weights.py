@@ -8,7 +8,10 @@ fused layout and offer them with OfferWeights:
     the field; another model's fingerprint: FAILED_PRECONDITION;
   - kill -9 of the engine: the daemon reloads its own copy (Stats say so) and restores still
     give the same KV; a corrupted tensor is refused naming it, the daemon keeps its own copy;
-  - an engine that unregisters ends its lease with OK, the own copy back."""
+  - an engine that unregisters ends its lease with OK, the own copy back;
+  - a mixture-of-experts model (the qwen3-moe fixture) in vLLM's FusedMoE layout (router,
+    experts.w13_weight [E][2I][H], experts.w2_weight [E][H][I]): borrowed, KV on the engine's
+    experts == own-weights KV; one changed expert element refused naming it; TP=2 checked."""
 import json
 import os
 import signal
@@ -17,7 +20,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "lib"))
-from cfdaemon import BUILD, CTL, ROOT, Checks, Daemon, parse_prometheus, wait_for  # noqa: E402
+from cfdaemon import BUILD, CTL, FIXTURES, ROOT, Checks, Daemon, parse_prometheus, wait_for  # noqa: E402
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from cacheflow_client import CacheFlowError, pb  # noqa: E402
@@ -67,6 +70,18 @@ def events_until(p, last, timeout=300):
         if ev.get("event") in last:
             break
     return {e["event"] + ("-" + e["when"] if "when" in e else ""): e for e in out}
+
+
+def refusal(d, mode, work):
+    """Run an engine that is expected to be refused: its "refused" event ({} when it was not)."""
+    x = engine(d, mode, work)
+    try:
+        ev = events_until(x, ("READY", "refused"))
+    finally:
+        if x.poll() is None and "READY" in ev:
+            x.kill()  # accepted after all: the check fails, the test goes on
+        x.wait(120)
+    return ev.get("refused", {}), ev
 
 
 def mem(d):
@@ -156,10 +171,7 @@ try:
             ok and np.array_equal(kv_a, kv_r), f"rc {r.returncode}")
 
     # a corrupted tensor is refused, the own copy kept
-    x = engine(d, "corrupt", work)
-    ev = events_until(x, ("READY", "refused"))
-    x.wait(120)
-    rf = ev.get("refused", {})
+    rf, ev = refusal(d, "corrupt", work)
     T.check("corrupted gate_up_proj: refused FAILED_PRECONDITION naming the tensor and element",
             rf.get("code") == "FAILED_PRECONDITION" and "model.layers.1.mlp.gate_up_proj.weight" in rf.get("details", "")
             and "element [0, 0]" in rf.get("details", ""), str(ev))
@@ -171,10 +183,7 @@ try:
 
     # vLLM's TP=2 layout (fuse_hf_to_vllm per rank): every shard resolved and checked, then refused
     # only because the CPU backend computes on whole fp32 tensors
-    x = engine(d, "tp2", work)
-    ev = events_until(x, ("READY", "refused"))
-    x.wait(120)
-    rf = ev.get("refused", {})
+    rf, ev = refusal(d, "tp2", work)
     T.check("TP=2 shards in vLLM's layout: all checked, refused FAILED_PRECONDITION (not viewable by the CPU backend)",
             rf.get("code") == "FAILED_PRECONDITION" and "tensor-parallel shards" in rf.get("details", ""), str(ev))
 
@@ -203,6 +212,40 @@ T.check("SIGTERM: daemon exits 0 (with engine C's weights borrowed)", rc == 0, s
 if "held" in globals() and held.poll() is None:
     held.stdin.close()  # its Unregister fails (daemon gone); the lease ended with the daemon
     held.wait(60)
+
+# mixture of experts: another daemon on the qwen3-moe fixture (transformers' checkpoint)
+d = Daemon(conf={"model": os.path.join(FIXTURES, "public-qwen3-moe")})
+model = d.conf["model"]
+d.start()
+work = d.tmp
+try:
+    own0 = mem(d).weights_own_bytes
+    a = engine(d, "offer", work)
+    ev = events_until(a, ("READY", "refused"))
+    b = ev.get("borrowed", {})
+    T.check(f"MoE: FusedMoE experts borrowed (every weight checked: {b.get('weights_checked')}, own copy released)",
+            b.get("borrowed") is True and b.get("weights_checked", 0) == 2 * (8 + 1 + 3 * 8) + 3
+            and b.get("own_bytes_released") == own0 and mem(d).weights_own_bytes == 0, str(ev))
+    T.check("MoE: KV on the engine's experts == own-weights KV (bit-identical)",
+            ev.get("restored-after", {}).get("equal") is True and ev.get("restored-after", {}).get("cells_computed", 0) > 0,
+            str(ev))
+    a.stdin.close()
+    events_until(a, ("lease-ended",), 120)
+    a.wait(60)
+    T.check("MoE: the engine unregisters, own copy back",
+            wait_for(lambda: mem(d).weights_borrowed == 0 and mem(d).weights_own_bytes == own0, 60))
+    rf, ev = refusal(d, "corrupt", work)
+    T.check("MoE: one changed element of expert 5 refused FAILED_PRECONDITION naming experts.w13_weight",
+            rf.get("code") == "FAILED_PRECONDITION" and "model.layers.1.mlp.experts.w13_weight" in rf.get("details", ""),
+            str(ev))
+    rf, ev = refusal(d, "tp2", work)
+    T.check("MoE: TP=2 FusedMoE shards all checked, refused as not viewable by the CPU backend",
+            rf.get("code") == "FAILED_PRECONDITION" and "tensor-parallel shards" in rf.get("details", ""), str(ev))
+finally:
+    if a.poll() is None:
+        a.kill()
+    rc = d.stop()
+T.check("MoE daemon exits 0", rc == 0, str(rc))
 for p in SPAWNED:  # the engines' weight files (a killed or failed engine leaves its own)
     for f in (f"/dev/shm/cf-borrow-test-{p}.weights", f"/dev/shm/cf-borrow-test-{p}.weights.r0",
               f"/dev/shm/cf-borrow-test-{p}.weights.r1"):

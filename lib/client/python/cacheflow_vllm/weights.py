@@ -5,7 +5,10 @@ vLLM keeps a Llama-family model's attention projections fused (QKVParallelLinear
 `model.layers.N.self_attn.qkv_proj.weight` = the rank's q rows, then its k rows, then its v rows)
 and the MLP's gate and up fused (MergedColumnParallelLinear: `mlp.gate_up_proj.weight` = gate
 rows, then up rows); o_proj / down_proj are row-parallel (a rank holds its input columns); norms
-whole. Its parameter names are what cacheflowd's checker (lib/model/cf_borrow) resolves, so
+whole. Mixture-of-experts layers (FusedMoE: qwen3_moe, mixtral) keep the router whole
+(`mlp.gate.weight` [E][H]) and every expert in two 3-D tensors: `mlp.experts.w13_weight`
+[E][2I/tp][H] (each expert's gate rows, then its up rows: w1, w3) and `mlp.experts.w2_weight`
+[E][H][I/tp] (shards hold columns); mixtral's module is `block_sparse_moe`. Its parameter names are what cacheflowd's checker (lib/model/cf_borrow) resolves, so
 offering `model.named_parameters()` as they are is enough: no renaming.
 
 How the connector reaches vLLM's model: LMCache's blending path needs the same and registers it
@@ -27,7 +30,9 @@ def fuse_hf_to_vllm(hf, n_heads, n_kv_heads, head_dim, tp_rank=0, tp_size=1):
     q/k/v fused into qkv_proj (each split by heads over tp_size), gate/up into gate_up_proj
     (split by rows), o_proj / down_proj split by columns, the embedding and lm_head by vocabulary
     rows (VocabParallelEmbedding, ParallelLMHead; vocab divisible by tp_size), norms whole
-    (replicated: replicated(name)). Returns {vllm name: array} for rank tp_rank."""
+    (replicated: replicated(name)); MoE experts (per expert, or transformers 5's fused
+    gate_up_proj / down_proj) into FusedMoE's w13_weight / w2_weight (each expert's rows, resp.
+    columns, split over tp_size), the router whole. Returns {vllm name: array} for rank tp_rank."""
     out = {}
     nq, nkv = n_heads * head_dim, n_kv_heads * head_dim
 
@@ -39,7 +44,13 @@ def fuse_hf_to_vllm(hf, n_heads, n_kv_heads, head_dim, tp_rank=0, tp_size=1):
         per = a.shape[1] // tp_size
         return a[:, tp_rank * per:(tp_rank + 1) * per]
 
+    experts = {}  # MoE: (module prefix) -> {expert: {"gate"|"up"|"down": array}}
     for name, a in hf.items():
+        moe = _expert_part(name)
+        if moe:
+            pre, e, part = moe
+            experts.setdefault(pre, {}).setdefault(e, {})[part] = a
+            continue
         base = name.rsplit(".", 1)
         if name.endswith((".self_attn.k_proj.weight", ".self_attn.v_proj.weight", ".mlp.up_proj.weight",
                           ".self_attn.k_proj.bias", ".self_attn.v_proj.bias")):
@@ -59,12 +70,41 @@ def fuse_hf_to_vllm(hf, n_heads, n_kv_heads, head_dim, tp_rank=0, tp_size=1):
         else:
             out[name] = a
         del base
+    for pre, ex in experts.items():  # FusedMoE: w13 [E][2I/tp][H], w2 [E][H][I/tp]
+        if "all" in ex:  # transformers 5 holds them fused already: [E][2I][H] (gate, up), [E][H][I]
+            gu, dn = ex["all"]["gate_up"], ex["all"]["down"]
+            i = gu.shape[1] // 2
+            g, u = gu[:, :i], gu[:, i:]
+        else:
+            es = sorted(ex)
+            g, u = np.stack([ex[e]["gate"] for e in es]), np.stack([ex[e]["up"] for e in es])
+            dn = np.stack([ex[e]["down"] for e in es])
+        per = g.shape[1] // tp_size  # a rank's rows of each expert's gate and of its up
+        w13 = np.concatenate([g[:, tp_rank * per:(tp_rank + 1) * per], u[:, tp_rank * per:(tp_rank + 1) * per]], axis=1)
+        per = dn.shape[2] // tp_size
+        out[f"{pre}.experts.w13_weight"] = w13
+        out[f"{pre}.experts.w2_weight"] = dn[:, :, tp_rank * per:(tp_rank + 1) * per]
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
+def _expert_part(name):
+    """(module prefix, expert, part) of a transformers MoE expert tensor, else None: per expert
+    `<pre>.experts.<e>.{gate,up,down}_proj.weight` (qwen3_moe) or `.{w1,w3,w2}.weight` (mixtral),
+    or transformers 5's fused `<pre>.experts.gate_up_proj` / `.down_proj` (expert "all")."""
+    if ".experts." not in name:
+        return None
+    pre, rest = name.split(".experts.", 1)
+    rest = rest[:-len(".weight")] if rest.endswith(".weight") else rest
+    if rest in ("gate_up_proj", "down_proj"):
+        return pre, "all", {"gate_up_proj": "gate_up", "down_proj": "down"}[rest]
+    e, _, kind = rest.partition(".")
+    part = {"gate_proj": "gate", "w1": "gate", "up_proj": "up", "w3": "up", "down_proj": "down", "w2": "down"}.get(kind)
+    return (pre, int(e), part) if part and e.isdigit() else None
+
+
 def replicated(name):
-    """Every rank holds the whole tensor (norms): offered once, as tp_rank 0 of 1."""
-    return name.endswith("norm.weight")
+    """Every rank holds the whole tensor (norms, a MoE router): offered once, as tp_rank 0 of 1."""
+    return name.endswith(("norm.weight", ".gate.weight"))
 
 
 def repacked(named_params):
