@@ -312,13 +312,15 @@ def one_seed(c, seed, root):
 
 
 def through_daemon(c, seed, d):
-    """The real daemon serves the checkpoint: cf-refengine saves a conversation's first turn,
+    """The real daemon serves the checkpoint (KV cells of f32, bf16 or f16 by seed): cf-refengine
+    saves a conversation's first turn,
     then Restores it with the recompute policy (every cell computed by the daemon) and with the
     cacheflow policy; every restored cell must be within tolerance of the engine's own fp32
     prefill (the same engine code `cacheflowctl kv` ran against transformers above)."""
     with open(os.path.join(d, "config.json")) as f:
         fam = json.load(f).get("model_type", "?")
-    dm = H.start_daemon(d, chunk_tokens="16")
+    kv_dtype = ("f32", "bf16", "f16")[seed % 3]
+    dm = H.start_daemon(d, chunk_tokens="16", kv_dtype=kv_dtype)
     try:
         for pol in ("recompute", "cacheflow"):
             p = subprocess.run([os.path.join(H.ROOT, H.BUILD, "cf-refengine"), "--daemon", dm.addr, "--model", d,
@@ -328,7 +330,7 @@ def through_daemon(c, seed, d):
             rows = [json.loads(x) for x in p.stdout.splitlines() if x.startswith("{")]
             restores = [r for r in rows if r.get("mode") != "prefill"]
             bad = sum(r.get("bad", 0) for r in restores)
-            c.check(f"seed {seed} ({fam}) through cacheflowd, policy {pol}: {len(restores)} restore(s), "
+            c.check(f"seed {seed} ({fam}) through cacheflowd, kv_dtype {kv_dtype}, policy {pol}: {len(restores)} restore(s), "
                     f"{bad} bad cells", p.returncode == 0 and restores and bad == 0,
                     (p.stderr or p.stdout)[-800:])
     finally:
