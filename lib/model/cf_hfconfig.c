@@ -509,9 +509,10 @@ static int cf__parse_root(const cf_json_t *root, const char *file, cf_model_conf
   const char *act = "silu";
   rc = cf_json_get_str(root, "hidden_act", &act);
   if (rc && rc != CF_ENOTFOUND) return cf_err_prefix(rc, "%s: ", file);
-  if (strcmp(act, "silu") != 0)
-    return cf_seterr(CF_EUNSUPPORTED, "%s: hidden_act '%.32s' is not supported (only silu)",
-                     file, act);
+  /* transformers maps "swish" to torch's SiLU: the same function */
+  if (strcmp(act, "silu") != 0 && strcmp(act, "swish") != 0)
+    return cf_seterr(CF_EUNSUPPORTED, "%s: hidden_act '%.32s' is not supported (only silu, "
+                     "or its alias swish)", file, act);
 
   int attn_bias = 0, mlp_bias = 0;
   if ((rc = cf__bool(root, file, "tie_word_embeddings", 0, &c->tie_embeddings))) return rc;

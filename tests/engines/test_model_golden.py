@@ -99,7 +99,8 @@ def random_config(rng, family):
               num_hidden_layers=rng.randint(1, 4), intermediate_size=rng.choice([24, 40, 64, 96]),
               vocab_size=rng.randint(64, 300), rms_norm_eps=rng.choice([1e-6, 1e-5, 1e-4]),
               tie_word_embeddings=rng.random() < 0.3, rope_parameters=rope(rng, family),
-              max_position_embeddings=rng.choice([512, 4096]), hidden_act="silu")
+              max_position_embeddings=rng.choice([512, 4096]),
+              hidden_act=rng.choice(["silu", "silu", "silu", "swish"]))  # swish: silu's alias
     if family != "qwen2" or rng.random() < 0.5:
         kw["head_dim"] = hd
     else:
@@ -245,7 +246,7 @@ def describe(family, kw, wdtype, extra):
     keys = ["num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
             "sliding_window", "use_sliding_window", "num_experts", "num_local_experts",
             "num_experts_per_tok", "norm_topk_prob", "mlp_only_layers", "decoder_sparse_step",
-            "tie_word_embeddings", "attention_bias", "mlp_bias"]
+            "tie_word_embeddings", "attention_bias", "mlp_bias", "hidden_act"]
     s = " ".join(f"{k}={kw[k]}" for k in keys if k in kw)
     return f"{family} {s} rope={rp} {str(wdtype).split('.')[-1]}{extra}"
 
