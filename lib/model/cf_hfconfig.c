@@ -156,9 +156,9 @@ static int cf__opt_num(const cf_json_t *o, const char *file, const char *where, 
 }
 
 /* yarn, as transformers 5's _compute_yarn_parameters: beta_fast / beta_slow default 32 / 1
- * (also when 0: it reads them with `or`), truncate default true, attention_factor when absent
- * 0.1·ln(factor)+1 or, with both mscale and mscale_all_dim non-zero, the ratio of that form for
- * each. */
+ * (also when 0: it reads them with `or`), truncate default true (null: false), attention_factor
+ * when absent 0.1·ln(factor)+1 or, with both mscale and mscale_all_dim non-zero, the ratio of
+ * that form for each. */
 static int cf__rope_yarn(const cf_json_t *rp, const char *file, const char *where,
                          cf_model_config_t *c) {
   double af = 0, ms = 0, msa = 0, bf = 0, bs = 0;
@@ -170,6 +170,8 @@ static int cf__rope_yarn(const cf_json_t *rp, const char *file, const char *wher
       (rc = cf__opt_num(rp, file, where, "beta_slow", &bs, &has_bs)) ||
       (rc = cf__bool(rp, file, "truncate", 1, &c->rope_truncate)))
     return rc;
+  const cf_json_t *tr = cf_json_get(rp, "truncate");
+  if (tr && tr->type == CF_JSON_NULL) c->rope_truncate = 0; /* transformers: `if None` is false */
   c->rope_beta_fast = has_bf && bf != 0 ? bf : 32;
   c->rope_beta_slow = has_bs && bs != 0 ? bs : 1;
   if (!(c->rope_beta_fast > 0 && c->rope_beta_slow > 0))
@@ -178,7 +180,8 @@ static int cf__rope_yarn(const cf_json_t *rp, const char *file, const char *wher
   double f = c->rope_factor;
 #define CF__MSCALE(m) (f <= 1 ? 1.0 : 0.1 * (m) * log(f) + 1.0)
   if (has_af) c->rope_attn_factor = af;
-  else if (has_ms && has_msa && ms != 0 && msa != 0) c->rope_attn_factor = CF__MSCALE(ms) / CF__MSCALE(msa);
+  else if (has_ms && has_msa && ms != 0 && msa != 0)
+    c->rope_attn_factor = CF__MSCALE(ms) / CF__MSCALE(msa);
   else c->rope_attn_factor = CF__MSCALE(1.0);
 #undef CF__MSCALE
   if (!(c->rope_attn_factor > 0) || !isfinite(c->rope_attn_factor))

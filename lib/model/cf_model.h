@@ -98,8 +98,9 @@ void cf_model_free(cf_model_t *m);
 /* Model fingerprint: XXH3-128 over a canonical little-endian serialisation of
  *   "cacheflow-model-v1", arch, n_layers, hidden, n_heads, n_kv_heads, head_dim, intermediate,
  *   vocab, rms_eps, rope_kind, rope_theta, (llama3 only: factor, low/high freq factor,
- *   original max positions; linear: factor; yarn: factor, original max positions, beta_fast,
- *   beta_slow, truncate, attention factor), qkv_bias, o_bias, mlp_bias, qk_norm, tie_embeddings, dtype,
+ *   original max positions; linear: factor; yarn: factor, beta_fast, beta_slow, attention
+ *   factor, original max positions, truncate), qkv_bias, o_bias, mlp_bias, qk_norm,
+ *   tie_embeddings, dtype,
  *   (only for MoE or windowed models, so dense models keep their v1 fingerprints: the tag
  *   "moe-window", n_experts, top_k, moe_intermediate, norm_topk, sliding_window, and per layer
  *   layer_moe and layer_sliding), then the number of tensors and each tensor's (name, dtype, shape) sorted by name

@@ -470,6 +470,8 @@ CF_TEST(config_rope_linear_yarn) {
   CF_CHECK_NEAR(c.rope_attn_factor, (0.1 * log(4.0) + 1) / (0.05 * log(4.0) + 1), 1e-12);
   CF_CHECK_OK(parse_cfg(subst(LLAMA_CFG, "\"rope_type\":\"default\"", "\"rope_type\":\"yarn\",\"factor\":4,\"attention_factor\":0.75"), &c));
   CF_CHECK_NEAR(c.rope_attn_factor, 0.75, 0);
+  CF_CHECK_OK(parse_cfg(subst(LLAMA_CFG, "\"rope_type\":\"default\"", "\"rope_type\":\"yarn\",\"factor\":4,\"truncate\":null"), &c));
+  CF_CHECK_EQ(c.rope_truncate, 0); /* transformers tests `if truncate:` */
   /* a top-level original_max_position_embeddings wins (transformers' standardize_rope_params) */
   CF_CHECK_OK(parse_cfg(subst(LLAMA_CFG, "\"rope_type\":\"default\"", "\"rope_type\":\"llama3\",\"factor\":8,"
                               "\"low_freq_factor\":1,\"high_freq_factor\":4,\"original_max_position_embeddings\":64},"
