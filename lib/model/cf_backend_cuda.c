@@ -53,6 +53,7 @@ int cf_backend_cuda_unborrow(cf_backend_t *be) { (void)be; return 0; }
 #include "kernels/cf_moe.h"
 #include "kernels/cf_rmsnorm.h"
 #include "kernels/cf_rope.h"
+#include "model/cf_cpu_ops.h"
 #include "kernels/cf_swiglu.h"
 
 #define CF_CUDA_BLAS_WS (32u << 20)      /* cuBLAS workspace, set once so GEMMs never allocate */
@@ -427,9 +428,15 @@ static int cf__cuda_upload(cf__cuda_be_t *b) {
   float invf[512];
   if (hd / 2 > sizeof invf / sizeof invf[0])
     return cf_seterr(CF_EUNSUPPORTED, "cuda backend: head_dim %zu > 1024", hd);
-  if ((rc = cf_rope_inv_freq(invf, (int)hd, c->rope_theta, c->rope_kind == CF_ROPE_LLAMA3,
-                             c->rope_factor, c->rope_low_freq_factor, c->rope_high_freq_factor,
-                             c->rope_orig_max_pos)))
+  /* The rope kernel rotates with cos/sin unscaled: yarn's attention factor is not applied. */
+  if (cf__rope_scale(c) != 1.0f)
+    return cf_seterr(CF_EUNSUPPORTED, "cuda backend: rope_type yarn with attention_factor %g "
+                     "(not 1) is not supported (the CPU backend computes it)", c->rope_attn_factor);
+  if (c->rope_kind == CF_ROPE_LINEAR || c->rope_kind == CF_ROPE_YARN)
+    cf__rope_inv_freq(c, invf); /* the CPU backend's tables, as transformers builds them */
+  else if ((rc = cf_rope_inv_freq(invf, (int)hd, c->rope_theta, c->rope_kind == CF_ROPE_LLAMA3,
+                                  c->rope_factor, c->rope_low_freq_factor,
+                                  c->rope_high_freq_factor, c->rope_orig_max_pos)))
     return rc;
   if ((rc = cf__up_f32(&b->inv_freq, invf, hd / 2, "rope inv_freq"))) return rc;
   for (int l = 0; l < c->n_layers; l++) {

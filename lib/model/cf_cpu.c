@@ -475,7 +475,8 @@ static int cf__cpu_forward(cf_backend_t *be, const cf_fwd_args_t *a) {
       } else {
         xb = x + (size_t)rb * D;
       }
-      cf__rope_table(b->inv_freq, half, p, n, cos_t, sin_t); /* this block's positions */
+      /* this block's positions */
+      cf__rope_table(b->inv_freq, half, p, n, cf__rope_scale(c), cos_t, sin_t);
       float *kc = kl + (size_t)p * kvd, *vc = vl + (size_t)p * kvd;
       cf__rows_job_t rj = {.cfg = c, .w = w, .n = n, .x = xb, .h = h, .norm = w->attn_norm,
                            .q = q, .kc = kc, .vc = vc, .cos_t = cos_t,

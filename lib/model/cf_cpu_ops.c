@@ -32,13 +32,43 @@ void cf__rmsnorm_rows(const float *x, size_t ldx, const float *w, float eps, flo
   }
 }
 
+/* transformers' _compute_yarn_parameters: a linear ramp over the pair index between the
+ * dimensions where beta_fast and beta_slow rotations fit in the original context blends the
+ * extrapolated (unscaled) and interpolated (/ factor) frequencies; float32 tensors, double for
+ * the Python scalars. */
+static void cf__rope_yarn(const cf_model_config_t *c, float *inv_freq) {
+  int dim = c->head_dim, half = dim / 2;
+  double base = c->rope_theta, omp = c->rope_orig_max_pos;
+#define CF__CORR_DIM(rot) (dim * log(omp / ((rot) * 2 * M_PI)) / (2 * log(base)))
+  double low = CF__CORR_DIM(c->rope_beta_fast), high = CF__CORR_DIM(c->rope_beta_slow);
+#undef CF__CORR_DIM
+  if (c->rope_truncate) { low = floor(low); high = ceil(high); }
+  if (low < 0) low = 0;
+  if (high > dim - 1) high = dim - 1;
+  if (low == high) high += 0.001; /* transformers: prevent singularity */
+  float fmin = (float)low, span = (float)(high - low), factor = (float)c->rope_factor;
+  for (int i = 0; i < half; i++) {
+    float pos_freq = powf((float)base, (float)(2 * i) / (float)dim);
+    float extra = 1.0f / pos_freq, inter = 1.0f / (factor * pos_freq);
+    float ramp = ((float)i - fmin) / span;
+    ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+    float ef = 1.0f - ramp; /* extrapolation factor */
+    inv_freq[i] = inter * (1.0f - ef) + extra * ef;
+  }
+}
+
 void cf__rope_inv_freq(const cf_model_config_t *c, float *inv_freq) {
   int dim = c->head_dim, half = dim / 2;
   float base = (float)c->rope_theta;
+  if (c->rope_kind == CF_ROPE_YARN) {
+    cf__rope_yarn(c, inv_freq);
+    return;
+  }
   for (int i = 0; i < half; i++) {
     /* 1.0 / (base ** (arange(0, dim, 2).float() / dim)), every step in float32 */
     float e = (float)(2 * i) / (float)dim;
     inv_freq[i] = 1.0f / powf(base, e);
+    if (c->rope_kind == CF_ROPE_LINEAR) inv_freq[i] /= (float)c->rope_factor;
   }
   if (c->rope_kind != CF_ROPE_LLAMA3) return;
   /* transformers' _compute_llama3_parameters, in float32 like its tensors. */
@@ -58,14 +88,19 @@ void cf__rope_inv_freq(const cf_model_config_t *c, float *inv_freq) {
   }
 }
 
-void cf__rope_table(const float *inv_freq, int half, int pos0, int n, float *cos_t,
+float cf__rope_scale(const cf_model_config_t *c) {
+  return c->rope_kind == CF_ROPE_YARN ? (float)c->rope_attn_factor : 1.0f;
+}
+
+void cf__rope_table(const float *inv_freq, int half, int pos0, int n, float scale, float *cos_t,
                     float *sin_t) {
   for (int r = 0; r < n; r++) {
     float p = (float)(pos0 + r);
     for (int i = 0; i < half; i++) {
       float a = p * inv_freq[i]; /* one float32 rounding, as the fp32 matmul does */
-      cos_t[(size_t)r * half + i] = (float)cos((double)a);
-      sin_t[(size_t)r * half + i] = (float)sin((double)a);
+      /* transformers: emb.cos() * attention_scaling, both float32 */
+      cos_t[(size_t)r * half + i] = (float)cos((double)a) * scale;
+      sin_t[(size_t)r * half + i] = (float)sin((double)a) * scale;
     }
   }
 }

@@ -23,12 +23,15 @@ void cf__rmsnorm_rows(const float *x, size_t ldx, const float *w, float eps, flo
                       size_t ldy, int rows, int n);
 
 /* Fill inv_freq[head_dim/2] exactly as transformers' rope init does for cfg's rope type
- * (default: 1/theta^(2i/d) in float32; llama3: _compute_llama3_parameters). */
+ * (default: 1/theta^(2i/d) in float32; linear: that / factor; llama3 / yarn:
+ * _compute_llama3_parameters / _compute_yarn_parameters). */
 void cf__rope_inv_freq(const cf_model_config_t *cfg, float *inv_freq);
+/* The factor cos and sin are multiplied by (yarn's attention factor; 1 for other kinds). */
+float cf__rope_scale(const cf_model_config_t *cfg);
 
 /* cos/sin tables [n][half] for positions pos0 .. pos0+n-1: angle = float(pos) * inv_freq in
- * float32 (as transformers' matmul forms it), then cos/sin of that float angle. */
-void cf__rope_table(const float *inv_freq, int half, int pos0, int n, float *cos_t,
+ * float32 (as transformers' matmul forms it), then cos/sin of that float angle, times scale. */
+void cf__rope_table(const float *inv_freq, int half, int pos0, int n, float scale, float *cos_t,
                     float *sin_t);
 
 /* Rotate `rows` rows, each of nheads heads of hd floats (row stride ld), in place with

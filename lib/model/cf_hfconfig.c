@@ -8,20 +8,25 @@
 #include "util/cf_err.h"
 #include "util/cf_json.h"
 
+/* Defaults of keys config.json may leave out: the values of transformers 5's config classes
+ * (configuration_<family>.py), which differ between families. */
 typedef struct {
   const char *model_type, *class_prefix;
   cf_arch_t arch;
   int default_head_dim;  /* 0: hidden / n_heads */
   int default_max_pos;
+  int default_kv_heads;  /* 0: num_attention_heads */
+  double default_rms_eps, default_rope_theta;
 } cf__family_t;
 
 static const cf__family_t cf__families[] = {
-    {"llama", "Llama", CF_ARCH_LLAMA, 0, 2048},
-    {"mistral", "Mistral", CF_ARCH_MISTRAL, 0, 4096 * 32},
-    {"qwen2", "Qwen2", CF_ARCH_QWEN2, 0, 32768},
-    {"qwen3", "Qwen3", CF_ARCH_QWEN3, 128, 32768},
-    {"qwen3_moe", "Qwen3Moe", CF_ARCH_QWEN3_MOE, 128, 32768},
-    {"mixtral", "Mixtral", CF_ARCH_MIXTRAL, 0, 4096 * 32},
+    {"llama", "Llama", CF_ARCH_LLAMA, 0, 2048, 0, 1e-6, 10000.0},
+    {"mistral", "Mistral", CF_ARCH_MISTRAL, 0, 4096 * 32, 8, 1e-6, 10000.0},
+    {"qwen2", "Qwen2", CF_ARCH_QWEN2, 0, 32768, 32, 1e-6, 10000.0},
+    {"qwen3", "Qwen3", CF_ARCH_QWEN3, 128, 32768, 32, 1e-6, 10000.0},
+    /* Qwen3MoeConfig has no head_dim: the attention uses hidden / heads when the key is absent */
+    {"qwen3_moe", "Qwen3Moe", CF_ARCH_QWEN3_MOE, 0, 32768, 4, 1e-6, 10000.0},
+    {"mixtral", "Mixtral", CF_ARCH_MIXTRAL, 0, 4096 * 32, 8, 1e-5, 1000000.0},
 };
 #define CF__NFAM (sizeof cf__families / sizeof cf__families[0])
 
@@ -108,8 +113,86 @@ static int cf__family(const cf_json_t *root, const char *file, const cf__family_
                    file, a0->str);
 }
 
+/* original_max_position_embeddings of llama3 / yarn: as transformers 5's
+ * standardize_rope_params, a top-level key wins, then the rope parameters' own, then
+ * max_position_embeddings. */
+static int cf__orig_max_pos(const cf_json_t *root, const cf_json_t *rp, const char *file,
+                            const char *where, cf_model_config_t *c) {
+  const char *k = "original_max_position_embeddings";
+  const cf_json_t *top = cf_json_get(root, k);
+  const cf_json_t *src = top && top->type != CF_JSON_NULL ? root : rp;
+  const char *w = src == root ? "" : where;
+  double omp = c->max_pos;
+  int rc = cf__pos(src, file, w, k, omp, &omp);
+  if (rc) return rc;
+  if (omp != floor(omp) || omp > 1e9)
+    return cf_seterr(CF_ERANGE, "%s: key '%s%s': expected an integer, found %g", file, w, k, omp);
+  c->rope_orig_max_pos = (int)omp;
+  return 0;
+}
+
+static int cf__rope_llama3(const cf_json_t *rp, const char *file, const char *where,
+                           cf_model_config_t *c) {
+  int rc;
+  if ((rc = cf__pos(rp, file, where, "low_freq_factor", NAN, &c->rope_low_freq_factor)) ||
+      (rc = cf__pos(rp, file, where, "high_freq_factor", NAN, &c->rope_high_freq_factor)))
+    return rc; /* NaN default: required */
+  if (!(c->rope_high_freq_factor > c->rope_low_freq_factor))
+    return cf_seterr(CF_ERANGE, "%s: %shigh_freq_factor %g must exceed low_freq_factor %g", file,
+                     where, c->rope_high_freq_factor, c->rope_low_freq_factor);
+  return 0;
+}
+
+/* A number that may be absent or null (*out untouched then); `set` tells which. */
+static int cf__opt_num(const cf_json_t *o, const char *file, const char *where, const char *key,
+                       double *out, int *set) {
+  *set = 0;
+  int rc = cf_json_get_f64(o, key, out);
+  if (rc == CF_ENOTFOUND) return 0;
+  if (rc || !isfinite(*out))
+    return cf_seterr(rc ? rc : CF_ERANGE, "%s: key '%s%s': expected a number", file, where, key);
+  *set = 1;
+  return 0;
+}
+
+/* yarn, as transformers 5's _compute_yarn_parameters: beta_fast / beta_slow default 32 / 1
+ * (also when 0: it reads them with `or`), truncate default true (null: false), attention_factor
+ * when absent 0.1·ln(factor)+1 or, with both mscale and mscale_all_dim non-zero, the ratio of
+ * that form for each. */
+static int cf__rope_yarn(const cf_json_t *rp, const char *file, const char *where,
+                         cf_model_config_t *c) {
+  double af = 0, ms = 0, msa = 0, bf = 0, bs = 0;
+  int has_af, has_ms, has_msa, has_bf, has_bs, rc;
+  if ((rc = cf__opt_num(rp, file, where, "attention_factor", &af, &has_af)) ||
+      (rc = cf__opt_num(rp, file, where, "mscale", &ms, &has_ms)) ||
+      (rc = cf__opt_num(rp, file, where, "mscale_all_dim", &msa, &has_msa)) ||
+      (rc = cf__opt_num(rp, file, where, "beta_fast", &bf, &has_bf)) ||
+      (rc = cf__opt_num(rp, file, where, "beta_slow", &bs, &has_bs)) ||
+      (rc = cf__bool(rp, file, "truncate", 1, &c->rope_truncate)))
+    return rc;
+  const cf_json_t *tr = cf_json_get(rp, "truncate");
+  if (tr && tr->type == CF_JSON_NULL) c->rope_truncate = 0; /* transformers: `if None` is false */
+  c->rope_beta_fast = has_bf && bf != 0 ? bf : 32;
+  c->rope_beta_slow = has_bs && bs != 0 ? bs : 1;
+  if (!(c->rope_beta_fast > 0 && c->rope_beta_slow > 0))
+    return cf_seterr(CF_ERANGE, "%s: %sbeta_fast %g / beta_slow %g: expected positive numbers",
+                     file, where, c->rope_beta_fast, c->rope_beta_slow);
+  double f = c->rope_factor;
+#define CF__MSCALE(m) (f <= 1 ? 1.0 : 0.1 * (m) * log(f) + 1.0)
+  if (has_af) c->rope_attn_factor = af;
+  else if (has_ms && has_msa && ms != 0 && msa != 0)
+    c->rope_attn_factor = CF__MSCALE(ms) / CF__MSCALE(msa);
+  else c->rope_attn_factor = CF__MSCALE(1.0);
+#undef CF__MSCALE
+  if (!(c->rope_attn_factor > 0) || !isfinite(c->rope_attn_factor))
+    return cf_seterr(CF_ERANGE, "%s: %sattention_factor %g: expected a positive number", file,
+                     where, c->rope_attn_factor);
+  return 0;
+}
+
 /* RoPE: 5.x rope_parameters, else 4.x rope_scaling + top-level rope_theta. */
-static int cf__rope(const cf_json_t *root, const char *file, cf_model_config_t *c) {
+static int cf__rope(const cf_json_t *root, const char *file, const cf__family_t *fam,
+                    cf_model_config_t *c) {
   const char *rk = "rope_parameters";
   const cf_json_t *rp = cf_json_get(root, rk);
   if (!rp || rp->type == CF_JSON_NULL) { rk = "rope_scaling"; rp = cf_json_get(root, rk); }
@@ -128,13 +211,16 @@ static int cf__rope(const cf_json_t *root, const char *file, cf_model_config_t *
   char where[40];
   snprintf(where, sizeof where, "%s.", rk);
   double theta;
-  if ((rc = cf__pos(root, file, "", "rope_theta", 10000.0, &theta))) return rc;
+  if ((rc = cf__pos(root, file, "", "rope_theta", fam->default_rope_theta, &theta))) return rc;
   if (rp && (rc = cf__pos(rp, file, where, "rope_theta", theta, &theta))) return rc;
   c->rope_theta = theta;
   c->rope_kind = CF_ROPE_DEFAULT;
   c->rope_factor = 1.0;
   c->rope_low_freq_factor = c->rope_high_freq_factor = 0.0;
   c->rope_orig_max_pos = 0;
+  c->rope_attn_factor = 1.0;
+  c->rope_beta_fast = c->rope_beta_slow = 0;
+  c->rope_truncate = 0;
   /* partial rotary (rotating only part of each head) changes the math: refuse. */
   double prf;
   const cf_json_t *srcs[2] = {root, rp};
@@ -155,24 +241,24 @@ static int cf__rope(const cf_json_t *root, const char *file, cf_model_config_t *
     type = tv->str;
   }
   if (!type || strcmp(type, "default") == 0) return 0;
-  if (strcmp(type, "llama3") != 0)
+  if (strcmp(type, "dynamic") == 0)
+    return cf_seterr(CF_EUNSUPPORTED, "%s: %s.%s 'dynamic' is not supported: its frequencies "
+                     "change with the length of the sequence a token is computed with, so a "
+                     "prefix's KV is not a function of the prefix", file, rk, tk);
+  if (strcmp(type, "linear") == 0) {
+    c->rope_kind = CF_ROPE_LINEAR;
+    return cf__pos(rp, file, where, "factor", NAN, &c->rope_factor);
+  }
+  if (strcmp(type, "llama3") == 0) c->rope_kind = CF_ROPE_LLAMA3;
+  else if (strcmp(type, "yarn") == 0) c->rope_kind = CF_ROPE_YARN;
+  else
     return cf_seterr(CF_EUNSUPPORTED, "%s: %s.%s '%.32s' is not supported (supported: default, "
-                     "llama3)", file, rk, tk, type);
-  c->rope_kind = CF_ROPE_LLAMA3;
-  double omp = 0;
+                     "linear, llama3, yarn)", file, rk, tk, type);
   if ((rc = cf__pos(rp, file, where, "factor", NAN, &c->rope_factor)) ||
-      (rc = cf__pos(rp, file, where, "low_freq_factor", NAN, &c->rope_low_freq_factor)) ||
-      (rc = cf__pos(rp, file, where, "high_freq_factor", NAN, &c->rope_high_freq_factor)) ||
-      (rc = cf__pos(rp, file, where, "original_max_position_embeddings", NAN, &omp)))
-    return rc; /* NaN default: required */
-  if (omp != floor(omp) || omp > 1e9)
-    return cf_seterr(CF_ERANGE, "%s: key '%soriginal_max_position_embeddings': expected an "
-                     "integer, found %g", file, where, omp);
-  c->rope_orig_max_pos = (int)omp;
-  if (!(c->rope_high_freq_factor > c->rope_low_freq_factor))
-    return cf_seterr(CF_ERANGE, "%s: %shigh_freq_factor %g must exceed low_freq_factor %g", file,
-                     where, c->rope_high_freq_factor, c->rope_low_freq_factor);
-  return 0;
+      (rc = cf__orig_max_pos(root, rp, file, where, c)))
+    return rc;
+  return c->rope_kind == CF_ROPE_LLAMA3 ? cf__rope_llama3(rp, file, where, c)
+                                        : cf__rope_yarn(rp, file, where, c);
 }
 
 static int cf__dtype(const cf_json_t *root, const char *file, cf_model_config_t *c) {
@@ -403,7 +489,9 @@ static int cf__parse_root(const cf_json_t *root, const char *file, cf_model_conf
   if ((rc = cf__int(root, file, "num_hidden_layers", 1, 0, 1, CF_MODEL_MAX_LAYERS, &c->n_layers)) ||
       (rc = cf__int(root, file, "hidden_size", 1, 0, 1, 1 << 17, &c->hidden)) ||
       (rc = cf__int(root, file, "num_attention_heads", 1, 0, 1, 4096, &c->n_heads)) ||
-      (rc = cf__int(root, file, "num_key_value_heads", 0, c->n_heads, 1, c->n_heads, &c->n_kv_heads)) ||
+      (rc = cf__int(root, file, "num_key_value_heads", 0,
+                    fam->default_kv_heads ? fam->default_kv_heads : c->n_heads, 1, c->n_heads,
+                    &c->n_kv_heads)) ||
       (rc = cf__int(root, file, "intermediate_size", 1, 0, 1, 1 << 20, &c->intermediate)) ||
       (rc = cf__int(root, file, "vocab_size", 1, 0, 1, 1 << 22, &c->vocab)) ||
       (rc = cf__int(root, file, "max_position_embeddings", 0, fam->default_max_pos, 1, 1 << 30,
@@ -419,14 +507,15 @@ static int cf__parse_root(const cf_json_t *root, const char *file, cf_model_conf
   if ((int64_t)c->n_heads * c->head_dim > (1 << 20))
     return cf_seterr(CF_ERANGE, "%s: num_attention_heads x head_dim = %lld exceeds %d", file,
                      (long long)c->n_heads * c->head_dim, 1 << 20);
-  if ((rc = cf__pos(root, file, "", "rms_norm_eps", 1e-6, &c->rms_eps))) return rc;
+  if ((rc = cf__pos(root, file, "", "rms_norm_eps", fam->default_rms_eps, &c->rms_eps))) return rc;
 
   const char *act = "silu";
   rc = cf_json_get_str(root, "hidden_act", &act);
   if (rc && rc != CF_ENOTFOUND) return cf_err_prefix(rc, "%s: ", file);
-  if (strcmp(act, "silu") != 0)
-    return cf_seterr(CF_EUNSUPPORTED, "%s: hidden_act '%.32s' is not supported (only silu)",
-                     file, act);
+  /* transformers maps "swish" to torch's SiLU: the same function */
+  if (strcmp(act, "silu") != 0 && strcmp(act, "swish") != 0)
+    return cf_seterr(CF_EUNSUPPORTED, "%s: hidden_act '%.32s' is not supported (only silu, "
+                     "or its alias swish)", file, act);
 
   int attn_bias = 0, mlp_bias = 0;
   if ((rc = cf__bool(root, file, "tie_word_embeddings", 0, &c->tie_embeddings))) return rc;
@@ -453,7 +542,7 @@ static int cf__parse_root(const cf_json_t *root, const char *file, cf_model_conf
     break;
   }
   if ((rc = cf__unsupported_keys(root, file)) || (rc = cf__moe(root, file, c)) ||
-      (rc = cf__sliding(root, file, c)) || (rc = cf__rope(root, file, c)) ||
+      (rc = cf__sliding(root, file, c)) || (rc = cf__rope(root, file, fam, c)) ||
       (rc = cf__dtype(root, file, c)))
     return rc;
   return 0;

@@ -356,6 +356,13 @@ void cf_model_fingerprint(const cf_model_config_t *c, size_t n, const char *cons
     cf__h_f64(&st, c->rope_low_freq_factor);
     cf__h_f64(&st, c->rope_high_freq_factor);
     cf__h_i64(&st, c->rope_orig_max_pos);
+  } else if (c->rope_kind == CF_ROPE_LINEAR) {
+    cf__h_f64(&st, c->rope_factor);
+  } else if (c->rope_kind == CF_ROPE_YARN) {
+    const double y[] = {c->rope_factor, c->rope_beta_fast, c->rope_beta_slow, c->rope_attn_factor};
+    for (size_t i = 0; i < sizeof y / sizeof y[0]; i++) cf__h_f64(&st, y[i]);
+    cf__h_i64(&st, c->rope_orig_max_pos);
+    cf__h_i64(&st, c->rope_truncate);
   }
   const int64_t flags[] = {c->qkv_bias, c->o_bias, c->mlp_bias, c->qk_norm, c->tie_embeddings,
                            c->dtype};

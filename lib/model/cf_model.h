@@ -19,7 +19,11 @@ typedef enum {
   CF_ARCH_LLAMA = 0, CF_ARCH_MISTRAL, CF_ARCH_QWEN2, CF_ARCH_QWEN3, CF_ARCH_QWEN3_MOE,
   CF_ARCH_MIXTRAL
 } cf_arch_t;
-typedef enum { CF_ROPE_DEFAULT = 0, CF_ROPE_LLAMA3 } cf_rope_kind_t;
+/* RoPE variants, computed as transformers 5's _compute_<type>_parameters: llama3 (frequency
+ * bands), linear (every frequency / factor), yarn (ramp between interpolated and extrapolated
+ * frequencies, cos/sin scaled by rope_attn_factor). dynamic is refused: its frequencies depend on
+ * the length of the sequence computed with a token, so a prefix's KV would not be stable. */
+typedef enum { CF_ROPE_DEFAULT = 0, CF_ROPE_LLAMA3, CF_ROPE_LINEAR, CF_ROPE_YARN } cf_rope_kind_t;
 
 /* Bound on num_hidden_layers (config.json), so per-layer flags fit in the config. */
 #define CF_MODEL_MAX_LAYERS 1024
@@ -30,9 +34,14 @@ typedef struct {
   double rms_eps;
   cf_rope_kind_t rope_kind;
   double rope_theta;
-  /* llama3 rope scaling (rope_kind == CF_ROPE_LLAMA3) */
+  /* rope scaling: factor (llama3, linear, yarn; 1 otherwise), low/high freq factor (llama3),
+   * original max positions (llama3, yarn) */
   double rope_factor, rope_low_freq_factor, rope_high_freq_factor;
   int rope_orig_max_pos;
+  /* yarn only: ramp bounds and whether they are rounded outwards (truncate); rope_attn_factor
+   * multiplies cos and sin (yarn's attention_factor / mscale; 1 for every other kind) */
+  double rope_beta_fast, rope_beta_slow, rope_attn_factor;
+  int rope_truncate;
   int qkv_bias;       /* q/k/v projections have biases (qwen2, or llama attention_bias) */
   int o_bias;         /* o_proj has a bias (llama attention_bias) */
   int mlp_bias;       /* gate/up/down have biases (llama mlp_bias) */
@@ -101,7 +110,9 @@ int cf_model_reload_weights(cf_model_t *m);
 /* Model fingerprint: XXH3-128 over a canonical little-endian serialisation of
  *   "cacheflow-model-v1", arch, n_layers, hidden, n_heads, n_kv_heads, head_dim, intermediate,
  *   vocab, rms_eps, rope_kind, rope_theta, (llama3 only: factor, low/high freq factor,
- *   original max positions), qkv_bias, o_bias, mlp_bias, qk_norm, tie_embeddings, dtype,
+ *   original max positions; linear: factor; yarn: factor, beta_fast, beta_slow, attention
+ *   factor, original max positions, truncate), qkv_bias, o_bias, mlp_bias, qk_norm,
+ *   tie_embeddings, dtype,
  *   (only for MoE or windowed models, so dense models keep their v1 fingerprints: the tag
  *   "moe-window", n_experts, top_k, moe_intermediate, norm_topk, sliding_window, and per layer
  *   layer_moe and layer_sliding), then the number of tensors and each tensor's (name, dtype, shape) sorted by name

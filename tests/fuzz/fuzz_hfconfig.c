@@ -19,5 +19,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       (!(c.rope_factor > 0) || !(c.rope_high_freq_factor > c.rope_low_freq_factor) ||
        c.rope_orig_max_pos < 1))
     __builtin_trap();
+  if ((c.rope_kind == CF_ROPE_LINEAR || c.rope_kind == CF_ROPE_YARN) &&
+      (!(c.rope_factor > 0) || !isfinite(c.rope_factor)))
+    __builtin_trap();
+  if (c.rope_kind == CF_ROPE_YARN &&
+      (c.rope_orig_max_pos < 1 || !(c.rope_beta_fast > 0) || !(c.rope_beta_slow > 0) ||
+       !(c.rope_attn_factor > 0) || !isfinite(c.rope_attn_factor)))
+    __builtin_trap();
   return 0;
 }

@@ -2,6 +2,7 @@
  * Broken inputs are real files written into cf_test_tmpdir(); every error path checks its
  * code and that the message names the file/key/tensor and expected vs found. */
 #include <fcntl.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -451,6 +452,33 @@ CF_TEST(config_families) {
   CF_CHECK_EQ(c.arch, CF_ARCH_QWEN2);
 }
 
+/* linear / yarn rope parameters and the defaults transformers 5 applies to them. */
+CF_TEST(config_rope_linear_yarn) {
+  cf_model_config_t c;
+  CF_CHECK_OK(parse_cfg(subst(LLAMA_CFG, "\"rope_type\":\"default\"", "\"rope_type\":\"linear\",\"factor\":4"), &c));
+  CF_CHECK(c.rope_kind == CF_ROPE_LINEAR && c.rope_factor == 4);
+  /* yarn: beta 32/1, truncate, attention factor 0.1 ln(factor) + 1, original max positions
+   * from max_position_embeddings when the rope parameters have none */
+  CF_CHECK_OK(parse_cfg(subst(LLAMA_CFG, "\"rope_type\":\"default\"", "\"rope_type\":\"yarn\",\"factor\":4"), &c));
+  CF_CHECK(c.rope_kind == CF_ROPE_YARN && c.rope_factor == 4 && c.rope_beta_fast == 32 &&
+           c.rope_beta_slow == 1 && c.rope_truncate == 1 && c.rope_orig_max_pos == c.max_pos);
+  CF_CHECK_NEAR(c.rope_attn_factor, 0.1 * log(4.0) + 1, 1e-12);
+  CF_CHECK_OK(parse_cfg(subst(LLAMA_CFG, "\"rope_type\":\"default\"", "\"rope_type\":\"yarn\",\"factor\":4,"
+                              "\"mscale\":1,\"mscale_all_dim\":0.5,\"beta_fast\":0,\"truncate\":false,"
+                              "\"original_max_position_embeddings\":64"), &c));
+  CF_CHECK(c.rope_beta_fast == 32 && c.rope_truncate == 0 && c.rope_orig_max_pos == 64);
+  CF_CHECK_NEAR(c.rope_attn_factor, (0.1 * log(4.0) + 1) / (0.05 * log(4.0) + 1), 1e-12);
+  CF_CHECK_OK(parse_cfg(subst(LLAMA_CFG, "\"rope_type\":\"default\"", "\"rope_type\":\"yarn\",\"factor\":4,\"attention_factor\":0.75"), &c));
+  CF_CHECK_NEAR(c.rope_attn_factor, 0.75, 0);
+  CF_CHECK_OK(parse_cfg(subst(LLAMA_CFG, "\"rope_type\":\"default\"", "\"rope_type\":\"yarn\",\"factor\":4,\"truncate\":null"), &c));
+  CF_CHECK_EQ(c.rope_truncate, 0); /* transformers tests `if truncate:` */
+  /* a top-level original_max_position_embeddings wins (transformers' standardize_rope_params) */
+  CF_CHECK_OK(parse_cfg(subst(LLAMA_CFG, "\"rope_type\":\"default\"", "\"rope_type\":\"llama3\",\"factor\":8,"
+                              "\"low_freq_factor\":1,\"high_freq_factor\":4,\"original_max_position_embeddings\":64},"
+                              "\"original_max_position_embeddings\":32,\"x\":{\"y\":0"), &c));
+  CF_CHECK_EQ(c.rope_orig_max_pos, 32);
+}
+
 CF_TEST(config_errors_name_the_key) {
   cf_model_config_t c;
   CF_CHECK_ERR(parse_cfg(subst(LLAMA_CFG, "\"model_type\":\"llama\"", "\"model_type\":\"gpt_neox\""), &c), CF_EUNSUPPORTED);
@@ -459,10 +487,12 @@ CF_TEST(config_errors_name_the_key) {
   CF_CHECK_CONTAINS(cf_errmsg(), "architecture 'FalconForCausalLM' is not supported");
   CF_CHECK_ERR(parse_cfg(subst(LLAMA_CFG, "LlamaForCausalLM", "MistralForCausalLM"), &c), CF_EUNSUPPORTED);
   CF_CHECK_CONTAINS(cf_errmsg(), "architectures[0] 'MistralForCausalLM' does not match model_type 'llama'");
-  CF_CHECK_ERR(parse_cfg(subst(LLAMA_CFG, "\"rope_type\":\"default\"", "\"rope_type\":\"yarn\""), &c), CF_EUNSUPPORTED);
-  CF_CHECK_CONTAINS(cf_errmsg(), "x/config.json: rope_parameters.rope_type 'yarn' is not supported (supported: default, llama3)");
+  CF_CHECK_ERR(parse_cfg(subst(LLAMA_CFG, "\"rope_type\":\"default\"", "\"rope_type\":\"longrope\""), &c), CF_EUNSUPPORTED);
+  CF_CHECK_CONTAINS(cf_errmsg(), "x/config.json: rope_parameters.rope_type 'longrope' is not supported (supported: default, linear, llama3, yarn)");
+  CF_CHECK_ERR(parse_cfg(subst(LLAMA_CFG, "\"rope_type\":\"default\"", "\"rope_type\":\"yarn\""), &c), CF_EFORMAT);
+  CF_CHECK_CONTAINS(cf_errmsg(), "x/config.json: required key 'rope_parameters.factor' is missing");
   CF_CHECK_ERR(parse_cfg(subst(LLAMA_CFG, "\"rope_parameters\":{\"rope_type\":\"default\",", "\"rope_scaling\":{\"type\":\"dynamic\",\"factor\":2.0,"), &c), CF_EUNSUPPORTED);
-  CF_CHECK_CONTAINS(cf_errmsg(), "rope_scaling.type 'dynamic' is not supported");
+  CF_CHECK_CONTAINS(cf_errmsg(), "rope_scaling.type 'dynamic' is not supported: its frequencies change with the length");
   CF_CHECK_ERR(parse_cfg(subst(LLAMA_CFG, "\"rope_type\":\"default\"", "\"rope_type\":\"llama3\",\"factor\":8.0"), &c), CF_EFORMAT);
   CF_CHECK_CONTAINS(cf_errmsg(), "required key 'rope_parameters.low_freq_factor' is missing");
   CF_CHECK_ERR(parse_cfg(as_family("qwen2", "Qwen2ForCausalLM", ",\"layer_types\":[\"full_attention\",\"sliding_attention\"]"), &c), CF_EUNSUPPORTED);
@@ -597,9 +627,9 @@ CF_TEST(model_load_errors_name_file_and_tensor) {
   d = tpath("badcfg");
   write_model(d, LLAMA_CFG, &(model_opts_t){.dtype = CF_DT_F32});
   snprintf(p, sizeof p, "%s/config.json", d);
-  write_text(p, subst(LLAMA_CFG, "\"rope_type\":\"default\"", "\"rope_type\":\"linear\""));
+  write_text(p, subst(LLAMA_CFG, "\"rope_type\":\"default\"", "\"rope_type\":\"longrope\""));
   CF_CHECK_ERR(cf_model_load(d, &m), CF_EUNSUPPORTED);
-  CF_CHECK_CONTAINS(cf_errmsg(), "badcfg/config.json: rope_parameters.rope_type 'linear' is not supported");
+  CF_CHECK_CONTAINS(cf_errmsg(), "badcfg/config.json: rope_parameters.rope_type 'longrope' is not supported");
 
   d = tpath("shape");
   write_model(d, LLAMA_CFG, &(model_opts_t){.dtype = CF_DT_F32, .bad_shape = "model.layers.1.self_attn.k_proj.weight"});
