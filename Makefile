@@ -250,10 +250,13 @@ test-engines: deps
 bench-engines: all
 	$(Q)BUILD=$(BUILD) tests/engines/bench.sh $(BENCH_ARGS)
 
+# CF_MAKE_SAN: a test that runs make in $(BUILD) (daemon_install) passes the same flags, so it
+# does not rebuild build-asan with CUDA on and without the sanitizers under the later tests.
+ASAN_SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 asan: deps
-	$(Q)$(MAKE) --no-print-directory BUILD=build-asan CUDA=0 OPT=-O1 \
-	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
-	$(Q)BUILD=build-asan PYTHON=$(PYTHON) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 CF_ASAN=1 tests/run.sh
+	$(Q)$(MAKE) --no-print-directory BUILD=build-asan CUDA=0 OPT=-O1 SAN="$(ASAN_SAN)" all
+	$(Q)BUILD=build-asan PYTHON=$(PYTHON) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 CF_ASAN=1 \
+	  CF_MAKE_SAN="$(ASAN_SAN)" tests/run.sh
 
 # harden: ThreadSanitizer build of the daemon, its tools and the reference engine (no unit
 # tests: the daemon's threads are the subject), then the integration tests that start it, each
