@@ -299,7 +299,7 @@ $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIBSRC)
 
 # harden: the wire target links the request checks (daemon/cf_reqcheck.c, what cf_service's handlers
 # call), the config defaults and the generated protobuf-c code; CUDA off (it only parses UUIDs).
-FUZZ_WIRE_SRC := daemon/cf_reqcheck.c daemon/cf_config.c lib/ipc/cf_kvmap.c lib/gpu/cf_gpu.c \
+FUZZ_WIRE_SRC := daemon/cf_reqcheck.c daemon/cf_config.c daemon/cf_trace.c lib/ipc/cf_kvmap.c lib/gpu/cf_gpu.c \
                  lib/util/cf_err.c lib/util/cf_log.c lib/util/cf_dtype.c lib/store/cf_redis.c lib/store/cf_redis_slots.c \
                  $(BUILD)/gen/cacheflow/v1/cacheflow.pb-c.c $(BUILD)/gen/grpc/health/v1/health.pb-c.c
 $(BUILD)/fuzz/fuzz_wire: tests/fuzz/fuzz_wire.c $(FUZZ_WIRE_SRC)
