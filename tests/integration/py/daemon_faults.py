@@ -209,6 +209,25 @@ for ev in c.restore(eng, toks, list(range(16, 32)), policy=pb.POLICY_LOAD):
         T.check("RegisterEngine with a pid of no process: FAILED_PRECONDITION naming it",
                 e.code.name == "FAILED_PRECONDITION" and f"pid {gone.pid}" in str(e), str(e))
     T.check("the refused registration holds nothing", c.stats().engines == 1 and died() == 1)
+    # an idle engine (no call open, its channel closed) killed: nothing but its pid tells the daemon
+    idle = subprocess.Popen([sys.executable, "-c", f"""
+import os, sys, time
+sys.path.insert(0, {os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "lib")!r})
+from cfdaemon import Client
+c = Client({d.addr!r}, timeout=60)
+req, _ = c.layout_request({os.path.join(d.tmp, "d.kv")!r}, block_size={BS}, num_blocks=8, name="idle")
+req.pid = os.getpid()
+print(c.register(req).engine_id, flush=True)
+c.close()
+time.sleep(3600)
+"""], stdout=subprocess.PIPE, text=True)
+    int(idle.stdout.readline())  # its engine id: registered
+    T.check("an idle engine registered", c.stats().engines == 2 and daemon_maps(os.path.join(d.tmp, "d.kv")))
+    idle.kill()
+    idle.wait()
+    T.check("the idle engine killed: unregistered too, its buffers unmapped",
+            wait_for(lambda: c.stats().engines == 1, 60) and not daemon_maps(os.path.join(d.tmp, "d.kv")))
+    T.check("two engines died, counted", died() == 2, str(died()))
     restore_exact([12, 13, 14, 15], "after the killed engine")
     c.unregister(eng)
     T.check("no engine left", c.stats().engines == 0)
