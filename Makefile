@@ -256,7 +256,7 @@ ASAN_SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-r
 asan: deps
 	$(Q)$(MAKE) --no-print-directory BUILD=build-asan CUDA=0 OPT=-O1 SAN="$(ASAN_SAN)" all
 	$(Q)BUILD=build-asan PYTHON=$(PYTHON) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 CF_ASAN=1 \
-	  CF_MAKE_SAN="$(ASAN_SAN)" tests/run.sh
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp CF_MAKE_SAN="$(ASAN_SAN)" tests/run.sh
 
 # harden: ThreadSanitizer build of the daemon, its tools and the reference engine (no unit
 # tests: the daemon's threads are the subject), then the integration tests that start it, each
