@@ -251,10 +251,13 @@ test-engines: deps
 bench-engines: all
 	$(Q)BUILD=$(BUILD) tests/engines/bench.sh $(BENCH_ARGS)
 
+# CF_MAKE_SAN: a test that runs make in $(BUILD) (daemon_install) passes the same flags, so it
+# does not rebuild build-asan with CUDA on and without the sanitizers under the later tests.
+ASAN_SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 asan: deps
-	$(Q)$(MAKE) --no-print-directory BUILD=build-asan CUDA=0 OPT=-O1 \
-	  SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
-	$(Q)BUILD=build-asan PYTHON=$(PYTHON) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 CF_ASAN=1 tests/run.sh
+	$(Q)$(MAKE) --no-print-directory BUILD=build-asan CUDA=0 OPT=-O1 SAN="$(ASAN_SAN)" all
+	$(Q)BUILD=build-asan PYTHON=$(PYTHON) ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 CF_ASAN=1 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/tests/lsan.supp CF_MAKE_SAN="$(ASAN_SAN)" tests/run.sh
 
 # harden: ThreadSanitizer build of the daemon, its tools and the reference engine (no unit
 # tests: the daemon's threads are the subject), then the integration tests that start it, each
@@ -302,7 +305,7 @@ $(BUILD)/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIBSRC)
 
 # harden: the wire target links the request checks (daemon/cf_reqcheck.c, what cf_service's handlers
 # call), the config defaults and the generated protobuf-c code; CUDA off (it only parses UUIDs).
-FUZZ_WIRE_SRC := daemon/cf_reqcheck.c daemon/cf_config.c lib/ipc/cf_kvmap.c lib/gpu/cf_gpu.c \
+FUZZ_WIRE_SRC := daemon/cf_reqcheck.c daemon/cf_config.c daemon/cf_trace.c lib/ipc/cf_kvmap.c lib/gpu/cf_gpu.c \
                  lib/util/cf_err.c lib/util/cf_log.c lib/util/cf_dtype.c lib/store/cf_redis.c lib/store/cf_redis_slots.c \
                  $(BUILD)/gen/cacheflow/v1/cacheflow.pb-c.c $(BUILD)/gen/grpc/health/v1/health.pb-c.c
 $(BUILD)/fuzz/fuzz_wire: tests/fuzz/fuzz_wire.c $(FUZZ_WIRE_SRC)

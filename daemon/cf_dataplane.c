@@ -267,13 +267,15 @@ static void cf__job_on_done(cf_executor_job_t *xj, int err, const cf_executor_re
   cf__post(((cf__job_t *)xj)->dp, ev);
 }
 
-/* Executor thread: the store lookup of a job's prefix (cf_storage's, thread-safe). The
- * restore's request stays untouched until the job ends. */
-static int cf__job_lookup(void *ctx, cf_executor_job_t *xj, int64_t *cached, uint8_t *chunk_tiers) {
+/* Executor thread: the store lookup of a job's prefix by the keys the executor hashed (cf_storage's
+ * answer, thread-safe). The restore's request stays untouched until the job ends. */
+static int cf__job_lookup(void *ctx, cf_executor_job_t *xj, const cf_store_key_t *keys, size_t nk, int64_t *cached,
+                          uint8_t *chunk_tiers) {
   cf_dataplane_t *dp = ctx;
   const cf__job_t *j = (const cf__job_t *)xj;
   uint32_t per[4] = {0, 0, 0, 0};
-  int rc = dp->inner.lookup(dp->inner.ctx, j->r->engine, j->r->req->token_ids, j->r->req->n_token_ids, per, chunk_tiers);
+  int rc = cf_storage_lookup_keys(dp->store, keys, nk, j->r->req->n_token_ids, cf_store_geom(dp->store)->chunk_tokens, per,
+                                  chunk_tiers);
   *cached = rc ? 0 : (int64_t)per[1] + per[2] + per[3];
   return rc;
 }

@@ -30,9 +30,11 @@ struct cf_executor_s {
   int swap_pending;
 };
 
-/* A job's pinned chunks for one round (its chunk keys, store refs, cell sources). */
+/* A job's pinned chunks for one round (its chunk keys, store refs, cell sources). A job runs in
+ * one round: its keys are hashed once (cf__keys), for the lookup and the pins both. */
 typedef struct {
-  cf_store_key_t *keys;
+  cf_store_key_t *keys;             /* [n_keys]: ceil(n_tokens / C), the last partial; NULL: no memory */
+  size_t n_keys;
   cf_store_chunkref_t *refs;
   cf_cellsrc_t **srcs;
   void **refp;
@@ -69,18 +71,26 @@ static void cf__unpin(cf_executor_t *x, cf__pins_t *s) {
   memset(s, 0, sizeof *s);
 }
 
-/* Pin what the store holds of j's prefix; chunks it no longer holds are computed whole. */
+/* j's chunk keys into s->keys (the round's one hashing of them). Without memory s->keys stays
+ * NULL: the lookup is skipped and nothing pinned (every chunk computed). */
+static void cf__keys(cf_executor_t *x, cf__pins_t *s, const cf_executor_job_t *j) {
+  const cf_store_geom_t *g = cf_store_geom(x->o.store);
+  size_t C = g->chunk_tokens, n = ((size_t)j->n_tokens + C - 1) / C;
+  if (!(s->keys = malloc((n ? n : 1) * sizeof *s->keys))) return;
+  s->n_keys = cf_store_chain_keys_partial(g->fingerprint, j->tokens, (size_t)j->n_tokens, (uint32_t)C, s->keys);
+}
+
+/* Pin what the store holds of j's prefix (by s->keys' full chunks); chunks it no longer holds
+ * are computed whole. */
 static int cf__pin(cf_executor_t *x, cf__pins_t *s, cf_executor_job_t *j) {
   const cf_store_geom_t *g = cf_store_geom(x->o.store);
   int C = (int)g->chunk_tokens, L = (int)g->n_layers;
-  size_t n = (size_t)(j->n_tokens + C - 1) / C, full = (size_t)j->n_tokens / C;
-  s->keys = calloc(full + 1, sizeof *s->keys);
+  size_t n = (size_t)(j->n_tokens + C - 1) / C, full = s->keys ? (size_t)j->n_tokens / C : 0;
   s->refs = calloc(full + 1, sizeof *s->refs);
   s->srcs = calloc(n, sizeof *s->srcs);
   s->refp = calloc(n, sizeof *s->refp);
-  if (!s->keys || !s->refs || !s->srcs || !s->refp)
+  if (!s->refs || !s->srcs || !s->refp)
     return cf_seterr(CF_ENOMEM, "restore %llu: buffers for %zu chunks", (unsigned long long)j->req_id, n);
-  cf_store_chain_keys(g->fingerprint, j->tokens, full * C, (uint32_t)C, s->keys);
   /* every chunk, not only a leading run: the plan may load chunks past a hole */
   cf_cellsrc_store_prepare_each(&x->cs, s->keys, full, s->refs, s->srcs, NULL);
   s->found = full; /* unpin all (absent ones hold no pin) */
@@ -98,7 +108,7 @@ static int cf__pin(cf_executor_t *x, cf__pins_t *s, cf_executor_job_t *j) {
 /* The round's planning step: look every live job's prefix up, then plan them all at once
  * (cf_planner_plan: one lib/sched plan per policy). Each job gets its plan, and its owner hears
  * of it (on_plan) before anything executes. err[i] is set for a job left without a plan. */
-static void cf__plan_round(cf_executor_t *x, cf_executor_job_t *const *jobs, int n, int *err) {
+static void cf__plan_round(cf_executor_t *x, cf_executor_job_t *const *jobs, const cf__pins_t *pins, int n, int *err) {
   const cf_store_geom_t *g = cf_store_geom(x->o.store);
   int C = (int)g->chunk_tokens, L = (int)g->n_layers, m = 0;
   cf_plan_input_t *ins = calloc((size_t)n, sizeof *ins);
@@ -115,7 +125,9 @@ static void cf__plan_round(cf_executor_t *x, cf_executor_job_t *const *jobs, int
     int64_t cached = 0;
     int32_t nk = (j->n_tokens + C - 1) / C;
     tiers[m] = calloc((size_t)nk + 1, 1);
-    if (tiers[m] && x->o.lookup && x->o.lookup(x->o.lookup_ctx, j, &cached, tiers[m])) {
+    if (tiers[m] && (!x->o.lookup || !pins[i].keys)) { /* nothing looked up: every chunk a hole */
+      memset(tiers[m], CF_STORE_TIER_NONE, (size_t)nk + 1);
+    } else if (tiers[m] && x->o.lookup(x->o.lookup_ctx, j, pins[i].keys, pins[i].n_keys, &cached, tiers[m])) {
       cached = 0;
       memset(tiers[m], CF_STORE_TIER_NONE, (size_t)nk + 1);
     }
@@ -160,7 +172,9 @@ static void cf__round(cf_executor_t *x, cf_executor_job_t *const *jobs, int n) {
     free(pins); free(run); free(map); free(err);
     return;
   }
-  if (x->o.planner) cf__plan_round(x, jobs, n, err);
+  for (int i = 0; i < n; i++)
+    if (!atomic_load(&jobs[i]->cancel)) cf__keys(x, &pins[i], jobs[i]);
+  if (x->o.planner) cf__plan_round(x, jobs, pins, n, err);
   /* GPU jobs first (one run on the GPU data path), then the rest on the CPU one: run[0..mg) and
    * run[mg..m). Both are the same scheduler (lib/exec); only the data movement differs. */
   int m = 0, mg = 0;

@@ -75,12 +75,15 @@ typedef struct {
   cf_exec_gpu_t *gpu;       /* NULL, or the GPU data path for jobs with gkv (borrowed) */
   struct cf_mempool_s *host_pool; /* NULL (unbounded) or the CPU data path's memory budget (borrowed) */
   cf_planner_t *planner;    /* NULL (jobs come planned), or the planner of each round (borrowed) */
-  /* The store lookup of a job's prefix (with a planner; NULL: nothing cached): leading tokens
+  /* The store lookup of a job's prefix (with a planner; NULL: nothing cached), by its chunk keys
+   * (keys[0..n_keys), n_keys = ceil(n_tokens / C), the last partial when C does not divide
+   * n_tokens: hashed once per restore by the executor, which pins by the same keys): leading tokens
    * stored into *cached_tokens, every chunk's CF_STORE_TIER_* into chunk_tiers
    * ([ceil(n_tokens / C)]; CF_STORE_TIER_NONE where no tier holds it: chunks past a hole count
    * too, and the round plans up to the last stored chunk, the holes computed). 0 or CF_E* (the
    * job is then planned as uncached). Thread-safe. */
-  int (*lookup)(void *ctx, cf_executor_job_t *j, int64_t *cached_tokens, uint8_t *chunk_tiers);
+  int (*lookup)(void *ctx, cf_executor_job_t *j, const cf_store_key_t *keys, size_t n_keys, int64_t *cached_tokens,
+                uint8_t *chunk_tiers);
   void *lookup_ctx;
   cf_trace_t *trace;        /* NULL, or where executed restores leave their trace (borrowed) */
 } cf_executor_opts_t;

@@ -8,6 +8,7 @@
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
+#include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -358,6 +359,13 @@ void cf_rpc_finish(cf_rpc_call_t *c, int status, const char *fmt, ...) {
 void cf_rpc_on_close(cf_rpc_call_t *c, void (*cb)(cf_rpc_call_t *, void *), void *arg) {
   c->close_cb = cb;
   c->close_arg = arg;
+}
+
+int cf_rpc_call_is_local(cf_rpc_call_t *c) {
+  char *peer = grpc_call_get_peer(c->call); /* "unix:...", "ipv4:..." or "ipv6:..." */
+  int local = peer && !strncmp(peer, "unix", 4);
+  gpr_free(peer);
+  return local;
 }
 
 /* The request arrived (or the call failed before it did): route it. */

@@ -99,6 +99,10 @@ void cf_rpc_finish(cf_rpc_call_t *c, int status, const char *fmt, ...) __attribu
  * (so a stream can stop early). The call stays valid until it is ended with cf_rpc_finish. */
 void cf_rpc_on_close(cf_rpc_call_t *c, void (*cb)(cf_rpc_call_t *c, void *arg), void *arg);
 
+/* 1 when the call came over the unix socket (its peer runs on this host, in a process whose
+ * pid means something here), 0 over TCP. */
+int cf_rpc_call_is_local(cf_rpc_call_t *c);
+
 /* Map a CF_E* code to the nearest gRPC status. */
 int cf_rpc_status_from_err(int cf_err);
 const char *cf_rpc_status_name(int status);

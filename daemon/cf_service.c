@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "cf_pidwatch.h"
 #include "cf_reqcheck.h"
 #include "cf_trace.h"
 #include "cf_worker.h"
@@ -44,6 +45,7 @@ struct cf_service_s {
   int draining;
   /* counters read by other threads */
   uint32_t n_engines;
+  uint64_t engines_died;
   double t_start;
 };
 
@@ -56,12 +58,17 @@ static double cf__now(void) {
 static void cf__lease_engine_gone(cf_service_t *s, cf_engine_t *e);
 
 /* ---------------------------------------------------------------- engines */
-static void cf__engine_unref(cf_service_t *s, cf_engine_t *e) {
-  if (--e->refs) return;
-  if (s->be.engine_removed) s->be.engine_removed(s->be.ctx, e);
+/* The engine's memory (engine_removed, when it was added, has run before). */
+static void cf__engine_free(cf_engine_t *e) {
   for (int l = 0; l < e->n_layers; l++) { free(e->layers[l].k.shm_path); free(e->layers[l].v.shm_path); }
   free(e->layers);
   free(e);
+}
+
+static void cf__engine_unref(cf_service_t *s, cf_engine_t *e) {
+  if (--e->refs) return;
+  if (s->be.engine_removed) s->be.engine_removed(s->be.ctx, e);
+  cf__engine_free(e);
 }
 
 /* The batcher frees a restore: its engine reference goes. */
@@ -72,6 +79,52 @@ static cf_engine_t *cf__engine_find(cf_service_t *s, uint64_t id) {
   for (int i = 0; i < s->max_engines; i++)
     if (s->engines[i] && s->engines[i]->id == id) return s->engines[i];
   return NULL;
+}
+
+/* Take the engine in `slot` out of the table: its restores waiting are aborted, those running
+ * cancelled, its pid no longer watched; its memory goes with its last reference. */
+static void cf__engine_drop(cf_service_t *s, int slot) {
+  cf_engine_t *e = s->engines[slot];
+  s->engines[slot] = NULL;
+  __atomic_fetch_sub(&s->n_engines, 1, __ATOMIC_RELAXED);
+  e->gone = 1;
+  cf_pidwatch_stop(e->watch);
+  e->watch = NULL;
+  cf_batcher_cancel_engine(s->batcher, e, e->id);
+  cf__lease_engine_gone(s, e); /* its borrowed weights, if it lent them, go back first */
+  cf__engine_unref(s, e);
+}
+
+/* The engine's process exited while registered (killed, crashed): nobody will Unregister it. */
+static void cf__engine_died(cf_pidwatch_t *w, void *arg) {
+  cf_service_t *s = arg;
+  for (int i = 0; i < s->max_engines; i++) {
+    cf_engine_t *e = s->engines[i];
+    if (!e || e->watch != w) continue;
+    CF_WARN("engine id=%llu name=\"%s\": its process %d exited without Unregister; unregistered", (unsigned long long)e->id,
+            e->name, e->pid);
+    __atomic_fetch_add(&s->engines_died, 1, __ATOMIC_RELAXED);
+    cf__engine_drop(s, i); /* stops w */
+    return;
+  }
+  cf_pidwatch_stop(w); /* not reached: a dropped engine's watch is stopped (no callback after) */
+}
+
+/* Watch e->pid when the call came over the unix socket (a pid from another host means nothing
+ * here). 0, or a status for the call with `why` filled. */
+static int cf__engine_watch(cf_service_t *s, cf_rpc_call_t *c, cf_engine_t *e, char *why, size_t cap) {
+  if (!e->pid) return 0;
+  if (!cf_rpc_call_is_local(c)) {
+    CF_INFO("engine \"%s\" states pid %d over TCP: not watched (a remote process)", e->name, e->pid);
+    e->pid = 0;
+    return 0;
+  }
+  int rc = cf_pidwatch_start(&e->watch, s->loop, e->pid, 0, cf__engine_died, s);
+  if (rc) {
+    snprintf(why, cap, "pid %d (the engine's process, RegisterEngineRequest.pid; 0 = not watched): %s", e->pid, cf_errmsg());
+    return rc == CF_ENOTFOUND ? CF_RPC_FAILED_PRECONDITION : cf_rpc_status_from_err(rc);
+  }
+  return 0;
 }
 
 /* Field checks of RegisterEngine that need only the config (cf_reqcheck: the wire fuzzer runs them too). */
@@ -113,6 +166,7 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   e->head0 = (int)r->kv_head_start;
   e->n_heads = heads;
   e->tp_group = r->tp_group;
+  e->pid = (int)r->pid;
   snprintf(e->name, sizeof e->name, "%s", r->name);
   for (size_t i = 0; i < r->n_layers; i++) {
     const Cacheflow__V1__LayerLayout *L = r->layers[i];
@@ -130,14 +184,17 @@ static void cf__h_register(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) {
   /* Ids never repeat within a run, and a restart changes the high bits, so a stale id from
    * an earlier daemon is NOT_FOUND rather than someone else's engine. */
   e->id = ++s->next_id;
+  if ((st = cf__engine_watch(s, c, e, why, sizeof why))) {
+    cf_rpc_finish(c, st, "%s", why);
+    cf__engine_free(e); /* engine_removed must not run for an engine never added */
+    goto out;
+  }
   if (s->be.engine_added) {
     int rc = s->be.engine_added(s->be.ctx, e);
     if (rc) {
       cf_rpc_finish(c, cf_rpc_status_from_err(rc), "%s: %s", cf_strerror(rc), cf_errmsg());
-      /* freed by hand: engine_removed must not run for an engine never added */
-      for (int l = 0; l < e->n_layers; l++) { free(e->layers[l].k.shm_path); free(e->layers[l].v.shm_path); }
-      free(e->layers);
-      free(e);
+      cf_pidwatch_stop(e->watch);
+      cf__engine_free(e); /* engine_removed must not run for an engine never added */
       goto out;
     }
   }
@@ -165,14 +222,8 @@ static void cf__h_unregister(cf_rpc_call_t *c, ProtobufCMessage *m, void *user) 
   if (slot < 0) {
     cf_rpc_finish(c, CF_RPC_NOT_FOUND, "engine_id %llu is not registered", (unsigned long long)r->engine_id);
   } else {
-    cf_engine_t *e = s->engines[slot];
-    s->engines[slot] = NULL;
-    __atomic_fetch_sub(&s->n_engines, 1, __ATOMIC_RELAXED);
-    e->gone = 1;
-    cf_batcher_cancel_engine(s->batcher, e, e->id);
-    cf__lease_engine_gone(s, e);
-    CF_INFO("engine unregistered: id=%llu", (unsigned long long)e->id);
-    cf__engine_unref(s, e);
+    CF_INFO("engine unregistered: id=%llu", (unsigned long long)s->engines[slot]->id);
+    cf__engine_drop(s, slot);
     Cacheflow__V1__UnregisterResponse resp = CACHEFLOW__V1__UNREGISTER_RESPONSE__INIT;
     cf_rpc_reply(c, &resp.base);
   }
@@ -644,6 +695,7 @@ typedef struct {
 
 #define CF__GET(name, expr) static double name(const cf__snap_t *x) { return (double)(expr); }
 CF__GET(cf__g_restores, x->st.restores_total)
+CF__GET(cf__g_engines_died, x->st.engines_died)
 CF__GET(cf__g_batches, x->st.batches_total)
 CF__GET(cf__g_batched, x->st.restores_batched_total)
 CF__GET(cf__g_in_flight, x->st.restores_in_flight)
@@ -700,6 +752,8 @@ static const struct {
   double (*get)(const cf__snap_t *);
 } cf__metric_rows[] = {
   {"cacheflow_restores_total", "counter", "Restores accepted.", NULL, NULL, cf__g_restores},
+  {"cacheflow_engines_died_total", "counter", "Engines unregistered by the daemon because their process exited "
+   "without Unregister (RegisterEngineRequest.pid).", NULL, NULL, cf__g_engines_died},
   {"cacheflow_restore_batches_total", "counter", "Restore batches dispatched.", NULL, NULL, cf__g_batches},
   {"cacheflow_restores_batched_total", "counter", "Restores handed over in those batches.", NULL, NULL, cf__g_batched},
   {"cacheflow_restores_in_flight", "gauge", "Restores accepted and not yet ended.", NULL, NULL, cf__g_in_flight},
@@ -992,7 +1046,7 @@ void cf_service_close(cf_service_t *s) {
   cf_worker_close(s->weigher);
   if (s->lease) cf__lease_free(s->lease);
   for (int i = 0; i < s->max_engines; i++)
-    if (s->engines[i]) { cf_engine_t *e = s->engines[i]; s->engines[i] = NULL; cf__engine_unref(s, e); }
+    if (s->engines[i]) { cf_engine_t *e = s->engines[i]; s->engines[i] = NULL; cf_pidwatch_stop(e->watch); cf__engine_unref(s, e); }
   free(s->engines);
   free(s);
 }
@@ -1000,6 +1054,7 @@ void cf_service_close(cf_service_t *s) {
 void cf_service_stats(const cf_service_t *s, cf_service_stats_t *o) {
   memset(o, 0, sizeof *o);
   o->engines = __atomic_load_n(&s->n_engines, __ATOMIC_RELAXED);
+  o->engines_died = __atomic_load_n(&s->engines_died, __ATOMIC_RELAXED);
   cf_batcher_stats_t bs;
   cf_batcher_stats(s->batcher, &bs);
   o->restores_in_flight = bs.in_flight;

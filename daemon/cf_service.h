@@ -49,6 +49,8 @@ typedef struct cf_engine_s {
   char name[129];
   int refs;
   int gone;                 /* unregistered: restores still holding it are aborted */
+  int pid;                  /* its process (RegisterEngineRequest.pid, unix socket), 0 = not watched */
+  struct cf_pidwatch_s *watch; /* unregisters it when that process exits; NULL when not watched */
   int n_layers;
   uint32_t block_size, num_blocks;
   int head0, n_heads;       /* model KV heads [head0, head0 + n_heads) in its buffers (a TP shard: fewer) */
@@ -137,6 +139,7 @@ void cf_service_close(cf_service_t *s);
 
 typedef struct {
   uint32_t engines, restores_in_flight;
+  uint64_t engines_died;    /* unregistered because their process exited (no Unregister) */
   uint64_t restores_total, restores_batched_total, batches_total;
   uint64_t cpu_bytes, ssd_bytes;
   int draining;

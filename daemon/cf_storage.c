@@ -270,16 +270,13 @@ static cf_store_key_t *cf__keys(const cf_storage_t *s, const uint32_t *tokens, s
   return k;
 }
 
-static int cf__lookup(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t n, uint32_t per[4], uint8_t *chunk_tiers) {
-  cf_storage_t *s = ctx;
-  (void)e;
-  size_t nk = 0, C = s->g.chunk_tokens;
-  cf_store_key_t *keys = cf__keys(s, tokens, n, &nk);
+int cf_storage_lookup_keys(cf_store_t *st, const cf_store_key_t *keys, size_t nk, size_t n, size_t C, uint32_t per[4],
+                           uint8_t *chunk_tiers) {
   uint8_t *tiers = malloc(nk ? nk : 1);
-  if (!keys || !tiers) { free(keys); free(tiers); return cf_seterr(CF_ENOMEM, "lookup of %zu tokens", n); }
+  if (!tiers) return cf_seterr(CF_ENOMEM, "lookup of %zu tokens", n);
   /* every chunk (keys chain over token ids only: a chunk is found without its predecessors),
    * the local tiers, then the remote one for the local misses (one round trip) */
-  cf_store_lookup_each(s->st, keys, nk, tiers);
+  cf_store_lookup_each(st, keys, nk, tiers);
   per[0] = per[1] = per[2] = per[3] = 0;
   /* the store's tier numbers (NONE 0, CPU 1, SSD 2, REMOTE 3) are the proto's; per[] counts the
    * leading run only (Lookup's cached_tokens), chunk_tiers gets every chunk's */
@@ -289,9 +286,19 @@ static int cf__lookup(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t 
     if (lead && tiers[i] <= CF_STORE_TIER_REMOTE) per[tiers[i]] += (uint32_t)nt;
     if (chunk_tiers) chunk_tiers[i] = tiers[i];
   }
-  free(keys);
   free(tiers);
   return 0;
+}
+
+static int cf__lookup(void *ctx, cf_engine_t *e, const uint32_t *tokens, size_t n, uint32_t per[4], uint8_t *chunk_tiers) {
+  cf_storage_t *s = ctx;
+  (void)e;
+  size_t nk = 0;
+  cf_store_key_t *keys = cf__keys(s, tokens, n, &nk);
+  if (!keys) return cf_seterr(CF_ENOMEM, "lookup of %zu tokens", n);
+  int rc = cf_storage_lookup_keys(s->st, keys, nk, n, s->g.chunk_tokens, per, chunk_tiers);
+  free(keys);
+  return rc;
 }
 
 static uint64_t cf__key8(const cf_store_key_t *k) {

@@ -42,6 +42,11 @@ void cf_storage_close(cf_storage_t *s);
 /* Where the executor writes engine e's KV: its shared-memory view (*kv) for a shm engine, or
  * its device view (*gkv) for a CUDA IPC engine; the other is NULL. Both NULL: no mapping. */
 void cf_storage_engine_kv(const cf_engine_t *e, cf_kvmap_t **kv, const cf_gpu_kv_t **gkv);
+/* Lookup's answer from chunk keys already hashed (keys[0..nk) of a prompt of n tokens, C per
+ * chunk, the last partial when C does not divide n): per[tier] counts the tokens of the leading
+ * run of stored chunks, chunk_tiers (may be NULL; nk entries) every chunk's tier. Thread-safe. */
+int cf_storage_lookup_keys(cf_store_t *st, const cf_store_key_t *keys, size_t nk, size_t n, size_t C, uint32_t per[4],
+                           uint8_t *chunk_tiers);
 
 /* A restore into engine e ended (ok: it succeeded) having written tokens[present_tokens, n) into
  * `blocks` except the cells skip[] ([ceil(n / C) * L], NULL: none) marks: a windowed layer's

@@ -198,6 +198,8 @@ size_t cf_store_chain_keys(const uint8_t fingerprint[16], const int32_t *tokens,
 /* Like cf_store_chain_keys, plus, when n % C != 0, one more key for the partial last chunk:
  * XXH3-128(fingerprint ‖ parent ‖ tokens ‖ "partial" ‖ count), distinct from any full chunk's.
  * Returns ceil(n / C). keys_out must hold that many. */
+/* Chunk keys hashed by this process so far (every thread): tests count them per restore. */
+uint64_t cf_store_keys_hashed(void);
 size_t cf_store_chain_keys_partial(const uint8_t fingerprint[16], const int32_t *tokens, size_t n,
                                    uint32_t C, cf_store_key_t *keys_out);
 

@@ -5,10 +5,15 @@
 
 #include "store/cf_store.h"
 
+static uint64_t cf__hashed; /* relaxed atomic: a count, ordered with nothing */
+
+uint64_t cf_store_keys_hashed(void) { return __atomic_load_n(&cf__hashed, __ATOMIC_RELAXED); }
+
 static void cf__key_one(const uint8_t fp[16], const cf_store_key_t *parent, const int32_t *tok,
                         uint32_t n, int partial, cf_store_key_t *out) {
   XXH3_state_t s;
   static const uint8_t zero[16];
+  __atomic_fetch_add(&cf__hashed, 1, __ATOMIC_RELAXED);
   XXH3_128bits_reset(&s);
   XXH3_128bits_update(&s, fp, 16);
   XXH3_128bits_update(&s, parent ? parent->b : zero, 16);

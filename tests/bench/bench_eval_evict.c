@@ -574,9 +574,8 @@ int main(int argc, char **argv) {
   }
   free(cl);
   if (dir == tmpl) rmdir(tmpl);
-  if (rc == 2) return 2;
-  for (int i = 0; i < T.n; i++) free(T.r[i].prompt.s);
+  for (int i = 0; i < T.n; i++) free(T.r[i].prompt.s); /* on a bad --caps too (make asan: LeakSanitizer) */
   free(T.r);
   free(oracle.o);
-  return rc ? 1 : 0;
+  return rc == 2 ? 2 : rc ? 1 : 0;
 }

@@ -167,6 +167,7 @@ static int register_engine(engine_t *e, cf_client_t *c) {
   req.n_layers = (size_t)e->L;
   req.layers = lp;
   req.name = (char *)"cf-refengine";
+  req.pid = (uint32_t)getpid(); /* the daemon unregisters us if we die without Unregister */
   Cacheflow__V1__RegisterEngineResponse *resp = NULL;
   rc = cf_client_call(c, "/cacheflow.v1.CacheFlow/RegisterEngine", &req.base,
                       &cacheflow__v1__register_engine_response__descriptor, (ProtobufCMessage **)&resp);

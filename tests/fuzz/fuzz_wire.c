@@ -5,10 +5,11 @@
  * Input: byte 0 picks the starting state (bits 0-3: which of four baseline engines are
  * registered — dense NHD bf16, HND f16 with one-token blocks, a TP shard, vLLM's CPU f32
  * layout with V's own strides; bit 7: the store holds bf16 cells, so engines of other dtypes
- * are refused). Then records [kind][len lo][len hi][len bytes of a serialized request]: kind
- * mod 10 = RegisterEngine, Unregister, Lookup, Save, Restore, Admin.Evict, Admin.GetConfig,
- * Health.Check, Admin.Stats, OfferWeights. So one input registers an engine, saves with it,
- * offers weights as it, unregisters it and restores into it, as a client could.
+ * are refused; bit 6: the daemon keeps no restore traces). Then records [kind][len lo][len hi]
+ * [len bytes of a serialized request]: kind mod 12 = RegisterEngine, Unregister, Lookup, Save,
+ * Restore, Admin.Evict, Admin.GetConfig, Health.Check (and Watch: the same request), Admin.Stats,
+ * Admin.Trace, Admin.Flush, OfferWeights — every request of proto/. So one input registers an
+ * engine, saves with it, offers weights as it, unregisters it and restores into it, as a client could.
  *
  * What must hold (else __builtin_trap, a crash the fuzzer reports):
  *   - a refusal always names what was wrong (a non-empty detail) with a real gRPC status;
@@ -19,6 +20,10 @@
  *   - an accepted OfferWeights names a registered engine and holds tensors of 1-3 dimensions,
  *     a known dtype, contiguous strides, tp_rank < tp_size, each inside its shm file (what
  *     cf_weights then maps and reads).
+ *   - Admin.Trace finds a kept restore (daemon/cf_trace, two restores recorded per input) or
+ *     says which id it lacks, and the record it copies out is whole;
+ *   - Admin.Stats: the StatsResponse the handler builds, its MemoryStats (budgets, use, peaks)
+ *     filled from the record's bytes, decodes to the same values, as a client reads it.
  * The engine table lives per input (libFuzzer needs an input to mean the same every run).
  *
  * tests/unit/test_fuzz_corpus.c includes this file and replays tests/fuzz/corpus/wire/ under
@@ -38,8 +43,10 @@
 #include "cf_model_info.h"
 #include "cf_reqcheck.h"
 #include "cf_rpc.h"
+#include "cf_trace.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "ipc/cf_kvmap.h"
+#include "util/cf_err.h"
 
 #define CF_FW_ENGINES 8
 #define CF_FW_LAYERS 2
@@ -67,6 +74,37 @@ static cf_fw_engine_t g_eng[CF_FW_ENGINES];
 static int g_n;
 static uint64_t g_next_id;
 static int g_kv_dtype;
+static cf_trace_t *g_trace; /* per input: NULL when the input says no traces are kept */
+
+/* Two restores recorded the way the executor records them (cf_trace_begin/end): ids 7 and 9,
+ * 3 chunks of 16 tokens (the last partial), 2 plan ops, 2 executed steps. */
+static void cf_fw_trace_seed(cf_trace_t *t) {
+  for (uint64_t id = 7; id <= 9; id += 2) {
+    cf_exec_trace_t *tr = cf_trace_begin(t);
+    if (!tr) __builtin_trap();
+    for (int i = 0; i < 2; i++) {
+      tr->ev[i] = (cf_exec_tev_t){0};
+      tr->ev[i].t1_ns = 1000 * (i + 1);
+    }
+    atomic_store(&tr->n, 2);
+    int32_t h[3] = {2, 1, 0};
+    uint8_t tiers[3] = {1, 2, 0};
+    cf_plan_op_t ops[2];
+    memset(ops, 0, sizeof ops);
+    cf_exec_req_t r;
+    memset(&r, 0, sizeof r);
+    r.n_tokens = 40;
+    r.chunk_tokens = 16;
+    r.h = h;
+    r.req_id = id;
+    cf_restore_plan_t pl;
+    memset(&pl, 0, sizeof pl);
+    pl.ops = ops;
+    pl.n_ops = 2;
+    pl.tiers = tiers;
+    cf_trace_end(t, tr, &r, &pl, CF_FW_LAYERS, 1);
+  }
+}
 
 static void cf_fw_init(void) {
   static int done;
@@ -335,12 +373,69 @@ static int cf_fw_offer(const uint8_t *p, size_t n, int *refused, char *first, si
   return st ? -1 : 0;
 }
 
+/* Admin.Trace: what cf_trace_rpc does before it builds the response (cf_trace_get). */
+static int cf_fw_trace(const Cacheflow__V1__TraceRequest *r, int *refused, char *first, size_t cap) {
+  if (!g_trace) {
+    cf_fw_refused(CF_RPC_FAILED_PRECONDITION, "this cacheflowd keeps no restore traces", refused, first, cap);
+    return -1;
+  }
+  cf_trace_rec_t rec;
+  int rc = cf_trace_get(g_trace, r->restore_id, &rec);
+  if (rc == CF_ENOTFOUND) {
+    char id[32];
+    snprintf(id, sizeof id, "%llu", (unsigned long long)r->restore_id);
+    /* the refusal names the id it lacks (or that nothing was traced) */
+    if (r->restore_id ? !strstr(cf_errmsg(), id) : !*cf_errmsg()) __builtin_trap();
+    cf_fw_refused(CF_RPC_NOT_FOUND, cf_errmsg(), refused, first, cap);
+    return -1;
+  }
+  if (rc) __builtin_trap();
+  /* the kept record: the id asked for (0: the latest), its arrays whole */
+  if ((r->restore_id && rec.id != r->restore_id) || (!r->restore_id && rec.id != 9) || rec.n_chunks != 3 ||
+      !rec.h || !rec.tiers || rec.n_plan_ops != 2 || rec.n_ev != 2 || rec.h[0] != 2 || rec.tiers[1] != 2)
+    __builtin_trap();
+  cf_trace_rec_free(&rec);
+  return 0;
+}
+
+/* Admin.Stats: the response's MemoryStats from the record's bytes (any values), packed as the
+ * handler packs it and unpacked as a client does: the same numbers come out. */
+static void cf_fw_stats_memory(const uint8_t *p, size_t n) {
+  uint64_t v[8] = {0};
+  memcpy(v, p, n < sizeof v ? n : sizeof v);
+  Cacheflow__V1__MemoryStats mem = CACHEFLOW__V1__MEMORY_STATS__INIT;
+  mem.host_budget_bytes = v[0];
+  mem.host_used_bytes = v[1];
+  mem.host_peak_bytes = v[2];
+  mem.gpu_budget_bytes = v[3];
+  mem.gpu_used_bytes = v[4];
+  mem.gpu_peak_bytes = v[5];
+  mem.waits = v[6];
+  mem.refusals = v[7];
+  Cacheflow__V1__StatsResponse resp = CACHEFLOW__V1__STATS_RESPONSE__INIT;
+  resp.memory = &mem;
+  resp.model_dir = g_model.dir;
+  uint8_t buf[512];
+  size_t len = cacheflow__v1__stats_response__get_packed_size(&resp);
+  if (len > sizeof buf) __builtin_trap();
+  cacheflow__v1__stats_response__pack(&resp, buf);
+  Cacheflow__V1__StatsResponse *back = cacheflow__v1__stats_response__unpack(NULL, len, buf);
+  if (!back || !back->memory) __builtin_trap();
+  const Cacheflow__V1__MemoryStats *m = back->memory;
+  if (m->host_budget_bytes != v[0] || m->host_used_bytes != v[1] || m->host_peak_bytes != v[2] ||
+      m->gpu_budget_bytes != v[3] || m->gpu_used_bytes != v[4] || m->gpu_peak_bytes != v[5] || m->waits != v[6] ||
+      m->refusals != v[7])
+    __builtin_trap();
+  cacheflow__v1__stats_response__free_unpacked(back, NULL);
+}
+
 /* Admin and health requests: unpacking, and the checks their handlers make. */
 static int cf_fw_admin(int kind, const uint8_t *p, size_t n, int *refused, char *first, size_t cap) {
   char why[256] = "";
   static const ProtobufCMessageDescriptor *desc[] = {
     &cacheflow__v1__evict_request__descriptor, &cacheflow__v1__get_config_request__descriptor,
-    &grpc__health__v1__health_check_request__descriptor, &cacheflow__v1__stats_request__descriptor};
+    &grpc__health__v1__health_check_request__descriptor, &cacheflow__v1__stats_request__descriptor,
+    &cacheflow__v1__trace_request__descriptor, &cacheflow__v1__flush_request__descriptor};
   ProtobufCMessage *m = protobuf_c_message_unpack(desc[kind - 5], NULL, n, p);
   if (!m) { cf_fw_refused(CF_RPC_INVALID_ARGUMENT, "malformed request", refused, first, cap); return -1; }
   int rc = 0;
@@ -355,6 +450,10 @@ static int cf_fw_admin(int kind, const uint8_t *p, size_t n, int *refused, char 
     const char *s = kind == 6 ? ((const Cacheflow__V1__GetConfigRequest *)m)->name
                               : ((const Grpc__Health__V1__HealthCheckRequest *)m)->service;
     if (!s || strlen(s) > n) __builtin_trap();
+  } else if (kind == 8) {
+    cf_fw_stats_memory(p, n);
+  } else if (kind == 9) {
+    rc = cf_fw_trace((const Cacheflow__V1__TraceRequest *)m, refused, first, cap);
   }
   protobuf_c_message_free_unpacked(m, NULL);
   return rc;
@@ -370,6 +469,12 @@ int cf_fuzz_wire_run(const uint8_t *data, size_t size, int *refused, char *first
   g_n = 0;
   g_next_id = 0x5eed0000ull;
   g_kv_dtype = data[0] & 0x80 ? CACHEFLOW__V1__DTYPE__DTYPE_BF16 : 0;
+  cf_trace_free(g_trace);
+  g_trace = NULL;
+  if (!(data[0] & 0x40)) {
+    if (cf_trace_init(&g_trace, 2, 4)) __builtin_trap();
+    cf_fw_trace_seed(g_trace);
+  }
   int base_refused = 0;
   for (int b = 0; b < 4; b++) {
     if (!(data[0] & (1 << b))) continue;
@@ -382,7 +487,7 @@ int cf_fuzz_wire_run(const uint8_t *data, size_t size, int *refused, char *first
   }
   int records = 0;
   for (size_t off = 1; off + 3 <= size; records++) {
-    int kind = data[off] % 10;
+    int kind = data[off] % 12;
     size_t len = (size_t)data[off + 1] | (size_t)data[off + 2] << 8;
     off += 3;
     if (len > size - off) len = size - off;
@@ -392,7 +497,7 @@ int cf_fuzz_wire_run(const uint8_t *data, size_t size, int *refused, char *first
       case 0: cf_fw_register(p, len, refused, first, cap); break;
       case 1: cf_fw_unregister(p, len, refused, first, cap); break;
       case 2: case 3: case 4: cf_fw_tokreq(kind, p, len, refused, first, cap); break;
-      case 9: cf_fw_offer(p, len, refused, first, cap); break;
+      case 11: cf_fw_offer(p, len, refused, first, cap); break;
       default: cf_fw_admin(kind, p, len, refused, first, cap); break;
     }
   }

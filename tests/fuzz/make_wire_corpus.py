@@ -22,7 +22,7 @@ OUT = "tests/fuzz/corpus/wire"
 SHM = "/tmp/cf-fuzz-wire.kv"  # fuzz_wire.c's CF_FW_SHM
 FP = bytes(range(0xC0, 0xD0))
 BASE = 0x5EED0000
-REG, UNREG, LOOKUP, SAVE, RESTORE, EVICT, GETCONFIG, HEALTH, STATS, OFFER = range(10)
+REG, UNREG, LOOKUP, SAVE, RESTORE, EVICT, GETCONFIG, HEALTH, STATS, TRACE, FLUSH, OFFER = range(12)
 
 
 def rec(kind, msg):
@@ -89,6 +89,13 @@ SEEDS["valid_register_hnd_f32_offset"] = bytes([0x00]) + rec(REG, nhd_register(
 SEEDS["valid_admin"] = bytes([0x01]) + rec(EVICT, pb.EvictRequest(tier=pb.TIER_CPU, bytes=1 << 20)) + rec(
     EVICT, pb.EvictRequest()) + rec(GETCONFIG, pb.GetConfigRequest(name="max_blocks")) + rec(
     GETCONFIG, pb.GetConfigRequest()) + rec(HEALTH, health("cacheflow.v1.CacheFlow")) + rec(STATS, b"")
+# Admin.Trace of the latest and of a kept restore (fuzz_wire.c records ids 7 and 9), Flush,
+# Stats (its record's bytes become the response's MemoryStats values: empty = all zero)
+SEEDS["valid_trace_flush_stats"] = bytes([0x01]) + rec(TRACE, pb.TraceRequest()) + rec(
+    TRACE, pb.TraceRequest(restore_id=7)) + rec(TRACE, pb.TraceRequest(restore_id=9)) + rec(
+    FLUSH, pb.FlushRequest()) + rec(STATS, b"") + rec(STATS, pb.StatsRequest())
+SEEDS["bad_trace_unknown_id"] = bytes([0x01]) + rec(TRACE, pb.TraceRequest(restore_id=8))
+SEEDS["bad_trace_not_kept"] = bytes([0x41]) + rec(TRACE, pb.TraceRequest())
 SEEDS["valid_store_bf16"] = bytes([0x85]) + rec(
     LOOKUP, pb.LookupRequest(engine_id=BASE + 1, token_ids=[0, 31999])) + rec(
     LOOKUP, pb.LookupRequest(engine_id=BASE + 2, token_ids=[7] * 100))

@@ -244,18 +244,23 @@ CF_TEST(batch_quiesce_cancels_running_and_ends_queued) {
 /* With a planner, each round is looked up (the store's real answer) and planned once, on the
  * executor thread: jobs of one policy get the joint plan of all of them (the same staircase
  * lib/sched gives for them together), with its link and compute order and prediction; each
- * job's owner hears of its plan (on_plan) before its first layer; the KV is right. */
+ * job's owner hears of its plan (on_plan) before its first layer; the KV is right (the store's
+ * per-cell checksums verified on every load). Each chunk key is hashed once per restore: the
+ * lookup gets the keys the executor pins by. */
 typedef struct {
   bw_t *w;
-  int looked_up;
+  int looked_up, bad_keys;
   pthread_t lookup_thread;
+  cf_store_key_t want[16]; /* the prefix's keys, hashed before the restores */
+  size_t n_want;
 } tlookup_t;
 
-static int t_lookup(void *ctx, cf_executor_job_t *j, int64_t *cached, uint8_t *tiers) {
+static int t_lookup(void *ctx, cf_executor_job_t *j, const cf_store_key_t *keys, size_t nk, int64_t *cached,
+                    uint8_t *tiers) {
   tlookup_t *lk = ctx;
   bw_t *w = lk->w;
-  cf_store_key_t keys[16];
-  size_t nk = cf_store_chain_keys_partial(cf_store_geom(w->st)->fingerprint, j->tokens, (size_t)j->n_tokens, (uint32_t)w->C, keys);
+  /* the executor's keys are the prefix's own (every job restores the same prefix) */
+  if (lk->n_want != nk || memcmp(lk->want, keys, nk * sizeof *keys)) __atomic_fetch_add(&lk->bad_keys, 1, __ATOMIC_RELAXED);
   size_t hit = cf_store_lookup(w->st, keys, nk, tiers);
   *cached = (int64_t)hit * w->C;
   __atomic_fetch_add(&lk->looked_up, 1, __ATOMIC_RELAXED);
@@ -299,10 +304,16 @@ CF_TEST(executor_plans_each_round_once_on_its_thread) {
     j[i].t.b.on_plan = pj_on_plan;
   }
   cf_executor_job_t *js[4] = {&j[0].t.b, &j[1].t.b, &j[2].t.b, &j[3].t.b};
+  lk.n_want = cf_store_chain_keys_partial(cf_store_geom(w.st)->fingerprint, w.tok, (size_t)w.T, (uint32_t)w.C, lk.want);
+  uint64_t hashed0 = cf_store_keys_hashed();
   cf_executor_submit(b, js, 4);
   tjob_t *all[4] = {&j[0].t, &j[1].t, &j[2].t, &j[3].t};
   wait_done(all, 4);
   CF_CHECK_EQ(lk.looked_up, 4);
+  CF_CHECK_EQ(lk.bad_keys, 0);
+  /* 4 restores of ceil(T / C) chunks: each chunk's key hashed once per restore (the lookup and
+   * the pins share the keys; before, the lookup hashed them and the pins hashed them again) */
+  CF_CHECK_EQ(cf_store_keys_hashed() - hashed0, (uint64_t)(4 * lk.n_want));
   CF_CHECK(!pthread_equal(lk.lookup_thread, pthread_self())); /* off the submitting thread */
   /* what lib/sched plans for each policy's pair together, with the tiers the store reported */
   uint8_t st_tiers[16], tiers[16];

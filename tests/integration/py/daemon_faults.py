@@ -6,7 +6,9 @@
     the engine may have reused), restores_in_flight is back to 0, its readiness slot is given
     back (the next restore still gets one); the loaded KV is bit-exact afterwards;
   - an engine process killed (SIGKILL) while its restore streams: the daemon ends the restore,
-    keeps serving, its engine can be unregistered, and another engine's restore is bit-exact.
+    keeps serving, unregisters the engine itself (it registered with its pid: the daemon watches
+    the process) — slot, buffer mappings and readiness file gone, counted in Stats and /metrics —
+    and another engine's restore is bit-exact; a pid with no process is refused at registration.
 Restores are slowed with cpu_read_gbps (a SIGHUP) so they are surely in flight when cut."""
 import os
 import re
@@ -104,10 +106,24 @@ try:
     restore_exact([4, 5, 6, 7], "after the reloads")
 
     # ---------------------------------------------------------------- client disconnects mid-stream
-    def cancelled():
+    def rpc_status(code_name):
         code, body = d.http("/metrics")
-        m = re.search(r'^cacheflow_rpc_status_total\{code="CANCELLED"\} (\d+)$', body, re.M)
-        return int(m.group(1)) if m else -1
+        m = re.search(r'^cacheflow_rpc_status_total\{code="%s"\} (\d+)$' % code_name, body, re.M)
+        return int(m.group(1)) if m else 0
+
+    def cancelled():
+        return rpc_status("CANCELLED")
+
+    def died():
+        """cacheflow_engines_died_total, as Stats and /metrics both report it (they must agree)."""
+        st_ = {x.name: x.value for x in c.stats().counters}.get("cacheflow_engines_died_total", -1)
+        m = re.search(r'^cacheflow_engines_died_total (\S+)$', d.http("/metrics")[1], re.M)
+        return int(st_) if m and float(m.group(1)) == st_ else -2
+
+    def daemon_maps(path):
+        """The daemon still maps this file."""
+        with open(f"/proc/{d.proc.pid}/maps") as f:
+            return any(line.rstrip().endswith(path) for line in f)
 
     c0 = cancelled()
     d.write_conf(cpu_read_gbps="0.0002")  # 25 kB/s: a 64-token restore streams for seconds
@@ -140,26 +156,78 @@ from cfdaemon import Client, pb
 c = Client({d.addr!r}, timeout=60)
 st = c.stats()
 req, _ = c.layout_request({os.path.join(d.tmp, "b.kv")!r}, block_size={BS}, num_blocks=32, name="doomed", stats=st)
-eng = c.register(req).engine_id
+req.pid = os.getpid()  # the daemon watches this process
+r = c.register(req)
+eng = r.engine_id
 toks = [(11 * i + 5) % st.model_vocab for i in range(256)]  # 256 tokens: seconds to stream at the slow rate
 c.save(eng, toks, list(range(16)))
-print(eng, flush=True)
+print(eng, r.readiness_shm_path, flush=True)
 for ev in c.restore(eng, toks, list(range(16, 32)), policy=pb.POLICY_LOAD):
     print("event", flush=True)
     time.sleep(3600)
 """], stdout=subprocess.PIPE, text=True)
-    doomed = int(child.stdout.readline())
+    doomed_s, ready_path = child.stdout.readline().split()
+    doomed = int(doomed_s)
+    bkv = os.path.join(d.tmp, "b.kv")
     T.check("doomed engine's restore streams", child.stdout.readline().strip() == "event")
     T.check("its restore is in flight", c.stats().restores_in_flight >= 1)
-    child.kill()  # SIGKILL: no goodbye, the connection just drops
+    T.check("the live engine stays registered, its buffers mapped, its readiness file there",
+            c.stats().engines == 2 and daemon_maps(bkv) and os.path.exists(ready_path), ready_path)
+    T.check("no engine died yet", died() == 0, str(died()))
+    ended0 = cancelled() + rpc_status("ABORTED")
+    child.kill()  # SIGKILL: no goodbye, no Unregister; the connection just drops
     child.wait()
     T.check("engine killed mid-restore: the daemon ends its restore", wait_for(lambda: c.stats().restores_in_flight == 0, 60))
-    T.check("engine killed mid-restore: its restore ended CANCELLED", cancelled() - c0 == 71, f"{c0} -> {cancelled()}")
+    # the call's close (CANCELLED) or the engine's removal (ABORTED) ends it, whichever the daemon sees first
+    T.check("engine killed mid-restore: its restore ended CANCELLED or ABORTED, once",
+            cancelled() + rpc_status("ABORTED") - ended0 == 1, f"{ended0} -> {cancelled() + rpc_status('ABORTED')}")
     T.check("still serving after the engine died", c.health() == "SERVING")
-    T.check("the dead engine is still registered (the daemon cannot tell a dead process from an idle one)",
-            c.stats().engines == 2)
-    c.unregister(doomed)
-    T.check("the dead engine unregisters cleanly", c.stats().engines == 1)
+    T.check("the dead engine is unregistered by the daemon (its process exited)", wait_for(lambda: c.stats().engines == 1, 60),
+            str(c.stats().engines))
+    T.check("counted once in Stats and /metrics (cacheflow_engines_died_total)", died() == 1, str(died()))
+    T.check("its buffers are unmapped", not daemon_maps(bkv))
+    T.check("its readiness file is removed", not os.path.exists(ready_path), ready_path)
+    try:
+        c.unregister(doomed)
+        T.check("Unregister of the dead engine: NOT_FOUND", False, "accepted")
+    except CacheFlowError as e:
+        T.check("Unregister of the dead engine: NOT_FOUND", e.code.name == "NOT_FOUND", str(e))
+    try:
+        c.lookup(doomed, toks[:16])
+        T.check("Lookup on the dead engine: NOT_FOUND", False, "accepted")
+    except CacheFlowError as e:
+        T.check("Lookup on the dead engine: NOT_FOUND", e.code.name == "NOT_FOUND", str(e))
+    # a pid naming no process: refused, naming the pid
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    req2, _ = c.layout_request(os.path.join(d.tmp, "c.kv"), block_size=BS, num_blocks=8, name="no-process", stats=st)
+    req2.pid = gone.pid
+    try:
+        c.register(req2)
+        T.check("RegisterEngine with a pid of no process: refused", False, "accepted")
+    except CacheFlowError as e:
+        T.check("RegisterEngine with a pid of no process: FAILED_PRECONDITION naming it",
+                e.code.name == "FAILED_PRECONDITION" and f"pid {gone.pid}" in str(e), str(e))
+    T.check("the refused registration holds nothing", c.stats().engines == 1 and died() == 1)
+    # an idle engine (no call open, its channel closed) killed: nothing but its pid tells the daemon
+    idle = subprocess.Popen([sys.executable, "-c", f"""
+import os, sys, time
+sys.path.insert(0, {os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "lib")!r})
+from cfdaemon import Client
+c = Client({d.addr!r}, timeout=60)
+req, _ = c.layout_request({os.path.join(d.tmp, "d.kv")!r}, block_size={BS}, num_blocks=8, name="idle")
+req.pid = os.getpid()
+print(c.register(req).engine_id, flush=True)
+c.close()
+time.sleep(3600)
+"""], stdout=subprocess.PIPE, text=True)
+    int(idle.stdout.readline())  # its engine id: registered
+    T.check("an idle engine registered", c.stats().engines == 2 and daemon_maps(os.path.join(d.tmp, "d.kv")))
+    idle.kill()
+    idle.wait()
+    T.check("the idle engine killed: unregistered too, its buffers unmapped",
+            wait_for(lambda: c.stats().engines == 1, 60) and not daemon_maps(os.path.join(d.tmp, "d.kv")))
+    T.check("two engines died, counted", died() == 2, str(died()))
     restore_exact([12, 13, 14, 15], "after the killed engine")
     c.unregister(eng)
     T.check("no engine left", c.stats().engines == 0)

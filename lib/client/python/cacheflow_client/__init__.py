@@ -228,12 +228,13 @@ def layer_layout(layer, k_path, k_offset, v_path, v_offset, block_size, num_bloc
     return lay
 
 
-def register_request(fingerprint, layers, name="", kv_head_start=0, kv_head_count=0, tp_group=0):
+def register_request(fingerprint, layers, name="", kv_head_start=0, kv_head_count=0, tp_group=0, pid=0):
     """A RegisterEngineRequest. A TP shard holding model KV heads [kv_head_start, +kv_head_count)
     passes them with a nonzero tp_group shared by the engine's ranks (its LayerLayouts then
-    have num_kv_heads = kv_head_count)."""
+    have num_kv_heads = kv_head_count). pid: the engine's process (os.getpid()); over the unix
+    socket the daemon unregisters the engine when that process exits (0: never)."""
     return pb.RegisterEngineRequest(model_fingerprint=fingerprint, layers=layers, name=name, kv_head_start=kv_head_start,
-                                    kv_head_count=kv_head_count, tp_group=tp_group)
+                                    kv_head_count=kv_head_count, tp_group=tp_group, pid=pid)
 
 
 __all__ = ["Client", "CacheFlowError", "layer_layout", "register_request", "pb", "pb_grpc"]

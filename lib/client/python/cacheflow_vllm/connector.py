@@ -534,7 +534,8 @@ class CacheFlowConnector(KVConnectorBase_V1):
         self.layouts = layers
         self.head_range = (head_start, head_count or total_heads)
         self._reg_args = dict(layers=layers, name=f"vllm-{self.instance_id}-tp{tp_rank}", kv_head_start=head_start,
-                              kv_head_count=head_count, tp_group=group)
+                              kv_head_count=head_count, tp_group=group,
+                              pid=os.getpid())  # the daemon unregisters this worker if it dies
         self._try_register(force=True)
 
     def _try_register(self, force=False):
