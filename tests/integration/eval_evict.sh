@@ -10,12 +10,18 @@ EV=$BUILD/bench/bench_eval_evict
 cf_test_dir cf-eval-evict
 [ -x "$EV" ] || cf_skip_all "$EV not built"
 
-rows_ok() { # FILE CAPS: 3 rows per capacity, 0 <= cpu_hit <= hit <= 100, mean and p99 TTFT > 0
+rows_ok() { # FILE CAPS: one row per capacity for each policy and reference row (lru, s3fifo, cost,
+  # ssd-all, belady), 0 <= cpu_hit <= hit <= 100, mean and p99 TTFT > 0
   awk -v caps="$2" '
     /^#/ || /^capacity/ { next }
-    { n++; h = $5; c = $6; sub("%", "", h); sub("%", "", c); h += 0; c += 0
+    { n++; seen[$1 " " $2]++; h = $5; c = $6; sub("%", "", h); sub("%", "", c); h += 0; c += 0
       if ($3 + 0 <= 0 || $4 + 0 <= 0 || h < 0 || h > 100 || c < 0 || c > h + 1e-9) { print "bad row: " $0; bad = 1 } }
-    END { want = 3 * split(caps, a, ","); if (n != want) { print n " rows, want " want; bad = 1 } exit bad }' "$1"
+    END { k = split(caps, a, ","); np = split("lru s3fifo cost ssd-all belady", p, " ")
+          if (n != k * np) { print n " rows, want " k * np; bad = 1 }
+          for (i = 1; i <= k; i++) for (j = 1; j <= np; j++) {
+            key = sprintf("%g%% %s", a[i] * 100, p[j])
+            if (seen[key] != 1) { print "no single row for " key; bad = 1 } }
+          exit bad }' "$1"
 }
 
 for w in chat agentic rag; do
