@@ -288,8 +288,9 @@ static int cf__tier_emit(const cf_sched_input_t *in, cf_sched_plan_t *out, int r
   for (int pass = 0; pass < 2 && !rc; pass++) /* 0: loads, 1: computes */
     for (int l = 0; l < (merge && pass == 0 ? 1 : L) && !rc; l++) {
       if (B->change[l]) nr = cf__tier_runs(c, q, h, seg, ns, pass, l, B);
-      for (int32_t i = 0; i < nr && !rc; i++) {
-        rc = cf__plan_op(out, r, pass ? CF_OP_COMPUTE : CF_OP_LOAD, pass ? d : k, B->ra[i], B->rb[i], l, l + 1);
+      if ((rc = cf__plan_reserve(out, (size_t)nr))) break;
+      for (int32_t i = 0; i < nr; i++) {
+        cf__plan_put(out, r, pass ? CF_OP_COMPUTE : CF_OP_LOAD, pass ? d : k, B->ra[i], B->rb[i], l, l + 1);
         if (pass) xs += B->rcost[i];
         else yl += B->rcost[i];
       }
