@@ -93,9 +93,12 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
  * (compute time), the rest loaded layer by layer. *est: its stream-time estimate. Only for
  * one link per device or one device, no pipeline stages, no help. *busy (when not NULL): its
  * busiest stream's busy time (every op's exact cost summed per stream; windowed cells not yet
- * clipped), a lower bound on its makespan past the first arrival. 0 or CF_ENOMEM. */
+ * clipped), a lower bound on its makespan past the first arrival. *ops_layer (when not NULL):
+ * its op count with every load one layer (cf_tiers.c merges some over layers; the other
+ * policies' plans that refinement simulates do not): what a simulator run costs. 0 or
+ * CF_ENOMEM. */
 int cf__tier_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out, double *est,
-                  double *busy);
+                  double *busy, double *ops_layer);
 
 /* Refinement (cf_refine.c). A simulated plan's score against the other policies' best plans
  * (ref: their smallest makespan, mean and p99 TTFT): a plan slower than the best other

@@ -191,6 +191,7 @@ typedef struct {
   int32_t *seg, *ra, *rb; /* [chunks + 1] each */
   double *rcost;          /* [chunks + 1] */
   uint8_t *change;        /* [layers + 1] */
+  size_t ops_layer;       /* ops so far were every load one layer (cf__tier_plan's *ops_layer) */
 } cf__emit_buf_t;
 
 /* Request r's runs at layer l (pass 0: loaded chunks, 1: computed), each with what its op costs
@@ -281,6 +282,7 @@ static int cf__tier_emit(const cf_sched_input_t *in, cf_sched_plan_t *out, int r
   for (int l = 0; l < L; l++) {
     if (B->change[l]) nr = cf__tier_runs(c, q, h, seg, ns, 0, l, B);
     for (int32_t i = 0; i < nr; i++) yl += B->rcost[i];
+    B->ops_layer += (size_t)nr;
   }
   double a_s = q->arrival_s;
   int merge = L > 1 && yl > 0 && fmax(*yfree, a_s) + yl <= fmax(*xfree, a_s) + x0;
@@ -294,6 +296,7 @@ static int cf__tier_emit(const cf_sched_input_t *in, cf_sched_plan_t *out, int r
         if (pass) xs += B->rcost[i];
         else yl += B->rcost[i];
       }
+      if (pass) B->ops_layer += (size_t)nr;
       if (merge && pass == 0 && !rc) rc = cf__tier_merged(c, q, out, r, k, h, seg, ns, &yl);
     }
   *xfree = fmax(*xfree, a_s) + xs;
@@ -327,7 +330,7 @@ static double cf__tier_estimate(const cf_sched_input_t *in, const int *dev, cons
 }
 
 int cf__tier_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out,
-                  double *est, double *busy) {
+                  double *est, double *busy, double *ops_layer) {
   const cf_sched_cost_t *c = &in->cost;
   int n = in->n_reqs, L = c->n_layers, nd = c->n_devices, rc;
   *est = INFINITY;
@@ -342,7 +345,7 @@ int cf__tier_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *o
   int *order = malloc(2 * nn * sizeof *order), *border = order + nn;
   double *xr = calloc(2 * nn, sizeof *xr), *yr = xr + nn;
   cf__emit_buf_t eb = {malloc(3 * (nitems + 1) * sizeof *eb.seg), NULL, NULL,
-                       malloc((nitems + 1) * sizeof *eb.rcost), malloc((size_t)L + 1)};
+                       malloc((nitems + 1) * sizeof *eb.rcost), malloc((size_t)L + 1), 0};
   if (!G || !idx || !pxy || !cand || !X || !Y || !key || !order || !xr || !eb.seg || !eb.rcost || !eb.change) {
     rc = cf_seterr(CF_ENOMEM, "optimal: tier plan of %d requests", n);
     goto out;
@@ -392,6 +395,7 @@ int cf__tier_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *o
     rc = cf__tier_emit(in, out, r, &eb, &X[d], &Y[cf_cost_link_of(c, d)], &xr[r], &yr[r]);
   }
   if (!rc) *est = cf__tier_estimate(in, dev, border, xr, yr, X, Y);
+  if (ops_layer) *ops_layer = (double)eb.ops_layer;
   if (!rc && busy) { /* per stream, the exact op costs cf__tier_emit summed */
     for (int d = 0; d < nd; d++) X[d] = 0;
     for (int k = 0; k < cf_cost_n_links(c); k++) Y[k] = 0;
