@@ -25,7 +25,8 @@
  * 1b. Mixed tiers (some chunk at another rate, or a hole: cf_sched.h): cf_tiers.c's plan instead, alone when the
  *    plan is not refined (the hull walk costs too much there, and its shape is a special case).
  * 4. Refinement, within the time budget (cf__refine_runs: 0.1% of the estimated makespan,
- *    2-10 ms, in simulator runs at a fixed price per cell; none when 6 runs do not fit):
+ *    2-10 ms, in simulator runs at a fixed price per cell; none when the 7-9 runs of a and b
+ *    do not fit):
  *    a. every other policy's plan (and the tier plan; with sliding windows the windowed
  *       candidate, cf_window.c) simulated: they set the bar;
  *    b. the analytic plan and its variants (arrival order, cumulative balance, without help);
@@ -693,7 +694,8 @@ static double cf__refine_s(const cf_sched_input_t *in, double est) {
                                  : fmin(CF_SCHED_REFINE_MAX_S,
                                         fmax(CF_SCHED_REFINE_BUDGET_S, CF_SCHED_REFINE_SHARE * est));
 }
-/* ops: a plan's op count beyond one per cell's worth (the tier plan's, 0 otherwise): a simulator
+/* ops: a plan's op count beyond one per cell's worth (the tier plan's with every load one
+ * layer, as the other policies' plans have them: cf__tier_plan's *ops_layer; 0 otherwise): a simulator
  * run costs per op as much as per cell (measured: 20 ns/cell when every cell is its own op,
  * every 2nd chunk a hole; 3-5 ns/cell for plans of few large ops), so with scattered holes the
  * runs are counted over cells + ops, or the refinement overran its budget 2-3x. */
