@@ -141,6 +141,11 @@ int cf__plan_reset(cf_sched_plan_t *p, const cf_sched_input_t *in, const int *de
   return 0;
 }
 
+int cf__plan_reserve(cf_sched_plan_t *p, size_t more) {
+  if (p->n_ops + more <= p->cap_ops_) return 0;
+  return cf__grow((void **)&p->ops, &p->cap_ops_, p->n_ops + more, sizeof *p->ops);
+}
+
 int cf__plan_op(cf_sched_plan_t *p, int r, cf_op_kind_t kind, int stream, int32_t c0,
                 int32_t c1, int l0, int l1) {
   if (p->n_ops >= p->cap_ops_) { /* rarely: the buffer is kept between plans */

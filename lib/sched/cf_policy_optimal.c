@@ -25,7 +25,8 @@
  * 1b. Mixed tiers (some chunk at another rate, or a hole: cf_sched.h): cf_tiers.c's plan instead, alone when the
  *    plan is not refined (the hull walk costs too much there, and its shape is a special case).
  * 4. Refinement, within the time budget (cf__refine_runs: 0.1% of the estimated makespan,
- *    2-10 ms, in simulator runs at a fixed price per cell; none when 6 runs do not fit):
+ *    2-10 ms, in simulator runs at a fixed price per cell; none when the 7-9 runs of a and b
+ *    do not fit):
  *    a. every other policy's plan (and the tier plan; with sliding windows the windowed
  *       candidate, cf_window.c) simulated: they set the bar;
  *    b. the analytic plan and its variants (arrival order, cumulative balance, without help);
@@ -693,10 +694,12 @@ static double cf__refine_s(const cf_sched_input_t *in, double est) {
                                  : fmin(CF_SCHED_REFINE_MAX_S,
                                         fmax(CF_SCHED_REFINE_BUDGET_S, CF_SCHED_REFINE_SHARE * est));
 }
-/* ops: a plan's op count beyond one per cell's worth (the tier plan's, 0 otherwise): a simulator
+/* ops: a plan's op count beyond one per cell's worth (the tier plan's with every load one
+ * layer, as the other policies' plans have them: cf__tier_plan's *ops_layer; 0 otherwise): a simulator
  * run costs per op as much as per cell (measured: 20 ns/cell when every cell is its own op,
  * every 2nd chunk a hole; 3-5 ns/cell for plans of few large ops), so with scattered holes the
  * runs are counted over cells + ops, or the refinement overran its budget 2-3x. */
+static int cf__tiers_apply(const cf_sched_input_t *in);
 static int cf__refine_runs(const cf_sched_input_t *in, double est, double ops) {
   double budget = cf__refine_s(in, est);
   if (budget <= 0) return 0;
@@ -707,7 +710,13 @@ static int cf__refine_runs(const cf_sched_input_t *in, double est, double ops) {
   double runs = budget / (1e-6 + cells * CF_SCHED_SIM_S_PER_CELL);
   if (in->refine_evals > 0 && runs > in->refine_evals) runs = in->refine_evals;
   if (runs > CF__MAX_RUNS) runs = CF__MAX_RUNS;
-  return runs < CF__MIN_RUNS ? 0 : (int)runs;
+  /* refinement, once started, simulates every other policy's plan (4a: with the tier and
+   * windowed candidates where they apply), the best of them again and the fast path's (4b)
+   * whatever its budget: a budget that buys fewer runs than that gets none (counting 6 let
+   * 8 x 32k tokens with every 2nd chunk a hole spend 9 runs of a 6-run budget) */
+  const cf_sched_cost_t *c = &in->cost;
+  int fixed = CF_POLICY_COUNT - 1 + 2 + cf__tiers_apply(in) + (c->window > 0 && c->window_frac > 0);
+  return runs < CF__MIN_RUNS || runs < fixed ? 0 : (int)runs;
 }
 
 /* Mixed tiers (some chunk reads at another rate than tier 0), no pipeline stages, one link
@@ -719,7 +728,7 @@ static int cf__tiers_apply(const cf_sched_input_t *in) {
 }
 static int cf__tier_candidate(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out) {
   double est;
-  return cf__tier_plan(in, dev, out, &est, NULL);
+  return cf__tier_plan(in, dev, out, &est, NULL, NULL);
 }
 
 /* optimal's scratch beyond cf__opt_t, shared by its steps. */
@@ -979,10 +988,10 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   if (cf__tiers_apply(in) && !cf_cost_has_peer(c)) {
     /* 1b: mixed tiers: the tier plan (cf_tiers.c; the front-chunks shape below is a special
      * case of its choice), without the hull's cost when it is not refined */
-    double busy;
-    if ((rc = cf__tier_plan(in, dev, out, &te, &busy))) return rc;
+    double busy, ops_layer;
+    if ((rc = cf__tier_plan(in, dev, out, &te, &busy, &ops_layer))) return rc;
     out->est_makespan_s = te;
-    te_ops = cf__any_holes(in) ? (double)out->n_ops : 0;
+    te_ops = cf__any_holes(in) ? ops_layer : 0;
     if (!(budget = cf__refine_runs(in, te, te_ops)) || in->n_reqs == 0)
       return cf__check_closed_forms(in, dev, out, busy);
   }

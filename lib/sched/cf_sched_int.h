@@ -13,6 +13,15 @@ int cf__plan_reset(cf_sched_plan_t *p, const cf_sched_input_t *in, const int *de
 int cf__plan_op(cf_sched_plan_t *p, int r, cf_op_kind_t kind, int stream, int32_t c0,
                 int32_t c1, int l0, int l1);
 static inline uint16_t *cf__plan_h(cf_sched_plan_t *p, int r) { return p->h + p->h_off[r]; }
+/* Room for `more` ops past n_ops (returns 0 or CF_ENOMEM); then cf__plan_put appends one
+ * COMPUTE or LOAD op without a check: a plan of a million ops spends most of its time here. */
+int cf__plan_reserve(cf_sched_plan_t *p, size_t more);
+static inline void cf__plan_put(cf_sched_plan_t *p, int r, cf_op_kind_t kind, int stream,
+                                int32_t c0, int32_t c1, int l0, int l1) {
+  p->ops[p->n_ops++] = (cf_sched_op_t){.req = r, .kind = (uint8_t)kind, .stream = (int16_t)stream,
+                                       .c0 = c0, .c1 = c1, .l0 = (int16_t)l0, .l1 = (int16_t)l1,
+                                       .dst = -1};
+}
 
 /* Append COMPUTE ops (one per layer) and LOAD ops (one per layer when per_layer, else one
  * rectangle per run of layers with the same split) for request r whose layer l computes
@@ -84,9 +93,12 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
  * (compute time), the rest loaded layer by layer. *est: its stream-time estimate. Only for
  * one link per device or one device, no pipeline stages, no help. *busy (when not NULL): its
  * busiest stream's busy time (every op's exact cost summed per stream; windowed cells not yet
- * clipped), a lower bound on its makespan past the first arrival. 0 or CF_ENOMEM. */
+ * clipped), a lower bound on its makespan past the first arrival. *ops_layer (when not NULL):
+ * its op count with every load one layer (cf_tiers.c merges some over layers; the other
+ * policies' plans that refinement simulates do not): what a simulator run costs. 0 or
+ * CF_ENOMEM. */
 int cf__tier_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out, double *est,
-                  double *busy);
+                  double *busy, double *ops_layer);
 
 /* Refinement (cf_refine.c). A simulated plan's score against the other policies' best plans
  * (ref: their smallest makespan, mean and p99 TTFT): a plan slower than the best other

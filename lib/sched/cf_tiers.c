@@ -191,16 +191,77 @@ typedef struct {
   int32_t *seg, *ra, *rb; /* [chunks + 1] each */
   double *rcost;          /* [chunks + 1] */
   uint8_t *change;        /* [layers + 1] */
+  size_t ops_layer;       /* ops so far were every load one layer (cf__tier_plan's *ops_layer) */
 } cf__emit_buf_t;
+
+/* Request r's runs at layer l (pass 0: loaded chunks, 1: computed), each with what its op costs
+ * at one layer, into B->ra/rb/rcost; returns how many. */
+static int32_t cf__tier_runs(const cf_sched_cost_t *c, const cf_sched_req_t *q, const uint16_t *h,
+                             const int32_t *seg, int32_t ns, int pass, int l, cf__emit_buf_t *B) {
+  int32_t nr = 0;
+  for (int32_t i = 0, j; i < ns; i = j) {
+    int on = pass ? h[seg[i]] > l : h[seg[i]] <= l;
+    for (j = i + 1; j < ns && (pass ? h[seg[j]] > l : h[seg[j]] <= l) == on; j++) {}
+    if (!on) continue;
+    int32_t a = seg[i], b = seg[j];
+    double s = 0;
+    if (pass == 0) {
+      for (int32_t u = i; u < j; u++) /* each segment is one tier: its rate */
+        s += (double)(cf_cost_tok(c, q->prefix_tokens, seg[u + 1]) -
+                      cf_cost_tok(c, q->prefix_tokens, seg[u])) *
+             c->kv_bytes_per_token / cf_cost_tier_Bps(c, cf_sched_chunk_tier(q, seg[u]));
+      s += c->link_latency_s;
+    } else {
+      double p = (double)cf_cost_tok(c, q->prefix_tokens, a);
+      s = cf_cost_step(c, p, (double)cf_cost_tok(c, q->prefix_tokens, b) - p);
+    }
+    B->ra[nr] = a;
+    B->rb[nr] = b;
+    B->rcost[nr++] = s;
+  }
+  return nr;
+}
+
+/* Request r's loads above layer 0 as rectangles [a, b) x [max(h, 1), L), one per run of
+ * consecutive loaded chunks with one start layer, in chunk order; adds their link time to *yl. */
+static int cf__tier_merged(const cf_sched_cost_t *c, const cf_sched_req_t *q, cf_sched_plan_t *out,
+                           int r, int k, const uint16_t *h, const int32_t *seg, int32_t ns,
+                           double *yl) {
+  int L = c->n_layers;
+  for (int32_t i = 0, j; i < ns; i = j) {
+    int l0 = h[seg[i]] > 1 ? h[seg[i]] : 1;
+    if (l0 >= L) {
+      j = i + 1;
+      continue;
+    }
+    double s = 0;
+    for (j = i; j < ns && (h[seg[j]] > 1 ? h[seg[j]] : 1) == l0; j++) /* each segment one tier */
+      s += (double)(cf_cost_tok(c, q->prefix_tokens, seg[j + 1]) -
+                    cf_cost_tok(c, q->prefix_tokens, seg[j])) *
+           c->kv_bytes_per_token / cf_cost_tier_Bps(c, cf_sched_chunk_tier(q, seg[j]));
+    int rc = cf__plan_op(out, r, CF_OP_LOAD, k, seg[i], seg[j], l0, L);
+    if (rc) return rc;
+    *yl += s * (L - l0) + c->link_latency_s;
+  }
+  return 0;
+}
 
 /* Request r's ops: loads one per layer and run of loaded chunks, then computes one per
  * layer and run of computed chunks; runs are found over segments of equal h (few: the tier
  * runs, the holes and the partial heights), not chunk by chunk, and only at the layers where
  * some segment's height starts or ends (a layer band between two heights repeats the same
  * runs: scattered holes make ~260k ops at 64 x 128k tokens, and finding the runs per layer
- * was most of the planning time). *xs_out, *ys_out: its compute and link time. */
+ * was most of the planning time).
+ * Merged loads: when the request's loads all end (*yfree: its link's free time, updated)
+ * before its compute stream (free at *xfree at the earliest: the compute it has run, updated)
+ * can finish its layer-0 computes, no compute above layer 0 can wait on a load, so its loads
+ * above layer 0 go as one op per run of chunks with one start layer (layers [max(h, 1), L)),
+ * chunk by chunk, after the per-layer loads of layer 0: same starts, fewer ops and link
+ * latencies (every 2nd chunk a hole: half the ops). *xs_out, *ys_out: its compute and link
+ * time. */
 static int cf__tier_emit(const cf_sched_input_t *in, cf_sched_plan_t *out, int r,
-                         cf__emit_buf_t *B, double *xs_out, double *ys_out) {
+                         cf__emit_buf_t *B, double *xfree, double *yfree, double *xs_out,
+                         double *ys_out) {
   const cf_sched_cost_t *c = &in->cost;
   const cf_sched_req_t *q = &in->reqs[r];
   int L = c->n_layers, d = out->device[r], k = cf_cost_link_of(c, d), rc = 0;
@@ -214,38 +275,32 @@ static int cf__tier_emit(const cf_sched_input_t *in, cf_sched_plan_t *out, int r
     if (h[a] < L) B->change[h[a]] = 1; /* layer h[a] is the first that loads chunk a */
   }
   seg[ns] = nc;
-  double xs = 0, yl = 0;
+  /* per-layer link time and layer-0 compute: may the loads above layer 0 merge? */
+  double x0 = 0, yl = 0, xs = 0;
+  nr = cf__tier_runs(c, q, h, seg, ns, 1, 0, B);
+  for (int32_t i = 0; i < nr; i++) x0 += B->rcost[i];
+  for (int l = 0; l < L; l++) {
+    if (B->change[l]) nr = cf__tier_runs(c, q, h, seg, ns, 0, l, B);
+    for (int32_t i = 0; i < nr; i++) yl += B->rcost[i];
+    B->ops_layer += (size_t)nr;
+  }
+  double a_s = q->arrival_s;
+  int merge = L > 1 && yl > 0 && fmax(*yfree, a_s) + yl <= fmax(*xfree, a_s) + x0;
+  yl = 0;
   for (int pass = 0; pass < 2 && !rc; pass++) /* 0: loads, 1: computes */
-    for (int l = 0; l < L && !rc; l++) {
-      if (B->change[l]) { /* this layer's runs, and what each op costs */
-        nr = 0;
-        for (int32_t i = 0, j; i < ns; i = j) {
-          int on = pass ? h[seg[i]] > l : h[seg[i]] <= l;
-          for (j = i + 1; j < ns && (pass ? h[seg[j]] > l : h[seg[j]] <= l) == on; j++) {}
-          if (!on) continue;
-          int32_t a = seg[i], b = seg[j];
-          double s = 0;
-          if (pass == 0) {
-            for (int32_t u = i; u < j; u++) /* each segment is one tier: its rate */
-              s += (double)(cf_cost_tok(c, q->prefix_tokens, seg[u + 1]) -
-                            cf_cost_tok(c, q->prefix_tokens, seg[u])) *
-                   c->kv_bytes_per_token / cf_cost_tier_Bps(c, cf_sched_chunk_tier(q, seg[u]));
-            s += c->link_latency_s;
-          } else {
-            double p = (double)cf_cost_tok(c, q->prefix_tokens, a);
-            s = cf_cost_step(c, p, (double)cf_cost_tok(c, q->prefix_tokens, b) - p);
-          }
-          B->ra[nr] = a;
-          B->rb[nr] = b;
-          B->rcost[nr++] = s;
-        }
-      }
-      for (int32_t i = 0; i < nr && !rc; i++) {
-        rc = cf__plan_op(out, r, pass ? CF_OP_COMPUTE : CF_OP_LOAD, pass ? d : k, B->ra[i], B->rb[i], l, l + 1);
+    for (int l = 0; l < (merge && pass == 0 ? 1 : L) && !rc; l++) {
+      if (B->change[l]) nr = cf__tier_runs(c, q, h, seg, ns, pass, l, B);
+      if ((rc = cf__plan_reserve(out, (size_t)nr))) break;
+      for (int32_t i = 0; i < nr; i++) {
+        cf__plan_put(out, r, pass ? CF_OP_COMPUTE : CF_OP_LOAD, pass ? d : k, B->ra[i], B->rb[i], l, l + 1);
         if (pass) xs += B->rcost[i];
         else yl += B->rcost[i];
       }
+      if (pass) B->ops_layer += (size_t)nr;
+      if (merge && pass == 0 && !rc) rc = cf__tier_merged(c, q, out, r, k, h, seg, ns, &yl);
     }
+  *xfree = fmax(*xfree, a_s) + xs;
+  if (yl > 0) *yfree = fmax(*yfree, a_s) + yl;
   *xs_out = xs;
   *ys_out = yl;
   return rc;
@@ -275,7 +330,7 @@ static double cf__tier_estimate(const cf_sched_input_t *in, const int *dev, cons
 }
 
 int cf__tier_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out,
-                  double *est, double *busy) {
+                  double *est, double *busy, double *ops_layer) {
   const cf_sched_cost_t *c = &in->cost;
   int n = in->n_reqs, L = c->n_layers, nd = c->n_devices, rc;
   *est = INFINITY;
@@ -290,7 +345,7 @@ int cf__tier_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *o
   int *order = malloc(2 * nn * sizeof *order), *border = order + nn;
   double *xr = calloc(2 * nn, sizeof *xr), *yr = xr + nn;
   cf__emit_buf_t eb = {malloc(3 * (nitems + 1) * sizeof *eb.seg), NULL, NULL,
-                       malloc((nitems + 1) * sizeof *eb.rcost), malloc((size_t)L + 1)};
+                       malloc((nitems + 1) * sizeof *eb.rcost), malloc((size_t)L + 1), 0};
   if (!G || !idx || !pxy || !cand || !X || !Y || !key || !order || !xr || !eb.seg || !eb.rcost || !eb.change) {
     rc = cf_seterr(CF_ENOMEM, "optimal: tier plan of %d requests", n);
     goto out;
@@ -333,11 +388,14 @@ int cf__tier_plan(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *o
       memcpy(border, order, nn * sizeof *order);
     }
   }
+  for (int d = 0; d < nd; d++) X[d] = 0; /* emit's stream clocks: compute at the earliest, */
+  for (int k = 0; k < cf_cost_n_links(c); k++) Y[k] = 0; /* the link exactly */
   for (int i = 0; i < n && !rc; i++) { /* emit; the estimate again with gamma and latency */
-    int r = border[i];
-    rc = cf__tier_emit(in, out, r, &eb, &xr[r], &yr[r]);
+    int r = border[i], d = dev[r];
+    rc = cf__tier_emit(in, out, r, &eb, &X[d], &Y[cf_cost_link_of(c, d)], &xr[r], &yr[r]);
   }
   if (!rc) *est = cf__tier_estimate(in, dev, border, xr, yr, X, Y);
+  if (ops_layer) *ops_layer = (double)eb.ops_layer;
   if (!rc && busy) { /* per stream, the exact op costs cf__tier_emit summed */
     for (int d = 0; d < nd; d++) X[d] = 0;
     for (int k = 0; k < cf_cost_n_links(c); k++) Y[k] = 0;
