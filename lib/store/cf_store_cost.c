@@ -181,6 +181,7 @@ static void cf__heap_refresh(cf_store_t *st, int tier, int32_t e) {
 void cf__cost_use(cf_store_t *st, int32_t e) {
   cf__ent_t *en = &st->ents[e];
   if (en->uses < 255) en->uses++;
+  if (en->flags & CF__F_REFUSED) st->st.ssd_refused_read++;
   st->cost_t[e] = ++st->cost_clock;
   for (int t = 0; t < 2; t++) cf__heap_refresh(st, t, e);
 }

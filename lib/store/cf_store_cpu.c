@@ -32,7 +32,7 @@ void cf__cpu_drop(cf_store_t *st, int32_t e, int to_ghost) {
   cf__q_set(st, e, CF__Q_NONE);
   st->cpu_free[st->n_cpu_free++] = en->cpu_slot;
   en->cpu_slot = -1;
-  en->flags &= (uint8_t)~CF__F_CPU;
+  en->flags &= (uint8_t)~(CF__F_CPU | CF__F_REFUSED);
   en->freq = 0;
   st->st.cpu_chunks--;
   st->st.cpu_evictions++;

@@ -30,6 +30,8 @@ enum {
   CF__F_SPILL = 8,    /* being written to SSD (the CPU slot is pinned for it) */
   CF__F_GHOST = 16,   /* S3-FIFO ghost: recently evicted from the small queue */
   CF__F_SSDSAVE = 32, /* a save without CPU tier is writing this key straight to SSD */
+  CF__F_REFUSED = 64, /* COST: clean in the CPU tier only, its write-back refused by the full SSD
+                       * tier; admission is decided again when the CPU tier evicts it */
 };
 
 /* CPU queues (an entry is in at most one, linked through cprev/cnext) */

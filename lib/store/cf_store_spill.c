@@ -23,7 +23,7 @@ static void cf__spill_publish(cf_store_t *st, void *arg) {
     int32_t e = a->ents[i];
     cf__ent_t *en = &st->ents[e];
     en->ssd_slot = a->slots[i];
-    en->flags |= CF__F_SSD;
+    en->flags = (uint8_t)((en->flags & ~CF__F_REFUSED) | CF__F_SSD);
     st->ssd_owner[a->slots[i]] = e;
     cf__list_push_head(st, &st->ssd_lru, e, 1);
     st->st.ssd_chunks++;
@@ -52,10 +52,12 @@ int cf__spill_batch(cf_store_t *st, const int32_t *ents, unsigned n, int durable
     for (unsigned i = 0; i < n; i++) {
       cf__ent_t *en = &st->ents[ents[i]];
       if (!cf__cost_refuse(st, ents[i], na)) { admitted[na++] = ents[i]; continue; }
-      en->flags &= (uint8_t)~CF__F_SPILL;
+      en->flags = (uint8_t)((en->flags & ~CF__F_SPILL) | CF__F_REFUSED);
       en->pins--;
       st->spilling--;
       st->st.ssd_evictions++;
+      st->st.ssd_refusals++;
+      if (!en->uses) st->st.ssd_refusals_unread++;
     }
     if (na < n) pthread_cond_broadcast(&st->cv);
     pthread_mutex_unlock(&st->mu);
