@@ -157,7 +157,8 @@ typedef struct {
                                          * while its write-back queue was more than half full */
   uint64_t cpu_evictions, cpu_evict_dirty; /* dirty: evicted before it reached SSD (lost) */
   uint64_t ssd_evictions, spills, promotions;
-  /* cost policy: write-backs the full SSD tier refused (counted in ssd_evictions too), those of
+  /* cost policy: write-backs the full SSD tier refused (a refused chunk counts in ssd_evictions
+   * once, when it leaves the CPU tier without being admitted on a second try), those of
    * chunks not read since they came in, and uses (restores) of refused chunks afterwards while
    * still in the CPU tier (a refusal that came too early: they proved useful) */
   uint64_t ssd_refusals, ssd_refusals_unread, ssd_refused_read;
