@@ -162,6 +162,7 @@ typedef struct {
    * chunks not read since they came in, and uses (restores) of refused chunks afterwards while
    * still in the CPU tier (a refusal that came too early: they proved useful) */
   uint64_t ssd_refusals, ssd_refusals_unread, ssd_refused_read;
+  uint64_t ssd_evict_unread; /* cost policy: SSD victims not read since they came in */
   uint64_t corrupt_cells, corrupt_chunks;  /* checksum mismatches found on read; chunks dropped */
   uint64_t journal_records, journal_torn, journal_damaged, journal_dropped, journal_compactions;
   uint64_t enospc, io_errors;

@@ -28,7 +28,10 @@ void cf__cpu_drop(cf_store_t *st, int32_t e, int to_ghost) {
   if (!(en->flags & CF__F_SSD)) {
     if (st->dirty.n && en->in_dirty) st->st.cpu_evict_dirty++;
     /* a chunk the SSD tier refused leaves the store now: the SSD tier's victim */
-    if (en->flags & CF__F_REFUSED) st->st.ssd_evictions++;
+    if (en->flags & CF__F_REFUSED) {
+      st->st.ssd_evictions++;
+      if (!en->uses) st->st.ssd_evict_unread++;
+    }
   }
   cf__dirty_set(st, e, 0);
   cf__q_set(st, e, CF__Q_NONE);

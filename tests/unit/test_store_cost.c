@@ -430,6 +430,7 @@ CF_TEST(store_cost_refused_write_back_weighed_again_at_cpu_eviction) {
   CF_CHECK(eq);
   cf_store_get_stats(st, &s);
   CF_CHECK_GT(s.ssd_evictions, 0);
+  CF_CHECK(s.ssd_evict_unread <= s.ssd_evictions);
   CF_CHECK_EQ(s.ssd_chunks, 2);
   caps_ok(st, "refused");
   CF_CHECK_OK(cf_store_flush(st));
