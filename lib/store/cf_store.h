@@ -32,7 +32,8 @@
  *   SSD tier is a cache too; its DEL record is appended before the slot is reused — also when an
  *   open with a smaller cap shrinks the tier, see cf_store_open; under the cost policy also a
  *   chunk the full SSD tier refuses on arrival because it is worth less than every chunk it holds:
- *   it is then only in the CPU tier, not durable, and leaves with it) or a failed checksum. The CPU tier never drops a chunk that is not on SSD yet to make room: it writes it
+ *   it is then only in the CPU tier, not durable, and is weighed again when the CPU tier evicts
+ *   it: admitted then, or gone) or a failed checksum. The CPU tier never drops a chunk that is not on SSD yet to make room: it writes it
  *   back first. Only when that write-back fails (SSD full, I/O error) is the chunk dropped
  *   unwritten, and the next cf_store_flush() then returns that error instead of 0.
  *
