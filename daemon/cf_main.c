@@ -187,6 +187,16 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
     CF__P("# HELP cacheflow_store_evictions_total Chunks evicted per tier.\n# TYPE cacheflow_store_evictions_total counter\n"
           "cacheflow_store_evictions_total{tier=\"cpu\"} %llu\ncacheflow_store_evictions_total{tier=\"ssd\"} %llu\n",
           (unsigned long long)t.cpu_evictions, (unsigned long long)t.ssd_evictions);
+    CF__P("# HELP cacheflow_store_ssd_refusals_total eviction = cost: write-backs the full SSD tier refused (in the ssd evictions too); "
+          "unread: of chunks not read since they came in; read_after: later uses of refused chunks while in the CPU tier.\n"
+          "# TYPE cacheflow_store_ssd_refusals_total counter\n"
+          "cacheflow_store_ssd_refusals_total{kind=\"all\"} %llu\ncacheflow_store_ssd_refusals_total{kind=\"unread\"} %llu\n"
+          "cacheflow_store_ssd_refusals_total{kind=\"read_after\"} %llu\n",
+          (unsigned long long)t.ssd_refusals, (unsigned long long)t.ssd_refusals_unread,
+          (unsigned long long)t.ssd_refused_read);
+    CF__P("# HELP cacheflow_store_ssd_evictions_unread_total eviction = cost: SSD evictions (refused chunks included) of chunks not read since they came in.\n"
+          "# TYPE cacheflow_store_ssd_evictions_unread_total counter\ncacheflow_store_ssd_evictions_unread_total %llu\n",
+          (unsigned long long)t.ssd_evict_unread);
     CF__P("# HELP cacheflow_store_spills_total Chunks written back from the CPU tier to SSD.\n# TYPE cacheflow_store_spills_total counter\ncacheflow_store_spills_total %llu\n",
           (unsigned long long)t.spills);
     CF__P("# HELP cacheflow_store_corrupt_cells_total Cells that failed their checksum on read (recomputed, never served).\n# TYPE cacheflow_store_corrupt_cells_total counter\ncacheflow_store_corrupt_cells_total %llu\n",

@@ -32,7 +32,8 @@
  *   SSD tier is a cache too; its DEL record is appended before the slot is reused — also when an
  *   open with a smaller cap shrinks the tier, see cf_store_open; under the cost policy also a
  *   chunk the full SSD tier refuses on arrival because it is worth less than every chunk it holds:
- *   it is then only in the CPU tier, not durable, and leaves with it) or a failed checksum. The CPU tier never drops a chunk that is not on SSD yet to make room: it writes it
+ *   it is then only in the CPU tier, not durable, and is weighed again when the CPU tier evicts
+ *   it: admitted then, or gone) or a failed checksum. The CPU tier never drops a chunk that is not on SSD yet to make room: it writes it
  *   back first. Only when that write-back fails (SSD full, I/O error) is the chunk dropped
  *   unwritten, and the next cf_store_flush() then returns that error instead of 0.
  *
@@ -157,6 +158,12 @@ typedef struct {
                                          * while its write-back queue was more than half full */
   uint64_t cpu_evictions, cpu_evict_dirty; /* dirty: evicted before it reached SSD (lost) */
   uint64_t ssd_evictions, spills, promotions;
+  /* cost policy: write-backs the full SSD tier refused (a refused chunk counts in ssd_evictions
+   * once, when it leaves the CPU tier without being admitted on a second try), those of
+   * chunks not read since they came in, and uses (restores) of refused chunks afterwards while
+   * still in the CPU tier (a refusal that came too early: they proved useful) */
+  uint64_t ssd_refusals, ssd_refusals_unread, ssd_refused_read;
+  uint64_t ssd_evict_unread; /* cost policy: SSD victims not read since they came in */
   uint64_t corrupt_cells, corrupt_chunks;  /* checksum mismatches found on read; chunks dropped */
   uint64_t journal_records, journal_torn, journal_damaged, journal_dropped, journal_compactions;
   uint64_t enospc, io_errors;

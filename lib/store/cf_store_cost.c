@@ -181,6 +181,7 @@ static void cf__heap_refresh(cf_store_t *st, int tier, int32_t e) {
 void cf__cost_use(cf_store_t *st, int32_t e) {
   cf__ent_t *en = &st->ents[e];
   if (en->uses < 255) en->uses++;
+  if (en->flags & CF__F_REFUSED) st->st.ssd_refused_read++;
   st->cost_t[e] = ++st->cost_clock;
   for (int t = 0; t < 2; t++) cf__heap_refresh(st, t, e);
 }
@@ -224,9 +225,9 @@ int32_t cf__heap_pick(cf_store_t *st, int tier, int (*ok)(cf_store_t *, int32_t)
   return pick;
 }
 
-int cf__cost_refuse(cf_store_t *st, int32_t e, unsigned taken) {
+int cf__cost_refuse(cf_store_t *st, int32_t e) {
   cf__heap_t *h = &st->heap[1];
-  if (!st->n_ssd_slots || (unsigned)st->n_ssd_free > taken || !h->len ||
+  if (!st->n_ssd_slots || st->n_ssd_free > 0 || !h->len ||
       __atomic_load_n(&st->files_ready, __ATOMIC_ACQUIRE) < st->n_files)
     return 0;
   return cf__pri(st, 1, e) < h->n[0].pri;

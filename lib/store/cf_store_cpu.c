@@ -27,12 +27,17 @@ void cf__cpu_drop(cf_store_t *st, int32_t e, int to_ghost) {
   cf__ent_t *en = &st->ents[e];
   if (!(en->flags & CF__F_SSD)) {
     if (st->dirty.n && en->in_dirty) st->st.cpu_evict_dirty++;
+    /* a chunk the SSD tier refused leaves the store now: the SSD tier's victim */
+    if (en->flags & CF__F_REFUSED) {
+      st->st.ssd_evictions++;
+      if (!en->uses) st->st.ssd_evict_unread++;
+    }
   }
   cf__dirty_set(st, e, 0);
   cf__q_set(st, e, CF__Q_NONE);
   st->cpu_free[st->n_cpu_free++] = en->cpu_slot;
   en->cpu_slot = -1;
-  en->flags &= (uint8_t)~CF__F_CPU;
+  en->flags &= (uint8_t)~(CF__F_CPU | CF__F_REFUSED);
   en->freq = 0;
   st->st.cpu_chunks--;
   st->st.cpu_evictions++;
@@ -132,7 +137,14 @@ int cf__cpu_evict_safe(cf_store_t *st, int write_back) {
     return v;
   }
   cf__ent_t *en = &st->ents[v];
-  if (!st->n_ssd_slots || (en->flags & CF__F_SSD) || !en->in_dirty) {
+  /* cost policy: a chunk whose write-back the full SSD tier refused while it was in the CPU tier
+   * (the spiller writes chunks back right after their save, before anyone could read them) is
+   * admitted or refused again now that it leaves, on what is known now: a chunk read since
+   * competes with its use and its later time, as the same chunk written back only by this
+   * eviction would (spill off). A promotion never writes: it drops the chunk as before. */
+  int retry = write_back && (en->flags & CF__F_REFUSED) && !(en->flags & CF__F_SSD) &&
+              !cf__cost_refuse(st, v);
+  if (!st->n_ssd_slots || (en->flags & CF__F_SSD) || (!en->in_dirty && !retry)) {
     cf__cpu_drop(st, v, ghost);
     return 0;
   }
@@ -153,8 +165,10 @@ int cf__cpu_evict_safe(cf_store_t *st, int write_back) {
   /* write-back failed: v is back on the dirty list, unless another thread took it meanwhile */
   v = cf__idx_find(st, &key);
   if (v < 0 || !cf__evictable(&st->ents[v]) || (st->ents[v].flags & CF__F_SSD)) return 0;
-  st->lost_dirty++;
-  st->lost_dirty_rc = rc;
+  if (!retry) { /* a refused chunk was never promised to SSD: losing it is no flush error */
+    st->lost_dirty++;
+    st->lost_dirty_rc = rc;
+  }
   cf__cpu_drop(st, v, ghost && st->ents[v].queue == CF__Q_SMALL);
   return 0;
 }

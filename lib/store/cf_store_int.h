@@ -30,6 +30,8 @@ enum {
   CF__F_SPILL = 8,    /* being written to SSD (the CPU slot is pinned for it) */
   CF__F_GHOST = 16,   /* S3-FIFO ghost: recently evicted from the small queue */
   CF__F_SSDSAVE = 32, /* a save without CPU tier is writing this key straight to SSD */
+  CF__F_REFUSED = 64, /* COST: clean in the CPU tier only, its write-back refused by the full SSD
+                       * tier; admission is decided again when the CPU tier evicts it */
 };
 
 /* CPU queues (an entry is in at most one, linked through cprev/cnext) */
@@ -227,10 +229,9 @@ void cf__heap_del(cf_store_t *st, int tier, int32_t e);
 void cf__cost_use(cf_store_t *st, int32_t e);
 /* record e's chunk index (pos < CF__POS_KEEP), refreshing its priorities when it changes */
 void cf__cost_set_pos(cf_store_t *st, int32_t e, uint32_t pos);
-/* 1 when the SSD tier is full (once `taken` more slots are gone) and entry e, about to be
- * written back, has a lower priority there than every chunk it holds: the SSD tier's victim
- * would be e itself (raises the SSD's L) */
-int cf__cost_refuse(cf_store_t *st, int32_t e, unsigned taken);
+/* 1 when the SSD tier is full and entry e, about to be written back, has a lower priority
+ * there than every chunk it holds: the SSD tier's victim would be e itself */
+int cf__cost_refuse(cf_store_t *st, int32_t e);
 /* 1 when a chunk at index pos (CF__POS_KEEP / unknown: index 0) of n_tokens is worth at least
  * the table's average SSD value (no table: every chunk is) */
 int cf__cost_dear(const cf_store_t *st, uint32_t pos, uint32_t n_tokens);

@@ -219,7 +219,11 @@ int cf_store_remove(cf_store_t *st, const cf_store_key_t *key) {
     return cf_seterr(CF_EBUSY, "store %s: chunk is pinned or being written", st->dir);
   }
   int32_t s = en->ssd_slot;
-  if (en->flags & CF__F_CPU) { cf__cpu_drop(st, e, 0); st->st.cpu_evictions--; }
+  if (en->flags & CF__F_CPU) {
+    en->flags &= (uint8_t)~CF__F_REFUSED; /* a removal, not the SSD tier's eviction */
+    cf__cpu_drop(st, e, 0);
+    st->st.cpu_evictions--;
+  }
   e = cf__idx_find(st, key);
   if (e >= 0 && s >= 0) {
     cf__ssd_detach(st, e);

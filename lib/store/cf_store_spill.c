@@ -23,7 +23,7 @@ static void cf__spill_publish(cf_store_t *st, void *arg) {
     int32_t e = a->ents[i];
     cf__ent_t *en = &st->ents[e];
     en->ssd_slot = a->slots[i];
-    en->flags |= CF__F_SSD;
+    en->flags = (uint8_t)((en->flags & ~CF__F_REFUSED) | CF__F_SSD);
     st->ssd_owner[a->slots[i]] = e;
     cf__list_push_head(st, &st->ssd_lru, e, 1);
     st->st.ssd_chunks++;
@@ -42,50 +42,59 @@ static void cf__spill_publish(cf_store_t *st, void *arg) {
  * aligned buffers in bufs[] when there is no CPU slot). Returns 0 or the first error; entries
  * that could not be written go back to the dirty list. ents[i] < 0 entries are skipped. */
 int cf__spill_batch(cf_store_t *st, const int32_t *ents, unsigned n, int durable) {
-  int32_t admitted[CF__SPILL_BATCH];
-  if (!durable && st->cost_on) {
-    /* cost policy, SSD tier full: a chunk worth less than every chunk there is the SSD's own
-     * victim (GreedyDual admits and evicts the lowest, here before the write): it stays in the
-     * CPU tier, clean, and leaves with it. Never for durable saves. */
-    unsigned na = 0;
-    pthread_mutex_lock(&st->mu);
-    for (unsigned i = 0; i < n; i++) {
-      cf__ent_t *en = &st->ents[ents[i]];
-      if (!cf__cost_refuse(st, ents[i], na)) { admitted[na++] = ents[i]; continue; }
-      en->flags &= (uint8_t)~CF__F_SPILL;
-      en->pins--;
-      st->spilling--;
-      st->st.ssd_evictions++;
-    }
-    if (na < n) pthread_cond_broadcast(&st->cv);
-    pthread_mutex_unlock(&st->mu);
-    ents = admitted;
-    n = na;
-    if (!n) return 0;
-  }
   cf__io_t ops[CF__SPILL_BATCH];
-  int32_t slots[CF__SPILL_BATCH];
+  int32_t slots[CF__SPILL_BATCH], admitted[CF__SPILL_BATCH];
   cf_store_key_t keys[CF__SPILL_BATCH];
   uint32_t ntok[CF__SPILL_BATCH];
   const uint32_t L = st->g.n_layers;
   int rc = 0;
-  unsigned m = 0;
+  unsigned m = 0, na = 0;
   for (unsigned i = 0; i < n; i++) slots[i] = -1;
   for (unsigned i = 0; i < n; i++) {
+    if (!durable && st->cost_on) {
+      /* cost policy, SSD tier full: a chunk worth less than every chunk there is the SSD's own
+       * victim (GreedyDual admits and evicts the lowest, here before the write): it stays in
+       * the CPU tier, clean and marked CF__F_REFUSED, and is weighed again when the CPU tier
+       * evicts it (cf__cpu_evict_safe): by then it may have been read. Each chunk of the batch
+       * is weighed against the minimum left by the evictions of those before it (one victim
+       * per admitted chunk), not all against the first minimum. Never for durable saves. */
+      pthread_mutex_lock(&st->mu);
+      cf__ent_t *en = &st->ents[ents[i]];
+      int refuse = cf__cost_refuse(st, ents[i]);
+      if (refuse) {
+        en->flags = (uint8_t)((en->flags & ~CF__F_SPILL) | CF__F_REFUSED);
+        en->pins--;
+        st->spilling--;
+        st->st.ssd_refusals++;
+        if (!en->uses) st->st.ssd_refusals_unread++;
+        pthread_cond_broadcast(&st->cv);
+      }
+      pthread_mutex_unlock(&st->mu);
+      if (refuse) continue;
+    }
     int32_t s = cf__ssd_alloc(st);
-    if (s < 0) { rc = s; break; }
-    slots[i] = s;
+    if (s < 0) {
+      /* the rest go back to the dirty list below, unweighed */
+      rc = s;
+      for (; i < n; i++) admitted[na++] = ents[i];
+      break;
+    }
+    unsigned j = na++;
+    admitted[j] = ents[i];
+    slots[j] = s;
     pthread_mutex_lock(&st->mu);
-    keys[i] = st->ents[ents[i]].key;
-    ntok[i] = st->ents[ents[i]].n_tokens;
+    keys[j] = st->ents[ents[i]].key;
+    ntok[j] = st->ents[ents[i]].n_tokens;
     uint8_t *src = cf__cpu_slot_ptr(st, st->ents[ents[i]].cpu_slot);
     pthread_mutex_unlock(&st->mu);
     int fd;
     uint64_t off;
     cf__slot_pos(st, s, &fd, &off);
-    ops[i] = (cf__io_t){.fd = fd, .buf = src, .len = st->slot_bytes, .off = off, .write = 1};
-    m = i + 1;
+    ops[j] = (cf__io_t){.fd = fd, .buf = src, .len = st->slot_bytes, .off = off, .write = 1};
+    m = j + 1;
   }
+  ents = admitted;
+  n = na;
   if (m) {
     pthread_mutex_lock(&st->spill_mu);
     int wrc = cf__ring_run(st, &st->wring, ops, m);

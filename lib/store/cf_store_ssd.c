@@ -74,6 +74,7 @@ int32_t cf__ssd_alloc(cf_store_t *st) {
   cf_store_key_t k = st->ents[victim].key;
   int32_t s = st->ents[victim].ssd_slot;
   cf__ssd_detach(st, victim);
+  if (st->cost_on && !st->ents[victim].uses) st->st.ssd_evict_unread++;
   cf__ent_maybe_free(st, victim);
   st->st.ssd_evictions++;
   pthread_mutex_unlock(&st->mu);

@@ -23,7 +23,8 @@
  *   4. the chunks the plan loads are read from the store (a use, as the daemon's restores are),
  *      then every full chunk of prompt + answer is saved back at its index (cf_store_save_at).
  * Output: one line per (capacity, policy): mean and p99 TTFT, chunk hit ratio (prompt chunks
- * present locally), and the ratio of the best other policy's mean TTFT to cost's.
+ * present locally), and the ratio of the best other policy's mean TTFT to cost's; then each
+ * tier's evictions and the SSD write-backs the cost policy refused (counted in ev_ssd too).
  *
  * Absent chunks are holes (CF_SCHED_TIER_NONE, issue 15.1): every policy computes them at every
  * layer; the run also checks that no plan loads one (counted as `bad`, must be 0).
@@ -226,6 +227,7 @@ typedef struct {
   double mean, p99, hit, cpu_hit;
   long bad;             /* plans that loaded an absent chunk (must be 0) */
   double wall_s;
+  uint64_t ev_cpu, ev_ssd, refused; /* evictions per tier; SSD write-backs refused (cost) */
 } result_t;
 
 typedef struct {
@@ -426,6 +428,9 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
   }
   cf_store_stats_t s;
   cf_store_get_stats(st, &s);
+  out->ev_cpu = s.cpu_evictions;
+  out->ev_ssd = s.ssd_evictions;
+  out->refused = s.ssd_refusals;
   if (!rc && (s.cpu_bytes_used > s.cpu_bytes_cap || s.ssd_bytes_used > s.ssd_bytes_cap))
     rc = cf_seterr(CF_EINVAL, "store over its caps");
   cf_store_close(st);
@@ -531,8 +536,8 @@ int main(int argc, char **argv) {
     dir = tmpl;
   }
   X.dir = dir;
-  printf("%-8s %-7s %12s %12s %8s %8s %8s\n", "capacity", "policy", "mean_ttft_ms", "p99_ttft_ms", "hit", "cpu_hit",
-         "gain");
+  printf("%-8s %-7s %12s %12s %8s %8s %8s %8s %8s %8s\n", "capacity", "policy", "mean_ttft_ms", "p99_ttft_ms", "hit",
+         "cpu_hit", "gain", "ev_cpu", "ev_ssd", "refused");
   int rc = 0;
   char *cl = strdup(caps);
   for (char *sv = NULL, *c = strtok_r(cl, ",", &sv); c && !rc; c = strtok_r(NULL, ",", &sv)) {
@@ -565,8 +570,9 @@ int main(int argc, char **argv) {
       if (p >= 3 && best_other > 0) snprintf(gain, sizeof gain, "(%.2fx)", best_other / r[p].mean);
       char capn[32];
       snprintf(capn, sizeof capn, "%g%%", frac * 100);
-      printf("%-8s %-7s %12.1f %12.1f %7.1f%% %7.1f%% %8s%s\n", capn, names[p], r[p].mean * 1e3,
-             r[p].p99 * 1e3, r[p].hit * 100, r[p].cpu_hit * 100, gain,
+      printf("%-8s %-7s %12.1f %12.1f %7.1f%% %7.1f%% %8s %8llu %8llu %8llu%s\n", capn, names[p], r[p].mean * 1e3,
+             r[p].p99 * 1e3, r[p].hit * 100, r[p].cpu_hit * 100, gain, (unsigned long long)r[p].ev_cpu,
+             (unsigned long long)r[p].ev_ssd, (unsigned long long)r[p].refused,
              r[p].bad ? "  (plans loaded absent chunks!)" : "");
       if (r[p].bad) rc = 1;
     }

@@ -282,6 +282,12 @@ def main():
             caps[p] = {"cpu_used": used[0], "ssd_used": used[1], "cpu_cap": d.cpu_bytes, "ssd_cap": d.ssd_bytes,
                        "evictions": m.get(("cacheflow_store_evictions_total", '{tier="cpu"}'), 0) +
                        m.get(("cacheflow_store_evictions_total", '{tier="ssd"}'), 0),
+                       "evict_cpu": m.get(("cacheflow_store_evictions_total", '{tier="cpu"}'), 0),
+                       "evict_ssd": m.get(("cacheflow_store_evictions_total", '{tier="ssd"}'), 0),
+                       "evict_ssd_unread": m.get(("cacheflow_store_ssd_evictions_unread_total", ""), 0),
+                       "refused": m.get(("cacheflow_store_ssd_refusals_total", '{kind="all"}'), 0),
+                       "refused_unread": m.get(("cacheflow_store_ssd_refusals_total", '{kind="unread"}'), 0),
+                       "refused_read_after": m.get(("cacheflow_store_ssd_refusals_total", '{kind="read_after"}'), 0),
                        "cost_tables": m.get(("cacheflow_evict_cost_tables_total", ""), 0)}
             if used[0] > d.cpu_bytes or used[1] > d.ssd_bytes:
                 fail += 1
@@ -302,7 +308,10 @@ def main():
         print_table("all families", summ["all"])
     for p, c in caps.items():
         print(f"# {p}: CPU {int(c['cpu_used']) >> 10}/{c['cpu_cap'] >> 10} KiB, SSD {int(c['ssd_used']) >> 10}/"
-              f"{c['ssd_cap'] >> 10} KiB held at the end, {int(c['evictions'])} evictions"
+              f"{c['ssd_cap'] >> 10} KiB held at the end, {int(c['evictions'])} evictions (CPU {int(c['evict_cpu'])}, "
+              f"SSD {int(c['evict_ssd'])}" + (f" ({int(c['evict_ssd_unread'])} never read)" if p == "cost" else "") +
+              f" of which write-backs refused {int(c['refused'])}: unread "
+              f"{int(c['refused_unread'])}, uses after refusal {int(c['refused_read_after'])})"
               + (f", {int(c['cost_tables'])} cost tables installed (start-up + re-fits)" if p == "cost" else ""))
     if a.json:
         with open(a.json, "w") as f:

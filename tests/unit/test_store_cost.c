@@ -264,7 +264,10 @@ CF_TEST(store_cost_cpu_tier_before_ssd_is_recency_ssd_is_value) {
   CF_CHECK_GT(s.ssd_evictions, 0); /* the SSD tier did choose */
   int gone = 0;
   for (uint64_t id = 10; id < 14; id++) gone += !present(st, id);
-  CF_CHECK_EQ((uint64_t)gone, s.ssd_evictions); /* every SSD victim a cheap chunk */
+  /* every SSD victim a cheap chunk (the dear ones are all there): one of the older cheap ones,
+   * or the SSD copy of a newer one that its CPU copy outlives */
+  CF_CHECK_GT(gone, 0);
+  CF_CHECK(s.ssd_evictions >= (uint64_t)gone && s.ssd_evictions <= 8);
   cf_store_close(st);
 }
 
@@ -377,6 +380,60 @@ CF_TEST(store_cost_cpu_tier_head_start_for_read_chunks) {
   CF_CHECK_OK(st_check(st, 1, 16, 0, 2, &eq, &t));
   for (uint64_t id = 2; id <= 5; id++) CF_CHECK_OK(save_at(st, id, 0));
   CF_CHECK(!in_cpu(st, 1) && in_cpu(st, 2));
+  cf_store_close(st);
+}
+
+/* wait for the spiller to leave no dirty chunk (no time asserted: it only has to happen) */
+static void wait_clean(cf_store_t *st) {
+  cf_store_stats_t s;
+  for (int i = 0; i < 20000; i++) {
+    cf_store_get_stats(st, &s);
+    if (!s.cpu_dirty) return;
+    rt_sleep_ms(1);
+  }
+  CF_CHECK_MSG(0, "the spiller left %llu dirty chunks", (unsigned long long)s.cpu_dirty);
+}
+
+/* The daemon's set-up (spiller on, watermark 0): every chunk is written back right after its
+ * save, before anyone could read it. Into a full SSD tier of read chunks a fresh unread one is
+ * refused (f = 1/2 against 2); it stays in the CPU tier, and when a read has shown it useful
+ * the CPU tier's eviction weighs it again and the SSD tier takes it, where before the refusal
+ * was final and it left with the CPU tier. Caps hold throughout, no bytes differ. */
+CF_TEST(store_cost_refused_write_back_weighed_again_at_cpu_eviction) {
+  cf_store_config_t c = cfg_cost(3, 2, CF_STORE_EVICT_COST);
+  c.spill = 1;
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  cf_store_t *st = NULL;
+  CF_CHECK_OK(cf_store_open(tdir("cost_refused"), &g, &c, &st));
+  if (!st) return;
+  int eq, t;
+  for (uint64_t id = 1; id <= 2; id++) { CF_CHECK_OK(save_at(st, id, 0)); wait_clean(st); }
+  for (uint64_t id = 1; id <= 2; id++) { CF_CHECK_OK(st_check(st, id, 16, 0, 2, &eq, &t)); CF_CHECK(eq); }
+  CF_CHECK_OK(save_at(st, 3, 0));
+  wait_clean(st);
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.ssd_refusals, 1);
+  CF_CHECK_EQ(s.ssd_refusals_unread, 1);
+  CF_CHECK_EQ(s.ssd_evictions, 0); /* not gone: still in the CPU tier */
+  CF_CHECK(in_cpu(st, 3));
+  CF_CHECK_OK(st_check(st, 3, 16, 0, 2, &eq, &t));
+  CF_CHECK(eq);
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.ssd_refused_read, 1);
+  /* newer chunks push 3 out of the CPU tier: now it goes to SSD, an older read chunk leaves */
+  uint64_t id = 10;
+  for (; id < 20 && in_cpu(st, 3); id++) { CF_CHECK_OK(save_at(st, id, 0)); wait_clean(st); caps_ok(st, "refused"); }
+  CF_CHECK_MSG(id < 20, "chunk 3 never left the CPU tier");
+  CF_CHECK_MSG(present(st, 3), "chunk 3 left the CPU tier after %d saves and the SSD tier refused it", (int)(id - 10));
+  CF_CHECK_OK(st_check(st, 3, 16, 0, 2, &eq, &t));
+  CF_CHECK(eq);
+  cf_store_get_stats(st, &s);
+  CF_CHECK_GT(s.ssd_evictions, 0);
+  CF_CHECK(s.ssd_evict_unread <= s.ssd_evictions);
+  CF_CHECK_EQ(s.ssd_chunks, 2);
+  caps_ok(st, "refused");
+  CF_CHECK_OK(cf_store_flush(st));
   cf_store_close(st);
 }
 
