@@ -239,31 +239,170 @@ typedef struct {
   long ws; /* working set, chunks */
 } ctx_t;
 
-/* The clairvoyant reference row (`belady`): the cost policy's heaps ranked by the trace's
- * future instead of by value (cf_store_config_t.rank): a chunk's priority is minus the index of
- * the next request whose prompt holds it (never again: lowest), so each tier gives up the chunk
- * needed furthest in the future and the SSD tier refuses a write-back needed later than all it
- * holds: Belady's MIN per tier, hit-optimal, value-blind but for ties (chunks next needed by
- * the same request: the deeper stays). A reference for the headroom, not a bound on TTFT. */
-typedef struct { cf_store_key_t k; int req; } occ_t;
-static struct { occ_t *o; size_t n; int cur; } oracle;
+/* The clairvoyant reference rows, through the evaluation-only hook cf_store_config_t.rank (the
+ * cost policy's heaps ranked by the trace's future instead of by value):
+ * `belady`: a chunk's priority is minus the index of the next request whose prompt holds it
+ * (never again: lowest), so each tier gives up the chunk needed furthest in the future and the
+ * SSD tier refuses a write-back needed later than all it holds: Belady's MIN per tier,
+ * hit-optimal, value-blind but for ties (chunks next needed by the same request: the deeper
+ * stays). A reference for the headroom, not a bound on TTFT.
+ * `vbelady`: value-weighted (see vb_* below): which chunks to keep comes from the exact offline
+ * optimum of weighted paging over the trace (a min-cost flow), each kept interval worth the
+ * seconds its chunk saves at its next use (recompute at its position - SSD load); the store then
+ * gives up first the chunks the optimum does not keep, Belady among the rest. */
+typedef struct { cf_store_key_t k; int req, pos; } occ_t;
+typedef enum { OR_NONE, OR_BELADY, OR_VBELADY } oracle_mode_t;
+typedef enum { VB_FLOW, VB_FLOW_CPU, VB_RATIO, VB_EXP } vb_mode_t;
+static struct {
+  occ_t *o; size_t n;   /* prompt occurrences (the uses), sorted by key, then request */
+  occ_t *sv; size_t nsv;/* saves (prompt + answer of each request), sorted alike */
+  uint8_t *sel;         /* per use: the optimum keeps the chunk from its last save to this use */
+  long *cum;            /* chunks saved by the requests before request i: the distance unit */
+  double vssd[MAX_TOK / C_TOK + 8]; /* seconds a chunk at index c on SSD saves: recompute - load */
+  int cur;
+  vb_mode_t vb;         /* which value-weighted form the vbelady row runs (--vbelady) */
+  double vb_tau;        /* VB_EXP: decay in SSD tier-fulls of saved chunks */
+  long ssd_slots;
+} oracle;
 static int cmp_occ(const void *a, const void *b) {
   const occ_t *x = a, *y = b;
   int c = memcmp(x->k.b, y->k.b, 16);
   return c ? c : (x->req > y->req) - (x->req < y->req);
 }
-static double oracle_rank(void *ud, const cf_store_key_t *key, uint32_t pos, int tier) {
-  (void)ud; (void)tier;
-  size_t lo = 0, hi = oracle.n; /* first occurrence of key with req > cur */
+/* first entry of a (sorted) with this key and req > after, or -1 */
+static long occ_next(const occ_t *a, size_t n, const cf_store_key_t *key, int after) {
+  size_t lo = 0, hi = n;
   while (lo < hi) {
     size_t m = (lo + hi) / 2;
-    int c = memcmp(oracle.o[m].k.b, key->b, 16);
-    if (c < 0 || (c == 0 && oracle.o[m].req <= oracle.cur)) lo = m + 1; else hi = m;
+    int c = memcmp(a[m].k.b, key->b, 16);
+    if (c < 0 || (c == 0 && a[m].req <= after)) lo = m + 1; else hi = m;
   }
+  return lo < n && !memcmp(a[lo].k.b, key->b, 16) ? (long)lo : -1;
+}
+static double oracle_rank(void *ud, const cf_store_key_t *key, uint32_t pos, int tier) {
+  (void)ud; (void)tier;
+  long j = occ_next(oracle.o, oracle.n, key, oracle.cur);
   /* among chunks next needed by the same request (a whole prompt), the deeper, dearer one stays */
   double tie = pos * 1e-6;
-  if (lo < oracle.n && !memcmp(oracle.o[lo].k.b, key->b, 16)) return -(double)oracle.o[lo].req + tie;
-  return -1e18 + tie;
+  return j >= 0 ? -(double)oracle.o[j].req + tie : -1e18 + tie;
+}
+static double vbelady_rank(void *ud, const cf_store_key_t *key, uint32_t pos, int tier) {
+  (void)ud;
+  long j = occ_next(oracle.o, oracle.n, key, oracle.cur);
+  double tie = pos * 1e-6;
+  if (j < 0) return -1e9 + tie; /* never needed again */
+  int b = oracle.o[j].req;
+  switch (oracle.vb) {
+  case VB_FLOW: case VB_FLOW_CPU: /* what the optimum keeps stays; Belady within each class */
+    return (oracle.sel[j] ? 0 : -1e6) - b + tie;
+  case VB_RATIO: case VB_EXP: /* the CPU tier: every chunk worth the same there (the SSD read it
+                               * saves), so Belady; the SSD tier: value against distance */
+    if (tier == 0) return -b + tie;
+    double v = oracle.vssd[pos < MAX_TOK / C_TOK ? pos : MAX_TOK / C_TOK - 1];
+    double d = (double)(oracle.cum[b] - oracle.cum[oracle.cur]) + 1;
+    return oracle.vb == VB_RATIO ? log(v) - log(d)
+                                 : log(v) - oracle.cum[b] / (oracle.vb_tau * (double)oracle.ssd_slots);
+  }
+  return 0;
+}
+
+/* The weighted-paging optimum (equal sizes, a miss cost per chunk and use, bypass allowed), as
+ * a maximum-weight K-colourable set of intervals: an interval is a chunk kept from a request
+ * that saved it (a) to the next one whose prompt holds it (b), worth vssd at its position; at
+ * most K intervals may cover any point between two requests. Min-cost flow on the requests'
+ * line 0 -> 1 -> ... -> N (capacity K, cost 0) plus an edge a -> b (capacity 1, cost -value) per
+ * interval; successive shortest paths with potentials (the graph is a DAG: first potentials in
+ * index order), stopping when a path no longer gains. Exact for one tier of K slots counted
+ * between requests; the replay's store has two tiers and fills within a request, hence only a
+ * reference. Sets oracle.sel. O(K (E log V)): seconds at --scale 0.25. */
+typedef struct { int to, cap; int64_t cost; } fedge_t;
+static int flow_select(int N, long K) {
+  size_t ni = 0;
+  long *iv = malloc(sizeof(long) * (oracle.n + 1)); /* use index of each interval */
+  int *ia = malloc(sizeof(int) * (oracle.n + 1));
+  for (size_t j = 0; j < oracle.n; j++) {
+    oracle.sel[j] = 0;
+    /* the last save of this chunk before its use: the first save after req - 1 is >= req */
+    size_t lo = 0, hi = oracle.nsv;
+    while (lo < hi) {
+      size_t m = (lo + hi) / 2;
+      int c = memcmp(oracle.sv[m].k.b, oracle.o[j].k.b, 16);
+      if (c < 0 || (c == 0 && oracle.sv[m].req < oracle.o[j].req)) lo = m + 1; else hi = m;
+    }
+    if (lo == 0 || memcmp(oracle.sv[lo - 1].k.b, oracle.o[j].k.b, 16)) continue; /* never saved before */
+    ia[ni] = oracle.sv[lo - 1].req;
+    iv[ni++] = (long)j;
+  }
+  size_t V = (size_t)N + 1, E = 2 * ((size_t)N + ni);
+  fedge_t *e = malloc(sizeof *e * E);
+  int *head = malloc(sizeof(int) * V), *next = malloc(sizeof(int) * E), *prev = malloc(sizeof(int) * V);
+  int64_t *pot = calloc(V, sizeof *pot), *dist = malloc(sizeof(int64_t) * V);
+  for (size_t v = 0; v < V; v++) head[v] = -1;
+  size_t ne = 0;
+#define ADD_EDGE(u, w, c, k)                                                                         \
+  do {                                                                                               \
+    e[ne] = (fedge_t){(w), (c), (k)}; next[ne] = head[u]; head[u] = (int)ne++;                        \
+    e[ne] = (fedge_t){(u), 0, -(k)}; next[ne] = head[w]; head[w] = (int)ne++;                         \
+  } while (0)
+  for (int v = 0; v < N; v++) ADD_EDGE(v, v + 1, (int)(K < 1 << 30 ? K : 1 << 30), 0);
+  size_t first_iv = ne;
+  for (size_t i = 0; i < ni; i++) {
+    const occ_t *u = &oracle.o[iv[i]];
+    double v = oracle.vssd[u->pos < MAX_TOK / C_TOK ? u->pos : MAX_TOK / C_TOK - 1];
+    ADD_EDGE(ia[i], u->req, 1, -(int64_t)llround(v * 1e9));
+  }
+#undef ADD_EDGE
+  /* potentials: shortest distances in the DAG (every edge goes forward, the line reaches all) */
+  for (size_t v = 1; v < V; v++) pot[v] = INT64_MAX / 4;
+  for (size_t v = 0; v < V; v++)
+    for (int k = head[v]; k >= 0; k = next[k])
+      if (e[k].cap > 0 && pot[v] + e[k].cost < pot[e[k].to]) pot[e[k].to] = pot[v] + e[k].cost;
+  /* a binary heap of (distance, node), stale entries skipped */
+  typedef struct { int64_t d; int v; } hn_t;
+  hn_t *hp = malloc(sizeof(hn_t) * (E + V));
+  long flow = 0;
+  while (flow < K) {
+    for (size_t v = 0; v < V; v++) { dist[v] = INT64_MAX; prev[v] = -1; }
+    size_t hn = 0;
+    dist[0] = 0;
+    hp[hn++] = (hn_t){0, 0};
+    while (hn) {
+      hn_t top = hp[0], last = hp[--hn];
+      size_t i = 0;
+      for (;;) { /* sift last down from the root */
+        size_t c = 2 * i + 1;
+        if (c >= hn) break;
+        if (c + 1 < hn && hp[c + 1].d < hp[c].d) c++;
+        if (hp[c].d >= last.d) break;
+        hp[i] = hp[c];
+        i = c;
+      }
+      if (hn) hp[i] = last;
+      if (top.d > dist[top.v]) continue;
+      for (int k = head[top.v]; k >= 0; k = next[k]) {
+        if (e[k].cap <= 0) continue;
+        int w = e[k].to;
+        int64_t nd = top.d + e[k].cost + pot[top.v] - pot[w];
+        if (nd >= dist[w]) continue;
+        dist[w] = nd;
+        prev[w] = k;
+        size_t c = hn++;
+        while (c > 0 && hp[(c - 1) / 2].d > nd) { hp[c] = hp[(c - 1) / 2]; c = (c - 1) / 2; }
+        hp[c] = (hn_t){nd, w};
+      }
+    }
+    if (dist[N] == INT64_MAX || dist[N] + pot[N] - pot[0] >= 0) break; /* no gaining path left */
+    int64_t dmax = 0;
+    for (size_t v = 0; v < V; v++) if (dist[v] != INT64_MAX && dist[v] > dmax) dmax = dist[v];
+    for (size_t v = 0; v < V; v++) pot[v] += dist[v] != INT64_MAX ? dist[v] : dmax;
+    long push = K - flow;
+    for (int v = N; v != 0; v = e[prev[v] ^ 1].to) if (e[prev[v]].cap < push) push = e[prev[v]].cap;
+    for (int v = N; v != 0; v = e[prev[v] ^ 1].to) { e[prev[v]].cap -= (int)push; e[prev[v] ^ 1].cap += (int)push; }
+    flow += push;
+  }
+  for (size_t i = 0; i < ni; i++) oracle.sel[iv[i]] = e[first_iv + 2 * i].cap == 0;
+  free(iv); free(ia); free(e); free(head); free(next); free(prev); free(pot); free(dist); free(hp);
+  return 0;
 }
 
 static int cmp_d(const void *a, const void *b) {
@@ -302,7 +441,7 @@ static int kset_has(const kset_t *s, const cf_store_key_t *k) {
 
 /* ssd_all: the reference row: the SSD tier holds every chunk ever saved (its cap the whole
  * working set), the CPU tier keeps frac's cap and LRU */
-static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all, int belady, result_t *out) {
+static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all, oracle_mode_t om, result_t *out) {
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   cf_store_geom_t g;
@@ -323,13 +462,17 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
   sc.ssd_bytes = (uint64_t)ssd_slots * 4096;
   sc.cpu_evict = pol;
   sc.cost = X->table;
-  if (belady) { sc.rank = oracle_rank; sc.cpu_evict = CF_STORE_EVICT_COST; }
+  if (om != OR_NONE) { sc.rank = om == OR_BELADY ? oracle_rank : vbelady_rank; sc.cpu_evict = CF_STORE_EVICT_COST; }
+  if (om == OR_VBELADY) {
+    oracle.ssd_slots = ssd_slots;
+    if (oracle.vb == VB_FLOW || oracle.vb == VB_FLOW_CPU) flow_select(X->T->n, oracle.vb == VB_FLOW ? ssd_slots : ssd_slots + cpu_slots);
+  }
   sc.spill = 0;        /* deterministic: write-back when an eviction needs it */
   sc.buffered_io = 1;  /* page cache: the replay measures policies, not the disk */
   sc.journal_slack = 1u << 20;
   char dir[1100];
   snprintf(dir, sizeof dir, "%s/%s%s_%g", X->dir, pol == CF_STORE_EVICT_LRU ? "lru" : pol == CF_STORE_EVICT_S3FIFO ? "s3fifo" : "cost",
-           ssd_all ? "_ssdall" : belady ? "_belady" : "", frac);
+           ssd_all ? "_ssdall" : om == OR_BELADY ? "_belady" : om == OR_VBELADY ? "_vbelady" : "", frac);
   char cmd[1200];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   if (system(cmd) != 0) return cf_seterr(CF_EIO, "cannot clear %s", dir);
@@ -355,6 +498,8 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
     const req_t *q = &T->r[i];
     int P = q->prompt.tokens;
     oracle.cur = i;
+    /* value against distance: every rank changes with time, so all are asked again */
+    if (om == OR_VBELADY && oracle.vb == VB_RATIO) cf_store_set_cost(st, &X->table);
     int nch = seq_keys(&q->prompt, P, keys);
     int run = 0, present = 0;
     for (int c = 0; c < nch; c++) {
@@ -397,9 +542,9 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
     } else {
       ttft[i] = cf_cost_prefill(&X->cost, 0, P);
     }
-    /* belady: every stored chunk of the prompt learns its next use (one the plan computed
-     * anyway is not read otherwise, and would keep the request index it was ranked by) */
-    for (int c = 0; belady && c < nch && !rc; c++) {
+    /* belady, vbelady: every stored chunk of the prompt learns its next use (one the plan
+     * computed anyway is not read otherwise, and would keep the request index it was ranked by) */
+    for (int c = 0; om != OR_NONE && c < nch && !rc; c++) {
       if (tiers[c] > 1 || (restore > 0 && c < restore && plan.h[plan.h_off[0] + c] < L)) continue;
       uint8_t buf[4096] __attribute__((aligned(4096)));
       int rrc = cf_store_read(st, &keys[c], 0, 1, buf, sizeof buf, NULL);
@@ -445,8 +590,19 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
 
 /* ------------------------------------------------------------------ main */
 
+#define NPOL 6
+static const char *names[NPOL] = {"lru", "s3fifo", "cost", "ssd-all", "belady", "vbelady"};
+/* name is one of the comma-separated entries of list (belady is not vbelady) */
+static int has_name(const char *list, const char *name) {
+  size_t n = strlen(name);
+  for (const char *p = list; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+    if (!strncmp(p, name, n) && (p[n] == ',' || p[n] == 0)) return 1;
+  return 0;
+}
+
 int main(int argc, char **argv) {
-  const char *work = "chat", *caps = "0.05,0.1,0.25,0.5", *lookup = "holes", *pols = "lru,s3fifo,cost,ssd-all,belady";
+  const char *work = "chat", *caps = "0.05,0.1,0.25,0.5", *lookup = "holes", *pols = "lru,s3fifo,cost,ssd-all,belady,vbelady";
+  const char *vbm = "flow";
   const char *dir = NULL, *hwname = "h100-nvme";
   uint64_t seed = 1;
   double scale = 1.0;
@@ -463,6 +619,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--policies")) pols = v;
     else if (!strcmp(a, "--dir")) dir = v;
     else if (!strcmp(a, "--hw")) hwname = v;
+    else if (!strcmp(a, "--vbelady")) vbm = v;
     else { fprintf(stderr, "eval_evict: unknown option %s\n", a); return 2; }
     i++;
   }
@@ -471,6 +628,14 @@ int main(int argc, char **argv) {
     return 2;
   }
   if (!(scale > 0)) { fprintf(stderr, "eval_evict: --scale must be > 0\n"); return 2; }
+  if (!strcmp(vbm, "flow")) oracle.vb = VB_FLOW;
+  else if (!strcmp(vbm, "flow-cpu")) oracle.vb = VB_FLOW_CPU;
+  else if (!strcmp(vbm, "ratio")) oracle.vb = VB_RATIO;
+  else if (!strncmp(vbm, "exp:", 4) && (oracle.vb_tau = atof(vbm + 4)) > 0) oracle.vb = VB_EXP;
+  else {
+    fprintf(stderr, "eval_evict: --vbelady %s: expected flow, flow-cpu, ratio or exp:TAU (TAU > 0)\n", vbm);
+    return 2;
+  }
   cf_log_level = CF_LOG_WARN;
   rng_s = mix64(seed * 0x100000001b3ULL + 7);
   trace_t T = {0};
@@ -500,6 +665,12 @@ int main(int argc, char **argv) {
     return 1;
   }
   cf_evict_cost_table(&X.cost, C_TOK, &X.table);
+  /* vbelady's values: the table's formula per chunk index rather than per bucket */
+  for (int c = 0; c < MAX_TOK / C_TOK + 8; c++) {
+    double rec = X.cost.n_layers * cf_cost_step(&X.cost, (double)c * C_TOK, C_TOK);
+    double v = rec - X.cost.n_layers * C_TOK * X.cost.kv_bytes_per_token / cf_cost_tier_Bps(&X.cost, 1);
+    oracle.vssd[c] = v > 0.01 * rec ? v : 0.01 * rec;
+  }
 
   /* working set: the distinct chunks the trace saves */
   {
@@ -511,16 +682,24 @@ int main(int argc, char **argv) {
       seq_add(&full, T.r[i].ans_id, T.r[i].answer);
       int n = seq_keys(&full, full.tokens, keys);
       for (int c = 0; c < n; c++) kset_add(&ws, &keys[c]);
-      /* the belady row's future: which requests' prompts hold each key */
+      /* the clairvoyant rows' future: which requests' prompts hold each key (uses), which
+       * requests save it, and how many chunks were saved before each request */
       int np = T.r[i].prompt.tokens / C_TOK;
       oracle.o = realloc(oracle.o, sizeof(occ_t) * (oracle.n + (size_t)np + 1));
-      for (int c = 0; c < np; c++) oracle.o[oracle.n++] = (occ_t){keys[c], i};
+      for (int c = 0; c < np; c++) oracle.o[oracle.n++] = (occ_t){keys[c], i, c};
+      oracle.sv = realloc(oracle.sv, sizeof(occ_t) * (oracle.nsv + (size_t)n + 1));
+      for (int c = 0; c < n; c++) oracle.sv[oracle.nsv++] = (occ_t){keys[c], i, c};
+      oracle.cum = realloc(oracle.cum, sizeof(long) * (size_t)(i + 2));
+      oracle.cum[i + 1] = (i ? oracle.cum[i] : 0) + n;
+      if (!i) oracle.cum[0] = 0;
       tok += T.r[i].prompt.tokens;
       if (T.r[i].prompt.tokens > maxp) maxp = T.r[i].prompt.tokens;
       free(full.s);
     }
     X.ws = (long)ws.n;
     qsort(oracle.o, oracle.n, sizeof(occ_t), cmp_occ);
+    qsort(oracle.sv, oracle.nsv, sizeof(occ_t), cmp_occ);
+    oracle.sel = calloc(oracle.n + 1, 1);
     printf("# workload %s seed %llu scale %g: %d requests, %ld distinct chunks (working set, %.1f GiB of "
            "llama-3.1-8b bf16 KV), prompts mean %ld max %ld tokens; lookup %s%s; profile %s (CPU %.0f GB/s, "
            "SSD %.1f GB/s%s)\n",
@@ -549,12 +728,12 @@ int main(int argc, char **argv) {
       rc = 2;
       break;
     }
-    result_t r[5];
-    int have[5] = {0, 0, 0, 0, 0};
-    const char *names[5] = {"lru", "s3fifo", "cost", "ssd-all", "belady"};
-    for (int p = 0; p < 5 && !rc; p++) {
-      if (!strstr(pols, names[p])) continue;
-      if ((rc = replay(&X, p >= 3 ? CF_STORE_EVICT_LRU : (cf_store_evict_t)p, frac, p == 3, p == 4, &r[p]))) {
+    result_t r[NPOL];
+    int have[NPOL] = {0};
+    for (int p = 0; p < NPOL && !rc; p++) {
+      if (!has_name(pols, names[p])) continue;
+      oracle_mode_t om = p == 4 ? OR_BELADY : p == 5 ? OR_VBELADY : OR_NONE;
+      if ((rc = replay(&X, p >= 3 ? CF_STORE_EVICT_LRU : (cf_store_evict_t)p, frac, p == 3, om, &r[p]))) {
         fprintf(stderr, "eval_evict: %s at %g: %s\n", names[p], frac, cf_errmsg());
         break;
       }
@@ -563,7 +742,7 @@ int main(int argc, char **argv) {
     double best_other = 0;
     for (int p = 0; p < 2; p++)
       if (have[p] && (best_other == 0 || r[p].mean < best_other)) best_other = r[p].mean;
-    for (int p = 0; p < 5 && !rc; p++) {
+    for (int p = 0; p < NPOL && !rc; p++) {
       if (!have[p]) continue;
       char gain[32] = "";
       if (p == 2 && best_other > 0) snprintf(gain, sizeof gain, "%.2fx", best_other / r[p].mean);
@@ -582,6 +761,6 @@ int main(int argc, char **argv) {
   if (dir == tmpl) rmdir(tmpl);
   for (int i = 0; i < T.n; i++) free(T.r[i].prompt.s); /* on a bad --caps too (make asan: LeakSanitizer) */
   free(T.r);
-  free(oracle.o);
+  free(oracle.o); free(oracle.sv); free(oracle.sel); free(oracle.cum);
   return rc == 2 ? 2 : rc ? 1 : 0;
 }
