@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The eviction evaluation (issue 15.3) end to end at a tiny scale: every workload family replays
 # for every policy at every capacity (a row each, hit ratios in range, TTFT positive, no plan
-# that loads an absent chunk: the binary exits 1 on that or on a store over its caps), the same
+# that loads an absent chunk: the binary exits 1 on that or on a store over its caps), no row
+# keeping more value than the weighted-paging optimum the vbelady line states as the most any
+# eviction choice can keep (so that optimum is at least feasible-consistent), the same
 # seed gives the same table, another seed another trace, both lookups run, and bad options get
 # one clear line and exit 2. Asserts behaviour, not which policy wins (that is the README's table).
 set -u
@@ -11,12 +13,12 @@ cf_test_dir cf-eval-evict
 [ -x "$EV" ] || cf_skip_all "$EV not built"
 
 rows_ok() { # FILE CAPS: one row per capacity for each policy and reference row (lru, s3fifo, cost,
-  # ssd-all, belady), 0 <= cpu_hit <= hit <= 100, mean and p99 TTFT > 0
+  # ssd-all, belady, vbelady), 0 <= cpu_hit <= hit <= 100, mean and p99 TTFT > 0
   awk -v caps="$2" '
     /^#/ || /^capacity/ { next }
     { n++; seen[$1 " " $2]++; h = $5; c = $6; sub("%", "", h); sub("%", "", c); h += 0; c += 0
       if ($3 + 0 <= 0 || $4 + 0 <= 0 || h < 0 || h > 100 || c < 0 || c > h + 1e-9) { print "bad row: " $0; bad = 1 } }
-    END { k = split(caps, a, ","); np = split("lru s3fifo cost ssd-all belady", p, " ")
+    END { k = split(caps, a, ","); np = split("lru s3fifo cost ssd-all belady vbelady", p, " ")
           if (n != k * np) { print n " rows, want " k * np; bad = 1 }
           for (i = 1; i <= k; i++) for (j = 1; j <= np; j++) {
             key = sprintf("%g%% %s", a[i] * 100, p[j])
@@ -24,9 +26,20 @@ rows_ok() { # FILE CAPS: one row per capacity for each policy and reference row 
           exit bad }' "$1"
 }
 
+bound_ok() { # FILE: a value line per capacity naming vbelady's form; no row's value above the bound
+  awk '/^# [0-9.]+%: vbelady is / { n++
+      if ($5 !~ /^(exp:[0-9.]+|flow);$/) { print "no form: " $0; bad = 1 }
+      s = $0; sub(/.*at most /, "", s); b = s + 0
+      t = $0; sub(/^.*held locally\):/, "", t); sub(/;.*/, "", t); k = split(t, f, " ")
+      if (k != 15 || b <= 0) { print "not 5 rows and a bound: " $0; bad = 1 }
+      for (i = 2; i <= k; i += 3) if (f[i] + 0 > b + 0.05) { print f[i - 1] " keeps " f[i] " > bound " b; bad = 1 } }
+    END { if (!n) { print "no value lines"; bad = 1 } exit bad }' "$1"
+}
+
 for w in chat agentic rag; do
   if "$EV" --workload "$w" --scale 0.03 --caps 0.1,0.5 --seed 3 --dir "$T" >"$T/$w.txt" 2>"$T/$w.err"; then
     why=$(rows_ok "$T/$w.txt" 0.1,0.5) && ok "$w: a row per policy and capacity" || bad "$w rows" "$why"
+    why=$(bound_ok "$T/$w.txt") && ok "$w: no row keeps more value than the optimum" || bad "$w bound" "$why"
   else bad "$w runs" "$(head -n 5 "$T/$w.err")"; fi
 done
 "$EV" --workload rag --scale 0.03 --caps 0.1,0.5 --seed 3 --dir "$T" >"$T/again.txt" 2>/dev/null
@@ -47,4 +60,5 @@ expect_err "bad lookup" "--lookup sometimes" --lookup sometimes
 expect_err "bad scale" "--scale must be" --scale 0
 expect_err "unknown option" "unknown option --fast" --fast 1
 expect_err "bad capacity" "--caps .abc." --scale 0.03 --caps 0.1,abc
+expect_err "bad vbelady form" "--vbelady exp:0" --vbelady exp:0
 finish
