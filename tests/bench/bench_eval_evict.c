@@ -32,7 +32,7 @@
  * Usage: bench_eval_evict [--workload chat|agentic|rag] [--seed N] [--scale X]
  *                         [--caps 0.05,0.1,0.25,0.5] [--lookup holes|prefix] [--remote]
  *                         [--policies lru,s3fifo,cost,ssd-all,belady,vbelady] [--dir DIR] [--hw NAME]
- *                         [--vbelady best|flow|exp:TAU]
+ *                         [--vbelady best|flow|exp:TAU] [--dump DIR]
  * ssd-all is a reference, not a policy: LRU with the SSD tier holding every chunk ever saved
  * and the CPU tier at the capacity's cap, i.e. what an SSD-tier policy could reach at most with
  * the CPU tier run by recency (cost's CPU tier in front of an SSD tier is LRU). belady is the
@@ -240,6 +240,7 @@ typedef struct {
   cf_store_cost_t table;
   const char *dir;
   int holes, remote;
+  const char *dump;  /* --dump DIR: per replay, each prompt chunk's state and the tiers' contents */
   long ws; /* working set, chunks */
 } ctx_t;
 
@@ -448,6 +449,33 @@ static int kset_has(const kset_t *s, const cf_store_key_t *k) {
   }
 }
 
+/* --dump: "P req chunk tier read_before value_ms": each prompt chunk (tier 0 CPU, 1 SSD, 2 not
+ * local; read_before: a prompt before this one held it; value: vssd), and "O req tier class pos_bucket n": how many
+ * chunks the tier holds, by class (0 never needed again, 1 needed again and read before, 2
+ * needed again, never read yet) and index (0: < 8, 1: < 32, 2: < 128, 3: deeper), taken at
+ * the request's lookup. Diagnostics for comparing what two rows keep (not part of the table). */
+static void dump_request(FILE *f, cf_store_t *st, int i, const cf_store_key_t *keys, const uint8_t *tiers, int nch,
+                         const occ_t *saved, size_t n) {
+  for (int c = 0; c < nch; c++) {
+    long j = occ_next(oracle.o, oracle.n, &keys[c], -1);
+    fprintf(f, "P %d %d %d %d %.3f\n", i, c, tiers[c] > 1 ? 2 : tiers[c], j >= 0 && oracle.o[j].req < i,
+            oracle.vssd[c] * 1e3);
+  }
+  long cnt[2][3][4] = {{{0}}};
+  for (size_t k = 0; k < n; k++) {
+    uint8_t t = 0;
+    if (cf_store_lookup(st, &saved[k].k, 1, &t) != 1) continue;
+    long nx = occ_next(oracle.o, oracle.n, &saved[k].k, i - 1), first = occ_next(oracle.o, oracle.n, &saved[k].k, -1);
+    int cls = nx < 0 ? 0 : first >= 0 && oracle.o[first].req < i ? 1 : 2;
+    int pb = saved[k].pos < 8 ? 0 : saved[k].pos < 32 ? 1 : saved[k].pos < 128 ? 2 : 3;
+    cnt[t == CF_STORE_TIER_CPU ? 0 : 1][cls][pb]++;
+  }
+  for (int t = 0; t < 2; t++)
+    for (int c = 0; c < 3; c++)
+      for (int b = 0; b < 4; b++)
+        if (cnt[t][c][b]) fprintf(f, "O %d %d %d %d %ld\n", i, t, c, b, cnt[t][c][b]);
+}
+
 /* ssd_all: the reference row: the SSD tier holds every chunk ever saved (its cap the whole
  * working set), the CPU tier keeps frac's cap and LRU */
 static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all, oracle_mode_t om, result_t *out) {
@@ -487,6 +515,17 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
   if (rc) return rc;
 
   const trace_t *T = X->T;
+  FILE *df = NULL;
+  kset_t dseen = {0};
+  occ_t *dsaved = NULL; /* the chunks saved so far (key, index), for the contents census */
+  size_t dn = 0;
+  if (X->dump) {
+    char fn[1200], form[32] = "";
+    if (om == OR_VBELADY) snprintf(form, sizeof form, oracle.vb == VB_FLOW ? "-flow" : "-exp%g", oracle.vb_tau);
+    snprintf(fn, sizeof fn, "%s/%s%s_%g.txt", X->dump, om == OR_VBELADY ? "vbelady" : om == OR_BELADY ? "belady" : ssd_all ? "ssd-all"
+             : pol == CF_STORE_EVICT_LRU ? "lru" : pol == CF_STORE_EVICT_S3FIFO ? "s3fifo" : "cost", form, frac);
+    if (!(df = fopen(fn, "w"))) { cf_store_close(st); return cf_seterr(CF_EIO, "cannot write %s", fn); }
+  }
   double *ttft = malloc(sizeof(double) * (size_t)T->n);
   cf_store_key_t *keys = malloc(sizeof(cf_store_key_t) * (MAX_TOK / C_TOK + 8));
   uint8_t *tiers = malloc(MAX_TOK / C_TOK + 8);
@@ -517,6 +556,7 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
     }
     chunks_req += nch;
     chunks_hit += present;
+    if (df) dump_request(df, st, i, keys, tiers, nch, dsaved, dn);
     /* holes: every chunk up to the last one held anywhere (absent ones after it are plain new
      * tokens); prefix: the unbroken run from the first chunk, as cf_store_lookup reports it */
     int last = nch;
@@ -563,6 +603,10 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
       int src = cf_store_save_at(st, &keys[c], (uint32_t)c, C_TOK, cells, 0);
       if (src && src != CF_EEXIST) rc = src;
       if (X->remote) kset_add(&remote, &keys[c]);
+      if (df && kset_add(&dseen, &keys[c])) {
+        dsaved = realloc(dsaved, sizeof *dsaved * (dn + 1));
+        dsaved[dn++] = (occ_t){keys[c], i, c};
+      }
     }
     free(full.s);
   }
@@ -589,6 +633,8 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
   cf_sched_plan_free(&plan);
   cf_sim_result_free(&res);
   free(ttft); free(keys); free(tiers); free(remote.k); free(remote.used);
+  if (df) fclose(df);
+  free(dseen.k); free(dseen.used); free(dsaved);
   clock_gettime(CLOCK_MONOTONIC, &t1);
   out->wall_s = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) * 1e-9;
   return rc;
@@ -608,7 +654,7 @@ static int has_name(const char *list, const char *name) {
 
 int main(int argc, char **argv) {
   const char *work = "chat", *caps = "0.05,0.1,0.25,0.5", *lookup = "holes", *pols = "lru,s3fifo,cost,ssd-all,belady,vbelady";
-  const char *vbm = "best";
+  const char *vbm = "best", *dump = NULL;
   const char *dir = NULL, *hwname = "h100-nvme";
   uint64_t seed = 1;
   double scale = 1.0;
@@ -626,6 +672,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--dir")) dir = v;
     else if (!strcmp(a, "--hw")) hwname = v;
     else if (!strcmp(a, "--vbelady")) vbm = v;
+    else if (!strcmp(a, "--dump")) dump = v;
     else { fprintf(stderr, "eval_evict: unknown option %s\n", a); return 2; }
     i++;
   }
@@ -649,6 +696,7 @@ int main(int argc, char **argv) {
 
   ctx_t X = {0};
   X.T = &T;
+  X.dump = dump;
   X.holes = !strcmp(lookup, "holes");
   X.remote = remote;
   cf_hw_t hw;
