@@ -450,23 +450,28 @@ static int kset_has(const kset_t *s, const cf_store_key_t *k) {
 }
 
 /* --dump: "P req chunk tier read_before value_ms": each prompt chunk (tier 0 CPU, 1 SSD, 2 not
- * local; read_before: a prompt before this one held it; value: vssd), and "O req tier class pos_bucket n": how many
+ * local; read_before: a prompt between the chunk's first save and this one held it, i.e. it
+ * has been read since it came in; value: vssd), and "O req tier class pos_bucket n": how many
  * chunks the tier holds, by class (0 never needed again, 1 needed again and read before, 2
- * needed again, never read yet) and index (0: < 8, 1: < 32, 2: < 128, 3: deeper), taken at
+ * needed again, never read since it came in) and index (0: < 8, 1: < 32, 2: < 128, 3: deeper), taken at
  * the request's lookup. Diagnostics for comparing what two rows keep (not part of the table). */
+static int read_before(const cf_store_key_t *k, int i) {
+  long s = occ_next(oracle.sv, oracle.nsv, k, -1);
+  long j = s >= 0 ? occ_next(oracle.o, oracle.n, k, oracle.sv[s].req) : -1;
+  return j >= 0 && oracle.o[j].req < i;
+}
 static void dump_request(FILE *f, cf_store_t *st, int i, const cf_store_key_t *keys, const uint8_t *tiers, int nch,
                          const occ_t *saved, size_t n) {
   for (int c = 0; c < nch; c++) {
-    long j = occ_next(oracle.o, oracle.n, &keys[c], -1);
-    fprintf(f, "P %d %d %d %d %.3f\n", i, c, tiers[c] > 1 ? 2 : tiers[c], j >= 0 && oracle.o[j].req < i,
+    fprintf(f, "P %d %d %d %d %.3f\n", i, c, tiers[c] > 1 ? 2 : tiers[c], read_before(&keys[c], i),
             oracle.vssd[c] * 1e3);
   }
   long cnt[2][3][4] = {{{0}}};
   for (size_t k = 0; k < n; k++) {
     uint8_t t = 0;
     if (cf_store_lookup(st, &saved[k].k, 1, &t) != 1) continue;
-    long nx = occ_next(oracle.o, oracle.n, &saved[k].k, i - 1), first = occ_next(oracle.o, oracle.n, &saved[k].k, -1);
-    int cls = nx < 0 ? 0 : first >= 0 && oracle.o[first].req < i ? 1 : 2;
+    long nx = occ_next(oracle.o, oracle.n, &saved[k].k, i - 1);
+    int cls = nx < 0 ? 0 : read_before(&saved[k].k, i) ? 1 : 2;
     int pb = saved[k].pos < 8 ? 0 : saved[k].pos < 32 ? 1 : saved[k].pos < 128 ? 2 : 3;
     cnt[t == CF_STORE_TIER_CPU ? 0 : 1][cls][pb]++;
   }
