@@ -32,7 +32,7 @@
  * Usage: bench_eval_evict [--workload chat|agentic|rag] [--seed N] [--scale X]
  *                         [--caps 0.05,0.1,0.25,0.5] [--lookup holes|prefix] [--remote]
  *                         [--policies lru,s3fifo,cost,ssd-all,belady,vbelady] [--dir DIR] [--hw NAME]
- *                         [--vbelady best|flow|exp:TAU] [--dump DIR]
+ *                         [--vbelady best|flow|live|exp:TAU] [--dump DIR]
  * ssd-all is a reference, not a policy: LRU with the SSD tier holding every chunk ever saved
  * and the CPU tier at the capacity's cap, i.e. what an SSD-tier policy could reach at most with
  * the CPU tier run by recency (cost's CPU tier in front of an SSD tier is LRU). belady is the
@@ -263,7 +263,7 @@ typedef struct {
  * above the kept forms on chat and RAG, never lowest. */
 typedef struct { cf_store_key_t k; int req, pos; } occ_t;
 typedef enum { OR_NONE, OR_BELADY, OR_VBELADY } oracle_mode_t;
-typedef enum { VB_EXP, VB_FLOW } vb_mode_t;
+typedef enum { VB_EXP, VB_FLOW, VB_LIVE } vb_mode_t;
 #define VB_FORMS "exp:16,exp:32,flow" /* --vbelady best: the row is the lowest of these */
 #define VB_FLOW_TAU 32.0
 static struct {
@@ -306,6 +306,10 @@ static double vbelady_rank(void *ud, const cf_store_key_t *key, uint32_t pos, in
   if (j < 0) return -1e9 + tie; /* never needed again */
   int b = oracle.o[j].req;
   double v = oracle.vssd[pos < MAX_TOK / C_TOK ? pos : MAX_TOK / C_TOK - 1];
+  /* `live` (diagnostic, not in VB_FORMS): knows only which chunks are dead; otherwise cost's shape
+   * (CPU tier by recency, SSD tier ln(v) decayed over 2 tier-fulls of saved chunks since the chunk
+   * arrived or was used): what cost would gain from a perfect dead-chunk predictor */
+  if (oracle.vb == VB_LIVE) return tier == 0 ? oracle.cur : log(v) + oracle.cum[oracle.cur] / (2.0 * (double)oracle.ssd_slots);
   double pri = tier == 0 ? -b + tie : log(v) - oracle.cum[b] / (oracle.vb_tau * (double)oracle.ssd_slots);
   return oracle.vb == VB_FLOW && !oracle.sel[j] ? pri - 1e6 : pri;
 }
@@ -526,7 +530,8 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
   size_t dn = 0;
   if (X->dump) {
     char fn[1200], form[32] = "";
-    if (om == OR_VBELADY) snprintf(form, sizeof form, oracle.vb == VB_FLOW ? "-flow" : "-exp%g", oracle.vb_tau);
+    if (om == OR_VBELADY)
+      snprintf(form, sizeof form, oracle.vb == VB_FLOW ? "-flow" : oracle.vb == VB_LIVE ? "-live" : "-exp%g", oracle.vb_tau);
     snprintf(fn, sizeof fn, "%s/%s%s_%g.txt", X->dump, om == OR_VBELADY ? "vbelady" : om == OR_BELADY ? "belady" : ssd_all ? "ssd-all"
              : pol == CF_STORE_EVICT_LRU ? "lru" : pol == CF_STORE_EVICT_S3FIFO ? "s3fifo" : "cost", form, frac);
     if (!(df = fopen(fn, "w"))) { cf_store_close(st); return cf_seterr(CF_EIO, "cannot write %s", fn); }
@@ -686,8 +691,8 @@ int main(int argc, char **argv) {
     return 2;
   }
   if (!(scale > 0)) { fprintf(stderr, "eval_evict: --scale must be > 0\n"); return 2; }
-  if (strcmp(vbm, "best") && strcmp(vbm, "flow") && !(strncmp(vbm, "exp:", 4) == 0 && atof(vbm + 4) > 0)) {
-    fprintf(stderr, "eval_evict: --vbelady %s: expected best, flow or exp:TAU (TAU > 0)\n", vbm);
+  if (strcmp(vbm, "best") && strcmp(vbm, "flow") && strcmp(vbm, "live") && !(strncmp(vbm, "exp:", 4) == 0 && atof(vbm + 4) > 0)) {
+    fprintf(stderr, "eval_evict: --vbelady %s: expected best, flow, live or exp:TAU (TAU > 0)\n", vbm);
     return 2;
   }
   cf_log_level = CF_LOG_WARN;
@@ -796,7 +801,7 @@ int main(int argc, char **argv) {
         snprintf(forms, sizeof forms, "%s", strcmp(vbm, "best") ? vbm : VB_FORMS);
         for (char *f = strtok_r(forms, ",", &sv2); f && !rc; f = strtok_r(NULL, ",", &sv2)) {
           result_t one;
-          oracle.vb = strcmp(f, "flow") ? VB_EXP : VB_FLOW;
+          oracle.vb = !strcmp(f, "flow") ? VB_FLOW : !strcmp(f, "live") ? VB_LIVE : VB_EXP;
           oracle.vb_tau = oracle.vb == VB_FLOW ? VB_FLOW_TAU : atof(f + 4);
           if ((rc = replay(&X, CF_STORE_EVICT_LRU, frac, 0, OR_VBELADY, &one))) break;
           if (!vb_form[0] || one.mean < r[p].mean) { r[p] = one; snprintf(vb_form, sizeof vb_form, "%s", f); }

@@ -8,7 +8,7 @@
 # eviction choice can keep, a weighted-paging optimum by min-cost flow).
 # Usage: tests/bench/eval_evict.sh [--seed N] [--scale X] [--caps LIST] [--lookup holes|prefix]
 #                                  [--remote] [--workloads "chat agentic rag"]
-#                                  [--vbelady best|flow|exp:TAU] [--dump DIR]
+#                                  [--vbelady best|flow|live|exp:TAU] [--dump DIR]
 # --dump DIR: per replay, what each row held (tests/bench/eval_evict_diff.py compares two).
 # Held-out runs: another --seed (and --scale) draws other traces of the same families.
 set -euo pipefail

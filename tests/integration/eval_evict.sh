@@ -28,7 +28,7 @@ rows_ok() { # FILE CAPS: one row per capacity for each policy and reference row 
 
 bound_ok() { # FILE: a value line per capacity naming vbelady's form; no row's value above the bound
   awk '/^# [0-9.]+%: vbelady is / { n++
-      if ($5 !~ /^(exp:[0-9.]+|flow);$/) { print "no form: " $0; bad = 1 }
+      if ($5 !~ /^(exp:[0-9.]+|flow|live);$/) { print "no form: " $0; bad = 1 }
       s = $0; sub(/.*at most /, "", s); b = s + 0
       t = $0; sub(/^.*held locally\):/, "", t); sub(/;.*/, "", t); k = split(t, f, " ")
       if (k != 15 || b <= 0) { print "not 5 rows and a bound: " $0; bad = 1 }
