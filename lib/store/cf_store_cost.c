@@ -3,9 +3,11 @@
  *
  * A chunk's value in tier t, v_t, is the seconds its presence there saves a restore: recomputing
  * it (every layer, at its position) minus loading it from t, from the daemon's table
- * (cf_store_cost_t; the store does not know the cost model). Each tier keeps a binary min-heap
- * of its chunks on the priority
- *     pri = ln(f * v_t) + t_e / tau_t,   f = 1/2 before the chunk's first use, 2 after (CF__COST_*)
+ * (cf_store_cost_t; the store does not know the cost model). Each tier ranks its chunks on
+ *     pri = ln(f * v_t) + t_e / tau_t,   f = 1/2 before the chunk's first use, 2 after
+ * (the ratio of the two learnt from the tier's recent victims, CF__COST_BONUS0 below), with two
+ * binary min-heaps: one of the unread chunks and one of the read ones, keyed without ln f, the
+ * read class's head start added when their minima are compared.
  * where t_e is the store's clock (arrivals + uses, cost_clock) at the chunk's arrival or last
  * use (a read at its first layer or a pin) and tau_t = CF__COST_TAU_SLOTS x the tier's slots.
  * That is the order of f * v_t * exp(-(now - t_e) / tau_t): expected time saved, decayed
@@ -23,9 +25,11 @@
  * CPU tier, ssd_lru for the SSD tier): cf__list_push_head / cf__list_remove call in here, so
  * every place that adds or drops a chunk keeps the heap right without knowing about it, and the
  * lists still give the journal its order (compaction, shrink).
- * Cost: pick, add, remove and a use are O(log n). Memory: 16 bytes per heap node (one per chunk
- * per tier it is in), 8 bytes of heap positions per index entry (uses and pos fill padding) and
- * the 8-byte t_e per entry (cost_t, allocated only under this policy). */
+ * Cost: pick, add, remove and a use are O(log n); a ghost's insert, lookup and removal O(1)
+ * expected. Memory: 16 bytes per heap node (one per chunk per tier it is in), 8 bytes of heap
+ * positions per index entry (uses and pos fill padding; the low bit names the class's heap), the
+ * 8-byte t_e per entry (cost_t, allocated only under this policy), and the value tier's ghosts:
+ * 16 bytes of ring and 8-16 bytes of hash table per slot of that tier. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
