@@ -164,6 +164,11 @@ typedef struct {
    * still in the CPU tier (a refusal that came too early: they proved useful) */
   uint64_t ssd_refusals, ssd_refusals_unread, ssd_refused_read;
   uint64_t ssd_evict_unread; /* cost policy: SSD victims not read since they came in */
+  /* cost policy: chunks saved again while a ghost of their eviction was still remembered, by
+   * whether they had been read before they left; and the read class's head start the store has
+   * learnt from them (ln of the read / unread frequency factors' ratio; starts at ln 4) */
+  uint64_t cost_ghost_unread, cost_ghost_read;
+  double cost_read_bonus;
   uint64_t corrupt_cells, corrupt_chunks;  /* checksum mismatches found on read; chunks dropped */
   uint64_t journal_records, journal_torn, journal_damaged, journal_dropped, journal_compactions;
   uint64_t enospc, io_errors;

@@ -28,18 +28,32 @@
  * the 8-byte t_e per entry (cost_t, allocated only under this policy). */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "store/cf_store_int.h"
 #include "util/cf_err.h"
 
-/* Frequency factor: a chunk nobody has read since it came in counts 1/2, one read since counts
- * 2 (and no more: caps of 4 and 8 were no better on the evaluation's traces, 8 up to 2% worse on
- * agentic ones; a log-sum of decayed uses, LRFU-style, was no better either). The 4x between
- * them is S3-FIFO's lesson: most chunks are never read again (a RAG document asked once), and
- * those should leave before chunks that proved useful; without it (every chunk counting 1) cost
- * lost 5-7% to S3-FIFO on RAG traces. */
-#define CF__COST_F_NEW 0.5
-#define CF__COST_FMAX 2
+/* Frequency classes: a chunk nobody has read since it came in, and one read since (more reads
+ * count no more: caps of 4 and 8 were no better on the evaluation's traces, 8 up to 2% worse on
+ * agentic ones; a log-sum of decayed uses, LRFU-style, was no better either). Each class has its
+ * own heap per tier; the read class's head start (st->bonus, in units of ln f) is added when
+ * their minima are compared. It starts at ln 4 (the fixed factors f = 1/2 unread, 2 read it
+ * replaces: S3-FIFO's lesson that most chunks are never read again, a RAG document asked once,
+ * and should leave before chunks that proved useful; without it, every chunk counting 1, cost
+ * lost 5-7% to S3-FIFO on RAG traces) and then learns, ARC-style, from the tier's ghosts
+ * (cf__ghost_hit): a chunk that comes back after leaving unread says the unread class was
+ * ranked too low (the head start shrinks: toward LRU's order), one that leaves after a read and
+ * comes back says the read class was (it grows: toward S3-FIFO's filter). Fixed at ln 4 it lost
+ * to LRU on the real daemon's trace (short prompts, one value bucket), where fresh agentic tool
+ * outputs left unread before dead chat prompts that had been read once. */
+#define CF__COST_BONUS0 1.3862943611198906 /* ln 4 */
+#define CF__COST_BONUS_MAX (2 * CF__COST_BONUS0)
+/* Learning rate: a full swing of ln 4 per ghost-slot count of net ghost hits of one class
+ * (ARC's: its target moves by at least one slot per ghost hit, over a range of the cache's
+ * size), times the hit's value against the ghosts' mean (capped at CF__COST_LEARN_WMAX): what
+ * the mistake cost in restoration time. Scale-free: no trace's clock or size in it. */
+#define CF__COST_LEARN CF__COST_BONUS0
+#define CF__COST_LEARN_WMAX 8.0
 /* Decay time in units of the tier's capacity in chunks: 2 (a chunk's weight halves after 1.4
  * tier-fulls of arrivals and uses; scale-free: no trace's clock or size in it). Chosen on seed 1
  * at 5% and 10% capacity, then checked on held-out seeds: 0.5 and 1 fell toward LRU (chat +6-11%
@@ -64,50 +78,58 @@ static double cf__value(const cf_store_t *st, int tier, const cf__ent_t *en) {
   return v * (double)n / (double)C;
 }
 
-static double cf__pri(const cf_store_t *st, int tier, int32_t e) {
+/* Priority without the class term (the read class's head start, st->bonus, is added when the
+ * two heaps' minima are compared, so it can change without re-keying anything). */
+static double cf__key(const cf_store_t *st, int tier, int32_t e) {
   const cf__ent_t *en = &st->ents[e];
   if (st->cfg.rank) return st->cfg.rank(st->cfg.rank_ud, &en->key, en->pos == CF__POS_UNKNOWN ? 0 : en->pos, tier);
-  double age = st->cost_t[e] / st->heap[tier].tau;
+  double age = st->cost_t[e] / st->tau[tier];
   /* The CPU copy of a chunk that goes to SSD when it leaves (write-back) saves only the SSD
    * read: recompute cancels out and every chunk is worth the same, so the CPU tier in front of
    * an SSD tier is recency, with a small head start for chunks read since they came in
    * (CF__COST_CPU_USED). Ranked by position value instead it was 4-6% worse at 25-50%
    * capacity; by the full frequency factor (ln f: 0.5 / 2) 1-2% better on RAG and 5-7% worse
    * on agentic traces, whose next step needs the chunks just saved, not yet read. */
-  if (tier == 0 && st->n_ssd_slots) return age + (en->uses ? CF__COST_CPU_USED : 0.0);
-  double f = en->uses ? 1.0 + (en->uses < CF__COST_FMAX - 1 ? en->uses : CF__COST_FMAX - 1) : CF__COST_F_NEW;
-  return log(f * cf__value(st, tier, en)) + age;
+  if (tier == 0 && st->n_ssd_slots) return age;
+  return log(cf__value(st, tier, en)) + age;
 }
 
-static void cf__hset(cf_store_t *st, cf__heap_t *h, int tier, int32_t i, cf__hnode_t nd) {
-  h->n[i] = nd;
-  st->ents[nd.e].hpos[tier] = i;
+static int cf__cls(const cf_store_t *st, int32_t e) { return st->ents[e].uses ? 1 : 0; }
+
+/* e's priority in tier as the pick compares it */
+static double cf__pri(const cf_store_t *st, int tier, int32_t e) {
+  return cf__key(st, tier, e) + (cf__cls(st, e) ? st->bonus[tier] : 0.0);
 }
 
-static void cf__sift_up(cf_store_t *st, int tier, int32_t i) {
-  cf__heap_t *h = &st->heap[tier];
+static void cf__hset(cf_store_t *st, int tier, int cls, int32_t i, cf__hnode_t nd) {
+  st->heap[tier][cls].n[i] = nd;
+  st->ents[nd.e].hpos[tier] = i << 1 | cls;
+}
+
+static void cf__sift_up(cf_store_t *st, int tier, int cls, int32_t i) {
+  cf__heap_t *h = &st->heap[tier][cls];
   cf__hnode_t nd = h->n[i];
   while (i > 0) {
     int32_t p = (i - 1) / 2;
     if (h->n[p].pri <= nd.pri) break;
-    cf__hset(st, h, tier, i, h->n[p]);
+    cf__hset(st, tier, cls, i, h->n[p]);
     i = p;
   }
-  cf__hset(st, h, tier, i, nd);
+  cf__hset(st, tier, cls, i, nd);
 }
 
-static void cf__sift_down(cf_store_t *st, int tier, int32_t i) {
-  cf__heap_t *h = &st->heap[tier];
+static void cf__sift_down(cf_store_t *st, int tier, int cls, int32_t i) {
+  cf__heap_t *h = &st->heap[tier][cls];
   cf__hnode_t nd = h->n[i];
   for (;;) {
     int32_t c = 2 * i + 1;
     if (c >= h->len) break;
     if (c + 1 < h->len && h->n[c + 1].pri < h->n[c].pri) c++;
     if (h->n[c].pri >= nd.pri) break;
-    cf__hset(st, h, tier, i, h->n[c]);
+    cf__hset(st, tier, cls, i, h->n[c]);
     i = c;
   }
-  cf__hset(st, h, tier, i, nd);
+  cf__hset(st, tier, cls, i, nd);
 }
 
 static int cf__heap_grow(cf__heap_t *h) {
@@ -119,6 +141,103 @@ static int cf__heap_grow(cf__heap_t *h) {
   return 0;
 }
 
+/* insert e into its class's heap of tier with priority key pri */
+static void cf__hins(cf_store_t *st, int tier, int32_t e, double pri) {
+  int cls = cf__cls(st, e);
+  cf__heap_t *h = &st->heap[tier][cls];
+  if (h->len == h->cap && cf__heap_grow(h)) {
+    /* out of memory: the chunk is then simply never chosen by the heap (the LRU list still
+     * holds it) */
+    st->ents[e].hpos[tier] = -1;
+    return;
+  }
+  int32_t i = h->len++;
+  cf__hset(st, tier, cls, i, (cf__hnode_t){pri, e});
+  cf__sift_up(st, tier, cls, i);
+}
+
+/* ---- ghosts: the learning tier's recent victims (a FIFO ring and a hash of its keys) */
+
+static uint64_t cf__fp(const cf_store_key_t *k) {
+  uint64_t fp;
+  memcpy(&fp, k->b, sizeof fp);
+  return fp;
+}
+
+/* the table slot holding fp, or -1 */
+static int64_t cf__ghost_find(const cf__ghosts_t *g, uint64_t fp) {
+  for (uint32_t i = (uint32_t)fp & g->mask; g->tab[i] >= 0; i = (i + 1) & g->mask)
+    if (g->ring[g->tab[i]].fp == fp) return i;
+  return -1;
+}
+
+/* empty table slot i, keeping probe chains whole (backward shift) */
+static void cf__ghost_unlink(cf__ghosts_t *g, uint32_t i) {
+  for (uint32_t j = (i + 1) & g->mask; g->tab[j] >= 0; j = (j + 1) & g->mask) {
+    uint32_t home = (uint32_t)g->ring[g->tab[j]].fp & g->mask;
+    if (((j - home) & g->mask) >= ((j - i) & g->mask)) {
+      g->tab[i] = g->tab[j];
+      i = j;
+    }
+  }
+  g->tab[i] = -1;
+}
+
+static void cf__ghost_kill(cf__ghosts_t *g, uint32_t slot) {
+  cf__ghost_t *gh = &g->ring[g->tab[slot]];
+  gh->live = 0;
+  g->n_live--;
+  g->n_read -= gh->read;
+  g->vsum -= gh->v;
+  cf__ghost_unlink(g, slot);
+}
+
+void cf__cost_evicted(cf_store_t *st, int32_t e) {
+  cf__ghosts_t *g = &st->ghosts;
+  if (!st->cost_on || st->learn_tier < 0 || !g->cap) return;
+  const cf__ent_t *en = &st->ents[e];
+  uint64_t fp = cf__fp(&en->key);
+  int64_t old = cf__ghost_find(g, fp);
+  if (old >= 0) cf__ghost_kill(g, (uint32_t)old);
+  cf__ghost_t *gh = &g->ring[g->head];
+  if (gh->live) cf__ghost_kill(g, (uint32_t)cf__ghost_find(g, gh->fp));
+  *gh = (cf__ghost_t){fp, (float)cf__value(st, st->learn_tier, en), en->uses ? 1 : 0, 1};
+  g->n_live++;
+  g->n_read += gh->read;
+  g->vsum += gh->v;
+  uint32_t i = (uint32_t)fp & g->mask;
+  while (g->tab[i] >= 0) i = (i + 1) & g->mask;
+  g->tab[i] = g->head;
+  g->head = g->head + 1 == g->cap ? 0 : g->head + 1;
+}
+
+/* A chunk arrives that the learning tier gave up not long ago: that eviction was a mistake, and
+ * the class it was in (unread, read) was ranked too low against the other. Move the read class's
+ * head start against the mistaken class, in proportion to what the mistake cost (its value
+ * against the ghosts' mean). */
+static int cf__ghost_hit(cf_store_t *st, int32_t e) {
+  cf__ghosts_t *g = &st->ghosts;
+  int64_t slot = cf__ghost_find(g, cf__fp(&st->ents[e].key));
+  if (slot < 0) return 0;
+  const cf__ghost_t *gh = &g->ring[g->tab[slot]];
+  double mean = g->vsum / g->n_live, w = mean > 0 ? gh->v / mean : 1.0;
+  if (w > CF__COST_LEARN_WMAX) w = CF__COST_LEARN_WMAX;
+  /* ARC's rule: a hit among the fewer class's ghosts counts the ratio of the two classes' ghost
+   * counts (without it the unread class, most of the victims, also has most of the ghost hits:
+   * on RAG traces the head start fell to 0 and cost lost 1-2% more to S3-FIFO at 5-10%) */
+  double nr = g->n_read, nu = g->n_live - g->n_read;
+  double ratio = gh->read ? nu / (nr > 0 ? nr : 1) : nr / (nu > 0 ? nu : 1);
+  if (ratio > 1) w *= ratio;
+  double step = CF__COST_LEARN * w / g->cap, *b = &st->bonus[st->learn_tier];
+  if (gh->read) st->st.cost_ghost_read++;
+  else st->st.cost_ghost_unread++;
+  *b += gh->read ? step : -step;
+  if (*b < 0) *b = 0;
+  if (*b > CF__COST_BONUS_MAX) *b = CF__COST_BONUS_MAX;
+  cf__ghost_kill(g, (uint32_t)slot);
+  return 1;
+}
+
 int cf__cost_alloc(cf_store_t *st) {
   st->cost_on = 1;
   st->cost_clock = 0;
@@ -126,64 +245,82 @@ int cf__cost_alloc(cf_store_t *st) {
   st->cost_t = calloc((size_t)st->n_ents_max, sizeof *st->cost_t);
   if (!st->cost_t) return cf_seterr(CF_ENOMEM, "store %s: cost policy times of %d entries", st->dir, st->n_ents_max);
   for (int t = 0; t < 2; t++) {
-    st->heap[t] = (cf__heap_t){NULL, 0, 0, CF__COST_TAU_SLOTS * (want[t] > 0 ? want[t] : 1)};
-    st->heap[t].cap = want[t] > 0 ? want[t] : 1;
-    st->heap[t].n = malloc(sizeof(cf__hnode_t) * (size_t)st->heap[t].cap);
-    if (!st->heap[t].n) return cf_seterr(CF_ENOMEM, "store %s: cost policy heap of %d chunks", st->dir, want[t]);
+    st->tau[t] = CF__COST_TAU_SLOTS * (want[t] > 0 ? want[t] : 1);
+    for (int c = 0; c < 2; c++) {
+      /* the unread heap gets the tier's slots (every chunk arrives unread), the read one grows */
+      cf__heap_t *h = &st->heap[t][c];
+      *h = (cf__heap_t){NULL, 0, c ? 64 : (want[t] > 0 ? want[t] : 1)};
+      h->n = malloc(sizeof(cf__hnode_t) * (size_t)h->cap);
+      if (!h->n) return cf_seterr(CF_ENOMEM, "store %s: cost policy heap of %d chunks", st->dir, h->cap);
+    }
+  }
+  /* the tier ranked by value (the SSD tier, or a CPU-only store's CPU tier) starts from the
+   * fixed factors' head start and learns; a CPU tier in front of SSD keeps its own; a ranking
+   * hook (evaluation references) gets none */
+  st->learn_tier = st->cfg.rank ? -1 : st->n_ssd_slots ? 1 : 0;
+  st->bonus[0] = st->cfg.rank ? 0 : st->n_ssd_slots ? CF__COST_CPU_USED : CF__COST_BONUS0;
+  st->bonus[1] = st->cfg.rank ? 0 : CF__COST_BONUS0;
+  if (st->learn_tier >= 0) {
+    cf__ghosts_t *g = &st->ghosts;
+    g->cap = want[st->learn_tier] > 16 ? want[st->learn_tier] : 16;
+    uint32_t tab = 1;
+    while (tab < 2u * (uint32_t)g->cap) tab <<= 1;
+    g->mask = tab - 1;
+    g->ring = calloc((size_t)g->cap, sizeof *g->ring);
+    g->tab = malloc(sizeof *g->tab * tab);
+    if (!g->ring || !g->tab) return cf_seterr(CF_ENOMEM, "store %s: cost policy ghosts of %d keys", st->dir, g->cap);
+    memset(g->tab, 0xff, sizeof *g->tab * tab);
   }
   return 0;
 }
 
 void cf__cost_free(cf_store_t *st) {
-  for (int t = 0; t < 2; t++) { free(st->heap[t].n); st->heap[t].n = NULL; }
+  for (int t = 0; t < 2; t++)
+    for (int c = 0; c < 2; c++) { free(st->heap[t][c].n); st->heap[t][c].n = NULL; }
   free(st->cost_t);
   st->cost_t = NULL;
+  free(st->ghosts.ring);
+  free(st->ghosts.tab);
+  st->ghosts = (cf__ghosts_t){0};
 }
 
 void cf__heap_add(cf_store_t *st, int tier, int32_t e) {
-  cf__heap_t *h = &st->heap[tier];
-  if (h->len == h->cap && cf__heap_grow(h)) {
-    /* cannot happen with the heap sized to the tier's slots; stay correct if it does: the chunk
-     * is then simply never chosen by the heap (the LRU list still holds it) */
-    st->ents[e].hpos[tier] = -1;
-    return;
-  }
   /* an arrival (not a write-back of a chunk the CPU tier holds) starts the chunk's time; the
    * replay adds the journal's chunks oldest first, so the oldest is also the first to go */
-  if (st->ents[e].hpos[0] < 0 && st->ents[e].hpos[1] < 0) st->cost_t[e] = ++st->cost_clock;
-  int32_t i = h->len++;
-  cf__hset(st, h, tier, i, (cf__hnode_t){cf__pri(st, tier, e), e});
-  cf__sift_up(st, tier, i);
+  if (st->ents[e].hpos[0] < 0 && st->ents[e].hpos[1] < 0) {
+    st->cost_t[e] = ++st->cost_clock;
+    /* (counting a chunk back from a ghost as read, S3-FIFO's ghost rule, was measured: RAG
+     * 0.5-2.6% better, chat 1-3% and agentic at 5% capacity 2-4% worse: not kept) */
+    if (st->learn_tier >= 0 && st->ghosts.n_live) cf__ghost_hit(st, e);
+  }
+  cf__hins(st, tier, e, cf__key(st, tier, e));
 }
 
 void cf__heap_del(cf_store_t *st, int tier, int32_t e) {
-  cf__heap_t *h = &st->heap[tier];
-  int32_t i = st->ents[e].hpos[tier];
-  if (i < 0) return;
+  int32_t hp = st->ents[e].hpos[tier];
+  if (hp < 0) return;
+  int cls = hp & 1;
+  int32_t i = hp >> 1;
+  cf__heap_t *h = &st->heap[tier][cls];
   st->ents[e].hpos[tier] = -1;
   int32_t last = --h->len;
   if (i == last) return;
   int32_t m = h->n[last].e;
-  cf__hset(st, h, tier, i, h->n[last]);
-  cf__sift_down(st, tier, i);
-  cf__sift_up(st, tier, st->ents[m].hpos[tier]);
-}
-
-/* recompute e's priority in tier's heap (with the tier's current L) and restore the order */
-static void cf__heap_refresh(cf_store_t *st, int tier, int32_t e) {
-  int32_t i = st->ents[e].hpos[tier];
-  if (i < 0) return;
-  st->heap[tier].n[i].pri = cf__pri(st, tier, e);
-  cf__sift_up(st, tier, i);
-  cf__sift_down(st, tier, st->ents[e].hpos[tier]);
+  cf__hset(st, tier, cls, i, h->n[last]);
+  cf__sift_down(st, tier, cls, i);
+  cf__sift_up(st, tier, cls, st->ents[m].hpos[tier] >> 1);
 }
 
 void cf__cost_use(cf_store_t *st, int32_t e) {
   cf__ent_t *en = &st->ents[e];
+  int in[2] = {en->hpos[0] >= 0, en->hpos[1] >= 0};
+  /* out of both heaps, one more use (the class may change), back in with the new time */
+  for (int t = 0; t < 2; t++) cf__heap_del(st, t, e);
   if (en->uses < 255) en->uses++;
   if (en->flags & CF__F_REFUSED) st->st.ssd_refused_read++;
   st->cost_t[e] = ++st->cost_clock;
-  for (int t = 0; t < 2; t++) cf__heap_refresh(st, t, e);
+  for (int t = 0; t < 2; t++)
+    if (in[t]) cf__hins(st, t, e, cf__key(st, t, e));
 }
 
 void cf__cost_set_pos(cf_store_t *st, int32_t e, uint32_t pos) {
@@ -192,45 +329,61 @@ void cf__cost_set_pos(cf_store_t *st, int32_t e, uint32_t pos) {
   cf__ent_t *en = &st->ents[e];
   if (en->pos == p) return;
   en->pos = p;
-  if (st->cost_on)
-    for (int t = 0; t < 2; t++) cf__heap_refresh(st, t, e);
+  if (!st->cost_on) return;
+  for (int t = 0; t < 2; t++) {
+    int32_t hp = en->hpos[t];
+    if (hp < 0) continue;
+    st->heap[t][hp & 1].n[hp >> 1].pri = cf__key(st, t, e);
+    cf__sift_up(st, t, hp & 1, hp >> 1);
+    cf__sift_down(st, t, hp & 1, en->hpos[t] >> 1);
+  }
+}
+
+/* the class whose heap in tier holds the lowest priority (head start included), -1 if empty */
+static int cf__top_cls(const cf_store_t *st, int tier) {
+  const cf__heap_t *u = &st->heap[tier][0], *r = &st->heap[tier][1];
+  if (!u->len) return r->len ? 1 : -1;
+  if (!r->len) return 0;
+  return r->n[0].pri + st->bonus[tier] < u->n[0].pri ? 1 : 0;
 }
 
 int32_t cf__heap_pick(cf_store_t *st, int tier, int (*ok)(cf_store_t *, int32_t)) {
-  cf__heap_t *h = &st->heap[tier];
   /* Refused members (pinned, being written, being read) are popped and put back afterwards:
    * their count bounds the extra work (64 at most, then one linear scan). */
   int32_t pick = -1;
   cf__hnode_t held[64];
-  int nheld = 0;
-  while (h->len > 0) {
-    cf__hnode_t top = h->n[0];
+  int nheld = 0, cls;
+  while ((cls = cf__top_cls(st, tier)) >= 0) {
+    cf__hnode_t top = st->heap[tier][cls].n[0];
     if (!ok || ok(st, top.e)) { pick = top.e; break; }
     if (nheld == 64) {
       /* many refused: fall back to a linear scan for the lowest acceptable one (rare: readers
        * pin what they copy, a few chunks at a time) */
       double best = 0;
-      for (int32_t i = 0; i < h->len; i++)
-        if ((pick < 0 || h->n[i].pri < best) && ok(st, h->n[i].e)) { pick = h->n[i].e; best = h->n[i].pri; }
+      for (int c = 0; c < 2; c++) {
+        const cf__heap_t *h = &st->heap[tier][c];
+        for (int32_t i = 0; i < h->len; i++) {
+          double p = h->n[i].pri + (c ? st->bonus[tier] : 0.0);
+          if ((pick < 0 || p < best) && ok(st, h->n[i].e)) { pick = h->n[i].e; best = p; }
+        }
+      }
       break;
     }
     held[nheld++] = top;
     cf__heap_del(st, tier, top.e);
   }
-  for (int i = 0; i < nheld; i++) {
-    int32_t j = h->len++; /* the nodes came out of this heap: there is room */
-    cf__hset(st, h, tier, j, held[i]);
-    cf__sift_up(st, tier, j);
-  }
+  /* the nodes came out of these heaps: there is room, and each goes back to its class's heap
+   * (a member's class does not change while it is held) */
+  for (int i = 0; i < nheld; i++) cf__hins(st, tier, held[i].e, held[i].pri);
   return pick;
 }
 
 int cf__cost_refuse(cf_store_t *st, int32_t e) {
-  cf__heap_t *h = &st->heap[1];
-  if (!st->n_ssd_slots || st->n_ssd_free > 0 || !h->len ||
-      __atomic_load_n(&st->files_ready, __ATOMIC_ACQUIRE) < st->n_files)
+  if (!st->n_ssd_slots || st->n_ssd_free > 0 || __atomic_load_n(&st->files_ready, __ATOMIC_ACQUIRE) < st->n_files)
     return 0;
-  return cf__pri(st, 1, e) < h->n[0].pri;
+  int cls = cf__top_cls(st, 1);
+  if (cls < 0) return 0;
+  return cf__pri(st, 1, e) < st->heap[1][cls].n[0].pri + (cls ? st->bonus[1] : 0.0);
 }
 
 int cf__cost_dear(const cf_store_t *st, uint32_t pos, uint32_t n_tokens) {
@@ -248,11 +401,12 @@ void cf_store_set_cost(cf_store_t *st, const cf_store_cost_t *cost) {
   pthread_mutex_lock(&st->mu);
   st->cfg.cost = *cost;
   if (st->cost_on) {
-    for (int t = 0; t < 2; t++) {
-      cf__heap_t *h = &st->heap[t];
-      for (int32_t i = 0; i < h->len; i++) h->n[i].pri = cf__pri(st, t, h->n[i].e);
-      for (int32_t i = h->len / 2 - 1; i >= 0; i--) cf__sift_down(st, t, i);
-    }
+    for (int t = 0; t < 2; t++)
+      for (int c = 0; c < 2; c++) {
+        cf__heap_t *h = &st->heap[t][c];
+        for (int32_t i = 0; i < h->len; i++) h->n[i].pri = cf__key(st, t, h->n[i].e);
+        for (int32_t i = h->len / 2 - 1; i >= 0; i--) cf__sift_down(st, t, c, i);
+      }
   }
   pthread_mutex_unlock(&st->mu);
 }

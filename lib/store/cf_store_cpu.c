@@ -145,6 +145,7 @@ int cf__cpu_evict_safe(cf_store_t *st, int write_back) {
   int retry = write_back && (en->flags & CF__F_REFUSED) && !(en->flags & CF__F_SSD) &&
               !cf__cost_refuse(st, v);
   if (!st->n_ssd_slots || (en->flags & CF__F_SSD) || (!en->in_dirty && !retry)) {
+    if (!(en->flags & CF__F_SSD)) cf__cost_evicted(st, v); /* it leaves the store */
     cf__cpu_drop(st, v, ghost);
     return 0;
   }
@@ -169,6 +170,7 @@ int cf__cpu_evict_safe(cf_store_t *st, int write_back) {
     st->lost_dirty++;
     st->lost_dirty_rc = rc;
   }
+  cf__cost_evicted(st, v);
   cf__cpu_drop(st, v, ghost && st->ents[v].queue == CF__Q_SMALL);
   return 0;
 }

@@ -54,7 +54,9 @@ typedef struct {
   int32_t cprev, cnext; /* CPU queue or ghost list */
   int32_t sprev, snext; /* SSD LRU */
   int32_t dprev, dnext; /* dirty FIFO (in the CPU tier, not yet on SSD) */
-  int32_t hpos[2];      /* COST: place in the CPU [0] / SSD [1] heap, -1 when not in it */
+  /* COST: place in the CPU [0] / SSD [1] heap, -1 when not in it: (index << 1) | class, the
+   * class (0 unread, 1 read since it came in) naming which of the tier's two heaps */
+  int32_t hpos[2];
 } cf__ent_t;
 
 #define CF__POS_UNKNOWN 0xffffu
@@ -69,8 +71,22 @@ typedef struct {
 typedef struct {
   cf__hnode_t *n;
   int32_t len, cap;
-  double tau; /* decay time in clock ticks: CF__COST_TAU_SLOTS x the tier's slots */
 } cf__heap_t;
+
+/* COST: one ghost, a recent victim of the value-ranked tier (cf_store_cost.c) */
+typedef struct {
+  uint64_t fp; /* the key's first 8 bytes (keys are XXH3-128 hashes) */
+  float v;     /* its value when it left */
+  uint8_t read, live; /* read since it came in; 0: came back, or the ring slot is unused */
+} cf__ghost_t;
+
+typedef struct {
+  cf__ghost_t *ring; /* FIFO of the last `cap` victims */
+  int32_t *tab;      /* open addressing (linear probing) of ring indices, -1 empty */
+  uint32_t mask;
+  int32_t cap, head, n_live, n_read; /* live ghosts; of them, read ones */
+  double vsum; /* sum of the live ghosts' values */
+} cf__ghosts_t;
 
 /* io_uring wrapper; falls back to pread/pwrite when the kernel refuses io_uring. */
 typedef struct {
@@ -155,10 +171,15 @@ struct cf_store_s {
   cf_store_stats_t st;
   struct cf_remote_s *remote; /* cf_store_remote.c */
   struct cf__promoter_s *promo; /* cf_store_remote.c: promotion of remote hits (NULL: off) */
-  /* COST policy (cf_store_cost.c): a heap per tier over the same members as q[CF__Q_LRU]
-   * (CPU) and ssd_lru (SSD), kept in step by cf__list_push_head / cf__list_remove */
+  /* COST policy (cf_store_cost.c): two heaps per tier (unread / read chunks) over the same
+   * members as q[CF__Q_LRU] (CPU) and ssd_lru (SSD), kept in step by cf__list_push_head /
+   * cf__list_remove */
   int cost_on;
-  cf__heap_t heap[2];
+  cf__heap_t heap[2][2]; /* [tier][class] */
+  double tau[2];         /* decay time in clock ticks: CF__COST_TAU_SLOTS x the tier's slots */
+  double bonus[2];       /* the read class's head start in each tier, in priority units */
+  int learn_tier;        /* the tier whose bonus learns from ghost hits (-1: none) */
+  cf__ghosts_t ghosts;   /* that tier's recent victims */
   double cost_clock; /* COST: arrivals + uses so far, the priorities' time */
   double *cost_t;    /* COST: [n_ents_max] the clock at each entry's arrival or last use */
 };
@@ -235,9 +256,12 @@ int cf__cost_refuse(cf_store_t *st, int32_t e);
 /* 1 when a chunk at index pos (CF__POS_KEEP / unknown: index 0) of n_tokens is worth at least
  * the table's average SSD value (no table: every chunk is) */
 int cf__cost_dear(const cf_store_t *st, uint32_t pos, uint32_t n_tokens);
-/* the member of tier's heap with the lowest priority that ok(st, e) accepts (ok NULL: any);
- * raises the tier's L to its priority. -1 when none. O(log n) plus the refused ones. */
+/* the member of tier's heaps with the lowest priority that ok(st, e) accepts (ok NULL: any).
+ * -1 when none. O(log n) plus the refused ones. */
 int32_t cf__heap_pick(cf_store_t *st, int tier, int (*ok)(cf_store_t *, int32_t));
+/* e is leaving the store by eviction (mu held, before it is freed): a ghost of the learning tier
+ * remembers it */
+void cf__cost_evicted(cf_store_t *st, int32_t e);
 
 /* ---- cf_store_spill.c: write-back */
 unsigned cf__take_dirty(cf_store_t *st, int32_t *out, unsigned max); /* mu held */

@@ -73,8 +73,11 @@ int32_t cf__ssd_alloc(cf_store_t *st) {
   }
   cf_store_key_t k = st->ents[victim].key;
   int32_t s = st->ents[victim].ssd_slot;
+  if (st->cost_on) {
+    if (!st->ents[victim].uses) st->st.ssd_evict_unread++;
+    if (!(st->ents[victim].flags & CF__F_CPU)) cf__cost_evicted(st, victim); /* leaves the store */
+  }
   cf__ssd_detach(st, victim);
-  if (st->cost_on && !st->ents[victim].uses) st->st.ssd_evict_unread++;
   cf__ent_maybe_free(st, victim);
   st->st.ssd_evictions++;
   pthread_mutex_unlock(&st->mu);

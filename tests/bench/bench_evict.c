@@ -2,7 +2,8 @@
  * real index, lists and heaps of lib/store driven under its lock without I/O (an SSD tier whose
  * slots are handed out here, so 1M chunks need no 4 GiB of files). One operation = give up the
  * policy's victim, add a new chunk at a random index in its place, and one use (read at the
- * first layer) of a random stored chunk: what a full tier does per save. Reported: ns per
+ * first layer) of a random stored chunk: what a full tier does per save (every 4th new chunk is
+ * one given up before: a ghost hit under cost). Reported: ns per
  * operation and the ratio 1M / 10k per policy (O(1): ~1 plus cache misses; O(log n): about
  * log(1M)/log(10k) = 1.5 plus cache misses), each policy against LRU (O(1)) at the same size,
  * and the index bytes per chunk.
@@ -32,11 +33,13 @@ static double now_s(void) {
 }
 
 static uint64_t key_ctr;
-static void add_chunk(cf_store_t *st, int32_t slot) {
+/* a new chunk in slot; again: the key of a chunk given up before (a ghost hit under cost) */
+static void add_chunk(cf_store_t *st, int32_t slot, const cf_store_key_t *again) {
   cf_store_key_t k;
   uint64_t a = mix64(++key_ctr), b = mix64(a);
   memcpy(k.b, &a, 8);
   memcpy(k.b + 8, &b, 8);
+  if (again) k = *again;
   int32_t e = cf__idx_insert(st, &k);
   if (e < 0) { fprintf(stderr, "bench_evict: index full\n"); exit(1); }
   cf__ent_t *en = &st->ents[e];
@@ -72,24 +75,29 @@ static double run(cf_store_evict_t pol, int32_t n, long ops, const char *dir, si
   cf_store_t *st;
   if (cf_store_open(d, &g, &c, &st)) { fprintf(stderr, "bench_evict: open: %s\n", cf_errmsg()); exit(1); }
   pthread_mutex_lock(&st->mu);
-  for (int32_t s = 0; s < n; s++) add_chunk(st, s);
+  for (int32_t s = 0; s < n; s++) add_chunk(st, s, NULL);
   uint64_t r = 42;
   double t0 = now_s();
   for (long i = 0; i < ops; i++) {
     int32_t v = cf__ssd_pick(st);
     if (v < 0) { fprintf(stderr, "bench_evict: no victim\n"); exit(1); }
     int32_t s = st->ents[v].ssd_slot;
+    cf_store_key_t vk = st->ents[v].key;
+    cf__cost_evicted(st, v); /* cost: a ghost remembers it (what cf__ssd_alloc does) */
     cf__ssd_detach(st, v);
     cf__ent_maybe_free(st, v);
-    add_chunk(st, s);
+    add_chunk(st, s, i % 4 == 3 ? &vk : NULL); /* every 4th op the victim comes back */
     r = mix64(r);
     cf__ssd_touch(st, st->ssd_owner[r % (uint64_t)n]);
   }
   double dt = now_s() - t0;
-  /* bytes per chunk of the index: entry, hash table share, checksums, slot maps; cost: heap node
-   * and the last-use time (cost_t) */
+  /* bytes per chunk of the index: entry, hash table share, checksums, slot maps; cost: heap node,
+   * the last-use time (cost_t) and the SSD tier's ghosts per slot (a ring entry and its share of
+   * the ghosts' hash table) */
   *bytes_per_chunk = sizeof(cf__ent_t) + (size_t)(st->tab_mask + 1) * 4 / (size_t)st->n_ents_max +
-                     8 * g.n_layers + 4 + 2 + 1 + 4 + (pol == CF_STORE_EVICT_COST ? sizeof(cf__hnode_t) + sizeof *st->cost_t : 0);
+                     8 * g.n_layers + 4 + 2 + 1 + 4 +
+                     (pol == CF_STORE_EVICT_COST ? sizeof(cf__hnode_t) + sizeof *st->cost_t + sizeof(cf__ghost_t) +
+                                                       (size_t)(st->ghosts.mask + 1) * 4 / (size_t)n : 0);
   /* leave nothing for close to write back or record: the chunks never had bytes */
   st->ssd_order_dirty = 0;
   pthread_mutex_unlock(&st->mu);

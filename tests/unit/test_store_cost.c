@@ -472,3 +472,104 @@ CF_TEST(store_cost_rank_hook_orders_the_heaps) {
   CF_CHECK_GT(r.asked, 0);
   cf_store_close(st);
 }
+
+/* ---- The read class's head start, learnt from ghosts (cf_store_cost.c, cf__ghost_hit) */
+
+/* one step of a synthetic trace: id read if stored (a use; 1), else saved again (0) */
+static int read_or_resave(cf_store_t *st, uint64_t id) {
+  if (present(st, id)) {
+    int eq, t;
+    CF_CHECK_OK(st_check(st, id, 16, 0, 2, &eq, &t));
+    CF_CHECK(eq);
+    return 1;
+  }
+  CF_CHECK_OK(save_at(st, id, 0));
+  return 0;
+}
+
+/* Recency is right (the real daemon's trace): every step saves a fresh chunk that is read once 8
+ * steps later, and a chunk that is read at once and never again. A CPU-only store of 32 chunks,
+ * all worth the same. LRU keeps every fresh chunk until its read (23 touches between save and
+ * read). The fixed head start of the read class (ln 4: f = 2 against 1/2) makes the dead read
+ * chunks outlive the fresh unread ones: the fresh chunks leave unread and are saved again, ghost
+ * hits of the unread class, so the head start falls and the policy ends up evicting like LRU,
+ * with LRU's hits. Returns the hits of steps [from, to). */
+static int recency_trace(cf_store_evict_t pol, const char *name, int from, int to, double *bonus) {
+  cf_store_t *st = open_cost(name, 32, 0, pol, NULL);
+  if (!st) return -1;
+  cf_store_cost_t flat = two_values(1.0f);
+  cf_store_set_cost(st, &flat);
+  int hits = 0;
+  for (int i = 0; i < to; i++) {
+    CF_CHECK_OK(save_at(st, 10000 + (uint64_t)i, 0)); /* fresh, read at step i + 8 */
+    uint64_t once = 50000 + (uint64_t)i;               /* read now, dead afterwards */
+    CF_CHECK_OK(save_at(st, once, 0));
+    CF_CHECK_EQ(read_or_resave(st, once), 1);
+    if (i >= 8) {
+      int h = read_or_resave(st, 10000 + (uint64_t)(i - 8));
+      if (i >= from) hits += h;
+    }
+    caps_ok(st, name);
+  }
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  if (bonus) *bonus = s.cost_read_bonus;
+  if (pol == CF_STORE_EVICT_COST)
+    CF_CHECK_MSG(s.cost_ghost_unread > 0 && s.cost_ghost_read == 0, "%s: ghost hits unread %llu read %llu", name,
+                 (unsigned long long)s.cost_ghost_unread, (unsigned long long)s.cost_ghost_read);
+  cf_store_close(st);
+  return hits;
+}
+
+CF_TEST(store_cost_learns_recency_where_recency_is_right) {
+  double bonus = -1;
+  int lru = recency_trace(CF_STORE_EVICT_LRU, "learn_rec_lru", 200, 400, NULL);
+  int cost = recency_trace(CF_STORE_EVICT_COST, "learn_rec_cost", 200, 400, &bonus);
+  int cost_early = recency_trace(CF_STORE_EVICT_COST, "learn_rec_early", 8, 40, NULL);
+  CF_CHECK_MSG(lru == 200, "LRU kept %d of the last 200 fresh chunks until their read", lru);
+  /* at first (head start ln 4) the fresh chunks leave unread; once learnt, LRU's hits */
+  CF_CHECK_MSG(cost_early < 16, "cost with the initial head start kept %d of 32 fresh chunks", cost_early);
+  CF_CHECK_MSG(cost >= 196, "cost kept %d of the last 200 fresh chunks (LRU %d)", cost, lru);
+  CF_CHECK_MSG(bonus >= 0 && bonus < 0.25, "the read class's head start is %.3f after learning", bonus);
+}
+
+/* Frequency is right (S3-FIFO's case, RAG's popular documents): 16 popular chunks (saved and
+ * read once first) read in turn, two a step, among three one-shot chunks a step that nobody
+ * reads again. LRU lets the scan push
+ * the popular chunks out (40 touches between two reads of one, 32 slots); cost keeps them by
+ * the read class's head start, and the one-shot chunks never come back, so nothing teaches it
+ * otherwise: the head start stays and so do cost's hits. Returns the popular hits of the last
+ * 200 steps. */
+static int filter_trace(cf_store_evict_t pol, const char *name, double *bonus) {
+  cf_store_t *st = open_cost(name, 32, 0, pol, NULL);
+  if (!st) return -1;
+  cf_store_cost_t flat = two_values(1.0f);
+  cf_store_set_cost(st, &flat);
+  int hits = 0;
+  for (uint64_t id = 100; id < 116; id++) {
+    CF_CHECK_OK(save_at(st, id, 0));
+    CF_CHECK_EQ(read_or_resave(st, id), 1);
+  }
+  for (int i = 0; i < 400; i++) {
+    for (int k = 0; k < 2; k++) {
+      int h = read_or_resave(st, 100 + (uint64_t)((2 * i + k) % 16));
+      if (i >= 200) hits += h;
+    }
+    for (int k = 0; k < 3; k++) CF_CHECK_OK(save_at(st, 90000 + 3 * (uint64_t)i + (uint64_t)k, 0));
+    caps_ok(st, name);
+  }
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  if (bonus) *bonus = s.cost_read_bonus;
+  cf_store_close(st);
+  return hits;
+}
+
+CF_TEST(store_cost_keeps_its_filter_where_frequency_is_right) {
+  double bonus = -1;
+  int lru = filter_trace(CF_STORE_EVICT_LRU, "learn_freq_lru", NULL);
+  int cost = filter_trace(CF_STORE_EVICT_COST, "learn_freq_cost", &bonus);
+  CF_CHECK_MSG(lru < 100, "LRU kept the popular chunks through the scan (%d of 400 reads hit)", lru);
+  CF_CHECK_MSG(cost >= 390, "cost hit %d of the last 400 popular reads (LRU %d)", cost, lru);
+  CF_CHECK_MSG(bonus >= 1.386, "the read class's head start fell to %.3f with no unread chunk back", bonus);
+}
