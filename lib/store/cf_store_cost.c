@@ -65,23 +65,6 @@
  * documents (0-1.5% lower mean TTFT on RAG traces, seeds 1 and 2), mild enough that agentic
  * runs' unread new chunks still stay (chat and agentic within +-1.3%). */
 #define CF__COST_CPU_USED (0.5 * 0.6931471805599453)
-/* Reuse by class, LHD-style (Beckmann et al., NSDI'18: learn each class's hit probability from
- * the cache's own hit and eviction events). Within a read class (unread / read since it came
- * in) the index buckets differ: on the evaluation's traces deep unread chunks (finished
- * sessions' history, RAG second documents and question tails) are mostly never asked for again,
- * so their position value overstates what keeping them saves. Each class counts its hits (a use
- * of a chunk of that class), its evictions from the store and its ghost returns (an eviction
- * that was a mistake: a reuse the cache missed); P(reuse | class) = (hits + returns) / (hits +
- * evictions), shrunk toward its read class's pooled rate by CF__COST_LHD_PRIOR pseudo-events.
- * The value-ranked tier adds ln(P / pooled P) to the class's priorities at pick time (its
- * heap's head), clamped to [-ln 16, ln 4]: no re-keying when a rate moves. Counts halve every
- * CF__COST_LHD_WIN tier-fulls of events; the weights are recomputed every CF__COST_LHD_EVERY
- * events (O(1) amortised). */
-#define CF__COST_LHD_PRIOR 4.0
-#define CF__COST_LHD_WIN 8.0
-#define CF__COST_LHD_EVERY 16u
-#define CF__COST_LHD_WMIN (-2.772588722239781) /* ln 1/16 */
-#define CF__COST_LHD_WMAX CF__COST_BONUS0
 
 static double cf__value(const cf_store_t *st, int tier, const cf__ent_t *en) {
   const cf_store_cost_t *c = &st->cfg.cost;
@@ -111,53 +94,16 @@ static double cf__key(const cf_store_t *st, int tier, int32_t e) {
   return log(cf__value(st, tier, en)) + age;
 }
 
-static int cf__cls(const cf_store_t *st, int32_t e) {
-  const cf__ent_t *en = &st->ents[e];
-  uint32_t pos = en->pos == CF__POS_UNKNOWN ? 0 : en->pos;
-  int b = pos < 8 ? 0 : pos < 32 ? 1 : pos < 128 ? 2 : 3;
-  return 2 * b + (en->uses ? 1 : 0);
-}
-
-/* what the pick adds to the priorities of class cls in tier: the read class's head start and,
- * in the value-ranked tier, the class's learnt reuse weight */
-static double cf__w(const cf_store_t *st, int tier, int cls) {
-  return ((cls & 1) ? st->bonus[tier] : 0.0) + (tier == st->learn_tier ? st->cls_w[cls] : 0.0);
-}
+static int cf__cls(const cf_store_t *st, int32_t e) { return st->ents[e].uses ? 1 : 0; }
 
 /* e's priority in tier as the pick compares it */
 static double cf__pri(const cf_store_t *st, int tier, int32_t e) {
-  int c = cf__cls(st, e);
-  return cf__key(st, tier, e) + cf__w(st, tier, c);
-}
-
-/* recompute the classes' reuse weights from their counts */
-static void cf__cls_reweigh(cf_store_t *st) {
-  for (int r = 0; r < 2; r++) {
-    double H = 0, X = 0, R = 0;
-    for (int c = r; c < CF__COST_NCLS; c += 2) { H += st->cls_hit[c]; X += st->cls_ev[c]; R += st->cls_ret[c]; }
-    double pool = (H + R + 1.0) / (H + X + 2.0);
-    for (int c = r; c < CF__COST_NCLS; c += 2) {
-      double p = (st->cls_hit[c] + st->cls_ret[c] + CF__COST_LHD_PRIOR * pool) /
-                 (st->cls_hit[c] + st->cls_ev[c] + CF__COST_LHD_PRIOR);
-      double w = log(p / pool);
-      st->cls_w[c] = w < CF__COST_LHD_WMIN ? CF__COST_LHD_WMIN : w > CF__COST_LHD_WMAX ? CF__COST_LHD_WMAX : w;
-    }
-  }
-}
-
-/* one event of class cls: a hit (*cnt = cls_hit), an eviction (cls_ev) or a ghost return */
-static void cf__cls_event(cf_store_t *st, double *cnt, int cls) {
-  cnt[cls] += 1;
-  if ((st->cls_n += 1) >= CF__COST_LHD_WIN * st->ghosts.cap) {
-    for (int c = 0; c < CF__COST_NCLS; c++) { st->cls_hit[c] *= 0.5; st->cls_ev[c] *= 0.5; st->cls_ret[c] *= 0.5; }
-    st->cls_n *= 0.5;
-  }
-  if (++st->cls_stale >= CF__COST_LHD_EVERY) { st->cls_stale = 0; cf__cls_reweigh(st); }
+  return cf__key(st, tier, e) + (cf__cls(st, e) ? st->bonus[tier] : 0.0);
 }
 
 static void cf__hset(cf_store_t *st, int tier, int cls, int32_t i, cf__hnode_t nd) {
   st->heap[tier][cls].n[i] = nd;
-  st->ents[nd.e].hpos[tier] = i << 3 | cls;
+  st->ents[nd.e].hpos[tier] = i << 1 | cls;
 }
 
 static void cf__sift_up(cf_store_t *st, int tier, int cls, int32_t i) {
@@ -250,14 +196,12 @@ void cf__cost_evicted(cf_store_t *st, int32_t e) {
   cf__ghosts_t *g = &st->ghosts;
   if (!st->cost_on || st->learn_tier < 0 || !g->cap) return;
   const cf__ent_t *en = &st->ents[e];
-  int cls = cf__cls(st, e);
-  cf__cls_event(st, st->cls_ev, cls);
   uint64_t fp = cf__fp(&en->key);
   int64_t old = cf__ghost_find(g, fp);
   if (old >= 0) cf__ghost_kill(g, (uint32_t)old);
   cf__ghost_t *gh = &g->ring[g->head];
   if (gh->live) cf__ghost_kill(g, (uint32_t)cf__ghost_find(g, gh->fp));
-  *gh = (cf__ghost_t){fp, (float)cf__value(st, st->learn_tier, en), en->uses ? 1 : 0, 1, (uint8_t)cls};
+  *gh = (cf__ghost_t){fp, (float)cf__value(st, st->learn_tier, en), en->uses ? 1 : 0, 1};
   g->n_live++;
   g->n_read += gh->read;
   g->vsum += gh->v;
@@ -285,7 +229,6 @@ static int cf__ghost_hit(cf_store_t *st, int32_t e) {
   double ratio = gh->read ? nu / (nr > 0 ? nr : 1) : nr / (nu > 0 ? nu : 1);
   if (ratio > 1) w *= ratio;
   double step = CF__COST_LEARN * w / g->cap, *b = &st->bonus[st->learn_tier];
-  cf__cls_event(st, st->cls_ret, gh->cls);
   if (gh->read) st->st.cost_ghost_read++;
   else st->st.cost_ghost_unread++;
   *b += gh->read ? step : -step;
@@ -303,10 +246,10 @@ int cf__cost_alloc(cf_store_t *st) {
   if (!st->cost_t) return cf_seterr(CF_ENOMEM, "store %s: cost policy times of %d entries", st->dir, st->n_ents_max);
   for (int t = 0; t < 2; t++) {
     st->tau[t] = CF__COST_TAU_SLOTS * (want[t] > 0 ? want[t] : 1);
-    for (int c = 0; c < CF__COST_NCLS; c++) {
-      /* each class's heap starts small and grows */
+    for (int c = 0; c < 2; c++) {
+      /* the unread heap gets the tier's slots (every chunk arrives unread), the read one grows */
       cf__heap_t *h = &st->heap[t][c];
-      *h = (cf__heap_t){NULL, 0, 64};
+      *h = (cf__heap_t){NULL, 0, c ? 64 : (want[t] > 0 ? want[t] : 1)};
       h->n = malloc(sizeof(cf__hnode_t) * (size_t)h->cap);
       if (!h->n) return cf_seterr(CF_ENOMEM, "store %s: cost policy heap of %d chunks", st->dir, h->cap);
     }
@@ -333,7 +276,7 @@ int cf__cost_alloc(cf_store_t *st) {
 
 void cf__cost_free(cf_store_t *st) {
   for (int t = 0; t < 2; t++)
-    for (int c = 0; c < CF__COST_NCLS; c++) { free(st->heap[t][c].n); st->heap[t][c].n = NULL; }
+    for (int c = 0; c < 2; c++) { free(st->heap[t][c].n); st->heap[t][c].n = NULL; }
   free(st->cost_t);
   st->cost_t = NULL;
   free(st->ghosts.ring);
@@ -356,8 +299,8 @@ void cf__heap_add(cf_store_t *st, int tier, int32_t e) {
 void cf__heap_del(cf_store_t *st, int tier, int32_t e) {
   int32_t hp = st->ents[e].hpos[tier];
   if (hp < 0) return;
-  int cls = hp & 7;
-  int32_t i = hp >> 3;
+  int cls = hp & 1;
+  int32_t i = hp >> 1;
   cf__heap_t *h = &st->heap[tier][cls];
   st->ents[e].hpos[tier] = -1;
   int32_t last = --h->len;
@@ -365,7 +308,7 @@ void cf__heap_del(cf_store_t *st, int tier, int32_t e) {
   int32_t m = h->n[last].e;
   cf__hset(st, tier, cls, i, h->n[last]);
   cf__sift_down(st, tier, cls, i);
-  cf__sift_up(st, tier, cls, st->ents[m].hpos[tier] >> 3);
+  cf__sift_up(st, tier, cls, st->ents[m].hpos[tier] >> 1);
 }
 
 void cf__cost_use(cf_store_t *st, int32_t e) {
@@ -373,7 +316,6 @@ void cf__cost_use(cf_store_t *st, int32_t e) {
   int in[2] = {en->hpos[0] >= 0, en->hpos[1] >= 0};
   /* out of both heaps, one more use (the class may change), back in with the new time */
   for (int t = 0; t < 2; t++) cf__heap_del(st, t, e);
-  if (st->learn_tier >= 0) cf__cls_event(st, st->cls_hit, cf__cls(st, e));
   if (en->uses < 255) en->uses++;
   if (en->flags & CF__F_REFUSED) st->st.ssd_refused_read++;
   st->cost_t[e] = ++st->cost_clock;
@@ -388,26 +330,21 @@ void cf__cost_set_pos(cf_store_t *st, int32_t e, uint32_t pos) {
   if (en->pos == p) return;
   en->pos = p;
   if (!st->cost_on) return;
-  /* the index may move the chunk to another bucket's heap: out and back in */
   for (int t = 0; t < 2; t++) {
-    if (en->hpos[t] < 0) continue;
-    cf__heap_del(st, t, e);
-    cf__hins(st, t, e, cf__key(st, t, e));
+    int32_t hp = en->hpos[t];
+    if (hp < 0) continue;
+    st->heap[t][hp & 1].n[hp >> 1].pri = cf__key(st, t, e);
+    cf__sift_up(st, t, hp & 1, hp >> 1);
+    cf__sift_down(st, t, hp & 1, en->hpos[t] >> 1);
   }
 }
 
-/* the class whose heap in tier holds the lowest priority (class weight included), -1 if empty */
-static int cf__top_cls(const cf_store_t *st, int tier, double *pri) {
-  int best = -1;
-  double bp = 0;
-  for (int c = 0; c < CF__COST_NCLS; c++) {
-    const cf__heap_t *h = &st->heap[tier][c];
-    if (!h->len) continue;
-    double p = h->n[0].pri + cf__w(st, tier, c);
-    if (best < 0 || p < bp) { best = c; bp = p; }
-  }
-  if (pri) *pri = bp;
-  return best;
+/* the class whose heap in tier holds the lowest priority (head start included), -1 if empty */
+static int cf__top_cls(const cf_store_t *st, int tier) {
+  const cf__heap_t *u = &st->heap[tier][0], *r = &st->heap[tier][1];
+  if (!u->len) return r->len ? 1 : -1;
+  if (!r->len) return 0;
+  return r->n[0].pri + st->bonus[tier] < u->n[0].pri ? 1 : 0;
 }
 
 int32_t cf__heap_pick(cf_store_t *st, int tier, int (*ok)(cf_store_t *, int32_t)) {
@@ -416,17 +353,17 @@ int32_t cf__heap_pick(cf_store_t *st, int tier, int (*ok)(cf_store_t *, int32_t)
   int32_t pick = -1;
   cf__hnode_t held[64];
   int nheld = 0, cls;
-  while ((cls = cf__top_cls(st, tier, NULL)) >= 0) {
+  while ((cls = cf__top_cls(st, tier)) >= 0) {
     cf__hnode_t top = st->heap[tier][cls].n[0];
     if (!ok || ok(st, top.e)) { pick = top.e; break; }
     if (nheld == 64) {
       /* many refused: fall back to a linear scan for the lowest acceptable one (rare: readers
        * pin what they copy, a few chunks at a time) */
       double best = 0;
-      for (int c = 0; c < CF__COST_NCLS; c++) {
+      for (int c = 0; c < 2; c++) {
         const cf__heap_t *h = &st->heap[tier][c];
         for (int32_t i = 0; i < h->len; i++) {
-          double p = h->n[i].pri + cf__w(st, tier, c);
+          double p = h->n[i].pri + (c ? st->bonus[tier] : 0.0);
           if ((pick < 0 || p < best) && ok(st, h->n[i].e)) { pick = h->n[i].e; best = p; }
         }
       }
@@ -444,9 +381,9 @@ int32_t cf__heap_pick(cf_store_t *st, int tier, int (*ok)(cf_store_t *, int32_t)
 int cf__cost_refuse(cf_store_t *st, int32_t e) {
   if (!st->n_ssd_slots || st->n_ssd_free > 0 || __atomic_load_n(&st->files_ready, __ATOMIC_ACQUIRE) < st->n_files)
     return 0;
-  double min;
-  if (cf__top_cls(st, 1, &min) < 0) return 0;
-  return cf__pri(st, 1, e) < min;
+  int cls = cf__top_cls(st, 1);
+  if (cls < 0) return 0;
+  return cf__pri(st, 1, e) < st->heap[1][cls].n[0].pri + (cls ? st->bonus[1] : 0.0);
 }
 
 int cf__cost_dear(const cf_store_t *st, uint32_t pos, uint32_t n_tokens) {
@@ -465,7 +402,7 @@ void cf_store_set_cost(cf_store_t *st, const cf_store_cost_t *cost) {
   st->cfg.cost = *cost;
   if (st->cost_on) {
     for (int t = 0; t < 2; t++)
-      for (int c = 0; c < CF__COST_NCLS; c++) {
+      for (int c = 0; c < 2; c++) {
         cf__heap_t *h = &st->heap[t][c];
         for (int32_t i = 0; i < h->len; i++) h->n[i].pri = cf__key(st, t, h->n[i].e);
         for (int32_t i = h->len / 2 - 1; i >= 0; i--) cf__sift_down(st, t, c, i);

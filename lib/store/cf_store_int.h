@@ -54,18 +54,13 @@ typedef struct {
   int32_t cprev, cnext; /* CPU queue or ghost list */
   int32_t sprev, snext; /* SSD LRU */
   int32_t dprev, dnext; /* dirty FIFO (in the CPU tier, not yet on SSD) */
-  /* COST: place in the CPU [0] / SSD [1] heap, -1 when not in it: (index << 3) | class, the
-   * class (index bucket x 2 + read since it came in, CF__COST_NCLS) naming the tier's heap */
+  /* COST: place in the CPU [0] / SSD [1] heap, -1 when not in it: (index << 1) | class, the
+   * class (0 unread, 1 read since it came in) naming which of the tier's two heaps */
   int32_t hpos[2];
 } cf__ent_t;
 
 #define CF__POS_UNKNOWN 0xffffu
 #define CF__POS_KEEP 0xffffffffu /* cf__cpu_fill: leave the entry's index as it is */
-
-/* COST: classes of chunks, each with its own heap per tier: index bucket (<8, 8-31, 32-127,
- * >=128 chunks) x read since it came in */
-#define CF__COST_NBUCKET 4
-#define CF__COST_NCLS (2 * CF__COST_NBUCKET)
 
 /* COST: one heap node; the heap is a binary min-heap on pri (cf_store_cost.c) */
 typedef struct {
@@ -83,7 +78,6 @@ typedef struct {
   uint64_t fp; /* the key's first 8 bytes (keys are XXH3-128 hashes) */
   float v;     /* its value when it left */
   uint8_t read, live; /* read since it came in; 0: came back, or the ring slot is unused */
-  uint8_t cls;        /* its class when it left (cf_store_cost.c's reuse statistics) */
 } cf__ghost_t;
 
 typedef struct {
@@ -181,18 +175,13 @@ struct cf_store_s {
    * members as q[CF__Q_LRU] (CPU) and ssd_lru (SSD), kept in step by cf__list_push_head /
    * cf__list_remove */
   int cost_on;
-  cf__heap_t heap[2][CF__COST_NCLS]; /* [tier][class] */
+  cf__heap_t heap[2][2]; /* [tier][class] */
   double tau[2];         /* decay time in clock ticks: CF__COST_TAU_SLOTS x the tier's slots */
   double bonus[2];       /* the read class's head start in each tier, in priority units */
   int learn_tier;        /* the tier whose bonus learns from ghost hits (-1: none) */
   cf__ghosts_t ghosts;   /* that tier's recent victims */
   double cost_clock; /* COST: arrivals + uses so far, the priorities' time */
   double *cost_t;    /* COST: [n_ents_max] the clock at each entry's arrival or last use */
-  /* COST: each class's decayed events (hits, evictions from the store, ghost returns) and the
-   * learnt weight ln P(reuse | class) over its read class's pooled rate */
-  double cls_hit[CF__COST_NCLS], cls_ev[CF__COST_NCLS], cls_ret[CF__COST_NCLS], cls_n;
-  double cls_w[CF__COST_NCLS];
-  uint32_t cls_stale; /* events since cls_w was last recomputed */
 };
 
 #define CF__SPILL_BATCH 16 /* chunks per write-back batch (one journal append) */
