@@ -65,14 +65,6 @@
  * documents (0-1.5% lower mean TTFT on RAG traces, seeds 1 and 2), mild enough that agentic
  * runs' unread new chunks still stay (chat and agentic within +-1.3%). */
 #define CF__COST_CPU_USED (0.5 * 0.6931471805599453)
-/* Idle horizon, LHD's age dimension (Beckmann et al., NSDI'18: hit probability learnt by age): the
- * value-ranked tier learns its reuse distances (clock ticks from a chunk's arrival or last use to
- * its next use, from hits and ghost returns) and gives up first a chunk idle past the distance
- * that CF__COST_IDLE_Q of them fall within: likely dead, however dear. */
-#ifndef CF__COST_IDLE_Q
-#define CF__COST_IDLE_Q 0.95
-#endif
-#define CF__COST_IDLE_WIN 8.0
 
 static double cf__value(const cf_store_t *st, int tier, const cf__ent_t *en) {
   const cf_store_cost_t *c = &st->cfg.cost;
@@ -103,54 +95,6 @@ static double cf__key(const cf_store_t *st, int tier, int32_t e) {
 }
 
 static int cf__cls(const cf_store_t *st, int32_t e) { return st->ents[e].uses ? 1 : 0; }
-
-/* ---- idle horizon */
-
-static void cf__rd_add(cf_store_t *st, double d) {
-  int k = d < 1 ? 0 : (int)log2(d);
-  if (k > 47) k = 47;
-  st->rd_hist[k] += 1;
-  if ((st->rd_n += 1) >= CF__COST_IDLE_WIN * st->ghosts.cap) {
-    for (int i = 0; i < 48; i++) st->rd_hist[i] *= 0.5;
-    st->rd_n *= 0.5;
-  }
-}
-
-/* the idle time past which a chunk is likely dead (upper edge of the quantile's bucket), or
- * infinity while too little is known */
-static double cf__horizon(const cf_store_t *st) {
-  if (st->rd_n < 2.0 * st->ghosts.cap) return INFINITY;
-  double acc = 0;
-  for (int k = 0; k < 48; k++) {
-    acc += st->rd_hist[k];
-    if (acc >= CF__COST_IDLE_Q * st->rd_n) return ldexp(1.0, k + 1);
-  }
-  return INFINITY;
-}
-
-static void cf__idle_push(cf_store_t *st, int32_t e) {
-  if (!st->idle_cap) return;
-  int32_t i = (st->idle_head + st->idle_len) % st->idle_cap;
-  if (st->idle_len == st->idle_cap) st->idle_head = (st->idle_head + 1) % st->idle_cap;
-  else st->idle_len++;
-  st->idle[i].e = e;
-  st->idle[i].t = st->cost_t[e];
-}
-
-/* the oldest live record's chunk if it is idle past the horizon, else -1 (stale records, chunks
- * used since or gone from the tier, are dropped on the way) */
-static int32_t cf__idle_dead(cf_store_t *st) {
-  int lt = st->learn_tier;
-  while (st->idle_len) {
-    int32_t e = st->idle[st->idle_head].e;
-    double t = st->idle[st->idle_head].t;
-    if (st->ents[e].hpos[lt] >= 0 && st->cost_t[e] == t)
-      return st->cost_clock - t > cf__horizon(st) ? e : -1;
-    st->idle_head = (st->idle_head + 1) % st->idle_cap;
-    st->idle_len--;
-  }
-  return -1;
-}
 
 /* e's priority in tier as the pick compares it */
 static double cf__pri(const cf_store_t *st, int tier, int32_t e) {
@@ -257,7 +201,7 @@ void cf__cost_evicted(cf_store_t *st, int32_t e) {
   if (old >= 0) cf__ghost_kill(g, (uint32_t)old);
   cf__ghost_t *gh = &g->ring[g->head];
   if (gh->live) cf__ghost_kill(g, (uint32_t)cf__ghost_find(g, gh->fp));
-  *gh = (cf__ghost_t){fp, (float)cf__value(st, st->learn_tier, en), en->uses ? 1 : 0, 1, st->cost_t[e]};
+  *gh = (cf__ghost_t){fp, (float)cf__value(st, st->learn_tier, en), en->uses ? 1 : 0, 1};
   g->n_live++;
   g->n_read += gh->read;
   g->vsum += gh->v;
@@ -285,7 +229,6 @@ static int cf__ghost_hit(cf_store_t *st, int32_t e) {
   double ratio = gh->read ? nu / (nr > 0 ? nr : 1) : nr / (nu > 0 ? nu : 1);
   if (ratio > 1) w *= ratio;
   double step = CF__COST_LEARN * w / g->cap, *b = &st->bonus[st->learn_tier];
-  cf__rd_add(st, st->cost_clock - gh->t);
   if (gh->read) st->st.cost_ghost_read++;
   else st->st.cost_ghost_unread++;
   *b += gh->read ? step : -step;
@@ -327,9 +270,6 @@ int cf__cost_alloc(cf_store_t *st) {
     g->tab = malloc(sizeof *g->tab * tab);
     if (!g->ring || !g->tab) return cf_seterr(CF_ENOMEM, "store %s: cost policy ghosts of %d keys", st->dir, g->cap);
     memset(g->tab, 0xff, sizeof *g->tab * tab);
-    st->idle_cap = 16 * g->cap;
-    st->idle = malloc(sizeof *st->idle * (size_t)st->idle_cap);
-    if (!st->idle) return cf_seterr(CF_ENOMEM, "store %s: cost policy idle ring of %d", st->dir, st->idle_cap);
   }
   return 0;
 }
@@ -342,9 +282,6 @@ void cf__cost_free(cf_store_t *st) {
   free(st->ghosts.ring);
   free(st->ghosts.tab);
   st->ghosts = (cf__ghosts_t){0};
-  free(st->idle);
-  st->idle = NULL;
-  st->idle_cap = st->idle_len = st->idle_head = 0;
 }
 
 void cf__heap_add(cf_store_t *st, int tier, int32_t e) {
@@ -357,7 +294,6 @@ void cf__heap_add(cf_store_t *st, int tier, int32_t e) {
     if (st->learn_tier >= 0 && st->ghosts.n_live) cf__ghost_hit(st, e);
   }
   cf__hins(st, tier, e, cf__key(st, tier, e));
-  if (tier == st->learn_tier) cf__idle_push(st, e);
 }
 
 void cf__heap_del(cf_store_t *st, int tier, int32_t e) {
@@ -380,13 +316,11 @@ void cf__cost_use(cf_store_t *st, int32_t e) {
   int in[2] = {en->hpos[0] >= 0, en->hpos[1] >= 0};
   /* out of both heaps, one more use (the class may change), back in with the new time */
   for (int t = 0; t < 2; t++) cf__heap_del(st, t, e);
-  if (st->learn_tier >= 0 && in[st->learn_tier]) cf__rd_add(st, st->cost_clock + 1 - st->cost_t[e]);
   if (en->uses < 255) en->uses++;
   if (en->flags & CF__F_REFUSED) st->st.ssd_refused_read++;
   st->cost_t[e] = ++st->cost_clock;
   for (int t = 0; t < 2; t++)
     if (in[t]) cf__hins(st, t, e, cf__key(st, t, e));
-  if (st->learn_tier >= 0 && in[st->learn_tier]) cf__idle_push(st, e);
 }
 
 void cf__cost_set_pos(cf_store_t *st, int32_t e, uint32_t pos) {
@@ -416,10 +350,6 @@ static int cf__top_cls(const cf_store_t *st, int tier) {
 int32_t cf__heap_pick(cf_store_t *st, int tier, int (*ok)(cf_store_t *, int32_t)) {
   /* Refused members (pinned, being written, being read) are popped and put back afterwards:
    * their count bounds the extra work (64 at most, then one linear scan). */
-  if (tier == st->learn_tier) {
-    int32_t d = cf__idle_dead(st);
-    if (d >= 0 && (!ok || ok(st, d))) return d;
-  }
   int32_t pick = -1;
   cf__hnode_t held[64];
   int nheld = 0, cls;
@@ -451,7 +381,6 @@ int32_t cf__heap_pick(cf_store_t *st, int tier, int (*ok)(cf_store_t *, int32_t)
 int cf__cost_refuse(cf_store_t *st, int32_t e) {
   if (!st->n_ssd_slots || st->n_ssd_free > 0 || __atomic_load_n(&st->files_ready, __ATOMIC_ACQUIRE) < st->n_files)
     return 0;
-  if (st->learn_tier == 1 && cf__idle_dead(st) >= 0) return 0; /* room: a dead chunk goes */
   int cls = cf__top_cls(st, 1);
   if (cls < 0) return 0;
   return cf__pri(st, 1, e) < st->heap[1][cls].n[0].pri + (cls ? st->bonus[1] : 0.0);

@@ -78,7 +78,6 @@ typedef struct {
   uint64_t fp; /* the key's first 8 bytes (keys are XXH3-128 hashes) */
   float v;     /* its value when it left */
   uint8_t read, live; /* read since it came in; 0: came back, or the ring slot is unused */
-  double t;           /* the clock at its last arrival or use */
 } cf__ghost_t;
 
 typedef struct {
@@ -183,11 +182,6 @@ struct cf_store_s {
   cf__ghosts_t ghosts;   /* that tier's recent victims */
   double cost_clock; /* COST: arrivals + uses so far, the priorities' time */
   double *cost_t;    /* COST: [n_ents_max] the clock at each entry's arrival or last use */
-  /* COST: the value-ranked tier's arrivals and uses in clock order (a ring, stale records skipped
-   * lazily) and a decayed log2 histogram of its reuse distances (cf_store_cost.c, idle horizon) */
-  struct { int32_t e; double t; } *idle;
-  int32_t idle_cap, idle_head, idle_len;
-  double rd_hist[48], rd_n;
 };
 
 #define CF__SPILL_BATCH 16 /* chunks per write-back batch (one journal append) */
