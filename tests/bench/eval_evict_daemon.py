@@ -9,13 +9,22 @@ working set, the SSD tier in real files under the run's directory, emulated tier
 gRPC API: each request is one reference engine (cf-refengine: shared-memory KV blocks, Restore
 then prefill of the new tokens, Save of prompt + answer) that
   - prefills the prompt itself only as the reference (--no-save-first: what the store holds is
-    what earlier requests saved),
+    what earlier requests saved; --reuse-prefill: that one prefill is also the reference of the
+    verification and the prefix of the logits baseline, instead of two more prefills),
   - restores the prompt through the daemon with the `optimal` policy (stored chunks loaded from
     their tier, holes and the unsaved tail computed) and verifies every restored cell against
     recompute (bit-exact where loaded, within tolerance where computed: --verify),
   - saves prompt + answer.
 The trace's families mirror tests/bench/bench_eval_evict.c, scaled to the demo model and a
-2-core machine (prompts up to ~1.5k tokens instead of 128k):
+2-core machine. The default (short) trace has prompts up to ~1.5k tokens instead of 128k: every
+chunk falls in bucket 0 of the cost table (lib/exec/cf_evict_cost.c: 64 buckets over 128k tokens,
+2048 tokens each), so it measures cost's frequency factor and decay, not its position value.
+--long replays the long trace: the same families with the simulated evaluation's shape at about
+a quarter of its lengths (prompts up to 10k tokens, within the demo model's 32k context; shared
+tool prompts of 2-6k, pasted documents and RAG documents up to 8k), so chunks span value buckets
+0-4 and deep chunks are dearer to recompute; a run of 12 requests per family takes ~20-25 min on
+a busy 2-core VM (a 4k-token request: ~13 s per policy, three prefills by the engine for its
+references; an 8k one ~35 s). --trace-only prints the trace's shape and exits. The families:
   chat     sessions over a few shared system prompts, each turn the whole history plus a user
            message (heavy-tailed: now and then a pasted document), turns interleaved across
            sessions by exponential think times;
@@ -35,6 +44,7 @@ Exits 1 when an engine failed or a restore did not verify, or a daemon held more
 
 Usage: eval_evict_daemon.py [--seed N] [--scale X] [--cap F] [--families chat,agentic,rag]
                             [--cpu-gbps G] [--ssd-gbps G] [--json FILE] [--smoke] [--keep]
+                            [--long] [--trace-only]
 """
 import argparse
 import json
@@ -52,7 +62,9 @@ from cfdaemon import Daemon, parse_prometheus  # noqa: E402  (the tests' daemon 
 
 C = 64                      # chunk_tokens of the daemons
 POLICIES = ["lru", "s3fifo", "cost"]
-MAX_PROMPT = 1536           # the scaled-down "128k"
+MAX_PROMPT = 1536           # the scaled-down "128k" (--long: LONG_PROMPT)
+LONG_PROMPT = 10240         # the long trace's: buckets 0-4 of the cost table, within the 32k context
+BUCKET_TOKENS = 2048        # a cost-table bucket at any chunk size (128k tokens / 64 buckets)
 
 
 def lognorm(r, median, sigma, lo, hi):
@@ -114,7 +126,75 @@ def trace_rag(r, n, base):
     return out
 
 
+# The long trace (--long): the simulated evaluation's families at about a quarter of its lengths
+# (bench_eval_evict.c: system prompts ~1.5k, pasted documents ~8k, tool prompts 8-24k, tool
+# outputs ~1.5k heavy-tailed, RAG documents ~4k up to 96k), capped at LONG_PROMPT.
+def trace_chat_long(r, n, base):
+    sys_prompts = [(base + 900 + i, lognorm(r, 768, 0.5, 256, 2048)) for i in range(3)]
+    out, s = [], 0
+    while len(out) < n:
+        s += 1
+        sp, sl = sys_prompts[r.randrange(len(sys_prompts))]
+        t = r.uniform(0, 60.0)
+        prompt = sl + lognorm(r, 96, 1.0, 16, 768)
+        for _ in range(1 + int(r.expovariate(1 / 2.5))):
+            out.append(req(t, "chat", sp, sl, base + s, prompt, 48))
+            # the answer, then the next message: now and then (15%) a pasted document
+            msg = lognorm(r, 3000, 0.8, 1024, 8192) if r.random() < 0.15 else lognorm(r, 96, 1.0, 8, 768)
+            prompt += 48 + msg
+            t += r.expovariate(1 / 30.0)
+            if prompt > MAX_PROMPT:
+                break
+    out.sort(key=lambda q: q["t"])
+    return out
+
+
+def trace_agentic_long(r, n, base):
+    tools = [(base + 800, lognorm(r, 3000, 0.4, 2048, 6144)), (base + 801, lognorm(r, 3000, 0.4, 2048, 6144))]
+    out, k = [], 0
+    while len(out) < n:
+        k += 1
+        tp, tl = tools[k % len(tools)]
+        t = r.uniform(0, 15.0)
+        prompt = tl + lognorm(r, 150, 0.8, 16, 1024)     # the task
+        for _ in range(2 + r.randrange(3)):
+            out.append(req(t, "agentic", tp, tl, base + 100 + k, prompt, 32))
+            prompt += 32 + lognorm(r, 384, 1.3, 16, 4096)  # the action, then a tool output
+            t += r.expovariate(1 / 4.0)
+            if prompt > MAX_PROMPT:
+                break
+    out.sort(key=lambda q: q["t"])
+    return out
+
+
+def trace_rag_long(r, n, base):
+    ndocs = max(3, n // 2)
+    docs = [(base + 700 + d, lognorm(r, 1500, 1.0, 256, 8192)) for d in range(ndocs)]
+    w = [1.0 / (d + 1) ** 1.1 for d in range(ndocs)]
+    out = []
+    for i in range(n):
+        dp, dl = r.choices(docs, weights=w)[0]
+        out.append(req(float(i), "rag", dp, dl, base + 200 + i, dl + lognorm(r, 40, 0.5, 8, 160), 32))
+    return out
+
+
+LONG_FAMILIES = {"chat": trace_chat_long, "agentic": trace_agentic_long, "rag": trace_rag_long}
 FAMILIES = {"chat": trace_chat, "agentic": trace_agentic, "rag": trace_rag}
+
+
+def trace_shape(trace):
+    """Prompt lengths and the share of the trace's distinct chunks in each cost-table bucket."""
+    lens = sorted(q["prompt"] for q in trace)
+    pos = {}
+    for q in trace:
+        for c, k in enumerate(chunk_ids(q)):
+            pos[k] = c * C
+    buckets = {}
+    for p in pos.values():
+        buckets[p // BUCKET_TOKENS] = buckets.get(p // BUCKET_TOKENS, 0) + 1
+    return {"prompt_median": statistics.median(lens), "prompt_mean": sum(lens) / len(lens), "prompt_max": lens[-1],
+            "prompts_8k": sum(1 for x in lens if x >= 8192), "prompt_tokens": sum(lens),
+            "bucket_chunks": {b: buckets[b] for b in sorted(buckets)}}
 
 
 def chunk_ids(q):
@@ -166,7 +246,7 @@ def tier_tokens(runs, limit):
 
 def run_request(build, d, model, work, q):
     cmd = [f"{build}/cf-refengine", "--daemon", d.addr, "--model", model, "--shm-dir", work,
-           "--prefix", str(q["prompt"]), "--new", str(q["new"]), "--turns", "1", "--no-save-first", "--verify",
+           "--prefix", str(q["prompt"]), "--new", str(q["new"]), "--turns", "1", "--no-save-first", "--verify", "--reuse-prefill",
            "--policy", "optimal", "--seed", str(q["seed"]), "--shared", str(q["shared"]),
            "--shared-seed", str(q["shared_seed"])]
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -226,6 +306,8 @@ def main():
     ap.add_argument("--json", help="write the per-policy summaries and every restore here")
     ap.add_argument("--smoke", action="store_true", help="tiny scale (the test suite's run)")
     ap.add_argument("--keep", action="store_true", help="keep the run's directory")
+    ap.add_argument("--long", action="store_true", help="the long trace: prompts up to 10k tokens, value buckets 0-4")
+    ap.add_argument("--trace-only", action="store_true", help="print the trace's shape and exit (no daemons)")
     a = ap.parse_args()
     fams, pols = a.families.split(","), a.policies.split(",")
     for f in fams:
@@ -236,15 +318,37 @@ def main():
             sys.exit(f"eval_evict_daemon: unknown policy '{p}' (lru, s3fifo, cost)")
     if not (a.cap > 0 and a.cap <= 1) or a.scale <= 0:
         sys.exit("eval_evict_daemon: --cap must be in (0, 1], --scale > 0")
+    if a.long and a.smoke:
+        sys.exit("eval_evict_daemon: --long and --smoke: choose one")
     global MAX_PROMPT
     if a.smoke:
         MAX_PROMPT = 512
+    if a.long:
+        MAX_PROMPT = LONG_PROMPT
     n = max(2, int(round((4 if a.smoke else 12) * a.scale)))
     r = random.Random(a.seed)
     trace = []
+    gens = LONG_FAMILIES if a.long else FAMILIES
     for i, f in enumerate(fams):
-        trace += FAMILIES[f](r, n, 10000 * (i + 1) + 1000 * a.seed)
+        trace += gens[f](r, n, 10000 * (i + 1) + 1000 * a.seed)
     ws = len({c for q in trace for c in chunk_ids(q)})
+    shape = trace_shape(trace)
+    shape_line = (f"# trace: {'long' if a.long else 'short'}, prompts median {shape['prompt_median']:.0f} / mean "
+                  f"{shape['prompt_mean']:.0f} / max {shape['prompt_max']} tokens, {shape['prompts_8k']} of 8k+; "
+                  f"distinct chunks by cost-table bucket ({BUCKET_TOKENS} tokens): " +
+                  " ".join(f"b{b}:{k}" for b, k in shape["bucket_chunks"].items()))
+    if a.trace_only:
+        print(f"# {len(trace)} requests ({', '.join(fams)}; seed {a.seed}), working set {ws} chunks of {C} tokens")
+        print(shape_line)
+        for f in fams:
+            fs = trace_shape([q for q in trace if q["family"] == f])
+            print(f"# {f}: {sum(1 for q in trace if q['family'] == f)} requests, prompts median "
+                  f"{fs['prompt_median']:.0f} / max {fs['prompt_max']}, buckets " +
+                  " ".join(f"b{b}:{k}" for b, k in fs["bucket_chunks"].items()))
+        if a.json:
+            with open(a.json, "w") as fj:
+                json.dump({"requests": len(trace), "working_set_chunks": ws, "shape": shape, "trace": trace}, fj, indent=1)
+        return 0
     build = os.path.abspath(a.build)
     work = tempfile.mkdtemp(prefix="eval_evict_daemon.", dir=os.environ.get("TMPDIR", "/tmp"))
     model = os.path.join(work, "model")
@@ -259,6 +363,7 @@ def main():
           f"({ws * chunk_bytes >> 20} MiB); caps: SSD {ssd_chunks} chunks ({100 * ssd_chunks / ws:.0f}%), "
           f"CPU {cpu_chunks}; links: CPU {a.cpu_gbps:g} Gbit/s, SSD {a.ssd_gbps:g} Gbit/s; demo model, CPU backend, "
           f"policy optimal")
+    print(shape_line, flush=True)
     daemons, fail = {}, 0
     results = {p: [] for p in pols}
     try:
@@ -315,7 +420,7 @@ def main():
               + (f", {int(c['cost_tables'])} cost tables installed (start-up + re-fits)" if p == "cost" else ""))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"working_set_chunks": ws, "ssd_chunks": ssd_chunks, "cpu_chunks": cpu_chunks,
+            json.dump({"trace": "long" if a.long else "short", "shape": shape, "working_set_chunks": ws, "ssd_chunks": ssd_chunks, "cpu_chunks": cpu_chunks,
                        "requests": len(trace), "failures": fail, "caps": caps, "summary": summ,
                        "restores": results}, f, indent=1)
     if a.keep:
