@@ -79,35 +79,60 @@ def req(t, fam, shared_seed, shared, seed, prompt, new):
             "prompt": min(prompt, MAX_PROMPT), "new": new}
 
 
-def trace_chat(r, n, base):
-    sys_prompts = [(base + 900 + i, 128) for i in range(3)]
+# The families' lengths in tokens, each drawn from the trace's random stream r. SHORT: the
+# default trace (prompts up to ~1.5k: value bucket 0 only). LONG (--long): the simulated
+# evaluation's families at about a quarter of its lengths (bench_eval_evict.c: system prompts
+# ~1.5k, pasted documents ~8k, tool prompts 8-24k, tool outputs ~1.5k heavy-tailed, RAG documents
+# ~4k up to 96k), capped at LONG_PROMPT.
+SHORT = {
+    "chat_sys": lambda r: 128,
+    "chat_next": lambda r: lognorm(r, 48, 1.0, 8, 512),
+    "tool_prompts": lambda r: (512, 384),
+    "task": lambda r: lognorm(r, 64, 0.5, 16, 256),
+    "tool_out": lambda r: lognorm(r, 96, 1.2, 16, 768),
+    "doc": lambda r: lognorm(r, 448, 0.7, 128, 1280),
+}
+LONG = {
+    "chat_sys": lambda r: lognorm(r, 768, 0.5, 256, 2048),
+    # now and then (15%) a pasted document
+    "chat_next": lambda r: lognorm(r, 3000, 0.8, 1024, 8192) if r.random() < 0.15 else lognorm(r, 96, 1.0, 8, 768),
+    "tool_prompts": lambda r: (lognorm(r, 3000, 0.4, 2048, 6144), lognorm(r, 3000, 0.4, 2048, 6144)),
+    "task": lambda r: lognorm(r, 150, 0.8, 16, 1024),
+    "tool_out": lambda r: lognorm(r, 384, 1.3, 16, 4096),
+    "doc": lambda r: lognorm(r, 1500, 1.0, 256, 8192),
+}
+
+
+def trace_chat(r, n, base, L):
+    sys_prompts = [(base + 900 + i, L["chat_sys"](r)) for i in range(3)]
     out, s = [], 0
     while len(out) < n:  # whole sessions until the trace has n requests
         s += 1
         sp, sl = sys_prompts[r.randrange(len(sys_prompts))]
         t = r.uniform(0, 60.0)
-        prompt = sl + lognorm(r, 96, 1.0, 16, 768)   # a user message, now and then a pasted document
+        prompt = sl + lognorm(r, 96, 1.0, 16, 768)   # a user message
         for _ in range(1 + int(r.expovariate(1 / 2.5))):
             out.append(req(t, "chat", sp, sl, base + s, prompt, 48))
-            prompt += 48 + lognorm(r, 48, 1.0, 8, 512)  # the answer, then the next message
-            t += r.expovariate(1 / 30.0)                  # think time
+            prompt += 48 + L["chat_next"](r)  # the answer, then the next message
+            t += r.expovariate(1 / 30.0)      # think time
             if prompt > MAX_PROMPT:
                 break
     out.sort(key=lambda q: q["t"])
     return out
 
 
-def trace_agentic(r, n, base):
-    tools = [(base + 800, 512), (base + 801, 384)]
+def trace_agentic(r, n, base, L):
+    tl = L["tool_prompts"](r)
+    tools = [(base + 800, tl[0]), (base + 801, tl[1])]
     out, k = [], 0
     while len(out) < n:  # whole runs until the trace has n requests
         k += 1
         tp, tl = tools[k % len(tools)]
         t = r.uniform(0, 15.0)
-        prompt = tl + lognorm(r, 64, 0.5, 16, 256)       # the task
+        prompt = tl + L["task"](r)
         for _ in range(2 + r.randrange(3)):
             out.append(req(t, "agentic", tp, tl, base + 100 + k, prompt, 32))
-            prompt += 32 + lognorm(r, 96, 1.2, 16, 768)  # the action, then a tool output
+            prompt += 32 + L["tool_out"](r)  # the action, then a tool output
             t += r.expovariate(1 / 4.0)
             if prompt > MAX_PROMPT:
                 break
@@ -115,9 +140,9 @@ def trace_agentic(r, n, base):
     return out
 
 
-def trace_rag(r, n, base):
+def trace_rag(r, n, base, L):
     ndocs = max(3, n // 2)
-    docs = [(base + 700 + d, lognorm(r, 448, 0.7, 128, 1280)) for d in range(ndocs)]
+    docs = [(base + 700 + d, L["doc"](r)) for d in range(ndocs)]
     w = [1.0 / (d + 1) ** 1.1 for d in range(ndocs)]  # Zipf popularity
     out = []
     for i in range(n):
@@ -126,59 +151,6 @@ def trace_rag(r, n, base):
     return out
 
 
-# The long trace (--long): the simulated evaluation's families at about a quarter of its lengths
-# (bench_eval_evict.c: system prompts ~1.5k, pasted documents ~8k, tool prompts 8-24k, tool
-# outputs ~1.5k heavy-tailed, RAG documents ~4k up to 96k), capped at LONG_PROMPT.
-def trace_chat_long(r, n, base):
-    sys_prompts = [(base + 900 + i, lognorm(r, 768, 0.5, 256, 2048)) for i in range(3)]
-    out, s = [], 0
-    while len(out) < n:
-        s += 1
-        sp, sl = sys_prompts[r.randrange(len(sys_prompts))]
-        t = r.uniform(0, 60.0)
-        prompt = sl + lognorm(r, 96, 1.0, 16, 768)
-        for _ in range(1 + int(r.expovariate(1 / 2.5))):
-            out.append(req(t, "chat", sp, sl, base + s, prompt, 48))
-            # the answer, then the next message: now and then (15%) a pasted document
-            msg = lognorm(r, 3000, 0.8, 1024, 8192) if r.random() < 0.15 else lognorm(r, 96, 1.0, 8, 768)
-            prompt += 48 + msg
-            t += r.expovariate(1 / 30.0)
-            if prompt > MAX_PROMPT:
-                break
-    out.sort(key=lambda q: q["t"])
-    return out
-
-
-def trace_agentic_long(r, n, base):
-    tools = [(base + 800, lognorm(r, 3000, 0.4, 2048, 6144)), (base + 801, lognorm(r, 3000, 0.4, 2048, 6144))]
-    out, k = [], 0
-    while len(out) < n:
-        k += 1
-        tp, tl = tools[k % len(tools)]
-        t = r.uniform(0, 15.0)
-        prompt = tl + lognorm(r, 150, 0.8, 16, 1024)     # the task
-        for _ in range(2 + r.randrange(3)):
-            out.append(req(t, "agentic", tp, tl, base + 100 + k, prompt, 32))
-            prompt += 32 + lognorm(r, 384, 1.3, 16, 4096)  # the action, then a tool output
-            t += r.expovariate(1 / 4.0)
-            if prompt > MAX_PROMPT:
-                break
-    out.sort(key=lambda q: q["t"])
-    return out
-
-
-def trace_rag_long(r, n, base):
-    ndocs = max(3, n // 2)
-    docs = [(base + 700 + d, lognorm(r, 1500, 1.0, 256, 8192)) for d in range(ndocs)]
-    w = [1.0 / (d + 1) ** 1.1 for d in range(ndocs)]
-    out = []
-    for i in range(n):
-        dp, dl = r.choices(docs, weights=w)[0]
-        out.append(req(float(i), "rag", dp, dl, base + 200 + i, dl + lognorm(r, 40, 0.5, 8, 160), 32))
-    return out
-
-
-LONG_FAMILIES = {"chat": trace_chat_long, "agentic": trace_agentic_long, "rag": trace_rag_long}
 FAMILIES = {"chat": trace_chat, "agentic": trace_agentic, "rag": trace_rag}
 
 
@@ -328,9 +300,8 @@ def main():
     n = max(2, int(round((4 if a.smoke else 12) * a.scale)))
     r = random.Random(a.seed)
     trace = []
-    gens = LONG_FAMILIES if a.long else FAMILIES
     for i, f in enumerate(fams):
-        trace += gens[f](r, n, 10000 * (i + 1) + 1000 * a.seed)
+        trace += FAMILIES[f](r, n, 10000 * (i + 1) + 1000 * a.seed, LONG if a.long else SHORT)
     ws = len({c for q in trace for c in chunk_ids(q)})
     shape = trace_shape(trace)
     shape_line = (f"# trace: {'long' if a.long else 'short'}, prompts median {shape['prompt_median']:.0f} / mean "
