@@ -56,6 +56,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from cfdaemon import Daemon, parse_prometheus  # noqa: E402  (the tests' daemon harness)
@@ -341,7 +342,10 @@ def main():
         for p in pols:
             daemons[p] = start_daemon(work, model, p, cpu_chunks * chunk_bytes, ssd_chunks * chunk_bytes,
                                       a.cpu_gbps, a.ssd_gbps)
+        t0 = time.time()
         for i, q in enumerate(trace):
+            if i and i % 10 == 0:
+                print(f"# {i} of {len(trace)} requests replayed, {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
             order = pols[i % len(pols):] + pols[:i % len(pols)]
             for p in order:
                 res = run_request(build, daemons[p], model, work, q)
