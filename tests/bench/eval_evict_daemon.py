@@ -32,7 +32,12 @@ references; an 8k one ~35 s). --trace-only prints the trace's shape and exits. T
   rag      questions over shared documents (Zipf popularity, heavy-tailed lengths).
 Requests are replayed in the same order against every policy's daemon, the three daemons
 interleaved request by request (rotating which goes first), so that a busy machine's drift
-affects every policy alike.
+affects every policy alike. After each request the harness waits until that daemon's background
+work (write-back, evictions) has stopped (--no-quiesce: not), so that it does not slow the next
+policy's restore: with 8k-token prompts one request writes back tens of MB. Each daemon measures
+its cost model at start-up; one that came out more than --calib-tol (1.3x) off the median of the
+three (at 0 or 8k tokens) is restarted, a few times at most, and the models are printed: the
+model plans the daemon's restores and values its chunks under cost.
 
 Per policy (and family) it reports, from the daemon's own measurements (RestoreStats of each
 Restore: time_us executed, predicted_us the planner's simulated makespan of the same plan):
@@ -51,6 +56,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -191,10 +197,56 @@ def start_daemon(work, model, policy, cpu_bytes, ssd_bytes, cpu_gbps, ssd_gbps):
     """The harness's cacheflowd (tests/lib/cfdaemon.py: its own directory under TMPDIR, socket
     d.sock, HTTP side m.sock) with this policy, caps and links."""
     d = Daemon(conf={"model": model, "cpu_tier_bytes": cpu_bytes, "ssd_tier_bytes": ssd_bytes,
-                     "chunk_tokens": C, "threads": 1, "batch_window_us": 2000, "log_level": "warn",
+                     "chunk_tokens": C, "threads": 1, "batch_window_us": 2000, "log_level": "info",
                      "eviction": policy, "cpu_read_gbps": cpu_gbps, "ssd_read_gbps": ssd_gbps, "cost_refit": "on"})
     d.policy, d.cpu_bytes, d.ssd_bytes = policy, cpu_bytes, ssd_bytes
-    return d.start()
+    d.start()
+    d.calib = calibration(d)
+    return d
+
+
+def calibration(d):
+    """The cost model the daemon measured at start-up (its log's "cost model" line): gamma, alpha,
+    beta, and the compute time of one 64-token chunk at position 0 and at 8k tokens (all layers
+    alike: per layer)."""
+    m = re.search(r"cost model \(backend [^)]*\): gamma=(\S+) s alpha=(\S+) s/token beta=(\S+) s/token", d.read_log())
+    if not m:
+        return None
+    g, al, be = (float(x) for x in m.groups())
+    step = lambda p: g + al * C + be * (C * p + C * C / 2)  # noqa: E731  (lib/sched/cf_cost.h, full attention)
+    return {"gamma": g, "alpha": al, "beta": be, "step0_ms": step(0) * 1e3, "step8k_ms": step(8192) * 1e3}
+
+
+def calib_outliers(daemons, tol):
+    """Policies whose start-up calibration (chunk compute time at position 0 or 8k) is more than
+    tol times off the median of the daemons'."""
+    cal = {p: d.calib for p, d in daemons.items()}
+    if len(cal) < 3 or any(c is None for c in cal.values()):
+        return []
+    out = []
+    for key in ("step0_ms", "step8k_ms"):
+        med = statistics.median(c[key] for c in cal.values())
+        out += [p for p, c in cal.items() if max(c[key] / med, med / c[key]) > tol and p not in out]
+    return out
+
+
+def quiesce(d, limit_s=20.0):
+    """Wait until the daemon's background work after a request (write-back to SSD, its
+    evictions) has stopped: its counters unchanged over 0.25 s. So that one policy's write-back
+    does not run during, and slow, the next policy's restore on the shared machine."""
+    def sig():
+        m = metrics(d)
+        return tuple(m.get(k, 0) for k in (("cacheflow_store_spills_total", ""),
+                                           ("cacheflow_store_evictions_total", '{tier="cpu"}'),
+                                           ("cacheflow_store_evictions_total", '{tier="ssd"}'),
+                                           ("cacheflow_store_ssd_refusals_total", '{kind="all"}')))
+    end, last = time.time() + limit_s, sig()
+    while time.time() < end:
+        time.sleep(0.25)
+        now = sig()
+        if now == last:
+            return
+        last = now
 
 
 def metrics(d):
@@ -281,6 +333,11 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the run's directory")
     ap.add_argument("--long", action="store_true", help="the long trace: prompts up to 10k tokens, value buckets 0-4")
     ap.add_argument("--trace-only", action="store_true", help="print the trace's shape and exit (no daemons)")
+    ap.add_argument("--calib-tol", type=float, default=1.3,
+                    help="restart a daemon whose start-up cost model is more than this factor off the others' median")
+    ap.add_argument("--calib-retries", type=int, default=6, help="at most this many such restarts")
+    ap.add_argument("--no-quiesce", action="store_true",
+                    help="do not wait for a daemon's write-back after each request (the runs before this option)")
     a = ap.parse_args()
     fams, pols = a.families.split(","), a.policies.split(",")
     for f in fams:
@@ -342,6 +399,27 @@ def main():
         for p in pols:
             daemons[p] = start_daemon(work, model, p, cpu_chunks * chunk_bytes, ssd_chunks * chunk_bytes,
                                       a.cpu_gbps, a.ssd_gbps)
+        # Each daemon measures its cost model at start-up; on a busy machine one measurement can
+        # be far off the others' (seen: 3x at 8k tokens), and that model plans the daemon's
+        # restores and values its chunks (cost). Restart a daemon whose calibration is more than
+        # --calib-tol off the median of the three, a few times at most.
+        restarts = 0
+        while restarts < a.calib_retries:
+            off = calib_outliers(daemons, a.calib_tol)
+            if not off:
+                break
+            for p in off:
+                restarts += 1
+                daemons[p].stop()
+                daemons[p] = start_daemon(work, model, p, cpu_chunks * chunk_bytes, ssd_chunks * chunk_bytes,
+                                          a.cpu_gbps, a.ssd_gbps)
+        for p, d in daemons.items():
+            c = d.calib
+            print(f"# {p}: start-up cost model " + (f"gamma {c['gamma']:.3g} s, alpha {c['alpha']:.3g} s/token, beta "
+                  f"{c['beta']:.3g} s/token^2: a chunk at 0 / 8k tokens {c['step0_ms']:.2f} / {c['step8k_ms']:.2f} ms a layer"
+                  if c else "not in the log"))
+        print(f"# calibration restarts: {restarts}" + (f" (still more than {a.calib_tol:g}x apart: "
+              f"{', '.join(calib_outliers(daemons, a.calib_tol))})" if calib_outliers(daemons, a.calib_tol) else ""), flush=True)
         t0 = time.time()
         for i, q in enumerate(trace):
             if i and i % 10 == 0:
@@ -349,6 +427,8 @@ def main():
             order = pols[i % len(pols):] + pols[:i % len(pols)]
             for p in order:
                 res = run_request(build, daemons[p], model, work, q)
+                if not a.no_quiesce:
+                    quiesce(daemons[p])
                 res["family"], res["i"] = q["family"], i
                 if res["rc"] != 0 or "exec_ms" not in res or res["bad"] or not res["ok"] or not res["logits"]:
                     fail += 1
@@ -395,7 +475,8 @@ def main():
               + (f", {int(c['cost_tables'])} cost tables installed (start-up + re-fits)" if p == "cost" else ""))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"trace": "long" if a.long else "short", "shape": shape, "working_set_chunks": ws, "ssd_chunks": ssd_chunks, "cpu_chunks": cpu_chunks,
+            json.dump({"calibration": {p: d.calib for p, d in daemons.items()}, "calib_restarts": restarts,
+                       "quiesce": not a.no_quiesce, "trace": "long" if a.long else "short", "shape": shape, "working_set_chunks": ws, "ssd_chunks": ssd_chunks, "cpu_chunks": cpu_chunks,
                        "requests": len(trace), "failures": fail, "caps": caps, "summary": summ,
                        "restores": results}, f, indent=1)
     if a.keep:
