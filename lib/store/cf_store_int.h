@@ -223,6 +223,10 @@ void cf__ssd_release(cf_store_t *st, int32_t slot); /* mu held */
 /* drop a chunk found corrupt in slot s; takes mu itself, journals a DEL */
 void cf__ssd_drop_corrupt(cf_store_t *st, const cf_store_key_t *k, int32_t slot, uint32_t cells);
 int32_t cf__ssd_alloc(cf_store_t *st); /* a free slot or a CF error (takes mu itself) */
+/* runs under mu before cf__ssd_alloc_prep chooses a slot; nonzero declines it */
+typedef int (*cf__ssd_prep_fn)(cf_store_t *st, void *arg);
+#define CF__SSD_DECLINED INT32_MAX /* from cf__ssd_alloc_prep: neither a slot nor an error */
+int32_t cf__ssd_alloc_prep(cf_store_t *st, cf__ssd_prep_fn prep, void *arg);
 /* The chunk the SSD eviction policy gives up next (mu held), among those no reader holds; -1
  * when none. LRU: the least recently saved or read. S3-FIFO: FIFO by save with reinsertion —
  * a chunk read since it last reached the tail goes back to the head with one read less. */

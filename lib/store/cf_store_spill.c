@@ -38,9 +38,44 @@ static void cf__spill_publish(cf_store_t *st, void *arg) {
   pthread_mutex_unlock(&st->mu);
 }
 
-/* Write back n entries (each marked CF__F_SPILL with a pin on its CPU slot, or given as raw
- * aligned buffers in bufs[] when there is no CPU slot). Returns 0 or the first error; entries
- * that could not be written go back to the dirty list. ents[i] < 0 entries are skipped. */
+typedef struct {
+  int32_t e;
+  int durable;
+  cf_store_key_t *key;
+  uint32_t *ntok;
+  uint8_t **src;
+} cf__spill_prep_t;
+
+/* Before a spilled chunk gets an SSD slot (mu held, in the same hold as the slot's choice: one
+ * lock per chunk). Under the cost policy with the SSD tier full, a chunk worth less than every
+ * chunk there is the SSD's own victim (GreedyDual admits and evicts the lowest, here before the
+ * write): it stays in the CPU tier, clean and marked CF__F_REFUSED, and is weighed again when
+ * the CPU tier evicts it (cf__cpu_evict_safe): by then it may have been read. Each chunk of a
+ * batch is weighed against the minimum left by the evictions of those before it (one victim
+ * per admitted chunk), which is why the batch cannot be weighed in one hold. Never for durable
+ * saves. An admitted chunk's key, size and bytes are taken here: it is pinned and marked
+ * CF__F_SPILL, so they stay as they are until it is published or goes back to the dirty list. */
+static int cf__spill_prep(cf_store_t *st, void *arg) {
+  cf__spill_prep_t *a = arg;
+  cf__ent_t *en = &st->ents[a->e];
+  if (!a->durable && st->cost_on && cf__cost_refuse(st, a->e)) {
+    en->flags = (uint8_t)((en->flags & ~CF__F_SPILL) | CF__F_REFUSED);
+    en->pins--;
+    st->spilling--;
+    st->st.ssd_refusals++;
+    if (!en->uses) st->st.ssd_refusals_unread++;
+    pthread_cond_broadcast(&st->cv);
+    return 1;
+  }
+  *a->key = en->key;
+  *a->ntok = en->n_tokens;
+  *a->src = cf__cpu_slot_ptr(st, en->cpu_slot);
+  return 0;
+}
+
+/* Write back n entries, each marked CF__F_SPILL with a pin on its CPU slot. Returns 0 or the
+ * first error; entries that could not be written go back to the dirty list. The store mutex is
+ * taken once per chunk before the write (cf__spill_prep with the slot's choice), not twice. */
 int cf__spill_batch(cf_store_t *st, const int32_t *ents, unsigned n, int durable) {
   cf__io_t ops[CF__SPILL_BATCH];
   int32_t slots[CF__SPILL_BATCH], admitted[CF__SPILL_BATCH];
@@ -51,42 +86,20 @@ int cf__spill_batch(cf_store_t *st, const int32_t *ents, unsigned n, int durable
   unsigned m = 0, na = 0;
   for (unsigned i = 0; i < n; i++) slots[i] = -1;
   for (unsigned i = 0; i < n; i++) {
-    if (!durable && st->cost_on) {
-      /* cost policy, SSD tier full: a chunk worth less than every chunk there is the SSD's own
-       * victim (GreedyDual admits and evicts the lowest, here before the write): it stays in
-       * the CPU tier, clean and marked CF__F_REFUSED, and is weighed again when the CPU tier
-       * evicts it (cf__cpu_evict_safe): by then it may have been read. Each chunk of the batch
-       * is weighed against the minimum left by the evictions of those before it (one victim
-       * per admitted chunk), not all against the first minimum. Never for durable saves. */
-      pthread_mutex_lock(&st->mu);
-      cf__ent_t *en = &st->ents[ents[i]];
-      int refuse = cf__cost_refuse(st, ents[i]);
-      if (refuse) {
-        en->flags = (uint8_t)((en->flags & ~CF__F_SPILL) | CF__F_REFUSED);
-        en->pins--;
-        st->spilling--;
-        st->st.ssd_refusals++;
-        if (!en->uses) st->st.ssd_refusals_unread++;
-        pthread_cond_broadcast(&st->cv);
-      }
-      pthread_mutex_unlock(&st->mu);
-      if (refuse) continue;
-    }
-    int32_t s = cf__ssd_alloc(st);
+    unsigned j = na;
+    uint8_t *src = NULL;
+    cf__spill_prep_t pa = {ents[i], durable, &keys[j], &ntok[j], &src};
+    int32_t s = cf__ssd_alloc_prep(st, cf__spill_prep, &pa);
+    if (s == CF__SSD_DECLINED) continue;
     if (s < 0) {
       /* the rest go back to the dirty list below, unweighed */
       rc = s;
       for (; i < n; i++) admitted[na++] = ents[i];
       break;
     }
-    unsigned j = na++;
+    na++;
     admitted[j] = ents[i];
     slots[j] = s;
-    pthread_mutex_lock(&st->mu);
-    keys[j] = st->ents[ents[i]].key;
-    ntok[j] = st->ents[ents[i]].n_tokens;
-    uint8_t *src = cf__cpu_slot_ptr(st, st->ents[ents[i]].cpu_slot);
-    pthread_mutex_unlock(&st->mu);
     int fd;
     uint64_t off;
     cf__slot_pos(st, s, &fd, &off);

@@ -48,22 +48,30 @@ void cf__ssd_drop_corrupt(cf_store_t *st, const cf_store_key_t *k, int32_t slot,
 }
 
 /* Get a free SSD slot: a free one, else preallocate the next data file, else evict the coldest
- * SSD chunk nobody is reading (journaling its DEL first). Returns the slot or a CF error. */
-int32_t cf__ssd_alloc(cf_store_t *st) {
+ * SSD chunk nobody is reading (journaling its DEL first). Returns the slot or a CF error. With
+ * prep, prep(st, arg) runs first, under the same hold of mu as the choice of a free slot or a
+ * victim (one hold per slot unless a data file is still to be preallocated): nonzero declines
+ * the slot, CF__SSD_DECLINED is returned and nothing is evicted. */
+int32_t cf__ssd_alloc_prep(cf_store_t *st, cf__ssd_prep_fn prep, void *arg) {
   int grow_rc = 0;
+  int can_grow = 0;
+  pthread_mutex_lock(&st->mu);
+  if (prep && prep(st, arg)) {
+    pthread_mutex_unlock(&st->mu);
+    return CF__SSD_DECLINED;
+  }
   for (int attempt = 0; attempt < 2; attempt++) {
-    pthread_mutex_lock(&st->mu);
     if (st->n_ssd_free) {
       int32_t s = st->ssd_free[--st->n_ssd_free];
       pthread_mutex_unlock(&st->mu);
       return s;
     }
-    int can_grow = __atomic_load_n(&st->files_ready, __ATOMIC_ACQUIRE) < st->n_files;
-    pthread_mutex_unlock(&st->mu);
+    can_grow = __atomic_load_n(&st->files_ready, __ATOMIC_ACQUIRE) < st->n_files;
     if (!can_grow || attempt) break;
+    pthread_mutex_unlock(&st->mu);
     grow_rc = cf__data_grow(st);
+    pthread_mutex_lock(&st->mu);
   }
-  pthread_mutex_lock(&st->mu);
   int32_t victim = cf__ssd_pick(st);
   if (victim < 0) {
     pthread_mutex_unlock(&st->mu);
@@ -89,6 +97,8 @@ int32_t cf__ssd_alloc(cf_store_t *st) {
   }
   return s;
 }
+
+int32_t cf__ssd_alloc(cf_store_t *st) { return cf__ssd_alloc_prep(st, NULL, NULL); }
 
 static int cf__ssd_ok(cf_store_t *st, int32_t e) { return !st->ssd_reads[st->ents[e].ssd_slot]; }
 

@@ -9,13 +9,22 @@ working set, the SSD tier in real files under the run's directory, emulated tier
 gRPC API: each request is one reference engine (cf-refengine: shared-memory KV blocks, Restore
 then prefill of the new tokens, Save of prompt + answer) that
   - prefills the prompt itself only as the reference (--no-save-first: what the store holds is
-    what earlier requests saved),
+    what earlier requests saved; --reuse-prefill: that one prefill is also the reference of the
+    verification and the prefix of the logits baseline, instead of two more prefills),
   - restores the prompt through the daemon with the `optimal` policy (stored chunks loaded from
     their tier, holes and the unsaved tail computed) and verifies every restored cell against
     recompute (bit-exact where loaded, within tolerance where computed: --verify),
   - saves prompt + answer.
 The trace's families mirror tests/bench/bench_eval_evict.c, scaled to the demo model and a
-2-core machine (prompts up to ~1.5k tokens instead of 128k):
+2-core machine. The default (short) trace has prompts up to ~1.5k tokens instead of 128k: every
+chunk falls in bucket 0 of the cost table (lib/exec/cf_evict_cost.c: 64 buckets over 128k tokens,
+2048 tokens each), so it measures cost's frequency factor and decay, not its position value.
+--long replays the long trace: the same families with the simulated evaluation's shape at about
+a quarter of its lengths (prompts up to 10k tokens, within the demo model's 32k context; shared
+tool prompts of 2-6k, pasted documents and RAG documents up to 8k), so chunks span value buckets
+0-4 and deep chunks are dearer to recompute; a run of 12 requests per family takes ~20-25 min on
+a busy 2-core VM (a 4k-token request: ~13 s per policy, three prefills by the engine for its
+references; an 8k one ~35 s). --trace-only prints the trace's shape and exits. The families:
   chat     sessions over a few shared system prompts, each turn the whole history plus a user
            message (heavy-tailed: now and then a pasted document), turns interleaved across
            sessions by exponential think times;
@@ -23,7 +32,12 @@ The trace's families mirror tests/bench/bench_eval_evict.c, scaled to the demo m
   rag      questions over shared documents (Zipf popularity, heavy-tailed lengths).
 Requests are replayed in the same order against every policy's daemon, the three daemons
 interleaved request by request (rotating which goes first), so that a busy machine's drift
-affects every policy alike.
+affects every policy alike. After each request the harness waits until that daemon's background
+work (write-back, evictions) has stopped (--no-quiesce: not), so that it does not slow the next
+policy's restore: with 8k-token prompts one request writes back tens of MB. Each daemon measures
+its cost model at start-up; one that came out more than --calib-tol (1.3x) off the median of the
+three (at 0 or 8k tokens) is restarted, a few times at most, and the models are printed: the
+model plans the daemon's restores and values its chunks under cost.
 
 Per policy (and family) it reports, from the daemon's own measurements (RestoreStats of each
 Restore: time_us executed, predicted_us the planner's simulated makespan of the same plan):
@@ -35,24 +49,29 @@ Exits 1 when an engine failed or a restore did not verify, or a daemon held more
 
 Usage: eval_evict_daemon.py [--seed N] [--scale X] [--cap F] [--families chat,agentic,rag]
                             [--cpu-gbps G] [--ssd-gbps G] [--json FILE] [--smoke] [--keep]
+                            [--long] [--trace-only]
 """
 import argparse
 import json
 import math
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from cfdaemon import Daemon, parse_prometheus  # noqa: E402  (the tests' daemon harness)
 
 C = 64                      # chunk_tokens of the daemons
 POLICIES = ["lru", "s3fifo", "cost"]
-MAX_PROMPT = 1536           # the scaled-down "128k"
+MAX_PROMPT = 1536           # the scaled-down "128k" (--long: LONG_PROMPT)
+LONG_PROMPT = 10240         # the long trace's: buckets 0-4 of the cost table, within the 32k context
+BUCKET_TOKENS = 2048        # a cost-table bucket at any chunk size (128k tokens / 64 buckets)
 
 
 def lognorm(r, median, sigma, lo, hi):
@@ -67,35 +86,60 @@ def req(t, fam, shared_seed, shared, seed, prompt, new):
             "prompt": min(prompt, MAX_PROMPT), "new": new}
 
 
-def trace_chat(r, n, base):
-    sys_prompts = [(base + 900 + i, 128) for i in range(3)]
+# The families' lengths in tokens, each drawn from the trace's random stream r. SHORT: the
+# default trace (prompts up to ~1.5k: value bucket 0 only). LONG (--long): the simulated
+# evaluation's families at about a quarter of its lengths (bench_eval_evict.c: system prompts
+# ~1.5k, pasted documents ~8k, tool prompts 8-24k, tool outputs ~1.5k heavy-tailed, RAG documents
+# ~4k up to 96k), capped at LONG_PROMPT.
+SHORT = {
+    "chat_sys": lambda r: 128,
+    "chat_next": lambda r: lognorm(r, 48, 1.0, 8, 512),
+    "tool_prompts": lambda r: (512, 384),
+    "task": lambda r: lognorm(r, 64, 0.5, 16, 256),
+    "tool_out": lambda r: lognorm(r, 96, 1.2, 16, 768),
+    "doc": lambda r: lognorm(r, 448, 0.7, 128, 1280),
+}
+LONG = {
+    "chat_sys": lambda r: lognorm(r, 768, 0.5, 256, 2048),
+    # now and then (15%) a pasted document
+    "chat_next": lambda r: lognorm(r, 3000, 0.8, 1024, 8192) if r.random() < 0.15 else lognorm(r, 96, 1.0, 8, 768),
+    "tool_prompts": lambda r: (lognorm(r, 3000, 0.4, 2048, 6144), lognorm(r, 3000, 0.4, 2048, 6144)),
+    "task": lambda r: lognorm(r, 150, 0.8, 16, 1024),
+    "tool_out": lambda r: lognorm(r, 384, 1.3, 16, 4096),
+    "doc": lambda r: lognorm(r, 1500, 1.0, 256, 8192),
+}
+
+
+def trace_chat(r, n, base, L):
+    sys_prompts = [(base + 900 + i, L["chat_sys"](r)) for i in range(3)]
     out, s = [], 0
     while len(out) < n:  # whole sessions until the trace has n requests
         s += 1
         sp, sl = sys_prompts[r.randrange(len(sys_prompts))]
         t = r.uniform(0, 60.0)
-        prompt = sl + lognorm(r, 96, 1.0, 16, 768)   # a user message, now and then a pasted document
+        prompt = sl + lognorm(r, 96, 1.0, 16, 768)   # a user message
         for _ in range(1 + int(r.expovariate(1 / 2.5))):
             out.append(req(t, "chat", sp, sl, base + s, prompt, 48))
-            prompt += 48 + lognorm(r, 48, 1.0, 8, 512)  # the answer, then the next message
-            t += r.expovariate(1 / 30.0)                  # think time
+            prompt += 48 + L["chat_next"](r)  # the answer, then the next message
+            t += r.expovariate(1 / 30.0)      # think time
             if prompt > MAX_PROMPT:
                 break
     out.sort(key=lambda q: q["t"])
     return out
 
 
-def trace_agentic(r, n, base):
-    tools = [(base + 800, 512), (base + 801, 384)]
+def trace_agentic(r, n, base, L):
+    tl = L["tool_prompts"](r)
+    tools = [(base + 800, tl[0]), (base + 801, tl[1])]
     out, k = [], 0
     while len(out) < n:  # whole runs until the trace has n requests
         k += 1
         tp, tl = tools[k % len(tools)]
         t = r.uniform(0, 15.0)
-        prompt = tl + lognorm(r, 64, 0.5, 16, 256)       # the task
+        prompt = tl + L["task"](r)
         for _ in range(2 + r.randrange(3)):
             out.append(req(t, "agentic", tp, tl, base + 100 + k, prompt, 32))
-            prompt += 32 + lognorm(r, 96, 1.2, 16, 768)  # the action, then a tool output
+            prompt += 32 + L["tool_out"](r)  # the action, then a tool output
             t += r.expovariate(1 / 4.0)
             if prompt > MAX_PROMPT:
                 break
@@ -103,9 +147,9 @@ def trace_agentic(r, n, base):
     return out
 
 
-def trace_rag(r, n, base):
+def trace_rag(r, n, base, L):
     ndocs = max(3, n // 2)
-    docs = [(base + 700 + d, lognorm(r, 448, 0.7, 128, 1280)) for d in range(ndocs)]
+    docs = [(base + 700 + d, L["doc"](r)) for d in range(ndocs)]
     w = [1.0 / (d + 1) ** 1.1 for d in range(ndocs)]  # Zipf popularity
     out = []
     for i in range(n):
@@ -115,6 +159,21 @@ def trace_rag(r, n, base):
 
 
 FAMILIES = {"chat": trace_chat, "agentic": trace_agentic, "rag": trace_rag}
+
+
+def trace_shape(trace):
+    """Prompt lengths and the share of the trace's distinct chunks in each cost-table bucket."""
+    lens = sorted(q["prompt"] for q in trace)
+    pos = {}
+    for q in trace:
+        for c, k in enumerate(chunk_ids(q)):
+            pos[k] = c * C
+    buckets = {}
+    for p in pos.values():
+        buckets[p // BUCKET_TOKENS] = buckets.get(p // BUCKET_TOKENS, 0) + 1
+    return {"prompt_median": statistics.median(lens), "prompt_mean": sum(lens) / len(lens), "prompt_max": lens[-1],
+            "prompts_8k": sum(1 for x in lens if x >= 8192), "prompt_tokens": sum(lens),
+            "bucket_chunks": {b: buckets[b] for b in sorted(buckets)}}
 
 
 def chunk_ids(q):
@@ -138,10 +197,56 @@ def start_daemon(work, model, policy, cpu_bytes, ssd_bytes, cpu_gbps, ssd_gbps):
     """The harness's cacheflowd (tests/lib/cfdaemon.py: its own directory under TMPDIR, socket
     d.sock, HTTP side m.sock) with this policy, caps and links."""
     d = Daemon(conf={"model": model, "cpu_tier_bytes": cpu_bytes, "ssd_tier_bytes": ssd_bytes,
-                     "chunk_tokens": C, "threads": 1, "batch_window_us": 2000, "log_level": "warn",
+                     "chunk_tokens": C, "threads": 1, "batch_window_us": 2000, "log_level": "info",
                      "eviction": policy, "cpu_read_gbps": cpu_gbps, "ssd_read_gbps": ssd_gbps, "cost_refit": "on"})
     d.policy, d.cpu_bytes, d.ssd_bytes = policy, cpu_bytes, ssd_bytes
-    return d.start()
+    d.start()
+    d.calib = calibration(d)
+    return d
+
+
+def calibration(d):
+    """The cost model the daemon measured at start-up (its log's "cost model" line): gamma, alpha,
+    beta, and the compute time of one 64-token chunk at position 0 and at 8k tokens (all layers
+    alike: per layer)."""
+    m = re.search(r"cost model \(backend [^)]*\): gamma=(\S+) s alpha=(\S+) s/token beta=(\S+) s/token", d.read_log())
+    if not m:
+        return None
+    g, al, be = (float(x) for x in m.groups())
+    step = lambda p: g + al * C + be * (C * p + C * C / 2)  # noqa: E731  (lib/sched/cf_cost.h, full attention)
+    return {"gamma": g, "alpha": al, "beta": be, "step0_ms": step(0) * 1e3, "step8k_ms": step(8192) * 1e3}
+
+
+def calib_outliers(daemons, tol):
+    """Policies whose start-up calibration (chunk compute time at position 0 or 8k) is more than
+    tol times off the median of the daemons'."""
+    cal = {p: d.calib for p, d in daemons.items()}
+    if len(cal) < 3 or any(c is None for c in cal.values()):
+        return []
+    out = []
+    for key in ("step0_ms", "step8k_ms"):
+        med = statistics.median(c[key] for c in cal.values())
+        out += [p for p, c in cal.items() if max(c[key] / med, med / c[key]) > tol and p not in out]
+    return out
+
+
+def quiesce(d, limit_s=20.0):
+    """Wait until the daemon's background work after a request (write-back to SSD, its
+    evictions) has stopped: its counters unchanged over 0.25 s. So that one policy's write-back
+    does not run during, and slow, the next policy's restore on the shared machine."""
+    def sig():
+        m = metrics(d)
+        return tuple(m.get(k, 0) for k in (("cacheflow_store_spills_total", ""),
+                                           ("cacheflow_store_evictions_total", '{tier="cpu"}'),
+                                           ("cacheflow_store_evictions_total", '{tier="ssd"}'),
+                                           ("cacheflow_store_ssd_refusals_total", '{kind="all"}')))
+    end, last = time.time() + limit_s, sig()
+    while time.time() < end:
+        time.sleep(0.25)
+        now = sig()
+        if now == last:
+            return
+        last = now
 
 
 def metrics(d):
@@ -166,7 +271,7 @@ def tier_tokens(runs, limit):
 
 def run_request(build, d, model, work, q):
     cmd = [f"{build}/cf-refengine", "--daemon", d.addr, "--model", model, "--shm-dir", work,
-           "--prefix", str(q["prompt"]), "--new", str(q["new"]), "--turns", "1", "--no-save-first", "--verify",
+           "--prefix", str(q["prompt"]), "--new", str(q["new"]), "--turns", "1", "--no-save-first", "--verify", "--reuse-prefill",
            "--policy", "optimal", "--seed", str(q["seed"]), "--shared", str(q["shared"]),
            "--shared-seed", str(q["shared_seed"])]
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -226,6 +331,13 @@ def main():
     ap.add_argument("--json", help="write the per-policy summaries and every restore here")
     ap.add_argument("--smoke", action="store_true", help="tiny scale (the test suite's run)")
     ap.add_argument("--keep", action="store_true", help="keep the run's directory")
+    ap.add_argument("--long", action="store_true", help="the long trace: prompts up to 10k tokens, value buckets 0-4")
+    ap.add_argument("--trace-only", action="store_true", help="print the trace's shape and exit (no daemons)")
+    ap.add_argument("--calib-tol", type=float, default=1.3,
+                    help="restart a daemon whose start-up cost model is more than this factor off the others' median")
+    ap.add_argument("--calib-retries", type=int, default=6, help="at most this many such restarts")
+    ap.add_argument("--no-quiesce", action="store_true",
+                    help="do not wait for a daemon's write-back after each request (the runs before this option)")
     a = ap.parse_args()
     fams, pols = a.families.split(","), a.policies.split(",")
     for f in fams:
@@ -236,15 +348,36 @@ def main():
             sys.exit(f"eval_evict_daemon: unknown policy '{p}' (lru, s3fifo, cost)")
     if not (a.cap > 0 and a.cap <= 1) or a.scale <= 0:
         sys.exit("eval_evict_daemon: --cap must be in (0, 1], --scale > 0")
+    if a.long and a.smoke:
+        sys.exit("eval_evict_daemon: --long and --smoke: choose one")
     global MAX_PROMPT
     if a.smoke:
         MAX_PROMPT = 512
+    if a.long:
+        MAX_PROMPT = LONG_PROMPT
     n = max(2, int(round((4 if a.smoke else 12) * a.scale)))
     r = random.Random(a.seed)
     trace = []
     for i, f in enumerate(fams):
-        trace += FAMILIES[f](r, n, 10000 * (i + 1) + 1000 * a.seed)
+        trace += FAMILIES[f](r, n, 10000 * (i + 1) + 1000 * a.seed, LONG if a.long else SHORT)
     ws = len({c for q in trace for c in chunk_ids(q)})
+    shape = trace_shape(trace)
+    shape_line = (f"# trace: {'long' if a.long else 'short'}, prompts median {shape['prompt_median']:.0f} / mean "
+                  f"{shape['prompt_mean']:.0f} / max {shape['prompt_max']} tokens, {shape['prompts_8k']} of 8k+; "
+                  f"distinct chunks by cost-table bucket ({BUCKET_TOKENS} tokens): " +
+                  " ".join(f"b{b}:{k}" for b, k in shape["bucket_chunks"].items()))
+    if a.trace_only:
+        print(f"# {len(trace)} requests ({', '.join(fams)}; seed {a.seed}), working set {ws} chunks of {C} tokens")
+        print(shape_line)
+        for f in fams:
+            fs = trace_shape([q for q in trace if q["family"] == f])
+            print(f"# {f}: {sum(1 for q in trace if q['family'] == f)} requests, prompts median "
+                  f"{fs['prompt_median']:.0f} / max {fs['prompt_max']}, buckets " +
+                  " ".join(f"b{b}:{k}" for b, k in fs["bucket_chunks"].items()))
+        if a.json:
+            with open(a.json, "w") as fj:
+                json.dump({"requests": len(trace), "working_set_chunks": ws, "shape": shape, "trace": trace}, fj, indent=1)
+        return 0
     build = os.path.abspath(a.build)
     work = tempfile.mkdtemp(prefix="eval_evict_daemon.", dir=os.environ.get("TMPDIR", "/tmp"))
     model = os.path.join(work, "model")
@@ -259,16 +392,43 @@ def main():
           f"({ws * chunk_bytes >> 20} MiB); caps: SSD {ssd_chunks} chunks ({100 * ssd_chunks / ws:.0f}%), "
           f"CPU {cpu_chunks}; links: CPU {a.cpu_gbps:g} Gbit/s, SSD {a.ssd_gbps:g} Gbit/s; demo model, CPU backend, "
           f"policy optimal")
+    print(shape_line, flush=True)
     daemons, fail = {}, 0
     results = {p: [] for p in pols}
     try:
         for p in pols:
             daemons[p] = start_daemon(work, model, p, cpu_chunks * chunk_bytes, ssd_chunks * chunk_bytes,
                                       a.cpu_gbps, a.ssd_gbps)
+        # Each daemon measures its cost model at start-up; on a busy machine one measurement can
+        # be far off the others' (seen: 3x at 8k tokens), and that model plans the daemon's
+        # restores and values its chunks (cost). Restart a daemon whose calibration is more than
+        # --calib-tol off the median of the three, a few times at most.
+        restarts = 0
+        while restarts < a.calib_retries:
+            off = calib_outliers(daemons, a.calib_tol)
+            if not off:
+                break
+            for p in off:
+                restarts += 1
+                daemons[p].stop()
+                daemons[p] = start_daemon(work, model, p, cpu_chunks * chunk_bytes, ssd_chunks * chunk_bytes,
+                                          a.cpu_gbps, a.ssd_gbps)
+        for p, d in daemons.items():
+            c = d.calib
+            print(f"# {p}: start-up cost model " + (f"gamma {c['gamma']:.3g} s, alpha {c['alpha']:.3g} s/token, beta "
+                  f"{c['beta']:.3g} s/token^2: a chunk at 0 / 8k tokens {c['step0_ms']:.2f} / {c['step8k_ms']:.2f} ms a layer"
+                  if c else "not in the log"))
+        print(f"# calibration restarts: {restarts}" + (f" (still more than {a.calib_tol:g}x apart: "
+              f"{', '.join(calib_outliers(daemons, a.calib_tol))})" if calib_outliers(daemons, a.calib_tol) else ""), flush=True)
+        t0 = time.time()
         for i, q in enumerate(trace):
+            if i and i % 10 == 0:
+                print(f"# {i} of {len(trace)} requests replayed, {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
             order = pols[i % len(pols):] + pols[:i % len(pols)]
             for p in order:
                 res = run_request(build, daemons[p], model, work, q)
+                if not a.no_quiesce:
+                    quiesce(daemons[p])
                 res["family"], res["i"] = q["family"], i
                 if res["rc"] != 0 or "exec_ms" not in res or res["bad"] or not res["ok"] or not res["logits"]:
                     fail += 1
@@ -315,7 +475,8 @@ def main():
               + (f", {int(c['cost_tables'])} cost tables installed (start-up + re-fits)" if p == "cost" else ""))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"working_set_chunks": ws, "ssd_chunks": ssd_chunks, "cpu_chunks": cpu_chunks,
+            json.dump({"calibration": {p: d.calib for p, d in daemons.items()}, "calib_restarts": restarts,
+                       "quiesce": not a.no_quiesce, "trace": "long" if a.long else "short", "shape": shape, "working_set_chunks": ws, "ssd_chunks": ssd_chunks, "cpu_chunks": cpu_chunks,
                        "requests": len(trace), "failures": fail, "caps": caps, "summary": summ,
                        "restores": results}, f, indent=1)
     if a.keep:

@@ -43,6 +43,11 @@
  * --seed (the rest from --seed as without it), so engines with the same S and N share an N-token
  * prefix (a system prompt, a document) and nothing after it: the eviction evaluation's traces
  * (tests/bench/eval_evict_daemon.py).
+ * --reuse-prefill (f32 KV, turn 1): the turn-0 prefill is the fp32 prefill from scratch of the
+ * prompt that --verify and the baseline need, so it serves as both: the reference for recomputed
+ * cells is its KV (the bytes saved: shadow), and the baseline prefills only the new tokens over a
+ * copy of it. One prefill of the prompt instead of three, for long prompts on the CPU backend
+ * (the eviction evaluation's long trace); other dtypes and later turns take the full path.
  * The prefill line reports Lookup's leading run (lookup_cached, per tier) and every stored chunk
  * (lookup_stored, lookup_runs: "tier:tokens ..." with tier none/cpu/ssd/remote); a restore line
  * PlanSummary.hole_chunks (stored nowhere, computed at every layer).
@@ -71,6 +76,7 @@ typedef struct {
   const char *daemon, *model_dir, *shm_dir, *policy;
   int prefix, new_tokens, turns, block, concurrent, verify, threads, unreg_mid, present, durable, no_save_first, no_save_turns;
   int evict_turns;            /* --evict-before-save: drop the whole store before each turn's Save */
+  int reuse_prefill;          /* --reuse-prefill: the turn-0 prefill is the reference and the baseline's prefix */
   int shared;                 /* --shared: the first `shared` tokens come from shared_seed */
   unsigned long long shared_seed;
   cf_dtype_t kv_dtype;
@@ -246,6 +252,21 @@ static int reference_kv(engine_t *e, int prefix, cf_kv_t *ref) {
   int rc = cf_kv_init(ref, &e->m->cfg, prefix);
   if (!rc) rc = cf_kv_compute(e->be, e->conv, 0, ref);
   return rc;
+}
+
+/* --reuse-prefill: the reference from the turn-0 prefill's bytes (f32 KV: shadow rows are fp32). */
+static int shadow_kv(engine_t *e, int prefix, cf_kv_t *ref) {
+  int rc = cf_kv_init(ref, &e->m->cfg, prefix);
+  for (int l = 0; l < e->L && !rc; l++) {
+    memcpy(ref->k[l], e->shadow_k[l], sizeof(float) * e->row * (size_t)prefix);
+    memcpy(ref->v[l], e->shadow_v[l], sizeof(float) * e->row * (size_t)prefix);
+  }
+  return rc;
+}
+
+/* --reuse-prefill: rows [0, n) of the turn-0 prefill (the shadow, shadow_upto >= n) into blocks. */
+static void shadow_to_blocks(engine_t *e, const int32_t *blocks, int n) {
+  for (int l = 0; l < e->L; l++) cf_kvmap_scatter(&e->kv, l, blocks, 0, n, e->shadow_k[l], e->shadow_v[l]);
 }
 
 /* How far a recomputed value may be from the fp32 reference: |x - ref| <= atol + rtol * |ref|.
@@ -472,7 +493,7 @@ int main(int argc, char **argv) {
                                {"kv-dtype", 1, 0, 'K'}, {"present", 1, 0, 'k'}, {"durable", 0, 0, 'D'},
                                {"no-save-first", 0, 0, 'N'}, {"no-save-turns", 0, 0, 'X'},
                                {"evict-before-save", 0, 0, 'E'}, {"shared", 1, 0, 'H'},
-                               {"shared-seed", 1, 0, 'h'}, {0, 0, 0, 0}};
+                               {"shared-seed", 1, 0, 'h'}, {"reuse-prefill", 0, 0, 'R'}, {0, 0, 0, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
     switch (ch) {
@@ -501,6 +522,7 @@ int main(int argc, char **argv) {
       case 'E': o->evict_turns = 1; break;
       case 'H': o->shared = atoi(optarg); break;
       case 'h': o->shared_seed = strtoull(optarg, NULL, 10); break;
+      case 'R': o->reuse_prefill = 1; break;
       default: fprintf(stderr, "usage: see the comment at the top of tests/engine/cf_refengine.c\n"); return 2;
     }
   }
@@ -595,12 +617,16 @@ int main(int argc, char **argv) {
     /* baseline: the same turn prefilled from scratch, no cache (its logits are the reference) */
     static int32_t blocks1[65536];
     seq_blocks(&e, 1, blocks1, (prefix + o->new_tokens + o->block - 1) / o->block);
+    /* --reuse-prefill: the shadow holds the turn-0 prefill's KV of the whole prompt */
+    int reuse = o->reuse_prefill && turn == 1 && o->kv_dtype == CF_DT_F32 && e.shadow_upto >= prefix;
     t = now_s();
-    int ref_tok = prefill_layers(&e, blocks1, 0, prefix + o->new_tokens, -1, logits_ref);
+    if (reuse) shadow_to_blocks(&e, blocks1, prefix);
+    int ref_tok = prefill_layers(&e, blocks1, reuse ? prefix : 0, prefix + o->new_tokens, -1, logits_ref);
     double baseline_ms = (now_s() - t) * 1e3;
     if (ref_tok < 0) return die("baseline prefill", ref_tok);
     cf_kv_t ref = {0};
-    if (o->verify && (rc = reference_kv(&e, prefix, &ref))) return die("reference", rc);
+    if (o->verify && (rc = reuse ? shadow_kv(&e, prefix, &ref) : reference_kv(&e, prefix, &ref)))
+      return die("reference", rc);
     restore_t *r = calloc(1, sizeof *r);
     r->e = &e; r->c = c; r->prefix = prefix; r->seq = 0;
     run_restore(r, o->new_tokens, logits);

@@ -6,7 +6,8 @@
 # table): every restore of every policy ran and verified against recompute (loaded cells
 # bit-exact, computed ones within tolerance, first-token logits equal), no daemon held more
 # than its caps and each evicted, shared prefixes were found again (hits), the cost daemon
-# installed its value table, and bad options get one clear line.
+# installed its value table, the long trace (--long) has the shape it claims, and bad options get
+# one clear line.
 set -u
 . "$(dirname "$0")/../lib/cf_test.sh"
 cf_need_bins cacheflowd cacheflowctl cf-refengine
@@ -43,6 +44,26 @@ PY
 check "every restore verified, caps held, evictions and hits in every policy, cost table installed" "[ -z \"$why\" ]" "$why"
 check "a table per family and the best-other / cost line" \
   "[ \$(grep -c '^best other / cost, mean executed' $T/out.txt) -eq 4 ] && grep -q '^# rag' $T/out.txt" "$(cat "$T/out.txt")"
+# the long trace (--long, README's long-trace row): its shape, without daemons
+if "$PYTHON" "$EV" --long --trace-only --seed 1 --json "$T/long.json" >"$T/long.txt" 2>&1; then
+  # shellcheck disable=SC2016
+  why=$("$PYTHON" - "$T/long.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+s, bad = r["shape"], []
+if len([b for b, k in s["bucket_chunks"].items() if k > 0]) < 4: bad.append(f"chunks in fewer than 4 value buckets: {s['bucket_chunks']}")
+if s["prompts_8k"] < 1: bad.append("no prompt of 8k+ tokens")
+if max(q["prompt"] + q["new"] for q in r["trace"]) > 32768: bad.append("a prompt beyond the demo model's 32k context")
+for f in ("chat", "agentic", "rag"):
+    if not any(q["family"] == f for q in r["trace"]): bad.append(f"no {f} request")
+print("; ".join(bad))
+sys.exit(1 if bad else 0)
+PY
+)
+  check "the long trace spans 4+ value buckets, has 8k+ prompts, stays within the model's context" "[ -z \"$why\" ]" "$why"
+else bad "the long trace's shape" "$(cat "$T/long.txt")"; fi
+"$PYTHON" "$EV" --long --smoke >/dev/null 2>"$T/e3.txt"; rc=$?
+check "--long with --smoke: refused" "[ $rc -ne 0 ] && grep -q -- '--long and --smoke' $T/e3.txt" "$(cat "$T/e3.txt")"
 "$PYTHON" "$EV" --families chat,video >/dev/null 2>"$T/e1.txt"; rc=$?
 check "an unknown family: refused, naming it" "[ $rc -ne 0 ] && grep -q \"unknown family 'video'\" $T/e1.txt" "$(cat "$T/e1.txt")"
 "$PYTHON" "$EV" --cap 0 >/dev/null 2>"$T/e2.txt"; rc=$?
