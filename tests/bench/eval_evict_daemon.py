@@ -22,9 +22,10 @@ chunk falls in bucket 0 of the cost table (lib/exec/cf_evict_cost.c: 64 buckets 
 --long replays the long trace: the same families with the simulated evaluation's shape at about
 a quarter of its lengths (prompts up to 10k tokens, within the demo model's 32k context; shared
 tool prompts of 2-6k, pasted documents and RAG documents up to 8k), so chunks span value buckets
-0-4 and deep chunks are dearer to recompute; a run of 12 requests per family takes ~20-25 min on
-a busy 2-core VM (a 4k-token request: ~13 s per policy, three prefills by the engine for its
-references; an 8k one ~35 s). --trace-only prints the trace's shape and exits. The families:
+0-4 and deep chunks are dearer to recompute; a run of 12 requests per family took 24 min (seed 1,
+load average 2-5) and 14 min (seed 2, load 1-2) on a 2-core VM (an 8k-token request: 20-26 s per
+policy with --reuse-prefill, 57 s without). --trace-only prints the trace's shape and exits. The
+families:
   chat     sessions over a few shared system prompts, each turn the whole history plus a user
            message (heavy-tailed: now and then a pasted document), turns interleaved across
            sessions by exponential think times;
