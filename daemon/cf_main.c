@@ -197,6 +197,16 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
     CF__P("# HELP cacheflow_store_ssd_evictions_unread_total eviction = cost: SSD evictions (refused chunks included) of chunks not read since they came in.\n"
           "# TYPE cacheflow_store_ssd_evictions_unread_total counter\ncacheflow_store_ssd_evictions_unread_total %llu\n",
           (unsigned long long)t.ssd_evict_unread);
+    /* the cost policy's learning (lib/store/cf_store_cost.c): ghosts of its value tier's victims
+     * saved again, and the read class's head start they moved (0: LRU order, ln 4: the fixed
+     * f = 1/2 vs 2, 2 ln 4 at most); 0 under the other policies */
+    CF__P("# HELP cacheflow_store_cost_ghost_returns_total eviction = cost: chunks saved again while the ghost of their eviction was remembered, "
+          "by whether they had been read before they left.\n# TYPE cacheflow_store_cost_ghost_returns_total counter\n"
+          "cacheflow_store_cost_ghost_returns_total{kind=\"unread\"} %llu\ncacheflow_store_cost_ghost_returns_total{kind=\"read\"} %llu\n",
+          (unsigned long long)t.cost_ghost_unread, (unsigned long long)t.cost_ghost_read);
+    CF__P("# HELP cacheflow_store_cost_read_head_start eviction = cost: the learnt head start of chunks read since they came in over unread ones "
+          "(ln of the frequency factors' ratio; starts at ln 4).\n# TYPE cacheflow_store_cost_read_head_start gauge\n"
+          "cacheflow_store_cost_read_head_start %.4f\n", t.cost_read_bonus);
     CF__P("# HELP cacheflow_store_spills_total Chunks written back from the CPU tier to SSD.\n# TYPE cacheflow_store_spills_total counter\ncacheflow_store_spills_total %llu\n",
           (unsigned long long)t.spills);
     CF__P("# HELP cacheflow_store_corrupt_cells_total Cells that failed their checksum on read (recomputed, never served).\n# TYPE cacheflow_store_corrupt_cells_total counter\ncacheflow_store_corrupt_cells_total %llu\n",
