@@ -100,9 +100,14 @@ static double cf__key(const cf_store_t *st, int tier, int32_t e) {
 
 static int cf__cls(const cf_store_t *st, int32_t e) { return st->ents[e].uses ? 1 : 0; }
 
+/* a priority key of class cls in tier as the pick compares it: the read class's head start added */
+static double cf__head(const cf_store_t *st, int tier, int cls, double key) {
+  return key + (cls ? st->bonus[tier] : 0.0);
+}
+
 /* e's priority in tier as the pick compares it */
 static double cf__pri(const cf_store_t *st, int tier, int32_t e) {
-  return cf__key(st, tier, e) + (cf__cls(st, e) ? st->bonus[tier] : 0.0);
+  return cf__head(st, tier, cf__cls(st, e), cf__key(st, tier, e));
 }
 
 static void cf__hset(cf_store_t *st, int tier, int cls, int32_t i, cf__hnode_t nd) {
@@ -348,7 +353,7 @@ static int cf__top_cls(const cf_store_t *st, int tier) {
   const cf__heap_t *u = &st->heap[tier][0], *r = &st->heap[tier][1];
   if (!u->len) return r->len ? 1 : -1;
   if (!r->len) return 0;
-  return r->n[0].pri + st->bonus[tier] < u->n[0].pri ? 1 : 0;
+  return cf__head(st, tier, 1, r->n[0].pri) < cf__head(st, tier, 0, u->n[0].pri) ? 1 : 0;
 }
 
 int32_t cf__heap_pick(cf_store_t *st, int tier, int (*ok)(cf_store_t *, int32_t)) {
@@ -367,7 +372,7 @@ int32_t cf__heap_pick(cf_store_t *st, int tier, int (*ok)(cf_store_t *, int32_t)
       for (int c = 0; c < 2; c++) {
         const cf__heap_t *h = &st->heap[tier][c];
         for (int32_t i = 0; i < h->len; i++) {
-          double p = h->n[i].pri + (c ? st->bonus[tier] : 0.0);
+          double p = cf__head(st, tier, c, h->n[i].pri);
           if ((pick < 0 || p < best) && ok(st, h->n[i].e)) { pick = h->n[i].e; best = p; }
         }
       }
@@ -387,7 +392,7 @@ int cf__cost_refuse(cf_store_t *st, int32_t e) {
     return 0;
   int cls = cf__top_cls(st, 1);
   if (cls < 0) return 0;
-  return cf__pri(st, 1, e) < st->heap[1][cls].n[0].pri + (cls ? st->bonus[1] : 0.0);
+  return cf__pri(st, 1, e) < cf__head(st, 1, cls, st->heap[1][cls].n[0].pri);
 }
 
 int cf__cost_dear(const cf_store_t *st, uint32_t pos, uint32_t n_tokens) {
