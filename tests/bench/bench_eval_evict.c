@@ -31,14 +31,17 @@
  *
  * Usage: bench_eval_evict [--workload chat|agentic|rag] [--seed N] [--scale X]
  *                         [--caps 0.05,0.1,0.25,0.5] [--lookup holes|prefix] [--remote]
- *                         [--policies lru,s3fifo,cost,ssd-all,belady,vbelady] [--dir DIR] [--hw NAME]
- *                         [--vbelady best|flow|live|exp:TAU] [--dump DIR]
+ *                         [--policies lru,s3fifo,cost,ssd-all,belady,vbelady,bayes] [--dir DIR]
+ *                         [--hw NAME] [--vbelady best|flow|live|exp:TAU] [--dump DIR]
+ *                         [--bayes full|nolive|nocont|nopop[:TAU]]
  * ssd-all is a reference, not a policy: LRU with the SSD tier holding every chunk ever saved
  * and the CPU tier at the capacity's cap, i.e. what an SSD-tier policy could reach at most with
  * the CPU tier run by recency (cost's CPU tier in front of an SSD tier is LRU). belady is the
  * clairvoyant reference: both tiers evict the chunk needed furthest in the future (oracle_rank);
  * vbelady the clairvoyant value-weighted one (vbelady_rank), with a `#` line per capacity: each
  * row's value of local hits against the most any eviction choice could keep (flow_select).
+ * bayes is the online reference: it knows the generator's model and the past, not the future
+ * (bayes_rank: each chunk's expected discounted saving; --bayes picks a form or an ablation).
  */
 #include <math.h>
 #include <stdio.h>
@@ -126,13 +129,14 @@ typedef struct {
   seq_t prompt;   /* what the engine prefills: the cached prefix candidate + new tokens */
   int answer;     /* tokens generated after it (saved with the prompt) */
   uint64_t ans_id;
+  int owner, step; /* bayes' metadata: chat session / agentic run (-1: RAG), its turn or step (1-based) */
 } req_t;
 
 typedef struct { req_t *r; int n, cap; } trace_t;
 
-static void trace_add(trace_t *T, double t, const seq_t *prompt, int answer, uint64_t ans_id) {
+static void trace_add(trace_t *T, double t, const seq_t *prompt, int answer, uint64_t ans_id, int owner, int step) {
   if (T->n == T->cap) { T->cap = T->cap ? 2 * T->cap : 256; T->r = realloc(T->r, sizeof(req_t) * (size_t)T->cap); }
-  T->r[T->n++] = (req_t){t, seq_copy(prompt), answer, ans_id};
+  T->r[T->n++] = (req_t){t, seq_copy(prompt), answer, ans_id, owner, step};
 }
 static int cmp_req(const void *a, const void *b) {
   double x = ((const req_t *)a)->t, y = ((const req_t *)b)->t;
@@ -141,11 +145,35 @@ static int cmp_req(const void *a, const void *b) {
 
 static uint64_t next_id = 1ull << 40; /* unique content (user text, answers, tool output) */
 
+/* The generator's model as bayes (below) knows it: the parameters each generator draws from,
+ * set by the generator itself next to the literals it uses. Chat: a session goes on after each
+ * turn with probability p_step (turns geom mean 6, at most 40) unless the next user message
+ * would pass the 128k cap, the next turn expo(60 s) later; agentic alike (steps geom mean 12, at
+ * most 60, gaps expo(4 s) + tool time, the cap checked on the tool output); a system prompt's
+ * chunks come back with any turn over it (shared_rate per system prompt, per second). RAG:
+ * requests 1 a second, system prompt 0 with 0.7, a second document with 0.3, document d with
+ * pi[d]. Content ids: system prompts 100+ (chat), 200+ (agentic), 300+ (RAG), documents 1000+,
+ * unique text from next_id's start. */
+typedef enum { GM_CHAT, GM_AGENTIC, GM_RAG } gm_family_t;
+typedef struct {
+  gm_family_t fam;
+  int n_owner;        /* sessions or runs */
+  double gap;         /* mean seconds between a session's turns / a run's steps */
+  double p_step;      /* chance of one more turn / step, caps aside */
+  int max_step;
+  double shared_rate; /* turns over one system prompt, per second */
+  int ndocs;
+  double *pi;         /* RAG: document popularity */
+} genmodel_t;
+static genmodel_t gm;
+
 static void gen_chat(trace_t *T, double scale) {
   int sessions = clampi(400 * scale, 4, 1000000);
   int nsys = 4, sys_len[4];
   for (int i = 0; i < nsys; i++) sys_len[i] = clampi(lognorm(1500, 0.5), 200, 6000);
   double horizon = 3600;
+  /* what bayes knows of this generator (its parameters, never the draws) */
+  gm = (genmodel_t){GM_CHAT, sessions, 60, 1 - 1.0 / 6, 40, sessions * 6.0 / horizon / nsys};
   for (int s = 0; s < sessions; s++) {
     double t = urand() * horizon;
     seq_t h = {0};
@@ -158,7 +186,7 @@ static void gen_chat(trace_t *T, double scale) {
       seq_add(&h, next_id++, user);
       int ans = clampi(lognorm(300, 0.7), 10, 2000);
       uint64_t aid = next_id++;
-      trace_add(T, t, &h, ans, aid);
+      trace_add(T, t, &h, ans, aid, s, k + 1);
       seq_add(&h, aid, ans);
       t += expo(60);
     }
@@ -171,6 +199,8 @@ static void gen_agentic(trace_t *T, double scale) {
   int nsys = 3, sys_len[3];
   for (int i = 0; i < nsys; i++) sys_len[i] = clampi(lognorm(12000, 0.4), 8000, 24000);
   double horizon = 3600;
+  /* the gap: expo(4) + the mean tool output (lognorm(1500, 1.3): 3.5k tokens) x 2e-5 s */
+  gm = (genmodel_t){GM_AGENTIC, runs, 4.07, 1 - 1.0 / 12, 60, runs * 12.0 / horizon / nsys};
   for (int r = 0; r < runs; r++) {
     double t = urand() * horizon;
     seq_t h = {0};
@@ -181,7 +211,7 @@ static void gen_agentic(trace_t *T, double scale) {
     for (int k = 0; k < steps; k++) {
       int ans = clampi(lognorm(150, 0.6), 10, 1000);
       uint64_t aid = next_id++;
-      trace_add(T, t, &h, ans, aid);
+      trace_add(T, t, &h, ans, aid, r, k + 1);
       seq_add(&h, aid, ans);
       int tool = clampi(lognorm(1500, 1.3), 20, 60000);
       if (h.tokens + tool > MAX_TOK - 2048) break;
@@ -202,6 +232,10 @@ static void gen_rag(trace_t *T, double scale) {
     cdf[d] = z;
   }
   int sys_len[2] = {clampi(lognorm(800, 0.3), 200, 3000), clampi(lognorm(800, 0.3), 200, 3000)};
+  gm = (genmodel_t){GM_RAG, 0, 0, 0, 0, 0};
+  gm.ndocs = ndocs;
+  gm.pi = malloc(sizeof(double) * (size_t)ndocs); /* each document's Zipf(0.9) popularity */
+  for (int d = 0; d < ndocs; d++) gm.pi[d] = (cdf[d] - (d ? cdf[d - 1] : 0)) / z;
   double t = 0;
   for (int q = 0; q < nreq; q++) {
     t += expo(1.0);
@@ -217,7 +251,7 @@ static void gen_rag(trace_t *T, double scale) {
       seq_add(&h, 1000 + (uint64_t)lo, dlen[lo]);
     }
     seq_add(&h, next_id++, clampi(lognorm(80, 0.6), 10, 600));
-    trace_add(T, t, &h, clampi(lognorm(250, 0.6), 10, 1500), next_id++);
+    trace_add(T, t, &h, clampi(lognorm(250, 0.6), 10, 1500), next_id++, -1, 0);
     free(h.s);
   }
   free(dlen);
@@ -262,7 +296,7 @@ typedef struct {
  * the optimum over the SSD slots only, and v / D (every rank asked again each request): 1-4%
  * above the kept forms on chat and RAG, never lowest. */
 typedef struct { cf_store_key_t k; int req, pos; } occ_t;
-typedef enum { OR_NONE, OR_BELADY, OR_VBELADY } oracle_mode_t;
+typedef enum { OR_NONE, OR_BELADY, OR_VBELADY, OR_BAYES } oracle_mode_t;
 typedef enum { VB_EXP, VB_FLOW, VB_LIVE } vb_mode_t;
 #define VB_FORMS "exp:16,exp:32,flow" /* --vbelady best: the row is the lowest of these */
 #define VB_FLOW_TAU 32.0
@@ -453,6 +487,187 @@ static int kset_has(const kset_t *s, const cf_store_key_t *k) {
   }
 }
 
+/* ------------------------------------------------------------------ bayes: the online reference */
+
+/* `bayes` (evaluation only, through the same rank hook as belady): an online reference that knows
+ * the generator's model (gm: its parameters, never its draws) and the past of the replay, never
+ * the future. Each chunk is ranked by the log of its expected discounted saving,
+ *   ln v + ln E[exp(-(time to its next use) / Ts)]
+ * (v: what it saves at its next use, recompute - SSD load at its index in the SSD tier, the same
+ * SSD read for every chunk in the CPU tier; Ts: the discount horizon, tau SSD-tier turnovers in
+ * the SSD tier, one CPU-tier turnover in the CPU tier; a turnover: the seconds in which the trace
+ * brings a tier-full of new chunks). A small Ts ranks by v x rate of reuse (the A0 rule, optimal
+ * for independent references of known rates), a large one by v x chance of any reuse. Per kind:
+ *   a system prompt's chunks (chat, agentic): reused at a Poisson rate (gm.shared_rate):
+ *     ln(l / (l + 1/Ts));
+ *   a session's or run's chunks: its next turn comes expo(gap) after its last one, if it comes:
+ *     after its last turn the session goes on with p (the generator's p_step, 0 at its turn cap,
+ *     times the chance that the next user message / tool output still fits under 128k), and
+ *     after s idle seconds with P(alive | s) = p e^(-s/gap) / (p e^(-s/gap) + 1 - p); then
+ *     E[...] = P(alive | s) / (1 + gap / Ts);
+ *   RAG: a chunk whose prefix ends in the system prompt comes back with that prompt's share
+ *     (0.7, 0.3), one ending in the first document with P(sys) pi[doc], in the second with
+ *     P(sys) pi[doc1] 0.3 pi[doc2]; requests arrive at 1/s (memoryless): ln(q / (q + 1/Ts));
+ *     a question's or answer's chunk never comes back (first out, as a dead chunk under belady).
+ * The hook's priority is fixed when the chunk is touched (saved, read, held by a prompt, written
+ * back), so the one term that moves while a chunk is left alone, ln P(alive | s), is linearised at
+ * s* = gap, the age by which a live session's next turn is due: ln P(alive | s*; p) - h (s - s*),
+ * with one slope h = (1 - P(alive | s*; p_step)) / gap for all chunks, so the order of untouched
+ * chunks stays that of the linear form (chosen on seed 1: linearised at s* = 0, i.e. the slope of
+ * a live session, (1 - p) / gap, chat at 5-10% was 2-3% and agentic at 5% 2% worse; at the SSD
+ * tier's turnover age, where chunks leave (3.5-17 gaps), chat 4-5% and agentic 17% worse, dead
+ * runs' slope making the runs still alive look older than they are); a system prompt's chunks carry h x (their last use's time), so
+ * they age against the sessions' chunks only between uses. RAG's keys do not move (stationary,
+ * memoryless). Forms (--bayes FORM[:TAU]): full; nolive (no think-time model: a session's chunks
+ * keep ln p and age by the cost policy's clock, 2 tier-turnovers, as a recency policy would);
+ * nocont (p = p_step: no turn count, no 128k cap); nopop (RAG: a document's rate learnt from the
+ * prompts seen so far, a Gamma prior of one request at the mean document's rate, in place of its
+ * true popularity). */
+typedef enum { BK_NONE, BK_SHARED, BK_OWN, BK_DOC } bkind_t;
+typedef struct {
+  cf_store_key_t k;
+  uint8_t used, kind;
+  int32_t owner;        /* BK_OWN: session / run */
+  double q, q0;         /* BK_SHARED (RAG), BK_DOC: requests holding it, true and nopop's prior */
+  int32_t seen;         /* prompts that held it so far in this replay */
+  double t_first, t_last; /* first and last held by a prompt in this replay (-1: not yet) */
+} bent_t;
+typedef struct { bent_t *e; size_t cap, n; } bmap_t;
+typedef struct { double t; int step, tokens; } bowner_t;
+typedef enum { BF_FULL, BF_NOLIVE, BF_NOCONT, BF_NOPOP } bform_t;
+#define BAYES_TAU 4.0 /* the default SSD discount horizon, tier turnovers */
+static struct {
+  bmap_t m;
+  bowner_t *own;
+  bform_t form;
+  double tau;
+  double rate;          /* new chunks per second over the trace (the turnover's pace) */
+  long ssd_slots, cpu_slots;
+} bay = {.tau = BAYES_TAU};
+
+static bent_t *bmap_get(bmap_t *m, const cf_store_key_t *k, int create) {
+  if (create && 2 * (m->n + 1) > m->cap) {
+    bmap_t o = *m;
+    m->cap = o.cap ? 2 * o.cap : 1 << 14;
+    m->e = calloc(m->cap, sizeof *m->e);
+    m->n = 0;
+    for (size_t i = 0; i < o.cap; i++)
+      if (o.e[i].used) *bmap_get(m, &o.e[i].k, 1) = o.e[i];
+    free(o.e);
+  }
+  if (!m->cap) return NULL;
+  uint64_t h;
+  memcpy(&h, k->b, 8);
+  for (size_t i = h & (m->cap - 1);; i = (i + 1) & (m->cap - 1)) {
+    bent_t *e = &m->e[i];
+    if (!e->used) {
+      if (!create) return NULL;
+      memset(e, 0, sizeof *e);
+      e->used = 1;
+      e->k = *k;
+      m->n++;
+      return e;
+    }
+    if (!memcmp(e->k.b, k->b, 16)) return e;
+  }
+}
+
+/* the side map: each chunk of a request's prompt + answer, by the segment its last token is in */
+static void bayes_note(const req_t *q, const seq_t *full, const cf_store_key_t *keys, int n) {
+  int j = 0, end = full->n ? full->s[0].len : 0;
+  for (int c = 0; c < n; c++) {
+    while ((c + 1) * C_TOK > end && j + 1 < full->n) end += full->s[++j].len;
+    bent_t *e = bmap_get(&bay.m, &keys[c], 1);
+    if (e->used == 2) continue; /* noted already (the same in every request that holds it) */
+    e->used = 2;
+    uint64_t id = full->s[j].id, sys = full->s[0].id % 100;
+    double psys = sys == 0 ? 0.7 : 0.3;
+    if (j == 0) {
+      e->kind = BK_SHARED;
+      e->q = e->q0 = psys;
+    } else if (gm.fam == GM_RAG && id >= 1000 && id < (1ull << 40) && j <= 2) {
+      e->kind = BK_DOC;
+      double p1 = gm.pi[full->s[1].id - 1000];
+      e->q = j == 1 ? psys * p1 : psys * p1 * 0.3 * gm.pi[id - 1000];
+      e->q0 = j == 1 ? psys / gm.ndocs : psys * 0.3 / ((double)gm.ndocs * gm.ndocs);
+    } else if (gm.fam != GM_RAG) {
+      e->kind = BK_OWN;
+      e->owner = q->owner;
+    }
+  }
+}
+
+static double p_lognorm_le(double y, double med, double sigma, double lo, double hi) {
+  return y < lo ? 0 : y >= hi ? 1 : 0.5 * erfc(-log(y / med) / (sigma * 1.4142135623730951));
+}
+/* the chance that an owner goes on after its last turn (the generator's loop conditions) */
+static double bayes_pcont(const bowner_t *o) {
+  if (o->step >= gm.max_step) return 0;
+  if (bay.form == BF_NOCONT) return gm.p_step;
+  double room = MAX_TOK - 2048 - o->tokens;
+  double fit = gm.fam == GM_CHAT ? 0.06 * p_lognorm_le(room, 8000, 1.2, 1000, 100000) +
+                                       0.94 * p_lognorm_le(room, 150, 1.0, 5, 4000)
+                                 : p_lognorm_le(room, 1500, 1.3, 20, 60000);
+  return gm.p_step * fit;
+}
+static double p_alive(double p, double s) {
+  double a = p * exp(-s / gm.gap);
+  return a / (a + 1 - p);
+}
+
+static double bayes_rank(void *ud, const cf_store_key_t *key, uint32_t pos, int tier) {
+  (void)ud;
+  double tie = pos * 1e-6;
+  const bent_t *e = bmap_get(&bay.m, key, 0);
+  if (!e || e->kind == BK_NONE) return -1e9 + tie;
+  double lv = tier == 0 ? 0 : log(oracle.vssd[pos < MAX_TOK / C_TOK ? pos : MAX_TOK / C_TOK - 1]);
+  double turn = (tier == 0 ? bay.cpu_slots : bay.ssd_slots) / bay.rate, sstar = gm.gap;
+  double Ts = (tier == 0 ? 1 : bay.tau) * turn;
+  if (gm.fam == GM_RAG) {
+    double q = e->q;
+    if (bay.form == BF_NOPOP && e->kind == BK_DOC) /* the rate seen so far, from its first sight */
+      q = e->seen / (1 / e->q0 + (e->t_last > e->t_first ? e->t_last - e->t_first : 0));
+    return q > 0 ? lv + log(q / (q + 1 / Ts)) + tie : -1e9 + tie;
+  }
+  double h = bay.form == BF_NOLIVE ? 1 / (2 * turn) : (1 - p_alive(gm.p_step, sstar)) / gm.gap;
+  if (e->kind == BK_SHARED) {
+    double l = gm.shared_rate;
+    return lv + log(l / (l + 1 / Ts)) + h * (e->t_last > 0 ? e->t_last : 0) + tie;
+  }
+  const bowner_t *o = &bay.own[e->owner];
+  double p = bayes_pcont(o);
+  if (!(p > 0)) return -1e9 + tie; /* the session or run is over by its caps */
+  if (bay.form == BF_NOLIVE) return lv + log(p) + h * o->t + tie;
+  return lv + log(p_alive(p, sstar)) + h * o->t - log(1 + gm.gap / Ts) + tie;
+}
+
+/* per replay: forget what the last one saw */
+static void bayes_reset(long ssd_slots, long cpu_slots) {
+  bay.ssd_slots = ssd_slots;
+  bay.cpu_slots = cpu_slots;
+  for (size_t i = 0; i < bay.m.cap; i++) {
+    bay.m.e[i].seen = 0;
+    bay.m.e[i].t_first = bay.m.e[i].t_last = -1;
+  }
+  for (int o = 0; o < gm.n_owner; o++) bay.own[o] = (bowner_t){-1, 0, 0};
+}
+/* request q arrives: its owner's turn, and its prompt's chunks seen (before any is read or saved) */
+static void bayes_arrive(const req_t *q, const cf_store_key_t *keys, int nch) {
+  if (q->owner >= 0)
+    bay.own[q->owner] = (bowner_t){q->t, q->step, q->prompt.tokens + (gm.fam == GM_CHAT ? 383 : 180)};
+  for (int c = 0; c < nch; c++) {
+    bent_t *e = bmap_get(&bay.m, &keys[c], 0);
+    if (!e) continue;
+    e->seen++;
+    e->t_last = q->t;
+    if (e->t_first < 0) e->t_first = q->t;
+  }
+}
+/* its answer is known (the mean answer stood in until now): the owner's length, then the saves */
+static void bayes_answered(const req_t *q) {
+  if (q->owner >= 0) bay.own[q->owner].tokens = q->prompt.tokens + q->answer;
+}
+
 /* --dump: "P req chunk tier read_before value_ms": each prompt chunk (tier 0 CPU, 1 SSD, 2 not
  * local; read_before: a prompt between the chunk's first save and this one held it, i.e. it
  * has been read since it came in; value: vssd), and "O req tier class pos_bucket n": how many
@@ -508,14 +723,18 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
   sc.ssd_bytes = (uint64_t)ssd_slots * 4096;
   sc.cpu_evict = pol;
   sc.cost = X->table;
-  if (om != OR_NONE) { sc.rank = om == OR_BELADY ? oracle_rank : vbelady_rank; sc.cpu_evict = CF_STORE_EVICT_COST; }
+  if (om != OR_NONE) {
+    sc.rank = om == OR_BELADY ? oracle_rank : om == OR_BAYES ? bayes_rank : vbelady_rank;
+    sc.cpu_evict = CF_STORE_EVICT_COST;
+  }
+  if (om == OR_BAYES) bayes_reset(ssd_slots, cpu_slots);
   oracle.ssd_slots = ssd_slots; /* (vbelady's oracle.sel: set by the caller, flow_select) */
   sc.spill = 0;        /* deterministic: write-back when an eviction needs it */
   sc.buffered_io = 1;  /* page cache: the replay measures policies, not the disk */
   sc.journal_slack = 1u << 20;
   char dir[1100];
   snprintf(dir, sizeof dir, "%s/%s%s_%g", X->dir, pol == CF_STORE_EVICT_LRU ? "lru" : pol == CF_STORE_EVICT_S3FIFO ? "s3fifo" : "cost",
-           ssd_all ? "_ssdall" : om == OR_BELADY ? "_belady" : om == OR_VBELADY ? "_vbelady" : "", frac);
+           ssd_all ? "_ssdall" : om == OR_BELADY ? "_belady" : om == OR_VBELADY ? "_vbelady" : om == OR_BAYES ? "_bayes" : "", frac);
   char cmd[1200];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   if (system(cmd) != 0) return cf_seterr(CF_EIO, "cannot clear %s", dir);
@@ -532,7 +751,7 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
     char fn[1200], form[32] = "";
     if (om == OR_VBELADY)
       snprintf(form, sizeof form, oracle.vb == VB_FLOW ? "-flow" : oracle.vb == VB_LIVE ? "-live" : "-exp%g", oracle.vb_tau);
-    snprintf(fn, sizeof fn, "%s/%s%s_%g.txt", X->dump, om == OR_VBELADY ? "vbelady" : om == OR_BELADY ? "belady" : ssd_all ? "ssd-all"
+    snprintf(fn, sizeof fn, "%s/%s%s_%g.txt", X->dump, om == OR_VBELADY ? "vbelady" : om == OR_BELADY ? "belady" : om == OR_BAYES ? "bayes" : ssd_all ? "ssd-all"
              : pol == CF_STORE_EVICT_LRU ? "lru" : pol == CF_STORE_EVICT_S3FIFO ? "s3fifo" : "cost", form, frac);
     if (!(df = fopen(fn, "w"))) { cf_store_close(st); return cf_seterr(CF_EIO, "cannot write %s", fn); }
   }
@@ -555,6 +774,7 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
     int P = q->prompt.tokens;
     oracle.cur = i;
     int nch = seq_keys(&q->prompt, P, keys);
+    if (om == OR_BAYES) bayes_arrive(q, keys, nch);
     int run = 0, present = 0;
     for (int c = 0; c < nch; c++) {
       uint8_t t = 0;
@@ -598,7 +818,8 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
       ttft[i] = cf_cost_prefill(&X->cost, 0, P);
     }
     /* belady, vbelady: every stored chunk of the prompt learns its next use (one the plan
-     * computed anyway is not read otherwise, and would keep the request index it was ranked by) */
+     * computed anyway is not read otherwise, and would keep the request index it was ranked by);
+     * bayes: every stored chunk of the prompt is ranked again as just used */
     for (int c = 0; om != OR_NONE && c < nch && !rc; c++) {
       if (tiers[c] > 1 || (restore > 0 && c < restore && plan.h[plan.h_off[0] + c] < L)) continue;
       uint8_t buf[4096] __attribute__((aligned(4096)));
@@ -606,6 +827,7 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
       if (rrc && rrc != CF_ENOTFOUND) rc = rrc;
     }
     /* the engine's KV after the turn: prompt + answer, saved back chunk by chunk */
+    if (om == OR_BAYES) bayes_answered(q);
     seq_t full = seq_copy(&q->prompt);
     seq_add(&full, q->ans_id, q->answer);
     int nfull = seq_keys(&full, full.tokens, keys);
@@ -652,8 +874,8 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
 
 /* ------------------------------------------------------------------ main */
 
-#define NPOL 6
-static const char *names[NPOL] = {"lru", "s3fifo", "cost", "ssd-all", "belady", "vbelady"};
+#define NPOL 7
+static const char *names[NPOL] = {"lru", "s3fifo", "cost", "ssd-all", "belady", "vbelady", "bayes"};
 /* name is one of the comma-separated entries of list (belady is not vbelady) */
 static int has_name(const char *list, const char *name) {
   size_t n = strlen(name);
@@ -663,8 +885,8 @@ static int has_name(const char *list, const char *name) {
 }
 
 int main(int argc, char **argv) {
-  const char *work = "chat", *caps = "0.05,0.1,0.25,0.5", *lookup = "holes", *pols = "lru,s3fifo,cost,ssd-all,belady,vbelady";
-  const char *vbm = "best", *dump = NULL;
+  const char *work = "chat", *caps = "0.05,0.1,0.25,0.5", *lookup = "holes", *pols = "lru,s3fifo,cost,ssd-all,belady,vbelady,bayes";
+  const char *vbm = "best", *dump = NULL, *bym = "full";
   const char *dir = NULL, *hwname = "h100-nvme";
   uint64_t seed = 1;
   double scale = 1.0;
@@ -683,6 +905,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--hw")) hwname = v;
     else if (!strcmp(a, "--vbelady")) vbm = v;
     else if (!strcmp(a, "--dump")) dump = v;
+    else if (!strcmp(a, "--bayes")) bym = v;
     else { fprintf(stderr, "eval_evict: unknown option %s\n", a); return 2; }
     i++;
   }
@@ -694,6 +917,19 @@ int main(int argc, char **argv) {
   if (strcmp(vbm, "best") && strcmp(vbm, "flow") && strcmp(vbm, "live") && !(strncmp(vbm, "exp:", 4) == 0 && atof(vbm + 4) > 0)) {
     fprintf(stderr, "eval_evict: --vbelady %s: expected best, flow, live or exp:TAU (TAU > 0)\n", vbm);
     return 2;
+  }
+  {
+    const char *forms[] = {"full", "nolive", "nocont", "nopop"}, *colon = strchr(bym, ':');
+    size_t n = colon ? (size_t)(colon - bym) : strlen(bym);
+    int f = -1;
+    for (int k = 0; k < 4; k++)
+      if (strlen(forms[k]) == n && !strncmp(bym, forms[k], n)) f = k;
+    if (colon) bay.tau = atof(colon + 1);
+    if (f < 0 || !(bay.tau > 0)) {
+      fprintf(stderr, "eval_evict: --bayes %s: expected full, nolive, nocont or nopop, then optionally :TAU (TAU > 0)\n", bym);
+      return 2;
+    }
+    bay.form = (bform_t)f;
   }
   cf_log_level = CF_LOG_WARN;
   rng_s = mix64(seed * 0x100000001b3ULL + 7);
@@ -742,6 +978,7 @@ int main(int argc, char **argv) {
       seq_add(&full, T.r[i].ans_id, T.r[i].answer);
       int n = seq_keys(&full, full.tokens, keys);
       for (int c = 0; c < n; c++) kset_add(&ws, &keys[c]);
+      bayes_note(&T.r[i], &full, keys, n);
       /* the clairvoyant rows' future: which requests' prompts hold each key (uses), which
        * requests save it, and how many chunks were saved before each request */
       int np = T.r[i].prompt.tokens / C_TOK;
@@ -757,6 +994,10 @@ int main(int argc, char **argv) {
       free(full.s);
     }
     X.ws = (long)ws.n;
+    /* bayes: the pace of new chunks (a generator-level constant: the working set over the
+     * trace's span) sets each tier's turnover time; an owner table for its sessions / runs */
+    bay.rate = X.ws / (T.n > 1 && T.r[T.n - 1].t > T.r[0].t ? T.r[T.n - 1].t - T.r[0].t : 1.0);
+    bay.own = calloc((size_t)gm.n_owner + 1, sizeof *bay.own);
     qsort(oracle.o, oracle.n, sizeof(occ_t), cmp_occ);
     qsort(oracle.sv, oracle.nsv, sizeof(occ_t), cmp_occ);
     oracle.sel = calloc(oracle.n + 1, 1);
@@ -775,6 +1016,10 @@ int main(int argc, char **argv) {
     dir = tmpl;
   }
   X.dir = dir;
+  if (has_name(pols, "bayes"))
+    printf("# bayes: form %s, SSD discount horizon %g tier turnovers (%.0f s at 10%%), %.2f new chunks/s\n",
+           (const char *[]){"full", "nolive", "nocont", "nopop"}[bay.form], bay.tau, 0.1 * X.ws / bay.rate * bay.tau,
+           bay.rate);
   printf("%-8s %-7s %12s %12s %8s %8s %8s %8s %8s %8s\n", "capacity", "policy", "mean_ttft_ms", "p99_ttft_ms", "hit",
          "cpu_hit", "gain", "ev_cpu", "ev_ssd", "refused");
   int rc = 0;
@@ -807,7 +1052,8 @@ int main(int argc, char **argv) {
           if (!vb_form[0] || one.mean < r[p].mean) { r[p] = one; snprintf(vb_form, sizeof vb_form, "%s", f); }
         }
       } else {
-        rc = replay(&X, p >= 3 ? CF_STORE_EVICT_LRU : (cf_store_evict_t)p, frac, p == 3, p == 4 ? OR_BELADY : OR_NONE, &r[p]);
+        rc = replay(&X, p >= 3 ? CF_STORE_EVICT_LRU : (cf_store_evict_t)p, frac, p == 3,
+                    p == 4 ? OR_BELADY : p == 6 ? OR_BAYES : OR_NONE, &r[p]);
       }
       if (rc) {
         fprintf(stderr, "eval_evict: %s at %g: %s\n", names[p], frac, cf_errmsg());
@@ -845,5 +1091,6 @@ int main(int argc, char **argv) {
   for (int i = 0; i < T.n; i++) free(T.r[i].prompt.s); /* on a bad --caps too (make asan: LeakSanitizer) */
   free(T.r);
   free(oracle.o); free(oracle.sv); free(oracle.sel); free(oracle.cum);
+  free(bay.m.e); free(bay.own); free(gm.pi);
   return rc == 2 ? 2 : rc ? 1 : 0;
 }

@@ -5,10 +5,13 @@
 # 6.8 GB/s) and its TTFT simulated. One table per workload family (chat, agentic, rag).
 # Reference rows: ssd-all, belady (clairvoyant, hit-optimal) and vbelady (clairvoyant, value-
 # weighted; its `#` line per capacity: each row's value of local hits against the most any
-# eviction choice can keep, a weighted-paging optimum by min-cost flow).
+# eviction choice can keep, a weighted-paging optimum by min-cost flow) and bayes (online: knows
+# the generator's model and the past, never the future; --bayes full|nolive|nocont|nopop[:TAU]
+# picks its form or an ablation, TAU its SSD discount horizon in tier turnovers, default 4).
 # Usage: tests/bench/eval_evict.sh [--seed N] [--scale X] [--caps LIST] [--lookup holes|prefix]
 #                                  [--remote] [--workloads "chat agentic rag"]
 #                                  [--vbelady best|flow|live|exp:TAU] [--dump DIR]
+#                                  [--bayes full|nolive|nocont|nopop[:TAU]] [--policies LIST]
 # --dump DIR: per replay, what each row held (tests/bench/eval_evict_diff.py compares two).
 # Held-out runs: another --seed (and --scale) draws other traces of the same families.
 set -euo pipefail

@@ -5,20 +5,21 @@
 # keeping more value than the weighted-paging optimum the vbelady line states as the most any
 # eviction choice can keep (so that optimum is at least feasible-consistent), the same
 # seed gives the same table, another seed another trace, both lookups run, and bad options get
-# one clear line and exit 2. Asserts behaviour, not which policy wins (that is the README's table).
+# one clear line and exit 2; the online reference row bayes and each of its ablation forms run with
+# valid plans. Asserts behaviour, not which policy wins (that is the README's table).
 set -u
 . "$(dirname "$0")/../lib/cf_test.sh"
 EV=$BUILD/bench/bench_eval_evict
 cf_test_dir cf-eval-evict
 [ -x "$EV" ] || cf_skip_all "$EV not built"
 
-rows_ok() { # FILE CAPS: one row per capacity for each policy and reference row (lru, s3fifo, cost,
-  # ssd-all, belady, vbelady), 0 <= cpu_hit <= hit <= 100, mean and p99 TTFT > 0
-  awk -v caps="$2" '
+rows_ok() { # FILE CAPS [POLICIES]: one row per capacity for each policy and reference row (lru,
+  # s3fifo, cost, ssd-all, belady, vbelady, bayes), 0 <= cpu_hit <= hit <= 100, mean and p99 TTFT > 0
+  awk -v caps="$2" -v pols="${3:-lru s3fifo cost ssd-all belady vbelady bayes}" '
     /^#/ || /^capacity/ { next }
     { n++; seen[$1 " " $2]++; h = $5; c = $6; sub("%", "", h); sub("%", "", c); h += 0; c += 0
       if ($3 + 0 <= 0 || $4 + 0 <= 0 || h < 0 || h > 100 || c < 0 || c > h + 1e-9) { print "bad row: " $0; bad = 1 } }
-    END { k = split(caps, a, ","); np = split("lru s3fifo cost ssd-all belady vbelady", p, " ")
+    END { k = split(caps, a, ","); np = split(pols, p, " ")
           if (n != k * np) { print n " rows, want " k * np; bad = 1 }
           for (i = 1; i <= k; i++) for (j = 1; j <= np; j++) {
             key = sprintf("%g%% %s", a[i] * 100, p[j])
@@ -31,7 +32,7 @@ bound_ok() { # FILE: a value line per capacity naming vbelady's form; no row's v
       if ($5 !~ /^(exp:[0-9.]+|flow|live);$/) { print "no form: " $0; bad = 1 }
       s = $0; sub(/.*at most /, "", s); b = s + 0
       t = $0; sub(/^.*held locally\):/, "", t); sub(/;.*/, "", t); k = split(t, f, " ")
-      if (k != 15 || b <= 0) { print "not 5 rows and a bound: " $0; bad = 1 }
+      if (k != 18 || b <= 0) { print "not 6 rows and a bound: " $0; bad = 1 }
       for (i = 2; i <= k; i += 3) if (f[i] + 0 > b + 0.05) { print f[i - 1] " keeps " f[i] " > bound " b; bad = 1 } }
     END { if (!n) { print "no value lines"; bad = 1 } exit bad }' "$1"
 }
@@ -50,6 +51,16 @@ if "$EV" --workload chat --scale 0.03 --caps 0.2 --lookup prefix --remote --dir 
   why=$(rows_ok "$T/prefix.txt" 0.2) && ok "prefix lookup with the remote tier" || bad "prefix rows" "$why"
 else bad "prefix lookup runs" "$(head -n 5 "$T/prefix.err")"; fi
 
+# bayes, the online reference row: each of its forms runs (valid plans: the binary exits 1 on a plan
+# that loads an absent chunk) and says which form it is
+for f in nolive nocont nopop:1; do
+  w=chat; [ "$f" = nopop:1 ] && w=rag
+  if "$EV" --workload $w --scale 0.03 --caps 0.1 --policies lru,bayes --bayes $f --dir "$T" >"$T/b.txt" 2>"$T/b.err"; then
+    why=$(rows_ok "$T/b.txt" 0.1 "lru bayes") && grep -q "^# bayes: form ${f%%:*}," "$T/b.txt" && ok "bayes $f on $w" ||
+      bad "bayes $f rows" "$why $(head -n 3 "$T/b.txt")"
+  else bad "bayes $f runs" "$(head -n 5 "$T/b.err")"; fi
+done
+
 expect_err() { # NAME PATTERN ARGS...: exit 2, one line naming the problem
   local name=$1 pat=$2; shift 2
   "$EV" "$@" >/dev/null 2>"$T/e.txt"; local rc=$?
@@ -61,4 +72,6 @@ expect_err "bad scale" "--scale must be" --scale 0
 expect_err "unknown option" "unknown option --fast" --fast 1
 expect_err "bad capacity" "--caps .abc." --scale 0.03 --caps 0.1,abc
 expect_err "bad vbelady form" "--vbelady exp:0" --vbelady exp:0
+expect_err "bad bayes form" "--bayes psychic" --bayes psychic
+expect_err "bad bayes tau" "--bayes full:0" --bayes full:0
 finish
