@@ -522,7 +522,10 @@ static int kset_has(const kset_t *s, const cf_store_key_t *k) {
  * keep ln p and age by the cost policy's clock, 2 tier-turnovers, as a recency policy would);
  * nocont (p = p_step: no turn count, no 128k cap); nopop (RAG: a document's rate learnt from the
  * prompts seen so far, a Gamma prior of one request at the mean document's rate, in place of its
- * true popularity). */
+ * true popularity; frozen between touches like every key); and two diagnostics that leave the
+ * hook's static keys: exact (every stored chunk re-ranked at each request, cf_store_set_cost,
+ * O(n) a request: ln P(alive | s) at the true idle time, no linearisation) and nopop-exact (RAG:
+ * the learnt rates brought up to date at each request). */
 typedef enum { BK_NONE, BK_SHARED, BK_OWN, BK_DOC } bkind_t;
 typedef struct {
   cf_store_key_t k;
@@ -534,7 +537,8 @@ typedef struct {
 } bent_t;
 typedef struct { bent_t *e; size_t cap, n; } bmap_t;
 typedef struct { double t; int step, tokens; } bowner_t;
-typedef enum { BF_FULL, BF_NOLIVE, BF_NOCONT, BF_NOPOP } bform_t;
+typedef enum { BF_FULL, BF_NOLIVE, BF_NOCONT, BF_NOPOP, BF_EXACT, BF_NOPOP_EXACT } bform_t;
+static const char *bform_names[] = {"full", "nolive", "nocont", "nopop", "exact", "nopop-exact"};
 #define BAYES_TAU 4.0 /* the default SSD discount horizon, tier turnovers */
 static struct {
   bmap_t m;
@@ -542,6 +546,8 @@ static struct {
   bform_t form;
   double tau;
   double rate;          /* new chunks per second over the trace (the turnover's pace) */
+  double now;           /* the current request's time */
+  int exact, nopop;     /* forms exact, nopop-exact: every stored chunk re-ranked each request */
   long ssd_slots, cpu_slots;
 } bay = {.tau = BAYES_TAU};
 
@@ -625,19 +631,22 @@ static double bayes_rank(void *ud, const cf_store_key_t *key, uint32_t pos, int 
   double Ts = (tier == 0 ? 1 : bay.tau) * turn;
   if (gm.fam == GM_RAG) {
     double q = e->q;
-    if (bay.form == BF_NOPOP && e->kind == BK_DOC) /* the rate seen so far, from its first sight */
-      q = e->seen / (1 / e->q0 + (e->t_last > e->t_first ? e->t_last - e->t_first : 0));
+    if (bay.nopop && e->kind == BK_DOC) { /* the rate seen so far, from its first sight */
+      double t = bay.exact ? bay.now : e->t_last; /* (re-ranked each request: up to now) */
+      q = e->seen / (1 / e->q0 + (t > e->t_first ? t - e->t_first : 0));
+    }
     return q > 0 ? lv + log(q / (q + 1 / Ts)) + tie : -1e9 + tie;
   }
   double h = bay.form == BF_NOLIVE ? 1 / (2 * turn) : (1 - p_alive(gm.p_step, sstar)) / gm.gap;
   if (e->kind == BK_SHARED) {
     double l = gm.shared_rate;
-    return lv + log(l / (l + 1 / Ts)) + h * (e->t_last > 0 ? e->t_last : 0) + tie;
+    return lv + log(l / (l + 1 / Ts)) + (bay.exact ? 0 : h * (e->t_last > 0 ? e->t_last : 0)) + tie;
   }
   const bowner_t *o = &bay.own[e->owner];
   double p = bayes_pcont(o);
   if (!(p > 0)) return -1e9 + tie; /* the session or run is over by its caps */
   if (bay.form == BF_NOLIVE) return lv + log(p) + h * o->t + tie;
+  if (bay.exact) return lv + log(p_alive(p, bay.now - o->t)) - log(1 + gm.gap / Ts) + tie;
   return lv + log(p_alive(p, sstar)) + h * o->t - log(1 + gm.gap / Ts) + tie;
 }
 
@@ -653,6 +662,7 @@ static void bayes_reset(long ssd_slots, long cpu_slots) {
 }
 /* request q arrives: its owner's turn, and its prompt's chunks seen (before any is read or saved) */
 static void bayes_arrive(const req_t *q, const cf_store_key_t *keys, int nch) {
+  bay.now = q->t;
   if (q->owner >= 0)
     bay.own[q->owner] = (bowner_t){q->t, q->step, q->prompt.tokens + (gm.fam == GM_CHAT ? 383 : 180)};
   for (int c = 0; c < nch; c++) {
@@ -775,6 +785,7 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
     oracle.cur = i;
     int nch = seq_keys(&q->prompt, P, keys);
     if (om == OR_BAYES) bayes_arrive(q, keys, nch);
+    if (om == OR_BAYES && bay.exact) cf_store_set_cost(st, &sc.cost); /* every stored chunk re-ranked */
     int run = 0, present = 0;
     for (int c = 0; c < nch; c++) {
       uint8_t t = 0;
@@ -919,17 +930,20 @@ int main(int argc, char **argv) {
     return 2;
   }
   {
-    const char *forms[] = {"full", "nolive", "nocont", "nopop"}, *colon = strchr(bym, ':');
+    const char *colon = strchr(bym, ':');
     size_t n = colon ? (size_t)(colon - bym) : strlen(bym);
     int f = -1;
-    for (int k = 0; k < 4; k++)
-      if (strlen(forms[k]) == n && !strncmp(bym, forms[k], n)) f = k;
+    for (int k = 0; k < 6; k++)
+      if (strlen(bform_names[k]) == n && !strncmp(bym, bform_names[k], n)) f = k;
     if (colon) bay.tau = atof(colon + 1);
     if (f < 0 || !(bay.tau > 0)) {
-      fprintf(stderr, "eval_evict: --bayes %s: expected full, nolive, nocont or nopop, then optionally :TAU (TAU > 0)\n", bym);
+      fprintf(stderr, "eval_evict: --bayes %s: expected full, nolive, nocont, nopop, exact or nopop-exact, then "
+              "optionally :TAU (TAU > 0)\n", bym);
       return 2;
     }
     bay.form = (bform_t)f;
+    bay.exact = bay.form == BF_EXACT || bay.form == BF_NOPOP_EXACT;
+    bay.nopop = bay.form == BF_NOPOP || bay.form == BF_NOPOP_EXACT;
   }
   cf_log_level = CF_LOG_WARN;
   rng_s = mix64(seed * 0x100000001b3ULL + 7);
@@ -1018,7 +1032,7 @@ int main(int argc, char **argv) {
   X.dir = dir;
   if (has_name(pols, "bayes"))
     printf("# bayes: form %s, SSD discount horizon %g tier turnovers (%.0f s at 10%%), %.2f new chunks/s\n",
-           (const char *[]){"full", "nolive", "nocont", "nopop"}[bay.form], bay.tau, 0.1 * X.ws / bay.rate * bay.tau,
+           bform_names[bay.form], bay.tau, 0.1 * X.ws / bay.rate * bay.tau,
            bay.rate);
   printf("%-8s %-7s %12s %12s %8s %8s %8s %8s %8s %8s\n", "capacity", "policy", "mean_ttft_ms", "p99_ttft_ms", "hit",
          "cpu_hit", "gain", "ev_cpu", "ev_ssd", "refused");
