@@ -616,9 +616,10 @@ static double bayes_pcont(const bowner_t *o) {
                                  : p_lognorm_le(room, 1500, 1.3, 20, 60000);
   return gm.p_step * fit;
 }
-static double p_alive(double p, double s) {
-  double a = p * exp(-s / gm.gap);
-  return a / (a + 1 - p);
+/* ln P(alive | s idle seconds), in logs: long-idle sessions stay ordered (e^(-s/gap) underflows) */
+static double ln_alive(double p, double s) {
+  double la = log(p) - s / gm.gap;
+  return la - log(exp(la) + 1 - p);
 }
 
 static double bayes_rank(void *ud, const cf_store_key_t *key, uint32_t pos, int tier) {
@@ -637,7 +638,7 @@ static double bayes_rank(void *ud, const cf_store_key_t *key, uint32_t pos, int 
     }
     return q > 0 ? lv + log(q / (q + 1 / Ts)) + tie : -1e9 + tie;
   }
-  double h = bay.form == BF_NOLIVE ? 1 / (2 * turn) : (1 - p_alive(gm.p_step, sstar)) / gm.gap;
+  double h = bay.form == BF_NOLIVE ? 1 / (2 * turn) : (1 - exp(ln_alive(gm.p_step, sstar))) / gm.gap;
   if (e->kind == BK_SHARED) {
     double l = gm.shared_rate;
     return lv + log(l / (l + 1 / Ts)) + (bay.exact ? 0 : h * (e->t_last > 0 ? e->t_last : 0)) + tie;
@@ -646,8 +647,8 @@ static double bayes_rank(void *ud, const cf_store_key_t *key, uint32_t pos, int 
   double p = bayes_pcont(o);
   if (!(p > 0)) return -1e9 + tie; /* the session or run is over by its caps */
   if (bay.form == BF_NOLIVE) return lv + log(p) + h * o->t + tie;
-  if (bay.exact) return lv + log(p_alive(p, bay.now - o->t)) - log(1 + gm.gap / Ts) + tie;
-  return lv + log(p_alive(p, sstar)) + h * o->t - log(1 + gm.gap / Ts) + tie;
+  if (bay.exact) return lv + ln_alive(p, bay.now - o->t) - log(1 + gm.gap / Ts) + tie;
+  return lv + ln_alive(p, sstar) + h * o->t - log(1 + gm.gap / Ts) + tie;
 }
 
 /* per replay: forget what the last one saw */
