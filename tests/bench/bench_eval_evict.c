@@ -525,7 +525,9 @@ static int kset_has(const kset_t *s, const cf_store_key_t *k) {
  * true popularity; frozen between touches like every key); and two diagnostics that leave the
  * hook's static keys: exact (every stored chunk re-ranked at each request, cf_store_set_cost,
  * O(n) a request: ln P(alive | s) at the true idle time, no linearisation) and nopop-exact (RAG:
- * the learnt rates brought up to date at each request). */
+ * the learnt rates brought up to date at each request); nostruct (RAG: nopop, and a question's
+ * tail or an answer is not known to be one-shot: every chunk past the system prompt learns its
+ * rate from the same prior). */
 typedef enum { BK_NONE, BK_SHARED, BK_OWN, BK_DOC } bkind_t;
 typedef struct {
   cf_store_key_t k;
@@ -537,8 +539,9 @@ typedef struct {
 } bent_t;
 typedef struct { bent_t *e; size_t cap, n; } bmap_t;
 typedef struct { double t; int step, tokens; } bowner_t;
-typedef enum { BF_FULL, BF_NOLIVE, BF_NOCONT, BF_NOPOP, BF_EXACT, BF_NOPOP_EXACT } bform_t;
-static const char *bform_names[] = {"full", "nolive", "nocont", "nopop", "exact", "nopop-exact"};
+typedef enum { BF_FULL, BF_NOLIVE, BF_NOCONT, BF_NOPOP, BF_EXACT, BF_NOPOP_EXACT, BF_NOSTRUCT } bform_t;
+static const char *bform_names[] = {"full", "nolive", "nocont", "nopop", "exact", "nopop-exact", "nostruct"};
+#define BF_N 7
 #define BAYES_TAU 4.0 /* the default SSD discount horizon, tier turnovers */
 static struct {
   bmap_t m;
@@ -599,6 +602,8 @@ static void bayes_note(const req_t *q, const seq_t *full, const cf_store_key_t *
     } else if (gm.fam != GM_RAG) {
       e->kind = BK_OWN;
       e->owner = q->owner;
+    } else {
+      e->q0 = psys / gm.ndocs; /* a question's tail or an answer: nostruct's prior, a document's */
     }
   }
 }
@@ -626,15 +631,15 @@ static double bayes_rank(void *ud, const cf_store_key_t *key, uint32_t pos, int 
   (void)ud;
   double tie = pos * 1e-6;
   const bent_t *e = bmap_get(&bay.m, key, 0);
-  if (!e || e->kind == BK_NONE) return -1e9 + tie;
+  if (!e || (e->kind == BK_NONE && !(gm.fam == GM_RAG && bay.form == BF_NOSTRUCT))) return -1e9 + tie;
   double lv = tier == 0 ? 0 : log(oracle.vssd[pos < MAX_TOK / C_TOK ? pos : MAX_TOK / C_TOK - 1]);
   double turn = (tier == 0 ? bay.cpu_slots : bay.ssd_slots) / bay.rate, sstar = gm.gap;
   double Ts = (tier == 0 ? 1 : bay.tau) * turn;
   if (gm.fam == GM_RAG) {
     double q = e->q;
-    if (bay.nopop && e->kind == BK_DOC) { /* the rate seen so far, from its first sight */
+    if (bay.nopop && e->kind != BK_SHARED) { /* the rate seen so far, from its first sight */
       double t = bay.exact ? bay.now : e->t_last; /* (re-ranked each request: up to now) */
-      q = e->seen / (1 / e->q0 + (t > e->t_first ? t - e->t_first : 0));
+      q = (e->seen > 1 ? e->seen : 1) / (1 / e->q0 + (e->t_first >= 0 && t > e->t_first ? t - e->t_first : 0));
     }
     return q > 0 ? lv + log(q / (q + 1 / Ts)) + tie : -1e9 + tie;
   }
@@ -934,17 +939,17 @@ int main(int argc, char **argv) {
     const char *colon = strchr(bym, ':');
     size_t n = colon ? (size_t)(colon - bym) : strlen(bym);
     int f = -1;
-    for (int k = 0; k < 6; k++)
+    for (int k = 0; k < BF_N; k++)
       if (strlen(bform_names[k]) == n && !strncmp(bym, bform_names[k], n)) f = k;
     if (colon) bay.tau = atof(colon + 1);
     if (f < 0 || !(bay.tau > 0)) {
-      fprintf(stderr, "eval_evict: --bayes %s: expected full, nolive, nocont, nopop, exact or nopop-exact, then "
+      fprintf(stderr, "eval_evict: --bayes %s: expected full, nolive, nocont, nopop, exact, nopop-exact or nostruct, then "
               "optionally :TAU (TAU > 0)\n", bym);
       return 2;
     }
     bay.form = (bform_t)f;
     bay.exact = bay.form == BF_EXACT || bay.form == BF_NOPOP_EXACT;
-    bay.nopop = bay.form == BF_NOPOP || bay.form == BF_NOPOP_EXACT;
+    bay.nopop = bay.form == BF_NOPOP || bay.form == BF_NOPOP_EXACT || bay.form == BF_NOSTRUCT;
   }
   cf_log_level = CF_LOG_WARN;
   rng_s = mix64(seed * 0x100000001b3ULL + 7);
