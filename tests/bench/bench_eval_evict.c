@@ -33,7 +33,7 @@
  *                         [--caps 0.05,0.1,0.25,0.5] [--lookup holes|prefix] [--remote]
  *                         [--policies lru,s3fifo,cost,ssd-all,belady,vbelady,bayes] [--dir DIR]
  *                         [--hw NAME] [--vbelady best|flow|live|exp:TAU] [--dump DIR]
- *                         [--bayes full|nolive|nocont|nopop[:TAU]]
+ *                         [--bayes full|nolive|nocont|nopop|nostruct|exact|nopop-exact[:TAU]]
  * ssd-all is a reference, not a policy: LRU with the SSD tier holding every chunk ever saved
  * and the CPU tier at the capacity's cap, i.e. what an SSD-tier policy could reach at most with
  * the CPU tier run by recency (cost's CPU tier in front of an SSD tier is LRU). belady is the

@@ -3,15 +3,16 @@
 # against the real store at CPU+SSD capacities of 5-50% of each trace's working set, every request
 # planned with `optimal` on the H100 profile (conf/hw/h100-nvme.json: CPU DRAM 48 GB/s, SSD
 # 6.8 GB/s) and its TTFT simulated. One table per workload family (chat, agentic, rag).
-# Reference rows: ssd-all, belady (clairvoyant, hit-optimal) and vbelady (clairvoyant, value-
+# Reference rows: ssd-all, belady (clairvoyant, hit-optimal), vbelady (clairvoyant, value-
 # weighted; its `#` line per capacity: each row's value of local hits against the most any
-# eviction choice can keep, a weighted-paging optimum by min-cost flow) and bayes (online: knows
-# the generator's model and the past, never the future; --bayes full|nolive|nocont|nopop[:TAU]
-# picks its form or an ablation, TAU its SSD discount horizon in tier turnovers, default 4).
+# eviction choice can keep, a weighted-paging optimum by min-cost flow), bayes (online: knows
+# the generator's model and the past, never the future; --bayes FORM[:TAU] picks its form or an
+# ablation: full, nolive, nocont, nopop, nostruct, or the diagnostics exact / nopop-exact; TAU its
+# SSD discount horizon in tier turnovers, default 4).
 # Usage: tests/bench/eval_evict.sh [--seed N] [--scale X] [--caps LIST] [--lookup holes|prefix]
 #                                  [--remote] [--workloads "chat agentic rag"]
 #                                  [--vbelady best|flow|live|exp:TAU] [--dump DIR]
-#                                  [--bayes full|nolive|nocont|nopop[:TAU]] [--policies LIST]
+#                                  [--bayes FORM[:TAU]] [--policies LIST]
 # --dump DIR: per replay, what each row held (tests/bench/eval_evict_diff.py compares two).
 # Held-out runs: another --seed (and --scale) draws other traces of the same families.
 set -euo pipefail
