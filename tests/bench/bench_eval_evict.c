@@ -33,7 +33,7 @@
  *                         [--caps 0.05,0.1,0.25,0.5] [--lookup holes|prefix] [--remote]
  *                         [--policies lru,s3fifo,cost,ssd-all,belady,vbelady,bayes] [--dir DIR]
  *                         [--hw NAME] [--vbelady best|flow|live|exp:TAU] [--dump DIR]
- *                         [--bayes full|nolive|nocont|nopop|nostruct|exact|nopop-exact[:TAU]]
+ *                         [--bayes full|nolive|nocont|nopop|nostruct|nostruct-aged|exact|nopop-exact[:TAU]]
  * ssd-all is a reference, not a policy: LRU with the SSD tier holding every chunk ever saved
  * and the CPU tier at the capacity's cap, i.e. what an SSD-tier policy could reach at most with
  * the CPU tier run by recency (cost's CPU tier in front of an SSD tier is LRU). belady is the
@@ -527,7 +527,8 @@ static int kset_has(const kset_t *s, const cf_store_key_t *k) {
  * O(n) a request: ln P(alive | s) at the true idle time, no linearisation) and nopop-exact (RAG:
  * the learnt rates brought up to date at each request); nostruct (RAG: nopop, and a question's
  * tail or an answer is not known to be one-shot: every chunk past the system prompt learns its
- * rate from the same prior). */
+ * rate from the same prior); nostruct-aged (nostruct whose keys also age as the cost policy's do,
+ * 2 tier turnovers: what recency costs a frequency count on a stationary trace). */
 typedef enum { BK_NONE, BK_SHARED, BK_OWN, BK_DOC } bkind_t;
 typedef struct {
   cf_store_key_t k;
@@ -539,9 +540,10 @@ typedef struct {
 } bent_t;
 typedef struct { bent_t *e; size_t cap, n; } bmap_t;
 typedef struct { double t; int step, tokens; } bowner_t;
-typedef enum { BF_FULL, BF_NOLIVE, BF_NOCONT, BF_NOPOP, BF_EXACT, BF_NOPOP_EXACT, BF_NOSTRUCT } bform_t;
-static const char *bform_names[] = {"full", "nolive", "nocont", "nopop", "exact", "nopop-exact", "nostruct"};
-#define BF_N 7
+typedef enum { BF_FULL, BF_NOLIVE, BF_NOCONT, BF_NOPOP, BF_EXACT, BF_NOPOP_EXACT, BF_NOSTRUCT, BF_NOSTRUCT_AGED } bform_t;
+static const char *bform_names[] = {"full", "nolive", "nocont", "nopop", "exact", "nopop-exact", "nostruct",
+                                    "nostruct-aged"};
+#define BF_N 8
 #define BAYES_TAU 4.0 /* the default SSD discount horizon, tier turnovers */
 static struct {
   bmap_t m;
@@ -551,6 +553,7 @@ static struct {
   double rate;          /* new chunks per second over the trace (the turnover's pace) */
   double now;           /* the current request's time */
   int exact, nopop;     /* forms exact, nopop-exact: every stored chunk re-ranked each request */
+  int nostruct;
   long ssd_slots, cpu_slots;
 } bay = {.tau = BAYES_TAU};
 
@@ -631,7 +634,7 @@ static double bayes_rank(void *ud, const cf_store_key_t *key, uint32_t pos, int 
   (void)ud;
   double tie = pos * 1e-6;
   const bent_t *e = bmap_get(&bay.m, key, 0);
-  if (!e || (e->kind == BK_NONE && !(gm.fam == GM_RAG && bay.form == BF_NOSTRUCT))) return -1e9 + tie;
+  if (!e || (e->kind == BK_NONE && !(gm.fam == GM_RAG && bay.nostruct))) return -1e9 + tie;
   double lv = tier == 0 ? 0 : log(oracle.vssd[pos < MAX_TOK / C_TOK ? pos : MAX_TOK / C_TOK - 1]);
   double turn = (tier == 0 ? bay.cpu_slots : bay.ssd_slots) / bay.rate, sstar = gm.gap;
   double Ts = (tier == 0 ? 1 : bay.tau) * turn;
@@ -641,7 +644,9 @@ static double bayes_rank(void *ud, const cf_store_key_t *key, uint32_t pos, int 
       double t = bay.exact ? bay.now : e->t_last; /* (re-ranked each request: up to now) */
       q = (e->seen > 1 ? e->seen : 1) / (1 / e->q0 + (e->t_first >= 0 && t > e->t_first ? t - e->t_first : 0));
     }
-    return q > 0 ? lv + log(q / (q + 1 / Ts)) + tie : -1e9 + tie;
+    /* nostruct-aged: as recency would, the key grows with the time it was set (cost's decay) */
+    double age = bay.form == BF_NOSTRUCT_AGED ? bay.now / (2 * turn) : 0;
+    return q > 0 ? lv + log(q / (q + 1 / Ts)) + age + tie : -1e9 + tie;
   }
   double h = bay.form == BF_NOLIVE ? 1 / (2 * turn) : (1 - exp(ln_alive(gm.p_step, sstar))) / gm.gap;
   if (e->kind == BK_SHARED) {
@@ -943,13 +948,14 @@ int main(int argc, char **argv) {
       if (strlen(bform_names[k]) == n && !strncmp(bym, bform_names[k], n)) f = k;
     if (colon) bay.tau = atof(colon + 1);
     if (f < 0 || !(bay.tau > 0)) {
-      fprintf(stderr, "eval_evict: --bayes %s: expected full, nolive, nocont, nopop, exact, nopop-exact or nostruct, then "
+      fprintf(stderr, "eval_evict: --bayes %s: expected full, nolive, nocont, nopop, exact, nopop-exact, nostruct or nostruct-aged, then "
               "optionally :TAU (TAU > 0)\n", bym);
       return 2;
     }
     bay.form = (bform_t)f;
     bay.exact = bay.form == BF_EXACT || bay.form == BF_NOPOP_EXACT;
-    bay.nopop = bay.form == BF_NOPOP || bay.form == BF_NOPOP_EXACT || bay.form == BF_NOSTRUCT;
+    bay.nostruct = bay.form == BF_NOSTRUCT || bay.form == BF_NOSTRUCT_AGED;
+    bay.nopop = bay.form == BF_NOPOP || bay.form == BF_NOPOP_EXACT || bay.nostruct;
   }
   cf_log_level = CF_LOG_WARN;
   rng_s = mix64(seed * 0x100000001b3ULL + 7);

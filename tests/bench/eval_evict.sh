@@ -7,7 +7,7 @@
 # weighted; its `#` line per capacity: each row's value of local hits against the most any
 # eviction choice can keep, a weighted-paging optimum by min-cost flow), bayes (online: knows
 # the generator's model and the past, never the future; --bayes FORM[:TAU] picks its form or an
-# ablation: full, nolive, nocont, nopop, nostruct, or the diagnostics exact / nopop-exact; TAU its
+# ablation: full, nolive, nocont, nopop, nostruct(-aged), or the diagnostics exact / nopop-exact; TAU its
 # SSD discount horizon in tier turnovers, default 4).
 # Usage: tests/bench/eval_evict.sh [--seed N] [--scale X] [--caps LIST] [--lookup holes|prefix]
 #                                  [--remote] [--workloads "chat agentic rag"]

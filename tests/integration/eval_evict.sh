@@ -53,7 +53,7 @@ else bad "prefix lookup runs" "$(head -n 5 "$T/prefix.err")"; fi
 
 # bayes, the online reference row: each of its forms runs (valid plans: the binary exits 1 on a plan
 # that loads an absent chunk) and says which form it is
-for f in nolive nocont exact nopop:1 nopop-exact nostruct; do
+for f in nolive nocont exact nopop:1 nopop-exact nostruct nostruct-aged; do
   w=chat; case $f in nop* | nos*) w=rag ;; esac
   if "$EV" --workload $w --scale 0.03 --caps 0.1 --policies lru,bayes --bayes $f --dir "$T" >"$T/b.txt" 2>"$T/b.err"; then
     why=$(rows_ok "$T/b.txt" 0.1 "lru bayes") && grep -q "^# bayes: form ${f%%:*}," "$T/b.txt" && ok "bayes $f on $w" ||
