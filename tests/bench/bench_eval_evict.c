@@ -515,20 +515,21 @@ static int kset_has(const kset_t *s, const cf_store_key_t *k) {
  * with one slope h = (1 - P(alive | s*; p_step)) / gap for all chunks, so the order of untouched
  * chunks stays that of the linear form (chosen on seed 1: linearised at s* = 0, i.e. the slope of
  * a live session, (1 - p) / gap, chat at 5-10% was 2-3% and agentic at 5% 2% worse; at the SSD
- * tier's turnover age, where chunks leave (3.5-17 gaps), chat 4-5% and agentic 17% worse, dead
- * runs' slope making the runs still alive look older than they are); a system prompt's chunks carry h x (their last use's time), so
- * they age against the sessions' chunks only between uses. RAG's keys do not move (stationary,
- * memoryless). Forms (--bayes FORM[:TAU]): full; nolive (no think-time model: a session's chunks
- * keep ln p and age by the cost policy's clock, 2 tier-turnovers, as a recency policy would);
- * nocont (p = p_step: no turn count, no 128k cap); nopop (RAG: a document's rate learnt from the
- * prompts seen so far, a Gamma prior of one request at the mean document's rate, in place of its
- * true popularity; frozen between touches like every key); and two diagnostics that leave the
- * hook's static keys: exact (every stored chunk re-ranked at each request, cf_store_set_cost,
- * O(n) a request: ln P(alive | s) at the true idle time, no linearisation) and nopop-exact (RAG:
- * the learnt rates brought up to date at each request); nostruct (RAG: nopop, and a question's
- * tail or an answer is not known to be one-shot: every chunk past the system prompt learns its
- * rate from the same prior); nostruct-aged (nostruct whose keys also age as the cost policy's do,
- * 2 tier turnovers: what recency costs a frequency count on a stationary trace). */
+ * tier's turnover age, where chunks leave (4-90 gaps at 5-10%), chat 4-5% and agentic 17% worse,
+ * dead runs' slope making the runs still alive look older than they are); a system prompt's chunks
+ * carry h x (their last use's time), so they age against the sessions' chunks only between uses.
+ * RAG's keys do not move (stationary, memoryless). Forms (--bayes FORM[:TAU]): full; nolive (no
+ * think-time model: a session's chunks keep ln p and age by the cost policy's clock, 2 tier
+ * turnovers, as a recency policy would); nocont (p = p_step: no turn count, no 128k cap); nopop
+ * (RAG: a document's rate learnt from the prompts seen so far, a Gamma prior of one request at the
+ * mean document's rate, in place of its true popularity; frozen between touches like every key);
+ * nostruct (RAG: nopop, and a question's tail or an answer is not known to be one-shot: every
+ * chunk past the system prompt learns its rate from the same prior); nostruct-aged (nostruct whose
+ * keys also age as the cost policy's do, 2 tier turnovers: what recency costs a frequency count on
+ * a stationary trace); and two diagnostics that leave the hook's static keys: exact (every stored
+ * chunk re-ranked at each request, cf_store_set_cost, O(n) a request: ln P(alive | s) at the true
+ * idle time, no linearisation) and nopop-exact (RAG: the learnt rates brought up to date at each
+ * request). */
 typedef enum { BK_NONE, BK_SHARED, BK_OWN, BK_DOC } bkind_t;
 typedef struct {
   cf_store_key_t k;
@@ -540,7 +541,9 @@ typedef struct {
 } bent_t;
 typedef struct { bent_t *e; size_t cap, n; } bmap_t;
 typedef struct { double t; int step, tokens; } bowner_t;
-typedef enum { BF_FULL, BF_NOLIVE, BF_NOCONT, BF_NOPOP, BF_EXACT, BF_NOPOP_EXACT, BF_NOSTRUCT, BF_NOSTRUCT_AGED } bform_t;
+typedef enum {
+  BF_FULL, BF_NOLIVE, BF_NOCONT, BF_NOPOP, BF_EXACT, BF_NOPOP_EXACT, BF_NOSTRUCT, BF_NOSTRUCT_AGED
+} bform_t;
 static const char *bform_names[] = {"full", "nolive", "nocont", "nopop", "exact", "nopop-exact", "nostruct",
                                     "nostruct-aged"};
 #define BF_N 8
@@ -948,8 +951,8 @@ int main(int argc, char **argv) {
       if (strlen(bform_names[k]) == n && !strncmp(bym, bform_names[k], n)) f = k;
     if (colon) bay.tau = atof(colon + 1);
     if (f < 0 || !(bay.tau > 0)) {
-      fprintf(stderr, "eval_evict: --bayes %s: expected full, nolive, nocont, nopop, exact, nopop-exact, nostruct or nostruct-aged, then "
-              "optionally :TAU (TAU > 0)\n", bym);
+      fprintf(stderr, "eval_evict: --bayes %s: expected full, nolive, nocont, nopop, exact, nopop-exact, nostruct "
+              "or nostruct-aged, then optionally :TAU (TAU > 0)\n", bym);
       return 2;
     }
     bay.form = (bform_t)f;
