@@ -82,6 +82,8 @@ static double cf__value(const cf_store_t *st, int tier, const cf__ent_t *en) {
   return v * (double)n / (double)C;
 }
 
+static double cf__freq_term(const cf_store_t *st, int tier, const cf__ent_t *en);
+
 /* Priority without the class term (the read class's head start, st->bonus, is added when the
  * two heaps' minima are compared, so it can change without re-keying anything). */
 static double cf__key(const cf_store_t *st, int tier, int32_t e) {
@@ -95,7 +97,7 @@ static double cf__key(const cf_store_t *st, int tier, int32_t e) {
    * capacity; by the full frequency factor (ln f: 0.5 / 2) 1-2% better on RAG and 5-7% worse
    * on agentic traces, whose next step needs the chunks just saved, not yet read. */
   if (tier == 0 && st->n_ssd_slots) return age;
-  return log(cf__value(st, tier, en)) + age;
+  return log(cf__value(st, tier, en)) + age + cf__freq_term(st, tier, en);
 }
 
 static int cf__cls(const cf_store_t *st, int32_t e) { return st->ents[e].uses ? 1 : 0; }
@@ -247,6 +249,104 @@ static int cf__ghost_hit(cf_store_t *st, int32_t e) {
   return 1;
 }
 
+/* ---- frequency across evictions: a count-min sketch of the keys' arrivals and uses */
+
+static uint64_t cf__mix(uint64_t x) {
+  x ^= x >> 30; x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27; x *= 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+static uint32_t cf__sk_get(const cf__sketch_t *s, uint32_t i) { return (s->c[i >> 1] >> ((i & 1) * 4)) & 15; }
+
+static void cf__sk_idx(const cf__sketch_t *s, const cf_store_key_t *k, uint32_t idx[4]) {
+  uint64_t a, b;
+  memcpy(&a, k->b, 8);
+  memcpy(&b, k->b + 8, 8);
+  uint64_t h = cf__mix(a ^ cf__mix(b));
+  uint64_t h2 = cf__mix(h) | 1;
+  for (uint32_t r = 0; r < 4; r++) idx[r] = r * (s->mask + 1) + (uint32_t)((h + r * h2) >> 32 & s->mask);
+}
+
+/* the key's estimated count (0 without a sketch) */
+static uint32_t cf__freq_est(const cf_store_t *st, const cf_store_key_t *k) {
+  const cf__sketch_t *s = &st->sketch;
+  if (!s->c) return 0;
+  uint32_t idx[4], m = 15;
+  cf__sk_idx(s, k, idx);
+  for (int r = 0; r < 4; r++) { uint32_t v = cf__sk_get(s, idx[r]); if (v < m) m = v; }
+  return m;
+}
+
+/* one more arrival or use of k: conservative update (only the minimal counters grow), then every
+ * `period` increments all counters halve, so old popularity fades */
+static uint32_t cf__freq_inc(cf_store_t *st, const cf_store_key_t *k) {
+  cf__sketch_t *s = &st->sketch;
+  if (!s->c) return 0;
+  uint32_t idx[4], m = 15;
+  cf__sk_idx(s, k, idx);
+  for (int r = 0; r < 4; r++) { uint32_t v = cf__sk_get(s, idx[r]); if (v < m) m = v; }
+  if (m < 15)
+    for (int r = 0; r < 4; r++)
+      if (cf__sk_get(s, idx[r]) == m) s->c[idx[r] >> 1] = (uint8_t)(s->c[idx[r] >> 1] + (1u << ((idx[r] & 1) * 4)));
+  if (++s->n >= s->period) {
+    size_t nb = (size_t)2 * (s->mask + 1);
+    for (size_t i = 0; i < nb; i++) s->c[i] = (uint8_t)((s->c[i] >> 1) & 0x77);
+    s->n /= 2;
+  }
+  return m < 15 ? m + 1 : 15;
+}
+
+static int cf__sketch_alloc(cf_store_t *st, int32_t slots) {
+  const char *ev = getenv("CF_FREQ_VAR");
+  st->freq_var = ev ? atoi(ev) : 0;
+  ev = getenv("CF_FREQ_K");
+  st->freq_k = ev ? atoi(ev) : 1;
+  ev = getenv("CF_FREQ_A");
+  st->freq_a = ev ? atof(ev) : 0.5;
+  ev = getenv("CF_FREQ_W");
+  double wm = ev ? atof(ev) : 4;
+  ev = getenv("CF_FREQ_P");
+  double pm = ev ? atof(ev) : 10;
+  cf__sketch_t *s = &st->sketch;
+  uint32_t w = 64;
+  while (w < wm * (double)slots) w <<= 1;
+  s->mask = w - 1;
+  s->period = (uint32_t)(pm * slots) > 64 ? (uint32_t)(pm * slots) : 64;
+  s->n = 0;
+  s->c = calloc((size_t)2 * w, 1);
+  if (!s->c) return cf_seterr(CF_ENOMEM, "store %s: cost policy frequency sketch of %u counters", st->dir, 4 * w);
+  return 0;
+}
+
+/* an arrival of e (ghost: it came back while its key was a ghost) */
+static void cf__freq_arrive(cf_store_t *st, int32_t e, int ghost) {
+  cf__ent_t *en = &st->ents[e];
+  uint32_t before = cf__freq_est(st, &en->key);
+  uint32_t f = cf__freq_inc(st, &en->key);
+  if ((st->freq_var & 1) && ghost && !en->uses) en->uses = 1;
+  if ((st->freq_var & 2) && before >= (uint32_t)st->freq_k && !en->uses) en->uses = 1;
+  en->sfreq = (uint8_t)f;
+}
+
+static void cf__freq_use(cf_store_t *st, int32_t e) {
+  cf__ent_t *en = &st->ents[e];
+  en->sfreq = (uint8_t)cf__freq_inc(st, &en->key);
+}
+
+/* the frequency term of e's priority in tier */
+static double cf__freq_term(const cf_store_t *st, int tier, const cf__ent_t *en) {
+  if (!(st->freq_var & 8) || tier != st->learn_tier) return 0;
+  return st->freq_a * log(1.0 + en->sfreq);
+}
+
+/* TinyLFU's admission: refuse e when it is rarer than the SSD tier's victim */
+static int cf__freq_refuse(cf_store_t *st, int32_t e, int32_t victim) {
+  if (!(st->freq_var & (4 | 16))) return 0;
+  if ((st->freq_var & 16) && st->ents[e].uses) return 0;
+  return cf__freq_est(st, &st->ents[e].key) < cf__freq_est(st, &st->ents[victim].key);
+}
+
 int cf__cost_alloc(cf_store_t *st) {
   st->cost_on = 1;
   st->cost_clock = 0;
@@ -279,6 +379,9 @@ int cf__cost_alloc(cf_store_t *st) {
     g->tab = malloc(sizeof *g->tab * tab);
     if (!g->ring || !g->tab) return cf_seterr(CF_ENOMEM, "store %s: cost policy ghosts of %d keys", st->dir, g->cap);
     memset(g->tab, 0xff, sizeof *g->tab * tab);
+    if (cf__sketch_alloc(st, g->cap)) return CF_ENOMEM;
+    const char *tm = getenv("CF_FREQ_TAUM");
+    if (tm) st->tau[st->learn_tier] *= atof(tm);
   }
   return 0;
 }
@@ -291,6 +394,8 @@ void cf__cost_free(cf_store_t *st) {
   free(st->ghosts.ring);
   free(st->ghosts.tab);
   st->ghosts = (cf__ghosts_t){0};
+  free(st->sketch.c);
+  st->sketch = (cf__sketch_t){0};
 }
 
 void cf__heap_add(cf_store_t *st, int tier, int32_t e) {
@@ -300,7 +405,8 @@ void cf__heap_add(cf_store_t *st, int tier, int32_t e) {
     st->cost_t[e] = ++st->cost_clock;
     /* (counting a chunk back from a ghost as read, S3-FIFO's ghost rule, was measured: RAG
      * 0.5-2.6% better, chat 1-3% and agentic at 5% capacity 2-4% worse: not kept) */
-    if (st->learn_tier >= 0 && st->ghosts.n_live) cf__ghost_hit(st, e);
+    int ghost = st->learn_tier >= 0 && st->ghosts.n_live && cf__ghost_hit(st, e);
+    if (st->learn_tier >= 0) cf__freq_arrive(st, e, ghost);
   }
   cf__hins(st, tier, e, cf__key(st, tier, e));
 }
@@ -326,6 +432,7 @@ void cf__cost_use(cf_store_t *st, int32_t e) {
   /* out of both heaps, one more use (the class may change), back in with the new time */
   for (int t = 0; t < 2; t++) cf__heap_del(st, t, e);
   if (en->uses < 255) en->uses++;
+  if (st->learn_tier >= 0) cf__freq_use(st, e);
   if (en->flags & CF__F_REFUSED) st->st.ssd_refused_read++;
   st->cost_t[e] = ++st->cost_clock;
   for (int t = 0; t < 2; t++)
@@ -392,7 +499,8 @@ int cf__cost_refuse(cf_store_t *st, int32_t e) {
     return 0;
   int cls = cf__top_cls(st, 1);
   if (cls < 0) return 0;
-  return cf__pri(st, 1, e) < cf__head(st, 1, cls, st->heap[1][cls].n[0].pri);
+  if (cf__pri(st, 1, e) < cf__head(st, 1, cls, st->heap[1][cls].n[0].pri)) return 1;
+  return cf__freq_refuse(st, e, st->heap[1][cls].n[0].e);
 }
 
 int cf__cost_dear(const cf_store_t *st, uint32_t pos, uint32_t n_tokens) {

@@ -88,6 +88,14 @@ typedef struct {
   double vsum; /* sum of the live ghosts' values */
 } cf__ghosts_t;
 
+/* COST: a count-min sketch of recent arrivals and uses per key, 4 rows of 4-bit counters,
+ * halved every `period` increments (TinyLFU): frequency that outlives the chunk (cf_store_cost.c) */
+typedef struct {
+  uint8_t *c;    /* 4 rows x (mask + 1) counters, two per byte */
+  uint32_t mask; /* counters per row - 1 */
+  uint32_t n, period; /* increments since the last halving; halving interval */
+} cf__sketch_t;
+
 /* io_uring wrapper; falls back to pread/pwrite when the kernel refuses io_uring. */
 typedef struct {
   struct io_uring ring;
@@ -180,6 +188,9 @@ struct cf_store_s {
   double bonus[2];       /* the read class's head start in each tier, in priority units */
   int learn_tier;        /* the tier whose bonus learns from ghost hits (-1: none) */
   cf__ghosts_t ghosts;   /* that tier's recent victims */
+  cf__sketch_t sketch;   /* that tier's keys' recent frequency, across evictions */
+  int freq_var, freq_k;  /* EXPERIMENT */
+  double freq_a;         /* EXPERIMENT */
   double cost_clock; /* COST: arrivals + uses so far, the priorities' time */
   double *cost_t;    /* COST: [n_ents_max] the clock at each entry's arrival or last use */
 };
