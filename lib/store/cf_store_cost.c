@@ -31,6 +31,7 @@
  * 8-byte t_e per entry (cost_t, allocated only under this policy), and the value tier's ghosts:
  * 16 bytes of ring and 8-16 bytes of hash table per slot of that tier. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -83,6 +84,8 @@ static double cf__value(const cf_store_t *st, int tier, const cf__ent_t *en) {
 }
 
 static double cf__freq_term(const cf_store_t *st, int tier, const cf__ent_t *en);
+static void cf__freq_victim(cf_store_t *st, cf__ghost_t *gh, const cf__ent_t *en);
+static void cf__freq_return(cf_store_t *st, const cf__ghost_t *gh);
 
 /* Priority without the class term (the read class's head start, st->bonus, is added when the
  * two heaps' minima are compared, so it can change without re-keying anything). */
@@ -212,7 +215,8 @@ void cf__cost_evicted(cf_store_t *st, int32_t e) {
   if (old >= 0) cf__ghost_kill(g, (uint32_t)old);
   cf__ghost_t *gh = &g->ring[g->head];
   if (gh->live) cf__ghost_kill(g, (uint32_t)cf__ghost_find(g, gh->fp));
-  *gh = (cf__ghost_t){fp, (float)cf__value(st, st->learn_tier, en), en->uses ? 1 : 0, 1};
+  *gh = (cf__ghost_t){fp, (float)cf__value(st, st->learn_tier, en), en->uses ? 1 : 0, 1, 0};
+  cf__freq_victim(st, gh, en);
   g->n_live++;
   g->n_read += gh->read;
   g->vsum += gh->v;
@@ -240,6 +244,7 @@ static int cf__ghost_hit(cf_store_t *st, int32_t e) {
   double ratio = gh->read ? nu / (nr > 0 ? nr : 1) : nr / (nu > 0 ? nu : 1);
   if (ratio > 1) w *= ratio;
   double step = CF__COST_LEARN * w / g->cap, *b = &st->bonus[st->learn_tier];
+  cf__freq_return(st, gh);
   if (gh->read) st->st.cost_ghost_read++;
   else st->st.cost_ghost_unread++;
   *b += gh->read ? step : -step;
@@ -326,17 +331,36 @@ static void cf__freq_arrive(cf_store_t *st, int32_t e, int ghost) {
   uint32_t f = cf__freq_inc(st, &en->key);
   if ((st->freq_var & 1) && ghost && !en->uses) en->uses = 1;
   if ((st->freq_var & 2) && before >= (uint32_t)st->freq_k && !en->uses) en->uses = 1;
-  en->sfreq = (uint8_t)f;
+  en->sfreq = (uint8_t)((st->freq_var & 128) ? before : f);
 }
 
 static void cf__freq_use(cf_store_t *st, int32_t e) {
   cf__ent_t *en = &st->ents[e];
+  if (st->freq_var & 128) return;
   en->sfreq = (uint8_t)cf__freq_inc(st, &en->key);
+}
+
+static void cf__freq_victim(cf_store_t *st, cf__ghost_t *gh, const cf__ent_t *en) {
+  if (!st->sketch.c) return;
+  double d = 1.0 - 1.0 / (4.0 * st->ghosts.cap);
+  for (int i = 0; i < 2; i++) { st->fv[i] *= d; st->fr[i] *= d; }
+  gh->hi = cf__freq_est(st, &en->key) >= (uint32_t)st->freq_k;
+  st->fv[gh->hi] += 1;
+}
+
+static void cf__freq_return(cf_store_t *st, const cf__ghost_t *gh) { st->fr[gh->hi] += 1; }
+
+/* the learnt weight of the frequent class: the log ratio of its victims' return rate to the rest's */
+static double cf__freq_w(const cf_store_t *st) {
+  double w = log((st->fr[1] + 0.5) / (st->fv[1] + 1)) - log((st->fr[0] + 0.5) / (st->fv[0] + 1));
+  return w < 0 ? 0 : w > 3 ? 3 : w;
 }
 
 /* the frequency term of e's priority in tier */
 static double cf__freq_term(const cf_store_t *st, int tier, const cf__ent_t *en) {
-  if (!(st->freq_var & 8) || tier != st->learn_tier) return 0;
+  if (tier != st->learn_tier) return 0;
+  if (st->freq_var & 256) return en->sfreq >= (uint32_t)st->freq_k ? st->freq_a * cf__freq_w(st) : 0;
+  if (!(st->freq_var & 8)) return 0;
   return st->freq_a * log(1.0 + en->sfreq);
 }
 
@@ -387,6 +411,9 @@ int cf__cost_alloc(cf_store_t *st) {
 }
 
 void cf__cost_free(cf_store_t *st) {
+  if (getenv("CF_FREQ_DBG") && st->learn_tier >= 0)
+    fprintf(stderr, "# w %.3f v %.0f %.0f r %.0f %.0f bonus %.3f ghosts unread %llu read %llu\n", cf__freq_w(st), st->fv[0], st->fv[1], st->fr[0], st->fr[1], st->bonus[st->learn_tier],
+            (unsigned long long)st->st.cost_ghost_unread, (unsigned long long)st->st.cost_ghost_read);
   for (int t = 0; t < 2; t++)
     for (int c = 0; c < 2; c++) { free(st->heap[t][c].n); st->heap[t][c].n = NULL; }
   free(st->cost_t);
@@ -497,6 +524,9 @@ int32_t cf__heap_pick(cf_store_t *st, int tier, int (*ok)(cf_store_t *, int32_t)
 int cf__cost_refuse(cf_store_t *st, int32_t e) {
   if (!st->n_ssd_slots || st->n_ssd_free > 0 || __atomic_load_n(&st->files_ready, __ATOMIC_ACQUIRE) < st->n_files)
     return 0;
+  if ((st->freq_var & 64) && st->learn_tier == 1 && !(st->ents[e].flags & CF__F_REFUSED) &&
+      (st->ents[e].flags & CF__F_CPU))
+    return 1;
   int cls = cf__top_cls(st, 1);
   if (cls < 0) return 0;
   if (cf__pri(st, 1, e) < cf__head(st, 1, cls, st->heap[1][cls].n[0].pri)) return 1;

@@ -78,6 +78,7 @@ typedef struct {
   uint64_t fp; /* the key's first 8 bytes (keys are XXH3-128 hashes) */
   float v;     /* its value when it left */
   uint8_t read, live; /* read since it came in; 0: came back, or the ring slot is unused */
+  uint8_t hi;         /* EXPERIMENT: frequent (sketch) when it left */
 } cf__ghost_t;
 
 typedef struct {
@@ -191,6 +192,7 @@ struct cf_store_s {
   cf__sketch_t sketch;   /* that tier's keys' recent frequency, across evictions */
   int freq_var, freq_k;  /* EXPERIMENT */
   double freq_a;         /* EXPERIMENT */
+  double fv[2], fr[2];   /* EXPERIMENT: decayed victims / returns, [lo, hi] frequency */
   double cost_clock; /* COST: arrivals + uses so far, the priorities' time */
   double *cost_t;    /* COST: [n_ents_max] the clock at each entry's arrival or last use */
 };
