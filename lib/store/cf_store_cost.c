@@ -31,7 +31,6 @@
  * 8-byte t_e per entry (cost_t, allocated only under this policy), and the value tier's ghosts:
  * 16 bytes of ring and 8-16 bytes of hash table per slot of that tier. */
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -84,8 +83,6 @@ static double cf__value(const cf_store_t *st, int tier, const cf__ent_t *en) {
 }
 
 static double cf__freq_term(const cf_store_t *st, int tier, const cf__ent_t *en);
-static void cf__freq_victim(cf_store_t *st, cf__ghost_t *gh, const cf__ent_t *en);
-static void cf__freq_return(cf_store_t *st, const cf__ghost_t *gh);
 
 /* Priority without the class term (the read class's head start, st->bonus, is added when the
  * two heaps' minima are compared, so it can change without re-keying anything). */
@@ -206,6 +203,8 @@ static void cf__ghost_kill(cf__ghosts_t *g, uint32_t slot) {
   cf__ghost_unlink(g, slot);
 }
 
+static void cf__freq_left(cf_store_t *st, cf__ghost_t *gh, const cf_store_key_t *k);
+
 void cf__cost_evicted(cf_store_t *st, int32_t e) {
   cf__ghosts_t *g = &st->ghosts;
   if (!st->cost_on || st->learn_tier < 0 || !g->cap) return;
@@ -216,7 +215,7 @@ void cf__cost_evicted(cf_store_t *st, int32_t e) {
   cf__ghost_t *gh = &g->ring[g->head];
   if (gh->live) cf__ghost_kill(g, (uint32_t)cf__ghost_find(g, gh->fp));
   *gh = (cf__ghost_t){fp, (float)cf__value(st, st->learn_tier, en), en->uses ? 1 : 0, 1, 0};
-  cf__freq_victim(st, gh, en);
+  cf__freq_left(st, gh, &en->key);
   g->n_live++;
   g->n_read += gh->read;
   g->vsum += gh->v;
@@ -244,7 +243,7 @@ static int cf__ghost_hit(cf_store_t *st, int32_t e) {
   double ratio = gh->read ? nu / (nr > 0 ? nr : 1) : nr / (nu > 0 ? nu : 1);
   if (ratio > 1) w *= ratio;
   double step = CF__COST_LEARN * w / g->cap, *b = &st->bonus[st->learn_tier];
-  cf__freq_return(st, gh);
+  g->back[gh->freq] += 1;
   if (gh->read) st->st.cost_ghost_read++;
   else st->st.cost_ghost_unread++;
   *b += gh->read ? step : -step;
@@ -254,121 +253,124 @@ static int cf__ghost_hit(cf_store_t *st, int32_t e) {
   return 1;
 }
 
-/* ---- frequency across evictions: a count-min sketch of the keys' arrivals and uses */
+/* ---- frequency that outlives the chunk (issue 15: RAG's medium-popular documents)
+ *
+ * The read class above forgets a chunk when it leaves: a document asked every few dozen
+ * requests, longer than the value tier holds an unread chunk, comes back each time as new and
+ * unread and leaves again. The value tier therefore keeps a count-min sketch of its keys'
+ * arrivals and uses (TinyLFU's: 4 rows of 4-bit counters, conservative increments, every
+ * counter halved each CF__FREQ_PERIOD ghost-slots of increments, so the counts are of the last
+ * few tier-fulls of traffic and outlive the chunk). A chunk counted CF__FREQ_HI times or more
+ * when it is ranked is "frequent" and ranks w higher, where w is learnt from the victims: the
+ * log of the rate at which frequent victims come back (a ghost hit, cf__ghost_hit) over the rate
+ * of the others, within [0, CF__FREQ_WMAX], counts decayed over CF__FREQ_WINDOW ghost rings of
+ * victims. Frequency is worth w only where it predicted returns; measured against a fixed
+ * weight (ln(1 + count), with and without the value tier's tau doubled: RAG at 5-10% 1-5% lower
+ * mean TTFT, but chat 1-6% and agentic at 5% 1-5% higher, dead sessions' chunks read every turn
+ * being frequent too) and against a frequent or ghost-remembered chunk re-entering the read
+ * class (within +-1.6% on RAG, chat and agentic 1-3.6% worse at 5%) and TinyLFU's admission
+ * (the full SSD tier refusing a write-back rarer than its victim: chat 9-36% worse).
+ *
+ * The full SSD tier also defers every write-back (cf__cost_defer): the chunk stays, clean, in the
+ * CPU tier only (CF__F_REFUSED) and is weighed against the SSD tier's minimum when the CPU tier
+ * gives it up (cf__cpu_evict_safe's retry), with its reads and its frequency by then. The two
+ * tiers then hold different chunks (exclusive, W-TinyLFU's window and main), not the CPU
+ * tier's copies twice, and the SSD tier admits on what the CPU tier saw. Memory: 2 x the counters
+ * per row bytes, 8-16 bytes per ghost (= SSD) slot. */
+#define CF__FREQ_WIDTH 4   /* counters per row per ghost slot (rounded up to a power of two) */
+#define CF__FREQ_PERIOD 10 /* halving interval in increments per ghost slot (TinyLFU: 10 x size) */
+#define CF__FREQ_HI 2      /* "frequent": counted at least twice */
+#define CF__FREQ_WMAX 3.0  /* the frequent class's weight at most e^3 = 20x */
+#define CF__FREQ_WINDOW 4  /* victims' counts decay over 4 ghost rings of victims */
 
 static uint64_t cf__mix(uint64_t x) {
-  x ^= x >> 30; x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27; x *= 0x94d049bb133111ebULL;
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
   return x ^ (x >> 31);
 }
 
 static uint32_t cf__sk_get(const cf__sketch_t *s, uint32_t i) { return (s->c[i >> 1] >> ((i & 1) * 4)) & 15; }
 
+/* k's counter in each row (keys are hashes, but tests build them by hand: mixed first) */
 static void cf__sk_idx(const cf__sketch_t *s, const cf_store_key_t *k, uint32_t idx[4]) {
   uint64_t a, b;
   memcpy(&a, k->b, 8);
   memcpy(&b, k->b + 8, 8);
-  uint64_t h = cf__mix(a ^ cf__mix(b));
-  uint64_t h2 = cf__mix(h) | 1;
-  for (uint32_t r = 0; r < 4; r++) idx[r] = r * (s->mask + 1) + (uint32_t)((h + r * h2) >> 32 & s->mask);
+  uint64_t h = cf__mix(a ^ cf__mix(b)), h2 = cf__mix(h) | 1;
+  for (uint32_t r = 0; r < 4; r++) idx[r] = r * (s->mask + 1) + ((uint32_t)((h + r * h2) >> 32) & s->mask);
 }
 
-/* the key's estimated count (0 without a sketch) */
+/* k's estimated count: the least of its 4 counters (0 without a sketch) */
 static uint32_t cf__freq_est(const cf_store_t *st, const cf_store_key_t *k) {
   const cf__sketch_t *s = &st->sketch;
   if (!s->c) return 0;
   uint32_t idx[4], m = 15;
   cf__sk_idx(s, k, idx);
-  for (int r = 0; r < 4; r++) { uint32_t v = cf__sk_get(s, idx[r]); if (v < m) m = v; }
+  for (int r = 0; r < 4; r++) {
+    uint32_t v = cf__sk_get(s, idx[r]);
+    if (v < m) m = v;
+  }
   return m;
 }
 
-/* one more arrival or use of k: conservative update (only the minimal counters grow), then every
- * `period` increments all counters halve, so old popularity fades */
-static uint32_t cf__freq_inc(cf_store_t *st, const cf_store_key_t *k) {
+/* one more arrival or use of k: only the least counters grow (conservative update); every
+ * `period` increments all halve, so old popularity fades */
+static void cf__freq_touch(cf_store_t *st, const cf_store_key_t *k) {
   cf__sketch_t *s = &st->sketch;
-  if (!s->c) return 0;
-  uint32_t idx[4], m = 15;
+  if (!s->c) return;
+  uint32_t m = cf__freq_est(st, k), idx[4];
   cf__sk_idx(s, k, idx);
-  for (int r = 0; r < 4; r++) { uint32_t v = cf__sk_get(s, idx[r]); if (v < m) m = v; }
   if (m < 15)
     for (int r = 0; r < 4; r++)
       if (cf__sk_get(s, idx[r]) == m) s->c[idx[r] >> 1] = (uint8_t)(s->c[idx[r] >> 1] + (1u << ((idx[r] & 1) * 4)));
   if (++s->n >= s->period) {
-    size_t nb = (size_t)2 * (s->mask + 1);
-    for (size_t i = 0; i < nb; i++) s->c[i] = (uint8_t)((s->c[i] >> 1) & 0x77);
+    for (size_t i = 0; i < (size_t)2 * (s->mask + 1); i++) s->c[i] = (uint8_t)((s->c[i] >> 1) & 0x77);
     s->n /= 2;
   }
-  return m < 15 ? m + 1 : 15;
 }
 
-static int cf__sketch_alloc(cf_store_t *st, int32_t slots) {
-  const char *ev = getenv("CF_FREQ_VAR");
-  st->freq_var = ev ? atoi(ev) : 0;
-  ev = getenv("CF_FREQ_K");
-  st->freq_k = ev ? atoi(ev) : 1;
-  ev = getenv("CF_FREQ_A");
-  st->freq_a = ev ? atof(ev) : 0.5;
-  ev = getenv("CF_FREQ_W");
-  double wm = ev ? atof(ev) : 4;
-  ev = getenv("CF_FREQ_P");
-  double pm = ev ? atof(ev) : 10;
+static int cf__freq_alloc(cf_store_t *st) {
   cf__sketch_t *s = &st->sketch;
-  uint32_t w = 64;
-  while (w < wm * (double)slots) w <<= 1;
-  s->mask = w - 1;
-  s->period = (uint32_t)(pm * slots) > 64 ? (uint32_t)(pm * slots) : 64;
-  s->n = 0;
-  s->c = calloc((size_t)2 * w, 1);
+  uint32_t w = 64, slots = (uint32_t)st->ghosts.cap;
+  while (w < CF__FREQ_WIDTH * slots) w <<= 1;
+  *s = (cf__sketch_t){calloc((size_t)2 * w, 1), w - 1, 0, CF__FREQ_PERIOD * slots};
   if (!s->c) return cf_seterr(CF_ENOMEM, "store %s: cost policy frequency sketch of %u counters", st->dir, 4 * w);
   return 0;
 }
 
-/* an arrival of e (ghost: it came back while its key was a ghost) */
-static void cf__freq_arrive(cf_store_t *st, int32_t e, int ghost) {
-  cf__ent_t *en = &st->ents[e];
-  uint32_t before = cf__freq_est(st, &en->key);
-  uint32_t f = cf__freq_inc(st, &en->key);
-  if ((st->freq_var & 1) && ghost && !en->uses) en->uses = 1;
-  if ((st->freq_var & 2) && before >= (uint32_t)st->freq_k && !en->uses) en->uses = 1;
-  en->sfreq = (uint8_t)((st->freq_var & 128) ? before : f);
+/* a victim leaves the store as ghost gh: was it frequent? (the victims' counts decay) */
+static void cf__freq_left(cf_store_t *st, cf__ghost_t *gh, const cf_store_key_t *k) {
+  cf__ghosts_t *g = &st->ghosts;
+  double d = 1.0 - 1.0 / (CF__FREQ_WINDOW * (double)g->cap);
+  for (int i = 0; i < 2; i++) {
+    g->left[i] *= d;
+    g->back[i] *= d;
+  }
+  gh->freq = cf__freq_est(st, k) >= CF__FREQ_HI;
+  g->left[gh->freq] += 1;
 }
 
-static void cf__freq_use(cf_store_t *st, int32_t e) {
-  cf__ent_t *en = &st->ents[e];
-  if (st->freq_var & 128) return;
-  en->sfreq = (uint8_t)cf__freq_inc(st, &en->key);
-}
-
-static void cf__freq_victim(cf_store_t *st, cf__ghost_t *gh, const cf__ent_t *en) {
-  if (!st->sketch.c) return;
-  double d = 1.0 - 1.0 / (4.0 * st->ghosts.cap);
-  for (int i = 0; i < 2; i++) { st->fv[i] *= d; st->fr[i] *= d; }
-  gh->hi = cf__freq_est(st, &en->key) >= (uint32_t)st->freq_k;
-  st->fv[gh->hi] += 1;
-}
-
-static void cf__freq_return(cf_store_t *st, const cf__ghost_t *gh) { st->fr[gh->hi] += 1; }
-
-/* the learnt weight of the frequent class: the log ratio of its victims' return rate to the rest's */
+/* the frequent class's learnt weight: ln(its victims' return rate / the others'), in [0, WMAX]
+ * (rates with a prior of half a return per victim, so a handful of returns moves it little) */
 static double cf__freq_w(const cf_store_t *st) {
-  double w = log((st->fr[1] + 0.5) / (st->fv[1] + 1)) - log((st->fr[0] + 0.5) / (st->fv[0] + 1));
-  return w < 0 ? 0 : w > 3 ? 3 : w;
+  const cf__ghosts_t *g = &st->ghosts;
+  double w = log((g->back[1] + 0.5) / (g->left[1] + 1)) - log((g->back[0] + 0.5) / (g->left[0] + 1));
+  return w < 0 ? 0 : w > CF__FREQ_WMAX ? CF__FREQ_WMAX : w;
 }
 
-/* the frequency term of e's priority in tier */
+/* the frequency term of an entry's priority in tier: w when frequent, in the value tier only */
 static double cf__freq_term(const cf_store_t *st, int tier, const cf__ent_t *en) {
-  if (tier != st->learn_tier) return 0;
-  if (st->freq_var & 256) return en->sfreq >= (uint32_t)st->freq_k ? st->freq_a * cf__freq_w(st) : 0;
-  if (!(st->freq_var & 8)) return 0;
-  return st->freq_a * log(1.0 + en->sfreq);
+  if (tier != st->learn_tier || !st->sketch.c) return 0;
+  return cf__freq_est(st, &en->key) >= CF__FREQ_HI ? cf__freq_w(st) : 0;
 }
 
-/* TinyLFU's admission: refuse e when it is rarer than the SSD tier's victim */
-static int cf__freq_refuse(cf_store_t *st, int32_t e, int32_t victim) {
-  if (!(st->freq_var & (4 | 16))) return 0;
-  if ((st->freq_var & 16) && st->ents[e].uses) return 0;
-  return cf__freq_est(st, &st->ents[e].key) < cf__freq_est(st, &st->ents[victim].key);
+/* 1 when the write-back of e, in the CPU tier and weighed for the first time, waits for the CPU
+ * tier to give it up (the SSD tier full; the caller has checked that) */
+static int cf__cost_defer(const cf_store_t *st, int32_t e) {
+  const cf__ent_t *en = &st->ents[e];
+  return st->learn_tier == 1 && (en->flags & CF__F_CPU) && !(en->flags & CF__F_REFUSED);
 }
 
 int cf__cost_alloc(cf_store_t *st) {
@@ -403,17 +405,12 @@ int cf__cost_alloc(cf_store_t *st) {
     g->tab = malloc(sizeof *g->tab * tab);
     if (!g->ring || !g->tab) return cf_seterr(CF_ENOMEM, "store %s: cost policy ghosts of %d keys", st->dir, g->cap);
     memset(g->tab, 0xff, sizeof *g->tab * tab);
-    if (cf__sketch_alloc(st, g->cap)) return CF_ENOMEM;
-    const char *tm = getenv("CF_FREQ_TAUM");
-    if (tm) st->tau[st->learn_tier] *= atof(tm);
+    if (cf__freq_alloc(st)) return CF_ENOMEM;
   }
   return 0;
 }
 
 void cf__cost_free(cf_store_t *st) {
-  if (getenv("CF_FREQ_DBG") && st->learn_tier >= 0)
-    fprintf(stderr, "# w %.3f v %.0f %.0f r %.0f %.0f bonus %.3f ghosts unread %llu read %llu\n", cf__freq_w(st), st->fv[0], st->fv[1], st->fr[0], st->fr[1], st->bonus[st->learn_tier],
-            (unsigned long long)st->st.cost_ghost_unread, (unsigned long long)st->st.cost_ghost_read);
   for (int t = 0; t < 2; t++)
     for (int c = 0; c < 2; c++) { free(st->heap[t][c].n); st->heap[t][c].n = NULL; }
   free(st->cost_t);
@@ -432,8 +429,8 @@ void cf__heap_add(cf_store_t *st, int tier, int32_t e) {
     st->cost_t[e] = ++st->cost_clock;
     /* (counting a chunk back from a ghost as read, S3-FIFO's ghost rule, was measured: RAG
      * 0.5-2.6% better, chat 1-3% and agentic at 5% capacity 2-4% worse: not kept) */
-    int ghost = st->learn_tier >= 0 && st->ghosts.n_live && cf__ghost_hit(st, e);
-    if (st->learn_tier >= 0) cf__freq_arrive(st, e, ghost);
+    if (st->learn_tier >= 0 && st->ghosts.n_live) cf__ghost_hit(st, e);
+    cf__freq_touch(st, &st->ents[e].key);
   }
   cf__hins(st, tier, e, cf__key(st, tier, e));
 }
@@ -459,7 +456,7 @@ void cf__cost_use(cf_store_t *st, int32_t e) {
   /* out of both heaps, one more use (the class may change), back in with the new time */
   for (int t = 0; t < 2; t++) cf__heap_del(st, t, e);
   if (en->uses < 255) en->uses++;
-  if (st->learn_tier >= 0) cf__freq_use(st, e);
+  cf__freq_touch(st, &en->key);
   if (en->flags & CF__F_REFUSED) st->st.ssd_refused_read++;
   st->cost_t[e] = ++st->cost_clock;
   for (int t = 0; t < 2; t++)
@@ -524,13 +521,10 @@ int32_t cf__heap_pick(cf_store_t *st, int tier, int (*ok)(cf_store_t *, int32_t)
 int cf__cost_refuse(cf_store_t *st, int32_t e) {
   if (!st->n_ssd_slots || st->n_ssd_free > 0 || __atomic_load_n(&st->files_ready, __ATOMIC_ACQUIRE) < st->n_files)
     return 0;
-  if ((st->freq_var & 64) && st->learn_tier == 1 && !(st->ents[e].flags & CF__F_REFUSED) &&
-      (st->ents[e].flags & CF__F_CPU))
-    return 1;
+  if (cf__cost_defer(st, e)) return 1;
   int cls = cf__top_cls(st, 1);
   if (cls < 0) return 0;
-  if (cf__pri(st, 1, e) < cf__head(st, 1, cls, st->heap[1][cls].n[0].pri)) return 1;
-  return cf__freq_refuse(st, e, st->heap[1][cls].n[0].e);
+  return cf__pri(st, 1, e) < cf__head(st, 1, cls, st->heap[1][cls].n[0].pri);
 }
 
 int cf__cost_dear(const cf_store_t *st, uint32_t pos, uint32_t n_tokens) {

@@ -78,7 +78,7 @@ typedef struct {
   uint64_t fp; /* the key's first 8 bytes (keys are XXH3-128 hashes) */
   float v;     /* its value when it left */
   uint8_t read, live; /* read since it came in; 0: came back, or the ring slot is unused */
-  uint8_t hi;         /* EXPERIMENT: frequent (sketch) when it left */
+  uint8_t freq;       /* frequent (the sketch's CF__FREQ_HI) when it left */
 } cf__ghost_t;
 
 typedef struct {
@@ -87,14 +87,16 @@ typedef struct {
   uint32_t mask;
   int32_t cap, head, n_live, n_read; /* live ghosts; of them, read ones */
   double vsum; /* sum of the live ghosts' values */
+  /* victims that left frequent / not ([1] / [0]) and those of them that came back, decayed */
+  double left[2], back[2];
 } cf__ghosts_t;
 
-/* COST: a count-min sketch of recent arrivals and uses per key, 4 rows of 4-bit counters,
- * halved every `period` increments (TinyLFU): frequency that outlives the chunk (cf_store_cost.c) */
+/* COST: a count-min sketch of the value-ranked tier's keys' arrivals and uses, kept across
+ * evictions (TinyLFU's): 4 rows of 4-bit counters, all halved every `period` increments */
 typedef struct {
-  uint8_t *c;    /* 4 rows x (mask + 1) counters, two per byte */
-  uint32_t mask; /* counters per row - 1 */
-  uint32_t n, period; /* increments since the last halving; halving interval */
+  uint8_t *c;         /* 4 rows x (mask + 1) counters, two per byte */
+  uint32_t mask;      /* counters per row - 1 */
+  uint32_t n, period; /* increments since the last halving; the halving interval */
 } cf__sketch_t;
 
 /* io_uring wrapper; falls back to pread/pwrite when the kernel refuses io_uring. */
@@ -190,9 +192,6 @@ struct cf_store_s {
   int learn_tier;        /* the tier whose bonus learns from ghost hits (-1: none) */
   cf__ghosts_t ghosts;   /* that tier's recent victims */
   cf__sketch_t sketch;   /* that tier's keys' recent frequency, across evictions */
-  int freq_var, freq_k;  /* EXPERIMENT */
-  double freq_a;         /* EXPERIMENT */
-  double fv[2], fr[2];   /* EXPERIMENT: decayed victims / returns, [lo, hi] frequency */
   double cost_clock; /* COST: arrivals + uses so far, the priorities' time */
   double *cost_t;    /* COST: [n_ents_max] the clock at each entry's arrival or last use */
 };
