@@ -89,13 +89,16 @@ typedef struct {
   double vsum; /* sum of the live ghosts' values */
   /* victims that left frequent / not ([1] / [0]) and those of them that came back, decayed */
   double left[2], back[2];
+  double freq_w;  /* the frequent class's learnt weight, from the four above */
+  uint32_t freq_n; /* victims and returns counted (freq_w is recomputed every 16th) */
 } cf__ghosts_t;
 
 /* COST: a count-min sketch of the value-ranked tier's keys' arrivals and uses, kept across
- * evictions (TinyLFU's): 4 rows of 4-bit counters, all halved every `period` increments */
+ * evictions (TinyLFU's): 4-bit counters, 4 per key in one 64-bit word, all halved every
+ * `period` increments */
 typedef struct {
-  uint8_t *c;         /* 4 rows x (mask + 1) counters, two per byte */
-  uint32_t mask;      /* counters per row - 1 */
+  uint64_t *c;        /* mask + 1 words of 16 counters */
+  uint32_t mask;      /* words - 1 */
   uint32_t n, period; /* increments since the last halving; the halving interval */
 } cf__sketch_t;
 
