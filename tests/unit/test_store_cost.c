@@ -399,12 +399,18 @@ static void wait_clean(cf_store_t *st) {
  * refused (f = 1/2 against 2); it stays in the CPU tier, and when a read has shown it useful
  * the CPU tier's eviction weighs it again and the SSD tier takes it, where before the refusal
  * was final and it left with the CPU tier. Caps hold throughout, no bytes differ. */
-CF_TEST(store_cost_refused_write_back_weighed_again_at_cpu_eviction) {
-  cf_store_config_t c = cfg_cost(3, 2, CF_STORE_EVICT_COST);
+/* a cost store with the daemon's write-back (spiller on); NULL on failure */
+static cf_store_t *open_spilling(const char *name, int cpu, int ssd) {
+  cf_store_config_t c = cfg_cost(cpu, ssd, CF_STORE_EVICT_COST);
   c.spill = 1;
   cf_store_geom_t g = st_geom(16, 2, 64);
   cf_store_t *st = NULL;
-  CF_CHECK_OK(cf_store_open(tdir("cost_refused"), &g, &c, &st));
+  CF_CHECK_OK(cf_store_open(tdir(name), &g, &c, &st));
+  return st;
+}
+
+CF_TEST(store_cost_refused_write_back_weighed_again_at_cpu_eviction) {
+  cf_store_t *st = open_spilling("cost_refused", 3, 2);
   if (!st) return;
   int eq, t;
   for (uint64_t id = 1; id <= 2; id++) { CF_CHECK_OK(save_at(st, id, 0)); wait_clean(st); }
@@ -540,24 +546,31 @@ CF_TEST(store_cost_learns_recency_where_recency_is_right) {
  * the read class's head start, and the one-shot chunks never come back, so nothing teaches it
  * otherwise: the head start stays and so do cost's hits. Returns the popular hits of the last
  * 200 steps. */
-static int filter_trace(cf_store_evict_t pol, const char *name, double *bonus) {
-  cf_store_t *st = open_cost(name, 32, 0, pol, NULL);
-  if (!st) return -1;
-  cf_store_cost_t flat = two_values(1.0f);
-  cf_store_set_cost(st, &flat);
+/* 400 steps of 2 of the popular chunks 100-115 in turn (read, or saved again when gone) and
+ * `scan` one-shot chunks saved; returns the popular hits of the last 200 steps */
+static int popular_among_scan(cf_store_t *st, const char *name, int scan) {
   int hits = 0;
-  for (uint64_t id = 100; id < 116; id++) {
-    CF_CHECK_OK(save_at(st, id, 0));
-    CF_CHECK_EQ(read_or_resave(st, id), 1);
-  }
   for (int i = 0; i < 400; i++) {
     for (int k = 0; k < 2; k++) {
       int h = read_or_resave(st, 100 + (uint64_t)((2 * i + k) % 16));
       if (i >= 200) hits += h;
     }
-    for (int k = 0; k < 3; k++) CF_CHECK_OK(save_at(st, 90000 + 3 * (uint64_t)i + (uint64_t)k, 0));
+    for (int k = 0; k < scan; k++) CF_CHECK_OK(save_at(st, 90000 + (uint64_t)(scan * i + k), 0));
     caps_ok(st, name);
   }
+  return hits;
+}
+
+static int filter_trace(cf_store_evict_t pol, const char *name, double *bonus) {
+  cf_store_t *st = open_cost(name, 32, 0, pol, NULL);
+  if (!st) return -1;
+  cf_store_cost_t flat = two_values(1.0f);
+  cf_store_set_cost(st, &flat);
+  for (uint64_t id = 100; id < 116; id++) {
+    CF_CHECK_OK(save_at(st, id, 0));
+    CF_CHECK_EQ(read_or_resave(st, id), 1);
+  }
+  int hits = popular_among_scan(st, name, 3);
   cf_store_stats_t s;
   cf_store_get_stats(st, &s);
   if (bonus) *bonus = s.cost_read_bonus;
@@ -589,16 +602,7 @@ static int return_trace(cf_store_evict_t pol, const char *name) {
   if (!st) return -1;
   cf_store_cost_t flat = two_values(1.0f);
   cf_store_set_cost(st, &flat);
-  int hits = 0;
-  for (int i = 0; i < 400; i++) {
-    for (int k = 0; k < 2; k++) {
-      int h = read_or_resave(st, 100 + (uint64_t)((2 * i + k) % 16));
-      if (i >= 200) hits += h;
-    }
-    for (int k = 0; k < 10; k++) CF_CHECK_OK(save_at(st, 90000 + 10 * (uint64_t)i + (uint64_t)k, 0));
-    caps_ok(st, name);
-  }
-  CF_CHECK_EQ(count_intact(st, 100, 116) + count_intact(st, 90000 + 3990, 90000 + 4000) <= 32, 1);
+  int hits = popular_among_scan(st, name, 10);
   cf_store_close(st);
   return hits;
 }
@@ -615,11 +619,7 @@ CF_TEST(store_cost_frequency_outlives_eviction) {
  * CPU tier's copies twice. When the CPU tier gives the waiting chunks up they are weighed against
  * the SSD tier's minimum, and the newer ones take the older ones' slots. Bytes intact, caps held. */
 CF_TEST(store_cost_full_ssd_tier_defers_write_back_to_cpu_eviction) {
-  cf_store_config_t c = cfg_cost(4, 8, CF_STORE_EVICT_COST);
-  c.spill = 1;
-  cf_store_geom_t g = st_geom(16, 2, 64);
-  cf_store_t *st = NULL;
-  CF_CHECK_OK(cf_store_open(tdir("cost_defer"), &g, &c, &st));
+  cf_store_t *st = open_spilling("cost_defer", 4, 8);
   if (!st) return;
   for (uint64_t id = 1; id <= 12; id++) { CF_CHECK_OK(save_at(st, id, 0)); wait_clean(st); caps_ok(st, "defer"); }
   cf_store_stats_t s;
