@@ -78,6 +78,7 @@ typedef struct {
   uint64_t fp; /* the key's first 8 bytes (keys are XXH3-128 hashes) */
   float v;     /* its value when it left */
   uint8_t read, live; /* read since it came in; 0: came back, or the ring slot is unused */
+  uint8_t freq;       /* frequent (the sketch's CF__FREQ_HI) when it left */
 } cf__ghost_t;
 
 typedef struct {
@@ -86,7 +87,20 @@ typedef struct {
   uint32_t mask;
   int32_t cap, head, n_live, n_read; /* live ghosts; of them, read ones */
   double vsum; /* sum of the live ghosts' values */
+  /* victims that left frequent / not ([1] / [0]) and those of them that came back, decayed */
+  double left[2], back[2];
+  double freq_w;  /* the frequent class's learnt weight, from the four above */
+  uint32_t freq_n; /* victims and returns counted (freq_w is recomputed every 16th) */
 } cf__ghosts_t;
+
+/* COST: a count-min sketch of the value-ranked tier's keys' arrivals and uses, kept across
+ * evictions (TinyLFU's): 4-bit counters, 4 per key in one 64-bit word, all halved every
+ * `period` increments */
+typedef struct {
+  uint64_t *c;        /* mask + 1 words of 16 counters */
+  uint32_t mask;      /* words - 1 */
+  uint32_t n, period; /* increments since the last halving; the halving interval */
+} cf__sketch_t;
 
 /* io_uring wrapper; falls back to pread/pwrite when the kernel refuses io_uring. */
 typedef struct {
@@ -180,6 +194,7 @@ struct cf_store_s {
   double bonus[2];       /* the read class's head start in each tier, in priority units */
   int learn_tier;        /* the tier whose bonus learns from ghost hits (-1: none) */
   cf__ghosts_t ghosts;   /* that tier's recent victims */
+  cf__sketch_t sketch;   /* that tier's keys' recent frequency, across evictions */
   double cost_clock; /* COST: arrivals + uses so far, the priorities' time */
   double *cost_t;    /* COST: [n_ents_max] the clock at each entry's arrival or last use */
 };

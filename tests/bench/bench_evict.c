@@ -93,11 +93,12 @@ static double run(cf_store_evict_t pol, int32_t n, long ops, const char *dir, si
   double dt = now_s() - t0;
   /* bytes per chunk of the index: entry, hash table share, checksums, slot maps; cost: heap node,
    * the last-use time (cost_t) and the SSD tier's ghosts per slot (a ring entry and its share of
-   * the ghosts' hash table) */
+   * the ghosts' hash table, and the frequency sketch's share: 8 bytes per word) */
   *bytes_per_chunk = sizeof(cf__ent_t) + (size_t)(st->tab_mask + 1) * 4 / (size_t)st->n_ents_max +
                      8 * g.n_layers + 4 + 2 + 1 + 4 +
                      (pol == CF_STORE_EVICT_COST ? sizeof(cf__hnode_t) + sizeof *st->cost_t + sizeof(cf__ghost_t) +
-                                                       (size_t)(st->ghosts.mask + 1) * 4 / (size_t)n : 0);
+                                                       (size_t)(st->ghosts.mask + 1) * 4 / (size_t)n +
+                                                       (size_t)(st->sketch.mask + 1) * 8 / (size_t)n : 0);
   /* leave nothing for close to write back or record: the chunks never had bytes */
   st->ssd_order_dirty = 0;
   pthread_mutex_unlock(&st->mu);

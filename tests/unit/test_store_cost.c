@@ -399,12 +399,18 @@ static void wait_clean(cf_store_t *st) {
  * refused (f = 1/2 against 2); it stays in the CPU tier, and when a read has shown it useful
  * the CPU tier's eviction weighs it again and the SSD tier takes it, where before the refusal
  * was final and it left with the CPU tier. Caps hold throughout, no bytes differ. */
-CF_TEST(store_cost_refused_write_back_weighed_again_at_cpu_eviction) {
-  cf_store_config_t c = cfg_cost(3, 2, CF_STORE_EVICT_COST);
+/* a cost store with the daemon's write-back (spiller on); NULL on failure */
+static cf_store_t *open_spilling(const char *name, int cpu, int ssd) {
+  cf_store_config_t c = cfg_cost(cpu, ssd, CF_STORE_EVICT_COST);
   c.spill = 1;
   cf_store_geom_t g = st_geom(16, 2, 64);
   cf_store_t *st = NULL;
-  CF_CHECK_OK(cf_store_open(tdir("cost_refused"), &g, &c, &st));
+  CF_CHECK_OK(cf_store_open(tdir(name), &g, &c, &st));
+  return st;
+}
+
+CF_TEST(store_cost_refused_write_back_weighed_again_at_cpu_eviction) {
+  cf_store_t *st = open_spilling("cost_refused", 3, 2);
   if (!st) return;
   int eq, t;
   for (uint64_t id = 1; id <= 2; id++) { CF_CHECK_OK(save_at(st, id, 0)); wait_clean(st); }
@@ -540,24 +546,31 @@ CF_TEST(store_cost_learns_recency_where_recency_is_right) {
  * the read class's head start, and the one-shot chunks never come back, so nothing teaches it
  * otherwise: the head start stays and so do cost's hits. Returns the popular hits of the last
  * 200 steps. */
-static int filter_trace(cf_store_evict_t pol, const char *name, double *bonus) {
-  cf_store_t *st = open_cost(name, 32, 0, pol, NULL);
-  if (!st) return -1;
-  cf_store_cost_t flat = two_values(1.0f);
-  cf_store_set_cost(st, &flat);
+/* 400 steps of 2 of the popular chunks 100-115 in turn (read, or saved again when gone) and
+ * `scan` one-shot chunks saved; returns the popular hits of the last 200 steps */
+static int popular_among_scan(cf_store_t *st, const char *name, int scan) {
   int hits = 0;
-  for (uint64_t id = 100; id < 116; id++) {
-    CF_CHECK_OK(save_at(st, id, 0));
-    CF_CHECK_EQ(read_or_resave(st, id), 1);
-  }
   for (int i = 0; i < 400; i++) {
     for (int k = 0; k < 2; k++) {
       int h = read_or_resave(st, 100 + (uint64_t)((2 * i + k) % 16));
       if (i >= 200) hits += h;
     }
-    for (int k = 0; k < 3; k++) CF_CHECK_OK(save_at(st, 90000 + 3 * (uint64_t)i + (uint64_t)k, 0));
+    for (int k = 0; k < scan; k++) CF_CHECK_OK(save_at(st, 90000 + (uint64_t)(scan * i + k), 0));
     caps_ok(st, name);
   }
+  return hits;
+}
+
+static int filter_trace(cf_store_evict_t pol, const char *name, double *bonus) {
+  cf_store_t *st = open_cost(name, 32, 0, pol, NULL);
+  if (!st) return -1;
+  cf_store_cost_t flat = two_values(1.0f);
+  cf_store_set_cost(st, &flat);
+  for (uint64_t id = 100; id < 116; id++) {
+    CF_CHECK_OK(save_at(st, id, 0));
+    CF_CHECK_EQ(read_or_resave(st, id), 1);
+  }
+  int hits = popular_among_scan(st, name, 3);
   cf_store_stats_t s;
   cf_store_get_stats(st, &s);
   if (bonus) *bonus = s.cost_read_bonus;
@@ -572,4 +585,59 @@ CF_TEST(store_cost_keeps_its_filter_where_frequency_is_right) {
   CF_CHECK_MSG(lru < 100, "LRU kept the popular chunks through the scan (%d of 400 reads hit)", lru);
   CF_CHECK_MSG(cost >= 390, "cost hit %d of the last 400 popular reads (LRU %d)", cost, lru);
   CF_CHECK_MSG(bonus >= 1.386, "the read class's head start fell to %.3f with no unread chunk back", bonus);
+}
+
+/* ---- Frequency that outlives the chunk (cf_store_cost.c, cf__freq_*) */
+
+/* RAG's medium-popular documents: 16 popular chunks, two asked per step in turn (each every 8
+ * steps), among 10 one-shot chunks saved per step, in a CPU-only store of 32 chunks, all worth
+ * the same. 96 touches lie between two asks of a popular chunk: while nothing remembers it past
+ * its eviction it has always left before it is asked again, unread and as new as the one-shot
+ * chunks (LRU never hits; nor does a read count that dies with the chunk). The sketch counts the
+ * popular keys across their evictions; their victims come back where the one-shot ones never
+ * do, so the weight learnt for frequent chunks grows and they stay through the scan. Returns
+ * the popular hits of steps [200, 400) (of 400 asks). */
+static int return_trace(cf_store_evict_t pol, const char *name) {
+  cf_store_t *st = open_cost(name, 32, 0, pol, NULL);
+  if (!st) return -1;
+  cf_store_cost_t flat = two_values(1.0f);
+  cf_store_set_cost(st, &flat);
+  int hits = popular_among_scan(st, name, 10);
+  cf_store_close(st);
+  return hits;
+}
+
+CF_TEST(store_cost_frequency_outlives_eviction) {
+  int lru = return_trace(CF_STORE_EVICT_LRU, "freq_ret_lru");
+  int cost = return_trace(CF_STORE_EVICT_COST, "freq_ret_cost");
+  CF_CHECK_MSG(lru == 0, "LRU hit %d popular asks with 96 touches between two", lru);
+  CF_CHECK_MSG(cost >= 360, "cost hit %d of the last 400 popular asks (LRU %d)", cost, lru);
+}
+
+/* With the SSD tier full, a write-back waits for the CPU tier to give the chunk up (the daemon's
+ * set-up: spiller on): the two tiers then hold different chunks, CPU + SSD slots in all, not the
+ * CPU tier's copies twice. When the CPU tier gives the waiting chunks up they are weighed against
+ * the SSD tier's minimum, and the newer ones take the older ones' slots. Bytes intact, caps held. */
+CF_TEST(store_cost_full_ssd_tier_defers_write_back_to_cpu_eviction) {
+  cf_store_t *st = open_spilling("cost_defer", 4, 8);
+  if (!st) return;
+  for (uint64_t id = 1; id <= 12; id++) { CF_CHECK_OK(save_at(st, id, 0)); wait_clean(st); caps_ok(st, "defer"); }
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.ssd_chunks, 8);
+  CF_CHECK_EQ(s.ssd_refusals, 4); /* 9-12: deferred, in the CPU tier only */
+  CF_CHECK_EQ(s.ssd_evictions, 0);
+  for (uint64_t id = 9; id <= 12; id++) CF_CHECK_MSG(in_cpu(st, id), "chunk %d not in the CPU tier", (int)id);
+  /* (a lookup, not a read: a read would give the read chunks the read class's head start) */
+  for (uint64_t id = 1; id <= 12; id++) CF_CHECK_MSG(present(st, id), "chunk %d gone: not CPU + SSD slots held", (int)id);
+  for (uint64_t id = 13; id <= 16; id++) { CF_CHECK_OK(save_at(st, id, 0)); wait_clean(st); caps_ok(st, "defer"); }
+  /* 9-12 left the CPU tier for the SSD tier, pushing out the oldest, 1-4 */
+  CF_CHECK_EQ(count_intact(st, 9, 17), 8);
+  CF_CHECK_EQ(count_intact(st, 1, 5), 0);
+  CF_CHECK_EQ(count_intact(st, 5, 9), 4);
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.ssd_chunks, 8);
+  CF_CHECK_EQ(s.ssd_evictions, 4);
+  CF_CHECK_OK(cf_store_flush(st));
+  cf_store_close(st);
 }
