@@ -280,7 +280,7 @@ int cf__cost_alloc(cf_store_t *st) {
     if (!g->ring || !g->tab) return cf_seterr(CF_ENOMEM, "store %s: cost policy ghosts of %d keys", st->dir, g->cap);
     memset(g->tab, 0xff, sizeof *g->tab * tab);
   }
-  return 0;
+  return cf__cpush_alloc(st); /* the CPU tier's shadows (cf_store_cost_cpu.c) */
 }
 
 void cf__cost_free(cf_store_t *st) {
@@ -291,6 +291,7 @@ void cf__cost_free(cf_store_t *st) {
   free(st->ghosts.ring);
   free(st->ghosts.tab);
   st->ghosts = (cf__ghosts_t){0};
+  cf__cpush_free(st);
 }
 
 void cf__heap_add(cf_store_t *st, int tier, int32_t e) {
@@ -302,6 +303,7 @@ void cf__heap_add(cf_store_t *st, int tier, int32_t e) {
      * 0.5-2.6% better, chat 1-3% and agentic at 5% capacity 2-4% worse: not kept) */
     if (st->learn_tier >= 0 && st->ghosts.n_live) cf__ghost_hit(st, e);
   }
+  if (tier == 0) cf__cpush_arrive(st, e); /* the CPU tier's shadows (cf_store_cost_cpu.c) */
   cf__hins(st, tier, e, cf__key(st, tier, e));
 }
 
@@ -328,6 +330,7 @@ void cf__cost_use(cf_store_t *st, int32_t e) {
   if (en->uses < 255) en->uses++;
   if (en->flags & CF__F_REFUSED) st->st.ssd_refused_read++;
   st->cost_t[e] = ++st->cost_clock;
+  cf__cpush_use(st, e); /* the CPU tier's shadows (cf_store_cost_cpu.c) */
   for (int t = 0; t < 2; t++)
     if (in[t]) cf__hins(st, t, e, cf__key(st, t, e));
 }

@@ -182,6 +182,7 @@ struct cf_store_s {
   cf__ghosts_t ghosts;   /* that tier's recent victims */
   double cost_clock; /* COST: arrivals + uses so far, the priorities' time */
   double *cost_t;    /* COST: [n_ents_max] the clock at each entry's arrival or last use */
+  struct cf__cpush_s *cpush; /* COST: the CPU tier's shadows choosing bonus[0] (cf_store_cost_cpu.c) */
 };
 
 #define CF__SPILL_BATCH 16 /* chunks per write-back batch (one journal append) */
@@ -266,6 +267,14 @@ int32_t cf__heap_pick(cf_store_t *st, int tier, int (*ok)(cf_store_t *, int32_t)
 /* e is leaving the store by eviction (mu held, before it is freed): a ghost of the learning tier
  * remembers it */
 void cf__cost_evicted(cf_store_t *st, int32_t e);
+
+/* ---- cf_store_cost_cpu.c: the cost policy's CPU tier in front of SSD, its read class's head
+ * start (bonus[0]) chosen by the best of CF__CPUSH_N shadow caches */
+#define CF__CPUSH_N 4
+int cf__cpush_alloc(cf_store_t *st); /* no-op unless the CPU tier is in front of an SSD tier */
+void cf__cpush_free(cf_store_t *st);
+void cf__cpush_arrive(cf_store_t *st, int32_t e); /* e enters the CPU tier (mu held) */
+void cf__cpush_use(cf_store_t *st, int32_t e);    /* e was used (mu held, cost_t[e] updated) */
 
 /* ---- cf_store_spill.c: write-back */
 unsigned cf__take_dirty(cf_store_t *st, int32_t *out, unsigned max); /* mu held */

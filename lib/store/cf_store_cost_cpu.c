@@ -1,0 +1,243 @@
+/* The cost policy's CPU tier in front of an SSD tier: which head start its read class gets,
+ * chosen by racing shadow caches (miniature simulations, Waldspurger et al., ATC'17).
+ *
+ * Every chunk's CPU copy saves the same time (the SSD read: recompute cancels), so that tier ranks
+ * by recency alone, plus a head start b (in units of tau) for chunks read since they came in:
+ * b = 0 is LRU; a large b is close to S3-FIFO's filter, which keeps proven chunks against a
+ * stream of one-hit wonders (RAG: popular documents against one-shot question tails); agentic
+ * runs need the opposite, the chunks just saved and not read yet (a fixed b of 0.35 tau lost
+ * 1-2% of CPU-tier hits to LRU there, and up to 8% of them to S3-FIFO on RAG). Learning b
+ * from the tier's ghosts, ARC-style, was measured and dropped (README): an agentic run re-reads
+ * its whole prefix every step, a loop longer than the tier, so every read chunk comes back as a
+ * ghost whatever the order and b ran to its cap.
+ *
+ * Instead each candidate b (CF__CPUSH_B) runs as a shadow: the keys a CPU tier of the same size
+ * ranked with that b would hold, fed the real tier's arrivals (cf__heap_add) and uses
+ * (cf__cost_use). A use of a key its shadow holds is a hit it would have had; each shadow's
+ * hits are decayed over CF__CPUSH_HORIZON tier-fulls of traffic, and the real tier takes the b
+ * of the shadow with the most (st->bonus[0]; the heaps compare their minima with it added, so a
+ * switch re-keys nothing). The shadows are counterfactual only for the CPU tier: a key a shadow
+ * gave up is still on SSD in its world and the SSD tier is the real one.
+ *
+ * In a shadow, the order by t + b tau (t: the store's clock at arrival or last use) within a
+ * class is the order of last touch, so a shadow is two LRU lists (unread, read) and a victim is
+ * the older of the two tails with the read one's b tau added: O(1) per event and per shadow,
+ * plus a hash lookup. Memory: per shadow, 32 bytes per node and 8-16 bytes of hash table per
+ * CPU slot; a tier over CF__CPUSH_MAX_NODES slots is sampled (keys whose hash falls in 1 / 2^s,
+ * a shadow of slots / 2^s), so the shadows' memory is bounded whatever the tier's size and
+ * costs nothing per index entry. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/cf_store_int.h"
+#include "util/cf_err.h"
+
+/* the candidate head starts, in units of tau (0: LRU; 0.35: the fixed one before; the large
+ * ones toward S3-FIFO's filter) */
+static const double CF__CPUSH_B[CF__CPUSH_N] = {0.0, 0.5 * 0.6931471805599453, 1.3862943611198906, 4.0};
+/* the shadow that starts in charge (the former fixed head start) */
+#define CF__CPUSH_B0 1
+/* hits are weighed over this many tier-fulls of traffic (arrivals + uses): about a whole
+ * evaluation run. 4 switched on noise: agentic at 5% capacity 3-4% worse than 64 (seeds 1-3),
+ * a shadow ahead over a short window gave the fresh chunks away; undecayed counts (never
+ * forgetting) were the same as 64 within 0.5% but for agentic seed 3 at 5% (-5%); a switching
+ * margin of 10-20% over the shadow in charge was slower on RAG (1-3% of mean TTFT) and no
+ * steadier on agentic. */
+#define CF__CPUSH_HORIZON 64.0
+/* above this many slots the shadows sample the keys */
+#define CF__CPUSH_MAX_NODES 4096
+
+typedef struct {
+  uint64_t fp;
+  double t;
+  int32_t prev, next; /* in its class's list; next: also the free list */
+  uint8_t cls;
+} cf__shnode_t;
+
+typedef struct {
+  cf__shnode_t *n;
+  int32_t *tab; /* open addressing of node indices, -1 empty */
+  int32_t head[2], tail[2], len, free;
+  double score; /* hits, decayed */
+} cf__shadow_t;
+
+struct cf__cpush_s {
+  cf__shadow_t sh[CF__CPUSH_N];
+  int32_t cap;    /* nodes per shadow */
+  uint32_t mask;  /* hash table size - 1 */
+  unsigned shift; /* sampling: keys whose hash's top `shift` bits are 0 */
+  double decay;   /* per event */
+  int cur;        /* the shadow in charge */
+};
+
+static uint64_t cf__sh_fp(const cf_store_key_t *k) {
+  uint64_t fp;
+  memcpy(&fp, k->b + 8, sizeof fp); /* the key's second half: the ghosts use the first */
+  return fp;
+}
+
+static int64_t cf__sh_find(const struct cf__cpush_s *c, const cf__shadow_t *s, uint64_t fp) {
+  for (uint32_t i = (uint32_t)fp & c->mask; s->tab[i] >= 0; i = (i + 1) & c->mask)
+    if (s->n[s->tab[i]].fp == fp) return i;
+  return -1;
+}
+
+/* empty table slot i, keeping probe chains whole (backward shift) */
+static void cf__sh_unhash(const struct cf__cpush_s *c, cf__shadow_t *s, uint32_t i) {
+  for (uint32_t j = (i + 1) & c->mask; s->tab[j] >= 0; j = (j + 1) & c->mask) {
+    uint32_t home = (uint32_t)s->n[s->tab[j]].fp & c->mask;
+    if (((j - home) & c->mask) >= ((j - i) & c->mask)) {
+      s->tab[i] = s->tab[j];
+      i = j;
+    }
+  }
+  s->tab[i] = -1;
+}
+
+static void cf__sh_unlink(cf__shadow_t *s, int32_t x) {
+  cf__shnode_t *nd = &s->n[x];
+  if (nd->prev >= 0) s->n[nd->prev].next = nd->next;
+  else s->head[nd->cls] = nd->next;
+  if (nd->next >= 0) s->n[nd->next].prev = nd->prev;
+  else s->tail[nd->cls] = nd->prev;
+}
+
+static void cf__sh_push(cf__shadow_t *s, int32_t x) {
+  cf__shnode_t *nd = &s->n[x];
+  nd->prev = -1;
+  nd->next = s->head[nd->cls];
+  if (nd->next >= 0) s->n[nd->next].prev = x;
+  else s->tail[nd->cls] = x;
+  s->head[nd->cls] = x;
+}
+
+/* give up shadow k's victim: the older tail, the read one's head start added */
+static void cf__sh_evict(struct cf__cpush_s *c, int k, double tau) {
+  cf__shadow_t *s = &c->sh[k];
+  int32_t u = s->tail[0], r = s->tail[1];
+  int32_t x = u < 0 ? r : r < 0 ? u : s->n[r].t + CF__CPUSH_B[k] * tau < s->n[u].t ? r : u;
+  cf__sh_unlink(s, x);
+  cf__sh_unhash(c, s, (uint32_t)cf__sh_find(c, s, s->n[x].fp));
+  s->n[x].next = s->free;
+  s->free = x;
+  s->len--;
+}
+
+static void cf__sh_insert(struct cf__cpush_s *c, int k, uint64_t fp, double t, int cls, double tau) {
+  cf__shadow_t *s = &c->sh[k];
+  if (s->len == c->cap) cf__sh_evict(c, k, tau);
+  int32_t x = s->free;
+  s->free = s->n[x].next;
+  s->n[x] = (cf__shnode_t){fp, t, -1, -1, (uint8_t)cls};
+  cf__sh_push(s, x);
+  uint32_t i = (uint32_t)fp & c->mask;
+  while (s->tab[i] >= 0) i = (i + 1) & c->mask;
+  s->tab[i] = x;
+  s->len++;
+}
+
+/* the sampled key's fingerprint, or 0 when the shadows do not follow e */
+static uint64_t cf__sh_key(const cf_store_t *st, int32_t e) {
+  const struct cf__cpush_s *c = st->cpush;
+  if (!c) return 0;
+  uint64_t fp = cf__sh_fp(&st->ents[e].key);
+  if (c->shift && (fp >> (64 - c->shift))) return 0;
+  return fp | 1; /* never 0 */
+}
+
+int cf__cpush_alloc(cf_store_t *st) {
+  if (st->cfg.rank || !st->n_ssd_slots || st->n_cpu_slots <= 0) return 0;
+  struct cf__cpush_s *c = calloc(1, sizeof *c);
+  if (!c) return cf_seterr(CF_ENOMEM, "store %s: cost policy CPU-tier shadows", st->dir);
+  int32_t cap = st->n_cpu_slots;
+  while (cap > CF__CPUSH_MAX_NODES) { cap = (cap + 1) / 2; c->shift++; }
+  c->cap = cap;
+  uint32_t tab = 1;
+  while (tab < 2u * (uint32_t)cap) tab <<= 1;
+  c->mask = tab - 1;
+  /* traffic is counted in the sampled keys' events: a tier-full is `cap` of them */
+  c->decay = exp(-1.0 / (CF__CPUSH_HORIZON * cap));
+  c->cur = CF__CPUSH_B0;
+  st->cpush = c;
+  for (int k = 0; k < CF__CPUSH_N; k++) {
+    cf__shadow_t *s = &c->sh[k];
+    s->n = malloc(sizeof *s->n * (size_t)cap);
+    s->tab = malloc(sizeof *s->tab * tab);
+    if (!s->n || !s->tab) return cf_seterr(CF_ENOMEM, "store %s: cost policy CPU-tier shadows of %d keys", st->dir, cap);
+    memset(s->tab, 0xff, sizeof *s->tab * tab);
+    s->head[0] = s->head[1] = s->tail[0] = s->tail[1] = -1;
+    for (int32_t i = 0; i < cap; i++) s->n[i].next = i + 1 < cap ? i + 1 : -1;
+    s->free = 0;
+  }
+  st->bonus[0] = CF__CPUSH_B[c->cur];
+  return 0;
+}
+
+void cf__cpush_free(cf_store_t *st) {
+  struct cf__cpush_s *c = st->cpush;
+  if (!c) return;
+  for (int k = 0; k < CF__CPUSH_N; k++) { free(c->sh[k].n); free(c->sh[k].tab); }
+  free(c);
+  st->cpush = NULL;
+}
+
+/* every shadow's hits decay by one event; the one with the most takes charge */
+static void cf__sh_tick(cf_store_t *st) {
+  struct cf__cpush_s *c = st->cpush;
+  int best = c->cur;
+  for (int k = 0; k < CF__CPUSH_N; k++) {
+    c->sh[k].score *= c->decay;
+    if (c->sh[k].score > c->sh[best].score) best = k;
+  }
+  if (best != c->cur) {
+    c->cur = best;
+    st->bonus[0] = CF__CPUSH_B[best];
+    st->st.cost_cpu_switches++;
+  }
+}
+
+void cf__cpush_arrive(cf_store_t *st, int32_t e) {
+  uint64_t fp = cf__sh_key(st, e);
+  if (!fp) return;
+  struct cf__cpush_s *c = st->cpush;
+  double t = st->cost_t[e], tau = st->tau[0];
+  int cls = st->ents[e].uses ? 1 : 0;
+  for (int k = 0; k < CF__CPUSH_N; k++) {
+    cf__shadow_t *s = &c->sh[k];
+    int64_t i = cf__sh_find(c, s, fp);
+    if (i < 0) { cf__sh_insert(c, k, fp, t, cls, tau); continue; }
+    /* held already (a promotion after its use, or saved again): its time and class as now */
+    int32_t x = s->tab[i];
+    cf__sh_unlink(s, x);
+    s->n[x].t = t;
+    s->n[x].cls = (uint8_t)cls;
+    cf__sh_push(s, x);
+  }
+  cf__sh_tick(st);
+}
+
+void cf__cpush_use(cf_store_t *st, int32_t e) {
+  uint64_t fp = cf__sh_key(st, e);
+  if (!fp) return;
+  struct cf__cpush_s *c = st->cpush;
+  double t = st->cost_t[e];
+  const cf__ent_t *en = &st->ents[e];
+  double w = st->g.chunk_tokens && en->n_tokens ? (double)en->n_tokens / st->g.chunk_tokens : 1.0;
+  for (int k = 0; k < CF__CPUSH_N; k++) {
+    cf__shadow_t *s = &c->sh[k];
+    int64_t i = cf__sh_find(c, s, fp);
+    if (i < 0) {
+      /* a miss in this world: the chunk comes in only where reads promote (read since) */
+      if (st->cfg.promote_on_read) cf__sh_insert(c, k, fp, t, 1, st->tau[0]);
+      continue;
+    }
+    int32_t x = s->tab[i];
+    s->score += w;
+    cf__sh_unlink(s, x);
+    s->n[x].t = t;
+    s->n[x].cls = 1;
+    cf__sh_push(s, x);
+  }
+  cf__sh_tick(st);
+}
