@@ -573,3 +573,95 @@ CF_TEST(store_cost_keeps_its_filter_where_frequency_is_right) {
   CF_CHECK_MSG(cost >= 390, "cost hit %d of the last 400 popular reads (LRU %d)", cost, lru);
   CF_CHECK_MSG(bonus >= 1.386, "the read class's head start fell to %.3f with no unread chunk back", bonus);
 }
+
+/* The CPU tier in front of an SSD tier (cf_store_cost_cpu.c): its read class's head start is
+ * the one whose shadow cache would have had the most CPU-tier hits. A CPU tier of 32 chunks
+ * before an SSD tier that holds everything, all chunks worth the same, no promotion on read:
+ * a chunk the CPU tier gives up is read from SSD from then on (a CPU-tier miss). The hit is
+ * the chunk's tier when it is read. */
+static int cpu_read(cf_store_t *st, uint64_t id) {
+  int hit = in_cpu(st, id);
+  CF_CHECK_EQ(read_or_resave(st, id), 1); /* on SSD if not in the CPU tier */
+  return hit;
+}
+
+/* Frequency is right (RAG's popular documents among one-shot question tails): 24 popular
+ * chunks read two a step, three one-shot saves a step (60 touches between two reads of a
+ * popular chunk, 32 CPU slots: LRU's scan pushes them out, and so does the fixed head start of
+ * 0.35 tau, 22 touches, that the tier starts from). Returns the CPU-tier hits of the popular
+ * reads of the last 200 steps. */
+static int cpu_filter_trace(cf_store_evict_t pol, const char *name, double *head) {
+  cf_store_t *st = open_cost(name, 32, 2048, pol, NULL);
+  if (!st) return -1;
+  cf_store_cost_t flat = two_values(1.0f);
+  cf_store_set_cost(st, &flat);
+  int hits = 0;
+  for (uint64_t id = 100; id < 124; id++) {
+    CF_CHECK_OK(save_at(st, id, 0));
+    CF_CHECK_EQ(cpu_read(st, id), 1);
+  }
+  for (int i = 0; i < 400; i++) {
+    for (int k = 0; k < 2; k++) {
+      int h = cpu_read(st, 100 + (uint64_t)((2 * i + k) % 24));
+      if (i >= 200) hits += h;
+    }
+    for (int k = 0; k < 3; k++) CF_CHECK_OK(save_at(st, 90000 + 3 * (uint64_t)i + (uint64_t)k, 0));
+    caps_ok(st, name);
+  }
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  if (head) *head = s.cost_cpu_head_start;
+  for (uint64_t id = 100; id < 124; id++) CF_CHECK_MSG(present(st, id), "%s: popular chunk %d lost", name, (int)id);
+  cf_store_close(st);
+  return hits;
+}
+
+CF_TEST(store_cost_cpu_tier_keeps_reread_chunks_through_one_hit_scans) {
+  double head = -1;
+  int lru = cpu_filter_trace(CF_STORE_EVICT_LRU, "cpu_freq_lru", NULL);
+  int cost = cpu_filter_trace(CF_STORE_EVICT_COST, "cpu_freq_cost", &head);
+  CF_CHECK_MSG(lru < 100, "LRU's CPU tier kept the popular chunks through the scan (%d of 400 hits)", lru);
+  /* a popular chunk pushed out before the shadows took over is read from SSD from then on (no
+   * promotion on read): one or two of the 24 */
+  CF_CHECK_MSG(cost >= 360, "cost's CPU tier hit %d of the last 400 popular reads (LRU %d)", cost, lru);
+  /* the head start it starts from (0.35 tau) is not enough here: a larger one was chosen */
+  CF_CHECK_MSG(head > 0.35, "the CPU tier's head start is %.3f tau", head);
+}
+
+/* Recency is right (agentic runs: the next step reads what the last one saved): recency_trace's
+ * pattern (every step saves a fresh chunk read once 8 steps later, and a chunk read at once
+ * and never again; LRU keeps every fresh chunk until its read). A large head start would keep
+ * the dead read chunks over the fresh unread ones; the shadows see it and the CPU tier keeps
+ * the fresh ones as LRU does. Returns the CPU-tier hits of the fresh reads of steps [200, 400). */
+static int cpu_recency_trace(cf_store_evict_t pol, const char *name, double *head) {
+  cf_store_t *st = open_cost(name, 32, 2048, pol, NULL);
+  if (!st) return -1;
+  cf_store_cost_t flat = two_values(1.0f);
+  cf_store_set_cost(st, &flat);
+  int hits = 0;
+  for (int i = 0; i < 400; i++) {
+    CF_CHECK_OK(save_at(st, 10000 + (uint64_t)i, 0));
+    uint64_t once = 50000 + (uint64_t)i;
+    CF_CHECK_OK(save_at(st, once, 0));
+    CF_CHECK_EQ(cpu_read(st, once), 1);
+    if (i >= 8) {
+      int h = cpu_read(st, 10000 + (uint64_t)(i - 8));
+      if (i >= 200) hits += h;
+    }
+    caps_ok(st, name);
+  }
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  if (head) *head = s.cost_cpu_head_start;
+  cf_store_close(st);
+  return hits;
+}
+
+CF_TEST(store_cost_cpu_tier_keeps_fresh_chunks_where_recency_is_right) {
+  double head = -1;
+  int lru = cpu_recency_trace(CF_STORE_EVICT_LRU, "cpu_rec_lru", NULL);
+  int cost = cpu_recency_trace(CF_STORE_EVICT_COST, "cpu_rec_cost", &head);
+  CF_CHECK_MSG(lru == 200, "LRU's CPU tier kept %d of the last 200 fresh chunks until their read", lru);
+  CF_CHECK_MSG(cost >= 196, "cost's CPU tier kept %d of the last 200 fresh chunks (LRU %d)", cost, lru);
+  CF_CHECK_MSG(head >= 0 && head <= 0.35, "the CPU tier's head start is %.3f tau", head);
+}
