@@ -38,13 +38,20 @@
 static const double CF__CPUSH_B[CF__CPUSH_N] = {0.0, 0.5 * 0.6931471805599453, 1.3862943611198906, 4.0};
 /* the shadow that starts in charge (the former fixed head start) */
 #define CF__CPUSH_B0 1
-/* hits are weighed over this many tier-fulls of traffic (arrivals + uses): about a whole
- * evaluation run. 4 switched on noise: agentic at 5% capacity 3-4% worse than 64 (seeds 1-3),
- * a shadow ahead over a short window gave the fresh chunks away; undecayed counts (never
- * forgetting) were the same as 64 within 0.5% but for agentic seed 3 at 5% (-5%); a switching
- * margin of 10-20% over the shadow in charge was slower on RAG (1-3% of mean TTFT) and no
- * steadier on agentic. */
+/* hits are weighed over this many tier-fulls of traffic (arrivals + uses): longer than an
+ * evaluation run, short enough that a daemon follows a change of workload. Measured before the
+ * Z test below: 4 switched on noise (agentic at 5% capacity 3-4% worse than 64, seeds 1-3);
+ * undecayed counts were within 0.5% of 64 but for agentic seed 3 at 5% (-5%); a margin of
+ * 10-20% over the shadow in charge instead of the Z test was slower on RAG (1-3% of mean TTFT)
+ * and no steadier on agentic. With the Z test, 256 gave the same rows as 64 (within 0.1%). */
 #define CF__CPUSH_HORIZON 64.0
+/* Another shadow takes charge only when its lead over the one in charge is over Z standard
+ * deviations of a difference of two counts of hits, sqrt(sum). Without it (any lead), a shadow
+ * briefly ahead gave chat's and agentic's fresh chunks away for good (no promotion brings an SSD
+ * chunk back): 4 cells of 24 1.0-1.5% worse than the fixed head start (seeds 1-3), RAG at
+ * 50% 1-2% better than with it. Z = 1 and 2 still switched on noise (agentic 5-10% up to 6%
+ * worse); 4 was like 3 but slower on RAG (1-2% at 25-50%). */
+#define CF__CPUSH_Z 3.0
 /* above this many slots the shadows sample the keys */
 #define CF__CPUSH_MAX_NODES 4096
 
@@ -190,6 +197,9 @@ static void cf__sh_tick(cf_store_t *st) {
     c->sh[k].score *= c->decay;
     if (c->sh[k].score > c->sh[best].score) best = k;
   }
+  /* a lead that chance explains is no reason to switch (CF__CPUSH_Z) */
+  double a = c->sh[best].score, b = c->sh[c->cur].score;
+  if (best != c->cur && a - b <= CF__CPUSH_Z * sqrt(a + b)) best = c->cur;
   if (best != c->cur) {
     c->cur = best;
     st->bonus[0] = CF__CPUSH_B[best];
