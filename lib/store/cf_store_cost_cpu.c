@@ -153,15 +153,34 @@ static uint64_t cf__sh_key(const cf_store_t *st, int32_t e) {
   return fp | 1; /* never 0 */
 }
 
+/* nodes per shadow and sampling shift for a CPU tier of `slots` */
+static int32_t cf__sh_cap(int32_t slots, unsigned *shift) {
+  int32_t cap = slots > 0 ? slots : 1;
+  *shift = 0;
+  while (cap > CF__CPUSH_MAX_NODES) { cap = (cap + 1) / 2; (*shift)++; }
+  return cap;
+}
+
+static uint32_t cf__sh_tab(int32_t cap) {
+  uint32_t tab = 1;
+  while (tab < 2u * (uint32_t)cap) tab <<= 1;
+  return tab;
+}
+
+size_t cf__cpush_bytes(int32_t slots) {
+  unsigned shift;
+  int32_t cap = cf__sh_cap(slots, &shift);
+  return sizeof(struct cf__cpush_s) +
+         CF__CPUSH_N * ((size_t)cap * sizeof(cf__shnode_t) + (size_t)cf__sh_tab(cap) * sizeof(int32_t));
+}
+
 int cf__cpush_alloc(cf_store_t *st) {
   if (st->cfg.rank || !st->n_ssd_slots || st->n_cpu_slots <= 0) return 0;
   struct cf__cpush_s *c = calloc(1, sizeof *c);
   if (!c) return cf_seterr(CF_ENOMEM, "store %s: cost policy CPU-tier shadows", st->dir);
-  int32_t cap = st->n_cpu_slots;
-  while (cap > CF__CPUSH_MAX_NODES) { cap = (cap + 1) / 2; c->shift++; }
+  int32_t cap = cf__sh_cap(st->n_cpu_slots, &c->shift);
   c->cap = cap;
-  uint32_t tab = 1;
-  while (tab < 2u * (uint32_t)cap) tab <<= 1;
+  uint32_t tab = cf__sh_tab(cap);
   c->mask = tab - 1;
   /* traffic is counted in the sampled keys' events: a tier-full is `cap` of them */
   c->decay = exp(-1.0 / (CF__CPUSH_HORIZON * cap));

@@ -275,6 +275,7 @@ int cf__cpush_alloc(cf_store_t *st); /* no-op unless the CPU tier is in front of
 void cf__cpush_free(cf_store_t *st);
 void cf__cpush_arrive(cf_store_t *st, int32_t e); /* e enters the CPU tier (mu held) */
 void cf__cpush_use(cf_store_t *st, int32_t e);    /* e was used (mu held, cost_t[e] updated) */
+size_t cf__cpush_bytes(int32_t slots); /* the shadows' memory for a CPU tier of `slots` */
 
 /* ---- cf_store_spill.c: write-back */
 unsigned cf__take_dirty(cf_store_t *st, int32_t *out, unsigned max); /* mu held */

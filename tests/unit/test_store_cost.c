@@ -4,6 +4,7 @@
  * journal, restart, shrink and verify under it. Dirty chunks written back before they go:
  * test_store's dirty-eviction case, run for every policy.
  * Real store, real files, real reads. */
+#include <math.h>
 #include <stdlib.h>
 
 #include "cf_test.h"
@@ -670,4 +671,32 @@ CF_TEST(store_cost_cpu_tier_keeps_fresh_chunks_where_recency_is_right) {
   CF_CHECK_MSG(lru == 200, "LRU's CPU tier kept %d of the last 200 fresh chunks until their read", lru);
   CF_CHECK_MSG(cost >= 196, "cost's CPU tier kept %d of the last 200 fresh chunks (LRU %d)", cost, lru);
   CF_CHECK_MSG(head >= 0 && head < 0.35, "the CPU tier's head start is %.3f tau", head);
+}
+
+/* A CPU tier over the shadows' 4096 nodes (4500 slots): the shadows follow a sample of the keys
+ * (half of them here, shadows of 2250), the tier keeps its cap and its chunks, and its head
+ * start stays one of the shadows'. Saves of 6000 chunks, each of the last 64 read again. */
+CF_TEST(store_cost_cpu_tier_shadows_sample_a_large_tier) {
+  cf_store_config_t c = cfg_cost(4500, 2048, CF_STORE_EVICT_COST);
+  c.file_bytes = 256 * SLOT;
+  c.cost = two_values(1.0f);
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  cf_store_t *st = NULL;
+  CF_CHECK_OK(cf_store_open(tdir("cpu_sampled"), &g, &c, &st));
+  if (!st) return;
+  int reads = 0;
+  for (uint64_t id = 0; id < 6000; id++) {
+    CF_CHECK_OK(save_at(st, 200000 + id, 0));
+    if (id >= 64) reads += cpu_read(st, 200000 + id - 64 + (id % 7)); /* a recent one */
+    if (id % 500 == 0) caps_ok(st, "sampled");
+  }
+  caps_ok(st, "sampled");
+  CF_CHECK_MSG(reads > 5000, "only %d of 5936 recent reads found in the CPU tier", reads);
+  CF_CHECK_EQ(count_intact(st, 200000, 206000), 6000);
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  double h = s.cost_cpu_head_start;
+  CF_CHECK_MSG(h == 0.0 || fabs(h - 0.5 * 0.6931471805599453) < 1e-9 || fabs(h - 1.3862943611198906) < 1e-9 || h == 4.0,
+               "the CPU tier's head start %.4f is none of its shadows'", h);
+  cf_store_close(st);
 }
