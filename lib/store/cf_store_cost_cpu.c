@@ -46,7 +46,7 @@ static const double CF__CPUSH_B[CF__CPUSH_N] = {0.0, 0.5 * 0.6931471805599453, 1
 #define CF__CPUSH_B0 1
 /* hits are weighed over this many tier-fulls of traffic (arrivals + uses): longer than an
  * evaluation run, short enough that a daemon follows a change of workload. Measured before the
- * Z test below: 4 switched on noise (agentic at 5% capacity 3-4% worse than 64, seeds 1-3);
+ * Z test below: 4 switched on noise (agentic at 5% capacity 2-5% worse than 64, seeds 1-3);
  * undecayed counts were within 0.5% of 64 but for agentic seed 3 at 5% (-5%); a margin of
  * 10-20% over the shadow in charge instead of the Z test was slower on RAG (1-3% of mean TTFT)
  * and no steadier on agentic. With the Z test, 256 gave the same rows as 64 (within 0.1%). */
@@ -54,9 +54,9 @@ static const double CF__CPUSH_B[CF__CPUSH_N] = {0.0, 0.5 * 0.6931471805599453, 1
 /* Another shadow takes charge only when its lead over the one in charge is over Z standard
  * deviations of a difference of two counts of hits, sqrt(sum). Without it (any lead), a shadow
  * briefly ahead gave chat's and agentic's fresh chunks away for good (no promotion brings an SSD
- * chunk back): 4 cells of 24 1.0-1.5% worse than the fixed head start (seeds 1-3), RAG at
- * 50% 1-2% better than with it. Z = 1 and 2 still switched on noise (agentic 5-10% up to 6%
- * worse); 4 was like 3 but slower on RAG (1-2% at 25-50%). */
+ * chunk back): 5 chat and agentic cells of 24 1.1-1.5% worse than the fixed head start (seeds
+ * 1-3), RAG at 50% 1-2% better than with it. Z = 1 and 2 still switched on noise (agentic at
+ * 5-10% up to 6% worse); 4 was like 3 but slower on RAG (up to 1% at 25-50%). */
 #define CF__CPUSH_Z 3.0
 /* above this many slots the shadows sample the keys */
 #define CF__CPUSH_MAX_NODES 4096
