@@ -184,17 +184,10 @@ static int64_t cf__ghost_find(const cf__ghosts_t *g, uint64_t fp) {
   return -1;
 }
 
+static uint64_t cf__ghost_fp(const void *g, int32_t idx) { return ((const cf__ghosts_t *)g)->ring[idx].fp; }
+
 /* empty table slot i, keeping probe chains whole (backward shift) */
-static void cf__ghost_unlink(cf__ghosts_t *g, uint32_t i) {
-  for (uint32_t j = (i + 1) & g->mask; g->tab[j] >= 0; j = (j + 1) & g->mask) {
-    uint32_t home = (uint32_t)g->ring[g->tab[j]].fp & g->mask;
-    if (((j - home) & g->mask) >= ((j - i) & g->mask)) {
-      g->tab[i] = g->tab[j];
-      i = j;
-    }
-  }
-  g->tab[i] = -1;
-}
+static void cf__ghost_unlink(cf__ghosts_t *g, uint32_t i) { cf__probe_unlink(g->tab, g->mask, i, g, cf__ghost_fp); }
 
 static void cf__ghost_kill(cf__ghosts_t *g, uint32_t slot) {
   cf__ghost_t *gh = &g->ring[g->tab[slot]];

@@ -96,16 +96,11 @@ static int64_t cf__sh_find(const struct cf__cpush_s *c, const cf__shadow_t *s, u
   return -1;
 }
 
+static uint64_t cf__sh_node_fp(const void *s, int32_t idx) { return ((const cf__shadow_t *)s)->n[idx].fp; }
+
 /* empty table slot i, keeping probe chains whole (backward shift) */
 static void cf__sh_unhash(const struct cf__cpush_s *c, cf__shadow_t *s, uint32_t i) {
-  for (uint32_t j = (i + 1) & c->mask; s->tab[j] >= 0; j = (j + 1) & c->mask) {
-    uint32_t home = (uint32_t)s->n[s->tab[j]].fp & c->mask;
-    if (((j - home) & c->mask) >= ((j - i) & c->mask)) {
-      s->tab[i] = s->tab[j];
-      i = j;
-    }
-  }
-  s->tab[i] = -1;
+  cf__probe_unlink(s->tab, c->mask, i, s, cf__sh_node_fp);
 }
 
 static void cf__sh_unlink(cf__shadow_t *s, int32_t x) {

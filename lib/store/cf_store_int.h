@@ -268,6 +268,21 @@ int32_t cf__heap_pick(cf_store_t *st, int tier, int (*ok)(cf_store_t *, int32_t)
  * remembers it */
 void cf__cost_evicted(cf_store_t *st, int32_t e);
 
+/* Open addressing with linear probing over int32 indices (-1: empty), each entry's home slot its
+ * 64-bit fingerprint & mask (the cost policy's ghosts and the CPU tier's shadows): empty slot i,
+ * keeping every probe chain whole (backward shift). fp(ctx, idx): entry idx's fingerprint. */
+static inline void cf__probe_unlink(int32_t *tab, uint32_t mask, uint32_t i, const void *ctx,
+                                    uint64_t (*fp)(const void *ctx, int32_t idx)) {
+  for (uint32_t j = (i + 1) & mask; tab[j] >= 0; j = (j + 1) & mask) {
+    uint32_t home = (uint32_t)fp(ctx, tab[j]) & mask;
+    if (((j - home) & mask) >= ((j - i) & mask)) {
+      tab[i] = tab[j];
+      i = j;
+    }
+  }
+  tab[i] = -1;
+}
+
 /* ---- cf_store_cost_cpu.c: the cost policy's CPU tier in front of SSD, its read class's head
  * start (bonus[0]) chosen by the best of CF__CPUSH_N shadow caches */
 #define CF__CPUSH_N 4
