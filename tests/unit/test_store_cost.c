@@ -488,6 +488,46 @@ static int read_or_resave(cf_store_t *st, uint64_t id) {
   return 0;
 }
 
+/* The two traces below, also run against the CPU tier before SSD (further down); rd reads a
+ * chunk and says whether it was a hit. fresh_next: every step saves a fresh chunk read once 8
+ * steps later and a chunk read at once and never again; the hits of the fresh reads of steps
+ * [from, to). */
+static int fresh_next(cf_store_t *st, const char *name, int from, int to, int (*rd)(cf_store_t *, uint64_t)) {
+  int hits = 0;
+  for (int i = 0; i < to; i++) {
+    CF_CHECK_OK(save_at(st, 10000 + (uint64_t)i, 0)); /* fresh, read at step i + 8 */
+    uint64_t once = 50000 + (uint64_t)i;               /* read now, dead afterwards */
+    CF_CHECK_OK(save_at(st, once, 0));
+    CF_CHECK_EQ(rd(st, once), 1);
+    if (i >= 8) {
+      int h = rd(st, 10000 + (uint64_t)(i - 8));
+      if (i >= from) hits += h;
+    }
+    caps_ok(st, name);
+  }
+  return hits;
+}
+
+/* n_pop popular chunks (saved and read once first) read in turn, two a step, among three one-shot
+ * chunks a step nobody reads again; the hits of the popular reads of steps [from, to). */
+static int popular_scan(cf_store_t *st, const char *name, int n_pop, int from, int to,
+                        int (*rd)(cf_store_t *, uint64_t)) {
+  int hits = 0;
+  for (uint64_t id = 100; id < 100 + (uint64_t)n_pop; id++) {
+    CF_CHECK_OK(save_at(st, id, 0));
+    CF_CHECK_EQ(rd(st, id), 1);
+  }
+  for (int i = 0; i < to; i++) {
+    for (int k = 0; k < 2; k++) {
+      int h = rd(st, 100 + (uint64_t)((2 * i + k) % n_pop));
+      if (i >= from) hits += h;
+    }
+    for (int k = 0; k < 3; k++) CF_CHECK_OK(save_at(st, 90000 + 3 * (uint64_t)i + (uint64_t)k, 0));
+    caps_ok(st, name);
+  }
+  return hits;
+}
+
 /* Recency is right (the real daemon's trace): every step saves a fresh chunk that is read once 8
  * steps later, and a chunk that is read at once and never again. A CPU-only store of 32 chunks,
  * all worth the same. LRU keeps every fresh chunk until its read (23 touches between save and
@@ -500,18 +540,7 @@ static int recency_trace(cf_store_evict_t pol, const char *name, int from, int t
   if (!st) return -1;
   cf_store_cost_t flat = two_values(1.0f);
   cf_store_set_cost(st, &flat);
-  int hits = 0;
-  for (int i = 0; i < to; i++) {
-    CF_CHECK_OK(save_at(st, 10000 + (uint64_t)i, 0)); /* fresh, read at step i + 8 */
-    uint64_t once = 50000 + (uint64_t)i;               /* read now, dead afterwards */
-    CF_CHECK_OK(save_at(st, once, 0));
-    CF_CHECK_EQ(read_or_resave(st, once), 1);
-    if (i >= 8) {
-      int h = read_or_resave(st, 10000 + (uint64_t)(i - 8));
-      if (i >= from) hits += h;
-    }
-    caps_ok(st, name);
-  }
+  int hits = fresh_next(st, name, from, to, read_or_resave);
   cf_store_stats_t s;
   cf_store_get_stats(st, &s);
   if (bonus) *bonus = s.cost_read_bonus;
@@ -546,19 +575,7 @@ static int filter_trace(cf_store_evict_t pol, const char *name, double *bonus) {
   if (!st) return -1;
   cf_store_cost_t flat = two_values(1.0f);
   cf_store_set_cost(st, &flat);
-  int hits = 0;
-  for (uint64_t id = 100; id < 116; id++) {
-    CF_CHECK_OK(save_at(st, id, 0));
-    CF_CHECK_EQ(read_or_resave(st, id), 1);
-  }
-  for (int i = 0; i < 400; i++) {
-    for (int k = 0; k < 2; k++) {
-      int h = read_or_resave(st, 100 + (uint64_t)((2 * i + k) % 16));
-      if (i >= 200) hits += h;
-    }
-    for (int k = 0; k < 3; k++) CF_CHECK_OK(save_at(st, 90000 + 3 * (uint64_t)i + (uint64_t)k, 0));
-    caps_ok(st, name);
-  }
+  int hits = popular_scan(st, name, 16, 200, 400, read_or_resave);
   cf_store_stats_t s;
   cf_store_get_stats(st, &s);
   if (bonus) *bonus = s.cost_read_bonus;
@@ -597,77 +614,41 @@ static int cpu_read(cf_store_t *st, uint64_t id) {
   return hit;
 }
 
-/* Frequency is right (RAG's popular documents among one-shot question tails): 24 popular
- * chunks read two a step, three one-shot saves a step (60 touches between two reads of a
- * popular chunk, 32 CPU slots: LRU's scan pushes them out, and so does the head start of 0.35
- * tau, 22 touches, that the tier starts from). Returns the CPU-tier hits of the popular reads
- * of steps [600, 800). */
-static int cpu_filter_trace(cf_store_evict_t pol, const char *name, double *head) {
+/* One of the traces above against the CPU tier before SSD: popular_scan (freq) or fresh_next.
+ * Frequency is right (RAG's popular documents among one-shot question tails): 24 popular chunks
+ * read two a step among three one-shot saves (60 touches between two reads of a popular chunk,
+ * 32 CPU slots: LRU's scan pushes them out, and so does the head start of 0.35 tau, 22
+ * touches, that the tier starts from). Recency is right (agentic runs: the next step reads what
+ * the last one saved; LRU keeps every fresh chunk until its read): a head start of 0.35 tau
+ * already keeps some dead read chunks over fresh unread ones. Returns the CPU-tier hits of steps
+ * [600, 800); *head: the head start the tier ends with. */
+static int cpu_trace(cf_store_evict_t pol, const char *name, int freq, double *head) {
   cf_store_t *st = open_cpu_tier(name, pol);
   if (!st) return -1;
-  int hits = 0;
-  for (uint64_t id = 100; id < 124; id++) {
-    CF_CHECK_OK(save_at(st, id, 0));
-    CF_CHECK_EQ(cpu_read(st, id), 1);
-  }
-  for (int i = 0; i < 800; i++) {
-    for (int k = 0; k < 2; k++) {
-      int h = cpu_read(st, 100 + (uint64_t)((2 * i + k) % 24));
-      if (i >= 600) hits += h;
-    }
-    for (int k = 0; k < 3; k++) CF_CHECK_OK(save_at(st, 90000 + 3 * (uint64_t)i + (uint64_t)k, 0));
-    caps_ok(st, name);
-  }
+  int hits = freq ? popular_scan(st, name, 24, 600, 800, cpu_read) : fresh_next(st, name, 600, 800, cpu_read);
   cf_store_stats_t s;
   cf_store_get_stats(st, &s);
   if (head) *head = s.cost_cpu_head_start;
-  for (uint64_t id = 100; id < 124; id++) CF_CHECK_MSG(present(st, id), "%s: popular chunk %d lost", name, (int)id);
+  if (freq)
+    for (uint64_t id = 100; id < 124; id++) CF_CHECK_MSG(present(st, id), "%s: popular chunk %d lost", name, (int)id);
   cf_store_close(st);
   return hits;
 }
 
 CF_TEST(store_cost_cpu_tier_keeps_reread_chunks_through_one_hit_scans) {
   double head = -1;
-  int lru = cpu_filter_trace(CF_STORE_EVICT_LRU, "cpu_freq_lru", NULL);
-  int cost = cpu_filter_trace(CF_STORE_EVICT_COST, "cpu_freq_cost", &head);
+  int lru = cpu_trace(CF_STORE_EVICT_LRU, "cpu_freq_lru", 1, NULL);
+  int cost = cpu_trace(CF_STORE_EVICT_COST, "cpu_freq_cost", 1, &head);
   CF_CHECK_MSG(lru < 100, "LRU's CPU tier kept the popular chunks through the scan (%d of 400 hits)", lru);
   CF_CHECK_MSG(cost >= 390, "cost's CPU tier hit %d of the last 400 popular reads (LRU %d)", cost, lru);
   /* the head start it starts from (0.35 tau) is not enough here: a larger one was chosen */
   CF_CHECK_MSG(head > 0.35, "the CPU tier's head start is %.3f tau", head);
 }
 
-/* Recency is right (agentic runs: the next step reads what the last one saved): recency_trace's
- * pattern (every step saves a fresh chunk read once 8 steps later, and a chunk read at once
- * and never again; LRU keeps every fresh chunk until its read). A head start of 0.35 tau
- * already keeps some dead read chunks over fresh unread ones; the shadows see it and the CPU
- * tier keeps the fresh ones as LRU does. Returns the CPU-tier hits of the fresh reads of steps
- * [600, 800). */
-static int cpu_recency_trace(cf_store_evict_t pol, const char *name, double *head) {
-  cf_store_t *st = open_cpu_tier(name, pol);
-  if (!st) return -1;
-  int hits = 0;
-  for (int i = 0; i < 800; i++) {
-    CF_CHECK_OK(save_at(st, 10000 + (uint64_t)i, 0));
-    uint64_t once = 50000 + (uint64_t)i;
-    CF_CHECK_OK(save_at(st, once, 0));
-    CF_CHECK_EQ(cpu_read(st, once), 1);
-    if (i >= 8) {
-      int h = cpu_read(st, 10000 + (uint64_t)(i - 8));
-      if (i >= 600) hits += h;
-    }
-    caps_ok(st, name);
-  }
-  cf_store_stats_t s;
-  cf_store_get_stats(st, &s);
-  if (head) *head = s.cost_cpu_head_start;
-  cf_store_close(st);
-  return hits;
-}
-
 CF_TEST(store_cost_cpu_tier_keeps_fresh_chunks_where_recency_is_right) {
   double head = -1;
-  int lru = cpu_recency_trace(CF_STORE_EVICT_LRU, "cpu_rec_lru", NULL);
-  int cost = cpu_recency_trace(CF_STORE_EVICT_COST, "cpu_rec_cost", &head);
+  int lru = cpu_trace(CF_STORE_EVICT_LRU, "cpu_rec_lru", 0, NULL);
+  int cost = cpu_trace(CF_STORE_EVICT_COST, "cpu_rec_cost", 0, &head);
   CF_CHECK_MSG(lru == 200, "LRU's CPU tier kept %d of the last 200 fresh chunks until their read", lru);
   CF_CHECK_MSG(cost >= 196, "cost's CPU tier kept %d of the last 200 fresh chunks (LRU %d)", cost, lru);
   CF_CHECK_MSG(head >= 0 && head < 0.35, "the CPU tier's head start is %.3f tau", head);
