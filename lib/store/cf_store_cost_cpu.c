@@ -145,13 +145,12 @@ static void cf__sh_insert(struct cf__cpush_s *c, int k, uint64_t fp, double t, i
   s->len++;
 }
 
-/* the sampled key's fingerprint, or 0 when the shadows do not follow e */
-static uint64_t cf__sh_key(const cf_store_t *st, int32_t e) {
+/* 1 and e's fingerprint in *fp when the shadows follow e (its key is in the sample), else 0 */
+static int cf__sh_key(const cf_store_t *st, int32_t e, uint64_t *fp) {
   const struct cf__cpush_s *c = st->cpush;
   if (!c) return 0;
-  uint64_t fp = cf__sh_fp(&st->ents[e].key);
-  if (c->shift && (fp >> (64 - c->shift))) return 0;
-  return fp | 1; /* never 0 */
+  *fp = cf__sh_fp(&st->ents[e].key);
+  return !c->shift || !(*fp >> (64 - c->shift));
 }
 
 /* nodes per shadow and sampling shift for a CPU tier of `slots` */
@@ -228,8 +227,8 @@ static void cf__sh_tick(cf_store_t *st) {
 }
 
 void cf__cpush_arrive(cf_store_t *st, int32_t e) {
-  uint64_t fp = cf__sh_key(st, e);
-  if (!fp) return;
+  uint64_t fp;
+  if (!cf__sh_key(st, e, &fp)) return;
   struct cf__cpush_s *c = st->cpush;
   double t = st->cost_t[e], tau = st->tau[0];
   int cls = st->ents[e].uses ? 1 : 0;
@@ -248,8 +247,8 @@ void cf__cpush_arrive(cf_store_t *st, int32_t e) {
 }
 
 void cf__cpush_use(cf_store_t *st, int32_t e) {
-  uint64_t fp = cf__sh_key(st, e);
-  if (!fp) return;
+  uint64_t fp;
+  if (!cf__sh_key(st, e, &fp)) return;
   struct cf__cpush_s *c = st->cpush;
   double t = st->cost_t[e];
   const cf__ent_t *en = &st->ents[e];
