@@ -56,7 +56,11 @@ static const double CF__CPUSH_B[CF__CPUSH_N] = {0.0, 0.5 * 0.6931471805599453, 1
  * briefly ahead gave chat's and agentic's fresh chunks away for good (no promotion brings an SSD
  * chunk back): 5 chat and agentic cells of 24 1.1-1.5% worse than the fixed head start (seeds
  * 1-3), RAG at 50% 1-2% better than with it. Z = 1 and 2 still switched on noise (agentic at
- * 5-10% up to 6% worse); 4 was like 3 but slower on RAG (up to 1% at 25-50%). */
+ * 5-10% up to 6% worse); 4 was like 3 but slower on RAG (up to 1% at 25-50%). Back to the
+ * starting shadow (0.35 tau, the safest fixed value measured) any lead is enough: with the test
+ * both ways, chat seed 5 at 25% kept ln 4 after an early lead while 0.35's shadow caught up
+ * (1.04x to 1.01x; back on any lead 1.04x; seeds 1-3 identical either way; this rule was chosen
+ * on seeds 4-5, then checked on seeds 6-7). */
 #define CF__CPUSH_Z 3.0
 /* above this many slots the shadows sample the keys */
 #define CF__CPUSH_MAX_NODES 4096
@@ -216,9 +220,10 @@ static void cf__sh_tick(cf_store_t *st) {
     c->sh[k].score *= c->decay;
     if (c->sh[k].score > c->sh[best].score) best = k;
   }
-  /* a lead that chance explains is no reason to switch (CF__CPUSH_Z) */
+  /* a lead that chance explains is no reason to leave the starting head start (CF__CPUSH_Z);
+   * any lead of its shadow brings it back */
   double a = c->sh[best].score, b = c->sh[c->cur].score;
-  if (best != c->cur && a - b <= CF__CPUSH_Z * sqrt(a + b)) best = c->cur;
+  if (best != c->cur && best != CF__CPUSH_B0 && a - b <= CF__CPUSH_Z * sqrt(a + b)) best = c->cur;
   if (best != c->cur) {
     c->cur = best;
     st->bonus[0] = CF__CPUSH_B[best];
