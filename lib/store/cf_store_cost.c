@@ -30,9 +30,9 @@
  * positions per index entry (uses and pos fill padding; the low bit names the class's heap), the
  * 8-byte t_e per entry (cost_t, allocated only under this policy), and the value tier's ghosts:
  * 16 bytes of ring and 8-16 bytes of hash table per slot of that tier. The CPU tier in front of
- * an SSD tier has its read class's head start chosen by four shadow caches (cf_store_cost_cpu.c:
- * O(1) per arrival and use; 160-192 bytes per CPU slot up to 4096 slots, keys sampled above
- * that, 640 KiB at most; nothing per index entry). */
+ * an SSD tier has its read class's head start chosen by three shadow caches (cf_store_cost_cpu.c:
+ * O(1) per arrival and use; 120-144 bytes per CPU slot up to 4096 slots, keys sampled above
+ * that, 480 KiB at most; nothing per index entry). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,7 +67,7 @@
  * mean TTFT against 2), 4 kept too much dead weight (chat +3%, agentic +2%). */
 #define CF__COST_TAU_SLOTS 2.0
 /* The CPU tier in front of an SSD tier: the head start it starts from (cf_store_cost_cpu.c then
- * hands it to the shadow cache with the most hits: 0, this, ln 4 or 4 tau). A chunk read since
+ * hands it to the shadow cache with the most hits: 0, this or ln 4 tau). A chunk read since
  * it came in ranks as if 0.35 tau (0.7 CPU-tier-fulls of traffic) newer, i.e. half the frequency factor's ln 2 of a used chunk
  * over an unread one at f = 1. A little of what S3-FIFO's small queue does for RAG's popular
  * documents (0-1.5% lower mean TTFT on RAG traces, seeds 1 and 2), mild enough that agentic

@@ -26,7 +26,7 @@
  * plus a hash lookup. Memory: per shadow, 32 bytes per node and 8-16 bytes of hash table per
  * CPU slot; a tier over CF__CPUSH_MAX_NODES slots is sampled (keys whose hash falls in 1 / 2^s,
  * a shadow of slots / 2^s), so the shadows' memory is bounded whatever the tier's size and
- * costs nothing per index entry (cf__cpush_bytes: 160-192 bytes per slot, 640 KiB at most).
+ * costs nothing per index entry (cf__cpush_bytes: 120-144 bytes per slot, 480 KiB at most).
  *
  * Measured (`make eval-evict`, scale 0.25, seeds 1-3, against the fixed 0.35 tau in the same
  * run): chat and agentic unchanged (no switch, or chat seed 1 at 5% +1.4%), RAG at 5-50% -0.3 to
@@ -39,9 +39,12 @@
 #include "store/cf_store_int.h"
 #include "util/cf_err.h"
 
-/* the candidate head starts, in units of tau (0: LRU; 0.35: the fixed one before; the large
- * ones toward S3-FIFO's filter) */
-static const double CF__CPUSH_B[CF__CPUSH_N] = {0.0, 0.5 * 0.6931471805599453, 1.3862943611198906, 4.0};
+/* the candidate head starts, in units of tau (0: LRU; 0.35: the fixed one before; ln 4 toward
+ * S3-FIFO's filter). A fourth shadow at 4 tau (closer still to S3-FIFO) was measured and dropped:
+ * RAG up to 3.9% better, but on agentic seed 7 at 50% its shadow led early by 3 sd and the tier
+ * under it held 6 points fewer CPU-tier hits than the shadow had (5.0% worse); at 2 tau, agentic
+ * seed 1 at 10% 2.4% worse and chat seed 5 at 25% 2.1% worse (seeds 1-7). */
+static const double CF__CPUSH_B[CF__CPUSH_N] = {0.0, 0.5 * 0.6931471805599453, 1.3862943611198906};
 /* the shadow that starts in charge (the former fixed head start) */
 #define CF__CPUSH_B0 1
 /* hits are weighed over this many tier-fulls of traffic (arrivals + uses): longer than an

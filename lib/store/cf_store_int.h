@@ -285,7 +285,7 @@ static inline void cf__probe_unlink(int32_t *tab, uint32_t mask, uint32_t i, con
 
 /* ---- cf_store_cost_cpu.c: the cost policy's CPU tier in front of SSD, its read class's head
  * start (bonus[0]) chosen by the best of CF__CPUSH_N shadow caches */
-#define CF__CPUSH_N 4
+#define CF__CPUSH_N 3
 int cf__cpush_alloc(cf_store_t *st); /* no-op unless the CPU tier is in front of an SSD tier */
 void cf__cpush_free(cf_store_t *st);
 void cf__cpush_arrive(cf_store_t *st, int32_t e); /* e enters the CPU tier (mu held) */
