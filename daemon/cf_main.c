@@ -207,6 +207,14 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
     CF__P("# HELP cacheflow_store_cost_read_head_start eviction = cost: the learnt head start of chunks read since they came in over unread ones "
           "(ln of the frequency factors' ratio; starts at ln 4).\n# TYPE cacheflow_store_cost_read_head_start gauge\n"
           "cacheflow_store_cost_read_head_start %.4f\n", t.cost_read_bonus);
+    /* the CPU tier in front of SSD (lib/store/cf_store_cost_cpu.c): the head start of its read
+     * class, the best of its shadow caches' (0: LRU order), and how often the choice changed */
+    CF__P("# HELP cacheflow_store_cost_cpu_read_head_start eviction = cost: the head start of chunks read since they came in over unread ones "
+          "in the CPU tier before SSD, in units of its decay time, chosen by the shadow cache with the most hits (0: LRU order; starts at 0.35).\n"
+          "# TYPE cacheflow_store_cost_cpu_read_head_start gauge\ncacheflow_store_cost_cpu_read_head_start %.4f\n", t.cost_cpu_head_start);
+    CF__P("# HELP cacheflow_store_cost_cpu_head_start_switches_total eviction = cost: changes of the CPU tier's head start to another shadow's.\n"
+          "# TYPE cacheflow_store_cost_cpu_head_start_switches_total counter\ncacheflow_store_cost_cpu_head_start_switches_total %llu\n",
+          (unsigned long long)t.cost_cpu_switches);
     CF__P("# HELP cacheflow_store_spills_total Chunks written back from the CPU tier to SSD.\n# TYPE cacheflow_store_spills_total counter\ncacheflow_store_spills_total %llu\n",
           (unsigned long long)t.spills);
     CF__P("# HELP cacheflow_store_corrupt_cells_total Cells that failed their checksum on read (recomputed, never served).\n# TYPE cacheflow_store_corrupt_cells_total counter\ncacheflow_store_corrupt_cells_total %llu\n",

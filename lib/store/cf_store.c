@@ -279,6 +279,7 @@ void cf_store_get_stats(cf_store_t *st, cf_store_stats_t *o) {
   o->cpu_bytes_used = (uint64_t)(st->n_cpu_slots - st->n_cpu_free) * st->slot_bytes;
   o->cpu_dirty = st->dirty.n;
   if (st->cost_on && st->learn_tier >= 0) o->cost_read_bonus = st->bonus[st->learn_tier];
+  if (st->cost_on && st->learn_tier == 1) o->cost_cpu_head_start = st->bonus[0];
   o->ssd_bytes_cap = st->cfg.ssd_bytes;
   o->ssd_bytes_used = o->ssd_chunks * st->slot_bytes;
   o->journal_records = __atomic_load_n(&st->jrecords, __ATOMIC_RELAXED);

@@ -169,6 +169,11 @@ typedef struct {
    * learnt from them (ln of the read / unread frequency factors' ratio; starts at ln 4) */
   uint64_t cost_ghost_unread, cost_ghost_read;
   double cost_read_bonus;
+  /* cost policy, the CPU tier in front of an SSD tier: its read class's head start (units of
+   * tau; 0: LRU order) as chosen by the best of its shadow caches, and how often the choice
+   * changed (lib/store/cf_store_cost_cpu.c) */
+  double cost_cpu_head_start;
+  uint64_t cost_cpu_switches;
   uint64_t corrupt_cells, corrupt_chunks;  /* checksum mismatches found on read; chunks dropped */
   uint64_t journal_records, journal_torn, journal_damaged, journal_dropped, journal_compactions;
   uint64_t enospc, io_errors;

@@ -36,7 +36,10 @@
  * bit names the class's heap), the 8-byte t_e per entry (cost_t, allocated only under this
  * policy), and the value tier's ghosts: 16 bytes of ring (its frequent bit fills padding) and
  * 8-16 bytes of hash table per slot of that tier, and 8-16 bytes of sketch per slot (16 4-bit
- * counters, rounded up to a power of two of words). */
+ * counters, rounded up to a power of two of words). The CPU tier in front of an SSD tier has its
+ * read class's head start chosen by three shadow caches (cf_store_cost_cpu.c: O(1) per arrival
+ * and use; 120-144 bytes per CPU slot up to 4096 slots, keys sampled above that, 480 KiB at
+ * most; nothing per index entry). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,8 +73,9 @@
  * at 5% and 10% capacity, then checked on held-out seeds: 0.5 and 1 fell toward LRU (chat +6-11%
  * mean TTFT against 2), 4 kept too much dead weight (chat +3%, agentic +2%). */
 #define CF__COST_TAU_SLOTS 2.0
-/* The CPU tier in front of an SSD tier: a chunk read since it came in ranks as if 0.35 tau
- * (0.7 CPU-tier-fulls of traffic) newer, i.e. half the frequency factor's ln 2 of a used chunk
+/* The CPU tier in front of an SSD tier: the head start it starts from (cf_store_cost_cpu.c then
+ * hands it to the shadow cache with the most hits: 0, this or ln 4 tau). A chunk read since
+ * it came in ranks as if 0.35 tau (0.7 CPU-tier-fulls of traffic) newer, i.e. half the frequency factor's ln 2 of a used chunk
  * over an unread one at f = 1. A little of what S3-FIFO's small queue does for RAG's popular
  * documents (0-1.5% lower mean TTFT on RAG traces, seeds 1 and 2), mild enough that agentic
  * runs' unread new chunks still stay (chat and agentic within +-1.3%). */
@@ -189,17 +193,10 @@ static int64_t cf__ghost_find(const cf__ghosts_t *g, uint64_t fp) {
   return -1;
 }
 
+static uint64_t cf__ghost_fp(const void *g, int32_t idx) { return ((const cf__ghosts_t *)g)->ring[idx].fp; }
+
 /* empty table slot i, keeping probe chains whole (backward shift) */
-static void cf__ghost_unlink(cf__ghosts_t *g, uint32_t i) {
-  for (uint32_t j = (i + 1) & g->mask; g->tab[j] >= 0; j = (j + 1) & g->mask) {
-    uint32_t home = (uint32_t)g->ring[g->tab[j]].fp & g->mask;
-    if (((j - home) & g->mask) >= ((j - i) & g->mask)) {
-      g->tab[i] = g->tab[j];
-      i = j;
-    }
-  }
-  g->tab[i] = -1;
-}
+static void cf__ghost_unlink(cf__ghosts_t *g, uint32_t i) { cf__probe_unlink(g->tab, g->mask, i, g, cf__ghost_fp); }
 
 static void cf__ghost_kill(cf__ghosts_t *g, uint32_t slot) {
   cf__ghost_t *gh = &g->ring[g->tab[slot]];
@@ -421,7 +418,7 @@ int cf__cost_alloc(cf_store_t *st) {
     memset(g->tab, 0xff, sizeof *g->tab * tab);
     if (cf__freq_alloc(st)) return CF_ENOMEM;
   }
-  return 0;
+  return cf__cpush_alloc(st); /* the CPU tier's shadows (cf_store_cost_cpu.c) */
 }
 
 void cf__cost_free(cf_store_t *st) {
@@ -434,6 +431,7 @@ void cf__cost_free(cf_store_t *st) {
   st->ghosts = (cf__ghosts_t){0};
   free(st->sketch.c);
   st->sketch = (cf__sketch_t){0};
+  cf__cpush_free(st);
 }
 
 void cf__heap_add(cf_store_t *st, int tier, int32_t e) {
@@ -446,6 +444,7 @@ void cf__heap_add(cf_store_t *st, int tier, int32_t e) {
     if (st->learn_tier >= 0 && st->ghosts.n_live) cf__ghost_hit(st, e);
     cf__freq_touch(st, &st->ents[e].key);
   }
+  if (tier == 0) cf__cpush_arrive(st, e); /* the CPU tier's shadows (cf_store_cost_cpu.c) */
   cf__hins(st, tier, e, cf__key(st, tier, e));
 }
 
@@ -473,6 +472,7 @@ void cf__cost_use(cf_store_t *st, int32_t e) {
   cf__freq_touch(st, &en->key);
   if (en->flags & CF__F_REFUSED) st->st.ssd_refused_read++;
   st->cost_t[e] = ++st->cost_clock;
+  cf__cpush_use(st, e); /* the CPU tier's shadows (cf_store_cost_cpu.c) */
   for (int t = 0; t < 2; t++)
     if (in[t]) cf__hins(st, t, e, cf__key(st, t, e));
 }

@@ -197,6 +197,7 @@ struct cf_store_s {
   cf__sketch_t sketch;   /* that tier's keys' recent frequency, across evictions */
   double cost_clock; /* COST: arrivals + uses so far, the priorities' time */
   double *cost_t;    /* COST: [n_ents_max] the clock at each entry's arrival or last use */
+  struct cf__cpush_s *cpush; /* COST: the CPU tier's shadows choosing bonus[0] (cf_store_cost_cpu.c) */
 };
 
 #define CF__SPILL_BATCH 16 /* chunks per write-back batch (one journal append) */
@@ -281,6 +282,30 @@ int32_t cf__heap_pick(cf_store_t *st, int tier, int (*ok)(cf_store_t *, int32_t)
 /* e is leaving the store by eviction (mu held, before it is freed): a ghost of the learning tier
  * remembers it */
 void cf__cost_evicted(cf_store_t *st, int32_t e);
+
+/* Open addressing with linear probing over int32 indices (-1: empty), each entry's home slot its
+ * 64-bit fingerprint & mask (the cost policy's ghosts and the CPU tier's shadows): empty slot i,
+ * keeping every probe chain whole (backward shift). fp(ctx, idx): entry idx's fingerprint. */
+static inline void cf__probe_unlink(int32_t *tab, uint32_t mask, uint32_t i, const void *ctx,
+                                    uint64_t (*fp)(const void *ctx, int32_t idx)) {
+  for (uint32_t j = (i + 1) & mask; tab[j] >= 0; j = (j + 1) & mask) {
+    uint32_t home = (uint32_t)fp(ctx, tab[j]) & mask;
+    if (((j - home) & mask) >= ((j - i) & mask)) {
+      tab[i] = tab[j];
+      i = j;
+    }
+  }
+  tab[i] = -1;
+}
+
+/* ---- cf_store_cost_cpu.c: the cost policy's CPU tier in front of SSD, its read class's head
+ * start (bonus[0]) chosen by the best of CF__CPUSH_N shadow caches */
+#define CF__CPUSH_N 3
+int cf__cpush_alloc(cf_store_t *st); /* no-op unless the CPU tier is in front of an SSD tier */
+void cf__cpush_free(cf_store_t *st);
+void cf__cpush_arrive(cf_store_t *st, int32_t e); /* e enters the CPU tier (mu held) */
+void cf__cpush_use(cf_store_t *st, int32_t e);    /* e was used (mu held, cost_t[e] updated) */
+size_t cf__cpush_bytes(int32_t slots); /* the shadows' memory for a CPU tier of `slots` */
 
 /* ---- cf_store_spill.c: write-back */
 unsigned cf__take_dirty(cf_store_t *st, int32_t *out, unsigned max); /* mu held */

@@ -6,7 +6,7 @@
  * one given up before: a ghost hit under cost). Reported: ns per
  * operation and the ratio 1M / 10k per policy (O(1): ~1 plus cache misses; O(log n): about
  * log(1M)/log(10k) = 1.5 plus cache misses), each policy against LRU (O(1)) at the same size,
- * and the index bytes per chunk.
+ * and the index bytes per chunk. cost+sh: cost with the CPU tier's shadows (cf_store_cost_cpu.c).
  * Usage: bench_evict [ops per size, default 2000000] */
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,8 +51,10 @@ static void add_chunk(cf_store_t *st, int32_t slot, const cf_store_key_t *again)
   cf__list_push_head(st, &st->ssd_lru, e, 1);
 }
 
-/* ns per operation with n chunks under policy pol */
-static double run(cf_store_evict_t pol, int32_t n, long ops, const char *dir, size_t *bytes_per_chunk) {
+/* ns per operation with n chunks under policy pol; shadows: also the cost policy's CPU-tier
+ * shadows (cf_store_cost_cpu.c) of a CPU tier of n slots in front of this SSD tier, fed each
+ * op's new chunk as a CPU-tier arrival and its use (what a save and a read add there) */
+static double run(cf_store_evict_t pol, int32_t n, long ops, const char *dir, size_t *bytes_per_chunk, int shadows) {
   cf_store_geom_t g;
   memset(&g, 0, sizeof g);
   g.dtype_size = 2;
@@ -75,6 +77,14 @@ static double run(cf_store_evict_t pol, int32_t n, long ops, const char *dir, si
   cf_store_t *st;
   if (cf_store_open(d, &g, &c, &st)) { fprintf(stderr, "bench_evict: open: %s\n", cf_errmsg()); exit(1); }
   pthread_mutex_lock(&st->mu);
+  if (shadows) {
+    /* the shadows of a CPU tier of n slots (sized from n_cpu_slots; the tier itself is not
+     * needed: the shadows hold keys only) */
+    int32_t keep = st->n_cpu_slots;
+    st->n_cpu_slots = n;
+    if (cf__cpush_alloc(st)) { fprintf(stderr, "bench_evict: shadows: %s\n", cf_errmsg()); exit(1); }
+    st->n_cpu_slots = keep;
+  }
   for (int32_t s = 0; s < n; s++) add_chunk(st, s, NULL);
   uint64_t r = 42;
   double t0 = now_s();
@@ -87,6 +97,7 @@ static double run(cf_store_evict_t pol, int32_t n, long ops, const char *dir, si
     cf__ssd_detach(st, v);
     cf__ent_maybe_free(st, v);
     add_chunk(st, s, i % 4 == 3 ? &vk : NULL); /* every 4th op the victim comes back */
+    if (shadows) cf__cpush_arrive(st, st->ssd_owner[s]);
     r = mix64(r);
     cf__ssd_touch(st, st->ssd_owner[r % (uint64_t)n]);
   }
@@ -114,19 +125,23 @@ int main(int argc, char **argv) {
   cf_log_level = CF_LOG_WARN;
   char tmpl[] = "/tmp/bench_evict.XXXXXX";
   if (!mkdtemp(tmpl)) { perror("mkdtemp"); return 1; }
-  const char *names[3] = {"lru", "s3fifo", "cost"};
+  const char *names[4] = {"lru", "s3fifo", "cost", "cost+sh"};
   printf("%-7s %10s %10s %8s %12s %12s %14s\n", "policy", "ns/op@10k", "ns/op@1M", "1M/10k", "vs lru@10k",
          "vs lru@1M", "index B/chunk");
   double lru_a = 0, lru_b = 0;
-  for (int p = 0; p < 3; p++) {
+  for (int p = 0; p < 4; p++) {
     size_t b1, b2;
-    double a = run((cf_store_evict_t)p, 10000, ops, tmpl, &b1);
-    double b = run((cf_store_evict_t)p, 1000000, ops, tmpl, &b2);
+    cf_store_evict_t pol = p == 3 ? CF_STORE_EVICT_COST : (cf_store_evict_t)p;
+    double a = run(pol, 10000, ops, tmpl, &b1, p == 3);
+    double b = run(pol, 1000000, ops, tmpl, &b2, p == 3);
     if (p == 0) { lru_a = a; lru_b = b; }
     printf("%-7s %10.0f %10.0f %8.2f %12.2f %12.2f %14zu\n", names[p], a, b, b / a, a / lru_a, b / lru_b, b2);
   }
   printf("(CPU time per op; the 1M/10k growth shared by every policy is cache misses: 10k chunks fit\n"
-         " in cache, 1M do not. An O(log n) policy would add log(1M)/log(10k) = 1.5x on top of it.)\n");
+         " in cache, 1M do not. An O(log n) policy would add log(1M)/log(10k) = 1.5x on top of it.\n"
+         " cost+sh: cost with the CPU-tier shadows of a CPU tier of as many slots fed an arrival and a\n"
+         " use per op; their memory is per CPU slot, not per chunk: %zu bytes per slot up to %d slots,\n"
+         " then sampled, %zu KiB at most)\n", cf__cpush_bytes(4096) / 4096, 4096, cf__cpush_bytes(1 << 30) >> 10);
   rmdir(tmpl);
   return 0;
 }

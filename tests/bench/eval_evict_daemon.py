@@ -452,7 +452,8 @@ def main():
                        "cost_tables": m.get(("cacheflow_evict_cost_tables_total", ""), 0),
                        "ghost_unread": m.get(("cacheflow_store_cost_ghost_returns_total", '{kind="unread"}')),
                        "ghost_read": m.get(("cacheflow_store_cost_ghost_returns_total", '{kind="read"}')),
-                       "read_head_start": m.get(("cacheflow_store_cost_read_head_start", ""))}
+                       "read_head_start": m.get(("cacheflow_store_cost_read_head_start", "")),
+                       "cpu_head_start": m.get(("cacheflow_store_cost_cpu_read_head_start", ""))}
             if used[0] > d.cpu_bytes or used[1] > d.ssd_bytes:
                 fail += 1
                 print(f"FAIL {p}: tiers hold {used} bytes, caps ({d.cpu_bytes}, {d.ssd_bytes})", file=sys.stderr)

@@ -42,11 +42,15 @@ if c["read_head_start"] is None or c["ghost_unread"] is None or c["ghost_read"] 
     bad.append(f"the cost daemon's /metrics lacks the learnt head start or its ghost counters ({c})")
 elif not (0.0 <= c["read_head_start"] <= 2 * 1.3862944 + 1e-3):
     bad.append(f"the learnt head start {c['read_head_start']} is outside [0, 2 ln 4]")
+if c["cpu_head_start"] is None:
+    bad.append(f"the cost daemon's /metrics lacks the CPU tier's head start ({c})")
+elif c["cpu_head_start"] not in (0.0, 0.3466, 1.3863):
+    bad.append(f"the CPU tier's head start {c['cpu_head_start']} is none of its shadows' (0, 0.3466, 1.3863)")
 print("; ".join(bad[:6]))
 sys.exit(1 if bad else 0)
 PY
 )
-check "every restore verified, caps held, evictions and hits in every policy, cost table installed, learnt head start in /metrics within [0, 2 ln 4]" "[ -z \"$why\" ]" "$why"
+check "every restore verified, caps held, evictions and hits in every policy, cost table installed, learnt head starts in /metrics (value tier within [0, 2 ln 4], CPU tier one of its shadows')" "[ -z \"$why\" ]" "$why"
 check "a table per family and the best-other / cost line" \
   "[ \$(grep -c '^best other / cost, mean executed' $T/out.txt) -eq 4 ] && grep -q '^# rag' $T/out.txt" "$(cat "$T/out.txt")"
 # the long trace (--long, README's long-trace row): its shape, without daemons

@@ -4,6 +4,7 @@
  * journal, restart, shrink and verify under it. Dirty chunks written back before they go:
  * test_store's dirty-eviction case, run for every policy.
  * Real store, real files, real reads. */
+#include <math.h>
 #include <stdlib.h>
 
 #include "cf_test.h"
@@ -493,6 +494,47 @@ static int read_or_resave(cf_store_t *st, uint64_t id) {
   return 0;
 }
 
+/* The two traces below, also run against the CPU tier before SSD (further down); rd reads a
+ * chunk and says whether it was a hit. fresh_next: every step saves a fresh chunk read once 8
+ * steps later and a chunk read at once and never again; the hits of the fresh reads of steps
+ * [from, to). */
+static int fresh_next(cf_store_t *st, const char *name, int from, int to, int (*rd)(cf_store_t *, uint64_t)) {
+  int hits = 0;
+  for (int i = 0; i < to; i++) {
+    CF_CHECK_OK(save_at(st, 10000 + (uint64_t)i, 0)); /* fresh, read at step i + 8 */
+    uint64_t once = 50000 + (uint64_t)i;               /* read now, dead afterwards */
+    CF_CHECK_OK(save_at(st, once, 0));
+    CF_CHECK_EQ(rd(st, once), 1);
+    if (i >= 8) {
+      int h = rd(st, 10000 + (uint64_t)(i - 8));
+      if (i >= from) hits += h;
+    }
+    caps_ok(st, name);
+  }
+  return hits;
+}
+
+/* n_pop popular chunks (with `prime`: saved and read once first) read in turn, two a step, among
+ * `scan` one-shot chunks a step nobody reads again; the hits of the popular reads of steps
+ * [from, to). */
+static int popular_scan(cf_store_t *st, const char *name, int n_pop, int scan, int prime, int from, int to,
+                        int (*rd)(cf_store_t *, uint64_t)) {
+  int hits = 0;
+  for (uint64_t id = 100; prime && id < 100 + (uint64_t)n_pop; id++) {
+    CF_CHECK_OK(save_at(st, id, 0));
+    CF_CHECK_EQ(rd(st, id), 1);
+  }
+  for (int i = 0; i < to; i++) {
+    for (int k = 0; k < 2; k++) {
+      int h = rd(st, 100 + (uint64_t)((2 * i + k) % n_pop));
+      if (i >= from) hits += h;
+    }
+    for (int k = 0; k < scan; k++) CF_CHECK_OK(save_at(st, 90000 + (uint64_t)scan * (uint64_t)i + (uint64_t)k, 0));
+    caps_ok(st, name);
+  }
+  return hits;
+}
+
 /* Recency is right (the real daemon's trace): every step saves a fresh chunk that is read once 8
  * steps later, and a chunk that is read at once and never again. A CPU-only store of 32 chunks,
  * all worth the same. LRU keeps every fresh chunk until its read (23 touches between save and
@@ -505,18 +547,7 @@ static int recency_trace(cf_store_evict_t pol, const char *name, int from, int t
   if (!st) return -1;
   cf_store_cost_t flat = two_values(1.0f);
   cf_store_set_cost(st, &flat);
-  int hits = 0;
-  for (int i = 0; i < to; i++) {
-    CF_CHECK_OK(save_at(st, 10000 + (uint64_t)i, 0)); /* fresh, read at step i + 8 */
-    uint64_t once = 50000 + (uint64_t)i;               /* read now, dead afterwards */
-    CF_CHECK_OK(save_at(st, once, 0));
-    CF_CHECK_EQ(read_or_resave(st, once), 1);
-    if (i >= 8) {
-      int h = read_or_resave(st, 10000 + (uint64_t)(i - 8));
-      if (i >= from) hits += h;
-    }
-    caps_ok(st, name);
-  }
+  int hits = fresh_next(st, name, from, to, read_or_resave);
   cf_store_stats_t s;
   cf_store_get_stats(st, &s);
   if (bonus) *bonus = s.cost_read_bonus;
@@ -546,31 +577,12 @@ CF_TEST(store_cost_learns_recency_where_recency_is_right) {
  * the read class's head start, and the one-shot chunks never come back, so nothing teaches it
  * otherwise: the head start stays and so do cost's hits. Returns the popular hits of the last
  * 200 steps. */
-/* 400 steps of 2 of the popular chunks 100-115 in turn (read, or saved again when gone) and
- * `scan` one-shot chunks saved; returns the popular hits of the last 200 steps */
-static int popular_among_scan(cf_store_t *st, const char *name, int scan) {
-  int hits = 0;
-  for (int i = 0; i < 400; i++) {
-    for (int k = 0; k < 2; k++) {
-      int h = read_or_resave(st, 100 + (uint64_t)((2 * i + k) % 16));
-      if (i >= 200) hits += h;
-    }
-    for (int k = 0; k < scan; k++) CF_CHECK_OK(save_at(st, 90000 + (uint64_t)(scan * i + k), 0));
-    caps_ok(st, name);
-  }
-  return hits;
-}
-
 static int filter_trace(cf_store_evict_t pol, const char *name, double *bonus) {
   cf_store_t *st = open_cost(name, 32, 0, pol, NULL);
   if (!st) return -1;
   cf_store_cost_t flat = two_values(1.0f);
   cf_store_set_cost(st, &flat);
-  for (uint64_t id = 100; id < 116; id++) {
-    CF_CHECK_OK(save_at(st, id, 0));
-    CF_CHECK_EQ(read_or_resave(st, id), 1);
-  }
-  int hits = popular_among_scan(st, name, 3);
+  int hits = popular_scan(st, name, 16, 3, 1, 200, 400, read_or_resave);
   cf_store_stats_t s;
   cf_store_get_stats(st, &s);
   if (bonus) *bonus = s.cost_read_bonus;
@@ -602,7 +614,7 @@ static int return_trace(cf_store_evict_t pol, const char *name) {
   if (!st) return -1;
   cf_store_cost_t flat = two_values(1.0f);
   cf_store_set_cost(st, &flat);
-  int hits = popular_among_scan(st, name, 10);
+  int hits = popular_scan(st, name, 16, 10, 0, 200, 400, read_or_resave);
   cf_store_close(st);
   return hits;
 }
@@ -639,5 +651,95 @@ CF_TEST(store_cost_full_ssd_tier_defers_write_back_to_cpu_eviction) {
   CF_CHECK_EQ(s.ssd_chunks, 8);
   CF_CHECK_EQ(s.ssd_evictions, 4);
   CF_CHECK_OK(cf_store_flush(st));
+  cf_store_close(st);
+}
+
+/* The CPU tier in front of an SSD tier (cf_store_cost_cpu.c): its read class's head start is
+ * the one whose shadow cache would have had the most CPU-tier hits, by a lead chance does not
+ * explain. A CPU tier of 32 chunks before an SSD tier that holds everything, all chunks worth
+ * the same, whole-chunk reads from SSD promoted into the CPU tier (so a chunk the tier gave
+ * up by mistake can come back once the lesson is learnt; without promotion it stays on SSD).
+ * The hit is the chunk's tier when it is read; counted once the shadows have had 600 steps. */
+static cf_store_t *open_cpu_tier(const char *name, cf_store_evict_t pol) {
+  cf_store_config_t c = cfg_cost(32, 2048, pol);
+  c.cost = two_values(1.0f);
+  c.promote_on_read = 1;
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  cf_store_t *st = NULL;
+  CF_CHECK_OK(cf_store_open(tdir(name), &g, &c, &st));
+  return st;
+}
+
+static int cpu_read(cf_store_t *st, uint64_t id) {
+  int hit = in_cpu(st, id);
+  CF_CHECK_EQ(read_or_resave(st, id), 1); /* from SSD if not in the CPU tier */
+  return hit;
+}
+
+/* One of the traces above against the CPU tier before SSD: popular_scan (freq) or fresh_next.
+ * Frequency is right (RAG's popular documents among one-shot question tails): 24 popular chunks
+ * read two a step among three one-shot saves (60 touches between two reads of a popular chunk,
+ * 32 CPU slots: LRU's scan pushes them out, and so does the head start of 0.35 tau, 22
+ * touches, that the tier starts from). Recency is right (agentic runs: the next step reads what
+ * the last one saved; LRU keeps every fresh chunk until its read): a head start of 0.35 tau
+ * already keeps some dead read chunks over fresh unread ones. Returns the CPU-tier hits of steps
+ * [600, 800); *head: the head start the tier ends with. */
+static int cpu_trace(cf_store_evict_t pol, const char *name, int freq, double *head) {
+  cf_store_t *st = open_cpu_tier(name, pol);
+  if (!st) return -1;
+  int hits = freq ? popular_scan(st, name, 24, 3, 1, 600, 800, cpu_read) : fresh_next(st, name, 600, 800, cpu_read);
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  if (head) *head = s.cost_cpu_head_start;
+  if (freq)
+    for (uint64_t id = 100; id < 124; id++) CF_CHECK_MSG(present(st, id), "%s: popular chunk %d lost", name, (int)id);
+  cf_store_close(st);
+  return hits;
+}
+
+CF_TEST(store_cost_cpu_tier_keeps_reread_chunks_through_one_hit_scans) {
+  double head = -1;
+  int lru = cpu_trace(CF_STORE_EVICT_LRU, "cpu_freq_lru", 1, NULL);
+  int cost = cpu_trace(CF_STORE_EVICT_COST, "cpu_freq_cost", 1, &head);
+  CF_CHECK_MSG(lru < 100, "LRU's CPU tier kept the popular chunks through the scan (%d of 400 hits)", lru);
+  CF_CHECK_MSG(cost >= 390, "cost's CPU tier hit %d of the last 400 popular reads (LRU %d)", cost, lru);
+  /* the head start it starts from (0.35 tau) is not enough here: a larger one was chosen */
+  CF_CHECK_MSG(head > 0.35, "the CPU tier's head start is %.3f tau", head);
+}
+
+CF_TEST(store_cost_cpu_tier_keeps_fresh_chunks_where_recency_is_right) {
+  double head = -1;
+  int lru = cpu_trace(CF_STORE_EVICT_LRU, "cpu_rec_lru", 0, NULL);
+  int cost = cpu_trace(CF_STORE_EVICT_COST, "cpu_rec_cost", 0, &head);
+  CF_CHECK_MSG(lru == 200, "LRU's CPU tier kept %d of the last 200 fresh chunks until their read", lru);
+  CF_CHECK_MSG(cost >= 196, "cost's CPU tier kept %d of the last 200 fresh chunks (LRU %d)", cost, lru);
+  CF_CHECK_MSG(head >= 0 && head < 0.35, "the CPU tier's head start is %.3f tau", head);
+}
+
+/* A CPU tier over the shadows' 4096 nodes (4500 slots): the shadows follow a sample of the keys
+ * (half of them here, shadows of 2250), the tier keeps its cap and its chunks, and its head
+ * start stays one of the shadows'. Saves of 6000 chunks, each of the last 64 read again. */
+CF_TEST(store_cost_cpu_tier_shadows_sample_a_large_tier) {
+  cf_store_config_t c = cfg_cost(4500, 2048, CF_STORE_EVICT_COST);
+  c.file_bytes = 256 * SLOT;
+  c.cost = two_values(1.0f);
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  cf_store_t *st = NULL;
+  CF_CHECK_OK(cf_store_open(tdir("cpu_sampled"), &g, &c, &st));
+  if (!st) return;
+  int reads = 0;
+  for (uint64_t id = 0; id < 6000; id++) {
+    CF_CHECK_OK(save_at(st, 200000 + id, 0));
+    if (id >= 64) reads += cpu_read(st, 200000 + id - 64 + (id % 7)); /* a recent one */
+    if (id % 500 == 0) caps_ok(st, "sampled");
+  }
+  caps_ok(st, "sampled");
+  CF_CHECK_MSG(reads > 5000, "only %d of 5936 recent reads found in the CPU tier", reads);
+  CF_CHECK_EQ(count_intact(st, 200000, 206000), 6000);
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  double h = s.cost_cpu_head_start;
+  CF_CHECK_MSG(h == 0.0 || fabs(h - 0.5 * 0.6931471805599453) < 1e-9 || fabs(h - 1.3862943611198906) < 1e-9,
+               "the CPU tier's head start %.4f is none of its shadows'", h);
   cf_store_close(st);
 }
