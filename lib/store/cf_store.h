@@ -150,6 +150,10 @@ void cf_store_config_default(cf_store_config_t *cfg);
 
 typedef struct {
   uint64_t cpu_bytes_cap, cpu_bytes_used, cpu_chunks, cpu_dirty;
+  /* CPU-tier chunks whose write-back is in flight: off the dirty list (not in cpu_dirty), not
+   * yet published on SSD, refused, or back on the list. cpu_dirty and cpu_spilling both 0 is
+   * the quiet state in which the spiller's outcomes are all in the other counters. */
+  uint64_t cpu_spilling;
   uint64_t ssd_bytes_cap, ssd_bytes_used, ssd_chunks, ssd_file_bytes;
   uint64_t saves, save_exists;          /* saves accepted; saves of a key already present */
   uint64_t cpu_hits, ssd_hits, misses;  /* cell/chunk reads by the tier that served them */

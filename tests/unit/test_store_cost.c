@@ -385,14 +385,18 @@ CF_TEST(store_cost_cpu_tier_head_start_for_read_chunks) {
 }
 
 /* wait for the spiller to leave no dirty chunk (no time asserted: it only has to happen) */
+/* Wait until the spiller is done: no dirty chunk and no write-back in flight. A chunk leaves
+ * the dirty list when the spiller takes it, before its batch is weighed, written and published
+ * (or refused): cpu_dirty alone reads 0 while that batch's outcome is not in the stats yet. */
 static void wait_clean(cf_store_t *st) {
   cf_store_stats_t s;
   for (int i = 0; i < 20000; i++) {
     cf_store_get_stats(st, &s);
-    if (!s.cpu_dirty) return;
+    if (!s.cpu_dirty && !s.cpu_spilling) return;
     rt_sleep_ms(1);
   }
-  CF_CHECK_MSG(0, "the spiller left %llu dirty chunks", (unsigned long long)s.cpu_dirty);
+  CF_CHECK_MSG(0, "the spiller left %llu dirty chunks, %llu write-backs in flight",
+               (unsigned long long)s.cpu_dirty, (unsigned long long)s.cpu_spilling);
 }
 
 /* The daemon's set-up (spiller on, watermark 0): every chunk is written back right after its
