@@ -11,6 +11,8 @@
 #include <stdlib.h>
 
 #include "cf_test.h"
+#include "store/cf_remote.h"
+#include "unit/redis_testlib.h"
 #include "unit/store_testlib.h"
 #include "util/cf_err.h"
 
@@ -259,4 +261,66 @@ CF_TEST(store_stress_cost_spill_restore_save_tiny_ssd) {
   }
   CF_CHECK_EQ(found, ssd_chunks);
   cf_store_close(st);
+}
+
+/* ---------------------------------------------------------------- value table vs saves */
+
+typedef struct {
+  cf_store_t *st;
+  int stop;
+  long sets;
+} table_arg_t;
+
+/* The daemon's re-fit hands the store a new value table while engines save. */
+static void *table_setter(void *p) {
+  table_arg_t *a = p;
+  cf_store_cost_t t;
+  memset(&t, 0, sizeof t);
+  t.bucket_chunks = 4;
+  while (!__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE)) {
+    float k = (float)(1 + __atomic_load_n(&a->sets, __ATOMIC_RELAXED) % 7);
+    for (int b = 0; b < CF_STORE_COST_BUCKETS; b++) t.saved_s[0][b] = t.saved_s[1][b] = k * (float)(b + 1);
+    cf_store_set_cost(a->st, &t);
+    __atomic_add_fetch(&a->sets, 1, __ATOMIC_RELAXED);
+  }
+  return NULL;
+}
+
+/* Saves with a remote tier under the cost policy weigh each chunk against the value table
+ * (cf__remote_saved: cheap chunks skip a busy write-back queue) while cf_store_set_cost replaces
+ * that table: the weighing must read it under the store's lock (a ThreadSanitizer data race on
+ * st->cfg.cost before, and a torn table: a mix of the old and new values). `make tsan` runs this
+ * binary. A real redis-server as the remote tier. */
+CF_TEST(store_stress_value_table_replaced_while_saving_to_remote) {
+  if (!rt_have_redis()) { cf_test_skip("redis-server not installed (make deps)"); return; }
+  rt_server_t srv;
+  CF_CHECK_EQ(rt_standalone(&srv, cf_test_tmpdir(), "stress_redis", NULL), 0);
+  char url[64], dir[1100];
+  snprintf(url, sizeof url, "redis://127.0.0.1:%d", srv.port);
+  snprintf(dir, sizeof dir, "%s/stress_table", cf_test_tmpdir());
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  cf_store_config_t c = stress_cfg();
+  c.remote_url = url;
+  c.remote_timeout_ms = 60000;
+  cf_store_t *st = NULL;
+  CF_CHECK_OK(cf_store_open(dir, &g, &c, &st));
+  if (!st) { rt_stop(&srv); return; }
+  table_arg_t a = {st, 0, 0};
+  pthread_t th;
+  pthread_create(&th, NULL, table_setter, &a);
+  for (uint64_t id = 0; id < 200 || !__atomic_load_n(&a.sets, __ATOMIC_RELAXED); id++) {
+    const void *cells[8];
+    uint8_t *buf = st_make_cells(&g, id, 16, cells);
+    cf_store_key_t k = st_key(&g, id);
+    int rc = cf_store_save_at(st, &k, (uint32_t)(id % 12), 16, cells, 0);
+    free(buf);
+    CF_CHECK_MSG(rc == 0 || rc == CF_EEXIST || rc == CF_EBUSY, "save %llu: %s", (unsigned long long)id, cf_err_name(rc));
+    if (id > 100000) break;
+  }
+  __atomic_store_n(&a.stop, 1, __ATOMIC_RELEASE);
+  pthread_join(th, NULL);
+  CF_CHECK_GT(__atomic_load_n(&a.sets, __ATOMIC_RELAXED), 0);
+  CF_CHECK_OK(cf_remote_flush(cf_store_remote(st), 60000));
+  cf_store_close(st);
+  rt_stop(&srv);
 }
