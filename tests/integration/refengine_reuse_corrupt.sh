@@ -30,9 +30,14 @@ check "daemon starts (kv_dtype f32)" "cf_daemon_start $T/d.conf $T/model"
 $ENG --turns 0 --durable >"$T/save.json" 2>"$T/save.err"
 check "the prefix saved durably" "grep -q '\"saved_tokens\":256,.*\"durable\":1' $T/save.json" "$(cat "$T/save.json" "$T/save.err")"
 cf_daemon_stop
-check "daemon restarts on the store" "cf_daemon_start $T/d.conf $T/model"
-$RESTORE >"$T/clean.json" 2>"$T/clean.err"
-rc=$?
+# restore NAME: (re)start the daemon on the store, restore into NAME.json / NAME.err; rc in $rc
+restore() {
+  check "daemon starts on the store ($1)" "cf_daemon_start $T/d.conf $T/model"
+  $RESTORE >"$T/$1.json" 2>"$T/$1.err"
+  rc=$?
+}
+
+restore clean
 check "control: restored from SSD, verified against the reused prefill, every cell exact, run passes" \
   "[ $rc -eq 0 ] && grep -q '\"reference\":\"prefill\"' $T/clean.json && [ \"$(field clean exact)\" = 128 ] && [ \"$(field clean bad)\" = 0 ]" "$(cat "$T/clean.json" "$T/clean.err")"
 cf_daemon_stop
@@ -40,9 +45,7 @@ cf_daemon_stop
 # 1. the data file only: caught by the checksum, recomputed, the run passes
 where=$($CORRUPT 1 2 data)
 check "corrupted layer 2 of the 2nd chunk the journal added, in the data file ($where)" "[ -n \"$where\" ]"
-check "daemon restarts" "cf_daemon_start $T/d.conf $T/model"
-$RESTORE >"$T/data.json" 2>"$T/data.err"
-rc=$?
+restore data
 check "a cell the checksum catches is recomputed: no bad cell, run passes" \
   "[ $rc -eq 0 ] && [ \"$(field data bad)\" = 0 ] && [ \"$(field data logits_match)\" = 1 ]" "$(cat "$T/data.json" "$T/data.err")"
 corrupt=$(curl -s --unix-socket "$T/m.sock" http://x/metrics | sed -n 's/^cacheflow_store_corrupt_cells_total \([0-9]*\)$/\1/p')
@@ -52,9 +55,7 @@ cf_daemon_stop
 # 2. past the checksum: the daemon serves the wrong bytes; --reuse-prefill's comparison must flag them
 where=$($CORRUPT 2 5 past)
 check "corrupted layer 5 of the 3rd chunk, its journal checksum rewritten ($where)" "[ -n \"$where\" ]"
-check "daemon restarts" "cf_daemon_start $T/d.conf $T/model"
-$RESTORE >"$T/past.json" 2>"$T/past.err"
-rc=$?
+restore past
 check "a wrong cell past the checksum fails the run (exit $rc)" "[ $rc -ne 0 ]" "$(cat "$T/past.json" "$T/past.err")"
 check "the restore reports bad cells ($(field past bad)), against the reused prefill" \
   "[ \"$(field past bad)\" -ge 1 ] && grep -q '\"reference\":\"prefill\"' $T/past.json" "$(cat "$T/past.json")"
