@@ -5,7 +5,8 @@
 # during a Restore (daemon_rpc, restore_e2e), SIGHUP during traffic and an engine killed
 # mid-restore (daemon_faults), SIGHUP reload and SIGTERM drain (daemon_lifecycle), 64-client
 # load (daemon_load), saves through to SSD (daemon_store), SSD read and write errors
-# (store_faults), TLS and mTLS with certificates re-read on SIGHUP (daemon_tls). Every process
+# (store_faults), TLS and mTLS with certificates re-read on SIGHUP (daemon_tls), eviction = cost
+# with both tiers full, verified restores (restore_evict_cost). Every process
 # writes its reports to $BUILD/tsan/report.<pid> (TSAN_OPTIONS log_path), so a report from any
 # of them is counted, not only the daemon's; the suppressions are in tests/tsan.supp, each with
 # its reason. Before them, the store's unit tests (TSAN_UNITS, built by `make tsan`): readers,
@@ -19,7 +20,7 @@ BUILD=${BUILD:-build-tsan}
 export BUILD CF_TSAN=1 # daemon_load skips its RSS checks under a sanitizer
 export PYTHON=${PYTHON:-/usr/bin/python3}
 export CF_FIXTURES=${CF_FIXTURES:-$(cd .. && pwd)/shared/fixtures}
-TESTS=${TSAN_TESTS:-"daemon_rpc daemon_lifecycle daemon_load daemon_store daemon_faults store_faults daemon_tls restore_e2e"}
+TESTS=${TSAN_TESTS:-"daemon_rpc daemon_lifecycle daemon_load daemon_store daemon_faults store_faults daemon_tls restore_e2e restore_evict_cost"}
 rm -rf "$BUILD/tsan" && mkdir -p "$BUILD/tsan" "$BUILD/test-logs"
 # history_size: the daemon's threads are long-lived; a bigger history keeps both stacks of a report
 export TSAN_OPTIONS="suppressions=$PWD/tests/tsan.supp log_path=$PWD/$BUILD/tsan/report second_deadlock_stack=1 history_size=4 ${TSAN_OPTIONS:-}"
