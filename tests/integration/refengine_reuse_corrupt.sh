@@ -44,7 +44,7 @@ cf_daemon_stop
 
 # 1. the data file only: caught by the checksum, recomputed, the run passes
 where=$($CORRUPT 1 2 data)
-check "corrupted layer 2 of the 2nd chunk the journal added, in the data file ($where)" "[ -n \"$where\" ]"
+check "corrupted layer 2 of the 2nd chunk in the journal, in the data file ($where)" "[ -n \"$where\" ]"
 restore data
 check "a cell the checksum catches is recomputed: no bad cell, run passes" \
   "[ $rc -eq 0 ] && [ \"$(field data bad)\" = 0 ] && [ \"$(field data logits_match)\" = 1 ]" "$(cat "$T/data.json" "$T/data.err")"

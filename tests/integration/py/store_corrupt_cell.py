@@ -1,6 +1,6 @@
 # store_corrupt_cell.py STORE INDEX LAYER MODE (tests/integration/refengine_reuse_corrupt.sh):
-# flip the sign of every float (f32 store) of one cell, layer LAYER of the INDEX-th chunk the
-# journal added (journal order, ADD records), in its data file. MODE "data": only the data file
+# flip the sign of every float (f32 store) of one cell, layer LAYER of the INDEX-th full chunk
+# the journal holds (its live ADD records, in journal order), in its data file. MODE "data": only the data file
 # (the cell's checksum catches it on read); "past": also rewrite that cell's checksum in the
 # journal record, and the record's own CRC, so the store serves the wrong bytes as a writer bug
 # would. Layouts: cf__hdr_t and the journal record in lib/store/cf_store_journal.c, slots in
@@ -16,10 +16,25 @@ spf = struct.unpack_from("<i", h, 52)[0]
 cell_bytes, cell_stride, slot_bytes = struct.unpack_from("<QQQ", h, 56)
 R = 48 + 8 * n_layers
 j = bytearray(open(store + "/journal", "rb").read())
-adds = [o for o in range(0, len(j) - R + 1, R) if struct.unpack_from("<II", j, o) == (0x524A4643, 1)]
+C = struct.unpack_from("<I", h, 36)[0]
+# the live ADD records of full chunks, by the replay's rules: ADD(k, s) maps k to s and unmaps
+# what else s or k held; DEL(k, s) unmaps k only while it maps to s
+live = {}  # key -> (record offset, slot)
+for o in range(0, len(j) - R + 1, R):
+    magic, typ = struct.unpack_from("<II", j, o)
+    if magic != 0x524A4643 or typ not in (1, 2):
+        continue
+    key, (slot, ntok) = bytes(j[o + 16:o + 32]), struct.unpack_from("<iI", j, o + 32)
+    if typ == 2:
+        if live.get(key, (0, None))[1] == slot:
+            del live[key]
+        continue
+    live = {k: v for k, v in live.items() if v[1] != slot}
+    live[key] = (o, slot)
+adds = sorted(o for o, s in live.values() if struct.unpack_from("<I", j, o + 36)[0] == C)
 o = adds[idx]
 slot, ntok = struct.unpack_from("<iI", j, o + 32)
-cb = cell_bytes * ntok // struct.unpack_from("<I", h, 36)[0]
+cb = cell_bytes
 path = "%s/data.%03d" % (store, slot // spf)
 off = (slot % spf) * slot_bytes + layer * cell_stride
 with open(path, "r+b") as f:
