@@ -5,22 +5,35 @@
 # during a Restore (daemon_rpc, restore_e2e), SIGHUP during traffic and an engine killed
 # mid-restore (daemon_faults), SIGHUP reload and SIGTERM drain (daemon_lifecycle), 64-client
 # load (daemon_load), saves through to SSD (daemon_store), SSD read and write errors
-# (store_faults), TLS and mTLS with certificates re-read on SIGHUP (daemon_tls). Every process
+# (store_faults), TLS and mTLS with certificates re-read on SIGHUP (daemon_tls), eviction = cost
+# with both tiers full, verified restores (restore_evict_cost). Every process
 # writes its reports to $BUILD/tsan/report.<pid> (TSAN_OPTIONS log_path), so a report from any
 # of them is counted, not only the daemon's; the suppressions are in tests/tsan.supp, each with
-# its reason. TSAN_TESTS="a b" runs only those. Ends with
-# "tsan: N passed, N failed" (failed = tests that failed + report files).
+# its reason. Before them, the store's unit tests (TSAN_UNITS, built by `make tsan`): readers,
+# savers, the spiller and flushes on one store, the cost policy with a tiny SSD tier and its
+# value table replaced while saving (test_store_stress). TSAN_TESTS="a b" / TSAN_UNITS="a b"
+# run only those ("" none). Ends with "tsan: N passed, N failed" (failed = tests that failed +
+# report files).
 set -u
 cd "$(dirname "$0")/.."
 BUILD=${BUILD:-build-tsan}
 export BUILD CF_TSAN=1 # daemon_load skips its RSS checks under a sanitizer
 export PYTHON=${PYTHON:-/usr/bin/python3}
 export CF_FIXTURES=${CF_FIXTURES:-$(cd .. && pwd)/shared/fixtures}
-TESTS=${TSAN_TESTS:-"daemon_rpc daemon_lifecycle daemon_load daemon_store daemon_faults store_faults daemon_tls restore_e2e"}
+TESTS=${TSAN_TESTS:-"daemon_rpc daemon_lifecycle daemon_load daemon_store daemon_faults store_faults daemon_tls restore_e2e restore_evict_cost"}
 rm -rf "$BUILD/tsan" && mkdir -p "$BUILD/tsan" "$BUILD/test-logs"
 # history_size: the daemon's threads are long-lived; a bigger history keeps both stacks of a report
 export TSAN_OPTIONS="suppressions=$PWD/tests/tsan.supp log_path=$PWD/$BUILD/tsan/report second_deadlock_stack=1 history_size=4 ${TSAN_OPTIONS:-}"
 P=0; F=0
+UNITS=${TSAN_UNITS-"test_store test_store_cost test_store_stress test_store_fill test_store_shrink test_evict_refresh test_exec_store"}
+for u in $UNITS; do
+  log=$BUILD/test-logs/tsan-$u.log
+  timeout 1200 "$BUILD/tests/$u" >"$log" 2>&1
+  rc=$?
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -n 1)
+  if [ "$rc" -eq 0 ] && [ -n "$line" ]; then P=$((P+1)); echo "ok   $u: $line"
+  else F=$((F+1)); echo "FAIL $u: exit $rc, ${line:-no summary} (log: $log)"; grep -E '^FAIL|^  .*:[0-9]+: ' "$log" | head -n 10 | sed 's/^/    /'; fi
+done
 for t in $TESTS; do
   log=$BUILD/test-logs/tsan-$t.log
   timeout 1200 bash "tests/integration/$t.sh" >"$log" 2>&1

@@ -166,7 +166,10 @@ int cf__cpu_evict_safe(cf_store_t *st, int write_back) {
   /* write-back failed: v is back on the dirty list, unless another thread took it meanwhile */
   v = cf__idx_find(st, &key);
   if (v < 0 || !cf__evictable(&st->ents[v]) || (st->ents[v].flags & CF__F_SSD)) return 0;
-  if (!retry) { /* a refused chunk was never promised to SSD: losing it is no flush error */
+  /* a refused chunk was never promised to SSD: losing it is no flush error. Nor is v when the
+   * batch's write-back weighed and refused it (clean now, CF__F_REFUSED) and failed on a later
+   * chunk: only a v put back on the dirty list lost its write-back */
+  if (!retry && st->ents[v].in_dirty) {
     st->lost_dirty++;
     st->lost_dirty_rc = rc;
   }

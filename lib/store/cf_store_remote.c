@@ -225,8 +225,15 @@ void cf__remote_saved(cf_store_t *st, const cf_store_key_t *key, uint32_t pos, u
   if (!st->remote) return;
   /* cost policy: a write-back queue more than half full takes only chunks worth at least the
    * table's average, so when it overflows the chunks it drops are cheap to recompute (the
-   * front of a prefix), not dear ones (counted: remote_skipped_cheap) */
-  if (st->cost_on && !cf__cost_dear(st, pos, n_tokens)) {
+   * front of a prefix), not dear ones (counted: remote_skipped_cheap). The table is read under
+   * mu: cf_store_set_cost replaces it while saves run (the daemon's re-fit). */
+  int cheap = 0;
+  if (st->cost_on) {
+    pthread_mutex_lock(&st->mu);
+    cheap = !cf__cost_dear(st, pos, n_tokens);
+    pthread_mutex_unlock(&st->mu);
+  }
+  if (cheap) {
     uint64_t cap = st->cfg.remote_queue_bytes ? st->cfg.remote_queue_bytes : (256ull << 20);
     cf_remote_stats_t rs;
     cf_remote_get_stats(st->remote, &rs);

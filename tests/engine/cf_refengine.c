@@ -47,7 +47,9 @@
  * prompt that --verify and the baseline need, so it serves as both: the reference for recomputed
  * cells is its KV (the bytes saved: shadow), and the baseline prefills only the new tokens over a
  * copy of it. One prefill of the prompt instead of three, for long prompts on the CPU backend
- * (the eviction evaluation's long trace); other dtypes and later turns take the full path.
+ * (the eviction evaluation's long trace); other dtypes and later turns take the full path. The
+ * session line's "reference" says which one a restore was verified against: "prefill" (reused)
+ * or "scratch". tests/integration/refengine_reuse_corrupt.sh: a wrong cell still fails the run.
  * The prefill line reports Lookup's leading run (lookup_cached, per tier) and every stored chunk
  * (lookup_stored, lookup_runs: "tier:tokens ..." with tier none/cpu/ssd/remote); a restore line
  * PlanSummary.hole_chunks (stored nowhere, computed at every layer).
@@ -302,6 +304,7 @@ typedef struct {
   int verify_untouched;       /* block-sized cells still holding the NaN pattern: allowed only at a
                                  windowed layer, before the next token's window (skipped cells) */
   double max_rel_err;         /* recomputed cells: max |x - ref| / max |ref| of the layer */
+  int ref_reused;             /* --reuse-prefill took effect: the reference was the turn-0 prefill */
   int layers_last, layers_events, layers_out_of_order; /* LayersReady events: strictly increasing */
   pthread_mutex_t mu;
   pthread_cond_t cv;
@@ -456,7 +459,7 @@ static void print_result(const engine_t *e, const restore_t *r, const char *mode
          "\"baseline_ms\":%.3f,\"token\":%d,\"logits_match\":%d,\"exact\":%d,\"close\":%d,\"bad\":%d,"
          "\"layer_events\":%d,\"layers_in_order\":%d,\"kv_dtype\":\"%s\",\"max_rel_err\":%.3g,"
          "\"present\":%d,\"present_chunks\":%u,\"restore_id\":%llu,\"plan_load\":%llu,\"plan_compute\":%llu,"
-         "\"untouched\":%d,\"skipped\":%llu,\"hole_chunks\":%u}\n",
+         "\"untouched\":%d,\"skipped\":%llu,\"hole_chunks\":%u,\"reference\":\"%s\"}\n",
          mode, turn, e->o.policy, r->prefix, new_tokens, r->rc ? "false" : "true", r->rc ? r->detail : "",
          r->t_ttft > 0 ? (r->t_ttft - r->t_start) * 1e3 : -1.0,
          r->t_all_layers > 0 ? (r->t_all_layers - r->t_start) * 1e3 : -1.0, s->time_us, s->predicted_us,
@@ -468,7 +471,7 @@ static void print_result(const engine_t *e, const restore_t *r, const char *mode
          !r->layers_out_of_order && (r->rc || r->layers_last == e->L), cf_dtype_name(e->o.kv_dtype), r->max_rel_err,
          e->o.present < r->prefix ? e->o.present : 0, r->present_chunks, (unsigned long long)r->restore_id,
          (unsigned long long)r->plan_load, (unsigned long long)r->plan_compute, r->verify_untouched,
-         (unsigned long long)r->plan_skipped, r->hole_chunks);
+         (unsigned long long)r->plan_skipped, r->hole_chunks, r->ref_reused ? "prefill" : "scratch");
   fflush(stdout);
 }
 
@@ -628,7 +631,7 @@ int main(int argc, char **argv) {
     if (o->verify && (rc = reuse ? shadow_kv(&e, prefix, &ref) : reference_kv(&e, prefix, &ref)))
       return die("reference", rc);
     restore_t *r = calloc(1, sizeof *r);
-    r->e = &e; r->c = c; r->prefix = prefix; r->seq = 0;
+    r->e = &e; r->c = c; r->prefix = prefix; r->seq = 0; r->ref_reused = reuse;
     run_restore(r, o->new_tokens, logits);
     int logits_ok = 0;
     if (!r->rc) {
