@@ -259,6 +259,7 @@ int cf__ssd_shrink(cf_store_t *st);
 /* Test hook: when the environment names CF_STORE_TEST_KILL_AT=N, the N-th call in this store
  * (counted from open) SIGKILLs the process, so crash tests can stop the shrink at each step. */
 void cf__test_kill_point(cf_store_t *st);
+void cf__test_delay_point(const char *env); /* test hook: usleep($env) when set */
 
 /* ---- cf_store_cost.c: the COST policy's heaps (mu held) */
 int cf__cost_alloc(cf_store_t *st);  /* at open, when cfg.cpu_evict is COST */

@@ -150,18 +150,23 @@ static int cf__data_openfd(cf_store_t *st, int i, int create) {
   return fd;
 }
 
-/* Push slots of file i whose bytes exist (a truncated file only offers the slots it holds). */
-static void cf__data_offer(cf_store_t *st, int i, uint64_t have) {
+/* Push slots of file i whose bytes exist (a truncated file only offers the slots it holds).
+ * Caller holds mu. */
+static void cf__data_offer_locked(cf_store_t *st, int i, uint64_t have) {
   int32_t first = i * st->slots_per_file;
   uint64_t want = cf__file_bytes(st, i);
   int32_t n = (int32_t)(want / st->slot_bytes);
-  pthread_mutex_lock(&st->mu);
   for (int32_t s = first + n - 1; s >= first; s--) {
     if (st->ssd_owner[s] >= 0) continue;
     if ((uint64_t)(s - first + 1) * st->slot_bytes > have) continue;
     st->ssd_free[st->n_ssd_free++] = s;
   }
   st->st.ssd_file_bytes += have < want ? have : want;
+}
+
+static void cf__data_offer(cf_store_t *st, int i, uint64_t have) {
+  pthread_mutex_lock(&st->mu);
+  cf__data_offer_locked(st, i, have);
   pthread_mutex_unlock(&st->mu);
 }
 
@@ -210,11 +215,19 @@ int cf__data_grow(cf_store_t *st) {
     goto out;
   }
 ok:
+  /* the new file's directory entry is durable before any slot of it is handed out: a durable
+   * save that lands there (and syncs files [0, files_ready)) needs the file to survive a crash */
   cf__fsync_dir(st->dir);
   st->dfd[i] = fd;
-  /* release: a thread that sees the new count also sees dfd[i] */
+  cf__test_delay_point("CF_STORE_TEST_GROW_DELAY_US"); /* widens the window a test checks */
+  /* one step under mu: cf__ssd_alloc_prep and cf__cost_refuse read files_ready and the free list
+   * under mu, so none sees "all files ready, no free slot" while the new file's slots are still
+   * to come (a needless eviction, a refused write-back or a false ENOSPC). The release store
+   * still pairs with cf__data_sync's lock-free acquire: who sees the count also sees dfd[i]. */
+  pthread_mutex_lock(&st->mu);
   __atomic_store_n(&st->files_ready, i + 1, __ATOMIC_RELEASE);
-  cf__data_offer(st, i, want);
+  cf__data_offer_locked(st, i, want);
+  pthread_mutex_unlock(&st->mu);
 out:
   pthread_mutex_unlock(&st->grow_mu);
   return rc;

@@ -39,6 +39,12 @@ void cf__test_kill_point(cf_store_t *st) {
   if (++st->kill_points == (unsigned)strtoul(v, NULL, 10)) raise(SIGKILL);
 }
 
+void cf__test_delay_point(const char *env) {
+  /* test hook: sleep this many microseconds where a race window is (unset: no cost but getenv) */
+  const char *v = getenv(env);
+  if (v && *v) usleep((useconds_t)strtoul(v, NULL, 10));
+}
+
 /* Step 1: choose the victims by the policy, detach them, journal their DELs (synced). */
 static int cf__shrink_drop(cf_store_t *st, uint64_t n_victims) {
   uint8_t *recs = malloc(st->jrec_bytes * CF__SHRINK_DEL_BATCH);
