@@ -73,6 +73,7 @@ void cf_store_close(cf_store_t *st) {
   pthread_mutex_destroy(&st->mu); pthread_mutex_destroy(&st->jmu);
   pthread_mutex_destroy(&st->grow_mu); pthread_mutex_destroy(&st->spill_mu);
   pthread_cond_destroy(&st->cv);
+  pthread_cond_destroy(&st->ssd_cv);
   free(st);
 }
 
@@ -235,6 +236,7 @@ int cf_store_open(const char *dir, const cf_store_geom_t *geom, const cf_store_c
   pthread_mutex_init(&st->grow_mu, NULL);
   pthread_mutex_init(&st->spill_mu, NULL);
   pthread_cond_init(&st->cv, NULL);
+  pthread_cond_init(&st->ssd_cv, NULL);
 
   int have_hdr = 0;
   uint64_t file_slots = 0;

@@ -161,6 +161,9 @@ typedef struct {
   uint64_t remote_skipped_cheap;        /* cost policy: cheap chunks not queued for the remote tier
                                          * while its write-back queue was more than half full */
   uint64_t cpu_evictions, cpu_evict_dirty; /* dirty: evicted before it reached SSD (lost) */
+  /* waits of a CPU-tier eviction whose dirty victim's write-back found no SSD slot while other
+   * threads' write-backs or SSD reads held them (it waits for those, then writes back again) */
+  uint64_t cpu_evict_waits;
   uint64_t ssd_evictions, spills, promotions;
   /* cost policy: write-backs the full SSD tier refused (a refused chunk counts in ssd_evictions
    * once, when it leaves the CPU tier without being admitted on a second try), those of

@@ -2,6 +2,7 @@
  * victim back first, filling a slot (save or promotion). */
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <xxhash.h>
 
 #include "store/cf_store_int.h"
@@ -118,11 +119,40 @@ static int32_t cf__cpu_pick(cf_store_t *st, int *to_ghost) {
   return cf_seterr(CF_EBUSY, "store %s: every CPU slot is pinned", st->dir);
 }
 
+/* A write-back that found no SSD slot (ENOSPC) may get one soon: every data file is there, and
+ * slots are held by other threads' write-backs in flight (their chunks become victims, or their
+ * slots free, when they end) or by SSD reads other threads hold (mu held). The caller's own batch
+ * has ended by then; its own read pins (an async reader it has not polled) are not counted, so it
+ * never waits on itself. */
+static int cf__ssd_busy_elsewhere(cf_store_t *st, int rc) {
+  if (rc != CF_ENOSPC || __atomic_load_n(&st->files_ready, __ATOMIC_ACQUIRE) < st->n_files) return 0;
+  long mine = cf__ssd_read_pins_mine();
+  return st->spilling > 0 || (uint64_t)st->ssd_read_pins > (uint64_t)(mine > 0 ? mine : 0);
+}
+
+#define CF__EVICT_WAITS 40   /* bound on an eviction's waits for SSD slots held elsewhere... */
+#define CF__EVICT_WAIT_MS 50 /* ...each at most this long (woken early by cf__ssd_wake) */
+
+/* Wait (mu held, released meanwhile) until SSD slot state changes or CF__EVICT_WAIT_MS pass. */
+static void cf__evict_wait_ssd(cf_store_t *st) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_nsec += CF__EVICT_WAIT_MS * 1000000L;
+  if (ts.tv_nsec >= 1000000000) { ts.tv_sec++; ts.tv_nsec -= 1000000000; }
+  st->ssd_waiters++;
+  st->st.cpu_evict_waits++;
+  pthread_cond_timedwait(&st->ssd_cv, &st->mu, &ts);
+  st->ssd_waiters--;
+}
+
 /* Free one CPU slot (mu held; it may be released and retaken, so callers re-check their own
  * condition afterwards). A victim that is dirty (only in the CPU tier while there is an SSD tier)
  * is written back first, together with the oldest other dirty chunks, and dropped only once it
  * is on SSD: dropping it unwritten would lose a chunk that a later cf_store_flush() reports
- * durable. Only when that write-back fails (SSD full, I/O error) is the dirty victim dropped
+ * durable. When that write-back finds no SSD slot only because other threads' write-backs or SSD
+ * reads hold them (cf__ssd_busy_elsewhere), it waits for them and writes back again, at most
+ * CF__EVICT_WAITS times (about 2 s). Only when the write-back fails otherwise (SSD full of chunks
+ * this thread is reading, disk full, I/O error) or the bound is spent is the dirty victim dropped
  * anyway, so the CPU tier keeps making progress; it is counted in cpu_evict_dirty and in
  * lost_dirty, which the next cf_store_flush() returns as an error.
  * write_back 0 (promotion on read): a dirty victim is left alone and CF_EBUSY returned, so a
@@ -153,19 +183,32 @@ int cf__cpu_evict_safe(cf_store_t *st, int write_back) {
     return cf_seterr(CF_EBUSY, "store %s: the CPU tier's victim is not written back yet", st->dir);
   int32_t batch[CF__SPILL_BATCH];
   cf_store_key_t key = en->key;
-  cf__dirty_set(st, v, 0);
-  en->flags |= CF__F_SPILL;
-  en->pins++;
-  st->spilling++;
-  batch[0] = v;
-  unsigned n = 1 + cf__take_dirty(st, batch + 1, CF__SPILL_BATCH - 1);
-  pthread_mutex_unlock(&st->mu);
-  int rc = cf__spill_batch(st, batch, n, 0);
-  pthread_mutex_lock(&st->mu);
-  if (!rc) return 0; /* v is clean now: the next pick drops it (or a colder clean chunk) */
-  /* write-back failed: v is back on the dirty list, unless another thread took it meanwhile */
-  v = cf__idx_find(st, &key);
-  if (v < 0 || !cf__evictable(&st->ents[v]) || (st->ents[v].flags & CF__F_SSD)) return 0;
+  int rc;
+  for (int waits = 0;; waits++) {
+    cf__dirty_set(st, v, 0);
+    en->flags |= CF__F_SPILL;
+    en->pins++;
+    st->spilling++;
+    batch[0] = v;
+    unsigned n = 1 + cf__take_dirty(st, batch + 1, CF__SPILL_BATCH - 1);
+    pthread_mutex_unlock(&st->mu);
+    rc = cf__spill_batch(st, batch, n, 0);
+    pthread_mutex_lock(&st->mu);
+    if (!rc) return 0; /* v is clean now: the next pick drops it (or a colder clean chunk) */
+    /* write-back failed: v is back on the dirty list, unless another thread took it meanwhile */
+    v = cf__idx_find(st, &key);
+    if (v < 0 || !cf__evictable(&st->ents[v]) || (st->ents[v].flags & CF__F_SSD)) return 0;
+    /* a refused chunk is no loss: no need to wait for it (nor for a v the batch refused) */
+    if (retry || !st->ents[v].in_dirty) break;
+    if (waits >= CF__EVICT_WAITS || !cf__ssd_busy_elsewhere(st, rc)) break;
+    cf__evict_wait_ssd(st);
+    /* written back, read, saved again or taken by another eviction meanwhile: pick again */
+    v = cf__idx_find(st, &key);
+    if (v < 0 || !cf__evictable(&st->ents[v]) || !st->ents[v].in_dirty ||
+        (st->ents[v].flags & CF__F_SSD) || !(st->ents[v].flags & CF__F_CPU))
+      return 0;
+    en = &st->ents[v];
+  }
   /* a refused chunk was never promised to SSD: losing it is no flush error. Nor is v when the
    * batch's write-back weighed and refused it (clean now, CF__F_REFUSED) and failed on a later
    * chunk: only a v put back on the dirty list lost its write-back */

@@ -126,6 +126,11 @@ struct cf_store_s {
 
   pthread_mutex_t mu; /* index, queues, slot maps, stats */
   pthread_cond_t cv;  /* spill state changes */
+  /* SSD slots may have come usable: a write-back batch ended, an SSD read pin went to 0 (broadcast
+   * only while ssd_waiters, see cf__cpu_evict_safe) */
+  pthread_cond_t ssd_cv;
+  int ssd_waiters;
+  uint64_t ssd_read_pins; /* sum of ssd_reads[] */
 
   /* index: open addressing (linear probing, backward-shift delete) of entry ids */
   int32_t *tab;
@@ -225,6 +230,10 @@ uint8_t *cf__cpu_slot_ptr(const cf_store_t *st, int32_t slot);
 void cf__cpu_drop(cf_store_t *st, int32_t e, int to_ghost);
 int cf__evictable(const cf__ent_t *en);
 int cf__cpu_evict_safe(cf_store_t *st, int write_back);
+/* SSD read pins: take one on slot s / count the calling thread's (mu held) */
+void cf__ssd_read_pin(cf_store_t *st, int32_t s);
+long cf__ssd_read_pins_mine(void);
+void cf__ssd_wake(cf_store_t *st); /* mu held: wake evictions waiting for an SSD slot */
 /* takes mu itself */
 int cf__cpu_fill(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
                  const void *const *cells, const void *packed, int keep_pin, int32_t *e_out,

@@ -41,12 +41,29 @@ void cf_store_unpin(cf_store_t *st, cf_store_pin_t *pin) {
   pin->base = NULL;
 }
 
+/* SSD read pins the calling thread took and has not dropped (a reader polled from another thread
+ * skews both threads' counts: cf__cpu_evict_safe then waits less, or at most its bound, in vain) */
+static _Thread_local long cf__ssd_read_pins_me;
+
+void cf__ssd_read_pin(cf_store_t *st, int32_t s) {
+  st->ssd_reads[s]++;
+  st->ssd_read_pins++;
+  cf__ssd_read_pins_me++;
+}
+
+long cf__ssd_read_pins_mine(void) { return cf__ssd_read_pins_me; }
+
 /* Drop a read reference on SSD slot s; the last reader of a dropped slot frees it. */
 static void cf__slot_unref(cf_store_t *st, int32_t s) {
   pthread_mutex_lock(&st->mu);
-  if (--st->ssd_reads[s] == 0 && st->ssd_zombie[s]) {
-    st->ssd_zombie[s] = 0;
-    st->ssd_free[st->n_ssd_free++] = s;
+  st->ssd_read_pins--;
+  cf__ssd_read_pins_me--;
+  if (--st->ssd_reads[s] == 0) {
+    if (st->ssd_zombie[s]) {
+      st->ssd_zombie[s] = 0;
+      st->ssd_free[st->n_ssd_free++] = s;
+    }
+    cf__ssd_wake(st); /* the slot's chunk (or the slot) can be the SSD tier's again */
   }
   pthread_mutex_unlock(&st->mu);
 }
@@ -103,7 +120,7 @@ int cf_store_read(cf_store_t *st, const cf_store_key_t *key, uint32_t layer0, ui
   uint32_t ntok = en->n_tokens;
   uint64_t csum[L];
   memcpy(csum, &st->csum[(size_t)e * L], 8 * (size_t)L);
-  st->ssd_reads[s]++;
+  cf__ssd_read_pin(st, s);
   if (layer0 == 0) cf__ssd_touch(st, e);
   pthread_mutex_unlock(&st->mu);
 
@@ -270,7 +287,7 @@ int cf_store_read_submit(cf_store_reader_t *rd, cf_store_read_t *req) {
   req->n_tokens_ = en->n_tokens;
   req->n_tokens = en->n_tokens;
   req->csum_ = st->csum[(size_t)e * st->g.n_layers + req->layer];
-  st->ssd_reads[s]++;
+  cf__ssd_read_pin(st, s);
   pthread_mutex_unlock(&st->mu);
 
   size_t cb = cf_store_cell_bytes_n(&st->g, req->n_tokens_);

@@ -35,6 +35,7 @@ static void cf__spill_publish(cf_store_t *st, void *arg) {
   }
   a->done = 1;
   pthread_cond_broadcast(&st->cv);
+  cf__ssd_wake(st); /* published chunks can be the SSD tier's victims */
   pthread_mutex_unlock(&st->mu);
 }
 
@@ -160,6 +161,7 @@ int cf__spill_batch(cf_store_t *st, const int32_t *ents, unsigned n, int durable
   }
   st->last_spill_err = rc;
   pthread_cond_broadcast(&st->cv);
+  cf__ssd_wake(st); /* slots released, chunks published */
   pthread_mutex_unlock(&st->mu);
   return rc;
 }

@@ -98,6 +98,10 @@ int32_t cf__ssd_alloc_prep(cf_store_t *st, cf__ssd_prep_fn prep, void *arg) {
   return s;
 }
 
+void cf__ssd_wake(cf_store_t *st) {
+  if (st->ssd_waiters) pthread_cond_broadcast(&st->ssd_cv);
+}
+
 int32_t cf__ssd_alloc(cf_store_t *st) { return cf__ssd_alloc_prep(st, NULL, NULL); }
 
 static int cf__ssd_ok(cf_store_t *st, int32_t e) { return !st->ssd_reads[st->ents[e].ssd_slot]; }
