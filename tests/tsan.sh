@@ -25,7 +25,7 @@ rm -rf "$BUILD/tsan" && mkdir -p "$BUILD/tsan" "$BUILD/test-logs"
 # history_size: the daemon's threads are long-lived; a bigger history keeps both stacks of a report
 export TSAN_OPTIONS="suppressions=$PWD/tests/tsan.supp log_path=$PWD/$BUILD/tsan/report second_deadlock_stack=1 history_size=4 ${TSAN_OPTIONS:-}"
 P=0; F=0
-UNITS=${TSAN_UNITS-"test_store test_store_cost test_store_stress test_store_fill test_store_shrink test_evict_refresh test_exec_store"}
+UNITS=${TSAN_UNITS-"test_store test_store_cost test_store_stress test_store_fill test_store_shrink test_store_enospc test_evict_refresh test_exec_store"}
 for u in $UNITS; do
   log=$BUILD/test-logs/tsan-$u.log
   timeout 1200 "$BUILD/tests/$u" >"$log" 2>&1
