@@ -30,6 +30,24 @@ static inline cf_store_geom_t st_geom(uint32_t C, uint32_t L, uint32_t hd) {
   return g;
 }
 
+/* Bytes of one chunk's slot in either tier: each layer's cell rounded up to the store's 4 KiB
+ * alignment. */
+static inline uint64_t st_slot_bytes(const cf_store_geom_t *g) {
+  return (uint64_t)g->n_layers * ((cf_store_cell_bytes(g) + 4095) / 4096 * 4096);
+}
+
+/* Open dir with config c resized to two chunks per tier (one data file) and no background
+ * write-back: a chunk reaches SSD only when an eviction or a flush asks. */
+static inline int st_open_two_slots(const char *dir, const cf_store_geom_t *g, cf_store_config_t c,
+                                    cf_store_t **st) {
+  uint64_t slot = st_slot_bytes(g);
+  c.cpu_bytes = 2 * slot;
+  c.ssd_bytes = 2 * slot;
+  c.file_bytes = 2 * slot;
+  c.spill = 0;
+  return cf_store_open(dir, g, &c, st);
+}
+
 /* Key of test chunk `id` (a one-chunk prefix of tokens derived from id). */
 static inline cf_store_key_t st_key(const cf_store_geom_t *g, uint64_t id) {
   int32_t tok[4096];

@@ -67,8 +67,7 @@ static void run_trial(int trial) {
   cf_store_config_t c;
   cf_store_config_default(&c);
   c.cpu_bytes = 0;
-  /* a slot: each layer's cell rounded up to the store's 4 KiB alignment */
-  uint64_t slot = 2 * ((cf_store_cell_bytes(&g) + 4095) / 4096 * 4096);
+  uint64_t slot = st_slot_bytes(&g);
   c.file_bytes = SPF * slot;
   c.ssd_bytes = SLOTS * slot;
   cf_store_t *st;
@@ -166,15 +165,10 @@ CF_TEST(eviction_waits_for_ssd_reads_of_other_threads) {
   char dir[1024];
   snprintf(dir, sizeof dir, "%s/evwait", cf_test_tmpdir());
   cf_store_geom_t g = st_geom(16, 2, 64);
-  uint64_t slot = 2 * ((cf_store_cell_bytes(&g) + 4095) / 4096 * 4096);
   cf_store_config_t c;
   cf_store_config_default(&c);
-  c.cpu_bytes = 2 * slot;
-  c.ssd_bytes = 2 * slot;
-  c.file_bytes = 2 * slot;
-  c.spill = 0; /* write-back only when an eviction or a flush asks */
   cf_store_t *st;
-  CF_CHECK_OK(cf_store_open(dir, &g, &c, &st));
+  CF_CHECK_OK(st_open_two_slots(dir, &g, c, &st));
   if (!st) return;
   CF_CHECK_OK(st_save(st, 1, 16, CF_STORE_SAVE_DURABLE));
   CF_CHECK_OK(st_save(st, 2, 16, CF_STORE_SAVE_DURABLE));

@@ -349,13 +349,8 @@ CF_TEST(store_stress_refused_victim_is_not_a_lost_write_back) {
   char dir[1100];
   snprintf(dir, sizeof dir, "%s/stress_refused", cf_test_tmpdir());
   cf_store_geom_t g = st_geom(16, 2, 64);
-  cf_store_config_t c = stress_cfg();
-  c.cpu_bytes = 2 * SLOT;
-  c.ssd_bytes = 2 * SLOT;
-  c.file_bytes = 2 * SLOT;
-  c.spill = 0; /* write-back only when an eviction or a flush asks */
   cf_store_t *st;
-  CF_CHECK_OK(cf_store_open(dir, &g, &c, &st));
+  CF_CHECK_OK(st_open_two_slots(dir, &g, stress_cfg(), &st));
   if (!st) return;
   const size_t cb = cf_store_cell_bytes(&g);
   const void *cells[8];
