@@ -107,6 +107,7 @@ static double cf__key(const cf_store_t *st, int tier, int32_t e) {
    * (CF__COST_CPU_USED). Ranked by position value instead it was 4-6% worse at 25-50%
    * capacity; by the full frequency factor (ln f: 0.5 / 2) 1-2% better on RAG and 5-7% worse
    * on agentic traces, whose next step needs the chunks just saved, not yet read. */
+  if (tier == 0 && cf__cpush_rate_on(st)) return cf__cpush_rate_key(st, e); /* cf_store_cost_cpu.c: by reuse rate */
   if (tier == 0 && st->n_ssd_slots) return age;
   return log(cf__value(st, tier, en)) + age + cf__freq_term(st, tier, en);
 }
@@ -549,6 +550,16 @@ int cf__cost_dear(const cf_store_t *st, uint32_t pos, uint32_t n_tokens) {
   avg /= CF_STORE_COST_BUCKETS;
   cf__ent_t en = {.n_tokens = n_tokens, .pos = pos >= CF__POS_UNKNOWN ? CF__POS_UNKNOWN : (uint16_t)pos};
   return cf__value(st, 1, &en) >= avg;
+}
+
+/* every key of tier computed again and its heaps rebuilt, O(n) (cf_store_cost_cpu.c: the CPU
+ * tier's order changes to or from the reuse rate; rare) */
+void cf__cost_rekey(cf_store_t *st, int tier) {
+  for (int c = 0; c < 2; c++) {
+    cf__heap_t *h = &st->heap[tier][c];
+    for (int32_t i = 0; i < h->len; i++) h->n[i].pri = cf__key(st, tier, h->n[i].e);
+    for (int32_t i = h->len / 2 - 1; i >= 0; i--) cf__sift_down(st, tier, c, i);
+  }
 }
 
 void cf_store_set_cost(cf_store_t *st, const cf_store_cost_t *cost) {

@@ -46,7 +46,11 @@
  * RAG up to 3.9% better, but on agentic seed 7 at 50% its shadow led early by 3 sd and the tier
  * under it held 6 points fewer CPU-tier hits than the shadow had (5.0% worse); at 2 tau, agentic
  * seed 1 at 10% 2.4% worse and chat seed 5 at 25% 2.1% worse (seeds 1-7). */
-static const double CF__CPUSH_B[CF__CPUSH_N] = {0.0, 0.5 * 0.6931471805599453, 1.3862943611198906};
+static const double CF__CPUSH_B[CF__CPUSH_N] = {0.0, 0.5 * 0.6931471805599453, 1.3862943611198906, 0.0};
+/* the rate shadow: ranks by reuse rate since first seen (cf__rt_key), no head start */
+#define CF__CPUSH_RATE 3
+/* its prior age in CPU-tier slots of clock ticks */
+#define CF__RT_A0 2.0
 /* the shadow that starts in charge (the former fixed head start) */
 #define CF__CPUSH_B0 1
 /* hits are weighed over this many tier-fulls of traffic (arrivals + uses): longer than an
@@ -72,20 +76,26 @@ static const double CF__CPUSH_B[CF__CPUSH_N] = {0.0, 0.5 * 0.6931471805599453, 1
 
 typedef struct {
   uint64_t fp;
-  double t;
+  double t;           /* the rate shadow: its rate key (cf__rt_key) */
   int32_t prev, next; /* in its class's list; next: also the free list */
   uint8_t cls;
+  int32_t hi; /* the rate shadow: its index in hp */
 } cf__shnode_t;
 
 typedef struct {
   cf__shnode_t *n;
   int32_t *tab; /* open addressing of node indices, -1 empty */
   int32_t head[2], tail[2], len, free;
+  int32_t *hp;  /* the rate shadow (CF__CPUSH_RATE): a min-heap of node indices by key; else NULL */
   double score; /* hits, decayed */
 } cf__shadow_t;
 
 struct cf__cpush_s {
   cf__shadow_t sh[CF__CPUSH_N];
+  uint64_t *rt;   /* the reuse counts (cf__rt_*): tag 16 | reads 16 | first seen 32 bits */
+  uint32_t rmask; /* rt's size - 1 */
+  double a0;      /* the rate's prior age, clock ticks */
+  int rate_off;   /* CF_RACE_RATE=0: the rate shadow never takes charge (evaluation A/B) */
   int32_t cap;    /* nodes per shadow */
   uint32_t mask;  /* hash table size - 1 */
   unsigned shift; /* sampling: keys whose hash's top `shift` bits are 0 */
@@ -129,16 +139,117 @@ static void cf__sh_push(cf__shadow_t *s, int32_t x) {
   s->head[nd->cls] = x;
 }
 
-/* give up shadow k's victim: the older tail, the read one's head start added */
+/* ---- the rate shadow's min-heap (hp, node's hi) of n[].t */
+
+static void cf__shh_set(cf__shadow_t *s, int32_t i, int32_t x) {
+  s->hp[i] = x;
+  s->n[x].hi = i;
+}
+
+static void cf__shh_up(cf__shadow_t *s, int32_t i) {
+  int32_t x = s->hp[i];
+  while (i > 0) {
+    int32_t p = (i - 1) / 2;
+    if (s->n[s->hp[p]].t <= s->n[x].t) break;
+    cf__shh_set(s, i, s->hp[p]);
+    i = p;
+  }
+  cf__shh_set(s, i, x);
+}
+
+static void cf__shh_down(cf__shadow_t *s, int32_t i, int32_t len) {
+  int32_t x = s->hp[i];
+  for (;;) {
+    int32_t c = 2 * i + 1;
+    if (c >= len) break;
+    if (c + 1 < len && s->n[s->hp[c + 1]].t < s->n[s->hp[c]].t) c++;
+    if (s->n[s->hp[c]].t >= s->n[x].t) break;
+    cf__shh_set(s, i, s->hp[c]);
+    i = c;
+  }
+  cf__shh_set(s, i, x);
+}
+
+/* x leaves its shadow's order (list or heap); s->len counts the heap's members */
+static void cf__sh_detach(cf__shadow_t *s, int32_t x) {
+  if (!s->hp) { cf__sh_unlink(s, x); return; }
+  int32_t i = s->n[x].hi, last = s->len - 1;
+  if (i == last) return;
+  cf__shh_set(s, i, s->hp[last]);
+  cf__shh_down(s, i, last);
+  cf__shh_up(s, i); /* moved down: the one now at i came up from below it, in order */
+}
+
+/* x (re)joins its shadow's order; for the heap, at index len - 1 (the caller counts it in len) */
+static void cf__sh_attach(cf__shadow_t *s, int32_t x) {
+  if (!s->hp) { cf__sh_push(s, x); return; }
+  cf__shh_set(s, s->len - 1, x);
+  cf__shh_up(s, s->len - 1);
+}
+
+/* ---- reuse counts that outlive the chunk: the rate expert's memory
+ *
+ * A direct-mapped table of 64-bit words, one per key's hash: a 16-bit tag, the chunk's reads
+ * since it was first seen (cf__cpush_use: uses, never lookups) and the clock when it was first
+ * seen (low 32 bits: an age over 2^32 ticks wraps), for every key the store sees, followed or
+ * not by the shadows. A collision replaces the older key (its counts start again): the table
+ * is 2 words per slot of both tiers, so a store's chunks mostly keep theirs. */
+#define CF__RT_MAX (1u << 21) /* words at most: 16 MiB */
+
+static uint64_t *cf__rt_word(const struct cf__cpush_s *c, uint64_t fp, uint64_t *tag) {
+  uint64_t h = fp * 0x9e3779b97f4a7c15ULL; /* the low bits of fp also index the shadows' tables */
+  *tag = ((h >> 16) & 0xffff) | 1;        /* never 0: 0 is an empty word */
+  return &c->rt[(h >> 32) & c->rmask];
+}
+
+/* e's reads since first seen and its first-seen time; a key not in the table is new */
+static void cf__rt_get(const struct cf__cpush_s *c, uint64_t fp, uint32_t now, uint32_t *reads, uint32_t *first) {
+  uint64_t tag, w = *cf__rt_word(c, fp, &tag);
+  if (w >> 48 != tag) { *reads = 0; *first = now; return; }
+  *reads = (uint32_t)(w >> 32) & 0xffff;
+  *first = (uint32_t)w;
+}
+
+/* fp seen at now, read once more if `read` */
+static void cf__rt_touch(struct cf__cpush_s *c, uint64_t fp, uint32_t now, int read) {
+  uint64_t tag, *w = cf__rt_word(c, fp, &tag);
+  uint32_t reads, first;
+  cf__rt_get(c, fp, now, &reads, &first);
+  if (read && reads < 0xffff) reads++;
+  *w = tag << 48 | (uint64_t)reads << 32 | first;
+}
+
+/* The rate key: ln((1 + reads) / (a0 + age)) at the chunk's last touch t (its arrival or last
+ * use), age = t - first seen: its rate of reuse, with a prior of one use per a0 ticks. It is
+ * fixed between touches (bayes' `nostruct` form, README), so a heap keeps the order. */
+static double cf__rt_key(const struct cf__cpush_s *c, uint64_t fp, double t) {
+  uint32_t now = (uint32_t)(uint64_t)t, reads, first;
+  cf__rt_get(c, fp, now, &reads, &first);
+  return log((1.0 + reads) / (c->a0 + (double)(uint32_t)(now - first)));
+}
+
+/* ---- the shadows */
+
+/* give up shadow k's victim: the older tail, the read one's head start added; the rate shadow's
+ * least rate */
 static void cf__sh_evict(struct cf__cpush_s *c, int k, double tau) {
   cf__shadow_t *s = &c->sh[k];
-  int32_t u = s->tail[0], r = s->tail[1];
-  int32_t x = u < 0 ? r : r < 0 ? u : s->n[r].t + CF__CPUSH_B[k] * tau < s->n[u].t ? r : u;
-  cf__sh_unlink(s, x);
+  int32_t x;
+  if (s->hp) x = s->hp[0];
+  else {
+    int32_t u = s->tail[0], r = s->tail[1];
+    x = u < 0 ? r : r < 0 ? u : s->n[r].t + CF__CPUSH_B[k] * tau < s->n[u].t ? r : u;
+  }
+  cf__sh_detach(s, x);
   cf__sh_unhash(c, s, (uint32_t)cf__sh_find(c, s, s->n[x].fp));
   s->n[x].next = s->free;
   s->free = x;
   s->len--;
+}
+
+/* shadow k's time (or key) for a touch at t */
+static double cf__sh_t(const struct cf__cpush_s *c, int k, uint64_t fp, double t) {
+  return k == CF__CPUSH_RATE ? cf__rt_key(c, fp, t) : t;
 }
 
 static void cf__sh_insert(struct cf__cpush_s *c, int k, uint64_t fp, double t, int cls, double tau) {
@@ -146,12 +257,21 @@ static void cf__sh_insert(struct cf__cpush_s *c, int k, uint64_t fp, double t, i
   if (s->len == c->cap) cf__sh_evict(c, k, tau);
   int32_t x = s->free;
   s->free = s->n[x].next;
-  s->n[x] = (cf__shnode_t){fp, t, -1, -1, (uint8_t)cls};
-  cf__sh_push(s, x);
+  s->n[x] = (cf__shnode_t){fp, cf__sh_t(c, k, fp, t), -1, -1, (uint8_t)cls, -1};
+  s->len++;
+  cf__sh_attach(s, x);
   uint32_t i = (uint32_t)fp & c->mask;
   while (s->tab[i] >= 0) i = (i + 1) & c->mask;
   s->tab[i] = x;
-  s->len++;
+}
+
+/* node x of shadow k touched at t, now of class cls */
+static void cf__sh_retouch(struct cf__cpush_s *c, int k, int32_t x, double t, int cls) {
+  cf__shadow_t *s = &c->sh[k];
+  cf__sh_detach(s, x);
+  s->n[x].t = cf__sh_t(c, k, s->n[x].fp, t);
+  s->n[x].cls = (uint8_t)cls;
+  cf__sh_attach(s, x);
 }
 
 /* 1 and e's fingerprint in *fp when the shadows follow e (its key is in the sample), else 0 */
@@ -176,12 +296,21 @@ static uint32_t cf__sh_tab(int32_t cap) {
   return tab;
 }
 
+/* words of the reuse counts for a store of `slots` (both tiers) */
+static uint32_t cf__rt_words(int64_t slots) {
+  uint32_t w = 1024;
+  while (w < CF__RT_MAX && (int64_t)w < 2 * slots) w <<= 1;
+  return w;
+}
+
 size_t cf__cpush_bytes(int32_t slots) {
   unsigned shift;
   int32_t cap = cf__sh_cap(slots, &shift);
-  return sizeof(struct cf__cpush_s) +
+  return sizeof(struct cf__cpush_s) + (size_t)cap * sizeof(int32_t) +
          CF__CPUSH_N * ((size_t)cap * sizeof(cf__shnode_t) + (size_t)cf__sh_tab(cap) * sizeof(int32_t));
 }
+
+size_t cf__cpush_rate_bytes(int64_t slots) { return (size_t)cf__rt_words(slots) * sizeof(uint64_t); }
 
 int cf__cpush_alloc(cf_store_t *st) {
   if (st->cfg.rank || !st->n_ssd_slots || st->n_cpu_slots <= 0) return 0;
@@ -194,12 +323,22 @@ int cf__cpush_alloc(cf_store_t *st) {
   /* traffic is counted in the sampled keys' events: a tier-full is `cap` of them */
   c->decay = exp(-1.0 / (CF__CPUSH_HORIZON * cap));
   c->cur = CF__CPUSH_B0;
+  const char *ev = getenv("CF_RACE_RATE");
+  c->rate_off = ev && !strcmp(ev, "0");
+  const char *ea = getenv("CF_RACE_A0");
+  c->a0 = (ea ? atof(ea) : CF__RT_A0) * st->n_cpu_slots;
+  uint32_t rw = cf__rt_words((int64_t)st->n_cpu_slots + st->n_ssd_slots);
+  c->rmask = rw - 1;
   st->cpush = c;
+  c->rt = calloc(rw, sizeof *c->rt);
+  if (!c->rt) return cf_seterr(CF_ENOMEM, "store %s: cost policy reuse counts of %u keys", st->dir, rw);
   for (int k = 0; k < CF__CPUSH_N; k++) {
     cf__shadow_t *s = &c->sh[k];
     s->n = malloc(sizeof *s->n * (size_t)cap);
     s->tab = malloc(sizeof *s->tab * tab);
-    if (!s->n || !s->tab) return cf_seterr(CF_ENOMEM, "store %s: cost policy CPU-tier shadows of %d keys", st->dir, cap);
+    if (k == CF__CPUSH_RATE) s->hp = malloc(sizeof *s->hp * (size_t)cap);
+    if (!s->n || !s->tab || (k == CF__CPUSH_RATE && !s->hp))
+      return cf_seterr(CF_ENOMEM, "store %s: cost policy CPU-tier shadows of %d keys", st->dir, cap);
     memset(s->tab, 0xff, sizeof *s->tab * tab);
     s->head[0] = s->head[1] = s->tail[0] = s->tail[1] = -1;
     for (int32_t i = 0; i < cap; i++) s->n[i].next = i + 1 < cap ? i + 1 : -1;
@@ -212,9 +351,16 @@ int cf__cpush_alloc(cf_store_t *st) {
 void cf__cpush_free(cf_store_t *st) {
   struct cf__cpush_s *c = st->cpush;
   if (!c) return;
-  for (int k = 0; k < CF__CPUSH_N; k++) { free(c->sh[k].n); free(c->sh[k].tab); }
+  for (int k = 0; k < CF__CPUSH_N; k++) { free(c->sh[k].n); free(c->sh[k].tab); free(c->sh[k].hp); }
+  free(c->rt);
   free(c);
   st->cpush = NULL;
+}
+
+int cf__cpush_rate_on(const cf_store_t *st) { return st->cpush && st->cpush->cur == CF__CPUSH_RATE; }
+
+double cf__cpush_rate_key(const cf_store_t *st, int32_t e) {
+  return cf__rt_key(st->cpush, cf__sh_fp(&st->ents[e].key), st->cost_t[e]);
 }
 
 /* every shadow's hits decay by one event; the one with the most takes charge */
@@ -223,6 +369,7 @@ static void cf__sh_tick(cf_store_t *st) {
   int best = c->cur;
   for (int k = 0; k < CF__CPUSH_N; k++) {
     c->sh[k].score *= c->decay;
+    if (k == CF__CPUSH_RATE && c->rate_off) continue;
     if (c->sh[k].score > c->sh[best].score) best = k;
   }
   /* a lead that chance explains is no reason to leave the starting head start (CF__CPUSH_Z);
@@ -230,16 +377,21 @@ static void cf__sh_tick(cf_store_t *st) {
   double a = c->sh[best].score, b = c->sh[c->cur].score;
   if (best != c->cur && best != CF__CPUSH_B0 && a - b <= CF__CPUSH_Z * sqrt(a + b)) best = c->cur;
   if (best != c->cur) {
+    int was = c->cur == CF__CPUSH_RATE;
     c->cur = best;
     st->bonus[0] = CF__CPUSH_B[best];
     st->st.cost_cpu_switches++;
+    /* into or out of the rate order: the CPU tier's keys are another quantity (rare) */
+    if (was != (best == CF__CPUSH_RATE)) cf__cost_rekey(st, 0);
   }
 }
 
 void cf__cpush_arrive(cf_store_t *st, int32_t e) {
+  struct cf__cpush_s *c = st->cpush;
+  if (!c) return;
+  cf__rt_touch(c, cf__sh_fp(&st->ents[e].key), (uint32_t)(uint64_t)st->cost_t[e], 0);
   uint64_t fp;
   if (!cf__sh_key(st, e, &fp)) return;
-  struct cf__cpush_s *c = st->cpush;
   double t = st->cost_t[e], tau = st->tau[0];
   int cls = st->ents[e].uses ? 1 : 0;
   for (int k = 0; k < CF__CPUSH_N; k++) {
@@ -247,19 +399,17 @@ void cf__cpush_arrive(cf_store_t *st, int32_t e) {
     int64_t i = cf__sh_find(c, s, fp);
     if (i < 0) { cf__sh_insert(c, k, fp, t, cls, tau); continue; }
     /* held already (a promotion after its use, or saved again): its time and class as now */
-    int32_t x = s->tab[i];
-    cf__sh_unlink(s, x);
-    s->n[x].t = t;
-    s->n[x].cls = (uint8_t)cls;
-    cf__sh_push(s, x);
+    cf__sh_retouch(c, k, s->tab[i], t, cls);
   }
   cf__sh_tick(st);
 }
 
 void cf__cpush_use(cf_store_t *st, int32_t e) {
+  struct cf__cpush_s *c = st->cpush;
+  if (!c) return;
+  cf__rt_touch(c, cf__sh_fp(&st->ents[e].key), (uint32_t)(uint64_t)st->cost_t[e], 1);
   uint64_t fp;
   if (!cf__sh_key(st, e, &fp)) return;
-  struct cf__cpush_s *c = st->cpush;
   double t = st->cost_t[e];
   const cf__ent_t *en = &st->ents[e];
   double w = st->g.chunk_tokens && en->n_tokens ? (double)en->n_tokens / st->g.chunk_tokens : 1.0;
@@ -271,12 +421,8 @@ void cf__cpush_use(cf_store_t *st, int32_t e) {
       if (st->cfg.promote_on_read) cf__sh_insert(c, k, fp, t, 1, st->tau[0]);
       continue;
     }
-    int32_t x = s->tab[i];
     s->score += w;
-    cf__sh_unlink(s, x);
-    s->n[x].t = t;
-    s->n[x].cls = 1;
-    cf__sh_push(s, x);
+    cf__sh_retouch(c, k, s->tab[i], t, 1);
   }
   cf__sh_tick(st);
 }
