@@ -319,6 +319,7 @@ size_t cf__cpush_bytes(int32_t slots); /* the shadows' memory for a CPU tier of 
 size_t cf__cpush_rate_bytes(int64_t slots); /* the reuse counts' memory for a store of `slots` (both tiers) */
 int cf__cpush_rate_on(const cf_store_t *st); /* the CPU tier ranks by reuse rate (its shadow in charge) */
 double cf__cpush_rate_key(const cf_store_t *st, int32_t e); /* e's CPU-tier key in that order */
+int cf__cpush_admit(cf_store_t *st, int32_t e); /* a whole SSD read of e promotes it (mu held) */
 void cf__cost_rekey(cf_store_t *st, int tier); /* cf_store_cost.c: every key of tier computed again */
 
 /* ---- cf_store_spill.c: write-back */
