@@ -215,6 +215,8 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
     CF__P("# HELP cacheflow_store_cost_cpu_head_start_switches_total eviction = cost: changes of the CPU tier's head start to another shadow's.\n"
           "# TYPE cacheflow_store_cost_cpu_head_start_switches_total counter\ncacheflow_store_cost_cpu_head_start_switches_total %llu\n",
           (unsigned long long)t.cost_cpu_switches);
+    CF__P("# HELP cacheflow_store_cost_cpu_rate_order eviction = cost: 1 while the CPU tier before SSD ranks by reuse rate since first seen (its rate shadow leads).\n"
+          "# TYPE cacheflow_store_cost_cpu_rate_order gauge\ncacheflow_store_cost_cpu_rate_order %d\n", t.cost_cpu_rate_order);
     CF__P("# HELP cacheflow_store_spills_total Chunks written back from the CPU tier to SSD.\n# TYPE cacheflow_store_spills_total counter\ncacheflow_store_spills_total %llu\n",
           (unsigned long long)t.spills);
     CF__P("# HELP cacheflow_store_corrupt_cells_total Cells that failed their checksum on read (recomputed, never served).\n# TYPE cacheflow_store_corrupt_cells_total counter\ncacheflow_store_corrupt_cells_total %llu\n",

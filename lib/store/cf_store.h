@@ -181,6 +181,7 @@ typedef struct {
    * changed (lib/store/cf_store_cost_cpu.c) */
   double cost_cpu_head_start;
   uint64_t cost_cpu_switches;
+  int cost_cpu_rate_order; /* 1: the CPU tier in front of SSD ranks by reuse rate (its rate shadow leads) */
   uint64_t corrupt_cells, corrupt_chunks;  /* checksum mismatches found on read; chunks dropped */
   uint64_t journal_records, journal_torn, journal_damaged, journal_dropped, journal_compactions;
   uint64_t enospc, io_errors;

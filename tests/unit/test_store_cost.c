@@ -664,10 +664,10 @@ CF_TEST(store_cost_full_ssd_tier_defers_write_back_to_cpu_eviction) {
  * the same, whole-chunk reads from SSD promoted into the CPU tier (so a chunk the tier gave
  * up by mistake can come back once the lesson is learnt; without promotion it stays on SSD).
  * The hit is the chunk's tier when it is read; counted once the shadows have had 600 steps. */
-static cf_store_t *open_cpu_tier(const char *name, cf_store_evict_t pol) {
+static cf_store_t *open_cpu_tier(const char *name, cf_store_evict_t pol, int promote) {
   cf_store_config_t c = cfg_cost(32, 2048, pol);
   c.cost = two_values(1.0f);
-  c.promote_on_read = 1;
+  c.promote_on_read = promote;
   cf_store_geom_t g = st_geom(16, 2, 64);
   cf_store_t *st = NULL;
   CF_CHECK_OK(cf_store_open(tdir(name), &g, &c, &st));
@@ -689,12 +689,13 @@ static int cpu_read(cf_store_t *st, uint64_t id) {
  * already keeps some dead read chunks over fresh unread ones. Returns the CPU-tier hits of steps
  * [600, 800); *head: the head start the tier ends with. */
 static int cpu_trace(cf_store_evict_t pol, const char *name, int freq, double *head) {
-  cf_store_t *st = open_cpu_tier(name, pol);
+  cf_store_t *st = open_cpu_tier(name, pol, 1);
   if (!st) return -1;
   int hits = freq ? popular_scan(st, name, 24, 3, 1, 600, 800, cpu_read) : fresh_next(st, name, 600, 800, cpu_read);
   cf_store_stats_t s;
   cf_store_get_stats(st, &s);
   if (head) *head = s.cost_cpu_head_start;
+  if (!freq) CF_CHECK_MSG(!s.cost_cpu_rate_order, "%s: the recency trace put the CPU tier in the rate order", name);
   if (freq)
     for (uint64_t id = 100; id < 124; id++) CF_CHECK_MSG(present(st, id), "%s: popular chunk %d lost", name, (int)id);
   cf_store_close(st);
@@ -718,6 +719,43 @@ CF_TEST(store_cost_cpu_tier_keeps_fresh_chunks_where_recency_is_right) {
   CF_CHECK_MSG(lru == 200, "LRU's CPU tier kept %d of the last 200 fresh chunks until their read", lru);
   CF_CHECK_MSG(cost >= 196, "cost's CPU tier kept %d of the last 200 fresh chunks (LRU %d)", cost, lru);
   CF_CHECK_MSG(head >= 0 && head < 0.35, "the CPU tier's head start is %.3f tau", head);
+}
+
+/* The rate expert (cf_store_cost_cpu.c): 16 popular chunks, one read a step in turn (each every
+ * 16 steps), among 6 one-shot chunks saved a step, all worth the same, reads not promoted by
+ * configuration. 112 touches lie between two reads of a popular chunk, more than any head start
+ * keeps a read chunk for (ln 4 tau = 89 touches for 32 slots): LRU and the head-start orders lose
+ * every popular chunk to the scan, and it stays on SSD. Ranked by reads since first seen over
+ * age, the popular chunks outrank the one-shot ones; the rate shadow, which has the hits, takes
+ * charge, and the popular chunks come back to the CPU tier (an SSD read of a chunk whose rate
+ * beats the tier's least promotes it in that order). Returns the CPU-tier hits of steps
+ * [200, 300) (100 reads); *rate: whether the tier ends in the rate order. */
+static int rate_trace(cf_store_evict_t pol, const char *name, int *rate) {
+  cf_store_t *st = open_cpu_tier(name, pol, 0);
+  if (!st) return -1;
+  int hits = 0;
+  for (uint64_t id = 100; id < 116; id++) CF_CHECK_OK(save_at(st, id, 0));
+  for (int i = 0; i < 300; i++) {
+    int h = cpu_read(st, 100 + (uint64_t)(i % 16));
+    if (i >= 200) hits += h;
+    for (int k = 0; k < 6; k++) CF_CHECK_OK(save_at(st, 90000 + 6 * (uint64_t)i + (uint64_t)k, 0));
+    caps_ok(st, name);
+  }
+  for (uint64_t id = 100; id < 116; id++) CF_CHECK_MSG(present(st, id), "%s: popular chunk %d lost", name, (int)id);
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  if (rate) *rate = s.cost_cpu_rate_order;
+  cf_store_close(st);
+  return hits;
+}
+
+CF_TEST(store_cost_cpu_tier_ranks_by_reuse_rate_where_frequency_outlives_head_starts) {
+  int rate = -1;
+  int lru = rate_trace(CF_STORE_EVICT_LRU, "cpu_rate_lru", NULL);
+  int cost = rate_trace(CF_STORE_EVICT_COST, "cpu_rate_cost", &rate);
+  CF_CHECK_MSG(lru == 0, "LRU's CPU tier hit %d popular reads with 112 touches between two", lru);
+  CF_CHECK_MSG(rate == 1, "the CPU tier is not in the rate order");
+  CF_CHECK_MSG(cost >= 90, "cost's CPU tier hit %d of the last 100 popular reads (LRU %d)", cost, lru);
 }
 
 /* A CPU tier over the shadows' 4096 nodes (4500 slots): the shadows follow a sample of the keys
