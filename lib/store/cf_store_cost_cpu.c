@@ -26,7 +26,24 @@
  * plus a hash lookup. Memory: per shadow, 32 bytes per node and 8-16 bytes of hash table per
  * CPU slot; a tier over CF__CPUSH_MAX_NODES slots is sampled (keys whose hash falls in 1 / 2^s,
  * a shadow of slots / 2^s), so the shadows' memory is bounded whatever the tier's size and
- * costs nothing per index entry (cf__cpush_bytes: 120-144 bytes per slot, 480 KiB at most).
+ * costs nothing per index entry (cf__cpush_bytes: 164-196 bytes per slot, 656 KiB at most).
+ *
+ * A fourth shadow ranks by reuse rate, not recency (CF__CPUSH_RATE; issue 15's RAG: popular
+ * documents asked every few dozen requests, longer than any head start keeps a read chunk):
+ * ln((1 + reads) / (a0 + age)), reads = the chunk's uses since the store first saw it (never
+ * lookups: counting those sank a rate order forced on everywhere, dead chat sessions' chunks
+ * being "seen" every turn), age = clock ticks since then, a0 a prior of CF__RT_A0 tier-fulls. The
+ * counts and first-seen times outlive the chunk in a direct-mapped table (cf__rt_*: 8 bytes a
+ * key, 2 per slot of both tiers, 16 MiB at most). The key is evaluated at the chunk's last
+ * touch, so it is fixed between touches and a heap keeps the order (O(log n) per event); every
+ * tier-full of events all keys are evaluated again at the current clock (O(1) amortized), so a
+ * chunk read twice early and never again does not keep its rate for good. When its shadow
+ * leads (the same test as the others), the real CPU tier is re-keyed by rate (cf__cost_rekey,
+ * O(n), on a switch only), and an SSD read of a chunk whose rate beats the tier's least brings
+ * it back (cf__cpush_admit; the rate shadow models it): without that, chunks that left the tier
+ * before the switch (the system prompts') could never come back. Measured (seeds 1-5, 60
+ * cells): RAG 0.6-12.6% lower mean TTFT in every cell, chat and agentic unchanged (chat seed 4
+ * at 5% +1.1%): the rate shadow has a third to a fifth of the others' hits there. README.
  *
  * Measured (`make eval-evict`, scale 0.25, seeds 1-9 at 5-50% capacity, 108 cells, against the
  * fixed 0.35 tau): mean TTFT -0.4 to +2.1% better per cell (RAG up to +2.1%, chat and agentic
