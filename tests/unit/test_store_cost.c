@@ -722,23 +722,27 @@ CF_TEST(store_cost_cpu_tier_keeps_fresh_chunks_where_recency_is_right) {
 }
 
 /* The rate expert (cf_store_cost_cpu.c): 16 popular chunks, one read a step in turn (each every
- * 16 steps), among 6 one-shot chunks saved a step, all worth the same, reads not promoted by
- * configuration. 112 touches lie between two reads of a popular chunk, more than any head start
+ * 16 steps), among 8 one-shot chunks saved a step, all worth the same, reads not promoted by
+ * configuration. 144 touches lie between two reads of a popular chunk, more than any head start
  * keeps a read chunk for (ln 4 tau = 89 touches for 32 slots): LRU and the head-start orders lose
  * every popular chunk to the scan, and it stays on SSD. Ranked by reads since first seen over
- * age, the popular chunks outrank the one-shot ones; the rate shadow, which has the hits, takes
- * charge, and the popular chunks come back to the CPU tier (an SSD read of a chunk whose rate
- * beats the tier's least promotes it in that order). Returns the CPU-tier hits of steps
+ * age, the popular chunks (saved and read once first) outrank the one-shot ones: the rate
+ * shadow keeps them and has the hits, takes charge, and the popular chunks the real tier gave up
+ * come back to it (an SSD read of a chunk whose rate beats the tier's least promotes it in that
+ * order). Returns the CPU-tier hits of steps
  * [200, 300) (100 reads); *rate: whether the tier ends in the rate order. */
 static int rate_trace(cf_store_evict_t pol, const char *name, int *rate) {
   cf_store_t *st = open_cpu_tier(name, pol, 0);
   if (!st) return -1;
   int hits = 0;
-  for (uint64_t id = 100; id < 116; id++) CF_CHECK_OK(save_at(st, id, 0));
+  for (uint64_t id = 100; id < 116; id++) { /* saved and read once (a document's first asks) */
+    CF_CHECK_OK(save_at(st, id, 0));
+    CF_CHECK_EQ(cpu_read(st, id), 1);
+  }
   for (int i = 0; i < 300; i++) {
     int h = cpu_read(st, 100 + (uint64_t)(i % 16));
     if (i >= 200) hits += h;
-    for (int k = 0; k < 6; k++) CF_CHECK_OK(save_at(st, 90000 + 6 * (uint64_t)i + (uint64_t)k, 0));
+    for (int k = 0; k < 8; k++) CF_CHECK_OK(save_at(st, 90000 + 8 * (uint64_t)i + (uint64_t)k, 0));
     caps_ok(st, name);
   }
   for (uint64_t id = 100; id < 116; id++) CF_CHECK_MSG(present(st, id), "%s: popular chunk %d lost", name, (int)id);
@@ -753,7 +757,7 @@ CF_TEST(store_cost_cpu_tier_ranks_by_reuse_rate_where_frequency_outlives_head_st
   int rate = -1;
   int lru = rate_trace(CF_STORE_EVICT_LRU, "cpu_rate_lru", NULL);
   int cost = rate_trace(CF_STORE_EVICT_COST, "cpu_rate_cost", &rate);
-  CF_CHECK_MSG(lru == 0, "LRU's CPU tier hit %d popular reads with 112 touches between two", lru);
+  CF_CHECK_MSG(lru == 0, "LRU's CPU tier hit %d popular reads with 144 touches between two", lru);
   CF_CHECK_MSG(rate == 1, "the CPU tier is not in the rate order");
   CF_CHECK_MSG(cost >= 90, "cost's CPU tier hit %d of the last 100 popular reads (LRU %d)", cost, lru);
 }
