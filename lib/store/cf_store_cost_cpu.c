@@ -38,12 +38,13 @@
  * touch, so it is fixed between touches and a heap keeps the order (O(log n) per event); every
  * tier-full of events all keys are evaluated again at the current clock (O(1) amortized), so a
  * chunk read twice early and never again does not keep its rate for good. When its shadow
- * leads (the same test as the others), the real CPU tier is re-keyed by rate (cf__cost_rekey,
- * O(n), on a switch only), and an SSD read of a chunk whose rate beats the tier's least brings
- * it back (cf__cpush_admit; the rate shadow models it): without that, chunks that left the tier
- * before the switch (the system prompts') could never come back. Measured (seeds 1-5, 60
- * cells): RAG 0.6-12.6% lower mean TTFT in every cell, chat and agentic unchanged (chat seed 4
- * at 5% +1.1%): the rate shadow has a third to a fifth of the others' hits there. README.
+ * leads every other by CF__CPUSH_Z_RATE standard deviations, the real CPU tier is re-keyed by
+ * rate (cf__cost_rekey, O(n), on a switch only), and an SSD read of a chunk whose rate beats the
+ * tier's least brings it back (cf__cpush_admit): without that, chunks that left the tier before
+ * the switch (the system prompts') could never come back. Otherwise the head starts choose
+ * among themselves exactly as without the expert. Measured (seeds 1-9, 108 cells, against the
+ * same code without it): RAG 0.2-12.4% lower mean TTFT in 17 of 36 cells, the rest identical;
+ * chat and agentic identical in every cell. README.
  *
  * Measured (`make eval-evict`, scale 0.25, seeds 1-9 at 5-50% capacity, 108 cells, against the
  * fixed 0.35 tau): mean TTFT -0.4 to +2.1% better per cell (RAG up to +2.1%, chat and agentic
@@ -89,11 +90,11 @@ static const double CF__CPUSH_B[CF__CPUSH_N] = {0.0, 0.5 * 0.6931471805599453, 1
  * on seeds 4-5, then checked on seeds 6-7). */
 #define CF__CPUSH_Z 3.0
 /* The rate shadow takes charge only on a lead of this many standard deviations over the best of
- * the others, not only the one in charge: its CPU-tier hits do not see what its order does to
- * the SSD tier's intake (fresh chunks given up unread), and on chat seeds 7-9 at 5% it led
- * 3-10 sd while the tier under it lost 1-4% of mean TTFT (chat seed 9 at 5%: 4.4% worse on a
- * lead over the one in charge; 3: 4.2%; 4: as without the expert; RAG at 5-10% seeds 1-3 gains
- * 0-5.7% at 4, 2.3-5.7% at 0, 0-5.3% at 6, README) */
+ * the others, not only over the one in charge: its CPU-tier hits do not see what its order does
+ * to the SSD tier's intake, and on chat seeds 7-9 at 5% it led by 3 sd and more while the tier
+ * under it lost 1-4% of mean TTFT. Seeds 1-9: at 3, chat seed 9 at 5% 4.1% worse (RAG at 5-10%
+ * up to 0.5% more than at 4); at 4, no cell worse; on a lead over the one in charge only, chat
+ * seeds 7-9 at 5% 1.2-4.4% worse. */
 #define CF__CPUSH_Z_RATE 4.0
 /* above this many slots the shadows sample the keys */
 #define CF__CPUSH_MAX_NODES 4096
