@@ -688,13 +688,16 @@ static int cpu_read(cf_store_t *st, uint64_t id) {
  * the last one saved; LRU keeps every fresh chunk until its read): a head start of 0.35 tau
  * already keeps some dead read chunks over fresh unread ones. Returns the CPU-tier hits of steps
  * [600, 800); *head: the head start the tier ends with. */
-static int cpu_trace(cf_store_evict_t pol, const char *name, int freq, double *head) {
-  cf_store_t *st = open_cpu_tier(name, pol, 1);
+static int cpu_trace(cf_store_evict_t pol, const char *name, int freq, cf_store_stats_t *out) {
+  /* freq 2: the rate expert's trace below (reads not promoted, 8 one-shot saves a step) */
+  cf_store_t *st = open_cpu_tier(name, pol, freq < 2);
   if (!st) return -1;
-  int hits = freq ? popular_scan(st, name, 24, 3, 1, 600, 800, cpu_read) : fresh_next(st, name, 600, 800, cpu_read);
+  int hits = freq == 2 ? popular_scan(st, name, 24, 8, 1, 200, 300, cpu_read)
+             : freq    ? popular_scan(st, name, 24, 3, 1, 600, 800, cpu_read)
+                       : fresh_next(st, name, 600, 800, cpu_read);
   cf_store_stats_t s;
   cf_store_get_stats(st, &s);
-  if (head) *head = s.cost_cpu_head_start;
+  if (out) *out = s;
   if (!freq) CF_CHECK_MSG(!s.cost_cpu_rate_order, "%s: the recency trace put the CPU tier in the rate order", name);
   if (freq)
     for (uint64_t id = 100; id < 124; id++) CF_CHECK_MSG(present(st, id), "%s: popular chunk %d lost", name, (int)id);
@@ -703,9 +706,10 @@ static int cpu_trace(cf_store_evict_t pol, const char *name, int freq, double *h
 }
 
 CF_TEST(store_cost_cpu_tier_keeps_reread_chunks_through_one_hit_scans) {
-  double head = -1;
+  cf_store_stats_t s = {0};
   int lru = cpu_trace(CF_STORE_EVICT_LRU, "cpu_freq_lru", 1, NULL);
-  int cost = cpu_trace(CF_STORE_EVICT_COST, "cpu_freq_cost", 1, &head);
+  int cost = cpu_trace(CF_STORE_EVICT_COST, "cpu_freq_cost", 1, &s);
+  double head = s.cost_cpu_head_start;
   CF_CHECK_MSG(lru < 100, "LRU's CPU tier kept the popular chunks through the scan (%d of 400 hits)", lru);
   CF_CHECK_MSG(cost >= 390, "cost's CPU tier hit %d of the last 400 popular reads (LRU %d)", cost, lru);
   /* the head start it starts from (0.35 tau) is not enough here: a larger one was chosen */
@@ -713,53 +717,33 @@ CF_TEST(store_cost_cpu_tier_keeps_reread_chunks_through_one_hit_scans) {
 }
 
 CF_TEST(store_cost_cpu_tier_keeps_fresh_chunks_where_recency_is_right) {
-  double head = -1;
+  cf_store_stats_t s = {0};
+  s.cost_cpu_head_start = -1;
   int lru = cpu_trace(CF_STORE_EVICT_LRU, "cpu_rec_lru", 0, NULL);
-  int cost = cpu_trace(CF_STORE_EVICT_COST, "cpu_rec_cost", 0, &head);
+  int cost = cpu_trace(CF_STORE_EVICT_COST, "cpu_rec_cost", 0, &s);
+  double head = s.cost_cpu_head_start;
   CF_CHECK_MSG(lru == 200, "LRU's CPU tier kept %d of the last 200 fresh chunks until their read", lru);
   CF_CHECK_MSG(cost >= 196, "cost's CPU tier kept %d of the last 200 fresh chunks (LRU %d)", cost, lru);
   CF_CHECK_MSG(head >= 0 && head < 0.35, "the CPU tier's head start is %.3f tau", head);
 }
 
-/* The rate expert (cf_store_cost_cpu.c): 16 popular chunks, one read a step in turn (each every
- * 16 steps), among 8 one-shot chunks saved a step, all worth the same, reads not promoted by
- * configuration. 144 touches lie between two reads of a popular chunk, more than any head start
- * keeps a read chunk for (ln 4 tau = 89 touches for 32 slots): LRU and the head-start orders lose
- * every popular chunk to the scan, and it stays on SSD. Ranked by reads since first seen over
- * age, the popular chunks (saved and read once first) outrank the one-shot ones: the rate
- * shadow keeps them and has the hits, takes charge, and the popular chunks the real tier gave up
- * come back to it (an SSD read of a chunk whose rate beats the tier's least promotes it in that
- * order). Returns the CPU-tier hits of steps
- * [200, 300) (100 reads); *rate: whether the tier ends in the rate order. */
-static int rate_trace(cf_store_evict_t pol, const char *name, int *rate) {
-  cf_store_t *st = open_cpu_tier(name, pol, 0);
-  if (!st) return -1;
-  int hits = 0;
-  for (uint64_t id = 100; id < 116; id++) { /* saved and read once (a document's first asks) */
-    CF_CHECK_OK(save_at(st, id, 0));
-    CF_CHECK_EQ(cpu_read(st, id), 1);
-  }
-  for (int i = 0; i < 300; i++) {
-    int h = cpu_read(st, 100 + (uint64_t)(i % 16));
-    if (i >= 200) hits += h;
-    for (int k = 0; k < 8; k++) CF_CHECK_OK(save_at(st, 90000 + 8 * (uint64_t)i + (uint64_t)k, 0));
-    caps_ok(st, name);
-  }
-  for (uint64_t id = 100; id < 116; id++) CF_CHECK_MSG(present(st, id), "%s: popular chunk %d lost", name, (int)id);
-  cf_store_stats_t s;
-  cf_store_get_stats(st, &s);
-  if (rate) *rate = s.cost_cpu_rate_order;
-  cf_store_close(st);
-  return hits;
-}
-
+/* The rate expert (cf_store_cost_cpu.c): popular_scan's 24 popular chunks, two read a step in
+ * turn (each every 12 steps), among 8 one-shot chunks saved a step, all worth the same, reads not
+ * promoted by configuration. 120 touches lie between two reads of a popular chunk, more than any
+ * head start keeps a read chunk for (ln 4 tau = 89 touches for 32 slots): LRU and the head-start
+ * orders lose every popular chunk to the scan, and it stays on SSD. Ranked by reads since first
+ * seen over age, the popular chunks (saved and read once first) outrank the one-shot ones: the
+ * rate shadow keeps them and has the hits, takes charge, and the popular chunks the real tier
+ * gave up come back to it (an SSD read of a chunk whose rate beats the tier's least promotes it
+ * in that order). cpu_trace(.., 2, ..): the CPU-tier hits of steps [200, 300), 200 reads. */
 CF_TEST(store_cost_cpu_tier_ranks_by_reuse_rate_where_frequency_outlives_head_starts) {
-  int rate = -1;
-  int lru = rate_trace(CF_STORE_EVICT_LRU, "cpu_rate_lru", NULL);
-  int cost = rate_trace(CF_STORE_EVICT_COST, "cpu_rate_cost", &rate);
-  CF_CHECK_MSG(lru == 0, "LRU's CPU tier hit %d popular reads with 144 touches between two", lru);
+  cf_store_stats_t s = {0};
+  int lru = cpu_trace(CF_STORE_EVICT_LRU, "cpu_rate_lru", 2, NULL);
+  int cost = cpu_trace(CF_STORE_EVICT_COST, "cpu_rate_cost", 2, &s);
+  int rate = s.cost_cpu_rate_order;
+  CF_CHECK_MSG(lru == 0, "LRU's CPU tier hit %d popular reads with 120 touches between two", lru);
   CF_CHECK_MSG(rate == 1, "the CPU tier is not in the rate order");
-  CF_CHECK_MSG(cost >= 90, "cost's CPU tier hit %d of the last 100 popular reads (LRU %d)", cost, lru);
+  CF_CHECK_MSG(cost >= 180, "cost's CPU tier hit %d of the last 200 popular reads (LRU %d)", cost, lru);
 }
 
 /* A CPU tier over the shadows' 4096 nodes (4500 slots): the shadows follow a sample of the keys
