@@ -382,10 +382,10 @@ def refusals(c, base, root):
 # its weights; then the engine's KV must match transformers' like any checkpoint above. Shapes
 # unlike the fixtures': MHA, one KV head, head_dim != hidden/heads, 1 and odd layer counts, tied
 # embeddings, biases, llama3/linear RoPE, F16/BF16, shards, windows below a chunk and mixed
-# layer_types, top-1 and top-all experts.
+# layer_types, top-1 and top-all experts; tokens past max_position_embeddings (the first: 70 > 48).
 GEN_SHAPES = [
     "--arch llama --heads 4 --kv-heads 4 --tie 1 --rope-type llama3 --rope-factor 8 --rope-orig-max-pos 32 "
-    "--rope-theta 500000 --dtype f16 --shards 3 --attention-bias 1 --mlp-bias 1 --layers 3 --norm-jitter 0.1",
+    "--rope-theta 500000 --dtype f16 --shards 3 --attention-bias 1 --mlp-bias 1 --layers 3 --norm-jitter 0.1 --max-pos 48",
     "--arch qwen3 --heads 4 --kv-heads 1 --head-dim 24 --layers 3 --window 5 --layer-types full,sliding,sliding "
     "--dtype bf16 --norm-jitter 0.1",
     "--arch qwen2 --layers 1 --heads 8 --kv-heads 2 --window 12 --vocab 301 --rms-eps 1e-6",
@@ -426,6 +426,13 @@ def gen_model_shapes(c, root):
 def main():
     c = H.Checks()
     torch.set_num_threads(1)
+    if os.environ.get("CF_GOLDEN_GENMODEL_ONLY"):  # the gen-model shapes alone (tests/integration/genmodel_golden.sh)
+        root = tempfile.mkdtemp(prefix="cf-golden-")
+        try:
+            gen_model_shapes(c, root)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return c.summary()
     env = os.environ.get("CF_GOLDEN_SEEDS")
     if env:
         seeds = [int(s) for s in env.split(",") if s]
@@ -434,12 +441,6 @@ def main():
         print(f"fresh seeds {fresh} (rerun: CF_GOLDEN_SEEDS={','.join(map(str, fresh))})")
         seeds = FIXED_SEEDS + fresh
     root = tempfile.mkdtemp(prefix="cf-golden-")
-    if os.environ.get("CF_GOLDEN_GENMODEL_ONLY"):  # the gen-model shapes alone (a minute)
-        try:
-            gen_model_shapes(c, root)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-        return c.summary()
     try:
         gen_model_shapes(c, root)
         llama = None

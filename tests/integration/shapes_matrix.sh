@@ -16,7 +16,8 @@
 # stored one mid-chunk (only the chunks before the divergence load), and 0 tokens (Save, Lookup and
 # Restore refused, naming token_ids); the daemon keeps serving after each.
 # CF_SHAPES_FULL=1 runs more shapes and all six policies (a few minutes: `make bench-shapes`);
-# CF_SHAPES='name|gen-model args;...' runs the given shapes instead; CF_SHAPES_CHUNK sets C.
+# CF_SHAPES='name|gen-model args;...' runs the given shapes instead; CF_SHAPES_CHUNK sets C,
+# CF_SHAPES_KV_DTYPE the daemon's kv_dtype (bf16, f16).
 set -u
 . "$(dirname "$0")/../lib/cf_test.sh"
 cf_need_bins cacheflowd cacheflowctl cf-refengine
@@ -111,6 +112,7 @@ for entry in "${SHAPES[@]}"; do
   L=$(jq .num_hidden_layers "$D/model/config.json")
   cf_daemon_conf "$D/d.conf" "$D" 64M 0 $C info
   echo "eviction = lru" >>"$D/d.conf"
+  [ -n "${CF_SHAPES_KV_DTYPE:-}" ] && echo "kv_dtype = $CF_SHAPES_KV_DTYPE" >>"$D/d.conf"
   check "$name: daemon starts" "cf_daemon_start '$D/d.conf' '$D/model' '$D/d.log'" || { tail -3 "$D/d.log"; continue; }
   ENG="$BUILD/cf-refengine --daemon unix:$D/d.sock --model $D/model --shm-dir $D --block 16 --new 5"
   SEED=$((100 + i))
