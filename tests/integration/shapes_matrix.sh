@@ -4,7 +4,8 @@
 # head_dim != hidden/heads, 1 and odd layer counts, tied embeddings, qwen2 q/k/v biases, llama3
 # RoPE, F16/BF16, shards, a window below a chunk and one not a multiple of it, mixed layer_types,
 # MoE top-1 and top-k = experts). For each shape, with chunks of C = 16 tokens:
-#   cf-refengine saves a prefix of 6 chunks + 5 tokens; two chunks are evicted (LRU: the oldest,
+#   cf-refengine saves a prefix of 6 chunks + 5 tokens (one shape with C = 24, not a multiple of
+#   the engine's 16-token blocks); two chunks are evicted (LRU: the oldest,
 #   0 and 1) and chunk 0 saved again, so Lookup sees "cpu:16 none:16 cpu:64 ..." (a hole); then
 #   the prefix is restored with recompute, load and cacheflow: loaded cells bit-exact, computed
 #   cells within 1e-4 of the engine's own prefill, first-token logits as a scratch prefill's,
@@ -22,8 +23,7 @@ set -u
 . "$(dirname "$0")/../lib/cf_test.sh"
 cf_need_bins cacheflowd cacheflowctl cf-refengine
 cf_test_dir cf-shapes TERM
-C=${CF_SHAPES_CHUNK:-16}
-PRE=$((6 * C + 5))
+C0=${CF_SHAPES_CHUNK:-16}
 
 SHAPES=(
   "mha-odd|--arch llama --layers 3 --heads 4 --kv-heads 4"
@@ -36,6 +36,7 @@ SHAPES=(
   "qwen3moe-top1|--arch qwen3_moe --layers 2 --experts 4 --top-k 1 --norm-topk 0 --moe-intermediate 32"
   "mixtral-topall-window24|--arch mixtral --layers 2 --experts 3 --top-k 3 --window 24 --intermediate 64"
   "mistral-window1|--arch mistral --layers 2 --window 1"
+  "mistral-window5-chunk24|--arch mistral --layers 2 --window 5|24"
 )
 # the shapes that also run the prefix-length checks (every shape under CF_SHAPES)
 LEN_SHAPES=" mha-odd kv1-1layer-tied-f16 qwen3-hd24 llama3-rope-maxpos64 mistral-window1 "
@@ -104,7 +105,11 @@ stored_cells() { jq -s -r '[.[] | select(.mode=="session") | .cells_cpu + .skipp
 i=0
 for entry in "${SHAPES[@]}"; do
   i=$((i + 1))
-  name=${entry%%|*}; args=${entry#*|}
+  # NAME|GEN-MODEL ARGS[|CHUNK]: a chunk of 24 tokens is not a multiple of the engine's 16-token
+  # blocks (a block holds the tail of one chunk and the head of the next)
+  name=${entry%%|*}; args=${entry#*|}; C=$C0
+  case $args in *\|*) C=${args##*|}; args=${args%|*} ;; esac
+  PRE=$((6 * C + 5))
   D="$T/s$i"; mkdir -p "$D"
   if ! "$BUILD/cacheflowctl" gen-model --out "$D/model" --preset tiny --seed $i $args >"$D/gen.log" 2>&1; then
     bad "$name: gen-model $args" "$(cat "$D/gen.log")"; continue
