@@ -6,6 +6,8 @@
  * --head-dim, --intermediate, --vocab, --max-pos, --window / --layer-types, --experts / --top-k /
  * --moe-intermediate / --norm-topk, --tie, --attention-bias, --mlp-bias, --rope-theta,
  * --rope-type/--rope-factor/--rope-low-freq/--rope-high-freq/--rope-orig-max-pos, --rms-eps.
+ * Each also answers to its config.json key's name (--num-hidden-layers, --hidden-size,
+ * --num-key-value-heads, --sliding-window, --num-experts-per-tok, --tie-word-embeddings, ...).
  * Combinations a family's config.json cannot express are refused naming them (cf_hfwrite_check).
  * Weights are N(0, 0.02) (the HF initializer_range), norms exactly 1 unless --norm-jitter; the
  * same options and seed give the same bytes on every machine, and transformers'
@@ -230,7 +232,17 @@ static int cf__genmodel_main(int argc, char **argv) {
       {"rope-theta", 1, 0, O_THETA}, {"rope-type", 1, 0, O_RTYPE}, {"rope-factor", 1, 0, O_RFAC},
       {"rope-low-freq", 1, 0, O_RLOW}, {"rope-high-freq", 1, 0, O_RHIGH},
       {"rope-orig-max-pos", 1, 0, O_ROMP}, {"rms-eps", 1, 0, O_EPS}, {"norm-jitter", 1, 0, O_JIT},
-      {"shards", 1, 0, O_SHARDS}, {0, 0, 0, 0}};
+      {"shards", 1, 0, O_SHARDS},
+      /* the config.json keys' own names, as aliases */
+      {"model-type", 1, 0, O_ARCH}, {"num-hidden-layers", 1, 0, O_LAYERS},
+      {"hidden-size", 1, 0, O_HIDDEN}, {"num-attention-heads", 1, 0, O_HEADS},
+      {"num-key-value-heads", 1, 0, O_KVH}, {"intermediate-size", 1, 0, O_INTER},
+      {"vocab-size", 1, 0, O_VOCAB}, {"max-position-embeddings", 1, 0, O_MAXPOS},
+      {"sliding-window", 1, 0, O_WIN}, {"num-experts", 1, 0, O_EXP},
+      {"num-local-experts", 1, 0, O_EXP}, {"num-experts-per-tok", 1, 0, O_TOPK},
+      {"moe-intermediate-size", 1, 0, O_MOEI}, {"norm-topk-prob", 1, 0, O_NTOPK},
+      {"tie-word-embeddings", 1, 0, O_TIE}, {"rms-norm-eps", 1, 0, O_EPS},
+      {0, 0, 0, 0}};
   optind = 1;
   opterr = 0;
   int ch, bad = 0;

@@ -243,6 +243,16 @@ CF_TEST(ctl_gen_model_shapes) {
                   tpath("s3")), 0);
   CF_CHECK_OK(cf_model_load(tpath("s3"), &m));
   if (m) { CF_CHECK(m->cfg.qkv_bias && !m->cfg.o_bias && m->cfg.head_dim == 8); cf_model_free(m); }
+  /* the config.json keys' names as aliases */
+  CF_CHECK_EQ(run(err, sizeof err, "gen-model --out %s --preset tiny --model-type mixtral --num-hidden-layers 3 "
+                  "--num-local-experts 2 --num-experts-per-tok 1 --sliding-window 9 --num-key-value-heads 1",
+                  tpath("s4")), 0);
+  CF_CHECK_OK(cf_model_load(tpath("s4"), &m));
+  if (m) {
+    CF_CHECK(m->cfg.arch == CF_ARCH_MIXTRAL && m->cfg.n_layers == 3 && m->cfg.n_experts == 2 && m->cfg.top_k == 1 &&
+             m->cfg.sliding_window == 9 && m->cfg.n_kv_heads == 1);
+    cf_model_free(m);
+  }
   static const struct { const char *args, *msg; } bad[] = {
       {"--arch gpt2", "--arch 'gpt2'"},
       {"--heads 4 --kv-heads 3", "--heads 4 is not a multiple of --kv-heads 3"},
