@@ -13,7 +13,8 @@
 # Prefix lengths (on LEN_SHAPES' daemons): 1, C-1, C, C+1 (on a window-1 model a whole-chunk prefix
 # has every cell skipped: nothing to load or compute, the restore must still complete), past max_position_embeddings
 # (the llama3 shape has --max-pos 64: computed as transformers does, RoPE at any position), a
-# strict prefix of a stored one (its full chunks load, the rest is computed), one diverging from a
+# restore after present_tokens ending mid-block, a strict prefix of a stored one (its full
+# chunks load, the rest is computed), one diverging from a
 # stored one mid-chunk (only the chunks before the divergence load), and 0 tokens (Save, Lookup and
 # Restore refused, naming token_ids); the daemon keeps serving after each.
 # CF_SHAPES_FULL=1 runs more shapes and all six policies (a few minutes: `make bench-shapes`);
@@ -146,6 +147,12 @@ for entry in "${SHAPES[@]}"; do
       $ENG --prefix $n --turns 1 --seed $((SEED + 50 + n)) --verify --policy load >"$out" 2>"$D/len$n.err"
       check "$name: prefix $n saved and restored exactly" "[ $? -eq 0 ] && restored $out" "$(tail -3 "$D/len$n.err")"
     done
+    # the engine holds the first 2.5 chunks itself (present_tokens, as vLLM's prefix cache):
+    # restored from there, two turns (a windowed model leaves the skipped rows after them unwritten)
+    out="$D/present.json"
+    $ENG --prefix $PRE --present $((2 * C + C / 2)) --turns 2 --seed $((SEED + 200)) --verify --policy cacheflow >"$out" 2>"$D/present.err"
+    check "$name: present_tokens $((2 * C + C / 2)) (mid-block), 2 turns restored exactly" "[ $? -eq 0 ] && restored $out" \
+      "$(tail -3 "$D/present.err"; jq -c 'select(.mode=="session")' "$out")"
     # a strict prefix of A (2.5 chunks): A's chunk 0 and 2.. are stored, 1 is the hole
     out="$D/strict.json"
     $ENG --prefix $((2 * C + C / 2)) --turns 1 --seed $SEED --no-save-first --no-save-turns --verify --policy load >"$out" 2>"$D/strict.err"
