@@ -12,7 +12,9 @@ daemon restores with) on prefixes of several lengths (non-multiples of the chunk
 window) with a random chunk size, one also as a staircase. Every K/V tensor must agree within
 1e-4 x max|ref| (the tolerance of the golden tests, README "Model engine").
 Then configs the engine cannot compute must be refused naming the field (model_type, rope type,
-hidden_act, ...), never computed.
+hidden_act, ...), never computed. First, `cacheflowctl gen-model` checkpoints in shapes unlike the
+fixtures (GEN_SHAPES): transformers must load them and re-save their config.json unchanged, and
+their KV must match (CF_GOLDEN_GENMODEL_ONLY=1 runs only that: tests/integration/genmodel_golden.sh).
 
 Seeds: a fixed list plus two fresh ones (printed; rerun one with CF_GOLDEN_SEEDS=s1,s2,...).
 Prints `N passed, N failed`."""
