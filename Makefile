@@ -251,6 +251,12 @@ test-engines: deps
 bench-engines: all
 	$(Q)BUILD=$(BUILD) tests/engines/bench.sh $(BENCH_ARGS)
 
+# the larger held-out shape matrix (17 shapes x 6 policies, real daemon; a few minutes):
+# tests/integration/shapes_matrix.sh with CF_SHAPES_FULL=1 (make test runs its small part)
+.PHONY: bench-shapes
+bench-shapes: all
+	$(Q)CF_SHAPES_FULL=1 BUILD=$(BUILD) bash tests/integration/shapes_matrix.sh
+
 # CF_MAKE_SAN: a test that runs make in $(BUILD) (daemon_install) passes the same flags, so it
 # does not rebuild build-asan with CUDA on and without the sanitizers under the later tests.
 ASAN_SAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined

@@ -269,11 +269,8 @@ static void cf__unstage(cf__rq_t *q, int l) {
   cf__mem_freed(q->run);
 }
 
-/* Cell (c, l) reached the engine: advance the prefix and readiness counters. */
-static void cf__present(cf__rq_t *q, int c, int l) {
-  q->state[cf__ix(q, c, l)] = CELL_PRESENT;
-  q->present[l]++;
-  while (q->prefix[l] < q->n_chunks && q->state[cf__ix(q, q->prefix[l], l)] == CELL_PRESENT) q->prefix[l]++;
+/* Publish the layers whose every cell is present; the request is done once all are. */
+static void cf__advance_ready(cf__rq_t *q) {
   int before = q->ready;
   while (q->ready < q->L && q->present[q->ready] == q->n_chunks) {
     if (q->r->layer_ready_ns) q->r->layer_ready_ns[q->ready] = cf__now();
@@ -285,6 +282,14 @@ static void cf__present(cf__rq_t *q, int c, int l) {
     if (q->r->on_layer) q->r->on_layer(q->r, q->ready, q->r->on_layer_arg);
     if (q->ready == q->L) cf__finish(q, 0);
   }
+}
+
+/* Cell (c, l) reached the engine: advance the prefix and readiness counters. */
+static void cf__present(cf__rq_t *q, int c, int l) {
+  q->state[cf__ix(q, c, l)] = CELL_PRESENT;
+  q->present[l]++;
+  while (q->prefix[l] < q->n_chunks && q->state[cf__ix(q, q->prefix[l], l)] == CELL_PRESENT) q->prefix[l]++;
+  cf__advance_ready(q);
 }
 
 static int cf__cancelled(const cf__rq_t *q) {
@@ -969,6 +974,10 @@ static int cf__rq_init(cf__rq_t *q, cf_exec_req_t *r, const cf_exec_t *ex, cf__r
   r->stats.t_start_ns = cf__now();
   q->ops->begin(q->rs);
   q->begun = 1;
+  /* layers present from the start (every cell skipped: a window no later token reaches back
+   * from) are ready now: no load or compute would ever publish them, and a request with no
+   * cell to move at all would wait forever */
+  cf__advance_ready(q);
   return 0;
 }
 

@@ -12,7 +12,9 @@ daemon restores with) on prefixes of several lengths (non-multiples of the chunk
 window) with a random chunk size, one also as a staircase. Every K/V tensor must agree within
 1e-4 x max|ref| (the tolerance of the golden tests, README "Model engine").
 Then configs the engine cannot compute must be refused naming the field (model_type, rope type,
-hidden_act, ...), never computed.
+hidden_act, ...), never computed. First, `cacheflowctl gen-model` checkpoints in shapes unlike the
+fixtures (GEN_SHAPES): transformers must load them and re-save their config.json unchanged, and
+their KV must match (CF_GOLDEN_GENMODEL_ONLY=1 runs only that: tests/integration/genmodel_golden.sh).
 
 Seeds: a fixed list plus two fresh ones (printed; rerun one with CF_GOLDEN_SEEDS=s1,s2,...).
 Prints `N passed, N failed`."""
@@ -377,9 +379,62 @@ def refusals(c, base, root):
                 err or "computed KV")
 
 
+# `cacheflowctl gen-model` shapes (README "Model engine"): transformers must read the config.json
+# it writes as written (loading it and saving it again gives the same keys and values) and load
+# its weights; then the engine's KV must match transformers' like any checkpoint above. Shapes
+# unlike the fixtures': MHA, one KV head, head_dim != hidden/heads, 1 and odd layer counts, tied
+# embeddings, biases, llama3/linear RoPE, F16/BF16, shards, windows below a chunk and mixed
+# layer_types, top-1 and top-all experts; tokens past max_position_embeddings (the first: 70 > 48).
+GEN_SHAPES = [
+    "--arch llama --heads 4 --kv-heads 4 --tie 1 --rope-type llama3 --rope-factor 8 --rope-orig-max-pos 32 "
+    "--rope-theta 500000 --dtype f16 --shards 3 --attention-bias 1 --mlp-bias 1 --layers 3 --norm-jitter 0.1 --max-pos 48",
+    "--arch qwen3 --heads 4 --kv-heads 1 --head-dim 24 --layers 3 --window 5 --layer-types full,sliding,sliding "
+    "--dtype bf16 --norm-jitter 0.1",
+    "--arch qwen2 --layers 1 --heads 8 --kv-heads 2 --window 12 --vocab 301 --rms-eps 1e-6",
+    "--arch mistral --layers 5 --heads 6 --kv-heads 3 --head-dim 12 --hidden 48 --window 7 --intermediate 72",
+    "--arch qwen3_moe --experts 3 --top-k 1 --norm-topk 0 --moe-intermediate 24 --window 9 --layers 3 --tie 1",
+    "--arch mixtral --experts 3 --top-k 3 --window 20 --rope-type linear --rope-factor 4 --dtype bf16 --shards 2",
+]
+
+
+def gen_model_shapes(c, root):
+    for i, args in enumerate(GEN_SHAPES):
+        d = os.path.join(root, f"gen{i}")
+        p = subprocess.run([H.CTL, "gen-model", "--out", d, "--preset", "tiny", "--seed", str(i + 1)] + args.split(),
+                           capture_output=True, text=True)
+        name = f"gen-model {args}"
+        if not c.check(f"{name}: written", p.returncode == 0, p.stderr):
+            continue
+        with open(os.path.join(d, "config.json")) as f:
+            ours = json.load(f)
+        cfg_cls = FAMILIES[ours["model_type"]][0]
+        again = os.path.join(root, f"gen{i}-again")
+        cfg_cls.from_pretrained(d).save_pretrained(again)
+        with open(os.path.join(again, "config.json")) as f:
+            theirs = json.load(f)
+        diff = sorted(k for k in set(ours) | set(theirs)
+                      if k != "transformers_version" and ours.get(k, "<absent>") != theirs.get(k, "<absent>"))
+        c.check(f"{name}: config.json as transformers writes it", not diff,
+                "; ".join(f"{k}: ours {ours.get(k, '<absent>')} theirs {theirs.get(k, '<absent>')}" for k in diff))
+        rng = random.Random(i)
+        ids = [rng.randrange(ours["vocab_size"]) for _ in range(70)]
+        ref, _ = reference(d, ids)
+        for n, chunk in ((70, 16), (33, 7)):
+            got, err = ctl_kv(d, ids[:n], root, chunk=chunk)
+            e, where = (math.inf, err) if got is None else worst(got, ref, n)
+            c.check(f"{name}: T={n} chunk={chunk} KV as transformers' (max rel err {e:.2g})", e <= TOL, where)
+
+
 def main():
     c = H.Checks()
     torch.set_num_threads(1)
+    if os.environ.get("CF_GOLDEN_GENMODEL_ONLY"):  # the gen-model shapes alone (tests/integration/genmodel_golden.sh)
+        root = tempfile.mkdtemp(prefix="cf-golden-")
+        try:
+            gen_model_shapes(c, root)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        return c.summary()
     env = os.environ.get("CF_GOLDEN_SEEDS")
     if env:
         seeds = [int(s) for s in env.split(",") if s]
@@ -389,6 +444,7 @@ def main():
         seeds = FIXED_SEEDS + fresh
     root = tempfile.mkdtemp(prefix="cf-golden-")
     try:
+        gen_model_shapes(c, root)
         llama = None
         for s in seeds:
             try:

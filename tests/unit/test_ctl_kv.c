@@ -3,6 +3,7 @@
  * Needs the built binary: $BUILD/cacheflowctl (tests/run.sh exports BUILD, cwd = repo root). */
 #include "cf_test.h"
 #include "model/cf_kv.h"
+#include "model/cf_model.h"
 #include "model/cf_safetensors.h"
 
 #include <dirent.h>
@@ -200,6 +201,92 @@ CF_TEST(ctl_gen_model_is_deterministic) {
   CF_CHECK_CONTAINS(err, "--dtype 'f8'");
   CF_CHECK_EQ(run(err, sizeof err, "gen-model --preset tiny"), 1);
   CF_CHECK_CONTAINS(err, "--out DIR is required");
+}
+
+/* gen-model's shape options: the checkpoint loads back (cf_model_load, the daemon's loader) with
+ * the shape asked for, sharded or not, in every dtype; a combination the family's config.json
+ * cannot express fails with one line naming it, and nothing is half-written as a model. */
+CF_TEST(ctl_gen_model_shapes) {
+  if (!have_ctl()) CF_SKIP("cacheflowctl not built");
+  char err[2048];
+  CF_CHECK_EQ(run(err, sizeof err, "gen-model --out %s --preset tiny --arch qwen3 --layers 3 --heads 4 "
+                  "--kv-heads 1 --head-dim 24 --window 5 --layer-types full,sliding,sliding --dtype f16 "
+                  "--shards 3 --tie 1 --rope-type llama3 --rope-factor 8 --rope-orig-max-pos 64 --max-pos 256",
+                  tpath("s1")), 0);
+  cf_model_t *m = NULL;
+  CF_CHECK_OK(cf_model_load(tpath("s1"), &m));
+  if (m) {
+    const cf_model_config_t *c = &m->cfg;
+    CF_CHECK_EQ(c->arch, CF_ARCH_QWEN3);
+    CF_CHECK_EQ(c->n_layers, 3);
+    CF_CHECK_EQ(c->n_kv_heads, 1);
+    CF_CHECK_EQ(c->head_dim, 24);
+    CF_CHECK_EQ(c->dtype, CF_DT_F16);
+    CF_CHECK_EQ(c->sliding_window, 5);
+    CF_CHECK(!c->layer_sliding[0] && c->layer_sliding[1] && c->layer_sliding[2]);
+    CF_CHECK(c->tie_embeddings && c->qk_norm && !c->qkv_bias);
+    CF_CHECK_EQ(c->rope_kind, CF_ROPE_LLAMA3);
+    CF_CHECK_EQ(c->rope_orig_max_pos, 64);
+    CF_CHECK_EQ(c->max_pos, 256);
+    cf_model_free(m);
+  }
+  CF_CHECK(access(tpath("s1/model.safetensors.index.json"), F_OK) == 0);
+  CF_CHECK(access(tpath("s1/model-00003-of-00003.safetensors"), F_OK) == 0);
+  CF_CHECK_EQ(run(err, sizeof err, "gen-model --out %s --preset tiny --arch mixtral --experts 3 --top-k 3 "
+                  "--layers 1", tpath("s2")), 0);
+  CF_CHECK_OK(cf_model_load(tpath("s2"), &m));
+  if (m) {
+    CF_CHECK(m->cfg.n_experts == 3 && m->cfg.top_k == 3 && m->cfg.layer_moe[0] && m->cfg.norm_topk);
+    cf_model_free(m);
+  }
+  CF_CHECK_EQ(run(err, sizeof err, "gen-model --out %s --preset tiny --arch qwen2 --heads 8 --kv-heads 8",
+                  tpath("s3")), 0);
+  CF_CHECK_OK(cf_model_load(tpath("s3"), &m));
+  if (m) { CF_CHECK(m->cfg.qkv_bias && !m->cfg.o_bias && m->cfg.head_dim == 8); cf_model_free(m); }
+  /* the config.json keys' names as aliases */
+  CF_CHECK_EQ(run(err, sizeof err, "gen-model --out %s --preset tiny --model-type mixtral --num-hidden-layers 3 "
+                  "--num-local-experts 2 --num-experts-per-tok 1 --sliding-window 9 --num-key-value-heads 1",
+                  tpath("s4")), 0);
+  CF_CHECK_OK(cf_model_load(tpath("s4"), &m));
+  if (m) {
+    CF_CHECK(m->cfg.arch == CF_ARCH_MIXTRAL && m->cfg.n_layers == 3 && m->cfg.n_experts == 2 && m->cfg.top_k == 1 &&
+             m->cfg.sliding_window == 9 && m->cfg.n_kv_heads == 1);
+    cf_model_free(m);
+  }
+  static const struct { const char *args, *msg; } bad[] = {
+      {"--arch gpt2", "--arch 'gpt2'"},
+      {"--heads 4 --kv-heads 3", "--heads 4 is not a multiple of --kv-heads 3"},
+      {"--hidden 60 --heads 8", "--hidden 60 is not a multiple of --heads 8"},
+      {"--arch qwen2 --head-dim 24", "qwen2's config has no head_dim key"},
+      {"--arch qwen3_moe --head-dim 24", "qwen3_moe's config has no head_dim key"},
+      {"--head-dim 7", "head_dim 7: must be even"},
+      {"--window 8", "llama has no sliding-window attention"},
+      {"--arch mistral --layers 2 --window 8 --layer-types full,sliding", "only qwen2 and qwen3 read layer_types"},
+      {"--arch qwen3 --layers 2 --layer-types full,sliding", "--layer-types needs --window"},
+      {"--arch qwen3 --layers 3 --window 4 --layer-types full,sliding", "--layer-types has 2 entries, the model 3"},
+      {"--arch qwen3 --layers 2 --window 4 --layer-types full,local", "entry 1 'local'"},
+      {"--experts 4", "llama is dense"},
+      {"--arch qwen3_moe --experts 2 --top-k 3", "--top-k 3 exceeds --experts 2"},
+      {"--arch mixtral --moe-intermediate 8", "mixtral's experts are --intermediate wide"},
+      {"--arch qwen2 --attention-bias 1", "qwen2's q/k/v projections always have biases"},
+      {"--arch mistral --attention-bias 1", "mistral's attention has no biases"},
+      {"--arch qwen3 --mlp-bias 1", "only llama has mlp_bias"},
+      {"--rope-factor 2", "need --rope-type linear or llama3"},
+      {"--rope-type yarn", "--rope-type 'yarn'"},
+      {"--rope-type llama3 --rope-low-freq 4 --rope-high-freq 2", "low_freq_factor 4 < high_freq_factor 2"},
+      {"--rope-type llama3 --rope-factor 0.5", "factor 0.5 must be >= 1"},
+      {"--rope-theta 0", "rope_theta 0: must be positive"},
+      {"--shards 0", "--shards '0'"},
+      {"--shards 500", "shards 500: expected 1..21 (the model has 21 tensors)"},
+      {"--layers 0", "--layers '0'"},
+      {"--dtype f8", "--dtype 'f8': expected f32, bf16 or f16"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    int rc = run(err, sizeof err, "gen-model --out %s --preset tiny %s", tpath("bad"), bad[i].args);
+    if (rc != 1 || !strstr(err, bad[i].msg) || lines(err) != 1)
+      CF_CHECK_MSG(0, "gen-model %s: exit %d, want 1 and one line with '%s'; got: %s", bad[i].args, rc, bad[i].msg, err);
+  }
+  CF_CHECK(access(tpath("bad/config.json"), F_OK) != 0); /* refused before anything is written */
 }
 
 /* Every bad input: non-zero exit and exactly one line "cacheflowctl kv: <reason>". */

@@ -1444,3 +1444,65 @@ CF_TEST(exec_budget_batches_with_faults) {
   printf("    %d restores verified, %d refused for memory\n", ok, enomem);
   CF_CHECK_GT(ok, 0);
 }
+
+/* A windowed restore whose every cell is skipped (window 1: the next token attends only to
+ * itself, so no cell of the prefix is needed) has nothing to load or compute: it must still
+ * complete, every layer ready, instead of waiting for a cell that never arrives (the daemon's
+ * Restore of a whole-chunk prefix on a window-1 model hung until the client's deadline). Also a
+ * layer skipped whole below a layer with work. cf_exec_run runs in a thread so a regression fails
+ * (after a minute, cancelling it) rather than hanging the suite. */
+typedef struct { cf_exec_t *ex; cf_exec_req_t *r; int rc, done; pthread_mutex_t mu; pthread_cond_t cv; } skip_run_t;
+
+static void *skip_runner(void *arg) {
+  skip_run_t *s = arg;
+  int rc = cf_exec_run(s->ex, s->r, 1);
+  pthread_mutex_lock(&s->mu);
+  s->rc = rc; s->done = 1;
+  pthread_cond_signal(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  return NULL;
+}
+
+CF_TEST(exec_every_cell_skipped_completes) {
+  fx_t f;
+  fx_init(&f, 2, 16, 32, 16, "kv_allskip");
+  cf_exec_t ex;
+  CF_CHECK_OK(cf_exec_init(&ex, f.be, 2));
+  cf_cellsrc_mem_t mem;
+  cf_cellsrc_mem_init(&mem, "cpu", 0, CF_DT_F32, f.cells, f.n_chunks, f.L, f.C, f.row, NULL, NULL);
+  cf_cellsrc_t *srcs[2] = {&mem.src, &mem.src};
+  void *refs[2];
+  int h[2] = {0, 0};
+  uint8_t all[4] = {1, 1, 1, 1}, layer0[4] = {1, 0, 1, 0}; /* cell (c, l) at c * L + l */
+  const uint8_t *masks[2] = {all, layer0};
+  for (int m = 0; m < 2; m++) {
+    clear_engine(&f);
+    cf_exec_req_t r;
+    fx_req(&f, &r, h, srcs, refs);
+    r.skip = masks[m];
+    atomic_int cancel = 0;
+    r.cancel = &cancel;
+    skip_run_t s = {.ex = &ex, .r = &r};
+    pthread_mutex_init(&s.mu, NULL);
+    pthread_cond_init(&s.cv, NULL);
+    pthread_t th;
+    CF_CHECK_EQ(pthread_create(&th, NULL, skip_runner, &s), 0);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 60; /* a limit for a hang, not a speed goal */
+    pthread_mutex_lock(&s.mu);
+    while (!s.done && pthread_cond_timedwait(&s.cv, &s.mu, &ts) == 0) {}
+    int finished = s.done;
+    pthread_mutex_unlock(&s.mu);
+    if (!finished) atomic_store(&cancel, 1);
+    pthread_join(th, NULL);
+    CF_CHECK_MSG(finished, "mask %d: cf_exec_run did not return within 60 s", m);
+    CF_CHECK_OK(s.rc);
+    CF_CHECK_EQ(r.stats.layers_ready, f.L);
+    CF_CHECK_EQ(r.stats.cells_skipped, m == 0 ? 4u : 2u);
+    CF_CHECK_EQ(r.stats.cells_loaded[0], m == 0 ? 0u : 2u);
+    pthread_mutex_destroy(&s.mu);
+    pthread_cond_destroy(&s.cv);
+  }
+  fx_free(&f);
+}
