@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -63,6 +65,7 @@ void cf_store_close(cf_store_t *st) {
   cf__ring_exit(&st->wring);
   if (st->jfd >= 0) close(st->jfd);
   cf__data_close(st);
+  if (st->lock_fd >= 0) close(st->lock_fd); /* last: the directory is free once everything is written */
   if (st->cpu_base) {
     if (st->cpu_hooked) { if (st->cfg.cpu_free) st->cfg.cpu_free(st->cpu_base, st->cpu_region, st->cfg.cpu_alloc_ud); }
     else munmap(st->cpu_base, st->cpu_region);
@@ -75,6 +78,42 @@ void cf_store_close(cf_store_t *st) {
   pthread_cond_destroy(&st->cv);
   pthread_cond_destroy(&st->ssd_cv);
   free(st);
+}
+
+/* One writer per store directory: two daemons (or a daemon and `cacheflowctl store fill`) on
+ * the same directory would append to one journal and hand out each other's slots, so a chunk
+ * one wrote could be served with the other's bytes. A writer holds an exclusive flock on
+ * DIR/lock for as long as the store is open; the kernel drops it when the process dies (kill -9
+ * included), so a crash never leaves the directory locked. The holder's pid is written into the
+ * file only to name it in the refusal. Read-only opens (verify, inspection) take no lock.
+ * Returns the lock's fd, or a CF_E* code (< 0) with the error set. */
+static int cf__dir_lock(const char *dir) {
+  char p[1100];
+  snprintf(p, sizeof p, "%s/lock", dir);
+  int fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    int e = errno;
+    return cf_seterr(e == EACCES || e == EROFS || e == EPERM ? CF_EACCES : CF_EIO,
+                     "store %s: cannot open its lock file: %s", dir, strerror(e));
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int e = errno;
+    char buf[32] = {0};
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    long pid = n > 0 ? strtol(buf, NULL, 10) : 0;
+    close(fd);
+    if (e == EWOULDBLOCK) {
+      char who[48] = "another process";
+      if (pid > 0) snprintf(who, sizeof who, "another process (pid %ld)", pid);
+      return cf_seterr(CF_EBUSY, "store %s is in use by %s: one cacheflowd per store_dir (stop it, or give "
+                       "this one another store_dir)", dir, who);
+    }
+    return cf_seterr(CF_EIO, "store %s: cannot lock %s: %s", dir, p, strerror(e));
+  }
+  char buf[32];
+  int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, buf, (size_t)n, 0) != n) { /* only the message's pid: not fatal */ }
+  return fd;
 }
 
 static int cf__dir_prepare(const char *dir, int readonly) {
@@ -225,12 +264,15 @@ int cf_store_open(const char *dir, const cf_store_geom_t *geom, const cf_store_c
   }
   int rc = cf__dir_prepare(dir, cfg->readonly);
   if (rc) return rc;
+  int lock_fd = -1;
+  if (!cfg->readonly && (lock_fd = cf__dir_lock(dir)) < 0) return lock_fd;
 
   cf_store_t *st = calloc(1, sizeof *st);
-  if (!st) return cf_seterr(CF_ENOMEM, "store");
+  if (!st) { if (lock_fd >= 0) close(lock_fd); return cf_seterr(CF_ENOMEM, "store"); }
   snprintf(st->dir, sizeof st->dir, "%s", dir);
   st->cfg = *cfg;
   st->jfd = -1;
+  st->lock_fd = lock_fd;
   pthread_mutex_init(&st->mu, NULL);
   pthread_mutex_init(&st->jmu, NULL);
   pthread_mutex_init(&st->grow_mu, NULL);
