@@ -535,9 +535,15 @@ static int cf__open_model_and_store(cf_daemon_t *d, cf_service_backend_t *be) {
   int rc = cf_model_load(d->cfg.model, &d->weights);
   if (rc) { CF_ERROR("model %s: %s: %s", d->cfg.model, cf_strerror(rc), cf_errmsg()); return 1; }
   cf_model_info_from_model(d->weights, &d->model);
+  if ((rc = cf_model_info_weights_digest(d->cfg.model, d->model.weights))) {
+    CF_ERROR("model %s: weights digest: %s: %s", d->cfg.model, cf_strerror(rc), cf_errmsg());
+    return 1;
+  }
   d->have_model = 1;
-  CF_INFO("model %s: layers=%d kv_heads=%d head_dim=%d vocab=%d fingerprint=%s", d->cfg.model, d->model.n_layers,
-          d->model.n_kv_heads, d->model.head_dim, d->model.vocab, cf_model_fingerprint_hex(d->model.fingerprint, hex));
+  char whex[33];
+  CF_INFO("model %s: layers=%d kv_heads=%d head_dim=%d vocab=%d fingerprint=%s weights=%s", d->cfg.model,
+          d->model.n_layers, d->model.n_kv_heads, d->model.head_dim, d->model.vocab,
+          cf_model_fingerprint_hex(d->model.fingerprint, hex), cf_model_fingerprint_hex(d->model.weights, whex));
   cf_notifyf("STATUS=model loaded: %s", d->cfg.model);
   cf_notifyf("STATUS=recovering store %s", d->cfg.store_dir);
   if (cf__prepare_store_dir(d->cfg.store_dir)) { CF_ERROR("%s", cf_errmsg()); return 1; }

@@ -67,6 +67,7 @@ int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_i
   cf_storage_t *s = calloc(1, sizeof *s);
   if (!s) return cf_seterr(CF_ENOMEM, "storage");
   memcpy(s->g.fingerprint, model->fingerprint, 16);
+  memcpy(s->g.weights, model->weights, 16);
   int rc = cf_exec_geom_dtype(&s->g, kv_dtype);
   if (rc) { free(s); return cf_err_prefix(rc, "kv_dtype: "); }
   s->kv_dtype = kv_dtype;

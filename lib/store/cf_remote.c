@@ -209,8 +209,13 @@ int cf_remote_open(const cf_remote_config_t *cfg, const cf_store_geom_t *g, cf_r
   cf_redis_opts_default(&r->ropts);
   r->ropts.timeout_ms = c.timeout_ms;
   r->ropts.password = r->password;
-  char fp[33];
+  char fp[33 + 17];
   hex(g->fingerprint, 16, fp);
+  static const uint8_t zero[16];
+  if (memcmp(g->weights, zero, 16) != 0) { /* other weights of the same shapes: other keys */
+    fp[32] = '-';
+    hex(g->weights, 8, fp + 33);
+  }
   r->prefix_len = (size_t)snprintf(r->prefix, sizeof r->prefix, "%s:%s:%u:%s:", r->ns, fp, g->chunk_tokens,
                                    cf_store_dtype_name(g->dtype, g->dtype_size));
   for (char *p = r->prefix; *p; p++) if (*p == ' ') *p = '_'; /* "unrecorded 2-byte" */

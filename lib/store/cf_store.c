@@ -134,6 +134,70 @@ static int cf__dir_prepare(const char *dir, int readonly) {
   return 0;
 }
 
+static void cf__hex16(const uint8_t *b, char out[33]) {
+  for (int i = 0; i < 16; i++) snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
+/* DIR/weights: the weights digest the store was first opened with (cf_store_geom_t.weights),
+ * 32 hex digits and a newline. A writer with a digest records it when the file is absent (a new
+ * store, or one made before digests were recorded, which adopts the weights it is opened with)
+ * and refuses another; without a digest (library users, `store fill`) nothing is checked.
+ * A read-only open takes the recorded digest into st->g, so the remote tier's keys match. */
+static int cf__weights_settle(cf_store_t *st, const cf_store_geom_t *geom) {
+  char p[1100], have_hex[33] = {0}, want_hex[33];
+  static const uint8_t zero[16];
+  snprintf(p, sizeof p, "%s/weights", st->dir);
+  uint8_t have[16];
+  int have_ok = 0;
+  FILE *f = fopen(p, "re");
+  if (f) {
+    char line[64] = {0};
+    if (fgets(line, sizeof line, f) && strlen(line) >= 32) {
+      have_ok = 1;
+      for (int i = 0; i < 16 && have_ok; i++) {
+        unsigned v;
+        if (sscanf(line + 2 * i, "%2x", &v) != 1) have_ok = 0;
+        have[i] = (uint8_t)v;
+      }
+      memcpy(have_hex, line, 32);
+    }
+    fclose(f);
+    if (!have_ok) return cf_seterr(CF_EFORMAT, "%s: damaged (expected 32 hex digits)", p);
+  } else if (errno != ENOENT) {
+    return cf_seterr(CF_EIO, "%s: %s", p, strerror(errno));
+  }
+  if (!geom) { /* read-only */
+    if (have_ok) memcpy(st->g.weights, have, 16);
+    return 0;
+  }
+  if (!memcmp(geom->weights, zero, 16)) return 0;
+  cf__hex16(geom->weights, want_hex);
+  if (have_ok) {
+    if (memcmp(have, geom->weights, 16) != 0)
+      return cf_seterr(CF_EMISMATCH, "store %s: made with other weights (weights digest %s) than this model's (%s): "
+                       "the checkpoint changed since (a fine-tune or re-export with the same shapes has the same "
+                       "fingerprint), so its KV would be wrong for this model; remove the directory or use another "
+                       "store_dir", st->dir, have_hex, want_hex);
+    return 0;
+  }
+  char tmp[1100];
+  snprintf(tmp, sizeof tmp, "%s/weights.tmp", st->dir);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  char line[34];
+  snprintf(line, sizeof line, "%s\n", want_hex);
+  if (fd < 0 || write(fd, line, 33) != 33 || fsync(fd) != 0) {
+    int e = errno;
+    if (fd >= 0) close(fd);
+    unlink(tmp);
+    return cf_seterr(e == ENOSPC ? CF_ENOSPC : e == EACCES || e == EROFS ? CF_EACCES : CF_EIO,
+                     "store %s: recording the weights digest: %s", st->dir, strerror(e));
+  }
+  close(fd);
+  if (rename(tmp, p) != 0) return cf_seterr(CF_EIO, "store %s: rename %s: %s", st->dir, tmp, strerror(errno));
+  cf__fsync_dir(st->dir);
+  return 0;
+}
+
 /* Settle the geometry (the header decides when it exists; a new store takes `geom`), the
  * derived sizes and the slots the existing data files hold (*file_slots; read-only, that is the
  * SSD cap). Sets *have_hdr. */
@@ -286,6 +350,7 @@ int cf_store_open(const char *dir, const cf_store_geom_t *geom, const cf_store_c
       (rc = cf__open_alloc(st, file_slots)))
     goto fail;
   if (!have_hdr && (rc = cf__hdr_write(st))) goto fail;
+  if ((rc = cf__weights_settle(st, geom))) goto fail;
   if ((rc = cf__data_open_existing(st))) goto fail;
   st->replaying = 1;
   rc = cf__journal_replay(st, cfg->readonly);
