@@ -221,6 +221,12 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
           (unsigned long long)t.corrupt_cells);
     CF__P("# HELP cacheflow_store_io_errors_total Store I/O errors.\n# TYPE cacheflow_store_io_errors_total counter\ncacheflow_store_io_errors_total %llu\n",
           (unsigned long long)t.io_errors);
+    /* what the journal replay at start-up did not trust: an operator sees a damaged store here */
+    CF__P("# HELP cacheflow_store_journal_skipped_total Journal records not trusted at start-up (torn: a tail cut "
+          "mid-append; damaged: a bad record between good ones; dropped: chunks past a missing or short data file).\n"
+          "# TYPE cacheflow_store_journal_skipped_total counter\ncacheflow_store_journal_skipped_total{kind=\"torn\"} %llu\n"
+          "cacheflow_store_journal_skipped_total{kind=\"damaged\"} %llu\ncacheflow_store_journal_skipped_total{kind=\"dropped\"} %llu\n",
+          (unsigned long long)t.journal_torn, (unsigned long long)t.journal_damaged, (unsigned long long)t.journal_dropped);
     if (d->cfg.eviction == CF_EVICT_COST) {
       cf_evict_refresh_stats_t e;
       cf_evict_refresh_stats(&d->evict, &e);
@@ -613,8 +619,10 @@ static int cf__open_model_and_store(cf_daemon_t *d, cf_service_backend_t *be) {
           d->backend->name, d->cost.gamma_s, d->cost.alpha_s, d->cost.beta_s, d->cost.link_Bps / 1e9);
   cf_store_stats_t ss;
   cf_store_get_stats(cf_storage_store(d->storage), &ss);
-  CF_INFO("store %s recovered: %llu chunk(s) on SSD, %llu journal record(s), %llu torn", d->cfg.store_dir,
-          (unsigned long long)ss.ssd_chunks, (unsigned long long)ss.journal_records, (unsigned long long)ss.journal_torn);
+  CF_INFO("store %s recovered: %llu chunk(s) on SSD, %llu journal record(s), %llu torn, %llu damaged, %llu dropped",
+          d->cfg.store_dir, (unsigned long long)ss.ssd_chunks, (unsigned long long)ss.journal_records,
+          (unsigned long long)ss.journal_torn, (unsigned long long)ss.journal_damaged,
+          (unsigned long long)ss.journal_dropped);
   return 0;
 }
 
