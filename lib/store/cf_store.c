@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "store/cf_store_int.h"
+#include "util/cf_clock.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
@@ -341,8 +342,8 @@ int cf_store_open(const char *dir, const cf_store_geom_t *geom, const cf_store_c
   pthread_mutex_init(&st->jmu, NULL);
   pthread_mutex_init(&st->grow_mu, NULL);
   pthread_mutex_init(&st->spill_mu, NULL);
-  pthread_cond_init(&st->cv, NULL);
-  pthread_cond_init(&st->ssd_cv, NULL);
+  cf_cond_init_mono(&st->cv); /* timed waits (spiller, evictions): see util/cf_clock.h */
+  cf_cond_init_mono(&st->ssd_cv);
 
   int have_hdr = 0;
   uint64_t file_slots = 0;
