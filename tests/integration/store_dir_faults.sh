@@ -13,7 +13,11 @@
 #     recomputed, never served wrong);
 #   - at restart, a data file truncated, then deleted: the same;
 #   - a data file deleted while the daemon runs: restores still verify, durable saves go on, and
-#     after a restart the daemon starts and restores verify.
+#     after a restart the daemon starts and restores verify;
+#   - the store's filesystem full (a real 8 MiB tmpfs): an SSD tier larger than the disk fails its
+#     first durable save naming the preallocation; a disk filled behind the daemon's back fails
+#     durable saves naming the full device; the daemon keeps serving, restores and plain
+#     (CPU-tier) saves verify; with room again the same save succeeds and survives a restart.
 set -u
 . "$(dirname "$0")/../lib/cf_test.sh"
 cf_need_bins cacheflowd cacheflowctl cf-refengine
@@ -107,4 +111,66 @@ restart "after its data files were deleted while it ran"
 for s in 7 8; do restore_ok "after the restart: seed $s restores, verified" ra$s "$s"; done
 cf_daemon_stop TERM; rc=$?
 check "exit 0 on SIGTERM after the faults" "[ $rc -eq 0 ]"
+
+# ---------------------------------------------------------------- a full disk
+# a real small filesystem (tmpfs, 8 MiB) under the store while the daemon serves; skipped where
+# this process may not mount
+mkdir -p "$T/small"
+if ! mount -t tmpfs -o size=8m tmpfs "$T/small" 2>/dev/null; then
+  skip "full store filesystem" "cannot mount a tmpfs here (not root?)"
+  finish; exit $?
+fi
+cf_at_exit "umount -l '$T/small' 2>/dev/null"
+small_conf() { # SSD_CAP
+  cf_daemon_conf "$T/s.conf" "$T/small" 64M "$1" 32 info
+  sed -i "s|^listen = .*|listen = unix:$T/d.sock|" "$T/s.conf"
+}
+small_conf 64M
+check "a daemon starts with a 64 MiB SSD tier on an 8 MiB filesystem" "cf_daemon_start $T/s.conf $T/model"
+$ENG --turns 0 --durable --seed 20 >"$T/cap.json" 2>"$T/cap.err"; rc=$?
+check "SSD tier larger than the disk: the durable save fails, naming the preallocation and the full device" \
+  "[ $rc -ne 0 ] && grep -q 'RESOURCE_EXHAUSTED.*preallocating data.000.*No space left on device' $T/cap.err" "$(cat "$T/cap.err")"
+check "... the daemon keeps serving" serving
+eng_ok "... a plain save + restore (CPU tier) verified" cp --turns 1 --verify --seed 21
+cf_daemon_stop TERM >/dev/null
+small_conf 4M
+check "a daemon with a 4 MiB SSD tier starts on it" "cf_daemon_start $T/s.conf $T/model"
+for s in 22 23; do eng_ok "seed $s saved durably" "fs$s" --prefix 512 --turns 0 --durable --seed "$s"; done
+dd if=/dev/zero of="$T/small/filler" bs=64k 2>/dev/null # until the filesystem is full
+check "the filesystem is full (a filler took the rest)" "! dd if=/dev/zero of=$T/small/one bs=4k count=1 2>/dev/null"
+rm -f "$T/small/one"
+# the data file is preallocated and the journal's last page has room for a few records: durable
+# saves go on until an append needs a new page of the journal
+DUR="22 23" fail=0
+for s in $(seq 24 60); do
+  if $ENG --prefix 512 --turns 0 --durable --seed "$s" >"$T/full.json" 2>"$T/full.err"; then DUR="$DUR $s"; else fail=$s; break; fi
+done
+check "disk full: a durable save fails (seed $fail)" "[ $fail -gt 0 ]"
+check "... naming the full device" "grep -qi 'RESOURCE_EXHAUSTED.*no space left' $T/full.err" "$(cat "$T/full.err")"
+check "... the daemon keeps serving" serving
+for s in $DUR; do
+  eng_ok "disk full: durable seed $s restores, verified" "fr$s" --prefix 512 --turns 1 --no-save-first --no-save-turns --policy load --verify --seed "$s"
+done
+eng_ok "disk full: a plain save + restore (CPU tier) verified" fp --turns 1 --verify --seed 25
+if mount -o remount,ro "$T/small" 2>/dev/null; then
+  $ENG --turns 0 --durable --seed 26 >"$T/ro.json" 2>"$T/ro.err"; rc=$?
+  check "filesystem read-only: a durable save fails naming why" "[ $rc -ne 0 ]" "$(cat "$T/ro.err")"
+  check "... the daemon keeps serving" serving
+  mount -o remount,rw "$T/small"
+else
+  skip "filesystem remounted read-only while serving" "the kernel refuses (files open for writing: EBUSY)"
+fi
+rm -f "$T/small/filler"
+eng_ok "room again: the same durable save succeeds, restore verified" fa --prefix 512 --turns 1 --durable --verify --seed "$fail"
+DUR="$DUR $fail"
+cf_daemon_stop TERM; rc=$?
+check "exit 0 on SIGTERM" "[ $rc -eq 0 ]"
+check "the daemon restarts on the store" "cf_daemon_start $T/s.conf $T/model"
+run_ok "... the CPU tier evicted (every chunk from SSD)" $BUILD/cacheflowctl evict --tier cpu
+for s in $DUR; do # every save reported durable, also those made on the full disk
+  eng_ok "after the restart: seed $s restores from SSD, verified" "fz$s" --prefix 512 --turns 1 --no-save-first --no-save-turns --policy load --verify --seed "$s"
+  check "... its 512 tokens all found on SSD (nothing durable lost)" \
+    "[ \"\$(jq -s '[.[] | select(.mode==\"prefill\")][0] | .lookup_ssd' $T/fz$s.json)\" = 512 ]" "$(head -1 "$T/fz$s.json")"
+done
+cf_daemon_stop TERM >/dev/null
 finish
