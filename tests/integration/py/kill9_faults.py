@@ -11,12 +11,15 @@ lands; every wait has a generous bound for a wedged daemon, not a speed goal):
     0, the engine stays registered and its next restore is bit-exact;
   - the daemon SIGKILLed mid-Restore: the client's stream ends with an error (UNAVAILABLE), it
     does not hang; a daemon restarted on the same store serves the durable chunks bit-exact and
-    removes the dead daemon's readiness files."""
+    removes the dead daemon's readiness files;
+  - the daemon SIGKILLed while a client saves durably in a loop: after a restart every Save it
+    answered durable is there whole, and restores bit-exact."""
 import glob
 import os
 import signal
 import subprocess
 import sys
+import threading
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "lib"))
 from cfdaemon import CacheFlowError, Checks, Client, Daemon, parse_prometheus, pb, wait_for  # noqa: E402
@@ -216,6 +219,47 @@ for ev in c.restore({veng}, {toks0!r}, list(range(16, 32)), policy=pb.POLICY_LOA
                 b"".join(pattern(b, l, kv, BS * row) for b in range(16)) for l in range(st.model_layers) for kv in range(2))
     T.check("... and restores it bit-exact", bool(evs) and evs[-1].HasField("done") and exact)
     T.check("... the memory budget's use 0", wait_for(lambda: host_used() == 0, 60), str(host_used()))
+
+    # ------------------------------------------------------------ daemon killed amid durable Saves
+    # another connection saves distinct 256-token prefixes durably, one after another; the daemon
+    # is SIGKILLed among them: every Save it answered durable must be there after a restart
+    acked, stop_err = [], []
+
+    def saver():
+        cl = Client(d.addr, timeout=60)
+        k = 100
+        while True:
+            try:
+                r = cl.save(veng, tokens(256, k, st2.model_vocab), list(range(16)), durable=True)
+            except CacheFlowError as e:
+                stop_err.append(e.code.name)
+                break
+            if r.durable and r.saved_tokens == 256:
+                acked.append(k)
+            k += 1
+
+    th = threading.Thread(target=saver)
+    th.start()
+    T.check("durable saves acknowledged", wait_for(lambda: len(acked) >= 5, 120), str(acked))
+    d.proc.kill()
+    d.proc.wait()
+    th.join(120)
+    T.check("daemon SIGKILLed amid durable Saves: the saver's next call fails (not a hang)", bool(stop_err) and not th.is_alive(),
+            str(stop_err))
+    d.start()
+    c = d.client
+    req, _ = c.layout_request(vkv, block_size=BS, num_blocks=nb, name="verifier-3", stats=st2)
+    veng = c.register(req).engine_id
+    whole = [k for k in acked if c.lookup(veng, tokens(256, k, st2.model_vocab)).cached_tokens == 256]
+    T.check(f"after the restart every Save answered durable is there whole ({len(acked)})", whole == acked,
+            f"missing {sorted(set(acked) - set(whole))}")
+    k = acked[-1]
+    evs = list(c.restore(veng, tokens(256, k, st2.model_vocab), list(range(128, 144)), policy=pb.POLICY_LOAD))
+    with open(vkv, "rb") as f:
+        data = f.read()
+    exact = all(data[plane * (2 * l + kv) + 128 * BS * row: plane * (2 * l + kv) + 144 * BS * row] ==
+                b"".join(pattern(b, l, kv, BS * row) for b in range(16)) for l in range(st.model_layers) for kv in range(2))
+    T.check("... the last one restores bit-exact", bool(evs) and evs[-1].HasField("done") and exact)
     c.unregister(veng)
 finally:
     rc = d.stop()
