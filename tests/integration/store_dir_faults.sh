@@ -7,7 +7,8 @@
 #     daemon serves the durable chunks (verified);
 #   - the checkpoint's weights replaced between restarts by others of the same shapes (same
 #     fingerprint, e.g. a fine-tune): the daemon refuses the store naming both weights digests,
-#     never serves the old KV; back on the original weights it serves them (verified);
+#     never serves the old KV; a truncated checkpoint is refused naming the file; back on the
+#     original weights it serves them (verified);
 #   - at restart, a journal record in the middle bit-flipped, then its tail truncated mid-record:
 #     the daemon starts, counts what it dropped, and every restore verifies (lost chunks are
 #     recomputed, never served wrong);
@@ -63,6 +64,11 @@ check "weights replaced (same shapes, seed 2): the daemon refuses the store" "[ 
 check "... naming both weights digests" "grep -q 'made with other weights (weights digest [0-9a-f]\{32\}) than this model.s ([0-9a-f]\{32\})' $T/dw.log" "$(tail -3 "$T/dw.log")"
 check "... while the fingerprint is the same (the fingerprint alone would have served the old KV)" \
   "[ \"\$(grep -o 'fingerprint=[0-9a-f]*' $T/dw.log | head -1)\" = \"\$(grep -o 'fingerprint=[0-9a-f]*' $T/d.log | head -1)\" ]"
+cp -r "$T/model" "$T/model3"
+truncate -s $(($(stat -c %s "$T/model3/model.safetensors") / 2)) "$T/model3/model.safetensors"
+timeout 120 "$BUILD/cacheflowd" --config "$T/d.conf" --model "$T/model3" >"$T/dc.log" 2>&1; rc=$?
+check "checkpoint truncated between restarts: the daemon refuses to start, naming the file" \
+  "[ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q 'model3/model.safetensors' $T/dc.log" "$(tail -3 "$T/dc.log")"
 restart "the original weights again"
 restore_ok "seed 3 restores, verified" r3 3
 
