@@ -541,7 +541,7 @@ static int cf__open_model_and_store(cf_daemon_t *d, cf_service_backend_t *be) {
   int rc = cf_model_load(d->cfg.model, &d->weights);
   if (rc) { CF_ERROR("model %s: %s: %s", d->cfg.model, cf_strerror(rc), cf_errmsg()); return 1; }
   cf_model_info_from_model(d->weights, &d->model);
-  if ((rc = cf_model_info_weights_digest(d->cfg.model, d->model.weights))) {
+  if ((rc = cf_model_weights_digest(d->cfg.model, d->model.weights))) {
     CF_ERROR("model %s: weights digest: %s: %s", d->cfg.model, cf_strerror(rc), cf_errmsg());
     return 1;
   }

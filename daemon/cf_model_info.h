@@ -18,7 +18,7 @@
 typedef struct {
   int n_layers, n_kv_heads, head_dim, vocab;
   uint8_t fingerprint[16]; /* zero after cf_model_info_check */
-  uint8_t weights[16];     /* cf_model_info_weights_digest; zero when not taken */
+  uint8_t weights[16];     /* cf_model_weights_digest; zero when not taken */
   char dir[512];
 } cf_model_info_t;
 
@@ -28,14 +28,5 @@ int cf_model_info_check(const char *dir, cf_model_info_t *out);
 
 /* Geometry and fingerprint of a loaded model. */
 void cf_model_info_from_model(const cf_model_t *m, cf_model_info_t *out);
-/* A digest of the weights' bytes in `dir` (every *.safetensors file there, by name: its name,
- * size and 64 windows of 4 KiB spread evenly over it, the whole file when smaller), XXH3-128.
- * Why: the fingerprint pins the config and the tensor headers, not the values (hashing every
- * weight at every start is too slow), so a fine-tune or a re-export with the same shapes put in
- * place of the checkpoint between restarts has the same fingerprint; the store records this
- * digest and refuses a directory made with other weights, whose KV would be wrong for these.
- * Sampled: a checkpoint whose changes miss every window is not told apart (a fine-tune changes
- * every tensor). Returns 0, or CF_ENOENT/CF_EIO naming the file. */
-int cf_model_info_weights_digest(const char *dir, uint8_t out[16]);
 
 #endif

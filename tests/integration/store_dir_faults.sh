@@ -45,6 +45,9 @@ for s in 1 2 3 4; do eng_ok "seed $s saved durably" "save$s" --turns 0 --durable
 # ---------------------------------------------------------------- two daemons, one store_dir
 APID=$DPID
 timeout 120 "$BUILD/cacheflowd" --config "$T/d2.conf" --model "$T/model" >"$T/d2.log" 2>&1; rc=$?
+out=$("$BUILD/cacheflowctl" store fill --dir "$T/store" --model "$T/model" --prefixes 1 --tokens 64 --seed 1 --chunk 32 2>&1); rc2=$?
+check "store fill on the serving daemon's store_dir is refused naming the daemon" \
+  "[ $rc2 -ne 0 ] && echo \"\$out\" | grep -q 'in use by another process (pid $APID)'" "$out"
 check "a second daemon on the same store_dir refuses to start" "[ $rc -ne 0 ] && [ $rc -ne 124 ]" "exit $rc"
 check "... naming the directory and the first daemon's pid" \
   "grep -q 'store $T/store is in use by another process (pid $APID)' $T/d2.log" "$(tail -3 "$T/d2.log")"
@@ -64,6 +67,8 @@ check "weights replaced (same shapes, seed 2): the daemon refuses the store" "[ 
 check "... naming both weights digests" "grep -q 'made with other weights (weights digest [0-9a-f]\{32\}) than this model.s ([0-9a-f]\{32\})' $T/dw.log" "$(tail -3 "$T/dw.log")"
 check "... while the fingerprint is the same (the fingerprint alone would have served the old KV)" \
   "[ \"\$(grep -o 'fingerprint=[0-9a-f]*' $T/dw.log | head -1)\" = \"\$(grep -o 'fingerprint=[0-9a-f]*' $T/d.log | head -1)\" ]"
+out=$("$BUILD/cacheflowctl" store fill --dir "$T/store" --model "$T/model2" --prefixes 1 --tokens 64 --seed 1 --chunk 32 2>&1); rc=$?
+check "store fill with the other weights is refused too" "[ $rc -ne 0 ] && echo \"\$out\" | grep -q 'made with other weights'" "$out"
 cp -r "$T/model" "$T/model3"
 truncate -s $(($(stat -c %s "$T/model3/model.safetensors") / 2)) "$T/model3/model.safetensors"
 timeout 120 "$BUILD/cacheflowd" --config "$T/d.conf" --model "$T/model3" >"$T/dc.log" 2>&1; rc=$?
