@@ -55,6 +55,18 @@ def daemon_maps(path):
         return any(line.rstrip().endswith(path) for line in f)
 
 
+def restore_exact(cl, eng, toks, dst0):
+    """Restore toks (16 blocks: 256 tokens) into blocks [dst0, dst0 + 16) with the load policy:
+    True when it completes and every restored byte is the pattern of source blocks 0..15."""
+    evs = list(cl.restore(eng, toks, list(range(dst0, dst0 + 16)), policy=pb.POLICY_LOAD))
+    with open(vkv, "rb") as f:
+        data = f.read()
+    lo, hi = dst0 * BS * row, (dst0 + 16) * BS * row
+    return bool(evs) and evs[-1].HasField("done") and all(
+        data[plane * (2 * l + kv) + lo: plane * (2 * l + kv) + hi] ==
+        b"".join(pattern(b, l, kv, BS * row) for b in range(16)) for l in range(st.model_layers) for kv in range(2))
+
+
 try:
     st = c.stats()
     row = st.model_kv_heads * st.model_head_dim * 4
@@ -167,12 +179,7 @@ for ev in c.restore({veng}, {toks0!r}, list(range(16, 32)), policy=pb.POLICY_LOA
     d.write_conf(cpu_read_gbps="0")
     d.signal(signal.SIGHUP)
     T.check("reads at full speed again", wait_for(lambda: not c.config("cpu_read_gbps").get("cpu_read_gbps", "x").startswith("0.0002"), 30))
-    evs = list(c.restore(veng, toks0, list(range(64, 80)), policy=pb.POLICY_LOAD))
-    with open(vkv, "rb") as f:
-        data = f.read()
-    exact = all(data[plane * (2 * l + kv) + 64 * BS * row: plane * (2 * l + kv) + 80 * BS * row] ==
-                b"".join(pattern(b, l, kv, BS * row) for b in range(16)) for l in range(st.model_layers) for kv in range(2))
-    T.check("... and its next restore is bit-exact", bool(evs) and evs[-1].HasField("done") and exact)
+    T.check("... and its next restore is bit-exact", restore_exact(c, veng, toks0, 64))
 
     # ------------------------------------------------------------ daemon killed mid-Restore
     r = c.save(veng, toks0, list(range(16)), durable=True)
@@ -212,12 +219,7 @@ for ev in c.restore({veng}, {toks0!r}, list(range(16, 32)), policy=pb.POLICY_LOA
     req, _ = c.layout_request(vkv, block_size=BS, num_blocks=nb, name="verifier-2", stats=st2)
     veng = c.register(req).engine_id
     T.check("... finds the durable prefix", c.lookup(veng, toks0).cached_tokens == 256)
-    evs = list(c.restore(veng, toks0, list(range(96, 112)), policy=pb.POLICY_LOAD))
-    with open(vkv, "rb") as f:
-        data = f.read()
-    exact = all(data[plane * (2 * l + kv) + 96 * BS * row: plane * (2 * l + kv) + 112 * BS * row] ==
-                b"".join(pattern(b, l, kv, BS * row) for b in range(16)) for l in range(st.model_layers) for kv in range(2))
-    T.check("... and restores it bit-exact", bool(evs) and evs[-1].HasField("done") and exact)
+    T.check("... and restores it bit-exact", restore_exact(c, veng, toks0, 96))
     T.check("... the memory budget's use 0", wait_for(lambda: host_used() == 0, 60), str(host_used()))
 
     # ------------------------------------------------------------ daemon killed amid durable Saves
@@ -253,13 +255,7 @@ for ev in c.restore({veng}, {toks0!r}, list(range(16, 32)), policy=pb.POLICY_LOA
     whole = [k for k in acked if c.lookup(veng, tokens(256, k, st2.model_vocab)).cached_tokens == 256]
     T.check(f"after the restart every Save answered durable is there whole ({len(acked)})", whole == acked,
             f"missing {sorted(set(acked) - set(whole))}")
-    k = acked[-1]
-    evs = list(c.restore(veng, tokens(256, k, st2.model_vocab), list(range(128, 144)), policy=pb.POLICY_LOAD))
-    with open(vkv, "rb") as f:
-        data = f.read()
-    exact = all(data[plane * (2 * l + kv) + 128 * BS * row: plane * (2 * l + kv) + 144 * BS * row] ==
-                b"".join(pattern(b, l, kv, BS * row) for b in range(16)) for l in range(st.model_layers) for kv in range(2))
-    T.check("... the last one restores bit-exact", bool(evs) and evs[-1].HasField("done") and exact)
+    T.check("... the last one restores bit-exact", restore_exact(c, veng, tokens(256, acked[-1], st2.model_vocab), 128))
     c.unregister(veng)
 finally:
     rc = d.stop()
