@@ -180,6 +180,12 @@ for ev in c.restore({veng}, {toks0!r}, list(range(16, 32)), policy=pb.POLICY_LOA
     d.signal(signal.SIGHUP)
     T.check("reads at full speed again", wait_for(lambda: not c.config("cpu_read_gbps").get("cpu_read_gbps", "x").startswith("0.0002"), 30))
     T.check("... and its next restore is bit-exact", restore_exact(c, veng, toks0, 64))
+    # nothing the killed engine and client held stays pinned: the whole CPU tier can be evicted
+    # (Admin.Evict writes dirty chunks back; the SSD tier evicts only by itself)
+    c.evict()
+    st3 = c.stats()
+    T.check("after the kills every CPU-tier chunk is evictable (no pin left behind: the tier empties)",
+            st3.cpu_tier_bytes_used == 0, f"cpu {st3.cpu_tier_bytes_used}")
 
     # ------------------------------------------------------------ daemon killed mid-Restore
     r = c.save(veng, toks0, list(range(16)), durable=True)
