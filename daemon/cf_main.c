@@ -27,6 +27,7 @@
 #include "cf_dataplane.h"
 #include "cf_storage.h"
 #include "cf_tls.h"
+#include "ipc/cf_shmguard.h"
 #include "model/cf_model.h"
 #include "store/cf_remote.h"
 #include "util/cf_err.h"
@@ -714,6 +715,7 @@ int main(int argc, char **argv) {
   if ((rc = cf__configure(d, check, dump)) >= 0) return rc;
   cf_log_set_level(d->cfg.log_level);
   signal(SIGPIPE, SIG_IGN);
+  cf_shmguard_install(); /* an engine truncating its KV file must not kill the daemon: cf_shmguard.h */
 
   d->loop = uv_default_loop();
   cf_planner_init(&d->planner, d->cfg.cost_refit_weight);

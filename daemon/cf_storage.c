@@ -12,6 +12,7 @@
 
 #include "exec/cf_cellsrc_store.h"
 #include "exec/cf_save.h"
+#include "ipc/cf_shmguard.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
@@ -120,7 +121,7 @@ void cf_storage_close(cf_storage_t *s) {
 static void cf__unmap(cf_engine_map_t *m) {
   if (!m) return;
   for (int i = 0; i < m->n_maps; i++)
-    if (m->map_base[i]) munmap(m->map_base[i], m->map_len[i]);
+    if (m->map_base[i]) { cf_shmguard_remove(m->map_base[i]); munmap(m->map_base[i], m->map_len[i]); }
   cf_kvmap_close(&m->kv); /* a view: unmaps nothing */
   cf_gpu_kv_close(&m->gkv);
   free(m->map_base);
@@ -148,6 +149,7 @@ static uint8_t *cf__map_path(cf_engine_map_t *m, const char **paths, const char 
   int e = errno;
   close(fd);
   if (p == MAP_FAILED) { *rc = cf_seterr(CF_EIO, "%s: mmap: %s", path, strerror(e)); return NULL; }
+  if (cf_shmguard_add(p, (size_t)st.st_size, path)) CF_WARN("%s: %s", path, cf_errmsg()); /* SIGBUS: see cf_shmguard.h */
   paths[m->n_maps] = path;
   m->map_base[m->n_maps] = p;
   m->map_len[m->n_maps] = (size_t)st.st_size;

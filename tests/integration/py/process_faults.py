@@ -1,4 +1,4 @@
-"""kill -9 around the real cacheflowd (real processes, real SIGKILL), asserted on behaviour, never
+"""Processes misbehaving around the real cacheflowd: kill -9 (real processes, real SIGKILL), asserted on behaviour, never
 timing (the restores are slowed with cpu_read_gbps so they are surely in flight when the kill
 lands; every wait has a generous bound for a wedged daemon, not a speed goal):
   - an engine process (it stated its pid) SIGKILLed while it Saves large prefixes in a loop: the
@@ -6,6 +6,8 @@ lands; every wait has a generous bound for a wedged daemon, not a speed goal):
     budget's use back to 0; every chunk it stored restores bit-exact with the bytes the dead
     engine held (a Save cut mid-copy stores whole chunks or nothing, never bytes of an unmapped
     buffer);
+  - an engine that truncates its KV file while registered: its Save is refused naming the buffer
+    (the SIGBUS of the lost pages absorbed, never stored), the daemon keeps serving;
   - a client process (no pid stated: only its connection tells) SIGKILLed mid-Restore of another
     engine's blocks: the restore ends CANCELLED, restores_in_flight and the budget's use back to
     0, the engine stays registered and its next restore is bit-exact;
@@ -148,6 +150,27 @@ while True:
                     bad.append((l, kv))
         T.check(f"save {k}: every stored cell bit-exact with the dead engine's bytes", not bad, str(bad))
     T.check("the memory budget's use back to 0 after the restores", wait_for(lambda: host_used() == 0, 60), str(host_used()))
+
+    # ------------------------------------------------------------ an engine truncates its KV file
+    # (a buggy engine, or one that frees its buffers while still registered): touching the lost
+    # pages raised SIGBUS and killed the daemon; now the Save is refused naming the buffer
+    tkv = os.path.join(d.tmp, "trunc.kv")
+    req, _ = c.layout_request(tkv, block_size=BS, num_blocks=16, name="truncator", stats=st)
+    teng = c.register(req).engine_id
+    ttoks = tokens(256, 7, st.model_vocab)
+    T.check("an engine saves from its buffers", c.save(teng, ttoks[:64], list(range(4))).saved_tokens == 64)
+    os.truncate(tkv, 0)
+    try:
+        c.save(teng, ttoks, list(range(16)))
+        T.check("its buffer truncated: the Save is refused", False, "accepted")
+    except CacheFlowError as e:
+        T.check("its buffer truncated: the Save is refused INVALID_ARGUMENT naming the buffer",
+                e.code.name == "INVALID_ARGUMENT" and "trunc.kv was truncated" in e.details, str(e))
+    T.check("... the daemon keeps serving", d.proc.poll() is None and c.health() == "SERVING")
+    T.check("... nothing of the refused Save was stored", c.lookup(veng, ttoks).cached_tokens <= 64,
+            str(c.lookup(veng, ttoks).cached_tokens))
+    c.unregister(teng)
+    T.check("... another engine's restore is still bit-exact", restore_exact(c, veng, tokens(N_SAVE, 0, st.model_vocab)[:256], 32))
 
     # ------------------------------------------------------------ client killed mid-Restore
     d.write_conf(cpu_read_gbps="0.0002")  # 25 kB/s: a 256-token restore streams for many seconds
