@@ -156,7 +156,8 @@ while True:
     # pages raised SIGBUS and killed the daemon; now the Save is refused naming the buffer
     tkv = os.path.join(d.tmp, "trunc.kv")
     req, _ = c.layout_request(tkv, block_size=BS, num_blocks=16, name="truncator", stats=st)
-    teng = c.register(req).engine_id
+    treg = c.register(req)
+    teng = treg.engine_id
     ttoks = tokens(256, 7, st.model_vocab)
     T.check("an engine saves from its buffers", c.save(teng, ttoks[:64], list(range(4))).saved_tokens == 64)
     os.truncate(tkv, 0)
@@ -169,6 +170,14 @@ while True:
     T.check("... the daemon keeps serving", d.proc.poll() is None and c.health() == "SERVING")
     T.check("... nothing of the refused Save was stored", c.lookup(veng, ttoks).cached_tokens <= 64,
             str(c.lookup(veng, ttoks).cached_tokens))
+    os.truncate(treg.readiness_shm_path, 0)  # the readiness file the daemon writes, too
+    try:
+        list(c.restore(teng, ttoks[:64], list(range(8, 12)), policy=pb.POLICY_LOAD))
+        ended = "done"
+    except CacheFlowError as e:
+        ended = e.code.name
+    T.check(f"a restore into the truncated buffers and readiness file ends ({ended}); the daemon keeps serving",
+            d.proc.poll() is None and c.health() == "SERVING")
     c.unregister(teng)
     T.check("... another engine's restore is still bit-exact", restore_exact(c, veng, tokens(N_SAVE, 0, st.model_vocab)[:256], 32))
 
