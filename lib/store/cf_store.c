@@ -167,7 +167,7 @@ static int cf__weights_settle(cf_store_t *st, const cf_store_geom_t *geom) {
   } else if (errno != ENOENT) {
     return cf_seterr(CF_EIO, "%s: %s", p, strerror(errno));
   }
-  if (!geom) { /* read-only */
+  if (!geom || st->cfg.readonly) { /* read-only: take what is recorded, write nothing */
     if (have_ok) memcpy(st->g.weights, have, 16);
     return 0;
   }

@@ -811,6 +811,39 @@ CF_TEST(store_refuses_another_model) {
   CF_CHECK_CONTAINS(cf_errmsg(), "n_layers");
 }
 
+/* The weights digest (cf_store_geom_t.weights): recorded by the first writer that has one
+ * (DIR/weights), another refused naming both, none (zero) not checked; a read-only open takes the
+ * recorded one (the remote tier's keys carry it); a store made before digests adopts the first. */
+CF_TEST(store_refuses_other_weights) {
+  cf_store_geom_t g = st_geom(16, 2, 64), h;
+  cf_store_config_t c = cfg_of(1 << 20, 1 << 20);
+  const char *d = tdir("weights");
+  cf_store_t *st;
+  CF_CHECK_OK(cf_store_open(d, &g, &c, &st)); /* no digest: none recorded */
+  cf_store_close(st);
+  for (int i = 0; i < 16; i++) g.weights[i] = (uint8_t)(0xa0 + i);
+  CF_CHECK_OK(cf_store_open(d, &g, &c, &st)); /* the first digest is adopted */
+  CF_CHECK_EQ(st_save(st, 1, 16, CF_STORE_SAVE_DURABLE), 0);
+  cf_store_close(st);
+  h = g;
+  h.weights[5] ^= 1;
+  CF_CHECK_ERR(cf_store_open(d, &h, &c, &st), CF_EMISMATCH);
+  CF_CHECK_CONTAINS(cf_errmsg(), "made with other weights (weights digest a0a1a2a3a4a5");
+  memset(h.weights, 0, 16);
+  CF_CHECK_OK(cf_store_open(d, &h, &c, &st)); /* a writer without a digest checks nothing */
+  cf_store_close(st);
+  cf_store_config_t ro = c;
+  ro.readonly = 1;
+  CF_CHECK_OK(cf_store_open(d, NULL, &ro, &st));
+  CF_CHECK(memcmp(cf_store_geom(st)->weights, g.weights, 16) == 0);
+  cf_store_close(st);
+  int eq = 0;
+  CF_CHECK_OK(cf_store_open(d, &g, &c, &st));
+  CF_CHECK_EQ(st_check(st, 1, 16, 0, 2, &eq, NULL), 0);
+  CF_CHECK(eq);
+  cf_store_close(st);
+}
+
 /* One writer per directory: a second writer is refused (EBUSY, naming the directory and the
  * holder's pid) while the first has it open, a read-only open still inspects it, and the lock
  * goes with the writer: after a close, and after a writer process is SIGKILLed. */
