@@ -134,6 +134,13 @@ static void cf__unmap(cf_engine_map_t *m) {
   free(m);
 }
 
+int cf_storage_engine_broken(const cf_engine_t *e, const char **path) {
+  const cf_engine_map_t *m = e->map;
+  for (int i = 0; m && i < m->n_maps; i++)
+    if (m->map_base[i] && cf_shmguard_broken(m->map_base[i], path)) return 1;
+  return 0;
+}
+
 /* Map `path` once per engine (K and V of every layer usually share one file). */
 static uint8_t *cf__map_path(cf_engine_map_t *m, const char **paths, const char *path, int *rc) {
   for (int i = 0; i < m->n_maps; i++)

@@ -175,9 +175,10 @@ while True:
         list(c.restore(teng, ttoks[:64], list(range(8, 12)), policy=pb.POLICY_LOAD))
         ended = "done"
     except CacheFlowError as e:
-        ended = e.code.name
-    T.check(f"a restore into the truncated buffers and readiness file ends ({ended}); the daemon keeps serving",
-            d.proc.poll() is None and c.health() == "SERVING")
+        ended = f"{e.code.name}: {e.details}"
+    T.check("a restore into the truncated buffers and readiness file fails INVALID_ARGUMENT naming the buffer",
+            ended.startswith("INVALID_ARGUMENT") and "trunc.kv was truncated" in ended, ended)
+    T.check("... the daemon keeps serving", d.proc.poll() is None and c.health() == "SERVING")
     c.unregister(teng)
     T.check("... another engine's restore is still bit-exact", restore_exact(c, veng, tokens(N_SAVE, 0, st.model_vocab)[:256], 32))
 
