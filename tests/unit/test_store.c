@@ -811,6 +811,17 @@ CF_TEST(store_refuses_another_model) {
   CF_CHECK_CONTAINS(cf_errmsg(), "n_layers");
 }
 
+/* Open d as a writer with geometry g and config c: 1 when chunk 1 (16 tokens, 2 layers, saved by
+ * st_save) reads back exact, then close. */
+static int reopen_has_chunk1(const char *d, const cf_store_geom_t *g, const cf_store_config_t *c) {
+  cf_store_t *st;
+  int eq = 0;
+  if (cf_store_open(d, g, c, &st) != 0) return 0;
+  int ok = st_check(st, 1, 16, 0, 2, &eq, NULL) == 0 && eq;
+  cf_store_close(st);
+  return ok;
+}
+
 /* The weights digest (cf_store_geom_t.weights): recorded by the first writer that has one
  * (DIR/weights), another refused naming both, none (zero) not checked; a read-only open takes the
  * recorded one (the remote tier's keys carry it); a store made before digests adopts the first. */
@@ -837,11 +848,7 @@ CF_TEST(store_refuses_other_weights) {
   CF_CHECK_OK(cf_store_open(d, NULL, &ro, &st));
   CF_CHECK(memcmp(cf_store_geom(st)->weights, g.weights, 16) == 0);
   cf_store_close(st);
-  int eq = 0;
-  CF_CHECK_OK(cf_store_open(d, &g, &c, &st));
-  CF_CHECK_EQ(st_check(st, 1, 16, 0, 2, &eq, NULL), 0);
-  CF_CHECK(eq);
-  cf_store_close(st);
+  CF_CHECK(reopen_has_chunk1(d, &g, &c));
 }
 
 /* One writer per directory: a second writer is refused (EBUSY, naming the directory and the
@@ -864,11 +871,7 @@ CF_TEST(store_one_writer_per_directory) {
   CF_CHECK_OK(cf_store_open(d, NULL, &ro, &st2));
   cf_store_close(st2);
   cf_store_close(st);
-  int eq = 0;
-  CF_CHECK_OK(cf_store_open(d, &g, &c, &st));
-  CF_CHECK_EQ(st_check(st, 1, 16, 0, 2, &eq, NULL), 0);
-  CF_CHECK(eq);
-  cf_store_close(st);
+  CF_CHECK(reopen_has_chunk1(d, &g, &c));
   /* a writer killed with SIGKILL leaves no lock behind */
   int pfd[2];
   CF_CHECK_EQ(pipe(pfd), 0);
@@ -888,10 +891,7 @@ CF_TEST(store_one_writer_per_directory) {
   kill(pid, SIGKILL);
   waitpid(pid, NULL, 0);
   close(pfd[0]); close(pfd[1]);
-  CF_CHECK_OK(cf_store_open(d, &g, &c, &st));
-  CF_CHECK_EQ(st_check(st, 1, 16, 0, 2, &eq, NULL), 0);
-  CF_CHECK(eq);
-  cf_store_close(st);
+  CF_CHECK(reopen_has_chunk1(d, &g, &c));
 }
 
 /* The header records the KV dtype: bf16 and f16 (both 2 bytes) are told apart, and a store of
