@@ -311,6 +311,7 @@ typedef struct {
   const char *path;
   cf_config_t *c;
   int nbad;
+  int read_errno; /* a read that failed (fgets NULL with ferror): EISDIR, EIO */
   void (*report)(const char *);
 } cf__ini_ctx_t;
 
@@ -318,6 +319,7 @@ static char *cf__ini_reader(char *str, int num, void *stream) {
   cf__ini_ctx_t *x = stream;
   char *r = fgets(str, num, x->f);
   if (r) x->line++;
+  else if (ferror(x->f)) x->read_errno = errno ? errno : EIO;
   return r;
 }
 
@@ -352,6 +354,11 @@ int cf_config_load(cf_config_t *c, const char *path, void (*report)(const char *
     cf__report(&x, "syntax error: expected 'key = value', '[section]' or a comment");
   } else if (rc < 0) {
     cf__report(&x, "read error");
+  } else if (x.read_errno) {
+    /* inih takes a failed read for the end of the file: a directory (or an I/O error) would
+     * read as an empty config, every key at its default — a SIGHUP then reverted the running
+     * settings to the defaults */
+    cf__report(&x, "read error: %s (nothing applied)", strerror(x.read_errno));
   }
   fclose(x.f);
   if (nbad) *nbad = x.nbad;

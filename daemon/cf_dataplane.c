@@ -195,7 +195,13 @@ static void cf__deliver(cf__ev_t *ev) {
     cf_storage_restored(r->engine, g->fingerprint, (int)g->chunk_tokens, (int)g->n_layers, j->x.tokens, j->x.n_tokens,
                         j->x.blocks, j->x.n_blocks, j->x.present_tokens, j->x.plan.skip, !ev->err);
   }
-  if (!ev->err) {
+  const char *broken = NULL;
+  if (!ev->err && !r->engine->gone && cf_storage_engine_broken(r->engine, &broken)) {
+    char why[700];
+    snprintf(why, sizeof why, "engine KV buffer %s was truncated below its registered size during the restore "
+             "(SIGBUS absorbed): the restored KV never reached the engine; register its buffers again", broken);
+    cf_restore_done(r, CF_RPC_INVALID_ARGUMENT, NULL, why);
+  } else if (!ev->err) {
     const cf_exec_stats_t *st = &ev->res.stats;
     double bound_s = j->x.plan.bound_us * 1e-6;
     Cacheflow__V1__RestoreStats s = CACHEFLOW__V1__RESTORE_STATS__INIT;

@@ -27,6 +27,7 @@
 #include "cf_dataplane.h"
 #include "cf_storage.h"
 #include "cf_tls.h"
+#include "ipc/cf_shmguard.h"
 #include "model/cf_model.h"
 #include "store/cf_remote.h"
 #include "util/cf_err.h"
@@ -223,6 +224,12 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
           (unsigned long long)t.corrupt_cells);
     CF__P("# HELP cacheflow_store_io_errors_total Store I/O errors.\n# TYPE cacheflow_store_io_errors_total counter\ncacheflow_store_io_errors_total %llu\n",
           (unsigned long long)t.io_errors);
+    /* what the journal replay at start-up did not trust: an operator sees a damaged store here */
+    CF__P("# HELP cacheflow_store_journal_skipped_total Journal records not trusted at start-up (torn: a tail cut "
+          "mid-append; damaged: a bad record between good ones; dropped: chunks past a missing or short data file).\n"
+          "# TYPE cacheflow_store_journal_skipped_total counter\ncacheflow_store_journal_skipped_total{kind=\"torn\"} %llu\n"
+          "cacheflow_store_journal_skipped_total{kind=\"damaged\"} %llu\ncacheflow_store_journal_skipped_total{kind=\"dropped\"} %llu\n",
+          (unsigned long long)t.journal_torn, (unsigned long long)t.journal_damaged, (unsigned long long)t.journal_dropped);
     if (d->cfg.eviction == CF_EVICT_COST) {
       cf_evict_refresh_stats_t e;
       cf_evict_refresh_stats(&d->evict, &e);
@@ -537,9 +544,15 @@ static int cf__open_model_and_store(cf_daemon_t *d, cf_service_backend_t *be) {
   int rc = cf_model_load(d->cfg.model, &d->weights);
   if (rc) { CF_ERROR("model %s: %s: %s", d->cfg.model, cf_strerror(rc), cf_errmsg()); return 1; }
   cf_model_info_from_model(d->weights, &d->model);
+  if ((rc = cf_model_weights_digest(d->cfg.model, d->model.weights))) {
+    CF_ERROR("model %s: weights digest: %s: %s", d->cfg.model, cf_strerror(rc), cf_errmsg());
+    return 1;
+  }
   d->have_model = 1;
-  CF_INFO("model %s: layers=%d kv_heads=%d head_dim=%d vocab=%d fingerprint=%s", d->cfg.model, d->model.n_layers,
-          d->model.n_kv_heads, d->model.head_dim, d->model.vocab, cf_model_fingerprint_hex(d->model.fingerprint, hex));
+  char whex[33];
+  CF_INFO("model %s: layers=%d kv_heads=%d head_dim=%d vocab=%d fingerprint=%s weights=%s", d->cfg.model,
+          d->model.n_layers, d->model.n_kv_heads, d->model.head_dim, d->model.vocab,
+          cf_model_fingerprint_hex(d->model.fingerprint, hex), cf_model_fingerprint_hex(d->model.weights, whex));
   cf_notifyf("STATUS=model loaded: %s", d->cfg.model);
   cf_notifyf("STATUS=recovering store %s", d->cfg.store_dir);
   if (cf__prepare_store_dir(d->cfg.store_dir)) { CF_ERROR("%s", cf_errmsg()); return 1; }
@@ -609,8 +622,10 @@ static int cf__open_model_and_store(cf_daemon_t *d, cf_service_backend_t *be) {
           d->backend->name, d->cost.gamma_s, d->cost.alpha_s, d->cost.beta_s, d->cost.link_Bps / 1e9);
   cf_store_stats_t ss;
   cf_store_get_stats(cf_storage_store(d->storage), &ss);
-  CF_INFO("store %s recovered: %llu chunk(s) on SSD, %llu journal record(s), %llu torn", d->cfg.store_dir,
-          (unsigned long long)ss.ssd_chunks, (unsigned long long)ss.journal_records, (unsigned long long)ss.journal_torn);
+  CF_INFO("store %s recovered: %llu chunk(s) on SSD, %llu journal record(s), %llu torn, %llu damaged, %llu dropped",
+          d->cfg.store_dir, (unsigned long long)ss.ssd_chunks, (unsigned long long)ss.journal_records,
+          (unsigned long long)ss.journal_torn, (unsigned long long)ss.journal_damaged,
+          (unsigned long long)ss.journal_dropped);
   return 0;
 }
 
@@ -702,6 +717,7 @@ int main(int argc, char **argv) {
   if ((rc = cf__configure(d, check, dump)) >= 0) return rc;
   cf_log_set_level(d->cfg.log_level);
   signal(SIGPIPE, SIG_IGN);
+  cf_shmguard_install(); /* an engine truncating its KV file must not kill the daemon: cf_shmguard.h */
 
   d->loop = uv_default_loop();
   cf_planner_init(&d->planner, d->cfg.cost_refit_weight);

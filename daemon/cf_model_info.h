@@ -18,6 +18,7 @@
 typedef struct {
   int n_layers, n_kv_heads, head_dim, vocab;
   uint8_t fingerprint[16]; /* zero after cf_model_info_check */
+  uint8_t weights[16];     /* cf_model_weights_digest; zero when not taken */
   char dir[512];
 } cf_model_info_t;
 

@@ -12,6 +12,7 @@
 
 #include "exec/cf_cellsrc_store.h"
 #include "exec/cf_save.h"
+#include "ipc/cf_shmguard.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
@@ -67,6 +68,7 @@ int cf_storage_open(cf_storage_t **out, const cf_config_t *cfg, const cf_model_i
   cf_storage_t *s = calloc(1, sizeof *s);
   if (!s) return cf_seterr(CF_ENOMEM, "storage");
   memcpy(s->g.fingerprint, model->fingerprint, 16);
+  memcpy(s->g.weights, model->weights, 16);
   int rc = cf_exec_geom_dtype(&s->g, kv_dtype);
   if (rc) { free(s); return cf_err_prefix(rc, "kv_dtype: "); }
   s->kv_dtype = kv_dtype;
@@ -119,7 +121,7 @@ void cf_storage_close(cf_storage_t *s) {
 static void cf__unmap(cf_engine_map_t *m) {
   if (!m) return;
   for (int i = 0; i < m->n_maps; i++)
-    if (m->map_base[i]) munmap(m->map_base[i], m->map_len[i]);
+    if (m->map_base[i]) { cf_shmguard_remove(m->map_base[i]); munmap(m->map_base[i], m->map_len[i]); }
   cf_kvmap_close(&m->kv); /* a view: unmaps nothing */
   cf_gpu_kv_close(&m->gkv);
   free(m->map_base);
@@ -130,6 +132,13 @@ static void cf__unmap(cf_engine_map_t *m) {
   free(m->skip_key);
   pthread_mutex_unlock(&cf__skip_mu);
   free(m);
+}
+
+int cf_storage_engine_broken(const cf_engine_t *e, const char **path) {
+  const cf_engine_map_t *m = e->map;
+  for (int i = 0; m && i < m->n_maps; i++)
+    if (m->map_base[i] && cf_shmguard_broken(m->map_base[i], path)) return 1;
+  return 0;
 }
 
 /* Map `path` once per engine (K and V of every layer usually share one file). */
@@ -147,6 +156,7 @@ static uint8_t *cf__map_path(cf_engine_map_t *m, const char **paths, const char 
   int e = errno;
   close(fd);
   if (p == MAP_FAILED) { *rc = cf_seterr(CF_EIO, "%s: mmap: %s", path, strerror(e)); return NULL; }
+  if (cf_shmguard_add(p, (size_t)st.st_size, path)) CF_WARN("%s: %s", path, cf_errmsg()); /* SIGBUS: see cf_shmguard.h */
   paths[m->n_maps] = path;
   m->map_base[m->n_maps] = p;
   m->map_len[m->n_maps] = (size_t)st.st_size;

@@ -42,6 +42,10 @@ void cf_storage_close(cf_storage_t *s);
 /* Where the executor writes engine e's KV: its shared-memory view (*kv) for a shm engine, or
  * its device view (*gkv) for a CUDA IPC engine; the other is NULL. Both NULL: no mapping. */
 void cf_storage_engine_kv(const cf_engine_t *e, cf_kvmap_t **kv, const cf_gpu_kv_t **gkv);
+/* 1 when one of e's buffer mappings took a SIGBUS (the engine truncated its file: the mapping is
+ * zero pages now, what was written there never reaches the engine; ipc/cf_shmguard.h), its path
+ * into *path; else 0. */
+int cf_storage_engine_broken(const cf_engine_t *e, const char **path);
 /* Lookup's answer from chunk keys already hashed (keys[0..nk) of a prompt of n tokens, C per
  * chunk, the last partial when C does not divide n): per[tier] counts the tokens of the leading
  * run of stored chunks, chunk_tiers (may be NULL; nk entries) every chunk's tier. Thread-safe. */

@@ -232,6 +232,9 @@ static int cf__fill_open(const cf__fill_args_t *a, cf__fill_t *f) {
   cf_store_geom_t *g = &f->g;
   memset(g, 0, sizeof *g);
   memcpy(g->fingerprint, f->m->fingerprint, 16);
+  /* the store refuses KV of other weights than it holds (and records these for the daemon) */
+  if ((rc = cf_model_weights_digest(a->mdir, g->weights)))
+    return cf_ctl_fail(CMD " fill", "--model %s: weights digest: %s: %s", a->mdir, cf_strerror(rc), cf_errmsg());
   cf_exec_geom_dtype(g, a->kvdt);
   g->chunk_tokens = (uint32_t)a->chunk;
   g->n_layers = (uint32_t)mc->n_layers;

@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "gpu/cf_gpu_kv.h"
+#include "util/cf_clock.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 #include "util/cf_mempool.h"
@@ -755,10 +756,7 @@ static void cf__compute_loop(cf__run_t *run) {
     if (!cf__pick_plan(run, &p) && !cf__pick(run, &p)) {
       if (!run->loaders_active && cf__mem_stall(run)) continue;
       /* waiting on loads; the timeout only bounds how late a cancel is noticed */
-      struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      ts.tv_nsec += 20 * 1000 * 1000;
-      if (ts.tv_nsec >= 1000000000) { ts.tv_sec++; ts.tv_nsec -= 1000000000; }
+      struct timespec ts = cf_deadline_ms(20);
       pthread_cond_timedwait(&run->cv, &run->mu, &ts);
       continue;
     }
@@ -997,7 +995,7 @@ int cf_exec_run(cf_exec_t *ex, cf_exec_req_t *reqs, int n) {
   run.rq = cf__zalloc(pool, (size_t)n, sizeof(cf__rq_t));
   if (!run.rq) return cf_seterr(CF_ENOMEM, "exec: %d requests%s", n, pool ? " (memory budget)" : "");
   pthread_mutex_init(&run.mu, NULL);
-  pthread_cond_init(&run.cv, NULL);
+  cf_cond_init_mono(&run.cv); /* timed waits: see util/cf_clock.h */
   size_t ntask = 0;
   int max_chunks = 1;
   size_t max_cell = 0;

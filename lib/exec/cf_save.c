@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "exec/cf_cellsrc_store.h"
+#include "ipc/cf_shmguard.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
@@ -14,10 +15,20 @@ typedef struct {
   const int32_t *blocks;
 } cf__kvmap_gather_t;
 
+/* After reading layer l from the engine's buffers: CF_EINVAL when one of them took a SIGBUS
+ * (the engine truncated its file: what was read is zeros, never to be stored; cf_shmguard.h). */
+static int cf__guard_check(const cf_kvmap_t *kv, int l) {
+  const char *path = NULL;
+  if (!cf_shmguard_broken(kv->k[l], &path) && !cf_shmguard_broken(kv->v[l], &path)) return 0;
+  return cf_seterr(CF_EINVAL, "engine KV buffer %s was truncated below its registered size while the daemon read "
+                   "layer %d (SIGBUS absorbed): nothing saved from it; the engine must register its buffers again",
+                   path, l);
+}
+
 static int cf__kvmap_gather(void *ctx, int l, int t0, int t1, void *k, void *v) {
   const cf__kvmap_gather_t *x = ctx;
   cf_kvmap_gather(x->kv, l, x->blocks, t0, t1, k, v);
-  return 0;
+  return cf__guard_check(x->kv, l);
 }
 
 static int cf__save_cells(cf_store_t *st, const cf_kv_layout_t *lay, cf_save_gather_fn gather, void *ctx,
@@ -242,8 +253,13 @@ int cf_save_shard(cf_save_group_t *g, cf_store_t *st, const cf_kvmap_t *kv, cons
   }
   /* this shard's heads into the whole rows (cf_kvmap_gather touches only them) */
   size_t plane = (size_t)n * row * es;
-  for (int l = 0; l < g->L; l++)
+  for (int l = 0; l < g->L; l++) {
     cf_kvmap_gather(kv, l, blocks, 0, n, p->rows + (size_t)l * 2 * plane, p->rows + (size_t)l * 2 * plane + plane);
+    if ((rc = cf__guard_check(kv, l))) { /* this shard's heads stay missing: the group never completes with them */
+      pthread_mutex_unlock(&g->mu);
+      return rc;
+    }
+  }
   for (int h = 0; h < lay->n_kv_heads; h++) p->have[lay->head0 + h] = 1;
   int complete = 1;
   for (int h = 0; h < g->heads; h++) complete &= p->have[h];

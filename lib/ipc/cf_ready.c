@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ipc/cf_shmguard.h"
 #include "util/cf_err.h"
 
 #define CF__READY_HDR 64u /* magic[8], n_slots, padding to one cache line */
@@ -27,6 +28,8 @@ static int cf__ready_map(cf_ready_t *r, int fd, int n, int create) {
   if (p == MAP_FAILED)
     return cf_seterr(cf_err_from_errno(-errno), "%s: mmap: %s", r->path, strerror(errno));
   r->map = p; r->map_bytes = bytes; r->n_slots = n;
+  /* the creator (the daemon) writes the counters: an engine truncating the file must not kill it */
+  if (create) cf_shmguard_add(p, bytes, r->path);
   r->slots = (cf_ready_slot_t *)((uint8_t *)p + CF__READY_HDR);
   if (create) {
     for (int i = 0; i < n; i++) atomic_store(&r->slots[i].status, CF_READY_IDLE);
@@ -86,7 +89,7 @@ out:
 }
 
 void cf_ready_close(cf_ready_t *r) {
-  if (r->map) munmap(r->map, r->map_bytes);
+  if (r->map) { cf_shmguard_remove(r->map); munmap(r->map, r->map_bytes); }
   if (r->owner && r->path[0]) unlink(r->path);
   memset(r, 0, sizeof *r);
 }

@@ -125,6 +125,15 @@ int cf_model_reload_weights(cf_model_t *m);
 void cf_model_fingerprint(const cf_model_config_t *c, size_t n, const char *const *names,
                           const cf_dtype_t *dtypes, const int *ndims,
                           const int64_t *const *shapes, uint8_t out[16]);
+/* A digest of the weights' bytes in `dir` (every *.safetensors file there, by name: its name,
+ * size and 64 windows of 4 KiB spread evenly over it, the whole file when smaller), XXH3-128.
+ * Why: the fingerprint pins the config and the tensor headers, not the values (hashing every
+ * weight at every start is too slow), so a fine-tune or a re-export with the same shapes put in
+ * place of the checkpoint between restarts has the same fingerprint; the store records this
+ * digest and refuses a directory made with other weights, whose KV would be wrong for these.
+ * Sampled: a checkpoint whose changes miss every window is not told apart (a fine-tune changes
+ * every tensor). Returns 0, or CF_ENOENT/CF_EIO naming the file. */
+int cf_model_weights_digest(const char *dir, uint8_t out[16]);
 /* Writes fp as 32 lowercase hex chars plus NUL into out[33]; returns out. */
 char *cf_model_fingerprint_hex(const uint8_t fp[16], char out[33]);
 

@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "util/cf_clock.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
@@ -209,8 +210,13 @@ int cf_remote_open(const cf_remote_config_t *cfg, const cf_store_geom_t *g, cf_r
   cf_redis_opts_default(&r->ropts);
   r->ropts.timeout_ms = c.timeout_ms;
   r->ropts.password = r->password;
-  char fp[33];
+  char fp[33 + 17];
   hex(g->fingerprint, 16, fp);
+  static const uint8_t zero[16];
+  if (memcmp(g->weights, zero, 16) != 0) { /* other weights of the same shapes: other keys */
+    fp[32] = '-';
+    hex(g->weights, 8, fp + 33);
+  }
   r->prefix_len = (size_t)snprintf(r->prefix, sizeof r->prefix, "%s:%s:%u:%s:", r->ns, fp, g->chunk_tokens,
                                    cf_store_dtype_name(g->dtype, g->dtype_size));
   for (char *p = r->prefix; *p; p++) if (*p == ' ') *p = '_'; /* "unrecorded 2-byte" */
@@ -226,7 +232,7 @@ int cf_remote_open(const cf_remote_config_t *cfg, const cf_store_geom_t *g, cf_r
   pthread_cond_init(&r->pcv, NULL);
   pthread_mutex_init(&r->qmu, NULL);
   pthread_cond_init(&r->qcv, NULL);
-  pthread_cond_init(&r->qdone, NULL);
+  cf_cond_init_mono(&r->qdone); /* timed waits: see util/cf_clock.h */
   pthread_mutex_init(&r->smu, NULL);
   if (c.writer) {
     if (pthread_create(&r->writer, NULL, writer_main, r)) {
@@ -545,13 +551,7 @@ static void *writer_main(void *arg) {
 }
 
 int cf_remote_flush(cf_remote_t *r, int timeout_ms) {
-  struct timespec dl;
-  clock_gettime(CLOCK_REALTIME, &dl);
-  if (timeout_ms >= 0) {
-    dl.tv_sec += timeout_ms / 1000;
-    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-    if (dl.tv_nsec >= 1000000000) dl.tv_sec++, dl.tv_nsec -= 1000000000;
-  }
+  struct timespec dl = cf_deadline_ms(timeout_ms >= 0 ? timeout_ms : 0);
   pthread_mutex_lock(&r->qmu);
   uint64_t want = r->enq_seq;
   int rc = 0;

@@ -8,11 +8,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "store/cf_store_int.h"
+#include "util/cf_clock.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
@@ -63,6 +66,7 @@ void cf_store_close(cf_store_t *st) {
   cf__ring_exit(&st->wring);
   if (st->jfd >= 0) close(st->jfd);
   cf__data_close(st);
+  if (st->lock_fd >= 0) close(st->lock_fd); /* last: the directory is free once everything is written */
   if (st->cpu_base) {
     if (st->cpu_hooked) { if (st->cfg.cpu_free) st->cfg.cpu_free(st->cpu_base, st->cpu_region, st->cfg.cpu_alloc_ud); }
     else munmap(st->cpu_base, st->cpu_region);
@@ -75,6 +79,42 @@ void cf_store_close(cf_store_t *st) {
   pthread_cond_destroy(&st->cv);
   pthread_cond_destroy(&st->ssd_cv);
   free(st);
+}
+
+/* One writer per store directory: two daemons (or a daemon and `cacheflowctl store fill`) on
+ * the same directory would append to one journal and hand out each other's slots, so a chunk
+ * one wrote could be served with the other's bytes. A writer holds an exclusive flock on
+ * DIR/lock for as long as the store is open; the kernel drops it when the process dies (kill -9
+ * included), so a crash never leaves the directory locked. The holder's pid is written into the
+ * file only to name it in the refusal. Read-only opens (verify, inspection) take no lock.
+ * Returns the lock's fd, or a CF_E* code (< 0) with the error set. */
+static int cf__dir_lock(const char *dir) {
+  char p[1100];
+  snprintf(p, sizeof p, "%s/lock", dir);
+  int fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    int e = errno;
+    return cf_seterr(e == EACCES || e == EROFS || e == EPERM ? CF_EACCES : CF_EIO,
+                     "store %s: cannot open its lock file: %s", dir, strerror(e));
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int e = errno;
+    char buf[32] = {0};
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    long pid = n > 0 ? strtol(buf, NULL, 10) : 0;
+    close(fd);
+    if (e == EWOULDBLOCK) {
+      char who[48] = "another process";
+      if (pid > 0) snprintf(who, sizeof who, "another process (pid %ld)", pid);
+      return cf_seterr(CF_EBUSY, "store %s is in use by %s: one cacheflowd per store_dir (stop it, or give "
+                       "this one another store_dir)", dir, who);
+    }
+    return cf_seterr(CF_EIO, "store %s: cannot lock %s: %s", dir, p, strerror(e));
+  }
+  char buf[32];
+  int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+  if (ftruncate(fd, 0) != 0 || pwrite(fd, buf, (size_t)n, 0) != n) { /* only the message's pid: not fatal */ }
+  return fd;
 }
 
 static int cf__dir_prepare(const char *dir, int readonly) {
@@ -92,6 +132,70 @@ static int cf__dir_prepare(const char *dir, int readonly) {
                      : e == ENOENT || e == ENOTDIR ? CF_ENOENT : CF_EIO,
                      "store %s: cannot create directory: %s", dir, strerror(e));
   }
+  return 0;
+}
+
+static void cf__hex16(const uint8_t *b, char out[33]) {
+  for (int i = 0; i < 16; i++) snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
+/* DIR/weights: the weights digest the store was first opened with (cf_store_geom_t.weights),
+ * 32 hex digits and a newline. A writer with a digest records it when the file is absent (a new
+ * store, or one made before digests were recorded, which adopts the weights it is opened with)
+ * and refuses another; without a digest (library users, `store fill`) nothing is checked.
+ * A read-only open takes the recorded digest into st->g, so the remote tier's keys match. */
+static int cf__weights_settle(cf_store_t *st, const cf_store_geom_t *geom) {
+  char p[1100], have_hex[33] = {0}, want_hex[33];
+  static const uint8_t zero[16];
+  snprintf(p, sizeof p, "%s/weights", st->dir);
+  uint8_t have[16];
+  int have_ok = 0;
+  FILE *f = fopen(p, "re");
+  if (f) {
+    char line[64] = {0};
+    if (fgets(line, sizeof line, f) && strlen(line) >= 32) {
+      have_ok = 1;
+      for (int i = 0; i < 16 && have_ok; i++) {
+        unsigned v;
+        if (sscanf(line + 2 * i, "%2x", &v) != 1) have_ok = 0;
+        have[i] = (uint8_t)v;
+      }
+      memcpy(have_hex, line, 32);
+    }
+    fclose(f);
+    if (!have_ok) return cf_seterr(CF_EFORMAT, "%s: damaged (expected 32 hex digits)", p);
+  } else if (errno != ENOENT) {
+    return cf_seterr(CF_EIO, "%s: %s", p, strerror(errno));
+  }
+  if (!geom || st->cfg.readonly) { /* read-only: take what is recorded, write nothing */
+    if (have_ok) memcpy(st->g.weights, have, 16);
+    return 0;
+  }
+  if (!memcmp(geom->weights, zero, 16)) return 0;
+  cf__hex16(geom->weights, want_hex);
+  if (have_ok) {
+    if (memcmp(have, geom->weights, 16) != 0)
+      return cf_seterr(CF_EMISMATCH, "store %s: made with other weights (weights digest %s) than this model's (%s): "
+                       "the checkpoint changed since (a fine-tune or re-export with the same shapes has the same "
+                       "fingerprint), so its KV would be wrong for this model; remove the directory or use another "
+                       "store_dir", st->dir, have_hex, want_hex);
+    return 0;
+  }
+  char tmp[1100];
+  snprintf(tmp, sizeof tmp, "%s/weights.tmp", st->dir);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  char line[34];
+  snprintf(line, sizeof line, "%s\n", want_hex);
+  if (fd < 0 || write(fd, line, 33) != 33 || fsync(fd) != 0) {
+    int e = errno;
+    if (fd >= 0) close(fd);
+    unlink(tmp);
+    return cf_seterr(e == ENOSPC ? CF_ENOSPC : e == EACCES || e == EROFS ? CF_EACCES : CF_EIO,
+                     "store %s: recording the weights digest: %s", st->dir, strerror(e));
+  }
+  close(fd);
+  if (rename(tmp, p) != 0) return cf_seterr(CF_EIO, "store %s: rename %s: %s", st->dir, tmp, strerror(errno));
+  cf__fsync_dir(st->dir);
   return 0;
 }
 
@@ -225,18 +329,21 @@ int cf_store_open(const char *dir, const cf_store_geom_t *geom, const cf_store_c
   }
   int rc = cf__dir_prepare(dir, cfg->readonly);
   if (rc) return rc;
+  int lock_fd = -1;
+  if (!cfg->readonly && (lock_fd = cf__dir_lock(dir)) < 0) return lock_fd;
 
   cf_store_t *st = calloc(1, sizeof *st);
-  if (!st) return cf_seterr(CF_ENOMEM, "store");
+  if (!st) { if (lock_fd >= 0) close(lock_fd); return cf_seterr(CF_ENOMEM, "store"); }
   snprintf(st->dir, sizeof st->dir, "%s", dir);
   st->cfg = *cfg;
   st->jfd = -1;
+  st->lock_fd = lock_fd;
   pthread_mutex_init(&st->mu, NULL);
   pthread_mutex_init(&st->jmu, NULL);
   pthread_mutex_init(&st->grow_mu, NULL);
   pthread_mutex_init(&st->spill_mu, NULL);
-  pthread_cond_init(&st->cv, NULL);
-  pthread_cond_init(&st->ssd_cv, NULL);
+  cf_cond_init_mono(&st->cv); /* timed waits (spiller, evictions): see util/cf_clock.h */
+  cf_cond_init_mono(&st->ssd_cv);
 
   int have_hdr = 0;
   uint64_t file_slots = 0;
@@ -244,6 +351,7 @@ int cf_store_open(const char *dir, const cf_store_geom_t *geom, const cf_store_c
       (rc = cf__open_alloc(st, file_slots)))
     goto fail;
   if (!have_hdr && (rc = cf__hdr_write(st))) goto fail;
+  if ((rc = cf__weights_settle(st, geom))) goto fail;
   if ((rc = cf__data_open_existing(st))) goto fail;
   st->replaying = 1;
   rc = cf__journal_replay(st, cfg->readonly);

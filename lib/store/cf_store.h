@@ -66,6 +66,12 @@ typedef struct {
                             * store is never read as f16). 0 (unset): taken from dtype_size —
                             * 4 is F32; 2 stays an unnamed 2-byte type (library users that do
                             * not care; the daemon always sets it). */
+  uint8_t weights[16];     /* digest of the model's weight bytes (the daemon's
+                            * cf_model_info_weights_digest), all zero: none. A store records the
+                            * first one it is opened with (DIR/weights) and refuses another:
+                            * the fingerprint does not cover the weights' values, so KV saved
+                            * under other weights of the same shapes would be served as this
+                            * model's. The remote tier's keys carry it too. */
 } cf_store_geom_t;
 
 /* KV element types a store records: the store does not depend on lib/model, so it has its own

@@ -6,6 +6,7 @@
 #include <xxhash.h>
 
 #include "store/cf_store_int.h"
+#include "util/cf_clock.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
@@ -135,10 +136,7 @@ static int cf__ssd_busy_elsewhere(cf_store_t *st, int rc) {
 
 /* Wait (mu held, released meanwhile) until SSD slot state changes or CF__EVICT_WAIT_MS pass. */
 static void cf__evict_wait_ssd(cf_store_t *st) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_nsec += CF__EVICT_WAIT_MS * 1000000L;
-  if (ts.tv_nsec >= 1000000000) { ts.tv_sec++; ts.tv_nsec -= 1000000000; }
+  struct timespec ts = cf_deadline_ms(CF__EVICT_WAIT_MS);
   st->ssd_waiters++;
   st->st.cpu_evict_waits++;
   pthread_cond_timedwait(&st->ssd_cv, &st->mu, &ts);

@@ -166,6 +166,7 @@ struct cf_store_s {
   /* journal */
   pthread_mutex_t jmu;
   int jfd;
+  int lock_fd; /* flock on DIR/lock (writers only; -1: none): see cf__dir_lock */
   uint64_t jseq, jrecords, jbytes;
 
   /* spiller */

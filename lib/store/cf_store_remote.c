@@ -21,6 +21,7 @@
 
 #include "store/cf_remote.h"
 #include "store/cf_store_int.h"
+#include "util/cf_clock.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
@@ -85,7 +86,7 @@ static void cf__promoter_start(cf_store_t *st) {
   struct cf__promoter_s *p = calloc(1, sizeof *p);
   if (!p) return;
   pthread_mutex_init(&p->mu, NULL);
-  pthread_cond_init(&p->cv, NULL);
+  cf_cond_init_mono(&p->cv); /* timed waits: see util/cf_clock.h */
   p->chunk_bytes = (uint64_t)cf_store_cell_bytes(&st->g) * st->g.n_layers;
   p->cap = st->cfg.remote_promote_bytes ? (uint64_t)st->cfg.remote_promote_bytes : 256ull << 20;
   st->promo = p;
@@ -163,13 +164,7 @@ void cf_store_promote_commit(cf_store_t *st, const cf_store_key_t *key, void *bu
 int cf_store_promote_flush(cf_store_t *st, int timeout_ms) {
   struct cf__promoter_s *p = st ? st->promo : NULL;
   if (!p) return 0;
-  struct timespec dl;
-  clock_gettime(CLOCK_REALTIME, &dl);
-  if (timeout_ms >= 0) {
-    dl.tv_sec += timeout_ms / 1000;
-    dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) { dl.tv_sec++; dl.tv_nsec -= 1000000000L; }
-  }
+  struct timespec dl = cf_deadline_ms(timeout_ms >= 0 ? timeout_ms : 0);
   int rc = 0;
   pthread_mutex_lock(&p->mu);
   uint64_t want = p->committed;

@@ -4,6 +4,7 @@
 #include <time.h>
 
 #include "store/cf_store_int.h"
+#include "util/cf_clock.h"
 #include "util/cf_err.h"
 #include "util/cf_log.h"
 
@@ -192,10 +193,7 @@ void *cf__spiller_main(void *arg) {
   while (!st->stop) {
     if (!cf__spill_wanted(st) || st->last_spill_err) {
       /* after an error (disk full) retry at a slow pace instead of spinning */
-      struct timespec ts;
-      clock_gettime(CLOCK_REALTIME, &ts);
-      ts.tv_nsec += st->last_spill_err ? 200000000 : 50000000;
-      if (ts.tv_nsec >= 1000000000) { ts.tv_sec++; ts.tv_nsec -= 1000000000; }
+      struct timespec ts = cf_deadline_ms(st->last_spill_err ? 200 : 50);
       int was_err = st->last_spill_err;
       pthread_cond_timedwait(&st->cv, &st->mu, &ts);
       if (was_err) st->last_spill_err = 0;

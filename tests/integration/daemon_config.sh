@@ -63,6 +63,9 @@ out=$($BIN --config "$T/syntax.conf" --check-config 2>&1); rc=$?
 # 4. missing file, bad model directory, bad command-line override
 out=$($BIN --config "$T/nope.conf" --check-config 2>&1)
 [ $? -eq 1 ] && echo "$out" | grep -q "nope.conf: cannot open config" && ok "missing config file" || bad "missing config file" "$out"
+mkdir "$T/dir.conf"
+out=$($BIN --config "$T/dir.conf" --check-config 2>&1)
+[ $? -eq 1 ] && echo "$out" | grep -q "dir.conf:0: read error: Is a directory" && ok "a directory as the config: read error, not an empty config" || bad "a directory as the config: read error, not an empty config" "$out"
 printf 'model = %s\n' "$T" > "$T/model.conf"
 out=$($BIN --config "$T/model.conf" --check-config 2>&1)
 [ $? -eq 1 ] && echo "$out" | grep -q "key 'model'.*config.json" && ok "model directory without config.json" || bad "model directory without config.json" "$out"

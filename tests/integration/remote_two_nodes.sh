@@ -22,25 +22,6 @@ cf_test_dir cf-remote KILL
 PIDS=() # the daemons and redis-servers started here: SIGKILLed at exit
 cf_at_exit 'for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done; wait 2>/dev/null'
 
-# a free loopback port below 55000 (a cluster node also listens on port + 10000)
-free_port() {
-  python3 -c 'import socket
-while True:
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close()
-    if p < 55000: print(p); break'
-}
-# start_redis NAME PORT [extra args...]: a redis-server in $T/NAME; its pid in RPID_NAME
-start_redis() {
-  local name=$1 port=$2; shift 2
-  mkdir -p "$T/$name"
-  redis-server --port "$port" --bind 127.0.0.1 --dir "$T/$name" --save "" --appendonly no \
-    --logfile "$T/$name/redis.log" --protected-mode no "$@" &
-  local pid=$!
-  PIDS+=("$pid")
-  eval "RPID_$name=$pid"
-  for _ in $(seq 1 300); do rcli -p "$port" ping 2>/dev/null | grep -q PONG && return 0; sleep 0.1; done
-  return 1
-}
 # the standalone server needs a password (the daemons' remote_password); the cluster does not
 PW=s3cret
 rcli() { redis-cli --no-auth-warning -a "$PW" "$@"; }
@@ -52,8 +33,8 @@ wait_markers() { # PORT N: until the remote holds at least N chunk markers
 
 cf_gen_model tiny
 C=32
-RPORT=$(free_port)
-check "redis-server starts on a free loopback port" "start_redis r1 $RPORT --requirepass $PW"
+RPORT=$(cf_free_port)
+check "redis-server starts on a free loopback port" "cf_start_redis r1 $RPORT --requirepass $PW"
 
 # node_conf NAME URL [extra lines]
 node_conf() {
@@ -211,7 +192,7 @@ check "node C serves restores from its local tiers" "[ $? -eq 0 ]"
 check "node C's log says the remote tier was not reachable" "grep -q 'not reachable' $T/c/d.log"
 stop_node c
 # back on the same port (empty: no persistence): B reconnects after its backoff
-check "redis restarts on the same port" "start_redis r1 $RPORT --requirepass $PW"
+check "redis restarts on the same port" "cf_start_redis r1 $RPORT --requirepass $PW"
 seed=$((seed+1))
 eng a --policy load --prefix 256 --new 16 --turns 0 --seed $seed >/dev/null 2>"$T/a-back.err"
 check "A writes back to the restarted redis" "wait_markers $RPORT 8"
@@ -226,12 +207,12 @@ check "/metrics-facing Stats: remote connected again" "[ \"\$(stat_of b cacheflo
 stop_node a; stop_node b
 
 # ------------------------------------------------------------------ Redis Cluster
-P1=$(free_port); P2=$(free_port); P3=$(free_port)
+P1=$(cf_free_port); P2=$(cf_free_port); P3=$(cf_free_port)
 PW=  # the cluster runs without a password
 rcli() { redis-cli "$@"; }
 ok3=1
 for i in 1 2 3; do
-  v="P$i"; start_redis "c$i" "${!v}" --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 || ok3=0
+  v="P$i"; cf_start_redis "c$i" "${!v}" --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 || ok3=0
 done
 redis-cli --cluster create 127.0.0.1:$P1 127.0.0.1:$P2 127.0.0.1:$P3 --cluster-yes >"$T/cluster.log" 2>&1 || ok3=0
 for _ in $(seq 1 300); do redis-cli -p $P1 cluster info 2>/dev/null | grep -q cluster_state:ok && break; sleep 0.1; done

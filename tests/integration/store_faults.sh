@@ -9,6 +9,9 @@
 #   - read EIO during restores of chunks only on SSD: the restore either completes verified
 #     (the unreadable cells recomputed) or fails naming the error — never a wrong cell; nothing
 #     stays in flight; once the fault clears the chunks restore from SSD, verified;
+#   - write EIO / ENOSPC on the journal's appends only: the durable save is refused naming the
+#     journal and the error, the daemon keeps serving, the same save succeeds once it clears, and
+#     after a restart every saved prefix restores from SSD, verified;
 #   - the shim really hit the store's files (its .hits log).
 set -u
 . "$(dirname "$0")/../lib/cf_test.sh"
@@ -69,7 +72,31 @@ rm -f "$CTL"
 eng_ok "read EIO cleared: seed 4 restores, verified" "$T/reio2" --turns 1 --no-save-first --policy load --verify --seed 4
 ssd=$(jq -s '[.[] | select(.mode=="session") | .cells_ssd] | add' "$T/reio2.json")
 check "read EIO cleared: from the SSD tier ($ssd cells)" "[ ${ssd:-0} -gt 0 ]" "$(cat $T/reio2.json)"
+# ---------------------------------------------------------------- the journal's appends failing
+# (a full disk hits the journal as well as the data files: its appends are write(2) calls)
+journal_fault() { # ERRNO SEED STATUS_PATTERN
+  local e=$1 seed=$2 pat=$3 rc n0
+  n0=$(hits write "$e")
+  echo "write $e /store/journal" >"$CTL"
+  $ENG --turns 0 --durable --seed "$seed" >"$T/j$e.json" 2>"$T/j$e.err"; rc=$?
+  check "journal $e: the durable save fails" "[ $rc -ne 0 ]" "$(cat "$T/j$e.json")"
+  check "journal $e: its status names the journal and the error" "grep -qi 'journal.*$pat' $T/j$e.err" "$(cat "$T/j$e.err")"
+  check "journal $e: the shim failed the journal's appends" "[ \$(grep -c '^write $e .*/store/journal' $CTL.hits) -gt 0 ]"
+  check "journal $e: the daemon keeps serving" serving
+  rm -f "$CTL"
+  eng_ok "journal $e cleared: the same durable save and a restore succeed, verified" "$T/j$e-2" \
+    --turns 1 --durable --verify --seed "$seed"
+}
+journal_fault ENOSPC 5 'no space left'
+journal_fault EIO 6 'input/output error'
 echo "     faults injected: $(wc -l <"$CTL.hits" 2>/dev/null || echo 0) calls"
 cf_daemon_stop TERM; rc=$?
 check "exit 0 on SIGTERM after the faults" "[ $rc -eq 0 ]"
+check "the daemon restarts on the store after the journal faults" "cf_daemon_start $T/d.conf $T/model"
+run_ok "... the CPU tier evicted (every chunk from SSD)" $BUILD/cacheflowctl evict --tier cpu
+for seed in 1 4 5 6; do
+  eng_ok "after the restart: seed $seed restores from SSD, verified" "$T/after$seed" --turns 1 --no-save-first --policy load --verify --seed "$seed"
+done
+cf_daemon_stop TERM; rc=$?
+check "exit 0 on SIGTERM" "[ $rc -eq 0 ]"
 finish

@@ -10,8 +10,10 @@
  * Control, read at every call so a test switches faults on and off while the daemon runs:
  *   CF_FAULT_CTL=FILE  the shim is active only when this variable is set; while FILE exists and
  *                      holds "OP ERRNO MATCH" (OP: read, write or rw; ERRNO: EIO or ENOSPC;
- *                      MATCH: a substring of the file's path, e.g. "/store/"), matching calls
- *                      fail with that errno; without FILE every call goes through.
+ *                      MATCH: a substring of the file's path, e.g. "/store/" or
+ *                      "/store/journal"), matching calls fail with that errno; without FILE
+ *                      every call goes through. Reads are pread; writes are pwrite (the data
+ *                      files) and write (the journal's appends).
  * Every failure injected is counted in FILE.hits (one line appended per call), so a test can
  * tell that the fault was really on the path it exercised. */
 #define _GNU_SOURCE
@@ -37,9 +39,17 @@ int io_uring_queue_init(unsigned entries, struct io_uring *ring, unsigned flags)
 }
 
 /* The errno to inject for this call, 0 for none. */
+static __thread int cf__in_shim; /* the shim's own fopen/fprintf write too: not faulted, no recursion */
+static int cf__fault_ctl(int fd, int write);
 static int cf__fault(int fd, int write) {
+  if (cf__in_shim || !getenv("CF_FAULT_CTL")) return 0;
+  cf__in_shim = 1;
+  int e = cf__fault_ctl(fd, write);
+  cf__in_shim = 0;
+  return e;
+}
+static int cf__fault_ctl(int fd, int write) {
   const char *ctl = getenv("CF_FAULT_CTL");
-  if (!ctl) return 0;
   int saved = errno;
   char line[512] = "", op[16], err[16], match[256];
   FILE *f = fopen(ctl, "re");
@@ -76,3 +86,5 @@ CF__WRAP(pwrite, ssize_t, 1, (int fd, const void *buf, size_t n, off_t off), (fd
          (int, const void *, size_t, off_t))
 CF__WRAP(pwrite64, ssize_t, 1, (int fd, const void *buf, size_t n, off_t off), (fd, buf, n, off),
          (int, const void *, size_t, off_t))
+/* write(2): the journal's appends (DIR/journal) — a full disk hits them as well as the data files */
+CF__WRAP(write, ssize_t, 1, (int fd, const void *buf, size_t n), (fd, buf, n), (int, const void *, size_t))

@@ -35,6 +35,12 @@
 #                                                   HTTP side on $T/m.sock, plus the settings in CONF
 #   cf_wait_config CONF KEY                         after a SIGHUP: until the daemon (CACHEFLOW_ADDR)
 #                                                   reports KEY as CONF sets it (30 s at most)
+#   cf_free_port                                    a free loopback TCP port below 55000 (a Redis
+#                                                   cluster node also listens on port + 10000)
+#   cf_start_redis NAME PORT [ARG...]               a redis-server in $T/NAME on 127.0.0.1:PORT
+#                                                   (no persistence, ARGs appended), its pid in
+#                                                   RPID_NAME and in PIDS (an array the script
+#                                                   kills at exit); 1 if it does not answer
 #   cf_daemon_stop [SIGNAL]                         signal DPID (default TERM), wait: its exit status,
 #                                                   or 99 when its log (cf_daemon_start's LOG)
 #                                                   holds a sanitizer report
@@ -141,4 +147,27 @@ cf_daemon_stop() {
     echo "sanitizer report in the daemon log:"; grep -m 5 -E 'Sanitizer|runtime error:' "${CF__DLOG:-$T/d.log}"; return 99
   fi
   return $rc
+}
+
+cf_free_port() {
+  python3 -c 'import socket
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close()
+    if p < 55000: print(p); break'
+}
+
+cf_start_redis() {
+  local name=$1 port=$2 pid
+  shift 2
+  mkdir -p "$T/$name"
+  redis-server --port "$port" --bind 127.0.0.1 --dir "$T/$name" --save "" --appendonly no \
+    --logfile "$T/$name/redis.log" --protected-mode no "$@" &
+  pid=$!
+  PIDS+=("$pid")
+  eval "RPID_$name=$pid"
+  for _ in $(seq 1 300); do # NOAUTH: up, with a password
+    redis-cli -p "$port" ping 2>/dev/null | grep -q 'PONG\|NOAUTH' && return 0
+    sleep 0.1
+  done
+  return 1
 }

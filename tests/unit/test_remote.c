@@ -6,6 +6,9 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "cf_test.h"
 #include "store/cf_redis.h"
@@ -472,6 +475,64 @@ CF_TEST(remote_queue_bounded) {
   cf_remote_get_stats(r, &st);
   CF_CHECK_EQ(st.put_dropped, (uint64_t)dropped);
   CF_CHECK_EQ(st.queue_bytes, 0);
+  cf_remote_close(r);
+  rt_stop(&s);
+}
+
+/* A wall-clock step must not stretch a bounded wait. This binary's clock_gettime (it interposes
+ * libc's for every caller in the process) reads CLOCK_REALTIME `clock_shift_s` ahead, as after an
+ * NTP step: a deadline taken on the wall clock then lies an hour past the kernel's, so a flush
+ * bounded at 200 ms waited for as long as the writer stayed blocked (30 s here, an hour of
+ * shift in all) instead of timing out. Waits now run on CLOCK_MONOTONIC (util/cf_clock.h). */
+static volatile long clock_shift_s;
+int clock_gettime(clockid_t id, struct timespec *ts) {
+  int rc = (int)syscall(SYS_clock_gettime, id, ts);
+  if (rc == 0 && id == CLOCK_REALTIME) ts->tv_sec += clock_shift_s;
+  return rc;
+}
+
+typedef struct {
+  cf_remote_t *r;
+  int rc, done;
+} flush_arg_t;
+
+static void *flush_main(void *p) {
+  flush_arg_t *a = p;
+  a->rc = cf_remote_flush(a->r, 200);
+  __atomic_store_n(&a->done, 1, __ATOMIC_RELEASE);
+  return NULL;
+}
+
+CF_TEST(remote_flush_bound_holds_across_a_clock_step) {
+  NEED_REDIS();
+  rt_server_t s;
+  CF_CHECK_EQ(rt_standalone(&s, cf_test_tmpdir(), "r7", NULL), 0);
+  cf_store_geom_t g = st_geom(64, 4, 64);
+  g.dtype = CF_STORE_DT_BF16;
+  cf_remote_config_t c;
+  cf_remote_config_default(&c);
+  c.url = url_of(&s);
+  c.timeout_ms = 30000; /* the writer stays blocked on the stopped server far past the flush's bound */
+  cf_remote_t *r;
+  CF_CHECK_EQ(cf_remote_open(&c, &g, &r), 0);
+  kill(s.pid, SIGSTOP);
+  CF_CHECK_EQ(put_chunk(r, &g, 1, 64, 1), 0);
+  clock_shift_s = 3600;
+  flush_arg_t a = {r, 0, 0};
+  pthread_t th;
+  CF_CHECK_EQ(pthread_create(&th, NULL, flush_main, &a), 0);
+  /* a limit for a wedged flush (its bound is 200 ms; the writer's block lasts 30 s) */
+  for (int i = 0; i < 2000 && !__atomic_load_n(&a.done, __ATOMIC_ACQUIRE); i++) {
+    struct timespec ms10 = {0, 10 * 1000 * 1000};
+    nanosleep(&ms10, NULL);
+  }
+  int returned = __atomic_load_n(&a.done, __ATOMIC_ACQUIRE);
+  clock_shift_s = 0;
+  kill(s.pid, SIGCONT);
+  pthread_join(th, NULL);
+  CF_CHECK_MSG(returned, "cf_remote_flush(200 ms) still waiting 20 s later with the wall clock an hour ahead");
+  CF_CHECK_EQ(a.rc, CF_ETIMEDOUT);
+  CF_CHECK_EQ(cf_remote_flush(r, 60000), 0);
   cf_remote_close(r);
   rt_stop(&s);
 }

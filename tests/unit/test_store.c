@@ -3,9 +3,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -807,6 +809,89 @@ CF_TEST(store_refuses_another_model) {
   h = g; h.n_layers = 3;
   CF_CHECK_ERR(cf_store_open(d, &h, &c, &st), CF_EMISMATCH);
   CF_CHECK_CONTAINS(cf_errmsg(), "n_layers");
+}
+
+/* Open d as a writer with geometry g and config c: 1 when chunk 1 (16 tokens, 2 layers, saved by
+ * st_save) reads back exact, then close. */
+static int reopen_has_chunk1(const char *d, const cf_store_geom_t *g, const cf_store_config_t *c) {
+  cf_store_t *st;
+  int eq = 0;
+  if (cf_store_open(d, g, c, &st) != 0) return 0;
+  int ok = st_check(st, 1, 16, 0, 2, &eq, NULL) == 0 && eq;
+  cf_store_close(st);
+  return ok;
+}
+
+/* The weights digest (cf_store_geom_t.weights): recorded by the first writer that has one
+ * (DIR/weights), another refused naming both, none (zero) not checked; a read-only open takes the
+ * recorded one (the remote tier's keys carry it); a store made before digests adopts the first. */
+CF_TEST(store_refuses_other_weights) {
+  cf_store_geom_t g = st_geom(16, 2, 64), h;
+  cf_store_config_t c = cfg_of(1 << 20, 1 << 20);
+  const char *d = tdir("weights");
+  cf_store_t *st;
+  CF_CHECK_OK(cf_store_open(d, &g, &c, &st)); /* no digest: none recorded */
+  cf_store_close(st);
+  for (int i = 0; i < 16; i++) g.weights[i] = (uint8_t)(0xa0 + i);
+  CF_CHECK_OK(cf_store_open(d, &g, &c, &st)); /* the first digest is adopted */
+  CF_CHECK_EQ(st_save(st, 1, 16, CF_STORE_SAVE_DURABLE), 0);
+  cf_store_close(st);
+  h = g;
+  h.weights[5] ^= 1;
+  CF_CHECK_ERR(cf_store_open(d, &h, &c, &st), CF_EMISMATCH);
+  CF_CHECK_CONTAINS(cf_errmsg(), "made with other weights (weights digest a0a1a2a3a4a5");
+  memset(h.weights, 0, 16);
+  CF_CHECK_OK(cf_store_open(d, &h, &c, &st)); /* a writer without a digest checks nothing */
+  cf_store_close(st);
+  cf_store_config_t ro = c;
+  ro.readonly = 1;
+  CF_CHECK_OK(cf_store_open(d, NULL, &ro, &st));
+  CF_CHECK(memcmp(cf_store_geom(st)->weights, g.weights, 16) == 0);
+  cf_store_close(st);
+  CF_CHECK(reopen_has_chunk1(d, &g, &c));
+}
+
+/* One writer per directory: a second writer is refused (EBUSY, naming the directory and the
+ * holder's pid) while the first has it open, a read-only open still inspects it, and the lock
+ * goes with the writer: after a close, and after a writer process is SIGKILLed. */
+CF_TEST(store_one_writer_per_directory) {
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  cf_store_config_t c = cfg_of(1 << 20, 1 << 20);
+  const char *d = tdir("lock");
+  cf_store_t *st, *st2;
+  CF_CHECK_OK(cf_store_open(d, &g, &c, &st));
+  CF_CHECK_EQ(st_save(st, 1, 16, CF_STORE_SAVE_DURABLE), 0);
+  CF_CHECK_ERR(cf_store_open(d, &g, &c, &st2), CF_EBUSY);
+  char want[64];
+  snprintf(want, sizeof want, "in use by another process (pid %ld)", (long)getpid());
+  CF_CHECK_CONTAINS(cf_errmsg(), want);
+  CF_CHECK_CONTAINS(cf_errmsg(), d);
+  cf_store_config_t ro = c;
+  ro.readonly = 1;
+  CF_CHECK_OK(cf_store_open(d, NULL, &ro, &st2));
+  cf_store_close(st2);
+  cf_store_close(st);
+  CF_CHECK(reopen_has_chunk1(d, &g, &c));
+  /* a writer killed with SIGKILL leaves no lock behind */
+  int pfd[2];
+  CF_CHECK_EQ(pipe(pfd), 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    cf_store_t *cs;
+    char b = cf_store_open(d, &g, &c, &cs) == 0 ? 'o' : 'x';
+    if (write(pfd[1], &b, 1) != 1) _exit(2);
+    for (;;) pause();
+  }
+  char b = 0;
+  CF_CHECK_EQ(read(pfd[0], &b, 1), 1);
+  CF_CHECK_EQ(b, 'o');
+  CF_CHECK_ERR(cf_store_open(d, &g, &c, &st), CF_EBUSY);
+  snprintf(want, sizeof want, "(pid %ld)", (long)pid);
+  CF_CHECK_CONTAINS(cf_errmsg(), want);
+  kill(pid, SIGKILL);
+  waitpid(pid, NULL, 0);
+  close(pfd[0]); close(pfd[1]);
+  CF_CHECK(reopen_has_chunk1(d, &g, &c));
 }
 
 /* The header records the KV dtype: bf16 and f16 (both 2 bytes) are told apart, and a store of

@@ -73,6 +73,18 @@ try:
     T.check("/metrics counts the reloads", samples.get(("cacheflow_config_reloads_total", '{result="ok"}')) == 1 and
             samples.get(("cacheflow_config_reloads_total", '{result="error"}')) == 1)
     T.check("serving after the reloads", c.health() == "SERVING")
+    # SIGHUP while the config path cannot be read (a directory: fopen succeeds, reads fail); it used
+    # to read as an empty file and revert every setting to its default
+    os.rename(d.conf_path, d.conf_path + ".moved")
+    os.mkdir(d.conf_path)
+    d.signal(signal.SIGHUP)
+    T.check("SIGHUP with an unreadable config: logged naming the read error",
+            wait_for(lambda: "read error: Is a directory" in d.read_log()), d.read_log()[-500:])
+    cfg = c.config()
+    T.check("SIGHUP with an unreadable config: nothing changes", cfg["policy"] == "cake" and cfg["batch_max"] == "7",
+            str((cfg["policy"], cfg["batch_max"])))
+    os.rmdir(d.conf_path)
+    os.rename(d.conf_path + ".moved", d.conf_path)
 
     # SIGTERM drain: a restore waiting in the batcher finishes, new calls get UNAVAILABLE
     d.write_conf(policy="cake", batch_max="7", batch_window_us="1000000", chunk_tokens="256")
