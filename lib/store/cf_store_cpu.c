@@ -174,6 +174,9 @@ int cf__cpu_evict_safe(cf_store_t *st, int write_back) {
    * eviction would (spill off). A promotion never writes: it drops the chunk as before. */
   int retry = write_back && (en->flags & CF__F_REFUSED) && !(en->flags & CF__F_SSD) &&
               !cf__cost_refuse(st, v);
+  /* a promotion does not write back: a refused chunk the SSD tier would admit now stays */
+  if (!write_back && (en->flags & CF__F_REFUSED) && !(en->flags & CF__F_SSD) && !cf__cost_refuse(st, v))
+    return cf_seterr(CF_EBUSY, "store %s: the CPU tier's victim is not written back yet", st->dir);
   if (!st->n_ssd_slots || (en->flags & CF__F_SSD) || (!en->in_dirty && !retry)) {
     if (!(en->flags & CF__F_SSD)) cf__cost_evicted(st, v); /* it leaves the store */
     cf__cpu_drop(st, v, ghost);
