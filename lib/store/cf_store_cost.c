@@ -392,8 +392,8 @@ static int cf__cost_defer(const cf_store_t *st, int32_t e) {
  * into the CPU tier by the request that recomputes it; the cost policy's SSD tier keeps the dear
  * ones, so they stayed on SSD for good while the CPU tier held the newest saves (agentic seed 1
  * at 25%: the same 92% of prompt chunks held as LRU, 68% of them read from the CPU tier against
- * LRU's 71%, 2.4% higher mean TTFT; RAG at 50%: the popular documents on SSD, 27% read from the
- * CPU tier against S3-FIFO's 41%, up to 3.6% higher). Under the cost policy a whole-chunk SSD
+ * LRU's 71%, 2.5% higher mean TTFT; RAG at 50%: the popular documents on SSD, 27% read from the
+ * CPU tier against S3-FIFO's 41%, up to 3.7% higher). Under the cost policy a whole-chunk SSD
  * read therefore copies the chunk into the CPU tier (cfg.promote_on_read; the copy is clean,
  * the SSD copy stays), where the CPU tier's recency order ranks it as just used. A promotion
  * never writes back and, with the guard in cf__cpu_evict_safe, never drops a deferred chunk
@@ -592,4 +592,3 @@ void cf_store_set_cost(cf_store_t *st, const cf_store_cost_t *cost) {
   }
   pthread_mutex_unlock(&st->mu);
 }
-
