@@ -169,9 +169,13 @@ int cf__cpu_evict_safe(cf_store_t *st, int write_back) {
    * (the spiller writes chunks back right after their save, before anyone could read them) is
    * admitted or refused again now that it leaves, on what is known now: a chunk read since
    * competes with its use and its later time, as the same chunk written back only by this
-   * eviction would (spill off). A promotion never writes: it drops the chunk as before. */
+   * eviction would (spill off). A promotion never writes: it drops such a chunk only where the
+   * SSD tier refuses it again, else it does not promote (cf_store_cost.c, promotion on read). */
   int retry = write_back && (en->flags & CF__F_REFUSED) && !(en->flags & CF__F_SSD) &&
               !cf__cost_refuse(st, v);
+  /* a promotion does not write back: a refused chunk the SSD tier would admit now stays */
+  if (!write_back && (en->flags & CF__F_REFUSED) && !(en->flags & CF__F_SSD) && !cf__cost_refuse(st, v))
+    return cf_seterr(CF_EBUSY, "store %s: the CPU tier's victim is not written back yet", st->dir);
   if (!st->n_ssd_slots || (en->flags & CF__F_SSD) || (!en->in_dirty && !retry)) {
     if (!(en->flags & CF__F_SSD)) cf__cost_evicted(st, v); /* it leaves the store */
     cf__cpu_drop(st, v, ghost);

@@ -658,6 +658,71 @@ CF_TEST(store_cost_full_ssd_tier_defers_write_back_to_cpu_eviction) {
   cf_store_close(st);
 }
 
+/* Promotion on read (cf_store_cost.c, cf__cost_promotes): the value tier keeps what it values,
+ * so under the cost policy a whole-chunk read from the SSD tier copies the chunk into the CPU
+ * tier (its SSD copy stays); LRU's store, not asked to promote, reads it from SSD each time. A
+ * promotion never writes back, so it never drops a deferred chunk (refused by the full SSD tier,
+ * in the CPU tier only) that the SSD tier would take now: the chunk is then just not promoted. */
+static int promoted_after_read(cf_store_evict_t pol, const char *name) {
+  cf_store_config_t c = cfg_cost(4, 16, pol);
+  c.spill = 1; /* the daemon's write-back: every CPU chunk is clean (also on SSD) */
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  cf_store_t *st = NULL;
+  CF_CHECK_OK(cf_store_open(tdir(name), &g, &c, &st));
+  if (!st) return -1;
+  for (uint64_t id = 1; id <= 8; id++) { CF_CHECK_OK(save_at(st, id, 0)); wait_clean(st); }
+  CF_CHECK_MSG(!in_cpu(st, 1) && present(st, 1), "%s: chunk 1 not on SSD only", name);
+  int eq, t;
+  CF_CHECK_OK(st_check(st, 1, 16, 0, 2, &eq, &t));
+  CF_CHECK(eq);
+  CF_CHECK_EQ(t, CF_STORE_TIER_SSD);
+  int up = in_cpu(st, 1);
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.promotions, (uint64_t)up);
+  CF_CHECK_EQ(s.ssd_chunks, 8); /* the SSD copy stays */
+  CF_CHECK_EQ(count_intact(st, 1, 9), 8);
+  caps_ok(st, name);
+  cf_store_close(st);
+  return up;
+}
+
+CF_TEST(store_cost_promotes_ssd_reads_but_never_drops_a_deferred_chunk) {
+  CF_CHECK_MSG(promoted_after_read(CF_STORE_EVICT_COST, "cost_promote") == 1, "cost: chunk 1 not promoted");
+  CF_CHECK_MSG(promoted_after_read(CF_STORE_EVICT_LRU, "cost_promote_lru") == 0, "lru: chunk 1 promoted");
+
+  /* CPU tier of 2, SSD tier of 2: cheap 1 and 2 on SSD (and in the CPU tier); dear 3 pushes
+   * 1's clean copy out of the CPU tier and, the SSD tier full, its write-back is deferred; 2 is
+   * read. The CPU tier's victim is now 3 (by recency: unread, older than 2's read), which the
+   * SSD tier would take over 1 or 2 (100x dearer). A read of 1 from SSD must not drop 3 for
+   * 1's copy. */
+  cf_store_t *st = open_spilling("cost_promote_refused", 2, 2);
+  if (!st) return;
+  int eq, t;
+  for (uint64_t id = 1; id <= 3; id++) { CF_CHECK_OK(save_at(st, id, id == 3 ? 200 : 0)); wait_clean(st); caps_ok(st, "refused"); }
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.ssd_refusals, 1);
+  CF_CHECK(in_cpu(st, 3) && in_cpu(st, 2) && !in_cpu(st, 1));
+  CF_CHECK_OK(st_check(st, 2, 16, 0, 2, &eq, &t));
+  CF_CHECK(eq);
+  CF_CHECK_OK(st_check(st, 1, 16, 0, 2, &eq, &t));
+  CF_CHECK(eq);
+  CF_CHECK_EQ(t, CF_STORE_TIER_SSD);
+  CF_CHECK_MSG(present(st, 3), "the deferred chunk 3 was dropped by the promotion of 1");
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.promotions, 0);
+  CF_CHECK_EQ(count_intact(st, 1, 4), 3);
+  /* when saves push 3 out of the CPU tier, the SSD tier takes it */
+  uint64_t id = 4;
+  for (; id < 10 && in_cpu(st, 3); id++) { CF_CHECK_OK(save_at(st, id, 0)); wait_clean(st); caps_ok(st, "refused"); }
+  CF_CHECK_MSG(id < 10, "chunk 3 never left the CPU tier");
+  CF_CHECK_MSG(present(st, 3), "chunk 3 left the CPU tier and the SSD tier refused it");
+  caps_ok(st, "refused");
+  CF_CHECK_OK(cf_store_flush(st));
+  cf_store_close(st);
+}
+
 /* The CPU tier in front of an SSD tier (cf_store_cost_cpu.c): its read class's head start is
  * the one whose shadow cache would have had the most CPU-tier hits, by a lead chance does not
  * explain. A CPU tier of 32 chunks before an SSD tier that holds everything, all chunks worth
