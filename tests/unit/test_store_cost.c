@@ -425,6 +425,7 @@ CF_TEST(store_cost_refused_write_back_weighed_again_at_cpu_eviction) {
   cf_store_stats_t s;
   cf_store_get_stats(st, &s);
   CF_CHECK_EQ(s.ssd_refusals, 1);
+  CF_CHECK_EQ(s.cost_deferred, 1); /* that refusal was a deferral (/metrics' deferred write-backs) */
   CF_CHECK_EQ(s.ssd_refusals_unread, 1);
   CF_CHECK_EQ(s.ssd_evictions, 0); /* not gone: still in the CPU tier */
   CF_CHECK(in_cpu(st, 3));
@@ -443,6 +444,8 @@ CF_TEST(store_cost_refused_write_back_weighed_again_at_cpu_eviction) {
   CF_CHECK_GT(s.ssd_evictions, 0);
   CF_CHECK(s.ssd_evict_unread <= s.ssd_evictions);
   CF_CHECK_EQ(s.ssd_chunks, 2);
+  CF_CHECK(s.cost_deferred <= s.ssd_refusals);
+  CF_CHECK(s.cost_freq_w >= 0 && s.cost_freq_w <= 3);
   caps_ok(st, "refused");
   CF_CHECK_OK(cf_store_flush(st));
   cf_store_close(st);
