@@ -50,14 +50,15 @@ Exits 1 when an engine failed or a restore did not verify, or a daemon held more
 
 Usage: eval_evict_daemon.py [--seed N] [--scale X] [--cap F] [--families chat,agentic,rag]
                             [--cpu-gbps G] [--ssd-gbps G] [--json FILE] [--smoke] [--keep]
-                            [--long] [--trace-only] [--same-model]
+                            [--long] [--trace-only] [--same-model] [--cost-model G,A,B]
 
 --same-model: the three daemons first measure their cost models as above, then all three are
 restarted with the median one's (the daemon's cost_model setting) and the online re-fit off, so
 that on a busy machine (whose load makes the daemons' measurements disagree: load 5 made the
 timings unusable) the policies plan and value chunks with one model and their simulated times
 differ only by what their stores held; executed / simulated is then reported against that one
-model. Each request's Save RPC (the daemon's handling time, from /metrics around the request) is
+model. --cost-model G,A,B hands that model instead of a measured one (the same across runs and
+seeds: the README's runs use the quiet machine's 0.00115,5.05e-05,2.37e-08). Each request's Save RPC (the daemon's handling time, from /metrics around the request) is
 reported too: mean / p99 of all of them and of those that began with the SSD tier full, where
 cost defers write-backs to the CPU tier's eviction.
 """
@@ -383,6 +384,9 @@ def main():
                     help="one cost model for every daemon: the median daemon's start-up calibration handed to all "
                          "(cost_model), the online re-fit off, so that the policies' simulated times differ only by "
                          "what their stores held (a fair comparison on a busy machine)")
+    ap.add_argument("--cost-model", metavar="G,A,B",
+                    help="--same-model with this model (gamma s, alpha s/token, beta s/token^2) instead of a measured one: "
+                         "the same model across runs and seeds")
     ap.add_argument("--no-quiesce", action="store_true",
                     help="do not wait for a daemon's write-back after each request (the runs before this option)")
     a = ap.parse_args()
@@ -395,6 +399,14 @@ def main():
             sys.exit(f"eval_evict_daemon: unknown policy '{p}' (lru, s3fifo, cost)")
     if not (a.cap > 0 and a.cap <= 1) or a.scale <= 0:
         sys.exit("eval_evict_daemon: --cap must be in (0, 1], --scale > 0")
+    fixed = None
+    if a.cost_model:
+        try:
+            g_, al_, be_ = (float(x) for x in a.cost_model.split(","))
+        except ValueError:
+            sys.exit(f"eval_evict_daemon: --cost-model '{a.cost_model}': expected gamma,alpha,beta")
+        fixed = {"gamma": g_, "alpha": al_, "beta": be_}
+        a.same_model = True
     if a.long and a.smoke:
         sys.exit("eval_evict_daemon: --long and --smoke: choose one")
     global MAX_PROMPT
@@ -445,13 +457,13 @@ def main():
     try:
         for p in pols:
             daemons[p] = start_daemon(work, model, p, cpu_chunks * chunk_bytes, ssd_chunks * chunk_bytes,
-                                      a.cpu_gbps, a.ssd_gbps)
+                                      a.cpu_gbps, a.ssd_gbps, fixed)
         # Each daemon measures its cost model at start-up; on a busy machine one measurement can
         # be far off the others' (seen: 3x at 8k tokens), and that model plans the daemon's
         # restores and values its chunks (cost). Restart a daemon whose calibration is more than
         # --calib-tol off the median of the three, a few times at most.
         restarts = 0
-        while restarts < a.calib_retries:
+        while restarts < a.calib_retries and not a.same_model:  # (--same-model: one model for all below)
             off = calib_outliers(daemons, a.calib_tol)
             if not off:
                 break
@@ -467,11 +479,11 @@ def main():
                   if c else "not in the log"))
         print(f"# calibration restarts: {restarts}" + (f" (still more than {a.calib_tol:g}x apart: "
               f"{', '.join(calib_outliers(daemons, a.calib_tol))})" if calib_outliers(daemons, a.calib_tol) else ""), flush=True)
-        fixed = None
-        if a.same_model and all(d.calib for d in daemons.values()):
+        if a.same_model and (fixed or all(d.calib for d in daemons.values())):
             # the median daemon's (by a chunk's compute time at 8k tokens) model, to every daemon
-            fixed = sorted((d.calib for d in daemons.values()), key=lambda c: c["step8k_ms"])[(len(daemons) - 1) // 2]
-            for p in pols:
+            pols_restart = [] if fixed else pols  # (--cost-model: they started with it)
+            fixed = fixed or sorted((d.calib for d in daemons.values()), key=lambda c: c["step8k_ms"])[(len(daemons) - 1) // 2]
+            for p in pols_restart:
                 daemons[p].stop()
                 daemons[p] = start_daemon(work, model, p, cpu_chunks * chunk_bytes, ssd_chunks * chunk_bytes,
                                           a.cpu_gbps, a.ssd_gbps, fixed)
