@@ -32,14 +32,9 @@ static cf_store_cost_t two_values(float dear) {
 }
 
 static cf_store_config_t cfg_cost(int cpu_slots, int ssd_slots, cf_store_evict_t pol) {
-  cf_store_config_t c;
-  cf_store_config_default(&c);
-  c.cpu_bytes = (uint64_t)cpu_slots * SLOT;
-  c.ssd_bytes = (uint64_t)ssd_slots * SLOT;
-  c.file_bytes = 8 * SLOT;
-  c.cpu_evict = pol;
+  /* deterministic: write-back happens only when an eviction needs it */
+  cf_store_config_t c = st_config_slots(cpu_slots, ssd_slots, SLOT, pol);
   c.cost = two_values(100.0f);
-  c.spill = 0; /* deterministic: write-back happens only when an eviction needs it */
   return c;
 }
 

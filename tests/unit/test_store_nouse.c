@@ -36,13 +36,7 @@ static int save_at(cf_store_t *st, uint64_t id) {
 static outcome_t run(cf_store_evict_t pol, int cpu, int ssd, int act) {
   outcome_t o;
   memset(&o, 0, sizeof o);
-  cf_store_config_t c;
-  cf_store_config_default(&c);
-  c.cpu_bytes = (uint64_t)cpu * SLOT;
-  c.ssd_bytes = (uint64_t)ssd * SLOT;
-  c.file_bytes = 8 * SLOT;
-  c.cpu_evict = pol;
-  c.spill = 0; /* deterministic: write-back only when an eviction needs it */
+  cf_store_config_t c = st_config_slots(cpu, ssd, SLOT, pol); /* no spiller: deterministic */
   cf_store_geom_t g = st_geom(16, 2, 64);
   char dir[512];
   static int n_dirs;
