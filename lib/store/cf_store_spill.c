@@ -157,7 +157,10 @@ int cf__spill_batch(cf_store_t *st, const int32_t *ents, unsigned n, int durable
     int32_t e = ents[i];
     cf__ent_t *en = &st->ents[e];
     if (slots[i] >= 0) cf__ssd_release(st, slots[i]);
-    cf__dirty_set(st, e, 1);
+    /* a refused chunk (its write-back admitted later: cf__cpu_evict_safe's retry, the write-back
+     * ahead of the eviction) was clean and never promised to SSD: it stays so, weighed again when
+     * the CPU tier gives it up; the others go back to the dirty list */
+    if (!(en->flags & CF__F_REFUSED)) cf__dirty_set(st, e, 1);
     en->flags &= (uint8_t)~CF__F_SPILL;
     en->pins--;
     st->spilling--;
@@ -220,6 +223,12 @@ static int32_t cf__prewrite_pick(cf_store_t *st) {
   st->ents[v].pins++;
   st->spilling++;
   return v;
+}
+
+unsigned cf__prewrite_take(cf_store_t *st, int32_t *out, unsigned max) {
+  unsigned n = 0;
+  for (int32_t v; n < max && (v = cf__prewrite_pick(st)) >= 0;) out[n++] = v;
+  return n;
 }
 
 void *cf__spiller_main(void *arg) {
