@@ -204,7 +204,8 @@ static int cf__spill_wanted(cf_store_t *st) {
 static int cf__prewrite_ok(cf_store_t *st, int32_t e) { return cf__evictable(&st->ents[e]); }
 
 int32_t cf__prewrite_victim(cf_store_t *st) {
-  if (!st->spiller_on || !st->cost_on || st->learn_tier != 1 || !st->n_ssd_slots || st->n_cpu_free > 0 ||
+  /* cfg.spill, not spiller_on: set before the spill thread starts (it asks too) */
+  if (!st->cfg.spill || !st->cost_on || st->learn_tier != 1 || !st->n_ssd_slots || st->n_cpu_free > 0 ||
       st->last_spill_err)
     return -1;
   int32_t v = cf__heap_pick(st, 0, cf__prewrite_ok);
