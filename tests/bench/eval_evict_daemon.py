@@ -52,8 +52,8 @@ Usage: eval_evict_daemon.py [--seed N] [--scale X] [--cap F] [--families chat,ag
                             [--cpu-gbps G] [--ssd-gbps G] [--json FILE] [--smoke] [--keep]
                             [--long] [--trace-only] [--same-model] [--cost-model G,A,B]
 
---same-model: the three daemons first measure their cost models as above, then all three are
-restarted with the median one's (the daemon's cost_model setting) and the online re-fit off, so
+--same-model: the three daemons first measure their cost models (no restarts for outliers), then
+all three are restarted with the median one's (the daemon's cost_model setting) and the online re-fit off, so
 that on a busy machine (whose load makes the daemons' measurements disagree: load 5 made the
 timings unusable) the policies plan and value chunks with one model and their simulated times
 differ only by what their stores held; executed / simulated is then reported against that one
