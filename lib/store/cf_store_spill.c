@@ -195,8 +195,8 @@ static int cf__spill_wanted(cf_store_t *st) {
 /* COST, the full SSD tier deferring write-backs (cf__cost_defer): a deferred chunk that the SSD
  * tier admits when the CPU tier gives it up is written back by the thread that evicts it, and
  * that is a Save (cf__cpu_fill's eviction): measured on the daemon (eval_evict_daemon.py, SSD tier
- * full), a Save took 2.2x LRU's mean and 9x its p99. So when the CPU tier is full, this thread
- * weighs the CPU tier's next victim ahead of its eviction, as the eviction would
+ * full), a Save took 2.0-2.2x LRU's mean and 3.4-8.8x its p99. So when the CPU tier is full, the
+ * spill thread weighs the CPU tier's next victim ahead of its eviction, as the eviction would
  * (cf__cpu_evict_safe's retry), and writes it back when admitted: the eviction then drops a chunk
  * already on SSD. The victim stays in the CPU tier until then (on SSD too meanwhile); the SSD
  * tier weighs it on what is known a moment earlier. cf__prewrite_pick returns the entry, pinned
