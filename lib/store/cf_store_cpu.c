@@ -191,9 +191,6 @@ int cf__cpu_evict_safe(cf_store_t *st, int write_back) {
     st->spilling++;
     batch[0] = v;
     unsigned n = 1 + cf__take_dirty(st, batch + 1, CF__SPILL_BATCH - 1);
-    /* an admitted deferred chunk: the victims after it that the SSD tier admits too go along in
-     * the same batch (one data sync, not one per eviction of a long save; cf_store_spill.c) */
-    if (retry) n += cf__prewrite_take(st, batch + n, CF__SPILL_BATCH - n);
     pthread_mutex_unlock(&st->mu);
     rc = cf__spill_batch(st, batch, n, 0);
     pthread_mutex_lock(&st->mu);

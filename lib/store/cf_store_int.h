@@ -287,15 +287,6 @@ int cf__cost_refuse(cf_store_t *st, int32_t e);
  * eviction (the SSD tier full: cf__cost_refuse checks that first) rather than weighing it (the
  * store's cost_deferred statistic). mu held. */
 int cf__cost_defers(const cf_store_t *st, int32_t e);
-/* COST: the CPU tier's next victim when the spill thread is to write it back ahead of its
- * eviction (cf_store_spill.c: a deferred chunk the full SSD tier would now admit), else -1; the
- * stats count it as a write-back in flight (the spill thread's work not done yet). mu held. */
-int32_t cf__prewrite_victim(cf_store_t *st);
-/* The CPU tier's next victims, lowest first while each is one cf__prewrite_victim would write
- * back (the next one asked with the earlier ones pinned), at most max, each pinned and marked
- * CF__F_SPILL for cf__spill_batch: a Save whose eviction writes an admitted chunk back takes
- * them along, one data sync for the evictions it is about to make. mu held. */
-unsigned cf__prewrite_take(cf_store_t *st, int32_t *out, unsigned max);
 /* 1 when a chunk at index pos (CF__POS_KEEP / unknown: index 0) of n_tokens is worth at least
  * the table's average SSD value (no table: every chunk is) */
 int cf__cost_dear(const cf_store_t *st, uint32_t pos, uint32_t n_tokens);

@@ -157,10 +157,7 @@ int cf__spill_batch(cf_store_t *st, const int32_t *ents, unsigned n, int durable
     int32_t e = ents[i];
     cf__ent_t *en = &st->ents[e];
     if (slots[i] >= 0) cf__ssd_release(st, slots[i]);
-    /* a refused chunk (its write-back admitted later: cf__cpu_evict_safe's retry, the write-back
-     * ahead of the eviction) was clean and never promised to SSD: it stays so, weighed again when
-     * the CPU tier gives it up; the others go back to the dirty list */
-    if (!(en->flags & CF__F_REFUSED)) cf__dirty_set(st, e, 1);
+    cf__dirty_set(st, e, 1);
     en->flags &= (uint8_t)~CF__F_SPILL;
     en->pins--;
     st->spilling--;
@@ -192,58 +189,10 @@ static int cf__spill_wanted(cf_store_t *st) {
   return occ >= st->cfg.spill_watermark;
 }
 
-/* COST, the full SSD tier deferring write-backs (cf__cost_defer): a deferred chunk that the SSD
- * tier admits when the CPU tier gives it up is written back by the thread that evicts it, and
- * that is a Save (cf__cpu_fill's eviction): measured on the daemon (eval_evict_daemon.py, SSD tier
- * full), a Save took 2.0-2.2x LRU's mean and 3.4-8.8x its p99. So when the CPU tier is full, the
- * spill thread weighs the CPU tier's next victim ahead of its eviction, as the eviction would
- * (cf__cpu_evict_safe's retry), and writes it back when admitted: the eviction then drops a chunk
- * already on SSD. The victim stays in the CPU tier until then (on SSD too meanwhile); the SSD
- * tier weighs it on what is known a moment earlier. cf__prewrite_pick returns the entry, pinned
- * and marked CF__F_SPILL as the write-back wants, or -1. mu held. */
-static int cf__prewrite_ok(cf_store_t *st, int32_t e) { return cf__evictable(&st->ents[e]); }
-
-int32_t cf__prewrite_victim(cf_store_t *st) {
-  /* cfg.spill, not spiller_on: set before the spill thread starts (it asks too) */
-  if (!st->cfg.spill || !st->cost_on || st->learn_tier != 1 || !st->n_ssd_slots || st->n_cpu_free > 0 ||
-      st->last_spill_err)
-    return -1;
-  int32_t v = cf__heap_pick(st, 0, cf__prewrite_ok);
-  if (v < 0) return -1;
-  const cf__ent_t *en = &st->ents[v];
-  if (!(en->flags & CF__F_REFUSED) || (en->flags & (CF__F_SSD | CF__F_SPILL)) || en->in_dirty ||
-      cf__cost_refuse(st, v))
-    return -1;
-  return v;
-}
-
-static int32_t cf__prewrite_pick(cf_store_t *st) {
-  int32_t v = cf__prewrite_victim(st);
-  if (v < 0) return -1;
-  st->ents[v].flags |= CF__F_SPILL;
-  st->ents[v].pins++;
-  st->spilling++;
-  return v;
-}
-
-unsigned cf__prewrite_take(cf_store_t *st, int32_t *out, unsigned max) {
-  unsigned n = 0;
-  for (int32_t v; n < max && (v = cf__prewrite_pick(st)) >= 0;) out[n++] = v;
-  return n;
-}
-
 void *cf__spiller_main(void *arg) {
   cf_store_t *st = arg;
   pthread_mutex_lock(&st->mu);
   while (!st->stop) {
-    int32_t pre = cf__spill_wanted(st) || st->last_spill_err ? -1 : cf__prewrite_pick(st);
-    if (pre >= 0) {
-      pthread_mutex_unlock(&st->mu);
-      int rc = cf__spill_batch(st, &pre, 1, 0);
-      if (rc) CF_DEBUG("store %s: write-back ahead of the CPU tier's eviction: %s", st->dir, cf_errmsg());
-      pthread_mutex_lock(&st->mu);
-      continue;
-    }
     if (!cf__spill_wanted(st) || st->last_spill_err) {
       /* after an error (disk full) retry at a slow pace instead of spinning */
       struct timespec ts;
