@@ -56,6 +56,30 @@ static int cf__v_abs_or_empty(const char *v, char *why, size_t cap) {
   if (*v && *v != '/') { snprintf(why, cap, "must be an absolute path or empty"); return -1; }
   return 0;
 }
+/* cost_model: "" or three finite numbers gamma,alpha,beta >= 0, alpha or beta > 0 (a model in
+ * which compute costs nothing would plan every restore as a recompute) */
+int cf_config_parse_cost_model(const char *v, double out[3]) {
+  const char *p = v;
+  for (int i = 0; i < 3; i++) {
+    char *end;
+    errno = 0;
+    out[i] = strtod(p, &end);
+    if (end == p || errno || !isfinite(out[i]) || out[i] < 0) return -1;
+    p = end;
+    while (*p == ' ') p++;
+    if (i < 2 && *p++ != ',') return -1;
+    while (i < 2 && *p == ' ') p++;
+  }
+  return *p || !(out[1] > 0 || out[2] > 0) ? -1 : 0;
+}
+static int cf__v_cost_model(const char *v, char *why, size_t cap) {
+  double x[3];
+  if (*v && cf_config_parse_cost_model(v, x)) {
+    snprintf(why, cap, "expected gamma,alpha,beta: three numbers >= 0 in s, s/token, s/token^2, alpha or beta > 0");
+    return -1;
+  }
+  return 0;
+}
 static int cf__v_abs(const char *v, char *why, size_t cap) {
   if (*v != '/') { snprintf(why, cap, "must be an absolute path"); return -1; }
   return 0;
@@ -120,6 +144,9 @@ const cf_config_entry_t cf_config_table[] = {
    "re-fit the planner's compute cost online from executed restores (off: the start-up calibration only)"},
   {"cost_refit_weight", CF_CFG_T_DOUBLE, F(cost_refit_weight), 0.01, 1, NULL, "0.2", NULL, 0,
    "EWMA weight of one executed restore in the re-fit (one outlier moves the model by at most this x 100%)"},
+  {"cost_model", CF_CFG_T_STR, F(cost_model), 0, 0, NULL, "", cf__v_cost_model, 0,
+   "the compute terms gamma,alpha,beta (s, s/token, s/token^2) instead of measuring them at start-up; "
+   "\"\" = measure (several daemons compared on one machine get the same model this way)"},
   {"drain_timeout_s", CF_CFG_T_INT, F(drain_timeout_s), 0, 3600, NULL, "30", NULL, 1,
    "on SIGTERM, how long in-flight restores may take before they are cancelled"},
   {"max_request_tokens", CF_CFG_T_INT, F(max_request_tokens), 1, 16777216, NULL, "262144", NULL, 1,

@@ -40,6 +40,8 @@ typedef struct {
   double cpu_read_gbps, ssd_read_gbps;  /* 0 = unlimited */
   int cost_refit;                       /* 0 = off, 1 = on: plan with the re-fitted compute term */
   double cost_refit_weight;             /* EWMA weight of one executed restore (cf_refit.h) */
+  char cost_model[CF_CFG_STR_MAX];      /* "gamma,alpha,beta" (s, s/token, s/token^2) instead of the
+                                         * start-up measurement's compute terms; "" = measured */
   int64_t drain_timeout_s;
   int64_t max_request_tokens, max_message_bytes, max_engines, max_blocks;
   int log_level;                        /* cf_log_level_t */
@@ -78,6 +80,10 @@ extern const size_t cf_config_count;
 
 /* Fill `c` with every default. */
 void cf_config_defaults(cf_config_t *c);
+
+/* cost_model's "gamma,alpha,beta" into out[3]: 0, or -1 when it is not three numbers >= 0 with
+ * alpha or beta > 0 (the validator's rule). */
+int cf_config_parse_cost_model(const char *v, double out[3]);
 
 /* Set `name` to `value` (the file's spelling: sizes take k/m/g/t suffixes, enums their names).
  * Returns 0, CF_ENOTFOUND (unknown key) or CF_ERANGE/CF_EINVAL (bad value); on error `c` is

@@ -218,6 +218,15 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
           (unsigned long long)t.cost_cpu_switches);
     CF__P("# HELP cacheflow_store_cost_cpu_rate_order eviction = cost: 1 while the CPU tier before SSD ranks by reuse rate since first seen (its rate shadow leads).\n"
           "# TYPE cacheflow_store_cost_cpu_rate_order gauge\ncacheflow_store_cost_cpu_rate_order %d\n", t.cost_cpu_rate_order);
+    /* the value tier's frequency (cf__freq_*): the learnt weight of chunks counted twice or more,
+     * and the write-backs into the full SSD tier deferred to the CPU tier's eviction */
+    CF__P("# HELP cacheflow_store_cost_freq_weight eviction = cost: the learnt weight w of chunks the value tier's frequency sketch "
+          "counted twice or more (ln of the rate at which frequent victims come back over the others'; within [0, 3]).\n"
+          "# TYPE cacheflow_store_cost_freq_weight gauge\ncacheflow_store_cost_freq_weight %.4f\n", t.cost_freq_w);
+    CF__P("# HELP cacheflow_store_cost_deferred_writebacks_total eviction = cost: write-backs the full SSD tier deferred to the CPU "
+          "tier's eviction (in the refusals too; weighed again when the CPU tier gives the chunk up).\n"
+          "# TYPE cacheflow_store_cost_deferred_writebacks_total counter\ncacheflow_store_cost_deferred_writebacks_total %llu\n",
+          (unsigned long long)t.cost_deferred);
     CF__P("# HELP cacheflow_store_spills_total Chunks written back from the CPU tier to SSD.\n# TYPE cacheflow_store_spills_total counter\ncacheflow_store_spills_total %llu\n",
           (unsigned long long)t.spills);
     CF__P("# HELP cacheflow_store_corrupt_cells_total Cells that failed their checksum on read (recomputed, never served).\n# TYPE cacheflow_store_corrupt_cells_total counter\ncacheflow_store_corrupt_cells_total %llu\n",
@@ -606,6 +615,17 @@ static int cf__open_model_and_store(cf_daemon_t *d, cf_service_backend_t *be) {
   if ((rc = cf_calib_cost(d->backend, d->weights, (int)d->cfg.chunk_tokens, 0, &d->cost))) {
     CF_ERROR("backend/calibration: %s: %s", cf_strerror(rc), cf_errmsg());
     return 1;
+  }
+  double fixed[3];
+  if (d->cfg.cost_model[0] && cf_config_parse_cost_model(d->cfg.cost_model, fixed) == 0) {
+    /* the operator's compute terms instead of the measured ones (the rest of the model, layers,
+     * bytes and windows, is the model's own): daemons compared side by side on a busy machine
+     * plan and value chunks with one model, not each with its own noisy measurement */
+    CF_INFO("cost model: cost_model = %s replaces the measured gamma=%.3g s alpha=%.3g s/token beta=%.3g s/token^2",
+            d->cfg.cost_model, d->cost.gamma_s, d->cost.alpha_s, d->cost.beta_s);
+    d->cost.gamma_s = fixed[0];
+    d->cost.alpha_s = fixed[1];
+    d->cost.beta_s = fixed[2];
   }
   d->measured_link_Bps = d->cost.link_Bps;
   cf_remote_t *rt = cf_store_remote(cf_storage_store(d->storage));

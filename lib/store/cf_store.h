@@ -188,6 +188,12 @@ typedef struct {
   double cost_cpu_head_start;
   uint64_t cost_cpu_switches;
   int cost_cpu_rate_order; /* 1: the CPU tier in front of SSD ranks by reuse rate (its rate shadow leads) */
+  /* cost policy, the value tier's frequency (lib/store/cf_store_cost.c, cf__freq_*): the learnt
+   * weight w of chunks its sketch counted twice or more (within [0, 3]; 0 without a sketch), and
+   * the write-backs the full SSD tier deferred to the CPU tier's eviction (cf__cost_defer: a
+   * subset of ssd_refusals, weighed again when the CPU tier gives the chunk up) */
+  double cost_freq_w;
+  uint64_t cost_deferred;
   uint64_t corrupt_cells, corrupt_chunks;  /* checksum mismatches found on read; chunks dropped */
   uint64_t journal_records, journal_torn, journal_damaged, journal_dropped, journal_compactions;
   uint64_t enospc, io_errors;

@@ -603,3 +603,7 @@ void cf_store_set_cost(cf_store_t *st, const cf_store_cost_t *cost) {
   }
   pthread_mutex_unlock(&st->mu);
 }
+
+/* ---------------------------------------------------------------- statistics (/metrics)
+ * cf__cost_defer for the deferral count of cf__spill_prep (cf_store_spill.c) */
+int cf__cost_defers(const cf_store_t *st, int32_t e) { return cf__cost_defer(st, e); }

@@ -284,6 +284,10 @@ void cf__cost_set_pos(cf_store_t *st, int32_t e, uint32_t pos);
 /* 1 when the SSD tier is full and entry e, about to be written back, has a lower priority
  * there than every chunk it holds: the SSD tier's victim would be e itself */
 int cf__cost_refuse(cf_store_t *st, int32_t e);
+/* 1 when cf__cost_refuse(st, e) would refuse e by deferring its write-back to the CPU tier's
+ * eviction (the SSD tier full: cf__cost_refuse checks that first) rather than weighing it (the
+ * store's cost_deferred statistic). mu held. */
+int cf__cost_defers(const cf_store_t *st, int32_t e);
 /* 1 when a chunk at index pos (CF__POS_KEEP / unknown: index 0) of n_tokens is worth at least
  * the table's average SSD value (no table: every chunk is) */
 int cf__cost_dear(const cf_store_t *st, uint32_t pos, uint32_t n_tokens);

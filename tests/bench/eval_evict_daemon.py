@@ -50,7 +50,17 @@ Exits 1 when an engine failed or a restore did not verify, or a daemon held more
 
 Usage: eval_evict_daemon.py [--seed N] [--scale X] [--cap F] [--families chat,agentic,rag]
                             [--cpu-gbps G] [--ssd-gbps G] [--json FILE] [--smoke] [--keep]
-                            [--long] [--trace-only]
+                            [--long] [--trace-only] [--same-model] [--cost-model G,A,B]
+
+--same-model: the three daemons first measure their cost models (no restarts for outliers), then
+all three are restarted with the median one's (the daemon's cost_model setting) and the online re-fit off, so
+that on a busy machine (whose load makes the daemons' measurements disagree: load 5 made the
+timings unusable) the policies plan and value chunks with one model and their simulated times
+differ only by what their stores held; executed / simulated is then reported against that one
+model. --cost-model G,A,B hands that model instead of a measured one (the same across runs and
+seeds: the README's runs use the quiet machine's 0.00115,5.05e-05,2.37e-08). Each request's Save RPC (the daemon's handling time, from /metrics around the request) is
+reported too: mean / p99 of all of them and of those that began with the SSD tier full, where
+cost defers write-backs to the CPU tier's eviction.
 """
 import argparse
 import json
@@ -194,12 +204,16 @@ def ctl(build, *args):
     return subprocess.run([f"{build}/cacheflowctl", *args], capture_output=True, text=True)
 
 
-def start_daemon(work, model, policy, cpu_bytes, ssd_bytes, cpu_gbps, ssd_gbps):
+def start_daemon(work, model, policy, cpu_bytes, ssd_bytes, cpu_gbps, ssd_gbps, fixed=None):
     """The harness's cacheflowd (tests/lib/cfdaemon.py: its own directory under TMPDIR, socket
-    d.sock, HTTP side m.sock) with this policy, caps and links."""
+    d.sock, HTTP side m.sock) with this policy, caps and links. fixed: a calibration (as
+    calibration() returns) every daemon plans and values chunks with (cost_model), without the
+    online re-fit, instead of its own measurement."""
     d = Daemon(conf={"model": model, "cpu_tier_bytes": cpu_bytes, "ssd_tier_bytes": ssd_bytes,
                      "chunk_tokens": C, "threads": 1, "batch_window_us": 2000, "log_level": "info",
-                     "eviction": policy, "cpu_read_gbps": cpu_gbps, "ssd_read_gbps": ssd_gbps, "cost_refit": "on"})
+                     "eviction": policy, "cpu_read_gbps": cpu_gbps, "ssd_read_gbps": ssd_gbps,
+                     "cost_refit": "off" if fixed else "on",
+                     **({"cost_model": f"{fixed['gamma']!r},{fixed['alpha']!r},{fixed['beta']!r}"} if fixed else {})})
     d.policy, d.cpu_bytes, d.ssd_bytes = policy, cpu_bytes, ssd_bytes
     d.start()
     d.calib = calibration(d)
@@ -248,6 +262,20 @@ def quiesce(d, limit_s=20.0):
         if now == last:
             return
         last = now
+
+
+SAVE = '{method="/cacheflow.v1.CacheFlow/Save"}'
+
+
+def save_stats(m0, m1, ssd_chunks):
+    """The request's Save RPCs from two /metrics snapshots around it (the daemon's own handling
+    time, request received to call ended: what the engine waits for), and whether the SSD tier was
+    full when it began (its chunks at the cap: under cost, write-backs are deferred then)."""
+    d = lambda k: m1.get(k, 0) - m0.get(k, 0)  # noqa: E731
+    return {"saves": int(d(("cacheflow_rpc_calls_total", SAVE))),
+            "save_ms": d(("cacheflow_rpc_handling_seconds_total", SAVE)) * 1e3,
+            "ssd_full": m0.get(("cacheflow_store_chunks", '{tier="ssd"}'), 0) >= ssd_chunks,
+            "deferred": int(d(("cacheflow_store_cost_deferred_writebacks_total", "")))}
 
 
 def metrics(d):
@@ -302,7 +330,19 @@ def summarize(rs):
             "exec_over_sim": sum(ex) / sum(si) if sum(si) > 0 else float("nan"),
             "exec_over_sim_median": statistics.median([e / x for e, x in zip(ex, si) if x > 0] or [float("nan")]),
             "hit": sum(r["stored"] for r in rs) / pt, "cpu_hit": sum(r["cpu"] for r in rs) / pt,
-            "holes": sum(r["holes"] for r in rs)}
+            "holes": sum(r["holes"] for r in rs), **save_summary(rs)}
+
+
+def save_summary(rs):
+    """Save RPC latency (one Save a request): all requests', and those that began with the SSD
+    tier full (where cost defers write-backs)."""
+    out = {}
+    for tag, sel in (("", rs), ("_full", [r for r in rs if r.get("ssd_full")])):
+        xs = [r["save_ms"] for r in sel if r.get("saves") == 1]
+        out[f"save{tag}_n"] = len(xs)
+        out[f"save{tag}_mean_ms"] = sum(xs) / len(xs) if xs else float("nan")
+        out[f"save{tag}_p99_ms"] = p99(xs)
+    return out
 
 
 def print_table(title, summ):
@@ -312,6 +352,9 @@ def print_table(title, summ):
     for pol, s in summ.items():
         print(f"{pol:<8} {s['n']:>3} {s['exec_mean_ms']:>8.1f}ms {s['exec_p99_ms']:>8.1f}ms {s['sim_mean_ms']:>8.1f}ms "
               f"{s['sim_p99_ms']:>8.1f}ms {s['exec_over_sim']:>8.2f} {s['exec_over_sim_median']:>6.2f} {100 * s['hit']:>5.1f}% {100 * s['cpu_hit']:>6.1f}%")
+    for pol, s in summ.items():
+        print(f"{pol:<8} Save RPC mean / p99 {s['save_mean_ms']:.2f} / {s['save_p99_ms']:.2f} ms ({s['save_n']}); "
+              f"with the SSD tier full {s['save_full_mean_ms']:.2f} / {s['save_full_p99_ms']:.2f} ms ({s['save_full_n']})")
     if "cost" in summ and len(summ) > 1:
         for key, name in (("exec_mean_ms", "executed"), ("sim_mean_ms", "simulated")):
             best = min(s[key] for p, s in summ.items() if p != "cost")
@@ -337,6 +380,13 @@ def main():
     ap.add_argument("--calib-tol", type=float, default=1.3,
                     help="restart a daemon whose start-up cost model is more than this factor off the others' median")
     ap.add_argument("--calib-retries", type=int, default=6, help="at most this many such restarts")
+    ap.add_argument("--same-model", action="store_true",
+                    help="one cost model for every daemon: the median daemon's start-up calibration handed to all "
+                         "(cost_model), the online re-fit off, so that the policies' simulated times differ only by "
+                         "what their stores held (a fair comparison on a busy machine)")
+    ap.add_argument("--cost-model", metavar="G,A,B",
+                    help="--same-model with this model (gamma s, alpha s/token, beta s/token^2) instead of a measured one: "
+                         "the same model across runs and seeds")
     ap.add_argument("--no-quiesce", action="store_true",
                     help="do not wait for a daemon's write-back after each request (the runs before this option)")
     a = ap.parse_args()
@@ -349,6 +399,14 @@ def main():
             sys.exit(f"eval_evict_daemon: unknown policy '{p}' (lru, s3fifo, cost)")
     if not (a.cap > 0 and a.cap <= 1) or a.scale <= 0:
         sys.exit("eval_evict_daemon: --cap must be in (0, 1], --scale > 0")
+    fixed = None
+    if a.cost_model:
+        try:
+            g_, al_, be_ = (float(x) for x in a.cost_model.split(","))
+        except ValueError:
+            sys.exit(f"eval_evict_daemon: --cost-model '{a.cost_model}': expected gamma,alpha,beta")
+        fixed = {"gamma": g_, "alpha": al_, "beta": be_}
+        a.same_model = True
     if a.long and a.smoke:
         sys.exit("eval_evict_daemon: --long and --smoke: choose one")
     global MAX_PROMPT
@@ -399,13 +457,13 @@ def main():
     try:
         for p in pols:
             daemons[p] = start_daemon(work, model, p, cpu_chunks * chunk_bytes, ssd_chunks * chunk_bytes,
-                                      a.cpu_gbps, a.ssd_gbps)
+                                      a.cpu_gbps, a.ssd_gbps, fixed)
         # Each daemon measures its cost model at start-up; on a busy machine one measurement can
         # be far off the others' (seen: 3x at 8k tokens), and that model plans the daemon's
         # restores and values its chunks (cost). Restart a daemon whose calibration is more than
         # --calib-tol off the median of the three, a few times at most.
         restarts = 0
-        while restarts < a.calib_retries:
+        while restarts < a.calib_retries and not a.same_model:  # (--same-model: one model for all below)
             off = calib_outliers(daemons, a.calib_tol)
             if not off:
                 break
@@ -421,13 +479,28 @@ def main():
                   if c else "not in the log"))
         print(f"# calibration restarts: {restarts}" + (f" (still more than {a.calib_tol:g}x apart: "
               f"{', '.join(calib_outliers(daemons, a.calib_tol))})" if calib_outliers(daemons, a.calib_tol) else ""), flush=True)
+        if a.same_model and (fixed or all(d.calib for d in daemons.values())):
+            # the median daemon's (by a chunk's compute time at 8k tokens) model, to every daemon
+            pols_restart = [] if fixed else pols  # (--cost-model: they started with it)
+            fixed = fixed or sorted((d.calib for d in daemons.values()), key=lambda c: c["step8k_ms"])[(len(daemons) - 1) // 2]
+            for p in pols_restart:
+                daemons[p].stop()
+                daemons[p] = start_daemon(work, model, p, cpu_chunks * chunk_bytes, ssd_chunks * chunk_bytes,
+                                          a.cpu_gbps, a.ssd_gbps, fixed)
+            print(f"# same model for all (cost_model, cost_refit off): gamma {fixed['gamma']:.3g} s, alpha "
+                  f"{fixed['alpha']:.3g} s/token, beta {fixed['beta']:.3g} s/token^2; as the daemons log it: " +
+                  ", ".join(f"{p} {d.calib['step8k_ms']:.2f} ms" if d.calib else f"{p} ?" for p, d in daemons.items()), flush=True)
+        elif a.same_model:
+            sys.exit("eval_evict_daemon: --same-model: a daemon's calibration is not in its log")
         t0 = time.time()
         for i, q in enumerate(trace):
             if i and i % 10 == 0:
                 print(f"# {i} of {len(trace)} requests replayed, {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
             order = pols[i % len(pols):] + pols[:i % len(pols)]
             for p in order:
+                m0 = metrics(daemons[p])
                 res = run_request(build, daemons[p], model, work, q)
+                res.update(save_stats(m0, metrics(daemons[p]), ssd_chunks))
                 if not a.no_quiesce:
                     quiesce(daemons[p])
                 res["family"], res["i"] = q["family"], i
@@ -453,7 +526,9 @@ def main():
                        "ghost_unread": m.get(("cacheflow_store_cost_ghost_returns_total", '{kind="unread"}')),
                        "ghost_read": m.get(("cacheflow_store_cost_ghost_returns_total", '{kind="read"}')),
                        "read_head_start": m.get(("cacheflow_store_cost_read_head_start", "")),
-                       "cpu_head_start": m.get(("cacheflow_store_cost_cpu_read_head_start", ""))}
+                       "cpu_head_start": m.get(("cacheflow_store_cost_cpu_read_head_start", "")),
+                       "freq_w": m.get(("cacheflow_store_cost_freq_weight", "")),
+                       "deferred": m.get(("cacheflow_store_cost_deferred_writebacks_total", ""))}
             if used[0] > d.cpu_bytes or used[1] > d.ssd_bytes:
                 fail += 1
                 print(f"FAIL {p}: tiers hold {used} bytes, caps ({d.cpu_bytes}, {d.ssd_bytes})", file=sys.stderr)
@@ -477,10 +552,12 @@ def main():
               f"SSD {int(c['evict_ssd'])}" + (f" ({int(c['evict_ssd_unread'])} never read)" if p == "cost" else "") +
               f" of which write-backs refused {int(c['refused'])}: unread "
               f"{int(c['refused_unread'])}, uses after refusal {int(c['refused_read_after'])})"
-              + (f", {int(c['cost_tables'])} cost tables installed (start-up + re-fits)" if p == "cost" else ""))
+              + (f", {int(c['cost_tables'])} cost tables installed (start-up + re-fits), learnt frequency weight "
+                 f"{c['freq_w']}, {c['deferred']} write-backs deferred" if p == "cost" else ""))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"calibration": {p: d.calib for p, d in daemons.items()}, "calib_restarts": restarts,
+                       "same_model": fixed,
                        "quiesce": not a.no_quiesce, "trace": "long" if a.long else "short", "shape": shape, "working_set_chunks": ws, "ssd_chunks": ssd_chunks, "cpu_chunks": cpu_chunks,
                        "requests": len(trace), "failures": fail, "caps": caps, "summary": summ,
                        "restores": results}, f, indent=1)

@@ -101,4 +101,16 @@ if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; t
     && ok "gpu_executor = on, backend auto without a GPU: start-up error" || bad "gpu_executor with auto -> cpu" "rc=$rc $out"
 fi
 
+# 7. cost_model (the compute terms instead of the start-up measurement): three numbers >= 0,
+#    alpha or beta > 0; anything else is a configuration error naming the key
+for v in "1e-3,5e-5" "1e-3,-5e-5,2e-8" "0,0,0" "a,b,c" "1e-3,5e-5,2e-8,1" "1e-3,5e-5,inf"; do
+  printf 'cost_model = %s\n' "$v" > "$T/cm.conf"
+  out=$($BIN --config "$T/cm.conf" --check-config 2>&1); rc=$?
+  [ $rc -eq 1 ] && echo "$out" | grep -q "key 'cost_model': bad value '$v': expected gamma,alpha,beta" \
+    && ok "cost_model = $v: configuration error" || bad "cost_model = $v refused" "rc=$rc $out"
+done
+printf 'cost_model = 1.5e-3, 5e-5, 2.2e-8\n' > "$T/cm.conf"
+out=$($BIN --config "$T/cm.conf" --check-config 2>&1) && ok "cost_model = 1.5e-3, 5e-5, 2.2e-8 passes --check-config" \
+  || bad "a valid cost_model passes" "$out"
+
 finish

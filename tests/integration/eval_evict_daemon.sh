@@ -6,14 +6,16 @@
 # table): every restore of every policy ran and verified against recompute (loaded cells
 # bit-exact, computed ones within tolerance, first-token logits equal), no daemon held more
 # than its caps and each evicted, shared prefixes were found again (hits), the cost daemon
-# installed its value table, the long trace (--long) has the shape it claims, and bad options get
+# installed its value table and exports its learnt frequency weight (within [0, 3]) and its
+# deferred write-backs (at most its refusals; none under lru / s3fifo), every request's Save
+# RPC was timed, --same-model handed one cost model to all three daemons, the long trace (--long) has the shape it claims, and bad options get
 # one clear line.
 set -u
 . "$(dirname "$0")/../lib/cf_test.sh"
 cf_need_bins cacheflowd cacheflowctl cf-refengine
 cf_test_dir cf-eval-evictd
 EV=tests/bench/eval_evict_daemon.py
-if TMPDIR=$T "$PYTHON" "$EV" --smoke --seed 2 --json "$T/r.json" >"$T/out.txt" 2>"$T/err.txt"; then
+if TMPDIR=$T "$PYTHON" "$EV" --smoke --seed 2 --same-model --json "$T/r.json" >"$T/out.txt" 2>"$T/err.txt"; then
   ok "the trace replays on all three daemons, no failure"
 else bad "the trace replays on all three daemons" "$(tail -n 8 "$T/err.txt")"; fi
 # shellcheck disable=SC2016
@@ -30,6 +32,7 @@ for p in ("lru", "s3fifo", "cost"):
         if x["rc"] or not x["ok"] or x["bad"] or not x["logits"] or x["exact"] + x["close"] <= 0:
             bad.append(f"{p} request {x['i']}: not verified ({x})")
         if not (0 <= x["cpu"] <= x["stored"] <= x["prompt"]): bad.append(f"{p} request {x['i']}: hits out of range")
+        if x["saves"] != 1 or not x["save_ms"] > 0: bad.append(f"{p} request {x['i']}: its one Save not timed ({x['saves']}, {x['save_ms']})")
     c = r["caps"][p]
     if c["cpu_used"] > c["cpu_cap"] or c["ssd_used"] > c["ssd_cap"]: bad.append(f"{p}: over its caps {c}")
     if c["evictions"] <= 0: bad.append(f"{p}: never evicted (caps not constraining)")
@@ -42,6 +45,18 @@ if c["read_head_start"] is None or c["ghost_unread"] is None or c["ghost_read"] 
     bad.append(f"the cost daemon's /metrics lacks the learnt head start or its ghost counters ({c})")
 elif not (0.0 <= c["read_head_start"] <= 2 * 1.3862944 + 1e-3):
     bad.append(f"the learnt head start {c['read_head_start']} is outside [0, 2 ln 4]")
+if c["freq_w"] is None or c["deferred"] is None:
+    bad.append(f"the cost daemon's /metrics lacks the frequency weight or the deferred write-backs ({c})")
+elif not (0.0 <= c["freq_w"] <= 3.0) or not (0 <= c["deferred"] <= c["refused"]):
+    bad.append(f"frequency weight {c['freq_w']} outside [0, 3] or deferrals {c['deferred']} outside [0, refusals {c['refused']}]")
+for p in ("lru", "s3fifo"):
+    if r["caps"][p]["deferred"] != 0 or r["caps"][p]["freq_w"] != 0: bad.append(f"{p}: deferrals or a frequency weight ({r['caps'][p]})")
+fm = r["same_model"]
+if not fm: bad.append("--same-model: no model handed to the daemons")
+else:
+    for p, cal in r["calibration"].items():
+        if any(abs(cal[k] - fm[k]) > 0.01 * fm[k] for k in ("gamma", "alpha", "beta")):
+            bad.append(f"{p} plans with {cal}, not the model handed to all ({fm})")
 if c["cpu_head_start"] is None:
     bad.append(f"the cost daemon's /metrics lacks the CPU tier's head start ({c})")
 elif c["cpu_head_start"] not in (0.0, 0.3466, 1.3863):
@@ -50,7 +65,7 @@ print("; ".join(bad[:6]))
 sys.exit(1 if bad else 0)
 PY
 )
-check "every restore verified, caps held, evictions and hits in every policy, cost table installed, learnt head starts in /metrics (value tier within [0, 2 ln 4], CPU tier one of its shadows')" "[ -z \"$why\" ]" "$why"
+check "every restore verified, caps held, evictions and hits in every policy, cost table installed, learnt head starts (value tier within [0, 2 ln 4], CPU tier one of its shadows'), frequency weight (within [0, 3]) and deferrals (at most the refusals) in /metrics, every Save timed, one cost model for all" "[ -z \"$why\" ]" "$why"
 check "a table per family and the best-other / cost line" \
   "[ \$(grep -c '^best other / cost, mean executed' $T/out.txt) -eq 4 ] && grep -q '^# rag' $T/out.txt" "$(cat "$T/out.txt")"
 # the long trace (--long, README's long-trace row): its shape, without daemons

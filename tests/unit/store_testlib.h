@@ -48,6 +48,20 @@ static inline int st_open_two_slots(const char *dir, const cf_store_geom_t *g, c
   return cf_store_open(dir, g, &c, st);
 }
 
+/* The default config with cpu / ssd slots of slot_bytes (data files of 8 slots), eviction pol
+ * and no background write-back (deterministic: a chunk is written back only when an eviction
+ * needs it). */
+static inline cf_store_config_t st_config_slots(int cpu, int ssd, uint64_t slot_bytes, cf_store_evict_t pol) {
+  cf_store_config_t c;
+  cf_store_config_default(&c);
+  c.cpu_bytes = (uint64_t)cpu * slot_bytes;
+  c.ssd_bytes = (uint64_t)ssd * slot_bytes;
+  c.file_bytes = 8 * slot_bytes;
+  c.cpu_evict = pol;
+  c.spill = 0;
+  return c;
+}
+
 /* Key of test chunk `id` (a one-chunk prefix of tokens derived from id). */
 static inline cf_store_key_t st_key(const cf_store_geom_t *g, uint64_t id) {
   int32_t tok[4096];

@@ -32,14 +32,9 @@ static cf_store_cost_t two_values(float dear) {
 }
 
 static cf_store_config_t cfg_cost(int cpu_slots, int ssd_slots, cf_store_evict_t pol) {
-  cf_store_config_t c;
-  cf_store_config_default(&c);
-  c.cpu_bytes = (uint64_t)cpu_slots * SLOT;
-  c.ssd_bytes = (uint64_t)ssd_slots * SLOT;
-  c.file_bytes = 8 * SLOT;
-  c.cpu_evict = pol;
+  /* deterministic: write-back happens only when an eviction needs it */
+  cf_store_config_t c = st_config_slots(cpu_slots, ssd_slots, SLOT, pol);
   c.cost = two_values(100.0f);
-  c.spill = 0; /* deterministic: write-back happens only when an eviction needs it */
   return c;
 }
 
@@ -425,6 +420,7 @@ CF_TEST(store_cost_refused_write_back_weighed_again_at_cpu_eviction) {
   cf_store_stats_t s;
   cf_store_get_stats(st, &s);
   CF_CHECK_EQ(s.ssd_refusals, 1);
+  CF_CHECK_EQ(s.cost_deferred, 1); /* that refusal was a deferral (/metrics' deferred write-backs) */
   CF_CHECK_EQ(s.ssd_refusals_unread, 1);
   CF_CHECK_EQ(s.ssd_evictions, 0); /* not gone: still in the CPU tier */
   CF_CHECK(in_cpu(st, 3));
@@ -443,6 +439,8 @@ CF_TEST(store_cost_refused_write_back_weighed_again_at_cpu_eviction) {
   CF_CHECK_GT(s.ssd_evictions, 0);
   CF_CHECK(s.ssd_evict_unread <= s.ssd_evictions);
   CF_CHECK_EQ(s.ssd_chunks, 2);
+  CF_CHECK(s.cost_deferred <= s.ssd_refusals);
+  CF_CHECK(s.cost_freq_w >= 0 && s.cost_freq_w <= 3);
   caps_ok(st, "refused");
   CF_CHECK_OK(cf_store_flush(st));
   cf_store_close(st);
@@ -642,6 +640,7 @@ CF_TEST(store_cost_full_ssd_tier_defers_write_back_to_cpu_eviction) {
   cf_store_get_stats(st, &s);
   CF_CHECK_EQ(s.ssd_chunks, 8);
   CF_CHECK_EQ(s.ssd_refusals, 4); /* 9-12: deferred, in the CPU tier only */
+  CF_CHECK_EQ(s.cost_deferred, 4);
   CF_CHECK_EQ(s.ssd_evictions, 0);
   for (uint64_t id = 9; id <= 12; id++) CF_CHECK_MSG(in_cpu(st, id), "chunk %d not in the CPU tier", (int)id);
   /* (a lookup, not a read: a read would give the read chunks the read class's head start) */
