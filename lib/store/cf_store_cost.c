@@ -37,9 +37,10 @@
  * policy), and the value tier's ghosts: 16 bytes of ring (its frequent bit fills padding) and
  * 8-16 bytes of hash table per slot of that tier, and 8-16 bytes of sketch per slot (16 4-bit
  * counters, rounded up to a power of two of words). The CPU tier in front of an SSD tier has its
- * read class's head start chosen by three shadow caches (cf_store_cost_cpu.c: O(1) per arrival
- * and use; 120-144 bytes per CPU slot up to 4096 slots, keys sampled above that, 480 KiB at
- * most; nothing per index entry). */
+ * read class's head start, or a reuse-rate order, chosen by four shadow caches
+ * (cf_store_cost_cpu.c: O(1) per arrival and use, amortized; 164-196 bytes per CPU slot up to
+ * 4096 slots, keys sampled above that, 656 KiB at most, plus the rate expert's reuse counts,
+ * 16-32 bytes per slot of both tiers, 16 MiB at most; nothing per index entry). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
