@@ -37,10 +37,9 @@
  * policy), and the value tier's ghosts: 16 bytes of ring (its frequent bit fills padding) and
  * 8-16 bytes of hash table per slot of that tier, and 8-16 bytes of sketch per slot (16 4-bit
  * counters, rounded up to a power of two of words). The CPU tier in front of an SSD tier has its
- * read class's head start, or a reuse-rate order, chosen by four shadow caches
- * (cf_store_cost_cpu.c: O(1) per arrival and use, amortized; 164-196 bytes per CPU slot up to
- * 4096 slots, keys sampled above that, 656 KiB at most, plus the rate expert's reuse counts,
- * 16-32 bytes per slot of both tiers, 16 MiB at most; nothing per index entry). */
+ * read class's head start chosen by three shadow caches (cf_store_cost_cpu.c: O(1) per arrival
+ * and use; 120-144 bytes per CPU slot up to 4096 slots, keys sampled above that, 480 KiB at
+ * most; nothing per index entry). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,7 +107,6 @@ static double cf__key(const cf_store_t *st, int tier, int32_t e) {
    * (CF__COST_CPU_USED). Ranked by position value instead it was 4-6% worse at 25-50%
    * capacity; by the full frequency factor (ln f: 0.5 / 2) 1-2% better on RAG and 5-7% worse
    * on agentic traces, whose next step needs the chunks just saved, not yet read. */
-  if (tier == 0 && cf__cpush_rate_on(st)) return cf__cpush_rate_key(st, e); /* cf_store_cost_cpu.c: by reuse rate */
   if (tier == 0 && st->n_ssd_slots) return age;
   return log(cf__value(st, tier, en)) + age + cf__freq_term(st, tier, en);
 }
@@ -578,16 +576,6 @@ int cf__cost_dear(const cf_store_t *st, uint32_t pos, uint32_t n_tokens) {
   avg /= CF_STORE_COST_BUCKETS;
   cf__ent_t en = {.n_tokens = n_tokens, .pos = pos >= CF__POS_UNKNOWN ? CF__POS_UNKNOWN : (uint16_t)pos};
   return cf__value(st, 1, &en) >= avg;
-}
-
-/* every key of tier computed again and its heaps rebuilt, O(n) (cf_store_cost_cpu.c: the CPU
- * tier's order changes to or from the reuse rate; rare) */
-void cf__cost_rekey(cf_store_t *st, int tier) {
-  for (int c = 0; c < 2; c++) {
-    cf__heap_t *h = &st->heap[tier][c];
-    for (int32_t i = 0; i < h->len; i++) h->n[i].pri = cf__key(st, tier, h->n[i].e);
-    for (int32_t i = h->len / 2 - 1; i >= 0; i--) cf__sift_down(st, tier, c, i);
-  }
 }
 
 void cf_store_set_cost(cf_store_t *st, const cf_store_cost_t *cost) {

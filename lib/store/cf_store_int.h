@@ -315,17 +315,12 @@ static inline void cf__probe_unlink(int32_t *tab, uint32_t mask, uint32_t i, con
 
 /* ---- cf_store_cost_cpu.c: the cost policy's CPU tier in front of SSD, its read class's head
  * start (bonus[0]) chosen by the best of CF__CPUSH_N shadow caches */
-#define CF__CPUSH_N 4
+#define CF__CPUSH_N 3
 int cf__cpush_alloc(cf_store_t *st); /* no-op unless the CPU tier is in front of an SSD tier */
 void cf__cpush_free(cf_store_t *st);
 void cf__cpush_arrive(cf_store_t *st, int32_t e); /* e enters the CPU tier (mu held) */
 void cf__cpush_use(cf_store_t *st, int32_t e);    /* e was used (mu held, cost_t[e] updated) */
 size_t cf__cpush_bytes(int32_t slots); /* the shadows' memory for a CPU tier of `slots` */
-size_t cf__cpush_rate_bytes(int64_t slots); /* the reuse counts' memory for a store of `slots` (both tiers) */
-int cf__cpush_rate_on(const cf_store_t *st); /* the CPU tier ranks by reuse rate (its shadow in charge) */
-double cf__cpush_rate_key(const cf_store_t *st, int32_t e); /* e's CPU-tier key in that order */
-int cf__cpush_admit(cf_store_t *st, int32_t e); /* a whole SSD read of e promotes it (mu held) */
-void cf__cost_rekey(cf_store_t *st, int tier); /* cf_store_cost.c: every key of tier computed again */
 
 /* ---- cf_store_spill.c: write-back */
 unsigned cf__take_dirty(cf_store_t *st, int32_t *out, unsigned max); /* mu held */

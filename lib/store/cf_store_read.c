@@ -122,8 +122,6 @@ int cf_store_read(cf_store_t *st, const cf_store_key_t *key, uint32_t layer0, ui
   memcpy(csum, &st->csum[(size_t)e * L], 8 * (size_t)L);
   cf__ssd_read_pin(st, s);
   if (layer0 == 0) cf__ssd_touch(st, e);
-  /* the cost policy's rate order promotes a chunk popular enough (cf_store_cost_cpu.c) */
-  int promote = st->cfg.promote_on_read || (layer0 == 0 && n_layers == L && cf__cpush_admit(st, e));
   pthread_mutex_unlock(&st->mu);
 
   size_t cb = cf_store_cell_bytes_n(&st->g, ntok);
@@ -172,7 +170,7 @@ int cf_store_read(cf_store_t *st, const cf_store_key_t *key, uint32_t layer0, ui
   st->st.ssd_hits++;
   pthread_mutex_unlock(&st->mu);
   if (tier_out) *tier_out = CF_STORE_TIER_SSD;
-  if (promote && st->n_cpu_slots && layer0 == 0 && n_layers == L) {
+  if (st->cfg.promote_on_read && st->n_cpu_slots && layer0 == 0 && n_layers == L) {
     if (cf__cpu_fill(st, key, ntok, NULL, dst, 0, NULL, CF__POS_KEEP) == 0) {
       pthread_mutex_lock(&st->mu);
       st->st.promotions++;

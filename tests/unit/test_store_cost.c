@@ -728,10 +728,10 @@ CF_TEST(store_cost_promotes_ssd_reads_but_never_drops_a_deferred_chunk) {
  * the same, whole-chunk reads from SSD promoted into the CPU tier (so a chunk the tier gave
  * up by mistake can come back once the lesson is learnt; without promotion it stays on SSD).
  * The hit is the chunk's tier when it is read; counted once the shadows have had 600 steps. */
-static cf_store_t *open_cpu_tier(const char *name, cf_store_evict_t pol, int promote) {
+static cf_store_t *open_cpu_tier(const char *name, cf_store_evict_t pol) {
   cf_store_config_t c = cfg_cost(32, 2048, pol);
   c.cost = two_values(1.0f);
-  c.promote_on_read = promote;
+  c.promote_on_read = 1;
   cf_store_geom_t g = st_geom(16, 2, 64);
   cf_store_t *st = NULL;
   CF_CHECK_OK(cf_store_open(tdir(name), &g, &c, &st));
@@ -752,17 +752,13 @@ static int cpu_read(cf_store_t *st, uint64_t id) {
  * the last one saved; LRU keeps every fresh chunk until its read): a head start of 0.35 tau
  * already keeps some dead read chunks over fresh unread ones. Returns the CPU-tier hits of steps
  * [600, 800); *head: the head start the tier ends with. */
-static int cpu_trace(cf_store_evict_t pol, const char *name, int freq, cf_store_stats_t *out) {
-  /* freq 2: the rate expert's trace below (reads not promoted, 8 one-shot saves a step) */
-  cf_store_t *st = open_cpu_tier(name, pol, freq < 2);
+static int cpu_trace(cf_store_evict_t pol, const char *name, int freq, double *head) {
+  cf_store_t *st = open_cpu_tier(name, pol);
   if (!st) return -1;
-  int hits = freq == 2 ? popular_scan(st, name, 24, 8, 1, 200, 300, cpu_read)
-             : freq    ? popular_scan(st, name, 24, 3, 1, 600, 800, cpu_read)
-                       : fresh_next(st, name, 600, 800, cpu_read);
+  int hits = freq ? popular_scan(st, name, 24, 3, 1, 600, 800, cpu_read) : fresh_next(st, name, 600, 800, cpu_read);
   cf_store_stats_t s;
   cf_store_get_stats(st, &s);
-  if (out) *out = s;
-  if (!freq) CF_CHECK_MSG(!s.cost_cpu_rate_order, "%s: the recency trace put the CPU tier in the rate order", name);
+  if (head) *head = s.cost_cpu_head_start;
   if (freq)
     for (uint64_t id = 100; id < 124; id++) CF_CHECK_MSG(present(st, id), "%s: popular chunk %d lost", name, (int)id);
   cf_store_close(st);
@@ -770,10 +766,9 @@ static int cpu_trace(cf_store_evict_t pol, const char *name, int freq, cf_store_
 }
 
 CF_TEST(store_cost_cpu_tier_keeps_reread_chunks_through_one_hit_scans) {
-  cf_store_stats_t s = {0};
+  double head = -1;
   int lru = cpu_trace(CF_STORE_EVICT_LRU, "cpu_freq_lru", 1, NULL);
-  int cost = cpu_trace(CF_STORE_EVICT_COST, "cpu_freq_cost", 1, &s);
-  double head = s.cost_cpu_head_start;
+  int cost = cpu_trace(CF_STORE_EVICT_COST, "cpu_freq_cost", 1, &head);
   CF_CHECK_MSG(lru < 100, "LRU's CPU tier kept the popular chunks through the scan (%d of 400 hits)", lru);
   CF_CHECK_MSG(cost >= 390, "cost's CPU tier hit %d of the last 400 popular reads (LRU %d)", cost, lru);
   /* the head start it starts from (0.35 tau) is not enough here: a larger one was chosen */
@@ -781,33 +776,12 @@ CF_TEST(store_cost_cpu_tier_keeps_reread_chunks_through_one_hit_scans) {
 }
 
 CF_TEST(store_cost_cpu_tier_keeps_fresh_chunks_where_recency_is_right) {
-  cf_store_stats_t s = {0};
-  s.cost_cpu_head_start = -1;
+  double head = -1;
   int lru = cpu_trace(CF_STORE_EVICT_LRU, "cpu_rec_lru", 0, NULL);
-  int cost = cpu_trace(CF_STORE_EVICT_COST, "cpu_rec_cost", 0, &s);
-  double head = s.cost_cpu_head_start;
+  int cost = cpu_trace(CF_STORE_EVICT_COST, "cpu_rec_cost", 0, &head);
   CF_CHECK_MSG(lru == 200, "LRU's CPU tier kept %d of the last 200 fresh chunks until their read", lru);
   CF_CHECK_MSG(cost >= 196, "cost's CPU tier kept %d of the last 200 fresh chunks (LRU %d)", cost, lru);
   CF_CHECK_MSG(head >= 0 && head < 0.35, "the CPU tier's head start is %.3f tau", head);
-}
-
-/* The rate expert (cf_store_cost_cpu.c): popular_scan's 24 popular chunks, two read a step in
- * turn (each every 12 steps), among 8 one-shot chunks saved a step, all worth the same, reads not
- * promoted by configuration. 120 touches lie between two reads of a popular chunk, more than any
- * head start keeps a read chunk for (ln 4 tau = 89 touches for 32 slots): LRU and the head-start
- * orders lose every popular chunk to the scan, and it stays on SSD. Ranked by reads since first
- * seen over age, the popular chunks (saved and read once first) outrank the one-shot ones: the
- * rate shadow keeps them and has the hits, takes charge, and the popular chunks the real tier
- * gave up come back to it (an SSD read of a chunk whose rate beats the tier's least promotes it
- * in that order). cpu_trace(.., 2, ..): the CPU-tier hits of steps [200, 300), 200 reads. */
-CF_TEST(store_cost_cpu_tier_ranks_by_reuse_rate_where_frequency_outlives_head_starts) {
-  cf_store_stats_t s = {0};
-  int lru = cpu_trace(CF_STORE_EVICT_LRU, "cpu_rate_lru", 2, NULL);
-  int cost = cpu_trace(CF_STORE_EVICT_COST, "cpu_rate_cost", 2, &s);
-  int rate = s.cost_cpu_rate_order;
-  CF_CHECK_MSG(lru == 0, "LRU's CPU tier hit %d popular reads with 120 touches between two", lru);
-  CF_CHECK_MSG(rate == 1, "the CPU tier is not in the rate order");
-  CF_CHECK_MSG(cost >= 180, "cost's CPU tier hit %d of the last 200 popular reads (LRU %d)", cost, lru);
 }
 
 /* A CPU tier over the shadows' 4096 nodes (4500 slots): the shadows follow a sample of the keys
