@@ -11,6 +11,7 @@
 #include "gpu/cf_gpu.h"
 #include "ipc/cf_kvmap.h"
 #include "util/cf_err.h"
+#include "util/cf_hex.h"
 
 size_t cf_reqcheck_dtype_size(int dt) {
   switch (dt) {
@@ -29,16 +30,12 @@ static const char *cf__dtype_lower(int dt) {
   return dt == CACHEFLOW__V1__DTYPE__DTYPE_F32 ? "f32" : dt == CACHEFLOW__V1__DTYPE__DTYPE_BF16 ? "bf16" : "f16";
 }
 
-static void cf__hex16(const uint8_t fp[16], char out[33]) {
-  for (int i = 0; i < 16; i++) snprintf(out + 2 * i, 3, "%02x", fp[i]);
-}
-
 /* 1 (why filled, naming both) when a request's 16-byte fingerprint is not the served model's. */
 static int cf__fingerprint_differs(const cf_model_info_t *model, const uint8_t *fp, char *why, size_t cap) {
   char hex[33], hex2[33];
   if (!memcmp(fp, model->fingerprint, 16)) return 0;
-  cf__hex16(fp, hex);
-  cf__hex16(model->fingerprint, hex2);
+  cf_hex(fp, 16, hex);
+  cf_hex(model->fingerprint, 16, hex2);
   snprintf(why, cap, "model_fingerprint %s does not match the daemon's model %s (%s)", hex, hex2, model->dir);
   return 1;
 }

@@ -15,6 +15,7 @@
 #include "model/cf_hfconfig.h"
 #include "model/cf_safetensors.h"
 #include "util/cf_err.h"
+#include "util/cf_hex.h"
 
 /* config.json and the shard index are small; anything larger is not a config. */
 #define CF__MAX_JSON (64u << 20)
@@ -391,15 +392,7 @@ void cf_model_fingerprint(const cf_model_config_t *c, size_t n, const char *cons
   memcpy(out, canon.digest, 16);
 }
 
-char *cf_model_fingerprint_hex(const uint8_t fp[16], char out[33]) {
-  static const char hx[] = "0123456789abcdef";
-  for (int i = 0; i < 16; i++) {
-    out[2 * i] = hx[fp[i] >> 4];
-    out[2 * i + 1] = hx[fp[i] & 15];
-  }
-  out[32] = 0;
-  return out;
-}
+char *cf_model_fingerprint_hex(const uint8_t fp[16], char out[33]) { return cf_hex(fp, 16, out); }
 
 static int cf__fingerprint(cf_model_t *m, const cf__priv_t *p) {
   size_t n = p->n_idx;

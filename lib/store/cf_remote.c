@@ -12,6 +12,7 @@
 
 #include "util/cf_clock.h"
 #include "util/cf_err.h"
+#include "util/cf_hex.h"
 #include "util/cf_log.h"
 
 #define CF__RV_MAGIC 0x43524643u /* "CFRC" little-endian */
@@ -81,15 +82,9 @@ void cf_remote_config_default(cf_remote_config_t *c) {
 
 static size_t cell_bytes_n(const cf_remote_t *r, uint32_t n_tokens) { return cf_store_cell_bytes_n(&r->g, n_tokens); }
 
-static void hex(const uint8_t *b, size_t n, char *out) {
-  static const char d[] = "0123456789abcdef";
-  for (size_t i = 0; i < n; i++) out[2 * i] = d[b[i] >> 4], out[2 * i + 1] = d[b[i] & 15];
-  out[2 * n] = 0;
-}
-
 size_t cf_remote_key(const cf_remote_t *r, const cf_store_key_t *key, int layer, char *buf, size_t n) {
   char kh[33];
-  hex(key->b, 16, kh);
+  cf_hex(key->b, 16, kh);
   int m = layer < 0 ? snprintf(buf, n, "%s{%s}:m", r->prefix, kh)
                     : snprintf(buf, n, "%s{%s}:%d", r->prefix, kh, layer);
   return m < 0 ? 0 : (size_t)m;
@@ -211,11 +206,11 @@ int cf_remote_open(const cf_remote_config_t *cfg, const cf_store_geom_t *g, cf_r
   r->ropts.timeout_ms = c.timeout_ms;
   r->ropts.password = r->password;
   char fp[33 + 17];
-  hex(g->fingerprint, 16, fp);
+  cf_hex(g->fingerprint, 16, fp);
   static const uint8_t zero[16];
   if (memcmp(g->weights, zero, 16) != 0) { /* other weights of the same shapes: other keys */
     fp[32] = '-';
-    hex(g->weights, 8, fp + 33);
+    cf_hex(g->weights, 8, fp + 33);
   }
   r->prefix_len = (size_t)snprintf(r->prefix, sizeof r->prefix, "%s:%s:%u:%s:", r->ns, fp, g->chunk_tokens,
                                    cf_store_dtype_name(g->dtype, g->dtype_size));
@@ -785,7 +780,7 @@ static void verify_chunk(cf_remote_t *r, const cf_store_key_t *key, cf_remote_ve
         bad = 1;
         if (!out->first_damage[0]) {
           char kh[33];
-          hex(key->b, 16, kh);
+          cf_hex(key->b, 16, kh);
           snprintf(out->first_damage, sizeof out->first_damage, "chunk %s layer %u: %s", kh, l,
                    cf_strerror(cells[l].status));
         }

@@ -17,6 +17,7 @@
 #include "store/cf_store_int.h"
 #include "util/cf_clock.h"
 #include "util/cf_err.h"
+#include "util/cf_hex.h"
 #include "util/cf_log.h"
 
 size_t cf_store_cell_bytes_n(const cf_store_geom_t *g, uint32_t n_tokens) {
@@ -135,10 +136,6 @@ static int cf__dir_prepare(const char *dir, int readonly) {
   return 0;
 }
 
-static void cf__hex16(const uint8_t *b, char out[33]) {
-  for (int i = 0; i < 16; i++) snprintf(out + 2 * i, 3, "%02x", b[i]);
-}
-
 /* DIR/weights: the weights digest the store was first opened with (cf_store_geom_t.weights),
  * 32 hex digits and a newline. A writer with a digest records it when the file is absent (a new
  * store, or one made before digests were recorded, which adopts the weights it is opened with)
@@ -172,7 +169,7 @@ static int cf__weights_settle(cf_store_t *st, const cf_store_geom_t *geom) {
     return 0;
   }
   if (!memcmp(geom->weights, zero, 16)) return 0;
-  cf__hex16(geom->weights, want_hex);
+  cf_hex(geom->weights, 16, want_hex);
   if (have_ok) {
     if (memcmp(have, geom->weights, 16) != 0)
       return cf_seterr(CF_EMISMATCH, "store %s: made with other weights (weights digest %s) than this model's (%s): "
@@ -181,22 +178,9 @@ static int cf__weights_settle(cf_store_t *st, const cf_store_geom_t *geom) {
                        "store_dir", st->dir, have_hex, want_hex);
     return 0;
   }
-  char tmp[1100];
-  snprintf(tmp, sizeof tmp, "%s/weights.tmp", st->dir);
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   char line[34];
   snprintf(line, sizeof line, "%s\n", want_hex);
-  if (fd < 0 || write(fd, line, 33) != 33 || fsync(fd) != 0) {
-    int e = errno;
-    if (fd >= 0) close(fd);
-    unlink(tmp);
-    return cf_seterr(e == ENOSPC ? CF_ENOSPC : e == EACCES || e == EROFS ? CF_EACCES : CF_EIO,
-                     "store %s: recording the weights digest: %s", st->dir, strerror(e));
-  }
-  close(fd);
-  if (rename(tmp, p) != 0) return cf_seterr(CF_EIO, "store %s: rename %s: %s", st->dir, tmp, strerror(errno));
-  cf__fsync_dir(st->dir);
-  return 0;
+  return cf__file_put(st->dir, "weights", line, 33);
 }
 
 /* Settle the geometry (the header decides when it exists; a new store takes `geom`), the

@@ -371,5 +371,8 @@ int cf__data_sync(cf_store_t *st);
 void cf__slot_pos(const cf_store_t *st, int32_t slot, int *fd, uint64_t *off);
 void *cf__aligned_alloc(size_t bytes);
 void cf__fsync_dir(const char *dir);
+/* DIR/name written whole or not at all (a small file: the header, the weights digest): a temporary
+ * file, fsync, rename, fsync of the directory. 0 or a CF_E* code with the error set. */
+int cf__file_put(const char *dir, const char *name, const void *buf, size_t n);
 
 #endif

@@ -111,6 +111,33 @@ void cf__fsync_dir(const char *dir) {
   }
 }
 
+int cf__file_put(const char *dir, const char *name, const void *buf, size_t n) {
+  char tmp[1100], fin[1100];
+  snprintf(tmp, sizeof tmp, "%s/%s.tmp", dir, name);
+  snprintf(fin, sizeof fin, "%s/%s", dir, name);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    int e = errno;
+    return cf_seterr(e == EACCES || e == EROFS || e == EPERM ? CF_EACCES
+                     : e == ENOSPC ? CF_ENOSPC : CF_EIO,
+                     "store %s: cannot create %s: %s", dir, name, strerror(e));
+  }
+  ssize_t k = write(fd, buf, n);
+  int e = errno;
+  if (k != (ssize_t)n || fsync(fd) != 0) {
+    if (k == (ssize_t)n) e = errno; /* the fsync's */
+    close(fd);
+    unlink(tmp);
+    return cf_seterr(e == ENOSPC ? CF_ENOSPC : e == EACCES || e == EROFS || e == EPERM ? CF_EACCES : CF_EIO,
+                     "store %s: writing %s: %s", dir, name,
+                     k >= 0 && k != (ssize_t)n ? "short write" : strerror(e));
+  }
+  close(fd);
+  if (rename(tmp, fin) != 0) return cf_seterr(CF_EIO, "store %s: rename %s: %s", dir, name, strerror(errno));
+  cf__fsync_dir(dir);
+  return 0;
+}
+
 static void cf__data_path(const cf_store_t *st, int i, char *buf, size_t cap) {
   snprintf(buf, cap, "%s/data.%03d", st->dir, i);
 }

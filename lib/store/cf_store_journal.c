@@ -21,6 +21,7 @@
 
 #include "store/cf_store_int.h"
 #include "util/cf_err.h"
+#include "util/cf_hex.h"
 #include "util/cf_log.h"
 
 typedef struct {
@@ -45,10 +46,6 @@ const char *cf_store_dtype_name(uint32_t dtype, uint32_t dtype_size) {
   }
 }
 
-static void cf__hex(const uint8_t *b, int n, char *out) {
-  for (int i = 0; i < n; i++) sprintf(out + 2 * i, "%02x", b[i]);
-}
-
 int cf__hdr_write(cf_store_t *st) {
   uint8_t buf[CF__HDR_BYTES];
   memset(buf, 0, sizeof buf);
@@ -70,30 +67,7 @@ int cf__hdr_write(cf_store_t *st) {
   h.slot_bytes = st->slot_bytes;
   h.crc = XXH3_64bits(&h, offsetof(cf__hdr_t, crc));
   memcpy(buf, &h, sizeof h);
-  /* written once, atomically: tmp file, fsync, rename, fsync the directory */
-  char tmp[1100], fin[1100];
-  snprintf(tmp, sizeof tmp, "%s/header.tmp", st->dir);
-  snprintf(fin, sizeof fin, "%s/header", st->dir);
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    int e = errno;
-    return cf_seterr(e == EACCES || e == EROFS || e == EPERM ? CF_EACCES
-                     : e == ENOSPC ? CF_ENOSPC : CF_EIO,
-                     "store %s: cannot create header: %s", st->dir, strerror(e));
-  }
-  ssize_t k = write(fd, buf, sizeof buf);
-  int e = errno;
-  if (k != (ssize_t)sizeof buf || fsync(fd) != 0) {
-    close(fd);
-    unlink(tmp);
-    return cf_seterr(e == ENOSPC ? CF_ENOSPC : CF_EIO, "store %s: writing header: %s", st->dir,
-                     k < 0 ? strerror(e) : "short write");
-  }
-  close(fd);
-  if (rename(tmp, fin) != 0)
-    return cf_seterr(CF_EIO, "store %s: rename header: %s", st->dir, strerror(errno));
-  cf__fsync_dir(st->dir);
-  return 0;
+  return cf__file_put(st->dir, "header", buf, sizeof buf); /* written once, whole or not at all */
 }
 
 int cf__hdr_read(const char *dir, cf_store_geom_t *g, int32_t *spf) {
@@ -150,8 +124,8 @@ int cf__hdr_check(const char *dir, const cf_store_geom_t *want, int32_t *spf) {
   if (rc) return rc;
   if (memcmp(have.fingerprint, want->fingerprint, 16) != 0) {
     char a[33], b[33];
-    cf__hex(have.fingerprint, 16, a);
-    cf__hex(want->fingerprint, 16, b);
+    cf_hex(have.fingerprint, 16, a);
+    cf_hex(want->fingerprint, 16, b);
     return cf_seterr(CF_EMISMATCH, "store %s: made for model fingerprint %s, asked for %s", dir, a,
                      b);
   }
