@@ -378,8 +378,9 @@ static double cf__freq_term(const cf_store_t *st, int tier, const cf__ent_t *en)
 }
 
 /* 1 when the write-back of e, in the CPU tier and weighed for the first time, waits for the CPU
- * tier to give it up (the SSD tier full; the caller has checked that) */
-static int cf__cost_defer(const cf_store_t *st, int32_t e) {
+ * tier to give it up (the SSD tier full; the caller has checked that). Also cf__spill_prep's
+ * deferral count (cf_store_int.h). */
+int cf__cost_defer(const cf_store_t *st, int32_t e) {
   const cf__ent_t *en = &st->ents[e];
   return st->learn_tier == 1 && (en->flags & CF__F_CPU) && !(en->flags & CF__F_REFUSED);
 }
@@ -592,7 +593,3 @@ void cf_store_set_cost(cf_store_t *st, const cf_store_cost_t *cost) {
   }
   pthread_mutex_unlock(&st->mu);
 }
-
-/* ---------------------------------------------------------------- statistics (/metrics)
- * cf__cost_defer for the deferral count of cf__spill_prep (cf_store_spill.c) */
-int cf__cost_defers(const cf_store_t *st, int32_t e) { return cf__cost_defer(st, e); }

@@ -287,7 +287,7 @@ int cf__cost_refuse(cf_store_t *st, int32_t e);
 /* 1 when cf__cost_refuse(st, e) would refuse e by deferring its write-back to the CPU tier's
  * eviction (the SSD tier full: cf__cost_refuse checks that first) rather than weighing it (the
  * store's cost_deferred statistic). mu held. */
-int cf__cost_defers(const cf_store_t *st, int32_t e);
+int cf__cost_defer(const cf_store_t *st, int32_t e);
 /* 1 when a chunk at index pos (CF__POS_KEEP / unknown: index 0) of n_tokens is worth at least
  * the table's average SSD value (no table: every chunk is) */
 int cf__cost_dear(const cf_store_t *st, uint32_t pos, uint32_t n_tokens);

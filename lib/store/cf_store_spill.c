@@ -61,7 +61,7 @@ static int cf__spill_prep(cf_store_t *st, void *arg) {
   cf__spill_prep_t *a = arg;
   cf__ent_t *en = &st->ents[a->e];
   /* asked before the refusal marks it: a deferral is a chunk's first refusal (cf__cost_defer) */
-  int defer = !a->durable && st->cost_on && cf__cost_defers(st, a->e);
+  int defer = !a->durable && st->cost_on && cf__cost_defer(st, a->e);
   if (!a->durable && st->cost_on && cf__cost_refuse(st, a->e)) {
     if (defer) st->st.cost_deferred++;
     en->flags = (uint8_t)((en->flags & ~CF__F_SPILL) | CF__F_REFUSED);
