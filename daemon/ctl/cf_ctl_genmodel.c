@@ -84,10 +84,9 @@ static int cf__num_opt(const char *name, const char *v, double *out) {
 
 /* Apply the shape options over the preset in *c. Returns 0 or 1 (reported). */
 static int cf__apply(const cf__shape_t *s, cf_model_config_t *c) {
-  static const char *const archs[] = {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral"};
   if (s->arch) {
-    int a = -1;
-    for (int i = 0; i < 6; i++) if (!strcmp(s->arch, archs[i])) a = i;
+    int a = -1; /* the names are cf_arch_name's (lib/model) */
+    for (int i = CF_ARCH_LLAMA; i <= CF_ARCH_MIXTRAL; i++) if (!strcmp(s->arch, cf_arch_name((cf_arch_t)i))) a = i;
     if (a < 0) return cf_ctl_fail(CMD, "--arch '%s': expected llama, mistral, qwen2, qwen3, qwen3_moe or mixtral", s->arch);
     c->arch = (cf_arch_t)a;
   }
