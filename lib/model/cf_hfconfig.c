@@ -30,6 +30,12 @@ static const cf__family_t cf__families[] = {
 };
 #define CF__NFAM (sizeof cf__families / sizeof cf__families[0])
 
+const char *cf_hfconfig_class_prefix(cf_arch_t a) {
+  for (size_t i = 0; i < CF__NFAM; i++)
+    if (cf__families[i].arch == a) return cf__families[i].class_prefix;
+  return "?";
+}
+
 /* Integer key: absent/null → dflt when !required; bounds lo..hi inclusive. */
 static int cf__int(const cf_json_t *o, const char *file, const char *key, int required,
                    int64_t dflt, int64_t lo, int64_t hi, int *out) {

@@ -24,5 +24,8 @@
  * required key), CF_ERANGE (a value out of bounds, e.g. heads not dividing), CF_EUNSUPPORTED,
  * CF_EDTYPE (unknown dtype string), CF_ENOMEM; the detail names file and key, expected vs found. */
 int cf_hfconfig_parse(const char *json, size_t len, const char *file, cf_model_config_t *c);
+/* The family's transformers class prefix ("Llama", "Qwen3Moe", ...: <prefix>ForCausalLM), the one
+ * the parser checks "architectures" against; "?" for an unknown arch. */
+const char *cf_hfconfig_class_prefix(cf_arch_t a);
 
 #endif

@@ -8,13 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/cf_hfconfig.h"
 #include "model/cf_model_synth.h"
 #include "model/cf_safetensors.h"
 #include "util/cf_err.h"
-
-static const char *const cf__class[] = {"LlamaForCausalLM", "MistralForCausalLM",
-                                        "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-                                        "Qwen3MoeForCausalLM", "MixtralForCausalLM"};
 
 static int cf__is_moe(cf_arch_t a) { return a == CF_ARCH_QWEN3_MOE || a == CF_ARCH_MIXTRAL; }
 /* families whose config class has a head_dim key (qwen2 and qwen3_moe take hidden / heads) */
@@ -173,7 +170,7 @@ int cf_hfwrite_config(const char *dir, const cf_model_config_t *c, cf_dtype_t dt
   cf_arch_t A = c->arch;
   int any_sw = c->sliding_window > 0;
   /* keys every family's config writes */
-  cf__put(&o, "architectures", "[\n    \"%s\"\n  ]", cf__class[A]);
+  cf__put(&o, "architectures", "[\n    \"%sForCausalLM\"\n  ]", cf_hfconfig_class_prefix(A));
   cf__put(&o, "attention_dropout", "0.0");
   /* llama, mistral and mixtral default bos/eos 1/2; the qwen classes None */
   int ids = A == CF_ARCH_LLAMA || A == CF_ARCH_MISTRAL || A == CF_ARCH_MIXTRAL;
