@@ -187,6 +187,7 @@ typedef struct {
    * changed (lib/store/cf_store_cost_cpu.c) */
   double cost_cpu_head_start;
   uint64_t cost_cpu_switches;
+  int cost_cpu_rate_order; /* eviction = cost: 1 while the CPU tier ranks by reuse rate (cf_store_cost_rate.c) */
   /* cost policy, the value tier's frequency (lib/store/cf_store_cost.c, cf__freq_*): the learnt
    * weight w of chunks its sketch counted twice or more (within [0, 3]; 0 without a sketch), and
    * the write-backs the full SSD tier deferred to the CPU tier's eviction (cf__cost_defer: a

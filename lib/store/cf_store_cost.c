@@ -107,6 +107,7 @@ static double cf__key(const cf_store_t *st, int tier, int32_t e) {
    * (CF__COST_CPU_USED). Ranked by position value instead it was 4-6% worse at 25-50%
    * capacity; by the full frequency factor (ln f: 0.5 / 2) 1-2% better on RAG and 5-7% worse
    * on agentic traces, whose next step needs the chunks just saved, not yet read. */
+  if (cf__rate_on(st, tier)) return cf__rate_key(st, e); /* by reuse rate (cf_store_cost_rate.c) */
   if (tier == 0 && st->n_ssd_slots) return age;
   return log(cf__value(st, tier, en)) + age + cf__freq_term(st, tier, en);
 }
@@ -446,6 +447,7 @@ int cf__cost_alloc(cf_store_t *st) {
     memset(g->tab, 0xff, sizeof *g->tab * tab);
     if (cf__freq_alloc(st)) return CF_ENOMEM;
   }
+  if (cf__rate_alloc(st)) return CF_ENOMEM; /* reuse rates (cf_store_cost_rate.c) */
   return cf__cpush_alloc(st); /* the CPU tier's shadows (cf_store_cost_cpu.c) */
 }
 
@@ -460,6 +462,7 @@ void cf__cost_free(cf_store_t *st) {
   free(st->sketch.c);
   st->sketch = (cf__sketch_t){0};
   cf__cpush_free(st);
+  cf__rate_free(st);
 }
 
 void cf__heap_add(cf_store_t *st, int tier, int32_t e) {
@@ -471,6 +474,8 @@ void cf__heap_add(cf_store_t *st, int tier, int32_t e) {
      * 0.5-2.6% better, chat 1-3% and agentic at 5% capacity 2-4% worse: not kept) */
     if (st->learn_tier >= 0 && st->ghosts.n_live) cf__ghost_hit(st, e);
     cf__freq_touch(st, &st->ents[e].key);
+    cf__rate_touch(st, e, 0);
+    cf__rate_tick(st);
   }
   if (tier == 0) cf__cpush_arrive(st, e); /* the CPU tier's shadows (cf_store_cost_cpu.c) */
   cf__hins(st, tier, e, cf__key(st, tier, e));
@@ -500,9 +505,11 @@ void cf__cost_use(cf_store_t *st, int32_t e) {
   cf__freq_touch(st, &en->key);
   if (en->flags & CF__F_REFUSED) st->st.ssd_refused_read++;
   st->cost_t[e] = ++st->cost_clock;
+  cf__rate_touch(st, e, 1);
   cf__cpush_use(st, e); /* the CPU tier's shadows (cf_store_cost_cpu.c) */
   for (int t = 0; t < 2; t++)
     if (in[t]) cf__hins(st, t, e, cf__key(st, t, e));
+  cf__rate_tick(st);
 }
 
 void cf__cost_set_pos(cf_store_t *st, int32_t e, uint32_t pos) {
@@ -579,17 +586,20 @@ int cf__cost_dear(const cf_store_t *st, uint32_t pos, uint32_t n_tokens) {
   return cf__value(st, 1, &en) >= avg;
 }
 
+/* every key of tier computed again and its heaps rebuilt, O(n) (a new cost table; cf_store_cost_rate.c) */
+void cf__cost_rekey(cf_store_t *st, int tier) {
+  for (int c = 0; c < 2; c++) {
+    cf__heap_t *h = &st->heap[tier][c];
+    for (int32_t i = 0; i < h->len; i++) h->n[i].pri = cf__key(st, tier, h->n[i].e);
+    for (int32_t i = h->len / 2 - 1; i >= 0; i--) cf__sift_down(st, tier, c, i);
+  }
+}
+
 void cf_store_set_cost(cf_store_t *st, const cf_store_cost_t *cost) {
   if (!st || !cost) return;
   pthread_mutex_lock(&st->mu);
   st->cfg.cost = *cost;
-  if (st->cost_on) {
-    for (int t = 0; t < 2; t++)
-      for (int c = 0; c < 2; c++) {
-        cf__heap_t *h = &st->heap[t][c];
-        for (int32_t i = 0; i < h->len; i++) h->n[i].pri = cf__key(st, t, h->n[i].e);
-        for (int32_t i = h->len / 2 - 1; i >= 0; i--) cf__sift_down(st, t, c, i);
-      }
-  }
+  if (st->cost_on)
+    for (int t = 0; t < 2; t++) cf__cost_rekey(st, t);
   pthread_mutex_unlock(&st->mu);
 }

@@ -280,3 +280,5 @@ void cf__cpush_use(cf_store_t *st, int32_t e) {
   }
   cf__sh_tick(st);
 }
+
+int cf__cpush_filter(const cf_store_t *st) { return st->cpush && st->cpush->cur == CF__CPUSH_N - 1; }

@@ -204,6 +204,7 @@ struct cf_store_s {
   double cost_clock; /* COST: arrivals + uses so far, the priorities' time */
   double *cost_t;    /* COST: [n_ents_max] the clock at each entry's arrival or last use */
   struct cf__cpush_s *cpush; /* COST: the CPU tier's shadows choosing bonus[0] (cf_store_cost_cpu.c) */
+  struct cf__rate_s *rate;   /* COST: reuse counts and the rate order's state (cf_store_cost_rate.c) */
 };
 
 #define CF__SPILL_BATCH 16 /* chunks per write-back batch (one journal append) */
@@ -321,6 +322,21 @@ void cf__cpush_free(cf_store_t *st);
 void cf__cpush_arrive(cf_store_t *st, int32_t e); /* e enters the CPU tier (mu held) */
 void cf__cpush_use(cf_store_t *st, int32_t e);    /* e was used (mu held, cost_t[e] updated) */
 size_t cf__cpush_bytes(int32_t slots); /* the shadows' memory for a CPU tier of `slots` */
+/* 1 while the shadow with the largest head start (ln 4 tau, S3-FIFO-like) is in charge: the
+ * reuse-rate order's gate (cf_store_cost_rate.c) */
+int cf__cpush_filter(const cf_store_t *st);
+
+/* ---- cf_store_cost_rate.c: the cost policy's CPU tier in reuse-rate order (mu held) */
+int cf__rate_alloc(cf_store_t *st); /* no-op unless the CPU tier is in front of an SSD tier */
+void cf__rate_free(cf_store_t *st);
+void cf__rate_touch(cf_store_t *st, int32_t e, int read); /* e arrives new (read 0) or is used (1) */
+int cf__rate_on(const cf_store_t *st, int tier);          /* tier is ranked by reuse rate now */
+double cf__rate_key(const cf_store_t *st, int32_t e);     /* e's CPU-tier key in that order */
+/* one more arrival or use: into or out of the rate order, its keys taken again now and then */
+void cf__rate_tick(cf_store_t *st);
+size_t cf__rate_bytes(int64_t slots); /* the counts' memory for a store of `slots` (both tiers) */
+/* cf_store_cost.c: every key of tier computed again, its heaps rebuilt (O(n)) */
+void cf__cost_rekey(cf_store_t *st, int tier);
 
 /* ---- cf_store_spill.c: write-back */
 unsigned cf__take_dirty(cf_store_t *st, int32_t *out, unsigned max); /* mu held */

@@ -784,6 +784,57 @@ CF_TEST(store_cost_cpu_tier_keeps_fresh_chunks_where_recency_is_right) {
   CF_CHECK_MSG(head >= 0 && head < 0.35, "the CPU tier's head start is %.3f tau", head);
 }
 
+/* The reuse-rate order (cf_store_cost_rate.c): once the frequency-minded shadow (ln 4 tau) is in
+ * charge, the CPU tier ranks by reads since first seen over the time since. popular_scan's 24
+ * popular chunks first with 3 one-shot saves a step (the ln 4 shadow wins: the test above), then
+ * with 8 (120 touches between two reads of a popular chunk, more than any head start keeps a
+ * read chunk for: ln 4 tau = 89 touches for 32 slots). Recency, head start or not, loses the
+ * popular chunks to the longer scan (each is read from SSD and promoted, then pushed out again
+ * before its next read); their reuse rate keeps them. Returns the CPU-tier hits of the second
+ * scan's steps [200, 300) (200 reads); *rate: whether the tier ends in the rate order. */
+static int rate_trace(cf_store_evict_t pol, const char *name, int *rate) {
+  cf_store_t *st = open_cpu_tier(name, pol);
+  if (!st) return -1;
+  popular_scan(st, name, 24, 3, 1, 0, 600, cpu_read);
+  int hits = 0;
+  for (int i = 0; i < 300; i++) { /* the same popular reads, 8 new one-shot saves a step */
+    for (int k = 0; k < 2; k++) {
+      int h = cpu_read(st, 100 + (uint64_t)((2 * i + k) % 24));
+      if (i >= 200) hits += h;
+    }
+    for (int k = 0; k < 8; k++) CF_CHECK_OK(save_at(st, 300000 + 8 * (uint64_t)i + (uint64_t)k, 0));
+    caps_ok(st, name);
+  }
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  if (rate) *rate = s.cost_cpu_rate_order;
+  for (uint64_t id = 100; id < 124; id++) CF_CHECK_MSG(present(st, id), "%s: popular chunk %d lost", name, (int)id);
+  cf_store_close(st);
+  return hits;
+}
+
+CF_TEST(store_cost_cpu_tier_ranks_by_reuse_rate_when_frequency_leads) {
+  int rate = -1;
+  int lru = rate_trace(CF_STORE_EVICT_LRU, "cpu_rate_lru", NULL);
+  int cost = rate_trace(CF_STORE_EVICT_COST, "cpu_rate_cost", &rate);
+  CF_CHECK_MSG(lru == 0, "LRU's CPU tier hit %d popular reads with 120 touches between two", lru);
+  CF_CHECK_MSG(rate == 1, "the CPU tier is not in the rate order");
+  CF_CHECK_MSG(cost >= 180, "cost's CPU tier hit %d of the last 200 popular reads (LRU %d)", cost, lru);
+}
+
+/* The recency trace never puts the CPU tier in the rate order (agentic runs: the next step reads
+ * the chunks the last one saved, unread yet, which a rate order would rank last). */
+CF_TEST(store_cost_cpu_tier_stays_in_recency_order_where_recency_is_right) {
+  cf_store_t *st = open_cpu_tier("cpu_rate_rec", CF_STORE_EVICT_COST);
+  if (!st) return;
+  int hits = fresh_next(st, "cpu_rate_rec", 600, 800, cpu_read);
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  CF_CHECK_MSG(!s.cost_cpu_rate_order, "the recency trace put the CPU tier in the rate order");
+  CF_CHECK_MSG(hits >= 196, "cost's CPU tier kept %d of the last 200 fresh chunks", hits);
+  cf_store_close(st);
+}
+
 /* A CPU tier over the shadows' 4096 nodes (4500 slots): the shadows follow a sample of the keys
  * (half of them here, shadows of 2250), the tier keeps its cap and its chunks, and its head
  * start stays one of the shadows'. Saves of 6000 chunks, each of the last 64 read again. */
