@@ -141,7 +141,9 @@ int main(int argc, char **argv) {
          " in cache, 1M do not. An O(log n) policy would add log(1M)/log(10k) = 1.5x on top of it.\n"
          " cost+sh: cost with the CPU-tier shadows of a CPU tier of as many slots fed an arrival and a\n"
          " use per op; their memory is per CPU slot, not per chunk: %zu bytes per slot up to %d slots,\n"
-         " then sampled, %zu KiB at most)\n", cf__cpush_bytes(4096) / 4096, 4096, cf__cpush_bytes(1 << 30) >> 10);
+         " then sampled, %zu KiB at most; and the reuse-rate counts, %zu bytes per slot of both tiers,\n"
+         " %zu MiB at most)\n", cf__cpush_bytes(4096) / 4096, 4096, cf__cpush_bytes(1 << 30) >> 10,
+         cf__rate_bytes(1 << 20) >> 20, cf__rate_bytes(1ll << 30) >> 20);
   rmdir(tmpl);
   return 0;
 }
