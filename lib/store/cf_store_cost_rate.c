@@ -23,8 +23,8 @@
  * Why gated: ranked so from the start (no chooser), RAG gained 1.6-4.6% of mean TTFT (seeds 1-3,
  * 5-50%), but chat lost 7-37% and agentic 22-64% (seed 1): their dead sessions' chunks, read at
  * every turn, outrank the fresh unread chunks the next step needs. A rate term added to the
- * recency key (t / tau + w ln rate, w 0.25-1) kept little of RAG's gain (0.3-1%) and lost
- * agentic 2-8%. The ln 4 shadow's lead is the RAG signal the store already has: on seeds 1-8 it
+ * recency key (t / tau + w ln rate, w 0.25-1) kept little of RAG's gain (0.3-2.1%) and lost
+ * agentic 2-11%. The ln 4 shadow's lead is the RAG signal the store already has: on seeds 1-8 it
  * ended in charge on RAG at 5-25% in every run and never took charge on chat or agentic.
  *
  * Memory: the counts, a direct-mapped table of 64-bit words (16-bit tag, 16-bit reads, 32-bit
@@ -37,7 +37,7 @@
 #include "store/cf_store_int.h"
 #include "util/cf_err.h"
 
-/* the prior age, CPU-tier-fulls of clock ticks (16 and 256 were within 0.3% on RAG seed 1 at 5-10%) */
+/* the prior age, CPU-tier-fulls of clock ticks (16 and 256 were within 0.4% on RAG seed 1 at 5-10%) */
 #define CF__RATE_A0 64.0
 #define CF__RATE_MAX (1u << 21) /* words at most: 16 MiB */
 
