@@ -216,6 +216,10 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
     CF__P("# HELP cacheflow_store_cost_cpu_head_start_switches_total eviction = cost: changes of the CPU tier's head start to another shadow's.\n"
           "# TYPE cacheflow_store_cost_cpu_head_start_switches_total counter\ncacheflow_store_cost_cpu_head_start_switches_total %llu\n",
           (unsigned long long)t.cost_cpu_switches);
+    /* lib/store/cf_store_cost_rate.c: the CPU tier ranked by reuse rate (while the ln 4 shadow leads) */
+    CF__P("# HELP cacheflow_store_cost_cpu_rate_order eviction = cost: 1 while the CPU tier before SSD ranks by reuse rate since first seen "
+          "(its frequency-minded shadow, ln 4, in charge), 0 while by recency.\n"
+          "# TYPE cacheflow_store_cost_cpu_rate_order gauge\ncacheflow_store_cost_cpu_rate_order %d\n", t.cost_cpu_rate_order);
     /* the value tier's frequency (cf__freq_*): the learnt weight of chunks counted twice or more,
      * and the write-backs into the full SSD tier deferred to the CPU tier's eviction */
     CF__P("# HELP cacheflow_store_cost_freq_weight eviction = cost: the learnt weight w of chunks the value tier's frequency sketch "
