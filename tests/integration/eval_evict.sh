@@ -94,5 +94,14 @@ mkdir -p "$T/tmp"
 TMPDIR="$T/tmp" "$EV" --workload rag --scale 0.03 --caps 0.1 --policies cost >/dev/null 2>&1
 TMPDIR="$T/tmp" "$EV" --workload rag --scale 0.03 --caps 0.1 --policies lru --dump "$T/none/x" >/dev/null 2>&1
 TMPDIR="$T/tmp" "$EV" --workload rag --scale 0.03 --caps 0.1,1e-9 --policies lru >/dev/null 2>&1
+# the one-command script (make eval-evict): workload names checked first, its directory removed
+mkdir -p "$T/tmp2"
+TMPDIR="$T/tmp2" tests/bench/eval_evict.sh --workloads rag --scale 0.03 --caps 0.1 --policies lru >"$T/sh.txt" 2>&1
+rc=$?
+check "eval_evict.sh runs and leaves no directory under TMPDIR" "[ $rc -eq 0 ] && [ -z \"\$(ls -A '$T/tmp2')\" ]" "$(tail -3 "$T/sh.txt"; ls "$T/tmp2")"
+tests/bench/eval_evict.sh --workloads "chat video" --scale 0.03 >"$T/sh.txt" 2>&1
+rc=$?
+check "eval_evict.sh: an unknown workload named, nothing run (exit 2)" \
+  "[ $rc -eq 2 ] && grep -q \"unknown workload 'video'\" '$T/sh.txt' && ! grep -q '^capacity' '$T/sh.txt'" "$(head -3 "$T/sh.txt")"
 check "no temporary directory left (a run, a failed --dump, a failed capacity)" "[ -z \"\$(ls -A '$T/tmp')\" ]" "$(ls -R "$T/tmp")"
 finish
