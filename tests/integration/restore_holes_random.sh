@@ -5,7 +5,9 @@
 # chunk the least recent, then Admin.Evict of one chunk in the CPU tier, or on an SSD-only
 # daemon one more chunk saved into the full tier): every other chunk (the first missing, or the last),
 # only the last chunk stored, all holes, and a random pattern (CF_HOLES_SEED replays one), in
-# the CPU tier and in the SSD tier, on the demo model, a sliding-window and a MoE checkpoint.
+# the CPU tier and in the SSD tier, on the demo model, a sliding-window and a MoE checkpoint;
+# and in the remote tier (a real redis-server, markers deleted behind the daemons' backs), alone
+# and mixed with CPU chunks in one prefix.
 # For each: Lookup's runs name every chunk's tier (or none) and cached_tokens is the leading
 # run; the engine (cf-refengine --verify) restores with load and a rotating second policy:
 # loaded cells bit-exact, computed ones within 1e-4, first-token logits as a scratch prefill,
@@ -103,11 +105,72 @@ pattern only-last "$T/model" 64 cpu 0,1,2,3,4,5,6
 pattern all-holes "$T/model" 64 cpu 0,1,2,3,4,5,6,7
 pattern random-cpu "$T/model" 64 cpu "$rnd"
 pattern ssd-every-other "$T/model" 64 ssd 1,3,5,7
-pattern ssd-random "$T/model" 64 ssd "$rnd"
 for M in "$CF_FIXTURES/public-mistral-window" "$CF_FIXTURES/public-qwen3-moe"; do
   if [ -f "$M/config.json" ]; then
     L=$(jq .num_hidden_layers "$M/config.json")
     pattern "$(basename "$M")" "$M" 32 cpu 0,3,4,6
   else skip "$(basename "$M") holes" "no fixture $M"; fi
 done
+# The remote tier (a real redis-server): node A saves the prefix and writes it back to Redis; its
+# chunks' markers are deleted there behind the daemons' backs (what a Redis that evicts keys
+# does): node B, which never saw the prefix, finds the rest in the remote tier, holes between;
+# node C first restores 2 chunks (promoting the one stored whole into its CPU tier): holes, CPU
+# and remote chunks in one prefix.
+if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
+  PIDS=()
+  cf_at_exit 'for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done; wait 2>/dev/null'
+  C=64 L=8
+  RPORT=$(cf_free_port)
+  rcli() { redis-cli -p "$RPORT" "$@"; }
+  node() { # NAME: a daemon with the remote tier (CPU 64M, no SSD), started
+    mkdir -p "$T/$1"
+    cf_daemon_conf "$T/$1/d.conf" "$T/$1" 64M 0 $C warn
+    printf 'eviction = lru\nremote_url = redis://127.0.0.1:%s\n' "$RPORT" >>"$T/$1/d.conf"
+    "$BUILD/cacheflowd" --config "$T/$1/d.conf" --model "$T/model" >>"$T/$1/d.log" 2>&1 &
+    PIDS+=($!)
+    cf_daemon_wait "$T/$1/d.sock"
+  }
+  look() { BUILD=$BUILD "$PYTHON" "$SHAPE" "$T/$1/d.sock" "$T/model" 11 $N $C lookup "" 2>>"$T/$1/look.err"; }
+  reng() { "$BUILD/cf-refengine" --daemon "unix:$T/$1/d.sock" --model "$T/model" --shm-dir "$T" --block 16 --new 4 "${@:2}"; }
+  if cf_start_redis r "$RPORT" && node ra && node rb && node rc; then
+    reng ra --prefix $((N * C)) --turns 0 --seed 11 >"$T/ra.json" 2>"$T/ra.err"
+    for _ in $(seq 1 600); do [ "$(rcli --scan --pattern '*:m' | wc -l)" -ge $N ] && break; sleep 0.1; done
+    check "remote: A saved $N chunks, written back to Redis" "[ \"\$(rcli --scan --pattern '*:m' | wc -l)\" = $N ]"
+    # which marker is which chunk: hidden one at a time, the chunk B's Lookup then misses
+    declare -A mk=()
+    for m in $(rcli --scan --pattern '*:m'); do
+      rcli rename "$m" "$m.x" >/dev/null
+      r=$(look rb)
+      rcli rename "$m.x" "$m" >/dev/null
+      pre=${r%%none:*}; k=0
+      for run in $pre; do k=$((k + ${run#*:} / C)); done
+      mk[$k]=$m
+    done
+    check "remote: each of the $N markers maps to one chunk" "[ \${#mk[@]} -eq $N ]" "${!mk[*]}"
+    rm_remote=0,3,4,6
+    for k in ${rm_remote//,/ }; do [ -n "${mk[$k]:-}" ] && rcli del "${mk[$k]}" >/dev/null; done
+    want="none:64 remote:128 none:128 remote:64 none:64 remote:64"
+    check "remote: chunks $rm_remote gone from Redis: B's Lookup '$want'" "[ \"\$(look rb)\" = '$want' ]" "$(look rb)"
+    reng rb --prefix $((N * C + 37)) --turns 1 --seed 11 --no-save-first --no-save-turns --verify --policy load >"$T/rb.json" 2>"$T/rb.err"
+    rc=$?
+    s='select(.mode=="session")'
+    check "remote B load: restored, loaded cells bit-exact, logits, 4 remote chunks loaded ($((4 * L)) cells), hole_chunks 4" \
+      "[ $rc -eq 0 ] && [ \"\$(jq -s '[.[] | $s | .ok and .logits_match == 1 and .bad == 0 and .hole_chunks == 4
+          and .cells_remote == 4 * $L and .exact * 16 >= (.cells_cpu + .cells_remote) * $C] | (length > 0 and all)' $T/rb.json)\" = true ]" \
+      "$(tail -3 "$T/rb.err"; jq -c "$s" "$T/rb.json")"
+    # C: chunk 1 (remote) read whole by a 2-chunk restore is promoted into C's CPU tier
+    reng rc --prefix $((2 * C)) --turns 1 --seed 11 --no-save-first --no-save-turns --policy load >"$T/rc1.json" 2>"$T/rc1.err"
+    want="none:64 cpu:64 remote:64 none:128 remote:64 none:64 remote:64"
+    for _ in $(seq 1 100); do [ "$(look rc)" = "$want" ] && break; sleep 0.1; done
+    check "remote C: Lookup mixes holes, CPU and remote chunks: '$want'" "[ \"\$(look rc)\" = '$want' ]" "$(look rc)"
+    for pol in optimal cacheflow; do
+      reng rc --prefix $((N * C + 37)) --turns 1 --seed 11 --no-save-first --no-save-turns --verify --policy $pol >"$T/rc-$pol.json" 2>"$T/rc-$pol.err"
+      rc=$?
+      check "remote C $pol: holes + CPU + remote restored, loaded cells bit-exact, logits, hole_chunks 4" \
+        "[ $rc -eq 0 ] && [ \"\$(jq -s '[.[] | $s | .ok and .logits_match == 1 and .bad == 0 and .hole_chunks == 4
+            and .exact * 16 >= (.cells_cpu + .cells_remote) * $C] | (length > 0 and all)' $T/rc-$pol.json)\" = true ]" \
+        "$(tail -3 "$T/rc-$pol.err"; jq -c "$s" "$T/rc-$pol.json")"
+    done
+  else bad "remote: redis-server and three daemons start" "$(tail -3 "$T"/r*/d.log 2>/dev/null)"; fi
+else skip "remote-tier holes" "redis-server / redis-cli not installed"; fi
 finish

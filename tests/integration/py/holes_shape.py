@@ -5,6 +5,8 @@ usage: holes_shape.py SOCK MODEL_DIR SEED N_CHUNKS C TIER REMOVE
   N_CHUNKS x C tokens: the prefix, saved before (by cf-refengine --turns 0, every chunk stored);
   TIER: cpu (the chunks are in the CPU tier, no SSD tier) or ssd (an SSD-only daemon whose
         ssd_tier_bytes holds exactly N_CHUNKS chunks);
+        or lookup (nothing evicted: only the runs printed, e.g. after holes made behind the
+        daemon's back in the remote tier);
   REMOVE: chunk indices to make holes of, comma-separated ("" for none).
 With eviction = lru, a restore pins (touches) every stored chunk of its prefix, in order. So to
 evict chunk d alone: restore the whole prefix (the stored chunks in ascending recency), then the
@@ -64,6 +66,13 @@ def main():
     eng = c.register_shm(shm, block_size=16, num_blocks=blocks)
     toks = tokens(seed, n * C, vocab)
     chunk_bytes = 0
+    if tier == "lookup":
+        try:
+            print(runs(c, eng, toks))
+        finally:
+            c.unregister(eng)
+            os.unlink(shm)
+        return
     fillers = []
     load = lambda t: [None for _ in c.restore(eng, t, list(range((len(t) + 15) // 16)), policy=pb.POLICY_LOAD)]
     try:
