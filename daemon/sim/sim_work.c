@@ -235,12 +235,32 @@ fail:
   return rc ? rc : CF_ENOMEM;
 }
 
-int sim_workload_write(const char *path, const cf_sched_req_t *reqs, int n) {
+int sim_workload_write(const char *path, const cf_sched_req_t *reqs, int n, int chunk, int deftier) {
   FILE *f = fopen(path, "w");
   if (!f) return cf_seterr(CF_EIO, "--save-workload %s: %s", path, strerror(errno));
-  for (int i = 0; i < n; i++)
-    fprintf(f, "{\"arrival_s\": %.17g, \"prefix_tokens\": %lld, \"new_tokens\": %lld}\n",
-            reqs[i].arrival_s, (long long)reqs[i].prefix_tokens, (long long)reqs[i].new_tokens);
+  for (int i = 0; i < n; i++) {
+    const cf_sched_req_t *q = &reqs[i];
+    fprintf(f, "{\"arrival_s\": %.17g, \"prefix_tokens\": %lld, \"new_tokens\": %lld", q->arrival_s,
+            (long long)q->prefix_tokens, (long long)q->new_tokens);
+    if (q->device >= 0) fprintf(f, ", \"device\": %d", q->device);
+    int64_t nc = (q->prefix_tokens + chunk - 1) / chunk, c0 = 0, other = 0;
+    for (int64_t c = 0; q->chunk_tier && c < nc; c++) other += q->chunk_tier[c] != deftier;
+    if (other) { /* (a request all in --tier is written without: it follows --tier when read back) */
+      /* the chunks' tiers as runs of whole chunks (the last one partial): read back with the
+       * same --chunk they give the same tier to every chunk, holes included */
+      fputs(", \"tiers\": [", f);
+      for (int64_t c = 1; c <= nc; c++) {
+        if (c < nc && q->chunk_tier[c] == q->chunk_tier[c0]) continue;
+        int64_t end = c * chunk < q->prefix_tokens ? c * chunk : q->prefix_tokens;
+        uint8_t t = q->chunk_tier[c0];
+        fprintf(f, "%s[\"%s\", %lld]", c0 ? ", " : "", t == CF_SCHED_TIER_NONE ? "none" : t < 3 ? cf_tier_names[t] : "?",
+                (long long)(end - c0 * chunk));
+        c0 = c;
+      }
+      fputc(']', f);
+    }
+    fputs("}\n", f);
+  }
   if (fclose(f) != 0) return cf_seterr(CF_EIO, "--save-workload %s: write failed", path);
   return 0;
 }

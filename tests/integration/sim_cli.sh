@@ -265,6 +265,15 @@ for hs in "1 256" "2 1000" "3 256" "4 1000"; do
     check "random holes (seed $1, chunk $2): load computes exactly the holes, every layer" "[ -z \"$why\" ]" "$why"
   else bad "random holes (seed $1, chunk $2)" "$(head -n 3 "$T/err.txt")"; fi
 done
+# --save-workload keeps the holes (and a pinned device): read back, the same numbers
+echo '{"arrival_s": 0.001, "prefix_tokens": 700, "new_tokens": 9, "device": 0}' >>"$T/rh.jsonl"
+if "$SIM" --hw h100-nvme --model llama-3.1-8b --tier dram --chunk 1000 --workload "$T/rh.jsonl" --json "$T/rt1.json" \
+     --save-workload "$T/rt.jsonl" >/dev/null 2>"$T/err.txt" &&
+   "$SIM" --hw h100-nvme --model llama-3.1-8b --tier dram --chunk 1000 --workload "$T/rt.jsonl" --json "$T/rt2.json" >/dev/null 2>>"$T/err.txt"; then
+  check "--save-workload round trip with holes and a device: same bound and makespans" \
+    "[ \"\$(jq -c '[.bound_s, [.policies[].makespan_s]]' '$T/rt1.json')\" = \"\$(jq -c '[.bound_s, [.policies[].makespan_s]]' '$T/rt2.json')\" ] &&
+     grep -q '\"none\"' '$T/rt.jsonl' && grep -q '\"device\": 0' '$T/rt.jsonl'" "$(head -c 300 "$T/rt.jsonl")"
+else bad "--save-workload round trip" "$(head -n 3 "$T/err.txt")"; fi
 "$PYTHON" tests/integration/py/holes_workload.py 5 4096 "$T/rh.exp" 8 >"$T/rh.jsonl"
 if "$SIM" --hw h100x8-nvlink --model llama-3.1-70b-tp4pp2 --chunk 4096 --workload "$T/rh.jsonl" --json "$T/rhp.json" >/dev/null 2>"$T/err.txt"; then
   check_json "$T/rhp.json" "random holes with pipeline stages"
