@@ -21,8 +21,10 @@ int sim_workload_read(const char *path, int chunk, int deftier, cf_sched_req_t *
  * `rate` per second (0: all at time 0; < 0: the kind's default). Returns 0 or CF_EINVAL. */
 int sim_workload_gen(const char *kind, int n, uint64_t seed, double rate, cf_sched_req_t **reqs);
 
-/* Write reqs as JSON lines (the --workload format). Returns 0 or CF_EIO naming the file. */
-int sim_workload_write(const char *path, const cf_sched_req_t *reqs, int n);
+/* Write reqs as JSON lines (the --workload format): their "device" when pinned, their chunks'
+ * "tiers" (holes too) when any chunk lies elsewhere than deftier (--tier), as runs of whole
+ * chunks of `chunk` tokens. Returns 0 or CF_EIO naming the file. */
+int sim_workload_write(const char *path, const cf_sched_req_t *reqs, int n, int chunk, int deftier);
 
 /* Pipeline-parallel engines of `stages` stages, `engines` of them: every request becomes
  * `stages` consecutive requests (request i's stage s at i * stages + s, pinned to device

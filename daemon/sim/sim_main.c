@@ -258,7 +258,7 @@ static int sim_setup(sim_opts_t *o, sim_run_t *R) {
   if (refine == 0) in->refine_budget_s = -1; /* the analytic plan alone */
   else if (refine > 0) { in->refine_evals = (int)refine; in->refine_budget_s = 3600; }
   if ((rc = cf_sched_input_check(in))) return bad("workload: %s%s", cf_errmsg(), "");
-  if (save && (rc = sim_workload_write(save, R->reqs, n))) return bad("%s%s", cf_errmsg(), "");
+  if (save && (rc = sim_workload_write(save, R->reqs, n, (int)in->cost.chunk_tokens, tier))) return bad("%s%s", cf_errmsg(), "");
   /* the simulator keeps 20 bytes per cell: refuse what would not fit rather than thrash */
   double cells = 0;
   for (int i = 0; i < in->n_reqs; i++)

@@ -81,29 +81,62 @@ static int cf__line_int(const char *path, int line, const cf_json_t *o, const ch
 
 /* The optional "tiers" runs of one line: fills tiers[0..chunks) (chunk c: the tier of its first
  * token). A run ["none", N] is N tokens no tier holds: every chunk with a token in it is a hole
- * (CF_SCHED_TIER_NONE: a chunk loads whole or not at all). Returns 0 or CF_EFORMAT naming the
- * line and the run. */
+ * (CF_SCHED_TIER_NONE: a chunk loads whole or not at all). A run of 0 tokens is empty (a trace
+ * writer's "no hole here") and marks no chunk. Returns 0 or CF_EFORMAT naming the line, the run
+ * and what is wrong with it (its shape, an unknown tier, tokens not an integer or past the
+ * prefix). */
 static int cf__line_tiers(const char *path, int line, const cf_json_t *runs, int64_t P, int chunk,
                           uint8_t *tiers) {
+  static const char *const form = "expected [\"dram\"|\"ssd\"|\"net\"|\"none\", tokens]";
   if (runs->type != CF_JSON_ARR)
     return cf_seterr(CF_EFORMAT, "%s line %d: key 'tiers': expected [[\"dram\"|\"ssd\"|\"net\"|\"none\", tokens], ...]", path, line);
   int64_t at = 0;
   size_t i = 0;
   for (const cf_json_t *run = runs->child; run; run = run->next, i++) {
     const cf_json_t *nm = cf_json_at(run, 0), *tk = cf_json_at(run, 1);
+    if (run->type != CF_JSON_ARR || run->len != 2)
+      return run->type == CF_JSON_ARR
+                 ? cf_seterr(CF_EFORMAT, "%s line %d: tiers run %zu: a list of %zu items, %s", path, line, i, run->len, form)
+                 : cf_seterr(CF_EFORMAT, "%s line %d: tiers run %zu: a JSON %s, %s", path, line, i,
+                             cf_json_type_name(run->type), form);
+    if (nm->type != CF_JSON_STR)
+      return cf_seterr(CF_EFORMAT, "%s line %d: tiers run %zu: tier is a JSON %s, %s", path, line, i,
+                       cf_json_type_name(nm->type), form);
     int t = -1;
-    for (int k = 0; nm && nm->type == CF_JSON_STR && k < 3; k++)
+    for (int k = 0; k < 3; k++)
       if (!strcmp(nm->str, cf_tier_names[k])) t = k;
-    if (nm && nm->type == CF_JSON_STR && !strcmp(nm->str, "none")) t = CF_SCHED_TIER_NONE;
-    if (run->type != CF_JSON_ARR || run->len != 2 || t < 0 || !tk || tk->type != CF_JSON_NUM ||
-        !tk->is_int || tk->i64 < 1 || tk->i64 > P - at)
-      return cf_seterr(CF_EFORMAT, "%s line %d: tiers run %zu: expected [\"dram\"|\"ssd\"|\"net\"|\"none\", "
-                       "tokens 1..%lld]", path, line, i, (long long)(P - at));
+    if (!strcmp(nm->str, "none")) t = CF_SCHED_TIER_NONE;
+    if (t < 0) { /* the name as given, control bytes shown as '?' (the error is one line) */
+      char shown[41];
+      size_t k = 0;
+      for (; k < nm->len && k < sizeof shown - 1; k++) shown[k] = (unsigned char)nm->str[k] < 0x20 ? '?' : nm->str[k];
+      shown[k] = 0;
+      return cf_seterr(CF_EFORMAT, "%s line %d: tiers run %zu: unknown tier '%s': expected dram, ssd, net "
+                       "or none", path, line, i, shown);
+    }
+    if (tk->type != CF_JSON_NUM)
+      return cf_seterr(CF_EFORMAT, "%s line %d: tiers run %zu (%s): tokens is a JSON %s: expected an integer, "
+                       "tokens 1..%lld", path, line, i, nm->str, cf_json_type_name(tk->type), (long long)(P - at));
+    /* an integral number written with a fraction or exponent (1e3, 1024.0) is that integer;
+     * one past int64 is merely out of range */
+    if (!tk->is_int && tk->num != floor(tk->num))
+      return cf_seterr(CF_EFORMAT, "%s line %d: tiers run %zu (%s): tokens %.17g: expected an integer, "
+                       "tokens 1..%lld", path, line, i, nm->str, tk->num, (long long)(P - at));
+    int64_t n = tk->is_int ? tk->i64 : fabs(tk->num) < 4e18 ? (int64_t)tk->num : tk->num < 0 ? INT64_MIN : INT64_MAX;
+    if (n < 0 || n > P - at) {
+      char given[32];
+      if (tk->is_int) snprintf(given, sizeof given, "%lld", (long long)n);
+      else snprintf(given, sizeof given, "%.17g", tk->num);
+      return cf_seterr(CF_EFORMAT, "%s line %d: tiers run %zu (%s): tokens %s %s: expected tokens 1..%lld "
+                       "(0: an empty run)", path, line, i, nm->str, given,
+                       n < 0 ? "is negative" : "run past the prefix's end", (long long)(P - at));
+    }
+    if (n == 0) continue;
     if (t == CF_SCHED_TIER_NONE) /* every chunk it touches, the one it starts inside too */
-      for (int64_t c = at / chunk; c * chunk < at + tk->i64; c++) tiers[c] = (uint8_t)t;
+      for (int64_t c = at / chunk; c * chunk < at + n; c++) tiers[c] = (uint8_t)t;
     else
-      for (int64_t c = (at + chunk - 1) / chunk; c * chunk < at + tk->i64; c++) tiers[c] = (uint8_t)t;
-    at += tk->i64;
+      for (int64_t c = (at + chunk - 1) / chunk; c * chunk < at + n; c++) tiers[c] = (uint8_t)t;
+    at += n;
   }
   if (at != P)
     return cf_seterr(CF_EFORMAT, "%s line %d: tiers runs cover %lld tokens, prefix_tokens is %lld",
@@ -202,12 +235,32 @@ fail:
   return rc ? rc : CF_ENOMEM;
 }
 
-int sim_workload_write(const char *path, const cf_sched_req_t *reqs, int n) {
+int sim_workload_write(const char *path, const cf_sched_req_t *reqs, int n, int chunk, int deftier) {
   FILE *f = fopen(path, "w");
   if (!f) return cf_seterr(CF_EIO, "--save-workload %s: %s", path, strerror(errno));
-  for (int i = 0; i < n; i++)
-    fprintf(f, "{\"arrival_s\": %.17g, \"prefix_tokens\": %lld, \"new_tokens\": %lld}\n",
-            reqs[i].arrival_s, (long long)reqs[i].prefix_tokens, (long long)reqs[i].new_tokens);
+  for (int i = 0; i < n; i++) {
+    const cf_sched_req_t *q = &reqs[i];
+    fprintf(f, "{\"arrival_s\": %.17g, \"prefix_tokens\": %lld, \"new_tokens\": %lld", q->arrival_s,
+            (long long)q->prefix_tokens, (long long)q->new_tokens);
+    if (q->device >= 0) fprintf(f, ", \"device\": %d", q->device);
+    int64_t nc = (q->prefix_tokens + chunk - 1) / chunk, c0 = 0, other = 0;
+    for (int64_t c = 0; q->chunk_tier && c < nc; c++) other += q->chunk_tier[c] != deftier;
+    if (other) { /* (a request all in --tier is written without: it follows --tier when read back) */
+      /* the chunks' tiers as runs of whole chunks (the last one partial): read back with the
+       * same --chunk they give the same tier to every chunk, holes included */
+      fputs(", \"tiers\": [", f);
+      for (int64_t c = 1; c <= nc; c++) {
+        if (c < nc && q->chunk_tier[c] == q->chunk_tier[c0]) continue;
+        int64_t end = c * chunk < q->prefix_tokens ? c * chunk : q->prefix_tokens;
+        uint8_t t = q->chunk_tier[c0];
+        fprintf(f, "%s[\"%s\", %lld]", c0 ? ", " : "", t == CF_SCHED_TIER_NONE ? "none" : t < 3 ? cf_tier_names[t] : "?",
+                (long long)(end - c0 * chunk));
+        c0 = c;
+      }
+      fputc(']', f);
+    }
+    fputs("}\n", f);
+  }
   if (fclose(f) != 0) return cf_seterr(CF_EIO, "--save-workload %s: write failed", path);
   return 0;
 }

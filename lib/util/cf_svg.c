@@ -62,26 +62,59 @@ static const char *cf__entity(unsigned char c) {
   }
 }
 
+/* Bytes of the well-formed UTF-8 character XML 1.0 allows at p (2..4; 0: not one). Text from
+ * input (a model's path, a daemon's error) may be Latin-1 or cut mid-character by a caller's
+ * snprintf: such bytes would make the whole file ill-formed, so they are written as U+FFFD. */
+static size_t cf__utf8_len(const unsigned char *p) {
+  unsigned char c = p[0];
+  size_t n = c >= 0xc2 && c <= 0xdf ? 2 : c >= 0xe0 && c <= 0xef ? 3 : c >= 0xf0 && c <= 0xf4 ? 4 : 0;
+  for (size_t k = 1; k < n; k++)
+    if ((p[k] & 0xc0) != 0x80) return 0;
+  if ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] > 0x9f) || (c == 0xf0 && p[1] < 0x90) ||
+      (c == 0xf4 && p[1] > 0x8f))
+    return 0; /* overlong, a surrogate, past U+10FFFF */
+  if (c == 0xef && p[1] == 0xbf && p[2] >= 0xbe) return 0; /* U+FFFE, U+FFFF */
+  return n;
+}
+static const char cf__fffd[] = "\xef\xbf\xbd";
+
+/* The escaped form of the character at *src: sets *out (NULL: the bytes as they are) and
+ * returns how many bytes of src it covers; *m is the length written. */
+static size_t cf__esc_next(const char *src, const char **out, size_t *m) {
+  unsigned char c = (unsigned char)*src;
+  if (c < 0x80) {
+    *out = cf__entity(c);
+    *m = *out ? strlen(*out) : 1;
+    return 1;
+  }
+  size_t n = cf__utf8_len((const unsigned char *)src);
+  if (!n) { *out = cf__fffd; *m = 3; return 1; }
+  *out = NULL;
+  *m = n;
+  return n;
+}
+
 size_t cf_svg_escape(char *dst, size_t cap, const char *src) {
   size_t n = 0;
   if (!cap) return 0;
-  for (; src && *src; src++) {
-    const char *e = cf__entity((unsigned char)*src);
-    size_t m = e ? strlen(e) : 1;
-    if (n + m + 1 > cap) break;
-    if (e) memcpy(dst + n, e, m);
-    else dst[n] = *src;
+  while (src && *src) {
+    const char *e;
+    size_t m, used = cf__esc_next(src, &e, &m);
+    if (n + m + 1 > cap) break; /* whole characters only */
+    memcpy(dst + n, e ? e : src, m);
     n += m;
+    src += used;
   }
   dst[n] = 0;
   return n;
 }
 
 static void cf__put_esc(cf_svg_t *s, const char *src) {
-  for (; src && *src; src++) {
-    const char *e = cf__entity((unsigned char)*src);
-    if (e) cf__put(s, e, strlen(e));
-    else cf__put(s, src, 1);
+  while (src && *src) {
+    const char *e;
+    size_t m, used = cf__esc_next(src, &e, &m);
+    cf__put(s, e ? e : src, m);
+    src += used;
   }
 }
 

@@ -30,7 +30,7 @@
  * layer; the run also checks that no plan loads one (counted as `bad`, must be 0).
  *
  * Usage: bench_eval_evict [--workload chat|agentic|rag] [--seed N] [--scale X]
- *                         [--caps 0.05,0.1,0.25,0.5] [--lookup holes|prefix] [--remote]
+ *                         [--caps 0.05,0.1,0.25,0.5 (or 5%,10%,...)] [--lookup holes|prefix] [--remote]
  *                         [--policies lru,s3fifo,cost,ssd-all,belady,vbelady,bayes] [--dir DIR]
  *                         [--hw NAME] [--vbelady best|flow|live|exp:TAU] [--dump DIR]
  *                         [--bayes full|nolive|nocont|nopop|nostruct|nostruct-aged|exact|nopop-exact[:TAU]]
@@ -43,6 +43,7 @@
  * bayes is the online reference: it knows the generator's model and the past, not the future
  * (bayes_rank: each chunk's expected discounted saving; --bayes picks a form or an ablation).
  */
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -777,7 +778,11 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
       snprintf(form, sizeof form, oracle.vb == VB_FLOW ? "-flow" : oracle.vb == VB_LIVE ? "-live" : "-exp%g", oracle.vb_tau);
     snprintf(fn, sizeof fn, "%s/%s%s_%g.txt", X->dump, om == OR_VBELADY ? "vbelady" : om == OR_BELADY ? "belady" : om == OR_BAYES ? "bayes" : ssd_all ? "ssd-all"
              : pol == CF_STORE_EVICT_LRU ? "lru" : pol == CF_STORE_EVICT_S3FIFO ? "s3fifo" : "cost", form, frac);
-    if (!(df = fopen(fn, "w"))) { cf_store_close(st); return cf_seterr(CF_EIO, "cannot write %s", fn); }
+    if (!(df = fopen(fn, "w"))) {
+      cf_store_close(st);
+      if (system(cmd) != 0) {} /* the store just made: no leftover in the caller's directory */
+      return cf_seterr(CF_EIO, "cannot write %s", fn);
+    }
   }
   double *ttft = malloc(sizeof(double) * (size_t)T->n);
   cf_store_key_t *keys = malloc(sizeof(cf_store_key_t) * (MAX_TOK / C_TOK + 8));
@@ -909,6 +914,28 @@ static int has_name(const char *list, const char *name) {
   return 0;
 }
 
+/* --caps LIST: fractions of the working set in (0, 10], or percentages ("5%" = 0.05); all of them
+ * checked before any replay runs. Returns how many, or -1 after one line naming the bad entry. */
+static int parse_caps(const char *caps, double *out, int max) {
+  char *cl = strdup(caps), *sv = NULL;
+  int n = 0;
+  for (char *c = strtok_r(cl, ",", &sv); c; c = strtok_r(NULL, ",", &sv)) {
+    char *end;
+    double frac = strtod(c, &end);
+    if (end != c && *end == '%' && end[1] == 0) { frac /= 100; end++; }
+    if (end == c || *end || !(frac > 0) || frac > 10 || n == max) {
+      fprintf(stderr, "eval_evict: --caps '%s': %s\n", c, n == max ? "too many capacities (64 at most)"
+              : "expected fractions of the working set in (0, 10] (0.05) or percentages (5%)");
+      free(cl);
+      return -1;
+    }
+    out[n++] = frac;
+  }
+  free(cl);
+  if (!n) fprintf(stderr, "eval_evict: --caps '%s': no capacity named\n", caps);
+  return n ? n : -1;
+}
+
 int main(int argc, char **argv) {
   const char *work = "chat", *caps = "0.05,0.1,0.25,0.5", *lookup = "holes", *pols = "lru,s3fifo,cost,ssd-all,belady,vbelady,bayes";
   const char *vbm = "best", *dump = NULL, *bym = "full";
@@ -921,8 +948,22 @@ int main(int argc, char **argv) {
     if (!strcmp(a, "--remote")) { remote = 1; continue; }
     if (!v) { fprintf(stderr, "eval_evict: %s needs a value\n", a); return 2; }
     if (!strcmp(a, "--workload")) work = v;
-    else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
-    else if (!strcmp(a, "--scale")) scale = atof(v);
+    else if (!strcmp(a, "--seed")) {
+      char *end;
+      errno = 0;
+      seed = strtoull(v, &end, 10);
+      if (*v < '0' || *v > '9' || *end || errno) { /* strtoull takes "-1" and "abc" silently */
+        fprintf(stderr, "eval_evict: --seed '%s': expected a whole number 0..2^64-1\n", v);
+        return 2;
+      }
+    } else if (!strcmp(a, "--scale")) {
+      char *end;
+      scale = strtod(v, &end);
+      if (end == v || *end || !(scale > 0) || scale > 100) { /* inf would generate ~1e6 sessions */
+        fprintf(stderr, "eval_evict: --scale must be a number in (0, 100] (1 = the full traces), not '%s'\n", v);
+        return 2;
+      }
+    }
     else if (!strcmp(a, "--caps")) caps = v;
     else if (!strcmp(a, "--lookup")) lookup = v;
     else if (!strcmp(a, "--policies")) pols = v;
@@ -939,6 +980,25 @@ int main(int argc, char **argv) {
     return 2;
   }
   if (!(scale > 0)) { fprintf(stderr, "eval_evict: --scale must be > 0\n"); return 2; }
+  { /* every --policies entry named (a misspelt one would silently drop its row) */
+    char *pl = strdup(pols), *sv = NULL;
+    int n = 0;
+    for (char *p = strtok_r(pl, ",", &sv); p; p = strtok_r(NULL, ",", &sv), n++) {
+      int known = 0;
+      for (int k = 0; k < NPOL; k++) known |= !strcmp(p, names[k]);
+      if (!known) {
+        fprintf(stderr, "eval_evict: --policies: unknown policy '%s': expected lru, s3fifo, cost, ssd-all, belady, "
+                "vbelady or bayes\n", p);
+        free(pl);
+        return 2;
+      }
+    }
+    free(pl);
+    if (!n) { fprintf(stderr, "eval_evict: --policies '%s': no policy named\n", pols); return 2; }
+  }
+  double capv[64];
+  int ncap = parse_caps(caps, capv, 64);
+  if (ncap < 0) return 2;
   if (strcmp(vbm, "best") && strcmp(vbm, "flow") && strcmp(vbm, "live") && !(strncmp(vbm, "exp:", 4) == 0 && atof(vbm + 4) > 0)) {
     fprintf(stderr, "eval_evict: --vbelady %s: expected best, flow, live or exp:TAU (TAU > 0)\n", vbm);
     return 2;
@@ -1039,7 +1099,9 @@ int main(int argc, char **argv) {
            X.cost.link_Bps / 1e9, X.cost.tier_Bps[1] / 1e9, remote ? ", remote 1.25 GB/s" : "");
     free(ws.k); free(ws.used); free(keys);
   }
-  char tmpl[] = "/tmp/eval_evict.XXXXXX";
+  char tmpl[1024]; /* under $TMPDIR (as mktemp), /tmp without it */
+  const char *td = getenv("TMPDIR");
+  snprintf(tmpl, sizeof tmpl, "%s/eval_evict.XXXXXX", td && *td ? td : "/tmp");
   if (!dir) {
     if (!mkdtemp(tmpl)) { perror("mkdtemp"); return 1; }
     dir = tmpl;
@@ -1052,13 +1114,10 @@ int main(int argc, char **argv) {
   printf("%-8s %-7s %12s %12s %8s %8s %8s %8s %8s %8s\n", "capacity", "policy", "mean_ttft_ms", "p99_ttft_ms", "hit",
          "cpu_hit", "gain", "ev_cpu", "ev_ssd", "refused");
   int rc = 0;
-  char *cl = strdup(caps);
-  for (char *sv = NULL, *c = strtok_r(cl, ",", &sv); c && !rc; c = strtok_r(NULL, ",", &sv)) {
-    char *end;
-    double frac = strtod(c, &end);
-    if (*end || !(frac > 0) || frac > 10 || (long)(frac * X.ws) < 1) {
-      fprintf(stderr, "eval_evict: --caps '%s': expected fractions of the working set in (0, 10] "
-              "holding at least one chunk\n", c);
+  for (int ci = 0; ci < ncap && !rc; ci++) {
+    double frac = capv[ci];
+    if ((long)(frac * X.ws) < 1) {
+      fprintf(stderr, "eval_evict: --caps %g: %g of the working set (%ld chunks) holds no chunk\n", frac, frac, X.ws);
       rc = 2;
       break;
     }
@@ -1115,8 +1174,11 @@ int main(int argc, char **argv) {
     }
     fflush(stdout);
   }
-  free(cl);
-  if (dir == tmpl) rmdir(tmpl);
+  if (dir == tmpl) { /* the replays remove their stores; whatever a failed one left goes too */
+    char cmd[1100];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpl);
+    if (system(cmd) != 0) {}
+  }
   for (int i = 0; i < T.n; i++) free(T.r[i].prompt.s); /* on a bad --caps too (make asan: LeakSanitizer) */
   free(T.r);
   free(oracle.o); free(oracle.sv); free(oracle.sel); free(oracle.cum);

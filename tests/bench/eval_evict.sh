@@ -28,10 +28,16 @@ while [ $# -gt 0 ]; do
     *) [ $# -ge 2 ] || { echo "eval_evict.sh: $1 needs a value" >&2; exit 2; }; args+=("$1" "$2"); shift 2 ;;
   esac
 done
-dir=$(mktemp -d "${TMPDIR:-/tmp}/eval_evict.XXXXXX")
+# every family named before any replay runs (a misspelt one would fail after the others' minutes)
+[ -n "${work// /}" ] || { echo "eval_evict.sh: --workloads '$work': no workload named (chat, agentic, rag)" >&2; exit 2; }
+for w in $work; do
+  case $w in chat | agentic | rag) ;; *) echo "eval_evict.sh: --workloads: unknown workload '$w': expected chat, agentic or rag" >&2; exit 2 ;; esac
+done
+# tmpfs when there is one: the replay measures policies, not the disk (one directory, removed at
+# exit: the trap once named "$dir" after it had been pointed at the tmpfs one, leaking the first)
+if [ -d /dev/shm ] && [ -w /dev/shm ]; then dir=$(mktemp -d /dev/shm/eval_evict.XXXXXX)
+else dir=$(mktemp -d "${TMPDIR:-/tmp}/eval_evict.XXXXXX"); fi
 trap 'rm -rf "$dir"' EXIT
-# tmpfs when there is one: the replay measures policies, not the disk
-if [ -d /dev/shm ] && [ -w /dev/shm ]; then dir2=$(mktemp -d /dev/shm/eval_evict.XXXXXX); trap 'rm -rf "$dir" "$dir2"' EXIT; dir=$dir2; fi
 rc=0
 for w in $work; do
   "$BIN" --workload "$w" --dir "$dir" "${args[@]+"${args[@]}"}" || rc=1

@@ -74,4 +74,34 @@ expect_err "bad capacity" "--caps .abc." --scale 0.03 --caps 0.1,abc
 expect_err "bad vbelady form" "--vbelady exp:0" --vbelady exp:0
 expect_err "bad bayes form" "--bayes psychic" --bayes psychic
 expect_err "bad bayes tau" "--bayes full:0" --bayes full:0
+# held-out option values: each named, before any replay runs
+expect_err "seed not a number" "--seed 'abc'" --seed abc
+expect_err "negative seed" "--seed '-1'" --seed -1
+expect_err "seed past 2^64" "--seed '18446744073709551616'" --seed 18446744073709551616
+expect_err "scale with junk" "--scale must be .*'0.25x'" --scale 0.25x
+expect_err "infinite scale" "--scale must be .*'inf'" --scale inf
+expect_err "no capacity" "--caps '': no capacity" --caps ""
+expect_err "capacity over 10x" "--caps '11'" --caps 0.1,11
+expect_err "capacity holding no chunk" "holds no chunk" --scale 0.03 --caps 1e-9
+expect_err "unknown policy" "unknown policy 'lfu'" --policies lru,lfu
+expect_err "no policy" "no policy named" --policies ,
+# capacities as percentages, 1% and 100%: a row each
+if "$EV" --workload chat --scale 0.03 --caps 1%,100% --policies lru,cost --dir "$T" >"$T/pct.txt" 2>"$T/pct.err"; then
+  why=$(rows_ok "$T/pct.txt" 0.01,1 "lru cost") && ok "capacities 1% and 100% (percent form)" || bad "percent rows" "$why"
+else bad "capacities 1% and 100% run" "$(head -n 3 "$T/pct.err")"; fi
+# no temporary store left behind (its own under TMPDIR without --dir), on success or failure
+mkdir -p "$T/tmp"
+TMPDIR="$T/tmp" "$EV" --workload rag --scale 0.03 --caps 0.1 --policies cost >/dev/null 2>&1
+TMPDIR="$T/tmp" "$EV" --workload rag --scale 0.03 --caps 0.1 --policies lru --dump "$T/none/x" >/dev/null 2>&1
+TMPDIR="$T/tmp" "$EV" --workload rag --scale 0.03 --caps 0.1,1e-9 --policies lru >/dev/null 2>&1
+# the one-command script (make eval-evict): workload names checked first, its directory removed
+mkdir -p "$T/tmp2"
+TMPDIR="$T/tmp2" tests/bench/eval_evict.sh --workloads rag --scale 0.03 --caps 0.1 --policies lru >"$T/sh.txt" 2>&1
+rc=$?
+check "eval_evict.sh runs and leaves no directory under TMPDIR" "[ $rc -eq 0 ] && [ -z \"\$(ls -A '$T/tmp2')\" ]" "$(tail -3 "$T/sh.txt"; ls "$T/tmp2")"
+tests/bench/eval_evict.sh --workloads "chat video" --scale 0.03 >"$T/sh.txt" 2>&1
+rc=$?
+check "eval_evict.sh: an unknown workload named, nothing run (exit 2)" \
+  "[ $rc -eq 2 ] && grep -q \"unknown workload 'video'\" '$T/sh.txt' && ! grep -q '^capacity' '$T/sh.txt'" "$(head -3 "$T/sh.txt")"
+check "no temporary directory left (a run, a failed --dump, a failed capacity)" "[ -z \"\$(ls -A '$T/tmp')\" ]" "$(ls -R "$T/tmp")"
 finish

@@ -246,6 +246,39 @@ if "$SIM" --hw h100x8-nvlink --model llama-3.1-70b-tp4pp2 --workload "$T/holes.j
   check_json "$T/hp.json" "holes with pipeline stages"
 else bad "holes with pipeline stages" "$(head -n 3 "$T/err.txt")"; fi
 
+# 3d. held-out holes: random "tiers" lists with ["none", N] first, last, alone, every other chunk,
+# all but the last chunk, 0 tokens, adjacent duplicates, N not a multiple of the chunk
+# (tests/integration/py/holes_workload.py), chunks of 256 and of 1000 tokens: every policy valid,
+# >= the bound, optimal <= the rest; the load policy computes exactly the chunks with a "none"
+# token at every layer and no other (the expected holes computed by the generator itself)
+for hs in "1 256" "2 1000" "3 256" "4 1000"; do
+  set -- $hs
+  "$PYTHON" tests/integration/py/holes_workload.py "$1" "$2" "$T/rh.exp" >"$T/rh.jsonl"
+  if "$SIM" --hw h100-nvme --model llama-3.1-8b --tier dram --chunk "$2" --workload "$T/rh.jsonl" --json "$T/rh.json" >/dev/null 2>"$T/err.txt" &&
+     "$SIM" --hw h100-nvme --model llama-3.1-8b --tier dram --chunk "$2" --workload "$T/rh.jsonl" --policy load \
+       --plan-json "$T/rhplan.json" >/dev/null 2>>"$T/err.txt"; then
+    check_json "$T/rh.json" "random holes (seed $1, chunk $2): every policy valid, >= bound, optimal fastest"
+    why=$(jq -r --slurpfile e "$T/rh.exp" '.n_layers as $L | [range(.requests | length) as $r
+            | (.requests[$r].h) as $h | ($e[0][$r]) as $x
+            | range($h | length) as $c | select(($h[$c] == $L) != ($x | index($c) != null) or ($h[$c] != $L and $h[$c] != 0))
+            | "request \($r) chunk \($c): h \($h[$c]), hole \($x | index($c) != null)"][:3] | join("; ")' "$T/rhplan.json")
+    check "random holes (seed $1, chunk $2): load computes exactly the holes, every layer" "[ -z \"$why\" ]" "$why"
+  else bad "random holes (seed $1, chunk $2)" "$(head -n 3 "$T/err.txt")"; fi
+done
+# --save-workload keeps the holes (and a pinned device): read back, the same numbers
+echo '{"arrival_s": 0.001, "prefix_tokens": 700, "new_tokens": 9, "device": 0}' >>"$T/rh.jsonl"
+if "$SIM" --hw h100-nvme --model llama-3.1-8b --tier dram --chunk 1000 --workload "$T/rh.jsonl" --json "$T/rt1.json" \
+     --save-workload "$T/rt.jsonl" >/dev/null 2>"$T/err.txt" &&
+   "$SIM" --hw h100-nvme --model llama-3.1-8b --tier dram --chunk 1000 --workload "$T/rt.jsonl" --json "$T/rt2.json" >/dev/null 2>>"$T/err.txt"; then
+  check "--save-workload round trip with holes and a device: same bound and makespans" \
+    "[ \"\$(jq -c '[.bound_s, [.policies[].makespan_s]]' '$T/rt1.json')\" = \"\$(jq -c '[.bound_s, [.policies[].makespan_s]]' '$T/rt2.json')\" ] &&
+     grep -q '\"none\"' '$T/rt.jsonl' && grep -q '\"device\": 0' '$T/rt.jsonl'" "$(head -c 300 "$T/rt.jsonl")"
+else bad "--save-workload round trip" "$(head -n 3 "$T/err.txt")"; fi
+"$PYTHON" tests/integration/py/holes_workload.py 5 4096 "$T/rh.exp" 8 >"$T/rh.jsonl"
+if "$SIM" --hw h100x8-nvlink --model llama-3.1-70b-tp4pp2 --chunk 4096 --workload "$T/rh.jsonl" --json "$T/rhp.json" >/dev/null 2>"$T/err.txt"; then
+  check_json "$T/rhp.json" "random holes with pipeline stages"
+else bad "random holes with pipeline stages" "$(head -n 3 "$T/err.txt")"; fi
+
 # 4. bad input: exit 2 and one line naming the problem
 expect_err() { # name, expected substring, args...
   local name=$1 want=$2; shift 2
@@ -275,6 +308,20 @@ echo '{"arrival_s": 0, "prefix_tokens": 512, "new_tokens": 1, "tiers": [["dram",
 expect_err "unknown tier in runs" "tiers run 1" --hw h100-nvme --model llama-3.1-8b --workload "$T/bad5.jsonl"
 echo '{"arrival_s": 0, "prefix_tokens": 512, "new_tokens": 1, "tiers": [["none", 600]]}' > "$T/bad5b.jsonl"
 expect_err "a hole past the prefix" "tokens 1..512" --hw h100-nvme --model llama-3.1-8b --workload "$T/bad5b.jsonl"
+# held-out bad runs: each error names the run and what is wrong with it
+badrun() { # name, expected substring, tiers JSON
+  echo "{\"arrival_s\": 0, \"prefix_tokens\": 512, \"new_tokens\": 1, \"tiers\": $3}" >"$T/badr.jsonl"
+  expect_err "$1" "$2" --hw h100-nvme --model llama-3.1-8b --workload "$T/badr.jsonl"
+}
+badrun "negative run" "tiers run 0 (none): tokens -5 is negative" '[["none", -5], ["dram", 517]]'
+badrun "unknown tier named" "tiers run 1: unknown tier 'hbm'" '[["dram", 256], ["hbm", 256]]'
+badrun "fractional run" "tiers run 0 (none): tokens 256.5: expected an integer" '[["none", 256.5], ["dram", 255.5]]'
+badrun "run given as a string" "tokens is a JSON string" '[["none", "512"]]'
+badrun "huge run" "(none): tokens 9.99.*e+22 run past the prefix.s end" '[["none", 99999999999999999999999]]'
+badrun "huge int64 run" "tokens 9223372036854775807 run past" '[["none", 9223372036854775807]]'
+badrun "run of 3 items" "tiers run 0: a list of 3 items" '[["none", 256, 1], ["dram", 256]]'
+badrun "tier not a string" "tiers run 0: tier is a JSON null" '[[null, 512]]'
+badrun "control bytes in a tier name" "unknown tier 'a?b'" '[["a\nb", 512]]'
 echo '{"arrival_s": 0, "prefix_tokens": 512, "new_tokens": 1, "tiers": [["dram", 256]]}' > "$T/bad6.jsonl"
 expect_err "runs short of the prefix" "cover 256 tokens" --hw h100-nvme --model llama-3.1-8b --workload "$T/bad6.jsonl"
 echo '{"arrival_s": 0, "prefix_tokens": 512, "new_tokens": 1, "tiers": [["ssd", 256], ["net", 256]]}' > "$T/bad7.jsonl"

@@ -34,7 +34,7 @@ draw() {
         ( ["compute", "load", "send"][] as $k
           | ([.ops[] | select(.[0] == $k)] | length) as $n
           | if ($t[0].kinds[$k] // 0) != $n then "\($t[0].kinds[$k] // 0) \($k) boxes, the plan has \($n)" else empty end ),
-        if $c[0].stairs != (.requests | length) then "\($c[0].stairs) staircases, \(.requests | length) requests" else empty end ]
+        if $c[0].stairs != ([.requests | length, 64] | min) then "\($c[0].stairs) staircases, \(.requests | length) requests (at most 64 drawn)" else empty end ]
     | join("; ")' "$T/p.json")
   if [ -z "$why" ]; then ok "$name"; else bad "$name" "$why"; fi
 }
@@ -46,6 +46,16 @@ done
 draw "policy all draws optimal" --hw h100-link10g --model llama-3.1-8b --gen agentic --n 3 --seed 2 --chunk 2048
 draw "two engines, peer help (sends)" --hw h100x8-nvlink --model llama-3.1-8b --devices 2 --gen rag --n 3 --seed 4 --chunk 2048 --policy optimal
 draw "pipeline stages" --hw h100x8-nvlink --model llama-3.1-70b-tp4pp2 --gen rag --n 2 --seed 1 --chunk 4096 --policy optimal
+# held-out edge cases: one token (one chunk), a prefix of 0 tokens (a plan with no op), a prefix
+# stored nowhere (all holes), a 0-token "none" run, 400 requests (staircases capped, every op drawn)
+echo '{"arrival_s": 0, "prefix_tokens": 1, "new_tokens": 1}' >"$T/one.jsonl"
+draw "one token, load" --hw h100-pcie5 --model llama-3.1-8b --workload "$T/one.jsonl" --policy load
+echo '{"arrival_s": 0, "prefix_tokens": 0, "new_tokens": 1}' >"$T/zero.jsonl"
+draw "prefix of 0 tokens: no op" --hw h100-pcie5 --model llama-3.1-8b --workload "$T/zero.jsonl" --policy optimal
+printf '%s\n' '{"arrival_s": 0, "prefix_tokens": 4096, "new_tokens": 16, "tiers": [["none", 0], ["none", 4096]]}' \
+  '{"arrival_s": 0, "prefix_tokens": 1000, "new_tokens": 16, "tiers": [["dram", 999], ["none", 1]]}' >"$T/holes.jsonl"
+draw "all holes and a last-token hole" --hw h100-pcie5 --model llama-3.1-8b --workload "$T/holes.jsonl" --chunk 256 --policy optimal
+draw "400 requests" --hw h100-pcie5 --model llama-3.1-8b --gen rag --n 400 --seed 3 --chunk 2048 --policy load
 
 # the bound line and the makespan line are drawn, at the numbers the table prints
 "$SIM" --hw h100-pcie5 --model llama-3.1-8b --workload "$T/w.jsonl" --chunk 1024 --policy optimal --svg "$T/b.svg" --json "$T/b.json" >/dev/null 2>&1
@@ -60,6 +70,11 @@ if [ -f "$cfg" ]; then
     check "input text with & < \" ' escaped: well-formed" "'$PYTHON' '$CHECK' '$T/e.svg' --serial >/dev/null"
     check "the escaped name is in the picture" "grep -q 'a&amp;b&lt;c&quot;d&apos;e' '$T/e.svg'"
   else bad "escaped input text" "$(head -n 2 "$T/e.err")"; fi
+  # a path that is not UTF-8 (Latin-1 e-acute): the picture stays well-formed (U+FFFD in its place)
+  d="$T/lat$(printf '\xe9')n"
+  mkdir -p "$d" && cp "$cfg" "$d/config.json"
+  "$SIM" --hw h100-pcie5 --model "$d/config.json" --gen rag --n 2 --chunk 2048 --policy load --svg "$T/l.svg" >/dev/null 2>"$T/l.err"
+  check "input text not UTF-8: well-formed" "'$PYTHON' '$CHECK' '$T/l.svg' --serial >/dev/null" "$(cat "$T/l.err")"
 else skip "escaped input text" "no fixture config.json ($cfg)"; fi
 
 # an unwritable path: exit 2, one line naming it

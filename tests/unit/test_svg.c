@@ -24,6 +24,31 @@ CF_TEST(svg_escape_every_special_character) {
   CF_CHECK(!strcmp(out, "ab"));
 }
 
+/* Text from input that is not UTF-8 (a Latin-1 path, a character cut by a caller's snprintf)
+ * would make the file ill-formed: each bad byte becomes U+FFFD, good characters stay as they are,
+ * and a truncated escape never ends inside a character. */
+CF_TEST(svg_escape_keeps_utf8_well_formed) {
+  char out[64];
+  cf_svg_escape(out, sizeof out, "lat\xe9n \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
+  CF_CHECK(!strcmp(out, "lat\xef\xbf\xbdn \xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"));
+  /* cut mid-character, a surrogate, overlong, U+FFFF, a stray continuation byte */
+  cf_svg_escape(out, sizeof out, "a\xc3");
+  CF_CHECK(!strcmp(out, "a\xef\xbf\xbd"));
+  cf_svg_escape(out, sizeof out, "\xed\xa0\x80|\xc0\xaf|\xef\xbf\xbf|\x80");
+  CF_CHECK(!strcmp(out, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd|\xef\xbf\xbd\xef\xbf\xbd|"
+                        "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd|\xef\xbf\xbd"));
+  /* room for "ab" and half of the euro sign: the sign is left out whole */
+  cf_svg_escape(out, 5, "ab\xe2\x82\xac");
+  CF_CHECK(!strcmp(out, "ab"));
+  cf_svg_t s;
+  cf_svg_begin(&s, 10, 10, "model /tmp/lat\xe9n");
+  cf_svg_text(&s, 1, 2, 10, NULL, NULL, "%s", "\xff\xfe");
+  cf_svg_end(&s);
+  CF_CHECK(strstr(s.buf, "<title>model /tmp/lat\xef\xbf\xbdn</title>") != NULL);
+  CF_CHECK(strstr(s.buf, ">\xef\xbf\xbd\xef\xbf\xbd</text>") != NULL);
+  cf_svg_free(&s);
+}
+
 CF_TEST(svg_document_text_is_escaped_and_groups_close) {
   cf_svg_t s;
   cf_svg_begin(&s, 100, 50, "t<&>");
