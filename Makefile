@@ -272,7 +272,7 @@ asan: deps
 daemon-bins: $(BINS) $(REFENGINE) $(PY_STUBS) $(FAULTSHIM)
 # (not test_store_crash: its subject is kill -9, and under TSan's slowdown on a busy machine its
 # random kills land before the children reach its count of durable saves)
-TSAN_UNITS := test_store test_store_cost test_store_stress test_store_fill test_store_shrink test_store_enospc \
+TSAN_UNITS := test_store test_store_cost test_store_stress test_store_fill test_store_shrink test_store_enospc test_ipc \
               test_evict_refresh test_exec_store
 tsan: deps
 	$(Q)$(MAKE) --no-print-directory BUILD=build-tsan CUDA=0 OPT=-O1 \

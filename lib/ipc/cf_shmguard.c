@@ -1,8 +1,12 @@
 /* cf_shmguard — engine mappings survive their files being truncated (see cf_shmguard.h). The
  * registry is a fixed table read by the signal handler without locks: a slot is published by
- * storing its address last (release) and retired by clearing it first. */
+ * storing its address last (release) and retired by clearing it first. A reader that loaded a
+ * slot's address may still read its len and broken while a writer reuses the slot (remove,
+ * then add of another mapping), so those two are atomics as well (test_ipc's
+ * shmguard_slots_reused_while_read). */
 #include "ipc/cf_shmguard.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -26,15 +30,18 @@ static pthread_mutex_t cf__mu = PTHREAD_MUTEX_INITIALIZER; /* writers only */
 
 static void cf__on_sigbus(int sig, siginfo_t *si, void *uc) {
   (void)uc;
+  int saved = errno; /* mmap may set it; the interrupted code must not see that */
   uintptr_t a = (uintptr_t)si->si_addr;
   int hw = __atomic_load_n(&cf__hw, __ATOMIC_ACQUIRE);
   for (int i = 0; i < hw; i++) {
     uintptr_t base = __atomic_load_n(&cf__slot[i].addr, __ATOMIC_ACQUIRE);
-    if (!base || a < base || a - base >= cf__slot[i].len) continue;
-    void *p = mmap((void *)base, cf__slot[i].len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    size_t len = __atomic_load_n(&cf__slot[i].len, __ATOMIC_RELAXED);
+    if (!base || a < base || a - base >= len) continue;
+    void *p = mmap((void *)base, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
     if (p == (void *)base) {
       __atomic_store_n(&cf__slot[i].broken, 1, __ATOMIC_RELEASE);
       __atomic_add_fetch(&cf__faults, 1, __ATOMIC_RELAXED);
+      errno = saved;
       return; /* the faulting access runs again, on zeros */
     }
     break;
@@ -58,8 +65,8 @@ int cf_shmguard_add(void *addr, size_t len, const char *path) {
   pthread_mutex_lock(&cf__mu);
   for (int i = 0; i < CF__SLOTS; i++) {
     if (__atomic_load_n(&cf__slot[i].addr, __ATOMIC_RELAXED)) continue;
-    cf__slot[i].len = len;
-    cf__slot[i].broken = 0;
+    __atomic_store_n(&cf__slot[i].len, len, __ATOMIC_RELAXED);
+    __atomic_store_n(&cf__slot[i].broken, 0, __ATOMIC_RELAXED);
     snprintf(cf__slot[i].path, sizeof cf__slot[i].path, "%s", path ? path : "");
     __atomic_store_n(&cf__slot[i].addr, (uintptr_t)addr, __ATOMIC_RELEASE);
     if (i + 1 > cf__hw) __atomic_store_n(&cf__hw, i + 1, __ATOMIC_RELEASE);
@@ -83,7 +90,7 @@ int cf_shmguard_broken(const void *p, const char **path) {
   int hw = __atomic_load_n(&cf__hw, __ATOMIC_ACQUIRE);
   for (int i = 0; i < hw; i++) {
     uintptr_t base = __atomic_load_n(&cf__slot[i].addr, __ATOMIC_ACQUIRE);
-    if (!base || a < base || a - base >= cf__slot[i].len) continue;
+    if (!base || a < base || a - base >= __atomic_load_n(&cf__slot[i].len, __ATOMIC_RELAXED)) continue;
     if (!__atomic_load_n(&cf__slot[i].broken, __ATOMIC_ACQUIRE)) return 0;
     if (path) *path = cf__slot[i].path;
     return 1;

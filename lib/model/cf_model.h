@@ -132,7 +132,8 @@ void cf_model_fingerprint(const cf_model_config_t *c, size_t n, const char *cons
  * place of the checkpoint between restarts has the same fingerprint; the store records this
  * digest and refuses a directory made with other weights, whose KV would be wrong for these.
  * Sampled: a checkpoint whose changes miss every window is not told apart (a fine-tune changes
- * every tensor). Returns 0, or CF_ENOENT/CF_EIO naming the file. */
+ * every tensor). Returns 0, or CF_ENOENT/CF_EIO naming the file (CF_ENOENT naming dir when it
+ * holds no *.safetensors file). */
 int cf_model_weights_digest(const char *dir, uint8_t out[16]);
 /* Writes fp as 32 lowercase hex chars plus NUL into out[33]; returns out. */
 char *cf_model_fingerprint_hex(const uint8_t fp[16], char out[33]);

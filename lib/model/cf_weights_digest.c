@@ -67,6 +67,10 @@ int cf_model_weights_digest(const char *dir, uint8_t out[16]) {
     n++;
   }
   closedir(dp);
+  /* no weights there (the files went away after the load, or no checkpoint at all): a digest of
+   * nothing would match any other empty directory's, so it is an error, not a value (and qsort
+   * must not be handed names == NULL: UBSan's nonnull check, test_model_loader) */
+  if (!rc && !n) rc = cf_seterr(CF_ENOENT, "%s: no *.safetensors file to digest", dir);
   XXH3_state_t *h = rc ? NULL : XXH3_createState();
   if (!rc && !h) rc = cf_seterr(CF_ENOMEM, "%s: weights digest", dir);
   if (!rc) {

@@ -1,8 +1,14 @@
 /* lib/ipc: shared paged KV buffer and readiness counters, across real processes (fork). */
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -10,6 +16,7 @@
 #include "cf_test.h"
 #include "ipc/cf_kvmap.h"
 #include "ipc/cf_ready.h"
+#include "ipc/cf_shmguard.h"
 
 static void path_in_tmp(char *buf, size_t n, const char *name) {
   snprintf(buf, n, "%s/%s", cf_test_tmpdir(), name);
@@ -497,4 +504,114 @@ CF_TEST(kvmap_shard_moves_only_its_heads) {
     CF_CHECK_ERR(cf_kv_layout_check(&L, &mc), CF_ESHAPE);
     CF_CHECK_CONTAINS(cf_errmsg(), "heads 3..4 of a 4-head row");
   }
+}
+
+/* ---------------------------------------------------------------- cf_shmguard
+ * A real file mapped MAP_SHARED, truncated under the mapping: the next read past the new end
+ * raises a real SIGBUS. Run under `make asan` and `make tsan` too (the sanitizers install
+ * their own SIGBUS handling; cf_shmguard's handler must still be the one that runs). */
+static unsigned char *shm_file_map(const char *name, size_t len, char *path, size_t pn) {
+  path_in_tmp(path, pn, name);
+  int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0 || ftruncate(fd, (off_t)len) != 0) { if (fd >= 0) close(fd); return NULL; }
+  void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  close(fd);
+  if (p == MAP_FAILED) return NULL;
+  memset(p, 0xab, len);
+  return p;
+}
+
+/* The copy out of a truncated watched mapping completes on zeros (memcpy, as Save copies, and
+ * plain loads), the mapping is reported broken with its path, errno is what it was before the
+ * fault, and a SIGBUS anywhere else keeps its default action (the child dies of it). */
+CF_TEST(shmguard_truncated_mapping_reads_zeros) {
+  CF_CHECK_OK(cf_shmguard_install());
+  size_t len = 4 * (size_t)sysconf(_SC_PAGESIZE);
+  char path[512];
+  unsigned char *p = shm_file_map("guarded.kv", len, path, sizeof path);
+  CF_CHECK(p != NULL);
+  if (!p) return;
+  CF_CHECK_OK(cf_shmguard_add(p, len, path));
+  const char *bp = NULL;
+  CF_CHECK_EQ(cf_shmguard_broken(p + 1, &bp), 0);
+  unsigned long f0 = cf_shmguard_faults();
+  CF_CHECK_EQ(truncate(path, 0), 0);
+  unsigned char *buf = malloc(len);
+  memset(buf, 0x55, len);
+  errno = 1234;
+  memcpy(buf, p, len);
+  CF_CHECK_EQ(errno, 1234);
+  size_t nz = 0;
+  for (size_t i = 0; i < len; i++) nz += buf[i] != 0;
+  CF_CHECK_EQ(nz, 0);
+  volatile unsigned char *vp = p;
+  CF_CHECK_EQ(vp[len - 1], 0);
+  vp[7] = 9; /* the zeros are private pages: writable, the file stays empty */
+  CF_CHECK_EQ(vp[7], 9);
+  CF_CHECK_EQ(cf_shmguard_faults(), f0 + 1);
+  CF_CHECK_EQ(cf_shmguard_broken(p + len / 2, &bp), 1);
+  CF_CHECK_STR(bp, path);
+  CF_CHECK_EQ(cf_shmguard_broken(buf, &bp), 0); /* outside every watched mapping */
+  struct stat sb;
+  CF_CHECK(stat(path, &sb) == 0 && sb.st_size == 0);
+  cf_shmguard_remove(p);
+  CF_CHECK_EQ(cf_shmguard_broken(p, NULL), 0);
+  munmap(p, len);
+  free(buf);
+
+  char upath[512];
+  unsigned char *u = shm_file_map("unguarded.kv", len, upath, sizeof upath);
+  CF_CHECK(u != NULL);
+  if (!u) return;
+  pid_t pid = fork();
+  if (pid == 0) {
+    if (truncate(upath, 0) != 0) _exit(2);
+    volatile unsigned char *vu = u;
+    _exit(vu[len - 1] == 0 ? 3 : 4); /* not reached: SIGBUS, default action */
+  }
+  int st = 0;
+  waitpid(pid, &st, 0);
+  CF_CHECK_MSG(WIFSIGNALED(st) && WTERMSIG(st) == SIGBUS, "child status %#x, expected death by SIGBUS", st);
+  munmap(u, len);
+}
+
+/* Engines come and go (their slots freed and reused) while another thread asks about a mapping
+ * that stays: the answer never changes and no slot is read while half written (under TSan: the
+ * slot's len and broken were plain fields, written by the reuse while the reader read them). */
+static atomic_int shm_stop;
+static void *shm_churn(void *arg) {
+  unsigned char *pages = arg;
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+  for (int i = 0; !atomic_load(&shm_stop) && i < 200000; i++) {
+    unsigned char *a = pages + (size_t)(i % 4) * pg;
+    if (cf_shmguard_add(a, pg, "churn") == 0) cf_shmguard_remove(a);
+  }
+  return NULL;
+}
+CF_TEST(shmguard_slots_reused_while_read) {
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+  unsigned char *stay = mmap(NULL, pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  unsigned char *pages = mmap(NULL, 4 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  CF_CHECK(stay != MAP_FAILED && pages != MAP_FAILED);
+  if (stay == MAP_FAILED || pages == MAP_FAILED) return;
+  /* free slots below the one that stays, so the churn reuses slots the reader scans past */
+  unsigned char *lo[3];
+  for (int i = 0; i < 3; i++) { lo[i] = pages + (size_t)i * pg; CF_CHECK_OK(cf_shmguard_add(lo[i], pg, "lo")); }
+  CF_CHECK_OK(cf_shmguard_add(stay, pg, "stay"));
+  for (int i = 0; i < 3; i++) cf_shmguard_remove(lo[i]);
+  atomic_store(&shm_stop, 0);
+  pthread_t th[2];
+  for (int t = 0; t < 2; t++) pthread_create(&th[t], NULL, shm_churn, pages);
+  int wrong = 0;
+  for (int i = 0; i < 20000; i++) {
+    const char *bp = NULL;
+    wrong += cf_shmguard_broken(stay + (size_t)(i % (int)pg), &bp) != 0;
+    wrong += cf_shmguard_broken(pages + (size_t)(i % 4) * pg, &bp) != 0;
+  }
+  atomic_store(&shm_stop, 1);
+  for (int t = 0; t < 2; t++) pthread_join(th[t], NULL);
+  CF_CHECK_EQ(wrong, 0);
+  cf_shmguard_remove(stay);
+  munmap(stay, pg);
+  munmap(pages, 4 * pg);
 }

@@ -836,6 +836,38 @@ CF_TEST(sharded_load_equals_single_file) {
   CF_CHECK_CONTAINS(cf_errmsg(), "model.safetensors.index.json: JSON line 1");
 }
 
+/* The weights digest: the same bytes give the same digest, another value in a tensor another;
+ * a directory with no *.safetensors file is refused naming it (it used to digest nothing, passing
+ * NULL to qsort: UBSan under `make asan`). */
+CF_TEST(weights_digest_values_and_empty_dir) {
+  uint8_t a[16], b[16], c[16];
+  write_model(tpath("wd_a"), LLAMA_CFG, &(model_opts_t){.dtype = CF_DT_F32});
+  write_model(tpath("wd_b"), LLAMA_CFG, &(model_opts_t){.dtype = CF_DT_F32});
+  CF_CHECK_OK(cf_model_weights_digest(tpath("wd_a"), a));
+  CF_CHECK_OK(cf_model_weights_digest(tpath("wd_b"), b));
+  CF_CHECK(memcmp(a, b, 16) == 0);
+  char p[600];
+  snprintf(p, sizeof p, "%s/model.safetensors", tpath("wd_b"));
+  FILE *f = fopen(p, "r+b");
+  CF_CHECK(f != NULL);
+  if (f) {
+    fseek(f, -3, SEEK_END); /* the last tensor's last bytes: a value, not the header */
+    int ch = fgetc(f);
+    fseek(f, -3, SEEK_END);
+    fputc(ch ^ 0x5a, f);
+    fclose(f);
+  }
+  CF_CHECK_OK(cf_model_weights_digest(tpath("wd_b"), c));
+  CF_CHECK(memcmp(a, c, 16) != 0);
+  const char *d = tpath("wd_empty");
+  mkdir(d, 0700);
+  memset(c, 0x77, 16);
+  CF_CHECK_ERR(cf_model_weights_digest(d, c), CF_ENOENT);
+  CF_CHECK_CONTAINS(cf_errmsg(), "wd_empty: no *.safetensors file to digest");
+  static const uint8_t zero[16];
+  CF_CHECK(memcmp(c, zero, 16) == 0);
+}
+
 /* ------------------------------------------------------------------ fingerprint */
 
 static void fp_of(const char *name, const char *cfg, const model_opts_t *o, uint8_t out[16]) {
