@@ -377,6 +377,7 @@ void cf_store_get_stats(cf_store_t *st, cf_store_stats_t *o) {
   if (st->cost_on && st->learn_tier == 1) o->cost_cpu_head_start = st->bonus[0];
   o->cost_cpu_rate_order = st->cost_on && cf__rate_on(st, 0);
   if (st->cost_on && st->sketch.c) o->cost_freq_w = st->ghosts.freq_w;
+  if (st->cost_on && st->learn_tier == 1) o->cost_defer_on = st->defer_on;
   o->ssd_bytes_cap = st->cfg.ssd_bytes;
   o->ssd_bytes_used = o->ssd_chunks * st->slot_bytes;
   o->journal_records = __atomic_load_n(&st->jrecords, __ATOMIC_RELAXED);

@@ -194,6 +194,10 @@ typedef struct {
    * subset of ssd_refusals, weighed again when the CPU tier gives the chunk up) */
   double cost_freq_w;
   uint64_t cost_deferred;
+  /* cost policy: 1 while first write-backs into the full SSD tier are deferred, and how often
+   * that changed (cf_store_cost.c, cf__defer_learn: only while the SSD tier refuses many) */
+  int cost_defer_on;
+  uint64_t cost_defer_switches;
   uint64_t corrupt_cells, corrupt_chunks;  /* checksum mismatches found on read; chunks dropped */
   uint64_t journal_records, journal_torn, journal_damaged, journal_dropped, journal_compactions;
   uint64_t enospc, io_errors;

@@ -205,6 +205,9 @@ struct cf_store_s {
   double *cost_t;    /* COST: [n_ents_max] the clock at each entry's arrival or last use */
   struct cf__cpush_s *cpush; /* COST: the CPU tier's shadows choosing bonus[0] (cf_store_cost_cpu.c) */
   struct cf__rate_s *rate;   /* COST: reuse counts and the rate order's state (cf_store_cost_rate.c) */
+  double defer_rate; /* COST: share of first write-backs the full SSD tier would refuse (decayed) */
+  int defer_on;      /* COST: first write-backs are deferred (cf_store_cost.c, cf__defer_learn) */
+  double defer_n;    /* COST: first write-backs weighed so far, up to the rate's horizon */
 };
 
 #define CF__SPILL_BATCH 16 /* chunks per write-back batch (one journal append) */

@@ -31,7 +31,8 @@
  *
  * Usage: bench_eval_evict [--workload chat|agentic|rag] [--seed N] [--scale X]
  *                         [--caps 0.05,0.1,0.25,0.5 (or 5%,10%,...)] [--lookup holes|prefix] [--remote]
- *                         [--policies lru,s3fifo,cost,ssd-all,belady,vbelady,bayes] [--dir DIR]
+ *                         [--policies lru,s3fifo,cost,ssd-all,belady,vbelady,bayes,lru+promote,s3fifo+promote]
+ *                         [--dir DIR]
  *                         [--hw NAME] [--vbelady best|flow|live|exp:TAU] [--dump DIR]
  *                         [--bayes full|nolive|nocont|nopop|nostruct|nostruct-aged|exact|nopop-exact[:TAU]]
  * ssd-all is a reference, not a policy: LRU with the SSD tier holding every chunk ever saved
@@ -277,6 +278,7 @@ typedef struct {
   int holes, remote;
   const char *dump;  /* --dump DIR: per replay, each prompt chunk's state and the tiers' contents */
   long ws; /* working set, chunks */
+  int promote; /* lru+promote, s3fifo+promote: whole-chunk SSD reads also go to the CPU tier */
 } ctx_t;
 
 /* The clairvoyant reference rows, through the evaluation-only hook cf_store_config_t.rank (the
@@ -748,6 +750,7 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
   sc.ssd_bytes = (uint64_t)ssd_slots * 4096;
   sc.cpu_evict = pol;
   sc.cost = X->table;
+  sc.promote_on_read = X->promote;
   if (om != OR_NONE) {
     sc.rank = om == OR_BELADY ? oracle_rank : om == OR_BAYES ? bayes_rank : vbelady_rank;
     sc.cpu_evict = CF_STORE_EVICT_COST;
@@ -759,7 +762,7 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
   sc.journal_slack = 1u << 20;
   char dir[1100];
   snprintf(dir, sizeof dir, "%s/%s%s_%g", X->dir, pol == CF_STORE_EVICT_LRU ? "lru" : pol == CF_STORE_EVICT_S3FIFO ? "s3fifo" : "cost",
-           ssd_all ? "_ssdall" : om == OR_BELADY ? "_belady" : om == OR_VBELADY ? "_vbelady" : om == OR_BAYES ? "_bayes" : "", frac);
+           X->promote ? "_promote" : ssd_all ? "_ssdall" : om == OR_BELADY ? "_belady" : om == OR_VBELADY ? "_vbelady" : om == OR_BAYES ? "_bayes" : "", frac);
   char cmd[1200];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
   if (system(cmd) != 0) return cf_seterr(CF_EIO, "cannot clear %s", dir);
@@ -776,8 +779,8 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
     char fn[1200], form[32] = "";
     if (om == OR_VBELADY)
       snprintf(form, sizeof form, oracle.vb == VB_FLOW ? "-flow" : oracle.vb == VB_LIVE ? "-live" : "-exp%g", oracle.vb_tau);
-    snprintf(fn, sizeof fn, "%s/%s%s_%g.txt", X->dump, om == OR_VBELADY ? "vbelady" : om == OR_BELADY ? "belady" : om == OR_BAYES ? "bayes" : ssd_all ? "ssd-all"
-             : pol == CF_STORE_EVICT_LRU ? "lru" : pol == CF_STORE_EVICT_S3FIFO ? "s3fifo" : "cost", form, frac);
+    snprintf(fn, sizeof fn, "%s/%s%s%s_%g.txt", X->dump, om == OR_VBELADY ? "vbelady" : om == OR_BELADY ? "belady" : om == OR_BAYES ? "bayes" : ssd_all ? "ssd-all"
+             : pol == CF_STORE_EVICT_LRU ? "lru" : pol == CF_STORE_EVICT_S3FIFO ? "s3fifo" : "cost", X->promote ? "+promote" : "", form, frac);
     if (!(df = fopen(fn, "w"))) {
       cf_store_close(st);
       if (system(cmd) != 0) {} /* the store just made: no leftover in the caller's directory */
@@ -904,8 +907,10 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
 
 /* ------------------------------------------------------------------ main */
 
-#define NPOL 7
-static const char *names[NPOL] = {"lru", "s3fifo", "cost", "ssd-all", "belady", "vbelady", "bayes"};
+/* lru+promote, s3fifo+promote: references, not defaults (issue 15's "never worse" against the
+ * other policies with cost's promotion on read too: cfg.promote_on_read set for them) */
+#define NPOL 9
+static const char *names[NPOL] = {"lru", "s3fifo", "cost", "ssd-all", "belady", "vbelady", "bayes", "lru+promote", "s3fifo+promote"};
 /* name is one of the comma-separated entries of list (belady is not vbelady) */
 static int has_name(const char *list, const char *name) {
   size_t n = strlen(name);
@@ -988,7 +993,7 @@ int main(int argc, char **argv) {
       for (int k = 0; k < NPOL; k++) known |= !strcmp(p, names[k]);
       if (!known) {
         fprintf(stderr, "eval_evict: --policies: unknown policy '%s': expected lru, s3fifo, cost, ssd-all, belady, "
-                "vbelady or bayes\n", p);
+                "vbelady, bayes, lru+promote or s3fifo+promote\n", p);
         free(pl);
         return 2;
       }
@@ -1139,6 +1144,10 @@ int main(int argc, char **argv) {
           if ((rc = replay(&X, CF_STORE_EVICT_LRU, frac, 0, OR_VBELADY, &one))) break;
           if (!vb_form[0] || one.mean < r[p].mean) { r[p] = one; snprintf(vb_form, sizeof vb_form, "%s", f); }
         }
+      } else if (p >= 7) {
+        X.promote = 1;
+        rc = replay(&X, p == 7 ? CF_STORE_EVICT_LRU : CF_STORE_EVICT_S3FIFO, frac, 0, OR_NONE, &r[p]);
+        X.promote = 0;
       } else {
         rc = replay(&X, p >= 3 ? CF_STORE_EVICT_LRU : (cf_store_evict_t)p, frac, p == 3,
                     p == 4 ? OR_BELADY : p == 6 ? OR_BAYES : OR_NONE, &r[p]);
@@ -1164,6 +1173,13 @@ int main(int argc, char **argv) {
              (unsigned long long)r[p].ev_ssd, (unsigned long long)r[p].refused,
              r[p].bad ? "  (plans loaded absent chunks!)" : "");
       if (r[p].bad) rc = 1;
+    }
+    if ((have[7] || have[8]) && have[2] && !rc) { /* cost against the best of all four lru / s3fifo rows */
+      double b = best_other;
+      for (int p = 7; p < NPOL; p++)
+        if (have[p] && (b == 0 || r[p].mean < b)) b = r[p].mean;
+      printf("# %g%%: cost against the best of lru / s3fifo with and without promotion on read: %.3fx\n", frac * 100,
+             b / r[2].mean);
     }
     if (have[5] && !rc) { /* which form, and how much of the keepable value each row kept */
       printf("# %g%%: vbelady is %s; value of the local hits (s, recompute - SSD load summed over prompt chunks "

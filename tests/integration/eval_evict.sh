@@ -50,6 +50,14 @@ check "another seed, another trace" "! cmp -s <(head -n 1 '$T/rag.txt') <(head -
 if "$EV" --workload chat --scale 0.03 --caps 0.2 --lookup prefix --remote --dir "$T" >"$T/prefix.txt" 2>"$T/prefix.err"; then
   why=$(rows_ok "$T/prefix.txt" 0.2) && ok "prefix lookup with the remote tier" || bad "prefix rows" "$why"
 else bad "prefix lookup runs" "$(head -n 5 "$T/prefix.err")"; fi
+# the reference rows with promotion on read (issue 15: never worse against LRU / S3-FIFO promoting
+# too), at an extreme capacity each way, and the line comparing cost with the best of all four
+if "$EV" --workload agentic --scale 0.03 --caps 0.01,1 --policies lru,s3fifo,cost,lru+promote,s3fifo+promote \
+     --dir "$T" >"$T/promote.txt" 2>"$T/promote.err"; then
+  why=$(rows_ok "$T/promote.txt" 0.01,1 "lru s3fifo cost lru+promote s3fifo+promote") &&
+    [ "$(grep -c '^# .*: cost against the best of lru / s3fifo with and without promotion on read: [0-9.]*x$' "$T/promote.txt")" = 2 ] &&
+    ok "lru+promote and s3fifo+promote rows at 1% and 100%" || bad "promote rows" "$why"
+else bad "promote rows run" "$(head -n 5 "$T/promote.err")"; fi
 
 # bayes, the online reference row: each of its forms runs (valid plans: the binary exits 1 on a plan
 # that loads an absent chunk) and says which form it is

@@ -657,6 +657,52 @@ CF_TEST(store_cost_full_ssd_tier_defers_write_back_to_cpu_eviction) {
   cf_store_close(st);
 }
 
+/* Deferral only while the full SSD tier is selective (cf_store_cost.c, cf__defer_learn): where
+ * it would take almost every write-back anyway (a large capacity: the newest chunks outrank its
+ * oldest), a deferred chunk only holds a CPU slot that a promotion could use, so write-backs go
+ * straight in; where it would refuse many (dear, read chunks against cheap fresh ones), they are
+ * deferred again. Daemon's set-up (spiller on); CPU tier of 4, SSD tier of 32. */
+static uint64_t deferred(cf_store_t *st) {
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  return s.cost_deferred;
+}
+
+CF_TEST(store_cost_defers_write_backs_only_while_the_ssd_tier_is_selective) {
+  cf_store_t *st = open_spilling("cost_defer_choice", 4, 32);
+  if (!st) return;
+  /* cheap chunks, each newer than the SSD tier's oldest: every write-back would be admitted */
+  uint64_t id = 1;
+  for (; id <= 80; id++) { CF_CHECK_OK(save_at(st, id, 0)); wait_clean(st); }
+  caps_ok(st, "admitting");
+  uint64_t d0 = deferred(st);
+  for (; id <= 150; id++) { CF_CHECK_OK(save_at(st, id, 0)); wait_clean(st); }
+  uint64_t d1 = deferred(st);
+  CF_CHECK_MSG(d1 == d0, "%llu of 70 write-backs deferred where the SSD tier admitted every one",
+               (unsigned long long)(d1 - d0));
+  CF_CHECK_MSG(!in_cpu(st, 145) && present(st, 145), "chunk 145 not written straight to the SSD tier");
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.cost_defer_on, 0);
+  CF_CHECK_EQ(s.cost_defer_switches, 1);
+  /* dear chunks fill the SSD tier and are read: fresh cheap ones are refused (100x cheaper,
+   * unread), so the tier is selective again and write-backs wait for the CPU tier's eviction */
+  for (uint64_t k = 1000; k < 1032; k++) { CF_CHECK_OK(save_at(st, k, 200)); wait_clean(st); }
+  int eq, t;
+  for (uint64_t k = 1000; k < 1032; k++) { CF_CHECK_OK(st_check(st, k, 16, 0, 2, &eq, &t)); CF_CHECK(eq); }
+  uint64_t d2 = deferred(st);
+  for (id = 2000; id < 2100; id++) { CF_CHECK_OK(save_at(st, id, 0)); wait_clean(st); }
+  uint64_t d3 = deferred(st);
+  CF_CHECK_MSG(d3 - d2 >= 50, "only %llu of 100 cheap write-backs deferred into an SSD tier refusing them",
+               (unsigned long long)(d3 - d2));
+  CF_CHECK_EQ(count_intact(st, 1000, 1032), 32); /* the dear ones stayed */
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.cost_defer_on, 1);
+  caps_ok(st, "refusing");
+  CF_CHECK_OK(cf_store_flush(st));
+  cf_store_close(st);
+}
+
 /* Promotion on read (cf_store_cost.c, cf__cost_promotes): the value tier keeps what it values,
  * so under the cost policy a whole-chunk read from the SSD tier copies the chunk into the CPU
  * tier (its SSD copy stays); LRU's store, not asked to promote, reads it from SSD each time. A
