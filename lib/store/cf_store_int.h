@@ -173,6 +173,12 @@ struct cf_store_s {
   pthread_t spiller;
   int spiller_on, stop;
   uint32_t spilling; /* entries with CF__F_SPILL */
+  /* COST, the full SSD tier deferring write-backs: a save took the CPU tier's last free slot
+   * since the spill thread last looked (it then writes the next victim back ahead of the next
+   * save's eviction, cf__evict_ahead), and the CPU slots it freed so that no save took yet
+   * (kept for saves: a promotion does not take them). cf_store_spill.c */
+  int ahead_due;
+  int32_t cpu_ahead;
   int last_spill_err;
   /* dirty chunks the CPU tier dropped because their write-back failed, since the last flush
    * (which reports them as its error), and that write-back's error code */
@@ -231,6 +237,9 @@ uint8_t *cf__cpu_slot_ptr(const cf_store_t *st, int32_t slot);
 void cf__cpu_drop(cf_store_t *st, int32_t e, int to_ghost);
 int cf__evictable(const cf__ent_t *en);
 int cf__cpu_evict_safe(cf_store_t *st, int write_back);
+/* COST: the spill thread's write-back ahead of a save's eviction (cf_store_spill.c; mu held, may
+ * release it): clears ahead_due; 1 when it wrote a victim back */
+int cf__evict_ahead(cf_store_t *st);
 /* SSD read pins: take one on slot s / count the calling thread's (mu held) */
 void cf__ssd_read_pin(cf_store_t *st, int32_t s);
 long cf__ssd_read_pins_mine(void);

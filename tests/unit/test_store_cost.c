@@ -629,9 +629,18 @@ CF_TEST(store_cost_frequency_outlives_eviction) {
 }
 
 /* With the SSD tier full, a write-back waits for the CPU tier to give the chunk up (the daemon's
- * set-up: spiller on): the two tiers then hold different chunks, CPU + SSD slots in all, not the
- * CPU tier's copies twice. When the CPU tier gives the waiting chunks up they are weighed against
- * the SSD tier's minimum, and the newer ones take the older ones' slots. Bytes intact, caps held. */
+ * set-up: spiller on): the two tiers then hold different chunks, not the CPU tier's copies twice.
+ * When the CPU tier gives the waiting chunks up they are weighed against the SSD tier's minimum,
+ * and the newer ones take the older ones' slots. A save does not wait on that write-back: once a
+ * save has filled the CPU tier, the spill thread writes the next victim back ahead of the next
+ * save's eviction and gives its CPU copy up once on SSD (cf_store_spill.c, cf__evict_ahead),
+ * so a slot is free for that save and no chunk is in both tiers. Bytes intact, caps held. */
+static int stored(cf_store_t *st, uint64_t lo, uint64_t hi) {
+  int n = 0;
+  for (uint64_t id = lo; id < hi; id++) n += present(st, id);
+  return n;
+}
+
 CF_TEST(store_cost_full_ssd_tier_defers_write_back_to_cpu_eviction) {
   cf_store_t *st = open_spilling("cost_defer", 4, 8);
   if (!st) return;
@@ -641,18 +650,68 @@ CF_TEST(store_cost_full_ssd_tier_defers_write_back_to_cpu_eviction) {
   CF_CHECK_EQ(s.ssd_chunks, 8);
   CF_CHECK_EQ(s.ssd_refusals, 4); /* 9-12: deferred, in the CPU tier only */
   CF_CHECK_EQ(s.cost_deferred, 4);
-  CF_CHECK_EQ(s.ssd_evictions, 0);
-  for (uint64_t id = 9; id <= 12; id++) CF_CHECK_MSG(in_cpu(st, id), "chunk %d not in the CPU tier", (int)id);
-  /* (a lookup, not a read: a read would give the read chunks the read class's head start) */
-  for (uint64_t id = 1; id <= 12; id++) CF_CHECK_MSG(present(st, id), "chunk %d gone: not CPU + SSD slots held", (int)id);
+  /* the oldest, 9, was then written back ahead of the next save (pushing 1 out) and left the
+   * CPU tier: a slot free, the tiers still disjoint. (lookups, not reads: a read would give the
+   * read chunks the read class's head start) */
+  CF_CHECK_EQ(s.cpu_evict_ahead, 1);
+  CF_CHECK_EQ(s.ssd_evictions, 1);
+  CF_CHECK_MSG(!in_cpu(st, 9) && present(st, 9), "chunk 9 not on SSD only");
+  for (uint64_t id = 10; id <= 12; id++) CF_CHECK_MSG(in_cpu(st, id), "chunk %d not in the CPU tier", (int)id);
+  CF_CHECK_EQ(s.cpu_chunks, 3);
+  CF_CHECK_EQ(stored(st, 1, 13), 11);
+  CF_CHECK_EQ(s.cpu_chunks + s.ssd_chunks, 11); /* no chunk in both tiers */
   for (uint64_t id = 13; id <= 16; id++) { CF_CHECK_OK(save_at(st, id, 0)); wait_clean(st); caps_ok(st, "defer"); }
-  /* 9-12 left the CPU tier for the SSD tier, pushing out the oldest, 1-4 */
+  /* 9-13 left the CPU tier for the SSD tier, pushing out the oldest, 1-5; no save wrote back */
   CF_CHECK_EQ(count_intact(st, 9, 17), 8);
-  CF_CHECK_EQ(count_intact(st, 1, 5), 0);
-  CF_CHECK_EQ(count_intact(st, 5, 9), 4);
+  CF_CHECK_EQ(count_intact(st, 1, 6), 0);
+  CF_CHECK_EQ(count_intact(st, 6, 9), 3);
   cf_store_get_stats(st, &s);
   CF_CHECK_EQ(s.ssd_chunks, 8);
-  CF_CHECK_EQ(s.ssd_evictions, 4);
+  CF_CHECK_EQ(s.ssd_evictions, 5);
+  CF_CHECK_EQ(s.cpu_evict_ahead, 5);
+  CF_CHECK_EQ(s.cpu_evict_writebacks, 0);
+  CF_CHECK_EQ(s.cpu_chunks + s.ssd_chunks, 11);
+  CF_CHECK_OK(cf_store_flush(st));
+  cf_store_close(st);
+}
+
+/* A save's eviction meeting a deferred chunk the SSD tier admits now (here made the CPU tier's
+ * victim by reads of the chunks above it, after the spill thread last looked) does not write it
+ * back itself when a clean copy of an SSD chunk is among the next victims: that copy goes (the
+ * chunk stays, on SSD) and the deferred chunk is handed to the spill thread, which writes it
+ * back; the next eviction drops its CPU copy. */
+CF_TEST(store_cost_save_takes_a_clean_victim_instead_of_writing_back) {
+  cf_store_t *st = open_spilling("cost_handoff", 4, 8);
+  if (!st) return;
+  int eq, t;
+  /* 1-8 on SSD, 5-8 also in the CPU tier (clean); 9 evicts 5 and is deferred */
+  for (uint64_t id = 1; id <= 9; id++) { CF_CHECK_OK(save_at(st, id, 0)); wait_clean(st); caps_ok(st, "handoff"); }
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.cost_deferred, 1);
+  CF_CHECK_EQ(s.cpu_evict_ahead, 0); /* the victim then was 6, clean */
+  for (uint64_t id = 6; id <= 9; id++) CF_CHECK_MSG(in_cpu(st, id), "chunk %d not in the CPU tier", (int)id);
+  for (uint64_t id = 6; id <= 8; id++) { CF_CHECK_OK(st_check(st, id, 16, 0, 2, &eq, &t)); CF_CHECK(eq); }
+  CF_CHECK_OK(save_at(st, 10, 0));
+  wait_clean(st);
+  caps_ok(st, "handoff");
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.cpu_evict_handoffs, 1);
+  CF_CHECK_EQ(s.cpu_evict_writebacks, 0);
+  CF_CHECK_MSG(in_cpu(st, 9), "the deferred chunk 9 left the CPU tier (written back by the save)");
+  CF_CHECK_MSG(!in_cpu(st, 6), "chunk 6's clean copy stayed");
+  CF_CHECK(in_cpu(st, 7) && in_cpu(st, 8) && in_cpu(st, 10));
+  CF_CHECK_MSG(stored(st, 2, 11) == 9 && !present(st, 1), "9 not written back over 1");
+  CF_CHECK_EQ(s.ssd_chunks, 8);
+  /* 9 is clean now: the next save's eviction drops its CPU copy, writing nothing */
+  CF_CHECK_OK(save_at(st, 11, 0));
+  wait_clean(st);
+  cf_store_get_stats(st, &s);
+  CF_CHECK_MSG(!in_cpu(st, 9) && present(st, 9), "chunk 9 not on SSD only");
+  CF_CHECK_EQ(s.cpu_evict_writebacks, 0);
+  CF_CHECK_EQ(stored(st, 3, 12), 9);
+  CF_CHECK_EQ(count_intact(st, 9, 10), 1); /* (reads: promotions change the tiers) */
+  caps_ok(st, "handoff");
   CF_CHECK_OK(cf_store_flush(st));
   cf_store_close(st);
 }
