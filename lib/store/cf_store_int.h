@@ -179,6 +179,13 @@ struct cf_store_s {
    * (kept for saves: a promotion does not take them). cf_store_spill.c */
   int ahead_due;
   int32_t cpu_ahead;
+  /* promotion on read of chunks read layer by layer (cf_store_promote.c): keys whose first
+   * layer was read from SSD, for the spill thread to copy whole into the CPU tier; promo_busy
+   * while it copies one */
+#define CF__PROMO_Q 64
+  cf_store_key_t promo_q[CF__PROMO_Q];
+  uint32_t promo_head, promo_n;
+  int promo_busy;
   int last_spill_err;
   /* dirty chunks the CPU tier dropped because their write-back failed, since the last flush
    * (which reports them as its error), and that write-back's error code */
@@ -240,6 +247,13 @@ int cf__cpu_evict_safe(cf_store_t *st, int write_back);
 /* COST: the spill thread's write-back ahead of a save's eviction (cf_store_spill.c; mu held, may
  * release it): clears ahead_due; 1 when it wrote a victim back */
 int cf__evict_ahead(cf_store_t *st);
+/* ---- cf_store_promote.c: promotion on read when the chunk is read a layer at a time (the
+ * daemon's restores): mu held. cf__promote_later queues chunk e (its first layer just read from
+ * SSD); cf__promote_queued, on the spill thread, copies the oldest queued chunk (releases mu) */
+void cf__promote_later(cf_store_t *st, int32_t e);
+void cf__promote_queued(cf_store_t *st);
+/* cf_store_read.c: release a read reference on SSD slot s (takes mu) */
+void cf__slot_unref(cf_store_t *st, int32_t s);
 /* SSD read pins: take one on slot s / count the calling thread's (mu held) */
 void cf__ssd_read_pin(cf_store_t *st, int32_t s);
 long cf__ssd_read_pins_mine(void);

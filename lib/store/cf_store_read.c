@@ -54,7 +54,7 @@ void cf__ssd_read_pin(cf_store_t *st, int32_t s) {
 long cf__ssd_read_pins_mine(void) { return cf__ssd_read_pins_me; }
 
 /* Drop a read reference on SSD slot s; the last reader of a dropped slot frees it. */
-static void cf__slot_unref(cf_store_t *st, int32_t s) {
+void cf__slot_unref(cf_store_t *st, int32_t s) {
   pthread_mutex_lock(&st->mu);
   st->ssd_read_pins--;
   cf__ssd_read_pins_me--;
@@ -122,6 +122,7 @@ int cf_store_read(cf_store_t *st, const cf_store_key_t *key, uint32_t layer0, ui
   memcpy(csum, &st->csum[(size_t)e * L], 8 * (size_t)L);
   cf__ssd_read_pin(st, s);
   if (layer0 == 0) cf__ssd_touch(st, e);
+  if (layer0 == 0 && n_layers < L) cf__promote_later(st, e); /* whole reads promote below */
   pthread_mutex_unlock(&st->mu);
 
   size_t cb = cf_store_cell_bytes_n(&st->g, ntok);
@@ -283,6 +284,7 @@ int cf_store_read_submit(cf_store_reader_t *rd, cf_store_read_t *req) {
   cf__ent_t *en = &st->ents[e];
   int32_t s = en->ssd_slot;
   if (req->layer == 0) cf__ssd_touch(st, e);
+  if (req->layer == 0) cf__promote_later(st, e); /* read a layer at a time: promoted afterwards */
   req->ssd_slot_ = s;
   req->n_tokens_ = en->n_tokens;
   req->n_tokens = en->n_tokens;

@@ -240,6 +240,10 @@ void *cf__spiller_main(void *arg) {
   cf_store_t *st = arg;
   pthread_mutex_lock(&st->mu);
   while (!st->stop) {
+    if (st->promo_n && !cf__spill_wanted(st)) {
+      cf__promote_queued(st);
+      continue;
+    }
     if (st->ahead_due && !st->last_spill_err && !cf__spill_wanted(st)) {
       cf__evict_ahead(st);
       continue;

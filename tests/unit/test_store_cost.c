@@ -781,6 +781,69 @@ CF_TEST(store_cost_promotes_ssd_reads_but_never_drops_a_deferred_chunk) {
   cf_store_close(st);
 }
 
+/* The daemon's restores read an SSD chunk one layer per read (through the async reader): a
+ * chunk whose first layer was read from SSD is promoted afterwards by the spill thread
+ * (cf_store_promote.c), as a whole-chunk read promotes at once; before, a layer-by-layer read
+ * never promoted, so the daemon ran the cost policy without its promotion on read. */
+static int read_layers_async(cf_store_t *st, uint64_t id) {
+  const cf_store_geom_t *g = cf_store_geom(st);
+  size_t cb = cf_store_cell_bytes_n(g, 16);
+  cf_store_reader_t *rd = NULL;
+  CF_CHECK_OK(cf_store_reader_open(st, 4, &rd));
+  if (!rd) return -1;
+  int ok = 1;
+  uint8_t *want = malloc(cb);
+  for (uint32_t l = 0; l < g->n_layers; l++) {
+    uint8_t *got = aligned_alloc(4096, (cb + 4095) / 4096 * 4096);
+    cf_store_read_t req = {.key = st_key(g, id), .layer = l, .dst = got, .dst_bytes = cb};
+    int rc = cf_store_read_submit(rd, &req);
+    if (rc == 0) {
+      cf_store_read_t *done = NULL;
+      CF_CHECK_EQ(cf_store_read_poll(rd, 1, &done, 1), 1);
+    }
+    st_fill_cell(g, id, l, 16, want);
+    /* (the later layers may come from the CPU tier: promoted meanwhile) */
+    ok &= rc >= 0 && req.status == 0 && (l || req.tier == CF_STORE_TIER_SSD) && !memcmp(got, want, cb);
+    free(got);
+  }
+  free(want);
+  cf_store_reader_close(rd);
+  return ok;
+}
+
+CF_TEST(store_cost_promotes_chunks_read_a_layer_at_a_time) {
+  cf_store_config_t c = cfg_cost(4, 16, CF_STORE_EVICT_COST);
+  c.spill = 1;
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  cf_store_t *st = NULL;
+  CF_CHECK_OK(cf_store_open(tdir("cost_promote_layers"), &g, &c, &st));
+  if (!st) return;
+  for (uint64_t id = 1; id <= 8; id++) { CF_CHECK_OK(save_at(st, id, 0)); wait_clean(st); }
+  CF_CHECK(!in_cpu(st, 1) && !in_cpu(st, 2) && present(st, 1) && present(st, 2));
+  int eq, t;
+  /* chunk 1 by synchronous reads of one layer each */
+  for (uint32_t l = 0; l < 2; l++) {
+    CF_CHECK_OK(st_check(st, 1, 16, l, 1, &eq, &t));
+    CF_CHECK(eq);
+    if (!l) CF_CHECK_EQ(t, CF_STORE_TIER_SSD); /* (layer 1 may be promoted already) */
+  }
+  wait_clean(st);
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  CF_CHECK_MSG(in_cpu(st, 1), "chunk 1, read a layer at a time from SSD, not promoted");
+  CF_CHECK_EQ(s.promotions, 1);
+  /* chunk 2 through the async reader, the daemon's path */
+  CF_CHECK_EQ(read_layers_async(st, 2), 1);
+  wait_clean(st);
+  cf_store_get_stats(st, &s);
+  CF_CHECK_MSG(in_cpu(st, 2), "chunk 2, read a layer at a time by the async reader, not promoted");
+  CF_CHECK_EQ(s.promotions, 2);
+  CF_CHECK_EQ(s.ssd_chunks, 8); /* the SSD copies stay */
+  CF_CHECK_EQ(count_intact(st, 1, 9), 8);
+  caps_ok(st, "promote layers");
+  cf_store_close(st);
+}
+
 /* The CPU tier in front of an SSD tier (cf_store_cost_cpu.c): its read class's head start is
  * the one whose shadow cache would have had the most CPU-tier hits, by a lead chance does not
  * explain. A CPU tier of 32 chunks before an SSD tier that holds everything, all chunks worth
