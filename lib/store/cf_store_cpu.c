@@ -12,7 +12,7 @@
 
 void cf__cpu_touch(cf_store_t *st, int32_t e) {
   cf__ent_t *en = &st->ents[e];
-  if (st->cost_on) return; /* a use is counted once, at its first layer: cf__ssd_touch */
+  if (st->cost_on) return; /* a use is counted once, at its last layer: cf__ssd_touch */
   if (st->cfg.cpu_evict == CF_STORE_EVICT_LRU) {
     if (en->queue == CF__Q_LRU && st->q[CF__Q_LRU].head != e) cf__q_set(st, e, CF__Q_LRU);
   } else if (en->freq < 3) {

@@ -49,7 +49,7 @@ typedef struct {
   uint32_t pins; /* readers + spill holding the CPU slot */
   uint8_t flags, queue, freq, in_dirty;
   uint8_t sfreq; /* SSD tier, S3-FIFO: reads since the chunk last passed the eviction point (<= 3) */
-  uint8_t uses;  /* COST: uses (a read at the first layer, a pin) since it entered the store (<= 255) */
+  uint8_t uses;  /* COST: uses (a read at the last layer, a pin) since it entered the store (<= 255) */
   uint16_t pos;  /* COST: chunk index in its prefix (CF__POS_UNKNOWN: not told; saturates) */
   int32_t cprev, cnext; /* CPU queue or ghost list */
   int32_t sprev, snext; /* SSD LRU */
@@ -179,7 +179,7 @@ struct cf_store_s {
    * (kept for saves: a promotion does not take them). cf_store_spill.c */
   int ahead_due;
   int32_t cpu_ahead;
-  /* promotion on read of chunks read layer by layer (cf_store_promote.c): keys whose first
+  /* promotion on read of chunks read layer by layer (cf_store_promote.c): keys whose last
    * layer was read from SSD, for the spill thread to copy whole into the CPU tier; promo_busy
    * while it copies one */
 #define CF__PROMO_Q 64
@@ -248,7 +248,7 @@ int cf__cpu_evict_safe(cf_store_t *st, int write_back);
  * release it): clears ahead_due; 1 when it wrote a victim back */
 int cf__evict_ahead(cf_store_t *st);
 /* ---- cf_store_promote.c: promotion on read when the chunk is read a layer at a time (the
- * daemon's restores): mu held. cf__promote_later queues chunk e (its first layer just read from
+ * daemon's restores): mu held. cf__promote_later queues chunk e (its last layer just read from
  * SSD); cf__promote_queued, on the spill thread, copies the oldest queued chunk (releases mu) */
 void cf__promote_later(cf_store_t *st, int32_t e);
 void cf__promote_queued(cf_store_t *st);
@@ -300,7 +300,7 @@ void cf__cost_free(cf_store_t *st);
 /* membership follows the lists: tier 0 = q[CF__Q_LRU], tier 1 = ssd_lru */
 void cf__heap_add(cf_store_t *st, int tier, int32_t e);
 void cf__heap_del(cf_store_t *st, int tier, int32_t e);
-/* a use of e (read at its first layer, pin, re-save): one more use, both priorities refreshed */
+/* a use of e (read at its last layer, pin, re-save): one more use, both priorities refreshed */
 void cf__cost_use(cf_store_t *st, int32_t e);
 /* record e's chunk index (pos < CF__POS_KEEP), refreshing its priorities when it changes */
 void cf__cost_set_pos(cf_store_t *st, int32_t e, uint32_t pos);

@@ -3,7 +3,7 @@
  * bench_eval_evict, reads whole chunks), but the daemon's restores read SSD chunks one layer per
  * read (lib/exec/cf_cellsrc_store.c, through the async reader), so on the daemon no chunk was
  * ever promoted: the policy measured there was not the one the simulation measured. Here a chunk
- * whose first layer is read from SSD (a use, cf__ssd_touch) is queued, and the spill thread
+ * whose last layer is read from SSD (a use, cf__ssd_touch) is queued, and the spill thread
  * copies it whole from SSD into the CPU tier afterwards, off the restore's path, as a promotion
  * does (cf__cpu_fill with packed bytes: it never writes back, nor takes the slot kept for saves).
  * One more SSD read of the chunk, by the spill thread. Without a spill thread (cfg.spill 0) the

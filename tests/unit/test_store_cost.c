@@ -379,6 +379,23 @@ CF_TEST(store_cost_cpu_tier_head_start_for_read_chunks) {
   cf_store_close(st);
 }
 
+/* A restore computes layers [0, h) of a chunk and loads [h, L) (cf_sched.h): a chunk the plan
+ * partly computes is read from its second layer on, and that is a use as much as a whole read
+ * (the use is counted at the last layer). Before, only a read of layer 0 counted, so on the
+ * daemon such chunks stayed "unread" and lost the read class's head start. */
+CF_TEST(store_cost_partial_read_from_a_later_layer_is_a_use) {
+  cf_store_t *st = open_cost("cost_partial_use", 4, 16, CF_STORE_EVICT_COST, NULL);
+  if (!st) return;
+  int eq, t;
+  CF_CHECK_OK(save_at(st, 1, 0));
+  CF_CHECK_OK(st_check(st, 1, 16, 1, 1, &eq, &t)); /* layer 1 of 2 only: layer 0 computed */
+  CF_CHECK(eq);
+  for (uint64_t id = 2; id <= 4; id++) CF_CHECK_OK(save_at(st, id, 0)); /* CPU tier full */
+  CF_CHECK_OK(save_at(st, 5, 0));
+  CF_CHECK_MSG(in_cpu(st, 1) && !in_cpu(st, 2), "the chunk read from layer 1 on was not counted as used");
+  cf_store_close(st);
+}
+
 /* wait for the spiller to leave no dirty chunk (no time asserted: it only has to happen) */
 /* Wait until the spiller is done: no dirty chunk and no write-back in flight. A chunk leaves
  * the dirty list when the spiller takes it, before its batch is weighed, written and published
