@@ -229,6 +229,16 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
           "tier's eviction (in the refusals too; weighed again when the CPU tier gives the chunk up).\n"
           "# TYPE cacheflow_store_cost_deferred_writebacks_total counter\ncacheflow_store_cost_deferred_writebacks_total %llu\n",
           (unsigned long long)t.cost_deferred);
+    /* who wrote those back once admitted: a save waits only on its own (cf_store_spill.c) */
+    CF__P("# HELP cacheflow_store_cost_deferred_writes_total eviction = cost: deferred write-backs the SSD tier admitted, by who wrote "
+          "them: the spill thread ahead of a save's eviction, the spill thread handed one by a save that took a clean victim, "
+          "or the evicting save itself.\n# TYPE cacheflow_store_cost_deferred_writes_total counter\n"
+          "cacheflow_store_cost_deferred_writes_total{by=\"ahead\"} %llu\ncacheflow_store_cost_deferred_writes_total{by=\"handoff\"} %llu\n"
+          "cacheflow_store_cost_deferred_writes_total{by=\"save\"} %llu\n",
+          (unsigned long long)t.cpu_evict_ahead, (unsigned long long)t.cpu_evict_handoffs,
+          (unsigned long long)t.cpu_evict_writebacks);
+    CF__P("# HELP cacheflow_store_promotions_total SSD chunks copied into the CPU tier on a read (eviction = cost: promotion on read).\n"
+          "# TYPE cacheflow_store_promotions_total counter\ncacheflow_store_promotions_total %llu\n", (unsigned long long)t.promotions);
     CF__P("# HELP cacheflow_store_spills_total Chunks written back from the CPU tier to SSD.\n# TYPE cacheflow_store_spills_total counter\ncacheflow_store_spills_total %llu\n",
           (unsigned long long)t.spills);
     CF__P("# HELP cacheflow_store_corrupt_cells_total Cells that failed their checksum on read (recomputed, never served).\n# TYPE cacheflow_store_corrupt_cells_total counter\ncacheflow_store_corrupt_cells_total %llu\n",

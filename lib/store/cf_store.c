@@ -372,7 +372,8 @@ void cf_store_get_stats(cf_store_t *st, cf_store_stats_t *o) {
   o->cpu_bytes_cap = st->cfg.cpu_bytes;
   o->cpu_bytes_used = (uint64_t)(st->n_cpu_slots - st->n_cpu_free) * st->slot_bytes;
   o->cpu_dirty = st->dirty.n;
-  o->cpu_spilling = st->spilling;
+  /* a write-back ahead still to weigh, promotions queued or in progress: not quiet yet */
+  o->cpu_spilling = st->spilling + (st->ahead_due != 0) + st->promo_n + (st->promo_busy != 0);
   if (st->cost_on && st->learn_tier >= 0) o->cost_read_bonus = st->bonus[st->learn_tier];
   if (st->cost_on && st->learn_tier == 1) o->cost_cpu_head_start = st->bonus[0];
   o->cost_cpu_rate_order = st->cost_on && cf__rate_on(st, 0);

@@ -198,6 +198,12 @@ typedef struct {
    * that changed (cf_store_cost.c, cf__defer_learn: only while the SSD tier refuses many) */
   int cost_defer_on;
   uint64_t cost_defer_switches;
+  /* cost policy, those deferred chunks' write-backs once the SSD tier admits them: done by the
+   * spill thread ahead of a save's eviction, the CPU copy given up once on SSD (a slot kept
+   * for the next save); handed to the spill thread by a save's eviction that took a clean
+   * victim (a CPU copy of an SSD chunk) instead; and done by the evicting thread itself (a
+   * save waits on them) */
+  uint64_t cpu_evict_ahead, cpu_evict_handoffs, cpu_evict_writebacks;
   uint64_t corrupt_cells, corrupt_chunks;  /* checksum mismatches found on read; chunks dropped */
   uint64_t journal_records, journal_torn, journal_damaged, journal_dropped, journal_compactions;
   uint64_t enospc, io_errors;

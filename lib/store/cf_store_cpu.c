@@ -12,7 +12,7 @@
 
 void cf__cpu_touch(cf_store_t *st, int32_t e) {
   cf__ent_t *en = &st->ents[e];
-  if (st->cost_on) return; /* a use is counted once, at its first layer: cf__ssd_touch */
+  if (st->cost_on) return; /* a use is counted once, at its last layer: cf__ssd_touch */
   if (st->cfg.cpu_evict == CF_STORE_EVICT_LRU) {
     if (en->queue == CF__Q_LRU && st->q[CF__Q_LRU].head != e) cf__q_set(st, e, CF__Q_LRU);
   } else if (en->freq < 3) {
@@ -143,6 +143,33 @@ static void cf__evict_wait_ssd(cf_store_t *st) {
   st->ssd_waiters--;
 }
 
+/* COST: the CPU tier's victim v is a deferred chunk the SSD tier admits now (cf__cpu_evict_safe's
+ * retry), which the evicting save would write back and wait on. Instead, when one of the next
+ * CF__HANDOFF_WINDOW victims is a clean copy of an SSD chunk, that one's CPU copy goes (the chunk
+ * stays stored, on SSD) and v is handed to the spill thread: back on the dirty list, it is
+ * weighed and written back there, then is the clean victim of the next eviction (in both tiers
+ * only until then). Returns 1 when it freed a slot that way (mu held). */
+#define CF__HANDOFF_WINDOW 8
+static _Thread_local int cf__handoff_left;
+
+static int cf__handoff_ok(cf_store_t *st, int32_t e) {
+  const cf__ent_t *en = &st->ents[e];
+  if (cf__evictable(en) && (en->flags & CF__F_SSD)) return 1;
+  return --cf__handoff_left <= 0; /* window spent: this one ends the search (not clean: no) */
+}
+
+static int cf__evict_handoff(cf_store_t *st, int32_t v) {
+  if (!st->cfg.spill) return 0;
+  cf__handoff_left = CF__HANDOFF_WINDOW;
+  int32_t w = cf__heap_pick(st, 0, cf__handoff_ok);
+  if (w < 0 || w == v || !cf__evictable(&st->ents[w]) || !(st->ents[w].flags & CF__F_SSD)) return 0;
+  cf__dirty_set(st, v, 1);
+  pthread_cond_broadcast(&st->cv); /* the spill thread */
+  cf__cpu_drop(st, w, 0);
+  st->st.cpu_evict_handoffs++;
+  return 1;
+}
+
 /* Free one CPU slot (mu held; it may be released and retaken, so callers re-check their own
  * condition afterwards). A victim that is dirty (only in the CPU tier while there is an SSD tier)
  * is written back first, together with the oldest other dirty chunks, and dropped only once it
@@ -183,6 +210,8 @@ int cf__cpu_evict_safe(cf_store_t *st, int write_back) {
   }
   if (!write_back)
     return cf_seterr(CF_EBUSY, "store %s: the CPU tier's victim is not written back yet", st->dir);
+  if (retry && !en->in_dirty && cf__evict_handoff(st, v)) return 0;
+  if (retry) st->st.cpu_evict_writebacks++;
   int32_t batch[CF__SPILL_BATCH];
   cf_store_key_t key = en->key;
   int rc;
@@ -223,6 +252,16 @@ int cf__cpu_evict_safe(cf_store_t *st, int write_back) {
   return 0;
 }
 
+/* A save took a CPU slot (mu held): it was the one kept for saves if there was one; when it was
+ * the last, the spill thread looks at the next victim (cf__evict_ahead, cost policy only). */
+static void cf__fill_ahead(cf_store_t *st) {
+  if (st->cpu_ahead > st->n_cpu_free) st->cpu_ahead = st->n_cpu_free;
+  if (st->cost_on && st->learn_tier == 1 && st->cfg.spill && st->n_ssd_slots && !st->n_cpu_free) {
+    st->ahead_due = 1;
+    pthread_cond_broadcast(&st->cv);
+  }
+}
+
 /* Copy a chunk into a CPU slot. The entry is created (or reused when it exists only on SSD or
  * as a ghost) and made visible only after the bytes and checksums are in place. With keep_pin
  * the caller gets the slot pinned and marked CF__F_SPILL (durable save writes it through).
@@ -240,7 +279,8 @@ int cf__cpu_fill(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
     pthread_mutex_unlock(&st->mu);
     return CF_EEXIST;
   }
-  while (!st->n_cpu_free) {
+  /* a promotion leaves the slot the spill thread freed ahead for saves (cf__evict_ahead) */
+  while (st->n_cpu_free <= (packed ? st->cpu_ahead : 0)) {
     /* a save writes a dirty victim back; a promotion (packed) leaves dirty chunks alone */
     int rc = cf__cpu_evict_safe(st, packed == NULL);
     if (rc) { pthread_mutex_unlock(&st->mu); return rc; }
@@ -266,6 +306,7 @@ int cf__cpu_fill(cf_store_t *st, const cf_store_key_t *key, uint32_t n_tokens,
   }
   cf__ent_t *en = &st->ents[e];
   int32_t slot = st->cpu_free[--st->n_cpu_free];
+  if (!packed) cf__fill_ahead(st);
   en->cpu_slot = slot;
   en->flags |= CF__F_FILL;
   en->pins++;

@@ -49,7 +49,7 @@ typedef struct {
   uint32_t pins; /* readers + spill holding the CPU slot */
   uint8_t flags, queue, freq, in_dirty;
   uint8_t sfreq; /* SSD tier, S3-FIFO: reads since the chunk last passed the eviction point (<= 3) */
-  uint8_t uses;  /* COST: uses (a read at the first layer, a pin) since it entered the store (<= 255) */
+  uint8_t uses;  /* COST: uses (a read at the last layer, a pin) since it entered the store (<= 255) */
   uint16_t pos;  /* COST: chunk index in its prefix (CF__POS_UNKNOWN: not told; saturates) */
   int32_t cprev, cnext; /* CPU queue or ghost list */
   int32_t sprev, snext; /* SSD LRU */
@@ -173,6 +173,19 @@ struct cf_store_s {
   pthread_t spiller;
   int spiller_on, stop;
   uint32_t spilling; /* entries with CF__F_SPILL */
+  /* COST, the full SSD tier deferring write-backs: a save took the CPU tier's last free slot
+   * since the spill thread last looked (it then writes the next victim back ahead of the next
+   * save's eviction, cf__evict_ahead), and the CPU slots it freed so that no save took yet
+   * (kept for saves: a promotion does not take them). cf_store_spill.c */
+  int ahead_due;
+  int32_t cpu_ahead;
+  /* promotion on read of chunks read layer by layer (cf_store_promote.c): keys whose last
+   * layer was read from SSD, for the spill thread to copy whole into the CPU tier; promo_busy
+   * while it copies one */
+#define CF__PROMO_Q 64
+  cf_store_key_t promo_q[CF__PROMO_Q];
+  uint32_t promo_head, promo_n;
+  int promo_busy;
   int last_spill_err;
   /* dirty chunks the CPU tier dropped because their write-back failed, since the last flush
    * (which reports them as its error), and that write-back's error code */
@@ -235,6 +248,16 @@ uint8_t *cf__cpu_slot_ptr(const cf_store_t *st, int32_t slot);
 void cf__cpu_drop(cf_store_t *st, int32_t e, int to_ghost);
 int cf__evictable(const cf__ent_t *en);
 int cf__cpu_evict_safe(cf_store_t *st, int write_back);
+/* COST: the spill thread's write-back ahead of a save's eviction (cf_store_spill.c; mu held, may
+ * release it): clears ahead_due; 1 when it wrote a victim back */
+int cf__evict_ahead(cf_store_t *st);
+/* ---- cf_store_promote.c: promotion on read when the chunk is read a layer at a time (the
+ * daemon's restores): mu held. cf__promote_later queues chunk e (its last layer just read from
+ * SSD); cf__promote_queued, on the spill thread, copies the oldest queued chunk (releases mu) */
+void cf__promote_later(cf_store_t *st, int32_t e);
+void cf__promote_queued(cf_store_t *st);
+/* cf_store_read.c: release a read reference on SSD slot s (takes mu) */
+void cf__slot_unref(cf_store_t *st, int32_t s);
 /* SSD read pins: take one on slot s / count the calling thread's (mu held) */
 void cf__ssd_read_pin(cf_store_t *st, int32_t s);
 long cf__ssd_read_pins_mine(void);
@@ -281,7 +304,7 @@ void cf__cost_free(cf_store_t *st);
 /* membership follows the lists: tier 0 = q[CF__Q_LRU], tier 1 = ssd_lru */
 void cf__heap_add(cf_store_t *st, int tier, int32_t e);
 void cf__heap_del(cf_store_t *st, int tier, int32_t e);
-/* a use of e (read at its first layer, pin, re-save): one more use, both priorities refreshed */
+/* a use of e (read at its last layer, pin, re-save): one more use, both priorities refreshed */
 void cf__cost_use(cf_store_t *st, int32_t e);
 /* record e's chunk index (pos < CF__POS_KEEP), refreshing its priorities when it changes */
 void cf__cost_set_pos(cf_store_t *st, int32_t e, uint32_t pos);

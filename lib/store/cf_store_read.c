@@ -54,7 +54,7 @@ void cf__ssd_read_pin(cf_store_t *st, int32_t s) {
 long cf__ssd_read_pins_mine(void) { return cf__ssd_read_pins_me; }
 
 /* Drop a read reference on SSD slot s; the last reader of a dropped slot frees it. */
-static void cf__slot_unref(cf_store_t *st, int32_t s) {
+void cf__slot_unref(cf_store_t *st, int32_t s) {
   pthread_mutex_lock(&st->mu);
   st->ssd_read_pins--;
   cf__ssd_read_pins_me--;
@@ -93,7 +93,12 @@ int cf_store_read(cf_store_t *st, const cf_store_key_t *key, uint32_t layer0, ui
     }
     en->pins++;
     cf__cpu_touch(st, e);
-    if (layer0 == 0) cf__ssd_touch(st, e); /* a use of the chunk: counted once, at its first layer */
+    /* a use of the chunk: counted once, at its last layer. A restore loads layers [h, L) of a
+     * chunk and computes [0, h) (cf_sched.h), so the last layer is read whenever any is; at the
+     * first layer (as before) no chunk the plan partly computed counted as used on the daemon,
+     * which reads a layer at a time, while the simulated evaluation (one layer a chunk) counted
+     * every loaded chunk */
+    if (layer0 + n_layers == L) cf__ssd_touch(st, e);
     st->st.cpu_hits++;
     const uint8_t *src = st->cpu_base + (size_t)en->cpu_slot * st->slot_bytes;
     pthread_mutex_unlock(&st->mu);
@@ -121,7 +126,8 @@ int cf_store_read(cf_store_t *st, const cf_store_key_t *key, uint32_t layer0, ui
   uint64_t csum[L];
   memcpy(csum, &st->csum[(size_t)e * L], 8 * (size_t)L);
   cf__ssd_read_pin(st, s);
-  if (layer0 == 0) cf__ssd_touch(st, e);
+  if (layer0 + n_layers == L) cf__ssd_touch(st, e); /* at its last layer: above */
+  if (layer0 + n_layers == L && layer0 > 0) cf__promote_later(st, e); /* whole reads promote below */
   pthread_mutex_unlock(&st->mu);
 
   size_t cb = cf_store_cell_bytes_n(&st->g, ntok);
@@ -257,7 +263,7 @@ int cf_store_read_submit(cf_store_reader_t *rd, cf_store_read_t *req) {
     req->n_tokens = en->n_tokens;
     en->pins++;
     cf__cpu_touch(st, e);
-    if (req->layer == 0) cf__ssd_touch(st, e);
+    if (req->layer + 1 == st->g.n_layers) cf__ssd_touch(st, e); /* at its last layer (cf_store_read) */
     st->st.cpu_hits++;
     const uint8_t *src = st->cpu_base + (size_t)en->cpu_slot * st->slot_bytes +
                          (size_t)req->layer * st->cell_stride;
@@ -282,7 +288,10 @@ int cf_store_read_submit(cf_store_reader_t *rd, cf_store_read_t *req) {
   }
   cf__ent_t *en = &st->ents[e];
   int32_t s = en->ssd_slot;
-  if (req->layer == 0) cf__ssd_touch(st, e);
+  if (req->layer + 1 == st->g.n_layers) {
+    cf__ssd_touch(st, e);    /* at its last layer (cf_store_read) */
+    cf__promote_later(st, e); /* read a layer at a time: promoted afterwards */
+  }
   req->ssd_slot_ = s;
   req->n_tokens_ = en->n_tokens;
   req->n_tokens = en->n_tokens;

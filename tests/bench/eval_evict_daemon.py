@@ -254,7 +254,8 @@ def quiesce(d, limit_s=20.0):
         return tuple(m.get(k, 0) for k in (("cacheflow_store_spills_total", ""),
                                            ("cacheflow_store_evictions_total", '{tier="cpu"}'),
                                            ("cacheflow_store_evictions_total", '{tier="ssd"}'),
-                                           ("cacheflow_store_ssd_refusals_total", '{kind="all"}')))
+                                           ("cacheflow_store_ssd_refusals_total", '{kind="all"}'),
+                                           ("cacheflow_store_promotions_total", "")))
     end, last = time.time() + limit_s, sig()
     while time.time() < end:
         time.sleep(0.25)
@@ -528,7 +529,10 @@ def main():
                        "read_head_start": m.get(("cacheflow_store_cost_read_head_start", "")),
                        "cpu_head_start": m.get(("cacheflow_store_cost_cpu_read_head_start", "")),
                        "freq_w": m.get(("cacheflow_store_cost_freq_weight", "")),
-                       "deferred": m.get(("cacheflow_store_cost_deferred_writebacks_total", ""))}
+                       "deferred": m.get(("cacheflow_store_cost_deferred_writebacks_total", "")),
+                       "promotions": m.get(("cacheflow_store_promotions_total", "")),
+                       "deferred_writes": {by: m.get(("cacheflow_store_cost_deferred_writes_total", f'{{by="{by}"}}'))
+                                           for by in ("ahead", "handoff", "save")}}
             if used[0] > d.cpu_bytes or used[1] > d.ssd_bytes:
                 fail += 1
                 print(f"FAIL {p}: tiers hold {used} bytes, caps ({d.cpu_bytes}, {d.ssd_bytes})", file=sys.stderr)
@@ -553,7 +557,11 @@ def main():
               f" of which write-backs refused {int(c['refused'])}: unread "
               f"{int(c['refused_unread'])}, uses after refusal {int(c['refused_read_after'])})"
               + (f", {int(c['cost_tables'])} cost tables installed (start-up + re-fits), learnt frequency weight "
-                 f"{c['freq_w']}, {c['deferred']} write-backs deferred" if p == "cost" else ""))
+                 f"{c['freq_w']}, {c['deferred']} write-backs deferred" if p == "cost" else "")
+              + (", admitted ones written back ahead of the save / handed off by it / by the save: "
+                 + " / ".join(str(c['deferred_writes'][k]) for k in ("ahead", "handoff", "save"))
+                 if p == "cost" and c['deferred_writes']['save'] is not None else "")
+              + (f", {int(c['promotions'])} promotions on read" if c['promotions'] is not None else ""))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"calibration": {p: d.calib for p, d in daemons.items()}, "calib_restarts": restarts,

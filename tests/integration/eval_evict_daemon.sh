@@ -7,7 +7,8 @@
 # bit-exact, computed ones within tolerance, first-token logits equal), no daemon held more
 # than its caps and each evicted, shared prefixes were found again (hits), the cost daemon
 # installed its value table and exports its learnt frequency weight (within [0, 3]) and its
-# deferred write-backs (at most its refusals; none under lru / s3fifo), every request's Save
+# deferred write-backs (at most its refusals; none under lru / s3fifo), who wrote them back and its
+# promotions on read (none under lru / s3fifo), every request's Save
 # RPC was timed, --same-model handed one cost model to all three daemons, the long trace (--long) has the shape it claims, and bad options get
 # one clear line.
 set -u
@@ -51,6 +52,12 @@ elif not (0.0 <= c["freq_w"] <= 3.0) or not (0 <= c["deferred"] <= c["refused"])
     bad.append(f"frequency weight {c['freq_w']} outside [0, 3] or deferrals {c['deferred']} outside [0, refusals {c['refused']}]")
 for p in ("lru", "s3fifo"):
     if r["caps"][p]["deferred"] != 0 or r["caps"][p]["freq_w"] != 0: bad.append(f"{p}: deferrals or a frequency weight ({r['caps'][p]})")
+# who wrote the deferred chunks back (ahead of a save, handed off by one, by the save) and the
+# promotions on read: exported; only cost promotes
+if c["promotions"] is None or any(v is None or v < 0 for v in c["deferred_writes"].values()):
+    bad.append(f"the cost daemon's /metrics lacks the promotions or the deferred writes by writer ({c})")
+for p in ("lru", "s3fifo"):
+    if r["caps"][p]["promotions"] != 0: bad.append(f"{p}: promoted on read ({r['caps'][p]['promotions']})")
 fm = r["same_model"]
 if not fm: bad.append("--same-model: no model handed to the daemons")
 else:
@@ -65,7 +72,7 @@ print("; ".join(bad[:6]))
 sys.exit(1 if bad else 0)
 PY
 )
-check "every restore verified, caps held, evictions and hits in every policy, cost table installed, learnt head starts (value tier within [0, 2 ln 4], CPU tier one of its shadows'), frequency weight (within [0, 3]) and deferrals (at most the refusals) in /metrics, every Save timed, one cost model for all" "[ -z \"$why\" ]" "$why"
+check "every restore verified, caps held, evictions and hits in every policy, cost table installed, learnt head starts (value tier within [0, 2 ln 4], CPU tier one of its shadows'), frequency weight (within [0, 3]), deferrals (at most the refusals), deferred writes by writer and promotions (cost only) in /metrics, every Save timed, one cost model for all" "[ -z \"$why\" ]" "$why"
 check "a table per family and the best-other / cost line" \
   "[ \$(grep -c '^best other / cost, mean executed' $T/out.txt) -eq 4 ] && grep -q '^# rag' $T/out.txt" "$(cat "$T/out.txt")"
 # the long trace (--long, README's long-trace row): its shape, without daemons

@@ -379,6 +379,23 @@ CF_TEST(store_cost_cpu_tier_head_start_for_read_chunks) {
   cf_store_close(st);
 }
 
+/* A restore computes layers [0, h) of a chunk and loads [h, L) (cf_sched.h): a chunk the plan
+ * partly computes is read from its second layer on, and that is a use as much as a whole read
+ * (the use is counted at the last layer). Before, only a read of layer 0 counted, so on the
+ * daemon such chunks stayed "unread" and lost the read class's head start. */
+CF_TEST(store_cost_partial_read_from_a_later_layer_is_a_use) {
+  cf_store_t *st = open_cost("cost_partial_use", 4, 16, CF_STORE_EVICT_COST, NULL);
+  if (!st) return;
+  int eq, t;
+  CF_CHECK_OK(save_at(st, 1, 0));
+  CF_CHECK_OK(st_check(st, 1, 16, 1, 1, &eq, &t)); /* layer 1 of 2 only: layer 0 computed */
+  CF_CHECK(eq);
+  for (uint64_t id = 2; id <= 4; id++) CF_CHECK_OK(save_at(st, id, 0)); /* CPU tier full */
+  CF_CHECK_OK(save_at(st, 5, 0));
+  CF_CHECK_MSG(in_cpu(st, 1) && !in_cpu(st, 2), "the chunk read from layer 1 on was not counted as used");
+  cf_store_close(st);
+}
+
 /* wait for the spiller to leave no dirty chunk (no time asserted: it only has to happen) */
 /* Wait until the spiller is done: no dirty chunk and no write-back in flight. A chunk leaves
  * the dirty list when the spiller takes it, before its batch is weighed, written and published
@@ -629,9 +646,18 @@ CF_TEST(store_cost_frequency_outlives_eviction) {
 }
 
 /* With the SSD tier full, a write-back waits for the CPU tier to give the chunk up (the daemon's
- * set-up: spiller on): the two tiers then hold different chunks, CPU + SSD slots in all, not the
- * CPU tier's copies twice. When the CPU tier gives the waiting chunks up they are weighed against
- * the SSD tier's minimum, and the newer ones take the older ones' slots. Bytes intact, caps held. */
+ * set-up: spiller on): the two tiers then hold different chunks, not the CPU tier's copies twice.
+ * When the CPU tier gives the waiting chunks up they are weighed against the SSD tier's minimum,
+ * and the newer ones take the older ones' slots. A save does not wait on that write-back: once a
+ * save has filled the CPU tier, the spill thread writes the next victim back ahead of the next
+ * save's eviction and gives its CPU copy up once on SSD (cf_store_spill.c, cf__evict_ahead),
+ * so a slot is free for that save and no chunk is in both tiers. Bytes intact, caps held. */
+static int stored(cf_store_t *st, uint64_t lo, uint64_t hi) {
+  int n = 0;
+  for (uint64_t id = lo; id < hi; id++) n += present(st, id);
+  return n;
+}
+
 CF_TEST(store_cost_full_ssd_tier_defers_write_back_to_cpu_eviction) {
   cf_store_t *st = open_spilling("cost_defer", 4, 8);
   if (!st) return;
@@ -641,18 +667,68 @@ CF_TEST(store_cost_full_ssd_tier_defers_write_back_to_cpu_eviction) {
   CF_CHECK_EQ(s.ssd_chunks, 8);
   CF_CHECK_EQ(s.ssd_refusals, 4); /* 9-12: deferred, in the CPU tier only */
   CF_CHECK_EQ(s.cost_deferred, 4);
-  CF_CHECK_EQ(s.ssd_evictions, 0);
-  for (uint64_t id = 9; id <= 12; id++) CF_CHECK_MSG(in_cpu(st, id), "chunk %d not in the CPU tier", (int)id);
-  /* (a lookup, not a read: a read would give the read chunks the read class's head start) */
-  for (uint64_t id = 1; id <= 12; id++) CF_CHECK_MSG(present(st, id), "chunk %d gone: not CPU + SSD slots held", (int)id);
+  /* the oldest, 9, was then written back ahead of the next save (pushing 1 out) and left the
+   * CPU tier: a slot free, the tiers still disjoint. (lookups, not reads: a read would give the
+   * read chunks the read class's head start) */
+  CF_CHECK_EQ(s.cpu_evict_ahead, 1);
+  CF_CHECK_EQ(s.ssd_evictions, 1);
+  CF_CHECK_MSG(!in_cpu(st, 9) && present(st, 9), "chunk 9 not on SSD only");
+  for (uint64_t id = 10; id <= 12; id++) CF_CHECK_MSG(in_cpu(st, id), "chunk %d not in the CPU tier", (int)id);
+  CF_CHECK_EQ(s.cpu_chunks, 3);
+  CF_CHECK_EQ(stored(st, 1, 13), 11);
+  CF_CHECK_EQ(s.cpu_chunks + s.ssd_chunks, 11); /* no chunk in both tiers */
   for (uint64_t id = 13; id <= 16; id++) { CF_CHECK_OK(save_at(st, id, 0)); wait_clean(st); caps_ok(st, "defer"); }
-  /* 9-12 left the CPU tier for the SSD tier, pushing out the oldest, 1-4 */
+  /* 9-13 left the CPU tier for the SSD tier, pushing out the oldest, 1-5; no save wrote back */
   CF_CHECK_EQ(count_intact(st, 9, 17), 8);
-  CF_CHECK_EQ(count_intact(st, 1, 5), 0);
-  CF_CHECK_EQ(count_intact(st, 5, 9), 4);
+  CF_CHECK_EQ(count_intact(st, 1, 6), 0);
+  CF_CHECK_EQ(count_intact(st, 6, 9), 3);
   cf_store_get_stats(st, &s);
   CF_CHECK_EQ(s.ssd_chunks, 8);
-  CF_CHECK_EQ(s.ssd_evictions, 4);
+  CF_CHECK_EQ(s.ssd_evictions, 5);
+  CF_CHECK_EQ(s.cpu_evict_ahead, 5);
+  CF_CHECK_EQ(s.cpu_evict_writebacks, 0);
+  CF_CHECK_EQ(s.cpu_chunks + s.ssd_chunks, 11);
+  CF_CHECK_OK(cf_store_flush(st));
+  cf_store_close(st);
+}
+
+/* A save's eviction meeting a deferred chunk the SSD tier admits now (here made the CPU tier's
+ * victim by reads of the chunks above it, after the spill thread last looked) does not write it
+ * back itself when a clean copy of an SSD chunk is among the next victims: that copy goes (the
+ * chunk stays, on SSD) and the deferred chunk is handed to the spill thread, which writes it
+ * back; the next eviction drops its CPU copy. */
+CF_TEST(store_cost_save_takes_a_clean_victim_instead_of_writing_back) {
+  cf_store_t *st = open_spilling("cost_handoff", 4, 8);
+  if (!st) return;
+  int eq, t;
+  /* 1-8 on SSD, 5-8 also in the CPU tier (clean); 9 evicts 5 and is deferred */
+  for (uint64_t id = 1; id <= 9; id++) { CF_CHECK_OK(save_at(st, id, 0)); wait_clean(st); caps_ok(st, "handoff"); }
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.cost_deferred, 1);
+  CF_CHECK_EQ(s.cpu_evict_ahead, 0); /* the victim then was 6, clean */
+  for (uint64_t id = 6; id <= 9; id++) CF_CHECK_MSG(in_cpu(st, id), "chunk %d not in the CPU tier", (int)id);
+  for (uint64_t id = 6; id <= 8; id++) { CF_CHECK_OK(st_check(st, id, 16, 0, 2, &eq, &t)); CF_CHECK(eq); }
+  CF_CHECK_OK(save_at(st, 10, 0));
+  wait_clean(st);
+  caps_ok(st, "handoff");
+  cf_store_get_stats(st, &s);
+  CF_CHECK_EQ(s.cpu_evict_handoffs, 1);
+  CF_CHECK_EQ(s.cpu_evict_writebacks, 0);
+  CF_CHECK_MSG(in_cpu(st, 9), "the deferred chunk 9 left the CPU tier (written back by the save)");
+  CF_CHECK_MSG(!in_cpu(st, 6), "chunk 6's clean copy stayed");
+  CF_CHECK(in_cpu(st, 7) && in_cpu(st, 8) && in_cpu(st, 10));
+  CF_CHECK_MSG(stored(st, 2, 11) == 9 && !present(st, 1), "9 not written back over 1");
+  CF_CHECK_EQ(s.ssd_chunks, 8);
+  /* 9 is clean now: the next save's eviction drops its CPU copy, writing nothing */
+  CF_CHECK_OK(save_at(st, 11, 0));
+  wait_clean(st);
+  cf_store_get_stats(st, &s);
+  CF_CHECK_MSG(!in_cpu(st, 9) && present(st, 9), "chunk 9 not on SSD only");
+  CF_CHECK_EQ(s.cpu_evict_writebacks, 0);
+  CF_CHECK_EQ(stored(st, 3, 12), 9);
+  CF_CHECK_EQ(count_intact(st, 9, 10), 1); /* (reads: promotions change the tiers) */
+  caps_ok(st, "handoff");
   CF_CHECK_OK(cf_store_flush(st));
   cf_store_close(st);
 }
@@ -765,6 +841,69 @@ CF_TEST(store_cost_promotes_ssd_reads_but_never_drops_a_deferred_chunk) {
   CF_CHECK_MSG(present(st, 3), "chunk 3 left the CPU tier and the SSD tier refused it");
   caps_ok(st, "refused");
   CF_CHECK_OK(cf_store_flush(st));
+  cf_store_close(st);
+}
+
+/* The daemon's restores read an SSD chunk one layer per read (through the async reader): a
+ * chunk whose first layer was read from SSD is promoted afterwards by the spill thread
+ * (cf_store_promote.c), as a whole-chunk read promotes at once; before, a layer-by-layer read
+ * never promoted, so the daemon ran the cost policy without its promotion on read. */
+static int read_layers_async(cf_store_t *st, uint64_t id) {
+  const cf_store_geom_t *g = cf_store_geom(st);
+  size_t cb = cf_store_cell_bytes_n(g, 16);
+  cf_store_reader_t *rd = NULL;
+  CF_CHECK_OK(cf_store_reader_open(st, 4, &rd));
+  if (!rd) return -1;
+  int ok = 1;
+  uint8_t *want = malloc(cb);
+  for (uint32_t l = 0; l < g->n_layers; l++) {
+    uint8_t *got = aligned_alloc(4096, (cb + 4095) / 4096 * 4096);
+    cf_store_read_t req = {.key = st_key(g, id), .layer = l, .dst = got, .dst_bytes = cb};
+    int rc = cf_store_read_submit(rd, &req);
+    if (rc == 0) {
+      cf_store_read_t *done = NULL;
+      CF_CHECK_EQ(cf_store_read_poll(rd, 1, &done, 1), 1);
+    }
+    st_fill_cell(g, id, l, 16, want);
+    /* (the later layers may come from the CPU tier: promoted meanwhile) */
+    ok &= rc >= 0 && req.status == 0 && (l || req.tier == CF_STORE_TIER_SSD) && !memcmp(got, want, cb);
+    free(got);
+  }
+  free(want);
+  cf_store_reader_close(rd);
+  return ok;
+}
+
+CF_TEST(store_cost_promotes_chunks_read_a_layer_at_a_time) {
+  cf_store_config_t c = cfg_cost(4, 16, CF_STORE_EVICT_COST);
+  c.spill = 1;
+  cf_store_geom_t g = st_geom(16, 2, 64);
+  cf_store_t *st = NULL;
+  CF_CHECK_OK(cf_store_open(tdir("cost_promote_layers"), &g, &c, &st));
+  if (!st) return;
+  for (uint64_t id = 1; id <= 8; id++) { CF_CHECK_OK(save_at(st, id, 0)); wait_clean(st); }
+  CF_CHECK(!in_cpu(st, 1) && !in_cpu(st, 2) && present(st, 1) && present(st, 2));
+  int eq, t;
+  /* chunk 1 by synchronous reads of one layer each */
+  for (uint32_t l = 0; l < 2; l++) {
+    CF_CHECK_OK(st_check(st, 1, 16, l, 1, &eq, &t));
+    CF_CHECK(eq);
+    if (!l) CF_CHECK_EQ(t, CF_STORE_TIER_SSD); /* (layer 1 may be promoted already) */
+  }
+  wait_clean(st);
+  cf_store_stats_t s;
+  cf_store_get_stats(st, &s);
+  CF_CHECK_MSG(in_cpu(st, 1), "chunk 1, read a layer at a time from SSD, not promoted");
+  CF_CHECK_EQ(s.promotions, 1);
+  /* chunk 2 through the async reader, the daemon's path */
+  CF_CHECK_EQ(read_layers_async(st, 2), 1);
+  wait_clean(st);
+  cf_store_get_stats(st, &s);
+  CF_CHECK_MSG(in_cpu(st, 2), "chunk 2, read a layer at a time by the async reader, not promoted");
+  CF_CHECK_EQ(s.promotions, 2);
+  CF_CHECK_EQ(s.ssd_chunks, 8); /* the SSD copies stay */
+  CF_CHECK_EQ(count_intact(st, 1, 9), 8);
+  caps_ok(st, "promote layers");
   cf_store_close(st);
 }
 
