@@ -91,9 +91,10 @@ pattern() {
   id=$(jq -r 'select(.mode=="session") | .restore_id' "$D/load.json" | tail -1)
   if "$BUILD/cacheflowctl" trace --addr "unix:$D/d.sock" --restore "$id" --svg "$D/t.svg" >"$D/t.txt" 2>"$D/t.err" &&
      "$PYTHON" "$CHECK" "$D/t.svg" $serial >"$D/t.chk" 2>>"$D/t.err"; then
-    check "$name load: its trace drawn, well-formed, one box per loaded cell" \
-      "[ \"\$(jq --argjson n \"\$(jq -s '[.[] | select(.mode==\"session\") | .cells_cpu + .cells_ssd] | add' $D/load.json)\" '(.timelines[1].kinds.load // 0) == \$n' $D/t.chk)\" = true ]" \
-      "$(cat "$D/t.chk")"
+    check "$name load: its trace drawn, well-formed, one box per loaded cell, one per executed step, rows serial" \
+      "[ \"\$(jq --argjson n \"\$(jq -s '[.[] | select(.mode==\"session\") | .cells_cpu + .cells_ssd] | add' $D/load.json)\" '(.timelines[1].kinds.load // 0) == \$n' $D/t.chk)\" = true ] &&
+       [ \"\$(jq .timelines[1].ops $D/t.chk)\" = \"\$(sed -n 's/.*executed \\([0-9]*\\) steps.*/\\1/p' $D/t.txt)\" ]" \
+      "$(cat "$D/t.chk" "$D/t.txt")"
   else bad "$name load: trace drawn" "$(cat "$D/t.err")"; fi
   check "$name: daemon exits 0" "cf_daemon_stop TERM"
 }

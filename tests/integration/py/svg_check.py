@@ -7,11 +7,12 @@ Checks: the file is well-formed XML (xml.etree), it is SVG, every op box (<rect 
 lies in a timeline (<g class="timeline tK">) and inside the lane it names (<rect class="lane">
 with the same data-lane: x and y within the lane's rectangle), t1 >= t0 >= 0, and per lane the
 start times are monotone in document order. A lane whose ops overlap in time is drawn in
-sub-rows (data-row on each box, data-rows on the lane): with --serial every row runs its ops one
-after another (never two at once in a row), each box's row is below the lane's data-rows, and
-no two boxes of a lane that overlap in time overlap on the page (every op visible). Prints one JSON line: per timeline, the number
-of op boxes, per kind (and the cells they cover) and per lane, and the number of staircases. Exit 1 naming the first
-violation.
+sub-rows (data-row on each box, data-rows on the lane): with --serial every row runs its ops
+one after another (never two at once in a row), each box's row is below the lane's data-rows,
+and no two boxes of a lane that overlap in time overlap on the page (every op visible).
+Prints one JSON line: per timeline, the number of op boxes, per kind (and the cells they
+cover) and per lane, the lanes drawn in more than one row (their row counts), and the number
+of staircases. Exit 1 naming the first violation.
 """
 import json
 import sys
@@ -89,7 +90,8 @@ def main():
             cells[r.get("data-kind")] = cells.get(r.get("data-kind"), 0) + int(r.get("data-cells"))
             per_lane[lane] = per_lane.get(lane, 0) + 1
         out["timelines"].append({"ops": n, "kinds": kinds, "cells": cells, "lanes": len(lanes),
-                                 "per_lane": {str(k): v for k, v in sorted(per_lane.items())}})
+                                 "per_lane": {str(k): v for k, v in sorted(per_lane.items())},
+                                 "rows": {str(k): v for k, v in sorted(rows.items()) if v > 1}})
     print(json.dumps(out))
 
 
