@@ -13,6 +13,8 @@
 #define W_PAGE (W_LABEL + W_TIME + 30.0)
 #define H_LANE 22.0
 #define H_BOX 16.0
+#define H_ROW 14.0 /* a sub-row of a lane whose ops overlap in time (10 px boxes) */
+#define H_ROWBOX 10.0
 #define STAIR_W 240.0
 #define STAIR_H 150.0
 #define STAIR_COLS 4
@@ -46,6 +48,7 @@ static void cf__unit(double tmax, double *scale, const char **name) {
 
 typedef struct {
   const cf_plot_box_t *b;
+  int row; /* the sub-row of its lane (0 unless ops of the lane overlap in time) */
 } cf__bref_t;
 
 static int cf__by_lane_start(const void *a, const void *b) {
@@ -55,8 +58,37 @@ static int cf__by_lane_start(const void *a, const void *b) {
   return x < y ? -1 : x > y; /* stable: recording order */
 }
 
+/* A lane with r sub-rows: its height, and the y of row k's band inside it. One row keeps the
+ * plain look; overlapping ops (an SSD loader keeps several io_uring reads in flight) get rows of
+ * H_ROW each, so every box stays visible instead of hiding the ones under it. */
+static double cf__lane_h(int r) { return r <= 1 ? H_LANE : r * H_ROW + 4; }
+
+/* Sort the boxes by lane and start and give each the first sub-row of its lane free at its
+ * start (greedy interval colouring: as many rows as ops ever run at once in that lane, and the
+ * same picture for the same trace). "Free" ignores an overlap within rounding of the end, the
+ * tolerance svg_check.py --serial allows. ends: scratch of n_boxes. Returns the lanes' height. */
+static double cf__layout(const cf_plot_timeline_t *t, cf__bref_t *ord, double *ends, int *rows) {
+  for (size_t i = 0; i < t->n_boxes; i++) ord[i] = (cf__bref_t){.b = &t->boxes[i]};
+  qsort(ord, t->n_boxes, sizeof *ord, cf__by_lane_start);
+  for (int l = 0; l < t->n_lanes; l++) rows[l] = 1;
+  /* O(ops x rows): rows stay a handful (the most ops ever in flight at once in one lane) */
+  for (size_t i = 0, n = 0; i < t->n_boxes; i++) {
+    const cf_plot_box_t *b = ord[i].b;
+    if (i == 0 || b->lane != ord[i - 1].b->lane) n = 0; /* ends[0, n): the rows of this lane */
+    size_t r = 0;
+    while (r < n && b->t0_s < ends[r] - 1e-12 * (ends[r] > 1 ? ends[r] : 1)) r++;
+    if (r == n) n++;
+    ends[r] = b->t1_s;
+    ord[i].row = (int)r;
+    if ((int)n > rows[b->lane]) rows[b->lane] = (int)n;
+  }
+  double h = 0;
+  for (int l = 0; l < t->n_lanes; l++) h += cf__lane_h(rows[l]);
+  return h;
+}
+
 static double cf__timeline(cf_svg_t *s, const cf_plot_t *p, const cf_plot_timeline_t *t, int idx, double y,
-                           double tmax, cf__bref_t *ord) {
+                           double tmax, cf__bref_t *ord, double *ends, int *rows, double *lane_y) {
   double scale;
   const char *unit;
   cf__unit(tmax, &scale, &unit);
@@ -66,12 +98,16 @@ static double cf__timeline(cf_svg_t *s, const cf_plot_t *p, const cf_plot_timeli
   cf_svg_group(s, grp);
   cf_svg_text(s, 10, y + 14, 13, "start", "#222222", "%s", t->title ? t->title : "");
   y += 34; /* room for the bound's and the end's labels above the lanes */
-  double top = y, h = t->n_lanes * H_LANE;
+  double top = y, h = cf__layout(t, ord, ends, rows);
   for (int l = 0; l < t->n_lanes; l++) {
     char data[64] = "";
+    double lh = cf__lane_h(rows[l]);
+    lane_y[l] = y;
     cf_svg_attr(data, sizeof data, "data-lane", "%d", l);
-    cf_svg_rect(s, x0, y + l * H_LANE, W_TIME, H_LANE, l % 2 ? "#f4f4f4" : "#fafafa", NULL, "lane", NULL, data);
-    cf_svg_text(s, x0 - 6, y + l * H_LANE + 15, 11, "end", "#333333", "%s", t->lanes[l]);
+    cf_svg_attr(data, sizeof data, "data-rows", "%d", rows[l]);
+    cf_svg_rect(s, x0, y, W_TIME, lh, l % 2 ? "#f4f4f4" : "#fafafa", NULL, "lane", NULL, data);
+    cf_svg_text(s, x0 - 6, y + lh / 2 + 4, 11, "end", "#333333", "%s", t->lanes[l]); /* once, mid-lane */
+    y += lh;
   }
   /* grid and axis */
   double step = cf__tick(tmax);
@@ -81,13 +117,13 @@ static double cf__timeline(cf_svg_t *s, const cf_plot_t *p, const cf_plot_timeli
     cf_svg_text(s, x, top + h + 12, 9, "middle", "#555555", "%g", round(v * scale * 1e6) / 1e6);
   }
   cf_svg_text(s, x0 + W_TIME, top + h + 24, 9, "end", "#555555", "time (%s)", unit);
-  /* boxes, per lane by start time */
-  for (size_t i = 0; i < t->n_boxes; i++) ord[i].b = &t->boxes[i];
-  qsort(ord, t->n_boxes, sizeof *ord, cf__by_lane_start);
+  /* boxes, per lane by start time, each in its sub-row */
   for (size_t i = 0; i < t->n_boxes; i++) {
     const cf_plot_box_t *b = ord[i].b;
     double bx = x0 + b->t0_s * px, bw = (b->t1_s - b->t0_s) * px;
-    double by = top + b->lane * H_LANE + (H_LANE - H_BOX) / 2;
+    int one = rows[b->lane] <= 1;
+    double bh = one ? H_BOX : H_ROWBOX;
+    double by = one ? lane_y[b->lane] + (H_LANE - H_BOX) / 2 : lane_y[b->lane] + 2 + ord[i].row * H_ROW + (H_ROW - H_ROWBOX) / 2;
     if (bw < 0.4) bw = 0.4; /* a very short op stays visible */
     const char *col = cf__req_col[(b->req < 0 ? 0 : b->req) % 10];
     char tip[200], data[256] = "";
@@ -96,13 +132,14 @@ static double cf__timeline(cf_svg_t *s, const cf_plot_t *p, const cf_plot_timeli
              cf__kind_name(b->kind), tn ? " from " : "", tn ? tn : "", b->c0, b->c1, b->l0, b->l1,
              b->t0_s * scale, b->t1_s * scale, unit);
     cf_svg_attr(data, sizeof data, "data-lane", "%d", b->lane);
+    cf_svg_attr(data, sizeof data, "data-row", "%d", ord[i].row);
     cf_svg_attr(data, sizeof data, "data-req", "%d", b->req);
     cf_svg_attr(data, sizeof data, "data-kind", "%s", cf__kind_name(b->kind));
     cf_svg_attr(data, sizeof data, "data-t0", "%.9g", b->t0_s);
     cf_svg_attr(data, sizeof data, "data-t1", "%.9g", b->t1_s);
     cf_svg_attr(data, sizeof data, "data-cells", "%lld", (long long)(b->c1 - b->c0) * (b->l1 - b->l0));
     if (b->kind == CF_PLOT_COMPUTE) {
-      cf_svg_rect(s, bx, by, bw, H_BOX, col, "#ffffff", "op", tip, data);
+      cf_svg_rect(s, bx, by, bw, bh, col, "#ffffff", "op", tip, data);
     } else { /* loads and sends: the request's colour, lighter, outlined by the tier / darker */
       char fill[16];
       unsigned r, g, bl;
@@ -110,7 +147,7 @@ static double cf__timeline(cf_svg_t *s, const cf_plot_t *p, const cf_plot_timeli
       if (b->kind == CF_PLOT_LOAD) { r = (r + 2 * 255) / 3; g = (g + 2 * 255) / 3; bl = (bl + 2 * 255) / 3; }
       else { r = r * 2 / 3; g = g * 2 / 3; bl = bl * 2 / 3; }
       snprintf(fill, sizeof fill, "#%02x%02x%02x", r & 255, g & 255, bl & 255);
-      cf_svg_rect(s, bx, by, bw, H_BOX, fill, col, "op", tip, data);
+      cf_svg_rect(s, bx, by, bw, bh, fill, col, "op", tip, data);
     }
   }
   if (t->bound_s > 0) {
@@ -197,7 +234,7 @@ static double cf__legend(cf_svg_t *s, const cf_plot_t *p, double y, int n_req) {
 int cf_svgplot_draw(cf_svg_t *s, const cf_plot_t *p, const cf_plot_timeline_t *tl, int n_tl,
                     const cf_plot_stair_t *st, int n_st) {
   double tmax = 0, hsum = 0;
-  size_t most = 1;
+  size_t most = 1, most_lanes = 1;
   int n_req = 0;
   for (int k = 0; k < n_tl; k++) {
     const cf_plot_timeline_t *t = &tl[k];
@@ -212,29 +249,36 @@ int cf_svgplot_draw(cf_svg_t *s, const cf_plot_t *p, const cf_plot_timeline_t *t
     if (t->bound_s > tmax) tmax = t->bound_s;
     if (t->end_s > tmax) tmax = t->end_s;
     if (t->n_boxes > most) most = t->n_boxes;
-    hsum += 34 + t->n_lanes * H_LANE + 34;
+    if ((size_t)t->n_lanes > most_lanes) most_lanes = (size_t)t->n_lanes;
   }
   if (!(tmax > 0)) tmax = 1e-3;
   tmax *= 1.02;
   int shown = n_st < MAX_STAIRS ? n_st : MAX_STAIRS;
-  int rows = (shown + STAIR_COLS - 1) / STAIR_COLS;
-  double height = 50 + (p->subtitle ? 16 : 0) + hsum + 44 + (shown ? 20 + rows * STAIR_H : 0) + 24;
+  int srows = (shown + STAIR_COLS - 1) / STAIR_COLS;
   cf__bref_t *ord = malloc(most * sizeof *ord);
-  if (!ord) return cf_seterr(CF_ENOMEM, "svg: %zu ops", most);
+  double *ends = malloc(most * sizeof *ends), *lane_y = malloc(most_lanes * sizeof *lane_y);
+  int *rows = malloc(most_lanes * sizeof *rows);
+  if (!ord || !ends || !lane_y || !rows) {
+    free(ord); free(ends); free(lane_y); free(rows);
+    return cf_seterr(CF_ENOMEM, "svg: %zu ops", most);
+  }
+  /* the page's height: each timeline's lanes as laid out (sub-rows where ops overlap) */
+  for (int k = 0; k < n_tl; k++) hsum += 34 + cf__layout(&tl[k], ord, ends, rows) + 34;
+  double height = 50 + (p->subtitle ? 16 : 0) + hsum + 44 + (shown ? 20 + srows * STAIR_H : 0) + 24;
   cf_svg_begin(s, W_PAGE, height, p->title ? p->title : "restore plan");
   double y = 22;
   cf_svg_text(s, 10, y, 15, "start", "#111111", "%s", p->title ? p->title : "");
   if (p->subtitle) { y += 16; cf_svg_text(s, 10, y, 11, "start", "#444444", "%s", p->subtitle); }
   y += 14;
   y = cf__legend(s, p, y, n_req);
-  for (int k = 0; k < n_tl; k++) y = cf__timeline(s, p, &tl[k], k, y, tmax, ord);
-  free(ord);
+  for (int k = 0; k < n_tl; k++) y = cf__timeline(s, p, &tl[k], k, y, tmax, ord, ends, rows, lane_y);
+  free(ord); free(ends); free(lane_y); free(rows);
   if (shown) {
     cf_svg_text(s, 10, y + 12, 13, "start", "#222222", "Staircases: chunks (x) by layers (y, layer 0 at the bottom)");
     y += 20;
     for (int i = 0; i < shown; i++)
       cf__stair(s, &st[i], 10 + (i % STAIR_COLS) * (STAIR_W + 30), y + (i / STAIR_COLS) * STAIR_H);
-    y += rows * STAIR_H;
+    y += srows * STAIR_H;
     if (n_st > shown) cf_svg_text(s, 10, y + 10, 10, "start", "#555555", "(%d more requests not drawn)", n_st - shown);
   }
   cf_svg_end(s);

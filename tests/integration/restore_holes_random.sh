@@ -85,15 +85,16 @@ pattern() {
   check "$name load: the $stored stored chunks loaded ($((stored * L)) cells with skipped ones), none from another tier" \
     "[ \"\$(jq -s '[.[] | select(.mode==\"session\") | (.cells_$tier + .skipped >= $stored * $L) and (.cells_$tier <= $stored * $L)
         and (.cells_cpu + .cells_ssd == .cells_$tier)] | all' $D/load.json)\" = true ]" "$(jq -c 'select(.mode=="session")' "$D/load.json")"
-  # (a loader thread keeps several SSD reads in flight: its boxes overlap, their starts in order)
+  # (a loader thread keeps several SSD reads in flight: its overlapping ops drawn in sub-rows,
+  # so --serial holds for SSD restores too: no two boxes at once in a row, none hidden)
   local id serial=--serial
-  [ "$tier" = ssd ] && serial=
   id=$(jq -r 'select(.mode=="session") | .restore_id' "$D/load.json" | tail -1)
   if "$BUILD/cacheflowctl" trace --addr "unix:$D/d.sock" --restore "$id" --svg "$D/t.svg" >"$D/t.txt" 2>"$D/t.err" &&
      "$PYTHON" "$CHECK" "$D/t.svg" $serial >"$D/t.chk" 2>>"$D/t.err"; then
-    check "$name load: its trace drawn, well-formed, one box per loaded cell" \
-      "[ \"\$(jq --argjson n \"\$(jq -s '[.[] | select(.mode==\"session\") | .cells_cpu + .cells_ssd] | add' $D/load.json)\" '(.timelines[1].kinds.load // 0) == \$n' $D/t.chk)\" = true ]" \
-      "$(cat "$D/t.chk")"
+    check "$name load: its trace drawn, well-formed, one box per loaded cell, one per executed step, rows serial" \
+      "[ \"\$(jq --argjson n \"\$(jq -s '[.[] | select(.mode==\"session\") | .cells_cpu + .cells_ssd] | add' $D/load.json)\" '(.timelines[1].kinds.load // 0) == \$n' $D/t.chk)\" = true ] &&
+       [ \"\$(jq .timelines[1].ops $D/t.chk)\" = \"\$(sed -n 's/.*executed \\([0-9]*\\) steps.*/\\1/p' $D/t.txt)\" ]" \
+      "$(cat "$D/t.chk" "$D/t.txt")"
   else bad "$name load: trace drawn" "$(cat "$D/t.err")"; fi
   check "$name: daemon exits 0" "cf_daemon_stop TERM"
 }

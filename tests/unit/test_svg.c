@@ -2,6 +2,7 @@
  * (recording changes no result; each stream's ops one after another, in plan order) and the
  * daemon's restore-trace ring (bounded: after N + k restores only the last N are kept). The
  * pictures themselves are parsed back by tests/integration/sim_svg.sh and restore_trace.sh. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -89,6 +90,63 @@ CF_TEST(svgplot_refuses_a_box_outside_its_lanes) {
   CF_CHECK_EQ(cf_svgplot_draw(&s, &p, &tl, 1, NULL, 0), CF_EINVAL);
   b[1].t1_s = 2e-3;
   CF_CHECK_OK(cf_svgplot_draw(&s, &p, &tl, 1, NULL, 0));
+  cf_svg_free(&s);
+}
+
+/* Ops of one lane that overlap in time (an SSD loader's reads in flight) are drawn in sub-rows:
+ * each op in the first row free at its start, one box per op, the lane's label once and the
+ * lane as tall as its rows; a lane whose ops run one after another keeps a single row. */
+static int cf__row_of(const char *doc, const char *t0) {
+  char key[64];
+  snprintf(key, sizeof key, "data-t0=\"%s\"", t0);
+  const char *at = strstr(doc, key), *row = NULL;
+  if (!at) return -1;
+  for (const char *p = at; p > doc && strncmp(p, "<rect", 5); p--)
+    if (!strncmp(p, "data-row=\"", 10)) row = p + 10;
+  return row ? atoi(row) : -1;
+}
+
+CF_TEST(svgplot_overlapping_ops_get_sub_rows) {
+  const char *lanes[2] = {"compute", "ssd loader 0"};
+  /* lane 1: A [0,4) B [1,2) D [1.5,5) C [2.5,3) E [4,6) (given out of order) -> rows A0 B1 D2 C1 E0 */
+  cf_plot_box_t b[7] = {{.t0_s = 4e-3, .t1_s = 6e-3, .lane = 1, .kind = CF_PLOT_LOAD, .tier = 1, .c1 = 1, .l1 = 1},
+                        {.t0_s = 0, .t1_s = 4e-3, .lane = 1, .kind = CF_PLOT_LOAD, .tier = 1, .c1 = 1, .l1 = 1},
+                        {.t0_s = 1e-3, .t1_s = 2e-3, .lane = 1, .kind = CF_PLOT_LOAD, .tier = 1, .c1 = 1, .l1 = 1},
+                        {.t0_s = 2.5e-3, .t1_s = 3e-3, .lane = 1, .kind = CF_PLOT_LOAD, .tier = 1, .c1 = 1, .l1 = 1},
+                        {.t0_s = 1.5e-3, .t1_s = 5e-3, .lane = 1, .kind = CF_PLOT_LOAD, .tier = 1, .c1 = 1, .l1 = 1},
+                        /* lane 0: back to back, one row */
+                        {.t0_s = 0.5e-3, .t1_s = 1.2e-3, .lane = 0, .tier = -1, .c1 = 1, .l1 = 1},
+                        {.t0_s = 1.2e-3, .t1_s = 1.75e-3, .lane = 0, .tier = -1, .c1 = 1, .l1 = 1}};
+  cf_plot_timeline_t tl = {.title = "x", .lanes = lanes, .n_lanes = 2, .boxes = b, .n_boxes = 7};
+  const char *tiers[2] = {"cpu", "ssd"};
+  cf_plot_t p = {.title = "x", .tier_names = tiers, .n_tiers = 2};
+  cf_svg_t s;
+  memset(&s, 0, sizeof s);
+  CF_CHECK_OK(cf_svgplot_draw(&s, &p, &tl, 1, NULL, 0));
+  char *doc = strndup(s.buf, s.len); /* a C string to search */
+  CF_CHECK(doc != NULL);
+  CF_CHECK(strstr(doc, "data-lane=\"1\" data-rows=\"3\"") != NULL);
+  CF_CHECK(strstr(doc, "data-lane=\"0\" data-rows=\"1\"") != NULL);
+  CF_CHECK_EQ(cf__row_of(doc, "0"), 0);
+  CF_CHECK_EQ(cf__row_of(doc, "0.001"), 1);
+  CF_CHECK_EQ(cf__row_of(doc, "0.0015"), 2);
+  CF_CHECK_EQ(cf__row_of(doc, "0.0025"), 1);
+  CF_CHECK_EQ(cf__row_of(doc, "0.004"), 0);
+  CF_CHECK_EQ(cf__row_of(doc, "0.0005"), 0);
+  CF_CHECK_EQ(cf__row_of(doc, "0.0012"), 0);
+  /* one box per op; each label once */
+  size_t ops = 0, labels = 0;
+  for (const char *q = doc; (q = strstr(q, "class=\"op\"")); q++) ops++;
+  for (const char *q = doc; (q = strstr(q, ">ssd loader 0<")); q++) labels++;
+  CF_CHECK_EQ(ops, 7);
+  CF_CHECK_EQ(labels, 1);
+  /* the same picture for the same boxes */
+  cf_svg_t s2;
+  memset(&s2, 0, sizeof s2);
+  CF_CHECK_OK(cf_svgplot_draw(&s2, &p, &tl, 1, NULL, 0));
+  CF_CHECK(s2.len == s.len && !memcmp(s.buf, s2.buf, s.len));
+  cf_svg_free(&s2);
+  free(doc);
   cf_svg_free(&s);
 }
 

@@ -6,10 +6,13 @@ usage: svg_check.py FILE [--serial]
 Checks: the file is well-formed XML (xml.etree), it is SVG, every op box (<rect class="op">)
 lies in a timeline (<g class="timeline tK">) and inside the lane it names (<rect class="lane">
 with the same data-lane: x and y within the lane's rectangle), t1 >= t0 >= 0, and per lane the
-start times are monotone in document order; with --serial also the ends (a stream that runs
-its ops one after another: never two at once). Prints one JSON line: per timeline, the number
-of op boxes, per kind (and the cells they cover) and per lane, and the number of staircases. Exit 1 naming the first
-violation.
+start times are monotone in document order. A lane whose ops overlap in time is drawn in
+sub-rows (data-row on each box, data-rows on the lane): with --serial every row runs its ops
+one after another (never two at once in a row), each box's row is below the lane's data-rows,
+and no two boxes of a lane that overlap in time overlap on the page (every op visible).
+Prints one JSON line: per timeline, the number of op boxes, per kind (and the cells they
+cover) and per lane, the lanes drawn in more than one row (their row counts), and the number
+of staircases. Exit 1 naming the first violation.
 """
 import json
 import sys
@@ -45,7 +48,9 @@ def main():
         for r in g.iter(NS + "rect"):
             if r.get("class") == "lane":
                 lanes[int(r.get("data-lane"))] = tuple(float(r.get(k)) for k in ("x", "y", "width", "height"))
-        last = {}
+        rows = {int(r.get("data-lane")): int(r.get("data-rows") or 1)
+                for r in g.iter(NS + "rect") if r.get("class") == "lane"}
+        last, last_row, live = {}, {}, {}
         kinds, cells, per_lane, n = {}, {}, {}, 0
         for r in g.iter(NS + "rect"):
             if r.get("class") != "op":
@@ -63,18 +68,30 @@ def main():
                      % (n, lane, x, y, w, h, lx, ly, lw, lh))
             if not (0 <= t0 <= t1):
                 fail("op %d (lane %d): t0 %g, t1 %g" % (n, lane, t0, t1))
-            if lane in last:
-                p0, p1 = last[lane]
-                if t0 < p0:
-                    fail("lane %d: op %d starts at %g before the previous op (%g)" % (lane, n, t0, p0))
-                if serial and t0 < p1 - 1e-12 * max(1.0, p1):
-                    fail("lane %d: op %d starts at %g before the previous one ends (%g)" % (lane, n, t0, p1))
-            last[lane] = (t0, t1)
+            if lane in last and t0 < last[lane]:
+                fail("lane %d: op %d starts at %g before the previous op (%g)" % (lane, n, t0, last[lane]))
+            last[lane] = t0
+            row = int(r.get("data-row") or 0)
+            if serial:
+                if not 0 <= row < rows[lane]:
+                    fail("op %d: row %d of lane %d, which has %d row(s)" % (n, row, lane, rows[lane]))
+                p1 = last_row.get((lane, row))
+                if p1 is not None and t0 < p1 - 1e-12 * max(1.0, p1):
+                    fail("lane %d row %d: op %d starts at %g before the previous one ends (%g)" % (lane, row, n, t0, p1))
+                last_row[(lane, row)] = t1
+                # the ops of this lane still running at t0 (overlapping in time) must not hide it
+                act = [a for a in live.get(lane, []) if t0 < a[1] - 1e-12 * max(1.0, a[1])]
+                for a in act:
+                    if y < a[3] + a[4] - eps and a[3] < y + h - eps:
+                        fail("lane %d: op %d (%g .. %g s) overlaps op %d (%g .. %g s) on the page"
+                             % (lane, n, t0, t1, a[2], a[0], a[1]))
+                live[lane] = act + [(t0, t1, n, y, h)]
             kinds[r.get("data-kind")] = kinds.get(r.get("data-kind"), 0) + 1
             cells[r.get("data-kind")] = cells.get(r.get("data-kind"), 0) + int(r.get("data-cells"))
             per_lane[lane] = per_lane.get(lane, 0) + 1
         out["timelines"].append({"ops": n, "kinds": kinds, "cells": cells, "lanes": len(lanes),
-                                 "per_lane": {str(k): v for k, v in sorted(per_lane.items())}})
+                                 "per_lane": {str(k): v for k, v in sorted(per_lane.items())},
+                                 "rows": {str(k): v for k, v in sorted(rows.items()) if v > 1}})
     print(json.dumps(out))
 
 
