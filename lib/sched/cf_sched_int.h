@@ -151,6 +151,15 @@ int cf__sim_clipped(const cf_sched_input_t *in, cf_sched_plan_t *p, cf_sim_resul
 int cf__check_closed_forms(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out,
                            double busy);
 
+/* The check after cf__check_closed_forms for plans that are not refined: every other policy's
+ * plan (recompute, load, cake, layerwise, cacheflow) is built (cheap next to simulating) with a
+ * lower bound on its makespan (its streams back to back); `out` is simulated (one run), then
+ * the others whose bound is below its makespan in lower-bound order, within `runs`
+ * simulator runs (< 0: no cap; 0 or 1: nothing done), and the fastest (mean TTFT breaks ties)
+ * replaces `out`. So with runs >= 6 no other policy's plan beats what optimal returns on
+ * makespan, refined or not. Counts its runs in out->sim_evals. 0, CF_ENOMEM or CF_EINVAL. */
+int cf__check_others(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out, int runs);
+
 /* Exact plans for tiny batches (cf_exact.c): one device (so one link), at most
  * CF__EXACT_CELLS cells, 4 requests, 8 chunks each, 8 layers. cf__exact_applies says whether
  * the batch qualifies; cf__exact_plan searches every plan cf_sim accepts for one with a
