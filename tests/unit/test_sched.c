@@ -489,6 +489,7 @@ CF_TEST(sched_optimal_never_above_another_policy_unrefined) {
   static uint8_t tiers[12][512];
   for (int t = 0; t < 60; t++) {
     cf_sched_input_t in = {0};
+    memset(reqs, 0, sizeof reqs); /* random_input leaves chunk_tier as it finds it */
     random_input(&in, reqs, 12);
     if (cf_test_uniform() < 0.4)
       for (int r = 0; r < in.n_reqs; r++) {
