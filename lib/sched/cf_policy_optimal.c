@@ -709,14 +709,16 @@ static double cf__run_s(const cf_sched_input_t *in, double ops) {
 /* Simulator runs the check of an unrefined plan against the other policies (cf__check_others)
  * may spend: no cap when the analytic plan alone was asked for (refine_budget_s < 0:
  * cacheflow-sim --refine 0, tests) or the budget is no object (refine_evals caps refinement, not
- * this check: --refine 1..8); with the daemon's default budget only when it buys the whole check
- * (1 + 5 runs: the plan, then the others whose lower bound is below its makespan), else none,
- * and the closed-form check alone (cf__check_closed_forms): 64 x 128k tokens (a run 5-30 ms
- * against a plan's 0.1-2.5 ms) gets none; 8 x 32k tokens with every 2nd chunk a hole (an 8 ms
- * budget, 6-7 runs at the estimate) gets it: 2 runs, 3 ms against the tier plan's 0.07 ms. */
+ * this check: --refine 1..8); with the daemon's default budget what it buys (the plan, then the
+ * others whose lower bound is below its makespan, likeliest first), 0 or 1 meaning the
+ * closed-form check alone (cf__check_closed_forms). 64 x 128k tokens (a run 5-30 ms against a
+ * plan's 0.1-2.5 ms) gets none; 8 x 32k tokens with every 2nd chunk a hole (an 8 ms budget)
+ * 2 runs, 3 ms against the tier plan's 0.07 ms. Requiring all 6 runs left batches of 16
+ * requests (--gen agentic, --gen rag on 4 engines) with optimal above another policy. */
 static int cf__check_runs(const cf_sched_input_t *in, double est, double ops) {
   if (in->refine_budget_s < 0) return -1;
-  return cf__refine_s(in, est) / cf__run_s(in, ops) >= CF_POLICY_COUNT ? -1 : 0;
+  double runs = cf__refine_s(in, est) / cf__run_s(in, ops);
+  return runs >= CF_POLICY_COUNT ? -1 : (int)runs;
 }
 static int cf__refine_runs(const cf_sched_input_t *in, double est, double ops) {
   double budget = cf__refine_s(in, est);
