@@ -143,7 +143,8 @@ int cf__sim_clipped(const cf_sched_input_t *in, cf_sched_plan_t *p, cf_sim_resul
  * other policies' plans have closed-form makespans, load's (links only) and recompute's
  * (compute streams only), exact as cf_sim gives them; when one is below a lower bound on
  * `out`'s makespan (its busiest stream), it replaces `out`. So no plan optimal returns is
- * beaten by those two, refined or not; the other policies' rests on refinement and the tests.
+ * beaten by those two, refined or not; the other policies' plans: refinement, or unrefined
+ * cf__check_others (below) as far as its runs reach.
  * O(ops), or O(requests) when busy >= 0 is `out`'s busiest stream's busy time, known to its
  * maker (cf__tier_plan's), and no layer is windowed (clipping would change it): plans with
  * scattered holes have ~260k ops at 64 x 128k tokens, and that pass cost a third of planning.
