@@ -157,16 +157,20 @@ int cf_hw_load(const char *arg, cf_hw_t *hw) {
         return cf_seterr(CF_ENOENT, "unknown hardware profile '%s'", arg);
     char exe[PATH_MAX];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    const char *dirs[3] = {getenv("CF_HW_DIR"), NULL, "conf/hw"};
-    char exedir[PATH_MAX + 16];
+    /* beside the binary: build/cacheflow-sim and an install's bin/ one level below conf/, the
+     * benches (build/bench/bench_eval_evict) two: both found from any working directory */
+    const char *dirs[4] = {getenv("CF_HW_DIR"), NULL, NULL, "conf/hw"};
+    char exedir[2][PATH_MAX + 16];
     if (n > 0) {
       exe[n] = 0;
       char *sl = strrchr(exe, '/');
       if (sl) *sl = 0;
-      snprintf(exedir, sizeof exedir, "%s/../conf/hw", exe);
-      dirs[1] = exedir;
+      snprintf(exedir[0], sizeof exedir[0], "%s/../conf/hw", exe);
+      snprintf(exedir[1], sizeof exedir[1], "%s/../../conf/hw", exe);
+      dirs[1] = exedir[0];
+      dirs[2] = exedir[1];
     }
-    for (int i = 0; i < 3 && rc == CF_ENOENT; i++) {
+    for (int i = 0; i < 4 && rc == CF_ENOENT; i++) {
       if (!dirs[i]) continue;
       snprintf(path, sizeof path, "%s/%s.json", dirs[i], arg);
       rc = cf_hw_read_file(path, &text, &len);

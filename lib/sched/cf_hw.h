@@ -46,7 +46,8 @@ typedef struct {
 } cf_model_shape_t;
 
 /* Load profile `arg`: a path (contains '/' or ends in .json) or a NAME looked up as
- * $CF_HW_DIR/NAME.json, <exe>/../conf/hw/NAME.json, conf/hw/NAME.json.
+ * $CF_HW_DIR/NAME.json, <exe>/../conf/hw/NAME.json, <exe>/../../conf/hw/NAME.json (the benches
+ * under build/bench), conf/hw/NAME.json.
  * Returns 0 or CF_ENOENT / CF_EFORMAT with a detail naming the file and key. */
 int cf_hw_load(const char *arg, cf_hw_t *hw);
 

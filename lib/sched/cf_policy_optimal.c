@@ -700,14 +700,31 @@ static double cf__refine_s(const cf_sched_input_t *in, double est) {
  * every 2nd chunk a hole; 3-5 ns/cell for plans of few large ops), so with scattered holes the
  * runs are counted over cells + ops, or the refinement overran its budget 2-3x. */
 static int cf__tiers_apply(const cf_sched_input_t *in);
+static double cf__run_s(const cf_sched_input_t *in, double ops) {
+  double cells = ops;
+  for (int r = 0; r < in->n_reqs; r++)
+    cells += (double)cf_cost_chunks(&in->cost, in->reqs[r].prefix_tokens) * in->cost.n_layers;
+  return 1e-6 + cells * CF_SCHED_SIM_S_PER_CELL;
+}
+/* Simulator runs the check of an unrefined plan against the other policies (cf__check_others)
+ * may spend: no cap when the analytic plan alone was asked for (refine_budget_s < 0:
+ * cacheflow-sim --refine 0, tests) or the budget is no object (refine_evals caps refinement, not
+ * this check: --refine 1..8); with the daemon's default budget what it buys (the plan, then the
+ * others whose lower bound is below its makespan, likeliest first), 0 or 1 meaning the
+ * closed-form check alone (cf__check_closed_forms). 64 x 128k tokens (a run 5-30 ms against a
+ * plan's 0.1-2.5 ms) gets none; 8 x 32k tokens with every 2nd chunk a hole (an 8 ms budget)
+ * 2 runs, 3 ms against the tier plan's 0.07 ms. Requiring all 6 runs left batches of 16
+ * requests (--gen agentic, --gen rag on 4 engines) with optimal above another policy. */
+static int cf__check_runs(const cf_sched_input_t *in, double est, double ops) {
+  if (in->refine_budget_s < 0) return -1;
+  double runs = cf__refine_s(in, est) / cf__run_s(in, ops);
+  return runs >= CF_POLICY_COUNT ? -1 : (int)runs;
+}
 static int cf__refine_runs(const cf_sched_input_t *in, double est, double ops) {
   double budget = cf__refine_s(in, est);
   if (budget <= 0) return 0;
   if (cf__exact_applies(in)) budget *= 1 - CF__EXACT_SHARE; /* the rest: the exact search (4e) */
-  double cells = ops;
-  for (int r = 0; r < in->n_reqs; r++)
-    cells += (double)cf_cost_chunks(&in->cost, in->reqs[r].prefix_tokens) * in->cost.n_layers;
-  double runs = budget / (1e-6 + cells * CF_SCHED_SIM_S_PER_CELL);
+  double runs = budget / cf__run_s(in, ops);
   if (in->refine_evals > 0 && runs > in->refine_evals) runs = in->refine_evals;
   if (runs > CF__MAX_RUNS) runs = CF__MAX_RUNS;
   /* refinement, once started, simulates every other policy's plan (4a: with the tier and
@@ -992,8 +1009,10 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
     if ((rc = cf__tier_plan(in, dev, out, &te, &busy, &ops_layer))) return rc;
     out->est_makespan_s = te;
     te_ops = cf__any_holes(in) ? ops_layer : 0;
-    if (!(budget = cf__refine_runs(in, te, te_ops)) || in->n_reqs == 0)
-      return cf__check_closed_forms(in, dev, out, busy);
+    if (!(budget = cf__refine_runs(in, te, te_ops)) || in->n_reqs == 0) {
+      rc = cf__check_closed_forms(in, dev, out, busy);
+      return rc ? rc : cf__check_others(in, dev, out, cf__check_runs(in, te, te_ops));
+    }
   }
   cf__optbuf_t b;
   if ((rc = cf__opt_alloc(&o, &b))) goto out;
@@ -1007,6 +1026,7 @@ int cf__policy_optimal(const cf_sched_input_t *in, const int *dev, cf_sched_plan
   budget = cf__refine_runs(in, fmax(est, te), te_ops);
   if (budget == 0 || o.n == 0) {
     rc = cf__check_closed_forms(in, dev, out, -1);
+    if (!rc) rc = cf__check_others(in, dev, out, cf__check_runs(in, fmax(est, te), te_ops));
     goto out;
   } /* with mixed tiers the refinement simulates the
                                             tier plan, with the other policies' */

@@ -579,3 +579,53 @@ int cf__check_closed_forms(const cf_sched_input_t *in, const int *dev, cf_sched_
   cf_sched_plan_free(&alt);
   return rc;
 }
+
+int cf__check_others(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out, int runs) {
+  typedef int (*plan_fn)(const cf_sched_input_t *, const int *, cf_sched_plan_t *);
+  static const plan_fn fn[5] = {cf__policy_recompute, cf__policy_load, cf__policy_cake,
+                                cf__policy_layerwise, cf__policy_cacheflow};
+  enum { NP = 5 };
+  if (runs == 0 || runs == 1 || in->n_reqs == 0) return 0; /* cannot compare: nothing to do */
+  cf_sched_plan_t alt[NP];
+  double lb[NP];
+  int idx[NP], rc = 0, used = 0;
+  cf_sim_result_t sim;
+  cf_sim_result_init(&sim);
+  for (int i = 0; i < NP; i++) cf_sched_plan_init(&alt[i]);
+  /* each other policy's plan and a lower bound on its makespan in O(ops) (its streams back to
+   * back from each request's arrival: cf_sim starts no op earlier) */
+  for (int i = 0; i < NP && !rc; i++) {
+    idx[i] = i;
+    if (!(rc = fn[i](in, dev, &alt[i]))) rc = cf__plan_window_clip(in, &alt[i]);
+    lb[i] = rc ? INFINITY : cf__streams_s(in, &alt[i], 0);
+  }
+  for (int i = 1; i < NP; i++) /* likeliest winners first: by lower bound */
+    for (int j = i; j > 0 && lb[idx[j]] < lb[idx[j - 1]]; j--) { int t = idx[j]; idx[j] = idx[j - 1]; idx[j - 1] = t; }
+  double mk = INFINITY, mean = INFINITY;
+  if (!rc && lb[idx[0]] < INFINITY) {
+    if (!(rc = cf__sim_clipped(in, out, &sim))) {
+      used++;
+      mk = sim.makespan_s;
+      mean = sim.mean_ttft_s;
+    }
+  }
+  for (int k = 0; k < NP && !rc && (runs < 0 || used < runs); k++) {
+    int i = idx[k];
+    if (lb[i] >= mk * (1 - 1e-12)) break; /* this one and the rest cannot be faster */
+    if ((rc = cf_sim_run(in, &alt[i], &sim))) break;
+    used++;
+    cf__score_t a = {0, sim.makespan_s, sim.mean_ttft_s}, b = {0, mk, mean};
+    if (sim.makespan_s < mk && cf__score_better(a, b)) {
+      mk = sim.makespan_s;
+      mean = sim.mean_ttft_s;
+      alt[i].policy = CF_POLICY_OPTIMAL;
+      alt[i].est_makespan_s = mk;
+      alt[i].sim_evals = out->sim_evals;
+      cf__swap_plans(out, &alt[i]);
+    }
+  }
+  out->sim_evals += used;
+  for (int i = 0; i < NP; i++) cf_sched_plan_free(&alt[i]);
+  cf_sim_result_free(&sim);
+  return rc;
+}

@@ -101,7 +101,8 @@ typedef struct {
    * refinement may follow the analytic plan. refine_budget_s is planning time in seconds,
    * converted to simulator runs from the batch's cell count at a fixed cost per simulated cell
    * (so the plan is deterministic: no clock is read); 0 = CF_SCHED_REFINE_BUDGET_S, < 0 = none
-   * (the analytic plan alone). refine_evals > 0 caps the simulator runs as well (tests,
+   * (the analytic plan alone; then, as every plan that is not refined, checked against the other
+ * policies' plans: cf__check_others). refine_evals > 0 caps the simulator runs as well (tests,
    * benches); <= 0: no cap beyond the budget. */
   int refine_evals;
   double refine_budget_s;

@@ -143,13 +143,23 @@ int cf__sim_clipped(const cf_sched_input_t *in, cf_sched_plan_t *p, cf_sim_resul
  * other policies' plans have closed-form makespans, load's (links only) and recompute's
  * (compute streams only), exact as cf_sim gives them; when one is below a lower bound on
  * `out`'s makespan (its busiest stream), it replaces `out`. So no plan optimal returns is
- * beaten by those two, refined or not; the other policies' rests on refinement and the tests.
+ * beaten by those two, refined or not; the other policies' plans: refinement, or unrefined
+ * cf__check_others (below) as far as its runs reach.
  * O(ops), or O(requests) when busy >= 0 is `out`'s busiest stream's busy time, known to its
  * maker (cf__tier_plan's), and no layer is windowed (clipping would change it): plans with
  * scattered holes have ~260k ops at 64 x 128k tokens, and that pass cost a third of planning.
  * 0 or CF_ENOMEM. */
 int cf__check_closed_forms(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out,
                            double busy);
+
+/* The check after cf__check_closed_forms for plans that are not refined: every other policy's
+ * plan (recompute, load, cake, layerwise, cacheflow) is built (cheap next to simulating) with a
+ * lower bound on its makespan (its streams back to back); `out` is simulated (one run), then
+ * the others whose bound is below its makespan in lower-bound order, within `runs`
+ * simulator runs (< 0: no cap; 0 or 1: nothing done), and the fastest (mean TTFT breaks ties)
+ * replaces `out`. So with runs >= 6 no other policy's plan beats what optimal returns on
+ * makespan, refined or not. Counts its runs in out->sim_evals. 0, CF_ENOMEM or CF_EINVAL. */
+int cf__check_others(const cf_sched_input_t *in, const int *dev, cf_sched_plan_t *out, int runs);
 
 /* Exact plans for tiny batches (cf_exact.c): one device (so one link), at most
  * CF__EXACT_CELLS cells, 4 requests, 8 chunks each, 8 layers. cf__exact_applies says whether

@@ -111,5 +111,11 @@ tests/bench/eval_evict.sh --workloads "chat video" --scale 0.03 >"$T/sh.txt" 2>&
 rc=$?
 check "eval_evict.sh: an unknown workload named, nothing run (exit 2)" \
   "[ $rc -eq 2 ] && grep -q \"unknown workload 'video'\" '$T/sh.txt' && ! grep -q '^capacity' '$T/sh.txt'" "$(head -3 "$T/sh.txt")"
+# run from another directory (as cacheflow-sim can be): the profile is found from the binary's place
+EVABS=$(cd "$(dirname "$EV")" && pwd)/$(basename "$EV")
+(cd "$T" && unset CF_HW_DIR && "$EVABS" --workload rag --scale 0.03 --caps 0.1 --policies lru >"$T/cwd.txt" 2>&1)
+rc=$?
+check "bench_eval_evict run from another directory finds conf/hw (h100-nvme)" \
+  "[ $rc -eq 0 ] && grep -q '^capacity' '$T/cwd.txt'" "$(head -3 "$T/cwd.txt")"
 check "no temporary directory left (a run, a failed --dump, a failed capacity)" "[ -z \"\$(ls -A '$T/tmp')\" ]" "$(ls -R "$T/tmp")"
 finish

@@ -265,6 +265,30 @@ for hs in "1 256" "2 1000" "3 256" "4 1000"; do
     check "random holes (seed $1, chunk $2): load computes exactly the holes, every layer" "[ -z \"$why\" ]" "$why"
   else bad "random holes (seed $1, chunk $2)" "$(head -n 3 "$T/err.txt")"; fi
 done
+# 3e. optimal <= every other policy at every --refine, the analytic plan alone included (0, and
+# 1..8: fewer runs than refinement starts with): random hole workloads, generated batches, several
+# engines; the plan optimal returns unrefined is checked against the others' plans (cf_sched.h)
+props() { # NAME ARGS...: every --refine in 0 1 2 3 5 8 and the default, each table checked
+  local name=$1 why="" r; shift
+  for r in 0 1 2 3 5 8 default; do
+    local ra=(--refine "$r"); [ "$r" = default ] && ra=()
+    if "$SIM" "$@" "${ra[@]}" --json "$T/pr.json" >/dev/null 2>"$T/err.txt"; then
+      local w; w=$(check_json "$T/pr.json" x | grep -v '^  ok' || true)
+      [ -n "$w" ] && why="$why refine $r: $w;"
+    else why="$why refine $r: $(head -c 200 "$T/err.txt");"; fi
+  done
+  check "optimal <= every policy at --refine 0..8 and default: $name" "[ -z \"\$why\" ]" "$why"
+}
+for hs in "6 1024" "7 256" "8 1000" "9 4096" "10 512"; do
+  set -- $hs
+  "$PYTHON" tests/integration/py/holes_workload.py "$1" "$2" "$T/pr.exp" >"$T/pr.jsonl"
+  props "holes seed $1 chunk $2" --hw h100-nvme --model llama-3.1-8b --tier dram --chunk "$2" --workload "$T/pr.jsonl"
+done
+for gs in "multi-turn 11 h100-pcie5" "rag 12 h100-link10g" "agentic 13 h100-nvme"; do
+  set -- $gs
+  props "--gen $1 seed $2 on $3" --hw "$3" --model llama-3.1-8b --gen "$1" --n 16 --seed "$2"
+done
+props "--gen rag, 4 engines sharing 10 Gbps" --hw h100-link10g --model llama-3.1-8b --gen rag --n 16 --seed 14 --devices 4
 # --save-workload keeps the holes (and a pinned device): read back, the same numbers
 echo '{"arrival_s": 0.001, "prefix_tokens": 700, "new_tokens": 9, "device": 0}' >>"$T/rh.jsonl"
 if "$SIM" --hw h100-nvme --model llama-3.1-8b --tier dram --chunk 1000 --workload "$T/rh.jsonl" --json "$T/rt1.json" \
