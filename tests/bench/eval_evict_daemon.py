@@ -270,13 +270,17 @@ SAVE = '{method="/cacheflow.v1.CacheFlow/Save"}'
 
 def save_stats(m0, m1, ssd_chunks):
     """The request's Save RPCs from two /metrics snapshots around it (the daemon's own handling
-    time, request received to call ended: what the engine waits for), and whether the SSD tier was
-    full when it began (its chunks at the cap: under cost, write-backs are deferred then)."""
+    time, request received to call ended: what the engine waits for), whether the SSD tier was
+    full when it began (its chunks at the cap: under cost, write-backs are deferred then), and
+    cost's learnt read head start after it."""
     d = lambda k: m1.get(k, 0) - m0.get(k, 0)  # noqa: E731
     return {"saves": int(d(("cacheflow_rpc_calls_total", SAVE))),
             "save_ms": d(("cacheflow_rpc_handling_seconds_total", SAVE)) * 1e3,
             "ssd_full": m0.get(("cacheflow_store_chunks", '{tier="ssd"}'), 0) >= ssd_chunks,
-            "deferred": int(d(("cacheflow_store_cost_deferred_writebacks_total", "")))}
+            "deferred": int(d(("cacheflow_store_cost_deferred_writebacks_total", ""))),
+            # cost's read-class head start after the request (tau units): where it stood when the
+            # trace moved from one family to the next (what a phase change meets)
+            "head_start": m1.get(("cacheflow_store_cost_read_head_start", ""))}
 
 
 def metrics(d):
