@@ -29,7 +29,7 @@
  * Absent chunks are holes (CF_SCHED_TIER_NONE, issue 15.1): every policy computes them at every
  * layer; the run also checks that no plan loads one (counted as `bad`, must be 0).
  *
- * Usage: bench_eval_evict [--workload chat|agentic|rag] [--seed N] [--scale X]
+ * Usage: bench_eval_evict [--workload chat|agentic|rag|mixed] [--seed N] [--scale X]
  *                         [--caps 0.05,0.1,0.25,0.5 (or 5%,10%,...)] [--lookup holes|prefix] [--remote]
  *                         [--policies lru,s3fifo,cost,ssd-all,belady,vbelady,bayes,lru+promote,s3fifo+promote]
  *                         [--dir DIR]
@@ -132,13 +132,14 @@ typedef struct {
   int answer;     /* tokens generated after it (saved with the prompt) */
   uint64_t ans_id;
   int owner, step; /* bayes' metadata: chat session / agentic run (-1: RAG), its turn or step (1-based) */
+  int fam;         /* --workload mixed: the family that made it (0 chat, 1 agentic, 2 rag) */
 } req_t;
 
 typedef struct { req_t *r; int n, cap; } trace_t;
 
 static void trace_add(trace_t *T, double t, const seq_t *prompt, int answer, uint64_t ans_id, int owner, int step) {
   if (T->n == T->cap) { T->cap = T->cap ? 2 * T->cap : 256; T->r = realloc(T->r, sizeof(req_t) * (size_t)T->cap); }
-  T->r[T->n++] = (req_t){t, seq_copy(prompt), answer, ans_id, owner, step};
+  T->r[T->n++] = (req_t){t, seq_copy(prompt), answer, ans_id, owner, step, 0};
 }
 static int cmp_req(const void *a, const void *b) {
   double x = ((const req_t *)a)->t, y = ((const req_t *)b)->t;
@@ -260,6 +261,26 @@ static void gen_rag(trace_t *T, double scale) {
   free(cdf);
 }
 
+/* --workload mixed (a reference workload, as the daemon's evaluation trace is): the three
+ * families back to back in ONE store, chat, then agentic, then rag, each at --scale, each
+ * starting a minute after the last request of the one before: what a store meets when its
+ * workload changes (the population it holds stops being read). */
+static void gen_mixed(trace_t *T, double scale) {
+  void (*gen[3])(trace_t *, double) = {gen_chat, gen_agentic, gen_rag};
+  double t0 = 0;
+  for (int f = 0; f < 3; f++) {
+    int from = T->n;
+    double end = t0;
+    gen[f](T, scale);
+    for (int i = from; i < T->n; i++) {
+      T->r[i].t += t0;
+      T->r[i].fam = f;
+      if (T->r[i].t > end) end = T->r[i].t;
+    }
+    t0 = end + 60;
+  }
+}
+
 /* ------------------------------------------------------------------ replay */
 
 typedef struct {
@@ -268,6 +289,7 @@ typedef struct {
   long bad;             /* plans that loaded an absent chunk (must be 0) */
   double wall_s;
   uint64_t ev_cpu, ev_ssd, refused; /* evictions per tier; SSD write-backs refused (cost) */
+  double fmean[3];      /* --workload mixed: mean TTFT of each family's requests */
 } result_t;
 
 typedef struct {
@@ -876,8 +898,10 @@ static int replay(const ctx_t *X, cf_store_evict_t pol, double frac, int ssd_all
     free(full.s);
   }
   if (!rc) {
-    double sum = 0;
-    for (int i = 0; i < T->n; i++) sum += ttft[i];
+    double sum = 0, fs[3] = {0};
+    int fn[3] = {0};
+    for (int i = 0; i < T->n; i++) { sum += ttft[i]; fs[T->r[i].fam] += ttft[i]; fn[T->r[i].fam]++; }
+    for (int f = 0; f < 3; f++) out->fmean[f] = fn[f] ? fs[f] / fn[f] : 0;
     qsort(ttft, (size_t)T->n, sizeof *ttft, cmp_d);
     out->mean = sum / T->n;
     out->p99 = ttft[(int)(0.99 * (T->n - 1))];
@@ -980,6 +1004,10 @@ int main(int argc, char **argv) {
     else { fprintf(stderr, "eval_evict: unknown option %s\n", a); return 2; }
     i++;
   }
+  if (!strcmp(work, "mixed") && has_name(pols, "bayes")) { /* its model is one generator's */
+    fprintf(stderr, "eval_evict: --workload mixed: bayes knows one family's generator; drop it from --policies\n");
+    return 2;
+  }
   if (strcmp(lookup, "holes") && strcmp(lookup, "prefix")) {
     fprintf(stderr, "eval_evict: --lookup %s: expected holes or prefix\n", lookup);
     return 2;
@@ -1028,10 +1056,12 @@ int main(int argc, char **argv) {
   cf_log_level = CF_LOG_WARN;
   rng_s = mix64(seed * 0x100000001b3ULL + 7);
   trace_t T = {0};
+  int mixed = !strcmp(work, "mixed");
   if (!strcmp(work, "chat")) gen_chat(&T, scale);
   else if (!strcmp(work, "agentic")) gen_agentic(&T, scale);
   else if (!strcmp(work, "rag")) gen_rag(&T, scale);
-  else { fprintf(stderr, "eval_evict: --workload %s: expected chat, agentic or rag\n", work); return 2; }
+  else if (mixed) gen_mixed(&T, scale);
+  else { fprintf(stderr, "eval_evict: --workload %s: expected chat, agentic, rag or mixed\n", work); return 2; }
   qsort(T.r, (size_t)T.n, sizeof *T.r, cmp_req);
 
   ctx_t X = {0};
@@ -1173,6 +1203,20 @@ int main(int argc, char **argv) {
              (unsigned long long)r[p].ev_ssd, (unsigned long long)r[p].refused,
              r[p].bad ? "  (plans loaded absent chunks!)" : "");
       if (r[p].bad) rc = 1;
+    }
+    if (mixed && have[2] && !rc) { /* each family's requests: cost against the best of lru / s3fifo */
+      static const char *fam[3] = {"chat", "agentic", "rag"};
+      printf("# %g%%: per family mean TTFT ms", frac * 100);
+      for (int f = 0; f < 3; f++) {
+        double b = 0;
+        for (int p = 0; p < 2; p++)
+          if (have[p] && (b == 0 || r[p].fmean[f] < b)) b = r[p].fmean[f];
+        printf("%s %s", f ? ";" : ":", fam[f]);
+        for (int p = 0; p < NPOL; p++)
+          if (have[p]) printf(" %s %.1f", names[p], r[p].fmean[f] * 1e3);
+        if (b > 0) printf(" (cost %.3fx)", b / r[2].fmean[f]);
+      }
+      printf("\n");
     }
     if ((have[7] || have[8]) && have[2] && !rc) { /* cost against the best of all four lru / s3fifo rows */
       double b = best_other;
