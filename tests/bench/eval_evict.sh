@@ -31,7 +31,7 @@ done
 # every family named before any replay runs (a misspelt one would fail after the others' minutes)
 [ -n "${work// /}" ] || { echo "eval_evict.sh: --workloads '$work': no workload named (chat, agentic, rag)" >&2; exit 2; }
 for w in $work; do
-  case $w in chat | agentic | rag) ;; *) echo "eval_evict.sh: --workloads: unknown workload '$w': expected chat, agentic or rag" >&2; exit 2 ;; esac
+  case $w in chat | agentic | rag | mixed) ;; *) echo "eval_evict.sh: --workloads: unknown workload '$w': expected chat, agentic, rag or mixed" >&2; exit 2 ;; esac
 done
 # tmpfs when there is one: the replay measures policies, not the disk (one directory, removed at
 # exit: the trap once named "$dir" after it had been pointed at the tmpfs one, leaking the first)

@@ -76,6 +76,7 @@ expect_err() { # NAME PATTERN ARGS...: exit 2, one line naming the problem
 }
 expect_err "unknown workload" "--workload video" --workload video
 expect_err "bad lookup" "--lookup sometimes" --lookup sometimes
+expect_err "mixed with bayes (one family's model)" "drop it from --policies" --workload mixed --policies lru,bayes
 expect_err "bad scale" "--scale must be" --scale 0
 expect_err "unknown option" "unknown option --fast" --fast 1
 expect_err "bad capacity" "--caps .abc." --scale 0.03 --caps 0.1,abc
@@ -97,6 +98,14 @@ expect_err "no policy" "no policy named" --policies ,
 if "$EV" --workload chat --scale 0.03 --caps 1%,100% --policies lru,cost --dir "$T" >"$T/pct.txt" 2>"$T/pct.err"; then
   why=$(rows_ok "$T/pct.txt" 0.01,1 "lru cost") && ok "capacities 1% and 100% (percent form)" || bad "percent rows" "$why"
 else bad "capacities 1% and 100% run" "$(head -n 3 "$T/pct.err")"; fi
+# --workload mixed: chat, agentic, rag back to back in one store; a row per capacity and policy,
+# and a line per capacity giving each family's mean TTFT for each row
+if "$EV" --workload mixed --scale 0.01 --caps 0.05,0.25 --policies lru,s3fifo,cost --dir "$T" >"$T/mix.txt" 2>"$T/mix.err"; then
+  why=$(rows_ok "$T/mix.txt" 0.05,0.25 "lru s3fifo cost") && ok "mixed workload rows" || bad "mixed rows" "$why"
+  check "mixed workload: each family's mean TTFT per capacity" \
+    "[ \$(grep -cE '^# (5|25)%: per family mean TTFT ms: chat lru [0-9.]+ s3fifo [0-9.]+ cost [0-9.]+ \\(cost [0-9.]+x\\); agentic .*; rag ' '$T/mix.txt') -eq 2 ]" \
+    "$(grep '^#' "$T/mix.txt")"
+else bad "mixed workload run" "$(head -n 3 "$T/mix.err")"; fi
 # no temporary store left behind (its own under TMPDIR without --dir), on success or failure
 mkdir -p "$T/tmp"
 TMPDIR="$T/tmp" "$EV" --workload rag --scale 0.03 --caps 0.1 --policies cost >/dev/null 2>&1
