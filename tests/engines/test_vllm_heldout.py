@@ -6,7 +6,7 @@ many concurrent requests on a KV cache small enough that vLLM preempts some of t
 preempted request restores again when it resumes), the daemon restarted with an empty store,
 and the fixtures' other model families (qwen3 MoE; mistral's sliding window and bfloat16 KV,
 which the connector must refuse, vLLM answering alone). Greedy tokens must equal vLLM without
-the connector (a baseline subprocess). Prints `N passed, N failed`. About 6 minutes here.
+the connector (a baseline subprocess). Prints `N passed, N failed`. About 4-6 minutes here.
 
     python test_vllm_heldout.py                  # every config, each in its own process
     python test_vllm_heldout.py --config NAME    # one config (the connector run)
@@ -79,9 +79,12 @@ def llm_for(name, model, connector=None):
     _, dtype, _, full = CONFIGS[name]
     kw = {"dtype": dtype}
     if full:
-        # 40 blocks of 32 tokens: 16 concurrent requests of up to 300 tokens do not fit, so vLLM
+        # 33 blocks of 32 tokens: 16 concurrent requests of up to 300 tokens do not fit, so vLLM
         # preempts some mid-run (and they restore again when they resume)
-        kw["num_gpu_blocks_override"] = 40
+        kw["num_gpu_blocks_override"] = 33
+        # 96 tokens a step (3 blocks, 1.5 chunks): long prompts prefill in several steps, saves of
+        # completed chunks happen mid-prefill and a restore is followed by chunked prefill
+        kw["max_num_batched_tokens"] = 96
     return H.make_llm(model, connector=connector, max_len=MAX_LEN, **kw)
 
 
