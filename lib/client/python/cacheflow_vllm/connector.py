@@ -109,6 +109,25 @@ def _engine_file(shm_dir, instance_id):
     return os.path.join(shm_dir, f"cacheflow-vllm-{instance_id or 'default'}.engine")
 
 
+def _windowed(vllm_config, kv_cache_config):
+    """Why this engine's attention is windowed (sliding window, chunked local attention), or None.
+    vLLM frees the blocks of tokens that fell out of the window and hands the null block (id 0)
+    in their place: a restore of [0, n) has nowhere to put them (and recomputing them after a
+    failed load writes several blocks' KV into the one null block: wrong tokens), and a save
+    would read blocks vLLM already gave to another request. The connector stays out."""
+    for g in getattr(kv_cache_config, "kv_cache_groups", None) or ():
+        spec = getattr(g, "kv_cache_spec", None)
+        for key in ("sliding_window", "attention_chunk_size"):
+            if getattr(spec, key, None):
+                return f"{key} {getattr(spec, key)} ({type(spec).__name__})"
+    mc = getattr(vllm_config, "model_config", None)
+    try:
+        w = mc.get_sliding_window() if mc is not None else None
+    except Exception:
+        w = None
+    return f"sliding_window {w}" if w else None
+
+
 def _channel_options():
     # A daemon that restarts must be found again within a second, not after grpc's default
     # exponential backoff (up to 120 s).
@@ -262,6 +281,12 @@ class CacheFlowConnector(KVConnectorBase_V1):
             self._had_save = set()
             self.lookups = self.hits = 0
             self.enabled = True      # False: no lookups (benchmarks measure vLLM recomputing)
+            self.disabled = None
+            win = _windowed(vllm_config, kv_cache_config)
+            if win:
+                self.disabled = f"windowed attention ({win}): out-of-window blocks are vLLM's null block"
+                self.enabled = self.do_save = False
+                log.warning("CacheFlowConnector disabled: %s (vLLM runs without it)", self.disabled)
             self.finished = collections.OrderedDict()  # req_id -> (token ids, block ids), last 256
             SCHEDULERS.append(self)
         else:
@@ -491,6 +516,9 @@ class CacheFlowConnector(KVConnectorBase_V1):
         if getattr(pc, "pipeline_parallel_size", 1) > 1:
             raise L.LayoutError("pipeline parallelism: each stage holds some layers; the daemon restores whole models")
         groups = getattr(self._kv_cache_config, "kv_cache_groups", None) or ()
+        win = _windowed(self._vllm_config, self._kv_cache_config)
+        if win:
+            raise L.LayoutError(f"windowed attention ({win}): out-of-window blocks are vLLM's null block")
         if len(groups) > 1:
             raise L.LayoutError(f"{len(groups)} KV cache groups (hybrid / sliding-window model): one group supported")
         from vllm.distributed.parallel_state import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
