@@ -229,6 +229,13 @@ static size_t cf__metrics(void *arg, char *buf, size_t cap) {
           "tier's eviction (in the refusals too; weighed again when the CPU tier gives the chunk up).\n"
           "# TYPE cacheflow_store_cost_deferred_writebacks_total counter\ncacheflow_store_cost_deferred_writebacks_total %llu\n",
           (unsigned long long)t.cost_deferred);
+    /* whether the store defers at all now (cf__defer_learn: only while the full SSD tier refuses many) */
+    CF__P("# HELP cacheflow_store_cost_defer_on eviction = cost: 1 while write-backs into the full SSD tier are deferred to the CPU "
+          "tier's eviction (the SSD tier refuses many first write-backs), 0 while they are written back at once.\n"
+          "# TYPE cacheflow_store_cost_defer_on gauge\ncacheflow_store_cost_defer_on %d\n"
+          "# HELP cacheflow_store_cost_defer_switches_total eviction = cost: changes of cacheflow_store_cost_defer_on.\n"
+          "# TYPE cacheflow_store_cost_defer_switches_total counter\ncacheflow_store_cost_defer_switches_total %llu\n",
+          t.cost_defer_on, (unsigned long long)t.cost_defer_switches);
     /* who wrote those back once admitted: a save waits only on its own (cf_store_spill.c) */
     CF__P("# HELP cacheflow_store_cost_deferred_writes_total eviction = cost: deferred write-backs the SSD tier admitted, by who wrote "
           "them: the spill thread ahead of a save's eviction, the spill thread handed one by a save that took a clean victim, "

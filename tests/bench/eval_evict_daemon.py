@@ -535,6 +535,8 @@ def main():
                        "freq_w": m.get(("cacheflow_store_cost_freq_weight", "")),
                        "deferred": m.get(("cacheflow_store_cost_deferred_writebacks_total", "")),
                        "promotions": m.get(("cacheflow_store_promotions_total", "")),
+                       "defer_on": m.get(("cacheflow_store_cost_defer_on", "")),
+                       "defer_switches": m.get(("cacheflow_store_cost_defer_switches_total", "")),
                        "deferred_writes": {by: m.get(("cacheflow_store_cost_deferred_writes_total", f'{{by="{by}"}}'))
                                            for by in ("ahead", "handoff", "save")}}
             if used[0] > d.cpu_bytes or used[1] > d.ssd_bytes:

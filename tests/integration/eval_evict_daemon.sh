@@ -58,6 +58,11 @@ if c["promotions"] is None or any(v is None or v < 0 for v in c["deferred_writes
     bad.append(f"the cost daemon's /metrics lacks the promotions or the deferred writes by writer ({c})")
 for p in ("lru", "s3fifo"):
     if r["caps"][p]["promotions"] != 0: bad.append(f"{p}: promoted on read ({r['caps'][p]['promotions']})")
+# whether the store defers at all (cf__defer_learn): a 0/1 gauge, 0 under the other policies
+if c["defer_on"] not in (0.0, 1.0) or c["defer_switches"] is None or c["defer_switches"] < 0:
+    bad.append(f"the cost daemon's /metrics lacks the deferral switch or its count ({c['defer_on']}, {c['defer_switches']})")
+for p in ("lru", "s3fifo"):
+    if r["caps"][p]["defer_on"] or r["caps"][p]["defer_switches"]: bad.append(f"{p}: deferral switched on ({r['caps'][p]})")
 fm = r["same_model"]
 if not fm: bad.append("--same-model: no model handed to the daemons")
 else:
@@ -72,7 +77,7 @@ print("; ".join(bad[:6]))
 sys.exit(1 if bad else 0)
 PY
 )
-check "every restore verified, caps held, evictions and hits in every policy, cost table installed, learnt head starts (value tier within [0, 2 ln 4], CPU tier one of its shadows'), frequency weight (within [0, 3]), deferrals (at most the refusals), deferred writes by writer and promotions (cost only) in /metrics, every Save timed, one cost model for all" "[ -z \"$why\" ]" "$why"
+check "every restore verified, caps held, evictions and hits in every policy, cost table installed, learnt head starts (value tier within [0, 2 ln 4], CPU tier one of its shadows'), frequency weight (within [0, 3]), deferrals (at most the refusals), deferred writes by writer, the deferral switch and promotions (cost only) in /metrics, every Save timed, one cost model for all" "[ -z \"$why\" ]" "$why"
 check "a table per family and the best-other / cost line" \
   "[ \$(grep -c '^best other / cost, mean executed' $T/out.txt) -eq 4 ] && grep -q '^# rag' $T/out.txt" "$(cat "$T/out.txt")"
 # the long trace (--long, README's long-trace row): its shape, without daemons
